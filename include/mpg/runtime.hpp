@@ -1,0 +1,149 @@
+// mpg/runtime.hpp: the runtime: Ps, Ms, block_on, spawn from any thread,
+// statistics and the task dump.
+//
+// A runtime owns `procs` Ps (Go's GOMAXPROCS) and the Ms (OS threads) that
+// run them. Ms start lazily as work appears and park when there is none.
+// block_on() runs a task from a plain thread, which only waits. Several
+// runtimes may exist in one process; a task belongs to the runtime it was
+// spawned on, and spawn/go inside it use that runtime.
+//
+// ~runtime stops and joins every M. Tasks still suspended are destroyed
+// (their frames freed) and reported on stderr with their ids and names.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <iosfwd>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "mpg/detail/g.hpp"
+#include "mpg/spawn.hpp"
+#include "mpg/task.hpp"
+
+namespace mpg {
+
+struct runtime_options {
+  // Number of Ps. 0: the MPG_PROCS environment variable, else the number of
+  // CPUs this process may run on (its affinity mask).
+  unsigned procs = 0;
+  // Capacity of each P's local run queue; a power of two >= 2. Tests shrink
+  // it to reach overflow and stealing edge cases.
+  unsigned local_queue_capacity = 256;
+  // Upper bound on OS threads (Ms), counting those blocked in mpg::blocking.
+  unsigned max_threads = 10000;
+  // A P running one G for longer than this is reported by the monitor (in
+  // builds with debug checks, or when report_long_tasks is set).
+  std::chrono::milliseconds long_task_threshold{10};
+  bool report_long_tasks = false;
+  // Entries of each P's io_uring submission queue (completion queue: 4x).
+  unsigned ring_entries = 256;
+};
+
+struct runtime_stats {
+  unsigned procs = 0;
+  std::uint64_t spawned = 0;           // Gs started
+  std::uint64_t completed = 0;         // Gs finished
+  std::uint64_t live = 0;              // spawned - completed
+  std::uint64_t steals = 0;            // successful steal operations
+  std::uint64_t stolen_tasks = 0;      // Gs moved by them
+  std::uint64_t parks = 0;             // times an M parked with nothing to run
+  std::uint64_t global_queue_pulls = 0;  // Gs taken from the global queue
+  std::uint64_t global_queue_pushes = 0; // Gs put there (overflow, foreign)
+  std::uint64_t global_queue_length = 0;
+  std::uint64_t threads = 0;           // Ms started so far
+  std::uint64_t long_task_reports = 0; // sysmon reports of long-running Gs
+  std::vector<std::uint32_t> local_queue_lengths;  // per P, snapshot
+  std::vector<std::uint64_t> tasks_run;            // per P, Gs executed
+};
+
+namespace detail {
+// block_on support: a plain thread waits for a join.
+struct block_on_state;
+block_on_state* new_block_on_state();
+void delete_block_on_state(block_on_state*) noexcept;
+void block_on_signal(block_on_state*) noexcept;
+void block_on_wait(scheduler* s, block_on_state*);
+[[noreturn]] void throw_block_on_inside_task();
+
+template <class T>
+task<void> block_on_waiter(join_handle<T>& h, std::optional<T>& out, std::exception_ptr& err,
+                           block_on_state* st) {
+  try {
+    out.emplace(co_await h);
+  } catch (...) {
+    err = std::current_exception();
+  }
+  block_on_signal(st);
+}
+inline task<void> block_on_waiter_void(join_handle<void>& h, std::exception_ptr& err,
+                                       block_on_state* st) {
+  try {
+    co_await h;
+  } catch (...) {
+    err = std::current_exception();
+  }
+  block_on_signal(st);
+}
+}  // namespace detail
+
+class runtime {
+ public:
+  explicit runtime(runtime_options opts = {});
+  ~runtime();
+  runtime(const runtime&) = delete;
+  runtime& operator=(const runtime&) = delete;
+
+  unsigned procs() const noexcept;
+
+  // spawn(): start t on this runtime from any thread (inside or outside it).
+  template <class T>
+  join_handle<T> spawn(task<T> t, const char* name = nullptr) {
+    return join_handle<T>(detail::spawn_frame(std::move(t), name, sched_));
+  }
+  // go(): a detached task on this runtime, from any thread.
+  void go(task<void> t, const char* name = nullptr);
+
+  // block_on(): run t to completion from a plain thread; returns its value or
+  // rethrows its exception. Throws std::logic_error inside a task, and
+  // mpg::deadlock_error when every task is blocked with no possible wake-up.
+  template <class T>
+  T block_on(task<T> t) {
+    return block_on(spawn(std::move(t), "block_on"));
+  }
+  template <class T>
+  T block_on(join_handle<T> h) {
+    if (detail::current_g() != nullptr) detail::throw_block_on_inside_task();
+    std::exception_ptr err;
+    detail::block_on_state* st = detail::new_block_on_state();
+    struct cleanup {
+      detail::block_on_state* st;
+      ~cleanup() { detail::delete_block_on_state(st); }
+    } c{st};
+    if constexpr (std::is_void_v<T>) {
+      spawn(detail::block_on_waiter_void(h, err, st), "block_on.wait").detach();
+      detail::block_on_wait(sched_, st);
+      if (err) std::rethrow_exception(err);
+    } else {
+      std::optional<T> out;
+      spawn(detail::block_on_waiter<T>(h, out, err, st), "block_on.wait").detach();
+      detail::block_on_wait(sched_, st);
+      if (err) std::rethrow_exception(err);
+      return std::move(*out);
+    }
+  }
+
+  runtime_stats stats() const;
+  // dump(): every live task: id, name, state, and where it waits.
+  void dump(std::ostream& os) const;
+
+  detail::scheduler* scheduler_for_internal_use() const noexcept { return sched_; }
+
+ private:
+  detail::scheduler* sched_;
+};
+
+}  // namespace mpg

@@ -1,0 +1,181 @@
+// mpg/task.hpp: task<T>, the lazy, move-only coroutine type of mpg.
+//
+// A task does nothing until it is awaited or spawned. `co_await t` runs the
+// child inline on the awaiting G: the parent suspends, control transfers to
+// the child (symmetric transfer), and when the child finishes its final
+// awaiter transfers straight back to the parent. No frame of the chain stays
+// on the thread stack, so a chain of a million awaits does not grow it (with
+// optimisation; see README for g++ 12 without it).
+//
+// T may be void, a move-only type or any value type (no references). An
+// exception that escapes the child is rethrown by co_await in the parent.
+// A task is awaited at most once; awaiting it again throws std::logic_error.
+//
+// Frames come from the recycling allocator of mpg/detail/frame.hpp.
+#pragma once
+
+#include <coroutine>
+#include <cstdint>
+#include <exception>
+#include <optional>
+#include <stdexcept>
+#include <type_traits>
+#include <utility>
+
+#include "mpg/detail/frame.hpp"
+#include "mpg/detail/g.hpp"
+
+namespace mpg {
+
+template <class T = void>
+class task;
+
+template <class T>
+class join_handle;
+
+namespace detail {
+
+class promise_base {
+ public:
+  static void* operator new(std::size_t size) { return allocate_frame(size); }
+  static void operator delete(void* p, std::size_t size) noexcept { free_frame(p, size); }
+
+  std::suspend_always initial_suspend() noexcept { return {}; }
+
+  // Final awaiter: an inline-awaited task resumes its parent (symmetric
+  // transfer); a spawned root settles its join state and returns to the
+  // scheduler loop.
+  struct final_awaiter {
+    bool await_ready() noexcept { return false; }
+    template <class Promise>
+    std::coroutine_handle<> await_suspend(std::coroutine_handle<Promise> h) noexcept {
+      promise_base& p = h.promise();
+      if (p.continuation_) return p.continuation_;
+      return finish_root(h, p.exception_, p.gid_, p.name_);
+    }
+    void await_resume() noexcept {}
+  };
+  final_awaiter final_suspend() noexcept { return {}; }
+
+  void unhandled_exception() noexcept { exception_ = std::current_exception(); }
+
+  void rethrow_if_failed() {
+    if (exception_) std::rethrow_exception(exception_);
+  }
+
+  std::coroutine_handle<> continuation_{};
+  std::exception_ptr exception_{};
+  // Set when the frame is spawned as a G's root: used by reports.
+  std::uint64_t gid_ = 0;
+  const char* name_ = nullptr;
+};
+
+template <class T>
+class promise final : public promise_base {
+ public:
+  task<T> get_return_object() noexcept;
+
+  template <class U>
+    requires std::is_convertible_v<U&&, T>
+  void return_value(U&& v) noexcept(std::is_nothrow_constructible_v<T, U&&>) {
+    value_.emplace(std::forward<U>(v));
+  }
+
+  // result(): the value, or the exception rethrown. Moves the value out.
+  T result() {
+    rethrow_if_failed();
+    return std::move(*value_);
+  }
+
+ private:
+  std::optional<T> value_;
+};
+
+template <>
+class promise<void> final : public promise_base {
+ public:
+  task<void> get_return_object() noexcept;
+  void return_void() noexcept {}
+  void result() { rethrow_if_failed(); }
+};
+
+[[noreturn]] void throw_task_awaited_twice();
+
+}  // namespace detail
+
+// task<T>
+//
+// Move-only owner of a lazy coroutine frame. Destroying a task that was
+// never awaited destroys its frame (the body never runs).
+template <class T>
+class [[nodiscard]] task {
+ public:
+  using promise_type = detail::promise<T>;
+  using handle_type = std::coroutine_handle<promise_type>;
+  using value_type = T;
+
+  static_assert(!std::is_reference_v<T>, "task<T&> is not supported: return a pointer or value");
+
+  task() noexcept = default;
+  explicit task(handle_type h) noexcept : h_(h) {}
+  task(task&& o) noexcept : h_(std::exchange(o.h_, {})), awaited_(o.awaited_) {}
+  task& operator=(task&& o) noexcept {
+    if (this != &o) {
+      reset();
+      h_ = std::exchange(o.h_, {});
+      awaited_ = o.awaited_;
+    }
+    return *this;
+  }
+  task(const task&) = delete;
+  task& operator=(const task&) = delete;
+  // Idempotent on purpose: g++ 12 can destroy a temporary task in a
+  // full-expression containing co_await twice; the second run finds h_ null.
+  ~task() { reset(); }
+
+  bool valid() const noexcept { return static_cast<bool>(h_); }
+
+  // Awaiting: runs the child inline on this G (symmetric transfer).
+  struct awaiter {
+    handle_type h;
+    bool await_ready() const noexcept { return false; }
+    std::coroutine_handle<> await_suspend(std::coroutine_handle<> parent) noexcept {
+      h.promise().continuation_ = parent;
+      return h;
+    }
+    T await_resume() { return h.promise().result(); }
+  };
+  awaiter operator co_await() & { return awaiter{take_for_await()}; }
+  awaiter operator co_await() && { return awaiter{take_for_await()}; }
+
+  // release(): gives up ownership of the frame (used by spawn).
+  handle_type release() noexcept { return std::exchange(h_, {}); }
+
+ private:
+  handle_type take_for_await() {
+    if (!h_ || awaited_) detail::throw_task_awaited_twice();
+    awaited_ = true;
+    return h_;
+  }
+  void reset() noexcept {
+    if (h_) {
+      handle_type h = std::exchange(h_, {});
+      h.destroy();
+    }
+  }
+
+  handle_type h_{};
+  bool awaited_ = false;
+};
+
+namespace detail {
+template <class T>
+task<T> promise<T>::get_return_object() noexcept {
+  return task<T>(std::coroutine_handle<promise<T>>::from_promise(*this));
+}
+inline task<void> promise<void>::get_return_object() noexcept {
+  return task<void>(std::coroutine_handle<promise<void>>::from_promise(*this));
+}
+}  // namespace detail
+
+}  // namespace mpg
