@@ -27,8 +27,22 @@ namespace mpg {
 namespace detail {
 [[noreturn]] void throw_join_twice();
 [[noreturn]] void throw_task_killed();
-// drop_join(): the handle side of a spawned frame goes away without a join.
-void drop_join(std::coroutine_handle<> root) noexcept;
+// drop_join(): the handle side of a spawned frame goes away without a join
+// (frame.hpp: Running -> Detached; Done -> destroy; Killed -> free memory).
+template <class Promise>
+void drop_join(std::coroutine_handle<Promise> root) noexcept {
+  frame_header* hdr = header_of(root.address());
+  // acq_rel: acquire the finisher's result writes before destroying them;
+  // release our handle's last use before the finisher destroys the frame.
+  const std::uintptr_t old = hdr->join.exchange(kJoinDetached, std::memory_order_acq_rel);
+  if (old == kJoinDone) {
+    promise_base& p = root.promise();
+    if (p.exception_) report_lost_exception(p.exception_, p.gid_, p.name_);
+    root.destroy();
+  } else if (old == kJoinKilled) {
+    release_frame_memory(hdr);
+  }
+}
 // join_suspend(): park the current G at h until the frame finishes. Returns
 // false when it finished already (no suspension).
 bool join_suspend(std::coroutine_handle<> root, std::coroutine_handle<> h);
@@ -116,8 +130,7 @@ typename task<T>::handle_type spawn_frame(task<T>&& t, const char* name, schedul
   auto h = t.release();
   if (!h) throw_task_awaited_twice();
   h.promise().name_ = name;
-  g* gp = spawn_root(h, name, s);
-  (void)gp;
+  spawn_root(h, name, s, &h.promise().gid_);
   return h;
 }
 }  // namespace detail

@@ -98,8 +98,10 @@ void cancel_park() noexcept;
 // frame_header is header_of(root.address())) and make it runnable: on the
 // caller's P (runnext) if the caller runs on a P of `s`, else on the global
 // queue. s == nullptr means the current task's runtime; outside any task that
-// throws std::logic_error.
-g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s);
+// throws std::logic_error (and destroys the frame). *gid_slot receives the
+// G's id before the G can run.
+g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
+              std::uint64_t* gid_slot);
 
 // finish_root(): the final awaiter of a spawned root frame calls this. It
 // retires the current G and settles the join state (frame.hpp): readies the

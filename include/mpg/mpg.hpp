@@ -1,0 +1,17 @@
+// mpg/mpg.hpp: everything of mpg in one include.
+//
+// mpg is Go's goroutine model for C++20: tasks (task<T>, spawn, go) run on an
+// M-P-G work-stealing scheduler (runtime), talk over channels (chan, select),
+// wait on coroutine-aware sync primitives and timers, and do I/O through
+// per-P io_uring rings. See README.md and ../shared/API.md.
+#pragma once
+
+// Core runtime (issue 2).
+#include "mpg/errors.hpp"
+#include "mpg/runtime.hpp"
+#include "mpg/spawn.hpp"
+#include "mpg/task.hpp"
+
+// Channels, select, time, sync, context (issue 3).
+
+// io_uring I/O, blocking calls (issue 4).

@@ -1,0 +1,318 @@
+// lib/find_runnable.cpp: the M's scheduling loop (Go's schedule and
+// findRunnable), stealing, and parking an M.
+//
+// Each M loops: find a runnable G, run it until it suspends, repeat. Where a
+// G is looked for, in order:
+//   1. every 61st tick, one G from the global queue first, so the global
+//      queue cannot starve behind two Gs that keep readying each other;
+//   2. due timers and ready I/O completions of this P (they ready Gs here);
+//   3. the local runnext slot, then the local queue; a runnext chain (a G
+//      readying the next, which readies the next...) inherits the time slice
+//      but may keep the slot for at most kMaxRunnextStreak turns in a row
+//      while the local queue has work;
+//   4. the global queue (a batch of up to len/procs + 1);
+//   5. steal: at most half as many Ms spin as there are busy Ps; a spinner
+//      tries every other P four times in random order, taking half of its
+//      queue (and, on the last pass, a runnext G that sysmon marked stale,
+//      and the timers that are due);
+//   6. give up: the parking protocol of scheduler.cpp (P1-P4). An M whose P
+//      has timers or I/O in flight sleeps holding the P (in its ring, or on
+//      its futex with the next deadline); otherwise it releases the P to the
+//      idle list and parks on its futex.
+#include <optional>
+
+#include "reactor_hook.hpp"
+#include "scheduler.hpp"
+
+namespace mpg::detail {
+
+void set_current_g(g* gp) noexcept;
+
+namespace {
+constexpr int kBudget = 128;
+constexpr std::uint32_t kMaxRunnextStreak = 32;
+constexpr int kStealTries = 4;
+
+std::chrono::steady_clock::time_point to_time_point(std::int64_t ns) {
+  return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(ns));
+}
+}  // namespace
+
+void scheduler::m_main(machine* m) {
+  set_current_m(m);
+  for (;;) {
+    bool inherit = false;
+    g* gp = find_runnable(m, &inherit);
+    if (gp == nullptr) break;
+    execute(m, gp, inherit);
+  }
+  set_current_m(nullptr);
+}
+
+void scheduler::execute(machine* m, g* gp, bool inherit_time) {
+  processor* p = m->p;
+  if (!inherit_time) {
+    // Single writer (the owner); relaxed: sampled by sysmon.
+    p->schedtick.store(p->schedtick.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    m->budget = kBudget;
+  } else if (m->budget <= 0) {
+    m->budget = kBudget / 4;
+  }
+  processor::bump(p->tasks_run);
+  set_current_g(gp);
+  gp->status.store(g_status::running, std::memory_order_relaxed);
+  p->cur_gid.store(gp->id, std::memory_order_relaxed);
+  p->cur_name.store(gp->name.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  gp->resume.resume();
+  // gp may already run elsewhere or be retired: do not touch it. The M may
+  // also hold another P now (blocking calls hand Ps over).
+  m->p->cur_gid.store(0, std::memory_order_relaxed);
+  set_current_g(nullptr);
+}
+
+void scheduler::reset_spinning(machine* m) noexcept {
+  m->spinning = false;
+  // seq_cst: part of the parking protocol; if we were the last spinner,
+  // start another so the remaining work keeps finding Ms.
+  if (nmspinning_.fetch_sub(1, std::memory_order_seq_cst) == 1) wake_p();
+}
+
+g* scheduler::steal_work(machine* m, processor* p) {
+  const std::uint32_t n = procs();
+  for (int attempt = 0; attempt < kStealTries; ++attempt) {
+    const bool last = attempt == kStealTries - 1;
+    const std::uint32_t start = m->fastrand() % n;
+    for (std::uint32_t k = 0; k < n; ++k) {
+      processor* victim = ps_[(start + k) % n].get();
+      if (victim == p) continue;
+      if (stopping()) return nullptr;
+      if (last && victim->timers.earliest_ns.load(std::memory_order_relaxed) <= now_ns()) {
+        run_timers(victim, now_ns());  // readies Gs onto our P
+        bool from_next = false;
+        if (g* gp = p->runq.owner_pop(false, &from_next)) return gp;
+      }
+      const bool take_next = last && victim->runnext_stealable.load(std::memory_order_relaxed);
+      std::uint32_t count = 0;
+      if (g* gp = victim->runq.steal_into(p->runq, take_next, &count)) {
+        steals_.fetch_add(1, std::memory_order_relaxed);
+        stolen_.fetch_add(count, std::memory_order_relaxed);
+        return gp;
+      }
+    }
+  }
+  return nullptr;
+}
+
+bool scheduler::unlist_idle_m(machine* m) noexcept {
+  for (machine** mm = &midle_; *mm != nullptr; mm = &(*mm)->idle_next) {
+    if (*mm == m) {
+      *mm = m->idle_next;
+      m->idle_next = nullptr;
+      return true;
+    }
+  }
+  return false;
+}
+
+processor* scheduler::check_runqs_no_p() noexcept {
+  for (auto& p : ps_)
+    if (!p->runq.empty_seq_cst()) return p.get();
+  return nullptr;
+}
+
+g* scheduler::find_runnable(machine* m, bool* inherit_time) {
+  *inherit_time = false;
+top:
+  if (stopping()) return nullptr;
+  processor* p = m->p;
+
+  // 1. Global queue fairness.
+  if (p->schedtick.load(std::memory_order_relaxed) % 61 == 0 && global_nonempty()) {
+    g* gp;
+    {
+      absl::MutexLock l(&mu_);
+      gp = global_get(p, 1);
+    }
+    if (gp != nullptr) {
+      if (m->spinning) reset_spinning(m);
+      return gp;
+    }
+  }
+
+  // 2. Timers and I/O of this P.
+  if (p->timers.earliest_ns.load(std::memory_order_relaxed) != INT64_MAX)
+    run_timers(p, now_ns());
+  if (reactor_busy(p->io.get())) reactor_poll(p->io.get());
+
+  // 3. Local work.
+  {
+    const bool skip_next = m->runnext_streak >= kMaxRunnextStreak;
+    bool from_next = false;
+    if (g* gp = p->runq.owner_pop(skip_next, &from_next)) {
+      m->runnext_streak = from_next ? m->runnext_streak + 1 : 0;
+      *inherit_time = from_next;
+      if (m->spinning) reset_spinning(m);
+      return gp;
+    }
+    m->runnext_streak = 0;
+  }
+
+  // 4. Global queue.
+  if (global_nonempty()) {
+    g* gp;
+    {
+      absl::MutexLock l(&mu_);
+      gp = global_get(p, 0);
+    }
+    if (gp != nullptr) {
+      if (m->spinning) reset_spinning(m);
+      return gp;
+    }
+  }
+
+  // 5. Steal, if not too many Ms spin already.
+  if (m->spinning || 2 * nmspinning_.load(std::memory_order_seq_cst) <
+                         procs() - npidle_.load(std::memory_order_seq_cst)) {
+    if (!m->spinning) {
+      m->spinning = true;
+      nmspinning_.fetch_add(1, std::memory_order_seq_cst);
+    }
+    if (g* gp = steal_work(m, p)) {
+      reset_spinning(m);
+      return gp;
+    }
+  }
+
+  // 6. Nothing to run. P1: recheck the global queue under the lock, then
+  // put the P on the idle list.
+  const std::int64_t next_timer = p->timers.earliest_ns.load(std::memory_order_relaxed);
+  const bool has_io = reactor_busy(p->io.get());
+  const bool hold = next_timer != INT64_MAX || has_io;
+  {
+    mu_.Lock();
+    if (stopping()) {
+      mu_.Unlock();
+      return nullptr;
+    }
+    if (g* gp = global_get(p, 0)) {
+      mu_.Unlock();
+      if (m->spinning) reset_spinning(m);
+      return gp;
+    }
+    pidle_put(p);
+    if (hold) {
+      p->status = p_status::parked;
+      p->parked_m = m;
+      m->in_ring = has_io;
+    } else {
+      p->status = p_status::idle;
+      m->p = nullptr;
+      m->idle_next = midle_;
+      midle_ = m;
+    }
+    mu_.Unlock();
+  }
+  // P2/P3: the last spinner rechecks every queue after its decrement.
+  if (m->spinning) {
+    m->spinning = false;
+    nmspinning_.fetch_sub(1, std::memory_order_seq_cst);
+    if (global_nonempty() || check_runqs_no_p() != nullptr) {
+      processor* got = nullptr;
+      machine* other = nullptr;  // an M sleeping holding the P we took
+      bool other_ring = false;
+      {
+        absl::MutexLock l(&mu_);
+        if (hold) {
+          if (p->status == p_status::parked && p->parked_m == m && pidle_remove(p)) got = p;
+        } else if (unlist_idle_m(m)) {
+          got = pidle_get();
+          if (got != nullptr && got->status == p_status::parked) {
+            // Its M sleeps holding it: hand the work to that M, park ourselves.
+            other = got->parked_m;
+            other_ring = other->in_ring;
+            got->parked_m = nullptr;
+            got->status = p_status::running;
+            other->next_p = got;
+            other->next_spinning = false;
+          }
+          if (got == nullptr || other != nullptr) {
+            m->idle_next = midle_;
+            midle_ = m;
+          }
+        }
+        if (got != nullptr && other == nullptr) {
+          got->status = p_status::running;
+          got->parked_m = nullptr;
+          m->p = got;
+          m->in_ring = false;
+          m->spinning = true;
+          nmspinning_.fetch_add(1, std::memory_order_seq_cst);
+        }
+      }
+      if (other != nullptr) {
+        wake_machine(other, other_ring, got);
+      } else if (got != nullptr) {
+        goto top;
+      }
+    }
+  }
+  // P4.
+  park_m(m, hold ? p : nullptr,
+         hold && next_timer != INT64_MAX ? std::optional<std::int64_t>(next_timer) : std::nullopt);
+  if (stopping()) return nullptr;
+  // If handed a P by wake_p, m->spinning is set and already counted.
+  goto top;
+}
+
+// park_m(): sleep until handed a P (or, holding `held`, until its deadline,
+// an I/O completion or a wake). On return m->p is set unless stopping.
+void scheduler::park_m(machine* m, processor* held, std::optional<std::int64_t> until_ns) {
+  parks_.fetch_add(1, std::memory_order_relaxed);
+  for (;;) {
+    std::optional<std::chrono::steady_clock::time_point> deadline;
+    if (until_ns) deadline = to_time_point(*until_ns);
+    bool in_ring = false;
+    if (held != nullptr) {
+      absl::MutexLock l(&mu_);
+      in_ring = m->in_ring;
+    }
+    if (held != nullptr && in_ring) {
+      reactor_wait(held->io.get(), deadline);
+    } else {
+      m->park.park(deadline);
+    }
+    absl::MutexLock l(&mu_);
+    if (m->next_p != nullptr) {
+      // Handed a P (our own held one, or an idle one by start_m).
+      m->p = m->next_p;
+      m->next_p = nullptr;
+      m->spinning = m->next_spinning;
+      m->next_spinning = false;
+      m->in_ring = false;
+      return;
+    }
+    if (stopping()) {
+      if (held != nullptr && held->status == p_status::parked && held->parked_m == m) {
+        pidle_remove(held);
+        held->status = p_status::running;
+        held->parked_m = nullptr;
+      }
+      return;
+    }
+    if (held != nullptr) {
+      // Woken by our deadline, a completion or a stray wake: take the P back
+      // (nobody handed it away, or next_p would be set).
+      if (held->status == p_status::parked && held->parked_m == m) {
+        pidle_remove(held);
+        held->status = p_status::running;
+        held->parked_m = nullptr;
+        m->in_ring = false;
+        m->p = held;
+        return;
+      }
+    }
+    // Spurious wake without a P: park again.
+  }
+}
+
+}  // namespace mpg::detail

@@ -1,0 +1,120 @@
+// lib/frame_allocator.cpp: the per-thread recycling allocator for coroutine
+// frames (see mpg/detail/frame.hpp for the header and join-state layout).
+//
+// Size classes of 64 bytes up to 2 KiB. Each thread keeps a free list per
+// class, bounded (kMaxCached frames or kMaxCachedBytes per class, whichever
+// is smaller) so that a producer/consumer imbalance between threads cannot
+// hoard memory. Frames freed on another thread join that thread's lists:
+// frames flow with the work, as Go's per-P caches do. Rejected: a global
+// lock-free stack (ABA and contention on every spawn), and per-P caches (a
+// frame can be freed on a thread with no P: block_on, shutdown).
+//
+// Lists are plain thread-local data: no atomics, no locks.
+#include <atomic>
+#include <cstdlib>
+#include <new>
+
+#include "mpg/detail/frame.hpp"
+
+namespace mpg::detail {
+namespace {
+
+constexpr std::size_t kGranule = 64;
+constexpr std::size_t kClasses = 32;  // up to 32 * 64 = 2048 bytes with header
+constexpr std::size_t kMaxCachedBytes = 4u << 20;
+constexpr std::size_t kMaxCached = 16384;
+
+struct free_node {
+  free_node* next;
+};
+
+struct thread_cache {
+  free_node* heads[kClasses] = {};
+  std::uint32_t counts[kClasses] = {};
+  frame_cache_stats stats;
+
+  ~thread_cache() {
+    for (std::size_t c = 0; c < kClasses; ++c) {
+      while (free_node* n = heads[c]) {
+        heads[c] = n->next;
+        std::free(n);
+      }
+    }
+  }
+};
+
+thread_local thread_cache tls_cache;
+// Process-wide switch for perf comparisons; relaxed: it is set once before
+// any task runs and only selects a policy.
+std::atomic<bool> g_cache_enabled{true};
+
+inline std::size_t class_of(std::size_t total) noexcept { return (total - 1) / kGranule; }
+
+std::size_t cap_for(std::size_t cls) noexcept {
+  std::size_t by_bytes = kMaxCachedBytes / ((cls + 1) * kGranule);
+  return by_bytes < kMaxCached ? by_bytes : kMaxCached;
+}
+
+}  // namespace
+
+void* allocate_frame(std::size_t size) {
+  const std::size_t total = size + sizeof(frame_header);
+  void* mem = nullptr;
+  const std::size_t cls = class_of(total);
+  if (cls < kClasses && g_cache_enabled.load(std::memory_order_relaxed)) {
+    thread_cache& tc = tls_cache;
+    if (free_node* n = tc.heads[cls]) {
+      tc.heads[cls] = n->next;
+      --tc.counts[cls];
+      ++tc.stats.hits;
+      mem = n;
+    } else {
+      ++tc.stats.misses;
+      mem = std::malloc((cls + 1) * kGranule);
+    }
+  } else {
+    mem = std::malloc(total);
+  }
+  if (mem == nullptr) throw std::bad_alloc();
+  auto* h = new (mem) frame_header;
+  h->size = static_cast<std::uint32_t>(size);
+  return static_cast<char*>(mem) + sizeof(frame_header);
+}
+
+namespace {
+void recycle(frame_header* h, std::size_t size) noexcept {
+  const std::size_t total = size + sizeof(frame_header);
+  const std::size_t cls = class_of(total);
+  h->~frame_header();
+  void* mem = h;
+  if (cls < kClasses && g_cache_enabled.load(std::memory_order_relaxed)) {
+    thread_cache& tc = tls_cache;
+    if (tc.counts[cls] < cap_for(cls)) {
+      auto* n = static_cast<free_node*>(mem);
+      n->next = tc.heads[cls];
+      tc.heads[cls] = n;
+      ++tc.counts[cls];
+      return;
+    }
+  }
+  std::free(mem);
+}
+}  // namespace
+
+void free_frame(void* frame, std::size_t size) noexcept {
+  frame_header* h = header_of(frame);
+  // Relaxed: the only writer of kJoinKilled is the shutdown path, which
+  // runs on this same thread right before destroying the frame.
+  if (h->join.load(std::memory_order_relaxed) == kJoinKilled) return;
+  recycle(h, size);
+}
+
+void release_frame_memory(frame_header* h) noexcept { recycle(h, h->size); }
+
+frame_cache_stats thread_frame_cache_stats() noexcept { return tls_cache.stats; }
+
+void set_frame_cache_enabled(bool enabled) noexcept {
+  g_cache_enabled.store(enabled, std::memory_order_relaxed);
+}
+
+}  // namespace mpg::detail

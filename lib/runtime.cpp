@@ -1,0 +1,190 @@
+// lib/runtime.cpp: the public runtime object, go/yield, block_on's waiting,
+// statistics, the task dump and shutdown.
+//
+// Shutdown (~runtime), in order:
+//   1. stopping_ is set; sysmon stops; every M is woken (futex and ring).
+//   2. Each M returns from its current G (a G that never suspends would hold
+//      its M: mpg cannot preempt), sees stopping_ and exits; all are joined.
+//   3. Each P's ring cancels what is in flight and reaps the last completions.
+//   4. Every G still live (runnable or waiting) is killed: its root frame is
+//      destroyed, which destroys the whole chain of frames it awaits. A frame
+//      whose join_handle is still held elsewhere keeps its memory until that
+//      handle is dropped (frame.hpp, kJoinKilled). Destructors that ready
+//      other Gs during this only queue them; nothing runs any more.
+//   5. The killed tasks are reported on stderr: their number, ids and names.
+#include <absl/synchronization/notification.h>
+
+#include <algorithm>
+#include <iostream>
+#include <ostream>
+#include <sstream>
+
+#include "mpg/errors.hpp"
+#include "mpg/runtime.hpp"
+#include "reactor_hook.hpp"
+#include "scheduler.hpp"
+
+namespace mpg {
+
+namespace detail {
+
+struct block_on_state {
+  absl::Notification done;
+};
+
+block_on_state* new_block_on_state() { return new block_on_state; }
+void delete_block_on_state(block_on_state* st) noexcept { delete st; }
+void block_on_signal(block_on_state* st) noexcept { st->done.Notify(); }
+void block_on_wait(scheduler* s, block_on_state* st) {
+  s->block_on_waiters.fetch_add(1, std::memory_order_relaxed);
+  st->done.WaitForNotification();
+  s->block_on_waiters.fetch_sub(1, std::memory_order_relaxed);
+}
+void throw_block_on_inside_task() {
+  throw runtime_misuse_error("mpg: runtime::block_on called from inside a task (it would block a P)");
+}
+
+void scheduler::kill_remaining(std::ostream& report) {
+  std::vector<g*> live;
+  {
+    absl::MutexLock l(&allg_mu_);
+    for (g* gp = allg_; gp != nullptr; gp = gp->all_next)
+      if (gp->status.load(std::memory_order_relaxed) != g_status::dead) live.push_back(gp);
+  }
+  {
+    // Drop the queues: nothing will run these Gs; they are killed below.
+    absl::MutexLock l(&mu_);
+    ghead_ = gtail_ = nullptr;
+    gsize_.store(0, std::memory_order_seq_cst);
+  }
+  if (live.empty()) return;
+  std::sort(live.begin(), live.end(), [](g* a, g* b) { return a->id < b->id; });
+  std::ostringstream names;
+  std::size_t shown = 0;
+  for (g* gp : live) {
+    if (shown++ < 20) {
+      const char* n = gp->name.load(std::memory_order_relaxed);
+      const char* why = gp->wait_reason.load(std::memory_order_relaxed);
+      names << "\n  task " << gp->id << (n ? " (" : "") << (n ? n : "") << (n ? ")" : "") << ": "
+            << to_string(gp->status.load(std::memory_order_relaxed));
+      if (why) names << " on " << why;
+    }
+  }
+  if (live.size() > shown) names << "\n  ...";
+  report << "mpg: runtime shut down with " << live.size() << " task(s) still alive; destroying them:"
+         << names.str() << std::endl;
+  for (g* gp : live) {
+    std::coroutine_handle<> root = gp->root;
+    gp->status.store(g_status::dead, std::memory_order_relaxed);
+    if (!root) continue;
+    auto* hdr = static_cast<frame_header*>(gp->frame_header);
+    // acq_rel: see frame.hpp; no M runs any more, so this only orders
+    // against join handles dropped on other threads.
+    std::uintptr_t old = hdr->join.exchange(kJoinKilled, std::memory_order_acq_rel);
+    if (old == kJoinDetached) {
+      hdr->join.store(kJoinDetached, std::memory_order_relaxed);  // free it for real
+    }
+    gp->root = {};
+    gp->resume = {};
+    root.destroy();
+  }
+  absl::MutexLock l(&allg_mu_);
+  for (g* gp : live) gfree_global_.push_back(gp);
+}
+
+runtime_stats scheduler::stats() const {
+  runtime_stats s;
+  s.procs = procs();
+  for (auto& p : ps_) {
+    s.spawned += p->spawned.load(std::memory_order_relaxed);
+    s.completed += p->completed.load(std::memory_order_relaxed);
+    s.local_queue_lengths.push_back(p->runq.size());
+    s.tasks_run.push_back(p->tasks_run.load(std::memory_order_relaxed));
+  }
+  s.spawned += foreign_spawned_.load(std::memory_order_relaxed);
+  s.completed += foreign_completed_.load(std::memory_order_relaxed);
+  s.live = s.spawned >= s.completed ? s.spawned - s.completed : 0;
+  s.steals = steals_.load(std::memory_order_relaxed);
+  s.stolen_tasks = stolen_.load(std::memory_order_relaxed);
+  s.parks = parks_.load(std::memory_order_relaxed);
+  s.global_queue_pulls = gpulls_.load(std::memory_order_relaxed);
+  s.global_queue_pushes = gpushes_.load(std::memory_order_relaxed);
+  s.global_queue_length = gsize_.load(std::memory_order_relaxed);
+  s.threads = threads_.load(std::memory_order_relaxed);
+  s.long_task_reports = long_reports_.load(std::memory_order_relaxed);
+  return s;
+}
+
+void scheduler::dump(std::ostream& os) const {
+  absl::MutexLock l(&allg_mu_);
+  std::size_t n = 0;
+  std::ostringstream body;
+  for (g* gp = allg_; gp != nullptr; gp = gp->all_next) {
+    const g_status st = gp->status.load(std::memory_order_relaxed);
+    if (st == g_status::dead) continue;
+    ++n;
+    const char* name = gp->name.load(std::memory_order_relaxed);
+    body << "task " << gp->id;
+    if (name) body << " (" << name << ")";
+    body << " [" << to_string(st);
+    if (st == g_status::waiting) {
+      const char* why = gp->wait_reason.load(std::memory_order_relaxed);
+      const char* file = gp->wait_file.load(std::memory_order_relaxed);
+      const char* fn = gp->wait_function.load(std::memory_order_relaxed);
+      body << ": " << (why ? why : "?");
+      if (file) body << " at " << file << ":" << gp->wait_line.load(std::memory_order_relaxed);
+      if (fn) body << " in " << fn;
+    }
+    body << "]\n";
+  }
+  os << "mpg: " << n << " live task(s) on " << procs() << " P(s)\n" << body.str();
+}
+
+}  // namespace detail
+
+runtime::runtime(runtime_options opts) : sched_(new detail::scheduler(opts)) {}
+
+runtime::~runtime() {
+  sched_->stop();
+  for (unsigned i = 0; i < sched_->procs(); ++i) detail::reactor_shutdown(sched_->p_at(i)->io.get());
+  sched_->kill_remaining(std::cerr);
+  delete sched_;
+}
+
+unsigned runtime::procs() const noexcept { return sched_->procs(); }
+
+void runtime::go(task<void> t, const char* name) {
+  auto h = t.release();
+  if (!h) detail::throw_task_awaited_twice();
+  h.promise().name_ = name;
+  detail::header_of(h.address())->join.store(detail::kJoinDetached, std::memory_order_relaxed);
+  detail::spawn_root(h, name, sched_, &h.promise().gid_);
+}
+
+runtime_stats runtime::stats() const { return sched_->stats(); }
+void runtime::dump(std::ostream& os) const { sched_->dump(os); }
+
+void go(task<void> t, const char* name) {
+  detail::scheduler* s = detail::current_scheduler();
+  if (s == nullptr || detail::current_g() == nullptr)
+    throw runtime_misuse_error("mpg::go called outside a task of a runtime");
+  auto h = t.release();
+  if (!h) detail::throw_task_awaited_twice();
+  h.promise().name_ = name;
+  // Relaxed: the frame is not shared yet; spawn_root publishes it.
+  detail::header_of(h.address())->join.store(detail::kJoinDetached, std::memory_order_relaxed);
+  detail::spawn_root(h, name, s, &h.promise().gid_);
+}
+
+yield_awaiter yield() {
+  if (detail::current_g() == nullptr) throw runtime_misuse_error("mpg::yield called outside a task");
+  return {};
+}
+
+budget_awaiter consume_budget() {
+  if (detail::current_g() == nullptr)
+    throw runtime_misuse_error("mpg::consume_budget called outside a task");
+  return {};
+}
+
+}  // namespace mpg
