@@ -43,7 +43,9 @@ struct thread_cache {
   }
 };
 
-thread_local thread_cache tls_cache;
+// initial-exec: libmpg is loaded with the program, and the default model
+// for a shared library costs a __tls_get_addr call on every access.
+__attribute__((tls_model("initial-exec"))) thread_local thread_cache tls_cache;
 // Process-wide switch for perf comparisons; relaxed: it is set once before
 // any task runs and only selects a policy.
 std::atomic<bool> g_cache_enabled{true};

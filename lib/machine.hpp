@@ -53,7 +53,8 @@ class machine {
   bool spinning = false;        // counted in scheduler::nmspinning_
   bool next_spinning = false;   // handed over with next_p
   machine* idle_next = nullptr; // under the scheduler lock
-  bool in_ring = false;         // under the scheduler lock: sleeps in its P's ring
+  bool in_ring = false;
+  processor* blocking_from = nullptr;  // the P given up by mpg::blocking         // under the scheduler lock: sleeps in its P's ring
 
   // Current run.
   int budget = 0;

@@ -51,8 +51,9 @@
 namespace mpg::detail {
 
 namespace {
-thread_local g* tls_g = nullptr;
-thread_local machine* tls_m = nullptr;
+// initial-exec: see frame_allocator.cpp.
+__attribute__((tls_model("initial-exec"))) thread_local g* tls_g = nullptr;
+__attribute__((tls_model("initial-exec"))) thread_local machine* tls_m = nullptr;
 
 constexpr int kBudget = 128;
 constexpr std::uint32_t kGidBatch = 1024;
@@ -284,6 +285,26 @@ void scheduler::refill_gids(processor* p) noexcept {
   p->gid_limit = gid_next_;
 }
 
+// allocate_gs(): a batch of fresh Gs, registered in allg_ under one lock;
+// one is returned, the rest go to p's pool (or the global pool).
+g* scheduler::allocate_gs(processor* p) {
+  constexpr std::size_t kBatch = 32;
+  g* fresh[kBatch];
+  const std::size_t n = p != nullptr ? kBatch : 1;
+  for (std::size_t i = 0; i < n; ++i) {
+    fresh[i] = new g;
+    fresh[i]->sched = this;
+  }
+  absl::MutexLock l(&allg_mu_);
+  for (std::size_t i = 0; i < n; ++i) {
+    fresh[i]->all_next = allg_;
+    allg_ = fresh[i];
+    if (i > 0) p->gfree.push_back(fresh[i]);
+  }
+  gs_allocated_ += n;
+  return fresh[0];
+}
+
 g* scheduler::new_g(std::coroutine_handle<> root, const char* name) {
   processor* p = current_p_of(this);
   g* gp = nullptr;
@@ -318,14 +339,7 @@ g* scheduler::new_g(std::coroutine_handle<> root, const char* name) {
         p->gfree.pop_back();
       }
     }
-    if (gp == nullptr) {
-      gp = new g;
-      gp->sched = this;
-      absl::MutexLock l(&allg_mu_);
-      gp->all_next = allg_;
-      allg_ = gp;
-      ++gs_allocated_;
-    }
+    if (gp == nullptr) gp = allocate_gs(p);
   }
   gp->id = id;
   gp->root = root;

@@ -51,6 +51,10 @@ class scheduler {
   void stop() noexcept;     // stop and join every M (runtime shutdown)
   bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
 
+  // --- blocking calls (blocking.cpp) --------------------------------------
+  void enter_blocking(machine* m);
+  bool exit_blocking(machine* m, g* gp) noexcept;
+
   // --- shutdown, observation ---------------------------------------------
   void kill_remaining(std::ostream& report);
   runtime_stats stats() const;
@@ -94,6 +98,7 @@ class scheduler {
   machine* midle_get() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool unlist_idle_m(machine* m) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void refill_gids(processor* p) noexcept;
+  g* allocate_gs(processor* p);
 
   runtime_options opts_;
   std::vector<std::unique_ptr<processor>> ps_;

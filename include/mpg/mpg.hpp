@@ -15,3 +15,4 @@
 // Channels, select, time, sync, context (issue 3).
 
 // io_uring I/O, blocking calls (issue 4).
+#include "mpg/blocking.hpp"

@@ -1,0 +1,3 @@
+module mpgbench
+
+go 1.19

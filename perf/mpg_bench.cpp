@@ -1,0 +1,158 @@
+// perf/mpg_bench.cpp: the mpg side of the benchmark suite.
+//
+// Protocol (perf/run.py): `mpg_bench WORKLOAD [N]` runs one workload once and
+// prints one line:
+//   RESULT workload=<name> impl=mpg ops=<n> ns_per_op=<x> wall_ms=<x>
+//          peak_rss_kb=<n> check=<ok|FAIL> [bytes_per_task=<x>]
+// The runtime uses MPG_PROCS (else all CPUs of the affinity mask), except
+// yield_ping which runs on one P by definition. Workloads are defined in
+// ../shared/BENCHMARKS.md; the op of each is stated next to it below.
+#include <sys/resource.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "mpg/detail/frame.hpp"
+#include "mpg/mpg.hpp"
+#if __has_include("sync_workloads.hpp")
+#include "sync_workloads.hpp"
+#define MPG_HAVE_SYNC_WORKLOADS 1
+#endif
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+long peak_rss_kb() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss;
+}
+
+void print_result(const char* name, long ops, double wall_ns, bool ok, const char* extra = "") {
+  std::printf("RESULT workload=%s impl=mpg ops=%ld ns_per_op=%.2f wall_ms=%.2f peak_rss_kb=%ld check=%s%s\n",
+              name, ops, wall_ns / static_cast<double>(ops), wall_ns / 1e6, peak_rss_kb(),
+              ok ? "ok" : "FAIL", extra);
+}
+
+template <class F>
+double time_ns(F&& f) {
+  auto t0 = clock_type::now();
+  f();
+  return std::chrono::duration<double, std::nano>(clock_type::now() - t0).count();
+}
+
+// spawn_join: op = spawn one task that adds 1 to an atomic, and join it.
+mpg::task<void> add_one(std::atomic<long>* c) {
+  c->fetch_add(1, std::memory_order_relaxed);
+  co_return;
+}
+mpg::task<long> spawn_join(long n) {
+  std::atomic<long> counter{0};
+  std::vector<mpg::join_handle<void>> hs;
+  hs.reserve(static_cast<std::size_t>(n));
+  for (long i = 0; i < n; ++i) hs.push_back(mpg::spawn(add_one(&counter)));
+  for (auto& h : hs) co_await h;
+  co_return counter.load();
+}
+
+// skynet: op = one task (1,111,111 in all for 1,000,000 leaves).
+mpg::task<long> skynet(long num, long size) {
+  if (size == 1) co_return num;
+  mpg::join_handle<long> hs[10];
+  const long sub = size / 10;
+  for (int i = 0; i < 10; ++i) hs[i] = mpg::spawn(skynet(num + i * sub, sub));
+  long sum = 0;
+  for (auto& h : hs) sum += co_await h;
+  co_return sum;
+}
+
+// fib: op = one task; every call with n >= 2 spawns fib(n-1) and runs
+// fib(n-2) inline.
+mpg::task<long> fib(int n) {
+  if (n < 2) co_return n;
+  mpg::join_handle<long> a = mpg::spawn(fib(n - 1));
+  long b = co_await fib(n - 2);
+  co_return co_await a + b;
+}
+long fib_value(int n) {
+  long a = 0, b = 1;
+  for (int i = 0; i < n; ++i) {
+    long c = a + b;
+    a = b;
+    b = c;
+  }
+  return a;
+}
+
+// yield_ping: two tasks that only yield, on one P; op = one switch.
+mpg::task<void> yielder(long n) {
+  for (long i = 0; i < n; ++i) co_await mpg::yield();
+}
+mpg::task<void> yield_ping(long n) {
+  auto a = mpg::spawn(yielder(n));
+  auto b = mpg::spawn(yielder(n));
+  co_await a;
+  co_await b;
+}
+
+int run_fib(const char* name, int n, bool cache) {
+  mpg::detail::set_frame_cache_enabled(cache);
+  mpg::runtime rt;
+  long r = 0;
+  double ns = time_ns([&] { r = rt.block_on(fib(n)); });
+  // Op: one spawned task (calls with n >= 2: fib(n+1) - 1), as perf/go.
+  print_result(name, fib_value(n + 1) - 1, ns, r == fib_value(n));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: %s WORKLOAD [N]\n", argv[0]);
+    return 2;
+  }
+  const std::string w = argv[1];
+  const long arg = argc > 2 ? std::atol(argv[2]) : 0;
+  if (w == "spawn_join" || w == "spawn_join_malloc") {
+    mpg::detail::set_frame_cache_enabled(w == "spawn_join");
+    const long n = arg > 0 ? arg : 1000000;
+    mpg::runtime rt;
+    long r = 0;
+    double ns = time_ns([&] { r = rt.block_on(spawn_join(n)); });
+    print_result(w.c_str(), n, ns, r == n);
+    return 0;
+  }
+  if (w == "skynet") {
+    const long leaves = arg > 0 ? arg : 1000000;
+    mpg::runtime rt;
+    long r = 0;
+    double ns = time_ns([&] { r = rt.block_on(skynet(0, leaves)); });
+    long tasks = 0;
+    for (long s = leaves; s >= 1; s /= 10) tasks += leaves / s;
+    print_result("skynet", tasks, ns, r == leaves * (leaves - 1) / 2);
+    return 0;
+  }
+  if (w == "fib") return run_fib("fib", arg > 0 ? static_cast<int>(arg) : 30, true);
+  if (w == "fib_malloc") return run_fib("fib_malloc", arg > 0 ? static_cast<int>(arg) : 30, false);
+  if (w == "fib32") return run_fib("fib32", 32, true);
+  if (w == "yield_ping") {
+    const long n = arg > 0 ? arg : 1000000;
+    mpg::runtime rt({.procs = 1});
+    double ns = time_ns([&] { rt.block_on(yield_ping(n)); });
+    print_result("yield_ping", 2 * n, ns, true);
+    return 0;
+  }
+#ifdef MPG_HAVE_SYNC_WORKLOADS
+  if (int rc = mpg_perf::run_sync_workload(w, arg); rc != 2) return rc;
+#endif
+  std::fprintf(stderr, "mpg_bench: unknown workload %s\n", w.c_str());
+  return 2;
+}

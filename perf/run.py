@@ -1,0 +1,522 @@
+#!/usr/bin/env python3
+"""perf/run.py: run mpg's benchmark workloads side by side with their peers.
+
+Runs every workload of /work/shared/BENCHMARKS.md (mirrored in README.md) on
+
+  * mpg      BUILD/perf/mpg_bench      (built by perf/meson.build)
+  * threads  BUILD/perf/threads_bench  (std::thread + std::mutex + std::condition_variable)
+  * Go       BUILD/perf/go_bench       (built here from perf/go/ when `go` is on PATH)
+
+and prints one table: the median ns/op of each (bytes per task for idle_tasks),
+peak RSS, the peer/mpg ratios and mpg's target. The same table, with notes, is
+written as markdown to BUILD/perf-results.md.
+
+Protocol. Every program is run as `PROGRAM WORKLOAD [N]`, one process per run,
+and prints exactly one line:
+
+  RESULT workload=<name> impl=<mpg|threads|go> ops=<count> ns_per_op=<float>
+         wall_ms=<float> peak_rss_kb=<int> check=<ok|FAIL> [bytes_per_task=<float>]
+
+Exit status 0 is success, 1 a failed self-check (check=FAIL), 2 an unknown
+workload, 3 a workload the program cannot run (threads: skynet, fib). Without N
+each program uses its own default size (threads run smaller sizes; ns/op stays
+comparable because it is per op).
+
+Cells: "n/a" means the program is not there (mpg_bench not written yet, no Go),
+"infeasible" that the program declined the workload (exit 3), "error" a crash,
+a timeout (120 s per run), unparsable output or an unexpected exit status,
+"FAIL" a failed self-check. Errors never stop the table; they are listed below
+it, and make the exit status 1.
+
+Usage:
+  python3 perf/run.py --build build [--runs 3] [--workloads a,b] [--no-go]
+                      [--n WORKLOAD=N ...]
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+PERF_DIR = Path(__file__).resolve().parent
+GO_SRC_DIR = PERF_DIR / "go"
+RUN_TIMEOUT_S = 120
+GO_BUILD_TIMEOUT_S = 300
+
+EXIT_CHECK_FAILED = 1
+EXIT_UNKNOWN_WORKLOAD = 2
+EXIT_INFEASIBLE = 3
+
+IMPLS = ("mpg", "threads", "go")
+
+
+# --------------------------------------------------------------------------
+# Workloads and targets
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """One row of the table.
+
+    metric: the RESULT field compared across implementations.
+    target: mpg's target for that metric (None: no target).
+    higher_is_better: False for costs (ns/op, bytes), True for rates; the
+        ratios are always "how many times better mpg is".
+    impls: which implementations run it.
+    runner: how a cell is measured; None means "run the program with the
+        RESULT protocol" (measure_program). Workloads that need a server and
+        a load client (tcp_echo, http_hello) plug their own runner in here.
+    """
+
+    name: str
+    metric: str = "ns_per_op"
+    unit: str = "ns/op"
+    target: Optional[float] = None
+    higher_is_better: bool = False
+    impls: tuple = IMPLS
+    runner: Optional[Callable] = None
+
+
+WORKLOADS = [
+    Workload("spawn_join", target=20),
+    Workload("skynet", target=10),
+    Workload("fib", target=16),
+    Workload("yield_ping"),
+    Workload("pingpong", target=50),
+    Workload("chan_mpmc", target=20),
+    Workload("mutex_contention", target=15),
+    Workload("idle_tasks", metric="bytes_per_task", unit="bytes/task", target=256),
+    # tcp_echo and http_hello (servers in perf/servers/, driven by a load
+    # client or wrk) go here, each with its own runner returning a Cell, e.g.
+    #   Workload("tcp_echo", metric="msgs_per_s", unit="msg/s",
+    #            higher_is_better=True, runner=measure_tcp_echo),
+]
+
+# The scaling row: fib(32) on mpg with MPG_PROCS=1 and MPG_PROCS=2; the figure
+# is the ratio of the wall times (1P / 2P).
+SCALING_NAME = "fib32_scaling"
+SCALING_TARGET = 1.8
+
+
+# --------------------------------------------------------------------------
+# Running one program
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Outcome:
+    """The result of one process run."""
+
+    status: str  # "ok", "fail", "error", "infeasible"
+    fields: dict = dataclasses.field(default_factory=dict)
+    detail: str = ""  # for errors: what went wrong
+
+
+def parse_result_line(stdout: str) -> Optional[dict]:
+    """Returns the key=value fields of the single RESULT line, or None."""
+    lines = [l for l in stdout.splitlines() if l.startswith("RESULT ")]
+    if len(lines) != 1:
+        return None
+    fields = {}
+    for token in lines[0].split()[1:]:
+        key, sep, value = token.partition("=")
+        if not sep:
+            return None
+        fields[key] = value
+    for key in ("ns_per_op", "wall_ms", "bytes_per_task"):
+        if key in fields:
+            try:
+                fields[key] = float(fields[key])
+            except ValueError:
+                return None
+    for key in ("ops", "peak_rss_kb"):
+        if key in fields:
+            try:
+                fields[key] = int(fields[key])
+            except ValueError:
+                return None
+    return fields
+
+
+# Why the shell in between: Linux carries ru_maxrss across exec (the kernel
+# keeps the larger of the old and new images' peaks), so a program exec'd
+# straight from this Python process would report Python's ~15 MiB as its peak
+# RSS. A fresh fork of a small /bin/sh starts the count from the shell's few
+# hundred KiB instead; the trailing `exit $?` stops the shell from exec'ing
+# the program in place of forking it.
+TRAMPOLINE = ["/bin/sh", "-c", '"$@"; exit $?', "sh"]
+
+
+def run_once(program: Path, workload: str, n: Optional[int], env: Optional[dict] = None) -> Outcome:
+    """Runs `program workload [n]` once and classifies what happened."""
+    argv = TRAMPOLINE + [str(program), workload] + ([str(n)] if n is not None else [])
+    try:
+        # A session of its own, so a timeout kills the program and the shell.
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env, start_new_session=True)
+    except OSError as e:
+        return Outcome("error", detail=f"could not start: {e}")
+    try:
+        stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
+        return Outcome("error", detail=f"timed out after {RUN_TIMEOUT_S} s")
+    if proc.returncode == 127 and not stdout:
+        return Outcome("error", detail="could not start: " + stderr.strip())
+    if proc.returncode < 0 or proc.returncode > 128:
+        sig = -proc.returncode if proc.returncode < 0 else proc.returncode - 128
+        return Outcome("error", detail=f"killed by signal {sig}: " + " | ".join(stderr.strip().splitlines()[-3:]))
+
+    if proc.returncode == EXIT_INFEASIBLE:
+        return Outcome("infeasible")
+    fields = parse_result_line(stdout)
+    stderr_tail = stderr.strip().splitlines()[-3:]
+    why = f"exit status {proc.returncode}" + (": " + " | ".join(stderr_tail) if stderr_tail else "")
+    if proc.returncode == EXIT_UNKNOWN_WORKLOAD:
+        return Outcome("error", detail="unknown workload (" + why + ")")
+    if fields is None or "ns_per_op" not in fields:
+        return Outcome("error", detail="no valid RESULT line, " + why)
+    if fields.get("check") != "ok" or proc.returncode == EXIT_CHECK_FAILED:
+        return Outcome("fail", fields, detail="self-check failed, " + why)
+    if proc.returncode != 0:
+        return Outcome("error", fields, detail=why)
+    return Outcome("ok", fields)
+
+
+# --------------------------------------------------------------------------
+# Cells: the median over K runs
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Cell:
+    """One implementation's figures for one workload (medians over the runs)."""
+
+    status: str  # "ok", "n/a", "infeasible", "error", "FAIL"
+    value: Optional[float] = None  # the workload's metric
+    peak_rss_kb: Optional[float] = None
+    wall_ms: Optional[float] = None
+    detail: str = ""
+
+
+def summarize(outcomes: list, metric: str) -> Cell:
+    """Folds the runs of one program into a cell: any failure wins over medians."""
+    for o in outcomes:
+        if o.status == "fail":
+            return Cell("FAIL", detail=o.detail)
+    for o in outcomes:
+        if o.status == "error":
+            return Cell("error", detail=o.detail)
+    if any(o.status == "infeasible" for o in outcomes):
+        return Cell("infeasible")
+    if not outcomes:
+        return Cell("n/a")
+    if any(metric not in o.fields for o in outcomes):
+        return Cell("error", detail=f"RESULT line lacks {metric}")
+    return Cell(
+        "ok",
+        value=statistics.median(o.fields[metric] for o in outcomes),
+        peak_rss_kb=statistics.median(o.fields["peak_rss_kb"] for o in outcomes),
+        wall_ms=statistics.median(o.fields["wall_ms"] for o in outcomes),
+    )
+
+
+def describe(o: Outcome, metric: str, unit: str) -> str:
+    """One run, for the progress log."""
+    if o.status != "ok":
+        return o.status + (f" ({o.detail})" if o.detail else "")
+    value = o.fields.get(metric)
+    return f"{value:.1f} {unit}" if isinstance(value, float) else f"ok, but no {metric}"
+
+
+def measure_program(programs: dict, workload: Workload, runs: int, n: Optional[int]) -> dict:
+    """Runs each available program `runs` times, interleaved so that machine
+    noise spreads evenly over the implementations. Returns impl -> Cell."""
+    outcomes = {impl: [] for impl in workload.impls if programs.get(impl)}
+    for k in range(runs):
+        for impl in outcomes:
+            if outcomes[impl] and outcomes[impl][-1].status in ("infeasible", "error"):
+                continue  # no point repeating a crash or a refusal
+            o = run_once(programs[impl], workload.name, n)
+            outcomes[impl].append(o)
+            log(f"  {workload.name:<17} {impl:<8} run {k + 1}/{runs}: {describe(o, workload.metric, workload.unit)}")
+    cells = {impl: Cell("n/a") for impl in workload.impls}
+    for impl, outs in outcomes.items():
+        cells[impl] = summarize(outs, workload.metric)
+    return cells
+
+
+def measure_scaling(mpg: Optional[Path], runs: int, n: Optional[int]) -> tuple:
+    """fib32 on mpg with 1 and 2 Ps. Returns (cell_1p, cell_2p)."""
+    if mpg is None:
+        return Cell("n/a"), Cell("n/a")
+    cells = []
+    for procs in (1, 2):
+        env = dict(os.environ, MPG_PROCS=str(procs))
+        outs = []
+        for k in range(runs):
+            o = run_once(mpg, "fib32", n, env)
+            outs.append(o)
+            log(f"  {'fib32':<17} mpg {procs}P   run {k + 1}/{runs}: {describe(o, 'wall_ms', 'ms')}")
+            if o.status in ("infeasible", "error"):
+                break
+        cells.append(summarize(outs, "wall_ms"))
+    return cells[0], cells[1]
+
+
+# --------------------------------------------------------------------------
+# Finding and building the programs
+# --------------------------------------------------------------------------
+
+
+def go_env(build_dir: Path) -> dict:
+    """The environment for `go build`: the toolchain that is installed (no
+    GOTOOLCHAIN switching), and a cache under the build dir when $HOME is not
+    usable (CI containers, meson test environments)."""
+    env = dict(os.environ)
+    env.pop("GOTOOLCHAIN", None)
+    home = env.get("HOME", "")
+    if not home or not os.path.isdir(home) or not os.access(home, os.W_OK):
+        env.setdefault("GOCACHE", str(build_dir / "perf" / "go-cache"))
+        env.setdefault("GOPATH", str(build_dir / "perf" / "go-path"))
+    return env
+
+
+def build_go(build_dir: Path) -> tuple:
+    """Builds perf/go into BUILD/perf/go_bench. Returns (path or None, note)."""
+    go = shutil.which("go")
+    if go is None:
+        return None, "go is not on PATH"
+    out = build_dir / "perf" / "go_bench"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        proc = subprocess.run(
+            [go, "build", "-o", str(out), "."],
+            cwd=GO_SRC_DIR, env=go_env(build_dir), capture_output=True, text=True,
+            timeout=GO_BUILD_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return None, f"go build failed: {e}"
+    if proc.returncode != 0:
+        return None, "go build failed: " + proc.stderr.strip().replace("\n", " | ")
+    return out, ""
+
+
+def go_version() -> str:
+    try:
+        return subprocess.run(["go", "version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def find_program(path: Path) -> Optional[Path]:
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
+# --------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------
+
+
+def fmt_value(v: float) -> str:
+    if v >= 1000:
+        return f"{v:,.0f}"
+    if v >= 100:
+        return f"{v:.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def fmt_cell(cell: Cell) -> str:
+    return fmt_value(cell.value) if cell.status == "ok" else cell.status
+
+
+def fmt_rss(cell: Cell) -> str:
+    if cell.status != "ok" or cell.peak_rss_kb is None:
+        return "—"
+    return f"{cell.peak_rss_kb / 1024:.1f} MiB"
+
+
+def fmt_ratio(peer: Cell, mpg: Cell, higher_is_better: bool) -> str:
+    """How many times better mpg is than the peer."""
+    if peer.status != "ok" or mpg.status != "ok" or not peer.value or not mpg.value:
+        return "—"
+    r = mpg.value / peer.value if higher_is_better else peer.value / mpg.value
+    return f"{r:.2f}x" if r < 10 else f"{r:,.0f}x"
+
+
+def fmt_target(w: Workload) -> str:
+    if w.target is None:
+        return "—"
+    shown = f"{w.target:g}" if w.target < 1e6 else fmt_value(w.target)
+    return f"{'>=' if w.higher_is_better else '<='} {shown} {w.unit}"
+
+
+def target_met(w: Workload, mpg: Cell) -> str:
+    if w.target is None or mpg.status != "ok":
+        return "—"
+    ok = mpg.value >= w.target if w.higher_is_better else mpg.value <= w.target
+    return "yes" if ok else "no"
+
+
+HEADER = ["workload", "mpg", "threads", "Go", "mpg peak RSS", "Go peak RSS",
+          "Go/mpg", "threads/mpg", "mpg target", "met"]
+RIGHT_ALIGNED = {1, 2, 3, 4, 5, 6, 7}
+
+
+def workload_row(w: Workload, cells: dict) -> list:
+    na = Cell("n/a")
+    mpg, threads, go = (cells.get(i, na) for i in IMPLS)
+    label = w.name if w.unit == "ns/op" else f"{w.name} ({w.unit})"
+    return [label, fmt_cell(mpg), fmt_cell(threads), fmt_cell(go), fmt_rss(mpg), fmt_rss(go),
+            fmt_ratio(go, mpg, w.higher_is_better), fmt_ratio(threads, mpg, w.higher_is_better),
+            fmt_target(w), target_met(w, mpg)]
+
+
+def scaling_row(p1: Cell, p2: Cell) -> list:
+    if p1.status == "ok" and p2.status == "ok" and p2.value:
+        ratio = p1.value / p2.value
+        shown, met = f"{ratio:.2f}x", ("yes" if ratio >= SCALING_TARGET else "no")
+    else:
+        bad = p1 if p1.status != "ok" else p2
+        shown, met = bad.status, "—"
+    return ["fib32 scaling (1P/2P wall)", shown, "—", "—", fmt_rss(p2), "—", "—", "—",
+            f">= {SCALING_TARGET}x", met]
+
+
+def render_table(rows: list) -> str:
+    """A markdown table, padded so it also reads well in a terminal."""
+    widths = [max(len(r[i]) for r in [HEADER] + rows) for i in range(len(HEADER))]
+
+    def line(cells):
+        padded = [c.rjust(widths[i]) if i in RIGHT_ALIGNED else c.ljust(widths[i])
+                  for i, c in enumerate(cells)]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if i in RIGHT_ALIGNED else ("-" * (w + 2))
+                          for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(HEADER), rule] + [line(r) for r in rows])
+
+
+# --------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list) -> argparse.Namespace:
+    names = [w.name for w in WORKLOADS] + [SCALING_NAME]
+    p = argparse.ArgumentParser(
+        description="Run mpg's benchmarks beside the std::thread and Go peers and print one table.")
+    p.add_argument("--build", required=True, type=Path,
+                   help="meson build dir holding perf/mpg_bench and perf/threads_bench")
+    p.add_argument("--runs", type=int, default=3, help="runs per program and workload; the median is shown (default 3)")
+    p.add_argument("--workloads", default=",".join(names),
+                   help="comma-separated subset of: " + ", ".join(names))
+    p.add_argument("--no-go", action="store_true", help="skip the Go peer")
+    p.add_argument("--timeout", type=float, default=RUN_TIMEOUT_S,
+                   help=f"seconds before one run counts as an error (default {RUN_TIMEOUT_S})")
+    p.add_argument("--n", action="append", default=[], metavar="WORKLOAD=N",
+                   help="override the size N of one workload for every program (for quick checks)")
+    args = p.parse_args(argv)
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
+    args.selected = [s.strip() for s in args.workloads.split(",") if s.strip()]
+    unknown = [s for s in args.selected if s not in names]
+    if unknown:
+        p.error("unknown workload(s): " + ", ".join(unknown))
+    args.sizes = {}
+    for item in args.n:
+        name, sep, value = item.partition("=")
+        if not sep or not value.isdigit() or int(value) <= 0:
+            p.error(f"--n wants WORKLOAD=N, got {item!r}")
+        args.sizes[name] = int(value)
+    return args
+
+
+def main(argv: list) -> int:
+    global RUN_TIMEOUT_S
+    args = parse_args(argv)
+    RUN_TIMEOUT_S = args.timeout
+    build_dir = args.build.resolve()
+    notes = []
+
+    programs = {
+        "mpg": find_program(build_dir / "perf" / "mpg_bench"),
+        "threads": find_program(build_dir / "perf" / "threads_bench"),
+        "go": None,
+    }
+    for impl in ("mpg", "threads"):
+        if programs[impl] is None:
+            notes.append(f"{impl}: {build_dir / 'perf' / (impl + '_bench')} not found (n/a)")
+    if args.no_go:
+        notes.append("Go: skipped (--no-go)")
+    else:
+        programs["go"], why = build_go(build_dir)
+        if programs["go"] is None:
+            notes.append(f"Go: {why} (n/a)")
+
+    rows, problems = [], []
+    for w in WORKLOADS:
+        if w.name not in args.selected:
+            continue
+        runner = w.runner or measure_program
+        cells = runner(programs, w, args.runs, args.sizes.get(w.name))
+        rows.append(workload_row(w, cells))
+        for impl, cell in cells.items():
+            if cell.status in ("error", "FAIL"):
+                problems.append(f"{w.name} / {impl}: {cell.status}: {cell.detail}")
+    if SCALING_NAME in args.selected:
+        p1, p2 = measure_scaling(programs["mpg"], args.runs, args.sizes.get(SCALING_NAME))
+        rows.append(scaling_row(p1, p2))
+        for procs, cell in ((1, p1), (2, p2)):
+            if cell.status in ("error", "FAIL"):
+                problems.append(f"fib32 / mpg {procs}P: {cell.status}: {cell.detail}")
+            elif cell.status == "ok":
+                notes.append(f"fib32 on mpg with MPG_PROCS={procs}: {cell.value:.1f} ms (median wall)")
+
+    table = render_table(rows)
+    machine = (f"{platform.node()}: {os.cpu_count()} CPUs, Linux {platform.release()}"
+               + (f", {go_version()}" if programs["go"] else ""))
+    legend = (f"Median of {args.runs} run(s) per cell, each a separate process. Columns mpg/threads/Go "
+              "are ns per op (bytes per task for idle_tasks); ratios are how many times better mpg is. "
+              "threads run smaller N than mpg and Go (see perf/threads/threads_bench.cpp).")
+    print(table)
+    print()
+    print(machine)
+    for note in notes + problems:
+        print("  " + note)
+
+    report = ["# mpg benchmark results", "", legend, "", machine, "", table, ""]
+    if notes or problems:
+        report += ["Notes:", ""] + [f"- {n}" for n in notes + problems] + [""]
+    out = build_dir / "perf-results.md"
+    try:
+        out.write_text("\n".join(report))
+        log(f"wrote {out}")
+    except OSError as e:
+        log(f"could not write {out}: {e}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
