@@ -162,6 +162,13 @@ class run_queue {
     return head_.load(std::memory_order_seq_cst) == tail_.load(std::memory_order_seq_cst) &&
            runnext_.load(std::memory_order_seq_cst) == nullptr;
   }
+  // owner_take_runnext_if(): empty the runnext slot if it holds gp.
+  bool owner_take_runnext_if(g* gp) noexcept {
+    g* expected = gp;
+    // Acquire: as owner_pop(); a thief may race us for it, one CAS wins.
+    return runnext_.compare_exchange_strong(expected, nullptr, std::memory_order_acquire,
+                                            std::memory_order_relaxed);
+  }
   bool has_runnext() const noexcept { return runnext_.load(std::memory_order_relaxed) != nullptr; }
 
  private:

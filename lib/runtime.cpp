@@ -158,7 +158,7 @@ void runtime::go(task<void> t, const char* name) {
   if (!h) detail::throw_task_awaited_twice();
   h.promise().name_ = name;
   detail::header_of(h.address())->join.store(detail::kJoinDetached, std::memory_order_relaxed);
-  detail::spawn_root(h, name, sched_, &h.promise().gid_);
+  detail::spawn_root(h, name, sched_, &h.promise());
 }
 
 runtime_stats runtime::stats() const { return sched_->stats(); }
@@ -173,7 +173,7 @@ void go(task<void> t, const char* name) {
   h.promise().name_ = name;
   // Relaxed: the frame is not shared yet; spawn_root publishes it.
   detail::header_of(h.address())->join.store(detail::kJoinDetached, std::memory_order_relaxed);
-  detail::spawn_root(h, name, s, &h.promise().gid_);
+  detail::spawn_root(h, name, s, &h.promise());
 }
 
 yield_awaiter yield() {

@@ -153,7 +153,7 @@ void requeue_current(std::coroutine_handle<> h) noexcept {
 }
 
 g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
-              std::uint64_t* gid_slot) {
+              promise_base* promise) {
   if (s == nullptr) {
     s = current_scheduler();
     if (s == nullptr || tls_g == nullptr) {
@@ -163,7 +163,8 @@ g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
   }
   header_of(root.address())->spawned = 1;
   g* gp = s->new_g(root, name);
-  *gid_slot = gp->id;
+  promise->gid_ = gp->id;
+  promise->g_ = gp;
   if (processor* p = current_p_of(s)) {
     processor::bump(p->spawned);
     s->make_runnable(gp, true);
@@ -215,22 +216,39 @@ void throw_task_killed() {
   throw runtime_misuse_error("mpg: the task was destroyed by its runtime's shutdown");
 }
 
-bool join_suspend(std::coroutine_handle<> root, std::coroutine_handle<> h) {
+std::coroutine_handle<> join_suspend(std::coroutine_handle<> root, promise_base* promise,
+                                     std::coroutine_handle<> h) {
   g* me = tls_g;
-  park(h, "join");
+  if (me == nullptr) throw runtime_misuse_error("mpg: a join_handle was awaited outside a task");
   frame_header* hdr = header_of(root.address());
+  g* child = promise->g_;
+  // Work-first: a task still waiting in this P's runnext slot (the common
+  // case for a spawn followed soon by its join) is taken out and run inline,
+  // as if awaited as a task<T>: no trip through the scheduler. Taking it
+  // from runnext is a CAS that thieves also use, so exactly one side gets it;
+  // a G in the queue proper is left alone (it may be mid-steal).
+  machine* m = tls_m;
+  if (child != nullptr && m->p != nullptr && child->sched == me->sched &&
+      m->p->runq.owner_take_runnext_if(child)) {
+    // Only the handle owner (us) reads the join state of a claimed frame.
+    hdr->join.store(kJoinInline, std::memory_order_relaxed);
+    me->sched->retire_g(child);
+    promise->continuation_ = h;
+    return root;
+  }
+  park(h, "join");
   std::uintptr_t expected = kJoinRunning;
   // acq_rel on success: publishes our park to the finisher (which acquires
   // in its exchange); acquire on failure: see the finished result.
   if (hdr->join.compare_exchange_strong(expected, reinterpret_cast<std::uintptr_t>(me),
                                         std::memory_order_acq_rel, std::memory_order_acquire))
-    return true;
+    return std::noop_coroutine();
   cancel_park();
   if (expected == kJoinDone && budget_exhausted()) {
     requeue_current(h);
-    return true;
+    return std::noop_coroutine();
   }
-  return false;
+  return h;
 }
 
 // ---------------------------------------------------------------------------

@@ -41,11 +41,16 @@ void drop_join(std::coroutine_handle<Promise> root) noexcept {
     root.destroy();
   } else if (old == kJoinKilled) {
     release_frame_memory(hdr);
+  } else if (old == kJoinInline) {
+    root.destroy();  // the joiner was destroyed while running it inline
   }
 }
-// join_suspend(): park the current G at h until the frame finishes. Returns
-// false when it finished already (no suspension).
-bool join_suspend(std::coroutine_handle<> root, std::coroutine_handle<> h);
+// join_suspend(): the join's await_suspend. If no M has started the task,
+// claim it and return its frame to run it inline (work-first: no switch
+// through the scheduler); else park the current G at h until the task
+// finishes (noop returned), or return h when it finished already.
+std::coroutine_handle<> join_suspend(std::coroutine_handle<> root, promise_base* promise,
+                                     std::coroutine_handle<> h);
 }  // namespace detail
 
 // join_handle<T>
@@ -90,7 +95,9 @@ class [[nodiscard]] join_handle {
                  detail::kJoinDone &&
              !detail::consume_budget_now();
     }
-    bool await_suspend(std::coroutine_handle<> h) { return detail::join_suspend(self->h_, h); }
+    std::coroutine_handle<> await_suspend(std::coroutine_handle<> h) {
+      return detail::join_suspend(self->h_, &self->h_.promise(), h);
+    }
     T await_resume() {
       handle_type h = std::exchange(self->h_, {});
       struct destroy_on_exit {
@@ -130,7 +137,7 @@ typename task<T>::handle_type spawn_frame(task<T>&& t, const char* name, schedul
   auto h = t.release();
   if (!h) throw_task_awaited_twice();
   h.promise().name_ = name;
-  spawn_root(h, name, s, &h.promise().gid_);
+  spawn_root(h, name, s, &h.promise());
   return h;
 }
 }  // namespace detail

@@ -17,6 +17,7 @@
 //                         when it finishes
 //   join == kJoinKilled   the runtime destroyed the unfinished frame at
 //                         shutdown; the memory stays until the handle drops
+//   join == kJoinInline   claimed by the joiner, running inline (spawn.hpp)
 //   any other value       a g* that waits for the result (the joiner)
 //
 // Transitions (all exchange/CAS with acq_rel: the finishing task's result
@@ -38,6 +39,9 @@ inline constexpr std::uintptr_t kJoinRunning = 0;
 inline constexpr std::uintptr_t kJoinDone = 1;
 inline constexpr std::uintptr_t kJoinDetached = 2;
 inline constexpr std::uintptr_t kJoinKilled = 3;
+// The joiner took the task out of its P's runnext slot before any M started
+// it and runs it inline as an awaited child; the frame is the handle's.
+inline constexpr std::uintptr_t kJoinInline = 4;
 
 struct alignas(16) frame_header {
   std::atomic<std::uintptr_t> join{kJoinRunning};

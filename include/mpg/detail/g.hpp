@@ -33,6 +33,7 @@
 namespace mpg::detail {
 
 class scheduler;
+class promise_base;
 
 enum class g_status : std::uint8_t {
   dead,      // in a free pool; no task attached
@@ -71,6 +72,7 @@ class g {
   g* all_next = nullptr;
   // Detached join state of the root frame (see frame.hpp); shutdown uses it.
   void* frame_header = nullptr;
+
 };
 
 // current_g(): the G running on this thread, or nullptr outside any task.
@@ -98,10 +100,10 @@ void cancel_park() noexcept;
 // frame_header is header_of(root.address())) and make it runnable: on the
 // caller's P (runnext) if the caller runs on a P of `s`, else on the global
 // queue. s == nullptr means the current task's runtime; outside any task that
-// throws std::logic_error (and destroys the frame). *gid_slot receives the
-// G's id before the G can run.
+// throws std::logic_error (and destroys the frame). promise->gid_ and
+// promise->g_ are set before the G can run.
 g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
-              std::uint64_t* gid_slot);
+              promise_base* promise);
 
 // finish_root(): the final awaiter of a spawned root frame calls this. It
 // retires the current G and settles the join state (frame.hpp): readies the
