@@ -169,6 +169,7 @@ class run_queue {
     return runnext_.compare_exchange_strong(expected, nullptr, std::memory_order_acquire,
                                             std::memory_order_relaxed);
   }
+  g* peek_runnext() const noexcept { return runnext_.load(std::memory_order_relaxed); }
   bool has_runnext() const noexcept { return runnext_.load(std::memory_order_relaxed) != nullptr; }
 
  private:

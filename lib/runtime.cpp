@@ -12,6 +12,8 @@
 //      handle is dropped (frame.hpp, kJoinKilled). Destructors that ready
 //      other Gs during this only queue them; nothing runs any more.
 //   5. The killed tasks are reported on stderr: their number, ids and names.
+//   6. Timers still pending are detached from their (soon freed) Ps, so a
+//      channel from after() that outlives the runtime can still be dropped.
 #include <absl/synchronization/notification.h>
 
 #include <algorithm>
@@ -148,6 +150,7 @@ runtime::~runtime() {
   sched_->stop();
   for (unsigned i = 0; i < sched_->procs(); ++i) detail::reactor_shutdown(sched_->p_at(i)->io.get());
   sched_->kill_remaining(std::cerr);
+  sched_->detach_timers();
   delete sched_;
 }
 

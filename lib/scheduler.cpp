@@ -227,8 +227,16 @@ std::coroutine_handle<> join_suspend(std::coroutine_handle<> root, promise_base*
   // as if awaited as a task<T>: no trip through the scheduler. Taking it
   // from runnext is a CAS that thieves also use, so exactly one side gets it;
   // a G in the queue proper is left alone (it may be mid-steal).
+  //
+  // The G pointer may be stale (the task finished and its G was reused by a
+  // newer spawn that now sits in runnext), so the frame must still be
+  // unfinished (join state Running) and the G must be the same incarnation
+  // (ids are never reused). Both reads are safe here: a G in our runnext
+  // slot was put there, with its id, by this thread.
   machine* m = tls_m;
   if (child != nullptr && m->p != nullptr && child->sched == me->sched &&
+      hdr->join.load(std::memory_order_acquire) == kJoinRunning &&
+      m->p->runq.peek_runnext() == child && child->id == promise->gid_ &&
       m->p->runq.owner_take_runnext_if(child)) {
     // Only the handle owner (us) reads the join state of a claimed frame.
     hdr->join.store(kJoinInline, std::memory_order_relaxed);

@@ -67,6 +67,9 @@ class scheduler {
   // deadline (ns) or INT64_MAX. Safe from any thread.
   std::int64_t run_timers(processor* p, std::int64_t now_ns) noexcept;
   std::int64_t earliest_timer_ns() const noexcept;  // over all Ps
+  // detach_timers(): shutdown; pending timers will never fire, and objects
+  // that outlive the runtime may still cancel them safely.
+  void detach_timers() noexcept;
 
   // --- sysmon (sysmon.cpp) -----------------------------------------------
   void sysmon_main();

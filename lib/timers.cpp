@@ -164,6 +164,18 @@ std::int64_t scheduler::run_timers(processor* p, std::int64_t now) noexcept {
   return next;
 }
 
+void scheduler::detach_timers() noexcept {
+  for (auto& p : ps_) {
+    absl::MutexLock l(&p->timers.mu);
+    for (timer* t : p->timers.heap) {
+      t->heap_index = -1;
+      t->owner = nullptr;  // cancel_timer() on it now returns false at once
+    }
+    p->timers.heap.clear();
+    publish_earliest(p->timers);
+  }
+}
+
 std::int64_t scheduler::earliest_timer_ns() const noexcept {
   std::int64_t e = INT64_MAX;
   for (auto& p : ps_) e = std::min(e, p->timers.earliest_ns.load(std::memory_order_relaxed));
