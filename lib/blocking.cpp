@@ -38,7 +38,7 @@ void scheduler::enter_blocking(machine* m) {
                         p->timers.earliest_ns.load(std::memory_order_relaxed) != INT64_MAX ||
                         reactor_busy(p->io.get());
   {
-    absl::MutexLock l(&mu_);
+    std::lock_guard<std::mutex> l(mu_);
     m->p = nullptr;
     if (!has_work) {
       p->status = p_status::idle;
@@ -58,7 +58,7 @@ bool scheduler::exit_blocking(machine* m, g* gp) noexcept {
   machine* other = nullptr;
   bool other_ring = false;
   {
-    absl::MutexLock l(&mu_);
+    std::lock_guard<std::mutex> l(mu_);
     if (!stopping()) {
       if (old->status == p_status::idle && pidle_remove(old)) got = old;
       else got = pidle_get();
@@ -81,7 +81,7 @@ bool scheduler::exit_blocking(machine* m, g* gp) noexcept {
   if (got != nullptr) {
     gp->status.store(g_status::running, std::memory_order_relaxed);
     gp->wait_reason.store(nullptr, std::memory_order_relaxed);
-    got->cur_gid.store(gp->id, std::memory_order_relaxed);
+    got->cur_gid.store(gp->id.load(std::memory_order_relaxed), std::memory_order_relaxed);
     return true;
   }
   // No P: queue the G for whoever has one; this M parks in m_main.

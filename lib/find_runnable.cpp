@@ -5,7 +5,8 @@
 // G is looked for, in order:
 //   1. every 61st tick, one G from the global queue first, so the global
 //      queue cannot starve behind two Gs that keep readying each other;
-//   2. due timers and ready I/O completions of this P (they ready Gs here);
+//   2. due timers and ready I/O completions of this P (they ready Gs here;
+//      SQEs are flushed when the local queue is empty or every 16th tick);
 //   3. the local runnext slot, then the local queue; a runnext chain (a G
 //      readying the next, which readies the next...) inherits the time slice
 //      but may keep the slot for at most kMaxRunnextStreak turns in a row
@@ -58,7 +59,7 @@ void scheduler::m_main(machine* m) {
     if (m->p == nullptr) {
       // The G left in mpg::blocking and found no P: idle until handed one.
       {
-        absl::MutexLock l(&mu_);
+        std::lock_guard<std::mutex> l(mu_);
         m->idle_next = midle_;
         midle_ = m;
       }
@@ -81,7 +82,7 @@ void scheduler::execute(machine* m, g* gp, bool inherit_time) {
   processor::bump(p->tasks_run);
   set_current_g(gp);
   gp->status.store(g_status::running, std::memory_order_relaxed);
-  p->cur_gid.store(gp->id, std::memory_order_relaxed);
+  p->cur_gid.store(gp->id.load(std::memory_order_relaxed), std::memory_order_relaxed);
   p->cur_name.store(gp->name.load(std::memory_order_relaxed), std::memory_order_relaxed);
   gp->resume.resume();
   // gp may already run elsewhere or be retired: do not touch it. The M may
@@ -150,7 +151,7 @@ top:
   if (p->schedtick.load(std::memory_order_relaxed) % 61 == 0 && global_nonempty()) {
     g* gp;
     {
-      absl::MutexLock l(&mu_);
+      std::lock_guard<std::mutex> l(mu_);
       gp = global_get(p, 1);
     }
     if (gp != nullptr) {
@@ -162,7 +163,14 @@ top:
   // 2. Timers and I/O of this P.
   if (p->timers.earliest_ns.load(std::memory_order_relaxed) != INT64_MAX)
     run_timers(p, now_ns());
-  if (reactor_busy(p->io.get())) reactor_poll(p->io.get());
+  // Completions are reaped every tick (no syscall unless the kernel has
+  // task_work for us); submissions are batched: flushed when the local
+  // queue runs dry or every 16th tick, so Gs that each issue an op share
+  // one io_uring_enter.
+  if (reactor_busy(p->io.get())) {
+    const bool flush = p->runq.size() == 0 || (p->schedtick.load(std::memory_order_relaxed) & 15) == 0;
+    reactor_poll(p->io.get(), flush);
+  }
 
   // 3. Local work.
   {
@@ -181,7 +189,7 @@ top:
   if (global_nonempty()) {
     g* gp;
     {
-      absl::MutexLock l(&mu_);
+      std::lock_guard<std::mutex> l(mu_);
       gp = global_get(p, 0);
     }
     if (gp != nullptr) {
@@ -207,6 +215,7 @@ top:
         return gp;
       }
       if (global_nonempty()) goto top;
+      if (reactor_busy(p->io.get())) reactor_poll(p->io.get(), true);  // completions ready Gs here
       bool from_next = false;
       if (g* gp = p->runq.owner_pop(false, &from_next)) {  // readied by timers we ran
         reset_spinning(m);
@@ -219,17 +228,23 @@ top:
 
   // 6. Nothing to run. P1: recheck the global queue under the lock, then
   // put the P on the idle list.
-  const std::int64_t next_timer = p->timers.earliest_ns.load(std::memory_order_relaxed);
-  const bool has_io = reactor_busy(p->io.get());
-  const bool hold = next_timer != INT64_MAX || has_io;
+  // Whether to hold the P is decided under mu_: add_timer() publishes the
+  // new earliest deadline before it takes mu_ to look at the P's status, so
+  // either it sees us idle/parked (and wakes us) or we see its timer here.
+  std::int64_t next_timer;
+  bool has_io;
+  bool hold;
   {
-    mu_.Lock();
+    mu_.lock();
+    next_timer = p->timers.earliest_ns.load(std::memory_order_relaxed);
+    has_io = reactor_busy(p->io.get());
+    hold = next_timer != INT64_MAX || has_io;
     if (stopping()) {
-      mu_.Unlock();
+      mu_.unlock();
       return nullptr;
     }
     if (g* gp = global_get(p, 0)) {
-      mu_.Unlock();
+      mu_.unlock();
       if (m->spinning) reset_spinning(m);
       return gp;
     }
@@ -244,7 +259,7 @@ top:
       m->idle_next = midle_;
       midle_ = m;
     }
-    mu_.Unlock();
+    mu_.unlock();
   }
   // P2/P3: the last spinner rechecks every queue after its decrement.
   if (m->spinning) {
@@ -255,7 +270,7 @@ top:
       machine* other = nullptr;  // an M sleeping holding the P we took
       bool other_ring = false;
       {
-        absl::MutexLock l(&mu_);
+        std::lock_guard<std::mutex> l(mu_);
         if (hold) {
           if (p->status == p_status::parked && p->parked_m == m && pidle_remove(p)) got = p;
         } else if (unlist_idle_m(m)) {
@@ -307,7 +322,7 @@ void scheduler::park_m(machine* m, processor* held, std::optional<std::int64_t> 
     if (until_ns) deadline = to_time_point(*until_ns);
     bool in_ring = false;
     if (held != nullptr) {
-      absl::MutexLock l(&mu_);
+      std::lock_guard<std::mutex> l(mu_);
       in_ring = m->in_ring;
     }
     if (held != nullptr && in_ring) {
@@ -315,7 +330,7 @@ void scheduler::park_m(machine* m, processor* held, std::optional<std::int64_t> 
     } else {
       m->park.park(deadline);
     }
-    absl::MutexLock l(&mu_);
+    std::lock_guard<std::mutex> l(mu_);
     if (m->next_p != nullptr) {
       // Handed a P (our own held one, or an idle one by start_m).
       m->p = m->next_p;

@@ -23,9 +23,9 @@ std::unique_ptr<reactor, reactor_deleter> make_reactor(const runtime_options& op
 
 bool reactor_busy(reactor* r) noexcept { return r != nullptr && r->busy(); }
 
-void reactor_poll(reactor* r) noexcept {
+void reactor_poll(reactor* r, bool flush) noexcept {
   if (r == nullptr) return;
-  if (r->has_unsubmitted()) r->flush();
+  if (flush && r->has_unsubmitted()) r->flush();
   r->reap();
 }
 

@@ -19,8 +19,9 @@ namespace mpg::detail {
 std::unique_ptr<reactor, reactor_deleter> make_reactor(const runtime_options& opts);
 // reactor_busy(): operations in flight or SQEs unsubmitted (lock-free).
 bool reactor_busy(reactor* r) noexcept;
-// reactor_poll(): submit pending SQEs and dispatch ready completions; never blocks.
-void reactor_poll(reactor* r) noexcept;
+// reactor_poll(): dispatch ready completions, and submit pending SQEs if
+// `flush` (callers batch submissions across several Gs); never blocks.
+void reactor_poll(reactor* r, bool flush) noexcept;
 // reactor_try_poll(): as reactor_poll, but gives up if another thread is in it.
 void reactor_try_poll(reactor* r) noexcept;
 // reactor_wait(): sleep in the ring until a completion, a wake, or the deadline.

@@ -131,7 +131,8 @@ class run_queue {
         }
         continue;
       }
-      if (n > cap_ / 2 || n > dst.cap_ / 2 + 1) continue;  // inconsistent snapshot; retry
+      if (n > cap_ / 2) continue;  // inconsistent snapshot; retry
+      if (n > dst.cap_ / 2) n = dst.cap_ / 2;  // a smaller thief queue takes less
       for (std::uint32_t i = 0; i < n; ++i) {
         g* gp = slots_[(h + i) & mask_].load(std::memory_order_relaxed);
         dst.slots_[(dt + i) & dst.mask_].store(gp, std::memory_order_relaxed);

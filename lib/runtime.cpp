@@ -14,7 +14,8 @@
 //   5. The killed tasks are reported on stderr: their number, ids and names.
 //   6. Timers still pending are detached from their (soon freed) Ps, so a
 //      channel from after() that outlives the runtime can still be dropped.
-#include <absl/synchronization/notification.h>
+#include <condition_variable>
+#include <mutex>
 
 #include <algorithm>
 #include <iostream>
@@ -30,16 +31,29 @@ namespace mpg {
 
 namespace detail {
 
+// A plain thread waiting in block_on blocks on a condition variable: it
+// holds no P, so blocking it is fine. (std::mutex rather than absl::Mutex
+// in lib/: Debian's Abseil is not built with TSan, which then cannot see its
+// hand-offs; pthread mutexes are intercepted.)
 struct block_on_state {
-  absl::Notification done;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
 };
 
 block_on_state* new_block_on_state() { return new block_on_state; }
 void delete_block_on_state(block_on_state* st) noexcept { delete st; }
-void block_on_signal(block_on_state* st) noexcept { st->done.Notify(); }
+void block_on_signal(block_on_state* st) noexcept {
+  std::lock_guard<std::mutex> l(st->mu);
+  st->done = true;
+  st->cv.notify_one();  // under the lock: st may be deleted right after it
+}
 void block_on_wait(scheduler* s, block_on_state* st) {
   s->block_on_waiters.fetch_add(1, std::memory_order_relaxed);
-  st->done.WaitForNotification();
+  {
+    std::unique_lock<std::mutex> l(st->mu);
+    st->cv.wait(l, [st] { return st->done; });
+  }
   s->block_on_waiters.fetch_sub(1, std::memory_order_relaxed);
 }
 void throw_block_on_inside_task() {
@@ -49,25 +63,25 @@ void throw_block_on_inside_task() {
 void scheduler::kill_remaining(std::ostream& report) {
   std::vector<g*> live;
   {
-    absl::MutexLock l(&allg_mu_);
+    std::lock_guard<std::mutex> l(allg_mu_);
     for (g* gp = allg_; gp != nullptr; gp = gp->all_next)
       if (gp->status.load(std::memory_order_relaxed) != g_status::dead) live.push_back(gp);
   }
   {
     // Drop the queues: nothing will run these Gs; they are killed below.
-    absl::MutexLock l(&mu_);
+    std::lock_guard<std::mutex> l(mu_);
     ghead_ = gtail_ = nullptr;
     gsize_.store(0, std::memory_order_seq_cst);
   }
   if (live.empty()) return;
-  std::sort(live.begin(), live.end(), [](g* a, g* b) { return a->id < b->id; });
+  std::sort(live.begin(), live.end(), [](g* a, g* b) { return a->id.load(std::memory_order_relaxed) < b->id.load(std::memory_order_relaxed); });
   std::ostringstream names;
   std::size_t shown = 0;
   for (g* gp : live) {
     if (shown++ < 20) {
       const char* n = gp->name.load(std::memory_order_relaxed);
       const char* why = gp->wait_reason.load(std::memory_order_relaxed);
-      names << "\n  task " << gp->id << (n ? " (" : "") << (n ? n : "") << (n ? ")" : "") << ": "
+      names << "\n  task " << gp->id.load(std::memory_order_relaxed) << (n ? " (" : "") << (n ? n : "") << (n ? ")" : "") << ": "
             << to_string(gp->status.load(std::memory_order_relaxed));
       if (why) names << " on " << why;
     }
@@ -90,7 +104,7 @@ void scheduler::kill_remaining(std::ostream& report) {
     gp->resume = {};
     root.destroy();
   }
-  absl::MutexLock l(&allg_mu_);
+  std::lock_guard<std::mutex> l(allg_mu_);
   for (g* gp : live) gfree_global_.push_back(gp);
 }
 
@@ -118,7 +132,7 @@ runtime_stats scheduler::stats() const {
 }
 
 void scheduler::dump(std::ostream& os) const {
-  absl::MutexLock l(&allg_mu_);
+  std::lock_guard<std::mutex> l(allg_mu_);
   std::size_t n = 0;
   std::ostringstream body;
   for (g* gp = allg_; gp != nullptr; gp = gp->all_next) {
@@ -126,7 +140,7 @@ void scheduler::dump(std::ostream& os) const {
     if (st == g_status::dead) continue;
     ++n;
     const char* name = gp->name.load(std::memory_order_relaxed);
-    body << "task " << gp->id;
+    body << "task " << gp->id.load(std::memory_order_relaxed);
     if (name) body << " (" << name << ")";
     body << " [" << to_string(st);
     if (st == g_status::waiting) {

@@ -163,7 +163,7 @@ g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
   }
   header_of(root.address())->spawned = 1;
   g* gp = s->new_g(root, name);
-  promise->gid_ = gp->id;
+  promise->gid_ = gp->id.load(std::memory_order_relaxed);
   promise->g_ = gp;
   if (processor* p = current_p_of(s)) {
     processor::bump(p->spawned);
@@ -236,7 +236,7 @@ std::coroutine_handle<> join_suspend(std::coroutine_handle<> root, promise_base*
   machine* m = tls_m;
   if (child != nullptr && m->p != nullptr && child->sched == me->sched &&
       hdr->join.load(std::memory_order_acquire) == kJoinRunning &&
-      m->p->runq.peek_runnext() == child && child->id == promise->gid_ &&
+      m->p->runq.peek_runnext() == child && child->id.load(std::memory_order_relaxed) == promise->gid_ &&
       m->p->runq.owner_take_runnext_if(child)) {
     // Only the handle owner (us) reads the join state of a claimed frame.
     hdr->join.store(kJoinInline, std::memory_order_relaxed);
@@ -290,13 +290,13 @@ scheduler::scheduler(const runtime_options& opts) : opts_(opts) {
   for (std::uint32_t i = 0; i < opts_.procs; ++i)
     ps_.push_back(std::make_unique<processor>(i, opts_.local_queue_capacity));
   for (auto& p : ps_) p->io = make_reactor(opts_);  // throws with a clear message on failure
-  absl::MutexLock l(&mu_);
+  std::lock_guard<std::mutex> l(mu_);
   for (auto it = ps_.rbegin(); it != ps_.rend(); ++it) pidle_put(it->get());
   sysmon_ = std::thread([this] { sysmon_main(); });
 }
 
 scheduler::~scheduler() {
-  absl::MutexLock l(&allg_mu_);
+  std::lock_guard<std::mutex> l(allg_mu_);
   while (allg_ != nullptr) {
     g* gp = allg_;
     allg_ = gp->all_next;
@@ -305,7 +305,7 @@ scheduler::~scheduler() {
 }
 
 void scheduler::refill_gids(processor* p) noexcept {
-  absl::MutexLock l(&allg_mu_);
+  std::lock_guard<std::mutex> l(allg_mu_);
   p->next_gid = gid_next_;
   gid_next_ += kGidBatch;
   p->gid_limit = gid_next_;
@@ -321,7 +321,7 @@ g* scheduler::allocate_gs(processor* p) {
     fresh[i] = new g;
     fresh[i]->sched = this;
   }
-  absl::MutexLock l(&allg_mu_);
+  std::lock_guard<std::mutex> l(allg_mu_);
   for (std::size_t i = 0; i < n; ++i) {
     fresh[i]->all_next = allg_;
     allg_ = fresh[i];
@@ -344,7 +344,7 @@ g* scheduler::new_g(std::coroutine_handle<> root, const char* name) {
     id = p->next_gid++;
   } else {
     foreign_spawned_.fetch_add(1, std::memory_order_relaxed);
-    absl::MutexLock l(&allg_mu_);
+    std::lock_guard<std::mutex> l(allg_mu_);
     id = gid_next_++;
     if (!gfree_global_.empty()) {
       gp = gfree_global_.back();
@@ -354,7 +354,7 @@ g* scheduler::new_g(std::coroutine_handle<> root, const char* name) {
   if (gp == nullptr) {
     if (p != nullptr) {
       // Refill from the global pool first (Gs freed elsewhere), then allocate.
-      absl::MutexLock l(&allg_mu_);
+      std::lock_guard<std::mutex> l(allg_mu_);
       std::size_t take = std::min<std::size_t>(gfree_global_.size(), 32);
       for (std::size_t i = 0; i < take; ++i) {
         p->gfree.push_back(gfree_global_.back());
@@ -367,7 +367,7 @@ g* scheduler::new_g(std::coroutine_handle<> root, const char* name) {
     }
     if (gp == nullptr) gp = allocate_gs(p);
   }
-  gp->id = id;
+  gp->id.store(id, std::memory_order_relaxed);
   gp->root = root;
   gp->resume = root;
   gp->link = nullptr;
@@ -386,14 +386,14 @@ void scheduler::retire_g(g* gp) noexcept {
   processor* p = current_p_of(this);
   if (p == nullptr) {
     foreign_completed_.fetch_add(1, std::memory_order_relaxed);
-    absl::MutexLock l(&allg_mu_);
+    std::lock_guard<std::mutex> l(allg_mu_);
     gfree_global_.push_back(gp);
     return;
   }
   processor::bump(p->completed);
   p->gfree.push_back(gp);
   if (p->gfree.size() > kLocalGfreeMax) {
-    absl::MutexLock l(&allg_mu_);
+    std::lock_guard<std::mutex> l(allg_mu_);
     while (p->gfree.size() > kLocalGfreeMax / 2) {
       gfree_global_.push_back(p->gfree.back());
       p->gfree.pop_back();
@@ -436,8 +436,14 @@ void scheduler::global_put(g* gp) noexcept {
 }
 
 void scheduler::global_put_batch(g* first, g* last, std::uint32_t n) noexcept {
+  // A thread outside the runtime (or another runtime's M) may be the one
+  // readying the last G that block_on waits for; the runtime can then be
+  // destroyed the moment our push is visible. stop() waits until no caller
+  // is still in here. acquire/release: our uses of the scheduler happen
+  // before stop() sees the count drop.
+  putters_.fetch_add(1, std::memory_order_acquire);
   {
-    absl::MutexLock l(&mu_);
+    std::lock_guard<std::mutex> l(mu_);
     if (gtail_ != nullptr) gtail_->link = first; else ghead_ = first;
     gtail_ = last;
     last->link = nullptr;
@@ -445,6 +451,7 @@ void scheduler::global_put_batch(g* first, g* last, std::uint32_t n) noexcept {
   }
   gpushes_.fetch_add(n, std::memory_order_relaxed);
   wake_p();
+  putters_.fetch_sub(1, std::memory_order_release);
 }
 
 g* scheduler::global_get(processor* p, std::uint32_t max) noexcept {
@@ -518,7 +525,7 @@ void scheduler::start_m(processor* p, bool spinning) noexcept {
   bool create = false;
   bool ring = false;
   {
-    absl::MutexLock l(&mu_);
+    std::lock_guard<std::mutex> l(mu_);
     if (stopping_.load(std::memory_order_relaxed)) p = nullptr;
     else if (p == nullptr) p = pidle_get();
     if (p == nullptr) {
@@ -571,15 +578,16 @@ void scheduler::wake_machine(machine* m, bool ring, processor* p) noexcept {
 
 void scheduler::stop() noexcept {
   stopping_.store(true, std::memory_order_release);
+  while (putters_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
   {
-    absl::MutexLock l(&sysmon_mu_);
+    std::lock_guard<std::mutex> l(sysmon_mu_);
     sysmon_stop_ = true;
-    sysmon_cv_.SignalAll();
+    sysmon_cv_.notify_all();
   }
   if (sysmon_.joinable()) sysmon_.join();
   std::vector<machine*> ms;
   {
-    absl::MutexLock l(&mu_);
+    std::lock_guard<std::mutex> l(mu_);
     for (auto& m : allm_) ms.push_back(m.get());
   }
   for (machine* m : ms) m->park.unpark();
@@ -590,7 +598,7 @@ void scheduler::stop() noexcept {
 
 std::uint64_t scheduler::live_gs() const noexcept {
   std::uint64_t n = 0;
-  absl::MutexLock l(&allg_mu_);
+  std::lock_guard<std::mutex> l(allg_mu_);
   for (g* gp = allg_; gp != nullptr; gp = gp->all_next)
     if (gp->status.load(std::memory_order_relaxed) != g_status::dead) ++n;
   return n;

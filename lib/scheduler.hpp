@@ -4,9 +4,10 @@
 #pragma once
 
 #include <absl/base/thread_annotations.h>
-#include <absl/synchronization/mutex.h>
+#include <mutex>
 
 #include <atomic>
+#include <condition_variable>
 #include <chrono>
 #include <cstdint>
 #include <iosfwd>
@@ -107,7 +108,7 @@ class scheduler {
   std::vector<std::unique_ptr<processor>> ps_;
 
   // The scheduler lock: global run queue, idle P and M lists, the M list.
-  mutable absl::Mutex mu_;
+  mutable std::mutex mu_;
   g* ghead_ ABSL_GUARDED_BY(mu_) = nullptr;
   g* gtail_ ABSL_GUARDED_BY(mu_) = nullptr;
   // Length of the global queue, written under mu_, read without it
@@ -120,9 +121,10 @@ class scheduler {
   std::atomic<std::uint32_t> npidle_{0};
   std::atomic<std::uint32_t> nmspinning_{0};
   std::atomic<bool> stopping_{false};
+  std::atomic<std::uint32_t> putters_{0};  // threads inside global_put_batch
 
   // Registry of every G ever created (never shrinks; Gs are reused).
-  mutable absl::Mutex allg_mu_;
+  mutable std::mutex allg_mu_;
   g* allg_ ABSL_GUARDED_BY(allg_mu_) = nullptr;
   std::vector<g*> gfree_global_ ABSL_GUARDED_BY(allg_mu_);
   std::uint64_t gid_next_ ABSL_GUARDED_BY(allg_mu_) = 1;
@@ -141,9 +143,9 @@ class scheduler {
 
   // sysmon
   std::thread sysmon_;
-  absl::Mutex sysmon_mu_;
+  std::mutex sysmon_mu_;
   bool sysmon_stop_ ABSL_GUARDED_BY(sysmon_mu_) = false;
-  absl::CondVar sysmon_cv_;
+  std::condition_variable sysmon_cv_;
 };
 
 // The P held by the calling thread's M, if that M belongs to s.

@@ -29,11 +29,11 @@ void scheduler::sysmon_main() {
       std::chrono::duration_cast<std::chrono::nanoseconds>(opts_.long_task_threshold).count();
   std::vector<std::uint64_t> last_tick(ps_.size(), 0);
   std::vector<std::int64_t> since(ps_.size(), now_ns());
-  absl::Duration period = absl::Milliseconds(1);
+  std::chrono::milliseconds period{1};
   for (;;) {
     {
-      absl::MutexLock l(&sysmon_mu_);
-      sysmon_cv_.WaitWithTimeout(&sysmon_mu_, period);
+      std::unique_lock<std::mutex> l(sysmon_mu_);
+      sysmon_cv_.wait_for(l, period, [this] { return sysmon_stop_; });
       if (sysmon_stop_) return;
     }
     const std::int64_t now = now_ns();
@@ -68,7 +68,7 @@ void scheduler::sysmon_main() {
                      name ? name : "", name ? ")" : "", static_cast<long long>(ran / 1000000));
       }
     }
-    period = any_running ? absl::Milliseconds(1) : absl::Milliseconds(10);
+    period = std::chrono::milliseconds(any_running ? 1 : 10);
   }
 }
 

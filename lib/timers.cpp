@@ -16,7 +16,7 @@
 //     cancel_timer() can wait for fire() to return.
 // A timer added to a P that sleeps (idle, or parked until its old earliest
 // deadline) wakes that P so that it recomputes its deadline.
-#include <absl/synchronization/mutex.h>
+#include <mutex>
 
 #include <thread>
 
@@ -95,7 +95,7 @@ void scheduler::add_timer(processor* p, timer* t) {
   t->owner = p;
   bool earliest = false;
   {
-    absl::MutexLock l(&p->timers.mu);
+    std::lock_guard<std::mutex> l(p->timers.mu);
     auto& h = p->timers.heap;
     h.push_back(t);
     sift_up(h, h.size() - 1);
@@ -108,7 +108,7 @@ void scheduler::add_timer(processor* p, timer* t) {
   bool ring = false;
   bool start = false;
   {
-    absl::MutexLock l(&mu_);
+    std::lock_guard<std::mutex> l(mu_);
     if (p->status == p_status::parked) {
       wake = p->parked_m;
       ring = wake->in_ring;
@@ -124,7 +124,7 @@ bool cancel_timer(timer* t) noexcept {
   processor* p = t->owner;
   if (p == nullptr) return false;
   {
-    absl::MutexLock l(&p->timers.mu);
+    std::lock_guard<std::mutex> l(p->timers.mu);
     if (t->heap_index >= 0) {
       remove_at(p->timers.heap, static_cast<std::size_t>(t->heap_index));
       publish_earliest(p->timers);
@@ -146,7 +146,7 @@ std::int64_t scheduler::run_timers(processor* p, std::int64_t now) noexcept {
   for (;;) {
     timer* t = nullptr;
     {
-      absl::MutexLock l(&th.mu);
+      std::lock_guard<std::mutex> l(th.mu);
       if (th.heap.empty() || ns_of(th.heap.front()) > now) {
         next = th.heap.empty() ? INT64_MAX : ns_of(th.heap.front());
         publish_earliest(th);
@@ -166,7 +166,7 @@ std::int64_t scheduler::run_timers(processor* p, std::int64_t now) noexcept {
 
 void scheduler::detach_timers() noexcept {
   for (auto& p : ps_) {
-    absl::MutexLock l(&p->timers.mu);
+    std::lock_guard<std::mutex> l(p->timers.mu);
     for (timer* t : p->timers.heap) {
       t->heap_index = -1;
       t->owner = nullptr;  // cancel_timer() on it now returns false at once

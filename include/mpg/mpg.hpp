@@ -13,6 +13,19 @@
 #include "mpg/task.hpp"
 
 // Channels, select, time, sync, context (issue 3).
+#include "mpg/chan.hpp"
+#include "mpg/context.hpp"
+#include "mpg/mutex.hpp"
+#include "mpg/once.hpp"
+#include "mpg/rwmutex.hpp"
+#include "mpg/select.hpp"
+#include "mpg/semaphore.hpp"
+#include "mpg/task_group.hpp"
+#include "mpg/time.hpp"
+#include "mpg/wait_group.hpp"
 
 // io_uring I/O, blocking calls (issue 4).
 #include "mpg/blocking.hpp"
+#include "mpg/fs.hpp"
+#include "mpg/io.hpp"
+#include "mpg/net.hpp"

@@ -112,6 +112,7 @@ class runtime {
   // mpg::deadlock_error when every task is blocked with no possible wake-up.
   template <class T>
   T block_on(task<T> t) {
+    if (detail::current_g() != nullptr) detail::throw_block_on_inside_task();
     return block_on(spawn(std::move(t), "block_on"));
   }
   template <class T>

@@ -55,7 +55,9 @@ class g {
   // Intrusive link for the global run queue and for free pools.
   g* link = nullptr;
   scheduler* sched = nullptr;
-  std::uint64_t id = 0;  // 0 while dead; ids are never reused
+  // Never reused. Written when the G is (re)started, read by the dump from
+  // any thread: relaxed atomic (a diagnostic snapshot; see status).
+  std::atomic<std::uint64_t> id{0};
 
   // Status, readable by the task dump from any thread. Relaxed: it is a
   // diagnostic snapshot; the run queues order everything that matters.

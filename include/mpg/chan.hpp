@@ -1,0 +1,579 @@
+// mpg/chan.hpp: chan<T>, Go's channel, for tasks.
+//
+// A chan<T> is a handle to a reference-counted channel: copies share one
+// channel, and it is freed when the last handle goes. capacity 0 is an
+// unbuffered rendezvous: a send completes only when a receiver takes the
+// value. capacity n > 0 is a FIFO ring of n elements.
+//
+//   co_await ch.send(v);              // waits while full; throws closed_channel_error if closed
+//   std::optional<T> v = co_await ch.recv();   // nullopt once closed and drained
+//   ch.try_send(v) / ch.try_recv()    // never wait
+//   ch.close();                       // receivers drain, then get nullopt; senders throw
+//
+// send() and recv() return awaiters (send_op, recv_op) that are also the
+// cases of mpg::select (select.hpp). Each records where it was called, which
+// the task dump shows for a parked task ("chan send" / "chan receive").
+//
+// Design (Go's chan.go, minus the GC). A channel is one lock, a ring buffer
+// and two queues of waiting tasks, recvq and sendq. The waiters are nodes
+// inside the suspended awaiters (detail/waitq.hpp), so a blocked operation
+// allocates nothing. All operations run under the channel's lock:
+//   send: closed -> throw. A waiting receiver -> hand the value straight into
+//         its awaiter and ready it (it runs next on this P: a ping-pong pair
+//         stays on one P and its cache). Room in the ring -> enqueue there.
+//         Otherwise park on sendq with the value in the awaiter.
+//   recv: closed and empty -> nullopt. A waiting sender -> unbuffered: take
+//         its value; buffered (then the ring is full): take the head and move
+//         the sender's value to the tail, so FIFO order holds. Items in the
+//         ring -> take the head. Otherwise park on recvq.
+//   close: mark closed, take every waiter off both queues (receivers get
+//         nullopt, senders an exception), ready them after unlocking.
+// A G is readied after the lock is dropped, so the woken task never finds the
+// lock held by its waker.
+//
+// Rejected approaches:
+//   - A lock-free ring (Vyukov's MPMC queue) for buffered channels: fast
+//     when neither end ever waits, but parking then needs a second protocol
+//     (Dekker-style flags re-checked after enqueueing the waiter) whose races
+//     with close() and with select are where channel bugs live, and the
+//     direct hand-off to a waiting receiver (one move, no ring slot) is lost.
+//   - Holding a reference to the channel in each awaiter: two more atomic
+//     RMWs per operation on the hottest path. The handle the caller names in
+//     `co_await ch.recv()` outlives the expression; an awaiter must not
+//     outlive its channel handle (do not store one).
+//   - Separate locks for the two ends: a send must see the receivers' queue
+//     and the ring count at one instant, so one lock it is (as in Go).
+//
+// Invariants (under lock_):
+//   - At least one of sendq and recvq is empty (a sender and a receiver
+//     never both wait: whichever came second completed with the first).
+//     Exception: a select with a send and a receive case on the same
+//     channel may sit on both queues at once (Go has the same exception).
+//   - capacity 0: count == 0, always.
+//   - capacity > 0: recvq non-empty implies count == 0; sendq non-empty
+//     implies count == capacity.
+//   - closed implies sendq is empty and recvq is empty: close() wakes all,
+//     and neither a sender nor a receiver parks on a closed channel.
+//   - The ring holds `count` live elements from recvx (wrapping); every
+//     other slot is raw storage.
+//
+// The lock is detail::spinlock (one byte in the channel's first cache line;
+// spinlock.hpp argues for it against absl::Mutex): every section is a few
+// pointer updates and at most one move of T.
+//
+// Memory ordering: everything a channel operation reads or writes is under
+// the channel's lock (acquire/release), including the value handed to a
+// parked waiter; the woken task then reads it after ready(), which orders
+// the waker's writes before the resumed task (g.hpp). count_ is an atomic
+// only so that size() may read it without the lock (relaxed: a snapshot);
+// refs_ is argued at retain()/release().
+//
+// Element type. T may be move-only. Moves of T happen under the channel lock
+// and must not throw: once a waiter has been taken off a queue the transfer
+// cannot be undone, so a throwing move inside a transfer terminates (the
+// transfer functions are noexcept).
+#pragma once
+
+#include <atomic>
+#include <coroutine>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <new>
+#include <optional>
+#include <source_location>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+#include "mpg/detail/g.hpp"
+#include "mpg/detail/spinlock.hpp"
+#include "mpg/detail/waitq.hpp"
+#include "mpg/errors.hpp"
+
+namespace mpg {
+
+template <class T>
+class chan;
+template <class T>
+class send_op;
+template <class T>
+class recv_op;
+
+namespace detail {
+
+template <class... Cases>
+class select_awaiter;
+
+[[noreturn]] void throw_send_on_closed();
+[[noreturn]] void throw_close_of_closed();
+
+// The payloads of a channel waiter. The waiter is the first (and only)
+// base, so the channel code, which knows T, can go from the waiter it
+// dequeued back to the awaiter that holds the value.
+template <class T>
+struct recv_node : waiter {
+  std::optional<T> slot;  // where a sender (or the ring) puts the value; nullopt: closed
+};
+
+template <class T>
+struct send_node : waiter {
+  template <class U>
+  send_node(std::in_place_t, U&& v) : value(std::in_place, std::forward<U>(v)) {}
+  // Engaged until the value has been handed over (the waker resets it): so
+  // it also tells a completed send from one failed by close(), and an
+  // awaiter that never sent destroys its value exactly once.
+  std::optional<T> value;
+};
+
+// chan_base: the part of a channel that does not depend on T; select locks
+// channels through it.
+class chan_base {
+ public:
+  explicit chan_base(std::size_t cap) noexcept : cap_(cap) {}
+  virtual ~chan_base() = default;
+  chan_base(const chan_base&) = delete;
+  chan_base& operator=(const chan_base&) = delete;
+
+  void retain() noexcept {
+    // Relaxed: a new handle is made from an existing one, which keeps the
+    // channel alive meanwhile; no data is published by the count.
+    refs_.fetch_add(1, std::memory_order_relaxed);
+  }
+  void release() noexcept {
+    // acq_rel: every other handle's last use of the channel (release) must
+    // happen before the destructor that the last release runs (acquire).
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+
+  std::size_t capacity() const noexcept { return cap_; }
+  std::size_t size() const noexcept {
+    // Relaxed: a snapshot, as Go's len(ch); writers hold lock_.
+    return count_.load(std::memory_order_relaxed);
+  }
+
+  spinlock lock_;
+  bool closed_ ABSL_GUARDED_BY(lock_) = false;
+  std::atomic<std::uint32_t> refs_{1};
+  // Elements in the ring. Written only under lock_; atomic so that size()
+  // can read it without the lock.
+  std::atomic<std::size_t> count_{0};
+  const std::size_t cap_;
+  std::size_t sendx_ ABSL_GUARDED_BY(lock_) = 0;  // next slot to fill
+  std::size_t recvx_ ABSL_GUARDED_BY(lock_) = 0;  // next slot to drain
+  waitq recvq_ ABSL_GUARDED_BY(lock_);
+  waitq sendq_ ABSL_GUARDED_BY(lock_);
+};
+
+enum class send_result : std::uint8_t { done, closed, would_block };
+
+template <class T>
+class chan_state : public chan_base {
+ public:
+  explicit chan_state(std::size_t cap) : chan_base(cap), buf_(cap ? new slot_t[cap] : nullptr) {}
+  ~chan_state() override {
+    std::size_t n = count_.load(std::memory_order_relaxed);
+    for (std::size_t i = 0, x = recvx_; i < n; ++i) {
+      at(x)->~T();
+      if (++x == cap_) x = 0;
+    }
+  }
+
+  // send_locked(): the non-parking part of Go's chansend. Moves from v only
+  // when it returns done. *wake: a G to ready once the lock is dropped.
+  send_result send_locked(T& v, g*& wake) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_) {
+    if (closed_) return send_result::closed;
+    if (waiter* w = recvq_.dequeue()) {
+      auto* r = static_cast<recv_node<T>*>(w);
+      r->slot.emplace(std::move(v));
+      wake = r->gp();
+      return send_result::done;
+    }
+    const std::size_t n = count_.load(std::memory_order_relaxed);
+    if (n < cap_) {
+      ::new (static_cast<void*>(at(sendx_))) T(std::move(v));
+      if (++sendx_ == cap_) sendx_ = 0;
+      count_.store(n + 1, std::memory_order_relaxed);
+      return send_result::done;
+    }
+    return send_result::would_block;
+  }
+
+  // recv_locked(): the non-parking part of Go's chanrecv. true when the
+  // receive completed: out holds the value, or is empty because the channel
+  // is closed and drained. *wake: a G to ready once the lock is dropped.
+  bool recv_locked(std::optional<T>& out, g*& wake) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_) {
+    const std::size_t n = count_.load(std::memory_order_relaxed);
+    if (closed_ && n == 0) {
+      out.reset();
+      return true;
+    }
+    if (waiter* w = sendq_.dequeue()) {  // empty when closed
+      auto* s = static_cast<send_node<T>*>(w);
+      if (cap_ == 0) {
+        out.emplace(std::move(*s->value));
+      } else {
+        // The ring is full: the receiver gets the head; the sender's value
+        // takes the freed slot, which is now the tail.
+        T* head = at(recvx_);
+        out.emplace(std::move(*head));
+        head->~T();
+        ::new (static_cast<void*>(head)) T(std::move(*s->value));
+        if (++recvx_ == cap_) recvx_ = 0;
+        sendx_ = recvx_;
+      }
+      s->value.reset();  // disengaged: the send succeeded
+      wake = s->gp();
+      return true;
+    }
+    if (n > 0) {
+      T* head = at(recvx_);
+      out.emplace(std::move(*head));
+      head->~T();
+      if (++recvx_ == cap_) recvx_ = 0;
+      count_.store(n - 1, std::memory_order_relaxed);
+      return true;
+    }
+    return false;
+  }
+
+  // close_locked(): marks the channel closed and takes every waiter off the
+  // queues; returns them chained through `next`, to ready after unlocking.
+  waiter* close_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_) {
+    closed_ = true;
+    waiter* chain = nullptr;
+    waiter** tail = &chain;
+    while (waiter* w = recvq_.dequeue()) {
+      static_cast<recv_node<T>*>(w)->slot.reset();  // nullopt: closed
+      *tail = w;
+      tail = &w->next;
+    }
+    while (waiter* w = sendq_.dequeue()) {  // value stays engaged: it throws
+      *tail = w;
+      tail = &w->next;
+    }
+    *tail = nullptr;
+    return chain;
+  }
+
+  void close() {
+    waiter* chain;
+    {
+      spin_guard lk(lock_);
+      if (closed_) throw_close_of_closed();
+      chain = close_locked();
+    }
+    ready_chain(chain);
+  }
+
+  // close_if_open(): close() for internal users that may race to close
+  // (context cancellation); false if it was already closed.
+  bool close_if_open() noexcept {
+    waiter* chain;
+    {
+      spin_guard lk(lock_);
+      if (closed_) return false;
+      chain = close_locked();
+    }
+    ready_chain(chain);
+    return true;
+  }
+
+  // try_send_nothrow(): try_send for internal users (timers): false when
+  // full or closed.
+  bool try_send_nothrow(T& v) noexcept {
+    g* wake = nullptr;
+    send_result r;
+    {
+      spin_guard lk(lock_);
+      r = send_locked(v, wake);
+    }
+    if (wake) ready(wake);
+    return r == send_result::done;
+  }
+
+ private:
+  struct alignas(T) slot_t {
+    std::byte raw[sizeof(T)];
+  };
+  T* at(std::size_t i) noexcept { return std::launder(reinterpret_cast<T*>(buf_[i].raw)); }
+
+  std::unique_ptr<slot_t[]> buf_;
+};
+
+struct adopt_state_t {
+  explicit adopt_state_t() = default;
+};
+inline constexpr adopt_state_t adopt_state{};
+
+}  // namespace detail
+
+// recv_op<T>
+//
+// The awaiter of chan<T>::recv(), and a select case. co_await gives
+// std::optional<T>: the value, or nullopt when the channel is closed and
+// drained. If it waits, the task is resumed by the sender that hands it a
+// value (on that sender's P) or by close().
+template <class T>
+class [[nodiscard]] recv_op : private detail::recv_node<T> {
+ public:
+  using result_type = std::optional<T>;
+
+  recv_op(recv_op&&) noexcept = default;
+  recv_op& operator=(recv_op&&) = delete;
+
+  bool await_ready() const noexcept { return false; }
+
+  bool await_suspend(std::coroutine_handle<> h) {
+    detail::g* wake = nullptr;
+    {
+      detail::spin_guard lk(ch_->lock_);
+      if (!ch_->recv_locked(this->slot, wake)) {
+        const std::source_location where = this->stashed_where();
+        this->set_g(detail::current_g());
+        detail::park(h, "chan receive", where);
+        ch_->recvq_.push_back(this);
+        return true;  // the guard's unlock publishes the waiter: hands off `this`
+      }
+    }
+    if (wake) detail::ready(wake);
+    return detail::yield_if_over_budget(h);
+  }
+
+  std::optional<T> await_resume() noexcept {
+    std::optional<T> r(std::move(this->slot));
+    this->slot.reset();
+    return r;
+  }
+
+ private:
+  friend class chan<T>;
+  template <class... Cases>
+  friend class detail::select_awaiter;
+
+  recv_op(detail::chan_state<T>* ch, std::source_location where) noexcept : ch_(ch) {
+    this->stash_where(where);
+  }
+
+  // Select hooks: called with the channel's lock held.
+  detail::chan_base* sel_chan() const noexcept { return ch_; }
+  detail::waiter* sel_node() noexcept { return this; }
+  std::source_location sel_where() const noexcept { return this->stashed_where(); }
+  bool sel_poll(detail::g*& wake) noexcept { return ch_->recv_locked(this->slot, wake); }
+  void sel_enqueue(detail::select_state* st) noexcept {
+    this->set_select(st);
+    ch_->recvq_.push_back(this);
+  }
+  void sel_dequeue() noexcept { ch_->recvq_.remove(this); }
+  std::optional<T> sel_result() noexcept { return await_resume(); }
+
+  detail::chan_state<T>* ch_;
+};
+
+// send_op<T>
+//
+// The awaiter of chan<T>::send(v), and a select case. Holds the value until
+// it is handed over. co_await throws mpg::closed_channel_error if the channel
+// is closed, or is closed while the send waits. If it waits, the task is
+// resumed by the receiver that takes its value, or by close().
+template <class T>
+class [[nodiscard]] send_op : private detail::send_node<T> {
+ public:
+  using result_type = std::monostate;
+
+  send_op(send_op&&) noexcept(std::is_nothrow_move_constructible_v<T>) = default;
+  send_op& operator=(send_op&&) = delete;
+
+  bool await_ready() const noexcept { return false; }
+
+  bool await_suspend(std::coroutine_handle<> h) {
+    detail::g* wake = nullptr;
+    {
+      detail::spin_guard lk(ch_->lock_);
+      switch (ch_->send_locked(*this->value, wake)) {
+        case detail::send_result::done:
+          break;
+        case detail::send_result::closed:
+          return false;  // await_resume throws: the value is still ours
+        case detail::send_result::would_block: {
+          const std::source_location where = this->stashed_where();
+          this->set_g(detail::current_g());
+          detail::park(h, "chan send", where);
+          ch_->sendq_.push_back(this);
+          return true;  // the guard's unlock publishes the waiter: hands off `this`
+        }
+      }
+    }
+    this->value.reset();
+    if (wake) detail::ready(wake);
+    return detail::yield_if_over_budget(h);
+  }
+
+  void await_resume() {
+    // Still holding the value: the channel was closed (before or while we
+    // waited). Otherwise a receiver or the ring took it.
+    if (this->value.has_value()) {
+      this->value.reset();
+      detail::throw_send_on_closed();
+    }
+  }
+
+ private:
+  friend class chan<T>;
+  template <class... Cases>
+  friend class detail::select_awaiter;
+
+  template <class U>
+  send_op(detail::chan_state<T>* ch, U&& v, std::source_location where)
+      : detail::send_node<T>(std::in_place, std::forward<U>(v)), ch_(ch) {
+    this->stash_where(where);
+  }
+
+  // Select hooks: called with the channel's lock held.
+  detail::chan_base* sel_chan() const noexcept { return ch_; }
+  detail::waiter* sel_node() noexcept { return this; }
+  std::source_location sel_where() const noexcept { return this->stashed_where(); }
+  bool sel_poll(detail::g*& wake) noexcept {
+    switch (ch_->send_locked(*this->value, wake)) {
+      case detail::send_result::done:
+        this->value.reset();
+        return true;
+      case detail::send_result::closed:  // chosen, and throws (value kept): Go's
+        return true;                      // "send on closed channel"
+      case detail::send_result::would_block:
+        break;
+    }
+    return false;
+  }
+  void sel_enqueue(detail::select_state* st) noexcept {
+    this->set_select(st);
+    ch_->sendq_.push_back(this);
+  }
+  void sel_dequeue() noexcept { ch_->sendq_.remove(this); }
+  std::monostate sel_result() {
+    await_resume();
+    return {};
+  }
+
+  detail::chan_state<T>* ch_;
+};
+
+// chan<T>
+//
+// Handle to a channel. Copying shares the channel; a moved-from handle may
+// only be assigned to or destroyed.
+template <class T>
+class chan {
+  static_assert(!std::is_reference_v<T> && std::is_object_v<T>, "chan<T> needs an object type");
+  static_assert(std::is_move_constructible_v<T>, "chan<T> needs a movable T");
+
+ public:
+  using value_type = T;
+
+  // An unbuffered channel.
+  chan() : chan(0) {}
+  // A channel with room for `capacity` elements (0: unbuffered).
+  explicit chan(std::size_t capacity) : s_(new detail::chan_state<T>(capacity)) {}
+  // Internal: adopt a state whose reference the caller owns (after()).
+  chan(detail::chan_state<T>* s, detail::adopt_state_t) noexcept : s_(s) {}
+
+  chan(const chan& o) noexcept : s_(o.s_) {
+    if (s_) s_->retain();
+  }
+  chan(chan&& o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
+  chan& operator=(const chan& o) noexcept {
+    if (o.s_) o.s_->retain();
+    reset();
+    s_ = o.s_;
+    return *this;
+  }
+  chan& operator=(chan&& o) noexcept {
+    if (this != &o) {
+      reset();
+      s_ = std::exchange(o.s_, nullptr);
+    }
+    return *this;
+  }
+  ~chan() { reset(); }
+
+  // chan::send()
+  //
+  // `co_await ch.send(v)`: waits until a receiver takes v or the ring has
+  // room. Throws mpg::closed_channel_error if the channel is or gets closed.
+  send_op<T> send(T v, std::source_location where = std::source_location::current()) {
+    return send_op<T>(s_, std::move(v), where);
+  }
+
+  // chan::recv()
+  //
+  // `co_await ch.recv()`: the next value, or nullopt once the channel is
+  // closed and drained.
+  recv_op<T> recv(std::source_location where = std::source_location::current()) noexcept {
+    return recv_op<T>(s_, where);
+  }
+
+  // chan::try_send()
+  //
+  // Sends v if that needs no waiting (a receiver waits, or the ring has
+  // room); returns false otherwise, leaving v untouched. Throws
+  // mpg::closed_channel_error on a closed channel.
+  bool try_send(T&& v) { return try_send_ref(v); }
+  bool try_send(const T& v)
+    requires std::is_copy_constructible_v<T>
+  {
+    // The copy is made before taking the lock (a copy may allocate) and
+    // dropped if the send would have to wait.
+    T copy(v);
+    return try_send_ref(copy);
+  }
+
+  // chan::try_recv()
+  //
+  // A value if one is available without waiting; nullopt if none is (or the
+  // channel is closed and drained).
+  std::optional<T> try_recv() {
+    std::optional<T> out;
+    detail::g* wake = nullptr;
+    {
+      detail::spin_guard lk(s_->lock_);
+      s_->recv_locked(out, wake);
+    }
+    if (wake) detail::ready(wake);
+    return out;
+  }
+
+  // chan::close()
+  //
+  // Receivers drain the ring, then get nullopt; blocked senders (and later
+  // ones) throw. Closing twice throws mpg::closed_channel_error.
+  void close() { s_->close(); }
+
+  // size(): elements in the ring now (a snapshot). capacity(): as built.
+  std::size_t size() const noexcept { return s_->size(); }
+  std::size_t capacity() const noexcept { return s_->capacity(); }
+
+  // Two handles are equal when they share a channel.
+  friend bool operator==(const chan& a, const chan& b) noexcept { return a.s_ == b.s_; }
+
+  detail::chan_state<T>* state_for_internal_use() const noexcept { return s_; }
+
+ private:
+  bool try_send_ref(T& v) {
+    detail::g* wake = nullptr;
+    detail::send_result r;
+    {
+      detail::spin_guard lk(s_->lock_);
+      r = s_->send_locked(v, wake);
+    }
+    if (r == detail::send_result::closed) detail::throw_send_on_closed();
+    if (wake) detail::ready(wake);
+    return r == detail::send_result::done;
+  }
+  void reset() noexcept {
+    if (s_) std::exchange(s_, nullptr)->release();
+  }
+
+  detail::chan_state<T>* s_;
+};
+
+}  // namespace mpg

@@ -1,0 +1,205 @@
+// mpg/context.hpp: cancellation and deadlines that flow down a tree of
+// contexts (Go's context package, without values).
+//
+//   auto [ctx, cancel] = mpg::with_cancel(mpg::background());
+//   auto [tctx, tcancel] = mpg::with_timeout(ctx, 2s);
+//   co_await mpg::select(work.recv(), tctx.done().recv());   // done() closes on cancel
+//   absl::Status why = tctx.err();   // OK while live; kCancelled or kDeadlineExceeded
+//   cancel();                        // cancels ctx and every descendant
+//
+// A context is a cheap handle (a shared pointer) to a node. Cancelling a
+// node cancels its whole subtree: children, grandchildren, ... each with the
+// cause of the cancellation (kCancelled for a cancel_func, kDeadlineExceeded
+// for a deadline), and closes each node's done() channel, which wakes every
+// task waiting on it, in a select or not. A child of an already cancelled
+// parent is born cancelled. Cancelling is idempotent and may come from any
+// thread, including threads outside the runtime and timer callbacks.
+//
+// Deadlines: with_deadline(parent, tp) cancels with kDeadlineExceeded at tp,
+// through a runtime timer (so it must be called inside a task: outside one it
+// throws runtime_misuse_error, a std::logic_error). A child's deadline is the
+// earlier of its own and its parent's; if the parent's is earlier already, no
+// timer is armed (the parent's will cancel the child). A deadline in the past
+// cancels at once.
+//
+// Design. Each node holds a strong reference to its parent and is linked,
+// by raw pointers, into its parent's list of children (guarded by the
+// parent's spinlock). Parents do not keep children alive: dropping the last
+// handle of an uncancelled child destroys it, and its destructor unlinks it
+// (and stops its timer). Cancellation, under the node's lock, marks it
+// cancelled and unlinks all its children at once while promoting each to a
+// strong reference (a child whose last handle is going away fails the
+// promotion and is skipped: nobody can observe it any more); then, with no
+// lock held, it closes done(), stops its timer and cancels the promoted
+// children recursively, and finally unlinks itself from its parent.
+//
+// Rejected: Go's design, where the parent's map keeps each child alive until
+// the child is cancelled: in C++ that leaks every child whose cancel_func is
+// never called (Go's vet warns about exactly that leak). A goroutine per
+// context watching the parent (Go's fallback for foreign contexts): a task
+// per node, for nothing.
+//
+// Invariants:
+//   - A node's children list holds only uncancelled nodes whose destructor
+//     has not yet unlinked them; it is empty once the node is cancelled.
+//   - err_ is written once, before cancelled_ is set, and never again.
+//   - done_ is closed exactly once, by the cancellation that set cancelled_.
+//   - The timer (if any) holds no reference: the destructor cancels it
+//     (cancel_timer waits for a running fire()), and the fire callback never
+//     destroys its own node.
+//
+// A context may outlive the runtime its deadline timer was armed on:
+// ~runtime detaches pending timers, and a fired timer is not touched again.
+//
+// Memory ordering: cancelled_ is stored with release after err_ is written
+// and loaded with acquire by err(), so a reader that sees it cancelled sees
+// the cause. The children list and linked_ flags are guarded by the parent's
+// lock. Waking waiters goes through the done channel's lock and ready().
+#pragma once
+
+#include <absl/base/thread_annotations.h>
+#include <absl/status/status.h>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <utility>
+#include <variant>
+
+#include "mpg/chan.hpp"
+#include "mpg/detail/spinlock.hpp"
+#include "mpg/detail/timer.hpp"
+
+namespace mpg {
+
+namespace detail {
+
+class context_node : public std::enable_shared_from_this<context_node> {
+ public:
+  // The root (background): never cancelled, no deadline.
+  context_node() = default;
+  explicit context_node(std::shared_ptr<context_node> parent);
+  ~context_node();
+  context_node(const context_node&) = delete;
+  context_node& operator=(const context_node&) = delete;
+
+  // cancel(): cancel this node and its subtree with `why` (not OK).
+  // from_timer: called by this node's own timer (do not cancel that timer).
+  void cancel(const absl::Status& why, bool from_timer = false) noexcept;
+  // arm_deadline(): cancel with kDeadlineExceeded at tp (called once, right
+  // after construction, before the node is shared).
+  void arm_deadline(std::chrono::steady_clock::time_point tp);
+  // attach(): link into the parent's children, or cancel at once if the
+  // parent is already cancelled. Called once, after construction.
+  void attach();
+
+  bool cancelled() const noexcept { return cancelled_.load(std::memory_order_acquire); }
+  absl::Status err() const;
+  const chan<std::monostate>& done() const noexcept { return done_; }
+  const std::optional<std::chrono::steady_clock::time_point>& deadline() const noexcept {
+    return deadline_;
+  }
+
+ private:
+  static void fire(timer* t) noexcept;
+  void unlink_from_parent() noexcept;
+
+  const std::shared_ptr<context_node> parent_;
+  chan<std::monostate> done_;
+  std::optional<std::chrono::steady_clock::time_point> deadline_;
+
+  mutable spinlock lock_;
+  absl::Status err_ ABSL_GUARDED_BY(lock_);
+  std::atomic<bool> cancelled_{false};
+  // This node's children (intrusive, through their sibling links).
+  context_node* first_child_ ABSL_GUARDED_BY(lock_) = nullptr;
+  // Links in the parent's list, guarded by the parent's lock_.
+  context_node* prev_sibling_ = nullptr;
+  context_node* next_sibling_ = nullptr;
+  bool linked_ = false;
+
+  timer timer_;
+  bool timer_armed_ = false;
+  // Set (release) at the end of fire(): a fired timer is never cancelled
+  // (cancel_timer would touch the runtime, which may be gone by then).
+  std::atomic<bool> timer_fired_{false};
+};
+
+}  // namespace detail
+
+// context
+//
+// A handle to a node of the context tree. Copies share the node. A
+// default-constructed context is background().
+class context {
+ public:
+  context();
+  explicit context(std::shared_ptr<detail::context_node> n) noexcept : node_(std::move(n)) {}
+
+  // context::done()
+  //
+  // A channel that is closed when the context is cancelled (never, for
+  // background()). Use `ctx.done().recv()` as a select case, or await it.
+  chan<std::monostate> done() const noexcept { return node_->done(); }
+
+  // context::err(): OK while live; kCancelled or kDeadlineExceeded after.
+  absl::Status err() const { return node_->err(); }
+
+  // context::cancelled(): !err().ok(), without building a Status.
+  bool cancelled() const noexcept { return node_->cancelled(); }
+
+  // context::deadline(): when the context will be cancelled by a deadline
+  // (its own or an ancestor's), if ever.
+  std::optional<std::chrono::steady_clock::time_point> deadline() const noexcept {
+    return node_->deadline();
+  }
+
+  const std::shared_ptr<detail::context_node>& node_for_internal_use() const noexcept {
+    return node_;
+  }
+
+ private:
+  std::shared_ptr<detail::context_node> node_;
+};
+
+// cancel_func
+//
+// Cancels its context (and every descendant) with kCancelled. Callable any
+// number of times, from any thread; calls after the first do nothing.
+// Keeps the context's node alive.
+class cancel_func {
+ public:
+  cancel_func() noexcept = default;
+  explicit cancel_func(std::shared_ptr<detail::context_node> n) noexcept : node_(std::move(n)) {}
+  void operator()() const noexcept;
+
+ private:
+  std::shared_ptr<detail::context_node> node_;
+};
+
+// background(): the root context: never cancelled, no deadline.
+context background();
+
+// with_cancel(): a child of parent, and the function that cancels it.
+std::pair<context, cancel_func> with_cancel(const context& parent);
+
+// with_deadline(): with_cancel, plus cancellation with kDeadlineExceeded at
+// tp. Throws runtime_misuse_error outside a task when a timer is needed.
+std::pair<context, cancel_func> with_deadline(const context& parent,
+                                              std::chrono::steady_clock::time_point tp);
+
+// with_timeout(): with_deadline(parent, now + d).
+template <class Rep, class Period>
+std::pair<context, cancel_func> with_timeout(const context& parent,
+                                             std::chrono::duration<Rep, Period> d) {
+  using clock = std::chrono::steady_clock;
+  const clock::time_point now = clock::now();
+  if (d <= d.zero()) return with_deadline(parent, now);
+  const auto left = clock::time_point::max() - now;
+  if (d >= std::chrono::duration_cast<std::chrono::duration<Rep, Period>>(left))
+    return with_deadline(parent, clock::time_point::max());
+  return with_deadline(parent, now + std::chrono::ceil<clock::duration>(d));
+}
+
+}  // namespace mpg

@@ -1,0 +1,89 @@
+// mpg/fs.hpp: files over io_uring: open, read_at, write_at, fsync, stat.
+//
+//   absl::StatusOr<mpg::fs::file> f = co_await mpg::fs::open("data.bin", O_RDONLY);
+//   absl::StatusOr<std::size_t> n = co_await f->read_at(std::span<char>(buf), 0);
+//
+// Each call is an io_uring request (openat, read, write, fsync, statx) on the
+// current P's ring; the task is parked while the kernel (or an io-wq worker,
+// for reads that miss the page cache) does it, and its P runs other tasks.
+// Unlike sockets, file requests are submitted at once rather than at the
+// scheduler's next flush: they are rarer and often slow, and submitting at
+// once lets close() follow an operation on the same file safely.
+//
+// Errors are absl::Status values with the errno's meaning. Positional reads
+// and writes may run concurrently from several tasks, as pread/pwrite.
+// Closing a file while another task has an operation on it in flight is
+// allowed (the kernel keeps the file until the operation completes).
+#pragma once
+
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "mpg/task.hpp"
+
+namespace mpg::fs {
+
+// file_info: what stat() reports (statx).
+struct file_info {
+  std::uint64_t size = 0;
+  std::uint32_t mode = 0;  // file type and permission bits (st_mode)
+  std::uint64_t inode = 0;
+  std::uint32_t nlink = 0;
+  std::chrono::system_clock::time_point modified{};
+  bool is_regular() const noexcept { return S_ISREG(mode); }
+  bool is_directory() const noexcept { return S_ISDIR(mode); }
+};
+
+// file: an open file descriptor. Move-only; the destructor closes it.
+class file {
+ public:
+  file() noexcept = default;
+  explicit file(int fd) noexcept : fd_(fd) {}
+  file(file&& o) noexcept : fd_(o.fd_.exchange(-1, std::memory_order_relaxed)) {}
+  file& operator=(file&& o) noexcept {
+    if (this != &o) {
+      (void)close();
+      fd_.store(o.fd_.exchange(-1, std::memory_order_relaxed), std::memory_order_relaxed);
+    }
+    return *this;
+  }
+  file(const file&) = delete;
+  file& operator=(const file&) = delete;
+  ~file() { (void)close(); }
+
+  bool is_open() const noexcept { return fd_.load(std::memory_order_relaxed) >= 0; }
+  int native_handle() const noexcept { return fd_.load(std::memory_order_relaxed); }
+
+  // read_at(): fills buf from offset; fewer bytes only at end of file (Go's
+  // ReadAt). Returns the number of bytes read.
+  task<absl::StatusOr<std::size_t>> read_at(std::span<char> buf, std::uint64_t offset);
+  // write_at(): writes all of data at offset (short writes are continued).
+  task<absl::Status> write_at(std::string_view data, std::uint64_t offset);
+  // fsync(): flush data and metadata; data_only: fdatasync.
+  task<absl::Status> fsync(bool data_only = false);
+  task<absl::StatusOr<file_info>> stat();
+  // close(): idempotent; reports the close(2) error the first time.
+  absl::Status close() noexcept;
+
+ private:
+  // -1 once closed. Relaxed: only the number matters, and file operations are
+  // submitted inside co_await (the kernel holds the file from then on).
+  std::atomic<int> fd_{-1};
+};
+
+// open(): openat(AT_FDCWD, path, flags | O_CLOEXEC, mode).
+task<absl::StatusOr<file>> open(std::string path, int flags, unsigned mode = 0644);
+// stat(): statx of path (follows symlinks).
+task<absl::StatusOr<file_info>> stat(std::string path);
+
+}  // namespace mpg::fs

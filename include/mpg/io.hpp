@@ -1,0 +1,97 @@
+// mpg/io.hpp: io::submit, any io_uring operation as an awaitable.
+//
+//   int res = co_await mpg::io::submit([&](io_uring_sqe* sqe) {
+//     io_uring_prep_read(sqe, fd, buf, sizeof buf, 0);
+//   });
+//
+// The callback prepares the operation on an SQE of the current P's ring and
+// sets nothing else: io::submit owns user_data and the link flags (any
+// IOSQE_IO_LINK, IO_HARDLINK or CQE_SKIP_SUCCESS it sets is cleared). It runs
+// synchronously inside co_await, under the ring's lock, so it must be short
+// and must not throw or await. Everything it points the SQE at (buffers,
+// paths, iovecs, sockaddrs) must stay alive until co_await returns, which it
+// does: the awaiting task stays suspended until the operation's final CQE.
+// This header only forward-declares io_uring_sqe; include <liburing.h>
+// yourself to call the prep helpers.
+//
+// The result is cqe->res: a value >= 0 on success, -errno on failure, with
+// two readings of our own:
+//   -ETIME      the deadline (overloads below) passed first: the operation was
+//               cancelled by an IORING_OP_LINK_TIMEOUT in the same ring, or
+//               never submitted because the deadline had already passed;
+//   -ECANCELED  the operation was cancelled (the runtime is shutting down).
+// Operations that post several CQEs resume at the last one (no
+// IORING_CQE_F_MORE) with the first one's result: so IORING_OP_SEND_ZC works
+// as a plain send; multishot operations are not useful through this API.
+//
+// Where it resumes: the task is readied by whichever M reaps the CQE (the
+// owning P's, usually) and runs on that M's P.
+#pragma once
+
+#include <chrono>
+#include <coroutine>
+#include <type_traits>
+#include <utility>
+
+#include "mpg/detail/g.hpp"
+#include "mpg/detail/io_op.hpp"
+
+namespace mpg::io {
+
+using clock = std::chrono::steady_clock;
+
+// submit_awaiter<Prep>: the awaitable returned by io::submit. Awaited once.
+template <class Prep>
+class [[nodiscard]] submit_awaiter {
+ public:
+  explicit submit_awaiter(Prep prep) noexcept(std::is_nothrow_move_constructible_v<Prep>)
+      : prep_(std::move(prep)) {}
+  submit_awaiter(Prep prep, clock::time_point deadline) noexcept(
+      std::is_nothrow_move_constructible_v<Prep>)
+      : prep_(std::move(prep)) {
+    op_.has_deadline = true;
+    op_.deadline = deadline;
+  }
+
+  bool await_ready() const noexcept { return false; }
+  bool await_suspend(std::coroutine_handle<> h) {
+    op_.waiter = detail::current_g();
+    detail::park(h, "io.submit");
+    if (detail::io_start(&op_, &thunk, &prep_, nullptr)) return true;  // frame untouched after
+    detail::cancel_park();
+    return false;
+  }
+  int await_resume() const noexcept { return op_.outcome(); }
+
+ private:
+  static void thunk(io_uring_sqe* sqe, const void* ctx) {
+    (*static_cast<Prep*>(const_cast<void*>(ctx)))(sqe);
+  }
+  Prep prep_;
+  detail::io_op op_;
+};
+
+// submit(): one operation, no deadline.
+template <class Prep>
+  requires std::is_invocable_v<std::decay_t<Prep>&, io_uring_sqe*>
+submit_awaiter<std::decay_t<Prep>> submit(Prep&& prep) {
+  return submit_awaiter<std::decay_t<Prep>>(std::forward<Prep>(prep));
+}
+
+// submit(prep, deadline): -ETIME if the deadline passes first.
+template <class Prep>
+  requires std::is_invocable_v<std::decay_t<Prep>&, io_uring_sqe*>
+submit_awaiter<std::decay_t<Prep>> submit(Prep&& prep, clock::time_point deadline) {
+  return submit_awaiter<std::decay_t<Prep>>(std::forward<Prep>(prep), deadline);
+}
+
+// submit(prep, timeout): the same with a deadline of now + timeout.
+template <class Prep, class Rep, class Period>
+  requires std::is_invocable_v<std::decay_t<Prep>&, io_uring_sqe*>
+submit_awaiter<std::decay_t<Prep>> submit(Prep&& prep, std::chrono::duration<Rep, Period> timeout) {
+  return submit_awaiter<std::decay_t<Prep>>(
+      std::forward<Prep>(prep),
+      clock::now() + std::chrono::duration_cast<clock::duration>(timeout));
+}
+
+}  // namespace mpg::io

@@ -1,0 +1,235 @@
+// mpg/mutex.hpp: mutex, a lock for tasks (Go's sync.Mutex).
+//
+//   co_await m.lock();  ...  m.unlock();
+//   { auto guard = co_await m.scoped_lock(); ... }   // unlocks at scope end
+//   if (m.try_lock()) { ... m.unlock(); }
+//
+// A task that finds the mutex locked parks; its P runs other tasks. No OS
+// thread ever blocks on it. Unlocking a mutex that is not locked throws
+// mpg::sync_misuse_error. As in Go, a mutex is not tied to a task: one task
+// may lock it and another unlock it.
+//
+// Design (Go's sync/mutex.go, with the semaphore replaced by an intrusive
+// FIFO of parked waiters under a small spinlock). One atomic word, state_:
+//   kLocked   the mutex is held.
+//   kWoken    an unlocker has readied a waiter that has not yet retried;
+//             other unlockers need not wake anyone.
+//   kStarving starvation mode (below).
+//   kWaiters  the queue of parked waiters is non-empty (kept exact under
+//             qlock_: set with the first push, cleared with the last pop).
+// lock() fast path: one CAS that sets kLocked when neither kLocked nor
+// kStarving is set. unlock() fast path: one CAS that clears kLocked; only
+// when kWaiters is set and no waiter is already on its way (kWoken) does it
+// take qlock_ and ready the first waiter.
+//
+// Two modes, as in Go.
+//   Normal: a readied waiter does not own the mutex; it competes for it
+//     with tasks that arrive meanwhile (which have the advantage of running
+//     already). A waiter that loses goes back to the FRONT of the queue.
+//     This keeps a lock that is released and retaken on one P from paying
+//     a task switch each time (a lock convoy).
+//   Starvation: a waiter that was woken and lost after waiting more than
+//     1 ms sets kStarving. Then unlock() hands the mutex directly to the
+//     first waiter (kLocked never drops) and arrivals queue at the tail
+//     without trying. The mode ends when the waiter handed the lock waited
+//     less than 1 ms, or is the last one. Tail latency stays bounded while
+//     throughput stays that of normal mode when there is no starvation.
+// The slow path of lock() retries after being woken, so it cannot live in
+// one awaiter (await_resume cannot suspend again): it is a small coroutine
+// (lock_slow) entered by symmetric transfer, allocated only when the fast
+// path fails. It spins briefly (the holder usually runs on another P and
+// is about to unlock) before parking.
+//
+// Cooperative budget: lock() charges the G's budget before it acquires; if
+// the slice is spent, it yields first and acquires after, so the mutex is
+// never held across that yield.
+//
+// Rejected: direct hand-off in every unlock (a fair FIFO lock): each
+// contended unlock then costs a task switch before the lock can be used
+// again, which is what normal mode avoids. A waiter count in the state word
+// (Go): the exact queue is under qlock_ anyway, so one bit suffices.
+//
+// Invariants (for the state word read with qlock_ held):
+//   - kWaiters iff the queue is non-empty.
+//   - kStarving implies kLocked and kWaiters.
+//   - kWoken is set by at most one unlocker until the woken waiter clears it
+//     (by acquiring, or by parking again).
+//
+// Memory ordering: a successful lock is an acquire CAS on state_ and every
+// unlock a release CAS, so a critical section happens-before the next
+// owner's. In starvation mode ownership passes without clearing kLocked;
+// the release CAS in unlock and the ready() of the new owner (release/
+// acquire through the run queues, g.hpp) order the previous section before
+// it. The queue and the waiters' fields are guarded by qlock_ (acquire/
+// release). kWoken and kWaiters updates that do not transfer ownership are
+// relaxed: they are hints re-read under qlock_ or by a later CAS.
+#pragma once
+
+#include <absl/base/thread_annotations.h>
+
+#include <atomic>
+#include <coroutine>
+#include <cstdint>
+#include <source_location>
+#include <utility>
+
+#include "mpg/detail/g.hpp"
+#include "mpg/detail/spinlock.hpp"
+#include "mpg/detail/waitq.hpp"
+#include "mpg/spawn.hpp"
+#include "mpg/task.hpp"
+
+namespace mpg {
+
+class mutex {
+ public:
+  class lock_awaiter;
+  class guard;
+  class scoped_lock_awaiter;
+
+  mutex() noexcept = default;
+  mutex(const mutex&) = delete;
+  mutex& operator=(const mutex&) = delete;
+
+  // mutex::lock()
+  //
+  // `co_await m.lock()`: acquires the mutex, parking while it is held. If it
+  // parks, the task resumes on the P of the unlocker that woke it.
+  lock_awaiter lock(std::source_location where = std::source_location::current()) noexcept;
+
+  // mutex::try_lock()
+  //
+  // Acquires the mutex if that needs no waiting; never parks.
+  bool try_lock() noexcept { return try_acquire_fast(); }
+
+  // mutex::unlock()
+  //
+  // Releases the mutex, readying a waiter if one should retry. Throws
+  // mpg::sync_misuse_error if the mutex is not locked.
+  void unlock();
+
+  // mutex::scoped_lock()
+  //
+  // `auto g = co_await m.scoped_lock()`: lock() returning a guard that
+  // unlocks when destroyed.
+  scoped_lock_awaiter scoped_lock(
+      std::source_location where = std::source_location::current()) noexcept;
+
+ private:
+  struct wait_awaiter;
+
+  bool try_acquire_fast() noexcept {
+    std::uint32_t s = state_.load(std::memory_order_relaxed);
+    while (!(s & (kLocked | kStarving))) {
+      // Acquire: pairs with the release CAS of the previous unlock().
+      if (state_.compare_exchange_weak(s, s | kLocked, std::memory_order_acquire,
+                                       std::memory_order_relaxed))
+        return true;
+    }
+    return false;
+  }
+  task<void> lock_slow(bool yield_first, std::source_location where);
+  void wake_one();
+  void unlock_starving();
+
+  static constexpr std::uint32_t kLocked = 1;
+  static constexpr std::uint32_t kWoken = 2;
+  static constexpr std::uint32_t kStarving = 4;
+  static constexpr std::uint32_t kWaiters = 8;
+
+  std::atomic<std::uint32_t> state_{0};
+  detail::spinlock qlock_;
+  detail::waitq waiters_ ABSL_GUARDED_BY(qlock_);
+};
+
+// mutex::lock_awaiter
+//
+// Completes without suspending when the mutex is free; otherwise transfers
+// into the slow-path coroutine, which parks as needed.
+class [[nodiscard]] mutex::lock_awaiter {
+ public:
+  lock_awaiter(mutex* m, std::source_location where) noexcept : m_(m), where_(where) {}
+  lock_awaiter(const lock_awaiter&) = delete;
+  lock_awaiter& operator=(const lock_awaiter&) = delete;
+
+  bool await_ready() noexcept {
+    if (detail::consume_budget_now()) {
+      yield_first_ = true;
+      return false;
+    }
+    return m_->try_acquire_fast();
+  }
+  std::coroutine_handle<> await_suspend(std::coroutine_handle<> h) {
+    slow_ = m_->lock_slow(yield_first_, where_);
+    slow_awaiter_ = slow_.operator co_await();
+    return slow_awaiter_.await_suspend(h);
+  }
+  void await_resume() {
+    if (slow_awaiter_.h) slow_awaiter_.await_resume();
+  }
+
+ private:
+  mutex* m_;
+  std::source_location where_;
+  bool yield_first_ = false;
+  task<void> slow_;
+  task<void>::awaiter slow_awaiter_{};
+};
+
+// mutex::guard
+//
+// Owns a locked mutex; unlocks it when destroyed (or at unlock()).
+class mutex::guard {
+ public:
+  guard() noexcept = default;
+  explicit guard(mutex* m) noexcept : m_(m) {}
+  guard(guard&& o) noexcept : m_(std::exchange(o.m_, nullptr)) {}
+  guard& operator=(guard&& o) noexcept {
+    if (this != &o) {
+      reset();
+      m_ = std::exchange(o.m_, nullptr);
+    }
+    return *this;
+  }
+  guard(const guard&) = delete;
+  guard& operator=(const guard&) = delete;
+  ~guard() { reset(); }
+
+  bool owns_lock() const noexcept { return m_ != nullptr; }
+  explicit operator bool() const noexcept { return owns_lock(); }
+  void unlock() {
+    if (m_) std::exchange(m_, nullptr)->unlock();
+  }
+
+ private:
+  void reset() noexcept {
+    if (m_) std::exchange(m_, nullptr)->unlock();
+  }
+  mutex* m_ = nullptr;
+};
+
+class [[nodiscard]] mutex::scoped_lock_awaiter {
+ public:
+  scoped_lock_awaiter(mutex* m, std::source_location where) noexcept : m_(m), inner_(m, where) {}
+  bool await_ready() noexcept { return inner_.await_ready(); }
+  std::coroutine_handle<> await_suspend(std::coroutine_handle<> h) {
+    return inner_.await_suspend(h);
+  }
+  guard await_resume() {
+    inner_.await_resume();
+    return guard(m_);
+  }
+
+ private:
+  mutex* m_;
+  lock_awaiter inner_;
+};
+
+inline mutex::lock_awaiter mutex::lock(std::source_location where) noexcept {
+  return lock_awaiter(this, where);
+}
+inline mutex::scoped_lock_awaiter mutex::scoped_lock(std::source_location where) noexcept {
+  return scoped_lock_awaiter(this, where);
+}
+
+}  // namespace mpg

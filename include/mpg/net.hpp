@@ -1,0 +1,174 @@
+// mpg/net.hpp: TCP over io_uring: listen, accept, dial, read, write.
+//
+//   absl::StatusOr<mpg::net::listener> ln = mpg::net::listen("127.0.0.1:0");
+//   absl::StatusOr<mpg::net::tcp_stream> c = co_await ln->accept();
+//   absl::StatusOr<std::size_t> n = co_await c->read(std::span<char>(buf));  // 0 at EOF
+//   absl::Status w = co_await c->write(std::string_view("hello"));           // all of it
+//
+// Every operation is one io_uring request on the current P's ring (recv,
+// send, accept, connect); a task that waits for one is parked and its P runs
+// other tasks, as with Go's netpoller. Errors are absl::Status values with
+// the errno's meaning (absl::ErrnoToStatus); never exceptions. Two codes are
+// ours: kDeadlineExceeded when a deadline passed, kCancelled when the
+// operation was cancelled (cancel(), close() from another task, shutdown).
+//
+// Addresses are "host:port": "127.0.0.1:8080", "[::1]:0", "localhost:80",
+// ":8080" (listen: every interface, dual-stack; dial: this host). Names other
+// than "localhost" go to getaddrinfo: dial runs it under mpg::blocking (the
+// P keeps running other tasks), listen inline.
+//
+// Concurrency: one task may read a stream while another writes it; one read
+// and one write at a time. cancel() and close() may be called from any task
+// (any P): an operation in flight then completes with kCancelled once the
+// kernel confirms it, and its buffer is not touched after that. Deadlines are
+// absolute steady_clock time points carried by an IORING_OP_LINK_TIMEOUT in
+// the same ring; set_deadline() applies to operations started after it.
+//
+// Buffers passed to read/write must outlive the awaited call (the returned
+// task is lazy; co_await it in the same full-expression, or keep the buffer).
+// Moving a stream or listener that has an operation in flight is undefined.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "mpg/detail/io_op.hpp"
+#include "mpg/task.hpp"
+
+namespace mpg::net {
+
+using clock = std::chrono::steady_clock;
+
+enum class shutdown_how { read, write, both };
+
+// tcp_stream: a connected TCP socket (TCP_NODELAY on). Move-only; the
+// destructor closes it.
+class tcp_stream {
+ public:
+  tcp_stream() noexcept = default;
+  // Adopts a connected stream socket (blocking mode, as accept/dial make it).
+  explicit tcp_stream(int fd) noexcept : fd_(fd) {}
+  tcp_stream(tcp_stream&& o) noexcept;
+  tcp_stream& operator=(tcp_stream&& o) noexcept;
+  tcp_stream(const tcp_stream&) = delete;
+  tcp_stream& operator=(const tcp_stream&) = delete;
+  ~tcp_stream() { close(); }
+
+  bool is_open() const noexcept { return fd_.load(std::memory_order_relaxed) >= 0; }
+  int native_handle() const noexcept { return fd_.load(std::memory_order_relaxed); }
+
+  // read(): up to buf.size() bytes as soon as any arrive; 0 at end of stream
+  // (and for an empty buf, without I/O).
+  task<absl::StatusOr<std::size_t>> read(std::span<char> buf);
+  task<absl::StatusOr<std::size_t>> read(std::span<char> buf, clock::time_point deadline);
+  // write(): all of data (short writes are continued), or an error. After an
+  // error some prefix of data may have been sent.
+  task<absl::Status> write(std::string_view data);
+  task<absl::Status> write(std::string_view data, clock::time_point deadline);
+
+  // Deadlines for later reads/writes (std::nullopt: none). Set them from the
+  // task that does the I/O, or before the tasks that do start.
+  void set_deadline(std::optional<clock::time_point> t) noexcept {
+    read_deadline_ = write_deadline_ = t;
+  }
+  void set_read_deadline(std::optional<clock::time_point> t) noexcept { read_deadline_ = t; }
+  void set_write_deadline(std::optional<clock::time_point> t) noexcept { write_deadline_ = t; }
+
+  // shutdown(): half-close (default: no more writes; the peer reads EOF).
+  absl::Status shutdown(shutdown_how how = shutdown_how::write) noexcept;
+  // cancel(): the read and write in flight, if any, complete with kCancelled.
+  // Later operations are not affected. Any task, any P.
+  void cancel() noexcept;
+  // close(): cancels operations in flight and closes the socket. Idempotent;
+  // later operations fail with kFailedPrecondition.
+  void close() noexcept;
+
+  // Diagnostics: an operation is in flight in that direction.
+  bool read_pending() const noexcept {
+    return read_slot_.op.load(std::memory_order_relaxed) != nullptr;
+  }
+  bool write_pending() const noexcept {
+    return write_slot_.op.load(std::memory_order_relaxed) != nullptr;
+  }
+
+  absl::StatusOr<std::string> local_address() const;
+  absl::StatusOr<std::string> remote_address() const;
+
+ private:
+  task<absl::StatusOr<std::size_t>> do_read(std::span<char> buf,
+                                            std::optional<clock::time_point> deadline);
+  task<absl::Status> do_write(std::string_view data, std::optional<clock::time_point> deadline);
+
+  // The socket, -1 once closed. Relaxed everywhere: it is only a number; what
+  // must be ordered (an op's SQE reaching the kernel before close() releases
+  // the number) is ordered by the io_slot locks, which close() takes first.
+  std::atomic<int> fd_{-1};
+  bool data_left_ = false;  // the last recv left data in the socket (reader's own)
+  std::optional<clock::time_point> read_deadline_;
+  std::optional<clock::time_point> write_deadline_;
+  detail::io_slot read_slot_;
+  detail::io_slot write_slot_;
+};
+
+struct listen_options {
+  bool reuse_port = false;  // SO_REUSEPORT (SO_REUSEADDR is always on)
+  int backlog = 0;          // 0: SOMAXCONN
+};
+
+// listener: a listening TCP socket. Move-only; the destructor closes it.
+class listener {
+ public:
+  listener() noexcept = default;
+  listener(listener&& o) noexcept;
+  listener& operator=(listener&& o) noexcept;
+  listener(const listener&) = delete;
+  listener& operator=(const listener&) = delete;
+  ~listener() { close(); }
+
+  bool is_open() const noexcept { return fd_.load(std::memory_order_relaxed) >= 0; }
+  int native_handle() const noexcept { return fd_.load(std::memory_order_relaxed); }
+  std::uint16_t port() const noexcept { return port_; }
+  // address(): "127.0.0.1:port", "[::1]:port", ...
+  std::string address() const;
+
+  // accept(): the next connection. When the process or system is out of file
+  // descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) it sleeps and
+  // retries, 5 ms doubling to 1 s, as Go's net/http server does; aborted
+  // connections are skipped. kCancelled once close() is called.
+  task<absl::StatusOr<tcp_stream>> accept();
+  task<absl::StatusOr<tcp_stream>> accept(clock::time_point deadline);
+
+  // close(): stops listening; a blocked accept() returns kCancelled. Idempotent.
+  void close() noexcept;
+
+  // accept_backoffs(): how many times accept() slept on resource exhaustion.
+  std::uint64_t accept_backoffs() const noexcept {
+    return backoffs_.load(std::memory_order_relaxed);
+  }
+
+ private:
+  friend absl::StatusOr<listener> listen(std::string_view address, listen_options opts);
+  task<absl::StatusOr<tcp_stream>> do_accept(std::optional<clock::time_point> deadline);
+
+  std::atomic<int> fd_{-1};  // as tcp_stream::fd_
+  std::uint16_t port_ = 0;
+  detail::io_slot slot_;
+  std::atomic<std::uint64_t> backoffs_{0};
+};
+
+// listen(): a listener on address; port 0 picks a free port (see port()).
+absl::StatusOr<listener> listen(std::string_view address, listen_options opts = {});
+
+// dial(): connect to address, trying each resolved address in turn.
+task<absl::StatusOr<tcp_stream>> dial(std::string_view address);
+task<absl::StatusOr<tcp_stream>> dial(std::string_view address, clock::time_point deadline);
+
+}  // namespace mpg::net

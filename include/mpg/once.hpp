@@ -1,0 +1,149 @@
+// mpg/once.hpp: once, Go's sync.Once for tasks.
+//
+//   mpg::once init;
+//   co_await init.call([]() -> mpg::task<> { co_await load_config(); });
+//
+// The first caller runs f (which returns mpg::task<> and may itself await;
+// a plain function returning void works too). Callers that arrive while it
+// runs park until it finishes; later callers return at once. When call()
+// returns, f has completed and its effects are visible to the caller.
+// If f throws, the exception reaches the first caller only, and the once
+// counts as done (Go: "if f panics, Do considers it to have returned").
+//
+// Design. An atomic state (idle, running, done) for the fast path: a call on
+// a done once is one acquire load. The first caller turns idle into running
+// under a spinlock that also guards the queue of parked callers; it runs f
+// outside the lock, then sets done and readies every queued caller. The
+// slow path is a small coroutine (it must await f), entered by symmetric
+// transfer, so a done once costs no allocation.
+//
+// Memory ordering: the runner stores done with release after f completes;
+// the fast path loads it with acquire, so f's effects happen-before any call
+// that returns without parking. Parked callers are ordered after f through
+// qlock_ and ready().
+#pragma once
+
+#include <absl/base/thread_annotations.h>
+
+#include <atomic>
+#include <coroutine>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <source_location>
+#include <type_traits>
+#include <utility>
+
+#include "mpg/detail/g.hpp"
+#include "mpg/detail/spinlock.hpp"
+#include "mpg/detail/waitq.hpp"
+#include "mpg/task.hpp"
+
+namespace mpg {
+
+namespace detail {
+template <class R>
+inline constexpr bool is_task_v = false;
+template <class T>
+inline constexpr bool is_task_v<task<T>> = true;
+}  // namespace detail
+
+class once {
+ public:
+  template <class F>
+  class call_awaiter;
+
+  once() noexcept = default;
+  once(const once&) = delete;
+  once& operator=(const once&) = delete;
+
+  // once::call()
+  //
+  // `co_await o.call(f)`: runs f if no call has yet, else waits for the one
+  // running (if any). See the file comment for exceptions.
+  template <class F>
+  call_awaiter<std::decay_t<F>> call(F&& f,
+                                     std::source_location where = std::source_location::current()) {
+    return call_awaiter<std::decay_t<F>>(this, std::forward<F>(f), where);
+  }
+
+  // done(): f has completed (a snapshot).
+  bool done() const noexcept { return state_.load(std::memory_order_acquire) == kDone; }
+
+ private:
+  // One attempt under qlock_: become the runner, find it done, or park.
+  struct wait_awaiter : detail::waiter {
+    wait_awaiter(once* o, std::source_location w) noexcept : self(o), where(w) {}
+    once* self;
+    std::source_location where;
+    bool runner = false;
+    bool await_ready() const noexcept { return false; }
+    bool await_suspend(std::coroutine_handle<> h);
+    void await_resume() const noexcept {}
+  };
+
+  template <class F>
+  task<void> run_or_wait(F f, std::source_location where) {
+    wait_awaiter w(this, where);
+    co_await w;
+    if (!w.runner) co_return;  // it ran (we may have waited for it)
+    std::exception_ptr failure;
+    try {
+      if constexpr (detail::is_task_v<std::invoke_result_t<F&>>)
+        co_await std::invoke(f);
+      else
+        std::invoke(f);
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    finish();
+    if (failure) std::rethrow_exception(failure);
+  }
+  void finish() noexcept;
+
+  static constexpr std::uint32_t kIdle = 0;
+  static constexpr std::uint32_t kRunning = 1;
+  static constexpr std::uint32_t kDone = 2;
+
+  std::atomic<std::uint32_t> state_{kIdle};
+  detail::spinlock qlock_;
+  detail::waitq waiters_ ABSL_GUARDED_BY(qlock_);
+};
+
+template <class F>
+class [[nodiscard]] once::call_awaiter {
+ public:
+  template <class G>
+  call_awaiter(once* o, G&& f, std::source_location where)
+      : o_(o), f_(std::forward<G>(f)), where_(where) {}
+  call_awaiter(const call_awaiter&) = delete;
+  call_awaiter& operator=(const call_awaiter&) = delete;
+
+  bool await_ready() noexcept {
+    if (!o_->done()) return false;
+    fast_ = true;
+    return !detail::consume_budget_now();
+  }
+  std::coroutine_handle<> await_suspend(std::coroutine_handle<> h) {
+    if (fast_) {  // done, but the budget ran out
+      detail::requeue_current(h);
+      return std::noop_coroutine();
+    }
+    slow_ = o_->run_or_wait(std::move(f_), where_);
+    slow_awaiter_ = slow_.operator co_await();
+    return slow_awaiter_.await_suspend(h);
+  }
+  void await_resume() {
+    if (slow_awaiter_.h) slow_awaiter_.await_resume();
+  }
+
+ private:
+  once* o_;
+  F f_;
+  std::source_location where_;
+  bool fast_ = false;
+  task<void> slow_;
+  task<void>::awaiter slow_awaiter_{};
+};
+
+}  // namespace mpg

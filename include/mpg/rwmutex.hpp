@@ -1,0 +1,182 @@
+// mpg/rwmutex.hpp: rwmutex, a readers-writer lock for tasks (Go's
+// sync.RWMutex).
+//
+//   co_await rw.lock();         ... rw.unlock();          // one writer
+//   co_await rw.lock_shared();  ... rw.unlock_shared();   // many readers
+//
+// Waiting tasks park; no OS thread blocks. Unlocking what is not locked
+// throws mpg::sync_misuse_error.
+//
+// Fairness (Go's rule, made phase-fair): once a writer waits, new readers
+// wait too, so a stream of readers cannot starve a writer: the writer gets
+// the lock as soon as the readers already inside leave. When a writer
+// unlocks, every reader that queued behind it is admitted before the next
+// writer, so a stream of writers cannot starve readers either. Phases of
+// readers and writers alternate while both wait.
+//
+// Design. One atomic word carries the fast paths, and a spinlock guards two
+// FIFO queues (readers, writers) of parked waiters:
+//   bits 0..28  readers holding the lock
+//   kWriter     a writer holds the lock
+//   kWriterWait a writer is queued (new readers must queue)
+//   kReaderWait a reader is queued (the writer's unlock must admit it)
+// Fast paths are single CAS operations: lock_shared() adds a reader when
+// neither kWriter nor kWriterWait is set; unlock_shared() drops one; lock()
+// turns 0 into kWriter; unlock() turns kWriter into 0. Everything else goes
+// through qlock_ and hands the lock over directly: the last reader out passes
+// it to the first queued writer; a writer's unlock passes it to all queued
+// readers (or, if none, to the next writer). A woken waiter therefore owns
+// the lock when it resumes and never retries, so each park/resume is one
+// await (no slow-path coroutine, unlike mutex, whose normal mode lets
+// arrivals barge for throughput; here fairness is the point).
+//
+// Invariants (with qlock_ held):
+//   - kWriter implies reader count 0.
+//   - kWriterWait iff the writers queue is non-empty.
+//   - kReaderWait iff the readers queue is non-empty; it implies kWriter or
+//     kWriterWait (readers queue only behind a writer).
+//
+// Memory ordering: acquiring (shared or exclusive) is an acquire CAS, and
+// releasing a release CAS, on state_: writers' sections happen-before later
+// readers' and writers' sections, and readers' before the next writer's
+// (the last reader's release CAS is read by the handoff under qlock_, and
+// the hand-off reaches the new owner through qlock_ and ready(), both
+// release/acquire). Queue and waiter fields are guarded by qlock_.
+#pragma once
+
+#include <absl/base/thread_annotations.h>
+
+#include <atomic>
+#include <coroutine>
+#include <cstdint>
+#include <source_location>
+
+#include "mpg/detail/g.hpp"
+#include "mpg/detail/spinlock.hpp"
+#include "mpg/detail/waitq.hpp"
+
+namespace mpg {
+
+class rwmutex {
+ public:
+  class lock_awaiter;
+  class shared_awaiter;
+
+  rwmutex() noexcept = default;
+  rwmutex(const rwmutex&) = delete;
+  rwmutex& operator=(const rwmutex&) = delete;
+
+  // rwmutex::lock()
+  //
+  // `co_await rw.lock()`: exclusive access. Waits for the readers inside
+  // and for writers queued earlier; resumes on the P of whoever handed it
+  // the lock.
+  lock_awaiter lock(std::source_location where = std::source_location::current()) noexcept;
+  // rwmutex::try_lock(): exclusive access if free now; never parks.
+  bool try_lock() noexcept {
+    std::uint32_t s = 0;
+    return state_.compare_exchange_strong(s, kWriter, std::memory_order_acquire,
+                                          std::memory_order_relaxed);
+  }
+  // rwmutex::unlock(): releases exclusive access.
+  void unlock();
+
+  // rwmutex::lock_shared()
+  //
+  // `co_await rw.lock_shared()`: shared access. Waits while a writer holds
+  // or awaits the lock.
+  shared_awaiter lock_shared(std::source_location where = std::source_location::current()) noexcept;
+  // rwmutex::try_lock_shared(): shared access if available now.
+  bool try_lock_shared() noexcept {
+    std::uint32_t s = state_.load(std::memory_order_relaxed);
+    while (!(s & (kWriter | kWriterWait))) {
+      // Acquire: pairs with the release CAS of the last writer's unlock().
+      if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acquire,
+                                       std::memory_order_relaxed))
+        return true;
+    }
+    return false;
+  }
+  // rwmutex::unlock_shared(): releases shared access.
+  void unlock_shared();
+
+ private:
+  bool lock_slow(detail::waiter* w, bool writer, std::coroutine_handle<> h,
+                 const std::source_location& where);
+
+  static constexpr std::uint32_t kWriter = 1u << 31;
+  static constexpr std::uint32_t kWriterWait = 1u << 30;
+  static constexpr std::uint32_t kReaderWait = 1u << 29;
+  static constexpr std::uint32_t kReaders = kReaderWait - 1;  // mask of the count
+
+  std::atomic<std::uint32_t> state_{0};
+  detail::spinlock qlock_;
+  detail::waitq readers_ ABSL_GUARDED_BY(qlock_);
+  detail::waitq writers_ ABSL_GUARDED_BY(qlock_);
+};
+
+// rwmutex::lock_awaiter / shared_awaiter: fast path in await_ready (then
+// the cooperative budget), slow path parks under qlock_ and resumes owning
+// the lock.
+class [[nodiscard]] rwmutex::lock_awaiter : private detail::waiter {
+ public:
+  lock_awaiter(rwmutex* m, std::source_location where) noexcept : m_(m), where_(where) {}
+  lock_awaiter(const lock_awaiter&) = delete;
+  lock_awaiter& operator=(const lock_awaiter&) = delete;
+  bool await_ready() noexcept {
+    if (!m_->try_lock()) return false;
+    acquired_ = true;
+    return !detail::consume_budget_now();
+  }
+  bool await_suspend(std::coroutine_handle<> h) {
+    // Acquired, but the budget ran out: yield holding the lock (rare, and
+    // the yield only goes to the back of this P's queue).
+    if (acquired_) {
+      detail::requeue_current(h);
+      return true;
+    }
+    return m_->lock_slow(this, true, h, where_);
+  }
+  void await_resume() const noexcept {}
+
+ private:
+  friend class rwmutex;
+  rwmutex* m_;
+  std::source_location where_;
+  bool acquired_ = false;
+};
+
+class [[nodiscard]] rwmutex::shared_awaiter : private detail::waiter {
+ public:
+  shared_awaiter(rwmutex* m, std::source_location where) noexcept : m_(m), where_(where) {}
+  shared_awaiter(const shared_awaiter&) = delete;
+  shared_awaiter& operator=(const shared_awaiter&) = delete;
+  bool await_ready() noexcept {
+    if (!m_->try_lock_shared()) return false;
+    acquired_ = true;
+    return !detail::consume_budget_now();
+  }
+  bool await_suspend(std::coroutine_handle<> h) {
+    if (acquired_) {
+      detail::requeue_current(h);
+      return true;
+    }
+    return m_->lock_slow(this, false, h, where_);
+  }
+  void await_resume() const noexcept {}
+
+ private:
+  friend class rwmutex;
+  rwmutex* m_;
+  std::source_location where_;
+  bool acquired_ = false;
+};
+
+inline rwmutex::lock_awaiter rwmutex::lock(std::source_location where) noexcept {
+  return lock_awaiter(this, where);
+}
+inline rwmutex::shared_awaiter rwmutex::lock_shared(std::source_location where) noexcept {
+  return shared_awaiter(this, where);
+}
+
+}  // namespace mpg

@@ -1,0 +1,126 @@
+// mpg/semaphore.hpp: semaphore, a counting semaphore for tasks (the unit
+// case of Go's x/sync/semaphore.Weighted).
+//
+//   mpg::semaphore sem(4);          // four permits
+//   co_await sem.acquire();  ...  sem.release();
+//   if (sem.try_acquire()) { ... sem.release(); }
+//
+// acquire() parks while no permit is free; waiters are served in FIFO
+// order: release() hands its permit straight to the first waiter, and
+// try_acquire() never takes a permit while anyone waits. Releasing beyond
+// the initial count throws mpg::sync_misuse_error.
+//
+// Design. One atomic word, state_ = 2 * permits | kWaiters, and a
+// spinlock-guarded FIFO of parked waiters.
+//   acquire fast path: a CAS taking a permit when permits > 0.
+//   release fast path: a CAS adding a permit when kWaiters is clear.
+//   Otherwise under qlock_: an acquirer that finds no permit sets kWaiters
+//   (CAS) and queues; a releaser that finds kWaiters pops the first waiter
+//   and hands it the permit (the count does not change), clearing kWaiters
+//   with the last one.
+// Because the acquirer's "set kWaiters" and the releaser's "add a permit"
+// are CASes on one word, one of them sees the other: no permit is added
+// while a waiter is left parked, and no waiter parks while a permit is free.
+//
+// Invariants (with qlock_ held): kWaiters iff the queue is non-empty;
+// kWaiters implies permits == 0; 0 <= permits <= initial count.
+//
+// Memory ordering: taking a permit is an acquire CAS and returning one a
+// release CAS, so whatever a releaser did before release() happens-before
+// the acquirer's use of that permit; a hand-off is ordered by qlock_ and
+// ready() (release/acquire). kWaiters changes are relaxed: they are re-read
+// under qlock_.
+#pragma once
+
+#include <absl/base/thread_annotations.h>
+
+#include <atomic>
+#include <coroutine>
+#include <cstdint>
+#include <source_location>
+
+#include "mpg/detail/g.hpp"
+#include "mpg/detail/spinlock.hpp"
+#include "mpg/detail/waitq.hpp"
+
+namespace mpg {
+
+class semaphore {
+ public:
+  class acquire_awaiter;
+
+  // A semaphore with `permits` free permits (>= 0; throws
+  // sync_misuse_error if negative).
+  explicit semaphore(std::int64_t permits);
+  semaphore(const semaphore&) = delete;
+  semaphore& operator=(const semaphore&) = delete;
+
+  // semaphore::acquire()
+  //
+  // `co_await sem.acquire()`: takes a permit, parking (FIFO) while none is
+  // free. If it parks, it resumes on the P of the releaser that handed it
+  // the permit.
+  acquire_awaiter acquire(std::source_location where = std::source_location::current()) noexcept;
+
+  // semaphore::try_acquire(): takes a permit if one is free and nobody
+  // waits; never parks.
+  bool try_acquire() noexcept {
+    std::int64_t s = state_.load(std::memory_order_relaxed);
+    while (s >= 2) {  // permits > 0 (then kWaiters is clear)
+      // Acquire: pairs with the release CAS of release().
+      if (state_.compare_exchange_weak(s, s - 2, std::memory_order_acquire,
+                                       std::memory_order_relaxed))
+        return true;
+    }
+    return false;
+  }
+
+  // semaphore::release(): returns a permit, or hands it to the first waiter.
+  void release();
+
+  // available(): free permits now (a snapshot).
+  std::int64_t available() const noexcept { return state_.load(std::memory_order_relaxed) >> 1; }
+
+ private:
+  bool acquire_slow(detail::waiter* w, std::coroutine_handle<> h,
+                    const std::source_location& where);
+
+  static constexpr std::int64_t kWaiters = 1;
+
+  std::atomic<std::int64_t> state_;
+  const std::int64_t max_;
+  detail::spinlock qlock_;
+  detail::waitq waiters_ ABSL_GUARDED_BY(qlock_);
+};
+
+class [[nodiscard]] semaphore::acquire_awaiter : private detail::waiter {
+ public:
+  acquire_awaiter(semaphore* s, std::source_location where) noexcept : s_(s), where_(where) {}
+  acquire_awaiter(const acquire_awaiter&) = delete;
+  acquire_awaiter& operator=(const acquire_awaiter&) = delete;
+
+  bool await_ready() noexcept {
+    if (!s_->try_acquire()) return false;
+    acquired_ = true;
+    return !detail::consume_budget_now();
+  }
+  bool await_suspend(std::coroutine_handle<> h) {
+    if (acquired_) {  // acquired, but the budget ran out: yield holding it
+      detail::requeue_current(h);
+      return true;
+    }
+    return s_->acquire_slow(this, h, where_);
+  }
+  void await_resume() const noexcept {}
+
+ private:
+  semaphore* s_;
+  std::source_location where_;
+  bool acquired_ = false;
+};
+
+inline semaphore::acquire_awaiter semaphore::acquire(std::source_location where) noexcept {
+  return acquire_awaiter(this, where);
+}
+
+}  // namespace mpg

@@ -1,0 +1,69 @@
+// mpg/task_group.hpp: task_group, Go's errgroup: run tasks that return a
+// Status, wait for all, get the first error; the first error cancels the
+// group's context so the others can stop early.
+//
+//   mpg::task_group g(ctx);
+//   for (auto& url : urls) g.spawn(fetch(g.context(), url));
+//   absl::Status s = co_await g.wait();   // all done; the first error, or OK
+//
+// spawn() starts each task as a new G at once (mpg::go, so it must be called
+// from a task). The first task to fail (a non-OK Status, or an exception)
+// records its failure and cancels context(); later failures are dropped.
+// wait() parks until every spawned task has finished, cancels context() (as
+// errgroup does, releasing its resources), and returns the first error; if
+// that first failure was an exception, wait() rethrows it. A task_group may
+// be destroyed before its tasks finish: they share its state and run on.
+//
+// Design: a wait_group counts the running tasks; a small spinlock guards the
+// first failure. Each task is wrapped in a coroutine that awaits it, records
+// a failure, then calls done(): the wait_group's release/acquire orders the
+// recorded failure before wait()'s read of it.
+//
+// Memory ordering: the failure is written under a spinlock before the task's
+// wait_group::done() (acq_rel), and read by wait() after wait_group::wait()
+// (acquire, or ready()): written before, read after, nothing else needed.
+#pragma once
+
+#include <absl/status/status.h>
+
+#include <exception>
+#include <memory>
+
+#include "mpg/context.hpp"
+#include "mpg/task.hpp"
+#include "mpg/wait_group.hpp"
+
+namespace mpg {
+
+class task_group {
+ public:
+  // A group whose context() is a child of parent (cancelled with it).
+  explicit task_group(const mpg::context& parent = background());
+  task_group(const task_group&) = delete;
+  task_group& operator=(const task_group&) = delete;
+  ~task_group();
+
+  // task_group::spawn()
+  //
+  // Starts t as a new G of the current runtime. Throws std::logic_error
+  // outside a task. `name` (static storage) appears in task dumps.
+  void spawn(task<absl::Status> t, const char* name = nullptr);
+
+  // task_group::context(): cancelled by the first failure, by wait()'s
+  // return, or with the parent.
+  const mpg::context& context() const noexcept;
+
+  // task_group::wait()
+  //
+  // `co_await g.wait()`: parks until every task spawned so far has
+  // finished; returns the first error, or OK (rethrows a first failure that
+  // was an exception).
+  task<absl::Status> wait();
+
+ private:
+  struct state;
+  static task<void> run_member(std::shared_ptr<state> st, task<absl::Status> t);
+  std::shared_ptr<state> st_;
+};
+
+}  // namespace mpg

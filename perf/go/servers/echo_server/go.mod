@@ -1,0 +1,3 @@
+module mpg/perf/servers/echo_server
+
+go 1.19

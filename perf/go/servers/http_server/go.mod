@@ -1,0 +1,3 @@
+module mpg/perf/servers/http_server
+
+go 1.19

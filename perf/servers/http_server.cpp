@@ -1,0 +1,212 @@
+// perf/servers/http_server.cpp: the mpg server of the http_hello workload:
+// HTTP/1.1 keep-alive "Hello, World!", a task per connection.
+//
+//   http_server --port 8080 [--procs 2] [--host 127.0.0.1]
+//
+// Minimal but correct request handling: requests are parsed from a buffer
+// that may hold several (pipelining); each gets its response in order, and
+// the responses to everything that arrived in one read go out in one write.
+// Bodies with Content-Length are skipped (also when bigger than the buffer);
+// chunked request bodies get 501 and the connection closes; a malformed
+// request gets 400, an oversized header block 431, both closing. HTTP/1.0
+// closes after the response unless it asked for keep-alive; "Connection:
+// close" is honoured. The response matches Go's net/http for the same
+// handler: Date, Content-Length and Content-Type headers.
+#include <strings.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include <mpg/mpg.hpp>
+#include <mpg/net.hpp>
+
+#include "server_args.hpp"
+
+namespace {
+
+constexpr std::size_t kBuf = 8192;
+constexpr std::string_view kBody = "Hello, World!";
+
+// The Date header, formatted once per second per thread.
+std::string_view http_date() {
+  thread_local std::time_t cached = 0;
+  thread_local char text[64];
+  std::time_t now = std::time(nullptr);
+  if (now != cached) {
+    cached = now;
+    std::tm tm{};
+    ::gmtime_r(&now, &tm);
+    std::strftime(text, sizeof text, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  }
+  return text;
+}
+
+void append_response(std::string& out, int status, std::string_view reason, std::string_view body,
+                     bool close) {
+  out += "HTTP/1.1 ";
+  out += std::to_string(status);
+  out += ' ';
+  out += reason;
+  out += "\r\nDate: ";
+  out += http_date();
+  out += "\r\nContent-Length: ";
+  out += std::to_string(body.size());
+  out += "\r\nContent-Type: text/plain; charset=utf-8\r\n";
+  if (close) out += "Connection: close\r\n";
+  out += "\r\n";
+  out += body;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && ::strncasecmp(a.data(), b.data(), a.size()) == 0;
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+bool has_token(std::string_view list, std::string_view token) {
+  while (!list.empty()) {
+    std::size_t comma = list.find(',');
+    if (iequals(trim(list.substr(0, comma)), token)) return true;
+    if (comma == std::string_view::npos) break;
+    list.remove_prefix(comma + 1);
+  }
+  return false;
+}
+
+enum class parse { need_more, ok, bad, chunked };
+
+struct request {
+  std::size_t header_len = 0;  // through the blank line
+  std::size_t content_length = 0;
+  bool close = false;
+};
+
+// parse_head(): one request head at the start of `in`.
+parse parse_head(std::string_view in, request& rq) {
+  std::size_t end = in.find("\r\n\r\n");
+  if (end == std::string_view::npos) return parse::need_more;
+  rq = request{};
+  rq.header_len = end + 4;
+  std::string_view head = in.substr(0, end + 2);
+  std::size_t eol = head.find("\r\n");
+  std::string_view line = head.substr(0, eol);
+  // METHOD SP TARGET SP HTTP/1.x
+  std::size_t sp1 = line.find(' ');
+  std::size_t sp2 = line.rfind(' ');
+  if (sp1 == std::string_view::npos || sp2 == sp1 || sp1 == 0) return parse::bad;
+  std::string_view version = line.substr(sp2 + 1);
+  if (version != "HTTP/1.1" && version != "HTTP/1.0") return parse::bad;
+  bool http10 = version == "HTTP/1.0";
+  bool keep_alive_asked = false;
+  head.remove_prefix(eol + 2);
+  while (!head.empty()) {
+    eol = head.find("\r\n");
+    line = head.substr(0, eol);
+    head.remove_prefix(eol + 2);
+    std::size_t colon = line.find(':');
+    if (colon == std::string_view::npos || colon == 0) return parse::bad;
+    std::string_view name = line.substr(0, colon);
+    std::string_view value = trim(line.substr(colon + 1));
+    if (iequals(name, "Content-Length")) {
+      std::size_t v = 0;
+      if (value.empty() || value.size() > 18) return parse::bad;
+      for (char c : value) {
+        if (c < '0' || c > '9') return parse::bad;
+        v = v * 10 + static_cast<std::size_t>(c - '0');
+      }
+      rq.content_length = v;
+    } else if (iequals(name, "Transfer-Encoding")) {
+      if (!iequals(value, "identity")) return parse::chunked;
+    } else if (iequals(name, "Connection")) {
+      if (has_token(value, "close")) rq.close = true;
+      if (has_token(value, "keep-alive")) keep_alive_asked = true;
+    }
+  }
+  if (http10 && !keep_alive_asked) rq.close = true;
+  return parse::ok;
+}
+
+mpg::task<void> handle(mpg::net::tcp_stream s) {
+  std::unique_ptr<char[]> buf(new char[kBuf]);
+  std::size_t have = 0;      // bytes in buf
+  std::size_t skip = 0;      // body bytes still to discard
+  std::string out;
+  for (;;) {
+    auto n = co_await s.read(std::span<char>(buf.get() + have, kBuf - have));
+    if (!n.ok() || *n == 0) co_return;
+    have += *n;
+    std::size_t pos = 0;
+    bool close = false;
+    for (;;) {
+      if (skip > 0) {
+        std::size_t k = std::min(skip, have - pos);
+        skip -= k;
+        pos += k;
+        if (skip > 0) break;
+      }
+      request rq;
+      parse r = parse_head(std::string_view(buf.get() + pos, have - pos), rq);
+      if (r == parse::need_more) {
+        if (pos == 0 && have == kBuf) {
+          append_response(out, 431, "Request Header Fields Too Large", "", true);
+          close = true;
+        }
+        break;
+      }
+      if (r == parse::bad || r == parse::chunked) {
+        if (r == parse::bad) {
+          append_response(out, 400, "Bad Request", "", true);
+        } else {
+          append_response(out, 501, "Not Implemented", "", true);
+        }
+        close = true;
+        break;
+      }
+      pos += rq.header_len;
+      skip = rq.content_length;
+      append_response(out, 200, "OK", kBody, rq.close);
+      if (rq.close) {
+        close = true;
+        break;
+      }
+    }
+    if (!out.empty()) {
+      if (!(co_await s.write(out)).ok()) co_return;
+      out.clear();
+    }
+    if (close) co_return;
+    std::memmove(buf.get(), buf.get() + pos, have - pos);
+    have -= pos;
+  }
+}
+
+mpg::task<int> serve(std::string addr) {
+  auto ln = mpg::net::listen(addr, {.reuse_port = false, .backlog = 4096});
+  if (!ln.ok()) {
+    std::fprintf(stderr, "http_server: %s\n", std::string(ln.status().message()).c_str());
+    co_return 1;
+  }
+  std::printf("listening on %s\n", ln->address().c_str());
+  std::fflush(stdout);
+  for (;;) {
+    auto c = co_await ln->accept();
+    if (c.ok()) mpg::go(handle(std::move(*c)), "http.conn");
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  perf::args a(argc, argv);
+  mpg::runtime rt({.procs = static_cast<unsigned>(a.num("procs", 0))});
+  return rt.block_on(serve(a.str("host", "127.0.0.1") + ":" + a.str("port", "8080")));
+}

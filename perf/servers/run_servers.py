@@ -1,0 +1,324 @@
+#!/usr/bin/env python3
+"""perf/servers/run_servers.py: the tcp_echo and http_hello workloads, mpg
+against its peers, side by side in one run (see /work/shared/BENCHMARKS.md).
+
+  tcp_echo    each echo server (mpg, threads, Go) on a loopback port, loaded by
+              BUILD/perf/servers/echo_load (one mpg client for every server:
+              --conns connections of --size-byte request/response ping-pong for
+              --seconds). Reports messages/s, p50/p99 latency, and the server's
+              CPU seconds per 100k messages (utime+stime from /proc/PID/stat
+              before and after the load), with ratios against Go.
+  http_hello  the mpg and Go net/http hello-world servers under
+              `wrk -t1 -c64 -d<seconds>s`: requests/s, latency, CPU per 100k.
+  idle        --idle connections (10,000) opened and held to the mpg (and Go)
+              echo server: the server's RSS growth per connection.
+
+Servers take --port and --procs. The Go peers (perf/go/servers/*) are built
+here with `go build` when `go` is on PATH. Every server and client process is
+ours and is stopped by its PID. Traffic stays on 127.0.0.1.
+
+Usage:
+  python3 perf/servers/run_servers.py --build BUILD [--seconds 5] [--procs 2]
+      [--conns 64] [--size 64] [--idle 10000] [--runs 1] [--only echo,http,idle]
+
+Standard library only. Exit status 1 if a server failed to start or a load
+run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+HERE = Path(__file__).resolve().parent
+GO_DIR = HERE.parent / "go" / "servers"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is state (field 3); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class server:
+    """A server process on 127.0.0.1:port, stopped by PID."""
+
+    def __init__(self, name: str, argv: list[str], port: int, env: Optional[dict] = None):
+        self.name = name
+        self.port = port
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     env=env, preexec_fn=raise_nofile)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace")
+                raise RuntimeError(f"{name} exited at start: {err.strip()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{name} did not listen on port {port}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def build_go(build: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    go = shutil.which("go")
+    if go is None:
+        print("note: `go` is not on PATH: the Go peers are skipped", file=sys.stderr)
+        return out
+    env = dict(os.environ, GOFLAGS="-buildvcs=false", CGO_ENABLED="0")
+    for name in ("echo_server", "http_server"):
+        target = build / "perf" / "servers" / f"go_{name}"
+        r = subprocess.run([go, "build", "-o", str(target), "."], cwd=GO_DIR / name, env=env,
+                           capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            print(f"note: go build {name} failed:\n{r.stderr}", file=sys.stderr)
+            continue
+        out[name] = target
+    return out
+
+
+def parse_kv(line: str) -> dict[str, str]:
+    return dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv)
+
+
+def run_echo(name: str, argv: list[str], args, build: Path, env=None) -> Optional[dict]:
+    port = free_port()
+    srv = server(name, argv + ["--port", str(port), "--procs", str(args.procs)], port, env)
+    try:
+        load = [str(build / "perf" / "servers" / "echo_load"), "--addr", f"127.0.0.1:{port}",
+                "--conns", str(args.conns), "--size", str(args.size), "--seconds",
+                str(args.seconds), "--procs", str(args.procs), "--impl", name]
+        c0 = cpu_seconds(srv.pid)
+        r = subprocess.run(load, capture_output=True, text=True, timeout=args.seconds + 60)
+        c1 = cpu_seconds(srv.pid)
+    finally:
+        srv.stop()
+    res = info = None
+    for line in r.stdout.splitlines():
+        if line.startswith("RESULT "):
+            res = parse_kv(line)
+            print(line, flush=True)
+        elif line.startswith("INFO "):
+            info = parse_kv(line)
+    if r.returncode != 0 or res is None or info is None:
+        print(f"error: echo_load against {name}: exit {r.returncode}\n{r.stderr}", file=sys.stderr)
+        return None
+    msgs = int(info["msgs"])
+    return {"rate": float(res["msgs_per_s"]), "p50": float(res["p50_us"]),
+            "p99": float(res["p99_us"]), "cpu100k": (c1 - c0) / msgs * 1e5 if msgs else 0.0}
+
+
+def run_http(name: str, argv: list[str], args, env=None) -> Optional[dict]:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        print("note: wrk is not on PATH: http_hello skipped", file=sys.stderr)
+        return None
+    port = free_port()
+    srv = server(name, argv + ["--port", str(port), "--procs", str(args.procs)], port, env)
+    try:
+        c0 = cpu_seconds(srv.pid)
+        r = subprocess.run([wrk, "-t1", "-c64", f"-d{args.seconds}s", "--latency",
+                            f"http://127.0.0.1:{port}/"],
+                           capture_output=True, text=True, timeout=args.seconds + 60)
+        c1 = cpu_seconds(srv.pid)
+    finally:
+        srv.stop()
+    m = re.search(r"Requests/sec:\s+([\d.]+)", r.stdout)
+    total = re.search(r"(\d+) requests in", r.stdout)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", r.stdout)
+    if r.returncode != 0 or m is None or total is None:
+        print(f"error: wrk against {name}: exit {r.returncode}\n{r.stdout}\n{r.stderr}",
+              file=sys.stderr)
+        return None
+    def lat(p: str) -> float:
+        mm = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", r.stdout, re.M)
+        if not mm:
+            return 0.0
+        return float(mm.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[mm.group(2)]
+    rate = float(m.group(1))
+    reqs = int(total.group(1))
+    print(f"RESULT workload=http_hello impl={name} reqs_per_s={rate:.0f} p50_us={lat('50'):.1f} "
+          f"p99_us={lat('99'):.1f}" + (f" errors=\"{errors.group(0)}\"" if errors else ""),
+          flush=True)
+    return {"rate": rate, "p50": lat("50"), "p99": lat("99"),
+            "cpu100k": (c1 - c0) / reqs * 1e5 if reqs else 0.0}
+
+
+def run_idle(name: str, argv: list[str], args, env=None) -> Optional[dict]:
+    raise_nofile()
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    n = min(args.idle, soft - 100)
+    port = free_port()
+    srv = server(name, argv + ["--port", str(port), "--procs", str(args.procs)], port, env)
+    socks: list[socket.socket] = []
+    try:
+        # Warm up (one connection that talks), then measure the growth.
+        w = socket.create_connection(("127.0.0.1", port))
+        w.sendall(b"x")
+        w.recv(1)
+        time.sleep(0.2)
+        base_fds, base_rss = fd_count(srv.pid), rss_kib(srv.pid)
+        for _ in range(n):
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        deadline = time.monotonic() + 30
+        while fd_count(srv.pid) < base_fds + n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        accepted = fd_count(srv.pid) - base_fds
+        time.sleep(0.5)  # let the per-connection tasks reach their first read
+        rss = rss_kib(srv.pid)
+        w.close()
+    finally:
+        for s in socks:
+            s.close()
+        srv.stop()
+    per_conn = (rss - base_rss) * 1024 / max(accepted, 1)
+    print(f"RESULT workload=idle_conns impl={name} conns={accepted} "
+          f"bytes_per_conn={per_conn:.0f}", flush=True)
+    return {"conns": accepted, "bytes": per_conn}
+
+
+def ratio(a: Optional[float], b: Optional[float]) -> str:
+    return f"{a / b:.2f}x" if a and b else "n/a"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--build", required=True, type=Path)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--idle", type=int, default=10000)
+    ap.add_argument("--runs", type=int, default=1, help="runs per cell; the median is reported")
+    ap.add_argument("--only", default="echo,http,idle")
+    args = ap.parse_args()
+    build = args.build.resolve()
+    sdir = build / "perf" / "servers"
+    only = set(args.only.split(","))
+    go = build_go(build)
+    go_env = dict(os.environ, GOMAXPROCS=str(args.procs))
+    failed = False
+
+    def median_of(fn, *a):
+        rs = [r for r in (fn(*a) for _ in range(args.runs)) if r is not None]
+        if not rs:
+            return None
+        return {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+
+    echo: dict[str, dict] = {}
+    if "echo" in only:
+        impls = [("mpg", [str(sdir / "echo_server")], None),
+                 ("threads", [str(sdir / "threads_echo_server")], None)]
+        if "echo_server" in go:
+            impls.append(("go", [str(go["echo_server"])], go_env))
+        for name, argv, env in impls:
+            r = median_of(run_echo, name, argv, args, build, env)
+            failed |= r is None
+            if r:
+                echo[name] = r
+    http: dict[str, dict] = {}
+    if "http" in only and shutil.which("wrk"):
+        impls = [("mpg", [str(sdir / "http_server")], None)]
+        if "http_server" in go:
+            impls.append(("go", [str(go["http_server"])], go_env))
+        for name, argv, env in impls:
+            r = median_of(run_http, name, argv, args, env)
+            failed |= r is None
+            if r:
+                http[name] = r
+    idle: dict[str, dict] = {}
+    if "idle" in only:
+        impls = [("mpg", [str(sdir / "echo_server")], None)]
+        if "echo_server" in go:
+            impls.append(("go", [str(go["echo_server"])], go_env))
+        for name, argv, env in impls:
+            r = run_idle(name, argv, args, env)
+            failed |= r is None
+            if r:
+                idle[name] = r
+
+    print()
+    print(f"procs={args.procs} seconds={args.seconds} runs={args.runs} (median); "
+          f"client and server share the machine's {os.cpu_count()} CPUs")
+    if echo:
+        print(f"\ntcp_echo: {args.conns} conns x {args.size} B ping-pong, client echo_load (mpg)")
+        print(f"{'impl':8} {'msgs/s':>10} {'p50 us':>8} {'p99 us':>9} {'CPU s/100k':>11} "
+              f"{'rate vs go':>11} {'CPU vs go':>10}")
+        g = echo.get("go")
+        for name, r in echo.items():
+            print(f"{name:8} {r['rate']:10.0f} {r['p50']:8.1f} {r['p99']:9.1f} {r['cpu100k']:11.3f} "
+                  f"{ratio(r['rate'], g and g['rate']):>11} "
+                  f"{ratio(r['cpu100k'], g and g['cpu100k']):>10}")
+        print("targets: mpg >= 1.5x Go's msgs/s, <= 0.5x Go's CPU per message")
+    if http:
+        print("\nhttp_hello: wrk -t1 -c64, keep-alive")
+        print(f"{'impl':8} {'req/s':>10} {'p50 us':>8} {'p99 us':>9} {'CPU s/100k':>11} "
+              f"{'rate vs go':>11} {'CPU vs go':>10}")
+        g = http.get("go")
+        for name, r in http.items():
+            print(f"{name:8} {r['rate']:10.0f} {r['p50']:8.1f} {r['p99']:9.1f} {r['cpu100k']:11.3f} "
+                  f"{ratio(r['rate'], g and g['rate']):>11} "
+                  f"{ratio(r['cpu100k'], g and g['cpu100k']):>10}")
+        print("target: mpg >= 2x Go net/http req/s")
+    if idle:
+        print(f"\nidle connections held to the echo server")
+        for name, r in idle.items():
+            print(f"{name:8} {r['conns']:6d} conns  {r['bytes']:8.0f} bytes/conn of server RSS")
+        print("target: mpg < 4096 bytes per connection")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

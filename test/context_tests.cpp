@@ -1,0 +1,187 @@
+// test/context_tests.cpp: the context tree. background() is never
+// cancelled; cancel closes done() and sets err() to kCancelled, idempotent
+// and callable from any thread; cancellation reaches children and
+// grandchildren (with the parent's cause) but never parents or siblings;
+// a child of a cancelled parent is born cancelled; deadlines cancel with
+// kDeadlineExceeded no earlier than the deadline and propagate down;
+// done().recv() works as a select case; dropped children are freed.
+#include <doctest/doctest.h>
+
+#include <mpg/mpg.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using namespace std::chrono_literals;
+
+bool done_closed(const mpg::context& c) {
+  // A closed done() channel yields nullopt at once; a live one has no value.
+  mpg::chan<std::monostate> d = c.done();
+  return !d.try_recv().has_value() && c.cancelled();
+}
+
+TEST_CASE("background is never cancelled") {
+  mpg::context bg = mpg::background();
+  CHECK(bg.err().ok());
+  CHECK_FALSE(bg.cancelled());
+  CHECK_FALSE(bg.deadline().has_value());
+  CHECK_FALSE(bg.done().try_recv().has_value());
+  mpg::context dflt;  // default: background
+  CHECK(dflt.err().ok());
+}
+
+TEST_CASE("with_cancel: cancel closes done and sets kCancelled; idempotent; structured binding") {
+  auto [ctx, cancel] = mpg::with_cancel(mpg::background());
+  CHECK(ctx.err().ok());
+  cancel();
+  CHECK(ctx.err().code() == absl::StatusCode::kCancelled);
+  CHECK(done_closed(ctx));
+  cancel();  // again: nothing changes
+  cancel();
+  CHECK(ctx.err().code() == absl::StatusCode::kCancelled);
+}
+
+TEST_CASE("cancellation reaches children and grandchildren, never parents or siblings") {
+  auto [root, cancel_root] = mpg::with_cancel(mpg::background());
+  auto [a, cancel_a] = mpg::with_cancel(root);
+  auto [b, cancel_b] = mpg::with_cancel(root);
+  auto [a1, cancel_a1] = mpg::with_cancel(a);
+  auto [a2, cancel_a2] = mpg::with_cancel(a);
+  auto [a1x, cancel_a1x] = mpg::with_cancel(a1);
+  auto [b1, cancel_b1] = mpg::with_cancel(b);
+
+  cancel_a1();  // a leaf's parent: only a1 and a1x
+  CHECK(a1.cancelled());
+  CHECK(a1x.cancelled());
+  CHECK_FALSE(a.cancelled());
+  CHECK_FALSE(a2.cancelled());
+  CHECK_FALSE(root.cancelled());
+
+  cancel_root();  // everything below the root
+  for (const mpg::context* c : {&root, &a, &b, &a2, &b1}) {
+    CHECK(c->err().code() == absl::StatusCode::kCancelled);
+    CHECK(done_closed(*c));
+  }
+  // A child of a cancelled parent is born cancelled, with the parent's cause.
+  auto [late, cancel_late] = mpg::with_cancel(b1);
+  CHECK(late.err().code() == absl::StatusCode::kCancelled);
+}
+
+mpg::task<std::string> tasks_wake_on_grandchild_done() {
+  auto [root, cancel] = mpg::with_cancel(mpg::background());
+  std::vector<mpg::context> leaves;
+  std::vector<mpg::cancel_func> keep;
+  for (int i = 0; i < 3; ++i) {
+    auto [child, cc] = mpg::with_cancel(root);
+    keep.push_back(cc);
+    for (int j = 0; j < 3; ++j) {
+      auto [grandchild, gc] = mpg::with_cancel(child);
+      keep.push_back(gc);
+      leaves.push_back(grandchild);
+    }
+  }
+  std::vector<mpg::join_handle<int>> hs;
+  mpg::chan<int> work;  // never sent on
+  for (auto& leaf : leaves)
+    for (int k = 0; k < 4; ++k)
+      hs.push_back(mpg::spawn([](mpg::context c, mpg::chan<int> work, int k) -> mpg::task<int> {
+        if (k % 2 == 0) {
+          (void)co_await c.done().recv();  // plain wait
+        } else {
+          auto r = co_await mpg::select(work.recv(), c.done().recv());
+          if (r.index() != 1) co_return 0;
+        }
+        co_return c.err().code() == absl::StatusCode::kCancelled ? 1 : 0;
+      }(leaf, work, k)));
+  for (int i = 0; i < 20; ++i) co_await mpg::yield();
+  cancel();
+  int woken = 0;
+  for (auto& h : hs) woken += co_await h;
+  co_return woken == static_cast<int>(hs.size()) ? "ok" : "a waiter on a grandchild missed the cancel";
+}
+
+TEST_CASE("tasks waiting on grandchildren's done() wake when the root is cancelled") {
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(tasks_wake_on_grandchild_done()) == "ok");
+}
+
+mpg::task<std::string> timeout_behaviour() {
+  const auto start = std::chrono::steady_clock::now();
+  auto [ctx, cancel] = mpg::with_timeout(mpg::background(), 3ms);
+  auto [child, cancel_child] = mpg::with_cancel(ctx);
+  auto [longer, cancel_longer] = mpg::with_timeout(ctx, 1h);  // parent's deadline is earlier
+  if (!ctx.deadline() || *ctx.deadline() < start + 3ms) co_return "deadline not recorded";
+  if (longer.deadline() != ctx.deadline()) co_return "child deadline is not the earlier one";
+  if (ctx.err().ok() == false) co_return "cancelled too early";
+  (void)co_await child.done().recv();
+  if (std::chrono::steady_clock::now() < start + 3ms) co_return "deadline fired early";
+  if (ctx.err().code() != absl::StatusCode::kDeadlineExceeded) co_return "ctx: wrong cause";
+  if (child.err().code() != absl::StatusCode::kDeadlineExceeded) co_return "child: wrong cause";
+  if (longer.err().code() != absl::StatusCode::kDeadlineExceeded) co_return "longer: wrong cause";
+  cancel();  // after the deadline: no change
+  if (ctx.err().code() != absl::StatusCode::kDeadlineExceeded) co_return "cause overwritten";
+  // A deadline in the past: cancelled at once.
+  auto [past, cancel_past] = mpg::with_deadline(mpg::background(), start - 1s);
+  if (past.err().code() != absl::StatusCode::kDeadlineExceeded) co_return "past deadline live";
+  // Cancelling before the deadline: kCancelled, and the timer is stopped.
+  auto [early, cancel_early] = mpg::with_timeout(mpg::background(), 1h);
+  cancel_early();
+  if (early.err().code() != absl::StatusCode::kCancelled) co_return "early cancel cause";
+  co_return "ok";
+}
+
+TEST_CASE("with_timeout / with_deadline: kDeadlineExceeded no earlier than the deadline, inherited") {
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(timeout_behaviour()) == "ok");
+}
+
+mpg::task<std::string> dropped_contexts() {
+  // Children dropped without cancel are freed (ASan checks) and the parent
+  // can still be cancelled; pending deadline timers die with their context.
+  auto [root, cancel] = mpg::with_cancel(mpg::background());
+  for (int i = 0; i < 1000; ++i) {
+    auto [c, cc] = mpg::with_cancel(root);
+    auto [t, tc] = mpg::with_timeout(c, 1h);
+    (void)t;
+  }
+  cancel();
+  co_return root.cancelled() ? "ok" : "root not cancelled";
+}
+
+TEST_CASE("dropping uncancelled children frees them; their timers are stopped") {
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(dropped_contexts()) == "ok");
+}
+
+TEST_CASE("cancel from plain threads while contexts are created and dropped concurrently") {
+  for (int round = 0; round < 50; ++round) {
+    auto [root, cancel] = mpg::with_cancel(mpg::background());
+    std::atomic<bool> go{false};
+    std::vector<std::thread> ts;
+    for (int t = 0; t < 3; ++t)
+      ts.emplace_back([&, t] {
+        while (!go.load()) std::this_thread::yield();
+        if (t == 0) {
+          cancel();
+        } else {
+          for (int i = 0; i < 200; ++i) {
+            auto [c, cc] = mpg::with_cancel(root);
+            auto [g, gc] = mpg::with_cancel(c);
+            if (i % 2) gc();
+          }
+        }
+      });
+    go.store(true);
+    for (auto& th : ts) th.join();
+    CHECK(root.err().code() == absl::StatusCode::kCancelled);
+    auto [after, ca] = mpg::with_cancel(root);
+    CHECK(after.cancelled());
+  }
+}
+
+}  // namespace

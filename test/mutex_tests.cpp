@@ -1,0 +1,242 @@
+// test/mutex_tests.cpp: mpg::mutex. Mutual exclusion checked with a plain
+// (non-atomic) counter from many tasks on two Ps (TSan also checks that each
+// critical section happens-before the next); try_lock; scoped_lock guards;
+// unlock of an unlocked mutex throws; a task other than the locker may
+// unlock; parked waiters are all served; starvation mode bounds how long a
+// waiter can be overtaken by a task that relocks in a loop; and sections
+// that hold the lock for more than 1 ms (starvation hand-off) stay exclusive.
+#include <doctest/doctest.h>
+
+#include <mpg/mpg.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace {
+
+#ifndef __has_feature
+#define __has_feature(x) 0
+#endif
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__) || \
+    __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+constexpr int kScale = 1;
+#else
+constexpr int kScale = 5;
+#endif
+
+mpg::task<void> yield_some(int n) {
+  for (int i = 0; i < n; ++i) co_await mpg::yield();
+}
+
+struct shared_counter {
+  mpg::mutex m;
+  long value = 0;      // guarded by m; deliberately not atomic
+  int inside = 0;      // tasks inside the section (must stay <= 1)
+  int max_inside = 0;
+};
+
+mpg::task<void> increment(shared_counter* c, int n, bool scoped) {
+  for (int i = 0; i < n; ++i) {
+    if (scoped) {
+      auto g = co_await c->m.scoped_lock();
+      ++c->inside;
+      if (c->inside > c->max_inside) c->max_inside = c->inside;
+      ++c->value;
+      --c->inside;
+    } else {
+      co_await c->m.lock();
+      ++c->inside;
+      if (c->inside > c->max_inside) c->max_inside = c->inside;
+      ++c->value;
+      if (i % 64 == 0) co_await mpg::yield();  // hold the lock across a switch
+      --c->inside;
+      c->m.unlock();
+    }
+  }
+}
+
+mpg::task<std::string> exclusion(int tasks, int per_task) {
+  shared_counter c;
+  std::vector<mpg::join_handle<void>> hs;
+  for (int t = 0; t < tasks; ++t) hs.push_back(mpg::spawn(increment(&c, per_task, t % 2 == 0)));
+  for (auto& h : hs) co_await h;
+  if (c.max_inside != 1) co_return "two tasks inside the section";
+  if (c.value != static_cast<long>(tasks) * per_task)
+    co_return "lost increments: " + std::to_string(c.value);
+  if (!c.m.try_lock()) co_return "mutex left locked";
+  c.m.unlock();
+  co_return "ok";
+}
+
+TEST_CASE("mutex: mutual exclusion with a non-atomic counter, 8 tasks on 2 Ps") {
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(exclusion(8, 10000 * kScale)) == "ok");
+  CHECK(rt.block_on(exclusion(64, 500 * kScale)) == "ok");
+}
+
+mpg::task<std::string> try_lock_and_misuse() {
+  mpg::mutex m;
+  if (!m.try_lock()) co_return "try_lock on a free mutex failed";
+  if (m.try_lock()) co_return "try_lock on a held mutex succeeded";
+  m.unlock();
+  try {
+    m.unlock();
+    co_return "unlock of an unlocked mutex did not throw";
+  } catch (const mpg::sync_misuse_error&) {
+  }
+  // The failed unlock changed nothing.
+  if (!m.try_lock()) co_return "state corrupted by the bad unlock";
+  m.unlock();
+  {
+    auto g = co_await m.scoped_lock();
+    if (!g.owns_lock() || m.try_lock()) co_return "guard does not hold the lock";
+    g.unlock();
+    if (g.owns_lock()) co_return "guard still owns after unlock()";
+    if (!m.try_lock()) co_return "guard unlock() did not unlock";
+    m.unlock();
+    g = co_await m.scoped_lock();
+  }
+  if (!m.try_lock()) co_return "guard did not unlock at scope end";
+  m.unlock();
+  co_return "ok";
+}
+
+TEST_CASE("mutex: try_lock, scoped_lock guards, unlock of unlocked throws sync_misuse_error") {
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(try_lock_and_misuse()) == "ok");
+  mpg::mutex m;
+  CHECK_THROWS_AS(m.unlock(), std::logic_error);
+}
+
+mpg::task<std::string> unlock_by_another_task() {
+  mpg::mutex m;
+  co_await m.lock();
+  auto h = mpg::spawn([](mpg::mutex* m) -> mpg::task<void> {
+    m->unlock();
+    co_return;
+  }(&m));
+  co_await h;
+  if (!m.try_lock()) co_return "not unlocked";
+  m.unlock();
+  co_return "ok";
+}
+
+TEST_CASE("mutex: may be unlocked by a task other than the locker (as in Go)") {
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(unlock_by_another_task()) == "ok");
+}
+
+mpg::task<std::string> many_waiters() {
+  mpg::mutex m;
+  std::atomic<int> done{0};
+  co_await m.lock();
+  std::vector<mpg::join_handle<void>> hs;
+  for (int i = 0; i < 200; ++i)
+    hs.push_back(mpg::spawn([](mpg::mutex* m, std::atomic<int>* done) -> mpg::task<void> {
+      co_await m->lock();
+      done->fetch_add(1);
+      m->unlock();
+    }(&m, &done)));
+  co_await yield_some(50);
+  if (done.load() != 0) co_return "a waiter got a held mutex";
+  m.unlock();
+  for (auto& h : hs) co_await h;
+  co_return done.load() == 200 ? "ok" : "waiters lost";
+}
+
+TEST_CASE("mutex: every parked waiter is eventually served") {
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(many_waiters()) == "ok");
+}
+
+// A hog relocks in a tight loop; a waiter must still get the mutex (normal
+// mode lets the hog barge; after 1 ms of waiting, starvation mode hands the
+// mutex to the waiter). The hog's loop is bounded: exhausting it fails.
+mpg::task<std::string> starvation_bounded() {
+  mpg::mutex m;
+  std::atomic<bool> got{false};
+  std::atomic<bool> hog_started{false};
+  auto hog = mpg::spawn([](mpg::mutex* m, std::atomic<bool>* got,
+                           std::atomic<bool>* started) -> mpg::task<long> {
+    long rounds = 0;
+    const auto limit = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!got->load()) {
+      co_await m->lock();
+      started->store(true);
+      // Hold it a little, so the waiter finds it locked most of the time.
+      for (int i = 0; i < 200; ++i) mpg::detail::cpu_relax();
+      m->unlock();
+      if (++rounds % 1024 == 0 && std::chrono::steady_clock::now() > limit) co_return -1;
+    }
+    co_return rounds;
+  }(&m, &got, &hog_started));
+  while (!hog_started.load()) co_await mpg::yield();
+  co_await m.lock();
+  got.store(true);
+  m.unlock();
+  const long rounds = co_await hog;
+  if (rounds < 0) co_return "waiter starved for 10 s";
+  co_return "ok";
+}
+
+TEST_CASE("mutex: a waiter is not starved by a task relocking in a loop (starvation mode)") {
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(starvation_bounded()) == "ok");
+}
+
+// Long sections (> 1 ms) push waiters into starvation mode, where unlock
+// hands the mutex over directly; exclusion and progress must hold there too.
+mpg::task<void> slow_section(shared_counter* c, int n) {
+  for (int i = 0; i < n; ++i) {
+    co_await c->m.lock();
+    ++c->inside;
+    if (c->inside > c->max_inside) c->max_inside = c->inside;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(1200);
+    while (std::chrono::steady_clock::now() < until) mpg::detail::cpu_relax();
+    ++c->value;
+    --c->inside;
+    c->m.unlock();
+  }
+}
+
+mpg::task<std::string> starvation_mode_exclusion() {
+  shared_counter c;
+  std::vector<mpg::join_handle<void>> hs;
+  for (int t = 0; t < 4; ++t) hs.push_back(mpg::spawn(slow_section(&c, 15)));
+  for (int t = 0; t < 4; ++t) hs.push_back(mpg::spawn(increment(&c, 2000, t % 2 == 0)));
+  for (auto& h : hs) co_await h;
+  if (c.max_inside != 1) co_return "two tasks inside the section";
+  if (c.value != 4 * 15 + 4 * 2000) co_return "lost increments";
+  co_return "ok";
+}
+
+TEST_CASE("mutex: exclusion and progress through starvation-mode hand-offs") {
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(starvation_mode_exclusion()) == "ok");
+}
+
+mpg::task<std::string> lock_yields_on_budget() {
+  // One P: a loop of uncontended lock/unlock never waits; the budget must
+  // still let another task run.
+  mpg::mutex m;
+  std::atomic<bool> flag{false};
+  mpg::go([](std::atomic<bool>* f) -> mpg::task<void> {
+    f->store(true);
+    co_return;
+  }(&flag));
+  for (int i = 0; i < 1'000'000; ++i) {
+    if (flag.load()) co_return "ok";
+    co_await m.lock();
+    m.unlock();
+  }
+  co_return "lock() never yielded";
+}
+
+TEST_CASE("mutex: uncontended lock() still honours the cooperative budget") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(lock_yields_on_budget()) == "ok");
+}
+
+}  // namespace

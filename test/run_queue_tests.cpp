@@ -1,0 +1,273 @@
+// test/run_queue_tests.cpp: a P's local run queue (lib/run_queue.hpp) as a
+// seam, with tiny capacities to reach the full/half/steal edges; a
+// concurrent owner-versus-thieves stress; and local-queue overflow to the
+// global queue in a running runtime.
+#include <doctest/doctest.h>
+
+#include <mpg/mpg.hpp>
+
+#include <atomic>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "run_queue.hpp"
+
+namespace {
+
+using mpg::detail::g;
+using mpg::detail::run_queue;
+
+// Fake Gs: the queue only stores and hands back pointers.
+struct fake_gs {
+  explicit fake_gs(std::size_t n) : n(n), gs(new g[n]) {}
+  g* operator[](std::size_t i) const { return &gs[i]; }
+  std::size_t index(const g* gp) const { return static_cast<std::size_t>(gp - gs.get()); }
+  std::size_t n;
+  std::unique_ptr<g[]> gs;
+};
+
+g* pop(run_queue& q, bool skip_runnext = false, bool* from_next = nullptr) {
+  bool dummy = false;
+  return q.owner_pop(skip_runnext, from_next != nullptr ? from_next : &dummy);
+}
+
+}  // namespace
+
+TEST_CASE("owner_push_tail fills the ring, then returns false") {
+  for (std::uint32_t cap : {4u, 8u}) {
+    CAPTURE(cap);
+    fake_gs gs(cap + 1);
+    run_queue q(cap);
+    CHECK(q.capacity() == cap);
+    for (std::uint32_t i = 0; i < cap; ++i) CHECK(q.owner_push_tail(gs[i]));
+    CHECK(q.size() == cap);
+    CHECK_FALSE(q.owner_push_tail(gs[cap]));
+    CHECK(q.size() == cap);
+    // Popping one makes room for one.
+    CHECK(pop(q) == gs[0]);
+    CHECK(q.owner_push_tail(gs[cap]));
+    CHECK_FALSE(q.owner_push_tail(gs[0]));
+  }
+}
+
+TEST_CASE("owner_pop is FIFO across wrap-around") {
+  fake_gs gs(40);
+  run_queue q(4);
+  std::size_t next_in = 0, next_out = 0;
+  // Keep 0..4 items queued while 40 pass through a ring of 4.
+  while (next_out < gs.n) {
+    while (next_in < gs.n && q.owner_push_tail(gs[next_in])) ++next_in;
+    bool from_next = true;
+    g* gp = pop(q, false, &from_next);
+    REQUIRE(gp != nullptr);
+    CHECK_FALSE(from_next);
+    CHECK(gp == gs[next_out]);
+    ++next_out;
+  }
+  CHECK(pop(q) == nullptr);
+  CHECK(q.size() == 0);
+  CHECK(q.empty_seq_cst());
+}
+
+TEST_CASE("runnext is popped first and a displaced G is returned") {
+  fake_gs gs(5);
+  run_queue q(4);
+  CHECK(q.owner_push_tail(gs[0]));
+  CHECK(q.owner_push_tail(gs[1]));
+  CHECK(q.owner_put_runnext(gs[2]) == nullptr);
+  CHECK(q.has_runnext());
+  CHECK(q.size() == 3);
+  CHECK(q.owner_put_runnext(gs[3]) == gs[2]);  // displaced: the caller queues it
+  bool from_next = false;
+  CHECK(pop(q, false, &from_next) == gs[3]);
+  CHECK(from_next);
+  CHECK_FALSE(q.has_runnext());
+  CHECK(pop(q, false, &from_next) == gs[0]);
+  CHECK_FALSE(from_next);
+
+  SUBCASE("skip_runnext takes the queue first, then falls back to runnext") {
+    CHECK(q.owner_put_runnext(gs[4]) == nullptr);
+    CHECK(pop(q, true, &from_next) == gs[1]);
+    CHECK_FALSE(from_next);
+    CHECK(pop(q, true, &from_next) == gs[4]);
+    CHECK(from_next);
+    CHECK(pop(q, true, &from_next) == nullptr);
+  }
+}
+
+TEST_CASE("owner_take_half removes the older half in order") {
+  fake_gs gs(8);
+  run_queue q(8);
+  for (std::size_t i = 0; i < 8; ++i) REQUIRE(q.owner_push_tail(gs[i]));
+  g* out[8] = {};
+  CHECK(q.owner_take_half(out) == 4);
+  for (std::size_t i = 0; i < 4; ++i) CHECK(out[i] == gs[i]);
+  CHECK(q.size() == 4);
+  for (std::size_t i = 4; i < 8; ++i) CHECK(pop(q) == gs[i]);
+  // One item: half of it is nothing.
+  REQUIRE(q.owner_push_tail(gs[0]));
+  CHECK(q.owner_take_half(out) == 0);
+  CHECK(pop(q) == gs[0]);
+}
+
+TEST_CASE("steal_into takes half, rounded up, and returns the last one to run") {
+  fake_gs gs(8);
+  for (std::uint32_t queued : {1u, 2u, 5u, 8u}) {
+    CAPTURE(queued);
+    run_queue victim(8);
+    run_queue thief(8);
+    for (std::uint32_t i = 0; i < queued; ++i) REQUIRE(victim.owner_push_tail(gs[i]));
+    const std::uint32_t want = queued - queued / 2;
+    std::uint32_t count = 0;
+    g* run = victim.steal_into(thief, false, &count);
+    CHECK(count == want);
+    CHECK(run == gs[want - 1]);
+    CHECK(thief.size() == want - 1);
+    for (std::uint32_t i = 0; i + 1 < want; ++i) CHECK(pop(thief) == gs[i]);
+    CHECK(pop(thief) == nullptr);
+    CHECK(victim.size() == queued - want);
+    for (std::uint32_t i = want; i < queued; ++i) CHECK(pop(victim) == gs[i]);
+  }
+  SUBCASE("capacity 4") {
+    run_queue victim(4);
+    run_queue thief(4);
+    for (std::size_t i = 0; i < 4; ++i) REQUIRE(victim.owner_push_tail(gs[i]));
+    std::uint32_t count = 0;
+    CHECK(victim.steal_into(thief, false, &count) == gs[1]);
+    CHECK(count == 2);
+    CHECK(pop(thief) == gs[0]);
+    CHECK(pop(victim) == gs[2]);
+    CHECK(pop(victim) == gs[3]);
+  }
+}
+
+TEST_CASE("steal_into takes runnext only when asked and the queue is empty") {
+  fake_gs gs(3);
+  run_queue victim(4);
+  run_queue thief(4);
+  std::uint32_t count = 7;
+  CHECK(victim.steal_into(thief, true, &count) == nullptr);  // nothing at all
+  CHECK(count == 0);
+  CHECK(victim.owner_put_runnext(gs[0]) == nullptr);
+  CHECK(victim.steal_into(thief, false, &count) == nullptr);
+  CHECK(count == 0);
+  CHECK(victim.has_runnext());
+  // With a queued G, the queue is stolen, not runnext.
+  REQUIRE(victim.owner_push_tail(gs[1]));
+  CHECK(victim.steal_into(thief, true, &count) == gs[1]);
+  CHECK(count == 1);
+  CHECK(victim.has_runnext());
+  CHECK(victim.steal_into(thief, true, &count) == gs[0]);
+  CHECK(count == 1);
+  CHECK_FALSE(victim.has_runnext());
+  CHECK(thief.size() == 0);
+}
+
+namespace {
+
+// One owner pushes (tail and runnext), pops and takes halves; two thieves
+// steal into their own queues and drain them. Every G must come out once.
+void stress(std::uint32_t cap, std::size_t n) {
+  fake_gs gs(n);
+  std::unique_ptr<std::atomic<int>[]> seen(new std::atomic<int>[n]);
+  for (std::size_t i = 0; i < n; ++i) seen[i].store(0);
+  std::atomic<std::size_t> total{0};
+  std::atomic<std::size_t> dupes{0};
+  auto got = [&](g* gp) {
+    if (seen[gs.index(gp)].fetch_add(1) != 0) dupes.fetch_add(1);
+    total.fetch_add(1);
+  };
+  run_queue owner_q(cap);
+
+  auto thief = [&](bool take_next) {
+    run_queue mine(cap);
+    while (total.load() < n) {
+      std::uint32_t count = 0;
+      g* gp = owner_q.steal_into(mine, take_next, &count);
+      if (gp == nullptr) {
+        std::this_thread::yield();
+        continue;
+      }
+      got(gp);
+      while (g* more = pop(mine)) got(more);
+    }
+  };
+  std::thread t1(thief, false);
+  std::thread t2(thief, true);
+
+  std::vector<g*> half(cap / 2 + 1);
+  std::size_t next = 0;
+  std::uint64_t rnd = 12345;
+  while (next < n) {
+    rnd = rnd * 6364136223846793005ULL + 1442695040888963407ULL;
+    const unsigned op = static_cast<unsigned>(rnd >> 60);
+    if (op < 9) {
+      g* gp = gs[next++];
+      if (op < 3) gp = owner_q.owner_put_runnext(gp);
+      while (gp != nullptr && !owner_q.owner_push_tail(gp)) {
+        // Full: take half out, as local_put does for the global queue.
+        const std::uint32_t k = owner_q.owner_take_half(half.data());
+        for (std::uint32_t i = 0; i < k; ++i) got(half[i]);
+      }
+    } else if (op < 13) {
+      if (g* gp = pop(owner_q, op == 12)) got(gp);
+    }
+  }
+  while (total.load() < n) {
+    if (g* gp = pop(owner_q)) got(gp);
+  }
+  t1.join();
+  t2.join();
+  CHECK(total.load() == n);
+  CHECK(dupes.load() == 0);
+  std::size_t missing = 0;
+  for (std::size_t i = 0; i < n; ++i) missing += seen[i].load() == 1 ? 0 : 1;
+  CHECK(missing == 0);
+  CHECK(owner_q.size() == 0);
+}
+
+}  // namespace
+
+TEST_CASE("concurrent owner and two thieves obtain every G exactly once") {
+  SUBCASE("capacity 4") { stress(4, 100'000); }
+  SUBCASE("capacity 8") { stress(8, 100'000); }
+  SUBCASE("capacity 256") { stress(256, 100'000); }
+}
+
+namespace {
+
+mpg::task<int> child(int i) { co_return i; }
+
+struct overflow_result {
+  long sum = 0;
+  std::uint64_t pushes = 0;
+};
+
+// Spawns n children without suspending, then joins them all.
+mpg::task<overflow_result> spawn_many(mpg::runtime* rt, int n) {
+  const auto before = rt->stats().global_queue_pushes;
+  std::vector<mpg::join_handle<int>> hs;
+  for (int i = 0; i < n; ++i) hs.push_back(mpg::spawn(child(i)));
+  const auto after = rt->stats().global_queue_pushes;
+  overflow_result r;
+  for (auto& h : hs) r.sum += co_await h;
+  r.pushes = after - before;
+  co_return r;
+}
+
+}  // namespace
+
+TEST_CASE("a full local queue overflows to the global queue and every task completes") {
+  for (unsigned procs : {1u, 2u}) {
+    CAPTURE(procs);
+    mpg::runtime rt({.procs = procs, .local_queue_capacity = 4});
+    overflow_result r = rt.block_on(spawn_many(&rt, 100));
+    CHECK(r.sum == 4950);
+    if (procs == 1) {
+      // With one P nothing steals: nearly every child overflows (3 per
+      // overflow of a 4-slot ring); a foreign block_on push adds at most 1.
+      CHECK(r.pushes >= 50);
+    }
+  }
+}

@@ -1,0 +1,288 @@
+// test/scheduler_tests.cpp: scheduling behaviour of the M-P-G scheduler:
+// yield fairness, work spreading over Ps, cooperative budget, the procs
+// option and MPG_PROCS, stealing, and the task dump.
+#include <doctest/doctest.h>
+
+#include <mpg/mpg.hpp>
+
+#include <sched.h>
+#include <stdlib.h>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+
+// ---------------------------------------------------------------------------
+// Yield fairness.
+
+struct interleaving {
+  std::mutex mu;  // one P runs them, but possibly on different Ms over time
+  std::vector<char> order;
+  void add(char c) {
+    std::lock_guard<std::mutex> l(mu);
+    order.push_back(c);
+  }
+};
+
+mpg::task<void> yielder(interleaving* log, char who, int turns) {
+  for (int i = 0; i < turns; ++i) {
+    log->add(who);
+    co_await mpg::yield();
+  }
+}
+
+mpg::task<void> two_yielders(interleaving* log, int turns) {
+  auto a = mpg::spawn(yielder(log, 'A', turns));
+  auto b = mpg::spawn(yielder(log, 'B', turns));
+  co_await a;
+  co_await b;
+}
+
+// ---------------------------------------------------------------------------
+// Work spreading over Ps.
+
+struct rendezvous {
+  std::atomic<int> started{0};
+  std::mutex mu;
+  std::set<std::thread::id> threads;
+};
+
+// Spins without suspending (so the other task cannot run on this P) until
+// both have started, bounded by a deadline. True if both met.
+mpg::task<bool> meet(rendezvous* r) {
+  {
+    std::lock_guard<std::mutex> l(r->mu);
+    r->threads.insert(std::this_thread::get_id());
+  }
+  r->started.fetch_add(1);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (r->started.load() < 2) {
+    if (std::chrono::steady_clock::now() > deadline) co_return false;
+  }
+  co_return true;
+}
+
+mpg::task<int> meet_both(rendezvous* r) {
+  auto a = mpg::spawn(meet(r), "meet.a");
+  auto b = mpg::spawn(meet(r), "meet.b");
+  int met = 0;
+  met += (co_await a) ? 1 : 0;
+  met += (co_await b) ? 1 : 0;
+  co_return met;
+}
+
+// ---------------------------------------------------------------------------
+// Budget fairness.
+
+mpg::task<void> raise(std::atomic<bool>* flag) {
+  flag->store(true);
+  co_return;
+}
+
+// A loop that never suspends except through consume_budget; the task that
+// ends it is spawned by the loop itself (runnext of the same P), so it can
+// only run when consume_budget yields.
+mpg::task<long> busy_until_flag() {
+  std::atomic<bool> flag{false};
+  auto h = mpg::spawn(raise(&flag));
+  long iterations = 0;
+  while (!flag.load()) {
+    ++iterations;
+    co_await mpg::consume_budget();
+  }
+  co_await h;
+  co_return iterations;
+}
+
+// ---------------------------------------------------------------------------
+// Stealing.
+
+mpg::task<int> fib(int n) {
+  if (n < 2) co_return n;
+  mpg::join_handle<int> a = mpg::spawn(fib(n - 1));
+  int b = co_await fib(n - 2);
+  co_return co_await a + b;
+}
+
+// Each child records its thread and spins without suspending until children
+// have run on two threads (bounded by a deadline). Spawned from one task,
+// they sit in that task's P: another P gets them only by stealing.
+mpg::task<bool> hold_until_two_threads(rendezvous* r) {
+  {
+    std::lock_guard<std::mutex> l(r->mu);
+    r->threads.insert(std::this_thread::get_id());
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> l(r->mu);
+      if (r->threads.size() >= 2) co_return true;
+    }
+    if (std::chrono::steady_clock::now() > deadline) co_return false;
+  }
+}
+
+mpg::task<int> fork_join(rendezvous* r, int n) {
+  std::vector<mpg::join_handle<bool>> hs;
+  for (int i = 0; i < n; ++i) hs.push_back(mpg::spawn(hold_until_two_threads(r), "fork"));
+  int ok = 0;
+  for (auto& h : hs) ok += (co_await h) ? 1 : 0;
+  co_return ok;
+}
+
+// ---------------------------------------------------------------------------
+// dump().
+
+mpg::task<std::string> dump_from_child(mpg::runtime* rt, std::atomic<bool>* dumped) {
+  std::ostringstream os;
+  rt->dump(os);
+  dumped->store(true);
+  co_return os.str();
+}
+
+mpg::task<void> nothing() { co_return; }
+
+mpg::task<std::string> parent_parked_in_join(mpg::runtime* rt, std::atomic<bool>* dumped) {
+  auto h = mpg::spawn(dump_from_child(rt, dumped), "dump-child");
+  // A second spawn takes the runnext slot, so the join cannot run the child
+  // inline (work-first) and parks instead.
+  auto other = mpg::spawn(nothing(), "displacer");
+  std::string d = co_await h;
+  co_await other;
+  co_return d;
+}
+
+}  // namespace
+
+TEST_CASE("yield alternates two tasks strictly on one P") {
+  mpg::runtime rt({.procs = 1});
+  interleaving log;
+  const int turns = 200;
+  rt.block_on(two_yielders(&log, turns));
+  const std::vector<char>& v = log.order;
+  REQUIRE(v.size() == 2 * static_cast<std::size_t>(turns));
+  // From the moment both have started until one of them ends: strict
+  // alternation.
+  std::size_t first_a = v.size(), first_b = v.size(), last_a = 0, last_b = 0;
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    if (v[i] == 'A') {
+      if (first_a == v.size()) first_a = i;
+      last_a = i;
+    } else {
+      if (first_b == v.size()) first_b = i;
+      last_b = i;
+    }
+  }
+  const std::size_t start = std::max(first_a, first_b);
+  const std::size_t end = std::min(last_a, last_b);
+  REQUIRE(start < end);
+  CHECK(start <= 1);
+  std::size_t breaks = 0;
+  for (std::size_t i = start; i < end; ++i) breaks += v[i] == v[i + 1] ? 1 : 0;
+  CHECK(breaks == 0);
+  CHECK(end - start >= 2 * static_cast<std::size_t>(turns) - 3);
+}
+
+TEST_CASE("work spreads over two Ps") {
+  mpg::runtime rt({.procs = 2});
+  rendezvous r;
+  CHECK(rt.block_on(meet_both(&r)) == 2);
+  CHECK(r.threads.size() == 2);
+  const auto s = rt.stats();
+  REQUIRE(s.tasks_run.size() == 2);
+  CHECK(s.tasks_run[0] > 0);
+  CHECK(s.tasks_run[1] > 0);
+}
+
+TEST_CASE("consume_budget lets a spinning task give way on one P") {
+  mpg::runtime rt({.procs = 1});
+  const long iterations = rt.block_on(busy_until_flag());
+  // It looped (the flag was not set before it started) and ended (the
+  // budget ran out and the setter ran).
+  CHECK(iterations >= 2);
+}
+
+TEST_CASE("the procs option is respected") {
+  for (unsigned procs : {1u, 3u, 5u}) {
+    CAPTURE(procs);
+    mpg::runtime rt({.procs = procs});
+    CHECK(rt.procs() == procs);
+    const auto s = rt.stats();
+    CHECK(s.procs == procs);
+    CHECK(s.tasks_run.size() == procs);
+    CHECK(s.local_queue_lengths.size() == procs);
+    CHECK(rt.block_on(fib(10)) == 55);
+  }
+}
+
+TEST_CASE("MPG_PROCS sets procs when the option is 0") {
+  const char* old = getenv("MPG_PROCS");
+  std::string saved = old ? old : "";
+  setenv("MPG_PROCS", "3", 1);
+  {
+    mpg::runtime rt({.procs = 0});
+    CHECK(rt.procs() == 3);
+  }
+  {
+    mpg::runtime rt({.procs = 2});  // an explicit value wins
+    CHECK(rt.procs() == 2);
+  }
+  setenv("MPG_PROCS", "not-a-number", 1);  // ignored (with a warning)
+  {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    REQUIRE(sched_getaffinity(0, sizeof(set), &set) == 0);
+    mpg::runtime rt({.procs = 0});
+    CHECK(rt.procs() == static_cast<unsigned>(CPU_COUNT(&set)));
+  }
+  if (old) setenv("MPG_PROCS", saved.c_str(), 1); else unsetenv("MPG_PROCS");
+  {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    REQUIRE(sched_getaffinity(0, sizeof(set), &set) == 0);
+    if (!old) {
+      mpg::runtime rt;  // default: the affinity mask
+      CHECK(rt.procs() == static_cast<unsigned>(CPU_COUNT(&set)));
+    }
+  }
+}
+
+TEST_CASE("idle Ps steal from a busy one in a fork-join workload") {
+  mpg::runtime rt({.procs = 2});
+  rendezvous r;
+  CHECK(rt.block_on(fork_join(&r, 8)) == 8);
+  CHECK(r.threads.size() == 2);
+  const auto s = rt.stats();
+  CHECK(s.steals > 0);
+  CHECK(s.stolen_tasks >= s.steals);
+  REQUIRE(s.tasks_run.size() == 2);
+  CHECK(s.tasks_run[0] > 0);
+  CHECK(s.tasks_run[1] > 0);
+  CHECK(rt.block_on(fib(22)) == 17711);
+}
+
+TEST_CASE("dump lists a task parked in a join, with its name") {
+  mpg::runtime rt({.procs = 1});
+  // On one P the child runs only once its parent has parked in the join
+  // (and the displacer has run and finished).
+  // The main thread spawns nothing while the child dumps (block_on would
+  // spawn its waiter task concurrently), so it waits for the dump first.
+  std::atomic<bool> dumped{false};
+  auto h = rt.spawn(parent_parked_in_join(&rt, &dumped), "dump-parent");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (!dumped.load() && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+  REQUIRE(dumped.load());
+  const std::string d = rt.block_on(std::move(h));
+  CAPTURE(d);
+  CHECK(d.find("(dump-parent) [waiting: join") != std::string::npos);
+  CHECK(d.find("(dump-child) [running") != std::string::npos);
+  CHECK(d.find("mpg: 2 live task(s) on 1 P(s)") != std::string::npos);
+}

@@ -1,0 +1,134 @@
+// test/task_group_tests.cpp: mpg::task_group (Go's errgroup). wait()
+// returns OK when all succeed; the first error is returned and cancels the
+// group's context, which the other tasks observe; an exception propagates
+// through wait(); the parent's cancellation reaches the group's context.
+#include <doctest/doctest.h>
+
+#include <mpg/mpg.hpp>
+
+#include <atomic>
+#include <stdexcept>
+#include <string>
+
+namespace {
+
+mpg::task<absl::Status> ok_task(std::atomic<int>* n) {
+  n->fetch_add(1);
+  co_await mpg::yield();
+  co_return absl::OkStatus();
+}
+
+mpg::task<std::string> all_ok() {
+  mpg::task_group g;
+  std::atomic<int> n{0};
+  for (int i = 0; i < 100; ++i) g.spawn(ok_task(&n));
+  absl::Status s = co_await g.wait();
+  if (!s.ok()) co_return "not OK";
+  if (n.load() != 100) co_return "wait returned before all tasks finished";
+  co_return "ok";
+}
+
+TEST_CASE("task_group: all tasks succeed -> OK after all finished") {
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(all_ok()) == "ok");
+}
+
+// Waits for the group's context to be cancelled; reports whether it was.
+mpg::task<absl::Status> waits_for_cancel(mpg::context ctx, std::atomic<int>* saw_cancel) {
+  (void)co_await ctx.done().recv();
+  if (ctx.err().code() == absl::StatusCode::kCancelled) saw_cancel->fetch_add(1);
+  co_return ctx.err();
+}
+
+mpg::task<absl::Status> fails_after(int yields, std::string msg) {
+  for (int i = 0; i < yields; ++i) co_await mpg::yield();
+  co_return absl::InternalError(msg);
+}
+
+mpg::task<std::string> first_error_cancels() {
+  mpg::task_group g;
+  std::atomic<int> saw_cancel{0};
+  for (int i = 0; i < 10; ++i) g.spawn(waits_for_cancel(g.context(), &saw_cancel));
+  g.spawn(fails_after(5, "first"));
+  // A later failure (after the first has cancelled everyone) is dropped.
+  g.spawn([](mpg::context ctx) -> mpg::task<absl::Status> {
+    (void)co_await ctx.done().recv();
+    co_return absl::InternalError("second");
+  }(g.context()));
+  absl::Status s = co_await g.wait();
+  if (s.code() != absl::StatusCode::kInternal || s.message() != "first")
+    co_return "wrong error: " + s.ToString();
+  if (saw_cancel.load() != 10) co_return "context cancel not seen by all tasks";
+  if (!g.context().cancelled()) co_return "group context live after wait";
+  co_return "ok";
+}
+
+TEST_CASE("task_group: the first error is returned and cancels the group's context") {
+  mpg::runtime rt({.procs = 2});
+  for (int round = 0; round < 20; ++round) {
+    CAPTURE(round);
+    REQUIRE(rt.block_on(first_error_cancels()) == "ok");
+  }
+}
+
+mpg::task<std::string> exception_propagates() {
+  mpg::task_group g;
+  std::atomic<int> saw_cancel{0};
+  g.spawn(waits_for_cancel(g.context(), &saw_cancel));
+  g.spawn([]() -> mpg::task<absl::Status> {
+    throw std::runtime_error("boom");
+    co_return absl::OkStatus();
+  }());
+  try {
+    (void)co_await g.wait();
+    co_return "exception swallowed";
+  } catch (const std::runtime_error& e) {
+    if (std::string(e.what()) != "boom") co_return "wrong exception";
+  }
+  co_return saw_cancel.load() == 1 ? "ok" : "exception did not cancel the group";
+}
+
+TEST_CASE("task_group: an exception in a task cancels the group and is rethrown by wait()") {
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(exception_propagates()) == "ok");
+}
+
+mpg::task<std::string> parent_cancel_reaches_group() {
+  auto [parent, cancel] = mpg::with_cancel(mpg::background());
+  mpg::task_group g(parent);
+  std::atomic<int> saw_cancel{0};
+  for (int i = 0; i < 5; ++i) g.spawn(waits_for_cancel(g.context(), &saw_cancel));
+  for (int i = 0; i < 10; ++i) co_await mpg::yield();
+  cancel();
+  absl::Status s = co_await g.wait();
+  // The tasks returned the context's error: kCancelled is the first error.
+  if (s.code() != absl::StatusCode::kCancelled) co_return "wrong status: " + s.ToString();
+  co_return saw_cancel.load() == 5 ? "ok" : "cancel did not reach the tasks";
+}
+
+TEST_CASE("task_group: cancelling the parent context cancels the group's context") {
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(parent_cancel_reaches_group()) == "ok");
+}
+
+mpg::task<std::string> group_dropped_before_tasks_end() {
+  mpg::chan<int> release, finished;
+  {
+    mpg::task_group g;
+    g.spawn([](mpg::chan<int> r, mpg::chan<int> f) -> mpg::task<absl::Status> {
+      (void)co_await r.recv();
+      f.close();
+      co_return absl::OkStatus();
+    }(release, finished));
+  }  // destroyed without wait(): the task runs on
+  release.close();
+  (void)co_await finished.recv();
+  co_return "ok";
+}
+
+TEST_CASE("task_group: may be destroyed before its tasks finish") {
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(group_dropped_before_tasks_end()) == "ok");
+}
+
+}  // namespace

@@ -1,0 +1,234 @@
+// test/task_tests.cpp: task<T> on its own: values, void, move-only results,
+// exceptions through co_await, the awaited-once rule, symmetric transfer on
+// deep chains, and the frame allocator behind every task frame.
+//
+// Tasks run on a runtime (a task's final awaiter needs a G); assertions run
+// on the main thread on values the tasks hand back.
+#include <doctest/doctest.h>
+
+#include <mpg/mpg.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+#ifndef __has_feature
+#define __has_feature(x) 0
+#endif
+
+namespace {
+
+mpg::task<int> add(int a, int b) { co_return a + b; }
+
+mpg::task<int> add_nested(int a, int b, int c) {
+  int ab = co_await add(a, b);
+  int abc = co_await add(ab, c);
+  co_return abc;
+}
+
+mpg::task<std::string> greet(std::string who) { co_return "hello " + who; }
+
+mpg::task<void> set_to(int* out, int v) {
+  *out = v;
+  co_return;
+}
+
+mpg::task<int> void_then_value() {
+  int x = 0;
+  co_await set_to(&x, 41);
+  co_return x + 1;
+}
+
+mpg::task<std::unique_ptr<int>> make_box(int v) { co_return std::make_unique<int>(v); }
+
+mpg::task<int> unbox() {
+  std::unique_ptr<int> p = co_await make_box(7);
+  mpg::task<std::unique_ptr<int>> t = make_box(8);
+  std::unique_ptr<int> q = co_await std::move(t);
+  co_return *p * 10 + *q;
+}
+
+mpg::task<int> thrower(int depth) {
+  if (depth == 0) throw std::runtime_error("deep failure");
+  co_return co_await thrower(depth - 1);
+}
+
+mpg::task<std::string> catch_through_chain() {
+  try {
+    (void)co_await thrower(5);
+  } catch (const std::runtime_error& e) {
+    co_return std::string("caught: ") + e.what();
+  }
+  co_return "not caught";
+}
+
+mpg::task<void> void_thrower() {
+  throw std::invalid_argument("void failure");
+  co_return;
+}
+
+// Awaits `t` twice (as an lvalue, then as an rvalue); returns what happened.
+mpg::task<std::string> await_twice() {
+  mpg::task<int> t = add(1, 2);
+  int first = co_await t;
+  std::string second = "no throw";
+  try {
+    (void)co_await std::move(t);
+  } catch (const std::logic_error&) {
+    second = "logic_error";
+  }
+  co_return std::to_string(first) + " " + second;
+}
+
+mpg::task<std::string> await_empty() {
+  mpg::task<int> t;  // default-constructed: no frame
+  try {
+    (void)co_await t;
+  } catch (const std::logic_error&) {
+    co_return "logic_error";
+  }
+  co_return "no throw";
+}
+
+// A chain of `n` inline awaits, each frame awaiting the next.
+mpg::task<std::int64_t> depth(std::int64_t n) {
+  if (n == 0) co_return 0;
+  std::int64_t below = co_await depth(n - 1);
+  co_return below + 1;
+}
+
+#if defined(__OPTIMIZE__) && !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__) && \
+    !__has_feature(address_sanitizer) && !__has_feature(thread_sanitizer)
+constexpr std::int64_t kDeepChain = 1'000'000;
+#else
+// Without optimisation (or with sanitizer instrumentation) symmetric transfer
+// is not a guaranteed tail call, so the chain may use stack per level.
+constexpr std::int64_t kDeepChain = 10'000;
+#endif
+
+mpg::task<int> leaf() { co_return 1; }
+
+struct cache_delta {
+  std::uint64_t hits = 0;
+  std::uint64_t misses = 0;
+};
+
+// Warms this thread's cache with leaf frames, then awaits n more of them
+// without suspending the G (inline awaits stay on one thread).
+mpg::task<cache_delta> cache_after_warmup(int n) {
+  for (int i = 0; i < 16; ++i) (void)co_await leaf();
+  const auto before = mpg::detail::thread_frame_cache_stats();
+  int sum = 0;
+  for (int i = 0; i < n; ++i) sum += co_await leaf();
+  const auto after = mpg::detail::thread_frame_cache_stats();
+  if (sum != n) co_return cache_delta{0, 999999};
+  co_return cache_delta{after.hits - before.hits, after.misses - before.misses};
+}
+
+}  // namespace
+
+TEST_CASE("task returns values through nested co_await") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(add(2, 3)) == 5);
+  CHECK(rt.block_on(add_nested(1, 2, 3)) == 6);
+  CHECK(rt.block_on(greet("mpg")) == "hello mpg");
+}
+
+TEST_CASE("task<void> runs its body and co_await of it completes") {
+  mpg::runtime rt({.procs = 1});
+  int x = 0;
+  rt.block_on(set_to(&x, 9));
+  CHECK(x == 9);
+  CHECK(rt.block_on(void_then_value()) == 42);
+}
+
+TEST_CASE("task carries move-only results") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(unbox()) == 78);
+  std::unique_ptr<int> p = rt.block_on(make_box(5));
+  REQUIRE(p != nullptr);
+  CHECK(*p == 5);
+}
+
+TEST_CASE("an exception propagates through a chain of co_awaits") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(catch_through_chain()) == "caught: deep failure");
+  CHECK_THROWS_AS(rt.block_on(thrower(3)), std::runtime_error);
+  CHECK_THROWS_AS(rt.block_on(void_thrower()), std::invalid_argument);
+}
+
+TEST_CASE("awaiting a task twice or an empty task throws std::logic_error") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(await_twice()) == "3 logic_error");
+  CHECK(rt.block_on(await_empty()) == "logic_error");
+}
+
+TEST_CASE("a never-awaited task destroys its frame without running the body") {
+  int x = 0;
+  {
+    mpg::task<void> t = set_to(&x, 1);
+    CHECK(t.valid());
+  }
+  CHECK(x == 0);
+}
+
+TEST_CASE("a deep chain of inline co_awaits completes without stack overflow") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(depth(kDeepChain)) == kDeepChain);
+}
+
+TEST_CASE("task frames start 16 bytes after their frame_header") {
+  using mpg::detail::frame_header;
+  using mpg::detail::header_of;
+  SUBCASE("allocate_frame") {
+    for (std::size_t size : {1u, 48u, 100u, 2000u, 5000u}) {
+      void* f = mpg::detail::allocate_frame(size);
+      frame_header* h = header_of(f);
+      CHECK(reinterpret_cast<char*>(f) - reinterpret_cast<char*>(h) == 16);
+      CHECK(reinterpret_cast<std::uintptr_t>(f) % 16 == 0);
+      CHECK(h->size == size);
+      CHECK(h->join.load() == mpg::detail::kJoinRunning);
+      CHECK(h->spawned == 0);
+      mpg::detail::free_frame(f, size);
+    }
+  }
+  SUBCASE("a coroutine handle's address is the pointer allocate_frame returned") {
+    mpg::task<int> t = add(1, 2);
+    auto h = t.release();
+    void* frame = h.address();
+    frame_header* hdr = header_of(frame);
+    const std::uint32_t size = hdr->size;
+    CHECK(size >= sizeof(mpg::detail::promise<int>));
+    CHECK(size < 4096);
+    CHECK(hdr->join.load() == mpg::detail::kJoinRunning);
+    CHECK(hdr->spawned == 0);
+    // The promise lives inside [frame, frame + size).
+    auto* promise = reinterpret_cast<char*>(&h.promise());
+    CHECK(promise >= static_cast<char*>(frame));
+    CHECK(promise + sizeof(mpg::detail::promise<int>) <= static_cast<char*>(frame) + size);
+    h.destroy();
+    // The freed frame is at the head of this thread's free list for its
+    // class: allocating the same size hands back the same pointer.
+    void* again = mpg::detail::allocate_frame(size);
+    CHECK(again == frame);
+    mpg::detail::free_frame(again, size);
+  }
+}
+
+TEST_CASE("the frame cache serves every allocation after warm-up") {
+  SUBCASE("on a plain thread") {
+    for (int i = 0; i < 4; ++i) mpg::detail::free_frame(mpg::detail::allocate_frame(200), 200);
+    const auto before = mpg::detail::thread_frame_cache_stats();
+    for (int i = 0; i < 1000; ++i) mpg::detail::free_frame(mpg::detail::allocate_frame(200), 200);
+    const auto after = mpg::detail::thread_frame_cache_stats();
+    CHECK(after.hits - before.hits == 1000);
+    CHECK(after.misses == before.misses);
+  }
+  SUBCASE("inside a task") {
+    mpg::runtime rt({.procs = 1});
+    cache_delta d = rt.block_on(cache_after_warmup(1000));
+    CHECK(d.hits >= 1000);
+    CHECK(d.misses == 0);
+  }
+}

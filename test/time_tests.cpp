@@ -1,0 +1,174 @@
+// test/time_tests.cpp: sleep_for, sleep_until and after(). Only the timer
+// guarantee is checked: nothing resumes or fires before its deadline (how
+// much later depends on the machine). Also: deadlines already past do not
+// wait, many concurrent sleepers all wake, an unfired after() channel can be
+// dropped (its timer is cancelled), and misuse outside a runtime throws.
+#include <doctest/doctest.h>
+
+#include <mpg/mpg.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+using namespace std::chrono_literals;
+using clock_type = std::chrono::steady_clock;
+
+mpg::task<std::string> sleep_for_no_earlier(std::chrono::microseconds d) {
+  const auto start = clock_type::now();
+  co_await mpg::sleep_for(d);
+  if (clock_type::now() - start < d) co_return "woke before the deadline";
+  co_return "ok";
+}
+
+TEST_CASE("sleep_for resumes no earlier than its duration") {
+  mpg::runtime rt({.procs = 2});
+  for (auto d : {1us, 100us, 1000us, 5000us}) {
+    CAPTURE(d.count());
+    CHECK(rt.block_on(sleep_for_no_earlier(d)) == "ok");
+  }
+}
+
+mpg::task<std::string> sleep_until_behaviour() {
+  const auto deadline = clock_type::now() + 3ms;
+  co_await mpg::sleep_until(deadline);
+  if (clock_type::now() < deadline) co_return "woke before the deadline";
+  // Past deadlines and non-positive durations complete at once.
+  const auto t0 = clock_type::now();
+  co_await mpg::sleep_until(t0 - 1s);
+  co_await mpg::sleep_for(0ms);
+  co_await mpg::sleep_for(-5ms);
+  co_await mpg::sleep_for(std::chrono::duration<double>(0.0005));  // floating durations
+  // A huge duration must not overflow into the past: it would not wait.
+  // (Only checked for the arithmetic; we do not sleep on it.)
+  auto far = mpg::detail::deadline_after(std::chrono::hours::max());
+  if (far != clock_type::time_point::max()) co_return "deadline overflow";
+  co_return "ok";
+}
+
+TEST_CASE("sleep_until waits for its deadline; past deadlines do not wait") {
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(sleep_until_behaviour()) == "ok");
+}
+
+mpg::task<int> sleeper(std::chrono::microseconds d) {
+  const auto start = clock_type::now();
+  co_await mpg::sleep_for(d);
+  co_return clock_type::now() - start >= d ? 1 : 0;
+}
+
+mpg::task<std::string> many_sleepers(int n) {
+  std::vector<mpg::join_handle<int>> hs;
+  for (int i = 0; i < n; ++i) hs.push_back(mpg::spawn(sleeper(std::chrono::microseconds((i * 37) % 3000))));
+  int ok = 0;
+  for (auto& h : hs) ok += co_await h;
+  if (ok != n) co_return std::to_string(n - ok) + " sleepers woke early";
+  co_return "ok";
+}
+
+TEST_CASE("many concurrent sleepers on both Ps all wake, none early") {
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(many_sleepers(2000)) == "ok");
+}
+
+mpg::task<std::string> after_fires_once() {
+  const auto start = clock_type::now();
+  mpg::chan<clock_type::time_point> t = mpg::after(2ms);
+  if (t.capacity() != 1) co_return "after() channel capacity is not 1";
+  std::optional<clock_type::time_point> v = co_await t.recv();
+  if (!v) co_return "no value";
+  if (*v < start + 2ms || clock_type::now() < start + 2ms) co_return "fired early";
+  // It sends exactly once: nothing more arrives.
+  if (t.try_recv()) co_return "a second value";
+  // A zero duration sends at once.
+  mpg::chan<clock_type::time_point> z = mpg::after(0ms);
+  if (!(co_await z.recv())) co_return "after(0) sent nothing";
+  co_return "ok";
+}
+
+TEST_CASE("after() sends the firing time once, no earlier than its deadline") {
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(after_fires_once()) == "ok");
+}
+
+mpg::task<std::string> after_dropped_unfired() {
+  // Unfired timers whose channels are dropped are cancelled (ASan checks
+  // that nothing leaks; the runtime shuts down with no timer pending).
+  for (int i = 0; i < 1000; ++i) {
+    mpg::chan<int> ready(1);
+    co_await ready.send(i);
+    auto r = co_await mpg::select(ready.recv(), mpg::after(1h).recv());
+    if (r.index() != 0) co_return "timer won";
+  }
+  // A channel that outlives its firing still holds the value.
+  auto t = mpg::after(1ms);
+  co_await mpg::sleep_for(2ms);
+  if (!t.try_recv()) co_return "fired value lost";
+  co_return "ok";
+}
+
+TEST_CASE("dropping an unfired after() channel cancels its timer") {
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(after_dropped_unfired()) == "ok");
+}
+
+TEST_CASE("after() and sleeps outside a runtime throw std::logic_error") {
+  CHECK_THROWS_AS(mpg::after(1ms), std::logic_error);
+  mpg::runtime rt({.procs = 1});
+  // Still no runtime on this (plain) thread.
+  CHECK_THROWS_AS(mpg::after(1ms), std::logic_error);
+}
+
+mpg::task<std::string> sleeping_does_not_block_the_p() {
+  // One P: while one task sleeps, another runs to completion.
+  std::atomic<bool> ran{false};
+  auto h = mpg::spawn([](std::atomic<bool>* ran) -> mpg::task<void> {
+    ran->store(true);
+    co_return;
+  }(&ran));
+  co_await mpg::sleep_for(2ms);
+  const bool ran_while_sleeping = ran.load();
+  co_await h;
+  co_return ran_while_sleeping ? "ok" : "the other task did not run while we slept";
+}
+
+TEST_CASE("a sleeping task leaves its P to others") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(sleeping_does_not_block_the_p()) == "ok");
+}
+
+}  // namespace
+
+namespace {
+
+TEST_CASE("after() channels and deadline contexts may outlive their runtime") {
+  mpg::chan<clock_type::time_point> pending, fired;
+  mpg::context deadline_ctx, fired_ctx;
+  {
+    mpg::runtime rt({.procs = 2});
+    rt.block_on([](mpg::chan<clock_type::time_point>* pending, mpg::chan<clock_type::time_point>* fired,
+                   mpg::context* d, mpg::context* f) -> mpg::task<void> {
+      *pending = mpg::after(1h);
+      *fired = mpg::after(1ms);
+      *d = mpg::with_timeout(mpg::background(), 1h).first;
+      *f = mpg::with_timeout(mpg::background(), 1ms).first;
+      co_await mpg::sleep_for(3ms);
+    }(&pending, &fired, &deadline_ctx, &fired_ctx));
+  }
+  // The runtime is gone; its timers were detached. Using and dropping these
+  // must neither crash nor leak (ASan).
+  CHECK_FALSE(pending.try_recv().has_value());
+  CHECK(fired.try_recv().has_value());
+  CHECK(deadline_ctx.err().ok());
+  CHECK(fired_ctx.err().code() == absl::StatusCode::kDeadlineExceeded);
+  pending = mpg::chan<clock_type::time_point>();
+  fired = mpg::chan<clock_type::time_point>();
+  deadline_ctx = mpg::context();
+  fired_ctx = mpg::context();
+}
+
+}  // namespace
