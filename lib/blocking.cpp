@@ -34,6 +34,8 @@ void scheduler::enter_blocking(machine* m) {
   processor* p = m->p;
   p->cur_gid.store(0, std::memory_order_relaxed);
   m->blocking_from = p;
+  // Relaxed: a count for the deadlock check, which confirms it twice.
+  nblocking_.fetch_add(1, std::memory_order_relaxed);
   const bool has_work = p->runq.size() != 0 || global_nonempty() ||
                         p->timers.earliest_ns.load(std::memory_order_relaxed) != INT64_MAX ||
                         reactor_busy(p->io.get());
@@ -54,6 +56,7 @@ void scheduler::enter_blocking(machine* m) {
 bool scheduler::exit_blocking(machine* m, g* gp) noexcept {
   processor* old = m->blocking_from;
   m->blocking_from = nullptr;
+  nblocking_.fetch_sub(1, std::memory_order_relaxed);
   processor* got = nullptr;
   machine* other = nullptr;
   bool other_ring = false;

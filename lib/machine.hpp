@@ -54,7 +54,7 @@ class machine {
   bool next_spinning = false;   // handed over with next_p
   machine* idle_next = nullptr; // under the scheduler lock
   bool in_ring = false;
-  processor* blocking_from = nullptr;  // the P given up by mpg::blocking         // under the scheduler lock: sleeps in its P's ring
+  processor* blocking_from = nullptr;  // the P given up by mpg::blocking
 
   // Current run.
   int budget = 0;

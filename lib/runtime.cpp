@@ -49,12 +49,34 @@ void block_on_signal(block_on_state* st) noexcept {
   st->cv.notify_one();  // under the lock: st may be deleted right after it
 }
 void block_on_wait(scheduler* s, block_on_state* st) {
-  s->block_on_waiters.fetch_add(1, std::memory_order_relaxed);
-  {
-    std::unique_lock<std::mutex> l(st->mu);
-    st->cv.wait(l, [st] { return st->done; });
+  // Deadlock detection (Go's checkdead): while waiting, every 50 ms look
+  // whether the runtime is quiescent (nothing runnable, running, sleeping on
+  // a timer, doing I/O or inside mpg::blocking) and made no progress since
+  // the last look; two such looks in a row mean every task waits on
+  // something only another task could provide. Threads outside the runtime
+  // are not counted as possible wakers (as documented in API.md).
+  struct waiting {
+    scheduler* s;
+    explicit waiting(scheduler* sc) : s(sc) { s->block_on_waiters.fetch_add(1, std::memory_order_relaxed); }
+    ~waiting() { s->block_on_waiters.fetch_sub(1, std::memory_order_relaxed); }
+  } w(s);
+  std::uint64_t last_progress = 0;
+  int quiet_looks = 0;
+  std::unique_lock<std::mutex> l(st->mu);
+  while (!st->cv.wait_for(l, std::chrono::milliseconds(50), [st] { return st->done; })) {
+    std::uint64_t progress = 0;
+    if (s->quiescent(&progress) && (quiet_looks == 0 || progress == last_progress)) {
+      if (++quiet_looks >= 3) {
+        std::ostringstream os;
+        os << "mpg: all tasks are asleep - deadlock!\n";
+        s->dump(os);
+        throw deadlock_error(os.str());
+      }
+    } else {
+      quiet_looks = 0;
+    }
+    last_progress = progress;
   }
-  s->block_on_waiters.fetch_sub(1, std::memory_order_relaxed);
 }
 void throw_block_on_inside_task() {
   throw runtime_misuse_error("mpg: runtime::block_on called from inside a task (it would block a P)");
@@ -106,6 +128,26 @@ void scheduler::kill_remaining(std::ostream& report) {
   }
   std::lock_guard<std::mutex> l(allg_mu_);
   for (g* gp : live) gfree_global_.push_back(gp);
+}
+
+bool scheduler::quiescent(std::uint64_t* progress) const {
+  std::uint64_t runs = gpushes_.load(std::memory_order_relaxed);
+  bool quiet = nblocking_.load(std::memory_order_relaxed) == 0 &&
+               putters_.load(std::memory_order_relaxed) == 0 &&
+               gsize_.load(std::memory_order_seq_cst) == 0;
+  for (auto& p : ps_) {
+    runs += p->tasks_run.load(std::memory_order_relaxed);
+    if (p->runq.size() != 0 || p->cur_gid.load(std::memory_order_relaxed) != 0 ||
+        p->timers.earliest_ns.load(std::memory_order_relaxed) != INT64_MAX ||
+        reactor_busy(p->io.get()))
+      quiet = false;
+  }
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (npidle_.load(std::memory_order_relaxed) != procs()) quiet = false;
+  }
+  *progress = runs;
+  return quiet && live_gs() != 0;
 }
 
 runtime_stats scheduler::stats() const {

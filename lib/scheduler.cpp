@@ -231,12 +231,14 @@ std::coroutine_handle<> join_suspend(std::coroutine_handle<> root, promise_base*
   // The G pointer may be stale (the task finished and its G was reused by a
   // newer spawn that now sits in runnext), so the frame must still be
   // unfinished (join state Running) and the G must be the same incarnation
-  // (ids are never reused). Both reads are safe here: a G in our runnext
-  // slot was put there, with its id, by this thread.
+  // (ids are never reused). And it must never have run: a G readied into
+  // runnext after a park resumes at its park, not at its root. These reads
+  // are safe here: a G in our runnext slot was put there by this thread.
   machine* m = tls_m;
   if (child != nullptr && m->p != nullptr && child->sched == me->sched &&
       hdr->join.load(std::memory_order_acquire) == kJoinRunning &&
       m->p->runq.peek_runnext() == child && child->id.load(std::memory_order_relaxed) == promise->gid_ &&
+      !child->started.load(std::memory_order_relaxed) &&
       m->p->runq.owner_take_runnext_if(child)) {
     // Only the handle owner (us) reads the join state of a claimed frame.
     hdr->join.store(kJoinInline, std::memory_order_relaxed);
@@ -368,6 +370,7 @@ g* scheduler::new_g(std::coroutine_handle<> root, const char* name) {
     if (gp == nullptr) gp = allocate_gs(p);
   }
   gp->id.store(id, std::memory_order_relaxed);
+  gp->started.store(false, std::memory_order_relaxed);
   gp->root = root;
   gp->resume = root;
   gp->link = nullptr;

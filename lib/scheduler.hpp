@@ -60,6 +60,10 @@ class scheduler {
   void kill_remaining(std::ostream& report);
   runtime_stats stats() const;
   void dump(std::ostream& os) const;
+  // quiescent(): every P idle, no G runnable, no timer pending, no I/O in
+  // flight, no M in mpg::blocking; *progress gets a counter that moves
+  // whenever anything runs (deadlock.cpp compares two samples).
+  bool quiescent(std::uint64_t* progress) const;
   std::uint64_t live_gs() const noexcept;
 
   // --- timers (timers.cpp) -----------------------------------------------
@@ -122,6 +126,7 @@ class scheduler {
   std::atomic<std::uint32_t> nmspinning_{0};
   std::atomic<bool> stopping_{false};
   std::atomic<std::uint32_t> putters_{0};  // threads inside global_put_batch
+  std::atomic<std::uint32_t> nblocking_{0};  // Ms inside mpg::blocking
 
   // Registry of every G ever created (never shrinks; Gs are reused).
   mutable std::mutex allg_mu_;

@@ -70,6 +70,12 @@ class g {
   std::atomic<const char*> wait_file{nullptr};
   std::atomic<const char*> wait_function{nullptr};
   std::atomic<std::uint32_t> wait_line{0};
+  // Set when an M first runs the G. Only a never-started G may be run
+  // inline by its joiner (spawn.hpp); a G readied into runnext after a park
+  // has started and must resume where it parked. Relaxed: read only by the
+  // thread that put the G in its runnext slot, after the release/acquire
+  // chain that carried the G there.
+  std::atomic<bool> started{false};
   // Registry link in the runtime's list of all Gs (immutable once set).
   g* all_next = nullptr;
   // Detached join state of the root frame (see frame.hpp); shutdown uses it.
