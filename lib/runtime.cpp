@@ -86,8 +86,9 @@ void scheduler::kill_remaining(std::ostream& report) {
   std::vector<g*> live;
   {
     std::lock_guard<std::mutex> l(allg_mu_);
-    for (g* gp = allg_; gp != nullptr; gp = gp->all_next)
+    for_each_g([&](g* gp) {
       if (gp->status.load(std::memory_order_relaxed) != g_status::dead) live.push_back(gp);
+    });
   }
   {
     // Drop the queues: nothing will run these Gs; they are killed below.
@@ -115,7 +116,7 @@ void scheduler::kill_remaining(std::ostream& report) {
     std::coroutine_handle<> root = gp->root;
     gp->status.store(g_status::dead, std::memory_order_relaxed);
     if (!root) continue;
-    auto* hdr = static_cast<frame_header*>(gp->frame_header);
+    frame_header* hdr = header_of(root.address());
     // acq_rel: see frame.hpp; no M runs any more, so this only orders
     // against join handles dropped on other threads.
     std::uintptr_t old = hdr->join.exchange(kJoinKilled, std::memory_order_acq_rel);
@@ -177,9 +178,9 @@ void scheduler::dump(std::ostream& os) const {
   std::lock_guard<std::mutex> l(allg_mu_);
   std::size_t n = 0;
   std::ostringstream body;
-  for (g* gp = allg_; gp != nullptr; gp = gp->all_next) {
+  for_each_g([&](g* gp) {
     const g_status st = gp->status.load(std::memory_order_relaxed);
-    if (st == g_status::dead) continue;
+    if (st == g_status::dead) return;
     ++n;
     const char* name = gp->name.load(std::memory_order_relaxed);
     body << "task " << gp->id.load(std::memory_order_relaxed);
@@ -187,14 +188,15 @@ void scheduler::dump(std::ostream& os) const {
     body << " [" << to_string(st);
     if (st == g_status::waiting) {
       const char* why = gp->wait_reason.load(std::memory_order_relaxed);
-      const char* file = gp->wait_file.load(std::memory_order_relaxed);
-      const char* fn = gp->wait_function.load(std::memory_order_relaxed);
+      const std::source_location where = gp->wait_where.load(std::memory_order_relaxed);
+      const char* file = where.file_name();
+      const char* fn = where.function_name();
       body << ": " << (why ? why : "?");
-      if (file) body << " at " << file << ":" << gp->wait_line.load(std::memory_order_relaxed);
-      if (fn) body << " in " << fn;
+      if (file && *file) body << " at " << file << ":" << where.line();
+      if (fn && *fn) body << " in " << fn;
     }
     body << "]\n";
-  }
+  });
   os << "mpg: " << n << " live task(s) on " << procs() << " P(s)\n" << body.str();
 }
 

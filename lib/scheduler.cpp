@@ -96,9 +96,7 @@ void park(std::coroutine_handle<> h, const char* reason, std::source_location wh
   gp->resume = h;
   // Relaxed: diagnostics only (dump); see g.hpp.
   gp->wait_reason.store(reason, std::memory_order_relaxed);
-  gp->wait_file.store(where.file_name(), std::memory_order_relaxed);
-  gp->wait_function.store(where.function_name(), std::memory_order_relaxed);
-  gp->wait_line.store(where.line(), std::memory_order_relaxed);
+  gp->wait_where.store(where, std::memory_order_relaxed);
   gp->status.store(g_status::waiting, std::memory_order_relaxed);
 }
 
@@ -297,14 +295,7 @@ scheduler::scheduler(const runtime_options& opts) : opts_(opts) {
   sysmon_ = std::thread([this] { sysmon_main(); });
 }
 
-scheduler::~scheduler() {
-  std::lock_guard<std::mutex> l(allg_mu_);
-  while (allg_ != nullptr) {
-    g* gp = allg_;
-    allg_ = gp->all_next;
-    delete gp;
-  }
-}
+scheduler::~scheduler() = default;  // Gs live in g_blocks_
 
 void scheduler::refill_gids(processor* p) noexcept {
   std::lock_guard<std::mutex> l(allg_mu_);
@@ -313,22 +304,22 @@ void scheduler::refill_gids(processor* p) noexcept {
   p->gid_limit = gid_next_;
 }
 
-// allocate_gs(): a batch of fresh Gs, registered in allg_ under one lock;
+// allocate_gs(): a batch of fresh Gs, registered in g_blocks_ under one lock;
 // one is returned, the rest go to p's pool (or the global pool).
 g* scheduler::allocate_gs(processor* p) {
+  // One allocation per batch: no malloc header per G (idle tasks are
+  // measured in bytes each).
   constexpr std::size_t kBatch = 32;
   g* fresh[kBatch];
   const std::size_t n = p != nullptr ? kBatch : 1;
+  std::unique_ptr<g[]> block(new g[n]);
   for (std::size_t i = 0; i < n; ++i) {
-    fresh[i] = new g;
+    fresh[i] = &block[i];
     fresh[i]->sched = this;
   }
   std::lock_guard<std::mutex> l(allg_mu_);
-  for (std::size_t i = 0; i < n; ++i) {
-    fresh[i]->all_next = allg_;
-    allg_ = fresh[i];
-    if (i > 0) p->gfree.push_back(fresh[i]);
-  }
+  g_blocks_.push_back(g_block{std::move(block), n});
+  for (std::size_t i = 1; i < n; ++i) p->gfree.push_back(fresh[i]);
   gs_allocated_ += n;
   return fresh[0];
 }
@@ -374,7 +365,6 @@ g* scheduler::new_g(std::coroutine_handle<> root, const char* name) {
   gp->root = root;
   gp->resume = root;
   gp->link = nullptr;
-  gp->frame_header = header_of(root.address());
   gp->name.store(name, std::memory_order_relaxed);
   gp->wait_reason.store(nullptr, std::memory_order_relaxed);
   return gp;
@@ -384,7 +374,6 @@ void scheduler::retire_g(g* gp) noexcept {
   gp->status.store(g_status::dead, std::memory_order_relaxed);
   gp->root = {};
   gp->resume = {};
-  gp->frame_header = nullptr;
   gp->name.store(nullptr, std::memory_order_relaxed);
   processor* p = current_p_of(this);
   if (p == nullptr) {
@@ -602,8 +591,9 @@ void scheduler::stop() noexcept {
 std::uint64_t scheduler::live_gs() const noexcept {
   std::uint64_t n = 0;
   std::lock_guard<std::mutex> l(allg_mu_);
-  for (g* gp = allg_; gp != nullptr; gp = gp->all_next)
+  for_each_g([&](g* gp) {
     if (gp->status.load(std::memory_order_relaxed) != g_status::dead) ++n;
+  });
   return n;
 }
 

@@ -130,8 +130,18 @@ class scheduler {
 
   // Registry of every G ever created (never shrinks; Gs are reused).
   mutable std::mutex allg_mu_;
-  g* allg_ ABSL_GUARDED_BY(allg_mu_) = nullptr;
+  // for_each_g(): every G ever created (they live in g_blocks_).
+  template <class F>
+  void for_each_g(F&& f) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(allg_mu_) {
+    for (const g_block& b : g_blocks_)
+      for (std::size_t i = 0; i < b.n; ++i) f(&b.gs[i]);
+  }
   std::vector<g*> gfree_global_ ABSL_GUARDED_BY(allg_mu_);
+  struct g_block {
+    std::unique_ptr<g[]> gs;
+    std::size_t n;
+  };
+  std::vector<g_block> g_blocks_ ABSL_GUARDED_BY(allg_mu_);
   std::uint64_t gid_next_ ABSL_GUARDED_BY(allg_mu_) = 1;
   std::uint64_t gs_allocated_ ABSL_GUARDED_BY(allg_mu_) = 0;
 

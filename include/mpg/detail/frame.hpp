@@ -2,7 +2,7 @@
 // lives in front of every frame.
 //
 // Every task frame is allocated through allocate_frame(): a per-thread
-// recycling allocator (size classes of 64 bytes up to 2 KiB, bounded free
+// recycling allocator (size classes of 16 bytes up to 2 KiB, bounded free
 // lists per class; bigger frames go to malloc). A frame freed on another
 // thread simply joins that thread's lists: frames flow with the work.
 //

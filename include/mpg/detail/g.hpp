@@ -44,6 +44,7 @@ enum class g_status : std::uint8_t {
 
 const char* to_string(g_status s) noexcept;
 
+// Kept small (72 bytes): an idle task costs its G plus its frame.
 class g {
  public:
   // The frame to resume when this G is scheduled. Written by the G itself
@@ -62,24 +63,20 @@ class g {
   // Status, readable by the task dump from any thread. Relaxed: it is a
   // diagnostic snapshot; the run queues order everything that matters.
   std::atomic<g_status> status{g_status::dead};
-  // Name given at spawn (static storage, may be null), and why/where the G
-  // waits. Written by the G's own thread; read racily by the dump, so they
-  // are atomics (relaxed: a torn snapshot is impossible, a stale one is fine).
-  std::atomic<const char*> name{nullptr};
-  std::atomic<const char*> wait_reason{nullptr};
-  std::atomic<const char*> wait_file{nullptr};
-  std::atomic<const char*> wait_function{nullptr};
-  std::atomic<std::uint32_t> wait_line{0};
   // Set when an M first runs the G. Only a never-started G may be run
   // inline by its joiner (spawn.hpp); a G readied into runnext after a park
   // has started and must resume where it parked. Relaxed: read only by the
   // thread that put the G in its runnext slot, after the release/acquire
   // chain that carried the G there.
   std::atomic<bool> started{false};
-  // Registry link in the runtime's list of all Gs (immutable once set).
-  g* all_next = nullptr;
-  // Detached join state of the root frame (see frame.hpp); shutdown uses it.
-  void* frame_header = nullptr;
+  // Name given at spawn (static storage, may be null), and why/where the G
+  // waits. Written by the G's own thread; read racily by the dump, so they
+  // are atomics (relaxed: a torn snapshot is impossible, a stale one is fine).
+  std::atomic<const char*> name{nullptr};
+  std::atomic<const char*> wait_reason{nullptr};
+  // std::source_location is one pointer to static data, so it is atomic
+  // without a lock (and keeps the G small: idle tasks cost memory).
+  std::atomic<std::source_location> wait_where{};
 
 };
 
