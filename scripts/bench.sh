@@ -15,4 +15,8 @@ else
 fi
 ninja -C build
 
+# 1. The task, channel and sync workloads (mpg vs threads vs Go).
 python3 perf/run.py --build build "$@"
+# 2. The servers: tcp_echo (mpg, thread-per-connection, Go) with the mpg load
+#    generator, http_hello (mpg vs Go net/http) with wrk, and idle connections.
+python3 perf/servers/run_servers.py --build build --runs 3
