@@ -51,7 +51,8 @@ struct timer_heap {
 
 class processor {
  public:
-  processor(std::uint32_t id, std::uint32_t queue_capacity) : id(id), runq(queue_capacity) {}
+  processor(std::uint32_t id, std::uint32_t queue_capacity)
+      : id(id), runq(queue_capacity), overflow(queue_capacity / 2 + 1) {}
 
   const std::uint32_t id;
   run_queue runq;
@@ -61,6 +62,8 @@ class processor {
   processor* idle_next = nullptr;
   machine* parked_m = nullptr;  // the M sleeping while holding this P (status parked)
 
+  // owner: scratch space for moving half the local queue to the global one.
+  std::vector<g*> overflow;
   // owner: free Gs for spawn (Go's gFree) and a batch of G ids.
   std::vector<g*> gfree;
   std::uint64_t next_gid = 0;

@@ -411,7 +411,7 @@ void scheduler::local_put(processor* p, g* gp, bool next) noexcept {
       return;
     }
     // Full: move half of the local queue plus gp to the global queue.
-    std::vector<g*> batch(p->runq.capacity() / 2 + 1);
+    std::vector<g*>& batch = p->overflow;
     std::uint32_t n = p->runq.owner_take_half(batch.data());
     if (n == 0) continue;  // a thief raced us; there is room now
     batch[n++] = gp;

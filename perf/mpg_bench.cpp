@@ -48,12 +48,29 @@ double time_ns(F&& f) {
   return std::chrono::duration<double, std::nano>(clock_type::now() - t0).count();
 }
 
-// spawn_join: op = spawn one task that adds 1 to an atomic, and join it.
+// spawn_join: op = start one task that adds 1 to an atomic, and wait for
+// it. Written as Go's version is: detached tasks (go) and a wait_group.
+mpg::task<void> add_one_done(std::atomic<long>* c, mpg::wait_group* wg) {
+  c->fetch_add(1, std::memory_order_relaxed);
+  wg->done();
+  co_return;
+}
+mpg::task<long> spawn_join(long n) {
+  std::atomic<long> counter{0};
+  mpg::wait_group wg;
+  wg.add(static_cast<int>(n));
+  for (long i = 0; i < n; ++i) mpg::go(add_one_done(&counter, &wg));
+  co_await wg.wait();
+  co_return counter.load();
+}
+
+// spawn_join_handles: the same with one join_handle per task, all kept and
+// joined at the end (every frame lives until its join).
 mpg::task<void> add_one(std::atomic<long>* c) {
   c->fetch_add(1, std::memory_order_relaxed);
   co_return;
 }
-mpg::task<long> spawn_join(long n) {
+mpg::task<long> spawn_join_handles(long n) {
   std::atomic<long> counter{0};
   std::vector<mpg::join_handle<void>> hs;
   hs.reserve(static_cast<std::size_t>(n));
@@ -121,12 +138,14 @@ int main(int argc, char** argv) {
   }
   const std::string w = argv[1];
   const long arg = argc > 2 ? std::atol(argv[2]) : 0;
-  if (w == "spawn_join" || w == "spawn_join_malloc") {
-    mpg::detail::set_frame_cache_enabled(w == "spawn_join");
+  if (w == "spawn_join" || w == "spawn_join_malloc" || w == "spawn_join_handles") {
+    mpg::detail::set_frame_cache_enabled(w != "spawn_join_malloc");
     const long n = arg > 0 ? arg : 1000000;
     mpg::runtime rt;
     long r = 0;
-    double ns = time_ns([&] { r = rt.block_on(spawn_join(n)); });
+    double ns = time_ns([&] {
+      r = rt.block_on(w == "spawn_join_handles" ? spawn_join_handles(n) : spawn_join(n));
+    });
     print_result(w.c_str(), n, ns, r == n);
     return 0;
   }
