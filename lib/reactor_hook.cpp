@@ -30,7 +30,11 @@ void reactor_poll(reactor* r, bool flush) noexcept {
 }
 
 void reactor_try_poll(reactor* r) noexcept {
-  if (r != nullptr) r->try_reap();
+  if (r == nullptr) return;
+  // Submissions are batched by the owner (find_runnable.cpp), so a P stuck
+  // in a long task may also hold unsubmitted SQEs: send them too.
+  if (r->has_unsubmitted()) r->flush();
+  r->try_reap();
 }
 
 void reactor_wait(reactor* r, std::optional<std::chrono::steady_clock::time_point> deadline) noexcept {

@@ -22,7 +22,8 @@ bool reactor_busy(reactor* r) noexcept;
 // reactor_poll(): dispatch ready completions, and submit pending SQEs if
 // `flush` (callers batch submissions across several Gs); never blocks.
 void reactor_poll(reactor* r, bool flush) noexcept;
-// reactor_try_poll(): as reactor_poll, but gives up if another thread is in it.
+// reactor_try_poll(): for sysmon: submit what is pending, then reap unless
+// another thread is reaping.
 void reactor_try_poll(reactor* r) noexcept;
 // reactor_wait(): sleep in the ring until a completion, a wake, or the deadline.
 void reactor_wait(reactor* r, std::optional<std::chrono::steady_clock::time_point> deadline) noexcept;
