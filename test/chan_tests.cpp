@@ -7,6 +7,8 @@
 // cooperative budget. Results are computed in tasks and checked here.
 #include <doctest/doctest.h>
 
+#include "test_support.hpp"
+
 #include <mpg/mpg.hpp>
 
 #include <algorithm>
@@ -21,21 +23,9 @@
 
 namespace {
 
-#ifndef __has_feature
-#define __has_feature(x) 0
-#endif
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__) || \
-    __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr int kScale = 1;
-#else
-constexpr int kScale = 4;
-#endif
+constexpr int kScale = mpg_test::kSanitized ? 1 : 4;
 
-// Yields up to n times so that other tasks get to run (never needed for
-// correctness, only to give a wrong implementation the chance to show it).
-mpg::task<void> yield_some(int n) {
-  for (int i = 0; i < n; ++i) co_await mpg::yield();
-}
+using mpg_test::yield_some;
 
 mpg::task<void> send_one(mpg::chan<int> c, int v, std::atomic<bool>* sent) {
   co_await c.send(v);

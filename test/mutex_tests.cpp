@@ -7,6 +7,8 @@
 // that hold the lock for more than 1 ms (starvation hand-off) stay exclusive.
 #include <doctest/doctest.h>
 
+#include "test_support.hpp"
+
 #include <mpg/mpg.hpp>
 
 #include <atomic>
@@ -16,19 +18,9 @@
 
 namespace {
 
-#ifndef __has_feature
-#define __has_feature(x) 0
-#endif
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__) || \
-    __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr int kScale = 1;
-#else
-constexpr int kScale = 5;
-#endif
+constexpr int kScale = mpg_test::kSanitized ? 1 : 5;
 
-mpg::task<void> yield_some(int n) {
-  for (int i = 0; i < n; ++i) co_await mpg::yield();
-}
+using mpg_test::yield_some;
 
 struct shared_counter {
   mpg::mutex m;

@@ -4,6 +4,8 @@
 // the readers queued behind it before the next writer; misuse throws.
 #include <doctest/doctest.h>
 
+#include "test_support.hpp"
+
 #include <mpg/mpg.hpp>
 
 #include <atomic>
@@ -13,15 +15,7 @@
 
 namespace {
 
-#ifndef __has_feature
-#define __has_feature(x) 0
-#endif
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__) || \
-    __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr int kScale = 1;
-#else
-constexpr int kScale = 5;
-#endif
+constexpr int kScale = mpg_test::kSanitized ? 1 : 5;
 
 mpg::task<std::string> readers_share_writers_exclude() {
   mpg::rwmutex rw;

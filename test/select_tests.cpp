@@ -8,6 +8,8 @@
 // plain and select senders and receivers on four channels.
 #include <doctest/doctest.h>
 
+#include "test_support.hpp"
+
 #include <mpg/mpg.hpp>
 
 #include <array>
@@ -20,19 +22,9 @@
 
 namespace {
 
-#ifndef __has_feature
-#define __has_feature(x) 0
-#endif
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__) || \
-    __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr int kScale = 1;
-#else
-constexpr int kScale = 4;
-#endif
+constexpr int kScale = mpg_test::kSanitized ? 1 : 4;
 
-mpg::task<void> yield_some(int n) {
-  for (int i = 0; i < n; ++i) co_await mpg::yield();
-}
+using mpg_test::yield_some;
 
 // -- Basics -----------------------------------------------------------------
 
