@@ -83,8 +83,16 @@ struct thread_cache {
 // for a shared library costs a __tls_get_addr call on every access.
 __attribute__((tls_model("initial-exec"))) thread_local thread_cache tls_cache;
 // Process-wide switch for perf comparisons; relaxed: it is set once before
-// any task runs and only selects a policy.
+// any task runs and only selects a policy. Off under AddressSanitizer, which
+// must see every frame freed to catch a use after free.
+#ifndef __has_feature
+#define __has_feature(x) 0
+#endif
+#if defined(__SANITIZE_ADDRESS__) || __has_feature(address_sanitizer)
+std::atomic<bool> g_cache_enabled{false};
+#else
 std::atomic<bool> g_cache_enabled{true};
+#endif
 
 inline std::size_t class_of(std::size_t total) noexcept { return (total - 1) / kGranule; }
 
@@ -170,6 +178,8 @@ void free_frame(void* frame, std::size_t size) noexcept {
 void release_frame_memory(frame_header* h) noexcept { recycle(h, h->size); }
 
 frame_cache_stats thread_frame_cache_stats() noexcept { return tls_cache.stats; }
+
+bool frame_cache_enabled() noexcept { return g_cache_enabled.load(std::memory_order_relaxed); }
 
 void set_frame_cache_enabled(bool enabled) noexcept {
   g_cache_enabled.store(enabled, std::memory_order_relaxed);

@@ -158,3 +158,36 @@ TEST_CASE("a killed task's handle is freed when dropped") {
   }  // drop: release_frame_memory (LSan/ASan check it)
   CHECK(dtors.load() == 1);
 }
+
+namespace {
+
+struct closes_on_destroy {
+  mpg::chan<int> c;
+  ~closes_on_destroy() { c.close(); }
+};
+
+mpg::task<void> parked_receiver(mpg::chan<int> c) { (void)co_await c.recv(); }
+
+mpg::task<void> parked_holding_closer(mpg::chan<int> c, mpg::chan<int> never) {
+  closes_on_destroy closer{c};
+  (void)co_await never.recv();
+}
+
+mpg::task<void> park_receiver_then_closer() {
+  mpg::chan<int> c, never;
+  mpg::go(parked_receiver(c), "receiver");                   // lower id: killed first
+  mpg::go(parked_holding_closer(c, never), "closer-holder");  // closes c when killed
+  for (int i = 0; i < 10; ++i) co_await mpg::yield();       // both park (one P)
+}
+
+}  // namespace
+
+TEST_CASE("a receiver killed at shutdown leaves its channel sound for a later close") {
+  // Without the unlink in ~recv_op, the close() run by the second task's
+  // destructor would walk the first task's freed waiter (ASan in CI).
+  {
+    mpg::runtime rt({.procs = 1});
+    rt.block_on(park_receiver_then_closer());
+    CHECK(rt.stats().live >= 2);
+  }
+}

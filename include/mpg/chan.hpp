@@ -321,6 +321,14 @@ class [[nodiscard]] recv_op : private detail::recv_node<T> {
 
   recv_op(recv_op&&) noexcept = default;
   recv_op& operator=(recv_op&&) = delete;
+  // Destroyed while still queued: only when its task is killed at runtime
+  // shutdown (detail/waitq.hpp, kQueued). Unlink, so the channel stays sound.
+  ~recv_op() {
+    if (this->queued()) [[unlikely]] {
+      detail::spin_guard lk(ch_->lock_);
+      ch_->recvq_.remove(this);
+    }
+  }
 
   bool await_ready() const noexcept { return false; }
 
@@ -383,6 +391,13 @@ class [[nodiscard]] send_op : private detail::send_node<T> {
 
   send_op(send_op&&) noexcept(std::is_nothrow_move_constructible_v<T>) = default;
   send_op& operator=(send_op&&) = delete;
+  // See ~recv_op().
+  ~send_op() {
+    if (this->queued()) [[unlikely]] {
+      detail::spin_guard lk(ch_->lock_);
+      ch_->sendq_.remove(this);
+    }
+  }
 
   bool await_ready() const noexcept { return false; }
 

@@ -73,6 +73,8 @@ frame_cache_stats thread_frame_cache_stats() noexcept;
 
 // The frame allocator can be switched to plain malloc/free to measure it
 // (perf/); the setting applies process-wide and must be set before any task.
+// It is off by default under AddressSanitizer, so that ASan sees frames freed.
 void set_frame_cache_enabled(bool enabled) noexcept;
+bool frame_cache_enabled() noexcept;
 
 }  // namespace mpg::detail

@@ -59,10 +59,20 @@ struct waiter {
     return std::bit_cast<std::source_location>(owner);
   }
 
+  // Bit 1 of owner: the waiter is in a waitq (set by push_*, cleared by
+  // every unlink, all under the queue's lock). An awaiter destroyed while
+  // still queued (its task killed at runtime shutdown) unlinks itself, so a
+  // later close() or send on that channel does not touch freed memory. Read
+  // without the lock only by the awaiter's own destructor: after a normal
+  // wake the waker's clear happens before ready(), hence before it.
+  static constexpr std::uintptr_t kQueued = 2;
+  static constexpr std::uintptr_t kTagMask = 3;
+  bool queued() const noexcept { return (owner & kQueued) != 0; }
+
   void set_g(g* gp) noexcept { owner = reinterpret_cast<std::uintptr_t>(gp); }
   void set_select(select_state* s) noexcept { owner = reinterpret_cast<std::uintptr_t>(s) | 1u; }
   select_state* sel() const noexcept {
-    return (owner & 1u) ? reinterpret_cast<select_state*>(owner & ~std::uintptr_t{1}) : nullptr;
+    return (owner & 1u) ? reinterpret_cast<select_state*>(owner & ~kTagMask) : nullptr;
   }
   // gp(): the G to ready (for a select case, the select's G).
   inline g* gp() const noexcept;
@@ -90,7 +100,7 @@ static_assert(sizeof(waiter) == 3 * sizeof(void*));
 
 inline g* waiter::gp() const noexcept {
   if (select_state* s = sel()) return s->gp;
-  return reinterpret_cast<g*>(owner);
+  return reinterpret_cast<g*>(owner & ~waiter::kTagMask);
 }
 
 // waitq: doubly linked FIFO of waiters. Not thread-safe: its owner's lock
@@ -101,6 +111,7 @@ class waitq {
   waiter* front() const noexcept { return first_; }
 
   void push_back(waiter* w) noexcept {
+    w->owner |= waiter::kQueued;
     w->next = nullptr;
     w->prev = last_;
     if (last_)
@@ -111,6 +122,7 @@ class waitq {
   }
 
   void push_front(waiter* w) noexcept {
+    w->owner |= waiter::kQueued;
     w->prev = nullptr;
     w->next = first_;
     if (first_)
@@ -131,6 +143,7 @@ class waitq {
     else
       last_ = nullptr;
     w->next = w->prev = nullptr;
+    w->owner &= ~waiter::kQueued;
     return w;
   }
 
@@ -173,13 +186,17 @@ class waitq {
       return;  // not queued (any more)
     }
     w->next = w->prev = nullptr;
+    w->owner &= ~waiter::kQueued;
   }
 
   // take_all(): the whole queue as a chain through `next` (prev cleared),
   // leaving the queue empty. For wake-all paths that ready after unlocking.
   waiter* take_all() noexcept {
     waiter* w = first_;
-    for (waiter* p = w; p; p = p->next) p->prev = nullptr;
+    for (waiter* p = w; p; p = p->next) {
+      p->prev = nullptr;
+      p->owner &= ~waiter::kQueued;
+    }
     first_ = last_ = nullptr;
     return w;
   }
