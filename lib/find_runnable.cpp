@@ -27,10 +27,7 @@
 
 namespace mpg::detail {
 
-void set_current_g(g* gp) noexcept;
-
 namespace {
-constexpr int kBudget = 128;
 constexpr std::uint32_t kMaxRunnextStreak = 32;
 constexpr int kStealTries = 4;
 constexpr int kSpinRounds = 32;

@@ -20,6 +20,10 @@ namespace mpg::detail {
 class processor;
 class scheduler;
 
+// Cooperative budget of a G's time slice: runtime awaits that complete
+// without suspending consume one unit each (g.hpp).
+inline constexpr int kBudget = 128;
+
 // parker: one M sleeps in park(), anyone calls unpark().
 // State: 0 = no permit, 1 = permit available. unpark() sets the permit and
 // wakes the futex; park() consumes it. A permit set before park() makes
@@ -73,5 +77,7 @@ class machine {
 // The M running on this thread (nullptr on other threads).
 machine* current_m() noexcept;
 void set_current_m(machine* m) noexcept;
+// The G this thread runs (current_g() in g.hpp reads it).
+void set_current_g(g* gp) noexcept;
 
 }  // namespace mpg::detail

@@ -55,11 +55,6 @@ void block_on_wait(scheduler* s, block_on_state* st) {
   // the last look; two such looks in a row mean every task waits on
   // something only another task could provide. Threads outside the runtime
   // are not counted as possible wakers (as documented in API.md).
-  struct waiting {
-    scheduler* s;
-    explicit waiting(scheduler* sc) : s(sc) { s->block_on_waiters.fetch_add(1, std::memory_order_relaxed); }
-    ~waiting() { s->block_on_waiters.fetch_sub(1, std::memory_order_relaxed); }
-  } w(s);
   std::uint64_t last_progress = 0;
   int quiet_looks = 0;
   std::unique_lock<std::mutex> l(st->mu);

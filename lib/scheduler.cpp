@@ -55,14 +55,12 @@ namespace {
 __attribute__((tls_model("initial-exec"))) thread_local g* tls_g = nullptr;
 __attribute__((tls_model("initial-exec"))) thread_local machine* tls_m = nullptr;
 
-constexpr int kBudget = 128;
 constexpr std::uint32_t kGidBatch = 1024;
 constexpr std::size_t kLocalGfreeMax = 128;
 }  // namespace
 
 machine* current_m() noexcept { return tls_m; }
 void set_current_m(machine* m) noexcept { tls_m = m; }
-void set_current_g(g* gp) noexcept;
 void set_current_g(g* gp) noexcept { tls_g = gp; }
 
 g* current_g() noexcept { return tls_g; }
@@ -134,8 +132,7 @@ bool consume_budget_now() noexcept {
   return --m->budget <= 0;
 }
 
-bool budget_exhausted() noexcept;
-bool budget_exhausted() noexcept {
+static bool budget_exhausted() noexcept {
   machine* m = tls_m;
   return m != nullptr && m->budget <= 0;
 }
@@ -320,7 +317,6 @@ g* scheduler::allocate_gs(processor* p) {
   std::lock_guard<std::mutex> l(allg_mu_);
   g_blocks_.push_back(g_block{std::move(block), n});
   for (std::size_t i = 1; i < n; ++i) p->gfree.push_back(fresh[i]);
-  gs_allocated_ += n;
   return fresh[0];
 }
 

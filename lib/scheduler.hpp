@@ -71,7 +71,6 @@ class scheduler {
   // run_timers(): fire p's due timers; returns the earliest remaining
   // deadline (ns) or INT64_MAX. Safe from any thread.
   std::int64_t run_timers(processor* p, std::int64_t now_ns) noexcept;
-  std::int64_t earliest_timer_ns() const noexcept;  // over all Ps
   // detach_timers(): shutdown; pending timers will never fire, and objects
   // that outlive the runtime may still cancel them safely.
   void detach_timers() noexcept;
@@ -86,8 +85,6 @@ class scheduler {
         .count();
   }
 
-  // block_on bookkeeping: plain threads waiting in block_on.
-  std::atomic<std::uint32_t> block_on_waiters{0};
 
  private:
   friend class find_runnable_impl;
@@ -143,7 +140,6 @@ class scheduler {
   };
   std::vector<g_block> g_blocks_ ABSL_GUARDED_BY(allg_mu_);
   std::uint64_t gid_next_ ABSL_GUARDED_BY(allg_mu_) = 1;
-  std::uint64_t gs_allocated_ ABSL_GUARDED_BY(allg_mu_) = 0;
 
   // Statistics (relaxed counters).
   std::atomic<std::uint64_t> foreign_spawned_{0};

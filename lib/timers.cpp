@@ -176,10 +176,5 @@ void scheduler::detach_timers() noexcept {
   }
 }
 
-std::int64_t scheduler::earliest_timer_ns() const noexcept {
-  std::int64_t e = INT64_MAX;
-  for (auto& p : ps_) e = std::min(e, p->timers.earliest_ns.load(std::memory_order_relaxed));
-  return e;
-}
 
 }  // namespace mpg::detail

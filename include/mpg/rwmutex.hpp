@@ -59,8 +59,10 @@ namespace mpg {
 
 class rwmutex {
  public:
-  class lock_awaiter;
-  class shared_awaiter;
+  template <bool Exclusive>
+  class acquire_awaiter;
+  using lock_awaiter = acquire_awaiter<true>;
+  using shared_awaiter = acquire_awaiter<false>;
 
   rwmutex() noexcept = default;
   rwmutex(const rwmutex&) = delete;
@@ -117,14 +119,15 @@ class rwmutex {
 
 // rwmutex::lock_awaiter / shared_awaiter: fast path in await_ready (then
 // the cooperative budget), slow path parks under qlock_ and resumes owning
-// the lock.
-class [[nodiscard]] rwmutex::lock_awaiter : private detail::waiter {
+// the lock. One template: they differ only in which side they take.
+template <bool Exclusive>
+class [[nodiscard]] rwmutex::acquire_awaiter : private detail::waiter {
  public:
-  lock_awaiter(rwmutex* m, std::source_location where) noexcept : m_(m), where_(where) {}
-  lock_awaiter(const lock_awaiter&) = delete;
-  lock_awaiter& operator=(const lock_awaiter&) = delete;
+  acquire_awaiter(rwmutex* m, std::source_location where) noexcept : m_(m), where_(where) {}
+  acquire_awaiter(const acquire_awaiter&) = delete;
+  acquire_awaiter& operator=(const acquire_awaiter&) = delete;
   bool await_ready() noexcept {
-    if (!m_->try_lock()) return false;
+    if (!(Exclusive ? m_->try_lock() : m_->try_lock_shared())) return false;
     acquired_ = true;
     return !detail::consume_budget_now();
   }
@@ -135,33 +138,7 @@ class [[nodiscard]] rwmutex::lock_awaiter : private detail::waiter {
       detail::requeue_current(h);
       return true;
     }
-    return m_->lock_slow(this, true, h, where_);
-  }
-  void await_resume() const noexcept {}
-
- private:
-  friend class rwmutex;
-  rwmutex* m_;
-  std::source_location where_;
-  bool acquired_ = false;
-};
-
-class [[nodiscard]] rwmutex::shared_awaiter : private detail::waiter {
- public:
-  shared_awaiter(rwmutex* m, std::source_location where) noexcept : m_(m), where_(where) {}
-  shared_awaiter(const shared_awaiter&) = delete;
-  shared_awaiter& operator=(const shared_awaiter&) = delete;
-  bool await_ready() noexcept {
-    if (!m_->try_lock_shared()) return false;
-    acquired_ = true;
-    return !detail::consume_budget_now();
-  }
-  bool await_suspend(std::coroutine_handle<> h) {
-    if (acquired_) {
-      detail::requeue_current(h);
-      return true;
-    }
-    return m_->lock_slow(this, false, h, where_);
+    return m_->lock_slow(this, Exclusive, h, where_);
   }
   void await_resume() const noexcept {}
 

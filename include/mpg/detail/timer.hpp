@@ -25,14 +25,12 @@ struct timer {
   void (*fire)(timer*) = nullptr;
   void* arg = nullptr;  // free for the owner's use
 
-  // Internal state (timers.cpp).
-  enum : std::uint32_t { kIdle = 0, kPending = 1, kFiring = 2, kFired = 3, kCancelled = 4 };
-  std::atomic<std::uint32_t> state{kIdle};
+  // Internal state (timers.cpp): heap_index >= 0 while queued.
   std::int32_t heap_index = -1;
   processor* owner = nullptr;
 };
 
-// add_timer(): schedule t (state kIdle, `when` and `fire` set) on the current
+// add_timer(): schedule t (not queued, `when` and `fire` set) on the current
 // P, or on a P of `s` when called outside a task (s == nullptr: the current
 // runtime; throws std::logic_error if there is none).
 void add_timer(timer* t, scheduler* s = nullptr);
