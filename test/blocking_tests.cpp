@@ -1,10 +1,11 @@
 // mpg::blocking hands its P over, and a P stuck in a long CPU-bound task
 // does not strand the timers of its heap (sysmon and spinning Ms run them).
 #include <doctest/doctest.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <stdexcept>
 #include <thread>
 
@@ -15,19 +16,24 @@ using steady = std::chrono::steady_clock;
 
 namespace {
 
-std::atomic<bool> g_flag{false};
+std::mutex g_mu;
+std::condition_variable g_cv;
+bool g_flag = false;  // guarded by g_mu
 
-// Blocks its OS thread until another task, which needs a P, sets the flag.
+// Blocks its OS thread on a condition variable until another task, which
+// needs a P, sets the flag (bounded: 10 s, then it reports failure).
 mpg::task<int> block_until_flag() {
   co_return co_await mpg::blocking([] {
-    for (int i = 0; i < 20000 && !g_flag.load(); ++i) usleep(500);  // bounded: 10 s
-    return g_flag.load() ? 1 : 0;
+    std::unique_lock<std::mutex> l(g_mu);
+    return g_cv.wait_for(l, 10s, [] { return g_flag; }) ? 1 : 0;
   });
 }
 
 mpg::task<void> set_flag_after_yields() {
   for (int i = 0; i < 10; ++i) co_await mpg::yield();
-  g_flag.store(true);
+  std::lock_guard<std::mutex> l(g_mu);
+  g_flag = true;
+  g_cv.notify_all();
 }
 
 mpg::task<int> blocking_with_one_p() {
@@ -74,7 +80,10 @@ mpg::task<latency> long_task_next_to_sleeper() {
 }  // namespace
 
 TEST_CASE("blocking keeps the only P running other tasks") {
-  g_flag.store(false);
+  {
+    std::lock_guard<std::mutex> l(g_mu);
+    g_flag = false;
+  }
   mpg::runtime rt({.procs = 1});
   CHECK(rt.block_on(blocking_with_one_p()) == 1);
 }
