@@ -36,10 +36,36 @@ struct mutex::wait_awaiter : detail::waiter {
   bool acquired = false;      // took the mutex in await_suspend
   bool handoff = false;       // unlock handed us the mutex (starvation mode)
 
+  // Destroyed while still queued: only when its task is killed at runtime
+  // shutdown (detail/waitq.hpp, kQueued; the plain read of the bit is
+  // argued there). Unlink, so that a later unlock() finds the queue and the
+  // state word sound.
+  ~wait_awaiter() {
+    if (queued()) [[unlikely]]
+      unqueue();
+  }
+
   bool await_ready() const noexcept { return false; }
   bool await_suspend(std::coroutine_handle<> h);
   void await_resume() const noexcept {}
+
+ private:
+  void unqueue() noexcept;
 };
+
+void mutex::wait_awaiter::unqueue() noexcept {
+  detail::spin_guard lk(m->qlock_);
+  if (!m->waiters_.remove(this)) return;  // a waker took us off meanwhile
+  if (!m->waiters_.empty()) return;
+  // We were the last waiter: keep "kWaiters iff the queue is non-empty" and
+  // "kStarving implies kWaiters" (else the next unlock() would hand the
+  // mutex to nobody). kLocked stays as it is: no ownership changes hands, so
+  // relaxed; the bits are re-read under qlock_ (wake_one, unlock_starving,
+  // lockers), and being an RMW, this keeps the release sequence of the last
+  // unlock intact for the next acquire CAS. An unlock() that read kStarving
+  // before this finds the queue empty in unlock_starving().
+  m->state_.fetch_and(~(kWaiters | kStarving), std::memory_order_relaxed);
+}
 
 bool mutex::wait_awaiter::await_suspend(std::coroutine_handle<> h) {
   detail::g* self = detail::current_g();
@@ -144,7 +170,15 @@ void mutex::unlock_starving() {
   detail::g* gp;
   {
     detail::spin_guard lk(qlock_);
-    auto* w = static_cast<wait_awaiter*>(waiters_.pop_front());  // kStarving implies waiters
+    auto* w = static_cast<wait_awaiter*>(waiters_.pop_front());
+    if (w == nullptr) {
+      // kStarving implies waiters, but a killed waiter (the last one) may
+      // have unlinked itself since unlock() read kStarving, clearing it and
+      // kWaiters (wait_awaiter::unqueue): nobody to hand to, so unlock as
+      // in normal mode with nobody waiting. Release: as in unlock().
+      state_.fetch_and(~kLocked, std::memory_order_release);
+      return;
+    }
     const bool last = waiters_.empty();
     const bool short_wait = now_ns() - w->start_ns < kStarvationNs;
     std::uint32_t s = state_.load(std::memory_order_relaxed);

@@ -22,6 +22,11 @@ bool once::wait_awaiter::await_suspend(std::coroutine_handle<> h) {
   return true;  // unlocking qlock_ publishes this waiter
 }
 
+void once::wait_awaiter::unqueue() noexcept {
+  detail::spin_guard lk(self->qlock_);
+  self->waiters_.remove(this);  // a no-op if finish() took it off meanwhile
+}
+
 void once::finish() noexcept {
   detail::waiter* chain;
   {

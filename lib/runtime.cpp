@@ -6,14 +6,23 @@
 //   2. Each M returns from its current G (a G that never suspends would hold
 //      its M: mpg cannot preempt), sees stopping_ and exits; all are joined.
 //   3. Each P's ring cancels what is in flight and reaps the last completions.
-//   4. Every G still live (runnable or waiting) is killed: its root frame is
+//   4. Timers still pending are detached from their (soon freed) Ps: every
+//      heap is emptied and each timer forgets its P, so it will never fire
+//      and cancel_timer() on it returns false without touching the runtime
+//      (timers.cpp, "Shutdown"). This comes before step 6: a timer may live
+//      in a frame that step 6 frees (a sleep's awaiter, a bare timer), and
+//      the heaps must not point into freed frames when anything (step 6's
+//      destructors cancelling their own timers, or the detach itself) next
+//      walks them. An after() channel or a context that outlives the
+//      runtime can still be dropped.
+//   5. The tasks still live are reported on stderr: their number, ids, names.
+//   6. Every G still live (runnable or waiting) is killed: its root frame is
 //      destroyed, which destroys the whole chain of frames it awaits. A frame
 //      whose join_handle is still held elsewhere keeps its memory until that
 //      handle is dropped (frame.hpp, kJoinKilled). Destructors that ready
 //      other Gs during this only queue them; nothing runs any more.
-//   5. The killed tasks are reported on stderr: their number, ids and names.
-//   6. Timers still pending are detached from their (soon freed) Ps, so a
-//      channel from after() that outlives the runtime can still be dropped.
+// Steps 4 to 6 are kill_remaining(), which detaches the timers itself so
+// that no caller can kill frames with their timers still queued.
 #include <condition_variable>
 #include <mutex>
 
@@ -78,6 +87,12 @@ void throw_block_on_inside_task() {
 }
 
 void scheduler::kill_remaining(std::ostream& report) {
+  // Step 4 first, before any frame is destroyed (see the top of the file).
+  // No M runs (stop() joined them and sysmon), so no timer fires or is
+  // added while we detach and kill: add_timer() finds this runtime only on
+  // one of its Ms (add_timer(t, s) naming a runtime being destroyed, from
+  // another thread, is a misuse like any use of an object being destroyed).
+  detach_timers();
   std::vector<g*> live;
   {
     std::lock_guard<std::mutex> l(allg_mu_);
@@ -202,8 +217,7 @@ runtime::runtime(runtime_options opts) : sched_(new detail::scheduler(opts)) {}
 runtime::~runtime() {
   sched_->stop();
   for (unsigned i = 0; i < sched_->procs(); ++i) detail::reactor_shutdown(sched_->p_at(i)->io.get());
-  sched_->kill_remaining(std::cerr);
-  sched_->detach_timers();
+  sched_->kill_remaining(std::cerr);  // detaches the timers, then kills
   delete sched_;
 }
 

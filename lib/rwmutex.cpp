@@ -45,6 +45,45 @@ bool rwmutex::lock_slow(detail::waiter* w, bool writer, std::coroutine_handle<> 
   return true;  // unlocking qlock_ publishes w
 }
 
+void rwmutex::unqueue(detail::waiter* w, bool writer) noexcept {
+  detail::waiter* chain = nullptr;
+  {
+    detail::spin_guard lk(qlock_);
+    detail::waitq& q = writer ? writers_ : readers_;
+    if (!q.remove(w)) return;  // a waker took it off meanwhile
+    if (!q.empty()) return;
+    if (!writer) {
+      // Relaxed: only announces the queue (kReaderWait is read under qlock_,
+      // and unlock()'s fast path merely fails on it); an RMW, so the release
+      // sequence the next owner acquires from stays intact.
+      state_.fetch_and(~kReaderWait, std::memory_order_relaxed);
+      return;
+    }
+    // The last queued writer is gone. kWriter is stable here: with
+    // kWriterWait set, the fast paths cannot take or drop it and the slow
+    // paths need qlock_. Only unlock_shared() may change the reader count.
+    std::uint32_t s = state_.load(std::memory_order_relaxed);
+    if (s & kWriter) {
+      // The holder's unlock() admits the queued readers. Relaxed: as above.
+      state_.fetch_and(~kWriterWait, std::memory_order_relaxed);
+      return;
+    }
+    // Readers hold the lock (or the last one is on its way out): admit the
+    // readers queued behind the dead writer alongside them.
+    std::uint32_t n = 0;
+    chain = readers_.take_all();
+    for (detail::waiter* r = chain; r; r = r->next) ++n;
+    // Acquire: the admitted readers must see the last writer's section; its
+    // release (store or CAS) heads the release sequence we read from, and
+    // ready() passes it on to them. Retried only for concurrent
+    // unlock_shared() decrements.
+    while (!state_.compare_exchange_weak(s, (s & kReaders) + n, std::memory_order_acquire,
+                                         std::memory_order_relaxed)) {
+    }
+  }
+  detail::ready_chain(chain);
+}
+
 void rwmutex::unlock() {
   std::uint32_t s = kWriter;
   // Release: publishes the writer's section to the next owner.
@@ -90,9 +129,15 @@ void rwmutex::unlock_shared() {
   detail::g* gp;
   {
     detail::spin_guard lk(qlock_);
-    detail::waiter* w = writers_.pop_front();  // kWriterWait: non-empty
-    // Stable: readers queue on kWriterWait, writers' fast path needs 0.
     const std::uint32_t cur = state_.load(std::memory_order_relaxed);
+    // Always "no reader, no writer, a writer queued", unless the queued
+    // writers were killed (unqueue) since our CAS: the last of them
+    // admitted the queued readers or left the lock free, and someone may
+    // have taken it since. Then the lock is no longer ours to hand over.
+    if ((cur & (kReaders | kWriter)) != 0 || writers_.empty()) return;
+    // Stable from here: readers queue on kWriterWait, writers' fast path
+    // needs 0, and unqueue() needs qlock_.
+    detail::waiter* w = writers_.pop_front();
     const std::uint32_t ns =
         kWriter | (cur & kReaderWait) | (writers_.empty() ? 0 : kWriterWait);
     state_.store(ns, std::memory_order_release);

@@ -34,6 +34,16 @@ bool semaphore::acquire_slow(detail::waiter* w, std::coroutine_handle<> h,
   return true;  // unlocking qlock_ publishes w
 }
 
+void semaphore::unqueue(detail::waiter* w) noexcept {
+  detail::spin_guard lk(qlock_);
+  if (!waiters_.remove(w)) return;  // a releaser took it off meanwhile
+  // The last waiter: keep "kWaiters iff the queue is non-empty". Relaxed: no
+  // permit changes hands (permits stay 0); releasers re-read the flag under
+  // qlock_, and one that read it before this finds the queue empty and
+  // returns its permit with its own release CAS (release()).
+  if (waiters_.empty()) state_.fetch_and(~kWaiters, std::memory_order_relaxed);
+}
+
 void semaphore::release() {
   std::int64_t s = state_.load(std::memory_order_relaxed);
   for (;;) {

@@ -16,6 +16,27 @@
 //     cancel_timer() can wait for fire() to return.
 // A timer added to a P that sleeps (idle, or parked until its old earliest
 // deadline) wakes that P so that it recomputes its deadline.
+//
+// Shutdown. ~runtime kills the tasks still live by destroying their frames,
+// and timers live wherever their owner put them: in a frame (a sleep's
+// awaiter; a bare timer in a test), or on the heap (an after() channel's
+// state, a context node), which may outlive the runtime. So the kill path
+// detaches every timer first (detach_timers(), called by kill_remaining()
+// before it destroys any frame): the heaps are emptied and each timer's
+// owner is cleared, so a pending timer never fires and cancel_timer() on it
+// returns false without touching a P. Then no heap points into a frame when
+// the frame is freed, whoever owns the timer and whichever destructor runs
+// next: a heap owner destroyed by the kill (the last handle to an after()
+// channel was in a killed frame) or long after it finds its timer detached.
+// Rejected: cancelling from the owners' destructors, as channel waiters
+// unlink themselves from their wait queues (waitq.hpp). Wait queues live in
+// user objects that the runtime cannot enumerate, so there each waiter must
+// clean up after itself; the timer heaps belong to the runtime, and one
+// pass over them covers every owner, including bare timers with no
+// destructor and owners yet to be written. Destructor cancellation would
+// also cost every sleep a flag (the destructor cannot otherwise tell a
+// fired timer from a pending one without the heap lock) and still need the
+// detach for heap owners that outlive the runtime.
 #include <mutex>
 
 #include <thread>
@@ -165,6 +186,16 @@ std::int64_t scheduler::run_timers(processor* p, std::int64_t now) noexcept {
 }
 
 void scheduler::detach_timers() noexcept {
+  // Shutdown (see the top of the file), before any frame is destroyed.
+  // Memory ordering: stop() has joined every M and sysmon, so every
+  // run_timers(), add_timer() and cancel_timer() they made happens-before
+  // this (thread join); no runner is active, and firing_now is null. The
+  // lock is still taken because it guards the heap (and costs nothing
+  // here). The plain stores to owner and heap_index are read afterwards
+  // only by this thread (destructors run by kill_remaining, sequenced
+  // after) or by threads that drop a heap owner after ~runtime returned,
+  // which must be ordered after it by the program anyway: a cancel_timer()
+  // racing with ~runtime could lock a P being freed (timer.hpp forbids it).
   for (auto& p : ps_) {
     std::lock_guard<std::mutex> l(p->timers.mu);
     for (timer* t : p->timers.heap) {

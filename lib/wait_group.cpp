@@ -24,6 +24,11 @@ void wait_group::add(std::int64_t delta) {
   detail::ready_chain(chain);
 }
 
+void wait_group::unqueue(detail::waiter* w) noexcept {
+  detail::spin_guard lk(qlock_);
+  waiters_.remove(w);  // a no-op if add() took it off meanwhile
+}
+
 bool wait_group::wait_slow(detail::waiter* w, std::coroutine_handle<> h,
                            const std::source_location& where) {
   detail::g* self = detail::current_g();

@@ -4,8 +4,13 @@
 // grandchildren (with the parent's cause) but never parents or siblings;
 // a child of a cancelled parent is born cancelled; deadlines cancel with
 // kDeadlineExceeded no earlier than the deadline and propagate down;
-// done().recv() works as a select case; dropped children are freed.
+// done().recv() works as a select case; dropped children are freed; tasks
+// killed at shutdown while waiting on done() leave it sound for a cancel;
+// a deadline context dropped by a killed task cancels its timer soundly
+// after a killed sleeper's.
 #include <doctest/doctest.h>
+
+#include "test_support.hpp"
 
 #include <mpg/mpg.hpp>
 
@@ -182,6 +187,60 @@ TEST_CASE("cancel from plain threads while contexts are created and dropped conc
     auto [after, ca] = mpg::with_cancel(root);
     CHECK(after.cancelled());
   }
+}
+
+// Shutdown: ~runtime kills the tasks still parked and frees their frames.
+// Tasks killed while waiting on done() (plainly or in a select) must leave
+// the done channel without their waiters, or a cancel() after the runtime is
+// gone closes it over freed memory (ASan, where the frame cache is off). The
+// deadline timer armed on the dead runtime must not fire or be touched.
+mpg::task<mpg::context> park_on_done(mpg::context parent) {
+  auto [ctx, cancel] = mpg::with_timeout(parent, 1h);
+  (void)cancel;  // dropped: the parent's cancel_func cancels ctx
+  mpg::go([](mpg::context ctx) -> mpg::task<void> {
+    (void)co_await ctx.done().recv();
+  }(ctx), "done waiter");
+  mpg::go([](mpg::context ctx) -> mpg::task<void> {
+    mpg::chan<int> never;
+    (void)co_await mpg::select(never.recv(), ctx.done().recv());
+  }(ctx), "select waiter");
+  co_await mpg_test::yield_some(10);  // both park (one P)
+  co_return ctx;
+}
+
+TEST_CASE("context: tasks killed at shutdown waiting on done() leave it sound for a later cancel") {
+  auto [root, cancel] = mpg::with_cancel(mpg::background());
+  mpg::context ctx;
+  {
+    mpg::runtime rt({.procs = 1});
+    ctx = rt.block_on(park_on_done(root));
+    REQUIRE(mpg_test::dump_shows(rt, "chan receive"));
+    REQUIRE(mpg_test::dump_shows(rt, "select"));
+  }  // kills both waiters
+  cancel();
+  CHECK(ctx.cancelled());
+  CHECK(done_closed(ctx));
+}
+
+// A task killed at shutdown holding the only handle to a deadline context
+// cancels its timer (~context_node) while the runtime kills tasks. A sleeper
+// killed before it (lower id) had its timer in the same heap, below the
+// context's (later deadline): the cancel moves it, so it must be out of the
+// heap before its frame is freed (ASan, where the frame cache is off).
+mpg::task<void> park_sleeper_then_deadline_holder() {
+  mpg::go([]() -> mpg::task<void> { co_await mpg::sleep_for(2h); }(), "sleeper");
+  mpg::go([]() -> mpg::task<void> {
+    auto [ctx, cancel] = mpg::with_timeout(mpg::background(), 1h);
+    (void)co_await ctx.done().recv();
+  }(), "deadline holder");
+  co_await mpg_test::yield_some(10);  // both park (one P)
+}
+
+TEST_CASE("context: a deadline dropped by a task killed at shutdown cancels soundly after a killed sleeper") {
+  mpg::runtime rt({.procs = 1});
+  rt.block_on(park_sleeper_then_deadline_holder());
+  REQUIRE(mpg_test::dump_shows(rt, "sleep"));
+  REQUIRE(mpg_test::dump_shows(rt, "chan receive"));
 }
 
 }  // namespace

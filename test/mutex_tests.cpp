@@ -4,7 +4,9 @@
 // unlock of an unlocked mutex throws; a task other than the locker may
 // unlock; parked waiters are all served; starvation mode bounds how long a
 // waiter can be overtaken by a task that relocks in a loop; and sections
-// that hold the lock for more than 1 ms (starvation hand-off) stay exclusive.
+// that hold the lock for more than 1 ms (starvation hand-off) stay exclusive;
+// a locker killed at shutdown, also one in starvation mode, leaves the
+// mutex sound for a later unlock.
 #include <doctest/doctest.h>
 
 #include "test_support.hpp"
@@ -13,6 +15,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -229,6 +232,70 @@ mpg::task<std::string> lock_yields_on_budget() {
 TEST_CASE("mutex: uncontended lock() still honours the cooperative budget") {
   mpg::runtime rt({.procs = 1});
   CHECK(rt.block_on(lock_yields_on_budget()) == "ok");
+}
+
+// Shutdown: ~runtime kills the tasks still parked and frees their frames. A
+// locker killed while queued must unlink its waiter, or a later unlock()
+// (from a destructor run later in the same shutdown, or after the runtime
+// is gone) reads the freed waiter (ASan, where the frame cache is off).
+
+mpg::task<void> park_in_lock(mpg::mutex* m) {
+  co_await m->lock();
+  m->unlock();  // not reached: killed while parked
+}
+
+// Takes over the mutex the caller locked (a mutex is not tied to a task)
+// and parks for good; killing it runs ~guard, which unlocks.
+mpg::task<void> hold_until_killed(mpg::mutex* m, mpg::chan<int> never) {
+  mpg::mutex::guard g(m);
+  (void)co_await never.recv();
+}
+
+mpg::task<void> park_locker_then_holder(mpg::mutex* m) {
+  mpg::chan<int> never;
+  if (!m->try_lock()) throw std::logic_error("mutex not free");
+  mpg::go(park_in_lock(m), "locker");              // lower id: killed first
+  mpg::go(hold_until_killed(m, never), "holder");  // unlocks m when killed
+  co_await yield_some(10);                         // both park (one P)
+}
+
+TEST_CASE("mutex: a locker killed at shutdown leaves the mutex sound for a later unlock") {
+  mpg::mutex m;
+  {
+    mpg::runtime rt({.procs = 1});
+    rt.block_on(park_locker_then_holder(&m));
+    REQUIRE(mpg_test::dump_shows(rt, "mutex lock"));
+  }  // kills the locker, then the holder, whose ~guard unlocks m
+  CHECK(m.try_lock());
+  m.unlock();
+}
+
+// A waiter that was woken, lost the mutex to a barging locker after waiting
+// more than 1 ms, and went back to the queue has switched the mutex to
+// starvation mode. Killed there, it must take kWaiters and kStarving with
+// it, or the next unlock() would hand the mutex to the freed waiter.
+mpg::task<void> park_starving_locker(mpg::mutex* m) {
+  if (!m->try_lock()) throw std::logic_error("mutex not free");
+  mpg::go(park_in_lock(m), "starving locker");
+  co_await yield_some(10);  // the locker parks (one P)
+  // Past the starvation threshold (1 ms) since it parked; not a sync sleep.
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(2);
+  while (std::chrono::steady_clock::now() < until) mpg::detail::cpu_relax();
+  m->unlock();  // readies the locker, which loses to this barging relock:
+  if (!m->try_lock()) throw std::logic_error("barging try_lock failed");
+  co_await yield_some(10);  // it retries, finds m locked, starves, parks at the front
+}
+
+TEST_CASE("mutex: a starving waiter killed at shutdown takes starvation mode with it") {
+  mpg::mutex m;
+  {
+    mpg::runtime rt({.procs = 1});
+    rt.block_on(park_starving_locker(&m));
+    REQUIRE(mpg_test::dump_shows(rt, "mutex lock"));
+  }  // kills the locker; m stays locked (by the finished block_on task)
+  m.unlock();
+  CHECK(m.try_lock());  // not left in starvation mode
+  m.unlock();
 }
 
 }  // namespace

@@ -1,8 +1,11 @@
 // test/once_tests.cpp: mpg::once. f runs exactly once among many concurrent
 // callers, and every caller returns only after f has completed (f awaits in
 // the middle, so callers really do wait); a plain void function works; an
-// exception reaches the first caller only and the once counts as done.
+// exception reaches the first caller only and the once counts as done; a
+// caller killed at shutdown leaves the once sound for f's finish.
 #include <doctest/doctest.h>
+
+#include "test_support.hpp"
 
 #include <mpg/mpg.hpp>
 
@@ -87,6 +90,46 @@ mpg::task<std::string> once_exception() {
 TEST_CASE("once: an exception reaches the first caller; the once is then done") {
   mpg::runtime rt({.procs = 2});
   CHECK(rt.block_on(once_exception()) == "ok");
+}
+
+// Shutdown: ~runtime kills the tasks still parked and frees their frames. A
+// caller killed while it waits for f must unlink itself, or f's finish,
+// which readies every waiter, walks the freed waiter (ASan, where the frame
+// cache is off). f runs on another runtime, which lives on.
+mpg::task<void> start_runner(mpg::once* o, mpg::chan<int> started, mpg::chan<int> proceed) {
+  mpg::go([](mpg::once* o, mpg::chan<int> started, mpg::chan<int> proceed) -> mpg::task<void> {
+    co_await o->call([&]() -> mpg::task<> {
+      co_await started.send(1);
+      (void)co_await proceed.recv();
+    });
+  }(o, started, proceed), "runner");
+  (void)co_await started.recv();  // f is running
+}
+
+mpg::task<void> park_caller(mpg::once* o) {
+  mpg::go([](mpg::once* o) -> mpg::task<void> {
+    co_await o->call([] {});  // f runs elsewhere: waits
+  }(o), "caller");
+  co_await mpg_test::yield_some(10);  // it parks (one P)
+}
+
+mpg::task<bool> let_f_finish(mpg::once* o, mpg::chan<int> proceed) {
+  co_await proceed.send(1);
+  co_await o->call([] {});  // waits for f, like any caller
+  co_return o->done();
+}
+
+TEST_CASE("once: a caller killed at shutdown while f runs elsewhere leaves the once sound") {
+  mpg::once o;
+  mpg::chan<int> started(1), proceed(1);
+  mpg::runtime a({.procs = 1});
+  a.block_on(start_runner(&o, started, proceed));
+  {
+    mpg::runtime b({.procs = 1});
+    b.block_on(park_caller(&o));
+    REQUIRE(mpg_test::dump_shows(b, "once"));
+  }  // kills the queued caller
+  CHECK(a.block_on(let_f_finish(&o, proceed)));
 }
 
 }  // namespace

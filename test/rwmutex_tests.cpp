@@ -1,7 +1,9 @@
 // test/rwmutex_tests.cpp: mpg::rwmutex. Readers share, writers exclude
 // everyone (checked on plain, non-atomic data); a waiting writer blocks new
 // readers, so a stream of readers cannot starve it; a writer's unlock admits
-// the readers queued behind it before the next writer; misuse throws.
+// the readers queued behind it before the next writer; misuse throws; a
+// waiter killed at shutdown leaves the lock sound, and a killed writer lets
+// the readers queued behind it in.
 #include <doctest/doctest.h>
 
 #include "test_support.hpp"
@@ -211,6 +213,69 @@ mpg::task<std::string> writer_unlock_admits_queued_readers() {
 TEST_CASE("rwmutex: a writer's unlock admits the queued readers before the next writer") {
   mpg::runtime rt({.procs = 1});
   CHECK(rt.block_on(writer_unlock_admits_queued_readers()) == "ok");
+}
+
+// Shutdown: ~runtime kills the tasks still parked and frees their frames. A
+// waiter killed while queued must unlink itself, or a later unlock reads
+// the freed waiter (ASan, where the frame cache is off).
+
+mpg::task<void> park_reader(mpg::rwmutex* rw) {
+  co_await rw->lock_shared();
+  rw->unlock_shared();  // not reached when killed while parked
+}
+
+mpg::task<void> park_writer(mpg::rwmutex* rw) {
+  co_await rw->lock();
+  rw->unlock();  // not reached: killed while parked
+}
+
+mpg::task<void> go_and_park(mpg::task<void> t, const char* name) {
+  mpg::go(std::move(t), name);
+  co_await mpg_test::yield_some(10);  // it parks (one P)
+}
+
+TEST_CASE("rwmutex: a reader killed at shutdown leaves the rwmutex sound for the writer's unlock") {
+  mpg::rwmutex rw;
+  REQUIRE(rw.try_lock());  // a writer holds it from outside any runtime
+  {
+    mpg::runtime rt({.procs = 1});
+    rt.block_on(go_and_park(park_reader(&rw), "reader"));
+    REQUIRE(mpg_test::dump_shows(rt, "rwmutex lock_shared"));
+  }  // kills the queued reader
+  rw.unlock();
+  CHECK(rw.try_lock_shared());
+  rw.unlock_shared();
+  CHECK(rw.try_lock());
+  rw.unlock();
+}
+
+// Readers queued behind a writer must not wait for it once it is killed: its
+// awaiter's unlink admits them (here they belong to another runtime, which
+// lives on).
+mpg::task<void> reader_reports(mpg::rwmutex* rw, mpg::chan<int> admitted) {
+  co_await rw->lock_shared();
+  rw->unlock_shared();
+  co_await admitted.send(1);
+}
+
+TEST_CASE("rwmutex: a writer killed at shutdown admits the readers queued behind it") {
+  mpg::rwmutex rw;
+  mpg::chan<int> admitted(1);
+  REQUIRE(rw.try_lock_shared());  // a reader holds it from outside any runtime
+  mpg::runtime a({.procs = 1});
+  {
+    mpg::runtime b({.procs = 1});
+    b.block_on(go_and_park(park_writer(&rw), "writer"));
+    REQUIRE(mpg_test::dump_shows(b, "rwmutex lock"));
+    a.block_on(go_and_park(reader_reports(&rw, admitted), "reader"));
+    REQUIRE(mpg_test::dump_shows(a, "rwmutex lock_shared"));
+  }  // kills the writer, queued behind our reader and ahead of a's reader
+  rw.unlock_shared();
+  CHECK(a.block_on([](mpg::chan<int> c) -> mpg::task<int> {
+          co_return (co_await c.recv()).value_or(0);
+        }(admitted)) == 1);
+  CHECK(rw.try_lock());
+  rw.unlock();
 }
 
 }  // namespace

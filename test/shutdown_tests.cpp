@@ -1,8 +1,9 @@
 // test/shutdown_tests.cpp: ~runtime with tasks still alive. Parked and
 // runnable tasks are destroyed (their frames, and every frame they await,
 // run their destructors and are freed: LSan in the ASan build checks the
-// freeing), and a join_handle that outlives its runtime can still be
-// dropped. The shutdown report goes to stderr.
+// freeing), a join_handle that outlives its runtime can still be
+// dropped, and sleepers killed on every P leave no timer in a freed frame.
+// The shutdown report goes to stderr.
 #include <doctest/doctest.h>
 
 #include <mpg/mpg.hpp>
@@ -190,4 +191,31 @@ TEST_CASE("a receiver killed at shutdown leaves its channel sound for a later cl
     rt.block_on(park_receiver_then_closer());
     CHECK(rt.stats().live >= 2);
   }
+}
+
+namespace {
+
+mpg::task<void> sleep_long(std::atomic<int>* dtors, std::atomic<int>* started, int i) {
+  counted c{dtors};
+  started->fetch_add(1);
+  // Distinct deadlines, so the timers are spread through the heaps.
+  co_await mpg::sleep_for(std::chrono::hours(1) + std::chrono::seconds(i % 7));
+}
+
+}  // namespace
+
+TEST_CASE("~runtime kills sleepers on every P without touching their freed timers") {
+  // The timers live in the sleepers' frames; the runtime must take them out
+  // of the P heaps before it frees the frames (ASan: the frame cache is
+  // off there). An M cannot be preempted, so a sleeper that has started is
+  // parked with its timer armed by the time ~runtime has stopped the Ms.
+  constexpr int kSleepers = 64;
+  std::atomic<int> dtors{0};
+  std::atomic<int> started{0};
+  {
+    mpg::runtime rt({.procs = 2});
+    for (int i = 0; i < kSleepers; ++i) rt.go(sleep_long(&dtors, &started, i), "sleeper");
+    REQUIRE(wait_until([&] { return started.load() == kSleepers; }));
+  }
+  CHECK(dtors.load() == kSleepers);
 }

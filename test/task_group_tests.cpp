@@ -1,8 +1,11 @@
 // test/task_group_tests.cpp: mpg::task_group (Go's errgroup). wait()
 // returns OK when all succeed; the first error is returned and cancels the
 // group's context, which the other tasks observe; an exception propagates
-// through wait(); the parent's cancellation reaches the group's context.
+// through wait(); the parent's cancellation reaches the group's context; a
+// task killed at shutdown in wait() leaves the group sound.
 #include <doctest/doctest.h>
+
+#include "test_support.hpp"
 
 #include <mpg/mpg.hpp>
 
@@ -129,6 +132,42 @@ mpg::task<std::string> group_dropped_before_tasks_end() {
 TEST_CASE("task_group: may be destroyed before its tasks finish") {
   mpg::runtime rt({.procs = 2});
   CHECK(rt.block_on(group_dropped_before_tasks_end()) == "ok");
+}
+
+// Shutdown: ~runtime kills the tasks still parked and frees their frames. A
+// task killed in wait() must leave the group's wait_group without its
+// waiter, or the last member's done() walks the freed waiter (ASan, where
+// the frame cache is off). The member runs on another runtime.
+mpg::task<void> spawn_member(mpg::task_group* g, mpg::chan<int> proceed) {
+  g->spawn([](mpg::chan<int> proceed) -> mpg::task<absl::Status> {
+    (void)co_await proceed.recv();
+    co_return absl::OkStatus();
+  }(proceed), "member");
+  co_return;
+}
+
+mpg::task<void> park_group_waiter(mpg::task_group* g) {
+  mpg::go([](mpg::task_group* g) -> mpg::task<void> { (void)co_await g->wait(); }(g), "waiter");
+  co_await mpg_test::yield_some(10);  // it parks (one P)
+}
+
+mpg::task<bool> let_member_finish(mpg::task_group* g, mpg::chan<int> proceed) {
+  co_await proceed.send(1);
+  absl::Status s = co_await g->wait();
+  co_return s.ok();
+}
+
+TEST_CASE("task_group: a task killed at shutdown in wait() leaves the group sound") {
+  mpg::task_group g;
+  mpg::chan<int> proceed(1);
+  mpg::runtime a({.procs = 1});
+  a.block_on(spawn_member(&g, proceed));
+  {
+    mpg::runtime b({.procs = 1});
+    b.block_on(park_group_waiter(&g));
+    REQUIRE(mpg_test::dump_shows(b, "wait_group wait"));
+  }  // kills the waiter
+  CHECK(a.block_on(let_member_finish(&g, proceed)));
 }
 
 }  // namespace

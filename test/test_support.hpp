@@ -3,6 +3,10 @@
 
 #include "mpg/mpg.hpp"
 
+#include <sstream>
+#include <string>
+#include <string_view>
+
 namespace mpg_test {
 
 #ifndef __has_feature
@@ -21,6 +25,15 @@ inline constexpr bool kSanitized = false;
 // show it).
 inline mpg::task<void> yield_some(int n) {
   for (int i = 0; i < n; ++i) co_await mpg::yield();
+}
+
+// dump_shows(): some task of rt is parked with wait reason `reason` (as the
+// task dump prints it). Shutdown tests check with it, before destroying the
+// runtime, that the task they mean to kill is parked where they think.
+inline bool dump_shows(const mpg::runtime& rt, std::string_view reason) {
+  std::ostringstream os;
+  rt.dump(os);
+  return os.str().find(": " + std::string(reason) + " at ") != std::string::npos;
 }
 
 }  // namespace mpg_test

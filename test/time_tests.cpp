@@ -2,8 +2,12 @@
 // guarantee is checked: nothing resumes or fires before its deadline (how
 // much later depends on the machine). Also: deadlines already past do not
 // wait, many concurrent sleepers all wake, an unfired after() channel can be
-// dropped (its timer is cancelled), and misuse outside a runtime throws.
+// dropped (its timer is cancelled), misuse outside a runtime throws, and
+// tasks killed at shutdown while sleeping (or holding an after() channel,
+// plainly or in a select) leave no freed timer in a P's heap.
 #include <doctest/doctest.h>
+
+#include "test_support.hpp"
 
 #include <mpg/mpg.hpp>
 
@@ -169,6 +173,59 @@ TEST_CASE("after() channels and deadline contexts may outlive their runtime") {
   fired = mpg::chan<clock_type::time_point>();
   deadline_ctx = mpg::context();
   fired_ctx = mpg::context();
+}
+
+}  // namespace
+
+// Shutdown: ~runtime kills the tasks still parked and frees their frames. A
+// sleep's timer lives in its awaiter, in the frame: the P's heap must be rid
+// of it before the frame goes, or whatever touches the heap next (detaching
+// the timers, or cancelling another timer from a destructor run later in
+// the same shutdown) writes to freed memory (ASan, where the frame cache is
+// off so that ASan sees frame frees).
+namespace {
+
+mpg::task<void> park_sleepers() {
+  mpg::go([]() -> mpg::task<void> { co_await mpg::sleep_for(1h); }(), "sleep_for");
+  mpg::go([]() -> mpg::task<void> { co_await mpg::sleep_until(clock_type::now() + 1h); }(),
+          "sleep_until");
+  co_await mpg_test::yield_some(10);  // both park (one P)
+}
+
+TEST_CASE("tasks killed at shutdown in sleep_for and sleep_until leave no timer behind") {
+  {
+    mpg::runtime rt({.procs = 1});
+    rt.block_on(park_sleepers());
+    REQUIRE(mpg_test::dump_shows(rt, "sleep"));
+    CHECK(rt.stats().live >= 2);
+  }  // kills both sleepers; their timers were still in the heap
+}
+
+// The sleeper parks first (lower id: killed first) and sleeps longer, so
+// the after() timers sit above it in the heap: cancelling them (by the
+// later-killed tasks' destructors) moves the sleeper's timer up.
+mpg::task<void> park_sleeper_then_after_holders() {
+  mpg::go([]() -> mpg::task<void> { co_await mpg::sleep_for(2h); }(), "sleeper");
+  mpg::go([]() -> mpg::task<void> {
+    mpg::chan<int> never;
+    (void)co_await mpg::select(never.recv(), mpg::after(1h).recv());
+  }(), "select with after");
+  mpg::go([]() -> mpg::task<void> {
+    mpg::chan<clock_type::time_point> t = mpg::after(1h);
+    mpg::chan<int> never;
+    (void)co_await never.recv();
+  }(), "after holder");
+  co_await mpg_test::yield_some(10);  // all three park (one P)
+}
+
+TEST_CASE("a sleeper killed at shutdown leaves the heap sound for after() timers cancelled later") {
+  {
+    mpg::runtime rt({.procs = 1});
+    rt.block_on(park_sleeper_then_after_holders());
+    REQUIRE(mpg_test::dump_shows(rt, "sleep"));
+    REQUIRE(mpg_test::dump_shows(rt, "select"));
+    REQUIRE(mpg_test::dump_shows(rt, "chan receive"));
+  }  // kills the sleeper, then drops both after() channels (cancel_timer)
 }
 
 }  // namespace

@@ -1,8 +1,11 @@
 // test/timer_tests.cpp: the per-P timers of mpg/detail/timer.hpp used
 // directly: deadlines are honoured, cancelled timers stay silent, a P fires
 // its timers in deadline order, a parked task is readied by a fire callback,
-// and timers added from outside any task fire.
+// timers added from outside any task fire, and a bare timer in the frame of
+// a task killed at shutdown is out of the heap before the frame is freed.
 #include <doctest/doctest.h>
+
+#include "test_support.hpp"
 
 #include <mpg/mpg.hpp>
 #include <mpg/detail/timer.hpp>
@@ -306,4 +309,24 @@ TEST_CASE("add_timer outside any runtime throws std::logic_error") {
   t.when = clock_type::now();
   t.fire = [](timer*) {};
   CHECK_THROWS_AS(mpg::detail::add_timer(&t), std::logic_error);
+}
+
+// Shutdown: a bare timer (no destructor of its own to cancel it) in the
+// frame of a task killed by ~runtime. The runtime must take it out of the
+// P's heap before it frees the frame: detaching it afterwards wrote to the
+// freed frame (ASan, where the frame cache is off).
+namespace {
+mpg::task<void> park_bare_timer_sleepers() {
+  for (int i = 0; i < 3; ++i)
+    mpg::go([](int k) -> mpg::task<void> {
+      (void)co_await sleep_awaiter{clock_type::now() + 1h + std::chrono::minutes(k)};
+    }(i), "bare timer");
+  co_await mpg_test::yield_some(10);  // all park (one P)
+}
+}  // namespace
+
+TEST_CASE("a bare timer in the frame of a task killed at shutdown is not touched after the frame is freed") {
+  mpg::runtime rt({.procs = 1});
+  rt.block_on(park_bare_timer_sleepers());
+  REQUIRE(mpg_test::dump_shows(rt, "test.sleep"));
 }

@@ -50,6 +50,10 @@
 //
 // A context may outlive the runtime its deadline timer was armed on:
 // ~runtime detaches pending timers, and a fired timer is not touched again.
+// Tasks wait on a context only through done(), a channel: a waiter killed
+// by ~runtime unlinks itself from it (chan.hpp), so a later cancel() closes
+// it safely. The children list links heap nodes only, each unlinked by its
+// own destructor: no coroutine frame is ever on it.
 //
 // Memory ordering: cancelled_ is stored with release after err_ is written
 // and loaded with acquire by err(), so a reader that sees it cancelled sees

@@ -44,13 +44,24 @@
 // the slice is spent, it yields first and acquires after, so the mutex is
 // never held across that yield.
 //
+// Shutdown: a locker killed while parked (~runtime destroys its frame)
+// unlinks its waiter from the queue in its destructor, under qlock_ (the
+// kQueued bit of detail/waitq.hpp); the last one out also clears kWaiters
+// and kStarving. So an unlock() that runs later (from another destructor
+// of the same shutdown, or after the runtime is gone) neither touches
+// freed memory nor hands the mutex to nobody. Not undone: a hand-off
+// already in flight to a task killed before it ran. The mutex handed to it
+// in starvation mode stays locked (as one held by a killed task does), and
+// the kWoken set for it stays set, so parked waiters are not woken again.
+//
 // Rejected: direct hand-off in every unlock (a fair FIFO lock): each
 // contended unlock then costs a task switch before the lock can be used
 // again, which is what normal mode avoids. A waiter count in the state word
 // (Go): the exact queue is under qlock_ anyway, so one bit suffices.
 //
 // Invariants (for the state word read with qlock_ held):
-//   - kWaiters iff the queue is non-empty.
+//   - kWaiters iff the queue is non-empty (pushes set it; wake_one,
+//     unlock_starving and a killed waiter's unlink clear it with the last).
 //   - kStarving implies kLocked and kWaiters.
 //   - kWoken is set by at most one unlocker until the woken waiter clears it
 //     (by acquiring, or by parking again).

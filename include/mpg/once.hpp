@@ -17,6 +17,12 @@
 // slow path is a small coroutine (it must await f), entered by symmetric
 // transfer, so a done once costs no allocation.
 //
+// Shutdown: a caller killed while it waits (~runtime destroys its frame)
+// unlinks itself in its awaiter's destructor, under qlock_ (the kQueued bit
+// of detail/waitq.hpp), so the runner's finish(), on another runtime or
+// after this one is gone, readies only live callers. A runner killed while
+// f runs never finishes: the once stays running and its callers wait on.
+//
 // Memory ordering: the runner stores done with release after f completes;
 // the fast path loads it with acquire, so f's effects happen-before any call
 // that returns without parking. Parked callers are ordered after f through
@@ -74,6 +80,14 @@ class once {
   // One attempt under qlock_: become the runner, find it done, or park.
   struct wait_awaiter : detail::waiter {
     wait_awaiter(once* o, std::source_location w) noexcept : self(o), where(w) {}
+    // Destroyed while still queued: only when its task is killed at runtime
+    // shutdown (detail/waitq.hpp, kQueued; the plain read of the bit is
+    // argued there). Unlink, so that finish() does not walk freed memory.
+    ~wait_awaiter() {
+      if (queued()) [[unlikely]]
+        unqueue();
+    }
+    void unqueue() noexcept;
     once* self;
     std::source_location where;
     bool runner = false;

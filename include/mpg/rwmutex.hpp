@@ -30,6 +30,16 @@
 // await (no slow-path coroutine, unlike mutex, whose normal mode lets
 // arrivals barge for throughput; here fairness is the point).
 //
+// Shutdown: a waiter killed while parked (~runtime destroys its frame)
+// unlinks itself in its awaiter's destructor, under qlock_ (the kQueued bit
+// of detail/waitq.hpp), clearing kReaderWait or kWriterWait with the last
+// of its kind. The last queued writer to go also admits the readers queued
+// behind it unless a writer holds the lock (whose unlock admits them), as
+// its own unlock would have: they waited only for it. So a later unlock
+// neither touches freed memory nor leaves readers waiting for nobody. Not
+// undone: a hand-off already in flight to a task killed before it ran (the
+// lock stays held, as by any killed holder).
+//
 // Invariants (with qlock_ held):
 //   - kWriter implies reader count 0.
 //   - kWriterWait iff the writers queue is non-empty.
@@ -105,6 +115,7 @@ class rwmutex {
  private:
   bool lock_slow(detail::waiter* w, bool writer, std::coroutine_handle<> h,
                  const std::source_location& where);
+  void unqueue(detail::waiter* w, bool writer) noexcept;
 
   static constexpr std::uint32_t kWriter = 1u << 31;
   static constexpr std::uint32_t kWriterWait = 1u << 30;
@@ -126,6 +137,14 @@ class [[nodiscard]] rwmutex::acquire_awaiter : private detail::waiter {
   acquire_awaiter(rwmutex* m, std::source_location where) noexcept : m_(m), where_(where) {}
   acquire_awaiter(const acquire_awaiter&) = delete;
   acquire_awaiter& operator=(const acquire_awaiter&) = delete;
+  // Destroyed while still queued: only when its task is killed at runtime
+  // shutdown (detail/waitq.hpp, kQueued; the plain read of the bit is
+  // argued there). Unlink, so that a later unlock finds the queues and the
+  // state word sound.
+  ~acquire_awaiter() {
+    if (this->queued()) [[unlikely]]
+      m_->unqueue(this, Exclusive);
+  }
   bool await_ready() noexcept {
     if (!(Exclusive ? m_->try_lock() : m_->try_lock_shared())) return false;
     acquired_ = true;

@@ -22,6 +22,13 @@
 // are CASes on one word, one of them sees the other: no permit is added
 // while a waiter is left parked, and no waiter parks while a permit is free.
 //
+// Shutdown: an acquirer killed while parked (~runtime destroys its frame)
+// unlinks itself in its awaiter's destructor, under qlock_ (the kQueued bit
+// of detail/waitq.hpp), clearing kWaiters with the last one; a later
+// release() then returns its permit as usual instead of handing it to
+// freed memory. Not undone: a permit already handed to a task killed
+// before it ran (lost, as one held by any killed task).
+//
 // Invariants (with qlock_ held): kWaiters iff the queue is non-empty;
 // kWaiters implies permits == 0; 0 <= permits <= initial count.
 //
@@ -84,6 +91,7 @@ class semaphore {
  private:
   bool acquire_slow(detail::waiter* w, std::coroutine_handle<> h,
                     const std::source_location& where);
+  void unqueue(detail::waiter* w) noexcept;
 
   static constexpr std::int64_t kWaiters = 1;
 
@@ -98,6 +106,14 @@ class [[nodiscard]] semaphore::acquire_awaiter : private detail::waiter {
   acquire_awaiter(semaphore* s, std::source_location where) noexcept : s_(s), where_(where) {}
   acquire_awaiter(const acquire_awaiter&) = delete;
   acquire_awaiter& operator=(const acquire_awaiter&) = delete;
+  // Destroyed while still queued: only when its task is killed at runtime
+  // shutdown (detail/waitq.hpp, kQueued; the plain read of the bit is
+  // argued there). Unlink, so that a later release() finds the queue and
+  // the state word sound.
+  ~acquire_awaiter() {
+    if (queued()) [[unlikely]]
+      s_->unqueue(this);
+  }
 
   bool await_ready() noexcept {
     if (!s_->try_acquire()) return false;

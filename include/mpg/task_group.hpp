@@ -19,6 +19,11 @@
 // a failure, then calls done(): the wait_group's release/acquire orders the
 // recorded failure before wait()'s read of it.
 //
+// Shutdown: wait() parks in the wait_group, whose waiter unlinks itself
+// when its task is killed by ~runtime (wait_group.hpp), so members that
+// finish later, on another runtime, never touch it. A member killed before
+// it finished never calls done(): a wait() elsewhere then never returns.
+//
 // Memory ordering: the failure is written under a spinlock before the task's
 // wait_group::done() (acq_rel), and read by wait() after wait_group::wait()
 // (acquire, or ready()): written before, read after, nothing else needed.

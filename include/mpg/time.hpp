@@ -23,6 +23,9 @@
 // dropping an unfired after() (a select that another case won) frees it at
 // once rather than when it would have fired (Go 1.23 behaviour).
 //
+// A sleep killed by ~runtime needs no cleanup of its own: ~runtime detaches
+// every pending timer before it destroys the frames of the tasks it kills
+// (timers.cpp, "Shutdown"), so no heap points into the freed awaiter.
 // An after() channel may outlive its runtime: ~runtime detaches pending
 // timers (cancel_timer then returns at once), and a fired timer is never
 // touched again. Outside a task, after() and sleeps throw

@@ -18,6 +18,11 @@
 // comes after the decrement and sees zero, or it comes before, and the
 // waiter is queued before the waker's lock acquisition finds it.
 //
+// Shutdown: a waiter killed while parked (~runtime destroys its frame)
+// unlinks itself in its awaiter's destructor, under qlock_ (the kQueued bit
+// of detail/waitq.hpp), so the add() that reaches zero later, on another
+// runtime or after this one is gone, wakes only live waiters.
+//
 // Rejected: packing counter and waiter count into one 64-bit word and
 // waking through a semaphore (Go's layout): with an intrusive queue the
 // waiter count is redundant.
@@ -72,6 +77,7 @@ class wait_group {
 
  private:
   bool wait_slow(detail::waiter* w, std::coroutine_handle<> h, const std::source_location& where);
+  void unqueue(detail::waiter* w) noexcept;
 
   std::atomic<std::int64_t> count_{0};
   detail::spinlock qlock_;
@@ -83,6 +89,14 @@ class [[nodiscard]] wait_group::wait_awaiter : private detail::waiter {
   wait_awaiter(wait_group* wg, std::source_location where) noexcept : wg_(wg), where_(where) {}
   wait_awaiter(const wait_awaiter&) = delete;
   wait_awaiter& operator=(const wait_awaiter&) = delete;
+  // Destroyed while still queued: only when its task is killed at runtime
+  // shutdown (detail/waitq.hpp, kQueued; the plain read of the bit is
+  // argued there). Unlink, so that the add() that reaches zero later does
+  // not walk freed memory.
+  ~wait_awaiter() {
+    if (queued()) [[unlikely]]
+      wg_->unqueue(this);
+  }
 
   bool await_ready() noexcept {
     // Acquire: see "Memory ordering" above.

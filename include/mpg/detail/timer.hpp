@@ -36,8 +36,11 @@ struct timer {
 void add_timer(timer* t, scheduler* s = nullptr);
 
 // cancel_timer(): true if t was still pending and will now never fire; false
-// if it already fired. When it returns, fire(t) is not running, so the caller
-// may free t.
+// if it already fired, or if its runtime is shutting down or gone (~runtime
+// detaches every pending timer before it destroys the frames of the tasks
+// it kills, so a timer in a frame is never left in a heap: timers.cpp,
+// "Shutdown"). When it returns, fire(t) is not running, so the caller may
+// free t. Not concurrently with ~runtime of t's runtime from another thread.
 bool cancel_timer(timer* t) noexcept;
 
 // current_scheduler(): the runtime of the calling task (nullptr outside).

@@ -19,6 +19,7 @@
 //     guards its links and its payload (the value it sends or receives).
 //   - next/prev are null when the waiter is in no queue, except while a
 //     waker uses `next` to chain the waiters it took off (close, wake-all).
+//   - owner's kQueued bit is set iff the waiter is linked in a queue.
 //   - owner names the G to ready: directly, or through the select_state
 //     that all of a select's waiters share.
 //   - Once a waker has taken a waiter off its queue (and, for a select, won
@@ -62,9 +63,22 @@ struct waiter {
   // Bit 1 of owner: the waiter is in a waitq (set by push_*, cleared by
   // every unlink, all under the queue's lock). An awaiter destroyed while
   // still queued (its task killed at runtime shutdown) unlinks itself, so a
-  // later close() or send on that channel does not touch freed memory. Read
-  // without the lock only by the awaiter's own destructor: after a normal
-  // wake the waker's clear happens before ready(), hence before it.
+  // later close() or send on that channel, or unlock()/release()/done() on
+  // that sync primitive, does not touch freed memory. Every awaiter that
+  // queues a waiter (channel and select cases, mutex, rwmutex, semaphore,
+  // wait_group, once) does so in its destructor: one read of this bit,
+  // without the lock, and only when it is set, the lock and remove() (which
+  // re-reads it under the lock: a waker may have taken the waiter off in
+  // between), plus whatever the primitive's state word needs when its queue
+  // empties. Read without the lock only by that destructor: after a normal
+  // wake the waker's clear happens before ready(), hence before it; a
+  // waiter never queued (fast path) never had it set; a killed task's
+  // destructor runs after its runtime's Ms have stopped (runtime.cpp,
+  // step 4), so only a waker from outside that runtime could race it, and
+  // that waker would be readying a G of a runtime being destroyed, which is
+  // unsound whatever this bit says. (A plain word, not an atomic: every
+  // other access is under the lock, or by the waiting task itself before it
+  // publishes the waiter.)
   static constexpr std::uintptr_t kQueued = 2;
   static constexpr std::uintptr_t kTagMask = 3;
   bool queued() const noexcept { return (owner & kQueued) != 0; }
@@ -166,27 +180,26 @@ class waitq {
     }
   }
 
-  // remove(): unlink w if it is still queued; a no-op if a waker already
-  // took it off (Go's dequeueSudoG). w must have been pushed on this queue.
-  void remove(waiter* w) noexcept {
+  // remove(): unlink w if it is still queued and return true; return false,
+  // doing nothing, if a waker already took it off (Go's dequeueSudoG). w
+  // must have been pushed on this queue. The kQueued bit decides, not the
+  // links: a waiter taken by take_all() or by a close keeps a `next` link
+  // into its waker's chain, which must not be mistaken for this queue.
+  bool remove(waiter* w) noexcept {
+    if (!w->queued()) return false;
     waiter* x = w->prev;
     waiter* y = w->next;
-    if (x) {
+    if (x)
       x->next = y;
-      if (y)
-        y->prev = x;
-      else
-        last_ = x;
-    } else if (y) {
-      y->prev = nullptr;
+    else
       first_ = y;
-    } else if (first_ == w) {
-      first_ = last_ = nullptr;
-    } else {
-      return;  // not queued (any more)
-    }
+    if (y)
+      y->prev = x;
+    else
+      last_ = x;
     w->next = w->prev = nullptr;
     w->owner &= ~waiter::kQueued;
+    return true;
   }
 
   // take_all(): the whole queue as a chain through `next` (prev cleared),
