@@ -40,7 +40,7 @@ void scheduler::enter_blocking(machine* m) {
                         p->timers.earliest_ns.load(std::memory_order_relaxed) != INT64_MAX ||
                         reactor_busy(p->io.get());
   {
-    std::lock_guard<std::mutex> l(mu_);
+    thread_mutex_lock l(mu_);
     m->p = nullptr;
     if (!has_work) {
       p->status = p_status::idle;
@@ -61,7 +61,7 @@ bool scheduler::exit_blocking(machine* m, g* gp) noexcept {
   machine* other = nullptr;
   bool other_ring = false;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    thread_mutex_lock l(mu_);
     if (!stopping()) {
       if (old->status == p_status::idle && pidle_remove(old)) got = old;
       else got = pidle_get();

@@ -56,7 +56,7 @@ void scheduler::m_main(machine* m) {
     if (m->p == nullptr) {
       // The G left in mpg::blocking and found no P: idle until handed one.
       {
-        std::lock_guard<std::mutex> l(mu_);
+        thread_mutex_lock l(mu_);
         m->idle_next = midle_;
         midle_ = m;
       }
@@ -149,7 +149,7 @@ top:
   if (p->schedtick.load(std::memory_order_relaxed) % 61 == 0 && global_nonempty()) {
     g* gp;
     {
-      std::lock_guard<std::mutex> l(mu_);
+      thread_mutex_lock l(mu_);
       gp = global_get(p, 1);
     }
     if (gp != nullptr) {
@@ -187,7 +187,7 @@ top:
   if (global_nonempty()) {
     g* gp;
     {
-      std::lock_guard<std::mutex> l(mu_);
+      thread_mutex_lock l(mu_);
       gp = global_get(p, 0);
     }
     if (gp != nullptr) {
@@ -268,7 +268,7 @@ top:
       machine* other = nullptr;  // an M sleeping holding the P we took
       bool other_ring = false;
       {
-        std::lock_guard<std::mutex> l(mu_);
+        thread_mutex_lock l(mu_);
         if (hold) {
           if (p->status == p_status::parked && p->parked_m == m && pidle_remove(p)) got = p;
         } else if (unlist_idle_m(m)) {
@@ -320,7 +320,7 @@ void scheduler::park_m(machine* m, processor* held, std::optional<std::int64_t> 
     if (until_ns) deadline = to_time_point(*until_ns);
     bool in_ring = false;
     if (held != nullptr) {
-      std::lock_guard<std::mutex> l(mu_);
+      thread_mutex_lock l(mu_);
       in_ring = m->in_ring;
     }
     if (held != nullptr && in_ring) {
@@ -328,7 +328,7 @@ void scheduler::park_m(machine* m, processor* held, std::optional<std::int64_t> 
     } else {
       m->park.park(deadline);
     }
-    std::lock_guard<std::mutex> l(mu_);
+    thread_mutex_lock l(mu_);
     if (m->next_p != nullptr) {
       // Handed a P (our own held one, or an idle one by start_m).
       m->p = m->next_p;

@@ -16,11 +16,11 @@
 // Thread lists are plain thread-local data; the depot is under a mutex.
 #include <atomic>
 #include <cstdlib>
-#include <mutex>
 #include <new>
 #include <vector>
 
 #include "mpg/detail/frame.hpp"
+#include "thread_mutex.hpp"
 
 namespace mpg::detail {
 namespace {
@@ -40,18 +40,18 @@ struct free_node {
 
 // The central depot: chains of kBatch frames per class.
 struct depot {
-  std::mutex mu;
-  std::vector<free_node*> batches[kClasses];
+  thread_mutex mu;
+  std::vector<free_node*> batches[kClasses] ABSL_GUARDED_BY(mu);
 
   // put(): false when the depot is full (the caller frees the chain).
   bool put(std::size_t cls, free_node* chain) {
-    std::lock_guard<std::mutex> l(mu);
+    thread_mutex_lock l(mu);
     if (batches[cls].size() >= kMaxDepotBatches) return false;
     batches[cls].push_back(chain);
     return true;
   }
   free_node* take(std::size_t cls) {
-    std::lock_guard<std::mutex> l(mu);
+    thread_mutex_lock l(mu);
     if (batches[cls].empty()) return nullptr;
     free_node* chain = batches[cls].back();
     batches[cls].pop_back();

@@ -8,7 +8,6 @@
 #pragma once
 
 #include <absl/base/thread_annotations.h>
-#include <mutex>
 
 #include <atomic>
 #include <chrono>
@@ -19,6 +18,7 @@
 #include "mpg/detail/g.hpp"
 #include "mpg/detail/timer.hpp"
 #include "run_queue.hpp"
+#include "thread_mutex.hpp"
 
 namespace mpg::detail {
 
@@ -38,7 +38,7 @@ enum class p_status : std::uint8_t {
 // A 4-ary min-heap of timers by deadline, guarded by its own lock so that
 // any M (or sysmon) can run the timers of a P that is busy or idle.
 struct timer_heap {
-  std::mutex mu;
+  thread_mutex mu;
   std::vector<timer*> heap ABSL_GUARDED_BY(mu);
   // Earliest deadline in ns since the clock's epoch, INT64_MAX when empty.
   // Relaxed: a hint for the lock-free "anything due?" check; the heap under

@@ -66,11 +66,11 @@
 
 #include <cstdio>
 #include <cstring>
-#include <mutex>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "thread_mutex.hpp"
 
 namespace mpg::detail {
 
@@ -91,8 +91,8 @@ int this_tid() noexcept {
 }
 
 // What create() last failed with, for ops started where no reactor exists.
-std::mutex g_reason_mutex;
-std::string g_reason;  // guarded by g_reason_mutex
+thread_mutex g_reason_mutex;
+std::string g_reason ABSL_GUARDED_BY(g_reason_mutex);
 
 std::string kernel_release() {
   utsname u{};
@@ -142,7 +142,7 @@ absl::Status setup_error(int err, unsigned entries) {
 }
 
 absl::Status remember(absl::Status s) {
-  std::lock_guard<std::mutex> g(g_reason_mutex);
+  thread_mutex_lock g(g_reason_mutex);
   g_reason = std::string(s.message());
   return s;
 }
@@ -184,7 +184,7 @@ void io_spin_lock::relax(unsigned spins) noexcept {
 }
 
 const char* reactor::unavailable_reason() noexcept {
-  std::lock_guard<std::mutex> g(g_reason_mutex);
+  thread_mutex_lock g(g_reason_mutex);
   return g_reason.c_str();  // stable until the next create() failure
 }
 
@@ -391,7 +391,7 @@ void reactor::cancel(io_slot* slot, io_op* op) noexcept {
 void reactor::cancel_all() noexcept {
   lock_.lock();
   shutting_down_ = true;
-  auto issue_cancel = [this] {
+  auto issue_cancel = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_) {
     if (io_uring_sqe* sqe = get_sqes_locked(1)) {
       io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
       io_uring_sqe_set_data64(sqe, kIgnoreTag);

@@ -21,6 +21,8 @@
 // operations as io_request values, which reactor.cpp turns into SQEs.
 #pragma once
 
+#include <absl/base/thread_annotations.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -92,19 +94,20 @@ class reactor {
  private:
   reactor();
 
-  void flush_locked() noexcept;
-  unsigned reap_locked() noexcept;
-  unsigned dispatch(std::uint64_t user_data, int res, std::uint32_t flags, bool batch) noexcept;
-  io_uring_sqe* get_sqes_locked(unsigned n) noexcept;
-  void arm_wake_locked(int index) noexcept;
-  bool ensure_wake_armed_locked() noexcept;
+  void flush_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  unsigned reap_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  unsigned dispatch(std::uint64_t user_data, int res, std::uint32_t flags, bool batch) noexcept
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  io_uring_sqe* get_sqes_locked(unsigned n) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  void arm_wake_locked(int index) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  bool ensure_wake_armed_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   void enter_wait(std::optional<clock::time_point> deadline) noexcept;
 
   io_spin_lock lock_;
   std::unique_ptr<io_uring> ring_;
   int ring_fd_ = -1;
   int event_fd_ = -1;
-  bool shutting_down_ = false;  // guarded by lock_
+  bool shutting_down_ ABSL_GUARDED_BY(lock_) = false;
 
   // Wake-up reads on event_fd_ (see reactor.cpp, "Waking a waiting M").
   struct wake_read {
@@ -112,7 +115,7 @@ class reactor {
     bool armed = false;
     int armer = 0;  // tid of the thread that submitted it
   };
-  wake_read wake_reads_[2];
+  wake_read wake_reads_[2] ABSL_GUARDED_BY(lock_);
 
   // Ops (and SQEs that produce a CQE) outstanding. Modified under lock_,
   // read lock-free by busy(); relaxed (see busy()).

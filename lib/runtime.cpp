@@ -24,7 +24,6 @@
 // Steps 4 to 6 are kill_remaining(), which detaches the timers itself so
 // that no caller can kill frames with their timers still queued.
 #include <condition_variable>
-#include <mutex>
 
 #include <algorithm>
 #include <iostream>
@@ -35,25 +34,25 @@
 #include "mpg/runtime.hpp"
 #include "reactor_hook.hpp"
 #include "scheduler.hpp"
+#include "thread_mutex.hpp"
 
 namespace mpg {
 
 namespace detail {
 
 // A plain thread waiting in block_on blocks on a condition variable: it
-// holds no P, so blocking it is fine. (std::mutex rather than absl::Mutex
-// in lib/: Debian's Abseil is not built with TSan, which then cannot see its
-// hand-offs; pthread mutexes are intercepted.)
+// holds no P, so blocking it is fine. (thread_mutex, a std::mutex, rather
+// than absl::Mutex in lib/: see thread_mutex.hpp.)
 struct block_on_state {
-  std::mutex mu;
+  thread_mutex mu;
   std::condition_variable cv;
-  bool done = false;
+  bool done ABSL_GUARDED_BY(mu) = false;
 };
 
 block_on_state* new_block_on_state() { return new block_on_state; }
 void delete_block_on_state(block_on_state* st) noexcept { delete st; }
 void block_on_signal(block_on_state* st) noexcept {
-  std::lock_guard<std::mutex> l(st->mu);
+  thread_mutex_lock l(st->mu);
   st->done = true;
   st->cv.notify_one();  // under the lock: st may be deleted right after it
 }
@@ -66,8 +65,9 @@ void block_on_wait(scheduler* s, block_on_state* st) {
   // are not counted as possible wakers (as documented in API.md).
   std::uint64_t last_progress = 0;
   int quiet_looks = 0;
-  std::unique_lock<std::mutex> l(st->mu);
-  while (!st->cv.wait_for(l, std::chrono::milliseconds(50), [st] { return st->done; })) {
+  thread_mutex_lock l(st->mu);
+  while (!l.wait_for(st->cv, std::chrono::milliseconds(50),
+                     [st]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(st->mu) { return st->done; })) {
     std::uint64_t progress = 0;
     if (s->quiescent(&progress) && (quiet_looks == 0 || progress == last_progress)) {
       if (++quiet_looks >= 3) {
@@ -95,14 +95,14 @@ void scheduler::kill_remaining(std::ostream& report) {
   detach_timers();
   std::vector<g*> live;
   {
-    std::lock_guard<std::mutex> l(allg_mu_);
+    thread_mutex_lock l(allg_mu_);
     for_each_g([&](g* gp) {
       if (gp->status.load(std::memory_order_relaxed) != g_status::dead) live.push_back(gp);
     });
   }
   {
     // Drop the queues: nothing will run these Gs; they are killed below.
-    std::lock_guard<std::mutex> l(mu_);
+    thread_mutex_lock l(mu_);
     ghead_ = gtail_ = nullptr;
     gsize_.store(0, std::memory_order_seq_cst);
   }
@@ -137,7 +137,7 @@ void scheduler::kill_remaining(std::ostream& report) {
     gp->resume = {};
     root.destroy();
   }
-  std::lock_guard<std::mutex> l(allg_mu_);
+  thread_mutex_lock l(allg_mu_);
   for (g* gp : live) gfree_global_.push_back(gp);
 }
 
@@ -154,7 +154,7 @@ bool scheduler::quiescent(std::uint64_t* progress) const {
       quiet = false;
   }
   {
-    std::lock_guard<std::mutex> l(mu_);
+    thread_mutex_lock l(mu_);
     if (npidle_.load(std::memory_order_relaxed) != procs()) quiet = false;
   }
   *progress = runs;
@@ -185,7 +185,7 @@ runtime_stats scheduler::stats() const {
 }
 
 void scheduler::dump(std::ostream& os) const {
-  std::lock_guard<std::mutex> l(allg_mu_);
+  thread_mutex_lock l(allg_mu_);
   std::size_t n = 0;
   std::ostringstream body;
   for_each_g([&](g* gp) {

@@ -287,7 +287,7 @@ scheduler::scheduler(const runtime_options& opts) : opts_(opts) {
   for (std::uint32_t i = 0; i < opts_.procs; ++i)
     ps_.push_back(std::make_unique<processor>(i, opts_.local_queue_capacity));
   for (auto& p : ps_) p->io = make_reactor(opts_);  // throws with a clear message on failure
-  std::lock_guard<std::mutex> l(mu_);
+  thread_mutex_lock l(mu_);
   for (auto it = ps_.rbegin(); it != ps_.rend(); ++it) pidle_put(it->get());
   sysmon_ = std::thread([this] { sysmon_main(); });
 }
@@ -295,7 +295,7 @@ scheduler::scheduler(const runtime_options& opts) : opts_(opts) {
 scheduler::~scheduler() = default;  // Gs live in g_blocks_
 
 void scheduler::refill_gids(processor* p) noexcept {
-  std::lock_guard<std::mutex> l(allg_mu_);
+  thread_mutex_lock l(allg_mu_);
   p->next_gid = gid_next_;
   gid_next_ += kGidBatch;
   p->gid_limit = gid_next_;
@@ -314,7 +314,7 @@ g* scheduler::allocate_gs(processor* p) {
     fresh[i] = &block[i];
     fresh[i]->sched = this;
   }
-  std::lock_guard<std::mutex> l(allg_mu_);
+  thread_mutex_lock l(allg_mu_);
   g_blocks_.push_back(g_block{std::move(block), n});
   for (std::size_t i = 1; i < n; ++i) p->gfree.push_back(fresh[i]);
   return fresh[0];
@@ -333,7 +333,7 @@ g* scheduler::new_g(std::coroutine_handle<> root, const char* name) {
     id = p->next_gid++;
   } else {
     foreign_spawned_.fetch_add(1, std::memory_order_relaxed);
-    std::lock_guard<std::mutex> l(allg_mu_);
+    thread_mutex_lock l(allg_mu_);
     id = gid_next_++;
     if (!gfree_global_.empty()) {
       gp = gfree_global_.back();
@@ -343,7 +343,7 @@ g* scheduler::new_g(std::coroutine_handle<> root, const char* name) {
   if (gp == nullptr) {
     if (p != nullptr) {
       // Refill from the global pool first (Gs freed elsewhere), then allocate.
-      std::lock_guard<std::mutex> l(allg_mu_);
+      thread_mutex_lock l(allg_mu_);
       std::size_t take = std::min<std::size_t>(gfree_global_.size(), 32);
       for (std::size_t i = 0; i < take; ++i) {
         p->gfree.push_back(gfree_global_.back());
@@ -374,14 +374,14 @@ void scheduler::retire_g(g* gp) noexcept {
   processor* p = current_p_of(this);
   if (p == nullptr) {
     foreign_completed_.fetch_add(1, std::memory_order_relaxed);
-    std::lock_guard<std::mutex> l(allg_mu_);
+    thread_mutex_lock l(allg_mu_);
     gfree_global_.push_back(gp);
     return;
   }
   processor::bump(p->completed);
   p->gfree.push_back(gp);
   if (p->gfree.size() > kLocalGfreeMax) {
-    std::lock_guard<std::mutex> l(allg_mu_);
+    thread_mutex_lock l(allg_mu_);
     while (p->gfree.size() > kLocalGfreeMax / 2) {
       gfree_global_.push_back(p->gfree.back());
       p->gfree.pop_back();
@@ -431,7 +431,7 @@ void scheduler::global_put_batch(g* first, g* last, std::uint32_t n) noexcept {
   // before stop() sees the count drop.
   putters_.fetch_add(1, std::memory_order_acquire);
   {
-    std::lock_guard<std::mutex> l(mu_);
+    thread_mutex_lock l(mu_);
     if (gtail_ != nullptr) gtail_->link = first; else ghead_ = first;
     gtail_ = last;
     last->link = nullptr;
@@ -513,7 +513,7 @@ void scheduler::start_m(processor* p, bool spinning) noexcept {
   bool create = false;
   bool ring = false;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    thread_mutex_lock l(mu_);
     if (stopping_.load(std::memory_order_relaxed)) p = nullptr;
     else if (p == nullptr) p = pidle_get();
     if (p == nullptr) {
@@ -568,14 +568,14 @@ void scheduler::stop() noexcept {
   stopping_.store(true, std::memory_order_release);
   while (putters_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
   {
-    std::lock_guard<std::mutex> l(sysmon_mu_);
+    thread_mutex_lock l(sysmon_mu_);
     sysmon_stop_ = true;
     sysmon_cv_.notify_all();
   }
   if (sysmon_.joinable()) sysmon_.join();
   std::vector<machine*> ms;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    thread_mutex_lock l(mu_);
     for (auto& m : allm_) ms.push_back(m.get());
   }
   for (machine* m : ms) m->park.unpark();
@@ -586,7 +586,7 @@ void scheduler::stop() noexcept {
 
 std::uint64_t scheduler::live_gs() const noexcept {
   std::uint64_t n = 0;
-  std::lock_guard<std::mutex> l(allg_mu_);
+  thread_mutex_lock l(allg_mu_);
   for_each_g([&](g* gp) {
     if (gp->status.load(std::memory_order_relaxed) != g_status::dead) ++n;
   });

@@ -4,7 +4,6 @@
 #pragma once
 
 #include <absl/base/thread_annotations.h>
-#include <mutex>
 
 #include <atomic>
 #include <condition_variable>
@@ -20,6 +19,7 @@
 #include "mpg/detail/g.hpp"
 #include "mpg/runtime.hpp"
 #include "processor.hpp"
+#include "thread_mutex.hpp"
 
 namespace mpg::detail {
 
@@ -109,7 +109,7 @@ class scheduler {
   std::vector<std::unique_ptr<processor>> ps_;
 
   // The scheduler lock: global run queue, idle P and M lists, the M list.
-  mutable std::mutex mu_;
+  mutable thread_mutex mu_;
   g* ghead_ ABSL_GUARDED_BY(mu_) = nullptr;
   g* gtail_ ABSL_GUARDED_BY(mu_) = nullptr;
   // Length of the global queue, written under mu_, read without it
@@ -126,7 +126,7 @@ class scheduler {
   std::atomic<std::uint32_t> nblocking_{0};  // Ms inside mpg::blocking
 
   // Registry of every G ever created (never shrinks; Gs are reused).
-  mutable std::mutex allg_mu_;
+  mutable thread_mutex allg_mu_;
   // for_each_g(): every G ever created (they live in g_blocks_).
   template <class F>
   void for_each_g(F&& f) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(allg_mu_) {
@@ -154,7 +154,7 @@ class scheduler {
 
   // sysmon
   std::thread sysmon_;
-  std::mutex sysmon_mu_;
+  thread_mutex sysmon_mu_;
   bool sysmon_stop_ ABSL_GUARDED_BY(sysmon_mu_) = false;
   std::condition_variable sysmon_cv_;
 };

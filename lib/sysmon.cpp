@@ -32,8 +32,9 @@ void scheduler::sysmon_main() {
   std::chrono::milliseconds period{1};
   for (;;) {
     {
-      std::unique_lock<std::mutex> l(sysmon_mu_);
-      sysmon_cv_.wait_for(l, period, [this] { return sysmon_stop_; });
+      thread_mutex_lock l(sysmon_mu_);
+      l.wait_for(sysmon_cv_, period,
+                 [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sysmon_mu_) { return sysmon_stop_; });
       if (sysmon_stop_) return;
     }
     const std::int64_t now = now_ns();

@@ -37,8 +37,6 @@
 // also cost every sleep a flag (the destructor cannot otherwise tell a
 // fired timer from a pending one without the heap lock) and still need the
 // detach for heap owners that outlive the runtime.
-#include <mutex>
-
 #include <thread>
 
 #include "mpg/errors.hpp"
@@ -116,7 +114,7 @@ void scheduler::add_timer(processor* p, timer* t) {
   t->owner = p;
   bool earliest = false;
   {
-    std::lock_guard<std::mutex> l(p->timers.mu);
+    thread_mutex_lock l(p->timers.mu);
     auto& h = p->timers.heap;
     h.push_back(t);
     sift_up(h, h.size() - 1);
@@ -129,7 +127,7 @@ void scheduler::add_timer(processor* p, timer* t) {
   bool ring = false;
   bool start = false;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    thread_mutex_lock l(mu_);
     if (p->status == p_status::parked) {
       wake = p->parked_m;
       ring = wake->in_ring;
@@ -145,7 +143,7 @@ bool cancel_timer(timer* t) noexcept {
   processor* p = t->owner;
   if (p == nullptr) return false;
   {
-    std::lock_guard<std::mutex> l(p->timers.mu);
+    thread_mutex_lock l(p->timers.mu);
     if (t->heap_index >= 0) {
       remove_at(p->timers.heap, static_cast<std::size_t>(t->heap_index));
       publish_earliest(p->timers);
@@ -167,7 +165,7 @@ std::int64_t scheduler::run_timers(processor* p, std::int64_t now) noexcept {
   for (;;) {
     timer* t = nullptr;
     {
-      std::lock_guard<std::mutex> l(th.mu);
+      thread_mutex_lock l(th.mu);
       if (th.heap.empty() || ns_of(th.heap.front()) > now) {
         next = th.heap.empty() ? INT64_MAX : ns_of(th.heap.front());
         publish_earliest(th);
@@ -197,7 +195,7 @@ void scheduler::detach_timers() noexcept {
   // which must be ordered after it by the program anyway: a cancel_timer()
   // racing with ~runtime could lock a P being freed (timer.hpp forbids it).
   for (auto& p : ps_) {
-    std::lock_guard<std::mutex> l(p->timers.mu);
+    thread_mutex_lock l(p->timers.mu);
     for (timer* t : p->timers.heap) {
       t->heap_index = -1;
       t->owner = nullptr;  // cancel_timer() on it now returns false at once

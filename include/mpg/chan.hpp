@@ -363,16 +363,25 @@ class [[nodiscard]] recv_op : private detail::recv_node<T> {
     this->stash_where(where);
   }
 
-  // Select hooks: called with the channel's lock held.
+  // Select hooks: sel_poll, sel_enqueue and sel_dequeue are called with the
+  // channel's lock held, taken by select with the others of its set
+  // (hence assert_held: see spinlock.hpp).
   detail::chan_base* sel_chan() const noexcept { return ch_; }
   detail::waiter* sel_node() noexcept { return this; }
   std::source_location sel_where() const noexcept { return this->stashed_where(); }
-  bool sel_poll(detail::g*& wake) noexcept { return ch_->recv_locked(this->slot, wake); }
+  bool sel_poll(detail::g*& wake) noexcept {
+    ch_->lock_.assert_held();
+    return ch_->recv_locked(this->slot, wake);
+  }
   void sel_enqueue(detail::select_state* st) noexcept {
+    ch_->lock_.assert_held();
     this->set_select(st);
     ch_->recvq_.push_back(this);
   }
-  void sel_dequeue() noexcept { ch_->recvq_.remove(this); }
+  void sel_dequeue() noexcept {
+    ch_->lock_.assert_held();
+    ch_->recvq_.remove(this);
+  }
   std::optional<T> sel_result() noexcept { return await_resume(); }
 
   detail::chan_state<T>* ch_;
@@ -444,11 +453,12 @@ class [[nodiscard]] send_op : private detail::send_node<T> {
     this->stash_where(where);
   }
 
-  // Select hooks: called with the channel's lock held.
+  // Select hooks: as recv_op's.
   detail::chan_base* sel_chan() const noexcept { return ch_; }
   detail::waiter* sel_node() noexcept { return this; }
   std::source_location sel_where() const noexcept { return this->stashed_where(); }
   bool sel_poll(detail::g*& wake) noexcept {
+    ch_->lock_.assert_held();
     switch (ch_->send_locked(*this->value, wake)) {
       case detail::send_result::done:
         this->value.reset();
@@ -461,10 +471,14 @@ class [[nodiscard]] send_op : private detail::send_node<T> {
     return false;
   }
   void sel_enqueue(detail::select_state* st) noexcept {
+    ch_->lock_.assert_held();
     this->set_select(st);
     ch_->sendq_.push_back(this);
   }
-  void sel_dequeue() noexcept { ch_->sendq_.remove(this); }
+  void sel_dequeue() noexcept {
+    ch_->lock_.assert_held();
+    ch_->sendq_.remove(this);
+  }
   std::monostate sel_result() {
     await_resume();
     return {};

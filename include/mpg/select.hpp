@@ -50,6 +50,8 @@
 //     its channel, minus those that wakers already dropped.
 #pragma once
 
+#include <absl/base/thread_annotations.h>
+
 #include <algorithm>
 #include <array>
 #include <coroutine>
@@ -102,12 +104,17 @@ std::size_t sort_lock_order(std::array<chan_base*, N>& c) noexcept {
   std::sort(c.begin(), c.end(), std::less<chan_base*>());
   return static_cast<std::size_t>(std::unique(c.begin(), c.end()) - c.begin());
 }
+// lock_all(), unlock_all(): the first n channels' locks. Unchecked: the
+// analysis tracks locks it can name, not a set of runtime size; the select
+// hooks that run under these locks assert them (chan.hpp).
 template <std::size_t N>
-void lock_all(const std::array<chan_base*, N>& c, std::size_t n) noexcept {
+void lock_all(const std::array<chan_base*, N>& c, std::size_t n) noexcept
+    ABSL_NO_THREAD_SAFETY_ANALYSIS {
   for (std::size_t i = 0; i < n; ++i) c[i]->lock_.lock();
 }
 template <std::size_t N>
-void unlock_all(const std::array<chan_base*, N>& c, std::size_t n) noexcept {
+void unlock_all(const std::array<chan_base*, N>& c, std::size_t n) noexcept
+    ABSL_NO_THREAD_SAFETY_ANALYSIS {
   for (std::size_t i = n; i-- > 0;) c[i]->lock_.unlock();
 }
 

@@ -37,6 +37,8 @@
 //     slot lock.
 #pragma once
 
+#include <absl/base/thread_annotations.h>
+
 #include <atomic>
 #include <chrono>
 #include <coroutine>
@@ -55,16 +57,16 @@ struct io_op;
 // (no blocking call is ever made while it is held by a task).
 // Memory ordering: lock() acquires and unlock() releases, so everything done
 // under the lock by one holder is visible to the next.
-class io_spin_lock {
+class ABSL_LOCKABLE io_spin_lock {
  public:
-  bool try_lock() noexcept {
+  bool try_lock() noexcept ABSL_EXCLUSIVE_TRYLOCK_FUNCTION(true) {
     return !locked_.load(std::memory_order_relaxed) &&
            !locked_.exchange(true, std::memory_order_acquire);
   }
-  void lock() noexcept {
+  void lock() noexcept ABSL_EXCLUSIVE_LOCK_FUNCTION() {
     for (unsigned spins = 0; !try_lock(); ++spins) relax(spins);
   }
-  void unlock() noexcept { locked_.store(false, std::memory_order_release); }
+  void unlock() noexcept ABSL_UNLOCK_FUNCTION() { locked_.store(false, std::memory_order_release); }
 
  private:
   static void relax(unsigned spins) noexcept;  // pause, then sched_yield
@@ -85,7 +87,7 @@ struct io_slot {
   // under its lock, read by cancellers under `lock` then re-checked under the
   // reactor's lock.
   std::atomic<io_op*> op{nullptr};
-  reactor* owner = nullptr;  // guarded by `lock`; valid while op != nullptr
+  reactor* owner ABSL_GUARDED_BY(lock) = nullptr;  // valid while op != nullptr
 };
 
 // io_prep_fn: prepares `sqe` for the operation described by ctx. Called under

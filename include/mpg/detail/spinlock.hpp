@@ -44,6 +44,7 @@
 #include <absl/base/thread_annotations.h>
 
 #include <atomic>
+#include <cassert>
 #include <thread>
 
 namespace mpg::detail {
@@ -86,6 +87,17 @@ class ABSL_LOCKABLE spinlock {
   void unlock() noexcept ABSL_UNLOCK_FUNCTION() {
     // Release: publishes the section's writes to the next lock().
     locked_.store(false, std::memory_order_release);
+  }
+
+  // spinlock::assert_held()
+  //
+  // Tells clang's thread-safety analysis that the caller holds the lock,
+  // where the analysis cannot see it taken: select locks its channels as a
+  // set of runtime size (select.hpp), and the select hooks of chan.hpp run
+  // under those locks. With assertions on, checks that the lock is held (by
+  // somebody: a spinlock records no owner).
+  void assert_held() const noexcept ABSL_ASSERT_EXCLUSIVE_LOCK() {
+    assert(locked_.load(std::memory_order_relaxed));
   }
 
  private:
