@@ -32,9 +32,9 @@
 
 #include "mpg/errors.hpp"
 #include "mpg/runtime.hpp"
-#include "reactor_hook.hpp"
-#include "scheduler.hpp"
-#include "thread_mutex.hpp"
+#include "sched/reactor_hook.hpp"
+#include "sched/scheduler.hpp"
+#include "sched/thread_mutex.hpp"
 
 namespace mpg {
 

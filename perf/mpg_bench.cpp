@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "mpg/detail/frame.hpp"
+#include "mpg/detail/sched/frame.hpp"
 #include "mpg/mpg.hpp"
 #if __has_include("sync_workloads.hpp")
 #include "sync_workloads.hpp"

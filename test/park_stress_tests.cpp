@@ -70,7 +70,7 @@ mpg::task<int> join_tree(int depth) {
 }
 
 // A one-slot handoff between two tasks through park/ready (the protocol of
-// mpg/detail/g.hpp): put() readies the waiter, if any, else leaves a token.
+// mpg/detail/sched/g.hpp): put() readies the waiter, if any, else leaves a token.
 struct handoff {
   std::mutex mu;
   int tokens = 0;

@@ -9,7 +9,7 @@
 #include <thread>
 #include <vector>
 
-#include "reactor.hpp"
+#include "io/reactor.hpp"
 
 using namespace std::chrono_literals;
 using mpg::detail::io_op;

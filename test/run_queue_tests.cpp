@@ -1,4 +1,4 @@
-// test/run_queue_tests.cpp: a P's local run queue (lib/run_queue.hpp) as a
+// test/run_queue_tests.cpp: a P's local run queue (lib/sched/run_queue.hpp) as a
 // seam, with tiny capacities to reach the full/half/steal edges; a
 // concurrent owner-versus-thieves stress; and local-queue overflow to the
 // global queue in a running runtime.
@@ -11,7 +11,7 @@
 #include <thread>
 #include <vector>
 
-#include "run_queue.hpp"
+#include "sched/run_queue.hpp"
 
 namespace {
 

@@ -12,7 +12,7 @@
 #include <thread>
 #include <vector>
 
-#include <mpg/detail/timer.hpp>  // detail::current_scheduler()
+#include <mpg/detail/sched/timer.hpp>  // detail::current_scheduler()
 
 namespace {
 

@@ -1,4 +1,4 @@
-// test/timer_tests.cpp: the per-P timers of mpg/detail/timer.hpp used
+// test/timer_tests.cpp: the per-P timers of mpg/detail/sched/timer.hpp used
 // directly: deadlines are honoured, cancelled timers stay silent, a P fires
 // its timers in deadline order, a parked task is readied by a fire callback,
 // timers added from outside any task fire, and a bare timer in the frame of
@@ -8,7 +8,7 @@
 #include "test_support.hpp"
 
 #include <mpg/mpg.hpp>
-#include <mpg/detail/timer.hpp>
+#include <mpg/detail/sched/timer.hpp>
 
 #include <algorithm>
 #include <atomic>

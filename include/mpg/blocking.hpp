@@ -20,7 +20,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "mpg/detail/g.hpp"
+#include "mpg/detail/sched/g.hpp"
 
 namespace mpg {
 

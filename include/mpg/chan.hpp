@@ -86,9 +86,9 @@
 #include <utility>
 #include <variant>
 
-#include "mpg/detail/g.hpp"
-#include "mpg/detail/spinlock.hpp"
-#include "mpg/detail/waitq.hpp"
+#include "mpg/detail/sched/g.hpp"
+#include "mpg/detail/sync/spinlock.hpp"
+#include "mpg/detail/sync/waitq.hpp"
 #include "mpg/errors.hpp"
 
 namespace mpg {

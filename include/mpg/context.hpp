@@ -72,8 +72,8 @@
 #include <variant>
 
 #include "mpg/chan.hpp"
-#include "mpg/detail/spinlock.hpp"
-#include "mpg/detail/timer.hpp"
+#include "mpg/detail/sync/spinlock.hpp"
+#include "mpg/detail/sched/timer.hpp"
 
 namespace mpg {
 

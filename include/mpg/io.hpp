@@ -33,8 +33,8 @@
 #include <type_traits>
 #include <utility>
 
-#include "mpg/detail/g.hpp"
-#include "mpg/detail/io_op.hpp"
+#include "mpg/detail/sched/g.hpp"
+#include "mpg/detail/io/io_op.hpp"
 
 namespace mpg::io {
 

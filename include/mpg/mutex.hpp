@@ -84,9 +84,9 @@
 #include <source_location>
 #include <utility>
 
-#include "mpg/detail/g.hpp"
-#include "mpg/detail/spinlock.hpp"
-#include "mpg/detail/waitq.hpp"
+#include "mpg/detail/sched/g.hpp"
+#include "mpg/detail/sync/spinlock.hpp"
+#include "mpg/detail/sync/waitq.hpp"
 #include "mpg/spawn.hpp"
 #include "mpg/task.hpp"
 

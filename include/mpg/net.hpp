@@ -40,7 +40,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "mpg/detail/io_op.hpp"
+#include "mpg/detail/io/io_op.hpp"
 #include "mpg/task.hpp"
 
 namespace mpg::net {

@@ -40,9 +40,9 @@
 #include <type_traits>
 #include <utility>
 
-#include "mpg/detail/g.hpp"
-#include "mpg/detail/spinlock.hpp"
-#include "mpg/detail/waitq.hpp"
+#include "mpg/detail/sched/g.hpp"
+#include "mpg/detail/sync/spinlock.hpp"
+#include "mpg/detail/sync/waitq.hpp"
 #include "mpg/task.hpp"
 
 namespace mpg {

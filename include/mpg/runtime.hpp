@@ -20,7 +20,7 @@
 #include <utility>
 #include <vector>
 
-#include "mpg/detail/g.hpp"
+#include "mpg/detail/sched/g.hpp"
 #include "mpg/spawn.hpp"
 #include "mpg/task.hpp"
 

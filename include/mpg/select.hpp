@@ -65,9 +65,9 @@
 #include <variant>
 
 #include "mpg/chan.hpp"
-#include "mpg/detail/fastrand.hpp"
-#include "mpg/detail/g.hpp"
-#include "mpg/detail/waitq.hpp"
+#include "mpg/detail/sched/fastrand.hpp"
+#include "mpg/detail/sched/g.hpp"
+#include "mpg/detail/sync/waitq.hpp"
 
 namespace mpg {
 

@@ -18,8 +18,8 @@
 #include <source_location>
 #include <utility>
 
-#include "mpg/detail/frame.hpp"
-#include "mpg/detail/g.hpp"
+#include "mpg/detail/sched/frame.hpp"
+#include "mpg/detail/sched/g.hpp"
 #include "mpg/task.hpp"
 
 namespace mpg {

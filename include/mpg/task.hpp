@@ -11,7 +11,7 @@
 // exception that escapes the child is rethrown by co_await in the parent.
 // A task is awaited at most once; awaiting it again throws std::logic_error.
 //
-// Frames come from the recycling allocator of mpg/detail/frame.hpp.
+// Frames come from the recycling allocator of mpg/detail/sched/frame.hpp.
 #pragma once
 
 #include <coroutine>
@@ -22,8 +22,8 @@
 #include <type_traits>
 #include <utility>
 
-#include "mpg/detail/frame.hpp"
-#include "mpg/detail/g.hpp"
+#include "mpg/detail/sched/frame.hpp"
+#include "mpg/detail/sched/g.hpp"
 
 namespace mpg {
 

@@ -42,7 +42,7 @@
 #include <source_location>
 
 #include "mpg/chan.hpp"
-#include "mpg/detail/timer.hpp"
+#include "mpg/detail/sched/timer.hpp"
 
 namespace mpg {
 

@@ -42,9 +42,9 @@
 #include <cstdint>
 #include <source_location>
 
-#include "mpg/detail/g.hpp"
-#include "mpg/detail/spinlock.hpp"
-#include "mpg/detail/waitq.hpp"
+#include "mpg/detail/sched/g.hpp"
+#include "mpg/detail/sync/spinlock.hpp"
+#include "mpg/detail/sync/waitq.hpp"
 
 namespace mpg {
 

@@ -1,0 +1,168 @@
+// mpg/detail/io/io_op.hpp: the intrusive operation record and the awaiter that
+// every io_uring operation of mpg goes through (io::submit, net, fs).
+//
+// Design. An operation lives in the frame of the task that awaits it, as in
+// liburing's examples: the SQE's user_data points at an io_op inside the
+// suspended awaiter, so starting an operation allocates nothing. The awaiter
+// follows the park/ready protocol of g.hpp:
+//   1. await_suspend parks the G (park()), then
+//   2. io_start() prepares the SQE(s) on the current P's reactor under its
+//      lock (publishing the op: from then on the reactor may complete it on
+//      any thread), and await_suspend returns without touching the frame.
+//   3. The reactor that reaps the op's final CQE stores res/flags in the op
+//      and calls ready(waiter), exactly once.
+// SQEs are not submitted by io_start: the scheduler flushes each P's reactor
+// in its loop, so the operations of many tasks go to the kernel in one
+// io_uring_enter. (Cancels and file operations are submitted at once; see
+// io_slot below and lib/io/reactor.cpp.)
+//
+// Cancellation from another task (possibly on another P) goes through an
+// io_slot: the object an operation belongs to (a stream direction, a
+// listener) publishes its op in flight there, together with the reactor that
+// owns it. A canceller locks the slot, and the owning reactor then checks
+// under its own lock that the op is still in flight before it submits
+// IORING_OP_ASYNC_CANCEL keyed by user_data; the reactor clears the slot under
+// that same lock when it dispatches the op's final completion. Hence a cancel
+// never names an op that completed (no ABA on a reused frame address), and
+// the awaiter's buffers and record stay alive until the final completion,
+// because its task stays parked until then.
+//
+// Invariants:
+//   - An io_op is in at most one reactor at a time, and is readied exactly
+//     once per io_start that returned true.
+//   - slot->op != nullptr  <=>  that op is in flight (prepared or submitted,
+//     final CQE not yet dispatched). Written under slot->lock when set, under
+//     the owner reactor's lock when cleared.
+//   - Lock order: slot lock, then reactor lock. The reactor never takes a
+//     slot lock.
+#pragma once
+
+#include <absl/base/thread_annotations.h>
+
+#include <atomic>
+#include <chrono>
+#include <coroutine>
+#include <cstdint>
+
+#include "mpg/detail/sched/g.hpp"
+
+struct io_uring_sqe;  // liburing's; public headers do not include liburing.h
+
+namespace mpg::detail {
+
+class reactor;
+struct io_op;
+
+// io_spin_lock: a test-and-test-and-set lock for short critical sections
+// (no blocking call is ever made while it is held by a task).
+// Memory ordering: lock() acquires and unlock() releases, so everything done
+// under the lock by one holder is visible to the next.
+class ABSL_LOCKABLE io_spin_lock {
+ public:
+  bool try_lock() noexcept ABSL_EXCLUSIVE_TRYLOCK_FUNCTION(true) {
+    return !locked_.load(std::memory_order_relaxed) &&
+           !locked_.exchange(true, std::memory_order_acquire);
+  }
+  void lock() noexcept ABSL_EXCLUSIVE_LOCK_FUNCTION() {
+    for (unsigned spins = 0; !try_lock(); ++spins) relax(spins);
+  }
+  void unlock() noexcept ABSL_UNLOCK_FUNCTION() { locked_.store(false, std::memory_order_release); }
+
+ private:
+  static void relax(unsigned spins) noexcept;  // pause, then sched_yield
+  std::atomic<bool> locked_{false};
+};
+
+// io_slot: where an object publishes its operation in flight so another task
+// can cancel it (see the essay above). One op at a time per slot.
+struct io_slot {
+  io_spin_lock lock;
+  // Set (under `lock`) once the object is closed: no new op may start.
+  // Acquire/release so a fast-path reader outside the lock sees a close that
+  // happened-before it; the authoritative check is made under the lock.
+  std::atomic<bool> closed{false};
+  // The op in flight, or null. Set under `lock` (relaxed: the reactor reads
+  // it under its own lock, which io_start took after this store, so the
+  // reactor lock's release/acquire orders it); cleared by the owner reactor
+  // under its lock, read by cancellers under `lock` then re-checked under the
+  // reactor's lock.
+  std::atomic<io_op*> op{nullptr};
+  reactor* owner ABSL_GUARDED_BY(lock) = nullptr;  // valid while op != nullptr
+};
+
+// io_prep_fn: prepares `sqe` for the operation described by ctx. Called under
+// the reactor lock; must set neither user_data nor link flags.
+using io_prep_fn = void (*)(io_uring_sqe* sqe, const void* ctx);
+
+// layout of struct __kernel_timespec (checked in reactor.cpp)
+struct io_timespec {
+  std::int64_t tv_sec = 0;
+  std::int64_t tv_nsec = 0;
+};
+
+struct io_op {
+  using clock = std::chrono::steady_clock;
+
+  // Called under the reactor lock after res/cqe_flags are stored. Null means
+  // ready(waiter). Must not call back into the same reactor.
+  void (*complete)(io_op*) noexcept = nullptr;
+  g* waiter = nullptr;
+  io_slot* slot = nullptr;
+  int res = 0;
+  std::uint32_t cqe_flags = 0;
+  bool got_first = false;         // first CQE of a multi-CQE op seen (reactor)
+  bool cancel_requested = false;  // written and read under the reactor lock
+  bool has_deadline = false;
+  bool submit_now = false;        // submit at once instead of at the next flush
+  clock::time_point deadline{};
+  io_timespec ts{};               // the link timeout's time (kernel copies it at submit)
+  void* user = nullptr;           // free for the completion callback
+
+  // outcome(): res, except that an op ended by a cancel reads -ECANCELED and
+  // one ended by its deadline reads -ETIME (the kernel reports both as
+  // -ECANCELED, or -EINTR for work it had handed to io-wq).
+  int outcome() const noexcept;
+};
+
+// io_start(): step 2 above, on the current P's reactor. With a slot, the op is
+// published there (and refused if the slot is closed). Returns false if the
+// op was not started: then op->res holds why (-ECANCELED closed slot, -ENXIO
+// no reactor, -ETIME deadline already past) and the caller must undo its park.
+bool io_start(io_op* op, io_prep_fn prep, const void* ctx, io_slot* slot);
+
+// io_cancel(): cancel the op in flight in `slot`, if any; with close == true
+// also mark the slot closed so no op starts on it again. Any thread. Returns
+// once the cancel is submitted to the owning ring (not completed).
+void io_cancel(io_slot* slot, bool close) noexcept;
+
+// io_awaiter: the awaitable of one operation. Resumes on whichever M runs
+// the G after the reactor readied it (the M that reaped the CQE, usually the
+// owning P's).
+struct io_awaiter {
+  io_op op;
+  io_prep_fn prep;
+  const void* ctx;
+  io_slot* slot;
+  const char* reason;
+
+  io_awaiter(io_prep_fn p, const void* c, io_slot* s, const char* why) noexcept
+      : prep(p), ctx(c), slot(s), reason(why) {}
+  io_awaiter(io_prep_fn p, const void* c, io_slot* s, const char* why,
+             io_op::clock::time_point deadline) noexcept
+      : prep(p), ctx(c), slot(s), reason(why) {
+    op.has_deadline = true;
+    op.deadline = deadline;
+  }
+
+  bool await_ready() const noexcept { return false; }
+  bool await_suspend(std::coroutine_handle<> h) {
+    op.waiter = current_g();
+    park(h, reason);
+    if (io_start(&op, prep, ctx, slot)) return true;  // published: frame untouched from here
+    cancel_park();
+    return false;
+  }
+  int await_resume() const noexcept { return op.outcome(); }
+};
+
+}  // namespace mpg::detail

@@ -1,0 +1,80 @@
+// mpg/detail/sched/frame.hpp: coroutine frame allocation and the join state that
+// lives in front of every frame.
+//
+// Every task frame is allocated through allocate_frame(): a per-thread
+// recycling allocator (size classes of 16 bytes up to 2 KiB, bounded free
+// lists per class; bigger frames go to malloc). A frame freed on another
+// thread simply joins that thread's lists: frames flow with the work.
+//
+// Each allocation starts with a 16-byte frame_header, so the coroutine frame
+// itself starts 16 bytes in. The header holds the join state of a spawned
+// task, kept outside the promise so that it survives the frame's destruction
+// by a runtime shutdown while a join_handle still refers to it:
+//
+//   join == kJoinRunning  the task has not finished; a handle is attached
+//   join == kJoinDone     finished; the result waits in the promise
+//   join == kJoinDetached the handle was dropped; the task frees its frame
+//                         when it finishes
+//   join == kJoinKilled   the runtime destroyed the unfinished frame at
+//                         shutdown; the memory stays until the handle drops
+//   join == kJoinInline   claimed by the joiner, running inline (spawn.hpp)
+//   any other value       a g* that waits for the result (the joiner)
+//
+// Transitions (all exchange/CAS with acq_rel: the finishing task's result
+// writes must be visible to whoever reads or destroys it, and the joiner's
+// park must be visible to the finisher that readies it):
+//   finish:   Running -> Done;    Detached -> (free);  joiner -> Done + ready
+//   await:    Running -> joiner (CAS; fails when Done: no suspension)
+//   drop:     Running -> Detached; Done -> (destroy);   Killed -> (free memory)
+//   shutdown: Running/joiner -> Killed (destroy, keep memory); Detached -> (destroy)
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace mpg::detail {
+
+inline constexpr std::uintptr_t kJoinRunning = 0;
+inline constexpr std::uintptr_t kJoinDone = 1;
+inline constexpr std::uintptr_t kJoinDetached = 2;
+inline constexpr std::uintptr_t kJoinKilled = 3;
+// The joiner took the task out of its P's runnext slot before any M started
+// it and runs it inline as an awaited child; the frame is the handle's.
+inline constexpr std::uintptr_t kJoinInline = 4;
+
+struct alignas(16) frame_header {
+  std::atomic<std::uintptr_t> join{kJoinRunning};
+  std::uint32_t size = 0;  // requested frame size (without the header)
+  std::uint32_t spawned = 0;
+};
+static_assert(sizeof(frame_header) == 16);
+
+// allocate_frame(): storage for a coroutine frame of `size` bytes, preceded by
+// a fresh frame_header. Throws std::bad_alloc like operator new.
+void* allocate_frame(std::size_t size);
+// free_frame(): releases storage from allocate_frame(); honours kJoinKilled
+// (the memory is kept for the join_handle, which frees it with
+// release_frame_memory()).
+void free_frame(void* frame, std::size_t size) noexcept;
+// release_frame_memory(): frees a killed frame's memory for good.
+void release_frame_memory(frame_header* h) noexcept;
+
+inline frame_header* header_of(void* frame) noexcept {
+  return reinterpret_cast<frame_header*>(static_cast<char*>(frame) - sizeof(frame_header));
+}
+
+// Allocator statistics for the current thread (tests and perf).
+struct frame_cache_stats {
+  std::uint64_t hits = 0;
+  std::uint64_t misses = 0;
+};
+frame_cache_stats thread_frame_cache_stats() noexcept;
+
+// The frame allocator can be switched to plain malloc/free to measure it
+// (perf/); the setting applies process-wide and must be set before any task.
+// It is off by default under AddressSanitizer, so that ASan sees frames freed.
+void set_frame_cache_enabled(bool enabled) noexcept;
+bool frame_cache_enabled() noexcept;
+
+}  // namespace mpg::detail

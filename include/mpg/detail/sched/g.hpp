@@ -1,0 +1,135 @@
+// mpg/detail/sched/g.hpp: the G (a spawned task's control block) and the small
+// scheduler interface that header-only primitives (join handles, channels,
+// select, sync, timers, I/O awaiters) use to park and ready tasks.
+//
+// A G is not the coroutine frame. As in Go, G objects are pooled per P and
+// registered once in their runtime's list of all Gs, so spawning a task costs
+// no lock and the task dump / shutdown can always find every live task. While
+// a G is live it points at the root frame of its task and at `resume`, the
+// innermost suspended frame of its chain of awaited tasks.
+//
+// The park/ready protocol (used by every blocking primitive):
+//   1. In await_suspend(h), the awaiter calls park(h, reason, where). That
+//      records h as the G's resume point and marks it waiting. Nothing is
+//      published yet, so nobody can ready it.
+//   2. The awaiter publishes the G (g*) in its wait structure, normally under
+//      that structure's lock, and returns from await_suspend without touching
+//      the awaiter (its frame) again after the publishing store: from that
+//      moment another thread may ready and resume the G.
+//   3. Whoever removes the G from the wait structure calls ready(g). Exactly
+//      one party may do so per park (the wait structure guarantees it).
+//   ready() puts the G on the calling thread's P (runnext slot) when that
+//   thread runs a P of the G's runtime; otherwise on the runtime's global
+//   queue, waking an idle P. The resumed G observes every write that the
+//   readier made before ready() (release/acquire through the run queues).
+#pragma once
+
+#include <atomic>
+#include <coroutine>
+#include <cstdint>
+#include <exception>
+#include <source_location>
+
+namespace mpg::detail {
+
+class scheduler;
+class promise_base;
+
+enum class g_status : std::uint8_t {
+  dead,      // in a free pool; no task attached
+  runnable,  // on a run queue (or about to be)
+  running,   // an M is executing it
+  waiting,   // parked: on a channel, lock, timer, join, I/O, ...
+};
+
+const char* to_string(g_status s) noexcept;
+
+// Kept small (72 bytes): an idle task costs its G plus its frame.
+class g {
+ public:
+  // The frame to resume when this G is scheduled. Written by the G itself
+  // (spawn, park) before the G is published; read by the M that runs it
+  // after taking it from a run queue (ordered by the queue's release/acquire).
+  std::coroutine_handle<> resume{};
+  // The root frame: destroyed at shutdown if the task never completes.
+  std::coroutine_handle<> root{};
+  // Intrusive link for the global run queue and for free pools.
+  g* link = nullptr;
+  scheduler* sched = nullptr;
+  // Never reused. Written when the G is (re)started, read by the dump from
+  // any thread: relaxed atomic (a diagnostic snapshot; see status).
+  std::atomic<std::uint64_t> id{0};
+
+  // Status, readable by the task dump from any thread. Relaxed: it is a
+  // diagnostic snapshot; the run queues order everything that matters.
+  std::atomic<g_status> status{g_status::dead};
+  // Set when an M first runs the G. Only a never-started G may be run
+  // inline by its joiner (spawn.hpp); a G readied into runnext after a park
+  // has started and must resume where it parked. Relaxed: read only by the
+  // thread that put the G in its runnext slot, after the release/acquire
+  // chain that carried the G there.
+  std::atomic<bool> started{false};
+  // Name given at spawn (static storage, may be null), and why/where the G
+  // waits. Written by the G's own thread; read racily by the dump, so they
+  // are atomics (relaxed: a torn snapshot is impossible, a stale one is fine).
+  std::atomic<const char*> name{nullptr};
+  std::atomic<const char*> wait_reason{nullptr};
+  // std::source_location is one pointer to static data, so it is atomic
+  // without a lock (and keeps the G small: idle tasks cost memory).
+  std::atomic<std::source_location> wait_where{};
+
+};
+
+// current_g(): the G running on this thread, or nullptr outside any task.
+g* current_g() noexcept;
+
+// park(): step 1 of the protocol above, for the current G. Throws
+// std::logic_error when called outside a task of some runtime.
+void park(std::coroutine_handle<> h, const char* reason,
+          std::source_location where = std::source_location::current());
+
+// ready(): step 3. gp must be parked (or freshly spawned) and must be readied
+// exactly once per park. Safe from any thread, including threads outside the
+// runtime. Puts gp in the runnext slot of the caller's P when possible.
+void ready(g* gp) noexcept;
+
+// ready_batch_tail(): like ready() but at the tail of the local queue, so the
+// readied G does not take the caller's time slice (used by wake-all paths).
+void ready_tail(g* gp) noexcept;
+
+// cancel_park(): undo park() when the awaiter finds, after parking but
+// before publishing, that it need not wait after all.
+void cancel_park() noexcept;
+
+// spawn_root(): attach a fresh G to the suspended root frame `root` (its
+// frame_header is header_of(root.address())) and make it runnable: on the
+// caller's P (runnext) if the caller runs on a P of `s`, else on the global
+// queue. s == nullptr means the current task's runtime; outside any task that
+// throws std::logic_error (and destroys the frame). promise->gid_ and
+// promise->g_ are set before the G can run.
+g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
+              promise_base* promise);
+
+// finish_root(): the final awaiter of a spawned root frame calls this. It
+// retires the current G and settles the join state (frame.hpp): readies the
+// joiner, or destroys a detached frame (reporting and terminating if the
+// detached task ended with an exception). Returns the handle to continue
+// with (always noop: back to the scheduler loop).
+std::coroutine_handle<> finish_root(std::coroutine_handle<> root, const std::exception_ptr& failure,
+                                    std::uint64_t gid, const char* name) noexcept;
+
+// report_lost_exception(): a finished task's exception was never observed
+// (its handle was dropped): report it on stderr naming the task, terminate.
+[[noreturn]] void report_lost_exception(std::exception_ptr e, std::uint64_t gid,
+                                        const char* name) noexcept;
+
+// Cooperative budget. Runtime awaits that complete without suspending call
+// consume_budget_now(); when it returns true the G has used its slice and the
+// awaiter should suspend and yield (requeue_current) instead of completing.
+bool consume_budget_now() noexcept;
+
+// requeue_current(h): suspend the current G at h and put it at the tail of
+// its P's local run queue (Go's Gosched). For await_suspend of yield points.
+void requeue_current(std::coroutine_handle<> h) noexcept;
+
+}  // namespace mpg::detail

@@ -1,0 +1,504 @@
+// lib/io/net.cpp: TCP streams, listeners and dial over the per-P io_uring
+// reactor (mpg/net.hpp).
+//
+// Every blocking step is one io_uring request (recv, send, accept, connect,
+// and a timeout for the accept back-off) awaited through detail::io_awaiter;
+// the cheap non-blocking set-up calls (socket, bind, listen, setsockopt,
+// shutdown, close) are plain syscalls, and a host-name lookup for dial runs
+// under mpg::blocking (listen, which is not a coroutine, looks up inline). Sockets stay in blocking mode: io_uring
+// then waits for readiness itself (FAST_POLL) and never hands us -EAGAIN; if a
+// caller made one non-blocking anyway, -EAGAIN is answered with a POLL_ADD and
+// a retry. -EINTR (an io-wq worker interrupted) is retried.
+//
+// Cancellation and close (see mpg/detail/io/io_op.hpp): each direction of a
+// stream, and a listener, has an io_slot. close() closes both slots (which
+// cancels what is in flight and submits it first) before it closes the fd, so
+// an SQE prepared with the old fd number is in the kernel before that number
+// can be reused.
+//
+// Rejected: a single slot per stream (one task reads while another writes);
+// SOCK_NONBLOCK sockets with a try-the-syscall-first fast path (Go's way): a
+// failed recv costs a syscall per message in request/response traffic, where
+// io_uring batches the operations of many tasks into one io_uring_enter.
+#include "mpg/net.hpp"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "mpg/blocking.hpp"
+#include "io/reactor.hpp"
+
+namespace mpg::net {
+
+namespace {
+
+using detail::io_awaiter;
+using detail::io_opcode;
+using detail::io_request;
+using detail::prep_request;
+
+constexpr std::size_t kMaxIo = std::size_t{1} << 30;
+
+// Debian's abseil has its own string_view type (not std::string_view's alias).
+absl::string_view av(std::string_view s) noexcept { return {s.data(), s.size()}; }
+
+struct sock_addr {
+  sockaddr_storage ss{};
+  socklen_t len = 0;
+};
+
+absl::Status bad_address(absl::string_view addr, absl::string_view why) {
+  return absl::InvalidArgumentError(absl::StrCat("address \"", addr, "\": ", why));
+}
+
+std::string format_addr(const sockaddr_storage& ss) {
+  char buf[INET6_ADDRSTRLEN] = "?";
+  if (ss.ss_family == AF_INET) {
+    auto* in = reinterpret_cast<const sockaddr_in*>(&ss);
+    ::inet_ntop(AF_INET, &in->sin_addr, buf, sizeof buf);
+    return absl::StrCat(buf, ":", ntohs(in->sin_port));
+  }
+  auto* in6 = reinterpret_cast<const sockaddr_in6*>(&ss);
+  ::inet_ntop(AF_INET6, &in6->sin6_addr, buf, sizeof buf);
+  return absl::StrCat("[", buf, "]:", ntohs(in6->sin6_port));
+}
+
+void add_v4(std::vector<sock_addr>& out, in_addr a, std::uint16_t port) {
+  sock_addr s;
+  auto* in = reinterpret_cast<sockaddr_in*>(&s.ss);
+  in->sin_family = AF_INET;
+  in->sin_port = htons(port);
+  in->sin_addr = a;
+  s.len = sizeof(sockaddr_in);
+  out.push_back(s);
+}
+
+void add_v6(std::vector<sock_addr>& out, in6_addr a, std::uint16_t port) {
+  sock_addr s;
+  auto* in6 = reinterpret_cast<sockaddr_in6*>(&s.ss);
+  in6->sin6_family = AF_INET6;
+  in6->sin6_port = htons(port);
+  in6->sin6_addr = a;
+  s.len = sizeof(sockaddr_in6);
+  out.push_back(s);
+}
+
+// resolve(): "host:port" to socket addresses. passive: for listen (an empty
+// host means every interface rather than this host). Names other than
+// "localhost" go to getaddrinfo, which blocks: unless allow_lookup, such a
+// name yields kUnavailable with the message "lookup needed" (dial then
+// resolves it under mpg::blocking).
+constexpr std::string_view kLookupNeeded = "lookup needed";
+absl::StatusOr<std::vector<sock_addr>> resolve(std::string_view addr, bool passive,
+                                               bool allow_lookup = true) {
+  std::string_view host, port_text;
+  if (!addr.empty() && addr.front() == '[') {
+    std::size_t end = addr.find(']');
+    if (end == std::string_view::npos) return bad_address(av(addr), "missing ']'");
+    host = addr.substr(1, end - 1);
+    if (end + 1 >= addr.size() || addr[end + 1] != ':') return bad_address(av(addr), "missing port");
+    port_text = addr.substr(end + 2);
+  } else {
+    std::size_t colon = addr.rfind(':');
+    if (colon == std::string_view::npos) return bad_address(av(addr), "missing port");
+    host = addr.substr(0, colon);
+    if (host.find(':') != std::string_view::npos) {
+      return bad_address(av(addr), "too many colons (write IPv6 addresses as \"[::1]:80\")");
+    }
+    port_text = addr.substr(colon + 1);
+  }
+  std::uint32_t port = 0;
+  if (!absl::SimpleAtoi(av(port_text), &port) || port > 65535) {
+    return bad_address(av(addr), "invalid port");
+  }
+  std::vector<sock_addr> out;
+  const std::uint16_t p = static_cast<std::uint16_t>(port);
+  std::string h(host);
+  in_addr a4{};
+  in6_addr a6{};
+  if (h.empty()) {
+    if (passive) {
+      add_v6(out, in6addr_any, p);  // dual-stack (IPV6_V6ONLY off), as Go
+      add_v4(out, in_addr{htonl(INADDR_ANY)}, p);
+    } else {
+      add_v4(out, in_addr{htonl(INADDR_LOOPBACK)}, p);
+      add_v6(out, in6addr_loopback, p);
+    }
+  } else if (::inet_pton(AF_INET, h.c_str(), &a4) == 1) {
+    add_v4(out, a4, p);
+  } else if (::inet_pton(AF_INET6, h.c_str(), &a6) == 1) {
+    add_v6(out, a6, p);
+  } else if (h == "localhost") {
+    add_v4(out, in_addr{htonl(INADDR_LOOPBACK)}, p);
+    add_v6(out, in6addr_loopback, p);
+  } else {
+    if (!allow_lookup) return absl::UnavailableError(av(kLookupNeeded));
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_ADDRCONFIG | (passive ? AI_PASSIVE : 0);
+    addrinfo* res = nullptr;
+    int rc = ::getaddrinfo(h.c_str(), nullptr, &hints, &res);
+    if (rc != 0) {
+      return absl::NotFoundError(absl::StrCat("lookup ", h, ": ", ::gai_strerror(rc)));
+    }
+    for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+      if (ai->ai_family == AF_INET) {
+        add_v4(out, reinterpret_cast<sockaddr_in*>(ai->ai_addr)->sin_addr, p);
+      } else if (ai->ai_family == AF_INET6) {
+        add_v6(out, reinterpret_cast<sockaddr_in6*>(ai->ai_addr)->sin6_addr, p);
+      }
+    }
+    ::freeaddrinfo(res);
+    if (out.empty()) return absl::NotFoundError(absl::StrCat("lookup ", h, ": no addresses"));
+  }
+  return out;
+}
+
+// net_error(): an operation's negative result as a Status.
+absl::Status net_error(int res, absl::string_view what) {
+  switch (-res) {
+    case ETIME:
+      return absl::DeadlineExceededError(absl::StrCat(what, ": i/o deadline exceeded"));
+    case ECANCELED:
+      return absl::CancelledError(absl::StrCat(what, ": operation cancelled"));
+    case ENXIO:
+      if (detail::current_reactor() == nullptr) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            what, ": no io_uring reactor here (not inside an mpg task, or io_uring is "
+                  "unavailable: ", detail::reactor::unavailable_reason(), ")"));
+      }
+      [[fallthrough]];
+    default:
+      return absl::ErrnoToStatus(-res, what);
+  }
+}
+
+absl::Status closed_error(absl::string_view what) {
+  return absl::FailedPreconditionError(absl::StrCat(what, ": use of closed network connection"));
+}
+
+void set_nodelay(int fd) noexcept {
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+absl::StatusOr<std::string> sock_name(int fd, bool peer) {
+  if (fd < 0) return closed_error(peer ? "remote_address" : "local_address");
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  int rc = peer ? ::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len)
+                : ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  if (rc != 0) return absl::ErrnoToStatus(errno, peer ? "getpeername" : "getsockname");
+  return format_addr(ss);
+}
+
+// One awaited operation with an optional deadline, in `slot`.
+io_awaiter make_op(const io_request* rq, detail::io_slot* slot, const char* reason,
+                   std::optional<clock::time_point> deadline) {
+  if (deadline) return io_awaiter(prep_request, rq, slot, reason, *deadline);
+  return io_awaiter(prep_request, rq, slot, reason);
+}
+
+// wait_ready(): for a socket someone made non-blocking: wait for `events`.
+task<int> wait_ready(int fd, unsigned events, detail::io_slot* slot,
+                     std::optional<clock::time_point> deadline) {
+  io_request rq{.op = io_opcode::poll, .fd = fd, .len = events};
+  co_return co_await make_op(&rq, slot, "net.poll", deadline);
+}
+
+task<absl::StatusOr<tcp_stream>> dial_addr(std::string address,
+                                           std::optional<clock::time_point> deadline) {
+  auto addrs = resolve(address, /*passive=*/false, /*allow_lookup=*/false);
+  if (!addrs.ok() && addrs.status().message() == av(kLookupNeeded)) {
+    // A host name: getaddrinfo blocks, so it runs with the P handed off.
+    addrs = co_await mpg::blocking([&] { return resolve(address, /*passive=*/false); });
+  }
+  if (!addrs.ok()) co_return addrs.status();
+  absl::Status last = absl::UnavailableError("dial: no addresses");
+  for (sock_addr& a : *addrs) {
+    int fd = ::socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+    if (fd < 0) {
+      last = absl::ErrnoToStatus(errno, "dial: socket");
+      continue;
+    }
+    io_request rq{.op = io_opcode::connect, .fd = fd, .addr = &a.ss, .len = a.len};
+    int res = co_await make_op(&rq, nullptr, "net.dial", deadline);
+    if (res == 0) {
+      set_nodelay(fd);
+      co_return tcp_stream(fd);
+    }
+    ::close(fd);
+    last = net_error(res, absl::StrCat("dial tcp ", format_addr(a.ss)));
+    if (res == -ETIME || res == -ECANCELED) break;
+  }
+  co_return last;
+}
+
+}  // namespace
+
+// --- tcp_stream --------------------------------------------------------------
+
+tcp_stream::tcp_stream(tcp_stream&& o) noexcept
+    : fd_(o.fd_.exchange(-1, std::memory_order_relaxed)),
+      read_deadline_(o.read_deadline_),
+      write_deadline_(o.write_deadline_) {}
+
+tcp_stream& tcp_stream::operator=(tcp_stream&& o) noexcept {
+  if (this != &o) {
+    close();
+    fd_.store(o.fd_.exchange(-1, std::memory_order_relaxed), std::memory_order_relaxed);
+    read_deadline_ = o.read_deadline_;
+    write_deadline_ = o.write_deadline_;
+    read_slot_.closed.store(false, std::memory_order_relaxed);   // no op in flight (precondition)
+    write_slot_.closed.store(false, std::memory_order_relaxed);
+  }
+  return *this;
+}
+
+task<absl::StatusOr<std::size_t>> tcp_stream::read(std::span<char> buf) {
+  return do_read(buf, read_deadline_);
+}
+task<absl::StatusOr<std::size_t>> tcp_stream::read(std::span<char> buf,
+                                                   clock::time_point deadline) {
+  return do_read(buf, deadline);
+}
+task<absl::Status> tcp_stream::write(std::string_view data) {
+  return do_write(data, write_deadline_);
+}
+task<absl::Status> tcp_stream::write(std::string_view data, clock::time_point deadline) {
+  return do_write(data, deadline);
+}
+
+task<absl::StatusOr<std::size_t>> tcp_stream::do_read(std::span<char> buf,
+                                                      std::optional<clock::time_point> deadline) {
+  if (buf.empty()) co_return std::size_t{0};
+  for (;;) {
+    int fd = fd_.load(std::memory_order_relaxed);
+    if (fd < 0) co_return closed_error("read");
+    // Poll first (skip the recv attempt that would find the socket empty)
+    // unless the last recv said data was left behind or filled the buffer.
+    io_request rq{.op = io_opcode::recv,
+                  .fd = fd,
+                  .addr = buf.data(),
+                  .len = static_cast<std::uint32_t>(std::min(buf.size(), kMaxIo)),
+                  .poll_first = !data_left_};
+    io_awaiter op = make_op(&rq, &read_slot_, "net.read", deadline);
+    int res = co_await op;
+    data_left_ = res > 0 && (static_cast<std::uint32_t>(res) == rq.len ||
+                             (op.op.cqe_flags & detail::kCqeSockNonempty) != 0);
+    if (res >= 0) co_return static_cast<std::size_t>(res);
+    if (res == -EINTR) continue;
+    if (res == -EAGAIN) {
+      res = co_await wait_ready(fd, POLLIN, &read_slot_, deadline);
+      if (res >= 0 || res == -EINTR) continue;
+    }
+    co_return net_error(res, "read");
+  }
+}
+
+task<absl::Status> tcp_stream::do_write(std::string_view data,
+                                        std::optional<clock::time_point> deadline) {
+  while (!data.empty()) {
+    int fd = fd_.load(std::memory_order_relaxed);
+    if (fd < 0) co_return closed_error("write");
+    io_request rq{.op = io_opcode::send,
+                  .fd = fd,
+                  .addr = const_cast<char*>(data.data()),
+                  .len = static_cast<std::uint32_t>(std::min(data.size(), kMaxIo)),
+                  .flags = MSG_NOSIGNAL};
+    int res = co_await make_op(&rq, &write_slot_, "net.write", deadline);
+    if (res > 0) {
+      data.remove_prefix(static_cast<std::size_t>(res));
+      continue;
+    }
+    if (res == 0) co_return absl::InternalError("write: send made no progress");
+    if (res == -EINTR) continue;
+    if (res == -EAGAIN) {
+      res = co_await wait_ready(fd, POLLOUT, &write_slot_, deadline);
+      if (res >= 0 || res == -EINTR) continue;
+    }
+    co_return net_error(res, "write");
+  }
+  co_return absl::OkStatus();
+}
+
+absl::Status tcp_stream::shutdown(shutdown_how how) noexcept {
+  int fd = fd_.load(std::memory_order_relaxed);
+  if (fd < 0) return closed_error("shutdown");
+  int h = how == shutdown_how::read ? SHUT_RD : how == shutdown_how::write ? SHUT_WR : SHUT_RDWR;
+  if (::shutdown(fd, h) != 0) return absl::ErrnoToStatus(errno, "shutdown");
+  return absl::OkStatus();
+}
+
+void tcp_stream::cancel() noexcept {
+  detail::io_cancel(&read_slot_, false);
+  detail::io_cancel(&write_slot_, false);
+}
+
+void tcp_stream::close() noexcept {
+  if (fd_.load(std::memory_order_relaxed) < 0) return;
+  // Close the slots first: an op in flight is cancelled and its SQE is in
+  // the kernel before the fd number is released.
+  detail::io_cancel(&read_slot_, true);
+  detail::io_cancel(&write_slot_, true);
+  int fd = fd_.exchange(-1, std::memory_order_acq_rel);
+  if (fd >= 0) ::close(fd);
+}
+
+absl::StatusOr<std::string> tcp_stream::local_address() const {
+  return sock_name(fd_.load(std::memory_order_relaxed), false);
+}
+absl::StatusOr<std::string> tcp_stream::remote_address() const {
+  return sock_name(fd_.load(std::memory_order_relaxed), true);
+}
+
+// --- listener ----------------------------------------------------------------
+
+listener::listener(listener&& o) noexcept
+    : fd_(o.fd_.exchange(-1, std::memory_order_relaxed)),
+      port_(o.port_),
+      backoffs_(o.backoffs_.load(std::memory_order_relaxed)) {}
+
+listener& listener::operator=(listener&& o) noexcept {
+  if (this != &o) {
+    close();
+    fd_.store(o.fd_.exchange(-1, std::memory_order_relaxed), std::memory_order_relaxed);
+    port_ = o.port_;
+    backoffs_.store(o.backoffs_.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    slot_.closed.store(false, std::memory_order_relaxed);
+  }
+  return *this;
+}
+
+std::string listener::address() const {
+  auto a = sock_name(fd_.load(std::memory_order_relaxed), false);
+  return a.ok() ? *a : std::string();
+}
+
+task<absl::StatusOr<tcp_stream>> listener::accept() { return do_accept(std::nullopt); }
+task<absl::StatusOr<tcp_stream>> listener::accept(clock::time_point deadline) {
+  return do_accept(deadline);
+}
+
+task<absl::StatusOr<tcp_stream>> listener::do_accept(std::optional<clock::time_point> deadline) {
+  std::chrono::milliseconds delay{0};
+  for (;;) {
+    int fd = fd_.load(std::memory_order_relaxed);
+    if (fd < 0) co_return absl::FailedPreconditionError("accept: use of closed listener");
+    io_request rq{.op = io_opcode::accept, .fd = fd, .flags = SOCK_CLOEXEC};
+    int res = co_await make_op(&rq, &slot_, "net.accept", deadline);
+    if (res >= 0) {
+      set_nodelay(res);
+      co_return tcp_stream(res);
+    }
+    switch (-res) {
+      case EINTR:
+      case EAGAIN:
+      case ECONNABORTED:
+      // accept(2): errors of the new connection that ask for a retry.
+      case EPROTO:
+      case ENETDOWN:
+      case ENOPROTOOPT:
+      case EHOSTDOWN:
+      case ENONET:
+      case EHOSTUNREACH:
+      case ENETUNREACH:
+        continue;
+      case EMFILE:
+      case ENFILE:
+      case ENOBUFS:
+      case ENOMEM: {
+        // Go's net/http: sleep 5 ms, doubling to 1 s, and try again.
+        using namespace std::chrono_literals;
+        delay = delay.count() == 0 ? 5ms : std::min<std::chrono::milliseconds>(delay * 2, 1s);
+        backoffs_.fetch_add(1, std::memory_order_relaxed);
+        detail::io_timespec ts{.tv_sec = 0, .tv_nsec = delay.count() * 1'000'000};
+        if (delay >= 1s) ts = {.tv_sec = delay.count() / 1000, .tv_nsec = 0};
+        io_request sleep{.op = io_opcode::timeout, .addr = &ts};
+        int r = co_await make_op(&sleep, &slot_, "net.accept.backoff", deadline);
+        if (r == -ECANCELED) co_return net_error(r, "accept");
+        if (deadline && clock::now() >= *deadline) co_return net_error(-ETIME, "accept");
+        continue;
+      }
+      default:
+        co_return net_error(res, "accept");
+    }
+  }
+}
+
+void listener::close() noexcept {
+  if (fd_.load(std::memory_order_relaxed) < 0) return;
+  detail::io_cancel(&slot_, true);
+  int fd = fd_.exchange(-1, std::memory_order_acq_rel);
+  if (fd >= 0) ::close(fd);
+}
+
+absl::StatusOr<listener> listen(std::string_view address, listen_options opts) {
+  auto addrs = resolve(address, /*passive=*/true);
+  if (!addrs.ok()) return addrs.status();
+  absl::Status last = absl::UnavailableError(absl::StrCat("listen ", av(address), ": no addresses"));
+  for (sock_addr& a : *addrs) {
+    int fd = ::socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+    if (fd < 0) {
+      last = absl::ErrnoToStatus(errno, absl::StrCat("listen ", av(address), ": socket"));
+      if (errno == EAFNOSUPPORT) continue;
+      return last;
+    }
+    int one = 1, zero = 0;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (opts.reuse_port && ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+      last = absl::ErrnoToStatus(errno, absl::StrCat("listen ", av(address), ": SO_REUSEPORT"));
+      ::close(fd);
+      return last;
+    }
+    if (a.ss.ss_family == AF_INET6) {
+      auto* in6 = reinterpret_cast<sockaddr_in6*>(&a.ss);
+      if (IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr)) {
+        ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+      }
+    }
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&a.ss), a.len) != 0 ||
+        ::listen(fd, opts.backlog > 0 ? opts.backlog : 4096) != 0) {
+      int err = errno;
+      ::close(fd);
+      last = absl::ErrnoToStatus(err, absl::StrCat("listen tcp ", format_addr(a.ss)));
+      if (err == EADDRNOTAVAIL || err == EAFNOSUPPORT) continue;  // e.g. no IPv6 here
+      return last;
+    }
+    sockaddr_storage bound{};
+    socklen_t len = sizeof bound;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &len);
+    listener ln;
+    ln.fd_.store(fd, std::memory_order_relaxed);
+    ln.port_ = ntohs(bound.ss_family == AF_INET
+                         ? reinterpret_cast<sockaddr_in*>(&bound)->sin_port
+                         : reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
+    return ln;
+  }
+  return last;
+}
+
+// The address is copied into the lazy task's frame: the caller's string may
+// be gone when the task runs.
+task<absl::StatusOr<tcp_stream>> dial(std::string_view address) {
+  return dial_addr(std::string(address), std::nullopt);
+}
+task<absl::StatusOr<tcp_stream>> dial(std::string_view address, clock::time_point deadline) {
+  return dial_addr(std::string(address), deadline);
+}
+
+}  // namespace mpg::net

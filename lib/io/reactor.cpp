@@ -1,0 +1,681 @@
+// lib/io/reactor.cpp: the io_uring backend of the per-P reactor, and the only
+// source file of libmpg that includes liburing.h.
+//
+// Ring set-up. The ring moves between threads with its P, so the flags that
+// bind a ring to one task are out: IORING_SETUP_SINGLE_ISSUER and
+// DEFER_TASKRUN (6.0/6.1) would make every submit from a second M fail or
+// strand completions; a registered ring fd (io_uring_register_ring_fd, 5.18)
+// is an index into the registering thread's table, useless on another M;
+// SQPOLL would burn a core per P. We use:
+//   - CQSIZE (5.5) with a CQ four times the SQ, plus FEAT_NODROP (5.5): a CQ
+//     that fills anyway parks overflow in the kernel, and submit returns
+//     -EBUSY until it is flushed; reap() flushes it (io_uring_peek_batch_cqe
+//     enters the kernel when IORING_SQ_CQ_OVERFLOW is set) and start() reaps
+//     when it cannot get an SQE.
+//   - COOP_TASKRUN + TASKRUN_FLAG (5.19): completions that need task_work
+//     (every socket op woken by poll) do not IPI the submitting thread while
+//     it runs tasks; the kernel sets IORING_SQ_TASKRUN and the next reap() or
+//     submit enters the kernel to run them. Fewer interrupts under load.
+//   - SUBMIT_ALL (5.18): one bad SQE does not stop the rest of a batch.
+// Older kernels get the flags dropped one set at a time. FEAT_EXT_ARG (5.11,
+// the timeout argument of io_uring_enter) is required, so Linux 5.11 is the
+// floor; create() probes every opcode mpg uses and names the one missing.
+//
+// A consequence of task_work: io_uring runs an op's completion on the thread
+// that submitted it (the one that called io_uring_enter). If that M has since
+// handed the P to another M and sits in an uninterruptible syscall, the op's
+// CQE waits for it; an M that sleeps interruptibly (futex, nanosleep) is woken
+// to run it. Ms should not exit while ops they submitted are in flight (the
+// kernel cancels an exiting thread's io-wq work).
+//
+// Waking a waiting M. wait() sleeps in io_uring_enter(GETEVENTS). wake()
+// must end that sleep from any thread without the lock, so the ring always
+// holds a READ of an eventfd: wake() writes the eventfd, the read completes,
+// the CQE ends the sleep. Because the read's completion runs as task_work of
+// the thread that submitted it, a read submitted by some other thread that
+// is busy running tasks would not wake us promptly; so wait() makes sure a
+// read submitted by the waiting thread itself is armed (at most two reads
+// exist: the old armer's and ours; a write completes one of them, the other
+// stays armed). A write happens only when a thread is (about to be) asleep:
+// wake_state_ (reactor.hpp) is a Dekker handshake between the waiter, which
+// adds itself and then looks for a notification, and wake(), which sets the
+// notification and then looks for a waiter. Either the waiter sees the
+// notification and does not sleep, or wake() sees the waiter and writes.
+//
+// Three rejected designs: an eventfd registered for CQ notifications
+// (io_uring_register_eventfd) inverts the direction we need; IORING_OP_MSG_RING
+// (5.18) needs a ring in the waking thread, which may be any thread; a signal
+// to the waiter (Go's approach for preemption) would claim a signal number in
+// every program that links mpg.
+//
+// Invariants (under lock_): pending_ counts every SQE that will produce a CQE
+// we have not yet seen, except the wake reads; an io_op's final CQE is seen
+// exactly once and calls its completion exactly once; after shutting_down_ no
+// op starts.
+#include "io/reactor.hpp"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <liburing.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "sched/thread_mutex.hpp"
+
+namespace mpg::detail {
+
+static_assert(sizeof(io_timespec) == sizeof(__kernel_timespec));
+static_assert(kCqeSockNonempty == IORING_CQE_F_SOCK_NONEMPTY);
+static_assert(offsetof(io_timespec, tv_nsec) == offsetof(__kernel_timespec, tv_nsec));
+
+namespace {
+
+// user_data values that are not io_op pointers (ops are at least 8-aligned).
+constexpr std::uint64_t kIgnoreTag = 1;  // link timeouts, cancels: count only
+constexpr std::uint64_t kWakeTag = 2;    // 2 and 3: wake_reads_[0], [1]
+constexpr unsigned kReapBatch = 64;
+
+int this_tid() noexcept {
+  thread_local int tid = static_cast<int>(::gettid());
+  return tid;
+}
+
+// What create() last failed with, for ops started where no reactor exists.
+thread_mutex g_reason_mutex;
+std::string g_reason ABSL_GUARDED_BY(g_reason_mutex);
+
+std::string kernel_release() {
+  utsname u{};
+  if (::uname(&u) != 0) return "unknown";
+  return u.release;
+}
+
+absl::Status setup_error(int err, unsigned entries) {
+  std::string kernel = kernel_release();
+  switch (err) {
+    case EPERM:
+    case EACCES:
+      return absl::ErrnoToStatus(
+          err, absl::StrCat(
+                   "mpg: io_uring_setup refused: io_uring is disabled here, by the sysctl "
+                   "kernel.io_uring_disabled (1: only members of kernel.io_uring_group, 2: "
+                   "nobody) or by a seccomp filter (Docker's and containerd's default profiles "
+                   "block io_uring). Set `sysctl -w kernel.io_uring_disabled=0`, join the "
+                   "io_uring group, or run with a seccomp profile that allows io_uring_setup, "
+                   "io_uring_enter and io_uring_register"));
+    case ENOSYS:
+      return absl::ErrnoToStatus(
+          err, absl::StrCat("mpg: no io_uring in this kernel (", kernel,
+                            "): it is older than 5.1, built without CONFIG_IO_URING, or a "
+                            "sandbox (gVisor, a seccomp filter) hides the syscalls. mpg needs "
+                            "Linux >= 5.11 with io_uring enabled"));
+    case ENOMEM: {
+      rlimit rl{};
+      ::getrlimit(RLIMIT_MEMLOCK, &rl);
+      return absl::ErrnoToStatus(
+          err, absl::StrCat("mpg: cannot allocate an io_uring of ", entries,
+                            " entries: before Linux 5.12 rings count against RLIMIT_MEMLOCK "
+                            "(now ", rl.rlim_cur, " bytes; raise `ulimit -l`) or lower "
+                            "runtime_options::ring_entries; otherwise memory is exhausted"));
+    }
+    case EMFILE:
+    case ENFILE:
+      return absl::ErrnoToStatus(
+          err, "mpg: out of file descriptors creating an io_uring (raise RLIMIT_NOFILE)");
+    case EINVAL:
+      return absl::ErrnoToStatus(
+          err, absl::StrCat("mpg: the kernel (", kernel,
+                            ") rejected the io_uring parameters; mpg needs Linux >= 5.11"));
+    default:
+      return absl::ErrnoToStatus(err, "mpg: io_uring_setup failed");
+  }
+}
+
+absl::Status remember(absl::Status s) {
+  thread_mutex_lock g(g_reason_mutex);
+  g_reason = std::string(s.message());
+  return s;
+}
+
+struct required_op {
+  int op;
+  const char* name;
+  const char* since;
+};
+constexpr required_op kRequiredOps[] = {
+    {IORING_OP_NOP, "NOP", "5.1"},
+    {IORING_OP_FSYNC, "FSYNC", "5.1"},
+    {IORING_OP_POLL_ADD, "POLL_ADD", "5.1"},
+    {IORING_OP_TIMEOUT, "TIMEOUT", "5.4"},
+    {IORING_OP_ACCEPT, "ACCEPT", "5.5"},
+    {IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL", "5.5"},
+    {IORING_OP_LINK_TIMEOUT, "LINK_TIMEOUT", "5.5"},
+    {IORING_OP_CONNECT, "CONNECT", "5.5"},
+    {IORING_OP_OPENAT, "OPENAT", "5.6"},
+    {IORING_OP_STATX, "STATX", "5.6"},
+    {IORING_OP_READ, "READ", "5.6"},
+    {IORING_OP_WRITE, "WRITE", "5.6"},
+    {IORING_OP_SEND, "SEND", "5.6"},
+    {IORING_OP_RECV, "RECV", "5.6"},
+};
+
+}  // namespace
+
+void io_spin_lock::relax(unsigned spins) noexcept {
+  if (spins < 100) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+  } else {
+    ::sched_yield();
+  }
+}
+
+const char* reactor::unavailable_reason() noexcept {
+  thread_mutex_lock g(g_reason_mutex);
+  return g_reason.c_str();  // stable until the next create() failure
+}
+
+reactor::reactor() : ring_(std::make_unique<io_uring>()) {}
+
+absl::StatusOr<std::unique_ptr<reactor>> reactor::create(unsigned entries) {
+  if (entries == 0) entries = 256;
+  if (entries > 4096) entries = 4096;  // the CQ (4x) stays well under the kernel's caps
+  std::unique_ptr<reactor> r(new reactor());
+  constexpr unsigned kFlagSets[] = {
+      IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG |
+          IORING_SETUP_SUBMIT_ALL,
+      IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL,
+      IORING_SETUP_CQSIZE,
+  };
+  int ret = -EINVAL;
+  io_uring_params params{};
+  for (unsigned flags : kFlagSets) {
+    std::memset(&params, 0, sizeof params);
+    params.flags = flags;
+    params.cq_entries = entries * 4;
+    ret = io_uring_queue_init_params(entries, r->ring_.get(), &params);
+    if (ret != -EINVAL) break;
+  }
+  if (ret < 0) return remember(setup_error(-ret, entries));
+  r->ring_fd_ = r->ring_->ring_fd;
+  // From here ~reactor() tears the ring down.
+
+  if (!(params.features & IORING_FEAT_NODROP) || !(params.features & IORING_FEAT_EXT_ARG)) {
+    return remember(absl::UnimplementedError(
+        absl::StrCat("mpg: this kernel (", kernel_release(),
+                     ") lacks io_uring FEAT_NODROP (5.5) or FEAT_EXT_ARG (5.11); mpg needs "
+                     "Linux >= 5.11")));
+  }
+  io_uring_probe* probe = io_uring_get_probe_ring(r->ring_.get());
+  if (probe == nullptr) {
+    return remember(absl::UnimplementedError("mpg: cannot probe io_uring opcodes (Linux < 5.6)"));
+  }
+  for (const required_op& op : kRequiredOps) {
+    if (!io_uring_opcode_supported(probe, op.op)) {
+      io_uring_free_probe(probe);
+      return remember(absl::UnimplementedError(
+          absl::StrCat("mpg: this kernel (", kernel_release(), ") lacks IORING_OP_", op.name,
+                       " (Linux ", op.since, "); mpg needs Linux >= 5.11")));
+    }
+  }
+  io_uring_free_probe(probe);
+
+  r->event_fd_ = ::eventfd(0, EFD_CLOEXEC);
+  if (r->event_fd_ < 0) {
+    return remember(absl::ErrnoToStatus(errno, "mpg: eventfd for the reactor's wake-ups"));
+  }
+  r->lock_.lock();
+  r->arm_wake_locked(0);
+  r->flush_locked();
+  r->lock_.unlock();
+  return r;
+}
+
+reactor::~reactor() {
+  if (ring_fd_ >= 0) {
+    // Ops still in flight reference memory of frames that may be gone: cancel
+    // them and drain their CQEs without touching the ops (quiet drain).
+    lock_.lock();
+    shutting_down_ = true;
+    if (pending_.load(std::memory_order_relaxed) != 0) {
+      io_uring_sqe* sqe = io_uring_get_sqe(ring_.get());
+      if (sqe == nullptr) {
+        io_uring_submit(ring_.get());
+        sqe = io_uring_get_sqe(ring_.get());
+      }
+      if (sqe != nullptr) {
+        io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+        io_uring_sqe_set_data64(sqe, kIgnoreTag);
+        pending_.fetch_add(1, std::memory_order_relaxed);
+        io_uring_submit(ring_.get());
+      }
+      auto give_up = clock::now() + std::chrono::seconds(5);
+      while (pending_.load(std::memory_order_relaxed) != 0 && clock::now() < give_up) {
+        unsigned head, seen = 0;
+        io_uring_cqe* cqe;
+        io_uring_for_each_cqe(ring_.get(), head, cqe) {
+          ++seen;
+          bool wake_read = cqe->user_data == kWakeTag || cqe->user_data == kWakeTag + 1;
+          if (!wake_read && !(cqe->flags & IORING_CQE_F_MORE)) {
+            pending_.fetch_sub(1, std::memory_order_relaxed);
+          }
+        }
+        io_uring_cq_advance(ring_.get(), seen);
+        if (seen == 0) {
+          __kernel_timespec ts{0, 10'000'000};
+          io_uring_cqe* c = nullptr;
+          io_uring_wait_cqe_timeout(ring_.get(), &c, &ts);
+        }
+      }
+    }
+    lock_.unlock();
+    io_uring_queue_exit(ring_.get());
+  }
+  if (event_fd_ >= 0) ::close(event_fd_);
+}
+
+// --- submission ------------------------------------------------------------
+
+io_uring_sqe* reactor::get_sqes_locked(unsigned n) noexcept {
+  for (int attempt = 0; attempt < 16; ++attempt) {
+    if (io_uring_sq_space_left(ring_.get()) >= n) return io_uring_get_sqe(ring_.get());
+    flush_locked();
+    if (io_uring_sq_space_left(ring_.get()) >= n) return io_uring_get_sqe(ring_.get());
+    // The kernel refused (-EBUSY: completions it cannot post). Make room.
+    reap_locked();
+    if (attempt > 4) ::sched_yield();
+  }
+  return nullptr;
+}
+
+void reactor::flush_locked() noexcept {
+  io_uring* ring = ring_.get();
+  if (io_uring_sq_ready(ring) == 0) return;
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    int ret = io_uring_submit(ring);
+    submit_calls_.fetch_add(1, std::memory_order_relaxed);
+    if (ret >= 0) {
+      // Whatever this thread submitted runs its completion task_work here.
+      for (wake_read& w : wake_reads_) {
+        if (w.armed && w.armer == 0) w.armer = this_tid();
+      }
+      break;
+    }
+    if (ret != -EINTR) break;  // -EBUSY/-EAGAIN: leave the SQEs for the next flush
+  }
+  unsubmitted_.store(io_uring_sq_ready(ring), std::memory_order_relaxed);
+}
+
+void reactor::flush() noexcept {
+  lock_.lock();
+  flush_locked();
+  lock_.unlock();
+}
+
+void reactor::start(io_op* op, io_prep_fn prep, const void* ctx) noexcept {
+  lock_.lock();
+  if (shutting_down_) {
+    op->res = -ECANCELED;
+    op->cancel_requested = true;
+    pending_.fetch_add(1, std::memory_order_relaxed);
+    dispatch(reinterpret_cast<std::uintptr_t>(op), -ECANCELED, 0, false);
+    lock_.unlock();
+    return;
+  }
+  const unsigned need = op->has_deadline ? 2 : 1;
+  io_uring_sqe* sqe = get_sqes_locked(need);
+  pending_.fetch_add(need, std::memory_order_relaxed);
+  if (sqe == nullptr) {
+    if (need == 2) pending_.fetch_sub(1, std::memory_order_relaxed);
+    dispatch(reinterpret_cast<std::uintptr_t>(op), -EBUSY, 0, false);
+    lock_.unlock();
+    return;
+  }
+  prep(sqe, ctx);
+  // io::submit owns user_data and the link flags (an op linked to whatever
+  // SQE comes next would chain unrelated tasks' operations).
+  sqe->flags &= static_cast<__u8>(~(IOSQE_IO_LINK | IOSQE_IO_HARDLINK | IOSQE_CQE_SKIP_SUCCESS));
+  io_uring_sqe_set_data(sqe, op);
+  if (op->has_deadline) {
+    sqe->flags |= IOSQE_IO_LINK;
+    auto since_epoch = op->deadline.time_since_epoch();  // steady_clock is CLOCK_MONOTONIC
+    auto secs = std::chrono::duration_cast<std::chrono::seconds>(since_epoch);
+    op->ts.tv_sec = secs.count();
+    op->ts.tv_nsec = std::chrono::duration_cast<std::chrono::nanoseconds>(since_epoch - secs).count();
+    io_uring_sqe* t = io_uring_get_sqe(ring_.get());  // reserved above: consecutive with sqe
+    io_uring_prep_link_timeout(t, reinterpret_cast<__kernel_timespec*>(&op->ts),
+                               IORING_TIMEOUT_ABS);
+    io_uring_sqe_set_data64(t, kIgnoreTag);
+  }
+  if (op->submit_now) {
+    flush_locked();
+  } else {
+    unsubmitted_.store(io_uring_sq_ready(ring_.get()), std::memory_order_relaxed);
+  }
+  lock_.unlock();
+}
+
+void reactor::cancel(io_slot* slot, io_op* op) noexcept {
+  lock_.lock();
+  io_uring_sqe* sqe = get_sqes_locked(1);  // may reap, and so complete op: check after
+  if (sqe != nullptr) {
+    // Relaxed: the slot is cleared under lock_, which we hold.
+    if (slot->op.load(std::memory_order_relaxed) == op) {
+      op->cancel_requested = true;
+      io_uring_prep_cancel64(sqe, reinterpret_cast<std::uintptr_t>(op), 0);
+    } else {
+      io_uring_prep_nop(sqe);
+    }
+    io_uring_sqe_set_data64(sqe, kIgnoreTag);
+    pending_.fetch_add(1, std::memory_order_relaxed);
+    // Submit now: the op's own SQE, ahead of the cancel, goes in too, so a
+    // close() that follows cannot let the kernel resolve a reused fd number.
+    flush_locked();
+  }
+  lock_.unlock();
+}
+
+void reactor::cancel_all() noexcept {
+  lock_.lock();
+  shutting_down_ = true;
+  auto issue_cancel = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_) {
+    if (io_uring_sqe* sqe = get_sqes_locked(1)) {
+      io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+      io_uring_sqe_set_data64(sqe, kIgnoreTag);
+      pending_.fetch_add(1, std::memory_order_relaxed);
+    }
+    flush_locked();
+  };
+  issue_cancel();
+  reap_locked();
+  lock_.unlock();
+  auto start_time = clock::now();
+  auto last_cancel = start_time;
+  while (pending_.load(std::memory_order_relaxed) != 0) {
+    auto now = clock::now();
+    if (now - start_time > std::chrono::seconds(10)) {
+      std::fprintf(stderr, "mpg: %u io_uring operations did not complete at shutdown\n",
+                   pending_.load(std::memory_order_relaxed));
+      return;
+    }
+    enter_wait(now + std::chrono::milliseconds(10));
+    lock_.lock();
+    reap_locked();
+    // Re-cancel now and then: an op may have been in a state the first
+    // cancel could not reach (being issued on another thread's task_work).
+    if (pending_.load(std::memory_order_relaxed) != 0 &&
+        clock::now() - last_cancel > std::chrono::milliseconds(100)) {
+      issue_cancel();
+      last_cancel = clock::now();
+    }
+    lock_.unlock();
+  }
+}
+
+// --- completion --------------------------------------------------------------
+
+unsigned reactor::dispatch(std::uint64_t user_data, int res, std::uint32_t flags,
+                           bool batch) noexcept {
+  if (user_data == kIgnoreTag) {
+    pending_.fetch_sub(1, std::memory_order_relaxed);
+    return 0;
+  }
+  if (user_data == kWakeTag || user_data == kWakeTag + 1) {
+    int i = static_cast<int>(user_data - kWakeTag);
+    wake_reads_[i].armed = false;
+    if (!shutting_down_ && !wake_reads_[1 - i].armed) arm_wake_locked(i);
+    return 0;
+  }
+  io_op* op = reinterpret_cast<io_op*>(static_cast<std::uintptr_t>(user_data));
+  // The first CQE carries the result (send_zc's second is a notification;
+  // a multishot op's later ones are dropped: io::submit awaits one result).
+  if (!op->got_first) {
+    op->got_first = true;
+    op->res = res;
+    op->cqe_flags = flags;
+  }
+  if (flags & IORING_CQE_F_MORE) return 0;
+  pending_.fetch_sub(1, std::memory_order_relaxed);
+  if (io_slot* s = op->slot) {
+    io_op* expected = op;
+    // Relaxed: cancellers re-check the slot under lock_, which we hold.
+    s->op.compare_exchange_strong(expected, nullptr, std::memory_order_relaxed);
+  }
+  // From here the op (and its frame) may be resumed and freed on another
+  // thread: read `complete` first and touch nothing after.
+  if (op->complete != nullptr) {
+    op->complete(op);
+  } else if (batch) {
+    ready_tail(op->waiter);
+  } else {
+    ready(op->waiter);
+  }
+  return 1;
+}
+
+unsigned reactor::reap_locked() noexcept {
+  io_uring* ring = ring_.get();
+  io_uring_cqe* cqes[kReapBatch];
+  unsigned completed = 0;
+  for (;;) {
+    // Enters the kernel when the CQ is empty but IORING_SQ_TASKRUN or
+    // IORING_SQ_CQ_OVERFLOW is set: runs our task_work, flushes overflow.
+    unsigned n = io_uring_peek_batch_cqe(ring, cqes, kReapBatch);
+    if (n == 0) break;
+    for (unsigned i = 0; i < n; ++i) {
+      completed += dispatch(cqes[i]->user_data, cqes[i]->res, cqes[i]->flags, n > 1);
+    }
+    io_uring_cq_advance(ring, n);
+  }
+  return completed;
+}
+
+unsigned reactor::reap() noexcept {
+  lock_.lock();
+  unsigned n = reap_locked();
+  lock_.unlock();
+  return n;
+}
+
+bool reactor::try_reap() noexcept {
+  if (!lock_.try_lock()) return false;
+  reap_locked();
+  lock_.unlock();
+  return true;
+}
+
+// --- waiting and waking ------------------------------------------------------
+
+void reactor::arm_wake_locked(int i) noexcept {
+  io_uring_sqe* sqe = io_uring_get_sqe(ring_.get());
+  if (sqe == nullptr) {
+    flush_locked();
+    sqe = io_uring_get_sqe(ring_.get());
+    if (sqe == nullptr) return;  // ensure_wake_armed_locked retries at the next wait
+  }
+  io_uring_prep_read(sqe, event_fd_, &wake_reads_[i].value, sizeof(std::uint64_t), 0);
+  io_uring_sqe_set_data64(sqe, kWakeTag + static_cast<std::uint64_t>(i));
+  wake_reads_[i].armed = true;
+  wake_reads_[i].armer = 0;  // set by the flush that submits it
+  unsubmitted_.store(io_uring_sq_ready(ring_.get()), std::memory_order_relaxed);
+}
+
+bool reactor::ensure_wake_armed_locked() noexcept {
+  const int me = this_tid();
+  int idle = -1;
+  for (int i = 0; i < 2; ++i) {
+    if (wake_reads_[i].armed && (wake_reads_[i].armer == me || wake_reads_[i].armer == 0)) {
+      return true;  // ours, or unsubmitted: the flush that follows makes it ours
+    }
+    if (!wake_reads_[i].armed && idle < 0) idle = i;
+  }
+  if (idle >= 0) arm_wake_locked(idle);
+  return wake_reads_[0].armed || wake_reads_[1].armed;
+}
+
+void reactor::enter_wait(std::optional<clock::time_point> deadline) noexcept {
+  if (!deadline) {
+    io_uring_enter(static_cast<unsigned>(ring_fd_), 0, 1, IORING_ENTER_GETEVENTS, nullptr);
+    return;
+  }
+  auto now = clock::now();
+  if (*deadline <= now) return;
+  auto rel = std::chrono::duration_cast<std::chrono::nanoseconds>(*deadline - now).count();
+  __kernel_timespec ts{};
+  ts.tv_sec = rel / 1'000'000'000;
+  ts.tv_nsec = rel % 1'000'000'000;
+  io_uring_getevents_arg arg{};
+  arg.sigmask = 0;
+  arg.sigmask_sz = _NSIG / 8;
+  arg.ts = reinterpret_cast<std::uintptr_t>(&ts);
+  io_uring_enter2(static_cast<unsigned>(ring_fd_), 0, 1,
+                  IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG,
+                  reinterpret_cast<sigset_t*>(&arg), sizeof arg);
+}
+
+unsigned reactor::wait(std::optional<clock::time_point> deadline) noexcept {
+  lock_.lock();
+  unsigned n = reap_locked();
+  bool can_be_woken = true;
+  if (n == 0 && !shutting_down_) can_be_woken = ensure_wake_armed_locked();
+  flush_locked();  // our SQEs and a (re-)armed wake read go in before we sleep
+  lock_.unlock();
+  if (n != 0) return n;
+  if (!can_be_woken) {  // no SQE for a wake read: never sleep long
+    auto soon = clock::now() + std::chrono::milliseconds(1);
+    if (!deadline || *deadline > soon) deadline = soon;
+  }
+  // seq_cst: the Dekker handshake with wake() (reactor.hpp, wake_state_).
+  std::uint32_t s = wake_state_.fetch_add(2, std::memory_order_seq_cst);
+  if ((s & 1) == 0) enter_wait(deadline);
+  // Consume the notification before leaving, so a wake() in between writes
+  // the eventfd (a spurious return later) rather than being lost.
+  wake_state_.fetch_and(~1u, std::memory_order_seq_cst);
+  wake_state_.fetch_sub(2, std::memory_order_seq_cst);
+  lock_.lock();
+  n = reap_locked();
+  lock_.unlock();
+  return n;
+}
+
+void reactor::wake() noexcept {
+  std::uint32_t s = wake_state_.fetch_or(1, std::memory_order_seq_cst);
+  if ((s & 1) == 0 && (s >> 1) != 0) {
+    std::uint64_t one = 1;
+    while (::write(event_fd_, &one, sizeof one) < 0 && errno == EINTR) {
+    }
+  }
+}
+
+// --- the bridge from awaiters ------------------------------------------------
+
+int io_op::outcome() const noexcept {
+  if (res == -ECANCELED || res == -EINTR) {
+    if (cancel_requested) return -ECANCELED;
+    if (has_deadline && clock::now() >= deadline) return -ETIME;
+  }
+  return res;
+}
+
+bool io_start(io_op* op, io_prep_fn prep, const void* ctx, io_slot* slot) {
+  op->res = 0;
+  op->cqe_flags = 0;
+  op->got_first = false;
+  op->cancel_requested = false;
+  op->slot = slot;
+  if (op->has_deadline && io_op::clock::now() >= op->deadline) {
+    op->res = -ETIME;
+    return false;
+  }
+  reactor* r = current_reactor();
+  if (r == nullptr) {
+    op->res = -ENXIO;
+    return false;
+  }
+  if (slot == nullptr) {
+    r->start(op, prep, ctx);
+    return true;
+  }
+  slot->lock.lock();
+  if (slot->closed.load(std::memory_order_relaxed)) {  // under the lock: authoritative
+    slot->lock.unlock();
+    op->res = -ECANCELED;
+    op->cancel_requested = true;
+    return false;
+  }
+  slot->owner = r;
+  slot->op.store(op, std::memory_order_relaxed);  // ordered for the reactor by its lock
+  r->start(op, prep, ctx);
+  // The op is published; the slot lives in the object (not the frame), and
+  // that object's close() takes this lock before it can go away.
+  slot->lock.unlock();
+  return true;
+}
+
+void io_cancel(io_slot* slot, bool close) noexcept {
+  slot->lock.lock();
+  if (close) slot->closed.store(true, std::memory_order_release);
+  if (io_op* op = slot->op.load(std::memory_order_relaxed)) slot->owner->cancel(slot, op);
+  slot->lock.unlock();
+}
+
+void prep_request(io_uring_sqe* sqe, const void* ctx) {
+  const io_request& r = *static_cast<const io_request*>(ctx);
+  switch (r.op) {
+    case io_opcode::nop:
+      io_uring_prep_nop(sqe);
+      break;
+    case io_opcode::recv:
+      io_uring_prep_recv(sqe, r.fd, r.addr, r.len, r.flags);
+      if (r.poll_first) sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+      break;
+    case io_opcode::send:
+      io_uring_prep_send(sqe, r.fd, r.addr, r.len, r.flags);
+      break;
+    case io_opcode::accept:
+      io_uring_prep_accept(sqe, r.fd, static_cast<sockaddr*>(r.addr),
+                           static_cast<socklen_t*>(r.addr2), r.flags);
+      break;
+    case io_opcode::connect:
+      io_uring_prep_connect(sqe, r.fd, static_cast<const sockaddr*>(r.addr), r.len);
+      break;
+    case io_opcode::read:
+      io_uring_prep_read(sqe, r.fd, r.addr, r.len, r.off);
+      break;
+    case io_opcode::write:
+      io_uring_prep_write(sqe, r.fd, r.addr, r.len, r.off);
+      break;
+    case io_opcode::fsync:
+      io_uring_prep_fsync(sqe, r.fd, static_cast<unsigned>(r.flags));
+      break;
+    case io_opcode::openat:
+      io_uring_prep_openat(sqe, r.fd, static_cast<const char*>(r.addr), r.flags, r.mode);
+      break;
+    case io_opcode::statx:
+      io_uring_prep_statx(sqe, r.fd, static_cast<const char*>(r.addr), r.flags, r.len,
+                          static_cast<struct statx*>(r.addr2));
+      break;
+    case io_opcode::timeout:
+      io_uring_prep_timeout(sqe, static_cast<__kernel_timespec*>(r.addr), 0,
+                            static_cast<unsigned>(r.flags));
+      break;
+    case io_opcode::poll:
+      io_uring_prep_poll_add(sqe, r.fd, r.len);
+      break;
+  }
+}
+
+}  // namespace mpg::detail

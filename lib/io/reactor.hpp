@@ -1,0 +1,164 @@
+// lib/io/reactor.hpp: the per-P io_uring reactor (private interface).
+//
+// One reactor per P; it moves between threads with its P. The scheduler uses
+// four calls (Seastar's shape): flush() submits and never blocks, reap()
+// dispatches completions and never blocks, wait() blocks in io_uring_enter
+// and is used only when the M has nothing to run, wake() makes a waiting M
+// return. busy() is the cheap per-tick check ("is any I/O outstanding?").
+//
+// Everything here is thread-safe: an internal spin lock serialises the SQ and
+// CQ, uncontended in the common case (the M holding the P); sysmon or another
+// M may reap a busy P's reactor (try_reap never waits for the lock). wait()
+// does not hold the lock while it sleeps, so others may submit and reap.
+//
+// Completion dispatch (see mpg/detail/io/io_op.hpp): user_data points at an
+// io_op in the suspended awaiter; on its final CQE the reactor stores
+// res/flags, clears its io_slot, and calls op->complete or ready(waiter),
+// under the reactor lock. Those callbacks must never call back into the same
+// reactor (wake() excepted: it takes no lock).
+//
+// Only lib/io/reactor.cpp includes liburing.h. net.cpp and fs.cpp describe their
+// operations as io_request values, which reactor.cpp turns into SQEs.
+#pragma once
+
+#include <absl/base/thread_annotations.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+
+#include "absl/status/statusor.h"
+#include "mpg/detail/io/io_op.hpp"
+
+struct io_uring;
+
+namespace mpg::detail {
+
+class reactor {
+ public:
+  using clock = std::chrono::steady_clock;
+
+  // create(): sets up a ring of `entries` SQEs (CQ 4x), probes the ops mpg
+  // uses, and arms the wake-up eventfd read. A failure (io_uring disabled by
+  // sysctl or seccomp, old kernel, RLIMIT_MEMLOCK, ...) is a Status whose
+  // message says why and what to do; it is also remembered for
+  // unavailable_reason().
+  static absl::StatusOr<std::unique_ptr<reactor>> create(unsigned entries);
+  ~reactor();
+  reactor(const reactor&) = delete;
+  reactor& operator=(const reactor&) = delete;
+
+  // busy(): lock-free; true while an op is in flight or an SQE is not yet
+  // submitted (the internal wake-up read does not count). Relaxed: a hint
+  // for a per-tick check; a stale answer only delays a flush or reap.
+  bool busy() const noexcept { return pending_.load(std::memory_order_relaxed) != 0; }
+  // has_unsubmitted(): lock-free hint that flush() has work.
+  bool has_unsubmitted() const noexcept {
+    return unsubmitted_.load(std::memory_order_relaxed) != 0;
+  }
+
+  // flush(): submit pending SQEs. Never blocks.
+  void flush() noexcept;
+  // reap(): dispatch every completion that is ready. Never blocks. Returns
+  // the number of ops completed (final completions of awaited ops).
+  unsigned reap() noexcept;
+  // try_reap(): like reap() but returns false at once if another thread
+  // holds the lock; true if it reaped (even nothing).
+  bool try_reap() noexcept;
+  // wait(): flush, then block in io_uring_enter until a completion, wake(),
+  // or the deadline (none: indefinitely); then reap. Returns as reap().
+  unsigned wait(std::optional<clock::time_point> deadline) noexcept;
+  // wake(): from any thread, lock-free: makes a current wait() return
+  // promptly, or if none is in progress, the next one. No lost wake-ups.
+  void wake() noexcept;
+  // cancel_all(): shutdown. Cancels everything in flight and reaps until all
+  // final completions have arrived (ops that complete call their callbacks,
+  // i.e. ready(), as usual). Ops started afterwards fail with -ECANCELED.
+  void cancel_all() noexcept;
+
+  // --- used by io_start / io_cancel (lib/io/reactor.cpp) ---
+  // start(): prepare op's SQE (and its link timeout) under the lock.
+  void start(io_op* op, io_prep_fn prep, const void* ctx) noexcept;
+  // cancel(): if `slot` still holds `op`, mark it cancelled and submit an
+  // ASYNC_CANCEL for it (and any SQEs before it) at once.
+  void cancel(io_slot* slot, io_op* op) noexcept;
+
+  // unavailable_reason(): why the last create() failed (empty if none).
+  static const char* unavailable_reason() noexcept;
+
+  // Statistics for tests.
+  std::uint64_t submit_calls() const noexcept { return submit_calls_.load(std::memory_order_relaxed); }
+
+ private:
+  reactor();
+
+  void flush_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  unsigned reap_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  unsigned dispatch(std::uint64_t user_data, int res, std::uint32_t flags, bool batch) noexcept
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  io_uring_sqe* get_sqes_locked(unsigned n) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  void arm_wake_locked(int index) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  bool ensure_wake_armed_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  void enter_wait(std::optional<clock::time_point> deadline) noexcept;
+
+  io_spin_lock lock_;
+  std::unique_ptr<io_uring> ring_;
+  int ring_fd_ = -1;
+  int event_fd_ = -1;
+  bool shutting_down_ ABSL_GUARDED_BY(lock_) = false;
+
+  // Wake-up reads on event_fd_ (see reactor.cpp, "Waking a waiting M").
+  struct wake_read {
+    std::uint64_t value = 0;
+    bool armed = false;
+    int armer = 0;  // tid of the thread that submitted it
+  };
+  wake_read wake_reads_[2] ABSL_GUARDED_BY(lock_);
+
+  // Ops (and SQEs that produce a CQE) outstanding. Modified under lock_,
+  // read lock-free by busy(); relaxed (see busy()).
+  std::atomic<std::uint32_t> pending_{0};
+  std::atomic<std::uint32_t> unsubmitted_{0};
+  std::atomic<std::uint64_t> submit_calls_{0};
+
+  // wake_state_: bit 0 = notified (wake() called, not yet consumed by a
+  // wait); bits 1.. = number of threads inside wait()'s sleeping section.
+  // seq_cst on both sides: a Dekker handshake (the waiter announces itself
+  // then looks for a notification; wake() posts the notification then looks
+  // for a waiter), so at least one side sees the other.
+  std::atomic<std::uint32_t> wake_state_{0};
+};
+
+// current_reactor(): the current P's reactor (nullptr outside a task).
+// Implemented by the scheduler.
+reactor* current_reactor() noexcept;
+
+// --- operations described without liburing (net.cpp, fs.cpp) ---
+
+enum class io_opcode : std::uint8_t {
+  nop, recv, send, accept, connect, read, write, fsync, openat, statx, timeout, poll,
+};
+
+// io_request: the fields of one operation; see prep_request in reactor.cpp
+// for which fields each opcode uses.
+struct io_request {
+  io_opcode op = io_opcode::nop;
+  int fd = -1;
+  void* addr = nullptr;       // buffer, sockaddr, path, timespec
+  void* addr2 = nullptr;      // socklen_t* (accept), statx* (statx)
+  std::uint32_t len = 0;      // buffer length, socklen (connect), statx mask, poll mask
+  std::uint64_t off = 0;      // file offset
+  int flags = 0;              // msg flags, accept4 flags, open flags, fsync flags, at-flags
+  std::uint32_t mode = 0;     // open mode
+  bool poll_first = false;    // recv/send: wait for readiness before trying (5.19)
+};
+
+// CQE flag of a recv: the socket still had data after it (5.19).
+inline constexpr std::uint32_t kCqeSockNonempty = 1u << 2;
+
+// prep_request(): an io_prep_fn whose ctx is a `const io_request*`.
+void prep_request(io_uring_sqe* sqe, const void* ctx);
+
+}  // namespace mpg::detail

@@ -1,0 +1,97 @@
+// lib/sched/processor.hpp: the P, a logical processor (Go's p).
+//
+// A P is a value that an M acquires and releases: everything an M needs to
+// run Gs without locks lives here, so handing the P to another M (idle
+// handoff, blocking calls) hands over the work with it. Fields marked
+// "owner" are touched only by the M that holds the P; the handoff itself
+// (under the scheduler lock or through the M's parker) orders them.
+#pragma once
+
+#include <absl/base/thread_annotations.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "mpg/detail/sched/g.hpp"
+#include "mpg/detail/sched/timer.hpp"
+#include "sched/run_queue.hpp"
+#include "sched/thread_mutex.hpp"
+
+namespace mpg::detail {
+
+class machine;
+class reactor;
+struct reactor_deleter {
+  void operator()(reactor* r) const noexcept;  // reactor_hook.cpp
+};
+
+enum class p_status : std::uint8_t {
+  idle,      // on the idle list, no M
+  parked,    // on the idle list, its M sleeps holding it (timers or I/O pending)
+  running,   // held by an M running Gs
+  blocking,  // its M is inside mpg::blocking; another M may take it
+};
+
+// A 4-ary min-heap of timers by deadline, guarded by its own lock so that
+// any M (or sysmon) can run the timers of a P that is busy or idle.
+struct timer_heap {
+  thread_mutex mu;
+  std::vector<timer*> heap ABSL_GUARDED_BY(mu);
+  // Earliest deadline in ns since the clock's epoch, INT64_MAX when empty.
+  // Relaxed: a hint for the lock-free "anything due?" check; the heap under
+  // the lock is the truth.
+  std::atomic<std::int64_t> earliest_ns{INT64_MAX};
+  // One thread runs this P's due timers at a time; the timer it is firing.
+  std::atomic<bool> firing{false};
+  std::atomic<timer*> firing_now{nullptr};
+};
+
+class processor {
+ public:
+  processor(std::uint32_t id, std::uint32_t queue_capacity)
+      : id(id), runq(queue_capacity), overflow(queue_capacity / 2 + 1) {}
+
+  const std::uint32_t id;
+  run_queue runq;
+
+  // Under the scheduler lock.
+  p_status status = p_status::idle;
+  processor* idle_next = nullptr;
+  machine* parked_m = nullptr;  // the M sleeping while holding this P (status parked)
+
+  // owner: scratch space for moving half the local queue to the global one.
+  std::vector<g*> overflow;
+  // owner: free Gs for spawn (Go's gFree) and a batch of G ids.
+  std::vector<g*> gfree;
+  std::uint64_t next_gid = 0;
+  std::uint64_t gid_limit = 0;
+
+  // Scheduling ticks: owner-written, read by sysmon (relaxed: a monotonic
+  // counter sampled for "has this P switched G since last time").
+  std::atomic<std::uint64_t> schedtick{0};
+  // The id of the G running on this P, 0 between Gs (owner-written,
+  // relaxed: sysmon samples it with schedtick to spot long-running Gs).
+  std::atomic<std::uint64_t> cur_gid{0};
+  std::atomic<const char*> cur_name{nullptr};
+  // Set by sysmon when the P has run one G for a whole sysmon period: then
+  // thieves may take its runnext G (otherwise the owner runs it next).
+  std::atomic<bool> runnext_stealable{false};
+  std::atomic<std::uint64_t> reported_tick{UINT64_MAX};
+
+  timer_heap timers;
+  std::unique_ptr<reactor, reactor_deleter> io;
+
+  // Statistics: single writer at a time (the owner), read by stats().
+  std::atomic<std::uint64_t> tasks_run{0};
+  std::atomic<std::uint64_t> spawned{0};
+  std::atomic<std::uint64_t> completed{0};
+
+  static void bump(std::atomic<std::uint64_t>& c) noexcept {
+    c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
+};
+
+}  // namespace mpg::detail

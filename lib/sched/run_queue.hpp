@@ -1,0 +1,185 @@
+// lib/sched/run_queue.hpp: a P's local run queue and runnext slot (Go's runq).
+//
+// A fixed ring of `capacity` slots (a power of two; 256 by default, tests
+// shrink it) with a single producer, the M that holds the P, and many
+// consumers: the owner pops from the head, and thieves steal half of the
+// queue from the head as well. Roles are split in the interface: the
+// owner_* functions may only be called by the M holding the P; steal_into()
+// and the size/empty probes may be called from any thread.
+//
+// Invariants:
+//   - head and tail are free-running uint32 counters; tail - head is the
+//     number of queued Gs and never exceeds capacity.
+//   - Only the owner writes tail (store-release, so a consumer that loads
+//     tail with acquire sees the slot contents written before it).
+//   - head only moves forward by CAS. A consumer reads the slots first and
+//     then CASes head: if the CAS succeeds, nobody can have overwritten the
+//     slots meanwhile, because the owner writes slot i only when
+//     i - head < capacity, i.e. after head moved past its previous use.
+//   - runnext holds at most one G, readied by the running G; the owner pops
+//     it before the queue. Thieves take it only when the owner is not
+//     running a G that is about to pop it (see steal_into()).
+//
+// Memory ordering: slots are relaxed atomics (their ordering comes from
+// head/tail as argued above). runnext is exchanged with seq_cst because the
+// ready() path relies on it for the #StoreLoad barrier of the wakeup
+// protocol (scheduler.cpp, "Parking protocol").
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+
+#include "mpg/detail/sched/g.hpp"
+
+namespace mpg::detail {
+
+class run_queue {
+ public:
+  explicit run_queue(std::uint32_t capacity)
+      : cap_(capacity), mask_(capacity - 1), slots_(new std::atomic<g*>[capacity]) {
+    for (std::uint32_t i = 0; i < capacity; ++i) slots_[i].store(nullptr, std::memory_order_relaxed);
+  }
+
+  std::uint32_t capacity() const noexcept { return cap_; }
+
+  // owner_push_tail(): append gp. Returns false when the ring is full; the
+  // caller then moves half of it to the global queue (owner_take_half()).
+  bool owner_push_tail(g* gp) noexcept {
+    // Acquire: we must see consumers' head advances before reusing slots.
+    const std::uint32_t h = head_.load(std::memory_order_acquire);
+    const std::uint32_t t = tail_.load(std::memory_order_relaxed);  // only we write it
+    if (t - h >= cap_) return false;
+    slots_[t & mask_].store(gp, std::memory_order_relaxed);
+    // Release: publishes the slot to consumers that acquire tail.
+    tail_.store(t + 1, std::memory_order_release);
+    return true;
+  }
+
+  // owner_put_runnext(): make gp the next G to run; returns the G it
+  // displaced (to be pushed at the tail), or nullptr.
+  g* owner_put_runnext(g* gp) noexcept {
+    // seq_cst exchange: also the #StoreLoad barrier of the submit side of the
+    // parking protocol (the subsequent loads of npidle/nmspinning).
+    return runnext_.exchange(gp, std::memory_order_seq_cst);
+  }
+
+  // owner_pop(): runnext first (unless skip_runnext), then the head.
+  // *from_runnext tells which.
+  g* owner_pop(bool skip_runnext, bool* from_runnext) noexcept {
+    if (!skip_runnext) {
+      g* next = runnext_.load(std::memory_order_relaxed);
+      // Acquire on success: pairs with the seq_cst exchange that put it there.
+      if (next != nullptr &&
+          runnext_.compare_exchange_strong(next, nullptr, std::memory_order_acquire,
+                                           std::memory_order_relaxed)) {
+        *from_runnext = true;
+        return next;
+      }
+    }
+    *from_runnext = false;
+    for (;;) {
+      std::uint32_t h = head_.load(std::memory_order_acquire);
+      const std::uint32_t t = tail_.load(std::memory_order_relaxed);
+      if (t == h) {
+        if (skip_runnext) return owner_pop(false, from_runnext);
+        return nullptr;
+      }
+      g* gp = slots_[h & mask_].load(std::memory_order_relaxed);
+      // Release: our read of the slot happens before the owner (us) or a
+      // later push reuses it; acquire: see other consumers' reads likewise.
+      if (head_.compare_exchange_weak(h, h + 1, std::memory_order_acq_rel,
+                                      std::memory_order_relaxed))
+        return gp;
+    }
+  }
+
+  // owner_take_half(): remove half of the queued Gs (for overflow to the
+  // global queue). Writes them into out[] and returns how many (0 if a
+  // consumer raced us; the caller retries the push).
+  std::uint32_t owner_take_half(g** out) noexcept {
+    std::uint32_t h = head_.load(std::memory_order_acquire);
+    const std::uint32_t t = tail_.load(std::memory_order_relaxed);
+    const std::uint32_t n = (t - h) / 2;
+    if (n == 0) return 0;
+    for (std::uint32_t i = 0; i < n; ++i) out[i] = slots_[(h + i) & mask_].load(std::memory_order_relaxed);
+    if (!head_.compare_exchange_strong(h, h + n, std::memory_order_acq_rel, std::memory_order_relaxed))
+      return 0;
+    return n;
+  }
+
+  // steal_into(): a thief moves half of this queue into `dst` (the thief's
+  // own queue, which must be empty... or have room for capacity/2). Returns
+  // one stolen G to run at once (not placed in dst), or nullptr.
+  // steal_runnext: also take the runnext G when the queue is empty.
+  g* steal_into(run_queue& dst, bool steal_runnext, std::uint32_t* count) noexcept {
+    *count = 0;
+    const std::uint32_t dt = dst.tail_.load(std::memory_order_relaxed);  // dst's owner is us
+    for (;;) {
+      std::uint32_t h = head_.load(std::memory_order_acquire);
+      const std::uint32_t t = tail_.load(std::memory_order_acquire);  // pairs with owner's release
+      std::uint32_t n = t - h;
+      n = n - n / 2;
+      if (n == 0) {
+        if (!steal_runnext) return nullptr;
+        g* next = runnext_.load(std::memory_order_relaxed);
+        if (next == nullptr) return nullptr;
+        if (runnext_.compare_exchange_strong(next, nullptr, std::memory_order_acquire,
+                                             std::memory_order_relaxed)) {
+          *count = 1;
+          return next;
+        }
+        continue;
+      }
+      if (n > cap_ / 2) continue;  // inconsistent snapshot; retry
+      if (n > dst.cap_ / 2) n = dst.cap_ / 2;  // a smaller thief queue takes less
+      for (std::uint32_t i = 0; i < n; ++i) {
+        g* gp = slots_[(h + i) & mask_].load(std::memory_order_relaxed);
+        dst.slots_[(dt + i) & dst.mask_].store(gp, std::memory_order_relaxed);
+      }
+      // acq_rel: the slot reads above happen before the victim's owner may
+      // overwrite them (it acquires head before reusing a slot).
+      if (head_.compare_exchange_weak(h, h + n, std::memory_order_acq_rel,
+                                      std::memory_order_relaxed)) {
+        *count = n;
+        // Keep the last one to run now; publish the others.
+        g* run = dst.slots_[(dt + n - 1) & dst.mask_].load(std::memory_order_relaxed);
+        if (n > 1) dst.tail_.store(dt + n - 1, std::memory_order_release);
+        return run;
+      }
+    }
+  }
+
+  // size(): a snapshot from any thread (queue plus runnext).
+  std::uint32_t size() const noexcept {
+    const std::uint32_t h = head_.load(std::memory_order_acquire);
+    const std::uint32_t t = tail_.load(std::memory_order_acquire);
+    std::uint32_t n = t - h;
+    if (n > cap_) n = 0;  // torn snapshot
+    return n + (runnext_.load(std::memory_order_relaxed) != nullptr ? 1 : 0);
+  }
+  // empty_seq_cst(): the recheck of the parking protocol (seq_cst loads).
+  bool empty_seq_cst() const noexcept {
+    return head_.load(std::memory_order_seq_cst) == tail_.load(std::memory_order_seq_cst) &&
+           runnext_.load(std::memory_order_seq_cst) == nullptr;
+  }
+  // owner_take_runnext_if(): empty the runnext slot if it holds gp.
+  bool owner_take_runnext_if(g* gp) noexcept {
+    g* expected = gp;
+    // Acquire: as owner_pop(); a thief may race us for it, one CAS wins.
+    return runnext_.compare_exchange_strong(expected, nullptr, std::memory_order_acquire,
+                                            std::memory_order_relaxed);
+  }
+  g* peek_runnext() const noexcept { return runnext_.load(std::memory_order_relaxed); }
+  bool has_runnext() const noexcept { return runnext_.load(std::memory_order_relaxed) != nullptr; }
+
+ private:
+  alignas(64) std::atomic<std::uint32_t> head_{0};
+  alignas(64) std::atomic<std::uint32_t> tail_{0};
+  std::atomic<g*> runnext_{nullptr};
+  const std::uint32_t cap_;
+  const std::uint32_t mask_;
+  std::unique_ptr<std::atomic<g*>[]> slots_;
+};
+
+}  // namespace mpg::detail

@@ -1,0 +1,596 @@
+// lib/sched/scheduler.cpp: G lifecycle, the run queues, and waking Ms.
+//
+// Design (Go's M-P-G, see proc.go). A G is a spawned task; a P owns a local
+// run queue, a runnext slot, timers, an io_uring ring and a free-G pool; an M
+// is an OS thread that runs Gs while it holds a P. The number of Ps bounds
+// parallelism; Ms are created lazily when a P has work and no M, and park
+// when there is nothing to run. A global run queue, under the scheduler lock,
+// takes overflow from full local queues and Gs readied by threads that hold
+// no P (foreign spawns, timers fired by sysmon, block_on).
+//
+// Rejected designs: a single locked queue (serialises every spawn); one M per
+// P pinned forever (a blocking call would stall the P); waking an M for every
+// readied G (thundering herd: Go measured it, hence the spinning protocol).
+//
+// Parking protocol (no lost wakeups). Writers of work follow:
+//   S1. publish the G (runnext exchange, which is seq_cst, or a queue push
+//       followed by a seq_cst fence, or the global queue under the lock);
+//   S2. read npidle_ and nmspinning_ (seq_cst); if some P idles and no M
+//       spins, CAS nmspinning_ 0->1 and start a spinning M (wake_p).
+// An M that finds nothing follows (find_runnable.cpp):
+//   P1. under the lock, recheck the global queue, then put its P on the idle
+//       list (npidle_ += 1, seq_cst);
+//   P2. if it was spinning, decrement nmspinning_ (seq_cst);
+//   P3. if it was spinning, recheck the global queue and every P's local
+//       queue and runnext (seq_cst loads); on finding work, take an idle P
+//       back and spin again;
+//   P4. park on its futex (or sleep holding its P until its next timer).
+// Because S1/S2 and P2/P3 are each a store followed by loads, all seq_cst,
+// either the writer sees nmspinning_ == 0 after the last spinner's decrement
+// (and wakes an M), or that spinner's recheck sees the work. A non-spinning M
+// that parks needs no recheck: it only parks while another M spins or no P
+// idles, and a running P will reach the work itself. When a spinning M finds
+// work it stops spinning and, if it was the last spinner, wakes another
+// (reset_spinning), so new work keeps finding an M as Go's does.
+// test/park_stress_tests.cpp checks this under TSan.
+#include "sched/scheduler.hpp"
+
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <ostream>
+#include <sstream>
+
+#include "mpg/errors.hpp"
+#include "mpg/detail/sched/frame.hpp"
+#include "sched/reactor_hook.hpp"
+
+namespace mpg::detail {
+
+namespace {
+// initial-exec: see frame_allocator.cpp.
+__attribute__((tls_model("initial-exec"))) thread_local g* tls_g = nullptr;
+__attribute__((tls_model("initial-exec"))) thread_local machine* tls_m = nullptr;
+
+constexpr std::uint32_t kGidBatch = 1024;
+constexpr std::size_t kLocalGfreeMax = 128;
+}  // namespace
+
+machine* current_m() noexcept { return tls_m; }
+void set_current_m(machine* m) noexcept { tls_m = m; }
+void set_current_g(g* gp) noexcept { tls_g = gp; }
+
+g* current_g() noexcept { return tls_g; }
+
+scheduler* current_scheduler() noexcept {
+  machine* m = tls_m;
+  return m != nullptr ? m->sched : nullptr;
+}
+
+processor* current_p_of(scheduler* s) noexcept {
+  machine* m = tls_m;
+  return (m != nullptr && m->sched == s) ? m->p : nullptr;
+}
+
+const char* to_string(g_status s) noexcept {
+  switch (s) {
+    case g_status::dead: return "dead";
+    case g_status::runnable: return "runnable";
+    case g_status::running: return "running";
+    case g_status::waiting: return "waiting";
+  }
+  return "?";
+}
+
+// ---------------------------------------------------------------------------
+// The task-facing interface of g.hpp.
+
+void park(std::coroutine_handle<> h, const char* reason, std::source_location where) {
+  g* gp = tls_g;
+  if (gp == nullptr) throw runtime_misuse_error("mpg: a runtime await was used outside a task");
+  gp->resume = h;
+  // Relaxed: diagnostics only (dump); see g.hpp.
+  gp->wait_reason.store(reason, std::memory_order_relaxed);
+  gp->wait_where.store(where, std::memory_order_relaxed);
+  gp->status.store(g_status::waiting, std::memory_order_relaxed);
+}
+
+void cancel_park() noexcept {
+  g* gp = tls_g;
+  gp->wait_reason.store(nullptr, std::memory_order_relaxed);
+  gp->status.store(g_status::running, std::memory_order_relaxed);
+}
+
+void ready(g* gp) noexcept {
+  scheduler* s = gp->sched;
+  machine* m = tls_m;
+  if (m != nullptr && m->sched == s && m->p != nullptr) {
+    s->make_runnable(gp, true);
+  } else {
+    gp->status.store(g_status::runnable, std::memory_order_relaxed);
+    s->global_put(gp);
+  }
+}
+
+void ready_tail(g* gp) noexcept {
+  scheduler* s = gp->sched;
+  machine* m = tls_m;
+  if (m != nullptr && m->sched == s && m->p != nullptr) {
+    s->make_runnable(gp, false);
+  } else {
+    gp->status.store(g_status::runnable, std::memory_order_relaxed);
+    s->global_put(gp);
+  }
+}
+
+bool consume_budget_now() noexcept {
+  machine* m = tls_m;
+  if (m == nullptr) return false;
+  return --m->budget <= 0;
+}
+
+static bool budget_exhausted() noexcept {
+  machine* m = tls_m;
+  return m != nullptr && m->budget <= 0;
+}
+
+void requeue_current(std::coroutine_handle<> h) noexcept {
+  g* gp = tls_g;
+  gp->resume = h;
+  gp->wait_reason.store(nullptr, std::memory_order_relaxed);
+  gp->status.store(g_status::runnable, std::memory_order_relaxed);
+  machine* m = tls_m;
+  m->sched->local_put(m->p, gp, false);
+  m->sched->wake_p();
+}
+
+g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
+              promise_base* promise) {
+  if (s == nullptr) {
+    s = current_scheduler();
+    if (s == nullptr || tls_g == nullptr) {
+      root.destroy();
+      throw runtime_misuse_error("mpg::spawn/go called outside a task of a runtime");
+    }
+  }
+  header_of(root.address())->spawned = 1;
+  g* gp = s->new_g(root, name);
+  promise->gid_ = gp->id.load(std::memory_order_relaxed);
+  promise->g_ = gp;
+  if (processor* p = current_p_of(s)) {
+    processor::bump(p->spawned);
+    s->make_runnable(gp, true);
+  } else {
+    gp->status.store(g_status::runnable, std::memory_order_relaxed);
+    s->global_put(gp);
+  }
+  return gp;
+}
+
+std::coroutine_handle<> finish_root(std::coroutine_handle<> root, const std::exception_ptr& failure,
+                                    std::uint64_t gid, const char* name) noexcept {
+  g* gp = tls_g;
+  scheduler* s = gp->sched;
+  s->retire_g(gp);
+  frame_header* hdr = header_of(root.address());
+  // acq_rel: release publishes the result (written before final_suspend) to
+  // the joiner; acquire sees the joiner's park before we ready it.
+  const std::uintptr_t old = hdr->join.exchange(kJoinDone, std::memory_order_acq_rel);
+  if (old == kJoinDetached) {
+    if (failure) report_lost_exception(failure, gid, name);
+    root.destroy();
+  } else if (old != kJoinRunning) {
+    ready(reinterpret_cast<g*>(old));
+  }
+  return std::noop_coroutine();
+}
+
+void report_lost_exception(std::exception_ptr e, std::uint64_t gid, const char* name) noexcept {
+  std::string what = "unknown exception";
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& ex) {
+    what = ex.what();
+  } catch (...) {
+  }
+  std::fprintf(stderr, "mpg: exception escaped detached task %llu%s%s%s: %s\n",
+               static_cast<unsigned long long>(gid), name ? " (" : "", name ? name : "",
+               name ? ")" : "", what.c_str());
+  std::fflush(stderr);
+  std::abort();
+}
+
+void throw_task_awaited_twice() {
+  throw runtime_misuse_error("mpg: a task or join_handle was awaited twice (or is empty)");
+}
+void throw_join_twice() { throw_task_awaited_twice(); }
+void throw_task_killed() {
+  throw runtime_misuse_error("mpg: the task was destroyed by its runtime's shutdown");
+}
+
+std::coroutine_handle<> join_suspend(std::coroutine_handle<> root, promise_base* promise,
+                                     std::coroutine_handle<> h) {
+  g* me = tls_g;
+  if (me == nullptr) throw runtime_misuse_error("mpg: a join_handle was awaited outside a task");
+  frame_header* hdr = header_of(root.address());
+  g* child = promise->g_;
+  // Work-first: a task still waiting in this P's runnext slot (the common
+  // case for a spawn followed soon by its join) is taken out and run inline,
+  // as if awaited as a task<T>: no trip through the scheduler. Taking it
+  // from runnext is a CAS that thieves also use, so exactly one side gets it;
+  // a G in the queue proper is left alone (it may be mid-steal).
+  //
+  // The G pointer may be stale (the task finished and its G was reused by a
+  // newer spawn that now sits in runnext), so the frame must still be
+  // unfinished (join state Running) and the G must be the same incarnation
+  // (ids are never reused). And it must never have run: a G readied into
+  // runnext after a park resumes at its park, not at its root. These reads
+  // are safe here: a G in our runnext slot was put there by this thread.
+  machine* m = tls_m;
+  if (child != nullptr && m->p != nullptr && child->sched == me->sched &&
+      hdr->join.load(std::memory_order_acquire) == kJoinRunning &&
+      m->p->runq.peek_runnext() == child && child->id.load(std::memory_order_relaxed) == promise->gid_ &&
+      !child->started.load(std::memory_order_relaxed) &&
+      m->p->runq.owner_take_runnext_if(child)) {
+    // Only the handle owner (us) reads the join state of a claimed frame.
+    hdr->join.store(kJoinInline, std::memory_order_relaxed);
+    me->sched->retire_g(child);
+    promise->continuation_ = h;
+    return root;
+  }
+  park(h, "join");
+  std::uintptr_t expected = kJoinRunning;
+  // acq_rel on success: publishes our park to the finisher (which acquires
+  // in its exchange); acquire on failure: see the finished result.
+  if (hdr->join.compare_exchange_strong(expected, reinterpret_cast<std::uintptr_t>(me),
+                                        std::memory_order_acq_rel, std::memory_order_acquire))
+    return std::noop_coroutine();
+  cancel_park();
+  if (expected == kJoinDone && budget_exhausted()) {
+    requeue_current(h);
+    return std::noop_coroutine();
+  }
+  return h;
+}
+
+// ---------------------------------------------------------------------------
+// The scheduler object.
+
+namespace {
+unsigned default_procs() {
+  if (const char* env = std::getenv("MPG_PROCS")) {
+    char* end = nullptr;
+    long v = std::strtol(env, &end, 10);
+    if (end != env && *end == '\0' && v > 0 && v <= 4096) return static_cast<unsigned>(v);
+    std::fprintf(stderr, "mpg: ignoring MPG_PROCS=%s (want an integer 1..4096)\n", env);
+  }
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n > 0) return static_cast<unsigned>(n);
+  }
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? static_cast<unsigned>(n) : 1u;
+}
+}  // namespace
+
+scheduler::scheduler(const runtime_options& opts) : opts_(opts) {
+  if (opts_.procs == 0) opts_.procs = default_procs();
+  if (opts_.local_queue_capacity < 2 ||
+      (opts_.local_queue_capacity & (opts_.local_queue_capacity - 1)) != 0)
+    throw std::invalid_argument("mpg: runtime_options.local_queue_capacity must be a power of two >= 2");
+  if (opts_.max_threads < opts_.procs) opts_.max_threads = opts_.procs;
+  for (std::uint32_t i = 0; i < opts_.procs; ++i)
+    ps_.push_back(std::make_unique<processor>(i, opts_.local_queue_capacity));
+  for (auto& p : ps_) p->io = make_reactor(opts_);  // throws with a clear message on failure
+  thread_mutex_lock l(mu_);
+  for (auto it = ps_.rbegin(); it != ps_.rend(); ++it) pidle_put(it->get());
+  sysmon_ = std::thread([this] { sysmon_main(); });
+}
+
+scheduler::~scheduler() = default;  // Gs live in g_blocks_
+
+void scheduler::refill_gids(processor* p) noexcept {
+  thread_mutex_lock l(allg_mu_);
+  p->next_gid = gid_next_;
+  gid_next_ += kGidBatch;
+  p->gid_limit = gid_next_;
+}
+
+// allocate_gs(): a batch of fresh Gs, registered in g_blocks_ under one lock;
+// one is returned, the rest go to p's pool (or the global pool).
+g* scheduler::allocate_gs(processor* p) {
+  // One allocation per batch: no malloc header per G (idle tasks are
+  // measured in bytes each).
+  constexpr std::size_t kBatch = 32;
+  g* fresh[kBatch];
+  const std::size_t n = p != nullptr ? kBatch : 1;
+  std::unique_ptr<g[]> block(new g[n]);
+  for (std::size_t i = 0; i < n; ++i) {
+    fresh[i] = &block[i];
+    fresh[i]->sched = this;
+  }
+  thread_mutex_lock l(allg_mu_);
+  g_blocks_.push_back(g_block{std::move(block), n});
+  for (std::size_t i = 1; i < n; ++i) p->gfree.push_back(fresh[i]);
+  return fresh[0];
+}
+
+g* scheduler::new_g(std::coroutine_handle<> root, const char* name) {
+  processor* p = current_p_of(this);
+  g* gp = nullptr;
+  std::uint64_t id;
+  if (p != nullptr) {
+    if (!p->gfree.empty()) {
+      gp = p->gfree.back();
+      p->gfree.pop_back();
+    }
+    if (p->next_gid == p->gid_limit) refill_gids(p);
+    id = p->next_gid++;
+  } else {
+    foreign_spawned_.fetch_add(1, std::memory_order_relaxed);
+    thread_mutex_lock l(allg_mu_);
+    id = gid_next_++;
+    if (!gfree_global_.empty()) {
+      gp = gfree_global_.back();
+      gfree_global_.pop_back();
+    }
+  }
+  if (gp == nullptr) {
+    if (p != nullptr) {
+      // Refill from the global pool first (Gs freed elsewhere), then allocate.
+      thread_mutex_lock l(allg_mu_);
+      std::size_t take = std::min<std::size_t>(gfree_global_.size(), 32);
+      for (std::size_t i = 0; i < take; ++i) {
+        p->gfree.push_back(gfree_global_.back());
+        gfree_global_.pop_back();
+      }
+      if (!p->gfree.empty()) {
+        gp = p->gfree.back();
+        p->gfree.pop_back();
+      }
+    }
+    if (gp == nullptr) gp = allocate_gs(p);
+  }
+  gp->id.store(id, std::memory_order_relaxed);
+  gp->started.store(false, std::memory_order_relaxed);
+  gp->root = root;
+  gp->resume = root;
+  gp->link = nullptr;
+  gp->name.store(name, std::memory_order_relaxed);
+  gp->wait_reason.store(nullptr, std::memory_order_relaxed);
+  return gp;
+}
+
+void scheduler::retire_g(g* gp) noexcept {
+  gp->status.store(g_status::dead, std::memory_order_relaxed);
+  gp->root = {};
+  gp->resume = {};
+  gp->name.store(nullptr, std::memory_order_relaxed);
+  processor* p = current_p_of(this);
+  if (p == nullptr) {
+    foreign_completed_.fetch_add(1, std::memory_order_relaxed);
+    thread_mutex_lock l(allg_mu_);
+    gfree_global_.push_back(gp);
+    return;
+  }
+  processor::bump(p->completed);
+  p->gfree.push_back(gp);
+  if (p->gfree.size() > kLocalGfreeMax) {
+    thread_mutex_lock l(allg_mu_);
+    while (p->gfree.size() > kLocalGfreeMax / 2) {
+      gfree_global_.push_back(p->gfree.back());
+      p->gfree.pop_back();
+    }
+  }
+}
+
+void scheduler::make_runnable(g* gp, bool next) noexcept {
+  gp->status.store(g_status::runnable, std::memory_order_relaxed);
+  local_put(tls_m->p, gp, next);
+  wake_p();
+}
+
+void scheduler::local_put(processor* p, g* gp, bool next) noexcept {
+  if (next) {
+    gp = p->runq.owner_put_runnext(gp);  // seq_cst: S1 of the protocol
+    if (gp == nullptr) return;
+  }
+  for (;;) {
+    if (p->runq.owner_push_tail(gp)) {
+      // S1 for the tail path: order the push before wake_p's loads.
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      return;
+    }
+    // Full: move half of the local queue plus gp to the global queue.
+    std::vector<g*>& batch = p->overflow;
+    std::uint32_t n = p->runq.owner_take_half(batch.data());
+    if (n == 0) continue;  // a thief raced us; there is room now
+    batch[n++] = gp;
+    for (std::uint32_t i = 0; i + 1 < n; ++i) batch[i]->link = batch[i + 1];
+    batch[n - 1]->link = nullptr;
+    global_put_batch(batch[0], batch[n - 1], n);
+    return;
+  }
+}
+
+void scheduler::global_put(g* gp) noexcept {
+  gp->link = nullptr;
+  global_put_batch(gp, gp, 1);
+}
+
+void scheduler::global_put_batch(g* first, g* last, std::uint32_t n) noexcept {
+  // A thread outside the runtime (or another runtime's M) may be the one
+  // readying the last G that block_on waits for; the runtime can then be
+  // destroyed the moment our push is visible. stop() waits until no caller
+  // is still in here. acquire/release: our uses of the scheduler happen
+  // before stop() sees the count drop.
+  putters_.fetch_add(1, std::memory_order_acquire);
+  {
+    thread_mutex_lock l(mu_);
+    if (gtail_ != nullptr) gtail_->link = first; else ghead_ = first;
+    gtail_ = last;
+    last->link = nullptr;
+    gsize_.fetch_add(n, std::memory_order_seq_cst);
+  }
+  gpushes_.fetch_add(n, std::memory_order_relaxed);
+  wake_p();
+  putters_.fetch_sub(1, std::memory_order_release);
+}
+
+g* scheduler::global_get(processor* p, std::uint32_t max) noexcept {
+  const std::uint64_t size = gsize_.load(std::memory_order_relaxed);  // under mu_
+  if (size == 0) return nullptr;
+  std::uint64_t n = std::min<std::uint64_t>(size, size / procs() + 1);
+  if (max != 0) n = std::min<std::uint64_t>(n, max);
+  n = std::min<std::uint64_t>(n, p->runq.capacity() / 2);
+  if (n == 0) n = 1;
+  gsize_.fetch_sub(n, std::memory_order_seq_cst);
+  g* gp = ghead_;
+  ghead_ = gp->link;
+  for (std::uint64_t i = 1; i < n; ++i) {
+    g* more = ghead_;
+    ghead_ = more->link;
+    local_put(p, more, false);
+  }
+  if (ghead_ == nullptr) gtail_ = nullptr;
+  gpulls_.fetch_add(n, std::memory_order_relaxed);
+  return gp;
+}
+
+void scheduler::wake_p() noexcept {
+  // S2: seq_cst loads, after the seq_cst publication of S1.
+  if (npidle_.load(std::memory_order_seq_cst) == 0) return;
+  if (nmspinning_.load(std::memory_order_seq_cst) != 0) return;
+  std::uint32_t zero = 0;
+  if (!nmspinning_.compare_exchange_strong(zero, 1, std::memory_order_seq_cst)) return;
+  start_m(nullptr, true);
+}
+
+processor* scheduler::pidle_get() noexcept {
+  processor* p = pidle_;
+  if (p != nullptr) {
+    pidle_ = p->idle_next;
+    p->idle_next = nullptr;
+    npidle_.fetch_sub(1, std::memory_order_seq_cst);
+  }
+  return p;
+}
+
+void scheduler::pidle_put(processor* p) noexcept {
+  p->idle_next = pidle_;
+  pidle_ = p;
+  npidle_.fetch_add(1, std::memory_order_seq_cst);
+}
+
+bool scheduler::pidle_remove(processor* p) noexcept {
+  for (processor** pp = &pidle_; *pp != nullptr; pp = &(*pp)->idle_next) {
+    if (*pp == p) {
+      *pp = p->idle_next;
+      p->idle_next = nullptr;
+      npidle_.fetch_sub(1, std::memory_order_seq_cst);
+      return true;
+    }
+  }
+  return false;
+}
+
+machine* scheduler::midle_get() noexcept {
+  machine* m = midle_;
+  if (m != nullptr) {
+    midle_ = m->idle_next;
+    m->idle_next = nullptr;
+  }
+  return m;
+}
+
+void scheduler::start_m(processor* p, bool spinning) noexcept {
+  machine* m = nullptr;
+  bool create = false;
+  bool ring = false;
+  {
+    thread_mutex_lock l(mu_);
+    if (stopping_.load(std::memory_order_relaxed)) p = nullptr;
+    else if (p == nullptr) p = pidle_get();
+    if (p == nullptr) {
+      if (spinning) nmspinning_.fetch_sub(1, std::memory_order_seq_cst);
+      return;
+    }
+    if (p->status == p_status::parked) {
+      // Its M sleeps holding it: hand the work to that M.
+      m = p->parked_m;
+      p->parked_m = nullptr;
+      p->status = p_status::running;
+      m->next_p = p;
+      m->next_spinning = spinning;
+      ring = m->in_ring;
+    } else {
+      p->status = p_status::running;
+      m = midle_get();
+      if (m == nullptr) {
+        if (allm_.size() >= opts_.max_threads) {
+          // Over the thread limit: leave the P idle; running Ms find the work.
+          p->status = p_status::idle;
+          pidle_put(p);
+          if (spinning) nmspinning_.fetch_sub(1, std::memory_order_seq_cst);
+          return;
+        }
+        allm_.push_back(std::make_unique<machine>(this, static_cast<std::uint32_t>(allm_.size())));
+        m = allm_.back().get();
+        m->p = p;
+        m->spinning = spinning;
+        m->rand_state = 0x9E3779B97F4A7C15ULL * (m->id + 1);
+        create = true;
+        // Started under the lock so that stop(), which lists the Ms under
+        // it after setting stopping_, always finds the thread to join.
+        threads_.fetch_add(1, std::memory_order_relaxed);
+        m->thread = std::thread([this, m] { m_main(m); });
+      } else {
+        m->next_p = p;
+        m->next_spinning = spinning;
+      }
+    }
+  }
+  if (create) return;
+  wake_machine(m, ring, p);
+}
+
+void scheduler::wake_machine(machine* m, bool ring, processor* p) noexcept {
+  if (ring) wake_reactor(p->io.get());
+  else m->park.unpark();
+}
+
+void scheduler::stop() noexcept {
+  stopping_.store(true, std::memory_order_release);
+  while (putters_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  {
+    thread_mutex_lock l(sysmon_mu_);
+    sysmon_stop_ = true;
+    sysmon_cv_.notify_all();
+  }
+  if (sysmon_.joinable()) sysmon_.join();
+  std::vector<machine*> ms;
+  {
+    thread_mutex_lock l(mu_);
+    for (auto& m : allm_) ms.push_back(m.get());
+  }
+  for (machine* m : ms) m->park.unpark();
+  for (auto& p : ps_) wake_reactor(p->io.get());
+  for (machine* m : ms)
+    if (m->thread.joinable()) m->thread.join();
+}
+
+std::uint64_t scheduler::live_gs() const noexcept {
+  std::uint64_t n = 0;
+  thread_mutex_lock l(allg_mu_);
+  for_each_g([&](g* gp) {
+    if (gp->status.load(std::memory_order_relaxed) != g_status::dead) ++n;
+  });
+  return n;
+}
+
+}  // namespace mpg::detail

@@ -1,0 +1,76 @@
+// lib/sched/sysmon.cpp: the background monitor (Go's sysmon).
+//
+// One thread per runtime, without a P. Every millisecond while any P runs a
+// G (every 10 ms otherwise) it samples each P's scheduling tick. A P whose
+// tick has not moved for a whole period is running one G without
+// suspending. mpg cannot preempt it (stackless coroutines), so sysmon does
+// what can be done from outside:
+//   - marks the P's runnext G stealable and wakes a spinning M, so the Gs
+//     queued behind the long task move to other Ps;
+//   - runs the P's due timers and reaps its ring, so its sleepers and I/O
+//     waiters are not stranded (they are readied onto the global queue);
+//   - after runtime_options.long_task_threshold (10 ms), reports the G on
+//     stderr once, in builds with debug checks or when report_long_tasks is
+//     set.
+#include <cstdio>
+
+#include "sched/reactor_hook.hpp"
+#include "sched/scheduler.hpp"
+
+namespace mpg::detail {
+
+void scheduler::sysmon_main() {
+#if defined(MPG_DEBUG_CHECKS) || !defined(NDEBUG)
+  const bool report = true;
+#else
+  const bool report = opts_.report_long_tasks;
+#endif
+  const std::int64_t threshold_ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(opts_.long_task_threshold).count();
+  std::vector<std::uint64_t> last_tick(ps_.size(), 0);
+  std::vector<std::int64_t> since(ps_.size(), now_ns());
+  std::chrono::milliseconds period{1};
+  for (;;) {
+    {
+      thread_mutex_lock l(sysmon_mu_);
+      l.wait_for(sysmon_cv_, period,
+                 [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sysmon_mu_) { return sysmon_stop_; });
+      if (sysmon_stop_) return;
+    }
+    const std::int64_t now = now_ns();
+    bool any_running = false;
+    for (std::size_t i = 0; i < ps_.size(); ++i) {
+      processor* p = ps_[i].get();
+      const std::uint64_t tick = p->schedtick.load(std::memory_order_relaxed);
+      const std::uint64_t gid = p->cur_gid.load(std::memory_order_relaxed);
+      if (tick != last_tick[i] || gid == 0) {
+        last_tick[i] = tick;
+        since[i] = now;
+        p->runnext_stealable.store(false, std::memory_order_relaxed);
+        if (gid != 0) any_running = true;
+        continue;
+      }
+      any_running = true;
+      const std::int64_t ran = now - since[i];
+      if (ran < 1000000) continue;
+      // Stuck on one G for a period: free what waits behind it.
+      p->runnext_stealable.store(true, std::memory_order_relaxed);
+      if (p->runq.size() != 0) wake_p();
+      if (p->timers.earliest_ns.load(std::memory_order_relaxed) <= now) run_timers(p, now);
+      if (reactor_busy(p->io.get())) reactor_try_poll(p->io.get());
+      if (report && ran >= threshold_ns &&
+          p->reported_tick.exchange(tick, std::memory_order_relaxed) != tick) {
+        long_reports_.fetch_add(1, std::memory_order_relaxed);
+        const char* name = p->cur_name.load(std::memory_order_relaxed);
+        std::fprintf(stderr,
+                     "mpg: P%u has run task %llu%s%s%s for %lld ms without suspending; "
+                     "long CPU-bound loops should co_await mpg::consume_budget()\n",
+                     p->id, static_cast<unsigned long long>(gid), name ? " (" : "",
+                     name ? name : "", name ? ")" : "", static_cast<long long>(ran / 1000000));
+      }
+    }
+    period = std::chrono::milliseconds(any_running ? 1 : 10);
+  }
+}
+
+}  // namespace mpg::detail

@@ -1,0 +1,149 @@
+// lib/sync/context.cpp: the context tree (design, invariants and ordering in
+// context.hpp).
+#include "mpg/context.hpp"
+
+#include <vector>
+
+namespace mpg {
+
+namespace detail {
+
+namespace {
+absl::Status canceled_status() { return absl::CancelledError("context canceled"); }
+absl::Status deadline_status() { return absl::DeadlineExceededError("context deadline exceeded"); }
+}  // namespace
+
+context_node::context_node(std::shared_ptr<context_node> parent) : parent_(std::move(parent)) {
+  if (parent_) deadline_ = parent_->deadline_;
+}
+
+context_node::~context_node() {
+  // First, so that a fire() in progress (which uses this node) completes
+  // before any member goes. Never reached from our own fire(): the timer
+  // holds no reference.
+  if (timer_armed_ && !timer_fired_.load(std::memory_order_acquire)) cancel_timer(&timer_);
+  unlink_from_parent();
+}
+
+void context_node::attach() {
+  context_node* p = parent_.get();
+  // The root (background) is never cancelled: nothing to propagate.
+  if (p == nullptr || p->parent_ == nullptr) return;
+  absl::Status why;
+  {
+    spin_guard lk(p->lock_);
+    if (!p->cancelled_.load(std::memory_order_relaxed)) {
+      // Our own deadline may have cancelled us already (arm_deadline ran
+      // first); a cancelled node stays out of the list.
+      if (cancelled_.load(std::memory_order_acquire)) return;
+      prev_sibling_ = nullptr;
+      next_sibling_ = p->first_child_;
+      if (next_sibling_) next_sibling_->prev_sibling_ = this;
+      p->first_child_ = this;
+      linked_ = true;
+      return;
+    }
+    why = p->err_;
+  }
+  cancel(why);
+}
+
+void context_node::arm_deadline(std::chrono::steady_clock::time_point tp) {
+  if (deadline_ && *deadline_ <= tp) return;  // an ancestor cancels us first
+  deadline_ = tp;
+  if (tp == std::chrono::steady_clock::time_point::max()) return;
+  if (tp <= std::chrono::steady_clock::now()) {
+    cancel(deadline_status());
+    return;
+  }
+  timer_.when = tp;
+  timer_.fire = &context_node::fire;
+  timer_.arg = this;
+  add_timer(&timer_, nullptr);  // throws outside a runtime: nothing armed
+  timer_armed_ = true;          // nobody else can see this node yet
+}
+
+void context_node::fire(timer* t) noexcept {
+  auto* self = static_cast<context_node*>(t->arg);
+  self->cancel(deadline_status(), /*from_timer=*/true);
+  // Release: pairs with the acquire loads before cancel_timer(); last touch.
+  self->timer_fired_.store(true, std::memory_order_release);
+}
+
+void context_node::cancel(const absl::Status& why, bool from_timer) noexcept {
+  std::vector<std::shared_ptr<context_node>> kids;
+  {
+    spin_guard lk(lock_);
+    if (cancelled_.load(std::memory_order_relaxed)) return;
+    err_ = why;
+    // Release: err_ is visible to whoever sees cancelled_ (err()).
+    cancelled_.store(true, std::memory_order_release);
+    for (context_node* c = first_child_; c != nullptr;) {
+      context_node* next = c->next_sibling_;
+      c->prev_sibling_ = c->next_sibling_ = nullptr;
+      c->linked_ = false;
+      // A child whose last handle is going away fails to promote: its
+      // destructor is blocked on our lock_ and will find it unlinked.
+      if (std::shared_ptr<context_node> sp = c->weak_from_this().lock()) kids.push_back(std::move(sp));
+      c = next;
+    }
+    first_child_ = nullptr;
+  }
+  done_.state_for_internal_use()->close_if_open();
+  // Not from our own fire(): cancel_timer() would wait for it forever.
+  if (!from_timer && timer_armed_ && !timer_fired_.load(std::memory_order_acquire))
+    cancel_timer(&timer_);
+  for (auto& k : kids) k->cancel(why);
+  unlink_from_parent();
+}
+
+absl::Status context_node::err() const {
+  // Acquire: pairs with the release store in cancel().
+  if (!cancelled_.load(std::memory_order_acquire)) return absl::OkStatus();
+  spin_guard lk(lock_);
+  return err_;
+}
+
+void context_node::unlink_from_parent() noexcept {
+  context_node* p = parent_.get();
+  if (p == nullptr) return;
+  spin_guard lk(p->lock_);
+  if (!linked_) return;
+  if (prev_sibling_)
+    prev_sibling_->next_sibling_ = next_sibling_;
+  else
+    p->first_child_ = next_sibling_;
+  if (next_sibling_) next_sibling_->prev_sibling_ = prev_sibling_;
+  prev_sibling_ = next_sibling_ = nullptr;
+  linked_ = false;
+}
+
+}  // namespace detail
+
+context::context() : context(background()) {}
+
+void cancel_func::operator()() const noexcept {
+  if (node_) node_->cancel(detail::canceled_status());
+}
+
+context background() {
+  static const std::shared_ptr<detail::context_node> root =
+      std::make_shared<detail::context_node>();
+  return context(root);
+}
+
+std::pair<context, cancel_func> with_cancel(const context& parent) {
+  auto n = std::make_shared<detail::context_node>(parent.node_for_internal_use());
+  n->attach();
+  return {context(n), cancel_func(n)};
+}
+
+std::pair<context, cancel_func> with_deadline(const context& parent,
+                                              std::chrono::steady_clock::time_point tp) {
+  auto n = std::make_shared<detail::context_node>(parent.node_for_internal_use());
+  n->arm_deadline(tp);  // before attach: until then nobody else sees n
+  n->attach();
+  return {context(n), cancel_func(n)};
+}
+
+}  // namespace mpg
