@@ -42,13 +42,12 @@
 #include <source_location>
 
 #include "mpg/chan.hpp"
+#include "mpg/detail/sched/clock.hpp"
 #include "mpg/detail/sched/timer.hpp"
 
 namespace mpg {
 
 namespace detail {
-
-using steady_time = std::chrono::steady_clock::time_point;
 
 // deadline_after(): now + d, saturating instead of overflowing.
 template <class Rep, class Period>

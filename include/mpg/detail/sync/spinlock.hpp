@@ -47,16 +47,9 @@
 #include <cassert>
 #include <thread>
 
-namespace mpg::detail {
+#include "mpg/detail/sync/cpu_relax.hpp"
 
-// cpu_relax(): a spin-wait hint (PAUSE on x86, YIELD on ARM).
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__) || defined(__arm__)
-  asm volatile("yield" ::: "memory");
-#endif
-}
+namespace mpg::detail {
 
 class ABSL_LOCKABLE spinlock {
  public:
