@@ -13,6 +13,12 @@
 
 #include "sched/run_queue.hpp"
 
+namespace mpg::detail {
+struct run_queue_test_access {
+  static run_queue::owner owner_of(run_queue& q) { return run_queue::owner(q); }
+};
+}  // namespace mpg::detail
+
 namespace {
 
 using mpg::detail::g;
@@ -27,37 +33,46 @@ struct fake_gs {
   std::unique_ptr<g[]> gs;
 };
 
+// own(): the owner side of a queue. In the runtime only the M holding the
+// P can make one (machine::local_runq()); the test is every queue's owner.
+run_queue::owner own(run_queue& q) { return mpg::detail::run_queue_test_access::owner_of(q); }
+
 g* pop(run_queue& q, bool skip_runnext = false, bool* from_next = nullptr) {
   bool dummy = false;
-  return q.owner_pop(skip_runnext, from_next != nullptr ? from_next : &dummy);
+  return own(q).pop(skip_runnext ? mpg::detail::runnext_policy::skip : mpg::detail::runnext_policy::take,
+                    from_next != nullptr ? from_next : &dummy);
+}
+
+mpg::detail::runnext_policy runnext(bool take) {
+  return take ? mpg::detail::runnext_policy::take : mpg::detail::runnext_policy::skip;
 }
 
 }  // namespace
 
-TEST_CASE("owner_push_tail fills the ring, then returns false") {
+TEST_CASE("push_tail fills the ring, then returns false") {
   for (std::uint32_t cap : {4u, 8u}) {
     CAPTURE(cap);
     fake_gs gs(cap + 1);
     run_queue q(cap);
     CHECK(q.capacity() == cap);
-    for (std::uint32_t i = 0; i < cap; ++i) CHECK(q.owner_push_tail(gs[i]));
+    for (std::uint32_t i = 0; i < cap; ++i) CHECK(own(q).push_tail(gs[i]));
     CHECK(q.size() == cap);
-    CHECK_FALSE(q.owner_push_tail(gs[cap]));
+    CHECK_FALSE(own(q).push_tail(gs[cap]));
     CHECK(q.size() == cap);
     // Popping one makes room for one.
     CHECK(pop(q) == gs[0]);
-    CHECK(q.owner_push_tail(gs[cap]));
-    CHECK_FALSE(q.owner_push_tail(gs[0]));
+    CHECK(own(q).push_tail(gs[cap]));
+    CHECK_FALSE(own(q).push_tail(gs[0]));
   }
 }
 
-TEST_CASE("owner_pop is FIFO across wrap-around") {
+TEST_CASE("pop is FIFO across wrap-around") {
   fake_gs gs(40);
   run_queue q(4);
   std::size_t next_in = 0, next_out = 0;
   // Keep 0..4 items queued while 40 pass through a ring of 4.
   while (next_out < gs.n) {
-    while (next_in < gs.n && q.owner_push_tail(gs[next_in])) ++next_in;
+    while (next_in < gs.n && own(q).push_tail(gs[next_in])) ++next_in;
     bool from_next = true;
     g* gp = pop(q, false, &from_next);
     REQUIRE(gp != nullptr);
@@ -73,12 +88,12 @@ TEST_CASE("owner_pop is FIFO across wrap-around") {
 TEST_CASE("runnext is popped first and a displaced G is returned") {
   fake_gs gs(5);
   run_queue q(4);
-  CHECK(q.owner_push_tail(gs[0]));
-  CHECK(q.owner_push_tail(gs[1]));
-  CHECK(q.owner_put_runnext(gs[2]) == nullptr);
+  CHECK(own(q).push_tail(gs[0]));
+  CHECK(own(q).push_tail(gs[1]));
+  CHECK(own(q).put_runnext(gs[2]) == nullptr);
   CHECK(q.has_runnext());
   CHECK(q.size() == 3);
-  CHECK(q.owner_put_runnext(gs[3]) == gs[2]);  // displaced: the caller queues it
+  CHECK(own(q).put_runnext(gs[3]) == gs[2]);  // displaced: the caller queues it
   bool from_next = false;
   CHECK(pop(q, false, &from_next) == gs[3]);
   CHECK(from_next);
@@ -87,7 +102,7 @@ TEST_CASE("runnext is popped first and a displaced G is returned") {
   CHECK_FALSE(from_next);
 
   SUBCASE("skip_runnext takes the queue first, then falls back to runnext") {
-    CHECK(q.owner_put_runnext(gs[4]) == nullptr);
+    CHECK(own(q).put_runnext(gs[4]) == nullptr);
     CHECK(pop(q, true, &from_next) == gs[1]);
     CHECK_FALSE(from_next);
     CHECK(pop(q, true, &from_next) == gs[4]);
@@ -96,18 +111,18 @@ TEST_CASE("runnext is popped first and a displaced G is returned") {
   }
 }
 
-TEST_CASE("owner_take_half removes the older half in order") {
+TEST_CASE("take_half removes the older half in order") {
   fake_gs gs(8);
   run_queue q(8);
-  for (std::size_t i = 0; i < 8; ++i) REQUIRE(q.owner_push_tail(gs[i]));
+  for (std::size_t i = 0; i < 8; ++i) REQUIRE(own(q).push_tail(gs[i]));
   g* out[8] = {};
-  CHECK(q.owner_take_half(out) == 4);
+  CHECK(own(q).take_half(out) == 4);
   for (std::size_t i = 0; i < 4; ++i) CHECK(out[i] == gs[i]);
   CHECK(q.size() == 4);
   for (std::size_t i = 4; i < 8; ++i) CHECK(pop(q) == gs[i]);
   // One item: half of it is nothing.
-  REQUIRE(q.owner_push_tail(gs[0]));
-  CHECK(q.owner_take_half(out) == 0);
+  REQUIRE(own(q).push_tail(gs[0]));
+  CHECK(own(q).take_half(out) == 0);
   CHECK(pop(q) == gs[0]);
 }
 
@@ -117,10 +132,10 @@ TEST_CASE("steal_into takes half, rounded up, and returns the last one to run") 
     CAPTURE(queued);
     run_queue victim(8);
     run_queue thief(8);
-    for (std::uint32_t i = 0; i < queued; ++i) REQUIRE(victim.owner_push_tail(gs[i]));
+    for (std::uint32_t i = 0; i < queued; ++i) REQUIRE(own(victim).push_tail(gs[i]));
     const std::uint32_t want = queued - queued / 2;
     std::uint32_t count = 0;
-    g* run = victim.steal_into(thief, false, &count);
+    g* run = victim.steal_into(own(thief), runnext(false), &count);
     CHECK(count == want);
     CHECK(run == gs[want - 1]);
     CHECK(thief.size() == want - 1);
@@ -132,9 +147,9 @@ TEST_CASE("steal_into takes half, rounded up, and returns the last one to run") 
   SUBCASE("capacity 4") {
     run_queue victim(4);
     run_queue thief(4);
-    for (std::size_t i = 0; i < 4; ++i) REQUIRE(victim.owner_push_tail(gs[i]));
+    for (std::size_t i = 0; i < 4; ++i) REQUIRE(own(victim).push_tail(gs[i]));
     std::uint32_t count = 0;
-    CHECK(victim.steal_into(thief, false, &count) == gs[1]);
+    CHECK(victim.steal_into(own(thief), runnext(false), &count) == gs[1]);
     CHECK(count == 2);
     CHECK(pop(thief) == gs[0]);
     CHECK(pop(victim) == gs[2]);
@@ -147,18 +162,18 @@ TEST_CASE("steal_into takes runnext only when asked and the queue is empty") {
   run_queue victim(4);
   run_queue thief(4);
   std::uint32_t count = 7;
-  CHECK(victim.steal_into(thief, true, &count) == nullptr);  // nothing at all
+  CHECK(victim.steal_into(own(thief), runnext(true), &count) == nullptr);  // nothing at all
   CHECK(count == 0);
-  CHECK(victim.owner_put_runnext(gs[0]) == nullptr);
-  CHECK(victim.steal_into(thief, false, &count) == nullptr);
+  CHECK(own(victim).put_runnext(gs[0]) == nullptr);
+  CHECK(victim.steal_into(own(thief), runnext(false), &count) == nullptr);
   CHECK(count == 0);
   CHECK(victim.has_runnext());
   // With a queued G, the queue is stolen, not runnext.
-  REQUIRE(victim.owner_push_tail(gs[1]));
-  CHECK(victim.steal_into(thief, true, &count) == gs[1]);
+  REQUIRE(own(victim).push_tail(gs[1]));
+  CHECK(victim.steal_into(own(thief), runnext(true), &count) == gs[1]);
   CHECK(count == 1);
   CHECK(victim.has_runnext());
-  CHECK(victim.steal_into(thief, true, &count) == gs[0]);
+  CHECK(victim.steal_into(own(thief), runnext(true), &count) == gs[0]);
   CHECK(count == 1);
   CHECK_FALSE(victim.has_runnext());
   CHECK(thief.size() == 0);
@@ -184,7 +199,7 @@ void stress(std::uint32_t cap, std::size_t n) {
     run_queue mine(cap);
     while (total.load() < n) {
       std::uint32_t count = 0;
-      g* gp = owner_q.steal_into(mine, take_next, &count);
+      g* gp = owner_q.steal_into(own(mine), runnext(take_next), &count);
       if (gp == nullptr) {
         std::this_thread::yield();
         continue;
@@ -204,10 +219,10 @@ void stress(std::uint32_t cap, std::size_t n) {
     const unsigned op = static_cast<unsigned>(rnd >> 60);
     if (op < 9) {
       g* gp = gs[next++];
-      if (op < 3) gp = owner_q.owner_put_runnext(gp);
-      while (gp != nullptr && !owner_q.owner_push_tail(gp)) {
+      if (op < 3) gp = own(owner_q).put_runnext(gp);
+      while (gp != nullptr && !own(owner_q).push_tail(gp)) {
         // Full: take half out, as local_put does for the global queue.
-        const std::uint32_t k = owner_q.owner_take_half(half.data());
+        const std::uint32_t k = own(owner_q).take_half(half.data());
         for (std::uint32_t i = 0; i < k; ++i) got(half[i]);
       }
     } else if (op < 13) {

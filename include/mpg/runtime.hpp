@@ -21,44 +21,12 @@
 #include <vector>
 
 #include "mpg/detail/sched/g.hpp"
+#include "mpg/runtime_options.hpp"
+#include "mpg/runtime_stats.hpp"
 #include "mpg/spawn.hpp"
 #include "mpg/task.hpp"
 
 namespace mpg {
-
-struct runtime_options {
-  // Number of Ps. 0: the MPG_PROCS environment variable, else the number of
-  // CPUs this process may run on (its affinity mask).
-  unsigned procs = 0;
-  // Capacity of each P's local run queue; a power of two >= 2. Tests shrink
-  // it to reach overflow and stealing edge cases.
-  unsigned local_queue_capacity = 256;
-  // Upper bound on OS threads (Ms), counting those blocked in mpg::blocking.
-  unsigned max_threads = 10000;
-  // A P running one G for longer than this is reported by the monitor (in
-  // builds with debug checks, or when report_long_tasks is set).
-  std::chrono::milliseconds long_task_threshold{10};
-  bool report_long_tasks = false;
-  // Entries of each P's io_uring submission queue (completion queue: 4x).
-  unsigned ring_entries = 256;
-};
-
-struct runtime_stats {
-  unsigned procs = 0;
-  std::uint64_t spawned = 0;           // Gs started
-  std::uint64_t completed = 0;         // Gs finished
-  std::uint64_t live = 0;              // spawned - completed
-  std::uint64_t steals = 0;            // successful steal operations
-  std::uint64_t stolen_tasks = 0;      // Gs moved by them
-  std::uint64_t parks = 0;             // times an M parked with nothing to run
-  std::uint64_t global_queue_pulls = 0;  // Gs taken from the global queue
-  std::uint64_t global_queue_pushes = 0; // Gs put there (overflow, foreign)
-  std::uint64_t global_queue_length = 0;
-  std::uint64_t threads = 0;           // Ms started so far
-  std::uint64_t long_task_reports = 0; // sysmon reports of long-running Gs
-  std::vector<std::uint32_t> local_queue_lengths;  // per P, snapshot
-  std::vector<std::uint64_t> tasks_run;            // per P, Gs executed
-};
 
 namespace detail {
 // block_on support: a plain thread waits for a join.

@@ -14,10 +14,10 @@
 #include <thread>
 
 #include "mpg/detail/sched/g.hpp"
+#include "sched/processor.hpp"
 
 namespace mpg::detail {
 
-class processor;
 class scheduler;
 
 // Cooperative budget of a G's time slice: runtime awaits that complete
@@ -50,28 +50,35 @@ class machine {
   std::thread thread;
   parker park;
 
-  // The P this M holds (owner: this M). Written by the waker before unpark
-  // when it hands a P over (next_p), taken by this M after park returns.
-  processor* p = nullptr;
+  // p(): the P this M holds, or null. Only this M reads it for its own use;
+  // it is written only by the P-ownership functions of p_ownership.cpp
+  // (acquire_p, release_p), on this M's thread or, for an M that is not
+  // running (parked, or being started), under the scheduler lock before it
+  // is unparked.
+  processor* p() const noexcept { return p_; }
+  // local_runq(): the owner side of the held P's run queue. Only the M
+  // that holds a P can push to its queue (run_queue.hpp).
+  run_queue::owner local_runq() const noexcept { return run_queue::owner(p_->runq); }
+
+  // Handoff mailbox, under the scheduler lock: the P (and whether to spin
+  // with it) that a waker gives this M while it is parked; taken by this M
+  // when it wakes (p_ownership.cpp).
   processor* next_p = nullptr;
+  bool next_spinning = false;
   bool spinning = false;        // counted in scheduler::nmspinning_
-  bool next_spinning = false;   // handed over with next_p
   machine* idle_next = nullptr; // under the scheduler lock
+  // Whether this M sleeps in its held P's ring (wake it through the ring's
+  // eventfd) rather than on its futex; under the scheduler lock.
   bool in_ring = false;
   processor* blocking_from = nullptr;  // the P given up by mpg::blocking
 
   // Current run.
   int budget = 0;
   std::uint32_t runnext_streak = 0;
-  std::uint64_t rand_state = 0;
 
-  std::uint32_t fastrand() noexcept {
-    // xorshift64*: cheap and good enough for victim order and the 1/61 tick.
-    rand_state ^= rand_state >> 12;
-    rand_state ^= rand_state << 25;
-    rand_state ^= rand_state >> 27;
-    return static_cast<std::uint32_t>((rand_state * 0x2545F4914F6CDD1DULL) >> 32);
-  }
+ private:
+  friend class scheduler;  // acquire_p() / release_p() (p_ownership.cpp)
+  processor* p_ = nullptr;
 };
 
 // The M running on this thread (nullptr on other threads).

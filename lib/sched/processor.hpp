@@ -3,8 +3,10 @@
 // A P is a value that an M acquires and releases: everything an M needs to
 // run Gs without locks lives here, so handing the P to another M (idle
 // handoff, blocking calls) hands over the work with it. Fields marked
-// "owner" are touched only by the M that holds the P; the handoff itself
-// (under the scheduler lock or through the M's parker) orders them.
+// "owner" are touched only by the M that holds the P (machine::p()); who
+// holds it is decided by one mechanism, p_ownership.cpp, whose hand-offs
+// (under the scheduler lock, then through the M's parker or ring) order
+// those fields between successive owners.
 #pragma once
 
 #include <absl/base/thread_annotations.h>
@@ -17,22 +19,21 @@
 
 #include "mpg/detail/sched/g.hpp"
 #include "mpg/detail/sched/timer.hpp"
+#include "io/reactor.hpp"
 #include "sched/run_queue.hpp"
 #include "sched/thread_mutex.hpp"
 
 namespace mpg::detail {
 
 class machine;
-class reactor;
-struct reactor_deleter {
-  void operator()(reactor* r) const noexcept;  // reactor_hook.cpp
-};
 
+// Who holds a P (under the scheduler lock; p_ownership.cpp):
 enum class p_status : std::uint8_t {
-  idle,      // on the idle list, no M
-  parked,    // on the idle list, its M sleeps holding it (timers or I/O pending)
-  running,   // held by an M running Gs
-  blocking,  // its M is inside mpg::blocking; another M may take it
+  idle,     // on the idle list, held by no M: any M may acquire it
+  parked,   // on the idle list, but held by parked_m, which sleeps (on its
+            // futex or in this P's ring) until a deadline, a completion or
+            // a wake; nobody else may acquire it, work for it wakes that M
+  running,  // held by an M that runs Gs (or is handing it to another M)
 };
 
 // A 4-ary min-heap of timers by deadline, guarded by its own lock so that
@@ -60,7 +61,7 @@ class processor {
   // Under the scheduler lock.
   p_status status = p_status::idle;
   processor* idle_next = nullptr;
-  machine* parked_m = nullptr;  // the M sleeping while holding this P (status parked)
+  machine* parked_m = nullptr;  // the M that holds this P while it sleeps (status parked)
 
   // owner: scratch space for moving half the local queue to the global one.
   std::vector<g*> overflow;
@@ -82,7 +83,8 @@ class processor {
   std::atomic<std::uint64_t> reported_tick{UINT64_MAX};
 
   timer_heap timers;
-  std::unique_ptr<reactor, reactor_deleter> io;
+  // The P's io_uring ring (io/reactor.hpp); it moves with the P.
+  std::unique_ptr<reactor> io;
 
   // Statistics: single writer at a time (the owner), read by stats().
   std::atomic<std::uint64_t> tasks_run{0};

@@ -34,8 +34,19 @@
 
 namespace mpg::detail {
 
+class machine;
+
+// Where make_runnable()/local_put() put a G: in the runnext slot (it runs
+// next, inheriting the time slice) or at the tail of the queue.
+enum class queue_slot : std::uint8_t { runnext, tail };
+// Whether owner::pop() may take the runnext G (skip: a runnext chain has
+// kept the slot long enough; the queue's head goes first).
+enum class runnext_policy : std::uint8_t { take, skip };
+
 class run_queue {
  public:
+  class owner;
+
   explicit run_queue(std::uint32_t capacity)
       : cap_(capacity), mask_(capacity - 1), slots_(new std::atomic<g*>[capacity]) {
     for (std::uint32_t i = 0; i < capacity; ++i) slots_[i].store(nullptr, std::memory_order_relaxed);
@@ -43,112 +54,13 @@ class run_queue {
 
   std::uint32_t capacity() const noexcept { return cap_; }
 
-  // owner_push_tail(): append gp. Returns false when the ring is full; the
-  // caller then moves half of it to the global queue (owner_take_half()).
-  bool owner_push_tail(g* gp) noexcept {
-    // Acquire: we must see consumers' head advances before reusing slots.
-    const std::uint32_t h = head_.load(std::memory_order_acquire);
-    const std::uint32_t t = tail_.load(std::memory_order_relaxed);  // only we write it
-    if (t - h >= cap_) return false;
-    slots_[t & mask_].store(gp, std::memory_order_relaxed);
-    // Release: publishes the slot to consumers that acquire tail.
-    tail_.store(t + 1, std::memory_order_release);
-    return true;
-  }
-
-  // owner_put_runnext(): make gp the next G to run; returns the G it
-  // displaced (to be pushed at the tail), or nullptr.
-  g* owner_put_runnext(g* gp) noexcept {
-    // seq_cst exchange: also the #StoreLoad barrier of the submit side of the
-    // parking protocol (the subsequent loads of npidle/nmspinning).
-    return runnext_.exchange(gp, std::memory_order_seq_cst);
-  }
-
-  // owner_pop(): runnext first (unless skip_runnext), then the head.
-  // *from_runnext tells which.
-  g* owner_pop(bool skip_runnext, bool* from_runnext) noexcept {
-    if (!skip_runnext) {
-      g* next = runnext_.load(std::memory_order_relaxed);
-      // Acquire on success: pairs with the seq_cst exchange that put it there.
-      if (next != nullptr &&
-          runnext_.compare_exchange_strong(next, nullptr, std::memory_order_acquire,
-                                           std::memory_order_relaxed)) {
-        *from_runnext = true;
-        return next;
-      }
-    }
-    *from_runnext = false;
-    for (;;) {
-      std::uint32_t h = head_.load(std::memory_order_acquire);
-      const std::uint32_t t = tail_.load(std::memory_order_relaxed);
-      if (t == h) {
-        if (skip_runnext) return owner_pop(false, from_runnext);
-        return nullptr;
-      }
-      g* gp = slots_[h & mask_].load(std::memory_order_relaxed);
-      // Release: our read of the slot happens before the owner (us) or a
-      // later push reuses it; acquire: see other consumers' reads likewise.
-      if (head_.compare_exchange_weak(h, h + 1, std::memory_order_acq_rel,
-                                      std::memory_order_relaxed))
-        return gp;
-    }
-  }
-
-  // owner_take_half(): remove half of the queued Gs (for overflow to the
-  // global queue). Writes them into out[] and returns how many (0 if a
-  // consumer raced us; the caller retries the push).
-  std::uint32_t owner_take_half(g** out) noexcept {
-    std::uint32_t h = head_.load(std::memory_order_acquire);
-    const std::uint32_t t = tail_.load(std::memory_order_relaxed);
-    const std::uint32_t n = (t - h) / 2;
-    if (n == 0) return 0;
-    for (std::uint32_t i = 0; i < n; ++i) out[i] = slots_[(h + i) & mask_].load(std::memory_order_relaxed);
-    if (!head_.compare_exchange_strong(h, h + n, std::memory_order_acq_rel, std::memory_order_relaxed))
-      return 0;
-    return n;
-  }
-
-  // steal_into(): a thief moves half of this queue into `dst` (the thief's
-  // own queue, which must be empty... or have room for capacity/2). Returns
+  // steal_into(): a thief moves half of this queue into its own queue
+  // (through its owner side, so only the M holding the thief's P can steal
+  // into it; that queue must have room for capacity/2). Returns
   // one stolen G to run at once (not placed in dst), or nullptr.
-  // steal_runnext: also take the runnext G when the queue is empty.
-  g* steal_into(run_queue& dst, bool steal_runnext, std::uint32_t* count) noexcept {
-    *count = 0;
-    const std::uint32_t dt = dst.tail_.load(std::memory_order_relaxed);  // dst's owner is us
-    for (;;) {
-      std::uint32_t h = head_.load(std::memory_order_acquire);
-      const std::uint32_t t = tail_.load(std::memory_order_acquire);  // pairs with owner's release
-      std::uint32_t n = t - h;
-      n = n - n / 2;
-      if (n == 0) {
-        if (!steal_runnext) return nullptr;
-        g* next = runnext_.load(std::memory_order_relaxed);
-        if (next == nullptr) return nullptr;
-        if (runnext_.compare_exchange_strong(next, nullptr, std::memory_order_acquire,
-                                             std::memory_order_relaxed)) {
-          *count = 1;
-          return next;
-        }
-        continue;
-      }
-      if (n > cap_ / 2) continue;  // inconsistent snapshot; retry
-      if (n > dst.cap_ / 2) n = dst.cap_ / 2;  // a smaller thief queue takes less
-      for (std::uint32_t i = 0; i < n; ++i) {
-        g* gp = slots_[(h + i) & mask_].load(std::memory_order_relaxed);
-        dst.slots_[(dt + i) & dst.mask_].store(gp, std::memory_order_relaxed);
-      }
-      // acq_rel: the slot reads above happen before the victim's owner may
-      // overwrite them (it acquires head before reusing a slot).
-      if (head_.compare_exchange_weak(h, h + n, std::memory_order_acq_rel,
-                                      std::memory_order_relaxed)) {
-        *count = n;
-        // Keep the last one to run now; publish the others.
-        g* run = dst.slots_[(dt + n - 1) & dst.mask_].load(std::memory_order_relaxed);
-        if (n > 1) dst.tail_.store(dt + n - 1, std::memory_order_release);
-        return run;
-      }
-    }
-  }
+  // runnext == take: also take the runnext G when the queue is empty.
+  g* steal_into(owner thief, runnext_policy runnext, std::uint32_t* count) noexcept;
+
 
   // size(): a snapshot from any thread (queue plus runnext).
   std::uint32_t size() const noexcept {
@@ -163,13 +75,6 @@ class run_queue {
     return head_.load(std::memory_order_seq_cst) == tail_.load(std::memory_order_seq_cst) &&
            runnext_.load(std::memory_order_seq_cst) == nullptr;
   }
-  // owner_take_runnext_if(): empty the runnext slot if it holds gp.
-  bool owner_take_runnext_if(g* gp) noexcept {
-    g* expected = gp;
-    // Acquire: as owner_pop(); a thief may race us for it, one CAS wins.
-    return runnext_.compare_exchange_strong(expected, nullptr, std::memory_order_acquire,
-                                            std::memory_order_relaxed);
-  }
   g* peek_runnext() const noexcept { return runnext_.load(std::memory_order_relaxed); }
   bool has_runnext() const noexcept { return runnext_.load(std::memory_order_relaxed) != nullptr; }
 
@@ -182,4 +87,130 @@ class run_queue {
   std::unique_ptr<std::atomic<g*>[]> slots_;
 };
 
+
+// run_queue::owner: the producer side of a P's queue. Only the M that holds
+// the P makes one (machine::local_runq()); it is a view, cheap to copy
+// within that M's stack, and must not outlive the M's hold on the P.
+class run_queue::owner {
+ public:
+  run_queue& queue() const noexcept { return *q_; }
+
+  // push_tail(): append gp. Returns false when the ring is full; the
+  // caller then moves half of it to the global queue (take_half()).
+  bool push_tail(g* gp) noexcept {
+    // Acquire: we must see consumers' head advances before reusing slots.
+    const std::uint32_t h = q_->head_.load(std::memory_order_acquire);
+    const std::uint32_t t = q_->tail_.load(std::memory_order_relaxed);  // only we write it
+    if (t - h >= q_->cap_) return false;
+    q_->slots_[t & q_->mask_].store(gp, std::memory_order_relaxed);
+    // Release: publishes the slot to consumers that acquire tail.
+    q_->tail_.store(t + 1, std::memory_order_release);
+    return true;
+  }
+
+  // put_runnext(): make gp the next G to run; returns the G it
+  // displaced (to be pushed at the tail), or nullptr.
+  g* put_runnext(g* gp) noexcept {
+    // seq_cst exchange: also the #StoreLoad barrier of the submit side of the
+    // parking protocol (the subsequent loads of npidle/nmspinning).
+    return q_->runnext_.exchange(gp, std::memory_order_seq_cst);
+  }
+
+  // pop(): runnext first (unless skip_runnext), then the head.
+  // *from_runnext tells which.
+  g* pop(runnext_policy policy, bool* from_runnext) noexcept {
+    if (policy == runnext_policy::take) {
+      g* next = q_->runnext_.load(std::memory_order_relaxed);
+      // Acquire on success: pairs with the seq_cst exchange that put it there.
+      if (next != nullptr &&
+          q_->runnext_.compare_exchange_strong(next, nullptr, std::memory_order_acquire,
+                                           std::memory_order_relaxed)) {
+        *from_runnext = true;
+        return next;
+      }
+    }
+    *from_runnext = false;
+    for (;;) {
+      std::uint32_t h = q_->head_.load(std::memory_order_acquire);
+      const std::uint32_t t = q_->tail_.load(std::memory_order_relaxed);
+      if (t == h) {
+        if (policy == runnext_policy::skip) return pop(runnext_policy::take, from_runnext);
+        return nullptr;
+      }
+      g* gp = q_->slots_[h & q_->mask_].load(std::memory_order_relaxed);
+      // Release: our read of the slot happens before the owner (us) or a
+      // later push reuses it; acquire: see other consumers' reads likewise.
+      if (q_->head_.compare_exchange_weak(h, h + 1, std::memory_order_acq_rel,
+                                      std::memory_order_relaxed))
+        return gp;
+    }
+  }
+
+  // take_half(): remove half of the queued Gs (for overflow to the
+  // global queue). Writes them into out[] and returns how many (0 if a
+  // consumer raced us; the caller retries the push).
+  std::uint32_t take_half(g** out) noexcept {
+    std::uint32_t h = q_->head_.load(std::memory_order_acquire);
+    const std::uint32_t t = q_->tail_.load(std::memory_order_relaxed);
+    const std::uint32_t n = (t - h) / 2;
+    if (n == 0) return 0;
+    for (std::uint32_t i = 0; i < n; ++i) out[i] = q_->slots_[(h + i) & q_->mask_].load(std::memory_order_relaxed);
+    if (!q_->head_.compare_exchange_strong(h, h + n, std::memory_order_acq_rel, std::memory_order_relaxed))
+      return 0;
+    return n;
+  }
+
+  // take_runnext_if(): empty the runnext slot if it holds gp.
+  bool take_runnext_if(g* gp) noexcept {
+    g* expected = gp;
+    // Acquire: as pop(); a thief may race us for it, one CAS wins.
+    return q_->runnext_.compare_exchange_strong(expected, nullptr, std::memory_order_acquire,
+                                            std::memory_order_relaxed);
+  }
+ private:
+  friend class machine;
+  friend class run_queue;
+  friend struct run_queue_test_access;  // test/run_queue_tests.cpp
+  explicit owner(run_queue& q) noexcept : q_(&q) {}
+  run_queue* q_;
+};
+
+inline g* run_queue::steal_into(owner thief, runnext_policy runnext, std::uint32_t* count) noexcept {
+  *count = 0;
+  run_queue& dst = *thief.q_;
+  const std::uint32_t dt = dst.tail_.load(std::memory_order_relaxed);  // dst's owner is us
+  for (;;) {
+    std::uint32_t h = head_.load(std::memory_order_acquire);
+    const std::uint32_t t = tail_.load(std::memory_order_acquire);  // pairs with owner's release
+    std::uint32_t n = t - h;
+    n = n - n / 2;
+    if (n == 0) {
+      if (runnext == runnext_policy::skip) return nullptr;
+      g* next = runnext_.load(std::memory_order_relaxed);
+      if (next == nullptr) return nullptr;
+      if (runnext_.compare_exchange_strong(next, nullptr, std::memory_order_acquire,
+                                           std::memory_order_relaxed)) {
+        *count = 1;
+        return next;
+      }
+      continue;
+    }
+    if (n > cap_ / 2) continue;  // inconsistent snapshot; retry
+    if (n > dst.cap_ / 2) n = dst.cap_ / 2;  // a smaller thief queue takes less
+    for (std::uint32_t i = 0; i < n; ++i) {
+      g* gp = slots_[(h + i) & mask_].load(std::memory_order_relaxed);
+      dst.slots_[(dt + i) & dst.mask_].store(gp, std::memory_order_relaxed);
+    }
+    // acq_rel: the slot reads above happen before the victim's owner may
+    // overwrite them (it acquires head before reusing a slot).
+    if (head_.compare_exchange_weak(h, h + n, std::memory_order_acq_rel,
+                                    std::memory_order_relaxed)) {
+      *count = n;
+      // Keep the last one to run now; publish the others.
+      g* run = dst.slots_[(dt + n - 1) & dst.mask_].load(std::memory_order_relaxed);
+      if (n > 1) dst.tail_.store(dt + n - 1, std::memory_order_release);
+      return run;
+    }
+  }
+}
 }  // namespace mpg::detail

@@ -39,6 +39,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <numeric>
+#include <stdexcept>
+#include <string>
 #include <cstdio>
 #include <cstdlib>
 #include <ostream>
@@ -46,7 +49,8 @@
 
 #include "mpg/errors.hpp"
 #include "mpg/detail/sched/frame.hpp"
-#include "sched/reactor_hook.hpp"
+#include "io/reactor.hpp"
+#include "mpg/task.hpp"
 
 namespace mpg::detail {
 
@@ -72,7 +76,15 @@ scheduler* current_scheduler() noexcept {
 
 processor* current_p_of(scheduler* s) noexcept {
   machine* m = tls_m;
-  return (m != nullptr && m->sched == s) ? m->p : nullptr;
+  return (m != nullptr && m->sched == s) ? m->p() : nullptr;
+}
+
+// current_reactor() (io/reactor.hpp): the ring of the P that runs the
+// calling task; I/O awaiters submit there.
+reactor* current_reactor() noexcept {
+  machine* m = tls_m;
+  if (m == nullptr || m->p() == nullptr || tls_g == nullptr) return nullptr;
+  return m->p()->io.get();
 }
 
 const char* to_string(g_status s) noexcept {
@@ -107,8 +119,8 @@ void cancel_park() noexcept {
 void ready(g* gp) noexcept {
   scheduler* s = gp->sched;
   machine* m = tls_m;
-  if (m != nullptr && m->sched == s && m->p != nullptr) {
-    s->make_runnable(gp, true);
+  if (m != nullptr && m->sched == s && m->p() != nullptr) {
+    s->make_runnable(m, gp, queue_slot::runnext);
   } else {
     gp->status.store(g_status::runnable, std::memory_order_relaxed);
     s->global_put(gp);
@@ -118,8 +130,8 @@ void ready(g* gp) noexcept {
 void ready_tail(g* gp) noexcept {
   scheduler* s = gp->sched;
   machine* m = tls_m;
-  if (m != nullptr && m->sched == s && m->p != nullptr) {
-    s->make_runnable(gp, false);
+  if (m != nullptr && m->sched == s && m->p() != nullptr) {
+    s->make_runnable(m, gp, queue_slot::tail);
   } else {
     gp->status.store(g_status::runnable, std::memory_order_relaxed);
     s->global_put(gp);
@@ -143,7 +155,7 @@ void requeue_current(std::coroutine_handle<> h) noexcept {
   gp->wait_reason.store(nullptr, std::memory_order_relaxed);
   gp->status.store(g_status::runnable, std::memory_order_relaxed);
   machine* m = tls_m;
-  m->sched->local_put(m->p, gp, false);
+  m->sched->local_put(m, gp, queue_slot::tail);
   m->sched->wake_p();
 }
 
@@ -160,9 +172,10 @@ g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
   g* gp = s->new_g(root, name);
   promise->gid_ = gp->id.load(std::memory_order_relaxed);
   promise->g_ = gp;
-  if (processor* p = current_p_of(s)) {
-    processor::bump(p->spawned);
-    s->make_runnable(gp, true);
+  machine* m = tls_m;
+  if (m != nullptr && m->sched == s && m->p() != nullptr) {
+    processor::bump(m->p()->spawned);
+    s->make_runnable(m, gp, queue_slot::runnext);
   } else {
     gp->status.store(g_status::runnable, std::memory_order_relaxed);
     s->global_put(gp);
@@ -230,11 +243,11 @@ std::coroutine_handle<> join_suspend(std::coroutine_handle<> root, promise_base*
   // runnext after a park resumes at its park, not at its root. These reads
   // are safe here: a G in our runnext slot was put there by this thread.
   machine* m = tls_m;
-  if (child != nullptr && m->p != nullptr && child->sched == me->sched &&
+  if (child != nullptr && m->p() != nullptr && child->sched == me->sched &&
       hdr->join.load(std::memory_order_acquire) == kJoinRunning &&
-      m->p->runq.peek_runnext() == child && child->id.load(std::memory_order_relaxed) == promise->gid_ &&
+      m->p()->runq.peek_runnext() == child && child->id.load(std::memory_order_relaxed) == promise->gid_ &&
       !child->started.load(std::memory_order_relaxed) &&
-      m->p->runq.owner_take_runnext_if(child)) {
+      m->local_runq().take_runnext_if(child)) {
     // Only the handle owner (us) reads the join state of a claimed frame.
     hdr->join.store(kJoinInline, std::memory_order_relaxed);
     me->sched->retire_g(child);
@@ -286,7 +299,16 @@ scheduler::scheduler(const runtime_options& opts) : opts_(opts) {
   if (opts_.max_threads < opts_.procs) opts_.max_threads = opts_.procs;
   for (std::uint32_t i = 0; i < opts_.procs; ++i)
     ps_.push_back(std::make_unique<processor>(i, opts_.local_queue_capacity));
-  for (auto& p : ps_) p->io = make_reactor(opts_);  // throws with a clear message on failure
+  for (auto& p : ps_) {
+    absl::StatusOr<std::unique_ptr<reactor>> r = reactor::create(opts_.ring_entries);
+    if (!r.ok()) {
+      throw std::runtime_error("mpg: cannot start the runtime: io_uring is unavailable: " +
+                               std::string(r.status().message()));
+    }
+    p->io = std::move(*r);
+  }
+  for (std::uint32_t i = 1; i <= procs(); ++i)
+    if (std::gcd(i, procs()) == 1) steal_strides_.push_back(i);
   thread_mutex_lock l(mu_);
   for (auto it = ps_.rbegin(); it != ps_.rend(); ++it) pidle_put(it->get());
   sysmon_ = std::thread([this] { sysmon_main(); });
@@ -389,26 +411,27 @@ void scheduler::retire_g(g* gp) noexcept {
   }
 }
 
-void scheduler::make_runnable(g* gp, bool next) noexcept {
+void scheduler::make_runnable(machine* m, g* gp, queue_slot slot) noexcept {
   gp->status.store(g_status::runnable, std::memory_order_relaxed);
-  local_put(tls_m->p, gp, next);
+  local_put(m, gp, slot);
   wake_p();
 }
 
-void scheduler::local_put(processor* p, g* gp, bool next) noexcept {
-  if (next) {
-    gp = p->runq.owner_put_runnext(gp);  // seq_cst: S1 of the protocol
+void scheduler::local_put(machine* m, g* gp, queue_slot slot) noexcept {
+  run_queue::owner q = m->local_runq();
+  if (slot == queue_slot::runnext) {
+    gp = q.put_runnext(gp);  // seq_cst: S1 of the protocol
     if (gp == nullptr) return;
   }
   for (;;) {
-    if (p->runq.owner_push_tail(gp)) {
+    if (q.push_tail(gp)) {
       // S1 for the tail path: order the push before wake_p's loads.
       std::atomic_thread_fence(std::memory_order_seq_cst);
       return;
     }
     // Full: move half of the local queue plus gp to the global queue.
-    std::vector<g*>& batch = p->overflow;
-    std::uint32_t n = p->runq.owner_take_half(batch.data());
+    std::vector<g*>& batch = m->p()->overflow;
+    std::uint32_t n = q.take_half(batch.data());
     if (n == 0) continue;  // a thief raced us; there is room now
     batch[n++] = gp;
     for (std::uint32_t i = 0; i + 1 < n; ++i) batch[i]->link = batch[i + 1];
@@ -423,6 +446,15 @@ void scheduler::global_put(g* gp) noexcept {
   global_put_batch(gp, gp, 1);
 }
 
+void scheduler::global_put_locked(g* first, g* last, std::uint32_t n) noexcept {
+  if (gtail_ != nullptr) gtail_->link = first; else ghead_ = first;
+  gtail_ = last;
+  last->link = nullptr;
+  // seq_cst: S1 of the parking protocol for the global queue.
+  gsize_.fetch_add(n, std::memory_order_seq_cst);
+  gpushes_.fetch_add(n, std::memory_order_relaxed);
+}
+
 void scheduler::global_put_batch(g* first, g* last, std::uint32_t n) noexcept {
   // A thread outside the runtime (or another runtime's M) may be the one
   // readying the last G that block_on waits for; the runtime can then be
@@ -432,17 +464,14 @@ void scheduler::global_put_batch(g* first, g* last, std::uint32_t n) noexcept {
   putters_.fetch_add(1, std::memory_order_acquire);
   {
     thread_mutex_lock l(mu_);
-    if (gtail_ != nullptr) gtail_->link = first; else ghead_ = first;
-    gtail_ = last;
-    last->link = nullptr;
-    gsize_.fetch_add(n, std::memory_order_seq_cst);
+    global_put_locked(first, last, n);
   }
-  gpushes_.fetch_add(n, std::memory_order_relaxed);
   wake_p();
   putters_.fetch_sub(1, std::memory_order_release);
 }
 
-g* scheduler::global_get(processor* p, std::uint32_t max) noexcept {
+g* scheduler::global_get(machine* m, std::uint32_t max) noexcept {
+  processor* p = m->p();
   const std::uint64_t size = gsize_.load(std::memory_order_relaxed);  // under mu_
   if (size == 0) return nullptr;
   std::uint64_t n = std::min<std::uint64_t>(size, size / procs() + 1);
@@ -455,133 +484,11 @@ g* scheduler::global_get(processor* p, std::uint32_t max) noexcept {
   for (std::uint64_t i = 1; i < n; ++i) {
     g* more = ghead_;
     ghead_ = more->link;
-    local_put(p, more, false);
+    local_put(m, more, queue_slot::tail);
   }
   if (ghead_ == nullptr) gtail_ = nullptr;
   gpulls_.fetch_add(n, std::memory_order_relaxed);
   return gp;
-}
-
-void scheduler::wake_p() noexcept {
-  // S2: seq_cst loads, after the seq_cst publication of S1.
-  if (npidle_.load(std::memory_order_seq_cst) == 0) return;
-  if (nmspinning_.load(std::memory_order_seq_cst) != 0) return;
-  std::uint32_t zero = 0;
-  if (!nmspinning_.compare_exchange_strong(zero, 1, std::memory_order_seq_cst)) return;
-  start_m(nullptr, true);
-}
-
-processor* scheduler::pidle_get() noexcept {
-  processor* p = pidle_;
-  if (p != nullptr) {
-    pidle_ = p->idle_next;
-    p->idle_next = nullptr;
-    npidle_.fetch_sub(1, std::memory_order_seq_cst);
-  }
-  return p;
-}
-
-void scheduler::pidle_put(processor* p) noexcept {
-  p->idle_next = pidle_;
-  pidle_ = p;
-  npidle_.fetch_add(1, std::memory_order_seq_cst);
-}
-
-bool scheduler::pidle_remove(processor* p) noexcept {
-  for (processor** pp = &pidle_; *pp != nullptr; pp = &(*pp)->idle_next) {
-    if (*pp == p) {
-      *pp = p->idle_next;
-      p->idle_next = nullptr;
-      npidle_.fetch_sub(1, std::memory_order_seq_cst);
-      return true;
-    }
-  }
-  return false;
-}
-
-machine* scheduler::midle_get() noexcept {
-  machine* m = midle_;
-  if (m != nullptr) {
-    midle_ = m->idle_next;
-    m->idle_next = nullptr;
-  }
-  return m;
-}
-
-void scheduler::start_m(processor* p, bool spinning) noexcept {
-  machine* m = nullptr;
-  bool create = false;
-  bool ring = false;
-  {
-    thread_mutex_lock l(mu_);
-    if (stopping_.load(std::memory_order_relaxed)) p = nullptr;
-    else if (p == nullptr) p = pidle_get();
-    if (p == nullptr) {
-      if (spinning) nmspinning_.fetch_sub(1, std::memory_order_seq_cst);
-      return;
-    }
-    if (p->status == p_status::parked) {
-      // Its M sleeps holding it: hand the work to that M.
-      m = p->parked_m;
-      p->parked_m = nullptr;
-      p->status = p_status::running;
-      m->next_p = p;
-      m->next_spinning = spinning;
-      ring = m->in_ring;
-    } else {
-      p->status = p_status::running;
-      m = midle_get();
-      if (m == nullptr) {
-        if (allm_.size() >= opts_.max_threads) {
-          // Over the thread limit: leave the P idle; running Ms find the work.
-          p->status = p_status::idle;
-          pidle_put(p);
-          if (spinning) nmspinning_.fetch_sub(1, std::memory_order_seq_cst);
-          return;
-        }
-        allm_.push_back(std::make_unique<machine>(this, static_cast<std::uint32_t>(allm_.size())));
-        m = allm_.back().get();
-        m->p = p;
-        m->spinning = spinning;
-        m->rand_state = 0x9E3779B97F4A7C15ULL * (m->id + 1);
-        create = true;
-        // Started under the lock so that stop(), which lists the Ms under
-        // it after setting stopping_, always finds the thread to join.
-        threads_.fetch_add(1, std::memory_order_relaxed);
-        m->thread = std::thread([this, m] { m_main(m); });
-      } else {
-        m->next_p = p;
-        m->next_spinning = spinning;
-      }
-    }
-  }
-  if (create) return;
-  wake_machine(m, ring, p);
-}
-
-void scheduler::wake_machine(machine* m, bool ring, processor* p) noexcept {
-  if (ring) wake_reactor(p->io.get());
-  else m->park.unpark();
-}
-
-void scheduler::stop() noexcept {
-  stopping_.store(true, std::memory_order_release);
-  while (putters_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
-  {
-    thread_mutex_lock l(sysmon_mu_);
-    sysmon_stop_ = true;
-    sysmon_cv_.notify_all();
-  }
-  if (sysmon_.joinable()) sysmon_.join();
-  std::vector<machine*> ms;
-  {
-    thread_mutex_lock l(mu_);
-    for (auto& m : allm_) ms.push_back(m.get());
-  }
-  for (machine* m : ms) m->park.unpark();
-  for (auto& p : ps_) wake_reactor(p->io.get());
-  for (machine* m : ms)
-    if (m->thread.joinable()) m->thread.join();
 }
 
 std::uint64_t scheduler::live_gs() const noexcept {

@@ -1,23 +1,32 @@
 // lib/sched/scheduler.hpp: the scheduler of one runtime (Go's schedt plus the
-// procedures that move Gs, Ps and Ms around). The protocols are written down
-// in scheduler.cpp (ready/wake, parking) and find_runnable.cpp (the loop).
+// procedures that move Gs, Ps and Ms around). Where each protocol is written
+// down:
+//   - scheduler.cpp: readying Gs, the run queues, the wake-up (parking)
+//     protocol that loses no wakeup;
+//   - p_ownership.cpp: who holds a P, and every way a P changes hands
+//     (acquire_p, release_p, park_p, handoff_p, start_m, wake_p, stop_m);
+//   - find_runnable.cpp: the M's scheduling loop, in named steps;
+//   - blocking.cpp: mpg::blocking (Go's entersyscall/exitsyscall);
+//   - timers.cpp, sysmon.cpp, shutdown.cpp, inspect.cpp.
 #pragma once
 
 #include <absl/base/thread_annotations.h>
 
 #include <atomic>
 #include <condition_variable>
-#include <chrono>
 #include <cstdint>
 #include <iosfwd>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
-#include "sched/machine.hpp"
+#include "mpg/detail/sched/clock.hpp"
 #include "mpg/detail/sched/g.hpp"
-#include "mpg/runtime.hpp"
+#include "mpg/runtime_options.hpp"
+#include "mpg/runtime_stats.hpp"
+#include "sched/machine.hpp"
 #include "sched/processor.hpp"
 #include "sched/thread_mutex.hpp"
 
@@ -31,42 +40,47 @@ class scheduler {
   std::uint32_t procs() const noexcept { return static_cast<std::uint32_t>(ps_.size()); }
   const runtime_options& options() const noexcept { return opts_; }
 
-  // --- G lifecycle ------------------------------------------------------
+  // --- G lifecycle (scheduler.cpp) ------------------------------------------
   g* new_g(std::coroutine_handle<> root, const char* name);  // on the caller's P if it has one
   void retire_g(g* gp) noexcept;                            // back to a free pool
-  // make_runnable(): ready()'s body once gp is known to belong to us.
-  void make_runnable(g* gp, bool next) noexcept;
+  // make_runnable(): ready()'s body on an M that holds a P of this runtime:
+  // queue gp on that P (runnext or tail) and wake an M if one is wanted.
+  void make_runnable(machine* m, g* gp, queue_slot slot) noexcept;
 
-  // --- the run queues ----------------------------------------------------
-  void global_put(g* gp) noexcept;                  // takes the lock
+  // --- the run queues (scheduler.cpp) ---------------------------------------
+  void global_put(g* gp) noexcept;  // takes the lock
   void global_put_batch(g* first, g* last, std::uint32_t n) noexcept;
-  g* global_get(processor* p, std::uint32_t max) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool global_nonempty() const noexcept { return gsize_.load(std::memory_order_seq_cst) != 0; }
-  void local_put(processor* p, g* gp, bool next) noexcept;  // p held by the caller
+  // local_put(): queue gp on the P that m holds (overflow goes global).
+  void local_put(machine* m, g* gp, queue_slot slot) noexcept;
 
-  // --- Ms and Ps ---------------------------------------------------------
+  // --- P ownership and Ms (p_ownership.cpp) ---------------------------------
   void wake_p() noexcept;  // Go's wakep: start a spinning M if none spins and a P idles
   void start_m(processor* p, bool spinning) noexcept;
-  void wake_machine(machine* m, bool ring, processor* p) noexcept;
+  // handoff_p(): p was released by an M that will not run Gs for a while
+  // (mpg::blocking): give it to another M if it has work, else make it idle.
+  void handoff_p(processor* p) noexcept;
   void m_main(machine* m);  // the body of every M thread (find_runnable.cpp)
   void stop() noexcept;     // stop and join every M (runtime shutdown)
   bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
 
-  // --- blocking calls (blocking.cpp) --------------------------------------
+  // --- blocking calls (blocking.cpp) ----------------------------------------
   void enter_blocking(machine* m);
   bool exit_blocking(machine* m, g* gp) noexcept;
 
-  // --- shutdown, observation ---------------------------------------------
+  // --- shutdown (shutdown.cpp), observation (inspect.cpp) --------------------
+  void shutdown_io() noexcept;  // cancel and reap every ring's ops in flight
   void kill_remaining(std::ostream& report);
   runtime_stats stats() const;
   void dump(std::ostream& os) const;
   // quiescent(): every P idle, no G runnable, no timer pending, no I/O in
   // flight, no M in mpg::blocking; *progress gets a counter that moves
-  // whenever anything runs (deadlock.cpp compares two samples).
+  // whenever anything runs (block_on_wait in runtime.cpp compares two
+  // samples).
   bool quiescent(std::uint64_t* progress) const;
   std::uint64_t live_gs() const noexcept;
 
-  // --- timers (timers.cpp) -----------------------------------------------
+  // --- timers (timers.cpp) --------------------------------------------------
   void add_timer(processor* p, timer* t);
   // run_timers(): fire p's due timers; returns the earliest remaining
   // deadline (ns) or INT64_MAX. Safe from any thread.
@@ -75,40 +89,64 @@ class scheduler {
   // that outlive the runtime may still cancel them safely.
   void detach_timers() noexcept;
 
-  // --- sysmon (sysmon.cpp) -----------------------------------------------
+  // --- sysmon (sysmon.cpp) --------------------------------------------------
   void sysmon_main();
 
   processor* p_at(std::uint32_t i) const noexcept { return ps_[i].get(); }
-  static std::int64_t now_ns() noexcept {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(
-               std::chrono::steady_clock::now().time_since_epoch())
-        .count();
-  }
-
 
  private:
-  friend class find_runnable_impl;
-
-  // find_runnable.cpp
+  // find_runnable.cpp: the scheduling loop and its steps.
   g* find_runnable(machine* m, bool* inherit_time);
-  g* steal_work(machine* m, processor* p);
+  g* take_global_for_fairness(machine* m);
+  void poll_timers_and_io(machine* m);
+  g* pop_local(machine* m, bool* inherit_time);
+  g* take_global(machine* m);
+  enum class spin_result : std::uint8_t { found, retry, nothing };
+  spin_result spin_for_work(machine* m, g** found);
+  g* steal_work(machine* m);
+  enum class give_up_result : std::uint8_t { found, holds_p, stopping };
+  give_up_result give_up_p(machine* m, g** found);
+  bool recheck_after_spinning(machine* m);
   void execute(machine* m, g* gp, bool inherit_time);
   void reset_spinning(machine* m) noexcept;
-  void park_m(machine* m, processor* released, std::optional<std::int64_t> until_ns);
-  processor* check_runqs_no_p() noexcept;
+  bool any_local_work() const noexcept;
+
+  // p_ownership.cpp: the one place where a P changes hands.
+  void acquire_p(machine* m, processor* p) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  processor* release_p(machine* m) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void park_p(machine* m, bool in_ring) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void unpark_p(machine* m) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool take_handoff(machine* m) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  machine* assign_m(processor* p, bool spinning, bool* ring) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void stop_m(machine* m) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // wait_for_p(): sleep until this M holds a P it may run Gs on (handed one,
+  // or, holding a parked P, its deadline/completion/wake); false if stopping.
+  bool wait_for_p(machine* m, std::optional<std::int64_t> until_ns);
+  void wake_machine(machine* m, bool ring, processor* p) noexcept;
+  bool has_work_locked(processor* p) const noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void serve_unheld_ps() noexcept;  // sysmon: Ps left idle with work over the thread limit
 
   processor* pidle_get() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  processor* pidle_get_unheld() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  processor* pidle_first_parked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void pidle_put(processor* p) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool pidle_remove(processor* p) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   machine* midle_get() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  bool unlist_idle_m(machine* m) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // scheduler.cpp
+  void global_put_locked(g* first, g* last, std::uint32_t n) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  g* global_get(machine* m, std::uint32_t max) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void refill_gids(processor* p) noexcept;
   g* allocate_gs(processor* p);
 
   runtime_options opts_;
   std::vector<std::unique_ptr<processor>> ps_;
+  // Go's stealOrder: the numbers below procs() coprime to it, so that
+  // stepping by one of them from a random start visits every P once.
+  std::vector<std::uint32_t> steal_strides_;
 
-  // The scheduler lock: global run queue, idle P and M lists, the M list.
+  // The scheduler lock: global run queue, P ownership (idle list, status,
+  // parked_m, the Ms' handoff mailboxes), idle M list, the M list.
   mutable thread_mutex mu_;
   g* ghead_ ABSL_GUARDED_BY(mu_) = nullptr;
   g* gtail_ ABSL_GUARDED_BY(mu_) = nullptr;
@@ -124,6 +162,10 @@ class scheduler {
   std::atomic<bool> stopping_{false};
   std::atomic<std::uint32_t> putters_{0};  // threads inside global_put_batch
   std::atomic<std::uint32_t> nblocking_{0};  // Ms inside mpg::blocking
+  // Set when start_m() left a P with work idle because the thread limit was
+  // reached; sysmon then serves such Ps (p_ownership.cpp, "Thread limit").
+  // Relaxed: a hint that sysmon rechecks under mu_.
+  std::atomic<bool> unheld_work_{false};
 
   // Registry of every G ever created (never shrinks; Gs are reused).
   mutable thread_mutex allg_mu_;

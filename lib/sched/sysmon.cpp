@@ -14,10 +14,43 @@
 //     set.
 #include <cstdio>
 
-#include "sched/reactor_hook.hpp"
 #include "sched/scheduler.hpp"
 
 namespace mpg::detail {
+
+namespace {
+// serve_io(): for a P whose holder cannot (busy in one G) or that has no
+// holder: submit what is pending (its holder batches submissions), then
+// reap unless another thread is reaping.
+void serve_io(reactor& io) noexcept {
+  if (!io.busy()) return;
+  if (io.has_unsubmitted()) io.flush();
+  io.try_reap();
+}
+}  // namespace
+
+void scheduler::serve_unheld_ps() noexcept {
+  std::vector<processor*> unheld;
+  bool work_left = false;
+  {
+    thread_mutex_lock l(mu_);
+    for (processor* p = pidle_; p != nullptr; p = p->idle_next)
+      if (p->status == p_status::idle && has_work_locked(p)) unheld.push_back(p);
+    work_left = !unheld.empty();
+    // Relaxed: the flag is a hint set and cleared under mu_; assign_m sets
+    // it again (under mu_) if it leaves another P unheld with work.
+    if (!work_left) unheld_work_.store(false, std::memory_order_relaxed);
+  }
+  const std::int64_t now = mono_now_ns();
+  for (processor* p : unheld) {
+    // The P may be acquired meanwhile; all of this is safe on a held P too
+    // (timers and the ring have locks of their own, stealing is lock-free).
+    if (p->timers.earliest_ns.load(std::memory_order_relaxed) <= now) run_timers(p, now);
+    serve_io(*p->io);
+    if (p->runq.size() != 0) wake_p();
+  }
+  if (work_left && global_nonempty()) wake_p();
+}
 
 void scheduler::sysmon_main() {
 #if defined(MPG_DEBUG_CHECKS) || !defined(NDEBUG)
@@ -28,7 +61,7 @@ void scheduler::sysmon_main() {
   const std::int64_t threshold_ns =
       std::chrono::duration_cast<std::chrono::nanoseconds>(opts_.long_task_threshold).count();
   std::vector<std::uint64_t> last_tick(ps_.size(), 0);
-  std::vector<std::int64_t> since(ps_.size(), now_ns());
+  std::vector<std::int64_t> since(ps_.size(), mono_now_ns());
   std::chrono::milliseconds period{1};
   for (;;) {
     {
@@ -37,7 +70,7 @@ void scheduler::sysmon_main() {
                  [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sysmon_mu_) { return sysmon_stop_; });
       if (sysmon_stop_) return;
     }
-    const std::int64_t now = now_ns();
+    const std::int64_t now = mono_now_ns();
     bool any_running = false;
     for (std::size_t i = 0; i < ps_.size(); ++i) {
       processor* p = ps_[i].get();
@@ -57,7 +90,7 @@ void scheduler::sysmon_main() {
       p->runnext_stealable.store(true, std::memory_order_relaxed);
       if (p->runq.size() != 0) wake_p();
       if (p->timers.earliest_ns.load(std::memory_order_relaxed) <= now) run_timers(p, now);
-      if (reactor_busy(p->io.get())) reactor_try_poll(p->io.get());
+      serve_io(*p->io);
       if (report && ran >= threshold_ns &&
           p->reported_tick.exchange(tick, std::memory_order_relaxed) != tick) {
         long_reports_.fetch_add(1, std::memory_order_relaxed);
@@ -68,6 +101,10 @@ void scheduler::sysmon_main() {
                      p->id, static_cast<unsigned long long>(gid), name ? " (" : "",
                      name ? name : "", name ? ")" : "", static_cast<long long>(ran / 1000000));
       }
+    }
+    if (unheld_work_.load(std::memory_order_relaxed)) {
+      serve_unheld_ps();
+      any_running = true;  // look again in a millisecond
     }
     period = std::chrono::milliseconds(any_running ? 1 : 10);
   }

@@ -48,9 +48,7 @@ namespace mpg::detail {
 namespace {
 constexpr std::size_t kArity = 4;
 
-std::int64_t ns_of(const timer* t) {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(t->when.time_since_epoch()).count();
-}
+std::int64_t ns_of(const timer* t) { return to_ns(t->when); }
 
 void place(std::vector<timer*>& h, std::size_t i, timer* t) {
   h[i] = t;
@@ -122,7 +120,11 @@ void scheduler::add_timer(processor* p, timer* t) {
     if (earliest) publish_earliest(p->timers);
   }
   if (!earliest || current_p_of(this) == p) return;
-  // The P may sleep past the new deadline: make it look again.
+  // The P may sleep past the new deadline: make its holder look again, or,
+  // if nobody holds it, start an M for it (p_ownership.cpp). Its status is
+  // read under mu_ after the new deadline was published under the heap
+  // lock: an M deciding under mu_ to park the P or release it reads the
+  // deadline after us, or we see the P parked or idle.
   machine* wake = nullptr;
   bool ring = false;
   bool start = false;

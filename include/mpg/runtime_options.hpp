@@ -1,0 +1,27 @@
+// mpg/runtime_options.hpp: the knobs of a runtime (mpg::runtime's
+// constructor argument): how many Ps, queue and ring sizes, the thread
+// limit and the long-task report.
+#pragma once
+
+#include <chrono>
+
+namespace mpg {
+
+struct runtime_options {
+  // Number of Ps. 0: the MPG_PROCS environment variable, else the number of
+  // CPUs this process may run on (its affinity mask).
+  unsigned procs = 0;
+  // Capacity of each P's local run queue; a power of two >= 2. Tests shrink
+  // it to reach overflow and stealing edge cases.
+  unsigned local_queue_capacity = 256;
+  // Upper bound on OS threads (Ms), counting those blocked in mpg::blocking.
+  unsigned max_threads = 10000;
+  // A P running one G for longer than this is reported by the monitor (in
+  // builds with debug checks, or when report_long_tasks is set).
+  std::chrono::milliseconds long_task_threshold{10};
+  bool report_long_tasks = false;
+  // Entries of each P's io_uring submission queue (completion queue: 4x).
+  unsigned ring_entries = 256;
+};
+
+}  // namespace mpg

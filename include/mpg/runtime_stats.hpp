@@ -1,0 +1,28 @@
+// mpg/runtime_stats.hpp: the counters of a runtime (mpg::runtime::stats()),
+// a snapshot read without stopping anything: each field is exact on its
+// own, fields may disagree by the work done while they were read.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace mpg {
+
+struct runtime_stats {
+  unsigned procs = 0;
+  std::uint64_t spawned = 0;           // Gs started
+  std::uint64_t completed = 0;         // Gs finished
+  std::uint64_t live = 0;              // spawned - completed
+  std::uint64_t steals = 0;            // successful steal operations
+  std::uint64_t stolen_tasks = 0;      // Gs moved by them
+  std::uint64_t parks = 0;             // times an M parked with nothing to run
+  std::uint64_t global_queue_pulls = 0;  // Gs taken from the global queue
+  std::uint64_t global_queue_pushes = 0; // Gs put there (overflow, foreign)
+  std::uint64_t global_queue_length = 0;
+  std::uint64_t threads = 0;           // Ms started so far
+  std::uint64_t long_task_reports = 0; // sysmon reports of long-running Gs
+  std::vector<std::uint32_t> local_queue_lengths;  // per P, snapshot
+  std::vector<std::uint64_t> tasks_run;            // per P, Gs executed
+};
+
+}  // namespace mpg

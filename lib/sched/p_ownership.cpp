@@ -1,0 +1,355 @@
+// lib/sched/p_ownership.cpp: who holds a P, and every way a P changes hands
+// (Go's acquirep, releasep, handoffp, startm, stopm and wakep).
+//
+// The rule. A P is held by at most one M at a time. Only the M holding a P
+// runs Gs on it, pushes onto its run queue (run_queue::owner, which only
+// machine::local_runq() makes, for the P the M holds) or writes its owner
+// fields. Every change of holder is made by the functions of this file,
+// under the scheduler lock mu_, and is recorded in fields that change
+// together under that lock: p->status, p->parked_m, m->p_, and m->next_p
+// (the mailbox through which a sleeping M is handed a P).
+//
+// States of a P (processor.hpp):
+//   running  held by m (m->p_ == p); not on the idle list.
+//   parked   held by parked_m (parked_m->p_ == p), which sleeps; on the
+//            idle list, so that npidle_ counts it and wake_p() finds it.
+//   idle     held by nobody; on the idle list.
+// Transitions (T1-T5), each under mu_:
+//   T1 acquire_p(m, p): idle -> running. An M takes an unheld P.
+//   T2 release_p(m), then pidle_put(p): running -> idle. The M has nothing
+//      pending on the P (find_runnable's give-up), or hands it off with no
+//      work (handoff_p).
+//   T3 park_p(m): running -> parked. The M has nothing to run but the P has
+//      timers or I/O in flight, so the M sleeps holding it, until the next
+//      deadline (futex) or a completion (in the P's ring). unpark_p(m) is
+//      the way back, taken by the holder itself when it wakes.
+//   T4 assign_m(p): give a P to an M that will run it. An idle P goes to an
+//      idle M through its mailbox (next_p, then unpark) or to a new M; a
+//      parked P goes back to its own holder, through the same mailbox
+//      (next_p == p, which it already holds), with the spinning flag that
+//      the waker decided.
+//   T5 handoff_p(p): an M entering mpg::blocking released p (T2's first
+//      half); p goes through T4 if it has work, else to the idle list.
+//
+// The choice: an M asleep in its ring keeps its P, exclusively. Nobody else
+// acquires a parked P: work for it (wake_p, a timer added from another
+// thread, an M leaving mpg::blocking that finds no unheld P) wakes its
+// holder instead, which then runs that work. The alternative is Go's: the M
+// releases the P before it sleeps in the poller, and the Gs it readies wait
+// off-P until it re-acquires one (netpoll, then injectglist). That fits one
+// global poller; mpg has one ring per P, and a sleeping M can only sleep in
+// the ring of the P whose I/O it waits for. Releasing the P would let its
+// next holder submit and reap on that ring while the sleeper sits in
+// io_uring_enter on it, and would leave the sleeper holding readied Gs for
+// a P it no longer holds. Keeping the P:
+//   - the completions the sleeper reaps are readied onto its own P's queue,
+//     by its owner, so the run queue's single-producer rule holds;
+//   - no G ever waits off-P for its M to find a P again;
+//   - the cost: an M leaving mpg::blocking cannot take a parked P. It queues
+//     its G globally and wakes the holder (one eventfd write or futex
+//     wake), which is Go's exitsyscall0 path.
+//
+// No lost hand-off. A sleeping M is only ever woken after its mailbox is
+// written under mu_ (or, holding a parked P, for its deadline, a completion
+// or a stray wake); it reads the mailbox under mu_ after waking, and a wake
+// sent before it sleeps is kept by the parker's permit or by the ring's
+// wake eventfd (machine.hpp, io/reactor.hpp). An M that leaves
+// mpg::blocking with no P queues its G globally and lists itself idle in
+// one critical section (exit_blocking): a start_m() racing with it either
+// runs before (then the G is not yet queued, and the exiting M takes the P
+// that start_m left idle... or finds it taken and queues) or after, and
+// then finds this M on the idle list. Listing the M only after the lock is
+// released would let start_m find no idle M and, at the thread limit,
+// leave the P idle beside the queued G and the idle M.
+//
+// Thread limit (runtime_options::max_threads). assign_m() needs an M and
+// none is idle and none may be started: the P is left idle. If another M
+// sleeps holding a parked P, the work is handed to that one (spinning, it
+// steals the queue and runs due timers of the unheld P). Otherwise every M
+// is running a P or inside mpg::blocking; the first to come back from
+// mpg::blocking takes the unheld P (exit_blocking), and meanwhile sysmon
+// serves it as it serves a P stuck in a long G: it runs its due timers,
+// reaps its ring and wakes a spinner for its queue (serve_unheld_ps()).
+#include <optional>
+
+#include "sched/scheduler.hpp"
+
+namespace mpg::detail {
+
+// ---------------------------------------------------------------------------
+// T1-T3: an M and the P it holds.
+
+void scheduler::acquire_p(machine* m, processor* p) noexcept {
+  p->status = p_status::running;
+  p->parked_m = nullptr;
+  m->p_ = p;
+  m->in_ring = false;
+}
+
+processor* scheduler::release_p(machine* m) noexcept {
+  processor* p = m->p_;
+  m->p_ = nullptr;
+  m->in_ring = false;
+  return p;
+}
+
+void scheduler::park_p(machine* m, bool in_ring) noexcept {
+  processor* p = m->p_;
+  pidle_put(p);
+  p->status = p_status::parked;
+  p->parked_m = m;
+  m->in_ring = in_ring;
+}
+
+void scheduler::unpark_p(machine* m) noexcept {
+  processor* p = m->p_;
+  // Nobody but the holder moves a parked P off the idle list (T4 hands it
+  // to the holder through the mailbox instead), so it is still there.
+  pidle_remove(p);
+  acquire_p(m, p);
+}
+
+// take_handoff(): the mailbox, read by the M it belongs to after waking.
+bool scheduler::take_handoff(machine* m) noexcept {
+  if (m->next_p == nullptr) return false;
+  // Either an idle P given to an idle M (m->p_ is null), or this M's own
+  // parked P given back (m->p_ == next_p); assign_m() already marked it
+  // running and took it off the idle list.
+  m->p_ = m->next_p;
+  m->next_p = nullptr;
+  m->spinning = m->next_spinning;
+  m->next_spinning = false;
+  m->in_ring = false;
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// T4: giving a P to an M.
+
+// assign_m(): p (off the idle list, or never on it) goes to an M. Returns
+// the M to wake (after mu_ is released; *ring: through p's ring), or null
+// when a new M was started with p, or when p was left idle at the thread
+// limit (then the spinning count taken for it is given back).
+machine* scheduler::assign_m(processor* p, bool spinning, bool* ring) noexcept {
+  *ring = false;
+  if (p->status == p_status::parked) {
+    machine* holder = p->parked_m;
+    pidle_remove(p);
+    p->status = p_status::running;
+    p->parked_m = nullptr;
+    holder->next_p = p;
+    holder->next_spinning = spinning;
+    *ring = holder->in_ring;
+    return holder;
+  }
+  if (machine* m = midle_get()) {
+    p->status = p_status::running;
+    m->next_p = p;
+    m->next_spinning = spinning;
+    return m;
+  }
+  if (allm_.size() < opts_.max_threads) {
+    allm_.push_back(std::make_unique<machine>(this, static_cast<std::uint32_t>(allm_.size())));
+    machine* m = allm_.back().get();
+    acquire_p(m, p);
+    m->spinning = spinning;
+    // Started under the lock so that stop(), which lists the Ms under it
+    // after setting stopping_, always finds the thread to join.
+    threads_.fetch_add(1, std::memory_order_relaxed);
+    m->thread = std::thread([this, m] { m_main(m); });
+    return nullptr;
+  }
+  // Thread limit (see the top of the file).
+  p->status = p_status::idle;
+  pidle_put(p);
+  if (processor* q = pidle_first_parked()) return assign_m(q, spinning, ring);
+  if (has_work_locked(p)) unheld_work_.store(true, std::memory_order_relaxed);
+  if (spinning) nmspinning_.fetch_sub(1, std::memory_order_seq_cst);
+  return nullptr;
+}
+
+void scheduler::start_m(processor* p, bool spinning) noexcept {
+  machine* wake = nullptr;
+  bool ring = false;
+  {
+    thread_mutex_lock l(mu_);
+    if (stopping_.load(std::memory_order_relaxed)) p = nullptr;
+    else if (p == nullptr) p = pidle_get();
+    if (p == nullptr) {
+      if (spinning) nmspinning_.fetch_sub(1, std::memory_order_seq_cst);
+      return;
+    }
+    wake = assign_m(p, spinning, &ring);
+    if (wake != nullptr) p = wake->next_p;
+  }
+  if (wake != nullptr) wake_machine(wake, ring, p);
+}
+
+void scheduler::wake_p() noexcept {
+  // S2 of the parking protocol (scheduler.cpp): seq_cst loads, after the
+  // seq_cst publication of S1.
+  if (npidle_.load(std::memory_order_seq_cst) == 0) return;
+  if (nmspinning_.load(std::memory_order_seq_cst) != 0) return;
+  std::uint32_t zero = 0;
+  if (!nmspinning_.compare_exchange_strong(zero, 1, std::memory_order_seq_cst)) return;
+  start_m(nullptr, true);
+}
+
+// ---------------------------------------------------------------------------
+// T5 and the Ms without a P.
+
+bool scheduler::has_work_locked(processor* p) const noexcept {
+  // Under mu_: add_timer() publishes a new earliest deadline before it takes
+  // mu_ to look at the P's status, so either it finds the P idle afterwards
+  // (and starts an M for it) or this read, after our lock, sees the timer.
+  // The P's queue has no producer while nobody holds it, and the global
+  // queue is guarded by mu_.
+  return p->runq.size() != 0 || gsize_.load(std::memory_order_relaxed) != 0 ||
+         p->timers.earliest_ns.load(std::memory_order_relaxed) != INT64_MAX || p->io->busy();
+}
+
+void scheduler::handoff_p(processor* p) noexcept {
+  machine* wake = nullptr;
+  bool ring = false;
+  bool went_idle = false;
+  {
+    thread_mutex_lock l(mu_);
+    if (!stopping_.load(std::memory_order_relaxed) && has_work_locked(p)) {
+      wake = assign_m(p, false, &ring);
+      if (wake != nullptr) p = wake->next_p;
+    } else {
+      p->status = p_status::idle;
+      pidle_put(p);
+      went_idle = true;
+    }
+  }
+  if (wake != nullptr) wake_machine(wake, ring, p);
+  // An idle P may be wanted by work that a running M published while it
+  // still counted this P as busy: let wake_p decide.
+  if (went_idle) wake_p();
+}
+
+// stop_m(): an M without a P lists itself idle; it then sleeps in
+// wait_for_p() until assign_m() hands it a P.
+void scheduler::stop_m(machine* m) noexcept {
+  m->idle_next = midle_;
+  midle_ = m;
+}
+
+bool scheduler::wait_for_p(machine* m, std::optional<std::int64_t> until_ns) {
+  parks_.fetch_add(1, std::memory_order_relaxed);
+  for (;;) {
+    std::optional<steady_time> deadline;
+    if (until_ns) deadline = from_ns(*until_ns);
+    processor* held = m->p_;  // only this M changes it, and only under mu_ here
+    bool in_ring = false;
+    if (held != nullptr) {
+      thread_mutex_lock l(mu_);
+      in_ring = m->in_ring;
+    }
+    // Holding a parked P, the M is its owner while it sleeps: completions
+    // reaped here ready Gs onto that P's queue (the rule at the top).
+    if (in_ring) held->io->wait(deadline);
+    else m->park.park(deadline);
+    thread_mutex_lock l(mu_);
+    if (take_handoff(m)) return true;
+    if (stopping()) {
+      if (held != nullptr) unpark_p(m);
+      return false;
+    }
+    if (held != nullptr) {
+      // Our deadline, a completion, or a wake with nothing handed over
+      // (add_timer asking us to look at a new deadline): run the P again.
+      unpark_p(m);
+      return true;
+    }
+    // A stray unpark with no P: sleep again.
+  }
+}
+
+void scheduler::wake_machine(machine* m, bool ring, processor* p) noexcept {
+  if (ring) p->io->wake();
+  else m->park.unpark();
+}
+
+// ---------------------------------------------------------------------------
+// The idle lists (under mu_). npidle_ is seq_cst: the parking protocol's S2
+// and P3 read it (scheduler.cpp).
+
+processor* scheduler::pidle_get() noexcept {
+  processor* p = pidle_;
+  if (p != nullptr) {
+    pidle_ = p->idle_next;
+    p->idle_next = nullptr;
+    npidle_.fetch_sub(1, std::memory_order_seq_cst);
+  }
+  return p;
+}
+
+processor* scheduler::pidle_get_unheld() noexcept {
+  for (processor* p = pidle_; p != nullptr; p = p->idle_next) {
+    if (p->status == p_status::idle) {
+      pidle_remove(p);
+      return p;
+    }
+  }
+  return nullptr;
+}
+
+processor* scheduler::pidle_first_parked() noexcept {
+  for (processor* p = pidle_; p != nullptr; p = p->idle_next)
+    if (p->status == p_status::parked) return p;
+  return nullptr;
+}
+
+void scheduler::pidle_put(processor* p) noexcept {
+  p->idle_next = pidle_;
+  pidle_ = p;
+  npidle_.fetch_add(1, std::memory_order_seq_cst);
+}
+
+bool scheduler::pidle_remove(processor* p) noexcept {
+  for (processor** pp = &pidle_; *pp != nullptr; pp = &(*pp)->idle_next) {
+    if (*pp == p) {
+      *pp = p->idle_next;
+      p->idle_next = nullptr;
+      npidle_.fetch_sub(1, std::memory_order_seq_cst);
+      return true;
+    }
+  }
+  return false;
+}
+
+machine* scheduler::midle_get() noexcept {
+  machine* m = midle_;
+  if (m != nullptr) {
+    midle_ = m->idle_next;
+    m->idle_next = nullptr;
+  }
+  return m;
+}
+
+// ---------------------------------------------------------------------------
+// Stopping: every M, wherever it sleeps, wakes and sees stopping_.
+
+void scheduler::stop() noexcept {
+  stopping_.store(true, std::memory_order_release);
+  while (putters_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  {
+    thread_mutex_lock l(sysmon_mu_);
+    sysmon_stop_ = true;
+    sysmon_cv_.notify_all();
+  }
+  if (sysmon_.joinable()) sysmon_.join();
+  std::vector<machine*> ms;
+  {
+    thread_mutex_lock l(mu_);
+    for (auto& m : allm_) ms.push_back(m.get());
+  }
+  for (machine* m : ms) m->park.unpark();
+  for (auto& p : ps_) p->io->wake();
+  for (machine* m : ms)
+    if (m->thread.joinable()) m->thread.join();
+}
+
+}  // namespace mpg::detail

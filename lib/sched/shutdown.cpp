@@ -1,0 +1,94 @@
+// lib/sched/shutdown.cpp: stopping a runtime (~runtime's body).
+//
+// Shutdown (~runtime), in order:
+//   1. stopping_ is set; sysmon stops; every M is woken (futex and ring).
+//   2. Each M returns from its current G (a G that never suspends would hold
+//      its M: mpg cannot preempt), sees stopping_ and exits; all are joined.
+//   3. Each P's ring cancels what is in flight and reaps the last completions.
+//   4. Timers still pending are detached from their (soon freed) Ps: every
+//      heap is emptied and each timer forgets its P, so it will never fire
+//      and cancel_timer() on it returns false without touching the runtime
+//      (timers.cpp, "Shutdown"). This comes before step 6: a timer may live
+//      in a frame that step 6 frees (a sleep's awaiter, a bare timer), and
+//      the heaps must not point into freed frames when anything (step 6's
+//      destructors cancelling their own timers, or the detach itself) next
+//      walks them. An after() channel or a context that outlives the
+//      runtime can still be dropped.
+//   5. The tasks still live are reported on stderr: their number, ids, names.
+//   6. Every G still live (runnable or waiting) is killed: its root frame is
+//      destroyed, which destroys the whole chain of frames it awaits. A frame
+//      whose join_handle is still held elsewhere keeps its memory until that
+//      handle is dropped (frame.hpp, kJoinKilled). Destructors that ready
+//      other Gs during this only queue them; nothing runs any more.
+// Steps 4 to 6 are kill_remaining(), which detaches the timers itself so
+// that no caller can kill frames with their timers still queued.
+#include <algorithm>
+#include <ostream>
+#include <sstream>
+
+#include "mpg/detail/sched/frame.hpp"
+#include "sched/scheduler.hpp"
+
+namespace mpg::detail {
+
+void scheduler::shutdown_io() noexcept {
+  // Step 3: no M runs any more (stop() joined them).
+  for (auto& p : ps_) p->io->cancel_all();
+}
+
+void scheduler::kill_remaining(std::ostream& report) {
+  // Step 4 first, before any frame is destroyed (see the top of the file).
+  // No M runs (stop() joined them and sysmon), so no timer fires or is
+  // added while we detach and kill: add_timer() finds this runtime only on
+  // one of its Ms (add_timer(t, s) naming a runtime being destroyed, from
+  // another thread, is a misuse like any use of an object being destroyed).
+  detach_timers();
+  std::vector<g*> live;
+  {
+    thread_mutex_lock l(allg_mu_);
+    for_each_g([&](g* gp) {
+      if (gp->status.load(std::memory_order_relaxed) != g_status::dead) live.push_back(gp);
+    });
+  }
+  {
+    // Drop the queues: nothing will run these Gs; they are killed below.
+    thread_mutex_lock l(mu_);
+    ghead_ = gtail_ = nullptr;
+    gsize_.store(0, std::memory_order_seq_cst);
+  }
+  if (live.empty()) return;
+  std::sort(live.begin(), live.end(), [](g* a, g* b) { return a->id.load(std::memory_order_relaxed) < b->id.load(std::memory_order_relaxed); });
+  std::ostringstream names;
+  std::size_t shown = 0;
+  for (g* gp : live) {
+    if (shown++ < 20) {
+      const char* n = gp->name.load(std::memory_order_relaxed);
+      const char* why = gp->wait_reason.load(std::memory_order_relaxed);
+      names << "\n  task " << gp->id.load(std::memory_order_relaxed) << (n ? " (" : "") << (n ? n : "") << (n ? ")" : "") << ": "
+            << to_string(gp->status.load(std::memory_order_relaxed));
+      if (why) names << " on " << why;
+    }
+  }
+  if (live.size() > shown) names << "\n  ...";
+  report << "mpg: runtime shut down with " << live.size() << " task(s) still alive; destroying them:"
+         << names.str() << std::endl;
+  for (g* gp : live) {
+    std::coroutine_handle<> root = gp->root;
+    gp->status.store(g_status::dead, std::memory_order_relaxed);
+    if (!root) continue;
+    frame_header* hdr = header_of(root.address());
+    // acq_rel: see frame.hpp; no M runs any more, so this only orders
+    // against join handles dropped on other threads.
+    std::uintptr_t old = hdr->join.exchange(kJoinKilled, std::memory_order_acq_rel);
+    if (old == kJoinDetached) {
+      hdr->join.store(kJoinDetached, std::memory_order_relaxed);  // free it for real
+    }
+    gp->root = {};
+    gp->resume = {};
+    root.destroy();
+  }
+  thread_mutex_lock l(allg_mu_);
+  for (g* gp : live) gfree_global_.push_back(gp);
+}
+
+}  // namespace mpg::detail
