@@ -254,7 +254,7 @@ scheduler::give_up_result scheduler::give_up_p(machine* m, g** found) {
       const bool has_io = p->io->busy();
       hold = next_timer != INT64_MAX || has_io;
       if (hold) {
-        park_p(m, has_io);  // T3: the P stays ours while we sleep
+        park_p(m, has_io ? sleep_site::ring : sleep_site::futex);  // T3: the P stays ours while we sleep
       } else {
         release_p(m);  // T2
         p->status = p_status::idle;

@@ -41,6 +41,12 @@ class parker {
   std::atomic<std::uint32_t> word_{0};
 };
 
+// Where a sleeping M waits, hence how to wake it: its futex (parker), or
+// the ring of the P it holds (that ring's wake eventfd).
+enum class sleep_site : std::uint8_t { futex, ring };
+// Whether an M handed a P starts as a spinning M (counted in nmspinning_).
+enum class spin_state : std::uint8_t { idle, spinning };
+
 class machine {
  public:
   machine(scheduler* s, std::uint32_t id) : sched(s), id(id) {}
@@ -64,12 +70,11 @@ class machine {
   // with it) that a waker gives this M while it is parked; taken by this M
   // when it wakes (p_ownership.cpp).
   processor* next_p = nullptr;
-  bool next_spinning = false;
+  spin_state next_spin = spin_state::idle;
   bool spinning = false;        // counted in scheduler::nmspinning_
   machine* idle_next = nullptr; // under the scheduler lock
-  // Whether this M sleeps in its held P's ring (wake it through the ring's
-  // eventfd) rather than on its futex; under the scheduler lock.
-  bool in_ring = false;
+  // Where this M sleeps while it holds a parked P; under the scheduler lock.
+  sleep_site sleeps_in = sleep_site::futex;
   processor* blocking_from = nullptr;  // the P given up by mpg::blocking
 
   // Current run.
@@ -79,6 +84,19 @@ class machine {
  private:
   friend class scheduler;  // acquire_p() / release_p() (p_ownership.cpp)
   processor* p_ = nullptr;
+};
+
+// m_wakeup: an M that was handed a P under the scheduler lock, to be woken
+// once the lock is released (send()).
+struct m_wakeup {
+  machine* m = nullptr;
+  processor* p = nullptr;
+  sleep_site site = sleep_site::futex;
+  explicit operator bool() const noexcept { return m != nullptr; }
+  void send() const noexcept {
+    if (site == sleep_site::ring) p->io->wake();
+    else m->park.unpark();
+  }
 };
 
 // The M running on this thread (nullptr on other threads).

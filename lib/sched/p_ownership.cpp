@@ -83,22 +83,22 @@ void scheduler::acquire_p(machine* m, processor* p) noexcept {
   p->status = p_status::running;
   p->parked_m = nullptr;
   m->p_ = p;
-  m->in_ring = false;
+  m->sleeps_in = sleep_site::futex;
 }
 
 processor* scheduler::release_p(machine* m) noexcept {
   processor* p = m->p_;
   m->p_ = nullptr;
-  m->in_ring = false;
+  m->sleeps_in = sleep_site::futex;
   return p;
 }
 
-void scheduler::park_p(machine* m, bool in_ring) noexcept {
+void scheduler::park_p(machine* m, sleep_site site) noexcept {
   processor* p = m->p_;
   pidle_put(p);
   p->status = p_status::parked;
   p->parked_m = m;
-  m->in_ring = in_ring;
+  m->sleeps_in = site;
 }
 
 void scheduler::unpark_p(machine* m) noexcept {
@@ -117,9 +117,9 @@ bool scheduler::take_handoff(machine* m) noexcept {
   // running and took it off the idle list.
   m->p_ = m->next_p;
   m->next_p = nullptr;
-  m->spinning = m->next_spinning;
-  m->next_spinning = false;
-  m->in_ring = false;
+  m->spinning = m->next_spin == spin_state::spinning;
+  m->next_spin = spin_state::idle;
+  m->sleeps_in = sleep_site::futex;
   return true;
 }
 
@@ -127,62 +127,58 @@ bool scheduler::take_handoff(machine* m) noexcept {
 // T4: giving a P to an M.
 
 // assign_m(): p (off the idle list, or never on it) goes to an M. Returns
-// the M to wake (after mu_ is released; *ring: through p's ring), or null
-// when a new M was started with p, or when p was left idle at the thread
-// limit (then the spinning count taken for it is given back).
-machine* scheduler::assign_m(processor* p, bool spinning, bool* ring) noexcept {
-  *ring = false;
+// the M to wake once mu_ is released; none when a new M was started with p,
+// or when p was left idle at the thread limit (then the spinning count
+// taken for it is given back).
+m_wakeup scheduler::assign_m(processor* p, spin_state spin) noexcept {
   if (p->status == p_status::parked) {
     machine* holder = p->parked_m;
     pidle_remove(p);
     p->status = p_status::running;
     p->parked_m = nullptr;
     holder->next_p = p;
-    holder->next_spinning = spinning;
-    *ring = holder->in_ring;
-    return holder;
+    holder->next_spin = spin;
+    return m_wakeup{holder, p, holder->sleeps_in};
   }
   if (machine* m = midle_get()) {
     p->status = p_status::running;
     m->next_p = p;
-    m->next_spinning = spinning;
-    return m;
+    m->next_spin = spin;
+    return m_wakeup{m, p, sleep_site::futex};
   }
   if (allm_.size() < opts_.max_threads) {
     allm_.push_back(std::make_unique<machine>(this, static_cast<std::uint32_t>(allm_.size())));
     machine* m = allm_.back().get();
     acquire_p(m, p);
-    m->spinning = spinning;
+    m->spinning = spin == spin_state::spinning;
     // Started under the lock so that stop(), which lists the Ms under it
     // after setting stopping_, always finds the thread to join.
     threads_.fetch_add(1, std::memory_order_relaxed);
     m->thread = std::thread([this, m] { m_main(m); });
-    return nullptr;
+    return {};
   }
   // Thread limit (see the top of the file).
   p->status = p_status::idle;
   pidle_put(p);
-  if (processor* q = pidle_first_parked()) return assign_m(q, spinning, ring);
+  if (processor* q = pidle_first_parked()) return assign_m(q, spin);
   if (has_work_locked(p)) unheld_work_.store(true, std::memory_order_relaxed);
-  if (spinning) nmspinning_.fetch_sub(1, std::memory_order_seq_cst);
-  return nullptr;
+  if (spin == spin_state::spinning) nmspinning_.fetch_sub(1, std::memory_order_seq_cst);
+  return {};
 }
 
-void scheduler::start_m(processor* p, bool spinning) noexcept {
-  machine* wake = nullptr;
-  bool ring = false;
+void scheduler::start_m(processor* p, spin_state spin) noexcept {
+  m_wakeup wake;
   {
     thread_mutex_lock l(mu_);
     if (stopping_.load(std::memory_order_relaxed)) p = nullptr;
     else if (p == nullptr) p = pidle_get();
     if (p == nullptr) {
-      if (spinning) nmspinning_.fetch_sub(1, std::memory_order_seq_cst);
+      if (spin == spin_state::spinning) nmspinning_.fetch_sub(1, std::memory_order_seq_cst);
       return;
     }
-    wake = assign_m(p, spinning, &ring);
-    if (wake != nullptr) p = wake->next_p;
+    wake = assign_m(p, spin);
   }
-  if (wake != nullptr) wake_machine(wake, ring, p);
+  if (wake) wake.send();
 }
 
 void scheduler::wake_p() noexcept {
@@ -192,7 +188,7 @@ void scheduler::wake_p() noexcept {
   if (nmspinning_.load(std::memory_order_seq_cst) != 0) return;
   std::uint32_t zero = 0;
   if (!nmspinning_.compare_exchange_strong(zero, 1, std::memory_order_seq_cst)) return;
-  start_m(nullptr, true);
+  start_m(nullptr, spin_state::spinning);
 }
 
 // ---------------------------------------------------------------------------
@@ -209,21 +205,19 @@ bool scheduler::has_work_locked(processor* p) const noexcept {
 }
 
 void scheduler::handoff_p(processor* p) noexcept {
-  machine* wake = nullptr;
-  bool ring = false;
+  m_wakeup wake;
   bool went_idle = false;
   {
     thread_mutex_lock l(mu_);
     if (!stopping_.load(std::memory_order_relaxed) && has_work_locked(p)) {
-      wake = assign_m(p, false, &ring);
-      if (wake != nullptr) p = wake->next_p;
+      wake = assign_m(p, spin_state::idle);
     } else {
       p->status = p_status::idle;
       pidle_put(p);
       went_idle = true;
     }
   }
-  if (wake != nullptr) wake_machine(wake, ring, p);
+  if (wake) wake.send();
   // An idle P may be wanted by work that a running M published while it
   // still counted this P as busy: let wake_p decide.
   if (went_idle) wake_p();
@@ -242,14 +236,14 @@ bool scheduler::wait_for_p(machine* m, std::optional<std::int64_t> until_ns) {
     std::optional<steady_time> deadline;
     if (until_ns) deadline = from_ns(*until_ns);
     processor* held = m->p_;  // only this M changes it, and only under mu_ here
-    bool in_ring = false;
+    sleep_site site = sleep_site::futex;
     if (held != nullptr) {
       thread_mutex_lock l(mu_);
-      in_ring = m->in_ring;
+      site = m->sleeps_in;
     }
     // Holding a parked P, the M is its owner while it sleeps: completions
     // reaped here ready Gs onto that P's queue (the rule at the top).
-    if (in_ring) held->io->wait(deadline);
+    if (site == sleep_site::ring) held->io->wait(deadline);
     else m->park.park(deadline);
     thread_mutex_lock l(mu_);
     if (take_handoff(m)) return true;
@@ -265,11 +259,6 @@ bool scheduler::wait_for_p(machine* m, std::optional<std::int64_t> until_ns) {
     }
     // A stray unpark with no P: sleep again.
   }
-}
-
-void scheduler::wake_machine(machine* m, bool ring, processor* p) noexcept {
-  if (ring) p->io->wake();
-  else m->park.unpark();
 }
 
 // ---------------------------------------------------------------------------

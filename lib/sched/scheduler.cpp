@@ -8,6 +8,8 @@
 // takes overflow from full local queues and Gs readied by threads that hold
 // no P (foreign spawns, timers fired by sysmon, block_on).
 //
+// Who holds a P, and how a P changes hands, is p_ownership.cpp's alone.
+//
 // Rejected designs: a single locked queue (serialises every spawn); one M per
 // P pinned forever (a blocking call would stall the P); waking an M for every
 // readied G (thundering herd: Go measured it, hence the spinning protocol).
@@ -19,12 +21,15 @@
 //       spins, CAS nmspinning_ 0->1 and start a spinning M (wake_p).
 // An M that finds nothing follows (find_runnable.cpp):
 //   P1. under the lock, recheck the global queue, then put its P on the idle
-//       list (npidle_ += 1, seq_cst);
+//       list (npidle_ += 1, seq_cst): released (T2 of p_ownership.cpp), or
+//       parked and still held when it has timers or I/O in flight (T3);
 //   P2. if it was spinning, decrement nmspinning_ (seq_cst);
 //   P3. if it was spinning, recheck the global queue and every P's local
-//       queue and runnext (seq_cst loads); on finding work, take an idle P
-//       back and spin again;
-//   P4. park on its futex (or sleep holding its P until its next timer).
+//       queue and runnext (seq_cst loads); on finding work, take its parked
+//       P back and spin again, or, with no P, wake_p() (which may hand this
+//       very M a P);
+//   P4. sleep until handed a P (futex), or, holding a parked P, until its
+//       next timer or I/O completion (futex with a deadline, or its ring).
 // Because S1/S2 and P2/P3 are each a store followed by loads, all seq_cst,
 // either the writer sees nmspinning_ == 0 after the last spinner's decrement
 // (and wakes an M), or that spinner's recheck sees the work. A non-spinning M

@@ -56,7 +56,7 @@ class scheduler {
 
   // --- P ownership and Ms (p_ownership.cpp) ---------------------------------
   void wake_p() noexcept;  // Go's wakep: start a spinning M if none spins and a P idles
-  void start_m(processor* p, bool spinning) noexcept;
+  void start_m(processor* p, spin_state spin) noexcept;
   // handoff_p(): p was released by an M that will not run Gs for a while
   // (mpg::blocking): give it to another M if it has work, else make it idle.
   void handoff_p(processor* p) noexcept;
@@ -114,15 +114,14 @@ class scheduler {
   // p_ownership.cpp: the one place where a P changes hands.
   void acquire_p(machine* m, processor* p) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   processor* release_p(machine* m) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void park_p(machine* m, bool in_ring) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void park_p(machine* m, sleep_site site) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void unpark_p(machine* m) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool take_handoff(machine* m) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  machine* assign_m(processor* p, bool spinning, bool* ring) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  m_wakeup assign_m(processor* p, spin_state spin) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void stop_m(machine* m) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // wait_for_p(): sleep until this M holds a P it may run Gs on (handed one,
   // or, holding a parked P, its deadline/completion/wake); false if stopping.
   bool wait_for_p(machine* m, std::optional<std::int64_t> until_ns);
-  void wake_machine(machine* m, bool ring, processor* p) noexcept;
   bool has_work_locked(processor* p) const noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void serve_unheld_ps() noexcept;  // sysmon: Ps left idle with work over the thread limit
 

@@ -125,20 +125,20 @@ void scheduler::add_timer(processor* p, timer* t) {
   // read under mu_ after the new deadline was published under the heap
   // lock: an M deciding under mu_ to park the P or release it reads the
   // deadline after us, or we see the P parked or idle.
-  machine* wake = nullptr;
-  bool ring = false;
+  m_wakeup wake;
   bool start = false;
   {
     thread_mutex_lock l(mu_);
     if (p->status == p_status::parked) {
-      wake = p->parked_m;
-      ring = wake->in_ring;
+      // Its holder re-reads the deadline when it wakes with nothing handed
+      // over (wait_for_p).
+      wake = m_wakeup{p->parked_m, p, p->parked_m->sleeps_in};
     } else if (p->status == p_status::idle) {
       start = pidle_remove(p);
     }
   }
-  if (wake != nullptr) wake_machine(wake, ring, p);
-  if (start) start_m(p, false);
+  if (wake) wake.send();
+  if (start) start_m(p, spin_state::idle);
 }
 
 bool cancel_timer(timer* t) noexcept {

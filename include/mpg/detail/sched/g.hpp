@@ -93,7 +93,7 @@ void park(std::coroutine_handle<> h, const char* reason,
 // runtime. Puts gp in the runnext slot of the caller's P when possible.
 void ready(g* gp) noexcept;
 
-// ready_batch_tail(): like ready() but at the tail of the local queue, so the
+// ready_tail(): like ready() but at the tail of the local queue, so the
 // readied G does not take the caller's time slice (used by wake-all paths).
 void ready_tail(g* gp) noexcept;
 
