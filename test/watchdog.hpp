@@ -1,18 +1,21 @@
 // test/watchdog.hpp: turns a hang into a prompt test failure with a message.
 //
 // A test that can hang when the runtime loses a wakeup arms a watchdog for
-// its scope. If the scope has not ended when the limit passes, the watchdog
-// prints what hung, the runtime's task dump (when given a runtime; the dump
-// gets one second, since a broken runtime might not answer), and ends the
-// process with exit status 1: waiting for the meson timeout would be slower,
-// and destructors of a hung runtime would hang too. Ending the scope disarms
-// it. Limits are generous (tens of seconds): the watchdog catches hangs, not
-// slowness.
+// its scope. If the scope makes no progress for the limit (it has not ended,
+// and pet() was not called since the last check), the watchdog prints what
+// hung, the runtime's task dump (when given a runtime; the dump gets one
+// second, since a broken runtime might not answer), and ends the process
+// with exit status 1: waiting for the meson timeout would be slower, and
+// destructors of a hung runtime would hang too. Ending the scope disarms it.
+// Without pet() it fires after `limit`; with pet() after each step, between
+// one and two limits after the last step. Limits are generous (seconds):
+// the watchdog catches hangs, not slowness.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -41,13 +44,21 @@ class watchdog {
   watchdog(const watchdog&) = delete;
   watchdog& operator=(const watchdog&) = delete;
 
+  // pet(): the watched scope made progress.
+  void pet() noexcept { progress_.fetch_add(1, std::memory_order_relaxed); }
+
  private:
   void watch(std::chrono::milliseconds limit) {
-    {
+    std::uint64_t seen = progress_.load(std::memory_order_relaxed);
+    for (;;) {
       std::unique_lock<std::mutex> l(mu_);
       if (cv_.wait_for(l, limit, [this] { return done_; })) return;
+      // Relaxed: a count compared with itself; no data hangs on it.
+      const std::uint64_t now = progress_.load(std::memory_order_relaxed);
+      if (now == seen) break;
+      seen = now;
     }
-    std::fprintf(stderr, "watchdog: %s did not finish within %lld ms (a lost wakeup or lost task)\n",
+    std::fprintf(stderr, "watchdog: %s made no progress for %lld ms (a lost wakeup or lost task)\n",
                  what_.c_str(), static_cast<long long>(limit.count()));
     if (rt_ != nullptr) {
       // The dump runs on its own thread: a wedged runtime must not wedge us.
@@ -70,6 +81,7 @@ class watchdog {
   std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;  // guarded by mu_
+  std::atomic<std::uint64_t> progress_{0};
   std::thread thread_;
 };
 
