@@ -1,0 +1,334 @@
+// test/p_ownership_tests.cpp: one owner per P, and no G stranded next to an
+// idle P, around mpg::blocking.
+//
+// Each case races the handoff of mpg::blocking (its M giving the P away on
+// entry and taking one back on exit) against something that needs the P:
+//   - an M that sleeps in the P's io_uring ring while holding it, woken by a
+//     socket completion just as a returning blocking call takes that P over
+//     (two Ms must never both push to, or pop from, the P's run queue);
+//   - with procs = 1 and max_threads = 2, a G queued globally by a returning
+//     blocking call just as the other M enters one (an M that is about to go
+//     idle must still be found for the P that frees up);
+//   - with every thread allowed in use, a P with a pending timer handed off
+//     by a blocking call while the other M is busy: the sleep must still fire.
+// The races are hit by timing (spinning to deadlines a few microseconds
+// apart, many rounds); on a broken scheduler TSan reports the first case and
+// the others strand a task, which the bounded waits turn into a failure.
+// Nothing sleeps to synchronise: waits spin (then yield the CPU) on flags and
+// give up after a bound, and a watchdog ends the process if a round hangs.
+#include <doctest/doctest.h>
+#include <errno.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <condition_variable>
+#include <mutex>
+#include <span>
+#include <thread>
+
+#include "mpg/detail/sync/cpu_relax.hpp"
+#include "mpg/mpg.hpp"
+#include "mpg/net.hpp"
+#include "test_support.hpp"
+#include "watchdog.hpp"
+
+using namespace std::chrono_literals;
+using steady = std::chrono::steady_clock;
+
+namespace {
+
+// Sanitizer builds run every step several times slower, so bounds that must
+// not trigger on a healthy but loaded machine grow with them.
+constexpr auto kGiveUp = mpg_test::kSanitized ? 10s : 5s;
+constexpr auto kWatchdog = mpg_test::kSanitized ? 120000ms : 60000ms;
+
+void spin_until(steady::time_point t) {
+  while (steady::now() < t) mpg::detail::cpu_relax();
+}
+
+// spin_for_flag(): until f reads true (spinning, then yielding the CPU), or
+// kGiveUp passes; returns f's last value. `abandon`, when set, ends the wait
+// early (the other side of the round has failed already).
+bool spin_for_flag(const std::atomic<bool>& f, const std::atomic<bool>* abandon = nullptr) {
+  const auto give_up = steady::now() + kGiveUp;
+  for (unsigned i = 0;; ++i) {
+    // Acquire: pairs with the setter's release store; what it wrote before
+    // is visible to the caller after a true return.
+    if (f.load(std::memory_order_acquire)) return true;
+    if (abandon != nullptr && abandon->load(std::memory_order_relaxed)) return false;
+    if (i < 4096) {
+      mpg::detail::cpu_relax();
+    } else {
+      if (steady::now() > give_up) return false;
+      std::this_thread::yield();
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// A completion in the ring of a sleeping M while a blocking call takes its P.
+
+// delayed_writer: a plain thread that writes one byte to its socket at the
+// time it is asked to, spinning until then (a sleep would be too coarse).
+class delayed_writer {
+ public:
+  explicit delayed_writer(int fd) : fd_(fd), thread_([this] { run(); }) {}
+  ~delayed_writer() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+    }
+    cv_.notify_one();
+    thread_.join();
+  }
+
+  void write_at(steady::time_point when, char byte) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      when_ = when;
+      byte_ = byte;
+      pending_ = true;
+    }
+    cv_.notify_one();
+  }
+  int failed_writes() const { return failed_.load(std::memory_order_relaxed); }
+
+ private:
+  void run() {
+    for (;;) {
+      steady::time_point when;
+      char byte;
+      {
+        std::unique_lock<std::mutex> l(mu_);
+        cv_.wait(l, [this] { return pending_ || stop_; });
+        if (stop_) return;
+        pending_ = false;
+        when = when_;
+        byte = byte_;
+      }
+      spin_until(when);
+      ssize_t n;
+      while ((n = ::write(fd_, &byte, 1)) < 0 && errno == EINTR) {
+      }
+      if (n != 1) failed_.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+
+  int fd_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  steady::time_point when_;  // guarded by mu_
+  char byte_ = 0;            // guarded by mu_
+  bool pending_ = false;     // guarded by mu_
+  bool stop_ = false;        // guarded by mu_
+  std::atomic<int> failed_{0};
+  std::thread thread_;
+};
+
+mpg::task<int> read_one_byte(mpg::net::tcp_stream* s) {
+  char b = 0;
+  auto n = co_await s->read(std::span<char>(&b, 1));
+  if (!n.ok() || *n != 1) co_return -1;
+  co_return static_cast<unsigned char>(b);
+}
+
+struct ring_round_result {
+  int rounds = 0;
+  int wrong = 0;       // a reader got no byte or another round's byte
+  int first_bad = -1;  // the first such round
+};
+
+// Each round: a reader parks in a read; this task enters mpg::blocking for
+// about as long as the peer waits before writing. Entering, it hands the
+// only P (which has I/O in flight) to a second M, which finds nothing to
+// run and sleeps in the P's ring holding it. Leaving, it takes that P over
+// while the byte's completion wakes the sleeping M. The offsets sweep the
+// exit across the completion in steps of a microsecond.
+mpg::task<ring_round_result> reads_completing_at_blocking_exit(mpg::net::tcp_stream* s,
+                                                               delayed_writer* peer, int rounds) {
+  ring_round_result res;
+  for (int r = 0; r < rounds; ++r) {
+    auto reader = mpg::spawn(read_one_byte(s), "reader");
+    co_await mpg::yield();  // the reader (runnext) runs and parks in its read
+    const auto t0 = steady::now();
+    const auto write_at = t0 + 150us;
+    const auto exit_at = write_at + std::chrono::microseconds((r * 7) % 61 - 30);
+    peer->write_at(write_at, static_cast<char>(r & 0x7f));
+    auto wait = [exit_at] { spin_until(exit_at); };
+    co_await mpg::blocking(wait);
+    const int got = co_await reader;
+    ++res.rounds;
+    if (got != (r & 0x7f)) {
+      if (res.first_bad < 0) res.first_bad = r;
+      ++res.wrong;
+    }
+  }
+  co_return res;
+}
+
+// ---------------------------------------------------------------------------
+// Two tasks passing a turn through blocking calls, procs = 1, max_threads = 2.
+
+struct turn_game {
+  std::atomic<int> turn{0};
+  std::atomic<bool> failed{false};  // a player gave up waiting: end the game
+  std::atomic<int> stuck_round{-1};
+};
+
+// wait_turn(): the blocking call: spin until it is `me`'s turn (the other
+// player's task sets it while running on the only P).
+bool wait_turn(turn_game* g, int me) {
+  const auto spin_until_t = steady::now() + 2ms;
+  const auto give_up = steady::now() + kGiveUp;
+  for (unsigned i = 0;; ++i) {
+    // Acquire: pairs with the other player's release store of the turn.
+    if (g->turn.load(std::memory_order_acquire) == me) return true;
+    if (g->failed.load(std::memory_order_relaxed)) return false;
+    // Spin (the store is seen within a cache miss, which the pause sweep
+    // relies on) for a few milliseconds, then leave the CPU to others.
+    if (i % 256 == 255) {
+      const auto now = steady::now();
+      if (now > give_up) return false;
+      if (now > spin_until_t) std::this_thread::yield();
+    }
+    mpg::detail::cpu_relax();
+  }
+}
+
+// A player: wait (blocking) for its turn, give the turn to the other,
+// pause, and wait again. The other player's M leaves its blocking call right
+// after the store, finds the only P busy (this task runs on it), queues its
+// G globally and goes idle; this task's M enters its own blocking call and
+// hands the P on: it must find that M (or the queued G must otherwise run)
+// or both players stall. The pause sweeps 0..max_pause in 64 steps from
+// round to round, so that the entry lands at every point of the other M's
+// exit, whose start lags the store by the time it takes to see it.
+mpg::task<int> player(turn_game* g, int me, int rounds, std::chrono::nanoseconds max_pause) {
+  const std::int64_t step = max_pause.count() / 63;
+  int played = 0;
+  for (int r = 0; r < rounds; ++r) {
+    auto wait = [g, me] { return wait_turn(g, me); };
+    const bool mine = co_await mpg::blocking(wait);
+    if (!mine) {
+      int none = -1;
+      g->stuck_round.compare_exchange_strong(none, r, std::memory_order_relaxed);
+      g->failed.store(true, std::memory_order_relaxed);
+      co_return played;
+    }
+    ++played;
+    const auto pause_until = steady::now() + std::chrono::nanoseconds((r % 64) * step);
+    // Release: the turn publishes this round's writes to the other player.
+    g->turn.store(1 - me, std::memory_order_release);
+    spin_until(pause_until);
+  }
+  co_return played;
+}
+
+mpg::task<int> play_turns(turn_game* g, int rounds, std::chrono::nanoseconds max_pause) {
+  auto a = mpg::spawn(player(g, 0, rounds, max_pause), "player0");
+  auto b = mpg::spawn(player(g, 1, rounds, max_pause), "player1");
+  const int pa = co_await a;
+  const int pb = co_await b;
+  co_return pa + pb;
+}
+
+// ---------------------------------------------------------------------------
+// A timer on a P handed off by a blocking call when no M is free.
+
+struct timer_scene {
+  std::atomic<bool> hog_running{false};
+  std::atomic<bool> in_blocking{false};
+  std::atomic<bool> fired{false};
+};
+
+// Keeps the second M busy (no idle M) until the blocking call has started.
+mpg::task<bool> hog(timer_scene* sc) {
+  sc->hog_running.store(true, std::memory_order_release);
+  co_return spin_for_flag(sc->in_blocking);
+}
+
+mpg::task<void> sleeper(timer_scene* sc) {
+  co_await mpg::sleep_for(20ms);
+  sc->fired.store(true, std::memory_order_release);
+}
+
+struct timer_outcome {
+  bool setup_ok = false;  // the hog ran on the other M before the blocking call
+  bool hog_ok = false;
+  bool fired_in_time = false;
+};
+
+// The sleeper arms its timer on this P, then this task enters a blocking
+// call that waits for the sleep to end. Entering, it hands the P (it has a
+// timer) to another M, but the only other M allowed runs the hog, so the P
+// goes idle without an M; the hog then ends and that M finds nothing to do.
+// Someone must still run the P's timer while the blocking call waits.
+mpg::task<timer_outcome> sleep_next_to_blocking_call(timer_scene* sc) {
+  timer_outcome out;
+  auto h = mpg::spawn(hog(sc), "hog");
+  auto s = mpg::spawn(sleeper(sc), "sleeper");  // runnext; the hog moves to the stealable queue
+  // The other P's M steals the hog. Spinning here (not yielding) keeps the
+  // hog and the sleeper off this P's M.
+  out.setup_ok = spin_for_flag(sc->hog_running);
+  co_await mpg::yield();  // the sleeper (runnext) runs here and arms its timer on this P
+  auto wait = [sc] {
+    sc->in_blocking.store(true, std::memory_order_release);
+    return spin_for_flag(sc->fired);
+  };
+  out.fired_in_time = co_await mpg::blocking(wait);
+  out.hog_ok = co_await h;
+  co_await s;
+  co_return out;
+}
+
+}  // namespace
+
+TEST_CASE("a completion waking a ring-sleeping M while mpg::blocking takes over its P is delivered once") {
+  constexpr int kRounds = mpg_test::kSanitized ? 8000 : 3000;
+  int fds[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
+  mpg::net::tcp_stream reader_side(fds[0]);  // closes fds[0]
+  ring_round_result res;
+  {
+    delayed_writer peer(fds[1]);
+    mpg::runtime rt({.procs = 1});
+    mpg_test::watchdog dog(kWatchdog, "reads completing at blocking exit", &rt);
+    res = rt.block_on(reads_completing_at_blocking_exit(&reader_side, &peer, kRounds));
+    CHECK(peer.failed_writes() == 0);
+  }
+  ::close(fds[1]);
+  CAPTURE(res.first_bad);
+  CHECK(res.rounds == kRounds);
+  CHECK(res.wrong == 0);
+}
+
+TEST_CASE("procs 1, max_threads 2: a G queued by a blocking exit is not stranded when the P frees up") {
+  constexpr int kRounds = mpg_test::kSanitized ? 8000 : 20000;
+  // The pause after passing the turn sweeps the window in which the other
+  // M, leaving its blocking call, has queued its G but not yet gone idle.
+  constexpr std::chrono::nanoseconds kMaxPause = mpg_test::kSanitized ? 6us : 1500ns;
+  turn_game g;
+  mpg::runtime rt({.procs = 1, .max_threads = 2});
+  mpg_test::watchdog dog(kWatchdog, "two players passing a turn through blocking calls", &rt);
+  const int played = rt.block_on(play_turns(&g, kRounds, kMaxPause));
+  INFO("a player gave up waiting for its turn in round " << g.stuck_round.load()
+                                                         << " (the other player was stranded)");
+  CHECK_FALSE(g.failed.load());
+  CHECK(played == 2 * kRounds);
+}
+
+TEST_CASE("procs 2, max_threads 2: a sleep on a P handed off by a blocking call fires while the other M idles") {
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    CAPTURE(attempt);
+    timer_scene sc;
+    mpg::runtime rt({.procs = 2, .max_threads = 2});
+    mpg_test::watchdog dog(kWatchdog, "a sleep next to a long blocking call", &rt);
+    const timer_outcome out = rt.block_on(sleep_next_to_blocking_call(&sc));
+    REQUIRE_MESSAGE(out.setup_ok, "the hog never ran on the second M");
+    CHECK(out.hog_ok);
+    CHECK_MESSAGE(out.fired_in_time, "a 20 ms sleep did not fire within the blocking call's bound");
+  }
+}
