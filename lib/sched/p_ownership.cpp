@@ -160,8 +160,9 @@ m_wakeup scheduler::assign_m(processor* p, spin_state spin) noexcept {
   // Thread limit (see the top of the file).
   p->status = p_status::idle;
   pidle_put(p);
-  if (processor* q = pidle_first_parked()) return assign_m(q, spin);
+  // Relaxed: sysmon reads the flag as a hint and rechecks under mu_.
   if (has_work_locked(p)) unheld_work_.store(true, std::memory_order_relaxed);
+  if (processor* q = pidle_first_parked()) return assign_m(q, spin);
   if (spin == spin_state::spinning) nmspinning_.fetch_sub(1, std::memory_order_seq_cst);
   return {};
 }
