@@ -6,7 +6,7 @@
 //          peak_rss_kb=<n> check=<ok|FAIL> [bytes_per_task=<x>]
 // The runtime uses MPG_PROCS (else all CPUs of the affinity mask), except
 // yield_ping which runs on one P by definition. Workloads are defined in
-// ../shared/BENCHMARKS.md; the op of each is stated next to it below.
+// docs/benchmarks.md; the op of each is stated next to it below.
 #include <sys/resource.h>
 
 #include <atomic>

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """perf/run.py: run mpg's benchmark workloads side by side with their peers.
 
-Runs every workload of /work/shared/BENCHMARKS.md (mirrored in README.md) on
+Runs every workload of docs/benchmarks.md (summarised in README.md) on
 
   * mpg      BUILD/perf/mpg_bench      (built by perf/meson.build)
   * threads  BUILD/perf/threads_bench  (std::thread + std::mutex + std::condition_variable)
@@ -22,7 +22,7 @@ workload, 3 a workload the program cannot run (threads: skynet, fib). Without N
 each program uses its own default size (threads run smaller sizes; ns/op stays
 comparable because it is per op).
 
-Cells: "n/a" means the program is not there (mpg_bench not written yet, no Go),
+Cells: "n/a" means the program is not there (not built, or no Go),
 "infeasible" that the program declined the workload (exit 3), "error" a crash,
 a timeout (120 s per run), unparsable output or an unexpected exit status,
 "FAIL" a failed self-check. Errors never stop the table; they are listed below
@@ -76,8 +76,7 @@ class Workload:
         ratios are always "how many times better mpg is".
     impls: which implementations run it.
     runner: how a cell is measured; None means "run the program with the
-        RESULT protocol" (measure_program). Workloads that need a server and
-        a load client (tcp_echo, http_hello) plug their own runner in here.
+        RESULT protocol" (measure_program).
     """
 
     name: str
@@ -98,10 +97,8 @@ WORKLOADS = [
     Workload("chan_mpmc", target=20),
     Workload("mutex_contention", target=15),
     Workload("idle_tasks", metric="bytes_per_task", unit="bytes/task", target=256),
-    # tcp_echo and http_hello (servers in perf/servers/, driven by a load
-    # client or wrk) go here, each with its own runner returning a Cell, e.g.
-    #   Workload("tcp_echo", metric="msgs_per_s", unit="msg/s",
-    #            higher_is_better=True, runner=measure_tcp_echo),
+    # tcp_echo and http_hello need a server and a load client: they are run by
+    # perf/servers/run_servers.py.
 ]
 
 # The scaling row: fib(32) on mpg with MPG_PROCS=1 and MPG_PROCS=2; the figure

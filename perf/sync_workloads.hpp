@@ -1,10 +1,10 @@
 // perf/sync_workloads.hpp: the channel, select, mutex and timer workloads of
-// the benchmark suite (issue 3), for perf/mpg_bench.cpp.
+// the benchmark suite, for perf/mpg_bench.cpp.
 //
 // Each run_* function runs one workload on the given runtime and returns the
 // wall time per op in nanoseconds (std::chrono::steady_clock around the
 // whole block_on, spawning included). The op of each is stated next to it,
-// matching ../shared/BENCHMARKS.md and perf/go/workloads.go. The functions
+// matching docs/benchmarks.md and perf/go/workloads.go. The functions
 // self-check their results and report failures through *ok.
 //
 // run_sync_workload(name, n) is the entry point mpg_bench.cpp calls: it runs

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/test.sh: install the toolchain, build mpg in release mode with
 # assertions on (-Db_ndebug=false) in build-test/ and run the test suite.
-# Extra arguments go to `meson test`, e.g. `./scripts/test.sh channel_tests`.
+# Extra arguments go to `meson test`, e.g. `./scripts/test.sh chan_tests`.
 # The compiler is meson's choice, or $CXX when set (on first configure).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -309,7 +309,7 @@ mpg::task<reuse_result> join_finished_child_after_g_reuse() {
 
 }  // namespace
 
-// Kept last in this file: the bug it guards against crashed the process.
+// Kept last in this file: a failure here crashes the process.
 TEST_CASE("joining a finished child whose G was reused by a newer spawn returns its value") {
   mpg::runtime rt({.procs = 1});
   g_other_ran.store(0);

@@ -313,8 +313,8 @@ TEST_CASE("add_timer outside any runtime throws std::logic_error") {
 
 // Shutdown: a bare timer (no destructor of its own to cancel it) in the
 // frame of a task killed by ~runtime. The runtime must take it out of the
-// P's heap before it frees the frame: detaching it afterwards wrote to the
-// freed frame (ASan, where the frame cache is off).
+// P's heap before it frees the frame: detaching it afterwards would write to
+// the freed frame (ASan, where the frame cache is off).
 namespace {
 mpg::task<void> park_bare_timer_sleepers() {
   for (int i = 0; i < 3; ++i)

@@ -3,16 +3,16 @@
 // mpg is Go's goroutine model for C++20: tasks (task<T>, spawn, go) run on an
 // M-P-G work-stealing scheduler (runtime), talk over channels (chan, select),
 // wait on coroutine-aware sync primitives and timers, and do I/O through
-// per-P io_uring rings. See README.md and ../shared/API.md.
+// per-P io_uring rings. The guide to the whole API is docs/api.md.
 #pragma once
 
-// Core runtime (issue 2).
+// Core runtime: tasks, spawning, the runtime object, errors.
 #include "mpg/errors.hpp"
 #include "mpg/runtime.hpp"
 #include "mpg/spawn.hpp"
 #include "mpg/task.hpp"
 
-// Channels, select, time, sync, context (issue 3).
+// Channels, select, time, sync, context, task groups.
 #include "mpg/chan.hpp"
 #include "mpg/context.hpp"
 #include "mpg/mutex.hpp"
@@ -24,7 +24,7 @@
 #include "mpg/time.hpp"
 #include "mpg/wait_group.hpp"
 
-// io_uring I/O, blocking calls (issue 4).
+// io_uring I/O and blocking calls.
 #include "mpg/blocking.hpp"
 #include "mpg/fs.hpp"
 #include "mpg/io.hpp"

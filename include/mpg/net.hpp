@@ -142,7 +142,9 @@ class listener {
   // accept(): the next connection. When the process or system is out of file
   // descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) it sleeps and
   // retries, 5 ms doubling to 1 s, as Go's net/http server does; aborted
-  // connections are skipped. kCancelled once close() is called.
+  // connections are skipped. An accept() blocked when close() is called
+  // returns kCancelled; one started after close() fails with
+  // kFailedPrecondition.
   task<absl::StatusOr<tcp_stream>> accept();
   task<absl::StatusOr<tcp_stream>> accept(clock::time_point deadline);
 

@@ -7,8 +7,20 @@
 // runtimes may exist in one process; a task belongs to the runtime it was
 // spawned on, and spawn/go inside it use that runtime.
 //
+// The constructor throws std::runtime_error when io_uring cannot be set up
+// (a seccomp profile that denies io_uring_setup, as Docker's default one
+// does), and std::invalid_argument when local_queue_capacity is not a power
+// of two >= 2.
+//
 // ~runtime stops and joins every M. Tasks still suspended are destroyed
 // (their frames freed) and reported on stderr with their ids and names.
+//
+// Deadlock detection: while block_on() waits, the runtime counts as
+// deadlocked when nothing is runnable or running and nothing can wake a
+// task: no timer pending, no I/O in flight, no call inside mpg::blocking,
+// and no progress between several looks 50 ms apart. Threads outside the
+// runtime are not counted as possible wakers: a task that waits for a plain
+// thread to try_send() to it counts as blocked.
 #pragma once
 
 #include <chrono>

@@ -4,8 +4,10 @@
 // child inline on the awaiting G: the parent suspends, control transfers to
 // the child (symmetric transfer), and when the child finishes its final
 // awaiter transfers straight back to the parent. No frame of the chain stays
-// on the thread stack, so a chain of a million awaits does not grow it (with
-// optimisation; see README for g++ 12 without it).
+// on the thread stack, so a chain of a million awaits does not grow it. That
+// holds in optimised builds: without optimisation (or under sanitizers) the
+// compilers do not make symmetric transfer a guaranteed tail call, and a
+// chain may use some stack per level.
 //
 // T may be void, a move-only type or any value type (no references). An
 // exception that escapes the child is rethrown by co_await in the parent.

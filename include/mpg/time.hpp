@@ -1,5 +1,5 @@
 // mpg/time.hpp: sleeping and timer channels, on the per-P timers of
-// detail/timer.hpp.
+// detail/sched/timer.hpp.
 //
 //   co_await mpg::sleep_for(10ms);
 //   co_await mpg::sleep_until(deadline);

@@ -12,9 +12,9 @@
 // status 2 and prints no RESULT line; a failed self-check exits with status 1
 // after printing its RESULT line with check=FAIL.
 //
-// The workloads and what one "op" is are defined in /work/shared/BENCHMARKS.md
-// (mirrored in README.md). N is the workload's size; its meaning per workload
-// is in the table below (the defaults are the BENCHMARKS.md sizes).
+// The workloads and what one "op" is are defined in docs/benchmarks.md
+// (summarised in README.md). N is the workload's size; its meaning per workload
+// is in the table below (the defaults are the docs/benchmarks.md sizes).
 package main
 
 import (

@@ -1,4 +1,4 @@
-// The workloads of BENCHMARKS.md, written the way a Go programmer would write
+// The workloads of docs/benchmarks.md, written the way a Go programmer would write
 // them: goroutines, channels, sync.Mutex and sync.WaitGroup, nothing clever.
 package main
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """perf/servers/run_servers.py: the tcp_echo and http_hello workloads, mpg
-against its peers, side by side in one run (see /work/shared/BENCHMARKS.md).
+against its peers, side by side in one run (see docs/benchmarks.md).
 
   tcp_echo    each echo server (mpg, threads, Go) on a loopback port, loaded by
               BUILD/perf/servers/echo_load (one mpg client for every server:

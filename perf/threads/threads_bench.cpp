@@ -1,5 +1,5 @@
 // perf/threads/threads_bench.cpp: the plain-OS-thread baselines of
-// BENCHMARKS.md, built from std::thread, std::mutex and
+// docs/benchmarks.md, built from std::thread, std::mutex and
 // std::condition_variable only; what mpg is measured against when each task
 // is a thread.
 //
