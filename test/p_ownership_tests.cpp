@@ -43,7 +43,8 @@ namespace {
 // Sanitizer builds run every step several times slower, so bounds that must
 // not trigger on a healthy but loaded machine grow with them.
 constexpr auto kGiveUp = mpg_test::kSanitized ? 10s : 5s;
-constexpr auto kWatchdog = mpg_test::kSanitized ? 120000ms : 60000ms;
+constexpr std::chrono::milliseconds kWatchdog = mpg_test::kSanitized ? 60s : 40s;
+constexpr std::chrono::milliseconds kRoundWatchdog = mpg_test::kSanitized ? 10s : 5s;
 
 void spin_until(steady::time_point t) {
   while (steady::now() < t) mpg::detail::cpu_relax();
@@ -148,7 +149,8 @@ struct ring_round_result {
 // while the byte's completion wakes the sleeping M. The offsets sweep the
 // exit across the completion in steps of a microsecond.
 mpg::task<ring_round_result> reads_completing_at_blocking_exit(mpg::net::tcp_stream* s,
-                                                               delayed_writer* peer, int rounds) {
+                                                               delayed_writer* peer, int rounds,
+                                                               mpg_test::watchdog* dog) {
   ring_round_result res;
   for (int r = 0; r < rounds; ++r) {
     auto reader = mpg::spawn(read_one_byte(s), "reader");
@@ -160,6 +162,7 @@ mpg::task<ring_round_result> reads_completing_at_blocking_exit(mpg::net::tcp_str
     auto wait = [exit_at] { spin_until(exit_at); };
     co_await mpg::blocking(wait);
     const int got = co_await reader;
+    dog->pet();
     ++res.rounds;
     if (got != (r & 0x7f)) {
       if (res.first_bad < 0) res.first_bad = r;
@@ -304,8 +307,8 @@ TEST_CASE("a completion waking a ring-sleeping M while mpg::blocking takes over 
   {
     delayed_writer peer(fds[1]);
     mpg::runtime rt({.procs = 1});
-    mpg_test::watchdog dog(kWatchdog, "reads completing at blocking exit", &rt);
-    res = rt.block_on(reads_completing_at_blocking_exit(&reader_side, &peer, kRounds));
+    mpg_test::watchdog dog(kRoundWatchdog, "a round of reads completing at blocking exit", &rt);
+    res = rt.block_on(reads_completing_at_blocking_exit(&reader_side, &peer, kRounds, &dog));
     CHECK(peer.failed_writes() == 0);
   }
   ::close(fds[1]);
