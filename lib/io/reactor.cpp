@@ -582,12 +582,34 @@ void reactor::wake() noexcept {
 
 // --- the bridge from awaiters ------------------------------------------------
 
+namespace {
+
+// The kernel's restart codes (include/linux/errno.h; no userspace header has
+// them). A syscall interrupted by a signal leaves one in its return value and
+// the signal-delivery path turns it into EINTR or a restart. An io-wq worker
+// interrupted by a cancel (an ASYNC_CANCEL that found it running and returned
+// -EALREADY, a link timeout, cancel_all) has no such path, and the op's CQE
+// carries the raw code: an openat blocked on a FIFO completes with
+// -ERESTARTSYS (-512) on Linux 6.18.
+constexpr int kErestartSys = 512;
+constexpr int kErestartNoIntr = 513;
+constexpr int kErestartNoHand = 514;
+constexpr int kErestartRestartBlock = 516;
+
+bool interrupted(int res) noexcept {
+  return res == -EINTR || res == -kErestartSys || res == -kErestartNoIntr ||
+         res == -kErestartNoHand || res == -kErestartRestartBlock;
+}
+
+}  // namespace
+
 int io_op::outcome() const noexcept {
-  if (res == -ECANCELED || res == -EINTR) {
+  const bool intr = interrupted(res);
+  if (res == -ECANCELED || intr) {
     if (cancel_requested) return -ECANCELED;
     if (has_deadline && clock::now() >= deadline) return -ETIME;
   }
-  return res;
+  return intr ? -EINTR : res;
 }
 
 bool io_start(io_op* op, io_prep_fn prep, const void* ctx, io_slot* slot) {

@@ -15,7 +15,16 @@
 // io_op in the suspended awaiter; on its final CQE the reactor stores
 // res/flags, clears its io_slot, and calls op->complete or ready(waiter),
 // under the reactor lock. Those callbacks must never call back into the same
-// reactor (wake() excepted: it takes no lock).
+// reactor (wake() excepted: it takes no lock); the lock is not recursive, so
+// a start, flush, reap, cancel or cancel_all from one of them would spin
+// forever. ready() and ready_tail() keep to that: they put the G on the
+// current P's run queue or on the global queue (under the scheduler's
+// mutex), and may start or wake an M, which ends in a futex wake or in
+// wake() on some P's reactor; they never resume the G, so no task code runs
+// under the lock. The lock order is reactor lock, then scheduler mutex: the
+// scheduler looks at a reactor under its mutex only through busy(), which
+// takes no lock. No io_op in libmpg sets `complete` (tests do, with
+// callbacks that only count).
 //
 // Only lib/io/reactor.cpp includes liburing.h. net.cpp and fs.cpp describe their
 // operations as io_request values, which reactor.cpp turns into SQEs.

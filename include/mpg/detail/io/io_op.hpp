@@ -22,10 +22,34 @@
 // owns it. A canceller locks the slot, and the owning reactor then checks
 // under its own lock that the op is still in flight before it submits
 // IORING_OP_ASYNC_CANCEL keyed by user_data; the reactor clears the slot under
-// that same lock when it dispatches the op's final completion. Hence a cancel
-// never names an op that completed (no ABA on a reused frame address), and
-// the awaiter's buffers and record stay alive until the final completion,
-// because its task stays parked until then.
+// that same lock when it dispatches the op's final completion. The awaiter's
+// buffers and record stay alive until the final completion, because its task
+// stays parked until then.
+//
+// Cancelling by address. user_data is the io_op's address, and the next
+// operation of the same frame reuses that address (and the slot). A cancel
+// still reaches only the op it was issued for:
+//   1. It is issued for an op in flight. The canceller holds the slot lock
+//      from reading slot->op until the cancel SQE is prepared, so no new op
+//      can be published in the slot meanwhile (io_start takes that lock),
+//      and the reactor prepares the SQE only if slot->op still holds the op
+//      under its own lock (else a NOP): the named op's final CQE has not been
+//      dispatched, so its task is parked and its address is not reused yet.
+//   2. The kernel resolves an ASYNC_CANCEL once, when it issues it: it finds
+//      the request with that user_data and marks that request (0: cancelled,
+//      -EALREADY: running in io-wq and signalled, -ENOENT: already
+//      completed); nothing keyed by user_data outlives the issue. SQEs are
+//      issued in SQ order, so a cancel SQE that stays queued (submit refused
+//      with -EBUSY) is issued before every SQE prepared after it, in
+//      particular before a new op at the same address on that ring; a new
+//      op on another P's ring is never in its reach (a cancel searches only
+//      its own ring).
+//   3. cancel_requested, the one mark a cancel leaves in the record, is
+//      written under the reactor lock only while the op is in flight (1),
+//      and io_start clears it before the next op is published.
+// Hence a unique token in user_data would buy nothing. Tested in
+// test/io_cancel_tests.cpp (a cancel's CQE that arrives late, -ENOENT,
+// -EALREADY, a link timeout, each followed by an op at the same address).
 //
 // Invariants:
 //   - An io_op is in at most one reactor at a time, and is readied exactly
@@ -120,7 +144,9 @@ struct io_op {
 
   // outcome(): res, except that an op ended by a cancel reads -ECANCELED and
   // one ended by its deadline reads -ETIME (the kernel reports both as
-  // -ECANCELED, or -EINTR for work it had handed to io-wq).
+  // -ECANCELED, or for work it had handed to io-wq as -EINTR or as one of its
+  // internal restart codes, -ERESTARTSYS and kin), and any other restart
+  // code reads -EINTR, which callers retry.
   int outcome() const noexcept;
 };
 
