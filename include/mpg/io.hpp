@@ -19,13 +19,17 @@
 //   -ETIME      the deadline (overloads below) passed first: the operation was
 //               cancelled by an IORING_OP_LINK_TIMEOUT in the same ring, or
 //               never submitted because the deadline had already passed;
-//   -ECANCELED  the operation was cancelled (the runtime is shutting down).
+//   -ECANCELED  the operation was cancelled (the runtime is shutting down);
+//   -EINTR      an operation the kernel ran in an io-wq worker was
+//               interrupted (the kernel's internal restart codes are never
+//               passed through); retry it.
 // Operations that post several CQEs resume at the last one (no
 // IORING_CQE_F_MORE) with the first one's result: so IORING_OP_SEND_ZC works
 // as a plain send; multishot operations are not useful through this API.
 //
-// Where it resumes: the task is readied by whichever M reaps the CQE (the
-// owning P's, usually) and runs on that M's P.
+// Where it resumes: the task is readied by whichever thread reaps the CQE:
+// the M holding the ring's P (onto that P's queue), or sysmon for a P busy
+// in one long task or left without an M (onto the global queue).
 #pragma once
 
 #include <chrono>

@@ -140,8 +140,8 @@ class reactor {
   std::atomic<std::uint32_t> wake_state_{0};
 };
 
-// current_reactor(): the current P's reactor (nullptr outside a task).
-// Implemented by the scheduler.
+// current_reactor(): the ring of the P running the calling task (nullptr
+// outside a task); defined with the scheduler (lib/sched/scheduler.cpp).
 reactor* current_reactor() noexcept;
 
 // --- operations described without liburing (net.cpp, fs.cpp) ---
