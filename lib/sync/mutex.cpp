@@ -2,8 +2,7 @@
 // design, the state word and its invariants).
 #include "mpg/mutex.hpp"
 
-#include <chrono>
-
+#include "mpg/detail/sched/clock.hpp"
 #include "mpg/errors.hpp"
 
 namespace mpg {
@@ -15,24 +14,18 @@ constexpr std::int64_t kStarvationNs = 1'000'000;  // 1 ms, as Go
 constexpr int kSpinRounds = 4;
 constexpr int kSpinPauses = 30;
 
-std::int64_t now_ns() noexcept {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
 }  // namespace
 
-// wait_awaiter: one attempt to take the mutex under qlock_, parking at the
-// tail (or, for a waiter that was woken and lost, at the front) when it is
-// held. Lives in lock_slow's frame; reused across retries.
+// wait_awaiter: one attempt to take the mutex under the queue lock, parking
+// at the tail (or, for a waiter that was woken and lost, at the front) when
+// it is held. Lives in lock_slow's frame; reused across retries.
 struct mutex::wait_awaiter : detail::waiter {
   wait_awaiter(mutex* mu, std::source_location w) noexcept : m(mu), where(w) {}
 
   mutex* m;
   std::source_location where;
-  std::int64_t start_ns = 0;  // when this locker first parked
-  bool woken = false;         // readied by wake_one(): kWoken is ours to clear
+  std::int64_t start_ns = 0;  // when this locker first tried to park
+  bool woken = false;         // readied by an unlock: kWoken is ours to clear
   bool acquired = false;      // took the mutex in await_suspend
   bool handoff = false;       // unlock handed us the mutex (starvation mode)
 
@@ -54,56 +47,53 @@ struct mutex::wait_awaiter : detail::waiter {
 };
 
 void mutex::wait_awaiter::unqueue() noexcept {
-  detail::spin_guard lk(m->qlock_);
-  if (!m->waiters_.remove(this)) return;  // a waker took us off meanwhile
-  if (!m->waiters_.empty()) return;
-  // We were the last waiter: keep "kWaiters iff the queue is non-empty" and
-  // "kStarving implies kWaiters" (else the next unlock() would hand the
-  // mutex to nobody). kLocked stays as it is: no ownership changes hands, so
-  // relaxed; the bits are re-read under qlock_ (wake_one, unlock_starving,
-  // lockers), and being an RMW, this keeps the release sequence of the last
-  // unlock intact for the next acquire CAS. An unlock() that read kStarving
-  // before this finds the queue empty in unlock_starving().
-  m->state_.fetch_and(~(kWaiters | kStarving), std::memory_order_relaxed);
+  m->q_.unlink(this, 0, [&](detail::waitq* queues) -> detail::waiter* {
+    if (!queues[0].empty()) return nullptr;
+    // We were the last waiter: keep "kWaiters iff the queue is non-empty"
+    // and "kStarving implies kWaiters" (else the next unlock() would hand
+    // the mutex to nobody). kLocked stays as it is: no ownership changes
+    // hands, so relaxed; the bits are re-read under the queue lock, and
+    // being an RMW, this keeps the release sequence of the last unlock
+    // intact for the next acquire CAS.
+    m->state_.fetch_and(~(kWaiters | kStarving), std::memory_order_relaxed);
+    return nullptr;
+  });
 }
 
 bool mutex::wait_awaiter::await_suspend(std::coroutine_handle<> h) {
-  detail::g* self = detail::current_g();
-  if (self == nullptr) detail::park(h, "mutex lock", where);  // throws: not in a task
-  const bool starving_now = woken && start_ns != 0 && now_ns() - start_ns > kStarvationNs;
+  const std::int64_t now = detail::mono_now_ns();
+  const bool starving_now = woken && start_ns != 0 && now - start_ns > kStarvationNs;
   const std::uint32_t clear = woken ? kWoken : 0;
-
-  detail::spin_guard lk(m->qlock_);
-  std::uint32_t s = m->state_.load(std::memory_order_relaxed);
-  for (;;) {
-    if (!(s & (kLocked | kStarving))) {
-      // Acquire: pairs with the release CAS of the previous unlock().
-      if (m->state_.compare_exchange_weak(s, (s | kLocked) & ~clear, std::memory_order_acquire,
-                                          std::memory_order_relaxed)) {
-        acquired = true;
-        return false;
-      }
-      continue;
-    }
-    std::uint32_t ns = (s | kWaiters) & ~clear;
-    // Starve only while the mutex is held (Go: an unlocked mutex cannot
-    // starve anyone, and kStarving implies kLocked).
-    if (starving_now && (s & kLocked)) ns |= kStarving;
-    // Relaxed: no ownership changes; the bits are re-read under qlock_ by
-    // wake_one() / unlock_starving(), which we hold off until we are queued.
-    if (m->state_.compare_exchange_weak(s, ns, std::memory_order_relaxed,
-                                        std::memory_order_relaxed))
-      break;
-  }
-  if (start_ns == 0) start_ns = now_ns();
-  set_g(self);
+  if (start_ns == 0) start_ns = now;
   handoff = false;
-  detail::park(h, "mutex lock", where);
-  if (woken)
-    m->waiters_.push_front(this);
-  else
-    m->waiters_.push_back(this);
-  return true;  // unlocking qlock_ publishes `this`
+  return m->q_.park(
+      this, h, "mutex lock", where,
+      [&] {
+        std::uint32_t s = m->state_.load(std::memory_order_relaxed);
+        for (;;) {
+          if (!(s & (kLocked | kStarving))) {
+            // Acquire: pairs with the release CAS of the previous unlock().
+            if (m->state_.compare_exchange_weak(s, (s | kLocked) & ~clear,
+                                                std::memory_order_acquire,
+                                                std::memory_order_relaxed)) {
+              acquired = true;
+              return false;
+            }
+            continue;
+          }
+          std::uint32_t ns = (s | kWaiters) & ~clear;
+          // Starve only while the mutex is held (Go: an unlocked mutex
+          // cannot starve anyone, and kStarving implies kLocked).
+          if (starving_now && (s & kLocked)) ns |= kStarving;
+          // Relaxed: no ownership changes; the bits are re-read under the
+          // queue lock by unlock_slow(), which we hold off until we are
+          // queued.
+          if (m->state_.compare_exchange_weak(s, ns, std::memory_order_relaxed,
+                                              std::memory_order_relaxed))
+            return true;
+        }
+      },
+      0, /*front=*/woken);
 }
 
 task<void> mutex::lock_slow(bool yield_first, std::source_location where) {
@@ -127,74 +117,72 @@ task<void> mutex::lock_slow(bool yield_first, std::source_location where) {
 
 void mutex::unlock() {
   std::uint32_t s = kLocked;
-  // Release: publishes the critical section to the next acquire CAS.
+  // Release: publishes the critical section to the next acquire CAS. The
+  // last touch of the mutex.
   if (state_.compare_exchange_strong(s, 0, std::memory_order_release, std::memory_order_relaxed))
     return;
   for (;;) {
     if (!(s & kLocked)) throw sync_misuse_error("mpg::mutex: unlock of unlocked mutex");
-    if (s & kStarving) {
-      unlock_starving();
+    // A waiter to wake (none on its way already) or to hand the mutex to:
+    // release and wake in one step, under the queue lock.
+    if ((s & kStarving) || ((s & kWaiters) && !(s & kWoken))) {
+      unlock_slow();
       return;
     }
+    // Nobody to wake: as the fast path (release; the last touch).
     if (state_.compare_exchange_weak(s, s & ~kLocked, std::memory_order_release,
                                      std::memory_order_relaxed))
-      break;
-  }
-  // Wake a waiter unless one is already on its way.
-  if ((s & kWaiters) && !(s & kWoken)) wake_one();
-}
-
-void mutex::wake_one() {
-  detail::g* gp;
-  {
-    detail::spin_guard lk(qlock_);
-    std::uint32_t s = state_.load(std::memory_order_relaxed);
-    for (;;) {
-      // Nobody to wake, a waiter already on its way, or the mutex was taken
-      // meanwhile (its next unlock will wake). kStarving implies kLocked.
-      if (!(s & kWaiters) || (s & (kLocked | kWoken | kStarving))) return;
-      std::uint32_t ns = s | kWoken;
-      if (waiters_.front()->next == nullptr) ns &= ~kWaiters;  // taking the last one
-      // Relaxed: kWoken and kWaiters are hints; the woken waiter acquires
-      // with its own acquire CAS.
-      if (state_.compare_exchange_weak(s, ns, std::memory_order_relaxed,
-                                       std::memory_order_relaxed))
-        break;
-    }
-    gp = waiters_.pop_front()->gp();
-  }
-  detail::ready(gp);
-}
-
-void mutex::unlock_starving() {
-  detail::g* gp;
-  {
-    detail::spin_guard lk(qlock_);
-    auto* w = static_cast<wait_awaiter*>(waiters_.pop_front());
-    if (w == nullptr) {
-      // kStarving implies waiters, but a killed waiter (the last one) may
-      // have unlinked itself since unlock() read kStarving, clearing it and
-      // kWaiters (wait_awaiter::unqueue): nobody to hand to, so unlock as
-      // in normal mode with nobody waiting. Release: as in unlock().
-      state_.fetch_and(~kLocked, std::memory_order_release);
       return;
-    }
-    const bool last = waiters_.empty();
-    const bool short_wait = now_ns() - w->start_ns < kStarvationNs;
+  }
+}
+
+// unlock_slow(): under the queue lock (parking_queue.hpp, P2), one CAS that
+// releases the mutex and marks the waiter it takes as woken (normal mode),
+// or keeps kLocked and hands the mutex to the first waiter (starvation). The
+// state is re-read there: lockers change it under this lock, except the
+// fast paths, which only take a free mutex.
+void mutex::unlock_slow() {
+  bool misuse = false;
+  q_.wake([&](detail::waitq* queues) -> detail::waiter* {
+    detail::waitq& q = queues[0];
     std::uint32_t s = state_.load(std::memory_order_relaxed);
     for (;;) {
-      std::uint32_t ns = s;  // kLocked stays set: ownership passes to w
-      if (last || short_wait) ns &= ~kStarving;
-      if (last) ns &= ~kWaiters;
-      // Release: with ready() below, orders our critical section before w's.
+      if (!(s & kLocked)) {
+        misuse = true;
+        return nullptr;
+      }
+      if (s & kStarving) {
+        // kStarving implies kWaiters, so the queue is not empty (a killed
+        // last waiter clears both under this lock).
+        auto* w = static_cast<wait_awaiter*>(q.front());
+        const bool last = w->next == nullptr;
+        const bool short_wait = detail::mono_now_ns() - w->start_ns < kStarvationNs;
+        std::uint32_t ns = s;  // kLocked stays set: ownership passes to w
+        if (last || short_wait) ns &= ~kStarving;
+        if (last) ns &= ~kWaiters;
+        // Release: with ready(), orders our critical section before w's.
+        if (!state_.compare_exchange_weak(s, ns, std::memory_order_release,
+                                          std::memory_order_relaxed))
+          continue;
+        q.pop_front();
+        w->handoff = true;
+        return w;
+      }
+      std::uint32_t ns = s & ~kLocked;
+      const bool wake = (s & kWaiters) && !(s & kWoken);
+      if (wake) {
+        ns |= kWoken;
+        if (q.front()->next == nullptr) ns &= ~kWaiters;  // taking the last one
+      }
+      // Release: publishes the critical section, as in unlock(). kWoken
+      // tells later unlockers a waiter is on its way; it retries with its
+      // own acquire CAS.
       if (state_.compare_exchange_weak(s, ns, std::memory_order_release,
                                        std::memory_order_relaxed))
-        break;
+        return wake ? q.pop_front() : nullptr;
     }
-    w->handoff = true;
-    gp = w->gp();
-  }
-  detail::ready(gp);
+  });
+  if (misuse) throw sync_misuse_error("mpg::mutex: unlock of unlocked mutex");
 }
 
 }  // namespace mpg
