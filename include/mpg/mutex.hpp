@@ -20,13 +20,20 @@
 //             the queue lock: set with the first push, cleared with the
 //             last pop).
 // lock() fast path: one CAS that sets kLocked when neither kLocked nor
-// kStarving is set. unlock() fast path: one CAS that clears kLocked, taken
-// unless a waiter must be woken (kWaiters set, kWoken clear) or handed the
-// lock (kStarving). Those two go through the queue lock, where one CAS both
-// releases the mutex and records the waiter it wakes (kWoken), so the
-// unlock touches nothing but the lock's release store after a locker can
-// see the mutex free: the mutex may be destroyed right after the last
-// unlock (parking_queue.hpp, "Destruction").
+// kStarving is set. unlock() fast path: one CAS that clears kLocked, its
+// last touch of the mutex. With waiters and none on its way (kWoken clear),
+// the releasing CAS also sets kWoken: the unlocker claims the wake-up, so
+// no other unlocker can ready the first waiter before it does, and that
+// waiter, which has not returned from lock(), keeps the mutex in use until
+// the unlocker, under the queue lock, has either popped and readied it, or
+// handed the claim back because a locker took the mutex meanwhile (whose
+// unlock then wakes, as in Go). In starvation mode unlock() keeps kLocked
+// and hands the mutex over under the queue lock. So no unlock touches the
+// mutex once a task that could destroy it can see it free: the mutex may be
+// destroyed right after the last unlock (parking_queue.hpp, "Destruction").
+// (Go releases with one RMW and claims the wake-up with a second; between
+// the two, another unlocker can wake the waiter, which may then return and
+// free the mutex: only a garbage collector makes that second touch safe.)
 //
 // Two modes, as in Go.
 //   Normal: a readied waiter does not own the mutex; it competes for it
@@ -67,11 +74,11 @@
 // (Go): the exact queue is under the queue lock anyway, so one bit suffices.
 //
 // Invariants (for the state word read with the queue lock held):
-//   - kWaiters iff the queue is non-empty (pushes set it; unlock_slow and
-//     a killed waiter's unlink clear it with the last).
+//   - kWaiters iff the queue is non-empty (pushes set it; wake_one,
+//     unlock_starving and a killed waiter's unlink clear it with the last).
 //   - kStarving implies kLocked and kWaiters.
 //   - kWoken is set by at most one unlocker until the woken waiter clears it
-//     (by acquiring, or by parking again).
+//     (by acquiring, or by parking again), or that unlocker gives it back.
 //
 // Memory ordering: a successful lock is an acquire CAS on state_ and every
 // unlock a release CAS, so a critical section happens-before the next
@@ -146,7 +153,8 @@ class mutex {
     return false;
   }
   task<void> lock_slow(bool yield_first, std::source_location where);
-  void unlock_slow();
+  void wake_one();
+  void unlock_starving();
 
   static constexpr std::uint32_t kLocked = 1;
   static constexpr std::uint32_t kWoken = 2;

@@ -24,7 +24,7 @@ struct mutex::wait_awaiter : detail::waiter {
 
   mutex* m;
   std::source_location where;
-  std::int64_t start_ns = 0;  // when this locker first tried to park
+  std::int64_t start_ns = 0;  // when this locker first parked
   bool woken = false;         // readied by an unlock: kWoken is ours to clear
   bool acquired = false;      // took the mutex in await_suspend
   bool handoff = false;       // unlock handed us the mutex (starvation mode)
@@ -61,10 +61,9 @@ void mutex::wait_awaiter::unqueue() noexcept {
 }
 
 bool mutex::wait_awaiter::await_suspend(std::coroutine_handle<> h) {
-  const std::int64_t now = detail::mono_now_ns();
-  const bool starving_now = woken && start_ns != 0 && now - start_ns > kStarvationNs;
+  const bool starving_now =
+      woken && start_ns != 0 && detail::mono_now_ns() - start_ns > kStarvationNs;
   const std::uint32_t clear = woken ? kWoken : 0;
-  if (start_ns == 0) start_ns = now;
   handoff = false;
   return m->q_.park(
       this, h, "mutex lock", where,
@@ -86,11 +85,13 @@ bool mutex::wait_awaiter::await_suspend(std::coroutine_handle<> h) {
           // cannot starve anyone, and kStarving implies kLocked).
           if (starving_now && (s & kLocked)) ns |= kStarving;
           // Relaxed: no ownership changes; the bits are re-read under the
-          // queue lock by unlock_slow(), which we hold off until we are
-          // queued.
+          // queue lock by wake_one() / unlock_starving(), which we hold off
+          // until we are queued.
           if (m->state_.compare_exchange_weak(s, ns, std::memory_order_relaxed,
-                                              std::memory_order_relaxed))
+                                              std::memory_order_relaxed)) {
+            if (start_ns == 0) start_ns = detail::mono_now_ns();
             return true;
+          }
         }
       },
       0, /*front=*/woken);
@@ -123,66 +124,89 @@ void mutex::unlock() {
     return;
   for (;;) {
     if (!(s & kLocked)) throw sync_misuse_error("mpg::mutex: unlock of unlocked mutex");
-    // A waiter to wake (none on its way already) or to hand the mutex to:
-    // release and wake in one step, under the queue lock.
-    if ((s & kStarving) || ((s & kWaiters) && !(s & kWoken))) {
-      unlock_slow();
+    if (s & kStarving) {
+      unlock_starving();
       return;
     }
-    // Nobody to wake: as the fast path (release; the last touch).
-    if (state_.compare_exchange_weak(s, s & ~kLocked, std::memory_order_release,
-                                     std::memory_order_relaxed))
+    // Normal mode. With waiters and none on its way, this CAS also claims
+    // the wake-up (kWoken), so that no other unlocker can wake the first
+    // waiter before we do: until we ready it, a waiter that has not returned
+    // from lock() depends on this mutex, so nobody may destroy it, and our
+    // touches of the queue that follow are safe. Without a wake-up to make,
+    // the CAS is the last touch. Release: as in the fast path.
+    const bool wake = (s & kWaiters) && !(s & kWoken);
+    if (state_.compare_exchange_weak(s, (s & ~kLocked) | (wake ? kWoken : 0),
+                                     std::memory_order_release, std::memory_order_relaxed)) {
+      if (wake) wake_one();
       return;
+    }
   }
 }
 
-// unlock_slow(): under the queue lock (parking_queue.hpp, P2), one CAS that
-// releases the mutex and marks the waiter it takes as woken (normal mode),
-// or keeps kLocked and hands the mutex to the first waiter (starvation). The
-// state is re-read there: lockers change it under this lock, except the
-// fast paths, which only take a free mutex.
-void mutex::unlock_slow() {
-  bool misuse = false;
+// wake_one(): ready the first waiter, for an unlock that claimed the wake-up
+// (kWoken) in its releasing CAS. Under the queue lock (parking_queue.hpp,
+// P2); clears kWaiters with the last waiter.
+void mutex::wake_one() {
+  q_.wake([&](detail::waitq* queues) -> detail::waiter* {
+    detail::waitq& q = queues[0];
+    // A locker took the mutex since our release (Go's rule): its unlock
+    // will wake, so give the claim back instead of waking a waiter that
+    // would only find the mutex held. A CAS: if that unlock comes first, it
+    // saw our kWoken and left the wake-up to us. Relaxed: only the claim
+    // changes hands. Safe to touch: the waiters are still queued.
+    std::uint32_t s = state_.load(std::memory_order_relaxed);
+    while (s & kLocked) {
+      if (state_.compare_exchange_weak(s, s & ~kWoken, std::memory_order_relaxed,
+                                       std::memory_order_relaxed))
+        return nullptr;
+    }
+    detail::waiter* w = q.pop_front();
+    // Relaxed: kWaiters is a hint re-read under this lock; the woken waiter
+    // acquires with its own CAS. (w is null only if the waiters were
+    // killed at shutdown since our CAS; their unlink cleared kWaiters, and
+    // the kWoken we set stays, as for any hand-off to a killed task.)
+    if (q.empty()) state_.fetch_and(~kWaiters, std::memory_order_relaxed);
+    return w;
+  });
+}
+
+// unlock_starving(): under the queue lock (parking_queue.hpp, P2), keep
+// kLocked and hand the mutex to the first waiter. The state is re-read
+// there: lockers change it only under this lock while kLocked is set.
+void mutex::unlock_starving() {
   q_.wake([&](detail::waitq* queues) -> detail::waiter* {
     detail::waitq& q = queues[0];
     std::uint32_t s = state_.load(std::memory_order_relaxed);
     for (;;) {
-      if (!(s & kLocked)) {
-        misuse = true;
-        return nullptr;
-      }
-      if (s & kStarving) {
-        // kStarving implies kWaiters, so the queue is not empty (a killed
-        // last waiter clears both under this lock).
-        auto* w = static_cast<wait_awaiter*>(q.front());
-        const bool last = w->next == nullptr;
-        const bool short_wait = detail::mono_now_ns() - w->start_ns < kStarvationNs;
-        std::uint32_t ns = s;  // kLocked stays set: ownership passes to w
-        if (last || short_wait) ns &= ~kStarving;
-        if (last) ns &= ~kWaiters;
-        // Release: with ready(), orders our critical section before w's.
+      auto* w = static_cast<wait_awaiter*>(q.front());
+      if (w == nullptr || !(s & kStarving)) {
+        // The starving waiters were killed (the last one's unlink cleared
+        // kStarving and kWaiters) since unlock() read kStarving: unlock as
+        // in normal mode, waking the first waiter if one is left (release,
+        // as in unlock()).
+        const bool wake = w != nullptr && (s & kWaiters) && !(s & kWoken);
+        std::uint32_t ns = (s & ~kLocked) | (wake ? kWoken : 0);
+        if (wake && w->next == nullptr) ns &= ~kWaiters;
         if (!state_.compare_exchange_weak(s, ns, std::memory_order_release,
                                           std::memory_order_relaxed))
           continue;
-        q.pop_front();
-        w->handoff = true;
-        return w;
+        if (!wake) return nullptr;
+        return q.pop_front();
       }
-      std::uint32_t ns = s & ~kLocked;
-      const bool wake = (s & kWaiters) && !(s & kWoken);
-      if (wake) {
-        ns |= kWoken;
-        if (q.front()->next == nullptr) ns &= ~kWaiters;  // taking the last one
-      }
-      // Release: publishes the critical section, as in unlock(). kWoken
-      // tells later unlockers a waiter is on its way; it retries with its
-      // own acquire CAS.
-      if (state_.compare_exchange_weak(s, ns, std::memory_order_release,
-                                       std::memory_order_relaxed))
-        return wake ? q.pop_front() : nullptr;
+      const bool last = w->next == nullptr;
+      const bool short_wait = detail::mono_now_ns() - w->start_ns < kStarvationNs;
+      std::uint32_t ns = s;  // kLocked stays set: ownership passes to w
+      if (last || short_wait) ns &= ~kStarving;
+      if (last) ns &= ~kWaiters;
+      // Release: with ready(), orders our critical section before w's.
+      if (!state_.compare_exchange_weak(s, ns, std::memory_order_release,
+                                        std::memory_order_relaxed))
+        continue;
+      q.pop_front();
+      w->handoff = true;
+      return w;
     }
   });
-  if (misuse) throw sync_misuse_error("mpg::mutex: unlock of unlocked mutex");
 }
 
 }  // namespace mpg
