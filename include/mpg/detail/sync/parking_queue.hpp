@@ -36,7 +36,11 @@
 //     (the fast paths: one CAS), or
 //   - publishes its change to S inside wake(), under the lock, and then
 //     touches only the lock's release store (readying the waiters it took
-//     touches their frames, never the object).
+//     touches their frames, never the object), or
+//   - publishes with a CAS that also claims, in S, the duty to wake a
+//     waiter that is still queued (mutex: kWoken), and then calls wake():
+//     until that waiter is readied it has not returned from its operation,
+//     so nobody may destroy the object, and no other party can ready it.
 // ~parking_queue takes the lock once: a destroyer that saw the release in S
 // before the releaser's unlock waits there for it (and, for TSan, acquires
 // it). Nothing else in a release path comes back to the object.
