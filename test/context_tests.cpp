@@ -224,15 +224,15 @@ TEST_CASE("context: tasks killed at shutdown waiting on done() leave it sound fo
 
 // A task killed at shutdown holding the only handle to a deadline context
 // cancels its timer (~context_node) while the runtime kills tasks. A sleeper
-// killed before it (lower id) had its timer in the same heap, below the
+// killed before it (newer: higher id) had its timer in the same heap, below the
 // context's (later deadline): the cancel moves it, so it must be out of the
 // heap before its frame is freed (ASan, where the frame cache is off).
 mpg::task<void> park_sleeper_then_deadline_holder() {
-  mpg::go([]() -> mpg::task<void> { co_await mpg::sleep_for(2h); }(), "sleeper");
   mpg::go([]() -> mpg::task<void> {
     auto [ctx, cancel] = mpg::with_timeout(mpg::background(), 1h);
     (void)co_await ctx.done().recv();
   }(), "deadline holder");
+  mpg::go([]() -> mpg::task<void> { co_await mpg::sleep_for(2h); }(), "sleeper");
   co_await mpg_test::yield_some(10);  // both park (one P)
 }
 

@@ -254,8 +254,8 @@ mpg::task<void> hold_until_killed(mpg::mutex* m, mpg::chan<int> never) {
 mpg::task<void> park_locker_then_holder(mpg::mutex* m) {
   mpg::chan<int> never;
   if (!m->try_lock()) throw std::logic_error("mutex not free");
-  mpg::go(park_in_lock(m), "locker");              // lower id: killed first
   mpg::go(hold_until_killed(m, never), "holder");  // unlocks m when killed
+  mpg::go(park_in_lock(m), "locker");              // newer: killed first
   co_await yield_some(10);                         // both park (one P)
 }
 

@@ -2,9 +2,13 @@
 // runnable tasks are destroyed (their frames, and every frame they await,
 // run their destructors and are freed: LSan in the ASan build checks the
 // freeing), a join_handle that outlives its runtime can still be
-// dropped, and sleepers killed on every P leave no timer in a freed frame.
+// dropped, sleepers killed on every P leave no timer in a freed frame, and
+// a waiter parked on a primitive in another killed task's frame (a parent's,
+// or a younger task's) never unlinks itself from freed memory.
 // The shutdown report goes to stderr.
 #include <doctest/doctest.h>
+
+#include "test_support.hpp"
 
 #include <mpg/mpg.hpp>
 
@@ -176,8 +180,8 @@ mpg::task<void> parked_holding_closer(mpg::chan<int> c, mpg::chan<int> never) {
 
 mpg::task<void> park_receiver_then_closer() {
   mpg::chan<int> c, never;
-  mpg::go(parked_receiver(c), "receiver");                   // lower id: killed first
   mpg::go(parked_holding_closer(c, never), "closer-holder");  // closes c when killed
+  mpg::go(parked_receiver(c), "receiver");                   // newer: killed first
   for (int i = 0; i < 10; ++i) co_await mpg::yield();       // both park (one P)
 }
 
@@ -218,4 +222,110 @@ TEST_CASE("~runtime kills sleepers on every P without touching their freed timer
     REQUIRE(wait_until([&] { return started.load() == kSleepers; }));
   }
   CHECK(dtors.load() == kSleepers);
+}
+
+// Frames that borrow a sync object from another killed frame. ~runtime frees
+// the killed frames one after another; a waiter parked on a primitive that
+// lives in another task's frame must not unlink itself from freed memory,
+// whichever of the two frames goes first (ASan: the frame cache is off).
+namespace {
+
+// The parent owns the primitives in its frame, holds them, and spawns
+// children that park on them; then it parks for good itself.
+mpg::task<void> parent_owning_primitives(std::atomic<int>* parked) {
+  mpg::mutex m;
+  mpg::semaphore sem(0);
+  mpg::wait_group wg;
+  mpg::rwmutex rw;
+  mpg::chan<int> ch;
+  co_await m.lock();
+  co_await rw.lock();
+  wg.add(1);
+  mpg::go([](mpg::mutex* m) -> mpg::task<void> { co_await m->lock(); }(&m), "mutex-child");
+  mpg::go([](mpg::semaphore* s) -> mpg::task<void> { co_await s->acquire(); }(&sem), "sem-child");
+  mpg::go([](mpg::wait_group* wg) -> mpg::task<void> { co_await wg->wait(); }(&wg), "wg-child");
+  mpg::go([](mpg::rwmutex* rw) -> mpg::task<void> { co_await rw->lock_shared(); }(&rw),
+          "rw-child");
+  // By reference: the parent's handle is the only one.
+  mpg::go([](mpg::chan<int>* ch) -> mpg::task<void> { (void)co_await ch->recv(); }(&ch),
+          "chan-child");
+  parked->store(1);
+  co_await park_forever{};
+}
+
+// The reverse: older tasks park on primitives that live in a younger
+// task's frame. The younger one publishes its primitives, then parks.
+struct borrowed {
+  std::atomic<mpg::mutex*> m{nullptr};
+  std::atomic<mpg::semaphore*> sem{nullptr};
+  std::atomic<mpg::wait_group*> wg{nullptr};
+};
+
+template <class T>
+mpg::task<T*> take(std::atomic<T*>* p) {
+  while (p->load() == nullptr) co_await mpg::yield();
+  co_return p->load();
+}
+
+mpg::task<void> younger_owner(borrowed* b) {
+  mpg::mutex m;
+  mpg::semaphore sem(0);
+  mpg::wait_group wg;
+  co_await m.lock();
+  wg.add(1);
+  b->m.store(&m);
+  b->sem.store(&sem);
+  b->wg.store(&wg);
+  co_await park_forever{};
+}
+
+mpg::task<void> older_borrowers(borrowed* b) {
+  mpg::go(
+      [](borrowed* b) -> mpg::task<void> {
+        mpg::mutex* m = co_await take(&b->m);
+        co_await m->lock();
+      }(b),
+      "old-mutex");
+  mpg::go(
+      [](borrowed* b) -> mpg::task<void> {
+        mpg::semaphore* s = co_await take(&b->sem);
+        co_await s->acquire();
+      }(b),
+      "old-sem");
+  mpg::go(
+      [](borrowed* b) -> mpg::task<void> {
+        mpg::wait_group* wg = co_await take(&b->wg);
+        co_await wg->wait();
+      }(b),
+      "old-wg");
+  mpg::go(younger_owner(b), "young-owner");
+  co_await mpg_test::yield_some(50);  // one P: all of them park
+}
+
+}  // namespace
+
+TEST_CASE("~runtime frees a parent owning primitives whose children wait on them") {
+  std::atomic<int> parked{0};
+  {
+    mpg::runtime rt({.procs = 1});
+    rt.go(parent_owning_primitives(&parked), "parent");
+    REQUIRE(wait_until([&] {
+      return parked.load() == 1 && mpg_test::dump_shows(rt, "mutex lock") &&
+             mpg_test::dump_shows(rt, "semaphore acquire") &&
+             mpg_test::dump_shows(rt, "wait_group wait") &&
+             mpg_test::dump_shows(rt, "rwmutex lock_shared") &&
+             mpg_test::dump_shows(rt, "chan receive");
+    }));
+  }
+}
+
+TEST_CASE("~runtime frees a younger task owning primitives that older tasks wait on") {
+  borrowed b;
+  {
+    mpg::runtime rt({.procs = 1});
+    rt.block_on(older_borrowers(&b));
+    REQUIRE(mpg_test::dump_shows(rt, "mutex lock"));
+    REQUIRE(mpg_test::dump_shows(rt, "semaphore acquire"));
+    REQUIRE(mpg_test::dump_shows(rt, "wait_group wait"));
+  }
 }

@@ -201,11 +201,10 @@ TEST_CASE("tasks killed at shutdown in sleep_for and sleep_until leave no timer 
   }  // kills both sleepers; their timers were still in the heap
 }
 
-// The sleeper parks first (lower id: killed first) and sleeps longer, so
+// The sleeper is spawned last (newest: killed first) and sleeps longer, so
 // the after() timers sit above it in the heap: cancelling them (by the
 // later-killed tasks' destructors) moves the sleeper's timer up.
 mpg::task<void> park_sleeper_then_after_holders() {
-  mpg::go([]() -> mpg::task<void> { co_await mpg::sleep_for(2h); }(), "sleeper");
   mpg::go([]() -> mpg::task<void> {
     mpg::chan<int> never;
     (void)co_await mpg::select(never.recv(), mpg::after(1h).recv());
@@ -215,6 +214,7 @@ mpg::task<void> park_sleeper_then_after_holders() {
     mpg::chan<int> never;
     (void)co_await never.recv();
   }(), "after holder");
+  mpg::go([]() -> mpg::task<void> { co_await mpg::sleep_for(2h); }(), "sleeper");
   co_await mpg_test::yield_some(10);  // all three park (one P)
 }
 

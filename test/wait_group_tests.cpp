@@ -1,8 +1,10 @@
 // test/wait_group_tests.cpp: mpg::wait_group. wait() on zero returns at
 // once; waiters park until the counter reaches zero and all of them wake;
 // the work of the tasks is visible after wait() (plain data); a negative
-// counter throws and leaves the counter as it was; reuse across rounds; a
-// waiter killed at shutdown leaves the group sound for a later done().
+// counter throws and leaves the counter as it was; reuse across rounds,
+// also with done() from a plain thread racing the waiter (no waiter is woken
+// by the previous round's done() while the counter is not zero); a waiter
+// killed at shutdown leaves the group sound for a later done().
 #include <doctest/doctest.h>
 
 #include "test_support.hpp"
@@ -11,6 +13,7 @@
 
 #include <atomic>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -116,6 +119,88 @@ TEST_CASE("wait_group: a waiter killed at shutdown leaves the group sound for a 
   }  // kills the queued waiter
   wg.done();
   CHECK(wg.count() == 0);
+}
+
+// Reuse with done() from a plain thread. Rounds alternate: in a racing
+// round the thread calls done() as soon as the waiter announces the round,
+// so its decrement lands while the waiter is in wait() (often holding the
+// queue lock to re-check the counter, which makes done() back off); in the
+// checking round that follows the thread calls done() only once the waiter
+// is parked. A done() that decides "I reached zero" apart from the state it
+// then wakes on (a late wake-up of the racing round) readies the waiter of
+// the checking round while the counter is still 1: the waiter sees it.
+struct reuse_shared {
+  mpg::wait_group wg;
+  std::atomic<int> announced{0};  // the round the waiter has added for
+  std::atomic<bool> stop{false};
+  std::atomic<int> early{0};      // wake-ups with a non-zero counter
+};
+
+mpg::task<void> reuse_waiter(reuse_shared* s, int rounds) {
+  for (int r = 1; r <= rounds; ++r) {
+    s->wg.add(1);
+    s->announced.store(r, std::memory_order_release);
+    co_await s->wg.wait();
+    // Only this round's done() may wake us, and it is the only one: the
+    // counter must be 0. A waiter woken early waits again, so the thread's
+    // done() for this round still finds it.
+    while (s->wg.count() != 0) {
+      s->early.fetch_add(1);
+      co_await s->wg.wait();
+    }
+  }
+}
+
+void reuse_doer(reuse_shared* s, const mpg::runtime* rt, int rounds) {
+  for (int r = 1; r <= rounds; ++r) {
+    // Spin without yielding: the racing round needs done() to follow the
+    // announcement closely (bounded: the waiter announces at once).
+    for (int spins = 0; s->announced.load(std::memory_order_acquire) < r; ++spins) {
+      if (s->stop.load()) return;
+      if (spins > 1000) std::this_thread::yield();
+    }
+    if (r % 2 == 0) {
+      // Checking round: done() only once the waiter is parked.
+      while (!mpg_test::dump_shows(*rt, "wait_group wait")) {
+        if (s->stop.load()) return;
+        std::this_thread::yield();
+      }
+    }
+    s->wg.done();
+  }
+}
+
+// A second waiter that only adds traffic on the group's lock: it re-checks
+// the counter under the lock whenever the counter is not zero, which is
+// when the thread's done() is about to take that lock too.
+mpg::task<void> reuse_noise(reuse_shared* s) {
+  while (!s->stop.load(std::memory_order_relaxed)) co_await s->wg.wait();
+}
+
+mpg::task<void> reuse_main(reuse_shared* s, int rounds) {
+  auto noise = mpg::spawn(reuse_noise(s));
+  co_await reuse_waiter(s, rounds);
+  s->stop.store(true);
+  s->wg.add(1);  // wake the noise waiter if it is parked
+  s->wg.done();
+  co_await noise;
+}
+
+TEST_CASE("wait_group: reused with done() from a plain thread, no waiter wakes while the count is 1") {
+  constexpr int kRounds = 30000;
+  reuse_shared s;
+  mpg::runtime rt({.procs = 2});
+  std::thread doer(reuse_doer, &s, &rt, kRounds);
+  try {
+    rt.block_on(reuse_main(&s, kRounds));
+  } catch (...) {
+    s.stop.store(true);
+    doer.join();
+    throw;
+  }
+  doer.join();
+  CHECK(s.early.load() == 0);
+  CHECK(s.wg.count() == 0);
 }
 
 }  // namespace

@@ -61,6 +61,12 @@
 // spinlock.hpp argues for it against absl::Mutex): every section is a few
 // pointer updates and at most one move of T.
 //
+// Destruction: the state goes with the last handle (refs_, acq_rel), so a
+// send, receive or close never touches a freed channel: its caller holds a
+// handle until it returns. At shutdown a killed frame may hold the last
+// handle of a channel that another killed task waits on by reference:
+// ~chan_base detaches such waiters (detail/waitq.hpp, kQueued).
+//
 // Memory ordering: everything a channel operation reads or writes is under
 // the channel's lock (acquire/release), including the value handed to a
 // parked waiter; the woken task then reads it after ready(), which orders
@@ -131,7 +137,16 @@ struct send_node : waiter {
 class chan_base {
  public:
   explicit chan_base(std::size_t cap) noexcept : cap_(cap) {}
-  virtual ~chan_base() = default;
+  // Freed with waiters still queued: only at runtime shutdown, when the
+  // frame that held the last handle was killed before the frames of tasks
+  // that borrowed the channel by reference and wait on it. Detach them
+  // (waitq::detach_all), so that their awaiters' destructors leave this
+  // memory alone.
+  virtual ~chan_base() {
+    spin_guard lk(lock_);
+    recvq_.detach_all();
+    sendq_.detach_all();
+  }
   chan_base(const chan_base&) = delete;
   chan_base& operator=(const chan_base&) = delete;
 

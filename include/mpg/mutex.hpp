@@ -9,18 +9,31 @@
 // mpg::sync_misuse_error. As in Go, a mutex is not tied to a task: one task
 // may lock it and another unlock it.
 //
-// Design (Go's sync/mutex.go, with the semaphore replaced by an intrusive
-// FIFO of parked waiters under a small spinlock). One atomic word, state_:
+// Design (Go's sync/mutex.go; Go's semaphore is mpg's detail::parking_queue,
+// which also holds the protocol and the destruction rule). One atomic word,
+// state_:
 //   kLocked   the mutex is held.
 //   kWoken    an unlocker has readied a waiter that has not yet retried;
 //             other unlockers need not wake anyone.
 //   kStarving starvation mode (below).
 //   kWaiters  the queue of parked waiters is non-empty (kept exact under
-//             qlock_: set with the first push, cleared with the last pop).
+//             the queue lock: set with the first push, cleared with the
+//             last pop).
 // lock() fast path: one CAS that sets kLocked when neither kLocked nor
-// kStarving is set. unlock() fast path: one CAS that clears kLocked; only
-// when kWaiters is set and no waiter is already on its way (kWoken) does it
-// take qlock_ and ready the first waiter.
+// kStarving is set. unlock() fast path: one CAS that clears kLocked, its
+// last touch of the mutex. With waiters and none on its way (kWoken clear),
+// the releasing CAS also sets kWoken: the unlocker claims the wake-up, so
+// no other unlocker can ready the first waiter before it does, and that
+// waiter, which has not returned from lock(), keeps the mutex in use until
+// the unlocker, under the queue lock, has either popped and readied it, or
+// handed the claim back because a locker took the mutex meanwhile (whose
+// unlock then wakes, as in Go). In starvation mode unlock() keeps kLocked
+// and hands the mutex over under the queue lock. So no unlock touches the
+// mutex once a task that could destroy it can see it free: the mutex may be
+// destroyed right after the last unlock (parking_queue.hpp, "Destruction").
+// (Go releases with one RMW and claims the wake-up with a second; between
+// the two, another unlocker can wake the waiter, which may then return and
+// free the mutex: only a garbage collector makes that second touch safe.)
 //
 // Two modes, as in Go.
 //   Normal: a readied waiter does not own the mutex; it competes for it
@@ -45,38 +58,38 @@
 // never held across that yield.
 //
 // Shutdown: a locker killed while parked (~runtime destroys its frame)
-// unlinks its waiter from the queue in its destructor, under qlock_ (the
-// kQueued bit of detail/waitq.hpp); the last one out also clears kWaiters
-// and kStarving. So an unlock() that runs later (from another destructor
-// of the same shutdown, or after the runtime is gone) neither touches
-// freed memory nor hands the mutex to nobody. Not undone: a hand-off
-// already in flight to a task killed before it ran. The mutex handed to it
-// in starvation mode stays locked (as one held by a killed task does), and
-// the kWoken set for it stays set, so parked waiters are not woken again.
+// unlinks its waiter from the queue in its destructor (parking_queue.hpp,
+// P3); the last one out also clears kWaiters and kStarving. So an unlock()
+// that runs later (from another destructor of the same shutdown, or after
+// the runtime is gone) neither touches freed memory nor hands the mutex to
+// nobody. A mutex destroyed with lockers still queued detaches them. Not
+// undone: a hand-off already in flight to a task killed before it ran. The
+// mutex handed to it in starvation mode stays locked (as one held by a
+// killed task does), and the kWoken set for it stays set, so parked
+// waiters are not woken again.
 //
 // Rejected: direct hand-off in every unlock (a fair FIFO lock): each
 // contended unlock then costs a task switch before the lock can be used
 // again, which is what normal mode avoids. A waiter count in the state word
-// (Go): the exact queue is under qlock_ anyway, so one bit suffices.
+// (Go): the exact queue is under the queue lock anyway, so one bit suffices.
 //
-// Invariants (for the state word read with qlock_ held):
+// Invariants (for the state word read with the queue lock held):
 //   - kWaiters iff the queue is non-empty (pushes set it; wake_one,
 //     unlock_starving and a killed waiter's unlink clear it with the last).
 //   - kStarving implies kLocked and kWaiters.
 //   - kWoken is set by at most one unlocker until the woken waiter clears it
-//     (by acquiring, or by parking again).
+//     (by acquiring, or by parking again), or that unlocker gives it back.
 //
 // Memory ordering: a successful lock is an acquire CAS on state_ and every
 // unlock a release CAS, so a critical section happens-before the next
 // owner's. In starvation mode ownership passes without clearing kLocked;
 // the release CAS in unlock and the ready() of the new owner (release/
 // acquire through the run queues, g.hpp) order the previous section before
-// it. The queue and the waiters' fields are guarded by qlock_ (acquire/
-// release). kWoken and kWaiters updates that do not transfer ownership are
-// relaxed: they are hints re-read under qlock_ or by a later CAS.
+// it. The queue and the waiters' fields are guarded by the queue lock
+// (acquire/release). kWoken and kWaiters updates that do not transfer
+// ownership are relaxed: they are hints re-read under the queue lock or by
+// a later CAS.
 #pragma once
-
-#include <absl/base/thread_annotations.h>
 
 #include <atomic>
 #include <coroutine>
@@ -85,7 +98,7 @@
 #include <utility>
 
 #include "mpg/detail/sched/g.hpp"
-#include "mpg/detail/sync/spinlock.hpp"
+#include "mpg/detail/sync/parking_queue.hpp"
 #include "mpg/detail/sync/waitq.hpp"
 #include "mpg/spawn.hpp"
 #include "mpg/task.hpp"
@@ -149,8 +162,7 @@ class mutex {
   static constexpr std::uint32_t kWaiters = 8;
 
   std::atomic<std::uint32_t> state_{0};
-  detail::spinlock qlock_;
-  detail::waitq waiters_ ABSL_GUARDED_BY(qlock_);
+  detail::parking_queue<> q_;
 };
 
 // mutex::lock_awaiter

@@ -11,25 +11,26 @@
 // counts as done (Go: "if f panics, Do considers it to have returned").
 //
 // Design. An atomic state (idle, running, done) for the fast path: a call on
-// a done once is one acquire load. The first caller turns idle into running
-// under a spinlock that also guards the queue of parked callers; it runs f
-// outside the lock, then sets done and readies every queued caller. The
-// slow path is a small coroutine (it must await f), entered by symmetric
-// transfer, so a done once costs no allocation.
+// a done once is one acquire load. Parked callers wait in a detail::
+// parking_queue (the protocol, and the rule that lets the once be destroyed
+// by the last caller to return, are there). The first caller turns idle
+// into running under the queue lock; it runs f outside the lock, then, under
+// the lock again, sets done and takes every queued caller, and readies them
+// after it. The slow path is a small coroutine (it must await f), entered by
+// symmetric transfer, so a done once costs no allocation.
 //
 // Shutdown: a caller killed while it waits (~runtime destroys its frame)
-// unlinks itself in its awaiter's destructor, under qlock_ (the kQueued bit
-// of detail/waitq.hpp), so the runner's finish(), on another runtime or
-// after this one is gone, readies only live callers. A runner killed while
-// f runs never finishes: the once stays running and its callers wait on.
+// unlinks itself in its awaiter's destructor (parking_queue.hpp, P3), so the
+// runner's finish(), on another runtime or after this one is gone, readies
+// only live callers. A once destroyed with callers still queued detaches
+// them. A runner killed while f runs never finishes: the once stays running
+// and its callers wait on.
 //
 // Memory ordering: the runner stores done with release after f completes;
 // the fast path loads it with acquire, so f's effects happen-before any call
 // that returns without parking. Parked callers are ordered after f through
-// qlock_ and ready().
+// the queue lock and ready().
 #pragma once
-
-#include <absl/base/thread_annotations.h>
 
 #include <atomic>
 #include <coroutine>
@@ -41,7 +42,7 @@
 #include <utility>
 
 #include "mpg/detail/sched/g.hpp"
-#include "mpg/detail/sync/spinlock.hpp"
+#include "mpg/detail/sync/parking_queue.hpp"
 #include "mpg/detail/sync/waitq.hpp"
 #include "mpg/task.hpp"
 
@@ -77,7 +78,8 @@ class once {
   bool done() const noexcept { return state_.load(std::memory_order_acquire) == kDone; }
 
  private:
-  // One attempt under qlock_: become the runner, find it done, or park.
+  // One attempt under the queue lock: become the runner, find it done, or
+  // park.
   struct wait_awaiter : detail::waiter {
     wait_awaiter(once* o, std::source_location w) noexcept : self(o), where(w) {}
     // Destroyed while still queued: only when its task is killed at runtime
@@ -120,8 +122,7 @@ class once {
   static constexpr std::uint32_t kDone = 2;
 
   std::atomic<std::uint32_t> state_{kIdle};
-  detail::spinlock qlock_;
-  detail::waitq waiters_ ABSL_GUARDED_BY(qlock_);
+  detail::parking_queue<> q_;
 };
 
 template <class F>

@@ -14,33 +14,36 @@
 // writer, so a stream of writers cannot starve readers either. Phases of
 // readers and writers alternate while both wait.
 //
-// Design. One atomic word carries the fast paths, and a spinlock guards two
-// FIFO queues (readers, writers) of parked waiters:
+// Design. One atomic word carries the fast paths, and a detail::
+// parking_queue with two FIFOs (readers, writers) holds the parked waiters
+// (and the protocol, and the rule that lets the rwmutex be destroyed right
+// after its last unlock):
 //   bits 0..28  readers holding the lock
 //   kWriter     a writer holds the lock
 //   kWriterWait a writer is queued (new readers must queue)
 //   kReaderWait a reader is queued (the writer's unlock must admit it)
 // Fast paths are single CAS operations: lock_shared() adds a reader when
-// neither kWriter nor kWriterWait is set; unlock_shared() drops one; lock()
-// turns 0 into kWriter; unlock() turns kWriter into 0. Everything else goes
-// through qlock_ and hands the lock over directly: the last reader out passes
-// it to the first queued writer; a writer's unlock passes it to all queued
-// readers (or, if none, to the next writer). A woken waiter therefore owns
+// neither kWriter nor kWriterWait is set; unlock_shared() drops one (unless
+// it is the last reader and a writer waits); lock() turns 0 into kWriter;
+// unlock() turns kWriter into 0. Each fast path's CAS is its last touch.
+// Everything else goes through the queue lock, where one store or CAS both
+// releases and hands the lock over: the last reader out passes it to the
+// first queued writer; a writer's unlock passes it to all queued readers
+// (or, if none, to the next writer). A woken waiter therefore owns
 // the lock when it resumes and never retries, so each park/resume is one
 // await (no slow-path coroutine, unlike mutex, whose normal mode lets
 // arrivals barge for throughput; here fairness is the point).
 //
 // Shutdown: a waiter killed while parked (~runtime destroys its frame)
-// unlinks itself in its awaiter's destructor, under qlock_ (the kQueued bit
-// of detail/waitq.hpp), clearing kReaderWait or kWriterWait with the last
-// of its kind. The last queued writer to go also admits the readers queued
+// unlinks itself in its awaiter's destructor (parking_queue.hpp, P3),
+// clearing kReaderWait or kWriterWait with the last of its kind. The last queued writer to go also admits the readers queued
 // behind it unless a writer holds the lock (whose unlock admits them), as
 // its own unlock would have: they waited only for it. So a later unlock
-// neither touches freed memory nor leaves readers waiting for nobody. Not
-// undone: a hand-off already in flight to a task killed before it ran (the
+// neither touches freed memory nor leaves readers waiting for nobody. An
+// rwmutex destroyed with waiters still queued detaches them. Not undone: a hand-off already in flight to a task killed before it ran (the
 // lock stays held, as by any killed holder).
 //
-// Invariants (with qlock_ held):
+// Invariants (with the queue lock held):
 //   - kWriter implies reader count 0.
 //   - kWriterWait iff the writers queue is non-empty.
 //   - kReaderWait iff the readers queue is non-empty; it implies kWriter or
@@ -49,12 +52,10 @@
 // Memory ordering: acquiring (shared or exclusive) is an acquire CAS, and
 // releasing a release CAS, on state_: writers' sections happen-before later
 // readers' and writers' sections, and readers' before the next writer's
-// (the last reader's release CAS is read by the handoff under qlock_, and
-// the hand-off reaches the new owner through qlock_ and ready(), both
-// release/acquire). Queue and waiter fields are guarded by qlock_.
+// (the last reader's acq_rel CAS, made under the queue lock, heads the
+// hand-off, which reaches the new owner through the lock and ready(), both
+// release/acquire). Queue and waiter fields are guarded by the queue lock.
 #pragma once
-
-#include <absl/base/thread_annotations.h>
 
 #include <atomic>
 #include <coroutine>
@@ -62,7 +63,7 @@
 #include <source_location>
 
 #include "mpg/detail/sched/g.hpp"
-#include "mpg/detail/sync/spinlock.hpp"
+#include "mpg/detail/sync/parking_queue.hpp"
 #include "mpg/detail/sync/waitq.hpp"
 
 namespace mpg {
@@ -115,6 +116,7 @@ class rwmutex {
  private:
   bool lock_slow(detail::waiter* w, bool writer, std::coroutine_handle<> h,
                  const std::source_location& where);
+  void unlock_shared_slow();
   void unqueue(detail::waiter* w, bool writer) noexcept;
 
   static constexpr std::uint32_t kWriter = 1u << 31;
@@ -122,14 +124,15 @@ class rwmutex {
   static constexpr std::uint32_t kReaderWait = 1u << 29;
   static constexpr std::uint32_t kReaders = kReaderWait - 1;  // mask of the count
 
+  static constexpr unsigned kReaderQ = 0;  // queue indices in q_
+  static constexpr unsigned kWriterQ = 1;
+
   std::atomic<std::uint32_t> state_{0};
-  detail::spinlock qlock_;
-  detail::waitq readers_ ABSL_GUARDED_BY(qlock_);
-  detail::waitq writers_ ABSL_GUARDED_BY(qlock_);
+  detail::parking_queue<2> q_;
 };
 
 // rwmutex::lock_awaiter / shared_awaiter: fast path in await_ready (then
-// the cooperative budget), slow path parks under qlock_ and resumes owning
+// the cooperative budget), slow path parks under the queue lock and resumes owning
 // the lock. One template: they differ only in which side they take.
 template <bool Exclusive>
 class [[nodiscard]] rwmutex::acquire_awaiter : private detail::waiter {

@@ -11,35 +11,37 @@
 // the initial count throws mpg::sync_misuse_error.
 //
 // Design. One atomic word, state_ = 2 * permits | kWaiters, and a
-// spinlock-guarded FIFO of parked waiters.
+// detail::parking_queue of parked waiters (which holds the protocol and the
+// rule that lets the semaphore be destroyed right after the last release).
 //   acquire fast path: a CAS taking a permit when permits > 0.
-//   release fast path: a CAS adding a permit when kWaiters is clear.
-//   Otherwise under qlock_: an acquirer that finds no permit sets kWaiters
-//   (CAS) and queues; a releaser that finds kWaiters pops the first waiter
-//   and hands it the permit (the count does not change), clearing kWaiters
-//   with the last one.
+//   release fast path: a CAS adding a permit when kWaiters is clear; the
+//   CAS is the release's last touch of the semaphore.
+//   Otherwise under the queue lock: an acquirer that finds no permit sets
+//   kWaiters (CAS) and queues; a releaser that finds kWaiters pops the first
+//   waiter and hands it the permit (the count does not change), clearing
+//   kWaiters with the last one; one that finds the queue emptied meanwhile
+//   adds its permit there, under the lock.
 // Because the acquirer's "set kWaiters" and the releaser's "add a permit"
 // are CASes on one word, one of them sees the other: no permit is added
 // while a waiter is left parked, and no waiter parks while a permit is free.
 //
 // Shutdown: an acquirer killed while parked (~runtime destroys its frame)
-// unlinks itself in its awaiter's destructor, under qlock_ (the kQueued bit
-// of detail/waitq.hpp), clearing kWaiters with the last one; a later
-// release() then returns its permit as usual instead of handing it to
-// freed memory. Not undone: a permit already handed to a task killed
-// before it ran (lost, as one held by any killed task).
+// unlinks itself in its awaiter's destructor (parking_queue.hpp, P3),
+// clearing kWaiters with the last one; a later release() then returns its
+// permit as usual instead of handing it to freed memory. A semaphore
+// destroyed with acquirers still queued detaches them. Not undone: a permit
+// already handed to a task killed before it ran (lost, as one held by any
+// killed task).
 //
-// Invariants (with qlock_ held): kWaiters iff the queue is non-empty;
+// Invariants (with the queue lock held): kWaiters iff the queue is non-empty;
 // kWaiters implies permits == 0; 0 <= permits <= initial count.
 //
 // Memory ordering: taking a permit is an acquire CAS and returning one a
 // release CAS, so whatever a releaser did before release() happens-before
-// the acquirer's use of that permit; a hand-off is ordered by qlock_ and
-// ready() (release/acquire). kWaiters changes are relaxed: they are re-read
-// under qlock_.
+// the acquirer's use of that permit; a hand-off is ordered by the queue
+// lock and ready() (release/acquire). kWaiters changes are relaxed: they are
+// re-read under the queue lock.
 #pragma once
-
-#include <absl/base/thread_annotations.h>
 
 #include <atomic>
 #include <coroutine>
@@ -47,7 +49,7 @@
 #include <source_location>
 
 #include "mpg/detail/sched/g.hpp"
-#include "mpg/detail/sync/spinlock.hpp"
+#include "mpg/detail/sync/parking_queue.hpp"
 #include "mpg/detail/sync/waitq.hpp"
 
 namespace mpg {
@@ -83,6 +85,7 @@ class semaphore {
   }
 
   // semaphore::release(): returns a permit, or hands it to the first waiter.
+  // Any thread may call it.
   void release();
 
   // available(): free permits now (a snapshot).
@@ -91,14 +94,14 @@ class semaphore {
  private:
   bool acquire_slow(detail::waiter* w, std::coroutine_handle<> h,
                     const std::source_location& where);
+  void release_slow();
   void unqueue(detail::waiter* w) noexcept;
 
   static constexpr std::int64_t kWaiters = 1;
 
   std::atomic<std::int64_t> state_;
   const std::int64_t max_;
-  detail::spinlock qlock_;
-  detail::waitq waiters_ ABSL_GUARDED_BY(qlock_);
+  detail::parking_queue<> q_;
 };
 
 class [[nodiscard]] semaphore::acquire_awaiter : private detail::waiter {

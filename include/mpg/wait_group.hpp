@@ -10,32 +10,45 @@
 // new round (counter at zero) must happen before the wait()s of that round;
 // a wait_group may be reused once the previous round's waiters are released.
 //
-// Design. An atomic counter for the fast paths (add/done are one CAS; wait()
-// on a zero counter is one load), and a spinlock-guarded FIFO of parked
-// waiters. A waiter re-checks the counter under the lock before parking, and
-// whoever takes the counter to zero takes the lock afterwards to wake every
-// waiter, so no wake-up is lost: either the waiter's check (under the lock)
-// comes after the decrement and sees zero, or it comes before, and the
-// waiter is queued before the waker's lock acquisition finds it.
+// Design (Go's sync.WaitGroup). One 64-bit atomic word, state_: the counter
+// in the high 32 bits (signed), the number of queued waiters in the low 32;
+// parked waiters wait in a detail::parking_queue (its protocol, and why a
+// release never touches the group after a waiter can see it, are there).
+//   wait(): a zero counter -> return (one acquire load). Otherwise, under the
+//     queue lock: a zero counter -> return; else the waiter count goes up
+//     by one (CAS) and the task parks.
+//   add(): one CAS on state_, unless it takes the counter to zero while the
+//     waiter count is not zero. That crossing is made under the queue lock:
+//     the CAS sets the whole word to zero and the same section takes every
+//     waiter off, so the decision to wake and the waiters it wakes are one
+//     step, and a crossing with no waiter wakes nobody and takes no lock.
+//     A done() that reaches zero can therefore never wake a waiter of the
+//     next round (one that queued after the crossing finds the count it
+//     raised in the word, and queues for that round's zero).
+//
+// Rejected: a counter alone, with the queue of waiters consulted after the
+// CAS that reaches zero. Between the two, a waiter of the next round can
+// add, queue and then be woken by the old round's zero while its count is
+// not zero, and the waiter of this round, seeing zero, may already have
+// destroyed the group.
 //
 // Shutdown: a waiter killed while parked (~runtime destroys its frame)
-// unlinks itself in its awaiter's destructor, under qlock_ (the kQueued bit
-// of detail/waitq.hpp), so the add() that reaches zero later, on another
-// runtime or after this one is gone, wakes only live waiters.
+// unlinks itself and lowers the waiter count in its awaiter's destructor;
+// a group destroyed with waiters still queued detaches them
+// (parking_queue.hpp, "Shutdown").
 //
-// Rejected: packing counter and waiter count into one 64-bit word and
-// waking through a semaphore (Go's layout): with an intrusive queue the
-// waiter count is redundant.
+// Invariants (under the queue lock): the waiter count equals the number of
+// queued waiters; a zero counter means no waiter is queued.
 //
-// Memory ordering: add() is an acq_rel CAS. Release: a task's work before
-// done() happens-before the zero that wakes the waiters. Acquire: the task
-// that reaches zero has acquired every earlier add's release (the CASes form
-// one release sequence), and passes it on to the waiters through qlock_ and
-// ready(). wait()'s check of the counter is an acquire load, pairing with
-// those releases when it finds zero without parking.
+// Memory ordering: every add() is an acq_rel RMW on state_. Release: a
+// task's work before done() happens-before the zero that wakes the waiters.
+// Acquire: the RMW that reaches zero has acquired every earlier add's
+// release (the RMWs form one release sequence), and passes it on to the
+// parked waiters through the queue lock and ready(). wait()'s checks of the
+// counter are acquire loads (the CAS that registers a waiter fails to a
+// fresh value with acquire), pairing with those releases when they find
+// zero without parking.
 #pragma once
-
-#include <absl/base/thread_annotations.h>
 
 #include <atomic>
 #include <coroutine>
@@ -43,7 +56,7 @@
 #include <source_location>
 
 #include "mpg/detail/sched/g.hpp"
-#include "mpg/detail/sync/spinlock.hpp"
+#include "mpg/detail/sync/parking_queue.hpp"
 #include "mpg/detail/sync/waitq.hpp"
 
 namespace mpg {
@@ -60,7 +73,7 @@ class wait_group {
   //
   // Adds delta (may be negative) to the counter. Reaching zero readies every
   // waiting task. Throws mpg::sync_misuse_error if the counter would go
-  // negative.
+  // negative or past 2^31 - 1. Any thread may call it.
   void add(std::int64_t delta = 1);
 
   // wait_group::done(): add(-1).
@@ -73,15 +86,26 @@ class wait_group {
   wait_awaiter wait(std::source_location where = std::source_location::current()) noexcept;
 
   // count(): the counter now (a snapshot, for tests and diagnostics).
-  std::int64_t count() const noexcept { return count_.load(std::memory_order_relaxed); }
+  std::int64_t count() const noexcept { return counter(state_.load(std::memory_order_relaxed)); }
 
  private:
   bool wait_slow(detail::waiter* w, std::coroutine_handle<> h, const std::source_location& where);
+  void reach_zero(std::int64_t delta);
   void unqueue(detail::waiter* w) noexcept;
 
-  std::atomic<std::int64_t> count_{0};
-  detail::spinlock qlock_;
-  detail::waitq waiters_ ABSL_GUARDED_BY(qlock_);
+  static constexpr int kCounterShift = 32;
+  static constexpr std::uint64_t kWaitersMask = 0xffff'ffffu;
+  static std::int64_t counter(std::uint64_t s) noexcept {
+    return static_cast<std::int32_t>(static_cast<std::uint32_t>(s >> kCounterShift));
+  }
+  static std::uint64_t waiters(std::uint64_t s) noexcept { return s & kWaitersMask; }
+  static std::uint64_t pack(std::int64_t counter, std::uint64_t waiters) noexcept {
+    return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(counter)) << kCounterShift) |
+           waiters;
+  }
+
+  std::atomic<std::uint64_t> state_{0};
+  detail::parking_queue<> q_;
 };
 
 class [[nodiscard]] wait_group::wait_awaiter : private detail::waiter {
@@ -92,7 +116,7 @@ class [[nodiscard]] wait_group::wait_awaiter : private detail::waiter {
   // Destroyed while still queued: only when its task is killed at runtime
   // shutdown (detail/waitq.hpp, kQueued; the plain read of the bit is
   // argued there). Unlink, so that the add() that reaches zero later does
-  // not walk freed memory.
+  // not walk freed memory (parking_queue.hpp, P3).
   ~wait_awaiter() {
     if (queued()) [[unlikely]]
       wg_->unqueue(this);
@@ -100,7 +124,7 @@ class [[nodiscard]] wait_group::wait_awaiter : private detail::waiter {
 
   bool await_ready() noexcept {
     // Acquire: see "Memory ordering" above.
-    if (wg_->count_.load(std::memory_order_acquire) != 0) return false;
+    if (counter(wg_->state_.load(std::memory_order_acquire)) != 0) return false;
     zero_ = true;
     return !detail::consume_budget_now();
   }

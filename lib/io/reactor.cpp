@@ -171,18 +171,6 @@ constexpr required_op kRequiredOps[] = {
 
 }  // namespace
 
-void io_spin_lock::relax(unsigned spins) noexcept {
-  if (spins < 100) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    asm volatile("yield");
-#endif
-  } else {
-    ::sched_yield();
-  }
-}
-
 const char* reactor::unavailable_reason() noexcept {
   thread_mutex_lock g(g_reason_mutex);
   return g_reason.c_str();  // stable until the next create() failure

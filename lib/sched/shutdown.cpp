@@ -15,7 +15,9 @@
 //      walks them. An after() channel or a context that outlives the
 //      runtime can still be dropped.
 //   5. The tasks still live are reported on stderr: their number, ids, names.
-//   6. Every G still live (runnable or waiting) is killed: its root frame is
+//   6. Every G still live (runnable or waiting) is killed, newest first (a
+//      child before the parent it may borrow from; a sync primitive or
+//      channel freed before its waiters detaches them): its root frame is
 //      destroyed, which destroys the whole chain of frames it awaits. A frame
 //      whose join_handle is still held elsewhere keeps its memory until that
 //      handle is dropped (frame.hpp, kJoinKilled). Destructors that ready
@@ -57,7 +59,9 @@ void scheduler::kill_remaining(std::ostream& report) {
     gsize_.store(0, std::memory_order_seq_cst);
   }
   if (live.empty()) return;
-  std::sort(live.begin(), live.end(), [](g* a, g* b) { return a->id.load(std::memory_order_relaxed) < b->id.load(std::memory_order_relaxed); });
+  // Newest first (ids only grow): a child, which may borrow from its
+  // parent's frame, is destroyed before the parent (parking_queue.hpp).
+  std::sort(live.begin(), live.end(), [](g* a, g* b) { return a->id.load(std::memory_order_relaxed) > b->id.load(std::memory_order_relaxed); });
   std::ostringstream names;
   std::size_t shown = 0;
   for (g* gp : live) {

@@ -2,8 +2,7 @@
 // design, the state word and its invariants).
 #include "mpg/mutex.hpp"
 
-#include <chrono>
-
+#include "mpg/detail/sched/clock.hpp"
 #include "mpg/errors.hpp"
 
 namespace mpg {
@@ -15,24 +14,18 @@ constexpr std::int64_t kStarvationNs = 1'000'000;  // 1 ms, as Go
 constexpr int kSpinRounds = 4;
 constexpr int kSpinPauses = 30;
 
-std::int64_t now_ns() noexcept {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
 }  // namespace
 
-// wait_awaiter: one attempt to take the mutex under qlock_, parking at the
-// tail (or, for a waiter that was woken and lost, at the front) when it is
-// held. Lives in lock_slow's frame; reused across retries.
+// wait_awaiter: one attempt to take the mutex under the queue lock, parking
+// at the tail (or, for a waiter that was woken and lost, at the front) when
+// it is held. Lives in lock_slow's frame; reused across retries.
 struct mutex::wait_awaiter : detail::waiter {
   wait_awaiter(mutex* mu, std::source_location w) noexcept : m(mu), where(w) {}
 
   mutex* m;
   std::source_location where;
   std::int64_t start_ns = 0;  // when this locker first parked
-  bool woken = false;         // readied by wake_one(): kWoken is ours to clear
+  bool woken = false;         // readied by an unlock: kWoken is ours to clear
   bool acquired = false;      // took the mutex in await_suspend
   bool handoff = false;       // unlock handed us the mutex (starvation mode)
 
@@ -54,56 +47,54 @@ struct mutex::wait_awaiter : detail::waiter {
 };
 
 void mutex::wait_awaiter::unqueue() noexcept {
-  detail::spin_guard lk(m->qlock_);
-  if (!m->waiters_.remove(this)) return;  // a waker took us off meanwhile
-  if (!m->waiters_.empty()) return;
-  // We were the last waiter: keep "kWaiters iff the queue is non-empty" and
-  // "kStarving implies kWaiters" (else the next unlock() would hand the
-  // mutex to nobody). kLocked stays as it is: no ownership changes hands, so
-  // relaxed; the bits are re-read under qlock_ (wake_one, unlock_starving,
-  // lockers), and being an RMW, this keeps the release sequence of the last
-  // unlock intact for the next acquire CAS. An unlock() that read kStarving
-  // before this finds the queue empty in unlock_starving().
-  m->state_.fetch_and(~(kWaiters | kStarving), std::memory_order_relaxed);
+  m->q_.unlink(this, 0, [&](detail::waitq* queues) -> detail::waiter* {
+    if (!queues[0].empty()) return nullptr;
+    // We were the last waiter: keep "kWaiters iff the queue is non-empty"
+    // and "kStarving implies kWaiters" (else the next unlock() would hand
+    // the mutex to nobody). kLocked stays as it is: no ownership changes
+    // hands, so relaxed; the bits are re-read under the queue lock, and
+    // being an RMW, this keeps the release sequence of the last unlock
+    // intact for the next acquire CAS.
+    m->state_.fetch_and(~(kWaiters | kStarving), std::memory_order_relaxed);
+    return nullptr;
+  });
 }
 
 bool mutex::wait_awaiter::await_suspend(std::coroutine_handle<> h) {
-  detail::g* self = detail::current_g();
-  if (self == nullptr) detail::park(h, "mutex lock", where);  // throws: not in a task
-  const bool starving_now = woken && start_ns != 0 && now_ns() - start_ns > kStarvationNs;
+  const bool starving_now =
+      woken && start_ns != 0 && detail::mono_now_ns() - start_ns > kStarvationNs;
   const std::uint32_t clear = woken ? kWoken : 0;
-
-  detail::spin_guard lk(m->qlock_);
-  std::uint32_t s = m->state_.load(std::memory_order_relaxed);
-  for (;;) {
-    if (!(s & (kLocked | kStarving))) {
-      // Acquire: pairs with the release CAS of the previous unlock().
-      if (m->state_.compare_exchange_weak(s, (s | kLocked) & ~clear, std::memory_order_acquire,
-                                          std::memory_order_relaxed)) {
-        acquired = true;
-        return false;
-      }
-      continue;
-    }
-    std::uint32_t ns = (s | kWaiters) & ~clear;
-    // Starve only while the mutex is held (Go: an unlocked mutex cannot
-    // starve anyone, and kStarving implies kLocked).
-    if (starving_now && (s & kLocked)) ns |= kStarving;
-    // Relaxed: no ownership changes; the bits are re-read under qlock_ by
-    // wake_one() / unlock_starving(), which we hold off until we are queued.
-    if (m->state_.compare_exchange_weak(s, ns, std::memory_order_relaxed,
-                                        std::memory_order_relaxed))
-      break;
-  }
-  if (start_ns == 0) start_ns = now_ns();
-  set_g(self);
   handoff = false;
-  detail::park(h, "mutex lock", where);
-  if (woken)
-    m->waiters_.push_front(this);
-  else
-    m->waiters_.push_back(this);
-  return true;  // unlocking qlock_ publishes `this`
+  return m->q_.park(
+      this, h, "mutex lock", where,
+      [&] {
+        std::uint32_t s = m->state_.load(std::memory_order_relaxed);
+        for (;;) {
+          if (!(s & (kLocked | kStarving))) {
+            // Acquire: pairs with the release CAS of the previous unlock().
+            if (m->state_.compare_exchange_weak(s, (s | kLocked) & ~clear,
+                                                std::memory_order_acquire,
+                                                std::memory_order_relaxed)) {
+              acquired = true;
+              return false;
+            }
+            continue;
+          }
+          std::uint32_t ns = (s | kWaiters) & ~clear;
+          // Starve only while the mutex is held (Go: an unlocked mutex
+          // cannot starve anyone, and kStarving implies kLocked).
+          if (starving_now && (s & kLocked)) ns |= kStarving;
+          // Relaxed: no ownership changes; the bits are re-read under the
+          // queue lock by wake_one() / unlock_starving(), which we hold off
+          // until we are queued.
+          if (m->state_.compare_exchange_weak(s, ns, std::memory_order_relaxed,
+                                              std::memory_order_relaxed)) {
+            if (start_ns == 0) start_ns = detail::mono_now_ns();
+            return true;
+          }
+        }
+      },
+      0, /*front=*/woken);
 }
 
 task<void> mutex::lock_slow(bool yield_first, std::source_location where) {
@@ -127,7 +118,8 @@ task<void> mutex::lock_slow(bool yield_first, std::source_location where) {
 
 void mutex::unlock() {
   std::uint32_t s = kLocked;
-  // Release: publishes the critical section to the next acquire CAS.
+  // Release: publishes the critical section to the next acquire CAS. The
+  // last touch of the mutex.
   if (state_.compare_exchange_strong(s, 0, std::memory_order_release, std::memory_order_relaxed))
     return;
   for (;;) {
@@ -136,65 +128,85 @@ void mutex::unlock() {
       unlock_starving();
       return;
     }
-    if (state_.compare_exchange_weak(s, s & ~kLocked, std::memory_order_release,
-                                     std::memory_order_relaxed))
-      break;
-  }
-  // Wake a waiter unless one is already on its way.
-  if ((s & kWaiters) && !(s & kWoken)) wake_one();
-}
-
-void mutex::wake_one() {
-  detail::g* gp;
-  {
-    detail::spin_guard lk(qlock_);
-    std::uint32_t s = state_.load(std::memory_order_relaxed);
-    for (;;) {
-      // Nobody to wake, a waiter already on its way, or the mutex was taken
-      // meanwhile (its next unlock will wake). kStarving implies kLocked.
-      if (!(s & kWaiters) || (s & (kLocked | kWoken | kStarving))) return;
-      std::uint32_t ns = s | kWoken;
-      if (waiters_.front()->next == nullptr) ns &= ~kWaiters;  // taking the last one
-      // Relaxed: kWoken and kWaiters are hints; the woken waiter acquires
-      // with its own acquire CAS.
-      if (state_.compare_exchange_weak(s, ns, std::memory_order_relaxed,
-                                       std::memory_order_relaxed))
-        break;
-    }
-    gp = waiters_.pop_front()->gp();
-  }
-  detail::ready(gp);
-}
-
-void mutex::unlock_starving() {
-  detail::g* gp;
-  {
-    detail::spin_guard lk(qlock_);
-    auto* w = static_cast<wait_awaiter*>(waiters_.pop_front());
-    if (w == nullptr) {
-      // kStarving implies waiters, but a killed waiter (the last one) may
-      // have unlinked itself since unlock() read kStarving, clearing it and
-      // kWaiters (wait_awaiter::unqueue): nobody to hand to, so unlock as
-      // in normal mode with nobody waiting. Release: as in unlock().
-      state_.fetch_and(~kLocked, std::memory_order_release);
+    // Normal mode. With waiters and none on its way, this CAS also claims
+    // the wake-up (kWoken), so that no other unlocker can wake the first
+    // waiter before we do: until we ready it, a waiter that has not returned
+    // from lock() depends on this mutex, so nobody may destroy it, and our
+    // touches of the queue that follow are safe. Without a wake-up to make,
+    // the CAS is the last touch. Release: as in the fast path.
+    const bool wake = (s & kWaiters) && !(s & kWoken);
+    if (state_.compare_exchange_weak(s, (s & ~kLocked) | (wake ? kWoken : 0),
+                                     std::memory_order_release, std::memory_order_relaxed)) {
+      if (wake) wake_one();
       return;
     }
-    const bool last = waiters_.empty();
-    const bool short_wait = now_ns() - w->start_ns < kStarvationNs;
+  }
+}
+
+// wake_one(): ready the first waiter, for an unlock that claimed the wake-up
+// (kWoken) in its releasing CAS. Under the queue lock (parking_queue.hpp,
+// P2); clears kWaiters with the last waiter.
+void mutex::wake_one() {
+  q_.wake([&](detail::waitq* queues) -> detail::waiter* {
+    detail::waitq& q = queues[0];
+    // A locker took the mutex since our release (Go's rule): its unlock
+    // will wake, so give the claim back instead of waking a waiter that
+    // would only find the mutex held. A CAS: if that unlock comes first, it
+    // saw our kWoken and left the wake-up to us. Relaxed: only the claim
+    // changes hands. Safe to touch: the waiters are still queued.
+    std::uint32_t s = state_.load(std::memory_order_relaxed);
+    while (s & kLocked) {
+      if (state_.compare_exchange_weak(s, s & ~kWoken, std::memory_order_relaxed,
+                                       std::memory_order_relaxed))
+        return nullptr;
+    }
+    detail::waiter* w = q.pop_front();
+    // Relaxed: kWaiters is a hint re-read under this lock; the woken waiter
+    // acquires with its own CAS. (w is null only if the waiters were
+    // killed at shutdown since our CAS; their unlink cleared kWaiters, and
+    // the kWoken we set stays, as for any hand-off to a killed task.)
+    if (q.empty()) state_.fetch_and(~kWaiters, std::memory_order_relaxed);
+    return w;
+  });
+}
+
+// unlock_starving(): under the queue lock (parking_queue.hpp, P2), keep
+// kLocked and hand the mutex to the first waiter. The state is re-read
+// there: lockers change it only under this lock while kLocked is set.
+void mutex::unlock_starving() {
+  q_.wake([&](detail::waitq* queues) -> detail::waiter* {
+    detail::waitq& q = queues[0];
     std::uint32_t s = state_.load(std::memory_order_relaxed);
     for (;;) {
+      auto* w = static_cast<wait_awaiter*>(q.front());
+      if (w == nullptr || !(s & kStarving)) {
+        // The starving waiters were killed (the last one's unlink cleared
+        // kStarving and kWaiters) since unlock() read kStarving: unlock as
+        // in normal mode, waking the first waiter if one is left (release,
+        // as in unlock()).
+        const bool wake = w != nullptr && (s & kWaiters) && !(s & kWoken);
+        std::uint32_t ns = (s & ~kLocked) | (wake ? kWoken : 0);
+        if (wake && w->next == nullptr) ns &= ~kWaiters;
+        if (!state_.compare_exchange_weak(s, ns, std::memory_order_release,
+                                          std::memory_order_relaxed))
+          continue;
+        if (!wake) return nullptr;
+        return q.pop_front();
+      }
+      const bool last = w->next == nullptr;
+      const bool short_wait = detail::mono_now_ns() - w->start_ns < kStarvationNs;
       std::uint32_t ns = s;  // kLocked stays set: ownership passes to w
       if (last || short_wait) ns &= ~kStarving;
       if (last) ns &= ~kWaiters;
-      // Release: with ready() below, orders our critical section before w's.
-      if (state_.compare_exchange_weak(s, ns, std::memory_order_release,
-                                       std::memory_order_relaxed))
-        break;
+      // Release: with ready(), orders our critical section before w's.
+      if (!state_.compare_exchange_weak(s, ns, std::memory_order_release,
+                                        std::memory_order_relaxed))
+        continue;
+      q.pop_front();
+      w->handoff = true;
+      return w;
     }
-    w->handoff = true;
-    gp = w->gp();
-  }
-  detail::ready(gp);
+  });
 }
 
 }  // namespace mpg

@@ -4,38 +4,32 @@
 namespace mpg {
 
 bool once::wait_awaiter::await_suspend(std::coroutine_handle<> h) {
-  detail::g* me = detail::current_g();
-  if (me == nullptr) detail::park(h, "once", where);  // throws: not in a task
-  detail::spin_guard lk(self->qlock_);
-  // Relaxed under qlock_: state_ changes only under qlock_ (the done store
-  // too), so the lock orders everything we read here.
-  const std::uint32_t s = self->state_.load(std::memory_order_relaxed);
-  if (s == kDone) return false;
-  if (s == kIdle) {
-    self->state_.store(kRunning, std::memory_order_relaxed);
-    runner = true;
-    return false;
-  }
-  set_g(me);
-  detail::park(h, "once", where);
-  self->waiters_.push_back(this);
-  return true;  // unlocking qlock_ publishes this waiter
+  return self->q_.park(this, h, "once", where, [&] {
+    // Relaxed under the queue lock: state_ changes only under it (the done
+    // store too), so the lock orders everything we read here.
+    const std::uint32_t s = self->state_.load(std::memory_order_relaxed);
+    if (s == kDone) return false;
+    if (s == kIdle) {
+      self->state_.store(kRunning, std::memory_order_relaxed);
+      runner = true;
+      return false;
+    }
+    return true;
+  });
 }
 
 void once::wait_awaiter::unqueue() noexcept {
-  detail::spin_guard lk(self->qlock_);
-  self->waiters_.remove(this);  // a no-op if finish() took it off meanwhile
+  self->q_.unlink(this, 0, [](detail::waitq*) -> detail::waiter* { return nullptr; });
 }
 
 void once::finish() noexcept {
-  detail::waiter* chain;
-  {
-    detail::spin_guard lk(qlock_);
-    // Release: pairs with the acquire load of the fast path (done()).
+  q_.wake([&](detail::waitq* queues) {
+    // Release: pairs with the acquire load of the fast path (done()). The
+    // once may be destroyed as soon as a caller sees it: the lock's release
+    // store is our last touch (parking_queue.hpp, "Destruction").
     state_.store(kDone, std::memory_order_release);
-    chain = waiters_.take_all();
-  }
-  detail::ready_chain(chain);
+    return queues[0].take_all();
+  });
 }
 
 }  // namespace mpg

@@ -6,73 +6,77 @@
 
 namespace mpg {
 
+namespace {
+std::uint32_t chain_length(const detail::waiter* w) noexcept {
+  std::uint32_t n = 0;
+  for (; w; w = w->next) ++n;
+  return n;
+}
+}  // namespace
+
 bool rwmutex::lock_slow(detail::waiter* w, bool writer, std::coroutine_handle<> h,
                         const std::source_location& where) {
-  detail::g* self = detail::current_g();
   const char* reason = writer ? "rwmutex lock" : "rwmutex lock_shared";
-  if (self == nullptr) detail::park(h, reason, where);  // throws: not in a task
-
-  detail::spin_guard lk(qlock_);
-  std::uint32_t s = state_.load(std::memory_order_relaxed);
-  for (;;) {
-    std::uint32_t ns;
-    if (writer) {
-      if (s == 0) {
-        // Acquire: pairs with the release of the previous owner(s).
-        if (state_.compare_exchange_weak(s, kWriter, std::memory_order_acquire,
-                                         std::memory_order_relaxed))
-          return false;
-        continue;
-      }
-      ns = s | kWriterWait;
-    } else {
-      if (!(s & (kWriter | kWriterWait))) {
-        if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acquire,
-                                         std::memory_order_relaxed))
-          return false;
-        continue;
-      }
-      ns = s | kReaderWait;
-    }
-    // Relaxed: only announces a queued waiter; whoever hands us the lock
-    // reads it under qlock_, which we hold until we are queued.
-    if (state_.compare_exchange_weak(s, ns, std::memory_order_relaxed, std::memory_order_relaxed))
-      break;
-  }
-  w->set_g(self);
-  detail::park(h, reason, where);
-  (writer ? writers_ : readers_).push_back(w);
-  return true;  // unlocking qlock_ publishes w
+  return q_.park(
+      w, h, reason, where,
+      [&] {
+        std::uint32_t s = state_.load(std::memory_order_relaxed);
+        for (;;) {
+          std::uint32_t ns;
+          if (writer) {
+            if (s == 0) {
+              // Acquire: pairs with the release of the previous owner(s).
+              if (state_.compare_exchange_weak(s, kWriter, std::memory_order_acquire,
+                                               std::memory_order_relaxed))
+                return false;
+              continue;
+            }
+            ns = s | kWriterWait;
+          } else {
+            if (!(s & (kWriter | kWriterWait))) {
+              if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acquire,
+                                               std::memory_order_relaxed))
+                return false;
+              continue;
+            }
+            ns = s | kReaderWait;
+          }
+          // Relaxed: only announces a queued waiter; whoever hands us the
+          // lock reads it under the queue lock, which we hold until we are
+          // queued.
+          if (state_.compare_exchange_weak(s, ns, std::memory_order_relaxed,
+                                           std::memory_order_relaxed))
+            return true;
+        }
+      },
+      writer ? kWriterQ : kReaderQ);
 }
 
 void rwmutex::unqueue(detail::waiter* w, bool writer) noexcept {
-  detail::waiter* chain = nullptr;
-  {
-    detail::spin_guard lk(qlock_);
-    detail::waitq& q = writer ? writers_ : readers_;
-    if (!q.remove(w)) return;  // a waker took it off meanwhile
-    if (!q.empty()) return;
+  q_.unlink(w, writer ? kWriterQ : kReaderQ, [&](detail::waitq* queues) -> detail::waiter* {
+    detail::waitq& readers = queues[kReaderQ];
+    if (!queues[writer ? kWriterQ : kReaderQ].empty()) return nullptr;
     if (!writer) {
-      // Relaxed: only announces the queue (kReaderWait is read under qlock_,
-      // and unlock()'s fast path merely fails on it); an RMW, so the release
-      // sequence the next owner acquires from stays intact.
+      // Relaxed: only announces the queue (kReaderWait is read under the
+      // queue lock, and unlock()'s fast path merely fails on it); an RMW, so
+      // the release sequence the next owner acquires from stays intact.
       state_.fetch_and(~kReaderWait, std::memory_order_relaxed);
-      return;
+      return nullptr;
     }
     // The last queued writer is gone. kWriter is stable here: with
     // kWriterWait set, the fast paths cannot take or drop it and the slow
-    // paths need qlock_. Only unlock_shared() may change the reader count.
+    // paths need the queue lock. Only unlock_shared()'s fast path may
+    // change the reader count.
     std::uint32_t s = state_.load(std::memory_order_relaxed);
     if (s & kWriter) {
       // The holder's unlock() admits the queued readers. Relaxed: as above.
       state_.fetch_and(~kWriterWait, std::memory_order_relaxed);
-      return;
+      return nullptr;
     }
     // Readers hold the lock (or the last one is on its way out): admit the
     // readers queued behind the dead writer alongside them.
-    std::uint32_t n = 0;
-    chain = readers_.take_all();
-    for (detail::waiter* r = chain; r; r = r->next) ++n;
+    detail::waiter* chain = readers.take_all();
+    const std::uint32_t n = chain_length(chain);
     // Acquire: the admitted readers must see the last writer's section; its
     // release (store or CAS) heads the release sequence we read from, and
     // ready() passes it on to them. Retried only for concurrent
@@ -80,36 +84,37 @@ void rwmutex::unqueue(detail::waiter* w, bool writer) noexcept {
     while (!state_.compare_exchange_weak(s, (s & kReaders) + n, std::memory_order_acquire,
                                          std::memory_order_relaxed)) {
     }
-  }
-  detail::ready_chain(chain);
+    return chain;
+  });
 }
 
 void rwmutex::unlock() {
   std::uint32_t s = kWriter;
-  // Release: publishes the writer's section to the next owner.
+  // Release: publishes the writer's section to the next owner. The last
+  // touch of the rwmutex.
   if (state_.compare_exchange_strong(s, 0, std::memory_order_release, std::memory_order_relaxed))
     return;
   if (!(s & kWriter)) throw sync_misuse_error("mpg::rwmutex: unlock of unlocked rwmutex");
-  detail::waiter* chain = nullptr;
-  {
-    detail::spin_guard lk(qlock_);
-    // While we hold kWriter and qlock_, nobody else can change state_: the
-    // fast paths all fail on kWriter and the slow paths need qlock_.
+  q_.wake([&](detail::waitq* queues) -> detail::waiter* {
+    detail::waitq& readers = queues[kReaderQ];
+    detail::waitq& writers = queues[kWriterQ];
+    // While we hold kWriter and the queue lock, nobody else can change
+    // state_: the fast paths all fail on kWriter and the slow paths need
+    // the queue lock.
+    detail::waiter* chain = nullptr;
     std::uint32_t ns = 0;
-    if (!readers_.empty()) {
+    if (!readers.empty()) {
       // Phase change: admit every queued reader, ahead of queued writers.
-      std::uint32_t n = 0;
-      chain = readers_.take_all();
-      for (detail::waiter* r = chain; r; r = r->next) ++n;
-      ns = n | (writers_.empty() ? 0 : kWriterWait);
-    } else if (detail::waiter* w = writers_.pop_front()) {
+      chain = readers.take_all();
+      ns = chain_length(chain) | (writers.empty() ? 0 : kWriterWait);
+    } else if (detail::waiter* w = writers.pop_front()) {
       chain = w;
-      ns = kWriter | (writers_.empty() ? 0 : kWriterWait);
+      ns = kWriter | (writers.empty() ? 0 : kWriterWait);
     }
     // Release: the new owners (ordered also by ready()) see our section.
     state_.store(ns, std::memory_order_release);
-  }
-  detail::ready_chain(chain);
+    return chain;
+  });
 }
 
 void rwmutex::unlock_shared() {
@@ -117,33 +122,50 @@ void rwmutex::unlock_shared() {
   for (;;) {
     if ((s & kReaders) == 0)
       throw sync_misuse_error("mpg::rwmutex: unlock_shared of rwmutex not locked shared");
-    // acq_rel: release our read section; acquire the other readers' releases
-    // (a release sequence on state_), so the last reader out can pass the
-    // lock to a writer with every reader's section ordered before it.
+    // The last reader out with a writer waiting hands it the lock, under
+    // the queue lock.
+    if ((s & kReaders) == 1 && (s & kWriterWait)) {
+      unlock_shared_slow();
+      return;
+    }
+    // acq_rel: release our read section; acquire the other readers'
+    // releases (a release sequence on state_), so that the last reader out
+    // can pass the lock to a writer with every reader's section ordered
+    // before it. The last touch of the rwmutex.
     if (state_.compare_exchange_weak(s, s - 1, std::memory_order_acq_rel,
                                      std::memory_order_relaxed))
-      break;
+      return;
   }
-  if ((s & kReaders) != 1 || !(s & kWriterWait)) return;
-  // Last reader out with a writer waiting: hand it the lock.
-  detail::g* gp;
-  {
-    detail::spin_guard lk(qlock_);
-    const std::uint32_t cur = state_.load(std::memory_order_relaxed);
-    // Always "no reader, no writer, a writer queued", unless the queued
-    // writers were killed (unqueue) since our CAS: the last of them
-    // admitted the queued readers or left the lock free, and someone may
-    // have taken it since. Then the lock is no longer ours to hand over.
-    if ((cur & (kReaders | kWriter)) != 0 || writers_.empty()) return;
-    // Stable from here: readers queue on kWriterWait, writers' fast path
-    // needs 0, and unqueue() needs qlock_.
-    detail::waiter* w = writers_.pop_front();
-    const std::uint32_t ns =
-        kWriter | (cur & kReaderWait) | (writers_.empty() ? 0 : kWriterWait);
-    state_.store(ns, std::memory_order_release);
-    gp = w->gp();
-  }
-  detail::ready(gp);
+}
+
+// unlock_shared_slow(): the drop of a reader that was the last one with a
+// writer queued when it looked, made under the queue lock (parking_queue.hpp,
+// P2) so that the drop and the hand-off are one step. Other readers may
+// still drop concurrently (their fast path), so the CAS is retried with
+// what it finds.
+void rwmutex::unlock_shared_slow() {
+  bool misuse = false;
+  q_.wake([&](detail::waitq* queues) -> detail::waiter* {
+    detail::waitq& writers = queues[kWriterQ];
+    std::uint32_t s = state_.load(std::memory_order_relaxed);
+    for (;;) {
+      if ((s & kReaders) == 0) {
+        misuse = true;
+        return nullptr;
+      }
+      // kWriterWait iff a writer is queued (invariant, under our lock);
+      // kWriter is clear while readers hold the lock.
+      const bool hand = (s & kReaders) == 1 && !writers.empty();
+      const std::uint32_t ns =
+          hand ? kWriter | (s & kReaderWait) | (writers.front()->next ? kWriterWait : 0) : s - 1;
+      // acq_rel: as in unlock_shared(); for a hand-off, the release also
+      // orders the readers' sections before the writer's (with ready()).
+      if (state_.compare_exchange_weak(s, ns, std::memory_order_acq_rel,
+                                       std::memory_order_relaxed))
+        return hand ? writers.pop_front() : nullptr;
+    }
+  });
+  if (misuse) throw sync_misuse_error("mpg::rwmutex: unlock_shared of rwmutex not locked shared");
 }
 
 }  // namespace mpg

@@ -69,6 +69,7 @@
 #include <cstdint>
 
 #include "mpg/detail/sched/g.hpp"
+#include "mpg/detail/sync/spinlock.hpp"
 
 struct io_uring_sqe;  // liburing's; public headers do not include liburing.h
 
@@ -77,25 +78,11 @@ namespace mpg::detail {
 class reactor;
 struct io_op;
 
-// io_spin_lock: a test-and-test-and-set lock for short critical sections
-// (no blocking call is ever made while it is held by a task).
-// Memory ordering: lock() acquires and unlock() releases, so everything done
-// under the lock by one holder is visible to the next.
-class ABSL_LOCKABLE io_spin_lock {
- public:
-  bool try_lock() noexcept ABSL_EXCLUSIVE_TRYLOCK_FUNCTION(true) {
-    return !locked_.load(std::memory_order_relaxed) &&
-           !locked_.exchange(true, std::memory_order_acquire);
-  }
-  void lock() noexcept ABSL_EXCLUSIVE_LOCK_FUNCTION() {
-    for (unsigned spins = 0; !try_lock(); ++spins) relax(spins);
-  }
-  void unlock() noexcept ABSL_UNLOCK_FUNCTION() { locked_.store(false, std::memory_order_release); }
-
- private:
-  static void relax(unsigned spins) noexcept;  // pause, then sched_yield
-  std::atomic<bool> locked_{false};
-};
+// io_spin_lock: the lock of a reactor and of an io_slot: mpg's one spinlock
+// (detail/sync/spinlock.hpp) with the backoff for sections that may make a
+// system call (long_section_backoff). No blocking call is ever made while a
+// task holds it.
+using io_spin_lock = basic_spinlock<long_section_backoff>;
 
 // io_slot: where an object publishes its operation in flight so another task
 // can cancel it (see the essay above). One op at a time per slot.

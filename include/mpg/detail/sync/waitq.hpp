@@ -65,20 +65,25 @@ struct waiter {
   // still queued (its task killed at runtime shutdown) unlinks itself, so a
   // later close() or send on that channel, or unlock()/release()/done() on
   // that sync primitive, does not touch freed memory. Every awaiter that
-  // queues a waiter (channel and select cases, mutex, rwmutex, semaphore,
-  // wait_group, once) does so in its destructor: one read of this bit,
+  // queues a waiter (channel and select cases, and the sync primitives
+  // through parking_queue) does so in its destructor: one read of this bit,
   // without the lock, and only when it is set, the lock and remove() (which
   // re-reads it under the lock: a waker may have taken the waiter off in
   // between), plus whatever the primitive's state word needs when its queue
-  // empties. Read without the lock only by that destructor: after a normal
-  // wake the waker's clear happens before ready(), hence before it; a
-  // waiter never queued (fast path) never had it set; a killed task's
-  // destructor runs after its runtime's Ms have stopped (runtime.cpp,
-  // step 4), so only a waker from outside that runtime could race it, and
-  // that waker would be readying a G of a runtime being destroyed, which is
-  // unsound whatever this bit says. (A plain word, not an atomic: every
-  // other access is under the lock, or by the waiting task itself before it
-  // publishes the waiter.)
+  // empties. Conversely, a primitive or channel destroyed with waiters still
+  // queued (its frame killed before theirs) detaches them (detach_all()), so
+  // their awaiters then find the bit clear and never touch the freed queue.
+  // Read without the lock only by that destructor: after a normal wake the
+  // waker's clear happens before ready(), hence before it; a waiter never
+  // queued (fast path) never had it set; a killed task's destructor runs
+  // after its runtime's Ms have stopped (runtime.cpp, step 6), on the thread
+  // that also runs the destructors of the other killed frames, so a detach
+  // by a primitive that lived in one of them is sequenced before it; only a
+  // waker from outside that runtime could race it, and that waker would be
+  // readying a G of a runtime being destroyed, which is unsound whatever
+  // this bit says. (A plain word, not an atomic: every other access is
+  // under the lock, or by the waiting task itself before it publishes the
+  // waiter.)
   static constexpr std::uintptr_t kQueued = 2;
   static constexpr std::uintptr_t kTagMask = 3;
   bool queued() const noexcept { return (owner & kQueued) != 0; }
@@ -200,6 +205,21 @@ class waitq {
     w->next = w->prev = nullptr;
     w->owner &= ~waiter::kQueued;
     return true;
+  }
+
+  // detach_all(): forget every waiter without waking it: each is unlinked
+  // and its kQueued bit cleared, so its awaiter's destructor (a task killed
+  // at shutdown) does not come back to this queue. For the destructors of
+  // the objects that own a queue; anywhere else a detached waiter would be
+  // lost.
+  void detach_all() noexcept {
+    for (waiter* w = first_; w;) {
+      waiter* next = w->next;
+      w->next = w->prev = nullptr;
+      w->owner &= ~waiter::kQueued;
+      w = next;
+    }
+    first_ = last_ = nullptr;
   }
 
   // take_all(): the whole queue as a chain through `next` (prev cleared),

@@ -1,0 +1,257 @@
+// test/sync_destroy_tests.cpp: a sync object may be destroyed by the task
+// that has just returned from waiting on it (Go's everyday
+// `{ var wg sync.WaitGroup; ...; wg.Wait() }`, and POSIX's "destroying a
+// mutex right after the last unlock is safe"). Every release path must stop
+// touching the object once a waiter can observe the release. Each test runs
+// many rounds on a fresh heap object that the last user deletes at once;
+// ASan reports a release path that touches the freed object, and TSan one
+// whose last touch is not ordered before the delete.
+#include <doctest/doctest.h>
+
+#include "test_support.hpp"
+
+#include <mpg/mpg.hpp>
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+constexpr int kRounds = mpg_test::kSanitized ? 3000 : 5000;
+
+// A plain thread that calls a release on objects handed to it through a
+// one-slot mailbox, as fast as they come.
+template <class T, class Release>
+class releaser_thread {
+ public:
+  explicit releaser_thread(Release release) : release_(release), thread_([this] { run(); }) {}
+  ~releaser_thread() {
+    stop_.store(true);
+    thread_.join();
+  }
+  void hand(T* obj) {
+    while (slot_.load(std::memory_order_acquire) != nullptr) std::this_thread::yield();
+    slot_.store(obj, std::memory_order_release);
+  }
+
+ private:
+  void run() {
+    while (!stop_.load(std::memory_order_relaxed)) {
+      T* obj = slot_.load(std::memory_order_acquire);
+      if (obj == nullptr) continue;  // spin: a release must follow closely
+      slot_.store(nullptr, std::memory_order_relaxed);
+      release_(obj);
+    }
+  }
+  Release release_;
+  std::atomic<T*> slot_{nullptr};
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+// wait_group: done() from another task and from a plain thread; the waiter
+// deletes the group as soon as wait() returns.
+mpg::task<void> wait_group_rounds(int rounds) {
+  auto done = [](mpg::wait_group* wg) { wg->done(); };
+  releaser_thread<mpg::wait_group, decltype(done)> thread(done);
+  for (int r = 0; r < rounds; ++r) {
+    auto* wg = new mpg::wait_group;
+    wg->add(2);
+    mpg::go([](mpg::wait_group* wg) -> mpg::task<void> {
+      wg->done();
+      co_return;
+    }(wg));
+    thread.hand(wg);
+    if (r % 3 == 0) co_await mpg::yield();  // sometimes park, sometimes not
+    co_await wg->wait();
+    delete wg;
+  }
+}
+
+TEST_CASE("wait_group: the waiter may destroy it as soon as wait() returns") {
+  mpg::runtime rt({.procs = 2});
+  rt.block_on(wait_group_rounds(kRounds * 8));
+}
+
+// mutex: tasks lock, count and unlock; whoever counts last deletes the
+// mutex right after its own unlock, while the others may still be inside
+// theirs.
+struct mutex_round {
+  mpg::mutex m;
+  int count = 0;  // guarded by m
+};
+
+mpg::task<void> mutex_user(mutex_round* r, int per_task, int total, mpg::wait_group* wg) {
+  for (int i = 0; i < per_task; ++i) {
+    co_await r->m.lock();
+    const bool last = ++r->count == total;
+    r->m.unlock();
+    if (last) delete r;
+  }
+  wg->done();
+}
+
+mpg::task<void> mutex_rounds(int rounds) {
+  constexpr int kTasks = 4, kPer = 3;
+  mpg::wait_group wg;
+  for (int r = 0; r < rounds; ++r) {
+    auto* round = new mutex_round;
+    wg.add(kTasks);
+    for (int t = 0; t < kTasks; ++t) mpg::go(mutex_user(round, kPer, kTasks * kPer, &wg));
+    co_await wg.wait();
+  }
+}
+
+TEST_CASE("mutex: may be destroyed right after the last unlock") {
+  mpg::runtime rt({.procs = 2});
+  rt.block_on(mutex_rounds(kRounds));
+}
+
+// semaphore: as the mutex (one permit), plus a semaphore used as a signal
+// from a plain thread (its permit returned by release()), deleted by the
+// task it woke.
+struct semaphore_round {
+  mpg::semaphore s{1};
+  int count = 0;  // guarded by the permit
+};
+
+mpg::task<void> semaphore_user(semaphore_round* r, int per_task, int total, mpg::wait_group* wg) {
+  for (int i = 0; i < per_task; ++i) {
+    co_await r->s.acquire();
+    const bool last = ++r->count == total;
+    r->s.release();
+    if (last) delete r;
+  }
+  wg->done();
+}
+
+mpg::task<void> semaphore_rounds(int rounds) {
+  constexpr int kTasks = 4, kPer = 3;
+  mpg::wait_group wg;
+  auto release = [](mpg::semaphore* s) { s->release(); };
+  releaser_thread<mpg::semaphore, decltype(release)> thread(release);
+  for (int r = 0; r < rounds; ++r) {
+    auto* round = new semaphore_round;
+    wg.add(kTasks);
+    for (int t = 0; t < kTasks; ++t) mpg::go(semaphore_user(round, kPer, kTasks * kPer, &wg));
+    auto* signal = new mpg::semaphore(1);  // its one permit is ours...
+    co_await signal->acquire();
+    thread.hand(signal);                    // ...until the thread returns it
+    co_await signal->acquire();
+    delete signal;
+    co_await wg.wait();
+  }
+}
+
+TEST_CASE("semaphore: may be destroyed right after the last release") {
+  mpg::runtime rt({.procs = 2});
+  rt.block_on(semaphore_rounds(kRounds));
+}
+
+// rwmutex: readers and writers take turns; each task ends with a writer's
+// section that counts it, and whoever counts last deletes the rwmutex right
+// after that unlock, while the others may still be inside theirs.
+// (Readers cannot count: the last reader to count may not be the last to
+// unlock_shared.)
+struct rwmutex_round {
+  mpg::rwmutex rw;
+  int count = 0;  // guarded by rw, exclusively
+};
+
+mpg::task<void> rwmutex_user(rwmutex_round* r, bool writer, int per_task, int total,
+                             mpg::wait_group* wg) {
+  for (int i = 0; i < per_task; ++i) {
+    if (writer) {
+      co_await r->rw.lock();
+      r->rw.unlock();
+    } else {
+      co_await r->rw.lock_shared();
+      r->rw.unlock_shared();
+    }
+  }
+  co_await r->rw.lock();
+  const bool last = ++r->count == total;
+  r->rw.unlock();
+  if (last) delete r;
+  wg->done();
+}
+
+mpg::task<void> rwmutex_rounds(int rounds) {
+  constexpr int kTasks = 5, kPer = 3;
+  mpg::wait_group wg;
+  for (int r = 0; r < rounds; ++r) {
+    auto* round = new rwmutex_round;
+    wg.add(kTasks);
+    for (int t = 0; t < kTasks; ++t)
+      mpg::go(rwmutex_user(round, t % 2 == 0, kPer, kTasks, &wg));
+    co_await wg.wait();
+  }
+}
+
+TEST_CASE("rwmutex: may be destroyed right after the last unlock") {
+  mpg::runtime rt({.procs = 2});
+  rt.block_on(rwmutex_rounds(kRounds));
+}
+
+// once: callers race; whoever returns last from call() deletes it.
+struct once_round {
+  mpg::once o;
+  std::atomic<int> returned{0};
+  int value = 0;  // written by f, read after call()
+};
+
+mpg::task<void> once_user(once_round* r, int total, mpg::wait_group* wg) {
+  co_await r->o.call([r]() -> mpg::task<> {
+    co_await mpg::yield();  // the others arrive and park meanwhile
+    r->value = 7;
+  });
+  const bool ok = r->value == 7;
+  if (r->returned.fetch_add(1) + 1 == total) delete r;
+  if (!ok) throw std::logic_error("call() returned before f completed");
+  wg->done();
+}
+
+mpg::task<void> once_rounds(int rounds) {
+  constexpr int kTasks = 4;
+  mpg::wait_group wg;
+  for (int r = 0; r < rounds; ++r) {
+    auto* round = new once_round;
+    wg.add(kTasks);
+    for (int t = 0; t < kTasks; ++t) mpg::go(once_user(round, kTasks, &wg));
+    co_await wg.wait();
+  }
+}
+
+TEST_CASE("once: may be destroyed by the last caller to return") {
+  mpg::runtime rt({.procs = 2});
+  rt.block_on(once_rounds(kRounds));
+}
+
+// Channels are handles to a reference-counted state, so "destroy after the
+// last use" is dropping the last handle; the state also goes when a closer
+// or sender on another thread is the last one out.
+mpg::task<void> chan_rounds(int rounds) {
+  auto close = [](mpg::chan<int>* c) {
+    (void)c->try_send(1);
+    c->close();
+    delete c;  // drops this thread's handle: maybe the last one
+  };
+  releaser_thread<mpg::chan<int>, decltype(close)> thread(close);
+  for (int r = 0; r < rounds; ++r) {
+    auto ch = std::make_unique<mpg::chan<int>>(r % 2);
+    thread.hand(new mpg::chan<int>(*ch));
+    while (co_await ch->recv()) {
+    }
+    ch.reset();  // after the receive that saw the close: maybe the last handle
+  }
+}
+
+TEST_CASE("chan: the last handle may be dropped right after a receive returns") {
+  mpg::runtime rt({.procs = 2});
+  rt.block_on(chan_rounds(kRounds));
+}
+
+}  // namespace
