@@ -16,7 +16,7 @@
 //
 // Design (Go's chan.go, minus the GC). A channel is one lock, a ring buffer
 // and two queues of waiting tasks, recvq and sendq. The waiters are nodes
-// inside the suspended awaiters (detail/waitq.hpp), so a blocked operation
+// inside the suspended awaiters (detail/sync/waitq.hpp), so a blocked operation
 // allocates nothing. All operations run under the channel's lock:
 //   send: closed -> throw. A waiting receiver -> hand the value straight into
 //         its awaiter and ready it (it runs next on this P: a ping-pong pair
@@ -65,7 +65,7 @@
 // send, receive or close never touches a freed channel: its caller holds a
 // handle until it returns. At shutdown a killed frame may hold the last
 // handle of a channel that another killed task waits on by reference:
-// ~chan_base detaches such waiters (detail/waitq.hpp, kQueued).
+// ~chan_base detaches such waiters (detail/sync/waitq.hpp, kQueued).
 //
 // Memory ordering: everything a channel operation reads or writes is under
 // the channel's lock (acquire/release), including the value handed to a
@@ -337,7 +337,7 @@ class [[nodiscard]] recv_op : private detail::recv_node<T> {
   recv_op(recv_op&&) noexcept = default;
   recv_op& operator=(recv_op&&) = delete;
   // Destroyed while still queued: only when its task is killed at runtime
-  // shutdown (detail/waitq.hpp, kQueued). Unlink, so the channel stays sound.
+  // shutdown (detail/sync/waitq.hpp, kQueued). Unlink, so the channel stays sound.
   ~recv_op() {
     if (this->queued()) [[unlikely]] {
       detail::spin_guard lk(ch_->lock_);

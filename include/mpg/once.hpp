@@ -83,7 +83,7 @@ class once {
   struct wait_awaiter : detail::waiter {
     wait_awaiter(once* o, std::source_location w) noexcept : self(o), where(w) {}
     // Destroyed while still queued: only when its task is killed at runtime
-    // shutdown (detail/waitq.hpp, kQueued; the plain read of the bit is
+    // shutdown (detail/sync/waitq.hpp, kQueued; the plain read of the bit is
     // argued there). Unlink, so that finish() does not walk freed memory.
     ~wait_awaiter() {
       if (queued()) [[unlikely]]

@@ -141,7 +141,7 @@ class [[nodiscard]] rwmutex::acquire_awaiter : private detail::waiter {
   acquire_awaiter(const acquire_awaiter&) = delete;
   acquire_awaiter& operator=(const acquire_awaiter&) = delete;
   // Destroyed while still queued: only when its task is killed at runtime
-  // shutdown (detail/waitq.hpp, kQueued; the plain read of the bit is
+  // shutdown (detail/sync/waitq.hpp, kQueued; the plain read of the bit is
   // argued there). Unlink, so that a later unlock finds the queues and the
   // state word sound.
   ~acquire_awaiter() {

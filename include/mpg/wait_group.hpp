@@ -114,7 +114,7 @@ class [[nodiscard]] wait_group::wait_awaiter : private detail::waiter {
   wait_awaiter(const wait_awaiter&) = delete;
   wait_awaiter& operator=(const wait_awaiter&) = delete;
   // Destroyed while still queued: only when its task is killed at runtime
-  // shutdown (detail/waitq.hpp, kQueued; the plain read of the bit is
+  // shutdown (detail/sync/waitq.hpp, kQueued; the plain read of the bit is
   // argued there). Unlink, so that the add() that reaches zero later does
   // not walk freed memory (parking_queue.hpp, P3).
   ~wait_awaiter() {

@@ -30,7 +30,7 @@ struct mutex::wait_awaiter : detail::waiter {
   bool handoff = false;       // unlock handed us the mutex (starvation mode)
 
   // Destroyed while still queued: only when its task is killed at runtime
-  // shutdown (detail/waitq.hpp, kQueued; the plain read of the bit is
+  // shutdown (detail/sync/waitq.hpp, kQueued; the plain read of the bit is
   // argued there). Unlink, so that a later unlock() finds the queue and the
   // state word sound.
   ~wait_awaiter() {
