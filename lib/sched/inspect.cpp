@@ -11,6 +11,7 @@ namespace mpg::detail {
 bool scheduler::quiescent(std::uint64_t* progress) const {
   std::uint64_t runs = gpushes_.load(std::memory_order_relaxed);
   bool quiet = nblocking_.load(std::memory_order_relaxed) == 0 &&
+               external_wakers_.load(std::memory_order_relaxed) == 0 &&
                putters_.load(std::memory_order_relaxed) == 0 &&
                gsize_.load(std::memory_order_seq_cst) == 0;
   for (auto& p : ps_) {

@@ -115,6 +115,9 @@ void park(std::coroutine_handle<> h, const char* reason, std::source_location wh
   gp->status.store(g_status::waiting, std::memory_order_relaxed);
 }
 
+void external_waker_add(scheduler* s) noexcept { s->external_waker_add(); }
+void external_waker_remove(scheduler* s) noexcept { s->external_waker_remove(); }
+
 void cancel_park() noexcept {
   g* gp = tls_g;
   gp->wait_reason.store(nullptr, std::memory_order_relaxed);

@@ -79,6 +79,8 @@ class scheduler {
   // samples).
   bool quiescent(std::uint64_t* progress) const;
   std::uint64_t live_gs() const noexcept;
+  void external_waker_add() noexcept { external_wakers_.fetch_add(1, std::memory_order_relaxed); }
+  void external_waker_remove() noexcept { external_wakers_.fetch_sub(1, std::memory_order_relaxed); }
 
   // --- timers (timers.cpp) --------------------------------------------------
   void add_timer(processor* p, timer* t);
@@ -161,6 +163,10 @@ class scheduler {
   std::atomic<bool> stopping_{false};
   std::atomic<std::uint32_t> putters_{0};  // threads inside global_put_batch
   std::atomic<std::uint32_t> nblocking_{0};  // Ms inside mpg::blocking
+  // Possible wake-ups from outside the runtime (g.hpp, external_waker_add).
+  // Relaxed: a count for the deadlock check, which confirms it on several
+  // looks 50 ms apart, like nblocking_.
+  std::atomic<std::uint64_t> external_wakers_{0};
   // Set when start_m() left a P with work idle because the thread limit was
   // reached; sysmon then serves such Ps (p_ownership.cpp, "Thread limit").
   // Relaxed: a hint that sysmon rechecks under mu_.

@@ -97,6 +97,15 @@ void ready(g* gp) noexcept;
 // readied G does not take the caller's time slice (used by wake-all paths).
 void ready_tail(g* gp) noexcept;
 
+// external_waker_add() / external_waker_remove(): count something outside
+// the runtime's own machinery (a live oneshot sender, a foreign awaitable
+// in flight, an external_work guard) as a possible wake-up for s's deadlock
+// check (block_on): while the count is above zero, s is never quiescent.
+// Any thread; each add must be matched by one remove on the same runtime
+// while it is alive.
+void external_waker_add(scheduler* s) noexcept;
+void external_waker_remove(scheduler* s) noexcept;
+
 // cancel_park(): undo park() when the awaiter finds, after parking but
 // before publishing, that it need not wait after all.
 void cancel_park() noexcept;
