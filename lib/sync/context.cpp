@@ -2,6 +2,8 @@
 // context.hpp).
 #include "mpg/context.hpp"
 
+#include "mpg/detail/sched/clock.hpp"
+
 #include <vector>
 
 namespace mpg {
@@ -52,7 +54,7 @@ void context_node::arm_deadline(std::chrono::steady_clock::time_point tp) {
   if (deadline_ && *deadline_ <= tp) return;  // an ancestor cancels us first
   deadline_ = tp;
   if (tp == std::chrono::steady_clock::time_point::max()) return;
-  if (tp <= std::chrono::steady_clock::now()) {
+  if (tp <= detail::mono_now()) {
     cancel(deadline_status());
     return;
   }

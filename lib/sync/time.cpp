@@ -16,9 +16,9 @@ after_chan::~after_chan() {
 }
 
 void after_chan::arm(steady_time when) {
-  if (when <= std::chrono::steady_clock::now()) {
+  if (when <= detail::mono_now()) {
     // Already due: send at once; the channel is new, so this succeeds.
-    steady_time now = std::chrono::steady_clock::now();
+    steady_time now = detail::mono_now();
     try_send_nothrow(now);
     return;
   }
@@ -31,7 +31,7 @@ void after_chan::arm(steady_time when) {
 
 void after_chan::fire(timer* t) noexcept {
   auto* self = static_cast<after_chan*>(t->arg);
-  steady_time now = std::chrono::steady_clock::now();
+  steady_time now = detail::mono_now();
   // Capacity 1, and only the timer sends: it cannot be full. If the user
   // closed the channel, there is nobody to tell.
   self->try_send_nothrow(now);
@@ -49,7 +49,7 @@ chan<steady_time> after_until(steady_time when) {
 }  // namespace detail
 
 bool sleep_awaiter::await_suspend(std::coroutine_handle<> h) {
-  if (timer_.when <= std::chrono::steady_clock::now()) return detail::yield_if_over_budget(h);
+  if (timer_.when <= detail::mono_now()) return detail::yield_if_over_budget(h);
   detail::g* gp = detail::current_g();
   detail::park(h, "sleep", where_);  // throws outside a task
   timer_.fire = &sleep_awaiter::fire;

@@ -13,11 +13,12 @@ namespace mpg::detail {
 
 using steady_time = std::chrono::steady_clock::time_point;
 
+// mono_now(): now, as a deadline is written (steady_clock).
+inline steady_time mono_now() noexcept { return std::chrono::steady_clock::now(); }
+
 // mono_now_ns(): now, in nanoseconds since the steady clock's epoch.
 inline std::int64_t mono_now_ns() noexcept {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(mono_now().time_since_epoch()).count();
 }
 
 // to_ns() / from_ns(): a steady_clock time point and its nanosecond form.
