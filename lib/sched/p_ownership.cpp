@@ -200,8 +200,9 @@ bool scheduler::has_work_locked(processor* p) const noexcept {
   // mu_ to look at the P's status, so either it finds the P idle afterwards
   // (and starts an M for it) or this read, after our lock, sees the timer.
   // The P's queue has no producer while nobody holds it, and the global
-  // queue is guarded by mu_.
+  // and posted queues are guarded by mu_.
   return p->runq.size() != 0 || gsize_.load(std::memory_order_relaxed) != 0 ||
+         posted_size_.load(std::memory_order_relaxed) != 0 ||
          p->timers.earliest_ns.load(std::memory_order_relaxed) != INT64_MAX || p->io->busy();
 }
 
