@@ -2,6 +2,11 @@
 // co_spawn), and an mpg task awaiting an Asio operation (a timer).
 #include <doctest/doctest.h>
 
+// Asio 1.22 looks for clang's pre-C++20 <experimental/coroutine> before it
+// enables co_await support; clang 16 has the standard <coroutine>.
+#if defined(__clang__) && !defined(ASIO_HAS_CO_AWAIT)
+#define ASIO_HAS_CO_AWAIT 1
+#endif
 #include <asio.hpp>
 
 #include <atomic>

@@ -34,6 +34,11 @@
 // destroyed with the operation pending), the task waits forever.
 //
 // Threads: asio_executor and its copies may be used from any thread.
+//
+// clang and Asio 1.22: Asio enables asio::awaitable / co_spawn under clang
+// only when it finds <experimental/coroutine>; with clang 16 and C++20,
+// define ASIO_HAS_CO_AWAIT=1 before including <asio.hpp> to use them (this
+// header itself does not need them).
 #pragma once
 
 #include <asio/async_result.hpp>
