@@ -259,9 +259,8 @@ scheduler::give_up_result scheduler::give_up_p(machine* m, g** found) {
     thread_mutex_lock l(mu_);
     if (stopping()) return give_up_result::stopping;
     gp = global_get(m, 0);
-    // Functions posted meanwhile: keep the P and go back to run them
-    // (relaxed: posted_size_ is written under mu_, which we hold).
-    if (gp == nullptr && posted_size_.load(std::memory_order_relaxed) != 0) return give_up_result::holds_p;
+    // Functions posted meanwhile: keep the P and go back to run them.
+    if (gp == nullptr && posts_queued()) return give_up_result::holds_p;
     if (gp == nullptr) {
       next_timer = p->timers.earliest_ns.load(std::memory_order_relaxed);
       const bool has_io = p->io->busy();

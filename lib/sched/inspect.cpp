@@ -14,7 +14,7 @@ bool scheduler::quiescent(std::uint64_t* progress) const {
                external_wakers_.load(std::memory_order_relaxed) == 0 &&
                putters_.load(std::memory_order_relaxed) == 0 &&
                gsize_.load(std::memory_order_seq_cst) == 0 &&
-               posted_size_.load(std::memory_order_seq_cst) == 0;
+               !posts_queued();
   for (auto& p : ps_) {
     runs += p->tasks_run.load(std::memory_order_relaxed);
     if (p->runq.size() != 0 || p->cur_gid.load(std::memory_order_relaxed) != 0 ||

@@ -19,25 +19,36 @@
 // enter() is acquire (pairs with nothing but keeps the caller's scheduler
 // accesses after it; the count, not the ordering, is what protects them).
 //
-// The posted queue. A post follows the parking protocol of scheduler.cpp
-// exactly as a G put on the global queue does:
-//   S1. the node is linked under the scheduler lock and posted_size_ grows
-//       (seq_cst fetch_add);
+// The posted queue has two parts:
+//   - the inbox, a lock-free stack (Treiber) that posters push onto with one
+//     CAS: posting never takes a lock;
+//   - the outbox, a FIFO under post_mu_ that Ms run from. When it is empty,
+//     an M moves the whole inbox into it (one exchange, then reversed, so
+//     each poster's functions keep their order).
+// A post follows the parking protocol of scheduler.cpp as a push onto a
+// local run queue does:
+//   S1. the CAS that links the node into the inbox (seq_cst);
 //   S2. wake_p() (seq_cst loads of npidle_/nmspinning_, CAS, start an M).
-// The scheduler's side (find_runnable.cpp) treats a non-empty posted queue
-// as queued work wherever it looks at the global queue: the spinner's
-// retry, P1's recheck under the lock (an M does not release its P while
-// functions are queued), P3's recheck (work_queued(), seq_cst), a P handed
-// off by mpg::blocking (has_work_locked), sysmon's unheld Ps, and the
-// deadlock check (a queued function is runnable work). So no post is left
-// queued while every M sleeps.
+// The scheduler's side (find_runnable.cpp) treats a non-empty inbox or
+// outbox as queued work wherever it looks at the global queue: the
+// spinner's retry, P1 (an M does not give its P up while functions are
+// queued), P3's recheck after the last spinner's decrement (work_queued(),
+// seq_cst loads of inbox_ and outbox_size_), a P handed off by mpg::blocking
+// (has_work_locked), sysmon's unheld Ps, and the deadlock check (a queued
+// function is runnable work). Either the poster's S2 sees the last
+// spinner's decrement and starts an M, or that spinner's P3 sees the node;
+// a non-spinning M that misses it parks only while another M spins or no P
+// idles, and every running P comes back to the queue itself. Nodes that an
+// M has moved out of the inbox but not yet counted in outbox_size_ are in
+// the hands of that running M, which takes its batch and, if any remain,
+// calls wake_p() so that another M helps.
 //
-// Running them. run_posted() takes up to kPostBatch nodes under the lock and
-// runs them on this M, holding its P, with no current G. It is called when
-// the P's local queue is empty (before the global queue is polled, which is
-// still polled in the same round) and on every 61st scheduling tick: Gs and
-// posted functions alternate instead of either starving the other. Each
-// batch counts as scheduling progress for the deadlock check.
+// Running them. run_posted() takes up to kPostBatch nodes from the outbox
+// and runs them on this M, holding its P, with no current G. It is called
+// when the P's local queue is empty (the global queue is still polled in
+// the same round) and on every 61st scheduling tick: Gs and posted
+// functions alternate instead of either starving the other. Each run counts
+// as scheduling progress for the deadlock check.
 //
 // Shutdown: ~runtime closes the control block (no new post), then stops;
 // drop_posted() (kill_remaining) destroys the nodes still queued without
@@ -79,36 +90,57 @@ void scheduler::close_handles() noexcept {
 }
 
 void scheduler::post(post_node* n) noexcept {
-  n->next = nullptr;
-  {
-    thread_mutex_lock l(mu_);
-    if (ptail_ != nullptr) ptail_->next = n; else phead_ = n;
-    ptail_ = n;
-    // seq_cst: S1 of the parking protocol (scheduler.cpp).
-    posted_size_.fetch_add(1, std::memory_order_seq_cst);
-  }
+  post_node* head = inbox_.load(std::memory_order_relaxed);
+  do {
+    n->next = head;
+    // seq_cst on success: S1 of the parking protocol (and release: the node
+    // is complete before an M can take it). Relaxed on failure: retry.
+  } while (!inbox_.compare_exchange_weak(head, n, std::memory_order_seq_cst, std::memory_order_relaxed));
   wake_p();  // S2
 }
 
 bool scheduler::run_posted(machine* m) {
-  if (posted_size_.load(std::memory_order_relaxed) == 0) return false;  // a hint; rechecked under mu_
+  // Relaxed: a hint; the protocol's rechecks use work_queued().
+  if (outbox_size_.load(std::memory_order_relaxed) == 0 && inbox_.load(std::memory_order_relaxed) == nullptr)
+    return false;
   post_node* first = nullptr;
   std::uint32_t n = 0;
+  bool more = false;
   {
-    thread_mutex_lock l(mu_);
-    first = phead_;
+    thread_mutex_lock l(post_mu_);
+    if (ohead_ == nullptr) {
+      // acquire: the posters' nodes are complete (their CAS released them).
+      post_node* stack = inbox_.exchange(nullptr, std::memory_order_acquire);
+      std::uint64_t k = 0;
+      post_node* fifo = nullptr;
+      post_node* tail = stack;
+      while (stack != nullptr) {
+        post_node* next = stack->next;
+        stack->next = fifo;
+        fifo = stack;
+        stack = next;
+        ++k;
+      }
+      ohead_ = fifo;
+      otail_ = tail;
+      // seq_cst: read by the protocol's rechecks (work_queued()).
+      if (k != 0) outbox_size_.fetch_add(k, std::memory_order_seq_cst);
+    }
+    first = ohead_;
     post_node* last = nullptr;
-    for (post_node* it = phead_; it != nullptr && n < kPostBatch; it = it->next, ++n) last = it;
+    for (post_node* it = ohead_; it != nullptr && n < kPostBatch; it = it->next, ++n) last = it;
     if (n == 0) return false;
-    phead_ = last->next;
-    if (phead_ == nullptr) ptail_ = nullptr;
+    ohead_ = last->next;
+    if (ohead_ == nullptr) otail_ = nullptr;
     last->next = nullptr;
-    // seq_cst: paired with the recheck loads of the parking protocol.
-    posted_size_.fetch_sub(n, std::memory_order_seq_cst);
+    outbox_size_.fetch_sub(n, std::memory_order_seq_cst);
+    more = ohead_ != nullptr;
   }
   // We found work: stop spinning (and wake another spinner if we were the
-  // last), as for a G taken from the global queue.
+  // last), as for a G taken from the global queue; if functions remain,
+  // let another M help.
   if (m->spinning) reset_spinning(m);
+  if (more) wake_p();
   while (first != nullptr) {
     post_node* next = first->next;
     first->invoke(first, true);
@@ -119,18 +151,26 @@ bool scheduler::run_posted(machine* m) {
   return true;
 }
 
+bool scheduler::posts_queued() const noexcept {
+  return inbox_.load(std::memory_order_seq_cst) != nullptr || outbox_size_.load(std::memory_order_seq_cst) != 0;
+}
+
 void scheduler::drop_posted() noexcept {
-  post_node* first;
+  post_node* lists[2];
   {
-    thread_mutex_lock l(mu_);
-    first = phead_;
-    phead_ = ptail_ = nullptr;
-    posted_size_.store(0, std::memory_order_seq_cst);
+    thread_mutex_lock l(post_mu_);
+    lists[0] = ohead_;
+    ohead_ = otail_ = nullptr;
+    outbox_size_.store(0, std::memory_order_seq_cst);
+    // acquire: see run_posted(). No post can come any more (closed).
+    lists[1] = inbox_.exchange(nullptr, std::memory_order_acquire);
   }
-  while (first != nullptr) {
-    post_node* next = first->next;
-    first->invoke(first, false);
-    first = next;
+  for (post_node* first : lists) {
+    while (first != nullptr) {
+      post_node* next = first->next;
+      first->invoke(first, false);
+      first = next;
+    }
   }
 }
 

@@ -62,8 +62,9 @@ class scheduler {
   // work_queued(): a G on the global queue or a posted function (seq_cst:
   // the parking protocol's rechecks).
   bool work_queued() const noexcept {
-    return gsize_.load(std::memory_order_seq_cst) != 0 || posted_size_.load(std::memory_order_seq_cst) != 0;
+    return gsize_.load(std::memory_order_seq_cst) != 0 || posts_queued();
   }
+  bool posts_queued() const noexcept;  // seq_cst loads of the inbox and outbox
   const std::shared_ptr<handle_state>& handle_state_ptr() const noexcept { return handle_state_; }
   void close_handles() noexcept;  // ~runtime, before stop(): refuse posts from now on
   void drop_posted() noexcept;    // shutdown: destroy queued functions unrun
@@ -172,11 +173,14 @@ class scheduler {
   // Length of the global queue, written under mu_, read without it
   // (seq_cst: the parking protocol's recheck reads it after its barrier).
   std::atomic<std::uint64_t> gsize_{0};
-  // The posted-function queue (post.cpp), and its length, written under
-  // mu_, read without it (seq_cst, like gsize_).
-  post_node* phead_ ABSL_GUARDED_BY(mu_) = nullptr;
-  post_node* ptail_ ABSL_GUARDED_BY(mu_) = nullptr;
-  std::atomic<std::uint64_t> posted_size_{0};
+  // The posted-function queue (post.cpp): a lock-free inbox (a stack that
+  // posters push onto) and an outbox (FIFO) under post_mu_, whose length is
+  // written under post_mu_ and read without it (seq_cst, like gsize_).
+  std::atomic<post_node*> inbox_{nullptr};
+  mutable thread_mutex post_mu_;
+  post_node* ohead_ ABSL_GUARDED_BY(post_mu_) = nullptr;
+  post_node* otail_ ABSL_GUARDED_BY(post_mu_) = nullptr;
+  std::atomic<std::uint64_t> outbox_size_{0};
   std::atomic<std::uint64_t> posts_run_{0};  // relaxed: progress for the deadlock check
   std::shared_ptr<handle_state> handle_state_;
   processor* pidle_ ABSL_GUARDED_BY(mu_) = nullptr;
