@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "mpg/mpg.hpp"
+#include "sched/scheduler.hpp"
 #include "test_support.hpp"
 
 using namespace std::chrono_literals;
@@ -194,6 +195,45 @@ TEST_CASE("post racing with ~runtime: each function runs or is destroyed, exactl
     CHECK(destroyed.load() == attempts.load());  // none leaked, none destroyed twice
     CHECK_FALSE(h.post([] {}));
   }
+}
+
+namespace {
+// The poster that entered the control block waits there until a third
+// thread has seen the runtime refuse posts (so ~runtime has begun closing).
+std::atomic<bool> g_inside{false}, g_closing_seen{false};
+thread_local bool t_is_racing_poster = false;
+void hold_poster_inside() {
+  if (!t_is_racing_poster) return;
+  g_inside.store(true);
+  while (!g_closing_seen.load()) std::this_thread::yield();
+}
+}  // namespace
+
+TEST_CASE("a post already inside when ~runtime begins is queued before the runtime goes away") {
+  // ~runtime must wait for the post that entered before it closed: else the
+  // post would queue onto a freed scheduler (ASan: heap-use-after-free).
+  std::atomic<long> destroyed{0}, ran{0};
+  auto rt = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1});
+  mpg::runtime_handle h = rt->handle();
+  mpg::detail::test_post_entered_hook.store(&hold_poster_inside);
+  bool accepted = false;
+  std::thread poster([&] {
+    t_is_racing_poster = true;
+    accepted = h.post([&ran, p = probe(&destroyed)] { ran.fetch_add(1); });
+  });
+  std::thread watcher([&] {
+    while (!g_inside.load()) std::this_thread::yield();
+    while (h.post([] {})) std::this_thread::yield();  // until ~runtime has closed the handle
+    g_closing_seen.store(true);
+  });
+  while (!g_inside.load()) std::this_thread::yield();
+  rt.reset();  // closes, then must wait for the poster inside
+  poster.join();
+  watcher.join();
+  mpg::detail::test_post_entered_hook.store(nullptr);
+  CHECK(accepted);
+  CHECK(destroyed.load() == 1);  // run, or destroyed unrun by the shutdown
+  CHECK(ran.load() <= 1);
 }
 
 TEST_CASE("schedule() moves a plain coroutine onto a P") {

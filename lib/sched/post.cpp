@@ -184,8 +184,12 @@ std::shared_ptr<handle_state> current_handle_state() {
   return s->handle_state_ptr();
 }
 
+std::atomic<void (*)()> test_post_entered_hook{nullptr};
+
 bool handle_post(handle_state* st, post_node* n) noexcept {
   if (!st->enter()) return false;
+  // Relaxed: set by a test before it starts the threads that post.
+  if (auto hook = test_post_entered_hook.load(std::memory_order_relaxed)) hook();
   st->sched->post(n);
   st->leave();
   return true;

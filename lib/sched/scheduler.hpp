@@ -238,4 +238,8 @@ class scheduler {
 // The P held by the calling thread's M, if that M belongs to s.
 processor* current_p_of(scheduler* s) noexcept;
 
+// Test seam (test/runtime_handle_tests.cpp): when set, runtime_handle::post
+// calls it after entering the control block and before queuing the node.
+extern std::atomic<void (*)()> test_post_entered_hook;
+
 }  // namespace mpg::detail
