@@ -69,6 +69,7 @@ void throw_block_on_inside_task() {
 runtime::runtime(runtime_options opts) : sched_(new detail::scheduler(opts)) {}
 
 runtime::~runtime() {
+  sched_->close_handles();             // no post from here on (lib/sched/post.cpp)
   sched_->stop();                      // steps 1 and 2 (lib/sched/shutdown.cpp)
   sched_->shutdown_io();               // step 3
   sched_->kill_remaining(std::cerr);  // steps 4 to 6
@@ -86,6 +87,7 @@ void runtime::go(task<void> t, const char* name) {
 }
 
 runtime_stats runtime::stats() const { return sched_->stats(); }
+runtime_handle runtime::handle() const noexcept { return runtime_handle(sched_->handle_state_ptr()); }
 void runtime::dump(std::ostream& os) const { sched_->dump(os); }
 
 void go(task<void> t, const char* name) {

@@ -11,11 +11,14 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "mpg/detail/sched/frame.hpp"
@@ -129,6 +132,36 @@ int run_fib(const char* name, int n, bool cache) {
   return 0;
 }
 
+// post: op = one plain function posted through a runtime_handle from one of
+// 4 plain threads (not tasks) and run on a P; the clock stops when the last
+// one has run. Each function adds 1 to a counter; the last one signals.
+long run_post(long n) {
+  constexpr int kPosters = 4;
+  mpg::runtime rt;
+  mpg::runtime_handle h = rt.handle();
+  std::atomic<long> ran{0};
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  auto fn = [&] {
+    if (ran.fetch_add(1, std::memory_order_relaxed) + 1 == n) {
+      std::lock_guard<std::mutex> l(mu);
+      done = true;
+      cv.notify_one();
+    }
+  };
+  std::vector<std::thread> ts;
+  for (int t = 0; t < kPosters; ++t)
+    ts.emplace_back([&, t] {
+      const long mine = n / kPosters + (t < n % kPosters ? 1 : 0);
+      for (long i = 0; i < mine; ++i) h.post(fn);
+    });
+  for (auto& t : ts) t.join();
+  std::unique_lock<std::mutex> l(mu);
+  cv.wait(l, [&] { return done; });
+  return ran.load();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -167,6 +200,13 @@ int main(int argc, char** argv) {
     mpg::runtime rt({.procs = 1});
     double ns = time_ns([&] { rt.block_on(yield_ping(n)); });
     print_result("yield_ping", 2 * n, ns, true);
+    return 0;
+  }
+  if (w == "post") {
+    const long n = arg > 0 ? arg : 2000000;
+    long r = 0;
+    double ns = time_ns([&] { r = run_post(n); });
+    print_result("post", n, ns, r == n);
     return 0;
   }
 #ifdef MPG_HAVE_SYNC_WORKLOADS

@@ -15,6 +15,7 @@ packages=(
   liburing-dev        # io_uring
   libabsl-dev         # absl::Status and friends
   doctest-dev         # the test framework
+  libasio-dev         # standalone Asio: mpg/asio.hpp and its test (optional)
   python3             # perf/run.py
   golang-go           # the Go peer in perf/go (Go 1.19)
   wrk                 # the HTTP load generator for http_hello

@@ -20,7 +20,8 @@
 // task: no timer pending, no I/O in flight, no call inside mpg::blocking,
 // and no progress between several looks 50 ms apart. Threads outside the
 // runtime are not counted as possible wakers: a task that waits for a plain
-// thread to try_send() to it counts as blocked.
+// thread to try_send() to it counts as blocked, unless an mpg::external_work
+// guard lives (mpg/runtime_handle.hpp lists every possible wake-up).
 #pragma once
 
 #include <chrono>
@@ -33,6 +34,7 @@
 #include <vector>
 
 #include "mpg/detail/sched/g.hpp"
+#include "mpg/runtime_handle.hpp"
 #include "mpg/runtime_options.hpp"
 #include "mpg/runtime_stats.hpp"
 #include "mpg/spawn.hpp"
@@ -116,6 +118,10 @@ class runtime {
       return std::move(*out);
     }
   }
+
+  // handle(): a copyable reference to this runtime for any thread
+  // (mpg/runtime_handle.hpp): post functions, hop coroutines onto it.
+  runtime_handle handle() const noexcept;
 
   runtime_stats stats() const;
   // dump(): every live task: id, name, state, and where it waits.

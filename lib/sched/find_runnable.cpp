@@ -4,8 +4,8 @@
 // Each M loops: find a runnable G on the P it holds, run it until it
 // suspends, repeat. find_runnable() looks in this order, one named step
 // each:
-//   1. take_global_for_fairness(): every 61st tick, one G from the global
-//      queue first, so that it cannot starve behind two Gs that keep
+//   1. take_global_for_fairness(): every 61st tick, a batch of posted
+//      functions and one G from the global queue first, so that it cannot starve behind two Gs that keep
 //      readying each other;
 //   2. poll_timers_and_io(): due timers and ready I/O completions of this P
 //      (they ready Gs here; SQEs are flushed when the local queue is empty
@@ -14,7 +14,9 @@
 //      (a G readying the next, which readies the next...) inherits the time
 //      slice but keeps the slot at most kMaxRunnextStreak turns in a row
 //      while the local queue has work;
-//   4. take_global(): a batch of up to len/procs + 1 from the global queue;
+//   4. run_posted() (post.cpp): up to 32 functions posted through a
+//      runtime_handle (also on step 1's tick); then take_global(): a batch
+//      of up to len/procs + 1 from the global queue;
 //   5. spin_for_work(): at most half as many Ms spin as there are busy Ps; a
 //      spinner makes kStealTries passes over the other Ps, each from a
 //      random start with a random stride coprime to procs (Go's
@@ -93,7 +95,9 @@ g* scheduler::find_runnable(machine* m, bool* inherit_time) {
     if (g* gp = take_global_for_fairness(m)) return gp;
     poll_timers_and_io(m);
     if (g* gp = pop_local(m, inherit_time)) return gp;
+    const bool ran_posted = run_posted(m);
     if (g* gp = take_global(m)) return gp;
+    if (ran_posted) continue;  // they may have readied Gs on this P
     g* found = nullptr;
     switch (spin_for_work(m, &found)) {
       case spin_result::found: return found;
@@ -110,7 +114,9 @@ g* scheduler::find_runnable(machine* m, bool* inherit_time) {
 
 // 1.
 [[gnu::always_inline]] inline g* scheduler::take_global_for_fairness(machine* m) {
-  if (m->p()->schedtick.load(std::memory_order_relaxed) % 61 != 0 || !global_nonempty()) return nullptr;
+  if (m->p()->schedtick.load(std::memory_order_relaxed) % 61 != 0) return nullptr;
+  run_posted(m);  // posted functions get the same fairness tick (post.cpp)
+  if (!global_nonempty()) return nullptr;
   g* gp;
   {
     thread_mutex_lock l(mu_);
@@ -183,7 +189,7 @@ scheduler::spin_result scheduler::spin_for_work(machine* m, g** found) {
       *found = gp;
       return spin_result::found;
     }
-    if (global_nonempty()) return spin_result::retry;
+    if (work_queued()) return spin_result::retry;
     if (p->io->busy()) {  // completions ready Gs here
       if (p->io->has_unsubmitted()) p->io->flush();
       p->io->reap();
@@ -253,6 +259,8 @@ scheduler::give_up_result scheduler::give_up_p(machine* m, g** found) {
     thread_mutex_lock l(mu_);
     if (stopping()) return give_up_result::stopping;
     gp = global_get(m, 0);
+    // Functions posted meanwhile: keep the P and go back to run them.
+    if (gp == nullptr && posts_queued()) return give_up_result::holds_p;
     if (gp == nullptr) {
       next_timer = p->timers.earliest_ns.load(std::memory_order_relaxed);
       const bool has_io = p->io->busy();
@@ -276,7 +284,7 @@ scheduler::give_up_result scheduler::give_up_p(machine* m, g** found) {
   if (m->spinning) {
     m->spinning = false;
     nmspinning_.fetch_sub(1, std::memory_order_seq_cst);
-    if ((global_nonempty() || any_local_work()) && recheck_after_spinning(m))
+    if ((work_queued() || any_local_work()) && recheck_after_spinning(m))
       return give_up_result::holds_p;
   }
   // P4.

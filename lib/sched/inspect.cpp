@@ -9,11 +9,12 @@
 namespace mpg::detail {
 
 bool scheduler::quiescent(std::uint64_t* progress) const {
-  std::uint64_t runs = gpushes_.load(std::memory_order_relaxed);
+  std::uint64_t runs = gpushes_.load(std::memory_order_relaxed) + posts_run_.load(std::memory_order_relaxed);
   bool quiet = nblocking_.load(std::memory_order_relaxed) == 0 &&
                external_wakers_.load(std::memory_order_relaxed) == 0 &&
                putters_.load(std::memory_order_relaxed) == 0 &&
-               gsize_.load(std::memory_order_seq_cst) == 0;
+               gsize_.load(std::memory_order_seq_cst) == 0 &&
+               !posts_queued();
   for (auto& p : ps_) {
     runs += p->tasks_run.load(std::memory_order_relaxed);
     if (p->runq.size() != 0 || p->cur_gid.load(std::memory_order_relaxed) != 0 ||

@@ -200,8 +200,11 @@ bool scheduler::has_work_locked(processor* p) const noexcept {
   // mu_ to look at the P's status, so either it finds the P idle afterwards
   // (and starts an M for it) or this read, after our lock, sees the timer.
   // The P's queue has no producer while nobody holds it, and the global
-  // queue is guarded by mu_.
+  // queue is guarded by mu_. Posted functions (post.cpp) are pushed without
+  // a lock: a post that this read misses is followed by its poster's
+  // wake_p(), which sees the P idle.
   return p->runq.size() != 0 || gsize_.load(std::memory_order_relaxed) != 0 ||
+         posts_queued() ||
          p->timers.earliest_ns.load(std::memory_order_relaxed) != INT64_MAX || p->io->busy();
 }
 

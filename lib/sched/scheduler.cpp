@@ -6,7 +6,9 @@
 // parallelism; Ms are created lazily when a P has work and no M, and park
 // when there is nothing to run. A global run queue, under the scheduler lock,
 // takes overflow from full local queues and Gs readied by threads that hold
-// no P (foreign spawns, timers fired by sysmon, block_on).
+// no P (foreign spawns, timers fired by sysmon, block_on). Functions posted
+// through a runtime_handle wait in a queue of their own beside it, under the
+// same protocol (post.cpp).
 //
 // Who holds a P, and how a P changes hands, is p_ownership.cpp's alone.
 //
@@ -16,18 +18,20 @@
 //
 // Parking protocol (no lost wakeups). Writers of work follow:
 //   S1. publish the G (runnext exchange, which is seq_cst, or a queue push
-//       followed by a seq_cst fence, or the global queue under the lock);
+//       followed by a seq_cst fence, or the global queue under the lock),
+//       or a posted function (a seq_cst CAS onto its inbox, post.cpp);
 //   S2. read npidle_ and nmspinning_ (seq_cst); if some P idles and no M
 //       spins, CAS nmspinning_ 0->1 and start a spinning M (wake_p).
 // An M that finds nothing follows (find_runnable.cpp):
-//   P1. under the lock, recheck the global queue, then put its P on the idle
-//       list (npidle_ += 1, seq_cst): released (T2 of p_ownership.cpp), or
-//       parked and still held when it has timers or I/O in flight (T3);
+//   P1. under the lock, recheck the global queue (and keep the P while
+//       functions are posted), then put its P on the idle list (npidle_
+//       += 1, seq_cst): released (T2 of p_ownership.cpp), or parked and
+//       still held when it has timers or I/O in flight (T3);
 //   P2. if it was spinning, decrement nmspinning_ (seq_cst);
-//   P3. if it was spinning, recheck the global queue and every P's local
-//       queue and runnext (seq_cst loads); on finding work, take its parked
-//       P back and spin again, or, with no P, wake_p() (which may hand this
-//       very M a P);
+//   P3. if it was spinning, recheck the global and posted queues and every
+//       P's local queue and runnext (seq_cst loads); on finding work, take
+//       its parked P back and spin again, or, with no P, wake_p() (which may
+//       hand this very M a P);
 //   P4. sleep until handed a P (futex), or, holding a parked P, until its
 //       next timer or I/O completion (futex with a deadline, or its ring).
 // Because S1/S2 and P2/P3 are each a store followed by loads, all seq_cst,
@@ -317,6 +321,7 @@ scheduler::scheduler(const runtime_options& opts) : opts_(opts) {
   }
   for (std::uint32_t i = 1; i <= procs(); ++i)
     if (std::gcd(i, procs()) == 1) steal_strides_.push_back(i);
+  open_handles();
   thread_mutex_lock l(mu_);
   for (auto it = ps_.rbegin(); it != ps_.rend(); ++it) pidle_put(it->get());
   sysmon_ = std::thread([this] { sysmon_main(); });

@@ -32,6 +32,9 @@
 
 namespace mpg::detail {
 
+struct post_node;     // mpg/runtime_handle.hpp
+struct handle_state;  // post.cpp
+
 class scheduler {
  public:
   explicit scheduler(const runtime_options& opts);
@@ -53,6 +56,18 @@ class scheduler {
   bool global_nonempty() const noexcept { return gsize_.load(std::memory_order_seq_cst) != 0; }
   // local_put(): queue gp on the P that m holds (overflow goes global).
   void local_put(machine* m, g* gp, queue_slot slot) noexcept;
+
+  // --- posted functions and runtime handles (post.cpp) -----------------------
+  void post(post_node* n) noexcept;  // queue n and wake an M (S1/S2)
+  // work_queued(): a G on the global queue or a posted function (seq_cst:
+  // the parking protocol's rechecks).
+  bool work_queued() const noexcept {
+    return gsize_.load(std::memory_order_seq_cst) != 0 || posts_queued();
+  }
+  bool posts_queued() const noexcept;  // seq_cst loads of the inbox and outbox
+  const std::shared_ptr<handle_state>& handle_state_ptr() const noexcept { return handle_state_; }
+  void close_handles() noexcept;  // ~runtime, before stop(): refuse posts from now on
+  void drop_posted() noexcept;    // shutdown: destroy queued functions unrun
 
   // --- P ownership and Ms (p_ownership.cpp) ---------------------------------
   void wake_p() noexcept;  // Go's wakep: start a spinning M if none spins and a P idles
@@ -112,6 +127,10 @@ class scheduler {
   void execute(machine* m, g* gp, bool inherit_time);
   void reset_spinning(machine* m) noexcept;
   bool any_local_work() const noexcept;
+  // run_posted(): run up to a batch of posted functions on m's P (post.cpp);
+  // true if it ran any.
+  bool run_posted(machine* m);
+  void open_handles();
 
   // p_ownership.cpp: the one place where a P changes hands.
   void acquire_p(machine* m, processor* p) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -154,6 +173,16 @@ class scheduler {
   // Length of the global queue, written under mu_, read without it
   // (seq_cst: the parking protocol's recheck reads it after its barrier).
   std::atomic<std::uint64_t> gsize_{0};
+  // The posted-function queue (post.cpp): a lock-free inbox (a stack that
+  // posters push onto) and an outbox (FIFO) under post_mu_, whose length is
+  // written under post_mu_ and read without it (seq_cst, like gsize_).
+  std::atomic<post_node*> inbox_{nullptr};
+  mutable thread_mutex post_mu_;
+  post_node* ohead_ ABSL_GUARDED_BY(post_mu_) = nullptr;
+  post_node* otail_ ABSL_GUARDED_BY(post_mu_) = nullptr;
+  std::atomic<std::uint64_t> outbox_size_{0};
+  std::atomic<std::uint64_t> posts_run_{0};  // relaxed: progress for the deadlock check
+  std::shared_ptr<handle_state> handle_state_;
   processor* pidle_ ABSL_GUARDED_BY(mu_) = nullptr;
   machine* midle_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::vector<std::unique_ptr<machine>> allm_ ABSL_GUARDED_BY(mu_);
@@ -208,5 +237,9 @@ class scheduler {
 
 // The P held by the calling thread's M, if that M belongs to s.
 processor* current_p_of(scheduler* s) noexcept;
+
+// Test seam (test/runtime_handle_tests.cpp): when set, runtime_handle::post
+// calls it after entering the control block and before queuing the node.
+extern std::atomic<void (*)()> test_post_entered_hook;
 
 }  // namespace mpg::detail

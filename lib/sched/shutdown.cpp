@@ -22,6 +22,9 @@
 //      whose join_handle is still held elsewhere keeps its memory until that
 //      handle is dropped (frame.hpp, kJoinKilled). Destructors that ready
 //      other Gs during this only queue them; nothing runs any more.
+// Before step 1, ~runtime closes its handles' control block (post.cpp): from
+// then on runtime_handle::post returns false. Functions still posted are
+// destroyed unrun right after step 4.
 // Steps 4 to 6 are kill_remaining(), which detaches the timers itself so
 // that no caller can kill frames with their timers still queued.
 #include <algorithm>
@@ -45,6 +48,9 @@ void scheduler::kill_remaining(std::ostream& report) {
   // one of its Ms (add_timer(t, s) naming a runtime being destroyed, from
   // another thread, is a misuse like any use of an object being destroyed).
   detach_timers();
+  // Functions still posted are destroyed unrun (runtime_handle.hpp); their
+  // captures' destructors may ready Gs, which are then only queued.
+  drop_posted();
   std::vector<g*> live;
   {
     thread_mutex_lock l(allg_mu_);

@@ -49,7 +49,7 @@ void scheduler::serve_unheld_ps() noexcept {
     serve_io(*p->io);
     if (p->runq.size() != 0) wake_p();
   }
-  if (work_left && global_nonempty()) wake_p();
+  if (work_left && work_queued()) wake_p();
 }
 
 void scheduler::sysmon_main() {

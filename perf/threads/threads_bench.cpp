@@ -33,6 +33,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -288,6 +289,46 @@ result idle_tasks(std::int64_t n) {
           .bytes_per_task = static_cast<double>(peak - baseline) * 1024.0 / static_cast<double>(n)};
 }
 
+// post: 4 producer threads push plain functions onto a queue guarded by a
+// mutex and a condition variable; one consumer thread runs them (swapping
+// the whole queue out per lock). The clock stops when the last has run.
+result post(std::int64_t n) {
+  constexpr int kPosters = 4;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::function<void()>> q;
+  std::int64_t ran = 0;
+  std::thread consumer([&] {
+    std::deque<std::function<void()>> batch;
+    while (ran < n) {
+      {
+        std::unique_lock lk(mu);
+        cv.wait(lk, [&] { return !q.empty(); });
+        batch.swap(q);
+      }
+      for (auto& f : batch) f();
+      batch.clear();
+    }
+  });
+  std::vector<std::thread> ts;
+  for (int t = 0; t < kPosters; ++t)
+    ts.emplace_back([&, t] {
+      const std::int64_t mine = n / kPosters + (t < n % kPosters ? 1 : 0);
+      for (std::int64_t i = 0; i < mine; ++i) {
+        bool was_empty;
+        {
+          std::lock_guard lk(mu);
+          was_empty = q.empty();
+          q.emplace_back([&ran] { ++ran; });  // only the consumer runs these
+        }
+        if (was_empty) cv.notify_one();
+      }
+    });
+  for (auto& t : ts) t.join();
+  consumer.join();
+  return {.ops = n, .ok = ran == n};
+}
+
 struct workload {
   std::string_view name;
   std::int64_t default_n;  // 0: infeasible with threads
@@ -305,6 +346,7 @@ constexpr workload kWorkloads[] = {
     {"chan_mpmc", 2'000'000, chan_mpmc, "items"},
     {"mutex_contention", 2'000'000, mutex_contention, "lock+increment ops in all (8 threads)"},
     {"idle_tasks", 10'000, idle_tasks, "blocked threads"},
+    {"post", 2'000'000, post, "functions posted from 4 threads to one consumer thread"},
 };
 
 void usage(const char* argv0) {

@@ -1,0 +1,133 @@
+// mpg/asio.hpp: mpg as the executor of standalone Asio (post, dispatch,
+// co_spawn), and an mpg task awaiting an Asio operation (a timer).
+#include <doctest/doctest.h>
+
+// Asio 1.22 looks for clang's pre-C++20 <experimental/coroutine> before it
+// enables co_await support; clang 16 has the standard <coroutine>.
+#if defined(__clang__) && !defined(ASIO_HAS_CO_AWAIT)
+#define ASIO_HAS_CO_AWAIT 1
+#endif
+#include <asio.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "mpg/asio.hpp"
+#include "mpg/mpg.hpp"
+
+using namespace std::chrono_literals;
+
+namespace {
+
+class countdown {
+ public:
+  explicit countdown(long n) : n_(n) {}
+  void done() {
+    std::lock_guard<std::mutex> l(mu_);
+    if (--n_ == 0) cv_.notify_all();
+  }
+  void wait() {
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait(l, [&] { return n_ == 0; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  long n_;
+};
+
+// An io_context run by a thread of its own for the test's lifetime.
+struct io_thread {
+  asio::io_context io;
+  asio::executor_work_guard<asio::io_context::executor_type> work = asio::make_work_guard(io);
+  std::thread t{[this] { io.run(); }};
+  ~io_thread() {
+    work.reset();
+    t.join();
+  }
+};
+
+asio::awaitable<void> asio_coroutine(mpg::runtime_handle h, bool* on_runtime, countdown* done) {
+  *on_runtime = h.running_in_this_thread();
+  co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);  // suspends, resumes on ex
+  *on_runtime = *on_runtime && h.running_in_this_thread();
+  done->done();
+}
+
+mpg::task<long> wait_on_timer(asio::io_context& io, std::chrono::milliseconds d, bool* on_runtime) {
+  mpg::runtime_handle h = mpg::runtime_handle::current();
+  const auto start = std::chrono::steady_clock::now();
+  asio::steady_timer t(io, d);
+  std::error_code ec = co_await t.async_wait(mpg::use_task);
+  *on_runtime = h.running_in_this_thread() && !ec;
+  co_return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count();
+}
+
+mpg::task<bool> dispatch_inside(mpg::asio_executor ex) {
+  bool ran = false;
+  asio::dispatch(ex, [&ran] { ran = true; });  // inline: already on this runtime
+  co_return ran;
+}
+
+}  // namespace
+
+TEST_CASE("asio::post runs the function on the runtime") {
+  mpg::runtime rt({.procs = 2});
+  mpg::asio_executor ex(rt.handle());
+  std::atomic<int> on{0};
+  countdown done(100);
+  for (int i = 0; i < 100; ++i)
+    asio::post(ex, [&] {
+      if (rt.handle().running_in_this_thread()) on.fetch_add(1);
+      done.done();
+    });
+  done.wait();
+  CHECK(on.load() == 100);
+}
+
+TEST_CASE("asio::dispatch is inline on the runtime and posted from outside") {
+  mpg::runtime rt({.procs = 2});
+  mpg::asio_executor ex(rt.handle());
+  CHECK(rt.block_on(dispatch_inside(ex)));
+  std::atomic<bool> on{false};
+  countdown done(1);
+  asio::dispatch(ex, [&] {
+    on = rt.handle().running_in_this_thread();
+    done.done();
+  });
+  done.wait();
+  CHECK(on.load());
+}
+
+TEST_CASE("asio::co_spawn runs an Asio coroutine on the runtime") {
+  mpg::runtime rt({.procs = 2});
+  mpg::asio_executor ex(rt.handle());
+  bool on_runtime = false;
+  countdown done(1);
+  asio::co_spawn(ex, asio_coroutine(rt.handle(), &on_runtime, &done), asio::detached);
+  done.wait();
+  CHECK(on_runtime);
+}
+
+TEST_CASE("a task awaits an Asio timer (250 ms: no deadlock_error while it is pending)") {
+  io_thread io;
+  mpg::runtime rt({.procs = 2});
+  bool on_runtime = false;
+  const long ms = rt.block_on(wait_on_timer(io.io, 250ms, &on_runtime));
+  CHECK(ms >= 250);
+  CHECK(on_runtime);
+}
+
+TEST_CASE("use_task outside a task throws") {
+  io_thread io;
+  asio::steady_timer t(io.io, 1ms);
+  CHECK_THROWS_AS(([&] {
+                    auto a = t.async_wait(mpg::use_task);
+                    a.await_suspend(std::noop_coroutine());
+                  }()),
+                  mpg::runtime_misuse_error);
+}

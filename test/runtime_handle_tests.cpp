@@ -1,0 +1,295 @@
+// runtime_handle and external_work (mpg/runtime_handle.hpp): posting plain
+// functions from any thread, hopping a foreign coroutine onto a P, handles
+// that outlive their runtime, and the deadlock check's external wake-ups.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <coroutine>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "mpg/mpg.hpp"
+#include "sched/scheduler.hpp"
+#include "test_support.hpp"
+
+using namespace std::chrono_literals;
+
+namespace {
+
+// countdown: a plain-thread latch (the test thread waits; posted functions
+// count down).
+class countdown {
+ public:
+  explicit countdown(long n) : n_(n) {}
+  void done() {
+    std::lock_guard<std::mutex> l(mu_);
+    if (--n_ == 0) cv_.notify_all();
+  }
+  void wait() {
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait(l, [&] { return n_ == 0; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  long n_;
+};
+
+// A coroutine that is not an mpg task: starts eagerly, frees itself at the end.
+struct plain_coro {
+  struct promise_type {
+    plain_coro get_return_object() { return {}; }
+    std::suspend_never initial_suspend() noexcept { return {}; }
+    std::suspend_never final_suspend() noexcept { return {}; }
+    void return_void() {}
+    void unhandled_exception() { std::terminate(); }
+  };
+};
+
+plain_coro hop_onto(mpg::runtime_handle h, bool* before, bool* after, std::thread::id* where,
+                    countdown* done) {
+  *before = h.running_in_this_thread();
+  co_await h.schedule();
+  *after = h.running_in_this_thread();
+  *where = std::this_thread::get_id();
+  done->done();
+}
+
+plain_coro hop_expecting_refusal(mpg::runtime_handle h, bool* threw) {
+  try {
+    co_await h.schedule();
+  } catch (const mpg::runtime_misuse_error&) {
+    *threw = true;
+  }
+}
+
+// probe: counts its own destruction once, however often it is moved.
+struct probe {
+  std::atomic<long>* destroyed;
+  bool live = true;
+  explicit probe(std::atomic<long>* d) : destroyed(d) {}
+  probe(probe&& o) noexcept : destroyed(o.destroyed), live(std::exchange(o.live, false)) {}
+  probe(const probe&) = delete;
+  ~probe() {
+    if (live) destroyed->fetch_add(1, std::memory_order_relaxed);
+  }
+};
+
+mpg::task<int> recv_one(mpg::chan<int> c) {
+  auto v = co_await c.recv();
+  co_return v ? *v : -1;
+}
+
+}  // namespace
+
+TEST_CASE("post from 4 threads x 5000: every function runs exactly once, on a P") {
+  mpg::runtime rt({.procs = 2});
+  mpg::runtime_handle h = rt.handle();
+  constexpr int kThreads = 4;
+  constexpr int kPosts = 5000;
+  std::vector<std::atomic<int>> runs(kThreads * kPosts);
+  std::atomic<int> off_runtime{0};
+  countdown all(kThreads * kPosts);
+  std::vector<std::thread> ts;
+  for (int t = 0; t < kThreads; ++t) {
+    ts.emplace_back([&, t] {
+      for (int i = 0; i < kPosts; ++i) {
+        const bool ok = h.post([&, idx = t * kPosts + i] {
+          if (!h.running_in_this_thread()) off_runtime.fetch_add(1, std::memory_order_relaxed);
+          runs[idx].fetch_add(1, std::memory_order_relaxed);
+          all.done();
+        });
+        if (!ok) off_runtime.fetch_add(1000000, std::memory_order_relaxed);
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  all.wait();
+  CHECK(off_runtime.load() == 0);
+  int wrong = 0;
+  for (auto& r : runs) wrong += r.load() != 1;
+  CHECK(wrong == 0);
+  CHECK_FALSE(h.running_in_this_thread());  // the test thread is not one of rt's
+}
+
+TEST_CASE("a post always finds an M: ping-pong between a plain thread and posted functions") {
+  // Each post finds the runtime idle (every M parked or about to park): a
+  // lost wake-up hangs here.
+  mpg::runtime rt({.procs = 2});
+  mpg::runtime_handle h = rt.handle();
+  const int rounds = mpg_test::kSanitized ? 500 : 3000;
+  for (int i = 0; i < rounds; ++i) {
+    countdown one(1);
+    REQUIRE(h.post([&] { one.done(); }));
+    one.wait();
+  }
+}
+
+TEST_CASE("posted functions may spawn, try_send and post") {
+  mpg::runtime rt({.procs = 2});
+  mpg::runtime_handle h = rt.handle();
+  mpg::chan<int> c(1);
+  auto j = rt.spawn(recv_one(c));
+  REQUIRE(h.post([&] {
+    auto me = mpg::runtime_handle::current();
+    CHECK(me == h);
+    CHECK(me.post([c]() mutable { c.try_send(7); }));
+  }));
+  CHECK(rt.block_on(std::move(j)) == 7);
+}
+
+TEST_CASE("a handle outliving its runtime refuses work and destroys the function") {
+  std::atomic<long> destroyed{0};
+  mpg::runtime_handle h;
+  CHECK_FALSE(h.post([] {}));  // empty handle
+  {
+    mpg::runtime rt({.procs = 1});
+    h = rt.handle();
+    CHECK(static_cast<bool>(h));
+  }
+  bool ran = false;
+  CHECK_FALSE(h.post([&ran, p = probe(&destroyed)] { ran = true; }));
+  CHECK_FALSE(ran);
+  CHECK(destroyed.load() == 1);
+  CHECK_FALSE(h.running_in_this_thread());
+  bool threw = false;
+  hop_expecting_refusal(h, &threw);
+  CHECK(threw);
+}
+
+TEST_CASE("post racing with ~runtime: each function runs or is destroyed, exactly once") {
+  const int iterations = mpg_test::kSanitized ? 20 : 100;
+  for (int it = 0; it < iterations; ++it) {
+    std::atomic<long> destroyed{0}, ran{0}, accepted{0}, attempts{0};
+    std::atomic<bool> refused{false};
+    auto rt = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 2});
+    mpg::runtime_handle h = rt->handle();
+    std::atomic<int> started{0};
+    std::vector<std::thread> ts;
+    for (int t = 0; t < 3; ++t) {
+      ts.emplace_back([&] {
+        started.fetch_add(1);
+        // Post until the runtime refuses: some posts land before the close,
+        // some race with it, the rest are refused.
+        while (!refused.load(std::memory_order_relaxed)) {
+          attempts.fetch_add(1);
+          if (h.post([&ran, p = probe(&destroyed)] { ran.fetch_add(1); }))
+            accepted.fetch_add(1);
+          else
+            refused.store(true, std::memory_order_relaxed);
+        }
+      });
+    }
+    while (started.load() < 3) std::this_thread::yield();
+    while (accepted.load() < 50) std::this_thread::yield();
+    rt.reset();  // races with the posters
+    const long ran_at_destruction = ran.load();
+    for (auto& t : ts) t.join();
+    CHECK(ran.load() == ran_at_destruction);  // nothing runs after ~runtime
+    CHECK(ran.load() <= accepted.load());
+    CHECK(destroyed.load() == attempts.load());  // none leaked, none destroyed twice
+    CHECK_FALSE(h.post([] {}));
+  }
+}
+
+namespace {
+// The poster that entered the control block waits there until a third
+// thread has seen the runtime refuse posts (so ~runtime has begun closing).
+std::atomic<bool> g_inside{false}, g_closing_seen{false};
+thread_local bool t_is_racing_poster = false;
+void hold_poster_inside() {
+  if (!t_is_racing_poster) return;
+  g_inside.store(true);
+  while (!g_closing_seen.load()) std::this_thread::yield();
+}
+}  // namespace
+
+TEST_CASE("a post already inside when ~runtime begins is queued before the runtime goes away") {
+  // ~runtime must wait for the post that entered before it closed: else the
+  // post would queue onto a freed scheduler (ASan: heap-use-after-free).
+  std::atomic<long> destroyed{0}, ran{0};
+  auto rt = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1});
+  mpg::runtime_handle h = rt->handle();
+  mpg::detail::test_post_entered_hook.store(&hold_poster_inside);
+  bool accepted = false;
+  std::thread poster([&] {
+    t_is_racing_poster = true;
+    accepted = h.post([&ran, p = probe(&destroyed)] { ran.fetch_add(1); });
+  });
+  std::thread watcher([&] {
+    while (!g_inside.load()) std::this_thread::yield();
+    while (h.post([] {})) std::this_thread::yield();  // until ~runtime has closed the handle
+    g_closing_seen.store(true);
+  });
+  while (!g_inside.load()) std::this_thread::yield();
+  rt.reset();  // closes, then must wait for the poster inside
+  poster.join();
+  watcher.join();
+  mpg::detail::test_post_entered_hook.store(nullptr);
+  CHECK(accepted);
+  CHECK(destroyed.load() == 1);  // run, or destroyed unrun by the shutdown
+  CHECK(ran.load() <= 1);
+}
+
+TEST_CASE("schedule() moves a plain coroutine onto a P") {
+  mpg::runtime rt({.procs = 2});
+  bool before = true, after = false;
+  std::thread::id where;
+  countdown done(1);
+  hop_onto(rt.handle(), &before, &after, &where, &done);
+  done.wait();
+  CHECK_FALSE(before);
+  CHECK(after);
+  CHECK(where != std::this_thread::get_id());
+}
+
+TEST_CASE("runtime_handle::current() outside a task throws a logic_error") {
+  CHECK_THROWS_AS(mpg::runtime_handle::current(), mpg::runtime_misuse_error);
+  CHECK_THROWS_AS(mpg::runtime_handle::current(), std::logic_error);
+  mpg::runtime rt({.procs = 1});
+  mpg::runtime_handle h = rt.handle();
+  auto inside = [](mpg::runtime_handle expected) -> mpg::task<bool> {
+    mpg::runtime_handle me = mpg::runtime_handle::current();
+    co_await me.schedule();  // already there: continues inline
+    co_return me == expected && me.running_in_this_thread();
+  };
+  CHECK(rt.block_on(inside(h)));
+}
+
+TEST_CASE("external_work: a task waiting 300 ms for a plain thread is not a deadlock") {
+  mpg::runtime rt({.procs = 2});
+  mpg::chan<int> c(1);
+  std::thread sender;
+  {
+    auto guard = std::make_unique<mpg::external_work>(rt.handle());
+    sender = std::thread([c, g = std::move(guard)]() mutable {
+      std::this_thread::sleep_for(300ms);  // the slow outside world under test, not synchronisation
+      CHECK(c.try_send(42));
+      g.reset();
+    });
+  }
+  CHECK(rt.block_on(recv_one(c)) == 42);
+  sender.join();
+}
+
+TEST_CASE("external_work: the deadlock check fires again once no guard lives") {
+  mpg::runtime rt({.procs = 2});
+  { mpg::external_work g(rt.handle()); }
+  CHECK_THROWS_AS(rt.block_on(recv_one(mpg::chan<int>())), mpg::deadlock_error);
+}
+
+TEST_CASE("external_work: a guard outliving its runtime touches nothing") {
+  std::unique_ptr<mpg::external_work> g;
+  {
+    mpg::runtime rt({.procs = 1});
+    g = std::make_unique<mpg::external_work>(rt.handle());
+  }
+  g.reset();  // ASan: no use of the freed scheduler
+  mpg::runtime_handle empty;
+  mpg::external_work nothing(empty);
+}
