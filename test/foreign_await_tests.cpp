@@ -382,3 +382,15 @@ TEST_CASE("an awaiter that parks without the tag is caught (assertions on)") {
   CHECK(err.find("runtime_awaiter_tag") != std::string::npos);
 }
 #endif
+
+TEST_CASE("a task killed by the shutdown while it waits leaves the bridge to free itself") {
+  event ev;
+  {
+    mpg::runtime rt({.procs = 1});
+    auto waiter = [](event& e) -> mpg::task<void> { co_await e; };
+    rt.go(waiter(ev), "killed-while-external");
+    while (ev.waiters() == 0) std::this_thread::yield();
+    CHECK(mpg_test::dump_shows(rt, "external"));
+  }  // ~runtime kills the waiter: its foreign wait is abandoned
+  ev.set();  // the bridge sees that and frees itself (ASan: no leak, no use after free)
+}

@@ -13,6 +13,11 @@
 // exception that escapes the child is rethrown by co_await in the parent.
 // A task is awaited at most once; awaiting it again throws std::logic_error.
 //
+// Any awaitable may be awaited inside a task: the promise's await_transform
+// passes mpg's own awaiters through and puts any other one behind a bridge
+// that brings the task back onto its runtime however it is resumed
+// (mpg/detail/sched/foreign_await.hpp).
+//
 // Frames come from the recycling allocator of mpg/detail/sched/frame.hpp.
 #pragma once
 
