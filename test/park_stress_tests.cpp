@@ -91,6 +91,7 @@ struct handoff {
   }
 
   struct take_awaiter {
+    using mpg_awaiter = mpg::detail::runtime_awaiter_tag;
     handoff* self;
     bool await_ready() {
       std::lock_guard<std::mutex> l(self->mu);

@@ -27,6 +27,7 @@ struct counted {
 
 // Parks the current G with nothing that will ever ready it.
 struct park_forever {
+  using mpg_awaiter = mpg::detail::runtime_awaiter_tag;
   bool await_ready() const noexcept { return false; }
   void await_suspend(std::coroutine_handle<> h) const { mpg::detail::park(h, "forever"); }
   void await_resume() const noexcept {}

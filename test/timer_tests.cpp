@@ -32,6 +32,7 @@ using namespace std::chrono_literals;
 // by adding the timer; the fire callback readies it.
 
 struct sleep_awaiter {
+  using mpg_awaiter = mpg::detail::runtime_awaiter_tag;
   clock_type::time_point when;
   clock_type::time_point fired_at{};
   mpg::detail::g* gp = nullptr;
@@ -141,6 +142,7 @@ struct order_log {
 
 // Parks, then adds every timer (so none can ready us before we parked).
 struct add_all_and_wait {
+  using mpg_awaiter = mpg::detail::runtime_awaiter_tag;
   order_log* log;
   timer* timers;
   int n;

@@ -35,6 +35,7 @@ bool exit_blocking() noexcept;
 template <class F>
 class blocking_awaiter {
  public:
+  using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
   using result_type = std::invoke_result_t<F&>;
 
   blocking_awaiter(F fn, std::source_location where) : fn_(std::move(fn)), where_(where) {}

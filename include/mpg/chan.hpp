@@ -332,6 +332,7 @@ inline constexpr adopt_state_t adopt_state{};
 template <class T>
 class [[nodiscard]] recv_op : private detail::recv_node<T> {
  public:
+  using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
   using result_type = std::optional<T>;
 
   recv_op(recv_op&&) noexcept = default;
@@ -411,6 +412,7 @@ class [[nodiscard]] recv_op : private detail::recv_node<T> {
 template <class T>
 class [[nodiscard]] send_op : private detail::send_node<T> {
  public:
+  using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
   using result_type = std::monostate;
 
   send_op(send_op&&) noexcept(std::is_nothrow_move_constructible_v<T>) = default;

@@ -48,6 +48,7 @@ using clock = std::chrono::steady_clock;
 template <class Prep>
 class [[nodiscard]] submit_awaiter {
  public:
+  using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
   explicit submit_awaiter(Prep prep) noexcept(std::is_nothrow_move_constructible_v<Prep>)
       : prep_(std::move(prep)) {}
   submit_awaiter(Prep prep, clock::time_point deadline) noexcept(

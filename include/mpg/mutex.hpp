@@ -171,6 +171,7 @@ class mutex {
 // into the slow-path coroutine, which parks as needed.
 class [[nodiscard]] mutex::lock_awaiter {
  public:
+  using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
   lock_awaiter(mutex* m, std::source_location where) noexcept : m_(m), where_(where) {}
   lock_awaiter(const lock_awaiter&) = delete;
   lock_awaiter& operator=(const lock_awaiter&) = delete;
@@ -233,6 +234,7 @@ class mutex::guard {
 
 class [[nodiscard]] mutex::scoped_lock_awaiter {
  public:
+  using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
   scoped_lock_awaiter(mutex* m, std::source_location where) noexcept : m_(m), inner_(m, where) {}
   bool await_ready() noexcept { return inner_.await_ready(); }
   std::coroutine_handle<> await_suspend(std::coroutine_handle<> h) {

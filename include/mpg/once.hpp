@@ -81,6 +81,7 @@ class once {
   // One attempt under the queue lock: become the runner, find it done, or
   // park.
   struct wait_awaiter : detail::waiter {
+    using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
     wait_awaiter(once* o, std::source_location w) noexcept : self(o), where(w) {}
     // Destroyed while still queued: only when its task is killed at runtime
     // shutdown (detail/sync/waitq.hpp, kQueued; the plain read of the bit is
@@ -128,6 +129,7 @@ class once {
 template <class F>
 class [[nodiscard]] once::call_awaiter {
  public:
+  using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
   template <class G>
   call_awaiter(once* o, G&& f, std::source_location where)
       : o_(o), f_(std::forward<G>(f)), where_(where) {}

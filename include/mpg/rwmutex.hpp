@@ -137,6 +137,7 @@ class rwmutex {
 template <bool Exclusive>
 class [[nodiscard]] rwmutex::acquire_awaiter : private detail::waiter {
  public:
+  using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
   acquire_awaiter(rwmutex* m, std::source_location where) noexcept : m_(m), where_(where) {}
   acquire_awaiter(const acquire_awaiter&) = delete;
   acquire_awaiter& operator=(const acquire_awaiter&) = delete;

@@ -123,6 +123,9 @@ void unlock_all(const std::array<chan_base*, N>& c, std::size_t n) noexcept
 // does not suspend at all when a case is ready (modulo the budget yield).
 template <class... Cases>
 class [[nodiscard]] select_awaiter {
+ public:
+  using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
+ private:
   static constexpr std::size_t kCases = sizeof...(Cases);
   static_assert(kCases > 0, "select needs at least one case");
   static_assert(kCases < 255, "too many select cases");

@@ -106,6 +106,7 @@ class semaphore {
 
 class [[nodiscard]] semaphore::acquire_awaiter : private detail::waiter {
  public:
+  using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
   acquire_awaiter(semaphore* s, std::source_location where) noexcept : s_(s), where_(where) {}
   acquire_awaiter(const acquire_awaiter&) = delete;
   acquire_awaiter& operator=(const acquire_awaiter&) = delete;

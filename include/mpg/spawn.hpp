@@ -88,6 +88,7 @@ class [[nodiscard]] join_handle {
   void detach() noexcept { reset(); }
 
   struct awaiter {
+    using mpg_awaiter = detail::runtime_awaiter_tag;
     join_handle* self;
     bool await_ready() const noexcept {
       // Acquire: pairs with the finisher's acq_rel exchange so the result is visible.
@@ -154,6 +155,7 @@ void go(task<void> t, const char* name = nullptr);
 
 // yield(): Go's Gosched. The G goes to the back of its P's local queue.
 struct yield_awaiter {
+  using mpg_awaiter = detail::runtime_awaiter_tag;
   bool await_ready() const noexcept { return false; }
   void await_suspend(std::coroutine_handle<> h) const noexcept { detail::requeue_current(h); }
   void await_resume() const noexcept {}
@@ -164,6 +166,7 @@ yield_awaiter yield();
 // the G's budget for this time slice is spent; then it yields. Loops that
 // never otherwise suspend call it to stay fair (Tokio's consume_budget).
 struct budget_awaiter {
+  using mpg_awaiter = detail::runtime_awaiter_tag;
   bool await_ready() const noexcept { return !detail::consume_budget_now(); }
   void await_suspend(std::coroutine_handle<> h) const noexcept { detail::requeue_current(h); }
   void await_resume() const noexcept {}

@@ -13,6 +13,11 @@
 // exception that escapes the child is rethrown by co_await in the parent.
 // A task is awaited at most once; awaiting it again throws std::logic_error.
 //
+// Any awaitable may be awaited inside a task: the promise's await_transform
+// passes mpg's own awaiters through and puts any other one behind a bridge
+// that brings the task back onto its runtime however it is resumed
+// (mpg/detail/sched/foreign_await.hpp).
+//
 // Frames come from the recycling allocator of mpg/detail/sched/frame.hpp.
 #pragma once
 
@@ -20,10 +25,12 @@
 #include <cstdint>
 #include <exception>
 #include <optional>
+#include <source_location>
 #include <stdexcept>
 #include <type_traits>
 #include <utility>
 
+#include "mpg/detail/sched/foreign_await.hpp"
 #include "mpg/detail/sched/frame.hpp"
 #include "mpg/detail/sched/g.hpp"
 
@@ -60,6 +67,23 @@ class promise_base {
   final_awaiter final_suspend() noexcept { return {}; }
 
   void unhandled_exception() noexcept { exception_ = std::current_exception(); }
+
+  // Every co_await in a task comes through here (foreign_await.hpp): runtime
+  // awaiters pass through unchanged; anything else waits behind a bridge, so
+  // that it can resume the task from any thread.
+  template <class A>
+    requires runtime_awaitable<A>
+  runtime_await<awaiter_t<A>> await_transform(A&& a) noexcept(
+      noexcept(get_awaiter(std::declval<A>()))) {
+    return runtime_await<awaiter_t<A>>{get_awaiter(static_cast<A&&>(a))};
+  }
+  template <class A>
+    requires(!runtime_awaitable<A>)
+  foreign_await<awaiter_t<A>> await_transform(
+      A&& a, std::source_location where = std::source_location::current()) {
+    return foreign_await<awaiter_t<A>>(
+        [&]() -> decltype(auto) { return get_awaiter(static_cast<A&&>(a)); }, where);
+  }
 
   void rethrow_if_failed() {
     if (exception_) std::rethrow_exception(exception_);
@@ -140,6 +164,7 @@ class [[nodiscard]] task {
 
   // Awaiting: runs the child inline on this G (symmetric transfer).
   struct awaiter {
+    using mpg_awaiter = detail::runtime_awaiter_tag;
     handle_type h;
     bool await_ready() const noexcept { return false; }
     std::coroutine_handle<> await_suspend(std::coroutine_handle<> parent) noexcept {

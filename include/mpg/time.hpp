@@ -89,6 +89,7 @@ chan<steady_time> after_until(steady_time when);
 // thread's P when it has one.
 class [[nodiscard]] sleep_awaiter {
  public:
+  using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
   sleep_awaiter(std::chrono::steady_clock::time_point when, std::source_location where) noexcept
       : where_(where) {
     timer_.when = when;

@@ -110,6 +110,7 @@ class wait_group {
 
 class [[nodiscard]] wait_group::wait_awaiter : private detail::waiter {
  public:
+  using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
   wait_awaiter(wait_group* wg, std::source_location where) noexcept : wg_(wg), where_(where) {}
   wait_awaiter(const wait_awaiter&) = delete;
   wait_awaiter& operator=(const wait_awaiter&) = delete;

@@ -109,9 +109,42 @@ const char* to_string(g_status s) noexcept {
 // ---------------------------------------------------------------------------
 // The task-facing interface of g.hpp.
 
+namespace {
+[[noreturn, maybe_unused]] void report_untagged_awaiter(g* gp) noexcept {
+  const char* name = gp->name.load(std::memory_order_relaxed);
+  std::fprintf(stderr,
+               "mpg: task %llu%s%s%s parked twice in one await: an awaiter that parks through the "
+               "runtime lacks `using mpg_awaiter = mpg::detail::runtime_awaiter_tag;` "
+               "(mpg/detail/sched/g.hpp) and was awaited as a foreign awaitable\n",
+               static_cast<unsigned long long>(gp->id.load(std::memory_order_relaxed)),
+               name ? " (" : "", name ? name : "", name ? ")" : "");
+  std::fflush(stderr);
+  std::abort();
+}
+
+// A root frame finished on a thread that does not run its G: some awaiter
+// resumed the task's handle itself (on a thread of its own, or inline inside
+// another task) instead of readying the G.
+[[noreturn]] void report_resumed_outside(std::uint64_t gid, const char* name) noexcept {
+  std::fprintf(stderr,
+               "mpg: task %llu%s%s%s was resumed outside its runtime: an awaiter resumed the "
+               "task's coroutine handle itself instead of through the runtime\n",
+               static_cast<unsigned long long>(gid), name ? " (" : "", name ? name : "",
+               name ? ")" : "");
+  std::fflush(stderr);
+  std::abort();
+}
+}  // namespace
+
 void park(std::coroutine_handle<> h, const char* reason, std::source_location where) {
   g* gp = tls_g;
   if (gp == nullptr) throw runtime_misuse_error("mpg: a runtime await was used outside a task");
+#ifndef NDEBUG
+  // A G parks once per await. Parking a G that is already waiting means an
+  // awaiter that parks through the runtime went through await_transform as
+  // a foreign one (which parked first): it lacks the tag (g.hpp).
+  if (gp->status.load(std::memory_order_relaxed) == g_status::waiting) report_untagged_awaiter(gp);
+#endif
   gp->resume = h;
   // Relaxed: diagnostics only (dump); see g.hpp.
   gp->wait_reason.store(reason, std::memory_order_relaxed);
@@ -163,6 +196,9 @@ static bool budget_exhausted() noexcept {
 
 void requeue_current(std::coroutine_handle<> h) noexcept {
   g* gp = tls_g;
+#ifndef NDEBUG
+  if (gp->status.load(std::memory_order_relaxed) == g_status::waiting) report_untagged_awaiter(gp);
+#endif
   gp->resume = h;
   gp->wait_reason.store(nullptr, std::memory_order_relaxed);
   gp->status.store(g_status::runnable, std::memory_order_relaxed);
@@ -198,6 +234,8 @@ g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
 std::coroutine_handle<> finish_root(std::coroutine_handle<> root, const std::exception_ptr& failure,
                                     std::uint64_t gid, const char* name) noexcept {
   g* gp = tls_g;
+  if (gp == nullptr || gp->id.load(std::memory_order_relaxed) != gid) [[unlikely]]
+    report_resumed_outside(gid, name);
   scheduler* s = gp->sched;
   s->retire_g(gp);
   frame_header* hdr = header_of(root.address());

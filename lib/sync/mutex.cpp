@@ -20,6 +20,7 @@ constexpr int kSpinPauses = 30;
 // at the tail (or, for a waiter that was woken and lost, at the front) when
 // it is held. Lives in lock_slow's frame; reused across retries.
 struct mutex::wait_awaiter : detail::waiter {
+  using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
   wait_awaiter(mutex* mu, std::source_location w) noexcept : m(mu), where(w) {}
 
   mutex* m;

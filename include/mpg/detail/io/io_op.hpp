@@ -152,6 +152,7 @@ void io_cancel(io_slot* slot, bool close) noexcept;
 // the G after the reactor readied it (the M that reaped the CQE, usually the
 // owning P's).
 struct io_awaiter {
+  using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
   io_op op;
   io_prep_fn prep;
   const void* ctx;

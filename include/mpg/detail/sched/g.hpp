@@ -22,6 +22,19 @@
 //   thread runs a P of the G's runtime; otherwise on the runtime's global
 //   queue, waking an idle P. The resumed G observes every write that the
 //   readier made before ready() (release/acquire through the run queues).
+//
+// Runtime awaiters and foreign awaitables. The task promise's await_transform
+// (foreign_await.hpp) passes an awaiter through unchanged only when it is a
+// runtime awaiter: one that declares
+//     using mpg_awaiter = mpg::detail::runtime_awaiter_tag;
+// Every awaiter that calls park(), requeue_current() or join_suspend(), or
+// transfers into another task's frame, MUST carry that tag, including
+// awaiters written in tests and in other libraries built on this interface.
+// Any other awaitable is foreign: the task parks ("external") and the
+// foreign awaiter gets a bridge handle that readies the G when resumed, from
+// whatever thread. A runtime awaiter missing the tag would be wrapped, park
+// the G a second time and be readied twice; builds with assertions enabled
+// catch that at the inner park() (it aborts naming the missing tag).
 #pragma once
 
 #include <atomic>
@@ -29,11 +42,19 @@
 #include <cstdint>
 #include <exception>
 #include <source_location>
+#include <type_traits>
 
 namespace mpg::detail {
 
 class scheduler;
 class promise_base;
+
+// The opt-in of runtime awaiters (see the top of the file).
+struct runtime_awaiter_tag {};
+template <class A>
+concept runtime_awaiter =
+    requires { typename A::mpg_awaiter; } &&
+    std::is_same_v<typename A::mpg_awaiter, runtime_awaiter_tag>;
 
 enum class g_status : std::uint8_t {
   dead,      // in a free pool; no task attached
