@@ -562,7 +562,8 @@ class chan {
   //
   // Sends v if that needs no waiting (a receiver waits, or the ring has
   // room); returns false otherwise, leaving v untouched. Throws
-  // mpg::closed_channel_error on a closed channel.
+  // mpg::closed_channel_error on a closed channel. Any thread may call it,
+  // inside a runtime or not: a receiver it wakes runs on its runtime.
   bool try_send(T&& v) { return try_send_ref(v); }
   bool try_send(const T& v)
     requires std::is_copy_constructible_v<T>
@@ -576,7 +577,7 @@ class chan {
   // chan::try_recv()
   //
   // A value if one is available without waiting; nullopt if none is (or the
-  // channel is closed and drained).
+  // channel is closed and drained). Any thread may call it.
   std::optional<T> try_recv() {
     std::optional<T> out;
     detail::g* wake = nullptr;
@@ -591,7 +592,8 @@ class chan {
   // chan::close()
   //
   // Receivers drain the ring, then get nullopt; blocked senders (and later
-  // ones) throw. Closing twice throws mpg::closed_channel_error.
+  // ones) throw. Closing twice throws mpg::closed_channel_error. Any thread
+  // may call it.
   void close() { s_->close(); }
 
   // size(): elements in the ring now (a snapshot). capacity(): as built.

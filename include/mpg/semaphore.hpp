@@ -72,7 +72,7 @@ class semaphore {
   acquire_awaiter acquire(std::source_location where = std::source_location::current()) noexcept;
 
   // semaphore::try_acquire(): takes a permit if one is free and nobody
-  // waits; never parks.
+  // waits; never parks. Any thread may call it.
   bool try_acquire() noexcept {
     std::int64_t s = state_.load(std::memory_order_relaxed);
     while (s >= 2) {  // permits > 0 (then kWaiters is clear)
