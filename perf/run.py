@@ -97,6 +97,8 @@ WORKLOADS = [
     Workload("chan_mpmc", target=20),
     Workload("mutex_contention", target=15),
     Workload("idle_tasks", metric="bytes_per_task", unit="bytes/task", target=256),
+    # Go has no oneshot from a plain thread to a goroutine: absent.
+    Workload("oneshot", impls=("mpg", "threads")),
     # tcp_echo and http_hello need a server and a load client: they are run by
     # perf/servers/run_servers.py.
 ]
