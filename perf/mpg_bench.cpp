@@ -122,6 +122,41 @@ mpg::task<void> yield_ping(long n) {
   co_await b;
 }
 
+// oneshot: n oneshot pairs made beforehand; a plain thread sends value i on
+// sender i, in order, while a task awaits receiver i, in order (so the task
+// parks whenever it catches up with the thread). Op: one hand-off.
+mpg::task<long> oneshot_receive_all(std::vector<mpg::oneshot_receiver<long>>& rxs) {
+  long sum = 0;
+  for (auto& rx : rxs) {
+    absl::StatusOr<long> v = co_await rx;
+    if (v.ok()) sum += *v;
+  }
+  co_return sum;
+}
+int run_oneshot(long n) {
+  std::vector<mpg::oneshot_sender<long>> txs;
+  std::vector<mpg::oneshot_receiver<long>> rxs;
+  txs.reserve(static_cast<std::size_t>(n));
+  rxs.reserve(static_cast<std::size_t>(n));
+  for (long i = 0; i < n; ++i) {
+    auto [tx, rx] = mpg::oneshot<long>();
+    txs.push_back(std::move(tx));
+    rxs.push_back(std::move(rx));
+  }
+  mpg::runtime rt;
+  long r = 0;
+  double ns = time_ns([&] {
+    auto h = rt.spawn(oneshot_receive_all(rxs), "oneshot");
+    std::thread sender([&] {
+      for (long i = 0; i < n; ++i) txs[static_cast<std::size_t>(i)].send(i);
+    });
+    r = rt.block_on(std::move(h));
+    sender.join();
+  });
+  print_result("oneshot", n, ns, r == n * (n - 1) / 2);
+  return 0;
+}
+
 int run_fib(const char* name, int n, bool cache) {
   mpg::detail::set_frame_cache_enabled(cache);
   mpg::runtime rt;
@@ -209,6 +244,7 @@ int main(int argc, char** argv) {
     print_result("post", n, ns, r == n);
     return 0;
   }
+  if (w == "oneshot") return run_oneshot(arg > 0 ? arg : 1000000);
 #ifdef MPG_HAVE_SYNC_WORKLOADS
   if (int rc = mpg_perf::run_sync_workload(w, arg); rc != 2) return rc;
 #endif

@@ -100,6 +100,8 @@ WORKLOADS = [
     # Go has no equivalent of posting a plain function onto its scheduler
     # from a foreign thread: absent.
     Workload("post", impls=("mpg", "threads")),
+    # Go has no oneshot from a plain thread to a goroutine: absent.
+    Workload("oneshot", impls=("mpg", "threads")),
     # tcp_echo and http_hello need a server and a load client: they are run by
     # perf/servers/run_servers.py.
 ]

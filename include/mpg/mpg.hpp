@@ -18,6 +18,7 @@
 #include "mpg/mutex.hpp"
 #include "mpg/once.hpp"
 #include "mpg/rwmutex.hpp"
+#include "mpg/oneshot.hpp"
 #include "mpg/select.hpp"
 #include "mpg/semaphore.hpp"
 #include "mpg/task_group.hpp"

@@ -4,12 +4,16 @@
 //   switch (r.index()) { case 0: ... std::get<0>(r) is std::optional<int> ... }
 //   auto n = co_await mpg::select(a.recv(), mpg::default_case);   // never waits
 //
-// The cases are the awaiters that chan<T>::recv() and chan<T>::send(v) return;
+// The cases are the awaiters that chan<T>::recv() and chan<T>::send(v) return,
+// and oneshot receives (oneshot.hpp: rx.recv(), or the receiver rx itself);
 // any channels, any element types, the same channel more than once. The
 // result is a std::variant whose alternative I is case I's result: a recv
-// case gives std::optional<T> (nullopt: closed), a send case and the default
+// case gives std::optional<T> (nullopt: closed), a oneshot case
+// absl::StatusOr<T> (absl::Status for void), a send case and the default
 // case give std::monostate. Alternatives are built with std::in_place_index,
-// so equal types in different positions stay distinct.
+// so equal types in different positions stay distinct. A oneshot state takes
+// part in the algorithm below like a channel: its lock joins the lock order,
+// its one waiter queue takes the case's waiter, and its sender is the waker.
 //
 // The algorithm is Go's selectgo (runtime/select.go):
 //   1. Draw a uniformly random poll order of the cases (inside-out
@@ -65,6 +69,7 @@
 #include <variant>
 
 #include "mpg/chan.hpp"
+#include "mpg/oneshot.hpp"
 #include "mpg/detail/sched/fastrand.hpp"
 #include "mpg/detail/sched/g.hpp"
 #include "mpg/detail/sync/waitq.hpp"
@@ -92,30 +97,50 @@ struct select_case_traits<send_op<T>> {
   using result = std::monostate;
   static constexpr bool is_channel = true;
 };
+template <class T>
+struct select_case_traits<oneshot_recv_op<T>> {
+  using result = typename oneshot_recv_op<T>::result_type;
+  static constexpr bool is_channel = true;
+};
 template <>
 struct select_case_traits<default_case_t> {
   using result = std::monostate;
   static constexpr bool is_channel = false;
 };
 
-// The lock order: distinct channels sorted by address. Returns how many.
+// as_select_case(): what select() stores for an argument. A oneshot
+// receiver, named as a case, stands for its recv(); every other case is
+// moved (or copied) in as it is.
+template <class C>
+std::remove_cvref_t<C> as_select_case(C&& c) {
+  return std::remove_cvref_t<C>(std::forward<C>(c));
+}
+template <class T>
+oneshot_recv_op<T> as_select_case(oneshot_receiver<T>& rx) noexcept {
+  return rx.recv();
+}
+template <class C>
+using select_case_t = decltype(as_select_case(std::declval<C>()));
+
+// The lock order: the distinct locks of the cases' channels (and oneshot
+// states), sorted by address. Returns how many.
 template <std::size_t N>
-std::size_t sort_lock_order(std::array<chan_base*, N>& c) noexcept {
-  std::sort(c.begin(), c.end(), std::less<chan_base*>());
+std::size_t sort_lock_order(std::array<spinlock*, N>& c) noexcept {
+  std::sort(c.begin(), c.end(), std::less<spinlock*>());
   return static_cast<std::size_t>(std::unique(c.begin(), c.end()) - c.begin());
 }
 // lock_all(), unlock_all(): the first n channels' locks. Unchecked: the
 // analysis tracks locks it can name, not a set of runtime size; the select
 // hooks that run under these locks assert them (chan.hpp).
 template <std::size_t N>
-void lock_all(const std::array<chan_base*, N>& c, std::size_t n) noexcept
+void lock_all(const std::array<spinlock*, N>& c, std::size_t n) noexcept
     ABSL_NO_THREAD_SAFETY_ANALYSIS {
-  for (std::size_t i = 0; i < n; ++i) c[i]->lock_.lock();
+  for (std::size_t i = 0; i < n; ++i) c[i]->lock();
 }
 template <std::size_t N>
-void unlock_all(const std::array<chan_base*, N>& c, std::size_t n) noexcept
+void unlock_all(const std::array<spinlock*, N>& c, std::size_t n) noexcept
     ABSL_NO_THREAD_SAFETY_ANALYSIS {
-  for (std::size_t i = n; i-- > 0;) c[i]->lock_.unlock();
+  for (std::size_t i = n; i-- > 0;) c[i]->unlock();
 }
 
 // select_awaiter: the awaiter returned by mpg::select. Resumes on the P of
@@ -172,7 +197,7 @@ class [[nodiscard]] select_awaiter {
         order[i] = order[j];
         order[j] = static_cast<std::uint8_t>(i);
       }
-      std::array<chan_base*, kChannels> locks = channels();
+      std::array<spinlock*, kChannels> locks = channels();
       const std::size_t nlocks = sort_lock_order(locks);
 
       // 2. Poll.
@@ -217,7 +242,7 @@ class [[nodiscard]] select_awaiter {
         if constexpr (kChannels == 1) {
           chosen_ = kChanIdx[0];  // the waker took our only waiter off
         } else {
-          std::array<chan_base*, kChannels> locks = channels();
+          std::array<spinlock*, kChannels> locks = channels();
           const std::size_t nlocks = sort_lock_order(locks);
           lock_all(locks, nlocks);
           std::size_t k = 0;
@@ -236,10 +261,16 @@ class [[nodiscard]] select_awaiter {
   }
 
  private:
-  std::array<chan_base*, kChannels> channels() noexcept {
-    std::array<chan_base*, kChannels> a;
+  // channels(): the lock of each channel case (a oneshot case: its state's).
+  std::array<spinlock*, kChannels> channels() noexcept {
+    std::array<spinlock*, kChannels> a;
     std::size_t k = 0;
-    for_each_channel_case([&](auto& c) { a[k++] = c.sel_chan(); });
+    for_each_channel_case([&](auto& c) {
+      if constexpr (requires { c.sel_lock(); })
+        a[k++] = c.sel_lock();
+      else
+        a[k++] = &c.sel_chan()->lock_;
+    });
     return a;
   }
 
@@ -313,10 +344,11 @@ class [[nodiscard]] select_awaiter {
 // `co_await mpg::select(case...)`: waits until one case can proceed, performs
 // exactly that one, and returns its index and result as a std::variant. With
 // mpg::default_case it never waits. Cases are taken by value (moved in).
+// A oneshot_receiver named as a case (an lvalue) stands for rx.recv().
 template <class... Cases>
-detail::select_awaiter<std::remove_cvref_t<Cases>...> select(Cases&&... cases) {
-  return detail::select_awaiter<std::remove_cvref_t<Cases>...>(
-      std::remove_cvref_t<Cases>(std::forward<Cases>(cases))...);
+detail::select_awaiter<detail::select_case_t<Cases>...> select(Cases&&... cases) {
+  return detail::select_awaiter<detail::select_case_t<Cases>...>(
+      detail::as_select_case(std::forward<Cases>(cases))...);
 }
 
 }  // namespace mpg

@@ -34,6 +34,7 @@
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <future>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -203,6 +204,23 @@ result pingpong(std::int64_t n) {
   return {.ops = n, .ok = v == n};
 }
 
+// oneshot: n std::promise/std::future pairs made beforehand; one thread
+// sets value i on promise i, in order, while another gets future i, in
+// order. Op: one hand-off.
+result oneshot(std::int64_t n) {
+  std::vector<std::promise<std::int64_t>> ps(static_cast<std::size_t>(n));
+  std::vector<std::future<std::int64_t>> fs;
+  fs.reserve(static_cast<std::size_t>(n));
+  for (auto& p : ps) fs.push_back(p.get_future());
+  std::int64_t sum = 0;
+  std::thread receiver([&] {
+    for (auto& f : fs) sum += f.get();
+  });
+  for (std::int64_t i = 0; i < n; ++i) ps[static_cast<std::size_t>(i)].set_value(i);
+  receiver.join();
+  return {.ops = n, .ok = sum == n * (n - 1) / 2};
+}
+
 // chan_mpmc: the ints 0..n-1 through one bounded queue of capacity 1024 from 4
 // producer threads to 4 consumer threads. Op: one item.
 result chan_mpmc(std::int64_t n) {
@@ -347,6 +365,7 @@ constexpr workload kWorkloads[] = {
     {"mutex_contention", 2'000'000, mutex_contention, "lock+increment ops in all (8 threads)"},
     {"idle_tasks", 10'000, idle_tasks, "blocked threads"},
     {"post", 2'000'000, post, "functions posted from 4 threads to one consumer thread"},
+    {"oneshot", 1'000'000, oneshot, "hand-offs (std::promise/std::future)"},
 };
 
 void usage(const char* argv0) {

@@ -1,0 +1,420 @@
+// mpg/oneshot.hpp: oneshot<T>, one value from anywhere to one task (Tokio's
+// oneshot channel; Go would use a channel of capacity 1).
+//
+//   auto [tx, rx] = mpg::oneshot<int>();   // oneshot_sender<int>, oneshot_receiver<int>
+//   bool delivered = tx.send(42);          // any thread, at most once, never waits
+//   absl::StatusOr<int> v = co_await rx;   // in a task: the value, or kAborted
+//   auto r = co_await mpg::select(rx, ch.recv());   // a select case too
+//   auto [dtx, drx] = mpg::oneshot<void>();  // dtx.send(); absl::Status s = co_await drx;
+//
+// Which thread may call what:
+//   - oneshot_sender: every operation (send, the destructor, moves) from any
+//     thread, inside a runtime or not. send() never waits (it takes the
+//     state's spinlock for a few stores) and never runs user code other than
+//     T's move constructor.
+//   - oneshot_receiver: the destructor and moves from any thread;
+//     `co_await rx`, `co_await rx.recv()` and select cases only inside a task.
+//   - Result of the await: the value; absl::StatusCode::kAborted when the
+//     sender was destroyed without sending; kFailedPrecondition when the
+//     value was already received by an earlier await.
+//   - send() returns false, dropping the value, when the receiver is gone
+//     (destroyed) or the sender is empty (moved from, or already sent).
+//
+// Where the awaiting task resumes: if it waits, on a P of its own runtime,
+// readied by the thread that sent or destroyed the sender (g.hpp, ready():
+// that thread's P when it runs one of the runtime's Ps, else the global
+// queue).
+//
+// Protocol. The shared state holds one spinlock, a status word and the value,
+// a waitq with at most one waiter (the receiving awaiter or one select case),
+// and a reference count (one reference per live end).
+//   R1. The receiver's await takes the lock. A status other than kEmpty
+//       completes it now. Otherwise it parks (g.hpp, step 1), counts itself
+//       as waiting on an external waker of its runtime (external_waker_add,
+//       remembering the scheduler in the awaiter), queues its waiter, and
+//       unlocks: the unlock publishes the waiter (step 2).
+//   S1. send() takes the lock. Receiver gone: unlock, return false. Else it
+//       stores the value, sets kFull, dequeues the waiter (for a select
+//       case: waitq::dequeue claims the select, or drops a waiter whose
+//       select already fired elsewhere), unlocks, readies the dequeued G
+//       (step 3), and drops its reference.
+//   S2. The sender's destructor, unsent: as S1 with kAborted and no value.
+//   R2. The awaiter's await_resume, or a select's clean-up (sel_dequeue, the
+//       winner's sel_result), or the awaiter's destructor (a task killed at
+//       shutdown; it also unlinks a still-queued waiter, waitq.hpp kQueued),
+//       whichever comes first, calls external_waker_remove on the remembered
+//       scheduler, exactly once per add. All of these run on the receiving
+//       task's runtime while it is alive, so the count is balanced and a
+//       sender on a plain thread never touches the runtime's counters: a
+//       sender destroyed after its runtime is gone touches only the state.
+//   R3. The receiver's destructor sets rx_gone under the lock and drops its
+//       reference.
+// Why the waker count is removed by the receiver and not by the sender: a
+// sender that removed it before ready() would leave a window in which the
+// runtime looks quiescent though a G is about to become runnable; removing
+// it after ready() would touch a runtime that the resumed task may already
+// have let finish. The receiver holds the count from before it publishes the
+// waiter until after it runs again, so the count covers every instant.
+//
+// Destruction. The state is freed by whichever end drops the last
+// reference. A sender never touches the state after S1's unlock except to
+// drop its reference, and the reference keeps the state alive: the resumed
+// receiver may destroy its end (and the whole state, if the sender's
+// reference is already gone) at once.
+//
+// Invariants (under lock_):
+//   - status_ moves only kEmpty -> kFull -> kTaken, or kEmpty -> kAborted.
+//   - The waitq holds a waiter only while status_ is kEmpty: S1 and S2
+//     dequeue it in the same section that leaves kEmpty.
+//   - value_ is engaged iff status_ is kFull.
+//
+// Rejected: a lock-free state word with the waiter's address in it: shorter
+// sections, but a select case must be polled and queued under the same lock
+// set as the select's channel cases (select.hpp, steps 2 and 3), so the
+// oneshot takes part in select's lock order like a channel. A reference
+// count in each awaiter's G instead of a shared count: the ends live on
+// different threads, one RMW per end is the least that frees the state
+// exactly once.
+//
+// Memory ordering: everything but refs_ is read and written under lock_
+// (acquire/release), including the value; the resumed task reads it after
+// ready(), which orders the sender's writes before it (g.hpp). refs_ is
+// argued at release().
+#pragma once
+
+#include <absl/base/thread_annotations.h>
+#include <absl/status/status.h>
+#include <absl/status/statusor.h>
+
+#include <atomic>
+#include <cassert>
+#include <coroutine>
+#include <cstdint>
+#include <optional>
+#include <source_location>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+#include "mpg/detail/sched/g.hpp"
+#include "mpg/detail/sync/spinlock.hpp"
+#include "mpg/detail/sync/waitq.hpp"
+
+namespace mpg {
+
+template <class T>
+class oneshot_sender;
+template <class T>
+class oneshot_receiver;
+template <class T>
+class oneshot_recv_op;
+
+namespace detail {
+
+template <class... Cases>
+class select_awaiter;
+
+absl::Status oneshot_aborted_status();
+absl::Status oneshot_taken_status();
+
+enum class oneshot_status : std::uint8_t { kEmpty, kFull, kTaken, kAborted };
+
+template <class T>
+class oneshot_state {
+ public:
+  using stored_type = std::conditional_t<std::is_void_v<T>, std::monostate, T>;
+  using result_type = std::conditional_t<std::is_void_v<T>, absl::Status, absl::StatusOr<T>>;
+
+  oneshot_state() = default;
+  // Freed while a waiter is still queued: only at runtime shutdown, when a
+  // killed frame held the last end and another killed task waits on the
+  // state by reference. Detach it, as ~chan_base does.
+  ~oneshot_state() {
+    spin_guard lk(lock_);
+    q_.detach_all();
+  }
+  oneshot_state(const oneshot_state&) = delete;
+  oneshot_state& operator=(const oneshot_state&) = delete;
+
+  void release() noexcept {
+    // acq_rel: the other end's last use of the state (release) happens
+    // before the delete that the last release runs (acquire).
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+
+  // S1 / S2: the sender's one completion. v == nullptr: destroyed unsent.
+  bool complete(stored_type* v) {
+    g* wake = nullptr;
+    {
+      spin_guard lk(lock_);
+      if (v && rx_gone_) return false;
+      if (v) {
+        value_.emplace(std::move(*v));
+        status_ = oneshot_status::kFull;
+      } else {
+        status_ = oneshot_status::kAborted;
+      }
+      if (waiter* w = q_.dequeue()) wake = w->gp();
+    }  // S1's unlock: from here only our reference keeps the state alive
+    if (wake) ready(wake);
+    return true;
+  }
+
+  void receiver_gone() noexcept {
+    spin_guard lk(lock_);
+    rx_gone_ = true;
+  }
+
+  // take_locked(): the await's result once status_ is not kEmpty.
+  result_type take_locked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_) {
+    switch (status_) {
+      case oneshot_status::kFull: {
+        status_ = oneshot_status::kTaken;
+        if constexpr (std::is_void_v<T>) {
+          value_.reset();
+          return absl::OkStatus();
+        } else {
+          result_type r(std::move(*value_));
+          value_.reset();
+          return r;
+        }
+      }
+      case oneshot_status::kAborted:
+        return oneshot_aborted_status();
+      default:
+        return oneshot_taken_status();
+    }
+  }
+
+  spinlock lock_;
+  oneshot_status status_ ABSL_GUARDED_BY(lock_) = oneshot_status::kEmpty;
+  bool rx_gone_ ABSL_GUARDED_BY(lock_) = false;
+  waitq q_ ABSL_GUARDED_BY(lock_);
+  std::optional<stored_type> value_ ABSL_GUARDED_BY(lock_);
+  std::atomic<std::uint32_t> refs_{2};  // one per end
+};
+
+}  // namespace detail
+
+// oneshot_sender<T>
+//
+// The sending end. Move-only. Destroying it unsent wakes the receiver with
+// kAborted. Every operation may be called from any thread.
+template <class T>
+class oneshot_sender {
+ public:
+  oneshot_sender(oneshot_sender&& o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
+  oneshot_sender& operator=(oneshot_sender&& o) noexcept {
+    if (this != &o) {
+      reset();
+      s_ = std::exchange(o.s_, nullptr);
+    }
+    return *this;
+  }
+  ~oneshot_sender() { reset(); }
+
+  // oneshot_sender::send()
+  //
+  // Hands v to the receiver and wakes it if it waits; never waits itself.
+  // Returns false, dropping v, when the receiver is gone or this sender is
+  // empty (moved from or already sent). Any thread.
+  template <class U = T>
+    requires(!std::is_void_v<U>)
+  bool send(std::type_identity_t<U> v) {
+    return send_stored(&v);
+  }
+  bool send()
+    requires std::is_void_v<T>
+  {
+    std::monostate m;
+    return send_stored(&m);
+  }
+
+  // True while this sender can still send (not moved from, not sent).
+  explicit operator bool() const noexcept { return s_ != nullptr; }
+
+ private:
+  template <class U>
+  friend std::pair<oneshot_sender<U>, oneshot_receiver<U>> oneshot();
+  explicit oneshot_sender(detail::oneshot_state<T>* s) noexcept : s_(s) {}
+
+  bool send_stored(typename detail::oneshot_state<T>::stored_type* v) {
+    if (!s_) return false;
+    detail::oneshot_state<T>* s = std::exchange(s_, nullptr);
+    bool ok;
+    try {
+      ok = s->complete(v);
+    } catch (...) {  // T's move threw: nothing was stored; abort the receiver
+      s->complete(nullptr);
+      s->release();
+      throw;
+    }
+    s->release();
+    return ok;
+  }
+  void reset() noexcept {
+    if (detail::oneshot_state<T>* s = std::exchange(s_, nullptr)) {
+      s->complete(nullptr);  // S2: cannot throw (no value is moved)
+      s->release();
+    }
+  }
+
+  detail::oneshot_state<T>* s_;
+};
+
+// oneshot_recv_op<T>
+//
+// The awaiter of `co_await rx` and of rx.recv(), and a select case. Gives
+// absl::StatusOr<T> (absl::Status for void). If it waits, the task resumes
+// on a P of its runtime, readied by the thread that sent or dropped the
+// sender. Must not outlive its receiver; only inside a task.
+template <class T>
+class [[nodiscard]] oneshot_recv_op : private detail::waiter {
+  using state = detail::oneshot_state<T>;
+
+ public:
+  using result_type = typename state::result_type;
+  // Parks through the runtime: a task's await_transform passes it through
+  // (detail/sched/g.hpp, runtime_awaiter_tag).
+  using mpg_awaiter = detail::runtime_awaiter_tag;
+
+  oneshot_recv_op(oneshot_recv_op&& o) noexcept
+      : detail::waiter(o), s_(o.s_), counted_(std::exchange(o.counted_, nullptr)) {}
+  oneshot_recv_op& operator=(oneshot_recv_op&&) = delete;
+  // R2 for a task killed at shutdown: unlink a still-queued waiter (waitq.hpp,
+  // kQueued) and give back the waker count. The runtime is alive: killed
+  // frames are destroyed before the scheduler is deleted.
+  ~oneshot_recv_op() {
+    if (this->queued()) [[unlikely]] {
+      detail::spin_guard lk(s_->lock_);
+      s_->q_.remove(this);
+    }
+    uncount();
+  }
+
+  bool await_ready() const noexcept { return false; }
+
+  bool await_suspend(std::coroutine_handle<> h) {
+    {
+      detail::spin_guard lk(s_->lock_);
+      if (s_->status_ == detail::oneshot_status::kEmpty) {
+        // R1.
+        const std::source_location where = this->stashed_where();
+        detail::g* gp = detail::current_g();
+        detail::park(h, "oneshot receive", where);  // throws outside a task
+        count(gp);
+        this->set_g(gp);
+        s_->q_.push_back(this);
+        return true;  // the guard's unlock publishes the waiter: hands off `this`
+      }
+    }
+    return detail::yield_if_over_budget(h);
+  }
+
+  result_type await_resume() {
+    uncount();
+    detail::spin_guard lk(s_->lock_);
+    return s_->take_locked();
+  }
+
+ private:
+  friend class oneshot_receiver<T>;
+  template <class... Cases>
+  friend class detail::select_awaiter;
+
+  oneshot_recv_op(state* s, std::source_location where) noexcept : s_(s) {
+    this->stash_where(where);
+  }
+
+  void count(detail::g* gp) noexcept {
+    counted_ = gp->sched;
+    detail::external_waker_add(counted_);
+  }
+  void uncount() noexcept {
+    if (counted_) detail::external_waker_remove(std::exchange(counted_, nullptr));
+  }
+
+  // Select hooks (select.hpp): sel_lock, sel_poll, sel_enqueue and
+  // sel_dequeue run with the state's lock held by select.
+  detail::spinlock* sel_lock() const noexcept { return &s_->lock_; }
+  detail::waiter* sel_node() noexcept { return this; }
+  std::source_location sel_where() const noexcept { return this->stashed_where(); }
+  bool sel_poll(detail::g*&) noexcept {
+    s_->lock_.assert_held();
+    return s_->status_ != detail::oneshot_status::kEmpty;
+  }
+  void sel_enqueue(detail::select_state* st) noexcept {
+    s_->lock_.assert_held();
+    count(st->gp);
+    this->set_select(st);
+    s_->q_.push_back(this);
+  }
+  void sel_dequeue() noexcept {
+    s_->lock_.assert_held();
+    s_->q_.remove(this);
+    uncount();
+  }
+  result_type sel_result() { return await_resume(); }
+
+  state* s_;
+  // The runtime whose external-waker count this awaiter holds (R1, R2);
+  // null when it holds none. Touched only by the receiving task.
+  detail::scheduler* counted_ = nullptr;
+};
+
+// oneshot_receiver<T>
+//
+// The receiving end. Move-only. `co_await rx` (or rx.recv(), which also
+// records the call site for the task dump) inside a task; the destructor
+// and moves from any thread. Once it is destroyed, send() returns false.
+template <class T>
+class oneshot_receiver {
+ public:
+  using result_type = typename detail::oneshot_state<T>::result_type;
+
+  oneshot_receiver(oneshot_receiver&& o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
+  oneshot_receiver& operator=(oneshot_receiver&& o) noexcept {
+    if (this != &o) {
+      reset();
+      s_ = std::exchange(o.s_, nullptr);
+    }
+    return *this;
+  }
+  ~oneshot_receiver() { reset(); }
+
+  // oneshot_receiver::recv()
+  //
+  // `co_await rx.recv()`: waits for the value (or for the sender's
+  // destruction). Also a select case.
+  oneshot_recv_op<T> recv(std::source_location where = std::source_location::current()) noexcept {
+    assert(s_ && "await of a moved-from oneshot_receiver");
+    return oneshot_recv_op<T>(s_, where);
+  }
+  oneshot_recv_op<T> operator co_await() noexcept { return recv(); }
+
+ private:
+  template <class U>
+  friend std::pair<oneshot_sender<U>, oneshot_receiver<U>> oneshot();
+  explicit oneshot_receiver(detail::oneshot_state<T>* s) noexcept : s_(s) {}
+
+  void reset() noexcept {
+    if (detail::oneshot_state<T>* s = std::exchange(s_, nullptr)) {
+      s->receiver_gone();  // R3
+      s->release();
+    }
+  }
+
+  detail::oneshot_state<T>* s_;
+};
+
+// oneshot()
+//
+// A fresh pair: `auto [tx, rx] = mpg::oneshot<T>();` (T may be void or
+// move-only). Any thread.
+template <class T>
+std::pair<oneshot_sender<T>, oneshot_receiver<T>> oneshot() {
+  auto* s = new detail::oneshot_state<T>();
+  return {oneshot_sender<T>(s), oneshot_receiver<T>(s)};
+}
+
+}  // namespace mpg

@@ -1,0 +1,15 @@
+// lib/sync/oneshot.cpp: the out-of-line statuses of oneshot<T>
+// (include/mpg/oneshot.hpp holds the protocol; the rest is templates).
+#include "mpg/oneshot.hpp"
+
+namespace mpg::detail {
+
+absl::Status oneshot_aborted_status() {
+  return absl::AbortedError("mpg: oneshot sender destroyed without sending");
+}
+
+absl::Status oneshot_taken_status() {
+  return absl::FailedPreconditionError("mpg: oneshot value already received");
+}
+
+}  // namespace mpg::detail
