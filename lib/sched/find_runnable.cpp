@@ -95,7 +95,7 @@ g* scheduler::find_runnable(machine* m, bool* inherit_time) {
     if (g* gp = take_global_for_fairness(m)) return gp;
     poll_timers_and_io(m);
     if (g* gp = pop_local(m, inherit_time)) return gp;
-    const bool ran_posted = run_posted(m);
+    const bool ran_posted = posts_hint() && run_posted(m);
     if (g* gp = take_global(m)) return gp;
     if (ran_posted) continue;  // they may have readied Gs on this P
     g* found = nullptr;
@@ -115,7 +115,7 @@ g* scheduler::find_runnable(machine* m, bool* inherit_time) {
 // 1.
 [[gnu::always_inline]] inline g* scheduler::take_global_for_fairness(machine* m) {
   if (m->p()->schedtick.load(std::memory_order_relaxed) % 61 != 0) return nullptr;
-  run_posted(m);  // posted functions get the same fairness tick (post.cpp)
+  if (posts_hint()) run_posted(m);  // posted functions get the same fairness tick (post.cpp)
   if (!global_nonempty()) return nullptr;
   g* gp;
   {

@@ -130,6 +130,12 @@ class scheduler {
   // run_posted(): run up to a batch of posted functions on m's P (post.cpp);
   // true if it ran any.
   bool run_posted(machine* m);
+  // posts_hint(): relaxed loads, inline, so that the scheduling loop pays
+  // no call when nothing is posted (the rechecks use posts_queued()).
+  bool posts_hint() const noexcept {
+    return outbox_size_.load(std::memory_order_relaxed) != 0 ||
+           inbox_.load(std::memory_order_relaxed) != nullptr;
+  }
   void open_handles();
 
   // p_ownership.cpp: the one place where a P changes hands.
@@ -173,16 +179,6 @@ class scheduler {
   // Length of the global queue, written under mu_, read without it
   // (seq_cst: the parking protocol's recheck reads it after its barrier).
   std::atomic<std::uint64_t> gsize_{0};
-  // The posted-function queue (post.cpp): a lock-free inbox (a stack that
-  // posters push onto) and an outbox (FIFO) under post_mu_, whose length is
-  // written under post_mu_ and read without it (seq_cst, like gsize_).
-  std::atomic<post_node*> inbox_{nullptr};
-  mutable thread_mutex post_mu_;
-  post_node* ohead_ ABSL_GUARDED_BY(post_mu_) = nullptr;
-  post_node* otail_ ABSL_GUARDED_BY(post_mu_) = nullptr;
-  std::atomic<std::uint64_t> outbox_size_{0};
-  std::atomic<std::uint64_t> posts_run_{0};  // relaxed: progress for the deadlock check
-  std::shared_ptr<handle_state> handle_state_;
   processor* pidle_ ABSL_GUARDED_BY(mu_) = nullptr;
   machine* midle_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::vector<std::unique_ptr<machine>> allm_ ABSL_GUARDED_BY(mu_);
@@ -200,6 +196,19 @@ class scheduler {
   // reached; sysmon then serves such Ps (p_ownership.cpp, "Thread limit").
   // Relaxed: a hint that sysmon rechecks under mu_.
   std::atomic<bool> unheld_work_{false};
+
+  // The posted-function queue (post.cpp): a lock-free inbox (a stack that
+  // posters push onto) and an outbox (FIFO) under post_mu_, whose length is
+  // written under post_mu_ and read without it (seq_cst, like gsize_).
+  // On lines of their own: posters write the inbox from other threads, and
+  // the scheduling loop's hot counters above must not share its line.
+  alignas(64) std::atomic<post_node*> inbox_{nullptr};
+  mutable thread_mutex post_mu_;
+  post_node* ohead_ ABSL_GUARDED_BY(post_mu_) = nullptr;
+  post_node* otail_ ABSL_GUARDED_BY(post_mu_) = nullptr;
+  std::atomic<std::uint64_t> outbox_size_{0};
+  std::atomic<std::uint64_t> posts_run_{0};  // relaxed: progress for the deadlock check
+  std::shared_ptr<handle_state> handle_state_;
 
   // Registry of every G ever created (never shrinks; Gs are reused).
   mutable thread_mutex allg_mu_;
