@@ -11,7 +11,7 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
+#include <latch>
 #include <mutex>
 #include <thread>
 
@@ -22,23 +22,9 @@ using namespace std::chrono_literals;
 
 namespace {
 
-class countdown {
- public:
-  explicit countdown(long n) : n_(n) {}
-  void done() {
-    std::lock_guard<std::mutex> l(mu_);
-    if (--n_ == 0) cv_.notify_all();
-  }
-  void wait() {
-    std::unique_lock<std::mutex> l(mu_);
-    cv_.wait(l, [&] { return n_ == 0; });
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  long n_;
-};
+// countdown: a plain-thread latch (the test thread waits; tasks and posted
+// functions count down).
+using countdown = std::latch;
 
 // An io_context run by a thread of its own for the test's lifetime.
 struct io_thread {
@@ -55,7 +41,7 @@ asio::awaitable<void> asio_coroutine(mpg::runtime_handle h, bool* on_runtime, co
   *on_runtime = h.running_in_this_thread();
   co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);  // suspends, resumes on ex
   *on_runtime = *on_runtime && h.running_in_this_thread();
-  done->done();
+  done->count_down();
 }
 
 mpg::task<long> wait_on_timer(asio::io_context& io, std::chrono::milliseconds d, bool* on_runtime) {
@@ -83,7 +69,7 @@ TEST_CASE("asio::post runs the function on the runtime") {
   for (int i = 0; i < 100; ++i)
     asio::post(ex, [&] {
       if (rt.handle().running_in_this_thread()) on.fetch_add(1);
-      done.done();
+      done.count_down();
     });
   done.wait();
   CHECK(on.load() == 100);
@@ -97,7 +83,7 @@ TEST_CASE("asio::dispatch is inline on the runtime and posted from outside") {
   countdown done(1);
   asio::dispatch(ex, [&] {
     on = rt.handle().running_in_this_thread();
-    done.done();
+    done.count_down();
   });
   done.wait();
   CHECK(on.load());

@@ -4,7 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
-#include <condition_variable>
+#include <latch>
 #include <coroutine>
 #include <memory>
 #include <mutex>
@@ -20,25 +20,9 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// countdown: a plain-thread latch (the test thread waits; posted functions
-// count down).
-class countdown {
- public:
-  explicit countdown(long n) : n_(n) {}
-  void done() {
-    std::lock_guard<std::mutex> l(mu_);
-    if (--n_ == 0) cv_.notify_all();
-  }
-  void wait() {
-    std::unique_lock<std::mutex> l(mu_);
-    cv_.wait(l, [&] { return n_ == 0; });
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  long n_;
-};
+// countdown: a plain-thread latch (the test thread waits; tasks and posted
+// functions count down).
+using countdown = std::latch;
 
 // A coroutine that is not an mpg task: starts eagerly, frees itself at the end.
 struct plain_coro {
@@ -57,7 +41,7 @@ plain_coro hop_onto(mpg::runtime_handle h, bool* before, bool* after, std::threa
   co_await h.schedule();
   *after = h.running_in_this_thread();
   *where = std::this_thread::get_id();
-  done->done();
+  done->count_down();
 }
 
 plain_coro hop_expecting_refusal(mpg::runtime_handle h, bool* threw) {
@@ -102,7 +86,7 @@ TEST_CASE("post from 4 threads x 5000: every function runs exactly once, on a P"
         const bool ok = h.post([&, idx = t * kPosts + i] {
           if (!h.running_in_this_thread()) off_runtime.fetch_add(1, std::memory_order_relaxed);
           runs[idx].fetch_add(1, std::memory_order_relaxed);
-          all.done();
+          all.count_down();
         });
         if (!ok) off_runtime.fetch_add(1000000, std::memory_order_relaxed);
       }
@@ -125,7 +109,7 @@ TEST_CASE("a post always finds an M: ping-pong between a plain thread and posted
   const int rounds = mpg_test::kSanitized ? 500 : 3000;
   for (int i = 0; i < rounds; ++i) {
     countdown one(1);
-    REQUIRE(h.post([&] { one.done(); }));
+    REQUIRE(h.post([&] { one.count_down(); }));
     one.wait();
   }
 }
