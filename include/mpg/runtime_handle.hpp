@@ -7,7 +7,9 @@
 //   co_await h.schedule();                 // a coroutine that is NOT an mpg task hops onto a P
 //   mpg::external_work guard(h);           // any thread: "a wake-up may come from outside"
 //
-// post(fn) queues fn (no coroutine frame: one small node per call) on the
+// post(fn) queues fn (no coroutine frame: one small node per call, from the
+// posting thread's node cache: a function of up to about 100 bytes costs no
+// malloc once the cache is warm; larger ones use operator new) on the
 // runtime's posted-function queue and wakes an M exactly as a spawn from a
 // plain thread does; an M holding a P runs it. Posted functions:
 //   - run on an M that holds a P of the runtime, outside any task: they may
@@ -44,32 +46,13 @@
 #include <type_traits>
 #include <utility>
 
+#include "mpg/detail/sched/post_node.hpp"
 #include "mpg/errors.hpp"
 
 namespace mpg {
 
 namespace detail {
 class scheduler;
-
-// One posted function: an intrusive node of the runtime's posted queue
-// (lib/sched/post.cpp). invoke(node, true) runs the function and frees the
-// node; invoke(node, false) only frees it (shutdown).
-struct post_node {
-  post_node* next = nullptr;
-  void (*invoke)(post_node*, bool run) noexcept = nullptr;
-};
-
-template <class F>
-struct post_fn final : post_node {
-  template <class A>
-  explicit post_fn(A&& f) : fn(std::forward<A>(f)) { invoke = &run_or_drop; }
-  static void run_or_drop(post_node* n, bool run) noexcept {
-    auto* self = static_cast<post_fn*>(n);
-    if (run) self->fn();  // noexcept context: a throwing function terminates
-    delete self;
-  }
-  F fn;
-};
 
 // The control block shared by a runtime and its handles (lib/sched/post.cpp).
 struct handle_state;
@@ -104,9 +87,9 @@ class runtime_handle {
     using fn_t = std::decay_t<F>;
     static_assert(std::is_invocable_v<fn_t&>, "runtime_handle::post needs a function callable with no arguments");
     if (!st_) return false;
-    auto* n = new detail::post_fn<fn_t>(std::forward<F>(fn));
+    detail::post_node* n = detail::post_fn<fn_t>::make(std::forward<F>(fn));
     if (detail::handle_post(st_.get(), n)) return true;
-    n->invoke(n, false);
+    detail::release_post(n, false);
     return false;
   }
 

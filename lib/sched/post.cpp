@@ -141,10 +141,15 @@ bool scheduler::run_posted(machine* m) {
   // let another M help.
   if (m->spinning) reset_spinning(m);
   if (more) wake_p();
-  while (first != nullptr) {
-    post_node* next = first->next;
-    first->invoke(first, true);
-    first = next;
+  {
+    // The nodes' memory goes back to their posters' caches, one push per
+    // run of nodes from one poster (post_pool.cpp).
+    post_free_batch freed;
+    while (first != nullptr) {
+      post_node* next = first->next;
+      release_post(first, true, &freed);
+      first = next;
+    }
   }
   // Relaxed: a progress counter sampled by the deadlock check.
   posts_run_.fetch_add(n, std::memory_order_relaxed);
@@ -168,7 +173,7 @@ void scheduler::drop_posted() noexcept {
   for (post_node* first : lists) {
     while (first != nullptr) {
       post_node* next = first->next;
-      first->invoke(first, false);
+      release_post(first, false);
       first = next;
     }
   }

@@ -32,7 +32,7 @@
 
 namespace mpg::detail {
 
-struct post_node;     // mpg/runtime_handle.hpp
+struct post_node;     // mpg/detail/sched/post_node.hpp
 struct handle_state;  // post.cpp
 
 class scheduler {
