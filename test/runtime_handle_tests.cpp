@@ -15,6 +15,7 @@
 #include "mpg/mpg.hpp"
 #include "sched/scheduler.hpp"
 #include "test_support.hpp"
+#include "watchdog.hpp"
 
 using namespace std::chrono_literals;
 
@@ -276,4 +277,25 @@ TEST_CASE("external_work: a guard outliving its runtime touches nothing") {
   g.reset();  // ASan: no use of the freed scheduler
   mpg::runtime_handle empty;
   mpg::external_work nothing(empty);
+}
+
+// The global queue is polled right after posted functions run (find_runnable
+// step 4), and the functions may have filled the P's local queue by then:
+// the batch taken from the global queue must fit the room left, or its
+// overflow takes the scheduler lock that the poll holds (a self-deadlock).
+TEST_CASE("a posted function that fills the local queue before the global queue is polled") {
+  mpg::runtime rt({.procs = 1, .local_queue_capacity = 4});
+  rt.block_on([]() -> mpg::task<> { co_return; }());  // the P's tick is no longer a multiple of 61
+  constexpr int kSpawns = 8;  // overflows the ring of 4 (+ runnext) once, then fills it again
+  countdown ran(kSpawns);
+  mpg_test::watchdog dog(std::chrono::seconds(30), "posted spawns: the scheduler deadlocked", &rt);
+  mpg::runtime_handle h = rt.handle();
+  REQUIRE(h.post([&] {
+    for (int i = 0; i < kSpawns; ++i)
+      (void)rt.spawn([](countdown* c) -> mpg::task<> {
+        c->count_down();
+        co_return;
+      }(&ran));
+  }));
+  ran.wait();
 }

@@ -108,6 +108,16 @@ class run_queue::owner {
     return true;
   }
 
+  // free_slots(): how many push_tail() calls succeed from now on, at least
+  // (only we push; consumers only ever make room).
+  std::uint32_t free_slots() const noexcept {
+    // Acquire, as in push_tail(): a head value no older than the one
+    // push_tail() would see.
+    const std::uint32_t h = q_->head_.load(std::memory_order_acquire);
+    const std::uint32_t t = q_->tail_.load(std::memory_order_relaxed);  // only we write it
+    return q_->cap_ - (t - h);
+  }
+
   // put_runnext(): make gp the next G to run; returns the G it
   // displaced (to be pushed at the tail), or nullptr.
   g* put_runnext(g* gp) noexcept {

@@ -528,6 +528,13 @@ g* scheduler::global_get(machine* m, std::uint32_t max) noexcept {
   std::uint64_t n = std::min<std::uint64_t>(size, size / procs() + 1);
   if (max != 0) n = std::min<std::uint64_t>(n, max);
   n = std::min<std::uint64_t>(n, p->runq.capacity() / 2);
+  // The Gs after the first go to the local ring, and they must fit: an
+  // overflow there would move Gs to the global queue, taking mu_, which we
+  // hold. The ring is not always empty here: posted functions run just
+  // before the global queue is polled (find_runnable step 4) and may have
+  // filled it. Its free room can only grow until our pushes (we are its
+  // only producer).
+  n = std::min<std::uint64_t>(n, std::uint64_t{m->local_runq().free_slots()} + 1);
   if (n == 0) n = 1;
   gsize_.fetch_sub(n, std::memory_order_seq_cst);
   g* gp = ghead_;
