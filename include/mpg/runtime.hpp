@@ -14,6 +14,11 @@
 //
 // ~runtime stops and joins every M. Tasks still suspended are destroyed
 // (their frames freed) and reported on stderr with their ids and names.
+// A plain thread may wake the runtime's tasks (oneshot send, try_send,
+// close, cancel, done, release, resuming a foreign awaiter) until ~runtime
+// begins, not while it runs: such a wake racing ~runtime can reach the task
+// after it was destroyed. Join or stop those threads first (post() and
+// external_work are the exceptions: they refuse work once ~runtime began).
 //
 // Deadlock detection: while block_on() waits, the runtime counts as
 // deadlocked when nothing is runnable or running and nothing can wake a
