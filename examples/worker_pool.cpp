@@ -1,0 +1,90 @@
+// examples/worker_pool.cpp: a fixed pool of workers fed by a jobs channel,
+// reporting on a results channel (Go's worker-pool pattern).
+//
+// Shows: spawning a fixed number of tasks, a buffered jobs channel that the
+// producer closes when it is done (workers see nullopt and return), a
+// results channel that the collector drains, and a wait_group that closes
+// the results channel once every worker has returned.
+//
+// Run: ./build/examples/worker_pool [jobs] [workers]   (default 1000 jobs, 8 workers)
+// It prints the number of jobs done and the sum of their results.
+#include <cstdio>
+#include <cstdlib>
+#include <optional>
+#include <utility>
+
+#include "mpg/mpg.hpp"
+
+namespace {
+
+struct job {
+  int id;
+  long input;
+};
+struct result {
+  int id;
+  long output;
+};
+
+// The work: the number of steps of the Collatz sequence from `n`.
+long collatz_steps(long n) {
+  long steps = 0;
+  while (n != 1) {
+    n = (n % 2 == 0) ? n / 2 : 3 * n + 1;
+    ++steps;
+  }
+  return steps;
+}
+
+mpg::task<> worker(mpg::chan<job> jobs, mpg::chan<result> results, mpg::wait_group* wg) {
+  while (std::optional<job> j = co_await jobs.recv()) {
+    result r{j->id, collatz_steps(j->input)};
+    co_await results.send(r);
+  }
+  wg->done();
+}
+
+mpg::task<> produce(mpg::chan<job> jobs, int n) {
+  for (int i = 0; i < n; ++i) {
+    job j{i, i + 1L};
+    co_await jobs.send(j);
+  }
+  jobs.close();  // the workers drain what is queued, then see nullopt
+}
+
+mpg::task<> close_when_done(mpg::wait_group* wg, mpg::chan<result> results) {
+  co_await wg->wait();
+  results.close();
+}
+
+mpg::task<std::pair<int, long>> run(int njobs, int nworkers) {
+  mpg::chan<job> jobs(64);
+  mpg::chan<result> results(64);
+  mpg::wait_group wg;
+  wg.add(nworkers);
+  for (int w = 0; w < nworkers; ++w) mpg::go(worker(jobs, results, &wg));
+  mpg::go(produce(jobs, njobs));
+  mpg::go(close_when_done(&wg, results));
+  int done = 0;
+  long sum = 0;
+  while (std::optional<result> r = co_await results.recv()) {
+    ++done;
+    sum += r->output;
+  }
+  co_return std::pair<int, long>{done, sum};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int njobs = argc > 1 ? std::atoi(argv[1]) : 1000;
+  const int nworkers = argc > 2 ? std::atoi(argv[2]) : 8;
+  if (njobs < 0 || nworkers <= 0) {
+    std::fprintf(stderr, "usage: %s [jobs >= 0] [workers > 0]\n", argv[0]);
+    return 2;
+  }
+  mpg::runtime rt;
+  auto [done, sum] = rt.block_on(run(njobs, nworkers));
+  std::printf("%d jobs done, total steps %ld\n", done, sum);
+  return done == njobs ? 0 : 1;
+}
