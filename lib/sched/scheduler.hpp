@@ -192,7 +192,7 @@ class scheduler {
   // Relaxed: a count for the deadlock check, which confirms it on several
   // looks 50 ms apart, like nblocking_.
   std::atomic<std::uint64_t> external_wakers_{0};
-  // Set when start_m() left a P with work idle because the thread limit was
+  // Set when assign_m() left a P with work idle because the thread limit was
   // reached; sysmon then serves such Ps (p_ownership.cpp, "Thread limit").
   // Relaxed: a hint that sysmon rechecks under mu_.
   std::atomic<bool> unheld_work_{false};
