@@ -28,22 +28,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from callgrind import CALLGRIND_N, instructions  # noqa: E402
+
 WORKLOADS = ["spawn_join", "skynet", "fib", "yield_ping", "pingpong", "chan_mpmc",
              "mutex_contention", "idle_tasks"]
-# Small sizes for callgrind (about 50x slower than native).
-# skynet's size is fixed by its tree (powers of ten), so it has no
-# differential count.
-CALLGRIND_N = {"spawn_join": 20000, "fib": 20, "yield_ping": 20000,
-               "pingpong": 20000, "chan_mpmc": 20000, "mutex_contention": 20000}
-# The larger size of the differential count (default 2N); fib's N is its
-# argument, so one more level doubles nothing but roughly 1.6x the tasks.
-CALLGRIND_N2 = {"fib": 22}
 TIMEOUT_S = 300
 
 
@@ -64,26 +58,6 @@ def run_once(binary: Path, workload: str, env: dict | None = None, n: int | None
     if out.returncode != 0 or fields.get("check") != "ok":
         raise RuntimeError(f"{' '.join(cmd)}: exit {out.returncode}: {out.stdout}{out.stderr}")
     return fields
-
-
-def collected(binary: Path, workload: str, n: int) -> tuple[int, float]:
-    """(instructions, ops) of one run under callgrind."""
-    env = dict(os.environ, MPG_PROCS="1")
-    cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-           str(binary), workload, str(n)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S * 4, env=env)
-    m = re.search(r"Collected\s*:\s*(\d+)", out.stderr)
-    ops = re.search(r"\bops=(\d+)", out.stdout)
-    if m is None or ops is None or out.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)}: no instruction count: {out.stderr[-500:]}")
-    return int(m.group(1)), float(ops.group(1))
-
-
-def instructions(binary: Path, workload: str) -> float:
-    n = CALLGRIND_N[workload]
-    i1, ops1 = collected(binary, workload, n)
-    i2, ops2 = collected(binary, workload, CALLGRIND_N2.get(workload, 2 * n))
-    return (i2 - i1) / (ops2 - ops1)
 
 
 def main() -> int:

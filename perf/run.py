@@ -28,9 +28,20 @@ a timeout (120 s per run), unparsable output or an unexpected exit status,
 "FAIL" a failed self-check. Errors never stop the table; they are listed below
 it, and make the exit status 1.
 
+With --instructions, mpg's task and channel workloads also run under
+valgrind's callgrind on 1 P (perf/callgrind.py: the marginal count between a
+small and a large run, so start-up cancels), and a second table gives the
+instructions per op beside the best published C++ figures (libfork's, where
+it has one) and mpg's targets. Unlike the wall clock, this count does not
+move with the machine's load.
+
+The comparison is also drawn as a chart (log scale; mpg, threads and Go for
+each workload), BUILD/perf-results.png, when matplotlib is installed
+(Debian's python3-matplotlib); --chart PATH writes it elsewhere.
+
 Usage:
   python3 perf/run.py --build build [--runs 3] [--workloads a,b] [--no-go]
-                      [--n WORKLOAD=N ...]
+                      [--n WORKLOAD=N ...] [--instructions] [--chart PATH]
 
 Standard library only.
 """
@@ -50,6 +61,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 PERF_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(PERF_DIR))
+from callgrind import CALLGRIND_N, instructions  # noqa: E402
+from plotting import pyplot  # noqa: E402
 GO_SRC_DIR = PERF_DIR / "go"
 RUN_TIMEOUT_S = 120
 GO_BUILD_TIMEOUT_S = 300
@@ -105,6 +119,12 @@ WORKLOADS = [
     # tcp_echo and http_hello need a server and a load client: they are run by
     # perf/servers/run_servers.py.
 ]
+
+# Instructions per op on 1 P (--instructions): libfork's published-benchmark
+# figures measured on this machine class (None: it has no such workload), and
+# mpg's targets.
+INSTRUCTION_ANCHORS = {"fib": 283, "skynet": 183}
+INSTRUCTION_TARGETS = {"spawn_join": 200, "skynet": 170, "fib": 250, "pingpong": 300, "chan_mpmc": 120}
 
 # The scaling row: fib(32) on mpg with MPG_PROCS=1 and MPG_PROCS=2; the figure
 # is the ratio of the wall times (1P / 2P).
@@ -402,18 +422,89 @@ def scaling_row(p1: Cell, p2: Cell) -> list:
             f">= {SCALING_TARGET}x", met]
 
 
-def render_table(rows: list) -> str:
+def render_table(rows: list, header: Optional[list] = None, right: Optional[set] = None) -> str:
     """A markdown table, padded so it also reads well in a terminal."""
-    widths = [max(len(r[i]) for r in [HEADER] + rows) for i in range(len(HEADER))]
+    header = HEADER if header is None else header
+    right = RIGHT_ALIGNED if right is None else right
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
 
     def line(cells):
-        padded = [c.rjust(widths[i]) if i in RIGHT_ALIGNED else c.ljust(widths[i])
+        padded = [c.rjust(widths[i]) if i in right else c.ljust(widths[i])
                   for i, c in enumerate(cells)]
         return "| " + " | ".join(padded) + " |"
 
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if i in RIGHT_ALIGNED else ("-" * (w + 2))
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2))
                           for i, w in enumerate(widths)) + "|"
-    return "\n".join([line(HEADER), rule] + [line(r) for r in rows])
+    return "\n".join([line(header), rule] + [line(r) for r in rows])
+
+
+# --------------------------------------------------------------------------
+# Instructions and the chart
+# --------------------------------------------------------------------------
+
+
+def instruction_table(mpg: Optional[Path], selected: list) -> tuple:
+    """(markdown table, note) of mpg's instructions per op on 1 P."""
+    if mpg is None:
+        return "", "instructions: mpg_bench not found"
+    if shutil.which("valgrind") is None:
+        return "", "instructions: valgrind not installed (scripts/setup.sh installs it)"
+    header = ["workload", "mpg instr/op", "libfork", "target", "met"]
+    rows = []
+    for name in CALLGRIND_N:
+        if name not in selected:
+            continue
+        log(f"callgrind: {name}")
+        try:
+            v = instructions(mpg, name)
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            rows.append([name, "error", "", "", ""])
+            log(f"callgrind {name}: {e}")
+            continue
+        anchor = INSTRUCTION_ANCHORS.get(name)
+        target = INSTRUCTION_TARGETS.get(name)
+        rows.append([name, f"{v:.0f}", "" if anchor is None else str(anchor),
+                     "" if target is None else f"<= {target}",
+                     "" if target is None else ("yes" if v <= target else "no")])
+    return render_table(rows, header, {1, 2, 3}), ""
+
+
+def draw_chart(rows: list, path: Path) -> str:
+    """Draws mpg, threads and Go per workload on a log scale; returns a note."""
+    plt = pyplot()
+    if plt is None:
+        return "chart: matplotlib not installed (python3-matplotlib), none drawn"
+    # rows[i]: [workload, mpg, threads, Go, ...] as rendered cells.
+    def num(cell: str) -> Optional[float]:
+        try:
+            return float(cell.replace(",", ""))
+        except ValueError:
+            return None
+    data = [(r[0], [num(c) for c in r[1:4]]) for r in rows if not r[0].startswith("fib32 scaling")]
+    data = [(n, v) for n, v in data if any(x is not None for x in v)]
+    if not data:
+        return "chart: nothing to draw"
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(data)), 4.0))
+    width = 0.27
+    for k, (impl, colour) in enumerate((("mpg", "#1f77b4"), ("threads", "#7f7f7f"), ("Go", "#2ca02c"))):
+        xs = [i + (k - 1) * width for i, (_, v) in enumerate(data) if v[k] is not None]
+        ys = [v[k] for _, v in data if v[k] is not None]
+        if ys:
+            ax.bar(xs, ys, width, label=impl, color=colour)
+    ax.set_yscale("log")
+    ax.set_title("mpg beside its peers (lower is better)")
+    ax.set_xticks(range(len(data)))
+    ax.set_xticklabels([n for n, _ in data], rotation=30, ha="right")
+    ax.set_ylabel("ns per op, log scale (idle_tasks: bytes per task)")
+    ax.legend()
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=90)
+    except OSError as e:
+        return f"chart: could not write {path}: {e}"
+    finally:
+        plt.close(fig)
+    return f"chart: {path}"
 
 
 # --------------------------------------------------------------------------
@@ -439,6 +530,10 @@ def parse_args(argv: list) -> argparse.Namespace:
                    help=f"seconds before one run counts as an error (default {RUN_TIMEOUT_S})")
     p.add_argument("--n", action="append", default=[], metavar="WORKLOAD=N",
                    help="override the size N of one workload for every program (for quick checks)")
+    p.add_argument("--instructions", action="store_true",
+                   help="also count mpg's instructions per op with callgrind (1 P; needs valgrind)")
+    p.add_argument("--chart", type=Path, default=None,
+                   help="where to draw the chart (default BUILD/perf-results.png; needs matplotlib)")
     args = p.parse_args(argv)
     if args.runs < 1:
         p.error("--runs must be at least 1")
@@ -497,6 +592,14 @@ def main(argv: list) -> int:
                 notes.append(f"fib32 on mpg with MPG_PROCS={procs}: {cell.value:.1f} ms (median wall)")
 
     table = render_table(rows)
+    itable = ""
+    if args.instructions:
+        itable, why = instruction_table(programs["mpg"], args.selected)
+        if why:
+            notes.append(why)
+    chart_path = args.chart or (build_dir / "perf-results.png")
+    why = draw_chart(rows, chart_path)
+    notes.append(why)
     machine = (f"{platform.node()}: {os.cpu_count()} CPUs, Linux {platform.release()}"
                + (f", {go_version()}" if programs["go"] else ""))
     legend = (f"Median of {args.runs} run(s) per cell, each a separate process. Columns mpg/threads/Go "
@@ -504,11 +607,16 @@ def main(argv: list) -> int:
               "threads run smaller N than mpg and Go (see perf/threads/threads_bench.cpp).")
     print(table)
     print()
+    if itable:
+        print(itable)
+        print()
     print(machine)
     for note in notes + problems:
         print("  " + note)
 
     report = ["# mpg benchmark results", "", legend, "", machine, "", table, ""]
+    if itable:
+        report += ["Instructions per op, callgrind, 1 P (marginal count between two sizes):", "", itable, ""]
     if notes or problems:
         report += ["Notes:", ""] + [f"- {n}" for n in notes + problems] + [""]
     out = build_dir / "perf-results.md"
