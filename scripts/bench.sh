@@ -7,7 +7,12 @@ cd "$(dirname "$0")/.."
 
 ./scripts/setup.sh
 
-options=(-Dbuildtype=release -Db_ndebug=true -Dtests=false -Dperf=true)
+# The build the README recommends when speed matters: static, with link-time
+# optimisation (perf/ab.py --callgrind measured 5-18% fewer instructions per
+# op than the shared library on fib, pingpong, spawn_join, chan_mpmc and
+# mutex_contention).
+options=(-Dbuildtype=release -Db_ndebug=true -Dtests=false -Dexamples=false -Dperf=true
+         -Ddefault_library=static -Db_lto=true)
 if [[ -f build/meson-private/coredata.dat ]]; then
   meson setup --reconfigure build "${options[@]}"
 else
