@@ -23,6 +23,7 @@
 #include "mpg/semaphore.hpp"
 #include "mpg/task_group.hpp"
 #include "mpg/time.hpp"
+#include "mpg/timeout.hpp"
 #include "mpg/wait_group.hpp"
 
 // io_uring I/O and blocking calls.
