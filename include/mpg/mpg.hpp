@@ -28,6 +28,7 @@
 
 // io_uring I/O and blocking calls.
 #include "mpg/blocking.hpp"
+#include "mpg/buffered.hpp"
 #include "mpg/fs.hpp"
 #include "mpg/io.hpp"
 #include "mpg/net.hpp"
