@@ -382,7 +382,7 @@ class [[nodiscard]] recv_op : private detail::recv_node<T> {
   // Select hooks: sel_poll, sel_enqueue and sel_dequeue are called with the
   // channel's lock held, taken by select with the others of its set
   // (hence assert_held: see spinlock.hpp).
-  detail::chan_base* sel_chan() const noexcept { return ch_; }
+  detail::spinlock* sel_lock() const noexcept { return &ch_->lock_; }
   detail::waiter* sel_node() noexcept { return this; }
   std::source_location sel_where() const noexcept { return this->stashed_where(); }
   bool sel_poll(detail::g*& wake) noexcept {
@@ -471,7 +471,7 @@ class [[nodiscard]] send_op : private detail::send_node<T> {
   }
 
   // Select hooks: as recv_op's.
-  detail::chan_base* sel_chan() const noexcept { return ch_; }
+  detail::spinlock* sel_lock() const noexcept { return &ch_->lock_; }
   detail::waiter* sel_node() noexcept { return this; }
   std::source_location sel_where() const noexcept { return this->stashed_where(); }
   bool sel_poll(detail::g*& wake) noexcept {

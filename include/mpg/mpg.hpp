@@ -23,10 +23,12 @@
 #include "mpg/semaphore.hpp"
 #include "mpg/task_group.hpp"
 #include "mpg/time.hpp"
+#include "mpg/timeout.hpp"
 #include "mpg/wait_group.hpp"
 
 // io_uring I/O and blocking calls.
 #include "mpg/blocking.hpp"
+#include "mpg/buffered.hpp"
 #include "mpg/fs.hpp"
 #include "mpg/io.hpp"
 #include "mpg/net.hpp"

@@ -73,6 +73,10 @@ class tcp_stream {
   // error some prefix of data may have been sent.
   task<absl::Status> write(std::string_view data);
   task<absl::Status> write(std::string_view data, clock::time_point deadline);
+  // write_vectored(): all of bufs, in order, with sendmsg (one iovec per
+  // buffer, no copy), continuing short writes; an error as write(). The
+  // buffers (and the span) must outlive the awaited call.
+  task<absl::Status> write_vectored(std::span<const std::string_view> bufs);
 
   // Deadlines for later reads/writes (std::nullopt: none). Set them from the
   // task that does the I/O, or before the tasks that do start.

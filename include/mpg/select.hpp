@@ -1,63 +1,122 @@
-// mpg/select.hpp: select over channel operations (Go's select statement).
+// mpg/select.hpp: select over channel operations and other events (Go's
+// select statement).
 //
 //   auto r = co_await mpg::select(a.recv(), b.send(x), mpg::after(100ms).recv());
 //   switch (r.index()) { case 0: ... std::get<0>(r) is std::optional<int> ... }
 //   auto n = co_await mpg::select(a.recv(), mpg::default_case);   // never waits
+//   auto j = co_await mpg::select(h, rx, wg.wait(), ctx.done().recv());
 //
-// The cases are the awaiters that chan<T>::recv() and chan<T>::send(v) return,
-// and oneshot receives (oneshot.hpp: rx.recv(), or the receiver rx itself);
-// any channels, any element types, the same channel more than once. The
-// result is a std::variant whose alternative I is case I's result: a recv
-// case gives std::optional<T> (nullopt: closed), a oneshot case
-// absl::StatusOr<T> (absl::Status for void), a send case and the default
-// case give std::monostate. Alternatives are built with std::in_place_index,
-// so equal types in different positions stay distinct. A oneshot state takes
-// part in the algorithm below like a channel: its lock joins the lock order,
-// its one waiter queue takes the case's waiter, and its sender is the waker.
+// The cases, and what each gives as its alternative of the result:
+//   ch.recv()           std::optional<T> (nullopt: closed and drained)
+//   ch.send(v)          std::monostate (throws closed_channel_error if chosen
+//                       on a closed channel)
+//   rx, rx.recv()       a oneshot_receiver<T> (oneshot.hpp): absl::StatusOr<T>,
+//                       absl::Status for void
+//   h, h.join()         a join_handle<T> (spawn.hpp): T, what `co_await h`
+//                       gives (std::monostate for void); rethrows the task's
+//                       exception. A join case that loses leaves h unjoined.
+//   wg.wait()           a wait_group (wait_group.hpp): std::monostate
+//   ctx.done().recv()   a context's cancellation: a recv case on a channel
+//                       that is closed on cancel, so it gives nullopt
+//   default_case        std::monostate; wins when nothing else is ready
+// Any channels, any element types, the same object more than once. The
+// result is a std::variant whose alternative I is case I's result, built
+// with std::in_place_index, so equal types in different positions stay
+// distinct. Lvalue receivers and join handles are named by reference (the
+// select awaiter must not outlive them); every other case is moved in.
 //
-// The algorithm is Go's selectgo (runtime/select.go):
+// The case contract. A case is any object with these members (they may be
+// private if the class befriends detail::select_awaiter):
+//   result_type                   (public) the case's alternative type.
+//   sel_lock() -> spinlock*       the lock that guards the object's waiters;
+//               or std::nullptr_t a lock-free case (a join): its waker
+//                                 takes no lock of the select's lock set.
+//   sel_poll(g*& wake) -> bool    under the lock: complete now if possible
+//                                 (taking its value); *wake: a G to ready
+//                                 after unlocking.
+//   sel_enqueue(select_state*)    under the lock: queue the case's waiter,
+//               -> void or bool   tagged with the select (waiter::
+//                                 set_select). false: the case became ready
+//                                 between poll and queue and is not queued.
+//                                 Allowed only for cases whose completion
+//                                 takes nothing (observing a finished task,
+//                                 a zero counter), so a late case that then
+//                                 loses has taken nothing.
+//   sel_dequeue()                 under the lock: take the waiter off if it
+//                                 is still queued. For a lock-free case also:
+//                                 return only once no waker can touch the
+//                                 waiter any more.
+//   sel_node() -> waiter*         the waiter it queues (told apart from the
+//                                 winner by address).
+//   sel_result() -> result_type   the winner's result, once.
+//   sel_where() -> source_location  for the task dump.
+// The waker side: whoever takes a queued waiter w with w->sel() set claims
+// the select with select_state::claim(w) before completing anything
+// (waitq::dequeue does it for queue owners); it completes the case only if
+// it won, and readies the select's G only on `won` (waitq.hpp).
+//
+// The algorithm is Go's selectgo (runtime/select.go), extended with an
+// arming phase for lock-free cases:
 //   1. Draw a uniformly random poll order of the cases (inside-out
-//      Fisher-Yates), and sort the distinct channels by address: the lock
-//      order. A plain channel operation holds one channel lock at a time and
-//      every select takes its locks in address order, so no cycle of lock
-//      waits can form.
-//   2. Lock all the channels. Poll the cases in poll order; the first that
-//      can complete now completes (under the locks) and wins. Because the
-//      poll order is a uniform permutation, the winner is uniform among the
-//      ready cases. A send case on a closed channel is "ready": it wins and
-//      throws closed_channel_error. If nothing is ready and there is a
-//      default case, it wins.
-//   3. Otherwise park (g.hpp, step 1), enqueue one waiter per case, all
-//      pointing at this select's select_state, and unlock (step 2: the first
-//      unlock publishes). From this point the awaiter is not touched: the
-//      lock list used to unlock is a copy on the thread's stack.
-//   4. A waker that dequeues one of our waiters must first CAS
-//      select_state::done 0 -> 1 (waitq::dequeue); the one that succeeds
-//      completes its case, records it as the winner and readies us. Wakers
-//      that fail drop our waiter and take nothing.
-//   5. Resumed, we lock all channels again, take our remaining waiters off
-//      every queue (those already removed are skipped), unlock, and return
-//      the winner's result. The relock is also what makes step 4 safe: a
-//      losing waker holds the lock of a channel we still have to relock, so
-//      our frame (and the done flag it reads) outlives its CAS.
+//      Fisher-Yates), and sort the distinct locks by address: the lock
+//      order. A plain channel operation holds one lock at a time and every
+//      select takes its locks in address order, so no cycle of lock waits
+//      can form.
+//   2. Lock all. Poll the cases in poll order; the first that can complete
+//      now completes (under the locks) and wins. Because the poll order is
+//      a uniform permutation, the winner is uniform among the ready cases.
+//      A send case on a closed channel is "ready": it wins and throws. If
+//      nothing is ready and there is a default case, it wins.
+//   3. Otherwise park (g.hpp, step 1), set the state word to kArming and
+//      enqueue one waiter per case, in poll order. A lockful case's waker
+//      cannot act (we hold its lock); a lock-free case is visible to its
+//      waker as soon as it is queued, and that waker may claim the select
+//      (won_arming) but does not ready us.
+//   4. End arming: CAS kArming -> kOpen, then unlock (the first unlock
+//      publishes the lockful cases). From the CAS on, a claim readies us,
+//      so `this` is not touched after it: the lock list used to unlock is
+//      a copy on the thread's stack. If instead the CAS fails (a lock-free
+//      waker claimed during arming), or a case's sel_enqueue said it is
+//      ready (then we claim for it, which fails only to such a waker), the
+//      select does not sleep: it takes every queued case off again (a
+//      lock-free winner's dequeue waits for its waker to finish), undoes the
+//      park and unlocks; the winner's result follows at once.
+//   5. Parked: a waker claims us (waitq.hpp), completes its case and readies
+//      us. Wakers that lose take nothing.
+//   6. Resumed, we lock all again, take our remaining waiters off every
+//      queue (those already removed are skipped; a lock-free one waits for
+//      its waker), unlock, and return the winner's result. The relock is
+//      also what makes step 5 safe for lockful cases: a losing waker holds
+//      the lock of a channel we still have to relock, so our frame (and the
+//      state word it CASes) outlives its claim. A lock-free case gets the
+//      same guarantee from its dequeue's wait (spawn.hpp, join_op).
 //
 // Rejected: polling the cases in declaration order (Go did, early on): the
 // first ready case would starve the others. Taking one global lock for all
 // selects: serialises unrelated channels. Locking in poll order: two selects
-// over the same two channels in opposite orders deadlock.
+// over the same two channels in opposite orders deadlock. Giving the join
+// state a spinlock so that joins could be ordinary lockful cases: every
+// task's completion would pay for a lock that only selects need; the
+// arming state costs nothing outside select.
 //
 // Invariants:
-//   - At most one case of a select completes, exactly once.
-//   - A case that did not win takes nothing from its channel and gives
-//     nothing to it (no value lost or duplicated).
-//   - While parked, the select has exactly one waiter per case queued on
-//     its channel, minus those that wakers already dropped.
+//   - At most one case of a select completes, exactly once: the state word
+//     leaves kOpen/kArming once, by one CAS.
+//   - A case that did not win takes nothing from its object and gives
+//     nothing to it (no value lost or duplicated; a join handle stays
+//     unjoined).
+//   - The select's G is readied at most once, and only by a claim that
+//     found kOpen; a select that finds a claim when ending arming never
+//     sleeps.
+//   - While parked, the select has exactly one waiter per case queued,
+//     minus those that wakers already took.
 #pragma once
 
 #include <absl/base/thread_annotations.h>
 
 #include <algorithm>
 #include <array>
+#include <concepts>
 #include <coroutine>
 #include <cstddef>
 #include <cstdint>
@@ -70,6 +129,8 @@
 
 #include "mpg/chan.hpp"
 #include "mpg/oneshot.hpp"
+#include "mpg/spawn.hpp"
+#include "mpg/wait_group.hpp"
 #include "mpg/detail/sched/fastrand.hpp"
 #include "mpg/detail/sched/g.hpp"
 #include "mpg/detail/sync/waitq.hpp"
@@ -86,31 +147,19 @@ inline constexpr default_case_t default_case{};
 namespace detail {
 
 template <class C>
-struct select_case_traits;
-template <class T>
-struct select_case_traits<recv_op<T>> {
-  using result = std::optional<T>;
-  static constexpr bool is_channel = true;
-};
-template <class T>
-struct select_case_traits<send_op<T>> {
-  using result = std::monostate;
-  static constexpr bool is_channel = true;
-};
-template <class T>
-struct select_case_traits<oneshot_recv_op<T>> {
-  using result = typename oneshot_recv_op<T>::result_type;
-  static constexpr bool is_channel = true;
+struct select_case_traits {
+  using result = typename C::result_type;
+  static constexpr bool is_waitable = true;
 };
 template <>
 struct select_case_traits<default_case_t> {
   using result = std::monostate;
-  static constexpr bool is_channel = false;
+  static constexpr bool is_waitable = false;
 };
 
 // as_select_case(): what select() stores for an argument. A oneshot
-// receiver, named as a case, stands for its recv(); every other case is
-// moved (or copied) in as it is.
+// receiver or a join handle, named as a case (an lvalue), stands for its
+// recv() or join(); every other case is moved (or copied) in as it is.
 template <class C>
 std::remove_cvref_t<C> as_select_case(C&& c) {
   return std::remove_cvref_t<C>(std::forward<C>(c));
@@ -119,19 +168,26 @@ template <class T>
 oneshot_recv_op<T> as_select_case(oneshot_receiver<T>& rx) noexcept {
   return rx.recv();
 }
+template <class T>
+join_op<T> as_select_case(join_handle<T>& h) {
+  return h.join();
+}
+// A join handle moved into a select would be dropped (detached) if its case
+// lost: name it as an lvalue.
+template <class T>
+join_op<T> as_select_case(join_handle<T>&& h) = delete;
 template <class C>
 using select_case_t = decltype(as_select_case(std::declval<C>()));
 
-// The lock order: the distinct locks of the cases' channels (and oneshot
-// states), sorted by address. Returns how many.
+// The lock order: the distinct locks, sorted by address. Returns how many.
 template <std::size_t N>
 std::size_t sort_lock_order(std::array<spinlock*, N>& c) noexcept {
   std::sort(c.begin(), c.end(), std::less<spinlock*>());
   return static_cast<std::size_t>(std::unique(c.begin(), c.end()) - c.begin());
 }
-// lock_all(), unlock_all(): the first n channels' locks. Unchecked: the
-// analysis tracks locks it can name, not a set of runtime size; the select
-// hooks that run under these locks assert them (chan.hpp).
+// lock_all(), unlock_all(): the first n locks. Unchecked: the analysis
+// tracks locks it can name, not a set of runtime size; the select hooks
+// that run under these locks assert them (chan.hpp).
 template <std::size_t N>
 void lock_all(const std::array<spinlock*, N>& c, std::size_t n) noexcept
     ABSL_NO_THREAD_SAFETY_ANALYSIS {
@@ -144,8 +200,9 @@ void unlock_all(const std::array<spinlock*, N>& c, std::size_t n) noexcept
 }
 
 // select_awaiter: the awaiter returned by mpg::select. Resumes on the P of
-// the task that completed the winning case (sender, receiver or closer), or
-// does not suspend at all when a case is ready (modulo the budget yield).
+// the task that completed the winning case (sender, receiver, closer,
+// finisher, the done() that reached zero), or does not suspend at all when
+// a case is ready (modulo the budget yield).
 template <class... Cases>
 class [[nodiscard]] select_awaiter {
  public:
@@ -155,23 +212,54 @@ class [[nodiscard]] select_awaiter {
   static_assert(kCases > 0, "select needs at least one case");
   static_assert(kCases < 255, "too many select cases");
   static constexpr std::size_t kDefaults =
-      (std::size_t{0} + ... + (select_case_traits<Cases>::is_channel ? 0 : 1));
+      (std::size_t{0} + ... + (select_case_traits<Cases>::is_waitable ? 0 : 1));
   static_assert(kDefaults <= 1, "at most one default_case per select");
-  static constexpr std::size_t kChannels = kCases - kDefaults;
+  static constexpr std::size_t kWaits = kCases - kDefaults;
 
-  // Tuple index of each channel case, and of the default case (or kCases).
-  static constexpr std::array<std::uint8_t, kChannels> kChanIdx = [] {
-    std::array<std::uint8_t, kChannels> a{};
-    constexpr bool is_chan[] = {select_case_traits<Cases>::is_channel...};
+  // A case with a lock (in the select's lock set), as opposed to a
+  // lock-free one whose sel_lock() gives std::nullptr_t.
+  template <class C>
+  static constexpr bool has_lock() {
+    if constexpr (!select_case_traits<C>::is_waitable)
+      return false;
+    else
+      return !std::is_same_v<decltype(std::declval<C&>().sel_lock()), std::nullptr_t>;
+  }
+  static constexpr std::size_t kLocks = (std::size_t{0} + ... + (has_lock<Cases>() ? 1 : 0));
+
+  // The hook set (see the top of the file), checked here where private
+  // hooks are accessible.
+  template <class C>
+  static constexpr bool has_hooks() {
+    if constexpr (!select_case_traits<C>::is_waitable) {
+      return true;
+    } else {
+      return requires(C& c, g*& wake, select_state* st) {
+        c.sel_lock();
+        { c.sel_poll(wake) } -> std::same_as<bool>;
+        c.sel_enqueue(st);
+        c.sel_dequeue();
+        { c.sel_node() } -> std::convertible_to<waiter*>;
+        { c.sel_result() } -> std::convertible_to<typename C::result_type>;
+        { c.sel_where() } -> std::same_as<std::source_location>;
+      };
+    }
+  }
+  static_assert((has_hooks<Cases>() && ...), "a select case lacks the sel_* hooks (select.hpp)");
+
+  // Tuple index of each waitable case, and of the default case (or kCases).
+  static constexpr std::array<std::uint8_t, kWaits> kWaitIdx = [] {
+    constexpr bool is_waitable[] = {select_case_traits<Cases>::is_waitable...};
+    std::array<std::uint8_t, kWaits> a{};
     std::size_t k = 0;
     for (std::size_t i = 0; i < kCases; ++i)
-      if (is_chan[i]) a[k++] = static_cast<std::uint8_t>(i);
+      if (is_waitable[i]) a[k++] = static_cast<std::uint8_t>(i);
     return a;
   }();
   static constexpr std::size_t kDefault = [] {
-    constexpr bool is_chan[] = {select_case_traits<Cases>::is_channel...};
+    constexpr bool is_waitable[] = {select_case_traits<Cases>::is_waitable...};
     for (std::size_t i = 0; i < kCases; ++i)
-      if (!is_chan[i]) return i;
+      if (!is_waitable[i]) return i;
     return kCases;
   }();
   static constexpr std::uint8_t kNone = 255;
@@ -186,26 +274,26 @@ class [[nodiscard]] select_awaiter {
   bool await_ready() const noexcept { return false; }
 
   bool await_suspend(std::coroutine_handle<> h) {
-    if constexpr (kChannels == 0) {
+    if constexpr (kWaits == 0) {
       chosen_ = static_cast<std::uint8_t>(kDefault);
       return yield_if_over_budget(h);
     } else {
       // 1. Poll order and lock order.
-      std::array<std::uint8_t, kChannels> order{};
-      for (std::uint32_t i = 0; i < kChannels; ++i) {
+      std::array<std::uint8_t, kWaits> order{};
+      for (std::uint32_t i = 0; i < kWaits; ++i) {
         const std::uint32_t j = fastrandn(i + 1);
         order[i] = order[j];
         order[j] = static_cast<std::uint8_t>(i);
       }
-      std::array<spinlock*, kChannels> locks = channels();
+      std::array<spinlock*, kLocks> locks = lock_set();
       const std::size_t nlocks = sort_lock_order(locks);
 
       // 2. Poll.
       lock_all(locks, nlocks);
       g* wake = nullptr;
       for (std::uint8_t k : order) {
-        if (poll_case(kChanIdx[k], wake)) {
-          chosen_ = kChanIdx[k];
+        if (poll_case(kWaitIdx[k], wake)) {
+          chosen_ = kWaitIdx[k];
           unlock_all(locks, nlocks);
           if (wake) ready(wake);
           return yield_if_over_budget(h);
@@ -217,41 +305,71 @@ class [[nodiscard]] select_awaiter {
         return yield_if_over_budget(h);
       }
 
-      // 3. Park, enqueue everywhere, unlock (publishes).
+      // 3. Park and arm. Relaxed: nobody sees the state before the first
+      // case is queued (a lock-free case's queueing CAS publishes it).
       state_.gp = current_g();
+      state_.state.store(select_state::kArming, std::memory_order_relaxed);
       try {
         park(h, "select", where());
       } catch (...) {
         unlock_all(locks, nlocks);
         throw;
       }
-      // In poll order, as Go does: cases on the same channel then queue in
+      // In poll order, as Go does: cases on the same object then queue in
       // random order, so a waker picks among them at random too.
-      for (std::uint8_t k : order)
-        visit_case(kChanIdx[k], [&](auto& c) { c.sel_enqueue(&state_); });
-      unlock_all(locks, nlocks);  // `this` must not be touched from here on
-      return true;
+      std::size_t queued = 0;
+      std::uint8_t late = kNone;
+      for (std::uint8_t k : order) {
+        if (!enqueue_case(kWaitIdx[k])) {
+          late = kWaitIdx[k];
+          break;
+        }
+        ++queued;
+      }
+
+      // 4. End arming. acq_rel: release publishes gp and the queued cases
+      // to lock-free wakers (their claim acquires); acquire on failure
+      // reads a claim made during arming.
+      std::uintptr_t arming = select_state::kArming;
+      if (late == kNone &&
+          state_.state.compare_exchange_strong(arming, select_state::kOpen,
+                                               std::memory_order_acq_rel,
+                                               std::memory_order_acquire)) {
+        unlock_all(locks, nlocks);  // `this` must not be touched from here on
+        return true;
+      }
+      // Decided while arming: no claim can ready us (none found kOpen).
+      if (late != kNone) {
+        waiter* n = nullptr;
+        visit_case(late, [&](auto& c) { n = c.sel_node(); });
+        state_.claim(n);  // fails only to a lock-free waker's earlier claim
+      }
+      waiter* const win = state_.winner();
+      for (std::size_t i = 0; i < queued; ++i)
+        visit_case(kWaitIdx[order[i]], [&](auto& c) { c.sel_dequeue(); });
+      chosen_ = index_of(win);
+      cancel_park();
+      unlock_all(locks, nlocks);
+      return yield_if_over_budget(h);
     }
   }
 
   result_type await_resume() {
-    if constexpr (kChannels > 0) {
+    if constexpr (kWaits > 0) {
       if (chosen_ == kNone) {
-        // 5. Woken by the winner's waker: find the winner, drop the rest.
-        waiter* win = state_.winner;
-        if constexpr (kChannels == 1) {
-          chosen_ = kChanIdx[0];  // the waker took our only waiter off
+        // 6. Woken by the winner's waker: find the winner, drop the rest.
+        waiter* const win = state_.winner();
+        if constexpr (kWaits == 1) {
+          chosen_ = kWaitIdx[0];  // the waker took our only waiter
         } else {
-          std::array<spinlock*, kChannels> locks = channels();
+          std::array<spinlock*, kLocks> locks = lock_set();
           const std::size_t nlocks = sort_lock_order(locks);
           lock_all(locks, nlocks);
-          std::size_t k = 0;
-          for_each_channel_case([&](auto& c) {
+          for_each_waitable_case([&](auto& c, std::size_t i) {
             if (c.sel_node() == win)
-              chosen_ = kChanIdx[k];
+              chosen_ = static_cast<std::uint8_t>(i);
             else
               c.sel_dequeue();
-            ++k;
           });
           unlock_all(locks, nlocks);
         }
@@ -261,53 +379,42 @@ class [[nodiscard]] select_awaiter {
   }
 
  private:
-  // channels(): the lock of each channel case (a oneshot case: its state's).
-  std::array<spinlock*, kChannels> channels() noexcept {
-    std::array<spinlock*, kChannels> a;
+  // lock_set(): the lock of each lockful case (possibly repeated).
+  std::array<spinlock*, kLocks> lock_set() noexcept {
+    std::array<spinlock*, kLocks> a{};
     std::size_t k = 0;
-    for_each_channel_case([&](auto& c) {
-      if constexpr (requires { c.sel_lock(); })
-        a[k++] = c.sel_lock();
-      else
-        a[k++] = &c.sel_chan()->lock_;
+    for_each_waitable_case([&](auto& c, std::size_t) {
+      if constexpr (has_lock<std::remove_cvref_t<decltype(c)>>()) a[k++] = c.sel_lock();
     });
     return a;
   }
 
-  // The park location: where the first channel case was written.
+  // The park location: where the first waitable case was written.
   std::source_location where() const noexcept {
-    return std::get<kChanIdx[0]>(cases_).sel_where();
+    return std::get<kWaitIdx[0]>(cases_).sel_where();
   }
 
+  // for_each_waitable_case(): f(case, tuple index) for each waitable case.
   template <class F>
-  void for_each_channel_case(F&& f) {
-    std::apply(
-        [&](auto&... c) {
-          (
-              [&](auto& one) {
-                if constexpr (select_case_traits<std::remove_cvref_t<decltype(one)>>::is_channel)
-                  f(one);
-              }(c),
-              ...);
-        },
-        cases_);
-  }
-
-  // visit_case(): f(case i) for the channel case with tuple index i.
-  template <class F>
-  void visit_case(std::size_t i, F&& f) {
-    visit_case_impl(i, f, std::make_index_sequence<kCases>());
+  void for_each_waitable_case(F&& f) {
+    for_each_impl(f, std::make_index_sequence<kCases>());
   }
   template <class F, std::size_t... I>
-  void visit_case_impl(std::size_t i, F& f, std::index_sequence<I...>) {
+  void for_each_impl(F& f, std::index_sequence<I...>) {
     (
         [&] {
-          if constexpr (select_case_traits<std::tuple_element_t<I, std::tuple<Cases...>>>::
-                            is_channel) {
-            if (i == I) f(std::get<I>(cases_));
-          }
+          if constexpr (select_case_traits<std::tuple_element_t<I, std::tuple<Cases...>>>::is_waitable)
+            f(std::get<I>(cases_), I);
         }(),
         ...);
+  }
+
+  // visit_case(): f(case i) for the waitable case with tuple index i.
+  template <class F>
+  void visit_case(std::size_t i, F&& f) {
+    for_each_waitable_case([&](auto& c, std::size_t j) {
+      if (i == j) f(c);
+    });
   }
 
   bool poll_case(std::size_t i, g*& wake) noexcept {
@@ -316,13 +423,31 @@ class [[nodiscard]] select_awaiter {
     return done;
   }
 
+  bool enqueue_case(std::size_t i) noexcept {
+    bool queued = true;
+    visit_case(i, [&](auto& c) {
+      if constexpr (std::is_void_v<decltype(c.sel_enqueue(&state_))>)
+        c.sel_enqueue(&state_);
+      else
+        queued = c.sel_enqueue(&state_);
+    });
+    return queued;
+  }
+
+  std::uint8_t index_of(waiter* w) noexcept {
+    std::uint8_t r = kNone;
+    for_each_waitable_case([&](auto& c, std::size_t i) {
+      if (c.sel_node() == w) r = static_cast<std::uint8_t>(i);
+    });
+    return r;
+  }
+
   template <std::size_t I>
   result_type result_at() {
-    auto& c = std::get<I>(cases_);
-    if constexpr (!select_case_traits<std::remove_cvref_t<decltype(c)>>::is_channel) {
+    if constexpr (!select_case_traits<std::tuple_element_t<I, std::tuple<Cases...>>>::is_waitable) {
       return result_type(std::in_place_index<I>);
     } else {
-      return result_type(std::in_place_index<I>, c.sel_result());
+      return result_type(std::in_place_index<I>, std::get<I>(cases_).sel_result());
     }
   }
   template <std::size_t... I>
@@ -344,7 +469,8 @@ class [[nodiscard]] select_awaiter {
 // `co_await mpg::select(case...)`: waits until one case can proceed, performs
 // exactly that one, and returns its index and result as a std::variant. With
 // mpg::default_case it never waits. Cases are taken by value (moved in).
-// A oneshot_receiver named as a case (an lvalue) stands for rx.recv().
+// A oneshot_receiver or a join_handle named as a case (an lvalue) stands for
+// rx.recv() or h.join() and is held by reference.
 template <class... Cases>
 detail::select_awaiter<detail::select_case_t<Cases>...> select(Cases&&... cases) {
   return detail::select_awaiter<detail::select_case_t<Cases>...>(

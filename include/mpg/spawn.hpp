@@ -11,20 +11,87 @@
 // suspending (unless the cooperative budget ran out, then it yields once);
 // otherwise the joiner is resumed by the M that finishes the task, on that
 // M's P (runnext).
+//
+// A join is also a select case: `co_await mpg::select(h, ch.recv())` (or
+// h.join()) gives what `co_await h` gives, as its alternative (std::monostate
+// for join_handle<void>). A join case that loses leaves the handle unjoined:
+// it may be selected on or awaited again.
+//
+// Join as a select case (select.hpp's case contract, a lock-free case). The
+// join word (frame.hpp) has no lock, so the case queues its waiter by CAS:
+//   J1. sel_poll: the word is Done (or Killed): ready; nothing is taken
+//       until sel_result.
+//   J2. sel_enqueue: CAS Running -> the case's join_waiter tagged with
+//       kJoinSelectTag. Failing (the task finished since the poll), the case
+//       is ready and not queued (select claims for it).
+//   J3. The finisher (finish_root) exchanges the word to Done and, finding
+//       a tagged waiter, calls wake_select_joiner(): reads the select's G,
+//       claims the select (select_state::claim), stores waker_done = 1
+//       (its last touch of the waiter) and readies the G only on `won`.
+//   J4. sel_dequeue, in the select's clean-up (also for the winner, also
+//       from the destructor of a case killed at shutdown): CAS tagged
+//       waiter -> Running; success means no finisher saw the waiter. Failing,
+//       the word is Done: the finisher saw it, so wait (spin, then yield)
+//       until waker_done; or Killed (shutdown): nobody touches it.
+// Why J4 waits: after J3's exchange publishes Done, the select may already
+// be finishing elsewhere (another case won) and free its frame, which holds
+// the waiter the finisher is about to claim through. The finisher's section
+// between its exchange and waker_done is a few instructions with no lock
+// and no call out, so the wait is short unless the OS preempts it there.
+// Memory ordering: J2's CAS is acq_rel (release: the waiter's owner and the
+// select's gp reach the finisher, whose exchange acquires); J3's waker_done
+// store is release and J4's load acquire, so the finisher's claim happens
+// before the select frees the waiter. The result is published by the
+// finisher's exchange (release) and read after an acquire of Done.
 #pragma once
 
+#include <atomic>
 #include <coroutine>
 #include <cstdint>
 #include <source_location>
+#include <thread>
+#include <type_traits>
 #include <utility>
+#include <variant>
 
 #include "mpg/detail/sched/frame.hpp"
 #include "mpg/detail/sched/g.hpp"
+#include "mpg/detail/sync/cpu_relax.hpp"
+#include "mpg/detail/sync/waitq.hpp"
 #include "mpg/task.hpp"
 
 namespace mpg {
 
+template <class T>
+class join_op;
+
 namespace detail {
+
+template <class... Cases>
+class select_awaiter;
+
+// A select case's waiter in a join word (J2): its address tagged with bit
+// 0. The kJoin* constants are below 8 and real waiters are 8-aligned, so
+// the tag tells it from a parked joiner's g* and from the constants.
+inline constexpr std::uintptr_t kJoinSelectTag = 1;
+inline bool is_select_joiner(std::uintptr_t v) noexcept {
+  return v > kJoinInline && (v & kJoinSelectTag) != 0;
+}
+struct join_waiter : waiter {
+  // Set (release) by the finisher when it is done with this waiter (J3).
+  std::atomic<std::uint32_t> waker_done{0};
+};
+// wake_select_joiner(): J3, for finish_root, with the word's old value.
+inline void wake_select_joiner(std::uintptr_t old) noexcept {
+  auto* w = reinterpret_cast<join_waiter*>(old & ~kJoinSelectTag);
+  select_state* st = w->sel();
+  g* gp = st->gp;
+  const select_state::claim_result r = st->claim(w);
+  // Release: pairs with the acquire in J4; the last touch of *w and *st.
+  w->waker_done.store(1, std::memory_order_release);
+  if (r == select_state::claim_result::won) ready(gp);
+}
+
 [[noreturn]] void throw_join_twice();
 [[noreturn]] void throw_task_killed();
 // drop_join(): the handle side of a spawned frame goes away without a join
@@ -119,9 +186,19 @@ class [[nodiscard]] join_handle {
   awaiter operator co_await() & { return awaiter{checked()}; }
   awaiter operator co_await() && { return awaiter{checked()}; }
 
+  // join_handle::join()
+  //
+  // `co_await h.join()` is `co_await h`; h.join() is also the select case
+  // (naming h in a select does the same). Throws runtime_misuse_error on an
+  // empty (already joined, moved-from or default) handle.
+  join_op<T> join(std::source_location where = std::source_location::current()) {
+    return join_op<T>(checked(), where);
+  }
+
   handle_type release() noexcept { return std::exchange(h_, {}); }
 
  private:
+  friend class join_op<T>;
   join_handle* checked() {
     if (!h_) detail::throw_join_twice();
     return this;
@@ -130,6 +207,97 @@ class [[nodiscard]] join_handle {
     if (h_) detail::drop_join(std::exchange(h_, {}));
   }
   handle_type h_{};
+};
+
+// join_op<T>
+//
+// The awaiter of h.join() and the join select case (J1-J4 above). Refers to
+// its handle, which must outlive it. co_await gives T; as a select case
+// result_type (T, or std::monostate for void).
+template <class T>
+class [[nodiscard]] join_op : private detail::join_waiter {
+ public:
+  using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
+  using result_type = std::conditional_t<std::is_void_v<T>, std::monostate, T>;
+
+  join_op(join_op&& o) noexcept : h_(o.h_), where_(o.where_) {}
+  join_op& operator=(join_op&&) = delete;
+  // A select case killed at shutdown while queued: unlink (J4).
+  ~join_op() { sel_dequeue(); }
+
+  bool await_ready() const noexcept { return awaiter().await_ready(); }
+  std::coroutine_handle<> await_suspend(std::coroutine_handle<> h) {
+    return awaiter().await_suspend(h);
+  }
+  T await_resume() { return awaiter().await_resume(); }
+
+ private:
+  friend class join_handle<T>;
+  template <class... Cases>
+  friend class detail::select_awaiter;
+
+  join_op(join_handle<T>* h, std::source_location where) noexcept : h_(h), where_(where) {}
+  typename join_handle<T>::awaiter awaiter() const noexcept { return {h_}; }
+  std::atomic<std::uintptr_t>& word() const noexcept {
+    return detail::header_of(h_->h_.address())->join;
+  }
+  std::uintptr_t tagged() noexcept {
+    return reinterpret_cast<std::uintptr_t>(static_cast<detail::join_waiter*>(this)) |
+           detail::kJoinSelectTag;
+  }
+
+  // Select hooks (select.hpp): lock-free.
+  std::nullptr_t sel_lock() const noexcept { return nullptr; }
+  detail::waiter* sel_node() noexcept { return this; }
+  std::source_location sel_where() const noexcept { return where_; }
+  // J1. Acquire: pairs with the finisher's exchange (the result).
+  bool sel_poll(detail::g*&) noexcept {
+    const std::uintptr_t v = word().load(std::memory_order_acquire);
+    return v == detail::kJoinDone || v == detail::kJoinKilled;
+  }
+  // J2.
+  bool sel_enqueue(detail::select_state* st) noexcept {
+    this->set_select(st);
+    std::uintptr_t expected = detail::kJoinRunning;
+    // acq_rel on success: see "Memory ordering" above; acquire on failure:
+    // the result of the task that finished since the poll.
+    if (!word().compare_exchange_strong(expected, tagged(), std::memory_order_acq_rel,
+                                        std::memory_order_acquire))
+      return false;
+    queued_ = true;
+    return true;
+  }
+  // J4.
+  void sel_dequeue() noexcept {
+    if (!queued_) return;
+    queued_ = false;
+    std::uintptr_t expected = tagged();
+    // Relaxed: success only withdraws what nobody read; failure is
+    // followed by the acquire on waker_done, or finds Killed.
+    if (word().compare_exchange_strong(expected, detail::kJoinRunning, std::memory_order_relaxed,
+                                       std::memory_order_relaxed))
+      return;
+    if (expected != detail::kJoinDone) return;  // Killed: no finisher
+    for (unsigned spins = 0; waker_done.load(std::memory_order_acquire) == 0; ++spins) {
+      if (spins < 64)
+        detail::cpu_relax();
+      else
+        std::this_thread::yield();
+    }
+  }
+  result_type sel_result() {
+    sel_dequeue();  // the winner too: its finisher may still be in J3
+    if constexpr (std::is_void_v<T>) {
+      await_resume();
+      return {};
+    } else {
+      return await_resume();
+    }
+  }
+
+  join_handle<T>* h_;
+  std::source_location where_;
+  bool queued_ = false;  // J2 succeeded and J4 has not run (the select's own)
 };
 
 namespace detail {

@@ -32,6 +32,16 @@
 // not zero, and the waiter of this round, seeing zero, may already have
 // destroyed the group.
 //
+// Select: `wg.wait()` is a select case (select.hpp) whose result is
+// std::monostate. Its lock is the queue lock; its waiter queues as a plain
+// waiter does and counts in the waiter count, so the crossing to zero wakes
+// it under the same rules. Poll: the counter is zero. Enqueue (under the
+// lock): the CAS of wait_slow; a zero counter makes the case ready (it takes
+// nothing, so it may lose afterwards). The waker takes waiters with
+// dequeue_all, which claims each queued select and drops those that lost;
+// a case that loses is taken off by its select's clean-up, which lowers the
+// waiter count as unqueue() does.
+//
 // Shutdown: a waiter killed while parked (~runtime destroys its frame)
 // unlinks itself and lowers the waiter count in its awaiter's destructor;
 // a group destroyed with waiters still queued detaches them
@@ -54,6 +64,7 @@
 #include <coroutine>
 #include <cstdint>
 #include <source_location>
+#include <variant>
 
 #include "mpg/detail/sched/g.hpp"
 #include "mpg/detail/sync/parking_queue.hpp"
@@ -108,11 +119,18 @@ class wait_group {
   detail::parking_queue<> q_;
 };
 
+namespace detail {
+template <class... Cases>
+class select_awaiter;
+}  // namespace detail
+
 class [[nodiscard]] wait_group::wait_awaiter : private detail::waiter {
  public:
   using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
+  using result_type = std::monostate;               // as a select case
   wait_awaiter(wait_group* wg, std::source_location where) noexcept : wg_(wg), where_(where) {}
-  wait_awaiter(const wait_awaiter&) = delete;
+  // Movable before it is awaited (select takes its cases by value).
+  wait_awaiter(wait_awaiter&& o) noexcept : wg_(o.wg_), where_(o.where_), zero_(o.zero_) {}
   wait_awaiter& operator=(const wait_awaiter&) = delete;
   // Destroyed while still queued: only when its task is killed at runtime
   // shutdown (detail/sync/waitq.hpp, kQueued; the plain read of the bit is
@@ -139,6 +157,37 @@ class [[nodiscard]] wait_group::wait_awaiter : private detail::waiter {
   void await_resume() const noexcept {}
 
  private:
+  template <class... Cases>
+  friend class detail::select_awaiter;
+
+  // Select hooks (select.hpp): sel_poll, sel_enqueue and sel_dequeue run
+  // with the queue lock held by select.
+  detail::spinlock* sel_lock() noexcept { return wg_->q_.select_lock(); }
+  detail::waiter* sel_node() noexcept { return this; }
+  std::source_location sel_where() const noexcept { return where_; }
+  bool sel_poll(detail::g*&) noexcept {
+    // Acquire: as await_ready.
+    return counter(wg_->state_.load(std::memory_order_acquire)) == 0;
+  }
+  bool sel_enqueue(detail::select_state* st) noexcept {
+    std::uint64_t s = wg_->state_.load(std::memory_order_acquire);
+    for (;;) {
+      if (counter(s) == 0) return false;  // reached zero since the poll
+      // Orders as in wait_slow (wait_group.cpp).
+      if (wg_->state_.compare_exchange_weak(s, s + 1, std::memory_order_relaxed,
+                                            std::memory_order_acquire))
+        break;
+    }
+    set_select(st);
+    wg_->q_.select_push(this);
+    return true;
+  }
+  void sel_dequeue() noexcept {
+    // Still queued: one waiter fewer (relaxed, as unqueue()).
+    if (wg_->q_.select_remove(this)) wg_->state_.fetch_sub(1, std::memory_order_relaxed);
+  }
+  std::monostate sel_result() const noexcept { return {}; }
+
   wait_group* wg_;
   std::source_location where_;
   bool zero_ = false;

@@ -28,6 +28,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -334,6 +335,50 @@ task<absl::Status> tcp_stream::do_write(std::string_view data,
     co_return net_error(res, "write");
   }
   co_return absl::OkStatus();
+}
+
+task<absl::Status> tcp_stream::write_vectored(std::span<const std::string_view> bufs) {
+  // At most kMaxIov iovecs per sendmsg (the kernel's UIO_MAXIOV); after a
+  // short write the first iovec is advanced in place.
+  constexpr std::size_t kMaxIov = 1024;
+  const std::optional<clock::time_point> deadline = write_deadline_;
+  std::vector<iovec> iov;
+  iov.reserve(std::min(bufs.size(), kMaxIov));
+  std::size_t next = 0;  // first buffer not yet in iov
+  std::size_t first = 0;
+  for (;;) {
+    if (first == iov.size()) {  // refill
+      iov.clear();
+      first = 0;
+      for (; next < bufs.size() && iov.size() < kMaxIov; ++next)
+        if (!bufs[next].empty())
+          iov.push_back(iovec{const_cast<char*>(bufs[next].data()), bufs[next].size()});
+      if (iov.empty()) co_return absl::OkStatus();
+    }
+    int fd = fd_.load(std::memory_order_relaxed);
+    if (fd < 0) co_return closed_error("write");
+    msghdr msg{};
+    msg.msg_iov = iov.data() + first;
+    msg.msg_iovlen = iov.size() - first;
+    io_request rq{.op = io_opcode::sendmsg, .fd = fd, .addr = &msg, .flags = MSG_NOSIGNAL};
+    int res = co_await make_op(&rq, &write_slot_, "net.write", deadline);
+    if (res > 0) {
+      std::size_t n = static_cast<std::size_t>(res);
+      while (first < iov.size() && n >= iov[first].iov_len) n -= iov[first++].iov_len;
+      if (n > 0) {
+        iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + n;
+        iov[first].iov_len -= n;
+      }
+      continue;
+    }
+    if (res == 0) co_return absl::InternalError("write: sendmsg made no progress");
+    if (res == -EINTR) continue;
+    if (res == -EAGAIN) {
+      res = co_await wait_ready(fd, POLLOUT, &write_slot_, deadline);
+      if (res >= 0 || res == -EINTR) continue;
+    }
+    co_return net_error(res, "write");
+  }
 }
 
 absl::Status tcp_stream::shutdown(shutdown_how how) noexcept {

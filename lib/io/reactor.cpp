@@ -685,6 +685,10 @@ void prep_request(io_uring_sqe* sqe, const void* ctx) {
     case io_opcode::poll:
       io_uring_prep_poll_add(sqe, r.fd, r.len);
       break;
+    case io_opcode::sendmsg:
+      io_uring_prep_sendmsg(sqe, r.fd, static_cast<const msghdr*>(r.addr),
+                            static_cast<unsigned>(r.flags));
+      break;
   }
 }
 

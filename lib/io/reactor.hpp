@@ -148,6 +148,7 @@ reactor* current_reactor() noexcept;
 
 enum class io_opcode : std::uint8_t {
   nop, recv, send, accept, connect, read, write, fsync, openat, statx, timeout, poll,
+  sendmsg,  // addr: const msghdr*; flags: msg flags
 };
 
 // io_request: the fields of one operation; see prep_request in reactor.cpp

@@ -58,6 +58,7 @@
 
 #include "mpg/errors.hpp"
 #include "mpg/detail/sched/frame.hpp"
+#include "mpg/spawn.hpp"
 #include "io/reactor.hpp"
 #include "mpg/task.hpp"
 
@@ -245,6 +246,8 @@ std::coroutine_handle<> finish_root(std::coroutine_handle<> root, const std::exc
   if (old == kJoinDetached) {
     if (failure) report_lost_exception(failure, gid, name);
     root.destroy();
+  } else if (is_select_joiner(old)) {
+    wake_select_joiner(old);  // spawn.hpp, J3
   } else if (old != kJoinRunning) {
     ready(reinterpret_cast<g*>(old));
   }

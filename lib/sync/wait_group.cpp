@@ -64,7 +64,9 @@ void wait_group::reach_zero(std::int64_t delta) {
       // ready(), both before the lock that ends our touches of the group.
       if (state_.compare_exchange_weak(s, ns, std::memory_order_acq_rel,
                                        std::memory_order_relaxed))
-        return wake_all ? queues[0].take_all() : nullptr;
+        // dequeue_all: a queued select case that lost elsewhere is dropped
+        // (its clean-up then finds it unqueued and leaves the count alone).
+        return wake_all ? queues[0].dequeue_all() : nullptr;
     }
   });
   if (bad != 0) throw_bad_counter(bad);

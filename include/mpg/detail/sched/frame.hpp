@@ -18,13 +18,18 @@
 //   join == kJoinKilled   the runtime destroyed the unfinished frame at
 //                         shutdown; the memory stays until the handle drops
 //   join == kJoinInline   claimed by the joiner, running inline (spawn.hpp)
-//   any other value       a g* that waits for the result (the joiner)
+//   any other value       a g* that waits for the result (the joiner), or,
+//                         tagged with bit 0, the waiter of a select that has
+//                         the join as a case (spawn.hpp, J1-J4)
 //
 // Transitions (all exchange/CAS with acq_rel: the finishing task's result
 // writes must be visible to whoever reads or destroys it, and the joiner's
 // park must be visible to the finisher that readies it):
-//   finish:   Running -> Done;    Detached -> (free);  joiner -> Done + ready
+//   finish:   Running -> Done;    Detached -> (free);  joiner -> Done + ready;
+//             select waiter -> Done + claim the select (ready if won)
 //   await:    Running -> joiner (CAS; fails when Done: no suspension)
+//   select:   Running -> select waiter (CAS); select waiter -> Running (CAS,
+//             the select's clean-up)
 //   drop:     Running -> Detached; Done -> (destroy);   Killed -> (free memory)
 //   shutdown: Running/joiner -> Killed (destroy, keep memory); Detached -> (destroy)
 #pragma once

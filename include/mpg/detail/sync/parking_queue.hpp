@@ -128,6 +128,21 @@ class parking_queue {
     ready_chain(chain);
   }
 
+  // Select support (select.hpp's case contract), for a primitive whose
+  // wait is a select case (wait_group): the lock joins the select's lock
+  // set, and the case's hooks, called with it held, queue and unqueue their
+  // waiter here. A waker of such a primitive must take waiters with
+  // waitq::dequeue or dequeue_all (which claim the select), never take_all.
+  spinlock* select_lock() noexcept { return &lock_; }
+  void select_push(waiter* w, unsigned queue = 0) noexcept {
+    lock_.assert_held();
+    queues_[queue].push_back(w);
+  }
+  bool select_remove(waiter* w, unsigned queue = 0) noexcept {
+    lock_.assert_held();
+    return queues_[queue].remove(w);
+  }
+
   // unlink(): P3, for the destructor of an awaiter whose waiter is still
   // queued (the caller checked waiter::queued()). If w is still on `queue`
   // (a waker may have taken it meanwhile), removes it and calls

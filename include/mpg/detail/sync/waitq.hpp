@@ -6,13 +6,14 @@
 // channel operation, a select case, a parked mutex locker are all a `waiter`
 // linked into the queue of the object they wait on, under that object's lock.
 //
-// Select. One select enqueues one waiter per channel case, all pointing at a
-// select_state in the select's awaiter. A waker that dequeues a waiter whose
-// sel() is not null must first win the select: CAS sel->done from 0 to 1
-// (Go's selectDone). The winner records itself in sel->winner and completes
-// the operation; a waker that loses the CAS drops the node from the queue and
-// looks at the next one, taking nothing from it. So exactly one case of a
-// select completes, whoever races for it.
+// Select. One select enqueues one waiter per case, all pointing at a
+// select_state in the select's awaiter. A waker that takes a waiter whose
+// sel() is not null must first win the select: select_state::claim(), one
+// CAS of the state word from "open" (or "arming") to the waiter's address
+// (Go's selectDone, with the winner in the same word). The winner completes
+// the operation; a waker that loses drops the node and looks at the next
+// one, taking nothing from it. So exactly one case of a select completes,
+// whoever races for it (the select protocol is written in select.hpp).
 //
 // Invariants:
 //   - A waiter is in at most one queue, and then its queue's lock is what
@@ -28,6 +29,7 @@
 
 #include <atomic>
 #include <bit>
+#include <cassert>
 #include <coroutine>
 #include <cstdint>
 #include <source_location>
@@ -98,18 +100,45 @@ struct waiter {
 };
 
 struct select_state {
-  // 0 while no case has fired; 1 once a waker has claimed the select.
-  // The CAS is the only synchronisation between wakers on different channels
-  // (they hold different locks): RMWs on one atomic are totally ordered, so
-  // at most one wins. acq_rel is stronger than the claim needs (a loser
-  // reads nothing the winner wrote; the select itself reads the winner's
-  // writes after ready(), which orders them), but costs nothing extra on
-  // the targets we build for and keeps the argument local.
-  std::atomic<std::uint32_t> done{0};
-  // The waiter that won, written by the winning waker before ready().
-  waiter* winner = nullptr;
+  // The state word: kOpen, kArming, or the address of the waiter that won.
+  //   kArming  the select is still queueing its cases (select.hpp, step 3).
+  //            Only a waker that holds no lock of the select's lock set
+  //            can see it (a lock-free case: a join). It may claim, but
+  //            must not ready the G: the select finds the claim when it
+  //            ends arming, and completes without parking.
+  //   kOpen    queued everywhere and parked: a claim wins the select and
+  //            its waker must ready gp.
+  //   winner   claimed; never changes again.
+  // Claims are CASes on this one word, so RMWs in one total order decide at
+  // most one winner even between wakers on different locks. acq_rel: the
+  // release of the select's kArming -> kOpen publishes gp and the queued
+  // cases to a lock-free waker that acquires it in its claim; the winner's
+  // release orders its writes before the select's acquire when the select
+  // finds it (after ready() that is ordered anyway; the arming path needs
+  // it).
+  static constexpr std::uintptr_t kOpen = 0;
+  static constexpr std::uintptr_t kArming = 1;
+  std::atomic<std::uintptr_t> state{kOpen};
   // The select's G (written before any case is published).
   g* gp = nullptr;
+
+  enum class claim_result : std::uint8_t { lost, won, won_arming };
+  // claim(): try to make w the winner. won: the caller readies gp.
+  // won_arming: the caller must not ready it. lost: take nothing.
+  claim_result claim(waiter* w) noexcept {
+    std::uintptr_t v = state.load(std::memory_order_relaxed);
+    while (v == kOpen || v == kArming) {
+      if (state.compare_exchange_weak(v, reinterpret_cast<std::uintptr_t>(w),
+                                      std::memory_order_acq_rel, std::memory_order_relaxed))
+        return v == kOpen ? claim_result::won : claim_result::won_arming;
+    }
+    return claim_result::lost;
+  }
+  // winner(): the waiter that won, or nullptr while none has.
+  waiter* winner() const noexcept {
+    const std::uintptr_t v = state.load(std::memory_order_acquire);
+    return v == kOpen || v == kArming ? nullptr : reinterpret_cast<waiter*>(v);
+  }
 };
 
 static_assert(sizeof(std::source_location) == sizeof(std::uintptr_t) &&
@@ -169,20 +198,33 @@ class waitq {
   // dequeue(): the first waiter that may be completed now, unlinked (Go's
   // waitq.dequeue). Select waiters whose select already fired elsewhere are
   // dropped from the queue on the way. Records the winner of a select.
+  // The queue's owner holds its lock, which is in the select's lock set, so
+  // the select is past arming: a claim is won or lost, never won_arming.
   waiter* dequeue() noexcept {
     for (;;) {
       waiter* w = pop_front();
       if (!w) return nullptr;
       if (select_state* s = w->sel()) {
-        std::uint32_t expected = 0;
-        // See select_state::done for the ordering argument.
-        if (!s->done.compare_exchange_strong(expected, 1, std::memory_order_acq_rel,
-                                             std::memory_order_relaxed))
-          continue;
-        s->winner = w;
+        const select_state::claim_result r = s->claim(w);
+        if (r == select_state::claim_result::lost) continue;
+        assert(r == select_state::claim_result::won);
       }
       return w;
     }
+  }
+
+  // dequeue_all(): every waiter dequeue() would give, in order, as a chain
+  // through `next` (for wake-all paths that ready after unlocking); select
+  // waiters that lost are unlinked and left out of the chain.
+  waiter* dequeue_all() noexcept {
+    waiter* chain = nullptr;
+    waiter** tail = &chain;
+    while (waiter* w = dequeue()) {
+      *tail = w;
+      tail = &w->next;
+    }
+    *tail = nullptr;
+    return chain;
   }
 
   // remove(): unlink w if it is still queued and return true; return false,

@@ -1,0 +1,337 @@
+// mpg/buffered.hpp: buffered_reader and buffered_writer over a stream (Go's
+// bufio.Reader and bufio.Writer), for line protocols and framed messages.
+//
+//   mpg::net::buffered_reader in(conn);            // conn: a tcp_stream (by reference)
+//   absl::StatusOr<std::string_view> line = co_await in.read_line();  // "\n" or "\r\n" stripped
+//   absl::StatusOr<std::string> body = co_await in.read_exact(n);
+//   mpg::net::buffered_writer out(conn);
+//   co_await out.write("HTTP/1.1 200 OK\r\n");     // small: copied into the buffer
+//   std::array<std::string_view, 2> parts{head, big_body};
+//   co_await out.write_vectored(parts);            // big pieces go as their own iovec
+//   absl::Status s = co_await out.flush();
+//
+// Streams. Both are templates over the stream type, held by reference (it
+// must outlive them): the reader needs
+//   task<absl::StatusOr<std::size_t>> read(std::span<char>)   (0: end of stream)
+// and the writer
+//   task<absl::Status> write(std::string_view)                (writes it all)
+// plus, optionally, write_vectored(std::span<const std::string_view>): the
+// writer then sends its buffer and large payloads in one sendmsg each flush
+// (net::tcp_stream has it); without it each piece is one write().
+//
+// Errors (absl::Status; never exceptions):
+//   kOutOfRange        the stream ended cleanly where a read would start
+//                      (Go's io.EOF): is_eof(s).
+//   kDataLoss          the stream ended inside a line, a read_exact or a
+//                      peek (Go's io.ErrUnexpectedEOF): is_unexpected_eof(s).
+//                      The partial data stays buffered (buffered_view()).
+//   kResourceExhausted read_until/read_line found no delimiter within the
+//                      buffer's capacity (Go's bufio.ErrBufferFull); peek(n)
+//                      with n above the capacity. The bytes stay buffered.
+//   anything else      the stream's own error, passed through.
+//
+// Views. read_until, read_line and peek return a std::string_view into the
+// reader's buffer, valid until the next call on the reader (as Go's
+// ReadSlice). Copy it to keep it.
+//
+// The reader's buffer is one allocation of `capacity` bytes (the maximum
+// line length), made at construction. Bytes [r_, w_) are unread; a read
+// that needs room moves them to the front first (one memmove of at most a
+// line), so a line is always contiguous. read_exact copies what is buffered
+// and reads the rest straight into its destination when that is larger than
+// the buffer.
+//
+// The writer's buffer (capacity bytes) collects small writes. A payload of
+// at least `large` bytes is never copied: write() and write_vectored() send
+// the buffered bytes and the payload together (one sendmsg with an iovec per
+// region) before returning, so the payload need only live until then.
+// Otherwise a write that does not fit flushes first. Nothing is sent until
+// the buffer fills, a large payload comes, or flush() is called. After an
+// error the writer keeps failing with it (as Go's bufio.Writer).
+//
+// Concurrency: one task uses a reader (or a writer) at a time; a reader and
+// a writer over one tcp_stream may be used by two tasks (the stream allows
+// one read and one write at once).
+#pragma once
+
+#include <absl/status/status.h>
+#include <absl/status/statusor.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "mpg/task.hpp"
+
+namespace mpg::detail {
+absl::Status buffered_eof_error();
+absl::Status buffered_unexpected_eof_error(std::size_t have, std::size_t want);
+absl::Status buffered_no_delimiter_error(std::size_t capacity);
+absl::Status buffered_peek_too_large_error(std::size_t n, std::size_t capacity);
+}  // namespace mpg::detail
+
+namespace mpg::net {
+
+// is_eof(): s is the clean end of stream of a buffered read (kOutOfRange).
+bool is_eof(const absl::Status& s) noexcept;
+// is_unexpected_eof(): the stream ended inside a read that needed more
+// (kDataLoss).
+bool is_unexpected_eof(const absl::Status& s) noexcept;
+
+// buffered_reader<Stream>
+template <class Stream>
+class buffered_reader {
+ public:
+  static constexpr std::size_t kDefaultCapacity = 64 * 1024;
+
+  explicit buffered_reader(Stream& s, std::size_t capacity = kDefaultCapacity)
+      : s_(&s), cap_(capacity > 0 ? capacity : 1), buf_(new char[cap_]) {}
+  buffered_reader(buffered_reader&&) noexcept = default;
+  buffered_reader& operator=(buffered_reader&&) noexcept = default;
+
+  std::size_t capacity() const noexcept { return cap_; }
+  // buffered(): bytes read from the stream and not yet consumed.
+  std::size_t buffered() const noexcept { return w_ - r_; }
+  std::string_view buffered_view() const noexcept { return {buf_.get() + r_, w_ - r_}; }
+
+  // buffered_reader::read_until()
+  //
+  // The bytes up to and including the first `delim`, consumed. Errors:
+  // kResourceExhausted when capacity() bytes hold no delim; kOutOfRange at
+  // a clean end of stream; kDataLoss when it ends after some bytes without
+  // delim.
+  task<absl::StatusOr<std::string_view>> read_until(char delim) {
+    std::size_t scanned = 0;  // bytes of [r_, w_) known to hold no delim
+    for (;;) {
+      if (const void* p = std::memchr(buf_.get() + r_ + scanned, delim, w_ - r_ - scanned)) {
+        const std::size_t end = static_cast<std::size_t>(static_cast<const char*>(p) - buf_.get()) + 1;
+        std::string_view line(buf_.get() + r_, end - r_);
+        r_ = end;
+        co_return line;
+      }
+      scanned = w_ - r_;
+      if (scanned == cap_) co_return mpg::detail::buffered_no_delimiter_error(cap_);
+      absl::StatusOr<std::size_t> n = co_await fill();
+      if (!n.ok()) co_return n.status();
+      if (*n == 0) co_return scanned == 0 ? mpg::detail::buffered_eof_error()
+                                          : mpg::detail::buffered_unexpected_eof_error(scanned, scanned + 1);
+    }
+  }
+
+  // buffered_reader::read_line()
+  //
+  // read_until('\n') without the "\n" or "\r\n". Errors as read_until.
+  task<absl::StatusOr<std::string_view>> read_line() {
+    absl::StatusOr<std::string_view> l = co_await read_until('\n');
+    if (!l.ok()) co_return l;
+    std::string_view v = *l;
+    v.remove_suffix(1);
+    if (!v.empty() && v.back() == '\r') v.remove_suffix(1);
+    co_return v;
+  }
+
+  // buffered_reader::peek()
+  //
+  // The next n bytes, not consumed. kResourceExhausted if n > capacity();
+  // kOutOfRange or kDataLoss if the stream ends first (nothing or some
+  // bytes buffered).
+  task<absl::StatusOr<std::string_view>> peek(std::size_t n) {
+    if (n > cap_) co_return mpg::detail::buffered_peek_too_large_error(n, cap_);
+    while (w_ - r_ < n) {
+      absl::StatusOr<std::size_t> got = co_await fill();
+      if (!got.ok()) co_return got.status();
+      if (*got == 0)
+        co_return w_ == r_ ? mpg::detail::buffered_eof_error() : mpg::detail::buffered_unexpected_eof_error(w_ - r_, n);
+    }
+    co_return std::string_view(buf_.get() + r_, n);
+  }
+
+  // buffered_reader::consume(): drop n buffered bytes (n <= buffered()),
+  // e.g. after a peek.
+  void consume(std::size_t n) noexcept { r_ += std::min(n, w_ - r_); }
+
+  // buffered_reader::read_exact()
+  //
+  // Fills out completely. Errors: kOutOfRange if the stream ends before the
+  // first byte, kDataLoss if it ends later (what was read is in out's
+  // prefix, and lost to the reader).
+  task<absl::Status> read_exact(std::span<char> out) {
+    std::size_t done = take(out);
+    while (done < out.size()) {
+      std::span<char> rest = out.subspan(done);
+      if (rest.size() >= cap_) {
+        // Larger than the buffer: read straight into the destination.
+        absl::StatusOr<std::size_t> n = co_await s_->read(rest);
+        if (!n.ok()) co_return n.status();
+        if (*n == 0) co_return eof_at(done, out.size());
+        done += *n;
+      } else {
+        absl::StatusOr<std::size_t> n = co_await fill();
+        if (!n.ok()) co_return n.status();
+        if (*n == 0) co_return eof_at(done, out.size());
+        done += take(rest);
+      }
+    }
+    co_return absl::OkStatus();
+  }
+  task<absl::StatusOr<std::string>> read_exact(std::size_t n) {
+    std::string s(n, '\0');
+    absl::Status st = co_await read_exact(std::span<char>(s.data(), s.size()));
+    if (!st.ok()) co_return st;
+    co_return s;
+  }
+
+  // buffered_reader::read(): Go's bufio.Reader.Read: buffered bytes if any,
+  // else one read of the stream (straight into buf when it is at least the
+  // capacity). 0 at end of stream.
+  task<absl::StatusOr<std::size_t>> read(std::span<char> buf) {
+    if (buf.empty()) co_return std::size_t{0};
+    if (r_ == w_) {
+      if (buf.size() >= cap_) co_return co_await s_->read(buf);
+      absl::StatusOr<std::size_t> n = co_await fill();
+      if (!n.ok() || *n == 0) co_return n;
+    }
+    co_return take(buf);
+  }
+
+ private:
+  // fill(): one read of the stream into the free tail of the buffer, after
+  // moving the unread bytes to the front if the tail is full. The bytes it
+  // got (0: end of stream).
+  task<absl::StatusOr<std::size_t>> fill() {
+    if (w_ == cap_) {
+      std::memmove(buf_.get(), buf_.get() + r_, w_ - r_);
+      w_ -= r_;
+      r_ = 0;
+    } else if (r_ == w_) {
+      r_ = w_ = 0;
+    }
+    absl::StatusOr<std::size_t> n = co_await s_->read(std::span<char>(buf_.get() + w_, cap_ - w_));
+    if (n.ok()) w_ += *n;
+    co_return n;
+  }
+  std::size_t take(std::span<char> out) noexcept {
+    const std::size_t n = std::min(out.size(), w_ - r_);
+    if (n > 0) std::memcpy(out.data(), buf_.get() + r_, n);
+    r_ += n;
+    return n;
+  }
+  static absl::Status eof_at(std::size_t have, std::size_t want) {
+    return have == 0 ? mpg::detail::buffered_eof_error() : mpg::detail::buffered_unexpected_eof_error(have, want);
+  }
+
+  Stream* s_;
+  std::size_t cap_;
+  std::unique_ptr<char[]> buf_;
+  std::size_t r_ = 0;  // first unread byte
+  std::size_t w_ = 0;  // end of the bytes read
+};
+
+// buffered_writer<Stream>
+template <class Stream>
+class buffered_writer {
+ public:
+  static constexpr std::size_t kDefaultCapacity = 16 * 1024;
+  static constexpr std::size_t kDefaultLarge = 2 * 1024;
+
+  // large: payloads of at least this many bytes are sent from where they
+  // are (never copied); clamped to the capacity.
+  explicit buffered_writer(Stream& s, std::size_t capacity = kDefaultCapacity,
+                           std::size_t large = kDefaultLarge)
+      : s_(&s),
+        cap_(capacity > 0 ? capacity : 1),
+        large_(std::min(large > 0 ? large : 1, cap_)),
+        buf_(new char[cap_]) {}
+  buffered_writer(buffered_writer&&) noexcept = default;
+  buffered_writer& operator=(buffered_writer&&) noexcept = default;
+
+  std::size_t buffered() const noexcept { return n_; }
+  std::size_t capacity() const noexcept { return cap_; }
+
+  // buffered_writer::write()
+  //
+  // Buffers data, or sends it (with what is buffered) at once if it is
+  // large. Returns the first error of the stream, now or from before.
+  task<absl::Status> write(std::string_view data) {
+    const std::string_view one[1] = {data};
+    co_return co_await write_vectored(std::span<const std::string_view>(one));
+  }
+
+  // buffered_writer::write_vectored()
+  //
+  // Writes the pieces in order: small ones are copied into the buffer,
+  // large ones are sent in place, together with the buffered bytes around
+  // them, before this returns.
+  task<absl::Status> write_vectored(std::span<const std::string_view> pieces) {
+    if (!err_.ok()) co_return err_;
+    std::vector<std::string_view> out;  // regions of one send, in order
+    std::size_t from = 0;               // buffer bytes not yet in `out`
+    for (std::string_view p : pieces) {
+      if (p.size() >= large_) {
+        if (n_ > from) out.emplace_back(buf_.get() + from, n_ - from);
+        out.push_back(p);
+        from = n_;
+        continue;
+      }
+      if (n_ + p.size() > cap_) {
+        // No room: send what is pending (buffer regions and payloads) and
+        // start the buffer over.
+        if (n_ > from) out.emplace_back(buf_.get() + from, n_ - from);
+        absl::Status st = co_await send(out);
+        if (!st.ok()) co_return st;
+        out.clear();
+        n_ = from = 0;
+      }
+      std::memcpy(buf_.get() + n_, p.data(), p.size());
+      n_ += p.size();
+    }
+    if (!out.empty()) {
+      // A large payload went in: send it now, with the buffer around it.
+      if (n_ > from) out.emplace_back(buf_.get() + from, n_ - from);
+      absl::Status st = co_await send(out);
+      n_ = 0;
+      co_return st;
+    }
+    co_return absl::OkStatus();
+  }
+
+  // buffered_writer::flush(): sends everything buffered.
+  task<absl::Status> flush() {
+    if (!err_.ok()) co_return err_;
+    if (n_ == 0) co_return absl::OkStatus();
+    const std::string_view one[1] = {std::string_view(buf_.get(), n_)};
+    absl::Status st = co_await send(std::span<const std::string_view>(one));
+    n_ = 0;
+    co_return st;
+  }
+
+ private:
+  task<absl::Status> send(std::span<const std::string_view> regions) {
+    absl::Status st;
+    if constexpr (requires(Stream& s) { s.write_vectored(regions); }) {
+      st = co_await s_->write_vectored(regions);
+    } else {
+      for (std::string_view r : regions) {
+        st = co_await s_->write(r);
+        if (!st.ok()) break;
+      }
+    }
+    if (!st.ok()) err_ = st;
+    co_return st;
+  }
+
+  Stream* s_;
+  std::size_t cap_;
+  std::size_t large_;
+  std::unique_ptr<char[]> buf_;
+  std::size_t n_ = 0;  // buffered bytes
+  absl::Status err_;   // sticky
+};
+
+}  // namespace mpg::net

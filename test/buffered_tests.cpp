@@ -1,0 +1,310 @@
+// test/buffered_tests.cpp: net::buffered_reader and net::buffered_writer.
+// The reader over a stream that returns random-sized chunks (a fake stream,
+// and a socketpair fed by a plain thread in random-sized writes): lines
+// with "\n" and "\r\n", read_exact across chunks and larger than the
+// buffer, peek, a line longer than the buffer (kResourceExhausted), the end
+// of the stream mid-line (kDataLoss) and at a line boundary (kOutOfRange).
+// The writer: small writes buffered until flush, large payloads sent in
+// place (the regions handed to write_vectored point into the caller's
+// payload), vectored writes over a socketpair with the bytes checked on the
+// other side.
+#include <doctest/doctest.h>
+
+#include "test_support.hpp"
+
+#include <mpg/mpg.hpp>
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+// chunk_stream: reads give a random 1..max_chunk bytes of `data` (seeded,
+// so deterministic), then 0.
+struct chunk_stream {
+  std::string data;
+  std::size_t pos = 0;
+  std::mt19937 rng{12345};
+  std::size_t max_chunk = 7;
+  int reads = 0;
+
+  mpg::task<absl::StatusOr<std::size_t>> read(std::span<char> buf) {
+    ++reads;
+    std::size_t n = std::uniform_int_distribution<std::size_t>(1, max_chunk)(rng);
+    n = std::min({n, buf.size(), data.size() - pos});
+    std::memcpy(buf.data(), data.data() + pos, n);
+    pos += n;
+    co_return n;
+  }
+};
+
+std::string make_lines(int count, std::vector<std::string>& want, bool crlf_some) {
+  std::mt19937 rng(7);
+  std::string all;
+  for (int i = 0; i < count; ++i) {
+    std::string line;
+    const int len = std::uniform_int_distribution<int>(0, 40)(rng);
+    for (int k = 0; k < len; ++k) line.push_back(static_cast<char>('a' + (i + k) % 26));
+    want.push_back(line);
+    all += line;
+    all += (crlf_some && i % 3 == 0) ? "\r\n" : "\n";
+  }
+  return all;
+}
+
+mpg::task<std::string> lines_from_chunks() {
+  std::vector<std::string> want;
+  chunk_stream s;
+  s.data = make_lines(500, want, true);
+  mpg::net::buffered_reader<chunk_stream> in(s, 64);
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    absl::StatusOr<std::string_view> l = co_await in.read_line();
+    if (!l.ok()) co_return "line " + std::to_string(i) + ": " + std::string(l.status().message());
+    if (*l != want[i]) co_return "line " + std::to_string(i) + " differs";
+  }
+  absl::StatusOr<std::string_view> end = co_await in.read_line();
+  if (!mpg::net::is_eof(end.status())) co_return "no clean EOF after the last line";
+  co_return "ok";
+}
+
+TEST_CASE("read_line over random chunks: every line, \\n and \\r\\n stripped, then EOF") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(lines_from_chunks()) == "ok");
+}
+
+mpg::task<std::string> errors() {
+  {
+    // A line longer than the buffer: kResourceExhausted, bytes kept.
+    chunk_stream s;
+    s.data = std::string(100, 'x') + "\nshort\n";
+    mpg::net::buffered_reader<chunk_stream> in(s, 32);
+    absl::StatusOr<std::string_view> l = co_await in.read_line();
+    if (l.status().code() != absl::StatusCode::kResourceExhausted) co_return "long line not refused";
+    if (in.buffered() != 32) co_return "the full buffer was not kept";
+  }
+  {
+    // A line that fits exactly (delimiter at the last byte of the buffer).
+    chunk_stream s;
+    s.data = std::string(31, 'y') + "\n";
+    mpg::net::buffered_reader<chunk_stream> in(s, 32);
+    absl::StatusOr<std::string_view> l = co_await in.read_line();
+    if (!l.ok() || l->size() != 31) co_return "a line of exactly the capacity failed";
+  }
+  {
+    // EOF mid-line: kDataLoss, the partial line still buffered.
+    chunk_stream s;
+    s.data = "one\ntwo";
+    mpg::net::buffered_reader<chunk_stream> in(s, 32);
+    absl::StatusOr<std::string_view> a = co_await in.read_line();
+    if (!a.ok() || *a != "one") co_return "first line";
+    absl::StatusOr<std::string_view> b = co_await in.read_line();
+    if (!mpg::net::is_unexpected_eof(b.status())) co_return "EOF mid-line not kDataLoss";
+    if (in.buffered_view() != "two") co_return "partial line not left buffered";
+  }
+  {
+    // read_exact and peek at the end of the stream.
+    chunk_stream s;
+    s.data = "abcdef";
+    mpg::net::buffered_reader<chunk_stream> in(s, 4);
+    absl::StatusOr<std::string_view> too_big = co_await in.peek(5);
+    if (too_big.status().code() != absl::StatusCode::kResourceExhausted)
+      co_return "peek above the capacity";
+    absl::StatusOr<std::string_view> p = co_await in.peek(3);
+    if (!p.ok() || *p != "abc") co_return "peek";
+    absl::StatusOr<std::string> e = co_await in.read_exact(4);
+    if (!e.ok() || *e != "abcd") co_return "read_exact after peek";
+    absl::StatusOr<std::string> f = co_await in.read_exact(3);
+    if (!mpg::net::is_unexpected_eof(f.status())) co_return "short read_exact not kDataLoss";
+    absl::StatusOr<std::string> g = co_await in.read_exact(1);
+    if (!mpg::net::is_eof(g.status())) co_return "read_exact at the end not kOutOfRange";
+  }
+  co_return "ok";
+}
+
+TEST_CASE("errors: a line past the capacity, EOF mid-line, short read_exact and peek") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(errors()) == "ok");
+}
+
+mpg::task<std::string> exact_and_mixed() {
+  // Frames: a 4-byte decimal length, a payload, a newline-terminated
+  // trailer; payloads larger and smaller than the buffer.
+  std::mt19937 rng(99);
+  std::string data;
+  std::vector<std::string> payloads;
+  for (int i = 0; i < 60; ++i) {
+    const std::size_t len = std::uniform_int_distribution<std::size_t>(0, 300)(rng);
+    std::string p;
+    for (std::size_t k = 0; k < len; ++k) p.push_back(static_cast<char>(rng()));
+    char head[5];
+    std::snprintf(head, sizeof head, "%04zu", len);
+    data += head;
+    data += p;
+    data += "end " + std::to_string(i) + "\r\n";
+    payloads.push_back(std::move(p));
+  }
+  chunk_stream s;
+  s.data = data;
+  s.max_chunk = 50;
+  mpg::net::buffered_reader<chunk_stream> in(s, 128);
+  for (int i = 0; i < 60; ++i) {
+    absl::StatusOr<std::string_view> h = co_await in.peek(4);
+    if (!h.ok()) co_return "peek head";
+    const std::size_t len = std::stoul(std::string(*h));
+    in.consume(4);
+    absl::StatusOr<std::string> p = co_await in.read_exact(len);
+    if (!p.ok() || *p != payloads[i]) co_return "payload " + std::to_string(i);
+    absl::StatusOr<std::string_view> t = co_await in.read_line();
+    if (!t.ok() || *t != "end " + std::to_string(i)) co_return "trailer " + std::to_string(i);
+  }
+  co_return "ok";
+}
+
+TEST_CASE("read_exact across chunks and past the buffer, peek and consume, mixed with lines") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(exact_and_mixed()) == "ok");
+}
+
+// Over a real socket: a plain thread writes the text in random-sized
+// writes; the reader reads lines over a tcp_stream.
+mpg::task<std::string> lines_over_socket(int fd, std::vector<std::string> want) {
+  mpg::net::tcp_stream conn(fd);
+  mpg::net::buffered_reader in(conn, 256);
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    absl::StatusOr<std::string_view> l = co_await in.read_line();
+    if (!l.ok()) co_return "line " + std::to_string(i) + ": " + std::string(l.status().message());
+    if (*l != want[i]) co_return "line " + std::to_string(i) + " differs";
+  }
+  absl::StatusOr<std::string_view> end = co_await in.read_line();
+  if (!mpg::net::is_unexpected_eof(end.status())) co_return "the unterminated tail: " + end.status().ToString();
+  if (in.buffered_view() != "tail") co_return "tail not buffered";
+  co_return "ok";
+}
+
+TEST_CASE("read_line over a socketpair fed in random-sized writes; EOF mid-line") {
+  int sv[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  std::vector<std::string> want;
+  std::string text = make_lines(2000, want, true) + "tail";
+  std::thread writer([fd = sv[1], text] {
+    std::mt19937 rng(3);
+    std::size_t pos = 0;
+    while (pos < text.size()) {
+      std::size_t n = std::uniform_int_distribution<std::size_t>(1, 97)(rng);
+      n = std::min(n, text.size() - pos);
+      ssize_t w = ::write(fd, text.data() + pos, n);
+      if (w <= 0) break;
+      pos += static_cast<std::size_t>(w);
+    }
+    ::close(fd);
+  });
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(lines_over_socket(sv[0], want)) == "ok");
+  writer.join();
+}
+
+// recording_stream: records each region handed to write_vectored.
+struct recording_stream {
+  std::string bytes;
+  std::vector<std::vector<std::string_view>> sends;
+  mpg::task<absl::Status> write(std::string_view d) {
+    bytes += d;
+    sends.push_back({d});
+    co_return absl::OkStatus();
+  }
+  mpg::task<absl::Status> write_vectored(std::span<const std::string_view> r) {
+    sends.emplace_back(r.begin(), r.end());
+    for (std::string_view v : r) bytes += v;
+    co_return absl::OkStatus();
+  }
+};
+
+mpg::task<std::string> writer_regions() {
+  recording_stream s;
+  mpg::net::buffered_writer<recording_stream> out(s, 64, 16);
+  co_await out.write("GET ");
+  co_await out.write("/ HTTP/1.1\r\n");
+  if (!s.sends.empty() || out.buffered() != 16) co_return "small writes not buffered";
+  const std::string big(1000, 'B');
+  const std::array<std::string_view, 3> parts{"head:", big, "tail"};
+  co_await out.write_vectored(parts);
+  // One send: the buffered bytes before, the payload in place, the tail.
+  if (s.sends.size() != 1 || s.sends[0].size() != 3) co_return "not one send of three regions";
+  if (s.sends[0][1].data() != big.data()) co_return "the large payload was copied";
+  if (out.buffered() != 0) co_return "buffer not emptied by the send";
+  // Overflow of small writes flushes first.
+  for (int i = 0; i < 10; ++i) co_await out.write("0123456789");
+  if (s.sends.size() != 2) co_return "overflow did not flush once";
+  co_await out.flush();
+  if (out.buffered() != 0) co_return "flush";
+  std::string want = "GET / HTTP/1.1\r\nhead:" + big + "tail";
+  for (int i = 0; i < 10; ++i) want += "0123456789";
+  if (s.bytes != want) co_return "bytes differ";
+  co_return "ok";
+}
+
+TEST_CASE("buffered_writer: small writes buffered, large payloads sent in place, overflow flushes") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(writer_regions()) == "ok");
+}
+
+mpg::task<std::string> write_over_socket(int fd, const std::string* big, std::string* want) {
+  mpg::net::tcp_stream conn(fd);
+  mpg::net::buffered_writer out(conn, 4096, 1024);
+  std::mt19937 rng(5);
+  for (int i = 0; i < 300; ++i) {
+    const std::size_t n = std::uniform_int_distribution<std::size_t>(0, 3000)(rng);
+    std::string_view payload(big->data() + i, n);
+    std::string head = "msg " + std::to_string(i) + " " + std::to_string(n) + "\n";
+    const std::array<std::string_view, 3> parts{head, payload, "\n"};
+    absl::Status st = co_await out.write_vectored(parts);
+    if (!st.ok()) co_return st.ToString();
+    *want += head;
+    *want += payload;
+    *want += "\n";
+  }
+  // A payload of several MB in one vectored write (short writes continue).
+  std::string huge(4 << 20, 'h');
+  for (std::size_t k = 0; k < huge.size(); k += 4093) huge[k] = static_cast<char>('a' + k % 26);
+  const std::array<std::string_view, 2> parts{"huge\n", huge};
+  absl::Status st = co_await out.write_vectored(parts);
+  if (!st.ok()) co_return st.ToString();
+  *want += "huge\n" + huge;
+  st = co_await out.flush();
+  if (!st.ok()) co_return st.ToString();
+  co_return "ok";
+}
+
+TEST_CASE("buffered_writer over a socketpair: vectored writes with large payloads arrive intact") {
+  int sv[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  std::string got;
+  std::thread reader([fd = sv[1], &got] {
+    char buf[65536];
+    for (;;) {
+      ssize_t n = ::read(fd, buf, sizeof buf);
+      if (n <= 0) break;
+      got.append(buf, static_cast<std::size_t>(n));
+    }
+    ::close(fd);
+  });
+  std::string big(4000, '\0');
+  for (std::size_t k = 0; k < big.size(); ++k) big[k] = static_cast<char>(k * 7 + 1);
+  std::string want;
+  {
+    mpg::runtime rt({.procs = 2});
+    CHECK(rt.block_on(write_over_socket(sv[0], &big, &want)) == "ok");
+  }  // the stream closed: the reader sees EOF
+  reader.join();
+  CHECK(got.size() == want.size());
+  CHECK(got == want);
+}
+
+}  // namespace

@@ -1,0 +1,139 @@
+// test/timeout_tests.cpp: mpg::timeout. Both outcomes for task<T>,
+// task<void>, task<absl::Status> and task<absl::StatusOr<U>>; an exception
+// before the deadline is rethrown, one after it (detached task) is dropped;
+// the detached form leaves the task running to completion; the structured
+// (context) form cancels the task's context at the deadline and has waited
+// for the task when it returns.
+#include <doctest/doctest.h>
+
+#include "test_support.hpp"
+
+#include <mpg/mpg.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <stdexcept>
+#include <string>
+
+using namespace std::chrono_literals;
+
+namespace {
+
+static_assert(std::is_same_v<mpg::timeout_result_t<int>, absl::StatusOr<int>>);
+static_assert(std::is_same_v<mpg::timeout_result_t<void>, absl::Status>);
+static_assert(std::is_same_v<mpg::timeout_result_t<absl::Status>, absl::Status>);
+static_assert(std::is_same_v<mpg::timeout_result_t<absl::StatusOr<int>>, absl::StatusOr<int>>);
+
+mpg::task<int> quick(int v) { co_return v; }
+mpg::task<int> gated(mpg::chan<int> gate, int v) {
+  (void)co_await gate.recv();
+  co_return v;
+}
+mpg::task<void> gated_void(mpg::chan<int> gate) { (void)co_await gate.recv(); }
+mpg::task<absl::Status> gated_status(mpg::chan<int> gate, absl::Status s) {
+  (void)co_await gate.recv();
+  co_return s;
+}
+mpg::task<absl::StatusOr<int>> statusor_now(int v) { co_return v; }
+mpg::task<int> throws_now() {
+  co_await mpg::yield();
+  throw std::runtime_error("early");
+}
+
+mpg::task<std::string> both_outcomes() {
+  // The task wins.
+  absl::StatusOr<int> a = co_await mpg::timeout(10s, quick(3));
+  if (!a.ok() || *a != 3) co_return "value not returned";
+  absl::StatusOr<int> b = co_await mpg::timeout(10s, statusor_now(4));
+  if (!b.ok() || *b != 4) co_return "StatusOr not flattened";
+  // The deadline wins: the task waits on a gate nobody opens yet.
+  mpg::chan<int> gate;
+  absl::StatusOr<int> c = co_await mpg::timeout(20ms, gated(gate, 5));
+  if (c.status().code() != absl::StatusCode::kDeadlineExceeded) co_return "no kDeadlineExceeded";
+  absl::Status d = co_await mpg::timeout(1ms, gated_void(gate));
+  if (d.code() != absl::StatusCode::kDeadlineExceeded) co_return "void: no kDeadlineExceeded";
+  absl::Status e = co_await mpg::timeout(1ms, gated_status(gate, absl::OkStatus()));
+  if (e.code() != absl::StatusCode::kDeadlineExceeded) co_return "Status: no kDeadlineExceeded";
+  // The detached tasks run on: each takes one value from the gate and
+  // finishes (a send completes only when a receiver takes it).
+  for (int i = 0; i < 3; ++i) co_await gate.send(i);
+  // task<void> and task<Status> that win.
+  mpg::chan<int> g2(2);
+  co_await g2.send(0);
+  co_await g2.send(0);
+  absl::Status f = co_await mpg::timeout(10s, gated_void(g2));
+  if (!f.ok()) co_return "void task that finished: not OK";
+  absl::Status s = co_await mpg::timeout(10s, gated_status(g2, absl::NotFoundError("x")));
+  if (s.code() != absl::StatusCode::kNotFound) co_return "the task's own Status not passed through";
+  co_return "ok";
+}
+
+TEST_CASE("timeout: the task's result when it finishes first, kDeadlineExceeded otherwise") {
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(both_outcomes()) == "ok");
+}
+
+mpg::task<void> signal_then_throw(mpg::chan<int> gate, mpg::chan<int> finished) {
+  (void)co_await gate.recv();
+  co_await finished.send(1);
+  throw std::runtime_error("late");
+}
+
+mpg::task<std::string> exceptions() {
+  try {
+    (void)co_await mpg::timeout(10s, throws_now());
+    co_return "exception before the deadline not rethrown";
+  } catch (const std::runtime_error&) {
+  }
+  // After the deadline the detached task throws: dropped, not reported
+  // (a report would abort the process).
+  mpg::chan<int> gate, finished(1);
+  absl::Status st = co_await mpg::timeout(1ms, signal_then_throw(gate, finished));
+  if (st.code() != absl::StatusCode::kDeadlineExceeded) co_return "no timeout";
+  co_await gate.send(0);
+  if (co_await finished.recv() != 1) co_return "the detached task did not run on";
+  // On one P, the sender ran on to its end (throw, caught, finished)
+  // before the receive resumed us: a report would have aborted by now.
+  co_return "ok";
+}
+
+TEST_CASE("timeout: an exception before the deadline is rethrown; one after it is dropped") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(exceptions()) == "ok");
+}
+
+// The structured form: the task borrows `progress` from the caller's frame
+// and watches its context.
+mpg::task<int> watcher(mpg::context ctx, std::atomic<int>& progress) {
+  mpg::chan<int> never;
+  auto r = co_await mpg::select(never.recv(), ctx.done().recv());
+  progress.store(r.index() == 1 && ctx.err().code() == absl::StatusCode::kDeadlineExceeded ? 1 : -1);
+  co_return 7;
+}
+
+mpg::task<std::string> structured() {
+  std::atomic<int> progress{0};
+  absl::StatusOr<int> r =
+      co_await mpg::timeout(20ms, [&](mpg::context ctx) { return watcher(ctx, progress); });
+  if (r.status().code() != absl::StatusCode::kDeadlineExceeded) co_return "no kDeadlineExceeded";
+  // timeout() waited for the task, which saw its context cancelled by the
+  // deadline.
+  if (progress.load() != 1) co_return "the task had not finished, or its context was not cancelled";
+  // Finishing first: its value, and the context of a finished call is
+  // cancelled (the deadline timer stopped).
+  mpg::context seen;
+  absl::StatusOr<int> v = co_await mpg::timeout(10s, [&](mpg::context ctx) -> mpg::task<int> {
+    seen = ctx;
+    return quick(8);
+  });
+  if (!v.ok() || *v != 8) co_return "value";
+  if (!seen.cancelled()) co_return "context left live";
+  co_return "ok";
+}
+
+TEST_CASE("timeout with a context: cancelled at the deadline and awaited before returning") {
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(structured()) == "ok");
+}
+
+}  // namespace
