@@ -12,13 +12,36 @@
 #include <mpg/signal.hpp>
 
 #include <atomic>
-#include <semaphore>
+#include <condition_variable>
+#include <mutex>
 #include <stdexcept>
 #include <thread>
 
 namespace {
 
 using mpg::task;
+
+// gate: a one-shot event on a pthread mutex and condition variable. Not
+// std::binary_semaphore: its futex wait is a raw syscall that TSan does not
+// intercept, and TSan runs a signal handler for a thread only when the
+// thread is in (or enters) a call it intercepts.
+class gate {
+ public:
+  void open() {
+    std::lock_guard lk(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+  void wait() {
+    std::unique_lock lk(mu_);
+    cv_.wait(lk, [&] { return open_; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = false;
+};
 
 enum class disposition { dfl, ign, handler };
 
@@ -47,9 +70,9 @@ TEST_CASE("raise delivers the signal number to the channel") {
 }
 
 TEST_CASE("pthread_kill to a thread made before notify is caught on that thread") {
-  std::binary_semaphore release(0);
+  gate release;
   pthread_t worker_id{};
-  std::thread worker([&] { release.acquire(); });
+  std::thread worker([&] { release.wait(); });
   worker_id = worker.native_handle();
   mpg::runtime rt({.procs = 1});
   int got = rt.block_on([&]() -> task<int> {
@@ -59,13 +82,13 @@ TEST_CASE("pthread_kill to a thread made before notify is caught on that thread"
     mpg::signal::stop(sigs);
     co_return v.value_or(0);
   }());
-  release.release();
+  release.open();
   worker.join();
   CHECK(got == SIGUSR1);
 }
 
 TEST_CASE("a signal sent to a thread that blocks it arrives when the thread unblocks it") {
-  std::binary_semaphore blocked(0), sent(0), done(0);
+  gate blocked, sent, done;
   std::atomic<bool> was_pending{false};
   std::atomic<std::size_t> queued_before_unblock{99};
   mpg::chan<int> sigs = mpg::signal::notify({SIGUSR2}, 4);  // plain thread, no runtime
@@ -74,26 +97,26 @@ TEST_CASE("a signal sent to a thread that blocks it arrives when the thread unbl
     sigemptyset(&set);
     sigaddset(&set, SIGUSR2);
     ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
-    blocked.release();
-    sent.acquire();
+    blocked.open();
+    sent.wait();
     sigset_t pending;
     sigpending(&pending);
     was_pending.store(sigismember(&pending, SIGUSR2) == 1);
     // Blocked here, so the handler has not run: nothing can have been sent.
     queued_before_unblock.store(sigs.size());
     ::pthread_sigmask(SIG_UNBLOCK, &set, nullptr);  // the handler runs here
-    done.acquire();
+    done.wait();
   });
-  blocked.acquire();
+  blocked.wait();
   REQUIRE(::pthread_kill(worker.native_handle(), SIGUSR2) == 0);
-  sent.release();
+  sent.open();
   mpg::runtime rt({.procs = 1});
   mpg::external_work outside(rt.handle());  // the relay thread will send
   int got = rt.block_on([&]() -> task<int> {
     auto v = co_await sigs.recv();
     co_return v.value_or(0);
   }());
-  done.release();
+  done.open();
   worker.join();
   mpg::signal::stop(sigs);
   CHECK(was_pending.load());

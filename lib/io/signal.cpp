@@ -50,8 +50,8 @@
 #include <thread>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
 #include "mpg/runtime_handle.hpp"
+#include "sched/thread_mutex.hpp"
 
 namespace mpg::signal {
 
@@ -94,7 +94,7 @@ struct registration {
 };
 
 struct registry {
-  absl::Mutex mu;
+  mpg::detail::thread_mutex mu;
   std::vector<registration> regs ABSL_GUARDED_BY(mu);
   std::array<int, kMaxSignal + 1> wanted ABSL_GUARDED_BY(mu){};
   std::array<struct sigaction, kMaxSignal + 1> saved ABSL_GUARDED_BY(mu){};
@@ -111,7 +111,7 @@ registry& reg() {
 // R2: offer each pending signal to the channels that want it.
 void deliver(sig_mask pending) {
   registry& r = reg();
-  absl::MutexLock lk(&r.mu);
+  mpg::detail::thread_mutex_lock lk(r.mu);
   for (int sig = 1; sig <= kMaxSignal; ++sig) {
     if ((pending & bit(sig)) == 0) continue;
     for (registration& g : r.regs) {
@@ -194,7 +194,7 @@ void notify(const chan<int>& ch, std::initializer_list<int> signals) {
   std::unique_ptr<external_work> guard;
   if (detail::in_mpg_task()) guard = std::make_unique<external_work>(runtime_handle::current());
   registry& r = reg();
-  absl::MutexLock lk(&r.mu);
+  mpg::detail::thread_mutex_lock lk(r.mu);
   start_relay_locked(r);
   for (registration& g : r.regs) {
     if (g.ch == ch) {
@@ -218,7 +218,7 @@ void stop(const chan<int>& ch) {
   std::optional<registration> gone;
   {
     registry& r = reg();
-    absl::MutexLock lk(&r.mu);
+    mpg::detail::thread_mutex_lock lk(r.mu);
     for (auto it = r.regs.begin(); it != r.regs.end(); ++it) {
       if (it->ch == ch) {
         unwant_locked(r, it->signals);
