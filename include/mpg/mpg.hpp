@@ -32,3 +32,4 @@
 #include "mpg/fs.hpp"
 #include "mpg/io.hpp"
 #include "mpg/net.hpp"
+#include "mpg/signal.hpp"

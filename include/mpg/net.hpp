@@ -13,9 +13,17 @@
 // operation was cancelled (cancel(), close() from another task, shutdown).
 //
 // Addresses are "host:port": "127.0.0.1:8080", "[::1]:0", "localhost:80",
-// ":8080" (listen: every interface, dual-stack; dial: this host). Names other
-// than "localhost" go to getaddrinfo: dial runs it under mpg::blocking (the
-// P keeps running other tasks), listen inline.
+// ":8080" (listen: every interface, dual-stack; dial: this host), or a Unix
+// stream socket: "unix:/run/app.sock" (a path; relative paths too) or
+// "unix:@name" (Linux's abstract namespace). Unix sockets use the same
+// listener and tcp_stream types (TCP_NODELAY does not apply). Names other
+// than "localhost" go to getaddrinfo, which blocks: dial runs it under
+// mpg::blocking (the P keeps running other tasks); listen, which is not a
+// coroutine, runs it only when called from a plain thread, and inside a task
+// (or posted function) refuses a host name with kInvalidArgument.
+//
+// Errors keep their errno and whether they mean "use of a closed stream or
+// listener": see mpg/io_error.hpp (errno_of, net::is_closed).
 //
 // Concurrency: one task may read a stream while another writes it; one read
 // and one write at a time. cancel() and close() may be called from any task
@@ -139,8 +147,9 @@ class listener {
 
   bool is_open() const noexcept { return fd_.load(std::memory_order_relaxed) >= 0; }
   int native_handle() const noexcept { return fd_.load(std::memory_order_relaxed); }
+  // port(): the TCP port; 0 for a Unix listener.
   std::uint16_t port() const noexcept { return port_; }
-  // address(): "127.0.0.1:port", "[::1]:port", ...
+  // address(): "127.0.0.1:port", "[::1]:port", "unix:/path", "unix:@name".
   std::string address() const;
 
   // accept(): the next connection. When the process or system is out of file
@@ -152,7 +161,9 @@ class listener {
   task<absl::StatusOr<tcp_stream>> accept();
   task<absl::StatusOr<tcp_stream>> accept(clock::time_point deadline);
 
-  // close(): stops listening; a blocked accept() returns kCancelled. Idempotent.
+  // close(): stops listening; a blocked accept() returns kCancelled.
+  // Idempotent. A Unix listener on a path removes its socket file (as Go's
+  // does); one on an abstract name has no file.
   void close() noexcept;
 
   // accept_backoffs(): how many times accept() slept on resource exhaustion.
@@ -166,14 +177,18 @@ class listener {
 
   std::atomic<int> fd_{-1};  // as tcp_stream::fd_
   std::uint16_t port_ = 0;
+  std::string unix_path_;  // the socket file this listener created, if any
   detail::io_slot slot_;
   std::atomic<std::uint64_t> backoffs_{0};
 };
 
 // listen(): a listener on address; port 0 picks a free port (see port()).
+// Binding a Unix path that exists fails with EADDRINUSE (remove a stale
+// socket file first). Any thread; inside a task it never blocks (see above).
 absl::StatusOr<listener> listen(std::string_view address, listen_options opts = {});
 
-// dial(): connect to address, trying each resolved address in turn.
+// dial(): connect to address (TCP or Unix), trying each resolved address in
+// turn. In a task.
 task<absl::StatusOr<tcp_stream>> dial(std::string_view address);
 task<absl::StatusOr<tcp_stream>> dial(std::string_view address, clock::time_point deadline);
 

@@ -4,8 +4,10 @@
 // Every blocking step is one io_uring request (recv, send, accept, connect,
 // and a timeout for the accept back-off) awaited through detail::io_awaiter;
 // the cheap non-blocking set-up calls (socket, bind, listen, setsockopt,
-// shutdown, close) are plain syscalls, and a host-name lookup for dial runs
-// under mpg::blocking (listen, which is not a coroutine, looks up inline). Sockets stay in blocking mode: io_uring
+// shutdown, close) are plain syscalls. Addresses (TCP and Unix) are parsed
+// in address.cpp; a host-name lookup for dial runs under mpg::blocking, and
+// listen, which is not a coroutine, looks names up only when its caller
+// holds no P. Sockets stay in blocking mode: io_uring
 // then waits for readiness itself (FAST_POLL) and never hands us -EAGAIN; if a
 // caller made one non-blocking anyway, -EAGAIN is answered with a POLL_ADD and
 // a retry. -EINTR (an io-wq worker interrupted) is retried.
@@ -40,6 +42,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "mpg/blocking.hpp"
+#include "io/address.hpp"
 #include "io/reactor.hpp"
 
 namespace mpg::net {
@@ -50,124 +53,15 @@ using detail::io_awaiter;
 using detail::io_opcode;
 using detail::io_request;
 using detail::prep_request;
+using detail::format_addr;
+using detail::name_lookup;
+using detail::resolve;
+using detail::sock_addr;
 
 constexpr std::size_t kMaxIo = std::size_t{1} << 30;
 
 // Debian's abseil has its own string_view type (not std::string_view's alias).
 absl::string_view av(std::string_view s) noexcept { return {s.data(), s.size()}; }
-
-struct sock_addr {
-  sockaddr_storage ss{};
-  socklen_t len = 0;
-};
-
-absl::Status bad_address(absl::string_view addr, absl::string_view why) {
-  return absl::InvalidArgumentError(absl::StrCat("address \"", addr, "\": ", why));
-}
-
-std::string format_addr(const sockaddr_storage& ss) {
-  char buf[INET6_ADDRSTRLEN] = "?";
-  if (ss.ss_family == AF_INET) {
-    auto* in = reinterpret_cast<const sockaddr_in*>(&ss);
-    ::inet_ntop(AF_INET, &in->sin_addr, buf, sizeof buf);
-    return absl::StrCat(buf, ":", ntohs(in->sin_port));
-  }
-  auto* in6 = reinterpret_cast<const sockaddr_in6*>(&ss);
-  ::inet_ntop(AF_INET6, &in6->sin6_addr, buf, sizeof buf);
-  return absl::StrCat("[", buf, "]:", ntohs(in6->sin6_port));
-}
-
-void add_v4(std::vector<sock_addr>& out, in_addr a, std::uint16_t port) {
-  sock_addr s;
-  auto* in = reinterpret_cast<sockaddr_in*>(&s.ss);
-  in->sin_family = AF_INET;
-  in->sin_port = htons(port);
-  in->sin_addr = a;
-  s.len = sizeof(sockaddr_in);
-  out.push_back(s);
-}
-
-void add_v6(std::vector<sock_addr>& out, in6_addr a, std::uint16_t port) {
-  sock_addr s;
-  auto* in6 = reinterpret_cast<sockaddr_in6*>(&s.ss);
-  in6->sin6_family = AF_INET6;
-  in6->sin6_port = htons(port);
-  in6->sin6_addr = a;
-  s.len = sizeof(sockaddr_in6);
-  out.push_back(s);
-}
-
-// resolve(): "host:port" to socket addresses. passive: for listen (an empty
-// host means every interface rather than this host). Names other than
-// "localhost" go to getaddrinfo, which blocks: unless allow_lookup, such a
-// name yields kUnavailable with the message "lookup needed" (dial then
-// resolves it under mpg::blocking).
-constexpr std::string_view kLookupNeeded = "lookup needed";
-absl::StatusOr<std::vector<sock_addr>> resolve(std::string_view addr, bool passive,
-                                               bool allow_lookup = true) {
-  std::string_view host, port_text;
-  if (!addr.empty() && addr.front() == '[') {
-    std::size_t end = addr.find(']');
-    if (end == std::string_view::npos) return bad_address(av(addr), "missing ']'");
-    host = addr.substr(1, end - 1);
-    if (end + 1 >= addr.size() || addr[end + 1] != ':') return bad_address(av(addr), "missing port");
-    port_text = addr.substr(end + 2);
-  } else {
-    std::size_t colon = addr.rfind(':');
-    if (colon == std::string_view::npos) return bad_address(av(addr), "missing port");
-    host = addr.substr(0, colon);
-    if (host.find(':') != std::string_view::npos) {
-      return bad_address(av(addr), "too many colons (write IPv6 addresses as \"[::1]:80\")");
-    }
-    port_text = addr.substr(colon + 1);
-  }
-  std::uint32_t port = 0;
-  if (!absl::SimpleAtoi(av(port_text), &port) || port > 65535) {
-    return bad_address(av(addr), "invalid port");
-  }
-  std::vector<sock_addr> out;
-  const std::uint16_t p = static_cast<std::uint16_t>(port);
-  std::string h(host);
-  in_addr a4{};
-  in6_addr a6{};
-  if (h.empty()) {
-    if (passive) {
-      add_v6(out, in6addr_any, p);  // dual-stack (IPV6_V6ONLY off), as Go
-      add_v4(out, in_addr{htonl(INADDR_ANY)}, p);
-    } else {
-      add_v4(out, in_addr{htonl(INADDR_LOOPBACK)}, p);
-      add_v6(out, in6addr_loopback, p);
-    }
-  } else if (::inet_pton(AF_INET, h.c_str(), &a4) == 1) {
-    add_v4(out, a4, p);
-  } else if (::inet_pton(AF_INET6, h.c_str(), &a6) == 1) {
-    add_v6(out, a6, p);
-  } else if (h == "localhost") {
-    add_v4(out, in_addr{htonl(INADDR_LOOPBACK)}, p);
-    add_v6(out, in6addr_loopback, p);
-  } else {
-    if (!allow_lookup) return absl::UnavailableError(av(kLookupNeeded));
-    addrinfo hints{};
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_ADDRCONFIG | (passive ? AI_PASSIVE : 0);
-    addrinfo* res = nullptr;
-    int rc = ::getaddrinfo(h.c_str(), nullptr, &hints, &res);
-    if (rc != 0) {
-      return absl::NotFoundError(absl::StrCat("lookup ", h, ": ", ::gai_strerror(rc)));
-    }
-    for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
-      if (ai->ai_family == AF_INET) {
-        add_v4(out, reinterpret_cast<sockaddr_in*>(ai->ai_addr)->sin_addr, p);
-      } else if (ai->ai_family == AF_INET6) {
-        add_v6(out, reinterpret_cast<sockaddr_in6*>(ai->ai_addr)->sin6_addr, p);
-      }
-    }
-    ::freeaddrinfo(res);
-    if (out.empty()) return absl::NotFoundError(absl::StrCat("lookup ", h, ": no addresses"));
-  }
-  return out;
-}
 
 // net_error(): an operation's negative result as a Status.
 absl::Status net_error(int res, absl::string_view what) {
@@ -204,7 +98,7 @@ absl::StatusOr<std::string> sock_name(int fd, bool peer) {
   int rc = peer ? ::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len)
                 : ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
   if (rc != 0) return absl::ErrnoToStatus(errno, peer ? "getpeername" : "getsockname");
-  return format_addr(ss);
+  return format_addr(ss, len);
 }
 
 // One awaited operation with an optional deadline, in `slot`.
@@ -223,15 +117,16 @@ task<int> wait_ready(int fd, unsigned events, detail::io_slot* slot,
 
 task<absl::StatusOr<tcp_stream>> dial_addr(std::string address,
                                            std::optional<clock::time_point> deadline) {
-  auto addrs = resolve(address, /*passive=*/false, /*allow_lookup=*/false);
-  if (!addrs.ok() && addrs.status().message() == av(kLookupNeeded)) {
+  auto addrs = resolve(address, /*passive=*/false, name_lookup::refused);
+  if (!addrs.ok() && detail::lookup_needed(addrs.status())) {
     // A host name: getaddrinfo blocks, so it runs with the P handed off.
-    addrs = co_await mpg::blocking([&] { return resolve(address, /*passive=*/false); });
+    addrs = co_await mpg::blocking(
+        [&] { return resolve(address, /*passive=*/false, name_lookup::allowed); });
   }
   if (!addrs.ok()) co_return addrs.status();
   absl::Status last = absl::UnavailableError("dial: no addresses");
   for (sock_addr& a : *addrs) {
-    int fd = ::socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+    int fd = ::socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
       last = absl::ErrnoToStatus(errno, "dial: socket");
       continue;
@@ -239,11 +134,11 @@ task<absl::StatusOr<tcp_stream>> dial_addr(std::string address,
     io_request rq{.op = io_opcode::connect, .fd = fd, .addr = &a.ss, .len = a.len};
     int res = co_await make_op(&rq, nullptr, "net.dial", deadline);
     if (res == 0) {
-      set_nodelay(fd);
+      if (a.ss.ss_family != AF_UNIX) set_nodelay(fd);
       co_return tcp_stream(fd);
     }
     ::close(fd);
-    last = net_error(res, absl::StrCat("dial tcp ", format_addr(a.ss)));
+    last = net_error(res, absl::StrCat("dial ", format_addr(a.ss, a.len)));
     if (res == -ETIME || res == -ECANCELED) break;
   }
   co_return last;
@@ -416,6 +311,7 @@ absl::StatusOr<std::string> tcp_stream::remote_address() const {
 listener::listener(listener&& o) noexcept
     : fd_(o.fd_.exchange(-1, std::memory_order_relaxed)),
       port_(o.port_),
+      unix_path_(std::move(o.unix_path_)),
       backoffs_(o.backoffs_.load(std::memory_order_relaxed)) {}
 
 listener& listener::operator=(listener&& o) noexcept {
@@ -423,6 +319,7 @@ listener& listener::operator=(listener&& o) noexcept {
     close();
     fd_.store(o.fd_.exchange(-1, std::memory_order_relaxed), std::memory_order_relaxed);
     port_ = o.port_;
+    unix_path_ = std::move(o.unix_path_);
     backoffs_.store(o.backoffs_.load(std::memory_order_relaxed), std::memory_order_relaxed);
     slot_.closed.store(false, std::memory_order_relaxed);
   }
@@ -489,22 +386,36 @@ void listener::close() noexcept {
   if (fd_.load(std::memory_order_relaxed) < 0) return;
   detail::io_cancel(&slot_, true);
   int fd = fd_.exchange(-1, std::memory_order_acq_rel);
-  if (fd >= 0) ::close(fd);
+  if (fd >= 0) {
+    ::close(fd);
+    // The closer that won the exchange removes the socket file, as Go does.
+    if (!unix_path_.empty()) ::unlink(unix_path_.c_str());
+  }
 }
 
 absl::StatusOr<listener> listen(std::string_view address, listen_options opts) {
-  auto addrs = resolve(address, /*passive=*/true);
+  // Not a coroutine, so a name lookup would block the caller's P: on a P
+  // only addresses that need no getaddrinfo are accepted.
+  auto addrs = resolve(address, /*passive=*/true,
+                       detail::holds_p() ? name_lookup::refused : name_lookup::allowed);
+  if (!addrs.ok() && detail::lookup_needed(addrs.status())) {
+    return detail::bad_address(
+        address, "listen inside a task takes an IP address, \"localhost\" or a Unix path: "
+                 "a host name needs a lookup that would block this P (look it up under "
+                 "mpg::blocking first)");
+  }
   if (!addrs.ok()) return addrs.status();
   absl::Status last = absl::UnavailableError(absl::StrCat("listen ", av(address), ": no addresses"));
   for (sock_addr& a : *addrs) {
-    int fd = ::socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+    const bool is_unix = a.ss.ss_family == AF_UNIX;
+    int fd = ::socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
       last = absl::ErrnoToStatus(errno, absl::StrCat("listen ", av(address), ": socket"));
       if (errno == EAFNOSUPPORT) continue;
       return last;
     }
     int one = 1, zero = 0;
-    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (!is_unix) ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (opts.reuse_port && ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
       last = absl::ErrnoToStatus(errno, absl::StrCat("listen ", av(address), ": SO_REUSEPORT"));
       ::close(fd);
@@ -516,22 +427,23 @@ absl::StatusOr<listener> listen(std::string_view address, listen_options opts) {
         ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
       }
     }
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&a.ss), a.len) != 0 ||
-        ::listen(fd, opts.backlog > 0 ? opts.backlog : 4096) != 0) {
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&a.ss), a.len) != 0) {
       int err = errno;
       ::close(fd);
-      last = absl::ErrnoToStatus(err, absl::StrCat("listen tcp ", format_addr(a.ss)));
+      last = absl::ErrnoToStatus(err, absl::StrCat("listen ", format_addr(a.ss, a.len)));
       if (err == EADDRNOTAVAIL || err == EAFNOSUPPORT) continue;  // e.g. no IPv6 here
       return last;
+    }
+    listener ln;
+    ln.fd_.store(fd, std::memory_order_relaxed);
+    ln.unix_path_ = detail::unix_path(a);  // bound: ln's close() removes the file
+    if (::listen(fd, opts.backlog > 0 ? opts.backlog : 4096) != 0) {
+      return absl::ErrnoToStatus(errno, absl::StrCat("listen ", format_addr(a.ss, a.len)));
     }
     sockaddr_storage bound{};
     socklen_t len = sizeof bound;
     ::getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &len);
-    listener ln;
-    ln.fd_.store(fd, std::memory_order_relaxed);
-    ln.port_ = ntohs(bound.ss_family == AF_INET
-                         ? reinterpret_cast<sockaddr_in*>(&bound)->sin_port
-                         : reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
+    ln.port_ = detail::port_of(bound);
     return ln;
   }
   return last;

@@ -1,0 +1,191 @@
+// lib/io/address.cpp: socket addresses for mpg::net (see address.hpp).
+#include "io/address.hpp"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/un.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "mpg/detail/sched/timer.hpp"
+#include "sched/scheduler.hpp"
+
+namespace mpg::detail {
+
+namespace {
+
+// Debian's abseil has its own string_view type (not std::string_view's alias).
+absl::string_view av(std::string_view s) noexcept { return {s.data(), s.size()}; }
+
+constexpr std::string_view kUnixPrefix = "unix:";
+constexpr std::string_view kLookupNeeded = "lookup needed";
+constexpr socklen_t kUnixPathOffset = offsetof(sockaddr_un, sun_path);
+
+void add_v4(std::vector<sock_addr>& out, in_addr a, std::uint16_t port) {
+  sock_addr s;
+  auto* in = reinterpret_cast<sockaddr_in*>(&s.ss);
+  in->sin_family = AF_INET;
+  in->sin_port = htons(port);
+  in->sin_addr = a;
+  s.len = sizeof(sockaddr_in);
+  out.push_back(s);
+}
+
+void add_v6(std::vector<sock_addr>& out, in6_addr a, std::uint16_t port) {
+  sock_addr s;
+  auto* in6 = reinterpret_cast<sockaddr_in6*>(&s.ss);
+  in6->sin6_family = AF_INET6;
+  in6->sin6_port = htons(port);
+  in6->sin6_addr = a;
+  s.len = sizeof(sockaddr_in6);
+  out.push_back(s);
+}
+
+absl::StatusOr<std::vector<sock_addr>> resolve_unix(std::string_view addr) {
+  std::string_view name = addr.substr(kUnixPrefix.size());
+  if (name.empty()) return bad_address(addr, "empty Unix socket path");
+  sock_addr s;
+  auto* un = reinterpret_cast<sockaddr_un*>(&s.ss);
+  un->sun_family = AF_UNIX;
+  if (name.front() == '@') {
+    // Abstract: a NUL, then the name's bytes (not NUL-terminated).
+    name.remove_prefix(1);
+    if (name.size() + 1 > sizeof un->sun_path) return bad_address(addr, "name too long");
+    std::memcpy(un->sun_path + 1, name.data(), name.size());
+    s.len = static_cast<socklen_t>(kUnixPathOffset + 1 + name.size());
+  } else {
+    if (name.find('\0') != std::string_view::npos) return bad_address(addr, "NUL in path");
+    if (name.size() + 1 > sizeof un->sun_path) return bad_address(addr, "path too long");
+    std::memcpy(un->sun_path, name.data(), name.size());
+    s.len = static_cast<socklen_t>(kUnixPathOffset + name.size() + 1);
+  }
+  return std::vector<sock_addr>{s};
+}
+
+}  // namespace
+
+absl::Status bad_address(std::string_view addr, std::string_view why) {
+  return absl::InvalidArgumentError(absl::StrCat("address \"", av(addr), "\": ", av(why)));
+}
+
+bool lookup_needed(const absl::Status& s) noexcept {
+  return s.code() == absl::StatusCode::kUnavailable && s.message() == av(kLookupNeeded);
+}
+
+bool holds_p() noexcept {
+  scheduler* s = current_scheduler();
+  return s != nullptr && current_p_of(s) != nullptr;
+}
+
+std::string format_addr(const sockaddr_storage& ss, socklen_t len) {
+  char buf[INET6_ADDRSTRLEN] = "?";
+  switch (ss.ss_family) {
+    case AF_INET: {
+      auto* in = reinterpret_cast<const sockaddr_in*>(&ss);
+      ::inet_ntop(AF_INET, &in->sin_addr, buf, sizeof buf);
+      return absl::StrCat(buf, ":", ntohs(in->sin_port));
+    }
+    case AF_INET6: {
+      auto* in6 = reinterpret_cast<const sockaddr_in6*>(&ss);
+      ::inet_ntop(AF_INET6, &in6->sin6_addr, buf, sizeof buf);
+      return absl::StrCat("[", buf, "]:", ntohs(in6->sin6_port));
+    }
+    case AF_UNIX: {
+      auto* un = reinterpret_cast<const sockaddr_un*>(&ss);
+      if (len <= kUnixPathOffset) return std::string(kUnixPrefix);
+      std::size_t n = std::min<std::size_t>(len - kUnixPathOffset, sizeof un->sun_path);
+      if (un->sun_path[0] == '\0') {
+        return absl::StrCat(av(kUnixPrefix), "@", absl::string_view(un->sun_path + 1, n - 1));
+      }
+      return absl::StrCat(av(kUnixPrefix), absl::string_view(un->sun_path, ::strnlen(un->sun_path, n)));
+    }
+    default:
+      return "?";
+  }
+}
+
+std::uint16_t port_of(const sockaddr_storage& ss) noexcept {
+  if (ss.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in*>(&ss)->sin_port);
+  if (ss.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_port);
+  return 0;
+}
+
+std::string unix_path(const sock_addr& a) {
+  if (a.ss.ss_family != AF_UNIX || a.len <= kUnixPathOffset) return {};
+  auto* un = reinterpret_cast<const sockaddr_un*>(&a.ss);
+  if (un->sun_path[0] == '\0') return {};
+  return std::string(un->sun_path, ::strnlen(un->sun_path, a.len - kUnixPathOffset));
+}
+
+absl::StatusOr<std::vector<sock_addr>> resolve(std::string_view addr, bool passive, name_lookup how) {
+  if (addr.substr(0, kUnixPrefix.size()) == kUnixPrefix) return resolve_unix(addr);
+  std::string_view host, port_text;
+  if (!addr.empty() && addr.front() == '[') {
+    std::size_t end = addr.find(']');
+    if (end == std::string_view::npos) return bad_address(addr, "missing ']'");
+    host = addr.substr(1, end - 1);
+    if (end + 1 >= addr.size() || addr[end + 1] != ':') return bad_address(addr, "missing port");
+    port_text = addr.substr(end + 2);
+  } else {
+    std::size_t colon = addr.rfind(':');
+    if (colon == std::string_view::npos) return bad_address(addr, "missing port");
+    host = addr.substr(0, colon);
+    if (host.find(':') != std::string_view::npos) {
+      return bad_address(addr, "too many colons (write IPv6 addresses as \"[::1]:80\")");
+    }
+    port_text = addr.substr(colon + 1);
+  }
+  std::uint32_t port = 0;
+  if (!absl::SimpleAtoi(av(port_text), &port) || port > 65535) {
+    return bad_address(addr, "invalid port");
+  }
+  std::vector<sock_addr> out;
+  const std::uint16_t p = static_cast<std::uint16_t>(port);
+  std::string h(host);
+  in_addr a4{};
+  in6_addr a6{};
+  if (h.empty()) {
+    if (passive) {
+      add_v6(out, in6addr_any, p);  // dual-stack (IPV6_V6ONLY off), as Go
+      add_v4(out, in_addr{htonl(INADDR_ANY)}, p);
+    } else {
+      add_v4(out, in_addr{htonl(INADDR_LOOPBACK)}, p);
+      add_v6(out, in6addr_loopback, p);
+    }
+  } else if (::inet_pton(AF_INET, h.c_str(), &a4) == 1) {
+    add_v4(out, a4, p);
+  } else if (::inet_pton(AF_INET6, h.c_str(), &a6) == 1) {
+    add_v6(out, a6, p);
+  } else if (h == "localhost") {
+    add_v4(out, in_addr{htonl(INADDR_LOOPBACK)}, p);
+    add_v6(out, in6addr_loopback, p);
+  } else {
+    if (how == name_lookup::refused) return absl::UnavailableError(av(kLookupNeeded));
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_ADDRCONFIG | (passive ? AI_PASSIVE : 0);
+    addrinfo* res = nullptr;
+    int rc = ::getaddrinfo(h.c_str(), nullptr, &hints, &res);
+    if (rc != 0) {
+      return absl::NotFoundError(absl::StrCat("lookup ", h, ": ", ::gai_strerror(rc)));
+    }
+    for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+      if (ai->ai_family == AF_INET) {
+        add_v4(out, reinterpret_cast<sockaddr_in*>(ai->ai_addr)->sin_addr, p);
+      } else if (ai->ai_family == AF_INET6) {
+        add_v6(out, reinterpret_cast<sockaddr_in6*>(ai->ai_addr)->sin6_addr, p);
+      }
+    }
+    ::freeaddrinfo(res);
+    if (out.empty()) return absl::NotFoundError(absl::StrCat("lookup ", h, ": no addresses"));
+  }
+  return out;
+}
+
+}  // namespace mpg::detail

@@ -1,0 +1,64 @@
+// lib/io/address.hpp: parsing, resolving and printing socket addresses for
+// mpg::net (private).
+//
+// Accepted forms:
+//   "host:port"      IPv4 or a name: "127.0.0.1:80", "localhost:80", "example.com:443"
+//   "[ipv6]:port"    "[::1]:0", "[fe80::1%eth0]:80" is not supported (no zones)
+//   ":port"          listen: every interface, dual-stack; dial: this host
+//   "unix:/path"     a Unix socket on a path (relative paths too: "unix:app.sock")
+//   "unix:@name"     a Unix socket in the abstract namespace (Linux)
+// Names other than "localhost" need getaddrinfo, which blocks; resolve()
+// does it only when asked to (see name_lookup below), so no P ever waits for DNS.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace mpg::detail {
+
+struct sock_addr {
+  sockaddr_storage ss{};
+  socklen_t len = 0;
+};
+
+enum class name_lookup {
+  allowed,   // getaddrinfo inline (the caller does not hold a P)
+  refused,   // a name that needs getaddrinfo yields lookup_needed()
+};
+
+// resolve(): addr to socket addresses, in the order to try them. passive:
+// for listen (an empty host means every interface). Unix addresses yield
+// one AF_UNIX address. kInvalidArgument for a malformed address, kNotFound
+// for a failed lookup.
+absl::StatusOr<std::vector<sock_addr>> resolve(std::string_view addr, bool passive,
+                                               name_lookup how);
+
+// lookup_needed(): resolve() refused to run getaddrinfo for s.
+bool lookup_needed(const absl::Status& s) noexcept;
+
+// holds_p(): the calling thread runs a task or posted function on a P (and
+// so must not block in getaddrinfo).
+bool holds_p() noexcept;
+
+// format_addr(): "1.2.3.4:80", "[::1]:80", "unix:/path", "unix:@name", or
+// "unix:" for an unnamed Unix socket. len: as returned with the address.
+std::string format_addr(const sockaddr_storage& ss, socklen_t len);
+
+// port_of(): the IP port of ss; 0 for anything else.
+std::uint16_t port_of(const sockaddr_storage& ss) noexcept;
+
+// unix_path(): the file a Unix address names ("" for abstract and unnamed
+// addresses, which have no file).
+std::string unix_path(const sock_addr& a);
+
+// bad_address(): kInvalidArgument naming the address and what is wrong.
+absl::Status bad_address(std::string_view addr, std::string_view why);
+
+}  // namespace mpg::detail

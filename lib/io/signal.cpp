@@ -1,0 +1,234 @@
+// lib/io/signal.cpp: mpg::signal (mpg/signal.hpp): a sigaction handler, a
+// self-pipe and a relay thread that try_sends to the registered channels.
+//
+// Protocol.
+//   H1. The handler (any thread, any time) sets the signal's bit in
+//       pending_bits with fetch_or, then writes one byte to the pipe's
+//       non-blocking write end. Both are async-signal-safe: the atomics are
+//       lock-free (static_assert below), write(2) is on POSIX's list, and
+//       errno is saved and restored. A full pipe drops the byte: the relay
+//       then already has an unread byte, hence a pass still to make.
+//   R1. The relay blocks in read(2) on the pipe (all signals blocked in its
+//       thread, so it is never interrupted and never picked for delivery).
+//   R2. After every read it takes each word of pending_bits with exchange(0)
+//       and, under the registry lock, offers each signal found to every
+//       channel that wants it (try_send, never waits), in registration order.
+// No delivery is lost: a bit set by H1 is followed by a byte; the read that
+// returns that byte (or a later one) is followed by R2's exchange, which
+// sees the bit (or an earlier exchange already took it). The pipe is the
+// synchronisation: the handler's write(2) and the relay's read(2) of that
+// byte are ordered by the pipe's own lock in the kernel.
+//
+// Registry (under registry::mu): the channels in registration order, each
+// with its set of signals, and per signal how many channels want it and the
+// disposition saved when its handler was installed. The handler is installed
+// when the first channel asks for a signal and the saved disposition is put
+// back when the last one stops; R2 runs under the same lock, so once stop()
+// returns the channel is offered nothing more.
+//
+// Rejected: signalfd (it needs the signal blocked in every thread, those the
+// program made before and after, so it depends on when threads were created
+// and what they did with their masks); running the channel sends in the
+// handler (a channel's lock is a spinlock the interrupted thread may hold:
+// self-deadlock, and ready() is not async-signal-safe).
+#include "mpg/signal.hpp"
+
+#include <absl/base/thread_annotations.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <csignal>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "mpg/runtime_handle.hpp"
+#include "sched/thread_mutex.hpp"
+
+namespace mpg::signal {
+
+namespace {
+
+constexpr int kMaxSignal = 64;  // signals 1..64 (Linux: _NSIG - 1)
+static_assert(NSIG <= kMaxSignal + 1);
+
+// Bit (sig - 1) of the mask: signal sig.
+using sig_mask = std::uint64_t;
+constexpr sig_mask bit(int sig) { return sig_mask{1} << (sig - 1); }
+
+// Written by the handler (H1), taken by the relay (R2). Relaxed fetch_or and
+// acq_rel exchange: the bits carry no other data, so all that matters is that
+// R2 sees the bit, which the pipe's ordering gives (see the file comment);
+// the RMWs never lose a bit to each other.
+std::atomic<sig_mask> pending_bits{0};
+// The pipe's write end for the handler; set before any handler is installed
+// and never changed afterwards (relaxed: sigaction is the publication point,
+// and the store happens-before it in the installing thread).
+std::atomic<int> wake_fd{-1};
+static_assert(std::atomic<sig_mask>::is_always_lock_free);
+static_assert(std::atomic<int>::is_always_lock_free);
+
+extern "C" void on_signal(int sig) {
+  const int saved = errno;
+  if (sig >= 1 && sig <= kMaxSignal) pending_bits.fetch_or(bit(sig), std::memory_order_relaxed);
+  const int fd = wake_fd.load(std::memory_order_relaxed);
+  if (fd >= 0) {
+    const char b = 0;
+    [[maybe_unused]] ssize_t n = ::write(fd, &b, 1);
+  }
+  errno = saved;
+}
+
+struct registration {
+  chan<int> ch;
+  sig_mask signals = 0;
+  std::unique_ptr<external_work> guard;  // notify() was called in a task
+};
+
+struct registry {
+  mpg::detail::thread_mutex mu;
+  std::vector<registration> regs ABSL_GUARDED_BY(mu);
+  std::array<int, kMaxSignal + 1> wanted ABSL_GUARDED_BY(mu){};
+  std::array<struct sigaction, kMaxSignal + 1> saved ABSL_GUARDED_BY(mu){};
+  bool relay_started ABSL_GUARDED_BY(mu) = false;
+};
+
+// The registry lives for the whole process (the relay thread uses it until
+// exit), so it is never destroyed.
+registry& reg() {
+  static registry* r = new registry;
+  return *r;
+}
+
+// R2: offer each pending signal to the channels that want it.
+void deliver(sig_mask pending) {
+  registry& r = reg();
+  mpg::detail::thread_mutex_lock lk(r.mu);
+  for (int sig = 1; sig <= kMaxSignal; ++sig) {
+    if ((pending & bit(sig)) == 0) continue;
+    for (registration& g : r.regs) {
+      if ((g.signals & bit(sig)) == 0) continue;
+      int v = sig;
+      // Full or closed: the delivery is dropped for this channel.
+      g.ch.state_for_internal_use()->try_send_nothrow(v);
+    }
+  }
+}
+
+void relay_loop(int read_fd) {
+  for (;;) {
+    char buf[64];
+    ssize_t n = ::read(read_fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;  // cannot happen: the write end is never closed
+    sig_mask pending = pending_bits.exchange(0, std::memory_order_acq_rel);
+    if (pending != 0) deliver(pending);
+  }
+}
+
+// Creates the pipe and the relay thread, once. All signals are blocked in
+// the relay (a thread inherits its creator's mask).
+void start_relay_locked(registry& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) {
+  if (r.relay_started) return;
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) {
+    throw std::runtime_error("mpg::signal: pipe2 failed: " + std::to_string(errno));
+  }
+  ::fcntl(fds[1], F_SETFL, ::fcntl(fds[1], F_GETFL) | O_NONBLOCK);
+  sigset_t all, old;
+  sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old);
+  std::thread(relay_loop, fds[0]).detach();
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  wake_fd.store(fds[1], std::memory_order_relaxed);
+  r.relay_started = true;
+}
+
+sig_mask mask_of(std::initializer_list<int> signals) {
+  if (signals.size() == 0) throw std::invalid_argument("mpg::signal::notify: no signals");
+  sig_mask m = 0;
+  for (int sig : signals) {
+    if (sig < 1 || sig > kMaxSignal || sig >= NSIG || sig == SIGKILL || sig == SIGSTOP) {
+      throw std::invalid_argument("mpg::signal::notify: signal " + std::to_string(sig) +
+                                  " cannot be caught");
+    }
+    m |= bit(sig);
+  }
+  return m;
+}
+
+// Counts the signals of `added` as wanted by one more channel, installing the
+// handler for those nobody wanted yet.
+void want_locked(registry& r, sig_mask added) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) {
+  for (int sig = 1; sig <= kMaxSignal; ++sig) {
+    if ((added & bit(sig)) == 0) continue;
+    if (r.wanted[sig]++ == 0) {
+      struct sigaction sa {};
+      sa.sa_handler = on_signal;
+      sigemptyset(&sa.sa_mask);
+      sa.sa_flags = SA_RESTART | SA_ONSTACK;
+      ::sigaction(sig, &sa, &r.saved[sig]);
+    }
+  }
+}
+
+void unwant_locked(registry& r, sig_mask removed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) {
+  for (int sig = 1; sig <= kMaxSignal; ++sig) {
+    if ((removed & bit(sig)) == 0) continue;
+    if (--r.wanted[sig] == 0) ::sigaction(sig, &r.saved[sig], nullptr);
+  }
+}
+
+}  // namespace
+
+void notify(const chan<int>& ch, std::initializer_list<int> signals) {
+  const sig_mask m = mask_of(signals);
+  std::unique_ptr<external_work> guard;
+  if (detail::in_mpg_task()) guard = std::make_unique<external_work>(runtime_handle::current());
+  registry& r = reg();
+  mpg::detail::thread_mutex_lock lk(r.mu);
+  start_relay_locked(r);
+  for (registration& g : r.regs) {
+    if (g.ch == ch) {
+      want_locked(r, m & ~g.signals);
+      g.signals |= m;
+      if (!g.guard) g.guard = std::move(guard);
+      return;  // `guard`, if not taken, is released after the lock
+    }
+  }
+  want_locked(r, m);
+  r.regs.push_back(registration{ch, m, std::move(guard)});
+}
+
+chan<int> notify(std::initializer_list<int> signals, std::size_t capacity) {
+  chan<int> ch(capacity < 1 ? 1 : capacity);
+  notify(ch, signals);
+  return ch;
+}
+
+void stop(const chan<int>& ch) {
+  std::optional<registration> gone;
+  {
+    registry& r = reg();
+    mpg::detail::thread_mutex_lock lk(r.mu);
+    for (auto it = r.regs.begin(); it != r.regs.end(); ++it) {
+      if (it->ch == ch) {
+        unwant_locked(r, it->signals);
+        gone.emplace(std::move(*it));
+        r.regs.erase(it);
+        break;
+      }
+    }
+  }
+  // `gone` (its channel reference and guard) is released outside the lock.
+}
+
+}  // namespace mpg::signal

@@ -1,0 +1,204 @@
+// test/signal_tests.cpp: mpg::signal: deliveries by raise, kill and
+// pthread_kill (to a thread made before notify, to a thread that blocks the
+// signal until it unblocks it), several channels per signal, a full channel
+// dropping a delivery, and stop() restoring the previous disposition.
+//
+// Signals are process-wide: every test stops what it registers.
+#include <doctest/doctest.h>
+#include <pthread.h>
+#include <signal.h>
+
+#include <mpg/mpg.hpp>
+#include <mpg/signal.hpp>
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+
+namespace {
+
+using mpg::task;
+
+// gate: a one-shot event on a pthread mutex and condition variable. Not
+// std::binary_semaphore: its futex wait is a raw syscall that TSan does not
+// intercept, and TSan runs a signal handler for a thread only when the
+// thread is in (or enters) a call it intercepts.
+class gate {
+ public:
+  void open() {
+    std::lock_guard lk(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+  void wait() {
+    std::unique_lock lk(mu_);
+    cv_.wait(lk, [&] { return open_; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = false;
+};
+
+enum class disposition { dfl, ign, handler };
+
+// The disposition of sig now.
+disposition disposition_of(int sig) {
+  struct sigaction sa {};
+  REQUIRE(::sigaction(sig, nullptr, &sa) == 0);
+  if (sa.sa_handler == SIG_DFL) return disposition::dfl;
+  if (sa.sa_handler == SIG_IGN) return disposition::ign;
+  return disposition::handler;
+}
+
+}  // namespace
+
+TEST_CASE("raise delivers the signal number to the channel") {
+  mpg::runtime rt({.procs = 2});
+  int got = rt.block_on([]() -> task<int> {
+    mpg::chan<int> sigs = mpg::signal::notify({SIGUSR1, SIGUSR2});
+    CHECK(sigs.capacity() >= 1);
+    ::raise(SIGUSR2);
+    auto v = co_await sigs.recv();
+    mpg::signal::stop(sigs);
+    co_return v.value_or(0);
+  }());
+  CHECK(got == SIGUSR2);
+}
+
+TEST_CASE("pthread_kill to a thread made before notify is caught on that thread") {
+  gate release;
+  pthread_t worker_id{};
+  std::thread worker([&] { release.wait(); });
+  worker_id = worker.native_handle();
+  mpg::runtime rt({.procs = 1});
+  int got = rt.block_on([&]() -> task<int> {
+    mpg::chan<int> sigs = mpg::signal::notify({SIGUSR1});
+    REQUIRE(::pthread_kill(worker_id, SIGUSR1) == 0);
+    auto v = co_await sigs.recv();
+    mpg::signal::stop(sigs);
+    co_return v.value_or(0);
+  }());
+  release.open();
+  worker.join();
+  CHECK(got == SIGUSR1);
+}
+
+TEST_CASE("a signal sent to a thread that blocks it arrives when the thread unblocks it") {
+  gate blocked, sent, done;
+  std::atomic<bool> was_pending{false};
+  std::atomic<std::size_t> queued_before_unblock{99};
+  mpg::chan<int> sigs = mpg::signal::notify({SIGUSR2}, 4);  // plain thread, no runtime
+  std::thread worker([&] {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR2);
+    ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
+    blocked.open();
+    sent.wait();
+    sigset_t pending;
+    sigpending(&pending);
+    was_pending.store(sigismember(&pending, SIGUSR2) == 1);
+    // Blocked here, so the handler has not run: nothing can have been sent.
+    queued_before_unblock.store(sigs.size());
+    ::pthread_sigmask(SIG_UNBLOCK, &set, nullptr);  // the handler runs here
+    done.wait();
+  });
+  blocked.wait();
+  REQUIRE(::pthread_kill(worker.native_handle(), SIGUSR2) == 0);
+  sent.open();
+  mpg::runtime rt({.procs = 1});
+  mpg::external_work outside(rt.handle());  // the relay thread will send
+  int got = rt.block_on([&]() -> task<int> {
+    auto v = co_await sigs.recv();
+    co_return v.value_or(0);
+  }());
+  done.open();
+  worker.join();
+  mpg::signal::stop(sigs);
+  CHECK(was_pending.load());
+  CHECK(queued_before_unblock.load() == 0);
+  CHECK(got == SIGUSR2);
+}
+
+TEST_CASE("kill to the process is caught while the waiting thread blocks the signal") {
+  sigset_t set, old;
+  sigemptyset(&set);
+  sigaddset(&set, SIGUSR1);
+  mpg::runtime rt({.procs = 2});  // its threads start with SIGUSR1 unblocked
+  ::pthread_sigmask(SIG_BLOCK, &set, &old);
+  int got = rt.block_on([]() -> task<int> {
+    mpg::chan<int> sigs = mpg::signal::notify({SIGUSR1});
+    REQUIRE(::kill(::getpid(), SIGUSR1) == 0);
+    auto v = co_await sigs.recv();
+    mpg::signal::stop(sigs);
+    co_return v.value_or(0);
+  }());
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  CHECK(got == SIGUSR1);
+}
+
+TEST_CASE("every channel gets the signal; a full one drops it; a stopped one gets nothing") {
+  mpg::runtime rt({.procs = 2});
+  rt.block_on([]() -> task<void> {
+    // Deliveries go to channels in registration order: once `all` has a
+    // signal, `small` and `stopped` have been offered it already.
+    mpg::chan<int> stopped = mpg::signal::notify({SIGUSR1});
+    mpg::chan<int> small = mpg::signal::notify({SIGUSR1});  // capacity 1
+    mpg::chan<int> all = mpg::signal::notify({SIGUSR1}, 8);
+    mpg::signal::stop(stopped);
+    ::raise(SIGUSR1);
+    CHECK((co_await all.recv()).value_or(0) == SIGUSR1);
+    CHECK(small.size() == 1);
+    ::raise(SIGUSR1);  // small is full: dropped there
+    CHECK((co_await all.recv()).value_or(0) == SIGUSR1);
+    CHECK(small.size() == 1);
+    CHECK(small.try_recv().value_or(0) == SIGUSR1);
+    CHECK(!small.try_recv().has_value());
+    CHECK(stopped.size() == 0);
+    mpg::signal::stop(small);
+    mpg::signal::stop(all);
+  }());
+}
+
+TEST_CASE("stop puts back the previous disposition once no channel wants the signal") {
+  REQUIRE(disposition_of(SIGUSR1) == disposition::dfl);
+  mpg::chan<int> a = mpg::signal::notify({SIGUSR1});
+  mpg::chan<int> b = mpg::signal::notify({SIGUSR1});
+  CHECK(disposition_of(SIGUSR1) == disposition::handler);
+  mpg::signal::stop(a);
+  CHECK(disposition_of(SIGUSR1) == disposition::handler);  // b still wants it
+  mpg::signal::stop(b);
+  CHECK(disposition_of(SIGUSR1) == disposition::dfl);
+  mpg::signal::stop(b);  // not registered: no effect
+  CHECK(disposition_of(SIGUSR1) == disposition::dfl);
+
+  // A signal that was ignored before goes back to being ignored.
+  ::signal(SIGUSR2, SIG_IGN);
+  mpg::chan<int> c = mpg::signal::notify({SIGUSR2});
+  CHECK(disposition_of(SIGUSR2) == disposition::handler);
+  mpg::signal::stop(c);
+  CHECK(disposition_of(SIGUSR2) == disposition::ign);
+  ::signal(SIGUSR2, SIG_DFL);
+
+  // notify(ch, ...) adds signals to a registered channel.
+  mpg::chan<int> d(2);
+  mpg::signal::notify(d, {SIGUSR1});
+  mpg::signal::notify(d, {SIGUSR2});
+  CHECK(disposition_of(SIGUSR1) == disposition::handler);
+  CHECK(disposition_of(SIGUSR2) == disposition::handler);
+  mpg::signal::stop(d);
+  CHECK(disposition_of(SIGUSR1) == disposition::dfl);
+  CHECK(disposition_of(SIGUSR2) == disposition::dfl);
+}
+
+TEST_CASE("notify refuses signals that cannot be caught") {
+  CHECK_THROWS_AS(mpg::signal::notify({SIGKILL}), std::invalid_argument);
+  CHECK_THROWS_AS(mpg::signal::notify({SIGSTOP}), std::invalid_argument);
+  CHECK_THROWS_AS(mpg::signal::notify({0}), std::invalid_argument);
+  CHECK_THROWS_AS(mpg::signal::notify({}), std::invalid_argument);
+  CHECK(disposition_of(SIGKILL) == disposition::dfl);
+}
