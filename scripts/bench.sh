@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # optimisation (perf/ab.py --callgrind measured 5-18% fewer instructions per
 # op than the shared library on fib, pingpong, spawn_join, chan_mpmc and
 # mutex_contention).
-options=(-Dbuildtype=release -Db_ndebug=true -Dtests=false -Dexamples=false -Dperf=true
+options=(-Dbuildtype=release -Db_ndebug=true -Dtests=false -Dexamples=true -Dperf=true
          -Ddefault_library=static -Db_lto=true)
 if [[ -f build/meson-private/coredata.dat ]]; then
   meson setup --reconfigure build "${options[@]}"

@@ -21,6 +21,8 @@ packages=(
   valgrind            # perf/run.py --instructions, perf/ab.py --callgrind (callgrind)
   golang-go           # the Go peer in perf/go (Go 1.19)
   wrk                 # the HTTP load generator for http_hello
+  redis-server        # the peer of examples/redis_server in run_servers.py
+  redis-tools         # redis-benchmark, redis-cli
 )
 
 missing=()

@@ -12,6 +12,10 @@ against its peers, side by side in one run (see docs/benchmarks.md).
               `wrk -t1 -c64 -d<seconds>s`: requests/s, latency, CPU per 100k.
   idle        --idle connections (10,000) opened and held to the mpg (and Go)
               echo server: the server's RSS growth per connection.
+  redis       the example Redis-protocol server (BUILD/examples/redis_server)
+              and redis-server (Debian's, no persistence), each loaded by the
+              stock `redis-benchmark -c 50 -t get,set` at -P 1 and -P 16:
+              requests/s per command, with mpg/redis-server ratios.
 
 Both tables carry a "floor" row that is not a peer: uring_floor_echo, a bare
 io_uring loop per thread with no runtime and every trick a dedicated server
@@ -25,7 +29,7 @@ ours and is stopped by its PID. Traffic stays on 127.0.0.1.
 
 Usage:
   python3 perf/servers/run_servers.py --build BUILD [--seconds 5] [--procs 2]
-      [--conns 64] [--size 64] [--idle 10000] [--runs 1] [--only echo,http,idle]
+      [--conns 64] [--size 64] [--idle 10000] [--runs 1] [--only echo,http,idle,redis]
 
 Standard library only. Exit status 1 if a server failed to start or a load
 run failed.
@@ -235,6 +239,34 @@ def run_idle(name: str, argv: list[str], args, env=None) -> Optional[dict]:
     return {"conns": accepted, "bytes": per_conn}
 
 
+def run_redis(name: str, argv: list[str], args, pipeline: int, env=None) -> Optional[dict]:
+    bench = shutil.which("redis-benchmark")
+    port = free_port()
+    srv = server(name, argv + ["--port", str(port)], port, env)
+    try:
+        n = (100000 if pipeline > 1 else 10000) * args.seconds
+        r = subprocess.run([bench, "-p", str(port), "-c", "50", "-n", str(n), "-P", str(pipeline),
+                            "-t", "get,set", "--csv"],
+                           capture_output=True, text=True, timeout=args.seconds * 20 + 60)
+    finally:
+        srv.stop()
+    rates = {}
+    for line in r.stdout.splitlines():
+        cells = [c.strip('"') for c in line.split(",")]
+        if len(cells) >= 2 and cells[0] in ("GET", "SET"):
+            try:
+                rates[cells[0]] = float(cells[1])
+            except ValueError:
+                pass
+    if r.returncode != 0 or len(rates) != 2:
+        print(f"error: redis-benchmark against {name}: exit {r.returncode}\n{r.stdout}\n{r.stderr}",
+              file=sys.stderr)
+        return None
+    print(f"RESULT workload=redis_P{pipeline} impl={name} get_per_s={rates['GET']:.0f} "
+          f"set_per_s={rates['SET']:.0f}", flush=True)
+    return {"GET": rates["GET"], "SET": rates["SET"]}
+
+
 def ratio(a: Optional[float], b: Optional[float]) -> str:
     return f"{a / b:.2f}x" if a and b else "n/a"
 
@@ -248,7 +280,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--idle", type=int, default=10000)
     ap.add_argument("--runs", type=int, default=1, help="runs per cell; the median is reported")
-    ap.add_argument("--only", default="echo,http,idle")
+    ap.add_argument("--only", default="echo,http,idle,redis")
     args = ap.parse_args()
     build = args.build.resolve()
     sdir = build / "perf" / "servers"
@@ -306,6 +338,21 @@ def main() -> int:
             if r:
                 idle[name] = r
 
+    redis: dict[int, dict[str, dict]] = {}
+    example = build / "examples" / "redis_server"
+    if "redis" in only:
+        if shutil.which("redis-benchmark") is None or shutil.which("redis-server") is None:
+            print("note: redis-benchmark or redis-server not on PATH: redis skipped", file=sys.stderr)
+        elif not example.exists():
+            print(f"note: {example} not built (-Dexamples=true): redis skipped", file=sys.stderr)
+        else:
+            impls = [("mpg", [str(example), "--procs", str(args.procs)], None),
+                     ("redis", [shutil.which("redis-server"), "--save", "", "--appendonly", "no",
+                                "--protected-mode", "no"], None)]
+            for pipeline in (1, 16):
+                redis[pipeline] = medians(run_redis, impls, pipeline)
+                failed |= len(redis[pipeline]) != len(impls)
+
     print()
     print(f"procs={args.procs} seconds={args.seconds} runs={args.runs} (median); "
           f"client and server share the machine's {os.cpu_count()} CPUs")
@@ -335,6 +382,15 @@ def main() -> int:
         for name, r in idle.items():
             print(f"{name:8} {r['conns']:6d} conns  {r['bytes']:8.0f} bytes/conn of server RSS")
         print("target: mpg < 4096 bytes per connection")
+    if redis:
+        print("\nredis: redis-benchmark -c 50 -t get,set; the example server (mpg) and redis-server 7")
+        print(f"{'pipeline':8} {'impl':6} {'GET/s':>10} {'SET/s':>10} {'GET vs redis':>13} {'SET vs redis':>13}")
+        for pipeline, rows in redis.items():
+            ref = rows.get("redis")
+            for name, r in rows.items():
+                print(f"{'-P' + str(pipeline):8} {name:6} {r['GET']:10.0f} {r['SET']:10.0f} "
+                      f"{ratio(r['GET'], ref and ref['GET']):>13} {ratio(r['SET'], ref and ref['SET']):>13}")
+        print("goal: mpg >= 1.5x redis-server at -P 16")
     return 1 if failed else 0
 
 
