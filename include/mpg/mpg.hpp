@@ -29,5 +29,6 @@
 #include "mpg/blocking.hpp"
 #include "mpg/fs.hpp"
 #include "mpg/io.hpp"
+#include "mpg/io_error.hpp"
 #include "mpg/net.hpp"
 #include "mpg/signal.hpp"
