@@ -31,5 +31,6 @@
 #include "mpg/buffered.hpp"
 #include "mpg/fs.hpp"
 #include "mpg/io.hpp"
+#include "mpg/io_error.hpp"
 #include "mpg/net.hpp"
 #include "mpg/signal.hpp"

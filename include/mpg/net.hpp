@@ -193,3 +193,5 @@ task<absl::StatusOr<tcp_stream>> dial(std::string_view address);
 task<absl::StatusOr<tcp_stream>> dial(std::string_view address, clock::time_point deadline);
 
 }  // namespace mpg::net
+
+#include "mpg/udp.hpp"  // UDP sockets: listen_udp, dial_udp, udp_socket

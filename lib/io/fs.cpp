@@ -14,6 +14,7 @@
 #include <cerrno>
 
 #include "absl/strings/str_cat.h"
+#include "io/io_status.hpp"
 #include "io/reactor.hpp"
 
 namespace mpg::fs {
@@ -32,19 +33,13 @@ io_awaiter make_op(const io_request* rq, const char* reason) {
   return aw;
 }
 
+// fs_error(): an operation's negative result as a Status (with its errno;
+// io_status.hpp). closed_error(): use of a closed file (net::is_closed).
 absl::Status fs_error(int res, absl::string_view what) {
-  if (res == -ENXIO && detail::current_reactor() == nullptr) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        what, ": no io_uring reactor here (not inside an mpg task, or io_uring is unavailable: ",
-        detail::reactor::unavailable_reason(), ")"));
-  }
-  if (res == -ECANCELED) return absl::CancelledError(absl::StrCat(what, ": operation cancelled"));
-  return absl::ErrnoToStatus(-res, what);
+  return detail::io_result_status(res, what);
 }
 
-absl::Status closed_error(absl::string_view what) {
-  return absl::FailedPreconditionError(absl::StrCat(what, ": file already closed"));
-}
+absl::Status closed_error(absl::string_view what) { return detail::closed_status(what, "file"); }
 
 task<absl::StatusOr<file_info>> do_statx(int dirfd, std::string path, int at_flags) {
   if (dirfd < 0 && dirfd != AT_FDCWD) co_return closed_error("stat");
@@ -156,7 +151,7 @@ task<absl::StatusOr<file_info>> file::stat() {
 absl::Status file::close() noexcept {
   int fd = fd_.exchange(-1, std::memory_order_acq_rel);
   if (fd < 0) return absl::OkStatus();
-  if (::close(fd) != 0 && errno != EINTR) return absl::ErrnoToStatus(errno, "close");
+  if (::close(fd) != 0 && errno != EINTR) return detail::errno_status(errno, "close");
   return absl::OkStatus();
 }
 

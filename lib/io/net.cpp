@@ -43,6 +43,7 @@
 #include "absl/strings/str_cat.h"
 #include "mpg/blocking.hpp"
 #include "io/address.hpp"
+#include "io/io_status.hpp"
 #include "io/reactor.hpp"
 
 namespace mpg::net {
@@ -63,27 +64,14 @@ constexpr std::size_t kMaxIo = std::size_t{1} << 30;
 // Debian's abseil has its own string_view type (not std::string_view's alias).
 absl::string_view av(std::string_view s) noexcept { return {s.data(), s.size()}; }
 
-// net_error(): an operation's negative result as a Status.
+// net_error(): an operation's negative result as a Status (with its errno;
+// io_status.hpp). closed_error(): use of a closed stream (net::is_closed).
 absl::Status net_error(int res, absl::string_view what) {
-  switch (-res) {
-    case ETIME:
-      return absl::DeadlineExceededError(absl::StrCat(what, ": i/o deadline exceeded"));
-    case ECANCELED:
-      return absl::CancelledError(absl::StrCat(what, ": operation cancelled"));
-    case ENXIO:
-      if (detail::current_reactor() == nullptr) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            what, ": no io_uring reactor here (not inside an mpg task, or io_uring is "
-                  "unavailable: ", detail::reactor::unavailable_reason(), ")"));
-      }
-      [[fallthrough]];
-    default:
-      return absl::ErrnoToStatus(-res, what);
-  }
+  return detail::io_result_status(res, what);
 }
 
 absl::Status closed_error(absl::string_view what) {
-  return absl::FailedPreconditionError(absl::StrCat(what, ": use of closed network connection"));
+  return detail::closed_status(what, "network connection");
 }
 
 void set_nodelay(int fd) noexcept {
@@ -97,7 +85,7 @@ absl::StatusOr<std::string> sock_name(int fd, bool peer) {
   socklen_t len = sizeof ss;
   int rc = peer ? ::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len)
                 : ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
-  if (rc != 0) return absl::ErrnoToStatus(errno, peer ? "getpeername" : "getsockname");
+  if (rc != 0) return detail::errno_status(errno, peer ? "getpeername" : "getsockname");
   return format_addr(ss, len);
 }
 
@@ -128,7 +116,7 @@ task<absl::StatusOr<tcp_stream>> dial_addr(std::string address,
   for (sock_addr& a : *addrs) {
     int fd = ::socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-      last = absl::ErrnoToStatus(errno, "dial: socket");
+      last = detail::errno_status(errno, "dial: socket");
       continue;
     }
     io_request rq{.op = io_opcode::connect, .fd = fd, .addr = &a.ss, .len = a.len};
@@ -280,7 +268,7 @@ absl::Status tcp_stream::shutdown(shutdown_how how) noexcept {
   int fd = fd_.load(std::memory_order_relaxed);
   if (fd < 0) return closed_error("shutdown");
   int h = how == shutdown_how::read ? SHUT_RD : how == shutdown_how::write ? SHUT_WR : SHUT_RDWR;
-  if (::shutdown(fd, h) != 0) return absl::ErrnoToStatus(errno, "shutdown");
+  if (::shutdown(fd, h) != 0) return detail::errno_status(errno, "shutdown");
   return absl::OkStatus();
 }
 
@@ -340,7 +328,7 @@ task<absl::StatusOr<tcp_stream>> listener::do_accept(std::optional<clock::time_p
   std::chrono::milliseconds delay{0};
   for (;;) {
     int fd = fd_.load(std::memory_order_relaxed);
-    if (fd < 0) co_return absl::FailedPreconditionError("accept: use of closed listener");
+    if (fd < 0) co_return detail::closed_status("accept", "listener");
     io_request rq{.op = io_opcode::accept, .fd = fd, .flags = SOCK_CLOEXEC};
     int res = co_await make_op(&rq, &slot_, "net.accept", deadline);
     if (res >= 0) {
@@ -410,14 +398,14 @@ absl::StatusOr<listener> listen(std::string_view address, listen_options opts) {
     const bool is_unix = a.ss.ss_family == AF_UNIX;
     int fd = ::socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-      last = absl::ErrnoToStatus(errno, absl::StrCat("listen ", av(address), ": socket"));
+      last = detail::errno_status(errno, absl::StrCat("listen ", av(address), ": socket"));
       if (errno == EAFNOSUPPORT) continue;
       return last;
     }
     int one = 1, zero = 0;
     if (!is_unix) ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (opts.reuse_port && ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
-      last = absl::ErrnoToStatus(errno, absl::StrCat("listen ", av(address), ": SO_REUSEPORT"));
+      last = detail::errno_status(errno, absl::StrCat("listen ", av(address), ": SO_REUSEPORT"));
       ::close(fd);
       return last;
     }
@@ -430,7 +418,7 @@ absl::StatusOr<listener> listen(std::string_view address, listen_options opts) {
     if (::bind(fd, reinterpret_cast<sockaddr*>(&a.ss), a.len) != 0) {
       int err = errno;
       ::close(fd);
-      last = absl::ErrnoToStatus(err, absl::StrCat("listen ", format_addr(a.ss, a.len)));
+      last = detail::errno_status(err, absl::StrCat("listen ", format_addr(a.ss, a.len)));
       if (err == EADDRNOTAVAIL || err == EAFNOSUPPORT) continue;  // e.g. no IPv6 here
       return last;
     }
@@ -438,7 +426,7 @@ absl::StatusOr<listener> listen(std::string_view address, listen_options opts) {
     ln.fd_.store(fd, std::memory_order_relaxed);
     ln.unix_path_ = detail::unix_path(a);  // bound: ln's close() removes the file
     if (::listen(fd, opts.backlog > 0 ? opts.backlog : 4096) != 0) {
-      return absl::ErrnoToStatus(errno, absl::StrCat("listen ", format_addr(a.ss, a.len)));
+      return detail::errno_status(errno, absl::StrCat("listen ", format_addr(a.ss, a.len)));
     }
     sockaddr_storage bound{};
     socklen_t len = sizeof bound;

@@ -156,6 +156,8 @@ constexpr required_op kRequiredOps[] = {
     {IORING_OP_NOP, "NOP", "5.1"},
     {IORING_OP_FSYNC, "FSYNC", "5.1"},
     {IORING_OP_POLL_ADD, "POLL_ADD", "5.1"},
+    {IORING_OP_SENDMSG, "SENDMSG", "5.3"},
+    {IORING_OP_RECVMSG, "RECVMSG", "5.3"},
     {IORING_OP_TIMEOUT, "TIMEOUT", "5.4"},
     {IORING_OP_ACCEPT, "ACCEPT", "5.5"},
     {IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL", "5.5"},
@@ -687,6 +689,10 @@ void prep_request(io_uring_sqe* sqe, const void* ctx) {
       break;
     case io_opcode::sendmsg:
       io_uring_prep_sendmsg(sqe, r.fd, static_cast<const msghdr*>(r.addr),
+                            static_cast<unsigned>(r.flags));
+      break;
+    case io_opcode::recvmsg:
+      io_uring_prep_recvmsg(sqe, r.fd, static_cast<msghdr*>(r.addr),
                             static_cast<unsigned>(r.flags));
       break;
   }

@@ -149,6 +149,7 @@ reactor* current_reactor() noexcept;
 enum class io_opcode : std::uint8_t {
   nop, recv, send, accept, connect, read, write, fsync, openat, statx, timeout, poll,
   sendmsg,  // addr: const msghdr*; flags: msg flags
+  recvmsg,  // addr: msghdr*; flags: msg flags
 };
 
 // io_request: the fields of one operation; see prep_request in reactor.cpp
@@ -156,7 +157,7 @@ enum class io_opcode : std::uint8_t {
 struct io_request {
   io_opcode op = io_opcode::nop;
   int fd = -1;
-  void* addr = nullptr;       // buffer, sockaddr, path, timespec
+  void* addr = nullptr;       // buffer, sockaddr, path, timespec, msghdr (sendmsg, recvmsg)
   void* addr2 = nullptr;      // socklen_t* (accept), statx* (statx)
   std::uint32_t len = 0;      // buffer length, socklen (connect), statx mask, poll mask
   std::uint64_t off = 0;      // file offset

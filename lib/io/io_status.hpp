@@ -1,0 +1,30 @@
+// lib/io/io_status.hpp: the one place where an errno becomes an
+// absl::Status for mpg's I/O (private; mpg/io_error.hpp is the public side).
+//
+// Every I/O error path of lib/io builds its Status here, so each carries its
+// errno payload (kErrnoPayload) or the closed mark (kClosedPayload).
+#pragma once
+
+#include <string_view>
+
+#include "absl/strings/string_view.h"
+
+#include "absl/status/status.h"
+#include "mpg/io_error.hpp"
+
+namespace mpg::detail {
+
+// errno_status(): absl::ErrnoToStatus(err, what) with err as the payload.
+absl::Status errno_status(int err, absl::string_view what);
+
+// io_result_status(): an io_uring result (negative errno) as a Status:
+// -ETIME is a missed deadline (kDeadlineExceeded, errno ETIMEDOUT),
+// -ECANCELED kCancelled, -ENXIO with no reactor on this thread says why
+// (kFailedPrecondition); anything else as errno_status.
+absl::Status io_result_status(int res, absl::string_view what);
+
+// closed_status(): "<what>: use of closed <object>", kFailedPrecondition
+// with the closed mark.
+absl::Status closed_status(absl::string_view what, absl::string_view object);
+
+}  // namespace mpg::detail

@@ -1,0 +1,281 @@
+// test/udp_tests.cpp: mpg::net UDP sockets on loopback: send_to/recv_from
+// over IPv4 and IPv6 with the sender's address, truncation, connected
+// sockets (dial_udp, ECONNREFUSED from a closed port), a dual-stack socket
+// sending to IPv4, close and cancel of a blocked receive, deadlines, bad
+// addresses, and echo round trips from many tasks at once.
+#include <doctest/doctest.h>
+
+#include <mpg/io_error.hpp>
+#include <mpg/mpg.hpp>
+#include <mpg/net.hpp>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace {
+
+using namespace std::chrono_literals;
+using mpg::task;
+using mpg::net::udp_socket;
+
+std::string port_str(const udp_socket& u) { return std::to_string(u.port()); }
+
+// An IPv6 loopback socket, or nullopt when this host has no IPv6.
+std::optional<udp_socket> ipv6_socket(const char* address) {
+  auto u = mpg::net::listen_udp(address);
+  if (!u.ok()) return std::nullopt;
+  return std::move(*u);
+}
+
+// Echoes `n` datagrams back to their senders.
+task<void> echo_server(udp_socket& s, int n) {
+  std::vector<char> buf(2048);
+  for (int i = 0; i < n; ++i) {
+    auto g = co_await s.recv_from(std::span<char>(buf));
+    REQUIRE(g.ok());
+    const std::string to = g->from;
+    auto st = co_await s.send_to(std::string_view(buf.data(), g->size), to);
+    REQUIRE(st.ok());
+  }
+}
+
+}  // namespace
+
+TEST_CASE("send_to and recv_from over IPv4 carry the data and the sender") {
+  mpg::runtime rt({.procs = 2});
+  rt.block_on([]() -> task<void> {
+    auto a = mpg::net::listen_udp("127.0.0.1:0");
+    auto b = mpg::net::listen_udp("127.0.0.1:0");
+    REQUIRE(a.ok());
+    REQUIRE(b.ok());
+    CHECK(a->port() != 0);
+    CHECK(a->local_address().value_or("") == "127.0.0.1:" + port_str(*a));
+    const std::string to_b = "127.0.0.1:" + port_str(*b);
+    REQUIRE((co_await a->send_to(std::string_view("ping"), to_b)).ok());
+    char buf[64];
+    auto g = co_await b->recv_from(std::span<char>(buf));
+    REQUIRE(g.ok());
+    CHECK(std::string(buf, g->size) == "ping");
+    CHECK(g->from == "127.0.0.1:" + port_str(*a));
+    CHECK(!g->truncated);
+    const std::string back = g->from;
+    REQUIRE((co_await b->send_to(std::string_view("pong"), back)).ok());
+    auto r = co_await a->recv_from(std::span<char>(buf));
+    REQUIRE(r.ok());
+    CHECK(std::string(buf, r->size) == "pong");
+    CHECK(r->from == to_b);
+  }());
+}
+
+TEST_CASE("send_to and recv_from over IPv6") {
+  auto probe = ipv6_socket("[::1]:0");
+  if (!probe) {
+    MESSAGE("no IPv6 loopback here; skipped");
+    return;
+  }
+  probe->close();
+  mpg::runtime rt({.procs = 2});
+  rt.block_on([]() -> task<void> {
+    auto a = mpg::net::listen_udp("[::1]:0");
+    auto b = mpg::net::listen_udp("[::1]:0");
+    REQUIRE(a.ok());
+    REQUIRE(b.ok());
+    const std::string to_b = "[::1]:" + port_str(*b);
+    REQUIRE((co_await a->send_to(std::string_view("six"), to_b)).ok());
+    char buf[64];
+    auto g = co_await b->recv_from(std::span<char>(buf));
+    REQUIRE(g.ok());
+    CHECK(std::string(buf, g->size) == "six");
+    CHECK(g->from == "[::1]:" + port_str(*a));
+    // An IPv4-only socket cannot send there.
+    auto v4 = mpg::net::listen_udp("127.0.0.1:0");
+    REQUIRE(v4.ok());
+    auto st = co_await v4->send_to(std::string_view("x"), to_b);
+    CHECK(mpg::errno_of(st) == EAFNOSUPPORT);
+  }());
+}
+
+TEST_CASE("a dual-stack socket sends to an IPv4 address and receives from it") {
+  auto probe = ipv6_socket(":0");
+  if (!probe) {
+    MESSAGE("no IPv6 here; skipped");
+    return;
+  }
+  probe->close();
+  mpg::runtime rt({.procs = 2});
+  rt.block_on([]() -> task<void> {
+    auto dual = mpg::net::listen_udp(":0");
+    auto v4 = mpg::net::listen_udp("127.0.0.1:0");
+    REQUIRE(dual.ok());
+    REQUIRE(v4.ok());
+    const std::string to_v4 = "127.0.0.1:" + port_str(*v4);
+    REQUIRE((co_await dual->send_to(std::string_view("mapped"), to_v4)).ok());
+    char buf[64];
+    auto g = co_await v4->recv_from(std::span<char>(buf));
+    REQUIRE(g.ok());
+    CHECK(std::string(buf, g->size) == "mapped");
+    CHECK(g->from == "127.0.0.1:" + port_str(*dual));
+    const std::string back = g->from;
+    REQUIRE((co_await v4->send_to(std::string_view("reply"), back)).ok());
+    auto r = co_await dual->recv_from(std::span<char>(buf));
+    REQUIRE(r.ok());
+    CHECK(std::string(buf, r->size) == "reply");
+    CHECK(r->from == "[::ffff:127.0.0.1]:" + port_str(*v4));
+  }());
+}
+
+TEST_CASE("a datagram longer than the buffer is reported truncated; the next one is whole") {
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([]() -> task<void> {
+    auto a = mpg::net::listen_udp("127.0.0.1:0");
+    auto b = mpg::net::listen_udp("127.0.0.1:0");
+    REQUIRE(a.ok());
+    REQUIRE(b.ok());
+    const std::string to_b = "127.0.0.1:" + port_str(*b);
+    const std::string big(100, 'z');
+    REQUIRE((co_await a->send_to(big, to_b)).ok());
+    REQUIRE((co_await a->send_to(std::string_view("small"), to_b)).ok());
+    char buf[10];
+    auto g = co_await b->recv_from(std::span<char>(buf));
+    REQUIRE(g.ok());
+    CHECK(g->size == 10);
+    CHECK(g->truncated);
+    CHECK(std::string(buf, g->size) == std::string(10, 'z'));
+    auto h = co_await b->recv_from(std::span<char>(buf));
+    REQUIRE(h.ok());
+    CHECK(h->size == 5);
+    CHECK(!h->truncated);
+    CHECK(std::string(buf, h->size) == "small");
+  }());
+}
+
+TEST_CASE("dial_udp: a connected socket's send and recv, and its addresses") {
+  mpg::runtime rt({.procs = 2});
+  rt.block_on([]() -> task<void> {
+    auto server = mpg::net::listen_udp("127.0.0.1:0");
+    REQUIRE(server.ok());
+    const std::string target = "127.0.0.1:" + port_str(*server);
+    auto d = co_await mpg::net::dial_udp(target);
+    REQUIRE(d.ok());
+    CHECK(d->remote_address().value_or("") == target);
+    REQUIRE((co_await d->send(std::string_view("hello"))).ok());
+    char buf[64];
+    auto g = co_await server->recv_from(std::span<char>(buf));
+    REQUIRE(g.ok());
+    CHECK(g->from == d->local_address().value_or("?"));
+    const std::string back = g->from;
+    REQUIRE((co_await server->send_to(std::string_view("world!"), back)).ok());
+    auto n = co_await d->recv(std::span<char>(buf));
+    REQUIRE(n.ok());
+    CHECK(std::string(buf, *n) == "world!");
+  }());
+}
+
+TEST_CASE("a connected socket reports ECONNREFUSED from a closed port") {
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([]() -> task<void> {
+    auto gone = mpg::net::listen_udp("127.0.0.1:0");
+    REQUIRE(gone.ok());
+    const std::string target = "127.0.0.1:" + port_str(*gone);
+    gone->close();
+    auto d = co_await mpg::net::dial_udp(target);
+    REQUIRE(d.ok());
+    REQUIRE((co_await d->send(std::string_view("anyone?"))).ok());
+    d->set_read_deadline(std::chrono::steady_clock::now() + 20s);  // bound only
+    char buf[16];
+    auto n = co_await d->recv(std::span<char>(buf));
+    CHECK(mpg::errno_of(n.status()) == ECONNREFUSED);
+    CHECK(!mpg::net::is_closed(n.status()));
+  }());
+}
+
+TEST_CASE("close from another task ends a blocked recv_from; later calls are 'closed'") {
+  mpg::runtime rt({.procs = 2});
+  rt.block_on([]() -> task<void> {
+    auto u = mpg::net::listen_udp("127.0.0.1:0");
+    REQUIRE(u.ok());
+    char buf[16];
+    auto waiting = mpg::spawn(u->recv_from(std::span<char>(buf)));
+    while (!u->recv_pending()) co_await mpg::yield();
+    u->cancel();
+    auto cancelled = co_await waiting;
+    CHECK(cancelled.status().code() == absl::StatusCode::kCancelled);
+    CHECK(u->is_open());
+
+    auto waiting2 = mpg::spawn(u->recv_from(std::span<char>(buf)));
+    while (!u->recv_pending()) co_await mpg::yield();
+    u->close();
+    auto closed = co_await waiting2;
+    CHECK(closed.status().code() == absl::StatusCode::kCancelled);
+    auto after = co_await u->recv_from(std::span<char>(buf));
+    CHECK(mpg::net::is_closed(after.status()));
+    auto send_after = co_await u->send_to(std::string_view("x"), "127.0.0.1:9");
+    CHECK(mpg::net::is_closed(send_after));
+    u->close();  // idempotent
+  }());
+}
+
+TEST_CASE("a read deadline ends recv_from with kDeadlineExceeded") {
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([]() -> task<void> {
+    auto u = mpg::net::listen_udp("127.0.0.1:0");
+    REQUIRE(u.ok());
+    u->set_read_deadline(std::chrono::steady_clock::now() + 5ms);
+    char buf[16];
+    auto g = co_await u->recv_from(std::span<char>(buf));
+    CHECK(g.status().code() == absl::StatusCode::kDeadlineExceeded);
+    CHECK(mpg::errno_of(g.status()) == ETIMEDOUT);
+  }());
+}
+
+TEST_CASE("bad UDP addresses are kInvalidArgument") {
+  CHECK(mpg::net::listen_udp("unix:/tmp/x").status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(mpg::net::listen_udp("127.0.0.1").status().code() == absl::StatusCode::kInvalidArgument);
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([]() -> task<void> {
+    auto u = mpg::net::listen_udp("127.0.0.1:0");
+    REQUIRE(u.ok());
+    auto st = co_await u->send_to(std::string_view("x"), "no-port");
+    CHECK(st.code() == absl::StatusCode::kInvalidArgument);
+    auto st2 = co_await u->send_to(std::string_view("x"), "");
+    CHECK(st2.code() == absl::StatusCode::kInvalidArgument);
+    auto d = co_await mpg::net::dial_udp("unix:@x");
+    CHECK(d.status().code() == absl::StatusCode::kInvalidArgument);
+  }());
+}
+
+TEST_CASE("echo round trips from many tasks through one socket") {
+  constexpr int kClients = 8;
+  constexpr int kRounds = 20;
+  mpg::runtime rt({.procs = 2});
+  int ok = rt.block_on([]() -> task<int> {
+    auto server = mpg::net::listen_udp("127.0.0.1:0");
+    REQUIRE(server.ok());
+    auto serving = mpg::spawn(echo_server(*server, kClients * kRounds));
+    const std::string target = "127.0.0.1:" + port_str(*server);
+    std::vector<mpg::join_handle<int>> clients;
+    for (int c = 0; c < kClients; ++c) {
+      clients.push_back(mpg::spawn([](std::string to, int id) -> task<int> {
+        auto d = co_await mpg::net::dial_udp(to);
+        REQUIRE(d.ok());
+        d->set_read_deadline(std::chrono::steady_clock::now() + 30s);  // bound only
+        int good = 0;
+        char buf[64];
+        for (int i = 0; i < kRounds; ++i) {
+          const std::string msg = std::to_string(id) + "/" + std::to_string(i);
+          REQUIRE((co_await d->send(msg)).ok());
+          auto n = co_await d->recv(std::span<char>(buf));
+          REQUIRE(n.ok());
+          good += std::string(buf, *n) == msg ? 1 : 0;
+        }
+        co_return good;
+      }(target, c)));
+    }
+    int total = 0;
+    for (auto& c : clients) total += co_await c;
+    co_await serving;
+    co_return total;
+  }());
+  CHECK(ok == kClients * kRounds);
+}
