@@ -70,6 +70,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "mpg/context.hpp"
+#include "mpg/detail/sched/clock.hpp"
 #include "sched/thread_mutex.hpp"
 
 namespace mpg::detail {
@@ -317,7 +319,7 @@ void reactor::start(io_op* op, io_prep_fn prep, const void* ctx) noexcept {
   lock_.lock();
   if (shutting_down_) {
     op->res = -ECANCELED;
-    op->cancel_requested = true;
+    op->stop = io_stop::cancel;
     pending_.fetch_add(1, std::memory_order_relaxed);
     dispatch(reinterpret_cast<std::uintptr_t>(op), -ECANCELED, 0, false);
     lock_.unlock();
@@ -356,13 +358,31 @@ void reactor::start(io_op* op, io_prep_fn prep, const void* ctx) noexcept {
   lock_.unlock();
 }
 
-void reactor::cancel(io_slot* slot, io_op* op) noexcept {
+namespace {
+
+// matches(): whether a stop request applies to `op`, which is in flight (its
+// fields are stable and its frame alive while the reactor lock is held).
+bool matches(const io_op* op, const io_stop_request& rq) noexcept {
+  switch (rq.why) {
+    case io_stop::kick:
+      return op->live_deadline != nullptr &&
+             (!op->has_deadline || to_ns(op->deadline) > rq.deadline_ns);
+    case io_stop::context:
+      return op->ctx == rq.ctx;
+    default:
+      return true;
+  }
+}
+
+}  // namespace
+
+void reactor::cancel(io_slot* slot, io_op* op, const io_stop_request& rq) noexcept {
   lock_.lock();
   io_uring_sqe* sqe = get_sqes_locked(1);  // may reap, and so complete op: check after
   if (sqe != nullptr) {
     // Relaxed: the slot is cleared under lock_, which we hold.
-    if (slot->op.load(std::memory_order_relaxed) == op) {
-      op->cancel_requested = true;
+    if (slot->op.load(std::memory_order_relaxed) == op && matches(op, rq)) {
+      if (rq.why > op->stop) op->stop = rq.why;
       io_uring_prep_cancel64(sqe, reinterpret_cast<std::uintptr_t>(op), 0);
     } else {
       io_uring_prep_nop(sqe);
@@ -594,8 +614,9 @@ bool interrupted(int res) noexcept {
 int io_op::outcome() const noexcept {
   const bool intr = interrupted(res);
   if (res == -ECANCELED || intr) {
-    if (cancel_requested) return -ECANCELED;
+    if (cancel_requested()) return -ECANCELED;
     if (has_deadline && clock::now() >= deadline) return -ETIME;
+    if (stop == io_stop::kick) return -EINTR;  // re-issue with the new deadline
   }
   return intr ? -EINTR : res;
 }
@@ -604,7 +625,7 @@ bool io_start(io_op* op, io_prep_fn prep, const void* ctx, io_slot* slot) {
   op->res = 0;
   op->cqe_flags = 0;
   op->got_first = false;
-  op->cancel_requested = false;
+  op->stop = io_stop::none;
   op->slot = slot;
   if (op->has_deadline && io_op::clock::now() >= op->deadline) {
     op->res = -ETIME;
@@ -623,8 +644,29 @@ bool io_start(io_op* op, io_prep_fn prep, const void* ctx, io_slot* slot) {
   if (slot->closed.load(std::memory_order_relaxed)) {  // under the lock: authoritative
     slot->lock.unlock();
     op->res = -ECANCELED;
-    op->cancel_requested = true;
+    op->stop = io_stop::cancel;
     return false;
+  }
+  // Sticky stop requests (io_op.hpp, "Why an op was stopped"): both read
+  // under the slot lock, which their writers take after writing them.
+  if (op->ctx != nullptr && op->ctx->cancelled()) {
+    slot->lock.unlock();
+    op->res = -ECANCELED;
+    op->stop = io_stop::context;
+    return false;
+  }
+  if (op->live_deadline != nullptr) {
+    // Relaxed: the setter's store precedes its slot section (io_deadline).
+    const std::int64_t ns = op->live_deadline->load(std::memory_order_relaxed);
+    if (ns != io_deadline::kNone && (!op->has_deadline || ns < to_ns(op->deadline))) {
+      op->has_deadline = true;
+      op->deadline = from_ns(ns);
+      if (io_op::clock::now() >= op->deadline) {
+        slot->lock.unlock();
+        op->res = -ETIME;
+        return false;
+      }
+    }
   }
   slot->owner = r;
   slot->op.store(op, std::memory_order_relaxed);  // ordered for the reactor by its lock
@@ -638,8 +680,20 @@ bool io_start(io_op* op, io_prep_fn prep, const void* ctx, io_slot* slot) {
 void io_cancel(io_slot* slot, bool close) noexcept {
   slot->lock.lock();
   if (close) slot->closed.store(true, std::memory_order_release);
-  if (io_op* op = slot->op.load(std::memory_order_relaxed)) slot->owner->cancel(slot, op);
+  if (io_op* op = slot->op.load(std::memory_order_relaxed)) slot->owner->cancel(slot, op, {});
   slot->lock.unlock();
+}
+
+void io_stop_in_flight(io_slot* slot, const io_stop_request& rq) noexcept {
+  slot->lock.lock();
+  if (io_op* op = slot->op.load(std::memory_order_relaxed)) slot->owner->cancel(slot, op, rq);
+  slot->lock.unlock();
+}
+
+void io_deadline::set(std::int64_t ns, io_slot* slot) noexcept {
+  ns_.store(ns, std::memory_order_relaxed);  // ordered by the slot lock below
+  // A later deadline (or none) needs no kick: see the class comment.
+  io_stop_in_flight(slot, {.why = io_stop::kick, .deadline_ns = ns});
 }
 
 void prep_request(io_uring_sqe* sqe, const void* ctx) {

@@ -90,9 +90,10 @@ class reactor {
   // --- used by io_start / io_cancel (lib/io/reactor.cpp) ---
   // start(): prepare op's SQE (and its link timeout) under the lock.
   void start(io_op* op, io_prep_fn prep, const void* ctx) noexcept;
-  // cancel(): if `slot` still holds `op`, mark it cancelled and submit an
-  // ASYNC_CANCEL for it (and any SQEs before it) at once.
-  void cancel(io_slot* slot, io_op* op) noexcept;
+  // cancel(): if `slot` still holds `op` and op matches rq (io_op.hpp,
+  // io_stop_request), record rq.why in op->stop and submit an ASYNC_CANCEL
+  // for it (and any SQEs before it) at once.
+  void cancel(io_slot* slot, io_op* op, const io_stop_request& rq) noexcept;
 
   // unavailable_reason(): why the last create() failed (empty if none).
   static const char* unavailable_reason() noexcept;
