@@ -32,7 +32,7 @@
 // as a plain send; multishot operations are not useful through this API.
 //
 // Where it resumes: the task is readied by whichever thread reaps the CQE:
-// the M holding the ring's P (onto that P's queue), or sysmon for a P busy
+// the M holding the ring's P (at the tail of that P's queue), or sysmon for a P busy
 // in one long task or left without an M (onto the global queue).
 #pragma once
 
