@@ -304,7 +304,7 @@ TEST_CASE("a cancel that finds its op completed (-ENOENT) leaves the next op at 
   auto publish = [&](const io_request* rq) {
     op.res = 0;
     op.got_first = false;
-    op.cancel_requested = false;
+    op.stop = mpg::detail::io_stop::none;
     slot.lock.lock();
     slot.owner = r.get();
     op.slot = &slot;

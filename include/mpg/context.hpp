@@ -48,6 +48,30 @@
 //     (cancel_timer waits for a running fire()), and the fire callback never
 //     destroys its own node.
 //
+// Watchers (internal: I/O bound to a context, mpg/detail/io/io_context.hpp).
+// A context_watcher is a function that a node calls once, on the cancelling
+// thread, when it is cancelled. It lives in its owner's memory (a coroutine
+// frame), which must not go away while the node may still call it; so the
+// owner unwatches before it does, and unwatch() returns only when the
+// function is not running and never will. The protocol, on the node's lock_
+// and the watcher's state (linked, firing, fired):
+//   W1. watch(w), under lock_: if the node is cancelled, return false (w is
+//       not linked and its function never runs); else link w, state linked.
+//   W2. cancel(), in the critical section that sets cancelled_: take the
+//       whole list and mark each watcher firing. Then, holding no lock, for
+//       each: read its next link, call fn(w), store state fired (release);
+//       that store is the canceller's last access to w.
+//   W3. unwatch(w), under lock_: a linked watcher is unlinked and done with
+//       (fn never runs: the cancel that takes lock_ later finds it gone).
+//       Otherwise W2 claimed it under lock_ already; unwatch leaves the lock
+//       and waits until state is fired (acquire, pairing with W2's release),
+//       so everything fn did happens-before unwatch returns.
+// The linked -> firing step happens only under lock_, in the same section
+// that sets cancelled_, so W1 and W3 decide on a state that cannot change
+// under them. The wait of W3 is short: fn must be brief and non-blocking
+// (it may take other spin locks, never this node's). A watcher's owner holds
+// a handle to the node, so the node outlives every linked watcher.
+//
 // A context may outlive the runtime its deadline timer was armed on:
 // ~runtime detaches pending timers, and a fired timer is not touched again.
 // Tasks wait on a context only through done(), a channel: a waiter killed
@@ -66,6 +90,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <utility>
@@ -78,6 +103,18 @@
 namespace mpg {
 
 namespace detail {
+
+// context_watcher: see "Watchers" above. fn must not throw, block, or call
+// into the node it watches.
+struct context_watcher {
+  enum : std::uint8_t { kIdle, kLinked, kFiring, kFired };
+  void (*fn)(context_watcher*) noexcept = nullptr;
+  context_watcher* prev = nullptr;  // links guarded by the node's lock
+  context_watcher* next = nullptr;
+  // kLinked/kFiring written under the node's lock; kFired by the canceller
+  // after fn returns (release; unwatch() waits for it with acquire).
+  std::atomic<std::uint8_t> state{kIdle};
+};
 
 class context_node : public std::enable_shared_from_this<context_node> {
  public:
@@ -98,7 +135,16 @@ class context_node : public std::enable_shared_from_this<context_node> {
   // parent is already cancelled. Called once, after construction.
   void attach();
 
+  // watch(): W1 above. False if the node is already cancelled (w is not
+  // linked; its function never runs). Any thread.
+  bool watch(context_watcher* w) noexcept;
+  // unwatch(): W3 above. After it returns, w's function is not running and
+  // never will; w may be reused or freed. Any thread but w's function's.
+  void unwatch(context_watcher* w) noexcept;
+
   bool cancelled() const noexcept { return cancelled_.load(std::memory_order_acquire); }
+  // never_cancelled(): the root (background), which nothing cancels.
+  bool never_cancelled() const noexcept { return parent_ == nullptr; }
   absl::Status err() const;
   const chan<std::monostate>& done() const noexcept { return done_; }
   const std::optional<std::chrono::steady_clock::time_point>& deadline() const noexcept {
@@ -118,6 +164,8 @@ class context_node : public std::enable_shared_from_this<context_node> {
   std::atomic<bool> cancelled_{false};
   // This node's children (intrusive, through their sibling links).
   context_node* first_child_ ABSL_GUARDED_BY(lock_) = nullptr;
+  // Watchers to call on cancellation (W1-W3); empty once cancelled.
+  context_watcher* first_watcher_ ABSL_GUARDED_BY(lock_) = nullptr;
   // Links in the parent's list, guarded by the parent's lock_.
   context_node* prev_sibling_ = nullptr;
   context_node* next_sibling_ = nullptr;

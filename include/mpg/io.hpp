@@ -19,7 +19,11 @@
 //   -ETIME      the deadline (overloads below) passed first: the operation was
 //               cancelled by an IORING_OP_LINK_TIMEOUT in the same ring, or
 //               never submitted because the deadline had already passed;
-//   -ECANCELED  the operation was cancelled (the runtime is shutting down);
+//   -ECANCELED  the operation was cancelled (the runtime is shutting down,
+//               or the context of the overload that takes one was
+//               cancelled: whether the operation was in flight or not yet
+//               started, it then never runs; a context that ended by its
+//               deadline reads -ETIME instead);
 //   -EINTR      an operation the kernel ran in an io-wq worker was
 //               interrupted (the kernel's internal restart codes are never
 //               passed through); retry it.
@@ -28,7 +32,7 @@
 // as a plain send; multishot operations are not useful through this API.
 //
 // Where it resumes: the task is readied by whichever thread reaps the CQE:
-// the M holding the ring's P (onto that P's queue), or sysmon for a P busy
+// the M holding the ring's P (at the tail of that P's queue), or sysmon for a P busy
 // in one long task or left without an M (onto the global queue).
 #pragma once
 
@@ -37,7 +41,9 @@
 #include <type_traits>
 #include <utility>
 
+#include "mpg/context.hpp"
 #include "mpg/detail/sched/g.hpp"
+#include "mpg/detail/io/io_context.hpp"
 #include "mpg/detail/io/io_op.hpp"
 
 namespace mpg::io {
@@ -76,6 +82,44 @@ class [[nodiscard]] submit_awaiter {
   detail::io_op op_;
 };
 
+// submit_context_awaiter<Prep>: the awaitable of io::submit(prep, ctx): the
+// operation bound to ctx (mpg/detail/io/io_context.hpp). Awaited once.
+template <class Prep>
+class [[nodiscard]] submit_context_awaiter {
+ public:
+  using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
+  // ctx must outlive the co_await (it does as an argument of the same
+  // full-expression, or as a variable of the awaiting task).
+  submit_context_awaiter(Prep prep, const context& ctx) noexcept(
+      std::is_nothrow_move_constructible_v<Prep>)
+      : prep_(std::move(prep)), bind_(ctx.node_for_internal_use().get()) {}
+
+  bool await_ready() const noexcept { return false; }
+  bool await_suspend(std::coroutine_handle<> h) {
+    op_.waiter = detail::current_g();
+    detail::io_slot* slot = bind_.bind(nullptr);  // watches ctx from here
+    bind_.attach(op_);
+    detail::park(h, "io.submit");
+    if (detail::io_start(&op_, &thunk, &prep_, slot)) return true;  // frame untouched after
+    detail::cancel_park();
+    return false;
+  }
+  // Resumes after the op's final CQE; stops watching ctx first (waiting for
+  // a cancel of ctx that is running its watcher on another thread).
+  int await_resume() noexcept {
+    bind_.unbind();
+    return bind_.result(op_.outcome(), op_);
+  }
+
+ private:
+  static void thunk(io_uring_sqe* sqe, const void* ctx) {
+    (*static_cast<Prep*>(const_cast<void*>(ctx)))(sqe);
+  }
+  Prep prep_;
+  detail::io_op op_;
+  detail::io_context_binding bind_;
+};
+
 // submit(): one operation, no deadline.
 template <class Prep>
   requires std::is_invocable_v<std::decay_t<Prep>&, io_uring_sqe*>
@@ -97,6 +141,14 @@ submit_awaiter<std::decay_t<Prep>> submit(Prep&& prep, std::chrono::duration<Rep
   return submit_awaiter<std::decay_t<Prep>>(
       std::forward<Prep>(prep),
       clock::now() + std::chrono::duration_cast<clock::duration>(timeout));
+}
+
+// submit(prep, ctx): -ECANCELED once ctx is cancelled, -ETIME once it
+// missed its deadline, whether the operation was in flight or not started.
+template <class Prep>
+  requires std::is_invocable_v<std::decay_t<Prep>&, io_uring_sqe*>
+submit_context_awaiter<std::decay_t<Prep>> submit(Prep&& prep, const context& ctx) {
+  return submit_context_awaiter<std::decay_t<Prep>>(std::forward<Prep>(prep), ctx);
 }
 
 }  // namespace mpg::io

@@ -28,9 +28,22 @@
 // Concurrency: one task may read a stream while another writes it; one read
 // and one write at a time. cancel() and close() may be called from any task
 // (any P): an operation in flight then completes with kCancelled once the
-// kernel confirms it, and its buffer is not touched after that. Deadlines are
-// absolute steady_clock time points carried by an IORING_OP_LINK_TIMEOUT in
-// the same ring; set_deadline() applies to operations started after it.
+// kernel confirms it, and its buffer is not touched after that.
+//
+// Deadlines are absolute steady_clock time points carried by an
+// IORING_OP_LINK_TIMEOUT in the same ring. A stream's deadlines
+// (set_deadline() and kin) may be set from any task and apply to the
+// operation in flight too, as in Go: a read blocked when another task sets
+// a read deadline in the past completes with kDeadlineExceeded; one set in
+// the future ends it then; one moved later, or removed, lets it go on.
+//
+// Contexts: every blocking operation has an overload that takes an
+// mpg::context. When that context ends (cancel, or its deadline) the
+// operation completes with the context's code, kCancelled or
+// kDeadlineExceeded, whether it was in flight or had not started yet: a
+// context is sticky where cancel() is not, so "check the context, then
+// read" needs no check. This is how a task wakes a read blocked in another
+// task for good.
 //
 // Buffers passed to read/write must outlive the awaited call (the returned
 // task is lazy; co_await it in the same full-expression, or keep the buffer).
@@ -41,6 +54,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -48,6 +62,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "mpg/context.hpp"
 #include "mpg/detail/io/io_op.hpp"
 #include "mpg/task.hpp"
 
@@ -74,30 +89,40 @@ class tcp_stream {
   int native_handle() const noexcept { return fd_.load(std::memory_order_relaxed); }
 
   // read(): up to buf.size() bytes as soon as any arrive; 0 at end of stream
-  // (and for an empty buf, without I/O).
+  // (and for an empty buf, without I/O). Bounded by the stream's read
+  // deadline; with a deadline argument, by that one instead; with a
+  // context, by the stream's read deadline and the context.
   task<absl::StatusOr<std::size_t>> read(std::span<char> buf);
   task<absl::StatusOr<std::size_t>> read(std::span<char> buf, clock::time_point deadline);
+  task<absl::StatusOr<std::size_t>> read(std::span<char> buf, const context& ctx);
   // write(): all of data (short writes are continued), or an error. After an
-  // error some prefix of data may have been sent.
+  // error some prefix of data may have been sent. Deadlines and contexts as
+  // read()'s, with the write deadline.
   task<absl::Status> write(std::string_view data);
   task<absl::Status> write(std::string_view data, clock::time_point deadline);
   // write_vectored(): all of bufs, in order, with sendmsg (one iovec per
   // buffer, no copy), continuing short writes; an error as write(). The
   // buffers (and the span) must outlive the awaited call.
   task<absl::Status> write_vectored(std::span<const std::string_view> bufs);
+  task<absl::Status> write(std::string_view data, const context& ctx);
 
-  // Deadlines for later reads/writes (std::nullopt: none). Set them from the
-  // task that does the I/O, or before the tasks that do start.
-  void set_deadline(std::optional<clock::time_point> t) noexcept {
-    read_deadline_ = write_deadline_ = t;
-  }
-  void set_read_deadline(std::optional<clock::time_point> t) noexcept { read_deadline_ = t; }
-  void set_write_deadline(std::optional<clock::time_point> t) noexcept { write_deadline_ = t; }
+  // set_deadline(), set_read_deadline(), set_write_deadline()
+  //
+  // The stream's deadlines (std::nullopt: none), Go's SetDeadline and kin.
+  // Any task, any P, at any time: they apply to the operation in flight in
+  // that direction (if it follows the stream's deadline, i.e. was not given
+  // a deadline argument) and to later ones. An operation in flight whose
+  // deadline passes completes with kDeadlineExceeded; moving a deadline
+  // later, or removing it, before it passed lets the operation go on.
+  void set_deadline(std::optional<clock::time_point> t) noexcept;
+  void set_read_deadline(std::optional<clock::time_point> t) noexcept;
+  void set_write_deadline(std::optional<clock::time_point> t) noexcept;
 
   // shutdown(): half-close (default: no more writes; the peer reads EOF).
   absl::Status shutdown(shutdown_how how = shutdown_how::write) noexcept;
   // cancel(): the read and write in flight, if any, complete with kCancelled.
-  // Later operations are not affected. Any task, any P.
+  // Later operations are not affected (use a context, or a deadline in the
+  // past, to end an operation whether or not it has started). Any task, any P.
   void cancel() noexcept;
   // close(): cancels operations in flight and closes the socket. Idempotent;
   // later operations fail with kFailedPrecondition.
@@ -116,16 +141,18 @@ class tcp_stream {
 
  private:
   task<absl::StatusOr<std::size_t>> do_read(std::span<char> buf,
-                                            std::optional<clock::time_point> deadline);
-  task<absl::Status> do_write(std::string_view data, std::optional<clock::time_point> deadline);
+                                            std::optional<clock::time_point> deadline,
+                                            std::shared_ptr<detail::context_node> ctx);
+  task<absl::Status> do_write(std::string_view data, std::optional<clock::time_point> deadline,
+                              std::shared_ptr<detail::context_node> ctx);
 
   // The socket, -1 once closed. Relaxed everywhere: it is only a number; what
   // must be ordered (an op's SQE reaching the kernel before close() releases
   // the number) is ordered by the io_slot locks, which close() takes first.
   std::atomic<int> fd_{-1};
   bool data_left_ = false;  // the last recv left data in the socket (reader's own)
-  std::optional<clock::time_point> read_deadline_;
-  std::optional<clock::time_point> write_deadline_;
+  detail::io_deadline read_deadline_;   // followed by the op in read_slot_
+  detail::io_deadline write_deadline_;  // followed by the op in write_slot_
   detail::io_slot read_slot_;
   detail::io_slot write_slot_;
 };
@@ -155,15 +182,18 @@ class listener {
   // accept(): the next connection. When the process or system is out of file
   // descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) it sleeps and
   // retries, 5 ms doubling to 1 s, as Go's net/http server does; aborted
-  // connections are skipped. An accept() blocked when close() is called
-  // returns kCancelled; one started after close() fails with
-  // kFailedPrecondition.
+  // connections are skipped. On a closed listener it returns kCancelled,
+  // whether it was blocked when close() was called or started after.
   task<absl::StatusOr<tcp_stream>> accept();
   task<absl::StatusOr<tcp_stream>> accept(clock::time_point deadline);
+  // accept(ctx): kCancelled or kDeadlineExceeded (the context's code) once
+  // ctx ends, blocked or not yet started.
+  task<absl::StatusOr<tcp_stream>> accept(const context& ctx);
 
-  // close(): stops listening; a blocked accept() returns kCancelled.
-  // Idempotent. A Unix listener on a path removes its socket file (as Go's
-  // does); one on an abstract name has no file.
+  // close(): stops listening; every accept() in flight or later returns
+  // kCancelled (net::is_closed is true for it). Idempotent. A Unix listener
+  // on a path removes its socket file (as Go's does); one on an abstract
+  // name has no file.
   void close() noexcept;
 
   // accept_backoffs(): how many times accept() slept on resource exhaustion.
@@ -173,7 +203,8 @@ class listener {
 
  private:
   friend absl::StatusOr<listener> listen(std::string_view address, listen_options opts);
-  task<absl::StatusOr<tcp_stream>> do_accept(std::optional<clock::time_point> deadline);
+  task<absl::StatusOr<tcp_stream>> do_accept(std::optional<clock::time_point> deadline,
+                                             std::shared_ptr<detail::context_node> ctx);
 
   std::atomic<int> fd_{-1};  // as tcp_stream::fd_
   std::uint16_t port_ = 0;
@@ -191,6 +222,10 @@ absl::StatusOr<listener> listen(std::string_view address, listen_options opts = 
 // turn. In a task.
 task<absl::StatusOr<tcp_stream>> dial(std::string_view address);
 task<absl::StatusOr<tcp_stream>> dial(std::string_view address, clock::time_point deadline);
+// dial(address, ctx): kCancelled or kDeadlineExceeded (the context's code)
+// once ctx ends. A host-name lookup is not interrupted; its result is
+// dropped if ctx ended meanwhile.
+task<absl::StatusOr<tcp_stream>> dial(std::string_view address, const context& ctx);
 
 }  // namespace mpg::net
 

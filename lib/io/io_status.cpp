@@ -76,6 +76,12 @@ absl::Status closed_status(absl::string_view what, absl::string_view object) {
   return s;
 }
 
+absl::Status closed_cancelled_status(absl::string_view what, absl::string_view object) {
+  absl::Status s = absl::CancelledError(absl::StrCat(what, ": use of closed ", object));
+  s.SetPayload(av(kClosedPayload), absl::Cord());
+  return s;
+}
+
 }  // namespace detail
 
 }  // namespace mpg

@@ -26,5 +26,8 @@ absl::Status io_result_status(int res, absl::string_view what);
 // closed_status(): "<what>: use of closed <object>", kFailedPrecondition
 // with the closed mark.
 absl::Status closed_status(absl::string_view what, absl::string_view object);
+// closed_cancelled_status(): the same message and mark, kCancelled (an
+// operation that a close() ended, as accept() on a closed listener).
+absl::Status closed_cancelled_status(absl::string_view what, absl::string_view object);
 
 }  // namespace mpg::detail

@@ -18,6 +18,15 @@
 // an SQE prepared with the old fd number is in the kernel before that number
 // can be reused.
 //
+// Deadlines and contexts. Each direction's deadline is a detail::io_deadline
+// that its ops follow (live_deadline): set_read_deadline() from any task
+// kicks the read in flight when the new deadline is earlier than the one it
+// is armed with, and every loop below treats -EINTR as "issue again" and
+// -ETIME as final only if the deadline it follows has passed by now (else
+// the deadline moved later and the op is issued again). An operation given
+// a context binds it (detail::io_context_binding) for its whole loop, so a
+// cancel that lands between two issues is seen by the next one.
+//
 // Rejected: a single slot per stream (one task reads while another writes);
 // SOCK_NONBLOCK sockets with a try-the-syscall-first fast path (Go's way): a
 // failed recv costs a syscall per message in request/response traffic, where
@@ -44,6 +53,8 @@
 #include "mpg/blocking.hpp"
 #include "io/address.hpp"
 #include "io/io_status.hpp"
+#include "mpg/detail/io/io_context.hpp"
+#include "mpg/detail/sched/clock.hpp"
 #include "io/reactor.hpp"
 
 namespace mpg::net {
@@ -51,6 +62,7 @@ namespace mpg::net {
 namespace {
 
 using detail::io_awaiter;
+using detail::io_context_binding;
 using detail::io_opcode;
 using detail::io_request;
 using detail::prep_request;
@@ -89,22 +101,57 @@ absl::StatusOr<std::string> sock_name(int fd, bool peer) {
   return format_addr(ss, len);
 }
 
-// One awaited operation with an optional deadline, in `slot`.
+// op_bounds: what ends one logical operation besides its own completion: a
+// fixed deadline, or the deadline of the object's direction (followed live),
+// and a context binding.
+struct op_bounds {
+  std::optional<clock::time_point> deadline;
+  const detail::io_deadline* live = nullptr;  // used when deadline is empty
+  const io_context_binding* bind = nullptr;
+
+  // expired(): the deadline the operation follows has passed by now (an op
+  // that read -ETIME was armed with an earlier one if not: issue it again).
+  bool expired() const noexcept {
+    if (bind != nullptr && bind->cancelled()) return true;  // -ETIME was the context's
+    if (deadline) return clock::now() >= *deadline;
+    if (live == nullptr) return true;
+    const std::int64_t ns = live->ns();
+    return ns != detail::io_deadline::kNone && detail::mono_now_ns() >= ns;
+  }
+};
+
+// One issue of an operation in `slot`, bounded by `b`.
 io_awaiter make_op(const io_request* rq, detail::io_slot* slot, const char* reason,
-                   std::optional<clock::time_point> deadline) {
-  if (deadline) return io_awaiter(prep_request, rq, slot, reason, *deadline);
-  return io_awaiter(prep_request, rq, slot, reason);
+                   const op_bounds& b) {
+  io_awaiter a = b.deadline ? io_awaiter(prep_request, rq, slot, reason, *b.deadline)
+                            : io_awaiter(prep_request, rq, slot, reason);
+  if (!b.deadline && b.live != nullptr) a.op.live_deadline = b.live->live();
+  if (b.bind != nullptr) b.bind->attach(a.op);
+  return a;
+}
+
+// await_op(): issue it, and read the result as the operation reports it
+// (an op ended by its context reads the context's code: io_context.hpp).
+task<int> await_op(const io_request* rq, detail::io_slot* slot, const char* reason,
+                   const op_bounds& b) {
+  io_awaiter op = make_op(rq, slot, reason, b);
+  int res = co_await op;
+  if (b.bind != nullptr) res = b.bind->result(res, op.op);
+  co_return res;
 }
 
 // wait_ready(): for a socket someone made non-blocking: wait for `events`.
-task<int> wait_ready(int fd, unsigned events, detail::io_slot* slot,
-                     std::optional<clock::time_point> deadline) {
+task<int> wait_ready(int fd, unsigned events, detail::io_slot* slot, const op_bounds& b) {
   io_request rq{.op = io_opcode::poll, .fd = fd, .len = events};
-  co_return co_await make_op(&rq, slot, "net.poll", deadline);
+  co_return co_await await_op(&rq, slot, "net.poll", b);
 }
 
 task<absl::StatusOr<tcp_stream>> dial_addr(std::string address,
-                                           std::optional<clock::time_point> deadline) {
+                                           std::optional<clock::time_point> deadline,
+                                           std::shared_ptr<detail::context_node> ctx) {
+  io_context_binding bind(ctx.get());  // ctx, a parameter, keeps the node alive
+  detail::io_slot* slot = bind.bind(nullptr);
+  const op_bounds b{.deadline = deadline, .bind = &bind};
   auto addrs = resolve(address, /*passive=*/false, name_lookup::refused);
   if (!addrs.ok() && detail::lookup_needed(addrs.status())) {
     // A host name: getaddrinfo blocks, so it runs with the P handed off.
@@ -120,7 +167,7 @@ task<absl::StatusOr<tcp_stream>> dial_addr(std::string address,
       continue;
     }
     io_request rq{.op = io_opcode::connect, .fd = fd, .addr = &a.ss, .len = a.len};
-    int res = co_await make_op(&rq, nullptr, "net.dial", deadline);
+    int res = co_await await_op(&rq, slot, "net.dial", b);
     if (res == 0) {
       if (a.ss.ss_family != AF_UNIX) set_nodelay(fd);
       co_return tcp_stream(fd);
@@ -141,6 +188,23 @@ tcp_stream::tcp_stream(tcp_stream&& o) noexcept
       read_deadline_(o.read_deadline_),
       write_deadline_(o.write_deadline_) {}
 
+namespace {
+std::int64_t deadline_ns(std::optional<clock::time_point> t) noexcept {
+  return t ? detail::to_ns(*t) : detail::io_deadline::kNone;
+}
+}  // namespace
+
+void tcp_stream::set_deadline(std::optional<clock::time_point> t) noexcept {
+  set_read_deadline(t);
+  set_write_deadline(t);
+}
+void tcp_stream::set_read_deadline(std::optional<clock::time_point> t) noexcept {
+  read_deadline_.set(deadline_ns(t), &read_slot_);
+}
+void tcp_stream::set_write_deadline(std::optional<clock::time_point> t) noexcept {
+  write_deadline_.set(deadline_ns(t), &write_slot_);
+}
+
 tcp_stream& tcp_stream::operator=(tcp_stream&& o) noexcept {
   if (this != &o) {
     close();
@@ -154,22 +218,32 @@ tcp_stream& tcp_stream::operator=(tcp_stream&& o) noexcept {
 }
 
 task<absl::StatusOr<std::size_t>> tcp_stream::read(std::span<char> buf) {
-  return do_read(buf, read_deadline_);
+  return do_read(buf, std::nullopt, nullptr);
 }
 task<absl::StatusOr<std::size_t>> tcp_stream::read(std::span<char> buf,
                                                    clock::time_point deadline) {
-  return do_read(buf, deadline);
+  return do_read(buf, deadline, nullptr);
+}
+task<absl::StatusOr<std::size_t>> tcp_stream::read(std::span<char> buf, const context& ctx) {
+  return do_read(buf, std::nullopt, ctx.node_for_internal_use());
 }
 task<absl::Status> tcp_stream::write(std::string_view data) {
-  return do_write(data, write_deadline_);
+  return do_write(data, std::nullopt, nullptr);
 }
 task<absl::Status> tcp_stream::write(std::string_view data, clock::time_point deadline) {
-  return do_write(data, deadline);
+  return do_write(data, deadline, nullptr);
+}
+task<absl::Status> tcp_stream::write(std::string_view data, const context& ctx) {
+  return do_write(data, std::nullopt, ctx.node_for_internal_use());
 }
 
 task<absl::StatusOr<std::size_t>> tcp_stream::do_read(std::span<char> buf,
-                                                      std::optional<clock::time_point> deadline) {
+                                                      std::optional<clock::time_point> deadline,
+                                                      std::shared_ptr<detail::context_node> ctx) {
   if (buf.empty()) co_return std::size_t{0};
+  io_context_binding bind(ctx.get());  // ctx, a parameter, keeps the node alive
+  bind.bind(&read_slot_);
+  const op_bounds b{.deadline = deadline, .live = &read_deadline_, .bind = &bind};
   for (;;) {
     int fd = fd_.load(std::memory_order_relaxed);
     if (fd < 0) co_return closed_error("read");
@@ -180,22 +254,27 @@ task<absl::StatusOr<std::size_t>> tcp_stream::do_read(std::span<char> buf,
                   .addr = buf.data(),
                   .len = static_cast<std::uint32_t>(std::min(buf.size(), kMaxIo)),
                   .poll_first = !data_left_};
-    io_awaiter op = make_op(&rq, &read_slot_, "net.read", deadline);
+    io_awaiter op = make_op(&rq, &read_slot_, "net.read", b);
     int res = co_await op;
+    res = bind.result(res, op.op);
     data_left_ = res > 0 && (static_cast<std::uint32_t>(res) == rq.len ||
                              (op.op.cqe_flags & detail::kCqeSockNonempty) != 0);
     if (res >= 0) co_return static_cast<std::size_t>(res);
-    if (res == -EINTR) continue;
+    if (res == -EINTR || (res == -ETIME && !b.expired())) continue;
     if (res == -EAGAIN) {
-      res = co_await wait_ready(fd, POLLIN, &read_slot_, deadline);
-      if (res >= 0 || res == -EINTR) continue;
+      res = co_await wait_ready(fd, POLLIN, &read_slot_, b);
+      if (res >= 0 || res == -EINTR || (res == -ETIME && !b.expired())) continue;
     }
     co_return net_error(res, "read");
   }
 }
 
 task<absl::Status> tcp_stream::do_write(std::string_view data,
-                                        std::optional<clock::time_point> deadline) {
+                                        std::optional<clock::time_point> deadline,
+                                        std::shared_ptr<detail::context_node> ctx) {
+  io_context_binding bind(ctx.get());  // ctx, a parameter, keeps the node alive
+  bind.bind(&write_slot_);
+  const op_bounds b{.deadline = deadline, .live = &write_deadline_, .bind = &bind};
   while (!data.empty()) {
     int fd = fd_.load(std::memory_order_relaxed);
     if (fd < 0) co_return closed_error("write");
@@ -204,16 +283,18 @@ task<absl::Status> tcp_stream::do_write(std::string_view data,
                   .addr = const_cast<char*>(data.data()),
                   .len = static_cast<std::uint32_t>(std::min(data.size(), kMaxIo)),
                   .flags = MSG_NOSIGNAL};
-    int res = co_await make_op(&rq, &write_slot_, "net.write", deadline);
+    io_awaiter op = make_op(&rq, &write_slot_, "net.write", b);
+    int res = co_await op;
+    res = bind.result(res, op.op);
     if (res > 0) {
       data.remove_prefix(static_cast<std::size_t>(res));
       continue;
     }
     if (res == 0) co_return absl::InternalError("write: send made no progress");
-    if (res == -EINTR) continue;
+    if (res == -EINTR || (res == -ETIME && !b.expired())) continue;
     if (res == -EAGAIN) {
-      res = co_await wait_ready(fd, POLLOUT, &write_slot_, deadline);
-      if (res >= 0 || res == -EINTR) continue;
+      res = co_await wait_ready(fd, POLLOUT, &write_slot_, b);
+      if (res >= 0 || res == -EINTR || (res == -ETIME && !b.expired())) continue;
     }
     co_return net_error(res, "write");
   }
@@ -319,18 +400,32 @@ std::string listener::address() const {
   return a.ok() ? *a : std::string();
 }
 
-task<absl::StatusOr<tcp_stream>> listener::accept() { return do_accept(std::nullopt); }
+task<absl::StatusOr<tcp_stream>> listener::accept() { return do_accept(std::nullopt, nullptr); }
 task<absl::StatusOr<tcp_stream>> listener::accept(clock::time_point deadline) {
-  return do_accept(deadline);
+  return do_accept(deadline, nullptr);
+}
+task<absl::StatusOr<tcp_stream>> listener::accept(const context& ctx) {
+  return do_accept(std::nullopt, ctx.node_for_internal_use());
 }
 
-task<absl::StatusOr<tcp_stream>> listener::do_accept(std::optional<clock::time_point> deadline) {
+task<absl::StatusOr<tcp_stream>> listener::do_accept(std::optional<clock::time_point> deadline,
+                                                     std::shared_ptr<detail::context_node> ctx) {
+  io_context_binding bind(ctx.get());  // ctx, a parameter, keeps the node alive
+  bind.bind(&slot_);
+  // A listener has no deadline of its own: without a deadline argument an
+  // accept is unbounded (expired() is then never asked: no -ETIME).
+  const op_bounds b{.deadline = deadline, .bind = &bind};
   std::chrono::milliseconds delay{0};
   for (;;) {
+    // A closed listener is kCancelled however the accept meets the close:
+    // here (close() finished), in io_start (the slot closed, the fd not yet
+    // released: -ECANCELED), or in flight (cancelled by close()).
     int fd = fd_.load(std::memory_order_relaxed);
-    if (fd < 0) co_return detail::closed_status("accept", "listener");
+    if (fd < 0) co_return detail::closed_cancelled_status("accept", "listener");
     io_request rq{.op = io_opcode::accept, .fd = fd, .flags = SOCK_CLOEXEC};
-    int res = co_await make_op(&rq, &slot_, "net.accept", deadline);
+    io_awaiter op = make_op(&rq, &slot_, "net.accept", b);
+    int res = co_await op;
+    res = bind.result(res, op.op);
     if (res >= 0) {
       set_nodelay(res);
       co_return tcp_stream(res);
@@ -359,8 +454,14 @@ task<absl::StatusOr<tcp_stream>> listener::do_accept(std::optional<clock::time_p
         detail::io_timespec ts{.tv_sec = 0, .tv_nsec = delay.count() * 1'000'000};
         if (delay >= 1s) ts = {.tv_sec = delay.count() / 1000, .tv_nsec = 0};
         io_request sleep{.op = io_opcode::timeout, .addr = &ts};
-        int r = co_await make_op(&sleep, &slot_, "net.accept.backoff", deadline);
+        // The timeout completes with -ETIME when it fires; a deadline or
+        // context that ends the sleep is told apart by looking at them.
+        int r = co_await await_op(&sleep, &slot_, "net.accept.backoff", b);
         if (r == -ECANCELED) co_return net_error(r, "accept");
+        if (bind.cancelled()) {
+          const bool late = bind.err().code() == absl::StatusCode::kDeadlineExceeded;
+          co_return net_error(late ? -ETIME : -ECANCELED, "accept");
+        }
         if (deadline && clock::now() >= *deadline) co_return net_error(-ETIME, "accept");
         continue;
       }
@@ -440,10 +541,13 @@ absl::StatusOr<listener> listen(std::string_view address, listen_options opts) {
 // The address is copied into the lazy task's frame: the caller's string may
 // be gone when the task runs.
 task<absl::StatusOr<tcp_stream>> dial(std::string_view address) {
-  return dial_addr(std::string(address), std::nullopt);
+  return dial_addr(std::string(address), std::nullopt, nullptr);
 }
 task<absl::StatusOr<tcp_stream>> dial(std::string_view address, clock::time_point deadline) {
-  return dial_addr(std::string(address), deadline);
+  return dial_addr(std::string(address), deadline, nullptr);
+}
+task<absl::StatusOr<tcp_stream>> dial(std::string_view address, const context& ctx) {
+  return dial_addr(std::string(address), std::nullopt, ctx.node_for_internal_use());
 }
 
 }  // namespace mpg::net

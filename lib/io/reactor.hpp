@@ -13,7 +13,8 @@
 //
 // Completion dispatch (see mpg/detail/io/io_op.hpp): user_data points at an
 // io_op in the suspended awaiter; on its final CQE the reactor stores
-// res/flags, clears its io_slot, and calls op->complete or ready(waiter),
+// res/flags, clears its io_slot, and calls op->complete or ready_tail(waiter)
+// (the run queue's tail, never runnext: reactor.cpp says why),
 // under the reactor lock. Those callbacks must never call back into the same
 // reactor (wake() excepted: it takes no lock); the lock is not recursive, so
 // a start, flush, reap, cancel or cancel_all from one of them would spin
@@ -90,9 +91,10 @@ class reactor {
   // --- used by io_start / io_cancel (lib/io/reactor.cpp) ---
   // start(): prepare op's SQE (and its link timeout) under the lock.
   void start(io_op* op, io_prep_fn prep, const void* ctx) noexcept;
-  // cancel(): if `slot` still holds `op`, mark it cancelled and submit an
-  // ASYNC_CANCEL for it (and any SQEs before it) at once.
-  void cancel(io_slot* slot, io_op* op) noexcept;
+  // cancel(): if `slot` still holds `op` and op matches rq (io_op.hpp,
+  // io_stop_request), record rq.why in op->stop and submit an ASYNC_CANCEL
+  // for it (and any SQEs before it) at once.
+  void cancel(io_slot* slot, io_op* op, const io_stop_request& rq) noexcept;
 
   // unavailable_reason(): why the last create() failed (empty if none).
   static const char* unavailable_reason() noexcept;
@@ -105,7 +107,10 @@ class reactor {
 
   void flush_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   unsigned reap_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
-  unsigned dispatch(std::uint64_t user_data, int res, std::uint32_t flags, bool batch) noexcept
+  // dispatch(): one CQE. reaped: from the CQ (the waiter goes to the run
+  // queue's tail); else an op that start() failed inline (its own task,
+  // which parked a moment ago, runs next).
+  unsigned dispatch(std::uint64_t user_data, int res, std::uint32_t flags, bool reaped) noexcept
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   io_uring_sqe* get_sqes_locked(unsigned n) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   void arm_wake_locked(int index) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);

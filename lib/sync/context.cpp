@@ -74,12 +74,19 @@ void context_node::fire(timer* t) noexcept {
 
 void context_node::cancel(const absl::Status& why, bool from_timer) noexcept {
   std::vector<std::shared_ptr<context_node>> kids;
+  context_watcher* watchers;
   {
     spin_guard lk(lock_);
     if (cancelled_.load(std::memory_order_relaxed)) return;
     err_ = why;
     // Release: err_ is visible to whoever sees cancelled_ (err()).
     cancelled_.store(true, std::memory_order_release);
+    // W2: claim every watcher in this section (relaxed: under lock_, which
+    // unwatch() takes before it reads the state).
+    watchers = first_watcher_;
+    first_watcher_ = nullptr;
+    for (context_watcher* w = watchers; w != nullptr; w = w->next)
+      w->state.store(context_watcher::kFiring, std::memory_order_relaxed);
     for (context_node* c = first_child_; c != nullptr;) {
       context_node* next = c->next_sibling_;
       c->prev_sibling_ = c->next_sibling_ = nullptr;
@@ -92,11 +99,55 @@ void context_node::cancel(const absl::Status& why, bool from_timer) noexcept {
     first_child_ = nullptr;
   }
   done_.state_for_internal_use()->close_if_open();
+  for (context_watcher* w = watchers; w != nullptr;) {
+    context_watcher* next = w->next;  // before fn: w may be freed once fired
+    w->fn(w);
+    // Release: fn's writes happen-before unwatch() returns (W3). Last touch.
+    w->state.store(context_watcher::kFired, std::memory_order_release);
+    w = next;
+  }
   // Not from our own fire(): cancel_timer() would wait for it forever.
   if (!from_timer && timer_armed_ && !timer_fired_.load(std::memory_order_acquire))
     cancel_timer(&timer_);
   for (auto& k : kids) k->cancel(why);
   unlink_from_parent();
+}
+
+bool context_node::watch(context_watcher* w) noexcept {
+  // The root is never cancelled: nothing to link (w stays idle).
+  if (parent_ == nullptr) return true;
+  spin_guard lk(lock_);
+  if (cancelled_.load(std::memory_order_relaxed)) return false;  // W1
+  w->prev = nullptr;
+  w->next = first_watcher_;
+  if (w->next != nullptr) w->next->prev = w;
+  first_watcher_ = w;
+  w->state.store(context_watcher::kLinked, std::memory_order_relaxed);  // under lock_
+  return true;
+}
+
+void context_node::unwatch(context_watcher* w) noexcept {
+  {
+    spin_guard lk(lock_);
+    // Relaxed: kLinked and kFiring are written under lock_ (W1, W2).
+    const std::uint8_t s = w->state.load(std::memory_order_relaxed);
+    if (s == context_watcher::kIdle) return;  // never linked (watch() said false)
+    if (s == context_watcher::kLinked) {      // W3: unlink; fn never runs
+      if (w->prev != nullptr)
+        w->prev->next = w->next;
+      else
+        first_watcher_ = w->next;
+      if (w->next != nullptr) w->next->prev = w->prev;
+      w->prev = w->next = nullptr;
+      w->state.store(context_watcher::kIdle, std::memory_order_relaxed);
+      return;
+    }
+  }
+  // W3: claimed by a cancel; wait for fn to return. Acquire pairs with the
+  // release store of kFired in cancel().
+  short_section_backoff backoff;
+  while (w->state.load(std::memory_order_acquire) != context_watcher::kFired) backoff.pause();
+  w->state.store(context_watcher::kIdle, std::memory_order_relaxed);
 }
 
 absl::Status context_node::err() const {

@@ -1,7 +1,10 @@
 // perf/servers/echo_server.cpp: the mpg TCP echo server of the tcp_echo
 // workload: a task per connection, each a read/write loop over io_uring.
 //
-//   echo_server --port 9000 [--procs 2] [--host 127.0.0.1]
+//   echo_server --port 9000 [--procs 2] [--host 127.0.0.1] [--deadline]
+//
+// --deadline: every read carries a far deadline (an hour ahead), to compare
+// reads with and without one.
 //
 // Buffering, the same in the three echo servers (mpg, threads, Go): a
 // connection starts with a 512-byte buffer and switches to a 64 KiB one the
@@ -21,12 +24,19 @@ namespace {
 constexpr std::size_t kSmall = 512;
 constexpr std::size_t kLarge = 64 * 1024;
 
+bool g_deadline = false;
+
 mpg::task<void> handle(mpg::net::tcp_stream s) {
   char small[kSmall];
   std::unique_ptr<char[]> large;
   std::span<char> buf(small, kSmall);
   for (;;) {
-    auto n = co_await s.read(buf);
+    absl::StatusOr<std::size_t> n;
+    if (g_deadline) {
+      n = co_await s.read(buf, std::chrono::steady_clock::now() + std::chrono::hours(1));
+    } else {
+      n = co_await s.read(buf);
+    }
     if (!n.ok() || *n == 0) co_return;
     if (!(co_await s.write(std::string_view(buf.data(), *n))).ok()) co_return;
     if (*n == buf.size() && !large) {
@@ -58,6 +68,7 @@ mpg::task<int> serve(std::string addr) {
 
 int main(int argc, char** argv) {
   perf::args a(argc, argv);
+  g_deadline = a.num("deadline", 0) != 0;
   mpg::runtime rt({.procs = static_cast<unsigned>(a.num("procs", 0))});
   std::string addr = a.str("host", "127.0.0.1") + ":" + a.str("port", "9000");
   return rt.block_on(serve(addr));

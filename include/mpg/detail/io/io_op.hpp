@@ -44,12 +44,40 @@
 //      particular before a new op at the same address on that ring; a new
 //      op on another P's ring is never in its reach (a cancel searches only
 //      its own ring).
-//   3. cancel_requested, the one mark a cancel leaves in the record, is
+//   3. stop (io_stop), the one mark a cancel leaves in the record, is
 //      written under the reactor lock only while the op is in flight (1),
 //      and io_start clears it before the next op is published.
 // Hence a unique token in user_data would buy nothing. Tested in
 // test/io_cancel_tests.cpp (a cancel's CQE that arrives late, -ENOENT,
 // -EALREADY, a link timeout, each followed by an op at the same address).
+//
+// Why an op was stopped. Three kinds of request end an op in flight through
+// its slot, and the op records the strongest (io_stop, under the reactor
+// lock), which outcome() turns into the op's result:
+//   cancel   cancel() or close() of the object, or shutdown: -ECANCELED.
+//   context  the context the op is bound to ended (detail/io/io_context.hpp):
+//            -ECANCELED, which the binding reads as the context's err().
+//   kick     the object's deadline (an io_deadline) moved earlier than the
+//            one the op was armed with: the op ends with -EINTR, and the
+//            caller's loop, which retries -EINTR, issues it again armed with
+//            the deadline as it is now (or finds it passed: -ETIME).
+// A cancel is not sticky (a later op of the object is not affected); the
+// other two are sticky in the state they come from (a context stays cancelled; the deadline stays
+// set), and io_start() reads that state under the slot lock, so a request
+// made between two issues of one logical operation is not lost:
+//   - context: the binding's watcher sets nothing in the op; it takes the
+//     slot lock, then cancels slot->op if it is bound to that context. The
+//     context's cancelled_ is set before the watcher runs, and io_start()
+//     checks it under the slot lock: an op started after the watcher's
+//     section sees it and is refused; one started before is in the slot.
+//   - deadline: io_deadline::set() stores the new deadline, then takes the
+//     slot lock and kicks slot->op if its armed deadline is later; io_start()
+//     loads the deadline under the slot lock to arm the op with it. Either
+//     the start's section comes first (the op is in the slot, armed with the
+//     old deadline: kicked) or the setter's (the start loads the new one).
+// The reactor checks the op's binding and armed deadline under its own lock,
+// after it confirmed the op is in flight (a canceller never dereferences an
+// op outside that lock: the op may complete and its frame go at any moment).
 //
 // Invariants:
 //   - An io_op is in at most one reactor at a time, and is readied exactly
@@ -76,6 +104,7 @@ struct io_uring_sqe;  // liburing's; public headers do not include liburing.h
 namespace mpg::detail {
 
 class reactor;
+class context_node;
 struct io_op;
 
 // io_spin_lock: the lock of a reactor and of an io_slot: mpg's one spinlock
@@ -101,6 +130,17 @@ struct io_slot {
   reactor* owner ABSL_GUARDED_BY(lock) = nullptr;  // valid while op != nullptr
 };
 
+// io_stop: why an op in flight was stopped (see the essay); ordered by
+// precedence, the strongest request wins.
+enum class io_stop : std::uint8_t { none, kick, context, cancel };
+
+// io_stop_request: what a canceller asks of the reactor (reactor::cancel).
+struct io_stop_request {
+  io_stop why = io_stop::cancel;
+  const context_node* ctx = nullptr;  // context: only an op bound to it
+  std::int64_t deadline_ns = 0;       // kick: only an op armed later than this
+};
+
 // io_prep_fn: prepares `sqe` for the operation described by ctx. Called under
 // the reactor lock; must set neither user_data nor link flags.
 using io_prep_fn = void (*)(io_uring_sqe* sqe, const void* ctx);
@@ -122,31 +162,84 @@ struct io_op {
   int res = 0;
   std::uint32_t cqe_flags = 0;
   bool got_first = false;         // first CQE of a multi-CQE op seen (reactor)
-  bool cancel_requested = false;  // written and read under the reactor lock
+  io_stop stop = io_stop::none;   // written and read under the reactor lock
+  // The deadline the op is armed with: set by the awaiter, then lowered by
+  // io_start() to *live_deadline if that is earlier.
   bool has_deadline = false;
   bool submit_now = false;        // submit at once instead of at the next flush
   clock::time_point deadline{};
+  // Optional, with a slot: a deadline other tasks may change while the op
+  // is in flight (io_deadline::ns_), read by io_start() under the slot lock.
+  const std::atomic<std::int64_t>* live_deadline = nullptr;
+  // Optional, with a slot: the context the op is bound to; io_start()
+  // refuses the op (-ECANCELED, io_stop::context) once it is cancelled.
+  const context_node* ctx = nullptr;
   io_timespec ts{};               // the link timeout's time (kernel copies it at submit)
   void* user = nullptr;           // free for the completion callback
 
-  // outcome(): res, except that an op ended by a cancel reads -ECANCELED and
-  // one ended by its deadline reads -ETIME (the kernel reports both as
-  // -ECANCELED, or for work it had handed to io-wq as -EINTR or as one of its
-  // internal restart codes, -ERESTARTSYS and kin), and any other restart
+  // outcome(): res, except that an op ended by a cancel (io_stop::cancel or
+  // context) reads -ECANCELED, one ended by its deadline reads -ETIME, one
+  // ended by a kick reads -EINTR (the kernel reports all of these as
+  // -ECANCELED, or for work it had handed to io-wq as -EINTR or as one of
+  // its internal restart codes, -ERESTARTSYS and kin), and any other restart
   // code reads -EINTR, which callers retry.
   int outcome() const noexcept;
+
+  // cancel_requested(): stopped by a cancel, or a context (see io_stop).
+  bool cancel_requested() const noexcept { return stop >= io_stop::context; }
 };
 
 // io_start(): step 2 above, on the current P's reactor. With a slot, the op is
-// published there (and refused if the slot is closed). Returns false if the
-// op was not started: then op->res holds why (-ECANCELED closed slot, -ENXIO
-// no reactor, -ETIME deadline already past) and the caller must undo its park.
+// published there (and refused if the slot is closed or its context
+// cancelled; its deadline is lowered to *live_deadline, under the slot
+// lock). Returns false if the op was not started: then op->res holds why
+// (-ECANCELED closed slot or cancelled context, with op->stop saying which,
+// -ENXIO no reactor, -ETIME deadline already past) and the caller must undo
+// its park.
 bool io_start(io_op* op, io_prep_fn prep, const void* ctx, io_slot* slot);
 
 // io_cancel(): cancel the op in flight in `slot`, if any; with close == true
 // also mark the slot closed so no op starts on it again. Any thread. Returns
 // once the cancel is submitted to the owning ring (not completed).
 void io_cancel(io_slot* slot, bool close) noexcept;
+
+// io_stop_in_flight(): the op in flight in `slot`, if any and if it matches
+// `rq` (see io_stop_request), is stopped for rq.why. Any thread; returns
+// once the cancel is submitted to the owning ring.
+void io_stop_in_flight(io_slot* slot, const io_stop_request& rq) noexcept;
+
+// io_deadline: a deadline of an object's operations that any task may set,
+// and that applies to the operation in flight (Go's SetReadDeadline): the
+// ops of that direction point live_deadline at ns_, and set() kicks the op
+// in flight when the new deadline is earlier than the one it is armed with
+// (see the essay: the op's loop re-issues it with the new deadline, or
+// reports -ETIME once it passed). A later deadline, or none, needs no kick:
+// the op's link timeout fires at the old one, and the loop, seeing that the
+// deadline it reads now has not passed, re-issues the op.
+class io_deadline {
+ public:
+  static constexpr std::int64_t kNone = INT64_MAX;
+
+  io_deadline() noexcept = default;
+  io_deadline(const io_deadline& o) noexcept : ns_(o.ns_.load(std::memory_order_relaxed)) {}
+  io_deadline& operator=(const io_deadline& o) noexcept {
+    ns_.store(o.ns_.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    return *this;
+  }
+
+  // set(): the new deadline (kNone: none), for the op in flight in `slot`
+  // too. Any task, any thread.
+  void set(std::int64_t ns, io_slot* slot) noexcept;
+  // ns(): the deadline now (kNone: none). Relaxed: a hint for the caller's
+  // own loop; io_start() reads it again under the slot lock.
+  std::int64_t ns() const noexcept { return ns_.load(std::memory_order_relaxed); }
+  const std::atomic<std::int64_t>* live() const noexcept { return &ns_; }
+
+ private:
+  // Relaxed everywhere: set() orders its store before its slot section by
+  // the slot lock's release, and io_start() reads it under that lock.
+  std::atomic<std::int64_t> ns_{kNone};
+};
 
 // io_awaiter: the awaitable of one operation. Resumes on whichever M runs
 // the G after the reactor readied it (the M that reaped the CQE, usually the
