@@ -63,15 +63,22 @@ std::string trace_path_from_env() {
 }
 
 struct debug_state {
-  int dump_signal = 0;
+  scheduler* owner = nullptr;
+  int dump_signal = 0;  // registered for owner while non-zero
   std::unique_ptr<schedtrace_thread> schedtrace;
   std::unique_ptr<trace_recorder> recorder;
+  // Also reached when the scheduler's constructor throws after
+  // start_debug(): no registration may outlive the scheduler.
+  ~debug_state() {
+    if (dump_signal != 0) dump_signal_unregister(dump_signal, owner);
+  }
 };
 
 void debug_state_deleter::operator()(debug_state* d) const noexcept { delete d; }
 
 void scheduler::start_debug() {
   std::unique_ptr<debug_state, debug_state_deleter> d(new debug_state);
+  d->owner = this;
   std::string path = opts_.trace_file.empty() ? trace_path_from_env() : opts_.trace_file;
   if (!path.empty()) {
     d->recorder = std::make_unique<trace_recorder>(std::move(path));

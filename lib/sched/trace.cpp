@@ -20,7 +20,7 @@
 // construction in microseconds, the unit of the format.
 #include "sched/trace.hpp"
 
-#include <cinttypes>
+#include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -58,53 +58,75 @@ void append_escaped(std::string& out, const char* s) {
   out.push_back('"');
 }
 
+void append_u64(std::string& out, std::uint64_t v) {
+  char buf[24];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  out.append(buf, r.ptr);
+}
+
+// append_us(): ns as microseconds with three decimals (the format's unit).
 void append_us(std::string& out, std::int64_t ns) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%" PRId64 ".%03" PRId64, ns / 1000, (ns < 0 ? -ns : ns) % 1000);
-  out.append(buf);
+  if (ns < 0) {
+    out.push_back('-');
+    ns = -ns;
+  }
+  append_u64(out, static_cast<std::uint64_t>(ns) / 1000);
+  const unsigned frac = static_cast<unsigned>(ns % 1000);
+  const char digits[4] = {'.', static_cast<char>('0' + frac / 100), static_cast<char>('0' + frac / 10 % 10),
+                          static_cast<char>('0' + frac % 10)};
+  out.append(digits, 4);
 }
 
 void append_head(std::string& out, const char* ph, std::int64_t ts_ns, std::uint32_t tid) {
   out.append("{\"ph\":\"");
   out.append(ph);
   out.append("\",\"pid\":1,\"tid\":");
-  out.append(std::to_string(tid));
+  append_u64(out, tid);
   out.append(",\"ts\":");
   append_us(out, ts_ns);
+}
+
+void append_span_head(std::string& out, const trace_event& e, std::int64_t ts, std::uint32_t tid) {
+  append_head(out, "X", ts, tid);
+  out.append(",\"dur\":");
+  append_us(out, e.dur_ns);
 }
 
 void append_event(std::string& out, const trace_event& e, std::int64_t start_ns, std::uint32_t tid) {
   const std::int64_t ts = e.ts_ns - start_ns;
   switch (e.kind) {
-    case trace_kind::run: {
-      append_head(out, "X", ts, tid);
-      out.append(",\"dur\":");
-      append_us(out, e.dur_ns);
+    case trace_kind::run:
+      append_span_head(out, e, ts, tid);
       out.append(",\"cat\":\"task\",\"name\":");
-      if (e.name != nullptr) append_escaped(out, e.name);
-      else append_escaped(out, ("task " + std::to_string(e.gid)).c_str());
-      out.append(",\"args\":{\"task\":" + std::to_string(e.gid) + "}}");
-      break;
-    }
-    case trace_kind::blocking:
-    case trace_kind::wait_ring:
-    case trace_kind::wait_futex: {
-      append_head(out, "X", ts, tid);
-      out.append(",\"dur\":");
-      append_us(out, e.dur_ns);
-      if (e.kind == trace_kind::blocking) {
-        out.append(",\"cat\":\"blocking\",\"name\":\"blocking\",\"args\":{\"task\":" +
-                   std::to_string(e.gid) + "}}");
+      if (e.name != nullptr) {
+        append_escaped(out, e.name);
       } else {
-        out.append(e.kind == trace_kind::wait_ring ? ",\"cat\":\"wait\",\"name\":\"io_uring wait\"}"
-                                                   : ",\"cat\":\"wait\",\"name\":\"idle\"}");
+        out.append("\"task ");
+        append_u64(out, e.gid);
+        out.push_back('"');
       }
+      out.append(",\"args\":{\"task\":");
+      append_u64(out, e.gid);
+      out.append("}}");
       break;
-    }
+    case trace_kind::blocking:
+      append_span_head(out, e, ts, tid);
+      out.append(",\"cat\":\"blocking\",\"name\":\"blocking\",\"args\":{\"task\":");
+      append_u64(out, e.gid);
+      out.append("}}");
+      break;
+    case trace_kind::wait_ring:
+      append_span_head(out, e, ts, tid);
+      out.append(",\"cat\":\"wait\",\"name\":\"io_uring wait\"}");
+      break;
+    case trace_kind::wait_futex:
+      append_span_head(out, e, ts, tid);
+      out.append(",\"cat\":\"wait\",\"name\":\"idle\"}");
+      break;
     case trace_kind::park: {
       append_head(out, "i", ts, tid);
-      out.append(",\"s\":\"t\",\"cat\":\"park\",\"name\":\"park\",\"args\":{\"task\":" +
-                 std::to_string(e.gid));
+      out.append(",\"s\":\"t\",\"cat\":\"park\",\"name\":\"park\",\"args\":{\"task\":");
+      append_u64(out, e.gid);
       if (e.name != nullptr) {
         out.append(",\"name\":");
         append_escaped(out, e.name);
@@ -114,20 +136,28 @@ void append_event(std::string& out, const trace_event& e, std::int64_t start_ns,
       const char* file = e.where.file_name();
       if (file != nullptr && *file != '\0') {
         out.append(",\"site\":");
-        append_escaped(out, (std::string(file) + ":" + std::to_string(e.where.line())).c_str());
+        append_escaped(out, file);
+        out.pop_back();  // the closing quote: the line follows
+        out.push_back(':');
+        append_u64(out, e.where.line());
+        out.push_back('"');
       }
       out.append("}}");
       break;
     }
     case trace_kind::steal:
       append_head(out, "i", ts, tid);
-      out.append(",\"s\":\"t\",\"cat\":\"steal\",\"name\":\"steal\",\"args\":{\"from\":\"P" +
-                 std::to_string(e.arg) + "\",\"tasks\":" + std::to_string(e.count) + "}}");
+      out.append(",\"s\":\"t\",\"cat\":\"steal\",\"name\":\"steal\",\"args\":{\"from\":\"P");
+      append_u64(out, e.arg);
+      out.append("\",\"tasks\":");
+      append_u64(out, e.count);
+      out.append("}}");
       break;
     case trace_kind::timer:
       append_head(out, "i", ts, tid);
-      out.append(",\"s\":\"t\",\"cat\":\"timer\",\"name\":\"timer\",\"args\":{\"P\":" +
-                 std::to_string(e.arg) + "}}");
+      out.append(",\"s\":\"t\",\"cat\":\"timer\",\"name\":\"timer\",\"args\":{\"P\":");
+      append_u64(out, e.arg);
+      out.append("}}");
       break;
   }
 }
