@@ -27,8 +27,6 @@ mpg::task<int> send_then_join(mpg::chan<int> c, mpg::join_handle<int> h) {
 
 mpg::task<int> add_one(int x) { co_return x + 1; }
 
-mpg::task<void> park_on(mpg::chan<int> c) { (void)co_await c.recv(); }
-
 std::atomic<int> test_handler_calls{0};
 extern "C" void test_handler(int) { test_handler_calls.fetch_add(1, std::memory_order_relaxed); }
 
@@ -73,15 +71,17 @@ TEST_CASE("dump_signal: runtimes sharing the signal each dump; the old dispositi
     cap.echo_on_exit(true);
     mpg::chan<int> ca, cb;
     auto a = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1, .dump_signal = SIGUSR2});
+    auto ha = a->spawn(wait_for_value(ca), "in-runtime-a");
     {
       mpg::runtime b({.procs = 1, .dump_signal = SIGUSR2});
-      a->go(park_on(ca), "in-runtime-a");
-      b.go(park_on(cb), "in-runtime-b");
+      auto hb = b.spawn(wait_for_value(cb), "in-runtime-b");
       CHECK(!handler_is(SIGUSR2, test_handler));
       ::kill(::getpid(), SIGUSR2);
       REQUIRE(cap.wait_for("(in-runtime-a)"));
       REQUIRE(cap.wait_for("(in-runtime-b)"));
+      // b's task ends before b does (so no shutdown report names it).
       cb.close();
+      CHECK(b.block_on(std::move(hb)) == -1);
     }
     // b is gone: the handler stays for a, and a dump shows only a.
     CHECK(!handler_is(SIGUSR2, test_handler));
@@ -89,6 +89,7 @@ TEST_CASE("dump_signal: runtimes sharing the signal each dump; the old dispositi
     REQUIRE(cap.wait_for("(in-runtime-a)", 2));
     CHECK(cap.count("(in-runtime-b)") == 1);
     ca.close();
+    CHECK(a->block_on(std::move(ha)) == -1);
     a.reset();
     cap.echo_on_exit(false);
   }
