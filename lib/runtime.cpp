@@ -69,8 +69,10 @@ void throw_block_on_inside_task() {
 runtime::runtime(runtime_options opts) : sched_(new detail::scheduler(opts)) {}
 
 runtime::~runtime() {
+  sched_->stop_debug();                // no signal dump or SCHED line from here on
   sched_->close_handles();             // no post from here on (lib/sched/post.cpp)
   sched_->stop();                      // steps 1 and 2 (lib/sched/shutdown.cpp)
+  sched_->finish_trace();              // every M has stopped: write the trace
   sched_->shutdown_io();               // step 3
   sched_->kill_remaining(std::cerr);  // steps 4 to 6
   delete sched_;

@@ -1,9 +1,11 @@
 // mpg/runtime_options.hpp: the knobs of a runtime (mpg::runtime's
 // constructor argument): how many Ps, queue and ring sizes, the thread
-// limit and the long-task report.
+// limit, the long-task report and the debugging aids (docs/api.md,
+// "Debugging").
 #pragma once
 
 #include <chrono>
+#include <string>
 
 namespace mpg {
 
@@ -22,6 +24,14 @@ struct runtime_options {
   bool report_long_tasks = false;
   // Entries of each P's io_uring submission queue (completion queue: 4x).
   unsigned ring_entries = 256;
+  // On this signal, dump every task of the runtime to stderr and go on
+  // (lib/sched/dump_signal.cpp). 0: no handler is installed. The previous
+  // disposition is restored when the last runtime using the signal goes.
+  int dump_signal = 0;
+  // Record the run as Chrome trace-event JSON in this file, written by
+  // ~runtime (lib/sched/trace.cpp). Empty: the MPG_TRACE environment
+  // variable, else no trace.
+  std::string trace_file;
 };
 
 }  // namespace mpg

@@ -18,6 +18,7 @@
 
 #include "mpg/errors.hpp"
 #include "sched/scheduler.hpp"
+#include "sched/trace.hpp"
 
 namespace mpg::detail {
 
@@ -36,6 +37,7 @@ bool exit_blocking() noexcept {
 
 void scheduler::enter_blocking(machine* m) {
   processor* p = m->p();
+  if (m->trace != nullptr) [[unlikely]] trace_blocking_enter(m);
   p->cur_gid.store(0, std::memory_order_relaxed);
   m->blocking_from = p;
   // Relaxed: a count for the deadlock check, which confirms it twice.
@@ -49,6 +51,7 @@ void scheduler::enter_blocking(machine* m) {
 
 bool scheduler::exit_blocking(machine* m, g* gp) noexcept {
   processor* old = m->blocking_from;
+  if (m->trace != nullptr) [[unlikely]] trace_blocking_exit(m, gp);
   m->blocking_from = nullptr;
   nblocking_.fetch_sub(1, std::memory_order_relaxed);
   processor* got = nullptr;

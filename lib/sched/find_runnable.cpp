@@ -31,6 +31,7 @@
 #include "mpg/detail/sched/fastrand.hpp"
 #include "mpg/detail/sync/cpu_relax.hpp"
 #include "sched/scheduler.hpp"
+#include "sched/trace.hpp"
 
 namespace mpg::detail {
 
@@ -47,6 +48,7 @@ constexpr int kSpinPauses = 64;
 
 void scheduler::m_main(machine* m) {
   set_current_m(m);
+  if (tracer_ != nullptr) [[unlikely]] m->trace = tracer_->attach(m->id);
   for (;;) {
     bool inherit = false;
     g* gp = find_runnable(m, &inherit);
@@ -74,7 +76,8 @@ void scheduler::execute(machine* m, g* gp, bool inherit_time) {
   gp->started.store(true, std::memory_order_relaxed);
   p->cur_gid.store(gp->id.load(std::memory_order_relaxed), std::memory_order_relaxed);
   p->cur_name.store(gp->name.load(std::memory_order_relaxed), std::memory_order_relaxed);
-  gp->resume.resume();
+  if (m->trace != nullptr) [[unlikely]] traced_resume(m, gp);  // trace.hpp: the only cost when off
+  else gp->resume.resume();
   // gp may already run elsewhere or be retired: do not touch it. The M may
   // also hold another P now, or none (mpg::blocking hands Ps over).
   if (m->p() != nullptr) m->p()->cur_gid.store(0, std::memory_order_relaxed);
@@ -231,6 +234,7 @@ g* scheduler::steal_work(machine* m) {
       if (g* gp = victim->runq.steal_into(mine, take_next, &count)) {
         steals_.fetch_add(1, std::memory_order_relaxed);
         stolen_.fetch_add(count, std::memory_order_relaxed);
+        if (m->trace != nullptr) [[unlikely]] trace_steal(m, victim->id, count);
         return gp;
       }
     }

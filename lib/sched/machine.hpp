@@ -19,6 +19,7 @@
 namespace mpg::detail {
 
 class scheduler;
+class trace_buffer;  // trace.hpp
 
 // Cooperative budget of a G's time slice: runtime awaits that complete
 // without suspending consume one unit each (g.hpp).
@@ -76,6 +77,7 @@ class machine {
   // Where this M sleeps while it holds a parked P; under the scheduler lock.
   sleep_site sleeps_in = sleep_site::futex;
   processor* blocking_from = nullptr;  // the P given up by mpg::blocking
+  trace_buffer* trace = nullptr;  // this M's trace events, if its runtime records (trace.hpp)
 
   // Current run.
   int budget = 0;

@@ -73,6 +73,7 @@
 #include <optional>
 
 #include "sched/scheduler.hpp"
+#include "sched/trace.hpp"
 
 namespace mpg::detail {
 
@@ -247,8 +248,10 @@ bool scheduler::wait_for_p(machine* m, std::optional<std::int64_t> until_ns) {
     }
     // Holding a parked P, the M is its owner while it sleeps: completions
     // reaped here ready Gs onto that P's queue (the rule at the top).
+    const std::int64_t slept_at = m->trace != nullptr ? mono_now_ns() : 0;
     if (site == sleep_site::ring) held->io->wait(deadline);
     else m->park.park(deadline);
+    if (m->trace != nullptr) [[unlikely]] trace_sleep(m, site == sleep_site::ring, slept_at);
     thread_mutex_lock l(mu_);
     if (take_handoff(m)) return true;
     if (stopping()) {

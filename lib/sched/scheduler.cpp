@@ -61,6 +61,7 @@
 #include "mpg/spawn.hpp"
 #include "io/reactor.hpp"
 #include "mpg/task.hpp"
+#include "sched/trace.hpp"
 
 namespace mpg::detail {
 
@@ -151,6 +152,7 @@ void park(std::coroutine_handle<> h, const char* reason, std::source_location wh
   gp->wait_reason.store(reason, std::memory_order_relaxed);
   gp->wait_where.store(where, std::memory_order_relaxed);
   gp->status.store(g_status::waiting, std::memory_order_relaxed);
+  if (trace_on()) [[unlikely]] trace_park(gp, reason, where);
 }
 
 void external_waker_add(scheduler* s) noexcept { s->external_waker_add(); }
@@ -363,6 +365,7 @@ scheduler::scheduler(const runtime_options& opts) : opts_(opts) {
   for (std::uint32_t i = 1; i <= procs(); ++i)
     if (std::gcd(i, procs()) == 1) steal_strides_.push_back(i);
   open_handles();
+  start_debug();
   thread_mutex_lock l(mu_);
   for (auto it = ps_.rbegin(); it != ps_.rend(); ++it) pidle_put(it->get());
   sysmon_ = std::thread([this] { sysmon_main(); });

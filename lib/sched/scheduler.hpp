@@ -34,6 +34,11 @@ namespace mpg::detail {
 
 struct post_node;     // mpg/detail/sched/post_node.hpp
 struct handle_state;  // post.cpp
+struct debug_state;   // debug_env.cpp
+struct debug_state_deleter {
+  void operator()(debug_state* d) const noexcept;
+};
+class trace_recorder;  // trace.hpp
 
 class scheduler {
  public:
@@ -97,6 +102,11 @@ class scheduler {
   void external_waker_add() noexcept { external_wakers_.fetch_add(1, std::memory_order_relaxed); }
   void external_waker_remove() noexcept { external_wakers_.fetch_sub(1, std::memory_order_relaxed); }
 
+  // --- debugging aids (debug_env.cpp; dump_signal, schedtrace, trace.cpp) --
+  void stop_debug() noexcept;  // ~runtime, first: no signal dump or SCHED line after it
+  void finish_trace();         // ~runtime, after stop(): write the trace file
+  void schedtrace_line(std::int64_t elapsed_ms, std::string* out) const;  // schedtrace.cpp
+
   // --- timers (timers.cpp) --------------------------------------------------
   void add_timer(processor* p, timer* t);
   // run_timers(): fire p's due timers; returns the earliest remaining
@@ -137,6 +147,7 @@ class scheduler {
            inbox_.load(std::memory_order_relaxed) != nullptr;
   }
   void open_handles();
+  void start_debug();  // the constructor, before any M starts
 
   // p_ownership.cpp: the one place where a P changes hands.
   void acquire_p(machine* m, processor* p) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -236,6 +247,11 @@ class scheduler {
   std::atomic<std::uint64_t> gpushes_{0};
   std::atomic<std::uint64_t> threads_{0};
   std::atomic<std::uint64_t> long_reports_{0};
+
+  // Debugging aids (debug_env.cpp). tracer_ is set by the constructor
+  // before any M starts and read by each M as it starts (m_main).
+  std::unique_ptr<debug_state, debug_state_deleter> debug_;
+  trace_recorder* tracer_ = nullptr;
 
   // sysmon
   std::thread sysmon_;

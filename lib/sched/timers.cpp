@@ -42,6 +42,7 @@
 #include "mpg/errors.hpp"
 #include "mpg/detail/sched/timer.hpp"
 #include "sched/scheduler.hpp"
+#include "sched/trace.hpp"
 
 namespace mpg::detail {
 
@@ -179,6 +180,7 @@ std::int64_t scheduler::run_timers(processor* p, std::int64_t now) noexcept {
       th.firing_now.store(t, std::memory_order_relaxed);  // under the lock
     }
     t->fire(t);  // t may be freed by its owner from here on
+    if (trace_on()) [[unlikely]] trace_timer_fired(p->id);
     th.firing_now.store(nullptr, std::memory_order_release);
   }
   th.firing.store(false, std::memory_order_release);

@@ -1,0 +1,188 @@
+// lib/sched/dump_signal.cpp: dump every task of a runtime on a signal
+// (runtime_options.dump_signal), like the JVM's SIGQUIT thread dump.
+//
+// Protocol. A signal handler may only do async-signal-safe work, and a dump
+// takes locks and allocates; so the work is split:
+//   1. The handler writes one byte, the signal number, to a process-wide
+//      self-pipe (write(2) is async-signal-safe; the write end is
+//      non-blocking, so a full pipe drops the byte: dumps are already
+//      pending). It reads the pipe's fd from an always-lock-free atomic and
+//      saves and restores errno.
+//   2. A process-wide dumper thread blocks in read(2) on the pipe. For each
+//      byte it takes the registry lock and writes the dump of every runtime
+//      registered for that signal to stderr; the program goes on.
+//   3. Byte 0 (never a signal number) tells the dumper to exit.
+// The registry (signal -> runtimes, and the disposition each signal had
+// before its first runtime) is process-wide so that several runtimes may
+// share one signal. The first registration of a signal installs the
+// handler; the last unregistration restores the saved disposition.
+//
+// Two locks. registry.mu guards the map and is what the dumper holds while
+// dumping: unregister takes it to remove a runtime, so once unregister
+// returns no dump of that runtime is running or will start (~runtime calls
+// it first, before anything is torn down). lifecycle_mu serialises
+// register/unregister as a whole, including starting and joining the
+// dumper; the dumper never takes it, so joining under it cannot deadlock.
+// The pipe is created once and never closed: a handler still running on
+// another thread after the disposition was restored writes into a live
+// pipe, never into a reused fd. A byte left in it when the dumper exits is
+// read by the next dumper, which at worst dumps once more.
+#include "sched/dump_signal.hpp"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "sched/scheduler.hpp"
+#include "sched/thread_mutex.hpp"
+
+namespace mpg::detail {
+
+namespace {
+
+// The pipe's write end for the handler; -1 until the first registration.
+// Relaxed: it is set once, before any handler is installed (sigaction
+// orders the store before any delivery of the signal it installs).
+std::atomic<int> wake_fd{-1};
+static_assert(std::atomic<int>::is_always_lock_free, "the signal handler needs a lock-free fd");
+
+extern "C" void on_dump_signal(int sig) {
+  const int saved = errno;
+  const int fd = wake_fd.load(std::memory_order_relaxed);
+  if (fd >= 0) {
+    const unsigned char b = static_cast<unsigned char>(sig);
+    [[maybe_unused]] ssize_t r = ::write(fd, &b, 1);
+  }
+  errno = saved;
+}
+
+struct signal_entry {
+  struct sigaction previous;
+  std::vector<scheduler*> runtimes;
+};
+
+struct registry {
+  std::mutex lifecycle_mu;
+  thread_mutex mu;
+  std::map<int, signal_entry> by_signal ABSL_GUARDED_BY(mu);
+  int read_fd = -1;   // under lifecycle_mu (the dumper reads it after start)
+  int write_fd = -1;  // under lifecycle_mu
+  std::thread dumper;  // under lifecycle_mu
+};
+
+registry& the_registry() {
+  static registry* r = new registry;  // never destroyed: handlers may outlive statics
+  return *r;
+}
+
+void write_all(int fd, const std::string& s) noexcept {
+  std::size_t off = 0;
+  while (off < s.size()) {
+    const ssize_t n = ::write(fd, s.data() + off, s.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    off += static_cast<std::size_t>(n);
+  }
+}
+
+void dumper_main(registry* r, int fd) {
+  pthread_setname_np(pthread_self(), "mpg-dump");
+  for (;;) {
+    unsigned char b = 0;
+    const ssize_t n = ::read(fd, &b, 1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0 || b == 0) return;
+    const int sig = b;
+    thread_mutex_lock l(r->mu);
+    auto it = r->by_signal.find(sig);
+    if (it == r->by_signal.end()) continue;
+    for (scheduler* s : it->second.runtimes) {
+      std::ostringstream os;
+      os << "mpg: signal " << sig << " (" << ::strsignal(sig) << "): task dump\n";
+      s->dump(os);
+      write_all(STDERR_FILENO, os.str());
+    }
+  }
+}
+
+}  // namespace
+
+void dump_signal_register(int sig, scheduler* s) {
+  if (sig <= 0 || sig >= 256 || sig == SIGKILL || sig == SIGSTOP)
+    throw std::invalid_argument("mpg: runtime_options.dump_signal: signal " + std::to_string(sig) +
+                                " cannot be caught");
+  registry& r = the_registry();
+  std::lock_guard<std::mutex> life(r.lifecycle_mu);
+  if (r.read_fd < 0) {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0)
+      throw std::runtime_error(std::string("mpg: dump_signal: pipe2: ") + std::strerror(errno));
+    ::fcntl(fds[1], F_SETFL, ::fcntl(fds[1], F_GETFL) | O_NONBLOCK);
+    r.read_fd = fds[0];
+    r.write_fd = fds[1];
+    wake_fd.store(fds[1], std::memory_order_relaxed);
+  }
+  if (!r.dumper.joinable()) r.dumper = std::thread(dumper_main, &r, r.read_fd);
+  thread_mutex_lock l(r.mu);
+  auto it = r.by_signal.find(sig);
+  if (it == r.by_signal.end()) {
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_dump_signal;
+    sigemptyset(&sa.sa_mask);
+    // SA_RESTART: system calls the signal interrupts resume where the
+    // kernel can; those it cannot (io_uring_enter, futex waits with a
+    // timeout) return EINTR, which the runtime retries.
+    sa.sa_flags = SA_RESTART;
+    signal_entry e;
+    if (::sigaction(sig, &sa, &e.previous) != 0)
+      throw std::invalid_argument("mpg: runtime_options.dump_signal: sigaction(" +
+                                  std::to_string(sig) + "): " + std::strerror(errno));
+    it = r.by_signal.emplace(sig, std::move(e)).first;
+  }
+  it->second.runtimes.push_back(s);
+}
+
+void dump_signal_unregister(int sig, scheduler* s) noexcept {
+  registry& r = the_registry();
+  std::lock_guard<std::mutex> life(r.lifecycle_mu);
+  bool none_left = false;
+  {
+    thread_mutex_lock l(r.mu);
+    auto it = r.by_signal.find(sig);
+    if (it == r.by_signal.end()) return;
+    std::vector<scheduler*>& v = it->second.runtimes;
+    for (auto i = v.begin(); i != v.end(); ++i) {
+      if (*i == s) {
+        v.erase(i);
+        break;
+      }
+    }
+    if (v.empty()) {
+      ::sigaction(sig, &it->second.previous, nullptr);
+      r.by_signal.erase(it);
+    }
+    none_left = r.by_signal.empty();
+  }
+  if (none_left && r.dumper.joinable()) {
+    // Step 3. A full pipe (EAGAIN) is being drained by the dumper: retry.
+    const unsigned char stop = 0;
+    while (::write(r.write_fd, &stop, 1) < 0 && (errno == EINTR || errno == EAGAIN))
+      std::this_thread::yield();
+    r.dumper.join();
+  }
+}
+
+}  // namespace mpg::detail

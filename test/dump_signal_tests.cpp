@@ -1,0 +1,112 @@
+// runtime_options.dump_signal: on the signal, every task of the runtime is
+// dumped to stderr and the program goes on; several runtimes may share the
+// signal; the previous disposition comes back when the last one goes.
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <stdexcept>
+
+#include "mpg/mpg.hpp"
+#include "stderr_capture.hpp"
+#include "test_support.hpp"
+
+namespace {
+
+mpg::task<int> wait_for_value(mpg::chan<int> c) {
+  auto v = co_await c.recv();
+  co_return v ? *v : -1;
+}
+
+mpg::task<int> send_then_join(mpg::chan<int> c, mpg::join_handle<int> h) {
+  co_await c.send(41);
+  co_return co_await h + 1;
+}
+
+mpg::task<int> add_one(int x) { co_return x + 1; }
+
+std::atomic<int> test_handler_calls{0};
+extern "C" void test_handler(int) { test_handler_calls.fetch_add(1, std::memory_order_relaxed); }
+
+using handler_t = void (*)(int);
+handler_t current_handler(int sig) {
+  struct sigaction cur;
+  ::sigaction(sig, nullptr, &cur);
+  return cur.sa_handler;
+}
+bool handler_is(int sig, handler_t h) { return current_handler(sig) == h; }
+
+}  // namespace
+
+TEST_CASE("dump_signal: the signal dumps the tasks to stderr and the runtime goes on") {
+  mpg_test::stderr_capture cap;
+  cap.echo_on_exit(true);
+  mpg::runtime rt({.procs = 2, .dump_signal = SIGUSR1});
+  mpg::chan<int> c;
+  auto h = rt.spawn(wait_for_value(c), "sig-waiter");
+  ::kill(::getpid(), SIGUSR1);
+  // The dumper writes asynchronously: wait for its text (bounded).
+  REQUIRE(cap.wait_for("(sig-waiter)"));
+  CHECK(cap.count("task dump") == 1);
+  // The runtime is unaffected: the waiter still receives, other work runs.
+  CHECK(rt.block_on(send_then_join(c, std::move(h))) == 42);
+  CHECK(rt.block_on(add_one(1)) == 2);
+  // A second signal dumps again (the task above is gone, the header stays).
+  ::kill(::getpid(), SIGUSR1);
+  REQUIRE(cap.wait_for("task dump", 2));
+  cap.echo_on_exit(false);
+}
+
+TEST_CASE("dump_signal: runtimes sharing the signal each dump; the old disposition returns") {
+  struct sigaction mine;
+  std::memset(&mine, 0, sizeof mine);
+  mine.sa_handler = test_handler;
+  sigemptyset(&mine.sa_mask);
+  struct sigaction before;
+  REQUIRE(::sigaction(SIGUSR2, &mine, &before) == 0);
+  {
+    mpg_test::stderr_capture cap;
+    cap.echo_on_exit(true);
+    mpg::chan<int> ca, cb;
+    auto a = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1, .dump_signal = SIGUSR2});
+    auto ha = a->spawn(wait_for_value(ca), "in-runtime-a");
+    {
+      mpg::runtime b({.procs = 1, .dump_signal = SIGUSR2});
+      auto hb = b.spawn(wait_for_value(cb), "in-runtime-b");
+      CHECK(!handler_is(SIGUSR2, test_handler));
+      ::kill(::getpid(), SIGUSR2);
+      REQUIRE(cap.wait_for("(in-runtime-a)"));
+      REQUIRE(cap.wait_for("(in-runtime-b)"));
+      // b's task ends before b does (so no shutdown report names it).
+      cb.close();
+      CHECK(b.block_on(std::move(hb)) == -1);
+    }
+    // b is gone: the handler stays for a, and a dump shows only a.
+    CHECK(!handler_is(SIGUSR2, test_handler));
+    ::kill(::getpid(), SIGUSR2);
+    REQUIRE(cap.wait_for("(in-runtime-a)", 2));
+    CHECK(cap.count("(in-runtime-b)") == 1);
+    ca.close();
+    CHECK(a->block_on(std::move(ha)) == -1);
+    a.reset();
+    cap.echo_on_exit(false);
+  }
+  CHECK(handler_is(SIGUSR2, test_handler));
+  CHECK(test_handler_calls.load() == 0);
+  ::sigaction(SIGUSR2, &before, nullptr);
+}
+
+TEST_CASE("dump_signal: 0 installs nothing; an uncatchable signal is refused") {
+  const handler_t before = current_handler(SIGUSR1);
+  {
+    mpg::runtime rt({.procs = 1});
+    CHECK(handler_is(SIGUSR1, before));
+  }
+  CHECK_THROWS_AS(mpg::runtime({.procs = 1, .dump_signal = SIGKILL}), std::invalid_argument);
+  // The registry is still usable after the refusal.
+  mpg::runtime rt({.procs = 1, .dump_signal = SIGUSR1});
+  CHECK(!handler_is(SIGUSR1, before));
+  CHECK(rt.block_on(add_one(2)) == 3);
+}
