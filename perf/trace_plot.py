@@ -13,7 +13,8 @@ Usage:
                              [--width INCHES] [--dpi N]
 
 Needs matplotlib (Debian: python3-matplotlib, installed by scripts/setup.sh;
-with a python3 of its own, e.g. pyenv's, run /usr/bin/python3).
+perf/plotting.py finds Debian's copy from another python3 of the same
+version, e.g. pyenv's).
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-except ImportError:
-    sys.exit("trace_plot.py needs matplotlib: apt-get install python3-matplotlib "
-             "(and run Debian's /usr/bin/python3)")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plotting import pyplot  # noqa: E402
+
+plt = pyplot()
+if plt is None:
+    sys.exit("trace_plot.py needs matplotlib: apt-get install python3-matplotlib")
+from matplotlib.patches import Patch  # noqa: E402
 
 MARKS = {"park": ("v", "#444444"), "steal": ("^", "#d62728"), "timer": ("|", "#1f77b4")}
 
