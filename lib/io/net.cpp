@@ -305,7 +305,9 @@ task<absl::Status> tcp_stream::write_vectored(std::span<const std::string_view> 
   // At most kMaxIov iovecs per sendmsg (the kernel's UIO_MAXIOV); after a
   // short write the first iovec is advanced in place.
   constexpr std::size_t kMaxIov = 1024;
-  const std::optional<clock::time_point> deadline = write_deadline_;
+  io_context_binding bind(nullptr);
+  bind.bind(&write_slot_);
+  const op_bounds b{.live = &write_deadline_, .bind = &bind};
   std::vector<iovec> iov;
   iov.reserve(std::min(bufs.size(), kMaxIov));
   std::size_t next = 0;  // first buffer not yet in iov
@@ -325,7 +327,9 @@ task<absl::Status> tcp_stream::write_vectored(std::span<const std::string_view> 
     msg.msg_iov = iov.data() + first;
     msg.msg_iovlen = iov.size() - first;
     io_request rq{.op = io_opcode::sendmsg, .fd = fd, .addr = &msg, .flags = MSG_NOSIGNAL};
-    int res = co_await make_op(&rq, &write_slot_, "net.write", deadline);
+    io_awaiter op = make_op(&rq, &write_slot_, "net.write", b);
+    int res = co_await op;
+    res = bind.result(res, op.op);
     if (res > 0) {
       std::size_t n = static_cast<std::size_t>(res);
       while (first < iov.size() && n >= iov[first].iov_len) n -= iov[first++].iov_len;
@@ -336,10 +340,10 @@ task<absl::Status> tcp_stream::write_vectored(std::span<const std::string_view> 
       continue;
     }
     if (res == 0) co_return absl::InternalError("write: sendmsg made no progress");
-    if (res == -EINTR) continue;
+    if (res == -EINTR || (res == -ETIME && !b.expired())) continue;
     if (res == -EAGAIN) {
-      res = co_await wait_ready(fd, POLLOUT, &write_slot_, deadline);
-      if (res >= 0 || res == -EINTR) continue;
+      res = co_await wait_ready(fd, POLLOUT, &write_slot_, b);
+      if (res >= 0 || res == -EINTR || (res == -ETIME && !b.expired())) continue;
     }
     co_return net_error(res, "write");
   }
