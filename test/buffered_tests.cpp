@@ -229,21 +229,24 @@ struct recording_stream {
 mpg::task<std::string> writer_regions() {
   recording_stream s;
   mpg::net::buffered_writer<recording_stream> out(s, 64, 16);
-  co_await out.write("GET ");
-  co_await out.write("/ HTTP/1.1\r\n");
+  absl::Status st = co_await out.write("GET ");
+  if (st.ok()) st = co_await out.write("/ HTTP/1.1\r\n");
+  if (!st.ok()) co_return st.ToString();
   if (!s.sends.empty() || out.buffered() != 16) co_return "small writes not buffered";
   const std::string big(1000, 'B');
   const std::array<std::string_view, 3> parts{"head:", big, "tail"};
-  co_await out.write_vectored(parts);
+  st = co_await out.write_vectored(parts);
+  if (!st.ok()) co_return st.ToString();
   // One send: the buffered bytes before, the payload in place, the tail.
   if (s.sends.size() != 1 || s.sends[0].size() != 3) co_return "not one send of three regions";
   if (s.sends[0][1].data() != big.data()) co_return "the large payload was copied";
   if (out.buffered() != 0) co_return "buffer not emptied by the send";
   // Overflow of small writes flushes first.
-  for (int i = 0; i < 10; ++i) co_await out.write("0123456789");
+  for (int i = 0; i < 10 && st.ok(); ++i) st = co_await out.write("0123456789");
+  if (!st.ok()) co_return st.ToString();
   if (s.sends.size() != 2) co_return "overflow did not flush once";
-  co_await out.flush();
-  if (out.buffered() != 0) co_return "flush";
+  st = co_await out.flush();
+  if (!st.ok() || out.buffered() != 0) co_return "flush";
   std::string want = "GET / HTTP/1.1\r\nhead:" + big + "tail";
   for (int i = 0; i < 10; ++i) want += "0123456789";
   if (s.bytes != want) co_return "bytes differ";

@@ -365,8 +365,72 @@ TEST_CASE("race: a join and a send completing concurrently with the select (TSan
   CHECK(rt.block_on(racing_join_and_send(2000 * kScale)) == "ok");
 }
 
+// Plain threads complete a wait_group and a oneshot while a task finishes
+// on another P, all racing one select per round; the events that lost are
+// then awaited directly, so each round checks that exactly one case won and
+// the others kept their event.
+mpg::task<std::string> racing_threads(int rounds, std::atomic<int>* round,
+                                      mpg::oneshot_sender<int>* senders,
+                                      mpg::wait_group* wg) {
+  std::array<int, 3> wins{};
+  for (int i = 0; i < rounds; ++i) {
+    auto [tx, rx] = mpg::oneshot<int>();
+    senders[i] = std::move(tx);
+    wg->add(2);
+    mpg::chan<int> gate;
+    mpg::join_handle<int> h = mpg::spawn(value_after(gate, i));
+    // Release: the threads read senders[i] and use *wg after seeing it.
+    round->store(i + 1, std::memory_order_release);
+    gate.close();
+    auto r = co_await mpg::select(wg->wait(), rx, h);
+    ++wins[r.index()];
+    if (r.index() != 0) co_await wg->wait();
+    if (r.index() != 1) {
+      absl::StatusOr<int> v = co_await rx;
+      if (!v.ok() || *v != i) co_return "oneshot value lost";
+    } else if (!std::get<1>(r).ok() || *std::get<1>(r) != i) {
+      co_return "oneshot value";
+    }
+    if (r.index() != 2) {
+      if (co_await h != i) co_return "join result lost";
+    } else if (std::get<2>(r) != i) {
+      co_return "join result";
+    }
+  }
+  co_return "ok";
+}
+
+TEST_CASE("race: wait_group done() and a oneshot send from plain threads against a join (TSan)") {
+  constexpr int kRounds = 400 * kScale;
+  std::atomic<int> round{0};
+  std::vector<mpg::oneshot_sender<int>> senders;
+  for (int i = 0; i < kRounds; ++i) senders.push_back(mpg::oneshot<int>().first);
+  mpg::wait_group wg;
+  auto worker = [&](bool sends) {
+    for (int i = 1; i <= kRounds; ++i) {
+      while (round.load(std::memory_order_acquire) < i) std::this_thread::yield();
+      if (sends) senders[i - 1].send(i - 1);
+      wg.done();
+    }
+  };
+  std::thread t1(worker, true), t2(worker, false);
+  {
+    mpg::runtime rt({.procs = 2});
+    CHECK(rt.block_on(racing_threads(kRounds, &round, senders.data(), &wg)) == "ok");
+  }
+  t1.join();
+  t2.join();
+}
+
 // -- The arming phase, deterministically --------------------------------------
 
+// These tests also guard fastrand.hpp's out-of-line draw: clang inlines the
+// select's await_suspend into their loops, and with an inlined generator
+// it kept the address of the first thread's thread_local state in the
+// coroutine frame across suspensions, so a later select, resumed on
+// another M, wrote that M's state while it drew from it (TSan: a data race
+// on "TLS of thread T<n>", 8 runs in 10 before the fix).
+//
 // arming_probe: a lock-free case written against select.hpp's contract
 // (public hooks), which stands in for a waker that acts while the select is
 // still queueing its cases. mode::claim: its sel_enqueue queues it and then

@@ -67,8 +67,9 @@
 //      a uniform permutation, the winner is uniform among the ready cases.
 //      A send case on a closed channel is "ready": it wins and throws. If
 //      nothing is ready and there is a default case, it wins.
-//   3. Otherwise park (g.hpp, step 1), set the state word to kArming and
-//      enqueue one waiter per case, in poll order. A lockful case's waker
+//   3. Otherwise park (g.hpp, step 1), set the state word to kArming (if
+//      any case is lock-free; else it stays kOpen: no waker can act before
+//      we unlock) and enqueue one waiter per case, in poll order. A lockful case's waker
 //      cannot act (we hold its lock); a lock-free case is visible to its
 //      waker as soon as it is queued, and that waker may claim the select
 //      (won_arming) but does not ready us.
@@ -226,6 +227,8 @@ class [[nodiscard]] select_awaiter {
       return !std::is_same_v<decltype(std::declval<C&>().sel_lock()), std::nullptr_t>;
   }
   static constexpr std::size_t kLocks = (std::size_t{0} + ... + (has_lock<Cases>() ? 1 : 0));
+  // Some case is lock-free: the select needs its arming phase (step 3).
+  static constexpr bool kLockFree = kLocks < kWaits;
 
   // The hook set (see the top of the file), checked here where private
   // hooks are accessible.
@@ -307,8 +310,11 @@ class [[nodiscard]] select_awaiter {
 
       // 3. Park and arm. Relaxed: nobody sees the state before the first
       // case is queued (a lock-free case's queueing CAS publishes it).
+      // Without lock-free cases no waker can act before we unlock, so the
+      // state stays kOpen and step 4 needs no CAS.
       state_.gp = current_g();
-      state_.state.store(select_state::kArming, std::memory_order_relaxed);
+      if constexpr (kLockFree)
+        state_.state.store(select_state::kArming, std::memory_order_relaxed);
       try {
         park(h, "select", where());
       } catch (...) {
@@ -330,15 +336,21 @@ class [[nodiscard]] select_awaiter {
       // 4. End arming. acq_rel: release publishes gp and the queued cases
       // to lock-free wakers (their claim acquires); acquire on failure
       // reads a claim made during arming.
-      std::uintptr_t arming = select_state::kArming;
-      if (late == kNone &&
-          state_.state.compare_exchange_strong(arming, select_state::kOpen,
-                                               std::memory_order_acq_rel,
-                                               std::memory_order_acquire)) {
-        unlock_all(locks, nlocks);  // `this` must not be touched from here on
-        return true;
+      if (late == kNone) {
+        bool armed = true;
+        if constexpr (kLockFree) {
+          std::uintptr_t arming = select_state::kArming;
+          armed = state_.state.compare_exchange_strong(arming, select_state::kOpen,
+                                                       std::memory_order_acq_rel,
+                                                       std::memory_order_acquire);
+        }
+        if (armed) {
+          unlock_all(locks, nlocks);  // `this` must not be touched from here on
+          return true;
+        }
       }
-      // Decided while arming: no claim can ready us (none found kOpen).
+      // Decided while arming: no claim can ready us (none found kOpen, or
+      // nobody but us could claim).
       if (late != kNone) {
         waiter* n = nullptr;
         visit_case(late, [&](auto& c) { n = c.sel_node(); });

@@ -19,7 +19,13 @@ namespace mpg::detail {
 
 __extension__ typedef unsigned __int128 fastrand_u128;
 
-inline std::uint64_t fastrand64() noexcept {
+// Never inlined: inlined into a coroutine (select's await_suspend is), the
+// address of `state` may be computed once and kept in the coroutine frame
+// across suspension points (clang does), so that after the task moved to
+// another M the draw would read and write the first M's state: a data race
+// (test/select_any_tests.cpp, the arming tests, under TSan). Out of line,
+// each call finds its own thread's state.
+[[gnu::noinline]] inline std::uint64_t fastrand64() noexcept {
   constinit thread_local std::uint64_t state = 0;
   if (state == 0) [[unlikely]] {
     state = static_cast<std::uint64_t>(
