@@ -96,7 +96,7 @@ class tcp_stream {
   // Later operations are not affected. Any task, any P.
   void cancel() noexcept;
   // close(): cancels operations in flight and closes the socket. Idempotent;
-  // later operations fail with kFailedPrecondition.
+  // later operations fail with kFailedPrecondition (net::is_closed).
   void close() noexcept;
 
   // Diagnostics: an operation is in flight in that direction.
