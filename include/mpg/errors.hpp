@@ -2,7 +2,8 @@
 //
 // What Go answers with a panic, mpg throws as a std::logic_error-derived
 // exception. Operational failures (I/O, timeouts, cancellation) are never
-// thrown: they are absl::Status values.
+// thrown: they are absl::Status values; an I/O failure's errno, and whether
+// it means "use of a closed stream", are read with mpg/io_error.hpp.
 #pragma once
 
 #include <stdexcept>

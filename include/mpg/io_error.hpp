@@ -4,8 +4,8 @@
 //   if (mpg::errno_of(w) == EPIPE) { /* the peer closed its end */ }
 //   if (mpg::net::is_closed(w)) { /* we closed this stream ourselves */ }
 //
-// Every failure of an mpg I/O operation (net, UDP, fs, io::submit's
-// wrappers) that comes from the kernel keeps its errno as a payload of the
+// Every failure of an mpg I/O operation (TCP, Unix sockets, UDP, fs) that
+// comes from the kernel keeps its errno as a payload of the
 // Status (type URL kErrnoPayload, the number in decimal), besides the
 // absl::StatusCode that absl::ErrnoToStatus gives it. Two codes are mpg's
 // own and still carry an errno: a missed deadline (kDeadlineExceeded,

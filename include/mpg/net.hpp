@@ -125,7 +125,7 @@ class tcp_stream {
   // past, to end an operation whether or not it has started). Any task, any P.
   void cancel() noexcept;
   // close(): cancels operations in flight and closes the socket. Idempotent;
-  // later operations fail with kFailedPrecondition.
+  // later operations fail with kFailedPrecondition (net::is_closed).
   void close() noexcept;
 
   // Diagnostics: an operation is in flight in that direction.

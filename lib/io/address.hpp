@@ -3,7 +3,7 @@
 //
 // Accepted forms:
 //   "host:port"      IPv4 or a name: "127.0.0.1:80", "localhost:80", "example.com:443"
-//   "[ipv6]:port"    "[::1]:0", "[fe80::1%eth0]:80" is not supported (no zones)
+//   "[ipv6]:port"    "[::1]:0" (a zone, "[fe80::1%eth0]:80", is left to getaddrinfo)
 //   ":port"          listen: every interface, dual-stack; dial: this host
 //   "unix:/path"     a Unix socket on a path (relative paths too: "unix:app.sock")
 //   "unix:@name"     a Unix socket in the abstract namespace (Linux)
