@@ -68,6 +68,7 @@ TEST_CASE("schedtrace: about one SCHED line per period, in Go's shape") {
   const auto lived_ms =
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
   ::unsetenv("MPG_DEBUG");
+  REQUIRE(cap.sync());  // every line written so far is captured
   const std::size_t lines = cap.count("SCHED ");
   CHECK(lines >= 5);
   CHECK(static_cast<long long>(lines) <= lived_ms / 10);
@@ -83,6 +84,7 @@ TEST_CASE("schedtrace: about one SCHED line per period, in Go's shape") {
     }
   CHECK(matched == lines);
   // No line after ~runtime returned: the count is final.
+  REQUIRE(cap.sync());
   CHECK(cap.count("SCHED ") == lines);
   cap.echo_on_exit(false);
 }
@@ -95,6 +97,7 @@ TEST_CASE("schedtrace: a bad MPG_DEBUG value is reported once and changes nothin
     CHECK(rt.block_on(fan_out(10)) == 55);
   }
   ::unsetenv("MPG_DEBUG");
+  REQUIRE(cap.sync());
   CHECK(cap.count("mpg: MPG_DEBUG: ignoring schedtrace=often") == 1);
   CHECK(cap.count("SCHED") == 0);
 }

@@ -65,6 +65,15 @@ class stderr_capture {
     return cv_.wait_for(l, limit, [&] { return count_locked(needle) >= n; });
   }
   void echo_on_exit(bool on) { echo_ = on; }
+  // sync(): everything written to fd 2 before this call is in text() when
+  // it returns (a marker is written and waited for; the pipe is FIFO).
+  // Returns false if the marker did not come back within the limit.
+  bool sync() {
+    const std::string marker = "[capture sync " + std::to_string(++syncs_) + "]\n";
+    if (::write(STDERR_FILENO, marker.data(), marker.size()) != static_cast<ssize_t>(marker.size()))
+      return false;
+    return wait_for(marker);
+  }
 
  private:
   std::size_t count_locked(std::string_view needle) const {
@@ -91,6 +100,7 @@ class stderr_capture {
   int saved_ = -1;
   int read_fd_ = -1;
   bool echo_ = false;
+  int syncs_ = 0;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::string text_;

@@ -91,8 +91,10 @@ void scheduler::start_debug() {
     if (set.schedtrace_ms != 0) d->schedtrace = std::make_unique<schedtrace_thread>(this, set.schedtrace_ms);
   }
   if (opts_.dump_signal != 0) {
-    dump_signal_register(opts_.dump_signal, this);
+    // Set first: if registering throws halfway, ~debug_state undoes it
+    // (unregistering a runtime that is not registered changes nothing).
     d->dump_signal = opts_.dump_signal;
+    dump_signal_register(opts_.dump_signal, this);
   }
   debug_ = std::move(d);
 }

@@ -134,7 +134,6 @@ void dump_signal_register(int sig, scheduler* s) {
     r.write_fd = fds[1];
     wake_fd.store(fds[1], std::memory_order_relaxed);
   }
-  if (!r.dumper.joinable()) r.dumper = std::thread(dumper_main, &r, r.read_fd);
   thread_mutex_lock l(r.mu);
   auto it = r.by_signal.find(sig);
   if (it == r.by_signal.end()) {
@@ -153,6 +152,9 @@ void dump_signal_register(int sig, scheduler* s) {
     it = r.by_signal.emplace(sig, std::move(e)).first;
   }
   it->second.runtimes.push_back(s);
+  // After a successful sigaction, so that a refused signal leaves no idle
+  // dumper behind. Bytes written before it starts wait in the pipe.
+  if (!r.dumper.joinable()) r.dumper = std::thread(dumper_main, &r, r.read_fd);
 }
 
 void dump_signal_unregister(int sig, scheduler* s) noexcept {
