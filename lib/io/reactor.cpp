@@ -11,7 +11,8 @@
 //     that fills anyway parks overflow in the kernel, and submit returns
 //     -EBUSY until it is flushed; reap() flushes it (io_uring_peek_batch_cqe
 //     enters the kernel when IORING_SQ_CQ_OVERFLOW is set) and start() reaps
-//     when it cannot get an SQE.
+//     when it cannot get an SQE. Tests drive completions down that path on
+//     purpose (fault_injector.hpp, the `overflow` kind).
 //   - COOP_TASKRUN + TASKRUN_FLAG (5.19): completions that need task_work
 //     (every socket op woken by poll) do not IPI the submitting thread while
 //     it runs tasks; the kernel sets IORING_SQ_TASKRUN and the next reap() or
