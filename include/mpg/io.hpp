@@ -37,7 +37,7 @@
 // through the kernel's CQ overflow list, which the caller cannot tell.)
 //
 // Where it resumes: the task is readied by whichever thread reaps the CQE:
-// the M holding the ring's P (onto that P's queue), or sysmon for a P busy
+// the M holding the ring's P (at the tail of that P's queue), or sysmon for a P busy
 // in one long task or left without an M (onto the global queue).
 #pragma once
 

@@ -13,7 +13,8 @@
 //
 // Completion dispatch (see mpg/detail/io/io_op.hpp): user_data points at an
 // io_op in the suspended awaiter; on its final CQE the reactor stores
-// res/flags, clears its io_slot, and calls op->complete or ready(waiter),
+// res/flags, clears its io_slot, and calls op->complete or ready_tail(waiter)
+// (the run queue's tail, never runnext: reactor.cpp says why),
 // under the reactor lock. Those callbacks must never call back into the same
 // reactor (wake() excepted: it takes no lock); the lock is not recursive, so
 // a start, flush, reap, cancel or cancel_all from one of them would spin
@@ -114,7 +115,10 @@ class reactor {
 
   void flush_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   unsigned reap_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
-  unsigned dispatch(std::uint64_t user_data, int res, std::uint32_t flags, bool batch) noexcept
+  // dispatch(): one CQE. reaped: from the CQ (the waiter goes to the run
+  // queue's tail); else an op that start() failed inline (its own task,
+  // which parked a moment ago, runs next).
+  unsigned dispatch(std::uint64_t user_data, int res, std::uint32_t flags, bool reaped) noexcept
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   io_uring_sqe* get_sqes_locked(unsigned n) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   void arm_wake_locked(int index) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);

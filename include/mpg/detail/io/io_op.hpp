@@ -44,7 +44,7 @@
 //      particular before a new op at the same address on that ring; a new
 //      op on another P's ring is never in its reach (a cancel searches only
 //      its own ring).
-//   3. cancel_requested, the one mark a cancel leaves in the record, is
+//   3. stop (io_stop), the one mark a cancel leaves in the record, is
 //      written under the reactor lock only while the op is in flight (1),
 //      and io_start clears it before the next op is published.
 // Hence a unique token in user_data would buy nothing. Tested in
@@ -61,8 +61,8 @@
 //            one the op was armed with: the op ends with -EINTR, and the
 //            caller's loop, which retries -EINTR, issues it again armed with
 //            the deadline as it is now (or finds it passed: -ETIME).
-// Only `cancel` is the caller's to see as such; the other two are sticky in
-// the state they come from (a context stays cancelled; the deadline stays
+// A cancel is not sticky (a later op of the object is not affected); the
+// other two are sticky in the state they come from (a context stays cancelled; the deadline stays
 // set), and io_start() reads that state under the slot lock, so a request
 // made between two issues of one logical operation is not lost:
 //   - context: the binding's watcher sets nothing in the op; it takes the
