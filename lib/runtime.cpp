@@ -75,6 +75,12 @@ runtime::~runtime() {
   sched_->finish_trace();              // every M has stopped: write the trace
   sched_->shutdown_io();               // step 3
   sched_->kill_remaining(std::cerr);  // steps 4 to 6
+  if (runtime_stats s = stats(); s.io_faults_injected != 0) {
+    std::cerr << "mpg: " << s.io_faults_injected << " I/O faults injected (eintr "
+              << s.io_faults_eintr << ", eagain " << s.io_faults_eagain << ", short "
+              << s.io_faults_short << ", reset " << s.io_faults_reset << ", overflow "
+              << s.io_faults_overflow << ")\n";
+  }
   delete sched_;
 }
 

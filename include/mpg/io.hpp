@@ -31,6 +31,11 @@
 // IORING_CQE_F_MORE) with the first one's result: so IORING_OP_SEND_ZC works
 // as a plain send; multishot operations are not useful through this API.
 //
+// Fault injection (runtime_options::io_faults, MPG_FAULTS; tests only)
+// never applies to io::submit: its result is always the kernel's cqe->res,
+// which only the caller knows how to retry. (A completion may still travel
+// through the kernel's CQ overflow list, which the caller cannot tell.)
+//
 // Where it resumes: the task is readied by whichever thread reaps the CQE:
 // the M holding the ring's P (at the tail of that P's queue), or sysmon for a P busy
 // in one long task or left without an M (onto the global queue).

@@ -32,6 +32,14 @@ struct runtime_options {
   // ~runtime (lib/sched/trace.cpp). Empty: the MPG_TRACE environment
   // variable, else no trace.
   std::string trace_file;
+  // For tests only: make a fraction of the I/O operations of net and fs
+  // fail or come back short the ways the kernel may (-EINTR, -EAGAIN, short
+  // counts, -ECONNRESET, CQ overflow), to show code survives them. Syntax as
+  // Go's GODEBUG, e.g. "rate=0.05,kinds=eintr+eagain+short+reset+overflow,seed=42"
+  // (docs/api.md, "Fault injection (tests)"). Null: the MPG_FAULTS
+  // environment variable; "" (or no rate): none. Bad pairs are reported on
+  // stderr and ignored.
+  const char* io_faults = nullptr;
 };
 
 }  // namespace mpg

@@ -21,6 +21,14 @@ struct runtime_stats {
   std::uint64_t global_queue_length = 0;
   std::uint64_t threads = 0;           // Ms started so far
   std::uint64_t long_task_reports = 0; // sysmon reports of long-running Gs
+  // I/O faults injected (runtime_options::io_faults, MPG_FAULTS), in all
+  // and by kind.
+  std::uint64_t io_faults_injected = 0;
+  std::uint64_t io_faults_eintr = 0;
+  std::uint64_t io_faults_eagain = 0;
+  std::uint64_t io_faults_short = 0;
+  std::uint64_t io_faults_reset = 0;
+  std::uint64_t io_faults_overflow = 0;
   std::vector<std::uint32_t> local_queue_lengths;  // per P, snapshot
   std::vector<std::uint64_t> tasks_run;            // per P, Gs executed
 };

@@ -10,7 +10,10 @@
 // holds no P. Sockets stay in blocking mode: io_uring
 // then waits for readiness itself (FAST_POLL) and never hands us -EAGAIN; if a
 // caller made one non-blocking anyway, -EAGAIN is answered with a POLL_ADD and
-// a retry. -EINTR (an io-wq worker interrupted) is retried.
+// a retry. -EINTR (an io-wq worker interrupted) is retried, a connect as
+// connect(2) allows (connect_fd). Short sends are continued; a short recv is
+// returned as it is. The fault injection tests (test/fault_injection_tests.cpp)
+// hold every loop here to that.
 //
 // Cancellation and close (see mpg/detail/io/io_op.hpp): each direction of a
 // stream, and a listener, has an io_slot. close() closes both slots (which
@@ -146,6 +149,34 @@ task<int> wait_ready(int fd, unsigned events, detail::io_slot* slot, const op_bo
   co_return co_await await_op(&rq, slot, "net.poll", b);
 }
 
+// connect_fd(): connect(2) on a blocking socket, retried the ways the
+// kernel allows. -EINTR: the connection goes on in the background, so the
+// retry may read -EALREADY (wait until writable, then read SO_ERROR) or
+// -EISCONN (connected). -EAGAIN (no local port free yet; a Unix socket's
+// backlog full): a few retries.
+task<int> connect_fd(int fd, sock_addr& a, detail::io_slot* slot, const op_bounds& b) {
+  io_request rq{.op = io_opcode::connect, .fd = fd, .addr = &a.ss, .len = a.len};
+  bool retried = false;
+  int eagains = 0;
+  for (;;) {
+    int res = co_await await_op(&rq, slot, "net.dial", b);
+    if (res == -EINTR || (res == -EAGAIN && ++eagains <= 8)) {
+      retried = true;
+      continue;
+    }
+    if (!retried) co_return res;
+    if (res == -EISCONN) co_return 0;
+    if (res != -EALREADY) co_return res;
+    res = co_await wait_ready(fd, POLLOUT, slot, b);
+    if (res == -EINTR) continue;  // connect again: -EALREADY, -EISCONN or the error
+    if (res < 0) co_return res;
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) co_return -errno;
+    co_return -err;
+  }
+}
+
 task<absl::StatusOr<tcp_stream>> dial_addr(std::string address,
                                            std::optional<clock::time_point> deadline,
                                            std::shared_ptr<detail::context_node> ctx) {
@@ -166,8 +197,7 @@ task<absl::StatusOr<tcp_stream>> dial_addr(std::string address,
       last = detail::errno_status(errno, "dial: socket");
       continue;
     }
-    io_request rq{.op = io_opcode::connect, .fd = fd, .addr = &a.ss, .len = a.len};
-    int res = co_await await_op(&rq, slot, "net.dial", b);
+    int res = co_await connect_fd(fd, a, slot, b);
     if (res == 0) {
       if (a.ss.ss_family != AF_UNIX) set_nodelay(fd);
       co_return tcp_stream(fd);

@@ -11,7 +11,8 @@
 //     that fills anyway parks overflow in the kernel, and submit returns
 //     -EBUSY until it is flushed; reap() flushes it (io_uring_peek_batch_cqe
 //     enters the kernel when IORING_SQ_CQ_OVERFLOW is set) and start() reaps
-//     when it cannot get an SQE.
+//     when it cannot get an SQE. Tests drive completions down that path on
+//     purpose (fault_injector.hpp, the `overflow` kind).
 //   - COOP_TASKRUN + TASKRUN_FLAG (5.19): completions that need task_work
 //     (every socket op woken by poll) do not IPI the submitting thread while
 //     it runs tasks; the kernel sets IORING_SQ_TASKRUN and the next reap() or
@@ -196,7 +197,8 @@ const char* reactor::unavailable_reason() noexcept {
 
 reactor::reactor() : ring_(std::make_unique<io_uring>()) {}
 
-absl::StatusOr<std::unique_ptr<reactor>> reactor::create(unsigned entries) {
+absl::StatusOr<std::unique_ptr<reactor>> reactor::create(unsigned entries,
+                                                         const fault_config* faults) {
   if (entries == 0) entries = 256;
   if (entries > 4096) entries = 4096;  // the CQ (4x) stays well under the kernel's caps
   std::unique_ptr<reactor> r(new reactor());
@@ -236,6 +238,13 @@ absl::StatusOr<std::unique_ptr<reactor>> reactor::create(unsigned entries) {
           absl::StrCat("mpg: this kernel (", kernel_release(), ") lacks IORING_OP_", op.name,
                        " (Linux ", op.since, "); mpg needs Linux >= 5.11")));
     }
+  }
+  if (faults != nullptr && faults->on()) {
+    // Relaxed: a counter that only keeps the rings' random streams apart.
+    static std::atomic<std::uint64_t> streams{0};
+    r->faults_ = std::make_unique<fault_injector>(
+        *faults, streams.fetch_add(1, std::memory_order_relaxed),
+        io_uring_opcode_supported(probe, IORING_OP_MSG_RING) != 0);
   }
   io_uring_free_probe(probe);
 
@@ -333,6 +342,7 @@ void reactor::flush() noexcept {
 
 void reactor::start(io_op* op, io_prep_fn prep, const void* ctx) noexcept {
   lock_.lock();
+  op->fault = io_fault_plan::none;  // plan() below may set it
   if (shutting_down_) {
     op->res = -ECANCELED;
     op->stop = io_stop::cancel;
@@ -351,6 +361,7 @@ void reactor::start(io_op* op, io_prep_fn prep, const void* ctx) noexcept {
     return;
   }
   prep(sqe, ctx);
+  if (faults_ != nullptr && prep == &prep_request) [[unlikely]] faults_->plan(op, sqe);
   // io::submit owns user_data and the link flags (an op linked to whatever
   // SQE comes next would chain unrelated tasks' operations).
   sqe->flags &= static_cast<__u8>(~(IOSQE_IO_LINK | IOSQE_IO_HARDLINK | IOSQE_CQE_SKIP_SUCCESS));
@@ -453,6 +464,29 @@ void reactor::cancel_all() noexcept {
 
 unsigned reactor::dispatch(std::uint64_t user_data, int res, std::uint32_t flags,
                            bool reaped) noexcept {
+  if (faults_ != nullptr) [[unlikely]] {
+    // Fault injection (fault_injector.hpp): res may be rewritten, or the
+    // CQE held back and re-posted behind a real CQ overflow.
+    switch (faults_->on_cqe(&user_data, &res, flags)) {
+      case fault_injector::verdict::deliver:
+        break;
+      case fault_injector::verdict::hold: {
+        flush_locked();  // the overflow's SQEs go in alone
+        fault_injector::overflow_result o = faults_->overflow(ring_.get(), user_data, res, kIgnoreTag);
+        pending_.fetch_add(o.added, std::memory_order_relaxed);
+        unsubmitted_.store(io_uring_sq_ready(ring_.get()), std::memory_order_relaxed);
+        if (o.held) return 0;  // the op stays pending until its CQE comes back
+        break;
+      }
+      case fault_injector::verdict::carrier_done:
+        pending_.fetch_sub(1, std::memory_order_relaxed);
+        return 0;
+      case fault_injector::verdict::carrier_failed:
+        pending_.fetch_sub(1, std::memory_order_relaxed);
+        flags = 0;
+        break;
+    }
+  }
   if (user_data == kIgnoreTag) {
     pending_.fetch_sub(1, std::memory_order_relaxed);
     return 0;

@@ -27,8 +27,9 @@
 // takes no lock. No io_op in libmpg sets `complete` (tests do, with
 // callbacks that only count).
 //
-// Only lib/io/reactor.cpp includes liburing.h. net.cpp and fs.cpp describe their
-// operations as io_request values, which reactor.cpp turns into SQEs.
+// Only lib/io/reactor.cpp (and fault_injector.cpp, which edits SQEs for
+// tests) include liburing.h. net.cpp and fs.cpp describe their operations as
+// io_request values, which reactor.cpp turns into SQEs.
 #pragma once
 
 #include <absl/base/thread_annotations.h>
@@ -40,6 +41,7 @@
 #include <optional>
 
 #include "absl/status/statusor.h"
+#include "io/fault_injector.hpp"
 #include "mpg/detail/io/io_op.hpp"
 
 struct io_uring;
@@ -55,7 +57,9 @@ class reactor {
   // sysctl or seccomp, old kernel, RLIMIT_MEMLOCK, ...) is a Status whose
   // message says why and what to do; it is also remembered for
   // unavailable_reason().
-  static absl::StatusOr<std::unique_ptr<reactor>> create(unsigned entries);
+  // `faults` (tests; fault_injector.hpp): inject I/O faults when on().
+  static absl::StatusOr<std::unique_ptr<reactor>> create(unsigned entries,
+                                                         const fault_config* faults = nullptr);
   ~reactor();
   reactor(const reactor&) = delete;
   reactor& operator=(const reactor&) = delete;
@@ -101,6 +105,10 @@ class reactor {
 
   // Statistics for tests.
   std::uint64_t submit_calls() const noexcept { return submit_calls_.load(std::memory_order_relaxed); }
+  // Faults injected so far (all zero when not injecting).
+  fault_counts injected_faults() const noexcept {
+    return faults_ != nullptr ? faults_->counts() : fault_counts{};
+  }
 
  private:
   reactor();
@@ -122,6 +130,8 @@ class reactor {
   int ring_fd_ = -1;
   int event_fd_ = -1;
   bool shutting_down_ ABSL_GUARDED_BY(lock_) = false;
+  // Null unless injecting faults; set by create(), then used under lock_.
+  std::unique_ptr<fault_injector> faults_;
 
   // Wake-up reads on event_fd_ (see reactor.cpp, "Waking a waiting M").
   struct wake_read {

@@ -38,6 +38,13 @@ runtime_stats scheduler::stats() const {
     s.completed += p->completed.load(std::memory_order_relaxed);
     s.local_queue_lengths.push_back(p->runq.size());
     s.tasks_run.push_back(p->tasks_run.load(std::memory_order_relaxed));
+    const fault_counts f = p->io->injected_faults();
+    s.io_faults_eintr += f.by_kind[static_cast<unsigned>(io_fault::eintr)];
+    s.io_faults_eagain += f.by_kind[static_cast<unsigned>(io_fault::eagain)];
+    s.io_faults_short += f.by_kind[static_cast<unsigned>(io_fault::short_io)];
+    s.io_faults_reset += f.by_kind[static_cast<unsigned>(io_fault::reset)];
+    s.io_faults_overflow += f.by_kind[static_cast<unsigned>(io_fault::overflow)];
+    s.io_faults_injected += f.total();
   }
   s.spawned += foreign_spawned_.load(std::memory_order_relaxed);
   s.completed += foreign_completed_.load(std::memory_order_relaxed);

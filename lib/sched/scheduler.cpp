@@ -354,8 +354,9 @@ scheduler::scheduler(const runtime_options& opts) : opts_(opts) {
   if (opts_.max_threads < opts_.procs) opts_.max_threads = opts_.procs;
   for (std::uint32_t i = 0; i < opts_.procs; ++i)
     ps_.push_back(std::make_unique<processor>(i, opts_.local_queue_capacity));
+  const fault_config faults = faults_from_options(opts_.io_faults);  // tests only
   for (auto& p : ps_) {
-    absl::StatusOr<std::unique_ptr<reactor>> r = reactor::create(opts_.ring_entries);
+    absl::StatusOr<std::unique_ptr<reactor>> r = reactor::create(opts_.ring_entries, &faults);
     if (!r.ok()) {
       throw std::runtime_error("mpg: cannot start the runtime: io_uring is unavailable: " +
                                std::string(r.status().message()));

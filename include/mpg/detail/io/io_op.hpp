@@ -141,6 +141,11 @@ struct io_stop_request {
   std::int64_t deadline_ns = 0;       // kick: only an op armed later than this
 };
 
+// io_fault_plan: the fault injection planned for one issue of an op
+// (lib/io/fault_injector.hpp; tests only). The values after `none` follow
+// io_fault's order, one higher.
+enum class io_fault_plan : std::uint8_t { none, eintr, eagain, short_io, reset, overflow, reposted };
+
 // io_prep_fn: prepares `sqe` for the operation described by ctx. Called under
 // the reactor lock; must set neither user_data nor link flags.
 using io_prep_fn = void (*)(io_uring_sqe* sqe, const void* ctx);
@@ -163,6 +168,8 @@ struct io_op {
   std::uint32_t cqe_flags = 0;
   bool got_first = false;         // first CQE of a multi-CQE op seen (reactor)
   io_stop stop = io_stop::none;   // written and read under the reactor lock
+  // Written and read under the reactor lock, only while faults are injected.
+  io_fault_plan fault = io_fault_plan::none;
   // The deadline the op is armed with: set by the awaiter, then lowered by
   // io_start() to *live_deadline if that is earlier.
   bool has_deadline = false;

@@ -1,0 +1,138 @@
+// lib/io/fault_injector.hpp: I/O fault injection for tests (MPG_FAULTS,
+// runtime_options::io_faults).
+//
+// A chosen fraction of the operations mpg's own I/O layer issues (net, fs:
+// every op prepared from an io_request) completes with a fault the kernel
+// may legally produce, so tests can show the layer above survives it:
+//   eintr     -EINTR         the op did not run (retry it)
+//   eagain    -EAGAIN        the op did not run (poll, or retry)
+//   short     a smaller positive count for read, write, recv, send, readv,
+//             writev (regular files, pipes and stream sockets only)
+//   reset     -ECONNRESET    recv, send, recvmsg, sendmsg: the connection
+//             reads as broken (the caller reports it and closes)
+//   overflow  the op's CQE goes through the kernel's CQ overflow list
+// io::submit's operations are never faulted: their result is the kernel's
+// cqe->res, which the caller interprets (mpg/io.hpp).
+//
+// Syntax, as Go's GODEBUG: comma-separated key=value pairs,
+//   rate=0.05,kinds=eintr+eagain+short+reset+overflow,seed=42
+// rate: fraction of ops faulted, in [0, 1] (required: 0 or absent is off);
+// kinds: '+'-separated names, or "all" (the default); seed: an unsigned
+// integer (default: from the clock; the summary names it). A bad pair is
+// reported on stderr and ignored.
+//
+// Faults that pretend an op failed must not lose what the op did: a recv
+// whose bytes were read cannot become -EINTR. So the fault is planned when
+// the op's SQE is prepared and applied when its CQE is read (the one place
+// a result reaches the op: reactor::dispatch):
+//   eintr, eagain, reset  plan() turns the SQE into a NOP (nothing happens
+//                         in the kernel); the NOP's CQE gets the errno.
+//   short                 plan() lowers the SQE's length (or iovec count):
+//                         the kernel itself transfers less.
+//   overflow              on_cqe() holds the CQE back; overflow() fills the
+//                         CQ with NOPs and re-posts the CQE to the same
+//                         ring with IORING_OP_MSG_RING behind them, so it
+//                         lands in the kernel's overflow list, with the
+//                         CQEs of other ops that complete meanwhile. The
+//                         reactor's real overflow handling (reap flushing
+//                         IORING_SQ_CQ_OVERFLOW, submit refused with
+//                         -EBUSY, wait entering the kernel) must bring them
+//                         back. The MSG_RING's own CQE (the carrier, tagged
+//                         op|4) is counted like any tagged CQE; if it failed,
+//                         the held CQE is delivered from it.
+// Cost when off: the reactor holds a null injector; one test of it per op
+// start and per CQE.
+//
+// Threading: an injector belongs to one reactor and is used only under that
+// reactor's lock; its counters are read by stats() from any thread
+// (relaxed atomics: independent counts, nothing is ordered by them).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "mpg/detail/io/io_op.hpp"
+
+struct io_uring;
+
+namespace mpg::detail {
+
+enum class io_fault : std::uint8_t { eintr, eagain, short_io, reset, overflow, kCount };
+inline constexpr unsigned kFaultKinds = static_cast<unsigned>(io_fault::kCount);
+const char* fault_name(io_fault f) noexcept;
+
+struct fault_config {
+  double rate = 0;
+  unsigned kinds = 0;       // bit (1 << io_fault)
+  std::uint64_t seed = 0;
+  bool on() const noexcept { return rate > 0 && kinds != 0; }
+};
+
+// parse_faults(): the config `spec` describes; each bad pair appends a line
+// to *errors and is ignored.
+fault_config parse_faults(std::string_view spec, std::string* errors);
+
+// faults_from_options(): `option` if not null, else the MPG_FAULTS
+// environment variable, parsed; bad pairs are reported on stderr. A seed
+// left out is drawn from the clock.
+fault_config faults_from_options(const char* option);
+
+struct fault_counts {
+  std::uint64_t by_kind[kFaultKinds] = {};
+  std::uint64_t total() const noexcept {
+    std::uint64_t n = 0;
+    for (std::uint64_t k : by_kind) n += k;
+    return n;
+  }
+};
+
+class fault_injector {
+ public:
+  // Tags of user_data the injector adds: op | kCarrierTag is the MSG_RING
+  // that re-posts op's CQE (ops are 8-aligned; the reactor's own tags are
+  // below 8).
+  static constexpr std::uint64_t kCarrierTag = 4;
+
+  // `stream` tells the rings of one runtime apart (seed + stream);
+  // `msg_ring`: the kernel supports IORING_OP_MSG_RING.
+  fault_injector(const fault_config& c, std::uint64_t stream, bool msg_ring) noexcept;
+
+  // plan(): called by reactor::start right after the op's SQE is prepared
+  // from an io_request; records the fault in op->fault.
+  void plan(io_op* op, io_uring_sqe* sqe) noexcept;
+
+  enum class verdict { deliver, hold, carrier_done, carrier_failed };
+  // on_cqe(): a CQE about to be dispatched. deliver: go on with *res
+  // (possibly rewritten); hold: call overflow(); carrier_done: the CQE is a
+  // carrier's, count it and drop it; carrier_failed: likewise, and then
+  // deliver *user_data / *res (the held CQE) instead.
+  verdict on_cqe(std::uint64_t* user_data, int* res, std::uint32_t flags) noexcept;
+
+  struct overflow_result {
+    unsigned added = 0;  // SQEs prepared that post a CQE tagged `ignore_tag` or a carrier
+    bool held = false;   // the CQE will come back through the ring
+  };
+  // overflow(): fill `ring`'s CQ with NOPs (tagged ignore_tag), then
+  // re-post (user_data, res) behind them. The SQ must be empty.
+  overflow_result overflow(io_uring* ring, std::uint64_t user_data, int res,
+                           std::uint64_t ignore_tag) noexcept;
+
+  fault_counts counts() const noexcept;
+
+ private:
+  std::uint64_t next() noexcept;
+  void count(io_fault f) noexcept {
+    // Relaxed: an independent statistic (see the file comment).
+    counts_[static_cast<unsigned>(f)].fetch_add(1, std::memory_order_relaxed);
+  }
+
+  std::uint64_t threshold_;  // a draw below it faults the op
+  unsigned kinds_;
+  bool msg_ring_;
+  std::uint64_t state_;
+  std::atomic<std::uint64_t> counts_[kFaultKinds] = {};
+};
+
+}  // namespace mpg::detail
