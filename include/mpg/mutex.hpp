@@ -95,6 +95,7 @@
 #include <coroutine>
 #include <cstdint>
 #include <source_location>
+#include <type_traits>
 #include <utility>
 
 #include "mpg/detail/sched/g.hpp"
@@ -183,8 +184,11 @@ class [[nodiscard]] mutex::lock_awaiter {
     }
     return m_->try_acquire_fast();
   }
-  std::coroutine_handle<> await_suspend(std::coroutine_handle<> h) {
+  template <class P>
+  std::coroutine_handle<> await_suspend(std::coroutine_handle<P> h) {
     slow_ = m_->lock_slow(yield_first_, where_);
+    if constexpr (std::is_base_of_v<detail::promise_base, P>)
+      slow_.link_parent(where_);  // h's await chain (task.hpp)
     slow_awaiter_ = slow_.operator co_await();
     return slow_awaiter_.await_suspend(h);
   }
@@ -237,7 +241,8 @@ class [[nodiscard]] mutex::scoped_lock_awaiter {
   using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
   scoped_lock_awaiter(mutex* m, std::source_location where) noexcept : m_(m), inner_(m, where) {}
   bool await_ready() noexcept { return inner_.await_ready(); }
-  std::coroutine_handle<> await_suspend(std::coroutine_handle<> h) {
+  template <class P>
+  std::coroutine_handle<> await_suspend(std::coroutine_handle<P> h) {
     return inner_.await_suspend(h);
   }
   guard await_resume() {

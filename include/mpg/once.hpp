@@ -141,12 +141,15 @@ class [[nodiscard]] once::call_awaiter {
     fast_ = true;
     return !detail::consume_budget_now();
   }
-  std::coroutine_handle<> await_suspend(std::coroutine_handle<> h) {
+  template <class P>
+  std::coroutine_handle<> await_suspend(std::coroutine_handle<P> h) {
     if (fast_) {  // done, but the budget ran out
       detail::requeue_current(h);
       return std::noop_coroutine();
     }
     slow_ = o_->run_or_wait(std::move(f_), where_);
+    if constexpr (std::is_base_of_v<detail::promise_base, P>)
+      slow_.link_parent(where_);  // h's await chain (task.hpp)
     slow_awaiter_ = slow_.operator co_await();
     return slow_awaiter_.await_suspend(h);
   }

@@ -129,7 +129,16 @@ class runtime {
   runtime_handle handle() const noexcept;
 
   runtime_stats stats() const;
-  // dump(): every live task: id, name, state, and where it waits.
+  // dump(): every live task: id, name, state, and where it waits; below
+  // each waiting task its await chain, innermost first, one indented line
+  // per coroutine: the function and, where known, file:line, e.g.
+  //   task 7 (worker) [waiting: chan receive at worker.cpp:42 in consume(mpg::chan<int>)]
+  //         at consume(mpg::chan<int>) worker.cpp:42
+  //         at pipeline() main.cpp:9
+  // Any thread may call it, inside a task or not. To read the chains it
+  // stops the world: it holds every other P until the dump is written (a
+  // few milliseconds); when that fails (a task that does not suspend for
+  // 2 s, or a runtime shutting down) the dump says so and leaves them out.
   void dump(std::ostream& os) const;
 
   detail::scheduler* scheduler_for_internal_use() const noexcept { return sched_; }

@@ -116,6 +116,7 @@ void drop_join(std::coroutine_handle<Promise> root) noexcept {
 // claim it and return its frame to run it inline (work-first: no switch
 // through the scheduler); else park the current G at h until the task
 // finishes (noop returned), or return h when it finished already.
+// The park site is promise->caller_where_ (link_parent).
 std::coroutine_handle<> join_suspend(std::coroutine_handle<> root, promise_base* promise,
                                      std::coroutine_handle<> h);
 }  // namespace detail
@@ -196,6 +197,14 @@ class [[nodiscard]] join_handle {
   }
 
   handle_type release() noexcept { return std::exchange(h_, {}); }
+
+  // link_parent(): the site of the joining task's co_await, called by its
+  // await_transform (task.hpp): where the join parks, and the await-chain
+  // line of the joiner when the child runs inline. It goes into the
+  // child's promise, a field the child itself never touches.
+  void link_parent(std::source_location where) noexcept {
+    if (h_) h_.promise().caller_where_ = where;
+  }
 
  private:
   friend class join_op<T>;

@@ -18,9 +18,17 @@
 // that brings the task back onto its runtime however it is resumed
 // (mpg/detail/sched/foreign_await.hpp).
 //
+// Await chains. When a task awaits a child task (or joins a spawned one),
+// the child's promise records the site of the co_await (caller_where_), a
+// constant that await_transform supplies: one store, nothing in the frame.
+// The continuation is the parent; a set caller_where_ says that it is a
+// task frame. The task dump walks these links from
+// a parked frame out to the root (lib/sched/inspect.cpp).
+//
 // Frames come from the recycling allocator of mpg/detail/sched/frame.hpp.
 #pragma once
 
+#include <bit>
 #include <coroutine>
 #include <cstdint>
 #include <exception>
@@ -43,6 +51,15 @@ template <class T>
 class join_handle;
 
 namespace detail {
+
+// site_ptr: what std::source_location holds (one pointer to static data),
+// as __builtin_source_location() gives it (g++ and clang, the builtin both
+// standard libraries build source_location::current() on).
+using site_ptr = decltype(__builtin_source_location());
+static_assert(sizeof(std::source_location) == sizeof(site_ptr));
+inline std::source_location to_source_location(site_ptr p) noexcept {
+  return std::bit_cast<std::source_location>(p);
+}
 
 class promise_base {
  public:
@@ -71,10 +88,19 @@ class promise_base {
   // Every co_await in a task comes through here (foreign_await.hpp): runtime
   // awaiters pass through unchanged; anything else waits behind a bridge, so
   // that it can resume the task from any thread.
+  //
+  // A child task or a joined one is linked into this task's await chain
+  // here (link_parent), with the site of the co_await. The site comes as
+  // the pointer that std::source_location wraps (site_ptr, a scalar): g++
+  // 12 gives a class-type default argument of a co_await's await_transform
+  // a slot in the coroutine frame and stores it on every await, a scalar
+  // it does not.
   template <class A>
     requires runtime_awaitable<A>
-  runtime_await<awaiter_t<A>> await_transform(A&& a) noexcept(
+  runtime_await<awaiter_t<A>> await_transform(A&& a, site_ptr where = __builtin_source_location()) noexcept(
       noexcept(get_awaiter(std::declval<A>()))) {
+    if constexpr (requires { a.link_parent(to_source_location(where)); })
+      a.link_parent(to_source_location(where));
     return runtime_await<awaiter_t<A>>{get_awaiter(static_cast<A&&>(a))};
   }
   template <class A>
@@ -90,6 +116,14 @@ class promise_base {
   }
 
   std::coroutine_handle<> continuation_{};
+  // The await chain (lib/sched/inspect.cpp walks it for the task dump):
+  // the site of the co_await with which a task awaits this one, or joins
+  // it. Set only by a task's own await (task::link_parent,
+  // join_handle::link_parent), so when it is set, continuation_ is a task
+  // frame: the walk goes on through it. Empty for a task awaited by a
+  // plain coroutine: the walk stops. Written by the awaiting task before it
+  // suspends; read only while no M can run the task.
+  std::source_location caller_where_{};
   std::exception_ptr exception_{};
   // Set when the frame is spawned as a G's root: used by reports.
   std::uint64_t gid_ = 0;
@@ -99,6 +133,10 @@ class promise_base {
 
 template <class T>
 class promise final : public promise_base {
+  // The task dump finds a parked frame's promise_base at a fixed offset
+  // (lib/sched/inspect.cpp), which holds for promises aligned to at most 16.
+  static_assert(alignof(T) <= 16, "task<T> with an over-aligned T: return it in a std::unique_ptr");
+
  public:
   task<T> get_return_object() noexcept;
 
@@ -175,6 +213,15 @@ class [[nodiscard]] task {
   };
   awaiter operator co_await() & { return awaiter{take_for_await()}; }
   awaiter operator co_await() && { return awaiter{take_for_await()}; }
+
+  // link_parent(): records the site of the co_await with which a task
+  // awaits this one, for the await chain (called by the awaiting task's
+  // await_transform, or by an mpg awaiter that awaits this task on a
+  // task's behalf; never for a plain coroutine). Does nothing on a task
+  // that cannot be awaited.
+  void link_parent(std::source_location where) noexcept {
+    if (h_ && !awaited_) h_.promise().caller_where_ = where;
+  }
 
   // release(): gives up ownership of the frame (used by spawn).
   handle_type release() noexcept { return std::exchange(h_, {}); }

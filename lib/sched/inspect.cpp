@@ -1,9 +1,48 @@
 // lib/sched/inspect.cpp: looking at a running scheduler from outside:
-// stats(), dump(), and quiescent() for block_on's deadlock check. All of it
-// reads relaxed counters and snapshots; none of it stops anything.
+// stats(), dump(), and quiescent() for block_on's deadlock check. stats()
+// and quiescent() read relaxed counters and snapshots and stop nothing.
+//
+// Await chains. Each task line of the dump is followed by the task's chain
+// of coroutines, innermost first, one indented line each:
+//       at consume(mpg::chan<int>) worker.cpp:42
+// The innermost line is the G's park site (g::wait_where: the operation's
+// std::source_location, whose function is the innermost coroutine). Every
+// frame above is the continuation of the one below, named by the lower
+// frame's promise_base::caller_where_: the site of the co_await with which
+// the parent awaited it, which the awaiting task's await_transform records
+// (task.hpp). The walk ends at the G's root. Nothing is recorded at run
+// time beyond that one pointer per task await or join; names come from the
+// source locations, so they need no symbols and survive optimisation. A frame awaited by an
+// mpg awaiter on the task's behalf (the mutex's slow path) repeats its
+// parent's site and is shown once.
+//
+// Reading a chain is only safe while its frames cannot change: a parked
+// task that another thread readies could run, finish frames and free them
+// under the reader. So the chains are read only while no G runs:
+//   - the deadlock report: block_on's check dumps a quiescent runtime, but
+//     a plain thread may still wake a task, so it stops the world as dump()
+//     does;
+//   - the leak report at ~runtime: the Ms are stopped (shutdown.cpp);
+//   - dump(): it stops the world first (stop_the_world below): it posts one
+//     function per P, one at a time, each of which holds its P until the
+//     dump is written. A function runs on an M that holds a P and blocks
+//     that M, so the next function goes to another P; once every P (but the
+//     caller's own, when the dump runs in a task) holds one, no G runs:
+//     readied Gs only queue, timers and I/O completions wait for their P's
+//     M, and an M leaving mpg::blocking finds no idle P and queues its G.
+//     A P that does not come within kStopTimeout (a task that never yields,
+//     or a runtime shutting down, which drops posted functions) leaves the
+//     dump without chains, saying so.
+#include <chrono>
+#include <condition_variable>
+#include <memory>
 #include <ostream>
 #include <sstream>
+#include <string>
+#include <string_view>
 
+#include "mpg/runtime_handle.hpp"
+#include "mpg/task.hpp"
 #include "sched/scheduler.hpp"
 
 namespace mpg::detail {
@@ -60,7 +99,168 @@ runtime_stats scheduler::stats() const {
   return s;
 }
 
+namespace {
+
+constexpr std::chrono::seconds kStopTimeout{2};
+constexpr int kMaxChainDepth = 256;
+
+// match_open(): the index of the bracket that s[close] closes.
+std::size_t match_open(std::string_view s, std::size_t close) {
+  int depth = 0;
+  for (std::size_t i = close + 1; i-- > 0;) {
+    const char c = s[i];
+    if (c == ')' || c == '>' || c == ']') ++depth;
+    if (c == '(' || c == '<' || c == '[') {
+      if (--depth == 0) return i;
+    }
+  }
+  return std::string_view::npos;
+}
+
+// after_return_type(): s from just after its last space outside brackets
+// (the whole of s when there is none).
+std::string_view after_return_type(std::string_view s) {
+  int depth = 0;
+  for (std::size_t i = s.size(); i-- > 0;) {
+    const char c = s[i];
+    if (c == ')' || c == '>' || c == ']') ++depth;
+    else if (c == '(' || c == '<' || c == '[') --depth;
+    else if (c == ' ' && depth == 0) return s.substr(i + 1);
+  }
+  return s;
+}
+
+// strip_return_type(): "R ns::f(int) const" -> "ns::f(int) const". The
+// parameter list is the last parenthesised group before any trailing
+// " [T = ...]" / " [with T = ...]"; the name starts after the last space
+// outside brackets before it.
+std::string strip_return_type(std::string_view s) {
+  std::string_view core = s;
+  if (!core.empty() && core.back() == ']') {
+    const std::size_t open = match_open(core, core.size() - 1);
+    if (open != std::string_view::npos && open > 0 && core[open - 1] == ' ')
+      core = core.substr(0, open - 1);
+  }
+  const std::size_t close = core.rfind(')');
+  if (close == std::string_view::npos) return std::string(s);
+  const std::size_t open = match_open(core, close);
+  if (open == std::string_view::npos) return std::string(s);
+  const std::string_view head = after_return_type(s.substr(0, open));
+  return std::string(s.substr(head.data() - s.data()));
+}
+
+}  // namespace
+
+std::string clean_function_name(std::string_view fn) {
+  // Inside a coroutine g++ names the actor function, whose one parameter
+  // type spells the coroutine:
+  //   "void ns::f(f(int, const char*)::_ZN2ns1fEiPKc.Frame*)"
+  // Keep that, qualified like the actor: "ns::f(int, const char*)".
+  constexpr std::string_view kFrame = ".Frame*)";
+  if (fn.size() > kFrame.size() && fn.substr(fn.size() - kFrame.size()) == kFrame) {
+    const std::size_t open = match_open(fn, fn.size() - 1);
+    const std::size_t mangled = fn.rfind("::_Z");
+    if (open != std::string_view::npos && mangled != std::string_view::npos && mangled > open) {
+      const std::string_view inner = fn.substr(open + 1, mangled - open - 1);
+      const std::string_view outer = after_return_type(fn.substr(0, open));
+      // A lambda's call operator: the actor's name says it all.
+      if (outer.find('(') != std::string_view::npos) return std::string(outer);
+      const std::size_t colon = outer.rfind("::");
+      if (colon == std::string_view::npos || inner.rfind(outer.substr(0, colon + 2), 0) == 0)
+        return std::string(inner);
+      return std::string(outer.substr(0, colon + 2)) + std::string(inner);
+    }
+  }
+  return strip_return_type(fn);
+}
+
+namespace {
+
+void write_site(std::ostream& os, std::source_location where) {
+  const char* fn = where.function_name();
+  const char* file = where.file_name();
+  os << "      at " << (fn && *fn ? clean_function_name(fn) : std::string("?"));
+  if (file && *file) os << " " << file << ":" << where.line();
+  os << "\n";
+}
+
+bool same_site(std::source_location a, std::source_location b) {
+  return a.line() == b.line() && std::string_view(a.file_name()) == b.file_name() &&
+         std::string_view(a.function_name()) == b.function_name();
+}
+
+}  // namespace
+
+void write_await_chain(std::ostream& os, const g* gp) {
+  if (gp->status.load(std::memory_order_relaxed) != g_status::waiting || !gp->resume) return;
+  std::source_location last = gp->wait_where.load(std::memory_order_relaxed);
+  write_site(os, last);
+  // The parked frame is a task frame (runtime awaiters park only the task
+  // that awaits them: g.hpp), and so is every continuation reached through
+  // a set caller_where_ (task.hpp). A task frame's promise_base sits where
+  // coroutine_handle<promise_base> finds it (task.hpp pins the alignment).
+  const void* const root = gp->root.address();
+  const void* frame = gp->resume.address();
+  for (int depth = 0; frame != root && depth < kMaxChainDepth; ++depth) {
+    const promise_base& p = std::coroutine_handle<promise_base>::from_address(
+                                const_cast<void*>(frame)).promise();
+    const std::source_location where = p.caller_where_;
+    const char* file = where.file_name();
+    if (file == nullptr || *file == '\0' || !p.continuation_) break;
+    if (!same_site(where, last)) {
+      write_site(os, where);
+      last = where;
+    }
+    frame = p.continuation_.address();
+  }
+}
+
+// stop_the_world(): see the top of the file. Returns a guard whose
+// destruction lets the Ps go, or null when the world could not be stopped.
+std::shared_ptr<void> scheduler::stop_the_world() const {
+  struct stop_state {
+    thread_mutex mu;
+    std::condition_variable cv;
+    unsigned arrived ABSL_GUARDED_BY(mu) = 0;
+    bool released ABSL_GUARDED_BY(mu) = false;
+  };
+  auto st = std::make_shared<stop_state>();
+  std::shared_ptr<void> release(st.get(), [st](void*) {
+    thread_mutex_lock l(st->mu);
+    st->released = true;
+    st->cv.notify_all();
+  });
+  unsigned need = procs();
+  if (machine* m = current_m(); m != nullptr && m->sched == this && m->p() != nullptr) --need;
+  for (unsigned i = 0; i < need; ++i) {
+    auto hold = [st] {
+      thread_mutex_lock l(st->mu);
+      ++st->arrived;
+      st->cv.notify_all();
+      while (!l.wait_for(st->cv, std::chrono::hours(1),
+                         [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(st->mu) { return st->released; })) {
+      }
+    };
+    auto* n = new post_fn<decltype(hold)>(std::move(hold));
+    if (!handle_post(handle_state_.get(), n)) {
+      delete n;
+      return nullptr;
+    }
+    thread_mutex_lock l(st->mu);
+    if (!l.wait_for(st->cv, kStopTimeout,
+                    [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(st->mu) { return st->arrived == i + 1; })) {
+      return nullptr;
+    }
+  }
+  return release;
+}
+
 void scheduler::dump(std::ostream& os) const {
+  std::shared_ptr<void> stopped = stop_the_world();
+  write_dump(os, stopped != nullptr);
+}
+
+void scheduler::write_dump(std::ostream& os, bool chains) const {
   thread_mutex_lock l(allg_mu_);
   std::size_t n = 0;
   std::ostringstream body;
@@ -79,11 +279,14 @@ void scheduler::dump(std::ostream& os) const {
       const char* fn = where.function_name();
       body << ": " << (why ? why : "?");
       if (file && *file) body << " at " << file << ":" << where.line();
-      if (fn && *fn) body << " in " << fn;
+      if (fn && *fn) body << " in " << clean_function_name(fn);
     }
     body << "]\n";
+    if (chains) write_await_chain(body, gp);
   });
-  os << "mpg: " << n << " live task(s) on " << procs() << " P(s)\n" << body.str();
+  os << "mpg: " << n << " live task(s) on " << procs() << " P(s)\n";
+  if (!chains) os << "mpg: (await chains left out: the runtime's Ps could not all be stopped)\n";
+  os << body.str();
 }
 
 }  // namespace mpg::detail

@@ -309,7 +309,9 @@ std::coroutine_handle<> join_suspend(std::coroutine_handle<> root, promise_base*
     promise->continuation_ = h;
     return root;
   }
-  park(h, "join");
+  // The joiner's co_await (join_handle::link_parent); empty when a plain
+  // coroutine joins.
+  park(h, "join", promise->caller_where_);
   std::uintptr_t expected = kJoinRunning;
   // acq_rel on success: publishes our park to the finisher (which acquires
   // in its exchange); acquire on failure: see the finished result.

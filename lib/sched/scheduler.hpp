@@ -19,6 +19,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -31,6 +32,10 @@
 #include "sched/thread_mutex.hpp"
 
 namespace mpg::detail {
+
+// The await chain of a parked G (inspect.cpp): one indented line per
+// coroutine, innermost first. Only while no M can run gp.
+void write_await_chain(std::ostream& os, const g* gp);
 
 struct post_node;     // mpg/detail/sched/post_node.hpp
 struct handle_state;  // post.cpp
@@ -93,6 +98,12 @@ class scheduler {
   void kill_remaining(std::ostream& report);
   runtime_stats stats() const;
   void dump(std::ostream& os) const;
+  // write_dump(): dump()'s text; the await chains only when `chains` (the
+  // world is stopped, or the Ms are: inspect.cpp).
+  void write_dump(std::ostream& os, bool chains) const;
+  // stop_the_world(): holds every P (but the caller's) until the returned
+  // guard goes; null when that failed (inspect.cpp).
+  std::shared_ptr<void> stop_the_world() const;
   // quiescent(): every P idle, no G runnable, no timer pending, no I/O in
   // flight, no M in mpg::blocking; *progress gets a counter that moves
   // whenever anything runs (block_on_wait in runtime.cpp compares two

@@ -14,7 +14,8 @@
 //      destructors cancelling their own timers, or the detach itself) next
 //      walks them. An after() channel or a context that outlives the
 //      runtime can still be dropped.
-//   5. The tasks still live are reported on stderr: their number, ids, names.
+//   5. The tasks still live are reported on stderr: their number, ids, names
+//      and await chains (inspect.cpp).
 //   6. Every G still live (runnable or waiting) is killed, newest first (a
 //      child before the parent it may borrow from; a sync primitive or
 //      channel freed before its waiters detaches them): its root frame is
@@ -30,6 +31,7 @@
 #include <algorithm>
 #include <ostream>
 #include <sstream>
+#include <string>
 
 #include "mpg/detail/sched/frame.hpp"
 #include "sched/scheduler.hpp"
@@ -77,6 +79,10 @@ void scheduler::kill_remaining(std::ostream& report) {
       names << "\n  task " << gp->id.load(std::memory_order_relaxed) << (n ? " (" : "") << (n ? n : "") << (n ? ")" : "") << ": "
             << to_string(gp->status.load(std::memory_order_relaxed));
       if (why) names << " on " << why;
+      std::ostringstream chain;  // no M runs: the chain is still (inspect.cpp)
+      write_await_chain(chain, gp);
+      std::string text = chain.str();
+      if (!text.empty()) names << "\n" << text.substr(0, text.size() - 1);
     }
   }
   if (live.size() > shown) names << "\n  ...";

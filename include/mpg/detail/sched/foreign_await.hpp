@@ -6,7 +6,9 @@
 //
 //   runtime_await<Aw>  for runtime awaiters (g.hpp: the runtime_awaiter_tag
 //                      opt-in). It forwards the three calls to Aw and
-//                      compiles to exactly what co_await of Aw would.
+//                      compiles to what co_await of Aw would. (A task or
+//                      join operand first gets the co_await's site for the
+//                      await chain: task.hpp.)
 //   foreign_await<Aw>  for anything else. The foreign awaiter never sees the
 //                      task's handle: it gets a bridge handle (a tiny
 //                      coroutine frame of its own) and resuming that, from
@@ -96,7 +98,6 @@ struct runtime_await {
     return aw.await_resume();
   }
 };
-
 // foreign_wait: the part of foreign_await that does not depend on the
 // awaiter (see the protocol at the top).
 class foreign_wait {

@@ -42,6 +42,8 @@
 #include <cstdint>
 #include <exception>
 #include <source_location>
+#include <string>
+#include <string_view>
 #include <type_traits>
 
 namespace mpg::detail {
@@ -100,6 +102,12 @@ class g {
   std::atomic<std::source_location> wait_where{};
 
 };
+
+// clean_function_name(): a std::source_location function name as the task
+// dump prints it: without its return type, and with g++'s name of a
+// coroutine body ("void f(f(int)::_Z1fi.Frame*)") given as the coroutine's
+// ("f(int)"). lib/sched/inspect.cpp.
+std::string clean_function_name(std::string_view fn);
 
 // current_g(): the G running on this thread, or nullptr outside any task.
 g* current_g() noexcept;
