@@ -10,7 +10,9 @@
 
 #include <cstdint>
 #include <memory>
+#include <sstream>
 #include <stdexcept>
+#include <thread>
 #include <string>
 
 #ifndef __has_feature
@@ -234,4 +236,44 @@ TEST_CASE("the frame cache serves every allocation after warm-up"
     CHECK(d.hits >= 1000);
     CHECK(d.misses == 0);
   }
+}
+
+namespace {
+struct alignas(64) cache_line_value {
+  int v = 0;
+};
+mpg::task<cache_line_value> make_aligned(int v) {
+  cache_line_value x;
+  x.v = v;
+  co_return x;
+}
+mpg::task<int> parked_with_aligned_result(mpg::chan<int> c) {
+  auto v = co_await c.recv();
+  co_return v.value_or(-1);
+}
+mpg::task<cache_line_value> aligned_after_wait(mpg::chan<int> c) {
+  const int v = co_await parked_with_aligned_result(c);
+  co_return cache_line_value{v};
+}
+}  // namespace
+
+TEST_CASE("a task may return an over-aligned type, and the dump reads its chain") {
+  mpg::runtime rt({.procs = 1});
+  cache_line_value r = rt.block_on(make_aligned(7));
+  CHECK(r.v == 7);
+  CHECK(reinterpret_cast<std::uintptr_t>(&r) % 64 == 0);
+  mpg::chan<int> c;
+  auto h = rt.spawn(aligned_after_wait(c), "aligned");
+  // The task parks in recv, two frames deep under a promise of an
+  // over-aligned result: the dump must walk that chain.
+  std::string dump;
+  for (int i = 0; i < 2000 && dump.find("parked_with_aligned_result") == std::string::npos; ++i) {
+    std::ostringstream os;
+    rt.dump(os);
+    dump = os.str();
+    if (dump.find("parked_with_aligned_result") == std::string::npos) std::this_thread::yield();
+  }
+  CHECK(dump.find("aligned_after_wait") != std::string::npos);
+  CHECK(c.try_send(5));
+  CHECK(rt.block_on(std::move(h)).v == 5);
 }

@@ -279,3 +279,42 @@ TEST_CASE("echo round trips from many tasks through one socket") {
   }());
   CHECK(ok == kClients * kRounds);
 }
+
+TEST_CASE("a blocked recv_from is woken by a past deadline set from another task, and by its context") {
+  mpg::runtime rt({.procs = 2});
+  rt.block_on([]() -> task<void> {
+    auto u = mpg::net::listen_udp("127.0.0.1:0");
+    REQUIRE(u.ok());
+    char buf[16];
+    // The deadline applies to the receive already in flight.
+    auto waiting = mpg::spawn(u->recv_from(std::span<char>(buf)));
+    while (!u->recv_pending()) co_await mpg::yield();
+    u->set_read_deadline(std::chrono::steady_clock::now() - 1ms);
+    auto late = co_await waiting;
+    CHECK(late.status().code() == absl::StatusCode::kDeadlineExceeded);
+    u->set_read_deadline(std::nullopt);
+
+    // A cancelled context ends it with kCancelled, and stays cancelled.
+    auto [ctx, cancel] = mpg::with_cancel(mpg::background());
+    auto waiting2 = mpg::spawn(u->recv_from(std::span<char>(buf), ctx));
+    while (!u->recv_pending()) co_await mpg::yield();
+    cancel();
+    auto cancelled = co_await waiting2;
+    CHECK(cancelled.status().code() == absl::StatusCode::kCancelled);
+    auto again = co_await u->recv_from(std::span<char>(buf), ctx);
+    CHECK(again.status().code() == absl::StatusCode::kCancelled);
+
+    // A context with a deadline ends it with kDeadlineExceeded; the socket
+    // still works afterwards.
+    auto [tctx, tcancel] = mpg::with_timeout(mpg::background(), 5ms);
+    auto timed = co_await u->recv_from(std::span<char>(buf), tctx);
+    CHECK(timed.status().code() == absl::StatusCode::kDeadlineExceeded);
+    tcancel();
+    auto d = co_await mpg::net::dial_udp("127.0.0.1:" + std::to_string(u->port()));
+    REQUIRE(d.ok());
+    CHECK((co_await d->send(std::string_view("hi"), mpg::background())).ok());
+    auto got = co_await u->recv_from(std::span<char>(buf), mpg::background());
+    REQUIRE(got.ok());
+    CHECK(std::string_view(buf, got->size) == "hi");
+  }());
+}

@@ -32,6 +32,7 @@
 #include <coroutine>
 #include <cstdint>
 #include <exception>
+#include <memory>
 #include <optional>
 #include <source_location>
 #include <stdexcept>
@@ -134,16 +135,20 @@ class promise_base {
 template <class T>
 class promise final : public promise_base {
   // The task dump finds a parked frame's promise_base at a fixed offset
-  // (lib/sched/inspect.cpp), which holds for promises aligned to at most 16.
-  static_assert(alignof(T) <= 16, "task<T> with an over-aligned T: return it in a std::unique_ptr");
+  // (lib/sched/inspect.cpp), which holds for promises aligned to at most 16:
+  // an over-aligned T is kept in an allocation of its own.
+  static constexpr bool kInline = alignof(T) <= 16;
 
  public:
   task<T> get_return_object() noexcept;
 
   template <class U>
     requires std::is_convertible_v<U&&, T>
-  void return_value(U&& v) noexcept(std::is_nothrow_constructible_v<T, U&&>) {
-    value_.emplace(std::forward<U>(v));
+  void return_value(U&& v) noexcept(kInline && std::is_nothrow_constructible_v<T, U&&>) {
+    if constexpr (kInline)
+      value_.emplace(std::forward<U>(v));
+    else
+      value_ = std::make_unique<T>(std::forward<U>(v));
   }
 
   // result(): the value, or the exception rethrown. Moves the value out.
@@ -153,7 +158,7 @@ class promise final : public promise_base {
   }
 
  private:
-  std::optional<T> value_;
+  std::conditional_t<kInline, std::optional<T>, std::unique_ptr<T>> value_;
 };
 
 template <>

@@ -39,6 +39,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -46,6 +47,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "mpg/context.hpp"
 #include "mpg/detail/io/io_op.hpp"
 #include "mpg/task.hpp"
 
@@ -89,10 +91,22 @@ class udp_socket {
   // send() / recv(): on a connected socket (dial_udp).
   task<absl::Status> send(std::string_view data);
   task<absl::StatusOr<std::size_t>> recv(std::span<char> buf);
+  // The same, bounded by ctx too: kCancelled or kDeadlineExceeded (the
+  // context's code) once ctx ends, blocked or not yet started. A host-name
+  // lookup of send_to is not interrupted; its result is dropped.
+  task<absl::Status> send_to(std::string_view data, std::string_view address, const context& ctx);
+  task<absl::StatusOr<datagram>> recv_from(std::span<char> buf, const context& ctx);
+  task<absl::Status> send(std::string_view data, const context& ctx);
+  task<absl::StatusOr<std::size_t>> recv(std::span<char> buf, const context& ctx);
 
-  // Deadlines for later operations (std::nullopt: none).
-  void set_read_deadline(std::optional<clock::time_point> t) noexcept { read_deadline_ = t; }
-  void set_write_deadline(std::optional<clock::time_point> t) noexcept { write_deadline_ = t; }
+  // set_deadline(), set_read_deadline(), set_write_deadline()
+  //
+  // The socket's deadlines (std::nullopt: none), as tcp_stream's: from any
+  // task, at any time; they apply to the operation in flight in that
+  // direction and to later ones (kDeadlineExceeded once passed).
+  void set_deadline(std::optional<clock::time_point> t) noexcept;
+  void set_read_deadline(std::optional<clock::time_point> t) noexcept;
+  void set_write_deadline(std::optional<clock::time_point> t) noexcept;
 
   // cancel(): the operations in flight complete with kCancelled. Any task.
   void cancel() noexcept;
@@ -106,15 +120,17 @@ class udp_socket {
   }
 
  private:
-  task<absl::Status> do_send(std::string_view data, std::optional<std::string> to);
-  task<absl::StatusOr<datagram>> do_recv(std::span<char> buf, bool want_from);
+  task<absl::Status> do_send(std::string_view data, std::optional<std::string> to,
+                             std::shared_ptr<detail::context_node> ctx);
+  task<absl::StatusOr<datagram>> do_recv(std::span<char> buf, bool want_from,
+                                         std::shared_ptr<detail::context_node> ctx);
 
   // The socket, -1 once closed (as tcp_stream::fd_).
   std::atomic<int> fd_{-1};
   std::uint16_t port_ = 0;
   int family_ = 0;  // AF_INET or AF_INET6
-  std::optional<clock::time_point> read_deadline_;
-  std::optional<clock::time_point> write_deadline_;
+  detail::io_deadline read_deadline_;   // followed by the op in read_slot_
+  detail::io_deadline write_deadline_;  // followed by the op in write_slot_
   detail::io_slot read_slot_;
   detail::io_slot write_slot_;
 };

@@ -56,6 +56,7 @@
 #include "mpg/blocking.hpp"
 #include "io/address.hpp"
 #include "io/io_status.hpp"
+#include "io/net_op.hpp"
 #include "mpg/detail/io/io_context.hpp"
 #include "mpg/detail/sched/clock.hpp"
 #include "io/reactor.hpp"
@@ -64,6 +65,11 @@ namespace mpg::net {
 
 namespace {
 
+using op::await_op;
+using op::deadline_ns;
+using op::make_op;
+using op::op_bounds;
+using op::wait_ready;
 using detail::io_awaiter;
 using detail::io_context_binding;
 using detail::io_opcode;
@@ -102,51 +108,6 @@ absl::StatusOr<std::string> sock_name(int fd, bool peer) {
                 : ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
   if (rc != 0) return detail::errno_status(errno, peer ? "getpeername" : "getsockname");
   return format_addr(ss, len);
-}
-
-// op_bounds: what ends one logical operation besides its own completion: a
-// fixed deadline, or the deadline of the object's direction (followed live),
-// and a context binding.
-struct op_bounds {
-  std::optional<clock::time_point> deadline;
-  const detail::io_deadline* live = nullptr;  // used when deadline is empty
-  const io_context_binding* bind = nullptr;
-
-  // expired(): the deadline the operation follows has passed by now (an op
-  // that read -ETIME was armed with an earlier one if not: issue it again).
-  bool expired() const noexcept {
-    if (bind != nullptr && bind->cancelled()) return true;  // -ETIME was the context's
-    if (deadline) return clock::now() >= *deadline;
-    if (live == nullptr) return true;
-    const std::int64_t ns = live->ns();
-    return ns != detail::io_deadline::kNone && detail::mono_now_ns() >= ns;
-  }
-};
-
-// One issue of an operation in `slot`, bounded by `b`.
-io_awaiter make_op(const io_request* rq, detail::io_slot* slot, const char* reason,
-                   const op_bounds& b) {
-  io_awaiter a = b.deadline ? io_awaiter(prep_request, rq, slot, reason, *b.deadline)
-                            : io_awaiter(prep_request, rq, slot, reason);
-  if (!b.deadline && b.live != nullptr) a.op.live_deadline = b.live->live();
-  if (b.bind != nullptr) b.bind->attach(a.op);
-  return a;
-}
-
-// await_op(): issue it, and read the result as the operation reports it
-// (an op ended by its context reads the context's code: io_context.hpp).
-task<int> await_op(const io_request* rq, detail::io_slot* slot, const char* reason,
-                   const op_bounds& b) {
-  io_awaiter op = make_op(rq, slot, reason, b);
-  int res = co_await op;
-  if (b.bind != nullptr) res = b.bind->result(res, op.op);
-  co_return res;
-}
-
-// wait_ready(): for a socket someone made non-blocking: wait for `events`.
-task<int> wait_ready(int fd, unsigned events, detail::io_slot* slot, const op_bounds& b) {
-  io_request rq{.op = io_opcode::poll, .fd = fd, .len = events};
-  co_return co_await await_op(&rq, slot, "net.poll", b);
 }
 
 // connect_fd(): connect(2) on a blocking socket, retried the ways the
@@ -217,12 +178,6 @@ tcp_stream::tcp_stream(tcp_stream&& o) noexcept
     : fd_(o.fd_.exchange(-1, std::memory_order_relaxed)),
       read_deadline_(o.read_deadline_),
       write_deadline_(o.write_deadline_) {}
-
-namespace {
-std::int64_t deadline_ns(std::optional<clock::time_point> t) noexcept {
-  return t ? detail::to_ns(*t) : detail::io_deadline::kNone;
-}
-}  // namespace
 
 void tcp_stream::set_deadline(std::optional<clock::time_point> t) noexcept {
   set_read_deadline(t);

@@ -31,6 +31,7 @@
 #include "absl/strings/str_cat.h"
 #include "io/address.hpp"
 #include "io/io_status.hpp"
+#include "io/net_op.hpp"
 #include "io/reactor.hpp"
 #include "mpg/blocking.hpp"
 
@@ -39,7 +40,12 @@ namespace mpg::net {
 namespace {
 
 using clock = udp_socket::clock;
+using op::deadline_ns;
+using op::make_op;
+using op::op_bounds;
+using op::wait_ready;
 using detail::io_awaiter;
+using detail::io_context_binding;
 using detail::io_opcode;
 using detail::io_request;
 using detail::name_lookup;
@@ -50,19 +56,6 @@ using detail::sock_addr;
 absl::string_view av(std::string_view s) noexcept { return {s.data(), s.size()}; }
 
 constexpr const char* kClosedObject = "network connection";
-
-io_awaiter make_op(const io_request* rq, detail::io_slot* slot, const char* reason,
-                   std::optional<clock::time_point> deadline) {
-  if (deadline) return io_awaiter(prep_request, rq, slot, reason, *deadline);
-  return io_awaiter(prep_request, rq, slot, reason);
-}
-
-// wait_ready(): for a socket someone made non-blocking: wait for `events`.
-task<int> wait_ready(int fd, unsigned events, detail::io_slot* slot,
-                     std::optional<clock::time_point> deadline) {
-  io_request rq{.op = io_opcode::poll, .fd = fd, .len = events};
-  co_return co_await make_op(&rq, slot, "net.udp.poll", deadline);
-}
 
 bool is_unix(std::string_view address) noexcept { return address.substr(0, 5) == "unix:"; }
 
@@ -180,22 +173,52 @@ absl::StatusOr<std::string> udp_socket::remote_address() const {
 // The address and the data's view are copied into the lazy task's frame
 // (the caller's string may be gone when the task runs; data must not be).
 task<absl::Status> udp_socket::send_to(std::string_view data, std::string_view address) {
-  return do_send(data, std::string(address));
+  return do_send(data, std::string(address), nullptr);
 }
-task<absl::Status> udp_socket::send(std::string_view data) { return do_send(data, std::nullopt); }
+task<absl::Status> udp_socket::send_to(std::string_view data, std::string_view address,
+                                       const context& ctx) {
+  return do_send(data, std::string(address), ctx.node_for_internal_use());
+}
+task<absl::Status> udp_socket::send(std::string_view data) { return do_send(data, std::nullopt, nullptr); }
+task<absl::Status> udp_socket::send(std::string_view data, const context& ctx) {
+  return do_send(data, std::nullopt, ctx.node_for_internal_use());
+}
 
 task<absl::StatusOr<datagram>> udp_socket::recv_from(std::span<char> buf) {
-  return do_recv(buf, /*want_from=*/true);
+  return do_recv(buf, /*want_from=*/true, nullptr);
+}
+task<absl::StatusOr<datagram>> udp_socket::recv_from(std::span<char> buf, const context& ctx) {
+  return do_recv(buf, /*want_from=*/true, ctx.node_for_internal_use());
 }
 
 task<absl::StatusOr<std::size_t>> udp_socket::recv(std::span<char> buf) {
-  auto d = co_await do_recv(buf, /*want_from=*/false);
+  auto d = co_await do_recv(buf, /*want_from=*/false, nullptr);
+  if (!d.ok()) co_return d.status();
+  co_return d->size;
+}
+task<absl::StatusOr<std::size_t>> udp_socket::recv(std::span<char> buf, const context& ctx) {
+  auto d = co_await do_recv(buf, /*want_from=*/false, ctx.node_for_internal_use());
   if (!d.ok()) co_return d.status();
   co_return d->size;
 }
 
-task<absl::Status> udp_socket::do_send(std::string_view data, std::optional<std::string> to) {
+void udp_socket::set_deadline(std::optional<clock::time_point> t) noexcept {
+  set_read_deadline(t);
+  set_write_deadline(t);
+}
+void udp_socket::set_read_deadline(std::optional<clock::time_point> t) noexcept {
+  read_deadline_.set(deadline_ns(t), &read_slot_);
+}
+void udp_socket::set_write_deadline(std::optional<clock::time_point> t) noexcept {
+  write_deadline_.set(deadline_ns(t), &write_slot_);
+}
+
+task<absl::Status> udp_socket::do_send(std::string_view data, std::optional<std::string> to,
+                                       std::shared_ptr<detail::context_node> ctx) {
   const char* what = to ? "send_to" : "send";
+  io_context_binding bind(ctx.get());  // ctx, a parameter, keeps the node alive
+  bind.bind(&write_slot_);
+  const op_bounds b{.live = &write_deadline_, .bind = &bind};
   sock_addr dest;
   if (to) {
     if (fd_.load(std::memory_order_relaxed) < 0) co_return detail::closed_status(what, kClosedObject);
@@ -217,20 +240,26 @@ task<absl::Status> udp_socket::do_send(std::string_view data, std::optional<std:
     int fd = fd_.load(std::memory_order_relaxed);
     if (fd < 0) co_return detail::closed_status(what, kClosedObject);
     io_request rq{.op = io_opcode::sendmsg, .fd = fd, .addr = &msg, .flags = MSG_NOSIGNAL};
-    int res = co_await make_op(&rq, &write_slot_, "net.udp.send", write_deadline_);
+    io_awaiter op = make_op(&rq, &write_slot_, "net.udp.send", b);
+    int res = co_await op;
+    res = bind.result(res, op.op);
     if (res >= 0) co_return absl::OkStatus();  // a datagram goes whole or not at all
-    if (res == -EINTR) continue;
+    if (res == -EINTR || (res == -ETIME && !b.expired())) continue;
     if (res == -EAGAIN) {
-      res = co_await wait_ready(fd, POLLOUT, &write_slot_, write_deadline_);
-      if (res >= 0 || res == -EINTR) continue;
+      res = co_await wait_ready(fd, POLLOUT, &write_slot_, b);
+      if (res >= 0 || res == -EINTR || (res == -ETIME && !b.expired())) continue;
     }
     co_return detail::io_result_status(
         res, to ? absl::StrCat(what, " ", detail::format_addr(dest.ss, dest.len)) : std::string(what));
   }
 }
 
-task<absl::StatusOr<datagram>> udp_socket::do_recv(std::span<char> buf, bool want_from) {
+task<absl::StatusOr<datagram>> udp_socket::do_recv(std::span<char> buf, bool want_from,
+                                                   std::shared_ptr<detail::context_node> ctx) {
   const char* what = want_from ? "recv_from" : "recv";
+  io_context_binding bind(ctx.get());  // ctx, a parameter, keeps the node alive
+  bind.bind(&read_slot_);
+  const op_bounds b{.live = &read_deadline_, .bind = &bind};
   for (;;) {
     int fd = fd_.load(std::memory_order_relaxed);
     if (fd < 0) co_return detail::closed_status(what, kClosedObject);
@@ -242,7 +271,9 @@ task<absl::StatusOr<datagram>> udp_socket::do_recv(std::span<char> buf, bool wan
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
     io_request rq{.op = io_opcode::recvmsg, .fd = fd, .addr = &msg, .flags = MSG_TRUNC};
-    int res = co_await make_op(&rq, &read_slot_, "net.udp.recv", read_deadline_);
+    io_awaiter op = make_op(&rq, &read_slot_, "net.udp.recv", b);
+    int res = co_await op;
+    res = bind.result(res, op.op);
     if (res >= 0) {
       const auto full = static_cast<std::size_t>(res);
       datagram d;
@@ -251,10 +282,10 @@ task<absl::StatusOr<datagram>> udp_socket::do_recv(std::span<char> buf, bool wan
       if (want_from) d.from = detail::format_addr(from, msg.msg_namelen);
       co_return d;
     }
-    if (res == -EINTR) continue;
+    if (res == -EINTR || (res == -ETIME && !b.expired())) continue;
     if (res == -EAGAIN) {
-      res = co_await wait_ready(fd, POLLIN, &read_slot_, read_deadline_);
-      if (res >= 0 || res == -EINTR) continue;
+      res = co_await wait_ready(fd, POLLIN, &read_slot_, b);
+      if (res >= 0 || res == -EINTR || (res == -ETIME && !b.expired())) continue;
     }
     co_return detail::io_result_status(res, what);
   }

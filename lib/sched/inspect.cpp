@@ -241,9 +241,9 @@ std::shared_ptr<void> scheduler::stop_the_world() const {
                          [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(st->mu) { return st->released; })) {
       }
     };
-    auto* n = new post_fn<decltype(hold)>(std::move(hold));
+    post_node* n = post_fn<decltype(hold)>::make(std::move(hold));
     if (!handle_post(handle_state_.get(), n)) {
-      delete n;
+      release_post(n, false);
       return nullptr;
     }
     thread_mutex_lock l(st->mu);

@@ -87,12 +87,11 @@ inline void release_post(post_node* n, bool run, post_free_batch* batch = nullpt
   n->end(n, run, batch);
 }
 
+// post_fn: a posted function. Made only by make(), which sets how the node
+// ends (a node made otherwise would have none).
 template <class F>
-struct post_fn final : post_node {
-  template <class A>
-  explicit post_fn(A&& f) : fn(std::forward<A>(f)) {}
-  F fn;
-
+class post_fn final : public post_node {
+ public:
   // make(): a node holding a copy of f, from the calling thread's cache when
   // it fits a size class.
   template <class A>
@@ -117,6 +116,11 @@ struct post_fn final : post_node {
   }
 
  private:
+  template <class A>
+  explicit post_fn(A&& f) : fn(std::forward<A>(f)) {}
+
+  F fn;
+
   static void end_cached(post_node* n, bool run, post_free_batch* batch) noexcept {
     auto* self = static_cast<post_fn*>(n);
     if (run) self->fn();  // noexcept context: a throwing function terminates
