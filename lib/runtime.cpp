@@ -40,7 +40,7 @@ void block_on_wait(scheduler* s, block_on_state* st) {
   // a timer, doing I/O or inside mpg::blocking) and made no progress since
   // the last look; two such looks in a row mean every task waits on
   // something only another task could provide. Threads outside the runtime
-  // are not counted as possible wakers (docs/api.md, "Deadlock detection").
+  // are not counted as possible wakers (docs/diagnostics.md, "Deadlock detection").
   std::uint64_t last_progress = 0;
   int quiet_looks = 0;
   thread_mutex_lock l(st->mu);

@@ -3,7 +3,7 @@
 // mpg is Go's goroutine model for C++20: tasks (task<T>, spawn, go) run on an
 // M-P-G work-stealing scheduler (runtime), talk over channels (chan, select),
 // wait on coroutine-aware sync primitives and timers, and do I/O through
-// per-P io_uring rings. The guide to the whole API is docs/api.md.
+// per-P io_uring rings. The guides to the API are docs/api.md, docs/io.md and docs/diagnostics.md.
 #pragma once
 
 // Core runtime: tasks, spawning, the runtime object, errors.

@@ -1,6 +1,6 @@
 // mpg/runtime_options.hpp: the knobs of a runtime (mpg::runtime's
 // constructor argument): how many Ps, queue and ring sizes, the thread
-// limit, the long-task report and the debugging aids (docs/api.md,
+// limit, the long-task report and the debugging aids (docs/diagnostics.md,
 // "Debugging").
 #pragma once
 
@@ -36,7 +36,7 @@ struct runtime_options {
   // fail or come back short the ways the kernel may (-EINTR, -EAGAIN, short
   // counts, -ECONNRESET, CQ overflow), to show code survives them. Syntax as
   // Go's GODEBUG, e.g. "rate=0.05,kinds=eintr+eagain+short+reset+overflow,seed=42"
-  // (docs/api.md, "Fault injection (tests)"). Null: the MPG_FAULTS
+  // (docs/diagnostics.md, "Fault injection (tests)"). Null: the MPG_FAULTS
   // environment variable; "" (or no rate): none. Bad pairs are reported on
   // stderr and ignored.
   const char* io_faults = nullptr;

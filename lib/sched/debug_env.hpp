@@ -1,4 +1,4 @@
-// lib/sched/debug_env.hpp: the debugging aids of a runtime (docs/api.md,
+// lib/sched/debug_env.hpp: the debugging aids of a runtime (docs/diagnostics.md,
 // "Debugging") and the MPG_DEBUG / MPG_TRACE environment variables that
 // turn them on.
 //
