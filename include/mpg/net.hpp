@@ -191,7 +191,7 @@ class listener {
   task<absl::StatusOr<tcp_stream>> accept(const context& ctx);
 
   // close(): stops listening; every accept() in flight or later returns
-  // kCancelled (net::is_closed is true for it). Idempotent. A Unix listener
+  // kCancelled (a later one also satisfies net::is_closed). Idempotent. A Unix listener
   // on a path removes its socket file (as Go's does); one on an abstract
   // name has no file.
   void close() noexcept;
