@@ -20,6 +20,7 @@
 
 #include "mpg/mpg.hpp"
 #include "mpg/signal.hpp"
+#include "server_args.hpp"
 
 using namespace std::chrono_literals;
 
@@ -92,31 +93,11 @@ mpg::task<int> run(std::string address, bool smoke) {
   co_return status;
 }
 
-bool to_int(std::string_view s, long long* v) {
-  const char* end = s.data() + s.size();
-  auto [p, ec] = std::from_chars(s.data(), end, *v);
-  return !s.empty() && ec == std::errc() && p == end;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  long long port = 9999, procs = 0;
-  bool smoke = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view a = argv[i];
-    if (a == "--smoke") {
-      smoke = true;
-    } else if (a == "--port" && i + 1 < argc && to_int(argv[i + 1], &port) && port >= 0 && port < 65536) {
-      ++i;
-    } else if (a == "--procs" && i + 1 < argc && to_int(argv[i + 1], &procs) && procs >= 0 && procs < 1024) {
-      ++i;
-    } else {
-      std::fprintf(stderr, "usage: %s [--port N] [--procs N] [--smoke]\n", argv[0]);
-      return 2;
-    }
-  }
-  mpg::runtime rt({.procs = static_cast<unsigned>(procs)});
-  const std::string address = smoke ? "127.0.0.1:0" : "127.0.0.1:" + std::to_string(port);
-  return rt.block_on(run(address, smoke));
+  const std::optional<example::server_args> args = example::parse_server_args(argc, argv, 9999);
+  if (!args) return 2;
+  mpg::runtime rt({.procs = static_cast<unsigned>(args->procs)});
+  return rt.block_on(run(args->address(), args->smoke));
 }
