@@ -10,7 +10,9 @@
 //   2. poll_timers_and_io(): due timers and ready I/O completions of this P
 //      (they ready Gs here; SQEs are flushed when the local queue is empty
 //      or every 16th tick);
-//   3. pop_local(): the runnext slot, then the local queue; a runnext chain
+//   3. pop_local(): the runnext slot, then the newest spawned G, then the
+//      local queue (on every 61st tick the queue's head first, and on
+//      every 488th, failing that, the oldest spawned G); a runnext chain
 //      (a G readying the next, which readies the next...) inherits the time
 //      slice but keeps the slot at most kMaxRunnextStreak turns in a row
 //      while the local queue has work;
@@ -41,6 +43,7 @@ namespace mpg::detail {
 
 namespace {
 constexpr std::uint32_t kMaxRunnextStreak = 32;
+constexpr std::uint64_t kOldestSpawnTurn = 61 * 8;
 constexpr int kStealTries = 4;
 constexpr int kSpinRounds = 32;
 constexpr int kSpinPauses = 64;
@@ -150,7 +153,19 @@ g* scheduler::find_runnable(machine* m, bool* inherit_time) {
   const runnext_policy policy =
       m->runnext_streak >= kMaxRunnextStreak ? runnext_policy::skip : runnext_policy::take;
   bool from_next = false;
-  g* gp = m->local_runq().pop(policy, &from_next);
+  run_queue::owner q = m->local_runq();
+  g* gp = nullptr;
+  // The fairness turn: a task that keeps spawning cannot keep the ring's
+  // Gs, or the oldest spawned ones, waiting behind its newest spawns
+  // (run_queue.hpp).
+  const std::uint64_t tick = m->p()->schedtick.load(std::memory_order_relaxed);
+  if (tick % 61 == 0) [[unlikely]] {
+    gp = q.pop_fifo(runnext_policy::take, &from_next);
+    // The oldest spawn's turn is rarer: each one starts a subtree out of
+    // depth-first order and widens a fork-join tree's live set.
+    if (gp == nullptr && tick % kOldestSpawnTurn == 0) gp = q.pop_oldest_spawn();
+  }
+  if (gp == nullptr) gp = q.pop(policy, &from_next);
   if (gp == nullptr) {
     m->runnext_streak = 0;
     return nullptr;

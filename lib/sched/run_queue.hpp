@@ -1,5 +1,19 @@
-// lib/sched/run_queue.hpp: a P's local run queue and runnext slot (Go's runq).
+// lib/sched/run_queue.hpp: a P's local run queue and runnext slot (Go's runq),
+// and its deque of spawned Gs (work_deque.hpp).
 //
+// Three places, popped by the owner in this order:
+//   runnext  a G readied by the running G (inherits the time slice);
+//   spawns   spawned Gs that have never run, newest first (work-first
+//            fork-join: work_deque.hpp);
+//   queue    the FIFO ring below: yields, Gs readied by I/O, timers and
+//            wake-all paths, overflow from spawns, batches from the global
+//            queue and from thieves.
+// A task that keeps spawning could keep the FIFO ring, and the oldest
+// spawned Gs, waiting behind the newest spawns; on every 61st tick the
+// scheduler pops the ring's head first, else the oldest spawned G
+// (find_runnable.cpp), as Go does for the global queue.
+//
+// The FIFO ring:
 // A fixed ring of `capacity` slots (a power of two; 256 by default, tests
 // shrink it) with a single producer, the M that holds the P, and many
 // consumers: the owner pops from the head, and thieves steal half of the
@@ -31,14 +45,17 @@
 #include <memory>
 
 #include "mpg/detail/sched/g.hpp"
+#include "sched/work_deque.hpp"
 
 namespace mpg::detail {
 
 class machine;
 
 // Where make_runnable()/local_put() put a G: in the runnext slot (it runs
-// next, inheriting the time slice) or at the tail of the queue.
-enum class queue_slot : std::uint8_t { runnext, tail };
+// next, inheriting the time slice), at the tail of the queue, or, for a
+// freshly spawned G,
+// spawn: the bottom of the spawn deque (a G that has never run).
+enum class queue_slot : std::uint8_t { runnext, tail, spawn };
 // Whether owner::pop() may take the runnext G (skip: a runnext chain has
 // kept the slot long enough; the queue's head goes first).
 enum class runnext_policy : std::uint8_t { take, skip };
@@ -48,7 +65,7 @@ class run_queue {
   class owner;
 
   explicit run_queue(std::uint32_t capacity)
-      : cap_(capacity), mask_(capacity - 1), slots_(new std::atomic<g*>[capacity]) {
+      : cap_(capacity), mask_(capacity - 1), slots_(new std::atomic<g*>[capacity]), spawns_(capacity) {
     for (std::uint32_t i = 0; i < capacity; ++i) slots_[i].store(nullptr, std::memory_order_relaxed);
   }
 
@@ -58,22 +75,24 @@ class run_queue {
   // (through its owner side, so only the M holding the thief's P can steal
   // into it; that queue must have room for capacity/2). Returns
   // one stolen G to run at once (not placed in dst), or nullptr.
-  // runnext == take: also take the runnext G when the queue is empty.
+  // With the FIFO ring empty it takes the oldest spawned G instead (one:
+  // in a fork-join tree that is the biggest piece of work left).
+  // runnext == take: also take the runnext G when both are empty.
   g* steal_into(owner thief, runnext_policy runnext, std::uint32_t* count) noexcept;
 
 
-  // size(): a snapshot from any thread (queue plus runnext).
+  // size(): a snapshot from any thread (queue, spawns and runnext).
   std::uint32_t size() const noexcept {
     const std::uint32_t h = head_.load(std::memory_order_acquire);
     const std::uint32_t t = tail_.load(std::memory_order_acquire);
     std::uint32_t n = t - h;
     if (n > cap_) n = 0;  // torn snapshot
-    return n + (runnext_.load(std::memory_order_relaxed) != nullptr ? 1 : 0);
+    return n + spawns_.size() + (runnext_.load(std::memory_order_relaxed) != nullptr ? 1 : 0);
   }
   // empty_seq_cst(): the recheck of the parking protocol (seq_cst loads).
   bool empty_seq_cst() const noexcept {
     return head_.load(std::memory_order_seq_cst) == tail_.load(std::memory_order_seq_cst) &&
-           runnext_.load(std::memory_order_seq_cst) == nullptr;
+           spawns_.empty_seq_cst() && runnext_.load(std::memory_order_seq_cst) == nullptr;
   }
   g* peek_runnext() const noexcept { return runnext_.load(std::memory_order_relaxed); }
   bool has_runnext() const noexcept { return runnext_.load(std::memory_order_relaxed) != nullptr; }
@@ -85,6 +104,7 @@ class run_queue {
   const std::uint32_t cap_;
   const std::uint32_t mask_;
   std::unique_ptr<std::atomic<g*>[]> slots_;
+  work_deque spawns_;
 };
 
 
@@ -126,8 +146,21 @@ class run_queue::owner {
     return q_->runnext_.exchange(gp, std::memory_order_seq_cst);
   }
 
-  // pop(): runnext first (unless skip_runnext), then the head.
-  // *from_runnext tells which.
+  // push_spawn(): a freshly spawned G at the bottom of the spawn deque.
+  // False when the deque is full (the caller pushes it at the tail).
+  bool push_spawn(g* gp) noexcept { return q_->spawns_.push(gp); }
+
+  // take_spawn_if(): pop gp if it is the newest spawned G (a join running
+  // its child inline). A thief may race us for it; one side gets it.
+  bool take_spawn_if(g* gp) noexcept { return q_->spawns_.pop_if(gp); }
+
+  // pop_oldest_spawn(): the oldest spawned G (the thieves' end), for the
+  // fairness turn: with a task that keeps spawning, the newest-first order
+  // alone would keep the oldest entries waiting for ever.
+  g* pop_oldest_spawn() noexcept { return q_->spawns_.steal(); }
+
+  // pop(): runnext first (unless skip_runnext), then the newest spawned G,
+  // then the head of the ring. *from_runnext tells whether it was runnext.
   g* pop(runnext_policy policy, bool* from_runnext) noexcept {
     if (policy == runnext_policy::take) {
       g* next = q_->runnext_.load(std::memory_order_relaxed);
@@ -139,6 +172,14 @@ class run_queue::owner {
         return next;
       }
     }
+    *from_runnext = false;
+    if (g* gp = q_->spawns_.pop()) return gp;
+    return pop_fifo(policy, from_runnext);
+  }
+
+  // pop_fifo(): the head of the ring (then, under skip, runnext, then the
+  // spawn deque). The 61-tick fairness pop.
+  g* pop_fifo(runnext_policy policy, bool* from_runnext) noexcept {
     *from_runnext = false;
     for (;;) {
       std::uint32_t h = q_->head_.load(std::memory_order_acquire);
@@ -195,6 +236,10 @@ inline g* run_queue::steal_into(owner thief, runnext_policy runnext, std::uint32
     std::uint32_t n = t - h;
     n = n - n / 2;
     if (n == 0) {
+      if (g* gp = spawns_.steal()) {
+        *count = 1;
+        return gp;
+      }
       if (runnext == runnext_policy::skip) return nullptr;
       g* next = runnext_.load(std::memory_order_relaxed);
       if (next == nullptr) return nullptr;

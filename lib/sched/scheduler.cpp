@@ -226,7 +226,7 @@ g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
   machine* m = tls_m;
   if (m != nullptr && m->sched == s && m->p() != nullptr) {
     processor::bump(m->p()->spawned);
-    s->make_runnable(m, gp, queue_slot::runnext);
+    s->make_runnable(m, gp, queue_slot::spawn);
   } else {
     gp->status.store(g_status::runnable, std::memory_order_relaxed);
     s->global_put(gp);
@@ -285,24 +285,21 @@ std::coroutine_handle<> join_suspend(std::coroutine_handle<> root, promise_base*
   if (me == nullptr) throw runtime_misuse_error("mpg: a join_handle was awaited outside a task");
   frame_header* hdr = header_of(root.address());
   g* child = promise->g_;
-  // Work-first: a task still waiting in this P's runnext slot (the common
-  // case for a spawn followed soon by its join) is taken out and run inline,
-  // as if awaited as a task<T>: no trip through the scheduler. Taking it
-  // from runnext is a CAS that thieves also use, so exactly one side gets it;
-  // a G in the queue proper is left alone (it may be mid-steal).
+  // Work-first: a child that no M has taken yet is the newest entry of this
+  // P's spawn deque when spawns and joins nest (run_queue.hpp); it is popped
+  // and run inline, as if awaited as a task<T>: no trip through the
+  // scheduler. A thief may race us for it; the deque's pop decides.
   //
   // The G pointer may be stale (the task finished and its G was reused by a
-  // newer spawn that now sits in runnext), so the frame must still be
+  // newer spawn that now sits in the deque), so the frame must still be
   // unfinished (join state Running) and the G must be the same incarnation
-  // (ids are never reused). And it must never have run: a G readied into
-  // runnext after a park resumes at its park, not at its root. These reads
-  // are safe here: a G in our runnext slot was put there by this thread.
+  // (ids are never reused). A G in our deque was put there by this thread
+  // and has never run (only spawns go there).
   machine* m = tls_m;
   if (child != nullptr && m->p() != nullptr && child->sched == me->sched &&
       hdr->join.load(std::memory_order_acquire) == kJoinRunning &&
-      m->p()->runq.peek_runnext() == child && child->id.load(std::memory_order_relaxed) == promise->gid_ &&
-      !child->started.load(std::memory_order_relaxed) &&
-      m->local_runq().take_runnext_if(child)) {
+      child->id.load(std::memory_order_relaxed) == promise->gid_ &&
+      m->local_runq().take_spawn_if(child)) {
     // Only the handle owner (us) reads the join state of a claimed frame.
     hdr->join.store(kJoinInline, std::memory_order_relaxed);
     me->sched->retire_g(child);
@@ -482,6 +479,10 @@ void scheduler::local_put(machine* m, g* gp, queue_slot slot) noexcept {
   if (slot == queue_slot::runnext) {
     gp = q.put_runnext(gp);  // seq_cst: S1 of the protocol
     if (gp == nullptr) return;
+  } else if (slot == queue_slot::spawn && q.push_spawn(gp)) {
+    // S1 for the spawn path: order the push before wake_p's loads.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    return;
   }
   for (;;) {
     if (q.push_tail(gp)) {

@@ -1,0 +1,152 @@
+// lib/sched/work_deque.hpp: a P's deque of spawned, never-started Gs (a
+// bounded Chase-Lev deque, as in Lê, Pop, Cohen and Zappa Nardelli,
+// "Correct and Efficient Work-Stealing for Weak Memory Models", PPoPP 2013).
+//
+// Work-first fork-join. spawn() pushes the child at the bottom, the owner's
+// end; the owner pops the newest child first (LIFO), and thieves take the
+// oldest from the top (FIFO), which in a fork-join tree is the biggest
+// piece of work left. A join whose child is still the bottom entry pops it
+// and runs it inline (spawn.hpp's join): with strictly nested spawns and
+// joins the child always is the bottom entry, so the tree runs depth-first
+// on one P and keeps a live set proportional to its depth, not its breadth.
+//
+// Roles are split by type as in run_queue.hpp: push, pop and pop_if belong
+// to the M holding the P (through run_queue::owner); steal(), size() and
+// empty_seq_cst() may be called from any thread.
+//
+// Invariants:
+//   - top and bottom are signed 64-bit counters that only grow, except that
+//     pop() lowers bottom by one for the duration of a pop; bottom - top is
+//     the number of entries and never exceeds capacity.
+//   - Only the owner writes bottom and the slots. It writes slot i only when
+//     i - top < capacity for a top it loaded after the last steal it can
+//     have raced with, so a thief that read slot t and then wins its CAS on
+//     top read the value the owner published for t.
+//   - top only moves forward, by CAS: thieves, and the owner when it pops
+//     the last entry (then it races the thieves for it, and one CAS wins).
+//
+// Memory ordering, argued per operation:
+//   push   slot store relaxed, then bottom store release: a thief that
+//          acquires the new bottom sees the slot and the G's fields written
+//          before the push (the spawn's set-up of the G).
+//   pop    bottom store, then a seq_cst fence, then the top load: the fence
+//          orders the owner's claim (the lowered bottom) against a thief's
+//          top load / bottom load pair, which is separated by its own
+//          seq_cst fence, so the owner and a thief cannot both take the one
+//          remaining entry without one of them seeing the other; for that
+//          entry the decision is the seq_cst CAS on top.
+//   steal  top load acquire, seq_cst fence, bottom load acquire (pairs with
+//          push's release), slot load, CAS on top (seq_cst; acquire on
+//          success is what orders the slot read before a reuse of the slot:
+//          the owner's push acquires top before writing a slot).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+
+#include "mpg/detail/sched/g.hpp"
+
+namespace mpg::detail {
+
+class work_deque {
+ public:
+  explicit work_deque(std::uint32_t capacity)
+      : mask_(static_cast<std::int64_t>(capacity) - 1),
+        cap_(capacity),
+        slots_(new std::atomic<g*>[capacity]) {
+    for (std::uint32_t i = 0; i < capacity; ++i) slots_[i].store(nullptr, std::memory_order_relaxed);
+  }
+
+  std::int64_t capacity() const noexcept { return cap_; }
+
+  // steal(): take the oldest entry, from any thread. nullptr when empty or
+  // when another thief (or the owner, for the last entry) won the race.
+  g* steal() noexcept {
+    std::int64_t t = top_.load(std::memory_order_acquire);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    const std::int64_t b = bottom_.load(std::memory_order_acquire);
+    if (t >= b) return nullptr;
+    g* gp = slots_[t & mask_].load(std::memory_order_relaxed);
+    if (!top_.compare_exchange_strong(t, t + 1, std::memory_order_seq_cst,
+                                      std::memory_order_relaxed))
+      return nullptr;
+    return gp;
+  }
+
+  // size(): a snapshot from any thread.
+  std::uint32_t size() const noexcept {
+    const std::int64_t t = top_.load(std::memory_order_acquire);
+    const std::int64_t b = bottom_.load(std::memory_order_acquire);
+    return b > t ? static_cast<std::uint32_t>(b - t) : 0;
+  }
+  // empty_seq_cst(): the recheck of the parking protocol (seq_cst loads).
+  bool empty_seq_cst() const noexcept {
+    return top_.load(std::memory_order_seq_cst) >= bottom_.load(std::memory_order_seq_cst);
+  }
+
+  // Owner side (only through run_queue::owner).
+
+  // push(): false when full (the caller queues the G elsewhere).
+  bool push(g* gp) noexcept {
+    const std::int64_t b = bottom_.load(std::memory_order_relaxed);  // only we write it
+    // Acquire: see thieves' top advances (and their slot reads) before
+    // reusing a slot.
+    const std::int64_t t = top_.load(std::memory_order_acquire);
+    if (b - t >= cap_) return false;
+    slots_[b & mask_].store(gp, std::memory_order_relaxed);
+    // Release: publishes the slot (and the G) to thieves that acquire bottom.
+    bottom_.store(b + 1, std::memory_order_release);
+    return true;
+  }
+
+  // peek_bottom(): the newest entry, or nullptr when empty. Only the owner
+  // writes slots, so the value is stable, though a thief may take the entry
+  // at any moment (pop_if() decides).
+  g* peek_bottom() const noexcept {
+    const std::int64_t b = bottom_.load(std::memory_order_relaxed);
+    const std::int64_t t = top_.load(std::memory_order_relaxed);
+    if (t >= b) return nullptr;
+    return slots_[(b - 1) & mask_].load(std::memory_order_relaxed);
+  }
+
+  // pop(): take the newest entry; nullptr when empty or when a thief took
+  // the last one.
+  g* pop() noexcept {
+    const std::int64_t b = bottom_.load(std::memory_order_relaxed) - 1;
+    bottom_.store(b, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_seq_cst);  // see the top of the file
+    std::int64_t t = top_.load(std::memory_order_relaxed);
+    if (t > b) {
+      bottom_.store(b + 1, std::memory_order_relaxed);  // was empty
+      return nullptr;
+    }
+    g* gp = slots_[b & mask_].load(std::memory_order_relaxed);
+    if (t == b) {
+      // The last entry: race the thieves for it.
+      if (!top_.compare_exchange_strong(t, t + 1, std::memory_order_seq_cst,
+                                        std::memory_order_relaxed))
+        gp = nullptr;
+      bottom_.store(b + 1, std::memory_order_relaxed);
+    }
+    return gp;
+  }
+
+  // pop_if(): pop the newest entry if it is gp. False when the bottom entry
+  // is another G, or a thief took gp.
+  bool pop_if(g* gp) noexcept {
+    if (peek_bottom() != gp) return false;
+    // The bottom entry is gp and only we change bottom: pop() returns gp,
+    // or nullptr when a thief took it first.
+    return pop() != nullptr;
+  }
+
+ private:
+  alignas(64) std::atomic<std::int64_t> top_{0};
+  alignas(64) std::atomic<std::int64_t> bottom_{0};
+  const std::int64_t mask_;
+  const std::int64_t cap_;
+  std::unique_ptr<std::atomic<g*>[]> slots_;
+};
+
+}  // namespace mpg::detail
