@@ -160,7 +160,7 @@ g* scheduler::find_runnable(machine* m, bool* inherit_time) {
   // (run_queue.hpp).
   const std::uint64_t tick = m->p()->schedtick.load(std::memory_order_relaxed);
   if (tick % 61 == 0) [[unlikely]] {
-    gp = q.pop_fifo(runnext_policy::take, &from_next);
+    gp = q.pop_fifo();
     // The oldest spawn's turn is rarer: each one starts a subtree out of
     // depth-first order and widens a fork-join tree's live set.
     if (gp == nullptr && tick % kOldestSpawnTurn == 0) gp = q.pop_oldest_spawn();

@@ -159,35 +159,34 @@ class run_queue::owner {
   // alone would keep the oldest entries waiting for ever.
   g* pop_oldest_spawn() noexcept { return q_->spawns_.steal(); }
 
-  // pop(): runnext first (unless skip_runnext), then the newest spawned G,
-  // then the head of the ring. *from_runnext tells whether it was runnext.
+  // pop(): runnext first (unless skip), then the newest spawned G, then the
+  // head of the ring, then (under skip) runnext. *from_runnext tells
+  // whether it was runnext.
   g* pop(runnext_policy policy, bool* from_runnext) noexcept {
+    *from_runnext = false;
     if (policy == runnext_policy::take) {
-      g* next = q_->runnext_.load(std::memory_order_relaxed);
-      // Acquire on success: pairs with the seq_cst exchange that put it there.
-      if (next != nullptr &&
-          q_->runnext_.compare_exchange_strong(next, nullptr, std::memory_order_acquire,
-                                           std::memory_order_relaxed)) {
+      if (g* next = take_runnext()) {
         *from_runnext = true;
         return next;
       }
     }
-    *from_runnext = false;
     if (g* gp = q_->spawns_.pop()) return gp;
-    return pop_fifo(policy, from_runnext);
+    if (g* gp = pop_fifo()) return gp;
+    if (policy == runnext_policy::skip) {
+      if (g* next = take_runnext()) {
+        *from_runnext = true;
+        return next;
+      }
+    }
+    return nullptr;
   }
 
-  // pop_fifo(): the head of the ring (then, under skip, runnext, then the
-  // spawn deque). The 61-tick fairness pop.
-  g* pop_fifo(runnext_policy policy, bool* from_runnext) noexcept {
-    *from_runnext = false;
+  // pop_fifo(): the head of the ring only (the fairness turn).
+  g* pop_fifo() noexcept {
     for (;;) {
       std::uint32_t h = q_->head_.load(std::memory_order_acquire);
       const std::uint32_t t = q_->tail_.load(std::memory_order_relaxed);
-      if (t == h) {
-        if (policy == runnext_policy::skip) return pop(runnext_policy::take, from_runnext);
-        return nullptr;
-      }
+      if (t == h) return nullptr;
       g* gp = q_->slots_[h & q_->mask_].load(std::memory_order_relaxed);
       // Release: our read of the slot happens before the owner (us) or a
       // later push reuses it; acquire: see other consumers' reads likewise.
@@ -209,6 +208,18 @@ class run_queue::owner {
     if (!q_->head_.compare_exchange_strong(h, h + n, std::memory_order_acq_rel, std::memory_order_relaxed))
       return 0;
     return n;
+  }
+
+  // take_runnext(): empty the runnext slot; its G or nullptr.
+  g* take_runnext() noexcept {
+    g* next = q_->runnext_.load(std::memory_order_relaxed);
+    // Acquire on success: pairs with the seq_cst exchange that put it
+    // there; a thief may race us for it, one CAS wins.
+    if (next != nullptr &&
+        q_->runnext_.compare_exchange_strong(next, nullptr, std::memory_order_acquire,
+                                             std::memory_order_relaxed))
+      return next;
+    return nullptr;
   }
 
   // take_runnext_if(): empty the runnext slot if it holds gp.

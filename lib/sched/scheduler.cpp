@@ -210,8 +210,10 @@ void requeue_current(std::coroutine_handle<> h) noexcept {
   m->sched->wake_p();
 }
 
-g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
-              promise_base* promise) {
+namespace {
+// Off the fast path: a spawn from outside the caller's runtime's Ps.
+[[gnu::noinline]] g* spawn_root_elsewhere(std::coroutine_handle<> root, const char* name,
+                                          scheduler* s, promise_base* promise) {
   if (s == nullptr) {
     s = current_scheduler();
     if (s == nullptr || tls_g == nullptr) {
@@ -220,16 +222,42 @@ g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
     }
   }
   header_of(root.address())->spawned = 1;
-  g* gp = s->new_g(root, name);
+  processor* p = current_p_of(s);
+  g* gp = p != nullptr ? s->new_g_local(p, root, name) : s->new_g(root, name);
   promise->gid_ = gp->id.load(std::memory_order_relaxed);
   promise->g_ = gp;
-  machine* m = tls_m;
-  if (m != nullptr && m->sched == s && m->p() != nullptr) {
-    processor::bump(m->p()->spawned);
-    s->make_runnable(m, gp, queue_slot::spawn);
+  if (p != nullptr) {
+    processor::bump(p->spawned);
+    s->make_runnable(tls_m, gp, queue_slot::spawn);
   } else {
     gp->status.store(g_status::runnable, std::memory_order_relaxed);
     s->global_put(gp);
+  }
+  return gp;
+}
+}  // namespace
+
+g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
+              promise_base* promise) {
+  // The fast path: a task spawning on its own runtime, on the P it runs on.
+  machine* m = tls_m;
+  if (s != nullptr || m == nullptr || tls_g == nullptr || m->p() == nullptr) [[unlikely]]
+    return spawn_root_elsewhere(root, name, s, promise);
+  s = m->sched;
+  processor* p = m->p();
+  header_of(root.address())->spawned = 1;
+  g* gp = s->new_g_local(p, root, name);
+  promise->gid_ = gp->id.load(std::memory_order_relaxed);
+  promise->g_ = gp;
+  processor::bump(p->spawned);
+  gp->status.store(g_status::runnable, std::memory_order_relaxed);
+  if (m->local_runq().push_spawn(gp)) [[likely]] {
+    // S1 of the parking protocol for the spawn deque: order the push
+    // before wake_p's loads.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    s->wake_p();
+  } else {
+    s->make_runnable(m, gp, queue_slot::tail);  // the deque is full
   }
   return gp;
 }
@@ -302,7 +330,7 @@ std::coroutine_handle<> join_suspend(std::coroutine_handle<> root, promise_base*
       m->local_runq().take_spawn_if(child)) {
     // Only the handle owner (us) reads the join state of a claimed frame.
     hdr->join.store(kJoinInline, std::memory_order_relaxed);
-    me->sched->retire_g(child);
+    me->sched->retire_g_local(m->p(), child);
     promise->continuation_ = h;
     return root;
   }
@@ -399,42 +427,8 @@ g* scheduler::allocate_gs(processor* p) {
   return fresh[0];
 }
 
-g* scheduler::new_g(std::coroutine_handle<> root, const char* name) {
-  processor* p = current_p_of(this);
-  g* gp = nullptr;
-  std::uint64_t id;
-  if (p != nullptr) {
-    if (!p->gfree.empty()) {
-      gp = p->gfree.back();
-      p->gfree.pop_back();
-    }
-    if (p->next_gid == p->gid_limit) refill_gids(p);
-    id = p->next_gid++;
-  } else {
-    foreign_spawned_.fetch_add(1, std::memory_order_relaxed);
-    thread_mutex_lock l(allg_mu_);
-    id = gid_next_++;
-    if (!gfree_global_.empty()) {
-      gp = gfree_global_.back();
-      gfree_global_.pop_back();
-    }
-  }
-  if (gp == nullptr) {
-    if (p != nullptr) {
-      // Refill from the global pool first (Gs freed elsewhere), then allocate.
-      thread_mutex_lock l(allg_mu_);
-      std::size_t take = std::min<std::size_t>(gfree_global_.size(), 32);
-      for (std::size_t i = 0; i < take; ++i) {
-        p->gfree.push_back(gfree_global_.back());
-        gfree_global_.pop_back();
-      }
-      if (!p->gfree.empty()) {
-        gp = p->gfree.back();
-        p->gfree.pop_back();
-      }
-    }
-    if (gp == nullptr) gp = allocate_gs(p);
-  }
+void scheduler::init_g(g* gp, std::uint64_t id, std::coroutine_handle<> root,
+                       const char* name) noexcept {
   gp->id.store(id, std::memory_order_relaxed);
   gp->started.store(false, std::memory_order_relaxed);
   gp->root = root;
@@ -442,30 +436,92 @@ g* scheduler::new_g(std::coroutine_handle<> root, const char* name) {
   gp->link = nullptr;
   gp->name.store(name, std::memory_order_relaxed);
   gp->wait_reason.store(nullptr, std::memory_order_relaxed);
+}
+
+g* scheduler::new_g_local(processor* p, std::coroutine_handle<> root, const char* name) {
+  if (p->gfree.empty() || p->next_gid == p->gid_limit) [[unlikely]]
+    return new_g_slow(p, root, name);
+  g* gp = p->gfree.back();
+  p->gfree.pop_back();
+  init_g(gp, p->next_gid++, root, name);
   return gp;
 }
 
-void scheduler::retire_g(g* gp) noexcept {
+[[gnu::noinline]] g* scheduler::new_g_slow(processor* p, std::coroutine_handle<> root, const char* name) {
+  g* gp = nullptr;
+  if (!p->gfree.empty()) {
+    gp = p->gfree.back();
+    p->gfree.pop_back();
+  }
+  if (p->next_gid == p->gid_limit) refill_gids(p);
+  const std::uint64_t id = p->next_gid++;
+  if (gp == nullptr) {
+    // Refill from the global pool first (Gs freed elsewhere), then allocate.
+    {
+      thread_mutex_lock l(allg_mu_);
+      std::size_t take = std::min<std::size_t>(gfree_global_.size(), 32);
+      for (std::size_t i = 0; i < take; ++i) {
+        p->gfree.push_back(gfree_global_.back());
+        gfree_global_.pop_back();
+      }
+    }
+    if (!p->gfree.empty()) {
+      gp = p->gfree.back();
+      p->gfree.pop_back();
+    } else {
+      gp = allocate_gs(p);
+    }
+  }
+  init_g(gp, id, root, name);
+  return gp;
+}
+
+g* scheduler::new_g(std::coroutine_handle<> root, const char* name) {
+  if (processor* p = current_p_of(this)) return new_g_local(p, root, name);
+  foreign_spawned_.fetch_add(1, std::memory_order_relaxed);
+  g* gp = nullptr;
+  std::uint64_t id;
+  {
+    thread_mutex_lock l(allg_mu_);
+    id = gid_next_++;
+    if (!gfree_global_.empty()) {
+      gp = gfree_global_.back();
+      gfree_global_.pop_back();
+    }
+  }
+  if (gp == nullptr) gp = allocate_gs(nullptr);
+  init_g(gp, id, root, name);
+  return gp;
+}
+
+void scheduler::retire_g_local(processor* p, g* gp) noexcept {
   gp->status.store(g_status::dead, std::memory_order_relaxed);
   gp->root = {};
   gp->resume = {};
   gp->name.store(nullptr, std::memory_order_relaxed);
-  processor* p = current_p_of(this);
-  if (p == nullptr) {
-    foreign_completed_.fetch_add(1, std::memory_order_relaxed);
-    thread_mutex_lock l(allg_mu_);
-    gfree_global_.push_back(gp);
-    return;
-  }
   processor::bump(p->completed);
+  if (p->gfree.size() >= kLocalGfreeMax) [[unlikely]] return retire_g_slow(p, gp);
   p->gfree.push_back(gp);
-  if (p->gfree.size() > kLocalGfreeMax) {
-    thread_mutex_lock l(allg_mu_);
-    while (p->gfree.size() > kLocalGfreeMax / 2) {
-      gfree_global_.push_back(p->gfree.back());
-      p->gfree.pop_back();
-    }
+}
+
+[[gnu::noinline]] void scheduler::retire_g_slow(processor* p, g* gp) noexcept {
+  p->gfree.push_back(gp);
+  thread_mutex_lock l(allg_mu_);
+  while (p->gfree.size() > kLocalGfreeMax / 2) {
+    gfree_global_.push_back(p->gfree.back());
+    p->gfree.pop_back();
   }
+}
+
+void scheduler::retire_g(g* gp) noexcept {
+  if (processor* p = current_p_of(this)) return retire_g_local(p, gp);
+  gp->status.store(g_status::dead, std::memory_order_relaxed);
+  gp->root = {};
+  gp->resume = {};
+  gp->name.store(nullptr, std::memory_order_relaxed);
+  foreign_completed_.fetch_add(1, std::memory_order_relaxed);
+  thread_mutex_lock l(allg_mu_);
+  gfree_global_.push_back(gp);
 }
 
 void scheduler::make_runnable(machine* m, g* gp, queue_slot slot) noexcept {

@@ -56,6 +56,10 @@ class scheduler {
   // --- G lifecycle (scheduler.cpp) ------------------------------------------
   g* new_g(std::coroutine_handle<> root, const char* name);  // on the caller's P if it has one
   void retire_g(g* gp) noexcept;                            // back to a free pool
+  // new_g_local() / retire_g_local(): the same on p, the P this thread
+  // holds: inline pool pops and pushes, the rest out of line.
+  g* new_g_local(processor* p, std::coroutine_handle<> root, const char* name);
+  void retire_g_local(processor* p, g* gp) noexcept;
   // make_runnable(): ready()'s body on an M that holds a P of this runtime:
   // queue gp on that P (runnext or tail) and wake an M if one is wanted.
   void make_runnable(machine* m, g* gp, queue_slot slot) noexcept;
@@ -185,6 +189,9 @@ class scheduler {
   void global_put_locked(g* first, g* last, std::uint32_t n) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   g* global_get(machine* m, std::uint32_t max) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void refill_gids(processor* p) noexcept;
+  g* new_g_slow(processor* p, std::coroutine_handle<> root, const char* name);
+  void retire_g_slow(processor* p, g* gp) noexcept;
+  static void init_g(g* gp, std::uint64_t id, std::coroutine_handle<> root, const char* name) noexcept;
   g* allocate_gs(processor* p);
 
   runtime_options opts_;

@@ -113,6 +113,9 @@ class work_deque {
   // pop(): take the newest entry; nullptr when empty or when a thief took
   // the last one.
   g* pop() noexcept {
+    // Empty without the fence: top only grows and only we raise bottom.
+    if (top_.load(std::memory_order_relaxed) >= bottom_.load(std::memory_order_relaxed))
+      return nullptr;
     const std::int64_t b = bottom_.load(std::memory_order_relaxed) - 1;
     bottom_.store(b, std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_seq_cst);  // see the top of the file
@@ -135,10 +138,21 @@ class work_deque {
   // pop_if(): pop the newest entry if it is gp. False when the bottom entry
   // is another G, or a thief took gp.
   bool pop_if(g* gp) noexcept {
-    if (peek_bottom() != gp) return false;
-    // The bottom entry is gp and only we change bottom: pop() returns gp,
-    // or nullptr when a thief took it first.
-    return pop() != nullptr;
+    const std::int64_t b = bottom_.load(std::memory_order_relaxed) - 1;  // only we write it
+    if (top_.load(std::memory_order_relaxed) > b) return false;  // empty (a hint)
+    if (slots_[b & mask_].load(std::memory_order_relaxed) != gp) return false;
+    // The bottom entry is gp and only we change bottom: pop it as pop()
+    // does; we get gp, or nothing when a thief took it first.
+    bottom_.store(b, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_seq_cst);  // see the top of the file
+    std::int64_t t = top_.load(std::memory_order_relaxed);
+    if (t < b) return true;
+    bool won = false;
+    if (t == b)
+      won = top_.compare_exchange_strong(t, t + 1, std::memory_order_seq_cst,
+                                         std::memory_order_relaxed);
+    bottom_.store(b + 1, std::memory_order_relaxed);
+    return won;
   }
 
  private:
