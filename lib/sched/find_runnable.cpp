@@ -73,12 +73,7 @@ void scheduler::execute(machine* m, g* gp, bool inherit_time) {
   } else if (m->budget <= 0) {
     m->budget = kBudget / 4;
   }
-  processor::bump(p->tasks_run);
-  set_current_g(gp);
-  gp->status.store(g_status::running, std::memory_order_relaxed);
-  gp->started.store(true, std::memory_order_relaxed);
-  p->cur_gid.store(gp->id.load(std::memory_order_relaxed), std::memory_order_relaxed);
-  p->cur_name.store(gp->name.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  begin_run(m, gp);
   if (m->trace != nullptr) [[unlikely]] traced_resume(m, gp);  // trace.hpp: the only cost when off
   else gp->resume.resume();
   // gp may already run elsewhere or be retired: do not touch it. The M may

@@ -281,7 +281,35 @@ std::coroutine_handle<> finish_root(std::coroutine_handle<> root, const std::exc
   } else if (old != kJoinRunning) {
     ready(reinterpret_cast<g*>(old));
   }
+  machine* m = tls_m;
+  if (m != nullptr && m->sched == s && m->p() != nullptr) return s->next_after_finish(m);
   return std::noop_coroutine();
+}
+
+// Switching at finish. When a G ends on an M that holds a P, the next G of
+// that P starts at once by symmetric transfer from the finished frame's
+// final await, without returning to the M's loop: the joiner just readied
+// into runnext (the parent of a stolen child resumes at the child's end,
+// on the thief), else the newest spawned G, else the ring's head
+// (pop_local's order). The loop's own checks are only put off, never
+// skipped: each switch spends one unit of the G budget (kBudget), so at
+// most kBudget switches separate two passes through find_runnable, and a
+// switch never crosses a fairness tick (every 61st: the global queue and
+// the ring go first there) or runs while the runtime stops or traces (the
+// trace's spans are drawn by execute()).
+std::coroutine_handle<> scheduler::next_after_finish(machine* m) noexcept {
+  processor* p = m->p();
+  if (--m->budget <= 0 || m->trace != nullptr || stopping()) return std::noop_coroutine();
+  // find_runnable's fairness turns come when the tick is a multiple of 61.
+  const std::uint64_t tick = p->schedtick.load(std::memory_order_relaxed);
+  if (tick % 61 == 0) return std::noop_coroutine();
+  bool from_next = false;
+  g* gp = m->local_runq().pop(runnext_policy::take, &from_next);
+  if (gp == nullptr) return std::noop_coroutine();
+  // Single writer (the owner); relaxed: sampled by sysmon, as in execute().
+  p->schedtick.store(tick + 1, std::memory_order_relaxed);
+  begin_run(m, gp);
+  return gp->resume;
 }
 
 void report_lost_exception(std::exception_ptr e, std::uint64_t gid, const char* name) noexcept {

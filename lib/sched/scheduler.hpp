@@ -85,6 +85,11 @@ class scheduler {
 
   // --- P ownership and Ms (p_ownership.cpp) ---------------------------------
   void wake_p() noexcept;  // Go's wakep: start a spinning M if none spins and a P idles
+  // next_after_finish(): called by finish_root() on the M whose G just
+  // ended. Returns the next local G's resume point to switch to directly
+  // (symmetric transfer, no return to the M's loop), or noop. See
+  // scheduler.cpp, "Switching at finish".
+  std::coroutine_handle<> next_after_finish(machine* m) noexcept;
   void start_m(processor* p, spin_state spin) noexcept;
   // handoff_p(): p was released by an M that will not run Gs for a while
   // (mpg::blocking): give it to another M if it has work, else make it idle.
@@ -150,6 +155,17 @@ class scheduler {
   give_up_result give_up_p(machine* m, g** found);
   bool recheck_after_spinning(machine* m);
   void execute(machine* m, g* gp, bool inherit_time);
+  // begin_run(): the bookkeeping of gp starting a turn on m's P (current G,
+  // status, the P's sampled fields); execute() and the finish-time switch.
+  static void begin_run(machine* m, g* gp) noexcept {
+    processor* p = m->p();
+    processor::bump(p->tasks_run);
+    set_current_g(gp);
+    gp->status.store(g_status::running, std::memory_order_relaxed);
+    gp->started.store(true, std::memory_order_relaxed);
+    p->cur_gid.store(gp->id.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    p->cur_name.store(gp->name.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  }
   void reset_spinning(machine* m) noexcept;
   bool any_local_work() const noexcept;
   // run_posted(): run up to a batch of posted functions on m's P (post.cpp);
