@@ -1,16 +1,21 @@
 // mpg/spawn.hpp: spawn, go, yield, consume_budget and join_handle<T>.
 //
-// spawn(t) turns task t into a new G, runnable at once on the caller's P (in
-// its runnext slot, as Go's newproc does) where any idle P may steal it. The
-// returned join_handle<T> is awaited at most once for the task's result; its
-// exception is rethrown there. Dropping the handle detaches the task; an
-// exception escaping a detached task (or a `go` task) terminates the process
-// with a report naming the task.
+// spawn(t) turns task t into a new G, runnable at once on the caller's P,
+// at the owner's end of the P's spawn deque (work-first fork-join: the P
+// runs its newest spawned task first, and an idle P steals the oldest,
+// lib/sched/work_deque.hpp). The returned join_handle<T> is awaited at most
+// once for the task's result; its exception is rethrown there. Dropping the
+// handle detaches the task; an exception escaping a detached task (or a
+// `go` task) terminates the process with a report naming the task.
 //
 // Where a join resumes: if the task had finished, co_await completes without
-// suspending (unless the cooperative budget ran out, then it yields once);
-// otherwise the joiner is resumed by the M that finishes the task, on that
-// M's P (runnext).
+// suspending (unless the cooperative budget ran out, then it yields once).
+// If the task is still the newest entry of the joiner's P's deque (no M has
+// taken it: the usual case when spawns and joins nest), the joiner runs it
+// inline, with no trip through the scheduler. Otherwise the joiner is
+// resumed by the M that finishes the task, on that M's P: that M switches
+// to it directly when the task ends (lib/sched/scheduler.cpp, "Switching at
+// finish").
 //
 // A join is also a select case: `co_await mpg::select(h, ch.recv())` (or
 // h.join()) gives what `co_await h` gives, as its alternative (std::monostate
@@ -112,10 +117,11 @@ void drop_join(std::coroutine_handle<Promise> root) noexcept {
     root.destroy();  // the joiner was destroyed while running it inline
   }
 }
-// join_suspend(): the join's await_suspend. If no M has started the task,
-// claim it and return its frame to run it inline (work-first: no switch
-// through the scheduler); else park the current G at h until the task
-// finishes (noop returned), or return h when it finished already.
+// join_suspend(): the join's await_suspend. If the task is the newest entry
+// of this P's spawn deque, pop it and return its frame to run it inline
+// (work-first: no switch through the scheduler); else park the current G
+// at h until the task finishes (noop returned), or return h when it
+// finished already.
 // The park site is promise->caller_where_ (link_parent).
 std::coroutine_handle<> join_suspend(std::coroutine_handle<> root, promise_base* promise,
                                      std::coroutine_handle<> h);
