@@ -281,6 +281,11 @@ def main() -> int:
     ap.add_argument("--idle", type=int, default=10000)
     ap.add_argument("--runs", type=int, default=1, help="runs per cell; the median is reported")
     ap.add_argument("--only", default="echo,http,idle,redis")
+    ap.add_argument("--impls", default="",
+                    help="comma-separated rows to run (default: all of mpg,base,threads,go,floor)")
+    ap.add_argument("--base", type=Path, default=None,
+                    help="another build directory whose mpg servers run as the row 'base', "
+                         "interleaved with this build's (a before/after comparison)")
     args = ap.parse_args()
     build = args.build.resolve()
     sdir = build / "perf" / "servers"
@@ -289,7 +294,11 @@ def main() -> int:
     go_env = dict(os.environ, GOMAXPROCS=str(args.procs))
     failed = False
 
+    wanted = set(args.impls.split(",")) if args.impls else None
+    base_dir = args.base.resolve() / "perf" / "servers" if args.base else None
+
     def medians(fn, impls, *a) -> dict[str, dict]:
+        impls = [i for i in impls if wanted is None or i[0] in wanted]
         # Rounds interleave the implementations (mpg, peer, mpg, peer...), so
         # a noisy minute on the shared machine hits every row alike.
         runs: dict[str, list[dict]] = {name: [] for name, _, _ in impls}
@@ -310,29 +319,35 @@ def main() -> int:
     floor = sdir / "uring_floor_echo"
     echo: dict[str, dict] = {}
     if "echo" in only:
-        impls = [("mpg", [str(sdir / "echo_server")], None),
-                 ("threads", [str(sdir / "threads_echo_server")], None)]
+        impls = [("mpg", [str(sdir / "echo_server")], None)]
+        if base_dir:
+            impls.append(("base", [str(base_dir / "echo_server")], None))
+        impls.append(("threads", [str(sdir / "threads_echo_server")], None))
         if "echo_server" in go:
             impls.append(("go", [str(go["echo_server"])], go_env))
         if floor.exists():
             impls.append(("floor", [str(floor)], None))
         echo = medians(run_echo, impls, build)
-        failed |= len(echo) != len(impls)
+        failed |= len(echo) != len([i for i in impls if wanted is None or i[0] in wanted])
     http: dict[str, dict] = {}
     if "http" in only and shutil.which("wrk"):
         impls = [("mpg", [str(sdir / "http_server")], None)]
+        if base_dir:
+            impls.append(("base", [str(base_dir / "http_server")], None))
         if "http_server" in go:
             impls.append(("go", [str(go["http_server"])], go_env))
         if floor.exists():
             impls.append(("floor", [str(floor), "--http"], None))
         http = medians(run_http, impls)
-        failed |= len(http) != len(impls)
+        failed |= len(http) != len([i for i in impls if wanted is None or i[0] in wanted])
     idle: dict[str, dict] = {}
     if "idle" in only:
         impls = [("mpg", [str(sdir / "echo_server")], None)]
         if "echo_server" in go:
             impls.append(("go", [str(go["echo_server"])], go_env))
         for name, argv, env in impls:
+            if wanted is not None and name not in wanted:
+                continue
             r = run_idle(name, argv, args, env)
             failed |= r is None
             if r:
@@ -359,23 +374,29 @@ def main() -> int:
     if echo:
         print(f"\ntcp_echo: {args.conns} conns x {args.size} B ping-pong, client echo_load (mpg)")
         print(f"{'impl':8} {'msgs/s':>10} {'p50 us':>8} {'p99 us':>9} {'CPU s/100k':>11} "
-              f"{'rate vs go':>11} {'CPU vs go':>10}")
+              f"{'rate vs go':>11} {'CPU vs go':>10} {'rate/floor':>11} {'CPU/floor':>10}")
         g = echo.get("go")
+        fl = echo.get("floor")
         for name, r in echo.items():
             print(f"{name:8} {r['rate']:10.0f} {r['p50']:8.1f} {r['p99']:9.1f} {r['cpu100k']:11.3f} "
                   f"{ratio(r['rate'], g and g['rate']):>11} "
-                  f"{ratio(r['cpu100k'], g and g['cpu100k']):>10}")
+                  f"{ratio(r['cpu100k'], g and g['cpu100k']):>10} "
+                  f"{ratio(r['rate'], fl and fl['rate']):>11} "
+                  f"{ratio(r['cpu100k'], fl and fl['cpu100k']):>10}")
         print("targets: mpg >= 1.5x Go's msgs/s, <= 0.5x Go's CPU per message "
               "(floor: no runtime, the kernel's share)")
     if http:
         print("\nhttp_hello: wrk -t1 -c64, keep-alive")
         print(f"{'impl':8} {'req/s':>10} {'p50 us':>8} {'p99 us':>9} {'CPU s/100k':>11} "
-              f"{'rate vs go':>11} {'CPU vs go':>10}")
+              f"{'rate vs go':>11} {'CPU vs go':>10} {'rate/floor':>11} {'CPU/floor':>10}")
         g = http.get("go")
+        fl = http.get("floor")
         for name, r in http.items():
             print(f"{name:8} {r['rate']:10.0f} {r['p50']:8.1f} {r['p99']:9.1f} {r['cpu100k']:11.3f} "
                   f"{ratio(r['rate'], g and g['rate']):>11} "
-                  f"{ratio(r['cpu100k'], g and g['cpu100k']):>10}")
+                  f"{ratio(r['cpu100k'], g and g['cpu100k']):>10} "
+                  f"{ratio(r['rate'], fl and fl['rate']):>11} "
+                  f"{ratio(r['cpu100k'], fl and fl['cpu100k']):>10}")
         print("target: mpg >= 2x Go net/http req/s (floor: no runtime, the kernel's share)")
     if idle:
         print(f"\nidle connections held to the echo server")
