@@ -52,6 +52,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <coroutine>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -71,6 +72,52 @@ namespace mpg::net {
 using clock = std::chrono::steady_clock;
 
 enum class shutdown_how { read, write, both };
+
+class tcp_stream;
+
+// read_op: what tcp_stream::read(buf) returns, awaited at once:
+//
+//   absl::StatusOr<std::size_t> n = co_await s.read(std::span<char>(buf));
+//
+// It issues the recv from the awaiting task's own frame, with no coroutine
+// frame of its own (an idle connection costs no more than its task). When
+// the recv must be issued again (-EINTR, -EAGAIN on a socket made
+// non-blocking, the stream's read deadline moved later), its completion
+// hands the rest of the read to the task form of the same loop, which the
+// awaiting task then runs; what the caller sees is the same either way. Like
+// a task it is awaited at most once and must not outlive the stream or the
+// buffer; to spawn the read, convert it: task<...>(s.read(buf)).
+class read_op {
+ public:
+  using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
+  using result_type = absl::StatusOr<std::size_t>;
+
+  read_op(const read_op&) = delete;
+  read_op& operator=(const read_op&) = delete;
+  read_op(read_op&& o) noexcept : s_(o.s_), buf_(o.buf_) {}  // before it is awaited only
+
+  bool await_ready() const noexcept { return false; }
+  std::coroutine_handle<> await_suspend(std::coroutine_handle<> h);
+  result_type await_resume();
+
+  // The same read as a task (tcp_stream's read loop in a frame of its own).
+  operator task<result_type>() &&;
+
+ private:
+  friend class tcp_stream;
+  read_op(tcp_stream* s, std::span<char> buf) noexcept : s_(s), buf_(buf) {}
+  static void on_complete(detail::io_op* op) noexcept;
+
+  enum class state : std::uint8_t { issued, closed, empty, slow };
+  tcp_stream* s_;
+  std::span<char> buf_;
+  state state_ = state::issued;
+  detail::io_op op_;
+  std::coroutine_handle<> parent_{};
+  // The task form, when the recv has to be issued again (on_complete).
+  task<result_type> slow_;
+  task<result_type>::awaiter slow_await_{};
+};
 
 // tcp_stream: a connected TCP socket (TCP_NODELAY on). Move-only; the
 // destructor closes it.
@@ -92,7 +139,8 @@ class tcp_stream {
   // (and for an empty buf, without I/O). Bounded by the stream's read
   // deadline; with a deadline argument, by that one instead; with a
   // context, by the stream's read deadline and the context.
-  task<absl::StatusOr<std::size_t>> read(std::span<char> buf);
+  // read(buf) is a read_op (above), awaited like the task the others return.
+  read_op read(std::span<char> buf) noexcept { return read_op(this, buf); }
   task<absl::StatusOr<std::size_t>> read(std::span<char> buf, clock::time_point deadline);
   task<absl::StatusOr<std::size_t>> read(std::span<char> buf, const context& ctx);
   // write(): all of data (short writes are continued), or an error. After an
@@ -140,6 +188,7 @@ class tcp_stream {
   absl::StatusOr<std::string> remote_address() const;
 
  private:
+  friend class read_op;
   task<absl::StatusOr<std::size_t>> do_read(std::span<char> buf,
                                             std::optional<clock::time_point> deadline,
                                             std::shared_ptr<detail::context_node> ctx);

@@ -202,9 +202,93 @@ tcp_stream& tcp_stream::operator=(tcp_stream&& o) noexcept {
   return *this;
 }
 
-task<absl::StatusOr<std::size_t>> tcp_stream::read(std::span<char> buf) {
-  return do_read(buf, std::nullopt, nullptr);
+// --- read_op -----------------------------------------------------------------
+//
+// The recv of read(buf) lives in the awaiting task's frame (op_), as an
+// io_awaiter's does; the loop of do_read is not repeated here. Its first
+// issue is made by await_suspend; on_complete, which the reactor calls under
+// its lock on the op's final completion, either readies the task (the
+// result is final: the common case) or, when do_read's loop would issue the
+// recv again, creates do_read's frame for the rest of the read, makes it
+// the G's resume point with the awaiting task as its continuation, and
+// readies the G: the task resumes in that loop, and await_resume reads its
+// result. Creating the frame allocates (the frame allocator: a thread-local
+// list, or the depot's mutex, or malloc) and touches nothing of the
+// reactor's, so it may run under the reactor lock; it happens only for
+// -EINTR, -EAGAIN, or an -ETIME whose deadline moved later. on_complete
+// touches nothing of the op after readying the G (it may run at once on
+// another M).
+
+namespace {
+// retry_read(): do_read's loop would issue the recv again after `res`.
+bool retry_read(int res, const detail::io_deadline& live) noexcept {
+  if (res == -EINTR || res == -EAGAIN) return true;
+  if (res != -ETIME) return false;
+  const std::int64_t ns = live.ns();
+  return ns == detail::io_deadline::kNone || detail::mono_now_ns() < ns;
 }
+}  // namespace
+
+std::coroutine_handle<> read_op::await_suspend(std::coroutine_handle<> h) {
+  if (buf_.empty()) {
+    state_ = state::empty;
+    return h;
+  }
+  const int fd = s_->fd_.load(std::memory_order_relaxed);
+  if (fd < 0) {
+    state_ = state::closed;
+    return h;
+  }
+  // Read only by prep_request inside io_start (under the reactor lock).
+  const io_request rq{.op = io_opcode::recv,
+                      .fd = fd,
+                      .addr = buf_.data(),
+                      .len = static_cast<std::uint32_t>(std::min(buf_.size(), kMaxIo)),
+                      .poll_first = !s_->data_left_};
+  op_.complete = &read_op::on_complete;
+  op_.user = this;
+  op_.live_deadline = s_->read_deadline_.live();
+  op_.waiter = detail::current_g();
+  parent_ = h;
+  detail::park(h, "net.read");
+  if (detail::io_start(&op_, prep_request, &rq, &s_->read_slot_))
+    return std::noop_coroutine();  // published: *this is the reactor's until on_complete
+  detail::cancel_park();
+  return h;  // op_.res says why (await_resume)
+}
+
+void read_op::on_complete(detail::io_op* op) noexcept {
+  auto* self = static_cast<read_op*>(op->user);
+  detail::g* gp = op->waiter;
+  if (retry_read(op->outcome(), self->s_->read_deadline_)) {
+    self->state_ = state::slow;
+    self->slow_ = self->s_->do_read(self->buf_, std::nullopt, nullptr);
+    self->slow_await_ = std::move(self->slow_).operator co_await();
+    // The G is parked (nobody else touches its resume point until it is
+    // readied below): it resumes in do_read, which returns to the awaiter.
+    gp->resume = self->slow_await_.await_suspend(self->parent_);
+  }
+  detail::ready_tail(gp);  // stealable, as the reactor's own (reactor.cpp)
+}
+
+read_op::result_type read_op::await_resume() {
+  switch (state_) {
+    case state::empty: return std::size_t{0};
+    case state::closed: return closed_error("read");
+    case state::slow: return slow_await_.await_resume();
+    case state::issued: break;
+  }
+  const int res = op_.outcome();
+  // A result on_complete did not hand to do_read (or io_start's refusal:
+  // a closed slot, no reactor) is final.
+  s_->data_left_ = res > 0 && (static_cast<std::size_t>(res) == std::min(buf_.size(), kMaxIo) ||
+                               (op_.cqe_flags & detail::kCqeSockNonempty) != 0);
+  if (res >= 0) return static_cast<std::size_t>(res);
+  return net_error(res, "read");
+}
+
+read_op::operator task<result_type>() && { return s_->do_read(buf_, std::nullopt, nullptr); }
+
 task<absl::StatusOr<std::size_t>> tcp_stream::read(std::span<char> buf,
                                                    clock::time_point deadline) {
   return do_read(buf, deadline, nullptr);
