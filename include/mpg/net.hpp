@@ -60,6 +60,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -95,6 +96,11 @@ class read_op {
   read_op(const read_op&) = delete;
   read_op& operator=(const read_op&) = delete;
   read_op(read_op&& o) noexcept : s_(o.s_), buf_(o.buf_) {}  // before it is awaited only
+  // Idempotent (g++ 12 may destroy a temporary of a co_await's
+  // full-expression twice: the second run finds slow_ null).
+  ~read_op() {
+    if (slow_) std::exchange(slow_, {}).destroy();
+  }
 
   bool await_ready() const noexcept { return false; }
   std::coroutine_handle<> await_suspend(std::coroutine_handle<> h);
@@ -113,10 +119,9 @@ class read_op {
   std::span<char> buf_;
   state state_ = state::issued;
   detail::io_op op_;
-  std::coroutine_handle<> parent_{};
-  // The task form, when the recv has to be issued again (on_complete).
-  task<result_type> slow_;
-  task<result_type>::awaiter slow_await_{};
+  // The frame of the task form, owned here, when the recv has to be issued
+  // again (on_complete); it returns to the awaiting task.
+  task<result_type>::handle_type slow_{};
 };
 
 // tcp_stream: a connected TCP socket (TCP_NODELAY on). Move-only; the

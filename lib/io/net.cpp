@@ -249,7 +249,6 @@ std::coroutine_handle<> read_op::await_suspend(std::coroutine_handle<> h) {
   op_.user = this;
   op_.live_deadline = s_->read_deadline_.live();
   op_.waiter = detail::current_g();
-  parent_ = h;
   detail::park(h, "net.read");
   if (detail::io_start(&op_, prep_request, &rq, &s_->read_slot_))
     return std::noop_coroutine();  // published: *this is the reactor's until on_complete
@@ -262,11 +261,12 @@ void read_op::on_complete(detail::io_op* op) noexcept {
   detail::g* gp = op->waiter;
   if (retry_read(op->outcome(), self->s_->read_deadline_)) {
     self->state_ = state::slow;
-    self->slow_ = self->s_->do_read(self->buf_, std::nullopt, nullptr);
-    self->slow_await_ = std::move(self->slow_).operator co_await();
-    // The G is parked (nobody else touches its resume point until it is
-    // readied below): it resumes in do_read, which returns to the awaiter.
-    gp->resume = self->slow_await_.await_suspend(self->parent_);
+    self->slow_ = self->s_->do_read(self->buf_, std::nullopt, nullptr).release();
+    // The G is parked at the awaiting task (park() in await_suspend), and
+    // nobody else touches its resume point until it is readied below: it
+    // resumes in do_read instead, which returns to the awaiting task.
+    self->slow_.promise().continuation_ = gp->resume;
+    gp->resume = self->slow_;
   }
   detail::ready_tail(gp);  // stealable, as the reactor's own (reactor.cpp)
 }
@@ -275,7 +275,7 @@ read_op::result_type read_op::await_resume() {
   switch (state_) {
     case state::empty: return std::size_t{0};
     case state::closed: return closed_error("read");
-    case state::slow: return slow_await_.await_resume();
+    case state::slow: return slow_.promise().result();
     case state::issued: break;
   }
   const int res = op_.outcome();

@@ -386,6 +386,8 @@ def main() -> int:
     idle: dict[str, dict] = {}
     if "idle" in only:
         impls = [("mpg", [str(sdir / "echo_server")], None)]
+        if base_dir:
+            impls.append(("base", [str(base_dir / "echo_server")], None))
         if "echo_server" in go:
             impls.append(("go", [str(go["echo_server"])], go_env))
         for name, argv, env in impls:
