@@ -33,7 +33,7 @@ ours and is stopped by its PID. Traffic stays on 127.0.0.1.
 Usage:
   python3 perf/servers/run_servers.py --build BUILD [--seconds 5] [--procs 2]
       [--conns 64] [--size 64] [--idle 10000] [--runs 1] [--only echo,http,idle,churn,redis]
-      [--impls mpg,base,threads,go,floor] [--base OTHER_BUILD] [--churn 100000]
+      [--impls mpg,base,threads,go,floor] [--base BUILD2,BUILD3] [--churn 100000]
 
 Standard library only. Exit status 1 if a server failed to start or a load
 run failed.
@@ -326,9 +326,10 @@ def main() -> int:
     ap.add_argument("--only", default="echo,http,idle,redis")
     ap.add_argument("--impls", default="",
                     help="comma-separated rows to run (default: all of mpg,base,threads,go,floor)")
-    ap.add_argument("--base", type=Path, default=None,
-                    help="another build directory whose mpg servers run as the row 'base', "
-                         "interleaved with this build's (a before/after comparison)")
+    ap.add_argument("--base", default="",
+                    help="other build directories (comma-separated) whose mpg servers run as "
+                         "the rows 'base', 'base2'..., interleaved with this build's "
+                         "(before/after comparisons)")
     args = ap.parse_args()
     build = args.build.resolve()
     sdir = build / "perf" / "servers"
@@ -338,7 +339,8 @@ def main() -> int:
     failed = False
 
     wanted = set(args.impls.split(",")) if args.impls else None
-    base_dir = args.base.resolve() / "perf" / "servers" if args.base else None
+    bases = [(f"base{i + 1 if i else ''}", Path(d).resolve() / "perf" / "servers")
+             for i, d in enumerate(args.base.split(",")) if d]
 
     def medians(fn, impls, *a) -> dict[str, dict]:
         impls = [i for i in impls if wanted is None or i[0] in wanted]
@@ -363,8 +365,8 @@ def main() -> int:
     echo: dict[str, dict] = {}
     if "echo" in only:
         impls = [("mpg", [str(sdir / "echo_server")], None)]
-        if base_dir:
-            impls.append(("base", [str(base_dir / "echo_server")], None))
+        for bname, bdir in bases:
+            impls.append((bname, [str(bdir / "echo_server")], None))
         impls.append(("threads", [str(sdir / "threads_echo_server")], None))
         if "echo_server" in go:
             impls.append(("go", [str(go["echo_server"])], go_env))
@@ -375,8 +377,8 @@ def main() -> int:
     http: dict[str, dict] = {}
     if "http" in only and shutil.which("wrk"):
         impls = [("mpg", [str(sdir / "http_server")], None)]
-        if base_dir:
-            impls.append(("base", [str(base_dir / "http_server")], None))
+        for bname, bdir in bases:
+            impls.append((bname, [str(bdir / "http_server")], None))
         if "http_server" in go:
             impls.append(("go", [str(go["http_server"])], go_env))
         if floor.exists():
@@ -386,8 +388,8 @@ def main() -> int:
     idle: dict[str, dict] = {}
     if "idle" in only:
         impls = [("mpg", [str(sdir / "echo_server")], None)]
-        if base_dir:
-            impls.append(("base", [str(base_dir / "echo_server")], None))
+        for bname, bdir in bases:
+            impls.append((bname, [str(bdir / "echo_server")], None))
         if "echo_server" in go:
             impls.append(("go", [str(go["echo_server"])], go_env))
         for name, argv, env in impls:
