@@ -124,6 +124,42 @@ class read_op {
   task<result_type>::handle_type slow_{};
 };
 
+// write_op: what tcp_stream::write(data) returns, awaited at once, as
+// read_op (above): one send from the awaiting task's frame; a short send, or
+// one to issue again, hands the rest of the write to the task form of the
+// loop. To spawn the write, convert it: task<absl::Status>(s.write(data)).
+class write_op {
+ public:
+  using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
+  using result_type = absl::Status;
+
+  write_op(const write_op&) = delete;
+  write_op& operator=(const write_op&) = delete;
+  write_op(write_op&& o) noexcept : s_(o.s_), data_(o.data_) {}  // before it is awaited only
+  ~write_op() {  // idempotent, as read_op's
+    if (slow_) std::exchange(slow_, {}).destroy();
+  }
+
+  bool await_ready() const noexcept { return false; }
+  std::coroutine_handle<> await_suspend(std::coroutine_handle<> h);
+  result_type await_resume();
+
+  // The same write as a task (tcp_stream's write loop in a frame of its own).
+  operator task<result_type>() &&;
+
+ private:
+  friend class tcp_stream;
+  write_op(tcp_stream* s, std::string_view data) noexcept : s_(s), data_(data) {}
+  static void on_complete(detail::io_op* op) noexcept;
+
+  enum class state : std::uint8_t { issued, closed, empty, slow };
+  tcp_stream* s_;
+  std::string_view data_;
+  state state_ = state::issued;
+  detail::io_op op_;
+  task<result_type>::handle_type slow_{};  // as read_op's
+};
+
 // tcp_stream: a connected TCP socket (TCP_NODELAY on). Move-only; the
 // destructor closes it.
 class tcp_stream {
@@ -151,7 +187,8 @@ class tcp_stream {
   // write(): all of data (short writes are continued), or an error. After an
   // error some prefix of data may have been sent. Deadlines and contexts as
   // read()'s, with the write deadline.
-  task<absl::Status> write(std::string_view data);
+  // write(data) is a write_op (above), awaited like the task the others return.
+  write_op write(std::string_view data) noexcept { return write_op(this, data); }
   task<absl::Status> write(std::string_view data, clock::time_point deadline);
   // write_vectored(): all of bufs, in order, with sendmsg (one iovec per
   // buffer, no copy), continuing short writes; an error as write(). The
@@ -194,6 +231,7 @@ class tcp_stream {
 
  private:
   friend class read_op;
+  friend class write_op;
   task<absl::StatusOr<std::size_t>> do_read(std::span<char> buf,
                                             std::optional<clock::time_point> deadline,
                                             std::shared_ptr<detail::context_node> ctx);

@@ -220,8 +220,9 @@ tcp_stream& tcp_stream::operator=(tcp_stream&& o) noexcept {
 // another M).
 
 namespace {
-// retry_read(): do_read's loop would issue the recv again after `res`.
-bool retry_read(int res, const detail::io_deadline& live) noexcept {
+// retry_issue(): do_read's and do_write's loops would issue the op again
+// after `res`, which followed the deadline `live`.
+bool retry_issue(int res, const detail::io_deadline& live) noexcept {
   if (res == -EINTR || res == -EAGAIN) return true;
   if (res != -ETIME) return false;
   const std::int64_t ns = live.ns();
@@ -259,7 +260,7 @@ std::coroutine_handle<> read_op::await_suspend(std::coroutine_handle<> h) {
 void read_op::on_complete(detail::io_op* op) noexcept {
   auto* self = static_cast<read_op*>(op->user);
   detail::g* gp = op->waiter;
-  if (retry_read(op->outcome(), self->s_->read_deadline_)) {
+  if (retry_issue(op->outcome(), self->s_->read_deadline_)) {
     self->state_ = state::slow;
     self->slow_ = self->s_->do_read(self->buf_, std::nullopt, nullptr).release();
     // The G is parked at the awaiting task (park() in await_suspend), and
@@ -296,9 +297,75 @@ task<absl::StatusOr<std::size_t>> tcp_stream::read(std::span<char> buf,
 task<absl::StatusOr<std::size_t>> tcp_stream::read(std::span<char> buf, const context& ctx) {
   return do_read(buf, std::nullopt, ctx.node_for_internal_use());
 }
-task<absl::Status> tcp_stream::write(std::string_view data) {
-  return do_write(data, std::nullopt, nullptr);
+// --- write_op ----------------------------------------------------------------
+//
+// As read_op, for one send: on_complete hands the rest of the write to
+// do_write (a frame of its own) after a short send, or a result do_write's
+// loop would issue again after. A send that took everything, or failed for
+// good, readies the task with no frame.
+
+std::coroutine_handle<> write_op::await_suspend(std::coroutine_handle<> h) {
+  if (data_.empty()) {
+    state_ = state::empty;
+    return h;
+  }
+  const int fd = s_->fd_.load(std::memory_order_relaxed);
+  if (fd < 0) {
+    state_ = state::closed;
+    return h;
+  }
+  // Read only by prep_request inside io_start (under the reactor lock).
+  const io_request rq{.op = io_opcode::send,
+                      .fd = fd,
+                      .addr = const_cast<char*>(data_.data()),
+                      .len = static_cast<std::uint32_t>(std::min(data_.size(), kMaxIo)),
+                      .flags = MSG_NOSIGNAL};
+  op_.complete = &write_op::on_complete;
+  op_.user = this;
+  op_.live_deadline = s_->write_deadline_.live();
+  op_.waiter = detail::current_g();
+  detail::park(h, "net.write");
+  if (detail::io_start(&op_, prep_request, &rq, &s_->write_slot_))
+    return std::noop_coroutine();  // published: *this is the reactor's until on_complete
+  detail::cancel_park();
+  return h;  // op_.res says why (await_resume)
 }
+
+void write_op::on_complete(detail::io_op* op) noexcept {
+  auto* self = static_cast<write_op*>(op->user);
+  detail::g* gp = op->waiter;
+  const int res = op->outcome();
+  const bool short_send = res > 0 && static_cast<std::size_t>(res) < self->data_.size();
+  if (short_send || retry_issue(res, self->s_->write_deadline_)) {
+    self->state_ = state::slow;
+    std::string_view rest = self->data_;
+    if (short_send) rest.remove_prefix(static_cast<std::size_t>(res));
+    self->slow_ = self->s_->do_write(rest, std::nullopt, nullptr).release();
+    // As read_op::on_complete: the G resumes in do_write, which returns to
+    // the awaiting task.
+    self->slow_.promise().continuation_ = gp->resume;
+    gp->resume = self->slow_;
+  }
+  detail::ready_tail(gp);
+}
+
+write_op::result_type write_op::await_resume() {
+  switch (state_) {
+    case state::empty: return absl::OkStatus();
+    case state::closed: return closed_error("write");
+    case state::slow: return slow_.promise().result();
+    case state::issued: break;
+  }
+  // A result on_complete did not hand to do_write (or io_start's refusal)
+  // is final: all of data, no progress, or an error.
+  const int res = op_.outcome();
+  if (res > 0) return absl::OkStatus();
+  if (res == 0) return absl::InternalError("write: send made no progress");
+  return net_error(res, "write");
+}
+
+write_op::operator task<result_type>() && { return s_->do_write(data_, std::nullopt, nullptr); }
+
 task<absl::Status> tcp_stream::write(std::string_view data, clock::time_point deadline) {
   return do_write(data, deadline, nullptr);
 }

@@ -13,7 +13,7 @@ against its peers, side by side in one run (see docs/benchmarks.md).
   idle        --idle connections (10,000) opened and held to the mpg (and Go)
               echo server: the server's RSS growth per connection.
   churn       --churn (100,000) cycles of connect, a 4-byte echo and close
-              against the mpg echo server (and the floor): the server's fd
+              against the mpg echo server (and --base's, and the floor): the server's fd
               count and RSS growth over them (not in the default --only).
   redis       the example Redis-protocol server (BUILD/examples/redis_server)
               and redis-server (Debian's, no persistence), each loaded by the
@@ -402,7 +402,10 @@ def main() -> int:
 
     churn: dict[str, dict] = {}
     if "churn" in only:
-        for name, argv in (("mpg", [str(sdir / "echo_server")]), ("floor", [str(floor)])):
+        rows = [("mpg", [str(sdir / "echo_server")])]
+        rows += [(bname, [str(bdir / "echo_server")]) for bname, bdir in bases]
+        rows.append(("floor", [str(floor)]))
+        for name, argv in rows:
             if (wanted is not None and name not in wanted) or not Path(argv[0]).exists():
                 continue
             r = run_churn(name, argv, args)
