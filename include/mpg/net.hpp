@@ -46,7 +46,8 @@
 // task for good.
 //
 // Buffers passed to read/write must outlive the awaited call (the returned
-// task is lazy; co_await it in the same full-expression, or keep the buffer).
+// task, read_op or write_op is lazy; co_await it in the same
+// full-expression, or keep the buffer).
 // Moving a stream or listener that has an operation in flight is undefined.
 #pragma once
 
