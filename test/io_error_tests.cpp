@@ -114,7 +114,7 @@ TEST_CASE("a missed deadline carries ETIMEDOUT, a cancel ECANCELED") {
     CHECK(late.status().code() == absl::StatusCode::kDeadlineExceeded);
     CHECK(mpg::errno_of(late.status()) == ETIMEDOUT);
 
-    auto reading = mpg::spawn(p.client.read(std::span<char>(buf)));
+    auto reading = mpg::spawn(task<absl::StatusOr<std::size_t>>(p.client.read(std::span<char>(buf))));
     while (!p.client.read_pending()) co_await mpg::yield();
     p.client.cancel();
     auto cancelled = co_await reading;

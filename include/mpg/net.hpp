@@ -46,12 +46,14 @@
 // task for good.
 //
 // Buffers passed to read/write must outlive the awaited call (the returned
-// task is lazy; co_await it in the same full-expression, or keep the buffer).
+// task, read_op or write_op is lazy; co_await it in the same
+// full-expression, or keep the buffer).
 // Moving a stream or listener that has an operation in flight is undefined.
 #pragma once
 
 #include <atomic>
 #include <chrono>
+#include <coroutine>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -59,6 +61,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -71,6 +74,92 @@ namespace mpg::net {
 using clock = std::chrono::steady_clock;
 
 enum class shutdown_how { read, write, both };
+
+class tcp_stream;
+
+// read_op: what tcp_stream::read(buf) returns, awaited at once:
+//
+//   absl::StatusOr<std::size_t> n = co_await s.read(std::span<char>(buf));
+//
+// It issues the recv from the awaiting task's own frame, with no coroutine
+// frame of its own (an idle connection costs no more than its task). When
+// the recv must be issued again (-EINTR, -EAGAIN on a socket made
+// non-blocking, the stream's read deadline moved later), its completion
+// hands the rest of the read to the task form of the same loop, which the
+// awaiting task then runs; what the caller sees is the same either way. Like
+// a task it is awaited at most once and must not outlive the stream or the
+// buffer; to spawn the read, convert it: task<...>(s.read(buf)).
+class read_op {
+ public:
+  using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
+  using result_type = absl::StatusOr<std::size_t>;
+
+  read_op(const read_op&) = delete;
+  read_op& operator=(const read_op&) = delete;
+  read_op(read_op&& o) noexcept : s_(o.s_), buf_(o.buf_) {}  // before it is awaited only
+  // Idempotent (g++ 12 may destroy a temporary of a co_await's
+  // full-expression twice: the second run finds slow_ null).
+  ~read_op() {
+    if (slow_) std::exchange(slow_, {}).destroy();
+  }
+
+  bool await_ready() const noexcept { return false; }
+  std::coroutine_handle<> await_suspend(std::coroutine_handle<> h);
+  result_type await_resume();
+
+  // The same read as a task (tcp_stream's read loop in a frame of its own).
+  operator task<result_type>() &&;
+
+ private:
+  friend class tcp_stream;
+  read_op(tcp_stream* s, std::span<char> buf) noexcept : s_(s), buf_(buf) {}
+  static void on_complete(detail::io_op* op) noexcept;
+
+  enum class state : std::uint8_t { issued, closed, empty, slow };
+  tcp_stream* s_;
+  std::span<char> buf_;
+  state state_ = state::issued;
+  detail::io_op op_;
+  // The frame of the task form, owned here, when the recv has to be issued
+  // again (on_complete); it returns to the awaiting task.
+  task<result_type>::handle_type slow_{};
+};
+
+// write_op: what tcp_stream::write(data) returns, awaited at once, as
+// read_op (above): one send from the awaiting task's frame; a short send, or
+// one to issue again, hands the rest of the write to the task form of the
+// loop. To spawn the write, convert it: task<absl::Status>(s.write(data)).
+class write_op {
+ public:
+  using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
+  using result_type = absl::Status;
+
+  write_op(const write_op&) = delete;
+  write_op& operator=(const write_op&) = delete;
+  write_op(write_op&& o) noexcept : s_(o.s_), data_(o.data_) {}  // before it is awaited only
+  ~write_op() {  // idempotent, as read_op's
+    if (slow_) std::exchange(slow_, {}).destroy();
+  }
+
+  bool await_ready() const noexcept { return false; }
+  std::coroutine_handle<> await_suspend(std::coroutine_handle<> h);
+  result_type await_resume();
+
+  // The same write as a task (tcp_stream's write loop in a frame of its own).
+  operator task<result_type>() &&;
+
+ private:
+  friend class tcp_stream;
+  write_op(tcp_stream* s, std::string_view data) noexcept : s_(s), data_(data) {}
+  static void on_complete(detail::io_op* op) noexcept;
+
+  enum class state : std::uint8_t { issued, closed, empty, slow };
+  tcp_stream* s_;
+  std::string_view data_;
+  state state_ = state::issued;
+  detail::io_op op_;
+  task<result_type>::handle_type slow_{};  // as read_op's
+};
 
 // tcp_stream: a connected TCP socket (TCP_NODELAY on). Move-only; the
 // destructor closes it.
@@ -92,13 +181,15 @@ class tcp_stream {
   // (and for an empty buf, without I/O). Bounded by the stream's read
   // deadline; with a deadline argument, by that one instead; with a
   // context, by the stream's read deadline and the context.
-  task<absl::StatusOr<std::size_t>> read(std::span<char> buf);
+  // read(buf) is a read_op (above), awaited like the task the others return.
+  read_op read(std::span<char> buf) noexcept { return read_op(this, buf); }
   task<absl::StatusOr<std::size_t>> read(std::span<char> buf, clock::time_point deadline);
   task<absl::StatusOr<std::size_t>> read(std::span<char> buf, const context& ctx);
   // write(): all of data (short writes are continued), or an error. After an
   // error some prefix of data may have been sent. Deadlines and contexts as
   // read()'s, with the write deadline.
-  task<absl::Status> write(std::string_view data);
+  // write(data) is a write_op (above), awaited like the task the others return.
+  write_op write(std::string_view data) noexcept { return write_op(this, data); }
   task<absl::Status> write(std::string_view data, clock::time_point deadline);
   // write_vectored(): all of bufs, in order, with sendmsg (one iovec per
   // buffer, no copy), continuing short writes; an error as write(). The
@@ -140,6 +231,8 @@ class tcp_stream {
   absl::StatusOr<std::string> remote_address() const;
 
  private:
+  friend class read_op;
+  friend class write_op;
   task<absl::StatusOr<std::size_t>> do_read(std::span<char> buf,
                                             std::optional<clock::time_point> deadline,
                                             std::shared_ptr<detail::context_node> ctx);

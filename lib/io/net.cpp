@@ -202,9 +202,94 @@ tcp_stream& tcp_stream::operator=(tcp_stream&& o) noexcept {
   return *this;
 }
 
-task<absl::StatusOr<std::size_t>> tcp_stream::read(std::span<char> buf) {
-  return do_read(buf, std::nullopt, nullptr);
+// --- read_op -----------------------------------------------------------------
+//
+// The recv of read(buf) lives in the awaiting task's frame (op_), as an
+// io_awaiter's does; the loop of do_read is not repeated here. Its first
+// issue is made by await_suspend; on_complete, which the reactor calls under
+// its lock on the op's final completion, either readies the task (the
+// result is final: the common case) or, when do_read's loop would issue the
+// recv again, creates do_read's frame for the rest of the read, makes it
+// the G's resume point with the awaiting task as its continuation, and
+// readies the G: the task resumes in that loop, and await_resume reads its
+// result. Creating the frame allocates (the frame allocator: a thread-local
+// list, or the depot's mutex, or malloc) and touches nothing of the
+// reactor's, so it may run under the reactor lock; it happens only for
+// -EINTR, -EAGAIN, or an -ETIME whose deadline moved later. on_complete
+// touches nothing of the op after readying the G (it may run at once on
+// another M).
+
+namespace {
+// retry_issue(): do_read's and do_write's loops would issue the op again
+// after `res`, which followed the deadline `live`.
+bool retry_issue(int res, const detail::io_deadline& live) noexcept {
+  if (res == -EINTR || res == -EAGAIN) return true;
+  if (res != -ETIME) return false;
+  const std::int64_t ns = live.ns();
+  return ns == detail::io_deadline::kNone || detail::mono_now_ns() < ns;
 }
+}  // namespace
+
+std::coroutine_handle<> read_op::await_suspend(std::coroutine_handle<> h) {
+  if (buf_.empty()) {
+    state_ = state::empty;
+    return h;
+  }
+  const int fd = s_->fd_.load(std::memory_order_relaxed);
+  if (fd < 0) {
+    state_ = state::closed;
+    return h;
+  }
+  // Read only by prep_request inside io_start (under the reactor lock).
+  const io_request rq{.op = io_opcode::recv,
+                      .fd = fd,
+                      .addr = buf_.data(),
+                      .len = static_cast<std::uint32_t>(std::min(buf_.size(), kMaxIo)),
+                      .poll_first = !s_->data_left_};
+  op_.complete = &read_op::on_complete;
+  op_.user = this;
+  op_.live_deadline = s_->read_deadline_.live();
+  op_.waiter = detail::current_g();
+  detail::park(h, "net.read");
+  if (detail::io_start(&op_, prep_request, &rq, &s_->read_slot_))
+    return std::noop_coroutine();  // published: *this is the reactor's until on_complete
+  detail::cancel_park();
+  return h;  // op_.res says why (await_resume)
+}
+
+void read_op::on_complete(detail::io_op* op) noexcept {
+  auto* self = static_cast<read_op*>(op->user);
+  detail::g* gp = op->waiter;
+  if (retry_issue(op->outcome(), self->s_->read_deadline_)) {
+    self->state_ = state::slow;
+    self->slow_ = self->s_->do_read(self->buf_, std::nullopt, nullptr).release();
+    // The G is parked at the awaiting task (park() in await_suspend), and
+    // nobody else touches its resume point until it is readied below: it
+    // resumes in do_read instead, which returns to the awaiting task.
+    self->slow_.promise().continuation_ = gp->resume;
+    gp->resume = self->slow_;
+  }
+  detail::ready_tail(gp);  // stealable, as the reactor's own (reactor.cpp)
+}
+
+read_op::result_type read_op::await_resume() {
+  switch (state_) {
+    case state::empty: return std::size_t{0};
+    case state::closed: return closed_error("read");
+    case state::slow: return slow_.promise().result();
+    case state::issued: break;
+  }
+  const int res = op_.outcome();
+  // A result on_complete did not hand to do_read (or io_start's refusal:
+  // a closed slot, no reactor) is final.
+  s_->data_left_ = res > 0 && (static_cast<std::size_t>(res) == std::min(buf_.size(), kMaxIo) ||
+                               (op_.cqe_flags & detail::kCqeSockNonempty) != 0);
+  if (res >= 0) return static_cast<std::size_t>(res);
+  return net_error(res, "read");
+}
+
+read_op::operator task<result_type>() && { return s_->do_read(buf_, std::nullopt, nullptr); }
+
 task<absl::StatusOr<std::size_t>> tcp_stream::read(std::span<char> buf,
                                                    clock::time_point deadline) {
   return do_read(buf, deadline, nullptr);
@@ -212,9 +297,75 @@ task<absl::StatusOr<std::size_t>> tcp_stream::read(std::span<char> buf,
 task<absl::StatusOr<std::size_t>> tcp_stream::read(std::span<char> buf, const context& ctx) {
   return do_read(buf, std::nullopt, ctx.node_for_internal_use());
 }
-task<absl::Status> tcp_stream::write(std::string_view data) {
-  return do_write(data, std::nullopt, nullptr);
+// --- write_op ----------------------------------------------------------------
+//
+// As read_op, for one send: on_complete hands the rest of the write to
+// do_write (a frame of its own) after a short send, or a result do_write's
+// loop would issue again after. A send that took everything, or failed for
+// good, readies the task with no frame.
+
+std::coroutine_handle<> write_op::await_suspend(std::coroutine_handle<> h) {
+  if (data_.empty()) {
+    state_ = state::empty;
+    return h;
+  }
+  const int fd = s_->fd_.load(std::memory_order_relaxed);
+  if (fd < 0) {
+    state_ = state::closed;
+    return h;
+  }
+  // Read only by prep_request inside io_start (under the reactor lock).
+  const io_request rq{.op = io_opcode::send,
+                      .fd = fd,
+                      .addr = const_cast<char*>(data_.data()),
+                      .len = static_cast<std::uint32_t>(std::min(data_.size(), kMaxIo)),
+                      .flags = MSG_NOSIGNAL};
+  op_.complete = &write_op::on_complete;
+  op_.user = this;
+  op_.live_deadline = s_->write_deadline_.live();
+  op_.waiter = detail::current_g();
+  detail::park(h, "net.write");
+  if (detail::io_start(&op_, prep_request, &rq, &s_->write_slot_))
+    return std::noop_coroutine();  // published: *this is the reactor's until on_complete
+  detail::cancel_park();
+  return h;  // op_.res says why (await_resume)
 }
+
+void write_op::on_complete(detail::io_op* op) noexcept {
+  auto* self = static_cast<write_op*>(op->user);
+  detail::g* gp = op->waiter;
+  const int res = op->outcome();
+  const bool short_send = res > 0 && static_cast<std::size_t>(res) < self->data_.size();
+  if (short_send || retry_issue(res, self->s_->write_deadline_)) {
+    self->state_ = state::slow;
+    std::string_view rest = self->data_;
+    if (short_send) rest.remove_prefix(static_cast<std::size_t>(res));
+    self->slow_ = self->s_->do_write(rest, std::nullopt, nullptr).release();
+    // As read_op::on_complete: the G resumes in do_write, which returns to
+    // the awaiting task.
+    self->slow_.promise().continuation_ = gp->resume;
+    gp->resume = self->slow_;
+  }
+  detail::ready_tail(gp);
+}
+
+write_op::result_type write_op::await_resume() {
+  switch (state_) {
+    case state::empty: return absl::OkStatus();
+    case state::closed: return closed_error("write");
+    case state::slow: return slow_.promise().result();
+    case state::issued: break;
+  }
+  // A result on_complete did not hand to do_write (or io_start's refusal)
+  // is final: all of data, no progress, or an error.
+  const int res = op_.outcome();
+  if (res > 0) return absl::OkStatus();
+  if (res == 0) return absl::InternalError("write: send made no progress");
+  return net_error(res, "write");
+}
+
+write_op::operator task<result_type>() && { return s_->do_write(data_, std::nullopt, nullptr); }
+
 task<absl::Status> tcp_stream::write(std::string_view data, clock::time_point deadline) {
   return do_write(data, deadline, nullptr);
 }

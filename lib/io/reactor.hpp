@@ -24,8 +24,10 @@
 // wake() on some P's reactor; they never resume the G, so no task code runs
 // under the lock. The lock order is reactor lock, then scheduler mutex: the
 // scheduler looks at a reactor under its mutex only through busy(), which
-// takes no lock. No io_op in libmpg sets `complete` (tests do, with
-// callbacks that only count).
+// takes no lock. The io_ops that set `complete` are tcp_stream's read_op
+// and write_op (net.cpp), whose callback may create the frame of the
+// operation's task form (the frame allocator, never this reactor) before it
+// calls ready_tail(); tests set callbacks that only count.
 //
 // Only lib/io/reactor.cpp (and fault_injector.cpp, which edits SQEs for
 // tests) include liburing.h. net.cpp and fs.cpp describe their operations as

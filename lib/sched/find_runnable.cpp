@@ -19,7 +19,9 @@
 //   4. run_posted() (post.cpp): up to 32 functions posted through a
 //      runtime_handle (also on step 1's tick); then take_global(): a batch
 //      of up to len/procs + 1 from the global queue;
-//   5. spin_for_work(): at most half as many Ms spin as there are busy Ps; a
+//   5. spin_for_work(): at most half as many Ms spin as there are busy Ps,
+//      and an M whose P has I/O in flight starts no spin when no work is
+//      queued anywhere (it sleeps in its ring, step 6); a
 //      spinner makes kStealTries passes over the other Ps, each from a
 //      random start with a random stride coprime to procs (Go's
 //      stealOrder), taking half of a victim's queue (and, on the last pass,
@@ -188,14 +190,22 @@ g* scheduler::find_runnable(machine* m, bool* inherit_time) {
 // and a futex wake costs the producer microseconds (measured: spawn_join
 // parked an M every 16 spawns without this).
 scheduler::spin_result scheduler::spin_for_work(machine* m, g** found) {
+  processor* p = m->p();
   if (!m->spinning) {
+    // I/O-aware: an M whose own P has I/O in flight, and that sees no work
+    // queued anywhere, sleeps in its ring at once (give_up_p, T3): what it
+    // waits for are its own completions, which wake it there, and a spin
+    // would take the CPU from the kernel and the peer that produce them.
+    // Work that a running P queues meanwhile is reached by that P (the rule
+    // for a non-spinning M that parks, scheduler.cpp); a G readied while a
+    // P idles wakes a spinner through wake_p(), which spins as before.
+    if (p->io->busy() && !work_queued() && !any_local_work()) return spin_result::nothing;
     if (2 * nmspinning_.load(std::memory_order_seq_cst) >=
         procs() - npidle_.load(std::memory_order_seq_cst))
       return spin_result::nothing;  // enough Ms spin already
     m->spinning = true;
     nmspinning_.fetch_add(1, std::memory_order_seq_cst);
   }
-  processor* p = m->p();
   for (int round = 0; round < kSpinRounds && !stopping(); ++round) {
     if (g* gp = steal_work(m)) {
       reset_spinning(m);

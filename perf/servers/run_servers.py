@@ -12,6 +12,9 @@ against its peers, side by side in one run (see docs/benchmarks.md).
               `wrk -t1 -c64 -d<seconds>s`: requests/s, latency, CPU per 100k.
   idle        --idle connections (10,000) opened and held to the mpg (and Go)
               echo server: the server's RSS growth per connection.
+  churn       --churn (100,000) cycles of connect, a 4-byte echo and close
+              against the mpg echo server (and --base's, and the floor): the server's fd
+              count and RSS growth over them (not in the default --only).
   redis       the example Redis-protocol server (BUILD/examples/redis_server)
               and redis-server (Debian's, no persistence), each loaded by the
               stock `redis-benchmark -c 50 -t get,set` at -P 1 and -P 16:
@@ -29,7 +32,8 @@ ours and is stopped by its PID. Traffic stays on 127.0.0.1.
 
 Usage:
   python3 perf/servers/run_servers.py --build BUILD [--seconds 5] [--procs 2]
-      [--conns 64] [--size 64] [--idle 10000] [--runs 1] [--only echo,http,idle,redis]
+      [--conns 64] [--size 64] [--idle 10000] [--runs 1] [--only echo,http,idle,churn,redis]
+      [--impls mpg,base,threads,go,floor] [--base BUILD2,BUILD3] [--churn 100000]
 
 Standard library only. Exit status 1 if a server failed to start or a load
 run failed.
@@ -239,6 +243,43 @@ def run_idle(name: str, argv: list[str], args, env=None) -> Optional[dict]:
     return {"conns": accepted, "bytes": per_conn}
 
 
+def run_churn(name: str, argv: list[str], args, env=None) -> Optional[dict]:
+    """--churn cycles of connect, one echo, close against the server: its
+    open fds and RSS after the cycles against a warm start (a leak of one fd
+    or one frame per connection shows as growth)."""
+    port = free_port()
+    srv = server(name, argv + ["--port", str(port), "--procs", str(args.procs)], port, env)
+    try:
+        def cycle() -> None:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                c.sendall(b"ping")
+                got = b""
+                while len(got) < 4:
+                    chunk = c.recv(4 - len(got))
+                    if not chunk:
+                        raise RuntimeError("churn: server closed early")
+                    got += chunk
+        for _ in range(1000):  # warm up: caches and pools reach their size
+            cycle()
+        time.sleep(0.3)
+        base_fds, base_rss = fd_count(srv.pid), rss_kib(srv.pid)
+        t0 = time.monotonic()
+        for _ in range(args.churn):
+            cycle()
+        elapsed = time.monotonic() - t0
+        deadline = time.monotonic() + 10
+        while fd_count(srv.pid) > base_fds and time.monotonic() < deadline:
+            time.sleep(0.05)  # the server's last closes
+        fds, rss = fd_count(srv.pid), rss_kib(srv.pid)
+    finally:
+        srv.stop()
+    print(f"RESULT workload=churn impl={name} cycles={args.churn} per_s={args.churn / elapsed:.0f} "
+          f"fd_growth={fds - base_fds} rss_growth_kib={rss - base_rss}", flush=True)
+    return {"cycles": args.churn, "fds": fds - base_fds, "rss_kib": rss - base_rss,
+            "rate": args.churn / elapsed}
+
+
 def run_redis(name: str, argv: list[str], args, pipeline: int, env=None) -> Optional[dict]:
     bench = shutil.which("redis-benchmark")
     port = free_port()
@@ -279,8 +320,16 @@ def main() -> int:
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--idle", type=int, default=10000)
+    ap.add_argument("--churn", type=int, default=100000,
+                    help="connect/echo/close cycles of the churn workload")
     ap.add_argument("--runs", type=int, default=1, help="runs per cell; the median is reported")
     ap.add_argument("--only", default="echo,http,idle,redis")
+    ap.add_argument("--impls", default="",
+                    help="comma-separated rows to run (default: all of mpg,base,threads,go,floor)")
+    ap.add_argument("--base", default="",
+                    help="other build directories (comma-separated) whose mpg servers run as "
+                         "the rows 'base', 'base2'..., interleaved with this build's "
+                         "(before/after comparisons)")
     args = ap.parse_args()
     build = args.build.resolve()
     sdir = build / "perf" / "servers"
@@ -289,7 +338,12 @@ def main() -> int:
     go_env = dict(os.environ, GOMAXPROCS=str(args.procs))
     failed = False
 
+    wanted = set(args.impls.split(",")) if args.impls else None
+    bases = [(f"base{i + 1 if i else ''}", Path(d).resolve() / "perf" / "servers")
+             for i, d in enumerate(args.base.split(",")) if d]
+
     def medians(fn, impls, *a) -> dict[str, dict]:
+        impls = [i for i in impls if wanted is None or i[0] in wanted]
         # Rounds interleave the implementations (mpg, peer, mpg, peer...), so
         # a noisy minute on the shared machine hits every row alike.
         runs: dict[str, list[dict]] = {name: [] for name, _, _ in impls}
@@ -310,33 +364,54 @@ def main() -> int:
     floor = sdir / "uring_floor_echo"
     echo: dict[str, dict] = {}
     if "echo" in only:
-        impls = [("mpg", [str(sdir / "echo_server")], None),
-                 ("threads", [str(sdir / "threads_echo_server")], None)]
+        impls = [("mpg", [str(sdir / "echo_server")], None)]
+        for bname, bdir in bases:
+            impls.append((bname, [str(bdir / "echo_server")], None))
+        impls.append(("threads", [str(sdir / "threads_echo_server")], None))
         if "echo_server" in go:
             impls.append(("go", [str(go["echo_server"])], go_env))
         if floor.exists():
             impls.append(("floor", [str(floor)], None))
         echo = medians(run_echo, impls, build)
-        failed |= len(echo) != len(impls)
+        failed |= len(echo) != len([i for i in impls if wanted is None or i[0] in wanted])
     http: dict[str, dict] = {}
     if "http" in only and shutil.which("wrk"):
         impls = [("mpg", [str(sdir / "http_server")], None)]
+        for bname, bdir in bases:
+            impls.append((bname, [str(bdir / "http_server")], None))
         if "http_server" in go:
             impls.append(("go", [str(go["http_server"])], go_env))
         if floor.exists():
             impls.append(("floor", [str(floor), "--http"], None))
         http = medians(run_http, impls)
-        failed |= len(http) != len(impls)
+        failed |= len(http) != len([i for i in impls if wanted is None or i[0] in wanted])
     idle: dict[str, dict] = {}
     if "idle" in only:
         impls = [("mpg", [str(sdir / "echo_server")], None)]
+        for bname, bdir in bases:
+            impls.append((bname, [str(bdir / "echo_server")], None))
         if "echo_server" in go:
             impls.append(("go", [str(go["echo_server"])], go_env))
         for name, argv, env in impls:
+            if wanted is not None and name not in wanted:
+                continue
             r = run_idle(name, argv, args, env)
             failed |= r is None
             if r:
                 idle[name] = r
+
+    churn: dict[str, dict] = {}
+    if "churn" in only:
+        rows = [("mpg", [str(sdir / "echo_server")])]
+        rows += [(bname, [str(bdir / "echo_server")]) for bname, bdir in bases]
+        rows.append(("floor", [str(floor)]))
+        for name, argv in rows:
+            if (wanted is not None and name not in wanted) or not Path(argv[0]).exists():
+                continue
+            r = run_churn(name, argv, args)
+            failed |= r is None
+            if r:
+                churn[name] = r
 
     redis: dict[int, dict[str, dict]] = {}
     example = build / "examples" / "redis_server"
@@ -359,29 +434,41 @@ def main() -> int:
     if echo:
         print(f"\ntcp_echo: {args.conns} conns x {args.size} B ping-pong, client echo_load (mpg)")
         print(f"{'impl':8} {'msgs/s':>10} {'p50 us':>8} {'p99 us':>9} {'CPU s/100k':>11} "
-              f"{'rate vs go':>11} {'CPU vs go':>10}")
+              f"{'rate vs go':>11} {'CPU vs go':>10} {'rate/floor':>11} {'CPU/floor':>10}")
         g = echo.get("go")
+        fl = echo.get("floor")
         for name, r in echo.items():
             print(f"{name:8} {r['rate']:10.0f} {r['p50']:8.1f} {r['p99']:9.1f} {r['cpu100k']:11.3f} "
                   f"{ratio(r['rate'], g and g['rate']):>11} "
-                  f"{ratio(r['cpu100k'], g and g['cpu100k']):>10}")
+                  f"{ratio(r['cpu100k'], g and g['cpu100k']):>10} "
+                  f"{ratio(r['rate'], fl and fl['rate']):>11} "
+                  f"{ratio(r['cpu100k'], fl and fl['cpu100k']):>10}")
         print("targets: mpg >= 1.5x Go's msgs/s, <= 0.5x Go's CPU per message "
               "(floor: no runtime, the kernel's share)")
     if http:
         print("\nhttp_hello: wrk -t1 -c64, keep-alive")
         print(f"{'impl':8} {'req/s':>10} {'p50 us':>8} {'p99 us':>9} {'CPU s/100k':>11} "
-              f"{'rate vs go':>11} {'CPU vs go':>10}")
+              f"{'rate vs go':>11} {'CPU vs go':>10} {'rate/floor':>11} {'CPU/floor':>10}")
         g = http.get("go")
+        fl = http.get("floor")
         for name, r in http.items():
             print(f"{name:8} {r['rate']:10.0f} {r['p50']:8.1f} {r['p99']:9.1f} {r['cpu100k']:11.3f} "
                   f"{ratio(r['rate'], g and g['rate']):>11} "
-                  f"{ratio(r['cpu100k'], g and g['cpu100k']):>10}")
+                  f"{ratio(r['cpu100k'], g and g['cpu100k']):>10} "
+                  f"{ratio(r['rate'], fl and fl['rate']):>11} "
+                  f"{ratio(r['cpu100k'], fl and fl['cpu100k']):>10}")
         print("target: mpg >= 2x Go net/http req/s (floor: no runtime, the kernel's share)")
     if idle:
         print(f"\nidle connections held to the echo server")
         for name, r in idle.items():
             print(f"{name:8} {r['conns']:6d} conns  {r['bytes']:8.0f} bytes/conn of server RSS")
         print("target: mpg < 4096 bytes per connection")
+    if churn:
+        print(f"\nchurn: connect, echo 4 B, close (RST), {args.churn} cycles after 1000 warm-up ones")
+        for name, r in churn.items():
+            print(f"{name:8} {r['rate']:8.0f} cycles/s  fd growth {r['fds']:+d}  "
+                  f"RSS growth {r['rss_kib']:+d} KiB")
+        print("target: no fd or memory growth")
     if redis:
         print("\nredis: redis-benchmark -c 50 -t get,set; the example server (mpg) and redis-server 7")
         print(f"{'pipeline':8} {'impl':6} {'GET/s':>10} {'SET/s':>10} {'GET vs redis':>13} {'SET vs redis':>13}")
