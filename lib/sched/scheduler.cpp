@@ -241,7 +241,8 @@ g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
               promise_base* promise) {
   // The fast path: a task spawning on its own runtime, on the P it runs on.
   machine* m = tls_m;
-  if (s != nullptr || m == nullptr || tls_g == nullptr || m->p() == nullptr) [[unlikely]]
+  if (m == nullptr || tls_g == nullptr || m->p() == nullptr || (s != nullptr && s != m->sched))
+      [[unlikely]]
     return spawn_root_elsewhere(root, name, s, promise);
   s = m->sched;
   processor* p = m->p();
