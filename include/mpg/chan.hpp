@@ -80,6 +80,8 @@
 // transfer functions are noexcept).
 #pragma once
 
+#include <absl/base/attributes.h>
+
 #include <atomic>
 #include <coroutine>
 #include <cstddef>
@@ -340,10 +342,8 @@ class [[nodiscard]] recv_op : private detail::recv_node<T> {
   // Destroyed while still queued: only when its task is killed at runtime
   // shutdown (detail/sync/waitq.hpp, kQueued). Unlink, so the channel stays sound.
   ~recv_op() {
-    if (this->queued()) [[unlikely]] {
-      detail::spin_guard lk(ch_->lock_);
-      ch_->recvq_.remove(this);
-    }
+    if (this->queued()) [[unlikely]]
+      unlink();
   }
 
   bool await_ready() const noexcept { return false; }
@@ -364,11 +364,7 @@ class [[nodiscard]] recv_op : private detail::recv_node<T> {
     return detail::yield_if_over_budget(h);
   }
 
-  std::optional<T> await_resume() noexcept {
-    std::optional<T> r(std::move(this->slot));
-    this->slot.reset();
-    return r;
-  }
+  std::optional<T> await_resume() noexcept { return std::move(this->slot); }
 
  private:
   friend class chan<T>;
@@ -377,6 +373,12 @@ class [[nodiscard]] recv_op : private detail::recv_node<T> {
 
   recv_op(detail::chan_state<T>* ch, std::source_location where) noexcept : ch_(ch) {
     this->stash_where(where);
+  }
+
+  // Out of line: only a killed task's awaiter comes here.
+  ABSL_ATTRIBUTE_NOINLINE void unlink() noexcept {
+    detail::spin_guard lk(ch_->lock_);
+    ch_->recvq_.remove(this);
   }
 
   // Select hooks: sel_poll, sel_enqueue and sel_dequeue are called with the
@@ -419,10 +421,8 @@ class [[nodiscard]] send_op : private detail::send_node<T> {
   send_op& operator=(send_op&&) = delete;
   // See ~recv_op().
   ~send_op() {
-    if (this->queued()) [[unlikely]] {
-      detail::spin_guard lk(ch_->lock_);
-      ch_->sendq_.remove(this);
-    }
+    if (this->queued()) [[unlikely]]
+      unlink();
   }
 
   bool await_ready() const noexcept { return false; }
@@ -468,6 +468,12 @@ class [[nodiscard]] send_op : private detail::send_node<T> {
   send_op(detail::chan_state<T>* ch, U&& v, std::source_location where)
       : detail::send_node<T>(std::in_place, std::forward<U>(v)), ch_(ch) {
     this->stash_where(where);
+  }
+
+  // See recv_op::unlink().
+  ABSL_ATTRIBUTE_NOINLINE void unlink() noexcept {
+    detail::spin_guard lk(ch_->lock_);
+    ch_->sendq_.remove(this);
   }
 
   // Select hooks: as recv_op's.

@@ -52,6 +52,7 @@
 // retry the exchange, which itself provides the ordering.
 #pragma once
 
+#include <absl/base/attributes.h>
 #include <absl/base/thread_annotations.h>
 
 #include <atomic>
@@ -144,7 +145,9 @@ class ABSL_LOCKABLE basic_spinlock {
   }
 
  private:
-  void lock_slow() noexcept {
+  // Out of line: the waiting loop is cold, and inlined into every
+  // channel operation it would cost each of them registers to save.
+  ABSL_ATTRIBUTE_NOINLINE void lock_slow() noexcept {
     Backoff backoff;
     for (;;) {
       // Test before test-and-set: wait with loads only, so the holder keeps
