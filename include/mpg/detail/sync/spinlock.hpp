@@ -57,6 +57,7 @@
 
 #include <atomic>
 #include <cassert>
+#include <mutex>
 #include <thread>
 
 #include "mpg/detail/sync/cpu_relax.hpp"
@@ -168,6 +169,8 @@ template <class Lock>
 class ABSL_SCOPED_LOCKABLE spin_guard {
  public:
   explicit spin_guard(Lock& l) noexcept ABSL_EXCLUSIVE_LOCK_FUNCTION(l) : l_(&l) { l.lock(); }
+  // Adopts a lock the caller already holds.
+  spin_guard(Lock& l, std::adopt_lock_t) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(l) : l_(&l) {}
   ~spin_guard() ABSL_UNLOCK_FUNCTION() {
     if (l_) l_->unlock();
   }
