@@ -13,7 +13,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <coroutine>
+#include <exception>
 #include <memory>
+#include <optional>
 #include <numeric>
 #include <sstream>
 #include <stdexcept>
@@ -501,6 +504,35 @@ TEST_CASE("operations that complete at once still yield when the budget runs out
   CHECK(rt.block_on(budget_lets_others_run()) == "ok");
 }
 
+mpg::task<std::string> values_survive_budget_yields() {
+  // Every 128th completed operation spends the slice and yields after
+  // completing (chan.hpp: await_ready clears ch_, await_suspend requeues):
+  // each value must still arrive once, in order, on both kinds of channel.
+  mpg::chan<int> buffered(1);
+  for (int i = 0; i < 1000; ++i) {
+    co_await buffered.send(i);
+    std::optional<int> v = co_await buffered.recv();
+    if (v != i) co_return "buffered: sent " + std::to_string(i) + ", got another value";
+  }
+  mpg::chan<int> ping, pong;
+  auto echo = mpg::spawn([](mpg::chan<int> in, mpg::chan<int> out) -> mpg::task<void> {
+    while (auto v = co_await in.recv()) co_await out.send(*v + 1);
+  }(ping, pong));
+  for (int i = 0; i < 1000; ++i) {
+    co_await ping.send(i);
+    std::optional<int> v = co_await pong.recv();
+    if (v != i + 1) co_return "unbuffered: sent " + std::to_string(i) + ", got another value";
+  }
+  ping.close();
+  co_await echo;
+  co_return "ok";
+}
+
+TEST_CASE("values arrive once and in order across budget yields") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(values_survive_budget_yields()) == "ok");
+}
+
 // -- Outside the runtime --------------------------------------------------------
 
 TEST_CASE("a foreign thread can feed a channel with try_send and close it") {
@@ -518,6 +550,54 @@ TEST_CASE("a foreign thread can feed a channel with try_send and close it") {
   }(c));
   feeder.join();
   CHECK(sum == 999L * 1000 / 2);
+}
+
+// A coroutine of no runtime: a channel await inside it must wait, finds no
+// task to park (detail::park throws), and must leave the channel unlocked
+// (the lock taken in await_ready is released by the throwing await_suspend).
+struct bare_coroutine {
+  struct promise_type {
+    std::exception_ptr failure;
+    bare_coroutine get_return_object() {
+      return {std::coroutine_handle<promise_type>::from_promise(*this)};
+    }
+    std::suspend_never initial_suspend() noexcept { return {}; }
+    std::suspend_always final_suspend() noexcept { return {}; }
+    void return_void() {}
+    void unhandled_exception() { failure = std::current_exception(); }
+  };
+  std::coroutine_handle<promise_type> h;
+};
+
+bool lock_is_free(mpg::detail::spinlock& l) {
+  if (l.try_lock()) {
+    l.unlock();
+    return true;
+  }
+  return false;
+}
+
+bare_coroutine receive_outside_any_task(mpg::chan<int> c) { (void)co_await c.recv(); }
+bare_coroutine send_outside_any_task(mpg::chan<int> c) { co_await c.send(1); }
+
+TEST_CASE("a channel await that must wait outside any task throws and releases the lock") {
+  mpg::chan<int> c;
+  for (bool send : {false, true}) {
+    bare_coroutine co = send ? send_outside_any_task(c) : receive_outside_any_task(c);
+    REQUIRE(co.h.done());
+    CHECK(co.h.promise().failure != nullptr);
+    bool misuse = false;
+    try {
+      std::rethrow_exception(co.h.promise().failure);
+    } catch (const mpg::runtime_misuse_error&) {
+      misuse = true;
+    } catch (...) {
+    }
+    CHECK(misuse);
+    co.h.destroy();
+    CHECK(lock_is_free(c.state_for_internal_use()->lock_));
+    CHECK(!c.try_recv().has_value());  // and nothing was queued
+  }
 }
 
 }  // namespace

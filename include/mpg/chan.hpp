@@ -31,6 +31,20 @@
 // A G is readied after the lock is dropped, so the woken task never finds the
 // lock held by its waker.
 //
+// One lock round per operation, split across the awaiter's two calls:
+//   await_ready()    locks and tries the operation. Done: unlocks, readies
+//                    the G it took off a queue, charges the G's budget
+//                    (g.hpp) and returns true: the task never suspends.
+//                    Must wait: returns false with the lock still held.
+//   await_suspend()  with that lock held: parks the G, queues the waiter,
+//                    unlocks (which publishes the waiter) and returns true.
+// Between the two only the compiler's bookkeeping of the suspend point runs,
+// so the section stays a few stores long, and nothing is re-checked. An
+// operation that completed but spent the G's slice returns false with the
+// lock released and ch_ cleared; await_suspend() then only requeues the G.
+// (Clang's thread-safety analysis cannot follow a lock from one call to the
+// other: both are exempted, and argued here instead.)
+//
 // Rejected approaches:
 //   - A lock-free ring (Vyukov's MPMC queue) for buffered channels: fast
 //     when neither end ever waits, but parking then needs a second protocol
@@ -79,6 +93,8 @@
 // cannot be undone, so a throwing move inside a transfer terminates (the
 // transfer functions are noexcept).
 #pragma once
+
+#include <absl/base/attributes.h>
 
 #include <atomic>
 #include <coroutine>
@@ -316,6 +332,26 @@ class chan_state : public chan_base {
   std::unique_ptr<slot_t[]> buf_;
 };
 
+// chan_completed(): the tail of a send or receive that completed in
+// await_ready(): ready the G it took off a queue (after the unlock), and
+// charge the cooperative budget (g.hpp). true: go on. false: the slice is
+// spent; ch is cleared, and await_suspend then yields (chan_yield).
+template <class State>
+inline bool chan_completed(g* wake, State*& ch) noexcept {
+  if (wake) ready(wake);
+  if (!consume_budget_now()) [[likely]]
+    return true;
+  ch = nullptr;
+  return false;
+}
+
+// chan_yield(): await_suspend of an operation that completed in
+// await_ready() with the slice spent: requeue the G (it resumes later).
+inline bool chan_yield(std::coroutine_handle<> h) noexcept {
+  requeue_current(h);
+  return true;
+}
+
 struct adopt_state_t {
   explicit adopt_state_t() = default;
 };
@@ -340,35 +376,35 @@ class [[nodiscard]] recv_op : private detail::recv_node<T> {
   // Destroyed while still queued: only when its task is killed at runtime
   // shutdown (detail/sync/waitq.hpp, kQueued). Unlink, so the channel stays sound.
   ~recv_op() {
-    if (this->queued()) [[unlikely]] {
-      detail::spin_guard lk(ch_->lock_);
-      ch_->recvq_.remove(this);
-    }
+    if (this->queued()) [[unlikely]]
+      unlink();
   }
 
-  bool await_ready() const noexcept { return false; }
-
-  bool await_suspend(std::coroutine_handle<> h) {
+  // await_ready(): the whole receive when it need not wait (chan_ops
+  // below). false: either the receive must wait, and the channel's lock is
+  // held for await_suspend, or it completed but the G's slice is spent
+  // (ch_ is then null), and await_suspend only yields.
+  bool await_ready() noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS {
     detail::g* wake = nullptr;
-    {
-      detail::spin_guard lk(ch_->lock_);
-      if (!ch_->recv_locked(this->slot, wake)) {
-        const std::source_location where = this->stashed_where();
-        this->set_g(detail::current_g());
-        detail::park(h, "chan receive", where);
-        ch_->recvq_.push_back(this);
-        return true;  // the guard's unlock publishes the waiter: hands off `this`
-      }
-    }
-    if (wake) detail::ready(wake);
-    return detail::yield_if_over_budget(h);
+    ch_->lock_.lock();
+    if (!ch_->recv_locked(this->slot, wake)) return false;  // the lock stays held
+    ch_->lock_.unlock();
+    return detail::chan_completed(wake, ch_);
   }
 
-  std::optional<T> await_resume() noexcept {
-    std::optional<T> r(std::move(this->slot));
-    this->slot.reset();
-    return r;
+  // await_suspend(): with the lock held, park and queue the waiter; the
+  // unlock publishes it (hands off `this`).
+  bool await_suspend(std::coroutine_handle<> h) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    if (ch_ == nullptr) return detail::chan_yield(h);
+    detail::spin_guard lk(ch_->lock_, std::adopt_lock);
+    const std::source_location where = this->stashed_where();
+    this->set_g(detail::current_g());
+    detail::park(h, "chan receive", where);
+    ch_->recvq_.push_back(this);
+    return true;
   }
+
+  std::optional<T> await_resume() noexcept { return std::move(this->slot); }
 
  private:
   friend class chan<T>;
@@ -377,6 +413,12 @@ class [[nodiscard]] recv_op : private detail::recv_node<T> {
 
   recv_op(detail::chan_state<T>* ch, std::source_location where) noexcept : ch_(ch) {
     this->stash_where(where);
+  }
+
+  // Out of line: only a killed task's awaiter comes here.
+  ABSL_ATTRIBUTE_NOINLINE void unlink() noexcept {
+    detail::spin_guard lk(ch_->lock_);
+    ch_->recvq_.remove(this);
   }
 
   // Select hooks: sel_poll, sel_enqueue and sel_dequeue are called with the
@@ -419,35 +461,36 @@ class [[nodiscard]] send_op : private detail::send_node<T> {
   send_op& operator=(send_op&&) = delete;
   // See ~recv_op().
   ~send_op() {
-    if (this->queued()) [[unlikely]] {
-      detail::spin_guard lk(ch_->lock_);
-      ch_->sendq_.remove(this);
-    }
+    if (this->queued()) [[unlikely]]
+      unlink();
   }
 
-  bool await_ready() const noexcept { return false; }
-
-  bool await_suspend(std::coroutine_handle<> h) {
+  // await_ready() and await_suspend(): as recv_op's.
+  bool await_ready() noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS {
     detail::g* wake = nullptr;
-    {
-      detail::spin_guard lk(ch_->lock_);
-      switch (ch_->send_locked(*this->value, wake)) {
-        case detail::send_result::done:
-          break;
-        case detail::send_result::closed:
-          return false;  // await_resume throws: the value is still ours
-        case detail::send_result::would_block: {
-          const std::source_location where = this->stashed_where();
-          this->set_g(detail::current_g());
-          detail::park(h, "chan send", where);
-          ch_->sendq_.push_back(this);
-          return true;  // the guard's unlock publishes the waiter: hands off `this`
-        }
-      }
+    ch_->lock_.lock();
+    switch (ch_->send_locked(*this->value, wake)) {
+      case detail::send_result::done:
+        break;
+      case detail::send_result::closed:
+        ch_->lock_.unlock();
+        return true;  // await_resume throws: the value is still ours
+      case detail::send_result::would_block:
+        return false;  // the lock stays held
     }
+    ch_->lock_.unlock();
     this->value.reset();
-    if (wake) detail::ready(wake);
-    return detail::yield_if_over_budget(h);
+    return detail::chan_completed(wake, ch_);
+  }
+
+  bool await_suspend(std::coroutine_handle<> h) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    if (ch_ == nullptr) return detail::chan_yield(h);
+    detail::spin_guard lk(ch_->lock_, std::adopt_lock);
+    const std::source_location where = this->stashed_where();
+    this->set_g(detail::current_g());
+    detail::park(h, "chan send", where);
+    ch_->sendq_.push_back(this);
+    return true;
   }
 
   void await_resume() {
@@ -468,6 +511,12 @@ class [[nodiscard]] send_op : private detail::send_node<T> {
   send_op(detail::chan_state<T>* ch, U&& v, std::source_location where)
       : detail::send_node<T>(std::in_place, std::forward<U>(v)), ch_(ch) {
     this->stash_where(where);
+  }
+
+  // See recv_op::unlink().
+  ABSL_ATTRIBUTE_NOINLINE void unlink() noexcept {
+    detail::spin_guard lk(ch_->lock_);
+    ch_->sendq_.remove(this);
   }
 
   // Select hooks: as recv_op's.

@@ -52,10 +52,12 @@
 // retry the exchange, which itself provides the ordering.
 #pragma once
 
+#include <absl/base/attributes.h>
 #include <absl/base/thread_annotations.h>
 
 #include <atomic>
 #include <cassert>
+#include <mutex>
 #include <thread>
 
 #include "mpg/detail/sync/cpu_relax.hpp"
@@ -144,7 +146,9 @@ class ABSL_LOCKABLE basic_spinlock {
   }
 
  private:
-  void lock_slow() noexcept {
+  // Out of line: the waiting loop is cold, and inlined into every
+  // channel operation it would cost each of them registers to save.
+  ABSL_ATTRIBUTE_NOINLINE void lock_slow() noexcept {
     Backoff backoff;
     for (;;) {
       // Test before test-and-set: wait with loads only, so the holder keeps
@@ -165,6 +169,8 @@ template <class Lock>
 class ABSL_SCOPED_LOCKABLE spin_guard {
  public:
   explicit spin_guard(Lock& l) noexcept ABSL_EXCLUSIVE_LOCK_FUNCTION(l) : l_(&l) { l.lock(); }
+  // Adopts a lock the caller already holds.
+  spin_guard(Lock& l, std::adopt_lock_t) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(l) : l_(&l) {}
   ~spin_guard() ABSL_UNLOCK_FUNCTION() {
     if (l_) l_->unlock();
   }

@@ -27,6 +27,8 @@
 //     it), that waker is the only party that may ready gp (g.hpp, step 3).
 #pragma once
 
+#include <absl/base/attributes.h>
+
 #include <atomic>
 #include <bit>
 #include <cassert>
@@ -201,16 +203,10 @@ class waitq {
   // The queue's owner holds its lock, which is in the select's lock set, so
   // the select is past arming: a claim is won or lost, never won_arming.
   waiter* dequeue() noexcept {
-    for (;;) {
-      waiter* w = pop_front();
-      if (!w) return nullptr;
-      if (select_state* s = w->sel()) {
-        const select_state::claim_result r = s->claim(w);
-        if (r == select_state::claim_result::lost) continue;
-        assert(r == select_state::claim_result::won);
-      }
+    waiter* w = pop_front();
+    if (w == nullptr || w->sel() == nullptr) [[likely]]
       return w;
-    }
+    return dequeue_select(w);
   }
 
   // dequeue_all(): every waiter dequeue() would give, in order, as a chain
@@ -277,6 +273,25 @@ class waitq {
   }
 
  private:
+  // dequeue_select(): the rest of dequeue() once the waiter popped, w, is a
+  // select case: claim its select; on a loss drop it and go on with the
+  // next waiter. Out of line: plain operations never come here.
+  ABSL_ATTRIBUTE_NOINLINE waiter* dequeue_select(waiter* w) noexcept {
+    for (;;) {
+      if (select_state* s = w->sel()) {
+        const select_state::claim_result r = s->claim(w);
+        if (r != select_state::claim_result::lost) {
+          assert(r == select_state::claim_result::won);
+          return w;
+        }
+      } else {
+        return w;
+      }
+      w = pop_front();
+      if (w == nullptr) return nullptr;
+    }
+  }
+
   waiter* first_ = nullptr;
   waiter* last_ = nullptr;
 };
