@@ -23,7 +23,10 @@ namespace {
 constexpr int kRounds = mpg_test::kSanitized ? 3000 : 5000;
 
 // A plain thread that calls a release on objects handed to it through a
-// one-slot mailbox, as fast as they come.
+// one-slot mailbox, as fast as they come. Made inside a task; while it
+// lives it counts as a possible wake-up for the deadlock check (a release
+// may be the one a parked task waits for, and a loaded machine may not run
+// this thread for longer than the check's quiet period).
 template <class T, class Release>
 class releaser_thread {
  public:
@@ -46,6 +49,7 @@ class releaser_thread {
       release_(obj);
     }
   }
+  mpg::external_work alive_{mpg::runtime_handle::current()};
   Release release_;
   std::atomic<T*> slot_{nullptr};
   std::atomic<bool> stop_{false};
