@@ -7,6 +7,8 @@
 
 #include <atomic>
 #include <cstdint>
+#include <thread>
+#include <vector>
 
 #include "mpg/mpg.hpp"
 #include "test_support.hpp"
@@ -138,4 +140,48 @@ TEST_CASE("a task that spawns forever does not starve the FIFO queue") {
   // never runs and this hangs.)
   CHECK(stop.load());
   CHECK(links.load() > 0);
+}
+
+namespace {
+
+mpg::task<int> gated(mpg::oneshot_receiver<void> rx) {
+  (void)co_await rx;
+  co_return 7;
+}
+mpg::task<int> trivial() { co_return 1; }
+
+}  // namespace
+
+TEST_CASE("joining another runtime's task never takes a local spawn that has its id") {
+  // Ids are per runtime: a G of this runtime at the bottom of the joiner's
+  // deque can carry the id of a child spawned on another runtime. The join
+  // must leave it there (it runs later, once) and park for the real child.
+  mpg::runtime a({.procs = 1});
+  mpg::runtime b({.procs = 1});
+  // Move b's ids past the first ones a's spawns will take.
+  for (int i = 0; i < 20; ++i) CHECK(b.block_on(trivial()) == 1);
+  auto [tx, rx] = mpg::oneshot<void>();
+  std::thread sender;
+  const int got = a.block_on([&, rx = std::move(rx)]() mutable -> mpg::task<int> {
+    mpg::join_handle<int> remote = b.spawn(gated(std::move(rx)));
+    std::vector<mpg::join_handle<int>> locals;
+    bool matched = false;
+    for (int i = 0; i < 4096 && !matched; ++i) {
+      locals.push_back(mpg::spawn(trivial()));
+      matched = locals.back().id() == remote.id();
+    }
+    CAPTURE(remote.id());
+    CAPTURE(locals.front().id());
+    CHECK(matched);  // the newest local spawn now has the remote child's id
+    // Release the remote child once this task waits in its join.
+    sender = std::thread([&] {
+      while (!mpg_test::dump_shows(a, "join")) std::this_thread::yield();
+      tx.send();
+    });
+    int sum = co_await remote;
+    for (auto& h : locals) sum += co_await h;
+    co_return sum - static_cast<int>(locals.size());
+  }());
+  sender.join();
+  CHECK(got == 7);
 }

@@ -129,7 +129,6 @@ class promise_base {
   // Set when the frame is spawned as a G's root: used by reports.
   std::uint64_t gid_ = 0;
   const char* name_ = nullptr;
-  g* g_ = nullptr;
 };
 
 template <class T>

@@ -150,6 +150,10 @@ class run_queue::owner {
   // False when the deque is full (the caller pushes it at the tail).
   bool push_spawn(g* gp) noexcept { return q_->spawns_.push(gp); }
 
+  // newest_spawn(): the newest spawned G, or nullptr (a thief may take it
+  // at any moment: take_spawn_if() decides).
+  g* newest_spawn() const noexcept { return q_->spawns_.peek_bottom(); }
+
   // take_spawn_if(): pop gp if it is the newest spawned G (a join running
   // its child inline). A thief may race us for it; one side gets it.
   bool take_spawn_if(g* gp) noexcept { return q_->spawns_.pop_if(gp); }

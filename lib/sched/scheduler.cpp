@@ -48,6 +48,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cassert>
 #include <numeric>
 #include <stdexcept>
 #include <string>
@@ -225,7 +226,6 @@ namespace {
   processor* p = current_p_of(s);
   g* gp = p != nullptr ? s->new_g_local(p, root, name) : s->new_g(root, name);
   promise->gid_ = gp->id.load(std::memory_order_relaxed);
-  promise->g_ = gp;
   if (p != nullptr) {
     processor::bump(p->spawned);
     s->make_runnable(tls_m, gp, queue_slot::spawn);
@@ -249,7 +249,6 @@ g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
   header_of(root.address())->spawned = 1;
   g* gp = s->new_g_local(p, root, name);
   promise->gid_ = gp->id.load(std::memory_order_relaxed);
-  promise->g_ = gp;
   processor::bump(p->spawned);
   gp->status.store(g_status::runnable, std::memory_order_relaxed);
   if (m->local_runq().push_spawn(gp)) [[likely]] {
@@ -336,30 +335,51 @@ void throw_task_killed() {
   throw runtime_misuse_error("mpg: the task was destroyed by its runtime's shutdown");
 }
 
+namespace {
+// take_child_inline(): the join's work-first step. A child that no M has
+// taken yet is the newest entry of this P's spawn deque when spawns and
+// joins nest (run_queue.hpp); pop it and retire its G, so that the joiner
+// runs its frame inline: no trip through the scheduler. A thief may race
+// us for it; the deque's pop decides.
+//
+// Which G is the child: the newest entry's id (an atomic; ids are never
+// reused) must be the child's. The entry may be stolen, finished and its G
+// reused meanwhile, giving another id (then the joiner parks), but while
+// it is still in our deque, where only this thread puts Gs, its id cannot
+// change; so if pop_if still finds it there, it is the child's G, or, ids
+// being per runtime, a G of this runtime with the id of a child spawned on
+// another one. The popped G's root tells (it is ours now, and we wrote it
+// at its spawn); a stranger goes back where it was.
+bool take_child_inline(machine* m, std::coroutine_handle<> root, std::uint64_t gid) noexcept {
+  run_queue::owner q = m->local_runq();
+  g* child = q.newest_spawn();
+  if (child == nullptr || child->id.load(std::memory_order_relaxed) != gid ||
+      !q.take_spawn_if(child))
+    return false;
+  if (child->root.address() != root.address()) [[unlikely]] {
+    // The slot it left is free: only this thread pushes.
+    const bool back = q.push_spawn(child);
+    assert(back);
+    (void)back;
+    return false;
+  }
+  m->sched->retire_g_local(m->p(), child);
+  return true;
+}
+}  // namespace
+
 std::coroutine_handle<> join_suspend(std::coroutine_handle<> root, promise_base* promise,
                                      std::coroutine_handle<> h) {
   g* me = tls_g;
   if (me == nullptr) throw runtime_misuse_error("mpg: a join_handle was awaited outside a task");
   frame_header* hdr = header_of(root.address());
-  g* child = promise->g_;
-  // Work-first: a child that no M has taken yet is the newest entry of this
-  // P's spawn deque when spawns and joins nest (run_queue.hpp); it is popped
-  // and run inline, as if awaited as a task<T>: no trip through the
-  // scheduler. A thief may race us for it; the deque's pop decides.
-  //
-  // The G pointer may be stale (the task finished and its G was reused by a
-  // newer spawn that now sits in the deque), so the frame must still be
-  // unfinished (join state Running) and the G must be the same incarnation
-  // (ids are never reused). A G in our deque was put there by this thread
-  // and has never run (only spawns go there).
+  // Work-first: a child still waiting in this P's spawn deque runs inline,
+  // as if awaited as a task<T> (take_child_inline).
   machine* m = tls_m;
-  if (child != nullptr && m->p() != nullptr && child->sched == me->sched &&
-      hdr->join.load(std::memory_order_acquire) == kJoinRunning &&
-      child->id.load(std::memory_order_relaxed) == promise->gid_ &&
-      m->local_runq().take_spawn_if(child)) {
+  if (m->p() != nullptr && hdr->join.load(std::memory_order_acquire) == kJoinRunning &&
+      take_child_inline(m, root, promise->gid_)) {
     // Only the handle owner (us) reads the join state of a claimed frame.
     hdr->join.store(kJoinInline, std::memory_order_relaxed);
-    me->sched->retire_g_local(m->p(), child);
     promise->continuation_ = h;
     return root;
   }

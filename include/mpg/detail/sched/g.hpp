@@ -141,10 +141,10 @@ void cancel_park() noexcept;
 
 // spawn_root(): attach a fresh G to the suspended root frame `root` (its
 // frame_header is header_of(root.address())) and make it runnable: on the
-// caller's P (runnext) if the caller runs on a P of `s`, else on the global
-// queue. s == nullptr means the current task's runtime; outside any task that
-// throws std::logic_error (and destroys the frame). promise->gid_ and
-// promise->g_ are set before the G can run.
+// caller's P (its spawn deque) if the caller runs on a P of `s`, else on the
+// global queue. s == nullptr means the current task's runtime; outside any
+// task that throws std::logic_error (and destroys the frame).
+// promise->gid_ is set before the G can run.
 g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
               promise_base* promise);
 
