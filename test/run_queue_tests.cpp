@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "fake_gs.hpp"
 #include "sched/run_queue.hpp"
 
 namespace mpg::detail {
@@ -22,16 +23,8 @@ struct run_queue_test_access {
 namespace {
 
 using mpg::detail::g;
+using mpg_test::fake_gs;
 using mpg::detail::run_queue;
-
-// Fake Gs: the queue only stores and hands back pointers.
-struct fake_gs {
-  explicit fake_gs(std::size_t n) : n(n), gs(new g[n]) {}
-  g* operator[](std::size_t i) const { return &gs[i]; }
-  std::size_t index(const g* gp) const { return static_cast<std::size_t>(gp - gs.get()); }
-  std::size_t n;
-  std::unique_ptr<g[]> gs;
-};
 
 // own(): the owner side of a queue. In the runtime only the M holding the
 // P can make one (machine::local_runq()); the test is every queue's owner.
@@ -185,19 +178,13 @@ namespace {
 // steal into their own queues and drain them. Every G must come out once.
 void stress(std::uint32_t cap, std::size_t n) {
   fake_gs gs(n);
-  std::unique_ptr<std::atomic<int>[]> seen(new std::atomic<int>[n]);
-  for (std::size_t i = 0; i < n; ++i) seen[i].store(0);
-  std::atomic<std::size_t> total{0};
-  std::atomic<std::size_t> dupes{0};
-  auto got = [&](g* gp) {
-    if (seen[gs.index(gp)].fetch_add(1) != 0) dupes.fetch_add(1);
-    total.fetch_add(1);
-  };
+  mpg_test::exactly_once tally(gs);
+  auto got = [&](g* gp) { tally.got(gp); };
   run_queue owner_q(cap);
 
   auto thief = [&](bool take_next) {
     run_queue mine(cap);
-    while (total.load() < n) {
+    while (tally.total() < n) {
       std::uint32_t count = 0;
       g* gp = owner_q.steal_into(own(mine), runnext(take_next), &count);
       if (gp == nullptr) {
@@ -229,16 +216,14 @@ void stress(std::uint32_t cap, std::size_t n) {
       if (g* gp = pop(owner_q, op == 12)) got(gp);
     }
   }
-  while (total.load() < n) {
+  while (tally.total() < n) {
     if (g* gp = pop(owner_q)) got(gp);
   }
   t1.join();
   t2.join();
-  CHECK(total.load() == n);
-  CHECK(dupes.load() == 0);
-  std::size_t missing = 0;
-  for (std::size_t i = 0; i < n; ++i) missing += seen[i].load() == 1 ? 0 : 1;
-  CHECK(missing == 0);
+  CHECK(tally.total() == n);
+  CHECK(tally.dupes() == 0);
+  CHECK(tally.missing() == 0);
   CHECK(owner_q.size() == 0);
 }
 

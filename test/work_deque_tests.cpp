@@ -9,20 +9,15 @@
 #include <thread>
 #include <vector>
 
+#include "fake_gs.hpp"
 #include "sched/work_deque.hpp"
 #include "test_support.hpp"
 
 namespace {
 
 using mpg::detail::g;
+using mpg_test::fake_gs;
 using mpg::detail::work_deque;
-
-struct fake_gs {
-  explicit fake_gs(std::size_t n) : gs(new g[n]) {}
-  g* operator[](std::size_t i) const { return &gs[i]; }
-  std::size_t index(const g* gp) const { return static_cast<std::size_t>(gp - gs.get()); }
-  std::unique_ptr<g[]> gs;
-};
 
 }  // namespace
 
@@ -74,17 +69,11 @@ namespace {
 // out exactly once, including the last-entry races between pop and steal.
 void stress(std::uint32_t cap, std::size_t n) {
   fake_gs gs(n);
-  std::unique_ptr<std::atomic<int>[]> seen(new std::atomic<int>[n]);
-  for (std::size_t i = 0; i < n; ++i) seen[i].store(0);
-  std::atomic<std::size_t> total{0};
-  std::atomic<std::size_t> dupes{0};
-  auto got = [&](g* gp) {
-    if (seen[gs.index(gp)].fetch_add(1) != 0) dupes.fetch_add(1);
-    total.fetch_add(1);
-  };
+  mpg_test::exactly_once tally(gs);
+  auto got = [&](g* gp) { tally.got(gp); };
   work_deque d(cap);
   auto thief = [&] {
-    while (total.load() < n) {
+    while (tally.total() < n) {
       if (g* gp = d.steal()) got(gp);
       else std::this_thread::yield();
     }
@@ -112,16 +101,14 @@ void stress(std::uint32_t cap, std::size_t n) {
       last_pushed = nullptr;
     }
   }
-  while (total.load() < n) {
+  while (tally.total() < n) {
     if (g* gp = d.pop()) got(gp);
   }
   t1.join();
   t2.join();
-  CHECK(total.load() == n);
-  CHECK(dupes.load() == 0);
-  std::size_t missing = 0;
-  for (std::size_t i = 0; i < n; ++i) missing += seen[i].load() == 1 ? 0 : 1;
-  CHECK(missing == 0);
+  CHECK(tally.total() == n);
+  CHECK(tally.dupes() == 0);
+  CHECK(tally.missing() == 0);
   CHECK(d.size() == 0);
 }
 

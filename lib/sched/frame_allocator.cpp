@@ -159,18 +159,22 @@ void* init_frame(void* mem, std::size_t size) noexcept {
   return init_frame(mem, size);
 }
 
+// try_push(): list a freed frame under its class's bound.
+inline bool try_push(thread_cache& tc, std::size_t cls, void* mem) noexcept {
+  if (tc.counts[cls] >= tc.limits[cls]) return false;
+  auto* n = static_cast<free_node*>(mem);
+  n->next = tc.heads[cls];
+  tc.heads[cls] = n;
+  ++tc.counts[cls];
+  return true;
+}
+
 [[gnu::noinline]] void recycle_slow(frame_header* h, std::size_t cls) noexcept {
   void* mem = h;
   if (cls < kClasses) {
     thread_cache& tc = tls_cache;
     if (!tc.set_up) set_up_thread(tc);
-    if (tc.counts[cls] < tc.limits[cls]) {
-      auto* n = static_cast<free_node*>(mem);
-      n->next = tc.heads[cls];
-      tc.heads[cls] = n;
-      ++tc.counts[cls];
-      return;
-    }
+    if (try_push(tc, cls, mem)) return;
     if (tc.limits[cls] != 0) {
       // Full: the new frame and the first kBatch - 1 listed ones go to the
       // depot as one batch.
@@ -199,13 +203,7 @@ inline void recycle(frame_header* h, std::size_t size) noexcept {
   h->~frame_header();
   if (cls < kClasses) [[likely]] {
     thread_cache& tc = tls_cache;
-    if (tc.counts[cls] < tc.limits[cls]) [[likely]] {
-      auto* n = reinterpret_cast<free_node*>(h);
-      n->next = tc.heads[cls];
-      tc.heads[cls] = n;
-      ++tc.counts[cls];
-      return;
-    }
+    if (try_push(tc, cls, h)) [[likely]] return;
   }
   recycle_slow(h, cls);
 }

@@ -543,11 +543,15 @@ g* scheduler::new_g(std::coroutine_handle<> root, const char* name) {
   return gp;
 }
 
-void scheduler::retire_g_local(processor* p, g* gp) noexcept {
+void scheduler::clear_g(g* gp) noexcept {
   gp->status.store(g_status::dead, std::memory_order_relaxed);
   gp->root = {};
   gp->resume = {};
   gp->name.store(nullptr, std::memory_order_relaxed);
+}
+
+void scheduler::retire_g_local(processor* p, g* gp) noexcept {
+  clear_g(gp);
   processor::bump(p->completed);
   if (p->gfree.size() >= kLocalGfreeMax) [[unlikely]] return retire_g_slow(p, gp);
   p->gfree.push_back(gp);
@@ -564,10 +568,7 @@ void scheduler::retire_g_local(processor* p, g* gp) noexcept {
 
 void scheduler::retire_g(g* gp) noexcept {
   if (processor* p = current_p_of(this)) return retire_g_local(p, gp);
-  gp->status.store(g_status::dead, std::memory_order_relaxed);
-  gp->root = {};
-  gp->resume = {};
-  gp->name.store(nullptr, std::memory_order_relaxed);
+  clear_g(gp);
   foreign_completed_.fetch_add(1, std::memory_order_relaxed);
   thread_mutex_lock l(allg_mu_);
   gfree_global_.push_back(gp);

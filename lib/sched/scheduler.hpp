@@ -208,6 +208,7 @@ class scheduler {
   g* new_g_slow(processor* p, std::coroutine_handle<> root, const char* name);
   void retire_g_slow(processor* p, g* gp) noexcept;
   static void init_g(g* gp, std::uint64_t id, std::coroutine_handle<> root, const char* name) noexcept;
+  static void clear_g(g* gp) noexcept;  // a retired G: dead, no frame, no name
   g* allocate_gs(processor* p);
 
   runtime_options opts_;
