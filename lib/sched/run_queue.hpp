@@ -10,8 +10,8 @@
 //            queue and from thieves.
 // A task that keeps spawning could keep the FIFO ring, and the oldest
 // spawned Gs, waiting behind the newest spawns; on every 61st tick the
-// scheduler pops the ring's head first, else the oldest spawned G
-// (find_runnable.cpp), as Go does for the global queue.
+// scheduler pops the ring's head first, and on every 488th, failing that,
+// the oldest spawned G (find_runnable.cpp), as Go does for the global queue.
 //
 // The FIFO ring:
 // A fixed ring of `capacity` slots (a power of two; 256 by default, tests
@@ -53,8 +53,7 @@ class machine;
 
 // Where make_runnable()/local_put() put a G: in the runnext slot (it runs
 // next, inheriting the time slice), at the tail of the queue, or, for a
-// freshly spawned G,
-// spawn: the bottom of the spawn deque (a G that has never run).
+// freshly spawned G that has never run, at the bottom of the spawn deque.
 enum class queue_slot : std::uint8_t { runnext, tail, spawn };
 // Whether owner::pop() may take the runnext G (skip: a runnext chain has
 // kept the slot long enough; the queue's head goes first).
@@ -94,7 +93,6 @@ class run_queue {
     return head_.load(std::memory_order_seq_cst) == tail_.load(std::memory_order_seq_cst) &&
            spawns_.empty_seq_cst() && runnext_.load(std::memory_order_seq_cst) == nullptr;
   }
-  g* peek_runnext() const noexcept { return runnext_.load(std::memory_order_relaxed); }
   bool has_runnext() const noexcept { return runnext_.load(std::memory_order_relaxed) != nullptr; }
 
  private:
@@ -226,13 +224,6 @@ class run_queue::owner {
     return nullptr;
   }
 
-  // take_runnext_if(): empty the runnext slot if it holds gp.
-  bool take_runnext_if(g* gp) noexcept {
-    g* expected = gp;
-    // Acquire: as pop(); a thief may race us for it, one CAS wins.
-    return q_->runnext_.compare_exchange_strong(expected, nullptr, std::memory_order_acquire,
-                                            std::memory_order_relaxed);
-  }
  private:
   friend class machine;
   friend class run_queue;

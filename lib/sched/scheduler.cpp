@@ -479,7 +479,6 @@ g* scheduler::allocate_gs(processor* p) {
 void scheduler::init_g(g* gp, std::uint64_t id, std::coroutine_handle<> root,
                        const char* name) noexcept {
   gp->id.store(id, std::memory_order_relaxed);
-  gp->started.store(false, std::memory_order_relaxed);
   gp->root = root;
   gp->resume = root;
   gp->link = nullptr;

@@ -162,7 +162,6 @@ class scheduler {
     processor::bump(p->tasks_run);
     set_current_g(gp);
     gp->status.store(g_status::running, std::memory_order_relaxed);
-    gp->started.store(true, std::memory_order_relaxed);
     p->cur_gid.store(gp->id.load(std::memory_order_relaxed), std::memory_order_relaxed);
     p->cur_name.store(gp->name.load(std::memory_order_relaxed), std::memory_order_relaxed);
   }

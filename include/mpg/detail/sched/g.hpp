@@ -86,12 +86,6 @@ class g {
   // Status, readable by the task dump from any thread. Relaxed: it is a
   // diagnostic snapshot; the run queues order everything that matters.
   std::atomic<g_status> status{g_status::dead};
-  // Set when an M first runs the G. Only a never-started G may be run
-  // inline by its joiner (spawn.hpp); a G readied into runnext after a park
-  // has started and must resume where it parked. Relaxed: read only by the
-  // thread that put the G in its runnext slot, after the release/acquire
-  // chain that carried the G there.
-  std::atomic<bool> started{false};
   // Name given at spawn (static storage, may be null), and why/where the G
   // waits. Written by the G's own thread; read racily by the dump, so they
   // are atomics (relaxed: a torn snapshot is impossible, a stale one is fine).
