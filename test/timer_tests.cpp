@@ -101,18 +101,20 @@ struct cancel_result {
   bool sentinel_late = false;
 };
 
-// Adds 100 timers due in 1 ms and cancels them; then sleeps on a timer due
-// later on the same P (so the cancelled ones would have fired first).
+// Adds 100 timers due in 200 ms and cancels them; then sleeps on a timer due
+// later on the same P (so the cancelled ones would have fired first). The
+// margin is for a slow build on a loaded machine: sysmon runs a busy P's due
+// timers, so timers due before the cancel loop ends would fire uncancelled.
 mpg::task<cancel_result> cancel_then_wait() {
   cancel_result r;
   auto timers = std::make_unique<counter_timer[]>(100);
-  const auto soon = clock_type::now() + 1ms;
+  const auto soon = clock_type::now() + 200ms;
   for (int i = 0; i < 100; ++i) {
     timers[i].arm(soon);
     mpg::detail::add_timer(&timers[i].t);
   }
   for (int i = 0; i < 100; ++i) r.cancel_true += mpg::detail::cancel_timer(&timers[i].t) ? 1 : 0;
-  sleep_awaiter s{clock_type::now() + 5ms};
+  sleep_awaiter s{soon + 5ms};
   const auto fired = co_await s;
   r.sentinel_late = fired >= soon;
   for (int i = 0; i < 100; ++i) r.fired_cancelled += timers[i].fired.load();
