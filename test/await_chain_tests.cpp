@@ -3,15 +3,18 @@
 // await out to the root, one indented line each, with the function (as the
 // source spells it, without g++'s coroutine-body decoration) and file:line.
 #include <doctest/doctest.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <sstream>
 #include <string>
 #include <thread>
 
 #include "mpg/mpg.hpp"
+#include "mpg/net.hpp"
 
 namespace chain_test {
 
@@ -60,6 +63,18 @@ mpg::task<void> take_lock(mpg::mutex* m) {
 
 mpg::task<void> locker(mpg::mutex* m) {
   locker_line = __LINE__; co_await take_lock(m);
+}
+
+std::atomic<int> read_line{0}, reader_line{0};
+
+mpg::task<std::size_t> read_some(mpg::net::tcp_stream* s) {
+  char buf[16];
+  read_line = __LINE__; auto n = co_await s->read(std::span<char>(buf));
+  co_return n.ok() ? *n : 0;
+}
+
+mpg::task<std::size_t> reader(mpg::net::tcp_stream* s) {
+  reader_line = __LINE__; co_return co_await read_some(s);
 }
 
 }  // namespace chain_test
@@ -195,6 +210,40 @@ TEST_CASE("a task parked in the mutex's slow path shows its own frames once") {
   CHECK(d.find("mutex.cpp") == std::string::npos);
   m.unlock();
   rt.block_on(std::move(h));
+}
+
+#ifdef __clang__
+constexpr const char* kStreamPtr = "mpg::net::tcp_stream *";
+#else
+constexpr const char* kStreamPtr = "mpg::net::tcp_stream*";
+#endif
+
+TEST_CASE("a task parked in a socket read shows its co_await, also once the read goes on in a loop") {
+  int fds[2];
+  REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0);
+  mpg::runtime rt({.procs = 1});
+  mpg::net::tcp_stream s(fds[0]);
+  auto h = rt.spawn(chain_test::reader(&s), "reader");
+  // The recv is issued from read_some's own frame (read_op).
+  const std::string first = wait_for_dump(rt, "net.read");
+  const std::string read_site = site("read_some(" + std::string(kStreamPtr) + ")", chain_test::read_line);
+  const std::string reader_site = site("reader(" + std::string(kStreamPtr) + ")", chain_test::reader_line);
+  CHECK_MESSAGE(in_order(first, {"(reader) [waiting: net.read at ", read_site, reader_site}), first);
+  // A deadline set while the recv is in flight kicks it: the rest of the
+  // read runs in the stream's read loop (a task frame of its own), which
+  // parks inside the library.
+  rt.block_on([](mpg::net::tcp_stream* s) -> mpg::task<void> {
+    s->set_read_deadline(std::chrono::steady_clock::now() + std::chrono::hours(1));
+    co_return;
+  }(&s));
+  {
+    const std::string d = wait_for_dump(rt, "do_read");
+    INFO(d);
+    CHECK(in_order(d, {"(reader) [waiting: net.read at ", "net.cpp:", "do_read", read_site, reader_site}));
+  }
+  REQUIRE(write(fds[1], "hi", 2) == 2);
+  CHECK(rt.block_on(std::move(h)) == 2);
+  close(fds[1]);
 }
 
 TEST_CASE("deadlock_error::what() shows the blocked task's chain") {

@@ -43,6 +43,7 @@
 
 #include <chrono>
 #include <coroutine>
+#include <source_location>
 #include <type_traits>
 #include <utility>
 
@@ -72,18 +73,23 @@ class [[nodiscard]] submit_awaiter {
   bool await_ready() const noexcept { return false; }
   bool await_suspend(std::coroutine_handle<> h) {
     op_.waiter = detail::current_g();
-    detail::park(h, "io.submit");
+    detail::park(h, "io.submit", where_);
     if (detail::io_start(&op_, &thunk, &prep_, nullptr)) return true;  // frame untouched after
     detail::cancel_park();
     return false;
   }
   int await_resume() const noexcept { return op_.outcome(); }
 
+  // link_parent(): the site of the awaiting task's co_await (its
+  // await_transform calls it, mpg/task.hpp): where the task shows as parked.
+  void link_parent(std::source_location where) noexcept { where_ = where; }
+
  private:
   static void thunk(io_uring_sqe* sqe, const void* ctx) {
     (*static_cast<Prep*>(const_cast<void*>(ctx)))(sqe);
   }
   Prep prep_;
+  std::source_location where_{};
   detail::io_op op_;
 };
 
@@ -104,7 +110,7 @@ class [[nodiscard]] submit_context_awaiter {
     op_.waiter = detail::current_g();
     detail::io_slot* slot = bind_.bind(nullptr);  // watches ctx from here
     bind_.attach(op_);
-    detail::park(h, "io.submit");
+    detail::park(h, "io.submit", where_);
     if (detail::io_start(&op_, &thunk, &prep_, slot)) return true;  // frame untouched after
     detail::cancel_park();
     return false;
@@ -116,11 +122,15 @@ class [[nodiscard]] submit_context_awaiter {
     return bind_.result(op_.outcome(), op_);
   }
 
+  // link_parent(): as submit_awaiter's.
+  void link_parent(std::source_location where) noexcept { where_ = where; }
+
  private:
   static void thunk(io_uring_sqe* sqe, const void* ctx) {
     (*static_cast<Prep*>(const_cast<void*>(ctx)))(sqe);
   }
   Prep prep_;
+  std::source_location where_{};
   detail::io_op op_;
   detail::io_context_binding bind_;
 };

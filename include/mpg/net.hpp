@@ -58,6 +58,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <source_location>
 #include <span>
 #include <string>
 #include <string_view>
@@ -96,7 +97,7 @@ class read_op {
 
   read_op(const read_op&) = delete;
   read_op& operator=(const read_op&) = delete;
-  read_op(read_op&& o) noexcept : s_(o.s_), buf_(o.buf_) {}  // before it is awaited only
+  read_op(read_op&& o) noexcept : s_(o.s_), buf_(o.buf_), where_(o.where_) {}  // before awaited
   // Idempotent (g++ 12 may destroy a temporary of a co_await's
   // full-expression twice: the second run finds slow_ null).
   ~read_op() {
@@ -106,6 +107,11 @@ class read_op {
   bool await_ready() const noexcept { return false; }
   std::coroutine_handle<> await_suspend(std::coroutine_handle<> h);
   result_type await_resume();
+
+  // link_parent(): the site of the awaiting task's co_await (its
+  // await_transform calls it, task.hpp): where the task shows as parked,
+  // and the await-chain link of the task form when the read moves there.
+  void link_parent(std::source_location where) noexcept { where_ = where; }
 
   // The same read as a task (tcp_stream's read loop in a frame of its own).
   operator task<result_type>() &&;
@@ -119,6 +125,7 @@ class read_op {
   tcp_stream* s_;
   std::span<char> buf_;
   state state_ = state::issued;
+  std::source_location where_{};
   detail::io_op op_;
   // The frame of the task form, owned here, when the recv has to be issued
   // again (on_complete); it returns to the awaiting task.
@@ -136,7 +143,7 @@ class write_op {
 
   write_op(const write_op&) = delete;
   write_op& operator=(const write_op&) = delete;
-  write_op(write_op&& o) noexcept : s_(o.s_), data_(o.data_) {}  // before it is awaited only
+  write_op(write_op&& o) noexcept : s_(o.s_), data_(o.data_), where_(o.where_) {}  // before awaited
   ~write_op() {  // idempotent, as read_op's
     if (slow_) std::exchange(slow_, {}).destroy();
   }
@@ -144,6 +151,9 @@ class write_op {
   bool await_ready() const noexcept { return false; }
   std::coroutine_handle<> await_suspend(std::coroutine_handle<> h);
   result_type await_resume();
+
+  // link_parent(): as read_op's.
+  void link_parent(std::source_location where) noexcept { where_ = where; }
 
   // The same write as a task (tcp_stream's write loop in a frame of its own).
   operator task<result_type>() &&;
@@ -157,6 +167,7 @@ class write_op {
   tcp_stream* s_;
   std::string_view data_;
   state state_ = state::issued;
+  std::source_location where_{};
   detail::io_op op_;
   task<result_type>::handle_type slow_{};  // as read_op's
 };

@@ -91,7 +91,9 @@ class promise_base {
   // that it can resume the task from any thread.
   //
   // A child task or a joined one is linked into this task's await chain
-  // here (link_parent), with the site of the co_await. The site comes as
+  // here (link_parent), with the site of the co_await; an awaiter with no
+  // site of its own (an I/O op: net.hpp, io.hpp) takes it through the same
+  // hook, as the place the task parks at. The site comes as
   // the pointer that std::source_location wraps (site_ptr, a scalar): g++
   // 12 gives a class-type default argument of a co_await's await_transform
   // a slot in the coroutine frame and stores it on every await, a scalar

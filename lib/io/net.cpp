@@ -250,7 +250,7 @@ std::coroutine_handle<> read_op::await_suspend(std::coroutine_handle<> h) {
   op_.user = this;
   op_.live_deadline = s_->read_deadline_.live();
   op_.waiter = detail::current_g();
-  detail::park(h, "net.read");
+  detail::park(h, "net.read", where_);
   if (detail::io_start(&op_, prep_request, &rq, &s_->read_slot_))
     return std::noop_coroutine();  // published: *this is the reactor's until on_complete
   detail::cancel_park();
@@ -267,6 +267,7 @@ void read_op::on_complete(detail::io_op* op) noexcept {
     // nobody else touches its resume point until it is readied below: it
     // resumes in do_read instead, which returns to the awaiting task.
     self->slow_.promise().continuation_ = gp->resume;
+    self->slow_.promise().caller_where_ = self->where_;  // the await chain goes on
     gp->resume = self->slow_;
   }
   detail::ready_tail(gp);  // stealable, as the reactor's own (reactor.cpp)
@@ -324,7 +325,7 @@ std::coroutine_handle<> write_op::await_suspend(std::coroutine_handle<> h) {
   op_.user = this;
   op_.live_deadline = s_->write_deadline_.live();
   op_.waiter = detail::current_g();
-  detail::park(h, "net.write");
+  detail::park(h, "net.write", where_);
   if (detail::io_start(&op_, prep_request, &rq, &s_->write_slot_))
     return std::noop_coroutine();  // published: *this is the reactor's until on_complete
   detail::cancel_park();
@@ -344,6 +345,7 @@ void write_op::on_complete(detail::io_op* op) noexcept {
     // As read_op::on_complete: the G resumes in do_write, which returns to
     // the awaiting task.
     self->slow_.promise().continuation_ = gp->resume;
+    self->slow_.promise().caller_where_ = self->where_;
     gp->resume = self->slow_;
   }
   detail::ready_tail(gp);

@@ -95,6 +95,7 @@
 #include <chrono>
 #include <coroutine>
 #include <cstdint>
+#include <source_location>
 
 #include "mpg/detail/sched/g.hpp"
 #include "mpg/detail/sync/spinlock.hpp"
@@ -258,6 +259,9 @@ struct io_awaiter {
   const void* ctx;
   io_slot* slot;
   const char* reason;
+  // The site of the awaiting task's co_await, set by its await_transform
+  // (link_parent, mpg/task.hpp): where the task shows as parked.
+  std::source_location where{};
 
   io_awaiter(io_prep_fn p, const void* c, io_slot* s, const char* why) noexcept
       : prep(p), ctx(c), slot(s), reason(why) {}
@@ -268,10 +272,12 @@ struct io_awaiter {
     op.deadline = deadline;
   }
 
+  void link_parent(std::source_location w) noexcept { where = w; }
+
   bool await_ready() const noexcept { return false; }
   bool await_suspend(std::coroutine_handle<> h) {
     op.waiter = current_g();
-    park(h, reason);
+    park(h, reason, where);
     if (io_start(&op, prep, ctx, slot)) return true;  // published: frame untouched from here
     cancel_park();
     return false;
