@@ -319,7 +319,8 @@ class tcp_stream {
   receive_op receive() noexcept { return receive_op(this); }
   task<absl::StatusOr<recv_buffer>> receive(clock::time_point deadline);
   task<absl::StatusOr<recv_buffer>> receive(const context& ctx);
-  // held_buffers(): diagnostics: received buffers the stream holds unread.
+  // held_buffers(): diagnostics: buffers of a P's ring that the stream
+  // holds unread (its share of the ring; bytes held beyond it are copies).
   std::size_t held_buffers() const noexcept;
 
   // set_deadline(), set_read_deadline(), set_write_deadline()

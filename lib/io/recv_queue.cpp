@@ -459,7 +459,7 @@ detail::recv_queue* tcp_stream::recv_queue_for_reader() {
 
 std::size_t tcp_stream::held_buffers() const noexcept {
   recv_queue* q = recv_.load(std::memory_order_acquire);
-  return q != nullptr ? q->held() : 0;
+  return q != nullptr ? q->held(/*ring_only=*/true) : 0;
 }
 
 task<absl::StatusOr<recv_buffer>> tcp_stream::do_receive(
