@@ -205,6 +205,15 @@ recv_queue::take_result recv_queue::step(int fd, io_slot* slot, recv_waiter* w,
       nobufs_ = false;
       lock_.unlock();
       if (int err = arm(fd, slot); err != 0) return {took::failed, err};
+      lock_.lock();
+      // Ended already, by a cancel or for want of an SQE (shutdown ends
+      // every start so): report it rather than arm again forever.
+      if (!armed_ && count_ == 0 && !has_final_ && last_stop_ != 0) {
+        const int err = last_stop_;
+        lock_.unlock();
+        return {took::failed, err};
+      }
+      lock_.unlock();
       continue;  // it may have completed already
     }
     if (w == nullptr) {  // the caller only wanted what is there
@@ -267,6 +276,12 @@ void recv_queue::on_cqe(io_op* op) noexcept {
   const std::uint32_t flags = op->cqe_flags;
   const bool more = op->multishot && (flags & kCqeMore) != 0;
   q->lock_.lock();
+  if (res <= 0 && (flags & kCqeBuffer) != 0 && !q->single_) {
+    // A buffer with no bytes in it (kernels may attach one to an EOF):
+    // straight back to the ring.
+    q->ring_->hold();
+    q->ring_->give_back(static_cast<std::uint16_t>(flags >> kCqeBufferShift));
+  }
   if (res > 0) {
     held_buf b{};
     if (q->single_) {
@@ -306,6 +321,7 @@ void recv_queue::on_cqe(io_op* op) noexcept {
       delete[] std::exchange(q->single_buf_, nullptr);
       q->single_ = false;
     }
+    q->last_stop_ = 0;
     if (res == 0) {
       q->has_final_ = true;  // R5: EOF
       q->final_ = 0;
@@ -313,6 +329,9 @@ void recv_queue::on_cqe(io_op* op) noexcept {
       const int out = op->outcome();
       if (op->cancel_requested()) {
         why = kCancel;
+        q->last_stop_ = -ECANCELED;
+      } else if (res == -EBUSY) {
+        q->last_stop_ = -EBUSY;  // start() found no SQE
       } else if (res == -ENOBUFS) {
         q->nobufs_ = true;  // R4
         g_nobufs.fetch_add(1, std::memory_order_relaxed);

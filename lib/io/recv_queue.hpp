@@ -187,6 +187,7 @@ class recv_queue {
   bool got_any_ = false;       // a multishot delivered something (R4's -EINVAL)
   std::uint8_t limit_ = 8;
   int final_ = 0;
+  int last_stop_ = 0;  // the last final CQE: -ECANCELED (a user cancel), -EBUSY, else 0
   char* single_buf_ = nullptr;
   buffer_ring* ring_ = nullptr;  // the armed multishot's buffers
   recv_waiter* waiter_ = nullptr;
