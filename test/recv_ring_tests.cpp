@@ -144,7 +144,8 @@ TEST_CASE("receive: many streams, many messages, checksummed, on 2 Ps, mixed wit
 }
 
 TEST_CASE("receive: a buffer given back on another thread goes back to the ring it came from") {
-  mpg::runtime rt({.procs = 2, .recv_buffers = 16});
+  // One P: this_ring() is the ring the buffer came from.
+  mpg::runtime rt({.procs = 1, .recv_buffers = 16});
   rt.block_on([]() -> task<void> {
     auto p = co_await connect_pair();
     CHECK((co_await p.server.write(std::string_view("ping"))).ok());
@@ -153,14 +154,28 @@ TEST_CASE("receive: a buffer given back on another thread goes back to the ring 
     CHECK(b->view() == "ping");
     mpg::detail::buffer_ring* home = this_ring();
     const std::uint64_t before = home->given_back();
-    // Returned from a thread that is no P at all (the hardest case: no
-    // reactor lock, no task), the buffer goes back to its ring.
+    // Given back by a task on a P of another runtime, on another thread,
+    // the buffer goes back to the ring it came from.
     recv_buffer moved = std::move(*b);
-    std::thread t([&moved] { moved.reset(); });
+    std::thread t([&moved] {
+      mpg::runtime other({.procs = 1});
+      other.block_on([](recv_buffer buf) -> task<void> {
+        co_await mpg::yield();
+        buf.reset();
+      }(std::move(moved)));
+    });
     t.join();
     CHECK(home->given_back() == before + 1);
+    // And from a plain thread, no P at all.
+    CHECK((co_await p.server.write(std::string_view("pong"))).ok());
+    auto b2 = co_await p.client.receive();
+    REQUIRE(b2.ok());
+    CHECK(b2->view() == "pong");
+    std::thread t2([&b2] { b2->reset(); });
+    t2.join();
+    CHECK(home->given_back() == before + 2);
     // The ring keeps working through many rounds (16 buffers: every one is
-    // recycled many times, some returned by tasks that migrated).
+    // recycled many times, some given back by other tasks).
     for (int i = 0; i < 200; ++i) {
       CHECK((co_await p.server.write(std::string_view("x"))).ok());
       auto m = co_await p.client.receive();
@@ -272,7 +287,7 @@ TEST_CASE("receive: an empty ring (-ENOBUFS) falls back to plain recvs; nothing 
 }
 
 TEST_CASE("receive: close with buffers held gives them back; a borrowed buffer outlives its stream") {
-  mpg::runtime rt({.procs = 2, .recv_buffers = 64});
+  mpg::runtime rt({.procs = 1, .recv_buffers = 64});
   rt.block_on([]() -> task<void> {
     auto p = co_await connect_pair();
     CHECK((co_await p.server.write(std::string_view("first"))).ok());
@@ -424,4 +439,26 @@ TEST_CASE("read(buf) after receive(): copies from the held buffers, in order, pa
     }
     CHECK(rest == "abcdefgh");
   }());
+}
+
+TEST_CASE("receive: a runtime shut down under a waiting receive and held buffers leaks nothing") {
+  {
+    mpg::runtime rt({.procs = 2});
+    rt.block_on([]() -> task<void> {
+      auto p = co_await connect_pair();
+      CHECK((co_await p.server.write(std::string_view("held"))).ok());
+      // A reader that keeps the stream (and a borrowed buffer) in its frame
+      // and waits forever: killed by the runtime's shutdown.
+      mpg::go([](stream_pair q) -> task<void> {
+        auto b = co_await q.client.receive();
+        REQUIRE(b.ok());
+        CHECK((co_await q.server.write(std::string_view("more"))).ok());
+        for (;;) {
+          auto again = co_await q.client.receive(std::chrono::steady_clock::now() + 1h);
+          if (!again.ok()) co_return;
+        }
+      }(std::move(p)));
+      co_await mpg::yield();
+    }());
+  }  // ~runtime: kills the reader; ASan reports any leak
 }

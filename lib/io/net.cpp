@@ -518,6 +518,8 @@ absl::Status tcp_stream::shutdown(shutdown_how how) noexcept {
 }
 
 void tcp_stream::cancel() noexcept {
+  // Acquire: the queue is published with a release.
+  if (detail::recv_queue* q = recv_.load(std::memory_order_acquire)) q->cancel();
   detail::io_cancel(&read_slot_, false);
   detail::io_cancel(&write_slot_, false);
 }

@@ -106,7 +106,7 @@ std::size_t recv_queue::held(bool ring_only) const noexcept {
   return n;
 }
 
-int recv_queue::arm(int fd, io_slot* slot) noexcept {
+int recv_queue::arm(int fd) noexcept {
   // R1: armed_ is ours (claimed under lock_); nothing else touches op_.
   reactor* r = current_reactor();
   if (r == nullptr) return -ENXIO;
@@ -124,7 +124,7 @@ int recv_queue::arm(int fd, io_slot* slot) noexcept {
     limit_ = static_cast<std::uint8_t>(std::clamp(ring->count() / 16u, 1u, kMaxLimit));
     lock_.unlock();
     op_.multishot = true;
-    started = io_start(&op_, prep_recv_multishot, &fd_, slot);
+    started = io_start(&op_, prep_recv_multishot, &fd_, &slot_);
   } else {
     char* buf = new (std::nothrow) char[kFallbackSize];
     if (buf == nullptr) {
@@ -139,7 +139,7 @@ int recv_queue::arm(int fd, io_slot* slot) noexcept {
     // Read only by prep_request inside io_start.
     const io_request rq{.op = io_opcode::recv, .fd = fd, .addr = buf, .len = kFallbackSize,
                         .poll_first = true};
-    started = io_start(&op_, prep_request, &rq, slot);
+    started = io_start(&op_, prep_request, &rq, &slot_);
   }
   if (started) return 0;
   const int why = op_.res;
@@ -153,7 +153,7 @@ int recv_queue::arm(int fd, io_slot* slot) noexcept {
   return why < 0 ? why : -ECANCELED;
 }
 
-recv_queue::take_result recv_queue::step(int fd, io_slot* slot, recv_waiter* w,
+recv_queue::take_result recv_queue::step(int fd, recv_waiter* w,
                                          net::recv_buffer* out, std::span<char>* copy,
                                          const std::atomic<std::int64_t>* live,
                                          std::int64_t armed_deadline) noexcept {
@@ -204,7 +204,7 @@ recv_queue::take_result recv_queue::step(int fd, io_slot* slot, recv_waiter* w,
       single_ = nobufs_ || no_multishot_;
       nobufs_ = false;
       lock_.unlock();
-      if (int err = arm(fd, slot); err != 0) return {took::failed, err};
+      if (int err = arm(fd); err != 0) return {took::failed, err};
       lock_.lock();
       // Ended already, by a cancel or for want of an SQE (shutdown ends
       // every start so): report it rather than arm again forever.
@@ -268,7 +268,12 @@ void recv_queue::close() noexcept {
   if (w != nullptr && w->wake == kNone) w->wake = kCancel;
   lock_.unlock();
   if (w != nullptr) ready(w->gp);
+  // The armed op is cancelled, and its SQE in the kernel, before the
+  // stream releases the fd number (io_op.hpp); no op starts here again.
+  io_cancel(&slot_, /*close=*/true);
 }
+
+void recv_queue::cancel() noexcept { io_cancel(&slot_, /*close=*/false); }
 
 void recv_queue::on_cqe(io_op* op) noexcept {
   auto* q = static_cast<recv_queue*>(op->user);
@@ -402,7 +407,6 @@ struct recv_wait {
   using mpg_awaiter = detail::runtime_awaiter_tag;
   recv_queue* q;
   int fd;
-  detail::io_slot* slot;
   std::int64_t deadline_ns;                         // kNone: none
   const std::atomic<std::int64_t>* live;            // the stream's, when followed
   detail::context_node* node;                       // null: none
@@ -439,7 +443,7 @@ struct recv_wait {
       detail::add_timer(&tb.t);
       timer_on = true;
     }
-    r = q->step(fd, slot, &w, out, copy, live, deadline_ns);
+    r = q->step(fd, &w, out, copy, live, deadline_ns);
     if (r.s == recv_queue::took::waiting) return true;  // published: frame is the wakers'
     detail::cancel_park();
     return false;
@@ -493,12 +497,12 @@ task<absl::StatusOr<recv_buffer>> tcp_stream::do_receive(
     if (dl != detail::io_deadline::kNone && detail::mono_now_ns() >= dl) {
       // A deadline that passed still lets held bytes through (Go: data first).
       recv_buffer b;
-      recv_queue::take_result r = q->step(fd, &read_slot_, nullptr, &b, nullptr, nullptr, 0);
+      recv_queue::take_result r = q->step(fd, nullptr, &b, nullptr, nullptr, 0);
       if (r.s == recv_queue::took::data) co_return b;
       co_return detail::io_result_status(-ETIME, "read");
     }
     recv_buffer b;
-    recv_wait wt{.q = q, .fd = fd, .slot = &read_slot_, .deadline_ns = dl,
+    recv_wait wt{.q = q, .fd = fd, .deadline_ns = dl,
                  .live = deadline ? nullptr : read_deadline_.live(), .node = node, .out = &b,
                  .copy = nullptr};
     co_await wt;
@@ -543,10 +547,11 @@ task<absl::StatusOr<std::size_t>> tcp_stream::do_read_held(
   const int fd = fd_.load(std::memory_order_relaxed);
   if (fd < 0) co_return closed_error("read");
   std::span<char> copy = buf;
-  recv_queue::take_result r = q->step(fd, &read_slot_, nullptr, nullptr, &copy, nullptr, 0);
+  recv_queue::take_result r = q->step(fd, nullptr, nullptr, &copy, nullptr, 0);
   if (r.s == recv_queue::took::data) co_return copy.size();
   absl::StatusOr<recv_buffer> b = co_await do_receive(deadline, std::move(ctx));
   if (!b.ok()) co_return b.status();
+  if (b->empty()) co_return std::size_t{0};  // EOF
   const std::size_t n = std::min(buf.size(), b->size());
   std::memcpy(buf.data(), b->data(), n);
   if (n < b->size()) q->put_back(std::move(*b), n);
@@ -567,7 +572,7 @@ bool receive_op::await_ready() {
     return true;
   }
   recv_queue* q = s_->recv_queue_for_reader();
-  recv_queue::take_result r = q->step(fd, &s_->read_slot_, nullptr, &buf_, nullptr, nullptr, 0);
+  recv_queue::take_result r = q->step(fd, nullptr, &buf_, nullptr, nullptr, 0);
   return take(static_cast<int>(r.s), r.err);
 }
 
@@ -596,7 +601,7 @@ std::coroutine_handle<> receive_op::await_suspend(std::coroutine_handle<> h) {
   detail::park(h, "net.receive");
   // The stream's read deadline: none expected (kNone); one set now or
   // meanwhile sends us to the task form (step reports a kick).
-  recv_queue::take_result r = q->step(fd, &s_->read_slot_, &w_, &buf_, nullptr,
+  recv_queue::take_result r = q->step(fd, &w_, &buf_, nullptr,
                                       s_->read_deadline_.live(), detail::io_deadline::kNone);
   if (r.s == recv_queue::took::waiting) return std::noop_coroutine();  // published
   detail::cancel_park();
@@ -631,7 +636,7 @@ receive_op::result_type receive_op::await_resume() {
   const int fd = s_->fd_.load(std::memory_order_relaxed);
   if (fd < 0) return closed_error("read");
   recv_queue* q = s_->recv_.load(std::memory_order_relaxed);
-  recv_queue::take_result r = q->step(fd, &s_->read_slot_, nullptr, &buf_, nullptr, nullptr, 0);
+  recv_queue::take_result r = q->step(fd, nullptr, &buf_, nullptr, nullptr, 0);
   if (r.s == recv_queue::took::data) return std::move(buf_);
   if (r.s == recv_queue::took::final && r.err == 0) return recv_buffer();
   if (r.s == recv_queue::took::failed && s_->fd_.load(std::memory_order_relaxed) < 0)

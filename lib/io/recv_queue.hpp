@@ -126,7 +126,7 @@ class recv_queue {
   // does not publish and reports a kick. The caller has parked when
   // w != nullptr; with w == nullptr step arms if needed and reports
   // `waiting` without publishing anything.
-  take_result step(int fd, io_slot* slot, recv_waiter* w, net::recv_buffer* out,
+  take_result step(int fd, recv_waiter* w, net::recv_buffer* out,
                    std::span<char>* copy, const std::atomic<std::int64_t>* live,
                    std::int64_t armed_deadline) noexcept;
   // withdraw(): the reader no longer waits (its park was undone, or it was
@@ -138,8 +138,11 @@ class recv_queue {
   // kick(): W3, the published waiter, if any.
   void kick() noexcept;
   // close(): no more held buffers: give them back; later CQEs' buffers go
-  // back at once.
+  // back at once; a waiting reader reads kCancelled; the armed op is
+  // cancelled and no op starts again. Before the stream closes its fd.
   void close() noexcept;
+  // cancel(): the armed op, if any, ends (tcp_stream::cancel()).
+  void cancel() noexcept;
   // put_back(): the reader copied `consumed` bytes of b (read(buf)); the
   // rest goes back to the front of the queue.
   void put_back(net::recv_buffer&& b, std::size_t consumed) noexcept;
@@ -163,7 +166,7 @@ class recv_queue {
 
   static void on_cqe(io_op* op) noexcept;
   // arm(): R1 after the claim; returns 0 or why io_start refused.
-  int arm(int fd, io_slot* slot) noexcept;
+  int arm(int fd) noexcept;
   void push_locked(const held_buf& b) noexcept;
   held_buf& front_locked() noexcept { return items_[head_]; }
   void pop_locked() noexcept;
@@ -174,6 +177,10 @@ class recv_queue {
   // caller holds one); decrement acq_rel (the last sees every use).
   std::atomic<std::int32_t> refs_{1};
   io_op op_;
+  // The armed op's slot: in the queue, not the stream, because the op may
+  // outlive the stream (its final CQE clears the slot; the queue lives
+  // until then). Cancels and close() reach the op through it.
+  io_slot slot_;
   int fd_ = -1;  // the armed op's socket (read by its prep under io_start)
   // Guarded by lock_ (the arm fields are written by the reader under lock_
   // before io_start, whose reactor lock orders them before on_cqe):
