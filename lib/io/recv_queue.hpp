@@ -199,7 +199,7 @@ class recv_queue {
   buffer_ring* ring_ = nullptr;  // the armed multishot's buffers
   recv_waiter* waiter_ = nullptr;
   // held_: a circular queue, inline for the first kInline buffers.
-  static constexpr std::uint16_t kInline = 4;
+  static constexpr std::uint16_t kInline = 2;
   held_buf inline_[kInline];
   held_buf* items_ = inline_;
   std::uint16_t cap_ = kInline;
