@@ -177,8 +177,11 @@ std::size_t parse_all(std::string_view data, std::size_t& skip, std::string& out
 }
 
 // Requests are parsed straight from the buffers the stream receives into
-// (tcp_stream::receive); only the start of a request that straddles two
-// receives is copied, into a buffer the connection allocates then.
+// (tcp_stream::receive, a multishot recv into the P's provided buffers);
+// only the start of a request that straddles two receives is copied, into a
+// buffer the connection allocates then. Against reading into a buffer of
+// the connection's own (run_servers.py, 2 Ps, two rounds of 3): about 45%
+// more requests per second and 9% less CPU per request.
 mpg::task<void> handle(mpg::net::tcp_stream s) {
   std::unique_ptr<char[]> buf;  // a straddling request's start
   std::size_t have = 0;         // bytes in buf
