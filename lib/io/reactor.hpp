@@ -27,10 +27,13 @@
 // takes no lock. The io_ops that set `complete` are tcp_stream's read_op
 // and write_op (net.cpp), whose callback may create the frame of the
 // operation's task form (the frame allocator, never this reactor) before it
-// calls ready_tail(); tests set callbacks that only count.
+// calls ready_tail(), and a stream's multishot receive (recv_queue.cpp),
+// whose callback takes the queue's leaf lock, gives buffers back to a ring
+// (lock-free), and may likewise create a frame and ready its reader; tests
+// set callbacks that only count.
 //
 // Only lib/io/reactor.cpp (and fault_injector.cpp, which edits SQEs for
-// tests) include liburing.h. net.cpp and fs.cpp describe their operations as
+// tests, and buffer_ring.cpp, the provided-buffer ring) include liburing.h. net.cpp and fs.cpp describe their operations as
 // io_request values, which reactor.cpp turns into SQEs.
 #pragma once
 
