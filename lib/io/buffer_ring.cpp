@@ -2,10 +2,15 @@
 // the protocol). With reactor.cpp and fault_injector.cpp, one of the three
 // files that include liburing.h.
 //
+// Also here: reactor::buffers(), which makes a P's ring on first use, and
+// the SQE of a multishot recv that selects its buffers from it.
+//
 // liburing 2.3 has no io_uring_setup_buf_ring: the ring memory is mapped
 // here (page-aligned, as the kernel requires) and registered with
 // io_uring_register_buf_ring.
 #include "io/buffer_ring.hpp"
+
+#include "io/reactor.hpp"
 
 #include <liburing.h>
 #include <sys/mman.h>
@@ -95,6 +100,28 @@ void buffer_ring::unref() noexcept {
   // acq_rel: the last reference sees every other holder's pushes and uses
   // of the memory before it frees it (as shared_ptr's count).
   if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+}
+
+// --- the reactor's side -------------------------------------------------------
+
+buffer_ring* reactor::buffers() noexcept {
+  // Acquire: pairs with the release store below (the ring is initialised).
+  if (buffer_ring* b = bufs_.load(std::memory_order_acquire)) return b;
+  lock_.lock();
+  buffer_ring* b = bufs_.load(std::memory_order_relaxed);
+  if (b == nullptr && !bufs_failed_) {
+    b = buffer_ring::create(ring_.get(), buf_count_, buf_size_);
+    if (b == nullptr) bufs_failed_ = true;
+    bufs_.store(b, std::memory_order_release);
+  }
+  lock_.unlock();
+  return b;
+}
+
+void prep_recv_multishot(io_uring_sqe* sqe, const void* ctx) {
+  io_uring_prep_recv_multishot(sqe, *static_cast<const int*>(ctx), nullptr, 0, 0);
+  sqe->flags |= IOSQE_BUFFER_SELECT;
+  sqe->buf_group = buffer_ring::kGroup;
 }
 
 }  // namespace mpg::detail

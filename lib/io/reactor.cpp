@@ -312,19 +312,6 @@ reactor::~reactor() {
   if (event_fd_ >= 0) ::close(event_fd_);
 }
 
-buffer_ring* reactor::buffers() noexcept {
-  // Acquire: pairs with the release store below (the ring is initialised).
-  if (buffer_ring* b = bufs_.load(std::memory_order_acquire)) return b;
-  lock_.lock();
-  buffer_ring* b = bufs_.load(std::memory_order_relaxed);
-  if (b == nullptr && !bufs_failed_) {
-    b = buffer_ring::create(ring_.get(), buf_count_, buf_size_);
-    if (b == nullptr) bufs_failed_ = true;
-    bufs_.store(b, std::memory_order_release);
-  }
-  lock_.unlock();
-  return b;
-}
 
 // --- submission ------------------------------------------------------------
 
@@ -811,12 +798,6 @@ void io_deadline::set(std::int64_t ns, io_slot* slot) noexcept {
   ns_.store(ns, std::memory_order_relaxed);  // ordered by the slot lock below
   // A later deadline (or none) needs no kick: see the class comment.
   io_stop_in_flight(slot, {.why = io_stop::kick, .deadline_ns = ns});
-}
-
-void prep_recv_multishot(io_uring_sqe* sqe, const void* ctx) {
-  io_uring_prep_recv_multishot(sqe, *static_cast<const int*>(ctx), nullptr, 0, 0);
-  sqe->flags |= IOSQE_BUFFER_SELECT;
-  sqe->buf_group = buffer_ring::kGroup;
 }
 
 void prep_request(io_uring_sqe* sqe, const void* ctx) {

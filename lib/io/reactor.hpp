@@ -33,7 +33,8 @@
 // set callbacks that only count.
 //
 // Only lib/io/reactor.cpp (and fault_injector.cpp, which edits SQEs for
-// tests, and buffer_ring.cpp, the provided-buffer ring) include liburing.h. net.cpp and fs.cpp describe their operations as
+// tests, and buffer_ring.cpp, the provided-buffer ring) include liburing.h.
+// net.cpp and fs.cpp describe their operations as
 // io_request values, which reactor.cpp turns into SQEs.
 #pragma once
 
