@@ -70,6 +70,22 @@
 #include "mpg/detail/io/io_op.hpp"
 #include "mpg/task.hpp"
 
+namespace mpg::detail {
+class buffer_ring;
+class recv_queue;
+
+// recv_waiter: a reader waiting on a stream's recv_queue
+// (lib/io/recv_queue.hpp has the protocol). Lives in the reader's awaiter.
+struct recv_waiter {
+  g* gp = nullptr;
+  std::uint8_t wake = 0;  // why it was woken: recv_queue::wake_reason, under its lock
+  // Set by a frame-less awaiter: called by the waker, before ready(gp),
+  // when the reader must wait again (it hands the rest to a task).
+  void (*convert)(recv_waiter*) noexcept = nullptr;
+  void* user = nullptr;
+};
+}  // namespace mpg::detail
+
 namespace mpg::net {
 
 using clock = std::chrono::steady_clock;
@@ -77,6 +93,101 @@ using clock = std::chrono::steady_clock;
 enum class shutdown_how { read, write, both };
 
 class tcp_stream;
+
+// recv_buffer: bytes received by tcp_stream::receive(), borrowed from the
+// ring of provided buffers of the P whose ring received them (or, when
+// that ring was empty, from the heap). Move-only; the destructor (or
+// reset()) gives the buffer back, from any task on any P. Keep it no
+// longer than needed: a P's ring is shared by all its connections.
+class recv_buffer {
+ public:
+  recv_buffer() noexcept = default;
+  recv_buffer(recv_buffer&& o) noexcept
+      : data_(std::exchange(o.data_, nullptr)),
+        size_(std::exchange(o.size_, 0)),
+        bid_(o.bid_),
+        ring_(std::exchange(o.ring_, nullptr)),
+        base_(std::exchange(o.base_, nullptr)) {}
+  recv_buffer& operator=(recv_buffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      data_ = std::exchange(o.data_, nullptr);
+      size_ = std::exchange(o.size_, 0);
+      bid_ = o.bid_;
+      ring_ = std::exchange(o.ring_, nullptr);
+      base_ = std::exchange(o.base_, nullptr);
+    }
+    return *this;
+  }
+  recv_buffer(const recv_buffer&) = delete;
+  recv_buffer& operator=(const recv_buffer&) = delete;
+  ~recv_buffer() { reset(); }
+
+  const char* data() const noexcept { return data_; }
+  std::size_t size() const noexcept { return size_; }
+  bool empty() const noexcept { return size_ == 0; }
+  std::string_view view() const noexcept { return {data_, size_}; }
+  // reset(): give the buffer back now (idempotent).
+  void reset() noexcept {
+    if (ring_ != nullptr || base_ != nullptr) give_back();
+  }
+
+ private:
+  friend class detail::recv_queue;
+  void give_back() noexcept;
+
+  char* data_ = nullptr;
+  std::uint32_t size_ = 0;
+  std::uint16_t bid_ = 0;                 // in ring_
+  detail::buffer_ring* ring_ = nullptr;   // null: a heap buffer at base_
+  char* base_ = nullptr;                  // the heap buffer to free
+};
+
+// receive_op: what tcp_stream::receive() returns, awaited at once:
+//
+//   absl::StatusOr<mpg::net::recv_buffer> b = co_await s.receive();  // empty at EOF
+//
+// The next received bytes as a buffer the stream hands over (no copy, no
+// buffer of the caller's). The stream receives with a multishot recv on
+// the ring of the P of its reader, into that P's provided buffers, and
+// holds what arrives until it is taken (lib/io/recv_queue.hpp). Frame-less
+// when bytes are held or arrive while it waits; a wait that must be made
+// again (a deadline set meanwhile, the ring out of buffers) goes on in the
+// task form, as read_op's. Bounded by the stream's read deadline; cancel()
+// and close() end it with kCancelled. Once a stream has used receive(),
+// read(buf) copies from the held buffers (both may be mixed).
+class receive_op {
+ public:
+  using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
+  using result_type = absl::StatusOr<recv_buffer>;
+
+  receive_op(const receive_op&) = delete;
+  receive_op& operator=(const receive_op&) = delete;
+  receive_op(receive_op&& o) noexcept : s_(o.s_) {}  // before it is awaited only
+  ~receive_op() {  // idempotent, as read_op's
+    if (slow_) std::exchange(slow_, {}).destroy();
+  }
+
+  bool await_ready();
+  std::coroutine_handle<> await_suspend(std::coroutine_handle<> h);
+  result_type await_resume();
+
+  operator task<result_type>() &&;
+
+ private:
+  friend class tcp_stream;
+  explicit receive_op(tcp_stream* s) noexcept : s_(s) {}
+  // take(): a step's result (recv_queue::step as an int, and its errno).
+  bool take(int step, int err) noexcept;
+  static void convert(detail::recv_waiter* w) noexcept;
+
+  tcp_stream* s_;
+  int res_ = 1;  // 1: buf_ holds the result; else an error (negative errno)
+  bool slow_used_ = false;
+  detail::recv_waiter w_;
+  recv_buffer buf_;
+  task<result_type>::handle_type slow_{};
+};
 
 // read_op: what tcp_stream::read(buf) returns, awaited at once:
 //
@@ -183,7 +294,10 @@ class tcp_stream {
   tcp_stream& operator=(tcp_stream&& o) noexcept;
   tcp_stream(const tcp_stream&) = delete;
   tcp_stream& operator=(const tcp_stream&) = delete;
-  ~tcp_stream() { close(); }
+  ~tcp_stream() {
+    close();
+    drop_recv();
+  }
 
   bool is_open() const noexcept { return fd_.load(std::memory_order_relaxed) >= 0; }
   int native_handle() const noexcept { return fd_.load(std::memory_order_relaxed); }
@@ -207,6 +321,18 @@ class tcp_stream {
   // buffers (and the span) must outlive the awaited call.
   task<absl::Status> write_vectored(std::span<const std::string_view> bufs);
   task<absl::Status> write(std::string_view data, const context& ctx);
+
+  // receive(): the next received bytes, borrowed (recv_buffer, above; 0
+  // bytes at end of stream). With a deadline argument, bounded by it
+  // instead of the stream's read deadline; with a context, by the
+  // stream's read deadline and the context. One read (receive or read) at
+  // a time.
+  receive_op receive() noexcept { return receive_op(this); }
+  task<absl::StatusOr<recv_buffer>> receive(clock::time_point deadline);
+  task<absl::StatusOr<recv_buffer>> receive(const context& ctx);
+  // held_buffers(): diagnostics: buffers of a P's ring that the stream
+  // holds unread (its share of the ring; bytes held beyond it are copies).
+  std::size_t held_buffers() const noexcept;
 
   // set_deadline(), set_read_deadline(), set_write_deadline()
   //
@@ -244,6 +370,14 @@ class tcp_stream {
  private:
   friend class read_op;
   friend class write_op;
+  friend class receive_op;
+  task<absl::StatusOr<recv_buffer>> do_receive(std::optional<clock::time_point> deadline,
+                                               std::shared_ptr<detail::context_node> ctx);
+  task<absl::StatusOr<std::size_t>> do_read_held(std::span<char> buf,
+                                                 std::optional<clock::time_point> deadline,
+                                                 std::shared_ptr<detail::context_node> ctx);
+  detail::recv_queue* recv_queue_for_reader();
+  void drop_recv() noexcept;
   task<absl::StatusOr<std::size_t>> do_read(std::span<char> buf,
                                             std::optional<clock::time_point> deadline,
                                             std::shared_ptr<detail::context_node> ctx);
@@ -259,6 +393,10 @@ class tcp_stream {
   detail::io_deadline write_deadline_;  // followed by the op in write_slot_
   detail::io_slot read_slot_;
   detail::io_slot write_slot_;
+  // The multishot receive, once receive() was used (lib/io/recv_queue.hpp);
+  // made and read by the reader; close() and set_read_deadline() read it
+  // too (acquire: it is published with a release by the reader).
+  std::atomic<detail::recv_queue*> recv_{nullptr};
 };
 
 struct listen_options {

@@ -24,6 +24,11 @@ struct runtime_options {
   bool report_long_tasks = false;
   // Entries of each P's io_uring submission queue (completion queue: 4x).
   unsigned ring_entries = 256;
+  // Each P's ring of provided receive buffers (tcp_stream::receive): how
+  // many (a power of two) and how large. 0: 512 and 2048 bytes. Allocated
+  // on the first receive on that P.
+  unsigned recv_buffers = 0;
+  unsigned recv_buffer_size = 0;
   // On this signal, dump every task of the runtime to stderr and go on
   // (lib/sched/dump_signal.cpp). 0: no handler is installed. The previous
   // disposition is restored when the last runtime using the signal goes.

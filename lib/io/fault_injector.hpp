@@ -12,7 +12,11 @@
 //             reads as broken (the caller reports it and closes)
 //   overflow  the op's CQE goes through the kernel's CQ overflow list
 // io::submit's operations are never faulted: their result is the kernel's
-// cqe->res, which the caller interprets (mpg/io.hpp).
+// cqe->res, which the caller interprets (mpg/io.hpp). Nor is a stream's
+// multishot recv (prep_recv_multishot, not prep_request: plan() never sees
+// it, and on_cqe() delivers its CQEs as they are): a re-posted CQE would
+// lose its buffer id. The plain recv a stream falls back to when its P's
+// buffer ring is empty is faulted like any recv.
 //
 // Syntax, as Go's GODEBUG: comma-separated key=value pairs,
 //   rate=0.05,kinds=eintr+eagain+short+reset+overflow,seed=42

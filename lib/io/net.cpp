@@ -60,6 +60,7 @@
 #include "mpg/detail/io/io_context.hpp"
 #include "mpg/detail/sched/clock.hpp"
 #include "io/reactor.hpp"
+#include "io/recv_queue.hpp"
 
 namespace mpg::net {
 
@@ -177,7 +178,14 @@ task<absl::StatusOr<tcp_stream>> dial_addr(std::string address,
 tcp_stream::tcp_stream(tcp_stream&& o) noexcept
     : fd_(o.fd_.exchange(-1, std::memory_order_relaxed)),
       read_deadline_(o.read_deadline_),
-      write_deadline_(o.write_deadline_) {}
+      write_deadline_(o.write_deadline_),
+      recv_(o.recv_.exchange(nullptr, std::memory_order_relaxed)) {}
+
+void tcp_stream::drop_recv() noexcept {
+  // The stream's reference; an armed multishot keeps the queue until its
+  // final CQE (recv_queue.hpp, "Lifetime").
+  if (detail::recv_queue* q = recv_.exchange(nullptr, std::memory_order_acq_rel)) q->unref();
+}
 
 void tcp_stream::set_deadline(std::optional<clock::time_point> t) noexcept {
   set_read_deadline(t);
@@ -185,6 +193,9 @@ void tcp_stream::set_deadline(std::optional<clock::time_point> t) noexcept {
 }
 void tcp_stream::set_read_deadline(std::optional<clock::time_point> t) noexcept {
   read_deadline_.set(deadline_ns(t), &read_slot_);
+  // A receive waiting on the held buffers re-reads the deadline (W3 in
+  // recv_queue.hpp). Acquire: the queue is published with a release.
+  if (detail::recv_queue* q = recv_.load(std::memory_order_acquire)) q->kick();
 }
 void tcp_stream::set_write_deadline(std::optional<clock::time_point> t) noexcept {
   write_deadline_.set(deadline_ns(t), &write_slot_);
@@ -196,6 +207,8 @@ tcp_stream& tcp_stream::operator=(tcp_stream&& o) noexcept {
     fd_.store(o.fd_.exchange(-1, std::memory_order_relaxed), std::memory_order_relaxed);
     read_deadline_ = o.read_deadline_;
     write_deadline_ = o.write_deadline_;
+    drop_recv();
+    recv_.store(o.recv_.exchange(nullptr, std::memory_order_relaxed), std::memory_order_relaxed);
     read_slot_.closed.store(false, std::memory_order_relaxed);   // no op in flight (precondition)
     write_slot_.closed.store(false, std::memory_order_relaxed);
   }
@@ -234,6 +247,14 @@ std::coroutine_handle<> read_op::await_suspend(std::coroutine_handle<> h) {
   if (buf_.empty()) {
     state_ = state::empty;
     return h;
+  }
+  if (s_->recv_.load(std::memory_order_relaxed) != nullptr) {
+    // The stream receives with a multishot (receive() was used): copy from
+    // what it holds, in the task form.
+    state_ = state::slow;
+    slow_ = s_->do_read_held(buf_, std::nullopt, nullptr).release();
+    slow_.promise().continuation_ = h;
+    return slow_;
   }
   const int fd = s_->fd_.load(std::memory_order_relaxed);
   if (fd < 0) {
@@ -379,6 +400,9 @@ task<absl::StatusOr<std::size_t>> tcp_stream::do_read(std::span<char> buf,
                                                       std::optional<clock::time_point> deadline,
                                                       std::shared_ptr<detail::context_node> ctx) {
   if (buf.empty()) co_return std::size_t{0};
+  if (recv_.load(std::memory_order_relaxed) != nullptr) {
+    co_return co_await do_read_held(buf, deadline, std::move(ctx));
+  }
   io_context_binding bind(ctx.get());  // ctx, a parameter, keeps the node alive
   bind.bind(&read_slot_);
   const op_bounds b{.deadline = deadline, .live = &read_deadline_, .bind = &bind};
@@ -496,12 +520,17 @@ absl::Status tcp_stream::shutdown(shutdown_how how) noexcept {
 }
 
 void tcp_stream::cancel() noexcept {
+  // Acquire: the queue is published with a release.
+  if (detail::recv_queue* q = recv_.load(std::memory_order_acquire)) q->cancel();
   detail::io_cancel(&read_slot_, false);
   detail::io_cancel(&write_slot_, false);
 }
 
 void tcp_stream::close() noexcept {
   if (fd_.load(std::memory_order_relaxed) < 0) return;
+  // Held buffers go back to their rings; a receive waiting reads kCancelled.
+  // Acquire: the queue is published with a release.
+  if (detail::recv_queue* q = recv_.load(std::memory_order_acquire)) q->close();
   // Close the slots first: an op in flight is cancelled and its SQE is in
   // the kernel before the fd number is released.
   detail::io_cancel(&read_slot_, true);

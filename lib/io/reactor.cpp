@@ -69,6 +69,8 @@
 // op starts.
 #include "io/reactor.hpp"
 
+#include "io/buffer_ring.hpp"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <liburing.h>
@@ -93,6 +95,8 @@ namespace mpg::detail {
 
 static_assert(sizeof(io_timespec) == sizeof(__kernel_timespec));
 static_assert(kCqeSockNonempty == IORING_CQE_F_SOCK_NONEMPTY);
+static_assert(kCqeMore == IORING_CQE_F_MORE && kCqeBuffer == IORING_CQE_F_BUFFER &&
+              kCqeBufferShift == IORING_CQE_BUFFER_SHIFT);
 static_assert(offsetof(io_timespec, tv_nsec) == offsetof(__kernel_timespec, tv_nsec));
 
 namespace {
@@ -198,10 +202,14 @@ const char* reactor::unavailable_reason() noexcept {
 reactor::reactor() : ring_(std::make_unique<io_uring>()) {}
 
 absl::StatusOr<std::unique_ptr<reactor>> reactor::create(unsigned entries,
-                                                         const fault_config* faults) {
+                                                         const fault_config* faults,
+                                                         unsigned recv_buffers,
+                                                         unsigned recv_buffer_size) {
   if (entries == 0) entries = 256;
   if (entries > 4096) entries = 4096;  // the CQ (4x) stays well under the kernel's caps
   std::unique_ptr<reactor> r(new reactor());
+  if (recv_buffers != 0) r->buf_count_ = recv_buffers;
+  if (recv_buffer_size != 0) r->buf_size_ = recv_buffer_size;
   constexpr unsigned kFlagSets[] = {
       IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG |
           IORING_SETUP_SUBMIT_ALL,
@@ -298,9 +306,12 @@ reactor::~reactor() {
     }
     lock_.unlock();
     io_uring_queue_exit(ring_.get());
+    // The kernel no longer reads the buffer ring; held buffers keep it.
+    if (buffer_ring* b = bufs_.load(std::memory_order_relaxed)) b->release();
   }
   if (event_fd_ >= 0) ::close(event_fd_);
 }
+
 
 // --- submission ------------------------------------------------------------
 
@@ -361,6 +372,10 @@ void reactor::start(io_op* op, io_prep_fn prep, const void* ctx) noexcept {
     return;
   }
   prep(sqe, ctx);
+  if (op->multishot) {
+    // Returned buffers go back to the kernel before the op can need them.
+    if (buffer_ring* b = bufs_.load(std::memory_order_relaxed)) b->refill();
+  }
   if (faults_ != nullptr && prep == &prep_request) [[unlikely]] faults_->plan(op, sqe);
   // io::submit owns user_data and the link flags (an op linked to whatever
   // SQE comes next would chain unrelated tasks' operations).
@@ -498,6 +513,7 @@ unsigned reactor::dispatch(std::uint64_t user_data, int res, std::uint32_t flags
     return 0;
   }
   io_op* op = reinterpret_cast<io_op*>(static_cast<std::uintptr_t>(user_data));
+  if (op->multishot) return dispatch_multishot(op, res, flags);
   // The first CQE carries the result (send_zc's second is a notification;
   // a multishot op's later ones are dropped: io::submit awaits one result).
   if (!op->got_first) {
@@ -524,8 +540,46 @@ unsigned reactor::dispatch(std::uint64_t user_data, int res, std::uint32_t flags
   return 1;
 }
 
+// dispatch_multishot(): every CQE of a multishot op goes to its callback
+// (recv_queue.cpp), the final one (no F_MORE) after the op left its slot,
+// as for any op. A callback that asks for backpressure (stop_more) gets
+// the op cancelled here, with the SQE we can get without reaping (a reap
+// inside a reap would advance the CQ under the outer loop): if the SQ is
+// full, the next CQE asks again.
+unsigned reactor::dispatch_multishot(io_op* op, int res, std::uint32_t flags) noexcept {
+  op->res = res;
+  op->cqe_flags = flags;
+  if (flags & IORING_CQE_F_BUFFER) {
+    if (buffer_ring* b = bufs_.load(std::memory_order_relaxed)) b->taken();
+  }
+  if (flags & IORING_CQE_F_MORE) {
+    op->complete(op);  // the op stays in flight: it is ours to touch after
+    if (op->stop_more) {
+      op->stop_more = false;
+      if (io_uring_sqe* sqe = io_uring_get_sqe(ring_.get())) {
+        io_uring_prep_cancel64(sqe, reinterpret_cast<std::uintptr_t>(op), 0);
+        io_uring_sqe_set_data64(sqe, kIgnoreTag);
+        pending_.fetch_add(1, std::memory_order_relaxed);
+        unsubmitted_.store(io_uring_sq_ready(ring_.get()), std::memory_order_relaxed);
+      }
+    }
+    return 0;
+  }
+  pending_.fetch_sub(1, std::memory_order_relaxed);
+  if (io_slot* s = op->slot) {
+    io_op* expected = op;
+    // Relaxed: as in dispatch().
+    s->op.compare_exchange_strong(expected, nullptr, std::memory_order_relaxed);
+  }
+  op->complete(op);  // may free the op: touch nothing after
+  return 1;
+}
+
 unsigned reactor::reap_locked() noexcept {
   io_uring* ring = ring_.get();
+  if (buffer_ring* b = bufs_.load(std::memory_order_relaxed)) {
+    if (b->has_returned()) b->refill();
+  }
   io_uring_cqe* cqes[kReapBatch];
   unsigned completed = 0;
   for (;;) {

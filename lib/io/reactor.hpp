@@ -27,10 +27,14 @@
 // takes no lock. The io_ops that set `complete` are tcp_stream's read_op
 // and write_op (net.cpp), whose callback may create the frame of the
 // operation's task form (the frame allocator, never this reactor) before it
-// calls ready_tail(); tests set callbacks that only count.
+// calls ready_tail(), and a stream's multishot receive (recv_queue.cpp),
+// whose callback takes the queue's leaf lock, gives buffers back to a ring
+// (lock-free), and may likewise create a frame and ready its reader; tests
+// set callbacks that only count.
 //
 // Only lib/io/reactor.cpp (and fault_injector.cpp, which edits SQEs for
-// tests) include liburing.h. net.cpp and fs.cpp describe their operations as
+// tests, and buffer_ring.cpp, the provided-buffer ring) include liburing.h.
+// net.cpp and fs.cpp describe their operations as
 // io_request values, which reactor.cpp turns into SQEs.
 #pragma once
 
@@ -50,6 +54,8 @@ struct io_uring;
 
 namespace mpg::detail {
 
+class buffer_ring;
+
 class reactor {
  public:
   using clock = std::chrono::steady_clock;
@@ -60,8 +66,12 @@ class reactor {
   // message says why and what to do; it is also remembered for
   // unavailable_reason().
   // `faults` (tests; fault_injector.hpp): inject I/O faults when on().
+  // `recv_buffers` x `recv_buffer_size`: the provided-buffer ring of
+  // multishot receives (buffer_ring.hpp), made on first use.
   static absl::StatusOr<std::unique_ptr<reactor>> create(unsigned entries,
-                                                         const fault_config* faults = nullptr);
+                                                         const fault_config* faults = nullptr,
+                                                         unsigned recv_buffers = 0,
+                                                         unsigned recv_buffer_size = 0);
   ~reactor();
   reactor(const reactor&) = delete;
   reactor& operator=(const reactor&) = delete;
@@ -102,6 +112,11 @@ class reactor {
   // for it (and any SQEs before it) at once.
   void cancel(io_slot* slot, io_op* op, const io_stop_request& rq) noexcept;
 
+  // buffers(): this P's provided-buffer ring, registered on first use;
+  // nullptr if the kernel has none (before 5.19). Any thread; the ring
+  // lives as long as the reactor (and any buffer of it is held).
+  buffer_ring* buffers() noexcept;
+
   // unavailable_reason(): why the last create() failed (empty if none).
   static const char* unavailable_reason() noexcept;
 
@@ -122,6 +137,8 @@ class reactor {
   // which parked a moment ago, runs next).
   unsigned dispatch(std::uint64_t user_data, int res, std::uint32_t flags, bool reaped) noexcept
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  unsigned dispatch_multishot(io_op* op, int res, std::uint32_t flags) noexcept
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   io_uring_sqe* get_sqes_locked(unsigned n) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   void arm_wake_locked(int index) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   bool ensure_wake_armed_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
@@ -129,6 +146,13 @@ class reactor {
 
   io_spin_lock lock_;
   std::unique_ptr<io_uring> ring_;
+  // The provided-buffer ring (null until buffers() made it, or if it
+  // failed). Set under lock_; read lock-free by buffers() once set
+  // (acquire: the ring is initialised before the release store).
+  std::atomic<buffer_ring*> bufs_{nullptr};
+  bool bufs_failed_ ABSL_GUARDED_BY(lock_) = false;
+  unsigned buf_count_ = 512;
+  unsigned buf_size_ = 2048;
   int ring_fd_ = -1;
   int event_fd_ = -1;
   bool shutting_down_ ABSL_GUARDED_BY(lock_) = false;
@@ -185,8 +209,17 @@ struct io_request {
 
 // CQE flag of a recv: the socket still had data after it (5.19).
 inline constexpr std::uint32_t kCqeSockNonempty = 1u << 2;
+// CQE flags of a multishot op and of a provided buffer (IORING_CQE_F_MORE,
+// IORING_CQE_F_BUFFER, IORING_CQE_BUFFER_SHIFT).
+inline constexpr std::uint32_t kCqeMore = 1u << 1;
+inline constexpr std::uint32_t kCqeBuffer = 1u << 0;
+inline constexpr unsigned kCqeBufferShift = 16;
 
 // prep_request(): an io_prep_fn whose ctx is a `const io_request*`.
 void prep_request(io_uring_sqe* sqe, const void* ctx);
+// prep_recv_multishot(): an io_prep_fn whose ctx is a `const int*` (the
+// socket): a multishot recv into the P's buffer ring (buffer_ring.hpp).
+// The fault injector leaves it alone (it plans only prep_request's ops).
+void prep_recv_multishot(io_uring_sqe* sqe, const void* ctx);
 
 }  // namespace mpg::detail

@@ -432,7 +432,8 @@ scheduler::scheduler(const runtime_options& opts) : opts_(opts) {
     ps_.push_back(std::make_unique<processor>(i, opts_.local_queue_capacity));
   const fault_config faults = faults_from_options(opts_.io_faults);  // tests only
   for (auto& p : ps_) {
-    absl::StatusOr<std::unique_ptr<reactor>> r = reactor::create(opts_.ring_entries, &faults);
+    absl::StatusOr<std::unique_ptr<reactor>> r = reactor::create(
+        opts_.ring_entries, &faults, opts_.recv_buffers, opts_.recv_buffer_size);
     if (!r.ok()) {
       throw std::runtime_error("mpg: cannot start the runtime: io_uring is unavailable: " +
                                std::string(r.status().message()));

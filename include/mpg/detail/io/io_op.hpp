@@ -175,6 +175,13 @@ struct io_op {
   // io_start() to *live_deadline if that is earlier.
   bool has_deadline = false;
   bool submit_now = false;        // submit at once instead of at the next flush
+  // A multishot op (recv_queue.hpp): the reactor calls `complete` for every
+  // CQE, with IORING_CQE_F_MORE in cqe_flags on all but the final one, and
+  // the op stays in its slot until the final one. Set by the owner.
+  bool multishot = false;
+  // Set by a multishot op's `complete` on a CQE with F_MORE: the reactor
+  // then cancels the op (backpressure); best effort, cleared by the reactor.
+  bool stop_more = false;
   clock::time_point deadline{};
   // Optional, with a slot: a deadline other tasks may change while the op
   // is in flight (io_deadline::ns_), read by io_start() under the slot lock.

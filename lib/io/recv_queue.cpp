@@ -1,0 +1,649 @@
+// lib/io/recv_queue.cpp: a stream's multishot receive (the protocol is in
+// recv_queue.hpp), and tcp_stream's receive(), in its frame-less form
+// (receive_op) and its task form (do_receive), and read(buf) served from
+// the held buffers (do_read_held).
+#include "io/recv_queue.hpp"
+
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <new>
+#include <utility>
+
+#include "io/io_status.hpp"
+#include "io/reactor.hpp"
+#include "mpg/detail/sched/clock.hpp"
+#include "mpg/detail/sched/timer.hpp"
+
+namespace mpg::detail {
+
+namespace {
+constexpr unsigned kFallbackSize = 2048;  // a plain recv's heap buffer without a ring
+constexpr unsigned kMaxLimit = 8;         // R3's limit_, at most
+// Statistics for tests (relaxed: independent counts).
+std::atomic<std::uint64_t> g_nobufs{0};
+std::atomic<std::uint64_t> g_over_limit_copies{0};
+}  // namespace
+
+recv_stats recv_queue::stats() noexcept {
+  return {g_nobufs.load(std::memory_order_relaxed),
+          g_over_limit_copies.load(std::memory_order_relaxed)};
+}
+
+recv_queue::~recv_queue() {
+  while (count_ != 0) {
+    give_back(front_locked());
+    pop_locked();
+  }
+  if (items_ != inline_) delete[] items_;
+  delete[] single_buf_;  // an arm whose final CQE never came (shutdown's quiet drain)
+}
+
+void recv_queue::unref() noexcept {
+  // acq_rel: the last reference sees every other party's writes (as
+  // shared_ptr's count).
+  if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+}
+
+void recv_queue::give_back(const held_buf& b) noexcept {
+  if (b.ring != nullptr) {
+    b.ring->give_back(b.bid);
+  } else {
+    delete[] b.base;
+  }
+}
+
+void recv_queue::push_locked(const held_buf& b) noexcept {
+  if (count_ == cap_) {
+    // Grow (rare: more than kInline held means a slow reader).
+    auto* bigger = new (std::nothrow) held_buf[cap_ * 2u];
+    if (bigger == nullptr) std::abort();  // out of memory while holding received bytes
+    for (std::uint16_t i = 0; i < count_; ++i) bigger[i] = items_[(head_ + i) % cap_];
+    if (items_ != inline_) delete[] items_;
+    items_ = bigger;
+    head_ = 0;
+    cap_ = static_cast<std::uint16_t>(cap_ * 2u);
+  }
+  items_[(head_ + count_) % cap_] = b;
+  ++count_;
+  if (b.ring != nullptr) ++ring_held_;
+}
+
+void recv_queue::pop_locked() noexcept {
+  if (items_[head_].ring != nullptr) --ring_held_;
+  head_ = static_cast<std::uint16_t>((head_ + 1) % cap_);
+  --count_;
+}
+
+void recv_queue::put_back(net::recv_buffer&& b, std::size_t consumed) noexcept {
+  held_buf h{b.data_ + consumed, static_cast<std::uint32_t>(b.size_ - consumed), b.bid_, b.ring_,
+             b.base_};
+  b.data_ = nullptr;  // ownership moves to the queue
+  b.size_ = 0;
+  b.ring_ = nullptr;
+  b.base_ = nullptr;
+  lock_.lock();
+  if (closed_) {
+    lock_.unlock();
+    give_back(h);
+    return;
+  }
+  // To the front: push (which makes room), then move the head back one
+  // slot and put h there; the copy pushed at the back falls out of range.
+  push_locked(h);
+  head_ = static_cast<std::uint16_t>((head_ + cap_ - 1) % cap_);
+  items_[head_] = h;
+  lock_.unlock();
+}
+
+std::size_t recv_queue::held(bool ring_only) const noexcept {
+  auto* self = const_cast<recv_queue*>(this);
+  self->lock_.lock();
+  std::size_t n = ring_only ? ring_held_ : count_;
+  self->lock_.unlock();
+  return n;
+}
+
+int recv_queue::arm(int fd) noexcept {
+  // R1: armed_ is ours (claimed under lock_); nothing else touches op_.
+  reactor* r = current_reactor();
+  if (r == nullptr) return -ENXIO;
+  buffer_ring* ring = nullptr;
+  if (!single_) ring = r->buffers();
+  fd_ = fd;
+  op_.complete = &recv_queue::on_cqe;
+  op_.user = this;
+  op_.stop_more = false;
+  ref();  // the armed op's reference, dropped by its final CQE
+  bool started;
+  if (ring != nullptr) {
+    lock_.lock();
+    ring_ = ring;
+    limit_ = static_cast<std::uint8_t>(std::clamp(ring->count() / 16u, 1u, kMaxLimit));
+    lock_.unlock();
+    op_.multishot = true;
+    started = io_start(&op_, prep_recv_multishot, &fd_, &slot_);
+  } else {
+    char* buf = new (std::nothrow) char[kFallbackSize];
+    if (buf == nullptr) {
+      unref();
+      return -ENOMEM;
+    }
+    lock_.lock();
+    single_ = true;
+    single_buf_ = buf;
+    lock_.unlock();
+    op_.multishot = false;
+    // Read only by prep_request inside io_start.
+    const io_request rq{.op = io_opcode::recv, .fd = fd, .addr = buf, .len = kFallbackSize,
+                        .poll_first = true};
+    started = io_start(&op_, prep_request, &rq, &slot_);
+  }
+  if (started) return 0;
+  const int why = op_.res;
+  lock_.lock();
+  armed_ = false;
+  if (single_) {
+    delete[] std::exchange(single_buf_, nullptr);
+  }
+  lock_.unlock();
+  unref();  // the stream's reference remains
+  return why < 0 ? why : -ECANCELED;
+}
+
+recv_queue::take_result recv_queue::step(int fd, recv_waiter* w,
+                                         net::recv_buffer* out, std::span<char>* copy,
+                                         const std::atomic<std::int64_t>* live,
+                                         std::int64_t armed_deadline) noexcept {
+  for (;;) {
+    lock_.lock();
+    if (count_ != 0) {
+      held_buf& b = front_locked();
+      if (copy != nullptr) {
+        const std::size_t n = std::min<std::size_t>(copy->size(), b.len);
+        std::memcpy(copy->data(), b.data, n);
+        *copy = copy->first(n);
+        b.data += n;
+        b.len -= static_cast<std::uint32_t>(n);
+        if (b.len == 0) {
+          held_buf done = b;
+          pop_locked();
+          lock_.unlock();
+          give_back(done);
+          return {took::data};
+        }
+      } else {
+        out->reset();
+        out->data_ = b.data;
+        out->size_ = b.len;
+        out->bid_ = b.bid;
+        out->ring_ = b.ring;
+        out->base_ = b.base;
+        pop_locked();
+      }
+      lock_.unlock();
+      return {took::data};
+    }
+    if (has_final_) {
+      const int f = final_;
+      lock_.unlock();
+      return {took::final, f};
+    }
+    if (closed_) {
+      lock_.unlock();
+      return {took::failed, -ECANCELED};
+    }
+    if (w != nullptr && w->wake != kNone) {  // W2: recorded before we could publish
+      lock_.unlock();
+      return {took::woken};
+    }
+    if (!armed_) {
+      armed_ = true;  // R1: the claim
+      single_ = nobufs_ || no_multishot_;
+      nobufs_ = false;
+      lock_.unlock();
+      if (int err = arm(fd); err != 0) return {took::failed, err};
+      lock_.lock();
+      // Ended already, by a cancel or for want of an SQE (shutdown ends
+      // every start so): report it rather than arm again forever.
+      if (!armed_ && count_ == 0 && !has_final_ && last_stop_ != 0) {
+        const int err = last_stop_;
+        lock_.unlock();
+        return {took::failed, err};
+      }
+      lock_.unlock();
+      continue;  // it may have completed already
+    }
+    if (w == nullptr) {  // the caller only wanted what is there
+      lock_.unlock();
+      return {took::waiting};
+    }
+    // W3: relaxed: set_read_deadline's store precedes its kick's lock_.
+    if (live != nullptr && live->load(std::memory_order_relaxed) != armed_deadline) {
+      w->wake = kKick;
+      lock_.unlock();
+      return {took::woken};
+    }
+    waiter_ = w;
+    lock_.unlock();
+    return {took::waiting};
+  }
+}
+
+void recv_queue::withdraw(recv_waiter* w) noexcept {
+  lock_.lock();
+  if (waiter_ == w) waiter_ = nullptr;
+  lock_.unlock();
+}
+
+void recv_queue::wake(recv_waiter* w, wake_reason why) noexcept {
+  lock_.lock();
+  if (w->wake == kNone) w->wake = why;
+  const bool published = waiter_ == w;
+  if (published) waiter_ = nullptr;
+  lock_.unlock();
+  if (published) ready(w->gp);
+}
+
+void recv_queue::kick() noexcept {
+  lock_.lock();
+  recv_waiter* w = std::exchange(waiter_, nullptr);
+  if (w != nullptr && w->wake == kNone) w->wake = kKick;
+  lock_.unlock();
+  if (w == nullptr) return;
+  if (w->convert != nullptr) w->convert(w);
+  ready(w->gp);
+}
+
+void recv_queue::close() noexcept {
+  lock_.lock();
+  closed_ = true;
+  while (count_ != 0) {
+    give_back(front_locked());  // lock-free: fine under lock_
+    pop_locked();
+  }
+  recv_waiter* w = std::exchange(waiter_, nullptr);
+  if (w != nullptr && w->wake == kNone) w->wake = kCancel;
+  lock_.unlock();
+  if (w != nullptr) ready(w->gp);
+  // The armed op is cancelled, and its SQE in the kernel, before the
+  // stream releases the fd number (io_op.hpp); no op starts here again.
+  io_cancel(&slot_, /*close=*/true);
+}
+
+void recv_queue::cancel() noexcept { io_cancel(&slot_, /*close=*/false); }
+
+void recv_queue::on_cqe(io_op* op) noexcept {
+  auto* q = static_cast<recv_queue*>(op->user);
+  const int res = op->res;
+  const std::uint32_t flags = op->cqe_flags;
+  const bool more = op->multishot && (flags & kCqeMore) != 0;
+  q->lock_.lock();
+  if (res <= 0 && (flags & kCqeBuffer) != 0 && !q->single_) {
+    // A buffer with no bytes in it (kernels may attach one to an EOF):
+    // straight back to the ring.
+    q->ring_->hold();
+    q->ring_->give_back(static_cast<std::uint16_t>(flags >> kCqeBufferShift));
+  }
+  if (res > 0) {
+    held_buf b{};
+    if (q->single_) {
+      b = {q->single_buf_, static_cast<std::uint32_t>(res), 0, nullptr, q->single_buf_};
+      q->single_buf_ = nullptr;
+    } else {
+      const auto bid = static_cast<std::uint16_t>(flags >> kCqeBufferShift);
+      q->ring_->hold();  // B1
+      b = {q->ring_->addr(bid), static_cast<std::uint32_t>(res), bid, q->ring_, nullptr};
+      q->got_any_ = true;
+      if (q->ring_held_ >= q->limit_ && !q->closed_) {
+        // R3: over the limit (a burst the kernel posted before the cancel
+        // took effect): copy out and give the ring buffer back at once.
+        if (char* copy = new (std::nothrow) char[static_cast<std::size_t>(res)]) {
+          std::memcpy(copy, b.data, static_cast<std::size_t>(res));
+          q->ring_->give_back(bid);
+          b = {copy, static_cast<std::uint32_t>(res), 0, nullptr, copy};
+          g_over_limit_copies.fetch_add(1, std::memory_order_relaxed);
+        }
+      }
+    }
+    if (q->closed_) {
+      give_back(b);
+    } else {
+      q->push_locked(b);
+    }
+    if (more && !q->pausing_ && q->ring_held_ >= q->limit_) {  // R3
+      q->pausing_ = true;
+      op->stop_more = true;
+    }
+  }
+  std::uint8_t why = kNone;
+  if (!more) {
+    q->armed_ = false;  // R2: op_ may be started again
+    q->pausing_ = false;
+    if (q->single_) {
+      delete[] std::exchange(q->single_buf_, nullptr);
+      q->single_ = false;
+    }
+    q->last_stop_ = 0;
+    if (res == 0) {
+      q->has_final_ = true;  // R5: EOF
+      q->final_ = 0;
+    } else if (res < 0) {
+      const int out = op->outcome();
+      if (op->cancel_requested()) {
+        why = kCancel;
+        q->last_stop_ = -ECANCELED;
+      } else if (res == -EBUSY) {
+        q->last_stop_ = -EBUSY;  // start() found no SQE
+      } else if (res == -ENOBUFS) {
+        q->nobufs_ = true;  // R4
+        g_nobufs.fetch_add(1, std::memory_order_relaxed);
+      } else if (res == -EINVAL && op->multishot && !q->got_any_) {
+        q->no_multishot_ = true;  // R4: no multishot recv in this kernel
+      } else if (out == -EINTR || out == -EAGAIN || out == -EBUSY || out == -ECANCELED) {
+        // R2: the kernel or a pause ended it; the reader re-arms
+      } else {
+        q->has_final_ = true;  // R5
+        q->final_ = out;
+      }
+    }
+  }
+  recv_waiter* w = nullptr;
+  if (q->waiter_ != nullptr && (why != kNone || q->count_ != 0 || q->has_final_ || !more)) {
+    w = std::exchange(q->waiter_, nullptr);  // W1
+    if (why == kNone) why = (q->count_ != 0 || q->has_final_) ? kData : kRetry;
+    if (w->wake == kNone) w->wake = why;
+  }
+  const std::uint8_t woke = w != nullptr ? w->wake : std::uint8_t{kNone};
+  q->lock_.unlock();
+  if (w != nullptr) {
+    if ((woke == kRetry || woke == kKick) && w->convert != nullptr) w->convert(w);
+    ready_tail(w->gp);  // stealable, as the reactor's own completions
+  }
+  if (!more) q->unref();  // the op's reference, last thing
+}
+
+}  // namespace mpg::detail
+
+// --- tcp_stream's receive ----------------------------------------------------
+
+namespace mpg::net {
+
+namespace {
+
+using detail::recv_queue;
+using detail::recv_waiter;
+
+absl::Status closed_error(absl::string_view what) {
+  return detail::closed_status(what, "network connection");
+}
+
+// timer_box, watch_box: a deadline timer and a context watcher that wake
+// one recv_waiter (W2).
+struct timer_box {
+  detail::timer t;
+  recv_queue* q = nullptr;
+  recv_waiter* w = nullptr;
+  static void fire(detail::timer* t) {
+    auto* b = reinterpret_cast<timer_box*>(t);  // t is the first member
+    b->q->wake(b->w, recv_queue::kTimer);
+  }
+};
+struct watch_box {
+  detail::context_watcher cw;
+  recv_queue* q = nullptr;
+  recv_waiter* w = nullptr;
+  static void fire(detail::context_watcher* cw) noexcept {
+    auto* b = reinterpret_cast<watch_box*>(cw);  // cw is the first member
+    b->q->wake(b->w, recv_queue::kContext);
+  }
+};
+
+// recv_wait: one wait of the task form: parks, starts the deadline timer
+// and the context watcher, then takes a step (recv_queue.hpp, W1-W3).
+struct recv_wait {
+  using mpg_awaiter = detail::runtime_awaiter_tag;
+  recv_queue* q;
+  int fd;
+  std::int64_t deadline_ns;                         // kNone: none
+  const std::atomic<std::int64_t>* live;            // the stream's, when followed
+  detail::context_node* node;                       // null: none
+  recv_buffer* out;
+  std::span<char>* copy;
+  recv_waiter w{};
+  timer_box tb{};
+  watch_box wb{};
+  bool timer_on = false;
+  bool watching = false;
+  recv_queue::take_result r{recv_queue::took::waiting};
+
+  bool await_ready() const noexcept { return false; }
+  bool await_suspend(std::coroutine_handle<> h) {
+    w.gp = detail::current_g();
+    detail::park(h, "net.receive");
+    if (node != nullptr) {
+      wb.q = q;
+      wb.w = &w;
+      wb.cw.fn = &watch_box::fire;
+      watching = node->watch(&wb.cw);
+      if (!watching) {  // cancelled already; nothing else can write w yet
+        w.wake = recv_queue::kContext;
+        r = {recv_queue::took::woken};
+        detail::cancel_park();
+        return false;
+      }
+    }
+    if (deadline_ns != detail::io_deadline::kNone) {
+      tb.q = q;
+      tb.w = &w;
+      tb.t.when = detail::from_ns(deadline_ns);
+      tb.t.fire = &timer_box::fire;
+      detail::add_timer(&tb.t);
+      timer_on = true;
+    }
+    r = q->step(fd, &w, out, copy, live, deadline_ns);
+    if (r.s == recv_queue::took::waiting) return true;  // published: frame is the wakers'
+    detail::cancel_park();
+    return false;
+  }
+  void await_resume() noexcept {
+    // After these, neither callback runs or will: w is ours again.
+    if (timer_on) detail::cancel_timer(&tb.t);
+    if (watching) node->unwatch(&wb.cw);
+  }
+};
+
+}  // namespace
+
+void recv_buffer::give_back() noexcept {
+  if (ring_ != nullptr) {
+    ring_->give_back(bid_);  // B2: to the ring it came from, from any P
+  } else {
+    delete[] base_;
+  }
+  data_ = nullptr;
+  size_ = 0;
+  ring_ = nullptr;
+  base_ = nullptr;
+}
+
+detail::recv_queue* tcp_stream::recv_queue_for_reader() {
+  // Relaxed: the reader's own (readers are ordered by the caller).
+  recv_queue* q = recv_.load(std::memory_order_relaxed);
+  if (q == nullptr) {
+    q = new recv_queue();
+    // Release: close() and set_read_deadline() on other threads see it whole.
+    recv_.store(q, std::memory_order_release);
+  }
+  return q;
+}
+
+std::size_t tcp_stream::held_buffers() const noexcept {
+  recv_queue* q = recv_.load(std::memory_order_acquire);
+  return q != nullptr ? q->held(/*ring_only=*/true) : 0;
+}
+
+task<absl::StatusOr<recv_buffer>> tcp_stream::do_receive(
+    std::optional<clock::time_point> deadline, std::shared_ptr<detail::context_node> ctx) {
+  recv_queue* q = recv_queue_for_reader();
+  detail::context_node* node = ctx != nullptr && !ctx->never_cancelled() ? ctx.get() : nullptr;
+  for (;;) {
+    const int fd = fd_.load(std::memory_order_relaxed);
+    if (fd < 0) co_return closed_error("read");
+    const std::int64_t dl =
+        deadline ? detail::to_ns(*deadline) : read_deadline_.ns();
+    if (dl != detail::io_deadline::kNone && detail::mono_now_ns() >= dl) {
+      // A deadline that passed still lets held bytes through (Go: data first).
+      recv_buffer b;
+      recv_queue::take_result r = q->step(fd, nullptr, &b, nullptr, nullptr, 0);
+      if (r.s == recv_queue::took::data) co_return b;
+      co_return detail::io_result_status(-ETIME, "read");
+    }
+    recv_buffer b;
+    recv_wait wt{.q = q, .fd = fd, .deadline_ns = dl,
+                 .live = deadline ? nullptr : read_deadline_.live(), .node = node, .out = &b,
+                 .copy = nullptr};
+    co_await wt;
+    switch (wt.r.s) {
+      case recv_queue::took::data:
+        co_return b;
+      case recv_queue::took::final:
+        if (wt.r.err == 0) co_return recv_buffer();  // EOF
+        co_return detail::io_result_status(wt.r.err, "read");
+      case recv_queue::took::failed:
+        if (fd_.load(std::memory_order_relaxed) < 0) co_return closed_error("read");
+        co_return detail::io_result_status(wt.r.err, "read");
+      case recv_queue::took::woken:
+      case recv_queue::took::waiting:
+        break;
+    }
+    switch (wt.w.wake) {
+      case recv_queue::kCancel:
+        co_return detail::io_result_status(-ECANCELED, "read");
+      case recv_queue::kContext: {
+        const bool late = node->err().code() == absl::StatusCode::kDeadlineExceeded;
+        co_return detail::io_result_status(late ? -ETIME : -ECANCELED, "read");
+      }
+      default:
+        break;  // data, retry, kick, timer: the loop looks again
+    }
+  }
+}
+
+task<absl::StatusOr<recv_buffer>> tcp_stream::receive(clock::time_point deadline) {
+  return do_receive(deadline, nullptr);
+}
+task<absl::StatusOr<recv_buffer>> tcp_stream::receive(const context& ctx) {
+  return do_receive(std::nullopt, ctx.node_for_internal_use());
+}
+
+task<absl::StatusOr<std::size_t>> tcp_stream::do_read_held(
+    std::span<char> buf, std::optional<clock::time_point> deadline,
+    std::shared_ptr<detail::context_node> ctx) {
+  if (buf.empty()) co_return std::size_t{0};
+  recv_queue* q = recv_queue_for_reader();
+  const int fd = fd_.load(std::memory_order_relaxed);
+  if (fd < 0) co_return closed_error("read");
+  std::span<char> copy = buf;
+  recv_queue::take_result r = q->step(fd, nullptr, nullptr, &copy, nullptr, 0);
+  if (r.s == recv_queue::took::data) co_return copy.size();
+  absl::StatusOr<recv_buffer> b = co_await do_receive(deadline, std::move(ctx));
+  if (!b.ok()) co_return b.status();
+  if (b->empty()) co_return std::size_t{0};  // EOF
+  const std::size_t n = std::min(buf.size(), b->size());
+  std::memcpy(buf.data(), b->data(), n);
+  if (n < b->size()) q->put_back(std::move(*b), n);
+  co_return n;
+}
+
+// --- receive_op --------------------------------------------------------------
+//
+// await_ready takes what is held (or a final result); await_suspend parks
+// and publishes the waiter (W1); a wake that needs another wait calls
+// convert(), which makes do_receive the G's resume point with the awaiting
+// task as its continuation (as read_op::on_complete does).
+
+bool receive_op::await_ready() {
+  const int fd = s_->fd_.load(std::memory_order_relaxed);
+  if (fd < 0) {
+    res_ = -EBADF;
+    return true;
+  }
+  recv_queue* q = s_->recv_queue_for_reader();
+  recv_queue::take_result r = q->step(fd, nullptr, &buf_, nullptr, nullptr, 0);
+  return take(static_cast<int>(r.s), r.err);
+}
+
+bool receive_op::take(int st, int err) noexcept {
+  const recv_queue::take_result r{static_cast<recv_queue::took>(st), err};
+  switch (r.s) {
+    case recv_queue::took::data:
+      return true;
+    case recv_queue::took::final:
+      res_ = r.err;  // 0: EOF (buf_ empty)
+      return true;
+    case recv_queue::took::failed:
+      res_ = s_->fd_.load(std::memory_order_relaxed) < 0 ? -EBADF : r.err;
+      return true;
+    default:
+      return false;
+  }
+}
+
+std::coroutine_handle<> receive_op::await_suspend(std::coroutine_handle<> h) {
+  const int fd = s_->fd_.load(std::memory_order_relaxed);
+  recv_queue* q = s_->recv_.load(std::memory_order_relaxed);  // made by await_ready
+  w_.gp = detail::current_g();
+  w_.convert = &receive_op::convert;
+  w_.user = this;
+  detail::park(h, "net.receive");
+  // The stream's read deadline: none expected (kNone); one set now or
+  // meanwhile sends us to the task form (step reports a kick).
+  recv_queue::take_result r = q->step(fd, &w_, &buf_, nullptr,
+                                      s_->read_deadline_.live(), detail::io_deadline::kNone);
+  if (r.s == recv_queue::took::waiting) return std::noop_coroutine();  // published
+  detail::cancel_park();
+  if (take(static_cast<int>(r.s), r.err)) return h;
+  // Woken before publishing (a read deadline is set): the task form waits.
+  slow_used_ = true;
+  slow_ = s_->do_receive(std::nullopt, nullptr).release();
+  slow_.promise().continuation_ = h;
+  return slow_;
+}
+
+void receive_op::convert(recv_waiter* w) noexcept {
+  auto* self = static_cast<receive_op*>(w->user);
+  detail::g* gp = w->gp;
+  self->slow_used_ = true;
+  self->slow_ = self->s_->do_receive(std::nullopt, nullptr).release();
+  // The G is parked at the awaiting task, and nobody else touches its
+  // resume point until the waker readies it: it resumes in do_receive,
+  // which returns to the awaiting task.
+  self->slow_.promise().continuation_ = gp->resume;
+  gp->resume = self->slow_;
+}
+
+receive_op::result_type receive_op::await_resume() {
+  if (slow_used_) return slow_.promise().result();
+  if (res_ == -EBADF) return closed_error("read");
+  if (res_ < 0) return detail::io_result_status(res_, "read");
+  if (res_ == 0 || !buf_.empty()) return std::move(buf_);
+  // Resumed by a waker (W1) that did not convert: data, a final result, or
+  // a cancel.
+  if (w_.wake == recv_queue::kCancel) return detail::io_result_status(-ECANCELED, "read");
+  const int fd = s_->fd_.load(std::memory_order_relaxed);
+  if (fd < 0) return closed_error("read");
+  recv_queue* q = s_->recv_.load(std::memory_order_relaxed);
+  recv_queue::take_result r = q->step(fd, nullptr, &buf_, nullptr, nullptr, 0);
+  if (r.s == recv_queue::took::data) return std::move(buf_);
+  if (r.s == recv_queue::took::final && r.err == 0) return recv_buffer();
+  if (r.s == recv_queue::took::failed && s_->fd_.load(std::memory_order_relaxed) < 0)
+    return closed_error("read");
+  return detail::io_result_status(r.err != 0 ? r.err : -EIO, "read");
+}
+
+receive_op::operator task<result_type>() && { return s_->do_receive(std::nullopt, nullptr); }
+
+}  // namespace mpg::net

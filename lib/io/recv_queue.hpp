@@ -1,0 +1,211 @@
+// lib/io/recv_queue.hpp: a stream's multishot receive: one multishot recv
+// in flight on some P's ring fills the P's provided buffers
+// (buffer_ring.hpp), and the stream holds what it received until its
+// reader takes it (tcp_stream::receive, and read(buf) once receive() was
+// used).
+//
+// Parties. The reader (one at a time: the stream's read contract), the
+// multishot op's completion callback (on_cqe: the reactor that reaps the
+// op's CQEs, under that reactor's lock, on whatever thread), and wakers
+// (the reader's deadline timer, its context watcher, set_read_deadline
+// from any task). The queue's state is guarded by lock_, a leaf lock: it
+// is taken under a reactor lock (on_cqe) and nothing is locked under it;
+// readying, converting and arming happen after it is released.
+//
+// Buffer ownership (see buffer_ring.hpp for the ring's side):
+//   B1. A CQE with F_BUFFER hands its buffer to the queue (held_): the
+//       buffer's ring reference is taken (hold()) before on_cqe releases
+//       the reactor lock. A closed queue gives it back at once.
+//   B2. The reader takes a held buffer out under lock_ into a recv_buffer
+//       (receive), or copies from the head one and gives it back when
+//       consumed (read(buf)). From then on the recv_buffer owns it, on
+//       whatever P its task runs, and gives it back to the ring it came
+//       from (recv_buffer::give_back: buffer_ring::give_back, lock-free).
+//   B3. close() gives every held buffer back; the queue's destructor too.
+//   Heap buffers (the fallback below) follow the same path and are freed.
+//
+// Arming (R1-R5). armed_ is true from the moment the reader claims the arm
+// until the op's final CQE (no F_MORE) is dispatched; only then may the op
+// record (op_) be started again.
+//   R1. Only the reader arms, and only when it finds nothing held, no
+//       final result, and armed_ false: it claims armed_ under lock_, then
+//       starts the op on its own P (io_start, outside lock_: the lock order
+//       is slot, reactor, queue), so the multishot follows its reader.
+//   R2. A final CQE without an error that ends the stream (the kernel ended
+//       the multishot: CQ overflow, -EINTR, -ECANCELED from backpressure or
+//       shutdown) clears armed_; the reader re-arms at its next wait.
+//   R3. Backpressure: when the queue holds limit_ ring buffers, on_cqe
+//       asks the reactor to cancel the multishot (stop_more); the reader
+//       re-arms only once it has taken every held buffer (R1), and unread
+//       bytes stay in the socket (the peer is throttled by TCP). The kernel
+//       may post a burst before the cancel takes effect (a multishot recv
+//       loops while the socket has data): a buffer over the limit is copied
+//       to the heap and given back at once, so nothing is lost and a slow
+//       reader never holds more than limit_ of the ring's buffers.
+//   R4. -ENOBUFS (the ring was empty when the kernel needed a buffer: the
+//       bytes stay in the socket) clears armed_ and makes the next arm one
+//       plain recv into a heap buffer of the ring's buffer size; the arm
+//       after that is a multishot again. A kernel without multishot recv
+//       (-EINVAL on the first arm) or without a buffer ring gets only
+//       plain recvs.
+//   R5. EOF (res 0) and errors other than those of R2 and R4 are final:
+//       stored in final_, reported after every held buffer, and sticky.
+// A user cancel (cancel(), close(): op_.stop says so) ends the multishot
+// too (R2), and a waiting reader reads kCancelled.
+//
+// Waiting (W1-W3). The reader parks, then under lock_ checks for data, a
+// final result, or a wake already recorded in its recv_waiter, and only
+// then publishes itself in waiter_. Every waker takes waiter_ under
+// lock_ (so exactly one readies the reader), records why in w->wake, and
+// readies the G after releasing lock_.
+//   W1. on_cqe wakes the reader on data, a final result, a user cancel, or
+//       the end of the multishot (the reader must re-arm: kRetry).
+//   W2. The timer of the reader's deadline and its context watcher record
+//       their wake in the waiter even when it is not published yet (they
+//       are started before the reader takes lock_ to publish), so a wake
+//       between park and publish is seen; the reader cancels both after it
+//       resumes (cancel_timer and unwatch wait for a running callback), so
+//       neither touches the waiter after its frame moved on.
+//   W3. set_read_deadline stores the new deadline, then kicks the waiter
+//       under lock_ (kKick); the reader loads the deadline under lock_ when
+//       it publishes, so either it sees the new value or it is kicked.
+// No linked timeout is involved: a deadline or a context ends the wait,
+// not the multishot, which goes on receiving for the next read.
+//
+// A frame-less awaiter (receive_op) cannot wait twice: a waker that
+// readies it for kRetry or kKick first calls its convert(), which makes
+// the task form (do_receive) its resume point, as read_op's completion does.
+//
+// Lifetime: refs_ counts the stream and an armed op; the last unref frees
+// the queue and gives back what it holds. on_cqe's final CQE drops the
+// op's reference last thing.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <span>
+
+#include "io/buffer_ring.hpp"
+#include "mpg/detail/io/io_op.hpp"
+#include "mpg/net.hpp"
+
+namespace mpg::detail {
+
+struct recv_stats {
+  std::uint64_t nobufs = 0;             // R4: multishots ended by an empty ring
+  std::uint64_t over_limit_copies = 0;  // R3: buffers copied out over the limit
+};
+
+class recv_queue {
+ public:
+  enum wake_reason : std::uint8_t { kNone, kData, kRetry, kCancel, kKick, kTimer, kContext };
+
+  // take_result: what the reader's step found.
+  enum class took : std::uint8_t {
+    data,     // a buffer (or bytes copied)
+    final,    // EOF (err 0) or the stream's error
+    woken,    // w->wake was recorded before it could publish
+    failed,   // the arm failed: err (-ECANCELED closed, -ENXIO no ring...)
+    waiting,  // published in waiter_: the caller's park stands
+  };
+  struct take_result {
+    took s;
+    int err = 0;
+  };
+
+  recv_queue() = default;
+  recv_queue(const recv_queue&) = delete;
+  recv_queue& operator=(const recv_queue&) = delete;
+
+  // step(): the reader's one step (file comment, R1 and W2): data, a final
+  // result, a recorded wake, or else arm if needed and publish w. out:
+  // receive the head buffer; or copy into `copy` (its size is set to
+  // what was copied). live: the stream's read deadline when the wait
+  // follows it: loaded under lock_ right before publishing (W3), and if it
+  // is no longer armed_deadline (the one the caller's timer has), step
+  // does not publish and reports a kick. The caller has parked when
+  // w != nullptr; with w == nullptr step arms if needed and reports
+  // `waiting` without publishing anything.
+  take_result step(int fd, recv_waiter* w, net::recv_buffer* out,
+                   std::span<char>* copy, const std::atomic<std::int64_t>* live,
+                   std::int64_t armed_deadline) noexcept;
+  // withdraw(): the reader no longer waits (its park was undone, or it was
+  // woken by someone and returns): unpublish w if it still is.
+  void withdraw(recv_waiter* w) noexcept;
+  // wake(): a waker of W2/W3 records `why` in w (if nothing was recorded
+  // yet) and readies it if it was published. Any thread.
+  void wake(recv_waiter* w, wake_reason why) noexcept;
+  // kick(): W3, the published waiter, if any.
+  void kick() noexcept;
+  // close(): no more held buffers: give them back; later CQEs' buffers go
+  // back at once; a waiting reader reads kCancelled; the armed op is
+  // cancelled and no op starts again. Before the stream closes its fd.
+  void close() noexcept;
+  // cancel(): the armed op, if any, ends (tcp_stream::cancel()).
+  void cancel() noexcept;
+  // put_back(): the reader copied `consumed` bytes of b (read(buf)); the
+  // rest goes back to the front of the queue.
+  void put_back(net::recv_buffer&& b, std::size_t consumed) noexcept;
+  // held(): buffers held (ring_only: those of a ring, not copies).
+  std::size_t held(bool ring_only = false) const noexcept;
+  // stats(): process-wide counts for tests.
+  static recv_stats stats() noexcept;
+
+  void ref() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+  void unref() noexcept;
+
+ private:
+  struct held_buf {
+    char* data;
+    std::uint32_t len;
+    std::uint16_t bid;
+    buffer_ring* ring;  // null: heap buffer at base
+    char* base;
+  };
+  ~recv_queue();
+
+  static void on_cqe(io_op* op) noexcept;
+  // arm(): R1 after the claim; returns 0 or why io_start refused.
+  int arm(int fd) noexcept;
+  void push_locked(const held_buf& b) noexcept;
+  held_buf& front_locked() noexcept { return items_[head_]; }
+  void pop_locked() noexcept;
+  static void give_back(const held_buf& b) noexcept;
+
+  io_spin_lock lock_;
+  // The stream's and an armed op's references. Increment relaxed (the
+  // caller holds one); decrement acq_rel (the last sees every use).
+  std::atomic<std::int32_t> refs_{1};
+  io_op op_;
+  // The armed op's slot: in the queue, not the stream, because the op may
+  // outlive the stream (its final CQE clears the slot; the queue lives
+  // until then). Cancels and close() reach the op through it.
+  io_slot slot_;
+  int fd_ = -1;  // the armed op's socket (read by its prep under io_start)
+  // Guarded by lock_ (the arm fields are written by the reader under lock_
+  // before io_start, whose reactor lock orders them before on_cqe):
+  bool armed_ = false;
+  bool single_ = false;        // the armed op is one plain recv into single_buf_
+  bool nobufs_ = false;        // R4: the next arm is a plain recv
+  bool no_multishot_ = false;  // R4: never a multishot here
+  bool closed_ = false;
+  bool has_final_ = false;
+  bool pausing_ = false;       // R3: stop_more was asked of this arm
+  bool got_any_ = false;       // a multishot delivered something (R4's -EINVAL)
+  std::uint8_t limit_ = 8;
+  int final_ = 0;
+  int last_stop_ = 0;  // the last final CQE: -ECANCELED (a user cancel), -EBUSY, else 0
+  char* single_buf_ = nullptr;
+  buffer_ring* ring_ = nullptr;  // the armed multishot's buffers
+  recv_waiter* waiter_ = nullptr;
+  // held_: a circular queue, inline for the first kInline buffers.
+  static constexpr std::uint16_t kInline = 2;
+  held_buf inline_[kInline];
+  held_buf* items_ = inline_;
+  std::uint16_t cap_ = kInline;
+  std::uint16_t head_ = 0;
+  std::uint16_t count_ = 0;
+  std::uint16_t ring_held_ = 0;  // held buffers that belong to a ring
+};
+
+}  // namespace mpg::detail
