@@ -73,6 +73,13 @@ mpg::task<std::size_t> read_some(mpg::net::tcp_stream* s) {
   co_return n.ok() ? *n : 0;
 }
 
+std::atomic<int> receive_line{0};
+
+mpg::task<std::size_t> receive_some(mpg::net::tcp_stream* s) {
+  receive_line = __LINE__; auto b = co_await s->receive();
+  co_return b.ok() ? b->size() : 0;
+}
+
 mpg::task<std::size_t> reader(mpg::net::tcp_stream* s) {
   reader_line = __LINE__; co_return co_await read_some(s);
 }
@@ -243,6 +250,21 @@ TEST_CASE("a task parked in a socket read shows its co_await, also once the read
   }
   REQUIRE(write(fds[1], "hi", 2) == 2);
   CHECK(rt.block_on(std::move(h)) == 2);
+  close(fds[1]);
+}
+
+TEST_CASE("a task parked in receive() shows its co_await") {
+  int fds[2];
+  REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0);
+  mpg::runtime rt({.procs = 1});
+  mpg::net::tcp_stream s(fds[0]);
+  auto h = rt.spawn(chain_test::receive_some(&s), "receiver");
+  const std::string d = wait_for_dump(rt, "net.receive");
+  const std::string receive_site =
+      site("receive_some(" + std::string(kStreamPtr) + ")", chain_test::receive_line);
+  CHECK_MESSAGE(in_order(d, {"(receiver) [waiting: net.receive at ", receive_site}), d);
+  REQUIRE(write(fds[1], "hey", 3) == 3);
+  CHECK(rt.block_on(std::move(h)) == 3);
   close(fds[1]);
 }
 

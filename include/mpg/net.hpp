@@ -163,7 +163,7 @@ class receive_op {
 
   receive_op(const receive_op&) = delete;
   receive_op& operator=(const receive_op&) = delete;
-  receive_op(receive_op&& o) noexcept : s_(o.s_) {}  // before it is awaited only
+  receive_op(receive_op&& o) noexcept : s_(o.s_), where_(o.where_) {}  // before awaited
   ~receive_op() {  // idempotent, as read_op's
     if (slow_) std::exchange(slow_, {}).destroy();
   }
@@ -171,6 +171,9 @@ class receive_op {
   bool await_ready();
   std::coroutine_handle<> await_suspend(std::coroutine_handle<> h);
   result_type await_resume();
+
+  // link_parent(): as read_op's.
+  void link_parent(std::source_location where) noexcept { where_ = where; }
 
   operator task<result_type>() &&;
 
@@ -182,6 +185,7 @@ class receive_op {
   static void convert(detail::recv_waiter* w) noexcept;
 
   tcp_stream* s_;
+  std::source_location where_{};
   int res_ = 1;  // 1: buf_ holds the result; else an error (negative errno)
   bool slow_used_ = false;
   detail::recv_waiter w_;

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <new>
+#include <source_location>
 #include <utility>
 
 #include "io/io_status.hpp"
@@ -418,11 +419,13 @@ struct recv_wait {
   bool timer_on = false;
   bool watching = false;
   recv_queue::take_result r{recv_queue::took::waiting};
+  std::source_location where{};  // the awaiting task's co_await (link_parent)
 
+  void link_parent(std::source_location site) noexcept { where = site; }
   bool await_ready() const noexcept { return false; }
   bool await_suspend(std::coroutine_handle<> h) {
     w.gp = detail::current_g();
-    detail::park(h, "net.receive");
+    detail::park(h, "net.receive", where);
     if (node != nullptr) {
       wb.q = q;
       wb.w = &w;
@@ -598,7 +601,7 @@ std::coroutine_handle<> receive_op::await_suspend(std::coroutine_handle<> h) {
   w_.gp = detail::current_g();
   w_.convert = &receive_op::convert;
   w_.user = this;
-  detail::park(h, "net.receive");
+  detail::park(h, "net.receive", where_);
   // The stream's read deadline: none expected (kNone); one set now or
   // meanwhile sends us to the task form (step reports a kick).
   recv_queue::take_result r = q->step(fd, &w_, &buf_, nullptr,
@@ -610,6 +613,7 @@ std::coroutine_handle<> receive_op::await_suspend(std::coroutine_handle<> h) {
   slow_used_ = true;
   slow_ = s_->do_receive(std::nullopt, nullptr).release();
   slow_.promise().continuation_ = h;
+  slow_.promise().caller_where_ = where_;  // the await chain goes on (task.hpp)
   return slow_;
 }
 
@@ -622,6 +626,7 @@ void receive_op::convert(recv_waiter* w) noexcept {
   // resume point until the waker readies it: it resumes in do_receive,
   // which returns to the awaiting task.
   self->slow_.promise().continuation_ = gp->resume;
+  self->slow_.promise().caller_where_ = self->where_;
   gp->resume = self->slow_;
 }
 
