@@ -1,6 +1,6 @@
 // lib/io/buffer_ring.cpp: a P's provided-buffer ring (buffer_ring.hpp has
-// the protocol). With reactor.cpp and fault_injector.cpp, one of the three
-// files that include liburing.h.
+// the protocol). One of the four files that include liburing.h
+// (reactor.hpp says which).
 //
 // Also here: reactor::buffers(), which makes a P's ring on first use, and
 // the SQE of a multishot recv that selects its buffers from it.

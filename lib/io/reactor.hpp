@@ -32,10 +32,10 @@
 // (lock-free), and may likewise create a frame and ready its reader; tests
 // set callbacks that only count.
 //
-// Only lib/io/reactor.cpp (and fault_injector.cpp, which edits SQEs for
-// tests, and buffer_ring.cpp, the provided-buffer ring) include liburing.h.
-// net.cpp and fs.cpp describe their operations as
-// io_request values, which reactor.cpp turns into SQEs.
+// Only lib/io/reactor.cpp, io_op.cpp (io_start and prep_request),
+// buffer_ring.cpp (the provided-buffer ring) and fault_injector.cpp (which
+// edits SQEs for tests) include liburing.h. net.cpp and fs.cpp describe
+// their operations as io_request values, which io_op.cpp turns into SQEs.
 #pragma once
 
 #include <absl/base/thread_annotations.h>
@@ -104,7 +104,7 @@ class reactor {
   // i.e. ready(), as usual). Ops started afterwards fail with -ECANCELED.
   void cancel_all() noexcept;
 
-  // --- used by io_start / io_cancel (lib/io/reactor.cpp) ---
+  // --- used by io_start / io_cancel (lib/io/io_op.cpp) ---
   // start(): prepare op's SQE (and its link timeout) under the lock.
   void start(io_op* op, io_prep_fn prep, const void* ctx) noexcept;
   // cancel(): if `slot` still holds `op` and op matches rq (io_op.hpp,
@@ -193,7 +193,7 @@ enum class io_opcode : std::uint8_t {
   recvmsg,  // addr: msghdr*; flags: msg flags
 };
 
-// io_request: the fields of one operation; see prep_request in reactor.cpp
+// io_request: the fields of one operation; see prep_request in io_op.cpp
 // for which fields each opcode uses.
 struct io_request {
   io_opcode op = io_opcode::nop;

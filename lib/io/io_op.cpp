@@ -1,0 +1,179 @@
+// lib/io/io_op.cpp: the bridge from awaiters to the reactor of their P
+// (mpg/detail/io/io_op.hpp): io_start() publishes an op under its slot's
+// lock, io_cancel() and io_stop_in_flight() stop the op in flight, an
+// io_deadline moved earlier kicks it, io_op::outcome() turns the kernel's
+// result into the one the awaiter reports, and prep_request() writes the SQE
+// of an io_request.
+#include <errno.h>
+#include <liburing.h>
+
+#include <cstdint>
+
+#include "io/reactor.hpp"
+#include "mpg/context.hpp"
+#include "mpg/detail/io/io_op.hpp"
+#include "mpg/detail/sched/clock.hpp"
+
+namespace mpg::detail {
+
+namespace {
+
+// The kernel's restart codes (include/linux/errno.h; no userspace header has
+// them). A syscall interrupted by a signal leaves one in its return value and
+// the signal-delivery path turns it into EINTR or a restart. An io-wq worker
+// interrupted by a cancel (an ASYNC_CANCEL that found it running and returned
+// -EALREADY, a link timeout, cancel_all) has no such path, and the op's CQE
+// carries the raw code: an openat blocked on a FIFO completes with
+// -ERESTARTSYS (-512) on Linux 6.18.
+constexpr int kErestartSys = 512;
+constexpr int kErestartNoIntr = 513;
+constexpr int kErestartNoHand = 514;
+constexpr int kErestartRestartBlock = 516;
+
+bool interrupted(int res) noexcept {
+  return res == -EINTR || res == -kErestartSys || res == -kErestartNoIntr ||
+         res == -kErestartNoHand || res == -kErestartRestartBlock;
+}
+
+}  // namespace
+
+int io_op::outcome() const noexcept {
+  const bool intr = interrupted(res);
+  if (res == -ECANCELED || intr) {
+    if (cancel_requested()) return -ECANCELED;
+    if (has_deadline && clock::now() >= deadline) return -ETIME;
+    if (stop == io_stop::kick) return -EINTR;  // re-issue with the new deadline
+  }
+  return intr ? -EINTR : res;
+}
+
+bool io_start(io_op* op, io_prep_fn prep, const void* ctx, io_slot* slot) {
+  op->res = 0;
+  op->cqe_flags = 0;
+  op->got_first = false;
+  op->stop = io_stop::none;
+  op->slot = slot;
+  if (op->has_deadline && io_op::clock::now() >= op->deadline) {
+    op->res = -ETIME;
+    return false;
+  }
+  reactor* r = current_reactor();
+  if (r == nullptr) {
+    op->res = -ENXIO;
+    return false;
+  }
+  if (slot == nullptr) {
+    r->start(op, prep, ctx);
+    return true;
+  }
+  slot->lock.lock();
+  if (slot->closed.load(std::memory_order_relaxed)) {  // under the lock: authoritative
+    slot->lock.unlock();
+    op->res = -ECANCELED;
+    op->stop = io_stop::cancel;
+    return false;
+  }
+  // Sticky stop requests (io_op.hpp, "Why an op was stopped"): both read
+  // under the slot lock, which their writers take after writing them.
+  if (op->ctx != nullptr && op->ctx->cancelled()) {
+    slot->lock.unlock();
+    op->res = -ECANCELED;
+    op->stop = io_stop::context;
+    return false;
+  }
+  if (op->live_deadline != nullptr) {
+    // Relaxed: the setter's store precedes its slot section (io_deadline).
+    const std::int64_t ns = op->live_deadline->load(std::memory_order_relaxed);
+    if (ns != io_deadline::kNone && (!op->has_deadline || ns < to_ns(op->deadline))) {
+      op->has_deadline = true;
+      op->deadline = from_ns(ns);
+      if (io_op::clock::now() >= op->deadline) {
+        slot->lock.unlock();
+        op->res = -ETIME;
+        return false;
+      }
+    }
+  }
+  slot->owner = r;
+  slot->op.store(op, std::memory_order_relaxed);  // ordered for the reactor by its lock
+  r->start(op, prep, ctx);
+  // The op is published; the slot lives in the object (not the frame), and
+  // that object's close() takes this lock before it can go away.
+  slot->lock.unlock();
+  return true;
+}
+
+void io_cancel(io_slot* slot, bool close) noexcept {
+  slot->lock.lock();
+  if (close) slot->closed.store(true, std::memory_order_release);
+  if (io_op* op = slot->op.load(std::memory_order_relaxed)) slot->owner->cancel(slot, op, {});
+  slot->lock.unlock();
+}
+
+void io_stop_in_flight(io_slot* slot, const io_stop_request& rq) noexcept {
+  slot->lock.lock();
+  if (io_op* op = slot->op.load(std::memory_order_relaxed)) slot->owner->cancel(slot, op, rq);
+  slot->lock.unlock();
+}
+
+void io_deadline::set(std::int64_t ns, io_slot* slot) noexcept {
+  ns_.store(ns, std::memory_order_relaxed);  // ordered by the slot lock below
+  // A later deadline (or none) needs no kick: see the class comment.
+  io_stop_in_flight(slot, {.why = io_stop::kick, .deadline_ns = ns});
+}
+
+void prep_request(io_uring_sqe* sqe, const void* ctx) {
+  const io_request& r = *static_cast<const io_request*>(ctx);
+  switch (r.op) {
+    case io_opcode::nop:
+      io_uring_prep_nop(sqe);
+      break;
+    case io_opcode::recv:
+      io_uring_prep_recv(sqe, r.fd, r.addr, r.len, r.flags);
+      if (r.poll_first) sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+      break;
+    case io_opcode::send:
+      io_uring_prep_send(sqe, r.fd, r.addr, r.len, r.flags);
+      break;
+    case io_opcode::accept:
+      io_uring_prep_accept(sqe, r.fd, static_cast<sockaddr*>(r.addr),
+                           static_cast<socklen_t*>(r.addr2), r.flags);
+      break;
+    case io_opcode::connect:
+      io_uring_prep_connect(sqe, r.fd, static_cast<const sockaddr*>(r.addr), r.len);
+      break;
+    case io_opcode::read:
+      io_uring_prep_read(sqe, r.fd, r.addr, r.len, r.off);
+      break;
+    case io_opcode::write:
+      io_uring_prep_write(sqe, r.fd, r.addr, r.len, r.off);
+      break;
+    case io_opcode::fsync:
+      io_uring_prep_fsync(sqe, r.fd, static_cast<unsigned>(r.flags));
+      break;
+    case io_opcode::openat:
+      io_uring_prep_openat(sqe, r.fd, static_cast<const char*>(r.addr), r.flags, r.mode);
+      break;
+    case io_opcode::statx:
+      io_uring_prep_statx(sqe, r.fd, static_cast<const char*>(r.addr), r.flags, r.len,
+                          static_cast<struct statx*>(r.addr2));
+      break;
+    case io_opcode::timeout:
+      io_uring_prep_timeout(sqe, static_cast<__kernel_timespec*>(r.addr), 0,
+                            static_cast<unsigned>(r.flags));
+      break;
+    case io_opcode::poll:
+      io_uring_prep_poll_add(sqe, r.fd, r.len);
+      break;
+    case io_opcode::sendmsg:
+      io_uring_prep_sendmsg(sqe, r.fd, static_cast<const msghdr*>(r.addr),
+                            static_cast<unsigned>(r.flags));
+      break;
+    case io_opcode::recvmsg:
+      io_uring_prep_recvmsg(sqe, r.fd, static_cast<msghdr*>(r.addr),
+                            static_cast<unsigned>(r.flags));
+      break;
+  }
+}
+
+}  // namespace mpg::detail
