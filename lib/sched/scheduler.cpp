@@ -541,7 +541,6 @@ void scheduler::init_g(g* gp, std::uint64_t id, std::coroutine_handle<> root,
   gp->id.store(id, std::memory_order_relaxed);
   gp->root = root;
   gp->resume = root;
-  gp->link = nullptr;
   gp->name.store(name, std::memory_order_relaxed);
   gp->wait_reason.store(nullptr, std::memory_order_relaxed);
 }
@@ -602,11 +601,13 @@ g* scheduler::new_g(std::coroutine_handle<> root, const char* name) {
   return gp;
 }
 
+// clear_g(): marks gp dead, which is all that retiring takes: every reader
+// of a G's root, resume point and name skips dead Gs (the dump, shutdown,
+// live_gs, the await chain), and init_g() writes them again before the G
+// is published. (link is written by whoever links the G into the global
+// queue.)
 void scheduler::clear_g(g* gp) noexcept {
   gp->status.store(g_status::dead, std::memory_order_relaxed);
-  gp->root = {};
-  gp->resume = {};
-  gp->name.store(nullptr, std::memory_order_relaxed);
 }
 
 void scheduler::retire_g_local(processor* p, g* gp) noexcept {
