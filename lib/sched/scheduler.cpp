@@ -406,16 +406,15 @@ namespace {
 // reused) must be the child's. The entry may be stolen, finished and its G
 // reused meanwhile, giving another id (then the joiner parks), but while
 // it is still in our deque, where only this thread puts Gs, its id cannot
-// change; so if pop_if still finds it there, it is the child's G, or, ids
+// change; so if the pop still finds it there, it is the child's G, or, ids
 // being per runtime, a G of this runtime with the id of a child spawned on
 // another one. The popped G's root tells (it is ours now, and we wrote it
 // at its spawn); a stranger goes back where it was.
 bool take_child_inline(machine* m, std::coroutine_handle<> root, std::uint64_t gid) noexcept {
   run_queue::owner q = m->local_runq();
-  g* child = q.newest_spawn();
-  if (child == nullptr || child->id.load(std::memory_order_relaxed) != gid ||
-      !q.take_spawn_if(child))
-    return false;
+  g* child = q.take_newest_spawn_if(
+      [gid](g* c) { return c->id.load(std::memory_order_relaxed) == gid; });
+  if (child == nullptr) return false;
   if (child->root.address() != root.address()) [[unlikely]] {
     // The slot it left is free: only this thread pushes.
     const bool back = q.push_spawn(child);
