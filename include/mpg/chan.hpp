@@ -37,7 +37,10 @@
 //                    (g.hpp) and returns true: the task never suspends.
 //                    Must wait: returns false with the lock still held.
 //   await_suspend()  with that lock held: parks the G, queues the waiter,
-//                    unlocks (which publishes the waiter) and returns true.
+//                    unlocks (which publishes the waiter), and hands the M
+//                    to the next G of its P (switch_after_park, g.hpp;
+//                    the awaiter is not touched after the unlock, since
+//                    a waker may resume the task at once).
 // Between the two only the compiler's bookkeeping of the suspend point runs,
 // so the section stays a few stores long, and nothing is re-checked. An
 // operation that completed but spent the G's slice returns false with the
@@ -346,10 +349,11 @@ inline bool chan_completed(g* wake, State*& ch) noexcept {
 }
 
 // chan_yield(): await_suspend of an operation that completed in
-// await_ready() with the slice spent: requeue the G (it resumes later).
-inline bool chan_yield(std::coroutine_handle<> h) noexcept {
+// await_ready() with the slice spent: requeue the G (it resumes later,
+// from the M's loop).
+inline std::coroutine_handle<> chan_yield(std::coroutine_handle<> h) noexcept {
   requeue_current(h);
-  return true;
+  return std::noop_coroutine();
 }
 
 struct adopt_state_t {
@@ -394,14 +398,17 @@ class [[nodiscard]] recv_op : private detail::recv_node<T> {
 
   // await_suspend(): with the lock held, park and queue the waiter; the
   // unlock publishes it (hands off `this`).
-  bool await_suspend(std::coroutine_handle<> h) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  std::coroutine_handle<> await_suspend(std::coroutine_handle<> h) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     if (ch_ == nullptr) return detail::chan_yield(h);
-    detail::spin_guard lk(ch_->lock_, std::adopt_lock);
-    const std::source_location where = this->stashed_where();
-    this->set_g(detail::current_g());
-    detail::park(h, "chan receive", where);
-    ch_->recvq_.push_back(this);
-    return true;
+    {
+      detail::spin_guard lk(ch_->lock_, std::adopt_lock);
+      const std::source_location where = this->stashed_where();
+      this->set_g(detail::current_g());
+      detail::park(h, "chan receive", where);
+      ch_->recvq_.push_back(this);
+    }
+    // Published: `this` may be gone already (scheduler.cpp, "Switching at park").
+    return detail::switch_after_park();
   }
 
   std::optional<T> await_resume() noexcept { return std::move(this->slot); }
@@ -483,14 +490,17 @@ class [[nodiscard]] send_op : private detail::send_node<T> {
     return detail::chan_completed(wake, ch_);
   }
 
-  bool await_suspend(std::coroutine_handle<> h) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  std::coroutine_handle<> await_suspend(std::coroutine_handle<> h) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     if (ch_ == nullptr) return detail::chan_yield(h);
-    detail::spin_guard lk(ch_->lock_, std::adopt_lock);
-    const std::source_location where = this->stashed_where();
-    this->set_g(detail::current_g());
-    detail::park(h, "chan send", where);
-    ch_->sendq_.push_back(this);
-    return true;
+    {
+      detail::spin_guard lk(ch_->lock_, std::adopt_lock);
+      const std::source_location where = this->stashed_where();
+      this->set_g(detail::current_g());
+      detail::park(h, "chan send", where);
+      ch_->sendq_.push_back(this);
+    }
+    // Published: `this` may be gone already (scheduler.cpp, "Switching at park").
+    return detail::switch_after_park();
   }
 
   void await_resume() {

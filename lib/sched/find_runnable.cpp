@@ -15,7 +15,8 @@
 //      every 488th, failing that, the oldest spawned G); a runnext chain
 //      (a G readying the next, which readies the next...) inherits the time
 //      slice but keeps the slot at most kMaxRunnextStreak turns in a row
-//      while the local queue has work;
+//      while other local work waits (a turn that finds none restarts the
+//      count);
 //   4. run_posted() (post.cpp): up to 32 functions posted through a
 //      runtime_handle (also on step 1's tick); then take_global(): a batch
 //      of up to len/procs + 1 from the global queue;
@@ -44,7 +45,6 @@ namespace mpg::detail {
 // costs pingpong about 5% more instructions (callgrind, perf/ab.py).
 
 namespace {
-constexpr std::uint32_t kMaxRunnextStreak = 32;
 constexpr std::uint64_t kOldestSpawnTurn = 61 * 8;
 constexpr int kStealTries = 4;
 constexpr int kSpinRounds = 32;
@@ -167,7 +167,9 @@ g* scheduler::find_runnable(machine* m, bool* inherit_time) {
     m->runnext_streak = 0;
     return nullptr;
   }
-  m->runnext_streak = from_next ? m->runnext_streak + 1 : 0;
+  // The streak counts turns that kept other local work waiting: under
+  // skip, runnext comes last, so none waited and the streak restarts.
+  m->runnext_streak = from_next && policy == runnext_policy::take ? m->runnext_streak + 1 : 0;
   *inherit_time = from_next;
   if (m->spinning) reset_spinning(m);
   return gp;

@@ -25,6 +25,11 @@ class trace_buffer;  // trace.hpp
 // without suspending consume one unit each (g.hpp).
 inline constexpr int kBudget = 128;
 
+// How many turns in a row a runnext chain (a G readying the next, which
+// readies the next...) may keep the runnext slot while other local work
+// waits (find_runnable.cpp, step 3; the switch at park).
+inline constexpr std::uint32_t kMaxRunnextStreak = 32;
+
 // parker: one M sleeps in park(), anyone calls unpark().
 // State: 0 = no permit, 1 = permit available. unpark() sets the permit and
 // wakes the futex; park() consumes it. A permit set before park() makes

@@ -148,13 +148,11 @@ class run_queue::owner {
   // False when the deque is full (the caller pushes it at the tail).
   bool push_spawn(g* gp) noexcept { return q_->spawns_.push(gp); }
 
-  // newest_spawn(): the newest spawned G, or nullptr (a thief may take it
-  // at any moment: take_spawn_if() decides).
-  g* newest_spawn() const noexcept { return q_->spawns_.peek_bottom(); }
-
-  // take_spawn_if(): pop gp if it is the newest spawned G (a join running
-  // its child inline). A thief may race us for it; one side gets it.
-  bool take_spawn_if(g* gp) noexcept { return q_->spawns_.pop_if(gp); }
+  // take_newest_spawn_if(): pop the newest spawned G if match(it) holds
+  // (a join running its child inline); nullptr otherwise. A thief may race
+  // us for it; one side gets it (work_deque.hpp, pop_newest_if).
+  template <class Match>
+  g* take_newest_spawn_if(Match match) noexcept { return q_->spawns_.pop_newest_if(match); }
 
   // pop_oldest_spawn(): the oldest spawned G (the thieves' end), for the
   // fairness turn: with a task that keeps spawning, the newest-first order

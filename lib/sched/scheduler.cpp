@@ -312,6 +312,66 @@ std::coroutine_handle<> scheduler::next_after_finish(machine* m) noexcept {
   return gp->resume;
 }
 
+// Switching at park. A G that parks on a channel operation hands its M
+// straight to the next G of its P, by symmetric transfer from the parking
+// await_suspend, instead of returning to the M's loop; a ping-pong pair
+// then runs as one chain of transfers, each readying the other into
+// runnext and parking. The protocol, in the parking awaiter:
+//   K1. under the sync object's lock, park() the G (its resume point,
+//       status and wait reason) and queue its waiter;
+//   K2. unlock: the release publishes the parked G and its waiter. From
+//       here a waker may take the waiter and ready() the G, and another M
+//       may resume it, finish it and free its frame (with the awaiter in
+//       it) at once;
+//   K3. switch_after_park(): reads only the M (tls_m), the P it holds and
+//       that P's run queue, which belong to this thread; nothing of the
+//       parked G, its frame or its awaiter;
+//   K4. return the handle: the compiler's code for the suspend point
+//       resumes it as a tail call, as for join_suspend's return after its
+//       CAS publishes the park (the frame is suspended before
+//       await_suspend runs and is not touched after it returns).
+// No memory order beyond the unlock's release is needed: the waker's
+// ready() and the resuming M's queue operations order the parked G's
+// writes (g.hpp), and K3 reads no shared state but the P's own queue
+// (whose owner-side operations argue their orders in run_queue.hpp).
+//
+// The switch is one pass of the loop's pop_local (find_runnable.cpp,
+// step 3), so Go's order and fairness hold: runnext first unless a
+// runnext chain has kept it kMaxRunnextStreak turns, then the newest
+// spawned G, then the ring's head; a runnext G inherits the time slice (the
+// tick stays), any other starts a new tick. The loop's other steps (the
+// global queue, timers and I/O, posted functions) are put off, never
+// skipped: each switch spends one unit of the G budget (kBudget), so at
+// most kBudget switches separate two passes through find_runnable; no
+// switch runs on a fairness tick (every 61st, where the loop serves the
+// global queue and the ring first), while the runtime stops, or while it
+// traces (execute() draws the trace's spans).
+std::coroutine_handle<> scheduler::next_after_park(machine* m) noexcept {
+  processor* p = m->p();
+  if (--m->budget <= 0 || m->trace != nullptr || stopping()) return std::noop_coroutine();
+  const std::uint64_t tick = p->schedtick.load(std::memory_order_relaxed);
+  if (tick % 61 == 0) return std::noop_coroutine();
+  const runnext_policy policy =
+      m->runnext_streak >= kMaxRunnextStreak ? runnext_policy::skip : runnext_policy::take;
+  bool from_next = false;
+  g* gp = m->local_runq().pop(policy, &from_next);
+  if (gp == nullptr) return std::noop_coroutine();
+  // The streak counts turns that kept other local work waiting: under
+  // skip, runnext comes last, so none waits (pop_local's rule).
+  m->runnext_streak = from_next && policy == runnext_policy::take ? m->runnext_streak + 1 : 0;
+  // Single writer (the owner); relaxed: sampled by sysmon, as in execute().
+  if (!from_next) p->schedtick.store(tick + 1, std::memory_order_relaxed);
+  begin_run(m, gp);
+  return gp->resume;
+}
+
+std::coroutine_handle<> switch_after_park() noexcept {
+  machine* m = tls_m;
+  if (m == nullptr || m->p() == nullptr) [[unlikely]]
+    return std::noop_coroutine();
+  return m->sched->next_after_park(m);
+}
+
 void report_lost_exception(std::exception_ptr e, std::uint64_t gid, const char* name) noexcept {
   std::string what = "unknown exception";
   try {
@@ -346,16 +406,15 @@ namespace {
 // reused) must be the child's. The entry may be stolen, finished and its G
 // reused meanwhile, giving another id (then the joiner parks), but while
 // it is still in our deque, where only this thread puts Gs, its id cannot
-// change; so if pop_if still finds it there, it is the child's G, or, ids
+// change; so if the pop still finds it there, it is the child's G, or, ids
 // being per runtime, a G of this runtime with the id of a child spawned on
 // another one. The popped G's root tells (it is ours now, and we wrote it
 // at its spawn); a stranger goes back where it was.
 bool take_child_inline(machine* m, std::coroutine_handle<> root, std::uint64_t gid) noexcept {
   run_queue::owner q = m->local_runq();
-  g* child = q.newest_spawn();
-  if (child == nullptr || child->id.load(std::memory_order_relaxed) != gid ||
-      !q.take_spawn_if(child))
-    return false;
+  g* child = q.take_newest_spawn_if(
+      [gid](g* c) { return c->id.load(std::memory_order_relaxed) == gid; });
+  if (child == nullptr) return false;
   if (child->root.address() != root.address()) [[unlikely]] {
     // The slot it left is free: only this thread pushes.
     const bool back = q.push_spawn(child);
@@ -482,7 +541,6 @@ void scheduler::init_g(g* gp, std::uint64_t id, std::coroutine_handle<> root,
   gp->id.store(id, std::memory_order_relaxed);
   gp->root = root;
   gp->resume = root;
-  gp->link = nullptr;
   gp->name.store(name, std::memory_order_relaxed);
   gp->wait_reason.store(nullptr, std::memory_order_relaxed);
 }
@@ -543,11 +601,13 @@ g* scheduler::new_g(std::coroutine_handle<> root, const char* name) {
   return gp;
 }
 
+// clear_g(): marks gp dead, which is all that retiring takes: every reader
+// of a G's root, resume point and name skips dead Gs (the dump, shutdown,
+// live_gs, the await chain), and init_g() writes them again before the G
+// is published. (link is written by whoever links the G into the global
+// queue.)
 void scheduler::clear_g(g* gp) noexcept {
   gp->status.store(g_status::dead, std::memory_order_relaxed);
-  gp->root = {};
-  gp->resume = {};
-  gp->name.store(nullptr, std::memory_order_relaxed);
 }
 
 void scheduler::retire_g_local(processor* p, g* gp) noexcept {

@@ -90,6 +90,9 @@ class scheduler {
   // (symmetric transfer, no return to the M's loop), or noop. See
   // scheduler.cpp, "Switching at finish".
   std::coroutine_handle<> next_after_finish(machine* m) noexcept;
+  // next_after_park(): switch_after_park() (g.hpp) on m, which holds a P
+  // of this runtime. See scheduler.cpp, "Switching at park".
+  std::coroutine_handle<> next_after_park(machine* m) noexcept;
   void start_m(processor* p, spin_state spin) noexcept;
   // handoff_p(): p was released by an M that will not run Gs for a while
   // (mpg::blocking): give it to another M if it has work, else make it idle.

@@ -10,9 +10,9 @@
 // joins the child always is the bottom entry, so the tree runs depth-first
 // on one P and keeps a live set proportional to its depth, not its breadth.
 //
-// Roles are split by type as in run_queue.hpp: push, pop and pop_if belong
-// to the M holding the P (through run_queue::owner); steal(), size() and
-// empty_seq_cst() may be called from any thread.
+// Roles are split by type as in run_queue.hpp: push, pop, pop_newest_if and
+// pop_if belong to the M holding the P (through run_queue::owner); steal(),
+// size() and empty_seq_cst() may be called from any thread.
 //
 // Invariants:
 //   - top and bottom are signed 64-bit counters that only grow, except that
@@ -100,16 +100,6 @@ class work_deque {
     return true;
   }
 
-  // peek_bottom(): the newest entry, or nullptr when empty. Only the owner
-  // writes slots, so the value is stable, though a thief may take the entry
-  // at any moment (pop_if() decides).
-  g* peek_bottom() const noexcept {
-    const std::int64_t b = bottom_.load(std::memory_order_relaxed);
-    const std::int64_t t = top_.load(std::memory_order_relaxed);
-    if (t >= b) return nullptr;
-    return slots_[(b - 1) & mask_].load(std::memory_order_relaxed);
-  }
-
   // pop(): take the newest entry; nullptr when empty or when a thief took
   // the last one.
   g* pop() noexcept {
@@ -135,24 +125,35 @@ class work_deque {
     return gp;
   }
 
-  // pop_if(): pop the newest entry if it is gp. False when the bottom entry
-  // is another G, or a thief took gp.
-  bool pop_if(g* gp) noexcept {
+  // pop_newest_if(): pop the newest entry if match(entry) holds; returns
+  // it, or nullptr when the deque is empty, match fails, or a thief took
+  // the entry first. match runs before the claim, so it may see an entry
+  // that a thief is taking (and that G's fields change under it); only
+  // the claim below decides who gets it. Only the owner writes slots, so
+  // the slot read is stable.
+  template <class Match>
+  g* pop_newest_if(Match match) noexcept {
     const std::int64_t b = bottom_.load(std::memory_order_relaxed) - 1;  // only we write it
-    if (top_.load(std::memory_order_relaxed) > b) return false;  // empty (a hint)
-    if (slots_[b & mask_].load(std::memory_order_relaxed) != gp) return false;
-    // The bottom entry is gp and only we change bottom: pop it as pop()
-    // does; we get gp, or nothing when a thief took it first.
+    if (top_.load(std::memory_order_relaxed) > b) return nullptr;  // empty (a hint)
+    g* gp = slots_[b & mask_].load(std::memory_order_relaxed);
+    if (!match(gp)) return nullptr;
+    // Pop it as pop() does; we get gp, or nothing when a thief took it.
     bottom_.store(b, std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_seq_cst);  // see the top of the file
     std::int64_t t = top_.load(std::memory_order_relaxed);
-    if (t < b) return true;
+    if (t < b) return gp;
     bool won = false;
     if (t == b)
       won = top_.compare_exchange_strong(t, t + 1, std::memory_order_seq_cst,
                                          std::memory_order_relaxed);
     bottom_.store(b + 1, std::memory_order_relaxed);
-    return won;
+    return won ? gp : nullptr;
+  }
+
+  // pop_if(): pop the newest entry if it is gp. False when the bottom entry
+  // is another G, or a thief took gp.
+  bool pop_if(g* gp) noexcept {
+    return pop_newest_if([gp](g* e) { return e == gp; }) != nullptr;
   }
 
  private:

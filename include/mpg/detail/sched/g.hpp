@@ -164,4 +164,12 @@ bool consume_budget_now() noexcept;
 // its P's local run queue (Go's Gosched). For await_suspend of yield points.
 void requeue_current(std::coroutine_handle<> h) noexcept;
 
+// switch_after_park(): for the await_suspend of an awaiter that has parked
+// the current G and published it (a waker may already be running it on
+// another M): the handle to transfer to, which is the next G of this M's
+// P, started here without a trip through the scheduling loop, or
+// noop_coroutine() (back to the loop). It touches nothing of the parked G,
+// its frame or its awaiter (scheduler.cpp, "Switching at park").
+std::coroutine_handle<> switch_after_park() noexcept;
+
 }  // namespace mpg::detail
