@@ -15,6 +15,7 @@
 #include <chrono>
 #include <coroutine>
 #include <map>
+#include <set>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -131,6 +132,9 @@ struct order_log {
   std::vector<timer*> fired;
   std::atomic<int> remaining{0};
   mpg::detail::g* waiter = nullptr;
+  // When every timer but the last was in the heap (the last one is the
+  // latest due): timers due after this were all added before their deadline.
+  clock_type::time_point added = {};
 
   static void on_fire(timer* t) {
     auto* log = static_cast<order_log*>(t->arg);
@@ -156,8 +160,9 @@ struct add_all_and_wait {
     order_log* l = log;  // `this` may be gone once the last timer is added
     timer* ts = timers;
     const int count = n;
-    for (int i = 0; i < count; ++i) mpg::detail::add_timer(&ts[i]);
-    (void)l;
+    for (int i = 0; i + 1 < count; ++i) mpg::detail::add_timer(&ts[i]);
+    l->added = clock_type::now();  // read by the test after the last fire
+    mpg::detail::add_timer(&ts[count - 1]);
   }
   void await_resume() const noexcept {}
 };
@@ -167,7 +172,9 @@ mpg::task<clock_type::time_point> fire_in_order(order_log* log, timer* timers, i
                                                 std::chrono::microseconds spread) {
   std::mt19937 rng(42);
   for (int i = 0; i < n; ++i) {
-    timers[i].when = base + std::chrono::microseconds(rng() % spread.count());
+    // The last one is the latest due (add_all_and_wait adds it last).
+    timers[i].when = i + 1 < n ? base + std::chrono::microseconds(rng() % spread.count())
+                               : base + spread;
     timers[i].fire = &order_log::on_fire;
     timers[i].arg = log;
   }
@@ -204,20 +211,28 @@ TEST_CASE("10,000 timers on one P fire in deadline order") {
     mpg::runtime rt({.procs = procs});
     order_log log;
     auto timers = std::make_unique<timer[]>(kTimers);
-    // Far enough ahead that all are added before the first is due.
+    // Far enough ahead that all are added before the first is due, on a
+    // machine that is not loaded; on one that is, timers due before the
+    // last add may fire while others are added (correctly: they are due),
+    // so the order is checked among the timers due after it.
     const auto base = clock_type::now() + 300ms;
     const auto done = rt.block_on(fire_in_order(&log, timers.get(), kTimers, base, 20ms));
     CHECK(done >= base);
     REQUIRE(log.fired.size() == static_cast<std::size_t>(kTimers));
     std::map<mpg::detail::processor*, clock_type::time_point> last;
-    std::size_t out_of_order = 0;
+    std::set<mpg::detail::processor*> owners;
+    std::size_t out_of_order = 0, checked = 0;
     for (timer* t : log.fired) {
+      owners.insert(t->owner);
+      if (t->when < log.added) continue;
+      ++checked;
       auto it = last.find(t->owner);
       if (it != last.end() && t->when < it->second) ++out_of_order;
       last[t->owner] = t->when;
     }
+    INFO(checked << " of the timers were due after the last add");
     CHECK(out_of_order == 0);
-    CHECK(last.size() == 1);  // added by one task without suspending: one P
+    CHECK(owners.size() == 1);  // added by one task without suspending: one P
     // Every timer fired exactly once.
     std::vector<timer*> sorted = log.fired;
     std::sort(sorted.begin(), sorted.end());
