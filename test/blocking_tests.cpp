@@ -58,13 +58,13 @@ mpg::task<void> sleeper(latency* out) {
   out->sleep_late = std::chrono::duration_cast<std::chrono::microseconds>(steady::now() - start - 1ms);
 }
 
-// Runs 300 ms without suspending once the sleeper has parked on this P.
+// Runs 600 ms without suspending once the sleeper has parked on this P.
 mpg::task<void> cpu_hog(latency* out, mpg::join_handle<void>* sleeper_handle) {
   *sleeper_handle = mpg::spawn(sleeper(out));
   co_await mpg::yield();  // the sleeper (in runnext) runs here and parks on this P's timers
   auto start = steady::now();
   volatile unsigned long x = 0;
-  while (steady::now() - start < 300ms) x = x + 1;
+  while (steady::now() - start < 600ms) x = x + 1;
   out->spinner_ran_long = true;
 }
 
@@ -97,8 +97,9 @@ TEST_CASE("a long CPU-bound task does not strand a 1 ms sleep on its P") {
   mpg::runtime rt({.procs = 2});
   latency l = rt.block_on(long_task_next_to_sleeper());
   CHECK(l.spinner_ran_long);
-  // Without sysmon and timer stealing the sleeper would wait ~300 ms for the
+  // Without sysmon and timer stealing the sleeper would wait ~600 ms for the
   // hog; with them it is late by about one sysmon period (1 ms). The bound
-  // is loose for sanitizer builds on a loaded 2-core machine.
-  CHECK(l.sleep_late < 100ms);
+  // is loose for sanitizer builds on a loaded 2-core machine (an ASan run
+  // beside the fuzzers measured 102 ms once).
+  CHECK(l.sleep_late < 250ms);
 }
