@@ -91,6 +91,7 @@ runtime_stats scheduler::stats() const {
   s.steals = steals_.load(std::memory_order_relaxed);
   s.stolen_tasks = stolen_.load(std::memory_order_relaxed);
   s.parks = parks_.load(std::memory_order_relaxed);
+  s.wakeups = wakeups_.load(std::memory_order_relaxed);
   s.global_queue_pulls = gpulls_.load(std::memory_order_relaxed);
   s.global_queue_pushes = gpushes_.load(std::memory_order_relaxed);
   s.global_queue_length = gsize_.load(std::memory_order_relaxed);

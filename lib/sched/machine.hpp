@@ -87,6 +87,11 @@ class machine {
   // Current run.
   int budget = 0;
   std::uint32_t runnext_streak = 0;
+  // While this M reaps its P's ring (scheduler::reap_io, wait_for_p), the
+  // Gs the reap readies onto that P are counted here instead of each
+  // calling wake_p(); end_reap() decides once (find_runnable.cpp, "Waking
+  // after a reap"). -1: not reaping. Only this M touches it.
+  int reap_readied = -1;
 
  private:
   friend class scheduler;  // acquire_p() / release_p() (p_ownership.cpp)

@@ -180,7 +180,7 @@ void scheduler::start_m(processor* p, spin_state spin) noexcept {
     }
     wake = assign_m(p, spin);
   }
-  if (wake) wake.send();
+  if (wake) send_wakeup(wake);
 }
 
 void scheduler::wake_p() noexcept {
@@ -222,7 +222,7 @@ void scheduler::handoff_p(processor* p) noexcept {
       went_idle = true;
     }
   }
-  if (wake) wake.send();
+  if (wake) send_wakeup(wake);
   // An idle P may be wanted by work that a running M published while it
   // still counted this P as busy: let wake_p decide.
   if (went_idle) wake_p();
@@ -248,22 +248,32 @@ bool scheduler::wait_for_p(machine* m, std::optional<std::int64_t> until_ns) {
     }
     // Holding a parked P, the M is its owner while it sleeps: completions
     // reaped here ready Gs onto that P's queue (the rule at the top).
+    // The Gs that wait() readies wake nobody until this M holds its P
+    // again (find_runnable.cpp, "Waking after a reap").
     const std::int64_t slept_at = m->trace != nullptr ? mono_now_ns() : 0;
-    if (site == sleep_site::ring) held->io->wait(deadline);
-    else m->park.park(deadline);
+    if (site == sleep_site::ring) {
+      m->reap_readied = 0;
+      held->io->wait(deadline);
+    } else {
+      m->park.park(deadline);
+    }
     if (m->trace != nullptr) [[unlikely]] trace_sleep(m, site == sleep_site::ring, slept_at);
-    thread_mutex_lock l(mu_);
-    if (take_handoff(m)) return true;
-    if (stopping()) {
-      if (held != nullptr) unpark_p(m);
-      return false;
+    bool run = false;
+    {
+      thread_mutex_lock l(mu_);
+      if (take_handoff(m)) {
+        run = true;
+      } else if (stopping()) {
+        if (held != nullptr) unpark_p(m);
+      } else if (held != nullptr) {
+        // Our deadline, a completion, or a wake with nothing handed over
+        // (add_timer asking us to look at a new deadline): run the P again.
+        unpark_p(m);
+        run = true;
+      }
     }
-    if (held != nullptr) {
-      // Our deadline, a completion, or a wake with nothing handed over
-      // (add_timer asking us to look at a new deadline): run the P again.
-      unpark_p(m);
-      return true;
-    }
+    if (site == sleep_site::ring) end_reap(m);
+    if (run || stopping()) return run;
     // A stray unpark with no P: sleep again.
   }
 }

@@ -34,6 +34,10 @@
 //       hand this very M a P);
 //   P4. sleep until handed a P (futex), or, holding a parked P, until its
 //       next timer or I/O completion (futex with a deadline, or its ring).
+// One writer may leave S2 out: the M holding a P, for Gs it readies onto
+// that P while it reaps the P's ring and then looks for work on it. It runs
+// S2 once after the reap when more than the one G it takes next is queued
+// (end_reap, find_runnable.cpp "Waking after a reap").
 // Because S1/S2 and P2/P3 are each a store followed by loads, all seq_cst,
 // either the writer sees nmspinning_ == 0 after the last spinner's decrement
 // (and wakes an M), or that spinner's recheck sees the work. A non-spinning M
@@ -636,7 +640,11 @@ void scheduler::retire_g(g* gp) noexcept {
 
 void scheduler::make_runnable(machine* m, g* gp, queue_slot slot) noexcept {
   gp->status.store(g_status::runnable, std::memory_order_relaxed);
-  local_put(m, gp, slot);
+  local_put(m, gp, slot);  // S1
+  if (m->reap_readied >= 0) {  // S2 comes once the reap ends (end_reap)
+    ++m->reap_readied;
+    return;
+  }
   wake_p();
 }
 

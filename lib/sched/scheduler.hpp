@@ -149,6 +149,16 @@ class scheduler {
   g* find_runnable(machine* m, bool* inherit_time);
   g* take_global_for_fairness(machine* m);
   void poll_timers_and_io(machine* m);
+  // reap_io(): reap the held P's ring, then end_reap(); the wake rule is in
+  // find_runnable.cpp, "Waking after a reap".
+  void reap_io(machine* m);
+  void end_reap(machine* m) noexcept;
+  // send_wakeup(): wake an M that was handed a P under mu_ (after
+  // releasing it), and count it (runtime_stats::wakeups).
+  void send_wakeup(const m_wakeup& w) noexcept {
+    wakeups_.fetch_add(1, std::memory_order_relaxed);
+    w.send();
+  }
   g* pop_local(machine* m, bool* inherit_time);
   g* take_global(machine* m);
   enum class spin_result : std::uint8_t { found, retry, nothing };
@@ -280,6 +290,7 @@ class scheduler {
   std::atomic<std::uint64_t> steals_{0};
   std::atomic<std::uint64_t> stolen_{0};
   std::atomic<std::uint64_t> parks_{0};
+  std::atomic<std::uint64_t> wakeups_{0};
   std::atomic<std::uint64_t> gpulls_{0};
   std::atomic<std::uint64_t> gpushes_{0};
   std::atomic<std::uint64_t> threads_{0};

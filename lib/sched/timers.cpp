@@ -138,7 +138,7 @@ void scheduler::add_timer(processor* p, timer* t) {
       start = pidle_remove(p);
     }
   }
-  if (wake) wake.send();
+  if (wake) send_wakeup(wake);
   if (start) start_m(p, spin_state::idle);
 }
 
