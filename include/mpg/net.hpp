@@ -68,6 +68,7 @@
 #include "absl/status/statusor.h"
 #include "mpg/context.hpp"
 #include "mpg/detail/io/io_op.hpp"
+#include "mpg/detail/io/stream_op.hpp"
 #include "mpg/task.hpp"
 
 namespace mpg::detail {
@@ -156,24 +157,13 @@ class recv_buffer {
 // task form, as read_op's. Bounded by the stream's read deadline; cancel()
 // and close() end it with kCancelled. Once a stream has used receive(),
 // read(buf) copies from the held buffers (both may be mixed).
-class receive_op {
+class receive_op : public detail::stream_op<absl::StatusOr<recv_buffer>> {
  public:
-  using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
-  using result_type = absl::StatusOr<recv_buffer>;
-
-  receive_op(const receive_op&) = delete;
-  receive_op& operator=(const receive_op&) = delete;
-  receive_op(receive_op&& o) noexcept : s_(o.s_), where_(o.where_) {}  // before awaited
-  ~receive_op() {  // idempotent, as read_op's
-    if (slow_) std::exchange(slow_, {}).destroy();
-  }
+  receive_op(receive_op&& o) noexcept : stream_op(std::move(o)), s_(o.s_) {}  // before awaited
 
   bool await_ready();
   std::coroutine_handle<> await_suspend(std::coroutine_handle<> h);
   result_type await_resume();
-
-  // link_parent(): as read_op's.
-  void link_parent(std::source_location where) noexcept { where_ = where; }
 
   operator task<result_type>() &&;
 
@@ -185,12 +175,9 @@ class receive_op {
   static void convert(detail::recv_waiter* w) noexcept;
 
   tcp_stream* s_;
-  std::source_location where_{};
   int res_ = 1;  // 1: buf_ holds the result; else an error (negative errno)
-  bool slow_used_ = false;
   detail::recv_waiter w_;
   recv_buffer buf_;
-  task<result_type>::handle_type slow_{};
 };
 
 // read_op: what tcp_stream::read(buf) returns, awaited at once:
@@ -205,28 +192,13 @@ class receive_op {
 // awaiting task then runs; what the caller sees is the same either way. Like
 // a task it is awaited at most once and must not outlive the stream or the
 // buffer; to spawn the read, convert it: task<...>(s.read(buf)).
-class read_op {
+class read_op : public detail::stream_op<absl::StatusOr<std::size_t>> {
  public:
-  using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
-  using result_type = absl::StatusOr<std::size_t>;
-
-  read_op(const read_op&) = delete;
-  read_op& operator=(const read_op&) = delete;
-  read_op(read_op&& o) noexcept : s_(o.s_), buf_(o.buf_), where_(o.where_) {}  // before awaited
-  // Idempotent (g++ 12 may destroy a temporary of a co_await's
-  // full-expression twice: the second run finds slow_ null).
-  ~read_op() {
-    if (slow_) std::exchange(slow_, {}).destroy();
-  }
+  read_op(read_op&& o) noexcept : stream_op(std::move(o)), s_(o.s_), buf_(o.buf_) {}  // before awaited
 
   bool await_ready() const noexcept { return false; }
   std::coroutine_handle<> await_suspend(std::coroutine_handle<> h);
   result_type await_resume();
-
-  // link_parent(): the site of the awaiting task's co_await (its
-  // await_transform calls it, task.hpp): where the task shows as parked,
-  // and the await-chain link of the task form when the read moves there.
-  void link_parent(std::source_location where) noexcept { where_ = where; }
 
   // The same read as a task (tcp_stream's read loop in a frame of its own).
   operator task<result_type>() &&;
@@ -240,35 +212,20 @@ class read_op {
   tcp_stream* s_;
   std::span<char> buf_;
   state state_ = state::issued;
-  std::source_location where_{};
   detail::io_op op_;
-  // The frame of the task form, owned here, when the recv has to be issued
-  // again (on_complete); it returns to the awaiting task.
-  task<result_type>::handle_type slow_{};
 };
 
 // write_op: what tcp_stream::write(data) returns, awaited at once, as
 // read_op (above): one send from the awaiting task's frame; a short send, or
 // one to issue again, hands the rest of the write to the task form of the
 // loop. To spawn the write, convert it: task<absl::Status>(s.write(data)).
-class write_op {
+class write_op : public detail::stream_op<absl::Status> {
  public:
-  using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
-  using result_type = absl::Status;
-
-  write_op(const write_op&) = delete;
-  write_op& operator=(const write_op&) = delete;
-  write_op(write_op&& o) noexcept : s_(o.s_), data_(o.data_), where_(o.where_) {}  // before awaited
-  ~write_op() {  // idempotent, as read_op's
-    if (slow_) std::exchange(slow_, {}).destroy();
-  }
+  write_op(write_op&& o) noexcept : stream_op(std::move(o)), s_(o.s_), data_(o.data_) {}  // before awaited
 
   bool await_ready() const noexcept { return false; }
   std::coroutine_handle<> await_suspend(std::coroutine_handle<> h);
   result_type await_resume();
-
-  // link_parent(): as read_op's.
-  void link_parent(std::source_location where) noexcept { where_ = where; }
 
   // The same write as a task (tcp_stream's write loop in a frame of its own).
   operator task<result_type>() &&;
@@ -282,9 +239,7 @@ class write_op {
   tcp_stream* s_;
   std::string_view data_;
   state state_ = state::issued;
-  std::source_location where_{};
   detail::io_op op_;
-  task<result_type>::handle_type slow_{};  // as read_op's
 };
 
 // tcp_stream: a connected TCP socket (TCP_NODELAY on). Move-only; the

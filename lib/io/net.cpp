@@ -252,9 +252,7 @@ std::coroutine_handle<> read_op::await_suspend(std::coroutine_handle<> h) {
     // The stream receives with a multishot (receive() was used): copy from
     // what it holds, in the task form.
     state_ = state::slow;
-    slow_ = s_->do_read_held(buf_, std::nullopt, nullptr).release();
-    slow_.promise().continuation_ = h;
-    return slow_;
+    return run_now(s_->do_read_held(buf_, std::nullopt, nullptr), h);
   }
   const int fd = s_->fd_.load(std::memory_order_relaxed);
   if (fd < 0) {
@@ -283,13 +281,9 @@ void read_op::on_complete(detail::io_op* op) noexcept {
   detail::g* gp = op->waiter;
   if (retry_issue(op->outcome(), self->s_->read_deadline_)) {
     self->state_ = state::slow;
-    self->slow_ = self->s_->do_read(self->buf_, std::nullopt, nullptr).release();
-    // The G is parked at the awaiting task (park() in await_suspend), and
-    // nobody else touches its resume point until it is readied below: it
+    // The G is parked at the awaiting task (park() in await_suspend): it
     // resumes in do_read instead, which returns to the awaiting task.
-    self->slow_.promise().continuation_ = gp->resume;
-    self->slow_.promise().caller_where_ = self->where_;  // the await chain goes on
-    gp->resume = self->slow_;
+    self->hand_over(self->s_->do_read(self->buf_, std::nullopt, nullptr), gp);
   }
   detail::ready_tail(gp);  // stealable, as the reactor's own (reactor.cpp)
 }
@@ -298,7 +292,7 @@ read_op::result_type read_op::await_resume() {
   switch (state_) {
     case state::empty: return std::size_t{0};
     case state::closed: return closed_error("read");
-    case state::slow: return slow_.promise().result();
+    case state::slow: return task_result();
     case state::issued: break;
   }
   const int res = op_.outcome();
@@ -362,12 +356,8 @@ void write_op::on_complete(detail::io_op* op) noexcept {
     self->state_ = state::slow;
     std::string_view rest = self->data_;
     if (short_send) rest.remove_prefix(static_cast<std::size_t>(res));
-    self->slow_ = self->s_->do_write(rest, std::nullopt, nullptr).release();
-    // As read_op::on_complete: the G resumes in do_write, which returns to
-    // the awaiting task.
-    self->slow_.promise().continuation_ = gp->resume;
-    self->slow_.promise().caller_where_ = self->where_;
-    gp->resume = self->slow_;
+    // As read_op::on_complete: the G resumes in do_write.
+    self->hand_over(self->s_->do_write(rest, std::nullopt, nullptr), gp);
   }
   detail::ready_tail(gp);
 }
@@ -376,7 +366,7 @@ write_op::result_type write_op::await_resume() {
   switch (state_) {
     case state::empty: return absl::OkStatus();
     case state::closed: return closed_error("write");
-    case state::slow: return slow_.promise().result();
+    case state::slow: return task_result();
     case state::issued: break;
   }
   // A result on_complete did not hand to do_write (or io_start's refusal)

@@ -610,28 +610,18 @@ std::coroutine_handle<> receive_op::await_suspend(std::coroutine_handle<> h) {
   detail::cancel_park();
   if (take(static_cast<int>(r.s), r.err)) return h;
   // Woken before publishing (a read deadline is set): the task form waits.
-  slow_used_ = true;
-  slow_ = s_->do_receive(std::nullopt, nullptr).release();
-  slow_.promise().continuation_ = h;
-  slow_.promise().caller_where_ = where_;  // the await chain goes on (task.hpp)
-  return slow_;
+  return run_now(s_->do_receive(std::nullopt, nullptr), h);
 }
 
 void receive_op::convert(recv_waiter* w) noexcept {
   auto* self = static_cast<receive_op*>(w->user);
-  detail::g* gp = w->gp;
-  self->slow_used_ = true;
-  self->slow_ = self->s_->do_receive(std::nullopt, nullptr).release();
-  // The G is parked at the awaiting task, and nobody else touches its
-  // resume point until the waker readies it: it resumes in do_receive,
-  // which returns to the awaiting task.
-  self->slow_.promise().continuation_ = gp->resume;
-  self->slow_.promise().caller_where_ = self->where_;
-  gp->resume = self->slow_;
+  // The G is parked at the awaiting task, and the waker readies it next: it
+  // resumes in do_receive, which returns to the awaiting task.
+  self->hand_over(self->s_->do_receive(std::nullopt, nullptr), w->gp);
 }
 
 receive_op::result_type receive_op::await_resume() {
-  if (slow_used_) return slow_.promise().result();
+  if (handed_over()) return task_result();
   if (res_ == -EBADF) return closed_error("read");
   if (res_ < 0) return detail::io_result_status(res_, "read");
   if (res_ == 0 || !buf_.empty()) return std::move(buf_);

@@ -1,0 +1,73 @@
+// mpg/detail/io/stream_op.hpp: what the frame-less stream awaiters
+// (net::read_op, net::write_op, net::receive_op) have in common.
+//
+// Each does its first (and usually only) step from the awaiting task's
+// frame. When the step must be made again, the rest of the operation goes
+// on in the task form of the same loop (tcp_stream::do_read, do_write,
+// do_receive): a frame of its own, owned here, that returns to the awaiting
+// task. Two ways in:
+//   hand_over(t, gp)  the G is parked at the awaiting task and is readied
+//                     by the caller right after: it resumes in t instead.
+//                     Called by the op's waker (a completion under the
+//                     reactor lock, or a recv_queue waker) while nobody
+//                     else touches the G's resume point.
+//   run_now(t, h)     the awaiting task h is not parked: await_suspend
+//                     transfers to the returned handle at once.
+// Either way the task form gets the co_await's site as its caller site, so
+// the await chain of a dump goes on through it (task.hpp).
+#pragma once
+
+#include <coroutine>
+#include <source_location>
+#include <utility>
+
+#include "mpg/detail/sched/g.hpp"
+#include "mpg/task.hpp"
+
+namespace mpg::detail {
+
+template <class R>
+class stream_op {
+ public:
+  using mpg_awaiter = runtime_awaiter_tag;  // g.hpp
+  using result_type = R;
+
+  stream_op(const stream_op&) = delete;
+  stream_op& operator=(const stream_op&) = delete;
+
+  // link_parent(): the site of the awaiting task's co_await (its
+  // await_transform calls it, task.hpp): where the task shows as parked,
+  // and the await-chain link of the task form when the op moves there.
+  void link_parent(std::source_location where) noexcept { where_ = where; }
+
+ protected:
+  stream_op() noexcept = default;
+  stream_op(stream_op&& o) noexcept : where_(o.where_) {}  // before awaited
+  // Idempotent (g++ 12 may destroy a temporary of a co_await's
+  // full-expression twice: the second run finds slow_ null).
+  ~stream_op() {
+    if (slow_) std::exchange(slow_, {}).destroy();
+  }
+
+  void hand_over(task<R>&& t, g* gp) noexcept {
+    slow_ = std::move(t).release();
+    slow_.promise().continuation_ = gp->resume;
+    slow_.promise().caller_where_ = where_;
+    gp->resume = slow_;
+  }
+  std::coroutine_handle<> run_now(task<R>&& t, std::coroutine_handle<> h) noexcept {
+    slow_ = std::move(t).release();
+    slow_.promise().continuation_ = h;
+    slow_.promise().caller_where_ = where_;
+    return slow_;
+  }
+  bool handed_over() const noexcept { return static_cast<bool>(slow_); }
+  R task_result() { return slow_.promise().result(); }
+
+  std::source_location where_{};
+
+ private:
+  typename task<R>::handle_type slow_{};
+};
+
+}  // namespace mpg::detail
