@@ -15,6 +15,7 @@
 #include <string_view>
 #include <utility>
 #include <vector>
+#include "stream_pair.hpp"
 
 namespace {
 
@@ -23,20 +24,8 @@ using mpg::task;
 using mpg::net::tcp_stream;
 using read_result = absl::StatusOr<std::size_t>;
 
-struct stream_pair {
-  tcp_stream client, server;
-};
-task<stream_pair> connect_pair() {
-  auto ln = mpg::net::listen("127.0.0.1:0");
-  REQUIRE(ln.ok());
-  auto accepting = mpg::spawn(ln->accept());
-  const std::string target = "127.0.0.1:" + std::to_string(ln->port());
-  auto c = co_await mpg::net::dial(target);
-  REQUIRE(c.ok());
-  auto s = co_await accepting;
-  REQUIRE(s.ok());
-  co_return stream_pair{std::move(*c), std::move(*s)};
-}
+using mpg_test::connect_pair;
+using mpg_test::stream_pair;
 
 task<read_result> read_into(tcp_stream& s, std::span<char> buf) { co_return co_await s.read(buf); }
 task<absl::Status> write_from(tcp_stream& s, std::string_view data) { co_return co_await s.write(data); }

@@ -25,6 +25,7 @@
 
 #include "test_support.hpp"
 #include "watchdog.hpp"
+#include "stream_pair.hpp"
 
 namespace {
 
@@ -47,19 +48,8 @@ task<bool> until(Pred pred) {
   co_return true;
 }
 
-struct stream_pair {
-  tcp_stream client, server;
-};
-task<stream_pair> connect_pair() {
-  auto ln = mpg::net::listen("127.0.0.1:0");
-  REQUIRE(ln.ok());
-  auto accepting = mpg::spawn(ln->accept());
-  auto c = co_await mpg::net::dial("127.0.0.1:" + std::to_string(ln->port()));
-  REQUIRE(c.ok());
-  auto s = co_await accepting;
-  REQUIRE(s.ok());
-  co_return stream_pair{std::move(*c), std::move(*s)};
-}
+using mpg_test::connect_pair;
+using mpg_test::stream_pair;
 
 struct read_result {
   std::atomic<bool> done{false};

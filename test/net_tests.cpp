@@ -16,6 +16,7 @@
 #include <memory>
 #include <string>
 #include <vector>
+#include "stream_pair.hpp"
 
 namespace {
 
@@ -64,20 +65,8 @@ task<void> serve(mpg::net::listener& ln, int conns) {
   }
 }
 
-// A pair of connected streams (client, server side) on 127.0.0.1.
-struct stream_pair {
-  tcp_stream client, server;
-};
-task<stream_pair> connect_pair() {
-  auto ln = mpg::net::listen("127.0.0.1:0");
-  REQUIRE(ln.ok());
-  auto accepting = mpg::spawn(ln->accept());
-  auto c = co_await mpg::net::dial("127.0.0.1:" + std::to_string(ln->port()));
-  REQUIRE(c.ok());
-  auto s = co_await accepting;
-  REQUIRE(s.ok());
-  co_return stream_pair{std::move(*c), std::move(*s)};
-}
+using mpg_test::connect_pair;
+using mpg_test::stream_pair;
 
 task<absl::Status> write_all_then_close(tcp_stream& s, const std::string& data) {
   auto st = co_await s.write(data);

@@ -23,6 +23,7 @@
 #include "io/reactor.hpp"
 #include "io/recv_queue.hpp"
 #include "test_support.hpp"
+#include "stream_pair.hpp"
 
 namespace {
 
@@ -31,20 +32,8 @@ using mpg::task;
 using mpg::net::recv_buffer;
 using mpg::net::tcp_stream;
 
-struct stream_pair {
-  tcp_stream client, server;
-};
-task<stream_pair> connect_pair() {
-  auto ln = mpg::net::listen("127.0.0.1:0");
-  REQUIRE(ln.ok());
-  auto accepting = mpg::spawn(ln->accept());
-  const std::string target = "127.0.0.1:" + std::to_string(ln->port());
-  auto c = co_await mpg::net::dial(target);
-  REQUIRE(c.ok());
-  auto s = co_await accepting;
-  REQUIRE(s.ok());
-  co_return stream_pair{std::move(*c), std::move(*s)};
-}
+using mpg_test::connect_pair;
+using mpg_test::stream_pair;
 
 // The bytes of message i of a stream: a deterministic pattern.
 char pattern(std::uint64_t seed, std::uint64_t at) {
