@@ -472,7 +472,9 @@ class [[nodiscard]] send_op : private detail::send_node<T> {
       unlink();
   }
 
-  // await_ready() and await_suspend(): as recv_op's.
+  // await_ready() and await_suspend(): as recv_op's. (Written out in both:
+  // a helper shared by the two await_suspends, even forced inline, cost
+  // pingpong 2 instructions per round trip under callgrind.)
   bool await_ready() noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS {
     detail::g* wake = nullptr;
     ch_->lock_.lock();

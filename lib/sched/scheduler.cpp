@@ -184,6 +184,12 @@ void ready_tail(g* gp) noexcept {
   scheduler* s = gp->sched;
   machine* m = tls_m;
   if (m != nullptr && m->sched == s && m->p() != nullptr) {
+    if (m->reap_readied >= 0) {  // an I/O completion this M reaps on its P
+      gp->status.store(g_status::runnable, std::memory_order_relaxed);
+      s->local_put(m, gp, queue_slot::tail);  // S1; S2 once the reap ends (end_reap)
+      ++m->reap_readied;
+      return;
+    }
     s->make_runnable(m, gp, queue_slot::tail);
   } else {
     gp->status.store(g_status::runnable, std::memory_order_relaxed);
@@ -640,11 +646,7 @@ void scheduler::retire_g(g* gp) noexcept {
 
 void scheduler::make_runnable(machine* m, g* gp, queue_slot slot) noexcept {
   gp->status.store(g_status::runnable, std::memory_order_relaxed);
-  local_put(m, gp, slot);  // S1
-  if (m->reap_readied >= 0) {  // S2 comes once the reap ends (end_reap)
-    ++m->reap_readied;
-    return;
-  }
+  local_put(m, gp, slot);
   wake_p();
 }
 
