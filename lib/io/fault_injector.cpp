@@ -19,10 +19,13 @@ namespace mpg::detail {
 
 namespace {
 
-constexpr const char* kNames[kFaultKinds] = {"eintr", "eagain", "short", "reset", "overflow"};
-constexpr unsigned kAllKinds = (1u << kFaultKinds) - 1;
+constexpr const char* kNames[kFaultKinds] = {"eintr", "eagain", "short", "reset", "overflow",
+                                              "nomultishot"};
 
 constexpr unsigned bit(io_fault f) noexcept { return 1u << static_cast<unsigned>(f); }
+
+// "all": every fault, not the missing kernel feature (see the header).
+constexpr unsigned kAllKinds = ((1u << kFaultKinds) - 1) & ~bit(io_fault::no_multishot);
 
 // The faults an opcode may legally produce (see the header).
 unsigned eligible(unsigned opcode) noexcept {
@@ -114,7 +117,8 @@ fault_config parse_faults(std::string_view spec, std::string* errors) {
         kinds |= found;
       }
       if (!ok) {
-        bad("want kinds=names joined by '+' from eintr, eagain, short, reset, overflow, all");
+        bad("want kinds=names joined by '+' from eintr, eagain, short, reset, overflow, "
+            "nomultishot, all");
       } else {
         c.kinds = kinds;
       }
@@ -186,6 +190,13 @@ void fault_injector::plan(io_op* op, io_uring_sqe* sqe) noexcept {
   op->fault = static_cast<io_fault_plan>(static_cast<unsigned>(f) + 1);
 }
 
+void fault_injector::plan_multishot(io_op* op, io_uring_sqe* sqe) noexcept {
+  op->fault = io_fault_plan::none;
+  if ((kinds_ & bit(io_fault::no_multishot)) == 0) return;
+  io_uring_prep_nop(sqe);
+  op->fault = io_fault_plan::no_multishot;
+}
+
 fault_injector::verdict fault_injector::on_cqe(std::uint64_t* user_data, int* res,
                                                std::uint32_t flags) noexcept {
   if (*user_data < 8) return verdict::deliver;  // the reactor's own tags
@@ -212,6 +223,10 @@ fault_injector::verdict fault_injector::on_cqe(std::uint64_t* user_data, int* re
     case io_fault_plan::reset:
       *res = -ECONNRESET;
       count(io_fault::reset);
+      break;
+    case io_fault_plan::no_multishot:
+      *res = -EINVAL;
+      count(io_fault::no_multishot);
       break;
     case io_fault_plan::overflow:
       op->fault = io_fault_plan::reposted;

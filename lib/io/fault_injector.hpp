@@ -11,15 +11,21 @@
 //   reset     -ECONNRESET    recv, send, recvmsg, sendmsg: the connection
 //             reads as broken (the caller reports it and closes)
 //   overflow  the op's CQE goes through the kernel's CQ overflow list
+//   nomultishot  every multishot recv fails with -EINVAL, as on a kernel
+//             without multishot receive (before 6.0): a stream's receive()
+//             falls back to plain recvs. Not a fault of some ops but a
+//             kernel that lacks a feature, so rate does not apply (any
+//             rate above 0 turns it on) and "all" does not include it.
 // io::submit's operations are never faulted: their result is the kernel's
 // cqe->res, which the caller interprets (mpg/io.hpp). Nor is a stream's
-// multishot recv (prep_recv_multishot, not prep_request: plan() never sees
-// it, and on_cqe() delivers its CQEs as they are): a re-posted CQE would
-// lose its buffer id. The plain recv a stream falls back to when its P's
+// multishot recv, except by nomultishot (prep_recv_multishot, not
+// prep_request: plan() never sees it, and on_cqe() delivers its CQEs as
+// they are): a re-posted CQE would lose its buffer id. The plain recv a stream falls back to when its P's
 // buffer ring is empty is faulted like any recv.
 //
 // Syntax, as Go's GODEBUG: comma-separated key=value pairs,
 //   rate=0.05,kinds=eintr+eagain+short+reset+overflow,seed=42
+//   rate=1,kinds=nomultishot
 // rate: fraction of ops faulted, in [0, 1] (required: 0 or absent is off);
 // kinds: '+'-separated names, or "all" (the default); seed: an unsigned
 // integer (default: from the clock; the summary names it). A bad pair is
@@ -63,7 +69,7 @@ struct io_uring;
 
 namespace mpg::detail {
 
-enum class io_fault : std::uint8_t { eintr, eagain, short_io, reset, overflow, kCount };
+enum class io_fault : std::uint8_t { eintr, eagain, short_io, reset, overflow, no_multishot, kCount };
 inline constexpr unsigned kFaultKinds = static_cast<unsigned>(io_fault::kCount);
 const char* fault_name(io_fault f) noexcept;
 
@@ -106,6 +112,8 @@ class fault_injector {
   // plan(): called by reactor::start right after the op's SQE is prepared
   // from an io_request; records the fault in op->fault.
   void plan(io_op* op, io_uring_sqe* sqe) noexcept;
+  // plan_multishot(): likewise for a multishot recv (nomultishot only).
+  void plan_multishot(io_op* op, io_uring_sqe* sqe) noexcept;
 
   enum class verdict { deliver, hold, carrier_done, carrier_failed };
   // on_cqe(): a CQE about to be dispatched. deliver: go on with *res

@@ -377,7 +377,10 @@ void reactor::start(io_op* op, io_prep_fn prep, const void* ctx) noexcept {
     // Returned buffers go back to the kernel before the op can need them.
     if (buffer_ring* b = bufs_.load(std::memory_order_relaxed)) b->refill();
   }
-  if (faults_ != nullptr && prep == &prep_request) [[unlikely]] faults_->plan(op, sqe);
+  if (faults_ != nullptr) [[unlikely]] {
+    if (prep == &prep_request) faults_->plan(op, sqe);
+    else if (op->multishot) faults_->plan_multishot(op, sqe);
+  }
   // io::submit owns user_data and the link flags (an op linked to whatever
   // SQE comes next would chain unrelated tasks' operations).
   sqe->flags &= static_cast<__u8>(~(IOSQE_IO_LINK | IOSQE_IO_HARDLINK | IOSQE_CQE_SKIP_SUCCESS));

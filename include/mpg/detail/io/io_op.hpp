@@ -145,7 +145,9 @@ struct io_stop_request {
 // io_fault_plan: the fault injection planned for one issue of an op
 // (lib/io/fault_injector.hpp; tests only). The values after `none` follow
 // io_fault's order, one higher.
-enum class io_fault_plan : std::uint8_t { none, eintr, eagain, short_io, reset, overflow, reposted };
+enum class io_fault_plan : std::uint8_t {
+  none, eintr, eagain, short_io, reset, overflow, no_multishot, reposted
+};
 
 // io_prep_fn: prepares `sqe` for the operation described by ctx. Called under
 // the reactor lock; must set neither user_data nor link flags.
