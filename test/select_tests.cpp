@@ -424,13 +424,16 @@ TEST_CASE("select send cases deliver each value exactly once") {
 
 mpg::task<std::string> move_only_send_cases() {
   mpg::chan<std::unique_ptr<int>> a, b(1);
+  // b has room and a has no receiver yet: b wins at once, a's value is
+  // destroyed with the awaiter. (The receiver is spawned only after this
+  // select: with 2 Ps it could otherwise be waiting on a already, and a
+  // select picks at random among ready cases.)
+  auto r = co_await mpg::select(a.send(std::make_unique<int>(1)), b.send(std::make_unique<int>(2)));
+  if (r.index() != 1) co_return "b should win";
   auto h = mpg::spawn([](mpg::chan<std::unique_ptr<int>> a) -> mpg::task<int> {
     auto v = co_await a.recv();
     co_return v && *v ? **v : -1;
   }(a));
-  // b has room: wins at once, a's value is destroyed with the awaiter.
-  auto r = co_await mpg::select(a.send(std::make_unique<int>(1)), b.send(std::make_unique<int>(2)));
-  if (r.index() != 1) co_return "b should win";
   // Now b is full: a's receiver takes the value.
   auto r2 = co_await mpg::select(a.send(std::make_unique<int>(3)), b.send(std::make_unique<int>(4)));
   if (r2.index() != 0) co_return "a should win";
