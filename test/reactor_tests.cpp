@@ -2,6 +2,8 @@
 // scheduler: ops complete through custom callbacks instead of ready().
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <liburing.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -92,6 +94,36 @@ TEST_CASE("wait with a deadline and nothing in flight returns at the deadline") 
   CHECK(r->wait(t0 + 20ms) == 0);
   CHECK(std::chrono::steady_clock::now() - t0 >= 19ms);
   CHECK(r->wait(t0) == 0);  // a past deadline does not sleep
+}
+
+// A multishot op's CQE that carries more to come (F_MORE) is delivered to
+// its callback, which may ready a task (recv_queue.cpp). If the reap that
+// wait() makes before it sleeps delivers one, wait() must return instead of
+// sleeping: the scheduler's M that sleeps in its ring holding its parked P
+// runs the tasks that reap readied only once wait() returns (a server on
+// receive() stalled until some other completion came).
+TEST_CASE("wait returns without sleeping when its first reap delivers a multishot CQE") {
+  auto r = make_reactor();
+  pipe_fds p;
+  counter c;
+  io_op op;
+  op.multishot = true;
+  op.complete = count_completion;
+  op.user = &c;
+  auto prep_poll = [](io_uring_sqe* sqe, const void* ctx) noexcept {
+    io_uring_prep_poll_multishot(sqe, *static_cast<const int*>(ctx), POLLIN);
+  };
+  r->start(&op, prep_poll, &p.rd);
+  r->flush();
+  CHECK(r->reap() == 0);  // armed, nothing ready yet
+  REQUIRE(::write(p.wr, "x", 1) == 1);
+  // The poll CQE (F_MORE set) is in the CQ, or posted by the task_work the
+  // reap runs: the reap before the sleep finds it. Before the fix wait()
+  // slept to its deadline after delivering it and returned 0.
+  const unsigned n = r->wait(std::chrono::steady_clock::now() + 2s);
+  CHECK(c.done.load() == 1);
+  CHECK(n >= 1);
+  // The op stays armed until the reactor's destructor cancels it.
 }
 
 TEST_CASE("wake before wait makes the next wait return; no lost wake-ups across threads") {

@@ -546,7 +546,9 @@ unsigned reactor::dispatch(std::uint64_t user_data, int res, std::uint32_t flags
 
 // dispatch_multishot(): every CQE of a multishot op goes to its callback
 // (recv_queue.cpp), the final one (no F_MORE) after the op left its slot,
-// as for any op. A callback that asks for backpressure (stop_more) gets
+// as for any op. Each counts as delivered (returns 1), the ones with F_MORE
+// too: their callback may ready a task, and wait() must not sleep after a
+// reap that readied one (reactor.hpp, reap()). A callback that asks for backpressure (stop_more) gets
 // the op cancelled here, with the SQE we can get without reaping (a reap
 // inside a reap would advance the CQ under the outer loop): if the SQ is
 // full, the next CQE asks again.
@@ -567,7 +569,7 @@ unsigned reactor::dispatch_multishot(io_op* op, int res, std::uint32_t flags) no
         unsubmitted_.store(io_uring_sq_ready(ring_.get()), std::memory_order_relaxed);
       }
     }
-    return 0;
+    return 1;
   }
   pending_.fetch_sub(1, std::memory_order_relaxed);
   if (io_slot* s = op->slot) {

@@ -88,13 +88,17 @@ class reactor {
   // flush(): submit pending SQEs. Never blocks.
   void flush() noexcept;
   // reap(): dispatch every completion that is ready. Never blocks. Returns
-  // the number of ops completed (final completions of awaited ops).
+  // the number of CQEs delivered to ops: final completions, and the CQEs of
+  // multishot ops that carry more to come. Whenever a delivery may have
+  // readied a task it is not zero (wait() relies on that).
   unsigned reap() noexcept;
   // try_reap(): like reap() but returns false at once if another thread
   // holds the lock; true if it reaped (even nothing).
   bool try_reap() noexcept;
-  // wait(): flush, then block in io_uring_enter until a completion, wake(),
-  // or the deadline (none: indefinitely); then reap. Returns as reap().
+  // wait(): reap and flush; return at once if the reap delivered anything
+  // (the tasks it readied are to be run); else block in io_uring_enter
+  // until a completion, wake(), or the deadline (none: indefinitely), then
+  // reap. Returns as reap().
   unsigned wait(std::optional<clock::time_point> deadline) noexcept;
   // wake(): from any thread, lock-free: makes a current wait() return
   // promptly, or if none is in progress, the next one. No lost wake-ups.
