@@ -145,6 +145,10 @@ TEST_CASE("runtime awaiters are recognised; others are foreign") {
   static_assert(runtime_awaitable<decltype(mpg::select(ch.recv(), ch.send(1)))>);
   static_assert(runtime_awaitable<decltype(m.lock())>);
   static_assert(runtime_awaitable<decltype(m.scoped_lock())>);
+  // mutex ops are runtime requests: await_transform builds their awaiter.
+  static_assert(mpg::detail::runtime_request<decltype(m.lock())>);
+  static_assert(mpg::detail::runtime_request<decltype(m.scoped_lock())>);
+  static_assert(!mpg::detail::runtime_request<decltype(ch.recv())>);
   static_assert(runtime_awaitable<decltype(rw.lock())>);
   static_assert(runtime_awaitable<decltype(rw.lock_shared())>);
   static_assert(runtime_awaitable<decltype(sem.acquire())>);

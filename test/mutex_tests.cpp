@@ -15,6 +15,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <exception>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -268,6 +270,77 @@ TEST_CASE("mutex: a locker killed at shutdown leaves the mutex sound for a later
   }  // kills the locker, then the holder, whose ~guard unlocks m
   CHECK(m.try_lock());
   m.unlock();
+}
+
+// m.lock() is a runtime request (the mutex itself): the task's co_await
+// builds the awaiter with the co_await's site, so a parked locker shows its
+// own line, for lock() and for scoped_lock().
+constexpr int kLockLine = __LINE__ + 2;
+mpg::task<void> park_at_lock(mpg::mutex* m) {
+  co_await m->lock();
+  m->unlock();
+}
+constexpr int kScopedLockLine = __LINE__ + 2;
+mpg::task<void> park_at_scoped_lock(mpg::mutex* m) {
+  auto g = co_await m->scoped_lock();
+}
+
+TEST_CASE("mutex: a parked locker shows the site of its own co_await in the dump") {
+  mpg::mutex m;
+  mpg::runtime rt({.procs = 1});
+  std::string dump;
+  rt.block_on([](mpg::mutex* m, mpg::runtime* rt, std::string* dump) -> mpg::task<void> {
+    if (!m->try_lock()) throw std::logic_error("mutex not free");
+    auto a = mpg::spawn(park_at_lock(m));
+    auto b = mpg::spawn(park_at_scoped_lock(m));
+    co_await yield_some(10);  // both park (one P)
+    std::ostringstream os;
+    rt->dump(os);
+    *dump = os.str();
+    m->unlock();
+    co_await a;
+    co_await b;
+  }(&m, &rt, &dump));
+  INFO(dump);
+  CHECK(dump.find("mutex lock at " __FILE__ ":" + std::to_string(kLockLine)) != std::string::npos);
+  CHECK(dump.find("mutex lock at " __FILE__ ":" + std::to_string(kScopedLockLine)) !=
+        std::string::npos);
+}
+
+// Outside a task, operator co_await of the request gives the same awaiter
+// (without a site).
+struct eager_coroutine {
+  struct promise_type {
+    eager_coroutine get_return_object() { return {}; }
+    std::suspend_never initial_suspend() noexcept { return {}; }
+    std::suspend_never final_suspend() noexcept { return {}; }
+    void return_void() {}
+    void unhandled_exception() { std::terminate(); }
+  };
+};
+
+eager_coroutine lock_twice_from_a_plain_coroutine(mpg::mutex* m, int* done) {
+  co_await m->lock();
+  m->unlock();
+  {
+    auto g = co_await m->scoped_lock();
+    if (g.owns_lock() && !m->try_lock()) ++*done;
+  }
+  if (m->try_lock()) {
+    m->unlock();
+    ++*done;
+  }
+}
+
+TEST_CASE("mutex: lock() and scoped_lock() awaited by a coroutine that is not a task") {
+  mpg::runtime rt({.procs = 1});
+  mpg::mutex m;
+  int done = rt.block_on([](mpg::mutex* m) -> mpg::task<int> {
+    int d = 0;
+    lock_twice_from_a_plain_coroutine(m, &d);  // the mutex is free: it never suspends
+    co_return d;
+  }(&m));
+  CHECK(done == 2);
 }
 
 // A waiter that was woken, lost the mutex to a barging locker after waiting

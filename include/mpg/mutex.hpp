@@ -106,7 +106,44 @@
 
 namespace mpg {
 
-class mutex {
+class mutex;
+
+namespace detail {
+
+// mutex_lock_op, mutex_scoped_lock_op: what m.lock() and m.scoped_lock()
+// return, a reference to one of two empty bases of the mutex: a runtime
+// request (foreign_await.hpp). In a task, await_transform makes the awaiter
+// from it with the co_await's site; elsewhere operator co_await makes it
+// without one. Not copyable: they are the mutex.
+class mutex_lock_op {
+ public:
+  using mpg_request = runtime_request_tag;
+  mutex_lock_op(const mutex_lock_op&) = delete;
+  mutex_lock_op& operator=(const mutex_lock_op&) = delete;
+  auto make_awaiter(std::source_location where) noexcept;
+  auto operator co_await() noexcept;
+
+ protected:
+  mutex_lock_op() noexcept = default;
+  ~mutex_lock_op() = default;
+};
+
+class mutex_scoped_lock_op {
+ public:
+  using mpg_request = runtime_request_tag;
+  mutex_scoped_lock_op(const mutex_scoped_lock_op&) = delete;
+  mutex_scoped_lock_op& operator=(const mutex_scoped_lock_op&) = delete;
+  auto make_awaiter(std::source_location where) noexcept;
+  auto operator co_await() noexcept;
+
+ protected:
+  mutex_scoped_lock_op() noexcept = default;
+  ~mutex_scoped_lock_op() = default;
+};
+
+}  // namespace detail
+
+class mutex : public detail::mutex_lock_op, public detail::mutex_scoped_lock_op {
  public:
   class lock_awaiter;
   class guard;
@@ -119,8 +156,12 @@ class mutex {
   // mutex::lock()
   //
   // `co_await m.lock()`: acquires the mutex, parking while it is held. If it
-  // parks, the task resumes on the P of the unlocker that woke it.
-  lock_awaiter lock(std::source_location where = std::source_location::current()) noexcept;
+  // parks, the task resumes on the P of the unlocker that woke it. The
+  // operand is the mutex itself (detail::mutex_lock_op): a task's co_await
+  // adds its site, and costs what awaiting lock_awaiter directly would.
+  // lock(where) gives the awaiter with a site of the caller's choosing.
+  detail::mutex_lock_op& lock() noexcept { return *this; }
+  lock_awaiter lock(std::source_location where) noexcept;
 
   // mutex::try_lock()
   //
@@ -136,9 +177,9 @@ class mutex {
   // mutex::scoped_lock()
   //
   // `auto g = co_await m.scoped_lock()`: lock() returning a guard that
-  // unlocks when destroyed.
-  scoped_lock_awaiter scoped_lock(
-      std::source_location where = std::source_location::current()) noexcept;
+  // unlocks when destroyed. The operand is the mutex, as for lock().
+  detail::mutex_scoped_lock_op& scoped_lock() noexcept { return *this; }
+  scoped_lock_awaiter scoped_lock(std::source_location where) noexcept;
 
  private:
   struct wait_awaiter;
@@ -261,5 +302,16 @@ inline mutex::lock_awaiter mutex::lock(std::source_location where) noexcept {
 inline mutex::scoped_lock_awaiter mutex::scoped_lock(std::source_location where) noexcept {
   return scoped_lock_awaiter(this, where);
 }
+
+namespace detail {
+inline auto mutex_lock_op::make_awaiter(std::source_location where) noexcept {
+  return mutex::lock_awaiter(static_cast<mutex*>(this), where);
+}
+inline auto mutex_lock_op::operator co_await() noexcept { return make_awaiter({}); }
+inline auto mutex_scoped_lock_op::make_awaiter(std::source_location where) noexcept {
+  return mutex::scoped_lock_awaiter(static_cast<mutex*>(this), where);
+}
+inline auto mutex_scoped_lock_op::operator co_await() noexcept { return make_awaiter({}); }
+}  // namespace detail
 
 }  // namespace mpg

@@ -86,9 +86,10 @@ class promise_base {
 
   void unhandled_exception() noexcept { exception_ = std::current_exception(); }
 
-  // Every co_await in a task comes through here (foreign_await.hpp): runtime
-  // awaiters pass through unchanged; anything else waits behind a bridge, so
-  // that it can resume the task from any thread.
+  // Every co_await in a task comes through here (foreign_await.hpp): a
+  // runtime request becomes its awaiter, runtime awaiters pass through
+  // unchanged; anything else waits behind a bridge, so that it can resume
+  // the task from any thread.
   //
   // A child task or a joined one is linked into this task's await chain
   // here (link_parent), with the site of the co_await; an awaiter with no
@@ -99,7 +100,13 @@ class promise_base {
   // a slot in the coroutine frame and stores it on every await, a scalar
   // it does not.
   template <class A>
-    requires runtime_awaitable<A>
+    requires runtime_request<A>
+  auto await_transform(A&& a, site_ptr where = __builtin_source_location()) noexcept(
+      noexcept(a.make_awaiter(std::source_location{}))) {
+    return a.make_awaiter(to_source_location(where));
+  }
+  template <class A>
+    requires(runtime_awaitable<A> && !runtime_request<A>)
   runtime_await<awaiter_t<A>> await_transform(A&& a, site_ptr where = __builtin_source_location()) noexcept(
       noexcept(get_awaiter(std::declval<A>()))) {
     if constexpr (requires { a.link_parent(to_source_location(where)); })

@@ -82,6 +82,21 @@ using awaiter_t = decltype(get_awaiter(std::declval<A>()));
 template <class A>
 concept runtime_awaitable = runtime_awaiter<std::remove_cvref_t<awaiter_t<A>>>;
 
+// runtime_request: an operand that names a runtime operation without being
+// its awaiter (mutex::lock() returns one: a reference to an empty base of
+// the mutex). await_transform builds the awaiter from it, as a prvalue, with
+// the co_await's site (make_awaiter), so the coroutine frame holds the
+// awaiter alone: no operand temporary and no wrapper, which is what a
+// pass-through costs on g++ 12 (task.hpp). Outside a task, its operator
+// co_await gives the same awaiter without a site. Marked like runtime
+// awaiters (g.hpp):
+//     using mpg_request = mpg::detail::runtime_request_tag;
+struct runtime_request_tag {};
+template <class A>
+concept runtime_request =
+    requires { typename std::remove_cvref_t<A>::mpg_request; } &&
+    std::is_same_v<typename std::remove_cvref_t<A>::mpg_request, runtime_request_tag>;
+
 // runtime_await: a runtime awaiter passed through.
 template <class Aw>
 struct runtime_await {
