@@ -604,10 +604,13 @@ TEST_CASE("a channel await that must wait outside any task throws and releases t
 
 namespace {
 
+constexpr int kRecvLine = __LINE__ + 5;
+constexpr int kSelectLine = __LINE__ + 5;
 mpg::task<std::string> dump_names_the_wait(mpg::runtime* rt) {
   mpg::chan<int> c;
   auto h = mpg::spawn([](mpg::chan<int> c) -> mpg::task<void> {
     (void)co_await c.recv();  // the call site the dump must name
+    (void)co_await mpg::select(c.recv(), c.recv());
   }(c), "blocked_receiver");
   std::string dump;
   for (int i = 0; i < 1000; ++i) {
@@ -618,10 +621,21 @@ mpg::task<std::string> dump_names_the_wait(mpg::runtime* rt) {
     if (dump.find("chan receive") != std::string::npos) break;
   }
   co_await c.send(1);
+  std::string select_dump;
+  for (int i = 0; i < 1000; ++i) {
+    co_await mpg::yield();
+    std::ostringstream os;
+    rt->dump(os);
+    select_dump = os.str();
+    if (select_dump.find("select at") != std::string::npos) break;
+  }
+  co_await c.send(2);
   co_await h;
   if (dump.find("blocked_receiver") == std::string::npos) co_return "task not in dump: " + dump;
-  if (dump.find("chan receive at") == std::string::npos || dump.find("chan_tests.cpp") == std::string::npos)
+  if (dump.find("chan receive at " __FILE__ ":" + std::to_string(kRecvLine)) == std::string::npos)
     co_return "wait reason or call site missing: " + dump;
+  if (select_dump.find("select at " __FILE__ ":" + std::to_string(kSelectLine)) == std::string::npos)
+    co_return "select's call site missing: " + select_dump;
   co_return "ok";
 }
 

@@ -148,7 +148,8 @@ TEST_CASE("runtime awaiters are recognised; others are foreign") {
   // mutex ops are runtime requests: await_transform builds their awaiter.
   static_assert(mpg::detail::runtime_request<decltype(m.lock())>);
   static_assert(mpg::detail::runtime_request<decltype(m.scoped_lock())>);
-  static_assert(!mpg::detail::runtime_request<decltype(ch.recv())>);
+  static_assert(mpg::detail::runtime_request<decltype(ch.recv())>);
+  static_assert(!mpg::detail::runtime_request<decltype(ch.send(1))>);
   static_assert(runtime_awaitable<decltype(rw.lock())>);
   static_assert(runtime_awaitable<decltype(rw.lock_shared())>);
   static_assert(runtime_awaitable<decltype(sem.acquire())>);

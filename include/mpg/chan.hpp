@@ -565,12 +565,38 @@ class [[nodiscard]] send_op : private detail::send_node<T> {
   detail::chan_state<T>* ch_;
 };
 
+namespace detail {
+
+// chan_recv_request<T>: what ch.recv() returns, a reference to an empty base
+// of the handle: a runtime request (foreign_await.hpp). In a task,
+// await_transform makes the recv_op from it with the co_await's site; as a
+// select case, select() makes it (the select's site comes from the task's
+// co_await too); elsewhere operator co_await makes it without a site. Not
+// copyable: it is the handle.
+template <class T>
+class chan_recv_request {
+ public:
+  using mpg_request = runtime_request_tag;
+  chan_recv_request(const chan_recv_request&) = delete;
+  chan_recv_request& operator=(const chan_recv_request&) = delete;
+  recv_op<T> make_awaiter(std::source_location where) noexcept {
+    return static_cast<chan<T>&>(*this).recv(where);
+  }
+  recv_op<T> operator co_await() noexcept { return make_awaiter({}); }
+
+ protected:
+  chan_recv_request() noexcept = default;
+  ~chan_recv_request() = default;
+};
+
+}  // namespace detail
+
 // chan<T>
 //
 // Handle to a channel. Copying shares the channel; a moved-from handle may
 // only be assigned to or destroyed.
 template <class T>
-class chan {
+class chan : public detail::chan_recv_request<T> {
   static_assert(!std::is_reference_v<T> && std::is_object_v<T>, "chan<T> needs an object type");
   static_assert(std::is_move_constructible_v<T>, "chan<T> needs a movable T");
 
@@ -614,10 +640,12 @@ class chan {
   // chan::recv()
   //
   // `co_await ch.recv()`: the next value, or nullopt once the channel is
-  // closed and drained.
-  recv_op<T> recv(std::source_location where = std::source_location::current()) noexcept {
-    return recv_op<T>(s_, where);
-  }
+  // closed and drained. The operand is the handle itself
+  // (detail::chan_recv_request): a task's co_await adds its site, and costs
+  // what awaiting recv_op directly would. recv(where) gives the recv_op,
+  // with a site of the caller's choosing.
+  detail::chan_recv_request<T>& recv() noexcept { return *this; }
+  recv_op<T> recv(std::source_location where) noexcept { return recv_op<T>(s_, where); }
 
   // chan::try_send()
   //

@@ -177,6 +177,11 @@ join_op<T> as_select_case(join_handle<T>& h) {
 // lost: name it as an lvalue.
 template <class T>
 join_op<T> as_select_case(join_handle<T>&& h) = delete;
+// A channel's recv() (a runtime request, chan.hpp) stands for its recv_op.
+template <class T>
+recv_op<T> as_select_case(chan_recv_request<T>& r) noexcept {
+  return r.make_awaiter({});
+}
 template <class C>
 using select_case_t = decltype(as_select_case(std::declval<C>()));
 
@@ -273,6 +278,10 @@ class [[nodiscard]] select_awaiter {
   explicit select_awaiter(Cases&&... cases) : cases_(std::move(cases)...) {}
   select_awaiter(select_awaiter&&) = default;
   select_awaiter& operator=(select_awaiter&&) = delete;
+
+  // link_parent(): the site of the awaiting task's co_await (its
+  // await_transform calls it, task.hpp): where the task shows as parked.
+  void link_parent(std::source_location where) noexcept { where_ = where; }
 
   bool await_ready() const noexcept { return false; }
 
@@ -401,8 +410,10 @@ class [[nodiscard]] select_awaiter {
     return a;
   }
 
-  // The park location: where the first waitable case was written.
+  // The park location: the task's co_await, else where the first waitable
+  // case was written (a select awaited outside a task).
   std::source_location where() const noexcept {
+    if (where_.line() != 0) return where_;
     return std::get<kWaitIdx[0]>(cases_).sel_where();
   }
 
@@ -470,6 +481,7 @@ class [[nodiscard]] select_awaiter {
   }
 
   std::tuple<Cases...> cases_;
+  std::source_location where_{};
   select_state state_;
   std::uint8_t chosen_ = kNone;
 };

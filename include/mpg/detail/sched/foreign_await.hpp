@@ -91,7 +91,6 @@ concept runtime_awaitable = runtime_awaiter<std::remove_cvref_t<awaiter_t<A>>>;
 // co_await gives the same awaiter without a site. Marked like runtime
 // awaiters (g.hpp):
 //     using mpg_request = mpg::detail::runtime_request_tag;
-struct runtime_request_tag {};
 template <class A>
 concept runtime_request =
     requires { typename std::remove_cvref_t<A>::mpg_request; } &&

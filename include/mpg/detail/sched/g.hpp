@@ -53,6 +53,9 @@ class promise_base;
 
 // The opt-in of runtime awaiters (see the top of the file).
 struct runtime_awaiter_tag {};
+// The mark of runtime requests: operands from which a task's
+// await_transform builds a runtime awaiter (foreign_await.hpp).
+struct runtime_request_tag {};
 template <class A>
 concept runtime_awaiter =
     requires { typename A::mpg_awaiter; } &&
