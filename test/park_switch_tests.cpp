@@ -118,11 +118,11 @@ struct stop_flag {
   std::atomic<int> rounds{0};
 };
 
-mpg::task<void> play_until(stop_flag* f) {
+mpg::task<void> play_until(stop_flag* f, int cap = kStarveRounds) {
   mpg::chan<int> ping, pong;
   auto e = mpg::spawn(echo(ping, pong));
   int i = 0;
-  for (; i < kStarveRounds && !f->stop.load(std::memory_order_relaxed); ++i) {
+  for (; i < cap && !f->stop.load(std::memory_order_relaxed); ++i) {
     co_await ping.send(i);
     (void)co_await pong.recv();
     f->rounds.store(i + 1, std::memory_order_relaxed);
@@ -198,6 +198,32 @@ TEST_CASE("a ping-pong pair does not starve a task spawned from outside (global 
   }(std::move(pair), std::move(third)));
   CHECK(f.stop.load());
   CHECK(f.rounds.load() < kStarveRounds);
+}
+
+// A runnext G inherits its time slice, but only while the slice lasts: a
+// pair that readies each other still moves the P's tick once per slice
+// (128 budget units). A tick that never moved made sysmon take the P for
+// stuck on one task (a long-task report), run its timers from outside (the
+// sleepers went to the global queue) and never see the global queue's turn
+// come, whose tick is every 61st: a sleeper waited for the pair to end.
+mpg::task<void> play_for(std::chrono::milliseconds d) {
+  mpg::chan<int> ping, pong;
+  auto e = mpg::spawn(echo(ping, pong));
+  const auto until = std::chrono::steady_clock::now() + d;
+  for (int i = 0; std::chrono::steady_clock::now() < until; ++i) {
+    co_await ping.send(i);
+    (void)co_await pong.recv();
+  }
+  ping.close();
+  co_await e;
+}
+
+TEST_CASE("a ping-pong pair ends its time slices: sysmon never finds its P stuck (1 P)") {
+  mpg::runtime rt({.procs = 1, .long_task_threshold = std::chrono::milliseconds(20),
+                   .report_long_tasks = true});
+  rt.block_on(play_for(std::chrono::milliseconds(150)));
+  // Only a thread kept off its CPU for 20 ms could be reported now.
+  CHECK(rt.stats().long_task_reports == 0);
 }
 
 mpg::task<void> sleep_then_stop(stop_flag* f) {

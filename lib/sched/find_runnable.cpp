@@ -14,7 +14,8 @@
 //      local queue (on every 61st tick the queue's head first, and on
 //      every 488th, failing that, the oldest spawned G); a runnext chain
 //      (a G readying the next, which readies the next...) inherits the time
-//      slice but keeps the slot at most kMaxRunnextStreak turns in a row
+//      slice while it lasts (execute()) and keeps the slot at most
+//      kMaxRunnextStreak turns in a row
 //      while other local work waits (a turn that finds none restarts the
 //      count);
 //   4. run_posted() (post.cpp): up to 32 functions posted through a
@@ -68,12 +69,17 @@ void scheduler::m_main(machine* m) {
 
 void scheduler::execute(machine* m, g* gp, bool inherit_time) {
   processor* p = m->p();
-  if (!inherit_time) {
+  // A runnext G inherits the time slice (tick and budget) only while the
+  // slice lasts: once the budget is spent, the next G starts a new one, as
+  // Go's sysmon ends a time slice that a runnext chain keeps inheriting
+  // (forcePreemptNS). Otherwise two Gs that ready each other would freeze
+  // the tick, and unless it froze on a multiple of 61 the global queue's
+  // turn (step 1) would never come: a G readied there (by a plain thread,
+  // or by sysmon running this P's timers) waited until the pair ended.
+  if (!inherit_time || m->budget <= 0) {
     // Single writer (the owner); relaxed: sampled by sysmon.
     p->schedtick.store(p->schedtick.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     m->budget = kBudget;
-  } else if (m->budget <= 0) {
-    m->budget = kBudget / 4;
   }
   begin_run(m, gp);
   if (m->trace != nullptr) [[unlikely]] traced_resume(m, gp);  // trace.hpp: the only cost when off
