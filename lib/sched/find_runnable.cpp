@@ -123,7 +123,9 @@ g* scheduler::find_runnable(machine* m, bool* inherit_time) {
 
 // 1.
 [[gnu::always_inline]] inline g* scheduler::take_global_for_fairness(machine* m) {
-  if (m->p()->schedtick.load(std::memory_order_relaxed) % 61 != 0) return nullptr;
+  const std::uint64_t tick = m->p()->schedtick.load(std::memory_order_relaxed);
+  if (tick % 61 != 0) return nullptr;
+  m->fairness_tick = tick;
   if (posts_hint()) run_posted(m);  // posted functions get the same fairness tick (post.cpp)
   if (!global_nonempty()) return nullptr;
   g* gp;

@@ -86,6 +86,9 @@ class machine {
 
   // Current run.
   int budget = 0;
+  // The last fairness tick (a multiple of 61) whose turn this M's loop took
+  // (find_runnable.cpp, step 1): the switch at park runs again after it.
+  std::uint64_t fairness_tick = ~std::uint64_t{0};
   std::uint32_t runnext_streak = 0;
   // While this M reaps its P's ring (scheduler::reap_io, wait_for_p), the
   // Gs the reap readies onto that P are counted here instead of each

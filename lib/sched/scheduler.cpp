@@ -354,13 +354,14 @@ std::coroutine_handle<> scheduler::next_after_finish(machine* m) noexcept {
 // skipped: each switch spends one unit of the G budget (kBudget), so at
 // most kBudget switches separate two passes through find_runnable; no
 // switch runs on a fairness tick (every 61st, where the loop serves the
-// global queue and the ring first), while the runtime stops, or while it
-// traces (execute() draws the trace's spans).
+// global queue and the ring first) until the loop has taken that tick's
+// turn, while the runtime stops, or while it traces (execute() draws the
+// trace's spans).
 std::coroutine_handle<> scheduler::next_after_park(machine* m) noexcept {
   processor* p = m->p();
   if (--m->budget <= 0 || m->trace != nullptr || stopping()) return std::noop_coroutine();
   const std::uint64_t tick = p->schedtick.load(std::memory_order_relaxed);
-  if (tick % 61 == 0) return std::noop_coroutine();
+  if (tick % 61 == 0 && m->fairness_tick != tick) return std::noop_coroutine();
   const runnext_policy policy =
       m->runnext_streak >= kMaxRunnextStreak ? runnext_policy::skip : runnext_policy::take;
   bool from_next = false;
