@@ -96,6 +96,16 @@ concept runtime_request =
     requires { typename std::remove_cvref_t<A>::mpg_request; } &&
     std::is_same_v<typename std::remove_cvref_t<A>::mpg_request, runtime_request_tag>;
 
+// passed_awaiter_t: what runtime_await holds. The awaiter by reference to
+// the operand, except an empty one (yield(), consume_budget()), which is
+// copied: a copy of an empty object costs nothing, a reference costs a
+// pointer in the frame.
+template <class A>
+using passed_awaiter_t = std::conditional_t<
+    std::is_lvalue_reference_v<awaiter_t<A>> && std::is_empty_v<std::remove_cvref_t<awaiter_t<A>>> &&
+        std::is_trivially_copyable_v<std::remove_cvref_t<awaiter_t<A>>>,
+    std::remove_cvref_t<awaiter_t<A>>, awaiter_t<A>>;
+
 // runtime_await: a runtime awaiter passed through.
 template <class Aw>
 struct runtime_await {
