@@ -604,6 +604,19 @@ TEST_CASE("a channel await that must wait outside any task throws and releases t
 
 namespace {
 
+// The task dump once it contains `needle` (after at most 1000 yields).
+mpg::task<std::string> dump_once_it_shows(mpg::runtime* rt, std::string needle) {
+  std::string dump;
+  for (int i = 0; i < 1000; ++i) {
+    co_await mpg::yield();
+    std::ostringstream os;
+    rt->dump(os);
+    dump = os.str();
+    if (dump.find(needle) != std::string::npos) break;
+  }
+  co_return dump;
+}
+
 constexpr int kRecvLine = __LINE__ + 5;
 constexpr int kSelectLine = __LINE__ + 5;
 mpg::task<std::string> dump_names_the_wait(mpg::runtime* rt) {
@@ -612,23 +625,9 @@ mpg::task<std::string> dump_names_the_wait(mpg::runtime* rt) {
     (void)co_await c.recv();  // the call site the dump must name
     (void)co_await mpg::select(c.recv(), c.recv());
   }(c), "blocked_receiver");
-  std::string dump;
-  for (int i = 0; i < 1000; ++i) {
-    co_await mpg::yield();
-    std::ostringstream os;
-    rt->dump(os);
-    dump = os.str();
-    if (dump.find("chan receive") != std::string::npos) break;
-  }
+  const std::string dump = co_await dump_once_it_shows(rt, "chan receive");
   co_await c.send(1);
-  std::string select_dump;
-  for (int i = 0; i < 1000; ++i) {
-    co_await mpg::yield();
-    std::ostringstream os;
-    rt->dump(os);
-    select_dump = os.str();
-    if (select_dump.find("select at") != std::string::npos) break;
-  }
+  const std::string select_dump = co_await dump_once_it_shows(rt, "select at");
   co_await c.send(2);
   co_await h;
   if (dump.find("blocked_receiver") == std::string::npos) co_return "task not in dump: " + dump;

@@ -309,17 +309,7 @@ TEST_CASE("mutex: a parked locker shows the site of its own co_await in the dump
 
 // Outside a task, operator co_await of the request gives the same awaiter
 // (without a site).
-struct eager_coroutine {
-  struct promise_type {
-    eager_coroutine get_return_object() { return {}; }
-    std::suspend_never initial_suspend() noexcept { return {}; }
-    std::suspend_never final_suspend() noexcept { return {}; }
-    void return_void() {}
-    void unhandled_exception() { std::terminate(); }
-  };
-};
-
-eager_coroutine lock_twice_from_a_plain_coroutine(mpg::mutex* m, int* done) {
+mpg_test::eager_coroutine lock_twice_from_a_plain_coroutine(mpg::mutex* m, int* done) {
   co_await m->lock();
   m->unlock();
   {

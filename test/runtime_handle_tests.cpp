@@ -25,16 +25,8 @@ namespace {
 // functions count down).
 using countdown = std::latch;
 
-// A coroutine that is not an mpg task: starts eagerly, frees itself at the end.
-struct plain_coro {
-  struct promise_type {
-    plain_coro get_return_object() { return {}; }
-    std::suspend_never initial_suspend() noexcept { return {}; }
-    std::suspend_never final_suspend() noexcept { return {}; }
-    void return_void() {}
-    void unhandled_exception() { std::terminate(); }
-  };
-};
+// A coroutine that is not an mpg task.
+using plain_coro = mpg_test::eager_coroutine;
 
 plain_coro hop_onto(mpg::runtime_handle h, bool* before, bool* after, std::thread::id* where,
                     countdown* done) {

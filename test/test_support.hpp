@@ -3,6 +3,8 @@
 
 #include "mpg/mpg.hpp"
 
+#include <coroutine>
+#include <exception>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -26,6 +28,18 @@ inline constexpr bool kSanitized = false;
 inline mpg::task<void> yield_some(int n) {
   for (int i = 0; i < n; ++i) co_await mpg::yield();
 }
+
+// eager_coroutine: a coroutine that is not an mpg task: starts at once,
+// frees itself at the end.
+struct eager_coroutine {
+  struct promise_type {
+    eager_coroutine get_return_object() { return {}; }
+    std::suspend_never initial_suspend() noexcept { return {}; }
+    std::suspend_never final_suspend() noexcept { return {}; }
+    void return_void() {}
+    void unhandled_exception() { std::terminate(); }
+  };
+};
 
 // dump_shows(): some task of rt is parked with wait reason `reason` (as the
 // task dump prints it). Shutdown tests check with it, before destroying the

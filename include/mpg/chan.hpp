@@ -111,6 +111,7 @@
 #include <utility>
 #include <variant>
 
+#include "mpg/detail/sched/foreign_await.hpp"
 #include "mpg/detail/sched/g.hpp"
 #include "mpg/detail/sync/spinlock.hpp"
 #include "mpg/detail/sync/waitq.hpp"
@@ -566,37 +567,20 @@ class [[nodiscard]] send_op : private detail::send_node<T> {
 };
 
 namespace detail {
-
-// chan_recv_request<T>: what ch.recv() returns, a reference to an empty base
-// of the handle: a runtime request (foreign_await.hpp). In a task,
-// await_transform makes the recv_op from it with the co_await's site; as a
-// select case, select() makes it (the select's site comes from the task's
-// co_await too); elsewhere operator co_await makes it without a site. Not
-// copyable: it is the handle.
-template <class T>
-class chan_recv_request {
- public:
-  using mpg_request = runtime_request_tag;
-  chan_recv_request(const chan_recv_request&) = delete;
-  chan_recv_request& operator=(const chan_recv_request&) = delete;
-  recv_op<T> make_awaiter(std::source_location where) noexcept {
-    return static_cast<chan<T>&>(*this).recv(where);
-  }
-  recv_op<T> operator co_await() noexcept { return make_awaiter({}); }
-
- protected:
-  chan_recv_request() noexcept = default;
-  ~chan_recv_request() = default;
-};
-
+struct chan_recv_op {};  // ch.recv()
 }  // namespace detail
 
 // chan<T>
 //
 // Handle to a channel. Copying shares the channel; a moved-from handle may
 // only be assigned to or destroyed.
+// ch.recv() returns the handle itself, as an empty base: a runtime request
+// (foreign_await.hpp). In a task, await_transform makes the recv_op from it
+// with the co_await's site; as a select case, select() makes it (the
+// select's site comes from the task's co_await too); elsewhere operator
+// co_await makes it without a site.
 template <class T>
-class chan : public detail::chan_recv_request<T> {
+class chan : public detail::request_base<chan<T>, detail::chan_recv_op> {
   static_assert(!std::is_reference_v<T> && std::is_object_v<T>, "chan<T> needs an object type");
   static_assert(std::is_move_constructible_v<T>, "chan<T> needs a movable T");
 
@@ -640,11 +624,11 @@ class chan : public detail::chan_recv_request<T> {
   // chan::recv()
   //
   // `co_await ch.recv()`: the next value, or nullopt once the channel is
-  // closed and drained. The operand is the handle itself
-  // (detail::chan_recv_request): a task's co_await adds its site, and costs
-  // what awaiting recv_op directly would. recv(where) gives the recv_op,
-  // with a site of the caller's choosing.
-  detail::chan_recv_request<T>& recv() noexcept { return *this; }
+  // closed and drained. The operand is the handle itself (a runtime
+  // request): a task's co_await adds its site, and costs what awaiting
+  // recv_op directly would. recv(where) gives the recv_op, with a site of
+  // the caller's choosing.
+  detail::request_base<chan, detail::chan_recv_op>& recv() noexcept { return *this; }
   recv_op<T> recv(std::source_location where) noexcept { return recv_op<T>(s_, where); }
 
   // chan::try_send()
@@ -695,6 +679,13 @@ class chan : public detail::chan_recv_request<T> {
   detail::chan_state<T>* state_for_internal_use() const noexcept { return s_; }
 
  private:
+  template <class, class>
+  friend class detail::request_base;
+  static recv_op<T> make_awaiter(chan& c, detail::chan_recv_op,
+                                 std::source_location where) noexcept {
+    return c.recv(where);
+  }
+
   bool try_send_ref(T& v) {
     detail::g* wake = nullptr;
     detail::send_result r;

@@ -106,44 +106,17 @@
 
 namespace mpg {
 
-class mutex;
-
 namespace detail {
-
-// mutex_lock_op, mutex_scoped_lock_op: what m.lock() and m.scoped_lock()
-// return, a reference to one of two empty bases of the mutex: a runtime
-// request (foreign_await.hpp). In a task, await_transform makes the awaiter
-// from it with the co_await's site; elsewhere operator co_await makes it
-// without one. Not copyable: they are the mutex.
-class mutex_lock_op {
- public:
-  using mpg_request = runtime_request_tag;
-  mutex_lock_op(const mutex_lock_op&) = delete;
-  mutex_lock_op& operator=(const mutex_lock_op&) = delete;
-  auto make_awaiter(std::source_location where) noexcept;
-  auto operator co_await() noexcept;
-
- protected:
-  mutex_lock_op() noexcept = default;
-  ~mutex_lock_op() = default;
-};
-
-class mutex_scoped_lock_op {
- public:
-  using mpg_request = runtime_request_tag;
-  mutex_scoped_lock_op(const mutex_scoped_lock_op&) = delete;
-  mutex_scoped_lock_op& operator=(const mutex_scoped_lock_op&) = delete;
-  auto make_awaiter(std::source_location where) noexcept;
-  auto operator co_await() noexcept;
-
- protected:
-  mutex_scoped_lock_op() noexcept = default;
-  ~mutex_scoped_lock_op() = default;
-};
-
+struct mutex_lock_op {};         // m.lock()
+struct mutex_scoped_lock_op {};  // m.scoped_lock()
 }  // namespace detail
 
-class mutex : public detail::mutex_lock_op, public detail::mutex_scoped_lock_op {
+// m.lock() and m.scoped_lock() return the mutex itself, as one of two empty
+// bases: runtime requests (foreign_await.hpp). In a task, await_transform
+// makes the awaiter from it with the co_await's site; elsewhere operator
+// co_await makes it without one.
+class mutex : public detail::request_base<mutex, detail::mutex_lock_op>,
+              public detail::request_base<mutex, detail::mutex_scoped_lock_op> {
  public:
   class lock_awaiter;
   class guard;
@@ -157,10 +130,10 @@ class mutex : public detail::mutex_lock_op, public detail::mutex_scoped_lock_op 
   //
   // `co_await m.lock()`: acquires the mutex, parking while it is held. If it
   // parks, the task resumes on the P of the unlocker that woke it. The
-  // operand is the mutex itself (detail::mutex_lock_op): a task's co_await
+  // operand is the mutex itself (a runtime request): a task's co_await
   // adds its site, and costs what awaiting lock_awaiter directly would.
   // lock(where) gives the awaiter with a site of the caller's choosing.
-  detail::mutex_lock_op& lock() noexcept { return *this; }
+  detail::request_base<mutex, detail::mutex_lock_op>& lock() noexcept { return *this; }
   lock_awaiter lock(std::source_location where) noexcept;
 
   // mutex::try_lock()
@@ -178,10 +151,19 @@ class mutex : public detail::mutex_lock_op, public detail::mutex_scoped_lock_op 
   //
   // `auto g = co_await m.scoped_lock()`: lock() returning a guard that
   // unlocks when destroyed. The operand is the mutex, as for lock().
-  detail::mutex_scoped_lock_op& scoped_lock() noexcept { return *this; }
+  detail::request_base<mutex, detail::mutex_scoped_lock_op>& scoped_lock() noexcept {
+    return *this;
+  }
   scoped_lock_awaiter scoped_lock(std::source_location where) noexcept;
 
  private:
+  template <class, class>
+  friend class detail::request_base;
+  static lock_awaiter make_awaiter(mutex& m, detail::mutex_lock_op,
+                                   std::source_location where) noexcept;
+  static scoped_lock_awaiter make_awaiter(mutex& m, detail::mutex_scoped_lock_op,
+                                          std::source_location where) noexcept;
+
   struct wait_awaiter;
 
   bool try_acquire_fast() noexcept {
@@ -302,16 +284,14 @@ inline mutex::lock_awaiter mutex::lock(std::source_location where) noexcept {
 inline mutex::scoped_lock_awaiter mutex::scoped_lock(std::source_location where) noexcept {
   return scoped_lock_awaiter(this, where);
 }
+inline mutex::lock_awaiter mutex::make_awaiter(mutex& m, detail::mutex_lock_op,
+                                               std::source_location where) noexcept {
+  return m.lock(where);
+}
+inline mutex::scoped_lock_awaiter mutex::make_awaiter(mutex& m, detail::mutex_scoped_lock_op,
+                                                      std::source_location where) noexcept {
+  return m.scoped_lock(where);
+}
 
-namespace detail {
-inline auto mutex_lock_op::make_awaiter(std::source_location where) noexcept {
-  return mutex::lock_awaiter(static_cast<mutex*>(this), where);
-}
-inline auto mutex_lock_op::operator co_await() noexcept { return make_awaiter({}); }
-inline auto mutex_scoped_lock_op::make_awaiter(std::source_location where) noexcept {
-  return mutex::scoped_lock_awaiter(static_cast<mutex*>(this), where);
-}
-inline auto mutex_scoped_lock_op::operator co_await() noexcept { return make_awaiter({}); }
-}  // namespace detail
 
 }  // namespace mpg

@@ -179,7 +179,7 @@ template <class T>
 join_op<T> as_select_case(join_handle<T>&& h) = delete;
 // A channel's recv() (a runtime request, chan.hpp) stands for its recv_op.
 template <class T>
-recv_op<T> as_select_case(chan_recv_request<T>& r) noexcept {
+recv_op<T> as_select_case(request_base<chan<T>, chan_recv_op>& r) noexcept {
   return r.make_awaiter({});
 }
 template <class C>

@@ -108,7 +108,8 @@ class promise_base {
   template <class A>
     requires(runtime_awaitable<A> && !runtime_request<A>)
   runtime_await<passed_awaiter_t<A>> await_transform(
-      A&& a, site_ptr where = __builtin_source_location()) noexcept(noexcept(get_awaiter(std::declval<A>()))) {
+      A&& a, site_ptr where = __builtin_source_location()) noexcept(
+      noexcept(get_awaiter(std::declval<A>()))) {
     if constexpr (requires { a.link_parent(to_source_location(where)); })
       a.link_parent(to_source_location(where));
     return runtime_await<passed_awaiter_t<A>>{get_awaiter(static_cast<A&&>(a))};

@@ -20,8 +20,9 @@
 // cqe->res, which the caller interprets (mpg/io.hpp). Nor is a stream's
 // multishot recv, except by nomultishot (prep_recv_multishot, not
 // prep_request: plan() never sees it, and on_cqe() delivers its CQEs as
-// they are): a re-posted CQE would lose its buffer id. The plain recv a stream falls back to when its P's
-// buffer ring is empty is faulted like any recv.
+// they are): a re-posted CQE would lose its buffer id. The plain recv a
+// stream falls back to when its P's buffer ring is empty is faulted like
+// any recv.
 //
 // Syntax, as Go's GODEBUG: comma-separated key=value pairs,
 //   rate=0.05,kinds=eintr+eagain+short+reset+overflow,seed=42

@@ -548,10 +548,10 @@ unsigned reactor::dispatch(std::uint64_t user_data, int res, std::uint32_t flags
 // (recv_queue.cpp), the final one (no F_MORE) after the op left its slot,
 // as for any op. Each counts as delivered (returns 1), the ones with F_MORE
 // too: their callback may ready a task, and wait() must not sleep after a
-// reap that readied one (reactor.hpp, reap()). A callback that asks for backpressure (stop_more) gets
-// the op cancelled here, with the SQE we can get without reaping (a reap
-// inside a reap would advance the CQ under the outer loop): if the SQ is
-// full, the next CQE asks again.
+// reap that readied one (reactor.hpp, reap()). A callback that asks for
+// backpressure (stop_more) gets the op cancelled here, with the SQE we can
+// get without reaping (a reap inside a reap would advance the CQ under the
+// outer loop): if the SQ is full, the next CQE asks again.
 unsigned reactor::dispatch_multishot(io_op* op, int res, std::uint32_t flags) noexcept {
   op->res = res;
   op->cqe_flags = flags;

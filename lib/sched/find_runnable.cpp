@@ -15,9 +15,8 @@
 //      every 488th, failing that, the oldest spawned G); a runnext chain
 //      (a G readying the next, which readies the next...) inherits the time
 //      slice while it lasts (execute()) and keeps the slot at most
-//      kMaxRunnextStreak turns in a row
-//      while other local work waits (a turn that finds none restarts the
-//      count);
+//      kMaxRunnextStreak turns in a row while other local work waits (a
+//      turn that finds none restarts the count);
 //   4. run_posted() (post.cpp): up to 32 functions posted through a
 //      runtime_handle (also on step 1's tick); then take_global(): a batch
 //      of up to len/procs + 1 from the global queue;

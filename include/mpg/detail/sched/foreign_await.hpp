@@ -96,13 +96,34 @@ concept runtime_request =
     requires { typename std::remove_cvref_t<A>::mpg_request; } &&
     std::is_same_v<typename std::remove_cvref_t<A>::mpg_request, runtime_request_tag>;
 
+// request_base<Owner, Op>: the empty base of Owner that Owner's operation Op
+// returns (`return *this;`), a runtime request. Owner makes the awaiter:
+//     static auto make_awaiter(Owner&, Op, std::source_location);
+// Not copyable: it is the owner.
+template <class Owner, class Op>
+class request_base {
+ public:
+  using mpg_request = runtime_request_tag;
+  request_base(const request_base&) = delete;
+  request_base& operator=(const request_base&) = delete;
+  auto make_awaiter(std::source_location where) noexcept {
+    return Owner::make_awaiter(static_cast<Owner&>(*this), Op{}, where);
+  }
+  auto operator co_await() noexcept { return make_awaiter({}); }
+
+ protected:
+  request_base() noexcept = default;
+  ~request_base() = default;
+};
+
 // passed_awaiter_t: what runtime_await holds. The awaiter by reference to
 // the operand, except an empty one (yield(), consume_budget()), which is
 // copied: a copy of an empty object costs nothing, a reference costs a
 // pointer in the frame.
 template <class A>
 using passed_awaiter_t = std::conditional_t<
-    std::is_lvalue_reference_v<awaiter_t<A>> && std::is_empty_v<std::remove_cvref_t<awaiter_t<A>>> &&
+    std::is_lvalue_reference_v<awaiter_t<A>> &&
+        std::is_empty_v<std::remove_cvref_t<awaiter_t<A>>> &&
         std::is_trivially_copyable_v<std::remove_cvref_t<awaiter_t<A>>>,
     std::remove_cvref_t<awaiter_t<A>>, awaiter_t<A>>;
 
