@@ -189,6 +189,14 @@ class [[nodiscard]] join_handle {
       }
       return h.promise().result();
     }
+    // link_parent(): the site of the joining task's co_await, called by its
+    // await_transform (task.hpp) once the handle is checked: where the join
+    // parks, and the await-chain line of the joiner when the child runs
+    // inline. It goes into the child's promise, a field the child itself
+    // never touches.
+    void link_parent(std::source_location where) noexcept {
+      self->h_.promise().caller_where_ = where;
+    }
   };
   awaiter operator co_await() & { return awaiter{checked()}; }
   awaiter operator co_await() && { return awaiter{checked()}; }
@@ -203,14 +211,6 @@ class [[nodiscard]] join_handle {
   }
 
   handle_type release() noexcept { return std::exchange(h_, {}); }
-
-  // link_parent(): the site of the joining task's co_await, called by its
-  // await_transform (task.hpp): where the join parks, and the await-chain
-  // line of the joiner when the child runs inline. It goes into the
-  // child's promise, a field the child itself never touches.
-  void link_parent(std::source_location where) noexcept {
-    if (h_) h_.promise().caller_where_ = where;
-  }
 
  private:
   friend class join_op<T>;

@@ -92,7 +92,9 @@ class promise_base {
   // the task from any thread.
   //
   // A child task or a joined one is linked into this task's await chain
-  // here (link_parent), with the site of the co_await; an awaiter with no
+  // here (the awaiter's link_parent, called once the operand has made its
+  // awaiter, so that the awaiter's handle is known to be valid and the link
+  // is a single store), with the site of the co_await; an awaiter with no
   // site of its own (an I/O op: net.hpp, io.hpp) takes it through the same
   // hook, as the place the task parks at. The site comes as
   // the pointer that std::source_location wraps (site_ptr, a scalar): g++
@@ -110,9 +112,10 @@ class promise_base {
   runtime_await<passed_awaiter_t<A>> await_transform(
       A&& a, site_ptr where = __builtin_source_location()) noexcept(
       noexcept(get_awaiter(std::declval<A>()))) {
-    if constexpr (requires { a.link_parent(to_source_location(where)); })
-      a.link_parent(to_source_location(where));
-    return runtime_await<passed_awaiter_t<A>>{get_awaiter(static_cast<A&&>(a))};
+    runtime_await<passed_awaiter_t<A>> w{get_awaiter(static_cast<A&&>(a))};
+    if constexpr (requires { w.aw.link_parent(to_source_location(where)); })
+      w.aw.link_parent(to_source_location(where));
+    return w;
   }
   template <class A>
     requires(!runtime_awaitable<A>)
@@ -224,14 +227,16 @@ class [[nodiscard]] task {
       return h;
     }
     T await_resume() { return h.promise().result(); }
+    // The awaiting task's await_transform: its co_await's site (task.hpp).
+    void link_parent(std::source_location where) noexcept { h.promise().caller_where_ = where; }
   };
   awaiter operator co_await() & { return awaiter{take_for_await()}; }
   awaiter operator co_await() && { return awaiter{take_for_await()}; }
 
   // link_parent(): records the site of the co_await with which a task
-  // awaits this one, for the await chain (called by the awaiting task's
-  // await_transform, or by an mpg awaiter that awaits this task on a
-  // task's behalf; never for a plain coroutine). Does nothing on a task
+  // awaits this one, for the await chain, by an mpg awaiter that awaits
+  // this task on a task's behalf (a task's own co_await links through
+  // awaiter::link_parent; a plain coroutine's never links). Does nothing on a task
   // that cannot be awaited.
   void link_parent(std::source_location where) noexcept {
     if (h_ && !awaited_) h_.promise().caller_where_ = where;
