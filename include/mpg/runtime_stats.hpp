@@ -17,6 +17,9 @@ struct runtime_stats {
   std::uint64_t stolen_tasks = 0;      // Gs moved by them
   std::uint64_t parks = 0;             // times an M parked with nothing to run
   std::uint64_t wakeups = 0;           // times a sleeping M was woken and handed a P
+  // ... of which the M slept in the io_uring ring of the P it held (its own
+  // completions wake it there without counting here)
+  std::uint64_t ring_wakeups = 0;
   std::uint64_t global_queue_pulls = 0;  // Gs taken from the global queue
   std::uint64_t global_queue_pushes = 0; // Gs put there (overflow, foreign)
   std::uint64_t global_queue_length = 0;

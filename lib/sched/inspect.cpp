@@ -93,6 +93,7 @@ runtime_stats scheduler::stats() const {
   s.stolen_tasks = stolen_.load(std::memory_order_relaxed);
   s.parks = parks_.load(std::memory_order_relaxed);
   s.wakeups = wakeups_.load(std::memory_order_relaxed);
+  s.ring_wakeups = ring_wakeups_.load(std::memory_order_relaxed);
   s.global_queue_pulls = gpulls_.load(std::memory_order_relaxed);
   s.global_queue_pushes = gpushes_.load(std::memory_order_relaxed);
   s.global_queue_length = gsize_.load(std::memory_order_relaxed);

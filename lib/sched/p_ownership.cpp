@@ -100,6 +100,8 @@ void scheduler::park_p(machine* m, sleep_site site) noexcept {
   p->status = p_status::parked;
   p->parked_m = m;
   m->sleeps_in = site;
+  // Relaxed: read as a hint only (scheduler.hpp); mu_ orders the writes.
+  if (site == sleep_site::ring) nring_parked_.fetch_add(1, std::memory_order_relaxed);
 }
 
 void scheduler::unpark_p(machine* m) noexcept {
@@ -107,6 +109,7 @@ void scheduler::unpark_p(machine* m) noexcept {
   // Nobody but the holder moves a parked P off the idle list (T4 hands it
   // to the holder through the mailbox instead), so it is still there.
   pidle_remove(p);
+  if (m->sleeps_in == sleep_site::ring) nring_parked_.fetch_sub(1, std::memory_order_relaxed);
   acquire_p(m, p);
 }
 
@@ -135,6 +138,7 @@ m_wakeup scheduler::assign_m(processor* p, spin_state spin) noexcept {
   if (p->status == p_status::parked) {
     machine* holder = p->parked_m;
     pidle_remove(p);
+    if (holder->sleeps_in == sleep_site::ring) nring_parked_.fetch_sub(1, std::memory_order_relaxed);
     p->status = p_status::running;
     p->parked_m = nullptr;
     holder->next_p = p;
@@ -191,6 +195,17 @@ void scheduler::wake_p() noexcept {
   std::uint32_t zero = 0;
   if (!nmspinning_.compare_exchange_strong(zero, 1, std::memory_order_seq_cst)) return;
   start_m(nullptr, spin_state::spinning);
+}
+
+void scheduler::wake_p_beyond_rings() noexcept {
+  // Relaxed loads: a filter in front of wake_p(), whose own seq_cst loads
+  // are S2. The Gs it is called for are already on a P whose holder runs
+  // them (find_runnable.cpp, "Waking after a reap"), so a wake skipped on
+  // a stale count delays no G past that holder, and one made on a stale
+  // count is an ordinary wake_p().
+  if (npidle_.load(std::memory_order_relaxed) <= nring_parked_.load(std::memory_order_relaxed))
+    return;
+  wake_p();
 }
 
 // ---------------------------------------------------------------------------

@@ -85,6 +85,9 @@ class scheduler {
 
   // --- P ownership and Ms (p_ownership.cpp) ---------------------------------
   void wake_p() noexcept;  // Go's wakep: start a spinning M if none spins and a P idles
+  // wake_p(), but only for a P that idles other than in its ring: Gs readied
+  // by I/O do not wake an M asleep in its ring (find_runnable.cpp).
+  void wake_p_beyond_rings() noexcept;
   // next_after_finish(): called by finish_root() on the M whose G just
   // ended. Returns the next local G's resume point to switch to directly
   // (symmetric transfer, no return to the M's loop), or noop. See
@@ -154,9 +157,10 @@ class scheduler {
   void reap_io(machine* m);
   void end_reap(machine* m) noexcept;
   // send_wakeup(): wake an M that was handed a P under mu_ (after
-  // releasing it), and count it (runtime_stats::wakeups).
+  // releasing it), and count it (runtime_stats::wakeups, ring_wakeups).
   void send_wakeup(const m_wakeup& w) noexcept {
     wakeups_.fetch_add(1, std::memory_order_relaxed);
+    if (w.site == sleep_site::ring) ring_wakeups_.fetch_add(1, std::memory_order_relaxed);
     w.send();
   }
   g* pop_local(machine* m, bool* inherit_time);
@@ -243,6 +247,11 @@ class scheduler {
   // Counters of the parking protocol (scheduler.cpp): seq_cst throughout.
   std::atomic<std::uint32_t> npidle_{0};
   std::atomic<std::uint32_t> nmspinning_{0};
+  // Ps parked with their holder asleep in the P's ring (sleep_site::ring):
+  // written under mu_ with npidle_ (park_p, unpark_p, assign_m), read
+  // without it, relaxed, by the two callers of wake_p_beyond_rings(), for
+  // which it is a hint (find_runnable.cpp, "Waking after a reap").
+  std::atomic<std::uint32_t> nring_parked_{0};
   std::atomic<bool> stopping_{false};
   std::atomic<std::uint32_t> putters_{0};  // threads inside global_put_batch
   std::atomic<std::uint32_t> nblocking_{0};  // Ms inside mpg::blocking
@@ -291,6 +300,7 @@ class scheduler {
   std::atomic<std::uint64_t> stolen_{0};
   std::atomic<std::uint64_t> parks_{0};
   std::atomic<std::uint64_t> wakeups_{0};
+  std::atomic<std::uint64_t> ring_wakeups_{0};
   std::atomic<std::uint64_t> gpulls_{0};
   std::atomic<std::uint64_t> gpushes_{0};
   std::atomic<std::uint64_t> threads_{0};

@@ -12,6 +12,11 @@
 //   - after runtime_options.long_task_threshold (10 ms), reports the G on
 //     stderr once, in builds with debug checks or when report_long_tasks is
 //     set.
+// It also balances the queues behind I/O: while an M sleeps in its ring, a
+// P found with two or more Gs queued on two samples in a row gets a
+// spinning M (the Gs that completions ready wake no M asleep in its ring:
+// find_runnable.cpp, "Waking after a reap").
+#include <algorithm>
 #include <cstdio>
 
 #include "sched/scheduler.hpp"
@@ -62,6 +67,7 @@ void scheduler::sysmon_main() {
       std::chrono::duration_cast<std::chrono::nanoseconds>(opts_.long_task_threshold).count();
   std::vector<std::uint64_t> last_tick(ps_.size(), 0);
   std::vector<std::int64_t> since(ps_.size(), mono_now_ns());
+  std::vector<bool> queued_before(ps_.size(), false);
   std::chrono::milliseconds period{1};
   for (;;) {
     {
@@ -101,6 +107,24 @@ void scheduler::sysmon_main() {
                      p->id, static_cast<unsigned long long>(gid), name ? " (" : "",
                      name ? name : "", name ? ")" : "", static_cast<long long>(ran / 1000000));
       }
+    }
+    // Balance behind I/O: Gs readied by completions wake no M asleep in its
+    // ring (find_runnable.cpp, "Waking after a reap"), so a P that keeps
+    // a queue while another P sleeps in its ring gets a spinner here.
+    // Relaxed: hints; wake_p() makes its own seq_cst checks.
+    // A queue counts once it is seen on two samples in a row, so a P that
+    // merely has a burst in hand when sampled costs no wake.
+    if (nring_parked_.load(std::memory_order_relaxed) != 0) {
+      bool wake = false;
+      for (std::size_t i = 0; i < ps_.size(); ++i) {
+        const bool queued = ps_[i]->runq.size() >= 2;
+        wake = wake || (queued && queued_before[i]);
+        queued_before[i] = queued;
+        if (queued) any_running = true;  // look again in a millisecond
+      }
+      if (wake && nmspinning_.load(std::memory_order_relaxed) == 0) wake_p();
+    } else {
+      std::fill(queued_before.begin(), queued_before.end(), false);
     }
     if (unheld_work_.load(std::memory_order_relaxed)) {
       serve_unheld_ps();
