@@ -229,6 +229,9 @@ absl::StatusOr<std::unique_ptr<reactor>> reactor::create(unsigned entries,
   if (ret < 0) return remember(setup_error(-ret, entries));
   r->ring_fd_ = r->ring_->ring_fd;
   // From here ~reactor() tears the ring down.
+  r->lock_.lock();
+  r->link_ts_.reset(new io_timespec[*r->ring_->sq.kring_entries]);
+  r->lock_.unlock();
 
   if (!(params.features & IORING_FEAT_NODROP) || !(params.features & IORING_FEAT_EXT_ARG)) {
     return remember(absl::UnimplementedError(
@@ -389,11 +392,11 @@ void reactor::start(io_op* op, io_prep_fn prep, const void* ctx) noexcept {
     sqe->flags |= IOSQE_IO_LINK;
     auto since_epoch = op->deadline.time_since_epoch();  // steady_clock is CLOCK_MONOTONIC
     auto secs = std::chrono::duration_cast<std::chrono::seconds>(since_epoch);
-    op->ts.tv_sec = secs.count();
-    op->ts.tv_nsec = std::chrono::duration_cast<std::chrono::nanoseconds>(since_epoch - secs).count();
     io_uring_sqe* t = io_uring_get_sqe(ring_.get());  // reserved above: consecutive with sqe
-    io_uring_prep_link_timeout(t, reinterpret_cast<__kernel_timespec*>(&op->ts),
-                               IORING_TIMEOUT_ABS);
+    io_timespec& ts = link_ts_[static_cast<std::size_t>(t - ring_->sq.sqes)];
+    ts.tv_sec = secs.count();
+    ts.tv_nsec = std::chrono::duration_cast<std::chrono::nanoseconds>(since_epoch - secs).count();
+    io_uring_prep_link_timeout(t, reinterpret_cast<__kernel_timespec*>(&ts), IORING_TIMEOUT_ABS);
     io_uring_sqe_set_data64(t, kIgnoreTag);
   }
   if (op->submit_now) {

@@ -150,6 +150,11 @@ class reactor {
 
   io_spin_lock lock_;
   std::unique_ptr<io_uring> ring_;
+  // The time of the link timeout prepared in each SQE slot (indexed like
+  // the ring's SQE array): the kernel copies it when it consumes the slot
+  // at submission, and a slot is not prepared again before that, so the
+  // ops need no copy of their own. Written under lock_.
+  std::unique_ptr<io_timespec[]> link_ts_ ABSL_GUARDED_BY(lock_);
   // The provided-buffer ring (null until buffers() made it, or if it
   // failed). Set under lock_; read lock-free by buffers() once set
   // (acquire: the ring is initialised before the release store).

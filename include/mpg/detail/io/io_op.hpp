@@ -191,7 +191,6 @@ struct io_op {
   // Optional, with a slot: the context the op is bound to; io_start()
   // refuses the op (-ECANCELED, io_stop::context) once it is cancelled.
   const context_node* ctx = nullptr;
-  io_timespec ts{};               // the link timeout's time (kernel copies it at submit)
   void* user = nullptr;           // free for the completion callback
 
   // outcome(): res, except that an op ended by a cancel (io_stop::cancel or
