@@ -66,13 +66,16 @@ int read_byte(int fd) {
   return n == 1 ? static_cast<unsigned char>(b) : -1;
 }
 
-// The task side: echo `rounds` single bytes.
-mpg::task<int> echo_bytes(mpg::net::tcp_stream* s, int rounds) {
+// The task side: echo `rounds` single bytes; with ran_on, record the thread
+// each round ran on.
+mpg::task<int> echo_bytes(mpg::net::tcp_stream* s, int rounds,
+                          std::atomic<std::thread::id>* ran_on = nullptr) {
   int echoed = 0;
   for (int r = 0; r < rounds; ++r) {
     char b = 0;
     auto n = co_await s->read(std::span<char>(&b, 1));
     if (!n.ok() || *n != 1) break;
+    if (ran_on != nullptr) ran_on->store(std::this_thread::get_id(), std::memory_order_relaxed);
     if (!(co_await s->write(std::string_view(&b, 1))).ok()) break;
     ++echoed;
   }
@@ -142,21 +145,6 @@ TEST_CASE("a completion reaped by a ring-sleeping M wakes no other M for its one
 
 namespace {
 
-// Echo tasks on socket pairs, each recording the thread it last ran on.
-mpg::task<int> echo_recording(mpg::net::tcp_stream* s, int rounds,
-                              std::atomic<std::thread::id>* ran_on) {
-  int echoed = 0;
-  for (int r = 0; r < rounds; ++r) {
-    char b = 0;
-    auto n = co_await s->read(std::span<char>(&b, 1));
-    if (!n.ok() || *n != 1) break;
-    ran_on->store(std::this_thread::get_id(), std::memory_order_relaxed);
-    if (!(co_await s->write(std::string_view(&b, 1))).ok()) break;
-    ++echoed;
-  }
-  co_return echoed;
-}
-
 struct spread_run {
   int echoed = 0;
   int answered = 0;
@@ -181,16 +169,12 @@ spread_run spread_rounds(mpg::runtime& rt, int rounds) {
     constexpr int kWarm = 20;
     std::vector<mpg::join_handle<int>> echoes;
     for (int i = 0; i < kTasks; ++i)
-      echoes.push_back(mpg::spawn(echo_recording(&streams[i], kWarm + rounds, &ran_on[i])));
+      echoes.push_back(mpg::spawn(echo_bytes(&streams[i], kWarm + rounds, &ran_on[i])));
     std::uint64_t wakeups0 = 0;
     std::atomic<int> answered{0};
-    std::atomic<bool> warm{false};
     std::thread pinger([&] {
       for (int r = 0; r < kWarm + rounds; ++r) {
-        if (r == kWarm) {
-          wakeups0 = rt.stats().ring_wakeups;
-          warm.store(true, std::memory_order_release);
-        }
+        if (r == kWarm) wakeups0 = rt.stats().ring_wakeups;  // read after pinger.join()
         const char b = static_cast<char>('a' + r % 26);
         for (auto& p : fds)
           if (!write_byte(p[1], b)) return;

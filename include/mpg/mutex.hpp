@@ -293,5 +293,4 @@ inline mutex::scoped_lock_awaiter mutex::make_awaiter(mutex& m, detail::mutex_sc
   return m.scoped_lock(where);
 }
 
-
 }  // namespace mpg

@@ -108,9 +108,13 @@ void scheduler::unpark_p(machine* m) noexcept {
   processor* p = m->p_;
   // Nobody but the holder moves a parked P off the idle list (T4 hands it
   // to the holder through the mailbox instead), so it is still there.
-  pidle_remove(p);
-  if (m->sleeps_in == sleep_site::ring) nring_parked_.fetch_sub(1, std::memory_order_relaxed);
+  unlist_parked(p, m);
   acquire_p(m, p);
+}
+
+void scheduler::unlist_parked(processor* p, machine* holder) noexcept {
+  pidle_remove(p);
+  if (holder->sleeps_in == sleep_site::ring) nring_parked_.fetch_sub(1, std::memory_order_relaxed);
 }
 
 // take_handoff(): the mailbox, read by the M it belongs to after waking.
@@ -137,8 +141,7 @@ bool scheduler::take_handoff(machine* m) noexcept {
 m_wakeup scheduler::assign_m(processor* p, spin_state spin) noexcept {
   if (p->status == p_status::parked) {
     machine* holder = p->parked_m;
-    pidle_remove(p);
-    if (holder->sleeps_in == sleep_site::ring) nring_parked_.fetch_sub(1, std::memory_order_relaxed);
+    unlist_parked(p, holder);
     p->status = p_status::running;
     p->parked_m = nullptr;
     holder->next_p = p;

@@ -200,6 +200,9 @@ class scheduler {
   void acquire_p(machine* m, processor* p) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   processor* release_p(machine* m) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void park_p(machine* m, sleep_site site) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // unlist_parked(): a parked P leaves the idle list (taken back by its
+  // holder, or handed to it by assign_m).
+  void unlist_parked(processor* p, machine* holder) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void unpark_p(machine* m) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool take_handoff(machine* m) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   m_wakeup assign_m(processor* p, spin_state spin) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -248,9 +251,9 @@ class scheduler {
   std::atomic<std::uint32_t> npidle_{0};
   std::atomic<std::uint32_t> nmspinning_{0};
   // Ps parked with their holder asleep in the P's ring (sleep_site::ring):
-  // written under mu_ with npidle_ (park_p, unpark_p, assign_m), read
-  // without it, relaxed, by the two callers of wake_p_beyond_rings(), for
-  // which it is a hint (find_runnable.cpp, "Waking after a reap").
+  // written under mu_ with npidle_ (park_p, and unlist_parked() for the two
+  // ways out), read without it, relaxed, as a hint by wake_p_beyond_rings()
+  // and sysmon (find_runnable.cpp, "Waking after a reap").
   std::atomic<std::uint32_t> nring_parked_{0};
   std::atomic<bool> stopping_{false};
   std::atomic<std::uint32_t> putters_{0};  // threads inside global_put_batch

@@ -111,7 +111,8 @@ void scheduler::sysmon_main() {
     // Balance behind I/O: Gs readied by completions wake no M asleep in its
     // ring (find_runnable.cpp, "Waking after a reap"), so a P that keeps
     // a queue while another P sleeps in its ring gets a spinner here.
-    // Relaxed: hints; wake_p() makes its own seq_cst checks.
+    // Relaxed: a hint; wake_p() makes its own seq_cst checks (a spinner
+    // already looking, or no idle P, and it does nothing).
     // A queue counts once it is seen on two samples in a row, so a P that
     // merely has a burst in hand when sampled costs no wake.
     if (nring_parked_.load(std::memory_order_relaxed) != 0) {
@@ -122,7 +123,7 @@ void scheduler::sysmon_main() {
         queued_before[i] = queued;
         if (queued) any_running = true;  // look again in a millisecond
       }
-      if (wake && nmspinning_.load(std::memory_order_relaxed) == 0) wake_p();
+      if (wake) wake_p();
     } else {
       std::fill(queued_before.begin(), queued_before.end(), false);
     }
