@@ -295,11 +295,13 @@ TEST_CASE("a cancel that finds its op completed (-ENOENT) leaves the next op at 
   REQUIRE_MESSAGE(made.ok(), made.status().ToString());
   auto& r = *made;
   std::atomic<int> done{0};
-  io_op op;
+  struct counted_op : io_op {
+    std::atomic<int>* done = nullptr;
+  } op;
   op.complete = [](io_op* o) noexcept {
-    static_cast<std::atomic<int>*>(o->user)->fetch_add(1, std::memory_order_release);
+    static_cast<counted_op*>(o)->done->fetch_add(1, std::memory_order_release);
   };
-  op.user = &done;
+  op.done = &done;
   io_slot slot;
   auto publish = [&](const io_request* rq) {
     op.res = 0;

@@ -27,8 +27,13 @@ struct counter {
   std::atomic<int> done{0};
 };
 
+// An op whose completion bumps a counter.
+struct counted_op : io_op {
+  counter* counts = nullptr;
+};
+
 void count_completion(io_op* op) noexcept {
-  static_cast<counter*>(op->user)->done.fetch_add(1, std::memory_order_release);
+  static_cast<counted_op*>(op)->counts->done.fetch_add(1, std::memory_order_release);
 }
 
 std::unique_ptr<reactor> make_reactor(unsigned entries = 64) {
@@ -67,10 +72,10 @@ TEST_CASE("nops complete through their callbacks and busy() tracks them") {
   CHECK_FALSE(r->busy());
   counter c;
   io_request nop{};
-  std::vector<io_op> ops(10);
+  std::vector<counted_op> ops(10);
   for (auto& op : ops) {
     op.complete = count_completion;
-    op.user = &c;
+    op.counts = &c;
     r->start(&op, prep_request, &nop);
   }
   CHECK(r->busy());
@@ -106,10 +111,10 @@ TEST_CASE("wait returns without sleeping when its first reap delivers a multisho
   auto r = make_reactor();
   pipe_fds p;
   counter c;
-  io_op op;
+  counted_op op;
   op.multishot = true;
   op.complete = count_completion;
-  op.user = &c;
+  op.counts = &c;
   auto prep_poll = [](io_uring_sqe* sqe, const void* ctx) noexcept {
     io_uring_prep_poll_multishot(sqe, *static_cast<const int*>(ctx), POLLIN);
   };
@@ -168,9 +173,9 @@ TEST_CASE("a link timeout ends an op at its deadline with -ETIME") {
   char buf[8];
   io_request rd{.op = io_opcode::read, .fd = p.rd, .addr = buf, .len = sizeof buf};
   counter c;
-  io_op op;
+  counted_op op;
   op.complete = count_completion;
-  op.user = &c;
+  op.counts = &c;
   op.has_deadline = true;
   op.deadline = std::chrono::steady_clock::now() + 30ms;
   r->start(&op, prep_request, &rd);
@@ -190,9 +195,9 @@ TEST_CASE("an op that completes before its deadline keeps its result") {
   char buf[8];
   io_request rd{.op = io_opcode::read, .fd = p.rd, .addr = buf, .len = sizeof buf};
   counter c;
-  io_op op;
+  counted_op op;
   op.complete = count_completion;
-  op.user = &c;
+  op.counts = &c;
   op.has_deadline = true;
   op.deadline = std::chrono::steady_clock::now() + 10s;
   r->start(&op, prep_request, &rd);
@@ -209,9 +214,9 @@ TEST_CASE("an op published in a slot is cancelled from another thread") {
   char buf[8];
   io_request rd{.op = io_opcode::read, .fd = p.rd, .addr = buf, .len = sizeof buf};
   counter c;
-  io_op op;
+  counted_op op;
   op.complete = count_completion;
-  op.user = &c;
+  op.counts = &c;
   io_slot slot;
   // What io_start does on a P.
   slot.lock.lock();
@@ -234,10 +239,10 @@ TEST_CASE("a full completion queue overflows into the kernel and nothing is lost
   counter c;
   io_request nop{};
   constexpr int kOps = 300;
-  std::vector<io_op> ops(kOps);
+  std::vector<counted_op> ops(kOps);
   for (auto& op : ops) {
     op.complete = count_completion;
-    op.user = &c;
+    op.counts = &c;
     r->start(&op, prep_request, &nop);  // flushes itself when the SQ is full
   }
   r->flush();
@@ -250,14 +255,14 @@ TEST_CASE("cancel_all completes every op in flight and refuses new ones") {
   std::vector<std::unique_ptr<pipe_fds>> pipes;
   counter c;
   constexpr int kOps = 8;
-  std::vector<io_op> ops(kOps);
+  std::vector<counted_op> ops(kOps);
   std::vector<io_request> reqs(kOps);
   char buf[kOps][8];
   for (int i = 0; i < kOps; ++i) {
     pipes.push_back(std::make_unique<pipe_fds>());
     reqs[i] = io_request{.op = io_opcode::read, .fd = pipes.back()->rd, .addr = buf[i], .len = 8};
     ops[i].complete = count_completion;
-    ops[i].user = &c;
+    ops[i].counts = &c;
     r->start(&ops[i], prep_request, &reqs[i]);
   }
   r->flush();
@@ -265,9 +270,9 @@ TEST_CASE("cancel_all completes every op in flight and refuses new ones") {
   CHECK(c.done.load() == kOps);
   for (auto& op : ops) CHECK(op.outcome() == -ECANCELED);
   CHECK_FALSE(r->busy());
-  io_op late;
+  counted_op late;
   late.complete = count_completion;
-  late.user = &c;
+  late.counts = &c;
   io_request nop{};
   r->start(&late, prep_request, &nop);
   CHECK(late.outcome() == -ECANCELED);
@@ -278,10 +283,10 @@ TEST_CASE("destroying a reactor with ops in flight neither hangs nor touches the
   pipe_fds p;
   char buf[8];
   io_request rd{.op = io_opcode::read, .fd = p.rd, .addr = buf, .len = sizeof buf};
-  auto op = std::make_unique<io_op>();
+  auto op = std::make_unique<counted_op>();
   counter c;
   op->complete = count_completion;
-  op->user = &c;
+  op->counts = &c;
   {
     auto r = make_reactor();
     r->start(op.get(), prep_request, &rd);
@@ -294,10 +299,10 @@ TEST_CASE("sysmon-style reaping from another thread completes ops") {
   auto r = make_reactor();
   counter c;
   io_request nop{};
-  std::vector<io_op> ops(50);
+  std::vector<counted_op> ops(50);
   for (auto& op : ops) {
     op.complete = count_completion;
-    op.user = &c;
+    op.counts = &c;
     r->start(&op, prep_request, &nop);
   }
   r->flush();

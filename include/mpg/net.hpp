@@ -192,7 +192,7 @@ class receive_op : public detail::stream_op<absl::StatusOr<recv_buffer>> {
 // awaiting task then runs; what the caller sees is the same either way. Like
 // a task it is awaited at most once and must not outlive the stream or the
 // buffer; to spawn the read, convert it: task<...>(s.read(buf)).
-class read_op : public detail::stream_op<absl::StatusOr<std::size_t>> {
+class read_op : public detail::stream_op<absl::StatusOr<std::size_t>>, private detail::io_op {
  public:
   read_op(read_op&& o) noexcept : stream_op(std::move(o)), s_(o.s_), buf_(o.buf_) {}  // before awaited
 
@@ -208,18 +208,20 @@ class read_op : public detail::stream_op<absl::StatusOr<std::size_t>> {
   read_op(tcp_stream* s, std::span<char> buf) noexcept : s_(s), buf_(buf) {}
   static void on_complete(detail::io_op* op) noexcept;
 
+  detail::io_op& op() noexcept { return *this; }
+
+  // state_ first: it takes the io_op base's tail padding.
   enum class state : std::uint8_t { issued, closed, empty, slow };
+  state state_ = state::issued;
   tcp_stream* s_;
   std::span<char> buf_;
-  state state_ = state::issued;
-  detail::io_op op_;
 };
 
 // write_op: what tcp_stream::write(data) returns, awaited at once, as
 // read_op (above): one send from the awaiting task's frame; a short send, or
 // one to issue again, hands the rest of the write to the task form of the
 // loop. To spawn the write, convert it: task<absl::Status>(s.write(data)).
-class write_op : public detail::stream_op<absl::Status> {
+class write_op : public detail::stream_op<absl::Status>, private detail::io_op {
  public:
   write_op(write_op&& o) noexcept : stream_op(std::move(o)), s_(o.s_), data_(o.data_) {}  // before awaited
 
@@ -235,11 +237,13 @@ class write_op : public detail::stream_op<absl::Status> {
   write_op(tcp_stream* s, std::string_view data) noexcept : s_(s), data_(data) {}
   static void on_complete(detail::io_op* op) noexcept;
 
+  detail::io_op& op() noexcept { return *this; }
+
+  // state_ first: it takes the io_op base's tail padding.
   enum class state : std::uint8_t { issued, closed, empty, slow };
+  state state_ = state::issued;
   tcp_stream* s_;
   std::string_view data_;
-  state state_ = state::issued;
-  detail::io_op op_;
 };
 
 // tcp_stream: a connected TCP socket (TCP_NODELAY on). Move-only; the

@@ -217,7 +217,14 @@ tcp_stream& tcp_stream::operator=(tcp_stream&& o) noexcept {
 
 // --- read_op -----------------------------------------------------------------
 //
-// The recv of read(buf) lives in the awaiting task's frame (op_), as an
+// An idle connection's task holds one read_op and one write_op in its frame
+// (g++ keeps each co_await's awaiter in a slot of its own): their size is
+// that of the io_op base, the stream_op shell and three words, the state
+// byte riding in the base's tail padding.
+static_assert(sizeof(read_op) <= sizeof(detail::io_op) + 40);
+static_assert(sizeof(write_op) <= sizeof(detail::io_op) + 40);
+//
+// The recv of read(buf) lives in the awaiting task's frame (its io_op base), as an
 // io_awaiter's does; the loop of do_read is not repeated here. Its first
 // issue is made by await_suspend; on_complete, which the reactor calls under
 // its lock on the op's final completion, either readies the task (the
@@ -265,19 +272,18 @@ std::coroutine_handle<> read_op::await_suspend(std::coroutine_handle<> h) {
                       .addr = buf_.data(),
                       .len = static_cast<std::uint32_t>(std::min(buf_.size(), kMaxIo)),
                       .poll_first = !s_->data_left_};
-  op_.complete = &read_op::on_complete;
-  op_.user = this;
-  op_.live_deadline = s_->read_deadline_.live();
-  op_.waiter = detail::current_g();
-  detail::park(h, "net.read", where_);
-  if (detail::io_start(&op_, prep_request, &rq, &s_->read_slot_))
+  op().complete = &read_op::on_complete;
+  op().live_deadline = s_->read_deadline_.live();
+  op().waiter = detail::current_g();
+  detail::park(h, "net.read", detail::noted_wait_site());
+  if (detail::io_start(&op(), prep_request, &rq, &s_->read_slot_))
     return std::noop_coroutine();  // published: *this is the reactor's until on_complete
   detail::cancel_park();
-  return h;  // op_.res says why (await_resume)
+  return h;  // op().res says why (await_resume)
 }
 
 void read_op::on_complete(detail::io_op* op) noexcept {
-  auto* self = static_cast<read_op*>(op->user);
+  auto* self = static_cast<read_op*>(op);
   detail::g* gp = op->waiter;
   if (retry_issue(op->outcome(), self->s_->read_deadline_)) {
     self->state_ = state::slow;
@@ -295,11 +301,11 @@ read_op::result_type read_op::await_resume() {
     case state::slow: return task_result();
     case state::issued: break;
   }
-  const int res = op_.outcome();
+  const int res = op().outcome();
   // A result on_complete did not hand to do_read (or io_start's refusal:
   // a closed slot, no reactor) is final.
   s_->data_left_ = res > 0 && (static_cast<std::size_t>(res) == std::min(buf_.size(), kMaxIo) ||
-                               (op_.cqe_flags & detail::kCqeSockNonempty) != 0);
+                               (op().cqe_flags & detail::kCqeSockNonempty) != 0);
   if (res >= 0) return static_cast<std::size_t>(res);
   return net_error(res, "read");
 }
@@ -336,19 +342,18 @@ std::coroutine_handle<> write_op::await_suspend(std::coroutine_handle<> h) {
                       .addr = const_cast<char*>(data_.data()),
                       .len = static_cast<std::uint32_t>(std::min(data_.size(), kMaxIo)),
                       .flags = MSG_NOSIGNAL};
-  op_.complete = &write_op::on_complete;
-  op_.user = this;
-  op_.live_deadline = s_->write_deadline_.live();
-  op_.waiter = detail::current_g();
-  detail::park(h, "net.write", where_);
-  if (detail::io_start(&op_, prep_request, &rq, &s_->write_slot_))
+  op().complete = &write_op::on_complete;
+  op().live_deadline = s_->write_deadline_.live();
+  op().waiter = detail::current_g();
+  detail::park(h, "net.write", detail::noted_wait_site());
+  if (detail::io_start(&op(), prep_request, &rq, &s_->write_slot_))
     return std::noop_coroutine();  // published: *this is the reactor's until on_complete
   detail::cancel_park();
-  return h;  // op_.res says why (await_resume)
+  return h;  // op().res says why (await_resume)
 }
 
 void write_op::on_complete(detail::io_op* op) noexcept {
-  auto* self = static_cast<write_op*>(op->user);
+  auto* self = static_cast<write_op*>(op);
   detail::g* gp = op->waiter;
   const int res = op->outcome();
   const bool short_send = res > 0 && static_cast<std::size_t>(res) < self->data_.size();
@@ -371,7 +376,7 @@ write_op::result_type write_op::await_resume() {
   }
   // A result on_complete did not hand to do_write (or io_start's refusal)
   // is final: all of data, no progress, or an error.
-  const int res = op_.outcome();
+  const int res = op().outcome();
   if (res > 0) return absl::OkStatus();
   if (res == 0) return absl::InternalError("write: send made no progress");
   return net_error(res, "write");

@@ -115,7 +115,7 @@ int recv_queue::arm(int fd) noexcept {
   if (!single_) ring = r->buffers();
   fd_ = fd;
   op_.complete = &recv_queue::on_cqe;
-  op_.user = this;
+  op_.queue = this;
   op_.stop_more = false;
   ref();  // the armed op's reference, dropped by its final CQE
   bool started;
@@ -277,7 +277,7 @@ void recv_queue::close() noexcept {
 void recv_queue::cancel() noexcept { io_cancel(&slot_, /*close=*/false); }
 
 void recv_queue::on_cqe(io_op* op) noexcept {
-  auto* q = static_cast<recv_queue*>(op->user);
+  auto* q = static_cast<queue_op*>(op)->queue;
   const int res = op->res;
   const std::uint32_t flags = op->cqe_flags;
   const bool more = op->multishot && (flags & kCqeMore) != 0;
@@ -601,7 +601,7 @@ std::coroutine_handle<> receive_op::await_suspend(std::coroutine_handle<> h) {
   w_.gp = detail::current_g();
   w_.convert = &receive_op::convert;
   w_.user = this;
-  detail::park(h, "net.receive", where_);
+  detail::park(h, "net.receive", detail::noted_wait_site());
   // The stream's read deadline: none expected (kNone); one set now or
   // meanwhile sends us to the task form (step reports a kick).
   recv_queue::take_result r = q->step(fd, &w_, &buf_, nullptr,

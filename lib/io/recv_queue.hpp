@@ -176,7 +176,11 @@ class recv_queue {
   // The stream's and an armed op's references. Increment relaxed (the
   // caller holds one); decrement acq_rel (the last sees every use).
   std::atomic<std::int32_t> refs_{1};
-  io_op op_;
+  // The armed op, and the queue its completion (on_cqe) reports to.
+  struct queue_op : io_op {
+    recv_queue* queue = nullptr;
+  };
+  queue_op op_;
   // The armed op's slot: in the queue, not the stream, because the op may
   // outlive the stream (its final CQE clears the slot; the queue lives
   // until then). Cancels and close() reach the op through it.

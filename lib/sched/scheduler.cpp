@@ -160,6 +160,16 @@ void park(std::coroutine_handle<> h, const char* reason, std::source_location wh
   if (trace_on()) [[unlikely]] trace_park(gp, reason, where);
 }
 
+// Relaxed, as park()'s own store: the site is diagnostics only, and it is
+// written and read back by the G's own thread.
+void note_wait_site(std::source_location where) noexcept {
+  if (g* gp = tls_g) gp->wait_where.store(where, std::memory_order_relaxed);
+}
+std::source_location noted_wait_site() noexcept {
+  g* gp = tls_g;
+  return gp != nullptr ? gp->wait_where.load(std::memory_order_relaxed) : std::source_location{};
+}
+
 void external_waker_add(scheduler* s) noexcept { s->external_waker_add(); }
 void external_waker_remove(scheduler* s) noexcept { s->external_waker_remove(); }
 

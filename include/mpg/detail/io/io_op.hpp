@@ -162,6 +162,11 @@ struct io_timespec {
 struct io_op {
   using clock = std::chrono::steady_clock;
 
+  // User-provided, so that the Itanium C++ ABI lets a derived class place
+  // members in the op's tail padding (it does not for a class that is POD
+  // for the purpose of layout).
+  io_op() noexcept {}
+
   // Called under the reactor lock after res/cqe_flags are stored. Null means
   // ready(waiter). Must not call back into the same reactor.
   void (*complete)(io_op*) noexcept = nullptr;
@@ -169,13 +174,20 @@ struct io_op {
   io_slot* slot = nullptr;
   int res = 0;
   std::uint32_t cqe_flags = 0;
+  // The deadline the op is armed with: set by the awaiter, then lowered by
+  // io_start() to *live_deadline if that is earlier.
+  clock::time_point deadline{};
+  // Optional, with a slot: a deadline other tasks may change while the op
+  // is in flight (io_deadline::ns_), read by io_start() under the slot lock.
+  const std::atomic<std::int64_t>* live_deadline = nullptr;
+  // Optional, with a slot: the context the op is bound to; io_start()
+  // refuses the op (-ECANCELED, io_stop::context) once it is cancelled.
+  const context_node* ctx = nullptr;
   bool got_first = false;         // first CQE of a multi-CQE op seen (reactor)
   io_stop stop = io_stop::none;   // written and read under the reactor lock
   // Written and read under the reactor lock, only while faults are injected.
   io_fault_plan fault = io_fault_plan::none;
-  // The deadline the op is armed with: set by the awaiter, then lowered by
-  // io_start() to *live_deadline if that is earlier.
-  bool has_deadline = false;
+  bool has_deadline = false;      // deadline is set
   bool submit_now = false;        // submit at once instead of at the next flush
   // A multishot op (recv_queue.hpp): the reactor calls `complete` for every
   // CQE, with IORING_CQE_F_MORE in cqe_flags on all but the final one, and
@@ -184,14 +196,10 @@ struct io_op {
   // Set by a multishot op's `complete` on a CQE with F_MORE: the reactor
   // then cancels the op (backpressure); best effort, cleared by the reactor.
   bool stop_more = false;
-  clock::time_point deadline{};
-  // Optional, with a slot: a deadline other tasks may change while the op
-  // is in flight (io_deadline::ns_), read by io_start() under the slot lock.
-  const std::atomic<std::int64_t>* live_deadline = nullptr;
-  // Optional, with a slot: the context the op is bound to; io_start()
-  // refuses the op (-ECANCELED, io_stop::context) once it is cancelled.
-  const context_node* ctx = nullptr;
-  void* user = nullptr;           // free for the completion callback
+  // No field for the completion's own state: `complete` finds it from the
+  // op, which is a base or a member of its owner (net::read_op derives from
+  // io_op). The byte after stop_more is tail padding, which a derived class
+  // may use (read_op keeps its state there).
 
   // outcome(): res, except that an op ended by a cancel (io_stop::cancel or
   // context) reads -ECANCELED, one ended by its deadline reads -ETIME, one

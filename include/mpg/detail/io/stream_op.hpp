@@ -37,12 +37,14 @@ class stream_op {
 
   // link_parent(): the site of the awaiting task's co_await (its
   // await_transform calls it, task.hpp): where the task shows as parked,
-  // and the await-chain link of the task form when the op moves there.
-  void link_parent(std::source_location where) noexcept { where_ = where; }
+  // and the await-chain link of the task form when the op moves there. It
+  // is noted in the G (g.hpp), not kept here: an idle connection's frame
+  // holds a read and a write op.
+  void link_parent(std::source_location where) noexcept { note_wait_site(where); }
 
  protected:
   stream_op() noexcept = default;
-  stream_op(stream_op&& o) noexcept : where_(o.where_) {}  // before awaited
+  stream_op(stream_op&&) noexcept {}  // before awaited: nothing to move
   // Idempotent (g++ 12 may destroy a temporary of a co_await's
   // full-expression twice: the second run finds slow_ null).
   ~stream_op() {
@@ -52,19 +54,19 @@ class stream_op {
   void hand_over(task<R>&& t, g* gp) noexcept {
     slow_ = std::move(t).release();
     slow_.promise().continuation_ = gp->resume;
-    slow_.promise().caller_where_ = where_;
+    // park() stored the site before the op was published, which the
+    // waker's lock (the reactor's, the queue's) orders before this read.
+    slow_.promise().caller_where_ = gp->wait_where.load(std::memory_order_relaxed);
     gp->resume = slow_;
   }
   std::coroutine_handle<> run_now(task<R>&& t, std::coroutine_handle<> h) noexcept {
     slow_ = std::move(t).release();
     slow_.promise().continuation_ = h;
-    slow_.promise().caller_where_ = where_;
+    slow_.promise().caller_where_ = noted_wait_site();
     return slow_;
   }
   bool handed_over() const noexcept { return static_cast<bool>(slow_); }
   R task_result() { return slow_.promise().result(); }
-
-  std::source_location where_{};
 
  private:
   typename task<R>::handle_type slow_{};

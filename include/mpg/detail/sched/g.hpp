@@ -136,6 +136,16 @@ void external_waker_remove(scheduler* s) noexcept;
 // before publishing, that it need not wait after all.
 void cancel_park() noexcept;
 
+// note_wait_site() / noted_wait_site(): for an awaiter that keeps no site of
+// its own (the stream ops of net.hpp, which every idle connection's frame
+// holds): its link_parent notes the site of the awaiting co_await in the
+// current G (wait_where), where its await_suspend finds it again to park.
+// Nothing parks between a task's await_transform and the awaiter's
+// await_suspend, so the note is that co_await's. Outside a task, the note is
+// dropped and the site read back is empty.
+void note_wait_site(std::source_location where) noexcept;
+std::source_location noted_wait_site() noexcept;
+
 // spawn_root(): attach a fresh G to the suspended root frame `root` (its
 // frame_header is header_of(root.address())) and make it runnable: on the
 // caller's P (its spawn deque) if the caller runs on a P of `s`, else on the
