@@ -347,16 +347,38 @@ def main() -> int:
         # Rounds interleave the implementations (mpg, peer, mpg, peer...), so
         # a noisy minute on the shared machine hits every row alike.
         runs: dict[str, list[dict]] = {name: [] for name, _, _ in impls}
-        for _ in range(args.runs):
+        by_round: dict[str, dict[int, dict]] = {name: {} for name, _, _ in impls}
+        for i in range(args.runs):
             for name, argv, env in impls:
                 r = fn(name, argv, args, *a, env)
                 if r is not None:
                     runs[name].append(r)
+                    by_round[name][i] = r
         out: dict[str, dict] = {}
         for name, rs in runs.items():
             if rs:
                 out[name] = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+        # Against the floor, also the median of each round's own ratio: a
+        # row and the floor run back to back, so a change of the machine's
+        # state between rounds moves both sides of a round's ratio alike,
+        # while it can pull the two medians above from different rounds.
+        fl = by_round.get("floor", {})
+        for name, rounds in by_round.items():
+            pairs = [(r, fl[i]) for i, r in rounds.items()
+                     if name != "floor" and i in fl and "cpu100k" in r and r["rate"] and fl[i]["rate"]
+                     and fl[i]["cpu100k"]]
+            if pairs:
+                out[name]["paired"] = (
+                    statistics.median(r["rate"] / f["rate"] for r, f in pairs),
+                    statistics.median(r["cpu100k"] / f["cpu100k"] for r, f in pairs), len(pairs))
         return out
+
+    def print_paired(table: dict) -> None:
+        for name, r in table.items():
+            if "paired" in r:
+                rate, cpu, n = r["paired"]
+                print(f"{name} against the floor, round by round (median of {n}): "
+                      f"rate {rate:.2f}x, CPU {cpu:.2f}x")
 
     # "floor" is not a peer: uring_floor_echo, a bare io_uring loop per
     # thread with no runtime (multishot recv, buffer rings, DEFER_TASKRUN).
@@ -445,6 +467,7 @@ def main() -> int:
                   f"{ratio(r['cpu100k'], fl and fl['cpu100k']):>10}")
         print("targets: mpg >= 1.5x Go's msgs/s, <= 0.5x Go's CPU per message "
               "(floor: no runtime, the kernel's share)")
+        print_paired(echo)
     if http:
         print("\nhttp_hello: wrk -t1 -c64, keep-alive")
         print(f"{'impl':8} {'req/s':>10} {'p50 us':>8} {'p99 us':>9} {'CPU s/100k':>11} "
@@ -458,6 +481,7 @@ def main() -> int:
                   f"{ratio(r['rate'], fl and fl['rate']):>11} "
                   f"{ratio(r['cpu100k'], fl and fl['cpu100k']):>10}")
         print("target: mpg >= 2x Go net/http req/s (floor: no runtime, the kernel's share)")
+        print_paired(http)
     if idle:
         print(f"\nidle connections held to the echo server")
         for name, r in idle.items():
