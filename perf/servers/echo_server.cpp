@@ -15,8 +15,8 @@
 // (tcp_stream::receive, a multishot recv) and sends the reply straight from
 // it, as the io_uring floor server does. Measured on the shared 2-CPU
 // machine, --receive 1 took 4% to 10% more CPU per message than the
-// default and 15% less memory per idle connection (955 bytes against
-// 1,129), so it is not the default.
+// default and 11% less memory per idle connection (907 bytes against
+// 1,017), so it is not the default.
 #include <cstdio>
 #include <memory>
 #include <string>
