@@ -217,19 +217,12 @@ tcp_stream& tcp_stream::operator=(tcp_stream&& o) noexcept {
 
 // --- read_op -----------------------------------------------------------------
 //
-// An idle connection's task holds one read_op and one write_op in its frame
-// (g++ keeps each co_await's awaiter in a slot of its own): their size is
-// that of the io_op base, the stream_op shell and three words, the state
-// byte riding in the base's tail padding.
-static_assert(sizeof(read_op) <= sizeof(detail::io_op) + 40);
-static_assert(sizeof(write_op) <= sizeof(detail::io_op) + 40);
-//
-// The recv of read(buf) lives in the awaiting task's frame (its io_op base), as an
-// io_awaiter's does; the loop of do_read is not repeated here. Its first
-// issue is made by await_suspend; on_complete, which the reactor calls under
-// its lock on the op's final completion, either readies the task (the
-// result is final: the common case) or, when do_read's loop would issue the
-// recv again, creates do_read's frame for the rest of the read, makes it
+// The recv of read(buf) lives in the awaiting task's frame (read_op is an
+// io_op), as an io_awaiter's does; the loop of do_read is not repeated here.
+// Its first issue is made by await_suspend; on_complete, which the reactor
+// calls under its lock on the op's final completion, either readies the task
+// (the result is final: the common case) or, when do_read's loop would issue
+// the recv again, creates do_read's frame for the rest of the read, makes it
 // the G's resume point with the awaiting task as its continuation, and
 // readies the G: the task resumes in that loop, and await_resume reads its
 // result. Creating the frame allocates (the frame allocator: a thread-local
@@ -238,6 +231,13 @@ static_assert(sizeof(write_op) <= sizeof(detail::io_op) + 40);
 // -EINTR, -EAGAIN, or an -ETIME whose deadline moved later. on_complete
 // touches nothing of the op after readying the G (it may run at once on
 // another M).
+//
+// An idle connection's task holds a read_op and a write_op in its frame
+// (g++ keeps each co_await's awaiter in a slot of its own): each is the
+// io_op, the stream_op shell and three words, its state byte in the io_op's
+// tail padding.
+static_assert(sizeof(read_op) <= sizeof(detail::io_op) + 40);
+static_assert(sizeof(write_op) <= sizeof(detail::io_op) + 40);
 
 namespace {
 // retry_issue(): do_read's and do_write's loops would issue the op again
