@@ -79,7 +79,8 @@ runtime::~runtime() {
     std::cerr << "mpg: " << s.io_faults_injected << " I/O faults injected (eintr "
               << s.io_faults_eintr << ", eagain " << s.io_faults_eagain << ", short "
               << s.io_faults_short << ", reset " << s.io_faults_reset << ", overflow "
-              << s.io_faults_overflow << ", nomultishot " << s.io_faults_no_multishot << ")\n";
+              << s.io_faults_overflow << ", nomultishot " << s.io_faults_no_multishot
+              << ", nosqe " << s.io_faults_no_sqe << ")\n";
   }
   delete sched_;
 }

@@ -11,6 +11,7 @@
 #include <mpg/net.hpp>
 
 #include <atomic>
+#include <cerrno>
 #include <thread>
 #include <chrono>
 #include <cstdint>
@@ -452,4 +453,28 @@ TEST_CASE("receive: a runtime shut down under a waiting receive and held buffers
       co_await mpg::yield();
     }());
   }  // ~runtime: kills the reader; ASan reports any leak
+}
+
+TEST_CASE("receive: an arm refused for want of an SQE (-EBUSY) is reported, not retried forever") {
+  // nosqe: reactor::start finds no SQE for any multishot arm, as when the
+  // kernel refuses submissions through all of its attempts. receive()
+  // reports EBUSY at once (recv_queue.cpp, step: an arm that ended before
+  // it returned); the stream's sends are unaffected.
+  mpg::runtime rt({.procs = 1, .io_faults = "rate=1,kinds=nosqe"});
+  rt.block_on([]() -> task<void> {
+    auto p = co_await connect_pair();
+    CHECK((co_await p.server.write(std::string_view("hello"))).ok());
+    auto b = co_await p.client.receive();
+    REQUIRE_FALSE(b.ok());
+    CHECK(mpg::errno_of(b.status()) == EBUSY);
+    auto again = co_await p.client.receive();  // a second arm is refused too, as promptly
+    REQUIRE_FALSE(again.ok());
+    CHECK(mpg::errno_of(again.status()) == EBUSY);
+    CHECK((co_await p.client.write(std::string_view("back"))).ok());
+    char buf[8];
+    auto n = co_await p.server.read(std::span<char>(buf));
+    REQUIRE(n.ok());
+    CHECK(std::string_view(buf, *n) == "back");
+  }());
+  CHECK(rt.stats().io_faults_no_sqe >= 2);
 }

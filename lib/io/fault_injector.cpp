@@ -19,13 +19,15 @@ namespace mpg::detail {
 
 namespace {
 
-constexpr const char* kNames[kFaultKinds] = {"eintr", "eagain", "short", "reset", "overflow",
-                                              "nomultishot"};
+constexpr const char* kNames[kFaultKinds] = {"eintr", "eagain", "short",       "reset",
+                                              "overflow", "nomultishot", "nosqe"};
 
 constexpr unsigned bit(io_fault f) noexcept { return 1u << static_cast<unsigned>(f); }
 
-// "all": every fault, not the missing kernel feature (see the header).
-constexpr unsigned kAllKinds = ((1u << kFaultKinds) - 1) & ~bit(io_fault::no_multishot);
+// "all": every fault the layer above hides, not the missing kernel feature
+// nor the refused arm, which a reader sees (see the header).
+constexpr unsigned kAllKinds =
+    ((1u << kFaultKinds) - 1) & ~bit(io_fault::no_multishot) & ~bit(io_fault::no_sqe);
 
 // The faults an opcode may legally produce (see the header).
 unsigned eligible(unsigned opcode) noexcept {
@@ -118,7 +120,7 @@ fault_config parse_faults(std::string_view spec, std::string* errors) {
       }
       if (!ok) {
         bad("want kinds=names joined by '+' from eintr, eagain, short, reset, overflow, "
-            "nomultishot, all");
+            "nomultishot, nosqe, all");
       } else {
         c.kinds = kinds;
       }
@@ -195,6 +197,12 @@ void fault_injector::plan_multishot(io_op* op, io_uring_sqe* sqe) noexcept {
   if ((kinds_ & bit(io_fault::no_multishot)) == 0) return;
   io_uring_prep_nop(sqe);
   op->fault = io_fault_plan::no_multishot;
+}
+
+bool fault_injector::refuse_sqe() noexcept {
+  if ((kinds_ & bit(io_fault::no_sqe)) == 0 || next() >= threshold_) return false;
+  count(io_fault::no_sqe);
+  return true;
 }
 
 fault_injector::verdict fault_injector::on_cqe(std::uint64_t* user_data, int* res,

@@ -16,6 +16,11 @@
 //             falls back to plain recvs. Not a fault of some ops but a
 //             kernel that lacks a feature, so rate does not apply (any
 //             rate above 0 turns it on) and "all" does not include it.
+//   nosqe     a multishot recv's arm finds no SQE: reactor::start refuses it
+//             with -EBUSY, as when the kernel keeps refusing submissions
+//             (CQ overflow) through all of get_sqes_locked's attempts. At
+//             `rate`; the reader sees the error (receive() reports it
+//             rather than arming again forever), so "all" leaves it out.
 // io::submit's operations are never faulted: their result is the kernel's
 // cqe->res, which the caller interprets (mpg/io.hpp). Nor is a stream's
 // multishot recv, except by nomultishot (prep_recv_multishot, not
@@ -70,7 +75,9 @@ struct io_uring;
 
 namespace mpg::detail {
 
-enum class io_fault : std::uint8_t { eintr, eagain, short_io, reset, overflow, no_multishot, kCount };
+enum class io_fault : std::uint8_t {
+  eintr, eagain, short_io, reset, overflow, no_multishot, no_sqe, kCount
+};
 inline constexpr unsigned kFaultKinds = static_cast<unsigned>(io_fault::kCount);
 const char* fault_name(io_fault f) noexcept;
 
@@ -115,6 +122,9 @@ class fault_injector {
   void plan(io_op* op, io_uring_sqe* sqe) noexcept;
   // plan_multishot(): likewise for a multishot recv (nomultishot only).
   void plan_multishot(io_op* op, io_uring_sqe* sqe) noexcept;
+  // refuse_sqe(): called by reactor::start before it takes an SQE for a
+  // multishot recv; true: start() refuses the op as with no SQE (nosqe).
+  bool refuse_sqe() noexcept;
 
   enum class verdict { deliver, hold, carrier_done, carrier_failed };
   // on_cqe(): a CQE about to be dispatched. deliver: go on with *res

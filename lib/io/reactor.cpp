@@ -367,7 +367,8 @@ void reactor::start(io_op* op, io_prep_fn prep, const void* ctx) noexcept {
     return;
   }
   const unsigned need = op->has_deadline ? 2 : 1;
-  io_uring_sqe* sqe = get_sqes_locked(need);
+  const bool refused = faults_ != nullptr && op->multishot && faults_->refuse_sqe();
+  io_uring_sqe* sqe = refused ? nullptr : get_sqes_locked(need);
   pending_.fetch_add(need, std::memory_order_relaxed);
   if (sqe == nullptr) {
     if (need == 2) pending_.fetch_sub(1, std::memory_order_relaxed);
