@@ -19,7 +19,7 @@ namespace mpg::detail {
 
 namespace {
 
-constexpr const char* kNames[kFaultKinds] = {"eintr", "eagain", "short",       "reset",
+constexpr const char* kNames[kFaultKinds] = {"eintr",    "eagain",      "short", "reset",
                                               "overflow", "nomultishot", "nosqe"};
 
 constexpr unsigned bit(io_fault f) noexcept { return 1u << static_cast<unsigned>(f); }

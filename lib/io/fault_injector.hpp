@@ -23,7 +23,7 @@
 //             rather than arming again forever), so "all" leaves it out.
 // io::submit's operations are never faulted: their result is the kernel's
 // cqe->res, which the caller interprets (mpg/io.hpp). Nor is a stream's
-// multishot recv, except by nomultishot (prep_recv_multishot, not
+// multishot recv, except by nomultishot and nosqe (prep_recv_multishot, not
 // prep_request: plan() never sees it, and on_cqe() delivers its CQEs as
 // they are): a re-posted CQE would lose its buffer id. The plain recv a
 // stream falls back to when its P's buffer ring is empty is faulted like
@@ -56,8 +56,8 @@
 //                         back. The MSG_RING's own CQE (the carrier, tagged
 //                         op|4) is counted like any tagged CQE; if it failed,
 //                         the held CQE is delivered from it.
-// Cost when off: the reactor holds a null injector; one test of it per op
-// start and per CQE.
+// Cost when off: the reactor holds a null injector; two tests of it per op
+// start (one before it takes an SQE, for nosqe) and one per CQE.
 //
 // Threading: an injector belongs to one reactor and is used only under that
 // reactor's lock; its counters are read by stats() from any thread
