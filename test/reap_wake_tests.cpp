@@ -140,7 +140,11 @@ TEST_CASE("a completion reaped by a ring-sleeping M wakes no other M for its one
   REQUIRE(run.echoed == kRounds);
   REQUIRE(run.answered == kRounds);
   MESSAGE("Ms woken over " << kRounds << " rounds: " << run.wakeups);
-  CHECK(run.wakeups < kRounds / 10);
+  // With the rule: 0-2 on a quiet machine, and up to 104 in about one run
+  // of 20 under a concurrent build (the machine's delays let the G's
+  // completions land while its M is away from its ring). Without it (every
+  // reap that readies the G runs wake_p): 221 to 768.
+  CHECK(run.wakeups < kRounds * 2 / 5);
 }
 
 namespace {
