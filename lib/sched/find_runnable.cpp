@@ -323,6 +323,26 @@ bool scheduler::any_local_work() const noexcept {
   return false;
 }
 
+// any_surplus_work(): P3's look at the local queues (scheduler.cpp). Only
+// a P's holder pushes onto its queue, and a holder with Gs queued is awake
+// and runs them (it does not park with a queue; an M entering
+// mpg::blocking hands its P on with the work, handoff_p; at the thread
+// limit sysmon serves an unheld P with work): so one G queued on a P is
+// reached by its holder when its current G suspends. The recheck looks for
+// more than that, as end_reap does. Counting one G as work, a spinner that
+// stopped just as a holder readied a completion's G woke an M for it (often
+// itself) to spin again, and on a loaded machine, where a spin stretches
+// past the next completion, each round of a ping-pong did so again (up to a
+// quarter of the rounds in reap_wake_tests). What it costs: a G queued
+// alone just as the last spinner stopped runs after its P's current G
+// rather than beside it; sysmon wakes a spinner for it if that G runs for a
+// millisecond (sysmon.cpp).
+bool scheduler::any_surplus_work() const noexcept {
+  for (auto& p : ps_)
+    if (p->runq.surplus_seq_cst()) return true;
+  return false;
+}
+
 // 6. Nothing to run: the parking protocol (scheduler.cpp, P1-P4).
 scheduler::give_up_result scheduler::give_up_p(machine* m, g** found) {
   processor* p = m->p();
@@ -363,7 +383,7 @@ scheduler::give_up_result scheduler::give_up_p(machine* m, g** found) {
   if (m->spinning) {
     m->spinning = false;
     nmspinning_.fetch_sub(1, std::memory_order_seq_cst);
-    if ((work_queued() || any_local_work()) && recheck_after_spinning(m))
+    if ((work_queued() || any_surplus_work()) && recheck_after_spinning(m))
       return give_up_result::holds_p;
   }
   // P4.

@@ -93,6 +93,16 @@ class run_queue {
     return head_.load(std::memory_order_seq_cst) == tail_.load(std::memory_order_seq_cst) &&
            spawns_.empty_seq_cst() && runnext_.load(std::memory_order_seq_cst) == nullptr;
   }
+  // surplus_seq_cst(): two or more Gs queued (ring, spawns and runnext;
+  // seq_cst loads), i.e. work beyond the one G the P's holder takes next:
+  // the spinner's recheck (P3, scheduler.cpp).
+  bool surplus_seq_cst() const noexcept {
+    const std::uint32_t h = head_.load(std::memory_order_seq_cst);
+    const std::uint32_t t = tail_.load(std::memory_order_seq_cst);
+    const std::uint32_t n = t - h;
+    if (n > cap_) return true;  // torn snapshot: count it as work
+    return n + spawns_.size_seq_cst() + (runnext_.load(std::memory_order_seq_cst) != nullptr ? 1 : 0) >= 2;
+  }
   bool has_runnext() const noexcept { return runnext_.load(std::memory_order_relaxed) != nullptr; }
 
  private:

@@ -29,9 +29,10 @@
 //       still held when it has timers or I/O in flight (T3);
 //   P2. if it was spinning, decrement nmspinning_ (seq_cst);
 //   P3. if it was spinning, recheck the global and posted queues and every
-//       P's local queue and runnext (seq_cst loads); on finding work, take
-//       its parked P back and spin again, or, with no P, wake_p() (which may
-//       hand this very M a P);
+//       P's local queue and runnext for more than one G (seq_cst loads: a
+//       single G is its holder's next, find_runnable.cpp any_surplus_work);
+//       on finding work, take its parked P back and spin again, or, with no
+//       P, wake_p() (which may hand this very M a P);
 //   P4. sleep until handed a P (futex), or, holding a parked P, until its
 //       next timer or I/O completion (futex with a deadline, or its ring).
 // One writer may leave S2 out: the M holding a P, for Gs it readies onto
@@ -40,7 +41,9 @@
 // (end_reap, find_runnable.cpp "Waking after a reap").
 // Because S1/S2 and P2/P3 are each a store followed by loads, all seq_cst,
 // either the writer sees nmspinning_ == 0 after the last spinner's decrement
-// (and wakes an M), or that spinner's recheck sees the work. A non-spinning M
+// (and wakes an M), or that spinner's recheck sees the work (one G alone on
+// a local queue it sees and leaves to that P's holder, which pushed it and
+// is awake, as a running P reaches its own work below). A non-spinning M
 // that parks needs no recheck: it only parks while another M spins or no P
 // idles, and a running P will reach the work itself. When a spinning M finds
 // work it stops spinning and, if it was the last spinner, wakes another

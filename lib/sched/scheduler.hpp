@@ -184,6 +184,7 @@ class scheduler {
   }
   void reset_spinning(machine* m) noexcept;
   bool any_local_work() const noexcept;
+  bool any_surplus_work() const noexcept;
   // run_posted(): run up to a batch of posted functions on m's P (post.cpp);
   // true if it ran any.
   bool run_posted(machine* m);

@@ -80,6 +80,12 @@ class work_deque {
     const std::int64_t b = bottom_.load(std::memory_order_acquire);
     return b > t ? static_cast<std::uint32_t>(b - t) : 0;
   }
+  // size_seq_cst(): size() with the recheck's seq_cst loads.
+  std::uint32_t size_seq_cst() const noexcept {
+    const std::int64_t t = top_.load(std::memory_order_seq_cst);
+    const std::int64_t b = bottom_.load(std::memory_order_seq_cst);
+    return b > t ? static_cast<std::uint32_t>(b - t) : 0;
+  }
   // empty_seq_cst(): the recheck of the parking protocol (seq_cst loads).
   bool empty_seq_cst() const noexcept {
     return top_.load(std::memory_order_seq_cst) >= bottom_.load(std::memory_order_seq_cst);
