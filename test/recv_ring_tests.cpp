@@ -6,6 +6,7 @@
 // contexts and cancel on a waiting receive, and read(buf) from held buffers.
 #include <doctest/doctest.h>
 
+#include <mpg/blocking.hpp>
 #include <mpg/io_error.hpp>
 #include <mpg/mpg.hpp>
 #include <mpg/net.hpp>
@@ -130,6 +131,54 @@ TEST_CASE("receive: many streams, many messages, checksummed, on 2 Ps, mixed wit
     }
     for (auto& w : writers) co_await w;
     for (auto& r : readers) CHECK(co_await r == total);
+  }());
+}
+
+// The task form's wait (a receive with a deadline) woken on another M than
+// the one it parked on: its readers hand their P away before each receive
+// (mpg::blocking), so they wait on whichever M took them while their
+// multishot stays on the ring it was armed on. A stress case for TSan: the
+// wait used to store step()'s result in its frame after step() had
+// published the waiter, when the waker's M may already have resumed the
+// task and built its next wait in the same place. Under TSan this case
+// reported that race in 2 of 33 runs (CI's TSan stage caught it in the
+// case above that mixes read(buf)); it is not a deterministic reproducer.
+TEST_CASE("receive: a waiting receive with a deadline leaves its frame alone once published") {
+  mpg::runtime rt({.procs = 2});
+  rt.block_on([]() -> task<void> {
+    constexpr int kStreams = 8;
+    constexpr int kRounds = 500;
+    std::vector<stream_pair> pairs;
+    for (int i = 0; i < kStreams; ++i) pairs.push_back(co_await connect_pair());
+    std::vector<mpg::join_handle<int>> readers;
+    std::vector<mpg::join_handle<void>> writers;
+    for (int i = 0; i < kStreams; ++i) {
+      readers.push_back(mpg::spawn([](tcp_stream& s, int n) -> task<int> {
+        int got = 0;
+        while (got < n) {
+          // Hands the P away and back: the task goes on on whichever M
+          // takes it, while its multishot stays on the ring it was armed on.
+          co_await mpg::blocking([] {});
+          auto b = co_await s.receive(std::chrono::steady_clock::now() + 1h);
+          REQUIRE(b.ok());
+          if (b->empty()) break;
+          got += static_cast<int>(b->size());
+          REQUIRE((co_await s.write(std::string_view("a"))).ok());
+        }
+        co_return got;
+      }(pairs[i].client, kRounds)));
+      writers.push_back(mpg::spawn([](tcp_stream& s, int n) -> task<void> {
+        char ack[1];
+        for (int r = 0; r < n; ++r) {
+          REQUIRE((co_await s.write(std::string_view("x"))).ok());
+          const absl::StatusOr<std::size_t> acked = co_await s.read(std::span<char>(ack));
+          REQUIRE(acked.ok());
+          REQUIRE(*acked == 1u);
+        }
+      }(pairs[i].server, kRounds)));
+    }
+    for (auto& w : writers) co_await w;
+    for (auto& r : readers) CHECK(co_await r == kRounds);
   }());
 }
 

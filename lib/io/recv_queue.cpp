@@ -446,8 +446,13 @@ struct recv_wait {
       detail::add_timer(&tb.t);
       timer_on = true;
     }
-    r = q->step(fd, &w, out, copy, live, deadline_ns);
-    if (r.s == recv_queue::took::waiting) return true;  // published: frame is the wakers'
+    // Into a local first: once step() has published w, a waker may ready
+    // the G and another M resume the task and move on (this frame may even
+    // be freed and reused), so nothing here touches the frame after that;
+    // r then keeps the `waiting` it was made with.
+    const recv_queue::take_result res = q->step(fd, &w, out, copy, live, deadline_ns);
+    if (res.s == recv_queue::took::waiting) return true;  // published: the frame is the wakers'
+    r = res;
     detail::cancel_park();
     return false;
   }
