@@ -21,6 +21,15 @@ void io_context_binding::unbind() noexcept {
   if (!watching_) return;
   node_->unwatch(this);  // W3: the watcher function is done and never runs again
   watching_ = false;
+  // The binding's own slot is in the awaiting frame, which may go once we
+  // return. io_start() releases the slot's lock after it has published the
+  // op, and by then the op may have completed and this task resumed on
+  // another M: taking the lock once waits for that release, and orders it
+  // before whatever reuses the frame.
+  if (slot_ == &own_slot_) {
+    own_slot_.lock.lock();
+    own_slot_.lock.unlock();
+  }
 }
 
 void io_context_binding::on_cancel(context_watcher* w) noexcept {

@@ -97,8 +97,10 @@ bool io_start(io_op* op, io_prep_fn prep, const void* ctx, io_slot* slot) {
   slot->owner = r;
   slot->op.store(op, std::memory_order_relaxed);  // ordered for the reactor by its lock
   r->start(op, prep, ctx);
-  // The op is published; the slot lives in the object (not the frame), and
-  // that object's close() takes this lock before it can go away.
+  // The op is published and may complete, and its task resume elsewhere,
+  // before this unlock. The slot outlives it: an object's slot lives until
+  // its close(), which takes this lock; a context binding's own slot (in
+  // the awaiting frame) until its unbind(), which takes it too.
   slot->lock.unlock();
   return true;
 }

@@ -27,7 +27,9 @@
 // (io_op.hpp, "Why an op was stopped"), so a cancel that lands between two
 // issues of a loop, or before the first, is not lost. unbind() is
 // context_node::unwatch(): it returns only once the watcher's function is
-// not running and never will, so the frame (and a slot in it) may go.
+// not running and never will; with the binding's own slot it also takes
+// that slot's lock once, which io_start() may still hold for an op that has
+// completed already; then the frame (and the slot in it) may go.
 //
 // An operation without a slot of its own (dial, io::submit) uses the
 // binding's: a cancel needs a slot to find the op and its reactor.
