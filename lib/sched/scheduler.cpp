@@ -39,6 +39,18 @@
 // that P while it reaps the P's ring and then looks for work on it. It runs
 // S2 once after the reap when more than the one G it takes next is queued
 // (end_reap, find_runnable.cpp "Waking after a reap").
+// The spawn exception: spawn() on a P (spawn_root) pushes the child onto
+// that P's deque and runs S2 with no fence between: the push may still sit
+// in the store buffer when S2 reads nmspinning_, and a spinner may
+// decrement and recheck (P2, P3) without seeing it; then neither wakes an
+// M. The child is not lost: it is on the spawner's own P, whose holder is
+// awake and reaches it (a running P reaches its own work, below), so what a
+// miss costs is parallelism: an idle P while Gs queue on a running one.
+// Sysmon bounds that: a P seen with two or more Gs queued on two samples in
+// a row (1 ms apart) while a P idles gets a spinning M (sysmon.cpp). Go's
+// newproc makes the same trade (runqput's release store, then wakep's
+// loads). The fence cost a spawn-join tree (fib, skynet) 6-9% of its
+// wall time on two Ps; every other push keeps it.
 // Because S1/S2 and P2/P3 are each a store followed by loads, all seq_cst,
 // either the writer sees nmspinning_ == 0 after the last spinner's decrement
 // (and wakes an M), or that spinner's recheck sees the work (one G alone on
@@ -275,9 +287,10 @@ g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
   processor::bump(p->spawned);
   gp->status.store(g_status::runnable, std::memory_order_relaxed);
   if (m->local_runq().push_spawn(gp)) [[likely]] {
-    // S1 of the parking protocol for the spawn deque: order the push
-    // before wake_p's loads.
-    std::atomic_thread_fence(std::memory_order_seq_cst);
+    // S2 without S1's fence: the G is on this P, whose holder (we) runs it
+    // if no other M takes it, so a wake missed on a stale count costs
+    // parallelism for a while, never progress; sysmon bounds the while
+    // (the top of the file, "The spawn exception").
     s->wake_p();
   } else {
     s->make_runnable(m, gp, queue_slot::tail);  // the deque is full

@@ -12,10 +12,12 @@
 //   - after runtime_options.long_task_threshold (10 ms), reports the G on
 //     stderr once, in builds with debug checks or when report_long_tasks is
 //     set.
-// It also balances the queues behind I/O: while an M sleeps in its ring, a
-// P found with two or more Gs queued on two samples in a row gets a
-// spinning M (the Gs that completions ready wake no M asleep in its ring:
-// find_runnable.cpp, "Waking after a reap").
+// It also balances the queues: while a P idles (released, or parked in its
+// ring), a P found with two or more Gs queued on two samples in a row gets
+// a spinning M. Two kinds of work are put on a P's queue without the
+// wake-up that would bring an idle P to them: Gs that completions ready
+// wake no M asleep in its ring (find_runnable.cpp, "Waking after a reap"),
+// and a spawn's wake can be missed (scheduler.cpp, "The spawn exception").
 #include <algorithm>
 #include <cstdio>
 
@@ -108,14 +110,14 @@ void scheduler::sysmon_main() {
                      name ? name : "", name ? ")" : "", static_cast<long long>(ran / 1000000));
       }
     }
-    // Balance behind I/O: Gs readied by completions wake no M asleep in its
-    // ring (find_runnable.cpp, "Waking after a reap"), so a P that keeps
-    // a queue while another P sleeps in its ring gets a spinner here.
+    // Balance: a P that keeps a queue while another P idles (asleep in its
+    // ring, or released) gets a spinner here (the top of the file).
     // Relaxed: a hint; wake_p() makes its own seq_cst checks (a spinner
     // already looking, or no idle P, and it does nothing).
     // A queue counts once it is seen on two samples in a row, so a P that
     // merely has a burst in hand when sampled costs no wake.
-    if (nring_parked_.load(std::memory_order_relaxed) != 0) {
+    if (nring_parked_.load(std::memory_order_relaxed) != 0 ||
+        npidle_.load(std::memory_order_relaxed) != 0) {
       bool wake = false;
       for (std::size_t i = 0; i < ps_.size(); ++i) {
         const bool queued = ps_[i]->runq.size() >= 2;
