@@ -160,8 +160,8 @@ g* scheduler::find_runnable(machine* m, bool* inherit_time) {
 // context switches per completion (measured on http_hello with 2 Ps:
 // 0.20 eventfd writes per request, against none for the floor). So while it
 // reaps, the M only counts the Gs it readies (machine::reap_readied;
-// ready_tail(), which I/O completions ready their Gs with, pushes them, S1
-// of the parking protocol, but skips S2),
+// ready_tail(), which I/O completions ready their Gs with, pushes them onto
+// this P, as own-P pushes do (scheduler.cpp), but skips S2),
 // and end_reap() runs S2 once, when there is work beyond the one G this M
 // takes next: two or more readied, or one beside other local work. The
 // same holds for an M asleep in its ring holding a parked P

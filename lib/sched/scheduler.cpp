@@ -17,9 +17,11 @@
 // readied G (thundering herd: Go measured it, hence the spinning protocol).
 //
 // Parking protocol (no lost wakeups). Writers of work follow:
-//   S1. publish the G (runnext exchange, which is seq_cst, or a queue push
-//       followed by a seq_cst fence, or the global queue under the lock),
-//       or a posted function (a seq_cst CAS onto its inbox, post.cpp);
+//   S1. publish the G (runnext exchange, which is seq_cst, or a push onto
+//       the P's ring or spawn deque, or the global queue under the lock),
+//       or a posted function (a seq_cst CAS onto its inbox, post.cpp); the
+//       pushes onto a P's own queue have no fence before S2 (below, "Own-P
+//       pushes");
 //   S2. read npidle_ and nmspinning_ (seq_cst); if some P idles and no M
 //       spins, CAS nmspinning_ 0->1 and start a spinning M (wake_p).
 // An M that finds nothing follows (find_runnable.cpp):
@@ -39,18 +41,21 @@
 // that P while it reaps the P's ring and then looks for work on it. It runs
 // S2 once after the reap when more than the one G it takes next is queued
 // (end_reap, find_runnable.cpp "Waking after a reap").
-// The spawn exception: spawn() on a P (spawn_root) pushes the child onto
-// that P's deque and runs S2 with no fence between: the push may still sit
-// in the store buffer when S2 reads nmspinning_, and a spinner may
-// decrement and recheck (P2, P3) without seeing it; then neither wakes an
-// M. The child is not lost: it is on the spawner's own P, whose holder is
-// awake and reaches it (a running P reaches its own work, below), so what a
-// miss costs is parallelism: an idle P while Gs queue on a running one.
-// Sysmon bounds that: a P seen with two or more Gs queued on two samples in
-// a row (1 ms apart) while a P idles gets a spinning M (sysmon.cpp). Go's
-// newproc makes the same trade (runqput's release store, then wakep's
-// loads). The fence cost a spawn-join tree (fib, skynet) 6-9% of its
-// wall time on two Ps; every other push keeps it.
+// Own-P pushes. Only a P's holder pushes onto its ring and spawn deque
+// (run_queue::owner), and it runs S2 after such a push with no fence
+// between (spawn_root, local_put): the push may still sit in the store
+// buffer when S2 reads nmspinning_, and a spinner may decrement and
+// recheck (P2, P3) without seeing it; then neither wakes an M. The G is not
+// lost: it is on the pusher's own P, whose holder is awake and reaches it
+// (a running P reaches its own work, below), so what a miss costs is
+// parallelism: an idle P while Gs queue on a running one. Sysmon bounds
+// that: a P seen with two or more Gs queued on two samples in a row (1 ms
+// apart) while a P idles gets a spinning M (sysmon.cpp). Go's runqput
+// makes the same trade (a release store, then wakep's loads). The fence
+// cost a spawn-join tree (fib, skynet) 6-9% of its wall time on two Ps,
+// and yield_ping 23%. The runnext exchange is a locked instruction
+// anyway, so it stays seq_cst; the global queue and the posted functions,
+// which any M may be the one to serve, keep S1 in full.
 // Because S1/S2 and P2/P3 are each a store followed by loads, all seq_cst,
 // either the writer sees nmspinning_ == 0 after the last spinner's decrement
 // (and wakes an M), or that spinner's recheck sees the work (one G alone on
@@ -211,7 +216,7 @@ void ready_tail(g* gp) noexcept {
   if (m != nullptr && m->sched == s && m->p() != nullptr) {
     if (m->reap_readied >= 0) {  // an I/O completion this M reaps on its P
       gp->status.store(g_status::runnable, std::memory_order_relaxed);
-      s->local_put(m, gp, queue_slot::tail);  // S1; S2 once the reap ends (end_reap)
+      s->local_put(m, gp, queue_slot::tail);  // S2 once the reap ends (end_reap)
       ++m->reap_readied;
       return;
     }
@@ -287,10 +292,10 @@ g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
   processor::bump(p->spawned);
   gp->status.store(g_status::runnable, std::memory_order_relaxed);
   if (m->local_runq().push_spawn(gp)) [[likely]] {
-    // S2 without S1's fence: the G is on this P, whose holder (we) runs it
-    // if no other M takes it, so a wake missed on a stale count costs
-    // parallelism for a while, never progress; sysmon bounds the while
-    // (the top of the file, "The spawn exception").
+    // S2 without a fence after the push: the G is on this P, whose holder
+    // (we) runs it if no other M takes it, so a wake missed on a stale
+    // count costs parallelism for a while, never progress; sysmon bounds
+    // the while (the top of the file, "Own-P pushes").
     s->wake_p();
   } else {
     s->make_runnable(m, gp, queue_slot::tail);  // the deque is full
@@ -683,16 +688,10 @@ void scheduler::local_put(machine* m, g* gp, queue_slot slot) noexcept {
     gp = q.put_runnext(gp);  // seq_cst: S1 of the protocol
     if (gp == nullptr) return;
   } else if (slot == queue_slot::spawn && q.push_spawn(gp)) {
-    // S1 for the spawn path: order the push before wake_p's loads.
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    return;
+    return;  // no fence before the caller's S2: "Own-P pushes" (the top of the file)
   }
   for (;;) {
-    if (q.push_tail(gp)) {
-      // S1 for the tail path: order the push before wake_p's loads.
-      std::atomic_thread_fence(std::memory_order_seq_cst);
-      return;
-    }
+    if (q.push_tail(gp)) return;  // likewise
     // Full: move half of the local queue plus gp to the global queue.
     std::vector<g*>& batch = m->p()->overflow;
     std::uint32_t n = q.take_half(batch.data());

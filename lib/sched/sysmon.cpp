@@ -17,7 +17,8 @@
 // a spinning M. Two kinds of work are put on a P's queue without the
 // wake-up that would bring an idle P to them: Gs that completions ready
 // wake no M asleep in its ring (find_runnable.cpp, "Waking after a reap"),
-// and a spawn's wake can be missed (scheduler.cpp, "The spawn exception").
+// and a wake after a push onto a P's own queue can be missed (scheduler.cpp,
+// "Own-P pushes").
 #include <algorithm>
 #include <cstdio>
 
