@@ -254,7 +254,7 @@ class scheduler {
   // Ps parked with their holder asleep in the P's ring (sleep_site::ring):
   // written under mu_ with npidle_ (park_p, and unlist_parked() for the two
   // ways out), read without it, relaxed, as a hint by wake_p_beyond_rings()
-  // and sysmon (find_runnable.cpp, "Waking after a reap").
+  // (find_runnable.cpp, "Waking after a reap").
   std::atomic<std::uint32_t> nring_parked_{0};
   std::atomic<bool> stopping_{false};
   std::atomic<std::uint32_t> putters_{0};  // threads inside global_put_batch

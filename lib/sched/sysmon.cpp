@@ -112,13 +112,13 @@ void scheduler::sysmon_main() {
       }
     }
     // Balance: a P that keeps a queue while another P idles (asleep in its
-    // ring, or released) gets a spinner here (the top of the file).
+    // ring, or released: a P parked in its ring is on the idle list too, so
+    // npidle_ counts both) gets a spinner here (the top of the file).
     // Relaxed: a hint; wake_p() makes its own seq_cst checks (a spinner
     // already looking, or no idle P, and it does nothing).
     // A queue counts once it is seen on two samples in a row, so a P that
     // merely has a burst in hand when sampled costs no wake.
-    if (nring_parked_.load(std::memory_order_relaxed) != 0 ||
-        npidle_.load(std::memory_order_relaxed) != 0) {
+    if (npidle_.load(std::memory_order_relaxed) != 0) {
       bool wake = false;
       for (std::size_t i = 0; i < ps_.size(); ++i) {
         const bool queued = ps_[i]->runq.size() >= 2;
