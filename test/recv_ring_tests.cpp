@@ -134,6 +134,60 @@ TEST_CASE("receive: many streams, many messages, checksummed, on 2 Ps, mixed wit
   }());
 }
 
+// R6 (recv_queue.hpp): a multishot armed on one P moves to the P its
+// reader is stolen to. Eight streams are armed on this P, then read by
+// eight tasks that each work 100 us per message: the other P steals
+// readers from this one, and a reader stolen twice in a row ends its
+// multishot and re-arms it there, so some messages arrive in the other P's
+// ring. Without R6 every message of every round came through this P's
+// ring, whoever read it. Each message is checked, so nothing is lost or
+// reordered across the moves.
+TEST_CASE("receive: a multishot moves to the P its reader was stolen to; nothing is lost") {
+  mpg::runtime rt({.procs = 2});
+  rt.block_on([]() -> task<void> {
+    constexpr int kStreams = 8;
+    constexpr int kRounds = 60;
+    std::vector<stream_pair> pairs;
+    for (int i = 0; i < kStreams; ++i) pairs.push_back(co_await connect_pair());
+    // Armed here: a receive whose deadline has passed arms the multishot
+    // and returns at once, so this task does not leave its P between arms.
+    mpg::detail::buffer_ring* home = this_ring();
+    for (auto& p : pairs) {
+      auto r = co_await p.client.receive(std::chrono::steady_clock::now() - 1s);
+      CHECK(r.status().code() == absl::StatusCode::kDeadlineExceeded);
+    }
+    REQUIRE(this_ring() == home);
+    const std::uint64_t home_before = home->given_back();
+    std::vector<mpg::join_handle<int>> readers;
+    for (int i = 0; i < kStreams; ++i) {
+      readers.push_back(mpg::spawn([](stream_pair& p, int i) -> task<int> {
+        int in_order = 0;
+        for (int k = 0; k < kRounds; ++k) {
+          const std::string msg = std::to_string(i) + ":" + std::to_string(k);
+          REQUIRE((co_await p.server.write(msg)).ok());
+          std::string got;
+          while (got.size() < msg.size()) {
+            auto b = co_await p.client.receive();
+            REQUIRE(b.ok());
+            REQUIRE(!b->empty());
+            got.append(b->view());
+          }
+          if (got == msg) ++in_order;
+          const auto until = std::chrono::steady_clock::now() + 100us;  // work
+          while (std::chrono::steady_clock::now() < until) {
+          }
+        }
+        co_return in_order;
+      }(pairs[i], i)));
+    }
+    for (auto& r : readers) CHECK(co_await r == kRounds);
+    // Every buffer a reader took is back with its ring by now.
+    const std::uint64_t via_home = home->given_back() - home_before;
+    INFO("messages through the arming P's ring: " << via_home << " of " << kStreams * kRounds);
+    CHECK(via_home < static_cast<std::uint64_t>(kStreams * kRounds));
+  }());
+}
+
 // The task form's wait (a receive with a deadline) woken on another M than
 // the one it parked on: its readers hand their P away before each receive
 // (mpg::blocking), so they wait on whichever M took them while their

@@ -42,7 +42,8 @@ int io_op::outcome() const noexcept {
   if (res == -ECANCELED || intr) {
     if (cancel_requested()) return -ECANCELED;
     if (has_deadline && clock::now() >= deadline) return -ETIME;
-    if (stop == io_stop::kick) return -EINTR;  // re-issue with the new deadline
+    // Re-issue: with the new deadline (kick), or on another P (move).
+    if (stop == io_stop::kick || stop == io_stop::move) return -EINTR;
   }
   return intr ? -EINTR : res;
 }

@@ -23,6 +23,7 @@ namespace mpg::detail {
 namespace {
 constexpr unsigned kFallbackSize = 2048;  // a plain recv's heap buffer without a ring
 constexpr unsigned kMaxLimit = 8;         // R3's limit_, at most
+constexpr unsigned kMoveAfter = 2;        // R6: takes on another P before a move
 // Statistics for tests (relaxed: independent counts).
 std::atomic<std::uint64_t> g_nobufs{0};
 std::atomic<std::uint64_t> g_over_limit_copies{0};
@@ -122,6 +123,8 @@ int recv_queue::arm(int fd) noexcept {
   if (ring != nullptr) {
     lock_.lock();
     ring_ = ring;
+    arm_p_ = r;
+    away_ = 0;
     limit_ = static_cast<std::uint8_t>(std::clamp(ring->count() / 16u, 1u, kMaxLimit));
     lock_.unlock();
     op_.multishot = true;
@@ -171,8 +174,10 @@ recv_queue::take_result recv_queue::step(int fd, recv_waiter* w,
         if (b.len == 0) {
           held_buf done = b;
           pop_locked();
+          const bool move = took_data_locked();
           lock_.unlock();
           give_back(done);
+          if (move) io_stop_in_flight(&slot_, {.why = io_stop::move});
           return {took::data};
         }
       } else {
@@ -184,7 +189,9 @@ recv_queue::take_result recv_queue::step(int fd, recv_waiter* w,
         out->base_ = b.base;
         pop_locked();
       }
+      const bool move = took_data_locked();
       lock_.unlock();
+      if (move) io_stop_in_flight(&slot_, {.why = io_stop::move});
       return {took::data};
     }
     if (has_final_) {
@@ -231,6 +238,17 @@ recv_queue::take_result recv_queue::step(int fd, recv_waiter* w,
     lock_.unlock();
     return {took::waiting};
   }
+}
+
+bool recv_queue::took_data_locked() noexcept {
+  if (!armed_ || single_ || moving_ || pausing_ || closed_) return false;
+  if (arm_p_ == current_reactor()) {
+    away_ = 0;
+    return false;
+  }
+  if (++away_ < kMoveAfter) return false;
+  moving_ = true;  // once per arm: the final CQE clears it
+  return true;
 }
 
 void recv_queue::withdraw(recv_waiter* w) noexcept {
@@ -323,6 +341,7 @@ void recv_queue::on_cqe(io_op* op) noexcept {
   if (!more) {
     q->armed_ = false;  // R2: op_ may be started again
     q->pausing_ = false;
+    q->moving_ = false;
     if (q->single_) {
       delete[] std::exchange(q->single_buf_, nullptr);
       q->single_ = false;

@@ -50,6 +50,21 @@
 //       plain recvs.
 //   R5. EOF (res 0) and errors other than those of R2 and R4 are final:
 //       stored in final_, reported after every held buffer, and sticky.
+//   R6. The multishot follows its reader. Its CQEs ready the reader on
+//       the P whose ring it was armed on; a reader stolen by another P
+//       runs there one message and comes back with the next CQE, so a
+//       multishot never leaves the P it was first armed on, and Ps that
+//       armed more (the accepting P arms most of a burst of new
+//       connections) keep more of the load for good. So when the reader
+//       takes data on another P kMoveAfter times in a row, step() ends the
+//       multishot (io_stop::move, which the final CQE reads as -EINTR:
+//       R2); nothing is lost (unread bytes stay in the socket), and the
+//       reader re-arms on the P it runs on at its next wait (R1). The
+//       final CQE is reaped while the reader answers what it took, so it
+//       usually finds armed_ clear by then; if not, the final CQE readies
+//       it on the old P and it re-arms there, as it would have anyway.
+//       Plain reads get the same balance for nothing: each is submitted
+//       on the P its task runs on.
 // A user cancel (cancel(), close(): op_.stop says so) ends the multishot
 // too (R2), and a waiting reader reads kCancelled.
 //
@@ -167,6 +182,9 @@ class recv_queue {
   static void on_cqe(io_op* op) noexcept;
   // arm(): R1 after the claim; returns 0 or why io_start refused.
   int arm(int fd) noexcept;
+  // took_data_locked(): R6's count, as the reader takes data; true when
+  // the caller, after unlocking, is to end the multishot (io_stop::move).
+  bool took_data_locked() noexcept;
   void push_locked(const held_buf& b) noexcept;
   held_buf& front_locked() noexcept { return items_[head_]; }
   void pop_locked() noexcept;
@@ -196,6 +214,9 @@ class recv_queue {
   bool has_final_ = false;
   bool pausing_ = false;       // R3: stop_more was asked of this arm
   bool got_any_ = false;       // a multishot delivered something (R4's -EINVAL)
+  bool moving_ = false;        // R6: io_stop::move was asked of this arm
+  std::uint8_t away_ = 0;      // R6: data taken on a P other than the arm's, in a row
+  const void* arm_p_ = nullptr;  // R6: the reactor the op was armed on
   std::uint8_t limit_ = 8;
   int final_ = 0;
   int last_stop_ = 0;  // the last final CQE: -ECANCELED (a user cancel), -EBUSY, else 0

@@ -132,8 +132,9 @@ struct io_slot {
 };
 
 // io_stop: why an op in flight was stopped (see the essay); ordered by
-// precedence, the strongest request wins.
-enum class io_stop : std::uint8_t { none, kick, context, cancel };
+// precedence, the strongest request wins. `move` ends a multishot so that
+// its owner re-arms it on another P (recv_queue.hpp, R6).
+enum class io_stop : std::uint8_t { none, move, kick, context, cancel };
 
 // io_stop_request: what a canceller asks of the reactor (reactor::cancel).
 struct io_stop_request {
@@ -203,7 +204,7 @@ struct io_op {
 
   // outcome(): res, except that an op ended by a cancel (io_stop::cancel or
   // context) reads -ECANCELED, one ended by its deadline reads -ETIME, one
-  // ended by a kick reads -EINTR (the kernel reports all of these as
+  // ended by a kick or a move reads -EINTR (the kernel reports all of these as
   // -ECANCELED, or for work it had handed to io-wq as -EINTR or as one of
   // its internal restart codes, -ERESTARTSYS and kin), and any other restart
   // code reads -EINTR, which callers retry.
