@@ -165,6 +165,8 @@ recv_queue::take_result recv_queue::step(int fd, recv_waiter* w,
     lock_.lock();
     if (count_ != 0) {
       held_buf& b = front_locked();
+      held_buf used_up{};  // a buffer copied out to its end: given back after unlock
+      bool copied_all = false;
       if (copy != nullptr) {
         const std::size_t n = std::min<std::size_t>(copy->size(), b.len);
         std::memcpy(copy->data(), b.data, n);
@@ -172,13 +174,9 @@ recv_queue::take_result recv_queue::step(int fd, recv_waiter* w,
         b.data += n;
         b.len -= static_cast<std::uint32_t>(n);
         if (b.len == 0) {
-          held_buf done = b;
+          used_up = b;
+          copied_all = true;
           pop_locked();
-          const bool move = took_data_locked();
-          lock_.unlock();
-          give_back(done);
-          if (move) io_stop_in_flight(&slot_, {.why = io_stop::move});
-          return {took::data};
         }
       } else {
         out->reset();
@@ -191,6 +189,7 @@ recv_queue::take_result recv_queue::step(int fd, recv_waiter* w,
       }
       const bool move = took_data_locked();
       lock_.unlock();
+      if (copied_all) give_back(used_up);
       if (move) io_stop_in_flight(&slot_, {.why = io_stop::move});
       return {took::data};
     }

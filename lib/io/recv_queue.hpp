@@ -219,7 +219,7 @@ class recv_queue {
   bool got_any_ = false;       // a multishot delivered something (R4's -EINVAL)
   bool moving_ = false;        // R6: io_stop::move was asked of this arm
   std::uint8_t away_ = 0;      // R6: data taken on a P other than the arm's, in a row
-  const void* arm_p_ = nullptr;  // R6: the reactor the op was armed on
+  const reactor* arm_p_ = nullptr;  // R6: the reactor the op was armed on
   std::uint8_t limit_ = 8;
   int final_ = 0;
   int last_stop_ = 0;  // the last final CQE: -ECANCELED (a user cancel), -EBUSY, else 0
