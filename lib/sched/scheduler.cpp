@@ -262,7 +262,6 @@ namespace {
       throw runtime_misuse_error("mpg::spawn/go called outside a task of a runtime");
     }
   }
-  header_of(root.address())->spawned = 1;
   processor* p = current_p_of(s);
   g* gp = p != nullptr ? s->new_g_local(p, root, name) : s->new_g(root, name);
   promise->gid_ = gp->id.load(std::memory_order_relaxed);
@@ -286,7 +285,6 @@ g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
     return spawn_root_elsewhere(root, name, s, promise);
   s = m->sched;
   processor* p = m->p();
-  header_of(root.address())->spawned = 1;
   g* gp = s->new_g_local(p, root, name);
   promise->gid_ = gp->id.load(std::memory_order_relaxed);
   processor::bump(p->spawned);

@@ -3,7 +3,8 @@
 //
 // Every task frame is allocated through allocate_frame(): a per-thread
 // recycling allocator (size classes of 16 bytes up to 2 KiB, bounded free
-// lists per class; bigger frames go to malloc). A frame freed on another
+// lists per class, refilled a slab of frames at a time; bigger frames go to
+// malloc). A frame freed on another
 // thread simply joins that thread's lists: frames flow with the work.
 //
 // Each allocation starts with a 16-byte frame_header, so the coroutine frame
@@ -51,7 +52,10 @@ inline constexpr std::uintptr_t kJoinInline = 4;
 struct alignas(16) frame_header {
   std::atomic<std::uintptr_t> join{kJoinRunning};
   std::uint32_t size = 0;  // requested frame size (without the header)
-  std::uint32_t spawned = 0;
+  // Where the memory came from (lib/sched/frame_allocator.cpp, "Slabs"): the
+  // distance in bytes from the start of the slab this frame was carved from
+  // to this header, or 0 for a frame that is an allocation of its own.
+  std::uint32_t slab_offset = 0;
 };
 static_assert(sizeof(frame_header) == 16);
 
