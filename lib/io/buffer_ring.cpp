@@ -15,6 +15,7 @@
 #include <liburing.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <new>
 
@@ -56,6 +57,8 @@ buffer_ring* buffer_ring::create(io_uring* ring, unsigned count, unsigned size) 
   }
   io_uring_buf_ring_advance(b->br_, static_cast<int>(count));
   b->in_kernel_.store(count, std::memory_order_relaxed);
+  b->refs_.store(std::int64_t{count} + 1, std::memory_order_relaxed);  // published with b
+  b->refill_batch_ = std::clamp(count / 16u, 1u, 16u);
   return b;
 }
 
@@ -65,23 +68,31 @@ buffer_ring::~buffer_ring() {
 }
 
 void buffer_ring::give_back(std::uint16_t bid) noexcept {
-  given_back_.fetch_add(1, std::memory_order_relaxed);  // a statistic
   // Relaxed load: the CAS below validates it.
-  std::uint32_t top = returned_.load(std::memory_order_relaxed);
+  std::uint64_t word = returned_.load(std::memory_order_relaxed);
+  std::uint64_t pushed;
   do {
-    next_[bid] = static_cast<std::uint16_t>(top);
+    if ((word & kClosed) != 0) {  // after release(): drop the buffer's reference
+      unref();
+      return;
+    }
+    next_[bid] = static_cast<std::uint16_t>(word & kTopMask);
+    pushed = (word & ~kTopMask) + kOnePush + std::uint64_t{bid} + 1u;
     // Release: our use of the buffer and next_[bid] happen before
-    // refill()'s acquire exchange (file comment, "The return stack").
-  } while (!returned_.compare_exchange_weak(top, std::uint32_t{bid} + 1u,
-                                            std::memory_order_release,
+    // refill()'s acquire CAS (file comment, "The return stack").
+  } while (!returned_.compare_exchange_weak(word, pushed, std::memory_order_release,
                                             std::memory_order_relaxed));
-  unref();  // the held buffer's reference
 }
 
 unsigned buffer_ring::refill() noexcept {
+  std::uint64_t word = returned_.load(std::memory_order_relaxed);
+  if ((word & kTopMask) == 0) return 0;
   // Acquire: pairs with the pushes' release (file comment).
-  std::uint32_t top = returned_.exchange(0, std::memory_order_acquire);
-  if (top == 0) return 0;
+  while (!returned_.compare_exchange_weak(word, word & ~kTopMask, std::memory_order_acquire,
+                                          std::memory_order_relaxed)) {
+  }
+  refilled_pushes_ = word >> kCountShift;
+  std::uint32_t top = static_cast<std::uint32_t>(word & kTopMask);
   const int mask = io_uring_buf_ring_mask(count_);
   unsigned n = 0;
   while (top != 0) {
@@ -92,13 +103,27 @@ unsigned buffer_ring::refill() noexcept {
   }
   // A store-release of the tail: the kernel sees the entries written above.
   io_uring_buf_ring_advance(br_, static_cast<int>(n));
-  in_kernel_.fetch_add(n, std::memory_order_relaxed);
+  // The one writer (the reactor, under its lock): no read-modify-write.
+  in_kernel_.store(in_kernel_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   return n;
 }
 
+void buffer_ring::release() noexcept {
+  // acq_rel: acquires the pushes (their next_ links are read below); the
+  // release half orders the reactor's uses before a giver's final drop.
+  const std::uint64_t word = returned_.fetch_or(kClosed, std::memory_order_acq_rel);
+  std::int64_t drop = 1 + std::int64_t{in_kernel_.load(std::memory_order_relaxed)};
+  for (std::uint32_t top = static_cast<std::uint32_t>(word & kTopMask); top != 0;
+       top = next_[top - 1]) {
+    ++drop;
+  }
+  // acq_rel: as unref().
+  if (refs_.fetch_sub(drop, std::memory_order_acq_rel) == drop) delete this;
+}
+
 void buffer_ring::unref() noexcept {
-  // acq_rel: the last reference sees every other holder's pushes and uses
-  // of the memory before it frees it (as shared_ptr's count).
+  // acq_rel: the last reference sees every other holder's uses of the
+  // memory before it frees it (as shared_ptr's count).
   if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
 }
 

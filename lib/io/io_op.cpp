@@ -38,6 +38,7 @@ bool interrupted(int res) noexcept {
 }  // namespace
 
 int io_op::outcome() const noexcept {
+  if (res >= 0) return res;  // the common case: no stop to look into
   const bool intr = interrupted(res);
   if (res == -ECANCELED || intr) {
     if (cancel_requested()) return -ECANCELED;

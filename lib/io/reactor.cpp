@@ -105,7 +105,6 @@ namespace {
 // user_data values that are not io_op pointers (ops are at least 8-aligned).
 constexpr std::uint64_t kIgnoreTag = 1;  // link timeouts, cancels: count only
 constexpr std::uint64_t kWakeTag = 2;    // 2 and 3: wake_reads_[0], [1]
-constexpr unsigned kReapBatch = 64;
 
 int this_tid() noexcept {
   thread_local int tid = static_cast<int>(::gettid());
@@ -286,18 +285,22 @@ reactor::~reactor() {
       if (sqe != nullptr) {
         io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
         io_uring_sqe_set_data64(sqe, kIgnoreTag);
-        pending_.fetch_add(1, std::memory_order_relaxed);
+        add_pending_locked(1);
         io_uring_submit(ring_.get());
       }
       auto give_up = clock::now() + std::chrono::seconds(5);
       while (pending_.load(std::memory_order_relaxed) != 0 && clock::now() < give_up) {
         unsigned head, seen = 0;
         io_uring_cqe* cqe;
+        buffer_ring* bufs = bufs_.load(std::memory_order_relaxed);
         io_uring_for_each_cqe(ring_.get(), head, cqe) {
           ++seen;
+          // Out of the kernel and held by nobody: counted so, release()
+          // drops the buffer's reference with the reactor's.
+          if (bufs != nullptr && (cqe->flags & IORING_CQE_F_BUFFER) != 0) bufs->taken();
           bool wake_read = cqe->user_data == kWakeTag || cqe->user_data == kWakeTag + 1;
           if (!wake_read && !(cqe->flags & IORING_CQE_F_MORE)) {
-            pending_.fetch_sub(1, std::memory_order_relaxed);
+            add_pending_locked(-1);
           }
         }
         io_uring_cq_advance(ring_.get(), seen);
@@ -320,6 +323,9 @@ reactor::~reactor() {
 // --- submission ------------------------------------------------------------
 
 io_uring_sqe* reactor::get_sqes_locked(unsigned n) noexcept {
+  if (n == 1) {  // the common case: get_sqe checks the space itself
+    if (io_uring_sqe* sqe = io_uring_get_sqe(ring_.get())) return sqe;
+  }
   for (int attempt = 0; attempt < 16; ++attempt) {
     if (io_uring_sq_space_left(ring_.get()) >= n) return io_uring_get_sqe(ring_.get());
     flush_locked();
@@ -361,7 +367,7 @@ void reactor::start(io_op* op, io_prep_fn prep, const void* ctx) noexcept {
   if (shutting_down_) {
     op->res = -ECANCELED;
     op->stop = io_stop::cancel;
-    pending_.fetch_add(1, std::memory_order_relaxed);
+    add_pending_locked(1);
     dispatch(reinterpret_cast<std::uintptr_t>(op), -ECANCELED, 0, /*reaped=*/false);
     lock_.unlock();
     return;
@@ -369,9 +375,9 @@ void reactor::start(io_op* op, io_prep_fn prep, const void* ctx) noexcept {
   const unsigned need = op->has_deadline ? 2 : 1;
   const bool refused = faults_ != nullptr && op->multishot && faults_->refuse_sqe();
   io_uring_sqe* sqe = refused ? nullptr : get_sqes_locked(need);
-  pending_.fetch_add(need, std::memory_order_relaxed);
+  add_pending_locked(need);
   if (sqe == nullptr) {
-    if (need == 2) pending_.fetch_sub(1, std::memory_order_relaxed);
+    if (need == 2) add_pending_locked(-1);
     dispatch(reinterpret_cast<std::uintptr_t>(op), -EBUSY, 0, /*reaped=*/false);
     lock_.unlock();
     return;
@@ -438,7 +444,7 @@ void reactor::cancel(io_slot* slot, io_op* op, const io_stop_request& rq) noexce
       io_uring_prep_nop(sqe);
     }
     io_uring_sqe_set_data64(sqe, kIgnoreTag);
-    pending_.fetch_add(1, std::memory_order_relaxed);
+    add_pending_locked(1);
     // Submit now: the op's own SQE, ahead of the cancel, goes in too, so a
     // close() that follows cannot let the kernel resolve a reused fd number.
     flush_locked();
@@ -453,7 +459,7 @@ void reactor::cancel_all() noexcept {
     if (io_uring_sqe* sqe = get_sqes_locked(1)) {
       io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
       io_uring_sqe_set_data64(sqe, kIgnoreTag);
-      pending_.fetch_add(1, std::memory_order_relaxed);
+      add_pending_locked(1);
     }
     flush_locked();
   };
@@ -485,7 +491,7 @@ void reactor::cancel_all() noexcept {
 
 // --- completion --------------------------------------------------------------
 
-unsigned reactor::dispatch(std::uint64_t user_data, int res, std::uint32_t flags,
+inline unsigned reactor::dispatch(std::uint64_t user_data, int res, std::uint32_t flags,
                            bool reaped) noexcept {
   if (faults_ != nullptr) [[unlikely]] {
     // Fault injection (fault_injector.hpp): res may be rewritten, or the
@@ -496,22 +502,22 @@ unsigned reactor::dispatch(std::uint64_t user_data, int res, std::uint32_t flags
       case fault_injector::verdict::hold: {
         flush_locked();  // the overflow's SQEs go in alone
         fault_injector::overflow_result o = faults_->overflow(ring_.get(), user_data, res, kIgnoreTag);
-        pending_.fetch_add(o.added, std::memory_order_relaxed);
+        add_pending_locked(o.added);
         unsubmitted_.store(io_uring_sq_ready(ring_.get()), std::memory_order_relaxed);
         if (o.held) return 0;  // the op stays pending until its CQE comes back
         break;
       }
       case fault_injector::verdict::carrier_done:
-        pending_.fetch_sub(1, std::memory_order_relaxed);
+        add_pending_locked(-1);
         return 0;
       case fault_injector::verdict::carrier_failed:
-        pending_.fetch_sub(1, std::memory_order_relaxed);
+        add_pending_locked(-1);
         flags = 0;
         break;
     }
   }
   if (user_data == kIgnoreTag) {
-    pending_.fetch_sub(1, std::memory_order_relaxed);
+    add_pending_locked(-1);
     return 0;
   }
   if (user_data == kWakeTag || user_data == kWakeTag + 1) {
@@ -530,7 +536,7 @@ unsigned reactor::dispatch(std::uint64_t user_data, int res, std::uint32_t flags
     op->cqe_flags = flags;
   }
   if (flags & IORING_CQE_F_MORE) return 0;
-  pending_.fetch_sub(1, std::memory_order_relaxed);
+  add_pending_locked(-1);
   if (io_slot* s = op->slot) {
     io_op* expected = op;
     // Relaxed: cancellers re-check the slot under lock_, which we hold.
@@ -569,13 +575,13 @@ unsigned reactor::dispatch_multishot(io_op* op, int res, std::uint32_t flags) no
       if (io_uring_sqe* sqe = io_uring_get_sqe(ring_.get())) {
         io_uring_prep_cancel64(sqe, reinterpret_cast<std::uintptr_t>(op), 0);
         io_uring_sqe_set_data64(sqe, kIgnoreTag);
-        pending_.fetch_add(1, std::memory_order_relaxed);
+        add_pending_locked(1);
         unsubmitted_.store(io_uring_sq_ready(ring_.get()), std::memory_order_relaxed);
       }
     }
     return 1;
   }
-  pending_.fetch_sub(1, std::memory_order_relaxed);
+  add_pending_locked(-1);
   if (io_slot* s = op->slot) {
     io_op* expected = op;
     // Relaxed: as in dispatch().
@@ -588,18 +594,34 @@ unsigned reactor::dispatch_multishot(io_op* op, int res, std::uint32_t flags) no
 unsigned reactor::reap_locked() noexcept {
   io_uring* ring = ring_.get();
   if (buffer_ring* b = bufs_.load(std::memory_order_relaxed)) {
-    if (b->has_returned()) b->refill();
+    if (b->refill_due()) b->refill();
   }
-  io_uring_cqe* cqes[kReapBatch];
   unsigned completed = 0;
+  bool entered = false;
   for (;;) {
-    // Enters the kernel when the CQ is empty but IORING_SQ_TASKRUN or
-    // IORING_SQ_CQ_OVERFLOW is set: runs our task_work, flushes overflow.
-    unsigned n = io_uring_peek_batch_cqe(ring, cqes, kReapBatch);
-    if (n == 0) break;
-    for (unsigned i = 0; i < n; ++i) {
-      completed += dispatch(cqes[i]->user_data, cqes[i]->res, cqes[i]->flags, /*reaped=*/true);
+    // The CQ is ours alone (lock_): its head moves only here. Acquire on
+    // the tail: the kernel's CQE writes before it are visible.
+    unsigned head = *ring->cq.khead;
+    const unsigned tail = io_uring_smp_load_acquire(ring->cq.ktail);
+    if (head == tail) {
+      // Nothing posted. The kernel may still hold completions: task_work
+      // to run (IORING_SQ_TASKRUN) or an overflowed CQ. Then, once per
+      // reap, enter the kernel for them, as liburing's peek does.
+      const unsigned kflags = IO_URING_READ_ONCE(*ring->sq.kflags);
+      if (entered || (kflags & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) == 0) break;
+      entered = true;
+      io_uring_get_events(ring);
+      continue;
     }
+    const unsigned mask = *ring->cq.kring_mask;  // no CQE32: one slot per CQE
+    const unsigned n = tail - head;
+    for (; head != tail; ++head) {
+      const io_uring_cqe& cqe = ring->cq.cqes[head & mask];
+      completed += dispatch(cqe.user_data, cqe.res, cqe.flags, /*reaped=*/true);
+    }
+    // After the batch: a dispatch never reaps (dispatch_multishot), so the
+    // head is still ours to move. A store-release: the kernel may reuse
+    // the slots once it sees it.
     io_uring_cq_advance(ring, n);
   }
   return completed;
@@ -672,7 +694,12 @@ unsigned reactor::wait(std::optional<clock::time_point> deadline) noexcept {
   lock_.lock();
   unsigned n = reap_locked();
   bool can_be_woken = true;
-  if (n == 0 && !shutting_down_) can_be_woken = ensure_wake_armed_locked();
+  if (n == 0) {
+    // Before sleeping, the buffers that came back since the last batch go
+    // to the kernel too (reap_locked refills by batches).
+    if (buffer_ring* b = bufs_.load(std::memory_order_relaxed)) b->refill();
+    if (!shutting_down_) can_be_woken = ensure_wake_armed_locked();
+  }
   flush_locked();  // our SQEs and a (re-)armed wake read go in before we sleep
   lock_.unlock();
   if (n != 0) return n;

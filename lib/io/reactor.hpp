@@ -138,8 +138,9 @@ class reactor {
   unsigned reap_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   // dispatch(): one CQE. reaped: from the CQ (the waiter goes to the run
   // queue's tail); else an op that start() failed inline (its own task,
-  // which parked a moment ago, runs next).
-  unsigned dispatch(std::uint64_t user_data, int res, std::uint32_t flags, bool reaped) noexcept
+  // which parked a moment ago, runs next). Inlined into the reap loop
+  // (defined in reactor.cpp, its only user).
+  [[gnu::always_inline]] inline unsigned dispatch(std::uint64_t user_data, int res, std::uint32_t flags, bool reaped) noexcept
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   unsigned dispatch_multishot(io_op* op, int res, std::uint32_t flags) noexcept
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
@@ -176,9 +177,14 @@ class reactor {
   };
   wake_read wake_reads_[2] ABSL_GUARDED_BY(lock_);
 
-  // Ops (and SQEs that produce a CQE) outstanding. Modified under lock_,
-  // read lock-free by busy(); relaxed (see busy()).
+  // Ops (and SQEs that produce a CQE) outstanding. Modified under lock_
+  // only, so with a plain load and store (add_pending_locked), not a
+  // read-modify-write; read lock-free by busy(); relaxed (see busy()).
   std::atomic<std::uint32_t> pending_{0};
+  void add_pending_locked(std::int64_t n) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_) {
+    pending_.store(static_cast<std::uint32_t>(pending_.load(std::memory_order_relaxed) + n),
+                   std::memory_order_relaxed);
+  }
   std::atomic<std::uint32_t> unsubmitted_{0};
   std::atomic<std::uint64_t> submit_calls_{0};
 

@@ -57,25 +57,20 @@ void recv_queue::give_back(const held_buf& b) noexcept {
   }
 }
 
-void recv_queue::push_locked(const held_buf& b) noexcept {
-  if (count_ == cap_) {
-    // Grow (rare: more than kInline held means a slow reader).
-    auto* bigger = new (std::nothrow) held_buf[cap_ * 2u];
-    if (bigger == nullptr) std::abort();  // out of memory while holding received bytes
-    for (std::uint16_t i = 0; i < count_; ++i) bigger[i] = items_[(head_ + i) % cap_];
-    if (items_ != inline_) delete[] items_;
-    items_ = bigger;
-    head_ = 0;
-    cap_ = static_cast<std::uint16_t>(cap_ * 2u);
-  }
-  items_[(head_ + count_) % cap_] = b;
-  ++count_;
-  if (b.ring != nullptr) ++ring_held_;
+void recv_queue::grow_locked() noexcept {
+  // Rare: more than kInline held means a slow reader.
+  auto* bigger = new (std::nothrow) held_buf[cap_ * 2u];
+  if (bigger == nullptr) std::abort();  // out of memory while holding received bytes
+  for (std::uint16_t i = 0; i < count_; ++i) bigger[i] = items_[(head_ + i) & (cap_ - 1u)];
+  if (items_ != inline_) delete[] items_;
+  items_ = bigger;
+  head_ = 0;
+  cap_ = static_cast<std::uint16_t>(cap_ * 2u);
 }
 
 void recv_queue::pop_locked() noexcept {
   if (items_[head_].ring != nullptr) --ring_held_;
-  head_ = static_cast<std::uint16_t>((head_ + 1) % cap_);
+  head_ = static_cast<std::uint16_t>((head_ + 1) & (cap_ - 1u));
   --count_;
 }
 
@@ -95,7 +90,7 @@ void recv_queue::put_back(net::recv_buffer&& b, std::size_t consumed) noexcept {
   // To the front: push (which makes room), then move the head back one
   // slot and put h there; the copy pushed at the back falls out of range.
   push_locked(h);
-  head_ = static_cast<std::uint16_t>((head_ + cap_ - 1) % cap_);
+  head_ = static_cast<std::uint16_t>((head_ + cap_ - 1) & (cap_ - 1u));
   items_[head_] = h;
   lock_.unlock();
 }
@@ -302,7 +297,6 @@ void recv_queue::on_cqe(io_op* op) noexcept {
   if (res <= 0 && (flags & kCqeBuffer) != 0 && !q->single_) {
     // A buffer with no bytes in it (kernels may attach one to an EOF):
     // straight back to the ring.
-    q->ring_->hold();
     q->ring_->give_back(static_cast<std::uint16_t>(flags >> kCqeBufferShift));
   }
   if (res > 0) {
@@ -312,7 +306,6 @@ void recv_queue::on_cqe(io_op* op) noexcept {
       q->single_buf_ = nullptr;
     } else {
       const auto bid = static_cast<std::uint16_t>(flags >> kCqeBufferShift);
-      q->ring_->hold();  // B1
       b = {q->ring_->addr(bid), static_cast<std::uint32_t>(res), bid, q->ring_, nullptr};
       q->got_any_ = true;
       if (q->ring_held_ >= q->limit_ && !q->closed_) {

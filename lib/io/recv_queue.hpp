@@ -13,9 +13,9 @@
 // readying, converting and arming happen after it is released.
 //
 // Buffer ownership (see buffer_ring.hpp for the ring's side):
-//   B1. A CQE with F_BUFFER hands its buffer to the queue (held_): the
-//       buffer's ring reference is taken (hold()) before on_cqe releases
-//       the reactor lock. A closed queue gives it back at once.
+//   B1. A CQE with F_BUFFER hands its buffer to the queue (held_), under
+//       the reactor lock (the ring counts it out of the kernel: taken()).
+//       A closed queue gives it back at once.
 //   B2. The reader takes a held buffer out under lock_ into a recv_buffer
 //       (receive), or copies from the head one and gives it back when
 //       consumed (read(buf)). From then on the recv_buffer owns it, on
@@ -188,7 +188,14 @@ class recv_queue {
   // took_data_locked(): R6's count, as the reader takes data; true when
   // the caller, after unlocking, is to end the multishot (io_stop::move).
   bool took_data_locked() noexcept;
-  void push_locked(const held_buf& b) noexcept;
+  // push_locked(): b at the back; the queue doubles when full (grow_locked).
+  void push_locked(const held_buf& b) noexcept {
+    if (count_ == cap_) [[unlikely]] grow_locked();
+    items_[(head_ + count_) & (cap_ - 1u)] = b;
+    ++count_;
+    if (b.ring != nullptr) ++ring_held_;
+  }
+  void grow_locked() noexcept;
   held_buf& front_locked() noexcept { return items_[head_]; }
   void pop_locked() noexcept;
   static void give_back(const held_buf& b) noexcept;
@@ -226,7 +233,9 @@ class recv_queue {
   char* single_buf_ = nullptr;
   buffer_ring* ring_ = nullptr;  // the armed multishot's buffers
   recv_waiter* waiter_ = nullptr;
-  // held_: a circular queue, inline for the first kInline buffers.
+  // held_: a circular queue, inline for the first kInline buffers; cap_
+  // is a power of two (it starts at kInline and doubles), so indices wrap
+  // with a mask.
   static constexpr std::uint16_t kInline = 2;
   held_buf inline_[kInline];
   held_buf* items_ = inline_;

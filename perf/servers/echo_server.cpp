@@ -35,16 +35,24 @@ constexpr std::size_t kLarge = 64 * 1024;
 bool g_deadline = false;
 bool g_receive = false;
 
+// The receive, made outside the loop (as next_read below): a result
+// initialised from the co_await, not a default-made StatusOr assigned to.
+template <bool kDeadline>
+auto next_receive(mpg::net::tcp_stream& s) {
+  if constexpr (kDeadline) {
+    return s.receive(std::chrono::steady_clock::now() + std::chrono::hours(1));
+  } else {
+    return s.receive();
+  }
+}
+
+template <bool kDeadline>
 mpg::task<void> handle_receive(mpg::net::tcp_stream s) {
   for (;;) {
-    absl::StatusOr<mpg::net::recv_buffer> b;
-    if (g_deadline) {
-      b = co_await s.receive(std::chrono::steady_clock::now() + std::chrono::hours(1));
-    } else {
-      b = co_await s.receive();
-    }
+    const absl::StatusOr<mpg::net::recv_buffer> b = co_await next_receive<kDeadline>(s);
     if (!b.ok() || b->empty()) co_return;
-    if (!(co_await s.write(b->view())).ok()) co_return;
+    const absl::Status w = co_await s.write(b->view());
+    if (!w.ok()) co_return;
   }
 }
 
@@ -104,8 +112,10 @@ mpg::task<int> serve(std::string addr) {
       std::fprintf(stderr, "echo_server: accept: %s\n", std::string(c.status().message()).c_str());
       continue;
     }
-    if (g_receive) {
-      mpg::go(handle_receive(std::move(*c)), "echo.conn");
+    if (g_receive && g_deadline) {
+      mpg::go(handle_receive<true>(std::move(*c)), "echo.conn");
+    } else if (g_receive) {
+      mpg::go(handle_receive<false>(std::move(*c)), "echo.conn");
     } else if (g_deadline) {
       mpg::go(handle<true>(std::move(*c)), "echo.conn");
     } else {
