@@ -10,8 +10,8 @@
 // SQPOLL would burn a core per P. We use:
 //   - CQSIZE (5.5) with a CQ four times the SQ, plus FEAT_NODROP (5.5): a CQ
 //     that fills anyway parks overflow in the kernel, and submit returns
-//     -EBUSY until it is flushed; reap() flushes it (io_uring_peek_batch_cqe
-//     enters the kernel when IORING_SQ_CQ_OVERFLOW is set) and start() reaps
+//     -EBUSY until it is flushed; reap() flushes it (reap_locked() enters
+//     the kernel when IORING_SQ_CQ_OVERFLOW is set) and start() reaps
 //     when it cannot get an SQE. Tests drive completions down that path on
 //     purpose (fault_injector.hpp, the `overflow` kind).
 //   - COOP_TASKRUN + TASKRUN_FLAG (5.19): completions that need task_work
