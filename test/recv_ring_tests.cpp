@@ -37,6 +37,23 @@ using mpg::net::tcp_stream;
 using mpg_test::connect_pair;
 using mpg_test::stream_pair;
 
+// echo_through(): msg written at p's server end and received at its client
+// end, buffer by buffer; returns what arrived. The buffers go to `keep`
+// when it is given, else back to the ring as each is read.
+task<std::string> echo_through(stream_pair& p, std::string_view msg,
+                               std::vector<recv_buffer>* keep = nullptr) {
+  REQUIRE((co_await p.server.write(msg)).ok());
+  std::string got;
+  while (got.size() < msg.size()) {
+    auto b = co_await p.client.receive();
+    REQUIRE(b.ok());
+    REQUIRE(!b->empty());
+    got.append(b->view());
+    if (keep != nullptr) keep->push_back(std::move(*b));
+  }
+  co_return got;
+}
+
 // The bytes of message i of a stream: a deterministic pattern.
 char pattern(std::uint64_t seed, std::uint64_t at) {
   std::uint64_t x = (seed + 1) * 0x9e3779b97f4a7c15ull + at * 0xbf58476d1ce4e5b9ull;
@@ -164,14 +181,7 @@ TEST_CASE("receive: a multishot moves to the P its reader was stolen to; nothing
         int in_order = 0;
         for (int k = 0; k < kRounds; ++k) {
           const std::string msg = std::to_string(i) + ":" + std::to_string(k);
-          REQUIRE((co_await p.server.write(msg)).ok());
-          std::string got;
-          while (got.size() < msg.size()) {
-            auto b = co_await p.client.receive();
-            REQUIRE(b.ok());
-            REQUIRE(!b->empty());
-            got.append(b->view());
-          }
+          const std::string got = co_await echo_through(p, msg);
           if (got == msg) ++in_order;
           const auto until = std::chrono::steady_clock::now() + 100us;  // work
           while (std::chrono::steady_clock::now() < until) {
@@ -573,17 +583,9 @@ TEST_CASE("receive: buffers held past the runtime's end are given back after it;
       std::vector<recv_buffer> out;
       for (int i = 0; i < 8; ++i) {
         const std::string msg = "message " + std::to_string(i);
-        REQUIRE((co_await p.server.write(msg)).ok());
-        std::string got;
-        while (got.size() < msg.size()) {
-          auto b = co_await p.client.receive();
-          REQUIRE(b.ok());
-          REQUIRE(!b->empty());
-          got.append(b->view());
-          // Every other buffer is kept beyond the runtime, the rest given
-          // back now (onto the return stack).
-          if (i % 2 == 1) out.push_back(std::move(*b));
-        }
+        // Every other message's buffers are kept beyond the runtime, the
+        // rest given back now (onto the return stack).
+        const std::string got = co_await echo_through(p, msg, i % 2 == 1 ? &out : nullptr);
         CHECK(got == msg);
       }
       co_return out;

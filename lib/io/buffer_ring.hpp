@@ -82,10 +82,6 @@ class buffer_ring {
   // refill(): the owning reactor, under its lock: returned buffers go back
   // to the kernel. Returns how many.
   unsigned refill() noexcept;
-  // has_returned(): a relaxed hint that refill() has work.
-  bool has_returned() const noexcept {
-    return (returned_.load(std::memory_order_relaxed) & kTopMask) != 0;
-  }
   // refill_due(): a relaxed hint that a batch has come back since the last
   // refill (the reactor's reaps refill by batches; before it sleeps, and
   // before it arms a receive, it refills whatever came back).

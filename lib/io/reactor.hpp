@@ -140,7 +140,8 @@ class reactor {
   // queue's tail); else an op that start() failed inline (its own task,
   // which parked a moment ago, runs next). Inlined into the reap loop
   // (defined in reactor.cpp, its only user).
-  [[gnu::always_inline]] inline unsigned dispatch(std::uint64_t user_data, int res, std::uint32_t flags, bool reaped) noexcept
+  [[gnu::always_inline]] inline unsigned dispatch(std::uint64_t user_data, int res,
+                                                  std::uint32_t flags, bool reaped) noexcept
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   unsigned dispatch_multishot(io_op* op, int res, std::uint32_t flags) noexcept
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
