@@ -234,6 +234,64 @@ TEST_CASE("an op published in a slot is cancelled from another thread") {
   CHECK(slot.closed.load());
 }
 
+// io_try_stop_in_flight (a move's stop, recv_queue.hpp R6) never waits for
+// the ring's lock: while another thread holds it (here a completion
+// callback that blocks inside that thread's reap), the stop is refused at
+// once and nothing is asked of the op; once the lock is free it is made.
+// Before, a move waited out the holder (spinning, then sched_yield).
+TEST_CASE("a stop that is only tried is refused while the ring's lock is held, made once free") {
+  auto r = make_reactor();
+  std::atomic<bool> entered{false};
+  std::atomic<bool> release{false};
+  struct holding_op : io_op {
+    std::atomic<bool>* entered;
+    std::atomic<bool>* release;
+  };
+  holding_op holder;
+  holder.entered = &entered;
+  holder.release = &release;
+  // Runs under the reactor lock (reactor.hpp, "Completion dispatch").
+  holder.complete = [](io_op* op) noexcept {
+    auto* h = static_cast<holding_op*>(op);
+    h->entered->store(true, std::memory_order_release);
+    while (!h->release->load(std::memory_order_acquire)) std::this_thread::yield();
+  };
+  io_request nop{};
+  r->start(&holder, prep_request, &nop);
+
+  pipe_fds p;
+  char buf[8];
+  io_request rd{.op = io_opcode::read, .fd = p.rd, .addr = buf, .len = sizeof buf};
+  counter c;
+  counted_op op;
+  op.complete = count_completion;
+  op.counts = &c;
+  io_slot slot;
+  slot.lock.lock();  // what io_start does on a P
+  slot.owner = r.get();
+  op.slot = &slot;
+  slot.op.store(&op);
+  r->start(&op, prep_request, &rd);
+  slot.lock.unlock();
+  r->flush();
+
+  std::thread reaper([&] {
+    while (!entered.load(std::memory_order_acquire)) r->wait(std::chrono::steady_clock::now() + 100ms);
+  });
+  while (!entered.load(std::memory_order_acquire)) std::this_thread::yield();
+  const mpg::detail::io_stop_request move{.why = mpg::detail::io_stop::move};
+  CHECK_FALSE(mpg::detail::io_try_stop_in_flight(&slot, move));
+  CHECK(op.stop == mpg::detail::io_stop::none);  // nothing asked
+  CHECK(slot.op.load() == &op);                  // still in flight
+  release.store(true, std::memory_order_release);
+  reaper.join();
+
+  CHECK(mpg::detail::io_try_stop_in_flight(&slot, move));
+  run_until(*r, c, 1);
+  CHECK(op.outcome() == -EINTR);  // a move's stop reads -EINTR
+  CHECK(slot.op.load() == nullptr);
+}
+
 TEST_CASE("a full completion queue overflows into the kernel and nothing is lost") {
   auto r = make_reactor(4);  // SQ 4, CQ 16
   counter c;

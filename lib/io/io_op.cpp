@@ -120,6 +120,15 @@ void io_stop_in_flight(io_slot* slot, const io_stop_request& rq) noexcept {
   slot->lock.unlock();
 }
 
+bool io_try_stop_in_flight(io_slot* slot, const io_stop_request& rq) noexcept {
+  slot->lock.lock();
+  bool asked = true;
+  if (io_op* op = slot->op.load(std::memory_order_relaxed))
+    asked = slot->owner->try_cancel(slot, op, rq);
+  slot->lock.unlock();
+  return asked;
+}
+
 void io_deadline::set(std::int64_t ns, io_slot* slot) noexcept {
   ns_.store(ns, std::memory_order_relaxed);  // ordered by the slot lock below
   // A later deadline (or none) needs no kick: see the class comment.

@@ -434,6 +434,18 @@ bool matches(const io_op* op, const io_stop_request& rq) noexcept {
 
 void reactor::cancel(io_slot* slot, io_op* op, const io_stop_request& rq) noexcept {
   lock_.lock();
+  cancel_locked(slot, op, rq);
+  lock_.unlock();
+}
+
+bool reactor::try_cancel(io_slot* slot, io_op* op, const io_stop_request& rq) noexcept {
+  if (!lock_.try_lock()) return false;
+  cancel_locked(slot, op, rq);
+  lock_.unlock();
+  return true;
+}
+
+void reactor::cancel_locked(io_slot* slot, io_op* op, const io_stop_request& rq) noexcept {
   io_uring_sqe* sqe = get_sqes_locked(1);  // may reap, and so complete op: check after
   if (sqe != nullptr) {
     // Relaxed: the slot is cleared under lock_, which we hold.
@@ -449,7 +461,6 @@ void reactor::cancel(io_slot* slot, io_op* op, const io_stop_request& rq) noexce
     // close() that follows cannot let the kernel resolve a reused fd number.
     flush_locked();
   }
-  lock_.unlock();
 }
 
 void reactor::cancel_all() noexcept {

@@ -115,6 +115,9 @@ class reactor {
   // io_stop_request), record rq.why in op->stop and submit an ASYNC_CANCEL
   // for it (and any SQEs before it) at once.
   void cancel(io_slot* slot, io_op* op, const io_stop_request& rq) noexcept;
+  // try_cancel(): cancel() if the lock is free at once; false (nothing
+  // done) if another thread holds it.
+  bool try_cancel(io_slot* slot, io_op* op, const io_stop_request& rq) noexcept;
 
   // buffers(): this P's provided-buffer ring, registered on first use;
   // nullptr if the kernel has none (before 5.19). Any thread; the ring
@@ -136,6 +139,8 @@ class reactor {
 
   void flush_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   unsigned reap_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  void cancel_locked(io_slot* slot, io_op* op, const io_stop_request& rq) noexcept
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   // dispatch(): one CQE. reaped: from the CQ (the waiter goes to the run
   // queue's tail); else an op that start() failed inline (its own task,
   // which parked a moment ago, runs next). Inlined into the reap loop

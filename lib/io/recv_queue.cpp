@@ -185,7 +185,14 @@ recv_queue::take_result recv_queue::step(int fd, recv_waiter* w,
       const bool move = took_data_locked();
       lock_.unlock();
       if (copied_all) give_back(used_up);
-      if (move) io_stop_in_flight(&slot_, {.why = io_stop::move});
+      if (move && !io_try_stop_in_flight(&slot_, {.why = io_stop::move})) {
+        // R6: the arm's ring is busy; move at a later take rather than
+        // wait out its M's submit.
+        lock_.lock();
+        moving_ = false;
+        away_ = 0;
+        lock_.unlock();
+      }
       return {took::data};
     }
     if (has_final_) {

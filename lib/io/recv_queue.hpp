@@ -67,7 +67,12 @@
 //       often, and each move costs a cancel and an arm (measured on
 //       tcp_echo: 0.87x the floor's rate at 1, 0.94x at 2, 0.91x at 4).
 //       Plain reads get this balance for nothing: each is submitted on
-//       the P its task runs on.
+//       the P its task runs on. The move's cancel goes to the arm's ring
+//       only if that ring's lock is free (io_try_stop_in_flight): its M
+//       holds it through submits that run for microseconds, and a reader
+//       that waited on it spun and yielded for 93% of the server's
+//       sched_yield calls on tcp_echo. Refused, the move is asked again
+//       after kMoveAfter more takes elsewhere.
 // A user cancel (cancel(), close(): op_.stop says so) ends the multishot
 // too (R2), and a waiting reader reads kCancelled.
 //

@@ -232,6 +232,10 @@ void io_cancel(io_slot* slot, bool close) noexcept;
 // `rq` (see io_stop_request), is stopped for rq.why. Any thread; returns
 // once the cancel is submitted to the owning ring.
 void io_stop_in_flight(io_slot* slot, const io_stop_request& rq) noexcept;
+// io_try_stop_in_flight(): the same for a stop that is only worth making
+// when it is cheap (io_stop::move): false, with nothing asked, if the owning
+// ring's lock is held (its M may be in a submit that runs for microseconds).
+bool io_try_stop_in_flight(io_slot* slot, const io_stop_request& rq) noexcept;
 
 // io_deadline: a deadline of an object's operations that any task may set,
 // and that applies to the operation in flight (Go's SetReadDeadline): the
