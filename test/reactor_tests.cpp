@@ -238,7 +238,7 @@ TEST_CASE("an op published in a slot is cancelled from another thread") {
 // the ring's lock: while another thread holds it (here a completion
 // callback that blocks inside that thread's reap), the stop is refused at
 // once and nothing is asked of the op; once the lock is free it is made.
-// Before, a move waited out the holder (spinning, then sched_yield).
+// (A stop that waited would hang here: the holder lets go only after it.)
 TEST_CASE("a stop that is only tried is refused while the ring's lock is held, made once free") {
   auto r = make_reactor();
   std::atomic<bool> entered{false};
@@ -276,7 +276,9 @@ TEST_CASE("a stop that is only tried is refused while the ring's lock is held, m
   r->flush();
 
   std::thread reaper([&] {
-    while (!entered.load(std::memory_order_acquire)) r->wait(std::chrono::steady_clock::now() + 100ms);
+    while (!entered.load(std::memory_order_acquire)) {
+      r->wait(std::chrono::steady_clock::now() + 100ms);
+    }
   });
   while (!entered.load(std::memory_order_acquire)) std::this_thread::yield();
   const mpg::detail::io_stop_request move{.why = mpg::detail::io_stop::move};

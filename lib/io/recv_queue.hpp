@@ -70,9 +70,9 @@
 //       the P its task runs on. The move's cancel goes to the arm's ring
 //       only if that ring's lock is free (io_try_stop_in_flight): its M
 //       holds it through submits that run for microseconds, and a reader
-//       that waited on it spun and yielded for 93% of the server's
-//       sched_yield calls on tcp_echo. Refused, the move is asked again
-//       after kMoveAfter more takes elsewhere.
+//       waiting for it spins and then yields (on tcp_echo, moves that
+//       waited made 93% of the server's sched_yield calls). Refused, the
+//       move is asked again after kMoveAfter more takes elsewhere.
 // A user cancel (cancel(), close(): op_.stop says so) ends the multishot
 // too (R2), and a waiting reader reads kCancelled.
 //

@@ -115,8 +115,8 @@ int main(int argc, char** argv) {
     for (long r = 0; r < runs; ++r) {
       for (int zc = 0; zc < 2; ++zc) {
         const sample s = rt.block_on(run_once(zc == 1, chunk, total));
-        std::printf("RESULT workload=send chunk=%zu impl=%s gb_per_s=%.3f cpu_s_per_gb=%.3f\n", chunk,
-                    zc ? "send_zc" : "send", s.gb_per_s, s.cpu_s_per_gb);
+        std::printf("RESULT workload=send chunk=%zu impl=%s gb_per_s=%.3f cpu_s_per_gb=%.3f\n",
+                    chunk, zc ? "send_zc" : "send", s.gb_per_s, s.cpu_s_per_gb);
         rate[zc].push_back(s.gb_per_s);
         cpu[zc].push_back(s.cpu_s_per_gb);
       }
