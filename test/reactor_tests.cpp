@@ -65,6 +65,28 @@ void run_until(reactor& r, counter& c, int n) {
   REQUIRE(c.done.load() == n);
 }
 
+// A read of an empty pipe (it stays in flight) published in a slot, as
+// io_start does on a P, and submitted.
+struct slotted_read {
+  pipe_fds p;
+  char buf[8];
+  io_request rd{.op = io_opcode::read, .fd = p.rd, .addr = buf, .len = sizeof buf};
+  counter c;
+  counted_op op;
+  io_slot slot;
+  explicit slotted_read(reactor& r) {
+    op.complete = count_completion;
+    op.counts = &c;
+    slot.lock.lock();
+    slot.owner = &r;
+    op.slot = &slot;
+    slot.op.store(&op);
+    r.start(&op, prep_request, &rd);
+    slot.lock.unlock();
+    r.flush();
+  }
+};
+
 }  // namespace
 
 TEST_CASE("nops complete through their callbacks and busy() tracks them") {
@@ -210,22 +232,10 @@ TEST_CASE("an op that completes before its deadline keeps its result") {
 
 TEST_CASE("an op published in a slot is cancelled from another thread") {
   auto r = make_reactor();
-  pipe_fds p;
-  char buf[8];
-  io_request rd{.op = io_opcode::read, .fd = p.rd, .addr = buf, .len = sizeof buf};
-  counter c;
-  counted_op op;
-  op.complete = count_completion;
-  op.counts = &c;
-  io_slot slot;
-  // What io_start does on a P.
-  slot.lock.lock();
-  slot.owner = r.get();
-  op.slot = &slot;
-  slot.op.store(&op);
-  r->start(&op, prep_request, &rd);
-  slot.lock.unlock();
-  r->flush();
+  slotted_read read(*r);
+  counted_op& op = read.op;
+  io_slot& slot = read.slot;
+  counter& c = read.c;
   std::thread canceller([&] { mpg::detail::io_cancel(&slot, /*close=*/true); });
   run_until(*r, c, 1);
   canceller.join();
@@ -258,22 +268,10 @@ TEST_CASE("a stop that is only tried is refused while the ring's lock is held, m
   };
   io_request nop{};
   r->start(&holder, prep_request, &nop);
-
-  pipe_fds p;
-  char buf[8];
-  io_request rd{.op = io_opcode::read, .fd = p.rd, .addr = buf, .len = sizeof buf};
-  counter c;
-  counted_op op;
-  op.complete = count_completion;
-  op.counts = &c;
-  io_slot slot;
-  slot.lock.lock();  // what io_start does on a P
-  slot.owner = r.get();
-  op.slot = &slot;
-  slot.op.store(&op);
-  r->start(&op, prep_request, &rd);
-  slot.lock.unlock();
-  r->flush();
+  slotted_read read(*r);  // submits the holder's nop too
+  counted_op& op = read.op;
+  io_slot& slot = read.slot;
+  counter& c = read.c;
 
   std::thread reaper([&] {
     while (!entered.load(std::memory_order_acquire)) {
