@@ -71,6 +71,10 @@
 #include "mpg/detail/io/stream_op.hpp"
 #include "mpg/task.hpp"
 
+namespace mpg::net {
+class recv_buffer;
+}  // namespace mpg::net
+
 namespace mpg::detail {
 class buffer_ring;
 class recv_queue;
@@ -80,6 +84,8 @@ class recv_queue;
 struct recv_waiter {
   g* gp = nullptr;
   std::uint8_t wake = 0;  // why it was woken: recv_queue::wake_reason, under its lock
+  bool handed = false;    // the waker put the head buffer in *out (W1's hand-off)
+  net::recv_buffer* out = nullptr;  // where a hand-off goes; null: none (the reader copies)
   // Set by a frame-less awaiter: called by the waker, before ready(gp),
   // when the reader must wait again (it hands the rest to a task).
   void (*convert)(recv_waiter*) noexcept = nullptr;

@@ -72,6 +72,18 @@ void recv_queue::pop_locked() noexcept {
   if (items_[head_].ring != nullptr) --ring_held_;
   head_ = static_cast<std::uint16_t>((head_ + 1) & (cap_ - 1u));
   --count_;
+  held_hint_.store(count_, std::memory_order_relaxed);
+}
+
+void recv_queue::take_front_locked(net::recv_buffer* out) noexcept {
+  const held_buf& b = front_locked();
+  out->reset();
+  out->data_ = b.data;
+  out->size_ = b.len;
+  out->bid_ = b.bid;
+  out->ring_ = b.ring;
+  out->base_ = b.base;
+  pop_locked();
 }
 
 void recv_queue::put_back(net::recv_buffer&& b, std::size_t consumed) noexcept {
@@ -174,25 +186,12 @@ recv_queue::take_result recv_queue::step(int fd, recv_waiter* w,
           pop_locked();
         }
       } else {
-        out->reset();
-        out->data_ = b.data;
-        out->size_ = b.len;
-        out->bid_ = b.bid;
-        out->ring_ = b.ring;
-        out->base_ = b.base;
-        pop_locked();
+        take_front_locked(out);
       }
       const bool move = took_data_locked();
       lock_.unlock();
       if (copied_all) give_back(used_up);
-      if (move && !io_try_stop_in_flight(&slot_, {.why = io_stop::move})) {
-        // R6: the arm's ring is busy; move at a later take rather than
-        // wait out its M's submit.
-        lock_.lock();
-        moving_ = false;
-        away_ = 0;
-        lock_.unlock();
-      }
+      if (move) move_or_defer();
       return {took::data};
     }
     if (has_final_) {
@@ -239,6 +238,26 @@ recv_queue::take_result recv_queue::step(int fd, recv_waiter* w,
     lock_.unlock();
     return {took::waiting};
   }
+}
+
+void recv_queue::move_or_defer() noexcept {
+  if (io_try_stop_in_flight(&slot_, {.why = io_stop::move})) return;
+  // R6: the arm's ring is busy; move at a later take rather than wait out
+  // its M's submit.
+  lock_.lock();
+  moving_ = false;
+  away_ = 0;
+  lock_.unlock();
+}
+
+void recv_queue::took_handed() noexcept {
+  // The common case: on the arm's P, as the take before (took_data_locked
+  // would change nothing). arm_p_ and away_ are ours (the file comment).
+  if (arm_p_ == current_reactor() && away_ == 0) return;
+  lock_.lock();
+  const bool move = took_data_locked();
+  lock_.unlock();
+  if (move) move_or_defer();
 }
 
 bool recv_queue::took_data_locked() noexcept {
@@ -373,7 +392,13 @@ void recv_queue::on_cqe(io_op* op) noexcept {
   if (q->waiter_ != nullptr && (why != kNone || q->count_ != 0 || q->has_final_ || !more)) {
     w = std::exchange(q->waiter_, nullptr);  // W1
     if (why == kNone) why = (q->count_ != 0 || q->has_final_) ? kData : kRetry;
-    if (w->wake == kNone) w->wake = why;
+    if (w->wake == kNone) {
+      w->wake = why;
+      if (why == kData && q->count_ != 0 && w->out != nullptr) {
+        q->take_front_locked(w->out);  // W1's hand-off
+        w->handed = true;
+      }
+    }
   }
   const std::uint8_t woke = w != nullptr ? w->wake : std::uint8_t{kNone};
   q->lock_.unlock();
@@ -443,6 +468,7 @@ struct recv_wait {
   bool await_ready() const noexcept { return false; }
   bool await_suspend(std::coroutine_handle<> h) {
     w.gp = detail::current_g();
+    if (copy == nullptr) w.out = out;  // W1's hand-off
     detail::park(h, "net.receive", where);
     if (node != nullptr) {
       wb.q = q;
@@ -532,6 +558,10 @@ task<absl::StatusOr<recv_buffer>> tcp_stream::do_receive(
                  .live = deadline ? nullptr : read_deadline_.live(), .node = node, .out = &b,
                  .copy = nullptr};
     co_await wt;
+    if (wt.w.handed) {  // W1: on_cqe put the head buffer in b
+      q->took_handed();
+      co_return b;
+    }
     switch (wt.r.s) {
       case recv_queue::took::data:
         co_return b;
@@ -586,10 +616,12 @@ task<absl::StatusOr<std::size_t>> tcp_stream::do_read_held(
 
 // --- receive_op --------------------------------------------------------------
 //
-// await_ready takes what is held (or a final result); await_suspend parks
-// and publishes the waiter (W1); a wake that needs another wait calls
-// convert(), which makes do_receive the G's resume point with the awaiting
-// task as its continuation (as read_op::on_complete does).
+// await_ready takes what is held (or a final result) when held_hint_ says
+// something is; await_suspend parks, takes a step under lock_, and
+// publishes the waiter; a wake for data usually hands the buffer over
+// (W1); a wake that needs another wait calls convert(), which makes
+// do_receive the G's resume point with the awaiting task as its
+// continuation (as read_op::on_complete does).
 
 bool receive_op::await_ready() {
   const int fd = s_->fd_.load(std::memory_order_relaxed);
@@ -598,6 +630,8 @@ bool receive_op::await_ready() {
     return true;
   }
   recv_queue* q = s_->recv_queue_for_reader();
+  // Nothing held (as far as the hint knows): the step under the park looks.
+  if (!q->maybe_held()) return false;
   recv_queue::take_result r = q->step(fd, nullptr, &buf_, nullptr, nullptr, 0);
   return take(static_cast<int>(r.s), r.err);
 }
@@ -624,6 +658,7 @@ std::coroutine_handle<> receive_op::await_suspend(std::coroutine_handle<> h) {
   w_.gp = detail::current_g();
   w_.convert = &receive_op::convert;
   w_.user = this;
+  w_.out = &buf_;  // W1's hand-off
   detail::park(h, "net.receive", detail::noted_wait_site());
   // The stream's read deadline: none expected (kNone); one set now or
   // meanwhile sends us to the task form (step reports a kick).
@@ -645,6 +680,10 @@ void receive_op::convert(recv_waiter* w) noexcept {
 
 receive_op::result_type receive_op::await_resume() {
   if (handed_over()) return task_result();
+  if (w_.handed) {  // W1: on_cqe put the head buffer in buf_
+    s_->recv_.load(std::memory_order_relaxed)->took_handed();
+    return std::move(buf_);
+  }
   if (res_ == -EBADF) return closed_error("read");
   if (res_ < 0) return detail::io_result_status(res_, "read");
   if (res_ == 0 || !buf_.empty()) return std::move(buf_);

@@ -82,7 +82,14 @@
 // lock_ (so exactly one readies the reader), records why in w->wake, and
 // readies the G after releasing lock_.
 //   W1. on_cqe wakes the reader on data, a final result, a user cancel, or
-//       the end of the multishot (the reader must re-arm: kRetry).
+//       the end of the multishot (the reader must re-arm: kRetry). A wake
+//       for data that on_cqe records itself (nothing was recorded before)
+//       hands the head buffer to a reader that takes buffers (w->out):
+//       popped under lock_ into *w->out, w->handed set, both before the G
+//       is readied (whose release orders them for the reader). The reader
+//       returns that buffer without taking lock_ again; a wake recorded
+//       earlier (a timer, a context, a kick) gets no buffer, so a reader
+//       that loops on such a wake drops nothing.
 //   W2. The timer of the reader's deadline and its context watcher record
 //       their wake in the waiter even when it is not published yet (they
 //       are started before the reader takes lock_ to publish), so a wake
@@ -98,6 +105,14 @@
 // A frame-less awaiter (receive_op) cannot wait twice: a waker that
 // readies it for kRetry or kKick first calls its convert(), which makes
 // the task form (do_receive) its resume point, as read_op's completion does.
+//
+// The reader's own fields: arm_p_ and away_ are written only by the
+// reader (arm, step, took_handed), so it reads them without lock_.
+//
+// held_hint_ mirrors count_ (stored under lock_, loaded without it): the
+// frame-less reader's await_ready skips its step when it reads 0, and its
+// parked step, under lock_, is the authority (a stale 0 costs a park that
+// is undone; a stale count a step that finds nothing).
 //
 // Lifetime: refs_ counts the stream and an armed op; the last unref frees
 // the queue and gives back what it holds. on_cqe's final CQE drops the
@@ -152,6 +167,12 @@ class recv_queue {
   take_result step(int fd, recv_waiter* w, net::recv_buffer* out,
                    std::span<char>* copy, const std::atomic<std::int64_t>* live,
                    std::int64_t armed_deadline) noexcept;
+  // took_handed(): the reader returns a buffer on_cqe handed it (W1):
+  // R6's count of that take, under lock_ only when it is off the arm's P
+  // or was before.
+  void took_handed() noexcept;
+  // maybe_held(): held_hint_ is not 0 (a hint; see the file comment).
+  bool maybe_held() const noexcept { return held_hint_.load(std::memory_order_relaxed) != 0; }
   // withdraw(): the reader no longer waits (its park was undone, or it was
   // woken by someone and returns): unpublish w if it still is.
   void withdraw(recv_waiter* w) noexcept;
@@ -193,11 +214,17 @@ class recv_queue {
   // took_data_locked(): R6's count, as the reader takes data; true when
   // the caller, after unlocking, is to end the multishot (io_stop::move).
   bool took_data_locked() noexcept;
+  // move_or_defer(): after took_data_locked() said move (lock_ released):
+  // ask the arm's ring to end the multishot, or ask again later (R6).
+  void move_or_defer() noexcept;
+  // take_front_locked(): the head buffer into *out.
+  void take_front_locked(net::recv_buffer* out) noexcept;
   // push_locked(): b at the back; the queue doubles when full (grow_locked).
   void push_locked(const held_buf& b) noexcept {
     if (count_ == cap_) [[unlikely]] grow_locked();
     items_[(head_ + count_) & (cap_ - 1u)] = b;
     ++count_;
+    held_hint_.store(count_, std::memory_order_relaxed);
     if (b.ring != nullptr) ++ring_held_;
   }
   void grow_locked() noexcept;
@@ -230,6 +257,7 @@ class recv_queue {
   bool pausing_ = false;       // R3: stop_more was asked of this arm
   bool got_any_ = false;       // a multishot delivered something (R4's -EINVAL)
   bool moving_ = false;        // R6: io_stop::move was asked of this arm
+  // The reader's own (the file comment), also written under lock_:
   std::uint8_t away_ = 0;      // R6: data taken on a P other than the arm's, in a row
   const reactor* arm_p_ = nullptr;  // R6: the reactor the op was armed on
   std::uint8_t limit_ = 8;
@@ -248,6 +276,9 @@ class recv_queue {
   std::uint16_t head_ = 0;
   std::uint16_t count_ = 0;
   std::uint16_t ring_held_ = 0;  // held buffers that belong to a ring
+  // count_'s mirror. Relaxed both ways: a hint that only picks between two
+  // paths that each look under lock_ (the file comment).
+  std::atomic<std::uint16_t> held_hint_{0};
 };
 
 }  // namespace mpg::detail
