@@ -342,7 +342,9 @@ void reactor::flush_locked() noexcept {
   if (io_uring_sq_ready(ring) == 0) return;
   for (int attempt = 0; attempt < 4; ++attempt) {
     int ret = io_uring_submit(ring);
-    submit_calls_.fetch_add(1, std::memory_order_relaxed);
+    // Under lock_, the one writer: a load and a store, no read-modify-write.
+    submit_calls_.store(submit_calls_.load(std::memory_order_relaxed) + 1,
+                        std::memory_order_relaxed);
     if (ret >= 0) {
       // Whatever this thread submitted runs its completion task_work here.
       for (wake_read& w : wake_reads_) {

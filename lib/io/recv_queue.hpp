@@ -134,7 +134,7 @@ struct recv_stats {
   std::uint64_t over_limit_copies = 0;  // R3: buffers copied out over the limit
 };
 
-class recv_queue {
+class alignas(64) recv_queue {
  public:
   enum wake_reason : std::uint8_t { kNone, kData, kRetry, kCancel, kKick, kTimer, kContext };
 
@@ -232,20 +232,18 @@ class recv_queue {
   void pop_locked() noexcept;
   static void give_back(const held_buf& b) noexcept;
 
-  io_spin_lock lock_;
-  // The stream's and an armed op's references. Increment relaxed (the
-  // caller holds one); decrement acq_rel (the last sees every use).
-  std::atomic<std::int32_t> refs_{1};
+  // Layout: what every message touches fills the first three cache
+  // lines (the class is aligned to one): the op the reaper dispatches,
+  // then the lock and the state on_cqe and the reader's step read, then
+  // the held buffers; what arms and ends an op comes last. On tcp_echo each
+  // connection's lines are cold by its next message.
+  //
   // The armed op, and the queue its completion (on_cqe) reports to.
   struct queue_op : io_op {
     recv_queue* queue = nullptr;
   };
   queue_op op_;
-  // The armed op's slot: in the queue, not the stream, because the op may
-  // outlive the stream (its final CQE clears the slot; the queue lives
-  // until then). Cancels and close() reach the op through it.
-  io_slot slot_;
-  int fd_ = -1;  // the armed op's socket (read by its prep under io_start)
+  io_spin_lock lock_;
   // Guarded by lock_ (the arm fields are written by the reader under lock_
   // before io_start, whose reactor lock orders them before on_cqe):
   bool armed_ = false;
@@ -257,28 +255,36 @@ class recv_queue {
   bool pausing_ = false;       // R3: stop_more was asked of this arm
   bool got_any_ = false;       // a multishot delivered something (R4's -EINVAL)
   bool moving_ = false;        // R6: io_stop::move was asked of this arm
+  std::uint8_t limit_ = 8;
   // The reader's own (the file comment), also written under lock_:
   std::uint8_t away_ = 0;      // R6: data taken on a P other than the arm's, in a row
-  const reactor* arm_p_ = nullptr;  // R6: the reactor the op was armed on
-  std::uint8_t limit_ = 8;
-  int final_ = 0;
-  int last_stop_ = 0;  // the last final CQE: -ECANCELED (a user cancel), -EBUSY, else 0
-  char* single_buf_ = nullptr;
-  buffer_ring* ring_ = nullptr;  // the armed multishot's buffers
-  recv_waiter* waiter_ = nullptr;
+  // count_'s mirror. Relaxed both ways: a hint that only picks between two
+  // paths that each look under lock_ (the file comment).
+  std::atomic<std::uint16_t> held_hint_{0};
   // held_: a circular queue, inline for the first kInline buffers; cap_
   // is a power of two (it starts at kInline and doubles), so indices wrap
   // with a mask.
   static constexpr std::uint16_t kInline = 2;
-  held_buf inline_[kInline];
-  held_buf* items_ = inline_;
   std::uint16_t cap_ = kInline;
   std::uint16_t head_ = 0;
   std::uint16_t count_ = 0;
   std::uint16_t ring_held_ = 0;  // held buffers that belong to a ring
-  // count_'s mirror. Relaxed both ways: a hint that only picks between two
-  // paths that each look under lock_ (the file comment).
-  std::atomic<std::uint16_t> held_hint_{0};
+  const reactor* arm_p_ = nullptr;  // R6: the reactor the op was armed on (the reader's own)
+  buffer_ring* ring_ = nullptr;  // the armed multishot's buffers
+  recv_waiter* waiter_ = nullptr;
+  held_buf* items_ = inline_;
+  held_buf inline_[kInline];
+  // The stream's and an armed op's references. Increment relaxed (the
+  // caller holds one); decrement acq_rel (the last sees every use).
+  std::atomic<std::int32_t> refs_{1};
+  int fd_ = -1;  // the armed op's socket (read by its prep under io_start)
+  // The armed op's slot: in the queue, not the stream, because the op may
+  // outlive the stream (its final CQE clears the slot; the queue lives
+  // until then). Cancels and close() reach the op through it.
+  io_slot slot_;
+  int final_ = 0;
+  int last_stop_ = 0;  // the last final CQE: -ECANCELED (a user cancel), -EBUSY, else 0
+  char* single_buf_ = nullptr;
 };
 
 }  // namespace mpg::detail
