@@ -201,15 +201,8 @@ class run_queue::owner {
       // Release: our read of the slot happens before the owner (us) or a
       // later push reuses it; acquire: see other consumers' reads likewise.
       if (q_->head_.compare_exchange_weak(h, h + 1, std::memory_order_acq_rel,
-                                      std::memory_order_relaxed)) {
-        // The G that comes next was readied a while ago (often by an I/O
-        // completion) and is rarely in cache: ask for it while gp runs. A
-        // hint only: a thief may take it meanwhile, and a prefetch never
-        // faults, whatever the address holds by then.
-        if (h + 1 != t)
-          __builtin_prefetch(q_->slots_[(h + 1) & q_->mask_].load(std::memory_order_relaxed));
+                                      std::memory_order_relaxed))
         return gp;
-      }
     }
   }
 
