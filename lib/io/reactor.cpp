@@ -634,12 +634,10 @@ unsigned reactor::reap_locked() noexcept {
     // Each CQE's op (in its task's frame, or a stream's recv_queue) was last
     // touched a round of every connection ago and is rarely in cache: ask
     // for the whole batch's ops first, so that their misses overlap rather
-    // than each stalling its own dispatch. (A tag is no address; a prefetch
-    // never faults, and the tags are skipped anyway.)
-    for (unsigned h = head; h != tail; ++h) {
-      const std::uint64_t ud = ring->cq.cqes[h & mask].user_data;
-      if (ud > kWakeTag + 1) __builtin_prefetch(reinterpret_cast<const void*>(ud));
-    }
+    // than each stalling its own dispatch. A prefetch never faults: a tag
+    // (no address) or a null pointer costs nothing but the instruction.
+    for (unsigned h = head; h != tail; ++h)
+      __builtin_prefetch(reinterpret_cast<const void*>(ring->cq.cqes[h & mask].user_data));
     // Then what dispatch touches through each op: its slot (in the stream)
     // and its task's G. Every op of the batch is alive here: none of its
     // CQEs has been dispatched yet.
@@ -647,8 +645,8 @@ unsigned reactor::reap_locked() noexcept {
       const std::uint64_t ud = ring->cq.cqes[h & mask].user_data;
       if (ud <= kWakeTag + 1) continue;
       const io_op* op = reinterpret_cast<const io_op*>(static_cast<std::uintptr_t>(ud));
-      if (op->slot != nullptr) __builtin_prefetch(op->slot);
-      if (op->waiter != nullptr) __builtin_prefetch(op->waiter);
+      __builtin_prefetch(op->slot);
+      __builtin_prefetch(op->waiter);
     }
     for (; head != tail; ++head) {
       const io_uring_cqe& cqe = ring->cq.cqes[head & mask];

@@ -75,7 +75,7 @@ void recv_queue::pop_locked() noexcept {
   held_hint_.store(count_, std::memory_order_relaxed);
 }
 
-void recv_queue::take_front_locked(net::recv_buffer* out) noexcept {
+[[gnu::always_inline]] inline void recv_queue::take_front_locked(net::recv_buffer* out) noexcept {
   const held_buf& b = front_locked();
   out->reset();
   out->data_ = b.data;
