@@ -640,10 +640,12 @@ unsigned reactor::reap_locked() noexcept {
       __builtin_prefetch(reinterpret_cast<const void*>(ring->cq.cqes[h & mask].user_data));
     // Then what dispatch touches through each op: its slot (in the stream)
     // and its task's G. Every op of the batch is alive here: none of its
-    // CQEs has been dispatched yet.
+    // CQEs has been dispatched yet. Only plain ops: the reactor's tags are
+    // below 8, and the fault injector marks its carriers in the low bits
+    // of an op's (8-aligned) address (fault_injector.hpp).
     for (unsigned h = head; h != tail; ++h) {
       const std::uint64_t ud = ring->cq.cqes[h & mask].user_data;
-      if (ud <= kWakeTag + 1) continue;
+      if (ud < 8 || (ud & 7) != 0) continue;
       const io_op* op = reinterpret_cast<const io_op*>(static_cast<std::uintptr_t>(ud));
       __builtin_prefetch(op->slot);
       __builtin_prefetch(op->waiter);
