@@ -454,8 +454,7 @@ struct recv_wait {
   std::int64_t deadline_ns;                         // kNone: none
   const std::atomic<std::int64_t>* live;            // the stream's, when followed
   detail::context_node* node;                       // null: none
-  recv_buffer* out;
-  std::span<char>* copy;
+  recv_buffer* out;  // the buffer taken (step) or handed over (W1)
   recv_waiter w{};
   timer_box tb{};
   watch_box wb{};
@@ -468,7 +467,7 @@ struct recv_wait {
   bool await_ready() const noexcept { return false; }
   bool await_suspend(std::coroutine_handle<> h) {
     w.gp = detail::current_g();
-    if (copy == nullptr) w.out = out;  // W1's hand-off
+    w.out = out;  // W1's hand-off
     detail::park(h, "net.receive", where);
     if (node != nullptr) {
       wb.q = q;
@@ -494,7 +493,7 @@ struct recv_wait {
     // the G and another M resume the task and move on (this frame may even
     // be freed and reused), so nothing here touches the frame after that;
     // r then keeps the `waiting` it was made with.
-    const recv_queue::take_result res = q->step(fd, &w, out, copy, live, deadline_ns);
+    const recv_queue::take_result res = q->step(fd, &w, out, nullptr, live, deadline_ns);
     if (res.s == recv_queue::took::waiting) return true;  // published: the frame is the wakers'
     r = res;
     detail::cancel_park();
@@ -555,8 +554,7 @@ task<absl::StatusOr<recv_buffer>> tcp_stream::do_receive(
     }
     recv_buffer b;
     recv_wait wt{.q = q, .fd = fd, .deadline_ns = dl,
-                 .live = deadline ? nullptr : read_deadline_.live(), .node = node, .out = &b,
-                 .copy = nullptr};
+                 .live = deadline ? nullptr : read_deadline_.live(), .node = node, .out = &b};
     co_await wt;
     if (wt.w.handed) {  // W1: on_cqe put the head buffer in b
       q->took_handed();
