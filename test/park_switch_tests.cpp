@@ -9,6 +9,8 @@
 // the runtime (the global queue), or one waiting on a timer.
 #include <doctest/doctest.h>
 
+#include "sched/machine.hpp"
+#include "sched/processor.hpp"
 #include "test_support.hpp"
 
 #include <mpg/mpg.hpp>
@@ -202,28 +204,43 @@ TEST_CASE("a ping-pong pair does not starve a task spawned from outside (global 
 
 // A runnext G inherits its time slice, but only while the slice lasts: a
 // pair that readies each other still moves the P's tick once per slice
-// (128 budget units). A tick that never moved made sysmon take the P for
-// stuck on one task (a long-task report), run its timers from outside (the
-// sleepers went to the global queue) and never see the global queue's turn
-// come, whose tick is every 61st: a sleeper waited for the pair to end.
-mpg::task<void> play_for(std::chrono::milliseconds d) {
+// (kBudget units, one per switch). A tick that never moved made sysmon take
+// the P for stuck on one task (a long-task report), run its timers from
+// outside (the sleepers went to the global queue) and never see the global
+// queue's turn come, whose tick is every 61st: a sleeper waited for the pair
+// to end (the timer case below shows that end to end). The tick is read
+// here on the P itself, so the count does not depend on how the threads
+// are scheduled: with the tick frozen it moved by 0 in this many rounds.
+std::uint64_t this_p_tick() {
+  return mpg::detail::current_m()->p()->schedtick.load(std::memory_order_relaxed);
+}
+
+mpg::task<std::uint64_t> ticks_over_rounds(int rounds) {
   mpg::chan<int> ping, pong;
   auto e = mpg::spawn(echo(ping, pong));
-  const auto until = std::chrono::steady_clock::now() + d;
-  for (int i = 0; std::chrono::steady_clock::now() < until; ++i) {
+  co_await ping.send(0);  // the echo task runs and parks in its receive
+  (void)co_await pong.recv();
+  const std::uint64_t before = this_p_tick();
+  for (int i = 0; i < rounds; ++i) {
     co_await ping.send(i);
     (void)co_await pong.recv();
   }
+  const std::uint64_t moved = this_p_tick() - before;
   ping.close();
   co_await e;
+  co_return moved;
 }
 
-TEST_CASE("a ping-pong pair ends its time slices: sysmon never finds its P stuck (1 P)") {
-  mpg::runtime rt({.procs = 1, .long_task_threshold = std::chrono::milliseconds(20),
-                   .report_long_tasks = true});
-  rt.block_on(play_for(std::chrono::milliseconds(150)));
-  // Only a thread kept off its CPU for 20 ms could be reported now.
-  CHECK(rt.stats().long_task_reports == 0);
+TEST_CASE("a ping-pong pair ends its time slices: the P's tick moves once per budget (1 P)") {
+  mpg::runtime rt({.procs = 1});
+  constexpr int kRounds = 64 * mpg::detail::kBudget;
+  const std::uint64_t moved = rt.block_on(ticks_over_rounds(kRounds));
+  INFO("ticks moved over " << kRounds << " round trips: " << moved);
+  // A round trip is two parks, each a switch that spends a budget unit, so
+  // a slice ends every kBudget / 2 round trips. (Measured: 287 with slices
+  // that end, 60 with the frozen tick, whose moves came only from the
+  // runnext streak's limit.)
+  CHECK(moved >= static_cast<std::uint64_t>(2 * kRounds / mpg::detail::kBudget));
 }
 
 mpg::task<void> sleep_then_stop(stop_flag* f) {
