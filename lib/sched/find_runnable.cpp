@@ -75,10 +75,10 @@ void scheduler::execute(machine* m, g* gp, bool inherit_time) {
   // the tick, and unless it froze on a multiple of 61 the global queue's
   // turn (step 1) would never come: a G readied there (by a plain thread,
   // or by sysmon running this P's timers) waited until the pair ended.
-  if (!inherit_time || m->budget <= 0) {
+  if (!inherit_time || tls_budget <= 0) {
     // Single writer (the owner); relaxed: sampled by sysmon.
     p->schedtick.store(p->schedtick.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-    m->budget = kBudget;
+    tls_budget = kBudget;
   }
   begin_run(m, gp);
   if (m->trace != nullptr) [[unlikely]] traced_resume(m, gp);  // trace.hpp: the only cost when off

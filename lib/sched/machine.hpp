@@ -3,7 +3,7 @@
 //
 // An M is created by the scheduler (start_m) when work appears and no idle M
 // exists, and lives until the runtime stops. Its per-thread scheduling state
-// (current G, budget, runnext streak) lives here, not in the P, because it
+// (current G, runnext streak; the budget is a thread_local) lives here, not in the P, because it
 // belongs to the thread's current run, not to the queue.
 #pragma once
 
@@ -24,6 +24,17 @@ class trace_buffer;  // trace.hpp
 // Cooperative budget of a G's time slice: runtime awaits that complete
 // without suspending consume one unit each (g.hpp).
 inline constexpr int kBudget = 128;
+
+// The budget left in the slice of the G this thread's M runs. A
+// thread_local rather than a field of the M: an M is one thread and only
+// that thread reads or writes its budget (execute() sets it, the G's awaits
+// and the switches at park and finish spend it), and an initial-exec
+// thread_local is one instruction from the hot paths, where the field cost
+// a load of tls_m, a null check and an indirection. A thread that runs no
+// M has no budget: consume_budget_now() finds it so on its slow path and
+// answers "not spent" (scheduler.cpp). constinit: other translation units
+// reach it directly, without a TLS init wrapper.
+extern constinit __attribute__((tls_model("initial-exec"))) thread_local int tls_budget;
 
 // How many turns in a row a runnext chain (a G readying the next, which
 // readies the next...) may keep the runnext slot while other local work
@@ -84,8 +95,7 @@ class machine {
   processor* blocking_from = nullptr;  // the P given up by mpg::blocking
   trace_buffer* trace = nullptr;  // this M's trace events, if its runtime records (trace.hpp)
 
-  // Current run.
-  int budget = 0;
+  // Current run (the budget is tls_budget, above).
   // The last fairness tick (a multiple of 61) whose turn this M's loop took
   // (find_runnable.cpp, step 1): the switch at park runs again after it.
   std::uint64_t fairness_tick = ~std::uint64_t{0};

@@ -78,9 +78,11 @@
 #include <string>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <ostream>
 #include <sstream>
 
+#include "absl/base/attributes.h"
 #include "mpg/errors.hpp"
 #include "mpg/detail/sched/frame.hpp"
 #include "mpg/spawn.hpp"
@@ -99,8 +101,13 @@ constexpr std::uint32_t kGidBatch = 1024;
 constexpr std::size_t kLocalGfreeMax = 128;
 }  // namespace
 
+constinit __attribute__((tls_model("initial-exec"))) thread_local int tls_budget = 0;
+
 machine* current_m() noexcept { return tls_m; }
-void set_current_m(machine* m) noexcept { tls_m = m; }
+void set_current_m(machine* m) noexcept {
+  tls_m = m;
+  tls_budget = 0;  // an M starts with its first G's slice (execute())
+}
 void set_current_g(g* gp) noexcept { tls_g = gp; }
 
 g* current_g() noexcept { return tls_g; }
@@ -227,16 +234,22 @@ void ready_tail(g* gp) noexcept {
   }
 }
 
-bool consume_budget_now() noexcept {
-  machine* m = tls_m;
-  if (m == nullptr) return false;
-  return --m->budget <= 0;
+// The slow path of consume_budget_now(): the count reached 0. On an M's
+// thread the slice is spent. Any other thread has no slice: its count
+// restarts from the top, so that it comes here once per 2^31 charges.
+ABSL_ATTRIBUTE_NOINLINE static bool budget_count_ran_out() noexcept {
+  if (tls_m != nullptr) return true;
+  tls_budget = std::numeric_limits<int>::max();
+  return false;
 }
 
-static bool budget_exhausted() noexcept {
-  machine* m = tls_m;
-  return m != nullptr && m->budget <= 0;
+bool consume_budget_now() noexcept {
+  if (--tls_budget > 0) [[likely]]
+    return false;
+  return budget_count_ran_out();
 }
+
+static bool budget_exhausted() noexcept { return tls_m != nullptr && tls_budget <= 0; }
 
 void requeue_current(std::coroutine_handle<> h) noexcept {
   g* gp = tls_g;
@@ -338,7 +351,7 @@ std::coroutine_handle<> finish_root(std::coroutine_handle<> root, const std::exc
 // trace's spans are drawn by execute()).
 std::coroutine_handle<> scheduler::next_after_finish(machine* m) noexcept {
   processor* p = m->p();
-  if (--m->budget <= 0 || m->trace != nullptr || stopping()) return std::noop_coroutine();
+  if (--tls_budget <= 0 || m->trace != nullptr || stopping()) return std::noop_coroutine();
   // find_runnable's fairness turns come when the tick is a multiple of 61.
   const std::uint64_t tick = p->schedtick.load(std::memory_order_relaxed);
   if (tick % 61 == 0) return std::noop_coroutine();
@@ -388,7 +401,7 @@ std::coroutine_handle<> scheduler::next_after_finish(machine* m) noexcept {
 // trace's spans).
 std::coroutine_handle<> scheduler::next_after_park(machine* m) noexcept {
   processor* p = m->p();
-  if (--m->budget <= 0 || m->trace != nullptr || stopping()) return std::noop_coroutine();
+  if (--tls_budget <= 0 || m->trace != nullptr || stopping()) return std::noop_coroutine();
   const std::uint64_t tick = p->schedtick.load(std::memory_order_relaxed);
   if (tick % 61 == 0 && m->fairness_tick != tick) return std::noop_coroutine();
   const runnext_policy policy =
