@@ -3,8 +3,9 @@
 //
 // An M is created by the scheduler (start_m) when work appears and no idle M
 // exists, and lives until the runtime stops. Its per-thread scheduling state
-// (current G, runnext streak; the budget is a thread_local) lives here, not in the P, because it
-// belongs to the thread's current run, not to the queue.
+// (current G, runnext streak; the budget is a thread_local, tls_budget)
+// lives here, not in the P, because it belongs to the thread's current run,
+// not to the queue.
 #pragma once
 
 #include <atomic>
