@@ -228,15 +228,17 @@ void busy_for(std::chrono::microseconds d) {
   }
 }
 
-// A worker: per round, read a byte, work 500 us, echo it; records each
-// thread it ran a round on.
-mpg::task<void> worker(mpg::net::tcp_stream* s, int rounds, std::atomic<int>* issued,
+// A worker: per round, read a byte, work 500 us, echo it, until it reads
+// 'q'; records whether it ran a round on another thread than home.
+mpg::task<void> worker(mpg::net::tcp_stream* s, std::atomic<int>* issued,
                        std::atomic<bool>* ran_elsewhere, std::thread::id home) {
   issued->fetch_add(1, std::memory_order_release);
-  for (int r = 0; r < rounds; ++r) {
+  for (;;) {
     char b = 0;
     auto n = co_await s->read(std::span<char>(&b, 1));
-    if (!n.ok() || *n != 1) co_return;
+    if (!n.ok() || *n != 1 || b == 'q') co_return;
+    // Relaxed: a flag that only goes up; the pinger polls it, and the
+    // test reads it after joining the workers.
     if (std::this_thread::get_id() != home) ran_elsewhere->store(true, std::memory_order_relaxed);
     busy_for(std::chrono::microseconds(500));
     if (!(co_await s->write(std::string_view(&b, 1))).ok()) co_return;
@@ -259,10 +261,18 @@ mpg::task<void> hog_then_anchor(mpg::net::tcp_stream* s, std::thread::id root_th
 
 }  // namespace
 
+// The pinger plays at least kMinRounds rounds, and then more until a worker
+// has run on the other M or kMaxRounds are played. Help that comes is seen
+// within the first rounds on an idle machine; a machine loaded by other
+// programs can keep the helping threads off the CPUs for longer than
+// kMinRounds take (20 rounds of 8 x 500 us: 80 ms). Help that never comes
+// (the M asleep in its ring is not woken for the queued Gs) fails after
+// kMaxRounds: about 4 s of work on one P.
 TEST_CASE("a P that keeps Gs readied by completions queued gets help from an M asleep in its ring") {
   mpg_test::watchdog dog(60s, "reap_wake balance");
   constexpr int kWorkers = 8;
-  constexpr int kRounds = 20;
+  constexpr int kMinRounds = 20;
+  constexpr int kMaxRounds = 1000;
   mpg::runtime rt(mpg::runtime_options{.procs = 2});
   int fds[kWorkers + 1][2];
   for (auto& p : fds) REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, p) == 0);
@@ -287,18 +297,20 @@ TEST_CASE("a P that keeps Gs readied by completions queued gets help from an M a
     std::atomic<int> issued{0};
     std::vector<mpg::join_handle<void>> workers;
     for (int i = 0; i < kWorkers; ++i)
-      workers.push_back(mpg::spawn(worker(&streams[i], kRounds, &issued, &ran_elsewhere, home)));
+      workers.push_back(mpg::spawn(worker(&streams[i], &issued, &ran_elsewhere, home)));
     while (issued.load(std::memory_order_acquire) < kWorkers) co_await mpg::yield();
     placed = !ran_elsewhere.load(std::memory_order_relaxed);
     go.store(true, std::memory_order_release);  // the other M parks in its ring
     std::thread pinger([&] {
-      for (int r = 0; r < kRounds; ++r) {
+      for (int r = 0; r < kMaxRounds; ++r) {
+        if (r >= kMinRounds && ran_elsewhere.load(std::memory_order_relaxed)) break;
         for (int i = 0; i < kWorkers; ++i)
           if (!write_byte(fds[i][1], 'x')) return;
         for (int i = 0; i < kWorkers; ++i)
           if (read_byte(fds[i][1]) != 'x') return;
         ++answered;
       }
+      for (int i = 0; i < kWorkers; ++i) write_byte(fds[i][1], 'q');
     });
     for (auto& w : workers) co_await w;
     pinger.join();
@@ -307,6 +319,7 @@ TEST_CASE("a P that keeps Gs readied by completions queued gets help from an M a
   }());
   for (auto& p : fds) ::close(p[1]);
   REQUIRE(placed);
-  REQUIRE(answered == kRounds);
+  INFO("rounds played: " << answered);
+  REQUIRE(answered >= kMinRounds);
   CHECK(ran_elsewhere.load(std::memory_order_relaxed));
 }
