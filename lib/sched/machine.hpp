@@ -29,9 +29,10 @@ inline constexpr int kBudget = 128;
 // The budget left in the slice of the G this thread's M runs. A
 // thread_local rather than a field of the M: an M is one thread and only
 // that thread reads or writes its budget (execute() sets it, the G's awaits
-// and the switches at park and finish spend it), and an initial-exec
-// thread_local is one instruction from the hot paths, where the field cost
-// a load of tls_m, a null check and an indirection. A thread that runs no
+// and the switches at park and finish spend it), and a charge of an
+// initial-exec thread_local is a decrement at a fixed offset from the
+// thread pointer, where the field cost a load of tls_m, a null check and an
+// indirection besides. A thread that runs no
 // M has no budget: consume_budget_now() finds it so on its slow path and
 // answers "not spent" (scheduler.cpp). constinit: other translation units
 // reach it directly, without a TLS init wrapper.
