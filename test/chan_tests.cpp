@@ -535,13 +535,21 @@ TEST_CASE("values arrive once and in order across budget yields") {
 
 // -- Outside the runtime --------------------------------------------------------
 
+// The feeder holds an external_work guard from before it starts until it
+// has closed the channel: a plain thread that will try_send() is no
+// possible wake-up for block_on's deadlock check unless a guard stands for
+// it (runtime_handle.hpp). Without one, a feeder kept off the CPUs for the
+// check's looks (several, 50 ms apart) on a loaded machine made block_on
+// throw deadlock_error.
 TEST_CASE("a foreign thread can feed a channel with try_send and close it") {
   mpg::runtime rt({.procs = 2});
   mpg::chan<int> c(1024);
-  std::thread feeder([c]() mutable {
+  auto guard = std::make_unique<mpg::external_work>(rt.handle());
+  std::thread feeder([c, guard = std::move(guard)]() mutable {
     for (int i = 0; i < 1000; ++i)
       while (!c.try_send(i)) std::this_thread::yield();
     c.close();
+    guard.reset();
   });
   long sum = rt.block_on([](mpg::chan<int> c) -> mpg::task<long> {
     long s = 0;

@@ -156,8 +156,9 @@ inline runtime_handle::schedule_awaiter runtime_handle::schedule() const noexcep
 //     operations awaited through mpg/asio.hpp;
 //   - live external_work guards.
 // Functions queued by runtime_handle::post count as runnable work. Nothing
-// else does: a plain thread that will try_send() to a task is not seen
-// unless a guard (or one of the above) stands for it.
+// else does: a plain thread that will try_send() to a task, or a task of
+// another runtime that a task of this one joins, is not seen unless a guard
+// (or one of the above) stands for it.
 class external_work {
  public:
   explicit external_work(const runtime_handle& h) noexcept : st_(h.st_) {
