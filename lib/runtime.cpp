@@ -8,6 +8,7 @@
 #include <iostream>
 #include <ostream>
 #include <sstream>
+#include <vector>
 
 #include "mpg/errors.hpp"
 #include "mpg/runtime.hpp"
@@ -34,20 +35,65 @@ void block_on_signal(block_on_state* st) noexcept {
   st->done = true;
   st->cv.notify_one();  // under the lock: st may be deleted right after it
 }
+// The runtimes of the process. A channel, a join handle or a sync object
+// may be shared by tasks of two runtimes, so a task of one may be woken by
+// a task of another: a runtime's deadlock check counts every other runtime
+// that is not inert as a possible wake-up. Registered when constructed,
+// unregistered first thing in ~runtime, so that a check never looks at a
+// runtime being torn down (the lock orders the two). The registry is never
+// destroyed: a runtime with static storage may outlive any other static.
+struct runtime_registry {
+  thread_mutex mu;
+  std::vector<const scheduler*> all ABSL_GUARDED_BY(mu);
+};
+runtime_registry& registry() {
+  static runtime_registry* const r = new runtime_registry;
+  return *r;
+}
+void register_runtime(const scheduler* s) {
+  runtime_registry& r = registry();
+  thread_mutex_lock l(r.mu);
+  r.all.push_back(s);
+}
+void unregister_runtime(const scheduler* s) {
+  runtime_registry& r = registry();
+  thread_mutex_lock l(r.mu);
+  r.all.erase(std::find(r.all.begin(), r.all.end(), s));
+}
+// others_inert(): no runtime of the process but `self` can wake a task now;
+// *progress gets the sum of their progress counters.
+bool others_inert(const scheduler* self, std::uint64_t* progress) {
+  runtime_registry& r = registry();
+  thread_mutex_lock l(r.mu);
+  bool inert = true;
+  std::uint64_t sum = 0;
+  for (const scheduler* s : r.all) {
+    if (s == self) continue;
+    std::uint64_t p = 0;
+    if (!s->inert(&p)) inert = false;
+    sum += p;
+  }
+  *progress = sum;
+  return inert;
+}
+
 void block_on_wait(scheduler* s, block_on_state* st) {
   // Deadlock detection (Go's checkdead): while waiting, every 50 ms look
   // whether the runtime is quiescent (nothing runnable, running, sleeping on
-  // a timer, doing I/O or inside mpg::blocking) and made no progress since
-  // the last look; two such looks in a row mean every task waits on
-  // something only another task could provide. Threads outside the runtime
-  // are not counted as possible wakers (docs/diagnostics.md, "Deadlock detection").
+  // a timer, doing I/O or inside mpg::blocking), every other runtime of the
+  // process is inert, and nothing made progress since the last look; three
+  // such looks in a row mean every task waits on something only another
+  // task could provide. Threads outside the runtimes are not counted as
+  // possible wakers (docs/diagnostics.md, "Deadlock detection").
   std::uint64_t last_progress = 0;
   int quiet_looks = 0;
   thread_mutex_lock l(st->mu);
   while (!l.wait_for(st->cv, std::chrono::milliseconds(50),
                      [st]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(st->mu) { return st->done; })) {
-    std::uint64_t progress = 0;
-    if (s->quiescent(&progress) && (quiet_looks == 0 || progress == last_progress)) {
+    std::uint64_t progress = 0, elsewhere = 0;
+    const bool quiet = s->quiescent(&progress) && others_inert(s, &elsewhere);
+    progress += elsewhere;  // compared for equality only: wrapping is harmless
+    if (quiet && (quiet_looks == 0 || progress == last_progress)) {
       if (++quiet_looks >= 3) {
         std::ostringstream os;
         os << "mpg: all tasks are asleep - deadlock!\n";
@@ -66,9 +112,12 @@ void throw_block_on_inside_task() {
 
 }  // namespace detail
 
-runtime::runtime(runtime_options opts) : sched_(new detail::scheduler(opts)) {}
+runtime::runtime(runtime_options opts) : sched_(new detail::scheduler(opts)) {
+  detail::register_runtime(sched_);
+}
 
 runtime::~runtime() {
+  detail::unregister_runtime(sched_);  // no other runtime's deadlock check looks here from now
   sched_->stop_debug();                // no signal dump or SCHED line from here on
   sched_->close_handles();             // no post from here on (lib/sched/post.cpp)
   sched_->stop();                      // steps 1 and 2 (lib/sched/shutdown.cpp)

@@ -1,10 +1,13 @@
 // Deadlock detection: block_on throws mpg::deadlock_error, naming the
 // blocked tasks, when every task waits on something only another task could
 // provide (Go's "all goroutines are asleep - deadlock!"). Timers, I/O and
-// blocking calls in flight are possible wake-ups, not deadlocks.
+// blocking calls in flight are possible wake-ups, not deadlocks, and so is
+// any other runtime of the process that is not inert: its tasks may send on
+// a channel or finish a task that a task of this one waits for.
 #include <doctest/doctest.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <string>
 
@@ -38,6 +41,34 @@ mpg::task<int> blocking_call_then_returns() {
   });
 }
 
+// Receives on c, saying first that it is about to wait.
+mpg::task<int> receive_after_saying_so(mpg::chan<int> c, std::atomic<bool>* waiting) {
+  waiting->store(true, std::memory_order_release);
+  auto v = co_await c.recv();  // no suspension between the store and this park
+  co_return v ? *v : -1;
+}
+
+// A task of another runtime that sends on c once the receiver has waited
+// through more than three of the deadlock check's looks (50 ms apart),
+// running all the while and never parking.
+mpg::task<void> send_after_busy_spell(mpg::chan<int> c, std::atomic<bool>* waiting) {
+  while (!waiting->load(std::memory_order_acquire)) {
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - t0 < 400ms) {
+  }
+  co_await c.send(7);
+}
+
+// Every task of two runtimes waits on a channel that only the other side
+// could serve.
+mpg::task<int> wait_on_other_runtime(mpg::runtime* other) {
+  mpg::chan<int> to_other, from_other;
+  auto h = other->spawn(wait_forever(to_other), "other-runtime-waiter");
+  auto v = co_await from_other.recv();  // h stays unjoined: the runtimes kill both at the end
+  co_return v ? *v : 0;
+}
+
 }  // namespace
 
 TEST_CASE("block_on reports a deadlock naming the blocked tasks") {
@@ -66,4 +97,30 @@ TEST_CASE("a task asleep on a timer is not a deadlock") {
 TEST_CASE("a task inside mpg::blocking is not a deadlock") {
   mpg::runtime rt({.procs = 1});
   CHECK(rt.block_on(blocking_call_then_returns()) == 9);
+}
+
+TEST_CASE("a task waiting on a busy task of another runtime is not a deadlock") {
+  // The receiver's runtime alone is quiescent for the whole spell; the
+  // sender's runtime is running a task. Before the check counted other
+  // runtimes, block_on threw deadlock_error after about 150 ms.
+  mpg::runtime a({.procs = 1});
+  mpg::runtime b({.procs = 1});
+  mpg::chan<int> c;
+  std::atomic<bool> waiting{false};
+  auto sender = b.spawn(send_after_busy_spell(c, &waiting), "busy-sender");
+  CHECK(a.block_on(receive_after_saying_so(c, &waiting)) == 7);
+  b.block_on(std::move(sender));
+}
+
+TEST_CASE("two runtimes whose tasks all wait on each other are a deadlock") {
+  mpg::runtime a({.procs = 1});
+  mpg::runtime b({.procs = 1});
+  std::string what;
+  try {
+    a.block_on(wait_on_other_runtime(&b));
+  } catch (const mpg::deadlock_error& e) {
+    what = e.what();
+  }
+  CHECK(what.find("deadlock") != std::string::npos);
+  CHECK(what.find("chan receive") != std::string::npos);
 }

@@ -162,11 +162,6 @@ TEST_CASE("joining another runtime's task never takes a local spawn that has its
   for (int i = 0; i < 20; ++i) CHECK(b.block_on(trivial()) == 1);
   auto [tx, rx] = mpg::oneshot<void>();
   std::thread sender;
-  // A join of another runtime's task is no possible wake-up for a's
-  // deadlock check (runtime_handle.hpp): this guard stands for it. Without
-  // it, a sender kept off the CPUs for the check's looks (several, 50 ms
-  // apart) on a loaded machine made a.block_on throw deadlock_error.
-  mpg::external_work remote_join(a.handle());
   const int got = a.block_on([&, rx = std::move(rx)]() mutable -> mpg::task<int> {
     mpg::join_handle<int> remote = b.spawn(gated(std::move(rx)));
     std::vector<mpg::join_handle<int>> locals;

@@ -23,10 +23,12 @@
 // Deadlock detection: while block_on() waits, the runtime counts as
 // deadlocked when nothing is runnable or running and nothing can wake a
 // task: no timer pending, no I/O in flight, no call inside mpg::blocking,
-// and no progress between several looks 50 ms apart. Threads outside the
-// runtime are not counted as possible wakers: a task that waits for a plain
-// thread to try_send() to it counts as blocked, unless an mpg::external_work
-// guard lives (mpg/runtime_handle.hpp lists every possible wake-up).
+// no other runtime of the process that could (tasks of two runtimes may
+// share a channel or a join), and no progress between several looks 50 ms
+// apart. Plain threads are not counted as possible wakers: a task that
+// waits for a plain thread to try_send() to it counts as blocked, unless an
+// mpg::external_work guard lives (mpg/runtime_handle.hpp lists every
+// possible wake-up).
 #pragma once
 
 #include <chrono>

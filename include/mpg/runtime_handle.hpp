@@ -154,11 +154,13 @@ inline runtime_handle::schedule_awaiter runtime_handle::schedule() const noexcep
 //     that runtime);
 //   - tasks awaiting a foreign (non-mpg) awaitable, including Asio
 //     operations awaited through mpg/asio.hpp;
-//   - live external_work guards.
+//   - live external_work guards;
+//   - any other runtime of the process that is not inert (a task runnable
+//     or running there, or one of the above of its own): its tasks may
+//     serve a channel, join or sync object that a task of this one awaits.
 // Functions queued by runtime_handle::post count as runnable work. Nothing
-// else does: a plain thread that will try_send() to a task, or a task of
-// another runtime that a task of this one joins, is not seen unless a guard
-// (or one of the above) stands for it.
+// else does: a plain thread that will try_send() to a task is not seen
+// unless a guard (or one of the above) stands for it.
 class external_work {
  public:
   explicit external_work(const runtime_handle& h) noexcept : st_(h.st_) {

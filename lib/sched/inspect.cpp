@@ -47,7 +47,7 @@
 
 namespace mpg::detail {
 
-bool scheduler::quiescent(std::uint64_t* progress) const {
+bool scheduler::inert(std::uint64_t* progress) const {
   std::uint64_t runs = gpushes_.load(std::memory_order_relaxed) + posts_run_.load(std::memory_order_relaxed);
   bool quiet = nblocking_.load(std::memory_order_relaxed) == 0 &&
                external_wakers_.load(std::memory_order_relaxed) == 0 &&
@@ -66,7 +66,11 @@ bool scheduler::quiescent(std::uint64_t* progress) const {
     if (npidle_.load(std::memory_order_relaxed) != procs()) quiet = false;
   }
   *progress = runs;
-  return quiet && live_gs() != 0;
+  return quiet;
+}
+
+bool scheduler::quiescent(std::uint64_t* progress) const {
+  return inert(progress) && live_gs() != 0;
 }
 
 runtime_stats scheduler::stats() const {

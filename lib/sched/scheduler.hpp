@@ -119,10 +119,13 @@ class scheduler {
   // stop_the_world(): holds every P (but the caller's) until the returned
   // guard goes; null when that failed (inspect.cpp).
   std::shared_ptr<void> stop_the_world() const;
-  // quiescent(): every P idle, no G runnable, no timer pending, no I/O in
-  // flight, no M in mpg::blocking; *progress gets a counter that moves
-  // whenever anything runs (block_on_wait in runtime.cpp compares two
-  // samples).
+  // inert(): nothing here can wake a task now: every P idle, no G
+  // runnable, no timer pending, no I/O in flight, no M in mpg::blocking,
+  // no external waker, no posted function queued; *progress gets a counter
+  // that moves whenever anything runs (block_on_wait in runtime.cpp
+  // compares two samples). Any thread.
+  bool inert(std::uint64_t* progress) const;
+  // quiescent(): inert, with live tasks (which then wait on each other).
   bool quiescent(std::uint64_t* progress) const;
   std::uint64_t live_gs() const noexcept;
   void external_waker_add() noexcept { external_wakers_.fetch_add(1, std::memory_order_relaxed); }
