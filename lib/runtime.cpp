@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <iostream>
+#include <new>
 #include <ostream>
 #include <sstream>
 #include <vector>
@@ -50,15 +51,21 @@ runtime_registry& registry() {
   static runtime_registry* const r = new runtime_registry;
   return *r;
 }
-void register_runtime(const scheduler* s) {
+// Out of memory, a runtime goes unlisted: the others' checks then miss it
+// as a possible wake-up, which is better than a constructor that fails
+// with its Ms already running.
+void register_runtime(const scheduler* s) noexcept {
   runtime_registry& r = registry();
   thread_mutex_lock l(r.mu);
-  r.all.push_back(s);
+  try {
+    r.all.push_back(s);
+  } catch (const std::bad_alloc&) {
+  }
 }
-void unregister_runtime(const scheduler* s) {
+void unregister_runtime(const scheduler* s) noexcept {
   runtime_registry& r = registry();
   thread_mutex_lock l(r.mu);
-  r.all.erase(std::find(r.all.begin(), r.all.end(), s));
+  if (auto it = std::find(r.all.begin(), r.all.end(), s); it != r.all.end()) r.all.erase(it);
 }
 // others_inert(): no runtime of the process but `self` can wake a task now;
 // *progress gets the sum of their progress counters.

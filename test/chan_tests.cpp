@@ -539,7 +539,7 @@ TEST_CASE("values arrive once and in order across budget yields") {
 // has closed the channel: a plain thread that will try_send() is no
 // possible wake-up for block_on's deadlock check unless a guard stands for
 // it (runtime_handle.hpp). Without one, a feeder kept off the CPUs for the
-// check's looks (several, 50 ms apart) on a loaded machine made block_on
+// check's looks (several, 50 ms apart) on a loaded machine makes block_on
 // throw deadlock_error.
 TEST_CASE("a foreign thread can feed a channel with try_send and close it") {
   mpg::runtime rt({.procs = 2});

@@ -101,8 +101,8 @@ TEST_CASE("a task inside mpg::blocking is not a deadlock") {
 
 TEST_CASE("a task waiting on a busy task of another runtime is not a deadlock") {
   // The receiver's runtime alone is quiescent for the whole spell; the
-  // sender's runtime is running a task. Before the check counted other
-  // runtimes, block_on threw deadlock_error after about 150 ms.
+  // sender's runtime is running a task. A check blind to other runtimes
+  // throws deadlock_error here after about 150 ms.
   mpg::runtime a({.procs = 1});
   mpg::runtime b({.procs = 1});
   mpg::chan<int> c;
