@@ -20,6 +20,7 @@
 #include "mpg/detail/sched/g.hpp"
 #include "mpg/detail/sched/timer.hpp"
 #include "io/reactor.hpp"
+#include "sched/g_free_list.hpp"
 #include "sched/run_queue.hpp"
 #include "sched/thread_mutex.hpp"
 
@@ -66,7 +67,7 @@ class processor {
   // owner: scratch space for moving half the local queue to the global one.
   std::vector<g*> overflow;
   // owner: free Gs for spawn (Go's gFree) and a batch of G ids.
-  std::vector<g*> gfree;
+  g_free_list gfree;
   std::uint64_t next_gid = 0;
   std::uint64_t gid_limit = 0;
 

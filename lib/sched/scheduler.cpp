@@ -585,8 +585,15 @@ g* scheduler::allocate_gs(processor* p) {
   }
   thread_mutex_lock l(allg_mu_);
   g_blocks_.push_back(g_block{std::move(block), n});
-  for (std::size_t i = 1; i < n; ++i) p->gfree.push_back(fresh[i]);
+  for (std::size_t i = 1; i < n; ++i) p->gfree.push(fresh[i]);
   return fresh[0];
+}
+
+std::size_t scheduler::g_count() const {
+  thread_mutex_lock l(allg_mu_);
+  std::size_t n = 0;
+  for (const g_block& b : g_blocks_) n += b.n;
+  return n;
 }
 
 void scheduler::init_g(g* gp, std::uint64_t id, std::coroutine_handle<> root,
@@ -601,33 +608,24 @@ void scheduler::init_g(g* gp, std::uint64_t id, std::coroutine_handle<> root,
 g* scheduler::new_g_local(processor* p, std::coroutine_handle<> root, const char* name) {
   if (p->gfree.empty() || p->next_gid == p->gid_limit) [[unlikely]]
     return new_g_slow(p, root, name);
-  g* gp = p->gfree.back();
-  p->gfree.pop_back();
+  g* gp = p->gfree.pop();
   init_g(gp, p->next_gid++, root, name);
   return gp;
 }
 
 [[gnu::noinline]] g* scheduler::new_g_slow(processor* p, std::coroutine_handle<> root, const char* name) {
   g* gp = nullptr;
-  if (!p->gfree.empty()) {
-    gp = p->gfree.back();
-    p->gfree.pop_back();
-  }
+  if (!p->gfree.empty()) gp = p->gfree.pop();
   if (p->next_gid == p->gid_limit) refill_gids(p);
   const std::uint64_t id = p->next_gid++;
   if (gp == nullptr) {
     // Refill from the global pool first (Gs freed elsewhere), then allocate.
     {
       thread_mutex_lock l(allg_mu_);
-      std::size_t take = std::min<std::size_t>(gfree_global_.size(), 32);
-      for (std::size_t i = 0; i < take; ++i) {
-        p->gfree.push_back(gfree_global_.back());
-        gfree_global_.pop_back();
-      }
+      gfree_global_.move_to(p->gfree, 32);
     }
     if (!p->gfree.empty()) {
-      gp = p->gfree.back();
-      p->gfree.pop_back();
+      gp = p->gfree.pop();
     } else {
       gp = allocate_gs(p);
     }
@@ -644,10 +642,7 @@ g* scheduler::new_g(std::coroutine_handle<> root, const char* name) {
   {
     thread_mutex_lock l(allg_mu_);
     id = gid_next_++;
-    if (!gfree_global_.empty()) {
-      gp = gfree_global_.back();
-      gfree_global_.pop_back();
-    }
+    if (!gfree_global_.empty()) gp = gfree_global_.pop();
   }
   if (gp == nullptr) gp = allocate_gs(nullptr);
   init_g(gp, id, root, name);
@@ -667,16 +662,13 @@ void scheduler::retire_g_local(processor* p, g* gp) noexcept {
   clear_g(gp);
   processor::bump(p->completed);
   if (p->gfree.size() >= kLocalGfreeMax) [[unlikely]] return retire_g_slow(p, gp);
-  p->gfree.push_back(gp);
+  p->gfree.push(gp);
 }
 
 [[gnu::noinline]] void scheduler::retire_g_slow(processor* p, g* gp) noexcept {
-  p->gfree.push_back(gp);
+  p->gfree.push(gp);
   thread_mutex_lock l(allg_mu_);
-  while (p->gfree.size() > kLocalGfreeMax / 2) {
-    gfree_global_.push_back(p->gfree.back());
-    p->gfree.pop_back();
-  }
+  p->gfree.move_to(gfree_global_, p->gfree.size() - kLocalGfreeMax / 2);
 }
 
 void scheduler::retire_g(g* gp) noexcept {
@@ -684,7 +676,7 @@ void scheduler::retire_g(g* gp) noexcept {
   clear_g(gp);
   foreign_completed_.fetch_add(1, std::memory_order_relaxed);
   thread_mutex_lock l(allg_mu_);
-  gfree_global_.push_back(gp);
+  gfree_global_.push(gp);
 }
 
 void scheduler::make_runnable(machine* m, g* gp, queue_slot slot) noexcept {

@@ -27,6 +27,7 @@
 #include "mpg/detail/sched/g.hpp"
 #include "mpg/runtime_options.hpp"
 #include "mpg/runtime_stats.hpp"
+#include "sched/g_free_list.hpp"
 #include "sched/machine.hpp"
 #include "sched/processor.hpp"
 #include "sched/thread_mutex.hpp"
@@ -55,6 +56,9 @@ class scheduler {
 
   // --- G lifecycle (scheduler.cpp) ------------------------------------------
   g* new_g(std::coroutine_handle<> root, const char* name);  // on the caller's P if it has one
+  // g_count(): every G ever created (live or pooled; Gs are never freed
+  // before the runtime). Diagnostics and tests.
+  std::size_t g_count() const;
   void retire_g(g* gp) noexcept;                            // back to a free pool
   // new_g_local() / retire_g_local(): the same on p, the P this thread
   // holds: inline pool pops and pushes, the rest out of line.
@@ -292,7 +296,7 @@ class scheduler {
     for (const g_block& b : g_blocks_)
       for (std::size_t i = 0; i < b.n; ++i) f(&b.gs[i]);
   }
-  std::vector<g*> gfree_global_ ABSL_GUARDED_BY(allg_mu_);
+  g_free_list gfree_global_ ABSL_GUARDED_BY(allg_mu_);
   struct g_block {
     std::unique_ptr<g[]> gs;
     std::size_t n;
