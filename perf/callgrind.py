@@ -22,6 +22,12 @@ CALLGRIND_N = {"spawn_join": 20000, "skynet": 10000, "fib": 20, "yield_ping": 20
 # The larger size (default 2N): skynet's sizes are powers of ten; fib's N is
 # its argument, and two more levels give about 2.6x the tasks.
 CALLGRIND_N2 = {"skynet": 100000, "fib": 22}
+# Reference programs counted the same way, which are not workloads of their
+# own: the coroutines alone, without the runtime, of the workload named
+# (perf/coroutine_floor.hpp).
+CALLGRIND_FLOORS = {"fib": "fib_floor"}
+CALLGRIND_N["fib_floor"] = CALLGRIND_N["fib"]
+CALLGRIND_N2["fib_floor"] = CALLGRIND_N2["fib"]
 TIMEOUT_S = 1200
 
 

@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "coroutine_floor.hpp"
 #include "mpg/detail/sched/frame.hpp"
 #include "mpg/mpg.hpp"
 #if __has_include("sync_workloads.hpp")
@@ -230,6 +231,14 @@ int main(int argc, char** argv) {
   if (w == "fib") return run_fib("fib", arg > 0 ? static_cast<int>(arg) : 30, true);
   if (w == "fib_malloc") return run_fib("fib_malloc", arg > 0 ? static_cast<int>(arg) : 30, false);
   if (w == "fib32") return run_fib("fib32", 32, true);
+  if (w == "fib_floor") {
+    // fib with no runtime (coroutine_floor.hpp); op as fib's.
+    const int n = arg > 0 ? static_cast<int>(arg) : 30;
+    long r = 0;
+    const double ns = time_ns([&] { r = mpg_perf::floor::run(n); });
+    print_result("fib_floor", fib_value(n + 1) - 1, ns, r == fib_value(n));
+    return 0;
+  }
   if (w == "yield_ping") {
     const long n = arg > 0 ? arg : 1000000;
     mpg::runtime rt({.procs = 1});

@@ -62,7 +62,7 @@ from typing import Callable, Optional
 
 PERF_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(PERF_DIR))
-from callgrind import CALLGRIND_N, instructions  # noqa: E402
+from callgrind import CALLGRIND_FLOORS, CALLGRIND_N, instructions  # noqa: E402
 from plotting import pyplot  # noqa: E402
 GO_SRC_DIR = PERF_DIR / "go"
 RUN_TIMEOUT_S = 120
@@ -459,7 +459,9 @@ def instruction_table(mpg: Optional[Path], selected: list) -> tuple:
         return "", "instructions: mpg_bench not found"
     if shutil.which("valgrind") is None:
         return "", "instructions: valgrind not installed (scripts/setup.sh installs it)"
-    header = ["workload", "mpg instr/op", "libfork", "target", "met"]
+    # "no runtime": the same coroutines with no runtime under them
+    # (CALLGRIND_FLOORS), the least the compiler's code costs.
+    header = ["workload", "mpg instr/op", "no runtime", "libfork", "target", "met"]
     rows = []
     for name in CALLGRIND_N:
         if name not in selected:
@@ -468,15 +470,22 @@ def instruction_table(mpg: Optional[Path], selected: list) -> tuple:
         try:
             v = instructions(mpg, name)
         except (RuntimeError, subprocess.TimeoutExpired) as e:
-            rows.append([name, "error", "", "", ""])
+            rows.append([name, "error", "", "", "", ""])
             log(f"callgrind {name}: {e}")
             continue
+        floor = ""
+        if name in CALLGRIND_FLOORS:
+            try:
+                floor = f"{instructions(mpg, CALLGRIND_FLOORS[name]):.0f}"
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                floor = "error"
+                log(f"callgrind {CALLGRIND_FLOORS[name]}: {e}")
         anchor = INSTRUCTION_ANCHORS.get(name)
         target = INSTRUCTION_TARGETS.get(name)
-        rows.append([name, f"{v:.0f}", "" if anchor is None else str(anchor),
+        rows.append([name, f"{v:.0f}", floor, "" if anchor is None else str(anchor),
                      "" if target is None else f"<= {target}",
                      "" if target is None else ("yes" if v <= target else "no")])
-    return render_table(rows, header, {1, 2, 3}), ""
+    return render_table(rows, header, {1, 2, 3, 4}), ""
 
 
 def draw_chart(rows: list, path: Path) -> str:
