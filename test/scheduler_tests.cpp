@@ -1,6 +1,6 @@
 // test/scheduler_tests.cpp: scheduling behaviour of the M-P-G scheduler:
 // yield fairness, work spreading over Ps, cooperative budget, the procs
-// option and MPG_PROCS, stealing, and the task dump.
+// option and MPG_PROCS, stealing, the task dump, and the reuse of Gs.
 #include <doctest/doctest.h>
 
 #include <mpg/mpg.hpp>
@@ -16,6 +16,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "sched/scheduler.hpp"
 
 namespace {
 
@@ -285,4 +287,46 @@ TEST_CASE("dump lists a task parked in a join, with its name") {
   CHECK(d.find("(dump-parent) [waiting: join") != std::string::npos);
   CHECK(d.find("(dump-child) [running") != std::string::npos);
   CHECK(d.find("mpg: 2 live task(s) on 1 P(s)") != std::string::npos);
+}
+
+// ---------------------------------------------------------------------------
+// Reuse of Gs: a G retired on one P goes to that P's pool, and past its
+// bound to the global pool, where a spawn on another P finds it.
+
+namespace {
+
+mpg::task<void> wait_at(mpg::wait_group* gate) { co_await gate->wait(); }
+
+// One wave: n tasks, all live at once (each waits at a gate that opens
+// once the last is spawned), then joined; they finish on both Ps.
+mpg::task<std::size_t> wave_of(std::size_t n) {
+  mpg::wait_group gate;
+  gate.add(1);
+  std::vector<mpg::join_handle<void>> hs;
+  hs.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) hs.push_back(mpg::spawn(wait_at(&gate)));
+  gate.done();
+  for (auto& h : hs) co_await h;
+  co_return mpg::detail::current_scheduler()->g_count();
+}
+
+}  // namespace
+
+TEST_CASE("Gs retired on the Ps are reused: waves of spawns do not make new Gs") {
+  constexpr std::size_t kTasks = 2000;
+  constexpr int kWaves = 20;
+  mpg::runtime rt({.procs = 2});
+  const std::size_t first = rt.block_on(wave_of(kTasks));
+  CHECK(first >= kTasks);  // all were live at once
+  std::size_t last = first;
+  for (int w = 0; w < kWaves; ++w) last = rt.block_on(wave_of(kTasks));
+  // A spawn makes Gs (a batch of 32) only when its P's pool and the global
+  // pool are empty, so a wave can add no more than the Gs the other P
+  // keeps in its pool (at most kGfreeMax + 1), whatever the first wave
+  // made: the Gs ever made stay below the peak of live tasks (kTasks, the
+  // wave's own task and block_on's) plus both Ps' pools and a batch. A pool
+  // that lost the Gs it was given would add about kTasks per wave.
+  CAPTURE(first);
+  CAPTURE(last);
+  CHECK(last <= kTasks + 8 + 2 * (mpg::detail::processor::kGfreeMax + 1) + 32);
 }

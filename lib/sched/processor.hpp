@@ -20,7 +20,7 @@
 #include "mpg/detail/sched/g.hpp"
 #include "mpg/detail/sched/timer.hpp"
 #include "io/reactor.hpp"
-#include "sched/g_free_list.hpp"
+#include "sched/g_pool.hpp"
 #include "sched/run_queue.hpp"
 #include "sched/thread_mutex.hpp"
 
@@ -53,6 +53,10 @@ struct timer_heap {
 
 class processor {
  public:
+  // The most dead Gs a P keeps (gfree); a retire that finds it full moves
+  // half to the scheduler's global pool.
+  static constexpr std::size_t kGfreeMax = 128;
+
   processor(std::uint32_t id, std::uint32_t queue_capacity)
       : id(id), runq(queue_capacity), overflow(queue_capacity / 2 + 1) {}
 
@@ -66,8 +70,10 @@ class processor {
 
   // owner: scratch space for moving half the local queue to the global one.
   std::vector<g*> overflow;
-  // owner: free Gs for spawn (Go's gFree) and a batch of G ids.
-  g_free_list gfree;
+  // owner: free Gs for spawn (Go's gFree) and a batch of G ids. A retire
+  // pushes before it moves half out when the pool holds kGfreeMax, so
+  // kGfreeMax + 1 is its most.
+  g_pool gfree{kGfreeMax + 1};
   std::uint64_t next_gid = 0;
   std::uint64_t gid_limit = 0;
 

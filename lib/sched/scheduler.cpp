@@ -98,7 +98,7 @@ __attribute__((tls_model("initial-exec"))) thread_local g* tls_g = nullptr;
 __attribute__((tls_model("initial-exec"))) thread_local machine* tls_m = nullptr;
 
 constexpr std::uint32_t kGidBatch = 1024;
-constexpr std::size_t kLocalGfreeMax = 128;
+constexpr std::size_t kLocalGfreeMax = processor::kGfreeMax;
 }  // namespace
 
 constinit __attribute__((tls_model("initial-exec"))) thread_local int tls_budget = 0;
@@ -584,16 +584,20 @@ g* scheduler::allocate_gs(processor* p) {
     fresh[i]->sched = this;
   }
   thread_mutex_lock l(allg_mu_);
+  // The global pool holds only dead Gs, so with room for every G ever made
+  // the noexcept retire paths that push onto it never allocate; growing it
+  // here, where a spawn may throw bad_alloc, is the only place it grows.
+  if (gfree_global_.capacity() < g_total_ + n)
+    gfree_global_.reserve(std::max(g_total_ + n, 2 * gfree_global_.capacity()));
   g_blocks_.push_back(g_block{std::move(block), n});
+  g_total_ += n;
   for (std::size_t i = 1; i < n; ++i) p->gfree.push(fresh[i]);
   return fresh[0];
 }
 
 std::size_t scheduler::g_count() const {
   thread_mutex_lock l(allg_mu_);
-  std::size_t n = 0;
-  for (const g_block& b : g_blocks_) n += b.n;
-  return n;
+  return g_total_;
 }
 
 void scheduler::init_g(g* gp, std::uint64_t id, std::coroutine_handle<> root,
@@ -622,7 +626,11 @@ g* scheduler::new_g_local(processor* p, std::coroutine_handle<> root, const char
     // Refill from the global pool first (Gs freed elsewhere), then allocate.
     {
       thread_mutex_lock l(allg_mu_);
-      gfree_global_.move_to(p->gfree, 32);
+      std::size_t take = std::min<std::size_t>(gfree_global_.size(), 32);
+      for (std::size_t i = 0; i < take; ++i) {
+        p->gfree.push(gfree_global_.back());
+        gfree_global_.pop_back();
+      }
     }
     if (!p->gfree.empty()) {
       gp = p->gfree.pop();
@@ -642,7 +650,10 @@ g* scheduler::new_g(std::coroutine_handle<> root, const char* name) {
   {
     thread_mutex_lock l(allg_mu_);
     id = gid_next_++;
-    if (!gfree_global_.empty()) gp = gfree_global_.pop();
+    if (!gfree_global_.empty()) {
+      gp = gfree_global_.back();
+      gfree_global_.pop_back();
+    }
   }
   if (gp == nullptr) gp = allocate_gs(nullptr);
   init_g(gp, id, root, name);
@@ -668,7 +679,9 @@ void scheduler::retire_g_local(processor* p, g* gp) noexcept {
 [[gnu::noinline]] void scheduler::retire_g_slow(processor* p, g* gp) noexcept {
   p->gfree.push(gp);
   thread_mutex_lock l(allg_mu_);
-  p->gfree.move_to(gfree_global_, p->gfree.size() - kLocalGfreeMax / 2);
+  while (p->gfree.size() > kLocalGfreeMax / 2) {
+    gfree_global_.push_back(p->gfree.pop());
+  }
 }
 
 void scheduler::retire_g(g* gp) noexcept {
@@ -676,7 +689,7 @@ void scheduler::retire_g(g* gp) noexcept {
   clear_g(gp);
   foreign_completed_.fetch_add(1, std::memory_order_relaxed);
   thread_mutex_lock l(allg_mu_);
-  gfree_global_.push(gp);
+  gfree_global_.push_back(gp);
 }
 
 void scheduler::make_runnable(machine* m, g* gp, queue_slot slot) noexcept {

@@ -27,7 +27,6 @@
 #include "mpg/detail/sched/g.hpp"
 #include "mpg/runtime_options.hpp"
 #include "mpg/runtime_stats.hpp"
-#include "sched/g_free_list.hpp"
 #include "sched/machine.hpp"
 #include "sched/processor.hpp"
 #include "sched/thread_mutex.hpp"
@@ -296,7 +295,9 @@ class scheduler {
     for (const g_block& b : g_blocks_)
       for (std::size_t i = 0; i < b.n; ++i) f(&b.gs[i]);
   }
-  g_free_list gfree_global_ ABSL_GUARDED_BY(allg_mu_);
+  // Dead Gs moved off the Ps; its capacity is kept at g_total_ (allocate_gs).
+  std::vector<g*> gfree_global_ ABSL_GUARDED_BY(allg_mu_);
+  std::size_t g_total_ ABSL_GUARDED_BY(allg_mu_) = 0;  // the Gs in g_blocks_
   struct g_block {
     std::unique_ptr<g[]> gs;
     std::size_t n;

@@ -103,16 +103,8 @@ void scheduler::kill_remaining(std::ostream& report) {
     gp->resume = {};
     root.destroy();
   }
-  {
-    // Destructors above may have readied some of them into the global
-    // queue, which links them through g::link, the free list's link too:
-    // drop the queue again so that no G is on both.
-    thread_mutex_lock l(mu_);
-    ghead_ = gtail_ = nullptr;
-    gsize_.store(0, std::memory_order_seq_cst);
-  }
   thread_mutex_lock l(allg_mu_);
-  for (g* gp : live) gfree_global_.push(gp);
+  for (g* gp : live) gfree_global_.push_back(gp);
 }
 
 }  // namespace mpg::detail
