@@ -98,7 +98,6 @@ __attribute__((tls_model("initial-exec"))) thread_local g* tls_g = nullptr;
 __attribute__((tls_model("initial-exec"))) thread_local machine* tls_m = nullptr;
 
 constexpr std::uint32_t kGidBatch = 1024;
-constexpr std::size_t kLocalGfreeMax = processor::kGfreeMax;
 }  // namespace
 
 constinit __attribute__((tls_model("initial-exec"))) thread_local int tls_budget = 0;
@@ -672,14 +671,14 @@ void scheduler::clear_g(g* gp) noexcept {
 void scheduler::retire_g_local(processor* p, g* gp) noexcept {
   clear_g(gp);
   processor::bump(p->completed);
-  if (p->gfree.size() >= kLocalGfreeMax) [[unlikely]] return retire_g_slow(p, gp);
+  if (p->gfree.size() >= processor::kGfreeMax) [[unlikely]] return retire_g_slow(p, gp);
   p->gfree.push(gp);
 }
 
 [[gnu::noinline]] void scheduler::retire_g_slow(processor* p, g* gp) noexcept {
   p->gfree.push(gp);
   thread_mutex_lock l(allg_mu_);
-  while (p->gfree.size() > kLocalGfreeMax / 2) {
+  while (p->gfree.size() > processor::kGfreeMax / 2) {
     gfree_global_.push_back(p->gfree.pop());
   }
 }
