@@ -6,6 +6,7 @@
 
 #include <mpg/mpg.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <thread>
@@ -119,6 +120,27 @@ TEST_CASE("take_half removes the older half in order") {
   CHECK(pop(q) == gs[0]);
 }
 
+TEST_CASE("push_tail_chain appends a linked batch in order across wrap-around") {
+  fake_gs gs(12);
+  run_queue q(8);
+  // Move head and tail to 5, so that the batch wraps past the ring's end.
+  for (std::size_t i = 0; i < 5; ++i) REQUIRE(own(q).push_tail(gs[i]));
+  for (std::size_t i = 0; i < 5; ++i) REQUIRE(pop(q) == gs[i]);
+  REQUIRE(own(q).push_tail(gs[5]));
+  // A chain of 6 (gs[6]..gs[11]) through g::link; push the first 5 of it.
+  for (std::size_t i = 6; i < 11; ++i) gs[i]->link = gs[i + 1];
+  gs[11]->link = nullptr;
+  CHECK(own(q).push_tail_chain(gs[6], 5) == gs[11]);  // the rest of the chain
+  CHECK(q.size() == 6);
+  CHECK(own(q).free_slots() == 2);
+  for (std::size_t i = 5; i < 11; ++i) CHECK(pop(q) == gs[i]);
+  CHECK(pop(q) == nullptr);
+  // The whole chain: what follows it is its last link.
+  CHECK(own(q).push_tail_chain(gs[6], 6) == nullptr);
+  for (std::size_t i = 6; i < 12; ++i) CHECK(pop(q) == gs[i]);
+  CHECK(q.size() == 0);
+}
+
 TEST_CASE("steal_into takes half, rounded up, and returns the last one to run") {
   fake_gs gs(8);
   for (std::uint32_t queued : {1u, 2u, 5u, 8u}) {
@@ -174,7 +196,7 @@ TEST_CASE("steal_into takes runnext only when asked and the queue is empty") {
 
 namespace {
 
-// One owner pushes (tail and runnext), pops and takes halves; two thieves
+// One owner pushes (tail, chains and runnext), pops and takes halves; two thieves
 // steal into their own queues and drain them. Every G must come out once.
 void stress(std::uint32_t cap, std::size_t n) {
   fake_gs gs(n);
@@ -214,6 +236,13 @@ void stress(std::uint32_t cap, std::size_t n) {
       }
     } else if (op < 13) {
       if (g* gp = pop(owner_q, op == 12)) got(gp);
+    } else if (op == 13) {
+      // A chain of up to 3, as global_get moves a batch: only what fits.
+      const std::uint32_t k = static_cast<std::uint32_t>(
+          std::min<std::size_t>({3, n - next, own(owner_q).free_slots()}));
+      for (std::uint32_t i = 0; i + 1 < k; ++i) gs[next + i]->link = gs[next + i + 1];
+      if (k > 0) own(owner_q).push_tail_chain(gs[next], k);
+      next += k;
     }
   }
   while (tally.total() < n) {
@@ -260,14 +289,19 @@ mpg::task<overflow_result> spawn_many(mpg::runtime* rt, int n) {
 
 TEST_CASE("a full local queue overflows to the global queue and every task completes") {
   for (unsigned procs : {1u, 2u}) {
-    CAPTURE(procs);
-    mpg::runtime rt({.procs = procs, .local_queue_capacity = 4});
-    overflow_result r = rt.block_on(spawn_many(&rt, 100));
-    CHECK(r.sum == 4950);
-    if (procs == 1) {
-      // With one P nothing steals: nearly every child overflows (3 per
-      // overflow of a 4-slot ring); a foreign block_on push adds at most 1.
-      CHECK(r.pushes >= 50);
+    for (unsigned capacity : {4u, 16u}) {
+      CAPTURE(procs);
+      CAPTURE(capacity);
+      // With 16 slots the M takes up to 8 Gs at a time from the global
+      // queue, 7 of them into its ring as one chain (scheduler::global_get).
+      mpg::runtime rt({.procs = procs, .local_queue_capacity = capacity});
+      overflow_result r = rt.block_on(spawn_many(&rt, 100));
+      CHECK(r.sum == 4950);
+      if (procs == 1 && capacity == 4) {
+        // With one P nothing steals: nearly every child overflows (3 per
+        // overflow of a 4-slot ring); a foreign block_on push adds at most 1.
+        CHECK(r.pushes >= 50);
+      }
     }
   }
 }

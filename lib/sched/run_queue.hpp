@@ -41,6 +41,7 @@
 #pragma once
 
 #include <atomic>
+#include <cassert>
 #include <cstdint>
 #include <memory>
 
@@ -134,6 +135,27 @@ class run_queue::owner {
     // Release: publishes the slot to consumers that acquire tail.
     q_->tail_.store(t + 1, std::memory_order_release);
     return true;
+  }
+
+  // push_tail_chain(): append the n Gs linked from first through g::link,
+  // in that order, publishing them with one tail store. The caller has
+  // made sure they fit (n <= free_slots()). Returns the G after the last
+  // one appended (first's chain continues there).
+  g* push_tail_chain(g* first, std::uint32_t n) noexcept {
+    const std::uint32_t t = q_->tail_.load(std::memory_order_relaxed);  // only we write it
+    // Acquire, as in push_tail(): the caller's free_slots() saw consumers'
+    // head advances before these slots are reused; this load orders them
+    // here too.
+    [[maybe_unused]] const std::uint32_t h = q_->head_.load(std::memory_order_acquire);
+    assert(t - h + n <= q_->cap_);
+    g* gp = first;
+    for (std::uint32_t i = 0; i < n; ++i) {
+      q_->slots_[(t + i) & q_->mask_].store(gp, std::memory_order_relaxed);
+      gp = gp->link;
+    }
+    // Release: publishes the slots to consumers that acquire tail.
+    q_->tail_.store(t + n, std::memory_order_release);
+    return gp;
   }
 
   // free_slots(): how many push_tail() calls succeed from now on, at least

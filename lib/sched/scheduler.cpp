@@ -766,11 +766,8 @@ g* scheduler::global_get(machine* m, std::uint32_t max) noexcept {
   gsize_.fetch_sub(n, std::memory_order_seq_cst);
   g* gp = ghead_;
   ghead_ = gp->link;
-  for (std::uint64_t i = 1; i < n; ++i) {
-    g* more = ghead_;
-    ghead_ = more->link;
-    local_put(m, more, queue_slot::tail);
-  }
+  // The rest go to the ring in one batch (they fit: the bound above).
+  if (n > 1) ghead_ = m->local_runq().push_tail_chain(ghead_, static_cast<std::uint32_t>(n - 1));
   if (ghead_ == nullptr) gtail_ = nullptr;
   gpulls_.fetch_add(n, std::memory_order_relaxed);
   return gp;
