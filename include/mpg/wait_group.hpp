@@ -87,8 +87,20 @@ class wait_group {
   // negative or past 2^31 - 1. Any thread may call it.
   void add(std::int64_t delta = 1);
 
-  // wait_group::done(): add(-1).
-  void done() { add(-1); }
+  // wait_group::done(): add(-1). The usual case is inline: the counter
+  // stays above zero, or reaches it with no waiter queued, in one CAS
+  // (acq_rel, as add()'s: see "Memory ordering" above); a crossing to zero
+  // with waiters, a counter at zero (which throws) and a lost CAS go to
+  // add().
+  void done() {
+    std::uint64_t s = state_.load(std::memory_order_relaxed);
+    const std::int64_t c = counter(s);
+    if ((c > 1 || (c == 1 && waiters(s) == 0)) &&
+        state_.compare_exchange_strong(s, s - (std::uint64_t{1} << kCounterShift),
+                                       std::memory_order_acq_rel, std::memory_order_relaxed))
+      return;
+    add(-1);
+  }
 
   // wait_group::wait()
   //
