@@ -156,15 +156,14 @@ runtime_handle runtime::handle() const noexcept { return runtime_handle(sched_->
 void runtime::dump(std::ostream& os) const { sched_->dump(os); }
 
 void go(task<void> t, const char* name) {
-  detail::scheduler* s = detail::current_scheduler();
-  if (s == nullptr || detail::current_g() == nullptr)
-    throw runtime_misuse_error("mpg::go called outside a task of a runtime");
+  // spawn_root() checks that the caller is a task of a runtime (and throws
+  // runtime_misuse_error, destroying the frame, when it is not).
   auto h = t.release();
   if (!h) detail::throw_task_awaited_twice();
   h.promise().name_ = name;
   // Relaxed: the frame is not shared yet; spawn_root publishes it.
   detail::header_of(h.address())->join.store(detail::kJoinDetached, std::memory_order_relaxed);
-  detail::spawn_root(h, name, s, &h.promise());
+  detail::spawn_root(h, name, nullptr, &h.promise());
 }
 
 yield_awaiter yield() {
