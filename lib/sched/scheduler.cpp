@@ -208,8 +208,14 @@ void cancel_park() noexcept {
 void ready(g* gp) noexcept {
   scheduler* s = gp->sched;
   machine* m = tls_m;
-  if (m != nullptr && m->sched == s && m->p() != nullptr) {
-    s->make_runnable(m, gp, queue_slot::runnext);
+  if (m != nullptr && m->sched == s && m->p() != nullptr) [[likely]] {
+    // make_runnable(m, gp, queue_slot::runnext), spelled out for the hot
+    // path of every hand-off: the seq_cst exchange is S1 of the parking
+    // protocol, wake_p() its S2.
+    gp->status.store(g_status::runnable, std::memory_order_relaxed);
+    if (g* displaced = m->local_runq().put_runnext(gp)) [[unlikely]]
+      s->local_put_tail(m, displaced);
+    s->wake_p();
   } else {
     gp->status.store(g_status::runnable, std::memory_order_relaxed);
     s->global_put(gp);
@@ -222,7 +228,7 @@ void ready_tail(g* gp) noexcept {
   if (m != nullptr && m->sched == s && m->p() != nullptr) {
     if (m->reap_readied >= 0) {  // an I/O completion this M reaps on its P
       gp->status.store(g_status::runnable, std::memory_order_relaxed);
-      s->local_put(m, gp, queue_slot::tail);  // S2 once the reap ends (end_reap)
+      s->local_put_tail(m, gp);  // S2 once the reap ends (end_reap)
       ++m->reap_readied;
       return;
     }
@@ -259,7 +265,7 @@ void requeue_current(std::coroutine_handle<> h) noexcept {
   gp->wait_reason.store(nullptr, std::memory_order_relaxed);
   gp->status.store(g_status::runnable, std::memory_order_relaxed);
   machine* m = tls_m;
-  m->sched->local_put(m, gp, queue_slot::tail);
+  m->sched->local_put_tail(m, gp);
   m->sched->wake_p();
 }
 
@@ -705,8 +711,19 @@ void scheduler::local_put(machine* m, g* gp, queue_slot slot) noexcept {
   } else if (slot == queue_slot::spawn && q.push_spawn(gp)) {
     return;  // no fence before the caller's S2: "Own-P pushes" (the top of the file)
   }
+  local_put_tail(m, gp);
+}
+
+void scheduler::local_put_tail(machine* m, g* gp) noexcept {
+  // No fence before the caller's S2, as for a spawn: "Own-P pushes".
+  if (m->local_runq().push_tail(gp)) [[likely]] return;
+  local_put_overflow(m, gp);
+}
+
+[[gnu::noinline]] void scheduler::local_put_overflow(machine* m, g* gp) noexcept {
+  run_queue::owner q = m->local_runq();
   for (;;) {
-    if (q.push_tail(gp)) return;  // likewise
+    if (q.push_tail(gp)) return;
     // Full: move half of the local queue plus gp to the global queue.
     std::vector<g*>& batch = m->p()->overflow;
     std::uint32_t n = q.take_half(batch.data());

@@ -71,8 +71,10 @@ class scheduler {
   void global_put(g* gp) noexcept;  // takes the lock
   void global_put_batch(g* first, g* last, std::uint32_t n) noexcept;
   bool global_nonempty() const noexcept { return gsize_.load(std::memory_order_seq_cst) != 0; }
-  // local_put(): queue gp on the P that m holds (overflow goes global).
+  // local_put(): queue gp on the P that m holds (overflow goes global);
+  // local_put_tail(): the same at the ring's tail.
   void local_put(machine* m, g* gp, queue_slot slot) noexcept;
+  void local_put_tail(machine* m, g* gp) noexcept;
 
   // --- posted functions and runtime handles (post.cpp) -----------------------
   void post(post_node* n) noexcept;  // queue n and wake an M (S1/S2)
@@ -232,6 +234,9 @@ class scheduler {
   g* global_get(machine* m, std::uint32_t max) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void refill_gids(processor* p) noexcept;
   g* new_g_slow(processor* p, std::coroutine_handle<> root, const char* name);
+  // local_put_overflow(): local_put_tail() with the ring full: half of it
+  // and gp go to the global queue.
+  void local_put_overflow(machine* m, g* gp) noexcept;
   void retire_g_slow(processor* p, g* gp) noexcept;
   static void init_g(g* gp, std::uint64_t id, std::coroutine_handle<> root, const char* name) noexcept;
   static void clear_g(g* gp) noexcept;  // a retired G: dead, no frame, no name

@@ -87,9 +87,11 @@ inline bool trace_on() noexcept { return tracing_runtimes.load(std::memory_order
 
 // The hooks (trace.cpp). traced_resume(): m->trace is set; resume gp and
 // record the run as a span. The others record on the calling thread's M if
-// it traces, else do nothing.
+// it traces, else do nothing. trace_park() is kept out of line: inlined
+// (link-time optimisation does it), its frame and saved registers would be
+// paid by every park, traced or not.
 void traced_resume(machine* m, g* gp);
-void trace_park(g* gp, const char* reason, std::source_location where) noexcept;
+[[gnu::noinline]] void trace_park(g* gp, const char* reason, std::source_location where) noexcept;
 void trace_steal(machine* m, std::uint32_t victim, std::uint32_t count) noexcept;
 void trace_timer_fired(std::uint32_t p_id) noexcept;
 void trace_blocking_enter(machine* m) noexcept;
