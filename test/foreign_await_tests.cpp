@@ -3,13 +3,10 @@
 // however and wherever it resumes the task, the task continues on a P of its
 // runtime. Runtime awaiters pass through unchanged.
 #include <doctest/doctest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <csignal>
 #include <coroutine>
 #include <cstdio>
 #include <deque>
@@ -20,6 +17,7 @@
 #include <vector>
 
 #include "mpg/mpg.hpp"
+#include "child_process.hpp"
 #include "test_support.hpp"
 
 using namespace std::chrono_literals;
@@ -317,38 +315,11 @@ struct lying_awaiter {
   }
   void await_resume() const noexcept {}
 };
-
-// Runs fn in a forked child; returns its stderr and whether it aborted.
-template <class F>
-std::string run_in_child(F fn, bool* aborted) {
-  int fds[2];
-  REQUIRE(pipe(fds) == 0);
-  pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    std::signal(SIGABRT, SIG_DFL);  // not doctest's crash handler
-    dup2(fds[1], 1);
-    dup2(fds[1], 2);
-    close(fds[0]);
-    fn();
-    _exit(0);
-  }
-  close(fds[1]);
-  std::string out;
-  char buf[512];
-  ssize_t n;
-  while ((n = read(fds[0], buf, sizeof buf)) > 0) out.append(buf, static_cast<std::size_t>(n));
-  close(fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  *aborted = WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT;
-  return out;
-}
 }  // namespace
 
 TEST_CASE("a task resumed outside its runtime aborts naming the task") {
   bool aborted = false;
-  std::string err = run_in_child(
+  std::string err = mpg_test::run_in_child(
       [] {
         mpg::runtime rt({.procs = 1});
         rt.block_on([]() -> mpg::task<void> {
@@ -376,7 +347,7 @@ struct untagged_park {
 
 TEST_CASE("an awaiter that parks without the tag is caught (assertions on)") {
   bool aborted = false;
-  std::string err = run_in_child(
+  std::string err = mpg_test::run_in_child(
       [] {
         mpg::runtime rt({.procs = 1});
         rt.block_on([]() -> mpg::task<void> { co_await untagged_park{}; }());

@@ -14,6 +14,8 @@
 
 #include <mpg/detail/sched/timer.hpp>  // detail::current_scheduler()
 
+#include "child_process.hpp"
+
 namespace {
 
 // Spin budget for handshakes between tasks: each turn yields the P, so the
@@ -185,6 +187,37 @@ TEST_CASE("go runs detached tasks, inside a task and from runtime::go") {
   std::atomic<bool> b{false};
   rt.go(set_flag(&b), "rt.go");
   CHECK(rt.block_on(wait_flag(&b)));
+}
+
+// finish_root: a detached task's exception has no one to observe it, so the
+// process ends with a report naming the task (spawn.hpp), for a task
+// started with go() and for one whose handle was dropped before it ended.
+TEST_CASE("an exception escaping a detached task aborts with a report naming the task") {
+  for (bool by_go : {true, false}) {
+    CAPTURE(by_go);
+    bool aborted = false;
+    const std::string err = mpg_test::run_in_child(
+        [by_go] {
+          mpg::runtime rt({.procs = 1});
+          rt.block_on([](bool go) -> mpg::task<void> {
+            auto fails = []() -> mpg::task<void> {
+              co_await mpg::yield();  // ends after the spawner has moved on
+              throw std::runtime_error("lost on purpose");
+            };
+            if (go) {
+              mpg::go(fails(), "fails-detached");
+            } else {
+              (void)mpg::spawn(fails(), "fails-detached");  // the handle dropped at once
+            }
+            for (int i = 0; i < 4; ++i) co_await mpg::yield();
+          }(by_go));
+        },
+        &aborted);
+    INFO(err);
+    CHECK(aborted);
+    CHECK(err.find("exception escaped detached task") != std::string::npos);
+    CHECK(err.find("(fails-detached): lost on purpose") != std::string::npos);
+  }
 }
 
 TEST_CASE("spawn, go, yield and consume_budget outside a task throw std::logic_error") {

@@ -78,7 +78,7 @@ class promise_base {
     std::coroutine_handle<> await_suspend(std::coroutine_handle<Promise> h) noexcept {
       promise_base& p = h.promise();
       if (p.continuation_) return p.continuation_;
-      return finish_root(h, p.exception_, p.gid_, p.name_);
+      return finish_root(h, &p);
     }
     void await_resume() noexcept {}
   };

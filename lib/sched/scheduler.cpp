@@ -319,26 +319,41 @@ g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
   return gp;
 }
 
-std::coroutine_handle<> finish_root(std::coroutine_handle<> root, const std::exception_ptr& failure,
-                                    std::uint64_t gid, const char* name) noexcept {
+namespace {
+// wake_joiner(): finish_root's step for a joiner found in the join word
+// (a parked task, or a select case), out of line so that the paths
+// without one save fewer registers.
+[[gnu::noinline]] void wake_joiner(std::uintptr_t old) noexcept {
+  if (is_select_joiner(old)) {
+    wake_select_joiner(old);  // spawn.hpp, J3
+  } else {
+    ready(reinterpret_cast<g*>(old));
+  }
+}
+}  // namespace
+
+std::coroutine_handle<> finish_root(std::coroutine_handle<> root, promise_base* promise) noexcept {
   g* gp = tls_g;
-  if (gp == nullptr || gp->id.load(std::memory_order_relaxed) != gid) [[unlikely]]
-    report_resumed_outside(gid, name);
+  if (gp == nullptr || gp->id.load(std::memory_order_relaxed) != promise->gid_) [[unlikely]]
+    report_resumed_outside(promise->gid_, promise->name_);
   scheduler* s = gp->sched;
-  s->retire_g(gp);
+  machine* m = tls_m;
+  if (m != nullptr && m->sched == s && m->p() != nullptr) [[likely]]
+    s->retire_g_local(m->p(), gp);
+  else
+    s->retire_g_elsewhere(gp);
   frame_header* hdr = header_of(root.address());
   // acq_rel: release publishes the result (written before final_suspend) to
   // the joiner; acquire sees the joiner's park before we ready it.
   const std::uintptr_t old = hdr->join.exchange(kJoinDone, std::memory_order_acq_rel);
   if (old == kJoinDetached) {
-    if (failure) report_lost_exception(failure, gid, name);
+    if (promise->exception_) [[unlikely]]
+      report_lost_exception(promise->exception_, promise->gid_, promise->name_);
     root.destroy();
-  } else if (is_select_joiner(old)) {
-    wake_select_joiner(old);  // spawn.hpp, J3
   } else if (old != kJoinRunning) {
-    ready(reinterpret_cast<g*>(old));
+    wake_joiner(old);
   }
-  machine* m = tls_m;
+  // The P again, after the destructors that destroy() ran.
   if (m != nullptr && m->sched == s && m->p() != nullptr) return s->next_after_finish(m);
   return std::noop_coroutine();
 }
@@ -691,6 +706,10 @@ void scheduler::retire_g_local(processor* p, g* gp) noexcept {
 
 void scheduler::retire_g(g* gp) noexcept {
   if (processor* p = current_p_of(this)) return retire_g_local(p, gp);
+  retire_g_elsewhere(gp);
+}
+
+[[gnu::noinline]] void scheduler::retire_g_elsewhere(g* gp) noexcept {
   clear_g(gp);
   foreign_completed_.fetch_add(1, std::memory_order_relaxed);
   thread_mutex_lock l(allg_mu_);

@@ -59,6 +59,7 @@ class scheduler {
   // before the runtime). Diagnostics and tests.
   std::size_t g_count() const;
   void retire_g(g* gp) noexcept;                            // back to a free pool
+  void retire_g_elsewhere(g* gp) noexcept;  // the same from a thread without a P of ours
   // new_g_local() / retire_g_local(): the same on p, the P this thread
   // holds: inline pool pops and pushes, the rest out of line.
   g* new_g_local(processor* p, std::coroutine_handle<> root, const char* name);

@@ -155,13 +155,13 @@ std::source_location noted_wait_site() noexcept;
 g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
               promise_base* promise);
 
-// finish_root(): the final awaiter of a spawned root frame calls this. It
-// retires the current G and settles the join state (frame.hpp): readies the
-// joiner, or destroys a detached frame (reporting and terminating if the
-// detached task ended with an exception). Returns the handle to continue
-// with (always noop: back to the scheduler loop).
-std::coroutine_handle<> finish_root(std::coroutine_handle<> root, const std::exception_ptr& failure,
-                                    std::uint64_t gid, const char* name) noexcept;
+// finish_root(): the final awaiter of a spawned root frame calls this, with
+// the frame's promise. It retires the current G and settles the join state
+// (frame.hpp): readies the joiner, or destroys a detached frame (reporting
+// and terminating if the detached task ended with an exception). Returns
+// the handle to continue with: the P's next G (scheduler.cpp, "Switching
+// at finish"), or noop, back to the scheduler loop.
+std::coroutine_handle<> finish_root(std::coroutine_handle<> root, promise_base* promise) noexcept;
 
 // report_lost_exception(): a finished task's exception was never observed
 // (its handle was dropped): report it on stderr naming the task, terminate.
