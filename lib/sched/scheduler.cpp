@@ -469,6 +469,10 @@ void throw_task_killed() {
 }
 
 namespace {
+[[noreturn, gnu::noinline]] void throw_join_outside_task() {
+  throw runtime_misuse_error("mpg: a join_handle was awaited outside a task");
+}
+
 // take_child_inline(): the join's work-first step. A child that no M has
 // taken yet is the newest entry of this P's spawn deque when spawns and
 // joins nest (run_queue.hpp); pop it and retire its G, so that the joiner
@@ -500,21 +504,13 @@ bool take_child_inline(machine* m, std::coroutine_handle<> root, std::uint64_t g
 }
 }  // namespace
 
-std::coroutine_handle<> join_suspend(std::coroutine_handle<> root, promise_base* promise,
-                                     std::coroutine_handle<> h) {
-  g* me = tls_g;
-  if (me == nullptr) throw runtime_misuse_error("mpg: a join_handle was awaited outside a task");
-  frame_header* hdr = header_of(root.address());
-  // Work-first: a child still waiting in this P's spawn deque runs inline,
-  // as if awaited as a task<T> (take_child_inline).
-  machine* m = tls_m;
-  if (m->p() != nullptr && hdr->join.load(std::memory_order_acquire) == kJoinRunning &&
-      take_child_inline(m, root, promise->gid_)) {
-    // Only the handle owner (us) reads the join state of a claimed frame.
-    hdr->join.store(kJoinInline, std::memory_order_relaxed);
-    promise->continuation_ = h;
-    return root;
-  }
+namespace {
+// join_park(): join_suspend's step when the child cannot run inline: park
+// the joiner at h until the child finishes, or go on at once if it did.
+// Out of line, so that the inline path saves few registers.
+[[gnu::noinline]] std::coroutine_handle<> join_park(g* me, frame_header* hdr,
+                                                    promise_base* promise,
+                                                    std::coroutine_handle<> h) {
   // The joiner's co_await (join_handle::link_parent); empty when a plain
   // coroutine joins.
   park(h, "join", promise->caller_where_);
@@ -530,6 +526,25 @@ std::coroutine_handle<> join_suspend(std::coroutine_handle<> root, promise_base*
     return std::noop_coroutine();
   }
   return h;
+}
+}  // namespace
+
+std::coroutine_handle<> join_suspend(std::coroutine_handle<> root, promise_base* promise,
+                                     std::coroutine_handle<> h) {
+  g* me = tls_g;
+  if (me == nullptr) [[unlikely]] throw_join_outside_task();
+  frame_header* hdr = header_of(root.address());
+  // Work-first: a child still waiting in this P's spawn deque runs inline,
+  // as if awaited as a task<T> (take_child_inline).
+  machine* m = tls_m;
+  if (m->p() != nullptr && hdr->join.load(std::memory_order_acquire) == kJoinRunning &&
+      take_child_inline(m, root, promise->gid_)) {
+    // Only the handle owner (us) reads the join state of a claimed frame.
+    hdr->join.store(kJoinInline, std::memory_order_relaxed);
+    promise->continuation_ = h;
+    return root;
+  }
+  return join_park(me, hdr, promise, h);
 }
 
 // ---------------------------------------------------------------------------
