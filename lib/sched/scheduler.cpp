@@ -271,8 +271,8 @@ void requeue_current(std::coroutine_handle<> h) noexcept {
 
 namespace {
 // Off the fast path: a spawn from outside the caller's runtime's Ps.
-[[gnu::noinline]] g* spawn_root_elsewhere(std::coroutine_handle<> root, const char* name,
-                                          scheduler* s, promise_base* promise) {
+[[gnu::noinline]] void spawn_root_elsewhere(std::coroutine_handle<> root, const char* name,
+                                            scheduler* s, promise_base* promise) {
   if (s == nullptr) {
     s = current_scheduler();
     if (s == nullptr || tls_g == nullptr) {
@@ -290,20 +290,12 @@ namespace {
     gp->status.store(g_status::runnable, std::memory_order_relaxed);
     s->global_put(gp);
   }
-  return gp;
 }
-}  // namespace
 
-g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
-              promise_base* promise) {
-  // The fast path: a task spawning on its own runtime, on the P it runs on.
-  machine* m = tls_m;
-  if (m == nullptr || tls_g == nullptr || m->p() == nullptr || (s != nullptr && s != m->sched))
-      [[unlikely]]
-    return spawn_root_elsewhere(root, name, s, promise);
-  s = m->sched;
-  processor* p = m->p();
-  g* gp = s->new_g_local(p, root, name);
+// The rest of a spawn on the caller's own P, from its G: publish the id,
+// count the spawn and queue the G at the bottom of the spawn deque (at the
+// ring's tail if the deque is full).
+inline void spawn_local(machine* m, processor* p, g* gp, promise_base* promise) noexcept {
   promise->gid_ = gp->id.load(std::memory_order_relaxed);
   processor::bump(p->spawned);
   gp->status.store(g_status::runnable, std::memory_order_relaxed);
@@ -312,11 +304,33 @@ g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
     // (we) runs it if no other M takes it, so a wake missed on a stale
     // count costs parallelism for a while, never progress; sysmon bounds
     // the while (the top of the file, "Own-P pushes").
-    s->wake_p();
+    m->sched->wake_p();
   } else {
-    s->make_runnable(m, gp, queue_slot::tail);  // the deque is full
+    m->sched->make_runnable(m, gp, queue_slot::tail);  // the deque is full
   }
-  return gp;
+}
+
+// A spawn on the caller's own P whose P has no pooled G or no id left in
+// its batch: out of line, so that the fast path makes no call before its
+// last one.
+[[gnu::noinline]] void spawn_root_refill(machine* m, std::coroutine_handle<> root,
+                                         const char* name, promise_base* promise) {
+  processor* p = m->p();
+  spawn_local(m, p, m->sched->new_g_local(p, root, name), promise);
+}
+}  // namespace
+
+void spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
+                promise_base* promise) {
+  // The fast path: a task spawning on its own runtime, on the P it runs on.
+  machine* m = tls_m;
+  if (m == nullptr || tls_g == nullptr || m->p() == nullptr || (s != nullptr && s != m->sched))
+      [[unlikely]]
+    return spawn_root_elsewhere(root, name, s, promise);
+  processor* p = m->p();
+  if (!m->sched->can_new_g_local(p)) [[unlikely]]
+    return spawn_root_refill(m, root, name, promise);
+  spawn_local(m, p, m->sched->new_g_local(p, root, name), promise);
 }
 
 namespace {
@@ -645,7 +659,7 @@ void scheduler::init_g(g* gp, std::uint64_t id, std::coroutine_handle<> root,
 }
 
 g* scheduler::new_g_local(processor* p, std::coroutine_handle<> root, const char* name) {
-  if (p->gfree.empty() || p->next_gid == p->gid_limit) [[unlikely]]
+  if (!can_new_g_local(p)) [[unlikely]]
     return new_g_slow(p, root, name);
   g* gp = p->gfree.pop();
   init_g(gp, p->next_gid++, root, name);

@@ -63,6 +63,11 @@ class scheduler {
   // new_g_local() / retire_g_local(): the same on p, the P this thread
   // holds: inline pool pops and pushes, the rest out of line.
   g* new_g_local(processor* p, std::coroutine_handle<> root, const char* name);
+  // can_new_g_local(): new_g_local() takes its inline path (a pooled G and
+  // an id left in the P's batch).
+  static bool can_new_g_local(const processor* p) noexcept {
+    return !p->gfree.empty() && p->next_gid != p->gid_limit;
+  }
   void retire_g_local(processor* p, g* gp) noexcept;
   // make_runnable(): ready()'s body on an M that holds a P of this runtime:
   // queue gp on that P (runnext or tail) and wake an M if one is wanted.

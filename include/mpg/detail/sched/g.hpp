@@ -152,8 +152,8 @@ std::source_location noted_wait_site() noexcept;
 // global queue. s == nullptr means the current task's runtime; outside any
 // task that throws std::logic_error (and destroys the frame).
 // promise->gid_ is set before the G can run.
-g* spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
-              promise_base* promise);
+void spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
+                promise_base* promise);
 
 // finish_root(): the final awaiter of a spawned root frame calls this, with
 // the frame's promise. It retires the current G and settles the join state
