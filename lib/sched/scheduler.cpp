@@ -96,8 +96,6 @@ namespace {
 // initial-exec: see frame_allocator.cpp.
 __attribute__((tls_model("initial-exec"))) thread_local g* tls_g = nullptr;
 __attribute__((tls_model("initial-exec"))) thread_local machine* tls_m = nullptr;
-
-constexpr std::uint32_t kGidBatch = 1024;
 }  // namespace
 
 constinit __attribute__((tls_model("initial-exec"))) thread_local int tls_budget = 0;
@@ -612,43 +610,6 @@ scheduler::scheduler(const runtime_options& opts) : opts_(opts) {
 
 scheduler::~scheduler() = default;  // Gs live in g_blocks_
 
-void scheduler::refill_gids(processor* p) noexcept {
-  thread_mutex_lock l(allg_mu_);
-  p->next_gid = gid_next_;
-  gid_next_ += kGidBatch;
-  p->gid_limit = gid_next_;
-}
-
-// allocate_gs(): a batch of fresh Gs, registered in g_blocks_ under one lock;
-// one is returned, the rest go to p's pool (or the global pool).
-g* scheduler::allocate_gs(processor* p) {
-  // One allocation per batch: no malloc header per G (idle tasks are
-  // measured in bytes each).
-  constexpr std::size_t kBatch = 32;
-  g* fresh[kBatch];
-  const std::size_t n = p != nullptr ? kBatch : 1;
-  std::unique_ptr<g[]> block(new g[n]);
-  for (std::size_t i = 0; i < n; ++i) {
-    fresh[i] = &block[i];
-    fresh[i]->sched = this;
-  }
-  thread_mutex_lock l(allg_mu_);
-  // The global pool holds only dead Gs, so with room for every G ever made
-  // the noexcept retire paths that push onto it never allocate; growing it
-  // here, where a spawn may throw bad_alloc, is the only place it grows.
-  if (gfree_global_.capacity() < g_total_ + n)
-    gfree_global_.reserve(std::max(g_total_ + n, 2 * gfree_global_.capacity()));
-  g_blocks_.push_back(g_block{std::move(block), n});
-  g_total_ += n;
-  for (std::size_t i = 1; i < n; ++i) p->gfree.push(fresh[i]);
-  return fresh[0];
-}
-
-std::size_t scheduler::g_count() const {
-  thread_mutex_lock l(allg_mu_);
-  return g_total_;
-}
-
 void scheduler::init_g(g* gp, std::uint64_t id, std::coroutine_handle<> root,
                        const char* name) noexcept {
   gp->id.store(id, std::memory_order_relaxed);
@@ -658,54 +619,13 @@ void scheduler::init_g(g* gp, std::uint64_t id, std::coroutine_handle<> root,
   gp->wait_reason.store(nullptr, std::memory_order_relaxed);
 }
 
+// The inline halves of making and retiring a G on the P this thread holds;
+// the refills, spills and allocations are in g_pools.cpp.
 g* scheduler::new_g_local(processor* p, std::coroutine_handle<> root, const char* name) {
   if (!can_new_g_local(p)) [[unlikely]]
     return new_g_slow(p, root, name);
   g* gp = p->gfree.pop();
   init_g(gp, p->next_gid++, root, name);
-  return gp;
-}
-
-[[gnu::noinline]] g* scheduler::new_g_slow(processor* p, std::coroutine_handle<> root, const char* name) {
-  g* gp = nullptr;
-  if (!p->gfree.empty()) gp = p->gfree.pop();
-  if (p->next_gid == p->gid_limit) refill_gids(p);
-  const std::uint64_t id = p->next_gid++;
-  if (gp == nullptr) {
-    // Refill from the global pool first (Gs freed elsewhere), then allocate.
-    {
-      thread_mutex_lock l(allg_mu_);
-      std::size_t take = std::min<std::size_t>(gfree_global_.size(), 32);
-      for (std::size_t i = 0; i < take; ++i) {
-        p->gfree.push(gfree_global_.back());
-        gfree_global_.pop_back();
-      }
-    }
-    if (!p->gfree.empty()) {
-      gp = p->gfree.pop();
-    } else {
-      gp = allocate_gs(p);
-    }
-  }
-  init_g(gp, id, root, name);
-  return gp;
-}
-
-g* scheduler::new_g(std::coroutine_handle<> root, const char* name) {
-  if (processor* p = current_p_of(this)) return new_g_local(p, root, name);
-  foreign_spawned_.fetch_add(1, std::memory_order_relaxed);
-  g* gp = nullptr;
-  std::uint64_t id;
-  {
-    thread_mutex_lock l(allg_mu_);
-    id = gid_next_++;
-    if (!gfree_global_.empty()) {
-      gp = gfree_global_.back();
-      gfree_global_.pop_back();
-    }
-  }
-  if (gp == nullptr) gp = allocate_gs(nullptr);
-  init_g(gp, id, root, name);
   return gp;
 }
 
@@ -723,26 +643,6 @@ void scheduler::retire_g_local(processor* p, g* gp) noexcept {
   processor::bump(p->completed);
   if (p->gfree.size() >= processor::kGfreeMax) [[unlikely]] return retire_g_slow(p, gp);
   p->gfree.push(gp);
-}
-
-[[gnu::noinline]] void scheduler::retire_g_slow(processor* p, g* gp) noexcept {
-  p->gfree.push(gp);
-  thread_mutex_lock l(allg_mu_);
-  while (p->gfree.size() > processor::kGfreeMax / 2) {
-    gfree_global_.push_back(p->gfree.pop());
-  }
-}
-
-void scheduler::retire_g(g* gp) noexcept {
-  if (processor* p = current_p_of(this)) return retire_g_local(p, gp);
-  retire_g_elsewhere(gp);
-}
-
-[[gnu::noinline]] void scheduler::retire_g_elsewhere(g* gp) noexcept {
-  clear_g(gp);
-  foreign_completed_.fetch_add(1, std::memory_order_relaxed);
-  thread_mutex_lock l(allg_mu_);
-  gfree_global_.push_back(gp);
 }
 
 void scheduler::make_runnable(machine* m, g* gp, queue_slot slot) noexcept {
@@ -836,15 +736,6 @@ g* scheduler::global_get(machine* m, std::uint32_t max) noexcept {
   if (ghead_ == nullptr) gtail_ = nullptr;
   gpulls_.fetch_add(n, std::memory_order_relaxed);
   return gp;
-}
-
-std::uint64_t scheduler::live_gs() const noexcept {
-  std::uint64_t n = 0;
-  thread_mutex_lock l(allg_mu_);
-  for_each_g([&](g* gp) {
-    if (gp->status.load(std::memory_order_relaxed) != g_status::dead) ++n;
-  });
-  return n;
 }
 
 }  // namespace mpg::detail
