@@ -1,5 +1,6 @@
 // test/child_process.hpp: run a piece of a test in a forked child process,
-// for behaviour that ends the process (a report on stderr and abort()).
+// for behaviour that ends the process (a report on stderr and abort()) or
+// that must not outlive the test (a seccomp filter).
 #pragma once
 
 #include <doctest/doctest.h>
@@ -8,13 +9,21 @@
 
 #include <csignal>
 #include <string>
+#include <utility>
 
 namespace mpg_test {
 
-// run_in_child(): runs fn in a forked child; returns what it wrote to
-// stdout and stderr, and sets *aborted when it ended by SIGABRT.
+// child_result: what a forked child wrote to stdout and stderr, and its
+// wait status as waitpid() reports it.
+struct child_result {
+  std::string output;
+  int status = 0;
+};
+
+// run_child(): runs fn in a forked child, which exits with status 0 when fn
+// returns; collects its output and waits for it.
 template <class F>
-std::string run_in_child(F fn, bool* aborted) {
+child_result run_child(F fn) {
   int fds[2];
   REQUIRE(pipe(fds) == 0);
   pid_t pid = fork();
@@ -24,19 +33,27 @@ std::string run_in_child(F fn, bool* aborted) {
     dup2(fds[1], 1);
     dup2(fds[1], 2);
     close(fds[0]);
+    close(fds[1]);
     fn();
     _exit(0);
   }
   close(fds[1]);
-  std::string out;
+  child_result r;
   char buf[512];
   ssize_t n;
-  while ((n = read(fds[0], buf, sizeof buf)) > 0) out.append(buf, static_cast<std::size_t>(n));
+  while ((n = read(fds[0], buf, sizeof buf)) > 0) r.output.append(buf, static_cast<std::size_t>(n));
   close(fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  *aborted = WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT;
-  return out;
+  REQUIRE(waitpid(pid, &r.status, 0) == pid);
+  return r;
+}
+
+// run_in_child(): run_child() for code that is expected to abort; returns
+// the output and sets *aborted when the child ended by SIGABRT.
+template <class F>
+std::string run_in_child(F fn, bool* aborted) {
+  child_result r = run_child(fn);
+  *aborted = WIFSIGNALED(r.status) && WTERMSIG(r.status) == SIGABRT;
+  return std::move(r.output);
 }
 
 }  // namespace mpg_test

@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <string>
 
+#include "child_process.hpp"
 #include "mpg/mpg.hpp"
 
 namespace {
@@ -35,12 +36,7 @@ void deny_io_uring_setup() {
 }  // namespace
 
 TEST_CASE("a runtime without io_uring fails to start with a message saying why") {
-  int fds[2];
-  REQUIRE(pipe(fds) == 0);
-  const pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    close(fds[0]);
+  const mpg_test::child_result r = mpg_test::run_child([] {
     deny_io_uring_setup();
     std::string msg = "constructed";
     try {
@@ -48,19 +44,12 @@ TEST_CASE("a runtime without io_uring fails to start with a message saying why")
     } catch (const std::exception& e) {
       msg = e.what();
     }
-    const ssize_t w = write(fds[1], msg.data(), msg.size());
-    _exit(w == static_cast<ssize_t>(msg.size()) ? 0 : 5);
-  }
-  close(fds[1]);
-  std::string msg;
-  char buf[512];
-  ssize_t n;
-  while ((n = read(fds[0], buf, sizeof buf)) > 0) msg.append(buf, static_cast<std::size_t>(n));
-  close(fds[0]);
-  int status = 0;
-  REQUIRE(waitpid(pid, &status, 0) == pid);
-  CHECK(WIFEXITED(status));
-  CHECK(WEXITSTATUS(status) == 0);
+    const ssize_t w = write(1, msg.data(), msg.size());
+    if (w != static_cast<ssize_t>(msg.size())) _exit(5);
+  });
+  CHECK(WIFEXITED(r.status));
+  CHECK(WEXITSTATUS(r.status) == 0);
+  const std::string& msg = r.output;
   INFO("message: " << msg);
   CHECK(msg.find("io_uring") != std::string::npos);
   CHECK(msg.find("seccomp") != std::string::npos);  // says why

@@ -109,11 +109,6 @@ g* scheduler::new_g(std::coroutine_handle<> root, const char* name) {
   }
 }
 
-void scheduler::retire_g(g* gp) noexcept {
-  if (processor* p = current_p_of(this)) return retire_g_local(p, gp);
-  retire_g_elsewhere(gp);
-}
-
 [[gnu::noinline]] void scheduler::retire_g_elsewhere(g* gp) noexcept {
   clear_g(gp);
   foreign_completed_.fetch_add(1, std::memory_order_relaxed);

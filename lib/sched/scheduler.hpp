@@ -53,15 +53,16 @@ class scheduler {
   std::uint32_t procs() const noexcept { return static_cast<std::uint32_t>(ps_.size()); }
   const runtime_options& options() const noexcept { return opts_; }
 
-  // --- G lifecycle (scheduler.cpp) ------------------------------------------
+  // --- G lifecycle (scheduler.cpp, g_pools.cpp) -----------------------------
   g* new_g(std::coroutine_handle<> root, const char* name);  // on the caller's P if it has one
   // g_count(): every G ever created (live or pooled; Gs are never freed
   // before the runtime). Diagnostics and tests.
   std::size_t g_count() const;
-  void retire_g(g* gp) noexcept;                            // back to a free pool
-  void retire_g_elsewhere(g* gp) noexcept;  // the same from a thread without a P of ours
-  // new_g_local() / retire_g_local(): the same on p, the P this thread
-  // holds: inline pool pops and pushes, the rest out of line.
+  // retire_g_elsewhere(): a finished G back to the global pool, from a
+  // thread without a P of this runtime.
+  void retire_g_elsewhere(g* gp) noexcept;
+  // new_g_local() / retire_g_local(): making and retiring a G on p, the P
+  // this thread holds: inline pool pops and pushes, the rest out of line.
   g* new_g_local(processor* p, std::coroutine_handle<> root, const char* name);
   // can_new_g_local(): new_g_local() takes its inline path (a pooled G and
   // an id left in the P's batch).
