@@ -11,8 +11,9 @@
 //      empty or on every 16th tick, this P's unsubmitted SQEs are flushed
 //      and its ready I/O completions reaped (they ready Gs here);
 //   3. pop_local(): the runnext slot, then the newest spawned G, then the
-//      local queue (on every 61st tick the queue's head first, and on
-//      every 488th, failing that, the oldest spawned G); a runnext chain
+//      local queue (on every 61st tick the queue's head first, and,
+//      failing that, the oldest spawned G if sysmon found it waiting for
+//      kOldestSpawnWait); a runnext chain
 //      (a G readying the next, which readies the next...) inherits the time
 //      slice while it lasts (execute()) and keeps the slot at most
 //      kMaxRunnextStreak turns in a row while other local work waits (a
@@ -45,7 +46,6 @@ namespace mpg::detail {
 // costs pingpong about 5% more instructions (callgrind, perf/ab.py).
 
 namespace {
-constexpr std::uint64_t kOldestSpawnTurn = 61 * 8;
 constexpr int kStealTries = 4;
 constexpr int kSpinRounds = 32;
 constexpr int kSpinPauses = 64;
@@ -216,9 +216,16 @@ void scheduler::end_reap(machine* m) noexcept {
   const std::uint64_t tick = m->p()->schedtick.load(std::memory_order_relaxed);
   if (tick % 61 == 0) [[unlikely]] {
     gp = q.pop_fifo();
-    // The oldest spawn's turn is rarer: each one starts a subtree out of
-    // depth-first order and widens a fork-join tree's live set.
-    if (gp == nullptr && tick % kOldestSpawnTurn == 0) gp = q.pop_oldest_spawn();
+    // The oldest spawn's turn is decided by sysmon, by time and by the
+    // deque's size, not by ticks: each turn starts a subtree out of
+    // depth-first order (sysmon.cpp, "Oldest spawns").
+    if (gp == nullptr) [[unlikely]] {
+      processor* p = m->p();
+      if (p->oldest_spawn_due.load(std::memory_order_relaxed)) {
+        p->oldest_spawn_due.store(false, std::memory_order_relaxed);
+        gp = q.pop_oldest_spawn();
+      }
+    }
   }
   if (gp == nullptr) gp = q.pop(policy, &from_next);
   if (gp == nullptr) {

@@ -87,6 +87,13 @@ class processor {
   // Set by sysmon when the P has run one G for a whole sysmon period: then
   // thieves may take its runnext G (otherwise the owner runs it next).
   std::atomic<bool> runnext_stealable{false};
+  // Set by sysmon when the oldest entry of this P's spawn deque has waited
+  // there for kOldestSpawnWait (sysmon.cpp); the owner clears it when its
+  // next fairness tick runs that entry (find_runnable.cpp, pop_local).
+  // Relaxed: a hint between two threads that publishes no data; a flag
+  // seen late delays that turn by a tick or a sysmon period, and the entry
+  // is taken with the deque's own synchronisation (steal()).
+  std::atomic<bool> oldest_spawn_due{false};
   std::atomic<std::uint64_t> reported_tick{UINT64_MAX};
 
   timer_heap timers;

@@ -10,8 +10,9 @@
 //            queue and from thieves.
 // A task that keeps spawning could keep the FIFO ring, and the oldest
 // spawned Gs, waiting behind the newest spawns; on every 61st tick the
-// scheduler pops the ring's head first, and on every 488th, failing that,
-// the oldest spawned G (find_runnable.cpp), as Go does for the global queue.
+// scheduler pops the ring's head first (find_runnable.cpp), as Go does for
+// the global queue, and, failing that, the oldest spawned G once it has
+// waited at the deque's old end for kOldestSpawnWait (sysmon.cpp).
 //
 // The FIFO ring:
 // A fixed ring of `capacity` slots (a power of two; 256 by default, tests
@@ -105,6 +106,9 @@ class run_queue {
     return n + spawns_.size_seq_cst() + (runnext_.load(std::memory_order_seq_cst) != nullptr ? 1 : 0) >= 2;
   }
   bool has_runnext() const noexcept { return runnext_.load(std::memory_order_relaxed) != nullptr; }
+  // spawns(): the deque of spawned Gs, for the probes any thread may make
+  // (size(), oldest_position()).
+  const work_deque& spawns() const noexcept { return spawns_; }
 
  private:
   alignas(64) std::atomic<std::uint32_t> head_{0};

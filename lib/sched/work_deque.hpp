@@ -80,6 +80,12 @@ class work_deque {
     const std::int64_t b = bottom_.load(std::memory_order_acquire);
     return b > t ? static_cast<std::uint32_t>(b - t) : 0;
   }
+  // oldest_position(): the top counter, from any thread. It moves exactly
+  // when the oldest entry leaves (stolen, taken by a fairness turn, or
+  // popped by the owner as the last one), so equal readings with entries
+  // present at both mean the same G waited at the old end all along
+  // (sysmon's oldest-spawn rule). Relaxed: a monotonic counter sampled.
+  std::int64_t oldest_position() const noexcept { return top_.load(std::memory_order_relaxed); }
   // size_seq_cst(): size() with the recheck's seq_cst loads.
   std::uint32_t size_seq_cst() const noexcept {
     const std::int64_t t = top_.load(std::memory_order_seq_cst);
