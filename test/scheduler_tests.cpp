@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "sched/scheduler.hpp"
+#include "test_support.hpp"
 
 namespace {
 
@@ -210,6 +211,40 @@ TEST_CASE("consume_budget lets a spinning task give way on one P") {
   // It looped (the flag was not set before it started) and ended (the
   // budget ran out and the setter ran).
   CHECK(iterations >= 2);
+}
+
+namespace {
+mpg::task<void> receive_then_mark(mpg::chan<int> c, std::atomic<bool>* ran, std::thread::id* where) {
+  (void)co_await c.recv();
+  *where = std::this_thread::get_id();
+  ran->store(true, std::memory_order_release);
+}
+}  // namespace
+
+TEST_CASE("a task readied into runnext behind a task that never suspends runs on the other P") {
+  // ready() wakes no M for a G alone in its P's runnext slot (scheduler.cpp,
+  // "Runnext hand-offs"): the P's holder runs it next. Here the holder's
+  // task spins until the readied task has run, which only the other P can
+  // do, once sysmon finds this P stuck, marks its runnext stealable and
+  // wakes an M.
+  mpg::runtime rt({.procs = 2});
+  mpg::chan<int> c;
+  std::atomic<bool> ran{false};
+  std::thread::id ran_on, spun_on;
+  bool in_time = false;
+  rt.block_on([&]() -> mpg::task<void> {
+    auto receiver = mpg::spawn(receive_then_mark(c, &ran, &ran_on));
+    while (!mpg_test::dump_shows(rt, "chan receive")) co_await mpg::yield();
+    spun_on = std::this_thread::get_id();
+    CHECK(c.try_send(1));  // the receiver goes to this P's runnext slot
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!ran.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < give_up) {
+    }
+    in_time = ran.load(std::memory_order_acquire);
+    co_await receiver;
+  }());
+  CHECK(in_time);
+  CHECK(ran_on != spun_on);
 }
 
 TEST_CASE("the procs option is respected") {

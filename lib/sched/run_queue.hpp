@@ -53,10 +53,10 @@ namespace mpg::detail {
 
 class machine;
 
-// Where make_runnable()/local_put() put a G: in the runnext slot (it runs
-// next, inheriting the time slice), at the tail of the queue, or, for a
-// freshly spawned G that has never run, at the bottom of the spawn deque.
-enum class queue_slot : std::uint8_t { runnext, tail, spawn };
+// Where make_runnable()/local_put() put a G: at the tail of the queue, or,
+// for a freshly spawned G that has never run, at the bottom of the spawn
+// deque. (ready() puts a G in the runnext slot itself: scheduler.cpp.)
+enum class queue_slot : std::uint8_t { tail, spawn };
 // Whether owner::pop() may take the runnext G (skip: a runnext chain has
 // kept the slot long enough; the queue's head goes first).
 enum class runnext_policy : std::uint8_t { take, skip };

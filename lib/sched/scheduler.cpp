@@ -37,7 +37,16 @@
 //       P, wake_p() (which may hand this very M a P);
 //   P4. sleep until handed a P (futex), or, holding a parked P, until its
 //       next timer or I/O completion (futex with a deadline, or its ring).
-// One writer may leave S2 out: the M holding a P, for Gs it readies onto
+// Runnext hand-offs leave S2 out unless they displace a G. ready() on an M
+// holding a P puts the G in that P's runnext slot, which no thief may take
+// until sysmon finds the P stuck on one G for a period (runnext_stealable),
+// and then sysmon wakes an M itself. So a G alone in runnext is its
+// holder's next, as in P3 below, and waking an M for it only makes one
+// spin against this P's queue lines and find nothing (pingpong on two Ps:
+// 119.5 against 68.5 ns per round trip, perf/ab.py). When the exchange
+// displaces the G that was there, that one goes to the ring, which
+// thieves may take: push, then S2, as for any own-P push.
+// Another writer leaves S2 out: the M holding a P, for Gs it readies onto
 // that P while it reaps the P's ring and then looks for work on it. It runs
 // S2 once after the reap when more than the one G it takes next is queued
 // (end_reap, find_runnable.cpp "Waking after a reap").
@@ -207,13 +216,15 @@ void ready(g* gp) noexcept {
   scheduler* s = gp->sched;
   machine* m = tls_m;
   if (m != nullptr && m->sched == s && m->p() != nullptr) [[likely]] {
-    // make_runnable(m, gp, queue_slot::runnext), spelled out for the hot
-    // path of every hand-off: the seq_cst exchange is S1 of the parking
-    // protocol, wake_p() its S2.
+    // The seq_cst exchange is S1 of the parking protocol. S2 (wake_p) only
+    // when it displaced a G to the ring: a G alone in runnext is its
+    // holder's next, which no other M may take (the top of the file,
+    // "Runnext hand-offs").
     gp->status.store(g_status::runnable, std::memory_order_relaxed);
-    if (g* displaced = m->local_runq().put_runnext(gp)) [[unlikely]]
+    if (g* displaced = m->local_runq().put_runnext(gp)) [[unlikely]] {
       s->local_put_tail(m, displaced);
-    s->wake_p();
+      s->wake_p();
+    }
   } else {
     gp->status.store(g_status::runnable, std::memory_order_relaxed);
     s->global_put(gp);
@@ -652,11 +663,7 @@ void scheduler::make_runnable(machine* m, g* gp, queue_slot slot) noexcept {
 }
 
 void scheduler::local_put(machine* m, g* gp, queue_slot slot) noexcept {
-  run_queue::owner q = m->local_runq();
-  if (slot == queue_slot::runnext) {
-    gp = q.put_runnext(gp);  // seq_cst: S1 of the protocol
-    if (gp == nullptr) return;
-  } else if (slot == queue_slot::spawn && q.push_spawn(gp)) {
+  if (slot == queue_slot::spawn && m->local_runq().push_spawn(gp)) {
     return;  // no fence before the caller's S2: "Own-P pushes" (the top of the file)
   }
   local_put_tail(m, gp);

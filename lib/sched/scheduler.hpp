@@ -70,8 +70,9 @@ class scheduler {
     return !p->gfree.empty() && p->next_gid != p->gid_limit;
   }
   void retire_g_local(processor* p, g* gp) noexcept;
-  // make_runnable(): ready()'s body on an M that holds a P of this runtime:
-  // queue gp on that P (runnext or tail) and wake an M if one is wanted.
+  // make_runnable(): ready_tail()'s body on an M that holds a P of this
+  // runtime: queue gp on that P (tail, or spawn deque) and wake an M if one
+  // is wanted.
   void make_runnable(machine* m, g* gp, queue_slot slot) noexcept;
 
   // --- the run queues (scheduler.cpp) ---------------------------------------
