@@ -31,9 +31,9 @@
 // than at the previous turn, that is, once what that turn started is
 // mostly done; an endless spawner's deque stays level and gets its turns
 // every 10 ms. A deque that has grown gets a turn all the same after
-// kGrownFirstWait, and then after twice as long each time, until it is
-// seen empty: nothing waits for ever, and a long tree gets a few turns
-// (ten in three minutes), not one per period.
+// kGrownFirstWait, and then after twice as long each time (up to an hour),
+// until it is seen empty: nothing waits for ever, and a long tree gets a
+// few turns (ten in three minutes), not one per period.
 //
 // It also balances the queues: while a P idles (released, or parked in its
 // ring), a P found with two or more Gs queued on two samples in a row gets
@@ -52,6 +52,7 @@ namespace mpg::detail {
 namespace {
 constexpr std::int64_t kOldestSpawnWait = 10'000'000;  // ns
 constexpr std::int64_t kGrownFirstWait = 16 * kOldestSpawnWait;
+constexpr std::int64_t kGrownMaxWait = 3'600'000'000'000;  // an hour
 
 // serve_io(): for a P whose holder cannot (busy in one G) or that has no
 // holder: submit what is pending (its holder batches submissions), then
@@ -133,7 +134,7 @@ void scheduler::sysmon_main() {
         const bool grown = waiting > size_at_turn[i];
         if (!grown || now - last_turn[i] >= grown_wait[i]) {
           p->oldest_spawn_due.store(true, std::memory_order_relaxed);
-          if (grown) grown_wait[i] *= 2;
+          if (grown) grown_wait[i] = std::min(2 * grown_wait[i], kGrownMaxWait);
           size_at_turn[i] = waiting;
           last_turn[i] = now;
           oldest_since[i] = now;
