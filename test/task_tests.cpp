@@ -290,6 +290,41 @@ TEST_CASE("a burst of frames is carved from slabs, and every slab is freed at th
   CHECK(misses == kFrames / 32);
 }
 
+// The depot (lib/sched/frame_allocator.cpp): frames freed on a thread
+// beyond its list's bound go to the depot in batches, and a thread whose
+// list is empty takes them from there before it carves new slabs. A
+// producer thread makes more frames than one list keeps (4,096 of this
+// class), a second thread frees them all, and a third, allocating as many,
+// needs fewer new slabs than the first did.
+TEST_CASE("frames freed beyond a thread's bound reach another thread through the depot") {
+  const bool was_enabled = mpg::detail::frame_cache_enabled();
+  mpg::detail::set_frame_cache_enabled(true);
+  constexpr int kFrames = 6000;
+  constexpr std::size_t kSize = 200;  // the 224-byte class
+  std::vector<void*> frames(kFrames);
+  auto allocate_all = [&] {
+    const auto before = mpg::detail::thread_frame_cache_stats();
+    for (void*& f : frames) f = mpg::detail::allocate_frame(kSize);
+    return mpg::detail::thread_frame_cache_stats().misses - before.misses;
+  };
+  auto free_all = [&] {
+    for (void* f : frames) mpg::detail::free_frame(f, kSize);
+  };
+  std::uint64_t first_misses = 0, third_misses = 0;
+  std::thread([&] { first_misses = allocate_all(); }).join();
+  std::thread(free_all).join();
+  std::thread([&] {
+    third_misses = allocate_all();
+    free_all();
+  }).join();
+  mpg::detail::set_frame_cache_enabled(was_enabled);
+  CHECK(first_misses >= kFrames / 32);
+  // All but the bound (and the part of a batch) came back through the
+  // depot: each 32 of them is a slab the third thread did not carve.
+  constexpr std::uint64_t kBound = 4096, kBatch = 64;
+  CHECK(third_misses + (kFrames - kBound - kBatch) / 32 <= first_misses);
+}
+
 TEST_CASE("a task may return an over-aligned type, and the dump reads its chain") {
   mpg::runtime rt({.procs = 1});
   cache_line_value r = rt.block_on(make_aligned(7));

@@ -30,8 +30,9 @@
 // Thread lists are plain thread-local data; the depot is under a mutex,
 // with a per-class count beside it that lets an empty class be seen without
 // the lock. The fast paths (a list pop, a list push under the class's
-// bound) are inline and touch only the thread's lists; set-up, the depot,
-// slabs and malloc are out of line.
+// bound) touch only the thread's lists, in allocate_frame() and
+// free_frame(), which stay in this file, one with no coroutines (frame.hpp
+// says why); set-up, the depot, slabs and malloc are further out of line.
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -130,14 +131,17 @@ depot& the_depot() {
 }
 
 // A thread's lists. Trivially destructible, so that its accesses need no
-// TLS initialisation guard: the fast paths are a few instructions. limits
-// start at 0, which sends a thread's first free of each class to the slow
-// path; there the thread is set up (limits from kCap when the cache is on,
-// and the releaser registered that empties the lists at thread exit).
+// TLS initialisation guard: the fast paths are a few instructions. room and
+// limits start at 0, which sends a thread's first free of each class to
+// the slow path; there the thread is set up (limits from cap_for() when the
+// cache is on, and the releaser registered that empties the lists at
+// thread exit).
 struct thread_cache {
   frame_header* heads[kClasses];
-  std::uint32_t counts[kClasses];
-  std::uint32_t limits[kClasses];
+  // How many more frames each list may take: its bound less its length
+  // (one counter, so that a free tests one word).
+  std::uint32_t room[kClasses];
+  std::uint32_t limits[kClasses];  // the bounds; 0 with the cache off
   // frame_cache_stats without its member initialisers, which would make
   // this a dynamically initialised thread_local behind a guard.
   std::uint64_t hits;
@@ -174,19 +178,21 @@ struct cache_releaser {
     thread_cache& tc = tls_cache;
     for (std::size_t c = 0; c < kClasses; ++c) {
       tc.limits[c] = 0;
+      tc.room[c] = 0;
       release_chain(tc.heads[c]);
       tc.heads[c] = nullptr;
-      tc.counts[c] = 0;
     }
   }
 };
 thread_local cache_releaser tls_releaser;
 
+// The lists are empty when a thread is set up: at its first visit to a
+// slow path, or after set_frame_cache_enabled() emptied them.
 void set_up_thread(thread_cache& tc) noexcept {
   tc.set_up = true;
   if (!g_cache_enabled.load(std::memory_order_relaxed)) return;
   (void)&tls_releaser;  // odr-use: constructs it, registering its destructor
-  for (std::size_t c = 0; c < kClasses; ++c) tc.limits[c] = cap_for(c);
+  for (std::size_t c = 0; c < kClasses; ++c) tc.limits[c] = tc.room[c] = cap_for(c);
 }
 
 // new_header(): the header of memory that was not a frame before.
@@ -208,7 +214,7 @@ void* init_frame(frame_header* h, std::size_t size) noexcept {
 void* new_slab(thread_cache& tc, std::size_t size, std::size_t cls) {
   const std::size_t bytes = (cls + 1) * kGranule;
   const std::size_t n = std::min<std::size_t>(
-      {kSlabFrames, (kSlabBytes - sizeof(slab)) / bytes, std::size_t{tc.limits[cls]} + 1});
+      {kSlabFrames, (kSlabBytes - sizeof(slab)) / bytes, std::size_t{tc.room[cls]} + 1});
   void* mem = std::malloc(sizeof(slab) + n * bytes);
   if (mem == nullptr) throw std::bad_alloc();
   new (mem) slab{static_cast<std::uint32_t>(n)};
@@ -220,12 +226,13 @@ void* new_slab(thread_cache& tc, std::size_t size, std::size_t cls) {
     set_next(h, tc.heads[cls]);
     tc.heads[cls] = h;
   }
-  tc.counts[cls] += static_cast<std::uint32_t>(n - 1);
+  tc.room[cls] -= static_cast<std::uint32_t>(n - 1);
   return init_frame(new_header(first, sizeof(slab)), size);
 }
 
-// A frame of a cached class takes its class's full size, cache on or off,
-// so that any thread's lists may take it.
+// The class's list is empty, so its room is its bound. A frame of a cached
+// class takes its class's full size, cache on or off, so that any thread's
+// lists may take it.
 [[gnu::noinline]] void* allocate_slow(std::size_t size, std::size_t cls) {
   void* mem = nullptr;
   if (cls < kClasses) {
@@ -234,7 +241,7 @@ void* new_slab(thread_cache& tc, std::size_t size, std::size_t cls) {
     if (tc.limits[cls] != 0) {
       if (frame_header* chain = the_depot().take(cls)) {
         tc.heads[cls] = next_of(chain);
-        tc.counts[cls] = kBatch - 1;
+        tc.room[cls] = tc.limits[cls] - (kBatch - 1);
         ++tc.hits;
         return init_frame(chain, size);
       }
@@ -252,10 +259,10 @@ void* new_slab(thread_cache& tc, std::size_t size, std::size_t cls) {
 
 // try_push(): list a freed frame under its class's bound.
 inline bool try_push(thread_cache& tc, std::size_t cls, frame_header* h) noexcept {
-  if (tc.counts[cls] >= tc.limits[cls]) return false;
+  if (tc.room[cls] == 0) return false;
   set_next(h, tc.heads[cls]);
   tc.heads[cls] = h;
-  ++tc.counts[cls];
+  --tc.room[cls];
   return true;
 }
 
@@ -272,7 +279,7 @@ inline bool try_push(thread_cache& tc, std::size_t cls, frame_header* h) noexcep
       for (std::uint32_t i = 1; i < kBatch; ++i) last = next_of(last);
       tc.heads[cls] = next_of(last);
       set_next(last, nullptr);
-      tc.counts[cls] -= kBatch - 1;
+      tc.room[cls] += kBatch - 1;
       if (!the_depot().put(cls, h)) release_chain(h);
       return;
     }
@@ -297,7 +304,7 @@ void* allocate_frame(std::size_t size) {
     thread_cache& tc = tls_cache;
     if (frame_header* h = tc.heads[cls]) [[likely]] {
       tc.heads[cls] = next_of(h);
-      --tc.counts[cls];
+      ++tc.room[cls];
       ++tc.hits;
       return init_frame(h, size);
     }
@@ -326,13 +333,18 @@ bool frame_cache_enabled() noexcept { return g_cache_enabled.load(std::memory_or
 
 void set_frame_cache_enabled(bool enabled) noexcept {
   g_cache_enabled.store(enabled, std::memory_order_relaxed);
-  // The calling thread's limits follow at once; other threads set theirs
-  // up when they first allocate or free (hence: set before any task runs).
+  // The calling thread's lists are emptied and it is set up again at its
+  // next slow path; other threads set themselves up when they first
+  // allocate or free (hence: set before any task runs).
   thread_cache& tc = tls_cache;
   if (tc.set_up) {
     tc.set_up = false;
-    if (!enabled)
-      for (std::size_t c = 0; c < kClasses; ++c) tc.limits[c] = 0;
+    for (std::size_t c = 0; c < kClasses; ++c) {
+      tc.limits[c] = 0;
+      tc.room[c] = 0;
+      release_chain(tc.heads[c]);
+      tc.heads[c] = nullptr;
+    }
   }
 }
 

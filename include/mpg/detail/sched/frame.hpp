@@ -61,6 +61,16 @@ static_assert(sizeof(frame_header) == 16);
 
 // allocate_frame(): storage for a coroutine frame of `size` bytes, preceded by
 // a fresh frame_header. Throws std::bad_alloc like operator new.
+//
+// Defined in a source file with no coroutines, as free_frame() is: their
+// fast paths read the calling thread's free lists, a thread_local, and a
+// thread_local read inlined into a coroutine body before the compiler
+// splits it into its resume and destroy parts may have its address
+// computed once and kept across a suspension, after which the task can
+// resume on another thread (clang 16; ThreadSanitizer showed two threads on
+// one list when these fast paths were inline in this header).
+// Link-time optimisation inlines them only into coroutines already split,
+// whose parts each compute the address afresh.
 void* allocate_frame(std::size_t size);
 // free_frame(): releases storage from allocate_frame(); honours kJoinKilled
 // (the memory is kept for the join_handle, which frees it with
