@@ -9,6 +9,7 @@ packages=(
   g++                 # the default compiler (g++ 12)
   clang-16            # clang++-16: the sanitizer builds in .ci/run
   libclang-rt-16-dev  # clang's ASan/UBSan/TSan runtimes
+  llvm-16             # llvm-ar-16: archives of LTO objects for MPG_BENCH_CXX=clang
   meson
   ninja-build
   pkg-config
