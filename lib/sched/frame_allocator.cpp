@@ -39,6 +39,7 @@
 #include <new>
 #include <vector>
 
+#include "absl/base/config.h"
 #include "mpg/detail/sched/frame.hpp"
 #include "sched/thread_mutex.hpp"
 
@@ -155,10 +156,7 @@ __attribute__((tls_model("initial-exec"))) thread_local thread_cache tls_cache;
 // Process-wide switch for perf comparisons; relaxed: it is set once before
 // any task runs and only selects a policy. Off under AddressSanitizer, which
 // must see every frame freed to catch a use after free.
-#ifndef __has_feature
-#define __has_feature(x) 0
-#endif
-#if defined(__SANITIZE_ADDRESS__) || __has_feature(address_sanitizer)
+#ifdef ABSL_HAVE_ADDRESS_SANITIZER
 std::atomic<bool> g_cache_enabled{false};
 #else
 std::atomic<bool> g_cache_enabled{true};
@@ -171,18 +169,20 @@ constexpr std::uint32_t cap_for(std::size_t cls) noexcept {
   return static_cast<std::uint32_t>(by_bytes < kMaxCached ? by_bytes : kMaxCached);
 }
 
-// Empties the thread's lists at its exit; from then on the thread's frees go
-// to free() (limits 0).
-struct cache_releaser {
-  ~cache_releaser() {
-    thread_cache& tc = tls_cache;
-    for (std::size_t c = 0; c < kClasses; ++c) {
-      tc.limits[c] = 0;
-      tc.room[c] = 0;
-      release_chain(tc.heads[c]);
-      tc.heads[c] = nullptr;
-    }
+// empty_lists(): releases every listed frame and bounds every list at 0, so
+// that the thread's frees go to free() until it is set up again.
+void empty_lists(thread_cache& tc) noexcept {
+  for (std::size_t c = 0; c < kClasses; ++c) {
+    tc.limits[c] = 0;
+    tc.room[c] = 0;
+    release_chain(tc.heads[c]);
+    tc.heads[c] = nullptr;
   }
+}
+
+// Empties the thread's lists at its exit.
+struct cache_releaser {
+  ~cache_releaser() { empty_lists(tls_cache); }
 };
 thread_local cache_releaser tls_releaser;
 
@@ -339,12 +339,7 @@ void set_frame_cache_enabled(bool enabled) noexcept {
   thread_cache& tc = tls_cache;
   if (tc.set_up) {
     tc.set_up = false;
-    for (std::size_t c = 0; c < kClasses; ++c) {
-      tc.limits[c] = 0;
-      tc.room[c] = 0;
-      release_chain(tc.heads[c]);
-      tc.heads[c] = nullptr;
-    }
+    empty_lists(tc);
   }
 }
 

@@ -45,6 +45,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "absl/base/config.h"
 #include "mpg/detail/sched/g.hpp"
 
 namespace mpg::detail {
@@ -58,11 +59,8 @@ namespace mpg::detail {
 // (a third of the samples of a run on the load after the fence in
 // join_suspend's pop). So on x86-64 it is the locked or, written out,
 // except under ThreadSanitizer, which must see the fence as one.
-#ifndef __has_feature
-#define __has_feature(x) 0
-#endif
 inline void seq_cst_fence() noexcept {
-#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__) && !__has_feature(thread_sanitizer)
+#if defined(__x86_64__) && !defined(ABSL_HAVE_THREAD_SANITIZER)
   // The CPU completes every earlier load and store before any later one;
   // the "memory" clobber keeps the compiler from moving one across.
   asm volatile("lock orq $0, (%%rsp)" ::: "memory", "cc");
