@@ -105,6 +105,27 @@ TEST_CASE("runnext is popped first and a displaced G is returned") {
   }
 }
 
+TEST_CASE("the switches' pop leaves public spawns to the full pop, ahead of the ring") {
+  fake_gs gs(3);
+  run_queue q(8);
+  bool from_next = false;
+  CHECK(own(q).push_spawn(gs[0]));  // the first spawn of an idle deque is public
+  CHECK(own(q).push_tail(gs[1]));
+  // pop_switch makes no call, and taking a public spawn back is one: it
+  // declines rather than run the ring's gs[1] out of order.
+  CHECK(own(q).pop_switch(mpg::detail::runnext_policy::take, &from_next) == nullptr);
+  CHECK(q.size() == 2);
+  CHECK(pop(q) == gs[0]);
+  CHECK(pop(q) == gs[1]);
+  // Private spawns it pops itself, newest first.
+  CHECK(own(q).push_spawn(gs[0]));  // public
+  CHECK(own(q).push_spawn(gs[2]));  // private
+  CHECK(own(q).pop_switch(mpg::detail::runnext_policy::take, &from_next) == gs[2]);
+  CHECK_FALSE(from_next);
+  CHECK(pop(q) == gs[0]);
+  CHECK(pop(q) == nullptr);
+}
+
 TEST_CASE("take_half removes the older half in order") {
   fake_gs gs(8);
   run_queue q(8);

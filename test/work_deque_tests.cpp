@@ -1,7 +1,9 @@
 // test/work_deque_tests.cpp: a P's spawn deque (lib/sched/work_deque.hpp) as a
 // seam: the owner's LIFO end, the thieves' FIFO end, pop_if of the bottom
-// entry, and a concurrent owner-versus-thieves stress in which every G must
-// come out exactly once (run under TSan in CI).
+// entry, which entries thieves can see (published ones) and when the owner
+// publishes or takes them back, and a concurrent owner-versus-thieves
+// stress in which every G must come out exactly once (run under TSan in
+// CI).
 #include <doctest/doctest.h>
 
 #include <atomic>
@@ -63,10 +65,81 @@ TEST_CASE("pop_if takes only the bottom entry") {
   CHECK(d.size() == 0);
 }
 
+TEST_CASE("thieves see only published entries; the owner publishes when they took them all") {
+  fake_gs gs(8);
+  work_deque d(8);
+  // An idle deque's first entry is public at once; later ones are private
+  // while a public one waits.
+  for (int i = 0; i < 5; ++i) CHECK(d.push(gs[i]));
+  CHECK(d.size() == 5);
+  CHECK(d.steal() == gs[0]);
+  CHECK(d.steal() == nullptr);  // gs[1..4] are private
+  CHECK(d.size() == 4);
+  // The owner's next pop finds the public part empty and publishes the
+  // older half of what stays private (gs[1], gs[2]).
+  CHECK(d.pop() == gs[4]);
+  CHECK(d.steal() == gs[1]);
+  CHECK(d.steal() == gs[2]);
+  CHECK(d.steal() == nullptr);
+  // So does its next push: the older half of {gs[3], gs[5]}, rounded up.
+  CHECK(d.push(gs[5]));
+  CHECK(d.steal() == gs[3]);
+  CHECK(d.steal() == nullptr);
+  CHECK(d.pop() == gs[5]);
+  CHECK(d.pop() == nullptr);
+  CHECK(d.empty_seq_cst());
+}
+
+TEST_CASE("the owner takes published entries back, newest first") {
+  fake_gs gs(8);
+  work_deque d(8);
+  CHECK(d.push(gs[0]));  // public
+  CHECK(d.steal() == gs[0]);
+  // gs[1] goes public on its push (the public part was empty), the rest
+  // stays private.
+  for (int i = 1; i < 8; ++i) CHECK(d.push(gs[i]));
+  for (int i = 7; i >= 2; --i) CHECK(d.pop() == gs[i]);
+  CHECK_FALSE(d.has_private());
+  CHECK_FALSE(d.public_empty());
+  // The last public entry: the owner races thieves for it on top.
+  CHECK(d.pop_newest_if([&](g* e) { return e == gs[1]; }) == gs[1]);
+  CHECK(d.pop() == nullptr);
+  CHECK(d.steal() == nullptr);
+  // Two public entries: the newer comes back, the oldest stays public.
+  for (int i = 1; i < 6; ++i) CHECK(d.push(gs[i]));  // gs[1] public, gs[2..5] private
+  CHECK(d.steal() == gs[1]);
+  CHECK(d.pop() == gs[5]);  // publishes gs[2], gs[3]
+  CHECK(d.pop() == gs[4]);
+  CHECK_FALSE(d.has_private());
+  CHECK(d.pop_newest_if([](g*) { return false; }) == nullptr);  // no match: nothing moves
+  CHECK(d.size() == 2);
+  CHECK(d.pop() == gs[3]);
+  CHECK(d.steal() == gs[2]);
+  CHECK(d.size() == 0);
+  CHECK(d.pop() == nullptr);
+}
+
+TEST_CASE("pop_oldest takes the oldest entry, public or private") {
+  fake_gs gs(4);
+  work_deque d(4);
+  CHECK(d.pop_oldest() == nullptr);
+  for (int i = 0; i < 4; ++i) CHECK(d.push(gs[i]));  // gs[0] public, the rest private
+  const std::int64_t top = d.oldest_position();
+  CHECK(d.pop_oldest() == gs[0]);
+  CHECK(d.oldest_position() == top + 1);
+  CHECK(d.pop_oldest() == gs[1]);  // the first private one
+  CHECK(d.oldest_position() == top + 2);
+  CHECK(d.steal() == nullptr);     // gs[2], gs[3] stay private
+  CHECK(d.pop() == gs[3]);         // publishes gs[2]
+  CHECK(d.steal() == gs[2]);
+  CHECK(d.pop_oldest() == nullptr);
+}
+
 namespace {
 
-// One owner pushes, pops and pop_ifs; two thieves steal. Every G must come
-// out exactly once, including the last-entry races between pop and steal.
+// One owner pushes, pops, pop_ifs and pop_oldests; two thieves steal.
+// Every G must come out exactly once, including the races between the
+// owner's taking back or publishing and the thieves' steals.
 void stress(std::uint32_t cap, std::size_t n) {
   fake_gs gs(n);
   mpg_test::exactly_once tally(gs);
@@ -95,10 +168,14 @@ void stress(std::uint32_t cap, std::size_t n) {
       }
     } else if (op < 13) {
       if (g* gp = d.pop()) got(gp);
-    } else if (last_pushed != nullptr) {
-      // A join of the newest child: succeeds only if it is still the bottom.
-      if (d.pop_if(last_pushed)) got(last_pushed);
-      last_pushed = nullptr;
+    } else if (op < 15) {
+      if (last_pushed != nullptr) {
+        // A join of the newest child: succeeds only if it is still the bottom.
+        if (d.pop_if(last_pushed)) got(last_pushed);
+        last_pushed = nullptr;
+      }
+    } else if (g* gp = d.pop_oldest()) {  // a fairness turn
+      got(gp);
     }
   }
   while (tally.total() < n) {

@@ -189,16 +189,38 @@ class run_queue::owner {
   // us for it; one side gets it (work_deque.hpp, pop_newest_if).
   template <class Match>
   g* take_newest_spawn_if(Match match) noexcept { return q_->spawns_.pop_newest_if(match); }
+  // spawns_private(), take_newest_private_spawn_if(): the same in two
+  // steps (work_deque.hpp, has_private): whether the newest spawned G is in
+  // the deque's private part, and, if so, take_newest_spawn_if() without
+  // the call that taking entries back from the public part makes.
+  bool spawns_private() const noexcept { return q_->spawns_.has_private(); }
+  template <class Match>
+  g* take_newest_private_spawn_if(Match match) noexcept {
+    return q_->spawns_.pop_newest_private_if(match);
+  }
 
   // pop_oldest_spawn(): the oldest spawned G (the thieves' end), for the
   // fairness turn: with a task that keeps spawning, the newest-first order
   // alone would keep the oldest entries waiting for ever.
-  g* pop_oldest_spawn() noexcept { return q_->spawns_.steal(); }
+  g* pop_oldest_spawn() noexcept { return q_->spawns_.pop_oldest(); }
 
   // pop(): runnext first (unless skip), then the newest spawned G, then the
   // head of the ring, then (under skip) runnext. *from_runnext tells
   // whether it was runnext.
   g* pop(runnext_policy policy, bool* from_runnext) noexcept {
+    return pop_in_order<false>(policy, from_runnext);
+  }
+  // pop_switch(): pop() for the switches at finish and at park
+  // (scheduler.cpp), inlined into hot paths that should make no call: also
+  // nullptr when the newest spawned Gs are public, since taking them back
+  // is a call (work_deque.hpp); the M's loop then pops them.
+  g* pop_switch(runnext_policy policy, bool* from_runnext) noexcept {
+    return pop_in_order<true>(policy, from_runnext);
+  }
+
+ private:
+  template <bool kSwitch>
+  g* pop_in_order(runnext_policy policy, bool* from_runnext) noexcept {
     *from_runnext = false;
     if (policy == runnext_policy::take) {
       if (g* next = take_runnext()) {
@@ -206,7 +228,12 @@ class run_queue::owner {
         return next;
       }
     }
-    if (g* gp = q_->spawns_.pop()) return gp;
+    if constexpr (kSwitch) {
+      if (q_->spawns_.has_private()) return q_->spawns_.pop_newest_private();
+      if (!q_->spawns_.public_empty()) return nullptr;
+    } else {
+      if (g* gp = q_->spawns_.pop()) return gp;
+    }
     if (g* gp = pop_fifo()) return gp;
     if (policy == runnext_policy::skip) {
       if (g* next = take_runnext()) {
@@ -217,6 +244,7 @@ class run_queue::owner {
     return nullptr;
   }
 
+ public:
   // pop_fifo(): the head of the ring only (the fairness turn).
   g* pop_fifo() noexcept {
     for (;;) {

@@ -386,7 +386,9 @@ std::coroutine_handle<> finish_root(std::coroutine_handle<> root, promise_base* 
 // final await, without returning to the M's loop: the joiner just readied
 // into runnext (the parent of a stolen child resumes at the child's end,
 // on the thief), else the newest spawned G, else the ring's head
-// (pop_local's order). The loop's own checks are only put off, never
+// (pop_local's order; when the newest spawns are public ones, the switch
+// leaves them to the loop, as taking them back is a call: run_queue.hpp,
+// pop_switch). The loop's own checks are only put off, never
 // skipped: each switch spends one unit of the G budget (kBudget), so at
 // most kBudget switches separate two passes through find_runnable, and a
 // switch never crosses a fairness tick (every 61st: the global queue and
@@ -399,7 +401,7 @@ std::coroutine_handle<> scheduler::next_after_finish(machine* m) noexcept {
   const std::uint64_t tick = p->schedtick.load(std::memory_order_relaxed);
   if (tick % 61 == 0) return std::noop_coroutine();
   bool from_next = false;
-  g* gp = m->local_runq().pop(runnext_policy::take, &from_next);
+  g* gp = m->local_runq().pop_switch(runnext_policy::take, &from_next);
   if (gp == nullptr) return std::noop_coroutine();
   // Single writer (the owner); relaxed: sampled by sysmon, as in execute().
   p->schedtick.store(tick + 1, std::memory_order_relaxed);
@@ -433,7 +435,7 @@ std::coroutine_handle<> scheduler::next_after_finish(machine* m) noexcept {
 // The switch is one pass of the loop's pop_local (find_runnable.cpp,
 // step 3), so Go's order and fairness hold: runnext first unless a
 // runnext chain has kept it kMaxRunnextStreak turns, then the newest
-// spawned G, then the ring's head; a runnext G inherits the time slice (the
+// spawned G (private ones: pop_switch), then the ring's head; a runnext G inherits the time slice (the
 // tick stays), any other starts a new tick. The loop's other steps (the
 // global queue, timers and I/O, posted functions) are put off, never
 // skipped: each switch spends one unit of the G budget (kBudget), so at
@@ -450,7 +452,7 @@ std::coroutine_handle<> scheduler::next_after_park(machine* m) noexcept {
   const runnext_policy policy =
       m->runnext_streak >= kMaxRunnextStreak ? runnext_policy::skip : runnext_policy::take;
   bool from_next = false;
-  g* gp = m->local_runq().pop(policy, &from_next);
+  g* gp = m->local_runq().pop_switch(policy, &from_next);
   if (gp == nullptr) return std::noop_coroutine();
   // The streak counts turns that kept other local work waiting: under
   // skip, runnext comes last, so none waits (pop_local's rule).
@@ -510,8 +512,21 @@ namespace {
 // being per runtime, a G of this runtime with the id of a child spawned on
 // another one. The popped G's root tells (it is ours now, and we wrote it
 // at its spawn); a stranger goes back where it was.
+// kPrivate: the caller saw the newest spawn in the deque's private part
+// (run_queue.hpp, spawns_private). No thief can take a private entry, so
+// its G is ours already and match looks at the root too: nothing popped
+// goes back, and the inline path makes no call.
+template <bool kPrivate>
 bool take_child_inline(machine* m, std::coroutine_handle<> root, std::uint64_t gid) noexcept {
   run_queue::owner q = m->local_runq();
+  if constexpr (kPrivate) {
+    g* child = q.take_newest_private_spawn_if([gid, root](g* c) {
+      return c->id.load(std::memory_order_relaxed) == gid && c->root.address() == root.address();
+    });
+    if (child == nullptr) return false;
+    m->sched->retire_g_local(m->p(), child);
+    return true;
+  }
   g* child = q.take_newest_spawn_if(
       [gid](g* c) { return c->id.load(std::memory_order_relaxed) == gid; });
   if (child == nullptr) return false;
@@ -552,6 +567,30 @@ namespace {
 }
 }  // namespace
 
+namespace {
+// run_inline(): the join's end when take_child_inline() claimed the child:
+// the joiner resumes the child's frame, which continues at h.
+std::coroutine_handle<> run_inline(frame_header* hdr, promise_base* promise,
+                                   std::coroutine_handle<> root,
+                                   std::coroutine_handle<> h) noexcept {
+  // Only the handle owner (us) reads the join state of a claimed frame.
+  hdr->join.store(kJoinInline, std::memory_order_relaxed);
+  promise->continuation_ = h;
+  return root;
+}
+
+// join_take_back(): join_suspend's step when this P's spawn deque has no
+// private entries: the child may be public (work_deque.hpp, take_back).
+// Out of line, so that the inline path makes no call but its tail call.
+[[gnu::noinline]] std::coroutine_handle<> join_take_back(machine* m, g* me, frame_header* hdr,
+                                                         promise_base* promise,
+                                                         std::coroutine_handle<> root,
+                                                         std::coroutine_handle<> h) {
+  if (take_child_inline<false>(m, root, promise->gid_)) return run_inline(hdr, promise, root, h);
+  return join_park(me, hdr, promise, h);
+}
+}  // namespace
+
 std::coroutine_handle<> join_suspend(std::coroutine_handle<> root, promise_base* promise,
                                      std::coroutine_handle<> h) {
   g* me = tls_g;
@@ -560,12 +599,10 @@ std::coroutine_handle<> join_suspend(std::coroutine_handle<> root, promise_base*
   // Work-first: a child still waiting in this P's spawn deque runs inline,
   // as if awaited as a task<T> (take_child_inline).
   machine* m = tls_m;
-  if (m->p() != nullptr && hdr->join.load(std::memory_order_acquire) == kJoinRunning &&
-      take_child_inline(m, root, promise->gid_)) {
-    // Only the handle owner (us) reads the join state of a claimed frame.
-    hdr->join.store(kJoinInline, std::memory_order_relaxed);
-    promise->continuation_ = h;
-    return root;
+  if (m->p() != nullptr && hdr->join.load(std::memory_order_acquire) == kJoinRunning) {
+    if (!m->local_runq().spawns_private()) [[unlikely]]
+      return join_take_back(m, me, hdr, promise, root, h);
+    if (take_child_inline<true>(m, root, promise->gid_)) return run_inline(hdr, promise, root, h);
   }
   return join_park(me, hdr, promise, h);
 }

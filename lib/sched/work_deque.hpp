@@ -1,6 +1,8 @@
-// lib/sched/work_deque.hpp: a P's deque of spawned, never-started Gs (a
-// bounded Chase-Lev deque, as in Lê, Pop, Cohen and Zappa Nardelli,
-// "Correct and Efficient Work-Stealing for Weak Memory Models", PPoPP 2013).
+// lib/sched/work_deque.hpp: a P's deque of spawned, never-started Gs: a
+// split deque, with a private part only the owner touches and a public part
+// thieves take from (the design of Lace: van Dijk and van de Pol, "Lace:
+// non-blocking split deque for work-stealing", 2014; the owner-answered
+// sharing of Acar, Charguéraud and Rainey, PPoPP 2013).
 //
 // Work-first fork-join. spawn() pushes the child at the bottom, the owner's
 // end; the owner pops the newest child first (LIFO), and thieves take the
@@ -10,176 +12,189 @@
 // joins the child always is the bottom entry, so the tree runs depth-first
 // on one P and keeps a live set proportional to its depth, not its breadth.
 //
-// Roles are split by type as in run_queue.hpp: push, pop, pop_newest_if and
-// pop_if belong to the M holding the P (through run_queue::owner); steal(),
-// size() and empty_seq_cst() may be called from any thread.
+// Why split. In a Chase-Lev deque every pop by the owner stores bottom and
+// then loads top with a full fence between (a store-load pair against the
+// thieves), so every inline join paid a locked instruction: 10-16% of
+// fib's and skynet's time on this machine class. Here the entries are
 //
-// Invariants:
-//   - top and bottom are signed 64-bit counters that only grow, except that
-//     pop() lowers bottom by one for the duration of a pop; bottom - top is
-//     the number of entries and never exceeds capacity.
-//   - Only the owner writes bottom and the slots. It writes slot i only when
-//     i - top < capacity for a top it loaded after the last steal it can
-//     have raced with, so a thief that read slot t and then wins its CAS on
-//     top read the value the owner published for t.
-//   - top only moves forward, by CAS: thieves, and the owner when it pops
-//     the last entry (then it races the thieves for it, and one CAS wins).
+//     top ........ split ........ bottom
+//     | public: thieves | private: owner |
+//
+// and the owner pushes and pops the private part with plain (relaxed)
+// loads and stores. Thieves see only top and split, packed in one 64-bit
+// word (`shared_`) that every change of either goes through, so the split
+// between the parts and a thief's claim are decided by one word, with no
+// store-load pair anywhere.
+//
+// Sharing. The owner moves split towards bottom, publishing the older half
+// of its private entries, whenever it finds the public part empty at a
+// push or a pop (thieves took everything it had published): publication
+// costs the owner a load per operation and a store when it happens, i.e.
+// per steal, not per task. With the public part empty no thief can claim
+// anything, so that store needs no read-modify-write. The first spawn of
+// an idle P is public at once. A task that spawns and then computes for a
+// long time without spawning, joining or suspending keeps its later spawns
+// private until it does; the spinning M that came for them keeps looking
+// (they count in size()), and takes them once they are published.
+//
+// Taking back. When the private part is empty the owner takes the public
+// part back: the newer half, by a CAS on the word that leaves the oldest
+// entry public, or, with one entry left, that entry itself by the thieves'
+// own CAS on top. A locked instruction, paid only when thieves left
+// published work untaken.
+//
+// Roles are split by type as in run_queue.hpp: push, pop, pop_newest_if,
+// pop_if and pop_oldest belong to the M holding the P (through
+// run_queue::owner); steal(), size(), oldest_position() and the seq_cst
+// probes may be called from any thread.
+//
+// Invariants (counters are uint32 and wrap; every comparison is of
+// differences):
+//   - top <= split <= bottom, bottom - top <= capacity. (A thief that
+//     stalls between its load and its CAS while top moves on by exactly
+//     2^32 could win with a stale slot read; Go's run queue takes the same
+//     risk with its uint32 head.)
+//   - top only moves forward, by CAS on shared_: thieves, and the owner
+//     when it takes the last public entry or the oldest entry for a
+//     fairness turn. Only the owner moves split and bottom, and split_
+//     below is its exact copy of split.
+//   - A slot is written only by the owner, at bottom, and only when
+//     bottom - top < capacity for a top loaded after the last steal it can
+//     have raced with. The owner never takes the entry at top back into
+//     the private part (taking back leaves it public), so the slot at top
+//     keeps its value until top moves past it: a thief that read slot t
+//     and then wins its CAS with top still t read the value published for
+//     t, however often split moved meanwhile.
 //
 // Memory ordering, argued per operation:
-//   push   slot store relaxed, then bottom store release: a thief that
-//          acquires the new bottom sees the slot and the G's fields written
-//          before the push (the spawn's set-up of the G).
-//   pop    bottom store, then a seq_cst fence, then the top load: the fence
-//          orders the owner's claim (the lowered bottom) against a thief's
-//          top load / bottom load pair, which is separated by its own
-//          seq_cst fence, so the owner and a thief cannot both take the one
-//          remaining entry without one of them seeing the other; for that
-//          entry the decision is the seq_cst CAS on top.
-//   steal  top load acquire, seq_cst fence, bottom load acquire (pairs with
-//          push's release), slot load, CAS on top (seq_cst; acquire on
-//          success is what orders the slot read before a reuse of the slot:
-//          the owner's push acquires top before writing a slot).
+//   publish  (owner) slot stores relaxed, then shared_ store release (or
+//            the taking back's CAS acq_rel): a thief that acquires shared_
+//            sees every slot up to split and the spawn's set-up of its G.
+//            Thieves' CASes are read-modify-writes, so they continue the
+//            owner's release sequence.
+//   steal    shared_ load acquire (pairs with publish), slot load relaxed,
+//            CAS acq_rel: its release orders the slot read before the
+//            owner's reuse of the slot, which acquires shared_ in push().
+//   private  pushes and pops below split: relaxed; no other thread reads
+//            those slots, and bottom is read by others only for size().
+// No seq_cst: the word decides every race. The seq_cst probes serve the
+// parking protocol (scheduler.cpp), whose own-P pushes need no fence.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <memory>
 
-#include "absl/base/config.h"
 #include "mpg/detail/sched/g.hpp"
 
 namespace mpg::detail {
 
-// seq_cst_fence(): std::atomic_thread_fence(std::memory_order_seq_cst),
-// and in the C++ memory model nothing else. On x86-64 any locked
-// instruction is a full fence for ordinary (write-back) memory, which is
-// all this deque touches: g++ emits `lock or` of zero to the top of the
-// stack, clang 16 `mfence`, which also orders non-temporal and
-// write-combining accesses and ran fib 1.4x slower on this machine class
-// (a third of the samples of a run on the load after the fence in
-// join_suspend's pop). So on x86-64 it is the locked or, written out,
-// except under ThreadSanitizer, which must see the fence as one.
-inline void seq_cst_fence() noexcept {
-#if defined(__x86_64__) && !defined(ABSL_HAVE_THREAD_SANITIZER)
-  // The CPU completes every earlier load and store before any later one;
-  // the "memory" clobber keeps the compiler from moving one across.
-  asm volatile("lock orq $0, (%%rsp)" ::: "memory", "cc");
-#else
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-#endif
-}
-
 class work_deque {
  public:
   explicit work_deque(std::uint32_t capacity)
-      : mask_(static_cast<std::int64_t>(capacity) - 1),
-        cap_(capacity),
-        slots_(new std::atomic<g*>[capacity]) {
+      : mask_(capacity - 1), cap_(capacity), slots_(new std::atomic<g*>[capacity]) {
     for (std::uint32_t i = 0; i < capacity; ++i) slots_[i].store(nullptr, std::memory_order_relaxed);
   }
 
-  std::int64_t capacity() const noexcept { return cap_; }
+  std::uint32_t capacity() const noexcept { return cap_; }
 
-  // steal(): take the oldest entry, from any thread. nullptr when empty or
-  // when another thief (or the owner, for the last entry) won the race.
+  // steal(): take the oldest public entry, from any thread. nullptr when
+  // the public part is empty or another thief (or the owner) won the race.
   g* steal() noexcept {
-    std::int64_t t = top_.load(std::memory_order_acquire);
-    seq_cst_fence();
-    const std::int64_t b = bottom_.load(std::memory_order_acquire);
-    if (t >= b) return nullptr;
+    std::uint64_t w = shared_.load(std::memory_order_acquire);
+    const std::uint32_t t = top_of(w);
+    if (split_of(w) == t) return nullptr;
     g* gp = slots_[t & mask_].load(std::memory_order_relaxed);
-    if (!top_.compare_exchange_strong(t, t + 1, std::memory_order_seq_cst,
-                                      std::memory_order_relaxed))
+    if (!shared_.compare_exchange_strong(w, pack(t + 1, split_of(w)), std::memory_order_acq_rel,
+                                         std::memory_order_relaxed))
       return nullptr;
     return gp;
   }
 
-  // size(): a snapshot from any thread.
+  // size(): a snapshot from any thread, private entries included.
   std::uint32_t size() const noexcept {
-    const std::int64_t t = top_.load(std::memory_order_acquire);
-    const std::int64_t b = bottom_.load(std::memory_order_acquire);
-    return b > t ? static_cast<std::uint32_t>(b - t) : 0;
+    const std::uint32_t t = top_of(shared_.load(std::memory_order_acquire));
+    const std::uint32_t n = bottom_.load(std::memory_order_relaxed) - t;
+    return n <= cap_ ? n : 0;  // a torn snapshot
   }
   // oldest_position(): the top counter, from any thread. It moves exactly
   // when the oldest entry leaves (stolen, taken by a fairness turn, or
   // popped by the owner as the last one), so equal readings with entries
   // present at both mean the same G waited at the old end all along
   // (sysmon's oldest-spawn rule). Relaxed: a monotonic counter sampled.
-  std::int64_t oldest_position() const noexcept { return top_.load(std::memory_order_relaxed); }
-  // size_seq_cst(): size() with the recheck's seq_cst loads.
+  std::int64_t oldest_position() const noexcept {
+    return top_of(shared_.load(std::memory_order_relaxed));
+  }
+  // size_seq_cst(), empty_seq_cst(): size() with the parking protocol's
+  // seq_cst loads (its recheck).
   std::uint32_t size_seq_cst() const noexcept {
-    const std::int64_t t = top_.load(std::memory_order_seq_cst);
-    const std::int64_t b = bottom_.load(std::memory_order_seq_cst);
-    return b > t ? static_cast<std::uint32_t>(b - t) : 0;
+    const std::uint32_t t = top_of(shared_.load(std::memory_order_seq_cst));
+    const std::uint32_t n = bottom_.load(std::memory_order_seq_cst) - t;
+    return n <= cap_ ? n : 0;
   }
-  // empty_seq_cst(): the recheck of the parking protocol (seq_cst loads).
-  bool empty_seq_cst() const noexcept {
-    return top_.load(std::memory_order_seq_cst) >= bottom_.load(std::memory_order_seq_cst);
-  }
+  bool empty_seq_cst() const noexcept { return size_seq_cst() == 0; }
 
   // Owner side (only through run_queue::owner).
 
   // push(): false when full (the caller queues the G elsewhere).
   bool push(g* gp) noexcept {
-    const std::int64_t b = bottom_.load(std::memory_order_relaxed);  // only we write it
-    // Acquire: see thieves' top advances (and their slot reads) before
-    // reusing a slot.
-    const std::int64_t t = top_.load(std::memory_order_acquire);
-    if (b - t >= cap_) return false;
+    const std::uint32_t b = bottom_.load(std::memory_order_relaxed);  // only we write it
+    // Acquire: see thieves' top advances, and so their slot reads, before
+    // reusing a slot (steal()).
+    const std::uint64_t w = shared_.load(std::memory_order_acquire);
+    if (b - top_of(w) >= cap_) return false;
     slots_[b & mask_].store(gp, std::memory_order_relaxed);
-    // Release: publishes the slot (and the G) to thieves that acquire bottom.
-    bottom_.store(b + 1, std::memory_order_release);
+    bottom_.store(b + 1, std::memory_order_relaxed);
+    if (top_of(w) == split_) publish(b + 1);
     return true;
   }
 
   // pop(): take the newest entry; nullptr when empty or when a thief took
   // the last one.
   g* pop() noexcept {
-    // Empty without the fence: top only grows and only we raise bottom.
-    if (top_.load(std::memory_order_relaxed) >= bottom_.load(std::memory_order_relaxed))
-      return nullptr;
-    const std::int64_t b = bottom_.load(std::memory_order_relaxed) - 1;
-    bottom_.store(b, std::memory_order_relaxed);
-    seq_cst_fence();  // see the top of the file
-    std::int64_t t = top_.load(std::memory_order_relaxed);
-    if (t > b) {
-      bottom_.store(b + 1, std::memory_order_relaxed);  // was empty
-      return nullptr;
-    }
-    g* gp = slots_[b & mask_].load(std::memory_order_relaxed);
-    if (t == b) {
-      // The last entry: race the thieves for it.
-      if (!top_.compare_exchange_strong(t, t + 1, std::memory_order_seq_cst,
-                                        std::memory_order_relaxed))
-        gp = nullptr;
-      bottom_.store(b + 1, std::memory_order_relaxed);
-    }
-    return gp;
+    if (has_private()) [[likely]] return pop_newest_private();
+    if (public_empty()) return nullptr;  // the common empty case: no call
+    return take_back([](g*) { return true; });
   }
 
   // pop_newest_if(): pop the newest entry if match(entry) holds; returns
   // it, or nullptr when the deque is empty, match fails, or a thief took
-  // the entry first. match runs before the claim, so it may see an entry
-  // that a thief is taking (and that G's fields change under it); only
-  // the claim below decides who gets it. Only the owner writes slots, so
-  // the slot read is stable.
+  // the entry first. A public entry may be matched while a thief takes it
+  // (and its G's fields change under match); only the claim decides who
+  // gets it. Only the owner writes slots, so the slot read is stable.
   template <class Match>
   g* pop_newest_if(Match match) noexcept {
-    const std::int64_t b = bottom_.load(std::memory_order_relaxed) - 1;  // only we write it
-    if (top_.load(std::memory_order_relaxed) > b) return nullptr;  // empty (a hint)
-    g* gp = slots_[b & mask_].load(std::memory_order_relaxed);
+    if (has_private()) [[likely]] return pop_newest_private_if(match);
+    if (public_empty()) return nullptr;
+    return take_back(match);
+  }
+
+  // has_private(), public_empty(), pop_newest_private(),
+  // pop_newest_private_if(): pop() and pop_newest_if() in steps, for a
+  // caller that puts the taking back (a call) on a path of its own: the
+  // pops are pop() and pop_newest_if() when has_private() holds.
+  bool has_private() const noexcept { return bottom_.load(std::memory_order_relaxed) != split_; }
+  // Relaxed: top == split_ is stable once seen (top never passes split,
+  // and only we move split; our own stores to the word are the oldest
+  // values a load may return); a stale top < split_ is decided by
+  // take_back(), or, in pop_private(), puts a publication off to the next
+  // push or pop.
+  bool public_empty() const noexcept {
+    return top_of(shared_.load(std::memory_order_relaxed)) == split_;
+  }
+  g* pop_newest_private() noexcept {
+    const std::uint32_t b = bottom_.load(std::memory_order_relaxed);
+    g* gp = slots_[(b - 1) & mask_].load(std::memory_order_relaxed);
+    pop_private(b - 1);
+    return gp;
+  }
+  template <class Match>
+  g* pop_newest_private_if(Match match) noexcept {
+    const std::uint32_t b = bottom_.load(std::memory_order_relaxed);
+    g* gp = slots_[(b - 1) & mask_].load(std::memory_order_relaxed);
     if (!match(gp)) return nullptr;
-    // Pop it as pop() does; we get gp, or nothing when a thief took it.
-    bottom_.store(b, std::memory_order_relaxed);
-    seq_cst_fence();  // see the top of the file
-    std::int64_t t = top_.load(std::memory_order_relaxed);
-    if (t < b) return gp;
-    bool won = false;
-    if (t == b)
-      won = top_.compare_exchange_strong(t, t + 1, std::memory_order_seq_cst,
-                                         std::memory_order_relaxed);
-    bottom_.store(b + 1, std::memory_order_relaxed);
-    return won ? gp : nullptr;
+    pop_private(b - 1);
+    return gp;
   }
 
   // pop_if(): pop the newest entry if it is gp. False when the bottom entry
@@ -188,11 +203,99 @@ class work_deque {
     return pop_newest_if([gp](g* e) { return e == gp; }) != nullptr;
   }
 
+  // pop_oldest(): the oldest entry, public or not (the fairness turn: with
+  // a task that keeps spawning, newest-first alone would keep the oldest
+  // entries waiting for ever). nullptr when empty.
+  g* pop_oldest() noexcept {
+    for (;;) {
+      std::uint64_t w = shared_.load(std::memory_order_acquire);
+      const std::uint32_t t = top_of(w);
+      if (t != split_of(w)) {
+        g* gp = slots_[t & mask_].load(std::memory_order_relaxed);
+        if (shared_.compare_exchange_strong(w, pack(t + 1, split_of(w)), std::memory_order_acq_rel,
+                                            std::memory_order_relaxed))
+          return gp;
+        continue;  // a thief moved top
+      }
+      if (bottom_.load(std::memory_order_relaxed) == t) return nullptr;
+      // The public part is empty: the oldest entry is the first private
+      // one; top and split step over it together. No thief can claim
+      // anything meanwhile (the top of the file), so a store does.
+      g* gp = slots_[t & mask_].load(std::memory_order_relaxed);
+      split_ = t + 1;
+      shared_.store(pack(t + 1, t + 1), std::memory_order_release);
+      return gp;
+    }
+  }
+
  private:
-  alignas(64) std::atomic<std::int64_t> top_{0};
-  alignas(64) std::atomic<std::int64_t> bottom_{0};
-  const std::int64_t mask_;
-  const std::int64_t cap_;
+  static constexpr std::uint64_t pack(std::uint32_t top, std::uint32_t split) noexcept {
+    return static_cast<std::uint64_t>(split) << 32 | top;
+  }
+  static constexpr std::uint32_t top_of(std::uint64_t w) noexcept {
+    return static_cast<std::uint32_t>(w);
+  }
+  static constexpr std::uint32_t split_of(std::uint64_t w) noexcept {
+    return static_cast<std::uint32_t>(w >> 32);
+  }
+
+  // publish(): with the public part empty (top == split_, seen by the
+  // caller), make the older half of the private part [split_, b) public,
+  // rounded up. The word is {split_, split_}: no thief's CAS can succeed
+  // on it (each expects top < split), so a release store replaces it.
+  void publish(std::uint32_t b) noexcept {
+    const std::uint32_t s = split_ + (b - split_ + 1) / 2;
+    shared_.store(pack(split_, s), std::memory_order_release);
+    split_ = s;
+  }
+
+  // pop_private(): lower bottom to b (>= split_), the caller having read
+  // the entry at b, and publish when thieves have emptied the public part
+  // and private entries remain.
+  void pop_private(std::uint32_t b) noexcept {
+    bottom_.store(b, std::memory_order_relaxed);
+    if (b != split_ && public_empty()) publish(b);
+  }
+
+  // take_back(): the private part is empty (bottom == split_); take the
+  // newest public entry if match(it) holds. nullptr when the public part
+  // is empty too, match fails, or thieves took the entries first. Out of
+  // line: a call keeps the inline paths' register use down.
+  template <class Match>
+  [[gnu::noinline, gnu::cold]] g* take_back(Match match) noexcept {
+    const std::uint32_t b = split_;  // == bottom
+    std::uint64_t w = shared_.load(std::memory_order_acquire);
+    for (;;) {
+      const std::uint32_t t = top_of(w);
+      if (t == b) return nullptr;  // empty
+      g* gp = slots_[(b - 1) & mask_].load(std::memory_order_relaxed);
+      if (!match(gp)) return nullptr;
+      if (b - t == 1) {
+        // The last entry: race the thieves for it on top itself. Then top,
+        // split and bottom are all b.
+        if (shared_.compare_exchange_weak(w, pack(t + 1, b), std::memory_order_acq_rel,
+                                          std::memory_order_acquire))
+          return gp;
+        continue;  // w reloaded: a thief moved top
+      }
+      // Take the newer half back, leaving top's entry (at least) public.
+      const std::uint32_t s = b - (b - t) / 2;
+      if (shared_.compare_exchange_weak(w, pack(t, s), std::memory_order_acq_rel,
+                                        std::memory_order_acquire)) {
+        split_ = s;
+        pop_private(b - 1);  // gp, now private
+        return gp;
+      }
+    }
+  }
+
+  // shared_: {top, split}; the owner's line below it holds what only the
+  // owner writes.
+  alignas(64) std::atomic<std::uint64_t> shared_{0};
+  alignas(64) std::atomic<std::uint32_t> bottom_{0};
+  std::uint32_t split_ = 0;  // the owner's copy of split (exact)
+  const std::uint32_t mask_;
+  const std::uint32_t cap_;
   std::unique_ptr<std::atomic<g*>[]> slots_;
 };
 
