@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <thread>
 #include <vector>
@@ -252,4 +253,38 @@ TEST_CASE("joining another runtime's task never takes a local spawn that has its
   }());
   sender.join();
   CHECK(got == 7);
+}
+
+namespace {
+mpg::task<void> count_run(std::atomic<int>* ran) {
+  ran->fetch_add(1);
+  co_return;
+}
+}  // namespace
+
+// A task that spawns and then computes without spawning, joining or
+// suspending does not come back to its deque to publish its spawns; sysmon
+// publishes them (work_deque.hpp, "Forced publication"), so the idle P
+// runs them while the spawner keeps its P. Without that this task would
+// wait for its children for ever; the bound makes that a failed check.
+TEST_CASE("spawns of a task that computes without suspending reach an idle P") {
+  mpg::runtime_options o;
+  o.procs = 2;
+  o.long_task_threshold = std::chrono::hours(1);  // no report: the loop is the point
+  mpg::runtime rt(o);
+  std::atomic<int> ran{0};
+  constexpr int kChildren = 5;
+  const bool all_ran = rt.block_on([&]() -> mpg::task<bool> {
+    std::vector<mpg::join_handle<void>> hs;
+    for (int i = 0; i < kChildren; ++i) hs.push_back(mpg::spawn(count_run(&ran)));
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (ran.load() < kChildren && std::chrono::steady_clock::now() < give_up) {
+    }
+    const bool all = ran.load() == kChildren;
+    for (auto& h : hs) co_await h;
+    co_return all;
+  }());
+  CHECK(all_ran);
+  // The first spawn was public at once; the others needed sysmon.
+  CHECK(rt.stats().forced_publications >= 1);
 }

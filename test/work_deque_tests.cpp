@@ -135,11 +135,44 @@ TEST_CASE("pop_oldest takes the oldest entry, public or private") {
   CHECK(d.pop_oldest() == nullptr);
 }
 
+TEST_CASE("a forced publication makes private entries stealable, and the owner follows it") {
+  fake_gs gs(4);
+  work_deque d(8);
+  std::uint64_t word = 0;
+  CHECK_FALSE(d.unpublished(&word));  // empty
+  for (int i = 0; i < 4; ++i) CHECK(d.push(gs[i]));  // gs[0] public, the rest private
+  CHECK_FALSE(d.unpublished(&word));
+  CHECK_FALSE(d.force_publish());  // thieves have gs[0]: nothing to force
+  CHECK(d.steal() == gs[0]);
+  CHECK(d.unpublished(&word));
+  // The owner has not been back: sysmon publishes the older half of its
+  // private entries (gs[1], gs[2]).
+  CHECK(d.force_publish());
+  CHECK_FALSE(d.unpublished(&word));
+  CHECK(d.steal() == gs[1]);
+  // The owner's view of split is behind: its switch-path pop gives up
+  // rather than risk a published entry, and follows the word...
+  CHECK(d.pop_newest_private() == nullptr);
+  CHECK(d.size() == 2);
+  // ... so the next pops are right: gs[3] private, gs[2] public.
+  CHECK(d.pop() == gs[3]);
+  CHECK(d.steal() == gs[2]);
+  CHECK(d.pop() == nullptr);
+  // pop() itself follows a forced publication without giving up.
+  for (int i = 0; i < 3; ++i) CHECK(d.push(gs[i]));  // gs[0] public, gs[1], gs[2] private
+  CHECK(d.steal() == gs[0]);
+  CHECK(d.force_publish());  // gs[1]
+  CHECK(d.pop() == gs[2]);
+  CHECK(d.pop() == gs[1]);   // taken back from the public part
+  CHECK(d.steal() == nullptr);
+}
+
 namespace {
 
-// One owner pushes, pops, pop_ifs and pop_oldests; two thieves steal.
-// Every G must come out exactly once, including the races between the
-// owner's taking back or publishing and the thieves' steals.
+// One owner pushes, pops, pop_ifs and pop_oldests; two thieves steal; a
+// third thread forces publications. Every G must come out exactly once,
+// including the races between the owner's taking back or publishing, the
+// thieves' steals and the forced publications.
 void stress(std::uint32_t cap, std::size_t n) {
   fake_gs gs(n);
   mpg_test::exactly_once tally(gs);
@@ -153,6 +186,13 @@ void stress(std::uint32_t cap, std::size_t n) {
   };
   std::thread t1(thief);
   std::thread t2(thief);
+  // sysmon's forced publication, as often as it can (sysmon: once a
+  // millisecond at most), racing the owner's pops.
+  std::thread forcer([&] {
+    while (tally.total() < n) {
+      if (!d.force_publish()) std::this_thread::yield();
+    }
+  });
   std::size_t next = 0;
   std::uint64_t rnd = 12345;
   g* last_pushed = nullptr;
@@ -183,6 +223,7 @@ void stress(std::uint32_t cap, std::size_t n) {
   }
   t1.join();
   t2.join();
+  forcer.join();
   CHECK(tally.total() == n);
   CHECK(tally.dupes() == 0);
   CHECK(tally.missing() == 0);

@@ -25,6 +25,10 @@ struct runtime_stats {
   std::uint64_t global_queue_length = 0;
   std::uint64_t threads = 0;           // Ms started so far
   std::uint64_t long_task_reports = 0; // sysmon reports of long-running Gs
+  // Times sysmon published a P's spawned tasks for other Ps because the
+  // task running there had not been back to them (it computes without
+  // spawning, joining or suspending).
+  std::uint64_t forced_publications = 0;
   // I/O faults injected (runtime_options::io_faults, MPG_FAULTS), in all
   // and by kind.
   std::uint64_t io_faults_injected = 0;

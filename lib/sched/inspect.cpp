@@ -104,6 +104,7 @@ runtime_stats scheduler::stats() const {
   s.global_queue_length = gsize_.load(std::memory_order_relaxed);
   s.threads = threads_.load(std::memory_order_relaxed);
   s.long_task_reports = long_reports_.load(std::memory_order_relaxed);
+  s.forced_publications = forced_publications_.load(std::memory_order_relaxed);
   return s;
 }
 

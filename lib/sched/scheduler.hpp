@@ -331,6 +331,7 @@ class scheduler {
   std::atomic<std::uint64_t> gpushes_{0};
   std::atomic<std::uint64_t> threads_{0};
   std::atomic<std::uint64_t> long_reports_{0};
+  std::atomic<std::uint64_t> forced_publications_{0};
 
   // Debugging aids (debug_env.cpp). tracer_ is set by the constructor
   // before any M starts and read by each M as it starts (m_main).

@@ -35,6 +35,11 @@
 // until it is seen empty: nothing waits for ever, and a long tree gets a
 // few turns (ten in three minutes), not one per period.
 //
+// It publishes spawns their P's task has left private (work_deque.hpp,
+// "Forced publication"): a P whose spawn deque has private entries and no
+// published ones, unchanged over two samples, while another P idles or an
+// M spins for work.
+//
 // It also balances the queues: while a P idles (released, or parked in its
 // ring), a P found with two or more Gs queued on two samples in a row gets
 // a spinning M. Two kinds of work are put on a P's queue without the
@@ -98,6 +103,10 @@ void scheduler::sysmon_main() {
   std::vector<std::uint64_t> last_tick(ps_.size(), 0);
   std::vector<std::int64_t> since(ps_.size(), mono_now_ns());
   std::vector<bool> queued_before(ps_.size(), false);
+  // Per P, for forced publication: whether its spawns were unpublished at
+  // the last sample, and the deque's word then.
+  std::vector<bool> unpublished_before(ps_.size(), false);
+  std::vector<std::uint64_t> unpublished_word(ps_.size(), 0);
   // Per P, for the oldest spawns' turns (the top of the file): the oldest
   // spawn's position last seen and since when it is there; since the deque
   // was last seen empty, the deque's size at the last turn (UINT32_MAX:
@@ -167,6 +176,26 @@ void scheduler::sysmon_main() {
                      p->id, static_cast<unsigned long long>(gid), name ? " (" : "",
                      name ? name : "", name ? ")" : "", static_cast<long long>(ran / 1000000));
       }
+    }
+    // Forced publication: a P whose spawns stayed private, with none
+    // published, on two samples in a row with the same deque word (no
+    // steal, no publication in between: its holder has not been back to
+    // its deque), while another P idles or an M spins for work, gets them
+    // published (work_deque.hpp) and a spinner for them. Relaxed: hints;
+    // force_publish() decides under its own protocol.
+    const bool seekers = ps_.size() > 1 && (npidle_.load(std::memory_order_relaxed) != 0 ||
+                                            nmspinning_.load(std::memory_order_relaxed) != 0);
+    for (std::size_t i = 0; i < ps_.size(); ++i) {
+      std::uint64_t word = 0;
+      const bool unpublished = seekers && ps_[i]->runq.spawns().unpublished(&word);
+      if (unpublished && unpublished_before[i] && word == unpublished_word[i] &&
+          ps_[i]->runq.force_publish_spawns()) {
+        forced_publications_.fetch_add(1, std::memory_order_relaxed);
+        wake_p();
+      }
+      unpublished_before[i] = unpublished;
+      unpublished_word[i] = word;
+      if (unpublished) any_running = true;  // look again in a millisecond
     }
     // Balance: a P that keeps a queue while another P idles (asleep in its
     // ring, or released: a P parked in its ring is on the idle list too, so

@@ -29,13 +29,34 @@
 // Sharing. The owner moves split towards bottom, publishing the older half
 // of its private entries, whenever it finds the public part empty at a
 // push or a pop (thieves took everything it had published): publication
-// costs the owner a load per operation and a store when it happens, i.e.
-// per steal, not per task. With the public part empty no thief can claim
-// anything, so that store needs no read-modify-write. The first spawn of
-// an idle P is public at once. A task that spawns and then computes for a
-// long time without spawning, joining or suspending keeps its later spawns
-// private until it does; the spinning M that came for them keeps looking
-// (they count in size()), and takes them once they are published.
+// costs the owner a load per operation and a CAS when it happens, i.e.
+// per steal, not per task. A spawn that finds no public entry is
+// published at once.
+//
+// Forced publication. A task that spawns and then computes for a long time
+// without spawning, joining or suspending does not come back to its deque
+// to publish; its later spawns would wait for it while another P idles.
+// So sysmon publishes for it (force_publish(), sysmon.cpp): when a P's
+// public part has stayed empty with private entries for a sample period
+// while another P idles or spins, it moves split itself, over the older
+// half of the private part. Its one race is with an owner's pop lowering
+// bottom into that half, settled as in Dekker's algorithm with an
+// asymmetric barrier (process_barrier.hpp):
+//   F1. forcing_ = true; process_barrier(); F2. load bottom; choose the
+//       new split at most bottom; F3. CAS the word from {s, s} (the
+//       public part still empty, split unmoved) to {s, new split};
+//       F4. forcing_ = false (release).
+//   O1. the owner's pop stores bottom - 1; owner_barrier(); O2. loads
+//       forcing_ (acquire) and the word: if forcing_ is set, or split is
+//       not the owner's copy, it undoes the store and does not take the
+//       entry (it waits for forcing_ to clear, or gives up where a caller
+//       has a fallback, and takes split from the word).
+// Either F2 sees O1's bottom (and leaves that entry private), or O2 sees
+// F1 (and the owner takes nothing sysmon may publish), or F4's release;
+// then the owner sees F3's split. The owner's other changes to the word
+// are CASes, so F3 fails after any of them (and sysmon publishes nothing).
+// The owner's pop pays a compiler barrier and a load; sysmon a membarrier,
+// once per stuck P and sample period at most.
 //
 // Taking back. When the private part is empty the owner takes the public
 // part back: the newer half, by a CAS on the word that leaves the oldest
@@ -46,7 +67,8 @@
 // Roles are split by type as in run_queue.hpp: push, pop, pop_newest_if,
 // pop_if and pop_oldest belong to the M holding the P (through
 // run_queue::owner); steal(), size(), oldest_position() and the seq_cst
-// probes may be called from any thread.
+// probes may be called from any thread, force_publish() by one thread at a
+// time (sysmon).
 //
 // Invariants (counters are uint32 and wrap; every comparison is of
 // differences):
@@ -56,8 +78,10 @@
 //     risk with its uint32 head.)
 //   - top only moves forward, by CAS on shared_: thieves, and the owner
 //     when it takes the last public entry or the oldest entry for a
-//     fairness turn. Only the owner moves split and bottom, and split_
-//     below is its exact copy of split.
+//     fairness turn. Only the owner moves bottom. The owner moves split
+//     both ways, sysmon only up (forced publication); split_ below is the
+//     owner's copy, behind the word only after a forced publication, until
+//     the owner's next look at the word (O2, push, publish).
 //   - A slot is written only by the owner, at bottom, and only when
 //     bottom - top < capacity for a top loaded after the last steal it can
 //     have raced with. The owner never takes the entry at top back into
@@ -67,25 +91,32 @@
 //     t, however often split moved meanwhile.
 //
 // Memory ordering, argued per operation:
-//   publish  (owner) slot stores relaxed, then shared_ store release (or
-//            the taking back's CAS acq_rel): a thief that acquires shared_
-//            sees every slot up to split and the spawn's set-up of its G.
+//   publish  (owner) slot stores relaxed, then a CAS on shared_ acq_rel
+//            (the taking back's too): a thief that acquires shared_ sees
+//            every slot up to split and the spawn's set-up of its G.
 //            Thieves' CASes are read-modify-writes, so they continue the
 //            owner's release sequence.
+//   forced   the owner stores bottom with release after a push's slot
+//            store; sysmon acquires bottom (F2) and publishes with a CAS
+//            acq_rel, so a thief that acquires the word sees those slots
+//            too. forcing_: as in the protocol above.
 //   steal    shared_ load acquire (pairs with publish), slot load relaxed,
 //            CAS acq_rel: its release orders the slot read before the
 //            owner's reuse of the slot, which acquires shared_ in push().
-//   private  pushes and pops below split: relaxed; no other thread reads
-//            those slots, and bottom is read by others only for size().
-// No seq_cst: the word decides every race. The seq_cst probes serve the
-// parking protocol (scheduler.cpp), whose own-P pushes need no fence.
+//   private  pops below split: relaxed; no other thread reads those
+//            slots, and bottom is read by others only for size() and F2.
+// No seq_cst: the word decides every race but forced publication's, which
+// process_barrier() decides. The seq_cst probes serve the parking protocol
+// (scheduler.cpp), whose own-P pushes need no fence.
 #pragma once
 
 #include <atomic>
+#include <cassert>
 #include <cstdint>
 #include <memory>
 
 #include "mpg/detail/sched/g.hpp"
+#include "sched/process_barrier.hpp"
 
 namespace mpg::detail {
 
@@ -134,6 +165,40 @@ class work_deque {
   }
   bool empty_seq_cst() const noexcept { return size_seq_cst() == 0; }
 
+  // unpublished(): from any thread, whether thieves have nothing to take
+  // while private entries wait; *word gets the word, for sysmon's two
+  // samples (equal words: no steal and no publication in between).
+  bool unpublished(std::uint64_t* word) const noexcept {
+    const std::uint64_t w = shared_.load(std::memory_order_acquire);
+    *word = w;
+    const std::uint32_t n = bottom_.load(std::memory_order_relaxed) - split_of(w);
+    return top_of(w) == split_of(w) && n != 0 && n <= cap_;
+  }
+
+  // force_publish(): forced publication (the top of the file), by sysmon
+  // only. True when it published entries. Does nothing where
+  // process_barrier() is unavailable.
+  bool force_publish() noexcept {
+    const std::uint64_t w = shared_.load(std::memory_order_acquire);
+    const std::uint32_t s = split_of(w);
+    if (top_of(w) != s || !process_barrier_available()) return false;
+    forcing_.store(true, std::memory_order_relaxed);  // F1; process_barrier() orders it
+    process_barrier();
+    // F2. Acquire: pairs with push's release store, so the slots below b
+    // (and their Gs' set-up) are visible to us and, through F3's release,
+    // to thieves.
+    const std::uint32_t b = bottom_.load(std::memory_order_acquire);
+    bool published = false;
+    if (b != s && b - s <= cap_) {
+      std::uint64_t expected = w;
+      published = shared_.compare_exchange_strong(expected, pack(s, s + (b - s + 1) / 2),
+                                                  std::memory_order_acq_rel,
+                                                  std::memory_order_relaxed);  // F3
+    }
+    forcing_.store(false, std::memory_order_release);  // F4
+    return published;
+  }
+
   // Owner side (only through run_queue::owner).
 
   // push(): false when full (the caller queues the G elsewhere).
@@ -144,15 +209,21 @@ class work_deque {
     const std::uint64_t w = shared_.load(std::memory_order_acquire);
     if (b - top_of(w) >= cap_) return false;
     slots_[b & mask_].store(gp, std::memory_order_relaxed);
-    bottom_.store(b + 1, std::memory_order_relaxed);
-    if (top_of(w) == split_) publish(b + 1);
+    // Release: for forced publication's F2.
+    bottom_.store(b + 1, std::memory_order_release);
+    split_ = split_of(w);  // behind only after a forced publication
+    if (top_of(w) == split_) publish(w, b + 1);
     return true;
   }
 
   // pop(): take the newest entry; nullptr when empty or when a thief took
   // the last one.
   g* pop() noexcept {
-    if (has_private()) [[likely]] return pop_newest_private();
+    if (has_private()) [[likely]] {
+      bool lost = false;
+      if (g* gp = try_pop_private([](g*) { return true; }, &lost); !lost) [[likely]] return gp;
+      return pop_after_loss([](g*) { return true; });
+    }
     if (public_empty()) return nullptr;  // the common empty case: no call
     return take_back([](g*) { return true; });
   }
@@ -164,37 +235,13 @@ class work_deque {
   // gets it. Only the owner writes slots, so the slot read is stable.
   template <class Match>
   g* pop_newest_if(Match match) noexcept {
-    if (has_private()) [[likely]] return pop_newest_private_if(match);
+    if (has_private()) [[likely]] {
+      bool lost = false;
+      if (g* gp = try_pop_private(match, &lost); !lost) [[likely]] return gp;
+      return pop_after_loss(match);
+    }
     if (public_empty()) return nullptr;
     return take_back(match);
-  }
-
-  // has_private(), public_empty(), pop_newest_private(),
-  // pop_newest_private_if(): pop() and pop_newest_if() in steps, for a
-  // caller that puts the taking back (a call) on a path of its own: the
-  // pops are pop() and pop_newest_if() when has_private() holds.
-  bool has_private() const noexcept { return bottom_.load(std::memory_order_relaxed) != split_; }
-  // Relaxed: top == split_ is stable once seen (top never passes split,
-  // and only we move split; our own stores to the word are the oldest
-  // values a load may return); a stale top < split_ is decided by
-  // take_back(), or, in pop_private(), puts a publication off to the next
-  // push or pop.
-  bool public_empty() const noexcept {
-    return top_of(shared_.load(std::memory_order_relaxed)) == split_;
-  }
-  g* pop_newest_private() noexcept {
-    const std::uint32_t b = bottom_.load(std::memory_order_relaxed);
-    g* gp = slots_[(b - 1) & mask_].load(std::memory_order_relaxed);
-    pop_private(b - 1);
-    return gp;
-  }
-  template <class Match>
-  g* pop_newest_private_if(Match match) noexcept {
-    const std::uint32_t b = bottom_.load(std::memory_order_relaxed);
-    g* gp = slots_[(b - 1) & mask_].load(std::memory_order_relaxed);
-    if (!match(gp)) return nullptr;
-    pop_private(b - 1);
-    return gp;
   }
 
   // pop_if(): pop the newest entry if it is gp. False when the bottom entry
@@ -203,28 +250,50 @@ class work_deque {
     return pop_newest_if([gp](g* e) { return e == gp; }) != nullptr;
   }
 
+  // has_private(), public_empty(), pop_newest_private(),
+  // pop_newest_private_if(): pop() and pop_newest_if() in steps, for a
+  // caller that puts whatever makes a call on a path of its own: with
+  // has_private() they are pop() and pop_newest_if(), except that they
+  // also return nullptr where those would make a call: when the public
+  // part must be taken back, or the pop lost its entry to a forced
+  // publication (O2). The entry then stays in the deque, for pop().
+  bool has_private() const noexcept { return bottom_.load(std::memory_order_relaxed) != split_; }
+  // Relaxed: top == split_ is stable once seen (top never passes split,
+  // and split_ moves only with our own writes or by our look at the word
+  // after a forced publication); a stale top < split_ is decided by
+  // take_back(), or, in lower_bottom(), puts a publication off to the next
+  // push or pop.
+  bool public_empty() const noexcept {
+    return top_of(shared_.load(std::memory_order_relaxed)) == split_;
+  }
+  g* pop_newest_private() noexcept {
+    bool lost = false;
+    return try_pop_private([](g*) { return true; }, &lost);
+  }
+  template <class Match>
+  g* pop_newest_private_if(Match match) noexcept {
+    bool lost = false;
+    return try_pop_private(match, &lost);
+  }
+
   // pop_oldest(): the oldest entry, public or not (the fairness turn: with
   // a task that keeps spawning, newest-first alone would keep the oldest
   // entries waiting for ever). nullptr when empty.
   g* pop_oldest() noexcept {
+    std::uint64_t w = shared_.load(std::memory_order_acquire);
     for (;;) {
-      std::uint64_t w = shared_.load(std::memory_order_acquire);
       const std::uint32_t t = top_of(w);
-      if (t != split_of(w)) {
-        g* gp = slots_[t & mask_].load(std::memory_order_relaxed);
-        if (shared_.compare_exchange_strong(w, pack(t + 1, split_of(w)), std::memory_order_acq_rel,
-                                            std::memory_order_relaxed))
-          return gp;
-        continue;  // a thief moved top
-      }
-      if (bottom_.load(std::memory_order_relaxed) == t) return nullptr;
-      // The public part is empty: the oldest entry is the first private
-      // one; top and split step over it together. No thief can claim
-      // anything meanwhile (the top of the file), so a store does.
+      const std::uint32_t s = split_of(w);
+      if (t == s && bottom_.load(std::memory_order_relaxed) == t) return nullptr;
+      // The oldest entry: public (top moves past it), or, with the public
+      // part empty, the first private one (top and split step over it).
       g* gp = slots_[t & mask_].load(std::memory_order_relaxed);
-      split_ = t + 1;
-      shared_.store(pack(t + 1, t + 1), std::memory_order_release);
-      return gp;
+      const std::uint64_t next = t != s ? pack(t + 1, s) : pack(t + 1, t + 1);
+      if (shared_.compare_exchange_weak(w, next, std::memory_order_acq_rel,
+                                        std::memory_order_acquire)) {
+        split_ = split_of(next);
+        return gp;
+      }
     }
   }
 
@@ -239,22 +308,75 @@ class work_deque {
     return static_cast<std::uint32_t>(w >> 32);
   }
 
-  // publish(): with the public part empty (top == split_, seen by the
-  // caller), make the older half of the private part [split_, b) public,
-  // rounded up. The word is {split_, split_}: no thief's CAS can succeed
-  // on it (each expects top < split), so a release store replaces it.
-  void publish(std::uint32_t b) noexcept {
+  // publish(): with the public part empty (w = {split_, split_}, seen by
+  // the caller), make the older half of the private part [split_, b)
+  // public, rounded up. A CAS: no thief's can succeed on such a word (each
+  // expects top < split), but a forced publication may come first; then
+  // ours fails, and split_ follows the word.
+  void publish(std::uint64_t w, std::uint32_t b) noexcept {
     const std::uint32_t s = split_ + (b - split_ + 1) / 2;
-    shared_.store(pack(split_, s), std::memory_order_release);
-    split_ = s;
+    if (shared_.compare_exchange_strong(w, pack(split_, s), std::memory_order_acq_rel,
+                                        std::memory_order_acquire))
+      split_ = s;
+    else
+      split_ = split_of(w);
   }
 
-  // pop_private(): lower bottom to b (>= split_), the caller having read
-  // the entry at b, and publish when thieves have emptied the public part
-  // and private entries remain.
-  void pop_private(std::uint32_t b) noexcept {
-    bottom_.store(b, std::memory_order_relaxed);
-    if (b != split_ && public_empty()) publish(b);
+  // lower_bottom(): bottom from b + 1 to b (>= split_), the caller having
+  // read the entry at b: O1 and O2 of forced publication, then a
+  // publication when thieves have emptied the public part and private
+  // entries remain. False, with bottom back at b + 1, when a forced
+  // publication is under way or has moved split (then split_ follows it).
+  [[gnu::always_inline]] bool lower_bottom(std::uint32_t b) noexcept {
+    bottom_.store(b, std::memory_order_relaxed);  // O1
+    owner_barrier();
+    // O2. Acquire on forcing_: pairs with F4, so that a clear flag written
+    // by F4 shows F3's word.
+    if (forcing_.load(std::memory_order_acquire)) [[unlikely]] {
+      bottom_.store(b + 1, std::memory_order_relaxed);
+      return false;
+    }
+    const std::uint64_t w = shared_.load(std::memory_order_relaxed);
+    if (split_of(w) != split_) [[unlikely]] {
+      bottom_.store(b + 1, std::memory_order_relaxed);
+      split_ = split_of(w);
+      return false;
+    }
+    if (b != split_ && top_of(w) == split_) publish(w, b);
+    return true;
+  }
+
+  // try_pop_private(): the newest entry when it is private, match(it)
+  // holds and no forced publication takes it (*lost then).
+  template <class Match>
+  g* try_pop_private(Match match, bool* lost) noexcept {
+    const std::uint32_t b = bottom_.load(std::memory_order_relaxed) - 1;
+    g* gp = slots_[b & mask_].load(std::memory_order_relaxed);
+    if (!match(gp)) return nullptr;
+    if (!lower_bottom(b)) [[unlikely]] {
+      *lost = true;
+      return nullptr;
+    }
+    return gp;
+  }
+
+  // pop_after_loss(): pop_newest_if() after a pop lost to a forced
+  // publication: wait for it to end (a membarrier's time), take split
+  // from the word, and start over.
+  template <class Match>
+  [[gnu::noinline, gnu::cold]] g* pop_after_loss(Match match) noexcept {
+    for (;;) {
+      while (forcing_.load(std::memory_order_acquire)) {
+#if defined(__x86_64__)
+        __builtin_ia32_pause();
+#endif
+      }
+      split_ = split_of(shared_.load(std::memory_order_acquire));
+      if (!has_private()) return public_empty() ? nullptr : take_back(match);
+      bool lost = false;
+      g* gp = try_pop_private(match, &lost);
+      if (!lost) return gp;
+    }
   }
 
   // take_back(): the private part is empty (bottom == split_); take the
@@ -265,6 +387,9 @@ class work_deque {
   [[gnu::noinline, gnu::cold]] g* take_back(Match match) noexcept {
     const std::uint32_t b = split_;  // == bottom
     std::uint64_t w = shared_.load(std::memory_order_acquire);
+    // Sysmon publishes only below bottom, and only private entries: with
+    // none, split is ours.
+    assert(split_of(w) == b);
     for (;;) {
       const std::uint32_t t = top_of(w);
       if (t == b) return nullptr;  // empty
@@ -283,17 +408,21 @@ class work_deque {
       if (shared_.compare_exchange_weak(w, pack(t, s), std::memory_order_acq_rel,
                                         std::memory_order_acquire)) {
         split_ = s;
-        pop_private(b - 1);  // gp, now private
-        return gp;
+        // The public part is not empty (top's entry), so no forced
+        // publication can start (force_publish() wants it empty) until a
+        // thief empties it; lower_bottom() settles that race.
+        if (lower_bottom(b - 1)) return gp;
+        return pop_after_loss(match);
       }
     }
   }
 
-  // shared_: {top, split}; the owner's line below it holds what only the
-  // owner writes.
+  // shared_: {top, split}; forcing_ beside it (both read by every pop);
+  // the owner's line below holds what only the owner writes.
   alignas(64) std::atomic<std::uint64_t> shared_{0};
+  std::atomic<bool> forcing_{false};
   alignas(64) std::atomic<std::uint32_t> bottom_{0};
-  std::uint32_t split_ = 0;  // the owner's copy of split (exact)
+  std::uint32_t split_ = 0;  // the owner's copy of split
   const std::uint32_t mask_;
   const std::uint32_t cap_;
   std::unique_ptr<std::atomic<g*>[]> slots_;
