@@ -195,7 +195,9 @@ class run_queue::owner {
   // spawns_private(), take_newest_private_spawn_if(): the same in two
   // steps (work_deque.hpp, has_private): whether the newest spawned G is in
   // the deque's private part, and, if so, take_newest_spawn_if() without
-  // the call that taking entries back from the public part makes.
+  // the call that taking entries back from the public part makes. Here
+  // match runs once the entry is claimed (the G is ours then), and a
+  // mismatch puts it back (work_deque.hpp, try_pop_private).
   bool spawns_private() const noexcept { return q_->spawns_.has_private(); }
   template <class Match>
   g* take_newest_private_spawn_if(Match match) noexcept {

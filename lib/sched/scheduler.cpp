@@ -513,9 +513,10 @@ namespace {
 // another one. The popped G's root tells (it is ours now, and we wrote it
 // at its spawn); a stranger goes back where it was.
 // kPrivate: the caller saw the newest spawn in the deque's private part
-// (run_queue.hpp, spawns_private). No thief can take a private entry, so
-// its G is ours already and match looks at the root too: nothing popped
-// goes back, and the inline path makes no call.
+// (run_queue.hpp, spawns_private). There match runs after the claim
+// (work_deque.hpp, try_pop_private), when the G is ours, so it looks at
+// the root too, and the deque puts a stranger back itself: the inline
+// path makes no call.
 template <bool kPrivate>
 bool take_child_inline(machine* m, std::coroutine_handle<> root, std::uint64_t gid) noexcept {
   run_queue::owner q = m->local_runq();

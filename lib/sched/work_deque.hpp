@@ -28,7 +28,9 @@
 //
 // Sharing. The owner moves split towards bottom, publishing the older half
 // of its private entries, whenever it finds the public part empty at a
-// push or a pop (thieves took everything it had published): publication
+// push or a pop (thieves took everything it had published), except the
+// pop of an inline join (pop_newest_private_if), whose path stays short:
+// the next spawn publishes, or the scheduler's next pop. Publication
 // costs the owner a load per operation and a CAS when it happens, i.e.
 // per steal, not per task. A spawn that finds no public entry is
 // published at once.
@@ -55,8 +57,9 @@
 // F1 (and the owner takes nothing sysmon may publish), or F4's release;
 // then the owner sees F3's split. The owner's other changes to the word
 // are CASes, so F3 fails after any of them (and sysmon publishes nothing).
-// The owner's pop pays a compiler barrier and a load; sysmon a membarrier,
-// once per stuck P and sample period at most.
+// The owner's pop pays a compiler barrier and two loads (forcing_ and the
+// word, which it loaded anyway); sysmon a membarrier, once per stuck P and
+// sample period at most.
 //
 // Taking back. When the private part is empty the owner takes the public
 // part back: the newer half, by a CAS on the word that leaves the oldest
@@ -81,7 +84,13 @@
 //     fairness turn. Only the owner moves bottom. The owner moves split
 //     both ways, sysmon only up (forced publication); split_ below is the
 //     owner's copy, behind the word only after a forced publication, until
-//     the owner's next look at the word (O2, push, publish).
+//     the owner reads the word again (O2 with forcing_ clear, push,
+//     publish, pop_after_loss). The real split is never above bottom when
+//     the owner looks, so with no private entries by split_ (bottom ==
+//     split_), split_ is current.
+//   - A pop lowers bottom before it knows it may (O1); until it undoes
+//     that, bottom may be below split. Readers of bottom other than the
+//     owner (size(), unpublished(), F2) tolerate it.
 //   - A slot is written only by the owner, at bottom, and only when
 //     bottom - top < capacity for a top loaded after the last steal it can
 //     have raced with. The owner never takes the entry at top back into
@@ -109,6 +118,8 @@
 // process_barrier() decides. The seq_cst probes serve the parking protocol
 // (scheduler.cpp), whose own-P pushes need no fence.
 #pragma once
+
+#include <sched.h>
 
 #include <atomic>
 #include <cassert>
@@ -230,9 +241,10 @@ class work_deque {
 
   // pop_newest_if(): pop the newest entry if match(entry) holds; returns
   // it, or nullptr when the deque is empty, match fails, or a thief took
-  // the entry first. A public entry may be matched while a thief takes it
-  // (and its G's fields change under match); only the claim decides who
-  // gets it. Only the owner writes slots, so the slot read is stable.
+  // the entry first. A public entry is matched before the claim, while a
+  // thief may be taking it (and its G may be reused under match), so match
+  // must read only the G's atomic fields; only the claim decides who gets
+  // it. Only the owner writes slots, so the slot read is stable.
   template <class Match>
   g* pop_newest_if(Match match) noexcept {
     if (has_private()) [[likely]] {
@@ -257,12 +269,15 @@ class work_deque {
   // also return nullptr where those would make a call: when the public
   // part must be taken back, or the pop lost its entry to a forced
   // publication (O2). The entry then stays in the deque, for pop().
+  // pop_newest_private_if() does not publish (the inline join's pop: the
+  // top of the file); pop_newest_private() does.
   bool has_private() const noexcept { return bottom_.load(std::memory_order_relaxed) != split_; }
-  // Relaxed: top == split_ is stable once seen (top never passes split,
-  // and split_ moves only with our own writes or by our look at the word
-  // after a forced publication); a stale top < split_ is decided by
-  // take_back(), or, in lower_bottom(), puts a publication off to the next
-  // push or pop.
+  // Called with bottom == split_ (then split_ is current: the
+  // invariants), or, in lower_bottom(), with split_ just checked against
+  // the word. Relaxed: top == split_ is stable once seen (top never passes
+  // split, and only we move split down); a stale top < split_ is decided
+  // by take_back(), or, in lower_bottom(), puts a publication off to the
+  // next push or pop.
   bool public_empty() const noexcept {
     return top_of(shared_.load(std::memory_order_relaxed)) == split_;
   }
@@ -273,7 +288,7 @@ class work_deque {
   template <class Match>
   g* pop_newest_private_if(Match match) noexcept {
     bool lost = false;
-    return try_pop_private(match, &lost);
+    return try_pop_private</*kPublish=*/false>(match, &lost);
   }
 
   // pop_oldest(): the oldest entry, public or not (the fairness turn: with
@@ -327,34 +342,47 @@ class work_deque {
   // publication when thieves have emptied the public part and private
   // entries remain. False, with bottom back at b + 1, when a forced
   // publication is under way or has moved split (then split_ follows it).
+  template <bool kPublish = true>
   [[gnu::always_inline]] bool lower_bottom(std::uint32_t b) noexcept {
-    bottom_.store(b, std::memory_order_relaxed);  // O1
+    // O1. Release, as every store of bottom: F2 may read this one, and a
+    // later relaxed store would not carry a push's release on to F2
+    // (release sequences are made of read-modify-writes only).
+    bottom_.store(b, std::memory_order_release);
     owner_barrier();
     // O2. Acquire on forcing_: pairs with F4, so that a clear flag written
     // by F4 shows F3's word.
     if (forcing_.load(std::memory_order_acquire)) [[unlikely]] {
-      bottom_.store(b + 1, std::memory_order_relaxed);
+      bottom_.store(b + 1, std::memory_order_release);
       return false;
     }
     const std::uint64_t w = shared_.load(std::memory_order_relaxed);
     if (split_of(w) != split_) [[unlikely]] {
-      bottom_.store(b + 1, std::memory_order_relaxed);
+      bottom_.store(b + 1, std::memory_order_release);
       split_ = split_of(w);
       return false;
     }
-    if (b != split_ && top_of(w) == split_) publish(w, b);
+    if constexpr (kPublish) {
+      if (b != split_ && top_of(w) == split_) publish(w, b);
+    }
     return true;
   }
 
-  // try_pop_private(): the newest entry when it is private, match(it)
-  // holds and no forced publication takes it (*lost then).
-  template <class Match>
+  // try_pop_private(): the newest entry when it is private, no forced
+  // publication takes it (*lost then) and match(it) holds. match runs
+  // after the claim, on an entry that is ours (after a forced publication
+  // split_ may be behind, and the entry stolen and its G reused, until the
+  // claim says otherwise); on a mismatch the entry goes back, private
+  // still (a publication in lower_bottom() stops below it).
+  template <bool kPublish = true, class Match>
   g* try_pop_private(Match match, bool* lost) noexcept {
     const std::uint32_t b = bottom_.load(std::memory_order_relaxed) - 1;
     g* gp = slots_[b & mask_].load(std::memory_order_relaxed);
-    if (!match(gp)) return nullptr;
-    if (!lower_bottom(b)) [[unlikely]] {
+    if (!lower_bottom<kPublish>(b)) [[unlikely]] {
       *lost = true;
+      return nullptr;
+    }
+    if (!match(gp)) {
+      bottom_.store(b + 1, std::memory_order_release);  // release: as push's
       return nullptr;
     }
     return gp;
@@ -366,10 +394,16 @@ class work_deque {
   template <class Match>
   [[gnu::noinline, gnu::cold]] g* pop_after_loss(Match match) noexcept {
     for (;;) {
-      while (forcing_.load(std::memory_order_acquire)) {
+      // A membarrier's time, unless sysmon is preempted mid-way: then
+      // give the CPU to it.
+      for (int spins = 0; forcing_.load(std::memory_order_acquire); ++spins) {
+        if (spins >= 64) {
+          sched_yield();
+        } else {
 #if defined(__x86_64__)
-        __builtin_ia32_pause();
+          __builtin_ia32_pause();
 #endif
+        }
       }
       split_ = split_of(shared_.load(std::memory_order_acquire));
       if (!has_private()) return public_empty() ? nullptr : take_back(match);
