@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <coroutine>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -165,6 +166,39 @@ TEST_CASE("a forced publication makes private entries stealable, and the owner f
   CHECK(d.pop() == gs[2]);
   CHECK(d.pop() == gs[1]);   // taken back from the public part
   CHECK(d.steal() == nullptr);
+}
+
+// The join's pop (pop_newest_private_if) after a forced publication it has
+// not seen: the entry may be stolen and its G reused by the thief's thread
+// (init_g writes its plain fields) while the owner still counts it as
+// private. match must not look at the G before the claim says it is ours;
+// under TSan a look would be a data race with the thief's write (the flag
+// below is relaxed, so nothing orders the two).
+TEST_CASE("a join's pop after an unseen forced publication claims before it matches") {
+  fake_gs gs(2);
+  work_deque d(8);
+  CHECK(d.push(gs[0]));  // public
+  CHECK(d.push(gs[1]));  // private
+  CHECK(d.steal() == gs[0]);
+  CHECK(d.force_publish());  // gs[1] public; the owner has not looked
+  std::atomic<bool> reused{false};
+  g* stolen = nullptr;
+  std::thread thief([&] {
+    stolen = d.steal();
+    if (stolen != nullptr) stolen->root = std::coroutine_handle<>::from_address(stolen);  // as init_g
+    reused.store(true, std::memory_order_relaxed);
+  });
+  while (!reused.load(std::memory_order_relaxed)) std::this_thread::yield();
+  int looked = 0;
+  g* got = d.pop_newest_private_if([&](g* e) {
+    ++looked;
+    return e->root.address() == nullptr;
+  });
+  thief.join();
+  CHECK(stolen == gs[1]);
+  CHECK(got == nullptr);
+  CHECK(looked == 0);
+  CHECK(d.size() == 0);
 }
 
 namespace {

@@ -435,8 +435,8 @@ std::coroutine_handle<> scheduler::next_after_finish(machine* m) noexcept {
 // The switch is one pass of the loop's pop_local (find_runnable.cpp,
 // step 3), so Go's order and fairness hold: runnext first unless a
 // runnext chain has kept it kMaxRunnextStreak turns, then the newest
-// spawned G (private ones: pop_switch), then the ring's head; a runnext G inherits the time slice (the
-// tick stays), any other starts a new tick. The loop's other steps (the
+// spawned G (private ones: pop_switch), then the ring's head; a runnext G
+// inherits the time slice (the tick stays), any other starts a new tick. The loop's other steps (the
 // global queue, timers and I/O, posted functions) are put off, never
 // skipped: each switch spends one unit of the G budget (kBudget), so at
 // most kBudget switches separate two passes through find_runnable; no

@@ -49,6 +49,7 @@
 // "Own-P pushes").
 #include <algorithm>
 #include <cstdio>
+#include <optional>
 
 #include "sched/scheduler.hpp"
 
@@ -103,10 +104,9 @@ void scheduler::sysmon_main() {
   std::vector<std::uint64_t> last_tick(ps_.size(), 0);
   std::vector<std::int64_t> since(ps_.size(), mono_now_ns());
   std::vector<bool> queued_before(ps_.size(), false);
-  // Per P, for forced publication: whether its spawns were unpublished at
-  // the last sample, and the deque's word then.
-  std::vector<bool> unpublished_before(ps_.size(), false);
-  std::vector<std::uint64_t> unpublished_word(ps_.size(), 0);
+  // Per P, for forced publication: the deque's word at the last sample if
+  // its spawns were unpublished then.
+  std::vector<std::optional<std::uint64_t>> unpublished_word(ps_.size());
   // Per P, for the oldest spawns' turns (the top of the file): the oldest
   // spawn's position last seen and since when it is there; since the deque
   // was last seen empty, the deque's size at the last turn (UINT32_MAX:
@@ -188,13 +188,11 @@ void scheduler::sysmon_main() {
     for (std::size_t i = 0; i < ps_.size(); ++i) {
       std::uint64_t word = 0;
       const bool unpublished = seekers && ps_[i]->runq.spawns().unpublished(&word);
-      if (unpublished && unpublished_before[i] && word == unpublished_word[i] &&
-          ps_[i]->runq.force_publish_spawns()) {
+      if (unpublished && unpublished_word[i] == word && ps_[i]->runq.force_publish_spawns()) {
         forced_publications_.fetch_add(1, std::memory_order_relaxed);
         wake_p();
       }
-      unpublished_before[i] = unpublished;
-      unpublished_word[i] = word;
+      unpublished_word[i] = unpublished ? std::optional<std::uint64_t>(word) : std::nullopt;
       if (unpublished) any_running = true;  // look again in a millisecond
     }
     // Balance: a P that keeps a queue while another P idles (asleep in its

@@ -229,22 +229,15 @@ class work_deque {
 
   // pop(): take the newest entry; nullptr when empty or when a thief took
   // the last one.
-  g* pop() noexcept {
-    if (has_private()) [[likely]] {
-      bool lost = false;
-      if (g* gp = try_pop_private([](g*) { return true; }, &lost); !lost) [[likely]] return gp;
-      return pop_after_loss([](g*) { return true; });
-    }
-    if (public_empty()) return nullptr;  // the common empty case: no call
-    return take_back([](g*) { return true; });
-  }
+  g* pop() noexcept { return pop_newest_if([](g*) { return true; }); }
 
   // pop_newest_if(): pop the newest entry if match(entry) holds; returns
   // it, or nullptr when the deque is empty, match fails, or a thief took
   // the entry first. A public entry is matched before the claim, while a
   // thief may be taking it (and its G may be reused under match), so match
   // must read only the G's atomic fields; only the claim decides who gets
-  // it. Only the owner writes slots, so the slot read is stable.
+  // it (a private entry is matched after its claim). Only the owner writes
+  // slots, so the slot read is stable.
   template <class Match>
   g* pop_newest_if(Match match) noexcept {
     if (has_private()) [[likely]] {
@@ -252,7 +245,7 @@ class work_deque {
       if (g* gp = try_pop_private(match, &lost); !lost) [[likely]] return gp;
       return pop_after_loss(match);
     }
-    if (public_empty()) return nullptr;
+    if (public_empty()) return nullptr;  // the common empty case: no call
     return take_back(match);
   }
 
@@ -389,28 +382,28 @@ class work_deque {
   }
 
   // pop_after_loss(): pop_newest_if() after a pop lost to a forced
-  // publication: wait for it to end (a membarrier's time), take split
-  // from the word, and start over.
+  // publication: wait for it to end, take split from the word, and start
+  // over.
   template <class Match>
   [[gnu::noinline, gnu::cold]] g* pop_after_loss(Match match) noexcept {
-    for (;;) {
-      // A membarrier's time, unless sysmon is preempted mid-way: then
-      // give the CPU to it.
-      for (int spins = 0; forcing_.load(std::memory_order_acquire); ++spins) {
-        if (spins >= 64) {
-          sched_yield();
-        } else {
+    // A membarrier's time, unless sysmon is preempted mid-way: then give
+    // the CPU to it.
+    for (int spins = 0; forcing_.load(std::memory_order_acquire); ++spins) {
+      if (spins >= 64) {
+        sched_yield();
+      } else {
 #if defined(__x86_64__)
-          __builtin_ia32_pause();
+        __builtin_ia32_pause();
 #endif
-        }
       }
-      split_ = split_of(shared_.load(std::memory_order_acquire));
-      if (!has_private()) return public_empty() ? nullptr : take_back(match);
-      bool lost = false;
-      g* gp = try_pop_private(match, &lost);
-      if (!lost) return gp;
     }
+    split_ = split_of(shared_.load(std::memory_order_acquire));
+    // pop_newest_if()'s steps, written out: a call of it here changed g++'s
+    // inlining of the pops (fib 542 -> 554 instructions per task).
+    if (!has_private()) return public_empty() ? nullptr : take_back(match);
+    bool lost = false;
+    g* gp = try_pop_private(match, &lost);
+    return lost ? pop_after_loss(match) : gp;
   }
 
   // take_back(): the private part is empty (bottom == split_); take the
