@@ -99,6 +99,22 @@
 #include "mpg/task.hpp"
 #include "sched/trace.hpp"
 
+// MPG_INLINE_INTO_TASKS: the task-facing entries that every spawn, join,
+// task end and parking switch calls (spawn_root, join_suspend,
+// finish_root, switch_after_park) are inlined by clang's link-time
+// optimisation into the coroutines that call them. Those are split into
+// their resume parts by then, so a thread_local read stays within one
+// resumption (frame.hpp). That saves the call and the saved registers:
+// callgrind on 1 P, clang 16, LTO: fib 402 -> 392, skynet 361 -> 330,
+// spawn_join 377 -> 356, pingpong 508 -> 498 instructions per op. g++ 12
+// warns that such a function might not be inlinable, and ran more
+// instructions with the attribute (fib 542 -> 558), so it keeps the calls.
+#if defined(__clang__)
+#define MPG_INLINE_INTO_TASKS [[gnu::always_inline]]
+#else
+#define MPG_INLINE_INTO_TASKS
+#endif
+
 namespace mpg::detail {
 
 namespace {
@@ -329,8 +345,8 @@ inline void spawn_local(machine* m, processor* p, g* gp, promise_base* promise) 
 }
 }  // namespace
 
-void spawn_root(std::coroutine_handle<> root, const char* name, scheduler* s,
-                promise_base* promise) {
+MPG_INLINE_INTO_TASKS void spawn_root(std::coroutine_handle<> root, const char* name,
+                                      scheduler* s, promise_base* promise) {
   // The fast path: a task spawning on its own runtime, on the P it runs on.
   machine* m = tls_m;
   if (m == nullptr || tls_g == nullptr || m->p() == nullptr || (s != nullptr && s != m->sched))
@@ -355,7 +371,8 @@ namespace {
 }
 }  // namespace
 
-std::coroutine_handle<> finish_root(std::coroutine_handle<> root, promise_base* promise) noexcept {
+MPG_INLINE_INTO_TASKS std::coroutine_handle<> finish_root(std::coroutine_handle<> root,
+                                                          promise_base* promise) noexcept {
   g* gp = tls_g;
   if (gp == nullptr || gp->id.load(std::memory_order_relaxed) != promise->gid_) [[unlikely]]
     report_resumed_outside(promise->gid_, promise->name_);
@@ -463,7 +480,7 @@ std::coroutine_handle<> scheduler::next_after_park(machine* m) noexcept {
   return gp->resume;
 }
 
-std::coroutine_handle<> switch_after_park() noexcept {
+MPG_INLINE_INTO_TASKS std::coroutine_handle<> switch_after_park() noexcept {
   machine* m = tls_m;
   if (m == nullptr || m->p() == nullptr) [[unlikely]]
     return std::noop_coroutine();
@@ -592,8 +609,9 @@ std::coroutine_handle<> run_inline(frame_header* hdr, promise_base* promise,
 }
 }  // namespace
 
-std::coroutine_handle<> join_suspend(std::coroutine_handle<> root, promise_base* promise,
-                                     std::coroutine_handle<> h) {
+MPG_INLINE_INTO_TASKS std::coroutine_handle<> join_suspend(std::coroutine_handle<> root,
+                                                           promise_base* promise,
+                                                           std::coroutine_handle<> h) {
   g* me = tls_g;
   if (me == nullptr) [[unlikely]] throw_join_outside_task();
   frame_header* hdr = header_of(root.address());
