@@ -101,8 +101,10 @@ inline void wake_select_joiner(std::uintptr_t old) noexcept {
 [[noreturn]] void throw_task_killed();
 // drop_join(): the handle side of a spawned frame goes away without a join
 // (frame.hpp: Running -> Detached; Done -> destroy; Killed -> free memory).
+// Out of line, so that a handle's destructor after its join (the common
+// end: the handle is empty) is a test that the compiler inlines.
 template <class Promise>
-void drop_join(std::coroutine_handle<Promise> root) noexcept {
+[[gnu::noinline]] void drop_join(std::coroutine_handle<Promise> root) noexcept {
   frame_header* hdr = header_of(root.address());
   // acq_rel: acquire the finisher's result writes before destroying them;
   // release our handle's last use before the finisher destroys the frame.
@@ -219,7 +221,7 @@ class [[nodiscard]] join_handle {
     return this;
   }
   void reset() noexcept {
-    if (h_) detail::drop_join(std::exchange(h_, {}));
+    if (h_) [[unlikely]] detail::drop_join(std::exchange(h_, {}));
   }
   handle_type h_{};
 };
