@@ -152,7 +152,12 @@ struct thread_cache {
 
 // initial-exec: libmpg is loaded with the program, and the default model
 // for a shared library costs a __tls_get_addr call on every access.
-__attribute__((tls_model("initial-exec"))) thread_local thread_cache tls_cache;
+// constinit: this file has a thread_local with a destructor (tls_releaser,
+// below), and clang 16 guards every access to a thread_local of such a
+// file that is not declared constant-initialised with a call (inlined: a
+// test of the file's TLS guard and a branch) to the code that registers
+// that destructor, on every allocation and free.
+constinit __attribute__((tls_model("initial-exec"))) thread_local thread_cache tls_cache{};
 // Process-wide switch for perf comparisons; relaxed: it is set once before
 // any task runs and only selects a policy. Off under AddressSanitizer, which
 // must see every frame freed to catch a use after free.

@@ -122,7 +122,8 @@ std::vector<post_cache*>& orphans() {
   return *v;
 }
 
-__attribute__((tls_model("initial-exec"))) thread_local post_cache* tls_post_cache = nullptr;
+// constinit: as frame_allocator.cpp's tls_cache (this file has tls_cache_holder).
+constinit __attribute__((tls_model("initial-exec"))) thread_local post_cache* tls_post_cache = nullptr;
 
 // Gives the thread's cache up when the thread exits.
 struct cache_holder {
