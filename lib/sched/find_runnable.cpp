@@ -122,9 +122,11 @@ g* scheduler::find_runnable(machine* m, bool* inherit_time) {
 
 // 1.
 [[gnu::always_inline]] inline g* scheduler::take_global_for_fairness(machine* m) {
-  const std::uint64_t tick = m->p()->schedtick.load(std::memory_order_relaxed);
-  if (tick % 61 != 0) return nullptr;
-  m->fairness_tick = tick;
+  processor* p = m->p();
+  const std::uint64_t tick = p->schedtick.load(std::memory_order_relaxed);
+  if (tick < p->fair_tick) return nullptr;
+  m->fairness_tick = tick;  // pop_local's turn too
+  p->fair_tick = tick - tick % 61 + 61;
   if (posts_hint()) run_posted(m);  // posted functions get the same fairness tick (post.cpp)
   if (!global_nonempty()) return nullptr;
   g* gp;
@@ -214,7 +216,7 @@ void scheduler::end_reap(machine* m) noexcept {
   // Gs, or the oldest spawned ones, waiting behind its newest spawns
   // (run_queue.hpp).
   const std::uint64_t tick = m->p()->schedtick.load(std::memory_order_relaxed);
-  if (tick % 61 == 0) [[unlikely]] {
+  if (m->fairness_tick == tick) [[unlikely]] {  // step 1 took a fairness turn
     gp = q.pop_fifo();
     // The oldest spawn's turn is decided by sysmon, by time and by the
     // deque's size, not by ticks: each turn starts a subtree out of

@@ -98,8 +98,8 @@ class machine {
   trace_buffer* trace = nullptr;  // this M's trace events, if its runtime records (trace.hpp)
 
   // Current run (the budget is tls_budget, above).
-  // The last fairness tick (a multiple of 61) whose turn this M's loop took
-  // (find_runnable.cpp, step 1): the switch at park runs again after it.
+  // The last tick whose fairness turn this M's loop took (find_runnable.cpp,
+  // step 1), which pop_local() reads in the same pass.
   std::uint64_t fairness_tick = ~std::uint64_t{0};
   std::uint32_t runnext_streak = 0;
   // While this M reaps its P's ring (scheduler::reap_io, wait_for_p), the

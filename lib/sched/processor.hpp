@@ -80,6 +80,12 @@ class processor {
   // Scheduling ticks: owner-written, read by sysmon (relaxed: a monotonic
   // counter sampled for "has this P switched G since last time").
   std::atomic<std::uint64_t> schedtick{0};
+  // The tick of the next fairness turn of the M's loop (find_runnable.cpp,
+  // step 1): the next multiple of 61 whose turn has not been taken. The
+  // switches at finish and at park go back to the loop once the tick
+  // reaches it, so the loop sees it. Owner only; a comparison where a
+  // "tick % 61" would cost a multiplication and shifts on every switch.
+  std::uint64_t fair_tick = 0;
   // The id of the G running on this P, 0 between Gs (owner-written,
   // relaxed: sysmon samples it with schedtick to spot long-running Gs).
   std::atomic<std::uint64_t> cur_gid{0};

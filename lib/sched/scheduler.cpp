@@ -414,9 +414,10 @@ MPG_INLINE_INTO_TASKS std::coroutine_handle<> finish_root(std::coroutine_handle<
 std::coroutine_handle<> scheduler::next_after_finish(machine* m) noexcept {
   processor* p = m->p();
   if (--tls_budget <= 0 || m->trace != nullptr || stopping()) return std::noop_coroutine();
-  // find_runnable's fairness turns come when the tick is a multiple of 61.
+  // find_runnable's fairness turns come when the tick is a multiple of 61
+  // (processor.hpp, fair_tick).
   const std::uint64_t tick = p->schedtick.load(std::memory_order_relaxed);
-  if (tick % 61 == 0) return std::noop_coroutine();
+  if (tick >= p->fair_tick) return std::noop_coroutine();
   bool from_next = false;
   g* gp = m->local_runq().pop_switch(runnext_policy::take, &from_next);
   if (gp == nullptr) return std::noop_coroutine();
@@ -465,7 +466,7 @@ std::coroutine_handle<> scheduler::next_after_park(machine* m) noexcept {
   processor* p = m->p();
   if (--tls_budget <= 0 || m->trace != nullptr || stopping()) return std::noop_coroutine();
   const std::uint64_t tick = p->schedtick.load(std::memory_order_relaxed);
-  if (tick % 61 == 0 && m->fairness_tick != tick) return std::noop_coroutine();
+  if (tick >= p->fair_tick) return std::noop_coroutine();  // the loop's fairness turn is due
   const runnext_policy policy =
       m->runnext_streak >= kMaxRunnextStreak ? runnext_policy::skip : runnext_policy::take;
   bool from_next = false;
