@@ -125,8 +125,7 @@ g* scheduler::find_runnable(machine* m, bool* inherit_time) {
   processor* p = m->p();
   const std::uint64_t tick = p->schedtick.load(std::memory_order_relaxed);
   if (tick < p->fair_tick) return nullptr;
-  m->fairness_tick = tick;  // pop_local's turn too
-  p->fair_tick = tick - tick % 61 + 61;
+  p->fair_tick = tick + 61;  // pop_local() reads the turn back from it
   if (posts_hint()) run_posted(m);  // posted functions get the same fairness tick (post.cpp)
   if (!global_nonempty()) return nullptr;
   g* gp;
@@ -215,14 +214,14 @@ void scheduler::end_reap(machine* m) noexcept {
   // The fairness turn: a task that keeps spawning cannot keep the ring's
   // Gs, or the oldest spawned ones, waiting behind its newest spawns
   // (run_queue.hpp).
-  const std::uint64_t tick = m->p()->schedtick.load(std::memory_order_relaxed);
-  if (m->fairness_tick == tick) [[unlikely]] {  // step 1 took a fairness turn
+  processor* p = m->p();
+  const std::uint64_t tick = p->schedtick.load(std::memory_order_relaxed);
+  if (p->fair_tick == tick + 61) [[unlikely]] {  // step 1 took a fairness turn at this tick
     gp = q.pop_fifo();
     // The oldest spawn's turn is decided by sysmon, by time and by the
     // deque's size, not by ticks: each turn starts a subtree out of
     // depth-first order (sysmon.cpp, "Oldest spawns").
     if (gp == nullptr) [[unlikely]] {
-      processor* p = m->p();
       if (p->oldest_spawn_due.load(std::memory_order_relaxed)) {
         p->oldest_spawn_due.store(false, std::memory_order_relaxed);
         gp = q.pop_oldest_spawn();

@@ -98,9 +98,6 @@ class machine {
   trace_buffer* trace = nullptr;  // this M's trace events, if its runtime records (trace.hpp)
 
   // Current run (the budget is tls_budget, above).
-  // The last tick whose fairness turn this M's loop took (find_runnable.cpp,
-  // step 1), which pop_local() reads in the same pass.
-  std::uint64_t fairness_tick = ~std::uint64_t{0};
   std::uint32_t runnext_streak = 0;
   // While this M reaps its P's ring (scheduler::reap_io, wait_for_p), the
   // Gs the reap readies onto that P are counted here instead of each
