@@ -6,7 +6,9 @@
 //
 //   runtime_await<Aw>  for runtime awaiters (g.hpp: the runtime_awaiter_tag
 //                      opt-in). It forwards the three calls to Aw and
-//                      compiles to what co_await of Aw would. (A task or
+//                      compiles to what co_await of Aw would: the
+//                      forwarders are forced inline (clang 16 had kept
+//                      a send's await_ready as a call). (A task or
 //                      join operand first gets the co_await's site for the
 //                      await chain: task.hpp.)
 //   foreign_await<Aw>  for anything else. The foreign awaiter never sees the
@@ -48,6 +50,8 @@
 // aborts: await_resume of a foreign await checks current_g(), and so does
 // finish_root() for every root.
 #pragma once
+
+#include <absl/base/attributes.h>
 
 #include <atomic>
 #include <coroutine>
@@ -131,15 +135,17 @@ using passed_awaiter_t = std::conditional_t<
 template <class Aw>
 struct runtime_await {
   Aw aw;
-  decltype(auto) await_ready() noexcept(noexcept(std::declval<Aw&>().await_ready())) {
+  ABSL_ATTRIBUTE_ALWAYS_INLINE decltype(auto) await_ready() noexcept(
+      noexcept(std::declval<Aw&>().await_ready())) {
     return aw.await_ready();
   }
   template <class P>
-  decltype(auto) await_suspend(std::coroutine_handle<P> h) noexcept(
+  ABSL_ATTRIBUTE_ALWAYS_INLINE decltype(auto) await_suspend(std::coroutine_handle<P> h) noexcept(
       noexcept(std::declval<Aw&>().await_suspend(h))) {
     return aw.await_suspend(h);
   }
-  decltype(auto) await_resume() noexcept(noexcept(std::declval<Aw&>().await_resume())) {
+  ABSL_ATTRIBUTE_ALWAYS_INLINE decltype(auto) await_resume() noexcept(
+      noexcept(std::declval<Aw&>().await_resume())) {
     return aw.await_resume();
   }
 };

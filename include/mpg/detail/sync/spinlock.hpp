@@ -112,8 +112,9 @@ class ABSL_LOCKABLE basic_spinlock {
   // basic_spinlock::lock()
   //
   // Takes the lock: one exchange when it is free (acquire, pairs with the
-  // release store in unlock()); otherwise waits as Backoff says.
-  void lock() noexcept ABSL_EXCLUSIVE_LOCK_FUNCTION() {
+  // release store in unlock()); otherwise waits as Backoff says. Forced
+  // inline, as unlock(): g++ 12 had left both as calls in large task bodies.
+  ABSL_ATTRIBUTE_ALWAYS_INLINE void lock() noexcept ABSL_EXCLUSIVE_LOCK_FUNCTION() {
     if (!locked_.exchange(true, std::memory_order_acquire)) [[likely]]
       return;
     lock_slow();
@@ -129,7 +130,7 @@ class ABSL_LOCKABLE basic_spinlock {
   }
 
   // basic_spinlock::unlock()
-  void unlock() noexcept ABSL_UNLOCK_FUNCTION() {
+  ABSL_ATTRIBUTE_ALWAYS_INLINE void unlock() noexcept ABSL_UNLOCK_FUNCTION() {
     // Release: publishes the section's writes to the next lock().
     locked_.store(false, std::memory_order_release);
   }
