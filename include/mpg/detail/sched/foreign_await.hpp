@@ -7,8 +7,8 @@
 //   runtime_await<Aw>  for runtime awaiters (g.hpp: the runtime_awaiter_tag
 //                      opt-in). It forwards the three calls to Aw and
 //                      compiles to what co_await of Aw would: the
-//                      forwarders are forced inline (clang 16 had kept
-//                      a send's await_ready as a call). (A task or
+//                      forwarders are forced inline (clang 16 otherwise
+//                      keeps a send's await_ready as a call). (A task or
 //                      join operand first gets the co_await's site for the
 //                      await chain: task.hpp.)
 //   foreign_await<Aw>  for anything else. The foreign awaiter never sees the

@@ -113,7 +113,8 @@ class ABSL_LOCKABLE basic_spinlock {
   //
   // Takes the lock: one exchange when it is free (acquire, pairs with the
   // release store in unlock()); otherwise waits as Backoff says. Forced
-  // inline, as unlock(): g++ 12 had left both as calls in large task bodies.
+  // inline, as unlock(): g++ 12 otherwise leaves both as calls in large
+  // task bodies.
   ABSL_ATTRIBUTE_ALWAYS_INLINE void lock() noexcept ABSL_EXCLUSIVE_LOCK_FUNCTION() {
     if (!locked_.exchange(true, std::memory_order_acquire)) [[likely]]
       return;
