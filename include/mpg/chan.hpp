@@ -251,7 +251,8 @@ class chan_state : public chan_base {
   // recv_locked(): the non-parking part of Go's chanrecv. true when the
   // receive completed: out holds the value, or is empty because the channel
   // is closed and drained. *wake: a G to ready once the lock is dropped.
-  // Inlined into the awaiters, except the hand-off from a waiting sender.
+  // Inlined into the awaiters, except the rotation of a full ring that a
+  // waiting sender's value enters (rotate_from_sender).
   ABSL_ATTRIBUTE_ALWAYS_INLINE bool recv_locked(std::optional<T>& out, g*& wake) noexcept
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_) {
     if (waiter* w = sendq_.dequeue()) {  // empty when closed
