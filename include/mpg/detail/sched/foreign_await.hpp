@@ -6,9 +6,14 @@
 //
 //   runtime_await<Aw>  for runtime awaiters (g.hpp: the runtime_awaiter_tag
 //                      opt-in). It forwards the three calls to Aw and
-//                      compiles to what co_await of Aw would: the
-//                      forwarders are forced inline (clang 16 otherwise
-//                      keeps a send's await_ready as a call). (A task or
+//                      compiles to what co_await of Aw would: await_ready
+//                      and await_resume are forced inline (clang 16
+//                      otherwise keeps a send's await_ready as a call).
+//                      await_suspend is not: forced inline, g++ 12's
+//                      unoptimised build nested transfers on the thread
+//                      stack, and scheduler_tests' fib(22) on 2 Ps
+//                      overflowed it (58,000 frames deep) in 26 of 200
+//                      runs, against none of 300 without. (A task or
 //                      join operand first gets the co_await's site for the
 //                      await chain: task.hpp.)
 //   foreign_await<Aw>  for anything else. The foreign awaiter never sees the
@@ -140,7 +145,7 @@ struct runtime_await {
     return aw.await_ready();
   }
   template <class P>
-  ABSL_ATTRIBUTE_ALWAYS_INLINE decltype(auto) await_suspend(std::coroutine_handle<P> h) noexcept(
+  decltype(auto) await_suspend(std::coroutine_handle<P> h) noexcept(
       noexcept(std::declval<Aw&>().await_suspend(h))) {
     return aw.await_suspend(h);
   }
