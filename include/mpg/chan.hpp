@@ -241,7 +241,7 @@ class chan_state : public chan_base {
     const std::size_t n = count_.load(std::memory_order_relaxed);
     if (n < cap_) {
       ::new (static_cast<void*>(at(sendx_))) T(std::move(v));
-      sendx_ = sendx_ + 1 == cap_ ? 0 : sendx_ + 1;
+      sendx_ = next_slot(sendx_);
       count_.store(n + 1, std::memory_order_relaxed);
       return send_result::done;
     }
@@ -271,7 +271,7 @@ class chan_state : public chan_base {
       T* head = at(recvx_);
       out.emplace(std::move(*head));
       head->~T();
-      recvx_ = recvx_ + 1 == cap_ ? 0 : recvx_ + 1;
+      recvx_ = next_slot(recvx_);
       count_.store(n - 1, std::memory_order_relaxed);
       return true;
     }
@@ -291,7 +291,7 @@ class chan_state : public chan_base {
     out.emplace(std::move(*head));
     head->~T();
     ::new (static_cast<void*>(head)) T(std::move(*s->value));
-    if (++recvx_ == cap_) recvx_ = 0;
+    recvx_ = next_slot(recvx_);
     sendx_ = recvx_;
   }
 
@@ -355,6 +355,8 @@ class chan_state : public chan_base {
     std::byte raw[sizeof(T)];
   };
   T* at(std::size_t i) noexcept { return std::launder(reinterpret_cast<T*>(buf_[i].raw)); }
+  // next_slot(): the ring index after i (wrapping).
+  std::size_t next_slot(std::size_t i) const noexcept { return i + 1 == cap_ ? 0 : i + 1; }
 
   std::unique_ptr<slot_t[]> buf_;
 };
