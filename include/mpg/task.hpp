@@ -4,10 +4,11 @@
 // child inline on the awaiting G: the parent suspends, control transfers to
 // the child (symmetric transfer), and when the child finishes its final
 // awaiter transfers straight back to the parent. No frame of the chain stays
-// on the thread stack, so a chain of a million awaits does not grow it. That
-// holds in optimised builds: without optimisation (or under sanitizers) the
-// compilers do not make symmetric transfer a guaranteed tail call, and a
-// chain may use some stack per level.
+// on the thread stack, so a chain of a million awaits does not grow it. Where
+// the compiler makes a transfer a call rather than a tail call (g++ below
+// -O2 or with sanitizers), the transfer guard bounds the stack a chain uses
+// (mpg/detail/sched/stack_guard.hpp): the awaits of runtime awaiters
+// (runtime_await) and the final awaiter pass their handles through it.
 //
 // T may be void, a move-only type or any value type (no references). An
 // exception that escapes the child is rethrown by co_await in the parent.
@@ -42,6 +43,7 @@
 #include "mpg/detail/sched/foreign_await.hpp"
 #include "mpg/detail/sched/frame.hpp"
 #include "mpg/detail/sched/g.hpp"
+#include "mpg/detail/sched/stack_guard.hpp"
 
 namespace mpg {
 
@@ -77,7 +79,7 @@ class promise_base {
     template <class Promise>
     std::coroutine_handle<> await_suspend(std::coroutine_handle<Promise> h) noexcept {
       promise_base& p = h.promise();
-      if (p.continuation_) return p.continuation_;
+      if (p.continuation_) return guard_transfer(p.continuation_);
       return finish_root(h, &p);
     }
     void await_resume() noexcept {}

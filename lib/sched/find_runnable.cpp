@@ -53,6 +53,7 @@ constexpr int kSpinPauses = 64;
 
 void scheduler::m_main(machine* m) {
   set_current_m(m);
+  guard_this_thread_stack();
   if (tracer_ != nullptr) [[unlikely]] m->trace = tracer_->attach(m->id);
   for (;;) {
     bool inherit = false;

@@ -126,6 +126,9 @@ struct m_wakeup {
 // The M running on this thread (nullptr on other threads).
 machine* current_m() noexcept;
 void set_current_m(machine* m) noexcept;
+// guard_this_thread_stack(): records the calling thread's stack for the
+// transfer guard (mpg/detail/sched/stack_guard.hpp); each M at its start.
+void guard_this_thread_stack() noexcept;
 // The G this thread runs (current_g() in g.hpp reads it).
 void set_current_g(g* gp) noexcept;
 

@@ -9,13 +9,12 @@
 //                      compiles to what co_await of Aw would: await_ready
 //                      and await_resume are forced inline (clang 16
 //                      otherwise keeps a send's await_ready as a call).
-//                      await_suspend is not: forced inline, g++ 12's
-//                      unoptimised build nested transfers on the thread
-//                      stack, and scheduler_tests' fib(22) on 2 Ps
-//                      overflowed it (58,000 frames deep) in 26 of 200
-//                      runs, against none of 300 without. (A task or
-//                      join operand first gets the co_await's site for the
-//                      await chain: task.hpp.)
+//                      await_suspend is left to the compiler (forced
+//                      inline, it saved no instruction) and passes a
+//                      handle it returns through the transfer guard
+//                      (stack_guard.hpp). (A task or join operand first
+//                      gets the co_await's site for the await chain:
+//                      task.hpp.)
 //   foreign_await<Aw>  for anything else. The foreign awaiter never sees the
 //                      task's handle: it gets a bridge handle (a tiny
 //                      coroutine frame of its own) and resuming that, from
@@ -65,6 +64,7 @@
 #include <utility>
 
 #include "mpg/detail/sched/g.hpp"
+#include "mpg/detail/sched/stack_guard.hpp"
 
 namespace mpg::detail {
 
@@ -144,10 +144,16 @@ struct runtime_await {
       noexcept(std::declval<Aw&>().await_ready())) {
     return aw.await_ready();
   }
+  // A handle returned passes the transfer guard (stack_guard.hpp).
   template <class P>
   decltype(auto) await_suspend(std::coroutine_handle<P> h) noexcept(
       noexcept(std::declval<Aw&>().await_suspend(h))) {
-    return aw.await_suspend(h);
+    using R = decltype(aw.await_suspend(h));
+    if constexpr (kGuardTransfers && std::is_convertible_v<R, std::coroutine_handle<>>) {
+      return guard_transfer(aw.await_suspend(h));
+    } else {
+      return aw.await_suspend(h);
+    }
   }
   ABSL_ATTRIBUTE_ALWAYS_INLINE decltype(auto) await_resume() noexcept(
       noexcept(std::declval<Aw&>().await_resume())) {
@@ -198,23 +204,26 @@ class foreign_await {
 
   bool await_ready() { return static_cast<bool>(aw_.await_ready()); }
 
+  // The task's own handle, when it goes on at once, passes the transfer
+  // guard (stack_guard.hpp); `next` belongs to the foreign side, not to
+  // the G, and is returned as it is.
   std::coroutine_handle<> await_suspend(std::coroutine_handle<> h) {
     std::coroutine_handle<> bridge = wait_.begin(h, where_);
     using R = decltype(aw_.await_suspend(bridge));
     if constexpr (std::is_void_v<R>) {
       call_inner(bridge);
-      return wait_.commit() ? std::noop_coroutine() : h;
+      return wait_.commit() ? std::noop_coroutine() : guard_transfer(h);
     } else if constexpr (std::is_same_v<R, bool>) {
       if (!call_inner(bridge)) {
         wait_.cancel();
-        return h;
+        return guard_transfer(h);
       }
-      return wait_.commit() ? std::noop_coroutine() : h;
+      return wait_.commit() ? std::noop_coroutine() : guard_transfer(h);
     } else {
       std::coroutine_handle<> next = call_inner(bridge);
       if (next == bridge) {
         wait_.cancel();
-        return h;
+        return guard_transfer(h);
       }
       if (wait_.commit()) return next;
       // Resumed already, and the awaiter wants `next` to run: the G goes to
