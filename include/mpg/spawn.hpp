@@ -59,6 +59,7 @@
 #include <utility>
 #include <variant>
 
+#include "absl/base/attributes.h"
 #include "mpg/detail/sched/frame.hpp"
 #include "mpg/detail/sched/g.hpp"
 #include "mpg/detail/sync/cpu_relax.hpp"
@@ -175,7 +176,9 @@ class [[nodiscard]] join_handle {
     std::coroutine_handle<> await_suspend(std::coroutine_handle<> h) {
       return detail::join_suspend(self->h_, &self->h_.promise(), h);
     }
-    T await_resume() {
+    // Forced inline: clang 16 kept it a call at every join (callgrind, 1 P:
+    // fib 371 -> 353 and skynet 311 -> 300 instructions per task inlined).
+    ABSL_ATTRIBUTE_ALWAYS_INLINE T await_resume() {
       handle_type h = std::exchange(self->h_, {});
       struct destroy_on_exit {
         handle_type h;
