@@ -1,5 +1,5 @@
 // lib/runtime.cpp: the public facade of a runtime (mpg/runtime.hpp):
-// construction, ~runtime, go/yield/consume_budget, block_on's waiting and
+// construction, ~runtime, yield/consume_budget, block_on's waiting and
 // its deadlock check. The scheduler behind it lives in lib/sched/; the
 // shutdown steps ~runtime runs are written down in lib/sched/shutdown.cpp.
 #include <condition_variable>
@@ -154,17 +154,6 @@ void runtime::go(task<void> t, const char* name) {
 runtime_stats runtime::stats() const { return sched_->stats(); }
 runtime_handle runtime::handle() const noexcept { return runtime_handle(sched_->handle_state_ptr()); }
 void runtime::dump(std::ostream& os) const { sched_->dump(os); }
-
-void go(task<void> t, const char* name) {
-  // spawn_root() checks that the caller is a task of a runtime (and throws
-  // runtime_misuse_error, destroying the frame, when it is not).
-  auto h = t.release();
-  if (!h) detail::throw_task_awaited_twice();
-  h.promise().name_ = name;
-  // Relaxed: the frame is not shared yet; spawn_root publishes it.
-  detail::header_of(h.address())->join.store(detail::kJoinDetached, std::memory_order_relaxed);
-  detail::spawn_root(h, name, nullptr, &h.promise());
-}
 
 yield_awaiter yield() {
   if (detail::current_g() == nullptr) throw runtime_misuse_error("mpg::yield called outside a task");

@@ -338,8 +338,18 @@ join_handle<T> spawn(task<T> t, const char* name = nullptr) {
   return join_handle<T>(detail::spawn_frame(std::move(t), name, nullptr));
 }
 
-// go(): start t as a detached G (Go's `go` statement).
-void go(task<void> t, const char* name = nullptr);
+// go(): start t as a detached G (Go's `go` statement). Throws
+// std::logic_error outside a task (spawn_root, which destroys the frame
+// then). Inline, so that link-time optimisation can take spawn_root into
+// the task that calls go(), as it does for spawn().
+inline void go(task<void> t, const char* name = nullptr) {
+  auto h = t.release();
+  if (!h) detail::throw_task_awaited_twice();
+  h.promise().name_ = name;
+  // Relaxed: the frame is not shared yet; spawn_root publishes it.
+  detail::header_of(h.address())->join.store(detail::kJoinDetached, std::memory_order_relaxed);
+  detail::spawn_root(h, name, nullptr, &h.promise());
+}
 
 // yield(): Go's Gosched. The G goes to the back of its P's local queue.
 struct yield_awaiter {
