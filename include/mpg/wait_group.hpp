@@ -186,7 +186,7 @@ class [[nodiscard]] wait_group::wait_awaiter : private detail::waiter {
     for (;;) {
       if (counter(s) == 0) return false;  // reached zero since the poll
       // Orders as in wait_slow (wait_group.cpp).
-      if (wg_->state_.compare_exchange_weak(s, s + 1, std::memory_order_relaxed,
+      if (wg_->state_.compare_exchange_weak(s, s + 1, std::memory_order_acquire,
                                             std::memory_order_acquire))
         break;
     }

@@ -80,9 +80,12 @@ bool wait_group::wait_slow(detail::waiter* w, std::coroutine_handle<> h,
     std::uint64_t s = state_.load(std::memory_order_acquire);
     for (;;) {
       if (counter(s) == 0) return false;
-      // Relaxed on success: only announces a waiter to the add() that will
-      // reach zero, which reads it under the queue lock we hold.
-      if (state_.compare_exchange_weak(s, s + 1, std::memory_order_relaxed,
+      // Success needs no more than relaxed: it only announces a waiter to
+      // the add() that will reach zero, which reads it under the queue lock
+      // we hold. It is acquire anyway, as the failure order: g++ 12 warns
+      // (-Winvalid-memory-model) at -O0 when the failure order is the
+      // stronger, and on x86 the locked CAS orders both alike.
+      if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acquire,
                                        std::memory_order_acquire))
         return true;
     }
