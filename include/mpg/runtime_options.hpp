@@ -36,7 +36,7 @@ struct runtime_options {
   // Record the run as Chrome trace-event JSON in this file, written by
   // ~runtime (lib/sched/trace.cpp). Empty: the MPG_TRACE environment
   // variable, else no trace.
-  std::string trace_file;
+  std::string trace_file{};
   // For tests only: make a fraction of the I/O operations of net and fs
   // fail or come back short the ways the kernel may (-EINTR, -EAGAIN, short
   // counts, -ECONNRESET, CQ overflow), to show code survives them. Syntax as

@@ -79,7 +79,7 @@ class promise_base {
     template <class Promise>
     std::coroutine_handle<> await_suspend(std::coroutine_handle<Promise> h) noexcept {
       promise_base& p = h.promise();
-      if (p.continuation_) return guard_transfer(p.continuation_);
+      if (p.continuation_) return guard_transfer(p.continuation_, h.address());
       return finish_root(h, &p);
     }
     void await_resume() noexcept {}

@@ -1,9 +1,11 @@
 // lib/sched/stack_guard.cpp: the bounds of each M's stack and the slow path
-// of the transfer guard (mpg/detail/sched/stack_guard.hpp).
+// of the transfer guard (mpg/detail/sched/stack_guard.hpp, whose U1 and U2
+// say when unwinding a chain is sound).
 #include "mpg/detail/sched/stack_guard.hpp"
 
 #include <pthread.h>
 
+#include "mpg/task.hpp"
 #include "sched/machine.hpp"
 
 namespace mpg::detail {
@@ -20,10 +22,37 @@ void guard_this_thread_stack() noexcept {
   pthread_attr_destroy(&attr);
 }
 
-std::coroutine_handle<> resume_on_fresh_stack(std::coroutine_handle<> h) noexcept {
+namespace {
+// U2: the chain from the task frame `frame` out to gp's root frame is made
+// of task frames, each awaited by the next with a task's co_await (a set
+// caller_where_; task.hpp). Every frame walked belongs to gp, which this
+// thread runs, and is suspended.
+bool chain_of_tasks(const g* gp, const void* frame) noexcept {
+  const void* const root = gp->root.address();
+  while (frame != root) {
+    const promise_base& p =
+        std::coroutine_handle<promise_base>::from_address(const_cast<void*>(frame)).promise();
+    const char* file = p.caller_where_.file_name();
+    if (!p.continuation_ || file == nullptr || *file == '\0') return false;
+    frame = p.continuation_.address();
+  }
+  return true;
+}
+}  // namespace
+
+std::coroutine_handle<> resume_on_fresh_stack(std::coroutine_handle<> h, void* from) noexcept {
   if (h.address() == std::noop_coroutine().address()) return h;  // the chain ends anyway
   machine* m = current_m();
-  if (m == nullptr || m->p() == nullptr || current_g() == nullptr) return h;
+  g* gp = current_g();
+  if (m == nullptr || m->p() == nullptr || gp == nullptr) return h;
+  // U1. Relaxed: the status of the G this thread runs, written by this
+  // thread (begin_run, park, cancel_park).
+  if (gp->status.load(std::memory_order_relaxed) != g_status::running) return h;
+  // U2, from the target when it is gp's resume point (a switch to the P's
+  // next G: `from` belongs to the G that parked, which may already run
+  // elsewhere), else from the task that transfers.
+  const void* start = gp->resume.address() == h.address() ? h.address() : from;
+  if (!chain_of_tasks(gp, start)) return h;
   requeue_current(h);
   return std::noop_coroutine();
 }

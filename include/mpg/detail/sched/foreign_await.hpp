@@ -150,7 +150,7 @@ struct runtime_await {
       noexcept(std::declval<Aw&>().await_suspend(h))) {
     using R = decltype(aw.await_suspend(h));
     if constexpr (kGuardTransfers && std::is_convertible_v<R, std::coroutine_handle<>>) {
-      return guard_transfer(aw.await_suspend(h));
+      return guard_transfer(aw.await_suspend(h), h.address());
     } else {
       return aw.await_suspend(h);
     }
@@ -212,18 +212,18 @@ class foreign_await {
     using R = decltype(aw_.await_suspend(bridge));
     if constexpr (std::is_void_v<R>) {
       call_inner(bridge);
-      return wait_.commit() ? std::noop_coroutine() : guard_transfer(h);
+      return wait_.commit() ? std::noop_coroutine() : guard_transfer(h, h.address());
     } else if constexpr (std::is_same_v<R, bool>) {
       if (!call_inner(bridge)) {
         wait_.cancel();
-        return guard_transfer(h);
+        return guard_transfer(h, h.address());
       }
-      return wait_.commit() ? std::noop_coroutine() : guard_transfer(h);
+      return wait_.commit() ? std::noop_coroutine() : guard_transfer(h, h.address());
     } else {
       std::coroutine_handle<> next = call_inner(bridge);
       if (next == bridge) {
         wait_.cancel();
-        return guard_transfer(h);
+        return guard_transfer(h, h.address());
       }
       if (wait_.commit()) return next;
       // Resumed already, and the awaiter wants `next` to run: the G goes to

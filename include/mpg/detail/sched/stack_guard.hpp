@@ -15,19 +15,38 @@
 //
 // The guard, in code that g++ compiles: before such a transfer, the task
 // compares the stack pointer with the bounds of the M's stack. Once more
-// than half of that stack is in use, the transfer does not nest:
-// resume_on_fresh_stack() puts the current G at the back of its P's run
-// queue with the handle as its resume point (as a yield does) and returns
-// the no-op handle, so that every call of the chain returns, down to the
-// M's loop, which later resumes the G from the bottom of its stack. The
-// check is two thread-local loads, a subtraction and a compare (about five
-// instructions per transfer, in g++'s code only); it sits where
-// a chain can grow without a bound: runtime awaiters that return a handle
+// than half of that stack is in use, the transfer may instead end the
+// chain: resume_on_fresh_stack() puts the current G at the back of its P's
+// run queue with the handle as its resume point (as a yield does) and
+// returns the no-op handle, so that every call of the chain returns, down
+// to the M's loop, which later resumes the G from the bottom of its stack.
+// The check is two thread-local loads, a subtraction and a compare (about
+// five instructions per transfer, in g++'s code only); it sits where a
+// chain can grow without a bound: runtime awaiters that return a handle
 // (task awaits, joins, I/O operations, through runtime_await,
 // foreign_await.hpp) and a task's end (task.hpp). Channel, mutex and select
 // awaiters return either the no-op handle, their own task's handle after a
 // budget check, or the P's next G, which spends the G budget (kBudget): at
 // most that many of them nest in a row.
+//
+// When unwinding is sound. Returning the no-op handle hands control back
+// to whatever called the chain's first resume. That is the M's loop only
+// if every frame between is a transfer; a coroutine that is not a task,
+// called or resumed directly by a task's code, is a plain call frame, and
+// unwinding would return into that task's code while its G waits in the
+// run queue: one G run twice. So resume_on_fresh_stack() unwinds only when
+//   U1. the current G is running (not parked, as while a foreign awaitable
+//       runs a coroutine of its own inline: foreign_await.hpp), and
+//   U2. the await chain from the transfer's task frame out to the G's root
+//       frame is made of task frames linked by task awaits (each frame's
+//       caller_where_ is set, task.hpp), which it walks. A coroutine that
+//       is not a task anywhere in the chain breaks the walk.
+// The walk starts at the target when the target is the G's resume point
+// (a switch to the P's next G: its parked frame, a task frame; the task
+// that switched has published its park and is not touched), else at the
+// task that transfers (the awaiting task, or the task that ends). Where U1
+// or U2 fails the transfer nests as it would without the guard. The walk
+// costs the chain's depth, once per half stack.
 //
 // The bounds are the calling thread's, set by each M when it starts
 // (lib/sched/stack_guard.cpp). A thread that is not an M has a span of 0,
@@ -58,24 +77,25 @@ struct stack_bounds {
 extern constinit __attribute__((tls_model("initial-exec"))) thread_local stack_bounds
     tls_stack_bounds;
 
-// resume_on_fresh_stack(h): the slow path of guard_transfer(): queues the
-// current G at h and returns the no-op handle; or returns h when there is
-// no G to queue (no G, or an M without a P) or h is the no-op handle.
-std::coroutine_handle<> resume_on_fresh_stack(std::coroutine_handle<> h) noexcept;
+// resume_on_fresh_stack(h, from): the slow path of guard_transfer(): when
+// unwinding is sound (U1, U2 above), queues the current G at h and returns
+// the no-op handle; else returns h. `from` is the frame of the task that
+// transfers.
+std::coroutine_handle<> resume_on_fresh_stack(std::coroutine_handle<> h, void* from) noexcept;
 
-// guard_transfer(h): h, unless the stack of this M is more than half used,
-// then resume_on_fresh_stack(h). The address of a local stands for the
-// stack pointer; under AddressSanitizer's fake stacks it lies outside the
-// bounds and the check passes.
+// guard_transfer(h, from): h, unless the stack of this M is more than half
+// used, then resume_on_fresh_stack(h, from). The address of a local stands
+// for the stack pointer; under AddressSanitizer's fake stacks it lies
+// outside the bounds and the check passes.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wattributes"
-[[gnu::always_inline]] inline std::coroutine_handle<> guard_transfer(
-    std::coroutine_handle<> h) noexcept {
+[[gnu::always_inline]] inline std::coroutine_handle<> guard_transfer(std::coroutine_handle<> h,
+                                                                     void* from) noexcept {
   if constexpr (kGuardTransfers) {
     char probe;
     const stack_bounds& b = tls_stack_bounds;
     if (reinterpret_cast<std::uintptr_t>(&probe) - b.low < b.span) [[unlikely]]
-      return resume_on_fresh_stack(h);
+      return resume_on_fresh_stack(h, from);
   }
   return h;
 }

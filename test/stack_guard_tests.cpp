@@ -1,0 +1,160 @@
+// test/stack_guard_tests.cpp: the transfer guard of g++'s code
+// (mpg/detail/sched/stack_guard.hpp) unwinds a chain of transfers to the
+// M's loop only when that is sound: never through a coroutine that a task
+// called directly (U2), never for a G parked while a foreign awaitable runs
+// a coroutine of its own inline (U1). The chains that it must unwind are
+// tested where they arise: task_tests (a million nested awaits, a million
+// awaits in a loop) and fork_join_tests (a fork-join tree on one P).
+//
+// In clang's code there is no guard and these cases pass trivially; in
+// g++'s, both ran into the guard's slow path with the M's stack more than
+// half used, and without U1 and U2 failed: the first returned from the
+// plain coroutine with its body unfinished while its G waited in the run
+// queue, the second requeued a parked G (an abort in builds with
+// assertions: "parked twice").
+#include <doctest/doctest.h>
+
+#include <pthread.h>
+
+#include <coroutine>
+#include <cstdint>
+#include <exception>
+#include <utility>
+
+#include "mpg/mpg.hpp"
+#include "test_support.hpp"
+
+namespace {
+
+mpg::task<int> one() { co_return 1; }
+
+// The calling thread's stack: its lowest address and its size.
+struct thread_stack {
+  std::uintptr_t low = 0;
+  std::uintptr_t size = 0;
+};
+thread_stack this_thread_stack() {
+  thread_stack s;
+  pthread_attr_t attr;
+  if (pthread_getattr_np(pthread_self(), &attr) != 0) return s;
+  void* base = nullptr;
+  std::size_t size = 0;
+  if (pthread_attr_getstack(&attr, &base, &size) == 0) {
+    s.low = reinterpret_cast<std::uintptr_t>(base);
+    s.size = size;
+  }
+  pthread_attr_destroy(&attr);
+  return s;
+}
+
+// A plain coroutine that a task calls: it starts at once, awaits a task
+// (whose end transfers back to it) and sets *done when its body ends.
+void await_one_from_a_plain_coroutine(int* out, bool* done) {
+  [](int* o, bool* d) -> mpg_test::eager_coroutine {
+    *o = co_await one();
+    *d = true;
+  }(out, done);
+}
+
+struct deep_call {
+  thread_stack stack;
+  int out = 0;
+  bool done_on_return = false;
+  bool reached = false;
+};
+
+// Recurses through plain frames until 60% of the thread's stack is in use,
+// then calls the plain coroutine there: the task's end inside it runs the
+// guard's slow path. Real frames (__builtin_frame_address), not locals,
+// which AddressSanitizer may keep on a fake stack.
+[[gnu::noinline]] int recurse_then_call(deep_call* d, int depth) {
+  volatile char pad[512];
+  pad[0] = static_cast<char>(depth);
+  const auto here = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
+  if (here - d->stack.low < d->stack.size * 2 / 5 || depth >= 100'000) {
+    d->reached = here - d->stack.low < d->stack.size / 2;
+    bool done = false;
+    await_one_from_a_plain_coroutine(&d->out, &done);
+    d->done_on_return = done;
+    return pad[0];
+  }
+  return recurse_then_call(d, depth + 1) + pad[0];  // not a tail call
+}
+
+// manual: a coroutine that is not an mpg task, started and destroyed by
+// whoever holds it (resume(), then the value once done()).
+struct manual {
+  struct promise_type {
+    int value = 0;
+    manual get_return_object() {
+      return manual{std::coroutine_handle<promise_type>::from_promise(*this)};
+    }
+    std::suspend_always initial_suspend() noexcept { return {}; }
+    std::suspend_always final_suspend() noexcept { return {}; }
+    void return_value(int v) { value = v; }
+    void unhandled_exception() { std::terminate(); }
+  };
+  explicit manual(std::coroutine_handle<promise_type> h) : h(h) {}
+  manual(manual&& o) noexcept : h(std::exchange(o.h, {})) {}
+  ~manual() {
+    if (h) h.destroy();
+  }
+  std::coroutine_handle<promise_type> h;
+};
+manual await_one_in_a_manual() { co_return co_await one(); }
+
+// A foreign awaitable (no runtime_awaiter_tag): its await_suspend runs
+// while the task's G is parked "external" (foreign_await.hpp). It recurses
+// until 60% of the thread's stack is in use and there runs a coroutine
+// that awaits a task, whose end runs the guard's slow path with the G
+// parked; then it resumes the bridge at once.
+struct deep_foreign {
+  thread_stack stack;
+  int out = 0;
+  bool reached = false;
+  [[gnu::noinline]] int recurse_then_run(int depth) {
+    volatile char pad[512];
+    pad[0] = static_cast<char>(depth);
+    const auto here = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
+    if (here - stack.low < stack.size * 2 / 5 || depth >= 100'000) {
+      reached = here - stack.low < stack.size / 2;
+      manual m = await_one_in_a_manual();
+      m.h.resume();
+      out = m.h.done() ? m.h.promise().value : -1;
+      return pad[0];
+    }
+    return recurse_then_run(depth + 1) + pad[0];  // not a tail call
+  }
+  bool await_ready() const noexcept { return false; }
+  void await_suspend(std::coroutine_handle<> bridge) {
+    stack = this_thread_stack();  // the M's
+    (void)recurse_then_run(0);
+    bridge.resume();
+  }
+  int await_resume() const noexcept { return out; }
+};
+
+}  // namespace
+
+TEST_CASE("the guard does not unwind through a plain coroutine that a task called") {
+  mpg::runtime rt({.procs = 1});
+  deep_call d;
+  rt.block_on([](deep_call* d) -> mpg::task<void> {
+    d->stack = this_thread_stack();  // the M's
+    (void)recurse_then_call(d, 0);
+    co_return;
+  }(&d));
+  REQUIRE(d.stack.size > 0);
+  CHECK(d.reached);         // the call was made with more than half the stack in use
+  CHECK(d.out == 1);
+  CHECK(d.done_on_return);  // the plain coroutine's body ended before its call returned
+}
+
+TEST_CASE("the guard does not requeue a G parked on a foreign awaitable") {
+  mpg::runtime rt({.procs = 1});
+  deep_foreign f;
+  const int r = rt.block_on([](deep_foreign* f) -> mpg::task<int> { co_return co_await *f; }(&f));
+  REQUIRE(f.stack.size > 0);
+  CHECK(f.reached);  // the task ended with more than half the stack in use
+  CHECK(r == 1);     // and the coroutine that awaited it ran to its end
+}
