@@ -108,6 +108,24 @@ TEST_CASE("a fork-join tree joined inline on one P does not overflow the stack")
   CHECK(rt.block_on(fib(25)) == 75'025);
 }
 
+namespace {
+mpg::task<long> fib_join_op(int n) {
+  if (n < 2) co_return n;
+  mpg::join_handle<long> a = mpg::spawn(fib_join_op(n - 1));
+  long b = co_await fib_join_op(n - 2);
+  co_return co_await a.join() + b;
+}
+}  // namespace
+
+// The same through `co_await h.join()`, which links the child into the
+// await chain as `co_await h` does: the transfer guard walks that chain
+// before it unwinds, and found an unlinked child (g++'s unoptimised build
+// overflowed the stack).
+TEST_CASE("a fork-join tree joined with join() on one P does not overflow the stack") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(fib_join_op(25)) == 75'025);
+}
+
 TEST_CASE("fork-join on two Ps: stolen children resume their parents") {
   mpg::runtime_options o;
   o.procs = 2;

@@ -19,8 +19,11 @@
 #include <coroutine>
 #include <cstdint>
 #include <exception>
+#include <source_location>
+#include <string_view>
 #include <utility>
 
+#include "mpg/detail/io/stream_op.hpp"
 #include "mpg/mpg.hpp"
 #include "test_support.hpp"
 
@@ -134,7 +137,58 @@ struct deep_foreign {
   int await_resume() const noexcept { return out; }
 };
 
+// The frame of the awaiting coroutine, by an await that does not suspend.
+struct own_frame {
+  using mpg_awaiter = mpg::detail::runtime_awaiter_tag;
+  void* frame = nullptr;
+  bool await_ready() const noexcept { return false; }
+  bool await_suspend(std::coroutine_handle<> h) noexcept {
+    frame = h.address();
+    return false;
+  }
+  void* await_resume() const noexcept { return frame; }
+};
+
+// A stream op (as net.hpp's) that always goes on in its task form at
+// once (run_now); the task form reports the await-chain site it was given.
+mpg::task<std::source_location> task_form_site() {
+  void* self = co_await own_frame{};
+  co_return std::coroutine_handle<mpg::detail::promise_base>::from_address(self)
+      .promise()
+      .caller_where_;
+}
+struct task_form_op : mpg::detail::stream_op<std::source_location> {
+  task_form_op() noexcept {}
+  ~task_form_op() {}
+  bool await_ready() const noexcept { return false; }
+  std::coroutine_handle<> await_suspend(std::coroutine_handle<> h) {
+    return run_now(task_form_site(), h);
+  }
+  std::source_location await_resume() { return task_result(); }
+};
+
+void site_seen_from_a_plain_coroutine(std::source_location* out) {
+  [](std::source_location* o) -> mpg_test::eager_coroutine { *o = co_await task_form_op{}; }(out);
+}
+
 }  // namespace
+
+TEST_CASE("a stream op's task form is linked into the await chain only when a task awaits it") {
+  // A set caller_where_ says that the continuation is a task frame (the
+  // await chain and U2 rely on it). The G's noted site is the last task
+  // await's, here the first co_await below: a plain coroutine's await of
+  // the op must not pass it on.
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([]() -> mpg::task<void> {
+    const std::source_location by_task = co_await task_form_op{};
+    CHECK(std::string_view(by_task.file_name()).find("stack_guard_tests.cpp") !=
+          std::string_view::npos);
+    std::source_location by_plain = std::source_location::current();
+    site_seen_from_a_plain_coroutine(&by_plain);
+    CHECK(std::string_view(by_plain.file_name()).empty());
+    co_return;
+  }());
+}
 
 TEST_CASE("the guard does not unwind through a plain coroutine that a task called") {
   mpg::runtime rt({.procs = 1});

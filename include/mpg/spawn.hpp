@@ -250,6 +250,8 @@ class [[nodiscard]] join_op : private detail::join_waiter {
     return awaiter().await_suspend(h);
   }
   T await_resume() { return awaiter().await_resume(); }
+  // A task's `co_await h.join()` links the child as `co_await h` does.
+  void link_parent(std::source_location where) noexcept { awaiter().link_parent(where); }
 
  private:
   friend class join_handle<T>;

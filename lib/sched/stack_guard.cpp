@@ -40,19 +40,40 @@ bool chain_of_tasks(const g* gp, const void* frame) noexcept {
 }
 }  // namespace
 
-std::coroutine_handle<> resume_on_fresh_stack(std::coroutine_handle<> h, void* from) noexcept {
+// The last failure of U1 or U2 on this thread: the G, and how many more of
+// its trips through this path decline without a walk. A chain that
+// failed usually keeps the frame that failed while it grows, and walking
+// it again at every transfer would cost the square of its depth; after
+// kDeclineWithoutWalk trips the walk is made again, so a chain whose
+// non-task frame has returned meanwhile is unwound again.
+constexpr int kDeclineWithoutWalk = 64;
+constinit thread_local std::uint64_t tls_declined_gid = 0;
+constinit thread_local int tls_declines_left = 0;
+
+std::coroutine_handle<> resume_on_fresh_stack(std::coroutine_handle<> h, void* from,
+                                              bool may_switch) noexcept {
   if (h.address() == std::noop_coroutine().address()) return h;  // the chain ends anyway
   machine* m = current_m();
   g* gp = current_g();
   if (m == nullptr || m->p() == nullptr || gp == nullptr) return h;
+  // Relaxed: the id of the G this thread runs (ids are never reused).
+  const std::uint64_t gid = gp->id.load(std::memory_order_relaxed);
+  if (gid == tls_declined_gid && tls_declines_left > 0) {
+    --tls_declines_left;
+    return h;
+  }
   // U1. Relaxed: the status of the G this thread runs, written by this
   // thread (begin_run, park, cancel_park).
-  if (gp->status.load(std::memory_order_relaxed) != g_status::running) return h;
-  // U2, from the target when it is gp's resume point (a switch to the P's
-  // next G: `from` belongs to the G that parked, which may already run
-  // elsewhere), else from the task that transfers.
-  const void* start = gp->resume.address() == h.address() ? h.address() : from;
-  if (!chain_of_tasks(gp, start)) return h;
+  // U2, from the target when a runtime awaiter switched to the P's next G
+  // (then `from` belongs to the G that parked, which may run elsewhere),
+  // else from the task that transfers.
+  const void* start = may_switch && gp->resume.address() == h.address() ? h.address() : from;
+  if (gp->status.load(std::memory_order_relaxed) != g_status::running ||
+      !chain_of_tasks(gp, start)) {
+    tls_declined_gid = gid;
+    tls_declines_left = kDeclineWithoutWalk;
+    return h;
+  }
   requeue_current(h);
   return std::noop_coroutine();
 }

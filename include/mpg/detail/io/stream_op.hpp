@@ -18,6 +18,7 @@
 #pragma once
 
 #include <coroutine>
+#include <cstdint>
 #include <source_location>
 #include <utility>
 
@@ -39,8 +40,17 @@ class stream_op {
   // await_transform calls it, task.hpp): where the task shows as parked,
   // and the await-chain link of the task form when the op moves there. It
   // is noted in the G (g.hpp), not kept here: an idle connection's frame
-  // holds a read and a write op.
-  void link_parent(std::source_location where) noexcept { note_wait_site(where); }
+  // holds a read and a write op. What is kept is that a task awaits the
+  // op: slow_ holds kLinked until a task form takes its place. A plain
+  // coroutine's await makes no call here, and its task form gets no site:
+  // a set caller_where_ says that the continuation is a task frame
+  // (task.hpp), which the await chain and the transfer guard
+  // (stack_guard.hpp) rely on, and the G's noted site may be an older
+  // await's.
+  void link_parent(std::source_location where) noexcept {
+    note_wait_site(where);
+    slow_ = task<R>::handle_type::from_address(reinterpret_cast<void*>(kLinked));
+  }
 
  protected:
   stream_op() noexcept = default;
@@ -48,27 +58,33 @@ class stream_op {
   // Idempotent (g++ 12 may destroy a temporary of a co_await's
   // full-expression twice: the second run finds slow_ null).
   ~stream_op() {
-    if (slow_) std::exchange(slow_, {}).destroy();
+    if (handed_over()) std::exchange(slow_, {}).destroy();
   }
 
   void hand_over(task<R>&& t, g* gp) noexcept {
+    const bool by_task = linked();
     slow_ = std::move(t).release();
     slow_.promise().continuation_ = gp->resume;
     // park() stored the site before the op was published, which the
-    // waker's lock (the reactor's, the queue's) orders before this read.
-    slow_.promise().caller_where_ = gp->wait_where.load(std::memory_order_relaxed);
+    // waker's lock (the reactor's, the queue's) orders before this read
+    // (and before the read of slow_'s kLinked).
+    if (by_task) slow_.promise().caller_where_ = gp->wait_where.load(std::memory_order_relaxed);
     gp->resume = slow_;
   }
   std::coroutine_handle<> run_now(task<R>&& t, std::coroutine_handle<> h) noexcept {
+    const bool by_task = linked();
     slow_ = std::move(t).release();
     slow_.promise().continuation_ = h;
-    slow_.promise().caller_where_ = noted_wait_site();
+    if (by_task) slow_.promise().caller_where_ = noted_wait_site();
     return slow_;
   }
-  bool handed_over() const noexcept { return static_cast<bool>(slow_); }
+  bool handed_over() const noexcept { return slow_ && !linked(); }
   R task_result() { return slow_.promise().result(); }
 
  private:
+  // slow_'s address between link_parent() and a hand-over: no frame's.
+  static constexpr std::uintptr_t kLinked = 1;
+  bool linked() const noexcept { return reinterpret_cast<std::uintptr_t>(slow_.address()) == kLinked; }
   typename task<R>::handle_type slow_{};
 };
 

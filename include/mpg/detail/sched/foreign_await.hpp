@@ -150,7 +150,7 @@ struct runtime_await {
       noexcept(std::declval<Aw&>().await_suspend(h))) {
     using R = decltype(aw.await_suspend(h));
     if constexpr (kGuardTransfers && std::is_convertible_v<R, std::coroutine_handle<>>) {
-      return guard_transfer(aw.await_suspend(h), h.address());
+      return guard_transfer(aw.await_suspend(h), h.address(), /*may_switch=*/true);
     } else {
       return aw.await_suspend(h);
     }

@@ -41,12 +41,17 @@
 //       frame is made of task frames linked by task awaits (each frame's
 //       caller_where_ is set, task.hpp), which it walks. A coroutine that
 //       is not a task anywhere in the chain breaks the walk.
-// The walk starts at the target when the target is the G's resume point
-// (a switch to the P's next G: its parked frame, a task frame; the task
-// that switched has published its park and is not touched), else at the
-// task that transfers (the awaiting task, or the task that ends). Where U1
-// or U2 fails the transfer nests as it would without the guard. The walk
-// costs the chain's depth, once per half stack.
+// The walk starts at the task that transfers (the awaiting task, or the
+// task that ends), except after a runtime awaiter whose result is the G's
+// resume point: that is a switch to the P's next G (the task that switched
+// has published its park, and another M may run it: it is not touched),
+// and the walk starts at the target, that G's parked frame. Runtime
+// awaiters return task frames, the no-op handle or the P's next G (g.hpp),
+// so a target equal to a stale resume point of the same G is a task frame
+// too, and the walk from it is as sound. Where U1 or U2 fails, the
+// transfer nests as it would without the guard, and the next 64 trips of
+// the same G on this M decline without walking the chain again (a walk
+// costs the chain's depth).
 //
 // The bounds are the calling thread's, set by each M when it starts
 // (lib/sched/stack_guard.cpp). A thread that is not an M has a span of 0,
@@ -77,25 +82,27 @@ struct stack_bounds {
 extern constinit __attribute__((tls_model("initial-exec"))) thread_local stack_bounds
     tls_stack_bounds;
 
-// resume_on_fresh_stack(h, from): the slow path of guard_transfer(): when
-// unwinding is sound (U1, U2 above), queues the current G at h and returns
-// the no-op handle; else returns h. `from` is the frame of the task that
-// transfers.
-std::coroutine_handle<> resume_on_fresh_stack(std::coroutine_handle<> h, void* from) noexcept;
+// resume_on_fresh_stack(h, from, may_switch): the slow path of
+// guard_transfer(): when unwinding is sound (U1, U2 above), queues the
+// current G at h and returns the no-op handle; else returns h. `from` is
+// the frame of the task that transfers; may_switch, that h may be the P's
+// next G (a runtime awaiter's result, which is a task frame).
+std::coroutine_handle<> resume_on_fresh_stack(std::coroutine_handle<> h, void* from,
+                                              bool may_switch) noexcept;
 
-// guard_transfer(h, from): h, unless the stack of this M is more than half
-// used, then resume_on_fresh_stack(h, from). The address of a local stands
+// guard_transfer(h, from, may_switch): h, unless the stack of this M is
+// more than half used, then resume_on_fresh_stack(h, from, may_switch). The address of a local stands
 // for the stack pointer; under AddressSanitizer's fake stacks it lies
 // outside the bounds and the check passes.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wattributes"
-[[gnu::always_inline]] inline std::coroutine_handle<> guard_transfer(std::coroutine_handle<> h,
-                                                                     void* from) noexcept {
+[[gnu::always_inline]] inline std::coroutine_handle<> guard_transfer(
+    std::coroutine_handle<> h, void* from, bool may_switch = false) noexcept {
   if constexpr (kGuardTransfers) {
     char probe;
     const stack_bounds& b = tls_stack_bounds;
     if (reinterpret_cast<std::uintptr_t>(&probe) - b.low < b.span) [[unlikely]]
-      return resume_on_fresh_stack(h, from);
+      return resume_on_fresh_stack(h, from, may_switch);
   }
   return h;
 }
