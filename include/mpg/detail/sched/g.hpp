@@ -35,6 +35,11 @@
 // whatever thread. A runtime awaiter missing the tag would be wrapped, park
 // the G a second time and be readied twice; builds with assertions enabled
 // catch that at the inner park() (it aborts naming the missing tag).
+// A runtime awaiter whose await_suspend returns a handle returns the no-op
+// handle, switch_after_park()'s result (after publishing its park: nothing
+// else once the G may be readied), or a task frame of the awaiting G (a
+// child it runs, or the awaiting task itself); the transfer guard
+// (stack_guard.hpp) relies on it.
 #pragma once
 
 #include <atomic>
