@@ -37,7 +37,7 @@ struct sleep_awaiter {
   clock_type::time_point when;
   clock_type::time_point fired_at{};
   mpg::detail::g* gp = nullptr;
-  timer t;
+  timer t{};
 
   static void on_fire(timer* t) {
     auto* self = static_cast<sleep_awaiter*>(t->arg);

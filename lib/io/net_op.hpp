@@ -34,7 +34,7 @@ using detail::prep_request;
 // fixed deadline, or the deadline of the object's direction (followed live),
 // and a context binding.
 struct op_bounds {
-  std::optional<clock::time_point> deadline;
+  std::optional<clock::time_point> deadline{};
   const detail::io_deadline* live = nullptr;  // used when deadline is empty
   const io_context_binding* bind = nullptr;
 

@@ -9,7 +9,9 @@
 namespace mpg::detail {
 
 namespace {
+#if !defined(ABSL_HAVE_THREAD_SANITIZER)
 int membarrier(int cmd) noexcept { return static_cast<int>(::syscall(SYS_membarrier, cmd, 0, 0)); }
+#endif
 
 bool register_once() noexcept {
 #if defined(ABSL_HAVE_THREAD_SANITIZER)
