@@ -59,29 +59,40 @@ void await_one_from_a_plain_coroutine(int* out, bool* done) {
   }(out, done);
 }
 
+// at_depth(): recurses through plain frames until 60% of the thread's
+// stack is in use (or 100,000 levels), then calls f there; true when more
+// than half of the stack was in use at the call. Real frames
+// (__builtin_frame_address), not locals, which AddressSanitizer may keep
+// on a fake stack.
+template <class F>
+[[gnu::noinline]] bool at_depth(const thread_stack& stack, F& f, int depth = 0) {
+  volatile char pad[512];
+  pad[0] = static_cast<char>(depth);
+  const auto here = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
+  if (here - stack.low < stack.size * 2 / 5 || depth >= 100'000) {
+    f();
+    return here - stack.low < stack.size / 2;
+  }
+  const bool reached = at_depth(stack, f, depth + 1);  // not a tail call
+  (void)pad[0];
+  return reached;
+}
+
+// The plain coroutine called deep in a task: the task's end inside it runs
+// the guard's slow path.
 struct deep_call {
   thread_stack stack;
   int out = 0;
   bool done_on_return = false;
   bool reached = false;
 };
-
-// Recurses through plain frames until 60% of the thread's stack is in use,
-// then calls the plain coroutine there: the task's end inside it runs the
-// guard's slow path. Real frames (__builtin_frame_address), not locals,
-// which AddressSanitizer may keep on a fake stack.
-[[gnu::noinline]] int recurse_then_call(deep_call* d, int depth) {
-  volatile char pad[512];
-  pad[0] = static_cast<char>(depth);
-  const auto here = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
-  if (here - d->stack.low < d->stack.size * 2 / 5 || depth >= 100'000) {
-    d->reached = here - d->stack.low < d->stack.size / 2;
+void call_deep(deep_call* d) {
+  auto call = [d] {
     bool done = false;
     await_one_from_a_plain_coroutine(&d->out, &done);
     d->done_on_return = done;
-    return pad[0];
-  }
-  return recurse_then_call(d, depth + 1) + pad[0];  // not a tail call
+  };
+  d->reached = at_depth(d->stack, call);
 }
 
 // manual: a coroutine that is not an mpg task, started and destroyed by
@@ -115,23 +126,18 @@ struct deep_foreign {
   thread_stack stack;
   int out = 0;
   bool reached = false;
-  [[gnu::noinline]] int recurse_then_run(int depth) {
-    volatile char pad[512];
-    pad[0] = static_cast<char>(depth);
-    const auto here = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
-    if (here - stack.low < stack.size * 2 / 5 || depth >= 100'000) {
-      reached = here - stack.low < stack.size / 2;
+  void run_deep() {
+    auto run = [this] {
       manual m = await_one_in_a_manual();
       m.h.resume();
       out = m.h.done() ? m.h.promise().value : -1;
-      return pad[0];
-    }
-    return recurse_then_run(depth + 1) + pad[0];  // not a tail call
+    };
+    reached = at_depth(stack, run);
   }
   bool await_ready() const noexcept { return false; }
   void await_suspend(std::coroutine_handle<> bridge) {
     stack = this_thread_stack();  // the M's
-    (void)recurse_then_run(0);
+    run_deep();
     bridge.resume();
   }
   int await_resume() const noexcept { return out; }
@@ -195,7 +201,7 @@ TEST_CASE("the guard does not unwind through a plain coroutine that a task calle
   deep_call d;
   rt.block_on([](deep_call* d) -> mpg::task<void> {
     d->stack = this_thread_stack();  // the M's
-    (void)recurse_then_call(d, 0);
+    call_deep(d);
     co_return;
   }(&d));
   REQUIRE(d.stack.size > 0);

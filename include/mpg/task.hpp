@@ -131,6 +131,15 @@ class promise_base {
     if (exception_) std::rethrow_exception(exception_);
   }
 
+  // awaited_by_task(): a task's co_await awaits this frame, so that
+  // continuation_ is a task frame and the await chain goes on through it
+  // (caller_where_, below). The walks of the task dump (inspect.cpp) and
+  // of the transfer guard (stack_guard.cpp) follow only such links.
+  bool awaited_by_task() const noexcept {
+    const char* file = caller_where_.file_name();
+    return continuation_ && file != nullptr && *file != '\0';
+  }
+
   std::coroutine_handle<> continuation_{};
   // The await chain (lib/sched/inspect.cpp walks it for the task dump):
   // the site of the co_await with which a task awaits this one, or joins

@@ -213,9 +213,8 @@ void write_await_chain(std::ostream& os, const g* gp) {
   for (int depth = 0; frame != root && depth < kMaxChainDepth; ++depth) {
     const promise_base& p = std::coroutine_handle<promise_base>::from_address(
                                 const_cast<void*>(frame)).promise();
+    if (!p.awaited_by_task()) break;
     const std::source_location where = p.caller_where_;
-    const char* file = where.file_name();
-    if (file == nullptr || *file == '\0' || !p.continuation_) break;
     if (!same_site(where, last)) {
       write_site(os, where);
       last = where;

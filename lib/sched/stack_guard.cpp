@@ -32,8 +32,7 @@ bool chain_of_tasks(const g* gp, const void* frame) noexcept {
   while (frame != root) {
     const promise_base& p =
         std::coroutine_handle<promise_base>::from_address(const_cast<void*>(frame)).promise();
-    const char* file = p.caller_where_.file_name();
-    if (!p.continuation_ || file == nullptr || *file == '\0') return false;
+    if (!p.awaited_by_task()) return false;
     frame = p.continuation_.address();
   }
   return true;

@@ -84,7 +84,9 @@ class stream_op {
  private:
   // slow_'s address between link_parent() and a hand-over: no frame's.
   static constexpr std::uintptr_t kLinked = 1;
-  bool linked() const noexcept { return reinterpret_cast<std::uintptr_t>(slow_.address()) == kLinked; }
+  bool linked() const noexcept {
+    return reinterpret_cast<std::uintptr_t>(slow_.address()) == kLinked;
+  }
   typename task<R>::handle_type slow_{};
 };
 

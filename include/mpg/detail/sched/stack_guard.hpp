@@ -91,9 +91,10 @@ std::coroutine_handle<> resume_on_fresh_stack(std::coroutine_handle<> h, void* f
                                               bool may_switch) noexcept;
 
 // guard_transfer(h, from, may_switch): h, unless the stack of this M is
-// more than half used, then resume_on_fresh_stack(h, from, may_switch). The address of a local stands
-// for the stack pointer; under AddressSanitizer's fake stacks it lies
-// outside the bounds and the check passes.
+// more than half used, then resume_on_fresh_stack(h, from, may_switch).
+// The address of a local stands for the stack pointer; under
+// AddressSanitizer's fake stacks it lies outside the bounds and the check
+// passes.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wattributes"
 [[gnu::always_inline]] inline std::coroutine_handle<> guard_transfer(
