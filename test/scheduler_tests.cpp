@@ -355,13 +355,16 @@ TEST_CASE("Gs retired on the Ps are reused: waves of spawns do not make new Gs")
   CHECK(first >= kTasks);  // all were live at once
   std::size_t last = first;
   for (int w = 0; w < kWaves; ++w) last = rt.block_on(wave_of(kTasks));
-  // A spawn makes Gs (a batch of 32) only when its P's pool and the global
-  // pool are empty, so a wave can add no more than the Gs the other P
-  // keeps in its pool (at most kGfreeMax + 1), whatever the first wave
-  // made: the Gs ever made stay below the peak of live tasks (kTasks, the
-  // wave's own task and block_on's) plus both Ps' pools and a batch. A pool
-  // that lost the Gs it was given would add about kTasks per wave.
+  // A spawn makes Gs (a block of at most kGBlockMax) only when its P's
+  // pool, its P's fresh Gs and the global pool are all empty, so a wave can
+  // add no more than the Gs the other P keeps (its pool, at most
+  // kGfreeMax + 1, and its fresh Gs, fewer than a block), whatever the
+  // first wave made: the Gs ever made stay below the peak of live tasks
+  // (kTasks, the wave's own task and block_on's) plus both Ps' pools and
+  // two blocks. A pool that lost the Gs it was given would add about kTasks
+  // per wave.
+  using mpg::detail::processor;
   CAPTURE(first);
   CAPTURE(last);
-  CHECK(last <= kTasks + 8 + 2 * (mpg::detail::processor::kGfreeMax + 1) + 32);
+  CHECK(last <= kTasks + 8 + 2 * (processor::kGfreeMax + 1) + 2 * processor::kGBlockMax);
 }

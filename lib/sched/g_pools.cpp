@@ -19,6 +19,9 @@ namespace mpg::detail {
 namespace {
 // Ids a P takes from the runtime's counter at a time.
 constexpr std::uint32_t kGidBatch = 1024;
+// Gs moved into a P's pool at a time, from the global pool or the P's
+// fresh Gs.
+constexpr std::size_t kPoolBatch = 32;
 }  // namespace
 
 void scheduler::refill_gids(processor* p) noexcept {
@@ -28,29 +31,49 @@ void scheduler::refill_gids(processor* p) noexcept {
   p->gid_limit = gid_next_;
 }
 
-// allocate_gs(): a batch of fresh Gs, registered in g_blocks_ under one lock;
-// one is returned, the rest go to p's pool (or the global pool).
+// take_fresh_g(): the next of p's fresh Gs (processor.hpp), or nullptr when
+// it has none; up to kPoolBatch more go to p's pool with it, so that the
+// spawns after this one take their inline path.
+g* scheduler::take_fresh_g(processor* p) noexcept {
+  if (p->fresh_next == p->fresh_end) return nullptr;
+  g* gp = p->fresh_next++;
+  const std::size_t n =
+      std::min<std::size_t>(static_cast<std::size_t>(p->fresh_end - p->fresh_next), kPoolBatch);
+  for (std::size_t i = 0; i < n; ++i) p->gfree.push(p->fresh_next++);
+  return gp;
+}
+
+// allocate_gs(): a block of fresh Gs, registered in g_blocks_ under one
+// lock. For a P (p not null) the block becomes p's fresh Gs, handed out by
+// take_fresh_g(), whose first G is returned; a P's blocks double from
+// kPoolBatch Gs up to processor::kGBlockMax, so that a burst of spawns that
+// keeps many tasks alive at once (a loop of go() before a wait) makes few
+// allocations and takes the lock rarely, while a P that needs few Gs keeps
+// at most kPoolBatch - 1 of them unused, and one that needed many at most
+// kGBlockMax - 1. Without a P, one G.
 g* scheduler::allocate_gs(processor* p) {
-  // One allocation per batch: no malloc header per G (idle tasks are
+  const std::size_t n = p != nullptr ? p->g_block_size : 1;
+  // One allocation per block: no malloc header per G (idle tasks are
   // measured in bytes each).
-  constexpr std::size_t kBatch = 32;
-  g* fresh[kBatch];
-  const std::size_t n = p != nullptr ? kBatch : 1;
   std::unique_ptr<g[]> block(new g[n]);
-  for (std::size_t i = 0; i < n; ++i) {
-    fresh[i] = &block[i];
-    fresh[i]->sched = this;
+  g* gs = block.get();
+  for (std::size_t i = 0; i < n; ++i) gs[i].sched = this;
+  {
+    thread_mutex_lock l(allg_mu_);
+    // The global pool holds only dead Gs, so with room for every G ever
+    // made the noexcept retire paths that push onto it never allocate;
+    // growing it here, where a spawn may throw bad_alloc, is the only place
+    // it grows.
+    if (gfree_global_.capacity() < g_total_ + n)
+      gfree_global_.reserve(std::max(g_total_ + n, 2 * gfree_global_.capacity()));
+    g_blocks_.push_back(g_block{std::move(block), n});
+    g_total_ += n;
   }
-  thread_mutex_lock l(allg_mu_);
-  // The global pool holds only dead Gs, so with room for every G ever made
-  // the noexcept retire paths that push onto it never allocate; growing it
-  // here, where a spawn may throw bad_alloc, is the only place it grows.
-  if (gfree_global_.capacity() < g_total_ + n)
-    gfree_global_.reserve(std::max(g_total_ + n, 2 * gfree_global_.capacity()));
-  g_blocks_.push_back(g_block{std::move(block), n});
-  g_total_ += n;
-  for (std::size_t i = 1; i < n; ++i) p->gfree.push(fresh[i]);
-  return fresh[0];
+  if (p == nullptr) return gs;
+  p->fresh_next = gs;
+  p->fresh_end = gs + n;
+  p->g_block_size = std::min(2 * p->g_block_size, processor::kGBlockMax);
+  return take_fresh_g(p);
 }
 
 std::size_t scheduler::g_count() const {
@@ -63,21 +86,18 @@ std::size_t scheduler::g_count() const {
   if (!p->gfree.empty()) gp = p->gfree.pop();
   if (p->next_gid == p->gid_limit) refill_gids(p);
   const std::uint64_t id = p->next_gid++;
+  if (gp == nullptr) gp = take_fresh_g(p);
   if (gp == nullptr) {
     // Refill from the global pool first (Gs freed elsewhere), then allocate.
     {
       thread_mutex_lock l(allg_mu_);
-      std::size_t take = std::min<std::size_t>(gfree_global_.size(), 32);
+      std::size_t take = std::min<std::size_t>(gfree_global_.size(), kPoolBatch);
       for (std::size_t i = 0; i < take; ++i) {
         p->gfree.push(gfree_global_.back());
         gfree_global_.pop_back();
       }
     }
-    if (!p->gfree.empty()) {
-      gp = p->gfree.pop();
-    } else {
-      gp = allocate_gs(p);
-    }
+    gp = !p->gfree.empty() ? p->gfree.pop() : allocate_gs(p);
   }
   init_g(gp, id, root, name);
   return gp;

@@ -56,6 +56,8 @@ class processor {
   // The most dead Gs a P keeps (gfree); a retire that finds it full moves
   // half to the scheduler's global pool.
   static constexpr std::size_t kGfreeMax = 128;
+  // The most Gs a P allocates at a time (g_pools.cpp, allocate_gs).
+  static constexpr std::uint32_t kGBlockMax = 256;
 
   processor(std::uint32_t id, std::uint32_t queue_capacity)
       : id(id), runq(queue_capacity), overflow(queue_capacity / 2 + 1) {}
@@ -74,6 +76,13 @@ class processor {
   // pushes before it moves half out when the pool holds kGfreeMax, so
   // kGfreeMax + 1 is its most.
   g_pool gfree{kGfreeMax + 1};
+  // owner: the Gs of this P's last block (g_pools.cpp, allocate_gs) not yet
+  // handed out, [fresh_next, fresh_end): made and registered, dead until
+  // gfree runs empty and take_fresh_g() moves a batch of them into it; and
+  // the size of the P's next block.
+  g* fresh_next = nullptr;
+  g* fresh_end = nullptr;
+  std::uint32_t g_block_size = 32;
   std::uint64_t next_gid = 0;
   std::uint64_t gid_limit = 0;
 

@@ -250,6 +250,7 @@ class scheduler {
   static void init_g(g* gp, std::uint64_t id, std::coroutine_handle<> root, const char* name) noexcept;
   static void clear_g(g* gp) noexcept;  // a retired G: dead, no frame, no name
   g* allocate_gs(processor* p);
+  static g* take_fresh_g(processor* p) noexcept;
 
   runtime_options opts_;
   std::vector<std::unique_ptr<processor>> ps_;
