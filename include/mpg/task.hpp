@@ -40,6 +40,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "absl/base/attributes.h"
 #include "mpg/detail/sched/foreign_await.hpp"
 #include "mpg/detail/sched/frame.hpp"
 #include "mpg/detail/sched/g.hpp"
@@ -63,6 +64,8 @@ static_assert(sizeof(std::source_location) == sizeof(site_ptr));
 inline std::source_location to_source_location(site_ptr p) noexcept {
   return std::bit_cast<std::source_location>(p);
 }
+
+[[noreturn]] void rethrow_task_exception(const std::exception_ptr& e);
 
 class promise_base {
  public:
@@ -127,8 +130,10 @@ class promise_base {
         [&]() -> decltype(auto) { return get_awaiter(static_cast<A&&>(a)); }, where);
   }
 
-  void rethrow_if_failed() {
-    if (exception_) std::rethrow_exception(exception_);
+  // Forced inline, with the throw out of line: g++ 12 kept it a call in
+  // every await of a task.
+  ABSL_ATTRIBUTE_ALWAYS_INLINE void rethrow_if_failed() {
+    if (exception_) [[unlikely]] rethrow_task_exception(exception_);
   }
 
   // awaited_by_task(): a task's co_await awaits this frame, so that

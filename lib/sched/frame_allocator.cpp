@@ -325,15 +325,17 @@ inline void recycle(frame_header* h, std::size_t size) noexcept {
   }
   return allocate_slow(size, cls);
 }
-#pragma GCC diagnostic pop
 
-void free_frame(void* frame, std::size_t size) noexcept {
+// Always inline too, for the same reason: g++ 12 kept it a call from every
+// frame's destroy.
+[[gnu::always_inline]] void free_frame(void* frame, std::size_t size) noexcept {
   frame_header* h = header_of(frame);
   // Relaxed: the only writer of kJoinKilled is the shutdown path, which
   // runs on this same thread right before destroying the frame.
   if (h->join.load(std::memory_order_relaxed) == kJoinKilled) [[unlikely]] return;
   recycle(h, size);
 }
+#pragma GCC diagnostic pop
 
 void release_frame_memory(frame_header* h) noexcept { recycle(h, h->size); }
 

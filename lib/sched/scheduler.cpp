@@ -512,6 +512,8 @@ void report_lost_exception(std::exception_ptr e, std::uint64_t gid, const char* 
   std::abort();
 }
 
+void rethrow_task_exception(const std::exception_ptr& e) { std::rethrow_exception(e); }
+
 void throw_task_awaited_twice() {
   throw runtime_misuse_error("mpg: a task or join_handle was awaited twice (or is empty)");
 }
