@@ -201,10 +201,86 @@ TEST_CASE("a join's pop after an unseen forced publication claims before it matc
   CHECK(d.size() == 0);
 }
 
+// take_private_if: the first join of a task that joins its children in
+// spawn order takes its child from under the younger ones, and reverses
+// those so that the next child is the newest.
+TEST_CASE("take_private_if takes a buried private entry and leaves the next one at the bottom") {
+  fake_gs gs(6);
+  work_deque d(8);
+  for (int i = 0; i < 6; ++i) CHECK(d.push(gs[i]));  // gs[0] public, gs[1..5] private
+  auto is = [](g* want) { return [want](g* e) { return e == want; }; };
+  // Not among the newest max_scan private entries: nothing moves.
+  CHECK(d.take_private_if(is(gs[1]), is(gs[1]), 4) == nullptr);
+  // A public entry is never taken (thieves may be at it).
+  CHECK(d.take_private_if(is(gs[0]), is(gs[0]), 16) == nullptr);
+  // Found, but match refuses it after the claim: the deque is as it was.
+  CHECK(d.take_private_if(is(gs[2]), [](g*) { return false; }, 16) == nullptr);
+  CHECK(d.size() == 6);
+  CHECK(d.take_private_if(is(gs[2]), is(gs[2]), 16) == gs[2]);
+  CHECK(d.size() == 5);
+  // gs[3..5] reversed: gs[3], spawned right after gs[2], is the newest.
+  CHECK(d.pop() == gs[3]);
+  CHECK(d.pop() == gs[4]);
+  CHECK(d.pop() == gs[5]);
+  CHECK(d.pop() == gs[1]);
+  CHECK(d.steal() == gs[0]);
+  CHECK(d.pop() == nullptr);
+  // The oldest private entry, at split (bottom goes down to split for the
+  // claim), and the newest.
+  for (int i = 0; i < 3; ++i) CHECK(d.push(gs[i]));  // gs[0] public, gs[1], gs[2] private
+  CHECK(d.take_private_if(is(gs[1]), is(gs[1]), 16) == gs[1]);
+  CHECK(d.take_private_if(is(gs[2]), is(gs[2]), 16) == gs[2]);
+  CHECK(d.steal() == gs[0]);
+  // The oldest entry of all, with nothing public, stays: taking it would
+  // put another entry at top with top unmoved (oldest_position()).
+  for (int i = 0; i < 3; ++i) CHECK(d.push(gs[i]));  // gs[0] public, gs[1], gs[2] private
+  CHECK(d.steal() == gs[0]);  // top == split, at gs[1]
+  CHECK(d.take_private_if(is(gs[1]), is(gs[1]), 16) == nullptr);
+  CHECK(d.size() == 2);
+  CHECK(d.pop_oldest() == gs[1]);  // still the entry at top
+  CHECK(d.pop() == gs[2]);
+  CHECK(d.size() == 0);
+}
+
+// As for the join's pop above: after a forced publication the owner has
+// not seen, the entry found may be a thief's and its G reused; match (which
+// reads the G's plain fields) must not run before the claim says it is
+// ours, and the claim must fail.
+TEST_CASE("take_private_if after an unseen forced publication claims before it matches") {
+  fake_gs gs(3);
+  work_deque d(8);
+  for (int i = 0; i < 3; ++i) CHECK(d.push(gs[i]));  // gs[0] public, gs[1], gs[2] private
+  CHECK(d.steal() == gs[0]);
+  CHECK(d.force_publish());  // gs[1] public; the owner has not looked
+  std::atomic<bool> reused{false};
+  g* stolen = nullptr;
+  std::thread thief([&] {
+    stolen = d.steal();
+    // As init_g, on the thief's thread.
+    if (stolen != nullptr) stolen->root = std::coroutine_handle<>::from_address(stolen);
+    reused.store(true, std::memory_order_relaxed);
+  });
+  while (!reused.load(std::memory_order_relaxed)) std::this_thread::yield();
+  int looked = 0;
+  g* got = d.take_private_if([&](g* e) { return e == gs[1]; },
+                             [&](g* e) {
+                               ++looked;
+                               return e->root.address() == nullptr;
+                             },
+                             16);
+  thief.join();
+  CHECK(stolen == gs[1]);
+  CHECK(got == nullptr);
+  CHECK(looked == 0);
+  CHECK(d.pop() == gs[2]);
+  CHECK(d.size() == 0);
+}
+
 namespace {
 
-// One owner pushes, pops, pop_ifs and pop_oldests; two thieves steal; a
-// third thread forces publications. Every G must come out exactly once,
+// One owner pushes, pops, pop_ifs, take_private_ifs and pop_oldests; two
+// thieves steal; a third thread forces publications. Every G must come out
+// exactly once,
 // including the races between the owner's taking back or publishing, the
 // thieves' steals and the forced publications.
 void stress(std::uint32_t cap, std::size_t n) {
@@ -230,15 +306,25 @@ void stress(std::uint32_t cap, std::size_t n) {
   std::size_t next = 0;
   std::uint64_t rnd = 12345;
   g* last_pushed = nullptr;
+  g* recent[4] = {};  // the last pushes, for joins in spawn order
   while (next < n) {
     rnd = rnd * 6364136223846793005ULL + 1442695040888963407ULL;
     const unsigned op = static_cast<unsigned>(rnd >> 60);
     if (op < 8) {
       if (d.push(gs[next])) {
         last_pushed = gs[next];
+        recent[next % 4] = gs[next];
         ++next;
       } else if (g* gp = d.pop()) {
         got(gp);
+      }
+    } else if (op < 10) {
+      // A join that finds its child under younger siblings. find looks at
+      // the slot's pointer only; match after the claim.
+      if (g* want = recent[(rnd >> 40) % 4]) {
+        auto is = [want](g* e) { return e == want; };
+        if (g* gp = d.take_private_if(is, is, 8)) got(gp);
+        recent[(rnd >> 40) % 4] = nullptr;
       }
     } else if (op < 13) {
       if (g* gp = d.pop()) got(gp);

@@ -12,7 +12,12 @@
 // suspending (unless the cooperative budget ran out, then it yields once).
 // If the task is still the newest entry of the joiner's P's deque (no M has
 // taken it: the usual case when spawns and joins nest), the joiner runs it
-// inline, with no trip through the scheduler. Otherwise the joiner is
+// inline, with no trip through the scheduler. So it does with a task that
+// waits in the deque's private part under at most 15 newer entries (the
+// first join of children joined in the order they were spawned): the join
+// takes it from there and reverses the newer entries, so that the next
+// join in spawn order finds its child the newest (lib/sched/work_deque.hpp,
+// take_private_if). Otherwise the joiner is
 // resumed by the M that finishes the task, on that M's P: that M switches
 // to it directly when the task ends (lib/sched/scheduler.cpp, "Switching at
 // finish").

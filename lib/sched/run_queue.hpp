@@ -203,6 +203,12 @@ class run_queue::owner {
   g* take_newest_private_spawn_if(Match match) noexcept {
     return q_->spawns_.pop_newest_private_if(match);
   }
+  // take_private_spawn_if(): a private spawned G among the newest max_scan
+  // (work_deque.hpp, take_private_if): a child under younger siblings.
+  template <class Find, class Match>
+  g* take_private_spawn_if(Find find, Match match, std::uint32_t max_scan) noexcept {
+    return q_->spawns_.take_private_if(find, match, max_scan);
+  }
 
   // pop_oldest_spawn(): the oldest spawned G (the thieves' end), for the
   // fairness turn: with a task that keeps spawning, the newest-first order

@@ -609,6 +609,33 @@ std::coroutine_handle<> run_inline(frame_header* hdr, promise_base* promise,
   return root;
 }
 
+// join_take_buried(): join_suspend's step when the child is not the newest
+// private entry of this P's spawn deque: a task that spawned several
+// children joins them in spawn order, so the first join finds its child
+// under its younger siblings. If the child is among the newest
+// kBuriedScan private entries, take it from there (work_deque.hpp,
+// take_private_if) and run it inline, as the join of the newest child
+// does; the siblings stay queued. Otherwise park. Out of line, so that the
+// inline path makes no call but its tail call.
+constexpr std::uint32_t kBuriedScan = 16;
+[[gnu::noinline]] std::coroutine_handle<> join_take_buried(machine* m, g* me, frame_header* hdr,
+                                                           promise_base* promise,
+                                                           std::coroutine_handle<> root,
+                                                           std::coroutine_handle<> h) {
+  const std::uint64_t gid = promise->gid_;
+  // find reads only the G's atomic id (the entry may be a thief's by now);
+  // match, after the claim, also the root we wrote at the spawn.
+  g* child = m->local_runq().take_private_spawn_if(
+      [gid](g* c) { return c->id.load(std::memory_order_relaxed) == gid; },
+      [gid, root](g* c) {
+        return c->id.load(std::memory_order_relaxed) == gid && c->root.address() == root.address();
+      },
+      kBuriedScan);
+  if (child == nullptr) return join_park(me, hdr, promise, h);
+  m->sched->retire_g_local(m->p(), child);
+  return run_inline(hdr, promise, root, h);
+}
+
 // join_take_back(): join_suspend's step when this P's spawn deque has no
 // private entries: the child may be public (work_deque.hpp, take_back).
 // Out of line, so that the inline path makes no call but its tail call.
@@ -634,6 +661,7 @@ MPG_INLINE_INTO_TASKS std::coroutine_handle<> join_suspend(std::coroutine_handle
     if (!m->local_runq().spawns_private()) [[unlikely]]
       return join_take_back(m, me, hdr, promise, root, h);
     if (take_child_inline<true>(m, root, promise->gid_)) return run_inline(hdr, promise, root, h);
+    return join_take_buried(m, me, hdr, promise, root, h);
   }
   return join_park(me, hdr, promise, h);
 }

@@ -41,19 +41,22 @@
 // So sysmon publishes for it (force_publish(), sysmon.cpp): when a P's
 // public part has stayed empty with private entries for a sample period
 // while another P idles or spins, it moves split itself, over the older
-// half of the private part. Its one race is with an owner's pop lowering
-// bottom into that half, settled as in Dekker's algorithm with an
+// half of the private part. Its one race is with an owner's pop (or
+// claim: take_private_if) lowering bottom into that half, settled as in
+// Dekker's algorithm with an
 // asymmetric barrier (process_barrier.hpp):
 //   F1. forcing_ = true; process_barrier(); F2. load bottom; choose the
 //       new split at most bottom; F3. CAS the word from {s, s} (the
 //       public part still empty, split unmoved) to {s, new split};
 //       F4. forcing_ = false (release).
-//   O1. the owner's pop stores bottom - 1; owner_barrier(); O2. loads
-//       forcing_ (acquire) and the word: if forcing_ is set, or split is
-//       not the owner's copy, it undoes the store and does not take the
-//       entry (it waits for forcing_ to clear, or gives up where a caller
-//       has a fallback, and takes split from the word).
-// Either F2 sees O1's bottom (and leaves that entry private), or O2 sees
+//   O1. the owner's pop stores bottom - 1 (a claim: the index of the
+//       oldest entry it claims); owner_barrier(); O2. loads forcing_
+//       (acquire) and the word: if forcing_ is set, or split is not the
+//       owner's copy, it undoes the store and does not take the entry (it
+//       waits for forcing_ to clear, or gives up where a caller has a
+//       fallback, and takes split from the word).
+// Either F2 sees O1's bottom (and leaves the entries from it up private),
+// or O2 sees
 // F1 (and the owner takes nothing sysmon may publish), or F4's release;
 // then the owner sees F3's split. The owner's other changes to the word
 // are CASes, so F3 fails after any of them (and sysmon publishes nothing).
@@ -68,10 +71,10 @@
 // published work untaken.
 //
 // Roles are split by type as in run_queue.hpp: push, pop, pop_newest_if,
-// pop_if and pop_oldest belong to the M holding the P (through
-// run_queue::owner); steal(), size(), oldest_position() and the seq_cst
-// probes may be called from any thread, force_publish() by one thread at a
-// time (sysmon).
+// pop_if, take_private_if and pop_oldest belong to the M holding the P
+// (through run_queue::owner); steal(), size(), oldest_position() and the
+// seq_cst probes may be called from any thread, force_publish() by one
+// thread at a time (sysmon).
 //
 // Invariants (counters are uint32 and wrap; every comparison is of
 // differences):
@@ -89,15 +92,23 @@
 //     the owner looks, so with no private entries by split_ (bottom ==
 //     split_), split_ is current.
 //   - A pop lowers bottom before it knows it may (O1); until it undoes
-//     that, bottom may be below split. Readers of bottom other than the
-//     owner (size(), unpublished(), F2) tolerate it.
-//   - A slot is written only by the owner, at bottom, and only when
+//     that, bottom may be below split. A claim lowers it by up to its
+//     max_scan entries, for a few instructions. Readers of bottom other
+//     than the owner (size(), unpublished(), F2) tolerate it: a size()
+//     snapshot may miss the entries hidden, and a spinning M's recheck
+//     then miss work that the P's owner runs itself (parallelism lost for
+//     a while, not progress, as for a wake missed after an own-P push:
+//     scheduler.cpp).
+//   - A slot is written only by the owner: at bottom, and only when
 //     bottom - top < capacity for a top loaded after the last steal it can
-//     have raced with. The owner never takes the entry at top back into
-//     the private part (taking back leaves it public), so the slot at top
-//     keeps its value until top moves past it: a thief that read slot t
-//     and then wins its CAS with top still t read the value published for
-//     t, however often split moved meanwhile.
+//     have raced with; or between a claim's lowered bottom and its old one
+//     (take_private_if), slots at or above split that no other thread reads
+//     until the claim's release store of bottom. The owner never takes
+//     the entry at top back into the private part (taking back leaves it
+//     public), so the slot at top keeps its value until top moves past
+//     it: a thief that read slot t and then wins its CAS with top still t
+//     read the value published for t, however often split moved
+//     meanwhile.
 //
 // Memory ordering, argued per operation:
 //   publish  (owner) slot stores relaxed, then a CAS on shared_ acq_rel
@@ -106,13 +117,14 @@
 //            Thieves' CASes are read-modify-writes, so they continue the
 //            owner's release sequence.
 //   forced   the owner stores bottom with release after a push's slot
-//            store; sysmon acquires bottom (F2) and publishes with a CAS
+//            store (and after a claim's slot stores); sysmon acquires
+//            bottom (F2) and publishes with a CAS
 //            acq_rel, so a thief that acquires the word sees those slots
 //            too. forcing_: as in the protocol above.
 //   steal    shared_ load acquire (pairs with publish), slot load relaxed,
 //            CAS acq_rel: its release orders the slot read before the
 //            owner's reuse of the slot, which acquires shared_ in push().
-//   private  pops below split: relaxed; no other thread reads those
+//   private  pops and claims at or above split: relaxed; no other thread reads those
 //            slots, and bottom is read by others only for size() and F2.
 // No seq_cst: the word decides every race but forced publication's, which
 // process_barrier() decides. The seq_cst probes serve the parking protocol
@@ -284,6 +296,60 @@ class work_deque {
     return try_pop_private</*kPublish=*/false>(match, &lost);
   }
 
+  // take_private_if(): a join's child that is private but not the newest
+  // entry: the first join of a task that joins its children in the order
+  // it spawned them. Among the newest max_scan private entries, find the
+  // newest for which find(entry) holds; find may read only the G's atomic
+  // fields, since before the claim an entry may have gone public by a
+  // forced publication (split_ behind) and been stolen. Then claim that
+  // entry and every newer one at once, as a pop claims the newest
+  // (lower_to(): O1 and O2 with bottom lowered to the entry's index), check
+  // match on the entry (ours then), reverse the claimed entries in place
+  // and pop the bottom one, which is the entry found. nullptr when nothing
+  // is found, the claim loses to a forced publication, or match fails: the
+  // deque is then as it was.
+  // The reversal leaves the entry spawned right after the one taken at the
+  // bottom, so that joins in spawn order find each next child there and
+  // take it with the newest-first pop; spawned Gs have no order among them
+  // that the owner's end must keep. Sound for the same reason as a pop:
+  // during the claim bottom is at the entry's index, so a forced
+  // publication stops below it (or O2 sees it and the claim backs off),
+  // and thieves take only below split. The slots rewritten are all in the
+  // claimed part, and the release store of bottom that ends the claim
+  // carries them to F2.
+  template <class Find, class Match>
+  g* take_private_if(Find find, Match match, std::uint32_t max_scan) noexcept {
+    const std::uint32_t b = bottom_.load(std::memory_order_relaxed);  // only we write it
+    const std::uint32_t n = b - split_ < max_scan ? b - split_ : max_scan;
+    std::uint32_t i = b;
+    for (std::uint32_t k = 1; k <= n; ++k) {
+      if (find(slots_[(b - k) & mask_].load(std::memory_order_relaxed))) {
+        i = b - k;
+        break;
+      }
+    }
+    std::uint32_t top = 0;
+    if (i == b || !lower_to(i, b, &top)) return nullptr;
+    g* gp = slots_[i & mask_].load(std::memory_order_relaxed);
+    // i == top: the entry is the oldest of all, with nothing public. The
+    // reversal would put another entry in its slot with top unmoved, which
+    // oldest_position() promises not to do; leave it.
+    if (i == top || !match(gp)) {
+      bottom_.store(b, std::memory_order_release);  // release: as push's
+      return nullptr;
+    }
+    for (std::uint32_t lo = i, hi = b - 1; lo < hi; ++lo, --hi) {
+      g* x = slots_[lo & mask_].load(std::memory_order_relaxed);
+      slots_[lo & mask_].store(slots_[hi & mask_].load(std::memory_order_relaxed),
+                               std::memory_order_relaxed);
+      slots_[hi & mask_].store(x, std::memory_order_relaxed);
+    }
+    // Release: F2 may read this bottom; the rewritten slots must be seen
+    // with it.
+    bottom_.store(b - 1, std::memory_order_release);
+    return gp;
+  }
+
   // pop_oldest(): the oldest entry, public or not (the fairness turn: with
   // a task that keeps spawning, newest-first alone would keep the oldest
   // entries waiting for ever). nullptr when empty.
@@ -357,6 +423,29 @@ class work_deque {
     if constexpr (kPublish) {
       if (b != split_ && top_of(w) == split_) publish(w, b);
     }
+    return true;
+  }
+
+  // lower_to(): lower_bottom() without the publication, for a claim of
+  // the entries [i, b) at once (take_private_if()): bottom from b to i
+  // (>= split_), or back to b, false, when a forced publication is under
+  // way or has moved split (then split_ follows it). *top: top as the
+  // claim found it.
+  bool lower_to(std::uint32_t i, std::uint32_t b, std::uint32_t* top) noexcept {
+    bottom_.store(i, std::memory_order_release);  // O1, release as in lower_bottom()
+    owner_barrier();
+    // O2, as in lower_bottom().
+    if (forcing_.load(std::memory_order_acquire)) [[unlikely]] {
+      bottom_.store(b, std::memory_order_release);
+      return false;
+    }
+    const std::uint64_t w = shared_.load(std::memory_order_relaxed);
+    if (split_of(w) != split_) [[unlikely]] {
+      bottom_.store(b, std::memory_order_release);
+      split_ = split_of(w);
+      return false;
+    }
+    *top = top_of(w);
     return true;
   }
 
