@@ -131,5 +131,10 @@ void set_current_m(machine* m) noexcept;
 void guard_this_thread_stack() noexcept;
 // The G this thread runs (current_g() in g.hpp reads it).
 void set_current_g(g* gp) noexcept;
+// requeue_current_next(h): requeue_current() (g.hpp) into the P's runnext
+// slot instead of its ring's tail, so that the G is the next one its P
+// runs: the transfer guard's unwinding (stack_guard.cpp), which is not a
+// yield. On an M that holds a P only.
+void requeue_current_next(std::coroutine_handle<> h) noexcept;
 
 }  // namespace mpg::detail

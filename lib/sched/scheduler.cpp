@@ -303,6 +303,20 @@ void requeue_current(std::coroutine_handle<> h) noexcept {
   m->sched->wake_p();
 }
 
+void requeue_current_next(std::coroutine_handle<> h) noexcept {
+  g* gp = tls_g;
+  gp->resume = h;
+  gp->wait_reason.store(nullptr, std::memory_order_relaxed);
+  // ready()'s local half: the seq_cst exchange is S1, and S2 only for a G
+  // it displaced to the ring ("Runnext hand-offs", above).
+  gp->status.store(g_status::runnable, std::memory_order_relaxed);
+  machine* m = tls_m;
+  if (g* displaced = m->local_runq().put_runnext(gp)) [[unlikely]] {
+    m->sched->local_put_tail(m, displaced);
+    m->sched->wake_p();
+  }
+}
+
 namespace {
 // Off the fast path: a spawn from outside the caller's runtime's Ps.
 [[gnu::noinline]] void spawn_root_elsewhere(std::coroutine_handle<> root, const char* name,

@@ -73,7 +73,10 @@ std::coroutine_handle<> resume_on_fresh_stack(std::coroutine_handle<> h, void* f
     tls_declines_left = kDeclineWithoutWalk;
     return h;
   }
-  requeue_current(h);
+  // Into runnext: the G goes on next, from the M's loop, as if the chain
+  // had not been cut (a yield to the ring's tail would let the P start the
+  // newest spawns first, out of a fork-join tree's depth-first order).
+  requeue_current_next(h);
   return std::noop_coroutine();
 }
 

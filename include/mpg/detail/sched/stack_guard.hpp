@@ -16,10 +16,12 @@
 // The guard, in code that g++ compiles: before such a transfer, the task
 // compares the stack pointer with the bounds of the M's stack. Once more
 // than half of that stack is in use, the transfer may instead end the
-// chain: resume_on_fresh_stack() puts the current G at the back of its P's
-// run queue with the handle as its resume point (as a yield does) and
-// returns the no-op handle, so that every call of the chain returns, down
-// to the M's loop, which later resumes the G from the bottom of its stack.
+// chain: resume_on_fresh_stack() puts the current G in its P's runnext
+// slot with the handle as its resume point (as ready() does) and returns
+// the no-op handle, so that every call of the chain returns, down to the
+// M's loop, which resumes the G next, from the bottom of its stack. (Not
+// the back of the run queue, as a yield: the P would start its newest
+// spawns first, out of a fork-join tree's depth-first order.)
 // The check is two thread-local loads, a subtraction and a compare (about
 // five instructions per transfer, in g++'s code only); it sits where a
 // chain can grow without a bound: runtime awaiters that return a handle
