@@ -45,6 +45,13 @@ mpg::task<long> tree(live_count* live, long num, long size, int fanout) {
   co_return sum;
 }
 
+// tasks_run(): how many tasks the scheduler has started, on every P.
+std::uint64_t tasks_run(const mpg::runtime& rt) {
+  std::uint64_t run = 0;
+  for (std::uint64_t n : rt.stats().tasks_run) run += n;
+  return run;
+}
+
 mpg::task<long> fib(int n) {
   if (n < 2) co_return n;
   mpg::join_handle<long> a = mpg::spawn(fib(n - 1));
@@ -76,14 +83,8 @@ TEST_CASE("a fork-join tree runs depth-first on one P: the live set follows the 
 }
 
 TEST_CASE("a join of the newest spawned child runs it inline on one P") {
-  mpg::runtime_options o;
-  o.procs = 1;
-  mpg::runtime rt(o);
-  auto total_run = [&] {
-    std::uint64_t run = 0;
-    for (std::uint64_t n : rt.stats().tasks_run) run += n;
-    return run;
-  };
+  mpg::runtime rt({.procs = 1});
+  auto total_run = [&] { return tasks_run(rt); };
   rt.block_on([]() -> mpg::task<void> { co_return; }());
   const std::uint64_t spawned_before = rt.stats().spawned;
   const std::uint64_t run_before = total_run();
@@ -99,14 +100,8 @@ TEST_CASE("a join of the newest spawned child runs it inline on one P") {
 }
 
 TEST_CASE("joins in spawn order take each child from under its younger siblings on one P") {
-  mpg::runtime_options o;
-  o.procs = 1;
-  mpg::runtime rt(o);
-  auto total_run = [&] {
-    std::uint64_t run = 0;
-    for (std::uint64_t n : rt.stats().tasks_run) run += n;
-    return run;
-  };
+  mpg::runtime rt({.procs = 1});
+  auto total_run = [&] { return tasks_run(rt); };
   rt.block_on([]() -> mpg::task<void> { co_return; }());
   const std::uint64_t run_before = total_run();
   live_count live;

@@ -22,6 +22,32 @@ using mpg::detail::g;
 using mpg_test::fake_gs;
 using mpg::detail::work_deque;
 
+// reusing_thief: a thread that steals one entry and reuses its G (writes
+// its root, as init_g does) once constructed; the flag it sets after is
+// relaxed, so nothing orders that write before what the owner does next,
+// and under TSan an owner that looked at the G would race with it. join()
+// gives the G it stole.
+class reusing_thief {
+ public:
+  explicit reusing_thief(work_deque& d)
+      : t_([this, &d] {
+          stolen_ = d.steal();
+          if (stolen_ != nullptr) stolen_->root = std::coroutine_handle<>::from_address(stolen_);
+          reused_.store(true, std::memory_order_relaxed);
+        }) {
+    while (!reused_.load(std::memory_order_relaxed)) std::this_thread::yield();
+  }
+  g* join() {
+    t_.join();
+    return stolen_;
+  }
+
+ private:
+  std::atomic<bool> reused_{false};
+  g* stolen_ = nullptr;
+  std::thread t_;  // last: started once the fields above are made
+};
+
 }  // namespace
 
 TEST_CASE("the owner pops the newest entry, a thief the oldest") {
@@ -172,8 +198,8 @@ TEST_CASE("a forced publication makes private entries stealable, and the owner f
 // not seen: the entry may be stolen and its G reused by the thief's thread
 // (init_g writes its plain fields) while the owner still counts it as
 // private. match must not look at the G before the claim says it is ours;
-// under TSan a look would be a data race with the thief's write (the flag
-// below is relaxed, so nothing orders the two).
+// under TSan a look would be a data race with the thief's write
+// (reusing_thief: nothing orders the two).
 TEST_CASE("a join's pop after an unseen forced publication claims before it matches") {
   fake_gs gs(2);
   work_deque d(8);
@@ -181,21 +207,13 @@ TEST_CASE("a join's pop after an unseen forced publication claims before it matc
   CHECK(d.push(gs[1]));  // private
   CHECK(d.steal() == gs[0]);
   CHECK(d.force_publish());  // gs[1] public; the owner has not looked
-  std::atomic<bool> reused{false};
-  g* stolen = nullptr;
-  std::thread thief([&] {
-    stolen = d.steal();
-    if (stolen != nullptr) stolen->root = std::coroutine_handle<>::from_address(stolen);  // as init_g
-    reused.store(true, std::memory_order_relaxed);
-  });
-  while (!reused.load(std::memory_order_relaxed)) std::this_thread::yield();
+  reusing_thief thief(d);
   int looked = 0;
   g* got = d.pop_newest_private_if([&](g* e) {
     ++looked;
     return e->root.address() == nullptr;
   });
-  thief.join();
-  CHECK(stolen == gs[1]);
+  CHECK(thief.join() == gs[1]);
   CHECK(got == nullptr);
   CHECK(looked == 0);
   CHECK(d.size() == 0);
@@ -252,15 +270,7 @@ TEST_CASE("take_private_if after an unseen forced publication claims before it m
   for (int i = 0; i < 3; ++i) CHECK(d.push(gs[i]));  // gs[0] public, gs[1], gs[2] private
   CHECK(d.steal() == gs[0]);
   CHECK(d.force_publish());  // gs[1] public; the owner has not looked
-  std::atomic<bool> reused{false};
-  g* stolen = nullptr;
-  std::thread thief([&] {
-    stolen = d.steal();
-    // As init_g, on the thief's thread.
-    if (stolen != nullptr) stolen->root = std::coroutine_handle<>::from_address(stolen);
-    reused.store(true, std::memory_order_relaxed);
-  });
-  while (!reused.load(std::memory_order_relaxed)) std::this_thread::yield();
+  reusing_thief thief(d);
   int looked = 0;
   g* got = d.take_private_if([&](g* e) { return e == gs[1]; },
                              [&](g* e) {
@@ -268,8 +278,7 @@ TEST_CASE("take_private_if after an unseen forced publication claims before it m
                                return e->root.address() == nullptr;
                              },
                              16);
-  thief.join();
-  CHECK(stolen == gs[1]);
+  CHECK(thief.join() == gs[1]);
   CHECK(got == nullptr);
   CHECK(looked == 0);
   CHECK(d.pop() == gs[2]);

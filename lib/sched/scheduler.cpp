@@ -307,14 +307,7 @@ void requeue_current_next(std::coroutine_handle<> h) noexcept {
   g* gp = tls_g;
   gp->resume = h;
   gp->wait_reason.store(nullptr, std::memory_order_relaxed);
-  // ready()'s local half: the seq_cst exchange is S1, and S2 only for a G
-  // it displaced to the ring ("Runnext hand-offs", above).
-  gp->status.store(g_status::runnable, std::memory_order_relaxed);
-  machine* m = tls_m;
-  if (g* displaced = m->local_runq().put_runnext(gp)) [[unlikely]] {
-    m->sched->local_put_tail(m, displaced);
-    m->sched->wake_p();
-  }
+  ready(gp);  // this M holds a P of gp's runtime: into its runnext slot
 }
 
 namespace {
@@ -560,19 +553,27 @@ namespace {
 // (work_deque.hpp, try_pop_private), when the G is ours, so it looks at
 // the root too, and the deque puts a stranger back itself: the inline
 // path makes no call.
+// has_id(): reads only the G's atomic id, so it may look at an entry that
+// a thief may hold; is_child(): also the root, for an entry that is ours.
+auto has_id(std::uint64_t gid) noexcept {
+  return [gid](g* c) { return c->id.load(std::memory_order_relaxed) == gid; };
+}
+auto is_child(std::uint64_t gid, std::coroutine_handle<> root) noexcept {
+  return [gid, root](g* c) {
+    return c->id.load(std::memory_order_relaxed) == gid && c->root.address() == root.address();
+  };
+}
+
 template <bool kPrivate>
 bool take_child_inline(machine* m, std::coroutine_handle<> root, std::uint64_t gid) noexcept {
   run_queue::owner q = m->local_runq();
   if constexpr (kPrivate) {
-    g* child = q.take_newest_private_spawn_if([gid, root](g* c) {
-      return c->id.load(std::memory_order_relaxed) == gid && c->root.address() == root.address();
-    });
+    g* child = q.take_newest_private_spawn_if(is_child(gid, root));
     if (child == nullptr) return false;
     m->sched->retire_g_local(m->p(), child);
     return true;
   }
-  g* child = q.take_newest_spawn_if(
-      [gid](g* c) { return c->id.load(std::memory_order_relaxed) == gid; });
+  g* child = q.take_newest_spawn_if(has_id(gid));
   if (child == nullptr) return false;
   if (child->root.address() != root.address()) [[unlikely]] {
     // The slot it left is free: only this thread pushes.
@@ -636,15 +637,9 @@ constexpr std::uint32_t kBuriedScan = 16;
                                                            promise_base* promise,
                                                            std::coroutine_handle<> root,
                                                            std::coroutine_handle<> h) {
-  const std::uint64_t gid = promise->gid_;
-  // find reads only the G's atomic id (the entry may be a thief's by now);
-  // match, after the claim, also the root we wrote at the spawn.
+  // find before the claim (the entry may be a thief's by now), match after.
   g* child = m->local_runq().take_private_spawn_if(
-      [gid](g* c) { return c->id.load(std::memory_order_relaxed) == gid; },
-      [gid, root](g* c) {
-        return c->id.load(std::memory_order_relaxed) == gid && c->root.address() == root.address();
-      },
-      kBuriedScan);
+      has_id(promise->gid_), is_child(promise->gid_, root), kBuriedScan);
   if (child == nullptr) return join_park(me, hdr, promise, h);
   m->sched->retire_g_local(m->p(), child);
   return run_inline(hdr, promise, root, h);
