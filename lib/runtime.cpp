@@ -136,7 +136,8 @@ runtime::~runtime() {
               << s.io_faults_eintr << ", eagain " << s.io_faults_eagain << ", short "
               << s.io_faults_short << ", reset " << s.io_faults_reset << ", overflow "
               << s.io_faults_overflow << ", nomultishot " << s.io_faults_no_multishot
-              << ", nosqe " << s.io_faults_no_sqe << ")\n";
+              << ", nosqe " << s.io_faults_no_sqe << ", nopause " << s.io_faults_no_pause
+              << ")\n";
   }
   delete sched_;
 }

@@ -444,10 +444,11 @@ TEST_CASE("the fault spec parses like GODEBUG; bad pairs are reported and ignore
   errors.clear();
   c = mpg::detail::parse_faults("rate=2,kinds=eintr+bogus,seed=-1,color=red,rate=0.5", &errors);
   CHECK(c.rate == doctest::Approx(0.5));  // the bad rate is ignored, the later good one kept
-  // default: all, which leaves out nomultishot (a missing kernel feature)
-  // and nosqe (a refused arm, which the reader sees)
-  CHECK(c.kinds == (((1u << mpg::detail::kFaultKinds) - 1) & ~bit(io_fault::no_multishot) &
-                    ~bit(io_fault::no_sqe)));
+  // default: all, which leaves out nomultishot (a missing kernel feature),
+  // nosqe (a refused arm, which the reader sees) and nopause (not at rate)
+  const unsigned all = ((1u << mpg::detail::kFaultKinds) - 1) & ~bit(io_fault::no_multishot) &
+                       ~bit(io_fault::no_sqe) & ~bit(io_fault::no_pause);
+  CHECK(c.kinds == all);
   CHECK(c.seed == 0);
   CHECK(errors.find("\"rate=2\"") != std::string::npos);
   CHECK(errors.find("\"kinds=eintr+bogus\"") != std::string::npos);
@@ -458,10 +459,10 @@ TEST_CASE("the fault spec parses like GODEBUG; bad pairs are reported and ignore
   c = mpg::detail::parse_faults("rate=1,kinds=nomultishot", &errors);
   CHECK(errors.empty());
   CHECK(c.kinds == bit(io_fault::no_multishot));
-  CHECK(mpg::detail::parse_faults("rate=1,kinds=all", &errors).kinds ==
-        (((1u << mpg::detail::kFaultKinds) - 1) & ~bit(io_fault::no_multishot) &
-         ~bit(io_fault::no_sqe)));
+  CHECK(mpg::detail::parse_faults("rate=1,kinds=all", &errors).kinds == all);
   CHECK(mpg::detail::parse_faults("rate=1,kinds=nosqe", &errors).kinds == bit(io_fault::no_sqe));
+  CHECK(mpg::detail::parse_faults("rate=1,kinds=nopause", &errors).kinds ==
+        bit(io_fault::no_pause));
   CHECK(errors.empty());
 
   errors.clear();

@@ -34,7 +34,9 @@
 // reactor's last act (after io_uring_queue_exit: the kernel reads the ring
 // no more), closes the stack (a fetch_or of the closed bit) and drops its
 // own reference with those of every buffer in the kernel (in_kernel_,
-// exact: only the reactor moves it) and on the stack. Each buffer still
+// exact: only the reactor moves it; the buffers of the CQEs its quiet drain
+// drops at its end stay counted there, as nobody holds them) and on the
+// stack. Each buffer still
 // held then is given back after the close: give_back() sees the bit, does
 // not push, and drops that buffer's reference instead. Every buffer's
 // reference is so dropped exactly once, and the last drop frees. Memory

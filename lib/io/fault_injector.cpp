@@ -20,14 +20,15 @@ namespace mpg::detail {
 namespace {
 
 constexpr const char* kNames[kFaultKinds] = {"eintr",    "eagain",      "short", "reset",
-                                              "overflow", "nomultishot", "nosqe"};
+                                              "overflow", "nomultishot", "nosqe", "nopause"};
 
 constexpr unsigned bit(io_fault f) noexcept { return 1u << static_cast<unsigned>(f); }
 
-// "all": every fault the layer above hides, not the missing kernel feature
-// nor the refused arm, which a reader sees (see the header).
-constexpr unsigned kAllKinds =
-    ((1u << kFaultKinds) - 1) & ~bit(io_fault::no_multishot) & ~bit(io_fault::no_sqe);
+// "all": every fault the layer above hides at `rate`: not the missing kernel
+// feature, nor the refused arm, which a reader sees, nor the refused pause,
+// which does not go by `rate` (see the header).
+constexpr unsigned kAllKinds = ((1u << kFaultKinds) - 1) & ~bit(io_fault::no_multishot) &
+                               ~bit(io_fault::no_sqe) & ~bit(io_fault::no_pause);
 
 // The faults an opcode may legally produce (see the header).
 unsigned eligible(unsigned opcode) noexcept {
@@ -120,7 +121,7 @@ fault_config parse_faults(std::string_view spec, std::string* errors) {
       }
       if (!ok) {
         bad("want kinds=names joined by '+' from eintr, eagain, short, reset, overflow, "
-            "nomultishot, nosqe, all");
+            "nomultishot, nosqe, nopause, all");
       } else {
         c.kinds = kinds;
       }
@@ -203,6 +204,13 @@ bool fault_injector::refuse_sqe() noexcept {
   if ((kinds_ & bit(io_fault::no_sqe)) == 0 || next() >= threshold_) return false;
   count(io_fault::no_sqe);
   return true;
+}
+
+bool fault_injector::refuse_pause() noexcept {
+  if ((kinds_ & bit(io_fault::no_pause)) == 0) return false;
+  pause_refused_ = !pause_refused_;
+  if (pause_refused_) count(io_fault::no_pause);
+  return pause_refused_;
 }
 
 fault_injector::verdict fault_injector::on_cqe(std::uint64_t* user_data, int* res,

@@ -21,9 +21,15 @@
 //             (CQ overflow) through all of get_sqes_locked's attempts. At
 //             `rate`; the reader sees the error (receive() reports it
 //             rather than arming again forever), so "all" leaves it out.
+//   nopause   a multishot recv's backpressure cancel (R3, recv_queue.hpp)
+//             finds no SQE, as when the SQ is full: every other one, the
+//             first included, so that the op's next CQE must ask again. Not
+//             at `rate` (any rate above 0 turns it on: the alternation is
+//             what makes a test of it deterministic), and "all" leaves it
+//             out, as it does nomultishot.
 // io::submit's operations are never faulted: their result is the kernel's
 // cqe->res, which the caller interprets (mpg/io.hpp). Nor is a stream's
-// multishot recv, except by nomultishot and nosqe (prep_recv_multishot, not
+// multishot recv, except by nomultishot, nosqe and nopause (prep_recv_multishot, not
 // prep_request: plan() never sees it, and on_cqe() delivers its CQEs as
 // they are): a re-posted CQE would lose its buffer id. The plain recv a
 // stream falls back to when its P's buffer ring is empty is faulted like
@@ -57,7 +63,8 @@
 //                         op|4) is counted like any tagged CQE; if it failed,
 //                         the held CQE is delivered from it.
 // Cost when off: the reactor holds a null injector; two tests of it per op
-// start (one before it takes an SQE, for nosqe) and one per CQE.
+// start (one before it takes an SQE, for nosqe), one per CQE, and one per
+// backpressure cancel (nopause).
 //
 // Threading: an injector belongs to one reactor and is used only under that
 // reactor's lock; its counters are read by stats() from any thread
@@ -76,7 +83,7 @@ struct io_uring;
 namespace mpg::detail {
 
 enum class io_fault : std::uint8_t {
-  eintr, eagain, short_io, reset, overflow, no_multishot, no_sqe, kCount
+  eintr, eagain, short_io, reset, overflow, no_multishot, no_sqe, no_pause, kCount
 };
 inline constexpr unsigned kFaultKinds = static_cast<unsigned>(io_fault::kCount);
 const char* fault_name(io_fault f) noexcept;
@@ -125,6 +132,9 @@ class fault_injector {
   // refuse_sqe(): called by reactor::start before it takes an SQE for a
   // multishot recv; true: start() refuses the op as with no SQE (nosqe).
   bool refuse_sqe() noexcept;
+  // refuse_pause(): called by reactor::dispatch_multishot before it takes
+  // an SQE for a backpressure cancel; true: it finds none (nopause).
+  bool refuse_pause() noexcept;
 
   enum class verdict { deliver, hold, carrier_done, carrier_failed };
   // on_cqe(): a CQE about to be dispatched. deliver: go on with *res
@@ -155,6 +165,7 @@ class fault_injector {
   unsigned kinds_;
   bool msg_ring_;
   std::uint64_t state_;
+  bool pause_refused_ = false;  // nopause: the last backpressure cancel was refused
   std::atomic<std::uint64_t> counts_[kFaultKinds] = {};
 };
 

@@ -525,13 +525,16 @@ void tcp_stream::close() noexcept {
   if (fd_.load(std::memory_order_relaxed) < 0) return;
   // Held buffers go back to their rings; a receive waiting reads kCancelled.
   // Acquire: the queue is published with a release.
-  if (detail::recv_queue* q = recv_.load(std::memory_order_acquire)) q->close();
+  detail::g* reader = nullptr;
+  if (detail::recv_queue* q = recv_.load(std::memory_order_acquire)) reader = q->close();
   // Close the slots first: an op in flight is cancelled and its SQE is in
   // the kernel before the fd number is released.
   detail::io_cancel(&read_slot_, true);
   detail::io_cancel(&write_slot_, true);
   int fd = fd_.exchange(-1, std::memory_order_acq_rel);
   if (fd >= 0) ::close(fd);
+  // Last: the receiver may destroy the stream as soon as it runs.
+  if (reader != nullptr) detail::ready(reader);
 }
 
 absl::StatusOr<std::string> tcp_stream::local_address() const {

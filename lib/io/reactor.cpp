@@ -292,12 +292,11 @@ reactor::~reactor() {
       while (pending_.load(std::memory_order_relaxed) != 0 && clock::now() < give_up) {
         unsigned head, seen = 0;
         io_uring_cqe* cqe;
-        buffer_ring* bufs = bufs_.load(std::memory_order_relaxed);
         io_uring_for_each_cqe(ring_.get(), head, cqe) {
           ++seen;
-          // Out of the kernel and held by nobody: counted so, release()
-          // drops the buffer's reference with the reactor's.
-          if (bufs != nullptr && (cqe->flags & IORING_CQE_F_BUFFER) != 0) bufs->taken();
+          // A CQE's buffer here goes to nobody (the op is not dispatched):
+          // it stays counted in the kernel (no taken()), so that release()
+          // drops its reference with the reactor's.
           bool wake_read = cqe->user_data == kWakeTag || cqe->user_data == kWakeTag + 1;
           if (!wake_read && !(cqe->flags & IORING_CQE_F_MORE)) {
             add_pending_locked(-1);
@@ -453,12 +452,12 @@ void reactor::cancel(io_slot* slot, io_op* op, const io_stop_request& rq) noexce
 
 bool reactor::try_cancel(io_slot* slot, io_op* op, const io_stop_request& rq) noexcept {
   if (!lock_.try_lock()) return false;
-  cancel_locked(slot, op, rq);
+  const bool asked = cancel_locked(slot, op, rq);
   lock_.unlock();
-  return true;
+  return asked;
 }
 
-void reactor::cancel_locked(io_slot* slot, io_op* op, const io_stop_request& rq) noexcept {
+bool reactor::cancel_locked(io_slot* slot, io_op* op, const io_stop_request& rq) noexcept {
   io_uring_sqe* sqe = get_sqes_locked(1);  // may reap, and so complete op: check after
   if (sqe != nullptr) {
     // Relaxed: the slot is cleared under lock_, which we hold.
@@ -474,6 +473,7 @@ void reactor::cancel_locked(io_slot* slot, io_op* op, const io_stop_request& rq)
     // close() that follows cannot let the kernel resolve a reused fd number.
     flush_locked();
   }
+  return sqe != nullptr;
 }
 
 void reactor::cancel_all() noexcept {
@@ -581,7 +581,11 @@ inline unsigned reactor::dispatch(std::uint64_t user_data, int res, std::uint32_
 // reap that readied one (reactor.hpp, reap()). A callback that asks for
 // backpressure (stop_more) gets the op cancelled here, with the SQE we can
 // get without reaping (a reap inside a reap would advance the CQ under the
-// outer loop): if the SQ is full, the next CQE asks again.
+// outer loop). If the SQ is full, stop_more stays set and the op's next CQE
+// asks again: the queue asks again only after several buffers over its
+// limit (recv_queue.hpp, R3), and not at all if its reader took buffers in
+// between. An op that gets no further CQE takes no further buffer, and its
+// next arm clears the request.
 unsigned reactor::dispatch_multishot(io_op* op, int res, std::uint32_t flags) noexcept {
   op->res = res;
   op->cqe_flags = flags;
@@ -591,12 +595,16 @@ unsigned reactor::dispatch_multishot(io_op* op, int res, std::uint32_t flags) no
   if (flags & IORING_CQE_F_MORE) {
     op->complete(op);  // the op stays in flight: it is ours to touch after
     if (op->stop_more) {
-      op->stop_more = false;
-      if (io_uring_sqe* sqe = io_uring_get_sqe(ring_.get())) {
+      const bool refused = faults_ != nullptr && faults_->refuse_pause();
+      if (io_uring_sqe* sqe = refused ? nullptr : io_uring_get_sqe(ring_.get())) {
+        op->stop_more = false;
         io_uring_prep_cancel64(sqe, reinterpret_cast<std::uintptr_t>(op), 0);
         io_uring_sqe_set_data64(sqe, kIgnoreTag);
         add_pending_locked(1);
         unsubmitted_.store(io_uring_sq_ready(ring_.get()), std::memory_order_relaxed);
+        // Under lock_, the one writer: a load and a store.
+        pause_cancels_.store(pause_cancels_.load(std::memory_order_relaxed) + 1,
+                             std::memory_order_relaxed);
       }
     }
     return 1;

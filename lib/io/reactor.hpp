@@ -115,8 +115,9 @@ class reactor {
   // io_stop_request), record rq.why in op->stop and submit an ASYNC_CANCEL
   // for it (and any SQEs before it) at once.
   void cancel(io_slot* slot, io_op* op, const io_stop_request& rq) noexcept;
-  // try_cancel(): cancel() if the lock is free at once; false (nothing
-  // done) if another thread holds it.
+  // try_cancel(): cancel() if the lock is free at once and an SQE is to be
+  // had; false (nothing asked) if another thread holds the lock or the SQ
+  // stays full.
   bool try_cancel(io_slot* slot, io_op* op, const io_stop_request& rq) noexcept;
 
   // buffers(): this P's provided-buffer ring, registered on first use;
@@ -129,6 +130,8 @@ class reactor {
 
   // Statistics for tests.
   std::uint64_t submit_calls() const noexcept { return submit_calls_.load(std::memory_order_relaxed); }
+  // Backpressure cancels (recv_queue.hpp, R3) prepared so far.
+  std::uint64_t pause_cancels() const noexcept { return pause_cancels_.load(std::memory_order_relaxed); }
   // Faults injected so far (all zero when not injecting).
   fault_counts injected_faults() const noexcept {
     return faults_ != nullptr ? faults_->counts() : fault_counts{};
@@ -139,7 +142,8 @@ class reactor {
 
   void flush_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   unsigned reap_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
-  void cancel_locked(io_slot* slot, io_op* op, const io_stop_request& rq) noexcept
+  // cancel_locked(): false when no SQE could be had (nothing was asked).
+  bool cancel_locked(io_slot* slot, io_op* op, const io_stop_request& rq) noexcept
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   // dispatch(): one CQE. reaped: from the CQ (the waiter goes to the run
   // queue's tail); else an op that start() failed inline (its own task,
@@ -193,6 +197,7 @@ class reactor {
   }
   std::atomic<std::uint32_t> unsubmitted_{0};
   std::atomic<std::uint64_t> submit_calls_{0};
+  std::atomic<std::uint64_t> pause_cancels_{0};  // written under lock_, as submit_calls_
 
   // wake_state_: bit 0 = notified (wake() called, not yet consumed by a
   // wait); bits 1.. = number of threads inside wait()'s sleeping section.

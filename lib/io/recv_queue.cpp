@@ -24,6 +24,7 @@ namespace {
 constexpr unsigned kFallbackSize = 2048;  // a plain recv's heap buffer without a ring
 constexpr unsigned kMaxLimit = 8;         // R3's limit_, at most
 constexpr unsigned kMoveAfter = 2;        // R6: takes on another P before a move
+constexpr unsigned kAskAgainAfter = 8;    // R3: buffers over the limit between asks
 // Statistics for tests (relaxed: independent counts).
 std::atomic<std::uint64_t> g_nobufs{0};
 std::atomic<std::uint64_t> g_over_limit_copies{0};
@@ -61,16 +62,16 @@ void recv_queue::grow_locked() noexcept {
   // Rare: more than kInline held means a slow reader.
   auto* bigger = new (std::nothrow) held_buf[cap_ * 2u];
   if (bigger == nullptr) std::abort();  // out of memory while holding received bytes
-  for (std::uint16_t i = 0; i < count_; ++i) bigger[i] = items_[(head_ + i) & (cap_ - 1u)];
+  for (std::uint32_t i = 0; i < count_; ++i) bigger[i] = items_[(head_ + i) & (cap_ - 1u)];
   if (items_ != inline_) delete[] items_;
   items_ = bigger;
   head_ = 0;
-  cap_ = static_cast<std::uint16_t>(cap_ * 2u);
+  cap_ *= 2u;
 }
 
 void recv_queue::pop_locked() noexcept {
   if (items_[head_].ring != nullptr) --ring_held_;
-  head_ = static_cast<std::uint16_t>((head_ + 1) & (cap_ - 1u));
+  head_ = (head_ + 1) & (cap_ - 1u);
   --count_;
   held_hint_.store(count_, std::memory_order_relaxed);
 }
@@ -102,7 +103,7 @@ void recv_queue::put_back(net::recv_buffer&& b, std::size_t consumed) noexcept {
   // To the front: push (which makes room), then move the head back one
   // slot and put h there; the copy pushed at the back falls out of range.
   push_locked(h);
-  head_ = static_cast<std::uint16_t>((head_ + cap_ - 1) & (cap_ - 1u));
+  head_ = (head_ + cap_ - 1) & (cap_ - 1u);
   items_[head_] = h;
   lock_.unlock();
 }
@@ -271,12 +272,6 @@ bool recv_queue::took_data_locked() noexcept {
   return true;
 }
 
-void recv_queue::withdraw(recv_waiter* w) noexcept {
-  lock_.lock();
-  if (waiter_ == w) waiter_ = nullptr;
-  lock_.unlock();
-}
-
 void recv_queue::wake(recv_waiter* w, wake_reason why) noexcept {
   lock_.lock();
   if (w->wake == kNone) w->wake = why;
@@ -296,7 +291,7 @@ void recv_queue::kick() noexcept {
   ready(w->gp);
 }
 
-void recv_queue::close() noexcept {
+g* recv_queue::close() noexcept {
   lock_.lock();
   closed_ = true;
   while (count_ != 0) {
@@ -306,10 +301,10 @@ void recv_queue::close() noexcept {
   recv_waiter* w = std::exchange(waiter_, nullptr);
   if (w != nullptr && w->wake == kNone) w->wake = kCancel;
   lock_.unlock();
-  if (w != nullptr) ready(w->gp);
   // The armed op is cancelled, and its SQE in the kernel, before the
   // stream releases the fd number (io_op.hpp); no op starts here again.
   io_cancel(&slot_, /*close=*/true);
+  return w != nullptr ? w->gp : nullptr;
 }
 
 void recv_queue::cancel() noexcept { io_cancel(&slot_, /*close=*/false); }
@@ -327,6 +322,7 @@ void recv_queue::on_cqe(io_op* op) noexcept {
   }
   if (res > 0) {
     held_buf b{};
+    bool over = false;  // R3: this buffer came over the limit
     if (q->single_) {
       b = {q->single_buf_, static_cast<std::uint32_t>(res), 0, nullptr, q->single_buf_};
       q->single_buf_ = nullptr;
@@ -335,6 +331,7 @@ void recv_queue::on_cqe(io_op* op) noexcept {
       b = {q->ring_->addr(bid), static_cast<std::uint32_t>(res), bid, q->ring_, nullptr};
       q->got_any_ = true;
       if (q->ring_held_ >= q->limit_ && !q->closed_) {
+        over = true;
         // R3: over the limit (a burst the kernel posted before the cancel
         // took effect): copy out and give the ring buffer back at once.
         if (char* copy = new (std::nothrow) char[static_cast<std::size_t>(res)]) {
@@ -350,8 +347,12 @@ void recv_queue::on_cqe(io_op* op) noexcept {
     } else {
       q->push_locked(b);
     }
-    if (more && !q->pausing_ && q->ring_held_ >= q->limit_) {  // R3
+    // R3: the pause is asked when the queue reaches its limit, and again
+    // after every kAskAgainAfter buffers that still come over it.
+    if (more && q->ring_held_ >= q->limit_ &&
+        (!q->pausing_ || (over && ++q->over_since_ask_ >= kAskAgainAfter))) {
       q->pausing_ = true;
+      q->over_since_ask_ = 0;
       op->stop_more = true;
     }
   }
@@ -359,6 +360,7 @@ void recv_queue::on_cqe(io_op* op) noexcept {
   if (!more) {
     q->armed_ = false;  // R2: op_ may be started again
     q->pausing_ = false;
+    q->over_since_ask_ = 0;
     q->moving_ = false;
     if (q->single_) {
       delete[] std::exchange(q->single_buf_, nullptr);

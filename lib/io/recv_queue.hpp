@@ -35,10 +35,22 @@
 //       the multishot: CQ overflow, -EINTR, -ECANCELED from backpressure or
 //       shutdown) clears armed_; the reader re-arms at its next wait.
 //   R3. Backpressure: when the queue holds limit_ ring buffers, on_cqe
-//       asks the reactor to cancel the multishot (stop_more); the reader
-//       re-arms only once it has taken every held buffer (R1), and unread
-//       bytes stay in the socket (the peer is throttled by TCP). The kernel
-//       may post a burst before the cancel takes effect (a multishot recv
+//       asks the reactor to cancel the multishot (stop_more; pausing_
+//       records it), and asks again after every kAskAgainAfter buffers
+//       that still come over the limit. The reactor keeps a request until
+//       it gets an SQE for the cancel (the SQ may be full). And a cancel
+//       can miss: the kernel runs a multishot receive that keeps finding
+//       data as task_work it requeues, where an ASYNC_CANCEL does not look
+//       (-ENOENT: 247 of them in a row in one run while the multishot
+//       drained about 1 MiB of backlog). So a pause takes hold only when a
+//       cancel finds the multishot waiting for data: while the peer keeps
+//       the socket supplied faster than the copies drain it, the copies go
+//       on. Extra cancels are harmless: a cancel finds only its own ring's
+//       ops, and one behind an op that ended, or ahead of its re-arm at the
+//       same address in the same ring, finds nothing. The reader re-arms
+//       only once it has taken every held buffer (R1), and unread bytes
+//       stay in the socket (the peer is throttled by TCP). The kernel may
+//       post a burst before the cancel takes effect (a multishot recv
 //       loops while the socket has data): a buffer over the limit is copied
 //       to the heap and given back at once, so nothing is lost and a slow
 //       reader never holds more than limit_ of the ring's buffers.
@@ -173,18 +185,17 @@ class recv_queue {
   void took_handed() noexcept;
   // maybe_held(): held_hint_ is not 0 (a hint; see the file comment).
   bool maybe_held() const noexcept { return held_hint_.load(std::memory_order_relaxed) != 0; }
-  // withdraw(): the reader no longer waits (its park was undone, or it was
-  // woken by someone and returns): unpublish w if it still is.
-  void withdraw(recv_waiter* w) noexcept;
   // wake(): a waker of W2/W3 records `why` in w (if nothing was recorded
   // yet) and readies it if it was published. Any thread.
   void wake(recv_waiter* w, wake_reason why) noexcept;
   // kick(): W3, the published waiter, if any.
   void kick() noexcept;
   // close(): no more held buffers: give them back; later CQEs' buffers go
-  // back at once; a waiting reader reads kCancelled; the armed op is
-  // cancelled and no op starts again. Before the stream closes its fd.
-  void close() noexcept;
+  // back at once; the armed op is cancelled and no op starts again. Before
+  // the stream closes its fd. A waiting reader is unpublished and will read
+  // kCancelled: its G is returned for the caller to ready once it touches
+  // the stream no more (the reader may destroy the stream when it returns).
+  [[nodiscard]] g* close() noexcept;
   // cancel(): the armed op, if any, ends (tcp_stream::cancel()).
   void cancel() noexcept;
   // put_back(): the reader copied `consumed` bytes of b (read(buf)); the
@@ -232,7 +243,8 @@ class recv_queue {
   void pop_locked() noexcept;
   static void give_back(const held_buf& b) noexcept;
 
-  // Layout: what every message touches comes first, in 192 bytes: the op
+  // Layout: what every message touches comes first, in 192 bytes but for
+  // the second inline held buffer (held only when two are): the op
   // the reaper dispatches, then the lock and the state on_cqe and the
   // reader's step read, then the held buffers; what arms and ends an op
   // comes last. On tcp_echo each connection's lines are cold by its next
@@ -259,17 +271,20 @@ class recv_queue {
   std::uint8_t limit_ = 8;
   // The reader's own (the file comment), also written under lock_:
   std::uint8_t away_ = 0;      // R6: data taken on a P other than the arm's, in a row
+  std::uint8_t over_since_ask_ = 0;  // R3: buffers over the limit since the last ask
   // count_'s mirror. Relaxed both ways: a hint that only picks between two
   // paths that each look under lock_ (the file comment).
-  std::atomic<std::uint16_t> held_hint_{0};
+  std::atomic<std::uint32_t> held_hint_{0};
   // held_: a circular queue, inline for the first kInline buffers; cap_
   // is a power of two (it starts at kInline and doubles), so indices wrap
   // with a mask.
-  static constexpr std::uint16_t kInline = 2;
-  std::uint16_t cap_ = kInline;
-  std::uint16_t head_ = 0;
-  std::uint16_t count_ = 0;
-  std::uint16_t ring_held_ = 0;  // held buffers that belong to a ring
+  // 32-bit: copies drained past a pause (R3) are not bounded by the ring,
+  // and with small ring buffers may number more than 65,535.
+  static constexpr std::uint32_t kInline = 2;
+  std::uint32_t cap_ = kInline;
+  std::uint32_t head_ = 0;
+  std::uint32_t count_ = 0;
+  std::uint32_t ring_held_ = 0;  // held buffers that belong to a ring
   const reactor* arm_p_ = nullptr;  // R6: the reactor the op was armed on (the reader's own)
   buffer_ring* ring_ = nullptr;  // the armed multishot's buffers
   recv_waiter* waiter_ = nullptr;

@@ -147,7 +147,7 @@ struct io_stop_request {
 // (lib/io/fault_injector.hpp; tests only). The values after `none` follow
 // io_fault's order, one higher.
 enum class io_fault_plan : std::uint8_t {
-  none, eintr, eagain, short_io, reset, overflow, no_multishot, no_sqe, reposted
+  none, eintr, eagain, short_io, reset, overflow, no_multishot, no_sqe, no_pause, reposted
 };
 
 // io_prep_fn: prepares `sqe` for the operation described by ctx. Called under
@@ -195,7 +195,8 @@ struct io_op {
   // the op stays in its slot until the final one. Set by the owner.
   bool multishot = false;
   // Set by a multishot op's `complete` on a CQE with F_MORE: the reactor
-  // then cancels the op (backpressure); best effort, cleared by the reactor.
+  // then cancels the op (backpressure), and clears it once it has an SQE
+  // for the cancel; the owner clears it when it arms the op again.
   bool stop_more = false;
   // No field for the completion's own state: `complete` finds it from the
   // op, which is a base or a member of its owner (net::read_op derives from
@@ -234,7 +235,8 @@ void io_cancel(io_slot* slot, bool close) noexcept;
 void io_stop_in_flight(io_slot* slot, const io_stop_request& rq) noexcept;
 // io_try_stop_in_flight(): the same for a stop that is only worth making
 // when it is cheap (io_stop::move): false, with nothing asked, if the owning
-// ring's lock is held (its M may be in a submit that runs for microseconds).
+// ring's lock is held (its M may be in a submit that runs for microseconds)
+// or its SQ stays full.
 bool io_try_stop_in_flight(io_slot* slot, const io_stop_request& rq) noexcept;
 
 // io_deadline: a deadline of an object's operations that any task may set,
