@@ -50,11 +50,13 @@
 //     kWriterWait (readers queue only behind a writer).
 //
 // Memory ordering: acquiring (shared or exclusive) is an acquire CAS, and
-// releasing a release CAS, on state_: writers' sections happen-before later
-// readers' and writers' sections, and readers' before the next writer's
-// (the last reader's acq_rel CAS, made under the queue lock, heads the
-// hand-off, which reaches the new owner through the lock and ready(), both
-// release/acquire). Queue and waiter fields are guarded by the queue lock.
+// releasing a release CAS on state_ (a release store in unlock()'s slow
+// path, where kWriter and the queue lock leave no concurrent RMW): writers'
+// sections happen-before later readers' and writers' sections, and readers'
+// before the next writer's (the last reader's acq_rel CAS, made under the
+// queue lock, heads the hand-off, which reaches the new owner through the
+// lock and ready(), both release/acquire). Queue and waiter fields are
+// guarded by the queue lock.
 #pragma once
 
 #include <atomic>

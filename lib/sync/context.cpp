@@ -62,7 +62,10 @@ void context_node::arm_deadline(std::chrono::steady_clock::time_point tp) {
   timer_.fire = &context_node::fire;
   timer_.arg = this;
   add_timer(&timer_, nullptr);  // throws outside a runtime: nothing armed
-  timer_armed_ = true;          // nobody else can see this node yet
+  // The armed timer may fire on another M or sysmon already: fire() comes
+  // with from_timer and never reads timer_armed_, which only this node's
+  // cancel paths do, and no other thread can reach those yet.
+  timer_armed_ = true;
 }
 
 void context_node::fire(timer* t) noexcept {

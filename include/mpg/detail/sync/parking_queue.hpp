@@ -13,7 +13,8 @@
 //       and the lock is released: that release publishes w (step 2); the
 //       caller must not touch w or the awaiter after park() returns true.
 //   P2. wake(decide): takes the lock and calls decide(queues), which makes
-//       the release's change to S (a CAS) and takes off the queue the
+//       the release's change to S (a CAS, or a release store where the lock
+//       and S's state leave no concurrent RMW) and takes off the queue the
 //       waiters that change lets go, returned as a chain through `next`;
 //       the lock is released and only then are they readied (g.hpp, step
 //       3). Deciding and changing S under the one lock is what keeps the

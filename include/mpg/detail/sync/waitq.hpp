@@ -299,9 +299,10 @@ class waitq {
 
 // ready_chain(): ready every G of a chain built by take_all() or by hand
 // through `next`. Reads each link before readying its waiter: once readied,
-// a waiter's frame may be resumed and freed on another thread. The first G
-// goes to runnext, the rest to the tail of the local queue, so a wake-all
-// neither takes the caller's slot many times over nor reorders the woken.
+// a waiter's frame may be resumed and freed on another thread. On an M, the
+// first G goes to runnext, the rest to the tail of the local queue, so a
+// wake-all neither takes the caller's slot many times over nor reorders the
+// woken; from any other thread, all of them go to the global queue.
 inline void ready_chain(waiter* w) noexcept {
   bool first = true;
   while (w) {
