@@ -328,13 +328,13 @@ class work_deque {
         break;
       }
     }
-    std::uint32_t top = 0;
-    if (i == b || !lower_to(i, b, &top)) return nullptr;
+    std::uint64_t w = 0;
+    if (i == b || !lower_to(i, b, &w)) return nullptr;
     g* gp = slots_[i & mask_].load(std::memory_order_relaxed);
     // i == top: the entry is the oldest of all, with nothing public. The
     // reversal would put another entry in its slot with top unmoved, which
     // oldest_position() promises not to do; leave it.
-    if (i == top || !match(gp)) {
+    if (i == top_of(w) || !match(gp)) {
       bottom_.store(b, std::memory_order_release);  // release: as push's
       return nullptr;
     }
@@ -397,55 +397,44 @@ class work_deque {
   }
 
   // lower_bottom(): bottom from b + 1 to b (>= split_), the caller having
-  // read the entry at b: O1 and O2 of forced publication, then a
-  // publication when thieves have emptied the public part and private
+  // read the entry at b: O1 and O2 of forced publication (lower_to()), then
+  // a publication when thieves have emptied the public part and private
   // entries remain. False, with bottom back at b + 1, when a forced
   // publication is under way or has moved split (then split_ follows it).
   template <bool kPublish = true>
   [[gnu::always_inline]] bool lower_bottom(std::uint32_t b) noexcept {
-    // O1. Release, as every store of bottom: F2 may read this one, and a
-    // later relaxed store would not carry a push's release on to F2
-    // (release sequences are made of read-modify-writes only).
-    bottom_.store(b, std::memory_order_release);
-    owner_barrier();
-    // O2. Acquire on forcing_: pairs with F4, so that a clear flag written
-    // by F4 shows F3's word.
-    if (forcing_.load(std::memory_order_acquire)) [[unlikely]] {
-      bottom_.store(b + 1, std::memory_order_release);
-      return false;
-    }
-    const std::uint64_t w = shared_.load(std::memory_order_relaxed);
-    if (split_of(w) != split_) [[unlikely]] {
-      bottom_.store(b + 1, std::memory_order_release);
-      split_ = split_of(w);
-      return false;
-    }
+    std::uint64_t w = 0;
+    if (!lower_to(b, b + 1, &w)) return false;
     if constexpr (kPublish) {
       if (b != split_ && top_of(w) == split_) publish(w, b);
     }
     return true;
   }
 
-  // lower_to(): lower_bottom() without the publication, for a claim of
-  // the entries [i, b) at once (take_private_if()): bottom from b to i
-  // (>= split_), or back to b, false, when a forced publication is under
-  // way or has moved split (then split_ follows it). *top: top as the
-  // claim found it.
-  bool lower_to(std::uint32_t i, std::uint32_t b, std::uint32_t* top) noexcept {
-    bottom_.store(i, std::memory_order_release);  // O1, release as in lower_bottom()
+  // lower_to(): O1 and O2 of forced publication for a claim of the entries
+  // [i, b): bottom from b to i (>= split_), or back to b, false, when a
+  // forced publication is under way or has moved split (then split_
+  // follows it). *w: the word as the claim found it. A pop claims one
+  // entry (lower_bottom()); take_private_if() claims several at once.
+  [[gnu::always_inline]] bool lower_to(std::uint32_t i, std::uint32_t b,
+                                       std::uint64_t* w) noexcept {
+    // O1. Release, as every store of bottom: F2 may read this one, and a
+    // later relaxed store would not carry a push's release on to F2
+    // (release sequences are made of read-modify-writes only).
+    bottom_.store(i, std::memory_order_release);
     owner_barrier();
-    // O2, as in lower_bottom().
+    // O2. Acquire on forcing_: pairs with F4, so that a clear flag written
+    // by F4 shows F3's word.
     if (forcing_.load(std::memory_order_acquire)) [[unlikely]] {
       bottom_.store(b, std::memory_order_release);
       return false;
     }
-    const std::uint64_t w = shared_.load(std::memory_order_relaxed);
-    if (split_of(w) != split_) [[unlikely]] {
+    *w = shared_.load(std::memory_order_relaxed);
+    if (split_of(*w) != split_) [[unlikely]] {
       bottom_.store(b, std::memory_order_release);
-      split_ = split_of(w);
+      split_ = split_of(*w);
       return false;
     }
-    *top = top_of(w);
     return true;
   }
 
