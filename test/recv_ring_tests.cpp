@@ -332,7 +332,10 @@ struct flood_result {
 // buffers (a stream's limit is then buffers / 16, at most 8), a reader waits in
 // receive(), takes one buffer and then stops reading, while its peer writes
 // `total` bytes in writes of `chunk` and another stream on the same ring
-// does 200 round trips; then the reader goes on and reads to the end.
+// does round trips: 200, and more until the P's reactor has prepared a
+// backpressure cancel (at most 20,000; a loaded machine can run the 200
+// before the flood reaches the reader's limit); then the reader goes on and
+// reads to the end.
 task<flood_result> slow_reader_flood(unsigned buffers, std::size_t total, std::size_t chunk) {
   flood_result r;
   auto slow = co_await connect_pair();
@@ -367,7 +370,8 @@ task<flood_result> slow_reader_flood(unsigned buffers, std::size_t total, std::s
     }
     s.close();
   }(slow.server, total, chunk));
-  for (int i = 0; i < 200; ++i) {
+  mpg::detail::reactor* const home = mpg::detail::current_reactor();
+  for (int i = 0; i < 20'000 && (i < 200 || home->pause_cancels() == cancels_before); ++i) {
     std::string msg = "message " + std::to_string(i);
     CHECK((co_await fast.server.write(msg)).ok());
     auto b = co_await fast.client.receive();
@@ -375,7 +379,7 @@ task<flood_result> slow_reader_flood(unsigned buffers, std::size_t total, std::s
     CHECK(b->view() == msg);
     r.most_held = std::max(r.most_held, slow.client.held_buffers());
   }
-  r.pause_cancels = mpg::detail::current_reactor()->pause_cancels() - cancels_before;
+  r.pause_cancels = home->pause_cancels() - cancels_before;
   CHECK(go_on.try_send(1));
   r.reader_ok = co_await reader;
   co_await writer;
@@ -396,6 +400,7 @@ TEST_CASE("receive: a slow reader holds at most its share of the ring; others ke
   // 16 buffers: the stream's limit is 1. One write of 512 KiB.
   mpg::runtime rt({.procs = 1, .recv_buffers = 16});
   const flood_result r = rt.block_on(slow_reader_flood(16, 512 * 1024, 512 * 1024));
+  CHECK(r.pause_cancels >= 1);  // the flood reached the limit while the round trips ran
   CHECK(r.most_held <= 1);
   CHECK(r.reader_ok);
   CHECK(r.ring_back);
