@@ -137,7 +137,7 @@ runtime::~runtime() {
               << s.io_faults_short << ", reset " << s.io_faults_reset << ", overflow "
               << s.io_faults_overflow << ", nomultishot " << s.io_faults_no_multishot
               << ", nosqe " << s.io_faults_no_sqe << ", nopause " << s.io_faults_no_pause
-              << ")\n";
+              << ", misspause " << s.io_faults_miss_pause << ")\n";
   }
   delete sched_;
 }

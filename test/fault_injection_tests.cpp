@@ -445,9 +445,11 @@ TEST_CASE("the fault spec parses like GODEBUG; bad pairs are reported and ignore
   c = mpg::detail::parse_faults("rate=2,kinds=eintr+bogus,seed=-1,color=red,rate=0.5", &errors);
   CHECK(c.rate == doctest::Approx(0.5));  // the bad rate is ignored, the later good one kept
   // default: all, which leaves out nomultishot (a missing kernel feature),
-  // nosqe (a refused arm, which the reader sees) and nopause (not at rate)
+  // nosqe (a refused arm, which the reader sees), nopause (not at rate) and
+  // misspause (drains the ring)
   const unsigned all = ((1u << mpg::detail::kFaultKinds) - 1) & ~bit(io_fault::no_multishot) &
-                       ~bit(io_fault::no_sqe) & ~bit(io_fault::no_pause);
+                       ~bit(io_fault::no_sqe) & ~bit(io_fault::no_pause) &
+                       ~bit(io_fault::miss_pause);
   CHECK(c.kinds == all);
   CHECK(c.seed == 0);
   CHECK(errors.find("\"rate=2\"") != std::string::npos);
@@ -463,6 +465,8 @@ TEST_CASE("the fault spec parses like GODEBUG; bad pairs are reported and ignore
   CHECK(mpg::detail::parse_faults("rate=1,kinds=nosqe", &errors).kinds == bit(io_fault::no_sqe));
   CHECK(mpg::detail::parse_faults("rate=1,kinds=nopause", &errors).kinds ==
         bit(io_fault::no_pause));
+  CHECK(mpg::detail::parse_faults("rate=1,kinds=misspause", &errors).kinds ==
+        bit(io_fault::miss_pause));
   CHECK(errors.empty());
 
   errors.clear();

@@ -40,6 +40,7 @@ struct runtime_stats {
   std::uint64_t io_faults_no_multishot = 0;  // multishot recvs refused
   std::uint64_t io_faults_no_sqe = 0;        // multishot arms refused an SQE
   std::uint64_t io_faults_no_pause = 0;      // backpressure cancels refused an SQE
+  std::uint64_t io_faults_miss_pause = 0;    // backpressure cancels that missed their op
   std::vector<std::uint32_t> local_queue_lengths;  // per P, snapshot
   std::vector<std::uint64_t> tasks_run;            // per P, Gs executed
 };

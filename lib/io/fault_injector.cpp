@@ -20,15 +20,18 @@ namespace mpg::detail {
 namespace {
 
 constexpr const char* kNames[kFaultKinds] = {"eintr",    "eagain",      "short", "reset",
-                                              "overflow", "nomultishot", "nosqe", "nopause"};
+                                              "overflow", "nomultishot", "nosqe", "nopause",
+                                              "misspause"};
 
 constexpr unsigned bit(io_fault f) noexcept { return 1u << static_cast<unsigned>(f); }
 
 // "all": every fault the layer above hides at `rate`: not the missing kernel
 // feature, nor the refused arm, which a reader sees, nor the refused pause,
-// which does not go by `rate` (see the header).
+// which does not go by `rate`, nor the missed pause, which drains the P's
+// ring (see the header).
 constexpr unsigned kAllKinds = ((1u << kFaultKinds) - 1) & ~bit(io_fault::no_multishot) &
-                               ~bit(io_fault::no_sqe) & ~bit(io_fault::no_pause);
+                               ~bit(io_fault::no_sqe) & ~bit(io_fault::no_pause) &
+                               ~bit(io_fault::miss_pause);
 
 // The faults an opcode may legally produce (see the header).
 unsigned eligible(unsigned opcode) noexcept {
@@ -121,7 +124,7 @@ fault_config parse_faults(std::string_view spec, std::string* errors) {
       }
       if (!ok) {
         bad("want kinds=names joined by '+' from eintr, eagain, short, reset, overflow, "
-            "nomultishot, nosqe, nopause, all");
+            "nomultishot, nosqe, nopause, misspause, all");
       } else {
         c.kinds = kinds;
       }
@@ -211,6 +214,12 @@ bool fault_injector::refuse_pause() noexcept {
   pause_refused_ = !pause_refused_;
   if (pause_refused_) count(io_fault::no_pause);
   return pause_refused_;
+}
+
+bool fault_injector::miss_pause() noexcept {
+  if ((kinds_ & bit(io_fault::miss_pause)) == 0 || next() >= threshold_) return false;
+  count(io_fault::miss_pause);
+  return true;
 }
 
 fault_injector::verdict fault_injector::on_cqe(std::uint64_t* user_data, int* res,

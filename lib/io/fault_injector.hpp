@@ -27,9 +27,15 @@
 //             at `rate` (any rate above 0 turns it on: the alternation is
 //             what makes a test of it deterministic), and "all" leaves it
 //             out, as it does nomultishot.
+//   misspause a multishot recv's backpressure cancel misses the op, as the
+//             kernel's ASYNC_CANCEL misses a multishot recv that it keeps
+//             requeuing as task_work while the peer keeps the socket
+//             supplied (recv_queue.hpp, R3): the reactor drops the request
+//             without taking an SQE. At `rate`; "all" leaves it out (a
+//             stream over its copy cap drains the P's ring, R3).
 // io::submit's operations are never faulted: their result is the kernel's
 // cqe->res, which the caller interprets (mpg/io.hpp). Nor is a stream's
-// multishot recv, except by nomultishot, nosqe and nopause (prep_recv_multishot, not
+// multishot recv, except by nomultishot, nosqe, nopause and misspause (prep_recv_multishot, not
 // prep_request: plan() never sees it, and on_cqe() delivers its CQEs as
 // they are): a re-posted CQE would lose its buffer id. The plain recv a
 // stream falls back to when its P's buffer ring is empty is faulted like
@@ -64,7 +70,7 @@
 //                         the held CQE is delivered from it.
 // Cost when off: the reactor holds a null injector; two tests of it per op
 // start (one before it takes an SQE, for nosqe), one per CQE, and one per
-// backpressure cancel (nopause).
+// backpressure cancel (nopause, misspause).
 //
 // Threading: an injector belongs to one reactor and is used only under that
 // reactor's lock; its counters are read by stats() from any thread
@@ -83,7 +89,7 @@ struct io_uring;
 namespace mpg::detail {
 
 enum class io_fault : std::uint8_t {
-  eintr, eagain, short_io, reset, overflow, no_multishot, no_sqe, no_pause, kCount
+  eintr, eagain, short_io, reset, overflow, no_multishot, no_sqe, no_pause, miss_pause, kCount
 };
 inline constexpr unsigned kFaultKinds = static_cast<unsigned>(io_fault::kCount);
 const char* fault_name(io_fault f) noexcept;
@@ -135,6 +141,10 @@ class fault_injector {
   // refuse_pause(): called by reactor::dispatch_multishot before it takes
   // an SQE for a backpressure cancel; true: it finds none (nopause).
   bool refuse_pause() noexcept;
+  // miss_pause(): called by reactor::dispatch_multishot for a backpressure
+  // cancel it is about to prepare; true: the cancel misses (misspause), and
+  // the reactor drops the request without taking an SQE.
+  bool miss_pause() noexcept;
 
   enum class verdict { deliver, hold, carrier_done, carrier_failed };
   // on_cqe(): a CQE about to be dispatched. deliver: go on with *res

@@ -594,6 +594,9 @@ unsigned reactor::dispatch_multishot(io_op* op, int res, std::uint32_t flags) no
   }
   if (flags & IORING_CQE_F_MORE) {
     op->complete(op);  // the op stays in flight: it is ours to touch after
+    if (op->stop_more && faults_ != nullptr && faults_->miss_pause()) {
+      op->stop_more = false;  // the cancel went out and missed (misspause)
+    }
     if (op->stop_more) {
       const bool refused = faults_ != nullptr && faults_->refuse_pause();
       if (io_uring_sqe* sqe = refused ? nullptr : io_uring_get_sqe(ring_.get())) {

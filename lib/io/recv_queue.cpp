@@ -25,14 +25,24 @@ constexpr unsigned kFallbackSize = 2048;  // a plain recv's heap buffer without 
 constexpr unsigned kMaxLimit = 8;         // R3's limit_, at most
 constexpr unsigned kMoveAfter = 2;        // R6: takes on another P before a move
 constexpr unsigned kAskAgainAfter = 8;    // R3: buffers over the limit between asks
+// R3's cap on the copies a stream holds: 256 KiB (a socket's receive
+// buffer, in size), and at least kMinCopies buffers, so that the burst a
+// multishot posts before its pause takes hold fits with large buffers.
+constexpr std::size_t kMaxCopiedBytes = 256 * 1024;
+constexpr std::uint32_t kMinCopies = 16;
+std::uint32_t max_copies(const buffer_ring* ring) noexcept {
+  return std::max(static_cast<std::uint32_t>(kMaxCopiedBytes / ring->buffer_size()), kMinCopies);
+}
 // Statistics for tests (relaxed: independent counts).
 std::atomic<std::uint64_t> g_nobufs{0};
 std::atomic<std::uint64_t> g_over_limit_copies{0};
+std::atomic<std::uint64_t> g_held_over_cap{0};
 }  // namespace
 
 recv_stats recv_queue::stats() noexcept {
   return {g_nobufs.load(std::memory_order_relaxed),
-          g_over_limit_copies.load(std::memory_order_relaxed)};
+          g_over_limit_copies.load(std::memory_order_relaxed),
+          g_held_over_cap.load(std::memory_order_relaxed)};
 }
 
 recv_queue::~recv_queue() {
@@ -333,8 +343,12 @@ void recv_queue::on_cqe(io_op* op) noexcept {
       if (q->ring_held_ >= q->limit_ && !q->closed_) {
         over = true;
         // R3: over the limit (a burst the kernel posted before the cancel
-        // took effect): copy out and give the ring buffer back at once.
-        if (char* copy = new (std::nothrow) char[static_cast<std::size_t>(res)]) {
+        // took effect): copy out and give the ring buffer back at once,
+        // while the copies held are under their cap; past it, the ring
+        // buffer stays held.
+        if (q->count_ - q->ring_held_ >= max_copies(q->ring_)) {
+          g_held_over_cap.fetch_add(1, std::memory_order_relaxed);
+        } else if (char* copy = new (std::nothrow) char[static_cast<std::size_t>(res)]) {
           std::memcpy(copy, b.data, static_cast<std::size_t>(res));
           q->ring_->give_back(bid);
           b = {copy, static_cast<std::uint32_t>(res), 0, nullptr, copy};

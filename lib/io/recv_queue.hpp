@@ -53,7 +53,14 @@
 //       post a burst before the cancel takes effect (a multishot recv
 //       loops while the socket has data): a buffer over the limit is copied
 //       to the heap and given back at once, so nothing is lost and a slow
-//       reader never holds more than limit_ of the ring's buffers.
+//       reader holds no more than limit_ of the ring's buffers while its
+//       copies are under their cap: 256 KiB, and at least 16 buffers
+//       (max_copies). Past the cap, the buffers a peer that outruns the
+//       cancels sends stay held: the ring runs dry, the multishot ends with
+//       -ENOBUFS (R4) and the peer is throttled by TCP. So a stream's
+//       memory is bounded by the cap plus the ring, and the price of a
+//       stream over its cap falls on the P's other streams, whose
+//       multishots end with -ENOBUFS too until it reads.
 //   R4. -ENOBUFS (the ring was empty when the kernel needed a buffer: the
 //       bytes stay in the socket) clears armed_ and makes the next arm one
 //       plain recv into a heap buffer of the ring's buffer size; the arm
@@ -144,6 +151,7 @@ namespace mpg::detail {
 struct recv_stats {
   std::uint64_t nobufs = 0;             // R4: multishots ended by an empty ring
   std::uint64_t over_limit_copies = 0;  // R3: buffers copied out over the limit
+  std::uint64_t held_over_cap = 0;      // R3: ring buffers held over the limit, the copies at their cap
 };
 
 class recv_queue {

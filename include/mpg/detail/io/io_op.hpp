@@ -147,7 +147,8 @@ struct io_stop_request {
 // (lib/io/fault_injector.hpp; tests only). The values after `none` follow
 // io_fault's order, one higher.
 enum class io_fault_plan : std::uint8_t {
-  none, eintr, eagain, short_io, reset, overflow, no_multishot, no_sqe, no_pause, reposted
+  none, eintr, eagain, short_io, reset, overflow, no_multishot, no_sqe, no_pause,
+  miss_pause, reposted
 };
 
 // io_prep_fn: prepares `sqe` for the operation described by ctx. Called under
