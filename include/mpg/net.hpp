@@ -269,7 +269,10 @@ class tcp_stream {
   }
 
   bool is_open() const noexcept { return fd_.load(std::memory_order_relaxed) >= 0; }
-  int native_handle() const noexcept { return fd_.load(std::memory_order_relaxed); }
+  int native_handle() const noexcept {
+    const int fd = fd_.load(std::memory_order_relaxed);
+    return fd >= 0 ? fd : -1;
+  }
 
   // read(): up to buf.size() bytes as soon as any arrive; 0 at end of stream
   // (and for an empty buf, without I/O). Bounded by the stream's read
@@ -322,7 +325,10 @@ class tcp_stream {
   // past, to end an operation whether or not it has started). Any task, any P.
   void cancel() noexcept;
   // close(): cancels operations in flight and closes the socket. Idempotent;
-  // later operations fail with kFailedPrecondition (net::is_closed).
+  // later operations fail with kFailedPrecondition (net::is_closed). A task
+  // it wakes may destroy the stream at once: close() touches nothing of it
+  // after a woken task can run, and a close() (or the destructor) that
+  // meets one in progress returns when that one has finished.
   void close() noexcept;
 
   // Diagnostics: an operation is in flight in that direction.
@@ -353,9 +359,12 @@ class tcp_stream {
   task<absl::Status> do_write(std::string_view data, std::optional<clock::time_point> deadline,
                               std::shared_ptr<detail::context_node> ctx);
 
-  // The socket, -1 once closed. Relaxed everywhere: it is only a number; what
-  // must be ordered (an op's SQE reaching the kernel before close() releases
-  // the number) is ordered by the io_slot locks, which close() takes first.
+  // The socket; negative once close() has begun (lib/io/fd_close.hpp: -2
+  // while it runs, then -1). Relaxed where it is only read as a number:
+  // what must be ordered (an op's SQE reaching the kernel before close()
+  // releases the number) is ordered by the io_slot locks, which close()
+  // takes before it releases it; close()'s own claim and finish order the
+  // object's end (fd_close.hpp).
   std::atomic<int> fd_{-1};
   bool data_left_ = false;  // the last recv left data in the socket (reader's own)
   detail::io_deadline read_deadline_;   // followed by the op in read_slot_
@@ -384,7 +393,10 @@ class listener {
   ~listener() { close(); }
 
   bool is_open() const noexcept { return fd_.load(std::memory_order_relaxed) >= 0; }
-  int native_handle() const noexcept { return fd_.load(std::memory_order_relaxed); }
+  int native_handle() const noexcept {
+    const int fd = fd_.load(std::memory_order_relaxed);
+    return fd >= 0 ? fd : -1;
+  }
   // port(): the TCP port; 0 for a Unix listener.
   std::uint16_t port() const noexcept { return port_; }
   // address(): "127.0.0.1:port", "[::1]:port", "unix:/path", "unix:@name".
@@ -404,7 +416,8 @@ class listener {
   // close(): stops listening; every accept() in flight or later returns
   // kCancelled (a later one also satisfies net::is_closed). Idempotent. A Unix listener
   // on a path removes its socket file (as Go's does); one on an abstract
-  // name has no file.
+  // name has no file. An accept it wakes may destroy the listener at once,
+  // as tcp_stream::close() allows.
   void close() noexcept;
 
   // accept_backoffs(): how many times accept() slept on resource exhaustion.

@@ -76,7 +76,10 @@ class udp_socket {
   ~udp_socket() { close(); }
 
   bool is_open() const noexcept { return fd_.load(std::memory_order_relaxed) >= 0; }
-  int native_handle() const noexcept { return fd_.load(std::memory_order_relaxed); }
+  int native_handle() const noexcept {
+    const int fd = fd_.load(std::memory_order_relaxed);
+    return fd >= 0 ? fd : -1;
+  }
   // port(): the local port.
   std::uint16_t port() const noexcept { return port_; }
   absl::StatusOr<std::string> local_address() const;
@@ -111,7 +114,8 @@ class udp_socket {
   // cancel(): the operations in flight complete with kCancelled. Any task.
   void cancel() noexcept;
   // close(): cancels what is in flight and closes the socket. Idempotent;
-  // later operations fail with net::is_closed.
+  // later operations fail with net::is_closed. A task it wakes may destroy
+  // the socket at once, as tcp_stream::close() allows.
   void close() noexcept;
 
   // Diagnostics: an operation is in flight in that direction.

@@ -55,6 +55,7 @@
 #include "absl/strings/str_cat.h"
 #include "mpg/blocking.hpp"
 #include "io/address.hpp"
+#include "io/fd_close.hpp"
 #include "io/io_status.hpp"
 #include "io/net_op.hpp"
 #include "mpg/detail/io/io_context.hpp"
@@ -522,7 +523,10 @@ void tcp_stream::cancel() noexcept {
 }
 
 void tcp_stream::close() noexcept {
-  if (fd_.load(std::memory_order_relaxed) < 0) return;
+  // The close protocol (fd_close.hpp): a task woken here may destroy the
+  // stream as soon as it runs.
+  const int fd = detail::claim_close(fd_);
+  if (fd < 0) return;
   // Held buffers go back to their rings; a receive waiting reads kCancelled.
   // Acquire: the queue is published with a release.
   detail::g* reader = nullptr;
@@ -530,10 +534,12 @@ void tcp_stream::close() noexcept {
   // Close the slots first: an op in flight is cancelled and its SQE is in
   // the kernel before the fd number is released.
   detail::io_cancel(&read_slot_, true);
+  detail::run_close_hook(this);
   detail::io_cancel(&write_slot_, true);
-  int fd = fd_.exchange(-1, std::memory_order_acq_rel);
-  if (fd >= 0) ::close(fd);
-  // Last: the receiver may destroy the stream as soon as it runs.
+  ::close(fd);
+  detail::finish_close(fd_);
+  // The receiver's G, taken out of the queue under its lock, is readied
+  // last, from a local.
   if (reader != nullptr) detail::ready(reader);
 }
 
@@ -641,14 +647,16 @@ task<absl::StatusOr<tcp_stream>> listener::do_accept(std::optional<clock::time_p
 }
 
 void listener::close() noexcept {
-  if (fd_.load(std::memory_order_relaxed) < 0) return;
+  // The close protocol (fd_close.hpp): an accept woken here may destroy
+  // the listener as soon as it runs.
+  const int fd = detail::claim_close(fd_);
+  if (fd < 0) return;
   detail::io_cancel(&slot_, true);
-  int fd = fd_.exchange(-1, std::memory_order_acq_rel);
-  if (fd >= 0) {
-    ::close(fd);
-    // The closer that won the exchange removes the socket file, as Go does.
-    if (!unix_path_.empty()) ::unlink(unix_path_.c_str());
-  }
+  detail::run_close_hook(this);
+  ::close(fd);
+  // The closer removes the socket file, as Go does.
+  if (!unix_path_.empty()) ::unlink(unix_path_.c_str());
+  detail::finish_close(fd_);
 }
 
 absl::StatusOr<listener> listen(std::string_view address, listen_options opts) {

@@ -30,6 +30,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "io/address.hpp"
+#include "io/fd_close.hpp"
 #include "io/io_status.hpp"
 #include "io/net_op.hpp"
 #include "io/reactor.hpp"
@@ -297,13 +298,17 @@ void udp_socket::cancel() noexcept {
 }
 
 void udp_socket::close() noexcept {
-  if (fd_.load(std::memory_order_relaxed) < 0) return;
+  // The close protocol (fd_close.hpp): a task woken here may destroy the
+  // socket as soon as it runs.
+  const int fd = detail::claim_close(fd_);
+  if (fd < 0) return;
   // Close the slots first: an op in flight is cancelled and its SQE is in
   // the kernel before the fd number is released.
   detail::io_cancel(&read_slot_, true);
+  detail::run_close_hook(this);
   detail::io_cancel(&write_slot_, true);
-  int fd = fd_.exchange(-1, std::memory_order_acq_rel);
-  if (fd >= 0) ::close(fd);
+  ::close(fd);
+  detail::finish_close(fd_);
 }
 
 absl::StatusOr<udp_socket> listen_udp(std::string_view address) {

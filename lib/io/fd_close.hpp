@@ -1,0 +1,67 @@
+// lib/io/fd_close.hpp: the close protocol of the objects that own a socket
+// (tcp_stream, listener, udp_socket) and whose close() wakes the tasks
+// waiting on them.
+//
+// A task woken by close() may destroy the object as soon as it runs: it
+// reads kCancelled from the op close() cancelled, returns, and its frame
+// (or whatever owned the object) goes. That can happen on another M while
+// close() still runs: the cancel of the first slot is submitted at once,
+// and the op's CQE is reaped and its task resumed by the M of the ring it
+// was on, while close() goes on to the next slot, the fd and the socket
+// file. So close() must touch nothing of the object once a waiter can run,
+// and the destructor must not free the object while a close() runs.
+//
+// The protocol, on the object's fd word (std::atomic<int>):
+//   C1. claim_close(): the closer moves the fd from a number to kClosing
+//       (a CAS, acq_rel: see below); only the one that moves it closes.
+//       Every user of the fd reads a negative value as closed, so an op
+//       that starts from here on fails as on a closed object.
+//   C2. The closer cancels the ops in flight (the slots; that wakes their
+//       tasks), closes the fd number and removes what else it owns (a Unix
+//       socket file), touching the object only in this step.
+//   C3. finish_close(): the closer stores -1 (release) as its last access to
+//       the object. What it readies after that (a receiver's G it took out
+//       under the queue's lock) it holds in locals.
+//   C4. A close() that finds kClosing (a destructor run by a woken waiter,
+//       or a second closer) waits until the word leaves kClosing (acquire,
+//       pairing with C3's release: the closer's accesses happen before the
+//       caller's next ones, its free included). The closer runs no task
+//       code between C1 and C3 and takes only leaf locks (a slot's, a
+//       reactor's, a receive queue's), so the wait is short: a spin, then
+//       yields. No task waits in C4 on a close() run by its own thread:
+//       close() does not suspend.
+// The CAS of C1 is acq_rel so that a second closer that fails it on -1 has
+// seen the first one's release (its C3) and returns with the object done.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+namespace mpg::detail {
+
+inline constexpr int kClosingFd = -2;
+
+// claim_close(): C1, and C4 when another close() holds the claim. Returns
+// the fd number to close, or -1 when the object is closed (by this call's
+// wait or earlier).
+int claim_close(std::atomic<int>& fd) noexcept;
+
+// finish_close(): C3. The caller touches the object no more.
+inline void finish_close(std::atomic<int>& fd) noexcept {
+  fd.store(-1, std::memory_order_release);  // C3: pairs with C4's acquire
+}
+
+// close_waits(): how many close() calls waited in C4 (tests).
+std::uint64_t close_waits() noexcept;
+
+// Test hook: when set, close() calls it with the object after it cancelled
+// its first slot (C2), the point at which a woken waiter can first run.
+// Relaxed: tests set it before they start the closer, whose start orders
+// it; it only selects a path.
+using close_hook_fn = void (*)(const void* object);
+inline std::atomic<close_hook_fn> g_close_hook{nullptr};
+inline void run_close_hook(const void* object) noexcept {
+  if (close_hook_fn f = g_close_hook.load(std::memory_order_relaxed)) [[unlikely]] f(object);
+}
+
+}  // namespace mpg::detail
