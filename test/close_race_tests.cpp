@@ -38,6 +38,17 @@ struct scene {
   std::atomic<bool> hooked{false};
   std::atomic<bool> freed{false};
   std::atomic<order> seen{order::none};
+  // Set by the closer thread once its close() returned. Relaxed where it is
+  // read: the test must add no happens-before of its own.
+  std::atomic<bool> closer_returned{false};
+  bool moved_to_closed = false;
+};
+
+// What the owner does once its wait ends.
+enum class then {
+  destroy,             // destroys the object (the closer held by the hook)
+  move_then_destroy,   // moves it out and destroys the source (held by the hook)
+  destroy_after_close  // waits until close() has returned, then destroys (no hook)
 };
 scene* g_scene = nullptr;
 
@@ -74,10 +85,25 @@ struct hook_installed {
   }
 };
 
-// The owner: waits on its object, then destroys it as soon as it wakes.
+// The owner: waits on its object, then destroys it as `how` says.
 template <class Kind>
-task<absl::Status> wait_then_destroy(std::unique_ptr<typename Kind::object> obj, scene& sc) {
+task<absl::Status> wait_then_destroy(std::unique_ptr<typename Kind::object> obj, scene& sc,
+                                     then how) {
   const absl::Status st = co_await Kind::wait(*obj);
+  if (how == then::move_then_destroy) {
+    typename Kind::object moved = std::move(*obj);
+    obj.reset();
+    sc.freed = true;
+    sc.moved_to_closed = !moved.is_open();
+    co_return st;  // moved's destructor: closed already, it returns
+  }
+  if (how == then::destroy_after_close) {
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!sc.closer_returned.load(std::memory_order_relaxed) &&
+           std::chrono::steady_clock::now() < give_up) {
+      std::this_thread::yield();
+    }
+  }
   obj.reset();
   sc.freed = true;
   co_return st;
@@ -88,30 +114,36 @@ task<absl::Status> wait_then_destroy(std::unique_ptr<typename Kind::object> obj,
 // keeps what the object needs, its peer), `static task<absl::Status>
 // wait(object&)`.
 template <class Kind>
-void close_wakes_owner() {
+void close_wakes_owner(then how = then::destroy) {
   using T = typename Kind::object;
   scene sc;
+  const bool held = how != then::destroy_after_close;
   hook_installed hook(sc);
   std::jthread closer;
   absl::Status st;
   {
     mpg::runtime rt({.procs = 1});
-    rt.block_on([](scene& sc, std::jthread& closer, absl::Status& st) -> task<void> {
+    rt.block_on([](scene& sc, std::jthread& closer, absl::Status& st, then how,
+                   bool held) -> task<void> {
       Kind kind;
       std::unique_ptr<T> obj = co_await kind.make();
       T* raw = obj.get();
-      sc.target = raw;
+      if (held) sc.target = raw;
       sc.waits_before = mpg::detail::close_waits();
-      auto owner = mpg::spawn(wait_then_destroy<Kind>(std::move(obj), sc));
+      auto owner = mpg::spawn(wait_then_destroy<Kind>(std::move(obj), sc, how));
       co_await mpg::yield();  // one P: the owner ran until it parked
-      closer = std::jthread([raw] { raw->close(); });
+      closer = std::jthread([raw, &sc] {
+        raw->close();
+        sc.closer_returned.store(true, std::memory_order_relaxed);
+      });
       st = co_await owner;
-    }(sc, closer, st));
+    }(sc, closer, st, how, held));
   }
   closer.join();
   CHECK(absl::IsCancelled(st));
   CHECK(sc.freed);
-  CHECK(sc.seen == order::closer_waited_for);
+  if (held) CHECK(sc.seen == order::closer_waited_for);
+  if (how == then::move_then_destroy) CHECK(sc.moved_to_closed);
 }
 
 struct stream_read {
@@ -159,6 +191,29 @@ struct udp_recv {
 
 TEST_CASE("close: a reader woken by close() may destroy the stream at once") {
   close_wakes_owner<stream_read>();
+}
+
+TEST_CASE("close: a reader woken by close() may move the stream out and destroy the source") {
+  close_wakes_owner<stream_read>(then::move_then_destroy);
+}
+
+// Under ThreadSanitizer: the destructor's close() finds the word closed and
+// returns; its load must be an acquire of the closer's release, or the
+// closer's accesses race with the free.
+TEST_CASE("close: a reader may destroy the stream after the close() that woke it returned") {
+  close_wakes_owner<stream_read>(then::destroy_after_close);
+}
+
+TEST_CASE("close: a stream that adopted a negative number is closed; its destructor returns") {
+  mpg::net::tcp_stream s(-3);
+  CHECK(!s.is_open());
+  CHECK(s.native_handle() == -1);
+  s.close();
+  CHECK(!s.is_open());
+}
+
+TEST_CASE("close: an accept woken by close() may move the listener out and destroy the source") {
+  close_wakes_owner<listener_accept>(then::move_then_destroy);
 }
 
 TEST_CASE("close: an accept woken by close() may destroy the listener at once") {

@@ -437,7 +437,9 @@ TEST_CASE("receive: a pause that finds no SQE is asked again by the next CQE") {
   const flood_result r = rt.block_on(slow_reader_flood(512, 2 * 1024 * 1024, 8 * 1024));
   CHECK(rt.stats().io_faults_no_pause >= 1);
   CHECK(r.pause_cancels >= 1);
-  CHECK(r.most_held <= 8);
+  // More than its share of the ring only once its copies are at their cap
+  // (128 of 2 KiB): the kernel's cancel can still miss (R3).
+  CHECK((r.most_held <= 8 || r.copies == 128));
   CHECK(r.reader_ok);
   // Not r.ring_back: a ring of 512 refills by batches of 16 at reaps, and
   // the last few buffers come back at the P's next sleep or arm, which the

@@ -1,5 +1,5 @@
-// lib/io/fd_close.cpp: claim_close(), C1 and C4 of the close protocol
-// (fd_close.hpp).
+// lib/io/fd_close.cpp: claim_close() and take_fd(), C1, C4 and C5 of the
+// close protocol (fd_close.hpp).
 #include "io/fd_close.hpp"
 
 #include <thread>
@@ -12,21 +12,9 @@ namespace {
 // Relaxed: a count for tests; nothing is ordered by it.
 std::atomic<std::uint64_t> g_close_waits{0};
 constexpr int kSpinsBeforeYield = 64;
-}  // namespace
 
-int claim_close(std::atomic<int>& fd) noexcept {
-  // Relaxed: the CAS below (or C4's acquire) is what orders.
-  int seen = fd.load(std::memory_order_relaxed);
-  for (;;) {
-    if (seen == -1) return -1;
-    if (seen == kClosingFd) break;
-    // acq_rel (fd_close.hpp): on failure `seen` is reloaded and looked at again.
-    if (fd.compare_exchange_weak(seen, kClosingFd, std::memory_order_acq_rel,
-                                 std::memory_order_acquire)) {
-      return seen;  // C1
-    }
-  }
-  // C4: another close() holds the claim.
+// C4: waits until the word leaves kClosingFd. Acquire: pairs with C3.
+void wait_out_close(std::atomic<int>& fd) noexcept {
   g_close_waits.fetch_add(1, std::memory_order_relaxed);
   for (int spins = 0; fd.load(std::memory_order_acquire) == kClosingFd; ++spins) {
     if (spins < kSpinsBeforeYield) {
@@ -35,7 +23,42 @@ int claim_close(std::atomic<int>& fd) noexcept {
       std::this_thread::yield();
     }
   }
-  return -1;
+}
+
+}  // namespace
+
+int claim_close(std::atomic<int>& fd) noexcept {
+  // Acquire, as every load here: a closed word (-1) may have been stored by
+  // a closer whose accesses must happen before the caller's next ones.
+  int seen = fd.load(std::memory_order_acquire);
+  for (;;) {
+    if (seen == kClosingFd) {
+      wait_out_close(fd);  // C4: another close() holds the claim
+      return -1;
+    }
+    if (seen < 0) return -1;  // closed, or never open
+    // acq_rel (C1); on failure `seen` is reloaded (acquire) and looked at again.
+    if (fd.compare_exchange_weak(seen, kClosingFd, std::memory_order_acq_rel,
+                                 std::memory_order_acquire)) {
+      return seen;
+    }
+  }
+}
+
+int take_fd(std::atomic<int>& fd) noexcept {
+  int seen = fd.load(std::memory_order_acquire);
+  for (;;) {
+    if (seen == kClosingFd) {
+      wait_out_close(fd);  // C5: as C4, then the word is -1
+      seen = fd.load(std::memory_order_acquire);
+      continue;
+    }
+    // acq_rel: the mover takes the number with what was done to it.
+    if (fd.compare_exchange_weak(seen, -1, std::memory_order_acq_rel,
+                                 std::memory_order_acquire)) {
+      return seen < 0 ? -1 : seen;
+    }
+  }
 }
 
 std::uint64_t close_waits() noexcept { return g_close_waits.load(std::memory_order_relaxed); }

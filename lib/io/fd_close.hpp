@@ -29,9 +29,16 @@
 //       code between C1 and C3 and takes only leaf locks (a slot's, a
 //       reactor's, a receive queue's), so the wait is short: a spin, then
 //       yields. No task waits in C4 on a close() run by its own thread:
-//       close() does not suspend.
-// The CAS of C1 is acq_rel so that a second closer that fails it on -1 has
-// seen the first one's release (its C3) and returns with the object done.
+//       close() does not suspend. A close() that finds -1 returns, and its
+//       load is an acquire too: the closer may have finished (C3) before
+//       the woken task ran, and its accesses must still happen before the
+//       free that follows. Any other negative word (an adopted -1 or worse)
+//       is closed as well.
+//   C5. A move out of the object (take_fd(), the move constructor and
+//       assignment) that finds kClosing waits as in C4, and then takes -1:
+//       a woken task may move the object and destroy the source, and the
+//       moved-to object is closed. Other members (a listener's socket path)
+//       are moved after take_fd() returns.
 #pragma once
 
 #include <atomic>
@@ -45,6 +52,9 @@ inline constexpr int kClosingFd = -2;
 // the fd number to close, or -1 when the object is closed (by this call's
 // wait or earlier).
 int claim_close(std::atomic<int>& fd) noexcept;
+
+// take_fd(): C5, for moves: the number (or -1 when closed), leaving -1.
+int take_fd(std::atomic<int>& fd) noexcept;
 
 // finish_close(): C3. The caller touches the object no more.
 inline void finish_close(std::atomic<int>& fd) noexcept {

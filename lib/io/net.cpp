@@ -177,7 +177,7 @@ task<absl::StatusOr<tcp_stream>> dial_addr(std::string address,
 // --- tcp_stream --------------------------------------------------------------
 
 tcp_stream::tcp_stream(tcp_stream&& o) noexcept
-    : fd_(o.fd_.exchange(-1, std::memory_order_relaxed)),
+    : fd_(detail::take_fd(o.fd_)),
       read_deadline_(o.read_deadline_),
       write_deadline_(o.write_deadline_),
       recv_(o.recv_.exchange(nullptr, std::memory_order_relaxed)) {}
@@ -205,7 +205,7 @@ void tcp_stream::set_write_deadline(std::optional<clock::time_point> t) noexcept
 tcp_stream& tcp_stream::operator=(tcp_stream&& o) noexcept {
   if (this != &o) {
     close();
-    fd_.store(o.fd_.exchange(-1, std::memory_order_relaxed), std::memory_order_relaxed);
+    fd_.store(detail::take_fd(o.fd_), std::memory_order_relaxed);
     read_deadline_ = o.read_deadline_;
     write_deadline_ = o.write_deadline_;
     drop_recv();
@@ -553,7 +553,7 @@ absl::StatusOr<std::string> tcp_stream::remote_address() const {
 // --- listener ----------------------------------------------------------------
 
 listener::listener(listener&& o) noexcept
-    : fd_(o.fd_.exchange(-1, std::memory_order_relaxed)),
+    : fd_(detail::take_fd(o.fd_)),
       port_(o.port_),
       unix_path_(std::move(o.unix_path_)),
       backoffs_(o.backoffs_.load(std::memory_order_relaxed)) {}
@@ -561,7 +561,7 @@ listener::listener(listener&& o) noexcept
 listener& listener::operator=(listener&& o) noexcept {
   if (this != &o) {
     close();
-    fd_.store(o.fd_.exchange(-1, std::memory_order_relaxed), std::memory_order_relaxed);
+    fd_.store(detail::take_fd(o.fd_), std::memory_order_relaxed);
     port_ = o.port_;
     unix_path_ = std::move(o.unix_path_);
     backoffs_.store(o.backoffs_.load(std::memory_order_relaxed), std::memory_order_relaxed);

@@ -144,7 +144,7 @@ udp_socket::udp_socket(int fd) noexcept : fd_(fd) {
 }
 
 udp_socket::udp_socket(udp_socket&& o) noexcept
-    : fd_(o.fd_.exchange(-1, std::memory_order_relaxed)),
+    : fd_(detail::take_fd(o.fd_)),
       port_(o.port_),
       family_(o.family_),
       read_deadline_(o.read_deadline_),
@@ -153,7 +153,7 @@ udp_socket::udp_socket(udp_socket&& o) noexcept
 udp_socket& udp_socket::operator=(udp_socket&& o) noexcept {
   if (this != &o) {
     close();
-    fd_.store(o.fd_.exchange(-1, std::memory_order_relaxed), std::memory_order_relaxed);
+    fd_.store(detail::take_fd(o.fd_), std::memory_order_relaxed);
     port_ = o.port_;
     family_ = o.family_;
     read_deadline_ = o.read_deadline_;
