@@ -44,6 +44,25 @@ mpg::task<std::string> once_many_callers() {
   co_return "ok";
 }
 
+// A call on a done once that finds the budget used up requeues its task,
+// which the other P may steal and resume at once. Under ThreadSanitizer
+// (clang 16): nothing of the awaiter may be written after the requeue
+// published the task (once.hpp, await_suspend); an inlined await_suspend
+// had its awaiter's initialisation moved below the requeue, and this
+// reported the race within a second.
+mpg::task<std::string> done_once_many_times(int n) {
+  config c;
+  co_await use_config(&c);
+  long sum = 0;
+  for (int i = 0; i < n; ++i) sum += co_await use_config(&c);
+  co_return sum == 42L * n && c.runs.load() == 1 ? "ok" : "a call on a done once went wrong";
+}
+
+TEST_CASE("once: calls on a done once, requeued by the budget and stolen, resume sound") {
+  mpg::runtime rt({.procs = 2});
+  REQUIRE(rt.block_on(done_once_many_times(100'000)) == "ok");
+}
+
 TEST_CASE("once: f runs once; concurrent callers wait for it to finish") {
   mpg::runtime rt({.procs = 2});
   for (int round = 0; round < 20; ++round) {

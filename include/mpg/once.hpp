@@ -141,8 +141,13 @@ class [[nodiscard]] once::call_awaiter {
     fast_ = true;
     return !detail::consume_budget_now();
   }
+  // Not inlined: clang before 19 may move a store into the awaiter (here
+  // slow_awaiter_'s initialisation) below an inlined await_suspend's call
+  // that publishes h (llvm/llvm-project#56301), so that the task already
+  // resumed elsewhere reads the slot before it is written. Out of line, the
+  // awaiter is in memory and written before requeue_current() publishes h.
   template <class P>
-  std::coroutine_handle<> await_suspend(std::coroutine_handle<P> h) {
+  [[gnu::noinline]] std::coroutine_handle<> await_suspend(std::coroutine_handle<P> h) {
     if (fast_) {  // done, but the budget ran out
       detail::requeue_current(h);
       return std::noop_coroutine();
