@@ -13,7 +13,9 @@
 //
 // The protocol, on the object's fd word (std::atomic<int>):
 //   C1. claim_close(): the closer moves the fd from a number to kClosing
-//       (a CAS, acq_rel: see below); only the one that moves it closes.
+//       (a CAS, acq_rel as every change of the word but C3's: each passes
+//       on what was done to the object before it); only the one that moves
+//       it closes.
 //       Every user of the fd reads a negative value as closed, so an op
 //       that starts from here on fails as on a closed object.
 //   C2. The closer cancels the ops in flight (the slots; that wakes their
