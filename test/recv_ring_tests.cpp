@@ -468,6 +468,60 @@ TEST_CASE("receive: a slow reader's copies are capped when its pauses miss; the 
   // Not r.ring_back: see the test above.
 }
 
+TEST_CASE("receive: a reader that caught up with a missed pause is paused again at its limit") {
+  // misspause: every pause misses, so the arm goes on. 512 buffers of 2 KiB:
+  // a limit of 8. Nine buffers come while the reader holds off: the 8th asks
+  // a pause (missed), the 9th is copied. The reader takes all nine. Then
+  // eight more come: the 8th must ask again. Had the missed ask stayed on
+  // the arm, the queue would ask only after 8 more buffers over its limit.
+  mpg::runtime rt({.procs = 1, .recv_buffers = 512, .recv_buffer_size = 2048,
+                   .io_faults = "rate=1,kinds=misspause"});
+  rt.block_on([]() -> task<void> {
+    auto p = co_await connect_pair();
+    auto other = co_await connect_pair();
+    mpg::detail::reactor* const home = mpg::detail::current_reactor();
+    auto misses = [home] {
+      return home->injected_faults().by_kind[static_cast<unsigned>(mpg::detail::io_fault::miss_pause)];
+    };
+    // Round trips on the other stream until the slow one holds `n` ring
+    // buffers (the reactor reaps while this task waits).
+    auto until_held = [](tcp_stream& slow, stream_pair& other, std::size_t n) -> task<bool> {
+      for (int i = 0; i < 20'000; ++i) {
+        if (slow.held_buffers() == n) co_return true;
+        CHECK((co_await other.server.write(std::string_view("r"))).ok());
+        auto b = co_await other.client.receive();
+        REQUIRE(b.ok());
+      }
+      co_return false;
+    };
+    // Arm the multishot: the reader waits once.
+    CHECK((co_await p.server.write(std::string_view("x"))).ok());
+    auto first = co_await p.client.receive();
+    REQUIRE(first.ok());
+    CHECK(first->view() == "x");
+    first->reset();
+
+    const std::uint64_t misses_before = misses();
+    const std::string nine(9 * 2048, 'a');
+    CHECK((co_await p.server.write(nine)).ok());
+    CHECK(co_await until_held(p.client, other, 8));
+    CHECK(misses() == misses_before + 1);
+    std::size_t got = 0;
+    while (got < nine.size()) {
+      auto b = co_await p.client.receive();
+      REQUIRE(b.ok());
+      got += b->size();
+    }
+    CHECK(got == nine.size());
+    CHECK(p.client.held_buffers() == 0);
+
+    const std::string eight(8 * 2048, 'b');
+    CHECK((co_await p.server.write(eight)).ok());
+    CHECK(co_await until_held(p.client, other, 8));
+    CHECK(misses() == misses_before + 2);
+  }());
+}
+
 TEST_CASE("receive: an empty ring (-ENOBUFS) falls back to plain recvs; nothing is lost") {
   mpg::runtime rt({.procs = 1, .recv_buffers = 16});
   rt.block_on([]() -> task<void> {

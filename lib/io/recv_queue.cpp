@@ -84,6 +84,10 @@ void recv_queue::pop_locked() noexcept {
   head_ = (head_ + 1) & (cap_ - 1u);
   --count_;
   held_hint_.store(count_, std::memory_order_relaxed);
+  if (pausing_ && count_ == 0) [[unlikely]] {
+    pausing_ = false;  // R3: the reader caught up with an arm whose pause missed
+    over_since_ask_ = 0;
+  }
 }
 
 [[gnu::always_inline]] inline void recv_queue::take_front_locked(net::recv_buffer* out) noexcept {
