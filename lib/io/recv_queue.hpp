@@ -40,8 +40,9 @@
 //       that still come over the limit. A reader that takes every held
 //       buffer while the arm goes on (its pause missed) ends the request:
 //       the queue asks at once when it next reaches the limit, and R6's
-//       moves, which wait while a pause is asked, may go on. The reactor keeps a request until
-//       it gets an SQE for the cancel (the SQ may be full). And a cancel
+//       moves, which wait while a pause is asked, may go on. The reactor
+//       keeps a request until it gets an SQE for the cancel (the SQ may be
+//       full). And a cancel
 //       can miss: the kernel runs a multishot receive that keeps finding
 //       data as task_work it requeues, where an ASYNC_CANCEL does not look
 //       (-ENOENT: 247 of them in a row in one run while the multishot
