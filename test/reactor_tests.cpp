@@ -189,6 +189,48 @@ TEST_CASE("wake before wait makes the next wait return; no lost wake-ups across 
   CHECK(woken.load() == kRounds);
 }
 
+TEST_CASE("a waiter whose wake reads are both other threads' arms one of its own") {
+  // A wake read completes only once the thread that submitted it runs its
+  // task_work, which a thread busy in user space does at its next tick. So
+  // a waiter that found both reads armed by other threads (its P came to it
+  // from two Ms that waited before) must arm one of its own, or a wake()
+  // reaches it only a tick late (reactor.cpp, "Waking a waiting M").
+  auto r = make_reactor();  // this thread submitted the first read
+  std::atomic<bool> stop{false};
+  std::atomic<int> armed_tid{0};
+  std::thread busy([&] {
+    r->wait(std::chrono::steady_clock::now());  // arms the second read, returns at once
+    armed_tid.store(static_cast<int>(::gettid()), std::memory_order_release);
+    while (!stop.load(std::memory_order_acquire)) {
+    }
+  });
+  while (armed_tid.load(std::memory_order_acquire) == 0) std::this_thread::yield();
+  REQUIRE(r->has_own_wake_read(armed_tid.load()));
+  // The waiter waits as an M with nothing to run does: again after every
+  // return, until told to stop.
+  std::atomic<int> waiter_tid{0};
+  std::atomic<bool> done{false};
+  std::thread waiter([&] {
+    waiter_tid.store(static_cast<int>(::gettid()), std::memory_order_release);
+    while (!done.load(std::memory_order_acquire)) r->wait(std::nullopt);
+  });
+  while (waiter_tid.load(std::memory_order_acquire) == 0) std::this_thread::yield();
+  // Bounded: a read cancelled for the waiter completes at its armer's next
+  // tick at the latest.
+  const auto give_up = std::chrono::steady_clock::now() + 10s;
+  bool own = false;
+  while (!own && std::chrono::steady_clock::now() < give_up) {
+    own = r->has_own_wake_read(waiter_tid.load());
+    std::this_thread::yield();
+  }
+  CHECK(own);
+  done.store(true, std::memory_order_release);
+  r->wake();
+  waiter.join();
+  stop.store(true, std::memory_order_release);
+  busy.join();
+}
+
 TEST_CASE("a link timeout ends an op at its deadline with -ETIME") {
   auto r = make_reactor();
   pipe_fds p;
@@ -242,6 +284,39 @@ TEST_CASE("an op published in a slot is cancelled from another thread") {
   CHECK(op.outcome() == -ECANCELED);
   CHECK(slot.op.load() == nullptr);
   CHECK(slot.closed.load());
+}
+
+// A deadline kick (io_deadline::set) reaches only an op armed later than the
+// new deadline: clearing a deadline (kNone) leaves an op that has none in
+// flight, while a deadline set on it kicks it (-EINTR, which the op's loop
+// issues again). Each kick is followed by a nop through the same ring: once
+// the nop has completed, the kick's cancel has been issued and its target's
+// completion delivered.
+TEST_CASE("a deadline kick skips an op with no deadline when the deadline is cleared") {
+  auto r = make_reactor();
+  slotted_read read(*r);
+  std::atomic<std::int64_t> live{mpg::detail::io_deadline::kNone};
+  read.op.live_deadline = &live;  // read only under the reactor's lock, after this
+  auto nop_after = [&] {
+    counter nc;
+    counted_op nop_op;
+    nop_op.complete = count_completion;
+    nop_op.counts = &nc;
+    io_request nop{};
+    r->start(&nop_op, prep_request, &nop);
+    r->flush();
+    run_until(*r, nc, 1);
+    r->reap();
+  };
+  mpg::detail::io_stop_in_flight(
+      &read.slot, {.why = mpg::detail::io_stop::kick, .deadline_ns = mpg::detail::io_deadline::kNone});
+  nop_after();
+  CHECK(read.c.done.load() == 0);
+  CHECK(read.slot.op.load() == &read.op);
+  mpg::detail::io_stop_in_flight(&read.slot,
+                                 {.why = mpg::detail::io_stop::kick, .deadline_ns = 1});
+  run_until(*r, read.c, 1);
+  CHECK(read.op.outcome() == -EINTR);
 }
 
 // io_try_stop_in_flight (a move's stop, recv_queue.hpp R6) never waits for

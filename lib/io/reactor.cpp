@@ -35,10 +35,15 @@
 // holds a READ of an eventfd: wake() writes the eventfd, the read completes,
 // the CQE ends the sleep. Because the read's completion runs as task_work of
 // the thread that submitted it, a read submitted by some other thread that
-// is busy running tasks would not wake us promptly; so wait() makes sure a
+// is busy running tasks would not wake us promptly (a thread busy in user
+// space runs it at its next tick: 10 ms here); so wait() makes sure a
 // read submitted by the waiting thread itself is armed (at most two reads
 // exist: the old armer's and ours; a write completes one of them, the other
-// stays armed). A write happens only when a thread is (about to be) asleep:
+// stays armed). When both are other threads' (the P came to this M from two
+// Ms that waited in its ring before), wait() cancels one (an ASYNC_CANCEL by
+// its tag, which only that read carries) and sleeps at most 1 ms at a time
+// until the cancelled read's CQE frees its slot; the next wait() arms ours
+// there. A write happens only when a thread is (about to be) asleep:
 // wake_state_ (reactor.hpp) is a Dekker handshake between the waiter, which
 // adds itself and then looks for a notification, and wake(), which sets the
 // notification and then looks for a waiter. Either the waiter sees the
@@ -421,8 +426,8 @@ namespace {
 // fields are stable and its frame alive while the reactor lock is held).
 bool matches(const io_op* op, const io_stop_request& rq) noexcept {
   switch (rq.why) {
-    case io_stop::kick:
-      return op->live_deadline != nullptr &&
+    case io_stop::kick:  // only an op armed later than the new deadline (none: never)
+      return op->live_deadline != nullptr && rq.deadline_ns != io_deadline::kNone &&
              (!op->has_deadline || to_ns(op->deadline) > rq.deadline_ns);
     case io_stop::context:
       return op->ctx == rq.ctx;
@@ -699,6 +704,7 @@ void reactor::arm_wake_locked(int i) noexcept {
   io_uring_prep_read(sqe, event_fd_, &wake_reads_[i].value, sizeof(std::uint64_t), 0);
   io_uring_sqe_set_data64(sqe, kWakeTag + static_cast<std::uint64_t>(i));
   wake_reads_[i].armed = true;
+  wake_reads_[i].cancelled = false;
   wake_reads_[i].armer = 0;  // set by the flush that submits it
   unsubmitted_.store(io_uring_sq_ready(ring_.get()), std::memory_order_relaxed);
 }
@@ -712,8 +718,34 @@ bool reactor::ensure_wake_armed_locked() noexcept {
     }
     if (!wake_reads_[i].armed && idle < 0) idle = i;
   }
-  if (idle >= 0) arm_wake_locked(idle);
-  return wake_reads_[0].armed || wake_reads_[1].armed;
+  if (idle >= 0) {
+    arm_wake_locked(idle);
+    return wake_reads_[idle].armed;
+  }
+  // Both reads are other threads': free a slot for ours (the top of the
+  // file). Until its CQE comes, the caller sleeps briefly.
+  cancel_foreign_wake_locked();
+  return false;
+}
+
+void reactor::cancel_foreign_wake_locked() noexcept {
+  const int i = wake_reads_[0].cancelled ? 1 : 0;
+  if (wake_reads_[i].cancelled) return;  // both asked already
+  io_uring_sqe* sqe = io_uring_get_sqe(ring_.get());
+  if (sqe == nullptr) return;  // asked again at the next wait
+  io_uring_prep_cancel64(sqe, kWakeTag + static_cast<std::uint64_t>(i), 0);
+  io_uring_sqe_set_data64(sqe, kIgnoreTag);
+  add_pending_locked(1);
+  wake_reads_[i].cancelled = true;
+  unsubmitted_.store(io_uring_sq_ready(ring_.get()), std::memory_order_relaxed);
+}
+
+bool reactor::has_own_wake_read(int tid) noexcept {
+  lock_.lock();
+  bool own = false;
+  for (const wake_read& w : wake_reads_) own = own || (w.armed && w.armer == tid);
+  lock_.unlock();
+  return own;
 }
 
 void reactor::enter_wait(std::optional<clock::time_point> deadline) noexcept {
@@ -749,7 +781,7 @@ unsigned reactor::wait(std::optional<clock::time_point> deadline) noexcept {
   flush_locked();  // our SQEs and a (re-)armed wake read go in before we sleep
   lock_.unlock();
   if (n != 0) return n;
-  if (!can_be_woken) {  // no SQE for a wake read: never sleep long
+  if (!can_be_woken) {  // no wake read of ours: never sleep long
     auto soon = clock::now() + std::chrono::milliseconds(1);
     if (!deadline || *deadline > soon) deadline = soon;
   }

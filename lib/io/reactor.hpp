@@ -103,6 +103,9 @@ class reactor {
   // wake(): from any thread, lock-free: makes a current wait() return
   // promptly, or if none is in progress, the next one. No lost wake-ups.
   void wake() noexcept;
+  // has_own_wake_read(): whether a wake-up read that the thread `tid`
+  // submitted is armed (tests: "Waking a waiting M" in reactor.cpp).
+  bool has_own_wake_read(int tid) noexcept;
   // cancel_all(): shutdown. Cancels everything in flight and reaps until all
   // final completions have arrived (ops that complete call their callbacks,
   // i.e. ready(), as usual). Ops started afterwards fail with -ECANCELED.
@@ -157,6 +160,7 @@ class reactor {
   io_uring_sqe* get_sqes_locked(unsigned n) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   void arm_wake_locked(int index) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   bool ensure_wake_armed_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  void cancel_foreign_wake_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   void enter_wait(std::optional<clock::time_point> deadline) noexcept;
 
   io_spin_lock lock_;
@@ -183,6 +187,7 @@ class reactor {
   struct wake_read {
     std::uint64_t value = 0;
     bool armed = false;
+    bool cancelled = false;  // a cancel was asked for it (cancel_foreign_wake_locked)
     int armer = 0;  // tid of the thread that submitted it
   };
   wake_read wake_reads_[2] ABSL_GUARDED_BY(lock_);
