@@ -11,11 +11,13 @@
 #include <doctest/doctest.h>
 
 #include "test_support.hpp"
+#include "watchdog.hpp"
 
 #include <mpg/mpg.hpp>
 
 #include <atomic>
 #include <chrono>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -244,6 +246,70 @@ TEST_CASE("context: a deadline dropped by a task killed at shutdown cancels soun
   rt.block_on(park_sleeper_then_deadline_holder());
   REQUIRE(mpg_test::dump_shows(rt, "sleep"));
   REQUIRE(mpg_test::dump_shows(rt, "chan receive"));
+}
+
+// A deadline context cancelled before its deadline (by its cancel_func,
+// or by its parent's) keeps no hold on the runtime's timer heaps: its
+// handles may go after ~runtime, and the node's destructor must then touch
+// nothing of the runtime (ASan: the Ps are freed).
+TEST_CASE("context: a cancelled deadline context dropped after its runtime is gone") {
+  mpg::context own, child;
+  mpg::cancel_func cancel_own, cancel_parent;
+  {
+    mpg::runtime rt({.procs = 1});
+    rt.block_on([&]() -> mpg::task<void> {
+      auto [c, cc] = mpg::with_timeout(mpg::background(), 1h);
+      cc();  // its timer is taken out of the heap
+      own = c;
+      cancel_own = cc;
+      auto [parent, pc] = mpg::with_cancel(mpg::background());
+      auto [k, kc] = mpg::with_timeout(parent, 1h);
+      (void)kc;
+      pc();  // the child's timer goes with the parent's cancel
+      child = k;
+      cancel_parent = pc;
+      co_return;
+    }());
+  }
+  CHECK(own.err().code() == absl::StatusCode::kCancelled);
+  CHECK(child.err().code() == absl::StatusCode::kCancelled);
+  own = {};
+  cancel_own = {};
+  child = {};
+  cancel_parent = {};
+}
+
+// A deadline fires on a parent whose only owner is its child: the parent's
+// cancel holds the child while it cancels it, and the child's last user
+// handle goes meanwhile (here from a watcher on the child, as a task woken
+// on another M could drop it). When the cancel lets go of the child, the
+// child frees the parent, inside the parent's own fire(): the parent's
+// destructor must not wait for that fire() to end.
+std::optional<mpg::context> g_last_child_handle;
+
+void drop_last_child_handle(mpg::detail::context_watcher*) noexcept {
+  g_last_child_handle.reset();
+}
+
+TEST_CASE("context: a deadline that frees its own context through a child does not hang") {
+  mpg::runtime rt({.procs = 1});
+  mpg_test::watchdog wd(std::chrono::seconds(20), "a deadline freeing its own context", &rt);
+  mpg::detail::context_watcher w;
+  w.fn = &drop_last_child_handle;
+  rt.block_on([&]() -> mpg::task<void> {
+    mpg::chan<std::monostate> child_done;
+    {
+      auto [parent, cancel_parent] = mpg::with_timeout(mpg::background(), 1ms);
+      auto [child, cancel_child] = mpg::with_cancel(parent);
+      (void)cancel_parent;
+      (void)cancel_child;
+      child_done = child.done();
+      REQUIRE(child.node_for_internal_use()->watch(&w));
+      g_last_child_handle = child;
+    }  // the parent lives on as the child's parent only
+    (void)co_await child_done.recv();  // the deadline's cancel reached the child
+  }());
+  CHECK(!g_last_child_handle.has_value());
 }
 
 }  // namespace

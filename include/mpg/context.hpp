@@ -45,8 +45,11 @@
 //   - err_ is written once, before cancelled_ is set, and never again.
 //   - done_ is closed exactly once, by the cancellation that set cancelled_.
 //   - The timer (if any) holds no reference: the destructor cancels it
-//     (cancel_timer waits for a running fire()), and the fire callback never
-//     destroys its own node.
+//     (cancel_timer waits for a running fire()). fire() holds a reference
+//     while it cancels (promoted from weak_from_this(); none to take means
+//     the destructor has begun, and fire() does nothing), so the node is
+//     destroyed inside its own fire() only when that reference goes, after
+//     fire() marked the timer fired.
 //
 // Watchers (internal: I/O bound to a context, mpg/detail/io/io_context.hpp).
 // A context_watcher is a function that a node calls once, on the cancelling

@@ -150,6 +150,9 @@ bool cancel_timer(timer* t) noexcept {
     if (t->heap_index >= 0) {
       remove_at(p->timers.heap, static_cast<std::size_t>(t->heap_index));
       publish_earliest(p->timers);
+      // A later cancel_timer() (an owner's destructor, maybe after the
+      // runtime is gone) returns false without touching the P.
+      t->owner = nullptr;
       return true;
     }
   }
@@ -177,7 +180,11 @@ std::int64_t scheduler::run_timers(processor* p, std::int64_t now) noexcept {
       t = th.heap.front();
       remove_at(th.heap, 0);
       publish_earliest(th);
-      th.firing_now.store(t, std::memory_order_relaxed);  // under the lock
+      // Release: a canceller of the previous timer that reads this value
+      // instead of the nullptr stored after its fire() (cancel_timer's
+      // wait) must still see that fire() complete; in C++20 a plain store
+      // does not continue the earlier store's release sequence.
+      th.firing_now.store(t, std::memory_order_release);
     }
     t->fire(t);  // t may be freed by its owner from here on
     if (trace_on()) [[unlikely]] trace_timer_fired(p->id);

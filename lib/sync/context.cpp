@@ -21,8 +21,8 @@ context_node::context_node(std::shared_ptr<context_node> parent) : parent_(std::
 
 context_node::~context_node() {
   // First, so that a fire() in progress (which uses this node) completes
-  // before any member goes. Never reached from our own fire(): the timer
-  // holds no reference.
+  // before any member goes. Reached from our own fire() only when it drops
+  // its reference, after it stored timer_fired_ (fire(), below).
   if (timer_armed_ && !timer_fired_.load(std::memory_order_acquire)) cancel_timer(&timer_);
   unlink_from_parent();
 }
@@ -70,8 +70,17 @@ void context_node::arm_deadline(std::chrono::steady_clock::time_point tp) {
 
 void context_node::fire(timer* t) noexcept {
   auto* self = static_cast<context_node*>(t->arg);
+  // The timer holds no reference, so fire() takes one for the cancel: the
+  // cancel may free the last other owner of this node (a child it holds
+  // while it cancels it, whose parent_ was the last handle). None to take:
+  // the destructor has begun and waits in cancel_timer() for this call to
+  // return, and the node is cancelled no more.
+  const std::shared_ptr<context_node> keep = self->weak_from_this().lock();
+  if (!keep) return;
   self->cancel(deadline_status(), /*from_timer=*/true);
-  // Release: pairs with the acquire loads before cancel_timer(); last touch.
+  // Release: pairs with the acquire loads before cancel_timer(). The last
+  // touch but keep's release, which may run the destructor here: it finds
+  // the timer fired and does not wait for this fire().
   self->timer_fired_.store(true, std::memory_order_release);
 }
 

@@ -25,7 +25,9 @@ struct timer {
   void (*fire)(timer*) = nullptr;
   void* arg = nullptr;  // free for the owner's use
 
-  // Internal state (timers.cpp): heap_index >= 0 while queued.
+  // Internal state (timers.cpp): heap_index >= 0 while queued; owner is
+  // the P whose heap it went into, cleared by a cancel that took it out
+  // and by the shutdown's detach.
   std::int32_t heap_index = -1;
   processor* owner = nullptr;
 };
@@ -36,11 +38,16 @@ struct timer {
 void add_timer(timer* t, scheduler* s = nullptr);
 
 // cancel_timer(): true if t was still pending and will now never fire; false
-// if it already fired, or if its runtime is shutting down or gone (~runtime
-// detaches every pending timer before it destroys the frames of the tasks
-// it kills, so a timer in a frame is never left in a heap: timers.cpp,
-// "Shutdown"). When it returns, fire(t) is not running, so the caller may
-// free t. Not concurrently with ~runtime of t's runtime from another thread.
+// if it already fired, was cancelled before, or if its runtime is shutting
+// down or gone (~runtime detaches every pending timer before it destroys the
+// frames of the tasks it kills, so a timer in a frame is never left in a
+// heap: timers.cpp, "Shutdown"). When it returns, fire(t) is not running, so
+// the caller may free t. A timer this call took out (true) may be cancelled
+// again after its runtime is gone; one that fired may not (it still names
+// its P: owners that outlive a runtime keep a flag of their own, as
+// after_chan and context_node do), nor a pending one concurrently with
+// ~runtime of its runtime from another thread. Calls for one timer do not
+// overlap (its owner makes them one after another).
 bool cancel_timer(timer* t) noexcept;
 
 // current_scheduler(): the runtime of the calling task (nullptr outside).
