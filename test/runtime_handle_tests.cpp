@@ -12,8 +12,12 @@
 #include <utility>
 #include <vector>
 
+#include <unistd.h>
+
 #include "mpg/mpg.hpp"
+#include "mpg/net.hpp"
 #include "sched/scheduler.hpp"
+#include "stream_pair.hpp"
 #include "test_support.hpp"
 #include "watchdog.hpp"
 
@@ -184,6 +188,42 @@ void hold_poster_inside() {
   g_inside.store(true);
   while (!g_closing_seen.load()) std::this_thread::yield();
 }
+// A post that the only M's P1 misses while that M goes to sleep in its ring
+// without spinning (its P has I/O in flight): the M must look for posts
+// again after it raised npidle_, or the function waits for an I/O
+// completion, here one that only the function itself would cause. The
+// hook posts at the moment of the miss, from the M itself, under the
+// scheduler lock (post() takes no lock: its wake_p() reads npidle_ == 0).
+mpg::runtime_handle* g_post_target = nullptr;
+int g_post_fd = -1;
+std::atomic<bool> g_post_armed{false};
+
+void post_at_give_up() {
+  if (!g_post_armed.exchange(false, std::memory_order_relaxed)) return;
+  g_post_target->post([] { (void)!::write(g_post_fd, "x", 1); });
+}
+
+TEST_CASE("a post missed by an M about to sleep in its ring runs") {
+  mpg::runtime rt({.procs = 1});
+  mpg_test::watchdog wd(std::chrono::seconds(20), "a post missed before a ring sleep", &rt);
+  mpg::runtime_handle h = rt.handle();
+  g_post_target = &h;
+  mpg::detail::g_give_up_hook.store(&post_at_give_up, std::memory_order_relaxed);
+  const std::size_t n = rt.block_on([]() -> mpg::task<std::size_t> {
+    mpg_test::stream_pair sp = co_await mpg_test::connect_pair();
+    g_post_fd = sp.client.native_handle();
+    // From here the read is the only thing in flight: the next give-up is
+    // the M's ring sleep with it pending.
+    g_post_armed.store(true, std::memory_order_relaxed);
+    char buf[8];
+    absl::StatusOr<std::size_t> r = co_await sp.server.read(std::span<char>(buf));
+    co_return r.ok() ? *r : 0;
+  }());
+  mpg::detail::g_give_up_hook.store(nullptr, std::memory_order_relaxed);
+  CHECK(!g_post_armed.load());
+  CHECK(n == 1);
+}
+
 }  // namespace
 
 TEST_CASE("a post already inside when ~runtime begins is queued before the runtime goes away") {

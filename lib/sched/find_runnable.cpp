@@ -375,6 +375,8 @@ scheduler::give_up_result scheduler::give_up_p(machine* m, g** found) {
     // Functions posted meanwhile: keep the P and go back to run them.
     if (gp == nullptr && posts_queued()) return give_up_result::holds_p;
     if (gp == nullptr) {
+      if (auto hook = g_give_up_hook.load(std::memory_order_relaxed)) [[unlikely]]
+        hook();
       next_timer = p->timers.earliest_ns.load(std::memory_order_relaxed);
       const bool has_io = p->io->busy();
       hold = next_timer != INT64_MAX || has_io;
@@ -397,8 +399,14 @@ scheduler::give_up_result scheduler::give_up_p(machine* m, g** found) {
   if (m->spinning) {
     m->spinning = false;
     nmspinning_.fetch_sub(1, std::memory_order_seq_cst);
-    if ((work_queued() || any_surplus_work()) && recheck_after_spinning(m))
+    if ((work_queued() || any_surplus_work()) && recheck_found_work(m))
       return give_up_result::holds_p;
+  } else if (posts_queued() && recheck_found_work(m)) {
+    // P3 for posts (scheduler.cpp): a non-spinning M may park while no M
+    // spins and its own P idles (spin_for_work's exit for an M with I/O in
+    // flight), and posts are pushed without mu_, so P1's look can miss one
+    // whose poster's S2 read npidle_ before our P1 raised it.
+    return give_up_result::holds_p;
   }
   // P4.
   if (!wait_for_p(m, hold && next_timer != INT64_MAX ? std::optional<std::int64_t>(next_timer)
@@ -407,11 +415,12 @@ scheduler::give_up_result scheduler::give_up_p(machine* m, g** found) {
   return give_up_result::holds_p;
 }
 
-// recheck_after_spinning(): P3 found work after the last spinner's
-// decrement. Holding a parked P, take it back and spin again; without one,
-// wake_p() finds the work an M (possibly this one: then our wait returns at
-// once with the P it was handed). True if this M holds a P to run now.
-bool scheduler::recheck_after_spinning(machine* m) {
+// recheck_found_work(): P3 found work after the last spinner's decrement,
+// or a post after a non-spinning M's P1. Holding a parked P, take it back
+// and spin again; without one, wake_p() finds the work an M (possibly this
+// one: then our wait returns at once with the P it was handed). True if
+// this M holds a P to run now.
+bool scheduler::recheck_found_work(machine* m) {
   {
     thread_mutex_lock l(mu_);
     if (m->p() != nullptr) {

@@ -37,8 +37,9 @@
 // (has_work_locked), sysmon's unheld Ps, and the deadlock check (a queued
 // function is runnable work). Either the poster's S2 sees the last
 // spinner's decrement and starts an M, or that spinner's P3 sees the node;
-// a non-spinning M that misses it parks only while another M spins or no P
-// idles, and every running P comes back to the queue itself. Nodes that an
+// a non-spinning M that misses it in P1 looks again after raising npidle_
+// (scheduler.cpp, P3), so its poster's S2 or that look sees the other; and
+// every running P comes back to the queue itself. Nodes that an
 // M has moved out of the inbox but not yet counted in outbox_size_ are in
 // the hands of that running M, which takes its batch and, if any remain,
 // calls wake_p() so that another M helps.

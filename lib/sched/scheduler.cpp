@@ -33,6 +33,7 @@
 //   P3. if it was spinning, recheck the global and posted queues and every
 //       P's local queue and runnext for more than one G (seq_cst loads: a
 //       single G is its holder's next, find_runnable.cpp any_surplus_work);
+//       if not, recheck the posted queues only (below);
 //       on finding work, take its parked P back and spin again, or, with no
 //       P, wake_p() (which may hand this very M a P);
 //   P4. sleep until handed a P (futex), or, holding a parked P, until its
@@ -70,8 +71,13 @@
 // (and wakes an M), or that spinner's recheck sees the work (one G alone on
 // a local queue it sees and leaves to that P's holder, which pushed it and
 // is awake, as a running P reaches its own work below). A non-spinning M
-// that parks needs no recheck: it only parks while another M spins or no P
-// idles, and a running P will reach the work itself. When a spinning M finds
+// that parks rechecks the posted functions alone: the global queue's
+// writers take the lock that P1 holds, and a P's own pushes are reached by
+// that P's holder, but posts take no lock, and a non-spinning M may park
+// while no M spins and its P idles (an M with I/O in flight sleeps in its
+// ring without spinning: find_runnable.cpp, spin_for_work). Either the
+// poster's S2 sees P1's npidle_ increment, or the recheck sees the post.
+// When a spinning M finds
 // work it stops spinning and, if it was the last spinner, wakes another
 // (reset_spinning), so new work keeps finding an M as Go's does.
 // test/park_stress_tests.cpp checks this under TSan.

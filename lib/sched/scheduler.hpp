@@ -37,6 +37,17 @@ namespace mpg::detail {
 // coroutine, innermost first. Only while no M can run gp.
 void write_await_chain(std::ostream& os, const g* gp);
 
+// Test hook: give_up_p() (find_runnable.cpp) calls it under mu_ when P1
+// found no G and no posted function, before it parks or releases its P:
+// the moment at which a post is missed by P1. Relaxed: tests set it
+// before the runtime looks (thread start or a task's own write before it
+// parks); it only selects a path.
+inline std::atomic<void (*)()> g_give_up_hook{nullptr};
+
+// Test hook: block_on's deadlock check (lib/runtime.cpp) calls it at each of
+// its looks, before it looks. Relaxed, as g_give_up_hook.
+inline std::atomic<void (*)()> g_deadlock_look_hook{nullptr};
+
 struct post_node;     // mpg/detail/sched/post_node.hpp
 struct handle_state;  // post.cpp
 struct debug_state;   // debug_env.cpp
@@ -186,7 +197,7 @@ class scheduler {
   g* steal_work(machine* m);
   enum class give_up_result : std::uint8_t { found, holds_p, stopping };
   give_up_result give_up_p(machine* m, g** found);
-  bool recheck_after_spinning(machine* m);
+  bool recheck_found_work(machine* m);
   void execute(machine* m, g* gp, bool inherit_time);
   // begin_run(): the bookkeeping of gp starting a turn on m's P (current G,
   // status, the P's sampled fields); execute() and the switches at finish
