@@ -162,6 +162,31 @@ TEST_CASE("a select over two joins only") {
   CHECK(rt.block_on(two_joins()) == "ok");
 }
 
+mpg::task<std::string> same_join_twice() {
+  // The same running task named twice in one select (select.hpp: "the same
+  // object more than once"): the second case finds the first one's waiter in
+  // the join word, which is not the task's end. The select waits for the
+  // task and takes its result once.
+  mpg::chan<int> gate;
+  mpg::join_handle<int> h = mpg::spawn(value_after(gate, 7));
+  auto sel = mpg::spawn([](mpg::join_handle<int>& h) -> mpg::task<int> {
+    auto r = co_await mpg::select(h, h.join());
+    co_return r.index() == 0 ? std::get<0>(r) : 10 + std::get<1>(r);
+  }(h));
+  co_await yield_some(20);
+  if (sel.done()) co_return "the select did not wait for the task";
+  co_await gate.send(0);
+  const int got = co_await sel;
+  if (got != 7 && got != 17) co_return "wrong result: " + std::to_string(got);
+  if (h.valid()) co_return "the handle was not joined";
+  co_return "ok";
+}
+
+TEST_CASE("a select naming one running task twice waits for it and joins it once") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(same_join_twice()) == "ok");
+}
+
 // -- wait_group and context cases -------------------------------------------
 
 mpg::task<std::string> wait_group_cases() {

@@ -76,12 +76,18 @@
 //   4. End arming: CAS kArming -> kOpen, then unlock (the first unlock
 //      publishes the lockful cases). From the CAS on, a claim readies us,
 //      so `this` is not touched after it: the lock list used to unlock is
-//      a copy on the thread's stack. If instead the CAS fails (a lock-free
-//      waker claimed during arming), or a case's sel_enqueue said it is
-//      ready (then we claim for it, which fails only to such a waker), the
-//      select does not sleep: it takes every queued case off again (a
-//      lock-free winner's dequeue waits for its waker to finish), undoes the
-//      park and unlocks; the winner's result follows at once.
+//      a copy on the thread's stack. Were the compiler to keep that copy in
+//      the frame (a local of an inlined await_suspend: llvm/llvm-project
+//      #56301), it would still outlive its last read: the loop reads each
+//      entry while it holds that entry's lock and every lower one, and a
+//      resumed select relocks the whole set (step 6) before it can finish;
+//      with one waitable case the one unlock is the last access. If
+//      instead the CAS fails (a lock-free waker claimed during arming), or
+//      a case's sel_enqueue said it is ready (then we claim for it, which
+//      fails only to such a waker), the select does not sleep: it takes
+//      every queued case off again (a lock-free winner's dequeue waits for
+//      its waker to finish), undoes the park and unlocks; the winner's
+//      result follows at once.
 //   5. Parked: a waker claims us (waitq.hpp), completes its case and readies
 //      us. Wakers that lose take nothing.
 //   6. Resumed, we lock all again, take our remaining waiters off every

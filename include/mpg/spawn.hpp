@@ -32,8 +32,12 @@
 //   J1. sel_poll: the word is Done (or Killed): ready; nothing is taken
 //       until sel_result.
 //   J2. sel_enqueue: CAS Running -> the case's join_waiter tagged with
-//       kJoinSelectTag. Failing (the task finished since the poll), the case
-//       is ready and not queued (select claims for it).
+//       kJoinSelectTag. Failing on Done or Killed (the task finished since
+//       the poll), the case is ready and not queued (select claims for it).
+//       Failing on a tagged waiter, the word holds another case of the same
+//       select on the same handle (select(h, h)): that case covers the
+//       task's end, and this one reports queued without being queued (its
+//       J4 has nothing to undo, and it never wins).
 //   J3. The finisher (finish_root) exchanges the word to Done and, finding
 //       a tagged waiter, calls wake_select_joiner(): reads the select's G,
 //       claims the select (select_state::claim), stores waker_done = 1
@@ -56,6 +60,7 @@
 #pragma once
 
 #include <atomic>
+#include <cassert>
 #include <coroutine>
 #include <cstdint>
 #include <source_location>
@@ -289,8 +294,18 @@ class [[nodiscard]] join_op : private detail::join_waiter {
     // acq_rel on success: see "Memory ordering" above; acquire on failure:
     // the result of the task that finished since the poll.
     if (!word().compare_exchange_strong(expected, tagged(), std::memory_order_acq_rel,
-                                        std::memory_order_acquire))
-      return false;
+                                        std::memory_order_acquire)) {
+      // J2'. Another case of this select on the same handle (select(h, h))
+      // is queued there already: it covers the task's end, and this case
+      // stays out (not queued, so it never wins). Only one task holds the
+      // handle, so no other select's waiter can be there.
+      if (detail::is_select_joiner(expected)) {
+        assert(reinterpret_cast<detail::join_waiter*>(expected & ~detail::kJoinSelectTag)->sel() ==
+               st);
+        return true;
+      }
+      return false;  // Done or Killed: ready
+    }
     queued_ = true;
     return true;
   }
