@@ -18,6 +18,7 @@
 #include <chrono>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
@@ -142,6 +143,38 @@ TEST_CASE("a move-only value is received once; a second await fails") {
   std::thread th([tx = std::move(tx)]() mutable { CHECK(tx.send(std::make_unique<int>(11))); });
   CHECK(rt.block_on(receive_twice(std::move(rx))) == 11);
   th.join();
+}
+
+// A value whose move throws when taken stays in the oneshot: the await that
+// threw took nothing, and the next await receives it.
+struct fragile {
+  static inline bool arm_throw = false;
+  int v = 0;
+  explicit fragile(int x) : v(x) {}
+  fragile(fragile&& o) : v(o.v) {
+    if (arm_throw) throw std::runtime_error("move refused");
+  }
+};
+
+mpg::task<int> receive_after_a_refused_move(mpg::oneshot_receiver<fragile> rx) {
+  fragile::arm_throw = true;
+  bool threw = false;
+  try {
+    (void)co_await rx;
+  } catch (const std::runtime_error&) {
+    threw = true;
+  }
+  CHECK(threw);
+  fragile::arm_throw = false;
+  absl::StatusOr<fragile> again = co_await rx;
+  co_return again.ok() ? again->v : -1;
+}
+
+TEST_CASE("a value whose move throws as it is taken is received by the next await") {
+  mpg::runtime rt({.procs = 1});
+  auto [tx, rx] = mpg::oneshot<fragile>();
+  CHECK(tx.send(fragile(5)));
+  CHECK(rt.block_on(receive_after_a_refused_move(std::move(rx))) == 5);
 }
 
 TEST_CASE("a value left unreceived is freed with the state (ASan)") {

@@ -169,12 +169,14 @@ class oneshot_state {
   result_type take_locked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_) {
     switch (status_) {
       case oneshot_status::kFull: {
-        status_ = oneshot_status::kTaken;
         if constexpr (std::is_void_v<T>) {
+          status_ = oneshot_status::kTaken;
           value_.reset();
           return absl::OkStatus();
         } else {
+          // The move first: if it throws, the value stays for the next await.
           result_type r(std::move(*value_));
+          status_ = oneshot_status::kTaken;
           value_.reset();
           return r;
         }
