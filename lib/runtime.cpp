@@ -97,6 +97,8 @@ void block_on_wait(scheduler* s, block_on_state* st) {
   thread_mutex_lock l(st->mu);
   while (!l.wait_for(st->cv, std::chrono::milliseconds(50),
                      [st]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(st->mu) { return st->done; })) {
+    if (auto hook = g_deadlock_look_hook.load(std::memory_order_relaxed)) [[unlikely]]
+      hook();
     std::uint64_t progress = 0, elsewhere = 0;
     const bool quiet = s->quiescent(&progress) && others_inert(s, &elsewhere);
     progress += elsewhere;  // compared for equality only: wrapping is harmless
@@ -124,13 +126,16 @@ runtime::runtime(runtime_options opts) : sched_(new detail::scheduler(opts)) {
 }
 
 runtime::~runtime() {
-  detail::unregister_runtime(sched_);  // no other runtime's deadlock check looks here from now
   sched_->stop_debug();                // no signal dump or SCHED line from here on
   sched_->close_handles();             // no post from here on (lib/sched/post.cpp)
   sched_->stop();                      // steps 1 and 2 (lib/sched/shutdown.cpp)
   sched_->finish_trace();              // every M has stopped: write the trace
   sched_->shutdown_io();               // step 3
   sched_->kill_remaining(std::cerr);  // steps 4 to 6
+  // Only now: until stop() returned, a task still running here could wake
+  // a task of another runtime, whose deadlock check must count on it. What
+  // that check reads (inert()) lives until the delete below.
+  detail::unregister_runtime(sched_);
   if (runtime_stats s = stats(); s.io_faults_injected != 0) {
     std::cerr << "mpg: " << s.io_faults_injected << " I/O faults injected (eintr "
               << s.io_faults_eintr << ", eagain " << s.io_faults_eagain << ", short "

@@ -9,9 +9,12 @@
 
 #include <atomic>
 #include <chrono>
+#include <memory>
 #include <string>
+#include <thread>
 
 #include "mpg/mpg.hpp"
+#include "sched/scheduler.hpp"
 
 using namespace std::chrono_literals;
 
@@ -69,7 +72,53 @@ mpg::task<int> wait_on_other_runtime(mpg::runtime* other) {
   co_return v ? *v : 0;
 }
 
+// A task of a runtime whose destructor has begun, still running its turn
+// (stop() waits for it), sends once the receiver's deadlock check has
+// looked five times: the check must count that runtime as live until its
+// tasks have stopped. The hook counts the looks; nothing sleeps.
+std::atomic<int> g_looks{0};
+std::atomic<bool> g_send_now{false};
+void count_look() {
+  if (g_looks.fetch_add(1, std::memory_order_relaxed) + 1 >= 5)
+    g_send_now.store(true, std::memory_order_release);
+}
+
+mpg::task<void> send_when_told(mpg::chan<int> c, std::atomic<bool>* started) {
+  started->store(true, std::memory_order_release);
+  while (!g_send_now.load(std::memory_order_acquire)) {
+  }
+  co_await c.send(7);
+}
+
+mpg::task<int> receive_one(mpg::chan<int> c) {
+  auto v = co_await c.recv();
+  co_return v ? *v : -1;
+}
+
 }  // namespace
+
+TEST_CASE("a task waiting on a task of a runtime being destroyed is not a deadlock") {
+  auto a = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1});
+  auto b = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1});
+  mpg::chan<int> c;
+  std::atomic<bool> started{false};
+  b->go(send_when_told(c, &started), "sender of a runtime being destroyed");
+  while (!started.load(std::memory_order_acquire)) std::this_thread::yield();
+  mpg::runtime_handle hb = b->handle();
+  std::thread destroyer([&] { b.reset(); });
+  while (hb.post([] {})) std::this_thread::yield();  // ~runtime has begun
+  mpg::detail::g_deadlock_look_hook.store(&count_look, std::memory_order_relaxed);
+  int got = 0;
+  try {
+    got = a->block_on(receive_one(c));
+  } catch (const mpg::deadlock_error&) {
+    got = -2;
+  }
+  mpg::detail::g_deadlock_look_hook.store(nullptr, std::memory_order_relaxed);
+  g_send_now.store(true, std::memory_order_release);  // lets the sender end if the check threw
+  destroyer.join();
+  CHECK(got == 7);
+}
 
 TEST_CASE("block_on reports a deadlock naming the blocked tasks") {
   mpg::runtime rt({.procs = 2});
