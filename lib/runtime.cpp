@@ -2,6 +2,7 @@
 // construction, ~runtime, yield/consume_budget, block_on's waiting and
 // its deadlock check. The scheduler behind it lives in lib/sched/; the
 // shutdown steps ~runtime runs are written down in lib/sched/shutdown.cpp.
+#include <atomic>
 #include <condition_variable>
 
 #include <algorithm>
@@ -23,26 +24,35 @@ namespace detail {
 // A plain thread waiting in block_on blocks on a condition variable: it
 // holds no P, so blocking it is fine. (thread_mutex, a std::mutex, rather
 // than absl::Mutex in lib/: see thread_mutex.hpp.)
+// Shared by block_on and its waiter task (runtime.hpp), each holding one
+// reference; the last release deletes it.
 struct block_on_state {
   thread_mutex mu;
   std::condition_variable cv;
   bool done ABSL_GUARDED_BY(mu) = false;
+  // acq_rel decrements: each holder's last use happens before the delete.
+  std::atomic<int> refs{2};
 };
 
 block_on_state* new_block_on_state() { return new block_on_state; }
-void delete_block_on_state(block_on_state* st) noexcept { delete st; }
+void release_block_on_state(block_on_state* st) noexcept {
+  if (st->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete st;
+}
 void block_on_signal(block_on_state* st) noexcept {
   thread_mutex_lock l(st->mu);
   st->done = true;
-  st->cv.notify_one();  // under the lock: st may be deleted right after it
+  st->cv.notify_one();
 }
 // The runtimes of the process. A channel, a join handle or a sync object
 // may be shared by tasks of two runtimes, so a task of one may be woken by
 // a task of another: a runtime's deadlock check counts every other runtime
 // that is not inert as a possible wake-up. Registered when constructed,
-// unregistered first thing in ~runtime, so that a check never looks at a
-// runtime being torn down (the lock orders the two). The registry is never
-// destroyed: a runtime with static storage may outlive any other static.
+// unregistered in ~runtime once its tasks have stopped and been killed,
+// just before the scheduler is deleted: until then a task still running
+// there may wake a task elsewhere, and what inert() reads lives until the
+// delete (the lock orders a check against the unregistering). The registry
+// is never destroyed: a runtime with static storage may outlive any other
+// static.
 struct runtime_registry {
   thread_mutex mu;
   std::vector<const scheduler*> all ABSL_GUARDED_BY(mu);
@@ -97,23 +107,30 @@ void block_on_wait(scheduler* s, block_on_state* st) {
   thread_mutex_lock l(st->mu);
   while (!l.wait_for(st->cv, std::chrono::milliseconds(50),
                      [st]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(st->mu) { return st->done; })) {
-    if (auto hook = g_deadlock_look_hook.load(std::memory_order_relaxed)) [[unlikely]]
-      hook();
     std::uint64_t progress = 0, elsewhere = 0;
     const bool quiet = s->quiescent(&progress) && others_inert(s, &elsewhere);
     progress += elsewhere;  // compared for equality only: wrapping is harmless
     if (quiet && (quiet_looks == 0 || progress == last_progress)) {
-      if (++quiet_looks >= 3) {
-        std::ostringstream os;
-        os << "mpg: all tasks are asleep - deadlock!\n";
-        s->dump(os);
-        throw deadlock_error(os.str());
-      }
+      ++quiet_looks;
     } else {
       quiet_looks = 0;
     }
     last_progress = progress;
+    if (auto hook = g_deadlock_look_hook.load(std::memory_order_relaxed)) [[unlikely]]
+      hook(quiet_looks);
+    if (quiet_looks >= 3) break;
   }
+  if (st->done) return;
+  // Deadlock. The dump stops the world, so it runs without st->mu: a task
+  // that ends now (woken by a thread the check does not count) must not
+  // block its M on that lock, and its result is taken if it came meanwhile.
+  l.unlock();
+  std::ostringstream os;
+  os << "mpg: all tasks are asleep - deadlock!\n";
+  s->dump(os);
+  l.lock();
+  if (st->done) return;
+  throw deadlock_error(os.str());
 }
 void throw_block_on_inside_task() {
   throw runtime_misuse_error("mpg: runtime::block_on called from inside a task (it would block a P)");

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <thread>
@@ -78,7 +79,7 @@ mpg::task<int> wait_on_other_runtime(mpg::runtime* other) {
 // tasks have stopped. The hook counts the looks; nothing sleeps.
 std::atomic<int> g_looks{0};
 std::atomic<bool> g_send_now{false};
-void count_look() {
+void count_look(int) {
   if (g_looks.fetch_add(1, std::memory_order_relaxed) + 1 >= 5)
     g_send_now.store(true, std::memory_order_release);
 }
@@ -95,7 +96,47 @@ mpg::task<int> receive_one(mpg::chan<int> c) {
   co_return v ? *v : -1;
 }
 
+// A wake-up from a thread the check does not count (here the checking
+// thread itself, from the hook) that lands just as the deadlock is decided:
+// the task and block_on's waiter task run while block_on decides, dumps and
+// returns or throws. Either outcome is right; what must not happen is the
+// waiter touching what block_on freed (ASan), or its M stuck on block_on's
+// lock while the dump stops the world.
+mpg::chan<int>* g_late_chan = nullptr;
+mpg::runtime* g_late_rt = nullptr;
+void send_at_decision(int quiet_looks) {
+  if (quiet_looks != 3) return;
+  const std::uint64_t before = g_late_rt->stats().completed;
+  (void)g_late_chan->try_send(5);
+  // Until the task has ended: its waiter then runs at once (the switch at
+  // finish) and wants block_on's lock, which this hook holds.
+  const auto give_up = std::chrono::steady_clock::now() + 10s;
+  while (g_late_rt->stats().completed == before && std::chrono::steady_clock::now() < give_up)
+    std::this_thread::yield();
+}
+
 }  // namespace
+
+TEST_CASE("a wake-up that lands as block_on decides on a deadlock is sound") {
+  mpg::runtime rt({.procs = 1});
+  mpg::chan<int> c;
+  g_late_chan = &c;
+  g_late_rt = &rt;
+  mpg::detail::g_deadlock_look_hook.store(&send_at_decision, std::memory_order_relaxed);
+  int got = 0;
+  try {
+    got = rt.block_on(receive_one(c));
+  } catch (const mpg::deadlock_error&) {
+    got = -2;
+  }
+  mpg::detail::g_deadlock_look_hook.store(nullptr, std::memory_order_relaxed);
+  CHECK((got == 5 || got == -2));
+  // The task and the waiter end either way (bounded wait, no sleep).
+  const auto give_up = std::chrono::steady_clock::now() + 10s;
+  while (rt.stats().live != 0 && std::chrono::steady_clock::now() < give_up)
+    std::this_thread::yield();
+  CHECK(rt.stats().live == 0);
+}
 
 TEST_CASE("a task waiting on a task of a runtime being destroyed is not a deadlock") {
   auto a = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1});

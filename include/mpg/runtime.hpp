@@ -37,7 +37,9 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "mpg/detail/sched/g.hpp"
@@ -50,32 +52,56 @@
 namespace mpg {
 
 namespace detail {
-// block_on support: a plain thread waits for a join.
+// block_on support: a plain thread waits for a join, through a waiter task
+// that joins it and signals the thread. The waiter may outlive block_on: a
+// deadlock_error leaves it parked on the join, and a wake-up that comes
+// later (from a thread the check does not count) resumes it. So what the
+// two share lives on the heap, owned by both: the wait state
+// (block_on_state, counted: one reference each, the waiter's a parameter of
+// its frame, so that a frame destroyed before it ran releases it too) and
+// the handle with the result (block_on_slot).
 struct block_on_state;
-block_on_state* new_block_on_state();
-void delete_block_on_state(block_on_state*) noexcept;
+block_on_state* new_block_on_state();  // with two references
+void release_block_on_state(block_on_state*) noexcept;
 void block_on_signal(block_on_state*) noexcept;
 void block_on_wait(scheduler* s, block_on_state*);
 [[noreturn]] void throw_block_on_inside_task();
 
+class block_on_ref {
+ public:
+  explicit block_on_ref(block_on_state* st) noexcept : st_(st) {}
+  block_on_ref(block_on_ref&& o) noexcept : st_(std::exchange(o.st_, nullptr)) {}
+  block_on_ref& operator=(block_on_ref&&) = delete;
+  ~block_on_ref() {
+    if (st_ != nullptr) release_block_on_state(st_);
+  }
+  block_on_state* get() const noexcept { return st_; }
+
+ private:
+  block_on_state* st_;
+};
+
 template <class T>
-task<void> block_on_waiter(join_handle<T>& h, std::optional<T>& out, std::exception_ptr& err,
-                           block_on_state* st) {
+struct block_on_slot {
+  explicit block_on_slot(join_handle<T> handle) noexcept : h(std::move(handle)) {}
+  join_handle<T> h;
+  std::optional<std::conditional_t<std::is_void_v<T>, std::monostate, T>> out;
+  std::exception_ptr err;
+};
+
+template <class T>
+task<void> block_on_waiter(std::shared_ptr<block_on_slot<T>> slot, block_on_ref ref) {
   try {
-    out.emplace(co_await h);
+    if constexpr (std::is_void_v<T>) {
+      co_await slot->h;
+      slot->out.emplace();
+    } else {
+      slot->out.emplace(co_await slot->h);
+    }
   } catch (...) {
-    err = std::current_exception();
+    slot->err = std::current_exception();
   }
-  block_on_signal(st);
-}
-inline task<void> block_on_waiter_void(join_handle<void>& h, std::exception_ptr& err,
-                                       block_on_state* st) {
-  try {
-    co_await h;
-  } catch (...) {
-    err = std::current_exception();
-  }
-  block_on_signal(st);
+  block_on_signal(ref.get());
 }
 }  // namespace detail
 
@@ -107,23 +133,13 @@ class runtime {
   template <class T>
   T block_on(join_handle<T> h) {
     if (detail::current_g() != nullptr) detail::throw_block_on_inside_task();
-    std::exception_ptr err;
+    auto slot = std::make_shared<detail::block_on_slot<T>>(std::move(h));
     detail::block_on_state* st = detail::new_block_on_state();
-    struct cleanup {
-      detail::block_on_state* st;
-      ~cleanup() { detail::delete_block_on_state(st); }
-    } c{st};
-    if constexpr (std::is_void_v<T>) {
-      spawn(detail::block_on_waiter_void(h, err, st), "block_on.wait").detach();
-      detail::block_on_wait(sched_, st);
-      if (err) std::rethrow_exception(err);
-    } else {
-      std::optional<T> out;
-      spawn(detail::block_on_waiter<T>(h, out, err, st), "block_on.wait").detach();
-      detail::block_on_wait(sched_, st);
-      if (err) std::rethrow_exception(err);
-      return std::move(*out);
-    }
+    detail::block_on_ref mine(st), theirs(st);
+    spawn(detail::block_on_waiter<T>(slot, std::move(theirs)), "block_on.wait").detach();
+    detail::block_on_wait(sched_, st);
+    if (slot->err) std::rethrow_exception(slot->err);
+    if constexpr (!std::is_void_v<T>) return std::move(*slot->out);
   }
 
   // handle(): a copyable reference to this runtime for any thread

@@ -44,9 +44,10 @@ void write_await_chain(std::ostream& os, const g* gp);
 // parks); it only selects a path.
 inline std::atomic<void (*)()> g_give_up_hook{nullptr};
 
-// Test hook: block_on's deadlock check (lib/runtime.cpp) calls it at each of
-// its looks, before it looks. Relaxed, as g_give_up_hook.
-inline std::atomic<void (*)()> g_deadlock_look_hook{nullptr};
+// Test hook: block_on's deadlock check (lib/runtime.cpp) calls it after
+// each of its looks, with the number of quiet looks in a row (3: deadlock
+// decided), holding the waiter's lock. Relaxed, as g_give_up_hook.
+inline std::atomic<void (*)(int)> g_deadlock_look_hook{nullptr};
 
 struct post_node;     // mpg/detail/sched/post_node.hpp
 struct handle_state;  // post.cpp

@@ -90,6 +90,11 @@ class ABSL_SCOPED_LOCKABLE thread_mutex_lock {
     return cv.wait_for(lk_, d, std::move(pred));
   }
 
+  // unlock(), lock(): leave the lock for a while inside the scope (the
+  // destructor releases it only if held).
+  void unlock() ABSL_UNLOCK_FUNCTION() { lk_.unlock(); }
+  void lock() ABSL_EXCLUSIVE_LOCK_FUNCTION() { lk_.lock(); }
+
  private:
   std::unique_lock<std::mutex> lk_;
 };
