@@ -17,6 +17,7 @@
 
 #include "mpg/asio.hpp"
 #include "mpg/mpg.hpp"
+#include "test_support.hpp"
 
 using namespace std::chrono_literals;
 
@@ -106,6 +107,30 @@ TEST_CASE("a task awaits an Asio timer (250 ms: no deadlock_error while it is pe
   const long ms = rt.block_on(wait_on_timer(io.io, 250ms, &on_runtime));
   CHECK(ms >= 250);
   CHECK(on_runtime);
+}
+
+// A task killed by ~runtime while it awaits an Asio operation: the timer in
+// its frame is destroyed with it, which cancels the wait and queues the
+// handler (operation_aborted) on an io_context that nobody runs yet. When
+// it runs, after ~runtime, the handler must touch nothing of the task, its
+// frame or its runtime (ASan).
+mpg::task<void> wait_an_hour(asio::io_context& io) {
+  asio::steady_timer t(io, 1h);
+  (void)co_await t.async_wait(mpg::use_task);
+}
+
+TEST_CASE("a task killed while it awaits an Asio operation leaves the handler harmless") {
+  asio::io_context io;
+  {
+    mpg::runtime rt({.procs = 1});
+    rt.go(wait_an_hour(io), "asio waiter");
+    const auto give_up = std::chrono::steady_clock::now() + 10s;
+    while (!mpg_test::dump_shows(rt, "asio operation") && std::chrono::steady_clock::now() < give_up)
+      std::this_thread::yield();
+    REQUIRE(mpg_test::dump_shows(rt, "asio operation"));
+  }  // kills the waiter: ~steady_timer queues the handler
+  io.restart();
+  CHECK(io.run() == 1);  // the handler ran, and found the task gone
 }
 
 TEST_CASE("use_task outside a task throws") {

@@ -31,7 +31,9 @@
 // waits the task shows "asio operation" in dump(), and the operation counts
 // as a possible wake-up for the deadlock check. If the operation's
 // completion handler is destroyed without being called (its io_context is
-// destroyed with the operation pending), the task waits forever.
+// destroyed with the operation pending), the task waits forever. A task
+// killed by ~runtime while it waits leaves its operation behind: when the
+// handler runs later, it finds the task gone and does nothing.
 //
 // Threads: asio_executor and its copies may be used from any thread.
 //
@@ -45,8 +47,10 @@
 #include <asio/execution.hpp>
 #include <asio/execution_context.hpp>
 
+#include <atomic>
 #include <coroutine>
 #include <exception>
+#include <memory>
 #include <optional>
 #include <source_location>
 #include <tuple>
@@ -149,6 +153,22 @@ struct asio_result<> {
 
 // The awaiter that use_task makes of an Asio operation: parks the task,
 // starts the operation, and the completion handler readies the task.
+//
+// The handler may outlive the task: a task killed by ~runtime while parked
+// here has its frame (and this awaiter) destroyed, and an I/O object that
+// goes with it (or its io_context, run later) may still call the handler.
+// So the handler shares a counted record with the awaiter, never the
+// awaiter itself, and one exchange of the record's state decides:
+//   A1. the handler stores the result, then exchanges kPending ->
+//       kCompleted, and readies the task only if it found kPending;
+//   A2. the awaiter's destructor, if the task never resumed (killed),
+//       exchanges to kAbandoned; a handler that comes later touches only
+//       the record.
+// acq_rel on both: the winner's writes reach the loser. The task reads the
+// result after ready() (the run queues order it). The deadlock check's
+// count of possible wake-ups is held from the start until the task resumes
+// (await_resume) or is killed (the destructor), on the task's side, so no
+// moment between the completion and the task's run goes uncounted.
 template <class Initiation, class InitArgs, class... Args>
 class asio_op_awaiter {
  public:
@@ -156,19 +176,30 @@ class asio_op_awaiter {
   using result_type = typename asio_result<Args...>::type;
 
   asio_op_awaiter(Initiation init, InitArgs args) : init_(std::move(init)), args_(std::move(args)) {}
+  asio_op_awaiter(asio_op_awaiter&&) = default;  // before it is awaited
+  asio_op_awaiter& operator=(asio_op_awaiter&&) = delete;
+  ~asio_op_awaiter() {
+    if (op_ && !resumed_) {  // A2: killed while parked
+      op_->state.exchange(kAbandoned, std::memory_order_acq_rel);
+      external_waker_remove(sched_);
+    }
+  }
 
   bool await_ready() const noexcept { return false; }
 
   void await_suspend(std::coroutine_handle<> h,
                      std::source_location where = std::source_location::current()) {
+    auto op = std::make_shared<record>();
     park(h, "asio operation", where);  // throws outside a task
-    g_ = current_g();
-    sched_ = g_->sched;
+    op->gp = current_g();
+    sched_ = op->gp->sched;
     external_waker_add(sched_);
+    op_ = op;
     try {
-      std::apply([&](auto&&... a) { std::move(init_)(handler{this}, std::move(a)...); },
+      std::apply([&](auto&&... a) { std::move(init_)(handler{std::move(op)}, std::move(a)...); },
                  std::move(args_));
     } catch (...) {
+      op_.reset();
       external_waker_remove(sched_);
       cancel_park();
       throw;
@@ -179,35 +210,39 @@ class asio_op_awaiter {
   }
 
   result_type await_resume() {
+    resumed_ = true;
+    external_waker_remove(sched_);
     if constexpr (std::is_void_v<result_type>) {
       return;
     } else if constexpr (sizeof...(Args) == 1) {
-      return std::get<0>(std::move(*result_));
+      return std::get<0>(std::move(*op_->result));
     } else {
-      return std::move(*result_);
+      return std::move(*op_->result);
     }
   }
 
  private:
+  static constexpr int kPending = 0, kCompleted = 1, kAbandoned = 2;
+  struct record {
+    std::atomic<int> state{kPending};
+    std::optional<std::tuple<std::decay_t<Args>...>> result;
+    g* gp = nullptr;
+  };
   struct handler {
-    asio_op_awaiter* self;
+    std::shared_ptr<record> op;
     template <class... A>
     void operator()(A&&... a) {
-      self->result_.emplace(std::forward<A>(a)...);
-      g* gp = self->g_;
-      scheduler* s = self->sched_;
-      // The waker count goes before the wake-up: once readied, the task may
-      // finish and its runtime be destroyed.
-      external_waker_remove(s);
-      ready(gp);
+      op->result.emplace(std::forward<A>(a)...);
+      // A1.
+      if (op->state.exchange(kCompleted, std::memory_order_acq_rel) == kPending) ready(op->gp);
     }
   };
 
   Initiation init_;
   InitArgs args_;
-  std::optional<std::tuple<std::decay_t<Args>...>> result_;
-  g* g_ = nullptr;
+  std::shared_ptr<record> op_;
   scheduler* sched_ = nullptr;
+  bool resumed_ = false;
 };
 
 }  // namespace detail
