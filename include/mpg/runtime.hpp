@@ -138,7 +138,10 @@ class runtime {
     detail::block_on_ref mine(st), theirs(st);
     spawn(detail::block_on_waiter<T>(slot, std::move(theirs)), "block_on.wait").detach();
     detail::block_on_wait(sched_, st);
-    if (slot->err) std::rethrow_exception(slot->err);
+    // Taken out of the slot: the waiter may release the slot last, and the
+    // exception is then this thread's to free (its count lives in the
+    // uninstrumented C++ runtime, which ThreadSanitizer cannot see).
+    if (std::exception_ptr e = std::exchange(slot->err, nullptr)) std::rethrow_exception(e);
     if constexpr (!std::is_void_v<T>) return std::move(*slot->out);
   }
 
