@@ -2,11 +2,11 @@
 // construction, ~runtime, yield/consume_budget, block_on's waiting and
 // its deadlock check. The scheduler behind it lives in lib/sched/; the
 // shutdown steps ~runtime runs are written down in lib/sched/shutdown.cpp.
-#include <atomic>
 #include <condition_variable>
 
 #include <algorithm>
 #include <iostream>
+#include <memory>
 #include <new>
 #include <ostream>
 #include <sstream>
@@ -23,20 +23,16 @@ namespace detail {
 
 // A plain thread waiting in block_on blocks on a condition variable: it
 // holds no P, so blocking it is fine. (thread_mutex, a std::mutex, rather
-// than absl::Mutex in lib/: see thread_mutex.hpp.)
-// Shared by block_on and its waiter task (runtime.hpp), each holding one
-// reference; the last release deletes it.
+// than absl::Mutex in lib/: see thread_mutex.hpp.) Shared by block_on and
+// its waiter task (runtime.hpp, block_on_slot).
 struct block_on_state {
   thread_mutex mu;
   std::condition_variable cv;
   bool done ABSL_GUARDED_BY(mu) = false;
-  // acq_rel decrements: each holder's last use happens before the delete.
-  std::atomic<int> refs{2};
 };
 
-block_on_state* new_block_on_state() { return new block_on_state; }
-void release_block_on_state(block_on_state* st) noexcept {
-  if (st->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete st;
+std::shared_ptr<block_on_state> new_block_on_state() {
+  return std::make_shared<block_on_state>();
 }
 void block_on_signal(block_on_state* st) noexcept {
   thread_mutex_lock l(st->mu);

@@ -5,8 +5,9 @@
 // once the woken task has destroyed the object (a close() that touches the
 // object after that point then uses freed memory: AddressSanitizer reports
 // it, and every build sees the order) or is waiting for the closer in the
-// destructor (the protocol: the expected order). A receive() is not among them: close() takes its waiter out of
-// the queue and readies it after it has finished with the stream.
+// destructor (the protocol: the expected order). A receive() is not among
+// them: close() takes its waiter out of the queue and readies it after it
+// has finished with the stream.
 #include <doctest/doctest.h>
 
 #include <mpg/mpg.hpp>

@@ -179,7 +179,7 @@ class asio_op_awaiter {
   asio_op_awaiter(asio_op_awaiter&&) = default;  // before it is awaited
   asio_op_awaiter& operator=(asio_op_awaiter&&) = delete;
   ~asio_op_awaiter() {
-    if (op_ && !resumed_) {  // A2: killed while parked
+    if (op_) {  // A2: killed while parked (await_resume lets go of op_)
       op_->state.exchange(kAbandoned, std::memory_order_acq_rel);
       external_waker_remove(sched_);
     }
@@ -210,14 +210,14 @@ class asio_op_awaiter {
   }
 
   result_type await_resume() {
-    resumed_ = true;
     external_waker_remove(sched_);
+    const std::shared_ptr<record> op = std::move(op_);
     if constexpr (std::is_void_v<result_type>) {
       return;
     } else if constexpr (sizeof...(Args) == 1) {
-      return std::get<0>(std::move(*op_->result));
+      return std::get<0>(std::move(*op->result));
     } else {
-      return std::move(*op_->result);
+      return std::move(*op->result);
     }
   }
 
@@ -240,9 +240,8 @@ class asio_op_awaiter {
 
   Initiation init_;
   InitArgs args_;
-  std::shared_ptr<record> op_;
+  std::shared_ptr<record> op_;  // from await_suspend until await_resume
   scheduler* sched_ = nullptr;
-  bool resumed_ = false;
 };
 
 }  // namespace detail

@@ -56,52 +56,38 @@ namespace detail {
 // that joins it and signals the thread. The waiter may outlive block_on: a
 // deadlock_error leaves it parked on the join, and a wake-up that comes
 // later (from a thread the check does not count) resumes it. So what the
-// two share lives on the heap, owned by both: the wait state
-// (block_on_state, counted: one reference each, the waiter's a parameter of
-// its frame, so that a frame destroyed before it ran releases it too) and
-// the handle with the result (block_on_slot).
+// two share lives on the heap, owned by both (a shared_ptr parameter of the
+// waiter's frame, released however that frame goes): the handle, the
+// result and the wait state.
 struct block_on_state;
-block_on_state* new_block_on_state();  // with two references
-void release_block_on_state(block_on_state*) noexcept;
+std::shared_ptr<block_on_state> new_block_on_state();
 void block_on_signal(block_on_state*) noexcept;
 void block_on_wait(scheduler* s, block_on_state*);
 [[noreturn]] void throw_block_on_inside_task();
 
-class block_on_ref {
- public:
-  explicit block_on_ref(block_on_state* st) noexcept : st_(st) {}
-  block_on_ref(block_on_ref&& o) noexcept : st_(std::exchange(o.st_, nullptr)) {}
-  block_on_ref& operator=(block_on_ref&&) = delete;
-  ~block_on_ref() {
-    if (st_ != nullptr) release_block_on_state(st_);
-  }
-  block_on_state* get() const noexcept { return st_; }
-
- private:
-  block_on_state* st_;
-};
-
 template <class T>
 struct block_on_slot {
-  explicit block_on_slot(join_handle<T> handle) noexcept : h(std::move(handle)) {}
+  explicit block_on_slot(join_handle<T> handle)
+      : h(std::move(handle)), st(new_block_on_state()) {}
   join_handle<T> h;
+  std::shared_ptr<block_on_state> st;
+  // The value (unused for void).
   std::optional<std::conditional_t<std::is_void_v<T>, std::monostate, T>> out;
   std::exception_ptr err;
 };
 
 template <class T>
-task<void> block_on_waiter(std::shared_ptr<block_on_slot<T>> slot, block_on_ref ref) {
+task<void> block_on_waiter(std::shared_ptr<block_on_slot<T>> slot) {
   try {
     if constexpr (std::is_void_v<T>) {
       co_await slot->h;
-      slot->out.emplace();
     } else {
       slot->out.emplace(co_await slot->h);
     }
   } catch (...) {
     slot->err = std::current_exception();
   }
-  block_on_signal(ref.get());
+  block_on_signal(slot->st.get());
 }
 }  // namespace detail
 
@@ -134,10 +120,8 @@ class runtime {
   T block_on(join_handle<T> h) {
     if (detail::current_g() != nullptr) detail::throw_block_on_inside_task();
     auto slot = std::make_shared<detail::block_on_slot<T>>(std::move(h));
-    detail::block_on_state* st = detail::new_block_on_state();
-    detail::block_on_ref mine(st), theirs(st);
-    spawn(detail::block_on_waiter<T>(slot, std::move(theirs)), "block_on.wait").detach();
-    detail::block_on_wait(sched_, st);
+    spawn(detail::block_on_waiter<T>(slot), "block_on.wait").detach();
+    detail::block_on_wait(sched_, slot->st.get());
     // Taken out of the slot: the waiter may release the slot last, and the
     // exception is then this thread's to free (its count lives in the
     // uninstrumented C++ runtime, which ThreadSanitizer cannot see).

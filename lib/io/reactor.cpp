@@ -589,8 +589,8 @@ inline unsigned reactor::dispatch(std::uint64_t user_data, int res, std::uint32_
 // outer loop). If the SQ is full, stop_more stays set and the op's next CQE
 // asks again: the queue asks again only after several buffers over its
 // limit (recv_queue.hpp, R3), or, once its reader has taken every held
-// buffer, when it next reaches the limit. An op that gets no further CQE takes no further buffer, and its
-// next arm clears the request.
+// buffer, when it next reaches the limit. An op that gets no further CQE
+// takes no further buffer, and its next arm clears the request.
 unsigned reactor::dispatch_multishot(io_op* op, int res, std::uint32_t flags) noexcept {
   op->res = res;
   op->cqe_flags = flags;

@@ -42,11 +42,10 @@
 //       the queue asks at once when it next reaches the limit, and R6's
 //       moves, which wait while a pause is asked, may go on. The reactor
 //       keeps a request until it gets an SQE for the cancel (the SQ may be
-//       full). And a cancel
-//       can miss: the kernel runs a multishot receive that keeps finding
-//       data as task_work it requeues, where an ASYNC_CANCEL does not look
-//       (-ENOENT: 247 of them in a row in one run while the multishot
-//       drained about 1 MiB of backlog). So a pause takes hold only when a
+//       full). And a cancel can miss: the kernel runs a multishot receive
+//       that keeps finding data as task_work it requeues, where an
+//       ASYNC_CANCEL does not look (-ENOENT: 247 of them in a row in one
+//       run while the multishot drained about 1 MiB of backlog). So a pause takes hold only when a
 //       cancel finds the multishot waiting for data: while the peer keeps
 //       the socket supplied faster than the copies drain it, the copies go
 //       on. Extra cancels are harmless: a cancel finds only its own ring's

@@ -39,8 +39,8 @@
 // spinner's decrement and starts an M, or that spinner's P3 sees the node;
 // a non-spinning M that misses it in P1 looks again after raising npidle_
 // (scheduler.cpp, P3), so its poster's S2 or that look sees the other; and
-// every running P comes back to the queue itself. Nodes that an
-// M has moved out of the inbox but not yet counted in outbox_size_ are in
+// every running P comes back to the queue itself. Nodes that an M has
+// moved out of the inbox but not yet counted in outbox_size_ are in
 // the hands of that running M, which takes its batch and, if any remain,
 // calls wake_p() so that another M helps.
 //

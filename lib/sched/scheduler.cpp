@@ -77,9 +77,9 @@
 // while no M spins and its P idles (an M with I/O in flight sleeps in its
 // ring without spinning: find_runnable.cpp, spin_for_work). Either the
 // poster's S2 sees P1's npidle_ increment, or the recheck sees the post.
-// When a spinning M finds
-// work it stops spinning and, if it was the last spinner, wakes another
-// (reset_spinning), so new work keeps finding an M as Go's does.
+// When a spinning M finds work it stops spinning and, if it was the last
+// spinner, wakes another (reset_spinning), so new work keeps finding an M
+// as Go's does.
 // test/park_stress_tests.cpp checks this under TSan.
 #include "sched/scheduler.hpp"
 
