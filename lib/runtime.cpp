@@ -14,6 +14,7 @@
 
 #include "mpg/errors.hpp"
 #include "mpg/runtime.hpp"
+#include "io/signal_relay.hpp"
 #include "sched/scheduler.hpp"
 #include "sched/thread_mutex.hpp"
 
@@ -145,6 +146,9 @@ runtime::~runtime() {
   sched_->finish_trace();              // every M has stopped: write the trace
   sched_->shutdown_io();               // step 3
   sched_->kill_remaining(std::cerr);  // steps 4 to 6
+  // A signal delivery that took one of the killed tasks off a channel may
+  // still be readying it (lib/io/signal_relay.hpp).
+  detail::wait_for_signal_deliveries();
   // Only now: until stop() returned, a task still running here could wake
   // a task of another runtime, whose deadlock check must count on it. What
   // that check reads (inert()) lives until the delete below.

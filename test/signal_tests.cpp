@@ -12,10 +12,15 @@
 #include <mpg/signal.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
+
+#include "io/signal_relay.hpp"
+#include "stderr_capture.hpp"
 
 namespace {
 
@@ -53,6 +58,34 @@ disposition disposition_of(int sig) {
   if (sa.sa_handler == SIG_IGN) return disposition::ign;
   return disposition::handler;
 }
+
+// until(): polls `cond` until it holds, at most 10 s; false when it never did.
+template <class F>
+bool until(F cond) {
+  const auto limit = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!cond()) {
+    if (std::chrono::steady_clock::now() > limit) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+// The moment of the ~runtime test below: the relay held inside a delivery
+// while a runtime is destroyed.
+std::atomic<bool> relay_held{false};
+std::atomic<bool> wait_reached{false};
+std::atomic<bool> runtime_gone{false};
+std::atomic<bool> waited_first{false};
+std::atomic<bool> relay_released{false};
+
+void hold_relay() {
+  mpg::detail::g_signal_deliver_hook.store(nullptr, std::memory_order_relaxed);  // once
+  relay_held.store(true);
+  (void)until([] { return wait_reached.load() || runtime_gone.load(); });
+  waited_first.store(wait_reached.load() && !runtime_gone.load());
+  relay_released.store(true);
+}
+void note_wait() { wait_reached.store(true); }
 
 }  // namespace
 
@@ -193,6 +226,40 @@ TEST_CASE("stop puts back the previous disposition once no channel wants the sig
   mpg::signal::stop(d);
   CHECK(disposition_of(SIGUSR1) == disposition::dfl);
   CHECK(disposition_of(SIGUSR2) == disposition::dfl);
+}
+
+TEST_CASE("~runtime waits for a delivery in progress before it deletes its scheduler") {
+  // A delivery that takes a task off the channel readies it after the
+  // channel's lock; if ~runtime killed that task and deleted its scheduler
+  // meanwhile, the ready would use freed memory. Here the relay is held at
+  // the start of a delivery, while a task of the runtime waits on the
+  // channel, and the runtime is destroyed: ~runtime must wait for the
+  // delivery to end before it finishes.
+  mpg::chan<int> sigs = mpg::signal::notify({SIGUSR1});
+  auto rt = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1});
+  std::atomic<bool> waiting{false};
+  rt->go([](mpg::chan<int> ch, std::atomic<bool>* w) -> task<void> {
+    w->store(true);
+    (void)co_await ch.recv();
+  }(sigs, &waiting));
+  REQUIRE(until([&] { return waiting.load(); }));
+  mpg::detail::g_signal_deliver_hook.store(&hold_relay, std::memory_order_relaxed);
+  mpg::detail::g_signal_wait_hook.store(&note_wait, std::memory_order_relaxed);
+  ::raise(SIGUSR1);
+  REQUIRE(until([] { return relay_held.load(); }));
+  {
+    mpg_test::stderr_capture cap;  // the shutdown report names the waiting task
+    rt.reset();
+    runtime_gone.store(true);
+    CHECK(cap.wait_for("1 task(s) still alive"));
+  }
+  REQUIRE(until([] { return relay_released.load(); }));
+  mpg::detail::g_signal_wait_hook.store(nullptr, std::memory_order_relaxed);
+  CHECK(waited_first.load());
+  // The delivery itself went on: its waiter was gone, so it was buffered.
+  CHECK(until([&] { return sigs.size() == 1; }));
+  CHECK(sigs.try_recv().value_or(0) == SIGUSR1);
+  mpg::signal::stop(sigs);
 }
 
 TEST_CASE("notify refuses signals that cannot be caught") {

@@ -26,6 +26,12 @@
 // back when the last one stops; R2 runs under the same lock, so once stop()
 // returns the channel is offered nothing more.
 //
+// Runtimes. R2's try_send takes a waiting task off the channel under the
+// channel's lock and readies it after unlocking, still under the registry
+// lock. ~runtime takes and drops that lock after destroying its tasks
+// (wait_for_signal_deliveries, signal_relay.hpp), so a delivery that found
+// one of its tasks has readied it before the scheduler goes.
+//
 // Rejected: signalfd (it needs the signal blocked in every thread, those the
 // program made before and after, so it depends on when threads were created
 // and what they did with their masks); running the channel sends in the
@@ -50,6 +56,7 @@
 #include <thread>
 #include <vector>
 
+#include "io/signal_relay.hpp"
 #include "mpg/runtime_handle.hpp"
 #include "sched/thread_mutex.hpp"
 
@@ -112,6 +119,7 @@ registry& reg() {
 void deliver(sig_mask pending) {
   registry& r = reg();
   mpg::detail::thread_mutex_lock lk(r.mu);
+  if (auto hook = mpg::detail::g_signal_deliver_hook.load(std::memory_order_relaxed)) hook();
   for (int sig = 1; sig <= kMaxSignal; ++sig) {
     if ((pending & bit(sig)) == 0) continue;
     for (registration& g : r.regs) {
@@ -232,3 +240,13 @@ void stop(const chan<int>& ch) {
 }
 
 }  // namespace mpg::signal
+
+namespace mpg::detail {
+
+void wait_for_signal_deliveries() noexcept {
+  if (auto hook = g_signal_wait_hook.load(std::memory_order_relaxed)) hook();
+  // A delivery runs under the registry lock from start to end (R2).
+  thread_mutex_lock lk(mpg::signal::reg().mu);
+}
+
+}  // namespace mpg::detail

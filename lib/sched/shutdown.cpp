@@ -23,6 +23,9 @@
 //      whose join_handle is still held elsewhere keeps its memory until that
 //      handle is dropped (frame.hpp, kJoinKilled). Destructors that ready
 //      other Gs during this only queue them; nothing runs any more.
+//   7. ~runtime waits for a signal delivery in progress, which may still be
+//      readying a G that step 6 killed (lib/io/signal_relay.hpp), and only
+//      then deletes the scheduler.
 // Before step 1, ~runtime closes its handles' control block (post.cpp): from
 // then on runtime_handle::post returns false. Functions still posted are
 // destroyed unrun right after step 4.
