@@ -262,10 +262,50 @@ TEST_CASE("~runtime waits for a delivery in progress before it deletes its sched
   mpg::signal::stop(sigs);
 }
 
+TEST_CASE("a runtime's dump_signal and a channel share the signal, in either order") {
+  REQUIRE(disposition_of(SIGUSR1) == disposition::dfl);
+  SUBCASE("the runtime first, destroyed while the channel wants the signal") {
+    mpg_test::stderr_capture cap;
+    auto rt = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1, .dump_signal = SIGUSR1});
+    mpg::chan<int> sigs = mpg::signal::notify({SIGUSR1});
+    ::raise(SIGUSR1);
+    CHECK(until([&] { return sigs.size() == 1; }));  // the channel got it
+    CHECK(cap.wait_for("task dump"));                 // and the runtime dumped
+    CHECK(sigs.try_recv().value_or(0) == SIGUSR1);
+    rt.reset();
+    // The channel still wants the signal: its handler stays.
+    REQUIRE(disposition_of(SIGUSR1) == disposition::handler);
+    ::raise(SIGUSR1);
+    CHECK(until([&] { return sigs.size() == 1; }));
+    mpg::signal::stop(sigs);
+    CHECK(disposition_of(SIGUSR1) == disposition::dfl);
+  }
+  SUBCASE("the channel first, stopped while the runtime dumps on the signal") {
+    mpg_test::stderr_capture cap;
+    mpg::chan<int> sigs = mpg::signal::notify({SIGUSR1});
+    auto rt = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1, .dump_signal = SIGUSR1});
+    ::raise(SIGUSR1);
+    CHECK(until([&] { return sigs.size() == 1; }));
+    CHECK(cap.wait_for("task dump"));
+    mpg::signal::stop(sigs);
+    // The runtime still dumps on it.
+    REQUIRE(disposition_of(SIGUSR1) == disposition::handler);
+    ::raise(SIGUSR1);
+    CHECK(cap.wait_for("task dump", 2));
+    rt.reset();
+    CHECK(disposition_of(SIGUSR1) == disposition::dfl);
+  }
+}
+
 TEST_CASE("notify refuses signals that cannot be caught") {
   CHECK_THROWS_AS(mpg::signal::notify({SIGKILL}), std::invalid_argument);
   CHECK_THROWS_AS(mpg::signal::notify({SIGSTOP}), std::invalid_argument);
   CHECK_THROWS_AS(mpg::signal::notify({0}), std::invalid_argument);
+  // In range, but reserved by the C library (its threads use them):
+  // sigaction refuses them, and so does notify, leaving nothing installed.
+  CHECK_THROWS_AS(mpg::signal::notify({SIGUSR1, 32}), std::invalid_argument);
+  CHECK(disposition_of(SIGUSR1) == disposition::dfl);
+  CHECK_THROWS_AS(mpg::runtime({.procs = 1, .dump_signal = 33}), std::invalid_argument);
   CHECK_THROWS_AS(mpg::signal::notify({}), std::invalid_argument);
   CHECK(disposition_of(SIGKILL) == disposition::dfl);
 }

@@ -31,7 +31,9 @@ struct runtime_options {
   unsigned recv_buffer_size = 0;
   // On this signal, dump every task of the runtime to stderr and go on
   // (lib/sched/dump_signal.cpp). 0: no handler is installed. The previous
-  // disposition is restored when the last runtime using the signal goes.
+  // disposition is restored when the last runtime using the signal goes,
+  // unless an mpg::signal channel still wants it (a signal used by both
+  // reaches both).
   int dump_signal = 0;
   // Record the run as Chrome trace-event JSON in this file, written by
   // ~runtime (lib/sched/trace.cpp). Empty: the MPG_TRACE environment

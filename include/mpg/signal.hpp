@@ -24,6 +24,9 @@
 //     back the disposition it had before the first notify for it (normally
 //     SIG_DFL).
 //   - A channel closed while registered silently misses deliveries.
+//   - A signal that is also a runtime's runtime_options::dump_signal does
+//     both: the tasks are dumped and the channels get it. Neither undoes
+//     the other: the old disposition comes back once neither wants it.
 //
 // Deadlock check: notify() called inside a task keeps that task's runtime
 // from reporting a deadlock (an mpg::external_work guard held until stop()),
@@ -43,7 +46,8 @@ namespace mpg::signal {
 
 // notify(): a new channel of `capacity` (at least 1) that receives each of
 // `signals`. Throws std::invalid_argument for a signal that cannot be caught
-// (SIGKILL, SIGSTOP, out of range) or an empty list.
+// (SIGKILL, SIGSTOP, out of range, or refused by sigaction, as 32 and 33
+// are by glibc) or an empty list; nothing is registered then.
 chan<int> notify(std::initializer_list<int> signals, std::size_t capacity = 1);
 
 // notify(ch, signals): ch (any capacity; 0 receives only while a receiver

@@ -1,13 +1,15 @@
-// lib/io/signal.cpp: mpg::signal (mpg/signal.hpp): a sigaction handler, a
+// lib/io/signal.cpp: mpg::signal (mpg/signal.hpp): a sink of the shared handler, a
 // self-pipe and a relay thread that try_sends to the registered channels.
 //
 // Protocol.
-//   H1. The handler (any thread, any time) sets the signal's bit in
-//       pending_bits with fetch_or, then writes one byte to the pipe's
-//       non-blocking write end. Both are async-signal-safe: the atomics are
-//       lock-free (static_assert below), write(2) is on POSIX's list, and
-//       errno is saved and restored. A full pipe drops the byte: the relay
-//       then already has an unread byte, hence a pass still to make.
+//   H1. The handler (any thread, any time; lib/sched/signal_handler.cpp,
+//       shared with the task dump on a signal) calls notify_sink, which
+//       sets the signal's bit in pending_bits with fetch_or, then writes
+//       one byte to the pipe's non-blocking write end. Both are
+//       async-signal-safe: the atomics are lock-free (static_assert below),
+//       write(2) is on POSIX's list, and the handler saves and restores
+//       errno. A full pipe drops the byte: the relay then already has an
+//       unread byte, hence a pass still to make.
 //   R1. The relay blocks in read(2) on the pipe (all signals blocked in its
 //       thread, so it is never interrupted and never picked for delivery).
 //   R2. After every read it takes each word of pending_bits with exchange(0)
@@ -20,11 +22,12 @@
 // byte are ordered by the pipe's own lock in the kernel.
 //
 // Registry (under registry::mu): the channels in registration order, each
-// with its set of signals, and per signal how many channels want it and the
-// disposition saved when its handler was installed. The handler is installed
-// when the first channel asks for a signal and the saved disposition is put
-// back when the last one stops; R2 runs under the same lock, so once stop()
-// returns the channel is offered nothing more.
+// with its set of signals, and per signal how many channels want it. The
+// first channel that asks for a signal claims it from the shared handler
+// (signal_handler.hpp), and the last one to stop releases it; the handler
+// puts the signal's old disposition back once no runtime's dump_signal
+// holds it either. R2 runs under the same lock, so once stop() returns the
+// channel is offered nothing more.
 //
 // Runtimes. R2's try_send takes a waiting task off the channel under the
 // channel's lock and readies it after unlocking, still under the registry
@@ -58,6 +61,7 @@
 
 #include "io/signal_relay.hpp"
 #include "mpg/runtime_handle.hpp"
+#include "sched/signal_handler.hpp"
 #include "sched/thread_mutex.hpp"
 
 namespace mpg::signal {
@@ -76,22 +80,20 @@ constexpr sig_mask bit(int sig) { return sig_mask{1} << (sig - 1); }
 // R2 sees the bit, which the pipe's ordering gives (see the file comment);
 // the RMWs never lose a bit to each other.
 std::atomic<sig_mask> pending_bits{0};
-// The pipe's write end for the handler; set before any handler is installed
-// and never changed afterwards (relaxed: sigaction is the publication point,
-// and the store happens-before it in the installing thread).
+// The pipe's write end for the sink; set before any signal is claimed and
+// never changed afterwards (relaxed: the claim is the publication point,
+// and the store happens-before it in the claiming thread).
 std::atomic<int> wake_fd{-1};
 static_assert(std::atomic<sig_mask>::is_always_lock_free);
 static_assert(std::atomic<int>::is_always_lock_free);
 
-extern "C" void on_signal(int sig) {
-  const int saved = errno;
+void notify_sink(int sig) noexcept {
   if (sig >= 1 && sig <= kMaxSignal) pending_bits.fetch_or(bit(sig), std::memory_order_relaxed);
   const int fd = wake_fd.load(std::memory_order_relaxed);
   if (fd >= 0) {
     const char b = 0;
     [[maybe_unused]] ssize_t n = ::write(fd, &b, 1);
   }
-  errno = saved;
 }
 
 struct registration {
@@ -104,7 +106,6 @@ struct registry {
   mpg::detail::thread_mutex mu;
   std::vector<registration> regs ABSL_GUARDED_BY(mu);
   std::array<int, kMaxSignal + 1> wanted ABSL_GUARDED_BY(mu){};
-  std::array<struct sigaction, kMaxSignal + 1> saved ABSL_GUARDED_BY(mu){};
   bool relay_started ABSL_GUARDED_BY(mu) = false;
 };
 
@@ -154,7 +155,14 @@ void start_relay_locked(registry& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) {
   sigset_t all, old;
   sigfillset(&all);
   ::pthread_sigmask(SIG_SETMASK, &all, &old);
-  std::thread(relay_loop, fds[0]).detach();
+  try {
+    std::thread(relay_loop, fds[0]).detach();
+  } catch (...) {  // no thread (EAGAIN): the caller's mask back, nothing kept
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    ::close(fds[0]);
+    ::close(fds[1]);
+    throw;
+  }
   ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   wake_fd.store(fds[1], std::memory_order_relaxed);
   r.relay_started = true;
@@ -173,25 +181,32 @@ sig_mask mask_of(std::initializer_list<int> signals) {
   return m;
 }
 
-// Counts the signals of `added` as wanted by one more channel, installing the
-// handler for those nobody wanted yet.
-void want_locked(registry& r, sig_mask added) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) {
-  for (int sig = 1; sig <= kMaxSignal; ++sig) {
-    if ((added & bit(sig)) == 0) continue;
-    if (r.wanted[sig]++ == 0) {
-      struct sigaction sa {};
-      sa.sa_handler = on_signal;
-      sigemptyset(&sa.sa_mask);
-      sa.sa_flags = SA_RESTART | SA_ONSTACK;
-      ::sigaction(sig, &sa, &r.saved[sig]);
-    }
-  }
-}
-
 void unwant_locked(registry& r, sig_mask removed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) {
   for (int sig = 1; sig <= kMaxSignal; ++sig) {
     if ((removed & bit(sig)) == 0) continue;
-    if (--r.wanted[sig] == 0) ::sigaction(sig, &r.saved[sig], nullptr);
+    if (--r.wanted[sig] == 0)
+      mpg::detail::release_signal(mpg::detail::signal_client::notify, sig);
+  }
+}
+
+// Counts the signals of `added` as wanted by one more channel, claiming
+// those nobody wanted yet. A refused claim (mask_of's checks leave that
+// only to sigaction) undoes the signals counted before it and rethrows.
+void want_locked(registry& r, sig_mask added) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) {
+  sig_mask done = 0;
+  try {
+    for (int sig = 1; sig <= kMaxSignal; ++sig) {
+      if ((added & bit(sig)) == 0) continue;
+      if (r.wanted[sig] == 0) {
+        mpg::detail::claim_signal(mpg::detail::signal_client::notify, sig, notify_sink,
+                                  "mpg::signal::notify");
+      }
+      ++r.wanted[sig];
+      done |= bit(sig);
+    }
+  } catch (...) {
+    unwant_locked(r, done);
+    throw;
   }
 }
 

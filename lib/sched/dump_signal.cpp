@@ -3,19 +3,20 @@
 //
 // Protocol. A signal handler may only do async-signal-safe work, and a dump
 // takes locks and allocates; so the work is split:
-//   1. The handler writes one byte, the signal number, to a process-wide
-//      self-pipe (write(2) is async-signal-safe; the write end is
-//      non-blocking, so a full pipe drops the byte: dumps are already
-//      pending). It reads the pipe's fd from an always-lock-free atomic and
-//      saves and restores errno.
+//   1. The handler (signal_handler.cpp, shared with mpg::signal) calls
+//      dump_sink, which writes one byte, the signal number, to a
+//      process-wide self-pipe (write(2) is async-signal-safe; the write end
+//      is non-blocking, so a full pipe drops the byte: dumps are already
+//      pending). It reads the pipe's fd from an always-lock-free atomic.
 //   2. A process-wide dumper thread blocks in read(2) on the pipe. For each
 //      byte it takes the registry lock and writes the dump of every runtime
 //      registered for that signal to stderr; the program goes on.
 //   3. Byte 0 (never a signal number) tells the dumper to exit.
-// The registry (signal -> runtimes, and the disposition each signal had
-// before its first runtime) is process-wide so that several runtimes may
-// share one signal. The first registration of a signal installs the
-// handler; the last unregistration restores the saved disposition.
+// The registry (signal -> runtimes) is process-wide so that several
+// runtimes may share one signal. The first registration of a signal claims
+// it from the shared handler (signal_handler.hpp); the last one releases
+// it, and the handler puts back the signal's old disposition once
+// mpg::signal does not hold it either.
 //
 // Two locks. registry.mu guards the map and is what the dumper holds while
 // dumping: unregister takes it to remove a runtime, so once unregister
@@ -24,9 +25,9 @@
 // register/unregister as a whole, including starting and joining the
 // dumper; the dumper never takes it, so joining under it cannot deadlock.
 // The pipe is created once and never closed: a handler still running on
-// another thread after the disposition was restored writes into a live
-// pipe, never into a reused fd. A byte left in it when the dumper exits is
-// read by the next dumper, which at worst dumps once more.
+// another thread after the signal was released writes into a live pipe,
+// never into a reused fd. A byte left in it when the dumper exits is read
+// by the next dumper, which at worst dumps once more.
 #include "sched/dump_signal.hpp"
 
 #include <fcntl.h>
@@ -46,37 +47,32 @@
 #include <vector>
 
 #include "sched/scheduler.hpp"
+#include "sched/signal_handler.hpp"
 #include "sched/thread_mutex.hpp"
 
 namespace mpg::detail {
 
 namespace {
 
-// The pipe's write end for the handler; -1 until the first registration.
-// Relaxed: it is set once, before any handler is installed (sigaction
-// orders the store before any delivery of the signal it installs).
+// The pipe's write end for the sink; -1 until the first registration.
+// Relaxed: it is set once, before the signal is first claimed (the claim's
+// sigaction, or its release store of the held mask, orders the store before
+// any call of the sink).
 std::atomic<int> wake_fd{-1};
 static_assert(std::atomic<int>::is_always_lock_free, "the signal handler needs a lock-free fd");
 
-extern "C" void on_dump_signal(int sig) {
-  const int saved = errno;
+void dump_sink(int sig) noexcept {
   const int fd = wake_fd.load(std::memory_order_relaxed);
   if (fd >= 0) {
     const unsigned char b = static_cast<unsigned char>(sig);
     [[maybe_unused]] ssize_t r = ::write(fd, &b, 1);
   }
-  errno = saved;
 }
-
-struct signal_entry {
-  struct sigaction previous;
-  std::vector<scheduler*> runtimes;
-};
 
 struct registry {
   std::mutex lifecycle_mu;
   thread_mutex mu;
-  std::map<int, signal_entry> by_signal ABSL_GUARDED_BY(mu);
+  std::map<int, std::vector<scheduler*>> by_signal ABSL_GUARDED_BY(mu);
   int read_fd = -1;   // under lifecycle_mu (the dumper reads it after start)
   int write_fd = -1;  // under lifecycle_mu
   std::thread dumper;  // under lifecycle_mu
@@ -108,7 +104,7 @@ void dumper_main(registry* r, int fd) {
     thread_mutex_lock l(r->mu);
     auto it = r->by_signal.find(sig);
     if (it == r->by_signal.end()) continue;
-    for (scheduler* s : it->second.runtimes) {
+    for (scheduler* s : it->second) {
       std::ostringstream os;
       os << "mpg: signal " << sig << " (" << ::strsignal(sig) << "): task dump\n";
       s->dump(os);
@@ -120,8 +116,9 @@ void dumper_main(registry* r, int fd) {
 }  // namespace
 
 void dump_signal_register(int sig, scheduler* s) {
-  if (sig <= 0 || sig >= 256 || sig == SIGKILL || sig == SIGSTOP)
-    throw std::invalid_argument("mpg: runtime_options.dump_signal: signal " + std::to_string(sig) +
+  constexpr const char* kWho = "mpg: runtime_options.dump_signal";
+  if (sig <= 0 || sig >= NSIG || sig == SIGKILL || sig == SIGSTOP)
+    throw std::invalid_argument(std::string(kWho) + ": signal " + std::to_string(sig) +
                                 " cannot be caught");
   registry& r = the_registry();
   std::lock_guard<std::mutex> life(r.lifecycle_mu);
@@ -137,22 +134,11 @@ void dump_signal_register(int sig, scheduler* s) {
   thread_mutex_lock l(r.mu);
   auto it = r.by_signal.find(sig);
   if (it == r.by_signal.end()) {
-    struct sigaction sa;
-    std::memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_dump_signal;
-    sigemptyset(&sa.sa_mask);
-    // SA_RESTART: system calls the signal interrupts resume where the
-    // kernel can; those it cannot (io_uring_enter, futex waits with a
-    // timeout) return EINTR, which the runtime retries.
-    sa.sa_flags = SA_RESTART;
-    signal_entry e;
-    if (::sigaction(sig, &sa, &e.previous) != 0)
-      throw std::invalid_argument("mpg: runtime_options.dump_signal: sigaction(" +
-                                  std::to_string(sig) + "): " + std::strerror(errno));
-    it = r.by_signal.emplace(sig, std::move(e)).first;
+    claim_signal(signal_client::dump, sig, dump_sink, kWho);  // throws: nothing registered
+    it = r.by_signal.emplace(sig, std::vector<scheduler*>{}).first;
   }
-  it->second.runtimes.push_back(s);
-  // After a successful sigaction, so that a refused signal leaves no idle
+  it->second.push_back(s);
+  // After a successful claim, so that a refused signal leaves no idle
   // dumper behind. Bytes written before it starts wait in the pipe.
   if (!r.dumper.joinable()) r.dumper = std::thread(dumper_main, &r, r.read_fd);
 }
@@ -165,7 +151,7 @@ void dump_signal_unregister(int sig, scheduler* s) noexcept {
     thread_mutex_lock l(r.mu);
     auto it = r.by_signal.find(sig);
     if (it == r.by_signal.end()) return;
-    std::vector<scheduler*>& v = it->second.runtimes;
+    std::vector<scheduler*>& v = it->second;
     for (auto i = v.begin(); i != v.end(); ++i) {
       if (*i == s) {
         v.erase(i);
@@ -173,7 +159,7 @@ void dump_signal_unregister(int sig, scheduler* s) noexcept {
       }
     }
     if (v.empty()) {
-      ::sigaction(sig, &it->second.previous, nullptr);
+      release_signal(signal_client::dump, sig);
       r.by_signal.erase(it);
     }
     none_left = r.by_signal.empty();

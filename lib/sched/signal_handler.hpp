@@ -1,0 +1,33 @@
+// lib/sched/signal_handler.hpp: the one sigaction handler mpg installs, shared
+// by its two users of signals: the task dump on a signal (dump_signal.cpp)
+// and mpg::signal's channels (lib/io/signal.cpp). Both may want the same
+// signal, in either order; each is called for every delivery while it holds
+// the signal, and the disposition the signal had before mpg's first claim
+// comes back only when the last holder releases it (signal_handler.cpp).
+#pragma once
+
+namespace mpg::detail {
+
+enum class signal_client : unsigned {
+  dump = 0,    // runtime_options.dump_signal
+  notify = 1,  // mpg::signal::notify
+};
+
+// A client's sink: called in the handler, on whatever thread the kernel
+// picked, with errno already saved. It must be async-signal-safe.
+using signal_sink = void (*)(int sig) noexcept;
+
+// claim_signal(): client c holds sig from now on, and `sink` (the same for
+// every claim of c) is called for each delivery. A signal that no client
+// held gets the shared handler, its previous disposition saved. A claim of
+// a signal c already holds changes nothing. Throws std::invalid_argument
+// (naming `who`) for a signal that cannot be caught: out of 1..64,
+// SIGKILL, SIGSTOP, or refused by sigaction.
+void claim_signal(signal_client c, int sig, signal_sink sink, const char* who);
+
+// release_signal(): c no longer holds sig; once no client does, the saved
+// disposition is restored. A handler already running on another thread may
+// still call c's sink for a moment: sinks must stay callable for ever.
+void release_signal(signal_client c, int sig) noexcept;
+
+}  // namespace mpg::detail
