@@ -1,6 +1,7 @@
 // test/fs_tests.cpp: mpg::fs over io_uring: files read back what was
 // written, reads stop at end of file, stat reports the size, errors are
-// statuses, and many tasks read one file at once.
+// statuses, many tasks read one file at once, an operation racing close()
+// never reaches a file that reused the number, and bad input is refused.
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -8,9 +9,15 @@
 #include <mpg/fs.hpp>
 #include <mpg/mpg.hpp>
 
+#include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include "io/fs_hooks.hpp"
 
 namespace {
 using mpg::task;
@@ -119,5 +126,127 @@ TEST_CASE("errors are statuses with the errno's meaning") {
     REQUIRE(ro.ok());
     auto w = co_await ro->write_at("x", 0);
     CHECK(w.code() == absl::StatusCode::kFailedPrecondition);  // EBADF
+  }(dir.path));
+}
+
+namespace {
+// until(): polls `cond` until it holds, at most 10 s; false when it never did.
+template <class F>
+bool until(F cond) {
+  const auto limit = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!cond()) {
+    if (std::chrono::steady_clock::now() > limit) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+void write_file(const std::string& path, const std::string& data) {
+  int fd = ::open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
+  REQUIRE(fd >= 0);
+  REQUIRE(::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()));
+  ::close(fd);
+}
+
+// The moment of the test below: a read has loaded its file's number and
+// is about to submit it, while another thread closes the file and opens
+// another one under the same number.
+std::string other_path;
+int other_fd = -1;
+std::thread closer;
+std::atomic<bool> closer_waits{false};
+std::atomic<bool> closer_done{false};
+
+void close_and_reuse(mpg::fs::file* f) {
+  mpg::detail::g_file_submit_hook.store(nullptr, std::memory_order_relaxed);  // once
+  const int n = f->native_handle();
+  closer = std::thread([f, n] {
+    (void)f->close();
+    int g = ::open(other_path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (g >= 0 && g != n) {  // another hole was lower: put it at n, as a racing open could
+      ::dup2(g, n);
+      ::close(g);
+      g = n;
+    }
+    other_fd = g;
+    closer_done.store(true);
+  });
+  // Until the close either ends or waits for this submission.
+  (void)until([] { return closer_done.load() || closer_waits.load(); });
+}
+}  // namespace
+
+TEST_CASE("an operation racing close() never reaches a file that reused the number") {
+  temp_dir dir;
+  write_file(dir.path + "/mine", "mine");
+  other_path = dir.path + "/other";
+  write_file(other_path, "othr");
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([](std::string path) -> task<void> {
+    auto f = co_await mpg::fs::open(path, O_RDONLY);
+    REQUIRE(f.ok());
+    mpg::detail::g_file_close_wait_hook.store([] { closer_waits.store(true); });
+    mpg::detail::g_file_submit_hook.store(&close_and_reuse);
+    std::string buf(4, '\0');
+    auto n = co_await f->read_at(std::span<char>(buf), 0);
+    closer.join();
+    mpg::detail::g_file_close_wait_hook.store(nullptr);
+    // The read reached the kernel before close(2): it read its own file.
+    // (Refused as closed would do too; reading the other file would not.)
+    if (n.ok()) {
+      CHECK(buf == "mine");
+    } else {
+      CHECK(mpg::net::is_closed(n.status()));
+    }
+    CHECK(closer_waits.load());  // close() waited for the submission
+    CHECK(!f->is_open());
+    if (other_fd >= 0) ::close(other_fd);
+  }(dir.path + "/mine"));
+}
+
+TEST_CASE("a lazy stat started after close() reports the file closed") {
+  temp_dir dir;
+  write_file(dir.path + "/a", "aaaa");
+  write_file(dir.path + "/b", "bbbbbbbb");
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([](std::string d) -> task<void> {
+    auto f = co_await mpg::fs::open(d + "/a", O_RDONLY);
+    REQUIRE(f.ok());
+    auto pending = f->stat();  // a task: nothing runs until awaited
+    CHECK(f->close().ok());
+    auto g = co_await mpg::fs::open(d + "/b", O_RDONLY);  // likely the same number
+    REQUIRE(g.ok());
+    auto info = co_await std::move(pending);
+    CHECK(mpg::net::is_closed(info.status()));
+  }(dir.path));
+}
+
+TEST_CASE("bad input: a path with a NUL byte, an offset past INT64_MAX") {
+  temp_dir dir;
+  write_file(dir.path + "/f", "abcdef");
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([](std::string d) -> task<void> {
+    auto bad = co_await mpg::fs::open(d + std::string("/g\0h", 4), O_CREAT | O_WRONLY, 0600);
+    CHECK(bad.status().code() == absl::StatusCode::kInvalidArgument);
+    CHECK(::access((d + "/g").c_str(), F_OK) != 0);  // nothing was created at the cut path
+    auto st = co_await mpg::fs::stat(d + std::string("/f\0x", 4));
+    CHECK(st.status().code() == absl::StatusCode::kInvalidArgument);
+    auto f = co_await mpg::fs::open(d + "/f", O_RDWR);
+    REQUIRE(f.ok());
+    char b[3];
+    // UINT64_MAX is -1 to the kernel: "the current position", which reads.
+    auto r = co_await f->read_at(std::span<char>(b), UINT64_MAX);
+    CHECK(r.status().code() == absl::StatusCode::kInvalidArgument);
+    auto r2 = co_await f->read_at(std::span<char>(b), std::uint64_t{INT64_MAX} - 1);
+    CHECK(r2.status().code() == absl::StatusCode::kInvalidArgument);  // offset + size overflows
+    auto w = co_await f->write_at("xyz", UINT64_MAX);
+    CHECK(w.code() == absl::StatusCode::kInvalidArgument);
+    auto back = co_await f->read_at(std::span<char>(b), 0);  // nothing was written
+    REQUIRE(back.ok());
+    CHECK(std::string(b, 3) == "abc");
+    mpg::fs::file adopted(-100);  // AT_FDCWD's value: not a file
+    CHECK(!adopted.is_open());
+    auto s2 = co_await adopted.stat();
+    CHECK(mpg::net::is_closed(s2.status()));
   }(dir.path));
 }

@@ -13,7 +13,11 @@
 // Errors are absl::Status values with the errno's meaning. Positional reads
 // and writes may run concurrently from several tasks, as pread/pwrite.
 // Closing a file while another task has an operation on it in flight is
-// allowed (the kernel keeps the file until the operation completes).
+// allowed (the kernel keeps the file until the operation completes): an
+// operation either reached the kernel before close() released the number,
+// or it fails as closed (net::is_closed); it never reaches a file that
+// later reused the number. Offsets above INT64_MAX, and paths with a NUL
+// byte, are refused (kInvalidArgument).
 #pragma once
 
 #include <fcntl.h>
@@ -48,12 +52,15 @@ struct file_info {
 class file {
  public:
   file() noexcept = default;
-  explicit file(int fd) noexcept : fd_(fd) {}
+  // Adopts fd; a negative fd makes a closed file.
+  explicit file(int fd) noexcept : fd_(fd < 0 ? -1 : fd) {}
+  // Moves are not thread-safe: no operation may be starting on `o`.
   file(file&& o) noexcept : fd_(o.fd_.exchange(-1, std::memory_order_relaxed)) {}
   file& operator=(file&& o) noexcept {
     if (this != &o) {
       (void)close();
       fd_.store(o.fd_.exchange(-1, std::memory_order_relaxed), std::memory_order_relaxed);
+      users_.store(0, std::memory_order_relaxed);
     }
     return *this;
   }
@@ -72,13 +79,20 @@ class file {
   // fsync(): flush data and metadata; data_only: fdatasync.
   task<absl::Status> fsync(bool data_only = false);
   task<absl::StatusOr<file_info>> stat();
-  // close(): idempotent; reports the close(2) error the first time.
+  // close(): idempotent; reports the close(2) error the first time. Waits
+  // for operations of other tasks that are being submitted (a few
+  // microseconds), never for operations in flight.
   absl::Status close() noexcept;
 
  private:
-  // -1 once closed. Relaxed: only the number matters, and file operations are
-  // submitted inside co_await (the kernel holds the file from then on).
+  friend struct file_submission;  // lib/io/fs.cpp
+
+  // -1 once closed (or never opened).
   std::atomic<int> fd_{-1};
+  // The submission gate (lib/io/fs.cpp, "Close and submission"): the number
+  // of operations being submitted, with kClosing set once close() began.
+  static constexpr std::uint32_t kClosing = 1u << 31;
+  std::atomic<std::uint32_t> users_{0};
 };
 
 // open(): openat(AT_FDCWD, path, flags | O_CLOEXEC, mode).

@@ -2,18 +2,41 @@
 //
 // Each operation is one io_request (openat, read, write, fsync, statx)
 // awaited through detail::io_awaiter with submit_now set: the SQE goes to the
-// kernel inside co_await, under the reactor lock, so the fd number is
-// resolved before any close() that follows can release it. Short reads and
-// writes are continued; -EINTR and -EAGAIN (an io-wq worker interrupted, a
-// file someone opened O_NONBLOCK) are retried.
+// kernel inside co_await, under the reactor lock, and the kernel resolves
+// the fd number when it issues the request there. Short reads and writes
+// are continued; -EINTR and -EAGAIN (an io-wq worker interrupted, a file
+// someone opened O_NONBLOCK) are retried.
+//
+// Close and submission. The number close(2) releases may be reused at once
+// by another open, so an operation on a file must reach the kernel before
+// close() calls close(2), or fail as closed: never load the number, lose
+// the race to close(), and submit it for whatever file has it by then. A
+// file's users_ counts the operations being submitted (Go's fdMutex, in
+// small):
+//   S1. An operation's await_suspend (file_submission) adds one to users_
+//       (acquire). If kClosing was set, it takes the one back (release) and
+//       fails as closed. Otherwise it loads fd_, submits (io_start), and
+//       takes the one back (release).
+//   C1. close() sets kClosing (acq_rel; the caller that set it is the one
+//       that closes), waits until the count is 0 (acquire loads), then
+//       takes fd_ and calls close(2).
+// The read-modify-writes of users_ are totally ordered. An S1 whose add
+// comes before C1's set is counted, and C1 waits for its release, so its
+// submission happens before close(2); an S1 whose add comes after sees
+// kClosing. A submission neither waits nor suspends, so C1's wait is short,
+// and the file is alive through it (~file closes, so it waits too).
 #include "mpg/fs.hpp"
 
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
+#include <limits>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "io/fs_hooks.hpp"
 #include "io/io_status.hpp"
 #include "io/reactor.hpp"
 
@@ -41,20 +64,21 @@ absl::Status fs_error(int res, absl::string_view what) {
 
 absl::Status closed_error(absl::string_view what) { return detail::closed_status(what, "file"); }
 
-task<absl::StatusOr<file_info>> do_statx(int dirfd, std::string path, int at_flags) {
-  if (dirfd < 0 && dirfd != AT_FDCWD) co_return closed_error("stat");
-  struct statx sx {};
-  io_request rq{.op = io_opcode::statx,
-                .fd = dirfd,
-                .addr = path.data(),
-                .addr2 = &sx,
-                .len = STATX_BASIC_STATS,
-                .flags = at_flags};
-  int res;
-  do {
-    res = co_await make_op(&rq, "fs.stat");
-  } while (res == -EINTR || res == -EAGAIN);
-  if (res < 0) co_return fs_error(res, path.empty() ? "stat" : absl::StrCat("stat ", path));
+absl::Status check_path(const std::string& path, absl::string_view what) {
+  if (path.find('\0') == std::string::npos) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(what, ": the path has a NUL byte"));
+}
+
+// check_range(): offsets are off_t: above INT64_MAX the kernel would take
+// -1 for "the file's current position".
+absl::Status check_range(std::uint64_t offset, std::size_t size, absl::string_view what) {
+  constexpr std::uint64_t kMax = std::numeric_limits<std::int64_t>::max();
+  if (offset <= kMax && size <= kMax - offset) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(what, ": offset ", offset, " and size ", size, " pass the largest offset"));
+}
+
+file_info to_file_info(const struct statx& sx) {
   file_info info;
   info.size = sx.stx_size;
   info.mode = sx.stx_mode;
@@ -64,12 +88,55 @@ task<absl::StatusOr<file_info>> do_statx(int dirfd, std::string path, int at_fla
       std::chrono::duration_cast<std::chrono::system_clock::duration>(
           std::chrono::seconds(sx.stx_mtime.tv_sec) +
           std::chrono::nanoseconds(sx.stx_mtime.tv_nsec)));
-  co_return info;
+  return info;
 }
 
 }  // namespace
 
+// What file_submission's await gives when S1 found the file closing (no
+// errno: -EBADF would be the kernel's, for a file not open for reading).
+constexpr int kRefusedClosed = std::numeric_limits<int>::min();
+
+// file_submission: the awaiter of an operation on an open file: S1 of "Close
+// and submission" around io_awaiter's steps. The request's fd is filled in
+// here, under the gate.
+struct file_submission {
+  using mpg_awaiter = detail::runtime_awaiter_tag;
+  detail::io_awaiter io;
+  file* f;
+  io_request* rq;
+  bool closed = false;
+
+  file_submission(file* fl, io_request* r, const char* reason) noexcept
+      : io(make_op(r, reason)), f(fl), rq(r) {}
+
+  void link_parent(std::source_location w) noexcept { io.link_parent(w); }
+  bool await_ready() const noexcept { return false; }
+  bool await_suspend(std::coroutine_handle<> h) {
+    // Relaxed: what decides is users_'s modification order (the top of the
+    // file); close() writes fd_ only after it acquired our release below,
+    // so the load of fd_ in between cannot see that write.
+    std::atomic<std::uint32_t>& users = f->users_;
+    if ((users.fetch_add(1, std::memory_order_relaxed) & file::kClosing) != 0) {
+      users.fetch_sub(1, std::memory_order_release);
+      closed = true;
+      return false;
+    }
+    rq->fd = f->fd_.load(std::memory_order_relaxed);  // stable while counted
+    if (auto hook = detail::g_file_submit_hook.load(std::memory_order_relaxed)) [[unlikely]]
+      hook(f);
+    const bool started = io.await_suspend(h);          // may resume elsewhere if true
+    // release: our submission happens before close()'s close(2). Only
+    // `users` (the file, which close() keeps alive until this) is touched
+    // after a start: the frame may be gone.
+    users.fetch_sub(1, std::memory_order_release);
+    return started;
+  }
+  int await_resume() const noexcept { return closed ? kRefusedClosed : io.await_resume(); }
+};
+
 task<absl::StatusOr<file>> open(std::string path, int flags, unsigned mode) {
+  if (absl::Status st = check_path(path, "open"); !st.ok()) co_return st;
   io_request rq{.op = io_opcode::openat,
                 .fd = AT_FDCWD,
                 .addr = path.data(),
@@ -84,20 +151,33 @@ task<absl::StatusOr<file>> open(std::string path, int flags, unsigned mode) {
 }
 
 task<absl::StatusOr<file_info>> stat(std::string path) {
-  return do_statx(AT_FDCWD, std::move(path), 0);
+  if (absl::Status st = check_path(path, "stat"); !st.ok()) co_return st;
+  struct statx sx {};
+  io_request rq{.op = io_opcode::statx,
+                .fd = AT_FDCWD,
+                .addr = path.data(),
+                .addr2 = &sx,
+                .len = STATX_BASIC_STATS,
+                .flags = 0};
+  int res;
+  do {
+    res = co_await make_op(&rq, "fs.stat");
+  } while (res == -EINTR || res == -EAGAIN);
+  if (res < 0) co_return fs_error(res, absl::StrCat("stat ", path));
+  co_return to_file_info(sx);
 }
 
 task<absl::StatusOr<std::size_t>> file::read_at(std::span<char> buf, std::uint64_t offset) {
+  if (absl::Status st = check_range(offset, buf.size(), "read_at"); !st.ok()) co_return st;
   std::size_t done = 0;
   while (done < buf.size()) {
-    int fd = fd_.load(std::memory_order_relaxed);
-    if (fd < 0) co_return closed_error("read_at");
+    if (fd_.load(std::memory_order_relaxed) < 0) co_return closed_error("read_at");
     io_request rq{.op = io_opcode::read,
-                  .fd = fd,
                   .addr = buf.data() + done,
                   .len = static_cast<std::uint32_t>(std::min(buf.size() - done, kMaxIo)),
                   .off = offset + done};
-    int res = co_await make_op(&rq, "fs.read");
+    int res = co_await file_submission(this, &rq, "fs.read");
+    if (res == kRefusedClosed) co_return closed_error("read_at");
     if (res == 0) break;  // end of file
     if (res > 0) {
       done += static_cast<std::size_t>(res);
@@ -110,15 +190,15 @@ task<absl::StatusOr<std::size_t>> file::read_at(std::span<char> buf, std::uint64
 }
 
 task<absl::Status> file::write_at(std::string_view data, std::uint64_t offset) {
+  if (absl::Status st = check_range(offset, data.size(), "write_at"); !st.ok()) co_return st;
   while (!data.empty()) {
-    int fd = fd_.load(std::memory_order_relaxed);
-    if (fd < 0) co_return closed_error("write_at");
+    if (fd_.load(std::memory_order_relaxed) < 0) co_return closed_error("write_at");
     io_request rq{.op = io_opcode::write,
-                  .fd = fd,
                   .addr = const_cast<char*>(data.data()),
                   .len = static_cast<std::uint32_t>(std::min(data.size(), kMaxIo)),
                   .off = offset};
-    int res = co_await make_op(&rq, "fs.write");
+    int res = co_await file_submission(this, &rq, "fs.write");
+    if (res == kRefusedClosed) co_return closed_error("write_at");
     if (res > 0) {
       data.remove_prefix(static_cast<std::size_t>(res));
       offset += static_cast<std::uint64_t>(res);
@@ -132,24 +212,44 @@ task<absl::Status> file::write_at(std::string_view data, std::uint64_t offset) {
 }
 
 task<absl::Status> file::fsync(bool data_only) {
-  int fd = fd_.load(std::memory_order_relaxed);
-  if (fd < 0) co_return closed_error("fsync");
-  io_request rq{.op = io_opcode::fsync, .fd = fd, .flags = data_only ? 1 /*IORING_FSYNC_DATASYNC*/ : 0};
+  io_request rq{.op = io_opcode::fsync, .flags = data_only ? 1 /*IORING_FSYNC_DATASYNC*/ : 0};
   int res;
   do {
-    res = co_await make_op(&rq, "fs.fsync");
+    if (fd_.load(std::memory_order_relaxed) < 0) co_return closed_error("fsync");
+    res = co_await file_submission(this, &rq, "fs.fsync");
   } while (res == -EINTR || res == -EAGAIN);
+  if (res == kRefusedClosed) co_return closed_error("fsync");
   if (res < 0) co_return fs_error(res, "fsync");
   co_return absl::OkStatus();
 }
 
 task<absl::StatusOr<file_info>> file::stat() {
-  // A closed file (-1) is caught in do_statx.
-  return do_statx(fd_.load(std::memory_order_relaxed), std::string(), AT_EMPTY_PATH);
+  static char empty_path[] = "";
+  struct statx sx {};
+  io_request rq{.op = io_opcode::statx,
+                .addr = empty_path,
+                .addr2 = &sx,
+                .len = STATX_BASIC_STATS,
+                .flags = AT_EMPTY_PATH};
+  int res;
+  do {
+    if (fd_.load(std::memory_order_relaxed) < 0) co_return closed_error("stat");
+    res = co_await file_submission(this, &rq, "fs.stat");
+  } while (res == -EINTR || res == -EAGAIN);
+  if (res == kRefusedClosed) co_return closed_error("stat");
+  if (res < 0) co_return fs_error(res, "stat");
+  co_return to_file_info(sx);
 }
 
 absl::Status file::close() noexcept {
-  int fd = fd_.exchange(-1, std::memory_order_acq_rel);
+  // C1 of "Close and submission" (the top of the file).
+  if ((users_.fetch_or(kClosing, std::memory_order_acq_rel) & kClosing) != 0)
+    return absl::OkStatus();  // closed already (or closing on another thread)
+  if ((users_.load(std::memory_order_acquire) & ~kClosing) != 0) {
+    if (auto hook = detail::g_file_close_wait_hook.load(std::memory_order_relaxed)) hook();
+    while ((users_.load(std::memory_order_acquire) & ~kClosing) != 0) std::this_thread::yield();
+  }
+  int fd = fd_.exchange(-1, std::memory_order_relaxed);
   if (fd < 0) return absl::OkStatus();
   if (::close(fd) != 0 && errno != EINTR) return detail::errno_status(errno, "close");
   return absl::OkStatus();
