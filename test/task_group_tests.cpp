@@ -1,10 +1,13 @@
 // test/task_group_tests.cpp: mpg::task_group (Go's errgroup). wait()
 // returns OK when all succeed; the first error is returned and cancels the
 // group's context, which the other tasks observe; an exception propagates
-// through wait(); the parent's cancellation reaches the group's context; a
-// task killed at shutdown in wait() leaves the group sound.
+// through wait() and outranks a Status failure, and one nobody waits for
+// aborts; the parent's cancellation reaches the group's context; a task
+// killed at shutdown in wait() leaves the group sound; wait() returns after
+// the members' frames are gone.
 #include <doctest/doctest.h>
 
+#include "child_process.hpp"
 #include "test_support.hpp"
 
 #include <mpg/mpg.hpp>
@@ -168,6 +171,92 @@ TEST_CASE("task_group: a task killed at shutdown in wait() leaves the group soun
     REQUIRE(mpg_test::dump_shows(b, "wait_group wait"));
   }  // kills the waiter
   CHECK(a.block_on(let_member_finish(&g, proceed)));
+}
+
+// A member's parameter, whose destructor notes the state of the group's
+// waiter at that moment (moved-from copies note nothing).
+struct waiter_probe {
+  mpg::detail::g* const* waiter;
+  std::atomic<int>* seen;
+  bool armed = true;
+  waiter_probe(mpg::detail::g* const* w, std::atomic<int>* s) : waiter(w), seen(s) {}
+  waiter_probe(waiter_probe&& o) noexcept : waiter(o.waiter), seen(o.seen) { o.armed = false; }
+  ~waiter_probe() {
+    if (armed) seen->store(static_cast<int>((*waiter)->status.load()));
+  }
+};
+
+mpg::task<absl::Status> member_with_probe(waiter_probe p) {
+  (void)p;
+  co_return absl::OkStatus();
+}
+
+mpg::task<int> probe_member_frame() {
+  mpg::detail::g* me = mpg::detail::current_g();
+  std::atomic<int> seen{-1};
+  {
+    mpg::task_group g;
+    g.spawn(member_with_probe(waiter_probe(&me, &seen)));
+    (void)co_await g.wait();
+  }
+  co_return seen.load();
+}
+
+TEST_CASE("task_group: wait() returns after the member's frame, parameters and all, is gone") {
+  // One P: the member runs while the waiter is parked in wait(). Its
+  // parameter's destructor must run before the done() that readies the
+  // waiter (the waiter still waiting then), not after it (runnable), when
+  // the waiter, on another P, could already have returned and freed what
+  // the parameter refers to.
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(probe_member_frame()) == static_cast<int>(mpg::detail::g_status::waiting));
+}
+
+mpg::task<std::string> exception_after_status() {
+  mpg::task_group g;
+  g.spawn(fails_after(0, "first"));
+  // Throws once the first failure has cancelled the group: strictly after.
+  g.spawn([](mpg::context ctx) -> mpg::task<absl::Status> {
+    (void)co_await ctx.done().recv();
+    throw std::runtime_error("late boom");
+    co_return absl::OkStatus();
+  }(g.context()));
+  try {
+    absl::Status s = co_await g.wait();
+    co_return "exception dropped for the status: " + s.ToString();
+  } catch (const std::runtime_error& e) {
+    co_return e.what();
+  }
+}
+
+TEST_CASE("task_group: an exception replaces a Status failure recorded before it") {
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(exception_after_status()) == "late boom");
+}
+
+mpg::task<void> drop_group_with_thrower() {
+  mpg::chan<int> thrown(1);
+  {
+    mpg::task_group g;
+    g.spawn([](mpg::chan<int> thrown) -> mpg::task<absl::Status> {
+      (void)co_await thrown.send(1);
+      throw std::runtime_error("nobody waits");
+      co_return absl::OkStatus();
+    }(thrown), "thrower");
+  }  // dropped: no wait()
+  (void)co_await thrown.recv();
+  for (int i = 0; i < 100; ++i) co_await mpg::yield();
+}
+
+TEST_CASE("task_group: an exception no wait() rethrew is reported and aborts") {
+  mpg_test::child_result r = mpg_test::run_child([] {
+    mpg::runtime rt({.procs = 1});
+    rt.block_on(drop_group_with_thrower());
+  });
+  CHECK(WIFSIGNALED(r.status));
+  CHECK(WTERMSIG(r.status) == SIGABRT);
+  CHECK(r.output.find("nobody waits") != std::string::npos);
+  CHECK(r.output.find("thrower") != std::string::npos);
 }
 
 }  // namespace

@@ -8,11 +8,16 @@
 //
 // spawn() starts each task as a new G at once (mpg::go, so it must be called
 // from a task). The first task to fail (a non-OK Status, or an exception)
-// records its failure and cancels context(); later failures are dropped.
-// wait() parks until every spawned task has finished, cancels context() (as
+// records its failure and cancels context(); later failures are dropped,
+// except that the first exception replaces a Status failure recorded before
+// it. wait() parks until every spawned task has finished (its frame
+// destroyed, so its parameters' destructors have run), cancels context() (as
 // errgroup does, releasing its resources), and returns the first error; if
-// that first failure was an exception, wait() rethrows it. A task_group may
-// be destroyed before its tasks finish: they share its state and run on.
+// the failure is an exception, wait() rethrows it (the same exception object
+// to every wait()). A task_group may be destroyed before its tasks finish:
+// they share its state and run on. An exception that no wait() rethrew when
+// the group and its tasks are gone is reported on stderr and aborts the
+// program, as one escaping a detached task does.
 //
 // Design: a wait_group counts the running tasks; a small spinlock guards the
 // first failure. Each task is wrapped in a coroutine that awaits it, records

@@ -1,6 +1,9 @@
 // lib/sync/task_group.cpp: mpg::task_group (design in task_group.hpp).
 #include "mpg/task_group.hpp"
 
+#include <cstdint>
+
+#include "mpg/detail/sched/g.hpp"
 #include "mpg/detail/sync/spinlock.hpp"
 #include "mpg/spawn.hpp"
 
@@ -12,14 +15,28 @@ struct task_group::state {
     ctx = std::move(c);
     cancel = std::move(cancel_fn);
   }
+  // The last reference goes with no wait() having taken the exception:
+  // nobody will see it, so it is reported and ends the program, as one
+  // escaping a detached task does.
+  ~state() {
+    if (failure && !failure_taken) detail::report_lost_exception(failure, failure_gid, failure_name);
+  }
 
+  // record(): the first failure is kept, except that an exception replaces
+  // a Status failure recorded before it (an exception is never dropped for
+  // an error value). Runs on the failing member's G.
   void record(absl::Status s, std::exception_ptr e) {
     {
       detail::spin_guard lk(lock);
-      if (failed) return;
+      if (failed && (failure || !e)) return;
       failed = true;
       first = std::move(s);
-      failure = std::move(e);
+      if (e) {
+        failure = std::move(e);
+        detail::g* me = detail::current_g();
+        failure_gid = me ? me->id.load(std::memory_order_relaxed) : 0;
+        failure_name = me ? me->name.load(std::memory_order_relaxed) : nullptr;
+      }
     }
     cancel();
   }
@@ -31,6 +48,11 @@ struct task_group::state {
   bool failed ABSL_GUARDED_BY(lock) = false;
   absl::Status first ABSL_GUARDED_BY(lock);
   std::exception_ptr failure ABSL_GUARDED_BY(lock);
+  // The task that threw `failure`, for the report, and whether a wait()
+  // has rethrown it.
+  std::uint64_t failure_gid ABSL_GUARDED_BY(lock) = 0;
+  const char* failure_name ABSL_GUARDED_BY(lock) = nullptr;
+  bool failure_taken ABSL_GUARDED_BY(lock) = false;
 };
 
 task_group::task_group(const mpg::context& parent) : st_(std::make_shared<state>(parent)) {}
@@ -43,7 +65,10 @@ task<void> task_group::run_member(std::shared_ptr<state> st, task<absl::Status> 
   absl::Status s;
   std::exception_ptr e;
   try {
-    s = co_await std::move(t);
+    // The member's frame (its parameters, with their destructors) goes
+    // here, before done(): wait() returns only after it.
+    task<absl::Status> member = std::move(t);
+    s = co_await std::move(member);
   } catch (...) {
     e = std::current_exception();
   }
@@ -74,6 +99,7 @@ task<absl::Status> task_group::wait() {
     detail::spin_guard lk(st->lock);
     first = st->first;
     failure = st->failure;
+    if (failure) st->failure_taken = true;
   }
   if (failure) std::rethrow_exception(failure);
   co_return first;
