@@ -4,7 +4,8 @@
 // counter throws and leaves the counter as it was; reuse across rounds,
 // also with done() from a plain thread racing the waiter (no waiter is woken
 // by the previous round's done() while the counter is not zero); a waiter
-// killed at shutdown leaves the group sound for a later done().
+// killed at shutdown leaves the group sound for a later done(); an awaiter
+// awaited a second time waits on the counter as it is then.
 #include <doctest/doctest.h>
 
 #include "test_support.hpp"
@@ -57,6 +58,26 @@ mpg::task<std::string> workers_and_waiters(int workers, int waiters) {
   for (auto& h : ws) co_await h;
   if (woken.load() != waiters) co_return "waiters not all woken";
   co_return "ok";
+}
+
+mpg::task<std::string> awaiter_awaited_again() {
+  mpg::wait_group wg;
+  auto w = wg.wait();
+  co_await w;  // zero: at once
+  wg.add(1);
+  std::atomic<bool> released{false};
+  mpg::go([](mpg::wait_group* wg, std::atomic<bool>* released) -> mpg::task<void> {
+    co_await mpg_test::yield_some(100);
+    released->store(true);
+    wg->done();
+  }(&wg, &released));
+  co_await w;  // the counter is 1 now: this await waits
+  co_return released.load() ? "ok" : "returned with the counter at 1";
+}
+
+TEST_CASE("wait_group: an awaiter awaited again waits on the counter as it is now") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(awaiter_awaited_again()) == "ok");
 }
 
 TEST_CASE("wait_group: every waiter wakes when the counter reaches zero; work is visible") {

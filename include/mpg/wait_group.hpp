@@ -155,8 +155,10 @@ class [[nodiscard]] wait_group::wait_awaiter : private detail::waiter {
 
   bool await_ready() noexcept {
     // Acquire: see "Memory ordering" above.
-    if (counter(wg_->state_.load(std::memory_order_acquire)) != 0) return false;
-    zero_ = true;
+    // zero_ is set either way: an awaiter awaited again must not keep the
+    // answer of its last await.
+    zero_ = counter(wg_->state_.load(std::memory_order_acquire)) == 0;
+    if (!zero_) return false;
     return !detail::consume_budget_now();
   }
   bool await_suspend(std::coroutine_handle<> h) {
