@@ -284,6 +284,58 @@ TEST_CASE("a context ends accept, blocked or not yet started") {
   }());
 }
 
+TEST_CASE("a second read, write or accept while one waits fails with EALREADY; close ends the first") {
+  mpg::runtime rt({.procs = 2});
+  mpg_test::watchdog dog(kHang, "one op at a time", &rt);
+  rt.block_on([]() -> task<void> {
+    auto p = co_await connect_pair();
+    read_result first;
+    mpg::go(read_once(p.client, &first, nullptr));
+    REQUIRE(co_await until([&] { return p.client.read_pending(); }));
+    char buf[4];
+    auto second = co_await p.client.read(std::span<char>(buf));
+    CHECK(second.status().code() == code::kAlreadyExists);  // absl's code for EALREADY
+    CHECK(mpg::errno_of(second.status()) == EALREADY);
+    // The first read is still the one in flight, and close() reaches it.
+    p.client.close();
+    REQUIRE(co_await until([&] { return first.done.load(std::memory_order_acquire); }));
+    CHECK(first.n.status().code() == code::kCancelled);
+
+    auto ln = mpg::net::listen("127.0.0.1:0");
+    REQUIRE(ln.ok());
+    auto acceptor = mpg::spawn(ln->accept());
+    REQUIRE(co_await until([&] { return ln->accept_pending(); }));
+    auto again = co_await ln->accept();
+    CHECK(mpg::errno_of(again.status()) == EALREADY);
+    ln->close();
+    auto a = co_await acceptor;
+    CHECK(a.status().code() == code::kCancelled);
+  }());
+}
+
+TEST_CASE("two receive()s at once: one fails with EALREADY, close ends the other") {
+  mpg::runtime rt({.procs = 2});
+  mpg_test::watchdog dog(kHang, "one receive at a time", &rt);
+  rt.block_on([]() -> task<void> {
+    auto p = co_await connect_pair();
+    mpg::chan<absl::Status> ended(2);
+    auto receiver = [](tcp_stream& s, mpg::chan<absl::Status> out) -> task<void> {
+      auto b = co_await s.receive();
+      co_await out.send(b.status());
+    };
+    mpg::go(receiver(p.client, ended));
+    mpg::go(receiver(p.client, ended));
+    // Whichever came second is refused at once; the other waits for data.
+    auto refused = co_await ended.recv();
+    REQUIRE(refused.has_value());
+    CHECK(mpg::errno_of(*refused) == EALREADY);
+    p.client.close();
+    auto other = co_await ended.recv();
+    REQUIRE(other.has_value());
+    CHECK(other->code() == code::kCancelled);
+  }());
+}
+
 TEST_CASE("a context ends a dial, blocked or not yet started") {
   mpg::runtime rt({.procs = 2});
   mpg_test::watchdog dog(kHang, "a dial bound to a context", &rt);

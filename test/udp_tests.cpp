@@ -2,7 +2,8 @@
 // over IPv4 and IPv6 with the sender's address, truncation, connected
 // sockets (dial_udp, ECONNREFUSED from a closed port), a dual-stack socket
 // sending to IPv4, close and cancel of a blocked receive, deadlines, bad
-// addresses, and echo round trips from many tasks at once.
+// addresses, echo round trips from many tasks at once, and a second receive
+// refused while one waits.
 #include <doctest/doctest.h>
 
 #include <mpg/io_error.hpp>
@@ -12,6 +13,8 @@
 #include <chrono>
 #include <string>
 #include <vector>
+
+#include "watchdog.hpp"
 
 namespace {
 
@@ -213,6 +216,25 @@ TEST_CASE("close from another task ends a blocked recv_from; later calls are 'cl
     auto send_after = co_await u->send_to(std::string_view("x"), "127.0.0.1:9");
     CHECK(mpg::net::is_closed(send_after));
     u->close();  // idempotent
+  }());
+}
+
+TEST_CASE("a second recv_from while one waits fails with EALREADY; close ends the first") {
+  mpg::runtime rt({.procs = 2});
+  mpg_test::watchdog dog(std::chrono::seconds(20), "one receive at a time", &rt);
+  rt.block_on([]() -> task<void> {
+    auto u = mpg::net::listen_udp("127.0.0.1:0");
+    REQUIRE(u.ok());
+    char buf[16];
+    auto waiting = mpg::spawn(u->recv_from(std::span<char>(buf)));
+    while (!u->recv_pending()) co_await mpg::yield();
+    char buf2[16];
+    auto second = co_await u->recv_from(std::span<char>(buf2));
+    CHECK(second.status().code() == absl::StatusCode::kAlreadyExists);  // EALREADY
+    CHECK(mpg::errno_of(second.status()) == EALREADY);
+    u->close();  // reaches the first: it was not hidden by the second
+    auto first = co_await waiting;
+    CHECK(first.status().code() == absl::StatusCode::kCancelled);
   }());
 }
 

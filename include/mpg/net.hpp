@@ -26,7 +26,9 @@
 // listener": see mpg/io_error.hpp (errno_of, net::is_closed).
 //
 // Concurrency: one task may read a stream while another writes it; one read
-// and one write at a time. cancel() and close() may be called from any task
+// and one write at a time, and one accept() per listener: a second one
+// started while the first waits fails at once with errno EALREADY
+// (kAlreadyExists). cancel() and close() may be called from any task
 // (any P): an operation in flight then completes with kCancelled once the
 // kernel confirms it, and its buffer is not touched after that.
 //
@@ -413,13 +415,17 @@ class listener {
   // ctx ends, blocked or not yet started.
   task<absl::StatusOr<tcp_stream>> accept(const context& ctx);
 
-  // close(): stops listening; every accept() in flight or later returns
-  // kCancelled (a later one also satisfies net::is_closed). Idempotent. A Unix listener
+  // close(): stops listening; the accept() in flight, and every later one,
+  // returns kCancelled (a later one also satisfies net::is_closed). Idempotent. A Unix listener
   // on a path removes its socket file (as Go's does); one on an abstract
   // name has no file. An accept it wakes may destroy the listener at once,
   // as tcp_stream::close() allows.
   void close() noexcept;
 
+  // Diagnostics: an accept() is in flight.
+  bool accept_pending() const noexcept {
+    return slot_.op.load(std::memory_order_relaxed) != nullptr;
+  }
   // accept_backoffs(): how many times accept() slept on resource exhaustion.
   std::uint64_t accept_backoffs() const noexcept {
     return backoffs_.load(std::memory_order_relaxed);

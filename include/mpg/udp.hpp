@@ -25,9 +25,10 @@
 // kCancelled as for TCP.
 //
 // Concurrency: one task may receive while another sends; one receive and
-// one send at a time. cancel() and close() from any task (any P). Deadlines
-// as tcp_stream's. Buffers must outlive the awaited call. Moving a socket
-// with an operation in flight is undefined.
+// one send at a time (a second one started while the first waits fails at
+// once with errno EALREADY, kAlreadyExists). cancel() and close() from any
+// task (any P). Deadlines as tcp_stream's. Buffers must outlive the awaited
+// call. Moving a socket with an operation in flight is undefined.
 //
 // Names: send_to and dial_udp look a host name up under mpg::blocking (the P
 // keeps running other tasks); listen_udp, which is not a coroutine, accepts

@@ -75,6 +75,15 @@ bool io_start(io_op* op, io_prep_fn prep, const void* ctx, io_slot* slot) {
     op->stop = io_stop::cancel;
     return false;
   }
+  // Another op of this object is in flight: its caller broke the object's
+  // one-at-a-time rule (two tasks reading one stream). Published over it,
+  // this op would hide the first from every cancel and close, which would
+  // then wait for it for ever; refused, the caller gets a clear error.
+  if (slot->op.load(std::memory_order_relaxed) != nullptr) {
+    slot->lock.unlock();
+    op->res = -EALREADY;
+    return false;
+  }
   // Sticky stop requests (io_op.hpp, "Why an op was stopped"): both read
   // under the slot lock, which their writers take after writing them.
   if (op->ctx != nullptr && op->ctx->cancelled()) {

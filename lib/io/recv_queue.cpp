@@ -249,6 +249,10 @@ recv_queue::take_result recv_queue::step(int fd, recv_waiter* w,
       lock_.unlock();
       return {took::woken};
     }
+    if (waiter_ != nullptr) {  // another reader waits: the one-reader rule broken
+      lock_.unlock();
+      return {took::failed, -EALREADY};
+    }
     waiter_ = w;
     lock_.unlock();
     return {took::waiting};

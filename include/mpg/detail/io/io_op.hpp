@@ -221,8 +221,8 @@ struct io_op {
 // cancelled; its deadline is lowered to *live_deadline, under the slot
 // lock). Returns false if the op was not started: then op->res holds why
 // (-ECANCELED closed slot or cancelled context, with op->stop saying which,
-// -ENXIO no reactor, -ETIME deadline already past) and the caller must undo
-// its park.
+// -EALREADY another op in flight in the slot, -ENXIO no reactor, -ETIME
+// deadline already past) and the caller must undo its park.
 bool io_start(io_op* op, io_prep_fn prep, const void* ctx, io_slot* slot);
 
 // io_cancel(): cancel the op in flight in `slot`, if any; with close == true
