@@ -7,7 +7,10 @@
 // The writer: small writes buffered until flush, large payloads sent in
 // place (the regions handed to write_vectored point into the caller's
 // payload), vectored writes over a socketpair with the bytes checked on the
-// other side.
+// other side, empty pieces (a null string_view) skipped. read_exact(n) with
+// an n the stream never delivers (up to SIZE_MAX): a Status, memory only for
+// what came. A moved-from reader or writer fails every call with
+// kFailedPrecondition.
 #include <doctest/doctest.h>
 
 #include "test_support.hpp"
@@ -18,6 +21,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cstdint>
 #include <cstring>
 #include <random>
 #include <string>
@@ -172,6 +176,42 @@ TEST_CASE("read_exact across chunks and past the buffer, peek and consume, mixed
   CHECK(rt.block_on(exact_and_mixed()) == "ok");
 }
 
+// read_exact(n) with n from a peer's length prefix: the stream holds "abc".
+mpg::task<std::string> exact_huge(std::size_t n) {
+  chunk_stream s;
+  s.data = "abc";
+  mpg::net::buffered_reader<chunk_stream> in(s, 16);
+  absl::StatusOr<std::string> e = co_await in.read_exact(n);
+  if (e.ok()) co_return "ok for " + std::to_string(n) + " bytes of 3";
+  co_return std::string(absl::StatusCodeToString(e.status().code()));
+}
+
+// read_exact(n) of a payload several times the buffer (and the string's
+// first size), in chunks: the whole payload; one byte more: kDataLoss.
+mpg::task<std::string> exact_growing(std::size_t extra) {
+  std::mt19937 rng(11);
+  chunk_stream s;
+  for (int i = 0; i < 300000; ++i) s.data.push_back(static_cast<char>(rng()));
+  s.max_chunk = 5000;
+  mpg::net::buffered_reader<chunk_stream> in(s, 1024);
+  absl::StatusOr<std::string> e = co_await in.read_exact(s.data.size() + extra);
+  if (!e.ok()) co_return std::string(absl::StatusCodeToString(e.status().code()));
+  if (*e != s.data) co_return "bytes differ";
+  co_return "ok";
+}
+
+TEST_CASE("read_exact(n) past what the stream holds: kDataLoss with memory for what came") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(exact_growing(0)) == "ok");
+  CHECK(rt.block_on(exact_growing(1)) == "DATA_LOSS");
+  // Terabytes: a string of n bytes made up front would not fit in memory.
+  CHECK(rt.block_on(exact_huge(std::size_t{1} << 40)) == "DATA_LOSS");
+  CHECK(rt.block_on(exact_huge(SIZE_MAX / 4)) == "DATA_LOSS");
+  // Above std::string's max_size(): refused before anything is read.
+  CHECK(rt.block_on(exact_huge(SIZE_MAX)) == "INVALID_ARGUMENT");
+  CHECK(rt.block_on(exact_huge(std::string().max_size() + 1)) == "INVALID_ARGUMENT");
+}
+
 // Over a real socket: a plain thread writes the text in random-sized
 // writes; the reader reads lines over a tcp_stream.
 mpg::task<std::string> lines_over_socket(int fd, std::vector<std::string> want) {
@@ -256,6 +296,88 @@ mpg::task<std::string> writer_regions() {
 TEST_CASE("buffered_writer: small writes buffered, large payloads sent in place, overflow flushes") {
   mpg::runtime rt({.procs = 1});
   CHECK(rt.block_on(writer_regions()) == "ok");
+}
+
+mpg::task<std::string> writer_empty_pieces() {
+  recording_stream s;
+  mpg::net::buffered_writer<recording_stream> out(s, 64, 16);
+  // std::string_view{} has a null data(): never handed to memcpy.
+  absl::Status st = co_await out.write(std::string_view{});
+  const std::string big(32, 'B');
+  const std::array<std::string_view, 5> parts{std::string_view{}, "a", std::string_view{}, big,
+                                              std::string_view{}};
+  if (st.ok()) st = co_await out.write_vectored(parts);
+  if (st.ok()) st = co_await out.write(std::string_view{});
+  if (st.ok()) st = co_await out.flush();
+  if (!st.ok()) co_return st.ToString();
+  if (s.bytes != "a" + big) co_return "bytes differ";
+  co_return "ok";
+}
+
+TEST_CASE("buffered_writer: empty pieces (a null string_view) are skipped") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(writer_empty_pieces()) == "ok");
+}
+
+mpg::task<std::string> moved_from() {
+  chunk_stream s;
+  s.data = "one\ntwo\n";
+  mpg::net::buffered_reader<chunk_stream> a(s, 16);
+  absl::StatusOr<std::string_view> l = co_await a.read_line();
+  if (!l.ok() || *l != "one") co_return "first line";
+  mpg::net::buffered_reader<chunk_stream> b(std::move(a));
+  l = co_await b.read_line();
+  if (!l.ok() || *l != "two") co_return "the moved-to reader lost its buffer";
+  // The moved-from reader: every call fails, nothing crashes.
+  if ((co_await a.read_line()).status().code() != absl::StatusCode::kFailedPrecondition)
+    co_return "read_line on a moved-from reader";
+  if ((co_await a.read_until('x')).status().code() != absl::StatusCode::kFailedPrecondition)
+    co_return "read_until on a moved-from reader";
+  if ((co_await a.peek(1)).status().code() != absl::StatusCode::kFailedPrecondition)
+    co_return "peek on a moved-from reader";
+  if ((co_await a.read_exact(4)).status().code() != absl::StatusCode::kFailedPrecondition)
+    co_return "read_exact(n) on a moved-from reader";
+  char buf[64];
+  if ((co_await a.read_exact(std::span<char>(buf))).code() != absl::StatusCode::kFailedPrecondition)
+    co_return "read_exact(span) on a moved-from reader";
+  if ((co_await a.read(std::span<char>(buf))).status().code() !=
+      absl::StatusCode::kFailedPrecondition)
+    co_return "read on a moved-from reader";
+  a.consume(3);
+  if (a.buffered() != 0 || a.capacity() != 0 || !a.buffered_view().empty())
+    co_return "moved-from reader not empty";
+  // Move assignment: a moved-to reader works again, the source is empty.
+  a = std::move(b);
+  if ((co_await b.read_line()).status().code() != absl::StatusCode::kFailedPrecondition)
+    co_return "read_line on a reader moved from by assignment";
+  if (!mpg::net::is_eof((co_await a.read_line()).status())) co_return "EOF after the move back";
+
+  recording_stream w;
+  mpg::net::buffered_writer<recording_stream> out(w, 64, 16);
+  absl::Status st = co_await out.write("kept");
+  if (!st.ok()) co_return st.ToString();
+  mpg::net::buffered_writer<recording_stream> out2(std::move(out));
+  if (out.buffered() != 0 || out.capacity() != 0) co_return "moved-from writer not empty";
+  if ((co_await out.write("x")).code() != absl::StatusCode::kFailedPrecondition)
+    co_return "write on a moved-from writer";
+  if ((co_await out.write(std::string(100, 'L'))).code() != absl::StatusCode::kFailedPrecondition)
+    co_return "large write on a moved-from writer";
+  if ((co_await out.flush()).code() != absl::StatusCode::kFailedPrecondition)
+    co_return "flush on a moved-from writer";
+  st = co_await out2.flush();
+  if (!st.ok() || w.bytes != "kept") co_return "the moved-to writer lost its bytes";
+  out = std::move(out2);
+  if ((co_await out2.write("y")).code() != absl::StatusCode::kFailedPrecondition)
+    co_return "write on a writer moved from by assignment";
+  st = co_await out.write("z");
+  if (st.ok()) st = co_await out.flush();
+  if (!st.ok() || w.bytes != "keptz") co_return "the writer moved back";
+  co_return "ok";
+}
+
+TEST_CASE("a moved-from reader or writer fails every call with kFailedPrecondition") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(moved_from()) == "ok");
 }
 
 mpg::task<std::string> write_over_socket(int fd, const std::string* big, std::string* want) {

@@ -28,6 +28,10 @@
 //   kResourceExhausted read_until/read_line found no delimiter within the
 //                      buffer's capacity (Go's bufio.ErrBufferFull); peek(n)
 //                      with n above the capacity. The bytes stay buffered.
+//   kInvalidArgument   read_exact(n) with n above std::string's max_size();
+//                      nothing is read.
+//   kFailedPrecondition
+//                      the reader or writer was moved from.
 //   anything else      the stream's own error, passed through.
 //
 // Views. read_until, read_line and peek return a std::string_view into the
@@ -39,15 +43,22 @@
 // that needs room moves them to the front first (one memmove of at most a
 // line), so a line is always contiguous. read_exact copies what is buffered
 // and reads the rest straight into its destination when that is larger than
-// the buffer.
+// the buffer. read_exact(n)'s string grows as the bytes arrive (doubling,
+// from max(capacity, 64 KiB)), so an n taken from a peer's length prefix
+// costs memory for the bytes that came, not for n.
 //
 // The writer's buffer (capacity bytes) collects small writes. A payload of
 // at least `large` bytes is never copied: write() and write_vectored() send
 // the buffered bytes and the payload together (one sendmsg with an iovec per
 // region) before returning, so the payload need only live until then.
 // Otherwise a write that does not fit flushes first. Nothing is sent until
-// the buffer fills, a large payload comes, or flush() is called. After an
-// error the writer keeps failing with it (as Go's bufio.Writer).
+// the buffer fills, a large payload comes, or flush() is called. Empty
+// pieces are skipped. After an error the writer keeps failing with it (as
+// Go's bufio.Writer).
+//
+// Moves. A moved-from reader or writer is empty (capacity() and buffered()
+// 0) and fails every call with kFailedPrecondition; assigning another to it
+// makes it usable again.
 //
 // Concurrency: one task uses a reader (or a writer) at a time; a reader and
 // a writer over one tcp_stream may be used by two tasks (the stream allows
@@ -74,6 +85,8 @@ absl::Status buffered_eof_error();
 absl::Status buffered_unexpected_eof_error(std::size_t have, std::size_t want);
 absl::Status buffered_no_delimiter_error(std::size_t capacity);
 absl::Status buffered_peek_too_large_error(std::size_t n, std::size_t capacity);
+absl::Status buffered_read_exact_too_large_error(std::size_t n, std::size_t max_size);
+absl::Status buffered_moved_from_error(const char* what);
 }  // namespace mpg::detail
 
 namespace mpg::net {
@@ -89,11 +102,28 @@ template <class Stream>
 class buffered_reader {
  public:
   static constexpr std::size_t kDefaultCapacity = 64 * 1024;
+  // read_exact(n)'s string starts at min(n, max(capacity, this)) bytes.
+  static constexpr std::size_t kReadExactStep = 64 * 1024;
 
   explicit buffered_reader(Stream& s, std::size_t capacity = kDefaultCapacity)
       : s_(&s), cap_(capacity > 0 ? capacity : 1), buf_(new char[cap_]) {}
-  buffered_reader(buffered_reader&&) noexcept = default;
-  buffered_reader& operator=(buffered_reader&&) noexcept = default;
+  // The source is left empty: its calls fail with kFailedPrecondition.
+  buffered_reader(buffered_reader&& o) noexcept
+      : s_(std::exchange(o.s_, nullptr)),
+        cap_(std::exchange(o.cap_, 0)),
+        buf_(std::move(o.buf_)),
+        r_(std::exchange(o.r_, 0)),
+        w_(std::exchange(o.w_, 0)) {}
+  buffered_reader& operator=(buffered_reader&& o) noexcept {
+    if (this != &o) {
+      s_ = std::exchange(o.s_, nullptr);
+      cap_ = std::exchange(o.cap_, 0);
+      buf_ = std::move(o.buf_);
+      r_ = std::exchange(o.r_, 0);
+      w_ = std::exchange(o.w_, 0);
+    }
+    return *this;
+  }
 
   std::size_t capacity() const noexcept { return cap_; }
   // buffered(): bytes read from the stream and not yet consumed.
@@ -107,10 +137,13 @@ class buffered_reader {
   // a clean end of stream; kDataLoss when it ends after some bytes without
   // delim.
   task<absl::StatusOr<std::string_view>> read_until(char delim) {
+    if (!buf_) co_return moved_from();
     std::size_t scanned = 0;  // bytes of [r_, w_) known to hold no delim
     for (;;) {
-      if (const void* p = std::memchr(buf_.get() + r_ + scanned, delim, w_ - r_ - scanned)) {
-        const std::size_t end = static_cast<std::size_t>(static_cast<const char*>(p) - buf_.get()) + 1;
+      const char* from = buf_.get() + r_ + scanned;
+      if (const void* p = std::memchr(from, delim, w_ - r_ - scanned)) {
+        const std::size_t end =
+            static_cast<std::size_t>(static_cast<const char*>(p) - buf_.get()) + 1;
         std::string_view line(buf_.get() + r_, end - r_);
         r_ = end;
         co_return line;
@@ -119,8 +152,7 @@ class buffered_reader {
       if (scanned == cap_) co_return mpg::detail::buffered_no_delimiter_error(cap_);
       absl::StatusOr<std::size_t> n = co_await fill();
       if (!n.ok()) co_return n.status();
-      if (*n == 0) co_return scanned == 0 ? mpg::detail::buffered_eof_error()
-                                          : mpg::detail::buffered_unexpected_eof_error(scanned, scanned + 1);
+      if (*n == 0) co_return eof_at(scanned, scanned + 1);
     }
   }
 
@@ -142,12 +174,12 @@ class buffered_reader {
   // kOutOfRange or kDataLoss if the stream ends first (nothing or some
   // bytes buffered).
   task<absl::StatusOr<std::string_view>> peek(std::size_t n) {
+    if (!buf_) co_return moved_from();
     if (n > cap_) co_return mpg::detail::buffered_peek_too_large_error(n, cap_);
     while (w_ - r_ < n) {
       absl::StatusOr<std::size_t> got = co_await fill();
       if (!got.ok()) co_return got.status();
-      if (*got == 0)
-        co_return w_ == r_ ? mpg::detail::buffered_eof_error() : mpg::detail::buffered_unexpected_eof_error(w_ - r_, n);
+      if (*got == 0) co_return eof_at(w_ - r_, n);
     }
     co_return std::string_view(buf_.get() + r_, n);
   }
@@ -162,28 +194,36 @@ class buffered_reader {
   // first byte, kDataLoss if it ends later (what was read is in out's
   // prefix, and lost to the reader).
   task<absl::Status> read_exact(std::span<char> out) {
-    std::size_t done = take(out);
+    if (!buf_) co_return moved_from();
+    std::size_t done = 0;
     while (done < out.size()) {
-      std::span<char> rest = out.subspan(done);
-      if (rest.size() >= cap_) {
-        // Larger than the buffer: read straight into the destination.
-        absl::StatusOr<std::size_t> n = co_await s_->read(rest);
-        if (!n.ok()) co_return n.status();
-        if (*n == 0) co_return eof_at(done, out.size());
-        done += *n;
-      } else {
-        absl::StatusOr<std::size_t> n = co_await fill();
-        if (!n.ok()) co_return n.status();
-        if (*n == 0) co_return eof_at(done, out.size());
-        done += take(rest);
-      }
+      absl::StatusOr<std::size_t> n = co_await read(out.subspan(done));
+      if (!n.ok()) co_return n.status();
+      if (*n == 0) co_return eof_at(done, out.size());
+      done += *n;
     }
     co_return absl::OkStatus();
   }
+  // The same into a string of n bytes, which grows as they arrive: a
+  // stream that ends first costs memory for what came. kInvalidArgument if
+  // n is above std::string's max_size().
   task<absl::StatusOr<std::string>> read_exact(std::size_t n) {
-    std::string s(n, '\0');
-    absl::Status st = co_await read_exact(std::span<char>(s.data(), s.size()));
-    if (!st.ok()) co_return st;
+    if (!buf_) co_return moved_from();
+    std::string s;
+    if (n > s.max_size()) {
+      co_return mpg::detail::buffered_read_exact_too_large_error(n, s.max_size());
+    }
+    std::size_t done = 0;
+    while (done < n) {
+      if (done == s.size()) {
+        s.resize(done + std::min(n - done, std::max({done, cap_, kReadExactStep})));
+      }
+      std::span<char> rest(s.data() + done, s.size() - done);
+      absl::StatusOr<std::size_t> got = co_await read(rest);
+      if (!got.ok()) co_return got.status();
+      if (*got == 0) co_return eof_at(done, n);
+      done += *got;
+    }
     co_return s;
   }
 
@@ -191,6 +231,7 @@ class buffered_reader {
   // else one read of the stream (straight into buf when it is at least the
   // capacity). 0 at end of stream.
   task<absl::StatusOr<std::size_t>> read(std::span<char> buf) {
+    if (!buf_) co_return moved_from();
     if (buf.empty()) co_return std::size_t{0};
     if (r_ == w_) {
       if (buf.size() >= cap_) co_return co_await s_->read(buf);
@@ -223,14 +264,18 @@ class buffered_reader {
     return n;
   }
   static absl::Status eof_at(std::size_t have, std::size_t want) {
-    return have == 0 ? mpg::detail::buffered_eof_error() : mpg::detail::buffered_unexpected_eof_error(have, want);
+    return have == 0 ? mpg::detail::buffered_eof_error()
+                     : mpg::detail::buffered_unexpected_eof_error(have, want);
+  }
+  static absl::Status moved_from() {
+    return mpg::detail::buffered_moved_from_error("buffered_reader");
   }
 
   Stream* s_;
   std::size_t cap_;
-  std::unique_ptr<char[]> buf_;
-  std::size_t r_ = 0;  // first unread byte
-  std::size_t w_ = 0;  // end of the bytes read
+  std::unique_ptr<char[]> buf_;  // null: moved from
+  std::size_t r_ = 0;            // first unread byte
+  std::size_t w_ = 0;            // end of the bytes read
 };
 
 // buffered_writer<Stream>
@@ -248,8 +293,25 @@ class buffered_writer {
         cap_(capacity > 0 ? capacity : 1),
         large_(std::min(large > 0 ? large : 1, cap_)),
         buf_(new char[cap_]) {}
-  buffered_writer(buffered_writer&&) noexcept = default;
-  buffered_writer& operator=(buffered_writer&&) noexcept = default;
+  // The source is left empty: its calls fail with kFailedPrecondition.
+  buffered_writer(buffered_writer&& o) noexcept
+      : s_(std::exchange(o.s_, nullptr)),
+        cap_(std::exchange(o.cap_, 0)),
+        large_(std::exchange(o.large_, 0)),
+        buf_(std::move(o.buf_)),
+        n_(std::exchange(o.n_, 0)),
+        err_(std::exchange(o.err_, absl::OkStatus())) {}
+  buffered_writer& operator=(buffered_writer&& o) noexcept {
+    if (this != &o) {
+      s_ = std::exchange(o.s_, nullptr);
+      cap_ = std::exchange(o.cap_, 0);
+      large_ = std::exchange(o.large_, 0);
+      buf_ = std::move(o.buf_);
+      n_ = std::exchange(o.n_, 0);
+      err_ = std::exchange(o.err_, absl::OkStatus());
+    }
+    return *this;
+  }
 
   std::size_t buffered() const noexcept { return n_; }
   std::size_t capacity() const noexcept { return cap_; }
@@ -269,10 +331,12 @@ class buffered_writer {
   // large ones are sent in place, together with the buffered bytes around
   // them, before this returns.
   task<absl::Status> write_vectored(std::span<const std::string_view> pieces) {
+    if (!buf_) co_return moved_from();
     if (!err_.ok()) co_return err_;
     std::vector<std::string_view> out;  // regions of one send, in order
     std::size_t from = 0;               // buffer bytes not yet in `out`
     for (std::string_view p : pieces) {
+      if (p.empty()) continue;  // its data() may be null, which memcpy must not get
       if (p.size() >= large_) {
         if (n_ > from) out.emplace_back(buf_.get() + from, n_ - from);
         out.push_back(p);
@@ -303,6 +367,7 @@ class buffered_writer {
 
   // buffered_writer::flush(): sends everything buffered.
   task<absl::Status> flush() {
+    if (!buf_) co_return moved_from();
     if (!err_.ok()) co_return err_;
     if (n_ == 0) co_return absl::OkStatus();
     const std::string_view one[1] = {std::string_view(buf_.get(), n_)};
@@ -325,13 +390,16 @@ class buffered_writer {
     if (!st.ok()) err_ = st;
     co_return st;
   }
+  static absl::Status moved_from() {
+    return mpg::detail::buffered_moved_from_error("buffered_writer");
+  }
 
   Stream* s_;
   std::size_t cap_;
   std::size_t large_;
-  std::unique_ptr<char[]> buf_;
-  std::size_t n_ = 0;  // buffered bytes
-  absl::Status err_;   // sticky
+  std::unique_ptr<char[]> buf_;  // null: moved from
+  std::size_t n_ = 0;            // buffered bytes
+  absl::Status err_;             // sticky
 };
 
 }  // namespace mpg::net

@@ -35,6 +35,15 @@ absl::Status buffered_peek_too_large_error(std::size_t n, std::size_t capacity) 
       absl::StrCat("buffered_reader: peek of ", n, " bytes exceeds the buffer's ", capacity));
 }
 
+absl::Status buffered_read_exact_too_large_error(std::size_t n, std::size_t max_size) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "buffered_reader: read_exact of ", n, " bytes exceeds std::string's max_size() ", max_size));
+}
+
+absl::Status buffered_moved_from_error(const char* what) {
+  return absl::FailedPreconditionError(absl::StrCat(what, ": moved from"));
+}
+
 }  // namespace detail
 
 }  // namespace mpg
