@@ -2,8 +2,9 @@
 // task<void>, task<absl::Status> and task<absl::StatusOr<U>>; an exception
 // before the deadline is rethrown, one after it (detached task) is dropped;
 // the detached form leaves the task running to completion; the structured
-// (context) form cancels the task's context at the deadline and has waited
-// for the task when it returns.
+// (context) form cancels the task's context at the deadline (or with a
+// parent context) and has waited for the task when it returns, rethrowing
+// an exception it ended with.
 #include <doctest/doctest.h>
 
 #include "test_support.hpp"
@@ -134,6 +135,52 @@ mpg::task<std::string> structured() {
 TEST_CASE("timeout with a context: cancelled at the deadline and awaited before returning") {
   mpg::runtime rt({.procs = 2});
   CHECK(rt.block_on(structured()) == "ok");
+}
+
+// Throws once its context is cancelled (by the deadline): after it.
+mpg::task<int> throws_when_cancelled(mpg::context ctx) {
+  (void)co_await ctx.done().recv();
+  throw std::runtime_error("late");
+}
+
+mpg::task<std::string> structured_late_exception() {
+  try {
+    absl::StatusOr<int> r = co_await mpg::timeout(
+        10ms, [](mpg::context ctx) { return throws_when_cancelled(ctx); });
+    co_return "exception dropped: " + r.status().ToString();
+  } catch (const std::runtime_error& e) {
+    co_return e.what();
+  }
+}
+
+TEST_CASE("timeout with a context: an exception after the deadline is rethrown, not dropped") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(structured_late_exception()) == "late");
+}
+
+mpg::task<std::string> structured_parent_cancel() {
+  auto [parent, cancel] = mpg::with_cancel(mpg::background());
+  std::atomic<int> progress{0};
+  mpg::go([](mpg::cancel_func cancel) -> mpg::task<void> {
+    co_await mpg_test::yield_some(10);
+    cancel();
+  }(cancel));
+  absl::StatusOr<int> r = co_await mpg::timeout(
+      parent, 10s, [&](mpg::context ctx) -> mpg::task<int> {
+        return [](mpg::context ctx, std::atomic<int>& progress) -> mpg::task<int> {
+          (void)co_await ctx.done().recv();
+          progress.store(ctx.err().code() == absl::StatusCode::kCancelled ? 1 : -1);
+          co_return 1;
+        }(ctx, progress);
+      });
+  if (r.status().code() != absl::StatusCode::kCancelled) co_return "not kCancelled: " + r.status().ToString();
+  if (progress.load() != 1) co_return "the task had not seen its parent's cancel, or not finished";
+  co_return "ok";
+}
+
+TEST_CASE("timeout with a parent context: the parent's cancel reaches the task and is returned") {
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(structured_parent_cancel()) == "ok");
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 //   absl::Status s = co_await mpg::timeout(2s, flush());             // task<void>
 //   absl::StatusOr<std::size_t> n = co_await mpg::timeout(1s,        // structured:
 //       [&](mpg::context ctx) { return read_some(ctx, conn, buf); }); //  may borrow
+//   co_await mpg::timeout(parent_ctx, 1s, fn);   // structured, ctx a child of parent_ctx
 //
 // The result: the task's outcome, or absl::StatusCode::kDeadlineExceeded
 // when d passes first. Its type follows the task's result T:
@@ -14,7 +15,8 @@
 //   any other T               absl::StatusOr<T>
 // A kDeadlineExceeded of the task's own is not told apart from the timeout
 // (as in Go, where both are context.DeadlineExceeded). An exception that
-// escapes the task before the deadline is rethrown by the co_await.
+// escapes the task before the deadline is rethrown by the co_await; so is
+// one after it in the structured form, which waits for the task.
 //
 // What happens to the task on timeout. A stackless task cannot be dropped
 // mid-flight the way Tokio drops a future: it may be parked on I/O whose
@@ -27,10 +29,13 @@
 //     arguments by value): the caller's frame may be gone when it runs on.
 //   - timeout(d, fn), fn(mpg::context) -> task<T>: structured. fn gets a
 //     context cancelled at the deadline (with_timeout); on timeout
-//     timeout() awaits the task before returning kDeadlineExceeded, so
-//     nothing outlives the call and the task may borrow. The task should
-//     watch ctx.done() (or give its I/O the deadline ctx.deadline()) to
-//     stop promptly; timeout() waits for it however long it runs on.
+//     timeout() awaits the task before returning kDeadlineExceeded (or
+//     rethrowing the task's exception), so nothing outlives the call and
+//     the task may borrow. The task should watch ctx.done() (or give its
+//     I/O the deadline ctx.deadline()) to stop promptly; timeout() waits
+//     for it however long it runs on. timeout(parent, d, fn) makes ctx a
+//     child of parent: when parent ends first, the call waits for the task
+//     in the same way and returns parent's error (kCancelled, say).
 // Which one finished first is decided by the select, so a task that
 // completes at the deadline gives either outcome, never both.
 //
@@ -122,8 +127,9 @@ task<typename timeout_traits<T>::result> timeout_detached(steady_time deadline, 
 }
 
 template <class T, class Fn>
-task<typename timeout_traits<T>::result> timeout_structured(steady_time deadline, Fn fn) {
-  std::pair<context, cancel_func> cc = with_deadline(background(), deadline);
+task<typename timeout_traits<T>::result> timeout_structured(context parent, steady_time deadline,
+                                                            Fn fn) {
+  std::pair<context, cancel_func> cc = with_deadline(parent, deadline);
   join_handle<timeout_outcome<T>> h = spawn(timeout_guard<T>(fn(cc.first)), "timeout");
   chan<std::monostate> done = cc.first.done();
   auto r = co_await select(h, done.recv());
@@ -131,7 +137,11 @@ task<typename timeout_traits<T>::result> timeout_structured(steady_time deadline
     cc.second();  // stop the deadline timer
     co_return timeout_unwrap<T>(std::move(std::get<0>(r)));
   }
-  (void)co_await h;  // cancelled at the deadline: wait for it to stop
+  // Cancelled at the deadline or with the parent: wait for it to stop. Its
+  // value is dropped; an exception is not.
+  timeout_outcome<T> late = co_await h;
+  if (late.index() == 1) std::rethrow_exception(std::get<1>(late));
+  if (parent.cancelled()) co_return parent.err();
   co_return timeout_status();
 }
 
@@ -171,7 +181,20 @@ template <class Rep, class Period, class Fn>
 task<timeout_result_t<typename detail::task_value<detail::timeout_fn_task_t<Fn>>::type>> timeout(
     std::chrono::duration<Rep, Period> d, Fn fn) {
   using T = typename detail::task_value<detail::timeout_fn_task_t<Fn>>::type;
-  return detail::timeout_structured<T>(detail::deadline_after(d), std::move(fn));
+  return detail::timeout_structured<T>(background(), detail::deadline_after(d), std::move(fn));
+}
+
+// timeout(parent, d, fn)
+//
+// The same with ctx a child of parent: it ends at the deadline or with
+// parent, whichever comes first; timeout() then waits for the task and
+// returns kDeadlineExceeded or parent's error.
+template <class Rep, class Period, class Fn>
+  requires std::is_invocable_v<Fn&, context>
+task<timeout_result_t<typename detail::task_value<detail::timeout_fn_task_t<Fn>>::type>> timeout(
+    const context& parent, std::chrono::duration<Rep, Period> d, Fn fn) {
+  using T = typename detail::task_value<detail::timeout_fn_task_t<Fn>>::type;
+  return detail::timeout_structured<T>(parent, detail::deadline_after(d), std::move(fn));
 }
 
 }  // namespace mpg
