@@ -25,9 +25,12 @@
 // recorded failure before wait()'s read of it.
 //
 // Shutdown: wait() parks in the wait_group, whose waiter unlinks itself
-// when its task is killed by ~runtime (wait_group.hpp), so members that
-// finish later, on another runtime, never touch it. A member killed before
-// it finished never calls done(): a wait() elsewhere then never returns.
+// when its task is killed by ~runtime (wait_group.hpp), so members on
+// another runtime that finish after that ~runtime never touch it. As for
+// any wake from outside a runtime, a member must not be finishing on
+// another runtime while the waiter's ~runtime runs (docs/api.md, ~runtime).
+// A member killed before it finished never calls done(): a wait()
+// elsewhere then never returns.
 //
 // Memory ordering: the failure is written under a spinlock before the task's
 // wait_group::done() (acq_rel), and read by wait() after wait_group::wait()
