@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <new>
 #include <source_location>
 #include <string>
 #include <vector>
@@ -44,9 +45,18 @@ struct trace_event {
 class trace_buffer {
  public:
   explicit trace_buffer(std::uint32_t m_id) : m_id_(m_id) { events_.reserve(4096); }
-  void add(const trace_event& e) {
-    if (events_.size() < kMaxEvents) events_.push_back(e);
-    else ++dropped_;
+  // add(): called from noexcept scheduler paths; an event that finds no
+  // memory is counted as dropped, like one past kMaxEvents.
+  void add(const trace_event& e) noexcept {
+    if (events_.size() >= kMaxEvents) {
+      ++dropped_;
+      return;
+    }
+    try {
+      events_.push_back(e);
+    } catch (const std::bad_alloc&) {
+      ++dropped_;
+    }
   }
   std::uint32_t m_id() const noexcept { return m_id_; }
   const std::vector<trace_event>& events() const noexcept { return events_; }
