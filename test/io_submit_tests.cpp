@@ -99,6 +99,15 @@ TEST_CASE("a deadline cancels the op by link timeout: -ETIME; a met deadline kee
   }());
 }
 
+TEST_CASE("a huge timeout saturates: the op is not timed out at once") {
+  mpg::runtime rt({.procs = 1});
+  int r = rt.block_on([]() -> mpg::task<int> {
+    co_return co_await mpg::io::submit([](io_uring_sqe* s) { io_uring_prep_nop(s); },
+                                       std::chrono::nanoseconds::max());
+  }());
+  CHECK(r == 0);  // not -ETIME
+}
+
 TEST_CASE("link flags set by the callback are ignored") {
   mpg::runtime rt({.procs = 1});
   rt.block_on([]() -> task<void> {

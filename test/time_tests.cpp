@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -72,6 +73,48 @@ mpg::task<std::string> many_sleepers(int n) {
   for (auto& h : hs) ok += co_await h;
   if (ok != n) co_return std::to_string(n - ok) + " sleepers woke early";
   co_return "ok";
+}
+
+TEST_CASE("saturating_add: short durations of any type stay short; only huge ones saturate") {
+  using namespace std::chrono;
+  using tp = clock_type::time_point;
+  const tp max = tp::max();
+  // Clock readings an uptime can give, from minutes to years.
+  for (tp t : {tp(minutes(40) + microseconds(7)), tp(hours(17)), tp(hours(24 * 30)),
+               tp(hours(24 * 200)), tp(hours(24 * 365 * 5))}) {
+    CAPTURE(t.time_since_epoch().count());
+    CHECK(mpg::detail::saturating_add(t, duration<int, std::micro>(10)) == t + microseconds(10));
+    CHECK(mpg::detail::saturating_add(t, duration<int, std::milli>(10)) == t + milliseconds(10));
+    CHECK(mpg::detail::saturating_add(t, duration<long long, std::pico>(1000)) == t + 1ns);
+    CHECK(mpg::detail::saturating_add(t, duration<long long, std::pico>(1)) == t + 1ns);  // up
+    CHECK(mpg::detail::saturating_add(t, duration<double>(0.25)) == t + 250ms);
+    CHECK(mpg::detail::saturating_add(t, -5ms) == t);
+    CHECK(mpg::detail::saturating_add(t, duration<double>(std::nan(""))) == t);
+    CHECK(mpg::detail::saturating_add(t, duration<double>(INFINITY)) == max);
+    CHECK(mpg::detail::saturating_add(t, hours::max()) == max);
+    CHECK(mpg::detail::saturating_add(t, nanoseconds::max()) == max);
+    CHECK(mpg::detail::saturating_add(t, duration<int, std::ratio<86400>>::max()) == max);
+  }
+  CHECK(mpg::detail::saturating_add(max - 5ns, 10ns) == max);
+  CHECK(mpg::detail::saturating_add(max - 5ns, 4ns) == max - 1ns);
+}
+
+mpg::task<std::string> fine_grained_after() {
+  // 1000 ps: a nanosecond. Before saturating_add, the overflow guard itself
+  // overflowed for such types and made the timer "never".
+  mpg::chan<clock_type::time_point> soon = mpg::after(std::chrono::duration<long long, std::pico>(1000));
+  mpg::chan<clock_type::time_point> us = mpg::after(std::chrono::duration<int, std::micro>(10));
+  mpg::chan<clock_type::time_point> bound = mpg::after(10s);
+  auto a = co_await mpg::select(soon.recv(), bound.recv());
+  if (a.index() != 0) co_return "a 1000 ps after() did not fire";
+  auto b = co_await mpg::select(us.recv(), bound.recv());
+  if (b.index() != 0) co_return "a 10 us after() of int microseconds did not fire";
+  co_return "ok";
+}
+
+TEST_CASE("after() with a fine-grained or narrow duration type fires") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(fine_grained_after()) == "ok");
 }
 
 TEST_CASE("many concurrent sleepers on both Ps all wake, none early") {

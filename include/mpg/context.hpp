@@ -100,8 +100,9 @@
 #include <variant>
 
 #include "mpg/chan.hpp"
-#include "mpg/detail/sync/spinlock.hpp"
+#include "mpg/detail/sched/clock.hpp"
 #include "mpg/detail/sched/timer.hpp"
+#include "mpg/detail/sync/spinlock.hpp"
 
 namespace mpg {
 
@@ -248,13 +249,7 @@ std::pair<context, cancel_func> with_deadline(const context& parent,
 template <class Rep, class Period>
 std::pair<context, cancel_func> with_timeout(const context& parent,
                                              std::chrono::duration<Rep, Period> d) {
-  using clock = std::chrono::steady_clock;
-  const clock::time_point now = clock::now();
-  if (d <= d.zero()) return with_deadline(parent, now);
-  const auto left = clock::time_point::max() - now;
-  if (d >= std::chrono::duration_cast<std::chrono::duration<Rep, Period>>(left))
-    return with_deadline(parent, clock::time_point::max());
-  return with_deadline(parent, now + std::chrono::ceil<clock::duration>(d));
+  return with_deadline(parent, detail::deadline_after(d));  // saturating
 }
 
 }  // namespace mpg

@@ -48,6 +48,7 @@
 #include <utility>
 
 #include "mpg/context.hpp"
+#include "mpg/detail/sched/clock.hpp"
 #include "mpg/detail/sched/g.hpp"
 #include "mpg/detail/io/io_context.hpp"
 #include "mpg/detail/io/io_op.hpp"
@@ -153,9 +154,8 @@ submit_awaiter<std::decay_t<Prep>> submit(Prep&& prep, clock::time_point deadlin
 template <class Prep, class Rep, class Period>
   requires std::is_invocable_v<std::decay_t<Prep>&, io_uring_sqe*>
 submit_awaiter<std::decay_t<Prep>> submit(Prep&& prep, std::chrono::duration<Rep, Period> timeout) {
-  return submit_awaiter<std::decay_t<Prep>>(
-      std::forward<Prep>(prep),
-      clock::now() + std::chrono::duration_cast<clock::duration>(timeout));
+  return submit_awaiter<std::decay_t<Prep>>(std::forward<Prep>(prep),
+                                            detail::deadline_after(timeout));  // saturating
 }
 
 // submit(prep, ctx): -ECANCELED once ctx is cancelled, -ETIME once it

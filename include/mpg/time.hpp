@@ -49,18 +49,6 @@ namespace mpg {
 
 namespace detail {
 
-// deadline_after(): now + d, saturating instead of overflowing.
-template <class Rep, class Period>
-steady_time deadline_after(std::chrono::duration<Rep, Period> d) noexcept {
-  using clock = std::chrono::steady_clock;
-  const clock::time_point now = clock::now();
-  if (d <= d.zero()) return now;
-  const auto left = clock::time_point::max() - now;
-  if (d >= std::chrono::duration_cast<std::chrono::duration<Rep, Period>>(left))
-    return clock::time_point::max();
-  return now + std::chrono::ceil<clock::duration>(d);
-}
-
 // after_chan: the state of an after() channel; owns the timer.
 class after_chan final : public chan_state<steady_time> {
  public:

@@ -29,4 +29,28 @@ inline steady_time from_ns(std::int64_t ns) noexcept {
   return steady_time(std::chrono::duration_cast<steady_time::duration>(std::chrono::nanoseconds(ns)));
 }
 
+// saturating_add(): t + d, rounded up to the clock's tick, or
+// time_point::max() where that would overflow; t for a d that is not
+// positive (NaN included). For any duration type: the comparison with the
+// room left is made in long double nanoseconds, which neither overflows for
+// a narrow or fine-grained Rep (duration<int, std::micro>,
+// duration<long long, std::pico>) nor wraps, so a short duration never
+// becomes "never"; past it, d in nanoseconds is below INT64_MAX, so its
+// conversion cannot overflow either.
+template <class Rep, class Period>
+constexpr steady_time saturating_add(steady_time t, std::chrono::duration<Rep, Period> d) noexcept {
+  using ld_ns = std::chrono::duration<long double, std::nano>;
+  if (!(d > d.zero())) return t;
+  const steady_time::duration left = steady_time::max() - t;
+  if (std::chrono::duration_cast<ld_ns>(d) >= std::chrono::duration_cast<ld_ns>(left))
+    return steady_time::max();
+  return t + std::chrono::ceil<steady_time::duration>(d);
+}
+
+// deadline_after(): now + d, as saturating_add().
+template <class Rep, class Period>
+steady_time deadline_after(std::chrono::duration<Rep, Period> d) noexcept {
+  return saturating_add(mono_now(), d);
+}
+
 }  // namespace mpg::detail
