@@ -60,6 +60,38 @@ TEST_CASE("semaphore: try_acquire, available, and release beyond the count throw
   CHECK_THROWS_AS(mpg::semaphore(-1), std::logic_error);
   mpg::semaphore zero(0);
   CHECK_FALSE(zero.try_acquire());
+  // The largest count the state word holds; past it, and the "unlimited"
+  // INT64_MAX, a clear error rather than a wrapped, negative count.
+  mpg::semaphore big(mpg::semaphore::kMaxPermits);
+  CHECK(big.try_acquire());
+  CHECK(big.available() == mpg::semaphore::kMaxPermits - 1);
+  CHECK_THROWS_AS(mpg::semaphore(INT64_MAX), mpg::sync_misuse_error);
+  CHECK_THROWS_AS(mpg::semaphore(INT64_MIN), mpg::sync_misuse_error);
+}
+
+mpg::task<std::string> release_of_zero_with_a_waiter() {
+  mpg::semaphore zero(0);
+  auto waiter = mpg::spawn([](mpg::semaphore* s) -> mpg::task<void> {
+    co_await s->acquire();
+  }(&zero));
+  co_await mpg_test::yield_some(10);  // it parks (one P)
+  std::string verdict = "a release of a 0-permit semaphore handed a permit to a waiter";
+  try {
+    zero.release();
+  } catch (const mpg::sync_misuse_error&) {
+    verdict = "ok";
+  }
+  if (verdict != "ok") {
+    co_await waiter;
+    co_return verdict;
+  }
+  waiter.detach();  // parked for good; the runtime's shutdown kills it
+  co_return verdict;
+}
+
+TEST_CASE("semaphore: releasing a semaphore of 0 permits throws, even with a waiter") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(release_of_zero_with_a_waiter()) == "ok");
 }
 
 mpg::task<std::string> fifo_handoff() {

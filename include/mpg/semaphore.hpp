@@ -58,8 +58,9 @@ class semaphore {
  public:
   class acquire_awaiter;
 
-  // A semaphore with `permits` free permits (>= 0; throws
-  // sync_misuse_error if negative).
+  // A semaphore with `permits` free permits, 0 to kMaxPermits (throws
+  // sync_misuse_error otherwise).
+  static constexpr std::int64_t kMaxPermits = (std::int64_t{1} << 62) - 1;
   explicit semaphore(std::int64_t permits);
   semaphore(const semaphore&) = delete;
   semaphore& operator=(const semaphore&) = delete;
@@ -85,7 +86,9 @@ class semaphore {
   }
 
   // semaphore::release(): returns a permit, or hands it to the first waiter.
-  // Any thread may call it.
+  // Any thread may call it. Throws sync_misuse_error when more permits would
+  // be free than the semaphore was made with, and on a semaphore of 0
+  // permits (Go's semaphore panics on such a release).
   void release();
 
   // available(): free permits now (a snapshot).
@@ -96,6 +99,7 @@ class semaphore {
                     const std::source_location& where);
   void release_slow();
   void unqueue(detail::waiter* w) noexcept;
+  static std::int64_t checked_permits(std::int64_t permits);
 
   static constexpr std::int64_t kWaiters = 1;
 

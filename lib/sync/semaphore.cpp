@@ -12,9 +12,17 @@ namespace {
 }
 }  // namespace
 
-semaphore::semaphore(std::int64_t permits) : state_(permits * 2), max_(permits) {
+// checked_permits(): permits, if the state word (permits * 2 | kWaiters)
+// can hold it; checked before the multiplication, which could overflow.
+std::int64_t semaphore::checked_permits(std::int64_t permits) {
   if (permits < 0) throw sync_misuse_error("mpg::semaphore: negative permit count");
+  if (permits > kMaxPermits)
+    throw sync_misuse_error("mpg::semaphore: more than 2^62 - 1 permits");
+  return permits;
 }
+
+semaphore::semaphore(std::int64_t permits)
+    : state_(checked_permits(permits) * 2), max_(permits) {}
 
 bool semaphore::acquire_slow(detail::waiter* w, std::coroutine_handle<> h,
                              const std::source_location& where) {
@@ -48,6 +56,9 @@ void semaphore::unqueue(detail::waiter* w) noexcept {
 }
 
 void semaphore::release() {
+  // With no permits at all, nobody holds one: this release is one too many
+  // even while acquirers wait (a waiter would otherwise take it).
+  if (max_ == 0) throw_over_release();
   std::int64_t s = state_.load(std::memory_order_relaxed);
   while (!(s & kWaiters)) {
     if ((s >> 1) >= max_) throw_over_release();
