@@ -11,6 +11,7 @@
 #include <doctest/doctest.h>
 
 #include "test_support.hpp"
+#include "watchdog.hpp"
 
 #include <mpg/mpg.hpp>
 
@@ -175,6 +176,33 @@ TEST_CASE("a value whose move throws as it is taken is received by the next awai
   auto [tx, rx] = mpg::oneshot<fragile>();
   CHECK(tx.send(fragile(5)));
   CHECK(rt.block_on(receive_after_a_refused_move(std::move(rx))) == 5);
+}
+
+mpg::task<std::string> two_tasks_await_one_receiver() {
+  auto [tx, rx] = mpg::oneshot<int>();
+  std::atomic<int> waiting{0};
+  auto awaiter = [](mpg::oneshot_receiver<int>* rx, std::atomic<int>* waiting) -> mpg::task<int> {
+    waiting->fetch_add(1);
+    absl::StatusOr<int> v = co_await *rx;
+    co_return v.ok() ? *v : (v.status().code() == absl::StatusCode::kFailedPrecondition ? -1 : -2);
+  };
+  auto a = mpg::spawn(awaiter(&rx, &waiting));
+  auto b = mpg::spawn(awaiter(&rx, &waiting));
+  while (waiting.load() < 2) co_await mpg::yield();
+  co_await mpg_test::yield_some(10);  // both park (one P)
+  tx.send(7);
+  const int ra = co_await a;
+  const int rb = co_await b;
+  // One gets the value, the other "already received"; neither waits for ever.
+  if (!((ra == 7 && rb == -1) || (ra == -1 && rb == 7)))
+    co_return "results " + std::to_string(ra) + ", " + std::to_string(rb);
+  co_return "ok";
+}
+
+TEST_CASE("two tasks awaiting one receiver at once both end") {
+  mpg::runtime rt({.procs = 1});
+  mpg_test::watchdog dog(std::chrono::seconds(20), "two awaits of one oneshot", &rt);
+  CHECK(rt.block_on(two_tasks_await_one_receiver()) == "ok");
 }
 
 TEST_CASE("a value left unreceived is freed with the state (ASan)") {

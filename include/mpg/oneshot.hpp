@@ -26,8 +26,9 @@
 // queue).
 //
 // Protocol. The shared state holds one spinlock, a status word and the value,
-// a waitq with at most one waiter (the receiving awaiter or one select case),
-// and a reference count (one reference per live end).
+// a waitq of waiters (one: the receiving awaiter or one select case; more
+// only when tasks await one receiver at once, R4), and a reference count
+// (one reference per live end).
 //   R1. The receiver's await takes the lock. A status other than kEmpty
 //       completes it now. Otherwise it parks (g.hpp, step 1), counts itself
 //       as waiting on an external waker of its runtime (external_waker_add,
@@ -49,6 +50,11 @@
 //       sender destroyed after its runtime is gone touches only the state.
 //   R3. The receiver's destructor sets rx_gone under the lock and drops its
 //       reference.
+//   R4. Tasks that await one receiver at once (through a reference) all
+//       queue; S1 wakes the first. Each awaiter, as it takes its result under
+//       the lock, dequeues the next waiter and readies it after unlocking,
+//       so all of them end: the first with the value, the others with
+//       kFailedPrecondition (already received), or all with kAborted.
 // Why the waker count is removed by the receiver and not by the sender: a
 // sender that removed it before ready() would leave a window in which the
 // runtime looks quiescent though a G is about to become runnable; removing
@@ -64,8 +70,8 @@
 //
 // Invariants (under lock_):
 //   - status_ moves only kEmpty -> kFull -> kTaken, or kEmpty -> kAborted.
-//   - The waitq holds a waiter only while status_ is kEmpty: S1 and S2
-//     dequeue it in the same section that leaves kEmpty.
+//   - The waitq holds waiters only while status_ is kEmpty, or, after it,
+//     until each woken awaiter has passed the wake on (R4).
 //   - value_ is engaged iff status_ is kFull.
 //
 // Rejected: a lock-free state word with the waiter's address in it: shorter
@@ -315,8 +321,15 @@ class [[nodiscard]] oneshot_recv_op : private detail::waiter {
 
   result_type await_resume() {
     uncount();
-    detail::spin_guard lk(s_->lock_);
-    return s_->take_locked();
+    detail::g* next = nullptr;  // R4
+    result_type r = [&] {
+      detail::spin_guard lk(s_->lock_);
+      result_type v = s_->take_locked();  // if T's move throws, no wake is taken on
+      if (detail::waiter* w = s_->q_.dequeue()) next = w->gp();
+      return v;
+    }();
+    if (next) detail::ready(next);
+    return r;
   }
 
  private:
