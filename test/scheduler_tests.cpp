@@ -368,3 +368,30 @@ TEST_CASE("Gs retired on the Ps are reused: waves of spawns do not make new Gs")
   CAPTURE(last);
   CHECK(last <= kTasks + 8 + 2 * (processor::kGfreeMax + 1) + 2 * processor::kGBlockMax);
 }
+
+TEST_CASE("runtime_options out of range are refused with std::invalid_argument") {
+  CHECK_THROWS_AS(mpg::runtime({.procs = 5000}), std::invalid_argument);
+  CHECK_THROWS_AS(mpg::runtime({.procs = 1, .recv_buffers = 3}), std::invalid_argument);
+  CHECK_THROWS_AS(mpg::runtime({.procs = 1, .recv_buffers = 65536}), std::invalid_argument);
+  CHECK_THROWS_AS(mpg::runtime({.procs = 1, .recv_buffer_size = 1u << 30}), std::invalid_argument);
+  CHECK_THROWS_AS(mpg::runtime({.procs = 1, .long_task_threshold = std::chrono::milliseconds(-1)}),
+                  std::invalid_argument);
+  mpg::runtime ok({.procs = 1, .recv_buffers = 1024, .recv_buffer_size = 4096});
+  CHECK(ok.procs() == 1);
+}
+
+TEST_CASE("long_task_threshold = milliseconds::max() never reports") {
+  // The monitor reports a P on one G past the threshold; ms::max() has no
+  // nanosecond form and must saturate to "never", not wrap to a negative
+  // threshold that reports every task past 1 ms.
+  mpg::runtime rt({.procs = 1,
+                   .long_task_threshold = std::chrono::milliseconds::max(),
+                   .report_long_tasks = true});
+  rt.block_on([]() -> mpg::task<void> {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(30);
+    while (std::chrono::steady_clock::now() < until) {
+    }  // the monitor samples this P several times meanwhile
+    co_return;
+  }());
+  CHECK(rt.stats().long_task_reports == 0);
+}

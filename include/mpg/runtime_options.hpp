@@ -1,7 +1,8 @@
 // mpg/runtime_options.hpp: the knobs of a runtime (mpg::runtime's
 // constructor argument): how many Ps, queue and ring sizes, the thread
 // limit, the long-task report and the debugging aids (docs/diagnostics.md,
-// "Debugging").
+// "Debugging"). A value out of its range makes the runtime's constructor
+// throw std::invalid_argument.
 #pragma once
 
 #include <chrono>
@@ -10,8 +11,8 @@
 namespace mpg {
 
 struct runtime_options {
-  // Number of Ps. 0: the MPG_PROCS environment variable, else the number of
-  // CPUs this process may run on (its affinity mask).
+  // Number of Ps, at most 4096. 0: the MPG_PROCS environment variable, else
+  // the number of CPUs this process may run on (its affinity mask).
   unsigned procs = 0;
   // Capacity of each P's local run queue; a power of two >= 2. Tests shrink
   // it to reach overflow and stealing edge cases.
@@ -19,14 +20,16 @@ struct runtime_options {
   // Upper bound on OS threads (Ms), counting those blocked in mpg::blocking.
   unsigned max_threads = 10000;
   // A P running one G for longer than this is reported by the monitor (in
-  // builds with debug checks, or when report_long_tasks is set).
+  // builds with debug checks, or when report_long_tasks is set). Not
+  // negative; milliseconds::max() never reports.
   std::chrono::milliseconds long_task_threshold{10};
   bool report_long_tasks = false;
   // Entries of each P's io_uring submission queue (completion queue: 4x).
+  // 0: 256; above 4096: 4096; the kernel rounds it up to a power of two.
   unsigned ring_entries = 256;
   // Each P's ring of provided receive buffers (tcp_stream::receive): how
-  // many (a power of two) and how large. 0: 512 and 2048 bytes. Allocated
-  // on the first receive on that P.
+  // many (a power of two, at most 32768) and how large (at most 1 MiB). 0:
+  // 512 and 2048 bytes. Allocated on the first receive on that P.
   unsigned recv_buffers = 0;
   unsigned recv_buffer_size = 0;
   // On this signal, dump every task of the runtime to stderr and go on

@@ -703,11 +703,26 @@ unsigned default_procs() {
 }
 }  // namespace
 
+// The bounds of runtime_options (runtime_options.hpp): MPG_PROCS's, and a
+// receive buffer a ring of them can still afford.
+constexpr unsigned kMaxProcs = 4096;
+constexpr unsigned kMaxRecvBufferSize = 1u << 20;
+
 scheduler::scheduler(const runtime_options& opts) : opts_(opts) {
   if (opts_.procs == 0) opts_.procs = default_procs();
   if (opts_.local_queue_capacity < 2 ||
       (opts_.local_queue_capacity & (opts_.local_queue_capacity - 1)) != 0)
     throw std::invalid_argument("mpg: runtime_options.local_queue_capacity must be a power of two >= 2");
+  if (opts_.procs > kMaxProcs)
+    throw std::invalid_argument("mpg: runtime_options.procs must be at most 4096");
+  if (opts_.recv_buffers != 0 &&
+      ((opts_.recv_buffers & (opts_.recv_buffers - 1)) != 0 || opts_.recv_buffers > 32768))
+    throw std::invalid_argument(
+        "mpg: runtime_options.recv_buffers must be 0 or a power of two up to 32768");
+  if (opts_.recv_buffer_size > kMaxRecvBufferSize)
+    throw std::invalid_argument("mpg: runtime_options.recv_buffer_size must be at most 1 MiB");
+  if (opts_.long_task_threshold.count() < 0)
+    throw std::invalid_argument("mpg: runtime_options.long_task_threshold must not be negative");
   if (opts_.max_threads < opts_.procs) opts_.max_threads = opts_.procs;
   for (std::uint32_t i = 0; i < opts_.procs; ++i)
     ps_.push_back(std::make_unique<processor>(i, opts_.local_queue_capacity));

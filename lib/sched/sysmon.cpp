@@ -99,8 +99,8 @@ void scheduler::sysmon_main() {
 #else
   const bool report = opts_.report_long_tasks;
 #endif
-  const std::int64_t threshold_ns =
-      std::chrono::duration_cast<std::chrono::nanoseconds>(opts_.long_task_threshold).count();
+  // Saturated: milliseconds::max() ("never") has no nanosecond form.
+  const std::int64_t threshold_ns = to_ns(saturating_add(steady_time{}, opts_.long_task_threshold));
   std::vector<std::uint64_t> last_tick(ps_.size(), 0);
   std::vector<std::int64_t> since(ps_.size(), mono_now_ns());
   std::vector<bool> queued_before(ps_.size(), false);
