@@ -163,6 +163,18 @@ mpg::task<std::string> dropped_contexts() {
   co_return root.cancelled() ? "ok" : "root not cancelled";
 }
 
+TEST_CASE("with_deadline under a cancelled parent: the parent's error, and no timer needed") {
+  auto [parent, cancel] = mpg::with_cancel(mpg::background());
+  cancel();
+  // Past deadline: Go reports the parent's Canceled, not DeadlineExceeded.
+  auto [past, c1] = mpg::with_deadline(parent, std::chrono::steady_clock::now() - 1s);
+  CHECK(past.err().code() == absl::StatusCode::kCancelled);
+  // Future deadline outside any runtime: no timer is armed, so no throw.
+  std::optional<std::pair<mpg::context, mpg::cancel_func>> future;
+  CHECK_NOTHROW(future.emplace(mpg::with_deadline(parent, std::chrono::steady_clock::now() + 1h)));
+  CHECK(future->first.err().code() == absl::StatusCode::kCancelled);
+}
+
 TEST_CASE("dropping uncancelled children frees them; their timers are stopped") {
   mpg::runtime rt({.procs = 2});
   CHECK(rt.block_on(dropped_contexts()) == "ok");

@@ -206,7 +206,9 @@ std::pair<context, cancel_func> with_cancel(const context& parent) {
 std::pair<context, cancel_func> with_deadline(const context& parent,
                                               std::chrono::steady_clock::time_point tp) {
   auto n = std::make_shared<detail::context_node>(parent.node_for_internal_use());
-  n->arm_deadline(tp);  // before attach: until then nobody else sees n
+  // A parent cancelled already gives its error and needs no timer (Go:
+  // propagateCancel comes before the deadline's own cancel).
+  if (!parent.cancelled()) n->arm_deadline(tp);  // before attach: nobody else sees n yet
   n->attach();
   return {context(n), cancel_func(n)};
 }
