@@ -271,4 +271,10 @@ TEST_CASE("a sleeper killed at shutdown leaves the heap sound for after() timers
   }  // kills the sleeper, then drops both after() channels (cancel_timer)
 }
 
+TEST_CASE("a sleep that never ends is no possible wake-up: block_on reports the deadlock") {
+  mpg::runtime rt({.procs = 1});
+  auto forever = []() -> mpg::task<void> { co_await mpg::sleep_for(std::chrono::hours::max()); };
+  CHECK_THROWS_AS(rt.block_on(forever()), mpg::deadlock_error);
+}
+
 }  // namespace
