@@ -19,7 +19,8 @@ struct task_group::state {
   // nobody will see it, so it is reported and ends the program, as one
   // escaping a detached task does.
   ~state() {
-    if (failure && !failure_taken) detail::report_lost_exception(failure, failure_gid, failure_name);
+    if (failure && !failure_taken)
+      detail::report_lost_exception(failure, failure_gid, failure_name);
   }
 
   // record(): the first failure is kept, except that an exception replaces
