@@ -1,10 +1,15 @@
 // test/net_tests.cpp: mpg::net over io_uring on loopback: byte-exact echo
-// over many connections, EOF, refused dials, deadlines, cancellation and
-// close from another task, the EMFILE accept back-off, and shutdown with
-// connections and reads in flight.
+// over many connections, EOF, refused dials and which error a dial reports,
+// addresses (strict ports, NUL bytes, IPv6 zones), adopted negative fds,
+// deadlines, cancellation and close from another task, the EMFILE accept
+// back-off, and shutdown with connections and reads in flight.
 #include <doctest/doctest.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <net/if.h>
+#include <netinet/in.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <mpg/mpg.hpp>
@@ -13,12 +18,18 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
+#include "io/address.hpp"
+#include "io/fd_close.hpp"
+#include "io/io_status.hpp"
 #include "sched/machine.hpp"
 #include "sched/processor.hpp"
 #include "stream_pair.hpp"
+#include "watchdog.hpp"
 
 namespace {
 
@@ -167,6 +178,201 @@ TEST_CASE("bad addresses are kInvalidArgument") {
   for (const char* a : {"nope", "127.0.0.1", "[::1", "::1:80", "127.0.0.1:99999", "1.2.3.4:x"}) {
     auto ln = mpg::net::listen(a);
     CHECK(ln.status().code() == absl::StatusCode::kInvalidArgument);
+  }
+}
+
+TEST_CASE("a port is 1 to 5 ASCII digits: whitespace and signs are kInvalidArgument") {
+  for (const char* a : {"127.0.0.1:0 ", "127.0.0.1:+0", "127.0.0.1: 0", "127.0.0.1:\t0\n",
+                        "127.0.0.1:-0", "127.0.0.1:", "127.0.0.1:000000", "127.0.0.1:65536",
+                        "[::1]: 0", ":+0"}) {
+    INFO("address: \"" << std::string(a) << "\"");
+    auto ln = mpg::net::listen(a);
+    CHECK(ln.status().code() == absl::StatusCode::kInvalidArgument);
+    CHECK(std::string(ln.status().message()).find(a) != std::string::npos);
+    auto u = mpg::net::listen_udp(a);
+    CHECK(u.status().code() == absl::StatusCode::kInvalidArgument);
+  }
+  // Leading zeros within five digits are a port.
+  auto ln = mpg::net::listen("127.0.0.1:00000");
+  CHECK(ln.ok());
+}
+
+TEST_CASE("a NUL in the host is kInvalidArgument, not the host cut short") {
+  for (std::string a : {std::string("127.0.0.1\0x:0", 13), std::string("[::1\0x]:0", 9),
+                        std::string("localhost\0:0", 12)}) {
+    auto ln = mpg::net::listen(a);
+    CHECK(ln.status().code() == absl::StatusCode::kInvalidArgument);
+    auto u = mpg::net::listen_udp(a);
+    CHECK(u.status().code() == absl::StatusCode::kInvalidArgument);
+  }
+}
+
+TEST_CASE("an IPv6 zone is kept in the address, printed, and needs no lookup") {
+  const unsigned lo = ::if_nametoindex("lo");
+  REQUIRE(lo != 0);
+  // Inside a task listen takes a numeric zone (no lookup): binding fe80::1,
+  // which lo lacks, fails with the kernel's error, not the lookup refusal.
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([]() -> task<void> {
+    auto ln = mpg::net::listen("[fe80::1%lo]:0");
+    if (ln.ok()) co_return;  // this lo has fe80::1
+    INFO(ln.status().ToString());
+    CHECK(ln.status().code() != absl::StatusCode::kInvalidArgument);
+    CHECK(std::string(ln.status().message()).find("lookup") == std::string::npos);
+  }());
+  for (const char* a : {"[fe80::1%lo]:80", "[fe80::1%1]:80"}) {
+    INFO("address: " << std::string(a));
+    auto r = mpg::detail::resolve(a, /*passive=*/false, mpg::detail::name_lookup::refused);
+    REQUIRE(r.ok());
+    REQUIRE(r->size() == 1);
+    const mpg::detail::sock_addr& s = r->front();
+    REQUIRE(s.ss.ss_family == AF_INET6);
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&s.ss);
+    CHECK(in6->sin6_scope_id == lo);
+    CHECK(ntohs(in6->sin6_port) == 80);
+    if (lo == 1) CHECK(mpg::detail::format_addr(s.ss, s.len) == "[fe80::1%lo]:80");
+  }
+  // A scope id that names no interface prints as its number.
+  sockaddr_storage ss{};
+  auto* in6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  in6->sin6_family = AF_INET6;
+  in6->sin6_port = htons(7);
+  REQUIRE(::inet_pton(AF_INET6, "fe80::2", &in6->sin6_addr) == 1);
+  in6->sin6_scope_id = 999999;
+  CHECK(mpg::detail::format_addr(ss, sizeof(sockaddr_in6)) == "[fe80::2%999999]:7");
+  // A zone that names no interface is a bad address, not a failed lookup.
+  auto bad = mpg::detail::resolve("[fe80::1%no-such-if]:80", false,
+                                  mpg::detail::name_lookup::allowed);
+  CHECK(bad.status().code() == absl::StatusCode::kInvalidArgument);
+}
+
+namespace {
+// A link-local address of this host and its interface, "fe80::...%eth0",
+// from /proc/net/if_inet6 (permanent addresses only), if it has one.
+std::optional<std::string> link_local_host() {
+  std::ifstream in("/proc/net/if_inet6");
+  std::string hex, index, prefix, scope, flags, name;
+  while (in >> hex >> index >> prefix >> scope >> flags >> name) {
+    if (scope != "20" || hex.size() != 32) continue;
+    const unsigned f = static_cast<unsigned>(std::stoul(flags, nullptr, 16));
+    if ((f & (0x40 | 0x08)) != 0) continue;  // tentative, or failed DAD
+    in6_addr a{};
+    for (int i = 0; i < 16; ++i)
+      a.s6_addr[i] = static_cast<unsigned char>(std::stoul(hex.substr(2 * i, 2), nullptr, 16));
+    char buf[INET6_ADDRSTRLEN];
+    if (::inet_ntop(AF_INET6, &a, buf, sizeof buf) == nullptr) continue;
+    return std::string(buf) + "%" + name;
+  }
+  return std::nullopt;
+}
+}  // namespace
+
+TEST_CASE("listen and dial on a link-local address with its zone, when the host has one") {
+  const auto host = link_local_host();
+  if (!host) {
+    MESSAGE("no link-local IPv6 address here; skipped");
+    return;
+  }
+  // From a plain thread, and so through getaddrinfo: the scope id must
+  // reach bind (without it a link-local bind fails with EINVAL).
+  auto ln = mpg::net::listen("[" + *host + "]:0");
+  INFO(ln.status().ToString());
+  REQUIRE(ln.ok());
+  const std::string addr = "[" + *host + "]:" + std::to_string(ln->port());
+  CHECK(ln->address() == addr);
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([&]() -> task<void> {
+    auto accepting = mpg::spawn(ln->accept());
+    auto c = co_await mpg::net::dial(addr);
+    INFO(c.status().ToString());
+    REQUIRE(c.ok());
+    auto s = co_await accepting;
+    REQUIRE(s.ok());
+    CHECK(*c->remote_address() == addr);
+  }());
+}
+
+TEST_CASE("dial reports the first address's error, not the last's") {
+  // ":port" dials 127.0.0.1, then ::1. A socket bound to each, not
+  // listening, holds the port and refuses connections.
+  int v4 = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(v4 >= 0);
+  sockaddr_in a4{};
+  a4.sin_family = AF_INET;
+  a4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(v4, reinterpret_cast<sockaddr*>(&a4), sizeof a4) == 0);
+  socklen_t len = sizeof a4;
+  REQUIRE(::getsockname(v4, reinterpret_cast<sockaddr*>(&a4), &len) == 0);
+  const std::uint16_t port = ntohs(a4.sin_port);
+  int v6 = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (v6 >= 0) {
+    sockaddr_in6 a6{};
+    a6.sin6_family = AF_INET6;
+    a6.sin6_addr = in6addr_loopback;
+    a6.sin6_port = htons(port);
+    (void)::bind(v6, reinterpret_cast<sockaddr*>(&a6), sizeof a6);  // no IPv6: ::1 fails anyway
+  }
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([port]() -> task<void> {
+    const std::string target = ":" + std::to_string(port);
+    auto c = co_await mpg::net::dial(target);
+    REQUIRE_FALSE(c.ok());
+    INFO(c.status().ToString());
+    CHECK(mpg::errno_of(c.status()) == ECONNREFUSED);
+    CHECK(std::string(c.status().message()).find("127.0.0.1:" + std::to_string(port)) !=
+          std::string::npos);
+  }());
+  ::close(v4);
+  if (v6 >= 0) ::close(v6);
+}
+
+TEST_CASE("dial_errors keeps the first error, unless it only says the family is unusable") {
+  const auto err = [](int e, const char* what) {
+    return mpg::detail::errno_status(e, what);
+  };
+  const absl::Status none = absl::UnavailableError("none");
+  {
+    mpg::detail::dial_errors d;
+    CHECK(d.result(none) == none);
+  }
+  {
+    mpg::detail::dial_errors d;
+    d.add(err(ECONNREFUSED, "first"));
+    d.add(err(ENETUNREACH, "second"));
+    d.add(err(EAFNOSUPPORT, "third"));
+    CHECK(d.result(none).message().find("first") != absl::string_view::npos);
+  }
+  for (int family_only : {EAFNOSUPPORT, EADDRNOTAVAIL}) {
+    mpg::detail::dial_errors d;
+    d.add(err(family_only, "first"));
+    d.add(err(EADDRNOTAVAIL, "second"));
+    d.add(err(ECONNREFUSED, "third"));
+    d.add(err(ETIMEDOUT, "fourth"));
+    CHECK(mpg::errno_of(d.result(none)) == ECONNREFUSED);
+    CHECK(d.result(none).message().find("third") != absl::string_view::npos);
+  }
+  {
+    mpg::detail::dial_errors d;
+    d.add(err(EAFNOSUPPORT, "first"));
+    d.add(err(EADDRNOTAVAIL, "second"));
+    CHECK(d.result(none).message().find("first") != absl::string_view::npos);
+  }
+}
+
+TEST_CASE("tcp_stream adopting a negative fd is closed: destroy and move return") {
+  // -2 is the close protocol's "closing" mark (fd_close.hpp); adopted, it
+  // must not make the destructor wait for a close that never runs.
+  mpg_test::watchdog dog(10s, "tcp_stream(-2) destroy/move");
+  for (int fd : {mpg::detail::kClosingFd, -1, -7}) {
+    tcp_stream a(fd);
+    CHECK_FALSE(a.is_open());
+    CHECK(a.native_handle() == -1);
+    tcp_stream b(std::move(a));
+    CHECK_FALSE(b.is_open());
+    tcp_stream c(fd);
+    c = std::move(b);
+    CHECK_FALSE(c.is_open());
+    c.close();
   }
 }
 

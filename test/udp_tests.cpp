@@ -2,9 +2,15 @@
 // over IPv4 and IPv6 with the sender's address, truncation, connected
 // sockets (dial_udp, ECONNREFUSED from a closed port), a dual-stack socket
 // sending to IPv4, close and cancel of a blocked receive, deadlines, bad
-// addresses, echo round trips from many tasks at once, and a second receive
-// refused while one waits.
+// addresses (strict ports, NUL bytes, IPv6 zones), adopted negative fds,
+// echo round trips from many tasks at once, and a second receive refused
+// while one waits.
 #include <doctest/doctest.h>
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <mpg/io_error.hpp>
 #include <mpg/mpg.hpp>
@@ -14,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "io/fd_close.hpp"
 #include "watchdog.hpp"
 
 namespace {
@@ -265,6 +272,94 @@ TEST_CASE("bad UDP addresses are kInvalidArgument") {
     auto d = co_await mpg::net::dial_udp("unix:@x");
     CHECK(d.status().code() == absl::StatusCode::kInvalidArgument);
   }());
+}
+
+TEST_CASE("a UDP port with whitespace or a sign, or a host with a NUL, is kInvalidArgument") {
+  for (std::string a : {std::string("127.0.0.1:0 "), std::string("127.0.0.1:+0"),
+                        std::string("127.0.0.1:\t0\n"), std::string("127.0.0.1\0x:0", 13)}) {
+    CHECK(mpg::net::listen_udp(a).status().code() == absl::StatusCode::kInvalidArgument);
+  }
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([]() -> task<void> {
+    auto u = mpg::net::listen_udp("127.0.0.1:0");
+    REQUIRE(u.ok());
+    const std::string to = "127.0.0.1: " + port_str(*u);
+    auto st = co_await u->send_to(std::string_view("x"), to);
+    CHECK(st.code() == absl::StatusCode::kInvalidArgument);
+    const std::string to2 = "127.0.0.1:+" + port_str(*u);
+    auto d = co_await mpg::net::dial_udp(to2);
+    CHECK(d.status().code() == absl::StatusCode::kInvalidArgument);
+  }());
+}
+
+TEST_CASE("a UDP socket on an IPv6 zone keeps it (a link-local address, when the host has one)") {
+  // Binding fe80::1%lo (lo has no fe80::1 here, as a rule) reaches the
+  // kernel with the zone's scope id: EADDRNOTAVAIL, not EINVAL (the error
+  // of a link-local address without one).
+  auto lo = mpg::net::listen_udp("[fe80::1%lo]:0");
+  if (!lo.ok()) {
+    INFO(lo.status().ToString());
+    CHECK(mpg::errno_of(lo.status()) != EINVAL);
+  } else {
+    CHECK(lo->local_address()->find("%lo]:") != std::string::npos);
+  }
+  // A link-local address of this host, from the kernel's list.
+  FILE* f = std::fopen("/proc/net/if_inet6", "r");
+  if (f == nullptr) return;
+  char hex[33], name[IF_NAMESIZE + 1];
+  unsigned index, prefix, scope, flags;
+  std::string host;
+  while (std::fscanf(f, "%32s %x %x %x %x %16s", hex, &index, &prefix, &scope, &flags, name) ==
+         6) {
+    if (scope != 0x20 || (flags & (0x40 | 0x08)) != 0) continue;  // link; not tentative/failed
+    in6_addr a{};
+    for (int i = 0; i < 16; ++i) std::sscanf(hex + 2 * i, "%2hhx", &a.s6_addr[i]);
+    char buf[INET6_ADDRSTRLEN];
+    ::inet_ntop(AF_INET6, &a, buf, sizeof buf);
+    host = std::string(buf) + "%" + name;
+    break;
+  }
+  std::fclose(f);
+  if (host.empty()) {
+    MESSAGE("no link-local IPv6 address here; skipped the round trip");
+    return;
+  }
+  auto u = mpg::net::listen_udp("[" + host + "]:0");
+  INFO(u.status().ToString());
+  REQUIRE(u.ok());
+  const std::string addr = "[" + host + "]:" + port_str(*u);
+  CHECK(*u->local_address() == addr);
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([&]() -> task<void> {
+    auto d = co_await mpg::net::dial_udp(addr);
+    INFO(d.status().ToString());
+    REQUIRE(d.ok());
+    CHECK((co_await d->send(std::string_view("ping"))).ok());
+    char buf[8];
+    auto g = co_await u->recv_from(std::span<char>(buf));
+    REQUIRE(g.ok());
+    CHECK(std::string_view(buf, g->size) == "ping");
+    CHECK(g->from == *d->local_address());
+    CHECK(g->from.find("%") != std::string::npos);
+  }());
+}
+
+TEST_CASE("udp_socket adopting a negative fd is closed: destroy and move return") {
+  // -2 is the close protocol's "closing" mark (fd_close.hpp); adopted, it
+  // must not make the destructor wait for a close that never runs.
+  mpg_test::watchdog dog(10s, "udp_socket(-2) destroy/move");
+  for (int fd : {mpg::detail::kClosingFd, -1, -7}) {
+    udp_socket a(fd);
+    CHECK_FALSE(a.is_open());
+    CHECK(a.native_handle() == -1);
+    CHECK(a.port() == 0);
+    udp_socket b(std::move(a));
+    CHECK_FALSE(b.is_open());
+    udp_socket c(fd);
+    c = std::move(b);
+    CHECK_FALSE(c.is_open());
+    c.close();
+  }
 }
 
 TEST_CASE("echo round trips from many tasks through one socket") {

@@ -13,14 +13,19 @@
 // operation was cancelled (cancel(), close() from another task, shutdown).
 //
 // Addresses are "host:port": "127.0.0.1:8080", "[::1]:0", "localhost:80",
-// ":8080" (listen: every interface, dual-stack; dial: this host), or a Unix
+// ":8080" (listen: every interface, dual-stack; dial: this host),
+// "[fe80::1%eth0]:80" (an IPv6 address with a zone, an interface name or
+// index, kept as the address's scope id and printed back), or a Unix
 // stream socket: "unix:/run/app.sock" (a path; relative paths too) or
-// "unix:@name" (Linux's abstract namespace). Unix sockets use the same
+// "unix:@name" (Linux's abstract namespace). The port is 1 to 5 ASCII
+// digits, at most 65535, with nothing around it; a host with a NUL byte, like
+// any malformed address, is kInvalidArgument. Unix sockets use the same
 // listener and tcp_stream types (TCP_NODELAY does not apply). Names other
 // than "localhost" go to getaddrinfo, which blocks: dial runs it under
 // mpg::blocking (the P keeps running other tasks); listen, which is not a
 // coroutine, runs it only when called from a plain thread, and inside a task
-// (or posted function) refuses a host name with kInvalidArgument.
+// (or posted function) refuses a host name with kInvalidArgument. An IPv6
+// address with a zone needs no lookup and is taken anywhere.
 //
 // Errors keep their errno and whether they mean "use of a closed stream or
 // listener": see mpg/io_error.hpp (errno_of, net::is_closed).
@@ -259,8 +264,9 @@ class write_op : public detail::stream_op<absl::Status>, private detail::io_op {
 class tcp_stream {
  public:
   tcp_stream() noexcept = default;
-  // Adopts a connected stream socket (blocking mode, as accept/dial make it).
-  explicit tcp_stream(int fd) noexcept : fd_(fd) {}
+  // Adopts a connected stream socket (blocking mode, as accept/dial make
+  // it); a negative fd makes a closed stream.
+  explicit tcp_stream(int fd) noexcept : fd_(fd < 0 ? -1 : fd) {}
   tcp_stream(tcp_stream&& o) noexcept;
   tcp_stream& operator=(tcp_stream&& o) noexcept;
   tcp_stream(const tcp_stream&) = delete;
@@ -449,7 +455,10 @@ class listener {
 absl::StatusOr<listener> listen(std::string_view address, listen_options opts = {});
 
 // dial(): connect to address (TCP or Unix), trying each resolved address in
-// turn. In a task.
+// turn. In a task. When none connects, the error is the first address's (as
+// Go's), unless it only says this host cannot use that family (EAFNOSUPPORT,
+// EADDRNOTAVAIL): then the first that says more. A deadline or context
+// that ends the dial is what it reports.
 task<absl::StatusOr<tcp_stream>> dial(std::string_view address);
 task<absl::StatusOr<tcp_stream>> dial(std::string_view address, clock::time_point deadline);
 // dial(address, ctx): kCancelled or kDeadlineExceeded (the context's code)

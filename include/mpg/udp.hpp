@@ -68,7 +68,8 @@ class udp_socket {
   using clock = std::chrono::steady_clock;
 
   udp_socket() noexcept = default;
-  // Adopts a UDP socket (blocking mode, as listen_udp/dial_udp make it).
+  // Adopts a UDP socket (blocking mode, as listen_udp/dial_udp make it); a
+  // negative fd makes a closed socket.
   explicit udp_socket(int fd) noexcept;
   udp_socket(udp_socket&& o) noexcept;
   udp_socket& operator=(udp_socket&& o) noexcept;

@@ -2,16 +2,20 @@
 #include "io/address.hpp"
 
 #include <arpa/inet.h>
+#include <net/if.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <sys/un.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstddef>
 #include <cstring>
+#include <optional>
+#include <utility>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "mpg/io_error.hpp"
 #include "mpg/detail/sched/timer.hpp"
 #include "sched/scheduler.hpp"
 
@@ -36,14 +40,60 @@ void add_v4(std::vector<sock_addr>& out, in_addr a, std::uint16_t port) {
   out.push_back(s);
 }
 
-void add_v6(std::vector<sock_addr>& out, in6_addr a, std::uint16_t port) {
+// add_v6(): base whole (its scope id: the zone of a link-local address),
+// with the port.
+void add_v6(std::vector<sock_addr>& out, const sockaddr_in6& base, std::uint16_t port) {
   sock_addr s;
   auto* in6 = reinterpret_cast<sockaddr_in6*>(&s.ss);
+  *in6 = base;
   in6->sin6_family = AF_INET6;
   in6->sin6_port = htons(port);
-  in6->sin6_addr = a;
   s.len = sizeof(sockaddr_in6);
   out.push_back(s);
+}
+
+void add_v6(std::vector<sock_addr>& out, in6_addr a, std::uint16_t port) {
+  sockaddr_in6 in6{};
+  in6.sin6_addr = a;
+  add_v6(out, in6, port);
+}
+
+// parse_port(): 1 to 5 ASCII digits, at most 65535; nothing else (no sign,
+// no space), so that an address reads one way only.
+std::optional<std::uint16_t> parse_port(std::string_view text) noexcept {
+  if (text.empty() || text.size() > 5) return std::nullopt;
+  std::uint32_t v = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return std::nullopt;
+    v = v * 10 + static_cast<std::uint32_t>(c - '0');
+  }
+  if (v > 65535) return std::nullopt;
+  return static_cast<std::uint16_t>(v);
+}
+
+// resolve_zoned(): an IPv6 address with a zone, "fe80::1%eth0" or
+// "fe80::1%2". getaddrinfo with AI_NUMERICHOST parses it into a
+// sockaddr_in6 with the zone's scope id and never asks DNS, so it runs
+// whether or not lookups are allowed.
+absl::Status resolve_zoned(std::vector<sock_addr>& out, std::string_view addr,
+                           const std::string& host, std::uint16_t port) {
+  addrinfo hints{};
+  hints.ai_family = AF_INET6;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICHOST;
+  addrinfo* res = nullptr;
+  if (::getaddrinfo(host.c_str(), nullptr, &hints, &res) != 0) {
+    return bad_address(addr, "not an IPv6 address with a zone (an interface name or index)");
+  }
+  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+    if (ai->ai_family == AF_INET6) {
+      add_v6(out, *reinterpret_cast<const sockaddr_in6*>(ai->ai_addr), port);
+      break;
+    }
+  }
+  ::freeaddrinfo(res);
+  if (out.empty()) return bad_address(addr, "not an IPv6 address with a zone");
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<sock_addr>> resolve_unix(std::string_view addr) {
@@ -73,6 +123,20 @@ absl::Status bad_address(std::string_view addr, std::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat("address \"", av(addr), "\": ", av(why)));
 }
 
+void dial_errors::add(absl::Status s) {
+  if (s.ok()) return;
+  const int err = errno_of(s);
+  const bool family_only = err == EAFNOSUPPORT || err == EADDRNOTAVAIL;
+  if (kept_.ok() || (family_only_ && !family_only)) {
+    kept_ = std::move(s);
+    family_only_ = family_only;
+  }
+}
+
+absl::Status dial_errors::result(absl::Status none) const {
+  return kept_.ok() ? none : kept_;
+}
+
 bool lookup_needed(const absl::Status& s) noexcept {
   return s.code() == absl::StatusCode::kUnavailable && s.message() == av(kLookupNeeded);
 }
@@ -93,7 +157,13 @@ std::string format_addr(const sockaddr_storage& ss, socklen_t len) {
     case AF_INET6: {
       auto* in6 = reinterpret_cast<const sockaddr_in6*>(&ss);
       ::inet_ntop(AF_INET6, &in6->sin6_addr, buf, sizeof buf);
-      return absl::StrCat("[", buf, "]:", ntohs(in6->sin6_port));
+      if (in6->sin6_scope_id == 0) return absl::StrCat("[", buf, "]:", ntohs(in6->sin6_port));
+      // The zone: the interface's name, or the index when no interface has it.
+      char name[IF_NAMESIZE] = {};
+      std::string zone = ::if_indextoname(in6->sin6_scope_id, name) != nullptr
+                             ? std::string(name)
+                             : absl::StrCat(in6->sin6_scope_id);
+      return absl::StrCat("[", buf, "%", zone, "]:", ntohs(in6->sin6_port));
     }
     case AF_UNIX: {
       auto* un = reinterpret_cast<const sockaddr_un*>(&ss);
@@ -140,12 +210,12 @@ absl::StatusOr<std::vector<sock_addr>> resolve(std::string_view addr, bool passi
     }
     port_text = addr.substr(colon + 1);
   }
-  std::uint32_t port = 0;
-  if (!absl::SimpleAtoi(av(port_text), &port) || port > 65535) {
-    return bad_address(addr, "invalid port");
-  }
+  const std::optional<std::uint16_t> port = parse_port(port_text);
+  if (!port) return bad_address(addr, "invalid port (1 to 5 digits, at most 65535)");
+  // The host goes to C functions as a C string: a NUL would cut it short.
+  if (host.find('\0') != std::string_view::npos) return bad_address(addr, "NUL in host");
   std::vector<sock_addr> out;
-  const std::uint16_t p = static_cast<std::uint16_t>(port);
+  const std::uint16_t p = *port;
   std::string h(host);
   in_addr a4{};
   in6_addr a6{};
@@ -164,6 +234,8 @@ absl::StatusOr<std::vector<sock_addr>> resolve(std::string_view addr, bool passi
   } else if (h == "localhost") {
     add_v4(out, in_addr{htonl(INADDR_LOOPBACK)}, p);
     add_v6(out, in6addr_loopback, p);
+  } else if (h.find('%') != std::string::npos) {
+    if (absl::Status st = resolve_zoned(out, addr, h, p); !st.ok()) return st;
   } else {
     if (how == name_lookup::refused) return absl::UnavailableError(av(kLookupNeeded));
     addrinfo hints{};
@@ -179,7 +251,7 @@ absl::StatusOr<std::vector<sock_addr>> resolve(std::string_view addr, bool passi
       if (ai->ai_family == AF_INET) {
         add_v4(out, reinterpret_cast<sockaddr_in*>(ai->ai_addr)->sin_addr, p);
       } else if (ai->ai_family == AF_INET6) {
-        add_v6(out, reinterpret_cast<sockaddr_in6*>(ai->ai_addr)->sin6_addr, p);
+        add_v6(out, *reinterpret_cast<const sockaddr_in6*>(ai->ai_addr), p);
       }
     }
     ::freeaddrinfo(res);

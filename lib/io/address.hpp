@@ -3,12 +3,16 @@
 //
 // Accepted forms:
 //   "host:port"      IPv4 or a name: "127.0.0.1:80", "localhost:80", "example.com:443"
-//   "[ipv6]:port"    "[::1]:0" (a zone, "[fe80::1%eth0]:80", is left to getaddrinfo)
+//   "[ipv6]:port"    "[::1]:0"; with a zone, "[fe80::1%eth0]:80" or "[fe80::1%2]:80"
+//                    (the scope id is kept; getaddrinfo parses it with AI_NUMERICHOST)
 //   ":port"          listen: every interface, dual-stack; dial: this host
 //   "unix:/path"     a Unix socket on a path (relative paths too: "unix:app.sock")
 //   "unix:@name"     a Unix socket in the abstract namespace (Linux)
+// The port is 1 to 5 ASCII digits, at most 65535 (no space, no sign); a host
+// with a NUL is refused (it would be cut short as a C string).
 // Names other than "localhost" need getaddrinfo, which blocks; resolve()
 // does it only when asked to (see name_lookup below), so no P ever waits for DNS.
+// An address with a zone is numeric: parsing it never blocks.
 #pragma once
 
 #include <sys/socket.h>
@@ -47,8 +51,10 @@ bool lookup_needed(const absl::Status& s) noexcept;
 // so must not block in getaddrinfo).
 bool holds_p() noexcept;
 
-// format_addr(): "1.2.3.4:80", "[::1]:80", "unix:/path", "unix:@name", or
-// "unix:" for an unnamed Unix socket. len: as returned with the address.
+// format_addr(): "1.2.3.4:80", "[::1]:80", "[fe80::1%eth0]:80" (a scope id
+// as its interface's name, or its number when no interface has it),
+// "unix:/path", "unix:@name", or "unix:" for an unnamed Unix socket. len: as
+// returned with the address.
 std::string format_addr(const sockaddr_storage& ss, socklen_t len);
 
 // port_of(): the IP port of ss; 0 for anything else.
@@ -60,5 +66,21 @@ std::string unix_path(const sock_addr& a);
 
 // bad_address(): kInvalidArgument naming the address and what is wrong.
 absl::Status bad_address(std::string_view addr, std::string_view why);
+
+// dial_errors: the error a dial that tried each of an address's socket
+// addresses reports when none connected: the first, as Go's, except that an
+// error saying only that this host cannot use that address family
+// (EAFNOSUPPORT, EADDRNOTAVAIL: "localhost" or ":port" on a host without
+// IPv6) gives way to the first later error that says more.
+class dial_errors {
+ public:
+  void add(absl::Status s);
+  // result(): the kept error; none when no error was added.
+  absl::Status result(absl::Status none) const;
+
+ private:
+  absl::Status kept_;
+  bool family_only_ = false;  // kept_ is an EAFNOSUPPORT or EADDRNOTAVAIL
+};
 
 }  // namespace mpg::detail

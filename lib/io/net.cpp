@@ -153,11 +153,12 @@ task<absl::StatusOr<tcp_stream>> dial_addr(std::string address,
         [&] { return resolve(address, /*passive=*/false, name_lookup::allowed); });
   }
   if (!addrs.ok()) co_return addrs.status();
-  absl::Status last = absl::UnavailableError("dial: no addresses");
+  detail::dial_errors errors;  // which address's error to report
   for (sock_addr& a : *addrs) {
     int fd = ::socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-      last = detail::errno_status(errno, "dial: socket");
+      errors.add(detail::errno_status(errno, absl::StrCat("dial ", format_addr(a.ss, a.len),
+                                                          ": socket")));
       continue;
     }
     int res = co_await connect_fd(fd, a, slot, b);
@@ -166,10 +167,12 @@ task<absl::StatusOr<tcp_stream>> dial_addr(std::string address,
       co_return tcp_stream(fd);
     }
     ::close(fd);
-    last = net_error(res, absl::StrCat("dial ", format_addr(a.ss, a.len)));
-    if (res == -ETIME || res == -ECANCELED) break;
+    absl::Status err = net_error(res, absl::StrCat("dial ", format_addr(a.ss, a.len)));
+    // The deadline or the context ended the dial: that is what it reports.
+    if (res == -ETIME || res == -ECANCELED) co_return err;
+    errors.add(std::move(err));
   }
-  co_return last;
+  co_return errors.result(absl::UnavailableError("dial: no addresses"));
 }
 
 }  // namespace

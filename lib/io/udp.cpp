@@ -113,28 +113,30 @@ absl::StatusOr<std::string> sock_name(int fd, bool peer) {
 task<absl::StatusOr<udp_socket>> dial_udp_addr(std::string address) {
   auto addrs = co_await resolve_udp(address);
   if (!addrs.ok()) co_return addrs.status();
-  absl::Status last = absl::UnavailableError("dial_udp: no addresses");
+  detail::dial_errors errors;  // which address's error to report
   for (sock_addr& a : *addrs) {
     int fd = ::socket(a.ss.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-      last = detail::errno_status(errno, "dial_udp: socket");
+      errors.add(detail::errno_status(
+          errno, absl::StrCat("dial_udp ", detail::format_addr(a.ss, a.len), ": socket")));
       continue;
     }
     // A UDP connect only records the peer: it never waits.
     if (::connect(fd, reinterpret_cast<const sockaddr*>(&a.ss), a.len) != 0) {
-      last = detail::errno_status(
-          errno, absl::StrCat("dial_udp ", detail::format_addr(a.ss, a.len)));
+      errors.add(detail::errno_status(
+          errno, absl::StrCat("dial_udp ", detail::format_addr(a.ss, a.len))));
       ::close(fd);
       continue;
     }
     co_return udp_socket(fd);
   }
-  co_return last;
+  co_return errors.result(absl::UnavailableError("dial_udp: no addresses"));
 }
 
 }  // namespace
 
-udp_socket::udp_socket(int fd) noexcept : fd_(fd) {
+udp_socket::udp_socket(int fd) noexcept : fd_(fd < 0 ? -1 : fd) {
+  if (fd < 0) return;
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
   if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
