@@ -1,20 +1,32 @@
 // test/io_submit_tests.cpp: mpg::io::submit, any io_uring operation as an
 // awaitable: NOP, reads and writes on a pipe, a kernel timeout, deadlines by
-// link timeout, link flags from the callback ignored, and many tasks
-// submitting at once on several Ps.
+// link timeout, link flags from the callback ignored, many tasks
+// submitting at once on several Ps, and what io::submit refuses or repairs:
+// a callback that leaves the SQE blank, IOSQE_IO_DRAIN, IOSQE_BUFFER_SELECT,
+// multishot operations, a callback that throws.
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <liburing.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <mpg/io.hpp>
 #include <mpg/mpg.hpp>
+#include <mpg/net.hpp>
 
 #include <atomic>
 #include <chrono>
 #include <future>
+#include <stdexcept>
+#include <string>
 #include <string_view>
 #include <vector>
+
+#include "stream_pair.hpp"
+#include "watchdog.hpp"
 
 namespace {
 using namespace std::chrono_literals;
@@ -32,6 +44,12 @@ struct pipe_fds {
   ~pipe_fds() {
     ::close(rd);
     ::close(wr);
+  }
+  // unread(): how many bytes wait in the pipe.
+  int unread() const {
+    int n = -1;
+    REQUIRE(::ioctl(rd, FIONREAD, &n) == 0);
+    return n;
   }
 };
 }  // namespace
@@ -172,5 +190,163 @@ TEST_CASE("an op submitted by an M that then blocks in mpg::blocking still compl
     REQUIRE(::write(p.wr, "ok", 2) == 2);
     CHECK(co_await reader == 2);
     co_await blocker;
+  }());
+}
+
+TEST_CASE("a callback that writes nothing submits a NOP, not the last SQE of its slot") {
+  // A ring of 4 SQEs, every slot last holding a one-byte read of the pipe:
+  // the blank callback must not re-run one of them (which would take the Z).
+  mpg::runtime rt({.procs = 1, .ring_entries = 4});
+  rt.block_on([]() -> task<void> {
+    pipe_fds p;
+    char in[16] = {};
+    REQUIRE(::write(p.wr, "0123456789abcdef", 16) == 16);
+    for (int i = 0; i < 16; ++i) {
+      int r = co_await mpg::io::submit([&](io_uring_sqe* sqe) {
+        io_uring_prep_read(sqe, p.rd, &in[i], 1, 0);
+      });
+      REQUIRE(r == 1);
+    }
+    CHECK(std::string_view(in, 16) == "0123456789abcdef");
+    REQUIRE(::write(p.wr, "Z", 1) == 1);
+    int r = co_await mpg::io::submit([](io_uring_sqe*) {}, 200ms);
+    CHECK(r == 0);
+    CHECK(p.unread() == 1);
+  }());
+}
+
+TEST_CASE("IOSQE_IO_DRAIN from the callback is cleared: it does not wait for other tasks' ops") {
+  // procs = 1: A's read of an empty pipe is on the one ring before B's NOP.
+  // A drained NOP would wait for A's read, which waits for the test's write,
+  // which waits for the NOP: the watchdog ends that.
+  mpg::runtime rt({.procs = 1});
+  mpg_test::watchdog dog(10s, "a drained NOP waits for an unrelated read", &rt);
+  rt.block_on([]() -> task<void> {
+    pipe_fds p;
+    std::atomic<bool> a_started{false}, a_done{false};
+    auto a = mpg::spawn([](int fd, std::atomic<bool>& started,
+                           std::atomic<bool>& done) -> task<int> {
+      char in[4];
+      started.store(true);
+      int r = co_await mpg::io::submit([&](io_uring_sqe* sqe) {
+        io_uring_prep_read(sqe, fd, in, sizeof in, 0);
+      });
+      done.store(true);
+      co_return r;
+    }(p.rd, a_started, a_done));
+    while (!a_started.load()) co_await mpg::yield();
+    int b = co_await mpg::io::submit([](io_uring_sqe* sqe) {
+      io_uring_prep_nop(sqe);
+      sqe->flags |= IOSQE_IO_DRAIN;
+    });
+    CHECK(b == 0);
+    CHECK(!a_done.load());
+    REQUIRE(::write(p.wr, "ok", 2) == 2);
+    CHECK(co_await a == 2);
+  }());
+}
+
+TEST_CASE("IOSQE_BUFFER_SELECT is refused: -EINVAL, the runtime's provided buffers untouched") {
+  mpg::runtime rt({.procs = 1});
+  mpg_test::watchdog dog(10s, "a recv with IOSQE_BUFFER_SELECT", &rt);
+  rt.block_on([]() -> task<void> {
+    // A receive() creates the P's ring of provided buffers (group 0).
+    mpg_test::stream_pair p = co_await mpg_test::connect_pair();
+    REQUIRE((co_await p.server.write(std::string_view("a"))).ok());
+    auto got = co_await p.client.receive();
+    REQUIRE(got.ok());
+    CHECK(got->view() == "a");
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    REQUIRE(::write(sv[1], "b", 1) == 1);
+    int r = co_await mpg::io::submit(
+        [&](io_uring_sqe* sqe) {
+          io_uring_prep_recv(sqe, sv[0], nullptr, 16, 0);
+          sqe->flags |= IOSQE_BUFFER_SELECT;
+          sqe->buf_group = 0;
+        },
+        2s);
+    CHECK(r == -EINVAL);
+    char c = 0;
+    CHECK(::recv(sv[0], &c, 1, MSG_DONTWAIT) == 1);  // not submitted: the byte is still there
+    CHECK(c == 'b');
+    ::close(sv[0]);
+    ::close(sv[1]);
+  }());
+}
+
+TEST_CASE("multishot operations are refused at once: -EINVAL") {
+  mpg::runtime rt({.procs = 1});
+  mpg_test::watchdog dog(20s, "a multishot op through io::submit", &rt);
+  rt.block_on([]() -> task<void> {
+    auto ln = mpg::net::listen("127.0.0.1:0");
+    REQUIRE(ln.ok());
+    // A connection waits in the backlog: a multishot accept would take it
+    // and post its fd with IORING_CQE_F_MORE, then wait for more.
+    int c = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(c >= 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(ln->port());
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(c, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
+    const int lfd = ln->native_handle();
+    auto t0 = clock_type::now();
+    int r = co_await mpg::io::submit(
+        [&](io_uring_sqe* sqe) { io_uring_prep_multishot_accept(sqe, lfd, nullptr, nullptr, 0); },
+        2s);
+    CHECK(r == -EINVAL);
+    pipe_fds p;
+    REQUIRE(::write(p.wr, "x", 1) == 1);
+    r = co_await mpg::io::submit(
+        [&](io_uring_sqe* sqe) { io_uring_prep_poll_multishot(sqe, p.rd, POLLIN); }, 2s);
+    CHECK(r == -EINVAL);
+    __kernel_timespec ts{.tv_sec = 0, .tv_nsec = 1'000'000};
+    r = co_await mpg::io::submit(
+        [&](io_uring_sqe* sqe) { io_uring_prep_timeout(sqe, &ts, 0, 1U << 6); }, 2s);
+    CHECK(r == -EINVAL);  // IORING_TIMEOUT_MULTISHOT (Linux 6.4)
+    CHECK(clock_type::now() - t0 < 1s);
+    // The connection is still in the backlog for a plain accept.
+    int a = co_await mpg::io::submit(
+        [&](io_uring_sqe* sqe) { io_uring_prep_accept(sqe, lfd, nullptr, nullptr, 0); }, 2s);
+    CHECK(a >= 0);
+    if (a >= 0) ::close(a);
+    ::close(c);
+  }());
+}
+
+TEST_CASE("a callback that throws: co_await rethrows, nothing is submitted, the runtime goes on") {
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([]() -> task<void> {
+    pipe_fds p;
+    for (int with_deadline = 0; with_deadline < 2; ++with_deadline) {
+      auto prep = [&](io_uring_sqe* sqe) {
+        io_uring_prep_write(sqe, p.wr, "x", 1, 0);
+        throw std::runtime_error("prep failed");
+      };
+      std::string what;
+      try {
+        if (with_deadline) (void)co_await mpg::io::submit(prep, 2s);
+        else (void)co_await mpg::io::submit(prep);
+      } catch (const std::runtime_error& e) {
+        what = e.what();
+      }
+      CHECK(what == "prep failed");
+    }
+    std::string what;
+    try {
+      auto [ctx, cancel] = mpg::with_cancel(mpg::background());
+      (void)co_await mpg::io::submit(
+          [](io_uring_sqe*) { throw std::runtime_error("prep failed in a context"); }, ctx);
+    } catch (const std::runtime_error& e) {
+      what = e.what();
+    }
+    CHECK(what == "prep failed in a context");
+    CHECK(p.unread() == 0);
+    int r = co_await mpg::io::submit([&](io_uring_sqe* sqe) {
+      io_uring_prep_write(sqe, p.wr, "y", 1, 0);
+    });
+    CHECK(r == 1);
+    CHECK(p.unread() == 1);
   }());
 }

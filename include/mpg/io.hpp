@@ -4,18 +4,36 @@
 //     io_uring_prep_read(sqe, fd, buf, sizeof buf, 0);
 //   });
 //
-// The callback prepares the operation on an SQE of the current P's ring and
-// sets nothing else: io::submit owns user_data and the link flags (any
-// IOSQE_IO_LINK, IO_HARDLINK or CQE_SKIP_SUCCESS it sets is cleared). It runs
-// synchronously inside co_await, under the ring's lock, so it must be short
-// and must not throw or await. Everything it points the SQE at (buffers,
+// The callback prepares one operation on an SQE of the current P's ring,
+// which it gets blank (zeroed: whatever it leaves unset is 0). It runs
+// synchronously inside co_await, under the ring's lock, so it must be short,
+// must not await and must call nothing of mpg (a spawn, a wake, an I/O op
+// may need that ring's lock). Everything it points the SQE at (buffers,
 // paths, iovecs, sockaddrs) must stay alive until co_await returns, which it
 // does: the awaiting task stays suspended until the operation's final CQE.
 // This header only forward-declares io_uring_sqe; include <liburing.h>
 // yourself to call the prep helpers.
 //
+// The ring is shared with every other task on the P, so io::submit owns
+// what reaches beyond one operation:
+//   - user_data, and the flags IOSQE_IO_LINK, IO_HARDLINK, CQE_SKIP_SUCCESS
+//     and IO_DRAIN: any the callback sets is cleared (a link would chain
+//     another task's next op to this one; a drain would hold every later SQE
+//     of the ring until every earlier op, an idle recv or accept too, ends).
+//   - Refused, completing with -EINVAL, the operation not submitted (a NOP
+//     goes in its place): IOSQE_BUFFER_SELECT (the group-0 buffers are the
+//     runtime's, for tcp_stream::receive(), and a buffer taken here would
+//     never go back), and the multishot operations (IORING_ACCEPT_MULTISHOT
+//     or IORING_RECV_MULTISHOT in ioprio of an ACCEPT, RECV or RECVMSG,
+//     IORING_POLL_ADD_MULTI, IORING_TIMEOUT_MULTISHOT, IORING_OP_READ_MULTISHOT),
+//     whose final CQE may never come while each result (an accepted fd)
+//     would go to nobody.
+//   - A callback that throws: its SQE becomes a NOP, and co_await rethrows
+//     the exception once the NOP completes.
+//
 // The result is cqe->res: a value >= 0 on success, -errno on failure, with
-// two readings of our own:
+// readings of our own:
+//   -EINVAL     besides the kernel's: refused, as above;
 //   -ETIME      the deadline (overloads below) passed first: the operation was
 //               cancelled by an IORING_OP_LINK_TIMEOUT in the same ring, or
 //               never submitted because the deadline had already passed;
@@ -29,7 +47,7 @@
 //               passed through); retry it.
 // Operations that post several CQEs resume at the last one (no
 // IORING_CQE_F_MORE) with the first one's result: so IORING_OP_SEND_ZC works
-// as a plain send; multishot operations are not useful through this API.
+// as a plain send.
 //
 // Fault injection (runtime_options::io_faults, MPG_FAULTS; tests only)
 // never applies to io::submit: its result is always the kernel's cqe->res,
@@ -37,12 +55,13 @@
 // through the kernel's CQ overflow list, which the caller cannot tell.)
 //
 // Where it resumes: the task is readied by whichever thread reaps the CQE:
-// the M holding the ring's P (at the tail of that P's queue), or sysmon for a P busy
-// in one long task or left without an M (onto the global queue).
+// the M holding the ring's P (at the tail of that P's queue), or sysmon for a
+// P busy in one long task or left without an M (onto the global queue).
 #pragma once
 
 #include <chrono>
 #include <coroutine>
+#include <exception>
 #include <source_location>
 #include <type_traits>
 #include <utility>
@@ -52,6 +71,48 @@
 #include "mpg/detail/sched/g.hpp"
 #include "mpg/detail/io/io_context.hpp"
 #include "mpg/detail/io/io_op.hpp"
+
+namespace mpg::detail {
+
+// user_prep<Prep>: an io::submit callback and what became of its SQE. The
+// thunk is the io_prep_fn the reactor calls, with the user_prep as ctx.
+template <class Prep>
+struct user_prep {
+  explicit user_prep(Prep p) noexcept(std::is_nothrow_move_constructible_v<Prep>)
+      : fn(std::move(p)) {}
+
+  static void thunk(io_uring_sqe* sqe, const void* ctx) noexcept {
+    auto& self = *static_cast<user_prep*>(const_cast<void*>(ctx));
+    begin_user_sqe(sqe);
+#if __cpp_exceptions
+    try {
+      self.fn(sqe);
+    } catch (...) {
+      self.error = std::current_exception();
+      refuse_user_sqe(sqe);
+      return;
+    }
+#else
+    self.fn(sqe);
+#endif
+    self.refused = end_user_sqe(sqe);
+  }
+
+  // result(): what co_await returns for the op's result `res`: the
+  // callback's exception rethrown, or -EINVAL if the SQE was refused.
+  int result(int res) const {
+#if __cpp_exceptions
+    if (error) std::rethrow_exception(error);
+#endif
+    return refused != 0 ? refused : res;
+  }
+
+  Prep fn;
+  std::exception_ptr error;
+  int refused = 0;  // end_user_sqe()'s verdict
+};
+
+}  // namespace mpg::detail
 
 namespace mpg::io {
 
@@ -75,21 +136,21 @@ class [[nodiscard]] submit_awaiter {
   bool await_suspend(std::coroutine_handle<> h) {
     op_.waiter = detail::current_g();
     detail::park(h, "io.submit", where_);
-    if (detail::io_start(&op_, &thunk, &prep_, nullptr)) return true;  // frame untouched after
+    if (detail::io_start(&op_, &detail::user_prep<Prep>::thunk, &prep_, nullptr)) {
+      return true;  // frame untouched after
+    }
     detail::cancel_park();
     return false;
   }
-  int await_resume() const noexcept { return op_.outcome(); }
+  // Rethrows what the callback threw.
+  int await_resume() const { return prep_.result(op_.outcome()); }
 
   // link_parent(): the site of the awaiting task's co_await (its
   // await_transform calls it, mpg/task.hpp): where the task shows as parked.
   void link_parent(std::source_location where) noexcept { where_ = where; }
 
  private:
-  static void thunk(io_uring_sqe* sqe, const void* ctx) {
-    (*static_cast<Prep*>(const_cast<void*>(ctx)))(sqe);
-  }
-  Prep prep_;
+  detail::user_prep<Prep> prep_;
   std::source_location where_{};
   detail::io_op op_;
 };
@@ -112,25 +173,25 @@ class [[nodiscard]] submit_context_awaiter {
     detail::io_slot* slot = bind_.bind(nullptr);  // watches ctx from here
     bind_.attach(op_);
     detail::park(h, "io.submit", where_);
-    if (detail::io_start(&op_, &thunk, &prep_, slot)) return true;  // frame untouched after
+    if (detail::io_start(&op_, &detail::user_prep<Prep>::thunk, &prep_, slot)) {
+      return true;  // frame untouched after
+    }
     detail::cancel_park();
     return false;
   }
   // Resumes after the op's final CQE; stops watching ctx first (waiting for
-  // a cancel of ctx that is running its watcher on another thread).
-  int await_resume() noexcept {
+  // a cancel of ctx that is running its watcher on another thread). Rethrows
+  // what the callback threw.
+  int await_resume() {
     bind_.unbind();
-    return bind_.result(op_.outcome(), op_);
+    return prep_.result(bind_.result(op_.outcome(), op_));
   }
 
   // link_parent(): as submit_awaiter's.
   void link_parent(std::source_location where) noexcept { where_ = where; }
 
  private:
-  static void thunk(io_uring_sqe* sqe, const void* ctx) {
-    (*static_cast<Prep*>(const_cast<void*>(ctx)))(sqe);
-  }
-  Prep prep_;
+  detail::user_prep<Prep> prep_;
   std::source_location where_{};
   detail::io_op op_;
   detail::io_context_binding bind_;

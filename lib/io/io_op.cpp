@@ -8,6 +8,7 @@
 #include <liburing.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "io/reactor.hpp"
 #include "mpg/context.hpp"
@@ -142,6 +143,49 @@ void io_deadline::set(std::int64_t ns, io_slot* slot) noexcept {
   ns_.store(ns, std::memory_order_relaxed);  // ordered by the slot lock below
   // A later deadline (or none) needs no kick: see the class comment.
   io_stop_in_flight(slot, {.why = io_stop::kick, .deadline_ns = ns});
+}
+
+void begin_user_sqe(io_uring_sqe* sqe) noexcept { std::memset(sqe, 0, sizeof *sqe); }
+
+void refuse_user_sqe(io_uring_sqe* sqe) noexcept {
+  std::memset(sqe, 0, sizeof *sqe);
+  io_uring_prep_nop(sqe);
+}
+
+int end_user_sqe(io_uring_sqe* sqe) noexcept {
+  // Multishot encodings newer than liburing 2.3's headers (kernel UAPI):
+  // IORING_TIMEOUT_MULTISHOT (6.4) and IORING_OP_READ_MULTISHOT (6.7).
+  constexpr unsigned kTimeoutMultishot = 1U << 6;
+  constexpr unsigned kOpReadMultishot = 49;
+  // IOSQE_BUFFER_SELECT would take a buffer of the P's provided-buffer ring
+  // (group 0, buffer_ring.hpp) that nothing gives back. A multishot op posts
+  // results with IORING_CQE_F_MORE for as long as it lasts: the task, which
+  // resumes at the final CQE, would wait for ever while the results (an
+  // accepted fd each) go to nobody.
+  bool refused = (sqe->flags & IOSQE_BUFFER_SELECT) != 0;
+  switch (sqe->opcode) {
+    case IORING_OP_ACCEPT:
+      refused |= (sqe->ioprio & IORING_ACCEPT_MULTISHOT) != 0;
+      break;
+    case IORING_OP_RECV:
+    case IORING_OP_RECVMSG:
+      refused |= (sqe->ioprio & IORING_RECV_MULTISHOT) != 0;
+      break;
+    case IORING_OP_POLL_ADD:
+      refused |= (sqe->len & IORING_POLL_ADD_MULTI) != 0;
+      break;
+    case IORING_OP_TIMEOUT:
+      refused |= (sqe->timeout_flags & kTimeoutMultishot) != 0;
+      break;
+    case kOpReadMultishot:
+      refused = true;
+      break;
+    default:
+      break;
+  }
+  if (!refused) return 0;
+  refuse_user_sqe(sqe);
+  return -EINVAL;
 }
 
 void prep_request(io_uring_sqe* sqe, const void* ctx) {

@@ -397,9 +397,12 @@ void reactor::start(io_op* op, io_prep_fn prep, const void* ctx) noexcept {
     if (prep == &prep_request) faults_->plan(op, sqe);
     else if (op->multishot) faults_->plan_multishot(op, sqe);
   }
-  // io::submit owns user_data and the link flags (an op linked to whatever
-  // SQE comes next would chain unrelated tasks' operations).
-  sqe->flags &= static_cast<__u8>(~(IOSQE_IO_LINK | IOSQE_IO_HARDLINK | IOSQE_CQE_SKIP_SUCCESS));
+  // io::submit owns user_data, the link flags (an op linked to whatever SQE
+  // comes next would chain unrelated tasks' operations) and IOSQE_IO_DRAIN
+  // (which would hold every later SQE of the ring, the wake reads included,
+  // until every earlier op, an idle recv or accept too, completes).
+  sqe->flags &= static_cast<__u8>(
+      ~(IOSQE_IO_LINK | IOSQE_IO_HARDLINK | IOSQE_CQE_SKIP_SUCCESS | IOSQE_IO_DRAIN));
   io_uring_sqe_set_data(sqe, op);
   if (op->has_deadline) {
     sqe->flags |= IOSQE_IO_LINK;

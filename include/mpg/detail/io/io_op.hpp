@@ -240,6 +240,18 @@ void io_stop_in_flight(io_slot* slot, const io_stop_request& rq) noexcept;
 // or its SQ stays full.
 bool io_try_stop_in_flight(io_slot* slot, const io_stop_request& rq) noexcept;
 
+// The SQE of an io::submit callback (mpg/io.hpp), which the thunk of its
+// awaiter brackets, under the reactor lock: begin_user_sqe() blanks the SQE
+// before the callback runs (io_uring_get_sqe leaves the slot's last SQE
+// there); end_user_sqe() returns 0 if the SQE may go to the kernel, or
+// -EINVAL after turning it into a NOP if it selects a provided buffer or is
+// a multishot op; refuse_user_sqe() turns it into a NOP (the callback
+// threw). The runtime's own prep functions are not bracketed: they write
+// every field the kernel reads for their opcode.
+void begin_user_sqe(io_uring_sqe* sqe) noexcept;
+int end_user_sqe(io_uring_sqe* sqe) noexcept;
+void refuse_user_sqe(io_uring_sqe* sqe) noexcept;
+
 // io_deadline: a deadline of an object's operations that any task may set,
 // and that applies to the operation in flight (Go's SetReadDeadline): the
 // ops of that direction point live_deadline at ns_, and set() kicks the op
