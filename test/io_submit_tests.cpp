@@ -315,6 +315,31 @@ TEST_CASE("multishot operations are refused at once: -EINVAL") {
   }());
 }
 
+TEST_CASE("a cancel of any request, and buffers of the runtime's group, are refused") {
+  mpg::runtime rt({.procs = 1});
+  mpg_test::watchdog dog(20s, "refused io::submit ops", &rt);
+  rt.block_on([]() -> task<void> {
+    int r = co_await mpg::io::submit([](io_uring_sqe* sqe) {
+      io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+    });
+    CHECK(r == -EINVAL);
+    static char bufs[4][64];
+    r = co_await mpg::io::submit([](io_uring_sqe* sqe) {
+      io_uring_prep_provide_buffers(sqe, bufs, 64, 4, /*bgid=*/0, /*bid=*/0);
+    });
+    CHECK(r == -EINVAL);
+    r = co_await mpg::io::submit([](io_uring_sqe* sqe) { io_uring_prep_remove_buffers(sqe, 4, 0); });
+    CHECK(r == -EINVAL);
+    // Another group is the caller's own business.
+    r = co_await mpg::io::submit([](io_uring_sqe* sqe) {
+      io_uring_prep_provide_buffers(sqe, bufs, 64, 4, /*bgid=*/7, /*bid=*/0);
+    });
+    CHECK(r == 0);
+    r = co_await mpg::io::submit([](io_uring_sqe* sqe) { io_uring_prep_remove_buffers(sqe, 4, 7); });
+    CHECK(r == 4);
+  }());
+}
+
 TEST_CASE("a callback that throws: co_await rethrows, nothing is submitted, the runtime goes on") {
   mpg::runtime rt({.procs = 1});
   rt.block_on([]() -> task<void> {

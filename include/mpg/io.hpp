@@ -27,7 +27,9 @@
 //     or IORING_RECV_MULTISHOT in ioprio of an ACCEPT, RECV or RECVMSG,
 //     IORING_POLL_ADD_MULTI, IORING_TIMEOUT_MULTISHOT, IORING_OP_READ_MULTISHOT),
 //     whose final CQE may never come while each result (an accepted fd)
-//     would go to nobody.
+//     would go to nobody; an ASYNC_CANCEL with IORING_ASYNC_CANCEL_ANY (it
+//     would end the runtime's own operations, its wake reads among them);
+//     PROVIDE_BUFFERS or REMOVE_BUFFERS on group 0.
 //   - A callback that throws: its SQE becomes a NOP, and co_await rethrows
 //     the exception once the NOP completes.
 //

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "io/buffer_ring.hpp"
 #include "io/reactor.hpp"
 #include "mpg/context.hpp"
 #include "mpg/detail/io/io_op.hpp"
@@ -158,12 +159,22 @@ int end_user_sqe(io_uring_sqe* sqe) noexcept {
   constexpr unsigned kTimeoutMultishot = 1U << 6;
   constexpr unsigned kOpReadMultishot = 49;
   // IOSQE_BUFFER_SELECT would take a buffer of the P's provided-buffer ring
-  // (group 0, buffer_ring.hpp) that nothing gives back. A multishot op posts
-  // results with IORING_CQE_F_MORE for as long as it lasts: the task, which
-  // resumes at the final CQE, would wait for ever while the results (an
-  // accepted fd each) go to nobody.
+  // (group 0, buffer_ring.hpp) that nothing gives back, and PROVIDE_BUFFERS
+  // or REMOVE_BUFFERS on that group would corrupt the ring's accounting. A
+  // multishot op posts results with IORING_CQE_F_MORE for as long as it
+  // lasts: the task, which resumes at the final CQE, would wait for ever
+  // while the results (an accepted fd each) go to nobody. An ASYNC_CANCEL
+  // that matches any request would end the runtime's own, its wake reads
+  // among them.
   bool refused = (sqe->flags & IOSQE_BUFFER_SELECT) != 0;
   switch (sqe->opcode) {
+    case IORING_OP_ASYNC_CANCEL:
+      refused |= (sqe->cancel_flags & IORING_ASYNC_CANCEL_ANY) != 0;
+      break;
+    case IORING_OP_PROVIDE_BUFFERS:
+    case IORING_OP_REMOVE_BUFFERS:
+      refused |= sqe->buf_group == buffer_ring::kGroup;
+      break;
     case IORING_OP_ACCEPT:
       refused |= (sqe->ioprio & IORING_ACCEPT_MULTISHOT) != 0;
       break;
