@@ -2,12 +2,13 @@
 //
 // Shows: a task per connection reading requests with a buffered_reader
 // (read_line for the head, read_exact for the body) and answering through a
-// buffered_writer; keep-alive; clear 4xx/5xx answers to bad requests
-// (examples/http_request.hpp); and Go's http.Server.Shutdown on SIGTERM or
-// SIGINT: stop accepting, close the connections that wait idle for their
-// next request, let the ones in the middle of a request finish it (their
-// answer says "Connection: close"), and give up on stragglers after a
-// grace period by closing them.
+// buffered_writer, whose responses go out before any read that may wait for
+// the client (pipelined requests get theirs in one write); keep-alive; HEAD;
+// clear 4xx/5xx answers to bad requests (examples/http_request.hpp); and
+// Go's http.Server.Shutdown on SIGTERM or SIGINT: stop accepting, close the
+// connections that wait idle for their next request, let the ones in the
+// middle of a request finish it (their answer says "Connection: close"),
+// and give up on stragglers after a grace period by closing them.
 // Routes: GET / (hello), GET /healthz, POST /echo (the body back).
 //
 // Run:  ./build/examples/http_server [--port 8080] [--procs N]
@@ -18,12 +19,14 @@
 //       all is well)
 #include <signal.h>
 
+#include <array>
 #include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <memory>
 #include <optional>
 #include <string>
+#include <span>
 #include <string_view>
 #include <unordered_map>
 
@@ -37,10 +40,27 @@ using namespace std::chrono_literals;
 
 namespace {
 
-using reader = mpg::net::buffered_reader<mpg::net::tcp_stream>;
 using writer = mpg::net::buffered_writer<mpg::net::tcp_stream>;
 
-constexpr auto kGrace = 5s;  // how long shutdown waits for busy connections
+// flush_then_read: the stream a connection's requests are read from. Each
+// read of the socket first sends the responses buffered in the writer: the
+// read may wait for the client, and the client may be waiting for them.
+// Responses to pipelined requests that arrived together go out in one
+// flush, when their requests are used up.
+struct flush_then_read {
+  mpg::net::tcp_stream* conn;
+  writer* out;
+  mpg::task<absl::StatusOr<std::size_t>> read(std::span<char> buf) {
+    if (absl::Status s = co_await out->flush(); !s.ok()) co_return s;
+    co_return co_await conn->read(buf);
+  }
+};
+using reader = mpg::net::buffered_reader<flush_then_read>;
+using client_reader = mpg::net::buffered_reader<mpg::net::tcp_stream>;
+
+constexpr auto kGrace = 5s;   // how long shutdown waits for busy connections
+constexpr auto kLinger = 1s;  // how long an error response waits for the client
+constexpr std::size_t kMaxLine = 8 * 1024;  // the reader's capacity: the longest line
 
 const char* reason(int status) {
   switch (status) {
@@ -49,6 +69,7 @@ const char* reason(int status) {
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
     case 431: return "Request Header Fields Too Large";
     case 501: return "Not Implemented";
     case 505: return "HTTP Version Not Supported";
@@ -56,14 +77,36 @@ const char* reason(int status) {
   }
 }
 
-// respond(): the status line, the headers and the body, buffered.
-mpg::task<absl::Status> respond(writer& out, int status, std::string_view body, bool keep_alive) {
+// respond(): the status line, the headers and (unless head_only, the
+// answer to HEAD) the body, buffered. Content-Length is the body's either way.
+mpg::task<absl::Status> respond(writer& out, int status, std::string_view body, bool keep_alive,
+                                bool head_only = false) {
   std::string head = "HTTP/1.1 " + std::to_string(status) + " " + reason(status) +
                      "\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) +
                      (keep_alive ? "\r\n\r\n" : "\r\nConnection: close\r\n\r\n");
   absl::Status s = co_await out.write(head);
-  if (s.ok()) s = co_await out.write(body);
+  if (s.ok() && !head_only) s = co_await out.write(body);
   co_return s;
+}
+
+// respond_and_close(): an error response, then the end of the connection.
+// The client may still be sending (the rest of an overlong line, say), and
+// closing a socket with unread input resets the connection, which can
+// destroy the response before the client reads it. So the response is
+// followed by the end of our half of the stream, and the input is discarded
+// until the client closes its half, or for kLinger at most (Go's net/http
+// does the same).
+mpg::task<> respond_and_close(mpg::net::tcp_stream& conn, writer& out, int status,
+                              std::string_view why, bool head_only) {
+  absl::Status s = co_await respond(out, status, std::string(why) + "\n", false, head_only);
+  if (s.ok()) s = co_await out.flush();
+  if (!s.ok() || !conn.shutdown().ok()) co_return;
+  const auto deadline = mpg::net::clock::now() + kLinger;
+  std::array<char, 4096> discard;
+  for (;;) {
+    absl::StatusOr<std::size_t> n = co_await conn.read(discard, deadline);
+    if (!n.ok() || *n == 0) co_return;
+  }
 }
 
 // The server's shared state: the listener, the shutdown flag and the live
@@ -88,8 +131,11 @@ mpg::task<bool> set_idle(server* srv, std::uint64_t id, bool idle) {
   co_return !srv->shutting_down;
 }
 
-// handle(): one request, whose request line has been read.
-mpg::task<bool> handle(server* srv, reader& in, writer& out, std::string_view request_line) {
+// handle(): one request, whose request line has been read. Its response
+// is buffered in out (sent by the next read of in, or at once when the
+// connection closes after it). Returns whether to read another request.
+mpg::task<bool> handle(server* srv, mpg::net::tcp_stream& conn, reader& in, writer& out,
+                       std::string_view request_line) {
   http::request req;
   std::optional<http::error> err = http::parse_request_line(request_line, req);
   while (!err) {
@@ -104,9 +150,9 @@ mpg::task<bool> handle(server* srv, reader& in, writer& out, std::string_view re
     if (line->empty()) break;
     err = http::parse_header_line(*line, req);
   }
+  const bool head_only = req.method == "HEAD";  // empty when the request line is bad
   if (err) {
-    (void)co_await respond(out, err->status, std::string(err->why) + "\n", false);
-    (void)co_await out.flush();
+    co_await respond_and_close(conn, out, err->status, err->why, head_only);
     co_return false;
   }
   std::string body;
@@ -123,19 +169,18 @@ mpg::task<bool> handle(server* srv, reader& in, writer& out, std::string_view re
   absl::Status s;
   if (req.target == "/" || req.target == "/healthz") {
     if (req.method == "GET" || req.method == "HEAD")
-      s = co_await respond(out, 200, req.target == "/" ? "Hello, world!\n" : "ok\n", keep);
+      s = co_await respond(out, 200, req.target == "/" ? "Hello, world!\n" : "ok\n", keep,
+                           head_only);
     else
-      s = co_await respond(out, 405, "use GET\n", keep);
+      s = co_await respond(out, 405, "use GET\n", keep, head_only);
   } else if (req.target == "/echo") {
     if (req.method == "POST")
       s = co_await respond(out, 200, body, keep);
     else
-      s = co_await respond(out, 405, "use POST\n", keep);
+      s = co_await respond(out, 405, "use POST\n", keep, head_only);
   } else {
-    s = co_await respond(out, 404, "not found\n", keep);
+    s = co_await respond(out, 404, "not found\n", keep, head_only);
   }
-  // Pipelined requests already buffered are answered before one flush.
-  if (s.ok() && in.buffered() == 0) s = co_await out.flush();
   if (s.ok() && !keep) s = co_await out.flush();
   co_return s.ok() && keep;
 }
@@ -146,16 +191,30 @@ mpg::task<> serve(server* srv, std::uint64_t id, mpg::net::tcp_stream conn) {
     srv->live[id] = {&conn, true};
   }
   {
-    reader in(conn, 8 * 1024);  // a header line longer than 8 KiB: 431
     writer out(conn);
+    // A request line longer than kMaxLine: 414; a header line: 431.
+    flush_then_read source{&conn, &out};
+    reader in(source, kMaxLine);
     for (;;) {
-      if (!co_await set_idle(srv, id, true)) break;
+      // Idle, which shutdown may end by closing the stream, is waiting for
+      // a request with nothing received of it and no response owed; with a
+      // next request received in part or whole, the connection is busy.
+      const bool idle = in.buffered() == 0;
+      if (idle && !(co_await out.flush()).ok()) break;
+      if (!co_await set_idle(srv, id, idle)) break;
       absl::StatusOr<std::string_view> line = co_await in.read_line();  // closed at shutdown: an error
-      if (!line.ok()) break;
+      if (!line.ok()) {
+        if (line.status().code() == absl::StatusCode::kResourceExhausted) {
+          (void)co_await set_idle(srv, id, false);
+          co_await respond_and_close(conn, out, 414, "request line too long", false);
+        }
+        break;
+      }
       if (line->empty()) continue;  // a stray CRLF between requests
       (void)co_await set_idle(srv, id, false);  // busy: shutdown lets this request finish
-      if (!co_await handle(srv, in, out, *line)) break;
+      if (!co_await handle(srv, conn, in, out, *line)) break;
     }
+    (void)co_await out.flush();  // what is owed when shutdown ends a busy connection
   }
   {
     auto g = co_await srv->mu.scoped_lock();
@@ -193,18 +252,30 @@ mpg::task<> shutdown(server* srv) {
 
 // --- The smoke test ---------------------------------------------------------
 
-mpg::task<bool> expect_response(reader& in, int status, std::string_view body) {
+// The smoke client's connections: a read that waits longer than this fails
+// the check instead of hanging it.
+constexpr auto kSmokeReadTimeout = 5s;
+
+mpg::task<absl::StatusOr<mpg::net::tcp_stream>> smoke_dial(const std::string& addr) {
+  absl::StatusOr<mpg::net::tcp_stream> c = co_await mpg::net::dial(addr);
+  if (c.ok()) c->set_read_deadline(mpg::net::clock::now() + kSmokeReadTimeout);
+  co_return c;
+}
+
+// expect_head(): reads a response's status line and headers; the
+// Content-Length, or nullopt when the status is not `status`.
+mpg::task<std::optional<std::size_t>> expect_head(client_reader& in, int status) {
   absl::StatusOr<std::string_view> line = co_await in.read_line();
   const std::string want = "HTTP/1.1 " + std::to_string(status);
   if (!line.ok() || line->substr(0, want.size()) != want) {
     std::fprintf(stderr, "smoke: wanted %s, got %s\n", want.c_str(),
                  line.ok() ? std::string(*line).c_str() : line.status().ToString().c_str());
-    co_return false;
+    co_return std::nullopt;
   }
   std::size_t length = 0;
   for (;;) {
     absl::StatusOr<std::string_view> h = co_await in.read_line();
-    if (!h.ok()) co_return false;
+    if (!h.ok()) co_return std::nullopt;
     if (h->empty()) break;
     constexpr std::string_view kLen = "Content-Length: ";
     if (h->substr(0, kLen.size()) == kLen) {
@@ -212,7 +283,13 @@ mpg::task<bool> expect_response(reader& in, int status, std::string_view body) {
       std::from_chars(v.data(), v.data() + v.size(), length);
     }
   }
-  absl::StatusOr<std::string> b = co_await in.read_exact(length);
+  co_return length;
+}
+
+mpg::task<bool> expect_response(client_reader& in, int status, std::string_view body) {
+  const std::optional<std::size_t> length = co_await expect_head(in, status);
+  if (!length) co_return false;
+  absl::StatusOr<std::string> b = co_await in.read_exact(*length);
   if (!b.ok() || (!body.empty() && *b != body)) {
     std::fprintf(stderr, "smoke: wrong body for %d\n", status);
     co_return false;
@@ -220,11 +297,93 @@ mpg::task<bool> expect_response(reader& in, int status, std::string_view body) {
   co_return true;
 }
 
+// expect_closed(): the server ends the connection after its last response.
+mpg::task<bool> expect_closed(client_reader& in, const char* after) {
+  absl::StatusOr<std::string_view> end = co_await in.read_line();
+  if (mpg::net::is_eof(end.status())) co_return true;
+  std::fprintf(stderr, "smoke: wanted the end of the stream after %s, got %s\n", after,
+               end.ok() ? std::string(*end).c_str() : end.status().ToString().c_str());
+  co_return false;
+}
+
+// smoke_send(): a connection of its own for one check, with `request`
+// sent.
+mpg::task<absl::StatusOr<mpg::net::tcp_stream>> smoke_send(const std::string& addr,
+                                                           std::string request) {
+  absl::StatusOr<mpg::net::tcp_stream> c = co_await smoke_dial(addr);
+  if (!c.ok()) co_return c;
+  if (absl::Status s = co_await c->write(request); !s.ok()) co_return s;
+  co_return c;
+}
+
+mpg::task<bool> check_trailing_crlf(const std::string& addr) {
+  absl::StatusOr<mpg::net::tcp_stream> c = co_await smoke_send(addr, "GET / HTTP/1.1\r\n\r\n\r\n");
+  if (!c.ok()) co_return false;
+  client_reader in(*c);
+  co_return co_await expect_response(in, 200, "Hello, world!\n");
+}
+
+mpg::task<bool> check_body_then_crlf(const std::string& addr) {
+  absl::StatusOr<mpg::net::tcp_stream> c =
+      co_await smoke_send(addr, "POST /echo HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi\r\n");
+  if (!c.ok()) co_return false;
+  client_reader in(*c);
+  co_return co_await expect_response(in, 200, "hi");
+}
+
+mpg::task<bool> check_next_request_partial(const std::string& addr) {
+  absl::StatusOr<mpg::net::tcp_stream> c =
+      co_await smoke_send(addr, "GET /healthz HTTP/1.1\r\n\r\nG");
+  if (!c.ok()) co_return false;
+  client_reader in(*c);
+  if (!co_await expect_response(in, 200, "ok\n")) co_return false;
+  if (!(co_await c->write("ET / HTTP/1.1\r\n\r\n")).ok()) co_return false;
+  co_return co_await expect_response(in, 200, "Hello, world!\n");
+}
+
+mpg::task<bool> check_head(const std::string& addr) {
+  absl::StatusOr<mpg::net::tcp_stream> c =
+      co_await smoke_send(addr, "HEAD / HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n");
+  if (!c.ok()) co_return false;
+  client_reader in(*c);
+  const std::optional<std::size_t> length = co_await expect_head(in, 200);
+  if (length != std::string_view("Hello, world!\n").size()) co_return false;
+  co_return co_await expect_response(in, 200, "ok\n");  // not the HEAD's body
+}
+
+mpg::task<bool> check_long_request_line(const std::string& addr) {
+  absl::StatusOr<mpg::net::tcp_stream> c =
+      co_await smoke_send(addr, "GET /" + std::string(9000, 'a') + " HTTP/1.1\r\n\r\n");
+  if (!c.ok()) co_return false;
+  client_reader in(*c);
+  co_return co_await expect_response(in, 414, "") && co_await expect_closed(in, "414");
+}
+
+bool report(bool ok, const char* check) {
+  if (!ok) std::fprintf(stderr, "smoke: check failed: %s\n", check);
+  return ok;
+}
+
+// Each response goes out before the server waits for more input: after a
+// request followed by a stray CRLF, after a body followed by CRLF, and
+// with the start of the next request already received. HEAD gets the
+// headers of GET and no body. A request line over the reader's capacity
+// gets 414, then the connection closes.
+mpg::task<bool> smoke_edge_cases(const std::string& addr) {
+  bool ok = report(co_await check_trailing_crlf(addr), "a request followed by CRLF");
+  ok &= report(co_await check_body_then_crlf(addr), "a body followed by CRLF");
+  ok &= report(co_await check_next_request_partial(addr), "the next request partly received");
+  ok &= report(co_await check_head(addr), "HEAD: GET's headers, no body");
+  ok &= report(co_await check_long_request_line(addr), "a request line over 8 KiB: 414");
+  co_return ok;
+}
+
 mpg::task<bool> smoke_client(server* srv) {
   const std::string addr = "127.0.0.1:" + std::to_string(srv->ln.port());
-  absl::StatusOr<mpg::net::tcp_stream> c = co_await mpg::net::dial(addr);
+  const bool edge_cases_ok = co_await smoke_edge_cases(addr);
+  absl::StatusOr<mpg::net::tcp_stream> c = co_await smoke_dial(addr);
   if (!c.ok()) co_return false;
-  reader in(*c);
+  client_reader in(*c);
   // Two keep-alive requests pipelined in one write, then an echo.
   if (!(co_await c->write("GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")).ok())
     co_return false;
@@ -235,9 +394,9 @@ mpg::task<bool> smoke_client(server* srv) {
   if (!(co_await c->write("GET /nope HTTP/1.1\r\n\r\n")).ok()) co_return false;
   ok = ok && co_await expect_response(in, 404, "");
   // A malformed request on a second connection: 400 and close.
-  absl::StatusOr<mpg::net::tcp_stream> bad = co_await mpg::net::dial(addr);
+  absl::StatusOr<mpg::net::tcp_stream> bad = co_await smoke_dial(addr);
   if (!bad.ok()) co_return false;
-  reader bad_in(*bad);
+  client_reader bad_in(*bad);
   if (!(co_await bad->write("GARBAGE\r\n\r\n")).ok()) co_return false;
   ok = ok && co_await expect_response(bad_in, 400, "");
   absl::StatusOr<std::string_view> eof = co_await bad_in.read_line();
@@ -247,7 +406,7 @@ mpg::task<bool> smoke_client(server* srv) {
   ::kill(::getpid(), SIGTERM);
   absl::StatusOr<std::string_view> end = co_await in.read_line();
   ok = ok && mpg::net::is_eof(end.status());
-  co_return ok;
+  co_return ok && edge_cases_ok;
 }
 
 mpg::task<int> run(std::string address, bool smoke) {

@@ -1,7 +1,9 @@
 // examples/redis_server.cpp: a Redis-protocol key-value server.
 //
 // Shows: one task per connection; pipelining (every complete request in
-// the input buffer is answered before one flush of a buffered_writer);
+// the input buffer is answered before one flush of a buffered_writer, with
+// a write per 64 KiB of replies in between, so a client that does not read
+// is held back by the write rather than growing the server's memory);
 // a store shared by all connections, split into shards each guarded by an
 // mpg::mutex (tasks park on a busy shard, threads never block); key expiry,
 // lazily on access and by a background task that samples keys, as Redis
@@ -19,6 +21,7 @@
 
 
 #include <array>
+#include <atomic>
 #include <charconv>
 #include <chrono>
 #include <climits>
@@ -140,6 +143,15 @@ bool equals(std::string_view a, std::string_view b) {
   return true;
 }
 
+// printable(): s with its control bytes (CR and LF among them) as spaces,
+// to quote a client's bytes in a one-line reply.
+std::string printable(std::string_view s) {
+  std::string p(s);
+  for (char& c : p)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
+  return p;
+}
+
 std::string wrong_args(std::string_view cmd) {
   std::string s = "ERR wrong number of arguments for '";
   for (char c : cmd.substr(0, 64)) s += lower(c);
@@ -178,12 +190,18 @@ mpg::task<bool> execute(store& db, const std::vector<std::string_view>& args, st
     bool nx = false, xx = false;
     for (std::size_t i = 3; i < argc; ++i) {
       if ((equals(args[i], "EX") || equals(args[i], "PX")) && i + 1 < argc) {
+        // An expiry must be positive and its deadline within the clock's
+        // range (Redis likewise refuses one past its millisecond clock).
+        const bool seconds = equals(args[i], "EX");
+        using std::chrono::milliseconds;
+        const long long room_ms =
+            std::chrono::duration_cast<milliseconds>(clock_type::time_point::max() - now).count();
         long long v = 0;
-        if (!to_int(args[i + 1], &v) || v <= 0) {
+        if (!to_int(args[i + 1], &v) || v <= 0 || v > (seconds ? room_ms / 1000 : room_ms)) {
           reply_error(out, "ERR invalid expire time in 'set' command");
           co_return true;
         }
-        expires = now + (equals(args[i], "EX") ? std::chrono::milliseconds(v * 1000) : std::chrono::milliseconds(v));
+        expires = now + milliseconds(seconds ? v * 1000 : v);
         ++i;
       } else if (equals(args[i], "NX")) {
         nx = true;
@@ -286,16 +304,32 @@ mpg::task<bool> execute(store& db, const std::vector<std::string_view>& args, st
     reply_simple(out, "OK");
     co_return false;
   }
-  reply_error(out, "ERR unknown command '" + std::string(cmd.substr(0, 64)) + "'");
+  reply_error(out, "ERR unknown command '" + printable(cmd.substr(0, 64)) + "'");
   co_return true;
 }
 
 // --- Connections ------------------------------------------------------------
 
+// Replies pending in a connection are written out once they reach this
+// many bytes, even in the middle of a batch of pipelined requests.
+constexpr std::size_t kMaxPendingReplies = 64 * 1024;
+
+// note_pending(): keeps *peak the most reply bytes a connection has held.
+void note_pending(std::atomic<std::size_t>* peak, std::size_t pending) {
+  std::size_t seen = peak->load(std::memory_order_relaxed);
+  while (pending > seen && !peak->compare_exchange_weak(seen, pending, std::memory_order_relaxed)) {
+  }
+}
+
 // serve(): answers requests until the client leaves, sends a protocol error
 // or QUIT, or the connection is closed by shutdown. Replies to a batch of
-// pipelined requests go out in one write.
-mpg::task<> serve(mpg::net::tcp_stream& conn, store* db) {
+// pipelined requests go out in one write, or in a write per
+// kMaxPendingReplies bytes of them: a client that pipelines requests and
+// reads no replies then holds the connection in a write (backpressure), and
+// the replies it has not read cost the server at most that much.
+// peak_pending: diagnostics, the most reply bytes held at once (--smoke
+// checks the bound).
+mpg::task<> serve(mpg::net::tcp_stream& conn, store* db, std::atomic<std::size_t>* peak_pending) {
   std::vector<char> buf(16 * 1024);
   std::size_t begin = 0, end = 0;  // unparsed bytes: [begin, end)
   std::vector<std::string_view> args;
@@ -314,7 +348,13 @@ mpg::task<> serve(mpg::net::tcp_stream& conn, store* db) {
       }
       if (!args.empty()) keep = co_await execute(*db, args, out);
       begin += r.used;
+      if (out.size() >= kMaxPendingReplies) {
+        note_pending(peak_pending, out.size());
+        if (!(co_await writer.write(out)).ok()) co_return;
+        out.clear();
+      }
     }
+    note_pending(peak_pending, out.size());
     if (!out.empty()) {
       absl::Status w = co_await writer.write(out);
       if (w.ok()) w = co_await writer.flush();
@@ -347,6 +387,7 @@ struct server {
   // Live connections, to close them at shutdown (their reads return).
   mpg::mutex conns_mu;
   std::unordered_map<std::uint64_t, mpg::net::tcp_stream*> live;
+  std::atomic<std::size_t> peak_pending_replies{0};  // serve()'s diagnostics
 };
 
 // serve_tracked(): serve(), with conn listed in srv->live meanwhile (the
@@ -356,7 +397,7 @@ mpg::task<> serve_tracked(server* srv, std::uint64_t id, mpg::net::tcp_stream co
     auto g = co_await srv->conns_mu.scoped_lock();
     srv->live[id] = &conn;
   }
-  co_await serve(conn, &srv->db);
+  co_await serve(conn, &srv->db, &srv->peak_pending_replies);
   {
     auto g = co_await srv->conns_mu.scoped_lock();
     srv->live.erase(id);
@@ -428,6 +469,80 @@ mpg::task<bool> smoke_client(std::uint16_t port) {
   co_return ok;
 }
 
+// smoke_dial(): a connection for one check; a missing reply fails the
+// check instead of hanging it.
+mpg::task<absl::StatusOr<mpg::net::tcp_stream>> smoke_dial(std::uint16_t port) {
+  absl::StatusOr<mpg::net::tcp_stream> c =
+      co_await mpg::net::dial("127.0.0.1:" + std::to_string(port));
+  if (c.ok()) c->set_read_deadline(mpg::net::clock::now() + 10s);
+  co_return c;
+}
+
+// Expiries that do not fit the clock are refused, and the key is not set.
+mpg::task<bool> check_expiry_overflow(std::uint16_t port) {
+  absl::StatusOr<mpg::net::tcp_stream> c = co_await smoke_dial(port);
+  if (!c.ok()) co_return false;
+  mpg::net::buffered_reader<mpg::net::tcp_stream> in(*c);
+  if (!(co_await c->write("SET e v EX 9223372036854775807\r\nSET e v PX 9223372036854775807\r\n"
+                          "SET e v EX 100000000000\r\nSET e v PX -5\r\nGET e\r\n"))
+           .ok())
+    co_return false;
+  for (int i = 0; i < 4; ++i)
+    if (!co_await expect(in, "-ERR invalid expire time in 'set' command\r\n")) co_return false;
+  co_return co_await expect(in, "$-1\r\n");
+}
+
+// An unknown command's name comes back with its control bytes as spaces: a
+// name holding CRLF cannot inject a reply.
+mpg::task<bool> check_unknown_command_quoted(std::uint16_t port) {
+  absl::StatusOr<mpg::net::tcp_stream> c = co_await smoke_dial(port);
+  if (!c.ok()) co_return false;
+  mpg::net::buffered_reader<mpg::net::tcp_stream> in(*c);
+  if (!(co_await c->write("*1\r\n$10\r\nA\r\n+OK\r\nB\x01\r\nPING\r\n")).ok()) co_return false;
+  co_return co_await expect(in, "-ERR unknown command 'A  +OK  B '\r\n") &&
+      co_await expect(in, "+PONG\r\n");
+}
+
+// Pipelined GETs of a large value, not read until all are sent: the replies
+// pending in the server stay bounded (it writes them as they grow, and the
+// write waits for the client).
+mpg::task<bool> check_pipelined_replies_bounded(std::uint16_t port, const server* srv) {
+  absl::StatusOr<mpg::net::tcp_stream> c = co_await smoke_dial(port);
+  if (!c.ok()) co_return false;
+  mpg::net::buffered_reader<mpg::net::tcp_stream> in(*c);
+  constexpr std::size_t kValue = 64 * 1024;
+  constexpr int kGets = 256;
+  std::string burst = "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$" + std::to_string(kValue) + "\r\n" +
+                      std::string(kValue, 'x') + "\r\n";
+  for (int i = 0; i < kGets; ++i) burst += "GET big\r\n";
+  if (!(co_await c->write(burst)).ok() || !co_await expect(in, "+OK\r\n")) co_return false;
+  for (int i = 0; i < kGets; ++i) {
+    if (!co_await expect(in, "$" + std::to_string(kValue) + "\r\n")) co_return false;
+    absl::StatusOr<std::string> v = co_await in.read_exact(kValue + 2);
+    if (!v.ok()) co_return false;
+  }
+  const std::size_t peak = srv->peak_pending_replies.load();
+  if (peak > kMaxPendingReplies + kValue + 64) {
+    std::fprintf(stderr, "smoke: %zu bytes of replies were pending at once\n", peak);
+    co_return false;
+  }
+  co_return true;
+}
+
+bool report(bool ok, const char* check) {
+  if (!ok) std::fprintf(stderr, "smoke: check failed: %s\n", check);
+  return ok;
+}
+
+mpg::task<bool> smoke_edge_cases(std::uint16_t port, const server* srv) {
+  bool ok = report(co_await check_expiry_overflow(port), "SET with an expiry that does not fit");
+  ok &= report(co_await check_unknown_command_quoted(port),
+               "an unknown command whose name holds CR, LF, \\x01");
+  ok &= report(co_await check_pipelined_replies_bounded(port, srv),
+               "the replies to pipelined GETs of a 64 KiB value: bounded");
+  co_return ok;
+}
+
 // run(): serves until a signal (or, with smoke, until the client is done).
 mpg::task<int> run(std::string address, bool smoke) {
   auto srv = std::make_unique<server>();
@@ -453,7 +568,8 @@ mpg::task<int> run(std::string address, bool smoke) {
 
   int status = 0;
   if (smoke) {
-    status = co_await smoke_client(srv->ln.port()) ? 0 : 1;
+    const bool edge_cases_ok = co_await smoke_edge_cases(srv->ln.port(), srv.get());
+    status = co_await smoke_client(srv->ln.port()) && edge_cases_ok ? 0 : 1;
     std::printf("smoke test %s\n", status == 0 ? "passed" : "FAILED");
   } else {
     mpg::chan<int> sigs = mpg::signal::notify({SIGINT, SIGTERM});

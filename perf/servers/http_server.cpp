@@ -3,10 +3,14 @@
 //
 //   http_server --port 8080 [--procs 2] [--host 127.0.0.1]
 //
+// A port or a procs count that is not a number in range gets the usage line
+// and exit status 2.
+//
 // Minimal but correct request handling: requests are parsed from each
 // received buffer, which may hold several (pipelining); each gets its
 // response in order, and the responses to everything that arrived in one
-// receive go out in one write.
+// receive go out in one write. Lines end in CRLF or a bare LF; empty lines
+// before a request line are skipped.
 // Bodies with Content-Length are skipped (also when bigger than the buffer);
 // chunked request bodies get 501 and the connection closes; a malformed
 // request gets 400, an oversized header block 431, both closing. HTTP/1.0
@@ -15,6 +19,7 @@
 // handler: Date, Content-Length and Content-Type headers.
 #include <strings.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -91,15 +96,52 @@ struct request {
   bool close = false;
 };
 
+// head_length(): the bytes of the request head at the start of `in` (its
+// first line not empty), through the empty line that ends it; 0 while that
+// has not arrived. Lines end in CRLF or a bare LF (as most servers accept).
+std::size_t head_length(std::string_view in) {
+  std::size_t at = 0;
+  for (;;) {
+    const std::size_t lf = in.find('\n', at);
+    if (lf == std::string_view::npos) return 0;
+    if (at > 0 && (lf == at || (lf == at + 1 && in[at] == '\r'))) return lf + 1;
+    at = lf + 1;
+  }
+}
+
+// empty_lines(): the bytes of the empty lines at the start of `in`, which
+// a server ignores before a request line (RFC 9112, 2.2).
+std::size_t empty_lines(std::string_view in) {
+  std::size_t n = 0;
+  for (;;) {
+    if (n < in.size() && in[n] == '\n') {
+      n += 1;
+    } else if (n + 1 < in.size() && in[n] == '\r' && in[n + 1] == '\n') {
+      n += 2;
+    } else {
+      return n;
+    }
+  }
+}
+
+// next_line(): the first line of `head` without its line end, removed
+// from head.
+std::string_view next_line(std::string_view& head) {
+  const std::size_t lf = head.find('\n');
+  std::string_view line = head.substr(0, lf);
+  head.remove_prefix(lf == std::string_view::npos ? head.size() : lf + 1);
+  if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+  return line;
+}
+
 // parse_head(): one request head at the start of `in`.
 parse parse_head(std::string_view in, request& rq) {
-  std::size_t end = in.find("\r\n\r\n");
-  if (end == std::string_view::npos) return parse::need_more;
+  const std::size_t length = head_length(in);
+  if (length == 0) return parse::need_more;
   rq = request{};
-  rq.header_len = end + 4;
-  std::string_view head = in.substr(0, end + 2);
-  std::size_t eol = head.find("\r\n");
-  std::string_view line = head.substr(0, eol);
+  rq.header_len = length;
+  std::string_view head = in.substr(0, length);
+  std::string_view line = next_line(head);
   // METHOD SP TARGET SP HTTP/1.x
   std::size_t sp1 = line.find(' ');
   std::size_t sp2 = line.rfind(' ');
@@ -108,11 +150,7 @@ parse parse_head(std::string_view in, request& rq) {
   if (version != "HTTP/1.1" && version != "HTTP/1.0") return parse::bad;
   bool http10 = version == "HTTP/1.0";
   bool keep_alive_asked = false;
-  head.remove_prefix(eol + 2);
-  while (!head.empty()) {
-    eol = head.find("\r\n");
-    line = head.substr(0, eol);
-    head.remove_prefix(eol + 2);
+  for (line = next_line(head); !line.empty(); line = next_line(head)) {
     std::size_t colon = line.find(':');
     if (colon == std::string_view::npos || colon == 0) return parse::bad;
     std::string_view name = line.substr(0, colon);
@@ -148,6 +186,7 @@ std::size_t parse_all(std::string_view data, std::size_t& skip, std::string& out
       pos += k;
       if (skip > 0) return pos;
     }
+    pos += empty_lines(data.substr(pos));
     request rq;
     parse r = parse_head(data.substr(pos), rq);
     if (r == parse::need_more) {
@@ -237,9 +276,24 @@ mpg::task<int> serve(std::string addr) {
   }
   std::printf("listening on %s\n", ln->address().c_str());
   std::fflush(stdout);
+  // A failed accept (out of file descriptors, say) is logged and retried
+  // after a pause that doubles while the failures go on, up to a second
+  // (as Go's net/http does).
+  constexpr std::chrono::milliseconds kFirstPause{5};
+  constexpr std::chrono::milliseconds kLongestPause{1000};
+  std::chrono::milliseconds pause{0};
   for (;;) {
     auto c = co_await ln->accept();
-    if (c.ok()) mpg::go(handle(std::move(*c)), "http.conn");
+    if (c.ok()) {
+      pause = {};
+      mpg::go(handle(std::move(*c)), "http.conn");
+      continue;
+    }
+    if (mpg::net::is_closed(c.status())) co_return 1;
+    pause = pause.count() == 0 ? kFirstPause : std::min(2 * pause, kLongestPause);
+    std::fprintf(stderr, "http_server: accept: %s; retrying in %lld ms\n",
+                 std::string(c.status().message()).c_str(), static_cast<long long>(pause.count()));
+    co_await mpg::sleep_for(pause);
   }
 }
 
@@ -247,6 +301,13 @@ mpg::task<int> serve(std::string addr) {
 
 int main(int argc, char** argv) {
   perf::args a(argc, argv);
-  mpg::runtime rt({.procs = static_cast<unsigned>(a.num("procs", 0))});
-  return rt.block_on(serve(a.str("host", "127.0.0.1") + ":" + a.str("port", "8080")));
+  long procs = 0;
+  long port = 8080;
+  if (!a.int_in("procs", 0, 1024, &procs) || !a.int_in("port", 0, 65535, &port)) {
+    std::fprintf(stderr, "usage: %s [--port N (0-65535)] [--procs N (0-1024; 0: the default)] "
+                 "[--host ADDR]\n", argv[0]);
+    return 2;
+  }
+  mpg::runtime rt({.procs = static_cast<unsigned>(procs)});
+  return rt.block_on(serve(a.str("host", "127.0.0.1") + ":" + std::to_string(port)));
 }

@@ -2,10 +2,12 @@
 // server and load programs in perf/servers/.
 #pragma once
 
+#include <charconv>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <string>
+#include <system_error>
 
 namespace perf {
 
@@ -26,6 +28,18 @@ class args {
   std::string str(const std::string& name, const std::string& def) const {
     auto it = values_.find(name);
     return it == values_.end() ? def : it->second;
+  }
+  // int_in(): *out is the value of --name (left alone when absent); false
+  // when that is not a whole decimal number in [lo, hi].
+  bool int_in(const std::string& name, long lo, long hi, long* out) const {
+    auto it = values_.find(name);
+    if (it == values_.end()) return true;
+    const std::string& v = it->second;
+    long n = 0;
+    auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+    if (ec != std::errc() || end != v.data() + v.size() || n < lo || n > hi) return false;
+    *out = n;
+    return true;
   }
   long num(const std::string& name, long def) const {
     auto it = values_.find(name);
