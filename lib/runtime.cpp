@@ -129,8 +129,13 @@ void block_on_wait(scheduler* s, block_on_state* st) {
   if (st->done) return;
   throw deadlock_error(os.str());
 }
-void throw_block_on_inside_task() {
-  throw runtime_misuse_error("mpg: runtime::block_on called from inside a task (it would block a P)");
+void check_block_on_caller() {
+  machine* m = current_m();
+  if (m != nullptr && m->p() != nullptr) {
+    throw runtime_misuse_error(
+        "mpg: runtime::block_on called on a thread that holds a P (inside a task or a posted "
+        "function): it would block that P");
+  }
 }
 
 }  // namespace detail

@@ -124,6 +124,32 @@ TEST_CASE("posted functions may spawn, try_send and post") {
   CHECK(rt.block_on(std::move(j)) == 7);
 }
 
+mpg::task<int> seven() { co_return 7; }
+
+TEST_CASE("block_on in a posted function throws; in mpg::blocking it runs") {
+  // A posted function holds its M's P: block_on there would stall the P,
+  // for ever with one P (the task it waits for is queued on that P).
+  mpg::runtime rt({.procs = 1});
+  mpg::runtime_handle h = rt.handle();
+  std::atomic<int> outcome{0};  // 1: threw runtime_misuse_error; 2: returned
+  REQUIRE(h.post([&] {
+    try {
+      (void)rt.block_on(seven());
+      outcome.store(2);
+    } catch (const mpg::runtime_misuse_error&) {
+      outcome.store(1);
+    }
+  }));
+  const auto limit = std::chrono::steady_clock::now() + 10s;
+  while (outcome.load() == 0 && std::chrono::steady_clock::now() < limit) std::this_thread::yield();
+  REQUIRE(outcome.load() == 1);
+  // In mpg::blocking the thread has given its P away: block_on may wait.
+  int v = rt.block_on([](mpg::runtime* rt) -> mpg::task<int> {
+    co_return co_await mpg::blocking([rt] { return rt->block_on(seven()); });
+  }(&rt));
+  CHECK(v == 7);
+}
+
 TEST_CASE("a handle outliving its runtime refuses work and destroys the function") {
   std::atomic<long> destroyed{0};
   mpg::runtime_handle h;

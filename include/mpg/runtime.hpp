@@ -63,7 +63,11 @@ struct block_on_state;
 std::shared_ptr<block_on_state> new_block_on_state();
 void block_on_signal(block_on_state*) noexcept;
 void block_on_wait(scheduler* s, block_on_state*);
-[[noreturn]] void throw_block_on_inside_task();
+// check_block_on_caller(): throws runtime_misuse_error when the calling
+// thread holds a P of any runtime (a task, a posted function, a coroutine
+// resumed there): blocking it would stall that P, for ever if what block_on
+// waits for needs it. A thread in mpg::blocking has given its P away.
+void check_block_on_caller();
 
 template <class T>
 struct block_on_slot {
@@ -109,16 +113,17 @@ class runtime {
   void go(task<void> t, const char* name = nullptr);
 
   // block_on(): run t to completion from a plain thread; returns its value or
-  // rethrows its exception. Throws std::logic_error inside a task, and
-  // mpg::deadlock_error when every task is blocked with no possible wake-up.
+  // rethrows its exception. Throws std::logic_error on a thread that holds a
+  // P (inside a task or a posted function), and mpg::deadlock_error when
+  // every task is blocked with no possible wake-up.
   template <class T>
   T block_on(task<T> t) {
-    if (detail::current_g() != nullptr) detail::throw_block_on_inside_task();
+    detail::check_block_on_caller();
     return block_on(spawn(std::move(t), "block_on"));
   }
   template <class T>
   T block_on(join_handle<T> h) {
-    if (detail::current_g() != nullptr) detail::throw_block_on_inside_task();
+    detail::check_block_on_caller();
     auto slot = std::make_shared<detail::block_on_slot<T>>(std::move(h));
     spawn(detail::block_on_waiter<T>(slot), "block_on.wait").detach();
     detail::block_on_wait(sched_, slot->st.get());
