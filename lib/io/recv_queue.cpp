@@ -545,12 +545,21 @@ void recv_buffer::give_back() noexcept {
 }
 
 detail::recv_queue* tcp_stream::recv_queue_for_reader() {
-  // Relaxed: the reader's own (readers are ordered by the caller).
-  recv_queue* q = recv_.load(std::memory_order_relaxed);
+  // Acquire: a queue another reader made is seen whole.
+  recv_queue* q = recv_.load(std::memory_order_acquire);
   if (q == nullptr) {
-    q = new recv_queue();
-    // Release: close() and set_read_deadline() on other threads see it whole.
-    recv_.store(q, std::memory_order_release);
+    // Two first readers at once (the one-reader rule broken) must meet in
+    // one queue, where the second is refused (EALREADY); a queue of its own
+    // would be one that close() never reaches. Release on success: close(),
+    // set_read_deadline() and other readers see it whole; acquire on
+    // failure: the winner's.
+    auto* made = new recv_queue();
+    if (recv_.compare_exchange_strong(q, made, std::memory_order_acq_rel,
+                                      std::memory_order_acquire)) {
+      q = made;
+    } else {
+      made->unref();  // its only reference: never armed or seen by anyone
+    }
   }
   return q;
 }
