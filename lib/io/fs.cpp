@@ -14,7 +14,7 @@
 // file's users_ counts the operations being submitted (Go's fdMutex, in
 // small):
 //   S1. An operation's await_suspend (file_submission) adds one to users_
-//       (acquire). If kClosing was set, it takes the one back (release) and
+//       (relaxed). If kClosing was set, it takes the one back (release) and
 //       fails as closed. Otherwise it loads fd_, submits (io_start), and
 //       takes the one back (release).
 //   C1. close() sets kClosing (acq_rel; the caller that set it is the one
@@ -125,7 +125,7 @@ struct file_submission {
     rq->fd = f->fd_.load(std::memory_order_relaxed);  // stable while counted
     if (auto hook = detail::g_file_submit_hook.load(std::memory_order_relaxed)) [[unlikely]]
       hook(f);
-    const bool started = io.await_suspend(h);          // may resume elsewhere if true
+    const bool started = io.await_suspend(h);  // true: may resume elsewhere already
     // release: our submission happens before close()'s close(2). Only
     // `users` (the file, which close() keeps alive until this) is touched
     // after a start: the frame may be gone.
