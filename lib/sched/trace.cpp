@@ -23,6 +23,7 @@
 #include <charconv>
 #include <cstdio>
 #include <cstring>
+#include <new>
 #include <string>
 
 #include "mpg/detail/sched/clock.hpp"
@@ -30,6 +31,18 @@
 #include "sched/machine.hpp"
 
 namespace mpg::detail {
+
+void trace_buffer::add(const trace_event& e) noexcept {
+  if (events_.size() >= kMaxEvents) {
+    ++dropped_;
+    return;
+  }
+  try {
+    events_.push_back(e);
+  } catch (const std::bad_alloc&) {
+    ++dropped_;
+  }
+}
 
 std::atomic<std::uint32_t> tracing_runtimes{0};
 

@@ -14,7 +14,6 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
-#include <new>
 #include <source_location>
 #include <string>
 #include <vector>
@@ -46,18 +45,10 @@ class trace_buffer {
  public:
   explicit trace_buffer(std::uint32_t m_id) : m_id_(m_id) { events_.reserve(4096); }
   // add(): called from noexcept scheduler paths; an event that finds no
-  // memory is counted as dropped, like one past kMaxEvents.
-  void add(const trace_event& e) noexcept {
-    if (events_.size() >= kMaxEvents) {
-      ++dropped_;
-      return;
-    }
-    try {
-      events_.push_back(e);
-    } catch (const std::bad_alloc&) {
-      ++dropped_;
-    }
-  }
+  // memory is counted as dropped, like one past kMaxEvents. Out of line
+  // (trace.cpp): the untraced scheduler loop then carries no copy of the
+  // vector's growth and its exception handling.
+  void add(const trace_event& e) noexcept;
   std::uint32_t m_id() const noexcept { return m_id_; }
   const std::vector<trace_event>& events() const noexcept { return events_; }
   std::uint64_t dropped() const noexcept { return dropped_; }
