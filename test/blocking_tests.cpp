@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <mutex>
 #include <stdexcept>
+#include <string>
 #include <thread>
 
 #include "mpg/mpg.hpp"
@@ -112,6 +113,20 @@ TEST_CASE("blocking keeps the only P running other tasks") {
 TEST_CASE("an exception thrown by the blocking call is rethrown in the task") {
   mpg::runtime rt({.procs = 1});
   CHECK_THROWS_AS(rt.block_on(blocking_throws()), std::runtime_error);
+}
+
+TEST_CASE("a blocking call may return a reference, lvalue or rvalue") {
+  mpg::runtime rt({.procs = 1});
+  static int cell = 1;
+  static std::string text = "moved";
+  std::string got = rt.block_on([]() -> mpg::task<std::string> {
+    int& r = co_await mpg::blocking([]() -> int& { return cell; });
+    r = 42;  // the same object
+    std::string s = co_await mpg::blocking([]() -> std::string&& { return std::move(text); });
+    co_return s;
+  }());
+  CHECK(cell == 42);
+  CHECK(got == "moved");
 }
 
 TEST_CASE("a long CPU-bound task does not strand a 1 ms sleep on its P") {

@@ -15,6 +15,7 @@
 
 #include <coroutine>
 #include <exception>
+#include <memory>
 #include <optional>
 #include <source_location>
 #include <type_traits>
@@ -46,6 +47,9 @@ class blocking_awaiter {
     try {
       if constexpr (std::is_void_v<result_type>) {
         fn_();
+      } else if constexpr (std::is_reference_v<result_type>) {
+        auto&& r = fn_();  // named: an lvalue, whatever the reference's kind
+        result_.emplace(std::addressof(r));
       } else {
         result_.emplace(fn_());
       }
@@ -58,13 +62,21 @@ class blocking_awaiter {
   }
   result_type await_resume() {
     if (error_) std::rethrow_exception(error_);
-    if constexpr (!std::is_void_v<result_type>) return std::move(*result_);
+    if constexpr (std::is_reference_v<result_type>) {
+      return static_cast<result_type>(**result_);
+    } else if constexpr (!std::is_void_v<result_type>) {
+      return std::move(*result_);
+    }
   }
 
  private:
   F fn_;
   std::source_location where_;
-  std::conditional_t<std::is_void_v<result_type>, bool, std::optional<result_type>> result_{};
+  // A reference result is kept as a pointer (std::optional holds no
+  // references).
+  using stored_type = std::conditional_t<std::is_reference_v<result_type>,
+                                         std::remove_reference_t<result_type>*, result_type>;
+  std::conditional_t<std::is_void_v<result_type>, bool, std::optional<stored_type>> result_{};
   std::exception_ptr error_;
 };
 
