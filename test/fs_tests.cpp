@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "io/fs_hooks.hpp"
+#include "test_support.hpp"
 
 namespace {
 using mpg::task;
@@ -130,17 +131,6 @@ TEST_CASE("errors are statuses with the errno's meaning") {
 }
 
 namespace {
-// until(): polls `cond` until it holds, at most 10 s; false when it never did.
-template <class F>
-bool until(F cond) {
-  const auto limit = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (!cond()) {
-    if (std::chrono::steady_clock::now() > limit) return false;
-    std::this_thread::yield();
-  }
-  return true;
-}
-
 void write_file(const std::string& path, const std::string& data) {
   int fd = ::open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
   REQUIRE(fd >= 0);
@@ -172,7 +162,7 @@ void close_and_reuse(mpg::fs::file* f) {
     closer_done.store(true);
   });
   // Until the close either ends or waits for this submission.
-  (void)until([] { return closer_done.load() || closer_waits.load(); });
+  (void)mpg_test::wait_until([] { return closer_done.load() || closer_waits.load(); });
 }
 }  // namespace
 

@@ -76,17 +76,6 @@ mpg::task<int> never_finishes(std::atomic<int>* dtors, std::atomic<bool>* parked
   co_return 1;
 }
 
-// Spins the main thread (yielding the CPU) until `pred` holds; bounded.
-template <class Pred>
-bool wait_until(Pred pred) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::yield();
-  }
-  return true;
-}
-
 }  // namespace
 
 TEST_CASE("~runtime destroys a chain of tasks parked in joins, running every destructor") {
@@ -98,7 +87,7 @@ TEST_CASE("~runtime destroys a chain of tasks parked in joins, running every des
     {
       mpg::runtime rt({.procs = procs});
       rt.go(join_chain(&dtors, &parked, kChain), "chain-root");
-      REQUIRE(wait_until([&] { return parked.load(); }));
+      REQUIRE(mpg_test::wait_until([&] { return parked.load(); }));
       CHECK(dtors.load() == 0);
       CHECK(rt.stats().live >= kChain + 1);
     }
@@ -113,7 +102,7 @@ TEST_CASE("~runtime destroys runnable tasks that never finish") {
   {
     mpg::runtime rt({.procs = 2});
     for (int i = 0; i < kTasks; ++i) rt.go(yield_forever(&dtors, &started), "yielder");
-    REQUIRE(wait_until([&] { return started.load() == kTasks; }));
+    REQUIRE(mpg_test::wait_until([&] { return started.load() == kTasks; }));
     CHECK(dtors.load() == 0);
   }
   CHECK(dtors.load() == kTasks);
@@ -139,7 +128,7 @@ TEST_CASE("a join_handle that outlives its runtime can be dropped") {
   {
     mpg::runtime rt({.procs = 2});
     h = rt.spawn(never_finishes(&dtors, &parked), "orphan");
-    REQUIRE(wait_until([&] { return parked.load(); }));
+    REQUIRE(mpg_test::wait_until([&] { return parked.load(); }));
     CHECK_FALSE(h.done());
   }
   CHECK(dtors.load() == 1);  // the frame was destroyed...
@@ -158,7 +147,7 @@ TEST_CASE("a killed task's handle is freed when dropped") {
     {
       mpg::runtime rt({.procs = 1});
       h = rt.spawn(never_finishes(&dtors, &parked), "orphan");
-      REQUIRE(wait_until([&] { return parked.load(); }));
+      REQUIRE(mpg_test::wait_until([&] { return parked.load(); }));
     }
     CHECK(dtors.load() == 1);
   }  // drop: release_frame_memory (LSan/ASan check it)
@@ -220,7 +209,7 @@ TEST_CASE("~runtime kills sleepers on every P without touching their freed timer
   {
     mpg::runtime rt({.procs = 2});
     for (int i = 0; i < kSleepers; ++i) rt.go(sleep_long(&dtors, &started, i), "sleeper");
-    REQUIRE(wait_until([&] { return started.load() == kSleepers; }));
+    REQUIRE(mpg_test::wait_until([&] { return started.load() == kSleepers; }));
   }
   CHECK(dtors.load() == kSleepers);
 }
@@ -310,7 +299,7 @@ TEST_CASE("~runtime frees a parent owning primitives whose children wait on them
   {
     mpg::runtime rt({.procs = 1});
     rt.go(parent_owning_primitives(&parked), "parent");
-    REQUIRE(wait_until([&] {
+    REQUIRE(mpg_test::wait_until([&] {
       return parked.load() == 1 && mpg_test::dump_shows(rt, "mutex lock") &&
              mpg_test::dump_shows(rt, "semaphore acquire") &&
              mpg_test::dump_shows(rt, "wait_group wait") &&

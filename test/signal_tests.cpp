@@ -21,6 +21,7 @@
 
 #include "io/signal_relay.hpp"
 #include "stderr_capture.hpp"
+#include "test_support.hpp"
 
 namespace {
 
@@ -59,17 +60,6 @@ disposition disposition_of(int sig) {
   return disposition::handler;
 }
 
-// until(): polls `cond` until it holds, at most 10 s; false when it never did.
-template <class F>
-bool until(F cond) {
-  const auto limit = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (!cond()) {
-    if (std::chrono::steady_clock::now() > limit) return false;
-    std::this_thread::yield();
-  }
-  return true;
-}
-
 // The moment of the ~runtime test below: the relay held inside a delivery
 // while a runtime is destroyed.
 std::atomic<bool> relay_held{false};
@@ -81,7 +71,7 @@ std::atomic<bool> relay_released{false};
 void hold_relay() {
   mpg::detail::g_signal_deliver_hook.store(nullptr, std::memory_order_relaxed);  // once
   relay_held.store(true);
-  (void)until([] { return wait_reached.load() || runtime_gone.load(); });
+  (void)mpg_test::wait_until([] { return wait_reached.load() || runtime_gone.load(); });
   waited_first.store(wait_reached.load() && !runtime_gone.load());
   relay_released.store(true);
 }
@@ -242,22 +232,22 @@ TEST_CASE("~runtime waits for a delivery in progress before it deletes its sched
     w->store(true);
     (void)co_await ch.recv();
   }(sigs, &waiting));
-  REQUIRE(until([&] { return waiting.load(); }));
+  REQUIRE(mpg_test::wait_until([&] { return waiting.load(); }));
   mpg::detail::g_signal_deliver_hook.store(&hold_relay, std::memory_order_relaxed);
   mpg::detail::g_signal_wait_hook.store(&note_wait, std::memory_order_relaxed);
   ::raise(SIGUSR1);
-  REQUIRE(until([] { return relay_held.load(); }));
+  REQUIRE(mpg_test::wait_until([] { return relay_held.load(); }));
   {
     mpg_test::stderr_capture cap;  // the shutdown report names the waiting task
     rt.reset();
     runtime_gone.store(true);
     CHECK(cap.wait_for("1 task(s) still alive"));
   }
-  REQUIRE(until([] { return relay_released.load(); }));
+  REQUIRE(mpg_test::wait_until([] { return relay_released.load(); }));
   mpg::detail::g_signal_wait_hook.store(nullptr, std::memory_order_relaxed);
   CHECK(waited_first.load());
   // The delivery itself went on: its waiter was gone, so it was buffered.
-  CHECK(until([&] { return sigs.size() == 1; }));
+  CHECK(mpg_test::wait_until([&] { return sigs.size() == 1; }));
   CHECK(sigs.try_recv().value_or(0) == SIGUSR1);
   mpg::signal::stop(sigs);
 }
@@ -269,14 +259,14 @@ TEST_CASE("a runtime's dump_signal and a channel share the signal, in either ord
     auto rt = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1, .dump_signal = SIGUSR1});
     mpg::chan<int> sigs = mpg::signal::notify({SIGUSR1});
     ::raise(SIGUSR1);
-    CHECK(until([&] { return sigs.size() == 1; }));  // the channel got it
+    CHECK(mpg_test::wait_until([&] { return sigs.size() == 1; }));  // the channel got it
     CHECK(cap.wait_for("task dump"));                 // and the runtime dumped
     CHECK(sigs.try_recv().value_or(0) == SIGUSR1);
     rt.reset();
     // The channel still wants the signal: its handler stays.
     REQUIRE(disposition_of(SIGUSR1) == disposition::handler);
     ::raise(SIGUSR1);
-    CHECK(until([&] { return sigs.size() == 1; }));
+    CHECK(mpg_test::wait_until([&] { return sigs.size() == 1; }));
     mpg::signal::stop(sigs);
     CHECK(disposition_of(SIGUSR1) == disposition::dfl);
   }
@@ -285,7 +275,7 @@ TEST_CASE("a runtime's dump_signal and a channel share the signal, in either ord
     mpg::chan<int> sigs = mpg::signal::notify({SIGUSR1});
     auto rt = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1, .dump_signal = SIGUSR1});
     ::raise(SIGUSR1);
-    CHECK(until([&] { return sigs.size() == 1; }));
+    CHECK(mpg_test::wait_until([&] { return sigs.size() == 1; }));
     CHECK(cap.wait_for("task dump"));
     mpg::signal::stop(sigs);
     // The runtime still dumps on it.

@@ -3,11 +3,13 @@
 
 #include "mpg/mpg.hpp"
 
+#include <chrono>
 #include <coroutine>
 #include <exception>
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <thread>
 
 namespace mpg_test {
 
@@ -48,6 +50,19 @@ inline bool dump_shows(const mpg::runtime& rt, std::string_view reason) {
   std::ostringstream os;
   rt.dump(os);
   return os.str().find(": " + std::string(reason) + " at ") != std::string::npos;
+}
+
+// wait_until(): a plain thread (or a hook) yields the CPU until `pred`
+// holds, at most `limit`; false when it never did (a failure, never a
+// normal outcome). Tasks wait with mpg::yield() instead.
+template <class Pred>
+bool wait_until(Pred pred, std::chrono::milliseconds limit = std::chrono::seconds(30)) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::yield();
+  }
+  return true;
 }
 
 }  // namespace mpg_test
