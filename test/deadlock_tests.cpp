@@ -16,6 +16,7 @@
 
 #include "mpg/mpg.hpp"
 #include "sched/scheduler.hpp"
+#include "test_support.hpp"
 
 using namespace std::chrono_literals;
 
@@ -159,6 +160,49 @@ TEST_CASE("a task waiting on a task of a runtime being destroyed is not a deadlo
   g_send_now.store(true, std::memory_order_release);  // lets the sender end if the check threw
   destroyer.join();
   CHECK(got == 7);
+}
+
+namespace {
+
+// An M leaving mpg::blocking is held after its call has returned and before
+// it takes a P back (as a preemption could hold it) while block_on's check
+// looks four times, or until it decides: the G must still count as a
+// possible wake-up there, not as a task asleep.
+std::atomic<int> g_exit_looks{0};
+std::atomic<bool> g_exit_decided{false};
+void count_exit_look(int quiet_looks) {
+  g_exit_looks.fetch_add(1, std::memory_order_relaxed);
+  if (quiet_looks >= 3) g_exit_decided.store(true, std::memory_order_relaxed);
+}
+void hold_blocking_exit() {
+  const int from = g_exit_looks.load(std::memory_order_relaxed);
+  CHECK(mpg_test::wait_until([from] {
+    return g_exit_decided.load(std::memory_order_relaxed) ||
+           g_exit_looks.load(std::memory_order_relaxed) >= from + 4;
+  }));
+}
+
+mpg::task<int> quick_blocking_call() {
+  co_return co_await mpg::blocking([] { return 3; });
+}
+
+}  // namespace
+
+TEST_CASE("a task leaving mpg::blocking is not taken for a deadlock") {
+  mpg::runtime rt({.procs = 1});
+  mpg::detail::g_deadlock_look_hook.store(&count_exit_look, std::memory_order_relaxed);
+  mpg::detail::g_exit_blocking_hook.store(&hold_blocking_exit, std::memory_order_relaxed);
+  int got = 0;
+  try {
+    got = rt.block_on(quick_blocking_call());
+  } catch (const mpg::deadlock_error&) {
+    got = -2;
+  }
+  mpg::detail::g_exit_blocking_hook.store(nullptr, std::memory_order_relaxed);
+  mpg::detail::g_deadlock_look_hook.store(nullptr, std::memory_order_relaxed);
+  CHECK(got == 3);
+  CHECK_FALSE(g_exit_decided.load(std::memory_order_relaxed));
+  CHECK(g_exit_looks.load(std::memory_order_relaxed) >= 4);
 }
 
 TEST_CASE("block_on reports a deadlock naming the blocked tasks") {

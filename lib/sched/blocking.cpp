@@ -14,6 +14,15 @@
 // one critical section (so no start_m can miss this M: p_ownership.cpp, "No
 // lost hand-off"); the caller suspends, wake_p finds the G an M, and this M
 // sleeps in m_main until handed a P.
+//
+// The deadlock check. block_on's check (inspect.cpp, inert()) reads
+// nblocking_, the global queue's size and the idle Ps under mu_, and the
+// count changes only under mu_: at enter, before the P is released; at exit,
+// after the G has a P (or waits in the global queue). So at every point of
+// mu_'s order the G is accounted for by one of the three, and no look sees a
+// runtime quiet while a blocking call returns. (Uncounted before taking mu_,
+// an exit preempted there for the check's three looks made a false deadlock
+// report: test/deadlock_tests.cpp.)
 #include "mpg/blocking.hpp"
 
 #include "mpg/errors.hpp"
@@ -40,10 +49,10 @@ void scheduler::enter_blocking(machine* m) {
   if (m->trace != nullptr) [[unlikely]] trace_blocking_enter(m);
   p->cur_gid.store(0, std::memory_order_relaxed);
   m->blocking_from = p;
-  // Relaxed: a count for the deadlock check, which confirms it twice.
-  nblocking_.fetch_add(1, std::memory_order_relaxed);
   {
     thread_mutex_lock l(mu_);
+    // Counted under mu_ with the P's release: "The deadlock check", above.
+    nblocking_.fetch_add(1, std::memory_order_relaxed);
     release_p(m);  // T2 (first half)
   }
   handoff_p(p);  // T5
@@ -53,7 +62,8 @@ bool scheduler::exit_blocking(machine* m, g* gp) noexcept {
   processor* old = m->blocking_from;
   if (m->trace != nullptr) [[unlikely]] trace_blocking_exit(m, gp);
   m->blocking_from = nullptr;
-  nblocking_.fetch_sub(1, std::memory_order_relaxed);
+  // Relaxed: null outside tests (scheduler.hpp).
+  if (auto hook = g_exit_blocking_hook.load(std::memory_order_relaxed)) [[unlikely]] hook();
   processor* got = nullptr;
   {
     thread_mutex_lock l(mu_);
@@ -71,6 +81,9 @@ bool scheduler::exit_blocking(machine* m, g* gp) noexcept {
       global_put_locked(gp, gp, 1);
       stop_m(m);
     }
+    // Uncounted only once the G holds a P or waits in the global queue, in
+    // the same critical section: "The deadlock check", above.
+    nblocking_.fetch_sub(1, std::memory_order_relaxed);
   }
   if (got == nullptr) {
     wake_p();  // S2 for the global push above

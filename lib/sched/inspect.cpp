@@ -49,11 +49,8 @@ namespace mpg::detail {
 
 bool scheduler::inert(std::uint64_t* progress) const {
   std::uint64_t runs = gpushes_.load(std::memory_order_relaxed) + posts_run_.load(std::memory_order_relaxed);
-  bool quiet = nblocking_.load(std::memory_order_relaxed) == 0 &&
-               external_wakers_.load(std::memory_order_relaxed) == 0 &&
-               putters_.load(std::memory_order_relaxed) == 0 &&
-               gsize_.load(std::memory_order_seq_cst) == 0 &&
-               !posts_queued();
+  bool quiet = external_wakers_.load(std::memory_order_relaxed) == 0 &&
+               putters_.load(std::memory_order_relaxed) == 0 && !posts_queued();
   for (auto& p : ps_) {
     runs += p->tasks_run.load(std::memory_order_relaxed);
     if (p->runq.size() != 0 || p->cur_gid.load(std::memory_order_relaxed) != 0 ||
@@ -62,8 +59,13 @@ bool scheduler::inert(std::uint64_t* progress) const {
       quiet = false;
   }
   {
+    // Under mu_, where all three change (blocking.cpp, "The deadlock
+    // check"): a G leaving mpg::blocking is counted by one of them.
     thread_mutex_lock l(mu_);
-    if (npidle_.load(std::memory_order_relaxed) != procs()) quiet = false;
+    if (nblocking_.load(std::memory_order_relaxed) != 0 ||
+        gsize_.load(std::memory_order_relaxed) != 0 ||
+        npidle_.load(std::memory_order_relaxed) != procs())
+      quiet = false;
   }
   *progress = runs;
   return quiet;

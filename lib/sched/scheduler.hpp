@@ -49,6 +49,11 @@ inline std::atomic<void (*)()> g_give_up_hook{nullptr};
 // decided), holding the waiter's lock. Relaxed, as g_give_up_hook.
 inline std::atomic<void (*)(int)> g_deadlock_look_hook{nullptr};
 
+// Test hook: exit_blocking() (blocking.cpp) calls it on the M leaving
+// mpg::blocking, before it takes mu_ to get a P back. Relaxed, as
+// g_give_up_hook.
+inline std::atomic<void (*)()> g_exit_blocking_hook{nullptr};
+
 struct post_node;     // mpg/detail/sched/post_node.hpp
 struct handle_state;  // post.cpp
 struct debug_state;   // debug_env.cpp
@@ -291,7 +296,9 @@ class scheduler {
   std::atomic<std::uint32_t> nring_parked_{0};
   std::atomic<bool> stopping_{false};
   std::atomic<std::uint32_t> putters_{0};  // threads inside global_put_batch
-  std::atomic<std::uint32_t> nblocking_{0};  // Ms inside mpg::blocking
+  // Ms inside mpg::blocking: changed and read by the deadlock check under
+  // mu_ (blocking.cpp, "The deadlock check"); relaxed, the lock orders it.
+  std::atomic<std::uint32_t> nblocking_{0};
   // Possible wake-ups from outside the runtime (g.hpp, external_waker_add).
   // Relaxed: a count for the deadlock check, which confirms it on several
   // looks 50 ms apart, like nblocking_.
