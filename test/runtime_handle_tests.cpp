@@ -279,6 +279,52 @@ TEST_CASE("a post already inside when ~runtime begins is queued before the runti
   CHECK(ran.load() <= 1);
 }
 
+namespace {
+// A post refused while ~runtime waits for a post inside: the refused caller
+// (held in the refusal for up to 10 s) must not be one that ~runtime waits
+// for. The first poster is held inside until the second has been refused.
+std::atomic<bool> g_first_inside{false}, g_second_refused{false}, g_runtime_gone{false};
+std::atomic<bool> g_refused_saw_gone{false};
+thread_local int t_poster_role = 0;  // 1: held inside; 2: held in its refusal
+void hold_first_inside() {
+  if (t_poster_role != 1) return;
+  g_first_inside.store(true);
+  CHECK(mpg_test::wait_until([] { return g_second_refused.load(); }));
+}
+void hold_second_refused() {
+  if (t_poster_role != 2) return;
+  g_second_refused.store(true);
+  g_refused_saw_gone.store(
+      mpg_test::wait_until([] { return g_runtime_gone.load(); }, std::chrono::seconds(10)));
+}
+}  // namespace
+
+TEST_CASE("a post refused during ~runtime does not hold the destructor up") {
+  auto rt = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1});
+  mpg::runtime_handle h = rt->handle();
+  mpg::detail::test_post_entered_hook.store(&hold_first_inside);
+  mpg::detail::test_post_refused_hook.store(&hold_second_refused);
+  std::thread first([&] {
+    t_poster_role = 1;
+    CHECK(h.post([] {}));
+  });
+  REQUIRE(mpg_test::wait_until([] { return g_first_inside.load(); }));
+  std::thread destroyer([&] {
+    rt.reset();  // closes the handle, then waits for the first poster
+    g_runtime_gone.store(true);
+  });
+  std::thread second([&] {
+    t_poster_role = 2;
+    while (h.post([] {})) std::this_thread::yield();  // until ~runtime has closed the handle
+  });
+  second.join();
+  first.join();
+  destroyer.join();
+  mpg::detail::test_post_refused_hook.store(nullptr);
+  mpg::detail::test_post_entered_hook.store(nullptr);
+  CHECK(g_refused_saw_gone.load());
+}
+
 TEST_CASE("schedule() moves a plain coroutine onto a P") {
   mpg::runtime rt({.procs = 2});
   bool before = true, after = false;

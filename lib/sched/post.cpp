@@ -5,17 +5,21 @@
 // runtime_handle / external_work; it outlives the runtime when they do. Its
 // word holds bit 0 "alive" and, above it, twice the number of callers inside
 // (a post or a waker add/remove in progress):
-//   enter():  fetch_add(2); if alive was clear, fetch_sub(2) and refuse;
+//   enter():  load; while alive is set, CAS the word to word + 2 (counted);
+//             once alive is clear, refuse without writing the word;
 //   leave():  fetch_sub(2);
 //   close():  (~runtime, before stop) fetch_and(~1), then wait until the word
 //             is 0: no caller inside, and none can enter.
-// All three are read-modify-writes of one word, so they are totally ordered:
-// a caller whose fetch_add comes after close's fetch_and sees alive clear and
-// refuses; one whose fetch_add comes before is counted, and close waits for
-// its leave. So a post racing with ~runtime is either queued (and then run,
-// or destroyed by shutdown) or refused; never queued after the queue is
-// drained. leave() is release and close's wait acquire: everything a caller
-// did to the scheduler happens before ~runtime goes on to stop and free it.
+// The changes are read-modify-writes of one word, so they are totally
+// ordered: an enter() CAS expects alive set, so it succeeds only before
+// close's fetch_and (alive is never set again), and close waits for that
+// caller's leave. A refused caller never changes the word, so close waits
+// for the callers counted before it and no others, however many posts are
+// refused meanwhile. So a post racing with ~runtime is either queued (and
+// then run, or destroyed by shutdown) or refused; never queued after the
+// queue is drained. leave() is release and close's wait acquire: everything
+// a caller did to the scheduler happens before ~runtime goes on to stop and
+// free it.
 // enter() is acquire (pairs with nothing but keeps the caller's scheduler
 // accesses after it; the count, not the ordering, is what protects them).
 //
@@ -67,12 +71,20 @@ struct handle_state {
   std::atomic<std::uint64_t> word{1};
 
   bool enter() noexcept {
-    const std::uint64_t old = word.fetch_add(2, std::memory_order_acquire);
-    if ((old & 1) != 0) return true;
-    leave();
-    return false;
+    std::uint64_t old = word.load(std::memory_order_relaxed);
+    do {
+      if ((old & 1) == 0) {
+        refused();
+        return false;
+      }
+      // acquire on success: see the top of the file. Relaxed on failure:
+      // the next attempt reads the word again.
+    } while (!word.compare_exchange_weak(old, old + 2, std::memory_order_acquire,
+                                         std::memory_order_relaxed));
+    return true;
   }
   void leave() noexcept { word.fetch_sub(2, std::memory_order_release); }
+  static void refused() noexcept;
 };
 
 namespace {
@@ -191,6 +203,12 @@ std::shared_ptr<handle_state> current_handle_state() {
 }
 
 std::atomic<void (*)()> test_post_entered_hook{nullptr};
+std::atomic<void (*)()> test_post_refused_hook{nullptr};
+
+void handle_state::refused() noexcept {
+  // Relaxed: set by a test before it starts the threads that post.
+  if (auto hook = test_post_refused_hook.load(std::memory_order_relaxed)) hook();
+}
 
 bool handle_post(handle_state* st, post_node* n) noexcept {
   if (!st->enter()) return false;

@@ -371,5 +371,8 @@ processor* current_p_of(scheduler* s) noexcept;
 // Test seam (test/runtime_handle_tests.cpp): when set, runtime_handle::post
 // calls it after entering the control block and before queuing the node.
 extern std::atomic<void (*)()> test_post_entered_hook;
+// Test seam: when set, a post (or waker add/remove) that finds the runtime's
+// handle closed calls it on its way out.
+extern std::atomic<void (*)()> test_post_refused_hook;
 
 }  // namespace mpg::detail
