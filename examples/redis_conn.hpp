@@ -1,0 +1,95 @@
+// examples/redis_conn.hpp: one connection of redis_server.cpp: read
+// requests, parse them (resp.hpp), run them (redis_commands.hpp), write the
+// replies.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstring>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mpg/buffered.hpp"
+#include "mpg/mpg.hpp"
+#include "redis_commands.hpp"
+#include "redis_store.hpp"
+#include "resp.hpp"
+
+namespace redis {
+
+// diagnostics: what a server's connections record, for --smoke to check.
+struct diagnostics {
+  std::atomic<std::size_t> peak_pending_replies{0};  // the most reply bytes held at once
+};
+
+
+// Replies pending in a connection are written out once they reach this
+// many bytes, even in the middle of a batch of pipelined requests.
+inline constexpr std::size_t kMaxPendingReplies = 64 * 1024;
+
+// note_pending(): keeps *peak the most reply bytes a connection has held.
+inline void note_pending(std::atomic<std::size_t>* peak, std::size_t pending) {
+  std::size_t seen = peak->load(std::memory_order_relaxed);
+  while (pending > seen && !peak->compare_exchange_weak(seen, pending, std::memory_order_relaxed)) {
+  }
+}
+
+// serve(): answers requests until the client leaves, sends a protocol error
+// or QUIT, or the connection is closed by shutdown. Replies to a batch of
+// pipelined requests go out in one write, or in a write per
+// kMaxPendingReplies bytes of them: a client that pipelines requests and
+// reads no replies then holds the connection in a write (backpressure), and
+// the replies it has not read cost the server at most that much.
+// diag: what --smoke checks, such as the most reply bytes held at once (it
+// checks the bound).
+inline mpg::task<> serve(mpg::net::tcp_stream& conn, store* db, diagnostics* diag) {
+  std::vector<char> buf(16 * 1024);
+  std::size_t begin = 0, end = 0;  // unparsed bytes: [begin, end)
+  std::vector<std::string_view> args;
+  std::string out;
+  mpg::net::buffered_writer<mpg::net::tcp_stream> writer(conn);
+  for (;;) {
+    bool keep = true;
+    while (keep) {
+      const std::string_view pending(buf.data() + begin, end - begin);
+      const resp::parse_result r = resp::parse_command(pending, args);
+      if (r.status == resp::parse_status::incomplete) break;
+      if (r.status == resp::parse_status::error) {
+        reply_error(out, "ERR Protocol error: " + std::string(r.error));
+        keep = false;
+        break;
+      }
+      if (!args.empty()) keep = co_await execute(*db, args, out);
+      begin += r.used;
+      if (out.size() >= kMaxPendingReplies) {
+        note_pending(&diag->peak_pending_replies, out.size());
+        if (!(co_await writer.write(out)).ok()) co_return;
+        out.clear();
+      }
+    }
+    note_pending(&diag->peak_pending_replies, out.size());
+    if (!out.empty()) {
+      absl::Status w = co_await writer.write(out);
+      if (w.ok()) w = co_await writer.flush();
+      out.clear();
+      if (!w.ok()) co_return;
+    }
+    if (!keep) co_return;
+    // Room for more: move the partial request to the front, grow for a
+    // large one.
+    if (begin > 0) {
+      std::memmove(buf.data(), buf.data() + begin, end - begin);
+      end -= begin;
+      begin = 0;
+    }
+    if (end == buf.size()) buf.resize(buf.size() * 2);
+    absl::StatusOr<std::size_t> n =
+        co_await conn.read(std::span<char>(buf.data() + end, buf.size() - end));
+    if (!n.ok() || *n == 0) co_return;  // gone, or closed at shutdown
+    end += *n;
+  }
+}
+
+}  // namespace redis

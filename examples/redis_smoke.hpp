@@ -1,0 +1,146 @@
+// examples/redis_smoke.hpp: redis_server.cpp's self-test (--smoke): a
+// client that talks to the server over TCP and checks its replies.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <string_view>
+
+#include "mpg/buffered.hpp"
+#include "mpg/mpg.hpp"
+#include "redis_conn.hpp"
+
+namespace redis {
+
+using namespace std::chrono_literals;
+
+
+using client_reader = mpg::net::buffered_reader<mpg::net::tcp_stream>;
+
+inline mpg::task<bool> expect(client_reader& in, std::string_view want) {
+  std::string got;
+  while (got.size() < want.size()) {
+    absl::StatusOr<std::string_view> line = co_await in.read_until('\n');
+    if (!line.ok()) co_return false;
+    got.append(*line);
+  }
+  if (got != want) {
+    std::fprintf(stderr, "smoke: expected %.*s got %s\n", static_cast<int>(want.size()),
+                 want.data(), got.c_str());
+  }
+  co_return got == want;
+}
+
+inline mpg::task<bool> smoke_client(std::uint16_t port) {
+  absl::StatusOr<mpg::net::tcp_stream> c =
+      co_await mpg::net::dial("127.0.0.1:" + std::to_string(port));
+  if (!c.ok()) co_return false;
+  client_reader in(*c);
+  // Pipelined: multibulk and inline requests in one write, split mid-request.
+  const std::string part1 = "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhel";
+  const std::string part2 =
+      "lo\r\nGET k\r\nINCR n\r\nINCR n\r\n*2\r\n$6\r\nEXISTS\r\n$1\r\nk\r\nDEL k n\r\nGET k\r\n"
+      "PING\r\n";
+  if (!(co_await c->write(part1)).ok()) co_return false;
+  if (!(co_await c->write(part2)).ok()) co_return false;
+  bool ok = co_await expect(in, "+OK\r\n");
+  ok = ok && co_await expect(in, "$5\r\nhello\r\n");
+  ok = ok && co_await expect(in, ":1\r\n");
+  ok = ok && co_await expect(in, ":2\r\n");
+  ok = ok && co_await expect(in, ":1\r\n");
+  ok = ok && co_await expect(in, ":2\r\n");
+  ok = ok && co_await expect(in, "$-1\r\n");
+  ok = ok && co_await expect(in, "+PONG\r\n");
+  // Expiry: PX 20 is gone after 50 ms.
+  if (!(co_await c->write("SET t v PX 20\r\n")).ok()) co_return false;
+  ok = ok && co_await expect(in, "+OK\r\n");
+  co_await mpg::sleep_for(50ms);
+  if (!(co_await c->write("GET t\r\nEXISTS t\r\n")).ok()) co_return false;
+  ok = ok && co_await expect(in, "$-1\r\n");
+  ok = ok && co_await expect(in, ":0\r\n");
+  // A protocol error: -ERR, then the server closes.
+  if (!(co_await c->write("*1\r\n+PING\r\n")).ok()) co_return false;
+  ok = ok && co_await expect(in, "-ERR Protocol error: expected '$'\r\n");
+  absl::StatusOr<std::string_view> after = co_await in.read_line();
+  ok = ok && mpg::net::is_eof(after.status());
+  co_return ok;
+}
+
+// smoke_dial(): a connection for one check; a missing reply fails the
+// check instead of hanging it.
+inline mpg::task<absl::StatusOr<mpg::net::tcp_stream>> smoke_dial(std::uint16_t port) {
+  absl::StatusOr<mpg::net::tcp_stream> c =
+      co_await mpg::net::dial("127.0.0.1:" + std::to_string(port));
+  if (c.ok()) c->set_read_deadline(mpg::net::clock::now() + 10s);
+  co_return c;
+}
+
+// Expiries that do not fit the clock are refused, and the key is not set.
+inline mpg::task<bool> check_expiry_overflow(std::uint16_t port) {
+  absl::StatusOr<mpg::net::tcp_stream> c = co_await smoke_dial(port);
+  if (!c.ok()) co_return false;
+  client_reader in(*c);
+  if (!(co_await c->write("SET e v EX 9223372036854775807\r\nSET e v PX 9223372036854775807\r\n"
+                          "SET e v EX 100000000000\r\nSET e v PX -5\r\nGET e\r\n"))
+           .ok())
+    co_return false;
+  for (int i = 0; i < 4; ++i)
+    if (!co_await expect(in, "-ERR invalid expire time in 'set' command\r\n")) co_return false;
+  co_return co_await expect(in, "$-1\r\n");
+}
+
+// An unknown command's name comes back with its control bytes as spaces: a
+// name holding CRLF cannot inject a reply.
+inline mpg::task<bool> check_unknown_command_quoted(std::uint16_t port) {
+  absl::StatusOr<mpg::net::tcp_stream> c = co_await smoke_dial(port);
+  if (!c.ok()) co_return false;
+  client_reader in(*c);
+  if (!(co_await c->write("*1\r\n$10\r\nA\r\n+OK\r\nB\x01\r\nPING\r\n")).ok()) co_return false;
+  co_return co_await expect(in, "-ERR unknown command 'A  +OK  B '\r\n") &&
+      co_await expect(in, "+PONG\r\n");
+}
+
+// Pipelined GETs of a large value, not read until all are sent: the replies
+// pending in the server stay bounded (it writes them as they grow, and the
+// write waits for the client).
+inline mpg::task<bool> check_pipelined_replies_bounded(std::uint16_t port,
+                                                             const diagnostics* diag) {
+  absl::StatusOr<mpg::net::tcp_stream> c = co_await smoke_dial(port);
+  if (!c.ok()) co_return false;
+  client_reader in(*c);
+  constexpr std::size_t kValue = 64 * 1024;
+  constexpr int kGets = 256;
+  std::string burst = "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$" + std::to_string(kValue) + "\r\n" +
+                      std::string(kValue, 'x') + "\r\n";
+  for (int i = 0; i < kGets; ++i) burst += "GET big\r\n";
+  if (!(co_await c->write(burst)).ok() || !co_await expect(in, "+OK\r\n")) co_return false;
+  for (int i = 0; i < kGets; ++i) {
+    if (!co_await expect(in, "$" + std::to_string(kValue) + "\r\n")) co_return false;
+    absl::StatusOr<std::string> v = co_await in.read_exact(kValue + 2);
+    if (!v.ok()) co_return false;
+  }
+  const std::size_t peak = diag->peak_pending_replies.load();
+  if (peak > kMaxPendingReplies + kValue + 64) {
+    std::fprintf(stderr, "smoke: %zu bytes of replies were pending at once\n", peak);
+    co_return false;
+  }
+  co_return true;
+}
+
+inline bool report(bool ok, const char* check) {
+  if (!ok) std::fprintf(stderr, "smoke: check failed: %s\n", check);
+  return ok;
+}
+
+inline mpg::task<bool> smoke_edge_cases(std::uint16_t port, const diagnostics* diag) {
+  bool ok = report(co_await check_expiry_overflow(port), "SET with an expiry that does not fit");
+  ok &= report(co_await check_unknown_command_quoted(port),
+               "an unknown command whose name holds CR, LF, \\x01");
+  ok &= report(co_await check_pipelined_replies_bounded(port, diag),
+               "the replies to pipelined GETs of a 64 KiB value: bounded");
+  co_return ok;
+}
+
+}  // namespace redis
