@@ -11,7 +11,8 @@
 // and give up on stragglers after a grace period by closing them.
 // Routes: GET / (hello), GET /healthz, POST /echo (the body back).
 //
-// Run:  ./build/examples/http_server [--port 8080] [--procs N]
+// Run:  ./build/examples/http_server [--port 8080] [--procs N] [--idle-timeout D]
+//         [--read-timeout D] [--max-conns N]   (server_args.hpp; defaults: kDefaultLimits)
 //       curl -i localhost:8080/ ; curl -d hi localhost:8080/echo
 //       wrk -c64 -d5s http://127.0.0.1:8080/
 //       ./build/examples/http_server --smoke   (starts on a free port, talks
@@ -57,6 +58,17 @@ struct flush_then_read {
 };
 using reader = mpg::net::buffered_reader<flush_then_read>;
 using client_reader = mpg::net::buffered_reader<mpg::net::tcp_stream>;
+
+// kDefaultLimits: the command line's defaults (server_args.hpp has the
+// flags): a connection may wait 60 s for a request (Go's IdleTimeout) and
+// a request must arrive, head and body, within 30 s of its first byte (Go's
+// ReadTimeout, counted from the first byte as its ReadHeaderTimeout is);
+// 10000 connections at once.
+constexpr example::server_limits kDefaultLimits = {
+    .idle_timeout = 60s,
+    .read_timeout = 30s,
+    .max_conns = 10000,
+};
 
 constexpr auto kGrace = 5s;   // how long shutdown waits for busy connections
 constexpr auto kLinger = 1s;  // how long an error response waits for the client
@@ -109,10 +121,13 @@ mpg::task<> respond_and_close(mpg::net::tcp_stream& conn, writer& out, int statu
   }
 }
 
-// The server's shared state: the listener, the shutdown flag and the live
-// connections (to close the idle ones at shutdown).
+// The server's shared state: the limits, the listener, the shutdown flag
+// and the live connections (to close the idle ones at shutdown).
 struct server {
+  explicit server(const example::server_limits& l) : limits(l) {}
+  const example::server_limits limits;
   mpg::net::listener ln;
+  mpg::wait_group accepting;  // the accept loop
   mpg::wait_group conns;
   mpg::mutex mu;
   bool shutting_down = false;  // under mu
@@ -233,6 +248,21 @@ mpg::task<> accept_loop(server* srv) {
   }
 }
 
+// start(): a server listening on address, its accept loop running.
+absl::StatusOr<std::unique_ptr<server>> start(const std::string& address,
+                                              const example::server_limits& limits) {
+  auto srv = std::make_unique<server>(limits);
+  absl::StatusOr<mpg::net::listener> ln = mpg::net::listen(address);
+  if (!ln.ok()) return ln.status();
+  srv->ln = std::move(*ln);
+  srv->accepting.add(1);
+  mpg::go([](server* s) -> mpg::task<> {
+    co_await accept_loop(s);
+    s->accepting.done();
+  }(srv.get()));
+  return srv;
+}
+
 // shutdown(): Go's Server.Shutdown, then a forced close after kGrace.
 mpg::task<> shutdown(server* srv) {
   srv->ln.close();
@@ -248,6 +278,7 @@ mpg::task<> shutdown(server* srv) {
     for (auto& [id, c] : srv->live) c.stream->close();
   }
   co_await srv->conns.wait();
+  co_await srv->accepting.wait();
 }
 
 // --- The smoke test ---------------------------------------------------------
@@ -378,9 +409,27 @@ mpg::task<bool> smoke_edge_cases(const std::string& addr) {
   co_return ok;
 }
 
+// The limits of the second server that smoke_limits() talks to: small
+// enough to reach in a test.
+constexpr example::server_limits kSmokeLimits = {
+    .idle_timeout = 200ms,
+    .read_timeout = 200ms,
+    .max_conns = 1,
+};
+
+// smoke_limits(): the checks against a server with kSmokeLimits.
+mpg::task<bool> smoke_limits() {
+  absl::StatusOr<std::unique_ptr<server>> srv = start("127.0.0.1:0", kSmokeLimits);
+  if (!srv.ok()) co_return false;
+  const bool ok = true;
+  co_await shutdown(srv->get());
+  co_return ok;
+}
+
 mpg::task<bool> smoke_client(server* srv) {
   const std::string addr = "127.0.0.1:" + std::to_string(srv->ln.port());
   const bool edge_cases_ok = co_await smoke_edge_cases(addr);
+  const bool limits_ok = co_await smoke_limits();
   absl::StatusOr<mpg::net::tcp_stream> c = co_await smoke_dial(addr);
   if (!c.ok()) co_return false;
   client_reader in(*c);
@@ -406,36 +455,28 @@ mpg::task<bool> smoke_client(server* srv) {
   ::kill(::getpid(), SIGTERM);
   absl::StatusOr<std::string_view> end = co_await in.read_line();
   ok = ok && mpg::net::is_eof(end.status());
-  co_return ok && edge_cases_ok;
+  co_return ok && edge_cases_ok && limits_ok;
 }
 
-mpg::task<int> run(std::string address, bool smoke) {
-  auto srv = std::make_unique<server>();
-  absl::StatusOr<mpg::net::listener> ln = mpg::net::listen(address);
-  if (!ln.ok()) {
-    std::fprintf(stderr, "listen %s: %s\n", address.c_str(), ln.status().ToString().c_str());
+mpg::task<int> run(example::server_args args) {
+  const std::string address = args.address();
+  absl::StatusOr<std::unique_ptr<server>> srv = start(address, args.limits);
+  if (!srv.ok()) {
+    std::fprintf(stderr, "listen %s: %s\n", address.c_str(), srv.status().ToString().c_str());
     co_return 1;
   }
-  srv->ln = std::move(*ln);
   mpg::chan<int> sigs = mpg::signal::notify({SIGINT, SIGTERM});
-  mpg::wait_group accepting;
-  accepting.add(1);
-  mpg::go([](server* s, mpg::wait_group* wg) -> mpg::task<> {
-    co_await accept_loop(s);
-    wg->done();
-  }(srv.get(), &accepting));
   std::optional<mpg::join_handle<bool>> client;
-  if (smoke) {
-    client.emplace(mpg::spawn(smoke_client(srv.get())));
+  if (args.smoke) {
+    client.emplace(mpg::spawn(smoke_client(srv->get())));
   } else {
-    std::printf("listening on %s (port %u)\n", address.c_str(), srv->ln.port());
+    std::printf("listening on %s (port %u)\n", address.c_str(), (*srv)->ln.port());
     std::fflush(stdout);
   }
   std::optional<int> sig = co_await sigs.recv();
   mpg::signal::stop(sigs);
   std::fprintf(stderr, "signal %d: shutting down\n", sig.value_or(0));
-  co_await shutdown(srv.get());
-  co_await accepting.wait();
+  co_await shutdown(srv->get());
   if (!client) co_return 0;
   const bool ok = co_await std::move(*client);
   std::printf("smoke test %s\n", ok ? "passed" : "FAILED");
@@ -446,8 +487,9 @@ mpg::task<int> run(std::string address, bool smoke) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::optional<example::server_args> args = example::parse_server_args(argc, argv, 8080);
+  const std::optional<example::server_args> args =
+      example::parse_server_args(argc, argv, 8080, kDefaultLimits);
   if (!args) return 2;
   mpg::runtime rt({.procs = static_cast<unsigned>(args->procs)});
-  return rt.block_on(run(args->address(), args->smoke));
+  return rt.block_on(run(*args));
 }

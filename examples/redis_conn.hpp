@@ -4,7 +4,9 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <span>
 #include <string>
@@ -16,8 +18,21 @@
 #include "redis_commands.hpp"
 #include "redis_store.hpp"
 #include "resp.hpp"
+#include "server_args.hpp"
 
 namespace redis {
+
+// kDefaultLimits: the command line's defaults (server_args.hpp has the
+// flags). As Redis' own: no idle timeout (its `timeout` 0) and 10000
+// clients (`maxclients`). Not in Redis: a request begun must arrive within
+// 60 s. The query buffer (Redis' client-query-buffer-limit, 1 GB there)
+// holds 256 MiB here, room for the largest argument (resp::kMaxBulk).
+inline constexpr example::server_limits kDefaultLimits = {
+    .idle_timeout = std::chrono::milliseconds(0),
+    .read_timeout = std::chrono::seconds(60),
+    .max_conns = 10000,
+    .max_query_buffer = 256LL << 20,
+};
 
 // diagnostics: what a server's connections record, for --smoke to check.
 struct diagnostics {
@@ -44,7 +59,9 @@ inline void note_pending(std::atomic<std::size_t>* peak, std::size_t pending) {
 // the replies it has not read cost the server at most that much.
 // diag: what --smoke checks, such as the most reply bytes held at once (it
 // checks the bound).
-inline mpg::task<> serve(mpg::net::tcp_stream& conn, store* db, diagnostics* diag) {
+inline mpg::task<> serve(mpg::net::tcp_stream& conn, store* db,
+                         const example::server_limits& limits, diagnostics* diag) {
+  (void)limits;
   std::vector<char> buf(16 * 1024);
   std::size_t begin = 0, end = 0;  // unparsed bytes: [begin, end)
   std::vector<std::string_view> args;

@@ -17,7 +17,9 @@
 //   redis_smoke.hpp     the self-test that --smoke runs
 //   redis_server.cpp    the listener, shutdown, main()
 //
-// Run:  ./build/examples/redis_server [--port 6380] [--procs N]
+// Run:  ./build/examples/redis_server [--port 6380] [--procs N] [--idle-timeout D]
+//         [--read-timeout D] [--max-conns N] [--max-query-buffer BYTES]
+//       (server_args.hpp; the defaults are redis::kDefaultLimits, redis_conn.hpp)
 //       redis-cli -p 6380 set greeting hello ; redis-cli -p 6380 get greeting
 //       redis-benchmark -p 6380 -t get,set -P 16 -c 50 -n 1000000
 //       ./build/examples/redis_server --smoke   (starts on a free port, talks
@@ -42,14 +44,17 @@ namespace {
 
 using redis::store;
 
-// The server: an accept loop, the expiry task, and shutdown on a signal or
-// when `stop` fires (--smoke).
+// The server: an accept loop, the expiry task, the live connections (to
+// close them at shutdown) and the limits they are served under.
 struct server {
+  explicit server(const example::server_limits& l) : limits(l) {}
+  const example::server_limits limits;
   store db;
   mpg::net::listener ln;
   mpg::context ctx = mpg::background();
   mpg::cancel_func cancel;
   mpg::wait_group conns;
+  mpg::wait_group background;  // the accept loop and the expiry task
   // Live connections, to close them at shutdown (their reads return).
   mpg::mutex conns_mu;
   std::unordered_map<std::uint64_t, mpg::net::tcp_stream*> live;
@@ -63,7 +68,7 @@ mpg::task<> serve_tracked(server* srv, std::uint64_t id, mpg::net::tcp_stream co
     auto g = co_await srv->conns_mu.scoped_lock();
     srv->live[id] = &conn;
   }
-  co_await redis::serve(conn, &srv->db, &srv->diag);
+  co_await redis::serve(conn, &srv->db, srv->limits, &srv->diag);
   {
     auto g = co_await srv->conns_mu.scoped_lock();
     srv->live.erase(id);
@@ -80,6 +85,30 @@ mpg::task<> accept_loop(server* srv) {
   }
 }
 
+// start(): a server listening on address, its accept loop and expiry task
+// running.
+absl::StatusOr<std::unique_ptr<server>> start(const std::string& address,
+                                              const example::server_limits& limits) {
+  auto srv = std::make_unique<server>(limits);
+  absl::StatusOr<mpg::net::listener> ln = mpg::net::listen(address);
+  if (!ln.ok()) return ln.status();
+  srv->ln = std::move(*ln);
+  auto [ctx, cancel] = mpg::with_cancel(mpg::background());
+  srv->ctx = ctx;
+  srv->cancel = cancel;
+  srv->background.add(2);
+  mpg::go([](server* s) -> mpg::task<> {
+    co_await accept_loop(s);
+    s->background.done();
+  }(srv.get()));
+  mpg::go([](server* s) -> mpg::task<> {
+    co_await redis::expire_keys(&s->db, s->ctx);
+    s->background.done();
+  }(srv.get()));
+  return srv;
+}
+
+// shutdown(): stop accepting, close every connection, wait for all tasks.
 mpg::task<> shutdown(server* srv) {
   srv->ln.close();  // accept() returns; no new connections
   srv->cancel();    // the expiry task stops
@@ -88,54 +117,60 @@ mpg::task<> shutdown(server* srv) {
     for (auto& [id, c] : srv->live) c->close();  // blocked reads return
   }
   co_await srv->conns.wait();
+  co_await srv->background.wait();
 }
 
-// run(): serves until a signal (or, with smoke, until the client is done).
-mpg::task<int> run(std::string address, bool smoke) {
-  auto srv = std::make_unique<server>();
-  absl::StatusOr<mpg::net::listener> ln = mpg::net::listen(address);
-  if (!ln.ok()) {
-    std::fprintf(stderr, "listen %s: %s\n", address.c_str(), ln.status().ToString().c_str());
+// The limits of the server the smoke test's limit checks talk to: small
+// enough to reach in a test.
+example::server_limits tight_limits() {
+  return {.idle_timeout = redis::kSmokeTimeout,
+          .read_timeout = redis::kSmokeTimeout,
+          .max_conns = redis::kSmokeMaxConns,
+          .max_query_buffer = redis::kSmokeQueryBuffer};
+}
+
+// smoke(): the self-test, against srv (the command line's limits) and a
+// second server with tight_limits().
+mpg::task<bool> smoke(server* srv) {
+  const bool edge_cases_ok = co_await redis::smoke_edge_cases(srv->ln.port(), &srv->diag);
+  const bool client_ok = co_await redis::smoke_client(srv->ln.port());
+  absl::StatusOr<std::unique_ptr<server>> tight = start("127.0.0.1:0", tight_limits());
+  if (!tight.ok()) co_return false;
+  const bool limits_ok = co_await redis::smoke_limits((*tight)->ln.port(), &(*tight)->diag);
+  co_await shutdown(tight->get());
+  co_return edge_cases_ok && client_ok && limits_ok;
+}
+
+// run(): serves until a signal (or, with smoke, until the self-test is done).
+mpg::task<int> run(example::server_args args) {
+  const std::string address = args.address();
+  absl::StatusOr<std::unique_ptr<server>> srv = start(address, args.limits);
+  if (!srv.ok()) {
+    std::fprintf(stderr, "listen %s: %s\n", address.c_str(), srv.status().ToString().c_str());
     co_return 1;
   }
-  srv->ln = std::move(*ln);
-  auto [ctx, cancel] = mpg::with_cancel(mpg::background());
-  srv->ctx = ctx;
-  srv->cancel = cancel;
-  mpg::wait_group background;
-  background.add(2);
-  mpg::go([](server* s, mpg::wait_group* wg) -> mpg::task<> {
-    co_await accept_loop(s);
-    wg->done();
-  }(srv.get(), &background));
-  mpg::go([](server* s, mpg::wait_group* wg) -> mpg::task<> {
-    co_await redis::expire_keys(&s->db, s->ctx);
-    wg->done();
-  }(srv.get(), &background));
-
   int status = 0;
-  if (smoke) {
-    const bool edge_cases_ok = co_await redis::smoke_edge_cases(srv->ln.port(), &srv->diag);
-    status = co_await redis::smoke_client(srv->ln.port()) && edge_cases_ok ? 0 : 1;
+  if (args.smoke) {
+    status = co_await smoke(srv->get()) ? 0 : 1;
     std::printf("smoke test %s\n", status == 0 ? "passed" : "FAILED");
   } else {
     mpg::chan<int> sigs = mpg::signal::notify({SIGINT, SIGTERM});
-    std::printf("listening on %s (port %u)\n", address.c_str(), srv->ln.port());
+    std::printf("listening on %s (port %u)\n", address.c_str(), (*srv)->ln.port());
     std::fflush(stdout);
     std::optional<int> sig = co_await sigs.recv();
     mpg::signal::stop(sigs);
     std::printf("signal %d: shutting down\n", sig.value_or(0));
   }
-  co_await shutdown(srv.get());
-  co_await background.wait();
+  co_await shutdown(srv->get());
   co_return status;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::optional<example::server_args> args = example::parse_server_args(argc, argv, 6380);
+  const std::optional<example::server_args> args =
+      example::parse_server_args(argc, argv, 6380, redis::kDefaultLimits);
   if (!args) return 2;
   mpg::runtime rt({.procs = static_cast<unsigned>(args->procs)});
-  return rt.block_on(run(args->address(), args->smoke));
+  return rt.block_on(run(*args));
 }
