@@ -8,7 +8,11 @@
 // Go's http.Server.Shutdown on SIGTERM or SIGINT: stop accepting, close the
 // connections that wait idle for their next request, let the ones in the
 // middle of a request finish it (their answer says "Connection: close"),
-// and give up on stragglers after a grace period by closing them.
+// and give up on stragglers after a grace period by closing them. Deadlines
+// through the stream's read deadline: a connection waits for a request for
+// --idle-timeout at most, and a request must arrive within --read-timeout
+// of its first byte (408 otherwise), so slow clients (slowloris) cannot
+// hold connections.
 // Routes: GET / (hello), GET /healthz, POST /echo (the body back).
 //
 // Run:  ./build/examples/http_server [--port 8080] [--procs N] [--idle-timeout D]
@@ -80,6 +84,7 @@ const char* reason(int status) {
     case 400: return "Bad Request";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
     case 413: return "Content Too Large";
     case 414: return "URI Too Long";
     case 431: return "Request Header Fields Too Large";
@@ -138,6 +143,12 @@ struct server {
   std::unordered_map<std::uint64_t, conn_state> live;  // under mu
 };
 
+// deadline_after(): now + d, or none for d == 0 (no limit).
+std::optional<mpg::net::clock::time_point> deadline_after(std::chrono::milliseconds d) {
+  if (d.count() == 0) return std::nullopt;
+  return mpg::net::clock::now() + d;
+}
+
 // set_idle(): marks the connection idle or busy. Returns false when the
 // server is shutting down and the connection should stop (idle: at once).
 mpg::task<bool> set_idle(server* srv, std::uint64_t id, bool idle) {
@@ -160,6 +171,10 @@ mpg::task<bool> handle(server* srv, mpg::net::tcp_stream& conn, reader& in, writ
         err = http::error{431, "header line too long"};
         break;
       }
+      if (line.status().code() == absl::StatusCode::kDeadlineExceeded) {
+        err = http::error{408, "request head not received in time"};
+        break;
+      }
       co_return false;  // the client went away mid-head
     }
     if (line->empty()) break;
@@ -172,8 +187,13 @@ mpg::task<bool> handle(server* srv, mpg::net::tcp_stream& conn, reader& in, writ
   }
   std::string body;
   if (req.content_length > 0) {
-    absl::StatusOr<std::string> b = co_await in.read_exact(static_cast<std::size_t>(req.content_length));
-    if (!b.ok()) co_return false;
+    absl::StatusOr<std::string> b =
+        co_await in.read_exact(static_cast<std::size_t>(req.content_length));
+    if (!b.ok()) {
+      if (b.status().code() == absl::StatusCode::kDeadlineExceeded)
+        co_await respond_and_close(conn, out, 408, "request body not received in time", false);
+      co_return false;
+    }
     body = std::move(*b);
   }
   bool keep = req.keep_alive;
@@ -217,11 +237,29 @@ mpg::task<> serve(server* srv, std::uint64_t id, mpg::net::tcp_stream conn) {
       const bool idle = in.buffered() == 0;
       if (idle && !(co_await out.flush()).ok()) break;
       if (!co_await set_idle(srv, id, idle)) break;
+      // Deadlines (the stream's read deadline, which the reader's reads
+      // follow): idle, the first byte of a request must come within
+      // idle_timeout, or the connection closes without a word (Go's
+      // IdleTimeout); from that byte, the whole request, head and body,
+      // must come within read_timeout, or it is answered 408 and the
+      // connection closes. A slow client holds a connection that long at
+      // most, however it trickles its bytes.
+      if (idle) {
+        conn.set_read_deadline(deadline_after(srv->limits.idle_timeout));
+        if (!(co_await in.peek(1)).ok()) break;  // gone, idle too long, or closed at shutdown
+      }
+      conn.set_read_deadline(deadline_after(srv->limits.read_timeout));
       absl::StatusOr<std::string_view> line = co_await in.read_line();  // closed at shutdown: an error
       if (!line.ok()) {
-        if (line.status().code() == absl::StatusCode::kResourceExhausted) {
+        const absl::StatusCode code = line.status().code();
+        if (code == absl::StatusCode::kResourceExhausted ||
+            code == absl::StatusCode::kDeadlineExceeded) {
           (void)co_await set_idle(srv, id, false);
-          co_await respond_and_close(conn, out, 414, "request line too long", false);
+          const bool too_long = code == absl::StatusCode::kResourceExhausted;
+          co_await respond_and_close(conn, out, too_long ? 414 : 408,
+                                     too_long ? "request line too long"
+                                              : "request line not received in time",
+                                     false);
         }
         break;
       }
@@ -414,14 +452,42 @@ mpg::task<bool> smoke_edge_cases(const std::string& addr) {
 constexpr example::server_limits kSmokeLimits = {
     .idle_timeout = 200ms,
     .read_timeout = 200ms,
-    .max_conns = 1,
 };
+
+// A connection that sends nothing, fresh or after a response, is closed
+// after the idle timeout.
+mpg::task<bool> check_idle_closed(const std::string& addr) {
+  absl::StatusOr<mpg::net::tcp_stream> fresh = co_await smoke_dial(addr);
+  if (!fresh.ok()) co_return false;
+  client_reader fresh_in(*fresh);
+  if (!co_await expect_closed(fresh_in, "an idle new connection")) co_return false;
+  absl::StatusOr<mpg::net::tcp_stream> c = co_await smoke_send(addr, "GET / HTTP/1.1\r\n\r\n");
+  if (!c.ok()) co_return false;
+  client_reader in(*c);
+  co_return co_await expect_response(in, 200, "Hello, world!\n") &&
+      co_await expect_closed(in, "an idle keep-alive connection");
+}
+
+// A request whose head, or body, does not arrive within the read timeout:
+// 408, then the connection closes.
+mpg::task<bool> check_slow_request(const std::string& addr, std::string request) {
+  absl::StatusOr<mpg::net::tcp_stream> c = co_await smoke_send(addr, std::move(request));
+  if (!c.ok()) co_return false;
+  client_reader in(*c);
+  co_return co_await expect_response(in, 408, "") && co_await expect_closed(in, "408");
+}
 
 // smoke_limits(): the checks against a server with kSmokeLimits.
 mpg::task<bool> smoke_limits() {
   absl::StatusOr<std::unique_ptr<server>> srv = start("127.0.0.1:0", kSmokeLimits);
   if (!srv.ok()) co_return false;
-  const bool ok = true;
+  const std::string addr = "127.0.0.1:" + std::to_string((*srv)->ln.port());
+  bool ok = report(co_await check_idle_closed(addr), "idle connections: closed");
+  ok &= report(co_await check_slow_request(addr, "GET / HTTP/1.1\r\nHost: x\r\n"),
+               "a head that stops half way: 408");
+  ok &= report(co_await check_slow_request(
+                   addr, "POST /echo HTTP/1.1\r\nContent-Length: 10\r\n\r\nhi"),
+               "a body that stops half way: 408");
   co_await shutdown(srv->get());
   co_return ok;
 }

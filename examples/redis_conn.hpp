@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -51,8 +52,22 @@ inline void note_pending(std::atomic<std::size_t>* peak, std::size_t pending) {
   }
 }
 
+// deadline_after(): now + d, or none for d == 0 (no limit).
+inline std::optional<mpg::net::clock::time_point> deadline_after(std::chrono::milliseconds d) {
+  if (d.count() == 0) return std::nullopt;
+  return mpg::net::clock::now() + d;
+}
+
 // serve(): answers requests until the client leaves, sends a protocol error
-// or QUIT, or the connection is closed by shutdown. Replies to a batch of
+// or QUIT, misses a deadline, or the connection is closed by shutdown.
+//
+// Deadlines, the stream's read deadline (net.hpp), set before each read:
+// with no request begun, the idle timeout from now (none by default, as
+// Redis' `timeout` 0); with part of a request received, the read timeout
+// from when that part was first found incomplete, so a client that
+// trickles a request a byte at a time cannot hold the connection past it. A missed
+// deadline closes the connection without a reply, as Redis' idle timeout
+// does: the client has not finished asking. Replies to a batch of
 // pipelined requests go out in one write, or in a write per
 // kMaxPendingReplies bytes of them: a client that pipelines requests and
 // reads no replies then holds the connection in a write (backpressure), and
@@ -61,9 +76,12 @@ inline void note_pending(std::atomic<std::size_t>* peak, std::size_t pending) {
 // checks the bound).
 inline mpg::task<> serve(mpg::net::tcp_stream& conn, store* db,
                          const example::server_limits& limits, diagnostics* diag) {
-  (void)limits;
   std::vector<char> buf(16 * 1024);
   std::size_t begin = 0, end = 0;  // unparsed bytes: [begin, end)
+  // When the request in [begin, end) must be in; none while no request is
+  // begun (or there is no read timeout).
+  std::optional<mpg::net::clock::time_point> request_deadline;
+  bool request_begun = false;
   std::vector<std::string_view> args;
   std::string out;
   mpg::net::buffered_writer<mpg::net::tcp_stream> writer(conn);
@@ -80,6 +98,7 @@ inline mpg::task<> serve(mpg::net::tcp_stream& conn, store* db,
       }
       if (!args.empty()) keep = co_await execute(*db, args, out);
       begin += r.used;
+      request_begun = false;
       if (out.size() >= kMaxPendingReplies) {
         note_pending(&diag->peak_pending_replies, out.size());
         if (!(co_await writer.write(out)).ok()) co_return;
@@ -102,9 +121,14 @@ inline mpg::task<> serve(mpg::net::tcp_stream& conn, store* db,
       begin = 0;
     }
     if (end == buf.size()) buf.resize(buf.size() * 2);
+    if (end > begin && !request_begun) {
+      request_begun = true;
+      request_deadline = deadline_after(limits.read_timeout);
+    }
+    conn.set_read_deadline(request_begun ? request_deadline : deadline_after(limits.idle_timeout));
     absl::StatusOr<std::size_t> n =
         co_await conn.read(std::span<char>(buf.data() + end, buf.size() - end));
-    if (!n.ok() || *n == 0) co_return;  // gone, or closed at shutdown
+    if (!n.ok() || *n == 0) co_return;  // gone, past a deadline, or closed at shutdown
     end += *n;
   }
 }

@@ -7,7 +7,10 @@
 // a store shared by all connections, split into shards each guarded by an
 // mpg::mutex (tasks park on a busy shard, threads never block); key expiry,
 // lazily on access and by a background task that samples keys, as Redis
-// does; graceful shutdown on SIGINT/SIGTERM through mpg::signal::notify.
+// does; graceful shutdown on SIGINT/SIGTERM through mpg::signal::notify;
+// deadlines through the stream's read deadline: an idle connection is
+// closed after --idle-timeout (none by default, as Redis), and a request
+// must arrive in full within --read-timeout of its first bytes (slowloris).
 //
 // Files, one concept each:
 //   redis_store.hpp     the sharded store and key expiry
@@ -125,7 +128,6 @@ mpg::task<> shutdown(server* srv) {
 example::server_limits tight_limits() {
   return {.idle_timeout = redis::kSmokeTimeout,
           .read_timeout = redis::kSmokeTimeout,
-          .max_conns = redis::kSmokeMaxConns,
           .max_query_buffer = redis::kSmokeQueryBuffer};
 }
 

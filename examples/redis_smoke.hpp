@@ -18,7 +18,6 @@ using namespace std::chrono_literals;
 
 // The limits of the second server that smoke_limits() talks to.
 inline constexpr std::chrono::milliseconds kSmokeTimeout(200);
-inline constexpr long long kSmokeMaxConns = 1;
 inline constexpr long long kSmokeQueryBuffer = 64 * 1024;
 
 
@@ -148,11 +147,41 @@ inline mpg::task<bool> smoke_edge_cases(std::uint16_t port, const diagnostics* d
   co_return ok;
 }
 
+// expect_closed(): the server ends the connection, before smoke_dial's
+// read deadline.
+inline mpg::task<bool> expect_closed(client_reader& in, const char* what) {
+  absl::StatusOr<std::string_view> line = co_await in.read_line();
+  if (mpg::net::is_eof(line.status())) co_return true;
+  std::fprintf(stderr, "smoke: wanted the end of the stream %s, got %s\n", what,
+               line.ok() ? std::string(*line).c_str() : line.status().ToString().c_str());
+  co_return false;
+}
+
+// A connection that sends nothing is closed after the idle timeout.
+inline mpg::task<bool> check_idle_closed(std::uint16_t port) {
+  absl::StatusOr<mpg::net::tcp_stream> c = co_await smoke_dial(port);
+  if (!c.ok()) co_return false;
+  client_reader in(*c);
+  co_return co_await expect_closed(in, "of an idle connection");
+}
+
+// A request that does not arrive in full within the read timeout ends the
+// connection; the requests before it are answered.
+inline mpg::task<bool> check_partial_request_closed(std::uint16_t port) {
+  absl::StatusOr<mpg::net::tcp_stream> c = co_await smoke_dial(port);
+  if (!c.ok()) co_return false;
+  client_reader in(*c);
+  if (!(co_await c->write("PING\r\n*2\r\n$4\r\nECHO\r\n$5\r\nhel")).ok()) co_return false;
+  co_return co_await expect(in, "+PONG\r\n") &&
+      co_await expect_closed(in, "after a request that stopped half way");
+}
+
 // smoke_limits(): the checks against the server with the limits above.
 inline mpg::task<bool> smoke_limits(std::uint16_t port, const diagnostics* diag) {
-  (void)port;
   (void)diag;
-  co_return true;
+  bool ok = report(co_await check_idle_closed(port), "an idle connection: closed");
+  ok &= report(co_await check_partial_request_closed(port), "a partial request: closed");
+  co_return ok;
 }
 
 }  // namespace redis
