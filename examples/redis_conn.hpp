@@ -38,6 +38,7 @@ inline constexpr example::server_limits kDefaultLimits = {
 // diagnostics: what a server's connections record, for --smoke to check.
 struct diagnostics {
   std::atomic<std::size_t> peak_pending_replies{0};  // the most reply bytes held at once
+  std::atomic<int> live{0};  // connections served; dropped once a connection's slot is free
 };
 
 

@@ -10,7 +10,8 @@
 // does; graceful shutdown on SIGINT/SIGTERM through mpg::signal::notify;
 // deadlines through the stream's read deadline: an idle connection is
 // closed after --idle-timeout (none by default, as Redis), and a request
-// must arrive in full within --read-timeout of its first bytes (slowloris).
+// must arrive in full within --read-timeout of its first bytes (slowloris);
+// at most --max-conns connections, the next ones refused (accept_loop).
 //
 // Files, one concept each:
 //   redis_store.hpp     the sharded store and key expiry
@@ -22,7 +23,8 @@
 //
 // Run:  ./build/examples/redis_server [--port 6380] [--procs N] [--idle-timeout D]
 //         [--read-timeout D] [--max-conns N] [--max-query-buffer BYTES]
-//       (server_args.hpp; the defaults are redis::kDefaultLimits, redis_conn.hpp)
+//       (server_args.hpp; the defaults are redis::kDefaultLimits, redis_conn.hpp;
+//       past --max-conns a client gets "-ERR max number of clients reached")
 //       redis-cli -p 6380 set greeting hello ; redis-cli -p 6380 get greeting
 //       redis-benchmark -p 6380 -t get,set -P 16 -c 50 -n 1000000
 //       ./build/examples/redis_server --smoke   (starts on a free port, talks
@@ -50,8 +52,9 @@ using redis::store;
 // The server: an accept loop, the expiry task, the live connections (to
 // close them at shutdown) and the limits they are served under.
 struct server {
-  explicit server(const example::server_limits& l) : limits(l) {}
+  explicit server(const example::server_limits& l) : limits(l), slots(l.max_conns) {}
   const example::server_limits limits;
+  mpg::semaphore slots;  // one per connection served, limits.max_conns in all
   store db;
   mpg::net::listener ln;
   mpg::context ctx = mpg::background();
@@ -71,18 +74,39 @@ mpg::task<> serve_tracked(server* srv, std::uint64_t id, mpg::net::tcp_stream co
     auto g = co_await srv->conns_mu.scoped_lock();
     srv->live[id] = &conn;
   }
+  srv->diag.live.fetch_add(1, std::memory_order_relaxed);
   co_await redis::serve(conn, &srv->db, srv->limits, &srv->diag);
   {
     auto g = co_await srv->conns_mu.scoped_lock();
     srv->live.erase(id);
   }
+  srv->slots.release();
+  srv->diag.live.fetch_sub(1, std::memory_order_relaxed);
+  conn.close();
   srv->conns.done();
 }
 
+// refuse(): Redis' answer to a client past maxclients, then the end of the
+// connection. A fresh socket's send buffer takes the line at once; the
+// deadline only bounds a peer that is already gone.
+mpg::task<> refuse(mpg::net::tcp_stream c) {
+  (void)co_await c.write("-ERR max number of clients reached\r\n",
+                         mpg::net::clock::now() + std::chrono::seconds(1));
+  c.close();
+}
+
+// accept_loop(): a connection past limits.max_conns is accepted, refused
+// with an error and closed, as Redis does at maxclients: the client learns
+// why at once instead of waiting in the kernel's accept queue, and the
+// refusal costs no task.
 mpg::task<> accept_loop(server* srv) {
   for (std::uint64_t id = 0;; ++id) {
     absl::StatusOr<mpg::net::tcp_stream> c = co_await srv->ln.accept();
     if (!c.ok()) co_return;  // closed at shutdown
+    if (!srv->slots.try_acquire()) {
+      co_await refuse(std::move(*c));
+      continue;
+    }
     srv->conns.add(1);
     mpg::go(serve_tracked(srv, id, std::move(*c)), "redis conn");
   }
@@ -131,8 +155,14 @@ example::server_limits tight_limits() {
           .max_query_buffer = redis::kSmokeQueryBuffer};
 }
 
-// smoke(): the self-test, against srv (the command line's limits) and a
-// second server with tight_limits().
+example::server_limits one_conn_limits() {
+  example::server_limits l = redis::kDefaultLimits;
+  l.max_conns = 1;
+  return l;
+}
+
+// smoke(): the self-test, against srv (the command line's limits), a
+// second server with tight_limits() and a third that serves one connection.
 mpg::task<bool> smoke(server* srv) {
   const bool edge_cases_ok = co_await redis::smoke_edge_cases(srv->ln.port(), &srv->diag);
   const bool client_ok = co_await redis::smoke_client(srv->ln.port());
@@ -140,7 +170,13 @@ mpg::task<bool> smoke(server* srv) {
   if (!tight.ok()) co_return false;
   const bool limits_ok = co_await redis::smoke_limits((*tight)->ln.port(), &(*tight)->diag);
   co_await shutdown(tight->get());
-  co_return edge_cases_ok && client_ok && limits_ok;
+  absl::StatusOr<std::unique_ptr<server>> one = start("127.0.0.1:0", one_conn_limits());
+  if (!one.ok()) co_return false;
+  const bool max_conns_ok = redis::report(
+      co_await redis::check_max_conns((*one)->ln.port(), &(*one)->diag),
+      "a connection past --max-conns: refused");
+  co_await shutdown(one->get());
+  co_return edge_cases_ok && client_ok && limits_ok && max_conns_ok;
 }
 
 // run(): serves until a signal (or, with smoke, until the self-test is done).

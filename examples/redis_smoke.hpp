@@ -176,6 +176,41 @@ inline mpg::task<bool> check_partial_request_closed(std::uint16_t port) {
       co_await expect_closed(in, "after a request that stopped half way");
 }
 
+// poll_until(): pred holds, checked every millisecond for up to 10 s; false
+// if it never did (a failure).
+template <class Pred>
+mpg::task<bool> poll_until(Pred pred) {
+  const auto deadline = mpg::net::clock::now() + 10s;
+  while (!pred()) {
+    if (mpg::net::clock::now() > deadline) co_return false;
+    co_await mpg::sleep_for(1ms);
+  }
+  co_return true;
+}
+
+// With one connection allowed and served, the next is refused with
+// Redis' error and closed; once the first leaves, a new one is served.
+inline mpg::task<bool> check_max_conns(std::uint16_t port, const diagnostics* diag) {
+  absl::StatusOr<mpg::net::tcp_stream> first = co_await smoke_dial(port);
+  if (!first.ok()) co_return false;
+  client_reader first_in(*first);
+  if (!(co_await first->write("PING\r\n")).ok() || !co_await expect(first_in, "+PONG\r\n"))
+    co_return false;
+  absl::StatusOr<mpg::net::tcp_stream> second = co_await smoke_dial(port);
+  if (!second.ok()) co_return false;
+  client_reader second_in(*second);
+  if (!co_await expect(second_in, "-ERR max number of clients reached\r\n") ||
+      !co_await expect_closed(second_in, "after the refusal")) {
+    co_return false;
+  }
+  first->close();
+  if (!co_await poll_until([diag] { return diag->live.load() == 0; })) co_return false;
+  absl::StatusOr<mpg::net::tcp_stream> third = co_await smoke_dial(port);
+  if (!third.ok()) co_return false;
+  client_reader third_in(*third);
+  co_return (co_await third->write("PING\r\n")).ok() && co_await expect(third_in, "+PONG\r\n");
+}
+
 // smoke_limits(): the checks against the server with the limits above.
 inline mpg::task<bool> smoke_limits(std::uint16_t port, const diagnostics* diag) {
   (void)diag;
