@@ -39,6 +39,8 @@ inline constexpr example::server_limits kDefaultLimits = {
 struct diagnostics {
   std::atomic<std::size_t> peak_pending_replies{0};  // the most reply bytes held at once
   std::atomic<int> live{0};  // connections served; dropped once a connection's slot is free
+  std::atomic<std::uint64_t> bytes_received{0};  // read from the connections
+  std::atomic<std::uint64_t> parse_scanned{0};   // bytes the parser went through (resp.hpp)
 };
 
 
@@ -83,6 +85,7 @@ inline mpg::task<> serve(mpg::net::tcp_stream& conn, store* db,
   // begun (or there is no read timeout).
   std::optional<mpg::net::clock::time_point> request_deadline;
   bool request_begun = false;
+  resp::request_parser parser;  // resumes the request at begin as more of it comes
   std::vector<std::string_view> args;
   std::string out;
   mpg::net::buffered_writer<mpg::net::tcp_stream> writer(conn);
@@ -90,7 +93,8 @@ inline mpg::task<> serve(mpg::net::tcp_stream& conn, store* db,
     bool keep = true;
     while (keep) {
       const std::string_view pending(buf.data() + begin, end - begin);
-      const resp::parse_result r = resp::parse_command(pending, args);
+      const resp::parse_result r = parser.parse(pending, args);
+      diag->parse_scanned.fetch_add(r.scanned, std::memory_order_relaxed);
       if (r.status == resp::parse_status::incomplete) break;
       if (r.status == resp::parse_status::error) {
         reply_error(out, "ERR Protocol error: " + std::string(r.error));
@@ -131,6 +135,7 @@ inline mpg::task<> serve(mpg::net::tcp_stream& conn, store* db,
         co_await conn.read(std::span<char>(buf.data() + end, buf.size() - end));
     if (!n.ok() || *n == 0) co_return;  // gone, past a deadline, or closed at shutdown
     end += *n;
+    diag->bytes_received.fetch_add(*n, std::memory_order_relaxed);
   }
 }
 

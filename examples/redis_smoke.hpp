@@ -138,15 +138,6 @@ inline bool report(bool ok, const char* check) {
   return ok;
 }
 
-inline mpg::task<bool> smoke_edge_cases(std::uint16_t port, const diagnostics* diag) {
-  bool ok = report(co_await check_expiry_overflow(port), "SET with an expiry that does not fit");
-  ok &= report(co_await check_unknown_command_quoted(port),
-               "an unknown command whose name holds CR, LF, \\x01");
-  ok &= report(co_await check_pipelined_replies_bounded(port, diag),
-               "the replies to pipelined GETs of a 64 KiB value: bounded");
-  co_return ok;
-}
-
 // expect_closed(): the server ends the connection, before smoke_dial's
 // read deadline.
 inline mpg::task<bool> expect_closed(client_reader& in, const char* what) {
@@ -209,6 +200,48 @@ inline mpg::task<bool> check_max_conns(std::uint16_t port, const diagnostics* di
   if (!third.ok()) co_return false;
   client_reader third_in(*third);
   co_return (co_await third->write("PING\r\n")).ok() && co_await expect(third_in, "+PONG\r\n");
+}
+
+// A request of many arguments sent in 64 pieces, each read by the server
+// before the next is sent: the parser resumes where it stopped, so it goes
+// through about the request's bytes once, not once per piece.
+inline mpg::task<bool> check_request_in_pieces(std::uint16_t port, const diagnostics* diag) {
+  constexpr int kKeys = 10000;
+  constexpr std::size_t kPieces = 64;
+  std::string req = "*" + std::to_string(kKeys + 1) + "\r\n$6\r\nEXISTS\r\n";
+  for (int i = 0; i < kKeys; ++i) req += "$1\r\nz\r\n";
+  absl::StatusOr<mpg::net::tcp_stream> c = co_await smoke_dial(port);
+  if (!c.ok()) co_return false;
+  client_reader in(*c);
+  const std::uint64_t scanned_before = diag->parse_scanned.load();
+  const std::size_t piece = req.size() / kPieces + 1;
+  for (std::size_t at = 0; at < req.size(); at += piece) {
+    const std::uint64_t received = diag->bytes_received.load();
+    const std::string_view part = std::string_view(req).substr(at, piece);
+    if (!(co_await c->write(part)).ok()) co_return false;
+    if (!co_await poll_until([&] { return diag->bytes_received.load() >= received + part.size(); }))
+      co_return false;
+  }
+  if (!co_await expect(in, ":0\r\n")) co_return false;
+  const std::uint64_t scanned = diag->parse_scanned.load() - scanned_before;
+  if (scanned > 2 * req.size()) {
+    std::fprintf(stderr, "smoke: the parser went through %llu bytes for a request of %zu\n",
+                 static_cast<unsigned long long>(scanned), req.size());
+    co_return false;
+  }
+  co_return true;
+}
+
+// smoke_edge_cases(): the checks against the server with the command line's limits.
+inline mpg::task<bool> smoke_edge_cases(std::uint16_t port, const diagnostics* diag) {
+  bool ok = report(co_await check_expiry_overflow(port), "SET with an expiry that does not fit");
+  ok &= report(co_await check_unknown_command_quoted(port),
+               "an unknown command whose name holds CR, LF, \\x01");
+  ok &= report(co_await check_pipelined_replies_bounded(port, diag),
+               "the replies to pipelined GETs of a 64 KiB value: bounded");
+  ok &= report(co_await check_request_in_pieces(port, diag),
+               "a request in 64 pieces: parsed in one pass");
+  co_return ok;
 }
 
 // smoke_limits(): the checks against the server with the limits above.

@@ -4,8 +4,10 @@
 // Checks, besides the sanitizers' memory and UB checks: a complete request
 // uses at most the bytes given and its arguments lie inside them; parsing
 // is deterministic; a complete request stays complete, with the same size
-// and arguments, when more bytes follow it (pipelining); and every strict
-// prefix of a complete multibulk request is incomplete, never an error.
+// and arguments, when more bytes follow it (pipelining); every strict
+// prefix of a complete multibulk request is incomplete, never an error; and
+// a request_parser fed the same bytes in pieces (its split points taken
+// from the input) ends with the same result as parse_command.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -45,6 +47,21 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       }
     }
     at += r.used;
+  }
+  // Incremental: grow the buffer by pieces of 1 to 16 bytes (sizes taken
+  // from the bytes themselves) until the parser stops needing more.
+  if (!buf.empty()) {
+    const resp::parse_result whole = resp::parse_command(buf, args);
+    resp::request_parser p;
+    resp::parse_result r{resp::parse_status::incomplete};
+    std::size_t have = 0;
+    while (r.status == resp::parse_status::incomplete && have < buf.size()) {
+      have += 1 + static_cast<std::uint8_t>(buf[have]) % 16;
+      if (have > buf.size()) have = buf.size();
+      r = p.parse(buf.substr(0, have), again);
+    }
+    check(r.status == whole.status);
+    if (r.status == resp::parse_status::complete) check(r.used == whole.used && again == args);
   }
   return 0;
 }
