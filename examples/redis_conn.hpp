@@ -3,6 +3,7 @@
 // replies.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -55,6 +56,28 @@ inline void note_pending(std::atomic<std::size_t>* peak, std::size_t pending) {
   }
 }
 
+// The query buffer's size while no request is larger (it shrinks back to
+// it once a large request is done), and how long a connection that ends
+// with a protocol error waits for the client to stop sending.
+inline constexpr std::size_t kQueryBufferStart = 16 * 1024;
+inline constexpr auto kLinger = std::chrono::seconds(1);
+
+// close_after_error(): the end of a connection whose error reply is sent.
+// The client may still be sending (the rest of an oversized request), and
+// closing a socket with unread input resets the connection, which can
+// destroy the reply before the client reads it. So our half of the stream
+// ends first, and the input is discarded until the client closes its half,
+// or for kLinger at most.
+inline mpg::task<> close_after_error(mpg::net::tcp_stream& conn) {
+  if (!conn.shutdown().ok()) co_return;
+  const auto deadline = mpg::net::clock::now() + kLinger;
+  std::vector<char> discard(16 * 1024);
+  for (;;) {
+    absl::StatusOr<std::size_t> n = co_await conn.read(std::span<char>(discard), deadline);
+    if (!n.ok() || *n == 0) co_return;
+  }
+}
+
 // deadline_after(): now + d, or none for d == 0 (no limit).
 inline std::optional<mpg::net::clock::time_point> deadline_after(std::chrono::milliseconds d) {
   if (d.count() == 0) return std::nullopt;
@@ -70,7 +93,12 @@ inline std::optional<mpg::net::clock::time_point> deadline_after(std::chrono::mi
 // from when that part was first found incomplete, so a client that
 // trickles a request a byte at a time cannot hold the connection past it. A missed
 // deadline closes the connection without a reply, as Redis' idle timeout
-// does: the client has not finished asking. Replies to a batch of
+// does: the client has not finished asking.
+//
+// The query buffer holds the request being received (and what follows it);
+// a request that does not fit in limits.max_query_buffer bytes (Redis'
+// client-query-buffer-limit) is a protocol error. It grows by doubling as
+// a large request needs, and shrinks back once it is done. Replies to a batch of
 // pipelined requests go out in one write, or in a write per
 // kMaxPendingReplies bytes of them: a client that pipelines requests and
 // reads no replies then holds the connection in a write (backpressure), and
@@ -79,7 +107,8 @@ inline std::optional<mpg::net::clock::time_point> deadline_after(std::chrono::mi
 // checks the bound).
 inline mpg::task<> serve(mpg::net::tcp_stream& conn, store* db,
                          const example::server_limits& limits, diagnostics* diag) {
-  std::vector<char> buf(16 * 1024);
+  const auto max_buf = static_cast<std::size_t>(limits.max_query_buffer);
+  std::vector<char> buf(std::min(kQueryBufferStart, max_buf));
   std::size_t begin = 0, end = 0;  // unparsed bytes: [begin, end)
   // When the request in [begin, end) must be in; none while no request is
   // begun (or there is no read timeout).
@@ -91,6 +120,7 @@ inline mpg::task<> serve(mpg::net::tcp_stream& conn, store* db,
   mpg::net::buffered_writer<mpg::net::tcp_stream> writer(conn);
   for (;;) {
     bool keep = true;
+    bool protocol_error = false;
     while (keep) {
       const std::string_view pending(buf.data() + begin, end - begin);
       const resp::parse_result r = parser.parse(pending, args);
@@ -99,6 +129,7 @@ inline mpg::task<> serve(mpg::net::tcp_stream& conn, store* db,
       if (r.status == resp::parse_status::error) {
         reply_error(out, "ERR Protocol error: " + std::string(r.error));
         keep = false;
+        protocol_error = true;
         break;
       }
       if (!args.empty()) keep = co_await execute(*db, args, out);
@@ -117,15 +148,31 @@ inline mpg::task<> serve(mpg::net::tcp_stream& conn, store* db,
       out.clear();
       if (!w.ok()) co_return;
     }
+    if (protocol_error) co_await close_after_error(conn);
     if (!keep) co_return;
     // Room for more: move the partial request to the front, grow for a
-    // large one.
+    // large one up to the limit, shrink back after one.
+    if (begin == end) {
+      begin = end = 0;
+      if (buf.size() > kQueryBufferStart) {
+        buf.resize(kQueryBufferStart);
+        buf.shrink_to_fit();
+      }
+    }
     if (begin > 0) {
       std::memmove(buf.data(), buf.data() + begin, end - begin);
       end -= begin;
       begin = 0;
     }
-    if (end == buf.size()) buf.resize(buf.size() * 2);
+    if (end == buf.size()) {
+      if (buf.size() >= max_buf) {
+        reply_error(out, "ERR Protocol error: request exceeds the query buffer limit");
+        if ((co_await writer.write(out)).ok() && (co_await writer.flush()).ok())
+          co_await close_after_error(conn);
+        co_return;
+      }
+      buf.resize(std::min(buf.size() * 2, max_buf));
+    }
     if (end > begin && !request_begun) {
       request_begun = true;
       request_deadline = deadline_after(limits.read_timeout);

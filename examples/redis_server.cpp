@@ -11,7 +11,10 @@
 // deadlines through the stream's read deadline: an idle connection is
 // closed after --idle-timeout (none by default, as Redis), and a request
 // must arrive in full within --read-timeout of its first bytes (slowloris);
-// at most --max-conns connections, the next ones refused (accept_loop).
+// at most --max-conns connections, the next ones refused (accept_loop); a
+// request that does not fit in --max-query-buffer bytes is a protocol error
+// (-ERR, then the connection closes), as are a bulk argument over 64 MiB
+// and an inline request over 64 KiB (resp.hpp).
 //
 // Files, one concept each:
 //   redis_store.hpp     the sharded store and key expiry

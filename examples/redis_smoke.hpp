@@ -244,11 +244,29 @@ inline mpg::task<bool> smoke_edge_cases(std::uint16_t port, const diagnostics* d
   co_return ok;
 }
 
+// A request larger than the query buffer limit: a protocol error, then the
+// end of the connection. The value's length is within resp::kMaxBulk: the
+// query buffer is what stops it.
+inline mpg::task<bool> check_query_buffer_limit(std::uint16_t port) {
+  absl::StatusOr<mpg::net::tcp_stream> c = co_await smoke_dial(port);
+  if (!c.ok()) co_return false;
+  client_reader in(*c);
+  const std::size_t value = 2 * static_cast<std::size_t>(kSmokeQueryBuffer);
+  const std::string req = "*3\r\n$3\r\nSET\r\n$1\r\nq\r\n$" + std::to_string(value) + "\r\n" +
+                          std::string(value, 'v') + "\r\n";
+  if (!(co_await c->write(req)).ok()) co_return false;
+  co_return co_await expect(in,
+                            "-ERR Protocol error: request exceeds the query buffer limit\r\n") &&
+      co_await expect_closed(in, "after a request over the query buffer limit");
+}
+
 // smoke_limits(): the checks against the server with the limits above.
 inline mpg::task<bool> smoke_limits(std::uint16_t port, const diagnostics* diag) {
   (void)diag;
   bool ok = report(co_await check_idle_closed(port), "an idle connection: closed");
   ok &= report(co_await check_partial_request_closed(port), "a partial request: closed");
+  ok &= report(co_await check_query_buffer_limit(port),
+               "a request over the query buffer limit: an error, then closed");
   co_return ok;
 }
 
