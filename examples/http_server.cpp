@@ -104,7 +104,8 @@ const char* reason(int status) {
 mpg::task<absl::Status> respond(writer& out, int status, std::string_view body, bool keep_alive,
                                 bool head_only = false) {
   std::string head = "HTTP/1.1 " + std::to_string(status) + " " + reason(status) +
-                     "\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) +
+                     "\r\nContent-Type: text/plain\r\nContent-Length: " +
+                     std::to_string(body.size()) +
                      (keep_alive ? "\r\n\r\n" : "\r\nConnection: close\r\n\r\n");
   absl::Status s = co_await out.write(head);
   if (s.ok() && !head_only) s = co_await out.write(body);
@@ -257,7 +258,8 @@ mpg::task<> serve(server* srv, std::uint64_t id, mpg::net::tcp_stream conn) {
         if (!(co_await in.peek(1)).ok()) break;  // gone, idle too long, or closed at shutdown
       }
       conn.set_read_deadline(deadline_after(srv->limits.read_timeout));
-      absl::StatusOr<std::string_view> line = co_await in.read_line();  // closed at shutdown: an error
+      // Closed at shutdown: an error.
+      absl::StatusOr<std::string_view> line = co_await in.read_line();
       if (!line.ok()) {
         const absl::StatusCode code = line.status().code();
         if (code == absl::StatusCode::kResourceExhausted ||
@@ -540,7 +542,8 @@ mpg::task<bool> check_max_conns() {
   client_reader second_in(*second);
   // Either the second waits in the accept queue (the limit holds) or the
   // server took it (it does not): whichever comes first.
-  ok = ok && co_await poll_until([s] { return accept_queue(s->ln) > 0 || s->peak_live.load() > 1; });
+  ok = ok && co_await poll_until(
+                [s] { return accept_queue(s->ln) > 0 || s->peak_live.load() > 1; });
   ok = ok && s->peak_live.load() == 1;
   first->close();
   ok = ok && co_await expect_response(second_in, 200, "ok\n") && s->peak_live.load() == 1;
@@ -574,11 +577,14 @@ mpg::task<bool> smoke_client(server* srv) {
   if (!c.ok()) co_return false;
   client_reader in(*c);
   // Two keep-alive requests pipelined in one write, then an echo.
-  if (!(co_await c->write("GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")).ok())
+  if (!(co_await c->write(
+           "GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+           .ok())
     co_return false;
   bool ok = co_await expect_response(in, 200, "Hello, world!\n");
   ok = ok && co_await expect_response(in, 200, "ok\n");
-  if (!(co_await c->write("POST /echo HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")).ok()) co_return false;
+  if (!(co_await c->write("POST /echo HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")).ok())
+    co_return false;
   ok = ok && co_await expect_response(in, 200, "hello");
   if (!(co_await c->write("GET /nope HTTP/1.1\r\n\r\n")).ok()) co_return false;
   ok = ok && co_await expect_response(in, 404, "");
