@@ -374,7 +374,11 @@ class tcp_stream {
   // takes before it releases it; close()'s own claim and finish order the
   // object's end (fd_close.hpp).
   std::atomic<int> fd_{-1};
-  bool data_left_ = false;  // the last recv left data in the socket (reader's own)
+  // The last recv left data in the socket: a hint for the next read's
+  // poll-first choice, written by the reader's completed recv. Relaxed
+  // atomic: a second read refused with EALREADY (net.cpp) reads it while
+  // the first may write it; it orders nothing.
+  std::atomic<bool> data_left_{false};
   detail::io_deadline read_deadline_;   // followed by the op in read_slot_
   detail::io_deadline write_deadline_;  // followed by the op in write_slot_
   detail::io_slot read_slot_;

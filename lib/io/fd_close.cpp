@@ -37,8 +37,11 @@ int claim_close(std::atomic<int>& fd) noexcept {
       return -1;
     }
     if (seen < 0) return -1;  // closed, or never open
-    // acq_rel (C1); on failure `seen` is reloaded (acquire) and looked at again.
-    if (fd.compare_exchange_weak(seen, kClosingFd, std::memory_order_acq_rel,
+    // acq_rel (C1), and seq_cst: a stream's close() orders this claim and
+    // its load of the receive queue against a first reader's install of
+    // the queue and load of the fd (net.cpp, tcp_stream::close). On failure
+    // `seen` is reloaded (acquire) and looked at again.
+    if (fd.compare_exchange_weak(seen, kClosingFd, std::memory_order_seq_cst,
                                  std::memory_order_acquire)) {
       return seen;
     }

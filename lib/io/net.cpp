@@ -275,7 +275,7 @@ std::coroutine_handle<> read_op::await_suspend(std::coroutine_handle<> h) {
                       .fd = fd,
                       .addr = buf_.data(),
                       .len = static_cast<std::uint32_t>(std::min(buf_.size(), kMaxIo)),
-                      .poll_first = !s_->data_left_};
+                      .poll_first = !s_->data_left_.load(std::memory_order_relaxed)};
   op().complete = &read_op::on_complete;
   op().live_deadline = s_->read_deadline_.live();
   op().waiter = detail::current_g();
@@ -307,9 +307,14 @@ read_op::result_type read_op::await_resume() {
   }
   const int res = op().outcome();
   // A result on_complete did not hand to do_read (or io_start's refusal:
-  // a closed slot, no reactor) is final.
-  s_->data_left_ = res > 0 && (static_cast<std::size_t>(res) == std::min(buf_.size(), kMaxIo) ||
-                               (op().cqe_flags & detail::kCqeSockNonempty) != 0);
+  // a closed slot, no reactor) is final. The hint is the reader's: a read
+  // refused because another is in flight (EALREADY) leaves it alone.
+  if (res != -EALREADY) {
+    s_->data_left_.store(
+        res > 0 && (static_cast<std::size_t>(res) == std::min(buf_.size(), kMaxIo) ||
+                    (op().cqe_flags & detail::kCqeSockNonempty) != 0),
+        std::memory_order_relaxed);
+  }
   if (res >= 0) return static_cast<std::size_t>(res);
   return net_error(res, "read");
 }
@@ -414,12 +419,14 @@ task<absl::StatusOr<std::size_t>> tcp_stream::do_read(std::span<char> buf,
                   .fd = fd,
                   .addr = buf.data(),
                   .len = static_cast<std::uint32_t>(std::min(buf.size(), kMaxIo)),
-                  .poll_first = !data_left_};
+                  .poll_first = !data_left_.load(std::memory_order_relaxed)};
     io_awaiter op = make_op(&rq, &read_slot_, "net.read", b);
     int res = co_await op;
     res = bind.result(res, op.op);
-    data_left_ = res > 0 && (static_cast<std::uint32_t>(res) == rq.len ||
-                             (op.op.cqe_flags & detail::kCqeSockNonempty) != 0);
+    if (res == -EALREADY) co_return net_error(res, "read");  // the hint is the other reader's
+    data_left_.store(res > 0 && (static_cast<std::uint32_t>(res) == rq.len ||
+                                 (op.op.cqe_flags & detail::kCqeSockNonempty) != 0),
+                     std::memory_order_relaxed);
     if (res >= 0) co_return static_cast<std::size_t>(res);
     if (res == -EINTR || (res == -ETIME && !b.expired())) continue;
     if (res == -EAGAIN) {
@@ -533,7 +540,13 @@ void tcp_stream::close() noexcept {
   // Held buffers go back to their rings; a receive waiting reads kCancelled.
   // Acquire: the queue is published with a release.
   detail::g* reader = nullptr;
-  if (detail::recv_queue* q = recv_.load(std::memory_order_acquire)) reader = q->close();
+  // seq_cst, as claim_close()'s CAS: against a first reader that installs
+  // the queue and then loads fd_ (recv_queue.cpp, recv_queue_for_reader),
+  // each side writes one word and then reads the other; in the one total
+  // order of those four operations either this load sees the queue (and
+  // closes it) or that reader's load sees the fd claimed (and returns
+  // closed), never neither.
+  if (detail::recv_queue* q = recv_.load(std::memory_order_seq_cst)) reader = q->close();
   // Close the slots first: an op in flight is cancelled and its SQE is in
   // the kernel before the fd number is released.
   detail::io_cancel(&read_slot_, true);

@@ -552,9 +552,10 @@ detail::recv_queue* tcp_stream::recv_queue_for_reader() {
     // one queue, where the second is refused (EALREADY); a queue of its own
     // would be one that close() never reaches. Release on success: close(),
     // set_read_deadline() and other readers see it whole; acquire on
-    // failure: the winner's.
+    // failure: the winner's. seq_cst besides, with do_receive's first load
+    // of fd_: against close() (net.cpp, tcp_stream::close).
     auto* made = new recv_queue();
-    if (recv_.compare_exchange_strong(q, made, std::memory_order_acq_rel,
+    if (recv_.compare_exchange_strong(q, made, std::memory_order_seq_cst,
                                       std::memory_order_acquire)) {
       q = made;
     } else {
@@ -574,7 +575,9 @@ task<absl::StatusOr<recv_buffer>> tcp_stream::do_receive(
   recv_queue* q = recv_queue_for_reader();
   detail::context_node* node = ctx != nullptr && !ctx->never_cancelled() ? ctx.get() : nullptr;
   for (;;) {
-    const int fd = fd_.load(std::memory_order_relaxed);
+    // seq_cst: the other half of recv_queue_for_reader()'s pair against
+    // close() (a plain load on x86, as relaxed).
+    const int fd = fd_.load(std::memory_order_seq_cst);
     if (fd < 0) co_return closed_error("read");
     const std::int64_t dl =
         deadline ? detail::to_ns(*deadline) : read_deadline_.ns();
@@ -631,7 +634,8 @@ task<absl::StatusOr<std::size_t>> tcp_stream::do_read_held(
     std::shared_ptr<detail::context_node> ctx) {
   if (buf.empty()) co_return std::size_t{0};
   recv_queue* q = recv_queue_for_reader();
-  const int fd = fd_.load(std::memory_order_relaxed);
+  // seq_cst: the reader's half of the pair against close(), as in do_receive.
+  const int fd = fd_.load(std::memory_order_seq_cst);
   if (fd < 0) co_return closed_error("read");
   std::span<char> copy = buf;
   recv_queue::take_result r = q->step(fd, nullptr, nullptr, &copy, nullptr, 0);
@@ -684,7 +688,9 @@ bool receive_op::take(int st, int err) noexcept {
 }
 
 std::coroutine_handle<> receive_op::await_suspend(std::coroutine_handle<> h) {
-  const int fd = s_->fd_.load(std::memory_order_relaxed);
+  // seq_cst: after await_ready's recv_queue_for_reader(), the reader's half
+  // of the pair against close(), as in do_receive.
+  const int fd = s_->fd_.load(std::memory_order_seq_cst);
   recv_queue* q = s_->recv_.load(std::memory_order_relaxed);  // made by await_ready
   w_.gp = detail::current_g();
   w_.convert = &receive_op::convert;
