@@ -71,7 +71,9 @@ absl::Status bad_address(std::string_view addr, std::string_view why);
 // addresses reports when none connected: the first, as Go's, except that an
 // error saying only that this host cannot use that address family
 // (EAFNOSUPPORT, EADDRNOTAVAIL: "localhost" or ":port" on a host without
-// IPv6) gives way to the first later error that says more.
+// IPv6) gives way to the first later error that says more. listen() and
+// listen_udp() keep theirs here too: they go on past only such errors, so
+// they report the first address's.
 class dial_errors {
  public:
   void add(absl::Status s);

@@ -687,21 +687,26 @@ absl::StatusOr<listener> listen(std::string_view address, listen_options opts) {
                  "mpg::blocking first)");
   }
   if (!addrs.ok()) return addrs.status();
-  absl::Status last = absl::UnavailableError(absl::StrCat("listen ", av(address), ": no addresses"));
+  // Which address's error to report: the first, as dial's (address.hpp).
+  // Only an error that says this host cannot use the address's family goes
+  // on to the next address; any other is reported at once.
+  detail::dial_errors errors;
   for (sock_addr& a : *addrs) {
     const bool is_unix = a.ss.ss_family == AF_UNIX;
     int fd = ::socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-      last = detail::errno_status(errno, absl::StrCat("listen ", av(address), ": socket"));
-      if (errno == EAFNOSUPPORT) continue;
-      return last;
+      const int err = errno;
+      absl::Status s = detail::errno_status(err, absl::StrCat("listen ", av(address), ": socket"));
+      if (err != EAFNOSUPPORT) return s;
+      errors.add(std::move(s));
+      continue;
     }
     int one = 1, zero = 0;
     if (!is_unix) ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (opts.reuse_port && ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
-      last = detail::errno_status(errno, absl::StrCat("listen ", av(address), ": SO_REUSEPORT"));
+      const int err = errno;
       ::close(fd);
-      return last;
+      return detail::errno_status(err, absl::StrCat("listen ", av(address), ": SO_REUSEPORT"));
     }
     if (a.ss.ss_family == AF_INET6) {
       auto* in6 = reinterpret_cast<sockaddr_in6*>(&a.ss);
@@ -710,11 +715,12 @@ absl::StatusOr<listener> listen(std::string_view address, listen_options opts) {
       }
     }
     if (::bind(fd, reinterpret_cast<sockaddr*>(&a.ss), a.len) != 0) {
-      int err = errno;
+      const int err = errno;
       ::close(fd);
-      last = detail::errno_status(err, absl::StrCat("listen ", format_addr(a.ss, a.len)));
-      if (err == EADDRNOTAVAIL || err == EAFNOSUPPORT) continue;  // e.g. no IPv6 here
-      return last;
+      absl::Status s = detail::errno_status(err, absl::StrCat("listen ", format_addr(a.ss, a.len)));
+      if (err != EADDRNOTAVAIL && err != EAFNOSUPPORT) return s;  // else e.g. no IPv6 here
+      errors.add(std::move(s));
+      continue;
     }
     listener ln;
     ln.fd_.store(fd, std::memory_order_relaxed);
@@ -728,7 +734,8 @@ absl::StatusOr<listener> listen(std::string_view address, listen_options opts) {
     ln.port_ = detail::port_of(bound);
     return ln;
   }
-  return last;
+  return errors.result(
+      absl::UnavailableError(absl::StrCat("listen ", av(address), ": no addresses")));
 }
 
 // The address is copied into the lazy task's frame: the caller's string may

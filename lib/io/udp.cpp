@@ -323,13 +323,17 @@ absl::StatusOr<udp_socket> listen_udp(std::string_view address) {
                  "needs a lookup that would block this P (look it up under mpg::blocking first)");
   }
   if (!addrs.ok()) return addrs.status();
-  absl::Status last = absl::UnavailableError(absl::StrCat("listen_udp ", av(address), ": no addresses"));
+  // Which address's error to report: the first, as listen's (net.cpp).
+  detail::dial_errors errors;
   for (sock_addr& a : *addrs) {
     int fd = ::socket(a.ss.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-      last = detail::errno_status(errno, absl::StrCat("listen_udp ", av(address), ": socket"));
-      if (errno == EAFNOSUPPORT) continue;
-      return last;
+      const int err = errno;
+      absl::Status s =
+          detail::errno_status(err, absl::StrCat("listen_udp ", av(address), ": socket"));
+      if (err != EAFNOSUPPORT) return s;
+      errors.add(std::move(s));
+      continue;
     }
     if (a.ss.ss_family == AF_INET6) {
       auto* in6 = reinterpret_cast<sockaddr_in6*>(&a.ss);
@@ -339,15 +343,18 @@ absl::StatusOr<udp_socket> listen_udp(std::string_view address) {
       }
     }
     if (::bind(fd, reinterpret_cast<sockaddr*>(&a.ss), a.len) != 0) {
-      int err = errno;
+      const int err = errno;
       ::close(fd);
-      last = detail::errno_status(err, absl::StrCat("listen_udp ", detail::format_addr(a.ss, a.len)));
-      if (err == EADDRNOTAVAIL || err == EAFNOSUPPORT) continue;  // e.g. no IPv6 here
-      return last;
+      absl::Status s = detail::errno_status(
+          err, absl::StrCat("listen_udp ", detail::format_addr(a.ss, a.len)));
+      if (err != EADDRNOTAVAIL && err != EAFNOSUPPORT) return s;  // else e.g. no IPv6 here
+      errors.add(std::move(s));
+      continue;
     }
     return udp_socket(fd);
   }
-  return last;
+  return errors.result(
+      absl::UnavailableError(absl::StrCat("listen_udp ", av(address), ": no addresses")));
 }
 
 task<absl::StatusOr<udp_socket>> dial_udp(std::string_view address) {
