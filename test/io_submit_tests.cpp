@@ -3,7 +3,8 @@
 // link timeout, link flags from the callback ignored, many tasks
 // submitting at once on several Ps, and what io::submit refuses or repairs:
 // a callback that leaves the SQE blank, IOSQE_IO_DRAIN, IOSQE_BUFFER_SELECT,
-// multishot operations, a callback that throws.
+// multishot operations, MSG_RING, updates by TIMEOUT_REMOVE and POLL_REMOVE,
+// cancels of any request or of an opcode's, a callback that throws.
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <liburing.h>
@@ -337,6 +338,111 @@ TEST_CASE("a cancel of any request, and buffers of the runtime's group, are refu
     CHECK(r == 0);
     r = co_await mpg::io::submit([](io_uring_sqe* sqe) { io_uring_prep_remove_buffers(sqe, 4, 7); });
     CHECK(r == 4);
+  }());
+}
+
+TEST_CASE("IORING_OP_MSG_RING is refused: -EINVAL, and no CQE reaches its target ring") {
+  // The target here is a ring of the test's own; one of the runtime's would
+  // take the posted user_data for the address of one of its records.
+  io_uring target;
+  REQUIRE(io_uring_queue_init(4, &target, 0) == 0);
+  mpg::runtime rt({.procs = 1});
+  mpg_test::watchdog dog(10s, "a MSG_RING through io::submit", &rt);
+  const int target_fd = target.ring_fd;
+  int r = rt.block_on([target_fd]() -> task<int> {
+    co_return co_await mpg::io::submit([target_fd](io_uring_sqe* sqe) {
+      io_uring_prep_msg_ring(sqe, target_fd, /*len=*/7, /*data=*/0x5eed0, 0);
+    });
+  }());
+  CHECK(r == -EINVAL);
+  io_uring_cqe* cqe = nullptr;
+  CHECK(io_uring_peek_cqe(&target, &cqe) == -EAGAIN);  // nothing was posted
+  io_uring_queue_exit(&target);
+}
+
+TEST_CASE("an update by TIMEOUT_REMOVE or POLL_REMOVE is refused: another task's deadline holds") {
+  // procs = 1: the reader's read and its link timeout are on the one ring,
+  // ahead of the update. The runtime's link timeouts all carry user_data 1
+  // (reactor.cpp's kIgnoreTag): an update of "1" would move the reader's
+  // deadline an hour away.
+  mpg::runtime rt({.procs = 1});
+  mpg_test::watchdog dog(20s, "a deadline moved by TIMEOUT_REMOVE", &rt);
+  rt.block_on([]() -> task<void> {
+    pipe_fds p;
+    std::atomic<bool> started{false}, done{false};
+    auto reader = mpg::spawn([](int fd, std::atomic<bool>& started,
+                                std::atomic<bool>& done) -> task<int> {
+      char in[4];
+      started.store(true);
+      int r = co_await mpg::io::submit(
+          [&](io_uring_sqe* sqe) { io_uring_prep_read(sqe, fd, in, sizeof in, 0); }, 300ms);
+      done.store(true);
+      co_return r;
+    }(p.rd, started, done));
+    while (!started.load()) co_await mpg::yield();
+    __kernel_timespec later{.tv_sec = 3600, .tv_nsec = 0};
+    int r = co_await mpg::io::submit([&](io_uring_sqe* sqe) {
+      io_uring_prep_timeout_update(sqe, &later, /*user_data=*/1, IORING_LINK_TIMEOUT_UPDATE);
+    });
+    CHECK(r == -EINVAL);
+    const auto give_up = clock_type::now() + 5s;
+    while (!done.load() && clock_type::now() < give_up) co_await mpg::yield();
+    if (!done.load()) REQUIRE(::write(p.wr, "ab", 2) == 2);  // let it end
+    CHECK(co_await reader == -ETIME);  // its deadline fired
+    // Updates of anything else are refused alike; plain removals go to the
+    // kernel (which finds nothing here).
+    r = co_await mpg::io::submit([&](io_uring_sqe* sqe) {
+      io_uring_prep_timeout_update(sqe, &later, /*user_data=*/0x5eed0, 0);
+    });
+    CHECK(r == -EINVAL);
+    r = co_await mpg::io::submit([](io_uring_sqe* sqe) {
+      io_uring_prep_poll_update(sqe, /*old_user_data=*/0x5eed0, /*new_user_data=*/0x5eed8, POLLIN,
+                                IORING_POLL_UPDATE_EVENTS | IORING_POLL_UPDATE_USER_DATA);
+    });
+    CHECK(r == -EINVAL);
+    r = co_await mpg::io::submit([](io_uring_sqe* sqe) {
+      io_uring_prep_poll_update(sqe, 0x5eed0, 0x5eed8, 0, IORING_POLL_UPDATE_USER_DATA);
+    });
+    CHECK(r == -EINVAL);
+    r = co_await mpg::io::submit(
+        [](io_uring_sqe* sqe) { io_uring_prep_timeout_remove(sqe, 0x5eed0, 0); });
+    CHECK(r == -ENOENT);
+    r = co_await mpg::io::submit(
+        [](io_uring_sqe* sqe) { io_uring_prep_poll_remove(sqe, 0x5eed0); });
+    CHECK(r == -ENOENT);
+  }());
+}
+
+TEST_CASE("a cancel of every op of an opcode is refused; one narrowed by fd is the caller's") {
+  // procs = 1: the reader's read is on the one ring, ahead of the cancels.
+  mpg::runtime rt({.procs = 1});
+  mpg_test::watchdog dog(20s, "a cancel by opcode", &rt);
+  rt.block_on([]() -> task<void> {
+    pipe_fds p;
+    std::atomic<bool> started{false};
+    auto reader = mpg::spawn([](int fd, std::atomic<bool>& started) -> task<int> {
+      char in[4];
+      started.store(true);
+      co_return co_await mpg::io::submit(
+          [&](io_uring_sqe* sqe) { io_uring_prep_read(sqe, fd, in, sizeof in, 0); });
+    }(p.rd, started));
+    while (!started.load()) co_await mpg::yield();
+    constexpr unsigned kCancelOp = 1U << 5;  // IORING_ASYNC_CANCEL_OP (Linux 6.6)
+    // Every READ on the ring: the runtime's wake reads and the reader's.
+    int r = co_await mpg::io::submit([](io_uring_sqe* sqe) {
+      io_uring_prep_cancel64(sqe, 0, kCancelOp | IORING_ASYNC_CANCEL_ALL);
+      sqe->len = IORING_OP_READ;
+    });
+    CHECK(r == -EINVAL);
+    // Narrowed to the pipe's fd: the reader's read, which ends with -ECANCELED.
+    const int rd = p.rd;
+    r = co_await mpg::io::submit([rd](io_uring_sqe* sqe) {
+      io_uring_prep_cancel64(sqe, 0, kCancelOp | IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL);
+      sqe->fd = rd;
+      sqe->len = IORING_OP_READ;
+    });
+    CHECK(r == 1);
+    CHECK(co_await reader == -ECANCELED);
   }());
 }
 

@@ -20,16 +20,31 @@
 //     and IO_DRAIN: any the callback sets is cleared (a link would chain
 //     another task's next op to this one; a drain would hold every later SQE
 //     of the ring until every earlier op, an idle recv or accept too, ends).
+//     IOSQE_ASYNC and IOSQE_FIXED_FILE stay the callback's (the rings have
+//     no registered files: a fixed file reads -EBADF).
 //   - Refused, completing with -EINVAL, the operation not submitted (a NOP
 //     goes in its place): IOSQE_BUFFER_SELECT (the group-0 buffers are the
 //     runtime's, for tcp_stream::receive(), and a buffer taken here would
 //     never go back), and the multishot operations (IORING_ACCEPT_MULTISHOT
 //     or IORING_RECV_MULTISHOT in ioprio of an ACCEPT, RECV or RECVMSG,
-//     IORING_POLL_ADD_MULTI, IORING_TIMEOUT_MULTISHOT, IORING_OP_READ_MULTISHOT),
-//     whose final CQE may never come while each result (an accepted fd)
-//     would go to nobody; an ASYNC_CANCEL with IORING_ASYNC_CANCEL_ANY (it
-//     would end the runtime's own operations, its wake reads among them);
-//     PROVIDE_BUFFERS or REMOVE_BUFFERS on group 0.
+//     IORING_POLL_ADD_MULTI, IORING_TIMEOUT_MULTISHOT, IORING_OP_READ_MULTISHOT,
+//     IORING_OP_RECV_ZC), whose final CQE may never come while each result
+//     (an accepted fd) would go to nobody; PROVIDE_BUFFERS or REMOVE_BUFFERS
+//     on group 0; and what reaches the ring's other requests, whose
+//     user_data are the runtime's: IORING_OP_MSG_RING, whatever its target
+//     (it posts a CQE of any user_data into a ring, possibly one of the
+//     runtime's); a POLL_REMOVE or TIMEOUT_REMOVE that updates (any flag in
+//     its len or timeout_flags: it would rewrite a request of the runtime,
+//     a poll's user_data or a link timeout's deadline); an ASYNC_CANCEL with
+//     IORING_ASYNC_CANCEL_ANY, or with IORING_ASYNC_CANCEL_OP unless
+//     IORING_ASYNC_CANCEL_FD or _USERDATA narrows it (it would end the
+//     runtime's own operations, its wake reads among them).
+//   - Not refused: a plain POLL_REMOVE or TIMEOUT_REMOVE, and an
+//     ASYNC_CANCEL by user_data or fd. The runtime's requests carry the
+//     addresses of its records as user_data, so one of those may find
+//     another task's operation on this ring (a cancel by fd does, on a
+//     shared fd): that operation then ends with -ECANCELED, which its task
+//     sees as its error (a stream's multishot receive re-arms).
 //   - A callback that throws: its SQE becomes a NOP, and co_await rethrows
 //     the exception once the NOP completes.
 //

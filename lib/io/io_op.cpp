@@ -154,22 +154,57 @@ void refuse_user_sqe(io_uring_sqe* sqe) noexcept {
 }
 
 int end_user_sqe(io_uring_sqe* sqe) noexcept {
-  // Multishot encodings newer than liburing 2.3's headers (kernel UAPI):
-  // IORING_TIMEOUT_MULTISHOT (6.4) and IORING_OP_READ_MULTISHOT (6.7).
+  // Encodings newer than liburing 2.3's headers (kernel UAPI):
+  // IORING_TIMEOUT_MULTISHOT (6.4), IORING_ASYNC_CANCEL_USERDATA and _OP
+  // (6.6), IORING_OP_READ_MULTISHOT (6.7) and IORING_OP_RECV_ZC (6.15).
   constexpr unsigned kTimeoutMultishot = 1U << 6;
+  constexpr unsigned kCancelUserdata = 1U << 4;
+  constexpr unsigned kCancelOp = 1U << 5;
   constexpr unsigned kOpReadMultishot = 49;
+  constexpr unsigned kOpRecvZc = 58;
   // IOSQE_BUFFER_SELECT would take a buffer of the P's provided-buffer ring
   // (group 0, buffer_ring.hpp) that nothing gives back, and PROVIDE_BUFFERS
   // or REMOVE_BUFFERS on that group would corrupt the ring's accounting. A
   // multishot op posts results with IORING_CQE_F_MORE for as long as it
   // lasts: the task, which resumes at the final CQE, would wait for ever
-  // while the results (an accepted fd each) go to nobody. An ASYNC_CANCEL
-  // that matches any request would end the runtime's own, its wake reads
-  // among them.
+  // while the results (an accepted fd each) go to nobody. (RECV_ZC is
+  // multishot by design; a multishot URING_CMD needs BUFFER_SELECT.)
+  //
+  // Reaching past the op, into the ring's other requests, whose user_data
+  // are the addresses of the runtime's records (io_op.hpp) or its tags:
+  //   - MSG_RING posts a CQE with a user_data of the caller's choosing into
+  //     any ring, this P's or another P's among them, whose reactor would
+  //     read it as an io_op. No fd check would do: a dup() of a ring fd
+  //     names the same ring. Refused whatever its target.
+  //   - POLL_REMOVE and TIMEOUT_REMOVE with an update (any flag: a plain
+  //     removal takes none) rewrite the request they find: a poll's
+  //     user_data or events (a runtime poll's CQE then lands on any
+  //     address, or a one-shot poll turns multishot), a timeout's or a
+  //     link timeout's expiry (the runtime's link timeouts, which carry the
+  //     deadlines of other tasks' ops, all carry one tag, kIgnoreTag).
+  //   - An ASYNC_CANCEL that matches any request, or every request of an
+  //     opcode (IORING_ASYNC_CANCEL_OP with neither an fd nor a user_data
+  //     to narrow it), would end the runtime's own, its wake reads among
+  //     them.
+  // A plain removal or a cancel by user_data or fd only ends what it finds
+  // with -ECANCELED, which the runtime takes as that op's result: an error
+  // of the task that awaits it, or a multishot receive that re-arms.
   bool refused = (sqe->flags & IOSQE_BUFFER_SELECT) != 0;
   switch (sqe->opcode) {
-    case IORING_OP_ASYNC_CANCEL:
-      refused |= (sqe->cancel_flags & IORING_ASYNC_CANCEL_ANY) != 0;
+    case IORING_OP_ASYNC_CANCEL: {
+      const unsigned f = sqe->cancel_flags;
+      const bool narrowed = (f & (IORING_ASYNC_CANCEL_FD | kCancelUserdata)) != 0;
+      refused |= (f & IORING_ASYNC_CANCEL_ANY) != 0 || ((f & kCancelOp) != 0 && !narrowed);
+      break;
+    }
+    case IORING_OP_POLL_REMOVE:
+      refused |= sqe->len != 0;
+      break;
+    case IORING_OP_TIMEOUT_REMOVE:
+      refused |= sqe->timeout_flags != 0;
+      break;
+    case IORING_OP_MSG_RING:
+      refused = true;
       break;
     case IORING_OP_PROVIDE_BUFFERS:
     case IORING_OP_REMOVE_BUFFERS:
@@ -189,6 +224,7 @@ int end_user_sqe(io_uring_sqe* sqe) noexcept {
       refused |= (sqe->timeout_flags & kTimeoutMultishot) != 0;
       break;
     case kOpReadMultishot:
+    case kOpRecvZc:
       refused = true;
       break;
     default:

@@ -244,9 +244,11 @@ bool io_try_stop_in_flight(io_slot* slot, const io_stop_request& rq) noexcept;
 // awaiter brackets, under the reactor lock: begin_user_sqe() blanks the SQE
 // before the callback runs (io_uring_get_sqe leaves the slot's last SQE
 // there); end_user_sqe() returns 0 if the SQE may go to the kernel, or
-// -EINVAL after turning it into a NOP if it selects a provided buffer or is
-// a multishot op; refuse_user_sqe() turns it into a NOP (the callback
-// threw). The runtime's own prep functions are not bracketed: they write
+// -EINVAL after turning it into a NOP if it selects a provided buffer, is a
+// multishot op, or reaches the ring's other requests (a MSG_RING, an update
+// of a poll or timeout, a cancel of any request or of an opcode's: the list
+// is in mpg/io.hpp and io_op.cpp); refuse_user_sqe() turns it into a NOP
+// (the callback threw). The runtime's own prep functions are not bracketed: they write
 // every field the kernel reads for their opcode.
 void begin_user_sqe(io_uring_sqe* sqe) noexcept;
 int end_user_sqe(io_uring_sqe* sqe) noexcept;
