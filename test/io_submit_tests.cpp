@@ -2,9 +2,10 @@
 // awaitable: NOP, reads and writes on a pipe, a kernel timeout, deadlines by
 // link timeout, link flags from the callback ignored, many tasks
 // submitting at once on several Ps, and what io::submit refuses or repairs:
-// a callback that leaves the SQE blank, IOSQE_IO_DRAIN, IOSQE_BUFFER_SELECT,
-// multishot operations, MSG_RING, updates by TIMEOUT_REMOVE and POLL_REMOVE,
-// cancels of any request or of an opcode's, a callback that throws.
+// a callback that leaves the SQE blank, link flags, IOSQE_IO_DRAIN,
+// IOSQE_CQE_SKIP_SUCCESS, IOSQE_BUFFER_SELECT, multishot operations,
+// MSG_RING, updates by TIMEOUT_REMOVE and POLL_REMOVE, cancels of any
+// request or of an opcode's, a callback that throws.
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <liburing.h>
@@ -139,6 +140,20 @@ TEST_CASE("link flags set by the callback are ignored") {
     res = co_await mpg::io::submit([](io_uring_sqe* sqe) { io_uring_prep_nop(sqe); });
     CHECK(res == 0);
   }());
+}
+
+TEST_CASE("IOSQE_CQE_SKIP_SUCCESS from the callback is cleared: the op's CQE comes") {
+  // Were it kept, the NOP's success would post no CQE and the task would
+  // wait for ever: the watchdog ends that.
+  mpg::runtime rt({.procs = 1});
+  mpg_test::watchdog dog(10s, "a NOP whose CQE was skipped", &rt);
+  int res = rt.block_on([]() -> task<int> {
+    co_return co_await mpg::io::submit([](io_uring_sqe* sqe) {
+      io_uring_prep_nop(sqe);
+      sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    });
+  }());
+  CHECK(res == 0);
 }
 
 TEST_CASE("many tasks on several Ps submit at once") {
