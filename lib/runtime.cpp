@@ -164,7 +164,8 @@ runtime::~runtime() {
               << s.io_faults_short << ", reset " << s.io_faults_reset << ", overflow "
               << s.io_faults_overflow << ", nomultishot " << s.io_faults_no_multishot
               << ", nosqe " << s.io_faults_no_sqe << ", nopause " << s.io_faults_no_pause
-              << ", misspause " << s.io_faults_miss_pause << ")\n";
+              << ", misspause " << s.io_faults_miss_pause << ", nocancel "
+              << s.io_faults_no_cancel << ")\n";
   }
   delete sched_;
 }

@@ -3,8 +3,9 @@
 // operation bound to a context (read, write, accept, dial, io::submit) ends
 // with the context's code when it is cancelled or misses its deadline,
 // whether it was in flight or not yet started; an accept on a closed
-// listener is always kCancelled. A hang (a wake-up lost) fails through the
-// watchdog instead of the meson timeout.
+// listener is always kCancelled; a cancel that finds no SQE is owed, not
+// dropped. A hang (a wake-up lost) fails through the watchdog instead of the
+// meson timeout.
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <liburing.h>
@@ -311,6 +312,38 @@ TEST_CASE("a second read, write or accept while one waits fails with EALREADY; c
     auto a = co_await acceptor;
     CHECK(a.status().code() == code::kCancelled);
   }());
+}
+
+TEST_CASE("a cancel that finds no SQE is owed, not dropped: a context, a deadline, close") {
+  // nocancel: every cancel of an op in flight finds no SQE, as when the
+  // kernel keeps refusing submissions. Each of these asks once: dropped,
+  // the read would wait for ever (here: until the peer's byte ends it).
+  mpg::runtime rt({.procs = 1, .io_faults = "rate=1,kinds=nocancel"});
+  mpg_test::watchdog dog(kHang, "a cancel that found no SQE", &rt);
+  rt.block_on([]() -> task<void> {
+    auto p = co_await connect_pair();
+    for (int how = 0; how < 3; ++how) {
+      CAPTURE(how);  // 0: a context, 1: a read deadline moved earlier, 2: close()
+      auto [ctx, cancel] = mpg::with_cancel(mpg::background());
+      read_result r;
+      auto reader = mpg::spawn(read_once(p.client, &r, how == 0 ? &ctx : nullptr));
+      REQUIRE(co_await until([&] { return p.client.read_pending(); }));
+      if (how == 0) cancel();
+      if (how == 1) p.client.set_read_deadline(clock_type::now() - 1s);
+      if (how == 2) p.client.close();
+      const bool woke = co_await until([&] { return r.done.load(std::memory_order_acquire); });
+      CHECK(woke);
+      if (!woke) {
+        absl::Status w = co_await p.server.write("x");  // ends the read with data
+        CHECK(w.ok());
+      }
+      co_await reader;
+      const code want[] = {code::kCancelled, code::kDeadlineExceeded, code::kCancelled};
+      CHECK(r.n.status().code() == want[how]);
+      p.client.set_read_deadline(std::nullopt);
+    }
+  }());
+  CHECK(rt.stats().io_faults_no_cancel >= 3);
 }
 
 TEST_CASE("two receive()s at once: one fails with EALREADY, close ends the other") {

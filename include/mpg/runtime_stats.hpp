@@ -41,6 +41,7 @@ struct runtime_stats {
   std::uint64_t io_faults_no_sqe = 0;        // multishot arms refused an SQE
   std::uint64_t io_faults_no_pause = 0;      // backpressure cancels refused an SQE
   std::uint64_t io_faults_miss_pause = 0;    // backpressure cancels that missed their op
+  std::uint64_t io_faults_no_cancel = 0;     // cancels refused an SQE (then owed)
   std::vector<std::uint32_t> local_queue_lengths;  // per P, snapshot
   std::vector<std::uint64_t> tasks_run;            // per P, Gs executed
 };

@@ -21,7 +21,7 @@ namespace {
 
 constexpr const char* kNames[kFaultKinds] = {"eintr",    "eagain",      "short", "reset",
                                               "overflow", "nomultishot", "nosqe", "nopause",
-                                              "misspause"};
+                                              "misspause", "nocancel"};
 
 constexpr unsigned bit(io_fault f) noexcept { return 1u << static_cast<unsigned>(f); }
 
@@ -124,7 +124,7 @@ fault_config parse_faults(std::string_view spec, std::string* errors) {
       }
       if (!ok) {
         bad("want kinds=names joined by '+' from eintr, eagain, short, reset, overflow, "
-            "nomultishot, nosqe, nopause, misspause, all");
+            "nomultishot, nosqe, nopause, misspause, nocancel, all");
       } else {
         c.kinds = kinds;
       }
@@ -214,6 +214,12 @@ bool fault_injector::refuse_pause() noexcept {
   pause_refused_ = !pause_refused_;
   if (pause_refused_) count(io_fault::no_pause);
   return pause_refused_;
+}
+
+bool fault_injector::refuse_cancel() noexcept {
+  if ((kinds_ & bit(io_fault::no_cancel)) == 0 || next() >= threshold_) return false;
+  count(io_fault::no_cancel);
+  return true;
 }
 
 bool fault_injector::miss_pause() noexcept {

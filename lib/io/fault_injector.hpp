@@ -27,6 +27,12 @@
 //             at `rate` (any rate above 0 turns it on: the alternation is
 //             what makes a test of it deterministic), and "all" leaves it
 //             out, as it does nomultishot.
+//   nocancel  a cancel of an op in flight (reactor::cancel: close(),
+//             cancel(), a context, an earlier deadline) finds no SQE, as
+//             when the kernel keeps refusing submissions through all of
+//             get_sqes_locked's attempts: the reactor owes the cancel and
+//             issues it at its next flush (reactor_cancel.cpp), so the
+//             caller sees nothing. At `rate`; "all" includes it.
 //   misspause a multishot recv's backpressure cancel misses the op, as the
 //             kernel's ASYNC_CANCEL misses a multishot recv that it keeps
 //             requeuing as task_work while the peer keeps the socket
@@ -89,7 +95,8 @@ struct io_uring;
 namespace mpg::detail {
 
 enum class io_fault : std::uint8_t {
-  eintr, eagain, short_io, reset, overflow, no_multishot, no_sqe, no_pause, miss_pause, kCount
+  eintr, eagain, short_io, reset, overflow, no_multishot, no_sqe, no_pause, miss_pause,
+  no_cancel, kCount
 };
 inline constexpr unsigned kFaultKinds = static_cast<unsigned>(io_fault::kCount);
 const char* fault_name(io_fault f) noexcept;
@@ -141,6 +148,9 @@ class fault_injector {
   // refuse_pause(): called by reactor::dispatch_multishot before it takes
   // an SQE for a backpressure cancel; true: it finds none (nopause).
   bool refuse_pause() noexcept;
+  // refuse_cancel(): called by reactor::cancel before it takes an SQE for
+  // the ASYNC_CANCEL; true: it finds none (nocancel).
+  bool refuse_cancel() noexcept;
   // miss_pause(): called by reactor::dispatch_multishot for a backpressure
   // cancel it is about to prepare; true: the cancel misses (misspause), and
   // the reactor drops the request without taking an SQE.

@@ -1,6 +1,7 @@
 // lib/io/reactor.cpp: the io_uring backend of the per-P reactor (the
-// awaiters' side, io_start and prep_request, is io_op.cpp). One of the four
-// source files of libmpg that include liburing.h (reactor.hpp says which).
+// awaiters' side, io_start and prep_request, is io_op.cpp; stopping ops in
+// flight, reactor_cancel.cpp). One of the five source files of libmpg that
+// include liburing.h (reactor.hpp says which).
 //
 // Ring set-up. The ring moves between threads with its P, so the flags that
 // bind a ring to one task are out: IORING_SETUP_SINGLE_ISSUER and
@@ -106,10 +107,6 @@ static_assert(kCqeMore == IORING_CQE_F_MORE && kCqeBuffer == IORING_CQE_F_BUFFER
 static_assert(offsetof(io_timespec, tv_nsec) == offsetof(__kernel_timespec, tv_nsec));
 
 namespace {
-
-// user_data values that are not io_op pointers (ops are at least 8-aligned).
-constexpr std::uint64_t kIgnoreTag = 1;  // link timeouts, cancels: count only
-constexpr std::uint64_t kWakeTag = 2;    // 2 and 3: wake_reads_[0], [1]
 
 int this_tid() noexcept {
   thread_local int tid = static_cast<int>(::gettid());
@@ -363,6 +360,7 @@ void reactor::flush_locked() noexcept {
 
 void reactor::flush() noexcept {
   lock_.lock();
+  if (owed_ != nullptr) issue_owed_locked();  // reactor_cancel.cpp, O2
   flush_locked();
   lock_.unlock();
 }
@@ -425,20 +423,6 @@ void reactor::start(io_op* op, io_prep_fn prep, const void* ctx) noexcept {
 
 namespace {
 
-// matches(): whether a stop request applies to `op`, which is in flight (its
-// fields are stable and its frame alive while the reactor lock is held).
-bool matches(const io_op* op, const io_stop_request& rq) noexcept {
-  switch (rq.why) {
-    case io_stop::kick:  // only an op armed later than the new deadline (none: never)
-      return op->live_deadline != nullptr && rq.deadline_ns != io_deadline::kNone &&
-             (!op->has_deadline || to_ns(op->deadline) > rq.deadline_ns);
-    case io_stop::context:
-      return op->ctx == rq.ctx;
-    default:
-      return true;
-  }
-}
-
 // clear_slot(): the op's final CQE is being dispatched: it leaves its slot.
 // A plain load and store, not a compare-exchange: a slot holds one op at a
 // time (io_op.hpp), and no op is published in it until this one is out, so
@@ -451,75 +435,6 @@ void clear_slot(io_slot* s, const io_op* op) noexcept {
 }
 
 }  // namespace
-
-void reactor::cancel(io_slot* slot, io_op* op, const io_stop_request& rq) noexcept {
-  lock_.lock();
-  cancel_locked(slot, op, rq);
-  lock_.unlock();
-}
-
-bool reactor::try_cancel(io_slot* slot, io_op* op, const io_stop_request& rq) noexcept {
-  if (!lock_.try_lock()) return false;
-  const bool asked = cancel_locked(slot, op, rq);
-  lock_.unlock();
-  return asked;
-}
-
-bool reactor::cancel_locked(io_slot* slot, io_op* op, const io_stop_request& rq) noexcept {
-  io_uring_sqe* sqe = get_sqes_locked(1);  // may reap, and so complete op: check after
-  if (sqe != nullptr) {
-    // Relaxed: the slot is cleared under lock_, which we hold.
-    if (slot->op.load(std::memory_order_relaxed) == op && matches(op, rq)) {
-      if (rq.why > op->stop) op->stop = rq.why;
-      io_uring_prep_cancel64(sqe, reinterpret_cast<std::uintptr_t>(op), 0);
-    } else {
-      io_uring_prep_nop(sqe);
-    }
-    io_uring_sqe_set_data64(sqe, kIgnoreTag);
-    add_pending_locked(1);
-    // Submit now: the op's own SQE, ahead of the cancel, goes in too, so a
-    // close() that follows cannot let the kernel resolve a reused fd number.
-    flush_locked();
-  }
-  return sqe != nullptr;
-}
-
-void reactor::cancel_all() noexcept {
-  lock_.lock();
-  shutting_down_ = true;
-  auto issue_cancel = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_) {
-    if (io_uring_sqe* sqe = get_sqes_locked(1)) {
-      io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
-      io_uring_sqe_set_data64(sqe, kIgnoreTag);
-      add_pending_locked(1);
-    }
-    flush_locked();
-  };
-  issue_cancel();
-  reap_locked();
-  lock_.unlock();
-  auto start_time = clock::now();
-  auto last_cancel = start_time;
-  while (pending_.load(std::memory_order_relaxed) != 0) {
-    auto now = clock::now();
-    if (now - start_time > std::chrono::seconds(10)) {
-      std::fprintf(stderr, "mpg: %u io_uring operations did not complete at shutdown\n",
-                   pending_.load(std::memory_order_relaxed));
-      return;
-    }
-    enter_wait(now + std::chrono::milliseconds(10));
-    lock_.lock();
-    reap_locked();
-    // Re-cancel now and then: an op may have been in a state the first
-    // cancel could not reach (being issued on another thread's task_work).
-    if (pending_.load(std::memory_order_relaxed) != 0 &&
-        clock::now() - last_cancel > std::chrono::milliseconds(100)) {
-      issue_cancel();
-      last_cancel = clock::now();
-    }
-    lock_.unlock();
-  }
-}
 
 // --- completion --------------------------------------------------------------
 
@@ -569,7 +484,10 @@ inline unsigned reactor::dispatch(std::uint64_t user_data, int res, std::uint32_
   }
   if (flags & IORING_CQE_F_MORE) return 0;
   add_pending_locked(-1);
-  if (io_slot* s = op->slot) clear_slot(s, op);
+  if (io_slot* s = op->slot) {
+    if (owed_ != nullptr) [[unlikely]] settle_owed_locked(s);
+    clear_slot(s, op);
+  }
   // From here the op (and its frame) may be resumed and freed on another
   // thread: read `complete` first and touch nothing after.
   if (op->complete != nullptr) {
@@ -621,7 +539,10 @@ unsigned reactor::dispatch_multishot(io_op* op, int res, std::uint32_t flags) no
     return 1;
   }
   add_pending_locked(-1);
-  if (io_slot* s = op->slot) clear_slot(s, op);
+  if (io_slot* s = op->slot) {
+    if (owed_ != nullptr) settle_owed_locked(s);
+    clear_slot(s, op);
+  }
   op->complete(op);  // may free the op: touch nothing after
   return 1;
 }
@@ -781,10 +702,13 @@ unsigned reactor::wait(std::optional<clock::time_point> deadline) noexcept {
     if (buffer_ring* b = bufs_.load(std::memory_order_relaxed)) b->refill();
     if (!shutting_down_) can_be_woken = ensure_wake_armed_locked();
   }
+  // Cancels owed (reactor_cancel.cpp, O2): until every one is issued, the
+  // sleep is short, as without a wake read.
+  if (owed_ != nullptr && !issue_owed_locked()) can_be_woken = false;
   flush_locked();  // our SQEs and a (re-)armed wake read go in before we sleep
   lock_.unlock();
   if (n != 0) return n;
-  if (!can_be_woken) {  // no wake read of ours: never sleep long
+  if (!can_be_woken) {  // no wake read of ours, or cancels owed: never sleep long
     auto soon = clock::now() + std::chrono::milliseconds(1);
     if (!deadline || *deadline > soon) deadline = soon;
   }

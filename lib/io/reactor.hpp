@@ -32,10 +32,11 @@
 // (lock-free), and may likewise create a frame and ready its reader; tests
 // set callbacks that only count.
 //
-// Only lib/io/reactor.cpp, io_op.cpp (io_start and prep_request),
-// buffer_ring.cpp (the provided-buffer ring) and fault_injector.cpp (which
-// edits SQEs for tests) include liburing.h. net.cpp and fs.cpp describe
-// their operations as io_request values, which io_op.cpp turns into SQEs.
+// Only lib/io/reactor.cpp, reactor_cancel.cpp (stopping ops in flight),
+// io_op.cpp (io_start and prep_request), buffer_ring.cpp (the
+// provided-buffer ring) and fault_injector.cpp (which edits SQEs for tests)
+// include liburing.h. net.cpp and fs.cpp describe their operations as
+// io_request values, which io_op.cpp turns into SQEs.
 #pragma once
 
 #include <absl/base/thread_annotations.h>
@@ -80,12 +81,14 @@ class reactor {
   // submitted (the internal wake-up read does not count). Relaxed: a hint
   // for a per-tick check; a stale answer only delays a flush or reap.
   bool busy() const noexcept { return pending_.load(std::memory_order_relaxed) != 0; }
-  // has_unsubmitted(): lock-free hint that flush() has work.
+  // has_unsubmitted(): lock-free hint that flush() has work: SQEs, or
+  // cancels owed (cancel()).
   bool has_unsubmitted() const noexcept {
-    return unsubmitted_.load(std::memory_order_relaxed) != 0;
+    return unsubmitted_.load(std::memory_order_relaxed) != 0 ||
+           owed_count_.load(std::memory_order_relaxed) != 0;
   }
 
-  // flush(): submit pending SQEs. Never blocks.
+  // flush(): issue the cancels owed, and submit pending SQEs. Never blocks.
   void flush() noexcept;
   // reap(): dispatch every completion that is ready. Never blocks. Returns
   // the number of CQEs delivered to ops: final completions, and the CQEs of
@@ -116,11 +119,13 @@ class reactor {
   void start(io_op* op, io_prep_fn prep, const void* ctx) noexcept;
   // cancel(): if `slot` still holds `op` and op matches rq (io_op.hpp,
   // io_stop_request), record rq.why in op->stop and submit an ASYNC_CANCEL
-  // for it (and any SQEs before it) at once.
+  // for it (and any SQEs before it) at once; if no SQE is to be had, owe
+  // the cancel: the next flush() or wait() that gets an SQE issues it
+  // (reactor_cancel.cpp, "A cancel that finds no SQE"). Never dropped.
   void cancel(io_slot* slot, io_op* op, const io_stop_request& rq) noexcept;
   // try_cancel(): cancel() if the lock is free at once and an SQE is to be
-  // had; false (nothing asked) if another thread holds the lock or the SQ
-  // stays full.
+  // had; false (nothing asked, nothing owed) if another thread holds the
+  // lock or the SQ stays full.
   bool try_cancel(io_slot* slot, io_op* op, const io_stop_request& rq) noexcept;
 
   // buffers(): this P's provided-buffer ring, registered on first use;
@@ -141,13 +146,24 @@ class reactor {
   }
 
  private:
+  // user_data values that are not io_op pointers (ops are at least 8-aligned).
+  static constexpr std::uint64_t kIgnoreTag = 1;  // link timeouts, cancels: count only
+  static constexpr std::uint64_t kWakeTag = 2;    // 2 and 3: wake_reads_[0], [1]
+
   reactor();
 
   void flush_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   unsigned reap_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
-  // cancel_locked(): false when no SQE could be had (nothing was asked).
-  bool cancel_locked(io_slot* slot, io_op* op, const io_stop_request& rq) noexcept
+  // cancel_locked(): false when no SQE could be had: then the cancel is
+  // owed if `owe` (and the op still in flight and matching), else dropped.
+  bool cancel_locked(io_slot* slot, io_op* op, const io_stop_request& rq, bool owe) noexcept
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  // issue_owed_locked(): prepares an ASYNC_CANCEL for each owed slot's op,
+  // while SQEs are to be had without a reap; true when none is left owed.
+  bool issue_owed_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  // settle_owed_locked(): the final CQE of slot's op is being dispatched:
+  // a cancel owed for it goes (its address may soon name another op).
+  void settle_owed_locked(io_slot* slot) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   // dispatch(): one CQE. reaped: from the CQ (the waiter goes to the run
   // queue's tail); else an op that start() failed inline (its own task,
   // which parked a moment ago, runs next). Inlined into the reap loop
@@ -201,6 +217,13 @@ class reactor {
                    std::memory_order_relaxed);
   }
   std::atomic<std::uint32_t> unsubmitted_{0};
+  // Cancels owed (reactor_cancel.cpp, "A cancel that finds no SQE"): slots whose op
+  // a cancel found in flight, linked through io_slot::owed_next, and their
+  // count, written under lock_ (a load and a store, as pending_) and read
+  // lock-free by has_unsubmitted() (relaxed: a hint; a stale answer delays
+  // the flush to the next tick, and wait() itself issues them).
+  io_slot* owed_ ABSL_GUARDED_BY(lock_) = nullptr;
+  std::atomic<std::uint32_t> owed_count_{0};
   std::atomic<std::uint64_t> submit_calls_{0};
   std::atomic<std::uint64_t> pause_cancels_{0};  // written under lock_, as submit_calls_
 

@@ -93,6 +93,7 @@ runtime_stats scheduler::stats() const {
     s.io_faults_no_sqe += f.by_kind[static_cast<unsigned>(io_fault::no_sqe)];
     s.io_faults_no_pause += f.by_kind[static_cast<unsigned>(io_fault::no_pause)];
     s.io_faults_miss_pause += f.by_kind[static_cast<unsigned>(io_fault::miss_pause)];
+    s.io_faults_no_cancel += f.by_kind[static_cast<unsigned>(io_fault::no_cancel)];
     s.io_faults_injected += f.total();
   }
   s.spawned += foreign_spawned_.load(std::memory_order_relaxed);

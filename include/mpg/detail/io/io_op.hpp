@@ -14,7 +14,8 @@
 // SQEs are not submitted by io_start: the scheduler flushes each P's reactor
 // in its loop, so the operations of many tasks go to the kernel in one
 // io_uring_enter. (Cancels and file operations are submitted at once; see
-// io_slot below and lib/io/reactor.cpp.)
+// io_slot below and lib/io/reactor_cancel.cpp: a cancel that finds no SQE
+// is owed by the reactor and issued at its next flush, never dropped.)
 //
 // Cancellation from another task (possibly on another P) goes through an
 // io_slot: the object an operation belongs to (a stream direction, a
@@ -129,6 +130,12 @@ struct io_slot {
   // reactor's lock.
   std::atomic<io_op*> op{nullptr};
   reactor* owner ABSL_GUARDED_BY(lock) = nullptr;  // valid while op != nullptr
+  // The next slot in the owner reactor's list of owed cancels (a cancel of
+  // this slot's op that found no SQE: reactor_cancel.cpp, "A cancel that
+  // finds no SQE"). Used only by that reactor, under its lock, while the
+  // slot is on its list, which it leaves when its op's final CQE is
+  // dispatched.
+  io_slot* owed_next = nullptr;
 };
 
 // io_stop: why an op in flight was stopped (see the essay); ordered by
@@ -148,7 +155,7 @@ struct io_stop_request {
 // io_fault's order, one higher.
 enum class io_fault_plan : std::uint8_t {
   none, eintr, eagain, short_io, reset, overflow, no_multishot, no_sqe, no_pause,
-  miss_pause, reposted
+  miss_pause, no_cancel, reposted
 };
 
 // io_prep_fn: prepares `sqe` for the operation described by ctx. Called under
@@ -227,12 +234,13 @@ bool io_start(io_op* op, io_prep_fn prep, const void* ctx, io_slot* slot);
 
 // io_cancel(): cancel the op in flight in `slot`, if any; with close == true
 // also mark the slot closed so no op starts on it again. Any thread. Returns
-// once the cancel is submitted to the owning ring (not completed).
+// once the cancel is submitted to the owning ring (not completed), or, if
+// that ring has no SQE to spare, owed by it: issued at its next flush.
 void io_cancel(io_slot* slot, bool close) noexcept;
 
 // io_stop_in_flight(): the op in flight in `slot`, if any and if it matches
 // `rq` (see io_stop_request), is stopped for rq.why. Any thread; returns
-// once the cancel is submitted to the owning ring.
+// once the cancel is submitted to the owning ring, or owed as io_cancel's.
 void io_stop_in_flight(io_slot* slot, const io_stop_request& rq) noexcept;
 // io_try_stop_in_flight(): the same for a stop that is only worth making
 // when it is cheap (io_stop::move): false, with nothing asked, if the owning
