@@ -341,6 +341,12 @@ io_uring_sqe* reactor::get_sqes_locked(unsigned n) noexcept {
 void reactor::flush_locked() noexcept {
   io_uring* ring = ring_.get();
   if (io_uring_sq_ready(ring) == 0) return;
+  if (auto hook = g_flush_refuse_hook.load(std::memory_order_relaxed)) [[unlikely]] {
+    if (hook()) {
+      unsubmitted_.store(io_uring_sq_ready(ring), std::memory_order_relaxed);
+      return;
+    }
+  }
   for (int attempt = 0; attempt < 4; ++attempt) {
     int ret = io_uring_submit(ring);
     // Under lock_, the one writer: a load and a store, no read-modify-write.
@@ -356,6 +362,38 @@ void reactor::flush_locked() noexcept {
     if (ret != -EINTR) break;  // -EBUSY/-EAGAIN: leave the SQEs for the next flush
   }
   unsubmitted_.store(io_uring_sq_ready(ring), std::memory_order_relaxed);
+}
+
+// Submitting now. An op with submit_now (fs.cpp: a file's operation, whose
+// fd number must be resolved by the kernel before close() may release it)
+// is in the kernel when start() returns, or is not started at all. A flush
+// can leave SQEs in the SQ: the kernel refuses a submission (-EBUSY while
+// completions wait in its overflow list, -EAGAIN without memory for a
+// request). Then the flush is tried again after a reap, a bounded number
+// of times, and if the op's SQEs, the last n of the SQ, are still there,
+// they are taken back out (the SQ's tail and, if it was published, the
+// kernel's tail go back by n) and the op ends with -EBUSY, as one that
+// found no SQE. Taking them back is safe under lock_: without SQPOLL the
+// kernel reads SQEs only inside io_uring_enter, which runs under lock_,
+// and consumes them in order, so while at least n are unconsumed the last
+// n are ours.
+bool reactor::submit_now_locked(unsigned n) noexcept {
+  io_uring* ring = ring_.get();
+  flush_locked();
+  for (int attempt = 0; io_uring_sq_ready(ring) >= n && attempt < 8; ++attempt) {
+    reap_locked();  // the kernel's -EBUSY: completions it cannot post
+    flush_locked();
+  }
+  if (io_uring_sq_ready(ring) < n) [[likely]] return true;
+  io_uring_sq& sq = ring->sq;
+  const unsigned tail = sq.sqe_tail - n;
+  sq.sqe_tail = tail;
+  if (static_cast<int>(sq.sqe_head - tail) > 0) sq.sqe_head = tail;
+  // Release, as liburing publishes the tail; the kernel reads it in
+  // io_uring_enter, under lock_ after this.
+  if (static_cast<int>(*sq.ktail - tail) > 0) __atomic_store_n(sq.ktail, tail, __ATOMIC_RELEASE);
+  unsubmitted_.store(io_uring_sq_ready(ring), std::memory_order_relaxed);
+  return false;
 }
 
 void reactor::flush() noexcept {
@@ -414,7 +452,10 @@ void reactor::start(io_op* op, io_prep_fn prep, const void* ctx) noexcept {
     io_uring_sqe_set_data64(t, kIgnoreTag);
   }
   if (op->submit_now) {
-    flush_locked();
+    if (!submit_now_locked(need)) [[unlikely]] {
+      if (need == 2) add_pending_locked(-1);
+      dispatch(reinterpret_cast<std::uintptr_t>(op), -EBUSY, 0, /*reaped=*/false);
+    }
   } else {
     unsubmitted_.store(io_uring_sq_ready(ring_.get()), std::memory_order_relaxed);
   }

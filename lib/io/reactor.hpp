@@ -55,6 +55,12 @@ struct io_uring;
 
 namespace mpg::detail {
 
+// Test hook: flush_locked() calls it before it submits; when it returns
+// true the flush is refused as the kernel refuses one (-EBUSY), and the
+// SQEs stay in the SQ. Null outside tests; relaxed: a test sets it before
+// the runtime submits and it only selects a path.
+inline std::atomic<bool (*)()> g_flush_refuse_hook{nullptr};
+
 class buffer_ring;
 
 class reactor {
@@ -174,6 +180,10 @@ class reactor {
   unsigned dispatch_multishot(io_op* op, int res, std::uint32_t flags) noexcept
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   io_uring_sqe* get_sqes_locked(unsigned n) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  // submit_now_locked(): flush for an op that must be in the kernel when
+  // start() returns; false when the kernel would not take its n SQEs, which
+  // are then taken back out of the SQ (reactor.cpp, "Submitting now").
+  bool submit_now_locked(unsigned n) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   void arm_wake_locked(int index) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   bool ensure_wake_armed_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   void cancel_foreign_wake_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);

@@ -1,0 +1,104 @@
+// test/submit_refused_tests.cpp: an operation that must be in the kernel
+// when it starts (a file's read: fs.cpp's close gate) is not started when
+// the kernel refuses the submission (lib/io/reactor.cpp, "Submitting
+// now"): its SQE left in the SQ would be submitted later, after close(),
+// against whatever file reused the number.
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <mpg/fs.hpp>
+#include <mpg/mpg.hpp>
+
+#include <atomic>
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+#include "io/fs_hooks.hpp"
+#include "io/reactor.hpp"
+#include "test_support.hpp"
+
+namespace {
+
+struct temp_dir {
+  std::string path;
+  temp_dir() {
+    char tmpl[] = "/tmp/mpg_submit_refused.XXXXXX";
+    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    path = tmpl;
+  }
+  ~temp_dir() { std::system(("rm -rf " + path).c_str()); }
+};
+
+void write_file(const std::string& path, const std::string& data) {
+  int fd = ::open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
+  REQUIRE(fd >= 0);
+  REQUIRE(::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()));
+  ::close(fd);
+}
+
+// The moment: a read has loaded its file's number and submits it while
+// the kernel refuses submissions; another thread closes the file, opens
+// another under the same number, lets submissions through again and wakes
+// the runtime (a post), whose next flush would submit what the SQ holds.
+std::string other_path;
+int other_fd = -1;
+std::thread closer;
+std::atomic<bool> refuse{false};
+std::atomic<bool> closer_waits{false};
+std::atomic<bool> closer_done{false};
+mpg::runtime_handle* handle = nullptr;
+
+bool refuse_while_set() { return refuse.load(); }
+
+void close_and_reuse(mpg::fs::file* f) {
+  mpg::detail::g_file_submit_hook.store(nullptr, std::memory_order_relaxed);  // once
+  refuse.store(true);
+  const int n = f->native_handle();
+  closer = std::thread([f, n] {
+    (void)f->close();
+    int g = ::open(other_path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (g >= 0 && g != n) {  // another hole was lower: put it at n, as a racing open could
+      ::dup2(g, n);
+      ::close(g);
+      g = n;
+    }
+    other_fd = g;
+    refuse.store(false);
+    closer_done.store(true);
+    (void)handle->post([] {});  // the M flushes when it looks for work
+  });
+  // Until the close either ends or waits for this submission.
+  (void)mpg_test::wait_until([] { return closer_done.load() || closer_waits.load(); });
+}
+
+}  // namespace
+
+TEST_CASE("a file operation the kernel refuses to take is not submitted after close()") {
+  temp_dir dir;
+  write_file(dir.path + "/mine", "mine");
+  other_path = dir.path + "/other";
+  write_file(other_path, "othr");
+  mpg::runtime rt({.procs = 1});
+  mpg::runtime_handle h = rt.handle();
+  handle = &h;
+  mpg::detail::g_flush_refuse_hook.store(&refuse_while_set);
+  rt.block_on([](std::string path) -> mpg::task<void> {
+    auto f = co_await mpg::fs::open(path, O_RDONLY);
+    REQUIRE(f.ok());
+    mpg::detail::g_file_close_wait_hook.store([] { closer_waits.store(true); });
+    mpg::detail::g_file_submit_hook.store(&close_and_reuse);
+    std::string buf(4, '\0');
+    auto n = co_await f->read_at(std::span<char>(buf), 0);
+    closer.join();
+    mpg::detail::g_file_close_wait_hook.store(nullptr);
+    // Not taken by the kernel, the read is not started (an error: EBUSY,
+    // or closed on a retry); reading the other file is what must not be.
+    if (n.ok()) CHECK(buf == "mine");
+    CHECK(closer_done.load());
+    CHECK(!f->is_open());
+    if (other_fd >= 0) ::close(other_fd);
+  }(dir.path + "/mine"));
+  mpg::detail::g_flush_refuse_hook.store(nullptr);
+}
