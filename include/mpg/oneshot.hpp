@@ -12,34 +12,41 @@
 //     thread, inside a runtime or not. send() never waits (it takes the
 //     state's spinlock for a few stores) and never runs user code other than
 //     T's move constructor.
-//   - oneshot_receiver: the destructor and moves from any thread;
+//   - oneshot_receiver: the destructor and moves from any thread, also
+//     while tasks wait on it (through a reference, or as a select case):
+//     their waits end at once with kAborted. It must be alive when an
+//     await of it begins (the awaiter reads its state then).
 //     `co_await rx`, `co_await rx.recv()` and select cases only inside a task.
 //   - Result of the await: the value; absl::StatusCode::kAborted when the
-//     sender was destroyed without sending; kFailedPrecondition when the
-//     value was already received by an earlier await.
+//     sender was destroyed without sending, or when the receiver was
+//     destroyed while the await waited (before anything was sent);
+//     kFailedPrecondition when the value was already received by an
+//     earlier await.
 //   - send() returns false, dropping the value, when the receiver is gone
 //     (destroyed) or the sender is empty (moved from, or already sent).
 //
 // Where the awaiting task resumes: if it waits, on a P of its own runtime,
-// readied by the thread that sent or destroyed the sender (g.hpp, ready():
-// that thread's P when it runs one of the runtime's Ps, else the global
-// queue).
+// readied by the thread that sent or destroyed the sender, or destroyed the
+// receiver (g.hpp, ready(): that thread's P when it runs one of the
+// runtime's Ps, else the global queue).
 //
 // Protocol. The shared state holds one spinlock, a status word and the value,
 // a waitq of waiters (one: the receiving awaiter or one select case; more
 // only when tasks await one receiver at once, R4), and a reference count
-// (one reference per live end).
+// (one reference per live end, and one per awaiter that queued, R5).
 //   R1. The receiver's await takes the lock. A status other than kEmpty
 //       completes it now. Otherwise it parks (g.hpp, step 1), counts itself
 //       as waiting on an external waker of its runtime (external_waker_add,
-//       remembering the scheduler in the awaiter), queues its waiter, and
-//       unlocks: the unlock publishes the waiter (step 2).
-//   S1. send() takes the lock. Receiver gone: unlock, return false. Else it
-//       stores the value, sets kFull, dequeues the waiter (for a select
-//       case: waitq::dequeue claims the select, or drops a waiter whose
-//       select already fired elsewhere), unlocks, readies the dequeued G
-//       (step 3), and drops its reference.
-//   S2. The sender's destructor, unsent: as S1 with kAborted and no value.
+//       remembering the scheduler in the awaiter), takes a reference on the
+//       state (R5), queues its waiter, and unlocks: the unlock publishes the
+//       waiter (step 2).
+//   S1. send() takes the lock. kReceiverGone: unlock, return false (R3 has
+//       woken every waiter). Else it stores the value, sets kFull, dequeues
+//       the waiter (for a select case: waitq::dequeue claims the select, or
+//       drops a waiter whose select already fired elsewhere), unlocks,
+//       readies the dequeued G (step 3), and drops its reference.
+//   S2. The sender's destructor, unsent: as S1 with kAborted and no value
+//       (after R3: nothing).
 //   R2. The awaiter's await_resume, or a select's clean-up (sel_dequeue, the
 //       winner's sel_result), or the awaiter's destructor (a task killed at
 //       shutdown; it also unlinks a still-queued waiter, waitq.hpp kQueued),
@@ -48,13 +55,27 @@
 //       task's runtime while it is alive, so the count is balanced and a
 //       sender on a plain thread never touches the runtime's counters: a
 //       sender destroyed after its runtime is gone touches only the state.
-//   R3. The receiver's destructor sets rx_gone under the lock and drops its
+//   R3. The receiver's destructor takes the lock, sets kReceiverGone if
+//       the status is still kEmpty, dequeues every waiter (dequeue_all:
+//       select cases are claimed), unlocks, readies them (each then takes
+//       its result: kAborted, or what the sender left), and drops its
 //       reference.
 //   R4. Tasks that await one receiver at once (through a reference) all
 //       queue; S1 wakes the first. Each awaiter, as it takes its result under
 //       the lock, dequeues the next waiter and readies it after unlocking,
 //       so all of them end: the first with the value, the others with
 //       kFailedPrecondition (already received), or all with kAborted.
+//   R5. An awaiter that queued holds a reference on the state, taken under
+//       the lock as it queues, so whoever wakes it may drop the last end
+//       (the sender after S1, the receiver after R3) and the state still
+//       outlives the awaiter's use of it. The awaiter drops it last: in
+//       await_resume after unlocking (and after readying the next waiter,
+//       R4), or in its destructor (a select case that did not win, whose
+//       sel_dequeue runs under the select's locks and so cannot free the
+//       state; a task killed at shutdown). A waiter is queued only while its
+//       awaiter holds the reference, so the state is never freed with a
+//       waiter queued. An await that completes at once (R1, or a ready
+//       select case) takes no reference: the fast paths cost no more RMWs.
 // Why the waker count is removed by the receiver and not by the sender: a
 // sender that removed it before ready() would leave a window in which the
 // runtime looks quiescent though a G is about to become runnable; removing
@@ -62,14 +83,17 @@
 // have let finish. The receiver holds the count from before it publishes the
 // waiter until after it runs again, so the count covers every instant.
 //
-// Destruction. The state is freed by whichever end drops the last
-// reference. A sender never touches the state after S1's unlock except to
-// drop its reference, and the reference keeps the state alive: the resumed
-// receiver may destroy its end (and the whole state, if the sender's
-// reference is already gone) at once.
+// Destruction. The state is freed by whichever holder drops the last
+// reference: an end or an awaiter that queued. A waker (S1, S2, R3) never
+// touches the state after its unlock except to drop its own reference, and
+// that reference keeps the state alive until it is dropped: the resumed
+// receiver may destroy its end (and the whole state, if every other
+// reference is already gone) at once, and the receiver may be destroyed by
+// another thread or task while tasks wait on it.
 //
 // Invariants (under lock_):
-//   - status_ moves only kEmpty -> kFull -> kTaken, or kEmpty -> kAborted.
+//   - status_ moves only kEmpty -> kFull -> kTaken, kEmpty -> kAborted, or
+//     kEmpty -> kReceiverGone.
 //   - The waitq holds waiters only while status_ is kEmpty, or, after it,
 //     until each woken awaiter has passed the wake on (R4).
 //   - value_ is engaged iff status_ is kFull.
@@ -80,7 +104,9 @@
 // oneshot takes part in select's lock order like a channel. A reference
 // count in each awaiter's G instead of a shared count: the ends live on
 // different threads, one RMW per end is the least that frees the state
-// exactly once.
+// exactly once. A receiver destroyed under its waiters that only marked the
+// state (the waiters woken by the sender): a send would then wake nobody,
+// and a drop would free the state under the waiter it readied.
 //
 // Memory ordering: everything but refs_ is read and written under lock_
 // (acquire/release), including the value; the resumed task reads it after
@@ -88,6 +114,7 @@
 // argued at release().
 #pragma once
 
+#include <absl/base/attributes.h>
 #include <absl/base/thread_annotations.h>
 #include <absl/status/status.h>
 #include <absl/status/statusor.h>
@@ -122,8 +149,10 @@ class select_awaiter;
 
 absl::Status oneshot_aborted_status();
 absl::Status oneshot_taken_status();
+absl::Status oneshot_receiver_gone_status();
 
-enum class oneshot_status : std::uint8_t { kEmpty, kFull, kTaken, kAborted };
+// kReceiverGone: the receiver was destroyed before the sender completed.
+enum class oneshot_status : std::uint8_t { kEmpty, kFull, kTaken, kAborted, kReceiverGone };
 
 template <class T>
 class oneshot_state {
@@ -132,19 +161,23 @@ class oneshot_state {
   using result_type = std::conditional_t<std::is_void_v<T>, absl::Status, absl::StatusOr<T>>;
 
   oneshot_state() = default;
-  // Freed while a waiter is still queued: only at runtime shutdown, when a
-  // killed frame held the last end and another killed task waits on the
-  // state by reference. Detach it, as ~chan_base does.
-  ~oneshot_state() {
-    spin_guard lk(lock_);
-    q_.detach_all();
-  }
+  // Never freed with a waiter queued: a queued awaiter holds a reference.
+  ~oneshot_state() { assert(q_.empty()); }
   oneshot_state(const oneshot_state&) = delete;
   oneshot_state& operator=(const oneshot_state&) = delete;
 
+  // add_ref_locked(): the reference of an awaiter that queues (R1).
+  // Relaxed, as a shared_ptr copy: the caller already holds a reference
+  // (the receiver it awaits through is alive as the await begins), so the
+  // count cannot reach zero meanwhile; the awaiter publishes itself, and
+  // the reference with it, by the unlock that follows.
+  void add_ref_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_) {
+    refs_.fetch_add(1, std::memory_order_relaxed);
+  }
+
   void release() noexcept {
-    // acq_rel: the other end's last use of the state (release) happens
-    // before the delete that the last release runs (acquire).
+    // acq_rel: every other holder's last use of the state (release)
+    // happens before the delete that the last release runs (acquire).
     if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
   }
 
@@ -153,7 +186,7 @@ class oneshot_state {
     g* wake = nullptr;
     {
       spin_guard lk(lock_);
-      if (v && rx_gone_) return false;
+      if (status_ == oneshot_status::kReceiverGone) return false;  // R3 woke everyone
       if (v) {
         value_.emplace(std::move(*v));
         status_ = oneshot_status::kFull;
@@ -166,9 +199,15 @@ class oneshot_state {
     return true;
   }
 
+  // R3: the receiver's destructor.
   void receiver_gone() noexcept {
-    spin_guard lk(lock_);
-    rx_gone_ = true;
+    waiter* chain;
+    {
+      spin_guard lk(lock_);
+      if (status_ == oneshot_status::kEmpty) status_ = oneshot_status::kReceiverGone;
+      chain = q_.dequeue_all();
+    }  // each woken awaiter holds its own reference: the state outlives it
+    ready_chain(chain);
   }
 
   // take_locked(): the await's result once status_ is not kEmpty.
@@ -189,6 +228,8 @@ class oneshot_state {
       }
       case oneshot_status::kAborted:
         return oneshot_aborted_status();
+      case oneshot_status::kReceiverGone:
+        return oneshot_receiver_gone_status();
       default:
         return oneshot_taken_status();
     }
@@ -196,10 +237,9 @@ class oneshot_state {
 
   spinlock lock_;
   oneshot_status status_ ABSL_GUARDED_BY(lock_) = oneshot_status::kEmpty;
-  bool rx_gone_ ABSL_GUARDED_BY(lock_) = false;
   waitq q_ ABSL_GUARDED_BY(lock_);
   std::optional<stored_type> value_ ABSL_GUARDED_BY(lock_);
-  std::atomic<std::uint32_t> refs_{2};  // one per end
+  std::atomic<std::uint32_t> refs_{2};  // one per live end, one per awaiter that queued
 };
 
 }  // namespace detail
@@ -275,7 +315,9 @@ class oneshot_sender {
 // The awaiter of `co_await rx` and of rx.recv(), and a select case. Gives
 // absl::StatusOr<T> (absl::Status for void). If it waits, the task resumes
 // on a P of its runtime, readied by the thread that sent or dropped the
-// sender. Must not outlive its receiver; only inside a task.
+// sender, or destroyed the receiver. Its receiver must be alive when the
+// await begins; destroyed while the await waits, it ends the await with
+// kAborted (R3). Only inside a task.
 template <class T>
 class [[nodiscard]] oneshot_recv_op : private detail::waiter {
   using state = detail::oneshot_state<T>;
@@ -287,17 +329,18 @@ class [[nodiscard]] oneshot_recv_op : private detail::waiter {
   using mpg_awaiter = detail::runtime_awaiter_tag;
 
   oneshot_recv_op(oneshot_recv_op&& o) noexcept
-      : detail::waiter(o), s_(o.s_), counted_(std::exchange(o.counted_, nullptr)) {}
+      : detail::waiter(o),
+        s_(o.s_),
+        counted_(std::exchange(o.counted_, nullptr)),
+        holds_ref_(std::exchange(o.holds_ref_, false)) {}
   oneshot_recv_op& operator=(oneshot_recv_op&&) = delete;
-  // R2 for a task killed at shutdown: unlink a still-queued waiter (waitq.hpp,
-  // kQueued) and give back the waker count. The runtime is alive: killed
-  // frames are destroyed before the scheduler is deleted.
+  // R2 for a task killed at shutdown, and R5 for a select case that did not
+  // win: unlink a still-queued waiter, give back the waker count and the
+  // state reference. The runtime is alive: killed frames are destroyed
+  // before the scheduler is deleted.
   ~oneshot_recv_op() {
-    if (this->queued()) [[unlikely]] {
-      detail::spin_guard lk(s_->lock_);
-      s_->q_.remove(this);
-    }
-    uncount();
+    if (holds_ref_) [[unlikely]]
+      leave();
   }
 
   bool await_ready() const noexcept { return false; }
@@ -311,6 +354,7 @@ class [[nodiscard]] oneshot_recv_op : private detail::waiter {
         detail::g* gp = detail::current_g();
         detail::park(h, "oneshot receive", where);  // throws outside a task
         count(gp);
+        hold_ref();
         this->set_g(gp);
         s_->q_.push_back(this);
         return true;  // the guard's unlock publishes the waiter: hands off `this`
@@ -321,6 +365,11 @@ class [[nodiscard]] oneshot_recv_op : private detail::waiter {
 
   result_type await_resume() {
     uncount();
+    // R5: the state reference goes last, after every use of the state.
+    struct release_last {
+      oneshot_recv_op* op;
+      ~release_last() { op->drop_ref(); }
+    } last{this};
     detail::g* next = nullptr;  // R4
     result_type r = [&] {
       detail::spin_guard lk(s_->lock_);
@@ -348,6 +397,27 @@ class [[nodiscard]] oneshot_recv_op : private detail::waiter {
   void uncount() noexcept {
     if (counted_) detail::external_waker_remove(std::exchange(counted_, nullptr));
   }
+  // hold_ref(): R5, with the state's lock held (R1, sel_enqueue).
+  void hold_ref() noexcept {
+    s_->lock_.assert_held();
+    s_->add_ref_locked();
+    holds_ref_ = true;
+  }
+  // drop_ref(): R5. Never under the state's lock: it may free the state.
+  void drop_ref() noexcept {
+    if (std::exchange(holds_ref_, false)) s_->release();
+  }
+  // leave(): the destructor of an awaiter that queued and never resumed
+  // (a task killed at shutdown, or a select case that did not win).
+  // Reads kQueued without the lock, as waitq.hpp argues for destructors.
+  ABSL_ATTRIBUTE_NOINLINE void leave() noexcept {
+    if (this->queued()) {
+      detail::spin_guard lk(s_->lock_);
+      s_->q_.remove(this);  // re-read under the lock: a waker may have taken it
+    }
+    uncount();
+    drop_ref();
+  }
 
   // Select hooks (select.hpp): sel_lock, sel_poll, sel_enqueue and
   // sel_dequeue run with the state's lock held by select.
@@ -361,9 +431,12 @@ class [[nodiscard]] oneshot_recv_op : private detail::waiter {
   void sel_enqueue(detail::select_state* st) noexcept {
     s_->lock_.assert_held();
     count(st->gp);
+    hold_ref();
     this->set_select(st);
     s_->q_.push_back(this);
   }
+  // The state reference stays until the destructor (R5): the select holds
+  // the state's lock here, so the reference cannot be dropped.
   void sel_dequeue() noexcept {
     s_->lock_.assert_held();
     s_->q_.remove(this);
@@ -375,13 +448,17 @@ class [[nodiscard]] oneshot_recv_op : private detail::waiter {
   // The runtime whose external-waker count this awaiter holds (R1, R2);
   // null when it holds none. Touched only by the receiving task.
   detail::scheduler* counted_ = nullptr;
+  // Whether this awaiter holds a reference on the state (R1, R5). Touched
+  // only by the receiving task.
+  bool holds_ref_ = false;
 };
 
 // oneshot_receiver<T>
 //
 // The receiving end. Move-only. `co_await rx` (or rx.recv(), which also
 // records the call site for the task dump) inside a task; the destructor
-// and moves from any thread. Once it is destroyed, send() returns false.
+// and moves from any thread. Once it is destroyed, send() returns false; a
+// task that was waiting on it resumes with kAborted (R3).
 template <class T>
 class oneshot_receiver {
  public:

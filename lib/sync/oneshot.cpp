@@ -8,6 +8,10 @@ absl::Status oneshot_aborted_status() {
   return absl::AbortedError("mpg: oneshot sender destroyed without sending");
 }
 
+absl::Status oneshot_receiver_gone_status() {
+  return absl::AbortedError("mpg: oneshot receiver destroyed while awaited");
+}
+
 absl::Status oneshot_taken_status() {
   return absl::FailedPreconditionError("mpg: oneshot value already received");
 }
