@@ -3,7 +3,10 @@
 // by another task while tasks wait on it (a heap receiver awaited through a
 // pointer, and an lvalue in a select) ends their waits with kAborted at
 // once, whatever the sender does afterwards, and a sender dropped at once
-// after it is no use after free (ASan).
+// after it is no use after free (ASan). Several tasks awaiting one receiver
+// all end (R4) when the move of the value throws for the first of them, and
+// when the first is woken but killed at its runtime's shutdown before it
+// runs (the next, on another runtime, is still woken).
 #include <doctest/doctest.h>
 
 #include "test_support.hpp"
@@ -14,6 +17,7 @@
 #include <chrono>
 #include <list>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <utility>
 
@@ -135,4 +139,90 @@ TEST_CASE("a receiver destroyed while several tasks wait on it wakes them all") 
   CHECK_FALSE(tx.send(3));
   if (a.done.load(std::memory_order_acquire)) CHECK(a.code == absl::StatusCode::kAborted);
   if (b.done.load(std::memory_order_acquire)) CHECK(b.code == absl::StatusCode::kAborted);
+}
+
+namespace {
+
+// A value whose move throws once, on the move that makes the countdown
+// reach zero (the test sets it), and never again.
+struct throws_once {
+  static inline std::atomic<int> countdown{0};
+  int v = 0;
+  explicit throws_once(int x) : v(x) {}
+  throws_once(throws_once&& o) : v(o.v) {
+    // Relaxed: the send and the takes are ordered by the oneshot's lock.
+    if (countdown.fetch_sub(1, std::memory_order_relaxed) == 1)
+      throw std::runtime_error("move refused");
+  }
+};
+
+mpg::task<int> take_value(mpg::oneshot_receiver<throws_once>* rx, std::atomic<int>* ended) {
+  struct count_end {
+    std::atomic<int>* n;
+    ~count_end() { n->fetch_add(1); }
+  } end{ended};
+  try {
+    absl::StatusOr<throws_once> v = co_await *rx;
+    if (!v.ok()) co_return v.status().code() == absl::StatusCode::kFailedPrecondition ? -1 : -2;
+    co_return v->v;
+  } catch (const std::runtime_error&) {
+    co_return -3;  // the move of the value threw in this task's await
+  }
+}
+
+}  // namespace
+
+TEST_CASE("tasks awaiting one receiver all end when the move of the value throws") {
+  auto [tx, rx] = mpg::oneshot<throws_once>();
+  std::atomic<int> ended{0};
+  mpg::runtime rt({.procs = 1});
+  auto a = rt.spawn(take_value(&rx, &ended), "first");
+  auto b = rt.spawn(take_value(&rx, &ended), "second");
+  REQUIRE(mpg_test::wait_until([&] { return parked_on_oneshot(rt) == 2; }));
+  // The send moves the value in (1), the first take moves it out (2): that
+  // one throws.
+  throws_once::countdown.store(2, std::memory_order_relaxed);
+  CHECK(tx.send(throws_once(5)));
+  // Bounded: a waiter left queued would wait for ever (the others' count
+  // keeps block_on's deadlock check quiet).
+  CHECK(mpg_test::wait_until([&] { return ended.load() == 2; }, 5s));
+  if (ended.load() == 2) {
+    const int ra = rt.block_on(std::move(a));
+    const int rb = rt.block_on(std::move(b));
+    // One saw the move throw; the value stayed for the other.
+    CHECK(((ra == -3 && rb == 5) || (ra == 5 && rb == -3)));
+  }
+}
+
+namespace {
+
+// hold_sender(): keeps the sender in its frame (an unnamed parameter) and
+// parks for ever.
+mpg::task<void> hold_sender(mpg::oneshot_sender<int>) {
+  mpg::chan<int> never;
+  (void)co_await never.recv();
+}
+
+}  // namespace
+
+TEST_CASE("a waiter woken but killed at shutdown before it runs passes the wake on") {
+  outcome first;
+  outcome second;
+  auto [tx, rx] = mpg::oneshot<int>();
+  mpg::runtime other({.procs = 1});
+  {
+    mpg::runtime rt({.procs = 1});
+    rt.go(await_through(&rx, &first), "first");
+    REQUIRE(mpg_test::wait_until([&] { return parked_on_oneshot(rt) == 1; }));
+    other.go(await_through(&rx, &second), "second");
+    REQUIRE(mpg_test::wait_until([&] { return parked_on_oneshot(other) == 1; }));
+    // Newer than "first", so killed before it: dropping the sender readies
+    // "first", which is killed in turn without running.
+    rt.go(hold_sender(std::move(tx)), "holder");
+    REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(rt, "chan receive"); }));
+  }
+  CHECK_FALSE(first.done.load());
+  CHECK(mpg_test::wait_until([&] { return second.done.load(std::memory_order_acquire); }, 5s));
+  if (second.done.load(std::memory_order_acquire))
+    CHECK(second.code == absl::StatusCode::kAborted);
 }

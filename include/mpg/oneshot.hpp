@@ -61,9 +61,13 @@
 //       its result: kAborted, or what the sender left), and drops its
 //       reference.
 //   R4. Tasks that await one receiver at once (through a reference) all
-//       queue; S1 wakes the first. Each awaiter, as it takes its result under
-//       the lock, dequeues the next waiter and readies it after unlocking,
-//       so all of them end: the first with the value, the others with
+//       queue; S1 wakes the first. Each awaiter, under the lock, dequeues
+//       the next waiter before it takes its result (T's move may throw),
+//       and readies it after unlocking whether or not the move threw; an
+//       awaiter woken but destroyed before it ran (its task killed at its
+//       runtime's shutdown) passes the wake on from its destructor. So all
+//       of them end: the first with the value (or the exception of its
+//       move, the value staying for the next), the others with
 //       kFailedPrecondition (already received), or all with kAborted.
 //   R5. An awaiter that queued holds a reference on the state, taken under
 //       the lock as it queues, so whoever wakes it may drop the last end
@@ -365,20 +369,20 @@ class [[nodiscard]] oneshot_recv_op : private detail::waiter {
 
   result_type await_resume() {
     uncount();
-    // R5: the state reference goes last, after every use of the state.
-    struct release_last {
+    // After the lock is released, also when T's move throws: ready the next
+    // waiter (R4), then drop the state reference, after every use (R5).
+    struct pass_on {
       oneshot_recv_op* op;
-      ~release_last() { op->drop_ref(); }
-    } last{this};
-    detail::g* next = nullptr;  // R4
-    result_type r = [&] {
-      detail::spin_guard lk(s_->lock_);
-      result_type v = s_->take_locked();  // if T's move throws, no wake is taken on
-      if (detail::waiter* w = s_->q_.dequeue()) next = w->gp();
-      return v;
-    }();
-    if (next) detail::ready(next);
-    return r;
+      detail::g* next = nullptr;
+      ~pass_on() {
+        if (next) detail::ready(next);
+        op->drop_ref();
+      }
+    } after{this};
+    detail::spin_guard lk(s_->lock_);
+    // R4: the next waiter is taken before the result, whose move may throw.
+    if (detail::waiter* w = s_->q_.dequeue()) after.next = w->gp();
+    return s_->take_locked();
   }
 
  private:
@@ -408,13 +412,27 @@ class [[nodiscard]] oneshot_recv_op : private detail::waiter {
     if (std::exchange(holds_ref_, false)) s_->release();
   }
   // leave(): the destructor of an awaiter that queued and never resumed
-  // (a task killed at shutdown, or a select case that did not win).
-  // Reads kQueued without the lock, as waitq.hpp argues for destructors.
+  // (a task killed at shutdown, or a select case that did not win). Still
+  // counted and no longer queued means a waker took it and it never ran
+  // (R4): it passes the wake on, as await_resume would have. A select case
+  // that lost in a parked select killed at shutdown looks the same when a
+  // oneshot waker dropped it (waitq::dequeue, claim lost); its pass-on is
+  // then one wake more, harmless: waiters are dequeued only once the status
+  // has left kEmpty, so the woken one ends with a result, and it is
+  // dequeued, hence readied, once. Reads kQueued without the lock, as waitq.hpp argues for
+  // destructors. The ready() may be of a G of this runtime, killed at its
+  // shutdown too: it is only queued (shutdown.cpp, step 6), and its own
+  // awaiter's destructor passes the wake on in turn.
   ABSL_ATTRIBUTE_NOINLINE void leave() noexcept {
-    if (this->queued()) {
+    detail::g* next = nullptr;
+    if (this->queued() || counted_) {
       detail::spin_guard lk(s_->lock_);
-      s_->q_.remove(this);  // re-read under the lock: a waker may have taken it
+      // remove() re-reads kQueued under the lock: a waker may have taken it.
+      if (!s_->q_.remove(this) && counted_) {
+        if (detail::waiter* w = s_->q_.dequeue()) next = w->gp();
+      }
     }
+    if (next) detail::ready(next);
     uncount();
     drop_ref();
   }
