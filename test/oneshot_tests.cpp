@@ -6,9 +6,12 @@
 // which counts a live sender whose receiver waits as a possible wake-up and
 // fires again once no receiver waits (the count is given back exactly); a TSan
 // stress of many threads sending to many receivers; the receiving task
-// destroying the state as soon as it resumes; and a runtime destroyed with
-// a receiver parked, its sender dropped afterwards on a plain thread.
+// destroying the state as soon as it resumes; a runtime destroyed with a
+// receiver parked, its sender dropped afterwards on a plain thread; and an
+// await of a moved-from receiver (runtime_misuse_error).
 #include <doctest/doctest.h>
+
+#include <absl/strings/str_cat.h>
 
 #include "test_support.hpp"
 #include "watchdog.hpp"
@@ -203,6 +206,43 @@ TEST_CASE("two tasks awaiting one receiver at once both end") {
   mpg::runtime rt({.procs = 1});
   mpg_test::watchdog dog(std::chrono::seconds(20), "two awaits of one oneshot", &rt);
   CHECK(rt.block_on(two_tasks_await_one_receiver()) == "ok");
+}
+
+namespace {
+
+mpg::task<std::string> await_moved_from_receiver() {
+  auto [tx, rx] = mpg::oneshot<int>();
+  auto moved = std::move(rx);
+  int thrown = 0;
+  try {
+    (void)co_await rx;
+  } catch (const mpg::runtime_misuse_error&) {
+    ++thrown;
+  }
+  try {
+    (void)co_await rx.recv();
+  } catch (const mpg::runtime_misuse_error&) {
+    ++thrown;
+  }
+  mpg::chan<int> never;
+  try {
+    (void)co_await mpg::select(never.recv(), rx);
+  } catch (const mpg::runtime_misuse_error&) {
+    ++thrown;
+  }
+  if (thrown != 3) co_return absl::StrCat(thrown, " of 3 awaits threw");
+  // The receiver it was moved to still works.
+  CHECK(tx.send(4));
+  absl::StatusOr<int> v = co_await moved;
+  if (!v.ok() || *v != 4) co_return "the moved-to receiver lost the value";
+  co_return "ok";
+}
+
+}  // namespace
+
+TEST_CASE("awaiting a moved-from receiver throws runtime_misuse_error") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(await_moved_from_receiver()) == "ok");
 }
 
 TEST_CASE("a value left unreceived is freed with the state (ASan)") {

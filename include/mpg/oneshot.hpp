@@ -16,7 +16,8 @@
 //     while tasks wait on it (through a reference, or as a select case):
 //     their waits end at once with kAborted. It must be alive when an
 //     await of it begins (the awaiter reads its state then).
-//     `co_await rx`, `co_await rx.recv()` and select cases only inside a task.
+//     `co_await rx`, `co_await rx.recv()` and select cases only inside a task;
+//     each throws runtime_misuse_error (errors.hpp) on a moved-from receiver.
 //   - Result of the await: the value; absl::StatusCode::kAborted when the
 //     sender was destroyed without sending, or when the receiver was
 //     destroyed while the await waited (before anything was sent);
@@ -154,6 +155,9 @@ class select_awaiter;
 absl::Status oneshot_aborted_status();
 absl::Status oneshot_taken_status();
 absl::Status oneshot_receiver_gone_status();
+// throw_empty_oneshot_receiver(): throws runtime_misuse_error (an await of a
+// moved-from receiver).
+[[noreturn]] void throw_empty_oneshot_receiver();
 
 // kReceiverGone: the receiver was destroyed before the sender completed.
 enum class oneshot_status : std::uint8_t { kEmpty, kFull, kTaken, kAborted, kReceiverGone };
@@ -495,12 +499,14 @@ class oneshot_receiver {
   // oneshot_receiver::recv()
   //
   // `co_await rx.recv()`: waits for the value (or for the sender's
-  // destruction). Also a select case.
-  oneshot_recv_op<T> recv(std::source_location where = std::source_location::current()) noexcept {
-    assert(s_ && "await of a moved-from oneshot_receiver");
+  // destruction). Also a select case. Throws runtime_misuse_error on a
+  // moved-from receiver (so does `co_await rx`, and naming it in a select).
+  oneshot_recv_op<T> recv(std::source_location where = std::source_location::current()) {
+    if (!s_) [[unlikely]]
+      detail::throw_empty_oneshot_receiver();
     return oneshot_recv_op<T>(s_, where);
   }
-  oneshot_recv_op<T> operator co_await() noexcept { return recv(); }
+  oneshot_recv_op<T> operator co_await() { return recv(); }
 
  private:
   template <class U>

@@ -172,8 +172,8 @@ std::remove_cvref_t<C> as_select_case(C&& c) {
   return std::remove_cvref_t<C>(std::forward<C>(c));
 }
 template <class T>
-oneshot_recv_op<T> as_select_case(oneshot_receiver<T>& rx) noexcept {
-  return rx.recv();
+oneshot_recv_op<T> as_select_case(oneshot_receiver<T>& rx) {
+  return rx.recv();  // throws on a moved-from receiver
 }
 template <class T>
 join_op<T> as_select_case(join_handle<T>& h) {

@@ -1,6 +1,8 @@
-// lib/sync/oneshot.cpp: the out-of-line statuses of oneshot<T>
+// lib/sync/oneshot.cpp: the out-of-line statuses of oneshot<T>, and its misuse error
 // (include/mpg/oneshot.hpp holds the protocol; the rest is templates).
 #include "mpg/oneshot.hpp"
+
+#include "mpg/errors.hpp"
 
 namespace mpg::detail {
 
@@ -14,6 +16,10 @@ absl::Status oneshot_receiver_gone_status() {
 
 absl::Status oneshot_taken_status() {
   return absl::FailedPreconditionError("mpg: oneshot value already received");
+}
+
+void throw_empty_oneshot_receiver() {
+  throw runtime_misuse_error("mpg: await of a moved-from (empty) oneshot_receiver");
 }
 
 }  // namespace mpg::detail
