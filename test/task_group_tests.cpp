@@ -4,8 +4,10 @@
 // through wait() and outranks a Status failure, and one nobody waits for
 // aborts; the parent's cancellation reaches the group's context; a task
 // killed at shutdown in wait() leaves the group sound; wait() returns after
-// the members' frames are gone.
+// the members' frames are gone; the task wait() returns outlives the group.
 #include <doctest/doctest.h>
+
+#include <absl/strings/str_cat.h>
 
 #include "child_process.hpp"
 #include "test_support.hpp"
@@ -13,6 +15,8 @@
 #include <mpg/mpg.hpp>
 
 #include <atomic>
+#include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
 
@@ -135,6 +139,39 @@ mpg::task<std::string> group_dropped_before_tasks_end() {
 TEST_CASE("task_group: may be destroyed before its tasks finish") {
   mpg::runtime rt({.procs = 2});
   CHECK(rt.block_on(group_dropped_before_tasks_end()) == "ok");
+}
+
+// The task that wait() returns copies the group's state when wait() is
+// called: it may be awaited after the group is gone. Here the group's
+// storage then holds another group, with no members: a wait() that read
+// the group only on its first resume would wait on that one and return OK.
+mpg::task<std::string> wait_awaited_after_the_group_is_gone() {
+  alignas(mpg::task_group) unsigned char storage[sizeof(mpg::task_group)];
+  auto* g = new (storage) mpg::task_group();
+  g->spawn([]() -> mpg::task<absl::Status> {
+    co_await mpg::yield();
+    co_return absl::InternalError("member failed");
+  }());
+  mpg::task<absl::Status> w = g->wait();
+  g->~task_group();
+  auto* other = new (storage) mpg::task_group();
+  absl::Status s = co_await std::move(w);
+  other->~task_group();
+  if (s.code() != absl::StatusCode::kInternal)
+    co_return absl::StrCat("wait() gave ", s.ToString(), ", not the member's error");
+  // The plain form, for ASan: the group freed before the wait starts.
+  auto heap = std::make_unique<mpg::task_group>();
+  heap->spawn([]() -> mpg::task<absl::Status> { co_return absl::OkStatus(); }());
+  mpg::task<absl::Status> w2 = heap->wait();
+  heap.reset();
+  absl::Status s2 = co_await std::move(w2);
+  if (!s2.ok()) co_return absl::StrCat("wait() on a freed group gave ", s2.ToString());
+  co_return "ok";
+}
+
+TEST_CASE("task_group: the task wait() returns may be awaited after the group is destroyed") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(wait_awaited_after_the_group_is_gone()) == "ok");
 }
 
 // Shutdown: ~runtime kills the tasks still parked and frees their frames. A

@@ -15,9 +15,11 @@
 // errgroup does, releasing its resources), and returns the first error; if
 // the failure is an exception, wait() rethrows it (the same exception object
 // to every wait()). A task_group may be destroyed before its tasks finish:
-// they share its state and run on. An exception that no wait() rethrew when
-// the group and its tasks are gone is reported on stderr and aborts the
-// program, as one escaping a detached task does.
+// they share its state and run on. It may also be destroyed between wait()
+// and the await of the task wait() returned, which holds the state too. An
+// exception that no wait() rethrew when the group and its tasks are gone is
+// reported on stderr and aborts the program, as one escaping a detached
+// task does.
 //
 // Design: a wait_group counts the running tasks; a small spinlock guards the
 // first failure. Each task is wrapped in a coroutine that awaits it, records
@@ -70,12 +72,16 @@ class task_group {
   //
   // `co_await g.wait()`: parks until every task spawned so far has
   // finished; returns the first error, or OK (rethrows a first failure that
-  // was an exception).
+  // was an exception). The call takes a reference on the group's state,
+  // and the task it returns holds it: that task may be awaited after the
+  // group is destroyed. Not a coroutine itself: a member coroutine would
+  // read the group (this) only when first resumed.
   task<absl::Status> wait();
 
  private:
   struct state;
   static task<void> run_member(std::shared_ptr<state> st, task<absl::Status> t);
+  static task<absl::Status> wait_on(std::shared_ptr<state> st);
   std::shared_ptr<state> st_;
 };
 

@@ -90,8 +90,11 @@ void task_group::spawn(task<absl::Status> t, const char* name) {
   }
 }
 
-task<absl::Status> task_group::wait() {
-  std::shared_ptr<state> st = st_;
+// The state is copied here, at the call, into wait_on's parameter: the
+// returned (lazy) task never reads the group.
+task<absl::Status> task_group::wait() { return wait_on(st_); }
+
+task<absl::Status> task_group::wait_on(std::shared_ptr<state> st) {
   co_await st->running.wait();
   st->cancel();
   absl::Status first;
