@@ -1,7 +1,8 @@
 // test/fs_tests.cpp: mpg::fs over io_uring: files read back what was
 // written, reads stop at end of file, stat reports the size, errors are
 // statuses, many tasks read one file at once, an operation racing close()
-// never reaches a file that reused the number, and bad input is refused.
+// never reaches a file that reused the number, and bad input is refused;
+// an operation awaited outside a task throws and leaves close() free.
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -11,8 +12,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <coroutine>
 #include <cstdint>
 #include <cstdlib>
+#include <exception>
 #include <string>
 #include <thread>
 #include <vector>
@@ -239,4 +242,69 @@ TEST_CASE("bad input: a path with a NUL byte, an offset past INT64_MAX") {
     auto s2 = co_await adopted.stat();
     CHECK(mpg::net::is_closed(s2.status()));
   }(dir.path));
+}
+
+namespace {
+// A coroutine of no runtime: an fs await inside it finds no task to park
+// (detail::park throws runtime_misuse_error) after its submission counted
+// itself on the file.
+struct bare_coroutine {
+  struct promise_type {
+    std::exception_ptr failure;
+    bare_coroutine get_return_object() {
+      return {std::coroutine_handle<promise_type>::from_promise(*this)};
+    }
+    std::suspend_never initial_suspend() noexcept { return {}; }
+    std::suspend_always final_suspend() noexcept { return {}; }
+    void return_void() {}
+    void unhandled_exception() { failure = std::current_exception(); }
+  };
+  std::coroutine_handle<promise_type> h;
+};
+
+bare_coroutine read_outside_any_task(mpg::fs::file& f) {
+  char b[4];
+  (void)co_await f.read_at(std::span<char>(b), 0);
+}
+
+std::atomic<bool> bare_close_waited{false};
+std::atomic<bool> bare_close_done{false};
+}  // namespace
+
+TEST_CASE("an fs operation awaited outside a task throws, and close() still returns") {
+  temp_dir dir;
+  write_file(dir.path + "/f", "abcd");
+  const int fd = ::open((dir.path + "/f").c_str(), O_RDONLY | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  // On the heap: if close() never returned, the thread spinning in it keeps
+  // the file, which is then leaked rather than destroyed under it.
+  auto* f = new mpg::fs::file(fd);
+  bare_coroutine co = read_outside_any_task(*f);
+  REQUIRE(co.h.done());
+  bool misuse = false;
+  try {
+    if (co.h.promise().failure) std::rethrow_exception(co.h.promise().failure);
+  } catch (const mpg::runtime_misuse_error&) {
+    misuse = true;
+  } catch (...) {
+  }
+  CHECK(misuse);
+  co.h.destroy();
+  // No operation is being submitted now: close() must not wait at all.
+  mpg::detail::g_file_close_wait_hook.store([] { bare_close_waited.store(true); });
+  std::thread closer([f] {
+    (void)f->close();
+    bare_close_done.store(true);
+  });
+  CHECK(mpg_test::wait_until([] { return bare_close_done.load() || bare_close_waited.load(); }));
+  CHECK(!bare_close_waited.load());
+  CHECK(bare_close_done.load());
+  mpg::detail::g_file_close_wait_hook.store(nullptr);
+  if (bare_close_done.load()) {
+    closer.join();
+    CHECK(!f->is_open());
+    delete f;
+  } else {
+    closer.detach();  // stuck in close() for ever: the failure checked above
+  }
 }

@@ -16,7 +16,8 @@
 //   S1. An operation's await_suspend (file_submission) adds one to users_
 //       (relaxed). If kClosing was set, it takes the one back (release) and
 //       fails as closed. Otherwise it loads fd_, submits (io_start), and
-//       takes the one back (release).
+//       takes the one back (release), also when the submission throws (an
+//       await outside a task).
 //   C1. close() sets kClosing (acq_rel; the caller that set it is the one
 //       that closes), waits until the count is 0 (acquire loads), then
 //       takes fd_ and calls close(2).
@@ -125,7 +126,16 @@ struct file_submission {
     rq->fd = f->fd_.load(std::memory_order_relaxed);  // stable while counted
     if (auto hook = detail::g_file_submit_hook.load(std::memory_order_relaxed)) [[unlikely]]
       hook(f);
-    const bool started = io.await_suspend(h);  // true: may resume elsewhere already
+    bool started;
+    try {
+      started = io.await_suspend(h);  // true: may resume elsewhere already
+    } catch (...) {
+      // Nothing was submitted (park() throws runtime_misuse_error outside a
+      // task): take the one back, or close() would wait for it for ever.
+      // Release, as below.
+      users.fetch_sub(1, std::memory_order_release);
+      throw;
+    }
     // release: our submission happens before close()'s close(2). Only
     // `users` (the file, which close() keeps alive until this) is touched
     // after a start: the frame may be gone.
