@@ -308,3 +308,50 @@ TEST_CASE("an fs operation awaited outside a task throws, and close() still retu
     closer.detach();  // stuck in close() for ever: the failure checked above
   }
 }
+
+namespace {
+// The moment of the test below: a read is being submitted (counted on the
+// gate) while one thread's close() waits for it and a second close() races
+// the first.
+std::thread first_closer;
+std::thread second_closer;
+std::atomic<int> close_waits{0};
+std::atomic<bool> second_returned{false};
+std::atomic<bool> second_saw_open{false};
+
+void race_two_closes(mpg::fs::file* f) {
+  mpg::detail::g_file_submit_hook.store(nullptr, std::memory_order_relaxed);  // once
+  first_closer = std::thread([f] { (void)f->close(); });
+  (void)mpg_test::wait_until([] { return close_waits.load() >= 1; });  // waits for this read
+  second_closer = std::thread([f] {
+    (void)f->close();
+    second_saw_open.store(f->is_open());
+    second_returned.store(true);
+  });
+  // Until the second close() either returns or waits too.
+  (void)mpg_test::wait_until([] { return second_returned.load() || close_waits.load() >= 2; });
+}
+}  // namespace
+
+TEST_CASE("a close() racing another close() returns only once the file is closed") {
+  temp_dir dir;
+  write_file(dir.path + "/mine", "mine");
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([](std::string path) -> task<void> {
+    auto f = co_await mpg::fs::open(path, O_RDONLY);
+    REQUIRE(f.ok());
+    mpg::detail::g_file_close_wait_hook.store([] { close_waits.fetch_add(1); });
+    mpg::detail::g_file_submit_hook.store(&race_two_closes);
+    std::string buf(4, '\0');
+    auto n = co_await f->read_at(std::span<char>(buf), 0);
+    first_closer.join();
+    second_closer.join();
+    mpg::detail::g_file_close_wait_hook.store(nullptr);
+    CHECK(n.ok());  // submitted before the first close(2)
+    CHECK(buf == "mine");
+    CHECK(close_waits.load() == 2);  // the first for the read, the second for the first
+    CHECK(second_returned.load());
+    CHECK(!second_saw_open.load());  // the second returned after the descriptor was closed
+    CHECK(!f->is_open());
+  }(dir.path + "/mine"));
+}

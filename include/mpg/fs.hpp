@@ -81,7 +81,9 @@ class file {
   task<absl::StatusOr<file_info>> stat();
   // close(): idempotent; reports the close(2) error the first time. Waits
   // for operations of other tasks that are being submitted (a few
-  // microseconds), never for operations in flight.
+  // microseconds), never for operations in flight. A close() (or ~file)
+  // racing another close() returns once that one has closed the
+  // descriptor (is_open() is false), so the file may be destroyed then.
   absl::Status close() noexcept;
 
  private:
@@ -90,8 +92,11 @@ class file {
   // -1 once closed (or never opened).
   std::atomic<int> fd_{-1};
   // The submission gate (lib/io/fs.cpp, "Close and submission"): the number
-  // of operations being submitted, with kClosing set once close() began.
+  // of operations being submitted (the bits below kClosed), with kClosing
+  // set once close() began and kClosed once it has closed the descriptor.
   static constexpr std::uint32_t kClosing = 1u << 31;
+  static constexpr std::uint32_t kClosed = 1u << 30;
+  static constexpr std::uint32_t kCountMask = kClosed - 1;
   std::atomic<std::uint32_t> users_{0};
 };
 

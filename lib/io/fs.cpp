@@ -20,7 +20,13 @@
 //       await outside a task).
 //   C1. close() sets kClosing (acq_rel; the caller that set it is the one
 //       that closes), waits until the count is 0 (acquire loads), then
-//       takes fd_ and calls close(2).
+//       takes fd_, calls close(2), and sets kClosed (release) as its last
+//       touch of the file.
+//   C2. A close() that finds kClosing set already (another close(), or
+//       ~file, racing the first) waits until kClosed is set (acquire
+//       loads): when it returns the descriptor is closed and fd_ is -1, and
+//       the first closer no longer uses the file, so the caller may destroy
+//       it.
 // The read-modify-writes of users_ are totally ordered. An S1 whose add
 // comes before C1's set is counted, and C1 waits for its release, so its
 // submission happens before close(2); an S1 whose add comes after sees
@@ -252,16 +258,28 @@ task<absl::StatusOr<file_info>> file::stat() {
 }
 
 absl::Status file::close() noexcept {
-  // C1 of "Close and submission" (the top of the file).
-  if ((users_.fetch_or(kClosing, std::memory_order_acq_rel) & kClosing) != 0)
-    return absl::OkStatus();  // closed already (or closing on another thread)
-  if ((users_.load(std::memory_order_acquire) & ~kClosing) != 0) {
-    if (auto hook = detail::g_file_close_wait_hook.load(std::memory_order_relaxed)) hook();
-    while ((users_.load(std::memory_order_acquire) & ~kClosing) != 0) std::this_thread::yield();
+  // C1 and C2 of "Close and submission" (the top of the file).
+  const std::uint32_t prev = users_.fetch_or(kClosing, std::memory_order_acq_rel);
+  if ((prev & kClosing) != 0) {  // C2: closed already, or closing on another thread
+    if ((prev & kClosed) == 0) {
+      if (auto hook = detail::g_file_close_wait_hook.load(std::memory_order_relaxed)) hook();
+      // acquire: the first closer's release of kClosed; its writes (fd_)
+      // happen before our return.
+      while ((users_.load(std::memory_order_acquire) & kClosed) == 0) std::this_thread::yield();
+    }
+    return absl::OkStatus();
   }
-  int fd = fd_.exchange(-1, std::memory_order_relaxed);
-  if (fd < 0) return absl::OkStatus();
-  if (::close(fd) != 0 && errno != EINTR) return detail::errno_status(errno, "close");
+  if ((users_.load(std::memory_order_acquire) & kCountMask) != 0) {
+    if (auto hook = detail::g_file_close_wait_hook.load(std::memory_order_relaxed)) hook();
+    while ((users_.load(std::memory_order_acquire) & kCountMask) != 0) std::this_thread::yield();
+  }
+  const int fd = fd_.exchange(-1, std::memory_order_relaxed);
+  int err = 0;
+  if (fd >= 0 && ::close(fd) != 0 && errno != EINTR) err = errno;
+  // release: our writes to the file happen before a C2 closer returns (and
+  // perhaps destroys the file). Nothing of *this is touched after it.
+  users_.fetch_or(kClosed, std::memory_order_release);
+  if (err != 0) return detail::errno_status(err, "close");
   return absl::OkStatus();
 }
 

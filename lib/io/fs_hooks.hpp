@@ -15,7 +15,8 @@ namespace mpg::detail {
 // Called by an operation's submission once it has counted itself and
 // loaded the file's number, before it submits (S1).
 inline std::atomic<void (*)(fs::file*)> g_file_submit_hook{nullptr};
-// Called by close() when it has to wait for submissions in progress (C1).
+// Called by close() when it has to wait: for submissions in progress (C1),
+// or for another close() to finish closing (C2).
 inline std::atomic<void (*)()> g_file_close_wait_hook{nullptr};
 
 }  // namespace mpg::detail
