@@ -355,3 +355,102 @@ TEST_CASE("a close() racing another close() returns only once the file is closed
     CHECK(!f->is_open());
   }(dir.path + "/mine"));
 }
+
+namespace {
+// The moment of the test below: a read's first pass is being submitted
+// while a thread move-assigns another file onto the one it reads (its
+// close() waits for this submission).
+mpg::fs::file* assign_target = nullptr;
+mpg::fs::file* assign_source = nullptr;
+std::thread assigner;
+std::atomic<bool> assigner_waits{false};
+std::atomic<bool> assign_done{false};
+std::atomic<bool> first_pass_submitting{false};
+
+void assign_while_submitting(mpg::fs::file*) {
+  mpg::detail::g_file_submit_hook.store(nullptr, std::memory_order_relaxed);  // once
+  assigner = std::thread([] {
+    *assign_target = std::move(*assign_source);
+    assign_done.store(true);
+  });
+  (void)mpg_test::wait_until([] { return assign_done.load() || assigner_waits.load(); });
+  first_pass_submitting.store(true);
+}
+
+task<absl::StatusOr<std::size_t>> read_into(mpg::fs::file& f, std::span<char> buf) {
+  co_return co_await f.read_at(buf, 0);
+}
+}  // namespace
+
+TEST_CASE("a read in flight when its file is move-assigned never goes on with the new file") {
+  temp_dir dir;
+  write_file(dir.path + "/short", "aa");  // the read of 4 bytes takes two passes
+  write_file(dir.path + "/other", "bbbbbbbb");
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([](std::string d) -> task<void> {
+    auto f = co_await mpg::fs::open(d + "/short", O_RDONLY);
+    auto g = co_await mpg::fs::open(d + "/other", O_RDONLY);
+    REQUIRE(f.ok());
+    REQUIRE(g.ok());
+    assign_target = &*f;
+    assign_source = &*g;
+    mpg::detail::g_file_close_wait_hook.store([] { assigner_waits.store(true); });
+    mpg::detail::g_file_submit_hook.store(&assign_while_submitting);
+    std::string buf(4, '\0');
+    auto reader = mpg::spawn(read_into(*f, std::span<char>(buf)));
+    // The reader runs its first pass on the only P while this task yields.
+    for (int i = 0; i < 1000 && !first_pass_submitting.load(); ++i) co_await mpg::yield();
+    REQUIRE(first_pass_submitting.load());
+    // Hold the only P (no yield) until the assignment is done, so that the
+    // reader's second pass comes after it.
+    CHECK(mpg_test::wait_until([] { return assign_done.load(); }));
+    auto n = co_await reader;
+    assigner.join();
+    mpg::detail::g_file_close_wait_hook.store(nullptr);
+    CHECK(assigner_waits.load());  // the assignment's close() waited for the first pass
+    CHECK(mpg::net::is_closed(n.status()));  // not 4 bytes, the last two from "other"
+    CHECK(buf.substr(0, 2) == "aa");
+    CHECK(buf.substr(2) == std::string(2, '\0'));
+    // Operations that start now use the file assigned.
+    auto again = co_await f->read_at(std::span<char>(buf), 0);
+    REQUIRE(again.ok());
+    CHECK(buf == "bbbb");
+  }(dir.path));
+}
+
+namespace {
+// The moment of the test below: a submission refused because its file is
+// closed holds its count on the gate while another file is move-assigned
+// onto it.
+std::atomic<int> refusals{0};
+void assign_while_refused(mpg::fs::file* f) {
+  mpg::detail::g_file_refused_hook.store(nullptr, std::memory_order_relaxed);  // once
+  refusals.fetch_add(1);
+  *f = std::move(*assign_source);
+}
+}  // namespace
+
+TEST_CASE("a move-assignment racing a refused submission leaves a usable, closable file") {
+  temp_dir dir;
+  write_file(dir.path + "/a", "aaaa");
+  write_file(dir.path + "/b", "bbbbbbbb");
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([](std::string d) -> task<void> {
+    auto f = co_await mpg::fs::open(d + "/a", O_RDONLY);
+    auto g = co_await mpg::fs::open(d + "/b", O_RDONLY);
+    REQUIRE(f.ok());
+    REQUIRE(g.ok());
+    CHECK(f->close().ok());
+    assign_source = &*g;
+    mpg::detail::g_file_refused_hook.store(&assign_while_refused);
+    auto refused = co_await f->stat();  // started on the closed file
+    CHECK(refusals.load() == 1);
+    CHECK(mpg::net::is_closed(refused.status()));
+    REQUIRE(f->is_open());  // the file assigned
+    auto info = co_await f->stat();
+    CHECK(info.ok());
+    if (info.ok()) CHECK(info->size == 8);
+    CHECK(f->close().ok());
+    CHECK(!f->is_open());  // closed, not leaked
+  }(dir.path));
+}

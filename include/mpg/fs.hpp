@@ -16,8 +16,9 @@
 // allowed (the kernel keeps the file until the operation completes): an
 // operation either reached the kernel before close() released the number,
 // or it fails as closed (net::is_closed); it never reaches a file that
-// later reused the number. Offsets above INT64_MAX, and paths with a NUL
-// byte, are refused (kInvalidArgument).
+// later reused the number, nor the file a move-assignment put in its
+// place. Offsets above INT64_MAX, and paths with a NUL byte, are refused
+// (kInvalidArgument).
 #pragma once
 
 #include <fcntl.h>
@@ -56,11 +57,16 @@ class file {
   explicit file(int fd) noexcept : fd_(fd < 0 ? -1 : fd) {}
   // Moves are not thread-safe: no operation may be starting on `o`.
   file(file&& o) noexcept : fd_(o.fd_.exchange(-1, std::memory_order_relaxed)) {}
+  // Closes the file this held (close()), then takes o's. An operation of
+  // another task still in flight on this file (say a read_at between two
+  // passes) never continues on the file assigned: its next step fails as
+  // closed (net::is_closed). Operations that start after the assignment
+  // use the new file.
   file& operator=(file&& o) noexcept {
     if (this != &o) {
       (void)close();
       fd_.store(o.fd_.exchange(-1, std::memory_order_relaxed), std::memory_order_relaxed);
-      users_.store(0, std::memory_order_relaxed);
+      reopen();
     }
     return *this;
   }
@@ -93,11 +99,24 @@ class file {
   std::atomic<int> fd_{-1};
   // The submission gate (lib/io/fs.cpp, "Close and submission"): the number
   // of operations being submitted (the bits below kClosed), with kClosing
-  // set once close() began and kClosed once it has closed the descriptor.
-  static constexpr std::uint32_t kClosing = 1u << 31;
-  static constexpr std::uint32_t kClosed = 1u << 30;
-  static constexpr std::uint32_t kCountMask = kClosed - 1;
-  std::atomic<std::uint32_t> users_{0};
+  // set once close() began and kClosed once it has closed the descriptor;
+  // the high 32 bits are the generation, which operator= advances.
+  static constexpr std::uint64_t kClosing = std::uint64_t{1} << 31;
+  static constexpr std::uint64_t kClosed = std::uint64_t{1} << 30;
+  static constexpr std::uint64_t kCountMask = kClosed - 1;
+  static constexpr std::uint64_t kGenerationOne = std::uint64_t{1} << 32;
+  static constexpr std::uint32_t generation_of(std::uint64_t users) noexcept {
+    return static_cast<std::uint32_t>(users >> 32);
+  }
+  // generation(): taken by an operation when it starts. Relaxed: an S1
+  // under a newer generation than the one loaded here refuses, and one
+  // under this generation acquires what it needs itself (fs.cpp).
+  std::uint32_t generation() const noexcept {
+    return generation_of(users_.load(std::memory_order_relaxed));
+  }
+  // reopen(): step O1 of "Close and submission", after operator= stored fd_.
+  void reopen() noexcept;
+  std::atomic<std::uint64_t> users_{0};
 };
 
 // open(): openat(AT_FDCWD, path, flags | O_CLOEXEC, mode).

@@ -12,12 +12,17 @@
 // close() calls close(2), or fail as closed: never load the number, lose
 // the race to close(), and submit it for whatever file has it by then. A
 // file's users_ counts the operations being submitted (Go's fdMutex, in
-// small):
+// small), and holds the file's generation, which a move-assignment onto the
+// file advances (file::operator=, reopen()). An operation takes the
+// generation when it starts and passes it to each of its submissions: it
+// belongs to the file it started on, and never continues (a short read's
+// next pass, a retry) on the file assigned after.
 //   S1. An operation's await_suspend (file_submission) adds one to users_
-//       (relaxed). If kClosing was set, it takes the one back (release) and
-//       fails as closed. Otherwise it loads fd_, submits (io_start), and
-//       takes the one back (release), also when the submission throws (an
-//       await outside a task).
+//       (acquire: see O1). If kClosing was set, or the generation is not
+//       the operation's, or fd_ is -1, it takes the one back (release) and
+//       fails as closed. Otherwise it submits fd_ (io_start), and takes the
+//       one back (release), also when the submission throws (an await
+//       outside a task).
 //   C1. close() sets kClosing (acq_rel; the caller that set it is the one
 //       that closes), waits until the count is 0 (acquire loads), then
 //       takes fd_, calls close(2), and sets kClosed (release) as its last
@@ -26,12 +31,21 @@
 //       ~file, racing the first) waits until kClosed is set (acquire
 //       loads): when it returns the descriptor is closed and fd_ is -1, and
 //       the first closer no longer uses the file, so the caller may destroy
-//       it.
+//       it. The wait also ends if the generation moves on (an O1 that
+//       followed the first close()).
+//   O1. operator= closes the file (C1 or C2), stores the new fd_, then in
+//       one compare-and-swap (release) clears kClosing and kClosed and
+//       advances the generation, keeping the count: a refused S1 may still
+//       hold one, which it takes back after. An S1 that counts itself under
+//       the new generation acquires the CAS (the RMWs after it continue its
+//       release sequence), so it loads the new fd_.
 // The read-modify-writes of users_ are totally ordered. An S1 whose add
 // comes before C1's set is counted, and C1 waits for its release, so its
 // submission happens before close(2); an S1 whose add comes after sees
 // kClosing. A submission neither waits nor suspends, so C1's wait is short,
-// and the file is alive through it (~file closes, so it waits too).
+// and the file is alive through it (~file closes, so it waits too). The
+// generation is 32 bits: an operation would meet its own generation again
+// only if the file were assigned 2^32 times while it was in flight.
 #include "mpg/fs.hpp"
 
 #include <unistd.h>
@@ -100,8 +114,9 @@ file_info to_file_info(const struct statx& sx) {
 
 }  // namespace
 
-// What file_submission's await gives when S1 found the file closing (no
-// errno: -EBADF would be the kernel's, for a file not open for reading).
+// What file_submission's await gives when S1 found the file closing, or not
+// the operation's any more (no errno: -EBADF would be the kernel's, for a
+// file not open for reading).
 constexpr int kRefusedClosed = std::numeric_limits<int>::min();
 
 // file_submission: the awaiter of an operation on an open file: S1 of "Close
@@ -112,24 +127,34 @@ struct file_submission {
   detail::io_awaiter io;
   file* f;
   io_request* rq;
+  std::uint32_t generation;  // the operation's (taken when it started)
   bool closed = false;
 
-  file_submission(file* fl, io_request* r, const char* reason) noexcept
-      : io(make_op(r, reason)), f(fl), rq(r) {}
+  file_submission(file* fl, std::uint32_t gen, io_request* r, const char* reason) noexcept
+      : io(make_op(r, reason)), f(fl), rq(r), generation(gen) {}
 
   void link_parent(std::source_location w) noexcept { io.link_parent(w); }
   bool await_ready() const noexcept { return false; }
   bool await_suspend(std::coroutine_handle<> h) {
-    // Relaxed: what decides is users_'s modification order (the top of the
-    // file); close() writes fd_ only after it acquired our release below,
-    // so the load of fd_ in between cannot see that write.
-    std::atomic<std::uint32_t>& users = f->users_;
-    if ((users.fetch_add(1, std::memory_order_relaxed) & file::kClosing) != 0) {
+    // acquire: O1's release, so that under a new generation the load of
+    // fd_ below sees the fd_ operator= stored. What decides otherwise is
+    // users_'s modification order (the top of the file); close() writes
+    // fd_ only after it acquired our release below, so the load of fd_ in
+    // between cannot see that write.
+    std::atomic<std::uint64_t>& users = f->users_;
+    const std::uint64_t prev = users.fetch_add(1, std::memory_order_acquire);
+    bool refused = (prev & file::kClosing) != 0 || file::generation_of(prev) != generation;
+    if (!refused) {
+      rq->fd = f->fd_.load(std::memory_order_relaxed);  // stable while counted
+      refused = rq->fd < 0;  // never opened (or moved from)
+    }
+    if (refused) {
+      if (auto hook = detail::g_file_refused_hook.load(std::memory_order_relaxed)) [[unlikely]]
+        hook(f);
       users.fetch_sub(1, std::memory_order_release);
       closed = true;
       return false;
     }
-    rq->fd = f->fd_.load(std::memory_order_relaxed);  // stable while counted
     if (auto hook = detail::g_file_submit_hook.load(std::memory_order_relaxed)) [[unlikely]]
       hook(f);
     bool started;
@@ -185,14 +210,14 @@ task<absl::StatusOr<file_info>> stat(std::string path) {
 
 task<absl::StatusOr<std::size_t>> file::read_at(std::span<char> buf, std::uint64_t offset) {
   if (absl::Status st = check_range(offset, buf.size(), "read_at"); !st.ok()) co_return st;
+  const std::uint32_t gen = generation();
   std::size_t done = 0;
   while (done < buf.size()) {
-    if (fd_.load(std::memory_order_relaxed) < 0) co_return closed_error("read_at");
     io_request rq{.op = io_opcode::read,
                   .addr = buf.data() + done,
                   .len = static_cast<std::uint32_t>(std::min(buf.size() - done, kMaxIo)),
                   .off = offset + done};
-    int res = co_await file_submission(this, &rq, "fs.read");
+    int res = co_await file_submission(this, gen, &rq, "fs.read");
     if (res == kRefusedClosed) co_return closed_error("read_at");
     if (res == 0) break;  // end of file
     if (res > 0) {
@@ -207,13 +232,13 @@ task<absl::StatusOr<std::size_t>> file::read_at(std::span<char> buf, std::uint64
 
 task<absl::Status> file::write_at(std::string_view data, std::uint64_t offset) {
   if (absl::Status st = check_range(offset, data.size(), "write_at"); !st.ok()) co_return st;
+  const std::uint32_t gen = generation();
   while (!data.empty()) {
-    if (fd_.load(std::memory_order_relaxed) < 0) co_return closed_error("write_at");
     io_request rq{.op = io_opcode::write,
                   .addr = const_cast<char*>(data.data()),
                   .len = static_cast<std::uint32_t>(std::min(data.size(), kMaxIo)),
                   .off = offset};
-    int res = co_await file_submission(this, &rq, "fs.write");
+    int res = co_await file_submission(this, gen, &rq, "fs.write");
     if (res == kRefusedClosed) co_return closed_error("write_at");
     if (res > 0) {
       data.remove_prefix(static_cast<std::size_t>(res));
@@ -229,10 +254,10 @@ task<absl::Status> file::write_at(std::string_view data, std::uint64_t offset) {
 
 task<absl::Status> file::fsync(bool data_only) {
   io_request rq{.op = io_opcode::fsync, .flags = data_only ? 1 /*IORING_FSYNC_DATASYNC*/ : 0};
+  const std::uint32_t gen = generation();
   int res;
   do {
-    if (fd_.load(std::memory_order_relaxed) < 0) co_return closed_error("fsync");
-    res = co_await file_submission(this, &rq, "fs.fsync");
+    res = co_await file_submission(this, gen, &rq, "fs.fsync");
   } while (res == -EINTR || res == -EAGAIN);
   if (res == kRefusedClosed) co_return closed_error("fsync");
   if (res < 0) co_return fs_error(res, "fsync");
@@ -247,10 +272,10 @@ task<absl::StatusOr<file_info>> file::stat() {
                 .addr2 = &sx,
                 .len = STATX_BASIC_STATS,
                 .flags = AT_EMPTY_PATH};
+  const std::uint32_t gen = generation();
   int res;
   do {
-    if (fd_.load(std::memory_order_relaxed) < 0) co_return closed_error("stat");
-    res = co_await file_submission(this, &rq, "fs.stat");
+    res = co_await file_submission(this, gen, &rq, "fs.stat");
   } while (res == -EINTR || res == -EAGAIN);
   if (res == kRefusedClosed) co_return closed_error("stat");
   if (res < 0) co_return fs_error(res, "stat");
@@ -259,13 +284,16 @@ task<absl::StatusOr<file_info>> file::stat() {
 
 absl::Status file::close() noexcept {
   // C1 and C2 of "Close and submission" (the top of the file).
-  const std::uint32_t prev = users_.fetch_or(kClosing, std::memory_order_acq_rel);
+  const std::uint64_t prev = users_.fetch_or(kClosing, std::memory_order_acq_rel);
   if ((prev & kClosing) != 0) {  // C2: closed already, or closing on another thread
     if ((prev & kClosed) == 0) {
       if (auto hook = detail::g_file_close_wait_hook.load(std::memory_order_relaxed)) hook();
       // acquire: the first closer's release of kClosed; its writes (fd_)
       // happen before our return.
-      while ((users_.load(std::memory_order_acquire) & kClosed) == 0) std::this_thread::yield();
+      auto closed = [&](std::uint64_t v) {
+        return (v & kClosed) != 0 || generation_of(v) != generation_of(prev);
+      };
+      while (!closed(users_.load(std::memory_order_acquire))) std::this_thread::yield();
     }
     return absl::OkStatus();
   }
@@ -281,6 +309,15 @@ absl::Status file::close() noexcept {
   users_.fetch_or(kClosed, std::memory_order_release);
   if (err != 0) return detail::errno_status(err, "close");
   return absl::OkStatus();
+}
+
+void file::reopen() noexcept {
+  // O1 of "Close and submission". release: the caller's store of fd_
+  // happens before a submission counted under the new generation loads it.
+  std::uint64_t v = users_.load(std::memory_order_relaxed);
+  while (!users_.compare_exchange_weak(v, (v & ~(kClosing | kClosed)) + kGenerationOne,
+                                       std::memory_order_release, std::memory_order_relaxed)) {
+  }
 }
 
 }  // namespace mpg::fs
