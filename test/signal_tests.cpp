@@ -1,7 +1,8 @@
 // test/signal_tests.cpp: mpg::signal: deliveries by raise, kill and
 // pthread_kill (to a thread made before notify, to a thread that blocks the
 // signal until it unblocks it), several channels per signal, a full channel
-// dropping a delivery, and stop() restoring the previous disposition.
+// dropping a delivery, stop() restoring the previous disposition, and the
+// signals that are refused.
 //
 // Signals are process-wide: every test stops what it registers.
 #include <doctest/doctest.h>
@@ -298,4 +299,21 @@ TEST_CASE("notify refuses signals that cannot be caught") {
   CHECK_THROWS_AS(mpg::runtime({.procs = 1, .dump_signal = 33}), std::invalid_argument);
   CHECK_THROWS_AS(mpg::signal::notify({}), std::invalid_argument);
   CHECK(disposition_of(SIGKILL) == disposition::dfl);
+}
+
+TEST_CASE("notify and dump_signal refuse the fault signals, leaving their disposition alone") {
+  // The shared handler returns; returning from a fault runs the faulting
+  // instruction again, so a caught SIGSEGV would loop for ever.
+  for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS}) {
+    CAPTURE(sig);
+    struct sigaction before {};  // a sanitizer's handler, in sanitized builds
+    REQUIRE(::sigaction(sig, nullptr, &before) == 0);
+    CHECK_THROWS_AS(mpg::signal::notify({sig}), std::invalid_argument);
+    CHECK_THROWS_AS(mpg::signal::notify({SIGUSR1, sig}), std::invalid_argument);
+    CHECK_THROWS_AS(mpg::runtime({.procs = 1, .dump_signal = sig}), std::invalid_argument);
+    struct sigaction after {};
+    REQUIRE(::sigaction(sig, nullptr, &after) == 0);
+    CHECK((after.sa_handler == before.sa_handler));
+  }
+  CHECK(disposition_of(SIGUSR1) == disposition::dfl);
 }

@@ -36,7 +36,10 @@ struct runtime_options {
   // (lib/sched/dump_signal.cpp). 0: no handler is installed. The previous
   // disposition is restored when the last runtime using the signal goes,
   // unless an mpg::signal channel still wants it (a signal used by both
-  // reaches both).
+  // reaches both). The runtime's constructor throws std::invalid_argument
+  // for a signal that cannot be caught (SIGKILL, SIGSTOP, out of range) and
+  // for a fault signal (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS),
+  // which a handler that returns would make loop for ever.
   int dump_signal = 0;
   // Record the run as Chrome trace-event JSON in this file, written by
   // ~runtime (lib/sched/trace.cpp). Empty: the MPG_TRACE environment

@@ -47,7 +47,10 @@ namespace mpg::signal {
 // notify(): a new channel of `capacity` (at least 1) that receives each of
 // `signals`. Throws std::invalid_argument for a signal that cannot be caught
 // (SIGKILL, SIGSTOP, out of range, or refused by sigaction, as 32 and 33
-// are by glibc) or an empty list; nothing is registered then.
+// are by glibc), for a fault signal (SIGSEGV, SIGBUS, SIGFPE, SIGILL,
+// SIGTRAP, SIGSYS: the handler returns, and returning from a fault runs the
+// faulting instruction again, for ever), or for an empty list; nothing is
+// registered then.
 chan<int> notify(std::initializer_list<int> signals, std::size_t capacity = 1);
 
 // notify(ch, signals): ch (any capacity; 0 receives only while a receiver

@@ -172,10 +172,7 @@ sig_mask mask_of(std::initializer_list<int> signals) {
   if (signals.size() == 0) throw std::invalid_argument("mpg::signal::notify: no signals");
   sig_mask m = 0;
   for (int sig : signals) {
-    if (sig < 1 || sig > kMaxSignal || sig >= NSIG || sig == SIGKILL || sig == SIGSTOP) {
-      throw std::invalid_argument("mpg::signal::notify: signal " + std::to_string(sig) +
-                                  " cannot be caught");
-    }
+    mpg::detail::check_claimable(sig, "mpg::signal::notify");
     m |= bit(sig);
   }
   return m;

@@ -117,9 +117,7 @@ void dumper_main(registry* r, int fd) {
 
 void dump_signal_register(int sig, scheduler* s) {
   constexpr const char* kWho = "mpg: runtime_options.dump_signal";
-  if (sig <= 0 || sig >= NSIG || sig == SIGKILL || sig == SIGSTOP)
-    throw std::invalid_argument(std::string(kWho) + ": signal " + std::to_string(sig) +
-                                " cannot be caught");
+  check_claimable(sig, kWho);  // before the pipe and the dumper exist
   registry& r = the_registry();
   std::lock_guard<std::mutex> life(r.lifecycle_mu);
   if (r.read_fd < 0) {

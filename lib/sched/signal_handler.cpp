@@ -79,10 +79,28 @@ std::uint64_t held_by_anyone() noexcept {
 
 }  // namespace
 
-void claim_signal(signal_client c, int sig, signal_sink sink, const char* who) {
+void check_claimable(int sig, const char* who) {
   if (sig < 1 || sig > kMaxSignal || sig >= NSIG || sig == SIGKILL || sig == SIGSTOP)
     throw std::invalid_argument(std::string(who) + ": signal " + std::to_string(sig) +
                                 " cannot be caught");
+  switch (sig) {
+    case SIGSEGV:
+    case SIGBUS:
+    case SIGFPE:
+    case SIGILL:
+    case SIGTRAP:
+    case SIGSYS:
+      throw std::invalid_argument(std::string(who) + ": signal " + std::to_string(sig) + " (" +
+                                  ::strsignal(sig) +
+                                  ") reports a fault of the running instruction: a handler "
+                                  "that returns would run it again for ever");
+    default:
+      return;
+  }
+}
+
+void claim_signal(signal_client c, int sig, signal_sink sink, const char* who) {
+  check_claimable(sig, who);
   const auto ci = static_cast<unsigned>(c);
   dispositions& d = the_dispositions();
   thread_mutex_lock l(d.mu);

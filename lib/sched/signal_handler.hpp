@@ -17,12 +17,21 @@ enum class signal_client : unsigned {
 // picked, with errno already saved. It must be async-signal-safe.
 using signal_sink = void (*)(int sig) noexcept;
 
+// check_claimable(): throws std::invalid_argument (naming `who`) for a
+// signal no client may claim: out of 1..64 (or NSIG), SIGKILL and SIGSTOP
+// (they cannot be caught), and the signals the kernel raises for the
+// instruction a thread is executing (SIGSEGV, SIGBUS, SIGFPE, SIGILL,
+// SIGTRAP, SIGSYS). The shared handler returns, and returning from a fault
+// runs the faulting instruction again: the thread would loop for ever
+// instead of dying with a core dump.
+void check_claimable(int sig, const char* who);
+
 // claim_signal(): client c holds sig from now on, and `sink` (the same for
 // every claim of c) is called for each delivery. A signal that no client
 // held gets the shared handler, its previous disposition saved. A claim of
 // a signal c already holds changes nothing. Throws std::invalid_argument
-// (naming `who`) for a signal that cannot be caught: out of 1..64,
-// SIGKILL, SIGSTOP, or refused by sigaction.
+// (naming `who`) for a signal check_claimable() refuses, or that sigaction
+// refuses.
 void claim_signal(signal_client c, int sig, signal_sink sink, const char* who);
 
 // release_signal(): c no longer holds sig; once no client does, the saved
