@@ -1,8 +1,9 @@
 // test/signal_tests.cpp: mpg::signal: deliveries by raise, kill and
 // pthread_kill (to a thread made before notify, to a thread that blocks the
 // signal until it unblocks it), several channels per signal, a full channel
-// dropping a delivery, stop() restoring the previous disposition, and the
-// signals that are refused.
+// dropping a delivery, stop() restoring the previous disposition (losing no
+// delivery meanwhile, and leaving a handler the program installed since),
+// and the signals that are refused.
 //
 // Signals are process-wide: every test stops what it registers.
 #include <doctest/doctest.h>
@@ -21,6 +22,7 @@
 #include <thread>
 
 #include "io/signal_relay.hpp"
+#include "sched/signal_handler.hpp"
 #include "stderr_capture.hpp"
 #include "test_support.hpp"
 
@@ -316,4 +318,59 @@ TEST_CASE("notify and dump_signal refuse the fault signals, leaving their dispos
     CHECK((after.sa_handler == before.sa_handler));
   }
   CHECK(disposition_of(SIGUSR1) == disposition::dfl);
+}
+
+namespace {
+std::atomic<int> app_handler_calls{0};
+extern "C" void app_handler(int) { app_handler_calls.fetch_add(1, std::memory_order_relaxed); }
+void raise_sigusr2() { ::raise(SIGUSR2); }
+
+struct sigaction app_action() {
+  struct sigaction sa {};
+  sa.sa_handler = app_handler;
+  sigemptyset(&sa.sa_mask);
+  return sa;
+}
+}  // namespace
+
+TEST_CASE("a signal delivered while the last channel stops reaches the old disposition") {
+  // The moment: the last holder's release, between its two steps (restoring
+  // the disposition and clearing its bit). A delivery there must reach the
+  // channel's sink or the old disposition, here an application handler.
+  const struct sigaction app = app_action();
+  struct sigaction before {};
+  REQUIRE(::sigaction(SIGUSR2, &app, &before) == 0);
+  app_handler_calls.store(0);
+  mpg::chan<int> c = mpg::signal::notify({SIGUSR2});
+  REQUIRE(disposition_of(SIGUSR2) == disposition::handler);
+  mpg::detail::g_signal_release_hook.store(&raise_sigusr2, std::memory_order_relaxed);
+  mpg::signal::stop(c);
+  mpg::detail::g_signal_release_hook.store(nullptr, std::memory_order_relaxed);
+  // raise() runs the handler before it returns, in this thread.
+  CHECK(app_handler_calls.load() == 1);
+  struct sigaction now {};
+  REQUIRE(::sigaction(SIGUSR2, nullptr, &now) == 0);
+  CHECK((now.sa_handler == app_handler));
+  ::sigaction(SIGUSR2, &before, nullptr);
+}
+
+TEST_CASE("stop leaves alone a handler the program installed after notify") {
+  REQUIRE(disposition_of(SIGUSR2) == disposition::dfl);
+  mpg::chan<int> c = mpg::signal::notify({SIGUSR2});
+  const struct sigaction app = app_action();
+  REQUIRE(::sigaction(SIGUSR2, &app, nullptr) == 0);
+  mpg::signal::stop(c);
+  struct sigaction now {};
+  REQUIRE(::sigaction(SIGUSR2, nullptr, &now) == 0);
+  CHECK((now.sa_handler == app_handler));
+  // And a later notify claims the signal afresh, and its stop puts the
+  // program's handler back.
+  mpg::chan<int> d = mpg::signal::notify({SIGUSR2});
+  CHECK(disposition_of(SIGUSR2) == disposition::handler);
+  REQUIRE(::sigaction(SIGUSR2, nullptr, &now) == 0);
+  CHECK((now.sa_handler != app_handler));
+  mpg::signal::stop(d);
+  REQUIRE(::sigaction(SIGUSR2, nullptr, &now) == 0);
+  CHECK((now.sa_handler == app_handler));
+  ::signal(SIGUSR2, SIG_DFL);
 }

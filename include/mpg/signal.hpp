@@ -22,7 +22,9 @@
 //   - stop(ch): ch gets no more signals once stop returns (a delivery in
 //     progress finishes first). A signal that no channel wants any more gets
 //     back the disposition it had before the first notify for it (normally
-//     SIG_DFL).
+//     SIG_DFL), unless the program installed a handler of its own since
+//     (that one stays). A delivery while stop() runs reaches either the
+//     channels or the restored disposition, never neither.
 //   - A channel closed while registered silently misses deliveries.
 //   - A signal that is also a runtime's runtime_options::dump_signal does
 //     both: the tasks are dumped and the channels get it. Neither undoes

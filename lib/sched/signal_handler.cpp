@@ -7,12 +7,21 @@
 //       for it, saving the disposition it replaces.
 //   H1. on_signal(sig), on any thread: for each client, if its held mask
 //       has sig's bit (acquire), call its sink. errno is saved around it.
-//   C2. release_signal(c, sig) clears the bit and, if no client holds sig
-//       any more, restores the saved disposition.
+//   C2. release_signal(c, sig): if no other client holds sig, it first
+//       restores the saved disposition, unless the handler is no longer
+//       on_signal (the program installed its own after the claim: that one
+//       stays). Then it clears the bit.
 // Claims and releases are serialised by a mutex that the handler never
 // takes; the handler reads only lock-free atomics. A handler that started
 // before a release may still call the released client's sink, which is why
 // sinks stay callable for ever (both write to a pipe that is never closed).
+// C2's order loses no delivery: until the disposition is restored the bit
+// is still set, so on_signal passes the signal to c's sink; after, the old
+// disposition gets it. (Clearing first would leave a moment in which
+// on_signal finds no holder and drops the signal: a SIGTERM whose old
+// disposition was SIG_DFL would not terminate.) sigaction has no
+// compare-and-swap: a handler the program installs during C2 itself,
+// between C2's check and its restore, is still replaced.
 // Each client calls its own sink whatever the other one does: a signal
 // that both hold reaches both (a dump and a channel send), and neither can
 // take the other's handler away or put back a disposition under it.
@@ -77,6 +86,14 @@ std::uint64_t held_by_anyone() noexcept {
   return all;
 }
 
+std::uint64_t held_by_others(unsigned ci) noexcept {
+  std::uint64_t all = 0;
+  for (unsigned c = 0; c < kClients; ++c) {
+    if (c != ci) all |= held[c].load(std::memory_order_relaxed);  // under the mutex
+  }
+  return all;
+}
+
 }  // namespace
 
 void check_claimable(int sig, const char* who) {
@@ -134,8 +151,15 @@ void release_signal(signal_client c, int sig) noexcept {
   dispositions& d = the_dispositions();
   thread_mutex_lock l(d.mu);
   if ((held[ci].load(std::memory_order_relaxed) & bit(sig)) == 0) return;
+  if ((held_by_others(ci) & bit(sig)) == 0) {  // c is the last holder
+    struct sigaction cur;
+    if (::sigaction(sig, nullptr, &cur) == 0 && (cur.sa_flags & SA_SIGINFO) == 0 &&
+        cur.sa_handler == on_signal)
+      ::sigaction(sig, &d.saved[sig], nullptr);
+    if (auto hook = g_signal_release_hook.load(std::memory_order_relaxed)) hook();
+  }
+  // Relaxed: see held's comment.
   held[ci].fetch_and(~bit(sig), std::memory_order_relaxed);
-  if ((held_by_anyone() & bit(sig)) == 0) ::sigaction(sig, &d.saved[sig], nullptr);
 }
 
 }  // namespace mpg::detail

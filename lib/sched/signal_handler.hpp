@@ -6,6 +6,8 @@
 // comes back only when the last holder releases it (signal_handler.cpp).
 #pragma once
 
+#include <atomic>
+
 namespace mpg::detail {
 
 enum class signal_client : unsigned {
@@ -35,8 +37,17 @@ void check_claimable(int sig, const char* who);
 void claim_signal(signal_client c, int sig, signal_sink sink, const char* who);
 
 // release_signal(): c no longer holds sig; once no client does, the saved
-// disposition is restored. A handler already running on another thread may
-// still call c's sink for a moment: sinks must stay callable for ever.
+// disposition is restored, unless the program replaced mpg's handler after
+// the claim (its handler stays). Each delivery reaches either c's sink or
+// the restored disposition. A handler already running on another thread
+// may still call c's sink for a moment: sinks must stay callable for ever.
 void release_signal(signal_client c, int sig) noexcept;
+
+// Test hook, null outside tests: called by release_signal() when the last
+// holder releases a signal, after the disposition is restored and before
+// the holder's bit is cleared (C2 of signal_handler.cpp). Relaxed: a test
+// sets it before the moment it stages and clears it after; no data is
+// published through it.
+inline std::atomic<void (*)()> g_signal_release_hook{nullptr};
 
 }  // namespace mpg::detail
