@@ -1,15 +1,20 @@
 // runtime_options.dump_signal: on the signal, every task of the runtime is
 // dumped to stderr and the program goes on; several runtimes may share the
-// signal; the previous disposition comes back when the last one goes.
+// signal; the previous disposition comes back when the last one goes; a
+// dump being written to stderr does not hold up a runtime's destruction.
 #include <doctest/doctest.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
+#include <thread>
 
 #include "mpg/mpg.hpp"
+#include "sched/dump_signal.hpp"
 #include "stderr_capture.hpp"
 #include "test_support.hpp"
 
@@ -109,4 +114,38 @@ TEST_CASE("dump_signal: 0 installs nothing; an uncatchable signal is refused") {
   mpg::runtime rt({.procs = 1, .dump_signal = SIGUSR1});
   CHECK(!handler_is(SIGUSR1, before));
   CHECK(rt.block_on(add_one(2)) == 3);
+}
+
+namespace {
+// The moment of the test below: the dumper has built a dump's text and is
+// about to write it to stderr, which blocks (as a pipe nobody reads would).
+std::atomic<bool> dump_write_held{false};
+std::atomic<bool> dump_write_released{false};
+void hold_dump_write() {
+  mpg::detail::g_dump_write_hook.store(nullptr, std::memory_order_relaxed);  // once
+  dump_write_held.store(true);
+  (void)mpg_test::wait_until([] { return dump_write_released.load(); }, std::chrono::seconds(60));
+}
+}  // namespace
+
+TEST_CASE("dump_signal: a runtime is destroyed while a dump is being written to stderr") {
+  mpg_test::stderr_capture cap;
+  // keep shares the signal, so destroying rt is not the last unregistration
+  // (that one joins the dumper thread).
+  mpg::runtime keep({.procs = 1, .dump_signal = SIGUSR2});
+  auto rt =
+      std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1, .dump_signal = SIGUSR2});
+  mpg::detail::g_dump_write_hook.store(&hold_dump_write, std::memory_order_relaxed);
+  ::kill(::getpid(), SIGUSR2);
+  REQUIRE(mpg_test::wait_until([] { return dump_write_held.load(); }));
+  std::atomic<bool> gone{false};
+  std::thread destroyer([&] {
+    rt.reset();
+    gone.store(true);
+  });
+  // While the write is held (bounded well below the hook's own bound).
+  CHECK(mpg_test::wait_until([&] { return gone.load(); }, std::chrono::seconds(10)));
+  dump_write_released.store(true);
+  destroyer.join();
+  CHECK(cap.wait_for("task dump", 2));  // the held write went out: both runtimes' dumps
 }

@@ -9,8 +9,11 @@
 //      is non-blocking, so a full pipe drops the byte: dumps are already
 //      pending). It reads the pipe's fd from an always-lock-free atomic.
 //   2. A process-wide dumper thread blocks in read(2) on the pipe. For each
-//      byte it takes the registry lock and writes the dump of every runtime
-//      registered for that signal to stderr; the program goes on.
+//      byte it takes the registry lock, builds the text of the dump of every
+//      runtime registered for that signal, releases the lock and writes the
+//      text to stderr; the program goes on. Writing outside the lock matters:
+//      stderr may block (a pipe nobody reads), and a ~runtime unregistering
+//      meanwhile must not wait for it.
 //   3. Byte 0 (never a signal number) tells the dumper to exit.
 // The registry (signal -> runtimes) is process-wide so that several
 // runtimes may share one signal. The first registration of a signal claims
@@ -19,9 +22,10 @@
 // mpg::signal does not hold it either.
 //
 // Two locks. registry.mu guards the map and is what the dumper holds while
-// dumping: unregister takes it to remove a runtime, so once unregister
-// returns no dump of that runtime is running or will start (~runtime calls
-// it first, before anything is torn down). lifecycle_mu serialises
+// it reads the runtimes: unregister takes it to remove a runtime, so once
+// unregister returns no dump of that runtime is reading it or will start
+// (~runtime calls it first, before anything is torn down); a text already
+// built may still be being written. lifecycle_mu serialises
 // register/unregister as a whole, including starting and joining the
 // dumper; the dumper never takes it, so joining under it cannot deadlock.
 // The pipe is created once and never closed: a handler still running on
@@ -101,15 +105,20 @@ void dumper_main(registry* r, int fd) {
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0 || b == 0) return;
     const int sig = b;
-    thread_mutex_lock l(r->mu);
-    auto it = r->by_signal.find(sig);
-    if (it == r->by_signal.end()) continue;
-    for (scheduler* s : it->second) {
-      std::ostringstream os;
-      os << "mpg: signal " << sig << " (" << ::strsignal(sig) << "): task dump\n";
-      s->dump(os);
-      write_all(STDERR_FILENO, os.str());
+    std::string text;
+    {
+      thread_mutex_lock l(r->mu);
+      auto it = r->by_signal.find(sig);
+      if (it == r->by_signal.end()) continue;
+      for (scheduler* s : it->second) {
+        std::ostringstream os;
+        os << "mpg: signal " << sig << " (" << ::strsignal(sig) << "): task dump\n";
+        s->dump(os);
+        text += os.str();
+      }
     }
+    if (auto hook = g_dump_write_hook.load(std::memory_order_relaxed)) hook();
+    write_all(STDERR_FILENO, text);
   }
 }
 

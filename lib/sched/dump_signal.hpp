@@ -2,6 +2,8 @@
 // signal (dump_signal.cpp has the protocol).
 #pragma once
 
+#include <atomic>
+
 namespace mpg::detail {
 
 class scheduler;
@@ -10,8 +12,16 @@ class scheduler;
 // stderr. Throws std::invalid_argument if sig cannot be caught.
 void dump_signal_register(int sig, scheduler* s);
 // dump_signal_unregister(): undo one registration; once no runtime uses sig
-// any more, its previous disposition is restored. On return no dump of s
-// is in progress or will start.
+// any more, its previous disposition is restored. On return no dump reads s
+// or will start to; a dump's text already built may still be being written
+// (the unregistration does not wait for stderr). The last unregistration
+// of all stops the dumper thread and joins it, so it waits for such a write.
 void dump_signal_unregister(int sig, scheduler* s) noexcept;
+
+// Test hook, null outside tests: called by the dumper thread after it built
+// a dump's text and released the registry lock, before it writes the text
+// to stderr. Relaxed: a test sets it before the moment it stages and clears
+// it after; no data is published through it.
+inline std::atomic<void (*)()> g_dump_write_hook{nullptr};
 
 }  // namespace mpg::detail
