@@ -1,7 +1,8 @@
 // runtime_options.dump_signal: on the signal, every task of the runtime is
 // dumped to stderr and the program goes on; several runtimes may share the
 // signal; the previous disposition comes back when the last one goes; a
-// dump being written to stderr does not hold up a runtime's destruction.
+// dump being written to stderr does not hold up a runtime's destruction,
+// not even the last one's.
 #include <doctest/doctest.h>
 #include <signal.h>
 #include <unistd.h>
@@ -131,7 +132,7 @@ void hold_dump_write() {
 TEST_CASE("dump_signal: a runtime is destroyed while a dump is being written to stderr") {
   mpg_test::stderr_capture cap;
   // keep shares the signal, so destroying rt is not the last unregistration
-  // (that one joins the dumper thread).
+  // (that one also stops the dumper thread: the next test).
   mpg::runtime keep({.procs = 1, .dump_signal = SIGUSR2});
   auto rt =
       std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1, .dump_signal = SIGUSR2});
@@ -148,4 +149,29 @@ TEST_CASE("dump_signal: a runtime is destroyed while a dump is being written to 
   dump_write_released.store(true);
   destroyer.join();
   CHECK(cap.wait_for("task dump", 2));  // the held write went out: both runtimes' dumps
+}
+
+TEST_CASE("dump_signal: the last runtime is destroyed while a dump is being written to stderr") {
+  mpg_test::stderr_capture cap;
+  dump_write_held.store(false);
+  dump_write_released.store(false);
+  // The only runtime with a dump signal: its destruction stops the dumper.
+  auto rt =
+      std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1, .dump_signal = SIGUSR2});
+  mpg::detail::g_dump_write_hook.store(&hold_dump_write, std::memory_order_relaxed);
+  ::kill(::getpid(), SIGUSR2);
+  REQUIRE(mpg_test::wait_until([] { return dump_write_held.load(); }));
+  std::atomic<bool> gone{false};
+  std::thread destroyer([&] {
+    rt.reset();
+    gone.store(true);
+  });
+  CHECK(mpg_test::wait_until([&] { return gone.load(); }, std::chrono::seconds(10)));
+  dump_write_released.store(true);
+  destroyer.join();
+  CHECK(cap.wait_for("task dump"));  // the held write went out
+  // A runtime made now gets a dumper again.
+  mpg::runtime again({.procs = 1, .dump_signal = SIGUSR2});
+  ::kill(::getpid(), SIGUSR2);
+  CHECK(cap.wait_for("task dump", 2));
 }

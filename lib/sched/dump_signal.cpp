@@ -14,7 +14,19 @@
 //      text to stderr; the program goes on. Writing outside the lock matters:
 //      stderr may block (a pipe nobody reads), and a ~runtime unregistering
 //      meanwhile must not wait for it.
-//   3. Byte 0 (never a signal number) tells the dumper to exit.
+//   3. The last unregistration stops the dumper: it adds one to
+//      registry.stops and writes byte 0 (never a signal number) to wake it.
+//      A dumper that wakes (and has dumped, for a signal's byte) and finds
+//      stops above 0 takes one and exits. The dumper is detached, not
+//      joined: it may be blocked writing to stderr, and the last ~runtime
+//      must not wait for that either. A registration that comes before it
+//      exits starts another dumper; both then read the pipe, and the first
+//      to wake exits. One dumper is started each time the registry stops
+//      being empty and one stop is added each time it becomes empty again,
+//      so while runtimes are registered at least one dumper runs, and once
+//      none are, every dumper exits after its current write. A full pipe
+//      drops byte 0, but then a dumper has bytes to read and takes the stop
+//      after the first of them.
 // The registry (signal -> runtimes) is process-wide so that several
 // runtimes may share one signal. The first registration of a signal claims
 // it from the shared handler (signal_handler.hpp); the last one releases
@@ -26,8 +38,8 @@
 // unregister returns no dump of that runtime is reading it or will start
 // (~runtime calls it first, before anything is torn down); a text already
 // built may still be being written. lifecycle_mu serialises
-// register/unregister as a whole, including starting and joining the
-// dumper; the dumper never takes it, so joining under it cannot deadlock.
+// register/unregister as a whole, including starting and stopping the
+// dumper; the dumper never takes it.
 // The pipe is created once and never closed: a handler still running on
 // another thread after the signal was released writes into a live pipe,
 // never into a reused fd. A byte left in it when the dumper exits is read
@@ -79,7 +91,11 @@ struct registry {
   std::map<int, std::vector<scheduler*>> by_signal ABSL_GUARDED_BY(mu);
   int read_fd = -1;   // under lifecycle_mu (the dumper reads it after start)
   int write_fd = -1;  // under lifecycle_mu
-  std::thread dumper;  // under lifecycle_mu
+  std::thread dumper;  // under lifecycle_mu; the running dumper, until step 3 detaches it
+  // Step 3: dumpers asked to exit and not yet gone. Relaxed: it only
+  // decides which dumper exits; what a dumper reads under mu is ordered by
+  // mu, and the pipe wakes it.
+  std::atomic<int> stops{0};
 };
 
 registry& the_registry() {
@@ -97,28 +113,43 @@ void write_all(int fd, const std::string& s) noexcept {
   }
 }
 
+// dump(): step 2 for one byte, signal sig.
+void dump(registry* r, int sig) {
+  std::string text;
+  {
+    thread_mutex_lock l(r->mu);
+    auto it = r->by_signal.find(sig);
+    if (it == r->by_signal.end()) return;
+    for (scheduler* s : it->second) {
+      std::ostringstream os;
+      os << "mpg: signal " << sig << " (" << ::strsignal(sig) << "): task dump\n";
+      s->dump(os);
+      text += os.str();
+    }
+  }
+  if (auto hook = g_dump_write_hook.load(std::memory_order_relaxed)) hook();
+  write_all(STDERR_FILENO, text);
+}
+
+// take_stop(): step 3; true when this dumper is to exit.
+bool take_stop(registry* r) {
+  int pending = r->stops.load(std::memory_order_relaxed);
+  while (pending > 0) {
+    if (r->stops.compare_exchange_weak(pending, pending - 1, std::memory_order_relaxed))
+      return true;
+  }
+  return false;
+}
+
 void dumper_main(registry* r, int fd) {
   pthread_setname_np(pthread_self(), "mpg-dump");
   for (;;) {
     unsigned char b = 0;
     const ssize_t n = ::read(fd, &b, 1);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0 || b == 0) return;
-    const int sig = b;
-    std::string text;
-    {
-      thread_mutex_lock l(r->mu);
-      auto it = r->by_signal.find(sig);
-      if (it == r->by_signal.end()) continue;
-      for (scheduler* s : it->second) {
-        std::ostringstream os;
-        os << "mpg: signal " << sig << " (" << ::strsignal(sig) << "): task dump\n";
-        s->dump(os);
-        text += os.str();
-      }
-    }
-    if (auto hook = g_dump_write_hook.load(std::memory_order_relaxed)) hook();
-    write_all(STDERR_FILENO, text);
+    if (n <= 0) return;  // cannot happen: the write end is never closed
+    if (b != 0) dump(r, b);
+    if (take_stop(r)) return;
   }
 }
 
@@ -172,11 +203,12 @@ void dump_signal_unregister(int sig, scheduler* s) noexcept {
     none_left = r.by_signal.empty();
   }
   if (none_left && r.dumper.joinable()) {
-    // Step 3. A full pipe (EAGAIN) is being drained by the dumper: retry.
+    // Step 3. EAGAIN (a full pipe) is fine: the dumper has bytes to read.
+    r.stops.fetch_add(1, std::memory_order_relaxed);
     const unsigned char stop = 0;
-    while (::write(r.write_fd, &stop, 1) < 0 && (errno == EINTR || errno == EAGAIN))
-      std::this_thread::yield();
-    r.dumper.join();
+    while (::write(r.write_fd, &stop, 1) < 0 && errno == EINTR) {
+    }
+    r.dumper.detach();
   }
 }
 

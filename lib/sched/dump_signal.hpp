@@ -14,8 +14,8 @@ void dump_signal_register(int sig, scheduler* s);
 // dump_signal_unregister(): undo one registration; once no runtime uses sig
 // any more, its previous disposition is restored. On return no dump reads s
 // or will start to; a dump's text already built may still be being written
-// (the unregistration does not wait for stderr). The last unregistration
-// of all stops the dumper thread and joins it, so it waits for such a write.
+// (the unregistration never waits for stderr). The last unregistration of
+// all tells the dumper thread to exit once its current write is done.
 void dump_signal_unregister(int sig, scheduler* s) noexcept;
 
 // Test hook, null outside tests: called by the dumper thread after it built
