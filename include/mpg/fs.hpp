@@ -10,7 +10,9 @@
 // scheduler's next flush: they are rarer and often slow, and submitting at
 // once lets close() follow an operation on the same file safely.
 //
-// Errors are absl::Status values with the errno's meaning. Positional reads
+// Errors are absl::Status values with the errno's meaning; a request the
+// kernel will not take when it is made (it refuses submissions) fails with
+// EBUSY rather than wait in the ring for a later flush. Positional reads
 // and writes may run concurrently from several tasks, as pread/pwrite.
 // Closing a file while another task has an operation on it in flight is
 // allowed (the kernel keeps the file until the operation completes): an
