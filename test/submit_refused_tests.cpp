@@ -1,8 +1,10 @@
-// test/submit_refused_tests.cpp: an operation that must be in the kernel
-// when it starts (a file's read: fs.cpp's close gate) is not started when
-// the kernel refuses the submission (lib/io/reactor.cpp, "Submitting
-// now"): its SQE left in the SQ would be submitted later, after close(),
-// against whatever file reused the number.
+// test/submit_refused_tests.cpp: when the kernel refuses submissions, an
+// SQE left in the SQ must not be submitted after close() against whatever
+// file reused its number: an operation that must be in the kernel when it
+// starts (a file's read: fs.cpp's close gate) is not started (lib/io/
+// reactor.cpp, "Submitting now"), and a socket's read queued before its
+// close() loses its fd (lib/io/reactor_cancel.cpp, "A close with the op's
+// SQE still in the SQ").
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -17,6 +19,7 @@
 
 #include "io/fs_hooks.hpp"
 #include "io/reactor.hpp"
+#include "stream_pair.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -100,5 +103,46 @@ TEST_CASE("a file operation the kernel refuses to take is not submitted after cl
     CHECK(!f->is_open());
     if (other_fd >= 0) ::close(other_fd);
   }(dir.path + "/mine"));
+  mpg::detail::g_flush_refuse_hook.store(nullptr);
+}
+
+namespace {
+
+mpg::task<void> read_into(mpg::net::tcp_stream* s, std::string* out, bool* ok) {
+  char buf[16];
+  absl::StatusOr<std::size_t> n = co_await s->read(std::span<char>(buf));
+  *ok = n.ok();
+  if (n.ok()) out->assign(buf, *n);
+}
+
+}  // namespace
+
+TEST_CASE("a socket read still in the SQ at close() never reads a socket that reused the number") {
+  mpg::runtime rt({.procs = 1});
+  mpg::detail::g_flush_refuse_hook.store(&refuse_while_set);
+  rt.block_on([]() -> mpg::task<void> {
+    mpg_test::stream_pair mine = co_await mpg_test::connect_pair();
+    mpg_test::stream_pair other = co_await mpg_test::connect_pair();
+    REQUIRE((co_await other.server.write("othr")).ok());
+    // From here the kernel takes no SQE: the read below stays in the SQ.
+    refuse.store(true);
+    std::string got;
+    bool read_ok = false;
+    auto reader = mpg::spawn(read_into(&mine.client, &got, &read_ok));
+    for (int i = 0; i < 1000 && !mine.client.read_pending(); ++i) co_await mpg::yield();
+    REQUIRE(mine.client.read_pending());
+    const int n = mine.client.native_handle();
+    // close() cancels the read and releases n; the number then names the
+    // other connection, whose bytes wait, before the kernel takes SQEs again.
+    co_await mpg::blocking([&] {
+      mine.client.close();
+      REQUIRE(::dup2(other.client.native_handle(), n) == n);
+      refuse.store(false);
+    });
+    co_await reader;
+    ::close(n);
+    CHECK_FALSE(read_ok);
+    CHECK(got.empty());
+  }());
   mpg::detail::g_flush_refuse_hook.store(nullptr);
 }

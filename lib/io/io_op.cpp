@@ -42,7 +42,9 @@ bool interrupted(int res) noexcept {
 int io_op::outcome() const noexcept {
   if (res >= 0) return res;  // the common case: no stop to look into
   const bool intr = interrupted(res);
-  if (res == -ECANCELED || intr) {
+  // -EBADF: a closing object's SQE that waited in the SQ, its fd forgotten
+  // (reactor_cancel.cpp): cancelled by that close.
+  if (res == -ECANCELED || intr || (res == -EBADF && cancel_requested())) {
     if (cancel_requested()) return -ECANCELED;
     if (has_deadline && clock::now() >= deadline) return -ETIME;
     // Re-issue: with the new deadline (kick), or on another P (move).

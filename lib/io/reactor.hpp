@@ -164,6 +164,10 @@ class reactor {
   // owed if `owe` (and the op still in flight and matching), else dropped.
   bool cancel_locked(io_slot* slot, io_op* op, const io_stop_request& rq, bool owe) noexcept
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  // forget_fd_if_closing_locked(): for a slot being closed, SQEs of op the
+  // kernel has not taken lose their fd (reactor_cancel.cpp).
+  void forget_fd_if_closing_locked(const io_slot* slot, const io_op* op) noexcept
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   // issue_owed_locked(): prepares an ASYNC_CANCEL for each owed slot's op,
   // while SQEs are to be had without a reap; true when none is left owed.
   bool issue_owed_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);

@@ -3,6 +3,15 @@
 // op's io_slot), the cancels it owes, and cancel_all() at shutdown. One of
 // the five source files of libmpg that include liburing.h (reactor.hpp).
 //
+// A close with the op's SQE still in the SQ. close() cancels the op and
+// then releases its fd number; the cancel's flush submits the op's SQE
+// first, so the kernel has resolved the number before it is released. If
+// the kernel refuses that flush (or the cancel is owed, below), the op's
+// SQE would be submitted later, against whatever file reused the number.
+// So, for a closing slot, SQEs of the op still in the SQ get fd -1
+// (forget_fd_if_closing_locked): submitted later, they fail with EBADF,
+// which the op reads as cancelled (io_op::outcome).
+//
 // A cancel that finds no SQE. cancel() needs one SQE for its ASYNC_CANCEL,
 // and get_sqes_locked() may find none: the SQ is full and the kernel keeps
 // refusing submissions (-EBUSY, while completions it cannot post wait in
@@ -93,6 +102,7 @@ bool reactor::cancel_locked(io_slot* slot, io_op* op, const io_stop_request& rq,
       // takes it (as below: a close() may follow); then wake a holder
       // asleep in wait() to issue the cancel (O2).
       flush_locked();
+      forget_fd_if_closing_locked(slot, op);
       wake();
     }
     return false;
@@ -108,7 +118,25 @@ bool reactor::cancel_locked(io_slot* slot, io_op* op, const io_stop_request& rq,
   // Submit now: the op's own SQE, ahead of the cancel, goes in too, so a
   // close() that follows cannot let the kernel resolve a reused fd number.
   flush_locked();
+  if (live) forget_fd_if_closing_locked(slot, op);
   return true;
+}
+
+void reactor::forget_fd_if_closing_locked(const io_slot* slot, const io_op* op) noexcept {
+  io_uring* ring = ring_.get();
+  // Acquire: pairs with io_cancel's release store (made under the slot
+  // lock, which the caller holds too).
+  if (io_uring_sq_ready(ring) == 0 || !slot->closed.load(std::memory_order_acquire)) return;
+  // The kernel refused the flush: SQEs wait in the SQ, maybe the op's.
+  // Without SQPOLL the kernel reads them only inside io_uring_enter, under
+  // lock_, so they can be rewritten here; the SQ maps its slots to SQEs
+  // one to one (liburing sets that up).
+  const io_uring_sq& sq = ring->sq;
+  const auto data = reinterpret_cast<std::uintptr_t>(op);
+  for (unsigned i = *sq.khead; i != sq.sqe_tail; ++i) {
+    io_uring_sqe* sqe = &sq.sqes[i & sq.ring_mask];
+    if (sqe->user_data == data) sqe->fd = -1;  // fails EBADF: outcome() reads ECANCELED
+  }
 }
 
 bool reactor::issue_owed_locked() noexcept {
