@@ -20,9 +20,9 @@
 // count changes only under mu_: at enter, before the P is released; at exit,
 // after the G has a P (or waits in the global queue). So at every point of
 // mu_'s order the G is accounted for by one of the three, and no look sees a
-// runtime quiet while a blocking call returns. (Uncounted before taking mu_,
-// an exit preempted there for the check's three looks made a false deadlock
-// report: test/deadlock_tests.cpp.)
+// runtime quiet while a blocking call returns. An exit that uncounted itself
+// before taking mu_ and was preempted there for the check's three looks
+// would make a false deadlock report (test/deadlock_tests.cpp).
 #include "mpg/blocking.hpp"
 
 #include "mpg/errors.hpp"
