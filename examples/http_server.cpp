@@ -45,6 +45,7 @@
 #include "mpg/mpg.hpp"
 #include "mpg/signal.hpp"
 #include "server_args.hpp"
+#include "smoke_poll.hpp"
 
 using namespace std::chrono_literals;
 
@@ -511,18 +512,6 @@ std::size_t accept_queue(const mpg::net::listener& ln) {
   return info.tcpi_unacked;
 }
 
-// poll_until(): pred holds, checked every millisecond for up to 10 s; false
-// if it never did (a failure).
-template <class Pred>
-mpg::task<bool> poll_until(Pred pred) {
-  const auto deadline = mpg::net::clock::now() + 10s;
-  while (!pred()) {
-    if (mpg::net::clock::now() > deadline) co_return false;
-    co_await mpg::sleep_for(1ms);
-  }
-  co_return true;
-}
-
 // With one connection allowed and served, the next waits in the kernel's
 // accept queue, unserved, until the first leaves; then it is served.
 mpg::task<bool> check_max_conns() {
@@ -542,7 +531,7 @@ mpg::task<bool> check_max_conns() {
   client_reader second_in(*second);
   // Either the second waits in the accept queue (the limit holds) or the
   // server took it (it does not): whichever comes first.
-  ok = ok && co_await poll_until(
+  ok = ok && co_await example::poll_until(
                 [s] { return accept_queue(s->ln) > 0 || s->peak_live.load() > 1; });
   ok = ok && s->peak_live.load() == 1;
   first->close();

@@ -14,6 +14,7 @@
 #include "mpg/buffered.hpp"
 #include "mpg/mpg.hpp"
 #include "redis_conn.hpp"
+#include "smoke_poll.hpp"
 
 namespace redis {
 
@@ -170,18 +171,6 @@ inline mpg::task<bool> check_partial_request_closed(std::uint16_t port) {
       co_await expect_closed(in, "after a request that stopped half way");
 }
 
-// poll_until(): pred holds, checked every millisecond for up to 10 s; false
-// if it never did (a failure).
-template <class Pred>
-mpg::task<bool> poll_until(Pred pred) {
-  const auto deadline = mpg::net::clock::now() + 10s;
-  while (!pred()) {
-    if (mpg::net::clock::now() > deadline) co_return false;
-    co_await mpg::sleep_for(1ms);
-  }
-  co_return true;
-}
-
 // With one connection allowed and served, the next is refused with
 // Redis' error and closed; once the first leaves, a new one is served.
 inline mpg::task<bool> check_max_conns(std::uint16_t port, const diagnostics* diag) {
@@ -198,7 +187,7 @@ inline mpg::task<bool> check_max_conns(std::uint16_t port, const diagnostics* di
     co_return false;
   }
   first->close();
-  if (!co_await poll_until([diag] { return diag->live.load() == 0; })) co_return false;
+  if (!co_await example::poll_until([diag] { return diag->live.load() == 0; })) co_return false;
   absl::StatusOr<mpg::net::tcp_stream> third = co_await smoke_dial(port);
   if (!third.ok()) co_return false;
   client_reader third_in(*third);
@@ -222,7 +211,8 @@ inline mpg::task<bool> check_request_in_pieces(std::uint16_t port, const diagnos
     const std::uint64_t received = diag->bytes_received.load();
     const std::string_view part = std::string_view(req).substr(at, piece);
     if (!(co_await c->write(part)).ok()) co_return false;
-    if (!co_await poll_until([&] { return diag->bytes_received.load() >= received + part.size(); }))
+    const auto arrived = [&] { return diag->bytes_received.load() >= received + part.size(); };
+    if (!co_await example::poll_until(arrived))
       co_return false;
   }
   if (!co_await expect(in, ":0\r\n")) co_return false;

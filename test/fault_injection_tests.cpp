@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "io/fault_injector.hpp"
+#include "temp_files.hpp"
 #include "test_support.hpp"
 #include "watchdog.hpp"
 
@@ -34,6 +35,7 @@ namespace {
 
 using namespace std::chrono_literals;
 using mpg::task;
+using mpg_test::temp_dir;
 using mpg::net::tcp_stream;
 using clock_type = std::chrono::steady_clock;
 
@@ -327,16 +329,6 @@ TEST_CASE("echo under every fault kind at once") {
 }
 
 namespace {
-
-struct temp_dir {
-  std::string path;
-  temp_dir() {
-    char tmpl[] = "/tmp/mpg_fault_tests.XXXXXX";
-    REQUIRE(::mkdtemp(tmpl) != nullptr);
-    path = tmpl;
-  }
-  ~temp_dir() { std::system(("rm -rf " + path).c_str()); }
-};
 
 task<bool> file_round_trip(std::string path, unsigned id) {
   std::uint32_t seed = id + 7;

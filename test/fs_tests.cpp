@@ -21,20 +21,13 @@
 #include <vector>
 
 #include "io/fs_hooks.hpp"
+#include "temp_files.hpp"
 #include "test_support.hpp"
 
 namespace {
 using mpg::task;
-
-struct temp_dir {
-  std::string path;
-  temp_dir() {
-    char tmpl[] = "/tmp/mpg_fs_tests.XXXXXX";
-    REQUIRE(::mkdtemp(tmpl) != nullptr);
-    path = tmpl;
-  }
-  ~temp_dir() { std::system(("rm -rf " + path).c_str()); }
-};
+using mpg_test::temp_dir;
+using mpg_test::write_file;
 
 std::string pattern(std::size_t n) {
   std::string s(n, '\0');
@@ -134,13 +127,6 @@ TEST_CASE("errors are statuses with the errno's meaning") {
 }
 
 namespace {
-void write_file(const std::string& path, const std::string& data) {
-  int fd = ::open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
-  REQUIRE(fd >= 0);
-  REQUIRE(::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()));
-  ::close(fd);
-}
-
 // The moment of the test below: a read has loaded its file's number and
 // is about to submit it, while another thread closes the file and opens
 // another one under the same number.

@@ -20,26 +20,13 @@
 #include "io/fs_hooks.hpp"
 #include "io/reactor.hpp"
 #include "stream_pair.hpp"
+#include "temp_files.hpp"
 #include "test_support.hpp"
 
 namespace {
 
-struct temp_dir {
-  std::string path;
-  temp_dir() {
-    char tmpl[] = "/tmp/mpg_submit_refused.XXXXXX";
-    REQUIRE(::mkdtemp(tmpl) != nullptr);
-    path = tmpl;
-  }
-  ~temp_dir() { std::system(("rm -rf " + path).c_str()); }
-};
-
-void write_file(const std::string& path, const std::string& data) {
-  int fd = ::open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
-  REQUIRE(fd >= 0);
-  REQUIRE(::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()));
-  ::close(fd);
-}
+using mpg_test::temp_dir;
+using mpg_test::write_file;
 
 // The moment: a read has loaded its file's number and submits it while
 // the kernel refuses submissions; another thread closes the file, opens

@@ -14,25 +14,13 @@
 #include <string>
 #include <vector>
 
+#include "temp_files.hpp"
+
 namespace {
 
 using mpg::task;
+using mpg_test::temp_dir;
 using mpg::net::tcp_stream;
-
-// A fresh directory for socket files, removed (with what is left in it) at
-// the end of the test.
-struct temp_dir {
-  std::string path;
-  temp_dir() {
-    char tmpl[] = "/tmp/mpg-unix-XXXXXX";
-    REQUIRE(::mkdtemp(tmpl) != nullptr);
-    path = tmpl;
-  }
-  ~temp_dir() {
-    std::string cmd = "rm -rf '" + path + "'";
-    [[maybe_unused]] int rc = std::system(cmd.c_str());
-  }
-};
 
 bool exists(const std::string& path) {
   struct stat st {};
