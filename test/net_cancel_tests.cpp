@@ -542,3 +542,99 @@ TEST_CASE("contexts cancelled from a plain thread while reads complete: no read 
   CHECK(got + cancelled == rounds);
   MESSAGE("reads that got the byte: " << got << ", cancelled: " << cancelled);
 }
+
+namespace {
+
+// Writes data to s once and records the result.
+task<void> write_once(tcp_stream& s, const std::string& data, absl::Status* out,
+                      std::atomic<bool>* done) {
+  *out = co_await s.write(data);
+  done->store(true, std::memory_order_release);
+}
+
+// Reads s until `want` bytes came or the stream ends.
+task<void> read_up_to(tcp_stream& s, std::size_t want, std::string* got) {
+  std::vector<char> buf(64 << 10);
+  while (got->size() < want) {
+    auto n = co_await s.read(std::span<char>(buf));
+    if (!n.ok() || *n == 0) co_return;
+    got->append(buf.data(), *n);
+  }
+}
+
+}  // namespace
+
+// One P, so that the tasks take turns: the intruder runs while the first
+// operation's G waits in the run queue between two of its issues (its
+// completion readied it at the tail), when no op of the stream is in flight.
+// The slot stays the first operation's (io_slot::holder): the intruder is
+// refused, and the first operation goes on whole.
+TEST_CASE("a write that starts between two issues of another (short sends) fails with EALREADY") {
+  mpg::runtime rt({.procs = 1});
+  mpg_test::watchdog dog(kHang, "a write between two issues of another", &rt);
+  rt.block_on([]() -> task<void> {
+    auto p = co_await connect_pair();
+    const std::string big(16 << 20, 'a');  // past the socket buffers: short sends
+    absl::Status first;
+    std::atomic<bool> first_done{false};
+    auto writer = mpg::spawn(write_once(p.client, big, &first, &first_done));
+    REQUIRE(co_await until([&] { return p.client.write_pending(); }));
+    std::string got;
+    auto reader = mpg::spawn(read_up_to(p.server, big.size(), &got));
+    bool tried = false;
+    absl::Status second;
+    while (!first_done.load(std::memory_order_acquire)) {
+      if (!p.client.write_pending()) {  // between two issues of the first write
+        second = co_await p.client.write("XXXX");
+        tried = true;
+        break;
+      }
+      co_await mpg::yield();
+    }
+    REQUIRE(tried);  // the first write was seen between two issues
+    CHECK(mpg::errno_of(second) == EALREADY);
+    co_await writer;
+    CHECK(first.ok());
+    p.client.close();  // the reader ends even if bytes went missing
+    co_await reader;
+    CHECK(got.size() == big.size());
+    CHECK(got.find('X') == std::string::npos);
+  }());
+}
+
+TEST_CASE("a read that starts between two issues of another (a kick) fails with EALREADY") {
+  mpg::runtime rt({.procs = 1});
+  mpg_test::watchdog dog(kHang, "a read between two issues of another", &rt);
+  rt.block_on([]() -> task<void> {
+    auto p = co_await connect_pair();
+    read_result first;
+    auto reader = mpg::spawn(read_once(p.client, &first, nullptr));
+    REQUIRE(co_await until([&] { return p.client.read_pending(); }));
+    bool tried = false;
+    absl::StatusOr<std::size_t> second = std::size_t{0};
+    char buf[16];
+    const auto far = clock_type::now() + 1h;
+    for (int i = 0; i < 100'000 && !tried; ++i) {
+      if (p.client.read_pending()) {
+        // An earlier deadline kicks the read in flight: its issue ends and
+        // the read is issued again, armed with the new deadline.
+        p.client.set_read_deadline(far - std::chrono::milliseconds(i));
+      } else {
+        // Bounded: where the intruder gets in, nothing else would end it.
+        second = co_await p.client.read(std::span<char>(buf), clock_type::now() + 2s);
+        tried = true;
+      }
+      co_await mpg::yield();
+    }
+    REQUIRE(tried);  // the first read was seen between two issues
+    CHECK(mpg::errno_of(second.status()) == EALREADY);
+    absl::Status w = co_await p.server.write("hello");
+    CHECK(w.ok());
+    const bool done = co_await until([&] { return first.done.load(std::memory_order_acquire); });
+    CHECK(done);
+    if (!done) p.client.cancel();
+    co_await reader;
+    REQUIRE(first.n.ok());
+    CHECK(*first.n == 5);
+  }());
+}

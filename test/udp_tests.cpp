@@ -435,3 +435,61 @@ TEST_CASE("a blocked recv_from is woken by a past deadline set from another task
     CHECK(std::string_view(buf, got->size) == "hi");
   }());
 }
+
+namespace {
+
+struct recv_result {
+  std::atomic<bool> done{false};
+  absl::StatusOr<mpg::net::datagram> d = mpg::net::datagram{};
+};
+
+task<void> recv_once(udp_socket& s, recv_result* out) {
+  char buf[16];
+  out->d = co_await s.recv_from(std::span<char>(buf));
+  out->done.store(true, std::memory_order_release);
+}
+
+}  // namespace
+
+// As net_cancel_tests' read between two issues: on one P the intruder runs
+// while the first receive's G waits to be issued again after a kick; the
+// socket stays the first receive's (io_slot::holder).
+TEST_CASE("a receive that starts between two issues of another (a kick) fails with EALREADY") {
+  mpg::runtime rt({.procs = 1});
+  mpg_test::watchdog dog(std::chrono::seconds(20), "a receive between two issues", &rt);
+  rt.block_on([]() -> task<void> {
+    auto a = mpg::net::listen_udp("127.0.0.1:0");
+    auto b = mpg::net::listen_udp("127.0.0.1:0");
+    REQUIRE(a.ok());
+    REQUIRE(b.ok());
+    recv_result first;
+    auto receiver = mpg::spawn(recv_once(*b, &first));
+    for (int i = 0; i < 100'000 && !b->recv_pending(); ++i) co_await mpg::yield();
+    REQUIRE(b->recv_pending());
+    bool tried = false;
+    absl::StatusOr<mpg::net::datagram> second = mpg::net::datagram{};
+    char buf[16];
+    const auto far = std::chrono::steady_clock::now() + 1h;
+    for (int i = 0; i < 100'000 && !tried; ++i) {
+      if (b->recv_pending()) {
+        b->set_read_deadline(far - std::chrono::milliseconds(i));  // kicks the receive
+      } else {
+        auto [ctx, cancel] = mpg::with_timeout(mpg::background(), 2s);  // bounds an intruder let in
+        second = co_await b->recv_from(std::span<char>(buf), ctx);
+        tried = true;
+      }
+      co_await mpg::yield();
+    }
+    REQUIRE(tried);  // the first receive was seen between two issues
+    CHECK(mpg::errno_of(second.status()) == EALREADY);
+    const std::string to_b = "127.0.0.1:" + port_str(*b);
+    REQUIRE((co_await a->send_to(std::string_view("hello"), to_b)).ok());
+    for (int i = 0; i < 100'000 && !first.done.load(std::memory_order_acquire); ++i) {
+      co_await mpg::yield();
+    }
+    if (!first.done.load(std::memory_order_acquire)) b->cancel();
+    co_await receiver;
+    REQUIRE(first.d.ok());
+    CHECK(first.d->size == 5);
+  }());
+}

@@ -32,8 +32,10 @@
 //
 // Concurrency: one task may read a stream while another writes it; one read
 // and one write at a time, and one accept() per listener: a second one
-// started while the first waits fails at once with errno EALREADY
-// (kAlreadyExists). cancel() and close() may be called from any task
+// started before the first returned fails at once with errno EALREADY
+// (kAlreadyExists), also while the first is between two of its requests
+// (after a short send, say): a write's bytes are never split by another
+// write's. cancel() and close() may be called from any task
 // (any P): an operation in flight then completes with kCancelled once the
 // kernel confirms it, and its buffer is not touched after that.
 //
@@ -381,8 +383,8 @@ class tcp_stream {
   std::atomic<bool> data_left_{false};
   detail::io_deadline read_deadline_;   // followed by the op in read_slot_
   detail::io_deadline write_deadline_;  // followed by the op in write_slot_
-  detail::io_slot read_slot_;
-  detail::io_slot write_slot_;
+  detail::io_slot read_slot_{true};   // claiming (io_op.hpp)
+  detail::io_slot write_slot_{true};
   // The multishot receive, once receive() was used (lib/io/recv_queue.hpp);
   // made and read by the reader; close() and set_read_deadline() read it
   // too (acquire: it is published with a release by the reader).
@@ -449,7 +451,7 @@ class listener {
   std::atomic<int> fd_{-1};  // as tcp_stream::fd_
   std::uint16_t port_ = 0;
   std::string unix_path_;  // the socket file this listener created, if any
-  detail::io_slot slot_;
+  detail::io_slot slot_{true};  // claiming (io_op.hpp)
   std::atomic<std::uint64_t> backoffs_{0};
 };
 

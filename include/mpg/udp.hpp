@@ -25,8 +25,8 @@
 // kCancelled as for TCP.
 //
 // Concurrency: one task may receive while another sends; one receive and
-// one send at a time (a second one started while the first waits fails at
-// once with errno EALREADY, kAlreadyExists). cancel() and close() from any
+// one send at a time (a second one started before the first returned fails
+// at once with errno EALREADY, kAlreadyExists). cancel() and close() from any
 // task (any P). Deadlines as tcp_stream's. Buffers must outlive the awaited
 // call. Moving a socket with an operation in flight is undefined.
 //
@@ -137,8 +137,8 @@ class udp_socket {
   int family_ = 0;  // AF_INET or AF_INET6
   detail::io_deadline read_deadline_;   // followed by the op in read_slot_
   detail::io_deadline write_deadline_;  // followed by the op in write_slot_
-  detail::io_slot read_slot_;
-  detail::io_slot write_slot_;
+  detail::io_slot read_slot_{true};   // claiming (io_op.hpp)
+  detail::io_slot write_slot_{true};
 };
 
 // listen_udp(): a socket bound to address (":0", "127.0.0.1:0", "[::1]:5353";

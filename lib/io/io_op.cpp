@@ -79,11 +79,16 @@ bool io_start(io_op* op, io_prep_fn prep, const void* ctx, io_slot* slot) {
     op->stop = io_stop::cancel;
     return false;
   }
-  // Another op of this object is in flight: its caller broke the object's
-  // one-at-a-time rule (two tasks reading one stream). Published over it,
-  // this op would hide the first from every cancel and close, which would
-  // then wait for it for ever; refused, the caller gets a clear error.
-  if (slot->op.load(std::memory_order_relaxed) != nullptr) {
+  // Another op of this object is in flight, or another G's logical
+  // operation holds the slot between two of its issues (io_slot::holder):
+  // its caller broke the object's one-at-a-time rule (two tasks reading one
+  // stream). Published over it, this op would hide the first from every
+  // cancel and close, which would then wait for it for ever; slipped in
+  // between two issues, it would split the first one's bytes. Refused, the
+  // caller gets a clear error.
+  g* const holder = slot->holder.load(std::memory_order_relaxed);  // io_slot::holder
+  if (slot->op.load(std::memory_order_relaxed) != nullptr ||
+      (holder != nullptr && holder != op->waiter)) {
     slot->lock.unlock();
     op->res = -EALREADY;
     return false;
@@ -110,6 +115,7 @@ bool io_start(io_op* op, io_prep_fn prep, const void* ctx, io_slot* slot) {
     }
   }
   slot->owner = r;
+  if (slot->claims) slot->holder.store(op->waiter, std::memory_order_relaxed);
   slot->op.store(op, std::memory_order_relaxed);  // ordered for the reactor by its lock
   r->start(op, prep, ctx);
   // The op is published and may complete, and its task resume elsewhere,

@@ -305,6 +305,7 @@ read_op::result_type read_op::await_resume() {
     case state::slow: return task_result();
     case state::issued: break;
   }
+  detail::io_release_claim(&s_->read_slot_, op().waiter);
   const int res = op().outcome();
   // A result on_complete did not hand to do_read (or io_start's refusal:
   // a closed slot, no reactor) is final. The hint is the reader's: a read
@@ -383,6 +384,7 @@ write_op::result_type write_op::await_resume() {
     case state::slow: return task_result();
     case state::issued: break;
   }
+  detail::io_release_claim(&s_->write_slot_, op().waiter);
   // A result on_complete did not hand to do_write (or io_start's refusal)
   // is final: all of data, no progress, or an error.
   const int res = op().outcome();
@@ -407,6 +409,7 @@ task<absl::StatusOr<std::size_t>> tcp_stream::do_read(std::span<char> buf,
   if (recv_.load(std::memory_order_relaxed) != nullptr) {
     co_return co_await do_read_held(buf, deadline, std::move(ctx));
   }
+  const detail::io_claim claim(&read_slot_);
   io_context_binding bind(ctx.get());  // ctx, a parameter, keeps the node alive
   bind.bind(&read_slot_);
   const op_bounds b{.deadline = deadline, .live = &read_deadline_, .bind = &bind};
@@ -440,6 +443,7 @@ task<absl::StatusOr<std::size_t>> tcp_stream::do_read(std::span<char> buf,
 task<absl::Status> tcp_stream::do_write(std::string_view data,
                                         std::optional<clock::time_point> deadline,
                                         std::shared_ptr<detail::context_node> ctx) {
+  const detail::io_claim claim(&write_slot_);
   io_context_binding bind(ctx.get());  // ctx, a parameter, keeps the node alive
   bind.bind(&write_slot_);
   const op_bounds b{.deadline = deadline, .live = &write_deadline_, .bind = &bind};
@@ -473,6 +477,7 @@ task<absl::Status> tcp_stream::write_vectored(std::span<const std::string_view> 
   // At most kMaxIov iovecs per sendmsg (the kernel's UIO_MAXIOV); after a
   // short write the first iovec is advanced in place.
   constexpr std::size_t kMaxIov = 1024;
+  const detail::io_claim claim(&write_slot_);
   io_context_binding bind(nullptr);
   bind.bind(&write_slot_);
   const op_bounds b{.live = &write_deadline_, .bind = &bind};
@@ -601,6 +606,7 @@ task<absl::StatusOr<tcp_stream>> listener::accept(const context& ctx) {
 
 task<absl::StatusOr<tcp_stream>> listener::do_accept(std::optional<clock::time_point> deadline,
                                                      std::shared_ptr<detail::context_node> ctx) {
+  const detail::io_claim claim(&slot_);
   io_context_binding bind(ctx.get());  // ctx, a parameter, keeps the node alive
   bind.bind(&slot_);
   // A listener has no deadline of its own: without a deadline argument an

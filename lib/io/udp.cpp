@@ -219,6 +219,7 @@ void udp_socket::set_write_deadline(std::optional<clock::time_point> t) noexcept
 task<absl::Status> udp_socket::do_send(std::string_view data, std::optional<std::string> to,
                                        std::shared_ptr<detail::context_node> ctx) {
   const char* what = to ? "send_to" : "send";
+  const detail::io_claim claim(&write_slot_);
   io_context_binding bind(ctx.get());  // ctx, a parameter, keeps the node alive
   bind.bind(&write_slot_);
   const op_bounds b{.live = &write_deadline_, .bind = &bind};
@@ -260,6 +261,7 @@ task<absl::Status> udp_socket::do_send(std::string_view data, std::optional<std:
 task<absl::StatusOr<datagram>> udp_socket::do_recv(std::span<char> buf, bool want_from,
                                                    std::shared_ptr<detail::context_node> ctx) {
   const char* what = want_from ? "recv_from" : "recv";
+  const detail::io_claim claim(&read_slot_);
   io_context_binding bind(ctx.get());  // ctx, a parameter, keeps the node alive
   bind.bind(&read_slot_);
   const op_bounds b{.live = &read_deadline_, .bind = &bind};

@@ -118,11 +118,22 @@ using io_spin_lock = basic_spinlock<long_section_backoff>;
 // io_slot: where an object publishes its operation in flight so another task
 // can cancel it (see the essay above). One op at a time per slot.
 struct io_slot {
+  io_slot() noexcept = default;
+  // claiming: the slot of an object whose operations hold it from first
+  // issue to end (see `holder`).
+  explicit io_slot(bool claiming) noexcept : claims(claiming) {}
+  io_slot(const io_slot&) = delete;
+  io_slot& operator=(const io_slot&) = delete;
+
   io_spin_lock lock;
   // Set (under `lock`) once the object is closed: no new op may start.
   // Acquire/release so a fast-path reader outside the lock sees a close that
   // happened-before it; the authoritative check is made under the lock.
   std::atomic<bool> closed{false};
+  // The slot's ops are logical operations that may take several issues (a
+  // stream's read or write: re-issued after a short send, -EINTR, -EAGAIN
+  // or a kick), and the slot is claimed for a whole one (`holder`).
+  const bool claims = false;
   // The op in flight, or null. Set under `lock` (relaxed: the reactor reads
   // it under its own lock, which io_start took after this store, so the
   // reactor lock's release/acquire orders it); cleared by the owner reactor
@@ -136,6 +147,46 @@ struct io_slot {
   // slot is on its list, which it leaves when its op's final CQE is
   // dispatched.
   io_slot* owed_next = nullptr;
+  // Of a claiming slot: the G whose logical operation holds it, from the
+  // issue that found it free to the end of that operation, or null. Between
+  // two issues of one operation slot->op is null, but the slot stays the
+  // holder's: io_start() refuses another G's op (-EALREADY) as long as
+  // `holder` names a G other than the op's waiter, so a second writer's
+  // bytes never land between a first one's short send and its remainder,
+  // and the refusal goes to the second op, never to the first one's
+  // re-issue. Set by io_start() under `lock`; cleared by the holder itself
+  // when its operation ends (io_release_claim), outside `lock`.
+  // Relaxed throughout: nothing is published through it. A G that starts
+  // an op after the holder's operation ended (ordered after it by a join, a
+  // channel, ...) reads null by coherence; one that races with the
+  // operation is breaking the one-at-a-time rule and is refused whichever
+  // value it reads. The holder reads its own claim back after its op's
+  // completion readied it, which orders io_start's store before that read.
+  std::atomic<g*> holder{nullptr};
+};
+
+// io_release_claim(): the end of g's logical operation on a claiming slot:
+// the slot is free again if g holds it (a refused op's G does not).
+inline void io_release_claim(io_slot* slot, g* gp) noexcept {
+  // Relaxed: see io_slot::holder. Only the holder writes a non-null value
+  // back to null, and no other G writes while it holds the slot.
+  if (slot->holder.load(std::memory_order_relaxed) == gp)
+    slot->holder.store(nullptr, std::memory_order_relaxed);
+}
+
+// io_claim: a logical operation's coroutine (tcp_stream::do_read, ...)
+// keeps one for its slot: however the coroutine ends, its destructor ends
+// the claim its issues took.
+class io_claim {
+ public:
+  explicit io_claim(io_slot* slot) noexcept : slot_(slot), g_(current_g()) {}
+  io_claim(const io_claim&) = delete;
+  io_claim& operator=(const io_claim&) = delete;
+  ~io_claim() { io_release_claim(slot_, g_); }
+
+ private:
+  io_slot* slot_;
+  g* g_;
 };
 
 // io_stop: why an op in flight was stopped (see the essay); ordered by
@@ -228,7 +279,8 @@ struct io_op {
 // cancelled; its deadline is lowered to *live_deadline, under the slot
 // lock). Returns false if the op was not started: then op->res holds why
 // (-ECANCELED closed slot or cancelled context, with op->stop saying which,
-// -EALREADY another op in flight in the slot, -ENXIO no reactor, -ETIME
+// -EALREADY another op in flight in the slot, or the slot held by another
+// G's logical operation (io_slot::holder), -ENXIO no reactor, -ETIME
 // deadline already past) and the caller must undo its park.
 bool io_start(io_op* op, io_prep_fn prep, const void* ctx, io_slot* slot);
 
