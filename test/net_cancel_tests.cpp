@@ -369,6 +369,45 @@ TEST_CASE("two receive()s at once: one fails with EALREADY, close ends the other
   }());
 }
 
+TEST_CASE("a receive() while a plain read() waits fails with EALREADY; the read gets the data") {
+  mpg::runtime rt({.procs = 2});
+  mpg_test::watchdog dog(kHang, "a receive beside a read", &rt);
+  rt.block_on([]() -> task<void> {
+    auto p = co_await connect_pair();
+    read_result first;
+    auto reader = mpg::spawn(read_once(p.client, &first, nullptr));
+    REQUIRE(co_await until([&] { return p.client.read_pending(); }));
+    // Bounded: let in, the receive would wait beside the read.
+    auto [ctx, cancel] = mpg::with_timeout(mpg::background(), 2s);
+    absl::StatusOr<mpg::net::recv_buffer> second = co_await p.client.receive(ctx);
+    CHECK(mpg::errno_of(second.status()) == EALREADY);
+    // The task form too (a deadline of its own).
+    second = co_await p.client.receive(clock_type::now() + 2s);
+    CHECK(mpg::errno_of(second.status()) == EALREADY);
+    // And the frame-less receive(), in a task of its own (let in, it would
+    // wait for data).
+    mpg::chan<absl::Status> ended(1);
+    auto receiver = [](tcp_stream& s, mpg::chan<absl::Status> out) -> task<void> {
+      auto b = co_await s.receive();
+      co_await out.send(b.status());
+    };
+    mpg::go(receiver(p.client, ended));
+    std::optional<absl::Status> third;
+    const bool ended_alone = co_await until([&] {
+      third = ended.try_recv();
+      return third.has_value();
+    });
+    CHECK(ended_alone);
+    if (ended_alone) CHECK(mpg::errno_of(*third) == EALREADY);
+    absl::Status w = co_await p.server.write("hello");
+    CHECK(w.ok());
+    co_await reader;
+    if (!ended_alone) p.client.close();  // the receiver ends
+    REQUIRE(first.n.ok());
+    CHECK(*first.n == 5);
+  }());
+}
+
 TEST_CASE("a context ends a dial, blocked or not yet started") {
   mpg::runtime rt({.procs = 2});
   mpg_test::watchdog dog(kHang, "a dial bound to a context", &rt);

@@ -362,6 +362,14 @@ class tcp_stream {
                                                  std::optional<clock::time_point> deadline,
                                                  std::shared_ptr<detail::context_node> ctx);
   detail::recv_queue* recv_queue_for_reader();
+  // plain_read_under_way(): a read() of another task (the stream does not
+  // receive yet) holds the read direction: a receive() started meanwhile
+  // is refused with EALREADY (io_slot::holder; the reader of a receive is
+  // never in a plain read itself). Relaxed: a hint against the misuse of
+  // the one-reader rule, as in io_start.
+  bool plain_read_under_way() const noexcept {
+    return read_slot_.holder.load(std::memory_order_relaxed) != nullptr;
+  }
   void drop_recv() noexcept;
   task<absl::StatusOr<std::size_t>> do_read(std::span<char> buf,
                                             std::optional<clock::time_point> deadline,

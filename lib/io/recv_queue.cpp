@@ -572,6 +572,7 @@ std::size_t tcp_stream::held_buffers() const noexcept {
 
 task<absl::StatusOr<recv_buffer>> tcp_stream::do_receive(
     std::optional<clock::time_point> deadline, std::shared_ptr<detail::context_node> ctx) {
+  if (plain_read_under_way()) co_return detail::io_result_status(-EALREADY, "read");
   recv_queue* q = recv_queue_for_reader();
   detail::context_node* node = ctx != nullptr && !ctx->never_cancelled() ? ctx.get() : nullptr;
   for (;;) {
@@ -633,6 +634,7 @@ task<absl::StatusOr<std::size_t>> tcp_stream::do_read_held(
     std::span<char> buf, std::optional<clock::time_point> deadline,
     std::shared_ptr<detail::context_node> ctx) {
   if (buf.empty()) co_return std::size_t{0};
+  if (plain_read_under_way()) co_return detail::io_result_status(-EALREADY, "read");
   recv_queue* q = recv_queue_for_reader();
   // seq_cst: the reader's half of the pair against close(), as in do_receive.
   const int fd = fd_.load(std::memory_order_seq_cst);
@@ -662,6 +664,10 @@ bool receive_op::await_ready() {
   const int fd = s_->fd_.load(std::memory_order_relaxed);
   if (fd < 0) {
     res_ = -EBADF;
+    return true;
+  }
+  if (s_->plain_read_under_way()) {
+    res_ = -EALREADY;
     return true;
   }
   recv_queue* q = s_->recv_queue_for_reader();
