@@ -121,7 +121,8 @@ class file {
   std::atomic<std::uint64_t> users_{0};
 };
 
-// open(): openat(AT_FDCWD, path, flags | O_CLOEXEC, mode).
+// open(): openat(AT_FDCWD, path, flags | O_CLOEXEC, mode). A task destroyed
+// at runtime shutdown after its open completed closes the new descriptor.
 task<absl::StatusOr<file>> open(std::string path, int flags, unsigned mode = 0644);
 // stat(): statx of path (follows symlinks).
 task<absl::StatusOr<file_info>> stat(std::string path);

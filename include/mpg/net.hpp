@@ -428,7 +428,10 @@ class listener {
   // descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) it sleeps and
   // retries, 5 ms doubling to 1 s, as Go's net/http server does; aborted
   // connections are skipped. On a closed listener it returns kCancelled,
-  // whether it was blocked when close() was called or started after.
+  // whether it was blocked when close() was called or started after. A
+  // connection the kernel had accepted before a cancel (close(), the
+  // context, the deadline) reached the accept is returned, never dropped;
+  // a task destroyed at runtime shutdown with one unread closes it.
   task<absl::StatusOr<tcp_stream>> accept();
   task<absl::StatusOr<tcp_stream>> accept(clock::time_point deadline);
   // accept(ctx): kCancelled or kDeadlineExceeded (the context's code) once

@@ -57,6 +57,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "io/fd_awaiter.hpp"
 #include "io/fs_hooks.hpp"
 #include "io/io_status.hpp"
 #include "io/reactor.hpp"
@@ -185,7 +186,9 @@ task<absl::StatusOr<file>> open(std::string path, int flags, unsigned mode) {
                 .mode = mode};
   int res;
   do {
-    res = co_await make_op(&rq, "fs.open");
+    // The new fd is the awaiter's until it is read (fd_awaiter.hpp).
+    detail::io_fd_awaiter open_op(make_op(&rq, "fs.open"));
+    res = co_await open_op;
   } while (res == -EINTR || res == -EAGAIN);
   if (res < 0) co_return fs_error(res, absl::StrCat("open ", path));
   co_return file(res);

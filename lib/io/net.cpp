@@ -55,6 +55,7 @@
 #include "absl/strings/str_cat.h"
 #include "mpg/blocking.hpp"
 #include "io/address.hpp"
+#include "io/fd_awaiter.hpp"
 #include "io/fd_close.hpp"
 #include "io/io_status.hpp"
 #include "io/net_op.hpp"
@@ -161,12 +162,16 @@ task<absl::StatusOr<tcp_stream>> dial_addr(std::string address,
                                                           ": socket")));
       continue;
     }
+    // Owned by a stream from the start: its destructor closes the socket
+    // when the connect fails, and when the frame is destroyed with the
+    // connect in flight or its result unread (a task killed at shutdown:
+    // lib/sched/shutdown.cpp, step 6).
+    tcp_stream conn(fd);
     int res = co_await connect_fd(fd, a, slot, b);
     if (res == 0) {
       if (a.ss.ss_family != AF_UNIX) set_nodelay(fd);
-      co_return tcp_stream(fd);
+      co_return std::move(conn);
     }
-    ::close(fd);
     absl::Status err = net_error(res, absl::StrCat("dial ", format_addr(a.ss, a.len)));
     // The deadline or the context ended the dial: that is what it reports.
     if (res == -ETIME || res == -ECANCELED) co_return err;
@@ -620,7 +625,8 @@ task<absl::StatusOr<tcp_stream>> listener::do_accept(std::optional<clock::time_p
     int fd = fd_.load(std::memory_order_relaxed);
     if (fd < 0) co_return detail::closed_cancelled_status("accept", "listener");
     io_request rq{.op = io_opcode::accept, .fd = fd, .flags = SOCK_CLOEXEC};
-    io_awaiter op = make_op(&rq, &slot_, "net.accept", b);
+    // The new fd is the awaiter's until it is read (fd_awaiter.hpp).
+    detail::io_fd_awaiter op(make_op(&rq, &slot_, "net.accept", b));
     int res = co_await op;
     res = bind.result(res, op.op);
     if (res >= 0) {

@@ -4,7 +4,8 @@
 //   1. stopping_ is set; sysmon stops; every M is woken (futex and ring).
 //   2. Each M returns from its current G (a G that never suspends would hold
 //      its M: mpg cannot preempt), sees stopping_ and exits; all are joined.
-//   3. Each P's ring cancels what is in flight and reaps the last completions.
+//   3. Each P's ring cancels what is in flight and reaps the last completions,
+//      which ready their Gs as always; those Gs never run again (step 6).
 //   4. Timers still pending are detached from their (soon freed) Ps: every
 //      heap is emptied and each timer forgets its P, so it will never fire
 //      and cancel_timer() on it returns false without touching the runtime
@@ -22,7 +23,10 @@
 //      destroyed, which destroys the whole chain of frames it awaits. A frame
 //      whose join_handle is still held elsewhere keeps its memory until that
 //      handle is dropped (frame.hpp, kJoinKilled). Destructors that ready
-//      other Gs during this only queue them; nothing runs any more.
+//      other Gs during this only queue them; nothing runs any more. A new
+//      fd that an op made for a killed task (an open, an accept), whose
+//      result the task never read, is closed by the op's awaiter in the
+//      frame (lib/io/fd_awaiter.hpp).
 //   7. ~runtime waits for a signal delivery in progress, which may still be
 //      readying a G that step 6 killed (lib/io/signal_relay.hpp), and only
 //      then deletes the scheduler.
