@@ -376,6 +376,9 @@ TEST_CASE("runtime_options out of range are refused with std::invalid_argument")
   CHECK_THROWS_AS(mpg::runtime({.procs = 1, .recv_buffer_size = 1u << 30}), std::invalid_argument);
   CHECK_THROWS_AS(mpg::runtime({.procs = 1, .long_task_threshold = std::chrono::milliseconds(-1)}),
                   std::invalid_argument);
+  CHECK_THROWS_AS(
+      mpg::runtime({.procs = 1, .thread_starvation_threshold = std::chrono::milliseconds(-1)}),
+      std::invalid_argument);
   mpg::runtime ok({.procs = 1, .recv_buffers = 1024, .recv_buffer_size = 4096});
   CHECK(ok.procs() == 1);
 }

@@ -17,8 +17,20 @@ struct runtime_options {
   // Capacity of each P's local run queue; a power of two >= 2. Tests shrink
   // it to reach overflow and stealing edge cases.
   unsigned local_queue_capacity = 256;
-  // Upper bound on OS threads (Ms), counting those blocked in mpg::blocking.
+  // Upper bound on OS threads (Ms), counting those blocked in mpg::blocking;
+  // at least procs (a smaller value counts as procs). At the limit, a P that
+  // mpg::blocking hands away may find no M to run its tasks: they wait for
+  // the first M to come back from mpg::blocking, while the monitor runs the
+  // P's due timers and I/O completions. A blocking call that waits for one
+  // of those tasks waits for ever (Go aborts: "program exceeds 10000-thread
+  // limit"). When such tasks have waited thread_starvation_threshold
+  // without one of them being taken, the monitor says so on stderr, with a
+  // task dump (counted in runtime_stats::thread_limit_reports), and the
+  // program goes on; it says so again only once tasks are taken and others
+  // wait as long (docs/diagnostics.md, "Starving at the thread limit").
   unsigned max_threads = 10000;
+  // See max_threads. Not negative; milliseconds::max() never reports.
+  std::chrono::milliseconds thread_starvation_threshold{1000};
   // A P running one G for longer than this is reported by the monitor (in
   // builds with debug checks, or when report_long_tasks is set). Not
   // negative; milliseconds::max() never reports.

@@ -25,6 +25,9 @@ struct runtime_stats {
   std::uint64_t global_queue_length = 0;
   std::uint64_t threads = 0;           // Ms started so far
   std::uint64_t long_task_reports = 0; // sysmon reports of long-running Gs
+  // sysmon reports of runnable Gs that waited for an M at the thread limit
+  // (runtime_options::max_threads, thread_starvation_threshold).
+  std::uint64_t thread_limit_reports = 0;
   // Times sysmon published a P's spawned tasks for other Ps because the
   // task running there had not been back to them (it computes without
   // spawning, joining or suspending).

@@ -22,7 +22,10 @@
 // mu_'s order the G is accounted for by one of the three, and no look sees a
 // runtime quiet while a blocking call returns. An exit that uncounted itself
 // before taking mu_ and was preempted there for the check's three looks
-// would make a false deadlock report (test/deadlock_tests.cpp).
+// would make a false deadlock report (test/deadlock_tests.cpp). A call
+// counted here is a possible wake-up, so Ms all inside mpg::blocking,
+// waiting for Gs that the thread limit leaves without an M, are no
+// deadlock to this check: sysmon reports them (thread_limit.cpp).
 #include "mpg/blocking.hpp"
 
 #include "mpg/errors.hpp"

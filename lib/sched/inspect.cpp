@@ -109,6 +109,7 @@ runtime_stats scheduler::stats() const {
   s.global_queue_length = gsize_.load(std::memory_order_relaxed);
   s.threads = threads_.load(std::memory_order_relaxed);
   s.long_task_reports = long_reports_.load(std::memory_order_relaxed);
+  s.thread_limit_reports = thread_limit_reports_.load(std::memory_order_relaxed);
   s.forced_publications = forced_publications_.load(std::memory_order_relaxed);
   return s;
 }
@@ -273,7 +274,7 @@ void scheduler::dump(std::ostream& os) const {
   write_dump(os, stopped != nullptr);
 }
 
-void scheduler::write_dump(std::ostream& os, bool chains) const {
+void scheduler::write_dump(std::ostream& os, bool chains, const char* why_no_chains) const {
   thread_mutex_lock l(allg_mu_);
   std::size_t n = 0;
   std::ostringstream body;
@@ -298,7 +299,10 @@ void scheduler::write_dump(std::ostream& os, bool chains) const {
     if (chains) write_await_chain(body, gp);
   });
   os << "mpg: " << n << " live task(s) on " << procs() << " P(s)\n";
-  if (!chains) os << "mpg: (await chains left out: the runtime's Ps could not all be stopped)\n";
+  if (!chains) {
+    os << "mpg: (await chains left out: "
+       << (why_no_chains ? why_no_chains : "the runtime's Ps could not all be stopped") << ")\n";
+  }
   os << body.str();
 }
 

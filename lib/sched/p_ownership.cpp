@@ -70,6 +70,9 @@
 // mpg::blocking takes the unheld P (exit_blocking), and meanwhile sysmon
 // serves it as it serves a P stuck in a long G: it runs its due timers,
 // reaps its ring and wakes a spinner for its queue (serve_unheld_ps()).
+// If no M comes back (the blocking calls wait for the Gs left on that P),
+// sysmon reports it after runtime_options::thread_starvation_threshold
+// (thread_limit.cpp) and the runtime goes on.
 #include <optional>
 
 #include "sched/scheduler.hpp"

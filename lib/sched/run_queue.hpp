@@ -106,6 +106,17 @@ class run_queue {
     return n + spawns_.size_seq_cst() + (runnext_.load(std::memory_order_seq_cst) != nullptr ? 1 : 0) >= 2;
   }
   bool has_runnext() const noexcept { return runnext_.load(std::memory_order_relaxed) != nullptr; }
+  // taken_mark(): from any thread, a value that changes whenever a G
+  // leaves the ring's head or the spawn deque's old end (a steal, or a pop
+  // other than the owner's from the deque's new end). A P that nobody
+  // holds has no owner, so nothing arrives and every G leaves that way or
+  // from runnext (has_runnext()): equal marks and runnext on two samples
+  // mean no G left in between (thread_limit.cpp). Relaxed: counters
+  // sampled, ordering nothing.
+  std::uint64_t taken_mark() const noexcept {
+    const std::uint64_t head = head_.load(std::memory_order_relaxed);
+    return head << 32 | static_cast<std::uint32_t>(spawns_.oldest_position());
+  }
   // force_publish_spawns(): sysmon's forced publication of this P's
   // private spawns (work_deque.hpp); true when it published some.
   bool force_publish_spawns() noexcept { return spawns_.force_publish(); }

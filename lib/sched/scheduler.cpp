@@ -723,6 +723,9 @@ scheduler::scheduler(const runtime_options& opts) : opts_(opts) {
     throw std::invalid_argument("mpg: runtime_options.recv_buffer_size must be at most 1 MiB");
   if (opts_.long_task_threshold.count() < 0)
     throw std::invalid_argument("mpg: runtime_options.long_task_threshold must not be negative");
+  if (opts_.thread_starvation_threshold.count() < 0)
+    throw std::invalid_argument(
+        "mpg: runtime_options.thread_starvation_threshold must not be negative");
   if (opts_.max_threads < opts_.procs) opts_.max_threads = opts_.procs;
   for (std::uint32_t i = 0; i < opts_.procs; ++i)
     ps_.push_back(std::make_unique<processor>(i, opts_.local_queue_capacity));

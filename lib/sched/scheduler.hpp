@@ -7,6 +7,7 @@
 //     (acquire_p, release_p, park_p, handoff_p, start_m, wake_p, stop_m);
 //   - find_runnable.cpp: the M's scheduling loop, in named steps;
 //   - blocking.cpp: mpg::blocking (Go's entersyscall/exitsyscall);
+//   - thread_limit.cpp: Gs stranded at the thread limit, reported by sysmon;
 //   - timers.cpp, sysmon.cpp, shutdown.cpp, inspect.cpp.
 #pragma once
 
@@ -144,8 +145,10 @@ class scheduler {
   runtime_stats stats() const;
   void dump(std::ostream& os) const;
   // write_dump(): dump()'s text; the await chains only when `chains` (the
-  // world is stopped, or the Ms are: inspect.cpp).
-  void write_dump(std::ostream& os, bool chains) const;
+  // world is stopped, or the Ms are: inspect.cpp). Without them, a line
+  // says why: `why_no_chains`, or by default that the Ps could not all be
+  // stopped.
+  void write_dump(std::ostream& os, bool chains, const char* why_no_chains = nullptr) const;
   // stop_the_world(): holds every P (but the caller's) until the returned
   // guard goes; null when that failed (inspect.cpp).
   std::shared_ptr<void> stop_the_world() const;
@@ -247,6 +250,22 @@ class scheduler {
   bool wait_for_p(machine* m, std::optional<std::int64_t> until_ns);
   bool has_work_locked(processor* p) const noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void serve_unheld_ps() noexcept;  // sysmon: Ps left idle with work over the thread limit
+
+  // thread_limit.cpp: Gs starving at the thread limit, seen by sysmon.
+  struct starvation_sample {
+    bool starved = false;         // the condition of thread_limit.cpp holds
+    std::uint64_t mark = 0;       // changes whenever a stranded G leaves
+    std::uint64_t stranded = 0;   // Gs queued on unheld Ps and globally
+    bool posts = false;           // posted functions wait as well
+    std::uint32_t blocking = 0;   // Ms inside mpg::blocking
+    std::uint32_t threads = 0;    // Ms started (the limit)
+  };
+  starvation_sample sample_starvation() const noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // watch_starvation(): sysmon, after each sample (a default sample when
+  // no P is unheld with work): reports once the condition has held with
+  // the same mark for thread_starvation_threshold.
+  void watch_starvation(const starvation_sample& s, std::int64_t now_ns) noexcept;
+  void report_starvation(const starvation_sample& s, std::int64_t waited_ns) const;
 
   processor* pidle_get() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   processor* pidle_get_unheld() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -351,6 +370,7 @@ class scheduler {
   std::atomic<std::uint64_t> gpushes_{0};
   std::atomic<std::uint64_t> threads_{0};
   std::atomic<std::uint64_t> long_reports_{0};
+  std::atomic<std::uint64_t> thread_limit_reports_{0};
   std::atomic<std::uint64_t> forced_publications_{0};
 
   // Debugging aids (debug_env.cpp). tracer_ is set by the constructor
@@ -359,6 +379,15 @@ class scheduler {
   trace_recorder* tracer_ = nullptr;
 
   // sysmon
+  // Since when (ns; -1: not starving) the Gs stranded at the thread limit
+  // have not moved, their mark, and whether that was reported. Only the
+  // sysmon thread touches them (watch_starvation).
+  struct starvation_watch {
+    std::int64_t since = -1;
+    std::uint64_t mark = 0;
+    bool reported = false;
+  };
+  starvation_watch starvation_;
   std::thread sysmon_;
   thread_mutex sysmon_mu_;
   bool sysmon_stop_ ABSL_GUARDED_BY(sysmon_mu_) = false;

@@ -40,6 +40,10 @@
 // published ones, unchanged over two samples, while another P idles or an
 // M spins for work.
 //
+// It serves the Ps left unheld with work at the thread limit (p_ownership.cpp,
+// "Thread limit") and reports Gs stranded there for too long
+// (thread_limit.cpp).
+//
 // It also balances the queues: while a P idles (released, or parked in its
 // ring), a P found with two or more Gs queued on two samples in a row gets
 // a spinning M. Two kinds of work are put on a P's queue without the
@@ -73,6 +77,7 @@ void serve_io(reactor& io) noexcept {
 void scheduler::serve_unheld_ps() noexcept {
   std::vector<processor*> unheld;
   bool work_left = false;
+  starvation_sample starving;
   {
     thread_mutex_lock l(mu_);
     for (processor* p = pidle_; p != nullptr; p = p->idle_next)
@@ -81,8 +86,14 @@ void scheduler::serve_unheld_ps() noexcept {
     // Relaxed: the flag is a hint set and cleared under mu_; assign_m sets
     // it again (under mu_) if it leaves another P unheld with work.
     if (!work_left) unheld_work_.store(false, std::memory_order_relaxed);
+    // Starving at the thread limit (thread_limit.cpp): sampled here, where
+    // it can arise, so that the monitor's other ticks pay nothing for it.
+    // With the flag cleared the default sample ends any watch, and none
+    // starts again before assign_m sets the flag.
+    if (work_left) starving = sample_starvation();
   }
   const std::int64_t now = mono_now_ns();
+  watch_starvation(starving, now);
   for (processor* p : unheld) {
     // The P may be acquired meanwhile; all of this is safe on a held P too
     // (timers and the ring have locks of their own, stealing is lock-free).
