@@ -12,12 +12,18 @@
 // through the stream's read deadline: a connection waits for a request for
 // --idle-timeout at most, and a request must arrive within --read-timeout
 // of its first byte (408 otherwise), so slow clients (slowloris) cannot
-// hold connections; at most --max-conns connections, the next ones waiting
-// in the kernel's accept queue (backpressure, see accept_loop).
+// hold connections; a client must take each 64 KiB of its responses within
+// --write-timeout (60 s by default, as nginx's send_timeout), or it is
+// closed, so one that sends requests and never reads cannot hold its
+// connection for ever (write_timeout.hpp); at most --max-conns
+// connections, the next ones waiting in the kernel's accept queue
+// (backpressure, see accept_loop).
 // Routes: GET / (hello), GET /healthz, POST /echo (the body back).
+// The self-test's client checks are in http_smoke.hpp.
 //
 // Run:  ./build/examples/http_server [--port 8080] [--procs N] [--idle-timeout D]
-//         [--read-timeout D] [--max-conns N]   (server_args.hpp; defaults: kDefaultLimits)
+//         [--read-timeout D] [--write-timeout D] [--max-conns N]
+//         (server_args.hpp; defaults: kDefaultLimits)
 //       curl -i localhost:8080/ ; curl -d hi localhost:8080/echo
 //       wrk -c64 -d5s http://127.0.0.1:8080/
 //       ./build/examples/http_server --smoke   (starts on a free port, talks
@@ -30,8 +36,8 @@
 
 #include <array>
 #include <atomic>
-#include <charconv>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <memory>
 #include <optional>
@@ -41,17 +47,21 @@
 #include <unordered_map>
 
 #include "http_request.hpp"
+#include "http_smoke.hpp"
 #include "mpg/buffered.hpp"
 #include "mpg/mpg.hpp"
 #include "mpg/signal.hpp"
 #include "server_args.hpp"
 #include "smoke_poll.hpp"
+#include "write_timeout.hpp"
 
 using namespace std::chrono_literals;
 
 namespace {
 
-using writer = mpg::net::buffered_writer<mpg::net::tcp_stream>;
+// A connection's responses go out through a write_timeout_stream: a
+// client that stops taking them is closed after --write-timeout.
+using writer = mpg::net::buffered_writer<example::write_timeout_stream>;
 
 // flush_then_read: the stream a connection's requests are read from. Each
 // read of the socket first sends the responses buffered in the writer: the
@@ -67,16 +77,17 @@ struct flush_then_read {
   }
 };
 using reader = mpg::net::buffered_reader<flush_then_read>;
-using client_reader = mpg::net::buffered_reader<mpg::net::tcp_stream>;
 
 // kDefaultLimits: the command line's defaults (server_args.hpp has the
 // flags): a connection may wait 60 s for a request (Go's IdleTimeout) and
 // a request must arrive, head and body, within 30 s of its first byte (Go's
 // ReadTimeout, counted from the first byte as its ReadHeaderTimeout is);
-// 10000 connections at once.
+// the client must take each 64 KiB of the responses within 60 s (nginx's
+// send_timeout); 10000 connections at once.
 constexpr example::server_limits kDefaultLimits = {
     .idle_timeout = 60s,
     .read_timeout = 30s,
+    .write_timeout = 60s,
     .max_conns = 10000,
 };
 
@@ -236,7 +247,8 @@ mpg::task<> serve(server* srv, std::uint64_t id, mpg::net::tcp_stream conn) {
     if (srv->live.size() > srv->peak_live.load()) srv->peak_live.store(srv->live.size());
   }
   {
-    writer out(conn);
+    example::write_timeout_stream sink(conn, srv->limits.write_timeout);
+    writer out(sink);
     // A request line longer than kMaxLine: 414; a header line: 431.
     flush_then_read source{&conn, &out};
     reader in(source, kMaxLine);
@@ -344,163 +356,18 @@ mpg::task<> shutdown(server* srv) {
   co_await srv->accepting.wait();
 }
 
-// --- The smoke test ---------------------------------------------------------
+// --- The self-test's servers (http_smoke.hpp has the client's checks) -----
 
-// The smoke client's connections: a read that waits longer than this fails
-// the check instead of hanging it.
-constexpr auto kSmokeReadTimeout = 5s;
-
-mpg::task<absl::StatusOr<mpg::net::tcp_stream>> smoke_dial(const std::string& addr) {
-  absl::StatusOr<mpg::net::tcp_stream> c = co_await mpg::net::dial(addr);
-  if (c.ok()) c->set_read_deadline(mpg::net::clock::now() + kSmokeReadTimeout);
-  co_return c;
-}
-
-// expect_head(): reads a response's status line and headers; the
-// Content-Length, or nullopt when the status is not `status`.
-mpg::task<std::optional<std::size_t>> expect_head(client_reader& in, int status) {
-  absl::StatusOr<std::string_view> line = co_await in.read_line();
-  const std::string want = "HTTP/1.1 " + std::to_string(status);
-  if (!line.ok() || line->substr(0, want.size()) != want) {
-    std::fprintf(stderr, "smoke: wanted %s, got %s\n", want.c_str(),
-                 line.ok() ? std::string(*line).c_str() : line.status().ToString().c_str());
-    co_return std::nullopt;
-  }
-  std::size_t length = 0;
-  for (;;) {
-    absl::StatusOr<std::string_view> h = co_await in.read_line();
-    if (!h.ok()) co_return std::nullopt;
-    if (h->empty()) break;
-    constexpr std::string_view kLen = "Content-Length: ";
-    if (h->substr(0, kLen.size()) == kLen) {
-      const std::string_view v = h->substr(kLen.size());
-      std::from_chars(v.data(), v.data() + v.size(), length);
-    }
-  }
-  co_return length;
-}
-
-mpg::task<bool> expect_response(client_reader& in, int status, std::string_view body) {
-  const std::optional<std::size_t> length = co_await expect_head(in, status);
-  if (!length) co_return false;
-  absl::StatusOr<std::string> b = co_await in.read_exact(*length);
-  if (!b.ok() || (!body.empty() && *b != body)) {
-    std::fprintf(stderr, "smoke: wrong body for %d\n", status);
-    co_return false;
-  }
-  co_return true;
-}
-
-// expect_closed(): the server ends the connection after its last response.
-mpg::task<bool> expect_closed(client_reader& in, const char* after) {
-  absl::StatusOr<std::string_view> end = co_await in.read_line();
-  if (mpg::net::is_eof(end.status())) co_return true;
-  std::fprintf(stderr, "smoke: wanted the end of the stream after %s, got %s\n", after,
-               end.ok() ? std::string(*end).c_str() : end.status().ToString().c_str());
-  co_return false;
-}
-
-// smoke_send(): a connection of its own for one check, with `request`
-// sent.
-mpg::task<absl::StatusOr<mpg::net::tcp_stream>> smoke_send(const std::string& addr,
-                                                           std::string request) {
-  absl::StatusOr<mpg::net::tcp_stream> c = co_await smoke_dial(addr);
-  if (!c.ok()) co_return c;
-  if (absl::Status s = co_await c->write(request); !s.ok()) co_return s;
-  co_return c;
-}
-
-mpg::task<bool> check_trailing_crlf(const std::string& addr) {
-  absl::StatusOr<mpg::net::tcp_stream> c = co_await smoke_send(addr, "GET / HTTP/1.1\r\n\r\n\r\n");
-  if (!c.ok()) co_return false;
-  client_reader in(*c);
-  co_return co_await expect_response(in, 200, "Hello, world!\n");
-}
-
-mpg::task<bool> check_body_then_crlf(const std::string& addr) {
-  absl::StatusOr<mpg::net::tcp_stream> c =
-      co_await smoke_send(addr, "POST /echo HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi\r\n");
-  if (!c.ok()) co_return false;
-  client_reader in(*c);
-  co_return co_await expect_response(in, 200, "hi");
-}
-
-mpg::task<bool> check_next_request_partial(const std::string& addr) {
-  absl::StatusOr<mpg::net::tcp_stream> c =
-      co_await smoke_send(addr, "GET /healthz HTTP/1.1\r\n\r\nG");
-  if (!c.ok()) co_return false;
-  client_reader in(*c);
-  if (!co_await expect_response(in, 200, "ok\n")) co_return false;
-  if (!(co_await c->write("ET / HTTP/1.1\r\n\r\n")).ok()) co_return false;
-  co_return co_await expect_response(in, 200, "Hello, world!\n");
-}
-
-mpg::task<bool> check_head(const std::string& addr) {
-  absl::StatusOr<mpg::net::tcp_stream> c =
-      co_await smoke_send(addr, "HEAD / HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n");
-  if (!c.ok()) co_return false;
-  client_reader in(*c);
-  const std::optional<std::size_t> length = co_await expect_head(in, 200);
-  if (length != std::string_view("Hello, world!\n").size()) co_return false;
-  co_return co_await expect_response(in, 200, "ok\n");  // not the HEAD's body
-}
-
-mpg::task<bool> check_long_request_line(const std::string& addr) {
-  absl::StatusOr<mpg::net::tcp_stream> c =
-      co_await smoke_send(addr, "GET /" + std::string(9000, 'a') + " HTTP/1.1\r\n\r\n");
-  if (!c.ok()) co_return false;
-  client_reader in(*c);
-  co_return co_await expect_response(in, 414, "") && co_await expect_closed(in, "414");
-}
-
-bool report(bool ok, const char* check) {
-  if (!ok) std::fprintf(stderr, "smoke: check failed: %s\n", check);
-  return ok;
-}
-
-// Each response goes out before the server waits for more input: after a
-// request followed by a stray CRLF, after a body followed by CRLF, and
-// with the start of the next request already received. HEAD gets the
-// headers of GET and no body. A request line over the reader's capacity
-// gets 414, then the connection closes.
-mpg::task<bool> smoke_edge_cases(const std::string& addr) {
-  bool ok = report(co_await check_trailing_crlf(addr), "a request followed by CRLF");
-  ok &= report(co_await check_body_then_crlf(addr), "a body followed by CRLF");
-  ok &= report(co_await check_next_request_partial(addr), "the next request partly received");
-  ok &= report(co_await check_head(addr), "HEAD: GET's headers, no body");
-  ok &= report(co_await check_long_request_line(addr), "a request line over 8 KiB: 414");
-  co_return ok;
-}
-
-// The limits of the second server that smoke_limits() talks to: small
-// enough to reach in a test.
-constexpr example::server_limits kSmokeLimits = {
-    .idle_timeout = 200ms,
-    .read_timeout = 200ms,
-};
-
-// A connection that sends nothing, fresh or after a response, is closed
-// after the idle timeout.
-mpg::task<bool> check_idle_closed(const std::string& addr) {
-  absl::StatusOr<mpg::net::tcp_stream> fresh = co_await smoke_dial(addr);
-  if (!fresh.ok()) co_return false;
-  client_reader fresh_in(*fresh);
-  if (!co_await expect_closed(fresh_in, "an idle new connection")) co_return false;
-  absl::StatusOr<mpg::net::tcp_stream> c = co_await smoke_send(addr, "GET / HTTP/1.1\r\n\r\n");
-  if (!c.ok()) co_return false;
-  client_reader in(*c);
-  co_return co_await expect_response(in, 200, "Hello, world!\n") &&
-      co_await expect_closed(in, "an idle keep-alive connection");
-}
-
-// A request whose head, or body, does not arrive within the read timeout:
-// 408, then the connection closes.
-mpg::task<bool> check_slow_request(const std::string& addr, std::string request) {
-  absl::StatusOr<mpg::net::tcp_stream> c = co_await smoke_send(addr, std::move(request));
-  if (!c.ok()) co_return false;
-  client_reader in(*c);
-  co_return co_await expect_response(in, 408, "") && co_await expect_closed(in, "408");
-}
+using http::check_idle_closed;
+using http::check_slow_request;
+using http::check_unread_responses_closed;
+using http::client_reader;
+using http::expect_response;
+using http::kSmokeLimits;
+using http::report;
+using http::smoke_dial;
+using http::smoke_edge_cases;
+using http::smoke_send;
 
 // accept_queue(): connections the kernel has accepted for ln and the
 // server has not taken yet (TCP_INFO on a listening socket reports its
@@ -553,6 +420,8 @@ mpg::task<bool> smoke_limits() {
   ok &= report(co_await check_slow_request(
                    addr, "POST /echo HTTP/1.1\r\nContent-Length: 10\r\n\r\nhi"),
                "a body that stops half way: 408");
+  ok &= report(co_await check_unread_responses_closed(addr),
+               "a client that reads no responses: closed after the write timeout");
   co_await shutdown(srv->get());
   ok &= report(co_await check_max_conns(), "a connection past --max-conns: waits for a slot");
   co_return ok;

@@ -21,17 +21,21 @@
 #include "redis_store.hpp"
 #include "resp.hpp"
 #include "server_args.hpp"
+#include "write_timeout.hpp"
 
 namespace redis {
 
 // kDefaultLimits: the command line's defaults (server_args.hpp has the
 // flags). As Redis' own: no idle timeout (its `timeout` 0) and 10000
 // clients (`maxclients`). Not in Redis: a request begun must arrive within
-// 60 s. The query buffer (Redis' client-query-buffer-limit, 1 GB there)
-// holds 256 MiB here, room for the largest argument (resp::kMaxBulk).
+// 60 s, and a client must take each 64 KiB of its replies within 60 s
+// (write_timeout.hpp; nginx's send_timeout). The query buffer (Redis'
+// client-query-buffer-limit, 1 GB there) holds 256 MiB here, room for the
+// largest argument (resp::kMaxBulk).
 inline constexpr example::server_limits kDefaultLimits = {
     .idle_timeout = std::chrono::milliseconds(0),
     .read_timeout = std::chrono::seconds(60),
+    .write_timeout = std::chrono::seconds(60),
     .max_conns = 10000,
     .max_query_buffer = 256LL << 20,
 };
@@ -102,7 +106,10 @@ inline std::optional<mpg::net::clock::time_point> deadline_after(std::chrono::mi
 // pipelined requests go out in one write, or in a write per
 // kMaxPendingReplies bytes of them: a client that pipelines requests and
 // reads no replies then holds the connection in a write (backpressure), and
-// the replies it has not read cost the server at most that much.
+// the replies it has not read cost the server at most that much. The
+// writes go through a write_timeout_stream (write_timeout.hpp): a client
+// that does not take a piece (64 KiB) of its replies within
+// limits.write_timeout is closed, so that write does not wait for ever.
 // diag: what --smoke checks, such as the most reply bytes held at once (it
 // checks the bound).
 inline mpg::task<> serve(mpg::net::tcp_stream& conn, store* db,
@@ -117,7 +124,8 @@ inline mpg::task<> serve(mpg::net::tcp_stream& conn, store* db,
   resp::request_parser parser;  // resumes the request at begin as more of it comes
   std::vector<std::string_view> args;
   std::string out;
-  mpg::net::buffered_writer<mpg::net::tcp_stream> writer(conn);
+  example::write_timeout_stream sink(conn, limits.write_timeout);
+  mpg::net::buffered_writer<example::write_timeout_stream> writer(sink);
   for (;;) {
     bool keep = true;
     bool protocol_error = false;

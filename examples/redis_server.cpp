@@ -11,10 +11,13 @@
 // deadlines through the stream's read deadline: an idle connection is
 // closed after --idle-timeout (none by default, as Redis), and a request
 // must arrive in full within --read-timeout of its first bytes (slowloris);
-// at most --max-conns connections, the next ones refused (accept_loop); a
-// request that does not fit in --max-query-buffer bytes is a protocol error
-// (-ERR, then the connection closes), as are a bulk argument over 64 MiB
-// and an inline request over 64 KiB (resp.hpp).
+// a bound on writes: a client must take each 64 KiB of its replies within
+// --write-timeout (60 s by default), or it is closed, so one that pipelines
+// requests and never reads cannot hold its connection for ever
+// (write_timeout.hpp); at most --max-conns connections, the next ones
+// refused (accept_loop); a request that does not fit in --max-query-buffer
+// bytes is a protocol error (-ERR, then the connection closes), as are a
+// bulk argument over 64 MiB and an inline request over 64 KiB (resp.hpp).
 //
 // Files, one concept each:
 //   redis_store.hpp     the sharded store and key expiry
@@ -25,7 +28,8 @@
 //   redis_server.cpp    the listener, shutdown, main()
 //
 // Run:  ./build/examples/redis_server [--port 6380] [--procs N] [--idle-timeout D]
-//         [--read-timeout D] [--max-conns N] [--max-query-buffer BYTES]
+//         [--read-timeout D] [--write-timeout D] [--max-conns N]
+//         [--max-query-buffer BYTES]
 //       (server_args.hpp; the defaults are redis::kDefaultLimits, redis_conn.hpp;
 //       past --max-conns a client gets "-ERR max number of clients reached")
 //       redis-cli -p 6380 set greeting hello ; redis-cli -p 6380 get greeting
@@ -155,6 +159,7 @@ mpg::task<> shutdown(server* srv) {
 example::server_limits tight_limits() {
   return {.idle_timeout = redis::kSmokeTimeout,
           .read_timeout = redis::kSmokeTimeout,
+          .write_timeout = redis::kSmokeTimeout,
           .max_query_buffer = redis::kSmokeQueryBuffer};
 }
 

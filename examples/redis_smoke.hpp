@@ -20,7 +20,8 @@ namespace redis {
 
 using namespace std::chrono_literals;
 
-// The limits of the second server that smoke_limits() talks to.
+// The limits of the second server that smoke_limits() talks to (its idle,
+// read and write timeouts, and its query buffer).
 inline constexpr std::chrono::milliseconds kSmokeTimeout(200);
 inline constexpr long long kSmokeQueryBuffer = 64 * 1024;
 
@@ -253,6 +254,28 @@ inline mpg::task<bool> check_query_buffer_limit(std::uint16_t port) {
       co_await expect_closed(in, "after a request over the query buffer limit");
 }
 
+// A client that pipelines 1024 ECHOs of 32 KiB (32 MiB) and reads none of
+// the replies: once the sockets' buffers are full, the server's write
+// waits for the client, for the write timeout at most, and the server
+// stops reading. Then the server closes the connection, and the client's
+// write, which waits for the server to read, fails (the server's socket
+// closed with input unread resets the connection) before its own deadline.
+inline mpg::task<bool> check_unread_replies_closed(std::uint16_t port) {
+  absl::StatusOr<mpg::net::tcp_stream> c = co_await smoke_dial(port);
+  if (!c.ok()) co_return false;
+  constexpr std::size_t kValue = 32 * 1024;  // within kSmokeQueryBuffer
+  constexpr int kEchoes = 1024;
+  const std::string echo = absl::StrCat("*2\r\n$4\r\nECHO\r\n$", kValue, "\r\n",
+                                        std::string(kValue, 'e'), "\r\n");
+  const auto deadline = mpg::net::clock::now() + 10s;
+  absl::Status w;
+  for (int i = 0; i < kEchoes && w.ok(); ++i) w = co_await c->write(echo, deadline);
+  if (!w.ok() && w.code() != absl::StatusCode::kDeadlineExceeded) co_return true;
+  std::fprintf(stderr, "smoke: wanted the server to close, the client's write got %s\n",
+               w.ToString().c_str());
+  co_return false;
+}
+
 // smoke_limits(): the checks against the server with the limits above.
 inline mpg::task<bool> smoke_limits(std::uint16_t port, const diagnostics* diag) {
   (void)diag;
@@ -260,6 +283,8 @@ inline mpg::task<bool> smoke_limits(std::uint16_t port, const diagnostics* diag)
   ok &= report(co_await check_partial_request_closed(port), "a partial request: closed");
   ok &= report(co_await check_query_buffer_limit(port),
                "a request over the query buffer limit: an error, then closed");
+  ok &= report(co_await check_unread_replies_closed(port),
+               "a client that reads no replies: closed after the write timeout");
   co_return ok;
 }
 

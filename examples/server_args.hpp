@@ -1,7 +1,8 @@
 // examples/server_args.hpp: the command line the example servers share:
 //
 //   [--port N] [--procs N] [--smoke]
-//   [--idle-timeout D] [--read-timeout D] [--max-conns N] [--max-query-buffer BYTES]
+//   [--idle-timeout D] [--read-timeout D] [--write-timeout D] [--max-conns N]
+//   [--max-query-buffer BYTES]
 //
 // D is a duration: a whole number with a unit, "500ms" or "30s" (at most
 // 24h), or "0" for none. --max-query-buffer is offered only by a server
@@ -62,6 +63,9 @@ struct server_limits {
   // How long one request may take to arrive, from its first byte to its
   // last; 0: no limit. A connection past either deadline is closed.
   std::chrono::milliseconds read_timeout{0};
+  // How long the client may take to read each 64 KiB of the replies
+  // (write_timeout.hpp); 0: no limit. A connection past it is closed.
+  std::chrono::milliseconds write_timeout{0};
   // Connections served at once.
   long long max_conns = 10000;
   // The most bytes of a request the server holds (0: the server has no such flag).
@@ -88,7 +92,7 @@ namespace detail {
 inline void usage(const char* prog, const server_limits& defaults) {
   std::fprintf(stderr,
                "usage: %s [--port N] [--procs N] [--smoke] [--idle-timeout D] "
-               "[--read-timeout D] [--max-conns N]%s\n"
+               "[--read-timeout D] [--write-timeout D] [--max-conns N]%s\n"
                "  D: a duration such as 500ms or 30s (at most 24h), 0 for no limit\n",
                prog, defaults.max_query_buffer > 0 ? " [--max-query-buffer BYTES]" : "");
 }
@@ -114,7 +118,8 @@ inline std::optional<server_args> parse_server_args(int argc, char** argv, long 
       continue;
     }
     const bool known = arg == "--port" || arg == "--procs" || arg == "--idle-timeout" ||
-                       arg == "--read-timeout" || arg == "--max-conns" ||
+                       arg == "--read-timeout" || arg == "--write-timeout" ||
+                       arg == "--max-conns" ||
                        (arg == "--max-query-buffer" && defaults.max_query_buffer > 0);
     if (!known) {
       std::fprintf(stderr, "%s: unknown argument '%s'\n", argv[0], argv[i]);
@@ -136,6 +141,8 @@ inline std::optional<server_args> parse_server_args(int argc, char** argv, long 
       if (!to_duration(v, &l.idle_timeout)) want = "a duration such as 500ms or 30s, or 0";
     } else if (arg == "--read-timeout") {
       if (!to_duration(v, &l.read_timeout)) want = "a duration such as 500ms or 30s, or 0";
+    } else if (arg == "--write-timeout") {
+      if (!to_duration(v, &l.write_timeout)) want = "a duration such as 500ms or 30s, or 0";
     } else if (arg == "--max-conns") {
       if (!to_int(v, &l.max_conns) || l.max_conns < 1 || l.max_conns > kMaxConnsLimit)
         want = "1 to 1000000";
