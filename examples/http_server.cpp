@@ -46,12 +46,14 @@
 #include <string_view>
 #include <unordered_map>
 
+#include "absl/strings/str_cat.h"
 #include "http_request.hpp"
 #include "http_smoke.hpp"
 #include "mpg/buffered.hpp"
 #include "mpg/mpg.hpp"
 #include "mpg/signal.hpp"
 #include "server_args.hpp"
+#include "smoke_gate.hpp"
 #include "smoke_poll.hpp"
 #include "write_timeout.hpp"
 
@@ -147,20 +149,23 @@ mpg::task<> respond_and_close(mpg::net::tcp_stream& conn, writer& out, int statu
 // The server's shared state: the limits, the listener, the shutdown flag
 // and the live connections (to close the idle ones at shutdown).
 struct server {
-  explicit server(const example::server_limits& l) : limits(l), slots(l.max_conns) {}
+  server(const example::server_limits& l, example::smoke_gates g)
+      : limits(l), slots(l.max_conns), gates(g) {}
   const example::server_limits limits;
   mpg::semaphore slots;  // one per connection served, limits.max_conns in all
   mpg::net::listener ln;
   mpg::wait_group accepting;  // the accept loop
-  mpg::wait_group conns;
+  mpg::wait_group conns;      // the connections' tasks (see admit())
   mpg::mutex mu;
-  bool shutting_down = false;  // under mu
+  // Written under mu; atomic only so that --smoke can poll it.
+  std::atomic<bool> shutting_down{false};
   struct conn_state {
     mpg::net::tcp_stream* stream;
     bool idle;  // waiting for the first line of a request
   };
   std::unordered_map<std::uint64_t, conn_state> live;  // under mu
   std::atomic<std::size_t> peak_live{0};  // the most connections served at once (--smoke)
+  const example::smoke_gates gates;  // --smoke's (smoke_gate.hpp)
 };
 
 // deadline_after(): now + d, or none for d == 0 (no limit).
@@ -174,7 +179,7 @@ std::optional<mpg::net::clock::time_point> deadline_after(std::chrono::milliseco
 mpg::task<bool> set_idle(server* srv, std::uint64_t id, bool idle) {
   auto g = co_await srv->mu.scoped_lock();
   srv->live[id].idle = idle;
-  co_return !srv->shutting_down;
+  co_return !srv->shutting_down.load(std::memory_order_relaxed);
 }
 
 // handle(): one request, whose request line has been read. Its response
@@ -219,7 +224,8 @@ mpg::task<bool> handle(server* srv, mpg::net::tcp_stream& conn, reader& in, writ
   bool keep = req.keep_alive;
   {
     auto g = co_await srv->mu.scoped_lock();
-    if (srv->shutting_down) keep = false;  // finish this one, then close
+    // Finish this one, then close.
+    if (srv->shutting_down.load(std::memory_order_relaxed)) keep = false;
   }
   absl::Status s;
   if (req.target == "/" || req.target == "/healthz") {
@@ -241,6 +247,7 @@ mpg::task<bool> handle(server* srv, mpg::net::tcp_stream& conn, reader& in, writ
 }
 
 mpg::task<> serve(server* srv, std::uint64_t id, mpg::net::tcp_stream conn) {
+  if (srv->gates.conn_start != nullptr) co_await srv->gates.conn_start->pass();
   {
     auto g = co_await srv->mu.scoped_lock();
     srv->live[id] = {&conn, true};
@@ -301,6 +308,19 @@ mpg::task<> serve(server* srv, std::uint64_t id, mpg::net::tcp_stream conn) {
   srv->conns.done();
 }
 
+// admit(): counts a connection just accepted in srv->conns, unless
+// shutdown has begun (then false: the connection is not to be served).
+// Under mu, as shutdown sets its flag: a connection is counted before
+// shutdown waits for srv->conns, or not at all, so shutdown never returns
+// while a connection's task runs. (Its task then finds the flag set in
+// set_idle(), if shutdown began meanwhile, and stops.)
+mpg::task<bool> admit(server* srv) {
+  auto g = co_await srv->mu.scoped_lock();
+  if (srv->shutting_down.load(std::memory_order_relaxed)) co_return false;
+  srv->conns.add(1);
+  co_return true;
+}
+
 // accept_loop(): takes a slot (of limits.max_conns) before each accept.
 // At the limit it stops accepting: new connections wait in the kernel's
 // accept queue, then its SYN backlog, until a connection ends (Go's
@@ -309,24 +329,27 @@ mpg::task<> serve(server* srv, std::uint64_t id, mpg::net::tcp_stream conn) {
 // response and a lingering close per connection just when the server is
 // busiest. At shutdown the loop may be waiting for a slot: the connections
 // that shutdown closes free theirs, and the loop then finds the listener
-// closed.
+// closed. A connection accept() returned just before the listener closed
+// is admitted, or closed unserved once shutdown has begun (admit()).
 mpg::task<> accept_loop(server* srv) {
   for (std::uint64_t id = 0;; ++id) {
     co_await srv->slots.acquire();
     absl::StatusOr<mpg::net::tcp_stream> c = co_await srv->ln.accept();
-    if (!c.ok()) {  // closed at shutdown
+    if (c.ok() && srv->gates.accepted != nullptr) co_await srv->gates.accepted->pass();
+    if (!c.ok() || !co_await admit(srv)) {  // closed at shutdown, or shutdown has begun
       srv->slots.release();
-      co_return;
+      co_return;  // c, if any, closes unserved
     }
-    srv->conns.add(1);
     mpg::go(serve(srv, id, std::move(*c)), "http conn");
   }
 }
 
-// start(): a server listening on address, its accept loop running.
+// start(): a server listening on address, its accept loop running; gates:
+// --smoke's (smoke_gate.hpp).
 absl::StatusOr<std::unique_ptr<server>> start(const std::string& address,
-                                              const example::server_limits& limits) {
-  auto srv = std::make_unique<server>(limits);
+                                              const example::server_limits& limits,
+                                              example::smoke_gates gates = {}) {
+  auto srv = std::make_unique<server>(limits, gates);
   absl::StatusOr<mpg::net::listener> ln = mpg::net::listen(address);
   if (!ln.ok()) return ln.status();
   srv->ln = std::move(*ln);
@@ -343,7 +366,7 @@ mpg::task<> shutdown(server* srv) {
   srv->ln.close();
   {
     auto g = co_await srv->mu.scoped_lock();
-    srv->shutting_down = true;
+    srv->shutting_down.store(true, std::memory_order_relaxed);
     for (auto& [id, c] : srv->live)
       if (c.idle) c.stream->close();
   }
@@ -362,6 +385,7 @@ using http::check_idle_closed;
 using http::check_slow_request;
 using http::check_unread_responses_closed;
 using http::client_reader;
+using http::expect_closed;
 using http::expect_response;
 using http::kSmokeLimits;
 using http::report;
@@ -409,6 +433,56 @@ mpg::task<bool> check_max_conns() {
   co_return ok;
 }
 
+// How long check_accept_during_shutdown() lets shutdown take: its grace
+// period, and more.
+constexpr auto kShutdownBound = kGrace + 5s;
+
+// A connection accepted as shutdown begins, held until shutdown has closed
+// the idle connections: at the accept loop's gate, just accepted, or
+// (hold_task) at its task's start, counted but not listed. It is closed,
+// not served, and shutdown returns, within kShutdownBound, and not while a
+// task for it runs (a task held at its start would still be running).
+mpg::task<bool> check_accept_during_shutdown(bool hold_task) {
+  example::smoke_gate accepted;
+  example::smoke_gate conn_start;
+  example::smoke_gate* held = &accepted;
+  if (hold_task) {
+    held = &conn_start;
+    accepted.open();
+  }
+  absl::StatusOr<std::unique_ptr<server>> srv =
+      start("127.0.0.1:0", kDefaultLimits, {.accepted = &accepted, .conn_start = &conn_start});
+  if (!srv.ok()) co_return false;
+  server* s = srv->get();
+  absl::StatusOr<mpg::net::tcp_stream> c =
+      co_await smoke_dial(absl::StrCat("127.0.0.1:", s->ln.port()));
+  bool ok = c.ok() && co_await example::poll_until([held] { return held->reached() == 1; });
+  mpg::join_handle<void> stopped = mpg::spawn(shutdown(s));
+  ok = ok && co_await example::poll_until([s] { return s->shutting_down.load(); });
+  held->open();
+  auto r = co_await mpg::select(stopped.join(), mpg::after(kShutdownBound).recv());
+  if (r.index() == 1) {
+    std::fprintf(stderr, "smoke: shutdown has not returned\n");
+    ok = false;
+    if (c.ok()) c->close();  // the connection it waits for ends
+    co_await std::move(stopped);
+  }
+  const std::int64_t running = s->conns.count();
+  if (running != 0) {
+    std::fprintf(stderr, "smoke: shutdown returned with %lld connection tasks running\n",
+                 static_cast<long long>(running));
+    ok = false;
+  }
+  conn_start.open();
+  if (ok) {
+    client_reader in(*c);
+    ok = co_await expect_closed(in, "being accepted during shutdown");
+  }
+  if (c.ok()) c->close();
+  co_await s->conns.wait();  // a task shutdown did not wait for
+  co_return ok;
+}
+
 // smoke_limits(): the checks against a server with kSmokeLimits.
 mpg::task<bool> smoke_limits() {
   absl::StatusOr<std::unique_ptr<server>> srv = start("127.0.0.1:0", kSmokeLimits);
@@ -424,6 +498,10 @@ mpg::task<bool> smoke_limits() {
                "a client that reads no responses: closed after the write timeout");
   co_await shutdown(srv->get());
   ok &= report(co_await check_max_conns(), "a connection past --max-conns: waits for a slot");
+  ok &= report(co_await check_accept_during_shutdown(false),
+               "a connection accepted during shutdown: closed");
+  ok &= report(co_await check_accept_during_shutdown(true),
+               "a connection not yet listed at shutdown: closed");
   co_return ok;
 }
 

@@ -38,6 +38,8 @@
 //       to itself over TCP, checks the replies, exits 0 when all is well)
 #include <signal.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <memory>
@@ -51,6 +53,8 @@
 #include "redis_smoke.hpp"
 #include "redis_store.hpp"
 #include "server_args.hpp"
+#include "smoke_gate.hpp"
+#include "smoke_poll.hpp"
 
 namespace {
 
@@ -59,7 +63,8 @@ using redis::store;
 // The server: an accept loop, the expiry task, the live connections (to
 // close them at shutdown) and the limits they are served under.
 struct server {
-  explicit server(const example::server_limits& l) : limits(l), slots(l.max_conns) {}
+  server(const example::server_limits& l, example::smoke_gates g)
+      : limits(l), slots(l.max_conns), gates(g) {}
   const example::server_limits limits;
   mpg::semaphore slots;  // one per connection served, limits.max_conns in all
   store db;
@@ -68,27 +73,40 @@ struct server {
   mpg::cancel_func cancel;
   mpg::wait_group conns;
   mpg::wait_group background;  // the accept loop and the expiry task
-  // Live connections, to close them at shutdown (their reads return).
+  // Live connections, to close them at shutdown (their reads return), and
+  // whether shutdown has begun. stopping is set under conns_mu in the
+  // section that closes the listed connections, and admit() and
+  // serve_tracked() check it under conns_mu: a connection listed before
+  // that section is closed by it, and one that reaches either check after
+  // it is closed unserved. Atomic only so that --smoke can poll it.
   mpg::mutex conns_mu;
   std::unordered_map<std::uint64_t, mpg::net::tcp_stream*> live;
+  std::atomic<bool> stopping{false};
   redis::diagnostics diag;  // what --smoke checks
+  const example::smoke_gates gates;  // --smoke's (smoke_gate.hpp)
 };
 
 // serve_tracked(): serve(), with conn listed in srv->live meanwhile (the
-// stream lives in this frame).
+// stream lives in this frame); closed unserved if shutdown has begun since
+// admit().
 mpg::task<> serve_tracked(server* srv, std::uint64_t id, mpg::net::tcp_stream conn) {
+  if (srv->gates.conn_start != nullptr) co_await srv->gates.conn_start->pass();
+  bool listed = false;
   {
     auto g = co_await srv->conns_mu.scoped_lock();
-    srv->live[id] = &conn;
+    if (!srv->stopping.load(std::memory_order_relaxed)) {
+      srv->live[id] = &conn;
+      listed = true;
+    }
   }
-  srv->diag.live.fetch_add(1, std::memory_order_relaxed);
-  co_await redis::serve(conn, &srv->db, srv->limits, &srv->diag);
-  {
+  if (listed) {
+    srv->diag.live.fetch_add(1, std::memory_order_relaxed);
+    co_await redis::serve(conn, &srv->db, srv->limits, &srv->diag);
     auto g = co_await srv->conns_mu.scoped_lock();
     srv->live.erase(id);
   }
   srv->slots.release();
-  srv->diag.live.fetch_sub(1, std::memory_order_relaxed);
+  if (listed) srv->diag.live.fetch_sub(1, std::memory_order_relaxed);
   conn.close();
   srv->conns.done();
 }
@@ -102,28 +120,45 @@ mpg::task<> refuse(mpg::net::tcp_stream c) {
   c.close();
 }
 
+// admit(): counts a connection just accepted in srv->conns, unless
+// shutdown has begun (then false: it is not to be served). Under conns_mu,
+// as shutdown sets stopping: a connection is counted before shutdown waits
+// for conns, or not at all.
+mpg::task<bool> admit(server* srv) {
+  auto g = co_await srv->conns_mu.scoped_lock();
+  if (srv->stopping.load(std::memory_order_relaxed)) co_return false;
+  srv->conns.add(1);
+  co_return true;
+}
+
 // accept_loop(): a connection past limits.max_conns is accepted, refused
 // with an error and closed, as Redis does at maxclients: the client learns
 // why at once instead of waiting in the kernel's accept queue, and the
-// refusal costs no task.
+// refusal costs no task. One that accept() returned just before the
+// listener closed at shutdown is closed unserved (admit()).
 mpg::task<> accept_loop(server* srv) {
   for (std::uint64_t id = 0;; ++id) {
     absl::StatusOr<mpg::net::tcp_stream> c = co_await srv->ln.accept();
     if (!c.ok()) co_return;  // closed at shutdown
+    if (srv->gates.accepted != nullptr) co_await srv->gates.accepted->pass();
     if (!srv->slots.try_acquire()) {
       co_await refuse(std::move(*c));
       continue;
     }
-    srv->conns.add(1);
+    if (!co_await admit(srv)) {  // shutdown has begun; c closes
+      srv->slots.release();
+      co_return;
+    }
     mpg::go(serve_tracked(srv, id, std::move(*c)), "redis conn");
   }
 }
 
 // start(): a server listening on address, its accept loop and expiry task
-// running.
+// running; gates: --smoke's (smoke_gate.hpp).
 absl::StatusOr<std::unique_ptr<server>> start(const std::string& address,
-                                              const example::server_limits& limits) {
-  auto srv = std::make_unique<server>(limits);
+                                              const example::server_limits& limits,
+                                              example::smoke_gates gates = {}) {
+  auto srv = std::make_unique<server>(limits, gates);
   absl::StatusOr<mpg::net::listener> ln = mpg::net::listen(address);
   if (!ln.ok()) return ln.status();
   srv->ln = std::move(*ln);
@@ -143,11 +178,15 @@ absl::StatusOr<std::unique_ptr<server>> start(const std::string& address,
 }
 
 // shutdown(): stop accepting, close every connection, wait for all tasks.
+// A connection accept() returned just before the listener closed, and one
+// whose task has not listed it yet, find stopping set and close (admit(),
+// serve_tracked()).
 mpg::task<> shutdown(server* srv) {
   srv->ln.close();  // accept() returns; no new connections
   srv->cancel();    // the expiry task stops
   {
     auto g = co_await srv->conns_mu.scoped_lock();
+    srv->stopping.store(true, std::memory_order_relaxed);
     for (auto& [id, c] : srv->live) c->close();  // blocked reads return
   }
   co_await srv->conns.wait();
@@ -169,8 +208,57 @@ example::server_limits one_conn_limits() {
   return l;
 }
 
+// How long check_accept_during_shutdown() lets shutdown take.
+constexpr auto kShutdownBound = std::chrono::seconds(10);
+
+// A connection accepted as shutdown begins, held until shutdown has closed
+// every listed connection: at the accept loop's gate, just accepted, or
+// (hold_task) at its task's start, counted but not listed. It is closed,
+// not served, and shutdown returns, within kShutdownBound, and not while a
+// task for it runs (a task held at its start would still be running).
+mpg::task<bool> check_accept_during_shutdown(bool hold_task) {
+  example::smoke_gate accepted;
+  example::smoke_gate conn_start;
+  example::smoke_gate* held = &accepted;
+  if (hold_task) {
+    held = &conn_start;
+    accepted.open();
+  }
+  absl::StatusOr<std::unique_ptr<server>> srv = start(
+      "127.0.0.1:0", redis::kDefaultLimits, {.accepted = &accepted, .conn_start = &conn_start});
+  if (!srv.ok()) co_return false;
+  server* s = srv->get();
+  absl::StatusOr<mpg::net::tcp_stream> c = co_await redis::smoke_dial(s->ln.port());
+  bool ok = c.ok() && co_await example::poll_until([held] { return held->reached() == 1; });
+  mpg::join_handle<void> stopped = mpg::spawn(shutdown(s));
+  ok = ok && co_await example::poll_until([s] { return s->stopping.load(); });
+  held->open();
+  auto r = co_await mpg::select(stopped.join(), mpg::after(kShutdownBound).recv());
+  if (r.index() == 1) {
+    std::fprintf(stderr, "smoke: shutdown has not returned\n");
+    ok = false;
+    if (c.ok()) c->close();  // the connection it waits for ends
+    co_await std::move(stopped);
+  }
+  const std::int64_t running = s->conns.count();
+  if (running != 0) {
+    std::fprintf(stderr, "smoke: shutdown returned with %lld connection tasks running\n",
+                 static_cast<long long>(running));
+    ok = false;
+  }
+  conn_start.open();
+  if (ok) {
+    redis::client_reader in(*c);
+    ok = co_await redis::expect_closed(in, "of a connection accepted during shutdown");
+  }
+  if (c.ok()) c->close();
+  co_await s->conns.wait();  // a task shutdown did not wait for
+  co_return ok;
+}
+
 // smoke(): the self-test, against srv (the command line's limits), a
-// second server with tight_limits() and a third that serves one connection.
+// second server with tight_limits(), a third that serves one connection
+// and two more that are shut down as they accept one.
 mpg::task<bool> smoke(server* srv) {
   const bool edge_cases_ok = co_await redis::smoke_edge_cases(srv->ln.port(), &srv->diag);
   const bool client_ok = co_await redis::smoke_client(srv->ln.port());
@@ -184,7 +272,11 @@ mpg::task<bool> smoke(server* srv) {
       co_await redis::check_max_conns((*one)->ln.port(), &(*one)->diag),
       "a connection past --max-conns: refused");
   co_await shutdown(one->get());
-  co_return edge_cases_ok && client_ok && limits_ok && max_conns_ok;
+  bool shutdown_ok = redis::report(co_await check_accept_during_shutdown(false),
+                                   "a connection accepted during shutdown: closed");
+  shutdown_ok &= redis::report(co_await check_accept_during_shutdown(true),
+                               "a connection not yet listed at shutdown: closed");
+  co_return edge_cases_ok && client_ok && limits_ok && max_conns_ok && shutdown_ok;
 }
 
 // run(): serves until a signal (or, with smoke, until the self-test is done).
