@@ -304,13 +304,15 @@ void read_op::on_complete(detail::io_op* op) noexcept {
 }
 
 read_op::result_type read_op::await_resume() {
+  // The read ends here, whichever way it went (waiter is null if it was
+  // never issued; a refused op's G holds nothing).
+  detail::io_release_claim(&s_->read_slot_, op().waiter);
   switch (state_) {
     case state::empty: return std::size_t{0};
     case state::closed: return closed_error("read");
     case state::slow: return task_result();
     case state::issued: break;
   }
-  detail::io_release_claim(&s_->read_slot_, op().waiter);
   const int res = op().outcome();
   // A result on_complete did not hand to do_read (or io_start's refusal:
   // a closed slot, no reactor) is final. The hint is the reader's: a read
@@ -383,13 +385,13 @@ void write_op::on_complete(detail::io_op* op) noexcept {
 }
 
 write_op::result_type write_op::await_resume() {
+  detail::io_release_claim(&s_->write_slot_, op().waiter);  // as read_op's
   switch (state_) {
     case state::empty: return absl::OkStatus();
     case state::closed: return closed_error("write");
     case state::slow: return task_result();
     case state::issued: break;
   }
-  detail::io_release_claim(&s_->write_slot_, op().waiter);
   // A result on_complete did not hand to do_write (or io_start's refusal)
   // is final: all of data, no progress, or an error.
   const int res = op().outcome();
@@ -410,11 +412,12 @@ task<absl::Status> tcp_stream::write(std::string_view data, const context& ctx) 
 task<absl::StatusOr<std::size_t>> tcp_stream::do_read(std::span<char> buf,
                                                       std::optional<clock::time_point> deadline,
                                                       std::shared_ptr<detail::context_node> ctx) {
+  // First: a read_op's issue may have claimed the slot for this read.
+  const detail::io_claim claim(&read_slot_);
   if (buf.empty()) co_return std::size_t{0};
   if (recv_.load(std::memory_order_relaxed) != nullptr) {
     co_return co_await do_read_held(buf, deadline, std::move(ctx));
   }
-  const detail::io_claim claim(&read_slot_);
   io_context_binding bind(ctx.get());  // ctx, a parameter, keeps the node alive
   bind.bind(&read_slot_);
   const op_bounds b{.deadline = deadline, .live = &read_deadline_, .bind = &bind};
