@@ -23,6 +23,12 @@ inline constexpr bool kSanitized = true;
 #else
 inline constexpr bool kSanitized = false;
 #endif
+// kThreadSanitized: true in TSan builds only.
+#if defined(__SANITIZE_THREAD__) || __has_feature(thread_sanitizer)
+inline constexpr bool kThreadSanitized = true;
+#else
+inline constexpr bool kThreadSanitized = false;
+#endif
 
 // yield_some(): yields up to n times so that other tasks get to run (never
 // needed for correctness, only to give a wrong implementation the chance to

@@ -51,7 +51,9 @@ struct runtime_options {
   // reaches both). The runtime's constructor throws std::invalid_argument
   // for a signal that cannot be caught (SIGKILL, SIGSTOP, out of range) and
   // for a fault signal (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS),
-  // which a handler that returns would make loop for ever.
+  // which a handler that returns would make loop for ever. In a child of
+  // fork() the signal has its old disposition back until a runtime of the
+  // child asks for it (mpg/signal.hpp, "fork() without exec").
   int dump_signal = 0;
   // Record the run as Chrome trace-event JSON in this file, written by
   // ~runtime (lib/sched/trace.cpp). Empty: the MPG_TRACE environment

@@ -37,6 +37,29 @@
 //
 // Threads: notify() and stop() may be called from any thread, inside a
 // runtime or not; they take a short internal lock and never wait for a task.
+//
+// fork() without exec. The child has only the thread that forked: not the
+// relay, not the dumper of runtime_options::dump_signal, not the Ms of the
+// parent's runtimes. mpg's pthread_atfork handlers keep a fork from
+// copying its signal locks held (a fork waits for a delivery or a dump
+// that holds them), and reset the child to a process that never used
+// signals:
+//   - every signal a channel or a runtime's dump_signal held gets back the
+//     disposition it had before mpg's handler replaced it (a handler the
+//     program installed since stays), since no channel and no runtime of
+//     the child wants it: kept, mpg's handler would drop it (a SIGTERM
+//     that the parent's channel wanted would no longer end the child). A
+//     signal sent to the child while the handlers run stays pending until
+//     the restored disposition takes it.
+//   - the parent's channels receive nothing in the child, and stop() in
+//     the child has no effect on them; the child shares no pipe with the
+//     parent, so its signals never reach the parent's relay or dumper.
+//   - notify() and a new runtime's dump_signal work in the child as in a
+//     fresh process: the first one claims the signal and starts a relay or
+//     a dumper of the child's own.
+// As in Go, the parent's runtimes must not be used in the child (their
+// threads are gone; their channels, tasks and handles are only memory
+// there), but a runtime made in the child gets its signals and dumps.
 #pragma once
 
 #include <cstddef>

@@ -35,6 +35,20 @@
 // (wait_for_signal_deliveries, signal_relay.hpp), so a delivery that found
 // one of its tasks has readied it before the scheduler goes.
 //
+// Fork (the shared handler's protocol, signal_handler.cpp, F1-F3). The
+// registry lock is taken before fork() and released after it in both
+// processes, so the child never starts with it held. In the child, where
+// the relay thread does not exist and the registered channels belong to
+// the parent's runtimes, the registry is left as if notify() had never
+// been called: no relay (the next notify() starts one, on a pipe of the
+// child's own; the child closes its copies of the parent's pipe, and its
+// sink writes nowhere until then), no pending bits, no signal wanted (F3
+// restored their dispositions). The parent's registrations stay in the
+// vector, never destroyed and never matched (regs[0, inherited)):
+// destroying one would run external_work's destructor and drop channel
+// references against runtimes whose threads, and whose lock holders, are
+// gone.
+//
 // Rejected: signalfd (it needs the signal blocked in every thread, those the
 // program made before and after, so it depends on when threads were created
 // and what they did with their masks); running the channel sends in the
@@ -51,9 +65,11 @@
 #include <atomic>
 #include <cerrno>
 #include <csignal>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -80,9 +96,11 @@ constexpr sig_mask bit(int sig) { return sig_mask{1} << (sig - 1); }
 // R2 sees the bit, which the pipe's ordering gives (see the file comment);
 // the RMWs never lose a bit to each other.
 std::atomic<sig_mask> pending_bits{0};
-// The pipe's write end for the sink; set before any signal is claimed and
-// never changed afterwards (relaxed: the claim is the publication point,
-// and the store happens-before it in the claiming thread).
+// The pipe's write end for the sink; set when the relay starts, before any
+// signal is claimed, and never changed afterwards but in a forked child,
+// which sets it back to -1 (relaxed: the claim is the publication point,
+// and the store happens-before it in the claiming thread; in the child no
+// handler runs while the fork hook stores, see fork_child()).
 std::atomic<int> wake_fd{-1};
 static_assert(std::atomic<sig_mask>::is_always_lock_free);
 static_assert(std::atomic<int>::is_always_lock_free);
@@ -104,15 +122,62 @@ struct registration {
 
 struct registry {
   mpg::detail::thread_mutex mu;
+  // regs[0, inherited): a parent process's registrations, in a forked
+  // child (see Fork); regs[inherited, end): this process's.
   std::vector<registration> regs ABSL_GUARDED_BY(mu);
+  std::size_t inherited ABSL_GUARDED_BY(mu) = 0;
   std::array<int, kMaxSignal + 1> wanted ABSL_GUARDED_BY(mu){};
   bool relay_started ABSL_GUARDED_BY(mu) = false;
+  int read_fd ABSL_GUARDED_BY(mu) = -1;   // the relay's pipe, once started
+  int write_fd ABSL_GUARDED_BY(mu) = -1;
 };
 
+registry& reg();
+
+// This process's registrations.
+std::span<registration> own_regs(registry& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) {
+  return std::span<registration>(r.regs).subspan(r.inherited);
+}
+
+// The fork hooks (signal_handler.hpp). The registry lock is held from
+// fork_prepare() to fork_parent() or fork_child(), across fork(), which the
+// lock analysis cannot follow.
+void fork_prepare() noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  if (auto hook = mpg::detail::g_signal_fork_hook.load(std::memory_order_relaxed)) hook();
+  reg().mu.lock();
+}
+
+void fork_parent() noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS { reg().mu.unlock(); }
+
+void fork_child() noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  registry& r = reg();
+  // Relaxed: the child has one thread, this one, and all signals are
+  // blocked in it until the fork handlers are done (F3), so no handler
+  // reads these meanwhile.
+  wake_fd.store(-1, std::memory_order_relaxed);
+  pending_bits.store(0, std::memory_order_relaxed);
+  if (r.relay_started) {
+    ::close(r.read_fd);
+    ::close(r.write_fd);
+  }
+  r.read_fd = r.write_fd = -1;
+  r.relay_started = false;
+  r.wanted.fill(0);
+  r.inherited = r.regs.size();
+  r.mu.unlock();
+}
+
+constexpr mpg::detail::fork_hooks kForkHooks{fork_prepare, fork_parent, fork_child};
+
 // The registry lives for the whole process (the relay thread uses it until
-// exit), so it is never destroyed.
+// exit), so it is never destroyed. Its fork hooks are set last, once it
+// exists (signal_handler.hpp).
 registry& reg() {
-  static registry* r = new registry;
+  static registry* const r = [] {
+    auto* n = new registry;
+    mpg::detail::set_fork_hooks(mpg::detail::signal_client::notify, &kForkHooks);
+    return n;
+  }();
   return *r;
 }
 
@@ -123,7 +188,7 @@ void deliver(sig_mask pending) {
   if (auto hook = mpg::detail::g_signal_deliver_hook.load(std::memory_order_relaxed)) hook();
   for (int sig = 1; sig <= kMaxSignal; ++sig) {
     if ((pending & bit(sig)) == 0) continue;
-    for (registration& g : r.regs) {
+    for (registration& g : own_regs(r)) {
       if ((g.signals & bit(sig)) == 0) continue;
       int v = sig;
       // Full or closed: the delivery is dropped for this channel.
@@ -165,6 +230,8 @@ void start_relay_locked(registry& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) {
   }
   ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   wake_fd.store(fds[1], std::memory_order_relaxed);
+  r.read_fd = fds[0];
+  r.write_fd = fds[1];
   r.relay_started = true;
 }
 
@@ -216,7 +283,7 @@ void notify(const chan<int>& ch, std::initializer_list<int> signals) {
   registry& r = reg();
   mpg::detail::thread_mutex_lock lk(r.mu);
   start_relay_locked(r);
-  for (registration& g : r.regs) {
+  for (registration& g : own_regs(r)) {
     if (g.ch == ch) {
       want_locked(r, m & ~g.signals);
       g.signals |= m;
@@ -239,7 +306,8 @@ void stop(const chan<int>& ch) {
   {
     registry& r = reg();
     mpg::detail::thread_mutex_lock lk(r.mu);
-    for (auto it = r.regs.begin(); it != r.regs.end(); ++it) {
+    const auto first = r.regs.begin() + static_cast<std::ptrdiff_t>(r.inherited);
+    for (auto it = first; it != r.regs.end(); ++it) {
       if (it->ch == ch) {
         unwant_locked(r, it->signals);
         gone.emplace(std::move(*it));

@@ -18,9 +18,12 @@ void wait_for_signal_deliveries() noexcept;
 // Test hooks, null outside tests. g_signal_deliver_hook: called by the
 // relay at the start of each delivery, holding the registry lock.
 // g_signal_wait_hook: called by wait_for_signal_deliveries() before it
-// takes that lock. Relaxed: a test sets them before the moment it stages
-// and clears them after; no data is published through them.
+// takes that lock. g_signal_fork_hook: called on the forking thread when a
+// fork() prepares (signal_handler.cpp, F1), before it takes that lock.
+// Relaxed: a test sets them before the moment it stages and clears them
+// after; no data is published through them.
 inline std::atomic<void (*)()> g_signal_deliver_hook{nullptr};
 inline std::atomic<void (*)()> g_signal_wait_hook{nullptr};
+inline std::atomic<void (*)()> g_signal_fork_hook{nullptr};
 
 }  // namespace mpg::detail

@@ -40,10 +40,26 @@
 // built may still be being written. lifecycle_mu serialises
 // register/unregister as a whole, including starting and stopping the
 // dumper; the dumper never takes it.
-// The pipe is created once and never closed: a handler still running on
-// another thread after the signal was released writes into a live pipe,
-// never into a reused fd. A byte left in it when the dumper exits is read
-// by the next dumper, which at worst dumps once more.
+// The pipe is created once per process and never closed (a forked child
+// closes only its copies of the parent's, see Fork): a handler still
+// running on another thread after the signal was released writes into a
+// live pipe, never into a reused fd. A byte left in
+// it when the dumper exits is read by the next dumper, which at worst
+// dumps once more.
+//
+// Fork (the shared handler's protocol, signal_handler.cpp, F1-F3). Both
+// locks are taken before fork(), lifecycle_mu first as everywhere, and
+// released after it in both processes, so the child never starts with
+// either held. In the child no dumper runs and the registered runtimes are
+// the parent's, whose threads are gone; so the child forgets them all: no
+// dumper, no stop pending, no registration (F3 restored the signals'
+// dispositions) and no pipe. Its copies of the parent's pipe are closed: a
+// byte the child wrote there would wake the parent's dumper, which would
+// dump the parent's runtimes for the child's signal. Its sink writes
+// nowhere until its next registration makes a pipe of its own. The map
+// itself is emptied by the child's first registration or unregistration
+// (forget_inherited_locked), not by the fork hook, which makes no call
+// that may free memory.
 #include "sched/dump_signal.hpp"
 
 #include <fcntl.h>
@@ -70,10 +86,11 @@ namespace mpg::detail {
 
 namespace {
 
-// The pipe's write end for the sink; -1 until the first registration.
-// Relaxed: it is set once, before the signal is first claimed (the claim's
-// sigaction, or its release store of the held mask, orders the store before
-// any call of the sink).
+// The pipe's write end for the sink; -1 until the first registration, and
+// again in a forked child until its first. Relaxed: it is set once, before
+// the signal is first claimed (the claim's sigaction, or its release store
+// of the held mask, orders the store before any call of the sink); the
+// child's store runs while no handler can (fork_child()).
 std::atomic<int> wake_fd{-1};
 static_assert(std::atomic<int>::is_always_lock_free, "the signal handler needs a lock-free fd");
 
@@ -89,18 +106,72 @@ struct registry {
   std::mutex lifecycle_mu;
   thread_mutex mu;
   std::map<int, std::vector<scheduler*>> by_signal ABSL_GUARDED_BY(mu);
+  // A forked child's: by_signal holds the parent's runtimes (see Fork).
+  bool inherited ABSL_GUARDED_BY(mu) = false;
   int read_fd = -1;   // under lifecycle_mu (the dumper reads it after start)
   int write_fd = -1;  // under lifecycle_mu
-  std::thread dumper;  // under lifecycle_mu; the running dumper, until step 3 detaches it
+  // Under lifecycle_mu: a dumper runs that step 3 has not told to exit.
+  bool dumper_running = false;
   // Step 3: dumpers asked to exit and not yet gone. Relaxed: it only
   // decides which dumper exits; what a dumper reads under mu is ordered by
   // mu, and the pipe wakes it.
   std::atomic<int> stops{0};
 };
 
+registry& the_registry();
+
+// The fork hooks (signal_handler.hpp). Both locks are held from
+// fork_prepare() to fork_parent() or fork_child(), across fork(), which the
+// lock analysis cannot follow.
+void fork_prepare() noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  registry& r = the_registry();
+  r.lifecycle_mu.lock();
+  r.mu.lock();
+}
+
+void fork_parent() noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  registry& r = the_registry();
+  r.mu.unlock();
+  r.lifecycle_mu.unlock();
+}
+
+void fork_child() noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  registry& r = the_registry();
+  // Relaxed: the child has one thread, this one, and all signals are
+  // blocked in it until the fork handlers are done (F3), so no handler
+  // and no dumper reads these meanwhile.
+  wake_fd.store(-1, std::memory_order_relaxed);
+  r.stops.store(0, std::memory_order_relaxed);
+  if (r.read_fd >= 0) {
+    ::close(r.read_fd);
+    ::close(r.write_fd);
+  }
+  r.read_fd = r.write_fd = -1;
+  r.dumper_running = false;
+  r.inherited = !r.by_signal.empty();
+  r.mu.unlock();
+  r.lifecycle_mu.unlock();
+}
+
+constexpr fork_hooks kForkHooks{fork_prepare, fork_parent, fork_child};
+
+// Never destroyed: handlers may outlive statics. Its fork hooks are set
+// last, once it exists (signal_handler.hpp).
 registry& the_registry() {
-  static registry* r = new registry;  // never destroyed: handlers may outlive statics
+  static registry* const r = [] {
+    auto* n = new registry;
+    set_fork_hooks(signal_client::dump, &kForkHooks);
+    return n;
+  }();
   return *r;
+}
+
+// forget_inherited_locked(): in a forked child, drops the parent's
+// runtimes from the map (their claims went at the fork).
+void forget_inherited_locked(registry& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) {
+  if (!r.inherited) return;
+  r.by_signal.clear();
+  r.inherited = false;
 }
 
 void write_all(int fd, const std::string& s) noexcept {
@@ -170,6 +241,7 @@ void dump_signal_register(int sig, scheduler* s) {
     wake_fd.store(fds[1], std::memory_order_relaxed);
   }
   thread_mutex_lock l(r.mu);
+  forget_inherited_locked(r);
   auto it = r.by_signal.find(sig);
   if (it == r.by_signal.end()) {
     claim_signal(signal_client::dump, sig, dump_sink, kWho);  // throws: nothing registered
@@ -178,7 +250,10 @@ void dump_signal_register(int sig, scheduler* s) {
   it->second.push_back(s);
   // After a successful claim, so that a refused signal leaves no idle
   // dumper behind. Bytes written before it starts wait in the pipe.
-  if (!r.dumper.joinable()) r.dumper = std::thread(dumper_main, &r, r.read_fd);
+  if (!r.dumper_running) {
+    std::thread(dumper_main, &r, r.read_fd).detach();
+    r.dumper_running = true;
+  }
 }
 
 void dump_signal_unregister(int sig, scheduler* s) noexcept {
@@ -187,6 +262,7 @@ void dump_signal_unregister(int sig, scheduler* s) noexcept {
   bool none_left = false;
   {
     thread_mutex_lock l(r.mu);
+    forget_inherited_locked(r);
     auto it = r.by_signal.find(sig);
     if (it == r.by_signal.end()) return;
     std::vector<scheduler*>& v = it->second;
@@ -202,13 +278,13 @@ void dump_signal_unregister(int sig, scheduler* s) noexcept {
     }
     none_left = r.by_signal.empty();
   }
-  if (none_left && r.dumper.joinable()) {
+  if (none_left && r.dumper_running) {
     // Step 3. EAGAIN (a full pipe) is fine: the dumper has bytes to read.
     r.stops.fetch_add(1, std::memory_order_relaxed);
     const unsigned char stop = 0;
     while (::write(r.write_fd, &stop, 1) < 0 && errno == EINTR) {
     }
-    r.dumper.detach();
+    r.dumper_running = false;
   }
 }
 

@@ -25,8 +25,49 @@
 // Each client calls its own sink whatever the other one does: a signal
 // that both hold reaches both (a dump and a channel send), and neither can
 // take the other's handler away or put back a disposition under it.
+//
+// Fork. fork() copies only the calling thread: in the child, a lock that
+// another thread held stays held for ever, and each client's state names
+// the parent's threads, pipes and runtimes. One set of pthread_atfork
+// handlers (registered by the first set_fork_hooks) runs, on the forking
+// thread:
+//   F1. prepare: each client's prepare, dump's then notify's, then this
+//       file's mutex, then all signals blocked (the thread's mask saved).
+//       A lock comes before those its holders may wait for, so that F1,
+//       holding one, never waits for a thread that waits for it. A client
+//       holds its own locks when it claims or releases: the clients' come
+//       before this file's mutex. The dumper holds its registry lock while
+//       it stops the world (inspect.cpp), which waits for every P of a
+//       runtime, so for a task that waits in notify() for the relay's lock
+//       (until the stop's timeout), while a holder of the relay's lock
+//       waits for nothing: dump's come before notify's.
+//   F2. parent: this file's mutex and the clients' locks released (the
+//       clients in the reverse order), the mask back.
+//   F3. child: every signal a client held gets back the disposition it
+//       had before mpg's claim, unless the program replaced mpg's handler
+//       since (as C2 does for a last holder), and no client holds any
+//       signal; the mutex released; each client's child hook (no thread,
+//       no pipe, no registration: signal_handler.hpp); the mask back.
+// Restoring in the child rather than keeping mpg's handler: a held signal
+// stands for a registration (a channel, a runtime's dump signal), and the
+// child has none, since the parent's runtimes and the tasks that receive
+// from its channels do not exist there. A handler kept with no
+// registration would drop the signal: a child that the parent's SIGTERM
+// channel made unstoppable by SIGTERM. Restored, the child has what a
+// process that never called notify() has; a notify() or a runtime's
+// dump_signal in the child claims the signal afresh and starts its relay
+// or dumper then. This is C2's rule for a signal nobody wants, in a
+// process where nobody does.
+// Signals stay blocked from F1 to the end of F3 so that one sent to the
+// child meanwhile is neither caught by on_signal (whose sinks still write
+// to the parent's pipes until the clients' child hooks run) nor lost: it
+// stays pending and meets the restored disposition when the mask comes
+// back (the child starts with no pending signal of its own).
+// F2 and F3 act on the hooks F1 ran, which the thread records: a client
+// whose hooks are set while a fork is under way is left out of it whole.
 #include "sched/signal_handler.hpp"
 
+#include <pthread.h>
 #include <signal.h>
 
 #include <atomic>
@@ -35,6 +76,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "sched/thread_mutex.hpp"
 
@@ -70,6 +112,16 @@ dispositions& the_dispositions() {
   return *d;
 }
 
+// client_hooks[c]: client c's fork hooks, set once (set_fork_hooks). The
+// release store and F1's acquire load publish the hooks' struct; what the
+// hooks touch is the client's own, ordered by its own initialisation.
+std::atomic<const fork_hooks*> client_hooks[kClients] = {};
+// F1's record for F2 and F3, on the forking thread: the hooks it ran and
+// the mask it replaced. Per thread, since all three run on the thread that
+// forks, whichever it is, and two threads may fork at once.
+constinit thread_local const fork_hooks* tls_prepared[kClients] = {};
+constinit thread_local sigset_t tls_fork_mask{};
+
 extern "C" void on_signal(int sig) {
   if (sig < 1 || sig > kMaxSignal) return;
   const int saved = errno;
@@ -92,6 +144,55 @@ std::uint64_t held_by_others(unsigned ci) noexcept {
     if (c != ci) all |= held[c].load(std::memory_order_relaxed);  // under the mutex
   }
   return all;
+}
+
+// restore_locked(): C2's restore (and F3's): sig's saved disposition back,
+// unless the program installed a handler of its own after the claim.
+// sigaction is async-signal-safe, as F3 needs.
+void restore_locked(dispositions& d, int sig) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu) {
+  struct sigaction cur;
+  if (::sigaction(sig, nullptr, &cur) == 0 && (cur.sa_flags & SA_SIGINFO) == 0 &&
+      cur.sa_handler == on_signal)
+    ::sigaction(sig, &d.saved[sig], nullptr);
+}
+
+// The fork handlers (F1-F3). The mutex is held from F1 to F2 or F3, across
+// fork() and between functions, which the lock analysis cannot follow.
+void fork_prepare() noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  for (unsigned c = 0; c < kClients; ++c) {
+    const fork_hooks* h = client_hooks[c].load(std::memory_order_acquire);
+    tls_prepared[c] = h;
+    if (h != nullptr) h->prepare();
+  }
+  the_dispositions().mu.lock();
+  sigset_t all;
+  sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &tls_fork_mask);
+}
+
+void fork_parent() noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  the_dispositions().mu.unlock();
+  for (unsigned c = kClients; c-- > 0;) {
+    if (const fork_hooks* h = std::exchange(tls_prepared[c], nullptr)) h->parent();
+  }
+  ::pthread_sigmask(SIG_SETMASK, &tls_fork_mask, nullptr);
+}
+
+void fork_child() noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  dispositions& d = the_dispositions();
+  const std::uint64_t all = held_by_anyone();
+  for (int sig = 1; sig <= kMaxSignal; ++sig) {
+    if ((all & bit(sig)) != 0) restore_locked(d, sig);
+  }
+  // Relaxed: the child has one thread, this one, and every signal is
+  // blocked in it, so no handler reads held until the mask comes back,
+  // and that system call comes after these stores in this thread.
+  for (auto& h : held) h.store(0, std::memory_order_relaxed);
+  d.mu.unlock();
+  for (unsigned c = kClients; c-- > 0;) {
+    if (const fork_hooks* h = std::exchange(tls_prepared[c], nullptr)) h->child();
+  }
+  ::pthread_sigmask(SIG_SETMASK, &tls_fork_mask, nullptr);
 }
 
 }  // namespace
@@ -152,14 +253,19 @@ void release_signal(signal_client c, int sig) noexcept {
   thread_mutex_lock l(d.mu);
   if ((held[ci].load(std::memory_order_relaxed) & bit(sig)) == 0) return;
   if ((held_by_others(ci) & bit(sig)) == 0) {  // c is the last holder
-    struct sigaction cur;
-    if (::sigaction(sig, nullptr, &cur) == 0 && (cur.sa_flags & SA_SIGINFO) == 0 &&
-        cur.sa_handler == on_signal)
-      ::sigaction(sig, &d.saved[sig], nullptr);
+    restore_locked(d, sig);
     if (auto hook = g_signal_release_hook.load(std::memory_order_relaxed)) hook();
   }
   // Relaxed: see held's comment.
   held[ci].fetch_and(~bit(sig), std::memory_order_relaxed);
+}
+
+void set_fork_hooks(signal_client c, const fork_hooks* hooks) {
+  (void)the_dispositions();  // exists before F1 locks it
+  static const int registered = ::pthread_atfork(fork_prepare, fork_parent, fork_child);
+  if (registered != 0)
+    throw std::runtime_error(std::string("mpg: pthread_atfork: ") + std::strerror(registered));
+  client_hooks[static_cast<unsigned>(c)].store(hooks, std::memory_order_release);
 }
 
 }  // namespace mpg::detail

@@ -43,6 +43,27 @@ void claim_signal(signal_client c, int sig, signal_sink sink, const char* who);
 // may still call c's sink for a moment: sinks must stay callable for ever.
 void release_signal(signal_client c, int sig) noexcept;
 
+// fork_hooks: a client's part of the fork protocol (signal_handler.cpp,
+// "Fork"). prepare() takes every lock of the client, so that fork() copies
+// none held; parent() releases them; child() releases them too and leaves
+// the client as if the process had never used it: no thread, no pipe, no
+// registration (its threads are not copied into the child, nor are the
+// runtimes its registrations name). child() runs before any other code of
+// the child and may only make async-signal-safe calls (closing fds, plain
+// and atomic stores) besides releasing the locks that prepare() took.
+struct fork_hooks {
+  void (*prepare)() noexcept;
+  void (*parent)() noexcept;
+  void (*child)() noexcept;
+};
+
+// set_fork_hooks(): from now on, every fork() runs c's hooks. A client
+// calls it once, as the last step of creating its process-wide state
+// (before its first claim), with hooks of static storage. The first call
+// in the process registers the shared handler's pthread_atfork handlers;
+// throws std::runtime_error if that fails (out of memory).
+void set_fork_hooks(signal_client c, const fork_hooks* hooks);
+
 // Test hook, null outside tests: called by release_signal() when the last
 // holder releases a signal, after the disposition is restored and before
 // the holder's bit is cleared (C2 of signal_handler.cpp). Relaxed: a test
