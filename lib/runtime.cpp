@@ -2,6 +2,8 @@
 // construction, ~runtime, yield/consume_budget, block_on's waiting and
 // its deadlock check. The scheduler behind it lives in lib/sched/; the
 // shutdown steps ~runtime runs are written down in lib/sched/shutdown.cpp.
+#include <pthread.h>
+
 #include <condition_variable>
 
 #include <algorithm>
@@ -50,12 +52,41 @@ void block_on_signal(block_on_state* st) noexcept {
 // delete (the lock orders a check against the unregistering). The registry
 // is never destroyed: a runtime with static storage may outlive any other
 // static.
+// Fork. The lock is taken before fork() and released after it in both
+// processes (pthread_atfork handlers), so no child starts with it held, and
+// the child forgets every runtime listed: they are the parent's, whose Ms
+// are not copied into the child, so they can wake nothing there, and their
+// locks may stay held by threads that are gone. Kept, they would make a
+// new runtime's deadlock check in the child count them as possible wakers
+// for ever, or wait on such a lock. (clear() of a vector of pointers frees
+// nothing: a fork handler makes no call that is not async-signal-safe.)
+// These handlers are apart from the signal ones (signal_handler.cpp, F1),
+// and either may run first: a holder of this lock takes only a scheduler's
+// lock, for a moment, and a holder of theirs never takes this one (a dump
+// that stops the world waits for a task constructing a runtime at most
+// until the stop's timeout).
 struct runtime_registry {
   thread_mutex mu;
   std::vector<const scheduler*> all ABSL_GUARDED_BY(mu);
 };
+runtime_registry& registry();
+// The lock is held from prepare to parent or child, across fork(), which
+// the lock analysis cannot follow.
+void registry_fork_prepare() noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS { registry().mu.lock(); }
+void registry_fork_parent() noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS { registry().mu.unlock(); }
+void registry_fork_child() noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  runtime_registry& r = registry();
+  r.all.clear();
+  r.mu.unlock();
+}
 runtime_registry& registry() {
-  static runtime_registry* const r = new runtime_registry;
+  static runtime_registry* const r = [] {
+    auto* n = new runtime_registry;
+    // Fails only out of memory; the registry then goes without its fork
+    // handlers, as a runtime goes unlisted (register_runtime).
+    (void)::pthread_atfork(registry_fork_prepare, registry_fork_parent, registry_fork_child);
+    return n;
+  }();
   return *r;
 }
 // Out of memory, a runtime goes unlisted: the others' checks then miss it

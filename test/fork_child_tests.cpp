@@ -1,10 +1,10 @@
 // test/fork_child_tests.cpp: the child of a fork() without exec. It has only
-// the forking thread, and mpg resets its process-wide state there
-// (lib/sched/signal_handler.cpp, "Fork"): in the child, a new runtime gets
-// its channel signals and its dump signal; the signals mpg held get their
-// old dispositions back; the parent's relay, dumper and runtimes neither
-// serve the child nor are reached from it; and a fork that comes while the
-// relay holds its lock waits for it.
+// the forking thread, and mpg resets its process-wide state there ("Fork" in
+// lib/sched/signal_handler.cpp and lib/runtime.cpp): in the child, a new
+// runtime gets its channel signals, its dump signal and its deadlock check;
+// the signals mpg held get their old dispositions back; the parent's relay,
+// dumper and runtimes neither serve the child nor are reached from it; and
+// a fork that comes while the relay holds its lock waits for it.
 //
 // Each child checks without doctest (its assertions would stay in the
 // child): it writes each failed check to its output, which run_child()
@@ -277,4 +277,31 @@ TEST_CASE("in a child of fork, each signal mpg held has its old disposition or t
   CHECK((handler_of(SIGHUP) == app_handler));
   ::sigaction(SIGHUP, &hup_before, nullptr);
   ::signal(SIGUSR2, SIG_DFL);
+}
+
+TEST_CASE("a new runtime in a child of fork reports a deadlock the parent's runtimes cannot end" *
+          doctest::skip(mpg_test::kThreadSanitized)) {
+  // At the fork the parent has a runtime that counts as a possible waker
+  // for any other runtime's deadlock check (an external_work guard lives).
+  mpg::runtime prt({.procs = 1});
+  mpg::external_work busy(prt.handle());
+  const mpg_test::child_result r = mpg_test::run_child(
+      [] {
+        mpg_test::watchdog dog(kHangLimit, "the deadlock check in the child of fork");
+        child_checks c;
+        mpg::runtime rt({.procs = 1});
+        bool reported = false;
+        try {
+          rt.block_on([]() -> task<void> {
+            mpg::chan<int> never;
+            (void)co_await never.recv();
+          }());
+        } catch (const mpg::deadlock_error&) {
+          reported = true;
+        }
+        c.check(reported, "block_on reports the deadlock");
+        c.finish();
+      },
+      kChildLimit);
+  check_exited_zero(r);
 }

@@ -29,6 +29,12 @@
 // waits for a plain thread to try_send() to it counts as blocked, unless an
 // mpg::external_work guard lives (mpg/runtime_handle.hpp lists every
 // possible wake-up).
+//
+// fork() without exec: the child has none of the runtime's Ms, so, as in
+// Go, a runtime of the parent must not be used in the child, nor destroyed
+// there (end the child with _exit() or exec). A runtime made in the child
+// works; mpg/signal.hpp, "fork() without exec", says what mpg resets at a
+// fork for that.
 #pragma once
 
 #include <chrono>

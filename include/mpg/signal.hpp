@@ -59,7 +59,8 @@
 //     a dumper of the child's own.
 // As in Go, the parent's runtimes must not be used in the child (their
 // threads are gone; their channels, tasks and handles are only memory
-// there), but a runtime made in the child gets its signals and dumps.
+// there), but a runtime made in the child works, its deadlock check
+// included (the process-wide list of runtimes is emptied too).
 #pragma once
 
 #include <cstddef>
