@@ -2,7 +2,7 @@
 // dumped to stderr and the program goes on; several runtimes may share the
 // signal; the previous disposition comes back when the last one goes; a
 // dump being written to stderr does not hold up a runtime's destruction,
-// not even the last one's.
+// not even the last one's; a burst of signals during a dump is one dump.
 #include <doctest/doctest.h>
 #include <signal.h>
 #include <unistd.h>
@@ -174,4 +174,23 @@ TEST_CASE("dump_signal: the last runtime is destroyed while a dump is being writ
   mpg::runtime again({.procs = 1, .dump_signal = SIGUSR2});
   ::kill(::getpid(), SIGUSR2);
   CHECK(cap.wait_for("task dump", 2));
+}
+
+TEST_CASE("dump_signal: signals that come during a dump make one dump more, not one each") {
+  mpg_test::stderr_capture cap;
+  dump_write_held.store(false);
+  dump_write_released.store(false);
+  mpg::runtime rt({.procs = 1, .dump_signal = SIGUSR2});
+  mpg::runtime marker({.procs = 1, .dump_signal = SIGUSR1});
+  mpg::detail::g_dump_write_hook.store(&hold_dump_write, std::memory_order_relaxed);
+  ::kill(::getpid(), SIGUSR2);
+  REQUIRE(mpg_test::wait_until([] { return dump_write_held.load(); }));
+  // Each kill() runs the handler before it returns (the signal is not
+  // blocked in this thread), so five bytes wait in the pipe, then the
+  // marker's, which is dumped after them.
+  for (int i = 0; i < 5; ++i) ::kill(::getpid(), SIGUSR2);
+  ::kill(::getpid(), SIGUSR1);
+  dump_write_released.store(true);
+  REQUIRE(cap.wait_for("signal 10 ("));  // the marker: every SIGUSR2 before it is dumped
+  CHECK(cap.count("signal 12 (") == 2);  // the held one, and one for the five
 }

@@ -45,7 +45,8 @@ struct runtime_options {
   unsigned recv_buffers = 0;
   unsigned recv_buffer_size = 0;
   // On this signal, dump every task of the runtime to stderr and go on
-  // (lib/sched/dump_signal.cpp). 0: no handler is installed. The previous
+  // (lib/sched/dump_signal.cpp); signals that come during a dump make one
+  // dump more. 0: no handler is installed. The previous
   // disposition is restored when the last runtime using the signal goes,
   // unless an mpg::signal channel still wants it (a signal used by both
   // reaches both). The runtime's constructor throws std::invalid_argument

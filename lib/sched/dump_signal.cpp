@@ -8,16 +8,18 @@
 //      process-wide self-pipe (write(2) is async-signal-safe; the write end
 //      is non-blocking, so a full pipe drops the byte: dumps are already
 //      pending). It reads the pipe's fd from an always-lock-free atomic.
-//   2. A process-wide dumper thread blocks in read(2) on the pipe. For each
-//      byte it takes the registry lock, builds the text of the dump of every
+//   2. A process-wide dumper thread blocks in read(2) on the pipe and takes
+//      every byte there. For each signal number among them (once: a burst
+//      of signals during a dump makes one dump more, not one per signal) it
+//      takes the registry lock, builds the text of the dump of every
 //      runtime registered for that signal, releases the lock and writes the
 //      text to stderr; the program goes on. Writing outside the lock matters:
 //      stderr may block (a pipe nobody reads), and a ~runtime unregistering
 //      meanwhile must not wait for it.
 //   3. The last unregistration stops the dumper: it adds one to
 //      registry.stops and writes byte 0 (never a signal number) to wake it.
-//      A dumper that wakes (and has dumped, for a signal's byte) and finds
-//      stops above 0 takes one and exits. The dumper is detached, not
+//      A dumper that wakes (and has dumped, for the signal bytes it read)
+//      and finds stops above 0 takes one and exits. The dumper is detached, not
 //      joined: it may be blocked writing to stderr, and the last ~runtime
 //      must not wait for that either. A registration that comes before it
 //      exits starts another dumper; both then read the pipe, and the first
@@ -69,6 +71,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -215,11 +218,21 @@ bool take_stop(registry* r) {
 void dumper_main(registry* r, int fd) {
   pthread_setname_np(pthread_self(), "mpg-dump");
   for (;;) {
-    unsigned char b = 0;
-    const ssize_t n = ::read(fd, &b, 1);
+    // What the pipe holds, up to a page: the signals that came while the
+    // last dump was built and written, one dump per signal number.
+    unsigned char bytes[256];
+    const ssize_t n = ::read(fd, bytes, sizeof bytes);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return;  // cannot happen: the write end is never closed
-    if (b != 0) dump(r, b);
+    std::uint64_t dumped = 0;  // bit sig - 1 (the sink writes 1..64)
+    for (ssize_t i = 0; i < n; ++i) {
+      const int sig = bytes[i];
+      if (sig == 0 || sig > 64) continue;  // 0: a stop's wake
+      const std::uint64_t bit = std::uint64_t{1} << (sig - 1);
+      if ((dumped & bit) != 0) continue;
+      dumped |= bit;
+      dump(r, sig);
+    }
     if (take_stop(r)) return;
   }
 }
