@@ -53,6 +53,7 @@
 #include "mpg/mpg.hpp"
 #include "mpg/signal.hpp"
 #include "server_args.hpp"
+#include "smoke_client.hpp"
 #include "smoke_gate.hpp"
 #include "smoke_poll.hpp"
 #include "write_timeout.hpp"
@@ -460,23 +461,13 @@ mpg::task<bool> check_accept_during_shutdown(bool hold_task) {
   mpg::join_handle<void> stopped = mpg::spawn(shutdown(s));
   ok = ok && co_await example::poll_until([s] { return s->shutting_down.load(); });
   held->open();
-  auto r = co_await mpg::select(stopped.join(), mpg::after(kShutdownBound).recv());
-  if (r.index() == 1) {
-    std::fprintf(stderr, "smoke: shutdown has not returned\n");
-    ok = false;
-    if (c.ok()) c->close();  // the connection it waits for ends
-    co_await std::move(stopped);
-  }
-  const std::int64_t running = s->conns.count();
-  if (running != 0) {
-    std::fprintf(stderr, "smoke: shutdown returned with %lld connection tasks running\n",
-                 static_cast<long long>(running));
-    ok = false;
-  }
+  const bool stopped_in_time =
+      co_await example::shutdown_within(stopped, kShutdownBound, c, s->conns);
+  ok = ok && stopped_in_time;
   conn_start.open();
   if (ok) {
     client_reader in(*c);
-    ok = co_await expect_closed(in, "being accepted during shutdown");
+    ok = co_await expect_closed(in, "after being accepted during shutdown");
   }
   if (c.ok()) c->close();
   co_await s->conns.wait();  // a task shutdown did not wait for

@@ -18,21 +18,21 @@
 #include "mpg/buffered.hpp"
 #include "mpg/mpg.hpp"
 #include "server_args.hpp"
+#include "smoke_client.hpp"
 
 namespace http {
 
 using namespace std::chrono_literals;
 
-using client_reader = mpg::net::buffered_reader<mpg::net::tcp_stream>;
+using example::client_reader;
+using example::expect_closed;
 
 // The smoke client's connections: a read that waits longer than this fails
 // the check instead of hanging it.
 inline constexpr auto kSmokeReadTimeout = 5s;
 
 inline mpg::task<absl::StatusOr<mpg::net::tcp_stream>> smoke_dial(const std::string& addr) {
-  absl::StatusOr<mpg::net::tcp_stream> c = co_await mpg::net::dial(addr);
-  if (c.ok()) c->set_read_deadline(mpg::net::clock::now() + kSmokeReadTimeout);
-  co_return c;
+  return example::smoke_dial(addr, kSmokeReadTimeout);
 }
 
 // expect_head(): reads a response's status line and headers; the
@@ -68,15 +68,6 @@ inline mpg::task<bool> expect_response(client_reader& in, int status, std::strin
     co_return false;
   }
   co_return true;
-}
-
-// expect_closed(): the server ends the connection after its last response.
-inline mpg::task<bool> expect_closed(client_reader& in, const char* after) {
-  absl::StatusOr<std::string_view> end = co_await in.read_line();
-  if (mpg::net::is_eof(end.status())) co_return true;
-  std::fprintf(stderr, "smoke: wanted the end of the stream after %s, got %s\n", after,
-               end.ok() ? std::string(*end).c_str() : end.status().ToString().c_str());
-  co_return false;
 }
 
 // smoke_send(): a connection of its own for one check, with `request`
@@ -129,7 +120,7 @@ inline mpg::task<bool> check_long_request_line(const std::string& addr) {
       co_await smoke_send(addr, absl::StrCat("GET /", std::string(9000, 'a'), " HTTP/1.1\r\n\r\n"));
   if (!c.ok()) co_return false;
   client_reader in(*c);
-  co_return co_await expect_response(in, 414, "") && co_await expect_closed(in, "414");
+  co_return co_await expect_response(in, 414, "") && co_await expect_closed(in, "after 414");
 }
 
 inline bool report(bool ok, const char* check) {
@@ -165,12 +156,12 @@ inline mpg::task<bool> check_idle_closed(const std::string& addr) {
   absl::StatusOr<mpg::net::tcp_stream> fresh = co_await smoke_dial(addr);
   if (!fresh.ok()) co_return false;
   client_reader fresh_in(*fresh);
-  if (!co_await expect_closed(fresh_in, "an idle new connection")) co_return false;
+  if (!co_await expect_closed(fresh_in, "after an idle new connection")) co_return false;
   absl::StatusOr<mpg::net::tcp_stream> c = co_await smoke_send(addr, "GET / HTTP/1.1\r\n\r\n");
   if (!c.ok()) co_return false;
   client_reader in(*c);
   co_return co_await expect_response(in, 200, "Hello, world!\n") &&
-      co_await expect_closed(in, "an idle keep-alive connection");
+      co_await expect_closed(in, "after an idle keep-alive connection");
 }
 
 // A request whose head, or body, does not arrive within the read timeout:
@@ -179,7 +170,7 @@ inline mpg::task<bool> check_slow_request(const std::string& addr, std::string r
   absl::StatusOr<mpg::net::tcp_stream> c = co_await smoke_send(addr, std::move(request));
   if (!c.ok()) co_return false;
   client_reader in(*c);
-  co_return co_await expect_response(in, 408, "") && co_await expect_closed(in, "408");
+  co_return co_await expect_response(in, 408, "") && co_await expect_closed(in, "after 408");
 }
 
 // A client that sends 128 echo requests of 256 KiB (32 MiB) and reads none

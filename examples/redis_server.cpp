@@ -53,6 +53,7 @@
 #include "redis_smoke.hpp"
 #include "redis_store.hpp"
 #include "server_args.hpp"
+#include "smoke_client.hpp"
 #include "smoke_gate.hpp"
 #include "smoke_poll.hpp"
 
@@ -233,19 +234,9 @@ mpg::task<bool> check_accept_during_shutdown(bool hold_task) {
   mpg::join_handle<void> stopped = mpg::spawn(shutdown(s));
   ok = ok && co_await example::poll_until([s] { return s->stopping.load(); });
   held->open();
-  auto r = co_await mpg::select(stopped.join(), mpg::after(kShutdownBound).recv());
-  if (r.index() == 1) {
-    std::fprintf(stderr, "smoke: shutdown has not returned\n");
-    ok = false;
-    if (c.ok()) c->close();  // the connection it waits for ends
-    co_await std::move(stopped);
-  }
-  const std::int64_t running = s->conns.count();
-  if (running != 0) {
-    std::fprintf(stderr, "smoke: shutdown returned with %lld connection tasks running\n",
-                 static_cast<long long>(running));
-    ok = false;
-  }
+  const bool stopped_in_time =
+      co_await example::shutdown_within(stopped, kShutdownBound, c, s->conns);
+  ok = ok && stopped_in_time;
   conn_start.open();
   if (ok) {
     redis::client_reader in(*c);

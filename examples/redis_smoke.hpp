@@ -14,6 +14,7 @@
 #include "mpg/buffered.hpp"
 #include "mpg/mpg.hpp"
 #include "redis_conn.hpp"
+#include "smoke_client.hpp"
 #include "smoke_poll.hpp"
 
 namespace redis {
@@ -26,7 +27,8 @@ inline constexpr std::chrono::milliseconds kSmokeTimeout(200);
 inline constexpr long long kSmokeQueryBuffer = 64 * 1024;
 
 
-using client_reader = mpg::net::buffered_reader<mpg::net::tcp_stream>;
+using example::client_reader;
+using example::expect_closed;
 
 inline mpg::task<bool> expect(client_reader& in, std::string_view want) {
   std::string got;
@@ -80,10 +82,7 @@ inline mpg::task<bool> smoke_client(std::uint16_t port) {
 // smoke_dial(): a connection for one check; a missing reply fails the
 // check instead of hanging it.
 inline mpg::task<absl::StatusOr<mpg::net::tcp_stream>> smoke_dial(std::uint16_t port) {
-  absl::StatusOr<mpg::net::tcp_stream> c =
-      co_await mpg::net::dial(absl::StrCat("127.0.0.1:", port));
-  if (c.ok()) c->set_read_deadline(mpg::net::clock::now() + 10s);
-  co_return c;
+  return example::smoke_dial(absl::StrCat("127.0.0.1:", port), 10s);
 }
 
 // Expiries that do not fit the clock are refused, and the key is not set.
@@ -141,16 +140,6 @@ inline mpg::task<bool> check_pipelined_replies_bounded(std::uint16_t port,
 inline bool report(bool ok, const char* check) {
   if (!ok) std::fprintf(stderr, "smoke: check failed: %s\n", check);
   return ok;
-}
-
-// expect_closed(): the server ends the connection, before smoke_dial's
-// read deadline.
-inline mpg::task<bool> expect_closed(client_reader& in, const char* what) {
-  absl::StatusOr<std::string_view> line = co_await in.read_line();
-  if (mpg::net::is_eof(line.status())) co_return true;
-  std::fprintf(stderr, "smoke: wanted the end of the stream %s, got %s\n", what,
-               line.ok() ? std::string(*line).c_str() : line.status().ToString().c_str());
-  co_return false;
 }
 
 // A connection that sends nothing is closed after the idle timeout.
