@@ -83,19 +83,11 @@
 // test/park_stress_tests.cpp checks this under TSan.
 #include "sched/scheduler.hpp"
 
-#include <sched.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cassert>
-#include <numeric>
-#include <stdexcept>
-#include <string>
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
-#include <ostream>
-#include <sstream>
 
 #include "absl/base/attributes.h"
 #include "mpg/errors.hpp"
@@ -510,31 +502,6 @@ MPG_INLINE_INTO_TASKS std::coroutine_handle<> switch_after_park() noexcept {
   return m->sched->next_after_park(m);
 }
 
-void report_lost_exception(std::exception_ptr e, std::uint64_t gid, const char* name) noexcept {
-  std::string what = "unknown exception";
-  try {
-    std::rethrow_exception(e);
-  } catch (const std::exception& ex) {
-    what = ex.what();
-  } catch (...) {
-  }
-  std::fprintf(stderr, "mpg: exception escaped detached task %llu%s%s%s: %s\n",
-               static_cast<unsigned long long>(gid), name ? " (" : "", name ? name : "",
-               name ? ")" : "", what.c_str());
-  std::fflush(stderr);
-  std::abort();
-}
-
-void rethrow_task_exception(const std::exception_ptr& e) { std::rethrow_exception(e); }
-
-void throw_task_awaited_twice() {
-  throw runtime_misuse_error("mpg: a task or join_handle was awaited twice (or is empty)");
-}
-void throw_join_twice() { throw_task_awaited_twice(); }
-void throw_task_killed() {
-  throw runtime_misuse_error("mpg: the task was destroyed by its runtime's shutdown");
-}
-
 namespace {
 [[noreturn, gnu::noinline]] void throw_join_outside_task() {
   throw runtime_misuse_error("mpg: a join_handle was awaited outside a task");
@@ -682,73 +649,7 @@ MPG_INLINE_INTO_TASKS std::coroutine_handle<> join_suspend(std::coroutine_handle
 }
 
 // ---------------------------------------------------------------------------
-// The scheduler object.
-
-namespace {
-unsigned default_procs() {
-  if (const char* env = std::getenv("MPG_PROCS")) {
-    char* end = nullptr;
-    long v = std::strtol(env, &end, 10);
-    if (end != env && *end == '\0' && v > 0 && v <= 4096) return static_cast<unsigned>(v);
-    std::fprintf(stderr, "mpg: ignoring MPG_PROCS=%s (want an integer 1..4096)\n", env);
-  }
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
-    int n = CPU_COUNT(&set);
-    if (n > 0) return static_cast<unsigned>(n);
-  }
-  long n = sysconf(_SC_NPROCESSORS_ONLN);
-  return n > 0 ? static_cast<unsigned>(n) : 1u;
-}
-}  // namespace
-
-// The bounds of runtime_options (runtime_options.hpp): MPG_PROCS's, and a
-// receive buffer a ring of them can still afford.
-constexpr unsigned kMaxProcs = 4096;
-constexpr unsigned kMaxRecvBufferSize = 1u << 20;
-
-scheduler::scheduler(const runtime_options& opts) : opts_(opts) {
-  if (opts_.procs == 0) opts_.procs = default_procs();
-  if (opts_.local_queue_capacity < 2 ||
-      (opts_.local_queue_capacity & (opts_.local_queue_capacity - 1)) != 0)
-    throw std::invalid_argument("mpg: runtime_options.local_queue_capacity must be a power of two >= 2");
-  if (opts_.procs > kMaxProcs)
-    throw std::invalid_argument("mpg: runtime_options.procs must be at most 4096");
-  if (opts_.recv_buffers != 0 &&
-      ((opts_.recv_buffers & (opts_.recv_buffers - 1)) != 0 || opts_.recv_buffers > 32768))
-    throw std::invalid_argument(
-        "mpg: runtime_options.recv_buffers must be 0 or a power of two up to 32768");
-  if (opts_.recv_buffer_size > kMaxRecvBufferSize)
-    throw std::invalid_argument("mpg: runtime_options.recv_buffer_size must be at most 1 MiB");
-  if (opts_.long_task_threshold.count() < 0)
-    throw std::invalid_argument("mpg: runtime_options.long_task_threshold must not be negative");
-  if (opts_.thread_starvation_threshold.count() < 0)
-    throw std::invalid_argument(
-        "mpg: runtime_options.thread_starvation_threshold must not be negative");
-  if (opts_.max_threads < opts_.procs) opts_.max_threads = opts_.procs;
-  for (std::uint32_t i = 0; i < opts_.procs; ++i)
-    ps_.push_back(std::make_unique<processor>(i, opts_.local_queue_capacity));
-  const fault_config faults = faults_from_options(opts_.io_faults);  // tests only
-  for (auto& p : ps_) {
-    absl::StatusOr<std::unique_ptr<reactor>> r = reactor::create(
-        opts_.ring_entries, &faults, opts_.recv_buffers, opts_.recv_buffer_size);
-    if (!r.ok()) {
-      throw std::runtime_error("mpg: cannot start the runtime: io_uring is unavailable: " +
-                               std::string(r.status().message()));
-    }
-    p->io = std::move(*r);
-  }
-  for (std::uint32_t i = 1; i <= procs(); ++i)
-    if (std::gcd(i, procs()) == 1) steal_strides_.push_back(i);
-  open_handles();
-  start_debug();
-  thread_mutex_lock l(mu_);
-  for (auto it = ps_.rbegin(); it != ps_.rend(); ++it) pidle_put(it->get());
-  sysmon_ = std::thread([this] { sysmon_main(); });
-}
-
-scheduler::~scheduler() = default;  // Gs live in g_blocks_
+// The scheduler object (its construction: scheduler_setup.cpp).
 
 void scheduler::init_g(g* gp, std::uint64_t id, std::coroutine_handle<> root,
                        const char* name) noexcept {
