@@ -17,6 +17,7 @@
 #include "mpg/errors.hpp"
 #include "mpg/runtime.hpp"
 #include "io/signal_relay.hpp"
+#include "sched/leaf_locks.hpp"
 #include "sched/scheduler.hpp"
 #include "sched/thread_mutex.hpp"
 
@@ -65,6 +66,8 @@ void block_on_signal(block_on_state* st) noexcept {
 // lock, for a moment, and a holder of theirs never takes this one (a dump
 // that stops the world waits for a task constructing a runtime at most
 // until the stop's timeout).
+// The leaf locks' handlers are registered before these, so that their
+// prepare runs after this one (sched/leaf_locks.cpp, "Order").
 struct runtime_registry {
   thread_mutex mu;
   std::vector<const scheduler*> all ABSL_GUARDED_BY(mu);
@@ -82,6 +85,7 @@ void registry_fork_child() noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS {
 runtime_registry& registry() {
   static runtime_registry* const r = [] {
     auto* n = new runtime_registry;
+    register_leaf_fork_handlers();
     // Fails only out of memory; the registry then goes without its fork
     // handlers, as a runtime goes unlisted (register_runtime).
     (void)::pthread_atfork(registry_fork_prepare, registry_fork_parent, registry_fork_child);

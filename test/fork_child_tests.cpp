@@ -4,7 +4,9 @@
 // runtime gets its channel signals, its dump signal and its deadlock check;
 // the signals mpg held get their old dispositions back; the parent's relay,
 // dumper and runtimes neither serve the child nor are reached from it; and
-// a fork that comes while the relay holds its lock waits for it.
+// a fork that comes while the relay holds its lock waits for it, as one that
+// comes while another thread holds a leaf lock (lib/sched/leaf_locks.hpp: the
+// frame depot's, the post caches' orphan list's) waits for that.
 //
 // Each child checks without doctest (its assertions would stay in the
 // child): it writes each failed check to its output, which run_child()
@@ -16,8 +18,8 @@
 // threads: its die_after_fork option (on by default) ends such a child at
 // its first new thread. The parents here are multithreaded at the fork, as
 // they must be for the relay or the dumper to run. So under TSan the tests
-// whose children need a runtime are skipped, and the fork during a delivery
-// checks in the child only what needs no thread.
+// whose children need a runtime are skipped, and the forks during a delivery
+// or while a leaf lock is held check in the child only what needs no thread.
 #include <doctest/doctest.h>
 #include <signal.h>
 #include <unistd.h>
@@ -30,9 +32,13 @@
 #include <cstring>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "child_process.hpp"
 #include "io/signal_relay.hpp"
+#include "mpg/detail/sched/frame.hpp"
+#include "mpg/detail/sched/post_node.hpp"
+#include "sched/leaf_locks.hpp"
 #include "stderr_capture.hpp"
 #include "test_support.hpp"
 #include "watchdog.hpp"
@@ -304,4 +310,118 @@ TEST_CASE("a new runtime in a child of fork reports a deadlock the parent's runt
       },
       kChildLimit);
   check_exited_zero(r);
+}
+
+namespace {
+// The moment of the tests below: a thread of the parent holds a leaf lock
+// (lib/sched/leaf_locks.hpp) when another thread forks.
+std::atomic<bool> leaf_fork_preparing{false};
+void note_leaf_fork() { leaf_fork_preparing.store(true); }
+
+// fork_while_held(): runs `child` in a child of a fork made by a new thread
+// while a third thread holds a leaf lock (taken by lock(), released by
+// unlock()). The holder lets go once the fork prepares (the leaf handlers'
+// hook runs before they take their locks), or else once the child ended: a
+// fork that takes no leaf lock copies it held. The forking thread is new, so
+// it has no frame list and no post cache: the child's first frames and
+// first post need the depot and the orphan list.
+template <class F>
+mpg_test::child_result fork_while_held(void (*lock)() noexcept, void (*unlock)() noexcept,
+                                       F child) {
+  leaf_fork_preparing.store(false);
+  std::atomic<bool> held{false};
+  std::atomic<bool> child_ended{false};
+  mpg::detail::g_leaf_fork_hook.store(&note_leaf_fork, std::memory_order_relaxed);
+  std::thread holder([&] {
+    lock();
+    held.store(true);
+    (void)mpg_test::wait_until([&] { return leaf_fork_preparing.load() || child_ended.load(); },
+                               std::chrono::seconds(90));
+    unlock();
+  });
+  const bool was_held = mpg_test::wait_until([&] { return held.load(); });
+  mpg_test::child_result r;
+  std::thread forker([&] {
+    r = mpg_test::run_child(child, kChildLimit);
+    child_ended.store(true);
+  });
+  forker.join();
+  holder.join();
+  mpg::detail::g_leaf_fork_hook.store(nullptr, std::memory_order_relaxed);
+  CHECK(was_held);
+  CHECK(leaf_fork_preparing.load());
+  return r;
+}
+
+// More frames than a thread's list of one class takes (at most 4096,
+// lib/sched/frame_allocator.cpp), so that freeing them all on one thread
+// hands batches to the depot.
+constexpr int kManyFrames = 6000;
+
+// hold_many(): n tasks alive at once, then ended and joined: with one P,
+// their frames are made and freed on the runtime's one M.
+task<int> hold_many(int n) {
+  mpg::chan<int> gate;
+  std::vector<mpg::join_handle<int>> hs;
+  hs.reserve(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) hs.push_back(mpg::spawn(wait_for_value(gate)));
+  gate.close();
+  int ended = 0;
+  for (auto& h : hs) ended += (co_await std::move(h)) == -1 ? 1 : 0;
+  co_return ended;
+}
+}  // namespace
+
+TEST_CASE("a fork while another thread holds the frame depot's lock waits for it, and the "
+          "child's frames go through the depot") {
+  const mpg_test::child_result r = fork_while_held(
+      mpg::detail::frame_depot_lock, mpg::detail::frame_depot_unlock, [] {
+        ::alarm(static_cast<unsigned>(kHangLimit.count()));
+        child_checks c;
+        // The frame cache is off by default under AddressSanitizer; on,
+        // frames go through the depot.
+        mpg::detail::set_frame_cache_enabled(true);
+        if constexpr (!mpg_test::kThreadSanitized) {
+          mpg::runtime rt({.procs = 1});
+          c.check(rt.block_on(hold_many(kManyFrames)) == kManyFrames,
+                  "the child's tasks all end");
+        } else {
+          // No thread (TSan ends a child that starts one): frames of the
+          // largest cached class (its list takes 512), made and freed here.
+          constexpr std::size_t kSize = 2048 - sizeof(mpg::detail::frame_header);
+          std::vector<void*> frames(1000);
+          for (void*& f : frames) f = mpg::detail::allocate_frame(kSize);
+          for (void* f : frames) mpg::detail::free_frame(f, kSize);
+        }
+        child_checks::say("child: the depot's lock is free\n");
+        c.finish();
+      });
+  check_exited_zero(r);
+  CHECK(r.output.find("child: the depot's lock is free") != std::string::npos);
+}
+
+TEST_CASE("a fork while another thread holds the post caches' orphan list's lock waits for it, "
+          "and the child's posts work") {
+  const mpg_test::child_result r = fork_while_held(
+      mpg::detail::post_orphans_lock, mpg::detail::post_orphans_unlock, [] {
+        ::alarm(static_cast<unsigned>(kHangLimit.count()));
+        child_checks c;
+        if constexpr (!mpg_test::kThreadSanitized) {
+          mpg::runtime rt({.procs = 1});
+          mpg::chan<int> ran(1);
+          // This thread's first post: it adopts an orphan cache or makes
+          // one, under the orphan list's lock.
+          c.check(rt.handle().post([ran]() mutable { (void)ran.try_send(1); }),
+                  "the child's post is queued");
+          c.check(rt.block_on(wait_for_value(ran)) == 1, "the child's posted function runs");
+        } else {
+          // No thread (see above): this thread's first post cache, by hand.
+          const mpg::detail::post_memory m = mpg::detail::post_alloc(0);
+          mpg::detail::post_free(m.home, 0, m.p);
+        }
+        child_checks::say("child: the orphan list's lock is free\n");
+        c.finish();
+      });
+  check_exited_zero(r);
+  CHECK(r.output.find("child: the orphan list's lock is free") != std::string::npos);
 }

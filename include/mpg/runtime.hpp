@@ -33,8 +33,10 @@
 // fork() without exec: the child has none of the runtime's Ms, so, as in
 // Go, a runtime of the parent must not be used in the child, nor destroyed
 // there (end the child with _exit() or exec). A runtime made in the child
-// works; mpg/signal.hpp, "fork() without exec", says what mpg resets at a
-// fork for that.
+// works: a fork waits for mpg's process-wide locks (the runtime registry's,
+// the frame depot's, the post caches' orphan list's, the signal ones), so
+// that the child has none of them held, and mpg/signal.hpp, "fork() without
+// exec", says what mpg resets at a fork for that.
 #pragma once
 
 #include <chrono>

@@ -33,6 +33,11 @@
 // bound) touch only the thread's lists, in allocate_frame() and
 // free_frame(), which stay in this file, one with no coroutines (frame.hpp
 // says why); set-up, the depot, slabs and malloc are further out of line.
+//
+// Fork. The depot's mutex is a leaf lock (sched/leaf_locks.hpp): the
+// handlers of leaf_locks.cpp hold it across fork(), so that a child never
+// starts with it held, and the child keeps the depot's chains: free frames in
+// memory that the child owns.
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -41,6 +46,7 @@
 
 #include "absl/base/config.h"
 #include "mpg/detail/sched/frame.hpp"
+#include "sched/leaf_locks.hpp"
 #include "sched/thread_mutex.hpp"
 
 namespace mpg::detail {
@@ -126,8 +132,13 @@ struct depot {
   }
 };
 
+// Never destroyed: threads may free frames at exit. Its fork handlers are
+// registered before anyone can lock it (leaf_locks.cpp).
 depot& the_depot() {
-  static depot* d = new depot;  // never destroyed: threads may free frames at exit
+  static depot* const d = [] {
+    register_leaf_fork_handlers();
+    return new depot;
+  }();
   return *d;
 }
 
@@ -338,6 +349,12 @@ inline void recycle(frame_header* h, std::size_t size) noexcept {
 #pragma GCC diagnostic pop
 
 void release_frame_memory(frame_header* h) noexcept { recycle(h, h->size); }
+
+// The lock is held from frame_depot_lock() to frame_depot_unlock(), across
+// fork() (leaf_locks.cpp) or a test's staging, which the lock analysis
+// cannot follow.
+void frame_depot_lock() noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS { the_depot().mu.lock(); }
+void frame_depot_unlock() noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS { the_depot().mu.unlock(); }
 
 frame_cache_stats thread_frame_cache_stats() noexcept {
   frame_cache_stats st;

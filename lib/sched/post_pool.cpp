@@ -32,6 +32,11 @@
 //   is never freed: blocks still queued in some runtime when their poster
 //   exits can always go home (the next owner takes them). There are at most
 //   as many caches as threads that ever posted at the same time.
+// Fork. orphans_mu is a leaf lock (sched/leaf_locks.hpp): the handlers of
+//   leaf_locks.cpp hold it across fork(), so that a child never starts with
+//   it held, and the child keeps the orphans for its threads to adopt. The
+//   forking thread keeps its cache; nreturned_ may count a push that another
+//   thread had begun and the fork cut off, an estimate off by that much.
 #include <atomic>
 #include <cstdint>
 #include <mutex>
@@ -39,6 +44,7 @@
 #include <vector>
 
 #include "mpg/detail/sched/post_node.hpp"
+#include "sched/leaf_locks.hpp"
 
 namespace mpg::detail {
 
@@ -139,6 +145,7 @@ struct cache_holder {
 thread_local cache_holder tls_cache_holder;
 
 [[gnu::noinline]] post_cache* adopt_cache() {
+  register_leaf_fork_handlers();  // before the first lock, and never under it (leaf_locks.cpp)
   post_cache* c = nullptr;
   {
     std::lock_guard<std::mutex> l(orphans_mu);
@@ -154,6 +161,9 @@ thread_local cache_holder tls_cache_holder;
 }
 
 }  // namespace
+
+void post_orphans_lock() noexcept { orphans_mu.lock(); }
+void post_orphans_unlock() noexcept { orphans_mu.unlock(); }
 
 post_memory post_alloc(std::uint32_t c) {
   post_cache* cache = tls_post_cache;

@@ -41,6 +41,9 @@
 //       runtime, so for a task that waits in notify() for the relay's lock
 //       (until the stop's timeout), while a holder of the relay's lock
 //       waits for nothing: dump's come before notify's.
+//       The leaf locks (the frame depot's, the post caches' orphan list's)
+//       are taken after all of these, by handlers registered before this
+//       file's (sched/leaf_locks.cpp, "Order").
 //   F2. parent: this file's mutex and the clients' locks released (the
 //       clients in the reverse order), the mask back.
 //   F3. child: every signal a client held gets back the disposition it
@@ -78,6 +81,7 @@
 #include <string>
 #include <utility>
 
+#include "sched/leaf_locks.hpp"
 #include "sched/thread_mutex.hpp"
 
 namespace mpg::detail {
@@ -261,6 +265,7 @@ void release_signal(signal_client c, int sig) noexcept {
 }
 
 void set_fork_hooks(signal_client c, const fork_hooks* hooks) {
+  register_leaf_fork_handlers();  // first: their prepare runs after F1
   (void)the_dispositions();  // exists before F1 locks it
   static const int registered = ::pthread_atfork(fork_prepare, fork_parent, fork_child);
   if (registered != 0)
