@@ -3,7 +3,9 @@
 // ~runtime destroys its task after the op completed, closes the new fd
 // (lib/io/fd_awaiter.hpp), as does a dial killed with its socket made and
 // its connect in flight; an accept that completes although its context was
-// cancelled first returns the connection.
+// cancelled first returns the connection. The same holds for io::submit with
+// an opcode that makes an fd (ACCEPT, OPENAT), and an io::submit whose result
+// is not an fd (a write's byte count, a refused SQE's NOP) closes nothing.
 //
 // The shutdown cases put the op's completion where no task can take it. The
 // runtime has one P. The op's task parks in the op; hold_p() then runs on
@@ -21,13 +23,16 @@
 // and after it.
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <liburing.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <mpg/fs.hpp>
+#include <mpg/io.hpp>
 #include <mpg/mpg.hpp>
 #include <mpg/net.hpp>
 
@@ -119,6 +124,50 @@ task<void> dial_one(std::string address, stage* st) {
   st->armed.store(true, std::memory_order_release);
   auto c = co_await mpg::net::dial(address);
   st->resumed.store(true, std::memory_order_release);
+}
+
+// The io::submit counterparts of open_fifo and accept_one, and an op whose
+// result (a write's byte count, `n`) is not an fd. The path and the buffer
+// live in the frame, as io::submit asks.
+task<void> submit_openat(std::string path, stage* st) {
+  st->armed.store(true, std::memory_order_release);
+  const int fd = co_await mpg::io::submit([&](io_uring_sqe* sqe) {
+    io_uring_prep_openat(sqe, AT_FDCWD, path.c_str(), O_RDONLY | O_CREAT | O_CLOEXEC, 0600);
+  });
+  st->resumed.store(true, std::memory_order_release);
+  if (fd >= 0) ::close(fd);
+}
+
+// bound: through the overload that takes a context (a live one).
+task<void> submit_accept(int ln_fd, bool bound, stage* st) {
+  auto [ctx, cancel] = mpg::with_cancel(mpg::background());
+  auto prep = [&](io_uring_sqe* sqe) {
+    io_uring_prep_accept(sqe, ln_fd, nullptr, nullptr, SOCK_CLOEXEC);
+  };
+  st->armed.store(true, std::memory_order_release);
+  const int fd = bound ? co_await mpg::io::submit(prep, ctx) : co_await mpg::io::submit(prep);
+  st->resumed.store(true, std::memory_order_release);
+  if (fd >= 0) ::close(fd);
+}
+
+task<void> submit_accept_multishot(int ln_fd, stage* st) {
+  st->armed.store(true, std::memory_order_release);
+  // Refused (-EINVAL): a NOP goes in its place and completes with 0.
+  const int res = co_await mpg::io::submit([&](io_uring_sqe* sqe) {
+    io_uring_prep_multishot_accept(sqe, ln_fd, nullptr, nullptr, SOCK_CLOEXEC);
+  });
+  st->resumed.store(true, std::memory_order_release);
+  CHECK(res == -EINVAL);
+}
+
+task<void> submit_write(int fd, int n, stage* st) {
+  st->armed.store(true, std::memory_order_release);
+  std::string bytes(static_cast<std::size_t>(n), 'x');
+  const int res = co_await mpg::io::submit([&](io_uring_sqe* sqe) {
+    io_uring_prep_write(sqe, fd, bytes.data(), static_cast<unsigned>(n), 0);
+  });
+  st->resumed.store(true, std::memory_order_release);
+  CHECK(res == n);
 }
 
 // connect_to(): a blocking client socket connected to 127.0.0.1:port, once
@@ -249,4 +298,101 @@ TEST_CASE("an accept that completes after its context was cancelled returns the 
   }
   CHECK(open_fds() == before);
   ::close(client);
+}
+
+TEST_CASE("an io::submit openat whose task is killed at shutdown once it completed closes its fd") {
+  mpg_test::temp_dir dir("mpg_fdres");
+  const std::string fifo = dir.path + "/fifo";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  const int before = open_fds();
+  stage st;
+  {
+    mpg::runtime rt({.procs = 1});
+    mpg_test::watchdog wd(30s, "submit openat at shutdown", &rt);
+    rt.go(submit_openat(fifo, &st), "submit_openat");
+    rt.go(hold_p(&st), "hold_p");
+    REQUIRE(wait_until([&] { return st.holding.load(std::memory_order_acquire); }));
+    // As in the fs::open case: our writer end completes the task's open.
+    int w = -1;
+    REQUIRE(wait_until([&] {
+      w = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+      return w >= 0;
+    }));
+    CHECK(wait_until([&] { return fds_on(fifo) == 2; }));
+    ::close(w);
+  }
+  CHECK_FALSE(st.resumed.load());
+  CHECK(fds_on(fifo) == 0);
+  CHECK(open_fds() == before);
+}
+
+TEST_CASE("an io::submit accept whose task is killed at shutdown once it completed closes its fd") {
+  auto ln = mpg::net::listen("127.0.0.1:0");
+  REQUIRE(ln.ok());
+  for (const bool bound : {false, true}) {
+    CAPTURE(bound);
+    const int client = connect_to(ln->port(), ln->native_handle());
+    const int before = open_fds();
+    stage st;
+    {
+      mpg::runtime rt({.procs = 1});
+      const int with_rt = open_fds();
+      mpg_test::watchdog wd(30s, "submit accept at shutdown", &rt);
+      refusing_flushes refusing;
+      rt.go(submit_accept(ln->native_handle(), bound, &st), "submit_accept");
+      rt.go(hold_p(&st), "hold_p");
+      REQUIRE(wait_until([&] { return st.holding.load(std::memory_order_acquire); }));
+      CHECK(wait_until([&] { return open_fds() == with_rt + 1; }));
+    }
+    CHECK_FALSE(st.resumed.load());
+    CHECK(open_fds() == before);
+    ::close(client);
+  }
+}
+
+TEST_CASE("an io::submit whose result is no fd closes nothing when its task is killed unread") {
+  // A write of `held` bytes completes with the number of an fd the test
+  // holds; a refused multishot accept's NOP with 0, which fd 0 is (opened
+  // here on /dev/null if the test runs without one). Both stay open.
+  int fds[2];
+  REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
+  const int opened0 = ::fcntl(0, F_GETFD) == -1 ? ::open("/dev/null", O_RDONLY) : -1;
+  REQUIRE(::fcntl(0, F_GETFD) != -1);
+  const int held = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  REQUIRE(held > 0);
+  REQUIRE(held < 4096);  // the pipe takes it at once
+  auto ln = mpg::net::listen("127.0.0.1:0");
+  REQUIRE(ln.ok());
+  const int before = open_fds();
+  stage st_write, st_refused;
+  {
+    mpg::runtime rt({.procs = 1});
+    mpg_test::watchdog wd(30s, "no fd at shutdown", &rt);
+    refusing_flushes refusing;
+    rt.go(submit_write(fds[1], held, &st_write), "submit_write");
+    rt.go(hold_p(&st_write), "hold_p");
+    REQUIRE(wait_until([&] { return st_write.holding.load(std::memory_order_acquire); }));
+    // The write completed (its bytes are in the pipe), its task never ran.
+    int queued = 0;
+    CHECK(wait_until([&] {
+      return ::ioctl(fds[0], FIONREAD, &queued) == 0 && queued == held;
+    }));
+  }
+  {
+    mpg::runtime rt({.procs = 1});
+    mpg_test::watchdog wd(30s, "refused at shutdown", &rt);
+    refusing_flushes refusing;
+    rt.go(submit_accept_multishot(ln->native_handle(), &st_refused), "submit_refused");
+    rt.go(hold_p(&st_refused), "hold_p");
+    REQUIRE(wait_until([&] { return st_refused.holding.load(std::memory_order_acquire); }));
+  }
+  CHECK_FALSE(st_write.resumed.load());
+  CHECK_FALSE(st_refused.resumed.load());
+  CHECK(::fcntl(held, F_GETFD) != -1);
+  CHECK(::fcntl(0, F_GETFD) != -1);
+  CHECK(open_fds() == before);
+  ::close(held);
+  if (opened0 >= 0) ::close(opened0);
+  ::close(fds[0]);
+  ::close(fds[1]);
 }

@@ -66,6 +66,17 @@
 // IORING_CQE_F_MORE) with the first one's result: so IORING_OP_SEND_ZC works
 // as a plain send.
 //
+// At shutdown (~runtime, lib/sched/shutdown.cpp) the ops in flight are
+// cancelled (-ECANCELED) and every ring is drained; then the tasks still
+// live are destroyed unrun, among them those whose op completed (during
+// the drain, or earlier for a task that no M ran again) with a result they
+// never read. When that result is a new file descriptor, the awaiter
+// closes it, as fs::open and listener::accept do: an ACCEPT, OPENAT,
+// OPENAT2 or SOCKET SQE without a direct descriptor (file_index 0) makes
+// one. Any other result is dropped. (An op still in flight when the drain
+// gives up on its ring, after 10 s, is beyond this: an fd it makes later is
+// not closed.)
+//
 // Fault injection (runtime_options::io_faults, MPG_FAULTS; tests only)
 // never applies to io::submit: its result is always the kernel's cqe->res,
 // which only the caller knows how to retry. (A completion may still travel
@@ -76,6 +87,7 @@
 // P busy in one long task or left without an M (onto the global queue).
 #pragma once
 
+#include <cerrno>
 #include <chrono>
 #include <coroutine>
 #include <exception>
@@ -93,6 +105,19 @@ namespace mpg::detail {
 
 // user_prep<Prep>: an io::submit callback and what became of its SQE. The
 // thunk is the io_prep_fn the reactor calls, with the user_prep as ctx.
+//
+// `state` is end_user_sqe()'s verdict (io_op.hpp), or `refused` when the
+// callback threw, and it is also what the awaiter owes: `new_fd` says that
+// a result >= 0 is an fd nobody has read yet, which the awaiter's
+// destructor closes (close_unread_fd); result() hands it to the task and
+// sets `plain`. An SQE that makes no fd costs the awaiter one byte compare
+// in result() and one in its destructor.
+//
+// Ordering: no atomic. The thunk runs inside the task's await_suspend, on
+// its M (reactor::start calls it synchronously, or not at all for an op it
+// fails at once); result() runs in the resumed task, after the park/ready
+// protocol (g.hpp) ordered the suspend before it, and the destructor of a
+// frame killed unread runs in ~runtime's step 6, after that M was joined.
 template <class Prep>
 struct user_prep {
   explicit user_prep(Prep p) noexcept(std::is_nothrow_move_constructible_v<Prep>)
@@ -107,26 +132,36 @@ struct user_prep {
     } catch (...) {
       self.error = std::current_exception();
       refuse_user_sqe(sqe);
+      self.state = user_sqe::refused;
       return;
     }
 #else
     self.fn(sqe);
 #endif
-    self.refused = end_user_sqe(sqe);
+    self.state = end_user_sqe(sqe);  // read after the callback filled the SQE
   }
 
   // result(): what co_await returns for the op's result `res`: the
-  // callback's exception rethrown, or -EINVAL if the SQE was refused.
-  int result(int res) const {
+  // callback's exception rethrown, or -EINVAL if the SQE was refused; a new
+  // fd is the task's from here.
+  int result(int res) {
+    if (state == user_sqe::plain) [[likely]] return res;
+    if (state == user_sqe::new_fd) {
+      state = user_sqe::plain;
+      return res;
+    }
 #if __cpp_exceptions
     if (error) std::rethrow_exception(error);
 #endif
-    return refused != 0 ? refused : res;
+    return -EINVAL;
   }
+
+  // owns_fd(): the op's result, if >= 0, is an fd that no task has read.
+  bool owns_fd() const noexcept { return state == user_sqe::new_fd; }
 
   Prep fn;
   std::exception_ptr error;
-  int refused = 0;  // end_user_sqe()'s verdict
+  user_sqe state = user_sqe::plain;
 };
 
 }  // namespace mpg::detail
@@ -149,6 +184,19 @@ class [[nodiscard]] submit_awaiter {
     op_.deadline = deadline;
   }
 
+  // Copied or moved only outside its co_await (before it, or after it
+  // resumed), when it owns no fd: the defaults are right (declared, as the
+  // destructor would hide the moves).
+  submit_awaiter(const submit_awaiter&) = default;
+  submit_awaiter(submit_awaiter&&) = default;
+  submit_awaiter& operator=(const submit_awaiter&) = default;
+  submit_awaiter& operator=(submit_awaiter&&) = default;
+  // A frame destroyed with the op's new fd unread (a task killed at
+  // shutdown) closes it.
+  ~submit_awaiter() {
+    if (prep_.owns_fd()) [[unlikely]] detail::close_unread_fd(op_);
+  }
+
   bool await_ready() const noexcept { return false; }
   bool await_suspend(std::coroutine_handle<> h) {
     op_.waiter = detail::current_g();
@@ -160,7 +208,7 @@ class [[nodiscard]] submit_awaiter {
     return false;
   }
   // Rethrows what the callback threw.
-  int await_resume() const { return prep_.result(op_.outcome()); }
+  int await_resume() { return prep_.result(op_.outcome()); }
 
   // link_parent(): the site of the awaiting task's co_await (its
   // await_transform calls it, mpg/task.hpp): where the task shows as parked.
@@ -183,6 +231,10 @@ class [[nodiscard]] submit_context_awaiter {
   submit_context_awaiter(Prep prep, const context& ctx) noexcept(
       std::is_nothrow_move_constructible_v<Prep>)
       : prep_(std::move(prep)), bind_(ctx.node_for_internal_use().get()) {}
+  // As submit_awaiter's (the binding stops watching ctx after this).
+  ~submit_context_awaiter() {
+    if (prep_.owns_fd()) [[unlikely]] detail::close_unread_fd(op_);
+  }
 
   bool await_ready() const noexcept { return false; }
   bool await_suspend(std::coroutine_handle<> h) {

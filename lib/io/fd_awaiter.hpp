@@ -21,7 +21,8 @@
 // An fd's op is distinguished by its awaiter, not by a mark in the io_op:
 // the reactor stays unaware of what an op's result means, and an io_op
 // keeps its size (one cache line). A completed op costs one store and one
-// predictable branch.
+// predictable branch. (io::submit's awaiters, mpg/io.hpp, do the same for
+// an SQE whose opcode makes an fd, marked by end_user_sqe: user_sqe::new_fd.)
 //
 // Ordering: no atomic of its own. `taken_` is the awaiting task's, written
 // and read only by that task's frame. The destructor reads op.got_first
@@ -29,11 +30,9 @@
 // is in ~runtime's step 6, after step 3 dispatched every final CQE. The
 // reactor wrote them in that dispatch, on the thread that runs ~runtime
 // (step 3's reap) or on an M or sysmon, which steps 1 and 2 joined: either
-// way before the destructor reads them. The close is a plain close(2): no
-// M runs tasks by then, so no P waits on it.
+// way before the destructor reads them. The close is a plain close(2)
+// (close_unread_fd, io_op.cpp): no M runs tasks by then, so no P waits on it.
 #pragma once
-
-#include <unistd.h>
 
 #include "mpg/detail/io/io_op.hpp"
 
@@ -47,7 +46,7 @@ class io_fd_awaiter : public io_awaiter {
   io_fd_awaiter(const io_fd_awaiter&) = delete;
   io_fd_awaiter& operator=(const io_fd_awaiter&) = delete;
   ~io_fd_awaiter() {
-    if (!taken_) [[unlikely]] close_unread();
+    if (!taken_) [[unlikely]] close_unread_fd(op);
   }
 
   int await_resume() noexcept {
@@ -56,13 +55,6 @@ class io_fd_awaiter : public io_awaiter {
   }
 
  private:
-  // close_unread(): the op completed with a new fd (its final CQE was
-  // dispatched: got_first) that the task never read. An op never started,
-  // or refused by io_start, has got_first false or a negative res.
-  void close_unread() noexcept {
-    if (op.got_first && op.res >= 0) ::close(op.res);
-  }
-
   bool taken_ = false;
 };
 

@@ -2,10 +2,12 @@
 // (mpg/detail/io/io_op.hpp): io_start() publishes an op under its slot's
 // lock, io_cancel() and io_stop_in_flight() stop the op in flight, an
 // io_deadline moved earlier kicks it, io_op::outcome() turns the kernel's
-// result into the one the awaiter reports, and prep_request() writes the SQE
-// of an io_request.
+// result into the one the awaiter reports, end_user_sqe() judges the SQE of
+// an io::submit callback, close_unread_fd() closes a new fd that no task read,
+// and prep_request() writes the SQE of an io_request.
 #include <errno.h>
 #include <liburing.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstring>
@@ -161,7 +163,7 @@ void refuse_user_sqe(io_uring_sqe* sqe) noexcept {
   io_uring_prep_nop(sqe);
 }
 
-int end_user_sqe(io_uring_sqe* sqe) noexcept {
+user_sqe end_user_sqe(io_uring_sqe* sqe) noexcept {
   // Encodings newer than liburing 2.3's headers (kernel UAPI):
   // IORING_TIMEOUT_MULTISHOT (6.4), IORING_ASYNC_CANCEL_USERDATA and _OP
   // (6.6), IORING_OP_READ_MULTISHOT (6.7) and IORING_OP_RECV_ZC (6.15).
@@ -197,7 +199,11 @@ int end_user_sqe(io_uring_sqe* sqe) noexcept {
   // A plain removal or a cancel by user_data or fd only ends what it finds
   // with -ECANCELED, which the runtime takes as that op's result: an error
   // of the task that awaits it, or a multishot receive that re-arms.
+  //
+  // The opcodes that make a file descriptor (user_sqe::new_fd) are marked
+  // here too, in the same switch: another opcode pays nothing for them.
   bool refused = (sqe->flags & IOSQE_BUFFER_SELECT) != 0;
+  bool new_fd = false;
   switch (sqe->opcode) {
     case IORING_OP_ASYNC_CANCEL: {
       const unsigned f = sqe->cancel_flags;
@@ -220,6 +226,12 @@ int end_user_sqe(io_uring_sqe* sqe) noexcept {
       break;
     case IORING_OP_ACCEPT:
       refused |= (sqe->ioprio & IORING_ACCEPT_MULTISHOT) != 0;
+      new_fd = sqe->file_index == 0;
+      break;
+    case IORING_OP_OPENAT:
+    case IORING_OP_OPENAT2:
+    case IORING_OP_SOCKET:
+      new_fd = sqe->file_index == 0;  // else a direct descriptor: no fd
       break;
     case IORING_OP_RECV:
     case IORING_OP_RECVMSG:
@@ -238,9 +250,19 @@ int end_user_sqe(io_uring_sqe* sqe) noexcept {
     default:
       break;
   }
-  if (!refused) return 0;
+  if (!refused) return new_fd ? user_sqe::new_fd : user_sqe::plain;
   refuse_user_sqe(sqe);
-  return -EINVAL;
+  return user_sqe::refused;
+}
+
+// Ordering: no atomic. The caller's awaiter is destroyed with its frame by
+// ~runtime (step 6), after step 3 dispatched every final CQE: the reactor
+// wrote op.got_first and op.res in that dispatch, on ~runtime's thread or on
+// an M or sysmon that steps 1 and 2 joined, so before this reads them. The
+// awaiter's own mark (io_fd_awaiter::taken_, user_prep::state) was written
+// by the task's frame on an M that was joined as well.
+void close_unread_fd(const io_op& op) noexcept {
+  if (op.got_first && op.res >= 0) ::close(op.res);
 }
 
 void prep_request(io_uring_sqe* sqe, const void* ctx) {

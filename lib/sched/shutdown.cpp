@@ -24,9 +24,10 @@
 //      whose join_handle is still held elsewhere keeps its memory until that
 //      handle is dropped (frame.hpp, kJoinKilled). Destructors that ready
 //      other Gs during this only queue them; nothing runs any more. A new
-//      fd that an op made for a killed task (an open, an accept), whose
-//      result the task never read, is closed by the op's awaiter in the
-//      frame (lib/io/fd_awaiter.hpp).
+//      fd that an op made for a killed task (an open, an accept, an
+//      io::submit of an opcode that makes one), whose result the task never
+//      read, is closed by the op's awaiter in the frame (lib/io/fd_awaiter.hpp,
+//      mpg/io.hpp).
 //   7. ~runtime waits for a signal delivery in progress, which may still be
 //      readying a G that step 6 killed (lib/io/signal_relay.hpp), and only
 //      then deletes the scheduler.

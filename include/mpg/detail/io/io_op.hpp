@@ -300,19 +300,42 @@ void io_stop_in_flight(io_slot* slot, const io_stop_request& rq) noexcept;
 // or its SQ stays full.
 bool io_try_stop_in_flight(io_slot* slot, const io_stop_request& rq) noexcept;
 
+// user_sqe: what end_user_sqe() made of an io::submit SQE.
+//   plain    it goes to the kernel, and its result is a number;
+//   new_fd   it goes to the kernel, and a result >= 0 is a new file
+//            descriptor that the awaiting task owns: an ACCEPT (not
+//            multishot: refused), OPENAT, OPENAT2 or SOCKET whose file_index
+//            is 0 (one that asks for a direct descriptor makes no fd: it
+//            completes with a slot of the ring's file table, or with an
+//            error, as the rings have no table);
+//   refused  it was turned into a NOP: the op reads -EINVAL.
+enum class user_sqe : std::uint8_t { plain, new_fd, refused };
+
 // The SQE of an io::submit callback (mpg/io.hpp), which the thunk of its
 // awaiter brackets, under the reactor lock: begin_user_sqe() blanks the SQE
 // before the callback runs (io_uring_get_sqe leaves the slot's last SQE
-// there); end_user_sqe() returns 0 if the SQE may go to the kernel, or
-// -EINVAL after turning it into a NOP if it selects a provided buffer, is a
-// multishot op, or reaches the ring's other requests (a MSG_RING, an update
-// of a poll or timeout, a cancel of any request or of an opcode's: the list
-// is in mpg/io.hpp and io_op.cpp); refuse_user_sqe() turns it into a NOP
-// (the callback threw). The runtime's own prep functions are not bracketed: they write
+// there); end_user_sqe() returns `refused` after turning it into a NOP if it
+// selects a provided buffer, is a multishot op, or reaches the ring's other
+// requests (a MSG_RING, an update of a poll or timeout, a cancel of any
+// request or of an opcode's: the list is in mpg/io.hpp and io_op.cpp), else
+// `new_fd` or `plain`; refuse_user_sqe() turns it into a NOP (the callback
+// threw). The runtime's own prep functions are not bracketed: they write
 // every field the kernel reads for their opcode.
 void begin_user_sqe(io_uring_sqe* sqe) noexcept;
-int end_user_sqe(io_uring_sqe* sqe) noexcept;
+user_sqe end_user_sqe(io_uring_sqe* sqe) noexcept;
 void refuse_user_sqe(io_uring_sqe* sqe) noexcept;
+
+// close_unread_fd(): the destructor of an awaiter whose op makes a file
+// descriptor (lib/io/fd_awaiter.hpp; io::submit's with a `new_fd` SQE) and
+// whose task never read the result: closes op.res if the op completed (its
+// final CQE was dispatched: got_first) with a new fd (res >= 0). An op
+// never started, or refused by io_start, has got_first false or a negative
+// res. It closes only in ~runtime (lib/sched/shutdown.cpp, step 6, which
+// destroys the frame of a task whose op completed but that never ran
+// again), on ~runtime's thread with every M joined, so a plain close(2)
+// blocks no P: anywhere else an awaiter that owns a result was never
+// awaited, and its op never started.
+void close_unread_fd(const io_op& op) noexcept;
 
 // io_deadline: a deadline of an object's operations that any task may set,
 // and that applies to the operation in flight (Go's SetReadDeadline): the
