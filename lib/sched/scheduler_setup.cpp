@@ -46,7 +46,8 @@ scheduler::scheduler(const runtime_options& opts) : opts_(opts) {
   if (opts_.procs == 0) opts_.procs = default_procs();
   if (opts_.local_queue_capacity < 2 ||
       (opts_.local_queue_capacity & (opts_.local_queue_capacity - 1)) != 0)
-    throw std::invalid_argument("mpg: runtime_options.local_queue_capacity must be a power of two >= 2");
+    throw std::invalid_argument(
+        "mpg: runtime_options.local_queue_capacity must be a power of two >= 2");
   if (opts_.procs > kMaxProcs)
     throw std::invalid_argument("mpg: runtime_options.procs must be at most 4096");
   if (opts_.recv_buffers != 0 &&
