@@ -198,9 +198,10 @@ struct refusing_flushes {
   }
 };
 
-}  // namespace
-
-TEST_CASE("an open whose task is killed at shutdown after the open completed closes its fd") {
+// check_open_killed(): `opener` opens a FIFO, and its task is killed at
+// shutdown once the open completed (hold_p keeps the one P from it): the
+// fd it made is closed with its frame.
+void check_open_killed(task<void> (*opener)(std::string, stage*), const char* name) {
   mpg_test::temp_dir dir("mpg_fdres");
   const std::string fifo = dir.path + "/fifo";
   REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
@@ -208,8 +209,8 @@ TEST_CASE("an open whose task is killed at shutdown after the open completed clo
   stage st;
   {
     mpg::runtime rt({.procs = 1});
-    mpg_test::watchdog wd(30s, "open at shutdown", &rt);
-    rt.go(open_fifo(fifo, &st), "open_fifo");
+    mpg_test::watchdog wd(30s, name, &rt);
+    rt.go(opener(fifo, &st), name);
     rt.go(hold_p(&st), "hold_p");
     REQUIRE(wait_until([&] { return st.holding.load(std::memory_order_acquire); }));
     // A non-blocking open for writing fails (ENXIO) until a reader is in the
@@ -228,18 +229,20 @@ TEST_CASE("an open whose task is killed at shutdown after the open completed clo
   CHECK(open_fds() == before);
 }
 
-TEST_CASE("an accept whose task is killed at shutdown after the accept completed closes its fd") {
-  auto ln = mpg::net::listen("127.0.0.1:0");
-  REQUIRE(ln.ok());
-  const int client = connect_to(ln->port(), ln->native_handle());
+// check_accept_killed(): the task that make_acceptor(&st) makes accepts a
+// queued connection on ln, and is killed at shutdown once the accept
+// completed (flushes refused until hold_p's): the fd it made is closed.
+template <class MakeAcceptor>
+void check_accept_killed(mpg::net::listener& ln, MakeAcceptor make_acceptor, const char* name) {
+  const int client = connect_to(ln.port(), ln.native_handle());
   const int before = open_fds();
   stage st;
   {
     mpg::runtime rt({.procs = 1});
     const int with_rt = open_fds();
-    mpg_test::watchdog wd(30s, "accept at shutdown", &rt);
+    mpg_test::watchdog wd(30s, name, &rt);
     refusing_flushes refusing;
-    rt.go(accept_one(&*ln, &st), "accept_one");
+    rt.go(make_acceptor(&st), name);
     rt.go(hold_p(&st), "hold_p");
     REQUIRE(wait_until([&] { return st.holding.load(std::memory_order_acquire); }));
     // hold_p's flush issued the accept, which took the queued connection.
@@ -248,6 +251,18 @@ TEST_CASE("an accept whose task is killed at shutdown after the accept completed
   CHECK_FALSE(st.resumed.load());
   CHECK(open_fds() == before);
   ::close(client);
+}
+
+}  // namespace
+
+TEST_CASE("an open whose task is killed at shutdown after the open completed closes its fd") {
+  check_open_killed(open_fifo, "open_fifo");
+}
+
+TEST_CASE("an accept whose task is killed at shutdown after the accept completed closes its fd") {
+  auto ln = mpg::net::listen("127.0.0.1:0");
+  REQUIRE(ln.ok());
+  check_accept_killed(*ln, [&](stage* st) { return accept_one(&*ln, st); }, "accept_one");
 }
 
 TEST_CASE("a dial whose task is killed at shutdown closes its socket") {
@@ -301,29 +316,7 @@ TEST_CASE("an accept that completes after its context was cancelled returns the 
 }
 
 TEST_CASE("an io::submit openat whose task is killed at shutdown once it completed closes its fd") {
-  mpg_test::temp_dir dir("mpg_fdres");
-  const std::string fifo = dir.path + "/fifo";
-  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
-  const int before = open_fds();
-  stage st;
-  {
-    mpg::runtime rt({.procs = 1});
-    mpg_test::watchdog wd(30s, "submit openat at shutdown", &rt);
-    rt.go(submit_openat(fifo, &st), "submit_openat");
-    rt.go(hold_p(&st), "hold_p");
-    REQUIRE(wait_until([&] { return st.holding.load(std::memory_order_acquire); }));
-    // As in the fs::open case: our writer end completes the task's open.
-    int w = -1;
-    REQUIRE(wait_until([&] {
-      w = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
-      return w >= 0;
-    }));
-    CHECK(wait_until([&] { return fds_on(fifo) == 2; }));
-    ::close(w);
-  }
-  CHECK_FALSE(st.resumed.load());
-  CHECK(fds_on(fifo) == 0);
-  CHECK(open_fds() == before);
+  check_open_killed(submit_openat, "submit_openat");
 }
 
 TEST_CASE("an io::submit accept whose task is killed at shutdown once it completed closes its fd") {
@@ -331,22 +324,9 @@ TEST_CASE("an io::submit accept whose task is killed at shutdown once it complet
   REQUIRE(ln.ok());
   for (const bool bound : {false, true}) {
     CAPTURE(bound);
-    const int client = connect_to(ln->port(), ln->native_handle());
-    const int before = open_fds();
-    stage st;
-    {
-      mpg::runtime rt({.procs = 1});
-      const int with_rt = open_fds();
-      mpg_test::watchdog wd(30s, "submit accept at shutdown", &rt);
-      refusing_flushes refusing;
-      rt.go(submit_accept(ln->native_handle(), bound, &st), "submit_accept");
-      rt.go(hold_p(&st), "hold_p");
-      REQUIRE(wait_until([&] { return st.holding.load(std::memory_order_acquire); }));
-      CHECK(wait_until([&] { return open_fds() == with_rt + 1; }));
-    }
-    CHECK_FALSE(st.resumed.load());
-    CHECK(open_fds() == before);
-    ::close(client);
+    check_accept_killed(
+        *ln, [&](stage* st) { return submit_accept(ln->native_handle(), bound, st); },
+        "submit_accept");
   }
 }
 

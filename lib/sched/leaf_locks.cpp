@@ -55,14 +55,9 @@ void leaf_fork_prepare() noexcept {
   frame_depot_lock();
 }
 
-void leaf_fork_parent() noexcept {
-  frame_depot_unlock();
-  post_orphans_unlock();
-}
-
-// Unlocking is what a child handler may do (as F3 does): no allocation, no
-// call that is not async-signal-safe.
-void leaf_fork_child() noexcept {
+// L2 and L3 alike. Unlocking is what a child handler may do (as F3 does):
+// no allocation, no call that is not async-signal-safe.
+void leaf_fork_release() noexcept {
   frame_depot_unlock();
   post_orphans_unlock();
 }
@@ -72,7 +67,7 @@ void leaf_fork_child() noexcept {
 void register_leaf_fork_handlers() noexcept {
   // Fails only out of memory (ENOMEM); see leaf_locks.hpp.
   static const int registered =
-      ::pthread_atfork(leaf_fork_prepare, leaf_fork_parent, leaf_fork_child);
+      ::pthread_atfork(leaf_fork_prepare, leaf_fork_release, leaf_fork_release);
   (void)registered;
 }
 
