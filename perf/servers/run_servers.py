@@ -24,7 +24,10 @@ Both tables carry a "floor" row that is not a peer: uring_floor_echo, a bare
 io_uring loop per thread with no runtime and every trick a dedicated server
 has (multishot recv into buffer rings, DEFER_TASKRUN). Its figures are what
 the kernel and the client leave for any server on this machine, so the
-targets can be read against them. Rounds interleave the implementations.
+targets can be read against them. A "floor_coop" row runs the same floor with
+--defer 0: COOP_TASKRUN rings, the mode of mpg's rings, which move between
+threads with their Ps; mpg against it is the runtime's own share of the gap.
+Rounds interleave the implementations.
 
 Servers take --port and --procs. The Go peers (perf/go/servers/*) are built
 here with `go build` when `go` is on PATH. Every server and client process is
@@ -33,7 +36,7 @@ ours and is stopped by its PID. Traffic stays on 127.0.0.1.
 Usage:
   python3 perf/servers/run_servers.py --build BUILD [--seconds 5] [--procs 2]
       [--conns 64] [--size 64] [--idle 10000] [--runs 1] [--only echo,http,idle,churn,redis]
-      [--impls mpg,base,threads,go,floor] [--base BUILD2,BUILD3] [--churn 100000]
+      [--impls mpg,base,threads,go,floor,floor_coop] [--base BUILD2,BUILD3] [--churn 100000]
 
 Standard library only. Exit status 1 if a server failed to start or a load
 run failed.
@@ -55,6 +58,10 @@ from pathlib import Path
 from typing import Optional
 
 HERE = Path(__file__).resolve().parent
+# The reference rows, not peers: uring_floor_echo as it is (DEFER_TASKRUN),
+# and with --defer 0 (COOP_TASKRUN, the ring mode of mpg, whose rings move
+# between threads with their Ps).
+FLOORS = ("floor", "floor_coop")
 GO_DIR = HERE.parent / "go" / "servers"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -325,7 +332,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=1, help="runs per cell; the median is reported")
     ap.add_argument("--only", default="echo,http,idle,redis")
     ap.add_argument("--impls", default="",
-                    help="comma-separated rows to run (default: all of mpg,base,threads,go,floor)")
+                    help="comma-separated rows to run (default: all of mpg,base,threads,go,floor,floor_coop)")
     ap.add_argument("--base", default="",
                     help="other build directories (comma-separated) whose mpg servers run as "
                          "the rows 'base', 'base2'..., interleaved with this build's "
@@ -362,22 +369,26 @@ def main() -> int:
         # row and the floor run back to back, so a change of the machine's
         # state between rounds moves both sides of a round's ratio alike,
         # while it can pull the two medians above from different rounds.
-        fl = by_round.get("floor", {})
-        for name, rounds in by_round.items():
-            pairs = [(r, fl[i]) for i, r in rounds.items()
-                     if name != "floor" and i in fl and "cpu100k" in r and r["rate"] and fl[i]["rate"]
-                     and fl[i]["cpu100k"]]
-            if pairs:
-                out[name]["paired"] = (
-                    statistics.median(r["rate"] / f["rate"] for r, f in pairs),
-                    statistics.median(r["cpu100k"] / f["cpu100k"] for r, f in pairs), len(pairs))
+        # The same against floor_coop, for the share of the gap that is not
+        # the ring mode.
+        for ref in FLOORS:
+            fl = by_round.get(ref, {})
+            for name, rounds in by_round.items():
+                pairs = [(r, fl[i]) for i, r in rounds.items()
+                         if name not in FLOORS and i in fl and "cpu100k" in r and r["rate"]
+                         and fl[i]["rate"] and fl[i]["cpu100k"]]
+                if pairs:
+                    out[name].setdefault("paired", {})[ref] = (
+                        statistics.median(r["rate"] / f["rate"] for r, f in pairs),
+                        statistics.median(r["cpu100k"] / f["cpu100k"] for r, f in pairs),
+                        len(pairs))
         return out
 
     def print_paired(table: dict) -> None:
         for name, r in table.items():
-            if "paired" in r:
-                rate, cpu, n = r["paired"]
-                print(f"{name} against the floor, round by round (median of {n}): "
+            for ref, (rate, cpu, n) in r.get("paired", {}).items():
+                print(f"{name} against {'the floor' if ref == 'floor' else ref}, round by round "
+                      f"(median of {n}): "
                       f"rate {rate:.2f}x, CPU {cpu:.2f}x")
 
     # "floor" is not a peer: uring_floor_echo, a bare io_uring loop per
@@ -394,6 +405,7 @@ def main() -> int:
             impls.append(("go", [str(go["echo_server"])], go_env))
         if floor.exists():
             impls.append(("floor", [str(floor)], None))
+            impls.append(("floor_coop", [str(floor), "--defer", "0"], None))
         echo = medians(run_echo, impls, build)
         failed |= len(echo) != len([i for i in impls if wanted is None or i[0] in wanted])
     http: dict[str, dict] = {}
@@ -405,6 +417,7 @@ def main() -> int:
             impls.append(("go", [str(go["http_server"])], go_env))
         if floor.exists():
             impls.append(("floor", [str(floor), "--http"], None))
+            impls.append(("floor_coop", [str(floor), "--http", "--defer", "0"], None))
         http = medians(run_http, impls)
         failed |= len(http) != len([i for i in impls if wanted is None or i[0] in wanted])
     idle: dict[str, dict] = {}
@@ -459,12 +472,12 @@ def main() -> int:
           f"client and server share the machine's {os.cpu_count()} CPUs")
     if echo:
         print(f"\ntcp_echo: {args.conns} conns x {args.size} B ping-pong, client echo_load (mpg)")
-        print(f"{'impl':8} {'msgs/s':>10} {'p50 us':>8} {'p99 us':>9} {'CPU s/100k':>11} "
+        print(f"{'impl':10} {'msgs/s':>10} {'p50 us':>8} {'p99 us':>9} {'CPU s/100k':>11} "
               f"{'rate vs go':>11} {'CPU vs go':>10} {'rate/floor':>11} {'CPU/floor':>10}")
         g = echo.get("go")
         fl = echo.get("floor")
         for name, r in echo.items():
-            print(f"{name:8} {r['rate']:10.0f} {r['p50']:8.1f} {r['p99']:9.1f} {r['cpu100k']:11.3f} "
+            print(f"{name:10} {r['rate']:10.0f} {r['p50']:8.1f} {r['p99']:9.1f} {r['cpu100k']:11.3f} "
                   f"{ratio(r['rate'], g and g['rate']):>11} "
                   f"{ratio(r['cpu100k'], g and g['cpu100k']):>10} "
                   f"{ratio(r['rate'], fl and fl['rate']):>11} "
@@ -474,12 +487,12 @@ def main() -> int:
         print_paired(echo)
     if http:
         print("\nhttp_hello: wrk -t1 -c64, keep-alive")
-        print(f"{'impl':8} {'req/s':>10} {'p50 us':>8} {'p99 us':>9} {'CPU s/100k':>11} "
+        print(f"{'impl':10} {'req/s':>10} {'p50 us':>8} {'p99 us':>9} {'CPU s/100k':>11} "
               f"{'rate vs go':>11} {'CPU vs go':>10} {'rate/floor':>11} {'CPU/floor':>10}")
         g = http.get("go")
         fl = http.get("floor")
         for name, r in http.items():
-            print(f"{name:8} {r['rate']:10.0f} {r['p50']:8.1f} {r['p99']:9.1f} {r['cpu100k']:11.3f} "
+            print(f"{name:10} {r['rate']:10.0f} {r['p50']:8.1f} {r['p99']:9.1f} {r['cpu100k']:11.3f} "
                   f"{ratio(r['rate'], g and g['rate']):>11} "
                   f"{ratio(r['cpu100k'], g and g['cpu100k']):>10} "
                   f"{ratio(r['rate'], fl and fl['rate']):>11} "
