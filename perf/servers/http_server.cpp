@@ -14,9 +14,10 @@
 // Bodies with Content-Length are skipped (also when bigger than the buffer);
 // chunked request bodies get 501 and the connection closes; a malformed
 // request gets 400, an oversized header block 431, both closing. HTTP/1.0
-// closes after the response unless it asked for keep-alive; "Connection:
-// close" is honoured. The response matches Go's net/http for the same
-// handler: Date, Content-Length and Content-Type headers.
+// closes after the response unless it asked for keep-alive (then the
+// response says "Connection: keep-alive", without which an HTTP/1.0 client
+// waits for the close); "Connection: close" is honoured. The response matches Go's net/http for
+// the same handler: Date, Content-Length and Content-Type headers.
 #include <strings.h>
 
 #include <algorithm>
@@ -56,8 +57,9 @@ std::string_view http_date(std::time_t now) {
   return text;
 }
 
+// connection: the Connection header's value; empty: no such header.
 void append_response(std::string& out, int status, std::string_view reason, std::string_view body,
-                     bool close, std::time_t now = std::time(nullptr)) {
+                     std::string_view connection, std::time_t now = std::time(nullptr)) {
   out += "HTTP/1.1 ";
   out += std::to_string(status);
   out += ' ';
@@ -67,7 +69,11 @@ void append_response(std::string& out, int status, std::string_view reason, std:
   out += "\r\nContent-Length: ";
   out += std::to_string(body.size());
   out += "\r\nContent-Type: text/plain; charset=utf-8\r\n";
-  if (close) out += "Connection: close\r\n";
+  if (!connection.empty()) {
+    out += "Connection: ";
+    out += connection;
+    out += "\r\n";
+  }
   out += "\r\n";
   out += body;
 }
@@ -85,7 +91,7 @@ void append_ok(std::string& out) {
   if (now != cached || text.empty()) {
     cached = now;
     text.clear();
-    append_response(text, 200, "OK", kBody, false, now);
+    append_response(text, 200, "OK", kBody, "", now);
   }
   out += text;
 }
@@ -116,6 +122,7 @@ struct request {
   std::size_t header_len = 0;  // through the blank line
   std::size_t content_length = 0;
   bool close = false;
+  bool http10_keep_alive = false;  // an HTTP/1.0 request that asked for it
 };
 
 // empty_lines(): the bytes of the empty lines at the start of `in`, which
@@ -194,6 +201,7 @@ parse parse_head(std::string_view in, request& rq) {
   }
   if (verdict != parse::ok) return verdict;
   if (http10 && !keep_alive_asked) rq.close = true;
+  rq.http10_keep_alive = http10 && keep_alive_asked;
   return parse::ok;
 }
 
@@ -214,16 +222,16 @@ std::size_t parse_all(std::string_view data, std::size_t& skip, std::string& out
     parse r = parse_head(data.substr(pos), rq);
     if (r == parse::need_more) {
       if (pos == 0 && data.size() >= kBuf) {
-        append_response(out, 431, "Request Header Fields Too Large", "", true);
+        append_response(out, 431, "Request Header Fields Too Large", "", "close");
         close = true;
       }
       return pos;
     }
     if (r == parse::bad || r == parse::chunked) {
       if (r == parse::bad) {
-        append_response(out, 400, "Bad Request", "", true);
+        append_response(out, 400, "Bad Request", "", "close");
       } else {
-        append_response(out, 501, "Not Implemented", "", true);
+        append_response(out, 501, "Not Implemented", "", "close");
       }
       close = true;
       return pos;
@@ -231,7 +239,9 @@ std::size_t parse_all(std::string_view data, std::size_t& skip, std::string& out
     pos += rq.header_len;
     skip = rq.content_length;
     if (rq.close) {
-      append_response(out, 200, "OK", kBody, true);
+      append_response(out, 200, "OK", kBody, "close");
+    } else if (rq.http10_keep_alive) {  // as Go's net/http answers it
+      append_response(out, 200, "OK", kBody, "keep-alive");
     } else {
       append_ok(out);
     }
@@ -274,7 +284,7 @@ mpg::task<void> handle(mpg::net::tcp_stream s) {
       std::size_t pos = parse_all(data, skip, out, close);
       std::string_view rest = data.substr(pos);
       if (rest.size() > kBuf) {  // larger than any head we take
-        append_response(out, 431, "Request Header Fields Too Large", "", true);
+        append_response(out, 431, "Request Header Fields Too Large", "", "close");
         close = true;
       } else if (direct) {
         if (!rest.empty()) {

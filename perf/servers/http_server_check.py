@@ -18,7 +18,7 @@ within a minute of this machine's clock. The checks:
   bare_lf             lines ending in a bare LF
   empty_lines         empty lines before a request line are skipped
   http10              HTTP/1.0 closes after the response unless it asked for
-                      keep-alive
+                      keep-alive, which the response then confirms
   connection_close    "Connection: close" (also within a token list) is
                       honoured: the response says so and the server closes
   content_length      a body is skipped, not parsed as the next request,
@@ -91,6 +91,14 @@ OK_CLOSE = (b"HTTP/1.1 200 OK\r\n"
             b"Connection: close\r\n"
             b"\r\n"
             b"Hello, World!")
+# To an HTTP/1.0 request that asked for keep-alive.
+OK_KEEP_ALIVE = (b"HTTP/1.1 200 OK\r\n"
+                 b"Date: " + DATE + b"\r\n"
+                 b"Content-Length: 13\r\n"
+                 b"Content-Type: text/plain; charset=utf-8\r\n"
+                 b"Connection: keep-alive\r\n"
+                 b"\r\n"
+                 b"Hello, World!")
 
 
 def error_response(status: bytes) -> bytes:
@@ -295,7 +303,7 @@ def keep_alive(port: int) -> None:
 def pipelined(port: int) -> None:
     exchange(port, [GET + GET + GET], [OK, OK, OK], then_open=True)
     # In order: the response that closes comes last.
-    exchange(port, [GET + GET_HTTP10_KEEP_ALIVE + GET_CLOSE], [OK, OK, OK_CLOSE],
+    exchange(port, [GET + GET_HTTP10_KEEP_ALIVE + GET_CLOSE], [OK, OK_KEEP_ALIVE, OK_CLOSE],
              then_open=False)
 
 
@@ -325,10 +333,13 @@ def http10(port: int) -> None:
              [OK_CLOSE], then_open=False)
     with Connection(port) as c:
         c.send(GET_HTTP10_KEEP_ALIVE)
-        c.expect(OK)
-        c.send(GET_HTTP10_KEEP_ALIVE)
-        c.expect(OK)
+        c.expect(OK_KEEP_ALIVE)
+        c.send(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+        c.expect(OK_KEEP_ALIVE)
         c.expect_open()
+    # Close wins.
+    exchange(port, [b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n"], [OK_CLOSE],
+             then_open=False)
 
 
 @check
