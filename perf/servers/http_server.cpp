@@ -16,8 +16,9 @@
 // request gets 400, an oversized header block 431, both closing. HTTP/1.0
 // closes after the response unless it asked for keep-alive (then the
 // response says "Connection: keep-alive", without which an HTTP/1.0 client
-// waits for the close); "Connection: close" is honoured. The response matches Go's net/http for
-// the same handler: Date, Content-Length and Content-Type headers.
+// waits for the close); "Connection: close" is honoured. The response
+// matches Go's net/http for the same handler: Date, Content-Length and
+// Content-Type headers.
 #include <strings.h>
 
 #include <algorithm>
@@ -140,14 +141,21 @@ std::size_t empty_lines(std::string_view in) {
   }
 }
 
-// request_line(): METHOD SP TARGET SP HTTP/1.x; sets http10.
+// request_line(): METHOD SP TARGET SP HTTP/1.x; sets http10. The version
+// is what follows the last space, so the line must end in " HTTP/1.1" or
+// " HTTP/1.0"; checked from the end rather than found with rfind (a byte
+// loop over the whole line).
 parse request_line(std::string_view line, bool& http10) {
-  std::size_t sp1 = line.find(' ');
-  std::size_t sp2 = line.rfind(' ');
-  if (sp1 == std::string_view::npos || sp2 == sp1 || sp1 == 0) return parse::bad;
-  std::string_view version = line.substr(sp2 + 1);
-  if (version != "HTTP/1.1" && version != "HTTP/1.0") return parse::bad;
-  http10 = version == "HTTP/1.0";
+  constexpr std::string_view kVersion = " HTTP/1.";
+  constexpr std::size_t kTail = kVersion.size() + 1;  // " HTTP/1.x"
+  if (line.size() < kTail) return parse::bad;
+  const std::string_view tail = line.substr(line.size() - kTail);
+  if (tail.substr(0, kVersion.size()) != kVersion || (tail.back() != '1' && tail.back() != '0'))
+    return parse::bad;
+  // The first space: not the line's first byte, and not the version's.
+  const std::size_t sp1 = line.find(' ');
+  if (sp1 == 0 || sp1 == line.size() - kTail) return parse::bad;
+  http10 = tail.back() == '0';
   return parse::ok;
 }
 

@@ -24,8 +24,9 @@ within a minute of this machine's clock. The checks:
   content_length      a body is skipped, not parsed as the next request,
                       also one larger than the server's buffer, sent in parts
   chunked             Transfer-Encoding: chunked gets 501 and a close
-  bad_requests        a bad request line, a header line without a colon, a
-                      bad Content-Length, HTTP/2.0: 400 and a close
+  bad_requests        bad request lines (no target, no method, another
+                      version), a header line without a colon, a bad
+                      Content-Length: 400 and a close
   oversized_head      a head larger than the server's buffer: 431 and a close
                       (one exactly as large is answered)
   incomplete_head     a head whose end comes in a later send is answered once
@@ -389,6 +390,12 @@ def bad_requests(port: int) -> None:
         b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5x\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: -5\r\n\r\n",
         b"GET / HTTP/2.0\r\nHost: localhost\r\n\r\n",
+        b"GET / HTTP/1.10\r\nHost: localhost\r\n\r\n",  # the version, exactly
+        b"GET / XHTTP/1.1\r\nHost: localhost\r\n\r\n",
+        b"GET HTTP/1.1\r\nHost: localhost\r\n\r\n",  # no target
+        b" GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",  # no method
+        b"GET\t/ HTTP/1.1\r\nHost: localhost\r\n\r\n",  # one space only
+        b"HTTP/1.1\r\nHost: localhost\r\n\r\n",
     ]:
         try:
             exchange(port, [request], [BAD_REQUEST], then_open=False)
