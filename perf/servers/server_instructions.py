@@ -149,7 +149,7 @@ def main() -> int:
         for row, argv in impls:
             try:
                 got[row] = count(argv, load, build, args.seconds)
-            except (RuntimeError, subprocess.SubprocessError) as e:
+            except (RuntimeError, OSError, subprocess.SubprocessError) as e:
                 print(f"error: {name} {row}: {e}", file=sys.stderr)
                 failed = True
                 continue
