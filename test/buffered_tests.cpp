@@ -10,7 +10,8 @@
 // other side, empty pieces (a null string_view) skipped. read_exact(n) with
 // an n the stream never delivers (up to SIZE_MAX): a Status, memory only for
 // what came. A moved-from reader or writer fails every call with
-// kFailedPrecondition.
+// kFailedPrecondition. A call the buffer answers finishes in await_ready,
+// without reading or sending; one that must declines there, changing nothing.
 #include <doctest/doctest.h>
 
 #include "test_support.hpp"
@@ -378,6 +379,76 @@ mpg::task<std::string> moved_from() {
 TEST_CASE("a moved-from reader or writer fails every call with kFailedPrecondition") {
   mpg::runtime rt({.procs = 1});
   CHECK(rt.block_on(moved_from()) == "ok");
+}
+
+// The awaiters' two paths (mpg/detail/io/buffered_op.hpp), seen from
+// outside a co_await: a call the buffer answers is done in await_ready,
+// with no read and no send; one that must read or send declines there and
+// leaves the reader or writer as it was, for its task form. Converted to a
+// task, a call is that task form.
+mpg::task<std::string> fast_and_slow_paths() {
+  chunk_stream s;
+  s.data = "one\r\ntwo\nthree";
+  s.max_chunk = 100;  // one read brings everything
+  mpg::net::buffered_reader<chunk_stream> in(s, 64);
+  absl::StatusOr<std::string_view> l = co_await in.read_line();  // reads
+  if (!l.ok() || *l != "one" || s.reads != 1) co_return "first line";
+  {
+    auto op = in.read_line();
+    if (!op.await_ready()) co_return "a buffered line was not taken in await_ready";
+    l = op.await_resume();
+    if (!l.ok() || *l != "two" || s.reads != 1) co_return "the buffered line";
+  }
+  {
+    auto op = in.peek(3);
+    if (!op.await_ready()) co_return "a buffered peek declined";
+    l = op.await_resume();
+    if (!l.ok() || *l != "thr") co_return "the buffered peek";
+    if (in.read_line().await_ready()) co_return "a partial line was taken";
+    if (in.read_until('x').await_ready()) co_return "no delimiter, yet taken";
+    if (in.peek(6).await_ready()) co_return "a peek past the buffered bytes was taken";
+    if (in.buffered_view() != "three" || s.reads != 1) co_return "a decline changed the reader";
+  }
+  {
+    std::array<char, 2> two{};
+    auto op = in.read(std::span<char>(two));
+    if (!op.await_ready()) co_return "a buffered read declined";
+    absl::StatusOr<std::size_t> n = op.await_resume();
+    if (!n.ok() || *n != 2 || std::string_view(two.data(), 2) != "th") co_return "buffered read";
+  }
+  // The rest through the task form, converted: it reads, finds the end.
+  mpg::task<absl::StatusOr<std::string_view>> t = in.read_line();
+  l = co_await std::move(t);
+  if (!mpg::net::is_unexpected_eof(l.status()) || s.reads != 2) co_return "task form of read_line";
+
+  recording_stream rs;
+  mpg::net::buffered_writer<recording_stream> out(rs, 16, 12);
+  {
+    auto op = out.write("abc");
+    if (!op.await_ready() || !op.await_resume().ok()) co_return "a small write was not buffered";
+    const std::array<std::string_view, 2> parts{"de", "f"};
+    auto v = out.write_vectored(parts);
+    if (!v.await_ready() || !v.await_resume().ok()) co_return "small pieces were not buffered";
+    if (out.buffered() != 6 || !rs.sends.empty()) co_return "buffered bytes";
+    if (out.write("0123456789a").await_ready()) co_return "a write past the capacity was taken";
+    if (out.write("0123456789ab").await_ready()) co_return "a large payload was taken";
+    if (out.flush().await_ready()) co_return "a flush with bytes buffered was taken";
+    if (out.buffered() != 6 || !rs.sends.empty()) co_return "a decline changed the writer";
+  }
+  // flush converted to a task and spawned: the task form sends.
+  mpg::join_handle<absl::Status> h = mpg::spawn(mpg::task<absl::Status>(out.flush()));
+  absl::Status st = co_await h;
+  if (!st.ok() || rs.bytes != "abcdef" || out.buffered() != 0) co_return "spawned flush";
+  {
+    auto op = out.flush();
+    if (!op.await_ready() || !op.await_resume().ok()) co_return "an empty flush declined";
+  }
+  co_return "ok";
+}
+
+TEST_CASE("calls the buffer answers finish in await_ready; the others decline and change nothing") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(fast_and_slow_paths()) == "ok");
 }
 
 mpg::task<std::string> write_over_socket(int fd, const std::string* big, std::string* want) {

@@ -63,6 +63,13 @@
 // Concurrency: one task uses a reader (or a writer) at a time; a reader and
 // a writer over one tcp_stream may be used by two tasks (the stream allows
 // one read and one write at once).
+//
+// Awaiters, not tasks. Every call but read_exact returns an awaiter to
+// co_await at once (mpg/detail/io/buffered_op.hpp): a call the buffer
+// answers (a line read in with the ones before it, a write that fits beside
+// the buffered bytes) finishes inside the co_await, with no coroutine frame;
+// only a call that must read or send runs as a task of its own. Converted to
+// a task (task<R>(call)), a call can be spawned or kept to await later.
 #pragma once
 
 #include <absl/status/status.h>
@@ -78,6 +85,7 @@
 #include <utility>
 #include <vector>
 
+#include "mpg/detail/io/buffered_op.hpp"
 #include "mpg/task.hpp"
 
 namespace mpg::detail {
@@ -100,7 +108,31 @@ bool is_unexpected_eof(const absl::Status& s) noexcept;
 // buffered_reader<Stream>
 template <class Stream>
 class buffered_reader {
+  // The fast paths and task forms of the calls below (buffered_op.hpp).
+  bool buffered_until(absl::StatusOr<std::string_view>* out, char delim, bool strip) noexcept;
+  task<absl::StatusOr<std::string_view>> read_until_task(char delim, bool strip);
+  bool buffered_peek(absl::StatusOr<std::string_view>* out, std::size_t n) noexcept;
+  task<absl::StatusOr<std::string_view>> peek_task(std::size_t n);
+  bool buffered_read(absl::StatusOr<std::size_t>* out, std::span<char> buf) noexcept;
+  task<absl::StatusOr<std::size_t>> read_task(std::span<char> buf);
+
  public:
+  // What read_until, read_line, peek and read return: awaited at once, they
+  // take what the buffer holds without a frame of their own, and go on in
+  // their task form when they must read (mpg/detail/io/buffered_op.hpp). To
+  // keep one or spawn it, convert it: task<absl::StatusOr<...>>(in.read_line()).
+  using line_op =
+      detail::buffered_op<absl::StatusOr<std::string_view>, buffered_reader,
+                          &buffered_reader::buffered_until, &buffered_reader::read_until_task,
+                          char, bool>;
+  using peek_op =
+      detail::buffered_op<absl::StatusOr<std::string_view>, buffered_reader,
+                          &buffered_reader::buffered_peek, &buffered_reader::peek_task,
+                          std::size_t>;
+  using read_op = detail::buffered_op<absl::StatusOr<std::size_t>, buffered_reader,
+                                      &buffered_reader::buffered_read,
+                                      &buffered_reader::read_task, std::span<char>>;
+
   static constexpr std::size_t kDefaultCapacity = 64 * 1024;
   // read_exact(n)'s string starts at min(n, max(capacity, this)) bytes.
   static constexpr std::size_t kReadExactStep = 64 * 1024;
@@ -136,53 +168,19 @@ class buffered_reader {
   // kResourceExhausted when capacity() bytes hold no delim; kOutOfRange at
   // a clean end of stream; kDataLoss when it ends after some bytes without
   // delim.
-  task<absl::StatusOr<std::string_view>> read_until(char delim) {
-    if (!buf_) co_return moved_from();
-    std::size_t scanned = 0;  // bytes of [r_, w_) known to hold no delim
-    for (;;) {
-      const char* from = buf_.get() + r_ + scanned;
-      if (const void* p = std::memchr(from, delim, w_ - r_ - scanned)) {
-        const std::size_t end =
-            static_cast<std::size_t>(static_cast<const char*>(p) - buf_.get()) + 1;
-        std::string_view line(buf_.get() + r_, end - r_);
-        r_ = end;
-        co_return line;
-      }
-      scanned = w_ - r_;
-      if (scanned == cap_) co_return mpg::detail::buffered_no_delimiter_error(cap_);
-      absl::StatusOr<std::size_t> n = co_await fill();
-      if (!n.ok()) co_return n.status();
-      if (*n == 0) co_return eof_at(scanned, scanned + 1);
-    }
-  }
+  line_op read_until(char delim) noexcept { return line_op(this, delim, false); }
 
   // buffered_reader::read_line()
   //
   // read_until('\n') without the "\n" or "\r\n". Errors as read_until.
-  task<absl::StatusOr<std::string_view>> read_line() {
-    absl::StatusOr<std::string_view> l = co_await read_until('\n');
-    if (!l.ok()) co_return l;
-    std::string_view v = *l;
-    v.remove_suffix(1);
-    if (!v.empty() && v.back() == '\r') v.remove_suffix(1);
-    co_return v;
-  }
+  line_op read_line() noexcept { return line_op(this, '\n', true); }
 
   // buffered_reader::peek()
   //
   // The next n bytes, not consumed. kResourceExhausted if n > capacity();
   // kOutOfRange or kDataLoss if the stream ends first (nothing or some
   // bytes buffered).
-  task<absl::StatusOr<std::string_view>> peek(std::size_t n) {
-    if (!buf_) co_return moved_from();
-    if (n > cap_) co_return mpg::detail::buffered_peek_too_large_error(n, cap_);
-    while (w_ - r_ < n) {
-      absl::StatusOr<std::size_t> got = co_await fill();
-      if (!got.ok()) co_return got.status();
-      if (*got == 0) co_return eof_at(w_ - r_, n);
-    }
-    co_return std::string_view(buf_.get() + r_, n);
-  }
+  peek_op peek(std::size_t n) noexcept { return peek_op(this, n); }
 
   // buffered_reader::consume(): drop n buffered bytes (n <= buffered()),
   // e.g. after a peek.
@@ -230,16 +228,7 @@ class buffered_reader {
   // buffered_reader::read(): Go's bufio.Reader.Read: buffered bytes if any,
   // else one read of the stream (straight into buf when it is at least the
   // capacity). 0 at end of stream.
-  task<absl::StatusOr<std::size_t>> read(std::span<char> buf) {
-    if (!buf_) co_return moved_from();
-    if (buf.empty()) co_return std::size_t{0};
-    if (r_ == w_) {
-      if (buf.size() >= cap_) co_return co_await s_->read(buf);
-      absl::StatusOr<std::size_t> n = co_await fill();
-      if (!n.ok() || *n == 0) co_return n;
-    }
-    co_return take(buf);
-  }
+  read_op read(std::span<char> buf) noexcept { return read_op(this, buf); }
 
  private:
   // fill(): one read of the stream into the free tail of the buffer, after
@@ -263,6 +252,12 @@ class buffered_reader {
     r_ += n;
     return n;
   }
+  // strip_line_end(): a line from read_until('\n') without its "\n" or "\r\n".
+  static std::string_view strip_line_end(std::string_view line) noexcept {
+    line.remove_suffix(1);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    return line;
+  }
   static absl::Status eof_at(std::size_t have, std::size_t want) {
     return have == 0 ? mpg::detail::buffered_eof_error()
                      : mpg::detail::buffered_unexpected_eof_error(have, want);
@@ -278,10 +273,113 @@ class buffered_reader {
   std::size_t w_ = 0;            // end of the bytes read
 };
 
+// The reader's fast paths and task forms (buffered_op.hpp). A fast path
+// that declines leaves the reader as it was: the task form starts over.
+
+template <class Stream>
+bool buffered_reader<Stream>::buffered_until(absl::StatusOr<std::string_view>* out, char delim,
+                                             bool strip) noexcept {
+  if (!buf_) return false;
+  const void* p = std::memchr(buf_.get() + r_, delim, w_ - r_);
+  if (p == nullptr) return false;
+  const std::size_t end = static_cast<std::size_t>(static_cast<const char*>(p) - buf_.get()) + 1;
+  std::string_view line(buf_.get() + r_, end - r_);
+  r_ = end;
+  *out = strip ? strip_line_end(line) : line;
+  return true;
+}
+
+template <class Stream>
+task<absl::StatusOr<std::string_view>> buffered_reader<Stream>::read_until_task(char delim,
+                                                                                bool strip) {
+  if (!buf_) co_return moved_from();
+  std::size_t scanned = 0;  // bytes of [r_, w_) known to hold no delim
+  for (;;) {
+    const char* from = buf_.get() + r_ + scanned;
+    if (const void* p = std::memchr(from, delim, w_ - r_ - scanned)) {
+      const std::size_t end =
+          static_cast<std::size_t>(static_cast<const char*>(p) - buf_.get()) + 1;
+      std::string_view line(buf_.get() + r_, end - r_);
+      r_ = end;
+      co_return strip ? strip_line_end(line) : line;
+    }
+    scanned = w_ - r_;
+    if (scanned == cap_) co_return mpg::detail::buffered_no_delimiter_error(cap_);
+    absl::StatusOr<std::size_t> n = co_await fill();
+    if (!n.ok()) co_return n.status();
+    if (*n == 0) co_return eof_at(scanned, scanned + 1);
+  }
+}
+
+template <class Stream>
+bool buffered_reader<Stream>::buffered_peek(absl::StatusOr<std::string_view>* out,
+                                            std::size_t n) noexcept {
+  if (!buf_ || w_ - r_ < n) return false;
+  *out = std::string_view(buf_.get() + r_, n);
+  return true;
+}
+
+template <class Stream>
+task<absl::StatusOr<std::string_view>> buffered_reader<Stream>::peek_task(std::size_t n) {
+  if (!buf_) co_return moved_from();
+  if (n > cap_) co_return mpg::detail::buffered_peek_too_large_error(n, cap_);
+  while (w_ - r_ < n) {
+    absl::StatusOr<std::size_t> got = co_await fill();
+    if (!got.ok()) co_return got.status();
+    if (*got == 0) co_return eof_at(w_ - r_, n);
+  }
+  co_return std::string_view(buf_.get() + r_, n);
+}
+
+template <class Stream>
+bool buffered_reader<Stream>::buffered_read(absl::StatusOr<std::size_t>* out,
+                                            std::span<char> buf) noexcept {
+  if (!buf_ || (r_ == w_ && !buf.empty())) return false;
+  *out = take(buf);
+  return true;
+}
+
+template <class Stream>
+task<absl::StatusOr<std::size_t>> buffered_reader<Stream>::read_task(std::span<char> buf) {
+  if (!buf_) co_return moved_from();
+  if (buf.empty()) co_return std::size_t{0};
+  if (r_ == w_) {
+    if (buf.size() >= cap_) co_return co_await s_->read(buf);
+    absl::StatusOr<std::size_t> n = co_await fill();
+    if (!n.ok() || *n == 0) co_return n;
+  }
+  co_return take(buf);
+}
+
 // buffered_writer<Stream>
 template <class Stream>
 class buffered_writer {
+  // The fast paths and task forms of the calls below (buffered_op.hpp).
+  bool buffered_write(absl::Status* out, std::string_view data) noexcept;
+  task<absl::Status> write_task(std::string_view data);
+  bool buffered_write_vectored(absl::Status* out,
+                               std::span<const std::string_view> pieces) noexcept;
+  task<absl::Status> write_vectored_task(std::span<const std::string_view> pieces);
+  bool buffered_flush(absl::Status* out) noexcept;
+  task<absl::Status> flush_task();
+
  public:
+  // What write, write_vectored and flush return: awaited at once, a write
+  // that fits beside the buffered bytes (and a flush with nothing buffered)
+  // finishes without a frame of its own; one that must send goes on in its
+  // task form (mpg/detail/io/buffered_op.hpp). To keep one or spawn it,
+  // convert it: task<absl::Status>(out.flush()).
+  using write_op = detail::buffered_op<absl::Status, buffered_writer,
+                                       &buffered_writer::buffered_write,
+                                       &buffered_writer::write_task, std::string_view>;
+  using write_vectored_op =
+      detail::buffered_op<absl::Status, buffered_writer, &buffered_writer::buffered_write_vectored,
+                          &buffered_writer::write_vectored_task,
+                          std::span<const std::string_view>>;
+  using flush_op = detail::buffered_op<absl::Status, buffered_writer,
+                                       &buffered_writer::buffered_flush,
+                                       &buffered_writer::flush_task>;
+
   static constexpr std::size_t kDefaultCapacity = 16 * 1024;
   static constexpr std::size_t kDefaultLarge = 2 * 1024;
 
@@ -320,61 +418,19 @@ class buffered_writer {
   //
   // Buffers data, or sends it (with what is buffered) at once if it is
   // large. Returns the first error of the stream, now or from before.
-  task<absl::Status> write(std::string_view data) {
-    const std::string_view one[1] = {data};
-    co_return co_await write_vectored(std::span<const std::string_view>(one));
-  }
+  write_op write(std::string_view data) noexcept { return write_op(this, data); }
 
   // buffered_writer::write_vectored()
   //
   // Writes the pieces in order: small ones are copied into the buffer,
   // large ones are sent in place, together with the buffered bytes around
   // them, before this returns.
-  task<absl::Status> write_vectored(std::span<const std::string_view> pieces) {
-    if (!buf_) co_return moved_from();
-    if (!err_.ok()) co_return err_;
-    std::vector<std::string_view> out;  // regions of one send, in order
-    std::size_t from = 0;               // buffer bytes not yet in `out`
-    for (std::string_view p : pieces) {
-      if (p.empty()) continue;  // its data() may be null, which memcpy must not get
-      if (p.size() >= large_) {
-        if (n_ > from) out.emplace_back(buf_.get() + from, n_ - from);
-        out.push_back(p);
-        from = n_;
-        continue;
-      }
-      if (n_ + p.size() > cap_) {
-        // No room: send what is pending (buffer regions and payloads) and
-        // start the buffer over.
-        if (n_ > from) out.emplace_back(buf_.get() + from, n_ - from);
-        absl::Status st = co_await send(out);
-        if (!st.ok()) co_return st;
-        out.clear();
-        n_ = from = 0;
-      }
-      std::memcpy(buf_.get() + n_, p.data(), p.size());
-      n_ += p.size();
-    }
-    if (!out.empty()) {
-      // A large payload went in: send it now, with the buffer around it.
-      if (n_ > from) out.emplace_back(buf_.get() + from, n_ - from);
-      absl::Status st = co_await send(out);
-      n_ = 0;
-      co_return st;
-    }
-    co_return absl::OkStatus();
+  write_vectored_op write_vectored(std::span<const std::string_view> pieces) noexcept {
+    return write_vectored_op(this, pieces);
   }
 
   // buffered_writer::flush(): sends everything buffered.
-  task<absl::Status> flush() {
-    if (!buf_) co_return moved_from();
-    if (!err_.ok()) co_return err_;
-    if (n_ == 0) co_return absl::OkStatus();
-    const std::string_view one[1] = {std::string_view(buf_.get(), n_)};
-    absl::Status st = co_await send(std::span<const std::string_view>(one));
-    n_ = 0;
-    co_return st;
-  }
+  flush_op flush() noexcept { return flush_op(this); }
 
  private:
   task<absl::Status> send(std::span<const std::string_view> regions) {
@@ -401,5 +457,97 @@ class buffered_writer {
   std::size_t n_ = 0;            // buffered bytes
   absl::Status err_;             // sticky
 };
+
+// The writer's fast paths and task forms (buffered_op.hpp). A fast path
+// that declines leaves the writer as it was: the task form starts over.
+
+template <class Stream>
+bool buffered_writer<Stream>::buffered_write(absl::Status* out, std::string_view data) noexcept {
+  if (!buf_ || !err_.ok() || data.size() >= large_ || n_ + data.size() > cap_) return false;
+  if (!data.empty()) std::memcpy(buf_.get() + n_, data.data(), data.size());  // data() may be null
+  n_ += data.size();
+  *out = absl::OkStatus();
+  return true;
+}
+
+template <class Stream>
+task<absl::Status> buffered_writer<Stream>::write_task(std::string_view data) {
+  const std::string_view one[1] = {data};
+  co_return co_await write_vectored_task(std::span<const std::string_view>(one));
+}
+
+template <class Stream>
+bool buffered_writer<Stream>::buffered_write_vectored(
+    absl::Status* out, std::span<const std::string_view> pieces) noexcept {
+  if (!buf_ || !err_.ok()) return false;
+  std::size_t total = 0;
+  for (std::string_view p : pieces) {
+    if (p.size() >= large_) return false;
+    total += p.size();
+  }
+  if (n_ + total > cap_) return false;
+  for (std::string_view p : pieces) {
+    if (p.empty()) continue;  // its data() may be null, which memcpy must not get
+    std::memcpy(buf_.get() + n_, p.data(), p.size());
+    n_ += p.size();
+  }
+  *out = absl::OkStatus();
+  return true;
+}
+
+template <class Stream>
+task<absl::Status> buffered_writer<Stream>::write_vectored_task(
+    std::span<const std::string_view> pieces) {
+  if (!buf_) co_return moved_from();
+  if (!err_.ok()) co_return err_;
+  std::vector<std::string_view> out;  // regions of one send, in order
+  std::size_t from = 0;               // buffer bytes not yet in `out`
+  for (std::string_view p : pieces) {
+    if (p.empty()) continue;  // its data() may be null, which memcpy must not get
+    if (p.size() >= large_) {
+      if (n_ > from) out.emplace_back(buf_.get() + from, n_ - from);
+      out.push_back(p);
+      from = n_;
+      continue;
+    }
+    if (n_ + p.size() > cap_) {
+      // No room: send what is pending (buffer regions and payloads) and
+      // start the buffer over.
+      if (n_ > from) out.emplace_back(buf_.get() + from, n_ - from);
+      absl::Status st = co_await send(out);
+      if (!st.ok()) co_return st;
+      out.clear();
+      n_ = from = 0;
+    }
+    std::memcpy(buf_.get() + n_, p.data(), p.size());
+    n_ += p.size();
+  }
+  if (!out.empty()) {
+    // A large payload went in: send it now, with the buffer around it.
+    if (n_ > from) out.emplace_back(buf_.get() + from, n_ - from);
+    absl::Status st = co_await send(out);
+    n_ = 0;
+    co_return st;
+  }
+  co_return absl::OkStatus();
+}
+
+template <class Stream>
+bool buffered_writer<Stream>::buffered_flush(absl::Status* out) noexcept {
+  if (!buf_ || !err_.ok() || n_ != 0) return false;
+  *out = absl::OkStatus();
+  return true;
+}
+
+template <class Stream>
+task<absl::Status> buffered_writer<Stream>::flush_task() {
+  if (!buf_) co_return moved_from();
+  if (!err_.ok()) co_return err_;
+  if (n_ == 0) co_return absl::OkStatus();
+  const std::string_view one[1] = {std::string_view(buf_.get(), n_)};
+  absl::Status st = co_await send(std::span<const std::string_view>(one));
+  n_ = 0;
+  co_return st;
+}
 
 }  // namespace mpg::net
