@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # scripts/bench.sh: install the toolchain, build mpg in release mode in build/
-# and print the benchmark table (mpg beside std::thread and Go). Extra
+# and print the benchmark table (mpg beside std::thread and Go), the servers'
+# table and their instructions per message. Extra
 # arguments go to perf/run.py, e.g. `./scripts/bench.sh --runs 5 --no-go`.
 #
 # MPG_BENCH_CXX=clang builds with clang++-16 instead of g++, in build-clang/
@@ -41,3 +42,7 @@ python3 perf/run.py --build "$build" "$@"
 # 2. The servers: tcp_echo (mpg, thread-per-connection, Go) with the mpg load
 #    generator, http_hello (mpg vs Go net/http) with wrk, and idle connections.
 python3 perf/servers/run_servers.py --build "$build" --runs 3
+# 3. The servers' user-space instructions per message and per request, under
+#    callgrind on 1 P, beside the io_uring floor's: the servers' share that
+#    does not move with the machine's load.
+python3 perf/servers/server_instructions.py --build "$build"

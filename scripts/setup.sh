@@ -19,7 +19,7 @@ packages=(
   libasio-dev         # standalone Asio: mpg/asio.hpp and its test (optional)
   python3             # perf/run.py
   python3-matplotlib  # perf/run.py's chart, perf/trace_plot.py (trace timelines)
-  valgrind            # perf/run.py --instructions, perf/ab.py --callgrind (callgrind)
+  valgrind            # perf/run.py --instructions, perf/ab.py --callgrind, server_instructions.py
   golang-go           # the Go peer in perf/go (Go 1.19)
   wrk                 # the HTTP load generator for http_hello
   redis-server        # the peer of examples/redis_server in run_servers.py
