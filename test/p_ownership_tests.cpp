@@ -1,7 +1,7 @@
 // test/p_ownership_tests.cpp: one owner per P, and no G stranded next to an
 // idle P, around mpg::blocking.
 //
-// Each case races the handoff of mpg::blocking (its M giving the P away on
+// Each case sets the handoff of mpg::blocking (its M giving the P away on
 // entry and taking one back on exit) against something that needs the P:
 //   - an M that sleeps in the P's io_uring ring while holding it, woken by a
 //     socket completion just as a returning blocking call takes that P over
@@ -10,10 +10,15 @@
 //     blocking call just as the other M enters one (an M that is about to go
 //     idle must still be found for the P that frees up);
 //   - with every thread allowed in use, a P with a pending timer handed off
-//     by a blocking call while the other M is busy: the sleep must still fire.
-// The races are hit by timing (spinning to deadlines a few microseconds
-// apart, many rounds); on a broken scheduler TSan reports the first case and
-// the others strand a task, which the bounded waits turn into a failure.
+//     by a blocking call while the other M is busy: the sleep must still fire;
+//   - with every thread allowed in use, a P handed off by a blocking call with
+//     a G in its runnext slot while the other M sleeps in its ring holding its
+//     own P: that M must take the runnext G from the unheld P.
+// The first three are races, hit by timing (spinning to deadlines a few
+// microseconds apart, many rounds); on a broken scheduler TSan reports the
+// first case and the others strand a task, which the bounded waits turn
+// into a failure. The last is no race: it builds its scene step by step and
+// checks each step (runtime_stats, the P's queue) before the bounded wait.
 // Nothing sleeps to synchronise: waits spin (then yield the CPU) on flags and
 // give up after a bound, and a watchdog ends the process if a round hangs.
 #include <doctest/doctest.h>
@@ -21,17 +26,20 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <condition_variable>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <thread>
 
 #include "mpg/detail/sync/cpu_relax.hpp"
 #include "mpg/mpg.hpp"
 #include "mpg/net.hpp"
+#include "sched/scheduler.hpp"
 #include "test_support.hpp"
 #include "watchdog.hpp"
 
@@ -296,6 +304,121 @@ mpg::task<timer_outcome> sleep_next_to_blocking_call(timer_scene* sc) {
   co_return out;
 }
 
+// ---------------------------------------------------------------------------
+// A runnext G on a P handed off by a blocking call when no M is free.
+
+struct runnext_scene {
+  mpg::runtime* rt = nullptr;
+  mpg::chan<int> go;  // unbuffered: the target waits in recv until the sender readies it
+  // Set by the target and the reader just before they suspend, with the M's
+  // park count (runtime_stats::parks) read before it, and the reader's P.
+  std::atomic<bool> target_waiting{false};
+  std::atomic<bool> reader_waiting{false};
+  std::atomic<std::uint64_t> target_parks{0};
+  std::atomic<std::uint64_t> reader_parks{0};
+  std::atomic<std::uint32_t> reader_p{UINT32_MAX};
+  std::atomic<bool> target_ran{false};
+};
+
+// Relaxed stores of the counts and the P: the release store of the flag
+// after them publishes them to the acquire load that sees the flag.
+mpg::task<void> runnext_target(runnext_scene* sc) {
+  sc->target_parks.store(sc->rt->stats().parks, std::memory_order_relaxed);
+  sc->target_waiting.store(true, std::memory_order_release);
+  const std::optional<int> v = co_await sc->go.recv();
+  // Release: pairs with the blocking call's acquire load (spin_for_flag).
+  sc->target_ran.store(v.has_value(), std::memory_order_release);
+}
+
+mpg::task<int> runnext_reader(runnext_scene* sc, mpg::net::tcp_stream* s) {
+  sc->reader_p.store(mpg::detail::current_m()->p()->id, std::memory_order_relaxed);
+  sc->reader_parks.store(sc->rt->stats().parks, std::memory_order_relaxed);
+  sc->reader_waiting.store(true, std::memory_order_release);
+  co_return co_await read_one_byte(s);
+}
+
+// sleeper_set_up(): the first blocking call. The task's P, with the target
+// and the reader spawned on it, went to the other M (or stayed unheld
+// until that M took them): both Gs run there, the target waits in recv,
+// the reader in its read, and that M, with nothing left to run, parks
+// after the later of their two samples of the park count (the only M that
+// can park meanwhile: this one is in the blocking call). Its P has the
+// read in flight, so it sleeps in that P's ring holding it (T3).
+bool sleeper_set_up(runnext_scene* sc) {
+  if (!spin_for_flag(sc->target_waiting) || !spin_for_flag(sc->reader_waiting)) return false;
+  const std::uint64_t after = std::max(sc->target_parks.load(std::memory_order_relaxed),
+                                       sc->reader_parks.load(std::memory_order_relaxed));
+  const auto give_up = steady::now() + kGiveUp;
+  while (sc->rt->stats().parks <= after) {
+    if (steady::now() > give_up) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+struct runnext_outcome {
+  bool sleeper = false;         // the other M went to sleep after both Gs suspended
+  bool reader_elsewhere = false;  // the reader's P is not this task's P
+  std::uint64_t threads = 0;    // Ms started before the second blocking call
+  bool sent = false;            // try_send found the target waiting (and readied it)
+  bool only_runnext = false;    // this task's P then had the target in runnext, nothing else
+  // Just before the second blocking call, this task's P had its runnext
+  // marked stealable: sysmon sampled the P in the few microseconds between
+  // the two calls and took this task for a long-running G (it went on from
+  // the first call on a P that sysmon had last seen unheld, so its tick had
+  // not moved). The other M may steal the target on that mark, not on the
+  // P's being unheld: such a round shows nothing. (Once the call has handed
+  // the P away, a mark is sysmon's service of the unheld P, which is what
+  // the round is about.)
+  bool spoiled = false;
+  bool ring_woken = false;  // the other M was woken from its ring during the call
+  bool reached = false;     // the target ran while the blocking call waited for it
+  std::uint64_t thread_limit_reports = 0;
+  int read = -2;            // the reader's byte, once released
+};
+
+// The round. The second blocking call hands this task's P away with only
+// the target queued (in runnext): no M is idle and none may be started, so
+// the P is left unheld and the work goes to the other M, asleep in its ring
+// (p_ownership.cpp, "Thread limit"). The call waits for the target; only
+// that M can run it, by stealing it from the unheld P.
+mpg::task<runnext_outcome> runnext_next_to_blocking_call(runnext_scene* sc,
+                                                         mpg::net::tcp_stream* s, int peer) {
+  runnext_outcome out;
+  auto target = mpg::spawn(runnext_target(sc), "target");
+  auto reader = mpg::spawn(runnext_reader(sc, s), "reader");
+  out.sleeper = co_await mpg::blocking([sc] { return sleeper_set_up(sc); });
+  // Back from the call on a P that nobody held (the other M holds its own).
+  mpg::detail::processor* p = mpg::detail::current_m()->p();
+  out.reader_elsewhere = sc->reader_p.load(std::memory_order_relaxed) != p->id;
+  const mpg::runtime_stats before = sc->rt->stats();
+  out.threads = before.threads;
+  out.sent = sc->go.try_send(1);  // ready(): into this P's runnext, no wake
+  out.only_runnext = p->runq.has_runnext() && p->runq.size() == 1;
+  struct waited {
+    bool reached, ring_woken;
+  };
+  // Relaxed: a look at a hint, as late as can be (what it tells is argued
+  // at runnext_outcome).
+  out.spoiled = p->runnext_stealable.load(std::memory_order_relaxed);
+  const waited w = co_await mpg::blocking([sc, ring0 = before.ring_wakeups] {
+    waited r{};
+    r.reached = spin_for_flag(sc->target_ran);
+    r.ring_woken = sc->rt->stats().ring_wakeups > ring0;
+    return r;
+  });
+  out.reached = w.reached;
+  out.ring_woken = w.ring_woken;
+  out.thread_limit_reports = sc->rt->stats().thread_limit_reports;
+  if (!out.sent) sc->go.close();  // the target ends either way
+  co_await target;
+  // The reader's byte; failing that, end of stream (read_one_byte: -1).
+  const char byte = 42;
+  if (::write(peer, &byte, 1) != 1) ::shutdown(peer, SHUT_WR);
+  out.read = co_await reader;
+  co_return out;
+}
+
 }  // namespace
 
 TEST_CASE("a completion waking a ring-sleeping M while mpg::blocking takes over its P is delivered once") {
@@ -348,4 +471,49 @@ TEST_CASE("procs 2, max_threads 2: a sleep on a P handed off by a blocking call 
     CHECK_MESSAGE(out.fired_in_time, "a 20 ms sleep did not fire within the blocking call's bound");
     if (!out.fired_in_time) break;  // each failed attempt waits the whole bound
   }
+}
+
+TEST_CASE("procs 2, max_threads 2: a runnext G on a P handed off by a blocking call runs while "
+          "the other M sleeps in its ring") {
+  // A round is spoiled only when sysmon samples the Ps in the few
+  // microseconds between the two blocking calls (runnext_outcome): a
+  // second round is all but sure to be clean.
+  constexpr int kAttempts = 3;
+  bool clean = false;
+  for (int attempt = 0; attempt < kAttempts && !clean; ++attempt) {
+    CAPTURE(attempt);
+    int fds[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
+    mpg::net::tcp_stream reader_side(fds[0]);  // closes fds[0]
+    runnext_outcome out;
+    {
+      mpg::runtime rt({.procs = 2, .max_threads = 2});
+      mpg_test::watchdog dog(kWatchdog, "a runnext G next to a long blocking call", &rt);
+      runnext_scene sc;
+      sc.rt = &rt;
+      out = rt.block_on(runnext_next_to_blocking_call(&sc, &reader_side, fds[1]));
+    }
+    ::close(fds[1]);
+    // The scene: the other M asleep in its ring holding the reader's P, no
+    // M left to start, and this task's P handed away with one G, in runnext.
+    REQUIRE_MESSAGE(out.sleeper, "the target and the reader never both waited on the other M");
+    REQUIRE(out.reader_elsewhere);
+    REQUIRE(out.threads == 2);
+    REQUIRE_MESSAGE(out.sent, "the target was not waiting in recv");
+    CHECK(out.read == 42);
+    if (out.spoiled) {
+      MESSAGE("attempt " << attempt << ": sysmon took the sender for a long G before its call");
+      continue;
+    }
+    clean = true;
+    REQUIRE_MESSAGE(out.only_runnext, "the sender's P did not hold the target alone, in runnext");
+    // The hand-off (or sysmon, serving the unheld P) woke the sleeper.
+    REQUIRE_MESSAGE(out.ring_woken, "the M asleep in its ring was never woken for the unheld P");
+    CHECK_MESSAGE(out.reached, "the runnext G left on the unheld P did not run within "
+                                   << std::chrono::duration_cast<std::chrono::milliseconds>(kGiveUp)
+                                          .count()
+                                   << " ms while a blocking call waited for it");
+    CHECK(out.thread_limit_reports == 0);
+  }
+  REQUIRE_MESSAGE(clean, "every attempt was spoiled");
 }

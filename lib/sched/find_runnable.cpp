@@ -27,7 +27,8 @@
 //      spinner makes kStealTries passes over the other Ps, each from a
 //      random start with a random stride coprime to procs (Go's
 //      stealOrder), taking half of a victim's queue (and, on the last pass,
-//      a runnext G that sysmon marked stale, and the victim's due timers);
+//      a runnext G that sysmon marked stealable, and the victim's due
+//      timers);
 //   6. give_up_p(): the parking protocol of scheduler.cpp (P1-P4). An M
 //      whose P has timers or I/O in flight parks the P and sleeps holding
 //      it (T3 of p_ownership.cpp); otherwise it releases the P to the idle

@@ -63,13 +63,16 @@
 // leave the P idle beside the queued G and the idle M.
 //
 // Thread limit (runtime_options::max_threads). assign_m() needs an M and
-// none is idle and none may be started: the P is left idle. If another M
-// sleeps holding a parked P, the work is handed to that one (spinning, it
-// steals the queue and runs due timers of the unheld P). Otherwise every M
-// is running a P or inside mpg::blocking; the first to come back from
-// mpg::blocking takes the unheld P (exit_blocking), and meanwhile sysmon
-// serves it as it serves a P stuck in a long G: it runs its due timers,
-// reaps its ring and wakes a spinner for its queue (serve_unheld_ps()).
+// none is idle and none may be started: the P is left idle, and while it
+// has work sysmon serves it as it serves a P stuck in a long G
+// (serve_unheld_ps()): it runs its due timers, reaps its ring, marks its
+// runnext G stealable (no holder will run it next) and wakes a spinner for
+// its Gs. If another M sleeps holding a parked P, the work is handed to
+// that one (spinning, it steals the queue and runs due timers of the
+// unheld P; it takes the runnext G once sysmon has marked it, and
+// sysmon's wakes bring it back for that). Otherwise every M is running a P
+// or inside mpg::blocking; the first to come back from mpg::blocking takes
+// the unheld P (exit_blocking), and meanwhile sysmon serves it.
 // If no M comes back (the blocking calls wait for the Gs left on that P),
 // sysmon reports it after runtime_options::thread_starvation_threshold
 // (thread_limit.cpp) and the runtime goes on.
@@ -86,8 +89,17 @@ namespace mpg::detail {
 void scheduler::acquire_p(machine* m, processor* p) noexcept {
   p->status = p_status::running;
   p->parked_m = nullptr;
+  end_unheld_mark(p);
   m->p_ = p;
   m->sleeps_in = sleep_site::futex;
+}
+
+void scheduler::end_unheld_mark(processor* p) noexcept {
+  // The P has a holder again, which runs its runnext G next: the mark that
+  // sysmon gives an unheld P (serve_unheld_ps) ends here, under mu_ as it
+  // is set. Relaxed: a thief that still sees it takes at most that one G,
+  // the CAS on the runnext slot deciding between it and the holder.
+  p->runnext_stealable.store(false, std::memory_order_relaxed);
 }
 
 processor* scheduler::release_p(machine* m) noexcept {
@@ -153,6 +165,7 @@ m_wakeup scheduler::assign_m(processor* p, spin_state spin) noexcept {
   }
   if (machine* m = midle_get()) {
     p->status = p_status::running;
+    end_unheld_mark(p);
     m->next_p = p;
     m->next_spin = spin;
     return m_wakeup{m, p, sleep_site::futex};

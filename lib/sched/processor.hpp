@@ -101,7 +101,8 @@ class processor {
   // relaxed: sysmon samples it with schedtick to spot long-running Gs).
   std::atomic<std::uint64_t> cur_gid{0};
   std::atomic<const char*> cur_name{nullptr};
-  // Set by sysmon when the P has run one G for a whole sysmon period: then
+  // Set by sysmon when the P has run one G for a whole sysmon period, or
+  // is left unheld with work at the thread limit (sysmon.cpp): then
   // thieves may take its runnext G (otherwise the owner runs it next).
   std::atomic<bool> runnext_stealable{false};
   // Set by sysmon when the oldest entry of this P's spawn deque has waited

@@ -236,6 +236,9 @@ class scheduler {
 
   // p_ownership.cpp: the one place where a P changes hands.
   void acquire_p(machine* m, processor* p) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // end_unheld_mark(): a P that an M takes loses the runnext mark that
+  // sysmon gives an unheld P (serve_unheld_ps).
+  void end_unheld_mark(processor* p) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   processor* release_p(machine* m) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void park_p(machine* m, sleep_site site) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // unlist_parked(): a parked P leaves the idle list (taken back by its
@@ -249,7 +252,9 @@ class scheduler {
   // or, holding a parked P, its deadline/completion/wake); false if stopping.
   bool wait_for_p(machine* m, std::optional<std::int64_t> until_ns);
   bool has_work_locked(processor* p) const noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void serve_unheld_ps() noexcept;  // sysmon: Ps left idle with work over the thread limit
+  // sysmon: Ps left idle with work at the thread limit; sets (*marked)[id]
+  // for each P whose runnext G it marks stealable (sysmon.cpp).
+  void serve_unheld_ps(std::vector<bool>* marked) noexcept;
 
   // thread_limit.cpp: Gs starving at the thread limit, seen by sysmon.
   struct starvation_sample {

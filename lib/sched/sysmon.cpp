@@ -41,8 +41,11 @@
 // M spins for work.
 //
 // It serves the Ps left unheld with work at the thread limit (p_ownership.cpp,
-// "Thread limit") and reports Gs stranded there for too long
-// (thread_limit.cpp).
+// "Thread limit") as it serves a P stuck in one G: it runs their due
+// timers, reaps their rings, wakes a spinner for their Gs and marks their
+// runnext Gs stealable, since no holder will run them next (the mark stays
+// while the P is unheld with work, and ends when an M takes the P). It
+// reports Gs stranded there for too long (thread_limit.cpp).
 //
 // It also balances the queues: while a P idles (released, or parked in its
 // ring), a P found with two or more Gs queued on two samples in a row gets
@@ -74,14 +77,27 @@ void serve_io(reactor& io) noexcept {
 }
 }  // namespace
 
-void scheduler::serve_unheld_ps() noexcept {
+void scheduler::serve_unheld_ps(std::vector<bool>* marked) noexcept {
   std::vector<processor*> unheld;
   bool work_left = false;
   starvation_sample starving;
   {
     thread_mutex_lock l(mu_);
-    for (processor* p = pidle_; p != nullptr; p = p->idle_next)
-      if (p->status == p_status::idle && has_work_locked(p)) unheld.push_back(p);
+    for (processor* p = pidle_; p != nullptr; p = p->idle_next) {
+      if (p->status != p_status::idle || !has_work_locked(p)) continue;
+      unheld.push_back(p);
+      // Nobody holds p to run its runnext G next: thieves may take it.
+      // Relaxed: the flag publishes nothing (the G is taken by steal_into's
+      // CAS, which acquires it from the exchange that put it there). The
+      // spinner that wake_p() below brings reads its mailbox under mu_
+      // after this store (take_handoff; a new M is started under mu_ too),
+      // so it sees the mark; a spinner already looking may miss it, and is
+      // woken again at the next tick while p stays unheld with work. An M
+      // that takes p clears the mark, under mu_ too (end_unheld_mark,
+      // p_ownership.cpp): it ends with p's being unheld.
+      p->runnext_stealable.store(true, std::memory_order_relaxed);
+      (*marked)[p->id] = true;
+    }
     work_left = !unheld.empty();
     // Relaxed: the flag is a hint set and cleared under mu_; assign_m sets
     // it again (under mu_) if it leaves another P unheld with work.
@@ -115,6 +131,9 @@ void scheduler::sysmon_main() {
   std::vector<std::uint64_t> last_tick(ps_.size(), 0);
   std::vector<std::int64_t> since(ps_.size(), mono_now_ns());
   std::vector<bool> queued_before(ps_.size(), false);
+  // Per P: found unheld with work by the last serve_unheld_ps(), which
+  // marked its runnext G stealable; the sampling below keeps that mark.
+  std::vector<bool> unheld_marked(ps_.size(), false);
   // Per P, for forced publication: the deque's word at the last sample if
   // its spawns were unpublished then.
   std::vector<std::optional<std::uint64_t>> unpublished_word(ps_.size());
@@ -165,7 +184,11 @@ void scheduler::sysmon_main() {
       if (tick != last_tick[i] || gid == 0) {
         last_tick[i] = tick;
         since[i] = now;
-        p->runnext_stealable.store(false, std::memory_order_relaxed);
+        // A P between Gs or on a new G: its holder runs its runnext G next.
+        // One last seen unheld (gid 0) keeps the mark serve_unheld_ps()
+        // gave it; an M that takes it clears that (end_unheld_mark).
+        if (gid != 0 || !unheld_marked[i])
+          p->runnext_stealable.store(false, std::memory_order_relaxed);
         if (gid != 0) any_running = true;
         continue;
       }
@@ -225,8 +248,9 @@ void scheduler::sysmon_main() {
     } else {
       std::fill(queued_before.begin(), queued_before.end(), false);
     }
+    std::fill(unheld_marked.begin(), unheld_marked.end(), false);
     if (unheld_work_.load(std::memory_order_relaxed)) {
-      serve_unheld_ps();
+      serve_unheld_ps(&unheld_marked);
       any_running = true;  // look again in a millisecond
     }
     period = std::chrono::milliseconds(any_running ? 1 : 10);
