@@ -49,8 +49,8 @@
 #include <cerrno>
 #include <cstring>
 #include <utility>
-#include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "mpg/blocking.hpp"
@@ -489,7 +489,9 @@ task<absl::Status> tcp_stream::write_vectored(std::span<const std::string_view> 
   io_context_binding bind(nullptr);
   bind.bind(&write_slot_);
   const op_bounds b{.live = &write_deadline_, .bind = &bind};
-  std::vector<iovec> iov;
+  // Inline for the usual few regions (a buffered writer's send is its
+  // buffer and a payload or two): no allocation per write.
+  absl::InlinedVector<iovec, 8> iov;
   iov.reserve(std::min(bufs.size(), kMaxIov));
   std::size_t next = 0;  // first buffer not yet in iov
   std::size_t first = 0;
