@@ -79,6 +79,7 @@
 #include <cstddef>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -109,11 +110,12 @@ bool is_unexpected_eof(const absl::Status& s) noexcept;
 template <class Stream>
 class buffered_reader {
   // The fast paths and task forms of the calls below (buffered_op.hpp).
-  bool buffered_until(absl::StatusOr<std::string_view>* out, char delim, bool strip) noexcept;
+  bool buffered_until(std::optional<absl::StatusOr<std::string_view>>* out, char delim,
+                      bool strip) noexcept;
   task<absl::StatusOr<std::string_view>> read_until_task(char delim, bool strip);
-  bool buffered_peek(absl::StatusOr<std::string_view>* out, std::size_t n) noexcept;
+  bool buffered_peek(std::optional<absl::StatusOr<std::string_view>>* out, std::size_t n) noexcept;
   task<absl::StatusOr<std::string_view>> peek_task(std::size_t n);
-  bool buffered_read(absl::StatusOr<std::size_t>* out, std::span<char> buf) noexcept;
+  bool buffered_read(std::optional<absl::StatusOr<std::size_t>>* out, std::span<char> buf) noexcept;
   task<absl::StatusOr<std::size_t>> read_task(std::span<char> buf);
 
  public:
@@ -277,15 +279,15 @@ class buffered_reader {
 // that declines leaves the reader as it was: the task form starts over.
 
 template <class Stream>
-bool buffered_reader<Stream>::buffered_until(absl::StatusOr<std::string_view>* out, char delim,
-                                             bool strip) noexcept {
+bool buffered_reader<Stream>::buffered_until(
+    std::optional<absl::StatusOr<std::string_view>>* out, char delim, bool strip) noexcept {
   if (!buf_) return false;
   const void* p = std::memchr(buf_.get() + r_, delim, w_ - r_);
   if (p == nullptr) return false;
   const std::size_t end = static_cast<std::size_t>(static_cast<const char*>(p) - buf_.get()) + 1;
   std::string_view line(buf_.get() + r_, end - r_);
   r_ = end;
-  *out = strip ? strip_line_end(line) : line;
+  out->emplace(strip ? strip_line_end(line) : line);
   return true;
 }
 
@@ -312,10 +314,10 @@ task<absl::StatusOr<std::string_view>> buffered_reader<Stream>::read_until_task(
 }
 
 template <class Stream>
-bool buffered_reader<Stream>::buffered_peek(absl::StatusOr<std::string_view>* out,
+bool buffered_reader<Stream>::buffered_peek(std::optional<absl::StatusOr<std::string_view>>* out,
                                             std::size_t n) noexcept {
   if (!buf_ || w_ - r_ < n) return false;
-  *out = std::string_view(buf_.get() + r_, n);
+  out->emplace(std::string_view(buf_.get() + r_, n));
   return true;
 }
 
@@ -332,10 +334,10 @@ task<absl::StatusOr<std::string_view>> buffered_reader<Stream>::peek_task(std::s
 }
 
 template <class Stream>
-bool buffered_reader<Stream>::buffered_read(absl::StatusOr<std::size_t>* out,
+bool buffered_reader<Stream>::buffered_read(std::optional<absl::StatusOr<std::size_t>>* out,
                                             std::span<char> buf) noexcept {
   if (!buf_ || (r_ == w_ && !buf.empty())) return false;
-  *out = take(buf);
+  out->emplace(take(buf));
   return true;
 }
 
@@ -355,12 +357,12 @@ task<absl::StatusOr<std::size_t>> buffered_reader<Stream>::read_task(std::span<c
 template <class Stream>
 class buffered_writer {
   // The fast paths and task forms of the calls below (buffered_op.hpp).
-  bool buffered_write(absl::Status* out, std::string_view data) noexcept;
+  bool buffered_write(std::optional<absl::Status>* out, std::string_view data) noexcept;
   task<absl::Status> write_task(std::string_view data);
-  bool buffered_write_vectored(absl::Status* out,
+  bool buffered_write_vectored(std::optional<absl::Status>* out,
                                std::span<const std::string_view> pieces) noexcept;
   task<absl::Status> write_vectored_task(std::span<const std::string_view> pieces);
-  bool buffered_flush(absl::Status* out) noexcept;
+  bool buffered_flush(std::optional<absl::Status>* out) noexcept;
   task<absl::Status> flush_task();
 
  public:
@@ -462,11 +464,12 @@ class buffered_writer {
 // that declines leaves the writer as it was: the task form starts over.
 
 template <class Stream>
-bool buffered_writer<Stream>::buffered_write(absl::Status* out, std::string_view data) noexcept {
+bool buffered_writer<Stream>::buffered_write(std::optional<absl::Status>* out,
+                                             std::string_view data) noexcept {
   if (!buf_ || !err_.ok() || data.size() >= large_ || n_ + data.size() > cap_) return false;
   if (!data.empty()) std::memcpy(buf_.get() + n_, data.data(), data.size());  // data() may be null
   n_ += data.size();
-  *out = absl::OkStatus();
+  out->emplace();
   return true;
 }
 
@@ -478,7 +481,7 @@ task<absl::Status> buffered_writer<Stream>::write_task(std::string_view data) {
 
 template <class Stream>
 bool buffered_writer<Stream>::buffered_write_vectored(
-    absl::Status* out, std::span<const std::string_view> pieces) noexcept {
+    std::optional<absl::Status>* out, std::span<const std::string_view> pieces) noexcept {
   if (!buf_ || !err_.ok()) return false;
   std::size_t total = 0;
   for (std::string_view p : pieces) {
@@ -491,7 +494,7 @@ bool buffered_writer<Stream>::buffered_write_vectored(
     std::memcpy(buf_.get() + n_, p.data(), p.size());
     n_ += p.size();
   }
-  *out = absl::OkStatus();
+  out->emplace();
   return true;
 }
 
@@ -533,9 +536,9 @@ task<absl::Status> buffered_writer<Stream>::write_vectored_task(
 }
 
 template <class Stream>
-bool buffered_writer<Stream>::buffered_flush(absl::Status* out) noexcept {
+bool buffered_writer<Stream>::buffered_flush(std::optional<absl::Status>* out) noexcept {
   if (!buf_ || !err_.ok() || n_ != 0) return false;
-  *out = absl::OkStatus();
+  out->emplace();
   return true;
 }
 

@@ -11,16 +11,17 @@
 // awaiting task. A task form does the whole call again from the start; the
 // fast path it replaces changed nothing when it declined.
 //
-// Owner's fast path: `bool (Owner::*Fast)(R* out, Args...) noexcept`, true
-// with *out set when the buffer answers; its task form: `task<R>
-// (Owner::*Slow)(Args...)`. Both are template arguments, so an op holds
-// only the owner, the arguments and the result.
+// Owner's fast path: `bool (Owner::*Fast)(std::optional<R>* out, Args...)
+// noexcept`, true with *out engaged when the buffer answers; its task form:
+// `task<R> (Owner::*Slow)(Args...)`. Both are template arguments, so an op
+// holds only the owner, the arguments and the result.
 //
 // Converted to a task (the operator below) an op is the task form alone,
 // for a caller that spawns the call or keeps it to await later.
 #pragma once
 
 #include <coroutine>
+#include <optional>
 #include <tuple>
 #include <utility>
 
@@ -44,7 +45,7 @@ class buffered_op : public stream_op<R> {
   }
   R await_resume() {
     if (this->handed_over()) return this->task_result();
-    return std::move(result_);
+    return std::move(*result_);
   }
 
   operator task<R>() && { return slow(); }
@@ -56,10 +57,12 @@ class buffered_op : public stream_op<R> {
 
   Owner* owner_;
   std::tuple<Args...> args_;
-  // Only a fast path's result: a value or an OK status, never a status
-  // with a heap-held message, so a second run of the destructor (g++ 12
-  // may destroy a co_await's temporary twice: stream_op.hpp) frees nothing.
-  R result_{};
+  // A fast path's result, engaged only by it: an absl::StatusOr made
+  // empty would cost every op a kUnknown status (a call into absl's
+  // Status constructor), and a status its destructor frees. std::optional's
+  // destructor disengages before it destroys, so a second run (g++ 12 may
+  // destroy a co_await's temporary twice: stream_op.hpp) destroys nothing.
+  std::optional<R> result_;
 };
 
 }  // namespace mpg::detail
