@@ -451,6 +451,59 @@ TEST_CASE("calls the buffer answers finish in await_ready; the others decline an
   CHECK(rt.block_on(fast_and_slow_paths()) == "ok");
 }
 
+// Streams whose sends fail after `ok_sends` of them: with write_vectored,
+// and with write alone (the writer then sends each region by itself).
+struct failing_vectored_stream {
+  int ok_sends = 0;
+  int sends = 0;
+  mpg::task<absl::Status> write(std::string_view) { co_return absl::InternalError("no write"); }
+  mpg::task<absl::Status> write_vectored(std::span<const std::string_view>) {
+    if (++sends > ok_sends) co_return absl::UnavailableError("peer gone");
+    co_return absl::OkStatus();
+  }
+};
+struct failing_plain_stream {
+  int ok_sends = 0;
+  int sends = 0;
+  mpg::task<absl::Status> write(std::string_view) {
+    if (++sends > ok_sends) co_return absl::UnavailableError("peer gone");
+    co_return absl::OkStatus();
+  }
+};
+
+// The first failed send is the writer's error from then on: every later
+// call returns it (a small write too, which the buffer could take) and
+// sends nothing more.
+template <class Stream>
+mpg::task<std::string> sticky_error() {
+  Stream s;
+  s.ok_sends = 1;
+  mpg::net::buffered_writer<Stream> out(s, 16, 8);
+  absl::Status st = co_await out.write("abc");
+  if (st.ok()) st = co_await out.flush();  // the one send that works
+  if (!st.ok()) co_return "first flush: " + st.ToString();
+  st = co_await out.write("def");
+  if (st.ok()) st = co_await out.flush();
+  if (st.code() != absl::StatusCode::kUnavailable) co_return "the failed flush: " + st.ToString();
+  const int sends = s.sends;
+  st = co_await out.write("g");
+  if (st.code() != absl::StatusCode::kUnavailable) co_return "a write after the error";
+  const std::string large(20, 'i');
+  const std::array<std::string_view, 2> parts{"h", large};
+  st = co_await out.write_vectored(parts);
+  if (st.code() != absl::StatusCode::kUnavailable) co_return "a vectored write after the error";
+  st = co_await out.flush();
+  if (st.code() != absl::StatusCode::kUnavailable) co_return "a flush after the error";
+  if (s.sends != sends) co_return "sent after the error";
+  co_return "ok";
+}
+
+TEST_CASE("buffered_writer: the first failed send is returned by every later call") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(sticky_error<failing_vectored_stream>()) == "ok");
+  CHECK(rt.block_on(sticky_error<failing_plain_stream>()) == "ok");
+}
+
 mpg::task<std::string> write_over_socket(int fd, const std::string* big, std::string* want) {
   mpg::net::tcp_stream conn(fd);
   mpg::net::buffered_writer out(conn, 4096, 1024);

@@ -435,18 +435,27 @@ class buffered_writer {
   flush_op flush() noexcept { return flush_op(this); }
 
  private:
-  task<absl::Status> send(std::span<const std::string_view> regions) {
-    absl::Status st;
+  // send(): the regions to the stream, what the caller awaits: the
+  // stream's own write_vectored when it has one (no frame of the writer's
+  // in between), else send_each. The caller keeps an error (keep_error).
+  auto send(std::span<const std::string_view> regions) {
     if constexpr (requires(Stream& s) { s.write_vectored(regions); }) {
-      st = co_await s_->write_vectored(regions);
+      return s_->write_vectored(regions);
     } else {
-      for (std::string_view r : regions) {
-        st = co_await s_->write(r);
-        if (!st.ok()) break;
-      }
+      return send_each(regions);
     }
-    if (!st.ok()) err_ = st;
+  }
+  task<absl::Status> send_each(std::span<const std::string_view> regions) {
+    absl::Status st;
+    for (std::string_view r : regions) {
+      st = co_await s_->write(r);
+      if (!st.ok()) break;
+    }
     co_return st;
+  }
+  // keep_error(): a failed send's status is the writer's from now on.
+  void keep_error(const absl::Status& st) {
+    if (!st.ok()) err_ = st;
   }
   static absl::Status moved_from() {
     return mpg::detail::buffered_moved_from_error("buffered_writer");
@@ -518,6 +527,7 @@ task<absl::Status> buffered_writer<Stream>::write_vectored_task(
       // start the buffer over.
       if (n_ > from) out.emplace_back(buf_.get() + from, n_ - from);
       absl::Status st = co_await send(out);
+      keep_error(st);
       if (!st.ok()) co_return st;
       out.clear();
       n_ = from = 0;
@@ -529,6 +539,7 @@ task<absl::Status> buffered_writer<Stream>::write_vectored_task(
     // A large payload went in: send it now, with the buffer around it.
     if (n_ > from) out.emplace_back(buf_.get() + from, n_ - from);
     absl::Status st = co_await send(out);
+    keep_error(st);
     n_ = 0;
     co_return st;
   }
@@ -549,6 +560,7 @@ task<absl::Status> buffered_writer<Stream>::flush_task() {
   if (n_ == 0) co_return absl::OkStatus();
   const std::string_view one[1] = {std::string_view(buf_.get(), n_)};
   absl::Status st = co_await send(std::span<const std::string_view>(one));
+  keep_error(st);
   n_ = 0;
   co_return st;
 }
