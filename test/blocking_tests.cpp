@@ -1,10 +1,12 @@
-// mpg::blocking hands its P over, and a P stuck in a long CPU-bound task
-// does not strand the timers of its heap (sysmon and spinning Ms run them).
+// mpg::blocking hands its P over, and a task back from it begins a new run
+// on its P; a P stuck in a long CPU-bound task does not strand the timers of
+// its heap (sysmon and spinning Ms run them).
 #include <doctest/doctest.h>
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -52,6 +54,12 @@ mpg::task<int> blocking_throws() {
 
 // The P that runs the calling task (identity only).
 const void* this_p() { return mpg::detail::current_m()->p(); }
+
+// The scheduling tick of the calling task's P: sysmon times a G's run from
+// the sample that first sees the tick it began with.
+std::uint64_t this_p_tick() {
+  return mpg::detail::current_m()->p()->schedtick.load(std::memory_order_relaxed);
+}
 
 // When the sleeper and the hog share a P, the hog runs without suspending
 // until it sees the sleeper's wake-up, or for kHogCap: the sleeper wakes
@@ -127,6 +135,46 @@ TEST_CASE("a blocking call may return a reference, lvalue or rvalue") {
   }());
   CHECK(cell == 42);
   CHECK(got == "moved");
+}
+
+struct return_ticks {
+  std::uint64_t before = 0, after = 0;
+  bool direct = false;  // the call took its P back itself, not through the global queue
+};
+
+mpg::task<return_ticks> tick_across_blocking(mpg::runtime* rt) {
+  // Long enough for the M that a call hands the P to to find nothing and
+  // leave the P idle, so that the return takes it back directly.
+  const auto call = [] { std::this_thread::sleep_for(std::chrono::milliseconds(50)); };
+  // A first call lets whatever else was runnable at the start (block_on's
+  // own work) run on the handed-off P, so that none is left for the second.
+  co_await mpg::blocking(call);
+  return_ticks t;
+  const void* p = this_p();
+  const std::uint64_t pushes = rt->stats().global_queue_pushes;
+  t.before = this_p_tick();
+  co_await mpg::blocking(call);
+  t.after = this_p_tick();
+  t.direct = this_p() == p && rt->stats().global_queue_pushes == pushes;
+  co_return t;
+}
+
+TEST_CASE("a task back from mpg::blocking begins a new run on its P") {
+  // procs 1 and no other task: no G runs on the P while the call blocks,
+  // so when the return takes the P back itself only the return can move
+  // the P's tick. Without a new tick, sysmon timed the returning task from
+  // its last sample of the P, taken while the call blocked
+  // (long_task_threshold 20 ms, a 50 ms call, then 15 ms of work: a "20 ms
+  // without suspending" report after each of 10 calls).
+  mpg::runtime rt({.procs = 1});
+  int direct = 0;
+  for (int attempt = 0; attempt < 5 && direct < 2; ++attempt) {
+    const return_ticks t = rt.block_on(tick_across_blocking(&rt));
+    if (!t.direct) continue;  // queued globally: an M's pick moved the tick anyway
+    ++direct;
+    CHECK(t.after > t.before);
+  }
+  REQUIRE(direct > 0);
 }
 
 TEST_CASE("a long CPU-bound task does not strand a 1 ms sleep on its P") {

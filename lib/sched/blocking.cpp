@@ -95,6 +95,13 @@ bool scheduler::exit_blocking(machine* m, g* gp) noexcept {
   gp->status.store(g_status::running, std::memory_order_relaxed);
   gp->wait_reason.store(nullptr, std::memory_order_relaxed);
   got->cur_gid.store(gp->id.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  // A run of the G begins on got, as when an M picks a G: a new tick, so
+  // that sysmon times this run from now and not from the last sample that
+  // found got without a G (which would take a task just back from a long
+  // call for one that ran all that time: a long-task report, and its
+  // runnext marked stealable). The holder is the one writer: no RMW.
+  got->schedtick.store(got->schedtick.load(std::memory_order_relaxed) + 1,
+                       std::memory_order_relaxed);
   return true;
 }
 
