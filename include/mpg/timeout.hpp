@@ -36,8 +36,10 @@
 //     for it however long it runs on. timeout(parent, d, fn) makes ctx a
 //     child of parent: when parent ends first, the call waits for the task
 //     in the same way and returns parent's error (kCancelled, say).
-// Which one finished first is decided by the select, so a task that
-// completes at the deadline gives either outcome, never both.
+// Which one came first: timeout(d, task) takes what its select sees first,
+// so a task that completes at the deadline gives either outcome, never
+// both. The structured form goes by whether ctx had ended when the task
+// finished: a task that stops because it saw ctx end gives ctx's error.
 //
 // Rejected: a timer that destroys the task's frame (Tokio's drop): unsound
 // for frames parked in I/O. Cancelling through the frame's awaiters: no
@@ -107,6 +109,26 @@ task<timeout_outcome<T>> timeout_guard(task<T> t) {
   }
 }
 
+// timeout_guard_in(): timeout_guard for the structured form, which also
+// records whether ctx had ended when the task finished: then the deadline
+// or the parent came first, whichever case the select saw first (when both
+// are ready by the time it looks, it picks one at random). The cancel sets
+// ctx's state before it closes ctx.done(), so a task that saw done closed
+// finds ctx ended here.
+template <class T>
+struct timeout_finish {
+  timeout_outcome<T> outcome;
+  bool ctx_ended = false;
+};
+template <class T>
+task<timeout_finish<T>> timeout_guard_in(task<T> t, context ctx) {
+  // Named, not a temporary of the co_await's full-expression (g++ 12 may
+  // destroy such a temporary twice).
+  task<timeout_outcome<T>> guard = timeout_guard(std::move(t));
+  timeout_outcome<T> outcome = co_await std::move(guard);
+  co_return timeout_finish<T>{std::move(outcome), ctx.cancelled()};
+}
+
 template <class T>
 typename timeout_traits<T>::result timeout_unwrap(timeout_outcome<T>&& o) {
   if (o.index() == 1) std::rethrow_exception(std::get<1>(o));
@@ -126,23 +148,32 @@ task<typename timeout_traits<T>::result> timeout_detached(steady_time deadline, 
   co_return timeout_status();
 }
 
+// timeout_settle(): the structured form's result once the task finished.
+// If ctx had not ended then, the task's outcome; else the deadline or the
+// parent came first: the task's value is dropped, an exception is not.
+// Either way ctx is cancelled (which stops its deadline timer).
+template <class T>
+typename timeout_traits<T>::result timeout_settle(const context& parent, timeout_finish<T>&& f,
+                                                  const cancel_func& cancel) {
+  cancel();
+  if (!f.ctx_ended) return timeout_unwrap<T>(std::move(f.outcome));
+  if (f.outcome.index() == 1) std::rethrow_exception(std::get<1>(f.outcome));
+  if (parent.cancelled()) return parent.err();
+  return timeout_status();
+}
+
 template <class T, class Fn>
 task<typename timeout_traits<T>::result> timeout_structured(context parent, steady_time deadline,
                                                             Fn fn) {
   std::pair<context, cancel_func> cc = with_deadline(parent, deadline);
-  join_handle<timeout_outcome<T>> h = spawn(timeout_guard<T>(fn(cc.first)), "timeout");
+  join_handle<timeout_finish<T>> h =
+      spawn(timeout_guard_in<T>(fn(cc.first), cc.first), "timeout");
   chan<std::monostate> done = cc.first.done();
   auto r = co_await select(h, done.recv());
-  if (r.index() == 0) {
-    cc.second();  // stop the deadline timer
-    co_return timeout_unwrap<T>(std::move(std::get<0>(r)));
-  }
-  // Cancelled at the deadline or with the parent: wait for it to stop. Its
-  // value is dropped; an exception is not.
-  timeout_outcome<T> late = co_await h;
-  if (late.index() == 1) std::rethrow_exception(std::get<1>(late));
-  if (parent.cancelled()) co_return parent.err();
-  co_return timeout_status();
+  if (r.index() == 0) co_return timeout_settle<T>(parent, std::move(std::get<0>(r)), cc.second);
+  // Ended at the deadline or with the parent: wait for the task to stop.
+  timeout_finish<T> late = co_await h;
+  co_return timeout_settle<T>(parent, std::move(late), cc.second);
 }
 
 template <class F>
