@@ -60,6 +60,8 @@ import sys
 import time
 from typing import Callable, Optional
 
+from run_servers import stop_process, wait_listening  # the same directory
+
 # kBuf in http_server.cpp: the largest request head the server takes.
 SERVER_BUFFER = 8192
 # How long a check waits for the server: to answer, to close, to read.
@@ -484,24 +486,10 @@ class Server:
         return int(m[1])
 
     def wait_accepting(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"the server does not accept on port {self.port}")
-                time.sleep(0.01)
+        wait_listening(self.proc, self.port, START_TIMEOUT, "the server")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc.stdout.close()
 
 

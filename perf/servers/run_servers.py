@@ -97,6 +97,34 @@ def raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def wait_listening(proc: subprocess.Popen, port: int, timeout_s: float, what: str) -> None:
+    """Returns once something accepts on 127.0.0.1:port. Raises RuntimeError
+    if proc exits first (with its stderr, when that is a pipe) or timeout_s
+    passes. Also used by server_instructions.py and http_server_check.py."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise RuntimeError(f"{what} exited at start: {err.strip()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout_s:g} s")
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not exited 5 s later."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class server:
     """A server process on 127.0.0.1:port, stopped by PID."""
 
@@ -105,31 +133,18 @@ class server:
         self.port = port
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      env=env, preexec_fn=raise_nofile)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace")
-                raise RuntimeError(f"{name} exited at start: {err.strip()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"{name} did not listen on port {port}")
+        try:
+            wait_listening(self.proc, port, 10, name)
+        except RuntimeError:
+            self.stop()
+            raise
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def build_go(build: Path) -> dict[str, Path]:

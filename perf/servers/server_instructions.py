@@ -34,31 +34,15 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_servers import free_port  # noqa: E402
+from run_servers import free_port, wait_listening  # noqa: E402
 
 START_TIMEOUT_S = 60  # valgrind's start-up, and the runtime's under it
-
-
-def wait_listening(proc: subprocess.Popen, port: int) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited at start: {proc.stderr.read().decode(errors='replace')}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"did not listen on port {port} within {START_TIMEOUT_S} s")
 
 
 def echo_load(build: Path, port: int, seconds: int) -> int:
@@ -105,7 +89,7 @@ def count(argv: list[str], load, build: Path, seconds: int) -> float:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 env=dict(os.environ, MPG_PROCS="1"))
         try:
-            wait_listening(proc, port)
+            wait_listening(proc, port, START_TIMEOUT_S, Path(argv[0]).name)
             load(build, port, 2)  # warm-up: caches and pools reach their size
             subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True,
                            capture_output=True, timeout=60)
