@@ -254,10 +254,16 @@ class buffered_reader {
     r_ += n;
     return n;
   }
-  // strip_line_end(): a line from read_until('\n') without its "\n" or "\r\n".
-  static std::string_view strip_line_end(std::string_view line) noexcept {
-    line.remove_suffix(1);
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+  // take_through(): consumes the buffered bytes up to and including the
+  // delimiter at delim; strip: read_line's, without its "\n" or "\r\n".
+  std::string_view take_through(const char* delim, bool strip) noexcept {
+    const std::size_t end = static_cast<std::size_t>(delim - buf_.get()) + 1;
+    std::string_view line(buf_.get() + r_, end - r_);
+    r_ = end;
+    if (strip) {
+      line.remove_suffix(1);
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    }
     return line;
   }
   static absl::Status eof_at(std::size_t have, std::size_t want) {
@@ -284,10 +290,7 @@ bool buffered_reader<Stream>::buffered_until(
   if (!buf_) return false;
   const void* p = std::memchr(buf_.get() + r_, delim, w_ - r_);
   if (p == nullptr) return false;
-  const std::size_t end = static_cast<std::size_t>(static_cast<const char*>(p) - buf_.get()) + 1;
-  std::string_view line(buf_.get() + r_, end - r_);
-  r_ = end;
-  out->emplace(strip ? strip_line_end(line) : line);
+  out->emplace(take_through(static_cast<const char*>(p), strip));
   return true;
 }
 
@@ -299,11 +302,7 @@ task<absl::StatusOr<std::string_view>> buffered_reader<Stream>::read_until_task(
   for (;;) {
     const char* from = buf_.get() + r_ + scanned;
     if (const void* p = std::memchr(from, delim, w_ - r_ - scanned)) {
-      const std::size_t end =
-          static_cast<std::size_t>(static_cast<const char*>(p) - buf_.get()) + 1;
-      std::string_view line(buf_.get() + r_, end - r_);
-      r_ = end;
-      co_return strip ? strip_line_end(line) : line;
+      co_return take_through(static_cast<const char*>(p), strip);
     }
     scanned = w_ - r_;
     if (scanned == cap_) co_return mpg::detail::buffered_no_delimiter_error(cap_);
@@ -475,11 +474,8 @@ class buffered_writer {
 template <class Stream>
 bool buffered_writer<Stream>::buffered_write(std::optional<absl::Status>* out,
                                              std::string_view data) noexcept {
-  if (!buf_ || !err_.ok() || data.size() >= large_ || n_ + data.size() > cap_) return false;
-  if (!data.empty()) std::memcpy(buf_.get() + n_, data.data(), data.size());  // data() may be null
-  n_ += data.size();
-  out->emplace();
-  return true;
+  const std::string_view one[1] = {data};
+  return buffered_write_vectored(out, std::span<const std::string_view>(one));
 }
 
 template <class Stream>
