@@ -68,8 +68,10 @@
 // co_await at once (mpg/detail/io/buffered_op.hpp): a call the buffer
 // answers (a line read in with the ones before it, a write that fits beside
 // the buffered bytes) finishes inside the co_await, with no coroutine frame;
-// only a call that must read or send runs as a task of its own. Converted to
-// a task (task<R>(call)), a call can be spawned or kept to await later.
+// only a call that must read or send runs as a task of its own. Like a
+// task, an awaiter is awaited at most once: a second await of one that ran
+// its task form throws runtime_misuse_error. Converted to a task
+// (task<R>(call)), a call can be spawned or kept to await later.
 #pragma once
 
 #include <absl/status/status.h>

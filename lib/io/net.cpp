@@ -260,6 +260,7 @@ bool retry_issue(int res, const detail::io_deadline& live) noexcept {
 }  // namespace
 
 std::coroutine_handle<> read_op::await_suspend(std::coroutine_handle<> h) {
+  refuse_second_await();
   if (buf_.empty()) {
     state_ = state::empty;
     return h;
@@ -344,6 +345,7 @@ task<absl::StatusOr<std::size_t>> tcp_stream::read(std::span<char> buf, const co
 // good, readies the task with no frame.
 
 std::coroutine_handle<> write_op::await_suspend(std::coroutine_handle<> h) {
+  refuse_second_await();
   if (data_.empty()) {
     state_ = state::empty;
     return h;

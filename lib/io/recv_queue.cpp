@@ -661,6 +661,7 @@ task<absl::StatusOr<std::size_t>> tcp_stream::do_read_held(
 // continuation (as read_op::on_complete does).
 
 bool receive_op::await_ready() {
+  if (handed_over()) [[unlikely]] return false;  // a second await: await_suspend refuses it
   const int fd = s_->fd_.load(std::memory_order_relaxed);
   if (fd < 0) {
     res_ = -EBADF;
@@ -694,6 +695,7 @@ bool receive_op::take(int st, int err) noexcept {
 }
 
 std::coroutine_handle<> receive_op::await_suspend(std::coroutine_handle<> h) {
+  refuse_second_await();
   // seq_cst: after await_ready's recv_queue_for_reader(), the reader's half
   // of the pair against close(), as in do_receive.
   const int fd = s_->fd_.load(std::memory_order_seq_cst);

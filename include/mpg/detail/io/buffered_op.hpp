@@ -20,6 +20,7 @@
 // for a caller that spawns the call or keeps it to await later.
 #pragma once
 
+#include <cassert>
 #include <coroutine>
 #include <optional>
 #include <tuple>
@@ -37,10 +38,16 @@ class buffered_op : public stream_op<R> {
   buffered_op(buffered_op&& o) noexcept  // before awaited
       : stream_op<R>(std::move(o)), owner_(o.owner_), args_(o.args_) {}
 
+  // A second await declines here, so that await_suspend refuses it.
   bool await_ready() noexcept {
-    return std::apply([this](Args... a) { return (owner_->*Fast)(&result_, a...); }, args_);
+    if (this->handed_over()) [[unlikely]] return false;
+    const bool done =
+        std::apply([this](Args... a) { return (owner_->*Fast)(&result_, a...); }, args_);
+    assert(!done || result_ok(*result_));
+    return done;
   }
   std::coroutine_handle<> await_suspend(std::coroutine_handle<> h) {
+    this->refuse_second_await();
     return this->run_now(slow(), h);
   }
   R await_resume() {
@@ -57,11 +64,23 @@ class buffered_op : public stream_op<R> {
 
   Owner* owner_;
   std::tuple<Args...> args_;
+  // result_ok(): what a fast path may answer. Only a success: an error
+  // (a sticky one, a closed stream) goes through the task form. So result_
+  // never holds an absl::Status with a heap-held payload, and a second run
+  // of the destructor (g++ 12 may destroy a co_await's temporary twice:
+  // stream_op.hpp) frees nothing, whatever the standard library's
+  // std::optional does with its flag.
+  template <class X>
+  static bool result_ok(const X& r) noexcept {
+    if constexpr (requires { r.ok(); })
+      return r.ok();
+    else
+      return true;
+  }
+
   // A fast path's result, engaged only by it: an absl::StatusOr made
   // empty would cost every op a kUnknown status (a call into absl's
-  // Status constructor), and a status its destructor frees. std::optional's
-  // destructor disengages before it destroys, so a second run (g++ 12 may
-  // destroy a co_await's temporary twice: stream_op.hpp) destroys nothing.
+  // Status constructor), and a status its destructor frees.
   std::optional<R> result_;
 };
 

@@ -47,9 +47,11 @@ class stream_op {
   // (task.hpp), which the await chain and the transfer guard
   // (stack_guard.hpp) rely on, and the G's noted site may be an older
   // await's.
+  // An op awaited a second time keeps its task form, which the second
+  // await then refuses (refuse_second_await).
   void link_parent(std::source_location where) noexcept {
     note_wait_site(where);
-    slow_ = task<R>::handle_type::from_address(reinterpret_cast<void*>(kLinked));
+    if (!handed_over()) slow_ = task<R>::handle_type::from_address(reinterpret_cast<void*>(kLinked));
   }
 
  protected:
@@ -79,6 +81,16 @@ class stream_op {
     return slow_;
   }
   bool handed_over() const noexcept { return slow_ && !linked(); }
+  // refuse_second_await(): each op's await_suspend begins with it. An op
+  // is awaited at most once, as a task is; a second await of one whose
+  // first went on in its task form would replace that frame (a leak), so
+  // it throws runtime_misuse_error as a task awaited twice does. (A
+  // second await of an op whose first finished without its task form
+  // holds nothing to lose; it is the same misuse, answered as the
+  // operation answers it.)
+  void refuse_second_await() const {
+    if (handed_over()) [[unlikely]] throw_task_awaited_twice();
+  }
   R task_result() { return slow_.promise().result(); }
 
  private:
