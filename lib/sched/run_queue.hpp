@@ -36,9 +36,10 @@
 //     running a G that is about to pop it (see steal_into()).
 //
 // Memory ordering: slots are relaxed atomics (their ordering comes from
-// head/tail as argued above). runnext is exchanged with seq_cst because the
-// ready() path relies on it for the #StoreLoad barrier of the wakeup
-// protocol (scheduler.cpp, "Parking protocol").
+// head/tail as argued above). runnext is written by its owner alone, with
+// a release store into an empty slot or a release exchange over a G
+// (owner::put_runnext), and emptied by an acquire CAS (the owner's pop or
+// a thief's steal).
 #pragma once
 
 #include <atomic>
@@ -188,10 +189,26 @@ class run_queue::owner {
 
   // put_runnext(): make gp the next G to run; returns the G it
   // displaced (to be pushed at the tail), or nullptr.
+  //
+  // An empty slot takes gp with a plain store: only the owner (we) puts a
+  // G there, and thieves only take one out (a CAS from the G they saw to
+  // null), so a slot we see empty stays empty until we fill it. The load
+  // may be stale only towards a G a thief has taken since: then the
+  // exchange below runs and returns null. Release (both paths): gp's
+  // fields written before (its resume point and status) reach a thief
+  // whose CAS acquires it. Neither path is a StoreLoad barrier of the
+  // parking protocol, and neither needs one: a G alone in runnext is its
+  // holder's next and needs no wake, and a displaced G takes an own-P push
+  // onto the ring, whose S2 has no fence (scheduler.cpp, "Runnext
+  // hand-offs" and "Own-P pushes"). The common case, a G readied into an
+  // empty slot (every hand-off of a ping-pong pair), so costs no locked
+  // instruction.
   g* put_runnext(g* gp) noexcept {
-    // seq_cst exchange: also the #StoreLoad barrier of the submit side of the
-    // parking protocol (the subsequent loads of npidle/nmspinning).
-    return q_->runnext_.exchange(gp, std::memory_order_seq_cst);
+    if (q_->runnext_.load(std::memory_order_relaxed) == nullptr) [[likely]] {
+      q_->runnext_.store(gp, std::memory_order_release);
+      return nullptr;
+    }
+    return q_->runnext_.exchange(gp, std::memory_order_acq_rel);
   }
 
   // push_spawn(): a freshly spawned G at the bottom of the spawn deque.
@@ -309,7 +326,7 @@ class run_queue::owner {
   // take_runnext(): empty the runnext slot; its G or nullptr.
   g* take_runnext() noexcept {
     g* next = q_->runnext_.load(std::memory_order_relaxed);
-    // Acquire on success: pairs with the seq_cst exchange that put it
+    // Acquire on success: pairs with the release store or exchange that put it
     // there; a thief may race us for it, one CAS wins.
     if (next != nullptr &&
         q_->runnext_.compare_exchange_strong(next, nullptr, std::memory_order_acquire,

@@ -17,8 +17,8 @@
 // readied G (thundering herd: Go measured it, hence the spinning protocol).
 //
 // Parking protocol (no lost wakeups). Writers of work follow:
-//   S1. publish the G (runnext exchange, which is seq_cst, or a push onto
-//       the P's ring or spawn deque, or the global queue under the lock),
+//   S1. publish the G (into the P's runnext slot, or a push onto the P's
+//       ring or spawn deque, or the global queue under the lock),
 //       or a posted function (a seq_cst CAS onto its inbox, post.cpp); the
 //       pushes onto a P's own queue have no fence before S2 (below, "Own-P
 //       pushes");
@@ -44,9 +44,10 @@
 // and then sysmon wakes an M itself. So a G alone in runnext is its
 // holder's next, as in P3 below, and waking an M for it only makes one
 // spin against this P's queue lines and find nothing (pingpong on two Ps:
-// 119.5 against 68.5 ns per round trip, perf/ab.py). When the exchange
-// displaces the G that was there, that one goes to the ring, which
-// thieves may take: push, then S2, as for any own-P push.
+// 119.5 against 68.5 ns per round trip, perf/ab.py). So the G goes in with
+// no fence (a plain store when the slot is empty: run_queue.hpp,
+// put_runnext). When it displaces the G that was there, that one goes to
+// the ring, which thieves may take: push, then S2, as for any own-P push.
 // Another writer leaves S2 out: the M holding a P, for Gs it readies onto
 // that P while it reaps the P's ring and then looks for work on it. It runs
 // S2 once after the reap when more than the one G it takes next is queued
@@ -63,9 +64,8 @@
 // apart) while a P idles gets a spinning M (sysmon.cpp). Go's runqput
 // makes the same trade (a release store, then wakep's loads). The fence
 // cost a spawn-join tree (fib, skynet) 6-9% of its wall time on two Ps,
-// and yield_ping 23%. The runnext exchange is a locked instruction
-// anyway, so it stays seq_cst; the global queue and the posted functions,
-// which any M may be the one to serve, keep S1 in full.
+// and yield_ping 23%. The global queue and the posted functions, which any
+// M may be the one to serve, keep S1 in full.
 // Because S1/S2 and P2/P3 are each a store followed by loads, all seq_cst,
 // either the writer sees nmspinning_ == 0 after the last spinner's decrement
 // (and wakes an M), or that spinner's recheck sees the work (one G alone on
@@ -230,10 +230,9 @@ void ready(g* gp) noexcept {
   scheduler* s = gp->sched;
   machine* m = tls_m;
   if (m != nullptr && m->sched == s && m->p() != nullptr) [[likely]] {
-    // The seq_cst exchange is S1 of the parking protocol. S2 (wake_p) only
-    // when it displaced a G to the ring: a G alone in runnext is its
-    // holder's next, which no other M may take (the top of the file,
-    // "Runnext hand-offs").
+    // S1 of the parking protocol. S2 (wake_p) only when it displaced a G
+    // to the ring: a G alone in runnext is its holder's next, which no
+    // other M may take (the top of the file, "Runnext hand-offs").
     gp->status.store(g_status::runnable, std::memory_order_relaxed);
     if (g* displaced = m->local_runq().put_runnext(gp)) [[unlikely]] {
       s->local_put_tail(m, displaced);
