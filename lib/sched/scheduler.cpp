@@ -396,9 +396,15 @@ MPG_INLINE_INTO_TASKS std::coroutine_handle<> finish_root(std::coroutine_handle<
   else
     s->retire_g_elsewhere(gp);
   frame_header* hdr = header_of(root.address());
-  // acq_rel: release publishes the result (written before final_suspend) to
-  // the joiner; acquire sees the joiner's park before we ready it.
-  const std::uintptr_t old = hdr->join.exchange(kJoinDone, std::memory_order_acq_rel);
+  // A detached task (go(), or a dropped handle) needs no exchange: nobody
+  // but its finisher (we) moves the word from kJoinDetached (frame.hpp; the
+  // shutdown's kill runs with no M running), so the word stays as loaded.
+  // Acquire: pairs with the acq_rel exchange of drop_join(), so the
+  // handle's last use happens before we destroy the frame. Otherwise
+  // acq_rel: release publishes the result (written before final_suspend)
+  // to the joiner; acquire sees the joiner's park before we ready it.
+  std::uintptr_t old = hdr->join.load(std::memory_order_acquire);
+  if (old != kJoinDetached) old = hdr->join.exchange(kJoinDone, std::memory_order_acq_rel);
   if (old == kJoinDetached) {
     if (promise->exception_) [[unlikely]]
       report_lost_exception(promise->exception_, promise->gid_, promise->name_);
