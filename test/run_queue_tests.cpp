@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "fake_gs.hpp"
+#include "mpg/detail/sync/cpu_relax.hpp"
 #include "sched/run_queue.hpp"
 
 namespace mpg::detail {
@@ -283,6 +284,52 @@ TEST_CASE("concurrent owner and two thieves obtain every G exactly once") {
   SUBCASE("capacity 4") { stress(4, 100'000); }
   SUBCASE("capacity 8") { stress(8, 100'000); }
   SUBCASE("capacity 256") { stress(256, 100'000); }
+}
+
+// The owner's plain take of runnext against thieves that take it by CAS
+// ("Taking runnext", run_queue.hpp): the owner puts each G in runnext and
+// takes it back at once, as a ping-pong pair's hand-offs do, while two
+// thieves try to steal it between the two. Every G must come out once.
+TEST_CASE("the owner's plain take of runnext and thieves' steals obtain every G exactly once") {
+  constexpr std::size_t n = 20'000;
+  fake_gs gs(n);
+  mpg_test::exactly_once tally(gs);
+  run_queue owner_q(8);
+  std::atomic<std::uint64_t> stolen{0};
+  auto thief = [&] {
+    run_queue mine(8);
+    while (tally.total() < n) {
+      std::uint32_t count = 0;
+      if (g* gp = owner_q.steal_into(own(mine), runnext(true), &count)) {
+        tally.got(gp);
+        stolen.fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+  };
+  std::thread t1(thief);
+  std::thread t2(thief);
+  for (std::size_t i = 0; i < n; ++i) {
+    CHECK(own(owner_q).put_runnext(gs[i]) == nullptr);
+    // A few instructions between put and take, where the thieves strike;
+    // every 8th G waits (boundedly) for a thief to take it, so that
+    // steals surely happen.
+    const int spins = i % 8 == 0 ? 200'000 : static_cast<int>(i % 64);
+    for (int spin = 0; spin < spins && owner_q.has_runnext(); ++spin) mpg::detail::cpu_relax();
+    bool from_next = false;
+    if (g* gp = own(owner_q).pop(mpg::detail::runnext_policy::take, &from_next)) {
+      CHECK(from_next);
+      tally.got(gp);
+    }
+  }
+  t1.join();
+  t2.join();
+  CHECK(tally.total() == n);
+  CHECK(tally.dupes() == 0);
+  CHECK(tally.missing() == 0);
+  CHECK_FALSE(owner_q.has_runnext());
+  // Both sides took some: the race was run.
+  CHECK(stolen.load() > 0);
+  CHECK(stolen.load() < n);
 }
 
 namespace {

@@ -35,11 +35,43 @@
 //     it before the queue. Thieves take it only when the owner is not
 //     running a G that is about to pop it (see steal_into()).
 //
+// Taking runnext. Only the owner puts a G in the slot; the owner and
+// thieves take it out. A thief takes runnext rarely (only when sysmon
+// finds the P stuck behind one G, or left unheld: find_runnable.cpp),
+// while the owner takes it at every hand-off (a ping-pong pair takes it
+// twice per round trip). So the owner takes it with plain loads and
+// stores, and the two sides settle their one race as in Dekker's
+// algorithm with an asymmetric barrier (process_barrier.hpp), as the
+// spawn deque's forced publication does (work_deque.hpp):
+//   R1. taking_ = true; owner_barrier();
+//   R2. if stealers_ == 0 (acquire): load the slot, store null, and
+//       R3. taking_ = false (release): the G is the owner's. Otherwise
+//       taking_ = false and the owner takes the slot by CAS, as a thief.
+//   T1. stealers_ += 1; process_barrier();
+//   T2. if !taking_ (acquire): load the slot and CAS it from that G to
+//       null; T3. stealers_ -= 1 (release).
+// Either R2 sees T1 (or a later count) or T2 sees R1 (or a later value),
+// because process_barrier() puts a full barrier on the owner's thread
+// between T1 and T2. If R2 reads 0 it read T1's count before it or, after
+// T3, a count whose release makes the thief's CAS visible to the load
+// that follows (the slot is then empty, or holds a G put since); T2 then
+// reads true, or the false of an R3 whose release makes the owner's null
+// store visible to the thief. So a thief never CASes a slot that the
+// owner empties with its plain store, and where both may take, both use
+// CAS. stealers_ counts, so that one thief's T3 does not hide another
+// still between T1 and T3. Where process_barrier() is unavailable (Linux
+// before 4.14, or a seccomp filter), the count never drops to 0, and the
+// owner always takes by CAS.
+// The owner's put needs no barrier: a thief's CAS expects a G it saw, so
+// it fails on a slot the owner refilled, and succeeds only on a G that
+// is in the slot, which a thief may take.
+//
 // Memory ordering: slots are relaxed atomics (their ordering comes from
-// head/tail as argued above). runnext is written by its owner alone, with
-// a release store into an empty slot or a release exchange over a G
-// (owner::put_runnext), and emptied by an acquire CAS (the owner's pop or
-// a thief's steal).
+// head/tail as argued above). runnext is filled by its owner alone, with
+// a release store into an empty slot or an acq_rel exchange over a G
+// (owner::put_runnext), and emptied by the owner's plain store (its own
+// G: no order needed) or by an acquire CAS (a thief's, or the owner's
+// contended take), which pairs with the put's release.
 #pragma once
 
 #include <atomic>
@@ -48,6 +80,7 @@
 #include <memory>
 
 #include "mpg/detail/sched/g.hpp"
+#include "sched/process_barrier.hpp"
 #include "sched/work_deque.hpp"
 
 namespace mpg::detail {
@@ -79,7 +112,9 @@ class run_queue {
   // one stolen G to run at once (not placed in dst), or nullptr.
   // With the FIFO ring empty it takes the oldest spawned G instead (one:
   // in a fork-join tree that is the biggest piece of work left).
-  // runnext == take: also take the runnext G when both are empty.
+  // runnext == take: also take the runnext G when both are empty (a
+  // process_barrier(), microseconds: for the rare callers that sysmon
+  // lets take it).
   g* steal_into(owner thief, runnext_policy runnext, std::uint32_t* count) noexcept;
 
 
@@ -129,6 +164,14 @@ class run_queue {
   alignas(64) std::atomic<std::uint32_t> head_{0};
   alignas(64) std::atomic<std::uint32_t> tail_{0};
   std::atomic<g*> runnext_{nullptr};
+  // "Taking runnext": whether process_barrier() works here, the owner's
+  // flag (R1-R3) and the thieves' count (T1-T3). Where process_barrier()
+  // is unavailable the count starts at 1, a thief that never leaves, so
+  // that the owner always takes by CAS. Beside runnext_: the owner
+  // touches them together.
+  const bool asymmetric_ = process_barrier_available();
+  std::atomic<bool> taking_{false};
+  std::atomic<std::uint32_t> stealers_{asymmetric_ ? 0u : 1u};
   const std::uint32_t cap_;
   const std::uint32_t mask_;
   std::unique_ptr<std::atomic<g*>[]> slots_;
@@ -260,10 +303,7 @@ class run_queue::owner {
   // (scheduler.cpp), inlined into hot paths that should make no call: also
   // nullptr when the newest spawned Gs are public, since taking them back
   // is a call (work_deque.hpp); the M's loop then pops them.
-#if defined(__clang__)
-  [[gnu::always_inline]]  // as pop()
-#endif
-  g* pop_switch(runnext_policy policy, bool* from_runnext) noexcept {
+  [[gnu::always_inline]] g* pop_switch(runnext_policy policy, bool* from_runnext) noexcept {
     return pop_in_order<true>(policy, from_runnext);
   }
 
@@ -285,7 +325,7 @@ class run_queue::owner {
     }
     if (g* gp = pop_fifo()) return gp;
     if (policy == runnext_policy::skip) {
-      if (g* next = take_runnext()) {
+      if (g* next = take_runnext_last()) {
         *from_runnext = true;
         return next;
       }
@@ -323,11 +363,42 @@ class run_queue::owner {
     return n;
   }
 
-  // take_runnext(): empty the runnext slot; its G or nullptr.
-  g* take_runnext() noexcept {
+  // take_runnext(): empty the runnext slot; its G or nullptr. The owner's
+  // side of "Taking runnext" (the top of the file): R1-R3, or the CAS
+  // where a thief may be between T1 and T3 or process_barrier() is
+  // unavailable. Forced inline: the switches at park and at finish take
+  // runnext on every hand-off.
+  [[gnu::always_inline]] g* take_runnext() noexcept {
+    if (q_->runnext_.load(std::memory_order_relaxed) == nullptr) return nullptr;
+    q_->taking_.store(true, std::memory_order_relaxed);  // R1
+    owner_barrier();
+    // R2. Acquire: pairs with T3, so that the slot load below sees a steal
+    // that ended before (the slot is then empty). Never 0 where
+    // process_barrier() is unavailable (stealers_'s initial count).
+    if (q_->stealers_.load(std::memory_order_acquire) == 0) [[likely]] {
+      // Reloaded: the G seen above may have been stolen before R1.
+      g* next = q_->runnext_.load(std::memory_order_relaxed);
+      q_->runnext_.store(nullptr, std::memory_order_relaxed);
+      // R3. Release: a thief whose T2 reads this false sees the slot
+      // emptied.
+      q_->taking_.store(false, std::memory_order_release);
+      return next;
+    }
+    return take_runnext_contended();
+  }
+  // take_runnext_last(): take_runnext() out of line, for pop_in_order's
+  // rare last step (a runnext streak's skip), so that the paths that
+  // inline pop_in_order carry one copy of it.
+  [[gnu::noinline]] g* take_runnext_last() noexcept { return take_runnext(); }
+  // take_runnext_contended(): R2's other way, a take by CAS (a thief
+  // may be taking too, by CAS: one wins), and the take where
+  // process_barrier() is unavailable. Out of line: rare.
+  [[gnu::noinline]] g* take_runnext_contended() noexcept {
+    // Relaxed: a thief that reads it then CASes, as we do.
+    q_->taking_.store(false, std::memory_order_relaxed);
     g* next = q_->runnext_.load(std::memory_order_relaxed);
-    // Acquire on success: pairs with the release store or exchange that put it
-    // there; a thief may race us for it, one CAS wins.
+    // Acquire on success: pairs with the put's release (a release store or
+    // exchange, which a thief's failed CAS does not break).
     if (next != nullptr &&
         q_->runnext_.compare_exchange_strong(next, nullptr, std::memory_order_acquire,
                                              std::memory_order_relaxed))
@@ -358,14 +429,29 @@ inline g* run_queue::steal_into(owner thief, runnext_policy runnext, std::uint32
         return gp;
       }
       if (runnext == runnext_policy::skip) return nullptr;
-      g* next = runnext_.load(std::memory_order_relaxed);
-      if (next == nullptr) return nullptr;
-      if (runnext_.compare_exchange_strong(next, nullptr, std::memory_order_acquire,
-                                           std::memory_order_relaxed)) {
-        *count = 1;
-        return next;
+      // "Taking runnext" (the top of the file): T1-T3, after a cheap look.
+      if (runnext_.load(std::memory_order_relaxed) == nullptr) return nullptr;
+      // T1. Relaxed: process_barrier() orders it before T2 for every
+      // thread, the owner's included. (Where it is unavailable the owner
+      // takes by CAS, and the count only sends it there.)
+      stealers_.fetch_add(1, std::memory_order_relaxed);
+      if (asymmetric_) process_barrier();
+      g* next = nullptr;
+      // T2. Acquire: pairs with R3, so a false from the owner's last take
+      // comes with its emptied slot. Acquire on the CAS: pairs with the
+      // put's release (the G's state).
+      if (!taking_.load(std::memory_order_acquire)) {
+        next = runnext_.load(std::memory_order_relaxed);
+        if (next != nullptr &&
+            !runnext_.compare_exchange_strong(next, nullptr, std::memory_order_acquire,
+                                              std::memory_order_relaxed))
+          next = nullptr;
       }
-      continue;
+      // T3. Release: an owner's R2 that reads the count it leaves sees our
+      // CAS.
+      stealers_.fetch_sub(1, std::memory_order_release);
+      if (next != nullptr) *count = 1;
+      return next;
     }
     if (n > cap_ / 2) continue;  // inconsistent snapshot; retry
     if (n > dst.cap_ / 2) n = dst.cap_ / 2;  // a smaller thief queue takes less
