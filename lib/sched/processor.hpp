@@ -91,11 +91,12 @@ class processor {
   std::atomic<std::uint64_t> schedtick{0};
   // The tick of the next fairness turn of the M's loop (find_runnable.cpp,
   // step 1). The switches at finish and at park go back to the loop once
-  // the tick reaches it, and every tick is one more than the last, so the
-  // loop sees exactly that tick, takes the turn and sets the next 61 ticks
-  // on: turns come on the multiples of 61, and the tick of the last one is
-  // fair_tick - 61. Owner only; a comparison where a "tick % 61" would cost
-  // a multiplication and shifts on every switch.
+  // the tick reaches it, and the loop takes the turn at the first tick at
+  // or past it (every tick is one more than the last, but a task back from
+  // mpg::blocking moves the tick outside the loop: blocking.cpp), and sets
+  // the next one 61 ticks on: the tick of the last turn is fair_tick - 61.
+  // Owner only; a comparison where a "tick % 61" would cost a
+  // multiplication and shifts on every switch.
   std::uint64_t fair_tick = 0;
   // The id of the G running on this P, 0 between Gs (owner-written,
   // relaxed: sysmon samples it with schedtick to spot long-running Gs).

@@ -88,7 +88,7 @@ void scheduler::serve_unheld_ps(std::vector<bool>* marked) noexcept {
       unheld.push_back(p);
       // Nobody holds p to run its runnext G next: thieves may take it.
       // Relaxed: the flag publishes nothing (the G is taken by steal_into's
-      // CAS, which acquires it from the exchange that put it there). The
+      // CAS, which acquires it from the release store that put it there). The
       // spinner that wake_p() below brings reads its mailbox under mu_
       // after this store (take_handoff; a new M is started under mu_ too),
       // so it sees the mark; a spinner already looking may miss it, and is

@@ -25,7 +25,9 @@
 //
 // Transitions (all exchange/CAS with acq_rel: the finishing task's result
 // writes must be visible to whoever reads or destroys it, and the joiner's
-// park must be visible to the finisher that readies it):
+// park must be visible to the finisher that readies it; but the finish of
+// a detached task, which loads the word with acquire: nobody else moves
+// it from Detached):
 //   finish:   Running -> Done;    Detached -> (free);  joiner -> Done + ready;
 //             select waiter -> Done + claim the select (ready if won)
 //   await:    Running -> joiner (CAS; fails when Done: no suspension)
