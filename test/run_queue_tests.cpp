@@ -289,18 +289,23 @@ TEST_CASE("concurrent owner and two thieves obtain every G exactly once") {
 // The owner's plain take of runnext against thieves that take it by CAS
 // ("Taking runnext", run_queue.hpp): the owner puts each G in runnext and
 // takes it back at once, as a ping-pong pair's hand-offs do, while two
-// thieves try to steal it between the two. Every G must come out once.
+// thieves try to steal it between the two. Every G must come out once,
+// and a thief must see what the owner wrote into the G before the put
+// (g::link, a plain field: ThreadSanitizer reports a race if the put's
+// store is not a release or the steal's CAS not an acquire).
 TEST_CASE("the owner's plain take of runnext and thieves' steals obtain every G exactly once") {
   constexpr std::size_t n = 20'000;
   fake_gs gs(n);
   mpg_test::exactly_once tally(gs);
   run_queue owner_q(8);
   std::atomic<std::uint64_t> stolen{0};
+  std::atomic<int> unseen{0};
   auto thief = [&] {
     run_queue mine(8);
     while (tally.total() < n) {
       std::uint32_t count = 0;
       if (g* gp = owner_q.steal_into(own(mine), runnext(true), &count)) {
+        if (gp->link != gp) unseen.fetch_add(1);
         tally.got(gp);
         stolen.fetch_add(1, std::memory_order_relaxed);
       }
@@ -309,6 +314,7 @@ TEST_CASE("the owner's plain take of runnext and thieves' steals obtain every G 
   std::thread t1(thief);
   std::thread t2(thief);
   for (std::size_t i = 0; i < n; ++i) {
+    gs[i]->link = gs[i];
     CHECK(own(owner_q).put_runnext(gs[i]) == nullptr);
     // A few instructions between put and take, where the thieves strike;
     // every 8th G waits (boundedly) for a thief to take it, so that
@@ -326,6 +332,7 @@ TEST_CASE("the owner's plain take of runnext and thieves' steals obtain every G 
   CHECK(tally.total() == n);
   CHECK(tally.dupes() == 0);
   CHECK(tally.missing() == 0);
+  CHECK(unseen.load() == 0);
   CHECK_FALSE(owner_q.has_runnext());
   // Both sides took some: the race was run.
   CHECK(stolen.load() > 0);
