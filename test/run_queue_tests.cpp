@@ -6,8 +6,12 @@
 
 #include <mpg/mpg.hpp>
 
+#include <pthread.h>
+#include <signal.h>
+
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -337,6 +341,91 @@ TEST_CASE("the owner's plain take of runnext and thieves' steals obtain every G 
   // Both sides took some: the race was run.
   CHECK(stolen.load() > 0);
   CHECK(stolen.load() < n);
+}
+
+// A thief's whole steal (T1-T3) between any two instructions of the
+// owner's put and take of runnext: a signal handler on the owner's thread
+// steals, signalled by another thread one signal at a time.
+namespace {
+struct handler_thief {
+  run_queue* victim;
+  run_queue* mine;
+  const fake_gs* gs;
+  std::atomic<int>* taken;  // per G; owner's thread only: no locked ops
+  std::atomic<std::uint64_t> stolen{0}, ran{0};
+};
+std::atomic<handler_thief*> the_handler_thief{nullptr};
+void bump(std::atomic<int>& n) {
+  n.store(n.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+extern "C" void steal_on_signal(int) {
+  handler_thief* t = the_handler_thief.load(std::memory_order_relaxed);
+  if (t == nullptr) return;
+  std::uint32_t count = 0;
+  if (g* gp = t->victim->steal_into(own(*t->mine), runnext(true), &count)) {
+    bump(t->taken[t->gs->index(gp)]);
+    t->stolen.fetch_add(1, std::memory_order_relaxed);
+  }
+  t->ran.fetch_add(1, std::memory_order_relaxed);
+}
+}  // namespace
+
+TEST_CASE("a thief's steal of runnext at any instruction of the owner's take obtains every G exactly once") {
+  constexpr std::size_t kGs = 64;
+  constexpr std::uint64_t kSignals = 100'000;
+  fake_gs gs(kGs);
+  std::unique_ptr<std::atomic<int>[]> taken(new std::atomic<int>[kGs]);
+  for (std::size_t i = 0; i < kGs; ++i) taken[i].store(0);
+  run_queue owner_q(8), thief_q(8);
+  handler_thief thief{&owner_q, &thief_q, &gs, taken.get()};
+  the_handler_thief.store(&thief);
+  struct sigaction sa {}, before {};
+  sa.sa_handler = steal_on_signal;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  REQUIRE(::sigaction(SIGURG, &sa, &before) == 0);
+  const pthread_t owner_thread = ::pthread_self();
+  std::atomic<bool> done{false};
+  // Wait for each handler, then pause a varying while: a signal sent while
+  // one is pending runs at that one's instruction again (at its sigreturn).
+  std::thread kicker([&] {
+    for (std::uint32_t r = 1; !done.load(std::memory_order_relaxed);) {
+      const std::uint64_t ran = thief.ran.load(std::memory_order_relaxed);
+      ::pthread_kill(owner_thread, SIGURG);
+      while (thief.ran.load(std::memory_order_relaxed) == ran &&
+             !done.load(std::memory_order_relaxed))
+        mpg::detail::cpu_relax();
+      r = r * 1103515245u + 12345u;
+      for (std::uint32_t i = (r >> 16) % 64; i > 0; --i) mpg::detail::cpu_relax();
+    }
+  });
+  std::uint64_t puts = 0, wrong = 0;  // wrong: a G taken twice or never
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (thief.ran.load(std::memory_order_relaxed) < kSignals &&
+         (puts % 1024 != 0 || std::chrono::steady_clock::now() < deadline)) {
+    const std::size_t i = puts++ % kGs;
+    if (own(owner_q).put_runnext(gs[i]) != nullptr) ++wrong;
+    bool from_next = false;
+    if (g* gp = own(owner_q).pop(mpg::detail::runnext_policy::take, &from_next))
+      bump(taken[gs.index(gp)]);
+    // A handler runs to completion before the owner goes on: by now
+    // exactly one side took gs[i].
+    if (taken[i].load(std::memory_order_relaxed) != 1 || owner_q.has_runnext()) ++wrong;
+    taken[i].store(0, std::memory_order_relaxed);
+  }
+  done.store(true, std::memory_order_relaxed);
+  kicker.join();
+  the_handler_thief.store(nullptr);  // pending signals find no thief
+  sigset_t urg;
+  sigemptyset(&urg);
+  sigaddset(&urg, SIGURG);
+  REQUIRE(::pthread_sigmask(SIG_BLOCK, &urg, nullptr) == 0);
+  REQUIRE(::sigaction(SIGURG, &before, nullptr) == 0);
+  REQUIRE(::pthread_sigmask(SIG_UNBLOCK, &urg, nullptr) == 0);
+  MESSAGE("puts " << puts << ", wrong " << wrong << ", signals " << thief.ran.load() << ", steals "
+                  << thief.stolen.load());
+  CHECK(wrong == 0);
+  CHECK(thief.stolen.load() > 0);  // the interleavings were run
 }
 
 namespace {

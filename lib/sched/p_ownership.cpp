@@ -98,7 +98,8 @@ void scheduler::end_unheld_mark(processor* p) noexcept {
   // The P has a holder again, which runs its runnext G next: the mark that
   // sysmon gives an unheld P (serve_unheld_ps) ends here, under mu_ as it
   // is set. Relaxed: a thief that still sees it takes at most that one G,
-  // the CAS on the runnext slot deciding between it and the holder.
+  // the runnext slot's protocol deciding between it and the holder
+  // (run_queue.hpp, "Taking runnext").
   p->runnext_stealable.store(false, std::memory_order_relaxed);
 }
 

@@ -46,7 +46,8 @@
 //   R1. taking_ = true; owner_barrier();
 //   R2. if stealers_ == 0 (acquire): load the slot, store null, and
 //       R3. taking_ = false (release): the G is the owner's. Otherwise
-//       taking_ = false and the owner takes the slot by CAS, as a thief.
+//       taking_ = false (release) and the owner takes the slot by CAS, as
+//       a thief.
 //   T1. stealers_ += 1; process_barrier();
 //   T2. if !taking_ (acquire): load the slot and CAS it from that G to
 //       null; T3. stealers_ -= 1 (release).
@@ -55,8 +56,9 @@
 // between T1 and T2. If R2 reads 0 it read T1's count before it or, after
 // T3, a count whose release makes the thief's CAS visible to the load
 // that follows (the slot is then empty, or holds a G put since); T2 then
-// reads true, or the false of an R3 whose release makes the owner's null
-// store visible to the thief. So a thief never CASes a slot that the
+// reads true, or a false that the owner stored with release after its
+// last plain take's null store (R3, or the start of a CAS take), so the
+// thief sees that store. So a thief never CASes a slot that the
 // owner empties with its plain store, and where both may take, both use
 // CAS. stealers_ counts, so that one thief's T3 does not hide another
 // still between T1 and T3. Where process_barrier() is unavailable (Linux
@@ -394,8 +396,9 @@ class run_queue::owner {
   // may be taking too, by CAS: one wins), and the take where
   // process_barrier() is unavailable. Out of line: rare.
   [[gnu::noinline]] g* take_runnext_contended() noexcept {
-    // Relaxed: a thief that reads it then CASes, as we do.
-    q_->taking_.store(false, std::memory_order_relaxed);
+    // Release, as R3: a thief whose T2 reads this false must also see the
+    // null store of our last plain take (a plain x86 store either way).
+    q_->taking_.store(false, std::memory_order_release);
     g* next = q_->runnext_.load(std::memory_order_relaxed);
     // Acquire on success: pairs with the put's release (a release store or
     // exchange, which a thief's failed CAS does not break).
