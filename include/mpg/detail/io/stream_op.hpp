@@ -51,7 +51,8 @@ class stream_op {
   // await then refuses (refuse_second_await).
   void link_parent(std::source_location where) noexcept {
     note_wait_site(where);
-    if (!handed_over()) slow_ = task<R>::handle_type::from_address(reinterpret_cast<void*>(kLinked));
+    if (!handed_over())
+      slow_ = task<R>::handle_type::from_address(reinterpret_cast<void*>(kLinked));
   }
 
  protected:
