@@ -24,7 +24,9 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -478,6 +480,86 @@ mpg::task<std::string> op_awaited_twice() {
 TEST_CASE("a buffered op awaited twice is refused, as a task is") {
   mpg::runtime rt({.procs = 1});
   CHECK(rt.block_on(op_awaited_twice()) == "ok");
+}
+
+// A stream whose read throws once (the `throw_at`-th read), then serves
+// its data: the task form of a buffered call lets the exception out at the
+// caller's co_await, and the reader goes on.
+struct throwing_stream {
+  std::string data;
+  std::size_t pos = 0;
+  int reads = 0;
+  int throw_at = 1;
+  mpg::task<absl::StatusOr<std::size_t>> read(std::span<char> buf) {
+    if (++reads == throw_at) throw std::runtime_error("read failed");
+    const std::size_t n = std::min(buf.size(), data.size() - pos);
+    std::memcpy(buf.data(), data.data() + pos, n);
+    pos += n;
+    co_return n;
+  }
+};
+
+mpg::task<std::string> throwing_read() {
+  throwing_stream s;
+  s.data = "ab\ncd\n";
+  mpg::net::buffered_reader<throwing_stream> in(s, 16);
+  bool thrown = false;
+  try {
+    absl::StatusOr<std::string_view> line = co_await in.read_line();
+    (void)line;
+  } catch (const std::runtime_error&) {
+    thrown = true;
+  }
+  if (!thrown) co_return "the stream's exception did not reach the caller";
+  absl::StatusOr<std::string_view> a = co_await in.read_line();
+  if (!a.ok() || *a != "ab") co_return "the first line after the exception";
+  absl::StatusOr<std::string_view> b = co_await in.read_line();
+  if (!b.ok() || *b != "cd") co_return "the second line after the exception";
+  co_return "ok";
+}
+
+TEST_CASE("a stream's exception in a buffered call's task form reaches the caller's co_await") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(throwing_read()) == "ok");
+}
+
+// A stream whose read waits on a channel that nobody sends on: a task
+// parked inside a buffered call's task form, inside the stream's read,
+// when the runtime shuts down. The runtime destroys the chain of frames
+// (AddressSanitizer checks the frees in CI); the reader, which lives in
+// that task's frame, goes with it.
+struct waiting_stream {
+  mpg::chan<int> never;
+  mpg::task<absl::StatusOr<std::size_t>> read(std::span<char>) {
+    std::optional<int> v = co_await never.recv();  // never readied
+    (void)v;
+    co_return std::size_t{0};
+  }
+};
+
+mpg::task<void> read_forever(std::atomic<int>* parked, std::atomic<int>* finished) {
+  waiting_stream s;
+  mpg::net::buffered_reader<waiting_stream> in(s, 16);
+  parked->fetch_add(1);
+  absl::StatusOr<std::string_view> line = co_await in.read_line();
+  (void)line;
+  finished->fetch_add(1);
+}
+
+mpg::task<int> park_readers(std::atomic<int>* parked, std::atomic<int>* finished) {
+  for (int i = 0; i < 3; ++i) mpg::go(read_forever(parked, finished), "reader");
+  while (parked->load() < 3) co_await mpg::yield();
+  co_await mpg::yield();  // the last one reaches its read and parks
+  co_return parked->load();
+}
+
+TEST_CASE("a runtime shut down with tasks parked inside buffered calls destroys their frames") {
+  std::atomic<int> parked{0}, finished{0};
+  {
+    mpg::runtime rt({.procs = 1});
+    CHECK(rt.block_on(park_readers(&parked, &finished)) == 3);
+  }
+  CHECK(finished.load() == 0);
 }
 
 // Streams whose sends fail after `ok_sends` of them: with write_vectored,
