@@ -163,6 +163,8 @@ class run_queue {
   const work_deque& spawns() const noexcept { return spawns_; }
 
  private:
+  g* steal_runnext() noexcept;
+
   alignas(64) std::atomic<std::uint32_t> head_{0};
   alignas(64) std::atomic<std::uint32_t> tail_{0};
   std::atomic<g*> runnext_{nullptr};
@@ -417,6 +419,31 @@ class run_queue::owner {
   run_queue* q_;
 };
 
+// steal_runnext(): the thief's side of "Taking runnext" (the top of the
+// file): T1-T3, after a cheap look. The runnext G, or nullptr.
+inline g* run_queue::steal_runnext() noexcept {
+  if (runnext_.load(std::memory_order_relaxed) == nullptr) return nullptr;
+  // T1. Relaxed: process_barrier() orders it before T2 for every thread,
+  // the owner's included. (Where it is unavailable the owner takes by CAS,
+  // and the count only sends it there.)
+  stealers_.fetch_add(1, std::memory_order_relaxed);
+  if (asymmetric_) process_barrier();
+  g* next = nullptr;
+  // T2. Acquire: pairs with R3, so a false from the owner's last take
+  // comes with its emptied slot. Acquire on the CAS: pairs with the put's
+  // release (the G's state).
+  if (!taking_.load(std::memory_order_acquire)) {
+    next = runnext_.load(std::memory_order_relaxed);
+    if (next != nullptr &&
+        !runnext_.compare_exchange_strong(next, nullptr, std::memory_order_acquire,
+                                          std::memory_order_relaxed))
+      next = nullptr;
+  }
+  // T3. Release: an owner's R2 that reads the count it leaves sees our CAS.
+  stealers_.fetch_sub(1, std::memory_order_release);
+  return next;
+}
+
 inline g* run_queue::steal_into(owner thief, runnext_policy runnext, std::uint32_t* count) noexcept {
   *count = 0;
   run_queue& dst = *thief.q_;
@@ -432,27 +459,7 @@ inline g* run_queue::steal_into(owner thief, runnext_policy runnext, std::uint32
         return gp;
       }
       if (runnext == runnext_policy::skip) return nullptr;
-      // "Taking runnext" (the top of the file): T1-T3, after a cheap look.
-      if (runnext_.load(std::memory_order_relaxed) == nullptr) return nullptr;
-      // T1. Relaxed: process_barrier() orders it before T2 for every
-      // thread, the owner's included. (Where it is unavailable the owner
-      // takes by CAS, and the count only sends it there.)
-      stealers_.fetch_add(1, std::memory_order_relaxed);
-      if (asymmetric_) process_barrier();
-      g* next = nullptr;
-      // T2. Acquire: pairs with R3, so a false from the owner's last take
-      // comes with its emptied slot. Acquire on the CAS: pairs with the
-      // put's release (the G's state).
-      if (!taking_.load(std::memory_order_acquire)) {
-        next = runnext_.load(std::memory_order_relaxed);
-        if (next != nullptr &&
-            !runnext_.compare_exchange_strong(next, nullptr, std::memory_order_acquire,
-                                              std::memory_order_relaxed))
-          next = nullptr;
-      }
-      // T3. Release: an owner's R2 that reads the count it leaves sees our
-      // CAS.
-      stealers_.fetch_sub(1, std::memory_order_release);
+      g* next = steal_runnext();
       if (next != nullptr) *count = 1;
       return next;
     }
