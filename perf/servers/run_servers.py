@@ -393,18 +393,21 @@ def main() -> int:
                          if name not in FLOORS and i in fl and "cpu100k" in r and r["rate"]
                          and fl[i]["rate"] and fl[i]["cpu100k"]]
                 if pairs:
-                    out[name].setdefault("paired", {})[ref] = (
-                        statistics.median(r["rate"] / f["rate"] for r, f in pairs),
-                        statistics.median(r["cpu100k"] / f["cpu100k"] for r, f in pairs),
-                        len(pairs))
+                    rates = [r["rate"] / f["rate"] for r, f in pairs]
+                    cpus = [r["cpu100k"] / f["cpu100k"] for r, f in pairs]
+                    out[name].setdefault("paired", {})[ref] = (rates, cpus)
         return out
 
+    # The median of the rounds' ratios, and their range: how far one round
+    # strays is how far a single figure may be trusted.
     def print_paired(table: dict) -> None:
+        def spread(xs: list[float]) -> str:
+            return f"{statistics.median(xs):.2f}x ({min(xs):.2f}-{max(xs):.2f})"
         for name, r in table.items():
-            for ref, (rate, cpu, n) in r.get("paired", {}).items():
+            for ref, (rates, cpus) in r.get("paired", {}).items():
                 print(f"{name} against {'the floor' if ref == 'floor' else ref}, round by round "
-                      f"(median of {n}): "
-                      f"rate {rate:.2f}x, CPU {cpu:.2f}x")
+                      f"(median of {len(rates)}, range in brackets): "
+                      f"rate {spread(rates)}, CPU {spread(cpus)}")
 
     # "floor" is not a peer: uring_floor_echo, a bare io_uring loop per
     # thread with no runtime (multishot recv, buffer rings, DEFER_TASKRUN).
