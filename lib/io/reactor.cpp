@@ -56,6 +56,18 @@
 // to the waiter (Go's approach for preemption) would claim a signal number in
 // every program that links mpg.
 //
+// wait() flushes under lock_ and then sleeps in a second io_uring_enter,
+// where the floor server submits and sleeps in one (io_uring_submit_and_wait):
+// on http_hello with 2 Ps an M sleeps about once every seven requests, so
+// at most one enter per seven requests would go. Not done: the sleeping
+// enter runs without lock_, and a close on another thread may meanwhile
+// find the kernel refusing its flush and rewrite the fd of a closing op's
+// SQE still in the SQ (reactor_cancel.cpp, forget_fd_if_closing_locked),
+// which is safe only because the kernel reads SQEs inside an enter made
+// under lock_: the sleeper's enter could read the old fd just before the
+// rewrite and resolve it after the close that follows, when the number may
+// name another file.
+//
 // Where a completed op's task goes. A task whose op completes in reap() is
 // readied at the tail of the reaping P's run queue (ready_tail), never into
 // its runnext slot, as Go's netpoller puts the goroutines it finds ready on

@@ -2,7 +2,9 @@
 // workload: a task per connection, each a read/write loop over io_uring.
 //
 //   echo_server --port 9000 [--procs 2] [--host 127.0.0.1] [--deadline]
-//       [--receive 1|0]
+//       [--receive 1|0] [--stats 1]
+//
+// --stats N: the runtime's counters every N seconds (stats_sampler.hpp).
 //
 // --deadline: every read carries a far deadline (an hour ahead), to compare
 // reads with and without one.
@@ -26,6 +28,7 @@
 #include <mpg/net.hpp>
 
 #include "server_args.hpp"
+#include "stats_sampler.hpp"
 
 namespace {
 
@@ -131,6 +134,7 @@ int main(int argc, char** argv) {
   g_deadline = a.num("deadline", 0) != 0;
   g_receive = a.num("receive", 1) != 0;
   mpg::runtime rt({.procs = static_cast<unsigned>(a.num("procs", 0))});
+  const perf::stats_sampler sampler(rt, a.num("stats", 0));
   std::string addr = a.str("host", "127.0.0.1") + ":" + a.str("port", "9000");
   return rt.block_on(serve(addr));
 }

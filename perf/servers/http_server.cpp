@@ -1,7 +1,9 @@
 // perf/servers/http_server.cpp: the mpg server of the http_hello workload:
 // HTTP/1.1 keep-alive "Hello, World!", a task per connection.
 //
-//   http_server --port 8080 [--procs 2] [--host 127.0.0.1]
+//   http_server --port 8080 [--procs 2] [--host 127.0.0.1] [--stats 1]
+//
+// --stats N: the runtime's counters every N seconds (stats_sampler.hpp).
 //
 // A port or a procs count that is not a number in range gets the usage line
 // and exit status 2.
@@ -34,6 +36,7 @@
 #include <mpg/net.hpp>
 
 #include "server_args.hpp"
+#include "stats_sampler.hpp"
 
 namespace {
 
@@ -348,11 +351,14 @@ int main(int argc, char** argv) {
   perf::args a(argc, argv);
   long procs = 0;
   long port = 8080;
-  if (!a.int_in("procs", 0, 1024, &procs) || !a.int_in("port", 0, 65535, &port)) {
+  long stats = 0;
+  if (!a.int_in("procs", 0, 1024, &procs) || !a.int_in("port", 0, 65535, &port) ||
+      !a.int_in("stats", 0, 3600, &stats)) {
     std::fprintf(stderr, "usage: %s [--port N (0-65535)] [--procs N (0-1024; 0: the default)] "
-                 "[--host ADDR]\n", argv[0]);
+                 "[--host ADDR] [--stats SECONDS (0-3600; 0: none)]\n", argv[0]);
     return 2;
   }
   mpg::runtime rt({.procs = static_cast<unsigned>(procs)});
+  const perf::stats_sampler sampler(rt, stats);
   return rt.block_on(serve(a.str("host", "127.0.0.1") + ":" + std::to_string(port)));
 }
