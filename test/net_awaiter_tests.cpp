@@ -1,8 +1,9 @@
-// test/net_awaiter_tests.cpp: tcp_stream::read(buf) and write(data), the
-// read_op and write_op awaiters (mpg/net.hpp): their direct path (one op
-// issued from the awaiting task's frame) and their hand-over to the task
-// form of the loop when the op must be issued again (a kick from a deadline
-// set while it is in flight; a short send).
+// test/net_awaiter_tests.cpp: tcp_stream::read(buf), write(data) and
+// write_vectored(bufs), the read_op, write_op and write_vectored_op awaiters
+// (mpg/net.hpp): their direct path (one op issued from the awaiting task's
+// frame) and their hand-over to the task form of the loop when the op must
+// be issued again (a kick from a deadline set while it is in flight; a short
+// send) or, for write_vectored, holds more buffers than the op takes.
 #include <doctest/doctest.h>
 
 #include <mpg/io_error.hpp>
@@ -10,6 +11,7 @@
 #include <mpg/net.hpp>
 
 #include <chrono>
+#include <array>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -29,6 +31,22 @@ using mpg_test::stream_pair;
 
 task<read_result> read_into(tcp_stream& s, std::span<char> buf) { co_return co_await s.read(buf); }
 task<absl::Status> write_from(tcp_stream& s, std::string_view data) { co_return co_await s.write(data); }
+task<absl::Status> write_all_from(tcp_stream& s, std::span<const std::string_view> bufs) {
+  co_return co_await s.write_vectored(bufs);
+}
+
+// read_exactly(): n bytes, as a string (the test fails at end of stream).
+task<std::string> read_exactly(tcp_stream& s, std::size_t n) {
+  std::string out;
+  char buf[256];
+  while (out.size() < n) {
+    auto got = co_await s.read(std::span<char>(buf, std::min(sizeof buf, n - out.size())));
+    REQUIRE(got.ok());
+    REQUIRE(*got != 0);
+    out.append(buf, *got);
+  }
+  co_return out;
+}
 
 // read_all(): reads until end of stream; the bytes' sum and count.
 task<std::pair<std::uint64_t, std::size_t>> read_all(tcp_stream& s) {
@@ -156,5 +174,98 @@ TEST_CASE("write_op converts to a task, which can be spawned") {
     auto n = co_await p.server.read(std::span<char>(buf));
     REQUIRE(n.ok());
     CHECK(std::string_view(buf, *n) == "spawned");
+  }());
+}
+
+TEST_CASE("write_vectored_op: buffers in order, empty ones skipped, more than the op holds, none") {
+  mpg::runtime rt({.procs = 2});
+  rt.block_on([]() -> task<void> {
+    auto p = co_await connect_pair();
+    // Within the op's own iovecs (empty buffers take none).
+    const std::array<std::string_view, 5> few{"ab", "", "cde", "", "f"};
+    static_assert(few.size() - 2 <= mpg::net::write_vectored_op::kInlineIov);
+    CHECK((co_await p.client.write_vectored(few)).ok());
+    CHECK(co_await read_exactly(p.server, 6) == "abcdef");
+    // More than it holds: the loop's task form from the start.
+    const std::array<std::string_view, 7> many{"0", "12", "", "345", "6", "78", "9"};
+    static_assert(many.size() - 1 > mpg::net::write_vectored_op::kInlineIov);
+    CHECK((co_await p.client.write_vectored(many)).ok());
+    CHECK(co_await read_exactly(p.server, 10) == "0123456789");
+    // Nothing to send: no I/O.
+    const std::array<std::string_view, 2> none{"", ""};
+    CHECK((co_await p.client.write_vectored(none)).ok());
+    CHECK((co_await p.client.write_vectored(std::span<const std::string_view>())).ok());
+    p.client.close();
+    absl::Status closed = co_await p.client.write_vectored(few);
+    CHECK(mpg::net::is_closed(closed));
+  }());
+}
+
+TEST_CASE("write_vectored_op: a write larger than the socket buffers arrives whole, in order") {
+  mpg::runtime rt({.procs = 2});
+  rt.block_on([]() -> task<void> {
+    auto p = co_await connect_pair();
+    // Three buffers of unequal sizes: the first sendmsg is short, and the
+    // task form resumes inside one of them.
+    std::array<std::string, 3> parts{std::string(3 << 20, '\0'), std::string((5 << 20) + 7, '\0'),
+                                     std::string((2 << 20) + 3, '\0')};
+    std::uint64_t want = 0;
+    std::size_t bytes = 0;
+    for (std::size_t k = 0; k < parts.size(); ++k) {
+      for (std::size_t i = 0; i < parts[k].size(); ++i) {
+        parts[k][i] = static_cast<char>(((i + k * 131) * 7919) >> 5);
+        want = want * 31 + static_cast<unsigned char>(parts[k][i]);
+      }
+      bytes += parts[k].size();
+    }
+    const std::array<std::string_view, 3> views{parts[0], parts[1], parts[2]};
+    auto reader = mpg::spawn(read_all(p.server));
+    CHECK((co_await p.client.write_vectored(views)).ok());
+    p.client.close();
+    auto [sum, total] = co_await reader;
+    CHECK(total == bytes);
+    CHECK(sum == want);
+  }());
+}
+
+TEST_CASE("write_vectored_op: a deadline set while a sendmsg is blocked ends it") {
+  mpg::runtime rt({.procs = 2});
+  rt.block_on([]() -> task<void> {
+    auto p = co_await connect_pair();
+    // Nobody reads the server side: the write blocks once the socket
+    // buffers are full, until the deadline set meanwhile ends it.
+    const std::string big(32 << 20, 'x');
+    const std::array<std::string_view, 2> views{std::string_view(big).substr(0, 1 << 20),
+                                                std::string_view(big).substr(1 << 20)};
+    auto writing = mpg::spawn(write_all_from(p.client, views));
+    while (!p.client.write_pending()) co_await mpg::yield();
+    p.client.set_write_deadline(std::chrono::steady_clock::now() + 5ms);
+    absl::Status late = co_await writing;
+    CHECK(late.code() == absl::StatusCode::kDeadlineExceeded);
+  }());
+}
+
+TEST_CASE("write_vectored_op converts to a task; awaited again after its task form, it throws") {
+  mpg::runtime rt({.procs = 2});
+  rt.block_on([]() -> task<void> {
+    auto p = co_await connect_pair();
+    const std::array<std::string_view, 2> two{"spa", "wned"};
+    auto writing = mpg::spawn(task<absl::Status>(p.client.write_vectored(two)));
+    CHECK((co_await writing).ok());
+    CHECK(co_await read_exactly(p.server, 7) == "spawned");
+
+    const std::array<std::string_view, 6> six{"a", "b", "c", "d", "e", "f"};
+    auto op = p.client.write_vectored(six);  // more than kInlineIov: the task form
+    absl::Status first = co_await op;
+    CHECK(first.ok());
+    bool refused = false;
+    try {
+      absl::Status again = co_await op;
+      (void)again;
+    } catch (const mpg::runtime_misuse_error&) {
+      refused = true;
+    }
+    CHECK(refused);
+    CHECK(co_await read_exactly(p.server, 6) == "abcdef");
   }());
 }

@@ -261,6 +261,48 @@ class write_op : public detail::stream_op<absl::Status>, private detail::io_op {
   std::string_view data_;
 };
 
+// write_vectored_op: what tcp_stream::write_vectored(bufs) returns, awaited
+// at once, as write_op (above): one sendmsg from the awaiting task's frame,
+// with the iovecs of up to kInlineIov non-empty buffers kept in the op. More
+// buffers than that go to the task form of the loop from the start; a short
+// send, or one to issue again, hands the rest to it. To spawn the write,
+// convert it: task<absl::Status>(s.write_vectored(bufs)).
+class write_vectored_op : public detail::stream_op<absl::Status>, private detail::io_op {
+ public:
+  // The non-empty buffers one sendmsg of the op itself takes.
+  static constexpr std::size_t kInlineIov = 4;
+
+  write_vectored_op(write_vectored_op&& o) noexcept  // before awaited
+      : stream_op(std::move(o)), s_(o.s_), bufs_(o.bufs_) {}
+
+  bool await_ready() const noexcept { return false; }
+  std::coroutine_handle<> await_suspend(std::coroutine_handle<> h);
+  result_type await_resume();
+
+  // The same write as a task (tcp_stream's loop in a frame of its own).
+  operator task<result_type>() &&;
+
+ private:
+  friend class tcp_stream;
+  write_vectored_op(tcp_stream* s, std::span<const std::string_view> bufs) noexcept
+      : s_(s), bufs_(bufs) {}
+  static void on_complete(detail::io_op* op) noexcept;
+
+  detail::io_op& op() noexcept { return *this; }
+
+  // state_ first: it takes the io_op base's tail padding.
+  enum class state : std::uint8_t { issued, closed, empty, slow };
+  state state_ = state::issued;
+  tcp_stream* s_;
+  std::span<const std::string_view> bufs_;
+  std::size_t total_ = 0;  // the bytes of the one sendmsg
+  // The sendmsg's struct msghdr and struct iovec[kInlineIov], which the
+  // kernel may read until the op completes: storage here, the types in
+  // net.cpp (no system header in this one).
+  alignas(void*) unsigned char msg_[56];
+  alignas(void*) unsigned char iov_[kInlineIov * 16];
+};
+
 // tcp_stream: a connected TCP socket (TCP_NODELAY on). Move-only; the
 // destructor closes it.
 class tcp_stream {
@@ -300,8 +342,11 @@ class tcp_stream {
   task<absl::Status> write(std::string_view data, clock::time_point deadline);
   // write_vectored(): all of bufs, in order, with sendmsg (one iovec per
   // buffer, no copy), continuing short writes; an error as write(). The
-  // buffers (and the span) must outlive the awaited call.
-  task<absl::Status> write_vectored(std::span<const std::string_view> bufs);
+  // buffers (and the span) must outlive the awaited call. A
+  // write_vectored_op (above), awaited like the task the others return.
+  write_vectored_op write_vectored(std::span<const std::string_view> bufs) noexcept {
+    return write_vectored_op(this, bufs);
+  }
   task<absl::Status> write(std::string_view data, const context& ctx);
 
   // receive(): the next received bytes, borrowed (recv_buffer, above; 0
@@ -355,6 +400,7 @@ class tcp_stream {
  private:
   friend class read_op;
   friend class write_op;
+  friend class write_vectored_op;
   friend class receive_op;
   task<absl::StatusOr<recv_buffer>> do_receive(std::optional<clock::time_point> deadline,
                                                std::shared_ptr<detail::context_node> ctx);
@@ -376,6 +422,9 @@ class tcp_stream {
                                             std::shared_ptr<detail::context_node> ctx);
   task<absl::Status> do_write(std::string_view data, std::optional<clock::time_point> deadline,
                               std::shared_ptr<detail::context_node> ctx);
+  // do_write_vectored(): write_vectored's loop, the first `sent` bytes of
+  // bufs already sent.
+  task<absl::Status> do_write_vectored(std::span<const std::string_view> bufs, std::size_t sent);
 
   // The socket; negative once close() has begun (lib/io/fd_close.hpp: -2
   // while it runs, then -1). Relaxed where it is only read as a number:

@@ -48,6 +48,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <new>
 #include <utility>
 
 #include "absl/container/inlined_vector.h"
@@ -404,6 +405,88 @@ write_op::result_type write_op::await_resume() {
 
 write_op::operator task<result_type>() && { return s_->do_write(data_, std::nullopt, nullptr); }
 
+// --- write_vectored_op -------------------------------------------------------
+//
+// As write_op, for one sendmsg of up to kInlineIov buffers: its msghdr and
+// iovecs are the op's own storage, in the awaiting frame, which outlives the
+// op's completion as the buffers do. More buffers go to do_write_vectored at
+// once; a short send, or a result the loop would issue again after, hands
+// it the rest (the bytes sent skipped, in whole buffers and in part).
+
+std::coroutine_handle<> write_vectored_op::await_suspend(std::coroutine_handle<> h) {
+  static_assert(sizeof(msghdr) <= sizeof(msg_) && alignof(msghdr) <= alignof(void*));
+  static_assert(sizeof(iovec) * kInlineIov <= sizeof(iov_) && alignof(iovec) <= alignof(void*));
+  refuse_second_await();
+  auto* iov = reinterpret_cast<iovec*>(iov_);
+  std::size_t n = 0;
+  std::size_t total = 0;
+  for (std::string_view b : bufs_) {
+    if (b.empty()) continue;  // its data() may be null
+    if (n == kInlineIov) {  // more than the op holds: the loop from the start
+      state_ = state::slow;
+      return run_now(s_->do_write_vectored(bufs_, 0), h);
+    }
+    new (&iov[n++]) iovec{const_cast<char*>(b.data()), b.size()};
+    total += b.size();
+  }
+  if (n == 0) {
+    state_ = state::empty;
+    return h;
+  }
+  const int fd = s_->fd_.load(std::memory_order_relaxed);
+  if (fd < 0) {
+    state_ = state::closed;
+    return h;
+  }
+  auto* msg = new (msg_) msghdr{};
+  msg->msg_iov = iov;
+  msg->msg_iovlen = n;
+  total_ = total;
+  // Read only by prep_request inside io_start (under the reactor lock).
+  const io_request rq{.op = io_opcode::sendmsg, .fd = fd, .addr = msg, .flags = MSG_NOSIGNAL};
+  op().complete = &write_vectored_op::on_complete;
+  op().live_deadline = s_->write_deadline_.live();
+  op().waiter = detail::current_g();
+  detail::park(h, "net.write", detail::noted_wait_site());
+  if (detail::io_start(&op(), prep_request, &rq, &s_->write_slot_))
+    return std::noop_coroutine();  // published: *this is the reactor's until on_complete
+  detail::cancel_park();
+  return h;  // op().res says why (await_resume)
+}
+
+void write_vectored_op::on_complete(detail::io_op* op) noexcept {
+  auto* self = static_cast<write_vectored_op*>(op);
+  detail::g* gp = op->waiter;
+  const int res = op->outcome();
+  const bool short_send = res > 0 && static_cast<std::size_t>(res) < self->total_;
+  if (short_send || retry_issue(res, self->s_->write_deadline_)) {
+    self->state_ = state::slow;
+    // As read_op::on_complete: the G resumes in do_write_vectored.
+    const std::size_t sent = short_send ? static_cast<std::size_t>(res) : 0;
+    self->hand_over(self->s_->do_write_vectored(self->bufs_, sent), gp);
+  }
+  detail::ready_tail(gp);
+}
+
+write_vectored_op::result_type write_vectored_op::await_resume() {
+  // As write_op's (waiter is null when the op was never issued).
+  detail::io_release_claim(&s_->write_slot_, op().waiter);
+  switch (state_) {
+    case state::empty: return absl::OkStatus();
+    case state::closed: return closed_error("write");
+    case state::slow: return task_result();
+    case state::issued: break;
+  }
+  // A result on_complete did not hand to do_write_vectored (or io_start's
+  // refusal) is final: all of the buffers, no progress, or an error.
+  const int res = op().outcome();
+  if (res > 0) return absl::OkStatus();
+  if (res == 0) return absl::InternalError("write: sendmsg made no progress");
+  return net_error(res, "write");
+}
+
+write_vectored_op::operator task<result_type>() && { return s_->do_write_vectored(bufs_, 0); }
+
 task<absl::Status> tcp_stream::write(std::string_view data, clock::time_point deadline) {
   return do_write(data, deadline, nullptr);
 }
@@ -483,7 +566,8 @@ task<absl::Status> tcp_stream::do_write(std::string_view data,
   co_return absl::OkStatus();
 }
 
-task<absl::Status> tcp_stream::write_vectored(std::span<const std::string_view> bufs) {
+task<absl::Status> tcp_stream::do_write_vectored(std::span<const std::string_view> bufs,
+                                                 std::size_t sent) {
   // At most kMaxIov iovecs per sendmsg (the kernel's UIO_MAXIOV); after a
   // short write the first iovec is advanced in place.
   constexpr std::size_t kMaxIov = 1024;
@@ -491,16 +575,31 @@ task<absl::Status> tcp_stream::write_vectored(std::span<const std::string_view> 
   io_context_binding bind(nullptr);
   bind.bind(&write_slot_);
   const op_bounds b{.live = &write_deadline_, .bind = &bind};
+  std::size_t next = 0;  // first buffer not yet in iov
+  // The bytes already sent (a write_vectored_op's first sendmsg): whole
+  // buffers skipped, and the rest of a buffer it sent in part.
+  std::string_view rest;
+  for (; next < bufs.size() && sent > 0; ++next) {
+    if (bufs[next].size() > sent) {
+      rest = bufs[next].substr(sent);
+      sent = 0;
+    } else {
+      sent -= bufs[next].size();
+    }
+  }
   // Inline for the usual few regions (a buffered writer's send is its
   // buffer and a payload or two): no allocation per write.
   absl::InlinedVector<iovec, 8> iov;
-  iov.reserve(std::min(bufs.size(), kMaxIov));
-  std::size_t next = 0;  // first buffer not yet in iov
+  iov.reserve(std::min(bufs.size() - next + 1, kMaxIov));
   std::size_t first = 0;
   for (;;) {
     if (first == iov.size()) {  // refill
       iov.clear();
       first = 0;
+      if (!rest.empty()) {
+        iov.push_back(iovec{const_cast<char*>(rest.data()), rest.size()});
+        rest = {};
+      }
       for (; next < bufs.size() && iov.size() < kMaxIov; ++next)
         if (!bufs[next].empty())
           iov.push_back(iovec{const_cast<char*>(bufs[next].data()), bufs[next].size()});

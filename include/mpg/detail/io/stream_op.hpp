@@ -1,11 +1,12 @@
 // mpg/detail/io/stream_op.hpp: what the frame-less stream awaiters
-// (net::read_op, net::write_op, net::receive_op) have in common.
+// (net::read_op, net::write_op, net::write_vectored_op, net::receive_op)
+// have in common.
 //
 // Each does its first (and usually only) step from the awaiting task's
 // frame. When the step must be made again, the rest of the operation goes
 // on in the task form of the same loop (tcp_stream::do_read, do_write,
-// do_receive): a frame of its own, owned here, that returns to the awaiting
-// task. Two ways in:
+// do_write_vectored, do_receive): a frame of its own, owned here, that
+// returns to the awaiting task. Two ways in:
 //   hand_over(t, gp)  the G is parked at the awaiting task and is readied
 //                     by the caller right after: it resumes in t instead.
 //                     Called by the op's waker (a completion under the
