@@ -12,9 +12,10 @@
 //
 // Streams. Both are templates over the stream type, held by reference (it
 // must outlive them): the reader needs
-//   task<absl::StatusOr<std::size_t>> read(std::span<char>)   (0: end of stream)
-// and the writer
-//   task<absl::Status> write(std::string_view)                (writes it all)
+//   read(std::span<char>)          (0: end of stream)
+// awaitable as absl::StatusOr<std::size_t>, and the writer
+//   write(std::string_view)        (writes it all)
+// awaitable as absl::Status (a task, or an awaiter such as net::tcp_stream's),
 // plus, optionally, write_vectored(std::span<const std::string_view>): the
 // writer then sends its buffer and large payloads in one sendmsg each flush
 // (net::tcp_stream has it); without it each piece is one write().

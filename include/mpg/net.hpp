@@ -55,8 +55,8 @@
 // task for good.
 //
 // Buffers passed to read/write must outlive the awaited call (the returned
-// task, read_op or write_op is lazy; co_await it in the same
-// full-expression, or keep the buffer).
+// task, read_op, write_op or write_vectored_op is lazy; co_await it in the
+// same full-expression, or keep the buffer).
 // Moving a stream or listener that has an operation in flight is undefined.
 #pragma once
 

@@ -248,6 +248,8 @@ tcp_stream& tcp_stream::operator=(tcp_stream&& o) noexcept {
 // tail padding.
 static_assert(sizeof(read_op) <= sizeof(detail::io_op) + 40);
 static_assert(sizeof(write_op) <= sizeof(detail::io_op) + 40);
+// A write_vectored_op adds its msghdr and iovecs (kInlineIov of them).
+static_assert(sizeof(write_vectored_op) <= sizeof(detail::io_op) + 40 + 56 + 16 * 4 + 16);
 
 namespace {
 // retry_issue(): do_read's and do_write's loops would issue the op again
@@ -417,7 +419,9 @@ std::coroutine_handle<> write_vectored_op::await_suspend(std::coroutine_handle<>
   static_assert(sizeof(msghdr) <= sizeof(msg_) && alignof(msghdr) <= alignof(void*));
   static_assert(sizeof(iovec) * kInlineIov <= sizeof(iov_) && alignof(iovec) <= alignof(void*));
   refuse_second_await();
-  auto* iov = reinterpret_cast<iovec*>(iov_);
+  // The bytes of iov_ hold an array of iovec from here (an array of
+  // unsigned char provides storage for objects created in it).
+  iovec* const iov = std::launder(reinterpret_cast<iovec*>(iov_));
   std::size_t n = 0;
   std::size_t total = 0;
   for (std::string_view b : bufs_) {

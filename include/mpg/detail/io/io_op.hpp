@@ -166,11 +166,13 @@ struct io_slot {
 };
 
 // io_release_claim(): the end of g's logical operation on a claiming slot:
-// the slot is free again if g holds it (a refused op's G does not).
+// the slot is free again if g holds it (a refused op's G does not). A null
+// g (an awaiter that never issued its op) holds nothing: its load and store
+// would race with another G's io_start claiming the slot in between.
 inline void io_release_claim(io_slot* slot, g* gp) noexcept {
   // Relaxed: see io_slot::holder. Only the holder writes a non-null value
   // back to null, and no other G writes while it holds the slot.
-  if (slot->holder.load(std::memory_order_relaxed) == gp)
+  if (gp != nullptr && slot->holder.load(std::memory_order_relaxed) == gp)
     slot->holder.store(nullptr, std::memory_order_relaxed);
 }
 
