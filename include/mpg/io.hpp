@@ -199,13 +199,8 @@ class [[nodiscard]] submit_awaiter {
 
   bool await_ready() const noexcept { return false; }
   bool await_suspend(std::coroutine_handle<> h) {
-    op_.waiter = detail::current_g();
-    detail::park(h, "io.submit", where_);
-    if (detail::io_start(&op_, &detail::user_prep<Prep>::thunk, &prep_, nullptr)) {
-      return true;  // frame untouched after
-    }
-    detail::cancel_park();
-    return false;
+    return detail::io_park_start(&op_, &detail::user_prep<Prep>::thunk, &prep_, nullptr, h,
+                                 "io.submit", where_);
   }
   // Rethrows what the callback threw.
   int await_resume() { return prep_.result(op_.outcome()); }
@@ -238,15 +233,10 @@ class [[nodiscard]] submit_context_awaiter {
 
   bool await_ready() const noexcept { return false; }
   bool await_suspend(std::coroutine_handle<> h) {
-    op_.waiter = detail::current_g();
     detail::io_slot* slot = bind_.bind(nullptr);  // watches ctx from here
     bind_.attach(op_);
-    detail::park(h, "io.submit", where_);
-    if (detail::io_start(&op_, &detail::user_prep<Prep>::thunk, &prep_, slot)) {
-      return true;  // frame untouched after
-    }
-    detail::cancel_park();
-    return false;
+    return detail::io_park_start(&op_, &detail::user_prep<Prep>::thunk, &prep_, slot, h,
+                                 "io.submit", where_);
   }
   // Resumes after the op's final CQE; stops watching ctx first (waiting for
   // a cancel of ctx that is running its watcher on another thread). Rethrows

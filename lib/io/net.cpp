@@ -287,11 +287,9 @@ std::coroutine_handle<> read_op::await_suspend(std::coroutine_handle<> h) {
                       .poll_first = !s_->data_left_.load(std::memory_order_relaxed)};
   op().complete = &read_op::on_complete;
   op().live_deadline = s_->read_deadline_.live();
-  op().waiter = detail::current_g();
-  detail::park(h, "net.read", detail::noted_wait_site());
-  if (detail::io_start(&op(), prep_request, &rq, &s_->read_slot_))
+  if (detail::io_park_start(&op(), prep_request, &rq, &s_->read_slot_, h, "net.read",
+                            detail::noted_wait_site()))
     return std::noop_coroutine();  // published: *this is the reactor's until on_complete
-  detail::cancel_park();
   return h;  // op().res says why (await_resume)
 }
 
@@ -366,11 +364,9 @@ std::coroutine_handle<> write_op::await_suspend(std::coroutine_handle<> h) {
                       .flags = MSG_NOSIGNAL};
   op().complete = &write_op::on_complete;
   op().live_deadline = s_->write_deadline_.live();
-  op().waiter = detail::current_g();
-  detail::park(h, "net.write", detail::noted_wait_site());
-  if (detail::io_start(&op(), prep_request, &rq, &s_->write_slot_))
+  if (detail::io_park_start(&op(), prep_request, &rq, &s_->write_slot_, h, "net.write",
+                            detail::noted_wait_site()))
     return std::noop_coroutine();  // published: *this is the reactor's until on_complete
-  detail::cancel_park();
   return h;  // op().res says why (await_resume)
 }
 
@@ -450,11 +446,9 @@ std::coroutine_handle<> write_vectored_op::await_suspend(std::coroutine_handle<>
   const io_request rq{.op = io_opcode::sendmsg, .fd = fd, .addr = msg, .flags = MSG_NOSIGNAL};
   op().complete = &write_vectored_op::on_complete;
   op().live_deadline = s_->write_deadline_.live();
-  op().waiter = detail::current_g();
-  detail::park(h, "net.write", detail::noted_wait_site());
-  if (detail::io_start(&op(), prep_request, &rq, &s_->write_slot_))
+  if (detail::io_park_start(&op(), prep_request, &rq, &s_->write_slot_, h, "net.write",
+                            detail::noted_wait_site()))
     return std::noop_coroutine();  // published: *this is the reactor's until on_complete
-  detail::cancel_park();
   return h;  // op().res says why (await_resume)
 }
 

@@ -164,6 +164,18 @@ class run_queue {
 
  private:
   g* steal_runnext() noexcept;
+  // cas_runnext(): the slot's G taken by CAS (a thief's, or the owner's
+  // contended take), or nullptr if it is empty or another took it first.
+  // Acquire on success: pairs with the put's release (a release store or
+  // exchange, which a failed CAS does not break).
+  g* cas_runnext() noexcept {
+    g* next = runnext_.load(std::memory_order_relaxed);
+    if (next != nullptr &&
+        runnext_.compare_exchange_strong(next, nullptr, std::memory_order_acquire,
+                                         std::memory_order_relaxed))
+      return next;
+    return nullptr;
+  }
 
   alignas(64) std::atomic<std::uint32_t> head_{0};
   alignas(64) std::atomic<std::uint32_t> tail_{0};
@@ -401,14 +413,7 @@ class run_queue::owner {
     // Release, as R3: a thief whose T2 reads this false must also see the
     // null store of our last plain take (a plain x86 store either way).
     q_->taking_.store(false, std::memory_order_release);
-    g* next = q_->runnext_.load(std::memory_order_relaxed);
-    // Acquire on success: pairs with the put's release (a release store or
-    // exchange, which a thief's failed CAS does not break).
-    if (next != nullptr &&
-        q_->runnext_.compare_exchange_strong(next, nullptr, std::memory_order_acquire,
-                                             std::memory_order_relaxed))
-      return next;
-    return nullptr;
+    return q_->cas_runnext();
   }
 
  private:
@@ -428,17 +433,9 @@ inline g* run_queue::steal_runnext() noexcept {
   // and the count only sends it there.)
   stealers_.fetch_add(1, std::memory_order_relaxed);
   if (asymmetric_) process_barrier();
-  g* next = nullptr;
   // T2. Acquire: pairs with R3, so a false from the owner's last take
-  // comes with its emptied slot. Acquire on the CAS: pairs with the put's
-  // release (the G's state).
-  if (!taking_.load(std::memory_order_acquire)) {
-    next = runnext_.load(std::memory_order_relaxed);
-    if (next != nullptr &&
-        !runnext_.compare_exchange_strong(next, nullptr, std::memory_order_acquire,
-                                          std::memory_order_relaxed))
-      next = nullptr;
-  }
+  // comes with its emptied slot.
+  g* const next = taking_.load(std::memory_order_acquire) ? nullptr : cas_runnext();
   // T3. Release: an owner's R2 that reads the count it leaves sees our CAS.
   stealers_.fetch_sub(1, std::memory_order_release);
   return next;

@@ -372,6 +372,22 @@ class io_deadline {
   std::atomic<std::int64_t> ns_{kNone};
 };
 
+// io_park_start(): the await_suspend of an awaiter of one op: the awaiting
+// G parks at h (for `reason`, at `where`) as the op's waiter, then the op
+// starts. True: the op is published, and the awaiter (in the parked frame)
+// is the reactor's until the op's completion readies the G: touch nothing
+// after. False: io_start() refused it (op->res says why) and the park is
+// undone: the task goes on at once.
+inline bool io_park_start(io_op* op, io_prep_fn prep, const void* ctx, io_slot* slot,
+                          std::coroutine_handle<> h, const char* reason,
+                          std::source_location where) {
+  op->waiter = current_g();
+  park(h, reason, where);
+  if (io_start(op, prep, ctx, slot)) return true;
+  cancel_park();
+  return false;
+}
+
 // io_awaiter: the awaitable of one operation. Resumes on whichever M runs
 // the G after the reactor readied it (the M that reaped the CQE, usually the
 // owning P's).
@@ -399,11 +415,7 @@ struct io_awaiter {
 
   bool await_ready() const noexcept { return false; }
   bool await_suspend(std::coroutine_handle<> h) {
-    op.waiter = current_g();
-    park(h, reason, where);
-    if (io_start(&op, prep, ctx, slot)) return true;  // published: frame untouched from here
-    cancel_park();
-    return false;
+    return io_park_start(&op, prep, ctx, slot, h, reason, where);
   }
   int await_resume() const noexcept { return op.outcome(); }
 };
