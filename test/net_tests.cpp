@@ -649,7 +649,8 @@ task<void> write_then_hog(int fd, hog_scene sc) {
 
 task<void> read_next_to_cpu_hog(hog_result* out) {
   stream_pair p = co_await connect_pair();
-  const hog_scene sc{.out = out};
+  hog_scene sc;
+  sc.out = out;
   auto r = mpg::spawn(timed_read(&p.server, sc));
   co_await write_then_hog(p.client.native_handle(), sc);
   co_await r;
