@@ -6,12 +6,13 @@
 // send) or, for write_vectored, holds more buffers than the op takes.
 #include <doctest/doctest.h>
 
+#include <mpg/buffered.hpp>
 #include <mpg/io_error.hpp>
 #include <mpg/mpg.hpp>
 #include <mpg/net.hpp>
 
-#include <chrono>
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -125,6 +126,54 @@ TEST_CASE("read_op converts to a task, which can be spawned and cancelled") {
     p.client.cancel();
     auto cancelled = co_await reading;
     CHECK(cancelled.status().code() == absl::StatusCode::kCancelled);
+  }());
+}
+
+// spawnable<A>: mpg::spawn takes an A (spawn.hpp: a task, or an rvalue op
+// that has a task form).
+template <class A>
+concept spawnable = requires(A&& a) { mpg::spawn(static_cast<A&&>(a)); };
+static_assert(spawnable<mpg::net::read_op>);
+static_assert(spawnable<mpg::net::write_op>);
+static_assert(spawnable<mpg::net::write_vectored_op>);
+static_assert(spawnable<mpg::net::receive_op>);
+static_assert(spawnable<mpg::net::buffered_reader<tcp_stream>::line_op>);
+static_assert(spawnable<mpg::net::buffered_writer<tcp_stream>::flush_op>);
+static_assert(!spawnable<mpg::net::write_op&>);  // a named op: awaited where it is
+static_assert(!spawnable<mpg::recv_op<int>>);    // no task form
+
+TEST_CASE("spawn() takes a stream op or a buffered call and runs its task form") {
+  mpg::runtime rt({.procs = 2});
+  rt.block_on([]() -> task<void> {
+    auto p = co_await connect_pair();
+    char buf[16];
+    mpg::join_handle<read_result> reading = mpg::spawn(p.server.read(std::span<char>(buf)));
+    mpg::join_handle<absl::Status> writing = mpg::spawn(p.client.write(std::string_view("one")));
+    CHECK((co_await writing).ok());
+    auto n = co_await reading;
+    REQUIRE(n.ok());
+    CHECK(std::string_view(buf, *n) == "one");
+
+    const std::array<std::string_view, 2> two{"tw", "o"};
+    writing = mpg::spawn(p.client.write_vectored(two), "write_vectored");
+    CHECK((co_await writing).ok());
+    auto received = mpg::spawn(p.server.receive());
+    auto b = co_await received;
+    REQUIRE(b.ok());
+    CHECK(b->view() == "two");
+
+    mpg::net::buffered_writer<tcp_stream> out(p.client);
+    mpg::net::buffered_reader<tcp_stream> in(p.server);
+    auto line = mpg::spawn(in.read_line());
+    writing = mpg::spawn(out.write(std::string_view("three\n")));
+    CHECK((co_await writing).ok());
+    CHECK(out.buffered() == 6);
+    writing = mpg::spawn(out.flush());
+    CHECK((co_await writing).ok());
+    CHECK(out.buffered() == 0);
+    auto got = co_await line;
+    REQUIRE(got.ok());
+    CHECK(*got == "three");
   }());
 }
 

@@ -124,8 +124,9 @@ class buffered_reader {
  public:
   // What read_until, read_line, peek and read return: awaited at once, they
   // take what the buffer holds without a frame of their own, and go on in
-  // their task form when they must read (mpg/detail/io/buffered_op.hpp). To
-  // keep one or spawn it, convert it: task<absl::StatusOr<...>>(in.read_line()).
+  // their task form when they must read (mpg/detail/io/buffered_op.hpp).
+  // mpg::spawn(in.read_line()) spawns the task form; to keep one, convert
+  // it: task<absl::StatusOr<std::string_view>>(in.read_line()).
   using line_op =
       detail::buffered_op<absl::StatusOr<std::string_view>, buffered_reader,
                           &buffered_reader::buffered_until, &buffered_reader::read_until_task,
@@ -371,8 +372,8 @@ class buffered_writer {
   // What write, write_vectored and flush return: awaited at once, a write
   // that fits beside the buffered bytes (and a flush with nothing buffered)
   // finishes without a frame of its own; one that must send goes on in its
-  // task form (mpg/detail/io/buffered_op.hpp). To keep one or spawn it,
-  // convert it: task<absl::Status>(out.flush()).
+  // task form (mpg/detail/io/buffered_op.hpp). mpg::spawn(out.flush())
+  // spawns the task form; to keep one, convert it: task<absl::Status>(out.flush()).
   using write_op = detail::buffered_op<absl::Status, buffered_writer,
                                        &buffered_writer::buffered_write,
                                        &buffered_writer::write_task, std::string_view>;

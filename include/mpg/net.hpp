@@ -206,7 +206,8 @@ class receive_op : public detail::stream_op<absl::StatusOr<recv_buffer>> {
 // hands the rest of the read to the task form of the same loop, which the
 // awaiting task then runs; what the caller sees is the same either way. Like
 // a task it is awaited at most once and must not outlive the stream or the
-// buffer; to spawn the read, convert it: task<...>(s.read(buf)).
+// buffer. mpg::spawn(s.read(buf)) spawns its task form (spawn.hpp); to keep
+// one, convert it: task<absl::StatusOr<std::size_t>>(s.read(buf)).
 class read_op : public detail::stream_op<absl::StatusOr<std::size_t>>, private detail::io_op {
  public:
   read_op(read_op&& o) noexcept : stream_op(std::move(o)), s_(o.s_), buf_(o.buf_) {}  // before awaited
@@ -235,7 +236,8 @@ class read_op : public detail::stream_op<absl::StatusOr<std::size_t>>, private d
 // write_op: what tcp_stream::write(data) returns, awaited at once, as
 // read_op (above): one send from the awaiting task's frame; a short send, or
 // one to issue again, hands the rest of the write to the task form of the
-// loop. To spawn the write, convert it: task<absl::Status>(s.write(data)).
+// loop. mpg::spawn(s.write(data)) spawns its task form; to keep one,
+// convert it: task<absl::Status>(s.write(data)).
 class write_op : public detail::stream_op<absl::Status>, private detail::io_op {
  public:
   write_op(write_op&& o) noexcept : stream_op(std::move(o)), s_(o.s_), data_(o.data_) {}  // before awaited
@@ -265,8 +267,8 @@ class write_op : public detail::stream_op<absl::Status>, private detail::io_op {
 // at once, as write_op (above): one sendmsg from the awaiting task's frame,
 // with the iovecs of up to kInlineIov non-empty buffers kept in the op. More
 // buffers than that go to the task form of the loop from the start; a short
-// send, or one to issue again, hands the rest to it. To spawn the write,
-// convert it: task<absl::Status>(s.write_vectored(bufs)).
+// send, or one to issue again, hands the rest to it. mpg::spawn spawns its
+// task form; to keep one, convert it: task<absl::Status>(s.write_vectored(bufs)).
 class write_vectored_op : public detail::stream_op<absl::Status>, private detail::io_op {
  public:
   // The non-empty buffers one sendmsg of the op itself takes.

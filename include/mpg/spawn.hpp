@@ -360,6 +360,19 @@ join_handle<T> spawn(task<T> t, const char* name = nullptr) {
   return join_handle<T>(detail::spawn_frame(std::move(t), name, nullptr));
 }
 
+// spawn(op): an operation awaiter that has a task form, passed as an
+// rvalue: the frame-less stream operations (net.hpp: tcp_stream's read,
+// write, write_vectored and receive; buffered.hpp's reader and writer
+// calls). Spawns that task form, as spawn(task<R>(std::move(op))) does:
+//
+//   auto sending = mpg::spawn(s.write(data));   // join_handle<absl::Status>
+template <class Op>
+  requires(!std::is_reference_v<Op> && requires { typename Op::result_type; } &&
+           std::is_convertible_v<Op &&, task<typename Op::result_type>>)
+join_handle<typename Op::result_type> spawn(Op&& op, const char* name = nullptr) {
+  return spawn(task<typename Op::result_type>(std::move(op)), name);
+}
+
 // go(): start t as a detached G (Go's `go` statement). Throws
 // std::logic_error outside a task (spawn_root, which destroys the frame
 // then). Inline, so that link-time optimisation can take spawn_root into
