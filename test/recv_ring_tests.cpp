@@ -735,6 +735,31 @@ TEST_CASE("receive: a runtime shut down under a waiting receive and held buffers
   }  // ~runtime: kills the reader; ASan reports any leak
 }
 
+TEST_CASE("receive: a context that outlives the runtime is cancelled after a receive waiting on it was killed") {
+  // ~runtime kills a task parked in a receive bound to a context made
+  // outside the runtime. The receive's watcher of the context leaves the
+  // context with the killed frame; if it stayed linked, the cancel() below
+  // would write into the freed frame and call through it (ASan:
+  // heap-use-after-free in context_node::cancel).
+  auto [ctx, cancel] = mpg::with_cancel(mpg::background());
+  {
+    mpg::runtime rt({.procs = 1});
+    rt.block_on([](mpg::context c) -> task<void> {
+      auto p = co_await connect_pair();
+      // On one P the reader runs first (the newest spawn) and parks in the
+      // receive, its watcher linked; then this task ends, and the runtime
+      // with it.
+      mpg::go([](stream_pair q, mpg::context rc) -> task<void> {
+        auto b = co_await q.client.receive(rc);
+        (void)b;
+      }(std::move(p), c));
+      co_await mpg::yield();
+    }(ctx));
+  }
+  cancel();
+  CHECK(ctx.err().code() == absl::StatusCode::kCancelled);
+}
+
 TEST_CASE("receive: buffers held past the runtime's end are given back after it; the ring goes with the last") {
   // The ring outlives its reactor while a buffer is held (buffer_ring.hpp,
   // "Lifetime"): the reactor's release() drops its own reference with

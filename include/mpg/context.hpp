@@ -77,9 +77,11 @@
 //
 // A context may outlive the runtime its deadline timer was armed on:
 // ~runtime detaches pending timers, and a fired timer is not touched again.
-// Tasks wait on a context only through done(), a channel: a waiter killed
-// by ~runtime unlinks itself from it (chan.hpp), so a later cancel() closes
-// it safely. The children list links heap nodes only, each unlinked by its
+// Tasks wait on a context through done(), a channel: a waiter killed by
+// ~runtime unlinks itself from it (chan.hpp), so a later cancel() closes it
+// safely. I/O bound to a context watches it (io_context_binding, the
+// receive's wait in recv_queue.cpp): each watcher leaves the node in its
+// destructor, so a frame killed by ~runtime leaves nothing linked. The children list links heap nodes only, each unlinked by its
 // own destructor: no coroutine frame is ever on it.
 //
 // Memory ordering: cancelled_ is stored with release after err_ is written

@@ -527,6 +527,14 @@ struct recv_wait {
     // After these, neither callback runs or will: w is ours again.
     if (timer_on) detail::cancel_timer(&tb.t);
     if (watching) node->unwatch(&wb.cw);
+    watching = false;
+  }
+  // A task killed by ~runtime while parked here never resumes: the watcher
+  // leaves the context with the frame, since the context may outlive the
+  // runtime and be cancelled later (context.hpp). The timer needs nothing:
+  // ~runtime detaches pending timers.
+  ~recv_wait() {
+    if (watching) node->unwatch(&wb.cw);
   }
 };
 
