@@ -367,6 +367,62 @@ TEST_CASE("a completed oneshot is a ready select case; an empty one is not") {
   CHECK(rt.block_on(select_not_ready()) == 1);
 }
 
+namespace {
+
+// A receiver that the awaiting task reaches through a reference, and that
+// another task destroys whenever the awaiting one is requeued.
+struct receiver_slot {
+  std::optional<mpg::oneshot_receiver<int>> rx;
+  bool done = false;
+};
+
+// await_sent_values(): 1,000 rounds of an await (or a select) of a
+// receiver whose value was sent before it: each completes at once, and
+// every kBudget-th spends the task's slice, which requeues the task inside
+// the await, between taking its reference on the state and taking the
+// value (oneshot.hpp, R5). On one P the destroyer runs only then, and
+// destroys the receiver, the state's last end: the await must still
+// deliver the value.
+mpg::task<std::string> await_sent_values(bool by_select) {
+  receiver_slot slot;
+  auto destroyer = mpg::spawn([](receiver_slot* s) -> mpg::task<void> {
+    while (!s->done) {
+      s->rx.reset();
+      co_await mpg::yield();
+    }
+  }(&slot));
+  mpg::chan<int> never;
+  std::string outcome = "ok";
+  for (int i = 0; i < 1000 && outcome == "ok"; ++i) {
+    {
+      auto [tx, rx] = mpg::oneshot<int>();
+      if (!tx.send(i)) outcome = absl::StrCat("send ", i, " refused");
+      slot.rx.emplace(std::move(rx));
+    }  // the sender is gone: the receiver holds the state alone
+    absl::StatusOr<int> v;
+    if (by_select) {
+      auto r = co_await mpg::select(*slot.rx, never.recv());
+      if (r.index() == 0) v = std::get<0>(std::move(r));
+    } else {
+      v = co_await *slot.rx;
+    }
+    if (!v.ok() || *v != i) outcome = absl::StrCat("round ", i, ": ", v.status().ToString());
+  }
+  slot.done = true;
+  co_await destroyer;  // it reads the slot, in this frame
+  co_return outcome;
+}
+
+}  // namespace
+
+TEST_CASE("an await that completes at once keeps the state while a spent budget requeues it") {
+  // Without R5's reference on that path, the destroyer frees the state and
+  // the await takes the value from freed memory (ASan: heap-use-after-free).
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(await_sent_values(false)) == "ok");
+  CHECK(rt.block_on(await_sent_values(true)) == "ok");
+}
+
 TEST_CASE("a live sender is a possible wake-up: a send after 300 ms is no deadlock") {
   // Without the receiver's external-waker count, block_on throws
   // deadlock_error after about 150 ms of quiet (three looks 50 ms apart).

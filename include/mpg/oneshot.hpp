@@ -14,8 +14,9 @@
 //     T's move constructor.
 //   - oneshot_receiver: the destructor and moves from any thread, also
 //     while tasks wait on it (through a reference, or as a select case):
-//     their waits end at once with kAborted. It must be alive when an
-//     await of it begins (the awaiter reads its state then).
+//     their waits end at once with kAborted (with the value if it was sent).
+//     It must be alive when an await of it begins (the awaiter reads its
+//     state then, and from there holds a reference or has its result, R6).
 //     `co_await rx`, `co_await rx.recv()` and select cases only inside a task;
 //     each throws runtime_misuse_error (errors.hpp) on a moved-from receiver.
 //   - Result of the await: the value; absl::StatusCode::kAborted when the
@@ -34,13 +35,14 @@
 // Protocol. The shared state holds one spinlock, a status word and the value,
 // a waitq of waiters (one: the receiving awaiter or one select case; more
 // only when tasks await one receiver at once, R4), and a reference count
-// (one reference per live end, and one per awaiter that queued, R5).
+// (one reference per live end, and one per awaiter that queued or took
+// its result after its unlock, R5, R6).
 //   R1. The receiver's await takes the lock. A status other than kEmpty
-//       completes it now. Otherwise it parks (g.hpp, step 1), counts itself
-//       as waiting on an external waker of its runtime (external_waker_add,
-//       remembering the scheduler in the awaiter), takes a reference on the
-//       state (R5), queues its waiter, and unlocks: the unlock publishes the
-//       waiter (step 2).
+//       completes it now (R6). Otherwise it parks (g.hpp, step 1), counts
+//       itself as waiting on an external waker of its runtime
+//       (external_waker_add, remembering the scheduler in the awaiter),
+//       takes a reference on the state (R5), queues its waiter, and unlocks:
+//       the unlock publishes the waiter (step 2).
 //   S1. send() takes the lock. kReceiverGone: unlock, return false (R3 has
 //       woken every waiter). Else it stores the value, sets kFull, dequeues
 //       the waiter (for a select case: waitq::dequeue claims the select, or
@@ -79,8 +81,19 @@
 //       sel_dequeue runs under the select's locks and so cannot free the
 //       state; a task killed at shutdown). A waiter is queued only while its
 //       awaiter holds the reference, so the state is never freed with a
-//       waiter queued. An await that completes at once (R1, or a ready
-//       select case) takes no reference: the fast paths cost no more RMWs.
+//       waiter queued.
+//   R6. An await that completes at once (R1 finding the status set) takes
+//       its result there, under that lock, into the awaiter (with R4's
+//       pass-on of the next waiter), and never reads the state again: the
+//       receiver may be destroyed right after the unlock, by another thread,
+//       or by another task while a spent budget requeues this one. That
+//       costs no RMW. Where T's move may throw, the result is taken in
+//       await_resume instead, where a move that throws leaves the value for
+//       the next await (a second move, out of the awaiter, could not): the
+//       await then takes a reference (R5) under that lock.
+//       So does a select case found ready (its sel_poll runs under the
+//       select's locks, where a throw cannot be taken back), until its
+//       sel_result has taken the result.
 // Why the waker count is removed by the receiver and not by the sender: a
 // sender that removed it before ready() would leave a window in which the
 // runtime looks quiescent though a G is about to become runnable; removing
@@ -89,7 +102,7 @@
 // waiter until after it runs again, so the count covers every instant.
 //
 // Destruction. The state is freed by whichever holder drops the last
-// reference: an end or an awaiter that queued. A waker (S1, S2, R3) never
+// reference: an end or an awaiter (R5). A waker (S1, S2, R3) never
 // touches the state after its unlock except to drop its own reference, and
 // that reference keeps the state alive until it is dropped: the resumed
 // receiver may destroy its end (and the whole state, if every other
@@ -174,7 +187,7 @@ class oneshot_state {
   oneshot_state(const oneshot_state&) = delete;
   oneshot_state& operator=(const oneshot_state&) = delete;
 
-  // add_ref_locked(): the reference of an awaiter that queues (R1).
+  // add_ref_locked(): the reference of an awaiter (R1, R5, R6).
   // Relaxed, as a shared_ptr copy: the caller already holds a reference
   // (the receiver it awaits through is alive as the await begins), so the
   // count cannot reach zero meanwhile; the awaiter publishes itself, and
@@ -218,6 +231,22 @@ class oneshot_state {
     ready_chain(chain);
   }
 
+  // take_into(): take_locked() into out (R6), constructed in place, so
+  // that T moves once; if that move throws, the value stays.
+  void take_into(std::optional<result_type>& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_) {
+    if (status_ == oneshot_status::kFull) {
+      if constexpr (std::is_void_v<T>) {
+        out.emplace();  // OK
+      } else {
+        out.emplace(std::move(*value_));
+      }
+      status_ = oneshot_status::kTaken;
+      value_.reset();
+      return;
+    }
+    out.emplace(take_locked());
+  }
+
   // take_locked(): the await's result once status_ is not kEmpty.
   result_type take_locked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_) {
     switch (status_) {
@@ -247,7 +276,7 @@ class oneshot_state {
   oneshot_status status_ ABSL_GUARDED_BY(lock_) = oneshot_status::kEmpty;
   waitq q_ ABSL_GUARDED_BY(lock_);
   std::optional<stored_type> value_ ABSL_GUARDED_BY(lock_);
-  std::atomic<std::uint32_t> refs_{2};  // one per live end, one per awaiter that queued
+  std::atomic<std::uint32_t> refs_{2};  // one per live end, one per awaiter (R5)
 };
 
 }  // namespace detail
@@ -355,6 +384,14 @@ class [[nodiscard]] oneshot_recv_op : private detail::waiter {
 
   bool await_suspend(std::coroutine_handle<> h) {
     {
+      // R4's pass-on (R6), after the unlock below, also if the take throws.
+      // A local: the park below hands `this` off at the unlock.
+      struct ready_next {
+        detail::g* g = nullptr;
+        ~ready_next() {
+          if (g) detail::ready(g);
+        }
+      } next;
       detail::spin_guard lk(s_->lock_);
       if (s_->status_ == detail::oneshot_status::kEmpty) {
         // R1.
@@ -367,22 +404,26 @@ class [[nodiscard]] oneshot_recv_op : private detail::waiter {
         s_->q_.push_back(this);
         return true;  // the guard's unlock publishes the waiter: hands off `this`
       }
+      if constexpr (kTakeAtOnce) {  // R6
+        if (detail::waiter* w = s_->q_.dequeue()) next.g = w->gp();
+        s_->take_into(taken_);
+      } else {
+        hold_ref();  // R6: await_resume takes the result after this unlock
+      }
     }
     return detail::yield_if_over_budget(h);
   }
 
   result_type await_resume() {
-    uncount();
-    // After the lock is released, also when T's move throws: ready the next
-    // waiter (R4), then drop the state reference, after every use (R5).
-    struct pass_on {
-      oneshot_recv_op* op;
-      detail::g* next = nullptr;
-      ~pass_on() {
-        if (next) detail::ready(next);
-        op->drop_ref();
+    if constexpr (kTakeAtOnce) {
+      if (taken_) {  // R6
+        result_type r = std::move(*taken_);
+        taken_.reset();  // g++ 12 may destroy a co_await's temporary twice
+        return r;
       }
-    } after{this};
+    }
+    uncount();
+    pass_on after{this};
     detail::spin_guard lk(s_->lock_);
     // R4: the next waiter is taken before the result, whose move may throw.
     if (detail::waiter* w = s_->q_.dequeue()) after.next = w->gp();
@@ -398,6 +439,22 @@ class [[nodiscard]] oneshot_recv_op : private detail::waiter {
     this->stash_where(where);
   }
 
+  // R6: whether an await that completes at once takes its result in
+  // await_suspend (T moves without throwing).
+  static constexpr bool kTakeAtOnce = std::is_nothrow_move_constructible_v<result_type>;
+
+  // pass_on: after the state's lock is released, also when T's move throws:
+  // ready the next waiter (R4), then drop the state reference, after every
+  // use (R5). Declared before the lock's guard, so that it runs after it.
+  struct pass_on {
+    oneshot_recv_op* op;
+    detail::g* next = nullptr;
+    ~pass_on() {
+      if (next) detail::ready(next);
+      op->drop_ref();
+    }
+  };
+
   void count(detail::g* gp) noexcept {
     counted_ = gp->sched;
     detail::external_waker_add(counted_);
@@ -405,7 +462,7 @@ class [[nodiscard]] oneshot_recv_op : private detail::waiter {
   void uncount() noexcept {
     if (counted_) detail::external_waker_remove(std::exchange(counted_, nullptr));
   }
-  // hold_ref(): R5, with the state's lock held (R1, sel_enqueue).
+  // hold_ref(): R5, with the state's lock held (R1, sel_enqueue; R6).
   void hold_ref() noexcept {
     s_->lock_.assert_held();
     s_->add_ref_locked();
@@ -446,9 +503,14 @@ class [[nodiscard]] oneshot_recv_op : private detail::waiter {
   detail::spinlock* sel_lock() const noexcept { return &s_->lock_; }
   detail::waiter* sel_node() noexcept { return this; }
   std::source_location sel_where() const noexcept { return this->stashed_where(); }
+  // A ready case is the select's choice (select.hpp, step 2); its
+  // sel_result takes the result after the select unlocks, holding a
+  // reference until then (R6).
   bool sel_poll(detail::g*&) noexcept {
     s_->lock_.assert_held();
-    return s_->status_ != detail::oneshot_status::kEmpty;
+    if (s_->status_ == detail::oneshot_status::kEmpty) return false;
+    if (!holds_ref_) hold_ref();
+    return true;
   }
   void sel_enqueue(detail::select_state* st) noexcept {
     s_->lock_.assert_held();
@@ -473,6 +535,8 @@ class [[nodiscard]] oneshot_recv_op : private detail::waiter {
   // Whether this awaiter holds a reference on the state (R1, R5). Touched
   // only by the receiving task.
   bool holds_ref_ = false;
+  // R6: the result of an await that completed at once.
+  std::optional<result_type> taken_;
 };
 
 // oneshot_receiver<T>
