@@ -30,6 +30,7 @@
 #include "sched/machine.hpp"
 #include "sched/processor.hpp"
 #include "stream_pair.hpp"
+#include "test_support.hpp"
 #include "watchdog.hpp"
 
 namespace {
@@ -575,6 +576,40 @@ TEST_CASE("shutdown with connections and reads in flight neither hangs nor leaks
     }());
   }  // ~runtime: cancels the reads and accept, reaps them, destroys the tasks
   CHECK(clock_type::now() - t0 < 10s);
+}
+
+TEST_CASE("shutdown kills an accept on a listener that a younger killed task owned") {
+  // ~runtime destroys the frames of live tasks newest first: the owner's,
+  // with the listener in it, before the acceptor's, whose accept (a task
+  // form holding the listener's claim) then ends. Its end must not touch
+  // the listener (ASan: heap-use-after-free in ~io_claim before the fix).
+  bool parked = false;
+  {
+    mpg::runtime rt({.procs = 1});
+    parked = rt.block_on([]() -> task<bool> {
+      mpg::chan<mpg::net::listener*> handoff(1);
+      auto ready = std::make_shared<mpg::net::listener*>(nullptr);
+      mpg::go([](mpg::chan<mpg::net::listener*> c) -> task<void> {  // older
+        std::optional<mpg::net::listener*> l = co_await c.recv();
+        auto s = co_await (*l)->accept();  // waits until killed
+        (void)s;
+      }(handoff), "acceptor");
+      mpg::go([](mpg::chan<mpg::net::listener*> c,
+                 std::shared_ptr<mpg::net::listener*> seen) -> task<void> {  // younger
+        auto l = mpg::net::listen("127.0.0.1:0");
+        REQUIRE(l.ok());
+        *seen = &*l;
+        co_await c.send(&*l);
+        mpg::chan<int> never;
+        (void)co_await never.recv();  // owns the listener until killed
+      }(handoff, ready), "owner");
+      // One P: the owner (the newest spawn) runs, then the acceptor, until
+      // each waits; then this task.
+      co_await mpg_test::yield_some(10);
+      co_return *ready != nullptr && (*ready)->accept_pending();
+    }());
+  }
+  CHECK(parked);
 }
 
 namespace {

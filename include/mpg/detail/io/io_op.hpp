@@ -178,13 +178,23 @@ inline void io_release_claim(io_slot* slot, g* gp) noexcept {
 
 // io_claim: a logical operation's coroutine (tcp_stream::do_read, ...)
 // keeps one for its slot: however the coroutine ends, its destructor ends
-// the claim its issues took.
+// the claim its issues took. Except when ~runtime kills the task (the
+// shutdown marks its G dead, then destroys its frames; shutdown.cpp): the
+// frames of live tasks go newest first, so the stream or listener may be
+// gone already, in a younger task's frame, and the claim is left as it is.
+// (A stream that outlives its runtime then refuses later reads or writes
+// in that direction with EALREADY.)
 class io_claim {
  public:
   explicit io_claim(io_slot* slot) noexcept : slot_(slot), g_(current_g()) {}
   io_claim(const io_claim&) = delete;
   io_claim& operator=(const io_claim&) = delete;
-  ~io_claim() { io_release_claim(slot_, g_); }
+  ~io_claim() {
+    // Relaxed: the kill and this destructor run on the one thread that
+    // destroys the runtime.
+    if (g_ != nullptr && g_->status.load(std::memory_order_relaxed) == g_status::dead) return;
+    io_release_claim(slot_, g_);
+  }
 
  private:
   io_slot* slot_;
