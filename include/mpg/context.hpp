@@ -81,8 +81,9 @@
 // ~runtime unlinks itself from it (chan.hpp), so a later cancel() closes it
 // safely. I/O bound to a context watches it (io_context_binding, the
 // receive's wait in recv_queue.cpp): each watcher leaves the node in its
-// destructor, so a frame killed by ~runtime leaves nothing linked. The children list links heap nodes only, each unlinked by its
-// own destructor: no coroutine frame is ever on it.
+// destructor, so a frame killed by ~runtime leaves nothing linked. The
+// children list links heap nodes only, each unlinked by its own destructor:
+// no coroutine frame is ever on it.
 //
 // Memory ordering: cancelled_ is stored with release after err_ is written
 // and loaded with acquire by err(), so a reader that sees it cancelled sees
