@@ -190,8 +190,8 @@ class io_claim {
   io_claim(const io_claim&) = delete;
   io_claim& operator=(const io_claim&) = delete;
   ~io_claim() {
-    // Relaxed: the kill and this destructor run on the one thread that
-    // destroys the runtime.
+    // Relaxed: read by the thread that wrote it last, the M running the
+    // task, or the thread destroying the runtime, which marked it dead.
     if (g_ != nullptr && g_->status.load(std::memory_order_relaxed) == g_status::dead) return;
     io_release_claim(slot_, g_);
   }
