@@ -141,6 +141,15 @@ static_assert(spawnable<mpg::net::buffered_reader<tcp_stream>::line_op>);
 static_assert(spawnable<mpg::net::buffered_writer<tcp_stream>::flush_op>);
 static_assert(!spawnable<mpg::net::write_op&>);  // a named op: awaited where it is
 static_assert(!spawnable<mpg::recv_op<int>>);    // no task form
+template <class A>
+concept runtime_spawnable = requires(mpg::runtime& rt, A&& a) {
+  rt.spawn(static_cast<A&&>(a));
+  rt.block_on(static_cast<A&&>(a));
+};
+static_assert(runtime_spawnable<mpg::net::write_op>);
+static_assert(runtime_spawnable<mpg::net::receive_op>);
+static_assert(!runtime_spawnable<mpg::net::read_op&>);
+static_assert(!runtime_spawnable<mpg::recv_op<int>>);
 
 TEST_CASE("spawn() takes a stream op or a buffered call and runs its task form") {
   mpg::runtime rt({.procs = 2});
@@ -175,6 +184,26 @@ TEST_CASE("spawn() takes a stream op or a buffered call and runs its task form")
     REQUIRE(got.ok());
     CHECK(*got == "three");
   }());
+}
+
+TEST_CASE("runtime::spawn and runtime::block_on take a stream op from a plain thread") {
+  mpg::runtime rt({.procs = 2});
+  stream_pair p = rt.block_on(connect_pair());
+  mpg::join_handle<absl::Status> writing = rt.spawn(p.client.write(std::string_view("four")));
+  char buf[16];
+  std::size_t got = 0;
+  while (got < 4) {  // a stream may deliver the bytes in more than one read
+    read_result n = rt.block_on(p.server.read(std::span<char>(buf + got, sizeof buf - got)));
+    REQUIRE(n.ok());
+    REQUIRE(*n > 0);
+    got += *n;
+  }
+  CHECK(std::string_view(buf, got) == "four");
+  CHECK(rt.block_on(std::move(writing)).ok());
+  CHECK(rt.block_on(p.client.write(std::string_view("five"))).ok());
+  auto b = rt.block_on(p.server.receive());
+  REQUIRE(b.ok());
+  CHECK(b->view() == "five");
 }
 
 TEST_CASE("write_op: a write larger than the socket buffers arrives whole (short sends continued)") {

@@ -117,6 +117,13 @@ class runtime {
   join_handle<T> spawn(task<T> t, const char* name = nullptr) {
     return join_handle<T>(detail::spawn_frame(std::move(t), name, sched_));
   }
+  // spawn(op): an operation awaiter with a task form, as mpg::spawn(op)
+  // takes (spawn.hpp): rt.spawn(s.write(data)) from any thread.
+  template <class Op>
+    requires detail::op_with_task_form<Op>
+  join_handle<typename Op::result_type> spawn(Op&& op, const char* name = nullptr) {
+    return spawn(task<typename Op::result_type>(std::move(op)), name);
+  }
   // go(): a detached task on this runtime, from any thread.
   void go(task<void> t, const char* name = nullptr);
 
@@ -128,6 +135,13 @@ class runtime {
   T block_on(task<T> t) {
     detail::check_block_on_caller();
     return block_on(spawn(std::move(t), "block_on"));
+  }
+  // block_on(op): an operation awaiter with a task form, run to completion
+  // as its task: rt.block_on(s.read(buf)).
+  template <class Op>
+    requires detail::op_with_task_form<Op>
+  typename Op::result_type block_on(Op&& op) {
+    return block_on(task<typename Op::result_type>(std::move(op)));
   }
   template <class T>
   T block_on(join_handle<T> h) {

@@ -343,6 +343,14 @@ class [[nodiscard]] join_op : private detail::join_waiter {
 };
 
 namespace detail {
+// op_with_task_form: an rvalue operation awaiter that converts to a task of
+// its result (what spawn(op), runtime::spawn(op) and runtime::block_on(op)
+// take). A named op (an lvalue) is not one: its task form would move it.
+template <class Op>
+concept op_with_task_form =
+    !std::is_reference_v<Op> && requires { typename Op::result_type; } &&
+    std::is_convertible_v<Op &&, task<typename Op::result_type>>;
+
 template <class T>
 typename task<T>::handle_type spawn_frame(task<T>&& t, const char* name, scheduler* s) {
   auto h = t.release();
@@ -367,8 +375,7 @@ join_handle<T> spawn(task<T> t, const char* name = nullptr) {
 //
 //   auto sending = mpg::spawn(s.write(data));   // join_handle<absl::Status>
 template <class Op>
-  requires(!std::is_reference_v<Op> && requires { typename Op::result_type; } &&
-           std::is_convertible_v<Op &&, task<typename Op::result_type>>)
+  requires detail::op_with_task_form<Op>
 join_handle<typename Op::result_type> spawn(Op&& op, const char* name = nullptr) {
   return spawn(task<typename Op::result_type>(std::move(op)), name);
 }
