@@ -33,7 +33,10 @@
 // completion handler is destroyed without being called (its io_context is
 // destroyed with the operation pending), the task waits forever. A task
 // killed by ~runtime while it waits leaves its operation behind: when the
-// handler runs later, it finds the task gone and does nothing.
+// handler runs later, it finds the task gone and does nothing. A handler
+// that runs while ~runtime runs is a plain thread waking a task of it,
+// which mpg/runtime.hpp rules out: stop the io_context's threads (or let
+// its operations finish) before the runtime is destroyed.
 //
 // Threads: asio_executor and its copies may be used from any thread.
 //
