@@ -149,36 +149,95 @@ TEST_CASE("a move-only value is received once; a second await fails") {
   th.join();
 }
 
+namespace {
+
 // A value whose move throws when taken stays in the oneshot: the await that
-// threw took nothing, and the next await receives it.
-struct fragile {
-  static inline bool arm_throw = false;
+// threw took nothing, and the next await receives it. Whichever of the
+// value's moves inside the await throws: absl::StatusOr's move is noexcept
+// whatever T's is, so a value moved a second time, inside a StatusOr,
+// would terminate the process (oneshot.hpp, R4: take_with).
+struct fuse {  // throws on the countdown-th move from arming (0: never)
+  static inline int countdown = 0;
+  static inline int moves = 0;
   int v = 0;
-  explicit fragile(int x) : v(x) {}
-  fragile(fragile&& o) : v(o.v) {
-    if (arm_throw) throw std::runtime_error("move refused");
+  explicit fuse(int x) : v(x) {}
+  fuse(fuse&& o) : v(o.v) {
+    ++moves;
+    if (countdown > 0 && --countdown == 0) throw std::runtime_error("move refused");
   }
 };
 
-mpg::task<int> receive_after_a_refused_move(mpg::oneshot_receiver<fragile> rx) {
-  fragile::arm_throw = true;
+// await_with_fuse(): a oneshot holding fuse(5), awaited (plainly, or as a
+// select case) with the k-th move of the value armed to throw; if it
+// threw, awaited again. parked: the await parks first, and a task sends.
+// k == 0: counts the value's moves in the await (into *moves).
+mpg::task<std::string> await_with_fuse(bool by_select, bool parked, int k, int* moves) {
+  auto [tx, rx] = mpg::oneshot<fuse>();
+  fuse::countdown = 0;
+  mpg::chan<int> never;
+  if (parked) {
+    mpg::go([](mpg::oneshot_sender<fuse> tx, int k) -> mpg::task<void> {
+      co_await mpg_test::yield_some(3);  // the receiver parks first (one P)
+      CHECK(tx.send(fuse(5)));
+      fuse::moves = 0;
+      fuse::countdown = k;
+    }(std::move(tx), k));
+  } else {
+    if (!tx.send(fuse(5))) co_return "send refused";
+    fuse::moves = 0;
+    fuse::countdown = k;
+  }
   bool threw = false;
   try {
-    (void)co_await rx;
+    if (by_select) {
+      auto r = co_await mpg::select(rx, never.recv());
+      if (moves != nullptr) *moves = fuse::moves;
+      if (r.index() != 0) co_return "the never-ready case won";
+      const absl::StatusOr<fuse>& v = std::get<0>(r);
+      if (!v.ok() || v->v != 5) co_return "first await: " + v.status().ToString();
+    } else {
+      absl::StatusOr<fuse> v = co_await rx;
+      if (moves != nullptr) *moves = fuse::moves;
+      if (!v.ok() || v->v != 5) co_return "first await: " + v.status().ToString();
+    }
   } catch (const std::runtime_error&) {
     threw = true;
   }
-  CHECK(threw);
-  fragile::arm_throw = false;
-  absl::StatusOr<fragile> again = co_await rx;
-  co_return again.ok() ? again->v : -1;
+  fuse::countdown = 0;
+  if (threw != (k > 0)) co_return absl::StrCat("move ", k, threw ? " threw" : " did not throw");
+  if (!threw) co_return "ok";
+  absl::StatusOr<fuse> again = co_await rx;
+  if (!again.ok()) co_return absl::StrCat("value lost after a throw at move ", k, ": ",
+                                          again.status().ToString());
+  if (again->v != 5) co_return "a wrong value after the throw";
+  co_return "ok";
 }
 
-TEST_CASE("a value whose move throws as it is taken is received by the next await") {
+void fuse_matrix(bool by_select, bool parked) {
   mpg::runtime rt({.procs = 1});
-  auto [tx, rx] = mpg::oneshot<fragile>();
-  CHECK(tx.send(fragile(5)));
-  CHECK(rt.block_on(receive_after_a_refused_move(std::move(rx))) == 5);
+  int moves = 0;
+  CHECK(rt.block_on(await_with_fuse(by_select, parked, 0, &moves)) == "ok");
+  MESSAGE(moves << " moves of the value in the await");
+  CHECK(moves == 1);  // from the state straight into the result
+  for (int k = 1; k <= moves; ++k) {
+    CAPTURE(k);
+    CHECK(rt.block_on(await_with_fuse(by_select, parked, k, nullptr)) == "ok");
+  }
+}
+
+}  // namespace
+
+TEST_CASE("a throwing move of the value leaves it for the next await: await completing at once") {
+  fuse_matrix(false, false);
+}
+TEST_CASE("a throwing move of the value leaves it for the next await: parked await") {
+  fuse_matrix(false, true);
+}
+TEST_CASE("a throwing move of the value leaves it for the next await: ready select case") {
+  fuse_matrix(true, false);
+}
+TEST_CASE("a throwing move of the value leaves it for the next await: parked select case") {
+  fuse_matrix(true, true);
 }
 
 mpg::task<std::string> two_tasks_await_one_receiver() {

@@ -70,7 +70,9 @@
 //       awaiter woken but destroyed before it ran (its task killed at its
 //       runtime's shutdown) passes the wake on from its destructor. So all
 //       of them end: the first with the value (or the exception of its
-//       move, the value staying for the next), the others with
+//       move, the value staying for the next; the value moves once, from
+//       the state straight into the await's or the select's result:
+//       take_with), the others with
 //       kFailedPrecondition (already received), or all with kAborted.
 //   R5. An awaiter that queued holds a reference on the state, taken under
 //       the lock as it queues, so whoever wakes it may drop the last end
@@ -140,7 +142,9 @@
 #include <atomic>
 #include <cassert>
 #include <coroutine>
+#include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <optional>
 #include <source_location>
 #include <type_traits>
@@ -249,26 +253,45 @@ class oneshot_state {
 
   // take_locked(): the await's result once status_ is not kEmpty.
   result_type take_locked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_) {
+    return take_with([](auto&&... a) { return result_type(std::forward<decltype(a)>(a)...); });
+  }
+
+  // take_with(): the await's result, built by make from the value (T&&, so
+  // that T moves once, straight into make's result) or from a status; the
+  // result is returned as a prvalue all the way, so it is not moved again
+  // (absl::StatusOr's move constructor is noexcept whatever T's is: a
+  // second move of a T that throws would terminate). The value is taken
+  // (kTaken) only once make returned: if T's move throws, it stays for the
+  // next await. (Only a T whose move may throw pays for the check.)
+  template <class F>
+  decltype(auto) take_with(F&& make) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_) {
+    constexpr bool kMoveMayThrow = !std::is_void_v<T> && !std::is_nothrow_move_constructible_v<T>;
+    struct commit {
+      oneshot_state* s;
+      int pending = kMoveMayThrow ? std::uncaught_exceptions() : 0;
+      ~commit() {
+        if constexpr (kMoveMayThrow) {
+          if (std::uncaught_exceptions() != pending) return;  // make threw
+        }
+        s->status_ = oneshot_status::kTaken;
+        s->value_.reset();
+      }
+    };
     switch (status_) {
       case oneshot_status::kFull: {
+        commit c{this};
         if constexpr (std::is_void_v<T>) {
-          status_ = oneshot_status::kTaken;
-          value_.reset();
-          return absl::OkStatus();
+          return make(absl::OkStatus());
         } else {
-          // The move first: if it throws, the value stays for the next await.
-          result_type r(std::move(*value_));
-          status_ = oneshot_status::kTaken;
-          value_.reset();
-          return r;
+          return make(std::move(*value_));
         }
       }
       case oneshot_status::kAborted:
-        return oneshot_aborted_status();
+        return make(oneshot_aborted_status());
       case oneshot_status::kReceiverGone:
-        return oneshot_receiver_gone_status();
+        return make(oneshot_receiver_gone_status());
       default:
-        return oneshot_taken_status();
+        return make(oneshot_taken_status());
     }
   }
 
@@ -441,7 +464,9 @@ class [[nodiscard]] oneshot_recv_op : private detail::waiter {
 
   // R6: whether an await that completes at once takes its result in
   // await_suspend (T moves without throwing).
-  static constexpr bool kTakeAtOnce = std::is_nothrow_move_constructible_v<result_type>;
+  // Keyed on T, not on result_type: absl::StatusOr's move constructor is
+  // noexcept whatever T's is.
+  static constexpr bool kTakeAtOnce = std::is_void_v<T> || std::is_nothrow_move_constructible_v<T>;
 
   // pass_on: after the state's lock is released, also when T's move throws:
   // ready the next waiter (R4), then drop the state reference, after every
@@ -527,6 +552,18 @@ class [[nodiscard]] oneshot_recv_op : private detail::waiter {
     uncount();
   }
   result_type sel_result() { return await_resume(); }
+  // sel_result_as(): the select's result (V, case I) built in place from
+  // the value, so that T moves once (see take_with): the select's variant
+  // would otherwise move the StatusOr again, under its noexcept move.
+  template <class V, std::size_t I>
+  V sel_result_as() {
+    uncount();
+    pass_on after{this};
+    detail::spin_guard lk(s_->lock_);
+    if (detail::waiter* w = s_->q_.dequeue()) after.next = w->gp();
+    return s_->take_with(
+        [](auto&&... a) { return V(std::in_place_index<I>, std::forward<decltype(a)>(a)...); });
+  }
 
   state* s_;
   // The runtime whose external-waker count this awaiter holds (R1, R2);

@@ -49,6 +49,10 @@
 //   sel_node() -> waiter*         the waiter it queues (told apart from the
 //                                 winner by address).
 //   sel_result() -> result_type   the winner's result, once.
+//   sel_result_as<V, I>() -> V    optional, instead of sel_result for the
+//                                 winner: the select's result V built in
+//                                 place as alternative I (a oneshot case:
+//                                 its value then moves once, see take_with).
 //   sel_where() -> source_location  for the task dump.
 // The waker side: whoever takes a queued waiter w with w->sel() set claims
 // the select with select_state::claim(w) before completing anything
@@ -475,6 +479,11 @@ class [[nodiscard]] select_awaiter {
   result_type result_at() {
     if constexpr (!select_case_traits<std::tuple_element_t<I, std::tuple<Cases...>>>::is_waitable) {
       return result_type(std::in_place_index<I>);
+    } else if constexpr (requires(std::tuple_element_t<I, std::tuple<Cases...>>& c) {
+                           c.template sel_result_as<result_type, I>();
+                         }) {
+      // A case that builds the variant itself (its value then moves once).
+      return std::get<I>(cases_).template sel_result_as<result_type, I>();
     } else {
       return result_type(std::in_place_index<I>, std::get<I>(cases_).sel_result());
     }
