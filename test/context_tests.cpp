@@ -325,3 +325,46 @@ TEST_CASE("context: a deadline that frees its own context through a child does n
 }
 
 }  // namespace
+
+namespace {
+// A chain of contexts, each the child of the one before (a loop that narrows
+// ctx = with_cancel(ctx).first; Go runs it at any depth). Dropping the last
+// handle frees the chain, and cancelling its root reaches every node: neither
+// may recurse once per level on the thread's stack.
+constexpr int kChainDepth = 300000;
+
+TEST_CASE("context: a deep chain of contexts is freed without overflowing the stack") {
+  mpg::context ctx = mpg::background();
+  for (int i = 0; i < kChainDepth; ++i) ctx = mpg::with_cancel(ctx).first;
+  ctx = mpg::background();  // the leaf goes, and with it every ancestor
+  CHECK(!ctx.cancelled());
+}
+
+TEST_CASE("context: a deep chain of contexts is cancelled without overflowing the stack") {
+  auto [root, cancel] = mpg::with_cancel(mpg::background());
+  std::vector<mpg::context> chain;  // held, so that only the cancel walks it
+  chain.reserve(kChainDepth);
+  chain.push_back(root);
+  for (int i = 0; i < kChainDepth; ++i) chain.push_back(mpg::with_cancel(chain.back()).first);
+  cancel();
+  CHECK(chain.back().err().code() == absl::StatusCode::kCancelled);
+  while (!chain.empty()) chain.pop_back();  // leaf first: no chain to free at once
+}
+}  // namespace
+
+namespace {
+// A context is a handle, like cancel_func, which tolerates being moved from
+// (its call does nothing). A moved-from context must stay a valid handle too
+// (std types are "valid but unspecified"; the default context is
+// background()), not a null pointer that every call dereferences.
+TEST_CASE("context: a moved-from context is still a valid handle") {
+  auto [ctx, cancel] = mpg::with_cancel(mpg::background());
+  mpg::context taken = std::move(ctx);
+  cancel();
+  CHECK(taken.cancelled());
+  CHECK_NOTHROW((void)ctx.cancelled());
+  CHECK_NOTHROW((void)ctx.err());
+  CHECK_NOTHROW((void)ctx.deadline());
+  CHECK_NOTHROW((void)mpg::with_cancel(ctx));
+}
+}  // namespace

@@ -184,3 +184,34 @@ TEST_CASE("timeout with a parent context: the parent's cancel reaches the task a
 }
 
 }  // namespace
+
+namespace {
+// The deadline ends ctx first; the parent is cancelled only afterwards,
+// while timeout() waits for the task to stop (here the task cancels it
+// itself, once it has seen ctx end with kDeadlineExceeded, so the order
+// is fixed). The deadline came first: the call must say kDeadlineExceeded,
+// not the parent's later kCancelled.
+mpg::task<std::string> structured_deadline_then_parent_cancel() {
+  auto [parent, cancel] = mpg::with_cancel(mpg::background());
+  absl::StatusCode seen = absl::StatusCode::kOk;
+  absl::StatusOr<int> r = co_await mpg::timeout(
+      parent, 1ms, [&](mpg::context ctx) -> mpg::task<int> {
+        return [](mpg::context ctx, mpg::cancel_func cancel,
+                  absl::StatusCode& seen) -> mpg::task<int> {
+          (void)co_await ctx.done().recv();
+          seen = ctx.err().code();
+          cancel();  // the parent ends after the deadline
+          co_return 1;
+        }(ctx, cancel, seen);
+      });
+  if (seen != absl::StatusCode::kDeadlineExceeded) co_return "ctx did not end by its deadline";
+  if (r.status().code() != absl::StatusCode::kDeadlineExceeded)
+    co_return "deadline came first, but the call says: " + r.status().ToString();
+  co_return "ok";
+}
+
+TEST_CASE("timeout with a parent context: a parent cancelled after the deadline is not the cause") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(structured_deadline_then_parent_cancel()) == "ok");
+}
+}  // namespace

@@ -30,8 +30,10 @@
 // cancelled and unlinks all its children at once while promoting each to a
 // strong reference (a child whose last handle is going away fails the
 // promotion and is skipped: nobody can observe it any more); then, with no
-// lock held, it closes done(), stops its timer and cancels the promoted
-// children recursively, and finally unlinks itself from its parent.
+// lock held, it closes done(), stops its timer, unlinks itself from its
+// parent, and the promoted children are cancelled in turn. Neither the
+// cancel of a subtree nor the freeing of a chain (a node drops its parent
+// last) recurses per level: both loop, so a chain of any depth is safe.
 //
 // Rejected: Go's design, where the parent's map keeps each child alive until
 // the child is cancelled: in C++ that leaks every child whose cancel_func is
@@ -101,6 +103,7 @@
 #include <optional>
 #include <utility>
 #include <variant>
+#include <vector>
 
 #include "mpg/chan.hpp"
 #include "mpg/detail/sched/clock.hpp"
@@ -160,9 +163,13 @@ class context_node : public std::enable_shared_from_this<context_node> {
 
  private:
   static void fire(timer* t) noexcept;
+  void cancel_one(const absl::Status& why, bool from_timer,
+                  std::vector<std::shared_ptr<context_node>>& kids) noexcept;
   void unlink_from_parent() noexcept;
+  static void release_parent(std::shared_ptr<context_node> p) noexcept;
 
-  const std::shared_ptr<context_node> parent_;
+  // Set at construction; moved out only by the destructor.
+  std::shared_ptr<context_node> parent_;
   chan<std::monostate> done_;
   std::optional<std::chrono::steady_clock::time_point> deadline_;
 
@@ -195,6 +202,10 @@ class context {
  public:
   context();
   explicit context(std::shared_ptr<detail::context_node> n) noexcept : node_(std::move(n)) {}
+  // Copies only: a move copies too, so a moved-from context still names
+  // its node (every call dereferences node_, which must never be null).
+  context(const context&) noexcept = default;
+  context& operator=(const context&) noexcept = default;
 
   // context::done()
   //

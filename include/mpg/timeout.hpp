@@ -110,15 +110,16 @@ task<timeout_outcome<T>> timeout_guard(task<T> t) {
 }
 
 // timeout_guard_in(): timeout_guard for the structured form, which also
-// records whether ctx had ended when the task finished: then the deadline
-// or the parent came first, whichever case the select saw first (when both
-// are ready by the time it looks, it picks one at random). The cancel sets
-// ctx's state before it closes ctx.done(), so a task that saw done closed
-// finds ctx ended here.
+// records ctx's error when the task finished (OK if ctx had not ended):
+// then the deadline or the parent came first, whichever case the select saw
+// first (when both are ready by the time it looks, it picks one at random),
+// and the error says which (a parent ending later does not change it). The
+// cancel sets ctx's state before it closes ctx.done(), so a task that saw
+// done closed finds ctx ended here.
 template <class T>
 struct timeout_finish {
   timeout_outcome<T> outcome;
-  bool ctx_ended = false;
+  absl::Status ctx_err;
 };
 template <class T>
 task<timeout_finish<T>> timeout_guard_in(task<T> t, context ctx) {
@@ -126,7 +127,7 @@ task<timeout_finish<T>> timeout_guard_in(task<T> t, context ctx) {
   // destroy such a temporary twice).
   task<timeout_outcome<T>> guard = timeout_guard(std::move(t));
   timeout_outcome<T> outcome = co_await std::move(guard);
-  co_return timeout_finish<T>{std::move(outcome), ctx.cancelled()};
+  co_return timeout_finish<T>{std::move(outcome), ctx.err()};
 }
 
 template <class T>
@@ -150,15 +151,20 @@ task<typename timeout_traits<T>::result> timeout_detached(steady_time deadline, 
 
 // timeout_settle(): the structured form's result once the task finished.
 // If ctx had not ended then, the task's outcome; else the deadline or the
-// parent came first: the task's value is dropped, an exception is not.
-// Either way ctx is cancelled (which stops its deadline timer).
+// parent came first: the task's value is dropped, an exception is not, and
+// ctx's error tells which one ended it (the parent, if it ended with that
+// error; a parent cancelled after the deadline is not the cause). Either
+// way ctx is cancelled (which stops its deadline timer).
 template <class T>
 typename timeout_traits<T>::result timeout_settle(const context& parent, timeout_finish<T>&& f,
                                                   const cancel_func& cancel) {
   cancel();
-  if (!f.ctx_ended) return timeout_unwrap<T>(std::move(f.outcome));
+  if (f.ctx_err.ok()) return timeout_unwrap<T>(std::move(f.outcome));
   if (f.outcome.index() == 1) std::rethrow_exception(std::get<1>(f.outcome));
-  if (parent.cancelled()) return parent.err();
+  if (parent.cancelled()) {
+    absl::Status why = parent.err();
+    if (why.code() == f.ctx_err.code()) return why;
+  }
   return timeout_status();
 }
 

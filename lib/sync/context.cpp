@@ -25,6 +25,32 @@ context_node::~context_node() {
   // its reference, after it stored timer_fired_ (fire(), below).
   if (timer_armed_ && !timer_fired_.load(std::memory_order_acquire)) cancel_timer(&timer_);
   unlink_from_parent();
+  // Unlinked: no cancel reaches us through the parent any more. Our
+  // reference to it goes last, and not by recursion: dropping the leaf of
+  // a long chain would otherwise run one destructor per level on the stack.
+  release_parent(std::move(parent_));
+}
+
+namespace {
+// The slot of the outermost release_parent() on this thread (see there).
+thread_local std::shared_ptr<context_node>* t_parent_slot = nullptr;
+}  // namespace
+
+void context_node::release_parent(std::shared_ptr<context_node> p) noexcept {
+  if (t_parent_slot != nullptr) {
+    // Inside the loop below (our destructor runs from its reset()): hand
+    // the parent to it. The slot is empty but in odd nestings; then p
+    // drops here, one level deeper.
+    if (!*t_parent_slot) *t_parent_slot = std::move(p);
+    return;
+  }
+  std::shared_ptr<context_node> slot = std::move(p);
+  t_parent_slot = &slot;
+  while (slot) {
+    std::shared_ptr<context_node> cur = std::move(slot);
+    cur.reset();  // may destroy it, and its destructor fills the slot
+  }
+  t_parent_slot = nullptr;
 }
 
 void context_node::attach() {
@@ -85,7 +111,19 @@ void context_node::fire(timer* t) noexcept {
 }
 
 void context_node::cancel(const absl::Status& why, bool from_timer) noexcept {
-  std::vector<std::shared_ptr<context_node>> kids;
+  // The subtree, by a work list rather than recursion: a deep chain of
+  // contexts must not take one stack frame per level.
+  std::vector<std::shared_ptr<context_node>> pending;
+  cancel_one(why, from_timer, pending);
+  while (!pending.empty()) {
+    std::shared_ptr<context_node> k = std::move(pending.back());
+    pending.pop_back();
+    k->cancel_one(why, false, pending);
+  }
+}
+
+void context_node::cancel_one(const absl::Status& why, bool from_timer,
+                              std::vector<std::shared_ptr<context_node>>& kids) noexcept {
   context_watcher* watchers;
   {
     spin_guard lk(lock_);
@@ -121,7 +159,7 @@ void context_node::cancel(const absl::Status& why, bool from_timer) noexcept {
   // Not from our own fire(): cancel_timer() would wait for it forever.
   if (!from_timer && timer_armed_ && !timer_fired_.load(std::memory_order_acquire))
     cancel_timer(&timer_);
-  for (auto& k : kids) k->cancel(why);
+  // The children promoted above are cancelled by cancel()'s loop.
   unlink_from_parent();
 }
 
