@@ -123,6 +123,8 @@ class file {
 
 // open(): openat(AT_FDCWD, path, flags | O_CLOEXEC, mode). A task destroyed
 // at runtime shutdown after its open completed closes the new descriptor.
+// EINTR is retried, and so is EAGAIN unless flags has O_NONBLOCK: then it
+// is the answer (a file under a lease, say), as open(2) gives it.
 task<absl::StatusOr<file>> open(std::string path, int flags, unsigned mode = 0644);
 // stat(): statx of path (follows symlinks).
 task<absl::StatusOr<file_info>> stat(std::string path);

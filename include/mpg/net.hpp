@@ -190,7 +190,7 @@ class receive_op : public detail::stream_op<absl::StatusOr<recv_buffer>> {
   static void convert(detail::recv_waiter* w) noexcept;
 
   tcp_stream* s_;
-  int res_ = 1;  // 1: buf_ holds the result; else an error (negative errno)
+  int res_ = 1;  // 1: buf_ holds the result; else an error (-errno, or closed: recv_queue.cpp)
   detail::recv_waiter w_;
   recv_buffer buf_;
 };

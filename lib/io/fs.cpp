@@ -5,7 +5,8 @@
 // kernel inside co_await, under the reactor lock, and the kernel resolves
 // the fd number when it issues the request there. Short reads and writes
 // are continued; -EINTR and -EAGAIN (an io-wq worker interrupted, a file
-// someone opened O_NONBLOCK) are retried.
+// someone opened O_NONBLOCK) are retried, but not an -EAGAIN of an open
+// asked to be O_NONBLOCK (open(2)'s EWOULDBLOCK: see open()).
 //
 // Close and submission. The number close(2) releases may be reused at once
 // by another open, so an operation on a file must reach the kernel before
@@ -189,7 +190,10 @@ task<absl::StatusOr<file>> open(std::string path, int flags, unsigned mode) {
     // The new fd is the awaiter's until it is read (fd_awaiter.hpp).
     detail::io_fd_awaiter open_op(make_op(&rq, "fs.open"));
     res = co_await open_op;
-  } while (res == -EINTR || res == -EAGAIN);
+    // With O_NONBLOCK, -EAGAIN is open(2)'s answer (EWOULDBLOCK: a file
+    // under a lease), which the caller asked for: a retry would be a busy
+    // loop until the lease is broken (lease-break-time, 45 s by default).
+  } while (res == -EINTR || (res == -EAGAIN && (flags & O_NONBLOCK) == 0));
   if (res < 0) co_return fs_error(res, absl::StrCat("open ", path));
   co_return file(res);
 }

@@ -504,6 +504,12 @@ task<absl::StatusOr<std::size_t>> tcp_stream::do_read(std::span<char> buf,
   io_context_binding bind(ctx.get());  // ctx, a parameter, keeps the node alive
   bind.bind(&read_slot_);
   const op_bounds b{.deadline = deadline, .live = &read_deadline_, .bind = &bind};
+  // A recv that polls first reads -EAGAIN when io_uring cannot arm its poll
+  // (a file that is not a socket, a regular file say, adopted as a stream),
+  // and the poll below finds such a file ready at once: polling first again
+  // would loop for ever. After an -EAGAIN the recv goes straight in, and the
+  // kernel says what is wrong (ENOTSOCK).
+  bool may_poll_first = true;
   for (;;) {
     int fd = fd_.load(std::memory_order_relaxed);
     if (fd < 0) co_return closed_error("read");
@@ -513,7 +519,7 @@ task<absl::StatusOr<std::size_t>> tcp_stream::do_read(std::span<char> buf,
                   .fd = fd,
                   .addr = buf.data(),
                   .len = static_cast<std::uint32_t>(std::min(buf.size(), kMaxIo)),
-                  .poll_first = !data_left_.load(std::memory_order_relaxed)};
+                  .poll_first = may_poll_first && !data_left_.load(std::memory_order_relaxed)};
     io_awaiter op = make_op(&rq, &read_slot_, "net.read", b);
     int res = co_await op;
     res = bind.result(res, op.op);
@@ -524,6 +530,7 @@ task<absl::StatusOr<std::size_t>> tcp_stream::do_read(std::span<char> buf,
     if (res >= 0) co_return static_cast<std::size_t>(res);
     if (res == -EINTR || (res == -ETIME && !b.expired())) continue;
     if (res == -EAGAIN) {
+      may_poll_first = false;
       res = co_await wait_ready(fd, POLLIN, &read_slot_, b);
       if (res >= 0 || res == -EINTR || (res == -ETIME && !b.expired())) continue;
     }

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <limits>
 #include <new>
 #include <source_location>
 #include <utility>
@@ -668,11 +669,18 @@ task<absl::StatusOr<std::size_t>> tcp_stream::do_read_held(
 // do_receive the G's resume point with the awaiting task as its
 // continuation (as read_op::on_complete does).
 
+namespace {
+// receive_op::res_ for "the stream is closed" (net::is_closed): no errno, so
+// that a kernel's -EBADF (an adopted descriptor that is not open) keeps its
+// errno and is never read as our own close.
+constexpr int kStreamClosed = std::numeric_limits<int>::min();
+}  // namespace
+
 bool receive_op::await_ready() {
   if (handed_over()) [[unlikely]] return false;  // a second await: await_suspend refuses it
   const int fd = s_->fd_.load(std::memory_order_relaxed);
   if (fd < 0) {
-    res_ = -EBADF;
+    res_ = kStreamClosed;
     return true;
   }
   if (s_->plain_read_under_way()) {
@@ -695,7 +703,7 @@ bool receive_op::take(int st, int err) noexcept {
       res_ = r.err;  // 0: EOF (buf_ empty)
       return true;
     case recv_queue::took::failed:
-      res_ = s_->fd_.load(std::memory_order_relaxed) < 0 ? -EBADF : r.err;
+      res_ = s_->fd_.load(std::memory_order_relaxed) < 0 ? kStreamClosed : r.err;
       return true;
     default:
       return false;
@@ -737,7 +745,7 @@ receive_op::result_type receive_op::await_resume() {
     s_->recv_.load(std::memory_order_relaxed)->took_handed();
     return std::move(buf_);
   }
-  if (res_ == -EBADF) return closed_error("read");
+  if (res_ == kStreamClosed) return closed_error("read");
   if (res_ < 0) return detail::io_result_status(res_, "read");
   if (res_ == 0 || !buf_.empty()) return std::move(buf_);
   // Resumed by a waker (W1) that did not convert: data, a final result, or
