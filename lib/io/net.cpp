@@ -848,7 +848,7 @@ absl::StatusOr<listener> listen(std::string_view address, listen_options opts) {
     listener ln;
     ln.fd_.store(fd, std::memory_order_relaxed);
     ln.unix_path_ = detail::unix_path(a);  // bound: ln's close() removes the file
-    if (::listen(fd, opts.backlog > 0 ? opts.backlog : 4096) != 0) {
+    if (::listen(fd, opts.backlog > 0 ? opts.backlog : SOMAXCONN) != 0) {
       return detail::errno_status(errno, absl::StrCat("listen ", format_addr(a.ss, a.len)));
     }
     sockaddr_storage bound{};
