@@ -111,7 +111,7 @@ void unregister_runtime(const scheduler* s) noexcept {
 }
 // others_inert(): no runtime of the process but `self` can wake a task now;
 // *progress gets the sum of their progress counters.
-bool others_inert(const scheduler* self, std::uint64_t* progress) {
+bool others_inert(const scheduler* self, std::uint64_t* progress, const scheduler* home) {
   runtime_registry& r = registry();
   thread_mutex_lock l(r.mu);
   bool inert = true;
@@ -119,7 +119,7 @@ bool others_inert(const scheduler* self, std::uint64_t* progress) {
   for (const scheduler* s : r.all) {
     if (s == self) continue;
     std::uint64_t p = 0;
-    if (!s->inert(&p)) inert = false;
+    if (!s->inert(&p, s == home ? 1 : 0)) inert = false;
     sum += p;
   }
   *progress = sum;
@@ -134,13 +134,22 @@ void block_on_wait(scheduler* s, block_on_state* st) {
   // such looks in a row mean every task waits on something only another
   // task could provide. Threads outside the runtimes are not counted as
   // possible wakers (docs/diagnostics.md, "Deadlock detection").
+  // Called inside mpg::blocking (allowed: the thread holds no P), this
+  // thread's own call is counted by its runtime (`home`) as a possible
+  // wake-up; but it waits for this block_on, so this check leaves it out
+  // (else a deadlock of the task waited for hangs here unreported). Other
+  // checks still count it: this block_on may yet throw and let it return.
+  const scheduler* home = nullptr;
+  if (machine* m = current_m(); m != nullptr && m->p() == nullptr && m->blocking_from != nullptr)
+    home = m->sched;
   std::uint64_t last_progress = 0;
   int quiet_looks = 0;
   thread_mutex_lock l(st->mu);
   while (!l.wait_for(st->cv, std::chrono::milliseconds(50),
                      [st]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(st->mu) { return st->done; })) {
     std::uint64_t progress = 0, elsewhere = 0;
-    const bool quiet = s->quiescent(&progress) && others_inert(s, &elsewhere);
+    const bool quiet =
+        s->quiescent(&progress, s == home ? 1 : 0) && others_inert(s, &elsewhere, home);
     progress += elsewhere;  // compared for equality only: wrapping is harmless
     if (quiet && (quiet_looks == 0 || progress == last_progress)) {
       ++quiet_looks;

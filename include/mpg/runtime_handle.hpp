@@ -67,6 +67,9 @@ bool handle_running_here(const handle_state* st) noexcept;
 bool handle_waker_add(handle_state* st) noexcept;
 void handle_waker_remove(handle_state* st) noexcept;
 bool in_mpg_task() noexcept;
+// in_task_on_p(): the caller is a task running on a P (not the thread of
+// an mpg::blocking call, which keeps its task's G but holds no P).
+bool in_task_on_p() noexcept;
 [[noreturn]] void throw_schedule_misuse(bool runtime_gone);
 }  // namespace detail
 
@@ -121,7 +124,7 @@ struct runtime_handle::schedule_awaiter {
   bool failed = false;
   bool await_ready() const noexcept { return h.running_in_this_thread(); }
   bool await_suspend(std::coroutine_handle<> c) {
-    if (detail::in_mpg_task()) detail::throw_schedule_misuse(false);
+    if (detail::in_task_on_p()) detail::throw_schedule_misuse(false);
     // After a successful post, c may already run elsewhere and destroy
     // this awaiter: nothing below touches it.
     if (h.post([c] { c.resume(); })) return true;

@@ -28,6 +28,7 @@ struct runtime_options {
   // task dump (counted in runtime_stats::thread_limit_reports), and the
   // program goes on; it says so again only once tasks are taken and others
   // wait as long (docs/diagnostics.md, "Starving at the thread limit").
+  // A thread the OS refuses counts as the limit reached.
   unsigned max_threads = 10000;
   // See max_threads. Not negative; milliseconds::max() never reports.
   std::chrono::milliseconds thread_starvation_threshold{1000};

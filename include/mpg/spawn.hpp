@@ -45,8 +45,9 @@
 //   J4. sel_dequeue, in the select's clean-up (also for the winner, also
 //       from the destructor of a case killed at shutdown): CAS tagged
 //       waiter -> Running; success means no finisher saw the waiter. Failing,
-//       the word is Done: the finisher saw it, so wait (spin, then yield)
-//       until waker_done; or Killed (shutdown): nobody touches it.
+//       the word is Done or Killed: the finisher, or the shutdown that
+//       killed the task (which wakes a waiter as a finisher does, J3), saw
+//       it, so wait (spin, then yield) until waker_done.
 // Why J4 waits: after J3's exchange publishes Done, the select may already
 // be finishing elsewhere (another case won) and free its frame, which holds
 // the waiter the finisher is about to claim through. The finisher's section
@@ -97,7 +98,8 @@ struct join_waiter : waiter {
   // Set (release) by the finisher when it is done with this waiter (J3).
   std::atomic<std::uint32_t> waker_done{0};
 };
-// wake_select_joiner(): J3, for finish_root, with the word's old value.
+// wake_select_joiner(): J3, for finish_root and the shutdown's kill, with
+// the word's old value.
 inline void wake_select_joiner(std::uintptr_t old) noexcept {
   auto* w = reinterpret_cast<join_waiter*>(old & ~kJoinSelectTag);
   select_state* st = w->sel();
@@ -319,7 +321,9 @@ class [[nodiscard]] join_op : private detail::join_waiter {
     if (word().compare_exchange_strong(expected, detail::kJoinRunning, std::memory_order_relaxed,
                                        std::memory_order_relaxed))
       return;
-    if (expected != detail::kJoinDone) return;  // Killed: no finisher
+    // Done or Killed: the finisher, or the shutdown that killed the task,
+    // saw the waiter (J3): wait until it is done with it.
+    if (expected != detail::kJoinDone && expected != detail::kJoinKilled) return;
     for (unsigned spins = 0; waker_done.load(std::memory_order_acquire) == 0; ++spins) {
       if (spins < 64)
         detail::cpu_relax();

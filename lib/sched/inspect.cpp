@@ -47,7 +47,7 @@
 
 namespace mpg::detail {
 
-bool scheduler::inert(std::uint64_t* progress) const {
+bool scheduler::inert(std::uint64_t* progress, std::uint32_t own_blocking) const {
   std::uint64_t runs = gpushes_.load(std::memory_order_relaxed) + posts_run_.load(std::memory_order_relaxed);
   bool quiet = external_wakers_.load(std::memory_order_relaxed) == 0 &&
                putters_.load(std::memory_order_relaxed) == 0 && !posts_queued();
@@ -62,7 +62,7 @@ bool scheduler::inert(std::uint64_t* progress) const {
     // Under mu_, where all three change (blocking.cpp, "The deadlock
     // check"): a G leaving mpg::blocking is counted by one of them.
     thread_mutex_lock l(mu_);
-    if (nblocking_.load(std::memory_order_relaxed) != 0 ||
+    if (nblocking_.load(std::memory_order_relaxed) != own_blocking ||
         gsize_.load(std::memory_order_relaxed) != 0 ||
         npidle_.load(std::memory_order_relaxed) != procs())
       quiet = false;
@@ -71,8 +71,8 @@ bool scheduler::inert(std::uint64_t* progress) const {
   return quiet;
 }
 
-bool scheduler::quiescent(std::uint64_t* progress) const {
-  return inert(progress) && live_gs() != 0;
+bool scheduler::quiescent(std::uint64_t* progress, std::uint32_t own_blocking) const {
+  return inert(progress, own_blocking) && live_gs() != 0;
 }
 
 runtime_stats scheduler::stats() const {

@@ -76,6 +76,8 @@
 // If no M comes back (the blocking calls wait for the Gs left on that P),
 // sysmon reports it after runtime_options::thread_starvation_threshold
 // (thread_limit.cpp) and the runtime goes on.
+#include <cstdio>
+#include <exception>
 #include <optional>
 
 #include "sched/scheduler.hpp"
@@ -172,15 +174,34 @@ m_wakeup scheduler::assign_m(processor* p, spin_state spin) noexcept {
     return m_wakeup{m, p, sleep_site::futex};
   }
   if (allm_.size() < opts_.max_threads) {
-    allm_.push_back(std::make_unique<machine>(this, static_cast<std::uint32_t>(allm_.size())));
-    machine* m = allm_.back().get();
-    acquire_p(m, p);
-    m->spinning = spin == spin_state::spinning;
-    // Started under the lock so that stop(), which lists the Ms under it
-    // after setting stopping_, always finds the thread to join.
-    threads_.fetch_add(1, std::memory_order_relaxed);
-    m->thread = std::thread([this, m] { m_main(m); });
-    return {};
+    // The OS may refuse the thread (EAGAIN: RLIMIT_NPROC, a cgroup's pids
+    // limit, memory) or memory may run out: then p takes the thread-limit
+    // path below, as if max_threads were reached (sysmon's wake_p() for
+    // its work retries), and the first refusal is said on stderr. Letting
+    // the exception out of this noexcept function ended the process.
+    try {
+      allm_.push_back(std::make_unique<machine>(this, static_cast<std::uint32_t>(allm_.size())));
+      machine* m = allm_.back().get();
+      acquire_p(m, p);
+      m->spinning = spin == spin_state::spinning;
+      // Started under the lock so that stop(), which lists the Ms under it
+      // after setting stopping_, always finds the thread to join.
+      threads_.fetch_add(1, std::memory_order_relaxed);
+      try {
+        m->thread = std::thread([this, m] { m_main(m); });
+      } catch (...) {
+        threads_.fetch_sub(1, std::memory_order_relaxed);
+        release_p(m);
+        allm_.pop_back();
+        throw;
+      }
+      return {};
+    } catch (const std::exception& e) {
+      static std::atomic<bool> said{false};
+      if (!said.exchange(true, std::memory_order_relaxed))
+        std::fprintf(stderr, "mpg: could not start an M (%s): its P waits for another M\n",
+                     e.what());
+    }
   }
   // Thread limit (see the top of the file).
   p->status = p_status::idle;

@@ -157,9 +157,12 @@ class scheduler {
   // no external waker, no posted function queued; *progress gets a counter
   // that moves whenever anything runs (block_on_wait in runtime.cpp
   // compares two samples). Any thread.
-  bool inert(std::uint64_t* progress) const;
+  // `own_blocking` (0 or 1): calls inside mpg::blocking not to count, the
+  // checking thread's own (block_on called inside mpg::blocking: that call
+  // waits for this very check's block_on, runtime.cpp block_on_wait).
+  bool inert(std::uint64_t* progress, std::uint32_t own_blocking = 0) const;
   // quiescent(): inert, with live tasks (which then wait on each other).
-  bool quiescent(std::uint64_t* progress) const;
+  bool quiescent(std::uint64_t* progress, std::uint32_t own_blocking = 0) const;
   std::uint64_t live_gs() const noexcept;
   void external_waker_add() noexcept { external_wakers_.fetch_add(1, std::memory_order_relaxed); }
   void external_waker_remove() noexcept { external_wakers_.fetch_sub(1, std::memory_order_relaxed); }

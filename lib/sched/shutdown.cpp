@@ -22,7 +22,9 @@
 //      channel freed before its waiters detaches them): its root frame is
 //      destroyed, which destroys the whole chain of frames it awaits. A frame
 //      whose join_handle is still held elsewhere keeps its memory until that
-//      handle is dropped (frame.hpp, kJoinKilled). Destructors that ready
+//      handle is dropped (frame.hpp, kJoinKilled). A task parked on its join
+//      is then woken as a finish would wake it, and its join throws: one of
+//      another runtime would otherwise wait for ever. Destructors that ready
 //      other Gs during this only queue them; nothing runs any more. A new
 //      fd that an op made for a killed task (an open, an accept, an
 //      io::submit of an opcode that makes one), whose result the task never
@@ -42,6 +44,7 @@
 #include <string>
 
 #include "mpg/detail/sched/frame.hpp"
+#include "mpg/spawn.hpp"
 #include "sched/scheduler.hpp"
 
 namespace mpg::detail {
@@ -110,6 +113,15 @@ void scheduler::kill_remaining(std::ostream& report) {
     gp->root = {};
     gp->resume = {};
     root.destroy();
+    if (old > kJoinInline) {
+      // A joiner parked on this task (possibly a task of another runtime,
+      // which nothing else would ever wake): wake it as a finish would (J3
+      // for a select case), once the frame is destroyed (the joiner may
+      // free its memory at once); its join then sees Killed and throws. A
+      // joiner of this runtime is only queued, and killed in its turn.
+      if (is_select_joiner(old)) wake_select_joiner(old);
+      else ready(reinterpret_cast<g*>(old));
+    }
   }
   thread_mutex_lock l(allg_mu_);
   for (g* gp : live) gfree_global_.push_back(gp);

@@ -34,7 +34,9 @@
 //   select:   Running -> select waiter (CAS); select waiter -> Running (CAS,
 //             the select's clean-up)
 //   drop:     Running -> Detached; Done -> (destroy);   Killed -> (free memory)
-//   shutdown: Running/joiner -> Killed (destroy, keep memory); Detached -> (destroy)
+//   shutdown: Running/joiner -> Killed (destroy, keep memory; then ready the
+//             joiner, or claim a select waiter, as a finish does);
+//             Detached -> (destroy)
 #pragma once
 
 #include <atomic>

@@ -1,0 +1,207 @@
+// test/boundary_tests.cpp: the runtime's boundary with the outside world:
+// mpg::blocking, posts, foreign awaiters, several runtimes.
+#include <doctest/doctest.h>
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <coroutine>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <variant>
+
+#include "mpg/mpg.hpp"
+#include "sched/scheduler.hpp"
+#include "child_process.hpp"
+#include "test_support.hpp"
+
+using namespace std::chrono_literals;
+
+namespace {
+
+mpg::task<int> bt_wait_forever(mpg::chan<int> c) {
+  auto v = co_await c.recv();
+  co_return v ? *v : -1;
+}
+
+mpg::task<int> bt_join_other(mpg::join_handle<int> h) { co_return co_await h; }
+
+mpg::task<int> bt_select_join_other(mpg::join_handle<int> h, mpg::chan<int> other) {
+  auto r = co_await mpg::select(h.join(), other.recv());
+  co_return r.index() == 0 ? std::get<0>(r) : -1;
+}
+
+// 1: returned, 2: runtime_misuse_error (the documented error for a join of
+// a task the runtime killed), 3: deadlock_error, 4: anything else.
+template <class F>
+int bt_outcome(F&& f) {
+  try {
+    f();
+    return 1;
+  } catch (const mpg::deadlock_error&) {
+    return 3;
+  } catch (const mpg::runtime_misuse_error&) {
+    return 2;
+  } catch (...) {
+    return 4;
+  }
+}
+
+mpg::task<void> bt_block_on_inside_blocking(mpg::runtime* rt, mpg::chan<int> c,
+                                              std::atomic<int>* inner) {
+  co_await mpg::blocking([rt, c, inner] {
+    inner->store(bt_outcome([&] { (void)rt->block_on(bt_wait_forever(c)); }));
+  });
+}
+
+}  // namespace
+
+// A task of runtime A parked on the join of a task of runtime B; ~B kills
+// that task. The join should fail as a join made after the kill does
+// (runtime_misuse_error, docs/api.md ~runtime); the joiner is never woken.
+TEST_CASE("a cross-runtime joiner of a task killed by ~runtime is woken") {
+  mpg::runtime a({.procs = 1});
+  auto b = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1});
+  mpg::chan<int> c;  // nobody sends
+  auto hb = b->spawn(bt_wait_forever(c), "b.victim");
+  auto ha = a.spawn(bt_join_other(std::move(hb)), "a.joiner");
+  REQUIRE(mpg_test::wait_until([&] {
+    return mpg_test::dump_shows(a, "join") && mpg_test::dump_shows(*b, "chan receive");
+  }, 10s));
+  b.reset();
+  // Without the fix: block_on's deadlock check throws deadlock_error after
+  // ~150 ms (with any external_work guard alive, it hangs for ever).
+  const int got = bt_outcome([&] { (void)a.block_on(std::move(ha)); });
+  CHECK(got == 2);
+}
+
+// The same with the join as a select case (J1-J4 of spawn.hpp).
+TEST_CASE("a cross-runtime select on the join of a task killed by ~runtime is woken") {
+  mpg::runtime a({.procs = 1});
+  auto b = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1});
+  mpg::chan<int> c, other;  // nobody sends
+  auto hb = b->spawn(bt_wait_forever(c), "b.victim");
+  auto ha = a.spawn(bt_select_join_other(std::move(hb), other), "a.selector");
+  REQUIRE(mpg_test::wait_until([&] {
+    return mpg_test::dump_shows(a, "select") && mpg_test::dump_shows(*b, "chan receive");
+  }, 10s));
+  b.reset();
+  CHECK(bt_outcome([&] { (void)a.block_on(std::move(ha)); }) == 2);
+}
+
+// The same join made after the kill: the documented runtime_misuse_error.
+TEST_CASE("(reference) a join after ~runtime killed the task throws runtime_misuse_error") {
+  mpg::runtime a({.procs = 1});
+  auto b = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1});
+  mpg::chan<int> c;
+  auto hb = b->spawn(bt_wait_forever(c), "b.victim");
+  REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(*b, "chan receive"); }, 10s));
+  b.reset();
+  CHECK(bt_outcome([&] { (void)a.block_on(bt_join_other(std::move(hb))); }) == 2);
+}
+
+// block_on called inside mpg::blocking (documented: "inside mpg::blocking it
+// may wait") on the same runtime, for a task that can never finish: the only
+// blocking call counted as a possible wake-up is the one waiting in this very
+// block_on, so the check never fires: a hang instead of deadlock_error.
+TEST_CASE("block_on inside mpg::blocking still reports a deadlock") {
+  mpg::runtime rt({.procs = 1});
+  mpg::chan<int> c;  // nobody sends (until the test unsticks a hang)
+  std::atomic<int> inner{0};
+  std::atomic<int> outer{0};
+  std::thread t([&] {
+    outer.store(bt_outcome([&] { rt.block_on(bt_block_on_inside_blocking(&rt, c, &inner)); }));
+  });
+  const bool ended = mpg_test::wait_until([&] { return inner.load() != 0; }, 5s);
+  if (!ended) (void)c.try_send(1);  // unstick the hang (inner then returns: 1)
+  t.join();
+  CHECK(ended);
+  CHECK(inner.load() == 3);
+  CHECK(outer.load() == 1);  // the outer task goes on once the inner block_on threw
+}
+
+namespace {
+
+mpg::task<int> bt_child_one() { co_return 1; }
+
+// A blocking call made while another task is queued on the only P: the P
+// is handed to a new M (blocking.cpp, T5).
+mpg::task<int> bt_blocking_beside_a_queued_task() {
+  auto h = mpg::spawn(bt_child_one());
+  int v = co_await mpg::blocking([] { return 1; });
+  co_return v + co_await h;
+}
+
+}  // namespace
+
+// (reference) At runtime_options::max_threads, the hand-off finds no M and
+// the P waits for the blocking call to come back: the program runs on.
+TEST_CASE("(reference) at max_threads a blocking hand-off degrades and the task ends") {
+  mpg::runtime rt({.procs = 1, .max_threads = 1});
+  CHECK(rt.block_on(bt_blocking_beside_a_queued_task()) == 2);
+}
+
+// The same program when the OS refuses the new thread (EAGAIN: RLIMIT_NPROC,
+// a cgroup pids limit, memory): std::thread throws inside assign_m(), which
+// is noexcept, under mu_: std::terminate, where the thread limit above
+// degrades gracefully.
+TEST_CASE("an OS refusal of a new M is not a crash") {
+  if (::geteuid() != 0) return;  // needs root to drop to a uid RLIMIT_NPROC binds
+  auto r = mpg_test::run_child([] {
+    mpg::runtime rt({.procs = 1});
+    (void)rt.block_on(bt_child_one());  // the first M exists
+    if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) _exit(3);
+    rlimit one{1, 1};
+    if (::setrlimit(RLIMIT_NPROC, &one) != 0) _exit(4);
+    const int v = rt.block_on(bt_blocking_beside_a_queued_task());
+    _exit(v == 2 ? 0 : 5);
+  }, 20s);
+  INFO(r.output);
+  CHECK_FALSE(r.timed_out);
+  CHECK(WIFEXITED(r.status));
+  CHECK(WEXITSTATUS(r.status) == 0);
+}
+
+namespace {
+
+// A plain (non-mpg) coroutine, as a library's event loop run inside
+// mpg::blocking would resume one (docs/api.md: an io_context runs "on a
+// thread of its own, or inside mpg::blocking"), that hops onto runtime `to`.
+// *out: 1 hopped and runs on `to`, 2 schedule() threw runtime_misuse_error,
+// 3 ran elsewhere.
+mpg_test::eager_coroutine bt_hop(mpg::runtime_handle to, std::atomic<int>* out) {
+  try {
+    co_await to.schedule();
+  } catch (const mpg::runtime_misuse_error&) {
+    out->store(2);
+    co_return;
+  }
+  out->store(to.running_in_this_thread() && mpg::detail::current_m() != nullptr &&
+                     mpg::detail::current_m()->p() != nullptr
+                 ? 1
+                 : 3);
+}
+
+mpg::task<void> bt_hop_from_blocking(mpg::runtime_handle to, std::atomic<int>* out) {
+  co_await mpg::blocking([to, out] {
+    bt_hop(to, out);
+    // Bounded: the hop runs as a posted function of `to`.
+    CHECK(mpg_test::wait_until([out] { return out->load() != 0; }, 10s));
+  });
+}
+
+}  // namespace
+
+// schedule() from a plain coroutine inside mpg::blocking: the thread is not
+// a task (it holds no P), but in_mpg_task() still sees the blocking task's G.
+TEST_CASE("schedule() from a plain coroutine inside mpg::blocking hops to another runtime") {
+  mpg::runtime a({.procs = 1});
+  mpg::runtime b({.procs = 1});
+  std::atomic<int> out{0};
+  a.block_on(bt_hop_from_blocking(b.handle(), &out));
+  CHECK(out.load() == 1);
+}
