@@ -5,7 +5,8 @@
 //   co_await rw.lock_shared();  ... rw.unlock_shared();   // many readers
 //
 // Waiting tasks park; no OS thread blocks. Unlocking what is not locked
-// throws mpg::sync_misuse_error.
+// throws mpg::sync_misuse_error, and so does a lock_shared() that would
+// make a reader beyond kMaxReaders (try_lock_shared() then returns false).
 //
 // Fairness (Go's rule, made phase-fair): once a writer waits, new readers
 // wait too, so a stream of readers cannot starve a writer: the writer gets
@@ -70,12 +71,19 @@
 
 namespace mpg {
 
+namespace detail {
+struct rwmutex_probe;
+}  // namespace detail
+
 class rwmutex {
  public:
   template <bool Exclusive>
   class acquire_awaiter;
   using lock_awaiter = acquire_awaiter<true>;
   using shared_awaiter = acquire_awaiter<false>;
+
+  // The most readers that may hold the lock at once: 2^29 - 1.
+  static constexpr std::uint32_t kMaxReaders = (1u << 29) - 1;
 
   rwmutex() noexcept = default;
   rwmutex(const rwmutex&) = delete;
@@ -101,10 +109,11 @@ class rwmutex {
   // `co_await rw.lock_shared()`: shared access. Waits while a writer holds
   // or awaits the lock.
   shared_awaiter lock_shared(std::source_location where = std::source_location::current()) noexcept;
-  // rwmutex::try_lock_shared(): shared access if available now.
+  // rwmutex::try_lock_shared(): shared access if available now. False, too,
+  // when kMaxReaders readers hold it (lock_shared() then throws).
   bool try_lock_shared() noexcept {
     std::uint32_t s = state_.load(std::memory_order_relaxed);
-    while (!(s & (kWriter | kWriterWait))) {
+    while (!(s & (kWriter | kWriterWait)) && (s & kReaders) != kReaders) {
       // Acquire: pairs with the release CAS of the last writer's unlock().
       if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acquire,
                                        std::memory_order_relaxed))
@@ -125,6 +134,8 @@ class rwmutex {
   static constexpr std::uint32_t kWriterWait = 1u << 30;
   static constexpr std::uint32_t kReaderWait = 1u << 29;
   static constexpr std::uint32_t kReaders = kReaderWait - 1;  // mask of the count
+  static_assert(kReaders == kMaxReaders);
+  friend struct detail::rwmutex_probe;  // the tests' access to state_
 
   static constexpr unsigned kReaderQ = 0;  // queue indices in q_
   static constexpr unsigned kWriterQ = 1;

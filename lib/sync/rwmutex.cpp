@@ -17,7 +17,8 @@ std::uint32_t chain_length(const detail::waiter* w) noexcept {
 bool rwmutex::lock_slow(detail::waiter* w, bool writer, std::coroutine_handle<> h,
                         const std::source_location& where) {
   const char* reason = writer ? "rwmutex lock" : "rwmutex lock_shared";
-  return q_.park(
+  bool full = false;
+  const bool parked = q_.park(
       w, h, reason, where,
       [&] {
         std::uint32_t s = state_.load(std::memory_order_relaxed);
@@ -34,6 +35,11 @@ bool rwmutex::lock_slow(detail::waiter* w, bool writer, std::coroutine_handle<> 
             ns = s | kWriterWait;
           } else {
             if (!(s & (kWriter | kWriterWait))) {
+              // The count would carry into kReaderWait: refuse.
+              if ((s & kReaders) == kReaders) {
+                full = true;
+                return false;
+              }
               if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acquire,
                                                std::memory_order_relaxed))
                 return false;
@@ -50,6 +56,8 @@ bool rwmutex::lock_slow(detail::waiter* w, bool writer, std::coroutine_handle<> 
         }
       },
       writer ? kWriterQ : kReaderQ);
+  if (full) throw sync_misuse_error("mpg::rwmutex: lock_shared with 2^29 - 1 readers inside");
+  return parked;
 }
 
 void rwmutex::unqueue(detail::waiter* w, bool writer) noexcept {
