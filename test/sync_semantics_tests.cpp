@@ -9,6 +9,7 @@
 
 #include <mpg/mpg.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <climits>
@@ -207,7 +208,8 @@ struct rw_log {
 mpg::task<void> rw_reader(mpg::rwmutex* rw, rw_log* log, std::string name) {
   co_await rw->lock_shared();
   log->events.push_back(name + "+");
-  if (++log->readers_inside > log->max_readers_inside) log->max_readers_inside = log->readers_inside;
+  ++log->readers_inside;
+  log->max_readers_inside = std::max(log->max_readers_inside, log->readers_inside);
   co_await yield_some(5);
   --log->readers_inside;
   log->events.push_back(name + "-");
