@@ -10,7 +10,7 @@
 // The constructor throws std::runtime_error when io_uring cannot be set up
 // (a seccomp profile that denies io_uring_setup, as Docker's default one
 // does), and std::invalid_argument when local_queue_capacity is not a power
-// of two >= 2.
+// of two from 2 to 65536.
 //
 // ~runtime stops and joins every M. Tasks still suspended are destroyed
 // (their frames freed) and reported on stderr with their ids and names.

@@ -14,7 +14,8 @@ struct runtime_options {
   // Number of Ps, at most 4096. 0: the MPG_PROCS environment variable, else
   // the number of CPUs this process may run on (its affinity mask).
   unsigned procs = 0;
-  // Capacity of each P's local run queue; a power of two >= 2. Tests shrink
+  // Capacity of each P's local run queue; a power of two from 2 to 65536
+  // (each slot costs 20 bytes a P, in the ring and the spawn deque). Tests shrink
   // it to reach overflow and stealing edge cases.
   unsigned local_queue_capacity = 256;
   // Upper bound on OS threads (Ms), counting those blocked in mpg::blocking;

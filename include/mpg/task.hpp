@@ -258,8 +258,14 @@ class [[nodiscard]] task {
     if (h_ && !awaited_) h_.promise().caller_where_ = where;
   }
 
-  // release(): gives up ownership of the frame (used by spawn).
-  handle_type release() noexcept { return std::exchange(h_, {}); }
+  // release(): gives up ownership of the frame (used by spawn). A task
+  // that was awaited keeps its frame (finished, or running as a child) and
+  // gives a null handle: spawn, go and block_on then throw as a second
+  // await does, instead of resuming a frame past its final suspend.
+  handle_type release() noexcept {
+    if (awaited_) return {};
+    return std::exchange(h_, {});
+  }
 
  private:
   handle_type take_for_await() {

@@ -41,13 +41,17 @@ unsigned default_procs() {
 // receive buffer a ring of them can still afford.
 constexpr unsigned kMaxProcs = 4096;
 constexpr unsigned kMaxRecvBufferSize = 1u << 20;
+// A P's ring, spawn deque and overflow batch take 20 bytes a slot: 1.25 MiB
+// a P at this bound (5 GiB for 4096 Ps), where 1u << 31 asked for 40 GiB a P.
+constexpr unsigned kMaxLocalQueueCapacity = 1u << 16;
 
 scheduler::scheduler(const runtime_options& opts) : opts_(opts) {
   if (opts_.procs == 0) opts_.procs = default_procs();
   if (opts_.local_queue_capacity < 2 ||
-      (opts_.local_queue_capacity & (opts_.local_queue_capacity - 1)) != 0)
+      (opts_.local_queue_capacity & (opts_.local_queue_capacity - 1)) != 0 ||
+      opts_.local_queue_capacity > kMaxLocalQueueCapacity)
     throw std::invalid_argument(
-        "mpg: runtime_options.local_queue_capacity must be a power of two >= 2");
+        "mpg: runtime_options.local_queue_capacity must be a power of two from 2 to 65536");
   if (opts_.procs > kMaxProcs)
     throw std::invalid_argument("mpg: runtime_options.procs must be at most 4096");
   if (opts_.recv_buffers != 0 &&

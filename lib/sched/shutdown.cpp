@@ -54,6 +54,31 @@ void scheduler::shutdown_io() noexcept {
   for (auto& p : ps_) p->io->cancel_all();
 }
 
+namespace {
+// wake_killed_joiner(): a joiner parked on a task just killed (the old join
+// word), once its frame is destroyed (a woken joiner may free its memory at
+// once). One of another runtime, which nothing else would ever wake, is
+// woken as by the task's end (J3 for a select case): its join finds Killed
+// and throws. One of this runtime is among the live Gs, killed in its turn
+// (or already: a younger select took its waiter off, J4); a select's waiter
+// still gets J3's last touch, waker_done, which its J4 waits for on Killed
+// as on Done.
+void wake_killed_joiner(const scheduler* self, std::uintptr_t old) noexcept {
+  if (is_select_joiner(old)) {
+    auto* w = reinterpret_cast<join_waiter*>(old & ~kJoinSelectTag);
+    if (w->sel()->gp->sched != self) {
+      wake_select_joiner(old);  // claims, sets waker_done, readies on a win
+    } else {
+      // Release: pairs with J4's acquire, as in wake_select_joiner.
+      w->waker_done.store(1, std::memory_order_release);
+    }
+    return;
+  }
+  g* joiner = reinterpret_cast<g*>(old);
+  if (joiner->sched != self) ready(joiner);
+}
+}  // namespace
+
 void scheduler::kill_remaining(std::ostream& report) {
   // Step 4 first, before any frame is destroyed (see the top of the file).
   // No M runs (stop() joined them and sysmon), so no timer fires or is
@@ -113,15 +138,7 @@ void scheduler::kill_remaining(std::ostream& report) {
     gp->root = {};
     gp->resume = {};
     root.destroy();
-    if (old > kJoinInline) {
-      // A joiner parked on this task (possibly a task of another runtime,
-      // which nothing else would ever wake): wake it as a finish would (J3
-      // for a select case), once the frame is destroyed (the joiner may
-      // free its memory at once); its join then sees Killed and throws. A
-      // joiner of this runtime is only queued, and killed in its turn.
-      if (is_select_joiner(old)) wake_select_joiner(old);
-      else ready(reinterpret_cast<g*>(old));
-    }
+    if (old > kJoinInline) wake_killed_joiner(this, old);
   }
   thread_mutex_lock l(allg_mu_);
   for (g* gp : live) gfree_global_.push_back(gp);

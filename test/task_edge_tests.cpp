@@ -1,0 +1,174 @@
+// test/task_edge_tests.cpp: task<T>, spawn and the runtime's options at
+// their edges: a spent task spawned, absurd option values, a million-deep
+// fork-join chain, a result whose move throws, dump() during shutdown.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "mpg/mpg.hpp"
+#include "test_support.hpp"
+
+using namespace std::chrono_literals;
+
+namespace {
+
+mpg::task<int> forty_two() { co_return 42; }
+
+mpg::task<int> spawn_after_await() {
+  mpg::task<int> t = forty_two();
+  int a = co_await t;  // t is spent: its frame is at its final suspend
+  int b = -1;
+  try {
+    // Spawning a spent task must be refused as awaiting it again is.
+    b = co_await mpg::spawn(std::move(t));
+  } catch (const std::logic_error&) {
+    b = 0;
+  }
+  co_return a + b;
+}
+
+mpg::task<int> go_after_await() {
+  mpg::task<void> t = []() -> mpg::task<void> { co_return; }();
+  co_await t;
+  try {
+    mpg::go(std::move(t));
+  } catch (const std::logic_error&) {
+    co_return 1;
+  }
+  co_return 0;
+}
+
+}  // namespace
+
+TEST_CASE("spawning a task that was already awaited throws std::logic_error") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(spawn_after_await()) == 42);
+}
+
+TEST_CASE("go() of a task that was already awaited throws std::logic_error") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(go_after_await()) == 1);
+}
+
+TEST_CASE("runtime::block_on of a task that was already awaited throws std::logic_error") {
+  mpg::runtime rt({.procs = 1});
+  mpg::task<int> t = forty_two();
+  auto first = [](mpg::task<int>* t) -> mpg::task<int> { co_return co_await *t; };
+  CHECK(rt.block_on(first(&t)) == 42);
+  CHECK_THROWS_AS((void)rt.block_on(std::move(t)), std::logic_error);
+}
+
+TEST_CASE("runtime_options: an absurd local_queue_capacity is refused, not allocated") {
+  // A power of two: 1u << 31 slots would be 40 GiB a P.
+  CHECK_THROWS_AS(mpg::runtime({.procs = 1, .local_queue_capacity = 1u << 31}),
+                  std::invalid_argument);
+}
+
+TEST_CASE("runtime_options: 4096 Ps start, run a task and stop") {
+  const auto t0 = std::chrono::steady_clock::now();
+  {
+    mpg::runtime rt({.procs = 4096});
+    CHECK(rt.block_on(forty_two()) == 42);
+  }
+  MESSAGE("4096 Ps: " << std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::steady_clock::now() - t0)
+                             .count()
+                      << " ms");
+}
+
+namespace {
+mpg::task<void> spin_yield(std::atomic<bool>* stop) {
+  while (!stop->load()) co_await mpg::yield();
+}
+mpg::task<int> park_forever(mpg::chan<int> c, std::atomic<bool>* parked) {
+  parked->store(true);
+  auto v = co_await c.recv();  // nobody sends
+  co_return v ? *v : -1;
+}
+}  // namespace
+
+TEST_CASE("dump() from a plain thread while tasks run and end lists the live tasks") {
+  std::atomic<bool> stop{false};
+  mpg::chan<int> c;
+  std::atomic<bool> parked{false};
+  auto rt = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 2});
+  for (int i = 0; i < 4; ++i) rt->go(spin_yield(&stop), "spinner");
+  auto h = rt->spawn(park_forever(c, &parked), "parked");
+  h.detach();
+  REQUIRE(mpg_test::wait_until([&] { return parked.load(); }));
+  std::atomic<bool> go{false};
+  int with_the_parked_task = 0;
+  std::thread dumper([&] {
+    go.store(true);
+    for (int k = 0; k < 50; ++k) {
+      std::ostringstream os;
+      rt->dump(os);
+      if (os.str().find("parked") != std::string::npos) ++with_the_parked_task;
+    }
+  });
+  while (!go.load()) std::this_thread::yield();
+  std::thread stopper([&] {
+    std::this_thread::yield();
+    stop.store(true);
+  });
+  stopper.join();
+  dumper.join();
+  CHECK(with_the_parked_task == 50);  // every dump lists the live tasks
+  rt.reset();
+}
+
+namespace {
+mpg::task<int> fork_nest(int depth) {
+  if (depth == 0) co_return 0;
+  auto h = mpg::spawn(fork_nest(depth - 1));
+  co_return 1 + co_await h;
+}
+}  // namespace
+
+TEST_CASE("a fork-join chain a million spawns deep completes") {
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(fork_nest(1000000)) == 1000000);
+}
+
+namespace {
+// Its move throws once armed: the result is taken by a throwing move.
+struct throwing_move {
+  static inline std::atomic<bool> armed{false};
+  std::unique_ptr<int> p = std::make_unique<int>(7);
+  throwing_move() = default;
+  throwing_move(throwing_move&& o) : p(std::move(o.p)) {
+    if (armed.load()) throw std::runtime_error("move");
+  }
+};
+mpg::task<throwing_move> make_tm() { co_return throwing_move{}; }
+mpg::task<int> take_tm() {
+  int caught = 0;
+  throwing_move::armed.store(true);
+  try {
+    (void)co_await make_tm();
+  } catch (const std::runtime_error&) {
+    ++caught;
+  }
+  auto h = mpg::spawn(make_tm());
+  try {
+    (void)co_await h;
+  } catch (const std::runtime_error&) {
+    ++caught;
+  }
+  co_return caught;
+}
+}  // namespace
+
+TEST_CASE("a result whose move throws is reported at the await, nothing leaks") {
+  throwing_move::armed.store(false);
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(take_tm()) == 2);
+  throwing_move::armed.store(false);
+}
