@@ -172,3 +172,43 @@ TEST_CASE("a result whose move throws is reported at the await, nothing leaks") 
   CHECK(rt.block_on(take_tm()) == 2);
   throwing_move::armed.store(false);
 }
+
+namespace {
+std::atomic<bool> g_deep_reached{false};
+
+mpg::task<int> nest(int depth, mpg::chan<int> c) {
+  if (depth == 0) {
+    g_deep_reached.store(true);
+    auto v = co_await c.recv();  // parks at the bottom of the chain
+    co_return v ? *v : 0;
+  }
+  co_return 1 + co_await nest(depth - 1, c);
+}
+
+struct counted {  // a local of the outermost frame, destroyed last
+  int* destroyed;
+  ~counted() { ++*destroyed; }
+};
+}  // namespace
+
+// Running a chain of a million awaits takes no stack (task.hpp); destroying
+// it at shutdown, one frame's destruction inside its parent's, takes a
+// thread of its own (shutdown.cpp, destroy_root). ThreadSanitizer keeps a
+// shadow call stack of its own, of 64 Ki calls a thread, which so deep a
+// destruction overflows: there the chain is only deep enough to take that
+// thread.
+TEST_CASE("a chain of a million nested awaits parked at its bottom is killed at shutdown") {
+  constexpr int kDepth = mpg_test::kThreadSanitized ? 12000 : 1000000;
+  g_deep_reached.store(false);
+  mpg::chan<int> c;
+  int destroyed = 0;
+  {
+    mpg::runtime rt({.procs = 1});
+    rt.go([](mpg::chan<int> c, int* destroyed) -> mpg::task<void> {
+      counted outer{destroyed};
+      (void)co_await nest(kDepth, c);
+    }(c, &destroyed), "deep");
+    REQUIRE(mpg_test::wait_until([] { return g_deep_reached.load(); }));
+  }  // ~runtime destroys the root frame, and with it a million frames
+  CHECK(destroyed == 1);
+}

@@ -38,7 +38,10 @@
 // destroyed unrun right after step 4.
 // Steps 4 to 6 are kill_remaining(), which detaches the timers itself so
 // that no caller can kill frames with their timers still queued.
+#include <pthread.h>
+
 #include <algorithm>
+#include <cstddef>
 #include <ostream>
 #include <sstream>
 #include <string>
@@ -77,6 +80,58 @@ void wake_killed_joiner(const scheduler* self, std::uintptr_t old) noexcept {
   g* joiner = reinterpret_cast<g*>(old);
   if (joiner->sched != self) ready(joiner);
 }
+
+// Destroying a root frame destroys the frames it awaits, each inside its
+// parent's destruction, one stack frame or more per level: a chain of a
+// million awaits, which runs in any build (task.hpp), would need far more
+// stack than the thread has. So a deep chain is destroyed on a thread of its
+// own whose stack fits it (reserved, not committed, until used); a chain
+// under kDeepChain, on this thread as usual.
+constexpr std::size_t kDeepChain = 8192;
+constexpr std::size_t kStackPerLevel = 1024;  // room for sanitizer builds too
+
+// chain_depth(): the task frames from gp's resume point out to its root, as
+// the task dump walks them (inspect.cpp, write_await_chain); 0 when the
+// chain is not all task frames (a foreign link).
+std::size_t chain_depth(const g* gp) noexcept {
+  const void* const root = gp->root.address();
+  const void* frame = gp->resume.address();
+  std::size_t depth = 0;
+  while (frame != nullptr && frame != root) {
+    const promise_base& p =
+        std::coroutine_handle<promise_base>::from_address(const_cast<void*>(frame)).promise();
+    if (!p.awaited_by_task()) return 0;
+    frame = p.continuation_.address();
+    ++depth;
+  }
+  return frame == root ? depth : 0;
+}
+
+void destroy_root(std::coroutine_handle<> root, std::size_t depth) noexcept {
+  if (depth >= kDeepChain) {
+    pthread_attr_t attr;
+    pthread_t t;
+    if (::pthread_attr_init(&attr) == 0) {
+      const bool made =
+          ::pthread_attr_setstacksize(&attr, (depth + kDeepChain) * kStackPerLevel) == 0 &&
+          ::pthread_create(
+              &t, &attr,
+              [](void* frame) -> void* {
+                std::coroutine_handle<>::from_address(frame).destroy();
+                return nullptr;
+              },
+              root.address()) == 0;
+      ::pthread_attr_destroy(&attr);
+      if (made) {
+        ::pthread_join(t, nullptr);
+        return;
+      }
+    }
+    // No such thread: destroy here, as a shallower chain would be.
+  }
+  root.destroy();
+}
+
 }  // namespace
 
 void scheduler::kill_remaining(std::ostream& report) {
@@ -128,6 +183,7 @@ void scheduler::kill_remaining(std::ostream& report) {
     std::coroutine_handle<> root = gp->root;
     gp->status.store(g_status::dead, std::memory_order_relaxed);
     if (!root) continue;
+    const std::size_t depth = chain_depth(gp);
     frame_header* hdr = header_of(root.address());
     // acq_rel: see frame.hpp; no M runs any more, so this only orders
     // against join handles dropped on other threads.
@@ -137,7 +193,7 @@ void scheduler::kill_remaining(std::ostream& report) {
     }
     gp->root = {};
     gp->resume = {};
-    root.destroy();
+    destroy_root(root, depth);
     if (old > kJoinInline) wake_killed_joiner(this, old);
   }
   thread_mutex_lock l(allg_mu_);
