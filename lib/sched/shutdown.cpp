@@ -20,11 +20,12 @@
 //   6. Every G still live (runnable or waiting) is killed, newest first (a
 //      child before the parent it may borrow from; a sync primitive or
 //      channel freed before its waiters detaches them): its root frame is
-//      destroyed, which destroys the whole chain of frames it awaits. A frame
+//      destroyed, which destroys the whole chain of frames it awaits (a
+//      deep chain on a thread with the stack for it: destroy_root). A frame
 //      whose join_handle is still held elsewhere keeps its memory until that
-//      handle is dropped (frame.hpp, kJoinKilled). A task parked on its join
-//      is then woken as a finish would wake it, and its join throws: one of
-//      another runtime would otherwise wait for ever. Destructors that ready
+//      handle is dropped (frame.hpp, kJoinKilled). A task of another runtime
+//      parked on its join is then woken as a finish would wake it, and its
+//      join throws; it would otherwise wait for ever. Destructors that ready
 //      other Gs during this only queue them; nothing runs any more. A new
 //      fd that an op made for a killed task (an open, an accept, an
 //      io::submit of an opcode that makes one), whose result the task never
