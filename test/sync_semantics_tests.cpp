@@ -159,28 +159,26 @@ TEST_CASE("once whose f throws with several callers parked: all return, once don
 
 // -------------------------------------------------------------- fairness
 
+mpg::task<void> lock_and_log(mpg::mutex* m, std::vector<int>* order, int id) {
+  co_await m->lock();
+  order->push_back(id);
+  m->unlock();
+}
+
 // mutex: a woken waiter that loses after > 1 ms switches to starvation
 // mode; then unlock hands over directly, try_lock and arrivals do not barge.
 mpg::task<std::string> mutex_starvation_one_p() {
   mpg::mutex m;
   std::vector<int> order;
   co_await m.lock();
-  auto b = mpg::spawn([](mpg::mutex* m, std::vector<int>* order) -> mpg::task<void> {
-    co_await m->lock();
-    order->push_back(1);
-    m->unlock();
-  }(&m, &order));
+  auto b = mpg::spawn(lock_and_log(&m, &order, 1));
   co_await mpg::yield();  // B parks
   co_await mpg::sleep_for(std::chrono::milliseconds(3));  // B's wait exceeds 1 ms
   m.unlock();              // wakes B (normal mode)
   if (!m.try_lock()) co_return "normal mode: an arrival could not barge";  // documented
   co_await mpg::yield();   // B retries, loses, and starves
   // Starvation mode now: C arrives and must queue behind B.
-  auto c = mpg::spawn([](mpg::mutex* m, std::vector<int>* order) -> mpg::task<void> {
-    co_await m->lock();
-    order->push_back(2);
-    m->unlock();
-  }(&m, &order));
+  auto c = mpg::spawn(lock_and_log(&m, &order, 2));
   co_await mpg::yield();  // C parks
   m.unlock();             // hands to B directly
   if (m.try_lock()) co_return "starvation mode: try_lock barged past the queued waiter";

@@ -235,28 +235,13 @@ class oneshot_state {
     ready_chain(chain);
   }
 
-  // take_into(): take_locked() into out (R6), constructed in place, so
-  // that T moves once; if that move throws, the value stays.
+  // take_into(): the await's result into out (R6), built in place.
   void take_into(std::optional<result_type>& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_) {
-    if (status_ == oneshot_status::kFull) {
-      if constexpr (std::is_void_v<T>) {
-        out.emplace();  // OK
-      } else {
-        out.emplace(std::move(*value_));
-      }
-      status_ = oneshot_status::kTaken;
-      value_.reset();
-      return;
-    }
-    out.emplace(take_locked());
+    take_with([&out](auto&&... a) { out.emplace(std::forward<decltype(a)>(a)...); });
   }
 
-  // take_locked(): the await's result once status_ is not kEmpty.
-  result_type take_locked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_) {
-    return take_with([](auto&&... a) { return result_type(std::forward<decltype(a)>(a)...); });
-  }
-
-  // take_with(): the await's result, built by make from the value (T&&, so
+  // take_with(): the await's result (status_ is not kEmpty), built by make
+  // from the value (T&&, so
   // that T moves once, straight into make's result) or from a status; the
   // result is returned as a prvalue all the way, so it is not moved again
   // (absl::StatusOr's move constructor is noexcept whatever T's is: a
@@ -445,12 +430,7 @@ class [[nodiscard]] oneshot_recv_op : private detail::waiter {
         return r;
       }
     }
-    uncount();
-    pass_on after{this};
-    detail::spin_guard lk(s_->lock_);
-    // R4: the next waiter is taken before the result, whose move may throw.
-    if (detail::waiter* w = s_->q_.dequeue()) after.next = w->gp();
-    return s_->take_locked();
+    return take_after([](auto&&... a) { return result_type(std::forward<decltype(a)>(a)...); });
   }
 
  private:
@@ -479,6 +459,18 @@ class [[nodiscard]] oneshot_recv_op : private detail::waiter {
       op->drop_ref();
     }
   };
+
+  // take_after(): the result, built by make (take_with), of an await that
+  // took no result at once: the next waiter is taken first (R4: the move
+  // may throw), and readied and the reference dropped after the unlock.
+  template <class F>
+  decltype(auto) take_after(F&& make) {
+    uncount();
+    pass_on after{this};
+    detail::spin_guard lk(s_->lock_);
+    if (detail::waiter* w = s_->q_.dequeue()) after.next = w->gp();
+    return s_->take_with(std::forward<F>(make));
+  }
 
   void count(detail::g* gp) noexcept {
     counted_ = gp->sched;
@@ -557,11 +549,7 @@ class [[nodiscard]] oneshot_recv_op : private detail::waiter {
   // would otherwise move the StatusOr again, under its noexcept move.
   template <class V, std::size_t I>
   V sel_result_as() {
-    uncount();
-    pass_on after{this};
-    detail::spin_guard lk(s_->lock_);
-    if (detail::waiter* w = s_->q_.dequeue()) after.next = w->gp();
-    return s_->take_with(
+    return take_after(
         [](auto&&... a) { return V(std::in_place_index<I>, std::forward<decltype(a)>(a)...); });
   }
 
