@@ -209,14 +209,25 @@ spread_run spread_rounds(mpg::runtime& rt, int rounds) {
 
 TEST_CASE("Gs readied together by completions wake no M asleep in its own ring") {
   mpg_test::watchdog dog(60s, "reap_wake spread");
-  mpg::runtime rt(mpg::runtime_options{.procs = 2});
   constexpr int kRounds = 300;
-  const spread_run run = spread_rounds(rt, kRounds);
-  REQUIRE(run.echoed == kRounds);
-  REQUIRE(run.answered == kRounds);
-  MESSAGE("echo tasks on " << run.threads << " Ms; Ms woken in their rings over " << kRounds
-                           << " rounds: " << run.ring_wakeups);
-  CHECK(run.ring_wakeups < kRounds / 10);
+  // With the rule: 0-5 in most runs. Sysmon's balancing (two or more Gs
+  // queued on two samples a millisecond apart) legitimately wakes a ring
+  // sleeper when a P keeps its Gs queued, and under TSan, which runs a round
+  // about ten times slower, that made 22 to 68 in about one run of 20.
+  // Without the rule (wake_p() for such Gs): 117 to 154 under TSan in every
+  // run. So the check takes the fewest of up to three runs, each on a
+  // runtime of its own: a broken rule fails all three.
+  std::uint64_t fewest = ~std::uint64_t{0};
+  for (int attempt = 0; attempt < 3 && fewest >= kRounds / 10; ++attempt) {
+    mpg::runtime rt(mpg::runtime_options{.procs = 2});
+    const spread_run run = spread_rounds(rt, kRounds);
+    REQUIRE(run.echoed == kRounds);
+    REQUIRE(run.answered == kRounds);
+    MESSAGE("echo tasks on " << run.threads << " Ms; Ms woken in their rings over " << kRounds
+                             << " rounds: " << run.ring_wakeups);
+    fewest = std::min(fewest, run.ring_wakeups);
+  }
+  CHECK(fewest < kRounds / 10);
 }
 
 namespace {
