@@ -190,27 +190,32 @@ TEST_CASE("go runs detached tasks, inside a task and from runtime::go") {
 }
 
 // finish_root: a detached task's exception has no one to observe it, so the
-// process ends with a report naming the task (spawn.hpp), for a task
-// started with go() and for one whose handle was dropped before it ended.
+// process ends with a report naming the task (spawn.hpp): for a task started
+// with go(), for one whose handle was dropped before it ended, and for one
+// whose handle is dropped, unjoined, after it ended by throwing.
 TEST_CASE("an exception escaping a detached task aborts with a report naming the task") {
-  for (bool by_go : {true, false}) {
-    CAPTURE(by_go);
+  for (int how : {0, 1, 2}) {
+    CAPTURE(how);
     bool aborted = false;
     const std::string err = mpg_test::run_in_child(
-        [by_go] {
+        [how] {
           mpg::runtime rt({.procs = 1});
-          rt.block_on([](bool go) -> mpg::task<void> {
+          rt.block_on([](int how) -> mpg::task<void> {
             auto fails = []() -> mpg::task<void> {
               co_await mpg::yield();  // ends after the spawner has moved on
               throw std::runtime_error("lost on purpose");
             };
-            if (go) {
+            if (how == 0) {
               mpg::go(fails(), "fails-detached");
-            } else {
+            } else if (how == 1) {
               (void)mpg::spawn(fails(), "fails-detached");  // the handle dropped at once
+            } else {
+              auto h = mpg::spawn(fails(), "fails-detached");
+              for (int i = 0; i < 4; ++i) co_await mpg::yield();  // it has thrown
+              h.detach();
             }
             for (int i = 0; i < 4; ++i) co_await mpg::yield();
-          }(by_go));
+          }(how));
         },
         &aborted);
     INFO(err);

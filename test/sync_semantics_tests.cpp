@@ -435,3 +435,50 @@ TEST_CASE("recursive once and relocking a held mutex end in deadlock_error") {
     co_await m.lock();
   }()), mpg::deadlock_error);
 }
+
+// An acquire awaiter kept in a variable and awaited again acquires again:
+// with one permit held by the first await, the second parks (and, with no
+// one to release, block_on reports the deadlock).
+TEST_CASE("a stored acquire awaiter awaited twice acquires twice") {
+  mpg::runtime rt({.procs = 1});
+  CHECK_THROWS_AS(rt.block_on([]() -> mpg::task<void> {
+    mpg::semaphore sem(1);
+    auto a = sem.acquire();
+    co_await a;
+    CHECK(sem.available() == 0);
+    co_await a;
+  }()), mpg::deadlock_error);
+  CHECK_THROWS_AS(rt.block_on([]() -> mpg::task<void> {
+    mpg::rwmutex rw;
+    auto a = rw.lock();
+    co_await a;
+    co_await a;
+  }()), mpg::deadlock_error);
+  CHECK_THROWS_AS(rt.block_on([]() -> mpg::task<void> {
+    mpg::rwmutex rw;
+    auto r = rw.lock_shared();
+    co_await r;
+    co_await rw.lock();  // parks the writer: a later reader waits behind it
+    co_await r;
+  }()), mpg::deadlock_error);
+  // mutex: the first await parks (the lock is held by another task), the
+  // second takes the fast path, the third parks for ever.
+  int reached = 0;
+  CHECK_THROWS_AS(rt.block_on([](int* reached) -> mpg::task<void> {
+    mpg::mutex m;
+    co_await m.lock();
+    auto unlocker = mpg::spawn([](mpg::mutex* m) -> mpg::task<void> {
+      m->unlock();
+      co_return;
+    }(&m));
+    auto a = m.lock(std::source_location::current());
+    co_await a;  // parks until the unlocker runs
+    co_await unlocker;
+    m.unlock();
+    co_await a;  // fast path
+    CHECK_FALSE(m.try_lock());
+    *reached = 1;
+    co_await a;
+  }(&reached)), mpg::deadlock_error);
+  CHECK(reached == 1);
+}

@@ -162,9 +162,11 @@ class [[nodiscard]] rwmutex::acquire_awaiter : private detail::waiter {
     if (this->queued()) [[unlikely]]
       m_->unqueue(this, Exclusive);
   }
+  // acquired_ is set afresh by each await: an awaiter awaited again
+  // acquires again.
   bool await_ready() noexcept {
-    if (!(Exclusive ? m_->try_lock() : m_->try_lock_shared())) return false;
-    acquired_ = true;
+    acquired_ = Exclusive ? m_->try_lock() : m_->try_lock_shared();
+    if (!acquired_) return false;
     return !detail::consume_budget_now();
   }
   bool await_suspend(std::coroutine_handle<> h) {

@@ -123,9 +123,11 @@ class [[nodiscard]] semaphore::acquire_awaiter : private detail::waiter {
       s_->unqueue(this);
   }
 
+  // acquired_ is set afresh by each await: an awaiter awaited again
+  // acquires again.
   bool await_ready() noexcept {
-    if (!s_->try_acquire()) return false;
-    acquired_ = true;
+    acquired_ = s_->try_acquire();
+    if (!acquired_) return false;
     return !detail::consume_budget_now();
   }
   bool await_suspend(std::coroutine_handle<> h) {

@@ -6,7 +6,9 @@
 // lib/sched/work_deque.hpp). The returned join_handle<T> is awaited at most
 // once for the task's result; its exception is rethrown there. Dropping the
 // handle detaches the task; an exception escaping a detached task (or a
-// `go` task) terminates the process with a report naming the task.
+// `go` task) terminates the process with a report naming the task, and so
+// does dropping, unjoined, the handle of a task that has ended by throwing:
+// an exception is never lost unseen, as in Go a goroutine's panic is not.
 //
 // Where a join resumes: if the task had finished, co_await completes without
 // suspending (unless the cooperative budget ran out, then it yields once).
