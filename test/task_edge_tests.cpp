@@ -212,3 +212,36 @@ TEST_CASE("a chain of a million nested awaits parked at its bottom is killed at 
   }  // ~runtime destroys the root frame, and with it a million frames
   CHECK(destroyed == 1);
 }
+
+namespace {
+// Each level spawns the next and joins it: the join runs the child inline
+// (it is the newest entry of the P's deque), so the chain is one G, and its
+// kill destroys each child from its parent's handle (drop_join, spawn.hpp:
+// the kJoinInline branch), one frame's destruction inside its parent's as
+// for plain awaits.
+mpg::task<int> nest_spawned(int depth, mpg::chan<int> c) {
+  if (depth == 0) {
+    g_deep_reached.store(true);
+    auto v = co_await c.recv();
+    co_return v ? *v : 0;
+  }
+  auto child = mpg::spawn(nest_spawned(depth - 1, c));
+  co_return 1 + co_await child;
+}
+}  // namespace
+
+TEST_CASE("a chain of a million inline joins parked at its bottom is killed at shutdown") {
+  constexpr int kDepth = mpg_test::kThreadSanitized ? 12000 : 1000000;
+  g_deep_reached.store(false);
+  mpg::chan<int> c;
+  int destroyed = 0;
+  {
+    mpg::runtime rt({.procs = 1});
+    rt.go([](mpg::chan<int> c, int* destroyed) -> mpg::task<void> {
+      counted outer{destroyed};
+      (void)co_await nest_spawned(kDepth, c);
+    }(c, &destroyed), "deep-joins");
+    REQUIRE(mpg_test::wait_until([] { return g_deep_reached.load(); }));
+  }
+  CHECK(destroyed == 1);
+}
