@@ -97,6 +97,14 @@ TEST_CASE("saturating_add: short durations of any type stay short; only huge one
   }
   CHECK(mpg::detail::saturating_add(max - 5ns, 10ns) == max);
   CHECK(mpg::detail::saturating_add(max - 5ns, 4ns) == max - 1ns);
+  // A double just below the room left: in long double nanoseconds it fits
+  // (2^63 - 1333 ns against 2^63 - 1201), but converted in double it rounds
+  // up to 2^63 - 1024 ns, which t's 1200 ns carry past INT64_MAX.
+  const tp t(1200ns);
+  const duration<double> just_below(9223372036.854774);
+  REQUIRE(duration_cast<duration<long double, std::nano>>(just_below) <
+          duration_cast<duration<long double, std::nano>>(max - t));
+  CHECK(mpg::detail::saturating_add(t, just_below) > t + hours(24 * 365 * 200));
 }
 
 mpg::task<std::string> fine_grained_after() {

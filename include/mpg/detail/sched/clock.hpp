@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <type_traits>
 
 namespace mpg::detail {
 
@@ -36,15 +37,25 @@ inline steady_time from_ns(std::int64_t ns) noexcept {
 // a narrow or fine-grained Rep (duration<int, std::micro>,
 // duration<long long, std::pico>) nor wraps, so a short duration never
 // becomes "never"; past it, d in nanoseconds is below INT64_MAX, so its
-// conversion cannot overflow either.
+// conversion cannot overflow either. A floating Rep is rounded up in long
+// double too, and compared again: converted in its own type (a double's 53
+// bits), a d just below the room left can round up past it.
 template <class Rep, class Period>
 constexpr steady_time saturating_add(steady_time t, std::chrono::duration<Rep, Period> d) noexcept {
   using ld_ns = std::chrono::duration<long double, std::nano>;
   if (!(d > d.zero())) return t;
   const steady_time::duration left = steady_time::max() - t;
-  if (std::chrono::duration_cast<ld_ns>(d) >= std::chrono::duration_cast<ld_ns>(left))
-    return steady_time::max();
-  return t + std::chrono::ceil<steady_time::duration>(d);
+  const long double want = std::chrono::duration_cast<ld_ns>(d).count();
+  const long double room = std::chrono::duration_cast<ld_ns>(left).count();
+  if (want >= room) return steady_time::max();
+  if constexpr (std::is_floating_point_v<Rep>) {
+    // want < room <= INT64_MAX, and room is whole: the rounded-up ns fits.
+    auto ns = static_cast<std::int64_t>(want);
+    if (static_cast<long double>(ns) < want) ++ns;
+    return t + std::chrono::duration_cast<steady_time::duration>(std::chrono::nanoseconds(ns));
+  } else {
+    return t + std::chrono::ceil<steady_time::duration>(d);
+  }
 }
 
 // deadline_after(): now + d, as saturating_add().
