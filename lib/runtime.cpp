@@ -7,6 +7,7 @@
 #include <condition_variable>
 
 #include <algorithm>
+#include <atomic>
 #include <iostream>
 #include <memory>
 #include <new>
@@ -29,17 +30,61 @@ namespace detail {
 // holds no P, so blocking it is fine. (thread_mutex, a std::mutex, rather
 // than absl::Mutex in lib/: see thread_mutex.hpp.) Shared by block_on and
 // its waiter task (runtime.hpp, block_on_slot).
+//
+// Deadlock checks and blocking calls. A block_on called inside
+// mpg::blocking (the thread has given its P away) is listed, with a number
+// in the order such waits began, by that blocking call's runtime, `home`
+// (scheduler::blocking_wait_begin). While listed, the call returns only
+// when a task ends or the block_on throws. A check numbered k (its own
+// wait's number; 0 on a plain thread) takes no listed call numbered up to
+// k for a possible wake-up (inspect.cpp, inert()). So of several such
+// block_ons all stuck, side by side or nested (a later one inside a task
+// that an earlier one waits for), the latest reports first: its throw may
+// be what lets the others' tasks end. An earlier one, and a plain thread's,
+// reports only once nothing it waits for can return. The waiter task
+// unlists the call as it signals, on its M, with its P held, so that no
+// look of a check sees the call unlisted and that P idle while the call
+// is about to return; the thread unlists it if it leaves otherwise (a
+// deadlock_error).
 struct block_on_state {
   thread_mutex mu;
   std::condition_variable cv;
   bool done ABSL_GUARDED_BY(mu) = false;
+  scheduler* home = nullptr;
+  scheduler::blocking_wait wait;  // wait.seq: 0 unless listed by home
+  bool listed ABSL_GUARDED_BY(mu) = false;
+
+  void unlist() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (listed) {
+      listed = false;
+      home->blocking_wait_end(&wait);  // lock order: mu, then home's mu_
+    }
+  }
+  ~block_on_state() {
+    thread_mutex_lock l(mu);
+    unlist();  // block_on left before it waited (its spawn threw)
+  }
 };
 
 std::shared_ptr<block_on_state> new_block_on_state() {
-  return std::make_shared<block_on_state>();
+  // Relaxed: the numbers need only be distinct and ordered among
+  // themselves; the lists are read under each runtime's mu_.
+  static std::atomic<std::uint64_t> waits_begun{0};
+  auto st = std::make_shared<block_on_state>();
+  if (machine* m = current_m(); m != nullptr && m->p() == nullptr && m->blocking_from != nullptr) {
+    // Inside mpg::blocking of m->sched, which lives at least until this
+    // call returns, and so until the state is unlisted.
+    st->home = m->sched;
+    st->wait.seq = waits_begun.fetch_add(1, std::memory_order_relaxed) + 1;
+    thread_mutex_lock l(st->mu);
+    st->home->blocking_wait_begin(&st->wait);
+    st->listed = true;
+  }
+  return st;
 }
 void block_on_signal(block_on_state* st) noexcept {
   thread_mutex_lock l(st->mu);
+  st->unlist();
   st->done = true;
   st->cv.notify_one();
 }
@@ -111,7 +156,7 @@ void unregister_runtime(const scheduler* s) noexcept {
 }
 // others_inert(): no runtime of the process but `self` can wake a task now;
 // *progress gets the sum of their progress counters.
-bool others_inert(const scheduler* self, std::uint64_t* progress, const scheduler* home) {
+bool others_inert(const scheduler* self, std::uint64_t* progress, std::uint64_t waits_upto) {
   runtime_registry& r = registry();
   thread_mutex_lock l(r.mu);
   bool inert = true;
@@ -119,7 +164,7 @@ bool others_inert(const scheduler* self, std::uint64_t* progress, const schedule
   for (const scheduler* s : r.all) {
     if (s == self) continue;
     std::uint64_t p = 0;
-    if (!s->inert(&p, s == home ? 1 : 0)) inert = false;
+    if (!s->inert(&p, waits_upto)) inert = false;
     sum += p;
   }
   *progress = sum;
@@ -134,14 +179,9 @@ void block_on_wait(scheduler* s, block_on_state* st) {
   // such looks in a row mean every task waits on something only another
   // task could provide. Threads outside the runtimes are not counted as
   // possible wakers (docs/diagnostics.md, "Deadlock detection").
-  // Called inside mpg::blocking (allowed: the thread holds no P), this
-  // thread's own call is counted by its runtime (`home`) as a possible
-  // wake-up; but it waits for this block_on, so this check leaves it out
-  // (else a deadlock of the task waited for hangs here unreported). Other
-  // checks still count it: this block_on may yet throw and let it return.
-  const scheduler* home = nullptr;
-  if (machine* m = current_m(); m != nullptr && m->p() == nullptr && m->blocking_from != nullptr)
-    home = m->sched;
+  // Calls inside mpg::blocking that wait in a block_on begun no later than
+  // this one are no possible wake-up (block_on_state, above).
+  const std::uint64_t waits_upto = st->wait.seq;
   std::uint64_t last_progress = 0;
   int quiet_looks = 0;
   thread_mutex_lock l(st->mu);
@@ -149,7 +189,7 @@ void block_on_wait(scheduler* s, block_on_state* st) {
                      [st]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(st->mu) { return st->done; })) {
     std::uint64_t progress = 0, elsewhere = 0;
     const bool quiet =
-        s->quiescent(&progress, s == home ? 1 : 0) && others_inert(s, &elsewhere, home);
+        s->quiescent(&progress, waits_upto) && others_inert(s, &elsewhere, waits_upto);
     progress += elsewhere;  // compared for equality only: wrapping is harmless
     if (quiet && (quiet_looks == 0 || progress == last_progress)) {
       ++quiet_looks;
@@ -160,8 +200,19 @@ void block_on_wait(scheduler* s, block_on_state* st) {
     if (auto hook = g_deadlock_look_hook.load(std::memory_order_relaxed)) [[unlikely]]
       hook(quiet_looks);
     if (quiet_looks >= 3) break;
+    // ~runtime has begun (which only a thread inside one of its blocking
+    // calls can see here: ~runtime waits for those): no M runs the task
+    // again.
+    if (s->stopping()) break;
   }
   if (st->done) return;
+  // This thread returns now: its blocking call, if any, is a possible
+  // wake-up again.
+  st->unlist();
+  if (s->stopping()) {
+    throw runtime_misuse_error(
+        "mpg: runtime::block_on: the runtime is shutting down; the task will not run");
+  }
   // Deadlock. The dump stops the world, so it runs without st->mu: a task
   // that ends now (woken by a thread the check does not count) must not
   // block its M on that lock, and its result is taken if it came meanwhile.

@@ -205,3 +205,97 @@ TEST_CASE("schedule() from a plain coroutine inside mpg::blocking hops to anothe
   a.block_on(bt_hop_from_blocking(b.handle(), &out));
   CHECK(out.load() == 1);
 }
+
+// The same hop to the blocking call's own runtime: the thread is one of its
+// Ms, but holds no P, so it posts as any other thread does.
+TEST_CASE("schedule() from a plain coroutine inside mpg::blocking hops onto a P of its runtime") {
+  mpg::runtime rt({.procs = 1});
+  std::atomic<int> out{0};
+  rt.block_on([](std::atomic<int>* out) -> mpg::task<void> {
+    co_await bt_hop_from_blocking(mpg::runtime_handle::current(), out);
+  }(&out));
+  CHECK(out.load() == 1);
+}
+
+namespace {
+
+mpg::task<void> bt_two_blocking_block_ons(mpg::runtime* rt, mpg::chan<int> c1,
+                                          mpg::chan<int> c2, std::atomic<int>* in1,
+                                          std::atomic<int>* in2) {
+  auto h1 = mpg::spawn(bt_block_on_inside_blocking(rt, c1, in1));
+  auto h2 = mpg::spawn(bt_block_on_inside_blocking(rt, c2, in2));
+  co_await h1;
+  co_await h2;
+}
+
+}  // namespace
+
+// Two blocking calls side by side, each waiting in a block_on for a task
+// that never ends: the later one's check takes neither call for a possible
+// wake-up and reports; then the earlier one's (lib/runtime.cpp,
+// block_on_state).
+TEST_CASE("two blocking calls each waiting in block_on of a stuck task: both report") {
+  mpg::runtime rt({.procs = 1});
+  mpg::chan<int> c1, c2;  // nobody sends (until the test unsticks a hang)
+  std::atomic<int> in1{0}, in2{0}, outer{0};
+  std::thread t([&] {
+    outer.store(bt_outcome(
+        [&] { rt.block_on(bt_two_blocking_block_ons(&rt, c1, c2, &in1, &in2)); }));
+  });
+  const bool ended =
+      mpg_test::wait_until([&] { return in1.load() != 0 && in2.load() != 0; }, 10s);
+  if (in1.load() == 0) (void)c1.try_send(1);
+  if (in2.load() == 0) (void)c2.try_send(1);
+  t.join();
+  CHECK(ended);
+  CHECK(in1.load() == 3);
+  CHECK(in2.load() == 3);
+  // The plain thread's check counts both calls as possible wake-ups (they
+  // may throw): their throws let the outer task end.
+  CHECK(outer.load() == 1);
+}
+
+namespace {
+
+mpg::task<int> bt_one() { co_return 1; }
+
+// A blocking call that, once ~runtime has begun (its handle refuses posts),
+// runs block_on on the same runtime.
+mpg::task<void> bt_block_on_during_shutdown(mpg::runtime* rt, std::atomic<int>* stage,
+                                            std::atomic<int>* result) {
+  mpg::runtime_handle h = mpg::runtime_handle::current();
+  co_await mpg::blocking([rt, h, stage, result] {
+    stage->store(1);
+    // Bounded: the test destroys the runtime once stage is 1.
+    if (!mpg_test::wait_until([&] { return !h.post([] {}); }, 10s)) return;
+    stage->store(2);
+    result->store(bt_outcome([&] { (void)rt->block_on(bt_one()); }));
+  });
+}
+
+}  // namespace
+
+// ~runtime waits for every M, one inside mpg::blocking included, and runs
+// no task: a block_on made there meanwhile throws runtime_misuse_error
+// (runtime.hpp) rather than wait for ever, with ~runtime waiting for it.
+TEST_CASE("block_on inside mpg::blocking while ~runtime runs throws, and ~runtime returns") {
+  auto rt = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1});
+  std::atomic<int> stage{0}, result{0};
+  rt->go(bt_block_on_during_shutdown(rt.get(), &stage, &result));
+  REQUIRE(mpg_test::wait_until([&] { return stage.load() == 1; }, 10s));
+  std::atomic<bool> destroyed{false};
+  std::thread killer([&] {
+    rt.reset();
+    destroyed.store(true);
+  });
+  const bool ok = mpg_test::wait_until([&] { return destroyed.load(); }, 10s);
+  if (!ok) {
+    MESSAGE("stage " << stage.load() << ", ~runtime still running after 10 s");
+    CHECK(ok);
+    std::fflush(nullptr);
+    std::_Exit(1);  // the destructor cannot be unstuck
+  }
+  killer.join();
+  CHECK(stage.load() == 2);
+  CHECK(result.load() == 2);
+}

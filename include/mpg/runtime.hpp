@@ -130,7 +130,9 @@ class runtime {
   // block_on(): run t to completion from a plain thread; returns its value or
   // rethrows its exception. Throws std::logic_error on a thread that holds a
   // P (inside a task or a posted function), and mpg::deadlock_error when
-  // every task is blocked with no possible wake-up.
+  // every task is blocked with no possible wake-up. Called inside
+  // mpg::blocking, it throws runtime_misuse_error if ~runtime begins while
+  // it waits (~runtime waits for that blocking call, and runs no task).
   template <class T>
   T block_on(task<T> t) {
     detail::check_block_on_caller();

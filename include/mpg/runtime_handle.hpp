@@ -70,6 +70,9 @@ bool in_mpg_task() noexcept;
 // in_task_on_p(): the caller is a task running on a P (not the thread of
 // an mpg::blocking call, which keeps its task's G but holds no P).
 bool in_task_on_p() noexcept;
+// on_p(): the caller runs on an M that holds a P (a task or a posted
+// function; not the thread of an mpg::blocking call).
+bool on_p() noexcept;
 [[noreturn]] void throw_schedule_misuse(bool runtime_gone);
 }  // namespace detail
 
@@ -122,7 +125,9 @@ class runtime_handle {
 struct runtime_handle::schedule_awaiter {
   runtime_handle h;
   bool failed = false;
-  bool await_ready() const noexcept { return h.running_in_this_thread(); }
+  // Inside mpg::blocking the thread is one of the runtime's Ms but holds no
+  // P: it hops as any other thread does.
+  bool await_ready() const noexcept { return h.running_in_this_thread() && detail::on_p(); }
   bool await_suspend(std::coroutine_handle<> c) {
     if (detail::in_task_on_p()) detail::throw_schedule_misuse(false);
     // After a successful post, c may already run elsewhere and destroy

@@ -110,6 +110,7 @@ fault_config parse_faults(std::string_view spec, std::string* errors) {
         bad("want seed=an unsigned integer");
       } else {
         c.seed = s;
+        c.seeded = true;
       }
     } else if (key == "kinds") {
       unsigned kinds = 0;
@@ -148,7 +149,7 @@ fault_config faults_from_options(const char* option) {
   for (absl::string_view line : absl::StrSplit(errors, '\n', absl::SkipEmpty())) {
     std::fprintf(stderr, "mpg: %s: %.*s\n", source, static_cast<int>(line.size()), line.data());
   }
-  if (c.on() && c.seed == 0) {
+  if (c.on() && !c.seeded) {
     c.seed = static_cast<std::uint64_t>(
         std::chrono::steady_clock::now().time_since_epoch().count());
   }

@@ -105,6 +105,7 @@ struct fault_config {
   double rate = 0;
   unsigned kinds = 0;       // bit (1 << io_fault)
   std::uint64_t seed = 0;
+  bool seeded = false;      // seed was given (0 included)
   bool on() const noexcept { return rate > 0 && kinds != 0; }
 };
 

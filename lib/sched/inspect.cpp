@@ -32,7 +32,10 @@
 //     M, and an M leaving mpg::blocking finds no idle P and queues its G.
 //     A P that does not come within kStopTimeout (a task that never yields,
 //     or a runtime shutting down, which drops posted functions) leaves the
-//     dump without chains, saying so.
+//     dump without chains, saying so. Stops come one at a time (stw_mu_):
+//     two that each held some of the Ps would wait for each other's. A
+//     caller that holds a P waits for another stop only as long as that
+//     stop may wait for its P, then goes without chains.
 #include <chrono>
 #include <condition_variable>
 #include <memory>
@@ -47,7 +50,7 @@
 
 namespace mpg::detail {
 
-bool scheduler::inert(std::uint64_t* progress, std::uint32_t own_blocking) const {
+bool scheduler::inert(std::uint64_t* progress, std::uint64_t waits_upto) const {
   std::uint64_t runs = gpushes_.load(std::memory_order_relaxed) + posts_run_.load(std::memory_order_relaxed);
   bool quiet = external_wakers_.load(std::memory_order_relaxed) == 0 &&
                putters_.load(std::memory_order_relaxed) == 0 && !posts_queued();
@@ -60,9 +63,15 @@ bool scheduler::inert(std::uint64_t* progress, std::uint32_t own_blocking) const
   }
   {
     // Under mu_, where all three change (blocking.cpp, "The deadlock
-    // check"): a G leaving mpg::blocking is counted by one of them.
+    // check"): a G leaving mpg::blocking is counted by one of them. A call
+    // waiting in a block_on numbered up to waits_upto is no wake-up
+    // (runtime.cpp, block_on_state): it is unlisted while the task that
+    // ends its block_on still holds its P.
     thread_mutex_lock l(mu_);
-    if (nblocking_.load(std::memory_order_relaxed) != own_blocking ||
+    std::uint32_t waiting = 0;
+    for (const blocking_wait* w = blocking_waits_; w != nullptr; w = w->next)
+      if (w->seq <= waits_upto) ++waiting;
+    if (nblocking_.load(std::memory_order_relaxed) != waiting ||
         gsize_.load(std::memory_order_relaxed) != 0 ||
         npidle_.load(std::memory_order_relaxed) != procs())
       quiet = false;
@@ -71,8 +80,23 @@ bool scheduler::inert(std::uint64_t* progress, std::uint32_t own_blocking) const
   return quiet;
 }
 
-bool scheduler::quiescent(std::uint64_t* progress, std::uint32_t own_blocking) const {
-  return inert(progress, own_blocking) && live_gs() != 0;
+bool scheduler::quiescent(std::uint64_t* progress, std::uint64_t waits_upto) const {
+  return inert(progress, waits_upto) && live_gs() != 0;
+}
+
+void scheduler::blocking_wait_begin(blocking_wait* w) noexcept {
+  thread_mutex_lock l(mu_);
+  w->next = blocking_waits_;
+  blocking_waits_ = w;
+}
+void scheduler::blocking_wait_end(blocking_wait* w) noexcept {
+  thread_mutex_lock l(mu_);
+  for (blocking_wait** at = &blocking_waits_; *at != nullptr; at = &(*at)->next) {
+    if (*at == w) {
+      *at = w->next;
+      return;
+    }
+  }
 }
 
 runtime_stats scheduler::stats() const {
@@ -206,8 +230,13 @@ bool same_site(std::source_location a, std::source_location b) {
 
 }  // namespace
 
-void write_await_chain(std::ostream& os, const g* gp) {
-  if (gp->status.load(std::memory_order_relaxed) != g_status::waiting || !gp->resume) return;
+void write_await_chain(std::ostream& os, const g* gp, bool readied_too) {
+  const g_status st = gp->status.load(std::memory_order_relaxed);
+  const bool parked =
+      st == g_status::waiting ||
+      (readied_too && st == g_status::runnable &&
+       gp->wait_reason.load(std::memory_order_relaxed) != nullptr);
+  if (!parked || !gp->resume) return;
   std::source_location last = gp->wait_where.load(std::memory_order_relaxed);
   write_site(os, last);
   // The parked frame is a task frame (runtime awaiters park only the task
@@ -238,14 +267,30 @@ std::shared_ptr<void> scheduler::stop_the_world() const {
     unsigned arrived ABSL_GUARDED_BY(mu) = 0;
     bool released ABSL_GUARDED_BY(mu) = false;
   };
+  // One stop at a time: two that each hold some of the Ps would wait for
+  // each other's until both time out (and run_posted() may batch both
+  // first holds onto one M). A caller holding one of our Ps waits for
+  // another stop only as long as that stop may wait for its P.
+  const machine* me = current_m();
+  const bool holds_p = me != nullptr && me->sched == this && me->p() != nullptr;
+  std::unique_lock<std::timed_mutex> one(stw_mu_, std::defer_lock);
+  if (holds_p) {
+    if (!one.try_lock_for(kStopTimeout)) return nullptr;
+  } else {
+    one.lock();
+  }
   auto st = std::make_shared<stop_state>();
-  std::shared_ptr<void> release(st.get(), [st](void*) {
-    thread_mutex_lock l(st->mu);
-    st->released = true;
-    st->cv.notify_all();
+  auto stw = std::make_shared<std::unique_lock<std::timed_mutex>>(std::move(one));
+  std::shared_ptr<void> release(st.get(), [st, stw](void*) {
+    {
+      thread_mutex_lock l(st->mu);
+      st->released = true;
+      st->cv.notify_all();
+    }
+    stw->unlock();  // the Ps go first
   });
   unsigned need = procs();
-  if (machine* m = current_m(); m != nullptr && m->sched == this && m->p() != nullptr) --need;
+  if (holds_p) --need;
   for (unsigned i = 0; i < need; ++i) {
     auto hold = [st] {
       thread_mutex_lock l(st->mu);

@@ -243,6 +243,10 @@ void handle_waker_remove(handle_state* st) noexcept {
 }
 
 bool in_mpg_task() noexcept { return current_g() != nullptr; }
+bool on_p() noexcept {
+  machine* m = current_m();
+  return m != nullptr && m->p() != nullptr;
+}
 bool in_task_on_p() noexcept {
   machine* m = current_m();
   return current_g() != nullptr && m != nullptr && m->p() != nullptr;

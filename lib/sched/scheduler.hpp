@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <iosfwd>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -35,8 +36,11 @@
 namespace mpg::detail {
 
 // The await chain of a parked G (inspect.cpp): one indented line per
-// coroutine, innermost first. Only while no M can run gp.
-void write_await_chain(std::ostream& os, const g* gp);
+// coroutine, innermost first. Only while no M can run gp. readied_too: also
+// of a runnable G readied from a park that has not run since (its wait
+// reason is still set: every requeue and every resume from a cancelled
+// park clears it), as the shutdown report finds the Gs its ring cancels woke.
+void write_await_chain(std::ostream& os, const g* gp, bool readied_too = false);
 
 // Test hook: give_up_p() (find_runnable.cpp) calls it under mu_ when P1
 // found no G and no posted function, before it parks or releases its P:
@@ -153,16 +157,23 @@ class scheduler {
   // guard goes; null when that failed (inspect.cpp).
   std::shared_ptr<void> stop_the_world() const;
   // inert(): nothing here can wake a task now: every P idle, no G
-  // runnable, no timer pending, no I/O in flight, no M in mpg::blocking,
+  // runnable, no timer pending, no I/O in flight, no M in mpg::blocking
+  // (but those waiting in a block_on numbered up to `waits_upto`, below),
   // no external waker, no posted function queued; *progress gets a counter
   // that moves whenever anything runs (block_on_wait in runtime.cpp
   // compares two samples). Any thread.
-  // `own_blocking` (0 or 1): calls inside mpg::blocking not to count, the
-  // checking thread's own (block_on called inside mpg::blocking: that call
-  // waits for this very check's block_on, runtime.cpp block_on_wait).
-  bool inert(std::uint64_t* progress, std::uint32_t own_blocking = 0) const;
+  bool inert(std::uint64_t* progress, std::uint64_t waits_upto = 0) const;
   // quiescent(): inert, with live tasks (which then wait on each other).
-  bool quiescent(std::uint64_t* progress, std::uint32_t own_blocking = 0) const;
+  bool quiescent(std::uint64_t* progress, std::uint64_t waits_upto = 0) const;
+  // A call inside mpg::blocking of this runtime that waits in a block_on
+  // (of any runtime), numbered in the order such waits began, from 1
+  // (runtime.cpp, block_on_state). Listed while it waits.
+  struct blocking_wait {
+    std::uint64_t seq = 0;
+    blocking_wait* next = nullptr;
+  };
+  void blocking_wait_begin(blocking_wait* w) noexcept;
+  void blocking_wait_end(blocking_wait* w) noexcept;
   std::uint64_t live_gs() const noexcept;
   void external_waker_add() noexcept { external_wakers_.fetch_add(1, std::memory_order_relaxed); }
   void external_waker_remove() noexcept { external_wakers_.fetch_sub(1, std::memory_order_relaxed); }
@@ -326,6 +337,8 @@ class scheduler {
   // Ms inside mpg::blocking: changed and read by the deadlock check under
   // mu_ (blocking.cpp, "The deadlock check"); relaxed, the lock orders it.
   std::atomic<std::uint32_t> nblocking_{0};
+  // Of those, the calls waiting in a block_on (blocking_wait_begin).
+  blocking_wait* blocking_waits_ ABSL_GUARDED_BY(mu_) = nullptr;
   // Possible wake-ups from outside the runtime (g.hpp, external_waker_add).
   // Relaxed: a count for the deadlock check, which confirms it on several
   // looks 50 ms apart, like nblocking_.
@@ -348,6 +361,9 @@ class scheduler {
   std::atomic<std::uint64_t> posts_run_{0};  // relaxed: progress for the deadlock check
   std::shared_ptr<handle_state> handle_state_;
 
+  // Held by stop_the_world() from its first post until its guard goes, so
+  // that stops of the world come one at a time (inspect.cpp).
+  mutable std::timed_mutex stw_mu_;
   // Registry of every G ever created (never shrinks; Gs are reused).
   mutable thread_mutex allg_mu_;
   // for_each_g(): every G ever created (they live in g_blocks_).

@@ -163,21 +163,23 @@ void scheduler::kill_remaining(std::ostream& report) {
   // parent's frame, is destroyed before the parent (parking_queue.hpp).
   std::sort(live.begin(), live.end(), [](g* a, g* b) { return a->id.load(std::memory_order_relaxed) > b->id.load(std::memory_order_relaxed); });
   std::ostringstream names;
-  std::size_t shown = 0;
-  for (g* gp : live) {
-    if (shown++ < 20) {
-      const char* n = gp->name.load(std::memory_order_relaxed);
-      const char* why = gp->wait_reason.load(std::memory_order_relaxed);
-      names << "\n  task " << gp->id.load(std::memory_order_relaxed) << (n ? " (" : "") << (n ? n : "") << (n ? ")" : "") << ": "
-            << to_string(gp->status.load(std::memory_order_relaxed));
-      if (why) names << " on " << why;
-      std::ostringstream chain;  // no M runs: the chain is still (inspect.cpp)
-      write_await_chain(chain, gp);
-      std::string text = chain.str();
-      if (!text.empty()) names << "\n" << text.substr(0, text.size() - 1);
-    }
+  constexpr std::size_t kShown = 20;
+  for (std::size_t i = 0; i < live.size() && i < kShown; ++i) {
+    g* gp = live[i];
+    const char* n = gp->name.load(std::memory_order_relaxed);
+    const char* why = gp->wait_reason.load(std::memory_order_relaxed);
+    names << "\n  task " << gp->id.load(std::memory_order_relaxed) << (n ? " (" : "") << (n ? n : "") << (n ? ")" : "") << ": "
+          << to_string(gp->status.load(std::memory_order_relaxed));
+    if (why) names << " on " << why;
+    // No M runs: the chain is still (inspect.cpp). A G that step 3 (or a
+    // destructor above) readied from its park never ran since: its chain
+    // is that of its park, as a waiting G's.
+    std::ostringstream chain;
+    write_await_chain(chain, gp, /*readied_too=*/true);
+    std::string text = chain.str();
+    if (!text.empty()) names << "\n" << text.substr(0, text.size() - 1);
   }
-  if (live.size() > shown) names << "\n  ...";
+  if (live.size() > kShown) names << "\n  ...";
   report << "mpg: runtime shut down with " << live.size() << " task(s) still alive; destroying them:"
          << names.str() << std::endl;
   for (g* gp : live) {
