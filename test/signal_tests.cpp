@@ -16,13 +16,17 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
+#include <string>
 #include <thread>
 
 #include "io/signal_relay.hpp"
+#include "sched/scheduler.hpp"
 #include "sched/signal_handler.hpp"
+#include "child_process.hpp"
 #include "stderr_capture.hpp"
 #include "test_support.hpp"
 
@@ -373,4 +377,108 @@ TEST_CASE("stop leaves alone a handler the program installed after notify") {
   REQUIRE(::sigaction(SIGUSR2, nullptr, &now) == 0);
   CHECK((now.sa_handler == app_handler));
   ::signal(SIGUSR2, SIG_DFL);
+}
+
+namespace {
+std::atomic<int> release_hook_calls{0};
+// Called by each release inside stop(): on the first (SIGUSR1's, made
+// before SIGUSR2's), SIGUSR2 is still the channel's, its disposition still
+// mpg's handler.
+void raise_sigusr2_on_first_release() {
+  if (release_hook_calls.fetch_add(1) == 0) ::raise(SIGUSR2);
+}
+}  // namespace
+
+// signal.hpp: "A delivery while stop() runs reaches either the channels or
+// the restored disposition, never neither." Caught before its release, the
+// signal is pending for the relay, which can offer it only once stop() has
+// dropped the lock, channel and all: stop() offers it first.
+TEST_CASE("a signal caught before stop() restored its disposition reaches the stopping channel") {
+  const struct sigaction app = app_action();
+  struct sigaction before {};
+  REQUIRE(::sigaction(SIGUSR2, &app, &before) == 0);
+  app_handler_calls.store(0);
+  release_hook_calls.store(0);
+  mpg::chan<int> c = mpg::signal::notify({SIGUSR1, SIGUSR2}, 4);
+  mpg::detail::g_signal_release_hook.store(&raise_sigusr2_on_first_release,
+                                           std::memory_order_relaxed);
+  mpg::signal::stop(c);
+  mpg::detail::g_signal_release_hook.store(nullptr, std::memory_order_relaxed);
+  REQUIRE(release_hook_calls.load() == 2);
+  CHECK(c.size() == 1);  // offered by stop() itself: no wait for the relay
+  CHECK(app_handler_calls.load() == 0);
+  ::sigaction(SIGUSR2, &before, nullptr);
+}
+
+namespace {
+std::atomic<int> deadlock_looks{0};
+void count_look(int) { deadlock_looks.fetch_add(1); }
+}  // namespace
+
+// signal.hpp: notify() in a task keeps that task's runtime from reporting a
+// deadlock until stop(), also for a channel another runtime registered
+// first (and is gone since): each runtime keeps a guard of its own.
+TEST_CASE("notify() in a task guards its runtime for a channel another runtime registered") {
+  mpg::chan<int> ch(1);
+  {
+    mpg::runtime a({.procs = 1});
+    a.block_on([](mpg::chan<int> ch) -> mpg::task<void> {
+      mpg::signal::notify(ch, {SIGUSR1});
+      co_return;
+    }(ch));
+  }
+  mpg::runtime b({.procs = 1});
+  deadlock_looks.store(0);
+  mpg::detail::g_deadlock_look_hook.store(&count_look);
+  // The signal comes once b's check has looked ten times (three quiet looks
+  // in a row make a report), or after 10 s.
+  std::thread raiser([&] {
+    (void)mpg_test::wait_until([] { return deadlock_looks.load() >= 10; }, std::chrono::seconds(10));
+    ::kill(::getpid(), SIGUSR2);
+  });
+  int got = 0;
+  std::string err;
+  try {
+    got = b.block_on([](mpg::chan<int> ch) -> mpg::task<int> {
+      mpg::signal::notify(ch, {SIGUSR2});
+      co_return (co_await ch.recv()).value_or(0);
+    }(ch));
+  } catch (const mpg::deadlock_error& e) {
+    err = e.what();
+  }
+  raiser.join();
+  mpg::detail::g_deadlock_look_hook.store(nullptr);
+  mpg::signal::stop(ch);
+  CHECK_MESSAGE(err.empty(), err);
+  CHECK(got == SIGUSR2);
+}
+
+// signal.hpp: notify "works whichever threads exist and whatever their
+// signal masks": a program that blocks the signal in its main thread before
+// it makes the runtime (so that every thread inherits the block) still gets
+// it, as the relay keeps the wanted signals unblocked (Go's sigM does the
+// same). In a child, whose only thread is this one.
+TEST_CASE("notify delivers a signal that every thread of the program blocks") {
+  auto r = mpg_test::run_child(
+      [] {
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGUSR2);
+        ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
+        mpg::chan<int> sigs = mpg::signal::notify({SIGUSR2});
+        mpg::runtime rt({.procs = 1});
+        const int got = rt.block_on([](mpg::chan<int> c) -> mpg::task<int> {
+          ::kill(::getpid(), SIGUSR2);
+          // Bound: 10 s.
+          auto res = co_await mpg::select(c.recv(), mpg::after(std::chrono::seconds(10)).recv());
+          co_return res.index() == 0 ? std::get<0>(res).value_or(-1) : 0;
+        }(sigs));
+        std::printf("got=%d\n", got);
+        std::fflush(stdout);
+        mpg::signal::stop(sigs);
+      },
+      std::chrono::seconds(60));
+  CHECK_FALSE(r.timed_out);
+  INFO(r.output);
+  CHECK(r.output.find("got=" + std::to_string(SIGUSR2)) != std::string::npos);
 }

@@ -10,8 +10,11 @@
 //       write(2) is on POSIX's list, and the handler saves and restores
 //       errno. A full pipe drops the byte: the relay then already has an
 //       unread byte, hence a pass still to make.
-//   R1. The relay blocks in read(2) on the pipe (all signals blocked in its
-//       thread, so it is never interrupted and never picked for delivery).
+//   R1. The relay blocks in read(2) on the pipe. Its thread blocks every
+//       signal but those some channel wants (relay_unblocked, updated after
+//       each read), so a wanted signal has a thread to go to even when the
+//       program blocks it in all of its own threads (Go's sigM); a handler
+//       run there only makes the read restart or return EINTR.
 //   R2. After every read it takes each word of pending_bits with exchange(0)
 //       and, under the registry lock, offers each signal found to every
 //       channel that wants it (try_send, never waits), in registration order.
@@ -27,7 +30,16 @@
 // (signal_handler.hpp), and the last one to stop releases it; the handler
 // puts the signal's old disposition back once no runtime's dump_signal
 // holds it either. R2 runs under the same lock, so once stop() returns the
-// channel is offered nothing more.
+// channel is offered nothing more. stop() runs R2 itself, under the lock,
+// after the releases that put old dispositions back: a signal the handler
+// caught before its release reaches the channels that wanted it then, the
+// stopping one included (the old disposition never sees it). A handler
+// still running on another thread as the release returns may set its bit
+// after that pass; the relay offers it to the channels that still want it.
+//
+// Guards. notify() from a task keeps that task's runtime from reporting a
+// deadlock until stop() (signal.hpp): a registration holds one
+// external_work guard per runtime whose task called notify() for it.
 //
 // Runtimes. R2's try_send takes a waiting task off the channel under the
 // channel's lock and readies it after unlocking, still under the registry
@@ -104,6 +116,12 @@ std::atomic<sig_mask> pending_bits{0};
 std::atomic<int> wake_fd{-1};
 static_assert(std::atomic<sig_mask>::is_always_lock_free);
 static_assert(std::atomic<int>::is_always_lock_free);
+// The signals some channel wants, which the relay keeps unblocked in its own
+// thread (as Go's sigM does), so that a delivery has a thread to go to even
+// when every other thread of the process blocks the signal. Written under
+// the registry lock and followed by a byte on the pipe; the relay reads it
+// after the read that returns that byte (the pipe orders them).
+std::atomic<sig_mask> relay_unblocked{0};
 
 void notify_sink(int sig) noexcept {
   if (sig >= 1 && sig <= kMaxSignal) pending_bits.fetch_or(bit(sig), std::memory_order_relaxed);
@@ -114,10 +132,16 @@ void notify_sink(int sig) noexcept {
   }
 }
 
+// A guard of one runtime whose task called notify() for the channel.
+struct runtime_guard {
+  runtime_handle rt;
+  std::unique_ptr<external_work> guard;
+};
+
 struct registration {
   chan<int> ch;
   sig_mask signals = 0;
-  std::unique_ptr<external_work> guard;  // notify() was called in a task
+  std::vector<runtime_guard> guards;  // one per runtime that notified in a task
 };
 
 struct registry {
@@ -156,6 +180,7 @@ void fork_child() noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS {
   // reads these meanwhile.
   wake_fd.store(-1, std::memory_order_relaxed);
   pending_bits.store(0, std::memory_order_relaxed);
+  relay_unblocked.store(0, std::memory_order_relaxed);
   if (r.relay_started) {
     ::close(r.read_fd);
     ::close(r.write_fd);
@@ -182,10 +207,7 @@ registry& reg() {
 }
 
 // R2: offer each pending signal to the channels that want it.
-void deliver(sig_mask pending) {
-  registry& r = reg();
-  mpg::detail::thread_mutex_lock lk(r.mu);
-  if (auto hook = mpg::detail::g_signal_deliver_hook.load(std::memory_order_relaxed)) hook();
+void deliver_locked(registry& r, sig_mask pending) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) {
   for (int sig = 1; sig <= kMaxSignal; ++sig) {
     if ((pending & bit(sig)) == 0) continue;
     for (registration& g : own_regs(r)) {
@@ -197,19 +219,41 @@ void deliver(sig_mask pending) {
   }
 }
 
+void deliver(sig_mask pending) {
+  registry& r = reg();
+  mpg::detail::thread_mutex_lock lk(r.mu);
+  if (auto hook = mpg::detail::g_signal_deliver_hook.load(std::memory_order_relaxed)) hook();
+  deliver_locked(r, pending);
+}
+
+// The relay's mask: every signal blocked but those some channel wants.
+void set_relay_mask(sig_mask unblocked) {
+  sigset_t set;
+  sigfillset(&set);
+  for (int sig = 1; sig <= kMaxSignal; ++sig)
+    if ((unblocked & bit(sig)) != 0) sigdelset(&set, sig);
+  ::pthread_sigmask(SIG_SETMASK, &set, nullptr);
+}
+
 void relay_loop(int read_fd) {
+  sig_mask unblocked = 0;
   for (;;) {
     char buf[64];
     ssize_t n = ::read(read_fd, buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return;  // cannot happen: the write end is never closed
+    if (const sig_mask want = relay_unblocked.load(std::memory_order_acquire); want != unblocked) {
+      set_relay_mask(want);
+      unblocked = want;
+    }
     sig_mask pending = pending_bits.exchange(0, std::memory_order_acq_rel);
     if (pending != 0) deliver(pending);
   }
 }
 
 // Creates the pipe and the relay thread, once. All signals are blocked in
-// the relay (a thread inherits its creator's mask).
+// the relay when it starts (a thread inherits its creator's mask); R1 then
+// unblocks the wanted ones.
 void start_relay_locked(registry& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) {
   if (r.relay_started) return;
   int fds[2];
@@ -245,6 +289,16 @@ sig_mask mask_of(std::initializer_list<int> signals) {
   return m;
 }
 
+// Tells the relay which signals to keep unblocked (relay_unblocked).
+void publish_wanted_locked(registry& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) {
+  sig_mask m = 0;
+  for (int sig = 1; sig <= kMaxSignal; ++sig)
+    if (r.wanted[sig] > 0) m |= bit(sig);
+  if (relay_unblocked.exchange(m, std::memory_order_release) == m || r.write_fd < 0) return;
+  const char b = 0;
+  [[maybe_unused]] ssize_t n = ::write(r.write_fd, &b, 1);
+}
+
 void unwant_locked(registry& r, sig_mask removed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) {
   for (int sig = 1; sig <= kMaxSignal; ++sig) {
     if ((removed & bit(sig)) == 0) continue;
@@ -278,8 +332,11 @@ void want_locked(registry& r, sig_mask added) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu
 
 void notify(const chan<int>& ch, std::initializer_list<int> signals) {
   const sig_mask m = mask_of(signals);
-  std::unique_ptr<external_work> guard;
-  if (detail::in_mpg_task()) guard = std::make_unique<external_work>(runtime_handle::current());
+  runtime_guard guard;
+  if (detail::in_mpg_task()) {
+    guard.rt = runtime_handle::current();
+    guard.guard = std::make_unique<external_work>(guard.rt);
+  }
   registry& r = reg();
   mpg::detail::thread_mutex_lock lk(r.mu);
   start_relay_locked(r);
@@ -287,12 +344,19 @@ void notify(const chan<int>& ch, std::initializer_list<int> signals) {
     if (g.ch == ch) {
       want_locked(r, m & ~g.signals);
       g.signals |= m;
-      if (!g.guard) g.guard = std::move(guard);
+      // Each runtime whose task notified keeps its own guard.
+      bool have = !guard.guard;
+      for (const runtime_guard& k : g.guards) have = have || k.rt == guard.rt;
+      if (!have) g.guards.push_back(std::move(guard));
+      publish_wanted_locked(r);
       return;  // `guard`, if not taken, is released after the lock
     }
   }
   want_locked(r, m);
-  r.regs.push_back(registration{ch, m, std::move(guard)});
+  std::vector<runtime_guard> guards;
+  if (guard.guard) guards.push_back(std::move(guard));
+  r.regs.push_back(registration{ch, m, std::move(guards)});
+  publish_wanted_locked(r);
 }
 
 chan<int> notify(std::initializer_list<int> signals, std::size_t capacity) {
@@ -310,6 +374,12 @@ void stop(const chan<int>& ch) {
     for (auto it = first; it != r.regs.end(); ++it) {
       if (it->ch == ch) {
         unwant_locked(r, it->signals);
+        // A signal caught before its disposition was restored, still
+        // pending for the relay, goes to the channels now, this one
+        // included: once restored, the old disposition does not see it.
+        if (const sig_mask p = pending_bits.exchange(0, std::memory_order_acq_rel); p != 0)
+          deliver_locked(r, p);
+        publish_wanted_locked(r);
         gone.emplace(std::move(*it));
         r.regs.erase(it);
         break;
