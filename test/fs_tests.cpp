@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <mpg/fs.hpp>
+#include <mpg/io_error.hpp>
 #include <mpg/mpg.hpp>
 
 #include <atomic>
@@ -439,4 +440,47 @@ TEST_CASE("a move-assignment racing a refused submission leaves a usable, closab
     CHECK(f->close().ok());
     CHECK(!f->is_open());  // closed, not leaked
   }(dir.path));
+}
+
+// Go's File.WriteAt refuses a file opened with O_APPEND: pwrite(2), and
+// io_uring's write, ignore the offset there and append.
+TEST_CASE("write_at on a file opened O_APPEND fails and leaves the file alone") {
+  temp_dir dir;
+  const std::string path = dir.path + "/log";
+  write_file(path, "hello");
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([](std::string path) -> task<void> {
+    auto f = co_await mpg::fs::open(path, O_RDWR | O_APPEND);
+    REQUIRE(f.ok());
+    absl::Status w = co_await f->write_at(std::string_view("XY"), 0);
+    CHECK(w.code() == absl::StatusCode::kInvalidArgument);
+    std::string back(16, '\0');
+    auto n = co_await f->read_at(std::span<char>(back), 0);
+    REQUIRE(n.ok());
+    back.resize(*n);
+    CHECK(back == "hello");
+    // A file adopted from a descriptor in append mode, and one moved.
+    mpg::fs::file adopted(::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC));
+    mpg::fs::file moved(std::move(adopted));
+    const absl::Status m = co_await moved.write_at(std::string_view("Z"), 1);
+    CHECK(m.code() == absl::StatusCode::kInvalidArgument);
+    CHECK(moved.close().ok());
+  }(path));
+}
+
+// pread(2) and pwrite(2) at an offset of a pipe fail with ESPIPE; io_uring
+// would ignore the offset and read the stream's first bytes.
+TEST_CASE("read_at and write_at on a pipe fail with ESPIPE") {
+  int p[2];
+  REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
+  REQUIRE(::write(p[1], "abcdef", 6) == 6);
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([](int rfd, int wfd) -> task<void> {
+    mpg::fs::file r(rfd), w(wfd);
+    char buf[3];
+    auto n = co_await r.read_at(std::span<char>(buf), 3);
+    CHECK(mpg::errno_of(n.status()) == ESPIPE);
+    const absl::Status ws = co_await w.write_at(std::string_view("zz"), 100);
+    CHECK(mpg::errno_of(ws) == ESPIPE);
+  }(p[0], p[1]));
 }

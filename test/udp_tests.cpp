@@ -17,6 +17,7 @@
 #include <mpg/net.hpp>
 
 #include <chrono>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -491,5 +492,32 @@ TEST_CASE("a receive that starts between two issues of another (a kick) fails wi
     co_await receiver;
     REQUIRE(first.d.ok());
     CHECK(first.d->size == 5);
+  }());
+}
+
+// recv(buf, ctx), like recv_from's and every other context overload, takes
+// what it needs of ctx when called: the task may be awaited after the
+// context handle passed is gone.
+TEST_CASE("recv(buf, ctx) kept as a task outlives its context argument") {
+  mpg::runtime rt({.procs = 1});
+  mpg_test::watchdog wd(20s, "recv with a context", &rt);
+  rt.block_on([]() -> task<void> {
+    auto a = mpg::net::listen_udp("127.0.0.1:0");
+    REQUIRE(a.ok());
+    auto d = co_await mpg::net::dial_udp("127.0.0.1:" + std::to_string(a->port()));
+    REQUIRE(d.ok());
+    auto me = d->local_address();
+    REQUIRE(me.ok());
+    char buf[8];
+    std::optional<task<absl::StatusOr<std::size_t>>> recv_task;
+    {
+      auto [ctx, cancel] = mpg::with_cancel(mpg::background());
+      recv_task.emplace(d->recv(std::span<char>(buf), ctx));
+    }
+    const absl::Status sent = co_await a->send_to(std::string_view("two"), *me);
+    CHECK(sent.ok());
+    auto n = co_await std::move(*recv_task);
+    REQUIRE(n.ok());
+    CHECK(*n == 3);
   }());
 }

@@ -56,9 +56,11 @@ class file {
  public:
   file() noexcept = default;
   // Adopts fd; a negative fd makes a closed file.
-  explicit file(int fd) noexcept : fd_(fd < 0 ? -1 : fd) {}
+  explicit file(int fd) noexcept : fd_(fd < 0 ? -1 : fd), mode_(probe_mode(fd)) {}
   // Moves are not thread-safe: no operation may be starting on `o`.
-  file(file&& o) noexcept : fd_(o.fd_.exchange(-1, std::memory_order_relaxed)) {}
+  file(file&& o) noexcept
+      : fd_(o.fd_.exchange(-1, std::memory_order_relaxed)),
+        mode_(o.mode_.load(std::memory_order_relaxed)) {}
   // Closes the file this held (close()), then takes o's. An operation of
   // another task still in flight on this file (say a read_at between two
   // passes) never continues on the file assigned: its next step fails as
@@ -67,6 +69,7 @@ class file {
   file& operator=(file&& o) noexcept {
     if (this != &o) {
       (void)close();
+      mode_.store(o.mode_.load(std::memory_order_relaxed), std::memory_order_relaxed);
       fd_.store(o.fd_.exchange(-1, std::memory_order_relaxed), std::memory_order_relaxed);
       reopen();
     }
@@ -80,7 +83,11 @@ class file {
   int native_handle() const noexcept { return fd_.load(std::memory_order_relaxed); }
 
   // read_at(): fills buf from offset; fewer bytes only at end of file (Go's
-  // ReadAt). Returns the number of bytes read.
+  // ReadAt). Returns the number of bytes read. On a file that cannot seek
+  // (a pipe, a FIFO, a socket) read_at and write_at fail with ESPIPE, as
+  // pread(2) does (io_uring would ignore the offset); write_at on a file
+  // opened with O_APPEND fails with kInvalidArgument, as Go's WriteAt
+  // does (the kernel would append instead).
   task<absl::StatusOr<std::size_t>> read_at(std::span<char> buf, std::uint64_t offset);
   // write_at(): writes all of data at offset (short writes are continued).
   task<absl::Status> write_at(std::string_view data, std::uint64_t offset);
@@ -99,6 +106,12 @@ class file {
 
   // -1 once closed (or never opened).
   std::atomic<int> fd_{-1};
+  // What positional operations must refuse (probed when the fd is adopted;
+  // read under the submission gate, as fd_): kAppend, kStream.
+  static constexpr std::uint8_t kAppend = 1;
+  static constexpr std::uint8_t kStream = 2;
+  static std::uint8_t probe_mode(int fd) noexcept;
+  std::atomic<std::uint8_t> mode_{0};
   // The submission gate (lib/io/fs.cpp, "Close and submission"): the number
   // of operations being submitted (the bits below kClosed), with kClosing
   // set once close() began and kClosed once it has closed the descriptor;

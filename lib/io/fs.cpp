@@ -49,6 +49,7 @@
 // only if the file were assigned 2^32 times while it was in flight.
 #include "mpg/fs.hpp"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -120,6 +121,19 @@ file_info to_file_info(const struct statx& sx) {
 // the operation's any more (no errno: -EBADF would be the kernel's, for a
 // file not open for reading).
 constexpr int kRefusedClosed = std::numeric_limits<int>::min();
+// ... and when the file is in O_APPEND mode and the operation a write_at.
+constexpr int kRefusedAppend = std::numeric_limits<int>::min() + 1;
+
+std::uint8_t file::probe_mode(int fd) noexcept {
+  if (fd < 0) return 0;
+  const int saved = errno;
+  std::uint8_t mode = 0;
+  const int fl = ::fcntl(fd, F_GETFL);
+  if (fl >= 0 && (fl & O_APPEND) != 0) mode |= kAppend;
+  if (::lseek(fd, 0, SEEK_CUR) < 0 && errno == ESPIPE) mode |= kStream;
+  errno = saved;
+  return mode;
+}
 
 // file_submission: the awaiter of an operation on an open file: S1 of "Close
 // and submission" around io_awaiter's steps. The request's fd is filled in
@@ -130,10 +144,13 @@ struct file_submission {
   file* f;
   io_request* rq;
   std::uint32_t generation;  // the operation's (taken when it started)
+  std::uint8_t refuse;       // file::kAppend, kStream: modes this op refuses
   bool closed = false;
+  int refused_res = 0;       // the result of a refusal
 
-  file_submission(file* fl, std::uint32_t gen, io_request* r, const char* reason) noexcept
-      : io(make_op(r, reason)), f(fl), rq(r), generation(gen) {}
+  file_submission(file* fl, std::uint32_t gen, io_request* r, const char* reason,
+                  std::uint8_t refuse_modes = 0) noexcept
+      : io(make_op(r, reason)), f(fl), rq(r), generation(gen), refuse(refuse_modes) {}
 
   void link_parent(std::source_location w) noexcept { io.link_parent(w); }
   bool await_ready() const noexcept { return false; }
@@ -149,6 +166,15 @@ struct file_submission {
     if (!refused) {
       rq->fd = f->fd_.load(std::memory_order_relaxed);  // stable while counted
       refused = rq->fd < 0;  // never opened (or moved from)
+      refused_res = kRefusedClosed;
+      // Stable while counted, as fd_ (operator= stores it before O1).
+      const std::uint8_t mode = f->mode_.load(std::memory_order_relaxed) & refuse;
+      if (!refused && mode != 0) {
+        refused = true;
+        refused_res = (mode & file::kStream) != 0 ? -ESPIPE : kRefusedAppend;
+      }
+    } else {
+      refused_res = kRefusedClosed;
     }
     if (refused) {
       if (auto hook = detail::g_file_refused_hook.load(std::memory_order_relaxed)) [[unlikely]]
@@ -175,7 +201,7 @@ struct file_submission {
     users.fetch_sub(1, std::memory_order_release);
     return started;
   }
-  int await_resume() const noexcept { return closed ? kRefusedClosed : io.await_resume(); }
+  int await_resume() const noexcept { return closed ? refused_res : io.await_resume(); }
 };
 
 task<absl::StatusOr<file>> open(std::string path, int flags, unsigned mode) {
@@ -224,7 +250,7 @@ task<absl::StatusOr<std::size_t>> file::read_at(std::span<char> buf, std::uint64
                   .addr = buf.data() + done,
                   .len = static_cast<std::uint32_t>(std::min(buf.size() - done, kMaxIo)),
                   .off = offset + done};
-    int res = co_await file_submission(this, gen, &rq, "fs.read");
+    int res = co_await file_submission(this, gen, &rq, "fs.read", kStream);
     if (res == kRefusedClosed) co_return closed_error("read_at");
     if (res == 0) break;  // end of file
     if (res > 0) {
@@ -245,8 +271,11 @@ task<absl::Status> file::write_at(std::string_view data, std::uint64_t offset) {
                   .addr = const_cast<char*>(data.data()),
                   .len = static_cast<std::uint32_t>(std::min(data.size(), kMaxIo)),
                   .off = offset};
-    int res = co_await file_submission(this, gen, &rq, "fs.write");
+    int res = co_await file_submission(this, gen, &rq, "fs.write", kStream | kAppend);
     if (res == kRefusedClosed) co_return closed_error("write_at");
+    if (res == kRefusedAppend) {
+      co_return absl::InvalidArgumentError("write_at: the file was opened with O_APPEND");
+    }
     if (res > 0) {
       data.remove_prefix(static_cast<std::size_t>(res));
       offset += static_cast<std::uint64_t>(res);

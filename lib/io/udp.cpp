@@ -194,15 +194,23 @@ task<absl::StatusOr<datagram>> udp_socket::recv_from(std::span<char> buf, const 
   return do_recv(buf, /*want_from=*/true, ctx.node_for_internal_use());
 }
 
-task<absl::StatusOr<std::size_t>> udp_socket::recv(std::span<char> buf) {
-  auto d = co_await do_recv(buf, /*want_from=*/false, nullptr);
+namespace {
+// recv_size(): a receive's size. The receive is made (its context node
+// taken) by the caller, not here: a lazy coroutine holding `const
+// context&` would read it when first awaited, after a temporary or a local
+// passed as ctx may be gone.
+task<absl::StatusOr<std::size_t>> recv_size(task<absl::StatusOr<datagram>> r) {
+  auto d = co_await std::move(r);
   if (!d.ok()) co_return d.status();
   co_return d->size;
 }
+}  // namespace
+
+task<absl::StatusOr<std::size_t>> udp_socket::recv(std::span<char> buf) {
+  return recv_size(do_recv(buf, /*want_from=*/false, nullptr));
+}
 task<absl::StatusOr<std::size_t>> udp_socket::recv(std::span<char> buf, const context& ctx) {
-  auto d = co_await do_recv(buf, /*want_from=*/false, ctx.node_for_internal_use());
-  if (!d.ok()) co_return d.status();
-  co_return d->size;
+  return recv_size(do_recv(buf, /*want_from=*/false, ctx.node_for_internal_use()));
 }
 
 void udp_socket::set_deadline(std::optional<clock::time_point> t) noexcept {
