@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -16,6 +17,7 @@
 #include <thread>
 
 #include "mpg/mpg.hpp"
+#include "child_process.hpp"
 #include "sched/dump_signal.hpp"
 #include "stderr_capture.hpp"
 #include "test_support.hpp"
@@ -200,4 +202,38 @@ TEST_CASE("dump_signal: signals that come during a dump make one dump more, not 
   REQUIRE(cap.wait_for("signal " + std::to_string(marker_sig) + " ("));
   // The held dump, and one for the five.
   CHECK(cap.count("signal " + std::to_string(burst) + " (") == 2);
+}
+
+namespace {
+std::atomic<bool> dump_written{false};
+void note_dump_write() { dump_written.store(true); }
+}  // namespace
+
+// A program that blocks the dump signal in its main thread before it makes
+// the runtime (so that every thread, the Ms included, inherits the block)
+// still gets its dump: the dumper keeps the registered signals unblocked.
+// In a child, whose only thread is this one.
+TEST_CASE("dump_signal: the dump comes though every thread of the program blocks the signal") {
+  auto r = mpg_test::run_child(
+      [] {
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGUSR2);
+        ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
+        mpg::runtime rt({.procs = 1, .dump_signal = SIGUSR2});
+        mpg::detail::g_dump_write_hook.store(&note_dump_write, std::memory_order_relaxed);
+        mpg::chan<int> c;
+        auto h = rt.spawn(wait_for_value(c), "blocked-sig-waiter");
+        ::kill(::getpid(), SIGUSR2);
+        const bool dumped = mpg_test::wait_until([] { return dump_written.load(); },
+                                                 std::chrono::seconds(10));
+        std::printf("dumped=%d\n", dumped ? 1 : 0);
+        std::fflush(stdout);
+        c.close();
+        (void)rt.block_on(std::move(h));
+      },
+      std::chrono::seconds(60));
+  CHECK_FALSE(r.timed_out);
+  INFO(r.output);
+  CHECK(r.output.find("dumped=1") != std::string::npos);
 }

@@ -9,7 +9,12 @@
 //      is non-blocking, so a full pipe drops the byte: dumps are already
 //      pending). It reads the pipe's fd from an always-lock-free atomic.
 //   2. A process-wide dumper thread blocks in read(2) on the pipe and takes
-//      every byte there. For each signal number among them (once: a burst
+//      every byte there. It keeps every signal blocked but the registered
+//      ones (dumper_signals, applied after each read; a registration writes
+//      byte 0 to make the dumper apply it), so that a registered signal has
+//      a thread to go to even when the program blocks it in all of its own
+//      threads, the Ms included (Go's sigM does the same for os/signal); a
+//      handler run there only makes a read or a write return EINTR. For each signal number among them (once: a burst
 //      of signals during a dump makes one dump more, not one per signal) it
 //      takes the registry lock, builds the text of the dump of every
 //      runtime registered for that signal, releases the lock and writes the
@@ -96,6 +101,11 @@ namespace {
 // child's store runs while no handler can (fork_child()).
 std::atomic<int> wake_fd{-1};
 static_assert(std::atomic<int>::is_always_lock_free, "the signal handler needs a lock-free fd");
+// The registered signals (bit sig - 1), which the dumper keeps unblocked.
+// Written under registry::mu; release pairs with the dumper's acquire load
+// after a read: a registration then writes byte 0, and the pipe orders that
+// write before the read that returns it.
+std::atomic<std::uint64_t> dumper_signals{0};
 
 void dump_sink(int sig) noexcept {
   const int fd = wake_fd.load(std::memory_order_relaxed);
@@ -144,6 +154,7 @@ void fork_child() noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS {
   // blocked in it until the fork handlers are done (F3), so no handler
   // and no dumper reads these meanwhile.
   wake_fd.store(-1, std::memory_order_relaxed);
+  dumper_signals.store(0, std::memory_order_relaxed);
   r.stops.store(0, std::memory_order_relaxed);
   if (r.read_fd >= 0) {
     ::close(r.read_fd);
@@ -215,9 +226,34 @@ bool take_stop(registry* r) {
   return false;
 }
 
+// The dumper's mask: every signal blocked but the registered ones.
+void apply_dumper_mask(std::uint64_t unblocked) noexcept {
+  sigset_t set;
+  sigfillset(&set);
+  for (int sig = 1; sig <= 64; ++sig)
+    if ((unblocked & (std::uint64_t{1} << (sig - 1))) != 0) sigdelset(&set, sig);
+  ::pthread_sigmask(SIG_SETMASK, &set, nullptr);
+}
+
+// publish_signals_locked(): the registered signals, for the dumper.
+void publish_signals_locked(registry& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) {
+  std::uint64_t m = 0;
+  for (const auto& [sig, runtimes] : r.by_signal)
+    if (sig >= 1 && sig <= 64) m |= std::uint64_t{1} << (sig - 1);
+  dumper_signals.store(m, std::memory_order_release);
+}
+
 void dumper_main(registry* r, int fd) {
   pthread_setname_np(pthread_self(), "mpg-dump");
+  std::uint64_t unblocked = 0;
+  bool applied = false;
   for (;;) {
+    if (const std::uint64_t want = dumper_signals.load(std::memory_order_acquire);
+        !applied || want != unblocked) {
+      apply_dumper_mask(want);
+      unblocked = want;
+      applied = true;
+    }
     // What the pipe holds, up to a page: the signals that came while the
     // last dump was built and written, one dump per signal number.
     unsigned char bytes[256];
@@ -227,7 +263,7 @@ void dumper_main(registry* r, int fd) {
     std::uint64_t dumped = 0;  // bit sig - 1 (the sink writes 1..64)
     for (ssize_t i = 0; i < n; ++i) {
       const int sig = bytes[i];
-      if (sig == 0 || sig > 64) continue;  // 0: a stop's wake
+      if (sig == 0 || sig > 64) continue;  // 0: a stop's or a registration's wake
       const std::uint64_t bit = std::uint64_t{1} << (sig - 1);
       if ((dumped & bit) != 0) continue;
       dumped |= bit;
@@ -261,11 +297,18 @@ void dump_signal_register(int sig, scheduler* s) {
     it = r.by_signal.emplace(sig, std::vector<scheduler*>{}).first;
   }
   it->second.push_back(s);
+  publish_signals_locked(r);
   // After a successful claim, so that a refused signal leaves no idle
   // dumper behind. Bytes written before it starts wait in the pipe.
   if (!r.dumper_running) {
     std::thread(dumper_main, &r, r.read_fd).detach();
     r.dumper_running = true;
+  } else {
+    // A running dumper applies the new mask after its next read. EAGAIN (a
+    // full pipe) is fine: it has bytes to read.
+    const unsigned char wake = 0;
+    while (::write(r.write_fd, &wake, 1) < 0 && errno == EINTR) {
+    }
   }
 }
 
@@ -288,6 +331,7 @@ void dump_signal_unregister(int sig, scheduler* s) noexcept {
     if (v.empty()) {
       release_signal(signal_client::dump, sig);
       r.by_signal.erase(it);
+      publish_signals_locked(r);  // applied at the dumper's next read
     }
     none_left = r.by_signal.empty();
   }
