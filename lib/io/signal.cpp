@@ -70,6 +70,7 @@
 
 #include <absl/base/thread_annotations.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -226,6 +227,18 @@ void deliver(sig_mask pending) {
   deliver_locked(r, pending);
 }
 
+// wait_readable(): poll(2) for fd before the read. The read alone would do;
+// but a handler that runs on this thread (the wanted signals are unblocked
+// here) must run while it waits, and ThreadSanitizer runs a handler at once
+// only inside a call it knows may block (poll), deferring it otherwise to
+// the thread's next intercepted call: after a read that the handler's own
+// byte was to end.
+void wait_readable(int fd) noexcept {
+  pollfd p{.fd = fd, .events = POLLIN, .revents = 0};
+  while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
+  }
+}
+
 // The relay's mask: every signal blocked but those some channel wants.
 void set_relay_mask(sig_mask unblocked) {
   sigset_t set;
@@ -239,6 +252,7 @@ void relay_loop(int read_fd) {
   sig_mask unblocked = 0;
   for (;;) {
     char buf[64];
+    wait_readable(read_fd);
     ssize_t n = ::read(read_fd, buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return;  // cannot happen: the write end is never closed

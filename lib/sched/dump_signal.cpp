@@ -70,6 +70,7 @@
 #include "sched/dump_signal.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
@@ -257,6 +258,11 @@ void dumper_main(registry* r, int fd) {
     // What the pipe holds, up to a page: the signals that came while the
     // last dump was built and written, one dump per signal number.
     unsigned char bytes[256];
+    // poll(2) first, as the signal relay does (lib/io/signal.cpp,
+    // wait_readable): a handler run on this thread runs during the wait.
+    pollfd p{.fd = fd, .events = POLLIN, .revents = 0};
+    while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
+    }
     const ssize_t n = ::read(fd, bytes, sizeof bytes);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return;  // cannot happen: the write end is never closed

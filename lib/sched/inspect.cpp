@@ -271,23 +271,31 @@ std::shared_ptr<void> scheduler::stop_the_world() const {
   // each other's until both time out (and run_posted() may batch both
   // first holds onto one M). A caller holding one of our Ps waits for
   // another stop only as long as that stop may wait for its P.
+  // (A flag under a mutex and a condition variable rather than a timed
+  // mutex, whose timed lock ThreadSanitizer does not see.)
   const machine* me = current_m();
   const bool holds_p = me != nullptr && me->sched == this && me->p() != nullptr;
-  std::unique_lock<std::timed_mutex> one(stw_mu_, std::defer_lock);
-  if (holds_p) {
-    if (!one.try_lock_for(kStopTimeout)) return nullptr;
-  } else {
-    one.lock();
+  {
+    thread_mutex_lock l(stw_mu_);
+    const auto free = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(stw_mu_) { return !stw_busy_; };
+    if (holds_p) {
+      if (!l.wait_for(stw_cv_, kStopTimeout, free)) return nullptr;
+    } else {
+      while (!l.wait_for(stw_cv_, std::chrono::hours(1), free)) {
+      }
+    }
+    stw_busy_ = true;
   }
   auto st = std::make_shared<stop_state>();
-  auto stw = std::make_shared<std::unique_lock<std::timed_mutex>>(std::move(one));
-  std::shared_ptr<void> release(st.get(), [st, stw](void*) {
+  std::shared_ptr<void> release(st.get(), [this, st](void*) {
     {
       thread_mutex_lock l(st->mu);
       st->released = true;
       st->cv.notify_all();
     }
-    stw->unlock();  // the Ps go first
+    thread_mutex_lock l(stw_mu_);  // the Ps go first
+    stw_busy_ = false;
+    stw_cv_.notify_one();
   });
   unsigned need = procs();
   if (holds_p) --need;

@@ -18,7 +18,6 @@
 #include <cstdint>
 #include <iosfwd>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -361,9 +360,11 @@ class scheduler {
   std::atomic<std::uint64_t> posts_run_{0};  // relaxed: progress for the deadlock check
   std::shared_ptr<handle_state> handle_state_;
 
-  // Held by stop_the_world() from its first post until its guard goes, so
+  // Set by stop_the_world() from its first post until its guard goes, so
   // that stops of the world come one at a time (inspect.cpp).
-  mutable std::timed_mutex stw_mu_;
+  mutable thread_mutex stw_mu_;
+  mutable std::condition_variable stw_cv_;
+  mutable bool stw_busy_ ABSL_GUARDED_BY(stw_mu_) = false;
   // Registry of every G ever created (never shrinks; Gs are reused).
   mutable thread_mutex allg_mu_;
   // for_each_g(): every G ever created (they live in g_blocks_).
