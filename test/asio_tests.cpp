@@ -142,3 +142,57 @@ TEST_CASE("use_task outside a task throws") {
                   }()),
                   mpg::runtime_misuse_error);
 }
+
+// Completions inside the initiating function (asio.hpp, A0).
+
+namespace {
+
+// An operation whose initiation completes it at once and then goes on
+// working until the task has resumed (or 2 s pass): what any initiation
+// that completes inline and then returns does, with its last steps slowed
+// down. asio::dispatch on an mpg::asio_executor from a task of its runtime
+// is one: execute() runs the handler inline (asio.hpp).
+struct inline_then_wait {
+  std::atomic<bool>* resumed;
+  bool* overlapped;
+  template <class Handler>
+  void operator()(Handler&& h) const {
+    std::forward<Handler>(h)(42);
+    // Still inside the task's await_suspend: the task must not run yet.
+    *overlapped = mpg_test::wait_until([r = resumed] { return r->load(); }, std::chrono::seconds(2));
+  }
+};
+
+mpg::task<int> await_inline_op(std::atomic<bool>* resumed, bool* overlapped) {
+  int v = co_await asio::async_initiate<const mpg::use_task_t&, void(int)>(
+      inline_then_wait{resumed, overlapped}, mpg::use_task);
+  resumed->store(true);
+  co_return v;
+}
+
+mpg::task<int> dispatch_many(mpg::asio_executor ex, int n) {
+  int done = 0;
+  for (int i = 0; i < n; ++i) {
+    co_await asio::dispatch(ex, mpg::use_task);
+    ++done;
+  }
+  co_return done;
+}
+
+}  // namespace
+
+TEST_CASE("co_await asio::dispatch(mpg executor, use_task) completes inline and goes on") {
+  mpg::runtime rt({.procs = 2});
+  mpg::asio_executor ex(rt.handle());
+  CHECK(rt.block_on(dispatch_many(ex, 1000)) == 1000);
+}
+
+TEST_CASE("a use_task operation completed inside its initiation does not run the task "
+          "before the initiation returns") {
+  std::atomic<bool> resumed{false};
+  bool overlapped = false;
+  mpg::runtime rt({.procs = 2});
+  const int v = rt.block_on(await_inline_op(&resumed, &overlapped));
+  CHECK(v == 42);
+  CHECK_FALSE(overlapped);  // the task must not run while its await_suspend still runs
+}

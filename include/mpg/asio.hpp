@@ -162,11 +162,17 @@ struct asio_result<> {
 // goes with it (or its io_context, run later) may still call the handler.
 // So the handler shares a counted record with the awaiter, never the
 // awaiter itself, and one exchange of the record's state decides:
-//   A1. the handler stores the result, then exchanges kPending ->
-//       kCompleted, and readies the task only if it found kPending;
-//   A2. the awaiter's destructor, if the task never resumed (killed),
-//       exchanges to kAbandoned; a handler that comes later touches only
-//       the record.
+//   A0. the record starts kSuspending; once the initiation has returned,
+//       await_suspend moves it to kPending with a CAS. If the handler ran
+//       first (an initiation that completes at once, as asio::dispatch does
+//       on an executor of this runtime, or one that completed on another
+//       thread meanwhile), the CAS fails: the task goes on at once, never
+//       readied while its own await_suspend still runs;
+//   A1. the handler stores the result, then exchanges to kCompleted, and
+//       readies the task only if it found kPending;
+//   A2. the awaiter's destructor, if the task never resumed (killed), and
+//       await_suspend, if the initiation threw, exchange to kAbandoned; a
+//       handler that comes later touches only the record.
 // acq_rel on both: the winner's writes reach the loser. The task reads the
 // result after ready() (the run queues order it). The deadlock check's
 // count of possible wake-ups is held from the start until the task resumes
@@ -190,7 +196,7 @@ class asio_op_awaiter {
 
   bool await_ready() const noexcept { return false; }
 
-  void await_suspend(std::coroutine_handle<> h,
+  bool await_suspend(std::coroutine_handle<> h,
                      std::source_location where = std::source_location::current()) {
     auto op = std::make_shared<record>();
     park(h, "asio operation", where);  // throws outside a task
@@ -198,18 +204,28 @@ class asio_op_awaiter {
     sched_ = op->gp->sched;
     external_waker_add(sched_);
     op_ = op;
+    record* rec = op.get();
     try {
       std::apply([&](auto&&... a) { std::move(init_)(handler{std::move(op)}, std::move(a)...); },
                  std::move(args_));
     } catch (...) {
+      // A handler the initiation kept must not ready the task later.
+      op_->state.exchange(kAbandoned, std::memory_order_acq_rel);
       op_.reset();
       external_waker_remove(sched_);
       cancel_park();
       throw;
     }
-    // Asio never calls a completion handler from inside its initiating
-    // function, but it may call it on another thread already: the task may
-    // run (and this awaiter be gone) from here on; nothing touches it.
+    // A0. The initiation may have completed the operation already (inline,
+    // as asio::dispatch does on a runtime that runs the caller, or on
+    // another thread): then the handler found kSuspending and left the
+    // task alone, and it goes on at once. Else the handler readies it.
+    int expected = kSuspending;
+    if (rec->state.compare_exchange_strong(expected, kPending, std::memory_order_acq_rel,
+                                           std::memory_order_acquire))
+      return true;  // the task may run (and this awaiter be gone) from here on
+    cancel_park();
+    return false;
   }
 
   result_type await_resume() {
@@ -225,9 +241,9 @@ class asio_op_awaiter {
   }
 
  private:
-  static constexpr int kPending = 0, kCompleted = 1, kAbandoned = 2;
+  static constexpr int kPending = 0, kCompleted = 1, kAbandoned = 2, kSuspending = 3;
   struct record {
-    std::atomic<int> state{kPending};
+    std::atomic<int> state{kSuspending};
     std::optional<std::tuple<std::decay_t<Args>...>> result;
     g* gp = nullptr;
   };

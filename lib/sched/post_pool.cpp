@@ -131,10 +131,15 @@ std::vector<post_cache*>& orphans() {
 // constinit: as frame_allocator.cpp's tls_cache (this file has tls_cache_holder).
 constinit __attribute__((tls_model("initial-exec"))) thread_local post_cache* tls_post_cache = nullptr;
 
+// Set once the thread's cache_holder is destroyed: a post from a later
+// thread-exit destructor must not adopt a cache into the dead holder.
+constinit thread_local bool tls_cache_given_up = false;
+
 // Gives the thread's cache up when the thread exits.
 struct cache_holder {
   post_cache* cache = nullptr;
   ~cache_holder() {
+    tls_cache_given_up = true;
     if (cache == nullptr) return;
     tls_post_cache = nullptr;
     cache->release_all();
@@ -155,6 +160,13 @@ thread_local cache_holder tls_cache_holder;
     }
   }
   if (c == nullptr) c = new post_cache();
+  if (tls_cache_given_up) [[unlikely]] {
+    // Exiting, past the holder: the cache stays an orphan (its blocks go
+    // home to it, and its next owner takes them).
+    std::lock_guard<std::mutex> l(orphans_mu);
+    orphans().push_back(c);
+    return c;
+  }
   tls_cache_holder.cache = c;  // registers the holder's destructor for this thread
   tls_post_cache = c;
   return c;
@@ -167,8 +179,11 @@ void post_orphans_unlock() noexcept { orphans_mu.unlock(); }
 
 post_memory post_alloc(std::uint32_t c) {
   post_cache* cache = tls_post_cache;
-  if (cache == nullptr) [[unlikely]]
+  if (cache == nullptr) [[unlikely]] {
     cache = adopt_cache();
+    // A thread past its holder owns no cache: fresh memory, homed at an orphan.
+    if (tls_post_cache != cache) return {::operator new(kPostClassBytes[c]), cache};
+  }
   post_block* b = cache->free_[c];
   if (b == nullptr) [[unlikely]] {
     cache->take_returned();
