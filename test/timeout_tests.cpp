@@ -14,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <stdexcept>
+#include <optional>
 #include <string>
 
 using namespace std::chrono_literals;
@@ -215,3 +216,27 @@ TEST_CASE("timeout with a parent context: a parent cancelled after the deadline 
   CHECK(rt.block_on(structured_deadline_then_parent_cancel()) == "ok");
 }
 }  // namespace
+
+// timeout(d, fn) whose fn throws before giving its task: the context made
+// for it is cancelled all the same (its deadline timer stopped), not left
+// armed until the deadline (where it would also hide a deadlock from
+// block_on's check).
+TEST_CASE("timeout(d, fn) whose fn throws cancels the context it made") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on([]() -> mpg::task<std::string> {
+    std::optional<mpg::context> seen;
+    bool threw = false;
+    try {
+      (void)co_await mpg::timeout(std::chrono::hours(1), [&seen](mpg::context ctx) -> mpg::task<int> {
+        seen = ctx;
+        throw std::runtime_error("no task");
+      });
+    } catch (const std::runtime_error&) {
+      threw = true;
+    }
+    if (!threw) co_return "fn's exception was lost";
+    if (!seen) co_return "fn was not called";
+    if (!seen->cancelled()) co_return "the context is still live";
+    co_return "ok";
+  }()) == "ok");
+}

@@ -172,8 +172,13 @@ template <class T, class Fn>
 task<typename timeout_traits<T>::result> timeout_structured(context parent, steady_time deadline,
                                                             Fn fn) {
   std::pair<context, cancel_func> cc = with_deadline(parent, deadline);
-  join_handle<timeout_finish<T>> h =
-      spawn(timeout_guard_in<T>(fn(cc.first), cc.first), "timeout");
+  join_handle<timeout_finish<T>> h;
+  try {
+    h = spawn(timeout_guard_in<T>(fn(cc.first), cc.first), "timeout");
+  } catch (...) {
+    cc.second();  // fn (or the spawn) threw: stop the deadline's timer now
+    throw;
+  }
   chan<std::monostate> done = cc.first.done();
   auto r = co_await select(h, done.recv());
   if (r.index() == 0) co_return timeout_settle<T>(parent, std::move(std::get<0>(r)), cc.second);
