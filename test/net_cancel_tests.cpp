@@ -677,3 +677,82 @@ TEST_CASE("a read that starts between two issues of another (a kick) fails with 
     CHECK(*first.n == 5);
   }());
 }
+
+// cancel() on a stream that used receive(): the stream keeps its multishot
+// armed between receives, and cancel() with no read waiting must not end a
+// receive (or a read(buf) served from it) started after it returned
+// (net.hpp: later operations are not affected).
+namespace {
+
+task<bool> write_text(tcp_stream* s, std::string_view what) {
+  const absl::Status st = co_await s->write(what);
+  co_return st.ok();
+}
+
+task<std::string> receive_after_idle_cancel(bool by_read) {
+  auto p = co_await connect_pair();
+  if (!co_await write_text(&p.server, "a")) co_return "write a";
+  auto a = co_await p.client.receive();
+  if (!a.ok() || a->view() != "a") co_return "receive a";
+  a->reset();
+  p.client.cancel();  // no read in flight
+  auto writer = mpg::spawn(write_text(&p.server, "b"));
+  std::string got;
+  if (by_read) {
+    char buf[8];
+    auto n = co_await p.client.read(std::span<char>(buf));
+    got = n.ok() ? std::string(buf, *n) : n.status().ToString();
+  } else {
+    auto b = co_await p.client.receive();
+    got = b.ok() ? std::string(b->view()) : b.status().ToString();
+  }
+  if (!co_await writer) co_return "write b";
+  co_return got;
+}
+
+// Yields until the stream holds a received buffer (bounded: 10 s).
+task<bool> until_held(tcp_stream* s) {
+  const auto give_up = clock_type::now() + 10s;
+  while (s->held_buffers() == 0) {
+    if (clock_type::now() > give_up) co_return false;
+    co_await mpg::yield();
+  }
+  co_return true;
+}
+
+// An ended context ends a read whether or not the stream holds bytes (a
+// context is sticky, net.hpp): read(buf, ctx) too, on a stream that used
+// receive(); the bytes stay for the next read.
+task<std::string> read_held_with_ended_context() {
+  auto p = co_await connect_pair();
+  if (!co_await write_text(&p.server, "a")) co_return "write a";
+  auto a = co_await p.client.receive();  // the multishot is armed from here
+  if (!a.ok()) co_return "receive a";
+  a->reset();
+  if (!co_await write_text(&p.server, "held")) co_return "write held";
+  if (!co_await until_held(&p.client)) co_return "nothing held after 10 s";
+  auto [ctx, cancel] = mpg::with_cancel(mpg::background());
+  cancel();
+  auto r = co_await p.client.receive(ctx);
+  if (r.status().code() != code::kCancelled) co_return "receive(ctx): " + r.status().ToString();
+  char buf[16];
+  auto n = co_await p.client.read(std::span<char>(buf), ctx);
+  if (n.ok()) co_return "read(buf, ctx) took \"" + std::string(buf, *n) + "\"";
+  if (n.status().code() != code::kCancelled) co_return "read(buf, ctx): " + n.status().ToString();
+  auto m = co_await p.client.read(std::span<char>(buf), clock_type::now() + 10s);
+  if (!m.ok()) co_return "read: " + m.status().ToString();
+  co_return std::string(buf, *m);
+}
+
+}  // namespace
+
+TEST_CASE("receive() and read() started after an idle cancel() are not cancelled by it") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(receive_after_idle_cancel(false)) == "b");
+  CHECK(rt.block_on(receive_after_idle_cancel(true)) == "b");
+}
+
+TEST_CASE("read(buf, ctx) with an ended context is kCancelled though bytes are held") {
+  mpg::runtime rt({.procs = 1});
+  CHECK(rt.block_on(read_held_with_ended_context()) == "held");
+}

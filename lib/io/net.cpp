@@ -159,8 +159,9 @@ task<absl::StatusOr<tcp_stream>> dial_addr(std::string address,
   for (sock_addr& a : *addrs) {
     int fd = ::socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-      errors.add(detail::errno_status(errno, absl::StrCat("dial ", format_addr(a.ss, a.len),
-                                                          ": socket")));
+      const int err = errno;  // before format_addr, which may set errno
+      errors.add(detail::errno_status(err, absl::StrCat("dial ", format_addr(a.ss, a.len),
+                                                        ": socket")));
       continue;
     }
     // Owned by a stream from the start: its destructor closes the socket
@@ -849,7 +850,8 @@ absl::StatusOr<listener> listen(std::string_view address, listen_options opts) {
     ln.fd_.store(fd, std::memory_order_relaxed);
     ln.unix_path_ = detail::unix_path(a);  // bound: ln's close() removes the file
     if (::listen(fd, opts.backlog > 0 ? opts.backlog : SOMAXCONN) != 0) {
-      return detail::errno_status(errno, absl::StrCat("listen ", format_addr(a.ss, a.len)));
+      const int err = errno;  // before format_addr, which may set errno
+      return detail::errno_status(err, absl::StrCat("listen ", format_addr(a.ss, a.len)));
     }
     sockaddr_storage bound{};
     socklen_t len = sizeof bound;

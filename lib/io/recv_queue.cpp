@@ -11,6 +11,7 @@
 #include <cstring>
 #include <limits>
 #include <new>
+#include <optional>
 #include <source_location>
 #include <utility>
 
@@ -326,7 +327,18 @@ g* recv_queue::close() noexcept {
   return w != nullptr ? w->gp : nullptr;
 }
 
-void recv_queue::cancel() noexcept { io_cancel(&slot_, /*close=*/false); }
+void recv_queue::cancel() noexcept {
+  // The receive in flight is the published reader, not the multishot: a
+  // cancel of the multishot would end it for whichever receive waits when
+  // its final CQE is reaped, which may be one that started after cancel()
+  // returned (net.hpp: later operations are not affected). The multishot
+  // goes on receiving for the next receive.
+  lock_.lock();
+  recv_waiter* w = std::exchange(waiter_, nullptr);
+  if (w != nullptr && w->wake == kNone) w->wake = kCancel;
+  lock_.unlock();
+  if (w != nullptr) ready(w->gp);
+}
 
 void recv_queue::on_cqe(io_op* op) noexcept {
   auto* q = static_cast<queue_op*>(op)->queue;
@@ -470,6 +482,14 @@ struct watch_box {
   }
 };
 
+// context_ended(): the read's context (null: none) has ended: its code as
+// a read's result (a context is sticky: net.hpp, "Contexts").
+std::optional<absl::Status> context_ended(const detail::context_node* node) {
+  if (node == nullptr || !node->cancelled()) return std::nullopt;
+  const bool late = node->err().code() == absl::StatusCode::kDeadlineExceeded;
+  return detail::io_result_status(late ? -ETIME : -ECANCELED, "read");
+}
+
 // recv_wait: one wait of the task form: parks, starts the deadline timer
 // and the context watcher, then takes a step (recv_queue.hpp, W1-W3).
 struct recv_wait {
@@ -589,6 +609,8 @@ task<absl::StatusOr<recv_buffer>> tcp_stream::do_receive(
     // close() (a plain load on x86, as relaxed).
     const int fd = fd_.load(std::memory_order_seq_cst);
     if (fd < 0) co_return closed_error("read");
+    // An ended context ends the read whether or not bytes are held.
+    if (auto ended = context_ended(node)) co_return *std::move(ended);
     const std::int64_t dl =
         deadline ? detail::to_ns(*deadline) : read_deadline_.ns();
     if (dl != detail::io_deadline::kNone && detail::mono_now_ns() >= dl) {
@@ -648,6 +670,11 @@ task<absl::StatusOr<std::size_t>> tcp_stream::do_read_held(
   // seq_cst: the reader's half of the pair against close(), as in do_receive.
   const int fd = fd_.load(std::memory_order_seq_cst);
   if (fd < 0) co_return closed_error("read");
+  // An ended context ends the read whether or not bytes are held, as a
+  // plain read's (refused by io_start) and receive(ctx).
+  if (ctx != nullptr && !ctx->never_cancelled()) {
+    if (auto ended = context_ended(ctx.get())) co_return *std::move(ended);
+  }
   std::span<char> copy = buf;
   recv_queue::take_result r = q->step(fd, nullptr, nullptr, &copy, nullptr, 0);
   if (r.s == recv_queue::took::data) co_return copy.size();

@@ -95,8 +95,9 @@
 //       waiting for it spins and then yields (on tcp_echo, moves that
 //       waited made 93% of the server's sched_yield calls). Refused, the
 //       move is asked again after kMoveAfter more takes elsewhere.
-// A user cancel (cancel(), close(): op_.stop says so) ends the multishot
-// too (R2), and a waiting reader reads kCancelled.
+// close() ends the multishot (op_.stop says so: R2), and a waiting reader
+// reads kCancelled. cancel() ends only the waiting reader (kCancelled): the
+// multishot goes on for later receives, which cancel() must not affect.
 //
 // Waiting (W1-W3). The reader parks, then under lock_ checks for data, a
 // final result, or a wake already recorded in its recv_waiter, and only
@@ -207,7 +208,8 @@ class recv_queue {
   // kCancelled: its G is returned for the caller to ready once it touches
   // the stream no more (the reader may destroy the stream when it returns).
   [[nodiscard]] g* close() noexcept;
-  // cancel(): the armed op, if any, ends (tcp_stream::cancel()).
+  // cancel(): the published reader, if any, is woken with kCancel
+  // (tcp_stream::cancel()); the armed op goes on.
   void cancel() noexcept;
   // put_back(): the reader copied `consumed` bytes of b (read(buf)); the
   // rest goes back to the front of the queue.
