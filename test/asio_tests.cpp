@@ -159,7 +159,8 @@ struct inline_then_wait {
   void operator()(Handler&& h) const {
     std::forward<Handler>(h)(42);
     // Still inside the task's await_suspend: the task must not run yet.
-    *overlapped = mpg_test::wait_until([r = resumed] { return r->load(); }, std::chrono::seconds(2));
+    *overlapped =
+        mpg_test::wait_until([r = resumed] { return r->load(); }, std::chrono::seconds(2));
   }
 };
 

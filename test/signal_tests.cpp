@@ -437,7 +437,8 @@ TEST_CASE("notify() in a task guards its runtime for a channel another runtime r
   // The signal comes once b's check has looked ten times (three quiet looks
   // in a row make a report), or after 10 s.
   std::thread raiser([&] {
-    (void)mpg_test::wait_until([] { return deadlock_looks.load() >= 10; }, std::chrono::seconds(10));
+    (void)mpg_test::wait_until([] { return deadlock_looks.load() >= 10; },
+                               std::chrono::seconds(10));
     ::kill(::getpid(), SIGUSR2);
   });
   int got = 0;

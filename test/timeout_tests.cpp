@@ -227,10 +227,11 @@ TEST_CASE("timeout(d, fn) whose fn throws cancels the context it made") {
     std::optional<mpg::context> seen;
     bool threw = false;
     try {
-      (void)co_await mpg::timeout(std::chrono::hours(1), [&seen](mpg::context ctx) -> mpg::task<int> {
+      auto fn = [&seen](mpg::context ctx) -> mpg::task<int> {
         seen = ctx;
         throw std::runtime_error("no task");
-      });
+      };
+      (void)co_await mpg::timeout(std::chrono::hours(1), fn);
     } catch (const std::runtime_error&) {
       threw = true;
     }

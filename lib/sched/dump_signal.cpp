@@ -8,13 +8,14 @@
 //      process-wide self-pipe (write(2) is async-signal-safe; the write end
 //      is non-blocking, so a full pipe drops the byte: dumps are already
 //      pending). It reads the pipe's fd from an always-lock-free atomic.
-//   2. A process-wide dumper thread blocks in read(2) on the pipe and takes
-//      every byte there. It keeps every signal blocked but the registered
-//      ones (dumper_signals, applied after each read; a registration writes
-//      byte 0 to make the dumper apply it), so that a registered signal has
-//      a thread to go to even when the program blocks it in all of its own
-//      threads, the Ms included (Go's sigM does the same for os/signal); a
-//      handler run there only makes a read or a write return EINTR. For each signal number among them (once: a burst
+//   2. A process-wide dumper thread waits on the pipe (poll(2), then
+//      read(2)) and takes every byte there. It keeps every signal blocked
+//      but the registered ones (dumper_signals, applied after each read; a
+//      registration writes byte 0 to make the dumper apply it), so that a
+//      registered signal has a thread to go to even when the program blocks
+//      it in all of its own threads, the Ms included (Go's sigM does the
+//      same for os/signal); a handler run there only makes a wait or a
+//      write return EINTR. For each signal number among the bytes (once: a burst
 //      of signals during a dump makes one dump more, not one per signal) it
 //      takes the registry lock, builds the text of the dump of every
 //      runtime registered for that signal, releases the lock and writes the

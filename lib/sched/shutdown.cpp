@@ -168,7 +168,8 @@ void scheduler::kill_remaining(std::ostream& report) {
     g* gp = live[i];
     const char* n = gp->name.load(std::memory_order_relaxed);
     const char* why = gp->wait_reason.load(std::memory_order_relaxed);
-    names << "\n  task " << gp->id.load(std::memory_order_relaxed) << (n ? " (" : "") << (n ? n : "") << (n ? ")" : "") << ": "
+    names << "\n  task " << gp->id.load(std::memory_order_relaxed) << (n ? " (" : "")
+          << (n ? n : "") << (n ? ")" : "") << ": "
           << to_string(gp->status.load(std::memory_order_relaxed));
     if (why) names << " on " << why;
     // No M runs: the chain is still (inspect.cpp). A G that step 3 (or a
