@@ -10,13 +10,13 @@
 //       write(2) is on POSIX's list, and the handler saves and restores
 //       errno. A full pipe drops the byte: the relay then already has an
 //       unread byte, hence a pass still to make.
-//   R1. The relay blocks in read(2) on the pipe. Its thread blocks every
-//       signal but those some channel wants (relay_unblocked, updated after
-//       each read), so a wanted signal has a thread to go to even when the
-//       program blocks it in all of its own threads (Go's sigM); a handler
-//       run there only makes the read restart or return EINTR.
-//   R2. After every read it takes each word of pending_bits with exchange(0)
-//       and, under the registry lock, offers each signal found to every
+//   R1. The relay waits on the pipe (poll(2), then read(2)). Its thread
+//       blocks every signal but those some channel wants (relay_unblocked,
+//       updated after each read), so a wanted signal has a thread to go to
+//       even when the program blocks it in all of its own threads (Go's
+//       sigM); a handler run there only makes the wait return EINTR.
+//   R2. After every read, under the registry lock, it takes each word of
+//       pending_bits with exchange(0) and offers each signal found to every
 //       channel that wants it (try_send, never waits), in registration order.
 // No delivery is lost: a bit set by H1 is followed by a byte; the read that
 // returns that byte (or a later one) is followed by R2's exchange, which
@@ -220,9 +220,16 @@ void deliver_locked(registry& r, sig_mask pending) ABSL_EXCLUSIVE_LOCKS_REQUIRED
   }
 }
 
-void deliver(sig_mask pending) {
+// deliver_pending(): R2. The bits are taken under the registry lock, as
+// stop() takes them: a signal is offered by whichever takes its bit, to the
+// channels registered then (taken outside the lock, the bits of a stopping
+// channel's signal could wait for the lock while stop() found none and
+// removed the channel).
+void deliver_pending() {
   registry& r = reg();
   mpg::detail::thread_mutex_lock lk(r.mu);
+  const sig_mask pending = pending_bits.exchange(0, std::memory_order_acq_rel);
+  if (pending == 0) return;
   if (auto hook = mpg::detail::g_signal_deliver_hook.load(std::memory_order_relaxed)) hook();
   deliver_locked(r, pending);
 }
@@ -260,8 +267,7 @@ void relay_loop(int read_fd) {
       set_relay_mask(want);
       unblocked = want;
     }
-    sig_mask pending = pending_bits.exchange(0, std::memory_order_acq_rel);
-    if (pending != 0) deliver(pending);
+    deliver_pending();
   }
 }
 
