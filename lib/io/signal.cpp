@@ -70,7 +70,6 @@
 
 #include <absl/base/thread_annotations.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -234,37 +233,16 @@ void deliver_pending() {
   deliver_locked(r, pending);
 }
 
-// wait_readable(): poll(2) for fd before the read. The read alone would do;
-// but a handler that runs on this thread (the wanted signals are unblocked
-// here) must run while it waits, and ThreadSanitizer runs a handler at once
-// only inside a call it knows may block (poll), deferring it otherwise to
-// the thread's next intercepted call: after a read that the handler's own
-// byte was to end.
-void wait_readable(int fd) noexcept {
-  pollfd p{.fd = fd, .events = POLLIN, .revents = 0};
-  while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
-  }
-}
-
-// The relay's mask: every signal blocked but those some channel wants.
-void set_relay_mask(sig_mask unblocked) {
-  sigset_t set;
-  sigfillset(&set);
-  for (int sig = 1; sig <= kMaxSignal; ++sig)
-    if ((unblocked & bit(sig)) != 0) sigdelset(&set, sig);
-  ::pthread_sigmask(SIG_SETMASK, &set, nullptr);
-}
-
 void relay_loop(int read_fd) {
   sig_mask unblocked = 0;
   for (;;) {
     char buf[64];
-    wait_readable(read_fd);
+    mpg::detail::wait_readable(read_fd);
     ssize_t n = ::read(read_fd, buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return;  // cannot happen: the write end is never closed
     if (const sig_mask want = relay_unblocked.load(std::memory_order_acquire); want != unblocked) {
-      set_relay_mask(want);
+      mpg::detail::set_signal_thread_mask(want);
       unblocked = want;
     }
     deliver_pending();

@@ -71,7 +71,6 @@
 #include "sched/dump_signal.hpp"
 
 #include <fcntl.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
@@ -228,15 +227,6 @@ bool take_stop(registry* r) {
   return false;
 }
 
-// The dumper's mask: every signal blocked but the registered ones.
-void apply_dumper_mask(std::uint64_t unblocked) noexcept {
-  sigset_t set;
-  sigfillset(&set);
-  for (int sig = 1; sig <= 64; ++sig)
-    if ((unblocked & (std::uint64_t{1} << (sig - 1))) != 0) sigdelset(&set, sig);
-  ::pthread_sigmask(SIG_SETMASK, &set, nullptr);
-}
-
 // publish_signals_locked(): the registered signals, for the dumper.
 void publish_signals_locked(registry& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) {
   std::uint64_t m = 0;
@@ -252,18 +242,14 @@ void dumper_main(registry* r, int fd) {
   for (;;) {
     if (const std::uint64_t want = dumper_signals.load(std::memory_order_acquire);
         !applied || want != unblocked) {
-      apply_dumper_mask(want);
+      set_signal_thread_mask(want);
       unblocked = want;
       applied = true;
     }
     // What the pipe holds, up to a page: the signals that came while the
     // last dump was built and written, one dump per signal number.
     unsigned char bytes[256];
-    // poll(2) first, as the signal relay does (lib/io/signal.cpp,
-    // wait_readable): a handler run on this thread runs during the wait.
-    pollfd p{.fd = fd, .events = POLLIN, .revents = 0};
-    while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
-    }
+    wait_readable(fd);  // signal_handler.hpp: why poll before the read
     const ssize_t n = ::read(fd, bytes, sizeof bytes);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return;  // cannot happen: the write end is never closed

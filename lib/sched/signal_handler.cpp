@@ -70,6 +70,7 @@
 // whose hooks are set while a fork is under way is left out of it whole.
 #include "sched/signal_handler.hpp"
 
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 
@@ -271,6 +272,20 @@ void set_fork_hooks(signal_client c, const fork_hooks* hooks) {
   if (registered != 0)
     throw std::runtime_error(std::string("mpg: pthread_atfork: ") + std::strerror(registered));
   client_hooks[static_cast<unsigned>(c)].store(hooks, std::memory_order_release);
+}
+
+void set_signal_thread_mask(std::uint64_t unblocked) noexcept {
+  sigset_t set;
+  sigfillset(&set);
+  for (int sig = 1; sig <= 64; ++sig)
+    if ((unblocked & (std::uint64_t{1} << (sig - 1))) != 0) sigdelset(&set, sig);
+  ::pthread_sigmask(SIG_SETMASK, &set, nullptr);
+}
+
+void wait_readable(int fd) noexcept {
+  pollfd p{.fd = fd, .events = POLLIN, .revents = 0};
+  while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
+  }
 }
 
 }  // namespace mpg::detail

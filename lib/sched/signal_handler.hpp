@@ -43,6 +43,19 @@ void claim_signal(signal_client c, int sig, signal_sink sink, const char* who);
 // may still call c's sink for a moment: sinks must stay callable for ever.
 void release_signal(signal_client c, int sig) noexcept;
 
+// The clients' relay threads (mpg::signal's relay, dump_signal's dumper):
+// set_signal_thread_mask() blocks every signal in the calling thread but
+// those of `unblocked` (bit sig - 1), so that a signal a client holds has a
+// thread to go to even when the program blocks it in all of its own
+// threads (Go's sigM does the same). wait_readable() waits in poll(2) until
+// fd has bytes (EINTR retried): a handler that runs on the relay runs
+// during the wait, also under ThreadSanitizer, which runs a handler at once
+// only inside a call it knows may block and defers it otherwise to the
+// thread's next intercepted call (after a read that the handler's own byte
+// was to end).
+void set_signal_thread_mask(std::uint64_t unblocked) noexcept;
+void wait_readable(int fd) noexcept;
+
 // fork_hooks: a client's part of the fork protocol (signal_handler.cpp,
 // "Fork"). prepare() takes every lock of the client, so that fork() copies
 // none held; parent() releases them; child() releases them too and leaves
