@@ -218,10 +218,7 @@ TEST_CASE("dump_signal: the dump comes though every thread of the program blocks
           doctest::skip(mpg_test::kThreadSanitized)) {
   auto r = mpg_test::run_child(
       [] {
-        sigset_t set;
-        sigemptyset(&set);
-        sigaddset(&set, SIGUSR2);
-        ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
+        mpg_test::block_signal(SIGUSR2);
         mpg::runtime rt({.procs = 1, .dump_signal = SIGUSR2});
         mpg::detail::g_dump_write_hook.store(&note_dump_write, std::memory_order_relaxed);
         mpg::chan<int> c;

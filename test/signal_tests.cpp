@@ -469,10 +469,7 @@ TEST_CASE("notify delivers a signal that every thread of the program blocks" *
           doctest::skip(mpg_test::kThreadSanitized)) {
   auto r = mpg_test::run_child(
       [] {
-        sigset_t set;
-        sigemptyset(&set);
-        sigaddset(&set, SIGUSR2);
-        ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
+        mpg_test::block_signal(SIGUSR2);
         mpg::chan<int> sigs = mpg::signal::notify({SIGUSR2});
         mpg::runtime rt({.procs = 1});
         const int got = rt.block_on([](mpg::chan<int> c) -> mpg::task<int> {

@@ -189,31 +189,7 @@ struct counted {  // a local of the outermost frame, destroyed last
   int* destroyed;
   ~counted() { ++*destroyed; }
 };
-}  // namespace
 
-// Running a chain of a million awaits takes no stack (task.hpp); destroying
-// it at shutdown, one frame's destruction inside its parent's, takes a
-// thread of its own (shutdown.cpp, destroy_root). ThreadSanitizer keeps a
-// shadow call stack of its own, of 64 Ki calls a thread, which so deep a
-// destruction overflows: there the chain is only deep enough to take that
-// thread.
-TEST_CASE("a chain of a million nested awaits parked at its bottom is killed at shutdown") {
-  constexpr int kDepth = mpg_test::kThreadSanitized ? 12000 : 1000000;
-  g_deep_reached.store(false);
-  mpg::chan<int> c;
-  int destroyed = 0;
-  {
-    mpg::runtime rt({.procs = 1});
-    rt.go([](mpg::chan<int> c, int* destroyed) -> mpg::task<void> {
-      counted outer{destroyed};
-      (void)co_await nest(kDepth, c);
-    }(c, &destroyed), "deep");
-    REQUIRE(mpg_test::wait_until([] { return g_deep_reached.load(); }));
-  }  // ~runtime destroys the root frame, and with it a million frames
-  CHECK(destroyed == 1);
-}
-
-namespace {
 // Each level spawns the next and joins it: the join runs the child inline
 // (it is the newest entry of the P's deque), so the chain is one G, and its
 // kill destroys each child from its parent's handle (drop_join, spawn.hpp:
@@ -228,20 +204,38 @@ mpg::task<int> nest_spawned(int depth, mpg::chan<int> c) {
   auto child = mpg::spawn(nest_spawned(depth - 1, c));
   co_return 1 + co_await child;
 }
-}  // namespace
 
-TEST_CASE("a chain of a million inline joins parked at its bottom is killed at shutdown") {
+// kill_deep_chain(): a task whose chain (made by nest) is kDepth frames deep
+// parks at its bottom; ~runtime kills it. Returns how many times the local
+// of its outermost frame was destroyed. ThreadSanitizer keeps a shadow call
+// stack of its own, of 64 Ki calls a thread, which so deep a destruction
+// overflows: there the chain is only deep enough to take the deep-chain
+// thread.
+int kill_deep_chain(mpg::task<int> (*nest)(int, mpg::chan<int>), const char* name) {
   constexpr int kDepth = mpg_test::kThreadSanitized ? 12000 : 1000000;
   g_deep_reached.store(false);
   mpg::chan<int> c;
   int destroyed = 0;
   {
     mpg::runtime rt({.procs = 1});
-    rt.go([](mpg::chan<int> c, int* destroyed) -> mpg::task<void> {
+    rt.go([](mpg::task<int> (*nest)(int, mpg::chan<int>), mpg::chan<int> c,
+             int* destroyed) -> mpg::task<void> {
       counted outer{destroyed};
-      (void)co_await nest_spawned(kDepth, c);
-    }(c, &destroyed), "deep-joins");
+      (void)co_await nest(kDepth, c);
+    }(nest, c, &destroyed), name);
     REQUIRE(mpg_test::wait_until([] { return g_deep_reached.load(); }));
-  }
-  CHECK(destroyed == 1);
+  }  // ~runtime destroys the root frame, and with it the whole chain
+  return destroyed;
+}
+}  // namespace
+
+// Running a chain of a million awaits takes no stack (task.hpp); destroying
+// it at shutdown, one frame's destruction inside its parent's, takes a
+// thread of its own (shutdown.cpp, destroy_root).
+TEST_CASE("a chain of a million nested awaits parked at its bottom is killed at shutdown") {
+  CHECK(kill_deep_chain(&nest, "deep") == 1);
+}
+
+TEST_CASE("a chain of a million inline joins parked at its bottom is killed at shutdown") {
+  CHECK(kill_deep_chain(&nest_spawned, "deep-joins") == 1);
 }

@@ -3,6 +3,9 @@
 
 #include "mpg/mpg.hpp"
 
+#include <pthread.h>
+#include <signal.h>
+
 #include <chrono>
 #include <coroutine>
 #include <exception>
@@ -29,6 +32,15 @@ inline constexpr bool kThreadSanitized = true;
 #else
 inline constexpr bool kThreadSanitized = false;
 #endif
+
+// block_signal(): blocks sig in the calling thread; threads it makes later
+// inherit the block.
+inline void block_signal(int sig) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, sig);
+  ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
 
 // yield_some(): yields up to n times so that other tasks get to run (never
 // needed for correctness, only to give a wrong implementation the chance to

@@ -241,8 +241,8 @@ class oneshot_state {
   }
 
   // take_with(): the await's result (status_ is not kEmpty), built by make
-  // from the value (T&&, so
-  // that T moves once, straight into make's result) or from a status; the
+  // from the value (T&&, so that T moves once, straight into make's result)
+  // or from a status; the
   // result is returned as a prvalue all the way, so it is not moved again
   // (absl::StatusOr's move constructor is noexcept whatever T's is: a
   // second move of a T that throws would terminate). The value is taken

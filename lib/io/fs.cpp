@@ -145,8 +145,8 @@ struct file_submission {
   io_request* rq;
   std::uint32_t generation;  // the operation's (taken when it started)
   std::uint8_t refuse;       // file::kAppend, kStream: modes this op refuses
-  bool closed = false;
-  int refused_res = 0;       // the result of a refusal
+  // Refused here: kRefusedClosed, kRefusedAppend or -ESPIPE; 0 if not.
+  int refusal = 0;
 
   file_submission(file* fl, std::uint32_t gen, io_request* r, const char* reason,
                   std::uint8_t refuse_modes = 0) noexcept
@@ -162,25 +162,22 @@ struct file_submission {
     // between cannot see that write.
     std::atomic<std::uint64_t>& users = f->users_;
     const std::uint64_t prev = users.fetch_add(1, std::memory_order_acquire);
-    bool refused = (prev & file::kClosing) != 0 || file::generation_of(prev) != generation;
-    if (!refused) {
+    if ((prev & file::kClosing) != 0 || file::generation_of(prev) != generation) {
+      refusal = kRefusedClosed;
+    } else {
       rq->fd = f->fd_.load(std::memory_order_relaxed);  // stable while counted
-      refused = rq->fd < 0;  // never opened (or moved from)
-      refused_res = kRefusedClosed;
       // Stable while counted, as fd_ (operator= stores it before O1).
       const std::uint8_t mode = f->mode_.load(std::memory_order_relaxed) & refuse;
-      if (!refused && mode != 0) {
-        refused = true;
-        refused_res = (mode & file::kStream) != 0 ? -ESPIPE : kRefusedAppend;
+      if (rq->fd < 0) {
+        refusal = kRefusedClosed;  // never opened (or moved from)
+      } else if (mode != 0) {
+        refusal = (mode & file::kStream) != 0 ? -ESPIPE : kRefusedAppend;
       }
-    } else {
-      refused_res = kRefusedClosed;
     }
-    if (refused) {
+    if (refusal != 0) {
       if (auto hook = detail::g_file_refused_hook.load(std::memory_order_relaxed)) [[unlikely]]
         hook(f);
       users.fetch_sub(1, std::memory_order_release);
-      closed = true;
       return false;
     }
     if (auto hook = detail::g_file_submit_hook.load(std::memory_order_relaxed)) [[unlikely]]
@@ -201,7 +198,7 @@ struct file_submission {
     users.fetch_sub(1, std::memory_order_release);
     return started;
   }
-  int await_resume() const noexcept { return closed ? refused_res : io.await_resume(); }
+  int await_resume() const noexcept { return refusal != 0 ? refusal : io.await_resume(); }
 };
 
 task<absl::StatusOr<file>> open(std::string path, int flags, unsigned mode) {

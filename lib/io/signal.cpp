@@ -12,7 +12,7 @@
 //       unread byte, hence a pass still to make.
 //   R1. The relay waits on the pipe (poll(2), then read(2)). Its thread
 //       blocks every signal but those some channel wants (relay_unblocked,
-//       updated after each read), so a wanted signal has a thread to go to
+//       applied before each wait), so a wanted signal has a thread to go to
 //       even when the program blocks it in all of its own threads (Go's
 //       sigM); a handler run there only makes the wait return EINTR.
 //   R2. After every read, under the registry lock, it takes each word of
@@ -116,12 +116,9 @@ std::atomic<sig_mask> pending_bits{0};
 std::atomic<int> wake_fd{-1};
 static_assert(std::atomic<sig_mask>::is_always_lock_free);
 static_assert(std::atomic<int>::is_always_lock_free);
-// The signals some channel wants, which the relay keeps unblocked in its own
-// thread (as Go's sigM does), so that a delivery has a thread to go to even
-// when every other thread of the process blocks the signal. Written under
-// the registry lock and followed by a byte on the pipe; the relay reads it
-// after the read that returns that byte (the pipe orders them).
-std::atomic<sig_mask> relay_unblocked{0};
+// The signals some channel wants, which the relay keeps unblocked
+// (signal_handler.hpp); published under the registry lock.
+mpg::detail::relay_mask relay_unblocked;
 
 void notify_sink(int sig) noexcept {
   if (sig >= 1 && sig <= kMaxSignal) pending_bits.fetch_or(bit(sig), std::memory_order_relaxed);
@@ -180,7 +177,7 @@ void fork_child() noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS {
   // reads these meanwhile.
   wake_fd.store(-1, std::memory_order_relaxed);
   pending_bits.store(0, std::memory_order_relaxed);
-  relay_unblocked.store(0, std::memory_order_relaxed);
+  relay_unblocked.reset();
   if (r.relay_started) {
     ::close(r.read_fd);
     ::close(r.write_fd);
@@ -234,17 +231,14 @@ void deliver_pending() {
 }
 
 void relay_loop(int read_fd) {
-  sig_mask unblocked = 0;
+  sig_mask unblocked = mpg::detail::relay_mask::kNoneApplied;
   for (;;) {
     char buf[64];
+    relay_unblocked.apply(&unblocked);
     mpg::detail::wait_readable(read_fd);
     ssize_t n = ::read(read_fd, buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return;  // cannot happen: the write end is never closed
-    if (const sig_mask want = relay_unblocked.load(std::memory_order_acquire); want != unblocked) {
-      mpg::detail::set_signal_thread_mask(want);
-      unblocked = want;
-    }
     deliver_pending();
   }
 }
@@ -292,7 +286,7 @@ void publish_wanted_locked(registry& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) {
   sig_mask m = 0;
   for (int sig = 1; sig <= kMaxSignal; ++sig)
     if (r.wanted[sig] > 0) m |= bit(sig);
-  if (relay_unblocked.exchange(m, std::memory_order_release) == m || r.write_fd < 0) return;
+  if (!relay_unblocked.publish(m) || r.write_fd < 0) return;
   const char b = 0;
   [[maybe_unused]] ssize_t n = ::write(r.write_fd, &b, 1);
 }

@@ -10,7 +10,7 @@
 //      pending). It reads the pipe's fd from an always-lock-free atomic.
 //   2. A process-wide dumper thread waits on the pipe (poll(2), then
 //      read(2)) and takes every byte there. It keeps every signal blocked
-//      but the registered ones (dumper_signals, applied after each read; a
+//      but the registered ones (dumper_signals, applied before each wait; a
 //      registration writes byte 0 to make the dumper apply it), so that a
 //      registered signal has a thread to go to even when the program blocks
 //      it in all of its own threads, the Ms included (Go's sigM does the
@@ -102,11 +102,9 @@ namespace {
 // child's store runs while no handler can (fork_child()).
 std::atomic<int> wake_fd{-1};
 static_assert(std::atomic<int>::is_always_lock_free, "the signal handler needs a lock-free fd");
-// The registered signals (bit sig - 1), which the dumper keeps unblocked.
-// Written under registry::mu; release pairs with the dumper's acquire load
-// after a read: a registration then writes byte 0, and the pipe orders that
-// write before the read that returns it.
-std::atomic<std::uint64_t> dumper_signals{0};
+// The registered signals, which the dumper keeps unblocked
+// (signal_handler.hpp); published under registry::mu.
+relay_mask dumper_signals;
 
 void dump_sink(int sig) noexcept {
   const int fd = wake_fd.load(std::memory_order_relaxed);
@@ -155,7 +153,7 @@ void fork_child() noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS {
   // blocked in it until the fork handlers are done (F3), so no handler
   // and no dumper reads these meanwhile.
   wake_fd.store(-1, std::memory_order_relaxed);
-  dumper_signals.store(0, std::memory_order_relaxed);
+  dumper_signals.reset();
   r.stops.store(0, std::memory_order_relaxed);
   if (r.read_fd >= 0) {
     ::close(r.read_fd);
@@ -227,25 +225,20 @@ bool take_stop(registry* r) {
   return false;
 }
 
-// publish_signals_locked(): the registered signals, for the dumper.
-void publish_signals_locked(registry& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) {
+// publish_signals_locked(): the registered signals, for the dumper; true
+// when they changed.
+bool publish_signals_locked(registry& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) {
   std::uint64_t m = 0;
   for (const auto& [sig, runtimes] : r.by_signal)
     if (sig >= 1 && sig <= 64) m |= std::uint64_t{1} << (sig - 1);
-  dumper_signals.store(m, std::memory_order_release);
+  return dumper_signals.publish(m);
 }
 
 void dumper_main(registry* r, int fd) {
   pthread_setname_np(pthread_self(), "mpg-dump");
-  std::uint64_t unblocked = 0;
-  bool applied = false;
+  std::uint64_t unblocked = relay_mask::kNoneApplied;
   for (;;) {
-    if (const std::uint64_t want = dumper_signals.load(std::memory_order_acquire);
-        !applied || want != unblocked) {
-      set_signal_thread_mask(want);
-      unblocked = want;
-      applied = true;
-    }
+    dumper_signals.apply(&unblocked);
     // What the pipe holds, up to a page: the signals that came while the
     // last dump was built and written, one dump per signal number.
     unsigned char bytes[256];
@@ -290,13 +283,13 @@ void dump_signal_register(int sig, scheduler* s) {
     it = r.by_signal.emplace(sig, std::vector<scheduler*>{}).first;
   }
   it->second.push_back(s);
-  publish_signals_locked(r);
+  const bool changed = publish_signals_locked(r);
   // After a successful claim, so that a refused signal leaves no idle
   // dumper behind. Bytes written before it starts wait in the pipe.
   if (!r.dumper_running) {
     std::thread(dumper_main, &r, r.read_fd).detach();
     r.dumper_running = true;
-  } else {
+  } else if (changed) {
     // A running dumper applies the new mask after its next read. EAGAIN (a
     // full pipe) is fine: it has bytes to read.
     const unsigned char wake = 0;
@@ -324,7 +317,7 @@ void dump_signal_unregister(int sig, scheduler* s) noexcept {
     if (v.empty()) {
       release_signal(signal_client::dump, sig);
       r.by_signal.erase(it);
-      publish_signals_locked(r);  // applied at the dumper's next read
+      (void)publish_signals_locked(r);  // applied at the dumper's next read
     }
     none_left = r.by_signal.empty();
   }

@@ -247,10 +247,7 @@ bool on_p() noexcept {
   machine* m = current_m();
   return m != nullptr && m->p() != nullptr;
 }
-bool in_task_on_p() noexcept {
-  machine* m = current_m();
-  return current_g() != nullptr && m != nullptr && m->p() != nullptr;
-}
+bool in_task_on_p() noexcept { return in_mpg_task() && on_p(); }
 
 void throw_schedule_misuse(bool runtime_gone) {
   if (runtime_gone)

@@ -274,12 +274,15 @@ void set_fork_hooks(signal_client c, const fork_hooks* hooks) {
   client_hooks[static_cast<unsigned>(c)].store(hooks, std::memory_order_release);
 }
 
-void set_signal_thread_mask(std::uint64_t unblocked) noexcept {
+void relay_mask::apply(std::uint64_t* applied) const noexcept {
+  const std::uint64_t unblocked = want_.load(std::memory_order_acquire);
+  if (unblocked == *applied) return;
   sigset_t set;
   sigfillset(&set);
   for (int sig = 1; sig <= 64; ++sig)
     if ((unblocked & (std::uint64_t{1} << (sig - 1))) != 0) sigdelset(&set, sig);
   ::pthread_sigmask(SIG_SETMASK, &set, nullptr);
+  *applied = unblocked;
 }
 
 void wait_readable(int fd) noexcept {

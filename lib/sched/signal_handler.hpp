@@ -43,17 +43,34 @@ void claim_signal(signal_client c, int sig, signal_sink sink, const char* who);
 // may still call c's sink for a moment: sinks must stay callable for ever.
 void release_signal(signal_client c, int sig) noexcept;
 
-// The clients' relay threads (mpg::signal's relay, dump_signal's dumper):
-// set_signal_thread_mask() blocks every signal in the calling thread but
-// those of `unblocked` (bit sig - 1), so that a signal a client holds has a
-// thread to go to even when the program blocks it in all of its own
-// threads (Go's sigM does the same). wait_readable() waits in poll(2) until
-// fd has bytes (EINTR retried): a handler that runs on the relay runs
-// during the wait, also under ThreadSanitizer, which runs a handler at once
-// only inside a call it knows may block and defers it otherwise to the
-// thread's next intercepted call (after a read that the handler's own byte
-// was to end).
-void set_signal_thread_mask(std::uint64_t unblocked) noexcept;
+// The clients' relay threads (mpg::signal's relay, dump_signal's dumper).
+// relay_mask: the signals (bit sig - 1) a client's relay keeps unblocked,
+// every other one blocked, so that a signal the client holds has a thread
+// to go to even when the program blocks it in all of its own threads (Go's
+// sigM does the same). publish(), under the client's lock, sets them and
+// says whether they changed: the client then writes a byte to the relay's
+// pipe. The relay calls apply() before each wait, with the set it applied
+// last (kNoneApplied at first). Release/acquire: a publish() before the
+// byte is seen by the apply() after the read that returns it (the pipe
+// orders the two).
+class relay_mask {
+ public:
+  static constexpr std::uint64_t kNoneApplied = ~std::uint64_t{0};  // never a set
+  bool publish(std::uint64_t unblocked) noexcept {
+    return want_.exchange(unblocked, std::memory_order_release) != unblocked;
+  }
+  void apply(std::uint64_t* applied) const noexcept;
+  // A forked child's: no signal held (relaxed: the child has one thread).
+  void reset() noexcept { want_.store(0, std::memory_order_relaxed); }
+
+ private:
+  std::atomic<std::uint64_t> want_{0};
+};
+// wait_readable(): waits in poll(2) until fd has bytes (EINTR retried). A
+// handler that runs on the relay runs during the wait, also under
+// ThreadSanitizer, which runs a handler at once only inside a call it knows
+// may block and defers it otherwise to the thread's next intercepted call
+// (after a read that the handler's own byte was to end).
 void wait_readable(int fd) noexcept;
 
 // fork_hooks: a client's part of the fork protocol (signal_handler.cpp,
