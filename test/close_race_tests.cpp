@@ -9,6 +9,9 @@
 // them: close() takes its waiter out of the queue and readies it after it
 // has finished with the stream.
 #include <doctest/doctest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <mpg/mpg.hpp>
 #include <mpg/net.hpp>
@@ -16,8 +19,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <span>
+#include <string>
 #include <thread>
 #include <utility>
 
@@ -223,4 +228,124 @@ TEST_CASE("close: an accept woken by close() may destroy the listener at once") 
 
 TEST_CASE("close: a UDP receive woken by close() may destroy the socket at once") {
   close_wakes_owner<udp_recv>();
+}
+
+// C6 of fd_close.hpp: a plain system call on the fd (shutdown, the address
+// calls) holds close() off. A hook runs between the call's read of the
+// number and its system call; there a thread closes the object. Should that
+// close() return within the hook's bound, the hook opens a replacement
+// socket, which takes the lowest free number, the one just released, and
+// the call then lands on the replacement.
+namespace {
+
+struct plain_call_scene {
+  std::function<void()> close_object;
+  std::function<int()> open_replacement;  // a new socket's fd
+  std::jthread closer;
+  std::atomic<bool> closed{false};
+  bool closed_under_call = false;
+  int replacement = -1;
+};
+plain_call_scene* g_plain = nullptr;
+
+void close_under_call() {
+  plain_call_scene& sc = *g_plain;
+  if (sc.closer.joinable()) return;  // once
+  sc.closer = std::jthread([&sc] {
+    sc.close_object();
+    sc.closed.store(true);
+  });
+  // Bounded: a close() not held off returns within microseconds. Held off
+  // (the guarantee under test), it cannot return before the call ends.
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
+  while (!sc.closed.load() && std::chrono::steady_clock::now() < give_up) std::this_thread::yield();
+  if (!sc.closed.load()) return;
+  sc.closed_under_call = true;
+  sc.replacement = sc.open_replacement();
+}
+
+// run_plain_call(): `call` with the hook installed; then the closer is joined.
+template <class Call>
+void run_plain_call(plain_call_scene& sc, Call call) {
+  g_plain = &sc;
+  mpg::detail::g_plain_call_hook.store(&close_under_call);
+  call();
+  mpg::detail::g_plain_call_hook.store(nullptr);
+  if (sc.closer.joinable()) sc.closer.join();
+  g_plain = nullptr;
+}
+
+int open_udp_replacement() {
+  const int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  return fd;
+}
+
+}  // namespace
+
+TEST_CASE("close: shutdown() holds close() off; it never shuts a socket that took the number") {
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([]() -> task<void> {
+    mpg_test::stream_pair p = co_await connect_pair();
+    plain_call_scene sc;
+    int pair[2] = {-1, -1};
+    sc.close_object = [&p] { p.client.close(); };
+    sc.open_replacement = [&pair] {
+      ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair);
+      return pair[0];
+    };
+    absl::Status st;
+    run_plain_call(sc, [&] { st = p.client.shutdown(mpg::net::shutdown_how::both); });
+    CHECK_FALSE(sc.closed_under_call);
+    if (sc.replacement >= 0) {
+      // Not shut down: a send still goes.
+      CHECK(::send(sc.replacement, "x", 1, MSG_NOSIGNAL | MSG_DONTWAIT) == 1);
+      ::close(pair[0]);
+      ::close(pair[1]);
+    }
+    CHECK((st.ok() || mpg::net::is_closed(st)));
+    CHECK_FALSE(p.client.is_open());
+  }());
+}
+
+TEST_CASE("close: the address calls hold close() off; none names a socket that took the number") {
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([]() -> task<void> {
+    mpg_test::stream_pair p = co_await connect_pair();
+    auto udp = mpg::net::listen_udp("127.0.0.1:0");
+    REQUIRE(udp.ok());
+    auto ln = mpg::net::listen("127.0.0.1:0");
+    REQUIRE(ln.ok());
+    const auto stream_before = p.client.local_address();
+    const auto udp_before = udp->local_address();
+    const std::string ln_before = ln->address();
+    REQUIRE(stream_before.ok());
+    REQUIRE(udp_before.ok());
+    // One scene per object, each closed under its own call.
+    auto check = [](auto close_it, auto call, const std::string& before) {
+      plain_call_scene sc;
+      sc.close_object = close_it;
+      sc.open_replacement = open_udp_replacement;
+      std::string got;
+      run_plain_call(sc, [&] { got = call(); });
+      CHECK_FALSE(sc.closed_under_call);
+      CHECK((got == before || got == "closed"));
+      if (sc.replacement >= 0) ::close(sc.replacement);
+    };
+    auto text = [](const absl::StatusOr<std::string>& a) {
+      return a.ok() ? *a : mpg::net::is_closed(a.status()) ? "closed" : a.status().ToString();
+    };
+    check([&] { p.client.close(); }, [&] { return text(p.client.local_address()); },
+          *stream_before);
+    check([&] { udp->close(); }, [&] { return text(udp->local_address()); }, *udp_before);
+    check([&] { ln->close(); },
+          [&] {
+            const std::string a = ln->address();  // empty once closed
+            return a.empty() ? std::string("closed") : a;
+          },
+          ln_before);
+  }());
 }

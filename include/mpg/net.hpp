@@ -376,6 +376,9 @@ class tcp_stream {
   void set_write_deadline(std::optional<clock::time_point> t) noexcept;
 
   // shutdown(): half-close (default: no more writes; the peer reads EOF).
+  // Like the address calls below, it may race with close() from another
+  // task: it acts on this stream's socket or fails as closed, never on a
+  // file that reused the number.
   absl::Status shutdown(shutdown_how how = shutdown_how::write) noexcept;
   // cancel(): the read and write in flight, if any, complete with kCancelled.
   // Later operations are not affected (use a context, or a deadline in the
@@ -443,7 +446,8 @@ class tcp_stream {
   detail::io_deadline read_deadline_;   // followed by the op in read_slot_
   detail::io_deadline write_deadline_;  // followed by the op in write_slot_
   detail::io_slot read_slot_{true};   // claiming (io_op.hpp)
-  detail::io_slot write_slot_{true};
+  // Mutable: the const address calls take its lock (fd_close.hpp, C6).
+  mutable detail::io_slot write_slot_{true};
   // The multishot receive, once receive() was used (lib/io/recv_queue.hpp);
   // made and read by the reader; close() and set_read_deadline() read it
   // too (acquire: it is published with a release by the reader).
@@ -513,7 +517,8 @@ class listener {
   std::atomic<int> fd_{-1};  // as tcp_stream::fd_
   std::uint16_t port_ = 0;
   std::string unix_path_;  // the socket file this listener created, if any
-  detail::io_slot slot_{true};  // claiming (io_op.hpp)
+  // Claiming (io_op.hpp). Mutable: address() takes its lock (fd_close.hpp, C6).
+  mutable detail::io_slot slot_{true};
   std::atomic<std::uint64_t> backoffs_{0};
 };
 

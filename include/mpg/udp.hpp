@@ -138,7 +138,8 @@ class udp_socket {
   detail::io_deadline read_deadline_;   // followed by the op in read_slot_
   detail::io_deadline write_deadline_;  // followed by the op in write_slot_
   detail::io_slot read_slot_{true};   // claiming (io_op.hpp)
-  detail::io_slot write_slot_{true};
+  // Mutable: the const address calls take its lock (lib/io/fd_close.hpp, C6).
+  mutable detail::io_slot write_slot_{true};
 };
 
 // listen_udp(): a socket bound to address (":0", "127.0.0.1:0", "[::1]:5353";

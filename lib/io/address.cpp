@@ -17,6 +17,8 @@
 #include "absl/strings/str_cat.h"
 #include "mpg/io_error.hpp"
 #include "mpg/detail/sched/timer.hpp"
+#include "io/fd_close.hpp"
+#include "io/io_status.hpp"
 #include "sched/scheduler.hpp"
 
 namespace mpg::detail {
@@ -258,6 +260,23 @@ absl::StatusOr<std::vector<sock_addr>> resolve(std::string_view addr, bool passi
     if (out.empty()) return absl::NotFoundError(absl::StrCat("lookup ", h, ": no addresses"));
   }
   return out;
+}
+
+absl::StatusOr<std::string> socket_name(const std::atomic<int>& fd, io_slot& slot, bool peer) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  const int err = with_open_fd(
+      fd, slot,
+      [&](int n) {
+        const int rc = peer ? ::getpeername(n, reinterpret_cast<sockaddr*>(&ss), &len)
+                            : ::getsockname(n, reinterpret_cast<sockaddr*>(&ss), &len);
+        return rc != 0 ? errno : 0;
+      },
+      [] { return -1; });
+  const char* what = peer ? "remote_address" : "local_address";
+  if (err < 0) return closed_status(what, "network connection");
+  if (err != 0) return errno_status(err, peer ? "getpeername" : "getsockname");
+  return format_addr(ss, len);
 }
 
 }  // namespace mpg::detail

@@ -17,6 +17,7 @@
 
 #include <sys/socket.h>
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -56,6 +57,14 @@ bool holds_p() noexcept;
 // "unix:/path", "unix:@name", or "unix:" for an unnamed Unix socket. len: as
 // returned with the address.
 std::string format_addr(const sockaddr_storage& ss, socklen_t len);
+
+struct io_slot;
+
+// socket_name(): the address of a socket object's own end (getsockname) or
+// of its peer (getpeername), with close() held off under the call
+// (fd_close.hpp, C6): fd is the object's fd word, slot the one whose lock
+// guards it.
+absl::StatusOr<std::string> socket_name(const std::atomic<int>& fd, io_slot& slot, bool peer);
 
 // port_of(): the IP port of ss; 0 for anything else.
 std::uint16_t port_of(const sockaddr_storage& ss) noexcept;

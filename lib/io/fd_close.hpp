@@ -41,10 +41,19 @@
 //       a woken task may move the object and destroy the source, and the
 //       moved-to object is closed. Other members (a listener's socket path)
 //       are moved after take_fd() returns.
+//   C6. A plain system call on the fd (shutdown(2), getsockname(2), ...)
+//       runs in with_open_fd(), under the lock of a slot that close()
+//       closes in C2 before it closes the number. Under that lock it reads
+//       the slot open and the word a number, or it refuses: the number
+//       cannot be closed, and taken by a file opened meanwhile, while the
+//       call uses it. The calls it guards do not block, so neither does the
+//       closer, which waits for the lock.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+
+#include "mpg/detail/io/io_op.hpp"
 
 namespace mpg::detail {
 
@@ -61,6 +70,33 @@ int take_fd(std::atomic<int>& fd) noexcept;
 // finish_close(): C3. The caller touches the object no more.
 inline void finish_close(std::atomic<int>& fd) noexcept {
   fd.store(-1, std::memory_order_release);  // C3: pairs with C4's acquire
+}
+
+// Test hook: when set, with_open_fd() calls it once it has read the
+// number, before the system call. Relaxed, as g_close_hook's.
+using plain_call_hook_fn = void (*)();
+inline std::atomic<plain_call_hook_fn> g_plain_call_hook{nullptr};
+inline void run_plain_call_hook() noexcept {
+  if (plain_call_hook_fn f = g_plain_call_hook.load(std::memory_order_relaxed)) [[unlikely]] f();
+}
+
+// with_open_fd(): C6. Returns call(fd) with `slot` locked, or closed()
+// when the object is closed (or closing).
+template <class Call, class Closed>
+auto with_open_fd(const std::atomic<int>& fd, io_slot& slot, Call call, Closed closed) {
+  slot.lock.lock();
+  // Relaxed: under the lock, which close() takes (C2) after its claim (C1),
+  // so a closer that closed the slot is seen by the first test, and one
+  // that has not cannot close the number before the unlock below.
+  const int n = fd.load(std::memory_order_relaxed);
+  if (n < 0 || slot.closed.load(std::memory_order_relaxed)) {
+    slot.lock.unlock();
+    return closed();
+  }
+  run_plain_call_hook();
+  auto result = call(n);
+  slot.lock.unlock();
+  return result;
 }
 
 // close_waits(): how many close() calls waited in C4 (tests).

@@ -104,16 +104,6 @@ void set_nodelay(int fd) noexcept {
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
-absl::StatusOr<std::string> sock_name(int fd, bool peer) {
-  if (fd < 0) return closed_error(peer ? "remote_address" : "local_address");
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
-  int rc = peer ? ::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len)
-                : ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
-  if (rc != 0) return detail::errno_status(errno, peer ? "getpeername" : "getsockname");
-  return format_addr(ss, len);
-}
-
 // connect_fd(): connect(2) on a blocking socket, retried the ways the
 // kernel allows. -EINTR: the connection goes on in the background, so the
 // retry may read -EALREADY (wait until writable, then read SO_ERROR) or
@@ -640,11 +630,15 @@ task<absl::Status> tcp_stream::do_write_vectored(std::span<const std::string_vie
 }
 
 absl::Status tcp_stream::shutdown(shutdown_how how) noexcept {
-  int fd = fd_.load(std::memory_order_relaxed);
-  if (fd < 0) return closed_error("shutdown");
   int h = how == shutdown_how::read ? SHUT_RD : how == shutdown_how::write ? SHUT_WR : SHUT_RDWR;
-  if (::shutdown(fd, h) != 0) return detail::errno_status(errno, "shutdown");
-  return absl::OkStatus();
+  // C6 of fd_close.hpp: close() cannot release the number under the call.
+  return detail::with_open_fd(
+      fd_, write_slot_,
+      [h](int fd) {
+        if (::shutdown(fd, h) != 0) return detail::errno_status(errno, "shutdown");
+        return absl::OkStatus();
+      },
+      [] { return closed_error("shutdown"); });
 }
 
 void tcp_stream::cancel() noexcept {
@@ -682,10 +676,10 @@ void tcp_stream::close() noexcept {
 }
 
 absl::StatusOr<std::string> tcp_stream::local_address() const {
-  return sock_name(fd_.load(std::memory_order_relaxed), false);
+  return detail::socket_name(fd_, write_slot_, false);
 }
 absl::StatusOr<std::string> tcp_stream::remote_address() const {
-  return sock_name(fd_.load(std::memory_order_relaxed), true);
+  return detail::socket_name(fd_, write_slot_, true);
 }
 
 // --- listener ----------------------------------------------------------------
@@ -709,7 +703,7 @@ listener& listener::operator=(listener&& o) noexcept {
 }
 
 std::string listener::address() const {
-  auto a = sock_name(fd_.load(std::memory_order_relaxed), false);
+  auto a = detail::socket_name(fd_, slot_, false);
   return a.ok() ? *a : std::string();
 }
 

@@ -100,16 +100,6 @@ absl::StatusOr<sock_addr> pick(const std::vector<sock_addr>& addrs, int family,
       EAFNOSUPPORT, absl::StrCat("send_to ", av(address), ": no address of the socket's family"));
 }
 
-absl::StatusOr<std::string> sock_name(int fd, bool peer) {
-  if (fd < 0) return detail::closed_status(peer ? "remote_address" : "local_address", kClosedObject);
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
-  int rc = peer ? ::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len)
-                : ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
-  if (rc != 0) return detail::errno_status(errno, peer ? "getpeername" : "getsockname");
-  return detail::format_addr(ss, len);
-}
-
 task<absl::StatusOr<udp_socket>> dial_udp_addr(std::string address) {
   auto addrs = co_await resolve_udp(address);
   if (!addrs.ok()) co_return addrs.status();
@@ -167,10 +157,10 @@ udp_socket& udp_socket::operator=(udp_socket&& o) noexcept {
 }
 
 absl::StatusOr<std::string> udp_socket::local_address() const {
-  return sock_name(fd_.load(std::memory_order_relaxed), false);
+  return detail::socket_name(fd_, write_slot_, false);
 }
 absl::StatusOr<std::string> udp_socket::remote_address() const {
-  return sock_name(fd_.load(std::memory_order_relaxed), true);
+  return detail::socket_name(fd_, write_slot_, true);
 }
 
 // The address and the data's view are copied into the lazy task's frame
