@@ -25,7 +25,11 @@
 //                      (Go's io.EOF): is_eof(s).
 //   kDataLoss          the stream ended inside a line, a read_exact or a
 //                      peek (Go's io.ErrUnexpectedEOF): is_unexpected_eof(s).
-//                      The partial data stays buffered (buffered_view()).
+//                      A line's or a peek's partial data stays buffered
+//                      (buffered_view()); a read_exact's went to its
+//                      destination, and the message says how many bytes
+//                      came (as Rust's read_exact, the count is not a
+//                      value; Go's io.ReadFull returns it).
 //   kResourceExhausted read_until/read_line found no delimiter within the
 //                      buffer's capacity (Go's bufio.ErrBufferFull); peek(n)
 //                      with n above the capacity. The bytes stay buffered.
@@ -196,7 +200,8 @@ class buffered_reader {
   //
   // Fills out completely. Errors: kOutOfRange if the stream ends before the
   // first byte, kDataLoss if it ends later (what was read is in out's
-  // prefix, and lost to the reader).
+  // prefix, and consumed: the message gives its length). A stream error
+  // part way leaves out's contents unspecified.
   task<absl::Status> read_exact(std::span<char> out) {
     if (!buf_) co_return moved_from();
     std::size_t done = 0;
