@@ -637,6 +637,39 @@ TEST_CASE("receive: deadlines end a waiting receive without ending the stream's 
   }());
 }
 
+// A deadline that passed comes first, as a plain read's (and Go's Read):
+// held bytes do not go out past it, and they stay held for a later read.
+TEST_CASE("receive: a read deadline that passed comes before held bytes, which stay held") {
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([]() -> task<void> {
+    auto p = co_await connect_pair();
+    CHECK((co_await p.server.write(std::string_view("a"))).ok());
+    auto first = co_await p.client.receive();  // the stream now receives with the multishot
+    REQUIRE(first.ok());
+    CHECK(first->view() == "a");
+    CHECK((co_await p.server.write(std::string_view("held"))).ok());
+    // Bounded: the bytes come through the loopback within microseconds.
+    for (int i = 0; i < 100000 && p.client.held_buffers() == 0; ++i) co_await mpg::yield();
+    REQUIRE(p.client.held_buffers() > 0);
+    const auto past = std::chrono::steady_clock::now() - 1ms;
+    auto explicit_receive = co_await p.client.receive(past);
+    CHECK(explicit_receive.status().code() == absl::StatusCode::kDeadlineExceeded);
+    char buf[16];
+    auto explicit_read = co_await p.client.read(std::span<char>(buf), past);
+    CHECK(explicit_read.status().code() == absl::StatusCode::kDeadlineExceeded);
+    p.client.set_read_deadline(past);
+    auto frameless = co_await p.client.receive();
+    CHECK(frameless.status().code() == absl::StatusCode::kDeadlineExceeded);
+    auto plain = co_await p.client.read(std::span<char>(buf));
+    CHECK(plain.status().code() == absl::StatusCode::kDeadlineExceeded);
+    p.client.set_read_deadline(std::nullopt);
+    // Bounded: bytes given out past a deadline would leave nothing to read.
+    auto n = co_await p.client.read(std::span<char>(buf), std::chrono::steady_clock::now() + 2s);
+    REQUIRE(n.ok());
+    CHECK(std::string_view(buf, *n) == "held");
+  }());
+}
+
 TEST_CASE("receive: a context or cancel() ends a waiting receive; data after it is kept") {
   mpg::runtime rt({.procs = 1});
   rt.block_on([]() -> task<void> {

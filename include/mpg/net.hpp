@@ -44,7 +44,9 @@
 // (set_deadline() and kin) may be set from any task and apply to the
 // operation in flight too, as in Go: a read blocked when another task sets
 // a read deadline in the past completes with kDeadlineExceeded; one set in
-// the future ends it then; one moved later, or removed, lets it go on.
+// the future ends it then; one moved later, or removed, lets it go on. A
+// deadline that has passed comes before bytes already received, as Go's
+// (receive() and a read after it too: the held bytes stay held).
 //
 // Contexts: every blocking operation has an overload that takes an
 // mpg::context. When that context ends (cancel, or its deadline) the

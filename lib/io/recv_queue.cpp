@@ -187,6 +187,10 @@ recv_queue::take_result recv_queue::step(int fd, recv_waiter* w,
                                          std::int64_t armed_deadline) noexcept {
   for (;;) {
     lock_.lock();
+    if (count_ != 0 && out == nullptr && copy == nullptr) {  // the caller only arms
+      lock_.unlock();
+      return {took::data};
+    }
     if (count_ != 0) {
       held_buf& b = front_locked();
       held_buf used_up{};  // a buffer copied out to its end: given back after unlock
@@ -490,6 +494,11 @@ std::optional<absl::Status> context_ended(const detail::context_node* node) {
   return detail::io_result_status(late ? -ETIME : -ECANCELED, "read");
 }
 
+// passed(): a read deadline (kNone: none) has passed.
+bool passed(std::int64_t deadline_ns) noexcept {
+  return deadline_ns != detail::io_deadline::kNone && detail::mono_now_ns() >= deadline_ns;
+}
+
 // recv_wait: one wait of the task form: parks, starts the deadline timer
 // and the context watcher, then takes a step (recv_queue.hpp, W1-W3).
 struct recv_wait {
@@ -613,11 +622,10 @@ task<absl::StatusOr<recv_buffer>> tcp_stream::do_receive(
     if (auto ended = context_ended(node)) co_return *std::move(ended);
     const std::int64_t dl =
         deadline ? detail::to_ns(*deadline) : read_deadline_.ns();
-    if (dl != detail::io_deadline::kNone && detail::mono_now_ns() >= dl) {
-      // A deadline that passed still lets held bytes through (Go: data first).
-      recv_buffer b;
-      recv_queue::take_result r = q->step(fd, nullptr, &b, nullptr, nullptr, 0);
-      if (r.s == recv_queue::took::data) co_return b;
+    if (passed(dl)) {
+      // The deadline comes first, as for a plain read (and Go's Read): held
+      // bytes stay held. The step arms the multishot if it is not.
+      q->step(fd, nullptr, nullptr, nullptr, nullptr, 0);
       co_return detail::io_result_status(-ETIME, "read");
     }
     recv_buffer b;
@@ -675,6 +683,10 @@ task<absl::StatusOr<std::size_t>> tcp_stream::do_read_held(
   if (ctx != nullptr && !ctx->never_cancelled()) {
     if (auto ended = context_ended(ctx.get())) co_return *std::move(ended);
   }
+  // A deadline that passed comes first, as in do_receive.
+  if (passed(deadline ? detail::to_ns(*deadline) : read_deadline_.ns())) {
+    co_return detail::io_result_status(-ETIME, "read");
+  }
   std::span<char> copy = buf;
   recv_queue::take_result r = q->step(fd, nullptr, nullptr, &copy, nullptr, 0);
   if (r.s == recv_queue::took::data) co_return copy.size();
@@ -717,6 +729,11 @@ bool receive_op::await_ready() {
   recv_queue* q = s_->recv_queue_for_reader();
   // Nothing held (as far as the hint knows): the step under the park looks.
   if (!q->maybe_held()) return false;
+  // A read deadline that passed comes first, as in do_receive.
+  if (passed(s_->read_deadline_.ns())) {
+    res_ = -ETIME;
+    return true;
+  }
   recv_queue::take_result r = q->step(fd, nullptr, &buf_, nullptr, nullptr, 0);
   return take(static_cast<int>(r.s), r.err);
 }

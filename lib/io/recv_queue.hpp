@@ -187,7 +187,8 @@ class recv_queue {
   // is no longer armed_deadline (the one the caller's timer has), step
   // does not publish and reports a kick. The caller has parked when
   // w != nullptr; with w == nullptr step arms if needed and reports
-  // `waiting` without publishing anything.
+  // `waiting` without publishing anything. With neither out nor copy (and
+  // no w) it takes nothing: held data reads `data` and stays held.
   take_result step(int fd, recv_waiter* w, net::recv_buffer* out,
                    std::span<char>* copy, const std::atomic<std::int64_t>* live,
                    std::int64_t armed_deadline) noexcept;
