@@ -368,3 +368,67 @@ TEST_CASE("context: a moved-from context is still a valid handle") {
   CHECK_NOTHROW((void)mpg::with_cancel(ctx));
 }
 }  // namespace
+
+// The destruction rule (a sync object may be destroyed by the last task that
+// returns from waiting on it) applied to a context: a task waits on ctx.done()
+// while another thread calls the cancel_func that lives in the waiter's frame
+// (passed by reference, as a wait_group is). Once done() closes, the waiter
+// returns and its frame, the last owner of the node, goes; the cancel must not
+// touch the node after the waiter can see the release. Many other waiters on
+// done() keep the canceller in close_if_open()'s wake loop while the first one
+// returns.
+namespace {
+std::atomic<const mpg::cancel_func*> g_cancel_ref{nullptr};
+
+mpg::task<void> owner_waits_on_done() {
+  auto [parent, cancel_parent] = mpg::with_cancel(mpg::background());
+  auto [ctx, cancel] = mpg::with_timeout(parent, 1h);  // a pending timer too
+  mpg::chan<std::monostate> d = ctx.done();
+  for (int i = 0; i < 300; ++i)
+    mpg::go([](mpg::chan<std::monostate> d) -> mpg::task<void> { (void)co_await d.recv(); }(d),
+            "other waiter");
+  co_await mpg_test::yield_some(20);
+  g_cancel_ref.store(&cancel, std::memory_order_release);
+  (void)co_await d.recv();
+  // Returns: ctx and cancel (the node's last owners) go with the frame.
+}
+}  // namespace
+
+TEST_CASE("context: a cancel touches nothing of the context once a waiter on done() may free it") {
+  for (int round = 0; round < 30; ++round) {
+    mpg::runtime rt({.procs = 2});
+    mpg_test::watchdog wd(std::chrono::seconds(60), "cancel vs freeing waiter", &rt);
+    g_cancel_ref.store(nullptr);
+    std::thread canceller([] {
+      const mpg::cancel_func* c;
+      while ((c = g_cancel_ref.load(std::memory_order_acquire)) == nullptr) {
+        std::this_thread::yield();
+      }
+      (*c)();  // the release; *c and its node may go while this runs
+    });
+    rt.block_on(owner_waits_on_done());
+    canceller.join();
+  }
+}
+
+// Go's CancelFunc holds the context's lock while it
+// closes Done and cancels the children, so once any call to it returns -
+// the first or a later one, from any goroutine - the whole subtree is
+// cancelled. Here a later call returns at once while the first is still
+// walking the subtree: after cancel() returned, a descendant is still live.
+TEST_CASE("context: after a later cancel() returns, every descendant is cancelled too") {
+  constexpr int kKids = 2000;
+  int live_after_return = 0;
+  for (int round = 0; round < 50 && live_after_return == 0; ++round) {
+    auto [root, cancel] = mpg::with_cancel(mpg::background());
+    std::vector<std::pair<mpg::context, mpg::cancel_func>> kids;
+    kids.reserve(kKids);
+    for (int i = 0; i < kKids; ++i) kids.push_back(mpg::with_cancel(root));
+    std::thread first([&cancel] { cancel(); });
+    while (!root.cancelled()) std::this_thread::yield();  // the first call has begun
+    cancel();  // a later call: returns, so (as in Go) the subtree is cancelled
+    for (auto& k : kids) live_after_return += k.first.cancelled() ? 0 : 1;
+    first.join();
+  }
+  CHECK(live_after_return == 0);
+}

@@ -35,6 +35,18 @@
 // cancel of a subtree nor the freeing of a chain (a node drops its parent
 // last) recurses per level: both loop, so a chain of any depth is safe.
 //
+// Finishing. The cancellation that sets a node's cancelled_ (its winner)
+// stores finished_ (release) on every node it won once it has walked the
+// whole subtree. Any other cancel that meets a cancelled node waits for its
+// finished_ (acquire) before it returns or goes on, so every cancel returns
+// with the subtree cancelled, as Go's, whose CancelFunc holds the lock
+// throughout. Waits only go down the tree, to the winner of a descendant,
+// whose walk runs no task code and waits only further down, so they cannot
+// form a cycle. A timer's fire() that loses does not wait: the winner may be
+// waiting in cancel_timer() for that fire() to return. A cancel_func call
+// holds a reference to its node for its length: a task woken by done() may
+// drop every other handle meanwhile.
+//
 // Rejected: Go's design, where the parent's map keeps each child alive until
 // the child is cancelled: in C++ that leaks every child whose cancel_func is
 // never called (Go's vet warns about exactly that leak). A goroutine per
@@ -163,8 +175,11 @@ class context_node : public std::enable_shared_from_this<context_node> {
 
  private:
   static void fire(timer* t) noexcept;
-  void cancel_one(const absl::Status& why, bool from_timer,
+  // cancel_one(): false if the node was cancelled already (by another call).
+  bool cancel_one(const absl::Status& why, bool from_timer,
                   std::vector<std::shared_ptr<context_node>>& kids) noexcept;
+  // wait_finished(): until the call that cancelled us has cancelled our subtree.
+  void wait_finished() const noexcept;
   void unlink_from_parent() noexcept;
   static void release_parent(std::shared_ptr<context_node> p) noexcept;
 
@@ -176,6 +191,9 @@ class context_node : public std::enable_shared_from_this<context_node> {
   mutable spinlock lock_;
   absl::Status err_ ABSL_GUARDED_BY(lock_);
   std::atomic<bool> cancelled_{false};
+  // Set (release) by the cancel() call that cancelled this node once it
+  // has cancelled the whole subtree; later calls wait for it.
+  std::atomic<bool> finished_{false};
   // This node's children (intrusive, through their sibling links).
   context_node* first_child_ ABSL_GUARDED_BY(lock_) = nullptr;
   // Watchers to call on cancellation (W1-W3); empty once cancelled.
@@ -236,8 +254,11 @@ class context {
 // cancel_func
 //
 // Cancels its context (and every descendant) with kCancelled. Callable any
-// number of times, from any thread; calls after the first do nothing.
-// Keeps the context's node alive.
+// number of times, from any thread; a call after the first changes
+// nothing, but, as Go's, returns only once the whole subtree is cancelled
+// (it waits for the call that is cancelling it). Keeps the context's node
+// alive. A task waiting on done() may destroy the context and this
+// cancel_func as soon as it is woken: the call keeps what it still needs.
 class cancel_func {
  public:
   cancel_func() noexcept = default;

@@ -114,20 +114,41 @@ void context_node::cancel(const absl::Status& why, bool from_timer) noexcept {
   // The subtree, by a work list rather than recursion: a deep chain of
   // contexts must not take one stack frame per level.
   std::vector<std::shared_ptr<context_node>> pending;
-  cancel_one(why, from_timer, pending);
+  if (!cancel_one(why, from_timer, pending)) {
+    // Another call got here first. As Go's CancelFunc (which holds the
+    // context's lock throughout), return only once it has cancelled the
+    // whole subtree. A timer's fire() does not wait: the winner may be
+    // waiting for that very fire() in cancel_timer(). Waits only go down
+    // the tree (to the winner of a descendant), so they cannot form a cycle.
+    if (!from_timer) wait_finished();
+    return;
+  }
+  std::vector<std::shared_ptr<context_node>> won;
   while (!pending.empty()) {
     std::shared_ptr<context_node> k = std::move(pending.back());
     pending.pop_back();
-    k->cancel_one(why, false, pending);
+    if (k->cancel_one(why, false, pending))
+      won.push_back(std::move(k));
+    else
+      k->wait_finished();
   }
+  // Release: the whole subtree's cancellation happens-before a waiter's
+  // return (wait_finished's acquire).
+  for (auto& k : won) k->finished_.store(true, std::memory_order_release);
+  finished_.store(true, std::memory_order_release);
 }
 
-void context_node::cancel_one(const absl::Status& why, bool from_timer,
+void context_node::wait_finished() const noexcept {
+  short_section_backoff backoff;
+  while (!finished_.load(std::memory_order_acquire)) backoff.pause();
+}
+
+bool context_node::cancel_one(const absl::Status& why, bool from_timer,
                               std::vector<std::shared_ptr<context_node>>& kids) noexcept {
   context_watcher* watchers;
   {
     spin_guard lk(lock_);
-    if (cancelled_.load(std::memory_order_relaxed)) return;
+    if (cancelled_.load(std::memory_order_relaxed)) return false;
     err_ = why;
     // Release: err_ is visible to whoever sees cancelled_ (err()).
     cancelled_.store(true, std::memory_order_release);
@@ -161,6 +182,7 @@ void context_node::cancel_one(const absl::Status& why, bool from_timer,
     cancel_timer(&timer_);
   // The children promoted above are cancelled by cancel()'s loop.
   unlink_from_parent();
+  return true;
 }
 
 bool context_node::watch(context_watcher* w) noexcept {
@@ -226,7 +248,11 @@ void context_node::unlink_from_parent() noexcept {
 context::context() : context(background()) {}
 
 void cancel_func::operator()() const noexcept {
-  if (node_) node_->cancel(detail::canceled_status());
+  // A reference of the call's own: once done() closes, a waiter may return
+  // and drop the last other handles, this cancel_func among them (it may
+  // live in the waiter's frame, as a wait_group does); the cancel goes on
+  // touching the node (watchers, its timer, the parent's list) after that.
+  if (std::shared_ptr<detail::context_node> keep = node_) keep->cancel(detail::canceled_status());
 }
 
 context background() {
