@@ -680,3 +680,46 @@ TEST_CASE("a runtime destroyed with a receiver parked; the sender dropped after 
   });
   th.join();
 }
+
+// select(rx, ctx.done()) with the send and the cancel from two plain
+// threads at once: whichever case wins, the value is delivered exactly once
+// (a losing oneshot case takes nothing: a later await gets the value).
+namespace {
+mpg::task<std::string> oneshot_vs_cancel(int rounds) {
+  mpg::external_work alive(mpg::runtime_handle::current());
+  for (int r = 0; r < rounds; ++r) {
+    auto [tx, rx] = mpg::oneshot<int>();
+    auto [ctx, cancel] = mpg::with_cancel(mpg::background());
+    std::atomic<int> finished{0};
+    std::atomic<bool> sent{false};
+    std::thread t1([&, tx = std::move(tx)]() mutable {
+      sent.store(tx.send(r));
+      finished.fetch_add(1);
+    });
+    std::thread t2([&, cancel = cancel]() mutable {
+      cancel();
+      finished.fetch_add(1);
+    });
+    auto res = co_await mpg::select(rx, ctx.done().recv());
+    while (finished.load() != 2) co_await mpg::yield();
+    t1.join();
+    t2.join();
+    if (!sent.load()) co_return "send refused in round " + std::to_string(r);
+    if (res.index() == 0) {
+      auto& v = std::get<0>(res);
+      if (!v.ok() || *v != r) co_return "oneshot case: wrong value in round " + std::to_string(r);
+      auto again = co_await rx;
+      if (again.ok()) co_return "value delivered twice in round " + std::to_string(r);
+    } else {
+      auto v = co_await rx;
+      if (!v.ok() || *v != r) co_return "value lost in round " + std::to_string(r);
+    }
+  }
+  co_return "ok";
+}
+}  // namespace
+
+TEST_CASE("oneshot select case racing a context cancel: the value is delivered exactly once") {
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(oneshot_vs_cancel(mpg_test::kSanitized ? 100 : 500)) == "ok");
+}

@@ -337,6 +337,100 @@ TEST_CASE("schedule() moves a plain coroutine onto a P") {
   CHECK(where != std::this_thread::get_id());
 }
 
+namespace {
+
+// A coroutine that is not an mpg task hops onto the runtime with
+// co_await h.schedule() (so it runs inside a posted function: an M with a
+// P, no G) and then awaits sync primitives that are free. Each await must
+// either complete or throw runtime_misuse_error ("awaitables throw outside a
+// task", docs/api.md); none may crash. The posted function inherits the
+// budget the M's last G left, and every await that completes at once
+// charges it: when it runs out, requeue_current() is called with no G.
+struct outcome {
+  std::atomic<int> done{0};  // 1: ok, 2: misuse error, 3: other exception
+  std::atomic<int> completed{0};
+};
+
+// kind: 0 semaphore, 1 mutex, 2 oneshot, 3 wait_group, 4 rwmutex (all free,
+// they complete); 5 a held mutex, 6 a semaphore without permits, 7 yield()
+// (they throw).
+plain_coro hop_and_await(mpg::runtime_handle h, outcome* out, int kind) {
+  co_await h.schedule();
+  mpg::semaphore sem(1);
+  mpg::mutex m;
+  mpg::wait_group wg;
+  mpg::rwmutex rw;
+  try {
+    for (int i = 0; i < 10000; ++i) {
+      switch (kind) {
+        case 0:
+          co_await sem.acquire();
+          sem.release();
+          break;
+        case 1:
+          co_await m.lock();
+          m.unlock();
+          break;
+        case 2: {
+          auto [tx, rx] = mpg::oneshot<int>();
+          tx.send(i);
+          (void)co_await rx;
+          break;
+        }
+        case 3:
+          co_await wg.wait();
+          break;
+        case 5:  // held: it must park, which outside a task throws
+          if (i == 0) (void)m.try_lock();
+          co_await m.lock();
+          break;
+        case 6:  // no permit: as above
+          if (i == 0) (void)sem.try_acquire();
+          co_await sem.acquire();
+          break;
+        case 7:  // no task to requeue
+          co_await mpg::yield();
+          break;
+        default:
+          co_await rw.lock_shared();
+          rw.unlock_shared();
+          break;
+      }
+      out->completed.fetch_add(1);
+    }
+    out->done.store(1);
+  } catch (const mpg::runtime_misuse_error&) {
+    out->done.store(2);
+  } catch (...) {
+    out->done.store(3);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("schedule(): a plain coroutine on a P awaiting sync primitives completes or throws") {
+  for (int kind = 0; kind < 8; ++kind) {
+    CAPTURE(kind);
+    mpg::runtime rt({.procs = 1});
+    outcome out;
+    hop_and_await(rt.handle(), &out, kind);
+    CHECK(mpg_test::wait_until([&] { return out.done.load() != 0; }, std::chrono::seconds(20)));
+    CHECK(out.done.load() == (kind >= 5 ? 2 : 1));
+  }
+}
+
+TEST_CASE("a plain thread's coroutine awaiting yield() gets runtime_misuse_error") {
+  bool threw = false;
+  [](bool& threw) -> plain_coro {
+    try {
+      co_await mpg::yield();
+    } catch (const mpg::runtime_misuse_error&) {
+      threw = true;
+    }
+  }(threw);
+  CHECK(threw);
+}
+
 TEST_CASE("runtime_handle::current() outside a task throws a logic_error") {
   CHECK_THROWS_AS(mpg::runtime_handle::current(), mpg::runtime_misuse_error);
   CHECK_THROWS_AS(mpg::runtime_handle::current(), std::logic_error);

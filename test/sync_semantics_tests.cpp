@@ -482,3 +482,60 @@ TEST_CASE("a stored acquire awaiter awaited twice acquires twice") {
   }(&reached)), mpg::deadlock_error);
   CHECK(reached == 1);
 }
+
+// mutex in and out of starvation mode on 2 Ps: sections long enough that
+// woken waiters lose for more than 1 ms, plus try_lock bargers; the last
+// task to count deletes the mutex right after its unlock.
+namespace {
+struct starve_round {
+  mpg::mutex m;
+  bool inside = false;  // guarded by m
+  int count = 0;        // guarded by m
+  std::atomic<bool> bad{false};
+};
+
+void busy_for(std::chrono::microseconds d) {
+  const auto end = std::chrono::steady_clock::now() + d;
+  while (std::chrono::steady_clock::now() < end) {
+  }
+}
+
+mpg::task<void> starve_user(starve_round* r, int id, int per, int total, mpg::wait_group* wg) {
+  for (int i = 0; i < per; ++i) {
+    if ((i + id) % 5 == 0 && r->m.try_lock()) {
+    } else {
+      co_await r->m.lock();
+    }
+    if (r->inside) r->bad.store(true);
+    r->inside = true;
+    busy_for(std::chrono::microseconds((i * 37 + id * 11) % 300));
+    r->inside = false;
+    const bool last = ++r->count == total;
+    const bool bad = r->bad.load();
+    r->m.unlock();
+    if (last) {
+      if (bad) std::abort();
+      delete r;
+    }
+    if (i % 3 == 0) co_await mpg::yield();
+  }
+  wg->done();
+}
+
+mpg::task<void> starve_rounds(int rounds) {
+  constexpr int kTasks = 6, kPer = 40;
+  mpg::wait_group wg;
+  for (int r = 0; r < rounds; ++r) {
+    auto* round = new starve_round;
+    wg.add(kTasks);
+    for (int t = 0; t < kTasks; ++t) mpg::go(starve_user(round, t, kPer, kTasks * kPer, &wg));
+    co_await wg.wait();
+  }
+}
+}  // namespace
+
+TEST_CASE("mutex starvation mode on 2 Ps with try_lock and destruction after the last unlock") {
+  mpg::runtime rt({.procs = 2});
+  mpg_test::watchdog wd(std::chrono::seconds(100), "starve stress", &rt);
+  rt.block_on(starve_rounds(mpg_test::kSanitized ? 10 : 40));
+}

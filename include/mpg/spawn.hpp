@@ -400,10 +400,12 @@ inline void go(task<void> t, const char* name = nullptr) {
 }
 
 // yield(): Go's Gosched. The G goes to the back of its P's local queue.
+// Awaited where no task runs (a plain thread's coroutine, or one that
+// runtime_handle::schedule() moved onto a P) it throws runtime_misuse_error.
 struct yield_awaiter {
   using mpg_awaiter = detail::runtime_awaiter_tag;
   bool await_ready() const noexcept { return false; }
-  void await_suspend(std::coroutine_handle<> h) const noexcept { detail::requeue_current(h); }
+  void await_suspend(std::coroutine_handle<> h) const { detail::yield_current(h); }
   void await_resume() const noexcept {}
 };
 yield_awaiter yield();

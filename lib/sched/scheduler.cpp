@@ -265,8 +265,13 @@ void ready_tail(g* gp) noexcept {
 // thread the slice is spent. Any other thread has no slice: its count
 // restarts from the top, so that it comes here once per 2^31 charges.
 ABSL_ATTRIBUTE_NOINLINE static bool budget_count_ran_out() noexcept {
-  if (tls_m != nullptr) return true;
-  tls_budget = std::numeric_limits<int>::max();
+  // A G's slice is spent: its await yields (requeue_current). Outside a G
+  // there is nothing to requeue: a plain thread never runs out; a posted
+  // function (or a foreign coroutine hopped onto a P, runtime_handle::
+  // schedule) on an M keeps a budget of 1, so that a G that inherits it
+  // still yields at its first charge (find_runnable.cpp).
+  if (tls_g != nullptr) return true;
+  tls_budget = tls_m != nullptr ? 1 : std::numeric_limits<int>::max();
   return false;
 }
 
@@ -298,6 +303,11 @@ void requeue_current(std::coroutine_handle<> h) noexcept {
   machine* m = tls_m;
   m->sched->local_put_tail(m, gp);
   m->sched->wake_p();
+}
+
+void yield_current(std::coroutine_handle<> h) {
+  if (tls_g == nullptr) throw runtime_misuse_error("mpg::yield() awaited outside a task");
+  requeue_current(h);
 }
 
 void requeue_current_next(std::coroutine_handle<> h) noexcept {

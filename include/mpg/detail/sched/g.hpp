@@ -181,6 +181,10 @@ bool consume_budget_now() noexcept;
 // requeue_current(h): suspend the current G at h and put it at the tail of
 // its P's local run queue (Go's Gosched). For await_suspend of yield points.
 void requeue_current(std::coroutine_handle<> h) noexcept;
+// yield_current(h): requeue_current(h) for mpg::yield(), which any
+// coroutine may await: runtime_misuse_error when no task runs here (a plain
+// thread, or a coroutine that runtime_handle::schedule() moved onto a P).
+void yield_current(std::coroutine_handle<> h);
 
 // switch_after_park(): for the await_suspend of an awaiter that has parked
 // the current G and published it (a waker may already be running it on
