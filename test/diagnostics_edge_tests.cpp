@@ -7,6 +7,7 @@
 #include <chrono>
 #include <optional>
 #include <sstream>
+#include <streambuf>
 #include <string>
 #include <thread>
 
@@ -197,4 +198,49 @@ TEST_CASE("two dumps from plain threads at once both have their chains") {
   CHECK(has_chain_line(a, "wait_here"));
   CHECK(has_chain_line(b, "wait_here"));
   c.close();
+}
+
+// A task's dump() stops the world; sysmon sees the task's P stuck in it
+// after a period, and would run its timers and reap its ring, changing the
+// parked Gs whose chains the dump reads. It leaves them alone until the
+// dump is written. The dump's first write waits (bounded) for a timer of
+// the task's P, due in 2 ms, to fire.
+namespace {
+struct timer_watching_buf : std::streambuf {
+  const mpg::context* ctx = nullptr;
+  bool looked = false;
+  bool fired_during = false;
+  int overflow(int c) override {
+    look();
+    return c;
+  }
+  std::streamsize xsputn(const char*, std::streamsize n) override {
+    look();
+    return n;
+  }
+  void look() {
+    if (looked) return;
+    looked = true;
+    // Bounded: far past the timer's 2 ms and sysmon's 1 ms period.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
+    while (!ctx->cancelled() && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+    fired_during = ctx->cancelled();
+  }
+};
+}  // namespace
+
+TEST_CASE("a task's dump: sysmon fires no timer of the task's P while the dump is written") {
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([](mpg::runtime& rt) -> mpg::task<void> {
+    auto [ctx, cancel] = mpg::with_timeout(mpg::background(), std::chrono::milliseconds(2));
+    timer_watching_buf buf;
+    buf.ctx = &ctx;
+    std::ostream os(&buf);
+    rt.dump(os);
+    CHECK(buf.looked);
+    CHECK_FALSE(buf.fired_during);
+    // After the dump the timer fires as usual.
+    co_await ctx.done().recv();
+    CHECK(ctx.cancelled());
+  }(rt));
 }

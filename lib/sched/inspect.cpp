@@ -43,6 +43,7 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include "mpg/runtime_handle.hpp"
 #include "mpg/task.hpp"
@@ -286,8 +287,21 @@ std::shared_ptr<void> scheduler::stop_the_world() const {
     }
     stw_busy_ = true;
   }
+  // The caller's own P: sysmon leaves its timers and ring alone until the
+  // guard goes (sysmon.cpp, "A P whose task stops the world"). seq_cst:
+  // the flag's store, then the load of sysmon_serving_.
+  processor* own = holds_p ? me->p() : nullptr;
+  if (own != nullptr) {
+    own->owner_stops.store(true, std::memory_order_seq_cst);
+    while (sysmon_serving_.load(std::memory_order_seq_cst) == static_cast<int>(own->id)) {
+      std::this_thread::yield();
+    }
+  }
   auto st = std::make_shared<stop_state>();
-  std::shared_ptr<void> release(st.get(), [this, st](void*) {
+  std::shared_ptr<void> release(st.get(), [this, st, own](void*) {
+    // Relaxed: sysmon serves the P again from its next look; nothing of the
+    // walk is published to it.
+    if (own != nullptr) own->owner_stops.store(false, std::memory_order_relaxed);
     {
       thread_mutex_lock l(st->mu);
       st->released = true;

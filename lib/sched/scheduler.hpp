@@ -365,6 +365,9 @@ class scheduler {
   mutable thread_mutex stw_mu_;
   mutable std::condition_variable stw_cv_;
   mutable bool stw_busy_ ABSL_GUARDED_BY(stw_mu_) = false;
+  // The index of the P whose timers and ring sysmon is serving as a stuck
+  // P's, or -1 (sysmon.cpp, "A P whose task stops the world").
+  mutable std::atomic<int> sysmon_serving_{-1};
   // Registry of every G ever created (never shrinks; Gs are reused).
   mutable thread_mutex allg_mu_;
   // for_each_g(): every G ever created (they live in g_blocks_).

@@ -47,6 +47,18 @@
 // while the P is unheld with work, and ends when an M takes the P). It
 // reports Gs stranded there for too long (thread_limit.cpp).
 //
+// A P whose task stops the world (dump(): inspect.cpp) looks stuck in that
+// task, but while the task reads the parked Gs' await chains nothing may
+// change them: no timer of its P may fire and no completion of its ring may
+// be dispatched (a stream op's completion rewrites its G's resume point).
+// The task and sysmon agree by a store-then-load pair on each side, all
+// seq_cst: the task sets its P's owner_stops, then waits while
+// sysmon_serving_ names that P; sysmon stores the P's index in
+// sysmon_serving_, then serves the P only if owner_stops is clear, and
+// stores -1 after. In the single total order either sysmon's load sees the
+// flag (and serves nothing), or the task's load sees the index (and waits
+// for the service to end).
+//
 // It also balances the queues: while a P idles (released, or parked in its
 // ring), a P found with two or more Gs queued on two samples in a row gets
 // a spinning M. Two kinds of work are put on a P's queue without the
@@ -198,8 +210,15 @@ void scheduler::sysmon_main() {
       // Stuck on one G for a period: free what waits behind it.
       p->runnext_stealable.store(true, std::memory_order_relaxed);
       if (p->runq.size() != 0) wake_p();
-      if (p->timers.earliest_ns.load(std::memory_order_relaxed) <= now) run_timers(p, now);
-      serve_io(*p->io);
+      // seq_cst: the handshake with a stop of the world (above).
+      sysmon_serving_.store(static_cast<int>(i), std::memory_order_seq_cst);
+      if (!p->owner_stops.load(std::memory_order_seq_cst)) {
+        if (p->timers.earliest_ns.load(std::memory_order_relaxed) <= now) run_timers(p, now);
+        serve_io(*p->io);
+      }
+      // Release: what the service did happens-before the stopping task's
+      // walk, which reads -1 with an acquire (seq_cst) load.
+      sysmon_serving_.store(-1, std::memory_order_release);
       if (report && ran >= threshold_ns &&
           p->reported_tick.exchange(tick, std::memory_order_relaxed) != tick) {
         long_reports_.fetch_add(1, std::memory_order_relaxed);
