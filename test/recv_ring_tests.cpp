@@ -639,6 +639,8 @@ TEST_CASE("receive: deadlines end a waiting receive without ending the stream's 
 
 // A deadline that passed comes first, as a plain read's (and Go's Read):
 // held bytes do not go out past it, and they stay held for a later read.
+// (Not run without multishot: a single recv holds nothing while no reader
+// waits.)
 TEST_CASE("receive: a read deadline that passed comes before held bytes, which stay held") {
   mpg::runtime rt({.procs = 1});
   rt.block_on([]() -> task<void> {
