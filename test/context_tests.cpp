@@ -432,3 +432,101 @@ TEST_CASE("context: after a later cancel() returns, every descendant is cancelle
   }
   CHECK(live_after_return == 0);
 }
+
+// cancels racing at every level of a tree (cancel_funcs from
+// plain threads and tasks, deadline timers firing at once), with tasks
+// waiting on done() that drop their handles as soon as they wake. Looks for
+// a hang (losers waiting for winners), a use after free, or a live node
+// after a cancel returned.
+namespace {
+struct tree_round {
+  std::vector<std::pair<mpg::context, mpg::cancel_func>> mids;
+  std::vector<std::pair<mpg::context, mpg::cancel_func>> leaves;
+  std::pair<mpg::context, mpg::cancel_func> root;
+};
+
+mpg::task<void> build_and_race(int round, std::atomic<int>* bad) {
+  tree_round t;
+  t.root = mpg::with_cancel(mpg::background());
+  for (int i = 0; i < 16; ++i) {
+    if (i % 2 == 0)
+      t.mids.push_back(mpg::with_timeout(t.root.first, std::chrono::microseconds(50 * (i % 5))));
+    else
+      t.mids.push_back(mpg::with_cancel(t.root.first));
+    for (int k = 0; k < 8; ++k) {
+      if (k % 3 == 0)
+        t.leaves.push_back(
+            mpg::with_timeout(t.mids.back().first, std::chrono::microseconds(30 * k)));
+      else
+        t.leaves.push_back(mpg::with_cancel(t.mids.back().first));
+    }
+  }
+  mpg::wait_group wg;
+  // Waiters on done() of each leaf, each holding the leaf's only other
+  // handles (moved into the frame) and dropping them on wake.
+  for (auto& l : t.leaves) {
+    wg.add(1);
+    mpg::go([](mpg::context c, mpg::cancel_func f, mpg::wait_group* wg) -> mpg::task<void> {
+      (void)co_await c.done().recv();
+      f();  // a later cancel: returns with the subtree cancelled
+      wg->done();
+    }(l.first, l.second, &wg));
+  }
+  // Tasks cancelling mids.
+  for (std::size_t i = 1; i < t.mids.size(); i += 3) {
+    wg.add(1);
+    mpg::go([](mpg::cancel_func f, mpg::wait_group* wg) -> mpg::task<void> {
+      f();
+      wg->done();
+      co_return;
+    }(t.mids[i].second, &wg));
+  }
+  // A plain thread cancels the root, and the middle ones, at once.
+  std::thread th([&t, round] {
+    if (round % 2) t.root.second();
+    for (std::size_t i = 0; i < t.mids.size(); i += 2) t.mids[i].second();
+    t.root.second();
+  });
+  t.root.second();
+  for (auto& l : t.leaves)
+    if (!l.first.cancelled()) bad->fetch_add(1);
+  t.leaves.clear();
+  co_await wg.wait();
+  th.join();  // the thread's root cancel returned only once all is cancelled
+}
+}  // namespace
+
+TEST_CASE("context: racing cancels at every level and deadlines finish") {
+  mpg::runtime rt({.procs = 2});
+  mpg_test::watchdog wd(std::chrono::seconds(120), "context cancel race", &rt);
+  std::atomic<int> bad{0};
+  const int rounds = mpg_test::kSanitized ? 100 : 300;
+  for (int round = 0; round < rounds; ++round) rt.block_on(build_and_race(round, &bad));
+  CHECK(bad.load() == 0);
+}
+
+// a cancel of an ancestor that starts while another call is
+// still cancelling a descendant's subtree. The descendant's winner unlinks it
+// from its parent at the end of cancel_one(), before it walks its children,
+// so the ancestor's cancel no longer meets it, does not wait for it, and
+// returns with descendants still live (Go: the child leaves the parent's map
+// only after its own subtree is cancelled).
+TEST_CASE("context: an ancestor's cancel returns with a descendant's subtree cancelled") {
+  constexpr int kKids = 2000;
+  int live_after_return = 0;
+  for (int round = 0; round < 50 && live_after_return == 0; ++round) {
+    auto [root, cancel_root] = mpg::with_cancel(mpg::background());
+    auto [mid, cancel_mid] = mpg::with_cancel(root);
+    std::vector<std::pair<mpg::context, mpg::cancel_func>> kids;
+    kids.reserve(kKids);
+    for (int i = 0; i < kKids; ++i) kids.push_back(mpg::with_cancel(mid));
+    std::thread first([&cancel_mid] { cancel_mid(); });
+    // The mid's winner has walked past cancel_one(mid) (so mid is unlinked
+    // from root) once it has cancelled a kid; the walk starts at the oldest.
+    while (!kids.front().first.cancelled()) std::this_thread::yield();
+    cancel_root();  // the root's winner: must return with the whole tree cancelled
+    for (auto& k : kids) live_after_return += k.first.cancelled() ? 0 : 1;
+    first.join();
+  }
+  CHECK(live_after_return == 0);
+}

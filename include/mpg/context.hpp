@@ -30,8 +30,9 @@
 // cancelled and unlinks all its children at once while promoting each to a
 // strong reference (a child whose last handle is going away fails the
 // promotion and is skipped: nobody can observe it any more); then, with no
-// lock held, it closes done(), stops its timer, unlinks itself from its
-// parent, and the promoted children are cancelled in turn. Neither the
+// lock held, it closes done() and stops its timer, the promoted children
+// are cancelled in turn, and only then does it unlink itself from its parent
+// (Go's removeChild, after the subtree: see Finishing). Neither the
 // cancel of a subtree nor the freeing of a chain (a node drops its parent
 // last) recurses per level: both loop, so a chain of any depth is safe.
 //
@@ -40,7 +41,9 @@
 // whole subtree. Any other cancel that meets a cancelled node waits for its
 // finished_ (acquire) before it returns or goes on, so every cancel returns
 // with the subtree cancelled, as Go's, whose CancelFunc holds the lock
-// throughout. Waits only go down the tree, to the winner of a descendant,
+// throughout. A node stays in its parent's list until its winner has
+// finished, so an ancestor's cancel that starts meanwhile still meets it
+// and waits. Waits only go down the tree, to the winner of a descendant,
 // whose walk runs no task code and waits only further down, so they cannot
 // form a cycle. A timer's fire() that loses does not wait: the winner may be
 // waiting in cancel_timer() for that fire() to return. A cancel_func call
@@ -54,8 +57,9 @@
 // per node, for nothing.
 //
 // Invariants:
-//   - A node's children list holds only uncancelled nodes whose destructor
-//     has not yet unlinked them; it is empty once the node is cancelled.
+//   - A node's children list holds only nodes whose destructor has not yet
+//     unlinked them and that are uncancelled or whose cancel is still
+//     walking their subtree; it is empty once the node is cancelled.
 //   - err_ is written once, before cancelled_ is set, and never again.
 //   - done_ is closed exactly once, by the cancellation that set cancelled_.
 //   - The timer (if any) holds no reference: the destructor cancels it

@@ -136,6 +136,11 @@ void context_node::cancel(const absl::Status& why, bool from_timer) noexcept {
   // return (wait_finished's acquire).
   for (auto& k : won) k->finished_.store(true, std::memory_order_release);
   finished_.store(true, std::memory_order_release);
+  // Only now leave the parent's list (as Go's removeChild, after the
+  // subtree): an ancestor's cancel that starts while we walk must still
+  // meet this node and wait for it. The nodes won below were unlinked by
+  // their parents' cancel_one().
+  unlink_from_parent();
 }
 
 void context_node::wait_finished() const noexcept {
@@ -180,8 +185,8 @@ bool context_node::cancel_one(const absl::Status& why, bool from_timer,
   // Not from our own fire(): cancel_timer() would wait for it forever.
   if (!from_timer && timer_armed_ && !timer_fired_.load(std::memory_order_acquire))
     cancel_timer(&timer_);
-  // The children promoted above are cancelled by cancel()'s loop.
-  unlink_from_parent();
+  // The children promoted above are cancelled by cancel()'s loop; the
+  // node leaves its parent's list at the end of cancel().
   return true;
 }
 
