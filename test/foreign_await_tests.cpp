@@ -133,6 +133,7 @@ TEST_CASE("runtime awaiters are recognised; others are foreign") {
   mpg::wait_group wg;
   mpg::once o;
   auto fn = [] { return 1; };
+  auto init = [] {};
   using mpg::detail::runtime_awaitable;
   static_assert(runtime_awaitable<mpg::task<int>>);
   static_assert(runtime_awaitable<mpg::task<int>&>);
@@ -152,7 +153,7 @@ TEST_CASE("runtime awaiters are recognised; others are foreign") {
   static_assert(runtime_awaitable<decltype(rw.lock_shared())>);
   static_assert(runtime_awaitable<decltype(sem.acquire())>);
   static_assert(runtime_awaitable<decltype(wg.wait())>);
-  static_assert(runtime_awaitable<decltype(o.call(fn))>);
+  static_assert(runtime_awaitable<decltype(o.call(init))>);
   static_assert(runtime_awaitable<decltype(mpg::sleep_for(1ms))>);
   static_assert(runtime_awaitable<decltype(mpg::blocking(fn))>);
   static_assert(runtime_awaitable<decltype(mpg::io::submit([](io_uring_sqe*) {}))>);

@@ -10,6 +10,7 @@
 #include <mpg/mpg.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -83,6 +84,17 @@ TEST_CASE("once: a plain function works too") {
   mpg::runtime rt({.procs = 2});
   CHECK(rt.block_on(once_plain_function()) == "ok");
 }
+
+// What call() takes: void or a task; an awaitable that is not a task (it
+// would be dropped unawaited) or a value does not compile.
+template <class F>
+concept callable_once = requires(mpg::once& o, F f) { o.call(f); };
+static_assert(callable_once<void (*)()>);
+static_assert(callable_once<mpg::task<> (*)()>);
+static_assert(callable_once<mpg::task<int> (*)()>);
+static_assert(!callable_once<decltype([] { return mpg::sleep_for(std::chrono::milliseconds(1)); })>);
+static_assert(!callable_once<int (*)()>);
+static_assert(!callable_once<void (*)(int)>);
 
 mpg::task<std::string> once_exception() {
   mpg::once o;

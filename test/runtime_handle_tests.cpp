@@ -497,3 +497,91 @@ TEST_CASE("a posted function that fills the local queue before the global queue 
   }));
   ran.wait();
 }
+
+// more awaitables that complete at once, from a coroutine
+// that schedule() moved onto a P (an M, a P, no G): channels, select, once,
+// a join of a finished task, sleep(0), the timer channel after(0).
+namespace {
+plain_coro hop_and_await_more(mpg::runtime* rt, outcome* out, int kind,
+                              mpg::join_handle<int> j) {
+  co_await rt->handle().schedule();
+  mpg::chan<int> c(4);
+  mpg::chan<int> unbuffered;
+  mpg::once o;
+  int ran = 0;
+  try {
+    for (int i = 0; i < 10000; ++i) {
+      switch (kind) {
+        case 0:
+          co_await c.send(i);
+          (void)co_await c.recv();
+          break;
+        case 1: {
+          (void)c.try_send(i);
+          auto r = co_await mpg::select(c.recv(), unbuffered.recv());
+          (void)r;
+          break;
+        }
+        case 2: {
+          auto r = co_await mpg::select(unbuffered.recv(), mpg::default_case);
+          (void)r;
+          break;
+        }
+        case 3:  // a fresh once: the first call runs f at once, nothing to wait for
+          co_await o.call([&] { ++ran; });
+          break;
+        case 4:
+          co_await mpg::sleep_for(std::chrono::nanoseconds(0));
+          break;
+        case 5:
+          if (i == 0) {
+            (void)co_await j;  // finished before the hop
+          } else {
+            co_await c.send(i);
+            (void)co_await c.recv();
+          }
+          break;
+        default: {
+          mpg::chan<int> closed(1);
+          closed.close();
+          (void)co_await closed.recv();
+          break;
+        }
+      }
+      out->completed.fetch_add(1);
+    }
+    out->done.store(1);
+  } catch (const mpg::runtime_misuse_error&) {
+    out->done.store(2);
+  } catch (...) {
+    out->done.store(3);
+  }
+}
+}  // namespace
+
+TEST_CASE("schedule(): a plain coroutine on a P: channels, select, join, sleep(0)") {
+  for (int kind : {0, 1, 2, 4, 5, 6}) {
+    CAPTURE(kind);
+    mpg::runtime rt({.procs = 1});
+    outcome out;
+    auto j = rt.spawn([]() -> mpg::task<int> { co_return 7; }());
+    REQUIRE(mpg_test::wait_until([&] { return j.done(); }, std::chrono::seconds(20)));
+    hop_and_await_more(&rt, &out, kind, std::move(j));
+    CHECK(mpg_test::wait_until([&] { return out.done.load() != 0; }, std::chrono::seconds(20)));
+    CHECK(out.done.load() == 1);
+    CHECK(out.completed.load() == 10000);
+  }
+}
+
+// docs/api.md: outside a task, an awaitable that completes at once
+// completes. once::call on a fresh once runs f at once (nothing to wait for),
+// yet parking_queue::park() throws before it asks may_park().
+TEST_CASE("schedule(): a plain coroutine on a P: the first once::call completes") {
+  mpg::runtime rt({.procs = 1});
+  outcome out;
+  auto j = rt.spawn([]() -> mpg::task<int> { co_return 7; }());
+  REQUIRE(mpg_test::wait_until([&] { return j.done(); }, std::chrono::seconds(20)));
+  hop_and_await_more(&rt, &out, 3, std::move(j));
+  CHECK(mpg_test::wait_until([&] { return out.done.load() != 0; }, std::chrono::seconds(20)));
+  CHECK(out.done.load() == 1);  // 2: runtime_misuse_error
+}

@@ -36,6 +36,7 @@
 #include <coroutine>
 #include <cstdint>
 #include <exception>
+#include <concepts>
 #include <functional>
 #include <source_location>
 #include <type_traits>
@@ -53,6 +54,14 @@ template <class R>
 inline constexpr bool is_task_v = false;
 template <class T>
 inline constexpr bool is_task_v<task<T>> = true;
+// once_function: what once::call() takes: a callable returning void or an
+// mpg::task. Any other result (an awaitable such as sleep_for's) would be
+// dropped unawaited, so it does not compile.
+template <class F>
+concept once_function =
+    std::invocable<std::decay_t<F>&> &&
+    (std::is_void_v<std::invoke_result_t<std::decay_t<F>&>> ||
+     is_task_v<std::invoke_result_t<std::decay_t<F>&>>);
 }  // namespace detail
 
 class once {
@@ -69,6 +78,7 @@ class once {
   // `co_await o.call(f)`: runs f if no call has yet, else waits for the one
   // running (if any). See the file comment for exceptions.
   template <class F>
+    requires detail::once_function<F>
   call_awaiter<std::decay_t<F>> call(F&& f,
                                      std::source_location where = std::source_location::current()) {
     return call_awaiter<std::decay_t<F>>(this, std::forward<F>(f), where);

@@ -4,7 +4,7 @@
 namespace mpg {
 
 bool once::wait_awaiter::await_suspend(std::coroutine_handle<> h) {
-  return self->q_.park(this, h, "once", where, [&] {
+  auto may_park = [&] {
     // Relaxed under the queue lock: state_ changes only under it (the done
     // store too), so the lock orders everything we read here.
     const std::uint32_t s = self->state_.load(std::memory_order_relaxed);
@@ -15,7 +15,11 @@ bool once::wait_awaiter::await_suspend(std::coroutine_handle<> h) {
       return false;
     }
     return true;
-  });
+  };
+  // Outside a task (docs/api.md): a call that need not wait (the first, or
+  // one after f completed) goes on; only a wait throws (park()).
+  if (detail::current_g() == nullptr && !self->q_.decide(may_park)) return false;
+  return self->q_.park(this, h, "once", where, may_park);
 }
 
 void once::wait_awaiter::unqueue() noexcept {

@@ -116,6 +116,14 @@ class parking_queue {
     return true;  // the guard's unlock publishes w
   }
 
+  // decide(): may_park() under the lock, nothing parked (for a caller with
+  // no G, whose may_park() changes nothing when it returns true).
+  template <class MayPark>
+  bool decide(MayPark&& may_park) {
+    spin_guard lk(lock_);
+    return may_park();
+  }
+
   // wake(): P2. decide(waitq* queues) runs under the lock and returns the
   // waiters to ready (chained through `next`, as take_all() and
   // pop_front() leave them), or nullptr. The object may be gone once the
