@@ -760,6 +760,12 @@ std::coroutine_handle<> receive_op::await_suspend(std::coroutine_handle<> h) {
   // of the pair against close(), as in do_receive.
   const int fd = s_->fd_.load(std::memory_order_seq_cst);
   recv_queue* q = s_->recv_.load(std::memory_order_relaxed);  // made by await_ready
+  // A read deadline set: the task form, which looks at it before any bytes
+  // that arrived since await_ready (the step below would take them first;
+  // with a deadline it only ever reports a kick or data).
+  if (s_->read_deadline_.ns() != detail::io_deadline::kNone) {
+    return run_now(s_->do_receive(std::nullopt, nullptr), h);
+  }
   w_.gp = detail::current_g();
   w_.convert = &receive_op::convert;
   w_.user = this;
