@@ -110,7 +110,9 @@ sleep_awaiter sleep_for(std::chrono::duration<Rep, Period> d,
 
 // after(): Go's time.After. A channel of capacity 1 that receives the time
 // of firing once, no earlier than d from now. Throws runtime_misuse_error
-// (a std::logic_error) outside a task of some runtime.
+// (a std::logic_error) outside a task of some runtime. It is for receiving,
+// as Go's receive-only channel: should a task send on it first, the timer
+// finds it full and drops its value (as it does on a closed one).
 template <class Rep, class Period>
 chan<std::chrono::steady_clock::time_point> after(std::chrono::duration<Rep, Period> d) {
   return detail::after_until(detail::deadline_after(d));

@@ -32,8 +32,9 @@ void after_chan::arm(steady_time when) {
 void after_chan::fire(timer* t) noexcept {
   auto* self = static_cast<after_chan*>(t->arg);
   steady_time now = detail::mono_now();
-  // Capacity 1, and only the timer sends: it cannot be full. If the user
-  // closed the channel, there is nobody to tell.
+  // Capacity 1, and only the timer is meant to send: full only if a task
+  // sent first (time.hpp: dropped). If the user closed the channel, there
+  // is nobody to tell.
   self->try_send_nothrow(now);
   self->fired_.store(true, std::memory_order_release);  // last touch of *self
 }
