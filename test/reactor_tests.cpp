@@ -449,3 +449,55 @@ TEST_CASE("sysmon-style reaping from another thread completes ops") {
   sysmon.join();
   CHECK(c.done.load() == 50);
 }
+
+// submit_now_locked() takes the op's SQEs back out of the
+// SQ as "the last n" when the kernel keeps refusing the flush. But the reap
+// it runs between its attempts may append SQEs (a multishot op's
+// backpressure cancel, dispatch_multishot; a wake read re-armed, dispatch):
+// then the take-back removes those and leaves the op's own SQE in the SQ,
+// while the op is completed with -EBUSY. The next flush submits it, and its
+// CQE would complete the op a second time (in a runtime: a frame already
+// resumed and maybe freed, its G readied twice).
+namespace {
+std::atomic<bool> refuse_flushes{false};
+bool refuse_flushes_fn() { return refuse_flushes.load(); }
+struct pausing_op : io_op {
+  int more = 0;
+};
+}  // namespace
+
+TEST_CASE("a submit_now op refused by the kernel completes once, also with SQEs queued behind it") {
+  auto r = make_reactor();
+  pipe_fds p;
+  REQUIRE(::write(p.wr, "x", 1) == 1);  // the multishot poll fires at once
+  pausing_op m;
+  m.multishot = true;
+  m.complete = [](io_op* o) noexcept {
+    if (o->cqe_flags & mpg::detail::kCqeMore) {
+      ++static_cast<pausing_op*>(o)->more;
+      o->stop_more = true;  // backpressure: the reactor prepares a cancel
+    }
+  };
+  auto prep_poll = [](io_uring_sqe* sqe, const void* ctx) noexcept {
+    io_uring_prep_poll_multishot(sqe, *static_cast<const int*>(ctx), POLLIN);
+  };
+  r->start(&m, prep_poll, &p.rd);
+  r->flush();  // the poll's F_MORE CQE is now posted (or its task_work due)
+  mpg::detail::g_flush_refuse_hook.store(&refuse_flushes_fn);
+  refuse_flushes.store(true);
+  counter c;
+  counted_op f;
+  f.complete = count_completion;
+  f.counts = &c;
+  f.submit_now = true;
+  io_request nop{};
+  r->start(&f, prep_request, &nop);  // refused: completes with -EBUSY
+  refuse_flushes.store(false);
+  mpg::detail::g_flush_refuse_hook.store(nullptr);
+  REQUIRE(m.more >= 1);  // the reap inside submit_now_locked delivered the poll CQE
+  CHECK(c.done.load() == 1);
+  CHECK(f.res == -EBUSY);
+  r->flush();
+  for (int i = 0; i < 5; ++i) r->wait(std::chrono::steady_clock::now() + 20ms);
+  CHECK(c.done.load() == 1);  // not completed again by its SQE left in the SQ
+}

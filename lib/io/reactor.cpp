@@ -387,18 +387,37 @@ void reactor::flush_locked() noexcept {
 // kernel's tail go back by n) and the op ends with -EBUSY, as one that
 // found no SQE. Taking them back is safe under lock_: without SQPOLL the
 // kernel reads SQEs only inside io_uring_enter, which runs under lock_,
-// and consumes them in order, so while at least n are unconsumed the last
-// n are ours.
+// and consumes them in order. Whether the kernel took them is read from
+// its head against their position, not from the count left: the reaps in
+// between may prepare SQEs behind ours (a multishot op's backpressure
+// cancel, a wake read re-armed). With such SQEs behind them, ours cannot
+// be taken back: they become NOPs whose CQEs only count (kIgnoreTag).
 bool reactor::submit_now_locked(unsigned n) noexcept {
   io_uring* ring = ring_.get();
+  io_uring_sq& sq = ring->sq;
+  const unsigned first = sq.sqe_tail - n;  // ours: the last n prepared
+  auto taken = [&] {
+    // Acquire, as liburing reads the kernel's head: the kernel is done with
+    // the SQEs before it.
+    return static_cast<int>(io_uring_smp_load_acquire(sq.khead) - first) > 0;
+  };
   flush_locked();
-  for (int attempt = 0; io_uring_sq_ready(ring) >= n && attempt < 8; ++attempt) {
+  for (int attempt = 0; !taken() && attempt < 8; ++attempt) {
     reap_locked();  // the kernel's -EBUSY: completions it cannot post
     flush_locked();
   }
-  if (io_uring_sq_ready(ring) < n) [[likely]] return true;
-  io_uring_sq& sq = ring->sq;
-  const unsigned tail = sq.sqe_tail - n;
+  if (taken()) [[likely]] return true;
+  if (sq.sqe_tail != first + n) {
+    // SQEs prepared after ours: ours become NOPs (the caller fails the op).
+    for (unsigned i = first; i != first + n; ++i) {
+      io_uring_sqe* sqe = &sq.sqes[i & sq.ring_mask];
+      io_uring_prep_nop(sqe);
+      io_uring_sqe_set_data64(sqe, kIgnoreTag);
+    }
+    add_pending_locked(n);
+    return false;
+  }
+  const unsigned tail = first;
   sq.sqe_tail = tail;
   if (static_cast<int>(sq.sqe_head - tail) > 0) sq.sqe_head = tail;
   // Release, as liburing publishes the tail; the kernel reads it in
