@@ -331,6 +331,28 @@ TEST_CASE("multishot operations are refused at once: -EINVAL") {
   }());
 }
 
+// IORING_OP_PIPE (Linux 6.16) writes two new fds into the caller's memory.
+TEST_CASE("IORING_OP_PIPE is refused: -EINVAL, no fds made") {
+  mpg::runtime rt({.procs = 1});
+  mpg_test::watchdog dog(20s, "a PIPE through io::submit", &rt);
+  rt.block_on([]() -> task<void> {
+    int fds[2] = {-1, -1};
+    int r = co_await mpg::io::submit(
+        [&](io_uring_sqe* sqe) {
+          io_uring_prep_nop(sqe);
+          sqe->opcode = 62;  // IORING_OP_PIPE
+          sqe->fd = 0;
+          sqe->addr = reinterpret_cast<std::uint64_t>(fds);
+        },
+        2s);
+    CHECK(r == -EINVAL);
+    CHECK(fds[0] == -1);
+    CHECK(fds[1] == -1);
+    for (int fd : fds)
+      if (fd >= 0) ::close(fd);
+  }());
+}
+
 TEST_CASE("a cancel of any request, and buffers of the runtime's group, are refused") {
   mpg::runtime rt({.procs = 1});
   mpg_test::watchdog dog(20s, "refused io::submit ops", &rt);

@@ -38,7 +38,10 @@
 //     a poll's user_data or a link timeout's deadline); an ASYNC_CANCEL with
 //     IORING_ASYNC_CANCEL_ANY, or with IORING_ASYNC_CANCEL_OP unless
 //     IORING_ASYNC_CANCEL_FD or _USERDATA narrows it (it would end the
-//     runtime's own operations, its wake reads among them).
+//     runtime's own operations, its wake reads among them); and
+//     IORING_OP_PIPE, whose two new fds are written into the caller's
+//     memory, where a task killed at shutdown would leak them (pipe2(2)
+//     does not block).
 //   - Not refused: a plain POLL_REMOVE or TIMEOUT_REMOVE, and an
 //     ASYNC_CANCEL by user_data or fd. The runtime's requests carry the
 //     addresses of its records as user_data, so one of those may find

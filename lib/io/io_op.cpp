@@ -166,12 +166,14 @@ void refuse_user_sqe(io_uring_sqe* sqe) noexcept {
 user_sqe end_user_sqe(io_uring_sqe* sqe) noexcept {
   // Encodings newer than liburing 2.3's headers (kernel UAPI):
   // IORING_TIMEOUT_MULTISHOT (6.4), IORING_ASYNC_CANCEL_USERDATA and _OP
-  // (6.6), IORING_OP_READ_MULTISHOT (6.7) and IORING_OP_RECV_ZC (6.15).
+  // (6.6), IORING_OP_READ_MULTISHOT (6.7), IORING_OP_RECV_ZC (6.15) and
+  // IORING_OP_PIPE (6.16).
   constexpr unsigned kTimeoutMultishot = 1U << 6;
   constexpr unsigned kCancelUserdata = 1U << 4;
   constexpr unsigned kCancelOp = 1U << 5;
   constexpr unsigned kOpReadMultishot = 49;
   constexpr unsigned kOpRecvZc = 58;
+  constexpr unsigned kOpPipe = 62;
   // IOSQE_BUFFER_SELECT would take a buffer of the P's provided-buffer ring
   // (group 0, buffer_ring.hpp) that nothing gives back, and PROVIDE_BUFFERS
   // or REMOVE_BUFFERS on that group would corrupt the ring's accounting. A
@@ -202,6 +204,9 @@ user_sqe end_user_sqe(io_uring_sqe* sqe) noexcept {
   //
   // The opcodes that make a file descriptor (user_sqe::new_fd) are marked
   // here too, in the same switch: another opcode pays nothing for them.
+  // PIPE makes two, written into the caller's memory rather than returned:
+  // a task killed once it completed would leak them, so it is refused
+  // (pipe2(2) does not block).
   bool refused = (sqe->flags & IOSQE_BUFFER_SELECT) != 0;
   bool new_fd = false;
   switch (sqe->opcode) {
@@ -245,6 +250,7 @@ user_sqe end_user_sqe(io_uring_sqe* sqe) noexcept {
       break;
     case kOpReadMultishot:
     case kOpRecvZc:
+    case kOpPipe:
       refused = true;
       break;
     default:
