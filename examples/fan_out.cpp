@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "mpg/mpg.hpp"
+#include "server_args.hpp"
 
 namespace {
 
@@ -53,12 +54,14 @@ mpg::task<int> run(int n, int fail_at) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int n = argc > 1 ? std::atoi(argv[1]) : 20;
-  const int fail_at = argc > 2 ? std::atoi(argv[2]) : -1;
-  if (n < 0) {
+  long long n_arg = 20, fail_at_arg = -1;
+  if ((argc > 1 && !example::int_arg(argv[0], "inputs", argv[1], 0, 1000000, &n_arg)) ||
+      (argc > 2 && !example::int_arg(argv[0], "fail_at", argv[2], -1, 1000000, &fail_at_arg))) {
     std::fprintf(stderr, "usage: %s [inputs >= 0] [fail_at]\n", argv[0]);
     return 2;
   }
+  const int n = static_cast<int>(n_arg);
+  const int fail_at = static_cast<int>(fail_at_arg);
   mpg::runtime rt;
   return rt.block_on(run(n, fail_at));
 }

@@ -16,6 +16,7 @@
 #include <optional>
 
 #include "mpg/mpg.hpp"
+#include "server_args.hpp"
 
 namespace {
 
@@ -91,11 +92,12 @@ mpg::task<int> run(int take) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int take = argc > 1 ? std::atoi(argv[1]) : 10;
-  if (take < 0) {
+  long long take_arg = 10;
+  if (argc > 1 && !example::int_arg(argv[0], "take", argv[1], 0, 1000000, &take_arg)) {
     std::fprintf(stderr, "usage: %s [take >= 0]\n", argv[0]);
     return 2;
   }
+  const int take = static_cast<int>(take_arg);
   mpg::runtime rt;
   const int got = rt.block_on(run(take));
   return got == take ? 0 : 1;

@@ -88,7 +88,8 @@ class request_parser {
     if (buf.empty()) return {parse_status::incomplete};
     const std::size_t from = at_;
     parse_result r = buf[0] == '*' ? parse_multibulk(buf, args) : parse_inline(buf, args);
-    r.scanned = (r.status == parse_status::incomplete ? at_ : r.used) - from;
+    // An error leaves at_ where the parser stopped (used is 0 then).
+    r.scanned = (r.status == parse_status::complete ? r.used : at_) - from;
     if (r.status != parse_status::incomplete) reset();
     return r;
   }

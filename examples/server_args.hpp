@@ -29,6 +29,16 @@ inline bool to_int(std::string_view s, long long* v) {
   return ec == std::errc() && p == end;
 }
 
+// int_arg(): argv value s as a whole integer in [lo, hi] into *out; false
+// (after naming the value and the range on stderr) when it is not one. For
+// the small examples' positional arguments.
+inline bool int_arg(const char* prog, const char* what, const char* s, long long lo,
+                    long long hi, long long* out) {
+  if (to_int(s, out) && *out >= lo && *out <= hi) return true;
+  std::fprintf(stderr, "%s: bad value for %s: '%s' (want %lld to %lld)\n", prog, what, s, lo, hi);
+  return false;
+}
+
 inline constexpr std::chrono::milliseconds kMaxDuration = std::chrono::hours(24);
 
 // to_duration(): "0", or digits followed by "ms" or "s", at most kMaxDuration.

@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "mpg/mpg.hpp"
+#include "server_args.hpp"
 
 namespace {
 
@@ -77,12 +78,14 @@ mpg::task<std::pair<int, long>> run(int njobs, int nworkers) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int njobs = argc > 1 ? std::atoi(argv[1]) : 1000;
-  const int nworkers = argc > 2 ? std::atoi(argv[2]) : 8;
-  if (njobs < 0 || nworkers <= 0) {
+  long long jobs_arg = 1000, workers_arg = 8;
+  if ((argc > 1 && !example::int_arg(argv[0], "jobs", argv[1], 0, 100000000, &jobs_arg)) ||
+      (argc > 2 && !example::int_arg(argv[0], "workers", argv[2], 1, 100000, &workers_arg))) {
     std::fprintf(stderr, "usage: %s [jobs >= 0] [workers > 0]\n", argv[0]);
     return 2;
   }
+  const int njobs = static_cast<int>(jobs_arg);
+  const int nworkers = static_cast<int>(workers_arg);
   mpg::runtime rt;
   auto [done, sum] = rt.block_on(run(njobs, nworkers));
   std::printf("%d jobs done, total steps %ld\n", done, sum);
