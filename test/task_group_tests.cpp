@@ -296,4 +296,125 @@ TEST_CASE("task_group: an exception no wait() rethrew is reported and aborts") {
   CHECK(r.output.find("thrower") != std::string::npos);
 }
 
+// --- edge cases: nesting, fan-out with a failure, misuse --------------------
+
+mpg::task<std::string> nested_exception() {
+  mpg::task_group outer;
+  outer.spawn([]() -> mpg::task<absl::Status> {
+    mpg::task_group inner;
+    inner.spawn([]() -> mpg::task<absl::Status> {
+      co_await mpg::yield();
+      throw std::runtime_error("inner boom");
+      co_return absl::OkStatus();
+    }());
+    inner.spawn([](mpg::context c) -> mpg::task<absl::Status> {
+      (void)co_await c.done().recv();
+      co_return c.err();
+    }(inner.context()));
+    co_return co_await inner.wait();
+  }());
+  outer.spawn([](mpg::context c) -> mpg::task<absl::Status> {
+    (void)co_await c.done().recv();
+    co_return c.err();
+  }(outer.context()));
+  try {
+    (void)co_await outer.wait();
+  } catch (const std::runtime_error& e) {
+    co_return e.what();
+  }
+  co_return "no exception";
+}
+
+TEST_CASE("task_group: nested groups carry an inner exception out") {
+  mpg::runtime rt({.procs = 2});
+  for (int i = 0; i < 50; ++i) REQUIRE(rt.block_on(nested_exception()) == "inner boom");
+}
+
+// Members spawn siblings into their own group, also after the first failure.
+mpg::task<absl::Status> spawner(mpg::task_group* g, int depth, std::atomic<int>* ended) {
+  if (depth > 0) {
+    g->spawn(spawner(g, depth - 1, ended));
+    g->spawn(spawner(g, depth - 1, ended));
+  }
+  co_await mpg::yield();
+  ended->fetch_add(1);
+  if (depth == 3) co_return absl::InternalError("mid");
+  co_return absl::OkStatus();
+}
+
+mpg::task<std::string> sibling_spawns() {
+  std::atomic<int> ended{0};
+  mpg::task_group g;
+  g.spawn(spawner(&g, 8, &ended));
+  absl::Status s = co_await g.wait();
+  if (ended.load() != 511) co_return "ended " + std::to_string(ended.load());
+  co_return s.message() == "mid" ? "ok" : s.ToString();
+}
+
+TEST_CASE("task_group: members spawning siblings are all joined") {
+  mpg::runtime rt({.procs = 2});
+  for (int i = 0; i < 20; ++i) REQUIRE(rt.block_on(sibling_spawns()) == "ok");
+}
+
+mpg::task<absl::Status> returns_ok() { co_return absl::OkStatus(); }
+
+mpg::task<std::string> spawn_awaited_task() {
+  mpg::task<absl::Status> t = returns_ok();
+  (void)co_await t;
+  mpg::task_group g;
+  try {
+    g.spawn(std::move(t));
+  } catch (const std::logic_error&) {
+    co_return "spawn threw";
+  }
+  try {
+    absl::Status s = co_await g.wait();
+    co_return "wait: " + s.ToString();
+  } catch (const std::logic_error&) {
+    co_return "wait threw logic_error";
+  }
+}
+
+TEST_CASE("task_group: spawning an awaited task") {
+  mpg::runtime rt({.procs = 1});
+  std::string r = rt.block_on(spawn_awaited_task());
+  MESSAGE(r);
+  CHECK((r == "spawn threw" || r == "wait threw logic_error"));
+}
+
+TEST_CASE("task_group: spawn outside a task throws and leaves wait() returning") {
+  mpg::runtime rt({.procs = 1});
+  mpg::task_group g;
+  CHECK_THROWS_AS(g.spawn(returns_ok()), std::logic_error);
+  CHECK(rt.block_on(g.wait()).ok());
+}
+
+mpg::task<std::string> two_waiters_exception() {
+  auto g = std::make_unique<mpg::task_group>();
+  g->spawn([]() -> mpg::task<absl::Status> {
+    co_await mpg::yield();
+    throw 42;
+    co_return absl::OkStatus();
+  }());
+  auto w = [](mpg::task<absl::Status> t) -> mpg::task<int> {
+    try {
+      (void)co_await std::move(t);
+    } catch (int v) {
+      co_return v;
+    }
+    co_return 0;
+  };
+  mpg::join_handle<int> a = mpg::spawn(w(g->wait()));
+  mpg::join_handle<int> b = mpg::spawn(w(g->wait()));
+  g.reset();
+  int x = co_await std::move(a);
+  int y = co_await std::move(b);
+  co_return std::to_string(x) + "," + std::to_string(y);
+}
+
+TEST_CASE("task_group: two waits of a dropped group rethrow a non-std exception") {
+  mpg::runtime rt({.procs = 2});
+  for (int i = 0; i < 50; ++i) REQUIRE(rt.block_on(two_waiters_exception()) == "42,42");
+}
+
 }  // namespace
