@@ -29,7 +29,9 @@
 //     that M, so the next function goes to another P; once every P (but the
 //     caller's own, when the dump runs in a task) holds one, no G runs:
 //     readied Gs only queue, timers and I/O completions wait for their P's
-//     M, and an M leaving mpg::blocking finds no idle P and queues its G.
+//     M (sysmon, which serves stuck and unheld Ps, serves none while the
+//     world is stopped: sysmon.cpp), and an M leaving mpg::blocking finds
+//     no idle P and queues its G.
 //     A P that does not come within kStopTimeout (a task that never yields,
 //     or a runtime shutting down, which drops posted functions) leaves the
 //     dump without chains, saying so. Stops come one at a time (stw_mu_):
@@ -287,21 +289,13 @@ std::shared_ptr<void> scheduler::stop_the_world() const {
     }
     stw_busy_ = true;
   }
-  // The caller's own P: sysmon leaves its timers and ring alone until the
-  // guard goes (sysmon.cpp, "A P whose task stops the world"). seq_cst:
-  // the flag's store, then the load of sysmon_serving_.
-  processor* own = holds_p ? me->p() : nullptr;
-  if (own != nullptr) {
-    own->owner_stops.store(true, std::memory_order_seq_cst);
-    while (sysmon_serving_.load(std::memory_order_seq_cst) == static_cast<int>(own->id)) {
-      std::this_thread::yield();
-    }
-  }
   auto st = std::make_shared<stop_state>();
-  std::shared_ptr<void> release(st.get(), [this, st, own](void*) {
-    // Relaxed: sysmon serves the P again from its next look; nothing of the
-    // walk is published to it.
-    if (own != nullptr) own->owner_stops.store(false, std::memory_order_relaxed);
+  std::shared_ptr<void> release(st.get(), [this, st](void*) {
+    // Release: the walk's reads happen-before the services sysmon makes
+    // once it sees the flag clear (sysmon.cpp, "While the world is
+    // stopped"). Clearing a flag that was never set (a stop that failed)
+    // changes nothing: stops come one at a time.
+    world_stopped_.store(false, std::memory_order_release);
     {
       thread_mutex_lock l(st->mu);
       st->released = true;
@@ -333,6 +327,11 @@ std::shared_ptr<void> scheduler::stop_the_world() const {
       return nullptr;
     }
   }
+  // Every P is held: sysmon serves none of them from here on, and one it
+  // is serving now is waited for (sysmon.cpp, "While the world is
+  // stopped"). seq_cst: the flag's store, then the load of sysmon_serving_.
+  world_stopped_.store(true, std::memory_order_seq_cst);
+  while (sysmon_serving_.load(std::memory_order_seq_cst) != -1) std::this_thread::yield();
   return release;
 }
 

@@ -114,12 +114,6 @@ class processor {
   // is taken with the deque's own synchronisation (steal()).
   std::atomic<bool> oldest_spawn_due{false};
   std::atomic<std::uint64_t> reported_tick{UINT64_MAX};
-  // Set while the task running on this P stops the world (a dump()): the
-  // task reads the parked Gs' await chains, so sysmon, which would see the
-  // P stuck in that task, runs none of its timers and reaps none of its
-  // completions meanwhile (the handshake with sysmon_serving_: sysmon.cpp,
-  // "A P whose task stops the world").
-  std::atomic<bool> owner_stops{false};
 
   timer_heap timers;
   // The P's io_uring ring (io/reactor.hpp); it moves with the P.

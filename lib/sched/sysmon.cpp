@@ -47,17 +47,23 @@
 // while the P is unheld with work, and ends when an M takes the P). It
 // reports Gs stranded there for too long (thread_limit.cpp).
 //
-// A P whose task stops the world (dump(): inspect.cpp) looks stuck in that
-// task, but while the task reads the parked Gs' await chains nothing may
-// change them: no timer of its P may fire and no completion of its ring may
-// be dispatched (a stream op's completion rewrites its G's resume point).
-// The task and sysmon agree by a store-then-load pair on each side, all
-// seq_cst: the task sets its P's owner_stops, then waits while
-// sysmon_serving_ names that P; sysmon stores the P's index in
-// sysmon_serving_, then serves the P only if owner_stops is clear, and
-// stores -1 after. In the single total order either sysmon's load sees the
-// flag (and serves nothing), or the task's load sees the index (and waits
-// for the service to end).
+// While the world is stopped (dump(): inspect.cpp) a walk reads the parked
+// Gs' await chains, and nothing may change them: no P's timer may fire and
+// no completion of a P's ring may be dispatched (a stream op's completion
+// rewrites its G's resume point). Every P is held then, each by a posted
+// function or by the dumping task; the one that is a task looks stuck to
+// sysmon, and a P that sysmon listed as unheld may have been taken by a
+// hold since. So every service of a P, on either path, is bracketed:
+// sysmon stores the P's index in sysmon_serving_, then loads
+// world_stopped_ and serves only if it is clear, and stores -1 after
+// (release: the service happens-before a stop that sees -1). The stopper,
+// once every hold has arrived, stores world_stopped_, then waits while
+// sysmon_serving_ is not -1; all four accesses seq_cst. In their single
+// total order either sysmon's load sees the flag (and serves nothing), or
+// the stopper's load sees the index (and waits for the service to end).
+// The stopper clears the flag with a release store after its walk, which
+// sysmon's next load acquires, so the walk's reads happen-before the
+// services that follow.
 //
 // It also balances the queues: while a P idles (released, or parked in its
 // ring), a P found with two or more Gs queued on two samples in a row gets
@@ -88,6 +94,19 @@ void serve_io(reactor& io) noexcept {
   io.try_reap();
 }
 }  // namespace
+
+bool scheduler::begin_service(unsigned i) noexcept {
+  // seq_cst, both: the handshake with a stop of the world (above).
+  sysmon_serving_.store(static_cast<int>(i), std::memory_order_seq_cst);
+  if (!world_stopped_.load(std::memory_order_seq_cst)) return true;
+  end_service();
+  return false;
+}
+
+void scheduler::end_service() noexcept {
+  // Release: the service happens-before a stopper's walk that reads -1.
+  sysmon_serving_.store(-1, std::memory_order_release);
+}
 
 void scheduler::serve_unheld_ps(std::vector<bool>* marked) noexcept {
   std::vector<processor*> unheld;
@@ -124,9 +143,12 @@ void scheduler::serve_unheld_ps(std::vector<bool>* marked) noexcept {
   watch_starvation(starving, now);
   for (processor* p : unheld) {
     // The P may be acquired meanwhile; all of this is safe on a held P too
-    // (timers and the ring have locks of their own, stealing is lock-free).
+    // (timers and the ring have locks of their own, stealing is lock-free),
+    // but not while the world is stopped (above).
+    if (!begin_service(p->id)) continue;
     if (p->timers.earliest_ns.load(std::memory_order_relaxed) <= now) run_timers(p, now);
     serve_io(*p->io);
+    end_service();
     if (p->runq.size() != 0) wake_p();
   }
   if (work_left && work_queued()) wake_p();
@@ -210,15 +232,11 @@ void scheduler::sysmon_main() {
       // Stuck on one G for a period: free what waits behind it.
       p->runnext_stealable.store(true, std::memory_order_relaxed);
       if (p->runq.size() != 0) wake_p();
-      // seq_cst: the handshake with a stop of the world (above).
-      sysmon_serving_.store(static_cast<int>(i), std::memory_order_seq_cst);
-      if (!p->owner_stops.load(std::memory_order_seq_cst)) {
+      if (begin_service(static_cast<unsigned>(i))) {
         if (p->timers.earliest_ns.load(std::memory_order_relaxed) <= now) run_timers(p, now);
         serve_io(*p->io);
+        end_service();
       }
-      // Release: what the service did happens-before the stopping task's
-      // walk, which reads -1 with an acquire (seq_cst) load.
-      sysmon_serving_.store(-1, std::memory_order_release);
       if (report && ran >= threshold_ns &&
           p->reported_tick.exchange(tick, std::memory_order_relaxed) != tick) {
         long_reports_.fetch_add(1, std::memory_order_relaxed);
