@@ -80,6 +80,9 @@ struct server_limits {
   long long max_conns = 10000;
   // The most bytes of a request the server holds (0: the server has no such flag).
   long long max_query_buffer = 0;
+  // The server has connections: the four flags above apply. A datagram
+  // server (udp_echo) has none, and refuses them.
+  bool connections = true;
 };
 
 inline constexpr long long kMaxConnsLimit = 1000000;
@@ -100,6 +103,10 @@ struct server_args {
 namespace detail {
 
 inline void usage(const char* prog, const server_limits& defaults) {
+  if (!defaults.connections) {
+    std::fprintf(stderr, "usage: %s [--port N] [--procs N] [--smoke]\n", prog);
+    return;
+  }
   std::fprintf(stderr,
                "usage: %s [--port N] [--procs N] [--smoke] [--idle-timeout D] "
                "[--read-timeout D] [--write-timeout D] [--max-conns N]%s\n"
@@ -127,9 +134,10 @@ inline std::optional<server_args> parse_server_args(int argc, char** argv, long 
       a.smoke = true;
       continue;
     }
-    const bool known = arg == "--port" || arg == "--procs" || arg == "--idle-timeout" ||
-                       arg == "--read-timeout" || arg == "--write-timeout" ||
-                       arg == "--max-conns" ||
+    const bool connection_flag = arg == "--idle-timeout" || arg == "--read-timeout" ||
+                                 arg == "--write-timeout" || arg == "--max-conns";
+    const bool known = arg == "--port" || arg == "--procs" ||
+                       (connection_flag && defaults.connections) ||
                        (arg == "--max-query-buffer" && defaults.max_query_buffer > 0);
     if (!known) {
       std::fprintf(stderr, "%s: unknown argument '%s'\n", argv[0], argv[i]);

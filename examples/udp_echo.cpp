@@ -96,7 +96,8 @@ mpg::task<int> run(std::string address, bool smoke) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::optional<example::server_args> args = example::parse_server_args(argc, argv, 9999);
+  const std::optional<example::server_args> args =
+      example::parse_server_args(argc, argv, 9999, {.connections = false});
   if (!args) return 2;
   mpg::runtime rt({.procs = static_cast<unsigned>(args->procs)});
   return rt.block_on(run(args->address(), args->smoke));
