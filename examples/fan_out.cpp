@@ -5,7 +5,8 @@
 // cancellation and stop early; wait() returns the first error. The fan-in
 // collects results into a slot per input, so no lock is needed.
 //
-// Run: ./build/examples/fan_out [inputs] [fail_at]
+// Run: ./build/examples/fan_out [inputs] [fail_at]   (inputs 0 to 1000000, fail_at -1 to
+// 1000000: another value exits with status 2)
 //   (default 20 inputs, no failure; fail_at = k makes input k fail)
 // It prints the sum of the results, or the first error and how many tasks
 // were cut short by the cancellation.

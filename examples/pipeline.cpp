@@ -7,7 +7,8 @@
 // ctx.done(). The consumer takes what it needs and cancels; the stages
 // notice, return and close their channels, and nothing leaks.
 //
-// Run: ./build/examples/pipeline [take]   (default 10)
+// Run: ./build/examples/pipeline [take]   (default 10; 0 to 1000000: another value exits
+// with status 2)
 // It prints the first `take` squares of the primes and how many numbers
 // the generator produced before it was stopped.
 #include <atomic>

@@ -6,7 +6,9 @@
 //
 // D is a duration: a whole number with a unit, "500ms" or "30s" (at most
 // 24h), or "0" for none. --max-query-buffer is offered only by a server
-// whose defaults give it (server_limits::max_query_buffer > 0). Every value
+// whose defaults give it (server_limits::max_query_buffer > 0); the four
+// connection flags only by one with connections (server_limits::connections:
+// udp_echo refuses them). Every value
 // is checked in full: a bad one is named on stderr with what is wanted, the
 // usage line follows, and main() exits with status 2.
 #pragma once

@@ -6,7 +6,8 @@
 // results channel that the collector drains, and a wait_group that closes
 // the results channel once every worker has returned.
 //
-// Run: ./build/examples/worker_pool [jobs] [workers]   (default 1000 jobs, 8 workers)
+// Run: ./build/examples/worker_pool [jobs] [workers]   (default 1000 jobs, 8 workers;
+// jobs 0 to 100000000, workers 1 to 100000: another value exits with status 2)
 // It prints the number of jobs done and the sum of their results.
 #include <cstdio>
 #include <cstdlib>

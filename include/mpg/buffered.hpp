@@ -26,10 +26,11 @@
 //   kDataLoss          the stream ended inside a line, a read_exact or a
 //                      peek (Go's io.ErrUnexpectedEOF): is_unexpected_eof(s).
 //                      A line's or a peek's partial data stays buffered
-//                      (buffered_view()); a read_exact's went to its
-//                      destination, and the message says how many bytes
-//                      came (as Rust's read_exact, the count is not a
-//                      value; Go's io.ReadFull returns it).
+//                      (buffered_view()); a read_exact's are consumed:
+//                      read_exact(span)'s are in the span's prefix,
+//                      read_exact(n)'s string is dropped, and the message
+//                      says how many bytes came (as Rust's read_exact, the
+//                      count is not a value; Go's io.ReadFull returns it).
 //   kResourceExhausted read_until/read_line found no delimiter within the
 //                      buffer's capacity (Go's bufio.ErrBufferFull); peek(n)
 //                      with n above the capacity. The bytes stay buffered.

@@ -31,7 +31,8 @@ class sync_misuse_error : public std::logic_error {
   using std::logic_error::logic_error;
 };
 
-// runtime_misuse_error: spawn/go/yield outside a task, block_on inside one,
+// runtime_misuse_error: spawn/go/yield outside a task (and an await there
+// that would wait), block_on inside one,
 // a task awaited twice, a join on a task the runtime killed at shutdown, an
 // await of a moved-from oneshot_receiver.
 class runtime_misuse_error : public std::logic_error {

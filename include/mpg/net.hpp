@@ -169,9 +169,11 @@ class recv_buffer {
 // buffer of the caller's). The stream receives with a multishot recv on
 // the ring of the P of its reader, into that P's provided buffers, and
 // holds what arrives until it is taken (lib/io/recv_queue.hpp). Frame-less
-// when bytes are held or arrive while it waits; a wait that must be made
-// again (a deadline set meanwhile, the ring out of buffers) goes on in the
-// task form, as read_op's. Bounded by the stream's read deadline; cancel()
+// when bytes are held, or arrive while it waits with no read deadline set
+// (with one, the wait goes on in the task form, which looks at the
+// deadline before any bytes); a wait that must be made again (a deadline
+// set meanwhile, the ring out of buffers) goes on in the task form, as
+// read_op's. Bounded by the stream's read deadline; cancel()
 // and close() end it with kCancelled. Once a stream has used receive(),
 // read(buf) copies from the held buffers (both may be mixed).
 class receive_op : public detail::stream_op<absl::StatusOr<recv_buffer>> {

@@ -3,10 +3,11 @@
 //   mpg::once init;
 //   co_await init.call([]() -> mpg::task<> { co_await load_config(); });
 //
-// The first caller runs f (which returns mpg::task<> and may itself await;
-// a plain function returning void works too). Callers that arrive while it
-// runs park until it finishes; later callers return at once. When call()
-// returns, f has completed and its effects are visible to the caller.
+// The first caller runs f, which returns void or an mpg::task (which may
+// itself await; its value is discarded); any other result, an awaitable
+// say, does not compile. Callers that arrive while it runs park until it
+// finishes; later callers return at once. When call() returns, f has
+// completed and its effects are visible to the caller.
 // If f throws, the exception reaches the first caller only, and the once
 // counts as done (Go: "if f panics, Do considers it to have returned").
 //

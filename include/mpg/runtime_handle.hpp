@@ -108,7 +108,10 @@ class runtime_handle {
   // posted to h's runtime. Inline (no suspension) when it already runs
   // there. Throws mpg::runtime_misuse_error when the runtime is gone or
   // shutting down, and when awaited by an mpg task of another runtime (a
-  // task belongs to its runtime; spawn on the other one instead).
+  // task belongs to its runtime; spawn on the other one instead). The
+  // coroutine then runs outside any task: awaits that complete at once
+  // complete; yield() and any await that would wait throw
+  // runtime_misuse_error.
   struct schedule_awaiter;
   schedule_awaiter schedule() const noexcept;
 

@@ -17,8 +17,9 @@
 // not suspend (it only charges the cooperative budget), as Go's Sleep(0).
 //
 // after(d) returns a fresh channel of capacity 1 whose state embeds the
-// timer; when it fires, it try_sends the time of firing, which cannot block
-// and cannot fail (only the timer sends, once; a closed channel is skipped).
+// timer; when it fires, it try_sends the time of firing, which cannot block;
+// it drops its value if the channel is closed, or full because a task sent
+// on it first (the channel is for receiving).
 // When the last handle to the channel goes, the timer is cancelled, so
 // dropping an unfired after() (a select that another case won) frees it at
 // once rather than when it would have fired (Go 1.23 behaviour).
@@ -28,8 +29,9 @@
 // (timers.cpp, "Shutdown"), so no heap points into the freed awaiter.
 // An after() channel may outlive its runtime: ~runtime detaches pending
 // timers (cancel_timer then returns at once), and a fired timer is never
-// touched again. Outside a task, after() and sleeps throw
-// runtime_misuse_error (a std::logic_error): no runtime would own the timer.
+// touched again. Outside a task, a sleep that would wait throws
+// runtime_misuse_error (a std::logic_error), and so does after() on a
+// thread that runs none of a runtime's Ms: no runtime would own the timer.
 //
 // Rejected: one timer goroutine per runtime (Go before 1.14): every sleep
 // would cross threads twice. A timer wheel: cheaper inserts, but the heap's
