@@ -232,13 +232,6 @@ TEST_CASE("Gs readied together by completions wake no M asleep in its own ring")
 
 namespace {
 
-// Busy for d without suspending (work, not a wait).
-void busy_for(std::chrono::microseconds d) {
-  const auto until = std::chrono::steady_clock::now() + d;
-  while (std::chrono::steady_clock::now() < until) {
-  }
-}
-
 // A worker: per round, read a byte, work 500 us, echo it, until it reads
 // 'q'; records whether it ran a round on another thread than home.
 mpg::task<void> worker(mpg::net::tcp_stream* s, std::atomic<int>* issued,
@@ -251,7 +244,7 @@ mpg::task<void> worker(mpg::net::tcp_stream* s, std::atomic<int>* issued,
     // Relaxed: a flag that only goes up; the pinger polls it, and the
     // test reads it after joining the workers.
     if (std::this_thread::get_id() != home) ran_elsewhere->store(true, std::memory_order_relaxed);
-    busy_for(std::chrono::microseconds(500));
+    mpg_test::busy_for(std::chrono::microseconds(500));
     if (!(co_await s->write(std::string_view(&b, 1))).ok()) co_return;
   }
 }

@@ -341,25 +341,34 @@ namespace {
 
 // A coroutine that is not an mpg task hops onto the runtime with
 // co_await h.schedule() (so it runs inside a posted function: an M with a
-// P, no G) and then awaits sync primitives that are free. Each await must
-// either complete or throw runtime_misuse_error ("awaitables throw outside a
-// task", docs/api.md); none may crash. The posted function inherits the
-// budget the M's last G left, and every await that completes at once
-// charges it: when it runs out, requeue_current() is called with no G.
+// P, no G) and then awaits, 10,000 times, something that is free or ready.
+// Each await must either complete or throw runtime_misuse_error (outside a
+// task only an await that would wait throws, docs/api.md); none may crash.
+// The posted function inherits the budget the M's last G left, and every
+// await that completes at once charges it: when it ran out,
+// requeue_current() was called with no G.
 struct outcome {
   std::atomic<int> done{0};  // 1: ok, 2: misuse error, 3: other exception
   std::atomic<int> completed{0};
 };
 
-// kind: 0 semaphore, 1 mutex, 2 oneshot, 3 wait_group, 4 rwmutex (all free,
-// they complete); 5 a held mutex, 6 a semaphore without permits, 7 yield()
-// (they throw).
-plain_coro hop_and_await(mpg::runtime_handle h, outcome* out, int kind) {
-  co_await h.schedule();
+// kind: sync primitives that are free, 0 semaphore, 1 mutex, 2 oneshot,
+// 3 wait_group, 4 rwmutex (they complete); 5 a held mutex, 6 a semaphore
+// without permits, 7 yield() (they throw); then 8 a buffered channel,
+// 9 a select with a ready case, 10 a select with a default, 11 a fresh
+// once (the first call runs f at once), 12 sleep(0), 13 a join of a task
+// that finished before the hop (j), 14 a receive from a closed channel
+// (they complete).
+plain_coro hop_and_await(mpg::runtime* rt, outcome* out, int kind, mpg::join_handle<int> j) {
+  co_await rt->handle().schedule();
   mpg::semaphore sem(1);
   mpg::mutex m;
   mpg::wait_group wg;
   mpg::rwmutex rw;
+  mpg::chan<int> c(4);
+  mpg::chan<int> unbuffered;
+  mpg::once o;
+  int ran = 0;
   try {
     for (int i = 0; i < 10000; ++i) {
       switch (kind) {
@@ -380,6 +389,10 @@ plain_coro hop_and_await(mpg::runtime_handle h, outcome* out, int kind) {
         case 3:
           co_await wg.wait();
           break;
+        case 4:
+          co_await rw.lock_shared();
+          rw.unlock_shared();
+          break;
         case 5:  // held: it must park, which outside a task throws
           if (i == 0) (void)m.try_lock();
           co_await m.lock();
@@ -391,10 +404,41 @@ plain_coro hop_and_await(mpg::runtime_handle h, outcome* out, int kind) {
         case 7:  // no task to requeue
           co_await mpg::yield();
           break;
-        default:
-          co_await rw.lock_shared();
-          rw.unlock_shared();
+        case 8:
+          co_await c.send(i);
+          (void)co_await c.recv();
           break;
+        case 9: {
+          (void)c.try_send(i);
+          auto r = co_await mpg::select(c.recv(), unbuffered.recv());
+          (void)r;
+          break;
+        }
+        case 10: {
+          auto r = co_await mpg::select(unbuffered.recv(), mpg::default_case);
+          (void)r;
+          break;
+        }
+        case 11:
+          co_await o.call([&] { ++ran; });
+          break;
+        case 12:
+          co_await mpg::sleep_for(std::chrono::nanoseconds(0));
+          break;
+        case 13:
+          if (i == 0) {
+            (void)co_await j;
+          } else {
+            co_await c.send(i);
+            (void)co_await c.recv();
+          }
+          break;
+        default: {
+          mpg::chan<int> closed(1);
+          closed.close();
+          (void)co_await closed.recv();
+          break;
+        }
       }
       out->completed.fetch_add(1);
     }
@@ -406,16 +450,24 @@ plain_coro hop_and_await(mpg::runtime_handle h, outcome* out, int kind) {
   }
 }
 
+// run_hop(): hop_and_await(kind) on a fresh 1-P runtime, one of whose
+// tasks has finished; its outcome, after it ended (bounded).
+std::pair<int, int> run_hop(int kind) {
+  mpg::runtime rt({.procs = 1});
+  outcome out;
+  auto j = rt.spawn([]() -> mpg::task<int> { co_return 7; }());
+  REQUIRE(mpg_test::wait_until([&] { return j.done(); }, std::chrono::seconds(20)));
+  hop_and_await(&rt, &out, kind, std::move(j));
+  CHECK(mpg_test::wait_until([&] { return out.done.load() != 0; }, std::chrono::seconds(20)));
+  return {out.done.load(), out.completed.load()};
+}
+
 }  // namespace
 
 TEST_CASE("schedule(): a plain coroutine on a P awaiting sync primitives completes or throws") {
   for (int kind = 0; kind < 8; ++kind) {
     CAPTURE(kind);
-    mpg::runtime rt({.procs = 1});
-    outcome out;
-    hop_and_await(rt.handle(), &out, kind);
-    CHECK(mpg_test::wait_until([&] { return out.done.load() != 0; }, std::chrono::seconds(20)));
-    CHECK(out.done.load() == (kind >= 5 ? 2 : 1));
+    CHECK(run_hop(kind).first == (kind >= 5 ? 2 : 1));
   }
 }
 
@@ -498,78 +550,12 @@ TEST_CASE("a posted function that fills the local queue before the global queue 
   ran.wait();
 }
 
-// more awaitables that complete at once, from a coroutine
-// that schedule() moved onto a P (an M, a P, no G): channels, select, once,
-// a join of a finished task, sleep(0), the timer channel after(0).
-namespace {
-plain_coro hop_and_await_more(mpg::runtime* rt, outcome* out, int kind,
-                              mpg::join_handle<int> j) {
-  co_await rt->handle().schedule();
-  mpg::chan<int> c(4);
-  mpg::chan<int> unbuffered;
-  mpg::once o;
-  int ran = 0;
-  try {
-    for (int i = 0; i < 10000; ++i) {
-      switch (kind) {
-        case 0:
-          co_await c.send(i);
-          (void)co_await c.recv();
-          break;
-        case 1: {
-          (void)c.try_send(i);
-          auto r = co_await mpg::select(c.recv(), unbuffered.recv());
-          (void)r;
-          break;
-        }
-        case 2: {
-          auto r = co_await mpg::select(unbuffered.recv(), mpg::default_case);
-          (void)r;
-          break;
-        }
-        case 3:  // a fresh once: the first call runs f at once, nothing to wait for
-          co_await o.call([&] { ++ran; });
-          break;
-        case 4:
-          co_await mpg::sleep_for(std::chrono::nanoseconds(0));
-          break;
-        case 5:
-          if (i == 0) {
-            (void)co_await j;  // finished before the hop
-          } else {
-            co_await c.send(i);
-            (void)co_await c.recv();
-          }
-          break;
-        default: {
-          mpg::chan<int> closed(1);
-          closed.close();
-          (void)co_await closed.recv();
-          break;
-        }
-      }
-      out->completed.fetch_add(1);
-    }
-    out->done.store(1);
-  } catch (const mpg::runtime_misuse_error&) {
-    out->done.store(2);
-  } catch (...) {
-    out->done.store(3);
-  }
-}
-}  // namespace
-
 TEST_CASE("schedule(): a plain coroutine on a P: channels, select, join, sleep(0)") {
-  for (int kind : {0, 1, 2, 4, 5, 6}) {
+  for (int kind : {8, 9, 10, 12, 13, 14}) {
     CAPTURE(kind);
-    mpg::runtime rt({.procs = 1});
-    outcome out;
-    auto j = rt.spawn([]() -> mpg::task<int> { co_return 7; }());
-    REQUIRE(mpg_test::wait_until([&] { return j.done(); }, std::chrono::seconds(20)));
-    hop_and_await_more(&rt, &out, kind, std::move(j));
-    CHECK(mpg_test::wait_until([&] { return out.done.load() != 0; }, std::chrono::seconds(20)));
-    CHECK(out.done.load() == 1);
-    CHECK(out.completed.load() == 10000);
+    const auto [done, completed] = run_hop(kind);
+    CHECK(done == 1);
+    CHECK(completed == 10000);
   }
 }
 
@@ -577,11 +563,5 @@ TEST_CASE("schedule(): a plain coroutine on a P: channels, select, join, sleep(0
 // completes. once::call on a fresh once runs f at once (nothing to wait for),
 // yet parking_queue::park() throws before it asks may_park().
 TEST_CASE("schedule(): a plain coroutine on a P: the first once::call completes") {
-  mpg::runtime rt({.procs = 1});
-  outcome out;
-  auto j = rt.spawn([]() -> mpg::task<int> { co_return 7; }());
-  REQUIRE(mpg_test::wait_until([&] { return j.done(); }, std::chrono::seconds(20)));
-  hop_and_await_more(&rt, &out, 3, std::move(j));
-  CHECK(mpg_test::wait_until([&] { return out.done.load() != 0; }, std::chrono::seconds(20)));
-  CHECK(out.done.load() == 1);  // 2: runtime_misuse_error
+  CHECK(run_hop(11).first == 1);  // 2: runtime_misuse_error
 }

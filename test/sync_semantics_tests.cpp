@@ -494,12 +494,6 @@ struct starve_round {
   std::atomic<bool> bad{false};
 };
 
-void busy_for(std::chrono::microseconds d) {
-  const auto end = std::chrono::steady_clock::now() + d;
-  while (std::chrono::steady_clock::now() < end) {
-  }
-}
-
 mpg::task<void> starve_user(starve_round* r, int id, int per, int total, mpg::wait_group* wg) {
   for (int i = 0; i < per; ++i) {
     if ((i + id) % 5 == 0 && r->m.try_lock()) {
@@ -508,7 +502,7 @@ mpg::task<void> starve_user(starve_round* r, int id, int per, int total, mpg::wa
     }
     if (r->inside) r->bad.store(true);
     r->inside = true;
-    busy_for(std::chrono::microseconds((i * 37 + id * 11) % 300));
+    mpg_test::busy_for(std::chrono::microseconds((i * 37 + id * 11) % 300));
     r->inside = false;
     const bool last = ++r->count == total;
     const bool bad = r->bad.load();

@@ -42,6 +42,13 @@ inline void block_signal(int sig) {
   ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
 }
 
+// busy_for(): busy for d without suspending (work, not a wait).
+inline void busy_for(std::chrono::microseconds d) {
+  const auto until = std::chrono::steady_clock::now() + d;
+  while (std::chrono::steady_clock::now() < until) {
+  }
+}
+
 // yield_some(): yields up to n times so that other tasks get to run (never
 // needed for correctness, only to give a wrong implementation the chance to
 // show it).

@@ -331,7 +331,7 @@ std::shared_ptr<void> scheduler::stop_the_world() const {
   // is serving now is waited for (sysmon.cpp, "While the world is
   // stopped"). seq_cst: the flag's store, then the load of sysmon_serving_.
   world_stopped_.store(true, std::memory_order_seq_cst);
-  while (sysmon_serving_.load(std::memory_order_seq_cst) != -1) std::this_thread::yield();
+  while (sysmon_serving_.load(std::memory_order_seq_cst)) std::this_thread::yield();
   return release;
 }
 

@@ -366,15 +366,14 @@ class scheduler {
   mutable std::condition_variable stw_cv_;
   mutable bool stw_busy_ ABSL_GUARDED_BY(stw_mu_) = false;
   // Set while the world is stopped (every P held for a dump's walk): sysmon
-  // serves no P's timers or ring meanwhile. sysmon_serving_: the index of
-  // the P whose timers and ring sysmon is serving, or -1. The handshake
-  // between the two: sysmon.cpp, "While the world is stopped".
+  // serves no P's timers or ring meanwhile. sysmon_serving_: sysmon is
+  // serving a P's timers and ring. The handshake between the two: sysmon.cpp,
+  // "While the world is stopped".
   mutable std::atomic<bool> world_stopped_{false};
-  std::atomic<int> sysmon_serving_{-1};
-  // begin_service()/end_service(): sysmon's side of that handshake around
-  // its service of P i; false: the world is stopped, serve nothing.
-  bool begin_service(unsigned i) noexcept;
-  void end_service() noexcept;
+  std::atomic<bool> sysmon_serving_{false};
+  // serve_p(): sysmon runs p's due timers and reaps its ring, unless the
+  // world is stopped.
+  void serve_p(processor* p, std::int64_t now) noexcept;
   // Registry of every G ever created (never shrinks; Gs are reused).
   mutable thread_mutex allg_mu_;
   // for_each_g(): every G ever created (they live in g_blocks_).

@@ -53,14 +53,14 @@
 // rewrites its G's resume point). Every P is held then, each by a posted
 // function or by the dumping task; the one that is a task looks stuck to
 // sysmon, and a P that sysmon listed as unheld may have been taken by a
-// hold since. So every service of a P, on either path, is bracketed:
-// sysmon stores the P's index in sysmon_serving_, then loads
-// world_stopped_ and serves only if it is clear, and stores -1 after
-// (release: the service happens-before a stop that sees -1). The stopper,
-// once every hold has arrived, stores world_stopped_, then waits while
-// sysmon_serving_ is not -1; all four accesses seq_cst. In their single
-// total order either sysmon's load sees the flag (and serves nothing), or
-// the stopper's load sees the index (and waits for the service to end).
+// hold since. So every service of a P, on either path, goes through
+// serve_p(): sysmon sets sysmon_serving_, then loads world_stopped_ and
+// serves only if it is clear, and clears sysmon_serving_ after (release:
+// the service happens-before a stop that sees it clear). The stopper, once
+// every hold has arrived, sets world_stopped_, then waits while
+// sysmon_serving_ is set; all four accesses seq_cst. In their single total
+// order either sysmon's load sees the flag (and serves nothing), or the
+// stopper's load sees sysmon serving (and waits for the service to end).
 // The stopper clears the flag with a release store after its walk, which
 // sysmon's next load acquires, so the walk's reads happen-before the
 // services that follow.
@@ -95,17 +95,15 @@ void serve_io(reactor& io) noexcept {
 }
 }  // namespace
 
-bool scheduler::begin_service(unsigned i) noexcept {
+void scheduler::serve_p(processor* p, std::int64_t now) noexcept {
   // seq_cst, both: the handshake with a stop of the world (above).
-  sysmon_serving_.store(static_cast<int>(i), std::memory_order_seq_cst);
-  if (!world_stopped_.load(std::memory_order_seq_cst)) return true;
-  end_service();
-  return false;
-}
-
-void scheduler::end_service() noexcept {
-  // Release: the service happens-before a stopper's walk that reads -1.
-  sysmon_serving_.store(-1, std::memory_order_release);
+  sysmon_serving_.store(true, std::memory_order_seq_cst);
+  if (!world_stopped_.load(std::memory_order_seq_cst)) {
+    if (p->timers.earliest_ns.load(std::memory_order_relaxed) <= now) run_timers(p, now);
+    serve_io(*p->io);
+  }
+  // Release: the service happens-before a stopper's walk that reads false.
+  sysmon_serving_.store(false, std::memory_order_release);
 }
 
 void scheduler::serve_unheld_ps(std::vector<bool>* marked) noexcept {
@@ -145,10 +143,7 @@ void scheduler::serve_unheld_ps(std::vector<bool>* marked) noexcept {
     // The P may be acquired meanwhile; all of this is safe on a held P too
     // (timers and the ring have locks of their own, stealing is lock-free),
     // but not while the world is stopped (above).
-    if (!begin_service(p->id)) continue;
-    if (p->timers.earliest_ns.load(std::memory_order_relaxed) <= now) run_timers(p, now);
-    serve_io(*p->io);
-    end_service();
+    serve_p(p, now);
     if (p->runq.size() != 0) wake_p();
   }
   if (work_left && work_queued()) wake_p();
@@ -232,11 +227,7 @@ void scheduler::sysmon_main() {
       // Stuck on one G for a period: free what waits behind it.
       p->runnext_stealable.store(true, std::memory_order_relaxed);
       if (p->runq.size() != 0) wake_p();
-      if (begin_service(static_cast<unsigned>(i))) {
-        if (p->timers.earliest_ns.load(std::memory_order_relaxed) <= now) run_timers(p, now);
-        serve_io(*p->io);
-        end_service();
-      }
+      serve_p(p, now);
       if (report && ran >= threshold_ns &&
           p->reported_tick.exchange(tick, std::memory_order_relaxed) != tick) {
         long_reports_.fetch_add(1, std::memory_order_relaxed);
