@@ -61,7 +61,9 @@ class task_group {
   // task_group::spawn()
   //
   // Starts t as a new G of the current runtime. Throws std::logic_error
-  // outside a task. `name` (static storage) appears in task dumps.
+  // outside a task, and for a task that was awaited already or is empty
+  // (as mpg::spawn does), leaving the group as it was. `name` (static
+  // storage) appears in task dumps.
   void spawn(task<absl::Status> t, const char* name = nullptr);
 
   // task_group::context(): cancelled by the first failure, by wait()'s

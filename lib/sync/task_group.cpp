@@ -81,6 +81,12 @@ task<void> task_group::run_member(std::shared_ptr<state> st, task<absl::Status> 
 }
 
 void task_group::spawn(task<absl::Status> t, const char* name) {
+  // A task that cannot be awaited (empty, moved-from, or awaited already)
+  // is refused here, as mpg::spawn refuses it, not by the member's await
+  // at wait(): release() gives a null handle for each of them.
+  auto h = t.release();
+  if (!h) detail::throw_task_awaited_twice();
+  t = task<absl::Status>(h);
   st_->running.add(1);
   try {
     mpg::go(run_member(st_, std::move(t)), name);
