@@ -24,6 +24,7 @@
 #include <thread>
 
 #include "mpg/mpg.hpp"
+#include "sched/scheduler.hpp"
 #include "stderr_capture.hpp"
 #include "test_support.hpp"
 #include "watchdog.hpp"
@@ -151,6 +152,65 @@ TEST_CASE("the thread-limit report comes once while it lasts, and again when it 
   CHECK(second);
   CHECK(helper_runs.load(std::memory_order_relaxed) == 2);
   CHECK(st.thread_limit_reports == 2);
+}
+
+namespace {
+
+// The OS refusing threads, below max_threads: assign_m()'s test hook
+// refuses every M it would start while `refusing` is set.
+std::atomic<bool> refusing{false};
+bool refuse_m_start() {
+  // Relaxed: set by the task below before its blocking call hands the P
+  // away (that M's own earlier write), or by the test thread, whose later
+  // clear only stops refusals.
+  return refusing.load(std::memory_order_relaxed);
+}
+
+mpg::task<bool> refuse_threads_then_wait(release* r, std::atomic<int>* helper_runs) {
+  refusing.store(true, std::memory_order_relaxed);
+  co_return co_await wait_for_helper(r, helper_runs);
+}
+
+}  // namespace
+
+// The OS may refuse a thread long before max_threads (RLIMIT_NPROC, a
+// cgroup's pids limit, memory). Then no M can be started for the P that a
+// blocking call hands away either: the stranded task is reported as at
+// the limit, and the report says why. Not testable through the OS as root
+// (RLIMIT_NPROC does not apply): the hook stands in for its EAGAIN.
+TEST_CASE("the OS refusing threads below max_threads strands a task: that is reported too") {
+  mpg_test::stderr_capture cap;
+  std::atomic<int> helper_runs{0};
+  release r;
+  bool reported = false;
+  bool ready = false;
+  int runs_before_release = -1;
+  mpg::runtime_stats st;
+  mpg::detail::g_m_start_refuse_hook.store(&refuse_m_start, std::memory_order_relaxed);
+  {
+    mpg::runtime rt({.procs = 1, .max_threads = 64, .thread_starvation_threshold = kThreshold});
+    mpg_test::watchdog dog(kWatchdog, "a blocking call waiting for a stranded task", &rt);
+    auto h = rt.spawn(refuse_threads_then_wait(&r, &helper_runs), "waiter");
+    reported = cap.wait_for(kReport, 1, kGiveUp);
+    runs_before_release = helper_runs.load(std::memory_order_relaxed);
+    refusing.store(false, std::memory_order_relaxed);
+    r.fulfil();
+    ready = rt.block_on(std::move(h));
+    st = rt.stats();
+  }
+  mpg::detail::g_m_start_refuse_hook.store(nullptr, std::memory_order_relaxed);
+  REQUIRE(cap.sync());
+  const std::string text = cap.text();
+  cap.echo_on_exit(!reported || st.thread_limit_reports != 1);
+  CHECK_MESSAGE(reported, "no thread-limit report within " << kGiveUp.count() << " ms");
+  CHECK(runs_before_release == 0);
+  CHECK(ready);
+  CHECK(helper_runs.load(std::memory_order_relaxed) == 1);
+  CHECK(st.thread_limit_reports == 1);
+  CHECK(contains(text, "the OS refused a new thread: test hook"));
+  CHECK(contains(text, "1 M(s) started, runtime_options::max_threads = 64"));
+  CHECK(contains(text, "raise the OS's limit on threads"));
+  CHECK(contains(text, "(helper) [runnable]"));
 }
 
 namespace {

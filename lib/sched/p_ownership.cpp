@@ -63,7 +63,9 @@
 // leave the P idle beside the queued G and the idle M.
 //
 // Thread limit (runtime_options::max_threads). assign_m() needs an M and
-// none is idle and none may be started: the P is left idle, and while it
+// none is idle and none may be started, because max_threads exist or
+// because the OS refused the thread (m_refused_, until an M starts): the
+// P is left idle, and while it
 // has work sysmon serves it as it serves a P stuck in a long G
 // (serve_unheld_ps()): it runs its due timers, reaps its ring, marks its
 // runnext G stealable (no holder will run it next) and wakes a spinner for
@@ -76,9 +78,12 @@
 // If no M comes back (the blocking calls wait for the Gs left on that P),
 // sysmon reports it after runtime_options::thread_starvation_threshold
 // (thread_limit.cpp) and the runtime goes on.
+#include <cerrno>
 #include <cstdio>
 #include <exception>
 #include <optional>
+#include <system_error>
+#include <thread>
 
 #include "sched/scheduler.hpp"
 #include "sched/trace.hpp"
@@ -188,6 +193,9 @@ m_wakeup scheduler::assign_m(processor* p, spin_state spin) noexcept {
       // after setting stopping_, always finds the thread to join.
       threads_.fetch_add(1, std::memory_order_relaxed);
       try {
+        if (auto refuse = g_m_start_refuse_hook.load(std::memory_order_relaxed)) [[unlikely]] {
+          if (refuse()) throw std::system_error(EAGAIN, std::generic_category(), "test hook");
+        }
         m->thread = std::thread([this, m] { m_main(m); });
       } catch (...) {
         threads_.fetch_sub(1, std::memory_order_relaxed);
@@ -195,8 +203,11 @@ m_wakeup scheduler::assign_m(processor* p, spin_state spin) noexcept {
         allm_.pop_back();
         throw;
       }
+      m_refused_ = false;
       return {};
     } catch (const std::exception& e) {
+      m_refused_ = true;
+      std::snprintf(m_refused_why_, sizeof m_refused_why_, "%s", e.what());
       static std::atomic<bool> said{false};
       if (!said.exchange(true, std::memory_order_relaxed))
         std::fprintf(stderr, "mpg: could not start an M (%s): its P waits for another M\n",

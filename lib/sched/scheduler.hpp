@@ -58,6 +58,11 @@ inline std::atomic<void (*)(int)> g_deadlock_look_hook{nullptr};
 // g_give_up_hook.
 inline std::atomic<void (*)()> g_exit_blocking_hook{nullptr};
 
+// Test hook: assign_m() (p_ownership.cpp) calls it before it starts an
+// M's thread; true makes it take the path of a thread the OS refused
+// (EAGAIN). Relaxed, as g_give_up_hook.
+inline std::atomic<bool (*)()> g_m_start_refuse_hook{nullptr};
+
 struct post_node;     // mpg/detail/sched/post_node.hpp
 struct handle_state;  // post.cpp
 struct debug_state;   // debug_env.cpp
@@ -276,7 +281,9 @@ class scheduler {
     std::uint64_t stranded = 0;   // Gs queued on unheld Ps and globally
     bool posts = false;           // posted functions wait as well
     std::uint32_t blocking = 0;   // Ms inside mpg::blocking
-    std::uint32_t threads = 0;    // Ms started (the limit)
+    std::uint32_t threads = 0;    // Ms started (the limit, or fewer if refused)
+    bool refused = false;         // below max_threads: the OS refused the next M
+    char refused_why[96] = {};    // its reason (no allocation under mu_)
   };
   starvation_sample sample_starvation() const noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // watch_starvation(): sysmon, after each sample (a default sample when
@@ -323,6 +330,11 @@ class scheduler {
   processor* pidle_ ABSL_GUARDED_BY(mu_) = nullptr;
   machine* midle_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::vector<std::unique_ptr<machine>> allm_ ABSL_GUARDED_BY(mu_);
+  // The OS refused the last M that assign_m() tried to start (its reason,
+  // for the thread-limit report); cleared when an M starts. While set, no
+  // M can be started below max_threads either: thread_limit.cpp.
+  bool m_refused_ ABSL_GUARDED_BY(mu_) = false;
+  char m_refused_why_[96] ABSL_GUARDED_BY(mu_) = {};
   // Counters of the parking protocol (scheduler.cpp): seq_cst throughout.
   std::atomic<std::uint32_t> npidle_{0};
   std::atomic<std::uint32_t> nmspinning_{0};

@@ -16,9 +16,11 @@
 // The condition, sampled by sysmon under mu_ every millisecond while
 // unheld_work_ is set (serve_unheld_ps, in the critical section it takes
 // anyway):
-//   - all max_threads Ms exist and none is idle (midle_ is empty), so
-//     assign_m() can neither start nor wake an M for an unheld P: every M
-//     holds a P or is inside mpg::blocking (nblocking_ counts those);
+//   - all max_threads Ms exist, or the OS refused the last M that
+//     assign_m() tried to start (m_refused_: RLIMIT_NPROC, a cgroup's pids
+//     limit, memory), and none is idle (midle_ is empty), so assign_m()
+//     can neither start nor wake an M for an unheld P: every M holds a P
+//     or is inside mpg::blocking (nblocking_ counts those);
 //   - some P is unheld (p_status::idle), and Gs are queued on an unheld P
 //     or on the global queue, or posted functions wait: the stranded work;
 //   - the runtime is not stopping.
@@ -67,6 +69,7 @@
 // list under the lock that serve_unheld_ps takes anyway, and a few
 // relaxed loads.
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <sstream>
 #include <string>
@@ -88,7 +91,8 @@ std::uint64_t mix(std::uint64_t h, std::uint64_t v) noexcept {
 
 scheduler::starvation_sample scheduler::sample_starvation() const noexcept {
   starvation_sample s;
-  if (stopping() || midle_ != nullptr || allm_.size() < opts_.max_threads) return s;
+  const bool at_limit = allm_.size() >= opts_.max_threads;
+  if (stopping() || midle_ != nullptr || (!at_limit && !m_refused_)) return s;
   bool unheld = false;
   std::uint64_t mark = 0;
   for (processor* p = pidle_; p != nullptr; p = p->idle_next) {
@@ -115,6 +119,9 @@ scheduler::starvation_sample scheduler::sample_starvation() const noexcept {
   s.mark = mark;
   s.blocking = nblocking_.load(std::memory_order_relaxed);
   s.threads = static_cast<std::uint32_t>(allm_.size());
+  s.refused = !at_limit;
+  static_assert(sizeof s.refused_why == sizeof m_refused_why_);
+  if (s.refused) std::memcpy(s.refused_why, m_refused_why_, sizeof s.refused_why);
   return s;
 }
 
@@ -145,13 +152,20 @@ void scheduler::watch_starvation(const starvation_sample& s, std::int64_t now_ns
 
 void scheduler::report_starvation(const starvation_sample& s, std::int64_t waited_ns) const {
   std::ostringstream os;
-  os << "mpg: thread limit reached (runtime_options::max_threads = " << opts_.max_threads
-     << "): " << s.stranded << " runnable task(s)" << (s.posts ? " and posted functions" : "")
+  os << "mpg: thread limit reached (";
+  if (s.refused) {
+    os << "the OS refused a new thread: " << s.refused_why << "; " << s.threads
+       << " M(s) started, runtime_options::max_threads = " << opts_.max_threads;
+  } else {
+    os << "runtime_options::max_threads = " << opts_.max_threads;
+  }
+  os << "): " << s.stranded << " runnable task(s)" << (s.posts ? " and posted functions" : "")
      << " have waited " << waited_ns / 1'000'000 << " ms with no M to run them\n";
   os << "mpg: " << s.blocking << " of " << s.threads << " M(s) inside mpg::blocking"
      << (s.blocking < s.threads ? ", the others running Ps" : "")
      << "; a blocking call that waits for one of these tasks may wait for ever"
-     << " (raise max_threads, or wait in a task rather than inside mpg::blocking)\n";
+     << (s.refused ? " (raise the OS's limit on threads" : " (raise max_threads")
+     << ", or wait in a task rather than inside mpg::blocking)\n";
   write_dump(os, false, "tasks may run while the monitor writes this report");
   const std::string text = os.str();
   std::fwrite(text.data(), 1, text.size(), stderr);
