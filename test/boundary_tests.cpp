@@ -93,6 +93,30 @@ TEST_CASE("a cross-runtime select on the join of a task killed by ~runtime is wo
   CHECK(bt_outcome([&] { (void)a.block_on(std::move(ha)); }) == 2);
 }
 
+namespace {
+mpg::task<int> bt_join_through(mpg::join_handle<int>* h) { co_return co_await *h; }
+}  // namespace
+
+// The other way round: a task of runtime A parks on the join of a task of
+// runtime B through a handle that lives outside A (here, on the test's
+// stack), and ~A kills the joiner. The joined task's word must not keep
+// the killed joiner: B's task then ends, and its join must give its value
+// (not ready the freed G), so the handle can still be joined, on B.
+TEST_CASE("a cross-runtime joiner killed by its own ~runtime leaves the joined task's handle sound") {
+  mpg::runtime b({.procs = 1});
+  mpg::chan<int> c(1);
+  auto hb = b.spawn(bt_wait_forever(c), "b.task");
+  {
+    mpg::runtime a({.procs = 1});
+    a.spawn(bt_join_through(&hb), "a.joiner").detach();
+    REQUIRE(mpg_test::wait_until([&] {
+      return mpg_test::dump_shows(a, "join") && mpg_test::dump_shows(b, "chan receive");
+    }, 10s));
+  }  // ~a kills the joiner
+  REQUIRE(c.try_send(7));
+  CHECK(b.block_on(bt_join_through(&hb)) == 7);
+}
+
 // The same join made after the kill: the documented runtime_misuse_error.
 TEST_CASE("(reference) a join after ~runtime killed the task throws runtime_misuse_error") {
   mpg::runtime a({.procs = 1});

@@ -389,7 +389,9 @@ namespace {
   if (is_select_joiner(old)) {
     wake_select_joiner(old);  // spawn.hpp, J3
   } else {
-    ready(reinterpret_cast<g*>(old));
+    g* joiner = reinterpret_cast<g*>(old);
+    joiner->joined = nullptr;
+    ready(joiner);
   }
 }
 }  // namespace
@@ -585,12 +587,14 @@ namespace {
   // The joiner's co_await (join_handle::link_parent); empty when a plain
   // coroutine joins.
   park(h, "join", promise->caller_where_);
+  me->joined = hdr;
   std::uintptr_t expected = kJoinRunning;
   // acq_rel on success: publishes our park to the finisher (which acquires
   // in its exchange); acquire on failure: see the finished result.
   if (hdr->join.compare_exchange_strong(expected, reinterpret_cast<std::uintptr_t>(me),
                                         std::memory_order_acq_rel, std::memory_order_acquire))
     return std::noop_coroutine();
+  me->joined = nullptr;
   cancel_park();
   if (expected == kJoinDone && budget_exhausted()) {
     requeue_current(h);

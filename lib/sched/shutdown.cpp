@@ -67,6 +67,20 @@ namespace {
 // (or already: a younger select took its waiter off, J4); a select's waiter
 // still gets J3's last touch, waker_done, which its J4 waits for on Killed
 // as on Done.
+// take_back_joiner(): gp, about to be killed, is parked in the join word
+// of a task (gp->joined) that may belong to another runtime and end after
+// this one is gone, when it would ready the freed G. The word goes back to
+// Running, as if gp had never joined. The CAS fails only when the word
+// moved on: to Killed (the task was killed above, and its kill saw gp, a G
+// of this runtime, and left it), or to Done by a task of another runtime
+// that ended during ~runtime, which docs/api.md rules out. Relaxed: no M
+// of this runtime runs, and the word publishes nothing to anyone here.
+void take_back_joiner(g* gp) noexcept {
+  std::uintptr_t expected = reinterpret_cast<std::uintptr_t>(gp);
+  gp->joined->join.compare_exchange_strong(expected, kJoinRunning, std::memory_order_relaxed);
+  gp->joined = nullptr;
+}
+
 void wake_killed_joiner(const scheduler* self, std::uintptr_t old) noexcept {
   if (is_select_joiner(old)) {
     auto* w = reinterpret_cast<join_waiter*>(old & ~kJoinSelectTag);
@@ -79,6 +93,7 @@ void wake_killed_joiner(const scheduler* self, std::uintptr_t old) noexcept {
     return;
   }
   g* joiner = reinterpret_cast<g*>(old);
+  joiner->joined = nullptr;
   if (joiner->sched != self) ready(joiner);
 }
 
@@ -197,6 +212,7 @@ void scheduler::kill_remaining(std::ostream& report) {
     }
     gp->root = {};
     gp->resume = {};
+    if (gp->joined != nullptr) take_back_joiner(gp);
     destroy_root(root, depth);
     if (old > kJoinInline) wake_killed_joiner(this, old);
   }

@@ -55,6 +55,7 @@ namespace mpg::detail {
 
 class scheduler;
 class promise_base;
+struct frame_header;
 
 // The opt-in of runtime awaiters (see the top of the file).
 struct runtime_awaiter_tag {};
@@ -75,7 +76,7 @@ enum class g_status : std::uint8_t {
 
 const char* to_string(g_status s) noexcept;
 
-// Kept small (72 bytes): an idle task costs its G plus its frame.
+// Kept small (80 bytes): an idle task costs its G plus its frame.
 class g {
  public:
   // The frame to resume when this G is scheduled. Written by the G itself
@@ -102,8 +103,17 @@ class g {
   // std::source_location is one pointer to static data, so it is atomic
   // without a lock (and keeps the G small: idle tasks cost memory).
   std::atomic<std::source_location> wait_where{};
-
+  // The frame whose join word holds this G while it is parked in a plain
+  // join (join_park, scheduler.cpp), else null: ~runtime's kill takes the
+  // G back out of a word of another runtime's task (shutdown.cpp). Set by
+  // the G before its park is published (the join word's CAS), cleared by
+  // the G if that CAS fails, and by whoever readies it from the word (the
+  // finisher, or the kill of the joined task) before ready(): each access
+  // ordered after the one before by that CAS, the word's exchange, or the
+  // run queues' release/acquire, so a plain field.
+  frame_header* joined = nullptr;
 };
+static_assert(sizeof(g) <= 80, "a G is part of every idle task's cost");
 
 // clean_function_name(): a std::source_location function name as the task
 // dump prints it: without its return type, and with g++'s name of a
