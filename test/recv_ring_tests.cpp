@@ -846,3 +846,76 @@ TEST_CASE("receive: an arm refused for want of an SQE (-EBUSY) is reported, not 
   }());
   CHECK(rt.stats().io_faults_no_sqe >= 2);
 }
+
+// close() ends the stream's multishot. One that outlived close() would keep
+// the socket open (the kernel's request holds the file, whatever becomes of
+// the fd number), and the peer would never see the connection end: each case
+// checks that it does, in bounded time. (With close()'s cancel of the slot
+// left out, the idle case fails in every round.)
+namespace {
+// Refuses the reactors' flushes while set (reactor.hpp, g_flush_refuse_hook).
+// Relaxed: set before the reader is spawned, cleared by the task that
+// flushes next; a stale read elsewhere (sysmon) only puts a flush off.
+std::atomic<bool> g_refuse_flush{false};
+bool refuse_flush_while_set() { return g_refuse_flush.load(std::memory_order_relaxed); }
+
+// peer_sees_end(): the peer's read ends (EOF, or a reset for unread bytes)
+// within 10 s, rather than its deadline passing.
+task<bool> peer_sees_end(tcp_stream& peer) {
+  peer.set_read_deadline(std::chrono::steady_clock::now() + 10s);
+  char buf[4096];
+  for (;;) {
+    auto n = co_await peer.read(std::span<char>(buf));
+    if (!n.ok()) co_return n.status().code() != absl::StatusCode::kDeadlineExceeded;
+    if (*n == 0) co_return true;
+  }
+}
+}  // namespace
+
+TEST_CASE("receive: close() of an idle multishot ends it; the peer sees the end") {
+  // Two Ps, several rounds: the multishot waits for data on either P's
+  // ring, and close() runs on either.
+  mpg::runtime rt({.procs = 2});
+  rt.block_on([]() -> task<void> {
+    for (int round = 0; round < 10; ++round) {
+      auto p = co_await connect_pair();
+      CHECK((co_await p.server.write(std::string_view("armed"))).ok());
+      auto b = co_await p.client.receive();
+      REQUIRE(b.ok());
+      CHECK(b->view() == "armed");
+      // The multishot stays armed for the next receive (recv_queue.hpp, R1),
+      // idle: nothing more comes.
+      p.client.close();
+      const bool ended = co_await peer_sees_end(p.server);
+      INFO("round ", round);
+      CHECK(ended);
+    }
+  }());
+}
+
+TEST_CASE("receive: close() with the multishot's SQE still in the SQ; the peer sees the end") {
+  // The cancel's flush is refused too: the SQE, still in the SQ, gets fd -1
+  // (reactor_cancel.cpp, "A close with the op's SQE still in the SQ").
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([]() -> task<void> {
+    auto p = co_await connect_pair();
+    g_refuse_flush.store(true, std::memory_order_relaxed);
+    mpg::detail::g_flush_refuse_hook.store(&refuse_flush_while_set);
+    wait_result got;
+    auto reader = mpg::spawn(receive_once(p.client, &got));
+    // One P: the reader runs, arms (its SQE stays in the SQ) and parks
+    // while this task yields.
+    mpg::detail::reactor* r = mpg::detail::current_reactor();
+    for (int i = 0; i < 1000 && !r->has_unsubmitted(); ++i) co_await mpg::yield();
+    const bool in_sq = r->has_unsubmitted();
+    p.client.close();  // its cancel's flush is refused too
+    g_refuse_flush.store(false, std::memory_order_relaxed);
+    mpg::detail::g_flush_refuse_hook.store(nullptr);
+    r->flush();
+    co_await reader;
+    CHECK(in_sq);
+    CHECK(got.r.status().code() == absl::StatusCode::kCancelled);
+    const bool ended = co_await peer_sees_end(p.server);
+    CHECK(ended);
+  }());
+}
