@@ -25,7 +25,10 @@
 //      whose join_handle is still held elsewhere keeps its memory until that
 //      handle is dropped (frame.hpp, kJoinKilled). A task of another runtime
 //      parked on its join is then woken as a finish would wake it, and its
-//      join throws; it would otherwise wait for ever. Destructors that ready
+//      join throws; it would otherwise wait for ever. A G killed while
+//      parked on the join of a task (of another runtime, say) is first
+//      taken out of that task's join word (take_back_joiner), which the
+//      task's end would otherwise follow to the freed G. Destructors that ready
 //      other Gs during this only queue them; nothing runs any more. A new
 //      fd that an op made for a killed task (an open, an accept, an
 //      io::submit of an opcode that makes one), whose result the task never
