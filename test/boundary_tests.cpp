@@ -102,7 +102,7 @@ mpg::task<int> bt_join_through(mpg::join_handle<int>* h) { co_return co_await *h
 // stack), and ~A kills the joiner. The joined task's word must not keep
 // the killed joiner: B's task then ends, and its join must give its value
 // (not ready the freed G), so the handle can still be joined, on B.
-TEST_CASE("a cross-runtime joiner killed by its own ~runtime leaves the joined task's handle sound") {
+TEST_CASE("a cross-runtime joiner killed by its own ~runtime leaves the joined task sound") {
   mpg::runtime b({.procs = 1});
   mpg::chan<int> c(1);
   auto hb = b.spawn(bt_wait_forever(c), "b.task");
