@@ -501,3 +501,59 @@ TEST_CASE("a submit_now op refused by the kernel completes once, also with SQEs 
   for (int i = 0; i < 5; ++i) r->wait(std::chrono::steady_clock::now() + 20ms);
   CHECK(c.done.load() == 1);  // not completed again by its SQE left in the SQ
 }
+
+// The kernel may take an op without its link timeout (it stops a batch at
+// the first SQE it cannot allocate a request for): the reactor turns the
+// stranded timeout into a cancel of the op, which reads -EINTR (issued
+// again by its caller) unless it completed first (reactor.cpp, "An op split
+// from its link timeout"). g_flush_split_hook makes the kernel stop there.
+namespace {
+std::atomic<bool> split_next{false};
+bool split_once() { return split_next.exchange(false); }
+}  // namespace
+
+TEST_CASE("an op the kernel takes without its link timeout is cancelled, or keeps its result") {
+  auto r = make_reactor();
+  mpg::detail::g_flush_split_hook.store(&split_once);
+  const auto t0 = std::chrono::steady_clock::now();
+  {
+    pipe_fds p;  // empty: the read stays in flight until cancelled
+    char buf[8];
+    io_request rd{.op = io_opcode::read, .fd = p.rd, .addr = buf, .len = sizeof buf};
+    counter c;
+    counted_op op;
+    op.complete = count_completion;
+    op.counts = &c;
+    op.has_deadline = true;
+    op.deadline = t0 + 60s;
+    split_next.store(true);
+    r->start(&op, prep_request, &rd);
+    r->flush();
+    CHECK_FALSE(split_next.load());  // split
+    run_until(*r, c, 1);             // bounded: 5 s, far before the deadline
+    CHECK(op.outcome() == -EINTR);
+    CHECK(op.stop == mpg::detail::io_stop::kick);
+  }
+  {
+    io_request nop{};
+    counter c;
+    counted_op op;
+    op.complete = count_completion;
+    op.counts = &c;
+    op.has_deadline = true;
+    op.deadline = t0 + 60s;
+    split_next.store(true);
+    r->start(&op, prep_request, &nop);
+    r->flush();
+    CHECK_FALSE(split_next.load());
+    run_until(*r, c, 1);
+    // Completed before the cancel came (-ENOENT), or cancelled while the
+    // kernel's io-wq still held it.
+    CHECK((op.outcome() == 0 || op.outcome() == -EINTR));
+    for (int i = 0; i < 3 && r->busy(); ++i) r->wait(std::chrono::steady_clock::now() + 20ms);
+    CHECK(c.done.load() == 1);
+  }
+  mpg::detail::g_flush_split_hook.store(nullptr);
+  CHECK_FALSE(r->busy());  // the cancels' CQEs took the timeouts' places
+  CHECK(std::chrono::steady_clock::now() - t0 < 30s);
+}

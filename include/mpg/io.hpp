@@ -64,7 +64,9 @@
 //               deadline reads -ETIME instead);
 //   -EINTR      an operation the kernel ran in an io-wq worker was
 //               interrupted (the kernel's internal restart codes are never
-//               passed through); retry it.
+//               passed through), or one with a deadline was cancelled
+//               before its deadline because the kernel, short of memory,
+//               took it without its IORING_OP_LINK_TIMEOUT; retry it.
 // Operations that post several CQEs resume at the last one (no
 // IORING_CQE_F_MORE) with the first one's result: so IORING_OP_SEND_ZC works
 // as a plain send.

@@ -82,6 +82,45 @@
 // recv CQE arrives with its link timeout's CQE and so always went to the
 // tail (0.07 fruitless spins); at the tail both cost 0.06 and run alike.
 //
+// An op split from its link timeout. An op with a deadline goes in as two
+// consecutive SQEs (start()): the op's, with IOSQE_IO_LINK, and an
+// IORING_OP_LINK_TIMEOUT (kIgnoreTag) whose time is in link_ts_. The kernel
+// may take only part of a submitted batch: it stops at the first SQE it
+// cannot allocate a request for (io_submit_sqes), and issues a link whose
+// head it took alone (io_submit_state_end). An op taken without its timeout
+// would run with no deadline (a read of a quiet socket waits for ever), and
+// the timeout, taken at a later submit with no link head before it, fails
+// with -EINVAL. So right after every submit that took SQEs (flush_locked,
+// through which start(), cancels and wait() submit; submit_now_locked too),
+// mend_split_locked() looks where the kernel's SQ head stopped:
+//   L1. The last SQE taken carries IOSQE_IO_LINK and the first one left is
+//       a LINK_TIMEOUT: an op and its timeout, split. Both are as start()
+//       wrote them: the kernel is done with the first and has not read the
+//       second, and neither slot is prepared again before the SQ's tail
+//       laps it, which takes a get_sqe under lock_ after this check.
+//   L2. The timeout's SQE becomes an IORING_OP_ASYNC_CANCEL of the op's
+//       user_data (still kIgnoreTag: one CQE, as the timeout's, so
+//       pending_ is unchanged), and the op's stop is raised to kick: it
+//       reads -EINTR, and its caller's loop issues it again armed with its
+//       deadline, or finds the deadline passed (-ETIME), as for a deadline
+//       moved earlier (io_op.hpp, "Why an op was stopped"). Every caller
+//       retries -EINTR (io::submit's is told to). The flush then submits
+//       again, the cancel first.
+//   L3. The cancel reaches that op only (io_op.hpp, "Cancelling by
+//       address"): the op's final CQE, dispatched under lock_, has not been
+//       dispatched yet, so its address is not reused; a submit the kernel
+//       refuses leaves the cancel first in the SQ, issued before any SQE
+//       prepared later, a new op at that address among them. If the op
+//       completes first, the cancel reads -ENOENT and the op keeps its
+//       result: outcome() consults stop only for a cancelled or interrupted
+//       result. stop is written under lock_ while the op is in flight, as a
+//       cancel writes it (io_start clears it before the next issue).
+// The op is issued again rather than given a standalone timeout: that
+// timeout's CQE, which may come after the op's frame is gone, would need a
+// token of the reactor's own to name the op, and its own cancel once the
+// op completed first. The split is rare (the kernel short of memory).
+// Tested through g_flush_split_hook (reactor.hpp).
+//
 // Invariants (under lock_): pending_ counts every SQE that will produce a CQE
 // we have not yet seen, except the wake reads; an io_op's final CQE is seen
 // exactly once and calls its completion exactly once; after shutting_down_ no
@@ -350,6 +389,29 @@ io_uring_sqe* reactor::get_sqes_locked(unsigned n) noexcept {
   return nullptr;
 }
 
+namespace {
+
+// submit_sqes(): io_uring_submit, or under g_flush_split_hook (reactor.hpp) an
+// io_uring_enter asked to take the SQEs only up to the first linked one.
+int submit_sqes(io_uring* ring) noexcept {
+  auto split = g_flush_split_hook.load(std::memory_order_relaxed);
+  if (split == nullptr) [[likely]] return io_uring_submit(ring);
+  io_uring_sq& sq = ring->sq;
+  const unsigned head = *sq.khead;  // the kernel moves it only inside an enter: ours
+  for (unsigned i = head; i != sq.sqe_tail; ++i) {
+    if ((sq.sqes[sq.array[i & sq.ring_mask]].flags & IOSQE_IO_LINK) == 0) continue;
+    if (!split()) break;
+    // Publish every prepared SQE, as liburing's flush does (a release: the
+    // kernel reads the SQEs once it sees the tail), and ask for a part.
+    sq.sqe_head = sq.sqe_tail;
+    __atomic_store_n(sq.ktail, sq.sqe_tail, __ATOMIC_RELEASE);
+    return io_uring_enter(static_cast<unsigned>(ring->ring_fd), i + 1 - head, 0, 0, nullptr);
+  }
+  return io_uring_submit(ring);
+}
+
+}  // namespace
+
 void reactor::flush_locked() noexcept {
   io_uring* ring = ring_.get();
   if (io_uring_sq_ready(ring) == 0) return;
@@ -360,7 +422,7 @@ void reactor::flush_locked() noexcept {
     }
   }
   for (int attempt = 0; attempt < 4; ++attempt) {
-    int ret = io_uring_submit(ring);
+    int ret = submit_sqes(ring);
     // Under lock_, the one writer: a load and a store, no read-modify-write.
     submit_calls_.store(submit_calls_.load(std::memory_order_relaxed) + 1,
                         std::memory_order_relaxed);
@@ -369,11 +431,36 @@ void reactor::flush_locked() noexcept {
       for (wake_read& w : wake_reads_) {
         if (w.armed && w.armer == 0) w.armer = this_tid();
       }
+      // An op taken without its link timeout: its cancel goes in at once.
+      if (ret > 0 && mend_split_locked()) [[unlikely]] continue;
       break;
     }
     if (ret != -EINTR) break;  // -EBUSY/-EAGAIN: leave the SQEs for the next flush
   }
   unsubmitted_.store(io_uring_sq_ready(ring), std::memory_order_relaxed);
+}
+
+bool reactor::mend_split_locked() noexcept {
+  io_uring_sq& sq = ring_->sq;
+  // Acquire, as liburing reads the kernel's head: the kernel is done with
+  // the SQEs before it. (The enter that moved it has returned, under lock_.)
+  const unsigned head = io_uring_smp_load_acquire(sq.khead);
+  if (head == sq.sqe_tail) return false;  // it took every SQE
+  // L1. The SQEs are ours: plain reads and writes under lock_. The kernel
+  // reads the one at `head` in a later io_uring_enter, made under lock_,
+  // and a system call orders these stores before its reads, as liburing
+  // relies on when it publishes the tail of a ring without SQPOLL.
+  const io_uring_sqe& last = sq.sqes[sq.array[(head - 1) & sq.ring_mask]];
+  io_uring_sqe* next = &sq.sqes[sq.array[head & sq.ring_mask]];
+  if ((last.flags & IOSQE_IO_LINK) == 0 || next->opcode != IORING_OP_LINK_TIMEOUT) return false;
+  // L2. Only start() links an SQE, with user_data its op (io::submit's
+  // link flags are cleared), which is in flight (L3).
+  const std::uint64_t user_data = last.user_data;
+  io_op* op = reinterpret_cast<io_op*>(static_cast<std::uintptr_t>(user_data));
+  if (op->stop < io_stop::kick) op->stop = io_stop::kick;
+  io_uring_prep_cancel64(next, user_data, 0);
+  io_uring_sqe_set_data64(next, kIgnoreTag);
+  return true;
 }
 
 // Submitting now. An op with submit_now (fs.cpp: a file's operation, whose

@@ -60,6 +60,13 @@ namespace mpg::detail {
 // SQEs stay in the SQ. Null outside tests; relaxed: a test sets it before
 // the runtime submits and it only selects a path.
 inline std::atomic<bool (*)()> g_flush_refuse_hook{nullptr};
+// Test hook: flush_locked() calls it before a submit whose SQEs include one
+// that carries IOSQE_IO_LINK (an op with a deadline: reactor.cpp, "An op
+// split from its link timeout"); when it returns true the kernel is asked
+// to take the SQEs only up to that one, as a kernel that cannot allocate
+// the request of the next SQE takes them, and the rest stay in the SQ.
+// Null outside tests; relaxed, as g_flush_refuse_hook.
+inline std::atomic<bool (*)()> g_flush_split_hook{nullptr};
 
 class buffer_ring;
 
@@ -184,6 +191,11 @@ class reactor {
   unsigned dispatch_multishot(io_op* op, int res, std::uint32_t flags) noexcept
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   io_uring_sqe* get_sqes_locked(unsigned n) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  // mend_split_locked(): right after a submit that the kernel took SQEs of:
+  // if it took an op but not its link timeout, the timeout's SQE becomes a
+  // cancel of the op (reactor.cpp, "An op split from its link timeout");
+  // true if it did.
+  bool mend_split_locked() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
   // submit_now_locked(): flush for an op that must be in the kernel when
   // start() returns; false when the kernel would not take its n SQEs, which
   // are then taken back out of the SQ (reactor.cpp, "Submitting now").

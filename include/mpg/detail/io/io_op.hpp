@@ -61,7 +61,9 @@
 //   kick     the object's deadline (an io_deadline) moved earlier than the
 //            one the op was armed with: the op ends with -EINTR, and the
 //            caller's loop, which retries -EINTR, issues it again armed with
-//            the deadline as it is now (or finds it passed: -ETIME).
+//            the deadline as it is now (or finds it passed: -ETIME). The
+//            reactor kicks an op the kernel took without its link timeout
+//            too (lib/io/reactor.cpp, "An op split from its link timeout").
 // A cancel is not sticky (a later op of the object is not affected); the
 // other two are sticky in the state they come from (a context stays cancelled; the deadline stays
 // set), and io_start() reads that state under the slot lock, so a request
