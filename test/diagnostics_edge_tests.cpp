@@ -244,3 +244,67 @@ TEST_CASE("a task's dump: sysmon fires no timer of the task's P while the dump i
     CHECK(ctx.cancelled());
   }(rt));
 }
+
+// A task's dump() while a plain thread's dump is gathering the Ps. The
+// plain thread's stop holds one P and needs the task's; the task, holding
+// its P, waited up to 2 s for the plain thread's stop to end (inspect.cpp,
+// stw_mu_), so both waited 2 s for each other: the whole runtime stood
+// still for 2 s and both dumps came out without chains. The hook runs
+// before each post: at the plain thread's second, its first hold holds the
+// other P, and only the task's P is left.
+namespace {
+std::atomic<int> g_gather_posts{0};
+std::atomic<bool> g_gathering{false};
+void note_gathering() {
+  if (g_gather_posts.fetch_add(1) == 1) g_gathering.store(true);
+}
+
+struct task_dump_result {
+  std::atomic<bool> spinning{false};
+  std::string text;
+  long long ms = -1;
+};
+
+mpg::task<void> dump_when_gathering(const mpg::runtime* rt, task_dump_result* r) {
+  r->spinning.store(true);
+  // Holds its P without suspending (bounded) until the other stop gathers.
+  (void)mpg_test::wait_until([] { return g_gathering.load(); }, 10s);
+  const auto t0 = std::chrono::steady_clock::now();
+  std::ostringstream os;
+  rt->dump(os);
+  r->ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+              .count();
+  r->text = os.str();
+  co_return;
+}
+}  // namespace
+
+TEST_CASE("a task's dump while a plain thread's dump gathers the Ps stalls neither") {
+  mpg::runtime rt({.procs = 2});
+  mpg::chan<int> c;
+  rt.go(receive_forever(c), "waiter");
+  REQUIRE(mpg_test::wait_until([&] {
+    std::ostringstream os;
+    rt.dump(os);
+    return has_chain_line(os.str(), "receive_forever");
+  }));
+  task_dump_result r;
+  auto h = rt.spawn(dump_when_gathering(&rt, &r), "task dumper");
+  REQUIRE(mpg_test::wait_until([&] { return r.spinning.load(); }));
+  mpg::detail::test_post_entered_hook.store(&note_gathering);
+  const auto t0 = std::chrono::steady_clock::now();
+  std::ostringstream os;
+  rt.dump(os);
+  const auto plain_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+          .count();
+  rt.block_on(std::move(h));
+  mpg::detail::test_post_entered_hook.store(nullptr);
+  CHECK(g_gathering.load());
+  INFO(os.str());
+  INFO(r.text);
+  CHECK(has_chain_line(os.str(), "receive_forever"));
+  CHECK(plain_ms < 1000);
+  CHECK(r.ms < 1000);
+  c.close();
+}

@@ -172,8 +172,9 @@ class runtime {
   // Any thread may call it, inside a task or not. To read the chains it
   // stops the world: it holds every other P until the dump is written (a
   // few milliseconds); when that fails (a task that does not suspend for
-  // 2 s, a runtime shutting down, or dumps from two tasks at once, each
-  // holding its own P: one waits 2 s) the dump says so and leaves them out.
+  // 2 s, a runtime shutting down, or a dump from a task that meets another
+  // dump gathering the Ps, which needs the task's P: it returns at once)
+  // the dump says so and leaves them out.
   void dump(std::ostream& os) const;
 
   detail::scheduler* scheduler_for_internal_use() const noexcept { return sched_; }

@@ -272,8 +272,13 @@ std::shared_ptr<void> scheduler::stop_the_world() const {
   };
   // One stop at a time: two that each hold some of the Ps would wait for
   // each other's until both time out (and run_posted() may batch both
-  // first holds onto one M). A caller holding one of our Ps waits for
-  // another stop only as long as that stop may wait for its P.
+  // first holds onto one M). A caller holding one of our Ps does not wait
+  // for another stop that is gathering the Ps: that stop needs the
+  // caller's P, which stays held while the caller waits, so both would
+  // wait kStopTimeout for each other, the world stopped but for that P
+  // all the while, and both dumps would lose their chains. It goes without
+  // chains at once and lets its P go to the other stop. (A stop found
+  // past its gathering is releasing its Ps: that wait is short.)
   // (A flag under a mutex and a condition variable rather than a timed
   // mutex, whose timed lock ThreadSanitizer does not see.)
   const machine* me = current_m();
@@ -282,12 +287,18 @@ std::shared_ptr<void> scheduler::stop_the_world() const {
     thread_mutex_lock l(stw_mu_);
     const auto free = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(stw_mu_) { return !stw_busy_; };
     if (holds_p) {
-      if (!l.wait_for(stw_cv_, kStopTimeout, free)) return nullptr;
+      const auto free_or_gathering = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(stw_mu_) {
+        return !stw_busy_ || stw_gathering_;
+      };
+      if (!l.wait_for(stw_cv_, kStopTimeout, free_or_gathering) || stw_busy_) return nullptr;
     } else {
       while (!l.wait_for(stw_cv_, std::chrono::hours(1), free)) {
       }
     }
     stw_busy_ = true;
+    stw_gathering_ = true;
+    // A caller holding a P that waits for a stop in its release sees this.
+    stw_cv_.notify_all();
   }
   auto st = std::make_shared<stop_state>();
   std::shared_ptr<void> release(st.get(), [this, st](void*) {
@@ -303,6 +314,7 @@ std::shared_ptr<void> scheduler::stop_the_world() const {
     }
     thread_mutex_lock l(stw_mu_);  // the Ps go first
     stw_busy_ = false;
+    stw_gathering_ = false;
     stw_cv_.notify_one();
   });
   unsigned need = procs();
@@ -326,6 +338,10 @@ std::shared_ptr<void> scheduler::stop_the_world() const {
                     [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(st->mu) { return st->arrived == i + 1; })) {
       return nullptr;
     }
+  }
+  {
+    thread_mutex_lock l(stw_mu_);
+    stw_gathering_ = false;
   }
   // Every P is held: sysmon serves none of them from here on, and one it
   // is serving now is waited for (sysmon.cpp, "While the world is

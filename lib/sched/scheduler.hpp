@@ -377,6 +377,9 @@ class scheduler {
   mutable thread_mutex stw_mu_;
   mutable std::condition_variable stw_cv_;
   mutable bool stw_busy_ ABSL_GUARDED_BY(stw_mu_) = false;
+  // Set while that stop is still gathering the Ps (it needs every P but its
+  // caller's): a caller holding a P does not wait for such a stop.
+  mutable bool stw_gathering_ ABSL_GUARDED_BY(stw_mu_) = false;
   // Set while the world is stopped (every P held for a dump's walk): sysmon
   // serves no P's timers or ring meanwhile. sysmon_serving_: sysmon is
   // serving a P's timers and ring. The handshake between the two: sysmon.cpp,
