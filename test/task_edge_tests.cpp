@@ -239,3 +239,42 @@ TEST_CASE("a chain of a million nested awaits parked at its bottom is killed at 
 TEST_CASE("a chain of a million inline joins parked at its bottom is killed at shutdown") {
   CHECK(kill_deep_chain(&nest_spawned, "deep-joins") == 1);
 }
+
+// ~runtime kills newest first. A task that selects on the join of a task
+// through a handle held in a younger, unrelated task's frame: the joined
+// task (younger still) is killed first, which takes the select's waiter off
+// its join word (J3); then the handle's owner, whose frame (the handle) goes
+// and whose dropped handle frees the joined task's frame; then the
+// selecting task, whose join case's destructor (J4) read the word through
+// the freed handle and frame (ASan: heap-use-after-free in join_op::word).
+namespace {
+std::atomic<mpg::join_handle<void>*> g_younger_handle{nullptr};
+
+mpg::task<void> recv_forever(mpg::chan<int> c) { (void)co_await c.recv(); }
+
+mpg::task<void> select_on_younger_handle(std::atomic<bool>* selecting) {
+  mpg::join_handle<void>* h = nullptr;
+  while ((h = g_younger_handle.load()) == nullptr) co_await mpg::yield();
+  selecting->store(true);
+  (void)co_await mpg::select(*h, mpg::after(1h).recv());
+}
+
+mpg::task<void> own_handle(mpg::chan<int> c) {
+  mpg::join_handle<void> h = mpg::spawn(recv_forever(c));
+  g_younger_handle.store(&h);
+  (void)co_await c.recv();
+}
+}  // namespace
+
+TEST_CASE("~runtime: a select on a join through a handle in a younger task's frame") {
+  for (int round = 0; round < 20; ++round) {
+    g_younger_handle = nullptr;
+    mpg::chan<int> c;
+    mpg::runtime rt({.procs = 2});
+    std::atomic<bool> selecting{false};
+    rt.go(select_on_younger_handle(&selecting), "selector");
+    rt.go(own_handle(c), "owner");
+    REQUIRE(mpg_test::wait_until([&] { return selecting.load(); }));
+    REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(rt, "select"); }));
+  }
+}

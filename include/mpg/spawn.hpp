@@ -49,7 +49,9 @@
 //       waiter -> Running; success means no finisher saw the waiter. Failing,
 //       the word is Done or Killed: the finisher, or the shutdown that
 //       killed the task (which wakes a waiter as a finisher does, J3), saw
-//       it, so wait (spin, then yield) until waker_done.
+//       it, so wait (spin, then yield) until waker_done. (A waker_done
+//       found set at once needs no CAS: J3 is over. So a case killed at
+//       shutdown after its task was reads nothing through the handle.)
 // Why J4 waits: after J3's exchange publishes Done, the select may already
 // be finishing elsewhere (another case won) and free its frame, which holds
 // the waiter the finisher is about to claim through. The finisher's section
@@ -317,6 +319,14 @@ class [[nodiscard]] join_op : private detail::join_waiter {
   void sel_dequeue() noexcept {
     if (!queued_) return;
     queued_ = false;
+    // J4'. waker_done set already: the finisher, or the shutdown's kill,
+    // took the waiter off the word and is done with it (J3); the word is
+    // Done or Killed and there is nothing to undo. Looked at first, so that
+    // a case killed at shutdown reads neither its handle nor the task's
+    // frame: kills go newest first, and the handle may be in a younger
+    // task's frame, gone already with the joined task's frame that its
+    // drop freed. Acquire: pairs with J3's release, as below.
+    if (waker_done.load(std::memory_order_acquire) != 0) return;
     std::uintptr_t expected = tagged();
     // Relaxed: success only withdraws what nobody read; failure is
     // followed by the acquire on waker_done, or finds Killed.
