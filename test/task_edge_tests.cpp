@@ -278,3 +278,32 @@ TEST_CASE("~runtime: a select on a join through a handle in a younger task's fra
     REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(rt, "select"); }));
   }
 }
+
+// The same with the joined task the oldest of the three (spawned first, its
+// handle moved into the younger owner's frame): the owner's kill drops the
+// handle with the select's waiter in the join word, and the selecting
+// task's kill then read the word through the freed handle.
+namespace {
+std::atomic<mpg::join_handle<void>*> g_handle_to_take{nullptr};
+
+mpg::task<void> take_handle(mpg::chan<int> c) {
+  mpg::join_handle<void> h = std::move(*g_handle_to_take.load());
+  g_younger_handle.store(&h);
+  (void)co_await c.recv();
+}
+}  // namespace
+
+TEST_CASE("~runtime: a select on an older task's join through a handle in a younger frame") {
+  for (int round = 0; round < 20; ++round) {
+    g_younger_handle = nullptr;
+    mpg::chan<int> c;
+    mpg::runtime rt({.procs = 2});
+    mpg::join_handle<void> first = rt.spawn(recv_forever(c), "joined");
+    g_handle_to_take = &first;
+    std::atomic<bool> selecting{false};
+    rt.go(select_on_younger_handle(&selecting), "selector");
+    rt.go(take_handle(c), "owner");
+    REQUIRE(mpg_test::wait_until([&] { return selecting.load(); }));
+    REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(rt, "select"); }));
+  }
+}

@@ -134,6 +134,15 @@ template <class Promise>
     release_frame_memory(hdr);
   } else if (old == kJoinInline) {
     root.destroy();  // the joiner was destroyed while running it inline
+  } else if (is_select_joiner(old)) {
+    // A select's join case is queued on the word: the handle goes under it
+    // (~runtime kills newest first, and the handle's owner may be younger
+    // than the selecting task). Its J4 must not come back through the
+    // handle: mark J3 over for it, as a finisher would. The select is not
+    // woken (its task is killed in its turn, or waits as on a detached
+    // task). Release: pairs with J4's acquire.
+    reinterpret_cast<join_waiter*>(old & ~kJoinSelectTag)
+        ->waker_done.store(1, std::memory_order_release);
   }
 }
 // join_suspend(): the join's await_suspend. If the task is the newest entry
