@@ -307,3 +307,32 @@ TEST_CASE("~runtime: a select on an older task's join through a handle in a youn
     REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(rt, "select"); }));
   }
 }
+
+// The same with a plain join: the joining task the oldest, the joined task
+// next, the handle's owner the youngest. The owner's kill drops the handle
+// with the joiner's G in the join word; the joined task's kill then frees
+// its frame; the joiner's kill must not take itself back out of that word
+// (shutdown.cpp, take_back_joiner), which is gone.
+namespace {
+mpg::task<void> join_younger_handle(std::atomic<bool>* joining) {
+  mpg::join_handle<void>* h = nullptr;
+  while ((h = g_younger_handle.load()) == nullptr) co_await mpg::yield();
+  joining->store(true);
+  co_await *h;
+}
+}  // namespace
+
+TEST_CASE("~runtime: a plain join, oldest, through a handle in a younger frame of an older task") {
+  for (int round = 0; round < 20; ++round) {
+    g_younger_handle = nullptr;
+    mpg::chan<int> c;
+    mpg::runtime rt({.procs = 2});
+    std::atomic<bool> joining{false};
+    rt.go(join_younger_handle(&joining), "joiner");
+    mpg::join_handle<void> joined = rt.spawn(recv_forever(c), "joined");
+    g_handle_to_take = &joined;
+    rt.go(take_handle(c), "owner");
+    REQUIRE(mpg_test::wait_until([&] { return joining.load(); }));
+    REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(rt, "join"); }));
+  }
+}

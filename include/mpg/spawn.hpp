@@ -143,6 +143,13 @@ template <class Promise>
     // task). Release: pairs with J4's acquire.
     reinterpret_cast<join_waiter*>(old & ~kJoinSelectTag)
         ->waker_done.store(1, std::memory_order_release);
+  } else if (old > kJoinInline) {
+    // A parked joiner's G, the same case for a plain join: the word it
+    // parked in is no longer its (g::joined), so the kill of its task at
+    // shutdown must not take it back out of a frame that may be freed by
+    // then. Its G is parked, and the exchange took the word from it: no
+    // one else writes the field now.
+    reinterpret_cast<g*>(old)->joined = nullptr;
   }
 }
 // join_suspend(): the join's await_suspend. If the task is the newest entry
