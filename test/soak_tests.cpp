@@ -5,7 +5,11 @@
 // timers, sync primitives fed from plain threads, a task_group that fails,
 // posts and spawns from plain threads and dumps from a plain thread. The
 // first soak checks that every count is conserved and that the runtime ends
-// clean; the second destroys the runtime while all of it is in flight.
+// clean; the second destroys the runtime while all of it is in flight, at a
+// point drawn from a seed (SOAK_SEED, default 0, then one more per round).
+// Knobs, for longer runs by hand: SOAK_ROUNDS (default 3), SOAK_SCALE (the
+// work of one run, default 1), SOAK_KILL_US (the latest kill point, default
+// 40,000 us), SOAK_SEED.
 #include <doctest/doctest.h>
 
 #include <atomic>
@@ -305,7 +309,8 @@ mpg::task<void> client(int id, std::uint16_t port, mpg::context cli_ctx, counter
     std::vector<char> buf(64);
     auto r = co_await s.read(std::span<char>(buf));
     co_await h;
-    if (r.ok() || !(r.status().code() == absl::StatusCode::kCancelled || net::is_closed(r.status())))
+    if (r.ok() ||
+        !(r.status().code() == absl::StatusCode::kCancelled || net::is_closed(r.status())))
       c.fail("closed read: " + (r.ok() ? std::string("ok") : r.status().ToString()));
     else
       c.got_cancel_close.fetch_add(1);
@@ -351,7 +356,8 @@ mpg::task<void> client(int id, std::uint16_t port, mpg::context cli_ctx, counter
   (void)s.shutdown();
   std::vector<char> buf(64);
   auto r = co_await s.read(std::span<char>(buf));
-  if (!r.ok() || *r != 0) c.fail("final eof: " + (r.ok() ? std::to_string(*r) : r.status().ToString()));
+  if (!r.ok() || *r != 0)
+    c.fail("final eof: " + (r.ok() ? std::to_string(*r) : r.status().ToString()));
   c.cli_ok.fetch_add(1);
 }
 
@@ -359,6 +365,15 @@ mpg::task<void> client(int id, std::uint16_t port, mpg::context cli_ctx, counter
 // both, a timer, the context and a channel closed while they wait on it.
 mpg::task<void> producer(mpg::chan<int> ch, int from, int to) {
   for (int v = from; v < to; ++v) co_await ch.send(v);
+}
+
+// take(): one receive's result into the sums; false when the channel is
+// closed.
+bool take(const std::optional<int>& v, counters& c) {
+  if (!v) return false;
+  c.consumed_sum += *v;
+  ++c.consumed_n;
+  return true;
 }
 
 mpg::task<void> consumer(mpg::chan<int> a, mpg::chan<int> b, mpg::chan<int> never,
@@ -369,8 +384,8 @@ mpg::task<void> consumer(mpg::chan<int> a, mpg::chan<int> b, mpg::chan<int> neve
       auto r = co_await mpg::select(a.recv(), b.recv(), never.recv(), mpg::after(200us).recv(),
                                     ctx.done().recv());
       switch (r.index()) {
-        case 0: if (auto v = std::get<0>(r)) { c.consumed_sum += *v; ++c.consumed_n; } else a_open = false; break;
-        case 1: if (auto v = std::get<1>(r)) { c.consumed_sum += *v; ++c.consumed_n; } else b_open = false; break;
+        case 0: a_open = take(std::get<0>(r), c); break;
+        case 1: b_open = take(std::get<1>(r), c); break;
         case 2: if (std::get<2>(r)) c.fail("never sent"); never_open = false; break;
         case 3: ++c.timer_wins; break;
         case 4: c.fail("ctx ended under consumer"); co_return;
@@ -380,9 +395,13 @@ mpg::task<void> consumer(mpg::chan<int> a, mpg::chan<int> b, mpg::chan<int> neve
       // left out, as Go code sets it to nil.
       if (a_open && b_open) {
         auto r = co_await mpg::select(a.recv(), b.recv(), mpg::after(200us).recv());
-        if (r.index() == 0) { if (auto v = std::get<0>(r)) { c.consumed_sum += *v; ++c.consumed_n; } else a_open = false; }
-        else if (r.index() == 1) { if (auto v = std::get<1>(r)) { c.consumed_sum += *v; ++c.consumed_n; } else b_open = false; }
-        else ++c.timer_wins;
+        if (r.index() == 0) {
+          a_open = take(std::get<0>(r), c);
+        } else if (r.index() == 1) {
+          b_open = take(std::get<1>(r), c);
+        } else {
+          ++c.timer_wins;
+        }
       } else {
         mpg::chan<int> ch = a_open ? a : b;
         auto v = co_await ch.recv();
@@ -469,10 +488,8 @@ mpg::task<void> spawned_from_thread(mpg::chan<int> sink, counters& c) {
   co_await sink.send(1);
 }
 
-int dump_gap_us() {
-  if (const char* e = std::getenv("SOAK_DUMP_GAP_US")) return std::atoi(e);
-  return 5000;
-}
+constexpr std::chrono::microseconds kThreadDumpGap{5000};
+constexpr std::chrono::microseconds kTaskDumpGap{2000};
 
 struct plain_threads {
   std::atomic<bool> stop_dump{false};
@@ -482,18 +499,10 @@ struct plain_threads {
 
 mpg::task<void> task_dumper(const mpg::runtime* rt, mpg::chan<int> stop, counters& c) {
   for (;;) {
-    auto r = co_await mpg::select(stop.recv(), mpg::after(std::chrono::microseconds(env_int("SOAK_TASK_DUMP_US", 2000))).recv());
+    auto r = co_await mpg::select(stop.recv(), mpg::after(kTaskDumpGap).recv());
     if (r.index() == 0) co_return;
     std::ostringstream os;
-    const auto t0 = std::chrono::steady_clock::now();
     rt->dump(os);
-    const auto us = std::chrono::duration_cast<std::chrono::microseconds>(
-                        std::chrono::steady_clock::now() - t0).count();
-    static const auto start = std::chrono::steady_clock::now();
-    if (std::getenv("SOAK_DUMP_TIMES"))
-      std::fprintf(stderr, "task dump %lld us at %lld ms, msgs %ld\n", (long long)us,
-                   (long long)std::chrono::duration_cast<std::chrono::milliseconds>(t0 - start).count(),
-                   c.srv_msgs.load());
     c.task_dumps.fetch_add(1);
   }
 }
@@ -589,7 +598,7 @@ void run_soak(unsigned procs, bool kill_mid_flight, std::uint32_t seed) {
         std::ostringstream os;
         rt.dump(os);
         pt.dumps.fetch_add(1);
-        std::this_thread::sleep_for(std::chrono::microseconds(dump_gap_us()));
+        std::this_thread::sleep_for(kThreadDumpGap);
       }
     });
     std::atomic<bool> stop_post{false};
@@ -618,7 +627,7 @@ void run_soak(unsigned procs, bool kill_mid_flight, std::uint32_t seed) {
       }
     });
     if (!kill_mid_flight) {
-      mpg_test::watchdog dog_run(std::chrono::seconds(std::getenv("SOAK_DOG") ? std::atoi(std::getenv("SOAK_DOG")) : 100), "soak run", &rt);
+      mpg_test::watchdog dog_run(100s, "soak run", &rt);
       auto done = rt.spawn(root(&rt, port, *ln, c, rxs, posted, spawned, ext_sem, ext_wg), "root");
       rt.block_on(std::move(done));
       pt.stop_dump = true;
@@ -676,10 +685,7 @@ void run_soak(unsigned procs, bool kill_mid_flight, std::uint32_t seed) {
   CHECK(c.task_dumps.load() > 0);
 }
 
-int rounds() {
-  if (const char* e = std::getenv("SOAK_ROUNDS")) return std::atoi(e);
-  return 3;
-}
+int rounds() { return env_int("SOAK_ROUNDS", 3); }
 
 }  // namespace
 
@@ -693,8 +699,7 @@ TEST_CASE("soak: a server with contexts, closes, deadlines, channels, sync, post
 
 TEST_CASE("soak: ~runtime while the server soak is in flight") {
   roots_done = 0;
-  std::random_device rd;
-  const std::uint32_t base = std::getenv("SOAK_SEED") ? std::atoi(std::getenv("SOAK_SEED")) : rd();
+  const auto base = static_cast<std::uint32_t>(env_int("SOAK_SEED", 0));
   for (int r = 0; r < rounds(); ++r) {
     const unsigned procs = 2 + static_cast<unsigned>(r % 3);
     const std::uint32_t seed = base + static_cast<std::uint32_t>(r);
