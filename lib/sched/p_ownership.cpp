@@ -63,21 +63,20 @@
 // leave the P idle beside the queued G and the idle M.
 //
 // Thread limit (runtime_options::max_threads). assign_m() needs an M and
-// none is idle and none may be started, because max_threads exist or
-// because the OS refused the thread (m_refused_, until an M starts): the
-// P is left idle, and while it
-// has work sysmon serves it as it serves a P stuck in a long G
-// (serve_unheld_ps()): it runs its due timers, reaps its ring, marks its
-// runnext G stealable (no holder will run it next) and wakes a spinner for
-// its Gs. If another M sleeps holding a parked P, the work is handed to
-// that one (spinning, it steals the queue and runs due timers of the
-// unheld P; it takes the runnext G once sysmon has marked it, and
-// sysmon's wakes bring it back for that). Otherwise every M is running a P
-// or inside mpg::blocking; the first to come back from mpg::blocking takes
-// the unheld P (exit_blocking), and meanwhile sysmon serves it.
-// If no M comes back (the blocking calls wait for the Gs left on that P),
-// sysmon reports it after runtime_options::thread_starvation_threshold
-// (thread_limit.cpp) and the runtime goes on.
+// none is idle and none may be started, because max_threads exist or because
+// the OS refused the thread (m_refused_, until an M starts): the P is left
+// idle, and while it has work sysmon serves it as it serves a P stuck in a
+// long G (serve_unheld_ps()): it runs its due timers, reaps its ring, marks
+// its runnext G stealable (no holder will run it next) and wakes a spinner
+// for its Gs. If another M sleeps holding a parked P, the work is handed to
+// that one (spinning, it steals the queue and runs due timers of the unheld
+// P; it takes the runnext G once sysmon has marked it, and sysmon's wakes
+// bring it back for that). Otherwise every M is running a P or inside
+// mpg::blocking; the first to come back from mpg::blocking takes the unheld
+// P (exit_blocking), and meanwhile sysmon serves it. If no M comes back (the
+// blocking calls wait for the Gs left on that P), sysmon reports it after
+// runtime_options::thread_starvation_threshold (thread_limit.cpp) and the
+// runtime goes on.
 #include <cerrno>
 #include <cstdio>
 #include <exception>
