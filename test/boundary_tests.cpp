@@ -326,3 +326,257 @@ TEST_CASE("block_on inside mpg::blocking while ~runtime runs throws, and ~runtim
   // looks (150 ms) all come before ~runtime stops the Ms.
   CHECK((result.load() == 2 || result.load() == 3));
 }
+
+// --- A hand-off readied for a task that its ~runtime kills before it ran ----
+//
+// Two runtimes share a sync object (docs/api.md allows it). A task of A
+// parks on it; the object is released before ~A begins, readying that task,
+// while A's only M is held by a task (bt_hold_m) that ends only once ~A has
+// set stopping_: the readied task never runs, and ~A kills it. What was
+// handed to it (a mutex's wake-up claim or the mutex itself, a permit, a
+// read or write lock) must come back, or B's tasks wait for ever.
+
+namespace {
+
+// Holds A's only M: returns once the runtime stops (bounded).
+mpg::task<void> bt_hold_m_until_stopping(std::atomic<int>* started) {
+  mpg::detail::scheduler* s = mpg::detail::current_g()->sched;
+  started->store(1);
+  (void)mpg_test::wait_until([s] { return s->stopping(); }, 20s);
+  co_return;
+}
+
+// Holds A's only M until *go is set (bounded).
+mpg::task<void> bt_hold_m_until(std::atomic<int>* started, std::atomic<int>* go) {
+  started->store(1);
+  (void)mpg_test::wait_until([go] { return go->load() != 0; }, 20s);
+  co_return;
+}
+
+mpg::task<void> bt_lock_once(mpg::mutex* m, std::atomic<int>* got) {
+  co_await m->lock();
+  got->fetch_add(1);
+  m->unlock();
+}
+
+mpg::task<void> bt_acquire_once(mpg::semaphore* s, std::atomic<int>* got) {
+  co_await s->acquire();
+  got->fetch_add(1);
+  s->release();
+}
+
+mpg::task<void> bt_rw_once(mpg::rwmutex* rw, bool writer, std::atomic<int>* got) {
+  if (writer) {
+    co_await rw->lock();
+    got->fetch_add(1);
+    rw->unlock();
+  } else {
+    co_await rw->lock_shared();
+    got->fetch_add(1);
+    rw->unlock_shared();
+  }
+}
+
+std::unique_ptr<mpg::runtime> bt_one_proc() {
+  return std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1});
+}
+
+// Parks a task on A with park_a (checked with the dump: reason_a), then one
+// on B behind it with park_b (reason_b), then holds A's M with
+// bt_hold_m_until_stopping.
+template <class ParkA, class ParkB>
+void bt_park_both_and_hold(mpg::runtime& a, mpg::runtime& b, const char* reason_a,
+                           const char* reason_b, ParkA park_a, ParkB park_b,
+                           std::atomic<int>* started) {
+  park_a();
+  REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(a, reason_a); }, 10s));
+  park_b();
+  REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(b, reason_b); }, 10s));
+  a.go(bt_hold_m_until_stopping(started));
+  REQUIRE(mpg_test::wait_until([&] { return started->load() != 0; }, 10s));
+}
+
+}  // namespace
+
+TEST_CASE("mutex: a wake-up readied for a task ~runtime kills passes to the next waiter") {
+  mpg::mutex m;
+  mpg::runtime b({.procs = 1});
+  auto a = bt_one_proc();
+  std::atomic<int> started{0}, a_got{0}, b_got{0};
+  REQUIRE(m.try_lock());
+  bt_park_both_and_hold(
+      *a, b, "mutex lock", "mutex lock", [&] { a->go(bt_lock_once(&m, &a_got)); },
+      [&] { b.go(bt_lock_once(&m, &b_got)); }, &started);
+  m.unlock();  // normal mode: sets kWoken and readies A's waiter, which cannot run
+  a.reset();   // kills it before it ran
+  CHECK(a_got.load() == 0);
+  // Without the undo, kWoken stays set and B's waiter is never woken.
+  CHECK(mpg_test::wait_until([&] { return b_got.load() == 1; }, 5s));
+}
+
+TEST_CASE("mutex: a starvation hand-off to a task ~runtime kills is given back") {
+  mpg::mutex m;
+  mpg::runtime b({.procs = 1});
+  auto a = bt_one_proc();
+  std::atomic<int> started1{0}, go1{0}, started2{0}, a_got{0}, b_got{0};
+  REQUIRE(m.try_lock());
+  a->go(bt_lock_once(&m, &a_got));
+  REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(*a, "mutex lock"); }, 10s));
+  a->go(bt_hold_m_until(&started1, &go1));
+  REQUIRE(mpg_test::wait_until([&] { return started1.load() != 0; }, 10s));
+  m.unlock();  // readies A's waiter (it cannot run yet)
+  mpg_test::busy_for(2ms);  // its wait passes the 1 ms starvation threshold
+  REQUIRE(m.try_lock());    // and it loses to this barging lock
+  // Queued on A behind the waiter: runs once the waiter has retried and
+  // parked again, setting kStarving.
+  a->go(bt_hold_m_until_stopping(&started2));
+  go1.store(1);
+  REQUIRE(mpg_test::wait_until([&] { return started2.load() != 0; }, 10s));
+  m.unlock();  // starvation mode: hands the mutex to A's waiter
+  REQUIRE_FALSE(m.try_lock());  // it was handed over, not released
+  a.reset();   // kills the waiter before it ran
+  CHECK(a_got.load() == 0);
+  // Without the undo, the mutex stays locked for ever.
+  b.go(bt_lock_once(&m, &b_got));
+  CHECK(mpg_test::wait_until([&] { return b_got.load() == 1; }, 5s));
+}
+
+TEST_CASE("semaphore: a permit handed to a task ~runtime kills is released again") {
+  mpg::semaphore s(1);
+  mpg::runtime b({.procs = 1});
+  auto a = bt_one_proc();
+  std::atomic<int> started{0}, a_got{0}, b_got{0};
+  REQUIRE(s.try_acquire());
+  bt_park_both_and_hold(
+      *a, b, "semaphore acquire", "semaphore acquire", [&] { a->go(bt_acquire_once(&s, &a_got)); },
+      [&] { b.go(bt_acquire_once(&s, &b_got)); }, &started);
+  s.release();  // hands the permit to A's waiter, which cannot run
+  a.reset();    // kills it before it ran
+  CHECK(a_got.load() == 0);
+  CHECK(mpg_test::wait_until([&] { return b_got.load() == 1; }, 5s));
+  CHECK(s.available() == 1);
+}
+
+TEST_CASE("rwmutex: a read lock handed to a task ~runtime kills is released again") {
+  mpg::rwmutex rw;
+  mpg::runtime b({.procs = 1});
+  auto a = bt_one_proc();
+  std::atomic<int> started{0}, a_got{0}, b_got{0};
+  REQUIRE(rw.try_lock());
+  bt_park_both_and_hold(
+      *a, b, "rwmutex lock_shared", "rwmutex lock", [&] { a->go(bt_rw_once(&rw, false, &a_got)); },
+      [&] { b.go(bt_rw_once(&rw, true, &b_got)); }, &started);
+  rw.unlock();  // admits A's reader, which cannot run
+  a.reset();    // kills it before it ran
+  CHECK(a_got.load() == 0);
+  CHECK(mpg_test::wait_until([&] { return b_got.load() == 1; }, 5s));
+}
+
+TEST_CASE("rwmutex: a write lock handed to a task ~runtime kills is released again") {
+  mpg::rwmutex rw;
+  mpg::runtime b({.procs = 1});
+  auto a = bt_one_proc();
+  std::atomic<int> started{0}, a_got{0}, b_got{0};
+  REQUIRE(rw.try_lock());
+  bt_park_both_and_hold(
+      *a, b, "rwmutex lock", "rwmutex lock", [&] { a->go(bt_rw_once(&rw, true, &a_got)); },
+      [&] { b.go(bt_rw_once(&rw, true, &b_got)); }, &started);
+  rw.unlock();  // hands the write lock to A's writer, which cannot run
+  a.reset();    // kills it before it ran
+  CHECK(a_got.load() == 0);
+  CHECK(mpg_test::wait_until([&] { return b_got.load() == 1; }, 5s));
+}
+
+namespace {
+
+// Locks m through a guard, says so, and waits on c for ever: the guard
+// unlocks when ~runtime kills the task.
+mpg::task<void> bt_hold_guard(mpg::mutex* m, std::atomic<int>* locked, mpg::chan<int> c) {
+  auto guard = co_await m->scoped_lock();
+  locked->store(1);
+  (void)co_await c.recv();
+}
+
+mpg::task<void> bt_lock_after(mpg::chan<int> go, mpg::mutex* m, std::atomic<int>* got) {
+  (void)co_await go.recv();
+  co_await m->lock();
+  got->fetch_add(1);
+  m->unlock();
+}
+
+}  // namespace
+
+// The hand-off made during the kill: ~A kills the younger task first, whose
+// guard unlocks and readies A's older waiter (a wake-up it never takes up:
+// it is killed next). The claim must reach B's waiter queued behind it.
+TEST_CASE("mutex: an unlock by a killed task's guard reaches another runtime's waiter") {
+  mpg::mutex m;
+  mpg::runtime b({.procs = 1});
+  auto a = bt_one_proc();
+  mpg::chan<int> go(1), never;
+  std::atomic<int> locked{0}, a_got{0}, b_got{0};
+  a->go(bt_lock_after(go, &m, &a_got));  // older: killed after the holder
+  a->go(bt_hold_guard(&m, &locked, never));
+  REQUIRE(mpg_test::wait_until([&] { return locked.load() != 0; }, 10s));
+  REQUIRE(go.try_send(1));
+  REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(*a, "mutex lock"); }, 10s));
+  b.go(bt_lock_once(&m, &b_got));
+  REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(b, "mutex lock"); }, 10s));
+  a.reset();
+  CHECK(a_got.load() == 0);
+  CHECK(mpg_test::wait_until([&] { return b_got.load() == 1; }, 5s));
+}
+
+namespace {
+
+// Owns a semaphore (one permit, taken) and a mutex (locked) in its frame,
+// publishes them and waits on c for ever.
+mpg::task<void> bt_own_primitives(std::atomic<mpg::semaphore*>* sp, std::atomic<mpg::mutex*>* mp,
+                                  mpg::chan<int> c) {
+  mpg::semaphore s(1);
+  mpg::mutex m;
+  (void)s.try_acquire();
+  (void)m.try_lock();
+  sp->store(&s);
+  mp->store(&m);
+  (void)co_await c.recv();
+}
+
+mpg::task<void> bt_wait_on_published(std::atomic<mpg::semaphore*>* sp, mpg::chan<int> go) {
+  (void)co_await go.recv();
+  co_await sp->load()->acquire();
+  sp->load()->release();
+}
+
+mpg::task<void> bt_lock_published(std::atomic<mpg::mutex*>* mp, mpg::chan<int> go) {
+  (void)co_await go.recv();
+  co_await mp->load()->lock();
+  mp->load()->unlock();
+}
+
+}  // namespace
+
+// The primitive is freed before the waiter it handed over to: it lives in
+// the frame of a younger task, killed first. The waiter, killed next, must
+// not give back to freed memory (ASan reports a use after free otherwise).
+TEST_CASE("a hand-off from a primitive in a younger killed frame is not given back") {
+  auto a = bt_one_proc();
+  mpg::chan<int> go(2), never;
+  std::atomic<mpg::semaphore*> sp{nullptr};
+  std::atomic<mpg::mutex*> mp{nullptr};
+  std::atomic<int> started{0};
+  a->go(bt_wait_on_published(&sp, go));  // older than the owner
+  a->go(bt_lock_published(&mp, go));
+  a->go(bt_own_primitives(&sp, &mp, never));
+  REQUIRE(mpg_test::wait_until([&] { return mp.load() != nullptr; }, 10s));
+  REQUIRE(go.try_send(1));
+  REQUIRE(go.try_send(1));
+  REQUIRE(mpg_test::wait_until([&] {
+    return mpg_test::dump_shows(*a, "semaphore acquire") && mpg_test::dump_shows(*a, "mutex lock");
+  }, 10s));
+  a->go(bt_hold_m_until_stopping(&started));
+  REQUIRE(mpg_test::wait_until([&] { return started.load() != 0; }, 10s));
+  sp.load()->release();  // hands the permit to the waiter, which cannot run
+  mp.load()->unlock();   // readies the locker with the wake-up claim
+  a.reset();
+}

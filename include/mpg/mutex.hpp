@@ -62,11 +62,14 @@
 // P3); the last one out also clears kWaiters and kStarving. So an unlock()
 // that runs later (from another destructor of the same shutdown, or after
 // the runtime is gone) neither touches freed memory nor hands the mutex to
-// nobody. A mutex destroyed with lockers still queued detaches them. Not
-// undone: a hand-off already in flight to a task killed before it ran. The
-// mutex handed to it in starvation mode stays locked (as one held by a
-// killed task does), and the kWoken set for it stays set, so parked
-// waiters are not woken again.
+// nobody. A mutex destroyed with lockers still queued detaches them. A
+// locker readied and killed before it ran gives back what it was handed,
+// recorded in its awaiter by the waker (parking_queue.hpp, P4): the
+// wake-up claim (kWoken), passed on to the next waiter as the unlock that
+// made it would have (or dropped: the mutex is held, or nobody waits), or
+// the mutex itself (starvation mode), unlocked. Not when the mutex was
+// destroyed earlier in the same kill (parking_queue.hpp, "Shutdown"). A
+// mutex held by a killed task that had locked it stays locked, as in Go.
 //
 // Rejected: direct hand-off in every unlock (a fair FIFO lock): each
 // contended unlock then costs a task switch before the lock can be used
@@ -78,7 +81,9 @@
 //     unlock_starving and a killed waiter's unlink clear it with the last).
 //   - kStarving implies kLocked and kWaiters.
 //   - kWoken is set by at most one unlocker until the woken waiter clears it
-//     (by acquiring, or by parking again), or that unlocker gives it back.
+//     (by acquiring, or by parking again), or that unlocker gives it back,
+//     or the woken waiter, killed before it ran, passes it on or gives it
+//     back (give_back).
 //
 // Memory ordering: a successful lock is an acquire CAS on state_ and every
 // unlock a release CAS, so a critical section happens-before the next
@@ -88,7 +93,12 @@
 // it. The queue and the waiters' fields are guarded by the queue lock
 // (acquire/release). kWoken and kWaiters updates that do not transfer
 // ownership are relaxed: they are hints re-read under the queue lock or by
-// a later CAS.
+// a later CAS. A waiter's record of what it was handed (a plain field of
+// its awaiter) is written under the queue lock before ready(), and read by
+// the waiter after its resume (ordered by ready()) or by its destructor on
+// the killing thread (waitq.hpp, kQueued: the same argument). A killed
+// waiter's give-back of the mutex is an unlock(), with its release CAS;
+// of the claim, relaxed RMWs under the queue lock, as wake_one()'s.
 #pragma once
 
 #include <atomic>
@@ -123,6 +133,7 @@ class mutex : public detail::request_base<mutex, detail::mutex_lock_op>,
   class scoped_lock_awaiter;
 
   mutex() noexcept = default;
+  ~mutex();
   mutex(const mutex&) = delete;
   mutex& operator=(const mutex&) = delete;
 
@@ -179,6 +190,8 @@ class mutex : public detail::request_base<mutex, detail::mutex_lock_op>,
   task<void> lock_slow(bool yield_first, std::source_location where);
   void wake_one();
   void unlock_starving();
+  detail::waiter* pass_claim(detail::waitq& q) noexcept;
+  void give_back(wait_awaiter* w) noexcept;
 
   static constexpr std::uint32_t kLocked = 1;
   static constexpr std::uint32_t kWoken = 2;

@@ -37,12 +37,16 @@
 //
 // Shutdown: a waiter killed while parked (~runtime destroys its frame)
 // unlinks itself in its awaiter's destructor (parking_queue.hpp, P3),
-// clearing kReaderWait or kWriterWait with the last of its kind. The last queued writer to go also admits the readers queued
-// behind it unless a writer holds the lock (whose unlock admits them), as
-// its own unlock would have: they waited only for it. So a later unlock
-// neither touches freed memory nor leaves readers waiting for nobody. An
-// rwmutex destroyed with waiters still queued detaches them. Not undone: a hand-off already in flight to a task killed before it ran (the
-// lock stays held, as by any killed holder).
+// clearing kReaderWait or kWriterWait with the last of its kind. The last
+// queued writer to go also admits the readers queued behind it unless a
+// writer holds the lock (whose unlock admits them), as its own unlock would
+// have: they waited only for it. So a later unlock neither touches freed
+// memory nor leaves readers waiting for nobody. An rwmutex destroyed with
+// waiters still queued detaches them. A waiter handed the lock and killed
+// before it ran unlocks it from its awaiter's destructor (the hand-off is
+// recorded in the awaiter, parking_queue.hpp P4), unless the rwmutex was
+// destroyed earlier in the same kill. A lock held by a killed task that had
+// taken it stays held, as in Go.
 //
 // Invariants (with the queue lock held):
 //   - kWriter implies reader count 0.
@@ -57,7 +61,11 @@
 // before the next writer's (the last reader's acq_rel CAS, made under the
 // queue lock, heads the hand-off, which reaches the new owner through the
 // lock and ready(), both release/acquire). Queue and waiter fields are
-// guarded by the queue lock.
+// guarded by the queue lock. A waiter's given_ (its record of the hand-off,
+// parking_queue.hpp P4) is written under the queue lock before ready() and
+// read after its resume (ordered by ready()) or by its destructor on the
+// killing thread (waitq.hpp, kQueued: the same argument); a killed waiter
+// gives back with unlock() or unlock_shared(), with their usual orders.
 #pragma once
 
 #include <atomic>
@@ -86,6 +94,7 @@ class rwmutex {
   static constexpr std::uint32_t kMaxReaders = (1u << 29) - 1;
 
   rwmutex() noexcept = default;
+  ~rwmutex();
   rwmutex(const rwmutex&) = delete;
   rwmutex& operator=(const rwmutex&) = delete;
 
@@ -129,6 +138,8 @@ class rwmutex {
                  const std::source_location& where);
   void unlock_shared_slow();
   void unqueue(detail::waiter* w, bool writer) noexcept;
+  void give_back(bool writer) noexcept;
+  static std::uint32_t hand_over(detail::waiter* chain, bool writers) noexcept;
 
   static constexpr std::uint32_t kWriter = 1u << 31;
   static constexpr std::uint32_t kWriterWait = 1u << 30;
@@ -154,13 +165,17 @@ class [[nodiscard]] rwmutex::acquire_awaiter : private detail::waiter {
   acquire_awaiter(rwmutex* m, std::source_location where) noexcept : m_(m), where_(where) {}
   acquire_awaiter(const acquire_awaiter&) = delete;
   acquire_awaiter& operator=(const acquire_awaiter&) = delete;
-  // Destroyed while still queued: only when its task is killed at runtime
-  // shutdown (detail/sync/waitq.hpp, kQueued; the plain read of the bit is
-  // argued there). Unlink, so that a later unlock finds the queues and the
-  // state word sound.
+  // Destroyed while still queued, or handed the lock and not yet run: only
+  // when its task is killed at runtime shutdown (detail/sync/waitq.hpp,
+  // kQueued; the plain read of the bit is argued there, and holds for
+  // given_, written before ready()). Unlink, or unlock, so that a later
+  // unlock finds the queues and the state word sound and the lock is not
+  // held for ever.
   ~acquire_awaiter() {
     if (this->queued()) [[unlikely]]
       m_->unqueue(this, Exclusive);
+    else if (given_) [[unlikely]]
+      m_->give_back(Exclusive);
   }
   // acquired_ is set afresh by each await: an awaiter awaited again
   // acquires again.
@@ -178,13 +193,15 @@ class [[nodiscard]] rwmutex::acquire_awaiter : private detail::waiter {
     }
     return m_->lock_slow(this, Exclusive, h, where_);
   }
-  void await_resume() const noexcept {}
+  // Takes up a handed lock (parking_queue.hpp, P4): a plain write.
+  void await_resume() noexcept { given_ = false; }
 
  private:
   friend class rwmutex;
   rwmutex* m_;
   std::source_location where_;
   bool acquired_ = false;
+  bool given_ = false;  // a waker handed us the lock (before ready())
 };
 
 inline rwmutex::lock_awaiter rwmutex::lock(std::source_location where) noexcept {

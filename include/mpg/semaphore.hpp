@@ -29,9 +29,11 @@
 // unlinks itself in its awaiter's destructor (parking_queue.hpp, P3),
 // clearing kWaiters with the last one; a later release() then returns its
 // permit as usual instead of handing it to freed memory. A semaphore
-// destroyed with acquirers still queued detaches them. Not undone: a permit
-// already handed to a task killed before it ran (lost, as one held by any
-// killed task).
+// destroyed with acquirers still queued detaches them. An acquirer handed a
+// permit and killed before it ran releases that permit from its awaiter's
+// destructor (the hand-off is recorded in the awaiter, parking_queue.hpp
+// P4), unless the semaphore was destroyed earlier in the same kill. A
+// permit held by a killed task that had acquired it is lost, as in Go.
 //
 // Invariants (with the queue lock held): kWaiters iff the queue is non-empty;
 // kWaiters implies permits == 0; 0 <= permits <= initial count.
@@ -40,7 +42,11 @@
 // release CAS, so whatever a releaser did before release() happens-before
 // the acquirer's use of that permit; a hand-off is ordered by the queue
 // lock and ready() (release/acquire). kWaiters changes are relaxed: they are
-// re-read under the queue lock.
+// re-read under the queue lock. A waiter's given_ (its record of the
+// hand-off, parking_queue.hpp P4) is written under the queue lock before
+// ready() and read after its resume (ordered by ready()) or by its
+// destructor on the killing thread (waitq.hpp, kQueued: the same argument);
+// a killed waiter gives its permit back with release(), a release CAS.
 #pragma once
 
 #include <atomic>
@@ -62,6 +68,7 @@ class semaphore {
   // sync_misuse_error otherwise).
   static constexpr std::int64_t kMaxPermits = (std::int64_t{1} << 62) - 1;
   explicit semaphore(std::int64_t permits);
+  ~semaphore();
   semaphore(const semaphore&) = delete;
   semaphore& operator=(const semaphore&) = delete;
 
@@ -99,6 +106,7 @@ class semaphore {
                     const std::source_location& where);
   void release_slow();
   void unqueue(detail::waiter* w) noexcept;
+  void give_back() noexcept;
   static std::int64_t checked_permits(std::int64_t permits);
 
   static constexpr std::int64_t kWaiters = 1;
@@ -114,13 +122,17 @@ class [[nodiscard]] semaphore::acquire_awaiter : private detail::waiter {
   acquire_awaiter(semaphore* s, std::source_location where) noexcept : s_(s), where_(where) {}
   acquire_awaiter(const acquire_awaiter&) = delete;
   acquire_awaiter& operator=(const acquire_awaiter&) = delete;
-  // Destroyed while still queued: only when its task is killed at runtime
-  // shutdown (detail/sync/waitq.hpp, kQueued; the plain read of the bit is
-  // argued there). Unlink, so that a later release() finds the queue and
-  // the state word sound.
+  // Destroyed while still queued, or handed a permit and not yet run: only
+  // when its task is killed at runtime shutdown (detail/sync/waitq.hpp,
+  // kQueued; the plain read of the bit is argued there, and holds for
+  // given_, written before ready()). Unlink, or release the permit, so that
+  // a later release() finds the queue and the state word sound and the
+  // permit is not lost.
   ~acquire_awaiter() {
     if (queued()) [[unlikely]]
       s_->unqueue(this);
+    else if (given_) [[unlikely]]
+      s_->give_back();
   }
 
   // acquired_ is set afresh by each await: an awaiter awaited again
@@ -137,12 +149,15 @@ class [[nodiscard]] semaphore::acquire_awaiter : private detail::waiter {
     }
     return s_->acquire_slow(this, h, where_);
   }
-  void await_resume() const noexcept {}
+  // Takes up a handed permit (parking_queue.hpp, P4): a plain write.
+  void await_resume() noexcept { given_ = false; }
 
  private:
+  friend class semaphore;
   semaphore* s_;
   std::source_location where_;
   bool acquired_ = false;
+  bool given_ = false;  // release_slow() handed us a permit (before ready())
 };
 
 inline semaphore::acquire_awaiter semaphore::acquire(std::source_location where) noexcept {

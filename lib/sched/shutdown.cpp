@@ -33,7 +33,11 @@
 //      fd that an op made for a killed task (an open, an accept, an
 //      io::submit of an opcode that makes one), whose result the task never
 //      read, is closed by the op's awaiter in the frame (lib/io/fd_awaiter.hpp,
-//      mpg/io.hpp).
+//      mpg/io.hpp). A G that was readied with a hand-off (a lock, a permit)
+//      and never ran gives it back from its awaiter's destructor, unless
+//      its primitive was destroyed earlier in this kill: the primitives
+//      report their destruction to the kill (killed_objects below;
+//      parking_queue.hpp, "Shutdown").
 //   7. ~runtime waits for a signal delivery in progress, which may still be
 //      readying a G that step 6 killed (lib/io/signal_relay.hpp), and only
 //      then deletes the scheduler.
@@ -46,15 +50,58 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <exception>
 #include <ostream>
 #include <sstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "mpg/detail/sched/frame.hpp"
 #include "mpg/spawn.hpp"
 #include "sched/scheduler.hpp"
 
 namespace mpg::detail {
+
+namespace {
+// The objects that reported their destruction (note_destroyed_in_kill)
+// during the kill this thread runs (kill_remaining, or the thread it lends a
+// deep chain to, while it waits for it: never two threads at once), else
+// null. Only this thread reads or writes it.
+thread_local std::vector<const void*>* tls_killed_objects = nullptr;
+
+// killed_objects_scope: makes `list` this thread's list for its lifetime.
+class killed_objects_scope {
+ public:
+  explicit killed_objects_scope(std::vector<const void*>* list) noexcept
+      : saved_(std::exchange(tls_killed_objects, list)) {}
+  ~killed_objects_scope() { tls_killed_objects = saved_; }
+  killed_objects_scope(const killed_objects_scope&) = delete;
+  killed_objects_scope& operator=(const killed_objects_scope&) = delete;
+
+ private:
+  std::vector<const void*>* saved_;
+};
+}  // namespace
+
+void note_destroyed_in_kill(const void* obj) noexcept {
+  std::vector<const void*>* list = tls_killed_objects;
+  if (list == nullptr) [[likely]]
+    return;
+  // Out of memory: the primitive is not recorded, and a waiter readied
+  // with a hand-off from it would give it back to freed memory. Nothing
+  // safe is left to do then.
+  try {
+    list->push_back(obj);
+  } catch (...) {
+    std::terminate();
+  }
+}
+
+bool destroyed_in_kill(const void* obj) noexcept {
+  const std::vector<const void*>* list = tls_killed_objects;
+  return list != nullptr && std::find(list->begin(), list->end(), obj) != list->end();
+}
 
 void scheduler::shutdown_io() noexcept {
   // Step 3: no M runs any more (stop() joined them).
@@ -126,20 +173,31 @@ std::size_t chain_depth(const g* gp) noexcept {
   return frame == root ? depth : 0;
 }
 
+// What destroy_root hands the thread of a deep chain: the root, and the
+// kill's list of destroyed objects, which the thread uses as its own while
+// the killing thread waits for it.
+struct deep_destroy {
+  std::coroutine_handle<> root;
+  std::vector<const void*>* killed;
+};
+
 void destroy_root(std::coroutine_handle<> root, std::size_t depth) noexcept {
   if (depth >= kDeepChain) {
     pthread_attr_t attr;
     pthread_t t;
+    deep_destroy job{root, tls_killed_objects};
     if (::pthread_attr_init(&attr) == 0) {
       const bool made =
           ::pthread_attr_setstacksize(&attr, (depth + kDeepChain) * kStackPerLevel) == 0 &&
           ::pthread_create(
               &t, &attr,
-              [](void* frame) -> void* {
-                std::coroutine_handle<>::from_address(frame).destroy();
+              [](void* arg) -> void* {
+                auto* d = static_cast<deep_destroy*>(arg);
+                killed_objects_scope scope(d->killed);
+                d->root.destroy();
                 return nullptr;
               },
-              root.address()) == 0;
+              &job) == 0;
       ::pthread_attr_destroy(&attr);
       if (made) {
         ::pthread_join(t, nullptr);
@@ -160,6 +218,10 @@ void scheduler::kill_remaining(std::ostream& report) {
   // one of its Ms (add_timer(t, s) naming a runtime being destroyed, from
   // another thread, is a misuse like any use of an object being destroyed).
   detach_timers();
+  // From here on, the primitives destroyed on this thread report it
+  // (parking_queue.hpp, "Shutdown"): what follows may destroy them.
+  std::vector<const void*> killed_objects;
+  killed_objects_scope scope(&killed_objects);
   // Functions still posted are destroyed unrun (runtime_handle.hpp); their
   // captures' destructors may ready Gs, which are then only queued.
   drop_posted();

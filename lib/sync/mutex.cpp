@@ -2,6 +2,8 @@
 // design, the state word and its invariants).
 #include "mpg/mutex.hpp"
 
+#include <utility>
+
 #include "mpg/detail/sched/clock.hpp"
 #include "mpg/errors.hpp"
 
@@ -21,22 +23,32 @@ constexpr int kSpinPauses = 30;
 // it is held. Lives in lock_slow's frame; reused across retries.
 struct mutex::wait_awaiter : detail::waiter {
   using mpg_awaiter = detail::runtime_awaiter_tag;  // g.hpp
+  enum given_t : std::uint8_t { given_none, given_woken, given_mutex };
   wait_awaiter(mutex* mu, std::source_location w) noexcept : m(mu), where(w) {}
 
   mutex* m;
   std::source_location where;
   std::int64_t start_ns = 0;  // when this locker first parked
-  bool woken = false;         // readied by an unlock: kWoken is ours to clear
+  bool woken = false;         // was readied by an unlock at least once
   bool acquired = false;      // took the mutex in await_suspend
-  bool handoff = false;       // unlock handed us the mutex (starvation mode)
+  // What the waker that readied us handed over and we have not yet taken
+  // up (parking_queue.hpp, P4): written under the queue lock before
+  // ready(); cleared by us (given_woken at our retry, given_mutex as soon
+  // as we resume), or by give_back().
+  given_t given = given_none;
 
-  // Destroyed while still queued: only when its task is killed at runtime
-  // shutdown (detail/sync/waitq.hpp, kQueued; the plain read of the bit is
-  // argued there). Unlink, so that a later unlock() finds the queue and the
-  // state word sound.
+  // Destroyed while still queued, or readied and not yet run: only when its
+  // task is killed at runtime shutdown (detail/sync/waitq.hpp, kQueued; the
+  // plain read of the bit is argued there, and holds for `given` too: it
+  // was written before ready(), which came before the kill or from a
+  // destructor of the same kill). Unlink, or give back what was handed to
+  // us, so that a later unlock() finds the queue and the state word sound
+  // and the other lockers are still served.
   ~wait_awaiter() {
     if (queued()) [[unlikely]]
       unqueue();
+    else if (given != given_none) [[unlikely]]
+      m->give_back(this);
   }
 
   bool await_ready() const noexcept { return false; }
@@ -65,10 +77,12 @@ bool mutex::wait_awaiter::await_suspend(std::coroutine_handle<> h) {
   const bool starving_now =
       woken && start_ns != 0 && detail::mono_now_ns() - start_ns > kStarvationNs;
   const std::uint32_t clear = woken ? kWoken : 0;
-  handoff = false;
   return m->q_.park(
       this, h, "mutex lock", where,
       [&] {
+        // Take up the wake-up claim that readied us: from here on kWoken is
+        // ours to clear (below), no longer to give back.
+        given = given_none;
         std::uint32_t s = m->state_.load(std::memory_order_relaxed);
         for (;;) {
           if (!(s & (kLocked | kStarving))) {
@@ -112,7 +126,11 @@ task<void> mutex::lock_slow(bool yield_first, std::source_location where) {
   wait_awaiter w(this, where);
   for (;;) {
     co_await w;
-    if (w.acquired || w.handoff) co_return;
+    if (w.acquired) co_return;
+    if (w.given == wait_awaiter::given_mutex) {
+      w.given = wait_awaiter::given_none;  // handed the mutex (starvation mode): ours
+      co_return;
+    }
     w.woken = true;
   }
 }
@@ -148,28 +166,63 @@ void mutex::unlock() {
 // (kWoken) in its releasing CAS. Under the queue lock (parking_queue.hpp,
 // P2); clears kWaiters with the last waiter.
 void mutex::wake_one() {
-  q_.wake([&](detail::waitq* queues) -> detail::waiter* {
-    detail::waitq& q = queues[0];
-    // A locker took the mutex since our release (Go's rule): its unlock
-    // will wake, so give the claim back instead of waking a waiter that
-    // would only find the mutex held. A CAS: if that unlock comes first, it
-    // saw our kWoken and left the wake-up to us. Relaxed: only the claim
-    // changes hands. Safe to touch: the waiters are still queued.
-    std::uint32_t s = state_.load(std::memory_order_relaxed);
-    while (s & kLocked) {
-      if (state_.compare_exchange_weak(s, s & ~kWoken, std::memory_order_relaxed,
-                                       std::memory_order_relaxed))
-        return nullptr;
-    }
-    detail::waiter* w = q.pop_front();
-    // Relaxed: kWaiters is a hint re-read under this lock; the woken waiter
-    // acquires with its own CAS. (w is null only if the waiters were
-    // killed at shutdown since our CAS; their unlink cleared kWaiters, and
-    // the kWoken we set stays, as for any hand-off to a killed task.)
-    if (q.empty()) state_.fetch_and(~kWaiters, std::memory_order_relaxed);
-    return w;
-  });
+  q_.wake([&](detail::waitq* queues) -> detail::waiter* { return pass_claim(queues[0]); });
 }
+
+// pass_claim(): under the queue lock, for a caller that holds the wake-up
+// claim (kWoken): an unlock that set it, or a killed waiter giving back the
+// claim it was readied with. Returns the waiter to ready, or nullptr.
+detail::waiter* mutex::pass_claim(detail::waitq& q) noexcept {
+  // A locker took the mutex since the release (Go's rule): its unlock will
+  // wake, so give the claim back instead of waking a waiter that would
+  // only find the mutex held. A CAS: if that unlock comes first, it saw
+  // our kWoken and left the wake-up to us. Relaxed: only the claim changes
+  // hands. Safe to touch: the waiters are still queued.
+  std::uint32_t s = state_.load(std::memory_order_relaxed);
+  while (s & kLocked) {
+    if (state_.compare_exchange_weak(s, s & ~kWoken, std::memory_order_relaxed,
+                                     std::memory_order_relaxed))
+      return nullptr;
+  }
+  auto* w = static_cast<wait_awaiter*>(q.pop_front());
+  // Relaxed: kWaiters and kWoken are hints re-read under this lock; the
+  // woken waiter acquires with its own CAS. w is null when nobody is left
+  // to wake: the killed waiter we pass on for was the last, or the waiters
+  // were killed at shutdown since the unlock claimed (their unlink cleared
+  // kWaiters). Then nobody would clear kWoken, so we do.
+  if (w == nullptr) {
+    state_.fetch_and(~kWoken, std::memory_order_relaxed);
+    return nullptr;
+  }
+  if (q.empty()) state_.fetch_and(~kWaiters, std::memory_order_relaxed);
+  w->given = wait_awaiter::given_woken;  // P4: before ready()
+  return w;
+}
+
+// give_back(): from ~wait_awaiter of a waiter readied with w->given set and
+// killed before it ran (parking_queue.hpp, P4 and "Shutdown"): do with it
+// what the waiter would have, unless the mutex was destroyed earlier in
+// this kill. No M of the waiter's runtime runs; tasks of other runtimes
+// may use the mutex meanwhile, hence the usual protocol.
+void mutex::give_back(wait_awaiter* w) noexcept {
+  const auto given = std::exchange(w->given, wait_awaiter::given_none);
+  if (detail::destroyed_in_kill(this)) return;
+  if (given == wait_awaiter::given_mutex) {
+    // It owned the mutex: unlock it, handing it on or waking the next
+    // waiter, as its unlock would have. Throws only if someone unlocked
+    // the mutex handed to a task that never ran (a misuse; nothing to do).
+    try {
+      unlock();
+    } catch (const sync_misuse_error&) {
+    }
+    return;
+  }
+  // It held the wake-up claim (kWoken): pass it on as the unlock that made
+  // it would have, or give it back (pass_claim).
+  q_.wake([&](detail::waitq* queues) -> detail::waiter* { return pass_claim(queues[0]); });
+}
+
+mutex::~mutex() { detail::note_destroyed_in_kill(this); }
 
 // unlock_starving(): under the queue lock (parking_queue.hpp, P2), keep
 // kLocked and hand the mutex to the first waiter. The state is re-read
@@ -192,7 +245,9 @@ void mutex::unlock_starving() {
                                           std::memory_order_relaxed))
           continue;
         if (!wake) return nullptr;
-        return q.pop_front();
+        auto* woken_w = static_cast<wait_awaiter*>(q.pop_front());
+        woken_w->given = wait_awaiter::given_woken;  // P4: before ready()
+        return woken_w;
       }
       const bool last = w->next == nullptr;
       const bool short_wait = detail::mono_now_ns() - w->start_ns < kStarvationNs;
@@ -204,7 +259,7 @@ void mutex::unlock_starving() {
                                         std::memory_order_relaxed))
         continue;
       q.pop_front();
-      w->handoff = true;
+      w->given = wait_awaiter::given_mutex;  // P4: before ready()
       return w;
     }
   });

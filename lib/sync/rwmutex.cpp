@@ -6,13 +6,38 @@
 
 namespace mpg {
 
-namespace {
-std::uint32_t chain_length(const detail::waiter* w) noexcept {
+rwmutex::~rwmutex() { detail::note_destroyed_in_kill(this); }
+
+// hand_over(): under the queue lock, before the waiters of `chain` (taken
+// from the writers queue if `writers`, else from the readers queue) are
+// readied: records in each that it was handed the lock (parking_queue.hpp,
+// P4). Returns their number.
+std::uint32_t rwmutex::hand_over(detail::waiter* chain, bool writers) noexcept {
   std::uint32_t n = 0;
-  for (; w; w = w->next) ++n;
+  for (detail::waiter* w = chain; w; w = w->next, ++n) {
+    if (writers)
+      static_cast<lock_awaiter*>(w)->given_ = true;
+    else
+      static_cast<shared_awaiter*>(w)->given_ = true;
+  }
   return n;
 }
-}  // namespace
+
+// give_back(): from ~acquire_awaiter of a waiter handed the lock and killed
+// before it ran (parking_queue.hpp, P4 and "Shutdown"): unlock as it would
+// have, unless the rwmutex was destroyed earlier in this kill. Throws only
+// if someone released the lock handed to a task that never ran (a misuse;
+// nothing to do then).
+void rwmutex::give_back(bool writer) noexcept {
+  if (detail::destroyed_in_kill(this)) return;
+  try {
+    if (writer)
+      unlock();
+    else
+      unlock_shared();
+  } catch (const sync_misuse_error&) {
+  }
+}
 
 bool rwmutex::lock_slow(detail::waiter* w, bool writer, std::coroutine_handle<> h,
                         const std::source_location& where) {
@@ -84,7 +109,7 @@ void rwmutex::unqueue(detail::waiter* w, bool writer) noexcept {
     // Readers hold the lock (or the last one is on its way out): admit the
     // readers queued behind the dead writer alongside them.
     detail::waiter* chain = readers.take_all();
-    const std::uint32_t n = chain_length(chain);
+    const std::uint32_t n = hand_over(chain, false);
     // Acquire: the admitted readers must see the last writer's section; its
     // release (store or CAS) heads the release sequence we read from, and
     // ready() passes it on to them. Retried only for concurrent
@@ -114,9 +139,10 @@ void rwmutex::unlock() {
     if (!readers.empty()) {
       // Phase change: admit every queued reader, ahead of queued writers.
       chain = readers.take_all();
-      ns = chain_length(chain) | (writers.empty() ? 0 : kWriterWait);
+      ns = hand_over(chain, false) | (writers.empty() ? 0 : kWriterWait);
     } else if (detail::waiter* w = writers.pop_front()) {
       chain = w;
+      hand_over(w, true);
       ns = kWriter | (writers.empty() ? 0 : kWriterWait);
     }
     // Release: the new owners (ordered also by ready()) see our section.
@@ -169,8 +195,12 @@ void rwmutex::unlock_shared_slow() {
       // acq_rel: as in unlock_shared(); for a hand-off, the release also
       // orders the readers' sections before the writer's (with ready()).
       if (state_.compare_exchange_weak(s, ns, std::memory_order_acq_rel,
-                                       std::memory_order_relaxed))
-        return hand ? writers.pop_front() : nullptr;
+                                       std::memory_order_relaxed)) {
+        if (!hand) return nullptr;
+        detail::waiter* w = writers.pop_front();
+        hand_over(w, true);
+        return w;
+      }
     }
   });
   if (misuse) throw sync_misuse_error("mpg::rwmutex: unlock_shared of rwmutex not locked shared");

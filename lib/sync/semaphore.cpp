@@ -24,6 +24,20 @@ std::int64_t semaphore::checked_permits(std::int64_t permits) {
 semaphore::semaphore(std::int64_t permits)
     : state_(checked_permits(permits) * 2), max_(permits) {}
 
+semaphore::~semaphore() { detail::note_destroyed_in_kill(this); }
+
+// give_back(): from ~acquire_awaiter of an acquirer handed a permit and
+// killed before it ran (parking_queue.hpp, P4 and "Shutdown"): release the
+// permit, unless the semaphore was destroyed earlier in this kill. Cannot
+// throw: the permit handed over is not counted as free.
+void semaphore::give_back() noexcept {
+  if (detail::destroyed_in_kill(this)) return;
+  try {
+    release();
+  } catch (const sync_misuse_error&) {
+  }
+}
+
 bool semaphore::acquire_slow(detail::waiter* w, std::coroutine_handle<> h,
                              const std::source_location& where) {
   return q_.park(w, h, "semaphore acquire", where, [&] {
@@ -81,6 +95,8 @@ void semaphore::release_slow() {
     if (detail::waiter* w = q.pop_front()) {
       // Relaxed: permits stay 0 (handed off), only the flag goes.
       if (q.empty()) state_.fetch_and(~kWaiters, std::memory_order_relaxed);
+      // P4: recorded before ready(). The queue holds only acquire_awaiters.
+      static_cast<acquire_awaiter*>(w)->given_ = true;
       return w;  // the permit is handed over: count unchanged
     }
     std::int64_t s = state_.load(std::memory_order_relaxed);

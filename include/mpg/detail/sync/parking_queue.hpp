@@ -23,6 +23,14 @@
 //   P3. unlink(w, queue, after): a waiter destroyed while queued (its task
 //       killed at shutdown) takes itself off, and after() repairs S when
 //       that empties the queue (and may return waiters to ready).
+//   P4. A waker that hands something over to a waiter it takes off (the
+//       lock, a permit, a mutex's wake-up claim) records it in the waiter's
+//       awaiter, a plain field written in decide() under the lock, so
+//       before ready(); the waiter takes it up when it resumes (a plain
+//       write to its own awaiter: nothing is added to the paths' atomics).
+//       A waiter destroyed with its record still set was readied and
+//       killed before it ran (see "Shutdown"): it gives back what it was
+//       handed, as its own release would have.
 // Why no wake-up is lost: a releaser's CAS on S and a waiter's P1 CAS are
 // RMWs on one word, so one sees the other. A releaser that takes the fast
 // path (no lock) did so on a state that says nobody is queued, and P1 of any
@@ -55,6 +63,22 @@
 // whose awaiters then find their kQueued bit clear and leave the freed
 // queue alone. Both are needed: descending ids order parents and children,
 // but a task may as well wait on a primitive in a younger, unrelated frame.
+// A waiter readied but killed before it ran (readied before ~runtime began,
+// by a task of another runtime, a plain thread or a task of its own; or
+// during the kill, by the destructor of a killed frame, a guard's unlock)
+// gives back its record (P4), from its awaiter's destructor, on the thread
+// that kills. Its primitive is no longer queued on, so a primitive
+// destroyed first cannot detach it: instead every primitive that hands over
+// (mutex, rwmutex, semaphore) reports its destruction to the kill in
+// progress on its thread (note_destroyed_in_kill), and a killed waiter gives
+// back only to a primitive not reported (destroyed_in_kill). That is exact:
+// the waiter has not returned from its operation, so the only legitimate
+// destruction of its primitive is one by a frame (or what a frame owns)
+// killed earlier in this same kill, on the killing thread (or the thread
+// that destroys a deep chain for it, which shares its list: shutdown.cpp).
+// Freed anywhere else (another runtime's kill included) before this kill,
+// the primitive was freed under a task that a live runtime was about to
+// run into it: the misuse that the destruction rule already makes it.
 //
 // Invariants (under the lock):
 //   - Each queued waiter has kQueued set and belongs to a parked G that
@@ -80,6 +104,15 @@
 #include "mpg/detail/sync/waitq.hpp"
 
 namespace mpg::detail {
+
+// note_destroyed_in_kill(): a primitive that hands over (P4) calls it from
+// its destructor; if the calling thread is killing a runtime's tasks
+// (shutdown.cpp, step 6), obj is added to that kill's list of destroyed
+// objects. Otherwise it does nothing (one thread_local read).
+void note_destroyed_in_kill(const void* obj) noexcept;
+// destroyed_in_kill(): whether obj was reported by note_destroyed_in_kill
+// during the kill the calling thread is running (false outside a kill).
+bool destroyed_in_kill(const void* obj) noexcept;
 
 template <unsigned Queues = 1>
 class parking_queue {
