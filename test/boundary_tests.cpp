@@ -532,14 +532,24 @@ namespace {
 // Owns a semaphore (one permit, taken) and a mutex (locked) in its frame,
 // publishes them and waits on c for ever.
 mpg::task<void> bt_own_primitives(std::atomic<mpg::semaphore*>* sp, std::atomic<mpg::mutex*>* mp,
-                                  mpg::chan<int> c) {
+                                  mpg::chan<int>* c) {
   mpg::semaphore s(1);
   mpg::mutex m;
   (void)s.try_acquire();
   (void)m.try_lock();
   sp->store(&s);
   mp->store(&m);
-  (void)co_await c.recv();
+  (void)co_await c->recv();
+}
+
+// The same at the bottom of a chain of `depth` awaits (killed on a thread of
+// its own when deeper than 8192: shutdown.cpp, destroy_root).
+mpg::task<void> bt_own_deep(int depth, std::atomic<mpg::semaphore*>* sp,
+                            std::atomic<mpg::mutex*>* mp, mpg::chan<int>* c) {
+  if (depth == 0)
+    co_await bt_own_primitives(sp, mp, c);
+  else
+    co_await bt_own_deep(depth - 1, sp, mp, c);
 }
 
 mpg::task<void> bt_wait_on_published(std::atomic<mpg::semaphore*>* sp, mpg::chan<int> go) {
@@ -554,12 +564,10 @@ mpg::task<void> bt_lock_published(std::atomic<mpg::mutex*>* mp, mpg::chan<int> g
   mp->load()->unlock();
 }
 
-}  // namespace
-
 // The primitive is freed before the waiter it handed over to: it lives in
 // the frame of a younger task, killed first. The waiter, killed next, must
 // not give back to freed memory (ASan reports a use after free otherwise).
-TEST_CASE("a hand-off from a primitive in a younger killed frame is not given back") {
+void bt_hand_off_from_younger(int depth) {
   auto a = bt_one_proc();
   mpg::chan<int> go(2), never;
   std::atomic<mpg::semaphore*> sp{nullptr};
@@ -567,7 +575,7 @@ TEST_CASE("a hand-off from a primitive in a younger killed frame is not given ba
   std::atomic<int> started{0};
   a->go(bt_wait_on_published(&sp, go));  // older than the owner
   a->go(bt_lock_published(&mp, go));
-  a->go(bt_own_primitives(&sp, &mp, never));
+  a->go(bt_own_deep(depth, &sp, &mp, &never));
   REQUIRE(mpg_test::wait_until([&] { return mp.load() != nullptr; }, 10s));
   REQUIRE(go.try_send(1));
   REQUIRE(go.try_send(1));
@@ -579,4 +587,16 @@ TEST_CASE("a hand-off from a primitive in a younger killed frame is not given ba
   sp.load()->release();  // hands the permit to the waiter, which cannot run
   mp.load()->unlock();   // readies the locker with the wake-up claim
   a.reset();
+}
+
+}  // namespace
+
+TEST_CASE("a hand-off from a primitive in a younger killed frame is not given back") {
+  bt_hand_off_from_younger(0);
+}
+
+// The chain is destroyed on a thread of its own, which must report the
+// primitives it destroys to the same kill.
+TEST_CASE("a hand-off from a primitive in a younger killed deep chain is not given back") {
+  bt_hand_off_from_younger(9000);
 }

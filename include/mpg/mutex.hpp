@@ -69,7 +69,8 @@
 // made it would have (or dropped: the mutex is held, or nobody waits), or
 // the mutex itself (starvation mode), unlocked. Not when the mutex was
 // destroyed earlier in the same kill (parking_queue.hpp, "Shutdown"). A
-// mutex held by a killed task that had locked it stays locked, as in Go.
+// mutex that a killed task had locked (and run with) stays locked, as any
+// mutex whose holder never unlocks.
 //
 // Rejected: direct hand-off in every unlock (a fair FIFO lock): each
 // contended unlock then costs a task switch before the lock can be used

@@ -45,8 +45,8 @@
 // waiters still queued detaches them. A waiter handed the lock and killed
 // before it ran unlocks it from its awaiter's destructor (the hand-off is
 // recorded in the awaiter, parking_queue.hpp P4), unless the rwmutex was
-// destroyed earlier in the same kill. A lock held by a killed task that had
-// taken it stays held, as in Go.
+// destroyed earlier in the same kill. A lock that a killed task had taken
+// (and run with) stays held, as any lock never released.
 //
 // Invariants (with the queue lock held):
 //   - kWriter implies reader count 0.

@@ -33,7 +33,8 @@
 // permit and killed before it ran releases that permit from its awaiter's
 // destructor (the hand-off is recorded in the awaiter, parking_queue.hpp
 // P4), unless the semaphore was destroyed earlier in the same kill. A
-// permit held by a killed task that had acquired it is lost, as in Go.
+// permit that a killed task had acquired (and run with) is lost, as any
+// permit never released.
 //
 // Invariants (with the queue lock held): kWaiters iff the queue is non-empty;
 // kWaiters implies permits == 0; 0 <= permits <= initial count.

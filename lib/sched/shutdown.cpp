@@ -68,7 +68,9 @@ namespace {
 // during the kill this thread runs (kill_remaining, or the thread it lends a
 // deep chain to, while it waits for it: never two threads at once), else
 // null. Only this thread reads or writes it.
-thread_local std::vector<const void*>* tls_killed_objects = nullptr;
+// initial-exec, as scheduler.cpp's: every primitive's destructor reads it.
+__attribute__((tls_model("initial-exec"))) thread_local std::vector<const void*>*
+    tls_killed_objects = nullptr;
 
 // killed_objects_scope: makes `list` this thread's list for its lifetime.
 class killed_objects_scope {
