@@ -152,6 +152,13 @@ namespace {
 // g_flush_split_hook): the kernel takes the op's SQE but not the next.
 std::atomic<bool> split_next{false};
 bool split_once() { return split_next.exchange(false); }
+// split_hook_scope: g_flush_split_hook set to split_once for a scope.
+struct split_hook_scope {
+  split_hook_scope() noexcept { mpg::detail::g_flush_split_hook.store(&split_once); }
+  ~split_hook_scope() { mpg::detail::g_flush_split_hook.store(nullptr); }
+  split_hook_scope(const split_hook_scope&) = delete;
+  split_hook_scope& operator=(const split_hook_scope&) = delete;
+};
 
 task<void> read_until(tcp_stream& s, read_result* out, clock_type::time_point deadline) {
   char buf[16];
@@ -169,7 +176,7 @@ task<void> read_until(tcp_stream& s, read_result* out, clock_type::time_point de
 // does not poll first.)
 TEST_CASE("a read taken by the kernel without its link timeout still ends at its deadline") {
   mpg::runtime rt({.procs = 1});
-  mpg::detail::g_flush_split_hook.store(&split_once);
+  split_hook_scope hook;  // reset by its destructor even when a REQUIRE fails
   rt.block_on([]() -> task<void> {
     auto p = co_await connect_pair();
     // A read that fills its buffer leaves the next recv to go in without
@@ -193,7 +200,6 @@ TEST_CASE("a read taken by the kernel without its link timeout still ends at its
     CHECK(clock_type::now() - t0 >= 50ms);
     CHECK(co_await still_usable(p));
   }());
-  mpg::detail::g_flush_split_hook.store(nullptr);
 }
 
 TEST_CASE("a write deadline set by another task wakes a blocked write") {

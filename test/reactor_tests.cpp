@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -510,11 +511,18 @@ TEST_CASE("a submit_now op refused by the kernel completes once, also with SQEs 
 namespace {
 std::atomic<bool> split_next{false};
 bool split_once() { return split_next.exchange(false); }
+// split_hook_scope: g_flush_split_hook set to split_once for a scope.
+struct split_hook_scope {
+  split_hook_scope() noexcept { mpg::detail::g_flush_split_hook.store(&split_once); }
+  ~split_hook_scope() { mpg::detail::g_flush_split_hook.store(nullptr); }
+  split_hook_scope(const split_hook_scope&) = delete;
+  split_hook_scope& operator=(const split_hook_scope&) = delete;
+};
 }  // namespace
 
 TEST_CASE("an op the kernel takes without its link timeout is cancelled, or keeps its result") {
   auto r = make_reactor();
-  mpg::detail::g_flush_split_hook.store(&split_once);
+  std::optional<split_hook_scope> hook(std::in_place);  // reset even when a REQUIRE fails
   const auto t0 = std::chrono::steady_clock::now();
   {
     pipe_fds p;  // empty: the read stays in flight until cancelled
@@ -553,7 +561,7 @@ TEST_CASE("an op the kernel takes without its link timeout is cancelled, or keep
     for (int i = 0; i < 3 && r->busy(); ++i) r->wait(std::chrono::steady_clock::now() + 20ms);
     CHECK(c.done.load() == 1);
   }
-  mpg::detail::g_flush_split_hook.store(nullptr);
+  hook.reset();
   CHECK_FALSE(r->busy());  // the cancels' CQEs took the timeouts' places
   CHECK(std::chrono::steady_clock::now() - t0 < 30s);
 }

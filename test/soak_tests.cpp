@@ -5,11 +5,11 @@
 // timers, sync primitives fed from plain threads, a task_group that fails,
 // posts and spawns from plain threads and dumps from a plain thread. The
 // first soak checks that every count is conserved and that the runtime ends
-// clean; the second destroys the runtime while all of it is in flight, at a
-// point drawn from a seed (SOAK_SEED, default 0, then one more per round).
-// Knobs, for longer runs by hand: SOAK_ROUNDS (default 3), SOAK_SCALE (the
-// work of one run, default 1), SOAK_KILL_US (the latest kill point, default
-// 40,000 us), SOAK_SEED.
+// clean; the second destroys the runtime while all of it is in flight,
+// once a number of connections drawn from a seed has been accepted
+// (SOAK_SEED, default 0, then one more per round). Knobs, for longer runs by
+// hand: SOAK_ROUNDS (default 3), SOAK_SCALE (the work of one run, default
+// 1), SOAK_SEED.
 #include <doctest/doctest.h>
 
 #include <atomic>
@@ -497,13 +497,14 @@ struct plain_threads {
   std::thread dumper, poster, oneshots;
 };
 
+// Dumps first, then every kTaskDumpGap until stopped.
 mpg::task<void> task_dumper(const mpg::runtime* rt, mpg::chan<int> stop, counters& c) {
   for (;;) {
-    auto r = co_await mpg::select(stop.recv(), mpg::after(kTaskDumpGap).recv());
-    if (r.index() == 0) co_return;
     std::ostringstream os;
     rt->dump(os);
     c.task_dumps.fetch_add(1);
+    auto r = co_await mpg::select(stop.recv(), mpg::after(kTaskDumpGap).recv());
+    if (r.index() == 0) co_return;
   }
 }
 
@@ -593,13 +594,13 @@ void run_soak(unsigned procs, bool kill_mid_flight, std::uint32_t seed) {
     const std::uint16_t port = ln->port();
     plain_threads pt;
     mpg::runtime_handle h = rt.handle();
-    pt.dumper = std::thread([&] {
-      while (!pt.stop_dump.load()) {
+    pt.dumper = std::thread([&] {  // dumps first, then every kThreadDumpGap until stopped
+      do {
         std::ostringstream os;
         rt.dump(os);
         pt.dumps.fetch_add(1);
         std::this_thread::sleep_for(kThreadDumpGap);
-      }
+      } while (!pt.stop_dump.load());
     });
     std::atomic<bool> stop_post{false};
     pt.poster = std::thread([&, h] {
@@ -640,9 +641,12 @@ void run_soak(unsigned procs, bool kill_mid_flight, std::uint32_t seed) {
       // posts stay on (safe at any time).
       for (int i = 0; i < kPosts; ++i) rt.spawn(spawned_from_thread(spawned, c)).detach();
       rt.go(root(&rt, port, *ln, c, rxs, posted, spawned, ext_sem, ext_wg), "root");
+      // The kill point: once a seed-drawn number of connections, from the
+      // first half, has been accepted (the root ends only after all of
+      // them), so that ~runtime meets the work in flight.
       std::mt19937 rng(seed);
-      std::this_thread::sleep_for(
-          std::chrono::microseconds(rng() % static_cast<unsigned>(env_int("SOAK_KILL_US", 40000))));
+      const long kill_at = 1 + static_cast<long>(rng() % static_cast<unsigned>(kClients / 2));
+      CHECK(mpg_test::wait_until([&] { return c.accepted.load() >= kill_at; }, 30s));
       // Plain threads that wake tasks must be done before ~runtime.
       pt.stop_dump = true;
       pt.dumper.join();
@@ -651,9 +655,6 @@ void run_soak(unsigned procs, bool kill_mid_flight, std::uint32_t seed) {
       pt.poster.join();
       // Wakes from plain threads must stop before ~runtime: the poster's
       // semaphore releases and wg dones are done now.
-    }
-    if (!kill_mid_flight) {
-      CHECK(pt.dumps.load() > 0);
     }
   }
   if (kill_mid_flight) return;
@@ -682,7 +683,6 @@ void run_soak(unsigned procs, bool kill_mid_flight, std::uint32_t seed) {
   CHECK(c.got_idle_eof.load() == per_kind);
   CHECK(c.got_write_cancel.load() == per_kind);
   CHECK(c.got_stream_cancel.load() == per_kind);
-  CHECK(c.task_dumps.load() > 0);
 }
 
 int rounds() { return env_int("SOAK_ROUNDS", 3); }
@@ -708,6 +708,10 @@ TEST_CASE("soak: ~runtime while the server soak is in flight") {
     run_soak(procs, true, seed);
   }
   MESSAGE("roots that finished before ~runtime: " << roots_done.load() << " of " << rounds());
+  // The kill comes in the first half of the accepts, and the root takes
+  // the rest to finish: it may outrun the plain threads' joins before the
+  // kill now and then, not in every round.
+  CHECK(roots_done.load() < rounds());
 }
 
 // ~runtime kills newest first; an older task may wait on an object that

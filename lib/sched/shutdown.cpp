@@ -122,11 +122,13 @@ namespace {
 // take_back_joiner(): gp, about to be killed, is parked in the join word
 // of a task (gp->joined) that may belong to another runtime and end after
 // this one is gone, when it would ready the freed G. The word goes back to
-// Running, as if gp had never joined. The CAS fails only when the word
-// moved on: to Killed (the task was killed above, and its kill saw gp, a G
-// of this runtime, and left it), or to Done by a task of another runtime
-// that ended during ~runtime, which docs/api.md rules out. Relaxed: no M
-// of this runtime runs, and the word publishes nothing to anyone here.
+// Running, as if gp had never joined. gp->joined is set only while the
+// word holds gp: everything that takes gp out of it (the task's end, its
+// kill, its handle's drop) clears the field, so the frame is alive and the
+// CAS is expected to succeed; it is a CAS so that a task of another runtime
+// ending during ~runtime (which docs/api.md rules out) is not undone.
+// Relaxed: no M of this runtime runs, and the word publishes nothing to
+// anyone here.
 void take_back_joiner(g* gp) noexcept {
   std::uintptr_t expected = reinterpret_cast<std::uintptr_t>(gp);
   gp->joined->join.compare_exchange_strong(expected, kJoinRunning, std::memory_order_relaxed);

@@ -107,9 +107,9 @@ class g {
   // join (join_park, scheduler.cpp), else null: ~runtime's kill takes the
   // G back out of a word of another runtime's task (shutdown.cpp). Set by
   // the G before its park is published (the join word's CAS), cleared by
-  // the G if that CAS fails, by whoever readies it from the word (the
-  // finisher, or the kill of the joined task) before ready(), and by a
-  // handle dropped with the G in the word (drop_join): each access
+  // the G if that CAS fails, by whoever takes it out of the word (the
+  // finisher, before ready(); the kill of the joined task; a handle dropped
+  // with the G in the word, drop_join): each access
   // ordered after the one before by that CAS, the word's exchange, or the
   // run queues' release/acquire, so a plain field.
   frame_header* joined = nullptr;
