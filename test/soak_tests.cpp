@@ -12,6 +12,8 @@
 // 1), SOAK_SEED.
 #include <doctest/doctest.h>
 
+#include <absl/strings/str_cat.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -78,7 +80,7 @@ struct server_state {
 };
 
 std::string payload(int client, int msg) {
-  std::string s = "c" + std::to_string(client) + "m" + std::to_string(msg) + ":";
+  std::string s = absl::StrCat("c", client, "m", msg, ":");
   s.append(static_cast<std::size_t>(1 + (client * 37 + msg * 11) % 700), char('a' + msg % 26));
   return s;
 }
@@ -226,7 +228,9 @@ mpg::task<void> stream_canceller(net::tcp_stream* s, const std::atomic<bool>* ba
 mpg::task<void> client(int id, std::uint16_t port, mpg::context cli_ctx, counters& c,
                        mpg::wait_group* idle_ready) {
   const int kind = id % kKinds;
-  auto d = co_await net::dial("127.0.0.1:" + std::to_string(port));
+  // The address is made first: no temporary in the co_await's expression (g++ 12).
+  const std::string addr = absl::StrCat("127.0.0.1:", port);
+  auto d = co_await net::dial(addr);
   if (!d.ok()) {
     c.fail("dial: " + d.status().ToString());
     co_return;
@@ -460,7 +464,9 @@ mpg::task<absl::Status> member_sleep(mpg::context gctx, counters& c) {
 }
 
 mpg::task<void> group_round(std::uint16_t port, mpg::context parent, counters& c) {
-  auto d = co_await net::dial("127.0.0.1:" + std::to_string(port));
+  // The address is made first: no temporary in the co_await's expression (g++ 12).
+  const std::string addr = absl::StrCat("127.0.0.1:", port);
+  auto d = co_await net::dial(addr);
   if (!d.ok()) { c.fail("group dial"); co_return; }
   net::tcp_stream s = std::move(*d);
   mpg::chan<int> silent;
