@@ -24,6 +24,7 @@
 #include <thread>
 #include <vector>
 
+#include "flush_split.hpp"
 #include "io/reactor.hpp"
 #include "test_support.hpp"
 #include "watchdog.hpp"
@@ -150,15 +151,8 @@ namespace {
 
 // One flush splits an op from its link timeout (reactor.hpp,
 // g_flush_split_hook): the kernel takes the op's SQE but not the next.
-std::atomic<bool> split_next{false};
-bool split_once() { return split_next.exchange(false); }
-// split_hook_scope: g_flush_split_hook set to split_once for a scope.
-struct split_hook_scope {
-  split_hook_scope() noexcept { mpg::detail::g_flush_split_hook.store(&split_once); }
-  ~split_hook_scope() { mpg::detail::g_flush_split_hook.store(nullptr); }
-  split_hook_scope(const split_hook_scope&) = delete;
-  split_hook_scope& operator=(const split_hook_scope&) = delete;
-};
+using mpg_test::split_hook_scope;
+using mpg_test::split_next;
 
 task<void> read_until(tcp_stream& s, read_result* out, clock_type::time_point deadline) {
   char buf[16];

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "flush_split.hpp"
 #include "io/reactor.hpp"
 
 using namespace std::chrono_literals;
@@ -509,36 +510,34 @@ TEST_CASE("a submit_now op refused by the kernel completes once, also with SQEs 
 // again by its caller) unless it completed first (reactor.cpp, "An op split
 // from its link timeout"). g_flush_split_hook makes the kernel stop there.
 namespace {
-std::atomic<bool> split_next{false};
-bool split_once() { return split_next.exchange(false); }
-// split_hook_scope: g_flush_split_hook set to split_once for a scope.
-struct split_hook_scope {
-  split_hook_scope() noexcept { mpg::detail::g_flush_split_hook.store(&split_once); }
-  ~split_hook_scope() { mpg::detail::g_flush_split_hook.store(nullptr); }
-  split_hook_scope(const split_hook_scope&) = delete;
-  split_hook_scope& operator=(const split_hook_scope&) = delete;
-};
+using mpg_test::split_hook_scope;
+using mpg_test::split_next;
 }  // namespace
 
 TEST_CASE("an op the kernel takes without its link timeout is cancelled, or keeps its result") {
   auto r = make_reactor();
   std::optional<split_hook_scope> hook(std::in_place);  // reset even when a REQUIRE fails
   const auto t0 = std::chrono::steady_clock::now();
+  // Starts op (a request with a deadline a minute away) in a flush that is
+  // split after it, and waits for its completion (bounded: 5 s).
+  const auto start_split = [&](counted_op& op, counter& c, const io_request& rq) {
+    op.complete = count_completion;
+    op.counts = &c;
+    op.has_deadline = true;
+    op.deadline = t0 + 60s;
+    split_next.store(true);
+    r->start(&op, prep_request, &rq);
+    r->flush();
+    CHECK_FALSE(split_next.load());  // split
+    run_until(*r, c, 1);
+  };
   {
     pipe_fds p;  // empty: the read stays in flight until cancelled
     char buf[8];
     io_request rd{.op = io_opcode::read, .fd = p.rd, .addr = buf, .len = sizeof buf};
     counter c;
     counted_op op;
-    op.complete = count_completion;
-    op.counts = &c;
-    op.has_deadline = true;
-    op.deadline = t0 + 60s;
-    split_next.store(true);
-    r->start(&op, prep_request, &rd);
-    r->flush();
-    CHECK_FALSE(split_next.load());  // split
-    run_until(*r, c, 1);             // bounded: 5 s, far before the deadline
+    start_split(op, c, rd);
     CHECK(op.outcome() == -EINTR);
     CHECK(op.stop == mpg::detail::io_stop::kick);
   }
@@ -546,15 +545,7 @@ TEST_CASE("an op the kernel takes without its link timeout is cancelled, or keep
     io_request nop{};
     counter c;
     counted_op op;
-    op.complete = count_completion;
-    op.counts = &c;
-    op.has_deadline = true;
-    op.deadline = t0 + 60s;
-    split_next.store(true);
-    r->start(&op, prep_request, &nop);
-    r->flush();
-    CHECK_FALSE(split_next.load());
-    run_until(*r, c, 1);
+    start_split(op, c, nop);
     // Completed before the cancel came (-ENOENT), or cancelled while the
     // kernel's io-wq still held it.
     CHECK((op.outcome() == 0 || op.outcome() == -EINTR));

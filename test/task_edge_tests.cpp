@@ -264,19 +264,32 @@ mpg::task<void> own_handle(mpg::chan<int> c) {
   g_younger_handle.store(&h);
   (void)co_await c.recv();
 }
-}  // namespace
 
-TEST_CASE("~runtime: a select on a join through a handle in a younger task's frame") {
+// kill_rounds(): 20 rounds of start(rt, c, first, &waiting), which spawns
+// the round's tasks (c: a channel nobody sends on; first: a handle a task
+// may take over), then, once the waiting task says it waits and the dump
+// shows it parked on `reason`, ~runtime.
+template <class Start>
+void kill_rounds(const char* reason, Start start) {
   for (int round = 0; round < 20; ++round) {
     g_younger_handle = nullptr;
     mpg::chan<int> c;
     mpg::runtime rt({.procs = 2});
-    std::atomic<bool> selecting{false};
-    rt.go(select_on_younger_handle(&selecting), "selector");
-    rt.go(own_handle(c), "owner");
-    REQUIRE(mpg_test::wait_until([&] { return selecting.load(); }));
-    REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(rt, "select"); }));
+    mpg::join_handle<void> first;
+    std::atomic<bool> waiting{false};
+    start(rt, c, first, &waiting);
+    REQUIRE(mpg_test::wait_until([&] { return waiting.load(); }));
+    REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(rt, reason); }));
   }
+}
+}  // namespace
+
+TEST_CASE("~runtime: a select on a join through a handle in a younger task's frame") {
+  kill_rounds("select", [](mpg::runtime& rt, mpg::chan<int> c, mpg::join_handle<void>&,
+                           std::atomic<bool>* selecting) {
+    rt.go(select_on_younger_handle(selecting), "selector");
+    rt.go(own_handle(c), "owner");
+  });
 }
 
 // The same with the joined task the oldest of the three (spawned first, its
@@ -294,18 +307,13 @@ mpg::task<void> take_handle(mpg::chan<int> c) {
 }  // namespace
 
 TEST_CASE("~runtime: a select on an older task's join through a handle in a younger frame") {
-  for (int round = 0; round < 20; ++round) {
-    g_younger_handle = nullptr;
-    mpg::chan<int> c;
-    mpg::runtime rt({.procs = 2});
-    mpg::join_handle<void> first = rt.spawn(recv_forever(c), "joined");
+  kill_rounds("select", [](mpg::runtime& rt, mpg::chan<int> c, mpg::join_handle<void>& first,
+                           std::atomic<bool>* selecting) {
+    first = rt.spawn(recv_forever(c), "joined");
     g_handle_to_take = &first;
-    std::atomic<bool> selecting{false};
-    rt.go(select_on_younger_handle(&selecting), "selector");
+    rt.go(select_on_younger_handle(selecting), "selector");
     rt.go(take_handle(c), "owner");
-    REQUIRE(mpg_test::wait_until([&] { return selecting.load(); }));
-    REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(rt, "select"); }));
-  }
+  });
 }
 
 // The same with a plain join: the joining task the oldest, the joined task
@@ -323,16 +331,11 @@ mpg::task<void> join_younger_handle(std::atomic<bool>* joining) {
 }  // namespace
 
 TEST_CASE("~runtime: a plain join, oldest, through a handle in a younger frame of an older task") {
-  for (int round = 0; round < 20; ++round) {
-    g_younger_handle = nullptr;
-    mpg::chan<int> c;
-    mpg::runtime rt({.procs = 2});
-    std::atomic<bool> joining{false};
-    rt.go(join_younger_handle(&joining), "joiner");
-    mpg::join_handle<void> joined = rt.spawn(recv_forever(c), "joined");
+  kill_rounds("join", [](mpg::runtime& rt, mpg::chan<int> c, mpg::join_handle<void>& joined,
+                         std::atomic<bool>* joining) {
+    rt.go(join_younger_handle(joining), "joiner");
+    joined = rt.spawn(recv_forever(c), "joined");
     g_handle_to_take = &joined;
     rt.go(take_handle(c), "owner");
-    REQUIRE(mpg_test::wait_until([&] { return joining.load(); }));
-    REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(rt, "join"); }));
-  }
+  });
 }

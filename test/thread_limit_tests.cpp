@@ -83,32 +83,54 @@ bool contains(const std::string& s, std::string_view what) {
 
 }  // namespace
 
-TEST_CASE("max_threads 1: a blocking call waiting for a task stranded on its P is reported") {
-  mpg_test::stderr_capture cap;
+namespace {
+
+// What one stranded run gave: a task that waits inside mpg::blocking for a
+// helper it spawned, which no M can run.
+struct stranded_run {
+  bool reported = false;         // the report came within kGiveUp
+  int runs_before_release = -1;  // the helper's runs before the test's release
+  bool ready = false;            // the blocking call ended by the release
+  int helper_runs = 0;           // the helper's runs in all
+  mpg::runtime_stats st;
+};
+
+// run_stranded(): runs `waiter` (wait_for_helper, or a task around it) on a
+// runtime with `opts`, waits for the report, then ends the blocking call
+// from the test thread, report or not, so a failing test ends.
+using waiter_fn = mpg::task<bool> (*)(release*, std::atomic<int>*);
+stranded_run run_stranded(const mpg::runtime_options& opts, waiter_fn waiter,
+                          mpg_test::stderr_capture& cap) {
+  stranded_run out;
   std::atomic<int> helper_runs{0};
   release r;
-  bool reported = false;
-  bool ready = false;
-  int runs_before_release = -1;
-  mpg::runtime_stats st;
   {
-    mpg::runtime rt(limited(kThreshold));
+    mpg::runtime rt(opts);
     mpg_test::watchdog dog(kWatchdog, "a blocking call waiting for a stranded task", &rt);
-    auto h = rt.spawn(wait_for_helper(&r, &helper_runs), "waiter");
-    reported = cap.wait_for(kReport, 1, kGiveUp);
-    runs_before_release = helper_runs.load(std::memory_order_relaxed);
-    r.fulfil();  // the test ends the blocking call, report or not
-    ready = rt.block_on(std::move(h));
-    st = rt.stats();
+    auto h = rt.spawn(waiter(&r, &helper_runs), "waiter");
+    out.reported = cap.wait_for(kReport, 1, kGiveUp);
+    out.runs_before_release = helper_runs.load(std::memory_order_relaxed);
+    r.fulfil();
+    out.ready = rt.block_on(std::move(h));
+    out.st = rt.stats();
   }
+  out.helper_runs = helper_runs.load(std::memory_order_relaxed);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("max_threads 1: a blocking call waiting for a task stranded on its P is reported") {
+  mpg_test::stderr_capture cap;
+  const stranded_run run = run_stranded(limited(kThreshold), &wait_for_helper, cap);
   REQUIRE(cap.sync());
   const std::string text = cap.text();
-  cap.echo_on_exit(!reported || st.thread_limit_reports != 1);
-  CHECK_MESSAGE(reported, "no thread-limit report within " << kGiveUp.count() << " ms");
-  CHECK(runs_before_release == 0);  // nothing could run the helper
-  CHECK(ready);
-  CHECK(helper_runs.load(std::memory_order_relaxed) == 1);
-  CHECK(st.thread_limit_reports == 1);
+  cap.echo_on_exit(!run.reported || run.st.thread_limit_reports != 1);
+  CHECK_MESSAGE(run.reported, "no thread-limit report within " << kGiveUp.count() << " ms");
+  CHECK(run.runs_before_release == 0);  // nothing could run the helper
+  CHECK(run.ready);
+  CHECK(run.helper_runs == 1);
+  CHECK(run.st.thread_limit_reports == 1);
   CHECK(cap.count(kReport) == 1);
   // The report names the limit, the Ms in mpg::blocking and the stranded
   // task, and dumps the tasks: the waiter in its blocking call, the helper
@@ -180,33 +202,20 @@ mpg::task<bool> refuse_threads_then_wait(release* r, std::atomic<int>* helper_ru
 // (RLIMIT_NPROC does not apply): the hook stands in for its EAGAIN.
 TEST_CASE("the OS refusing threads below max_threads strands a task: that is reported too") {
   mpg_test::stderr_capture cap;
-  std::atomic<int> helper_runs{0};
-  release r;
-  bool reported = false;
-  bool ready = false;
-  int runs_before_release = -1;
-  mpg::runtime_stats st;
   mpg::detail::g_m_start_refuse_hook.store(&refuse_m_start, std::memory_order_relaxed);
-  {
-    mpg::runtime rt({.procs = 1, .max_threads = 64, .thread_starvation_threshold = kThreshold});
-    mpg_test::watchdog dog(kWatchdog, "a blocking call waiting for a stranded task", &rt);
-    auto h = rt.spawn(refuse_threads_then_wait(&r, &helper_runs), "waiter");
-    reported = cap.wait_for(kReport, 1, kGiveUp);
-    runs_before_release = helper_runs.load(std::memory_order_relaxed);
-    refusing.store(false, std::memory_order_relaxed);
-    r.fulfil();
-    ready = rt.block_on(std::move(h));
-    st = rt.stats();
-  }
+  const stranded_run run = run_stranded(
+      {.procs = 1, .max_threads = 64, .thread_starvation_threshold = kThreshold},
+      &refuse_threads_then_wait, cap);
+  refusing.store(false, std::memory_order_relaxed);
   mpg::detail::g_m_start_refuse_hook.store(nullptr, std::memory_order_relaxed);
   REQUIRE(cap.sync());
   const std::string text = cap.text();
-  cap.echo_on_exit(!reported || st.thread_limit_reports != 1);
-  CHECK_MESSAGE(reported, "no thread-limit report within " << kGiveUp.count() << " ms");
-  CHECK(runs_before_release == 0);
-  CHECK(ready);
-  CHECK(helper_runs.load(std::memory_order_relaxed) == 1);
-  CHECK(st.thread_limit_reports == 1);
+  cap.echo_on_exit(!run.reported || run.st.thread_limit_reports != 1);
+  CHECK_MESSAGE(run.reported, "no thread-limit report within " << kGiveUp.count() << " ms");
+  CHECK(run.runs_before_release == 0);
+  CHECK(run.ready);
+  CHECK(run.helper_runs == 1);
+  CHECK(run.st.thread_limit_reports == 1);
   CHECK(contains(text, "the OS refused a new thread: test hook"));
   CHECK(contains(text, "1 M(s) started, runtime_options::max_threads = 64"));
   CHECK(contains(text, "raise the OS's limit on threads"));

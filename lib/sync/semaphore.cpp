@@ -28,8 +28,10 @@ semaphore::~semaphore() { detail::note_destroyed_in_kill(this); }
 
 // give_back(): from ~acquire_awaiter of an acquirer handed a permit and
 // killed before it ran (parking_queue.hpp, P4 and "Shutdown"): release the
-// permit, unless the semaphore was destroyed earlier in this kill. Cannot
-// throw: the permit handed over is not counted as free.
+// permit, unless the semaphore was destroyed earlier in this kill. The
+// permit handed over is not counted as free, so release() throws only on
+// another party's misuse (more releases than acquires): caught, as this
+// runs in a destructor.
 void semaphore::give_back() noexcept {
   if (detail::destroyed_in_kill(this)) return;
   try {
