@@ -2,7 +2,10 @@
 // callers, and every caller returns only after f has completed (f awaits in
 // the middle, so callers really do wait); a plain void function works; an
 // exception reaches the first caller only and the once counts as done; a
-// caller killed at shutdown leaves the once sound for f's finish.
+// caller killed at shutdown leaves the once sound for f's finish; a runner
+// killed at shutdown while f waits gives the once back (to the next caller,
+// of any runtime, or to the next call), and not when the once itself was
+// destroyed earlier in the same kill.
 #include <doctest/doctest.h>
 
 #include "test_support.hpp"
@@ -11,9 +14,12 @@
 
 #include <atomic>
 #include <chrono>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+using namespace std::chrono_literals;
 
 namespace {
 
@@ -161,6 +167,140 @@ TEST_CASE("once: a caller killed at shutdown while f runs elsewhere leaves the o
     REQUIRE(mpg_test::dump_shows(b, "once"));
   }  // kills the queued caller
   CHECK(a.block_on(let_f_finish(&o, proceed)));
+}
+
+// --- A runner killed while f runs gives the once back -----------------------
+//
+// ~runtime kills a task while the f it runs for a once waits (here on a
+// channel nobody sends on). The once is given back (once.hpp, "Shutdown"):
+// the first caller still queued, of any runtime, runs its own f; with none,
+// the next call runs f. Without the give-back the once stays running: the
+// callers below wait for ever, and block_on's deadlock check throws
+// deadlock_error (~150 ms).
+
+// Runs f on o: f counts its run, then waits for ever (until killed).
+mpg::task<void> run_and_park(mpg::once* o, mpg::chan<int> never, std::atomic<int>* runs) {
+  auto f = [never, runs]() mutable -> mpg::task<> {
+    runs->fetch_add(1);
+    (void)co_await never.recv();
+  };
+  co_await o->call(f);
+}
+
+// Calls o with an f that counts its run; returns the count after call().
+mpg::task<int> call_counting(mpg::once* o, std::atomic<int>* runs) {
+  auto f = [runs] { runs->fetch_add(1); };
+  co_await o->call(f);
+  co_return runs->load();
+}
+
+mpg::task<void> call_after(mpg::chan<int> go, mpg::once* o, std::atomic<int>* runs) {
+  (void)co_await go.recv();
+  (void)co_await call_counting(o, runs);
+}
+
+mpg::task<int> join(mpg::join_handle<int> h) { co_return co_await h; }
+
+std::unique_ptr<mpg::runtime> one_proc() {
+  return std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1});
+}
+
+TEST_CASE("once: a runner killed at shutdown while f waits hands the run to a queued caller") {
+  mpg::once o;
+  mpg::chan<int> never;  // nobody sends
+  std::atomic<int> runs{0};
+  mpg::runtime b({.procs = 1});
+  auto a = one_proc();
+  a->go(run_and_park(&o, never, &runs), "a.runner");
+  REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(*a, "chan receive"); }, 10s));
+  auto h = b.spawn(call_counting(&o, &runs), "b.caller");
+  REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(b, "once"); }, 10s));
+  a.reset();  // kills the runner in the middle of f
+  CHECK(b.block_on(join(std::move(h))) == 2);  // B's caller ran its own f
+  CHECK(o.done());
+}
+
+// The runner is younger than a caller of its own runtime queued before B's:
+// ~A kills the runner first, whose give-back readies A's caller, which is
+// killed next without having run: it must pass the run on to B's caller.
+TEST_CASE("once: a caller handed the run as its runtime kills it passes the run on") {
+  mpg::once o;
+  mpg::chan<int> go(1), never;
+  std::atomic<int> runs{0}, a_runs{0};
+  mpg::runtime b({.procs = 1});
+  auto a = one_proc();
+  a->go(call_after(go, &o, &a_runs), "a.caller");  // older: killed after the runner
+  REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(*a, "chan receive"); }, 10s));
+  a->go(run_and_park(&o, never, &runs), "a.runner");
+  REQUIRE(mpg_test::wait_until([&] { return runs.load() == 1; }, 10s));
+  REQUIRE(go.try_send(1));
+  REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(*a, "once"); }, 10s));
+  auto h = b.spawn(call_counting(&o, &runs), "b.caller");
+  REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(b, "once"); }, 10s));
+  a.reset();
+  CHECK(a_runs.load() == 0);
+  CHECK(b.block_on(join(std::move(h))) == 2);
+  CHECK(o.done());
+}
+
+TEST_CASE("once: a runner killed at shutdown with nobody queued leaves f to the next call") {
+  mpg::once o;
+  mpg::chan<int> never;
+  std::atomic<int> runs{0};
+  {
+    mpg::runtime a({.procs = 1});
+    a.go(run_and_park(&o, never, &runs), "a.runner");
+    REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(a, "chan receive"); }, 10s));
+  }  // kills the runner in the middle of f
+  CHECK_FALSE(o.done());
+  mpg::runtime b({.procs = 1});
+  CHECK(b.block_on(call_counting(&o, &runs)) == 2);
+  CHECK(o.done());
+  CHECK(b.block_on(call_counting(&o, &runs)) == 2);  // done: f does not run again
+}
+
+// Owns a once in its frame, `depth` awaits down (a chain deeper than 8192
+// is killed on a thread of its own: shutdown.cpp, destroy_root), publishes
+// it and waits for ever.
+mpg::task<void> own_once(int depth, std::atomic<mpg::once*>* op, mpg::chan<int> never) {
+  if (depth > 0) {
+    co_await own_once(depth - 1, op, never);
+    co_return;
+  }
+  mpg::once o;
+  op->store(&o);
+  (void)co_await never.recv();
+}
+
+mpg::task<void> run_published(std::atomic<mpg::once*>* op, mpg::chan<int> go,
+                              mpg::chan<int> never, std::atomic<int>* runs) {
+  (void)co_await go.recv();
+  co_await run_and_park(op->load(), never, runs);
+}
+
+// The once lives in the frame of a younger task than its runner: ~A kills
+// (and frees) it first, then the runner, whose give-back must leave the
+// freed once alone (ASan reports a use after free otherwise).
+void once_freed_before_its_runner(int depth) {
+  auto a = one_proc();
+  mpg::chan<int> go(1), never;
+  std::atomic<mpg::once*> op{nullptr};
+  std::atomic<int> runs{0};
+  a->go(run_published(&op, go, never, &runs), "a.runner");  // older than the once's owner
+  a->go(own_once(depth, &op, never), "a.owner");
+  REQUIRE(mpg_test::wait_until([&] { return op.load() != nullptr; }, 10s));
+  REQUIRE(go.try_send(1));
+  REQUIRE(mpg_test::wait_until([&] { return runs.load() == 1; }, 10s));
+  a.reset();
+  CHECK(runs.load() == 1);
+}
+
+TEST_CASE("once: a runner killed after its once was freed in the same kill leaves it alone") {
+  once_freed_before_its_runner(0);
+}
+
+TEST_CASE("once: the same with the once in a deep chain freed on a thread of its own") {
+  once_freed_before_its_runner(9000);
 }
 
 }  // namespace

@@ -8,29 +8,56 @@
 // say, does not compile. Callers that arrive while it runs park until it
 // finishes; later callers return at once. When call() returns, f has
 // completed and its effects are visible to the caller.
-// If f throws, the exception reaches the first caller only, and the once
-// counts as done (Go: "if f panics, Do considers it to have returned").
+// If f throws, the exception reaches only the caller that ran it, and the
+// once counts as done (Go: "if f panics, Do considers it to have
+// returned").
 //
 // Design. An atomic state (idle, running, done) for the fast path: a call on
 // a done once is one acquire load. Parked callers wait in a detail::
 // parking_queue (the protocol, and the rule that lets the once be destroyed
 // by the last caller to return, are there). The first caller turns idle
-// into running under the queue lock; it runs f outside the lock, then, under
-// the lock again, sets done and takes every queued caller, and readies them
-// after it. The slow path is a small coroutine (it must await f), entered by
+// into running under the queue lock, which makes it the runner (its
+// awaiter's `runner` flag); it runs f outside the lock, then, under the lock
+// again, sets done and takes every queued caller, and readies them after it.
+// The slow path is a small coroutine (it must await f), entered by
 // symmetric transfer, so a done once costs no allocation.
 //
-// Shutdown: a caller killed while it waits (~runtime destroys its frame)
+// Shutdown. A caller killed while it waits (~runtime destroys its frame)
 // unlinks itself in its awaiter's destructor (parking_queue.hpp, P3), so the
 // runner's finish(), on another runtime or after this one is gone, readies
 // only live callers. A once destroyed with callers still queued detaches
-// them. A runner killed while f runs never finishes: the once stays running
-// and its callers wait on.
+// them. A runner killed while f runs (its frame destroyed with f suspended,
+// f having neither returned nor thrown) gives the once back, as POSIX does
+// for a cancelled pthread_once init routine ("the effect on once_control
+// shall be as if pthread_once() was never called"): its awaiter, destroyed
+// with its runner flag still set, hands the run to the first caller still
+// queued, of any runtime, which then runs its own f as if it had been the
+// first caller (parking_queue.hpp, P4: the record is that caller's runner
+// flag, set under the queue lock before ready()); with nobody queued it
+// turns the state back to idle, and the next call runs f. A caller handed
+// the run and killed before it ran passes it on the same way. Not when the
+// once was destroyed earlier in the same kill (it lived in a younger
+// frame): a once reports its destruction to the kill, as a mutex does
+// (parking_queue.hpp, "Shutdown"). Go has no task kill, so this is mpg's
+// rule: f may run again after a killed run did part of its work, and must
+// cope with what that run left (as an initialisation must after a crash).
+//
+// Invariants: while the state is running, exactly one caller holds the run
+// (its runner flag is set until it calls finish(), or until its awaiter's
+// destructor gives the run back): the caller that found the once idle, or
+// one a give-back handed the run to. Nobody is queued unless the state is
+// running (under the queue lock).
 //
 // Memory ordering: the runner stores done with release after f completes;
 // the fast path loads it with acquire, so f's effects happen-before any call
 // that returns without parking. Parked callers are ordered after f through
-// the queue lock and ready().
+// the queue lock and ready(). A give-back's change of the state (to idle,
+// or none: running passes to the caller handed the run) is under the queue
+// lock, relaxed: outside the lock only done is ever read. The runner flag
+// is a plain field: written by its own task under the lock, or by a
+// give-back under the lock before ready(), and read by its task after it
+// resumes (ordered by ready()) or by its destructor on the killing thread
+// (detail/sync/waitq.hpp, kQueued: the same argument).
 #pragma once
 
 #include <atomic>
@@ -71,6 +98,9 @@ class once {
   class call_awaiter;
 
   once() noexcept = default;
+  // Reports itself to a runtime's kill in progress on this thread, so that
+  // a runner killed later in that kill leaves it alone (see "Shutdown").
+  ~once();
   once(const once&) = delete;
   once& operator=(const once&) = delete;
 
@@ -97,13 +127,22 @@ class once {
     // Destroyed while still queued: only when its task is killed at runtime
     // shutdown (detail/sync/waitq.hpp, kQueued; the plain read of the bit is
     // argued there). Unlink, so that finish() does not walk freed memory.
+    // Destroyed holding the run: its task was killed while f ran, or after
+    // a give-back handed it the run and before it ran. Give the run back,
+    // so that the once's other callers are still served ("Shutdown").
     ~wait_awaiter() {
       if (queued()) [[unlikely]]
         unqueue();
+      else if (runner) [[unlikely]]
+        give_back();
     }
     void unqueue() noexcept;
+    void give_back() noexcept;
     once* self;
     std::source_location where;
+    // This caller holds the run of f: set by its own await_suspend (it found
+    // the once idle) or by a give-back (P4), both under the queue lock;
+    // cleared once f has completed, just before finish(), or by give_back().
     bool runner = false;
     bool await_ready() const noexcept { return false; }
     bool await_suspend(std::coroutine_handle<> h);
@@ -124,6 +163,7 @@ class once {
     } catch (...) {
       failure = std::current_exception();
     }
+    w.runner = false;  // f completed: finish() ends the run, not ~wait_awaiter
     finish();
     if (failure) std::rethrow_exception(failure);
   }

@@ -33,9 +33,10 @@
 //      fd that an op made for a killed task (an open, an accept, an
 //      io::submit of an opcode that makes one), whose result the task never
 //      read, is closed by the op's awaiter in the frame (lib/io/fd_awaiter.hpp,
-//      mpg/io.hpp). A G that was readied with a hand-off (a lock, a permit)
-//      and never ran gives it back from its awaiter's destructor, unless
-//      its primitive was destroyed earlier in this kill: the primitives
+//      mpg/io.hpp). A G that was readied with a hand-off (a lock, a permit,
+//      a once's run) and never ran gives it back from its awaiter's
+//      destructor, and so does a G killed while it runs a once's f, unless
+//      the primitive was destroyed earlier in this kill: the primitives
 //      report their destruction to the kill (killed_objects below;
 //      parking_queue.hpp, "Shutdown").
 //   7. ~runtime waits for a signal delivery in progress, which may still be

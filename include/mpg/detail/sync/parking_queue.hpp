@@ -24,13 +24,15 @@
 //       killed at shutdown) takes itself off, and after() repairs S when
 //       that empties the queue (and may return waiters to ready).
 //   P4. A waker that hands something over to a waiter it takes off (the
-//       lock, a permit, a mutex's wake-up claim) records it in the waiter's
-//       awaiter, a plain field written in decide() under the lock, so
-//       before ready(); the waiter takes it up when it resumes (a plain
-//       write to its own awaiter: nothing is added to the paths' atomics).
-//       A waiter destroyed with its record still set was readied and
-//       killed before it ran (see "Shutdown"): it gives back what it was
-//       handed, as its own release would have.
+//       lock, a permit, a mutex's wake-up claim, the run of a once's f)
+//       records it in the waiter's awaiter, a plain field written in
+//       decide() under the lock, so before ready(); the waiter takes it up
+//       when it resumes (a plain write to its own awaiter: nothing is added
+//       to the paths' atomics). A waiter destroyed with its record still
+//       set was readied and killed before it ran (see "Shutdown"): it gives
+//       back what it was handed, as its own release would have. (A once's
+//       runner keeps its record set while f runs, so a runner killed in
+//       the middle of f gives the run back the same way: once.hpp.)
 // Why no wake-up is lost: a releaser's CAS on S and a waiter's P1 CAS are
 // RMWs on one word, so one sees the other. A releaser that takes the fast
 // path (no lock) did so on a state that says nobody is queued, and P1 of any
@@ -69,7 +71,7 @@
 // gives back its record (P4), from its awaiter's destructor, on the thread
 // that kills. Its primitive is no longer queued on, so a primitive
 // destroyed first cannot detach it: instead every primitive that hands over
-// (mutex, rwmutex, semaphore) reports its destruction to the kill in
+// (mutex, rwmutex, semaphore, once) reports its destruction to the kill in
 // progress on its thread (note_destroyed_in_kill), and a killed waiter gives
 // back only to a primitive not reported (destroyed_in_kill). That is exact:
 // the waiter has not returned from its operation, so the only legitimate
