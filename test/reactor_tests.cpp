@@ -196,7 +196,7 @@ TEST_CASE("a waiter whose wake reads are both other threads' arms one of its own
   // task_work, which a thread busy in user space does at its next tick. So
   // a waiter that found both reads armed by other threads (its P came to it
   // from two Ms that waited before) must arm one of its own, or a wake()
-  // reaches it only a tick late (reactor.cpp, "Waking a waiting M").
+  // reaches it only a tick late (reactor_wake.cpp, "Waking a waiting M").
   auto r = make_reactor();  // this thread submitted the first read
   std::atomic<bool> stop{false};
   std::atomic<int> armed_tid{0};

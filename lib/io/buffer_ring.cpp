@@ -1,5 +1,5 @@
 // lib/io/buffer_ring.cpp: a P's provided-buffer ring (buffer_ring.hpp has
-// the protocol). One of the five files that include liburing.h
+// the protocol). One of the seven files that include liburing.h
 // (reactor.hpp says which).
 //
 // Also here: reactor::buffers(), which makes a P's ring on first use, and

@@ -32,10 +32,11 @@
 // (lock-free), and may likewise create a frame and ready its reader; tests
 // set callbacks that only count.
 //
-// Only lib/io/reactor.cpp, reactor_cancel.cpp (stopping ops in flight),
-// io_op.cpp (io_start and prep_request), buffer_ring.cpp (the
-// provided-buffer ring) and fault_injector.cpp (which edits SQEs for tests)
-// include liburing.h. net.cpp and fs.cpp describe their operations as
+// Only lib/io/reactor.cpp (submitting and reaping), reactor_setup.cpp (the
+// ring's set-up), reactor_wake.cpp (an M's sleep and its wake-up),
+// reactor_cancel.cpp (stopping ops in flight), io_op.cpp (io_start and
+// prep_request), buffer_ring.cpp (the provided-buffer ring) and
+// fault_injector.cpp (which edits SQEs for tests) include liburing.h. net.cpp and fs.cpp describe their operations as
 // io_request values, which io_op.cpp turns into SQEs.
 #pragma once
 
@@ -69,6 +70,10 @@ inline std::atomic<bool (*)()> g_flush_refuse_hook{nullptr};
 inline std::atomic<bool (*)()> g_flush_split_hook{nullptr};
 
 class buffer_ring;
+
+// current_tid(): the calling thread's kernel id, cached per thread: the
+// submitter of a wake-up read (reactor_wake.cpp, "Waking a waiting M").
+int current_tid() noexcept;
 
 class reactor {
  public:
@@ -120,7 +125,7 @@ class reactor {
   // promptly, or if none is in progress, the next one. No lost wake-ups.
   void wake() noexcept;
   // has_own_wake_read(): whether a wake-up read that the thread `tid`
-  // submitted is armed (tests: "Waking a waiting M" in reactor.cpp).
+  // submitted is armed (tests: "Waking a waiting M" in reactor_wake.cpp).
   bool has_own_wake_read(int tid) noexcept;
   // cancel_all(): shutdown. Cancels everything in flight and reaps until all
   // final completions have arrived (ops that complete call their callbacks,
@@ -225,7 +230,7 @@ class reactor {
   // Null unless injecting faults; set by create(), then used under lock_.
   std::unique_ptr<fault_injector> faults_;
 
-  // Wake-up reads on event_fd_ (see reactor.cpp, "Waking a waiting M").
+  // Wake-up reads on event_fd_ (see reactor_wake.cpp, "Waking a waiting M").
   struct wake_read {
     std::uint64_t value = 0;
     bool armed = false;

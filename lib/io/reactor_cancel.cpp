@@ -1,7 +1,7 @@
 // lib/io/reactor_cancel.cpp: how the reactor stops ops in flight: cancel()
 // and try_cancel() for one op (io_op.cpp's io_cancel and kin, through the
 // op's io_slot), the cancels it owes, and cancel_all() at shutdown. One of
-// the five source files of libmpg that include liburing.h (reactor.hpp).
+// the seven source files of libmpg that include liburing.h (reactor.hpp).
 //
 // A close with the op's SQE still in the SQ. close() cancels the op and
 // then releases its fd number; the cancel's flush submits the op's SQE
