@@ -21,7 +21,10 @@
 //      child before the parent it may borrow from; a sync primitive or
 //      channel freed before its waiters detaches them): its root frame is
 //      destroyed, which destroys the whole chain of frames it awaits (a
-//      deep chain on a thread with the stack for it: destroy_root). A frame
+//      deep chain on a thread with the stack for it: destroy_root; the
+//      chains are measured before the first kill, which may destroy part
+//      of a chain killed later: a child run inline, through its handle in
+//      the killed frame). A frame
 //      whose join_handle is still held elsewhere keeps its memory until that
 //      handle is dropped (frame.hpp, kJoinKilled). A task of another runtime
 //      parked on its join is then woken as a finish would wake it, and its
@@ -161,21 +164,35 @@ void wake_killed_joiner(const scheduler* self, std::uintptr_t old) noexcept {
 constexpr std::size_t kDeepChain = 8192;
 constexpr std::size_t kStackPerLevel = 1024;  // room for sanitizer builds too
 
-// chain_depth(): the task frames from gp's resume point out to its root, as
-// the task dump walks them (inspect.cpp, write_await_chain); 0 when the
+// chain_size: what measure_chain() finds in a G's chain.
+struct chain_size {
+  std::size_t depth = 0;  // task frames from the resume point out to the root
+  // Of those, the ones at and below the outermost child run inline (a
+  // spawned task whose joiner took it, kJoinInline): the part of the
+  // chain that belongs to that child's join_handle, which may be dropped
+  // (destroying the part) by the kill of another task that holds it.
+  std::size_t inline_depth = 0;
+};
+
+// measure_chain(): walks gp's chain from its resume point out to its root,
+// as the task dump does (inspect.cpp, write_await_chain); all 0 when the
 // chain is not all task frames (a foreign link).
-std::size_t chain_depth(const g* gp) noexcept {
+chain_size measure_chain(const g* gp) noexcept {
   const void* const root = gp->root.address();
   const void* frame = gp->resume.address();
-  std::size_t depth = 0;
+  chain_size c;
   while (frame != nullptr && frame != root) {
     const promise_base& p =
         std::coroutine_handle<promise_base>::from_address(const_cast<void*>(frame)).promise();
-    if (!p.awaited_by_task()) return 0;
+    if (!p.awaited_by_task()) return {};
+    ++c.depth;
+    // A spawned frame (it has a G id) below the root is a child run
+    // inline. Not its join word: a frame awaited inline may live in its
+    // parent's (the compiler may elide its allocation), with no header.
+    if (p.gid_ != 0) c.inline_depth = c.depth;
     frame = p.continuation_.address();
-    ++depth;
   }
-  return frame == root ? depth : 0;
+  return frame == root ? c : chain_size{};
 }
 
 // What destroy_root hands the thread of a deep chain: the root, and the
@@ -268,11 +285,33 @@ void scheduler::kill_remaining(std::ostream& report) {
   if (live.size() > kShown) names << "\n  ...";
   report << "mpg: runtime shut down with " << live.size() << " task(s) still alive; destroying them:"
          << names.str() << std::endl;
+  // Every chain is measured before any frame is destroyed: a kill may free
+  // frames of a chain killed later. A joiner that runs a child inline is
+  // parked inside the child's frames, which belong to the child's handle:
+  // held in a younger task's frame, that handle is dropped by the younger
+  // task's kill, which destroys the child's part of the chain (drop_join)
+  // inside its own destruction. So each root is destroyed with room for
+  // its own chain and for the deepest such part of any other chain (the
+  // deepest, and the next for the chain that has it).
+  std::vector<std::size_t> depths;
+  depths.reserve(live.size());
+  std::size_t inline_deepest = 0, inline_next = 0, deepest_at = live.size();
   for (g* gp : live) {
+    const chain_size c = gp->root ? measure_chain(gp) : chain_size{};
+    if (c.inline_depth > inline_deepest) {
+      inline_next = std::exchange(inline_deepest, c.inline_depth);
+      deepest_at = depths.size();
+    } else {
+      inline_next = std::max(inline_next, c.inline_depth);
+    }
+    depths.push_back(c.depth);
+  }
+  for (std::size_t i = 0; i < live.size(); ++i) {
+    g* gp = live[i];
     std::coroutine_handle<> root = gp->root;
     gp->status.store(g_status::dead, std::memory_order_relaxed);
     if (!root) continue;
-    const std::size_t depth = chain_depth(gp);
+    const std::size_t depth = depths[i] + (i == deepest_at ? inline_next : inline_deepest);
     frame_header* hdr = header_of(root.address());
     // acq_rel: see frame.hpp; no M runs any more, so this only orders
     // against join handles dropped on other threads.

@@ -1,0 +1,285 @@
+// test/kill_order_tests.cpp: ~runtime's kill (lib/sched/shutdown.cpp, step
+// 6) in the orders it can meet: which frame goes first among the waiter,
+// the waker or owner, the object's frame and a join handle's frame, with a
+// wake-up in flight (readied but not run) or not, and across two runtimes
+// destroyed one after the other (docs/api.md, ~runtime).
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <sstream>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "mpg/mpg.hpp"
+#include "sched/scheduler.hpp"
+#include "test_support.hpp"
+
+using namespace std::chrono_literals;
+
+namespace {
+
+mpg::task<void> recv_forever(mpg::chan<int> c) { (void)co_await c.recv(); }
+
+// live_tasks(): whether rt's dump counts n live tasks.
+bool live_tasks(const mpg::runtime& rt, int n) {
+  std::ostringstream os;
+  rt.dump(os);
+  const std::string head = absl::StrCat("mpg: ", n, " live task(s)");
+  return os.str().find(head) == 0;
+}
+
+}  // namespace
+
+// --- A join run inline through a handle in a younger task's frame ----------
+//
+// One P. The joiner (oldest) waits for the address of a handle that a
+// younger task (the owner) keeps in its frame; the owner spawns the child,
+// sends the address, which readies the joiner into runnext, and parks. The
+// joiner runs next and finds the child the newest entry of the P's spawn
+// deque: it runs it inline (kJoinInline), and the child parks inside the
+// joiner's G. ~runtime kills the owner first, whose handle's drop destroys
+// the child's frame (drop_join, kJoinInline); the joiner's kill must not
+// read its await chain through that frame.
+namespace {
+
+mpg::task<void> join_inline_through(mpg::chan<mpg::join_handle<void>*> addr,
+                                    std::atomic<int>* joining) {
+  auto h = co_await addr.recv();
+  joining->store(1);
+  co_await **h;
+}
+
+mpg::task<void> own_child_handle(mpg::chan<mpg::join_handle<void>*> addr, mpg::chan<int> never) {
+  mpg::join_handle<void> h = mpg::spawn(recv_forever(never));
+  mpg::join_handle<void>* p = &h;
+  (void)co_await addr.send(p);
+  (void)co_await never.recv();
+}
+
+}  // namespace
+
+TEST_CASE("~runtime: a join run inline through a handle in a younger frame, owner killed first") {
+  for (int round = 0; round < 20; ++round) {
+    mpg::chan<int> never;
+    mpg::chan<mpg::join_handle<void>*> addr;
+    std::atomic<int> joining{0};
+    mpg::runtime rt({.procs = 1});
+    rt.go(join_inline_through(addr, &joining), "joiner");
+    REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(rt, "chan receive"); }, 10s));
+    rt.go(own_child_handle(addr, never), "owner");
+    REQUIRE(mpg_test::wait_until([&] { return joining.load() != 0; }, 10s));
+    // Both wait on `never`: the owner, and the child inside the joiner's G
+    // (run inline: no G of its own, so two tasks, neither parked on a join).
+    REQUIRE(mpg_test::wait_until([&] { return live_tasks(rt, 2); }, 10s));
+    CHECK_FALSE(mpg_test::dump_shows(rt, "join"));
+  }
+}
+
+// The same with the child parked at the bottom of a chain of awaits deep
+// enough for the deep-chain thread (shutdown.cpp, destroy_root): the owner's
+// kill destroys that chain through its handle.
+namespace {
+
+std::atomic<bool> g_deep_reached{false};
+
+mpg::task<void> nest(int depth, mpg::chan<int> c) {
+  if (depth == 0) {
+    g_deep_reached.store(true);
+    (void)co_await c.recv();
+    co_return;
+  }
+  co_await nest(depth - 1, c);
+}
+
+mpg::task<void> own_deep_child_handle(mpg::chan<mpg::join_handle<void>*> addr,
+                                      mpg::chan<int> never, int depth) {
+  mpg::join_handle<void> h = mpg::spawn(nest(depth, never));
+  mpg::join_handle<void>* p = &h;
+  (void)co_await addr.send(p);
+  (void)co_await never.recv();
+}
+
+}  // namespace
+
+TEST_CASE("~runtime: a deep chain run inline through a handle in a younger frame") {
+  constexpr int kDepth = mpg_test::kThreadSanitized ? 12000 : 1000000;
+  g_deep_reached.store(false);
+  mpg::chan<int> never;
+  mpg::chan<mpg::join_handle<void>*> addr;
+  std::atomic<int> joining{0};
+  mpg::runtime rt({.procs = 1});
+  rt.go(join_inline_through(addr, &joining), "joiner");
+  REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(rt, "chan receive"); }, 10s));
+  rt.go(own_deep_child_handle(addr, never, kDepth), "owner");
+  REQUIRE(mpg_test::wait_until([&] { return g_deep_reached.load(); }, 20s));
+  REQUIRE(mpg_test::wait_until([&] { return live_tasks(rt, 2); }, 10s));
+  CHECK_FALSE(mpg_test::dump_shows(rt, "join"));
+}
+
+// --- A select on another runtime's join, readied and killed before it ran ---
+//
+// Runtime A's select task waits on the join of a task of runtime B through
+// a handle in a younger task of A (the owner), or in its own frame. A's only
+// M is held by a task that returns once ~A has begun, so a select readied
+// meanwhile never runs: by the joined task's end (J3 from B's M), or by
+// another case (a channel send from this thread). ~A kills the owner first
+// (its handle's drop meets Done, or the select's waiter: J4 must not come
+// back through it), then the select. B's task, if still running, must then
+// end soundly.
+namespace {
+
+mpg::task<void> hold_m_until_stopping(std::atomic<int>* started) {
+  mpg::detail::scheduler* s = mpg::detail::current_g()->sched;
+  started->store(1);
+  (void)mpg_test::wait_until([s] { return s->stopping(); }, 20s);
+  co_return;
+}
+
+mpg::task<int> value_after(mpg::chan<int> c) {
+  auto v = co_await c.recv();
+  co_return v ? *v : -1;
+}
+
+// Selects on *h (from `addr`) and on `other`; 1 when it ends (never, here).
+mpg::task<void> select_on(mpg::chan<mpg::join_handle<int>*> addr, mpg::chan<int> other,
+                          std::atomic<int>* selecting, std::atomic<int>* ended) {
+  auto h = co_await addr.recv();
+  selecting->store(1);
+  (void)co_await mpg::select(**h, other.recv());
+  ended->store(1);
+}
+
+mpg::task<void> own_handle(mpg::join_handle<int> h, mpg::chan<mpg::join_handle<int>*> addr,
+                           mpg::chan<int> never) {
+  mpg::join_handle<int>* p = &h;
+  (void)co_await addr.send(p);
+  (void)co_await never.recv();
+}
+
+// How the select is readied before ~A.
+enum class readied_by { joined_end, other_case, nothing };
+
+void cross_runtime_select_round(readied_by how) {
+  mpg::runtime b({.procs = 1});
+  mpg::chan<int> feed(1), other, never;
+  mpg::chan<mpg::join_handle<int>*> addr;
+  std::atomic<int> selecting{0}, ended{0}, started{0};
+  mpg::join_handle<int> hb = b.spawn(value_after(feed), "b.joined");
+  {
+    auto a = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1});
+    a->go(select_on(addr, other, &selecting, &ended), "a.select");
+    REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(*a, "chan receive"); }, 10s));
+    a->go(own_handle(std::move(hb), addr, never), "a.owner");
+    REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(*a, "select"); }, 10s));
+    a->go(hold_m_until_stopping(&started));
+    REQUIRE(mpg_test::wait_until([&] { return started.load() != 0; }, 10s));
+    // No dump of A from here on: its only P is held, so a dump would wait
+    // for it.
+    if (how == readied_by::joined_end) {
+      REQUIRE(feed.try_send(7));  // B's task ends: J3 readies the select on A
+      // B's one M ran the task's end, J3 included, before this.
+      mpg::chan<int> zero(1);
+      REQUIRE(zero.try_send(0));
+      CHECK(b.block_on(value_after(zero)) == 0);
+    } else if (how == readied_by::other_case) {
+      // Unbuffered: taken only by the select's waiting case, which wins.
+      REQUIRE(other.try_send(1));
+    }
+  }  // ~A: the owner (handle) first, then the select, neither having run
+  CHECK(ended.load() == 0);
+  if (how != readied_by::joined_end) {
+    // B's task is detached now (the owner's kill dropped the handle): it
+    // ends and frees itself.
+    REQUIRE(feed.try_send(7));
+    CHECK(mpg_test::wait_until([&] { return live_tasks(b, 0); }, 10s));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("~runtime: a select readied by another runtime's joined task, killed before it ran") {
+  for (int round = 0; round < 10; ++round) cross_runtime_select_round(readied_by::joined_end);
+}
+
+TEST_CASE("~runtime: a select readied by another case with a cross-runtime join case queued") {
+  for (int round = 0; round < 10; ++round) cross_runtime_select_round(readied_by::other_case);
+}
+
+TEST_CASE("~runtime: a parked select on a cross-runtime join through a younger owner's handle") {
+  for (int round = 0; round < 10; ++round) cross_runtime_select_round(readied_by::nothing);
+}
+
+// --- Waiters of runtime A on primitives in a task frame of runtime B ----
+//
+// B's task owns a mutex, a semaphore and a rwmutex, all taken, and parks;
+// A's tasks queue on them. Destroyed one at a time (docs/api.md), in either
+// order: A first (its waiters unlink, P3), or B first (the primitives
+// detach A's waiters, whose kill then leaves the freed queues alone).
+namespace {
+
+struct owned {
+  std::atomic<mpg::mutex*> m{nullptr};
+  std::atomic<mpg::semaphore*> s{nullptr};
+  std::atomic<mpg::rwmutex*> rw{nullptr};
+};
+
+mpg::task<void> own_taken_primitives(owned* o, mpg::chan<int> never) {
+  mpg::mutex m;
+  mpg::semaphore s(1);
+  mpg::rwmutex rw;
+  // Fresh: each take succeeds (the waiters below park only if they did).
+  (void)m.try_lock();
+  (void)s.try_acquire();
+  (void)rw.try_lock();
+  o->m.store(&m);
+  o->s.store(&s);
+  o->rw.store(&rw);
+  (void)co_await never.recv();
+}
+
+mpg::task<void> lock_owned(mpg::mutex* m) { co_await m->lock(); }
+mpg::task<void> acquire_owned(mpg::semaphore* s) { co_await s->acquire(); }
+mpg::task<void> lock_shared_owned(mpg::rwmutex* rw) { co_await rw->lock_shared(); }
+
+void waiters_on_other_runtime(bool a_first) {
+  owned o;
+  mpg::chan<int> never;
+  auto b = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1});
+  auto a = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 2});
+  b->go(own_taken_primitives(&o, never), "b.owner");
+  REQUIRE(mpg_test::wait_until([&] { return o.rw.load() != nullptr; }, 10s));
+  for (int i = 0; i < 2; ++i) {
+    a->go(lock_owned(o.m.load()));
+    a->go(acquire_owned(o.s.load()));
+    a->go(lock_shared_owned(o.rw.load()));
+  }
+  REQUIRE(mpg_test::wait_until([&] {
+    std::ostringstream os;
+    a->dump(os);
+    const std::string d = os.str();
+    return d.find("mpg: 6 live task(s)") == 0 && d.find("[runnable") == std::string::npos &&
+           d.find("[running") == std::string::npos;
+  }, 10s));
+  CHECK(mpg_test::dump_shows(*a, "mutex lock"));
+  CHECK(mpg_test::dump_shows(*a, "semaphore acquire"));
+  CHECK(mpg_test::dump_shows(*a, "rwmutex lock_shared"));
+  if (a_first) {
+    a.reset();
+    b.reset();
+  } else {
+    b.reset();
+    a.reset();
+  }
+}
+
+}  // namespace
+
+TEST_CASE("~runtime: waiters on primitives in another runtime's frame, their runtime first") {
+  for (int round = 0; round < 10; ++round) waiters_on_other_runtime(true);
+}
+
+TEST_CASE("~runtime: waiters on primitives in another runtime's frame, the owner's first") {
+  for (int round = 0; round < 10; ++round) waiters_on_other_runtime(false);
+}
