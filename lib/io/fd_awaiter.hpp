@@ -1,6 +1,6 @@
 // lib/io/fd_awaiter.hpp: the awaiter of an operation whose result is a new
 // file descriptor: the openat of fs::open (fs.cpp) and the accept of
-// listener::accept (net.cpp).
+// listener::accept (listen_dial.cpp).
 //
 // The kernel makes the fd when the op completes, and from then on the fd is
 // the awaiting task's: await_resume hands it over (io_op::outcome() returns

@@ -1,5 +1,6 @@
 // lib/io/net_op.hpp: one logical network operation's bounds and its
-// issues on a slot, shared by the TCP (net.cpp) and UDP (udp.cpp) sockets.
+// issues on a slot, shared by the TCP (net.cpp, listen_dial.cpp) and UDP
+// (udp.cpp) sockets.
 //
 // An operation loops: it issues an io_uring op in the object's slot, and
 // issues it again after -EINTR, or after -ETIME while the deadline it

@@ -36,7 +36,8 @@
 // ring's set-up), reactor_wake.cpp (an M's sleep and its wake-up),
 // reactor_cancel.cpp (stopping ops in flight), io_op.cpp (io_start and
 // prep_request), buffer_ring.cpp (the provided-buffer ring) and
-// fault_injector.cpp (which edits SQEs for tests) include liburing.h. net.cpp and fs.cpp describe their operations as
+// fault_injector.cpp (which edits SQEs for tests) include liburing.h.
+// net.cpp, listen_dial.cpp, udp.cpp and fs.cpp describe their operations as
 // io_request values, which io_op.cpp turns into SQEs.
 #pragma once
 

@@ -323,7 +323,7 @@ absl::StatusOr<udp_socket> listen_udp(std::string_view address) {
                  "needs a lookup that would block this P (look it up under mpg::blocking first)");
   }
   if (!addrs.ok()) return addrs.status();
-  // Which address's error to report: the first, as listen's (net.cpp).
+  // Which address's error to report: the first, as listen's (listen_dial.cpp).
   detail::dial_errors errors;
   for (sock_addr& a : *addrs) {
     int fd = ::socket(a.ss.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
