@@ -41,6 +41,11 @@ namespace mpg::detail {
 // park clears it), as the shutdown report finds the Gs its ring cancels woke.
 void write_await_chain(std::ostream& os, const g* gp, bool readied_too = false);
 
+// parse_procs() (scheduler_setup.cpp): MPG_PROCS's text as a number of
+// Ps: ASCII digits only (no sign, no space: it reads one way), 1 to 4096.
+// Nothing for anything else.
+std::optional<unsigned> parse_procs(std::string_view text) noexcept;
+
 // Test hook: give_up_p() (find_runnable.cpp) calls it under mu_ when P1
 // found no G and no posted function, before it parks or releases its P:
 // the moment at which a post is missed by P1. Relaxed: tests set it

@@ -3,9 +3,12 @@
 // starts; then the Ps with their rings, the steal strides, the handles and
 // debug threads, and sysmon. procs = 0 takes MPG_PROCS, else the CPUs this
 // process may run on (its affinity mask), as Go's GOMAXPROCS default does.
+// MPG_PROCS empty counts as unset; any other value that parse_procs refuses
+// is named on stderr and ignored.
 #include <sched.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -13,18 +16,40 @@
 #include <stdexcept>
 #include <string>
 
+#include "absl/strings/escaping.h"
+
 #include "io/reactor.hpp"
 #include "sched/scheduler.hpp"
 
 namespace mpg::detail {
 
+// The bounds of runtime_options (runtime_options.hpp): MPG_PROCS's, and a
+// receive buffer a ring of them can still afford.
+constexpr unsigned kMaxProcs = 4096;
+constexpr unsigned kMaxRecvBufferSize = 1u << 20;
+// A P's ring, spawn deque and overflow batch take 20 bytes a slot: 1.25 MiB
+// a P at this bound (5 GiB for 4096 Ps), where 1u << 31 asked for 40 GiB a P.
+constexpr unsigned kMaxLocalQueueCapacity = 1u << 16;
+
+std::optional<unsigned> parse_procs(std::string_view text) noexcept {
+  unsigned v = 0;
+  const char* const end = text.data() + text.size();
+  const auto [stop, ec] = std::from_chars(text.data(), end, v);
+  if (text.empty() || ec != std::errc{} || stop != end || v < 1 || v > kMaxProcs) {
+    return std::nullopt;
+  }
+  return v;
+}
+
 namespace {
 unsigned default_procs() {
-  if (const char* env = std::getenv("MPG_PROCS")) {
-    char* end = nullptr;
-    long v = std::strtol(env, &end, 10);
-    if (end != env && *end == '\0' && v > 0 && v <= 4096) return static_cast<unsigned>(v);
-    std::fprintf(stderr, "mpg: ignoring MPG_PROCS=%s (want an integer 1..4096)\n", env);
+  const char* env = std::getenv("MPG_PROCS");
+  if (env != nullptr && *env != '\0') {
+    if (const std::optional<unsigned> v = parse_procs(env)) return *v;
+    // Escaped: the complaint stays one line whatever the variable holds.
+    const std::string shown = absl::CHexEscape(env);
+    std::fprintf(stderr, "mpg: ignoring MPG_PROCS=%s (want an integer 1..%u)\n", shown.c_str(),
+                 kMaxProcs);
   }
   cpu_set_t set;
   CPU_ZERO(&set);
@@ -36,14 +61,6 @@ unsigned default_procs() {
   return n > 0 ? static_cast<unsigned>(n) : 1u;
 }
 }  // namespace
-
-// The bounds of runtime_options (runtime_options.hpp): MPG_PROCS's, and a
-// receive buffer a ring of them can still afford.
-constexpr unsigned kMaxProcs = 4096;
-constexpr unsigned kMaxRecvBufferSize = 1u << 20;
-// A P's ring, spawn deque and overflow batch take 20 bytes a slot: 1.25 MiB
-// a P at this bound (5 GiB for 4096 Ps), where 1u << 31 asked for 40 GiB a P.
-constexpr unsigned kMaxLocalQueueCapacity = 1u << 16;
 
 scheduler::scheduler(const runtime_options& opts) : opts_(opts) {
   if (opts_.procs == 0) opts_.procs = default_procs();
