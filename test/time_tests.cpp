@@ -107,6 +107,25 @@ TEST_CASE("saturating_add: short durations of any type stay short; only huge one
   CHECK(mpg::detail::saturating_add(t, just_below) > t + hours(24 * 365 * 200));
 }
 
+TEST_CASE("saturating_add: a period that is no whole number of ns is exact, not an overflow") {
+  using namespace std::chrono;
+  using tp = clock_type::time_point;
+  // 60 Hz frames: 3e11 of them (5e9 s, 158 years) fit the clock's range
+  // from an uptime of a day, but 3e11 times nano/frame's numerator (5e7)
+  // does not fit 64 bits: std::chrono::ceil would wrap the sum to a
+  // deadline in the past (a sleep of 158 years that does not wait; UBSan:
+  // signed integer overflow).
+  using frames = duration<long long, std::ratio<1, 60>>;
+  const tp t(hours(24));
+  CHECK(mpg::detail::saturating_add(t, frames(300'000'000'000LL)) == t + seconds(5'000'000'000LL));
+  // Rounded up: one frame is 16666666.67 ns.
+  CHECK(mpg::detail::saturating_add(t, frames(1)) == t + 16'666'667ns);
+  using thirds = duration<long long, std::ratio<1, 3>>;  // 211 years, times 1e9: past 2^63
+  CHECK(mpg::detail::saturating_add(t, thirds(20'000'000'000LL)) ==
+        t + 6'666'666'666'666'666'667ns);
+  CHECK(mpg::detail::saturating_add(t, frames::max()) == tp::max());
+}
+
 mpg::task<std::string> fine_grained_after() {
   // 1000 ps: a nanosecond. Before saturating_add, the overflow guard itself
   // overflowed for such types and made the timer "never".

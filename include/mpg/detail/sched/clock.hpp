@@ -32,29 +32,40 @@ inline steady_time from_ns(std::int64_t ns) noexcept {
 
 // saturating_add(): t + d, rounded up to the clock's tick, or
 // time_point::max() where that would overflow; t for a d that is not
-// positive (NaN included). For any duration type: the comparison with the
-// room left is made in long double nanoseconds, which neither overflows for
-// a narrow or fine-grained Rep (duration<int, std::micro>,
-// duration<long long, std::pico>) nor wraps, so a short duration never
-// becomes "never"; past it, d in nanoseconds is below INT64_MAX, so its
-// conversion cannot overflow either. A floating Rep is rounded up in long
-// double too, and compared again: converted in its own type (a double's 53
-// bits), a d just below the room left can round up past it.
+// positive (NaN included). t is a clock reading or the zero the option
+// checks use: never negative. For any duration type:
+//   - an integral Rep: exact, in 128 bits: d's count (below 2^64) times
+//     the numerator of Period in nanoseconds (below 2^63) fits, and is
+//     divided by the denominator rounding up. std::chrono::ceil would
+//     multiply in 64 bits, which overflows before the division for a
+//     Period that is neither a whole number of nanoseconds nor a whole
+//     fraction of one (1/60 s: 3e11 frames, 158 years, would wrap to a
+//     deadline in the past);
+//   - a floating Rep: the comparison with the room left is made in long
+//     double nanoseconds, which does not overflow, and d is rounded up in
+//     long double too and compared again: converted in its own type (a
+//     double's 53 bits), a d just below the room left can round up past it.
 template <class Rep, class Period>
 constexpr steady_time saturating_add(steady_time t, std::chrono::duration<Rep, Period> d) noexcept {
-  using ld_ns = std::chrono::duration<long double, std::nano>;
+  static_assert(std::is_same_v<steady_time::duration, std::chrono::nanoseconds>);
   if (!(d > d.zero())) return t;
-  const steady_time::duration left = steady_time::max() - t;
-  const long double want = std::chrono::duration_cast<ld_ns>(d).count();
-  const long double room = std::chrono::duration_cast<ld_ns>(left).count();
-  if (want >= room) return steady_time::max();
-  if constexpr (std::is_floating_point_v<Rep>) {
+  const std::int64_t room = (steady_time::max() - t).count();
+  if constexpr (std::is_integral_v<Rep>) {
+    __extension__ typedef __int128 wide;
+    using in_ns = std::ratio_divide<Period, std::nano>;
+    const wide scaled = static_cast<wide>(d.count()) * in_ns::num;
+    wide ns = scaled / in_ns::den;
+    if (ns * in_ns::den < scaled) ++ns;
+    if (ns >= room) return steady_time::max();
+    return t + std::chrono::nanoseconds(static_cast<std::int64_t>(ns));
+  } else {
+    using ld_ns = std::chrono::duration<long double, std::nano>;
+    const long double want = std::chrono::duration_cast<ld_ns>(d).count();
+    if (want >= static_cast<long double>(room)) return steady_time::max();
     // want < room <= INT64_MAX, and room is whole: the rounded-up ns fits.
     auto ns = static_cast<std::int64_t>(want);
     if (static_cast<long double>(ns) < want) ++ns;
-    return t + std::chrono::duration_cast<steady_time::duration>(std::chrono::nanoseconds(ns));
-  } else {
-    return t + std::chrono::ceil<steady_time::duration>(d);
+    return t + std::chrono::nanoseconds(ns);
   }
 }
 
