@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <absl/strings/escaping.h>
 #include <absl/strings/str_cat.h>
 #include <mpg/mpg.hpp>
 #include <mpg/net.hpp>
@@ -190,7 +191,8 @@ TEST_CASE("a port is 1 to 5 ASCII digits: whitespace and signs are kInvalidArgum
     INFO("address: \"" << std::string(a) << "\"");
     auto ln = mpg::net::listen(a);
     CHECK(ln.status().code() == absl::StatusCode::kInvalidArgument);
-    CHECK(std::string(ln.status().message()).find(a) != std::string::npos);
+    // Named escaped: "\t0\n" as the four characters \t0\n.
+    CHECK(std::string(ln.status().message()).find(absl::CHexEscape(a)) != std::string::npos);
     auto u = mpg::net::listen_udp(a);
     CHECK(u.status().code() == absl::StatusCode::kInvalidArgument);
   }
@@ -206,6 +208,26 @@ TEST_CASE("a NUL in the host is kInvalidArgument, not the host cut short") {
     CHECK(ln.status().code() == absl::StatusCode::kInvalidArgument);
     auto u = mpg::net::listen_udp(a);
     CHECK(u.status().code() == absl::StatusCode::kInvalidArgument);
+  }
+}
+
+TEST_CASE("an address's error is one line that a C string holds whole") {
+  // The address is escaped: a NUL in the message would end it, printed as a
+  // C string, before the reason; a line break would split it.
+  const std::string nul("1.2.3.4\0evil:80", 15);
+  const absl::Status st =
+      mpg::detail::resolve(nul, false, mpg::detail::name_lookup::refused).status();
+  CHECK(st.code() == absl::StatusCode::kInvalidArgument);
+  const std::string printed = std::string(st.message()).c_str();
+  INFO(printed);
+  CHECK(printed.find("NUL in host") != std::string::npos);
+  CHECK(printed.find("1.2.3.4\\x00") != std::string::npos);
+  for (const std::string& a : {std::string("127.0.0.1:8\n0"), std::string("[::1]:8\r0"),
+                               std::string("unix:/a\n\0", 9)}) {
+    const absl::Status s =
+        mpg::detail::resolve(a, false, mpg::detail::name_lookup::refused).status();
+    CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+    CHECK(std::string(s.message()).find_first_of(std::string("\n\r\0", 3)) == std::string::npos);
   }
 }
 

@@ -14,6 +14,7 @@
 #include <optional>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "mpg/io_error.hpp"
 #include "mpg/detail/sched/timer.hpp"
@@ -122,7 +123,10 @@ absl::StatusOr<std::vector<sock_addr>> resolve_unix(std::string_view addr) {
 }  // namespace
 
 absl::Status bad_address(std::string_view addr, std::string_view why) {
-  return absl::InvalidArgumentError(absl::StrCat("address \"", av(addr), "\": ", av(why)));
+  // Escaped (C style: \0, \n, \", \xff): the message stays one line that a
+  // C string holds whole, so the reason after an address with a NUL is seen.
+  return absl::InvalidArgumentError(
+      absl::StrCat("address \"", absl::CHexEscape(av(addr)), "\": ", av(why)));
 }
 
 void dial_errors::add(absl::Status s) {

@@ -73,7 +73,9 @@ std::uint16_t port_of(const sockaddr_storage& ss) noexcept;
 // addresses, which have no file).
 std::string unix_path(const sock_addr& a);
 
-// bad_address(): kInvalidArgument naming the address and what is wrong.
+// bad_address(): kInvalidArgument naming the address (escaped as a C
+// string literal's body, so the message is one line with no NUL) and what
+// is wrong.
 absl::Status bad_address(std::string_view addr, std::string_view why);
 
 // dial_errors: the error a dial that tried each of an address's socket

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -95,7 +96,8 @@ fault_config parse_faults(std::string_view spec, std::string* errors) {
     absl::string_view key = pair.substr(0, eq);
     absl::string_view value = eq == absl::string_view::npos ? absl::string_view() : pair.substr(eq + 1);
     auto bad = [&](absl::string_view want) {
-      absl::StrAppend(errors, "ignoring \"", pair, "\" (", want, ")\n");
+      // Escaped: a pair holding a line break stays on its one line.
+      absl::StrAppend(errors, "ignoring \"", absl::CHexEscape(pair), "\" (", want, ")\n");
     };
     if (key == "rate") {
       double r = 0;

@@ -110,7 +110,7 @@ struct fault_config {
 };
 
 // parse_faults(): the config `spec` describes; each bad pair appends a line
-// to *errors and is ignored.
+// to *errors (the pair escaped as a C string literal's body) and is ignored.
 fault_config parse_faults(std::string_view spec, std::string* errors);
 
 // faults_from_options(): `option` if not null, else the MPG_FAULTS

@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "absl/strings/escaping.h"
 #include "sched/dump_signal.hpp"
 #include "sched/schedtrace.hpp"
 #include "sched/scheduler.hpp"
@@ -37,7 +38,7 @@ debug_settings parse_mpg_debug(std::string_view value, std::string* errors) {
       const auto [end, ec] = std::from_chars(val.data(), val.data() + val.size(), ms);
       if (val.empty() || ec != std::errc{} || end != val.data() + val.size()) {
         errors->append("mpg: MPG_DEBUG: ignoring schedtrace=");
-        errors->append(val);
+        errors->append(absl::CHexEscape(absl::string_view(val.data(), val.size())));
         errors->append(" (want a whole number of milliseconds)\n");
         continue;
       }

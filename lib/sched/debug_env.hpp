@@ -24,7 +24,8 @@ struct debug_settings {
 };
 
 // parse_mpg_debug(): the settings in `value` (MPG_DEBUG's text); every bad
-// value adds one line to *errors ("mpg: MPG_DEBUG: ...\n").
+// value adds one line to *errors ("mpg: MPG_DEBUG: ...\n", the value
+// escaped as a C string literal's body, so that it cannot break the line).
 debug_settings parse_mpg_debug(std::string_view value, std::string* errors);
 
 // trace_path_from_env(): MPG_TRACE for the runtime constructed now, or "".
