@@ -231,6 +231,19 @@ TEST_CASE("an address's error is one line that a C string holds whole") {
   }
 }
 
+TEST_CASE("a numeric zone on an address that is not link-local prints back as its number") {
+  // getaddrinfo takes an interface's name as the zone of a link-local
+  // address only, and a number on any: printed as "lo", this address would
+  // not parse back.
+  auto r = mpg::detail::resolve("[fe30::1%1]:80", false, mpg::detail::name_lookup::refused);
+  REQUIRE(r.ok());
+  const std::string printed = mpg::detail::format_addr(r->front().ss, r->front().len);
+  CHECK(printed == "[fe30::1%1]:80");
+  auto again = mpg::detail::resolve(printed, false, mpg::detail::name_lookup::refused);
+  REQUIRE(again.ok());
+  CHECK(std::memcmp(&again->front().ss, &r->front().ss, r->front().len) == 0);
+}
+
 TEST_CASE("an IPv6 zone is kept in the address, printed, and needs no lookup") {
   const unsigned lo = ::if_nametoindex("lo");
   REQUIRE(lo != 0);

@@ -164,9 +164,14 @@ std::string format_addr(const sockaddr_storage& ss, socklen_t len) {
       auto* in6 = reinterpret_cast<const sockaddr_in6*>(&ss);
       ::inet_ntop(AF_INET6, &in6->sin6_addr, buf, sizeof buf);
       if (in6->sin6_scope_id == 0) return absl::StrCat("[", buf, "]:", ntohs(in6->sin6_port));
-      // The zone: the interface's name, or the index when no interface has it.
+      // The zone: the interface's name where getaddrinfo takes a name back
+      // (glibc's __inet6_scopeid_pton: link-local and node- or link-local
+      // multicast addresses), else the index, which it takes on any address.
       char name[IF_NAMESIZE] = {};
-      std::string zone = ::if_indextoname(in6->sin6_scope_id, name) != nullptr
+      const in6_addr& a = in6->sin6_addr;
+      const bool named_zone = IN6_IS_ADDR_LINKLOCAL(&a) || IN6_IS_ADDR_MC_NODELOCAL(&a) ||
+                              IN6_IS_ADDR_MC_LINKLOCAL(&a);
+      std::string zone = named_zone && ::if_indextoname(in6->sin6_scope_id, name) != nullptr
                              ? std::string(name)
                              : absl::StrCat(in6->sin6_scope_id);
       return absl::StrCat("[", buf, "%", zone, "]:", ntohs(in6->sin6_port));
