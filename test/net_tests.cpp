@@ -231,6 +231,18 @@ TEST_CASE("an address's error is one line that a C string holds whole") {
   }
 }
 
+TEST_CASE("a failed name lookup's error names the host escaped, on one line") {
+  // Not a host name (a line break): glibc's resolver refuses it without a
+  // query (res_hnok), so this asks no DNS server.
+  const absl::Status st =
+      mpg::detail::resolve("bad\nhost:80", false, mpg::detail::name_lookup::allowed).status();
+  INFO(st.ToString());
+  CHECK(st.code() == absl::StatusCode::kNotFound);
+  const std::string msg(st.message());
+  CHECK(msg.find_first_of(std::string("\n\r\0", 3)) == std::string::npos);
+  CHECK(msg.find("lookup bad\\nhost: ") == 0);
+}
+
 TEST_CASE("a numeric zone on an address that is not link-local prints back as its number") {
   // getaddrinfo takes an interface's name as the zone of a link-local
   // address only, and a number on any: printed as "lo", this address would

@@ -256,7 +256,9 @@ absl::StatusOr<std::vector<sock_addr>> resolve(std::string_view addr, bool passi
     addrinfo* res = nullptr;
     int rc = ::getaddrinfo(h.c_str(), nullptr, &hints, &res);
     if (rc != 0) {
-      return absl::NotFoundError(absl::StrCat("lookup ", h, ": ", ::gai_strerror(rc)));
+      // The host escaped, as bad_address() quotes an address.
+      return absl::NotFoundError(
+          absl::StrCat("lookup ", absl::CHexEscape(h), ": ", ::gai_strerror(rc)));
     }
     for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
       if (ai->ai_family == AF_INET) {
@@ -266,7 +268,9 @@ absl::StatusOr<std::vector<sock_addr>> resolve(std::string_view addr, bool passi
       }
     }
     ::freeaddrinfo(res);
-    if (out.empty()) return absl::NotFoundError(absl::StrCat("lookup ", h, ": no addresses"));
+    if (out.empty()) {
+      return absl::NotFoundError(absl::StrCat("lookup ", absl::CHexEscape(h), ": no addresses"));
+    }
   }
   return out;
 }
