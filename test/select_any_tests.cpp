@@ -441,6 +441,12 @@ TEST_CASE("race: wait_group done() and a oneshot send from plain threads against
   std::thread t1(worker, true), t2(worker, false);
   {
     mpg::runtime rt({.procs = 2});
+    // The plain threads' done() calls are wake-ups from outside the runtime,
+    // which block_on's deadlock check counts only through a guard: without
+    // one, the wg.wait() after a round that the oneshot or the join won
+    // (no live sender left) threw deadlock_error whenever the threads were
+    // kept off the CPUs for the check's looks on a loaded machine.
+    mpg::external_work outside(rt.handle());
     CHECK(rt.block_on(racing_threads(kRounds, &round, senders.data(), &wg)) == "ok");
   }
   t1.join();
