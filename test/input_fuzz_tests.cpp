@@ -382,15 +382,25 @@ std::string check_saturating_add(mpg::detail::steady_time t, std::chrono::durati
       return "";
     }
   } else {
+    // Checked by the property the sum must have, not by the division the
+    // implementation makes: d is exactly num / den ns; the sum is t plus
+    // the least whole ns >= that, or max() when that reaches room.
     using to_ns = std::ratio_divide<Period, std::nano>;
     if (d.count() <= 0) {
       want = t;
     } else {
       const i128 num = static_cast<i128>(d.count()) * to_ns::num;
-      i128 ns = num / to_ns::den;
-      if (ns * to_ns::den < num) ++ns;
-      want =
-          ns >= room ? steady::max() : t + std::chrono::nanoseconds(static_cast<std::int64_t>(ns));
+      const i128 den = to_ns::den;
+      if (num > static_cast<i128>(room - 1) * den) {  // the rounded-up d >= room
+        want = steady::max();
+      } else {
+        const i128 took = (got - t).count();
+        if (got == steady::max() || took * den < num || (took - 1) * den >= num) {
+          return absl::StrCat("took +", (got - t).count(), " ns for ", d.count(), " of ",
+                              Period::num, "/", Period::den, " s");
+        }
+        return "";
+      }
     }
   }
   if (got != want) {

@@ -53,7 +53,8 @@ bool lookup_needed(const absl::Status& s) noexcept;
 bool holds_p() noexcept;
 
 // format_addr(): "1.2.3.4:80", "[::1]:80", "[fe80::1%eth0]:80" (a scope id
-// as its interface's name on a link-local address, else as its number, or
+// as its interface's name on a link-local address or a node- or link-local
+// multicast one, else as its number, or
 // when no interface has it: what resolve() reads back to the same address),
 // "unix:/path", "unix:@name", or "unix:" for an unnamed Unix socket. len: as
 // returned with the address.

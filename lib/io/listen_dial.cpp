@@ -6,9 +6,10 @@
 // net.cpp.
 //
 // Names. dial() is a coroutine: an address that needs getaddrinfo is looked
-// up under mpg::blocking, with the P handed off. listen() is not: inside a
-// task it takes only addresses that need no lookup (address.cpp parses
-// them), and a host name is an error that says to look it up first.
+// up under mpg::blocking, with the P handed off. listen() is not: called on
+// a thread that holds a P (a task's), it takes only addresses that need no
+// lookup (address.cpp parses them), and a host name is an error that says
+// to look it up first; elsewhere it looks names up itself.
 #include "mpg/net.hpp"
 
 #include <netinet/in.h>
