@@ -60,21 +60,18 @@ inline io_awaiter make_op(const io_request* rq, detail::io_slot* slot, const cha
   return a;
 }
 
+// The two coroutines below are defined once, in net_op.cpp: as inline
+// functions of this header, used by several files, g++'s link-time
+// optimisation found their frame types different from file to file
+// (-Wodr).
+
 // await_op(): issue it, and read the result as the operation reports it
 // (an op ended by its context reads the context's code: io_context.hpp).
-inline task<int> await_op(const io_request* rq, detail::io_slot* slot, const char* reason,
-                   const op_bounds& b) {
-  io_awaiter op = make_op(rq, slot, reason, b);
-  int res = co_await op;
-  if (b.bind != nullptr) res = b.bind->result(res, op.op);
-  co_return res;
-}
+task<int> await_op(const io_request* rq, detail::io_slot* slot, const char* reason,
+                   const op_bounds& b);
 
 // wait_ready(): for a socket someone made non-blocking: wait for `events`.
-inline task<int> wait_ready(int fd, unsigned events, detail::io_slot* slot, const op_bounds& b) {
-  io_request rq{.op = io_opcode::poll, .fd = fd, .len = events};
-  co_return co_await await_op(&rq, slot, "net.poll", b);
-}
+task<int> wait_ready(int fd, unsigned events, detail::io_slot* slot, const op_bounds& b);
 
 // deadline_ns(): a deadline as io_deadline stores it.
 inline std::int64_t deadline_ns(std::optional<clock::time_point> t) noexcept {
