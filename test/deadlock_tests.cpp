@@ -76,13 +76,32 @@ mpg::task<int> wait_on_other_runtime(mpg::runtime* other) {
 
 // A task of a runtime whose destructor has begun, still running its turn
 // (stop() waits for it), sends once the receiver's deadlock check has
-// looked five times: the check must count that runtime as live until its
-// tasks have stopped. The hook counts the looks; nothing sleeps.
+// looked five times with the receiver parked: the check must count that
+// runtime as live until its tasks have stopped. The receiver is parked once
+// its M has parked with nothing to run after the receiver said it would
+// wait; only looks from then on count (a send while the receiver is not
+// there yet would park the sender, and ~runtime would kill it). The hook
+// counts the looks; nothing sleeps.
 std::atomic<int> g_looks{0};
 std::atomic<bool> g_send_now{false};
+const mpg::runtime* g_receiver_rt = nullptr;
+std::atomic<bool> g_receiving{false};
+std::atomic<std::uint64_t> g_parks_before{0};
 void count_look(int) {
+  // acquire: pairs with the receiver's release store, so that the parks
+  // count read with it is the one from before the receiver's park.
+  if (!g_receiving.load(std::memory_order_acquire)) return;
+  if (g_receiver_rt->stats().parks == g_parks_before.load(std::memory_order_relaxed)) return;
   if (g_looks.fetch_add(1, std::memory_order_relaxed) + 1 >= 5)
     g_send_now.store(true, std::memory_order_release);
+}
+
+mpg::task<int> receive_when_parked_counts(const mpg::runtime* rt, mpg::chan<int> c) {
+  g_parks_before.store(rt->stats().parks, std::memory_order_relaxed);
+  // release: publishes g_parks_before to count_look.
+  g_receiving.store(true, std::memory_order_release);
+  auto v = co_await c.recv();
+  co_return v ? *v : -1;
 }
 
 mpg::task<void> send_when_told(mpg::chan<int> c, std::atomic<bool>* started) {
@@ -149,10 +168,11 @@ TEST_CASE("a task waiting on a task of a runtime being destroyed is not a deadlo
   mpg::runtime_handle hb = b->handle();
   std::thread destroyer([&] { b.reset(); });
   while (hb.post([] {})) std::this_thread::yield();  // ~runtime has begun
+  g_receiver_rt = a.get();
   mpg::detail::g_deadlock_look_hook.store(&count_look, std::memory_order_relaxed);
   int got = 0;
   try {
-    got = a->block_on(receive_one(c));
+    got = a->block_on(receive_when_parked_counts(a.get(), c));
   } catch (const mpg::deadlock_error&) {
     got = -2;
   }
