@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <optional>
@@ -28,6 +29,7 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/escaping.h"
@@ -257,6 +259,39 @@ TEST_CASE("MPG_DEBUG: the last good schedtrace wins; each bad one is named on on
   CHECK(bad_seen > 1000);
 }
 
+// fault_rate(): the model of MPG_FAULTS's rate: a plain decimal number
+// (ASCII digits with at most one '.', at least one digit, then optionally
+// 'e' or 'E', an optional sign and digits), either 0 (no digit other than
+// '0' before the exponent) or in [1e-9, 1]; nothing else.
+std::optional<double> fault_rate(std::string_view v) {
+  auto digit = [](char c) { return c >= '0' && c <= '9'; };
+  std::size_t i = 0;
+  int digits = 0;
+  bool dot = false, nonzero = false;
+  for (; i < v.size() && (digit(v[i]) || (v[i] == '.' && !dot)); ++i) {
+    if (v[i] == '.') {
+      dot = true;
+    } else {
+      ++digits;
+      nonzero = nonzero || v[i] != '0';
+    }
+  }
+  if (digits == 0) return std::nullopt;
+  if (i < v.size()) {
+    if (v[i] != 'e' && v[i] != 'E') return std::nullopt;
+    ++i;
+    if (i < v.size() && (v[i] == '+' || v[i] == '-')) ++i;
+    if (i == v.size()) return std::nullopt;
+    for (; i < v.size(); ++i) {
+      if (!digit(v[i])) return std::nullopt;
+    }
+  }
+  if (!nonzero) return 0.0;
+  const double r = std::strtod(std::string(v).c_str(), nullptr);
+  if (r >= 1e-9 && r <= 1) return r;
+  return std::nullopt;
+}
+
 TEST_CASE("MPG_FAULTS: pairs parse one by one, the last good one of a key wins, bad ones named") {
   MPG_FUZZ_SEED_INFO;
   using mpg::detail::fault_config;
@@ -266,8 +301,10 @@ TEST_CASE("MPG_FAULTS: pairs parse one by one, the last good one of a key wins, 
       "rate=2,kinds=eintr+bogus,seed=-1,color=red,rate=0.5",
       "rate=nan,rate=inf,rate=1e-300",
       "kinds=all+nosqe+nopause+misspause+nocancel,seed=18446744073709551615",
-      "seed=18446744073709551616,rate=0x1p-3, , rate = 0.5"};
-  constexpr std::string_view alphabet{"rate=kinds+seed,0123456789.e-x \n\0", 33};
+      "seed=18446744073709551616,rate=0x1p-3, , rate = 0.5",
+      "rate= 0.5,rate=+0.5,rate=0.5 ,rate=-0,rate=1e-9,rate=9e-10,rate=.5E+0,rate=5.e-1",
+      "rate=0.000000001,rate=0e999,rate=1e-400,rate=4.9e-324,rate=1.,rate=infinity"};
+  constexpr std::string_view alphabet{"rate=kinds+seed,0123456789.eE-xp \n\0", 36};
   const unsigned all_bits = (1u << mpg::detail::kFaultKinds) - 1;
   std::string none;
   const unsigned default_kinds = mpg::detail::parse_faults("", &none).kinds;
@@ -288,11 +325,22 @@ TEST_CASE("MPG_FAULTS: pairs parse one by one, the last good one of a key wins, 
       const fault_config c =
           mpg::detail::parse_faults(std::string_view(pair.data(), pair.size()), &one);
       want_errors += one;
+      const absl::string_view key = pair.substr(0, pair.find('='));
+      if (key == "rate" && pair.find('=') != absl::string_view::npos) {
+        // The grammar: taken exactly when the model takes it, as its value.
+        const std::optional<double> model = fault_rate(sv(pair.substr(key.size() + 1)));
+        if (model.has_value() != one.empty() || (model && c.rate != *model)) {
+          INFO("round " << i << ", rate pair (escaped) \"" << absl::CHexEscape(pair) << "\"");
+          INFO("errors: " << one);
+          CHECK(model.has_value() == one.empty());
+          if (model) CHECK(c.rate == *model);
+          return;
+        }
+      }
       if (!one.empty()) {
         ++bad;
         continue;
       }
-      const absl::string_view key = pair.substr(0, pair.find('='));
       if (key == "rate") want.rate = c.rate;
       if (key == "kinds") want.kinds = c.kinds;
       if (key == "seed") {
@@ -322,6 +370,39 @@ TEST_CASE("MPG_FAULTS: pairs parse one by one, the last good one of a key wins, 
     bad_seen += bad;
   }
   CHECK(bad_seen > 1000);
+}
+
+TEST_CASE("MPG_FAULTS: a rate is a plain decimal number, 0 or in [1e-9, 1], nothing else") {
+  using mpg::detail::parse_faults;
+  const std::pair<absl::string_view, double> good[] = {
+      {"0", 0},         {"000", 0},      {"0.0", 0},        {"0e0", 0},
+      {"0.0e-999", 0},  {"1", 1},        {"1.0", 1},        {"1e0", 1},
+      {"1E+0", 1},      {"100e-2", 1},   {"0.5", 0.5},      {".5", 0.5},
+      {"5.e-1", 0.5},   {"5E-1", 0.5},   {"0.05", 0.05},    {"1e-9", 1e-9},
+      {"1.0e-9", 1e-9}, {"0.000000001", 1e-9}};
+  for (const auto& [text, want] : good) {
+    INFO("rate=" << text);
+    std::string errors;
+    const mpg::detail::fault_config c = parse_faults(absl::StrCat("rate=", text), &errors);
+    CHECK(errors.empty());
+    CHECK(c.rate == want);
+  }
+  // Spaces, signs, hex, words, a value too small to mean anything (below
+  // 1e-9, denormal, or one that rounds to 0), above 1, malformed numbers.
+  const absl::string_view bad[] = {
+      "", " 0.5", "0.5 ", "\t0.5", "0.5\n", "+0.5", "-0", "-0.5", "0x1p-3", "0x0", "inf", "nan",
+      "infinity", "1e-300", "1e-10", "9.99e-10", "1e-400", "4.9e-324", "1.5", "1e1", "1e999", ".",
+      "e5", "1e", "1e+", "1..2", "1.2.3", "1_0", "0;5", "0.5e-1x", "\xef\xbc\x91",
+      absl::string_view("0.5\0", 4)};
+  for (absl::string_view text : bad) {
+    const std::string pair = absl::StrCat("rate=", text);
+    INFO("rate= (escaped) \"" << absl::CHexEscape(text) << "\"");
+    std::string errors;
+    const mpg::detail::fault_config c = parse_faults(absl::StrCat("rate=0.25,", pair), &errors);
+    CHECK(c.rate == 0.25);  // the bad pair is ignored; the good one before it stays
+    CHECK(errors == absl::StrCat("ignoring \"", absl::CHexEscape(pair),
+                                 "\" (want rate=0 or a plain decimal number in [1e-9, 1])\n"));
+  }
 }
 
 TEST_CASE("MPG_PROCS: ASCII digits from 1 to 4096, nothing else") {

@@ -9,8 +9,10 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -76,6 +78,48 @@ bool shortenable(const io_uring_sqe* sqe) noexcept {
   return errno == ENOTSOCK;
 }
 
+// The smallest rate above 0 taken: a fault in a billion ops. Below it a
+// rate means nothing a test could see (a denormal would fault nothing at
+// all, the threshold rounding to 0) yet would turn on the kinds that any
+// rate above 0 turns on (nomultishot, nopause).
+constexpr double kMinRate = 1e-9;
+
+// parse_rate(): rate's value: a plain decimal number (ASCII digits with at
+// most one '.' and at least one digit, then optionally an exponent: 'e' or
+// 'E', an optional sign, digits), either 0 (no digit but '0' before the
+// exponent, whatever the exponent) or in [kMinRate, 1]. No space, sign,
+// hex, inf or nan, as MPG_PROCS and a port take ASCII digits only.
+std::optional<double> parse_rate(absl::string_view v) {
+  std::size_t i = 0, digits = 0;
+  bool dot = false, zero = true;
+  for (; i < v.size(); ++i) {
+    if (v[i] == '.' && !dot) {
+      dot = true;
+    } else if (absl::ascii_isdigit(static_cast<unsigned char>(v[i]))) {
+      ++digits;
+      zero = zero && v[i] == '0';
+    } else {
+      break;
+    }
+  }
+  if (digits == 0) return std::nullopt;
+  if (i < v.size()) {
+    if (v[i] != 'e' && v[i] != 'E') return std::nullopt;
+    ++i;
+    if (i < v.size() && (v[i] == '+' || v[i] == '-')) ++i;
+    if (i == v.size()) return std::nullopt;
+    for (; i < v.size(); ++i) {
+      if (!absl::ascii_isdigit(static_cast<unsigned char>(v[i]))) return std::nullopt;
+    }
+  }
+  if (zero) return 0.0;
+  // The text is one SimpleAtod reads whole; one out of double's range reads
+  // as 0 or infinity, which the range refuses.
+  double r = 0;
+  if (!absl::SimpleAtod(v, &r) || !(r >= kMinRate && r <= 1)) return std::nullopt;
+  return r;
+}
+
 std::uint64_t splitmix(std::uint64_t x) noexcept {
   x += 0x9E3779B97F4A7C15ull;
   x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -100,11 +144,10 @@ fault_config parse_faults(std::string_view spec, std::string* errors) {
       absl::StrAppend(errors, "ignoring \"", absl::CHexEscape(pair), "\" (", want, ")\n");
     };
     if (key == "rate") {
-      double r = 0;
-      if (!absl::SimpleAtod(value, &r) || !(r >= 0 && r <= 1)) {
-        bad("want rate=a number in [0, 1]");
+      if (const std::optional<double> r = parse_rate(value)) {
+        c.rate = *r;
       } else {
-        c.rate = r;
+        bad("want rate=0 or a plain decimal number in [1e-9, 1]");
       }
     } else if (key == "seed") {
       std::uint64_t s = 0;

@@ -50,10 +50,12 @@
 // Syntax, as Go's GODEBUG: comma-separated key=value pairs,
 //   rate=0.05,kinds=eintr+eagain+short+reset+overflow,seed=42
 //   rate=1,kinds=nomultishot
-// rate: fraction of ops faulted, in [0, 1] (required: 0 or absent is off);
-// kinds: '+'-separated names, or "all" (the default); seed: an unsigned
-// integer (default: from the clock; the summary names it). A bad pair is
-// reported on stderr and ignored.
+// rate: fraction of ops faulted, 0 or in [1e-9, 1] (required: 0 or absent
+// is off), written as a plain decimal number: ASCII digits with at most one
+// '.', then optionally an exponent ("1e-3", "5E-2"); no space, sign, hex,
+// inf or nan; kinds: '+'-separated names, or "all" (the default); seed: an
+// unsigned integer (default: from the clock; the summary names it). A bad
+// pair is reported on stderr, escaped on one line, and ignored.
 //
 // Faults that pretend an op failed must not lose what the op did: a recv
 // whose bytes were read cannot become -EINTR. So the fault is planned when
