@@ -1,8 +1,9 @@
 // test/fs_tests.cpp: mpg::fs over io_uring: files read back what was
 // written, reads stop at end of file, stat reports the size, errors are
 // statuses, many tasks read one file at once, an operation racing close()
-// never reaches a file that reused the number, and bad input is refused;
-// an operation awaited outside a task throws and leaves close() free.
+// never reaches a file that reused the number, bad input is refused, an
+// error names its path whole on one line, and an operation awaited outside
+// a task throws and leaves close() free.
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -18,9 +19,12 @@
 #include <cstdlib>
 #include <exception>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
 #include "io/fs_hooks.hpp"
 #include "temp_files.hpp"
 #include "test_support.hpp"
@@ -228,6 +232,43 @@ TEST_CASE("bad input: a path with a NUL byte, an offset past INT64_MAX") {
     CHECK(!adopted.is_open());
     auto s2 = co_await adopted.stat();
     CHECK(mpg::net::is_closed(s2.status()));
+  }(dir.path));
+}
+
+namespace {
+// path_named(): "" if st's message is "<op> \"<path, escaped>\": ..." on one
+// line that a C string holds whole (a line break, a NUL or a quote in the
+// path escaped by absl::CHexEscape, so that the path shows whole and
+// nothing of the message is cut off or split), else the message.
+std::string path_named(const absl::Status& st, const char* op, const std::string& path) {
+  const std::string msg(st.message());
+  const std::string head = absl::StrCat(op, " \"", absl::CHexEscape(path), "\": ");
+  const bool ok = msg.find_first_of(std::string("\n\r\0", 3)) == std::string::npos &&
+                  msg.starts_with(head) && msg.size() > head.size();
+  return ok ? "" : absl::StrCat("message (escaped): ", absl::CHexEscape(msg));
+}
+}  // namespace
+
+TEST_CASE("an error names its path whole, escaped, on one line") {
+  temp_dir dir;
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([](std::string d) -> task<void> {
+    const std::string missing = d + "/no\nsuch \"file\"\r\x7f\xff";
+    auto o = co_await mpg::fs::open(missing, O_RDONLY);
+    CHECK(o.status().code() == absl::StatusCode::kNotFound);
+    CHECK(path_named(o.status(), "open", missing) == "");
+    auto s = co_await mpg::fs::stat(missing);
+    CHECK(s.status().code() == absl::StatusCode::kNotFound);
+    CHECK(path_named(s.status(), "stat", missing) == "");
+    // A NUL: refused before the kernel, naming the path after the NUL too.
+    const std::string nul = d + std::string("/g\0h\nafter", 10);
+    auto bad = co_await mpg::fs::open(nul, O_CREAT | O_WRONLY, 0600);
+    CHECK(bad.status().code() == absl::StatusCode::kInvalidArgument);
+    CHECK(path_named(bad.status(), "open", nul) == "");
+    CHECK(std::string(bad.status().message()).ends_with(": the path has a NUL byte"));
+    auto bad_stat = co_await mpg::fs::stat(nul);
+    CHECK(bad_stat.status().code() == absl::StatusCode::kInvalidArgument);
+    CHECK(path_named(bad_stat.status(), "stat", nul) == "");
   }(dir.path));
 }
 

@@ -1,7 +1,7 @@
 // test/unix_socket_tests.cpp: Unix stream sockets through mpg::net (paths
 // and the abstract namespace), the socket file's life, bad Unix addresses,
-// and where host names are looked up (dial under mpg::blocking; listen only
-// off a P).
+// errors that name a Unix address whole on one line, and where host names
+// are looked up (dial under mpg::blocking; listen only off a P).
 #include <doctest/doctest.h>
 #include <netdb.h>
 #include <sys/stat.h>
@@ -10,10 +10,14 @@
 #include <mpg/mpg.hpp>
 #include <mpg/net.hpp>
 
+#include <cerrno>
 #include <cstdlib>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
 #include "temp_files.hpp"
 
 namespace {
@@ -145,6 +149,55 @@ TEST_CASE("listen on an existing path fails; dial to a missing path fails") {
     const std::string missing_path = "unix:" + dir.path + "/missing.sock";
     auto missing = co_await mpg::net::dial(missing_path);
     CHECK(missing.status().code() == absl::StatusCode::kNotFound);
+  }());
+}
+
+namespace {
+// address_named(): "" if st's message is "<op> \"<address, escaped>\": ..."
+// on one line that a C string holds whole (an abstract name's NUL, a line
+// break, a quote escaped by absl::CHexEscape, so the address shows whole),
+// else the message.
+std::string address_named(const absl::Status& st, const char* op,
+                          const std::string& address) {
+  const std::string msg(st.message());
+  const std::string head = absl::StrCat(op, " \"", absl::CHexEscape(address), "\": ");
+  const bool ok = msg.find_first_of(std::string("\n\r\0", 3)) == std::string::npos &&
+                  msg.starts_with(head) && msg.size() > head.size();
+  return ok ? "" : absl::StrCat("message (escaped): ", absl::CHexEscape(msg));
+}
+}  // namespace
+
+TEST_CASE("an error names its Unix address whole, escaped, on one line") {
+  temp_dir dir;
+  // Abstract names are bytes: this one holds a line break, a quote and a
+  // NUL (and its sockaddr begins with a NUL); the path, a line break.
+  const std::string abstract =
+      absl::StrCat(std::string("unix:@mpg\n\"test\"\0", 17), ::getpid());
+  const std::string path = "unix:" + dir.path + "/a\nb.sock";
+  const std::string missing = "unix:" + dir.path + "/no\nsuch.sock";
+  mpg::runtime rt({.procs = 1});
+  rt.block_on([&]() -> task<void> {
+    for (const std::string* a : {&abstract, &path}) {
+      auto ln = mpg::net::listen(*a);
+      REQUIRE(ln.ok());
+      auto again = mpg::net::listen(*a);
+      CHECK(mpg::errno_of(again.status()) == EADDRINUSE);
+      CHECK(address_named(again.status(), "listen", *a) == "");
+      // UDP takes no Unix address: refused, naming it.
+      auto u = mpg::net::listen_udp(*a);
+      CHECK(u.status().code() == absl::StatusCode::kInvalidArgument);
+      CHECK(address_named(u.status(), "address", *a) == "");
+    }
+    const std::string refused = abstract + "x";  // no one listens
+    auto c = co_await mpg::net::dial(refused);
+    CHECK(mpg::errno_of(c.status()) == ECONNREFUSED);
+    CHECK(address_named(c.status(), "dial", refused) == "");
+    auto m = co_await mpg::net::dial(missing);
+    CHECK(mpg::errno_of(m.status()) == ENOENT);
+    CHECK(address_named(m.status(), "dial", missing) == "");
+    auto du = co_await mpg::net::dial_udp(refused);
+    CHECK(du.status().code() == absl::StatusCode::kInvalidArgument);
+    CHECK(address_named(du.status(), "address", refused) == "");
   }());
 }
 

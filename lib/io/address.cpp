@@ -125,8 +125,7 @@ absl::StatusOr<std::vector<sock_addr>> resolve_unix(std::string_view addr) {
 absl::Status bad_address(std::string_view addr, std::string_view why) {
   // Escaped (C style: \0, \n, \", \xff): the message stays one line that a
   // C string holds whole, so the reason after an address with a NUL is seen.
-  return absl::InvalidArgumentError(
-      absl::StrCat("address \"", absl::CHexEscape(av(addr)), "\": ", av(why)));
+  return absl::InvalidArgumentError(absl::StrCat("address ", quoted(av(addr)), ": ", av(why)));
 }
 
 void dial_errors::add(absl::Status s) {
@@ -189,6 +188,8 @@ std::string format_addr(const sockaddr_storage& ss, socklen_t len) {
       return "?";
   }
 }
+
+std::string shown_addr(const sock_addr& a) { return quoted(format_addr(a.ss, a.len)); }
 
 std::uint16_t port_of(const sockaddr_storage& ss) noexcept {
   if (ss.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in*>(&ss)->sin_port);

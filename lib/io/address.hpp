@@ -60,6 +60,11 @@ bool holds_p() noexcept;
 // returned with the address.
 std::string format_addr(const sockaddr_storage& ss, socklen_t len);
 
+// shown_addr(): a as an error message names it: format_addr's text between
+// quotes, escaped (io_status.hpp, quoted()), since an abstract Unix name
+// (and a path) may hold any byte, a NUL or a line break included.
+std::string shown_addr(const sock_addr& a);
+
 struct io_slot;
 
 // socket_name(): the address of a socket object's own end (getsockname) or

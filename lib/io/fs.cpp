@@ -88,9 +88,16 @@ absl::Status fs_error(int res, absl::string_view what) {
 
 absl::Status closed_error(absl::string_view what) { return detail::closed_status(what, "file"); }
 
+// path_what(): "<what> \"<path>\"", the path escaped (io_status.hpp,
+// quoted()): a path is any bytes but NUL, a line break included.
+std::string path_what(absl::string_view what, const std::string& path) {
+  return absl::StrCat(what, " ", detail::quoted(path));
+}
+
 absl::Status check_path(const std::string& path, absl::string_view what) {
   if (path.find('\0') == std::string::npos) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(what, ": the path has a NUL byte"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(path_what(what, path), ": the path has a NUL byte"));
 }
 
 // check_range(): offsets are off_t: above INT64_MAX the kernel would take
@@ -217,7 +224,7 @@ task<absl::StatusOr<file>> open(std::string path, int flags, unsigned mode) {
     // under a lease), which the caller asked for: a retry would be a busy
     // loop until the lease is broken (lease-break-time, 45 s by default).
   } while (res == -EINTR || (res == -EAGAIN && (flags & O_NONBLOCK) == 0));
-  if (res < 0) co_return fs_error(res, absl::StrCat("open ", path));
+  if (res < 0) co_return fs_error(res, path_what("open", path));
   co_return file(res);
 }
 
@@ -234,7 +241,7 @@ task<absl::StatusOr<file_info>> stat(std::string path) {
   do {
     res = co_await make_op(&rq, "fs.stat");
   } while (res == -EINTR || res == -EAGAIN);
-  if (res < 0) co_return fs_error(res, absl::StrCat("stat ", path));
+  if (res < 0) co_return fs_error(res, path_what("stat", path));
   co_return to_file_info(sx);
 }
 

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/strings/cord.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "io/reactor.hpp"
@@ -67,6 +68,10 @@ absl::Status io_result_status(int res, absl::string_view what) {
     default:
       return errno_status(-res, what);
   }
+}
+
+std::string quoted(absl::string_view text) {
+  return absl::StrCat("\"", absl::CHexEscape(text), "\"");
 }
 
 absl::Status closed_status(absl::string_view what, absl::string_view object) {

@@ -5,6 +5,7 @@
 // errno payload (kErrnoPayload) or the closed mark (kClosedPayload).
 #pragma once
 
+#include <string>
 #include <string_view>
 
 #include "absl/strings/string_view.h"
@@ -22,6 +23,12 @@ absl::Status errno_status(int err, absl::string_view what);
 // -ECANCELED kCancelled, -ENXIO with no reactor on this thread says why
 // (kFailedPrecondition); anything else as errno_status.
 absl::Status io_result_status(int res, absl::string_view what);
+
+// quoted(): untrusted text (a path, an address) as an error message names
+// it: between double quotes, escaped as a C string literal's body
+// (absl::CHexEscape: \n, \0, \", \xff), so that the message is one line that
+// a C string holds whole and shows all of the text, NULs and all.
+std::string quoted(absl::string_view text);
 
 // closed_status(): "<what>: use of closed <object>", kFailedPrecondition
 // with the closed mark.

@@ -45,9 +45,10 @@ using detail::io_context_binding;
 using detail::io_opcode;
 using detail::io_request;
 using detail::io_result_status;
-using detail::format_addr;
 using detail::name_lookup;
+using detail::quoted;
 using detail::resolve;
+using detail::shown_addr;
 using detail::sock_addr;
 
 // Debian's abseil has its own string_view type (not std::string_view's alias).
@@ -103,9 +104,8 @@ task<absl::StatusOr<tcp_stream>> dial_addr(std::string address,
   for (sock_addr& a : *addrs) {
     int fd = ::socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-      const int err = errno;  // before format_addr, which may set errno
-      errors.add(detail::errno_status(err, absl::StrCat("dial ", format_addr(a.ss, a.len),
-                                                        ": socket")));
+      const int err = errno;  // before shown_addr, which may set errno
+      errors.add(detail::errno_status(err, absl::StrCat("dial ", shown_addr(a), ": socket")));
       continue;
     }
     // Owned by a stream from the start: its destructor closes the socket
@@ -118,7 +118,7 @@ task<absl::StatusOr<tcp_stream>> dial_addr(std::string address,
       if (a.ss.ss_family != AF_UNIX) set_nodelay(fd);
       co_return std::move(conn);
     }
-    absl::Status err = io_result_status(res, absl::StrCat("dial ", format_addr(a.ss, a.len)));
+    absl::Status err = io_result_status(res, absl::StrCat("dial ", shown_addr(a)));
     // The deadline or the context ended the dial: that is what it reports.
     if (res == -ETIME || res == -ECANCELED) co_return err;
     errors.add(std::move(err));
@@ -258,7 +258,8 @@ absl::StatusOr<listener> listen(std::string_view address, listen_options opts) {
     int fd = ::socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
       const int err = errno;
-      absl::Status s = detail::errno_status(err, absl::StrCat("listen ", av(address), ": socket"));
+      absl::Status s =
+          detail::errno_status(err, absl::StrCat("listen ", quoted(av(address)), ": socket"));
       if (err != EAFNOSUPPORT) return s;
       errors.add(std::move(s));
       continue;
@@ -268,7 +269,8 @@ absl::StatusOr<listener> listen(std::string_view address, listen_options opts) {
     if (opts.reuse_port && ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
       const int err = errno;
       ::close(fd);
-      return detail::errno_status(err, absl::StrCat("listen ", av(address), ": SO_REUSEPORT"));
+      return detail::errno_status(err,
+                                  absl::StrCat("listen ", quoted(av(address)), ": SO_REUSEPORT"));
     }
     if (a.ss.ss_family == AF_INET6) {
       auto* in6 = reinterpret_cast<sockaddr_in6*>(&a.ss);
@@ -279,7 +281,7 @@ absl::StatusOr<listener> listen(std::string_view address, listen_options opts) {
     if (::bind(fd, reinterpret_cast<sockaddr*>(&a.ss), a.len) != 0) {
       const int err = errno;
       ::close(fd);
-      absl::Status s = detail::errno_status(err, absl::StrCat("listen ", format_addr(a.ss, a.len)));
+      absl::Status s = detail::errno_status(err, absl::StrCat("listen ", shown_addr(a)));
       if (err != EADDRNOTAVAIL && err != EAFNOSUPPORT) return s;  // else e.g. no IPv6 here
       errors.add(std::move(s));
       continue;
@@ -288,8 +290,8 @@ absl::StatusOr<listener> listen(std::string_view address, listen_options opts) {
     ln.fd_.store(fd, std::memory_order_relaxed);
     ln.unix_path_ = detail::unix_path(a);  // bound: ln's close() removes the file
     if (::listen(fd, opts.backlog > 0 ? opts.backlog : SOMAXCONN) != 0) {
-      const int err = errno;  // before format_addr, which may set errno
-      return detail::errno_status(err, absl::StrCat("listen ", format_addr(a.ss, a.len)));
+      const int err = errno;  // before shown_addr, which may set errno
+      return detail::errno_status(err, absl::StrCat("listen ", shown_addr(a)));
     }
     sockaddr_storage bound{};
     socklen_t len = sizeof bound;
@@ -298,7 +300,7 @@ absl::StatusOr<listener> listen(std::string_view address, listen_options opts) {
     return ln;
   }
   return errors.result(
-      absl::UnavailableError(absl::StrCat("listen ", av(address), ": no addresses")));
+      absl::UnavailableError(absl::StrCat("listen ", quoted(av(address)), ": no addresses")));
 }
 
 // The address is copied into the lazy task's frame: the caller's string may

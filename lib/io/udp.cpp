@@ -96,8 +96,9 @@ absl::StatusOr<sock_addr> pick(const std::vector<sock_addr>& addrs, int family,
       return m;
     }
   }
-  return detail::errno_status(
-      EAFNOSUPPORT, absl::StrCat("send_to ", av(address), ": no address of the socket's family"));
+  return detail::errno_status(EAFNOSUPPORT,
+                              absl::StrCat("send_to ", detail::quoted(av(address)),
+                                           ": no address of the socket's family"));
 }
 
 task<absl::StatusOr<udp_socket>> dial_udp_addr(std::string address) {
@@ -107,14 +108,15 @@ task<absl::StatusOr<udp_socket>> dial_udp_addr(std::string address) {
   for (sock_addr& a : *addrs) {
     int fd = ::socket(a.ss.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-      errors.add(detail::errno_status(
-          errno, absl::StrCat("dial_udp ", detail::format_addr(a.ss, a.len), ": socket")));
+      const int err = errno;  // before shown_addr, which may set errno
+      errors.add(
+          detail::errno_status(err, absl::StrCat("dial_udp ", detail::shown_addr(a), ": socket")));
       continue;
     }
     // A UDP connect only records the peer: it never waits.
     if (::connect(fd, reinterpret_cast<const sockaddr*>(&a.ss), a.len) != 0) {
-      errors.add(detail::errno_status(
-          errno, absl::StrCat("dial_udp ", detail::format_addr(a.ss, a.len))));
+      const int err = errno;  // before shown_addr, which may set errno
+      errors.add(detail::errno_status(err, absl::StrCat("dial_udp ", detail::shown_addr(a))));
       ::close(fd);
       continue;
     }
@@ -252,7 +254,7 @@ task<absl::Status> udp_socket::do_send(std::string_view data, std::optional<std:
       if (res >= 0 || res == -EINTR || (res == -ETIME && !b.expired())) continue;
     }
     co_return detail::io_result_status(
-        res, to ? absl::StrCat(what, " ", detail::format_addr(dest.ss, dest.len)) : std::string(what));
+        res, to ? absl::StrCat(what, " ", detail::shown_addr(dest)) : std::string(what));
   }
 }
 
@@ -330,7 +332,8 @@ absl::StatusOr<udp_socket> listen_udp(std::string_view address) {
     if (fd < 0) {
       const int err = errno;
       absl::Status s =
-          detail::errno_status(err, absl::StrCat("listen_udp ", av(address), ": socket"));
+          detail::errno_status(err, absl::StrCat("listen_udp ", detail::quoted(av(address)),
+                                                 ": socket"));
       if (err != EAFNOSUPPORT) return s;
       errors.add(std::move(s));
       continue;
@@ -345,8 +348,8 @@ absl::StatusOr<udp_socket> listen_udp(std::string_view address) {
     if (::bind(fd, reinterpret_cast<sockaddr*>(&a.ss), a.len) != 0) {
       const int err = errno;
       ::close(fd);
-      absl::Status s = detail::errno_status(
-          err, absl::StrCat("listen_udp ", detail::format_addr(a.ss, a.len)));
+      absl::Status s =
+          detail::errno_status(err, absl::StrCat("listen_udp ", detail::shown_addr(a)));
       if (err != EADDRNOTAVAIL && err != EAFNOSUPPORT) return s;  // else e.g. no IPv6 here
       errors.add(std::move(s));
       continue;
@@ -354,7 +357,8 @@ absl::StatusOr<udp_socket> listen_udp(std::string_view address) {
     return udp_socket(fd);
   }
   return errors.result(
-      absl::UnavailableError(absl::StrCat("listen_udp ", av(address), ": no addresses")));
+      absl::UnavailableError(
+          absl::StrCat("listen_udp ", detail::quoted(av(address)), ": no addresses")));
 }
 
 task<absl::StatusOr<udp_socket>> dial_udp(std::string_view address) {
