@@ -20,14 +20,21 @@ using namespace std::chrono_literals;
 
 namespace {
 
-mpg::task<void> recv_forever(mpg::chan<int> c) { (void)co_await c.recv(); }
-
 // live_tasks(): whether rt's dump counts n live tasks.
 bool live_tasks(const mpg::runtime& rt, int n) {
   std::ostringstream os;
   rt.dump(os);
   const std::string head = absl::StrCat("mpg: ", n, " live task(s)");
   return os.str().find(head) == 0;
+}
+
+// all_waiting(): rt's dump counts n live tasks, none running or runnable.
+bool all_waiting(const mpg::runtime& rt, int n) {
+  std::ostringstream os;
+  rt.dump(os);
+  const std::string d = os.str();
+  return d.find(absl::StrCat("mpg: ", n, " live task(s)")) == 0 &&
+         d.find("[runnable") == std::string::npos && d.find("[running") == std::string::npos;
 }
 
 }  // namespace
@@ -41,8 +48,23 @@ bool live_tasks(const mpg::runtime& rt, int n) {
 // deque: it runs it inline (kJoinInline), and the child parks inside the
 // joiner's G. ~runtime kills the owner first, whose handle's drop destroys
 // the child's frame (drop_join, kJoinInline); the joiner's kill must not
-// read its await chain through that frame.
+// read its await chain through that frame. The child parks at the bottom
+// of a chain of awaits, one deep enough for the deep-chain thread
+// (shutdown.cpp, destroy_root) in the second case: the owner's kill
+// destroys that chain through its handle.
 namespace {
+
+std::atomic<bool> g_child_reached{false};
+
+// nest(): `depth` awaits down, then waits on c.
+mpg::task<void> nest(int depth, mpg::chan<int> c) {
+  if (depth == 0) {
+    g_child_reached.store(true);
+    (void)co_await c.recv();
+    co_return;
+  }
+  co_await nest(depth - 1, c);
+}
 
 mpg::task<void> join_inline_through(mpg::chan<mpg::join_handle<void>*> addr,
                                     std::atomic<int>* joining) {
@@ -51,71 +73,41 @@ mpg::task<void> join_inline_through(mpg::chan<mpg::join_handle<void>*> addr,
   co_await **h;
 }
 
-mpg::task<void> own_child_handle(mpg::chan<mpg::join_handle<void>*> addr, mpg::chan<int> never) {
-  mpg::join_handle<void> h = mpg::spawn(recv_forever(never));
-  mpg::join_handle<void>* p = &h;
-  (void)co_await addr.send(p);
-  (void)co_await never.recv();
-}
-
-}  // namespace
-
-TEST_CASE("~runtime: a join run inline through a handle in a younger frame, owner killed first") {
-  for (int round = 0; round < 20; ++round) {
-    mpg::chan<int> never;
-    mpg::chan<mpg::join_handle<void>*> addr;
-    std::atomic<int> joining{0};
-    mpg::runtime rt({.procs = 1});
-    rt.go(join_inline_through(addr, &joining), "joiner");
-    REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(rt, "chan receive"); }, 10s));
-    rt.go(own_child_handle(addr, never), "owner");
-    REQUIRE(mpg_test::wait_until([&] { return joining.load() != 0; }, 10s));
-    // Both wait on `never`: the owner, and the child inside the joiner's G
-    // (run inline: no G of its own, so two tasks, neither parked on a join).
-    REQUIRE(mpg_test::wait_until([&] { return live_tasks(rt, 2); }, 10s));
-    CHECK_FALSE(mpg_test::dump_shows(rt, "join"));
-  }
-}
-
-// The same with the child parked at the bottom of a chain of awaits deep
-// enough for the deep-chain thread (shutdown.cpp, destroy_root): the owner's
-// kill destroys that chain through its handle.
-namespace {
-
-std::atomic<bool> g_deep_reached{false};
-
-mpg::task<void> nest(int depth, mpg::chan<int> c) {
-  if (depth == 0) {
-    g_deep_reached.store(true);
-    (void)co_await c.recv();
-    co_return;
-  }
-  co_await nest(depth - 1, c);
-}
-
-mpg::task<void> own_deep_child_handle(mpg::chan<mpg::join_handle<void>*> addr,
-                                      mpg::chan<int> never, int depth) {
+mpg::task<void> own_child_handle(mpg::chan<mpg::join_handle<void>*> addr, mpg::chan<int> never,
+                                 int depth) {
   mpg::join_handle<void> h = mpg::spawn(nest(depth, never));
   mpg::join_handle<void>* p = &h;
   (void)co_await addr.send(p);
   (void)co_await never.recv();
 }
 
-}  // namespace
-
-TEST_CASE("~runtime: a deep chain run inline through a handle in a younger frame") {
-  constexpr int kDepth = mpg_test::kThreadSanitized ? 12000 : 1000000;
-  g_deep_reached.store(false);
+// inline_join_round(): one round, with the child `depth` awaits down,
+// reached within `bound`.
+void inline_join_round(int depth, std::chrono::seconds bound) {
+  g_child_reached.store(false);
   mpg::chan<int> never;
   mpg::chan<mpg::join_handle<void>*> addr;
   std::atomic<int> joining{0};
   mpg::runtime rt({.procs = 1});
   rt.go(join_inline_through(addr, &joining), "joiner");
   REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(rt, "chan receive"); }, 10s));
-  rt.go(own_deep_child_handle(addr, never, kDepth), "owner");
-  REQUIRE(mpg_test::wait_until([&] { return g_deep_reached.load(); }, 20s));
-  REQUIRE(mpg_test::wait_until([&] { return live_tasks(rt, 2); }, 10s));
+  rt.go(own_child_handle(addr, never, depth), "owner");
+  REQUIRE(mpg_test::wait_until([&] { return joining.load() != 0; }, 10s));
+  REQUIRE(mpg_test::wait_until([] { return g_child_reached.load(); }, bound));
+  // Both wait on `never`: the owner, and the child inside the joiner's G
+  // (run inline: no G of its own, so two tasks, neither parked on a join).
+  REQUIRE(mpg_test::wait_until([&] { return all_waiting(rt, 2); }, 10s));
   CHECK_FALSE(mpg_test::dump_shows(rt, "join"));
+}
+
+}  // namespace
+
+TEST_CASE("~runtime: a join run inline through a handle in a younger frame, owner killed first") {
+  for (int round = 0; round < 20; ++round) inline_join_round(0, 10s);
+}
+
+TEST_CASE("~runtime: a deep chain run inline through a handle in a younger frame") {
+  inline_join_round(mpg_test::kThreadSanitized ? 12000 : 1000000, 20s);
 }
 
 // --- A select on another runtime's join, readied and killed before it ran ---
@@ -142,9 +134,29 @@ mpg::task<int> value_after(mpg::chan<int> c) {
   co_return v ? *v : -1;
 }
 
+// kill_mark: a local of a task that never ends here, so destroyed by
+// ~runtime's kill of the task: records in *turn the place of that kill
+// among the marks of the round (1 for the first), counted in *kills.
+// Relaxed: the kill runs on the thread of ~runtime, which reads the turns
+// after it (or on a thread it joins first, for a deep chain).
+struct kill_mark {
+  std::atomic<int>* kills;
+  std::atomic<int>* turn;
+  ~kill_mark() {
+    turn->store(kills->fetch_add(1, std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
+};
+
+// The turns of the kills of the select and of the owner in one round.
+struct kill_turns {
+  std::atomic<int> kills{0}, select{0}, owner{0};
+};
+
 // Selects on *h (from `addr`) and on `other`; 1 when it ends (never, here).
 mpg::task<void> select_on(mpg::chan<mpg::join_handle<int>*> addr, mpg::chan<int> other,
-                          std::atomic<int>* selecting, std::atomic<int>* ended) {
+                          std::atomic<int>* selecting, std::atomic<int>* ended,
+                          kill_turns* turns) {
+  kill_mark mark{&turns->kills, &turns->select};
   auto h = co_await addr.recv();
   selecting->store(1);
   (void)co_await mpg::select(**h, other.recv());
@@ -152,7 +164,8 @@ mpg::task<void> select_on(mpg::chan<mpg::join_handle<int>*> addr, mpg::chan<int>
 }
 
 mpg::task<void> own_handle(mpg::join_handle<int> h, mpg::chan<mpg::join_handle<int>*> addr,
-                           mpg::chan<int> never) {
+                           mpg::chan<int> never, kill_turns* turns) {
+  kill_mark mark{&turns->kills, &turns->owner};
   mpg::join_handle<int>* p = &h;
   (void)co_await addr.send(p);
   (void)co_await never.recv();
@@ -166,12 +179,13 @@ void cross_runtime_select_round(readied_by how) {
   mpg::chan<int> feed(1), other, never;
   mpg::chan<mpg::join_handle<int>*> addr;
   std::atomic<int> selecting{0}, ended{0}, started{0};
+  kill_turns turns;
   mpg::join_handle<int> hb = b.spawn(value_after(feed), "b.joined");
   {
     auto a = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1});
-    a->go(select_on(addr, other, &selecting, &ended), "a.select");
+    a->go(select_on(addr, other, &selecting, &ended, &turns), "a.select");
     REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(*a, "chan receive"); }, 10s));
-    a->go(own_handle(std::move(hb), addr, never), "a.owner");
+    a->go(own_handle(std::move(hb), addr, never, &turns), "a.owner");
     REQUIRE(mpg_test::wait_until([&] { return mpg_test::dump_shows(*a, "select"); }, 10s));
     a->go(hold_m_until_stopping(&started));
     REQUIRE(mpg_test::wait_until([&] { return started.load() != 0; }, 10s));
@@ -189,6 +203,12 @@ void cross_runtime_select_round(readied_by how) {
     }
   }  // ~A: the owner (handle) first, then the select, neither having run
   CHECK(ended.load() == 0);
+  // The order the round is about (step 6 kills the newest first): the
+  // owner's handle is dropped while the select is still there, readied or
+  // parked. With the select killed first, the round would test nothing of
+  // what it is named for.
+  CHECK(turns.owner.load(std::memory_order_relaxed) == 1);
+  CHECK(turns.select.load(std::memory_order_relaxed) == 2);
   if (how != readied_by::joined_end) {
     // B's task is detached now (the owner's kill dropped the handle): it
     // ends and frees itself.
@@ -255,13 +275,7 @@ void waiters_on_other_runtime(bool a_first) {
     a->go(acquire_owned(o.s.load()));
     a->go(lock_shared_owned(o.rw.load()));
   }
-  REQUIRE(mpg_test::wait_until([&] {
-    std::ostringstream os;
-    a->dump(os);
-    const std::string d = os.str();
-    return d.find("mpg: 6 live task(s)") == 0 && d.find("[runnable") == std::string::npos &&
-           d.find("[running") == std::string::npos;
-  }, 10s));
+  REQUIRE(mpg_test::wait_until([&] { return all_waiting(*a, 6); }, 10s));
   CHECK(mpg_test::dump_shows(*a, "mutex lock"));
   CHECK(mpg_test::dump_shows(*a, "semaphore acquire"));
   CHECK(mpg_test::dump_shows(*a, "rwmutex lock_shared"));
