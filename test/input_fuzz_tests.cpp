@@ -303,7 +303,8 @@ TEST_CASE("MPG_FAULTS: pairs parse one by one, the last good one of a key wins, 
       "kinds=all+nosqe+nopause+misspause+nocancel,seed=18446744073709551615",
       "seed=18446744073709551616,rate=0x1p-3, , rate = 0.5",
       "rate= 0.5,rate=+0.5,rate=0.5 ,rate=-0,rate=1e-9,rate=9e-10,rate=.5E+0,rate=5.e-1",
-      "rate=0.000000001,rate=0e999,rate=1e-400,rate=4.9e-324,rate=1.,rate=infinity"};
+      "rate=0.000000001,rate=0e999,rate=1e-400,rate=4.9e-324,rate=1.,rate=infinity",
+      "seed= 42,seed=+42,seed=42 ,seed=-0,seed=007,seed=0x10,seed=\t1\n"};
   constexpr std::string_view alphabet{"rate=kinds+seed,0123456789.eE-xp \n\0", 36};
   const unsigned all_bits = (1u << mpg::detail::kFaultKinds) - 1;
   std::string none;
@@ -334,6 +335,17 @@ TEST_CASE("MPG_FAULTS: pairs parse one by one, the last good one of a key wins, 
           INFO("errors: " << one);
           CHECK(model.has_value() == one.empty());
           if (model) CHECK(c.rate == *model);
+          return;
+        }
+      }
+      if (key == "seed" && pair.find('=') != absl::string_view::npos) {
+        const std::optional<std::uint64_t> model =
+            whole_number(sv(pair.substr(key.size() + 1)), UINT64_MAX);
+        if (model.has_value() != one.empty() || (model && c.seed != *model)) {
+          INFO("round " << i << ", seed pair (escaped) \"" << absl::CHexEscape(pair) << "\"");
+          INFO("errors: " << one);
+          CHECK(model.has_value() == one.empty());
+          if (model) CHECK(c.seed == *model);
           return;
         }
       }
@@ -402,6 +414,32 @@ TEST_CASE("MPG_FAULTS: a rate is a plain decimal number, 0 or in [1e-9, 1], noth
     CHECK(c.rate == 0.25);  // the bad pair is ignored; the good one before it stays
     CHECK(errors == absl::StrCat("ignoring \"", absl::CHexEscape(pair),
                                  "\" (want rate=0 or a plain decimal number in [1e-9, 1])\n"));
+  }
+}
+
+TEST_CASE("MPG_FAULTS: a seed is ASCII digits, at most 2^64 - 1, nothing else") {
+  using mpg::detail::parse_faults;
+  const std::pair<absl::string_view, std::uint64_t> good[] = {
+      {"0", 0}, {"42", 42}, {"007", 7}, {"18446744073709551615", UINT64_MAX}};
+  for (const auto& [text, want] : good) {
+    INFO("seed=" << text);
+    std::string errors;
+    const mpg::detail::fault_config c = parse_faults(absl::StrCat("seed=", text), &errors);
+    CHECK(errors.empty());
+    CHECK(c.seeded);
+    CHECK(c.seed == want);
+  }
+  const absl::string_view bad[] = {"",    " 42",  "42 ",  "\t42\n", "+42", "-0",
+                                   "-1",  "0x10", "4 2",  "4.0",    "1e3", "18446744073709551616",
+                                   absl::string_view("42\0", 3)};
+  for (absl::string_view text : bad) {
+    const std::string pair = absl::StrCat("seed=", text);
+    INFO("seed= (escaped) \"" << absl::CHexEscape(text) << "\"");
+    std::string errors;
+    const mpg::detail::fault_config c = parse_faults(absl::StrCat("seed=9,", pair), &errors);
+    CHECK(c.seed == 9);  // the bad pair is ignored; the good one before it stays
+    CHECK(errors == absl::StrCat("ignoring \"", absl::CHexEscape(pair),
+                                 "\" (want seed=an unsigned integer)\n"));
   }
 }
 

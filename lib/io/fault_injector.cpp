@@ -6,6 +6,7 @@
 #include <liburing.h>
 #include <sys/socket.h>
 
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -150,8 +151,11 @@ fault_config parse_faults(std::string_view spec, std::string* errors) {
         bad("want rate=0 or a plain decimal number in [1e-9, 1]");
       }
     } else if (key == "seed") {
+      // ASCII digits only (from_chars: no space, no sign), as MPG_PROCS.
       std::uint64_t s = 0;
-      if (!absl::SimpleAtoi(value, &s)) {
+      const char* const end = value.data() + value.size();
+      const auto [stop, ec] = std::from_chars(value.data(), end, s);
+      if (value.empty() || ec != std::errc{} || stop != end) {
         bad("want seed=an unsigned integer");
       } else {
         c.seed = s;

@@ -54,8 +54,9 @@
 // is off), written as a plain decimal number: ASCII digits with at most one
 // '.', then optionally an exponent ("1e-3", "5E-2"); no space, sign, hex,
 // inf or nan; kinds: '+'-separated names, or "all" (the default); seed: an
-// unsigned integer (default: from the clock; the summary names it). A bad
-// pair is reported on stderr, escaped on one line, and ignored.
+// unsigned 64-bit integer in ASCII digits, nothing around them (default:
+// from the clock; the summary names it). A bad pair is reported on stderr,
+// escaped on one line, and ignored.
 //
 // Faults that pretend an op failed must not lose what the op did: a recv
 // whose bytes were read cannot become -EINTR. So the fault is planned when
