@@ -10,6 +10,7 @@
 #include <streambuf>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "io/fault_injector.hpp"
 #include "mpg/mpg.hpp"
@@ -203,11 +204,14 @@ TEST_CASE("two dumps from plain threads at once both have their chains") {
 // A task's dump() stops the world; sysmon sees the task's P stuck in it
 // after a period, and would run its timers and reap its ring, changing the
 // parked Gs whose chains the dump reads. It leaves them alone until the
-// dump is written. The dump's first write waits (bounded) for a timer of
-// the task's P, due in 2 ms, to fire.
+// dump is written. The dump's first write, made while the world is stopped,
+// arms a timer of the task's P due in 2 ms and waits (bounded) for it to
+// fire. Armed there, the timer falls due only inside the stop: one armed
+// before the dump could be fired by sysmon before the stop began, whenever
+// the task's thread lost its CPU for a few ms on its way to the dump.
 namespace {
 struct timer_watching_buf : std::streambuf {
-  const mpg::context* ctx = nullptr;
+  std::optional<std::pair<mpg::context, mpg::cancel_func>> timeout;
   bool looked = false;
   bool fired_during = false;
   int overflow(int c) override {
@@ -221,10 +225,12 @@ struct timer_watching_buf : std::streambuf {
   void look() {
     if (looked) return;
     looked = true;
+    timeout.emplace(mpg::with_timeout(mpg::background(), std::chrono::milliseconds(2)));
+    const mpg::context& ctx = timeout->first;
     // Bounded: far past the timer's 2 ms and sysmon's 1 ms period.
     const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
-    while (!ctx->cancelled() && std::chrono::steady_clock::now() < until) std::this_thread::yield();
-    fired_during = ctx->cancelled();
+    while (!ctx.cancelled() && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+    fired_during = ctx.cancelled();
   }
 };
 }  // namespace
@@ -232,14 +238,13 @@ struct timer_watching_buf : std::streambuf {
 TEST_CASE("a task's dump: sysmon fires no timer of the task's P while the dump is written") {
   mpg::runtime rt({.procs = 1});
   rt.block_on([](mpg::runtime& rt) -> mpg::task<void> {
-    auto [ctx, cancel] = mpg::with_timeout(mpg::background(), std::chrono::milliseconds(2));
     timer_watching_buf buf;
-    buf.ctx = &ctx;
     std::ostream os(&buf);
     rt.dump(os);
-    CHECK(buf.looked);
+    REQUIRE(buf.looked);
     CHECK_FALSE(buf.fired_during);
     // After the dump the timer fires as usual.
+    const mpg::context& ctx = buf.timeout->first;
     co_await ctx.done().recv();
     CHECK(ctx.cancelled());
   }(rt));
