@@ -143,8 +143,26 @@ class server:
     def pid(self) -> int:
         return self.proc.pid
 
-    def stop(self) -> None:
-        stop_process(self.proc)
+    def stop(self) -> Optional[str]:
+        """Stops the server. If it had already exited on its own (a crash,
+        say), returns how it ended, with the end of its stderr; else None.
+        A round whose server died is an error, never a slow round: its
+        client's figures measure the dead server's port."""
+        rc = self.proc.poll()
+        if rc is None:
+            stop_process(self.proc)
+            return None
+        how = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
+        err = self.proc.stderr.read().decode(errors="replace").strip() if self.proc.stderr else ""
+        return how + (f": {err[-2000:]}" if err else "")
+
+
+def died(name: str, how: Optional[str]) -> bool:
+    """Reports a server that ended during its round; true if it did."""
+    if how is None:
+        return False
+    print(f"error: the {name} server died during the run ({how})", file=sys.stderr, flush=True)
+    return True
 
 
 def build_go(build: Path) -> dict[str, Path]:
@@ -180,7 +198,9 @@ def run_echo(name: str, argv: list[str], args, build: Path, env=None) -> Optiona
         r = subprocess.run(load, capture_output=True, text=True, timeout=args.seconds + 60)
         c1 = cpu_seconds(srv.pid)
     finally:
-        srv.stop()
+        how = srv.stop()
+    if died(name, how):
+        return None
     res = info = None
     for line in r.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -210,7 +230,9 @@ def run_http(name: str, argv: list[str], args, env=None) -> Optional[dict]:
                            capture_output=True, text=True, timeout=args.seconds + 60)
         c1 = cpu_seconds(srv.pid)
     finally:
-        srv.stop()
+        how = srv.stop()
+    if died(name, how):
+        return None
     m = re.search(r"Requests/sec:\s+([\d.]+)", r.stdout)
     total = re.search(r"(\d+) requests in", r.stdout)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", r.stdout)
@@ -258,7 +280,9 @@ def run_idle(name: str, argv: list[str], args, env=None) -> Optional[dict]:
     finally:
         for s in socks:
             s.close()
-        srv.stop()
+        how = srv.stop()
+    if died(name, how):
+        return None
     per_conn = (rss - base_rss) * 1024 / max(accepted, 1)
     print(f"RESULT workload=idle_conns impl={name} conns={accepted} "
           f"bytes_per_conn={per_conn:.0f}", flush=True)
@@ -295,7 +319,9 @@ def run_churn(name: str, argv: list[str], args, env=None) -> Optional[dict]:
             time.sleep(0.05)  # the server's last closes
         fds, rss = fd_count(srv.pid), rss_kib(srv.pid)
     finally:
-        srv.stop()
+        how = srv.stop()
+    if died(name, how):
+        return None
     print(f"RESULT workload=churn impl={name} cycles={args.churn} per_s={args.churn / elapsed:.0f} "
           f"fd_growth={fds - base_fds} rss_growth_kib={rss - base_rss}", flush=True)
     return {"cycles": args.churn, "fds": fds - base_fds, "rss_kib": rss - base_rss,
@@ -312,7 +338,9 @@ def run_redis(name: str, argv: list[str], args, pipeline: int, env=None) -> Opti
                             "-t", "get,set", "--csv"],
                            capture_output=True, text=True, timeout=args.seconds * 20 + 60)
     finally:
-        srv.stop()
+        how = srv.stop()
+    if died(name, how):
+        return None
     rates = {}
     for line in r.stdout.splitlines():
         cells = [c.strip('"') for c in line.split(",")]
@@ -370,12 +398,15 @@ def main() -> int:
         # a noisy minute on the shared machine hits every row alike.
         runs: dict[str, list[dict]] = {name: [] for name, _, _ in impls}
         by_round: dict[str, dict[int, dict]] = {name: {} for name, _, _ in impls}
+        nonlocal failed
         for i in range(args.runs):
             for name, argv, env in impls:
                 r = fn(name, argv, args, *a, env)
-                if r is not None:
-                    runs[name].append(r)
-                    by_round[name][i] = r
+                if r is None:
+                    failed = True  # the run fails; the medians come from the other rounds
+                    continue
+                runs[name].append(r)
+                by_round[name][i] = r
         out: dict[str, dict] = {}
         for name, rs in runs.items():
             if rs:
@@ -537,6 +568,9 @@ def main() -> int:
                 print(f"{'-P' + str(pipeline):8} {name:6} {r['GET']:10.0f} {r['SET']:10.0f} "
                       f"{ratio(r['GET'], ref and ref['GET']):>13} {ratio(r['SET'], ref and ref['SET']):>13}")
         print("goal: mpg >= 1.5x redis-server at -P 16")
+    if failed:
+        print("\nerror: some runs failed (see the errors above); the medians leave them out",
+              file=sys.stderr)
     return 1 if failed else 0
 
 
