@@ -14,7 +14,6 @@
 #include <optional>
 #include <utility>
 
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "mpg/io_error.hpp"
 #include "mpg/detail/sched/timer.hpp"
@@ -257,9 +256,8 @@ absl::StatusOr<std::vector<sock_addr>> resolve(std::string_view addr, bool passi
     addrinfo* res = nullptr;
     int rc = ::getaddrinfo(h.c_str(), nullptr, &hints, &res);
     if (rc != 0) {
-      // The host escaped, as bad_address() quotes an address.
-      return absl::NotFoundError(
-          absl::StrCat("lookup ", absl::CHexEscape(h), ": ", ::gai_strerror(rc)));
+      // The host quoted, as bad_address() quotes an address.
+      return absl::NotFoundError(absl::StrCat("lookup ", quoted(h), ": ", ::gai_strerror(rc)));
     }
     for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
       if (ai->ai_family == AF_INET) {
@@ -270,7 +268,7 @@ absl::StatusOr<std::vector<sock_addr>> resolve(std::string_view addr, bool passi
     }
     ::freeaddrinfo(res);
     if (out.empty()) {
-      return absl::NotFoundError(absl::StrCat("lookup ", absl::CHexEscape(h), ": no addresses"));
+      return absl::NotFoundError(absl::StrCat("lookup ", quoted(h), ": no addresses"));
     }
   }
   return out;

@@ -41,7 +41,7 @@ enum class name_lookup {
 // resolve(): addr to socket addresses, in the order to try them. passive:
 // for listen (an empty host means every interface). Unix addresses yield
 // one AF_UNIX address. kInvalidArgument for a malformed address, kNotFound
-// for a failed lookup (naming the host escaped, as bad_address() does).
+// for a failed lookup (naming the host quoted, as bad_address() does).
 absl::StatusOr<std::vector<sock_addr>> resolve(std::string_view addr, bool passive,
                                                name_lookup how);
 
