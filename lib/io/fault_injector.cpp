@@ -82,13 +82,15 @@ bool shortenable(const io_uring_sqe* sqe) noexcept {
 // The smallest rate above 0 taken: a fault in a billion ops. Below it a
 // rate means nothing a test could see (a denormal would fault nothing at
 // all, the threshold rounding to 0) yet would turn on the kinds that any
-// rate above 0 turns on (nomultishot, nopause).
-constexpr double kMinRate = 1e-9;
+// rate above 0 turns on (nomultishot, nopause). Spelled once, as text: the
+// error message shows it, and parse_rate reads it as it reads a rate, so
+// the bound the message names is the one applied, and is itself taken.
+constexpr absl::string_view kMinRateText = "1e-9";
 
 // parse_rate(): rate's value: a plain decimal number (ASCII digits with at
 // most one '.' and at least one digit, then optionally an exponent: 'e' or
 // 'E', an optional sign, digits), either 0 (no digit but '0' before the
-// exponent, whatever the exponent) or in [kMinRate, 1]. No space, sign,
+// exponent, whatever the exponent) or in [kMinRateText, 1]. No space, sign,
 // hex, inf or nan, as MPG_PROCS and a port take ASCII digits only.
 std::optional<double> parse_rate(absl::string_view v) {
   std::size_t i = 0, digits = 0;
@@ -115,9 +117,11 @@ std::optional<double> parse_rate(absl::string_view v) {
   }
   if (zero) return 0.0;
   // The text is one SimpleAtod reads whole; one out of double's range reads
-  // as 0 or infinity, which the range refuses.
-  double r = 0;
-  if (!absl::SimpleAtod(v, &r) || !(r >= kMinRate && r <= 1)) return std::nullopt;
+  // as 0 or infinity, which the range refuses. The bound is read the same
+  // way (were it unreadable, every rate would be refused, not every taken).
+  double r = 0, min = 0;
+  if (!absl::SimpleAtod(v, &r) || !absl::SimpleAtod(kMinRateText, &min)) return std::nullopt;
+  if (!(r >= min && r <= 1)) return std::nullopt;
   return r;
 }
 
@@ -148,7 +152,7 @@ fault_config parse_faults(std::string_view spec, std::string* errors) {
       if (const std::optional<double> r = parse_rate(value)) {
         c.rate = *r;
       } else {
-        bad("want rate=0 or a plain decimal number in [1e-9, 1]");
+        bad(absl::StrCat("want rate=0 or a plain decimal number in [", kMinRateText, ", 1]"));
       }
     } else if (key == "seed") {
       // ASCII digits only (from_chars: no space, no sign), as MPG_PROCS.
