@@ -129,8 +129,19 @@ mpg::task<void> hold_m_until_stopping(std::atomic<int>* started) {
   co_return;
 }
 
-mpg::task<int> value_after(mpg::chan<int> c) {
+// value_turns: the place (1 for the first) at which each of B's two tasks
+// of a round took its value, counted in `taken`.
+struct value_turns {
+  std::atomic<int> taken{0}, joined{0}, blocker{0};
+};
+
+// value_after(): c's value (-1 if closed), noting in *turn its place among
+// the takes counted in *taken. After the note it ends without suspending.
+// Relaxed: in the round that reads them the notes are made on B's one P,
+// one task at a time, and read after block_on returned (see there).
+mpg::task<int> value_after(mpg::chan<int> c, std::atomic<int>* taken, std::atomic<int>* turn) {
   auto v = co_await c.recv();
+  turn->store(taken->fetch_add(1, std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   co_return v ? *v : -1;
 }
 
@@ -180,7 +191,8 @@ void cross_runtime_select_round(readied_by how) {
   mpg::chan<mpg::join_handle<int>*> addr;
   std::atomic<int> selecting{0}, ended{0}, started{0};
   kill_turns turns;
-  mpg::join_handle<int> hb = b.spawn(value_after(feed), "b.joined");
+  value_turns took;
+  mpg::join_handle<int> hb = b.spawn(value_after(feed, &took.taken, &took.joined), "b.joined");
   {
     auto a = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1});
     a->go(select_on(addr, other, &selecting, &ended, &turns), "a.select");
@@ -193,10 +205,17 @@ void cross_runtime_select_round(readied_by how) {
     // for it.
     if (how == readied_by::joined_end) {
       REQUIRE(feed.try_send(7));  // B's task ends: J3 readies the select on A
-      // B's one M ran the task's end, J3 included, before this.
       mpg::chan<int> zero(1);
       REQUIRE(zero.try_send(0));
-      CHECK(b.block_on(value_after(zero)) == 0);
+      CHECK(b.block_on(value_after(zero, &took.taken, &took.blocker)) == 0);
+      // The round's premise: B's one P ran the joined task's end, J3
+      // included, before block_on's task (B's global queue is FIFO, and the
+      // joined task was queued or readied first), so the select was readied
+      // before ~A. The joined task ends right after its take, without
+      // suspending: if its take came first, so did its end. block_on returns
+      // after its task ended, on that P after any task that ran before it.
+      CHECK(took.joined.load(std::memory_order_relaxed) == 1);
+      CHECK(took.blocker.load(std::memory_order_relaxed) == 2);
     } else if (how == readied_by::other_case) {
       // Unbuffered: taken only by the select's waiting case, which wins.
       REQUIRE(other.try_send(1));
