@@ -35,79 +35,16 @@
 #include <mpg/mpg.hpp>
 #include <mpg/net.hpp>
 
+#include "http_response.hpp"
 #include "server_args.hpp"
 #include "stats_sampler.hpp"
 
 namespace {
 
 constexpr std::size_t kBuf = 8192;
-constexpr std::string_view kBody = "Hello, World!";
-
-// The Date header's value for the second `now`.
-void format_date(std::time_t now, char (&text)[64]) {
-  std::tm tm{};
-  ::gmtime_r(&now, &tm);
-  std::strftime(text, sizeof text, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-}
-
-// The per-thread caches below are reached only through calls. Inlined into
-// handle(), a coroutine, clang 16 computes a thread_local's address once,
-// ahead of the loop that awaits receives, and keeps it across the awaits:
-// once the task has moved to another M it writes the first M's cache
-// while that M writes it too (a crash in about one run in forty of wrk -c64
-// for 1 s; LLVM issue 63022, fixed in clang 17). A function that is not
-// inlined computes the address on the thread that calls it
-// (mpg/detail/sched/fastrand.hpp does the same).
-
-// The Date header, formatted once per second per thread.
-[[gnu::noinline]] std::string_view http_date(std::time_t now) {
-  thread_local std::time_t cached = 0;
-  thread_local char text[64];
-  if (now != cached) {
-    cached = now;
-    format_date(now, text);
-  }
-  return text;
-}
-
-// connection: the Connection header's value; empty: no such header.
-void append_response(std::string& out, int status, std::string_view reason, std::string_view body,
-                     std::string_view connection, std::time_t now = std::time(nullptr)) {
-  out += "HTTP/1.1 ";
-  out += std::to_string(status);
-  out += ' ';
-  out += reason;
-  out += "\r\nDate: ";
-  out += http_date(now);
-  out += "\r\nContent-Length: ";
-  out += std::to_string(body.size());
-  out += "\r\nContent-Type: text/plain; charset=utf-8\r\n";
-  if (!connection.empty()) {
-    out += "Connection: ";
-    out += connection;
-    out += "\r\n";
-  }
-  out += "\r\n";
-  out += body;
-}
-
-// The answer to almost every request, a keep-alive 200 with kBody: whole,
-// rebuilt once per second per thread (when its Date changes), as nginx and
-// h2o cache their Date header. With the one-pass parse_head() below, this
-// took the server's user-space instructions per request from 2,549 to
-// 1,669 (callgrind, 1 P, wrk -c16), and its CPU per request from 1.09x the
-// floor's to 1.07x (run_servers.py, 7 interleaved rounds).
-[[gnu::noinline]] void append_ok(std::string& out) {
-  thread_local std::time_t cached = 0;
-  thread_local std::string text;
-  const std::time_t now = std::time(nullptr);
-  if (now != cached || text.empty()) {
-    cached = now;
-    text.clear();
-    append_response(text, 200, "OK", kBody, "", now);
-  }
-  out += text;
-}
+using http_response::append_ok;
+using http_response::append_response;
+using http_response::kBody;
 
 bool iequals(std::string_view a, std::string_view b) {
   return a.size() == b.size() && ::strncasecmp(a.data(), b.data(), a.size()) == 0;
