@@ -38,8 +38,8 @@ Usage:
       [--conns 64] [--size 64] [--idle 10000] [--runs 1] [--only echo,http,idle,churn,redis]
       [--impls mpg,base,threads,go,floor,floor_coop] [--base BUILD2,BUILD3] [--churn 100000]
 
-Standard library only. Exit status 1 if a server failed to start or a load
-run failed.
+Standard library only. Exit status 1 if a server failed to start, died
+during its round, or a load run failed.
 """
 
 from __future__ import annotations
