@@ -211,11 +211,15 @@ mpg_test::eager_coroutine bt_hop(mpg::runtime_handle to, std::atomic<int>* out) 
 }
 
 mpg::task<void> bt_hop_from_blocking(mpg::runtime_handle to, std::atomic<int>* out) {
-  co_await mpg::blocking([to, out] {
+  // Named: g++ 12 may destroy a temporary of a co_await's full-expression
+  // twice (README), and this lambda holds a handle, whose second
+  // destruction would free the runtime's control block while it is in use.
+  auto call = [to, out] {
     bt_hop(to, out);
     // Bounded: the hop runs as a posted function of `to`.
     CHECK(mpg_test::wait_until([out] { return out->load() != 0; }, 10s));
-  });
+  };
+  co_await mpg::blocking(std::move(call));
 }
 
 }  // namespace
