@@ -5,7 +5,6 @@
 
 #include <coroutine>
 #include <cstddef>
-#include <exception>
 #include <latch>
 #include <mutex>
 #include <string>
@@ -14,6 +13,7 @@
 #include <vector>
 
 #include "http_response.hpp"
+#include "test_support.hpp"
 
 namespace {
 
@@ -24,17 +24,6 @@ using http_response::response_cache;
 [[gnu::noinline]] const response_cache* own_cache() {
   return &http_response::thread_response_cache();
 }
-
-// A coroutine that starts at once and frees its frame at its end.
-struct eager {
-  struct promise_type {
-    eager get_return_object() noexcept { return {}; }
-    std::suspend_never initial_suspend() noexcept { return {}; }
-    std::suspend_never final_suspend() noexcept { return {}; }
-    void return_void() noexcept {}
-    void unhandled_exception() noexcept { std::terminate(); }
-  };
-};
 
 // Resumes the coroutine on a new thread, as a task resumes on another M,
 // once the thread that ran it has ended (its thread_locals destroyed).
@@ -81,8 +70,8 @@ bool is_ok_response(const std::string& out) {
 // coroutine's first thread in such a loop: the later turns used that
 // ended thread's cache (AddressSanitizer: a use after free of its
 // response; without it, a response of freed bytes).
-eager respond_on_each_thread(std::vector<std::thread>* threads, std::mutex* mu,
-                             turn_result* results, std::latch* done) {
+mpg_test::eager_coroutine respond_on_each_thread(std::vector<std::thread>* threads, std::mutex* mu,
+                                                 turn_result* results, std::latch* done) {
   std::string out;
   for (int i = 0; i < kTurns; ++i) {
     for (int n = 0; n <= i % 3; ++n) http_response::append_ok(out);
