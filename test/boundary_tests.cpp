@@ -53,9 +53,12 @@ int bt_outcome(F&& f) {
 
 mpg::task<void> bt_block_on_inside_blocking(mpg::runtime* rt, mpg::chan<int> c,
                                               std::atomic<int>* inner) {
-  co_await mpg::blocking([rt, c, inner] {
+  // Named, not a temporary of the co_await's full-expression: it holds a
+  // chan, and g++ 12 may destroy such a temporary twice (README).
+  auto call = [rt, c, inner] {
     inner->store(bt_outcome([&] { (void)rt->block_on(bt_wait_forever(c)); }));
-  });
+  };
+  co_await mpg::blocking(call);
 }
 
 }  // namespace
@@ -292,13 +295,15 @@ namespace {
 mpg::task<void> bt_block_on_during_shutdown(mpg::runtime* rt, mpg::chan<int> c,
                                             std::atomic<int>* stage, std::atomic<int>* result) {
   mpg::runtime_handle h = mpg::runtime_handle::current();
-  co_await mpg::blocking([rt, c, h, stage, result] {
+  // Named: it holds a chan and a handle (see bt_block_on_inside_blocking).
+  auto call = [rt, c, h, stage, result] {
     stage->store(1);
     // Bounded: the test destroys the runtime once stage is 1.
     if (!mpg_test::wait_until([&] { return !h.post([] {}); }, 10s)) return;
     stage->store(2);
     result->store(bt_outcome([&] { (void)rt->block_on(bt_wait_forever(c)); }));
-  });
+  };
+  co_await mpg::blocking(call);
 }
 
 }  // namespace

@@ -113,10 +113,13 @@ mpg::task<int> receive_one(mpg::chan<int> c) {
 // A task that runs block_on inside mpg::blocking, `depth` levels deep; the
 // innermost block_on runs a task that waits on c for ever.
 mpg::task<int> block_on_in_blocking(mpg::runtime* rt, mpg::chan<int> c, int depth) {
-  co_return co_await mpg::blocking([rt, c, depth] {
+  // Named, not a temporary of the co_await's full-expression: it holds a
+  // chan, and g++ 12 may destroy such a temporary twice (README).
+  auto call = [rt, c, depth] {
     if (depth == 0) return rt->block_on(receive_one(c));
     return rt->block_on(block_on_in_blocking(rt, c, depth - 1));
-  });
+  };
+  co_return co_await mpg::blocking(call);
 }
 
 }  // namespace
