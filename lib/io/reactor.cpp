@@ -245,7 +245,10 @@ void reactor::start(io_op* op, io_prep_fn prep, const void* ctx) noexcept {
   }
   const unsigned need = op->has_deadline ? 2 : 1;
   const bool refused = faults_ != nullptr && op->multishot && faults_->refuse_sqe();
-  io_uring_sqe* sqe = refused ? nullptr : get_sqes_locked(need);
+  // The common case inline (one SQE, the SQ not full); get_sqes_locked
+  // makes room otherwise.
+  io_uring_sqe* sqe = need == 1 && !refused ? io_uring_get_sqe(ring_.get()) : nullptr;
+  if (sqe == nullptr && !refused) sqe = get_sqes_locked(need);
   add_pending_locked(need);
   if (sqe == nullptr) {
     if (need == 2) add_pending_locked(-1);
