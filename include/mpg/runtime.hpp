@@ -88,13 +88,31 @@ struct block_on_slot {
   std::exception_ptr err;
 };
 
+// join_into: block_on's join, which puts the result into the slot inside
+// await_resume, an ordinary function, so that the waiter's frame holds no
+// T. g++ keeps a co_await's result in the frame, which is aligned to 16
+// bytes: a T aligned beyond that would be misaligned there (README,
+// "Over-aligned locals").
+template <class T>
+struct join_into {
+  using mpg_awaiter = runtime_awaiter_tag;
+  typename join_handle<T>::awaiter inner;
+  block_on_slot<T>* slot;
+  bool await_ready() { return inner.await_ready(); }
+  std::coroutine_handle<> await_suspend(std::coroutine_handle<> h) {
+    return inner.await_suspend(h);
+  }
+  void await_resume() { slot->out.emplace(inner.await_resume()); }
+  void link_parent(std::source_location where) noexcept { inner.link_parent(where); }
+};
+
 template <class T>
 task<void> block_on_waiter(std::shared_ptr<block_on_slot<T>> slot) {
   try {
     if constexpr (std::is_void_v<T>) {
       co_await slot->h;
     } else {
-      slot->out.emplace(co_await slot->h);
+      co_await join_into<T>{slot->h.operator co_await(), slot.get()};
     }
   } catch (...) {
     slot->err = std::current_exception();
