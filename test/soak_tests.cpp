@@ -815,10 +815,13 @@ mpg::task<void> younger(mpg::chan<int> forever) {
   // are published from inside f, so that no older task runs the once first
   // (and lets this task finish, freeing them).
   younger_objects* po = &o;
-  co_await o.once.call([po, forever]() mutable -> mpg::task<> {
+  // Named, not a temporary of the co_await's full-expression: it holds a
+  // chan, and g++ 12 may destroy such a temporary twice (README).
+  auto f = [po, forever]() mutable -> mpg::task<> {
     g_objs.store(po);
     (void)co_await forever.recv();
-  });
+  };
+  co_await o.once.call(f);
 }
 }  // namespace
 
