@@ -8,6 +8,7 @@
 #include <sched.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <charconv>
 #include <cstdio>
 #include <cstdlib>
@@ -16,6 +17,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 
 #include "io/reactor.hpp"
@@ -83,6 +85,13 @@ scheduler::scheduler(const runtime_options& opts) : opts_(opts) {
     throw std::invalid_argument(
         "mpg: runtime_options.thread_starvation_threshold must not be negative");
   if (opts_.max_threads < opts_.procs) opts_.max_threads = opts_.procs;
+  // Abseil builds its table of errno texts at the first ErrnoToStatus, in
+  // a function-local static that it then reads with no lock. Built here,
+  // before any M starts, every M's first errno Status reads a table that
+  // its thread's creation orders after the build. Otherwise two Ms' first
+  // errors race in ThreadSanitizer's eyes: Abseil's guard check is code
+  // it does not see (CI's TSan stage reported soak_tests so).
+  (void)absl::ErrnoToStatus(EIO, "");
   for (std::uint32_t i = 0; i < opts_.procs; ++i)
     ps_.push_back(std::make_unique<processor>(i, opts_.local_queue_capacity));
   const fault_config faults = faults_from_options(opts_.io_faults);  // tests only
