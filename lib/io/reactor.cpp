@@ -85,10 +85,10 @@ static_assert(offsetof(io_timespec, tv_nsec) == offsetof(__kernel_timespec, tv_n
 
 // --- submission ------------------------------------------------------------
 
+// get_sqes_locked(): n consecutive SQEs, making room as needed. start()
+// takes its one SQE inline when the SQ has room and calls this only when it
+// has not; the other callers (cancels, reactor_cancel.cpp) are rare.
 io_uring_sqe* reactor::get_sqes_locked(unsigned n) noexcept {
-  if (n == 1) {  // the common case: get_sqe checks the space itself
-    if (io_uring_sqe* sqe = io_uring_get_sqe(ring_.get())) return sqe;
-  }
   for (int attempt = 0; attempt < 16; ++attempt) {
     if (io_uring_sq_space_left(ring_.get()) >= n) return io_uring_get_sqe(ring_.get());
     flush_locked();
@@ -246,7 +246,7 @@ void reactor::start(io_op* op, io_prep_fn prep, const void* ctx) noexcept {
   const unsigned need = op->has_deadline ? 2 : 1;
   const bool refused = faults_ != nullptr && op->multishot && faults_->refuse_sqe();
   // The common case inline (one SQE, the SQ not full); get_sqes_locked
-  // makes room otherwise.
+  // makes room otherwise, and is the only path for an op and its timeout.
   io_uring_sqe* sqe = need == 1 && !refused ? io_uring_get_sqe(ring_.get()) : nullptr;
   if (sqe == nullptr && !refused) sqe = get_sqes_locked(need);
   add_pending_locked(need);
