@@ -398,3 +398,46 @@ TEST_CASE("long_task_threshold = milliseconds::max() never reports") {
   }());
   CHECK(rt.stats().long_task_reports == 0);
 }
+
+// Abseil builds its table of errno texts at the first absl::ErrnoToStatus,
+// guarded by code ThreadSanitizer does not see (scheduler_setup.cpp). Here
+// runtime A is made first, on a thread of its own, and B only after A's
+// first errno Status, but with no order ThreadSanitizer could see between
+// the two threads (the flag is relaxed, on purpose): B's constructor and
+// B's first errno Status must read the table through an order that mpg
+// provides. meson runs this case alone in a process too
+// (scheduler_tests_errno_texts), so that A's is the process's first build.
+mpg::task<absl::StatusCode> stat_missing_code() {
+  absl::StatusOr<mpg::fs::file_info> info = co_await mpg::fs::stat("/nonexistent/mpg-test");
+  co_return info.status().code();
+}
+
+TEST_CASE("two runtimes made on two threads: the errno texts are built in an order both see") {
+  // Relaxed flags: the test wants B after A in time but in no order that
+  // ThreadSanitizer tracks (see above). A's runtime lives until B's is
+  // gone: liburing maps the rings with raw syscalls, which ThreadSanitizer
+  // does not see, so B's ring at the address of A's unmapped one would be
+  // a report of its own.
+  std::atomic<bool> a_done{false};
+  std::atomic<bool> b_done{false};
+  absl::StatusCode a_code = absl::StatusCode::kOk;
+  absl::StatusCode b_code = absl::StatusCode::kOk;
+  std::thread a([&] {
+    mpg::runtime rt({.procs = 1});
+    a_code = rt.block_on(stat_missing_code());
+    a_done.store(true, std::memory_order_relaxed);
+    while (!b_done.load(std::memory_order_relaxed)) std::this_thread::yield();
+  });
+  std::thread b([&] {
+    while (!a_done.load(std::memory_order_relaxed)) std::this_thread::yield();
+    {
+      mpg::runtime rt({.procs = 1});
+      b_code = rt.block_on(stat_missing_code());
+    }
+    b_done.store(true, std::memory_order_relaxed);
+  });
+  a.join();
+  b.join();
+  CHECK(a_code == absl::StatusCode::kNotFound);
+  CHECK(b_code == absl::StatusCode::kNotFound);
+}

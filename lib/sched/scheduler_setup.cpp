@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <mutex>
 #include <numeric>
 #include <stdexcept>
 #include <string>
@@ -87,11 +88,15 @@ scheduler::scheduler(const runtime_options& opts) : opts_(opts) {
   if (opts_.max_threads < opts_.procs) opts_.max_threads = opts_.procs;
   // Abseil builds its table of errno texts at the first ErrnoToStatus, in
   // a function-local static that it then reads with no lock. Built here,
-  // before any M starts, every M's first errno Status reads a table that
-  // its thread's creation orders after the build. Otherwise two Ms' first
-  // errors race in ThreadSanitizer's eyes: Abseil's guard check is code
-  // it does not see (CI's TSan stage reported soak_tests so).
-  (void)absl::ErrnoToStatus(EIO, "");
+  // before any M starts, under one process-wide std::call_once: every M's
+  // first errno Status reads a table that its thread's creation orders
+  // after the build, and a runtime constructed on another thread at the
+  // same time waits in call_once for the build (an order ThreadSanitizer
+  // sees). Otherwise two Ms' first errors race in ThreadSanitizer's eyes:
+  // Abseil's guard check is code it does not see (CI's TSan stage reported
+  // soak_tests so).
+  static std::once_flag errno_texts_built;
+  std::call_once(errno_texts_built, [] { (void)absl::ErrnoToStatus(EIO, ""); });
   for (std::uint32_t i = 0; i < opts_.procs; ++i)
     ps_.push_back(std::make_unique<processor>(i, opts_.local_queue_capacity));
   const fault_config faults = faults_from_options(opts_.io_faults);  // tests only
