@@ -258,4 +258,39 @@ TEST_CASE("chan: the last handle may be dropped right after a receive returns") 
   rt.block_on(chan_rounds(kRounds));
 }
 
+// wait_group and a select woken by it: the select's task waits on the group
+// too, but once the group has woken it (its case won) it no longer touches
+// the group, so the plain waiter that runs first may destroy it. On one P,
+// in an order made sure: the owner queues first, the select second; done()
+// readies the owner into runnext and the select behind it, so the owner
+// returns and deletes the group before the select runs again.
+mpg::task<void> wg_select_waiter(mpg::wait_group* wg, mpg::chan<int> never, bool* parking) {
+  *parking = true;  // one P: the select below parks before anything else runs
+  auto r = co_await mpg::select(wg->wait(), never.recv());
+  CHECK(r.index() == 0);
+}
+
+mpg::task<void> wg_select_releaser(mpg::wait_group* wg, const bool* parking) {
+  while (!*parking) co_await mpg::yield();
+  wg->done();
+}
+
+mpg::task<void> wg_select_owner() {
+  mpg::chan<int> never;
+  bool parking = false;
+  auto wg = std::make_unique<mpg::wait_group>();
+  wg->add(1);
+  mpg::join_handle<void> sel = mpg::spawn(wg_select_waiter(wg.get(), never, &parking));
+  mpg::join_handle<void> rel = mpg::spawn(wg_select_releaser(wg.get(), &parking));
+  co_await wg->wait();
+  wg.reset();  // the select that the same done() woke has not run yet
+  co_await sel;
+  co_await rel;
+}
+
+TEST_CASE("wait_group: a waiter may destroy it before a select that it woke runs again") {
+  mpg::runtime rt({.procs = 1});
+  for (int i = 0; i < 100; ++i) rt.block_on(wg_select_owner());
+}
+
 }  // namespace

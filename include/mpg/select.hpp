@@ -94,13 +94,22 @@
 //      result follows at once.
 //   5. Parked: a waker claims us (waitq.hpp), completes its case and readies
 //      us. Wakers that lose take nothing.
-//   6. Resumed, we lock all again, take our remaining waiters off every
-//      queue (those already removed are skipped; a lock-free one waits for
-//      its waker), unlock, and return the winner's result. The relock is
-//      also what makes step 5 safe for lockful cases: a losing waker holds
-//      the lock of a channel we still have to relock, so our frame (and the
-//      state word it CASes) outlives its claim. A lock-free case gets the
-//      same guarantee from its dequeue's wait (spawn.hpp, join_op).
+//   6. Resumed, we find the winner among our own waiters by address, lock
+//      again every lock of the set but the winner's (unless another of our
+//      cases shares it), take our remaining waiters off their queues (those
+//      already removed are skipped; a lock-free one waits for its waker),
+//      unlock, and return the winner's result. The winner's object is not
+//      touched again: its waker took our waiter off under that lock and
+//      readied us after unlocking, as it does a plain waiter, so a task
+//      that returns from waiting on the same release may destroy the
+//      object before we run (a wait_group whose owner's wait() returns
+//      first). The relock of the others is also what makes step 5 safe for
+//      lockful cases: a losing waker holds the lock of an object we still
+//      have to relock, so our frame (and the state word it CASes) outlives
+//      its claim. A losing waker on the winner's object would have to take
+//      another of our waiters, queued there: its lock is then in the set.
+//      A lock-free case gets the same guarantee from its dequeue's wait
+//      (spawn.hpp, join_op).
 //
 // Rejected: polling the cases in declaration order (Go did, early on): the
 // first ready case would starve the others. Taking one global lock for all
@@ -393,14 +402,22 @@ class [[nodiscard]] select_awaiter {
         if constexpr (kWaits == 1) {
           chosen_ = kWaitIdx[0];  // the waker took our only waiter
         } else {
-          std::array<spinlock*, kLocks> locks = lock_set();
-          const std::size_t nlocks = sort_lock_order(locks);
+          // The winner is found by the addresses of our own waiters, and
+          // its object's lock is left out of the relock unless another of
+          // our cases shares it (see the top of the file, step 6).
+          chosen_ = index_of(win);
+          std::array<spinlock*, kLocks> locks{};
+          std::size_t nlocks = 0;
+          if constexpr (kLocks > 0) {
+            const std::size_t k = lock_set_except(chosen_, locks);
+            // The slot the winner's lock leaves repeats another lock, which
+            // the sort's unique() drops: the whole array sorts as in step 1.
+            for (std::size_t i = k; i < kLocks; ++i) locks[i] = locks[0];
+            if (k > 0) nlocks = sort_lock_order(locks);
+          }
           lock_all(locks, nlocks);
           for_each_waitable_case([&](auto& c, std::size_t i) {
-            if (c.sel_node() == win)
-              chosen_ = static_cast<std::uint8_t>(i);
-            else
-              c.sel_dequeue();
+            if (i != chosen_) c.sel_dequeue();
           });
           unlock_all(locks, nlocks);
         }
@@ -413,11 +430,19 @@ class [[nodiscard]] select_awaiter {
   // lock_set(): the lock of each lockful case (possibly repeated).
   std::array<spinlock*, kLocks> lock_set() noexcept {
     std::array<spinlock*, kLocks> a{};
-    std::size_t k = 0;
-    for_each_waitable_case([&](auto& c, std::size_t) {
-      if constexpr (has_lock<std::remove_cvref_t<decltype(c)>>()) a[k++] = c.sel_lock();
-    });
+    (void)lock_set_except(kCases, a);
     return a;
+  }
+  // lock_set_except(): into a, the lock of each lockful case but the one
+  // with tuple index `skip`; returns how many.
+  std::size_t lock_set_except(std::size_t skip, std::array<spinlock*, kLocks>& a) noexcept {
+    std::size_t k = 0;
+    for_each_waitable_case([&](auto& c, std::size_t i) {
+      if constexpr (has_lock<std::remove_cvref_t<decltype(c)>>()) {
+        if (i != skip) a[k++] = c.sel_lock();
+      }
+    });
+    return k;
   }
 
   // The park location: the task's co_await, else where the first waitable

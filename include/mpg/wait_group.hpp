@@ -40,11 +40,13 @@
 // nothing, so it may lose afterwards). The waker takes waiters with
 // dequeue_all, which claims each queued select and drops those that lost;
 // a case that loses is taken off by its select's clean-up, which lowers the
-// waiter count as unqueue() does. A woken select relocks the group's lock
-// before it returns (select.hpp, step 6), won or lost: while a select waits
-// on a group, the group may be destroyed only by a task that returns from
-// waiting on it after that select has returned (not by another waiter the
-// same done() woke).
+// waiter count as unqueue() does. A select that the group's case won does
+// not touch the group again (select.hpp, step 6): a task that returns from
+// a wait the same done() ended may destroy the group before that select
+// runs. A select that another case won relocks the group to take its
+// waiter off: while such a select has not returned, the group must live
+// (a done() that ends the round at the same instant drops the select's
+// waiter, and the select still comes back to the lock).
 //
 // Shutdown: a waiter killed while parked (~runtime destroys its frame)
 // unlinks itself and lowers the waiter count in its awaiter's destructor;
