@@ -83,9 +83,12 @@
 //      a copy on the thread's stack. Were the compiler to keep that copy in
 //      the frame (a local of an inlined await_suspend: llvm/llvm-project
 //      #56301), it would still outlive its last read: the loop reads each
-//      entry while it holds that entry's lock and every lower one, and a
-//      resumed select relocks the whole set (step 6) before it can finish;
-//      with one waitable case the one unlock is the last access. If
+//      entry while it holds that entry's lock and every lower one; a
+//      lockful winner's waker can act only once its lock is unlocked, and
+//      the locks still held then are losers' (or shared with one), which a
+//      resumed select relocks (step 6) before it can finish; a lock-free
+//      winner's select relocks the whole set; with one waitable case the
+//      one unlock is the last access. If
 //      instead the CAS fails (a lock-free waker claimed during arming), or
 //      a case's sel_enqueue said it is ready (then we claim for it, which
 //      fails only to such a waker), the select does not sleep: it takes
@@ -98,12 +101,14 @@
 //      again every lock of the set but the winner's (unless another of our
 //      cases shares it), take our remaining waiters off their queues (those
 //      already removed are skipped; a lock-free one waits for its waker),
-//      unlock, and return the winner's result. The winner's object is not
-//      touched again: its waker took our waiter off under that lock and
-//      readied us after unlocking, as it does a plain waiter, so a task
-//      that returns from waiting on the same release may destroy the
-//      object before we run (a wait_group whose owner's wait() returns
-//      first). The relock of the others is also what makes step 5 safe for
+//      unlock, and return the winner's result. The clean-up does not
+//      relock the winner's object: its waker took our waiter off under
+//      that lock and readied us after unlocking, as it does a plain waiter,
+//      so a task that returns from waiting on the same release may destroy
+//      the object before we run (a wait_group whose owner's wait() returns
+//      first), unless another of our cases waits on it too. (The winner's
+//      result may still use what its case holds a reference to: a oneshot's
+//      state, a join's word.) The relock of the others is also what makes step 5 safe for
 //      lockful cases: a losing waker holds the lock of an object we still
 //      have to relock, so our frame (and the state word it CASes) outlives
 //      its claim. A losing waker on the winner's object would have to take

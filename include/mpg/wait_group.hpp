@@ -40,13 +40,14 @@
 // nothing, so it may lose afterwards). The waker takes waiters with
 // dequeue_all, which claims each queued select and drops those that lost;
 // a case that loses is taken off by its select's clean-up, which lowers the
-// waiter count as unqueue() does. A select that the group's case won does
-// not touch the group again (select.hpp, step 6): a task that returns from
-// a wait the same done() ended may destroy the group before that select
-// runs. A select that another case won relocks the group to take its
-// waiter off: while such a select has not returned, the group must live
-// (a done() that ends the round at the same instant drops the select's
-// waiter, and the select still comes back to the lock).
+// waiter count as unqueue() does. A select that the group's case won, and
+// that has no other case on the group, does not touch the group again
+// (select.hpp, step 6): a task that returns from a wait the same done()
+// ended may destroy the group before that select runs. A select that
+// another case won, or with a second case on the group, relocks the group
+// to take its other waiter off: while such a select has not returned, the
+// group must live (a done() that ends the round at the same instant drops
+// the select's waiter, and the select still comes back to the lock).
 //
 // Shutdown: a waiter killed while parked (~runtime destroys its frame)
 // unlinks itself and lowers the waiter count in its awaiter's destructor;

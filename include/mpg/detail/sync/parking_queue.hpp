@@ -42,8 +42,9 @@
 // destroyed by the task that has just returned from waiting on it, or that
 // observed the release on a fast path: Go's `{ var wg WaitGroup; ...;
 // wg.Wait() }`, and POSIX's "destroying a mutex right after the last unlock
-// is safe". (A select with a wait_group case that another case won relocks
-// the group when it resumes: wait_group.hpp, "Select".) So a release path either
+// is safe". (A select with a wait_group case that another case won, or
+// with two cases on one group, relocks the group when it resumes:
+// wait_group.hpp, "Select".) So a release path either
 //   - ends with its publishing atomic on S and touches nothing after it
 //     (the fast paths: one CAS), or
 //   - publishes its change to S inside wake(), under the lock, and then
