@@ -157,7 +157,15 @@ class mutex : public detail::request_base<mutex, detail::mutex_lock_op>,
   //
   // Releases the mutex, readying a waiter if one should retry. Throws
   // mpg::sync_misuse_error if the mutex is not locked.
-  void unlock();
+  void unlock() {
+    std::uint32_t s = kLocked;
+    // Release: publishes the critical section to the next acquire CAS. The
+    // last touch of the mutex. Inline, the common case: nobody waits.
+    if (state_.compare_exchange_strong(s, 0, std::memory_order_release, std::memory_order_relaxed))
+        [[likely]]
+      return;
+    unlock_slow(s);
+  }
 
   // mutex::scoped_lock()
   //
@@ -189,6 +197,8 @@ class mutex : public detail::request_base<mutex, detail::mutex_lock_op>,
     return false;
   }
   task<void> lock_slow(bool yield_first, std::source_location where);
+  // unlock_slow(): unlock() when the state was not just kLocked (s).
+  void unlock_slow(std::uint32_t s);
   void wake_one();
   void unlock_starving();
   detail::waiter* pass_claim(detail::waitq& q) noexcept;

@@ -135,12 +135,7 @@ task<void> mutex::lock_slow(bool yield_first, std::source_location where) {
   }
 }
 
-void mutex::unlock() {
-  std::uint32_t s = kLocked;
-  // Release: publishes the critical section to the next acquire CAS. The
-  // last touch of the mutex.
-  if (state_.compare_exchange_strong(s, 0, std::memory_order_release, std::memory_order_relaxed))
-    return;
+void mutex::unlock_slow(std::uint32_t s) {
   for (;;) {
     if (!(s & kLocked)) throw sync_misuse_error("mpg::mutex: unlock of unlocked mutex");
     if (s & kStarving) {
