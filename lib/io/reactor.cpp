@@ -85,9 +85,11 @@ static_assert(offsetof(io_timespec, tv_nsec) == offsetof(__kernel_timespec, tv_n
 
 // --- submission ------------------------------------------------------------
 
-// get_sqes_locked(): n consecutive SQEs, making room as needed. start()
-// takes its one SQE inline when the SQ has room and calls this only when it
-// has not; the other callers (cancels, reactor_cancel.cpp) are rare.
+// get_sqes_locked(): the first of n SQEs that the caller then takes in a
+// row (the rest with io_uring_get_sqe, under lock_), making room as needed;
+// nullptr when the kernel keeps refusing. start() calls it for an op with
+// a deadline, and for one without only when the SQ is full (it takes that
+// one SQE inline otherwise); cancels (reactor_cancel.cpp) always.
 io_uring_sqe* reactor::get_sqes_locked(unsigned n) noexcept {
   for (int attempt = 0; attempt < 16; ++attempt) {
     if (io_uring_sq_space_left(ring_.get()) >= n) return io_uring_get_sqe(ring_.get());

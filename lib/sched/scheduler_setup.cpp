@@ -90,9 +90,9 @@ scheduler::scheduler(const runtime_options& opts) : opts_(opts) {
   // a function-local static that it then reads with no lock. Built here,
   // before any M starts, under one process-wide std::call_once: every M's
   // first errno Status reads a table that its thread's creation orders
-  // after the build, and a runtime constructed on another thread at the
-  // same time waits in call_once for the build (an order ThreadSanitizer
-  // sees). Otherwise two Ms' first errors race in ThreadSanitizer's eyes:
+  // after the build, and a runtime constructed on another thread, then or
+  // later, passes the same call_once, which orders the build before it (an
+  // order ThreadSanitizer sees). Otherwise two Ms' first errors race in ThreadSanitizer's eyes:
   // Abseil's guard check is code it does not see (CI's TSan stage reported
   // soak_tests so).
   static std::once_flag errno_texts_built;
