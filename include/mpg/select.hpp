@@ -108,10 +108,10 @@
 //      the object before we run (a wait_group whose owner's wait() returns
 //      first), unless another of our cases waits on it too. (The winner's
 //      result may still use what its case holds a reference to: a oneshot's
-//      state, a join's word.) The relock of the others is also what makes step 5 safe for
-//      lockful cases: a losing waker holds the lock of an object we still
-//      have to relock, so our frame (and the state word it CASes) outlives
-//      its claim. A losing waker on the winner's object would have to take
+//      state, a join's word.) The relock of the others is also what makes
+//      step 5 safe for lockful cases: a losing waker holds the lock of an
+//      object we still have to relock, so our frame (and the state word it
+//      CASes) outlives its claim. A losing waker on the winner's object would have to take
 //      another of our waiters, queued there: its lock is then in the set.
 //      A lock-free case gets the same guarantee from its dequeue's wait
 //      (spawn.hpp, join_op).

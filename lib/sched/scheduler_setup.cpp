@@ -92,9 +92,9 @@ scheduler::scheduler(const runtime_options& opts) : opts_(opts) {
   // first errno Status reads a table that its thread's creation orders
   // after the build, and a runtime constructed on another thread, then or
   // later, passes the same call_once, which orders the build before it (an
-  // order ThreadSanitizer sees). Otherwise two Ms' first errors race in ThreadSanitizer's eyes:
-  // Abseil's guard check is code it does not see (CI's TSan stage reported
-  // soak_tests so).
+  // order ThreadSanitizer sees). Otherwise two Ms' first errors race in
+  // ThreadSanitizer's eyes: Abseil's guard check is code it does not see
+  // (CI's TSan stage reported soak_tests so).
   static std::once_flag errno_texts_built;
   std::call_once(errno_texts_built, [] { (void)absl::ErrnoToStatus(EIO, ""); });
   for (std::uint32_t i = 0; i < opts_.procs; ++i)
