@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -291,6 +292,115 @@ mpg::task<void> wg_select_owner() {
 TEST_CASE("wait_group: a waiter may destroy it before a select that it woke runs again") {
   mpg::runtime rt({.procs = 1});
   for (int i = 0; i < 100; ++i) rt.block_on(wg_select_owner());
+}
+
+// wait_group and a select whose wait case lost: the select's task waits on
+// the group too, but another case won, and the done() that ends the round
+// drops the select's waiter there. The plain waiter that the done() readies
+// may destroy the group at once, so the select's clean-up must not come
+// back to it (wait_group.hpp, W1-W4). One P, in an order made sure: the
+// owner queues first, the select second; the releaser's send wins the
+// select's receive (readying it into runnext), then its done() readies the
+// owner into runnext and moves the select behind it, so the owner deletes
+// the group before the select runs its clean-up.
+mpg::task<void> wg_lost_waiter(mpg::wait_group* wg, mpg::chan<int> ch, bool* parking) {
+  *parking = true;  // one P: the select below parks before anything else runs
+  auto r = co_await mpg::select(wg->wait(), ch.recv());
+  REQUIRE(r.index() == 1);
+  CHECK(std::get<1>(r) == std::optional<int>(7));
+}
+
+mpg::task<void> wg_lost_releaser(mpg::wait_group* wg, mpg::chan<int> ch, const bool* parking) {
+  while (!*parking) co_await mpg::yield();
+  co_await ch.send(7);  // the select is parked on ch: its receive wins
+  wg->done();
+}
+
+mpg::task<void> wg_lost_owner() {
+  mpg::chan<int> ch;
+  bool parking = false;
+  auto wg = std::make_unique<mpg::wait_group>();
+  wg->add(1);
+  mpg::join_handle<void> sel = mpg::spawn(wg_lost_waiter(wg.get(), ch, &parking));
+  mpg::join_handle<void> rel = mpg::spawn(wg_lost_releaser(wg.get(), ch, &parking));
+  co_await wg->wait();
+  wg.reset();  // the select whose wait case lost has not cleaned up yet
+  co_await sel;
+  co_await rel;
+}
+
+TEST_CASE("wait_group: a waiter may destroy it before a select whose wait case lost runs again") {
+  mpg::runtime rt({.procs = 1});
+  for (int i = 0; i < 100; ++i) rt.block_on(wg_lost_owner());
+}
+
+// The same with two wait cases on the one group: one wins, the done() drops
+// the other, and neither may bring the select back to the group.
+mpg::task<void> wg_twice_waiter(mpg::wait_group* wg, bool* parking) {
+  *parking = true;
+  auto r = co_await mpg::select(wg->wait(), wg->wait());
+  CHECK(r.index() < 2);
+}
+
+mpg::task<void> wg_twice_owner() {
+  bool parking = false;
+  auto wg = std::make_unique<mpg::wait_group>();
+  wg->add(1);
+  mpg::join_handle<void> sel = mpg::spawn(wg_twice_waiter(wg.get(), &parking));
+  mpg::join_handle<void> rel = mpg::spawn(wg_select_releaser(wg.get(), &parking));
+  co_await wg->wait();
+  wg.reset();  // the select has a second case on the group: dropped by the done()
+  co_await sel;
+  co_await rel;
+}
+
+TEST_CASE("wait_group: a waiter may destroy it before a select with two wait cases runs again") {
+  mpg::runtime rt({.procs = 1});
+  for (int i = 0; i < 100; ++i) rt.block_on(wg_twice_owner());
+}
+
+// On two Ps the select's clean-up and the done() race: the select, woken by
+// one releaser's send, may be cleaning up on one P while the other
+// releaser's done() on the other P ends the round and readies the owner,
+// which deletes the group. The send completes only once the select has
+// queued, so the group outlives the select's arming, and the receive
+// always wins; the done() follows the send closely (the flag), so that the
+// two sides meet in every order (wait_group.hpp, W2-W4).
+mpg::task<void> wg_race_waiter(mpg::wait_group* wg, mpg::chan<int> ch) {
+  auto r = co_await mpg::select(wg->wait(), ch.recv());
+  CHECK(r.index() == 1);
+}
+
+mpg::task<void> wg_race_sender(mpg::chan<int> ch, std::atomic<bool>* sent) {
+  co_await ch.send(1);
+  sent->store(true, std::memory_order_release);
+}
+
+mpg::task<void> wg_race_releaser(mpg::wait_group* wg, const std::atomic<bool>* sent) {
+  while (!sent->load(std::memory_order_acquire)) co_await mpg::yield();
+  wg->done();
+}
+
+mpg::task<void> wg_race_rounds(int rounds) {
+  for (int i = 0; i < rounds; ++i) {
+    mpg::chan<int> ch;
+    std::atomic<bool> sent{false};
+    auto wg = std::make_unique<mpg::wait_group>();
+    wg->add(1);
+    mpg::join_handle<void> sel = mpg::spawn(wg_race_waiter(wg.get(), ch));
+    mpg::join_handle<void> snd = mpg::spawn(wg_race_sender(ch, &sent));
+    mpg::join_handle<void> rel = mpg::spawn(wg_race_releaser(wg.get(), &sent));
+    co_await wg->wait();
+    wg.reset();
+    co_await sel;
+    co_await snd;
+    co_await rel;
+  }
+}
+
+TEST_CASE("wait_group: a select whose wait case lost races the done() that ends the round") {
+  mpg::runtime rt({.procs = 2});
+  rt.block_on(wg_race_rounds(kRounds));
 }
 
 }  // namespace

@@ -46,6 +46,14 @@
 //                                 is still queued. For a lock-free case also:
 //                                 return only once no waker can touch the
 //                                 waiter any more.
+//   sel_dequeue_woken()           optional: step 6's clean-up of a case that
+//                                 lost, called with no lock of the select's
+//                                 held; the case locks its object itself,
+//                                 only while the object is sure to live, and
+//                                 returns once no waker can touch the waiter
+//                                 (wait_group.hpp, W4: a group may be
+//                                 destroyed by a task its zero released).
+//                                 Such a case is left out of step 6's relock.
 //   sel_node() -> waiter*         the waiter it queues (told apart from the
 //                                 winner by address).
 //   sel_result() -> result_type   the winner's result, once.
@@ -86,9 +94,11 @@
 //      entry while it holds that entry's lock and every lower one; a
 //      lockful winner's waker can act only once its lock is unlocked, and
 //      the locks still held then are losers' (or shared with one), which a
-//      resumed select relocks (step 6) before it can finish; a lock-free
-//      winner's select relocks the whole set; with one waitable case the
-//      one unlock is the last access. If
+//      resumed select relocks (step 6) before it can finish (a case that
+//      cleans up by itself locks its object too, unless a waker took its
+//      waiter off under that lock, after our unlock); a lock-free winner's
+//      select relocks the whole set; with one waitable case the one unlock
+//      is the last access. If
 //      instead the CAS fails (a lock-free waker claimed during arming), or
 //      a case's sel_enqueue said it is ready (then we claim for it, which
 //      fails only to such a waker), the select does not sleep: it takes
@@ -99,22 +109,26 @@
 //      us. Wakers that lose take nothing.
 //   6. Resumed, we find the winner among our own waiters by address, lock
 //      again every lock of the set but the winner's (unless another of our
-//      cases shares it), take our remaining waiters off their queues (those
-//      already removed are skipped; a lock-free one waits for its waker),
-//      unlock, and return the winner's result. The clean-up does not
-//      relock the winner's object: its waker took our waiter off under
-//      that lock and readied us after unlocking, as it does a plain waiter,
-//      so a task that returns from waiting on the same release may destroy
-//      the object before we run (a wait_group whose owner's wait() returns
-//      first), unless another of our cases waits on it too. (The winner's
-//      result may still use what its case holds a reference to: a oneshot's
-//      state, a join's word.) The relock of the others is also what makes
-//      step 5 safe for lockful cases: a losing waker holds the lock of an
-//      object we still have to relock, so our frame (and the state word it
-//      CASes) outlives its claim. A losing waker on the winner's object would have to take
-//      another of our waiters, queued there: its lock is then in the set.
-//      A lock-free case gets the same guarantee from its dequeue's wait
-//      (spawn.hpp, join_op).
+//      cases shares it) and those of cases that clean up by themselves
+//      (sel_dequeue_woken), take our remaining waiters off their queues
+//      (those already removed are skipped; a lock-free one waits for its
+//      waker), unlock, let each case that cleans up by itself do so, and
+//      return the winner's result. The clean-up does not relock the
+//      winner's object: its waker took our waiter off under that lock and
+//      readied us after unlocking, as it does a plain waiter, so a task
+//      that returns from waiting on the same release may destroy the
+//      object before we run (a wait_group whose owner's wait() returns
+//      first). (The winner's result may still use what its case holds a
+//      reference to: a oneshot's state, a join's word.) The relock of the
+//      others is also what makes step 5 safe for lockful cases: a losing
+//      waker holds the lock of an object we still have to relock, so our
+//      frame (and the state word it CASes) outlives its claim. A losing
+//      waker on the winner's object would have to take another of our
+//      waiters, queued there: its lock is then in the set. A lock-free case
+//      gets the same guarantee from its dequeue's wait (spawn.hpp,
+//      join_op), and a case that cleans up by itself from its own protocol
+//      (wait_group.hpp, W1-W4), which also keeps it off an object that a
+//      release it lost may have let another waiter destroy.
 //
 // Rejected: polling the cases in declaration order (Go did, early on): the
 // first ready case would starve the others. Taking one global lock for all
@@ -254,6 +268,15 @@ class [[nodiscard]] select_awaiter {
       return false;
     else
       return !std::is_same_v<decltype(std::declval<C&>().sel_lock()), std::nullptr_t>;
+  }
+  // A case with its own clean-up after a wake-up (sel_dequeue_woken):
+  // left out of step 6's relock.
+  template <class C>
+  static constexpr bool cleans_up_alone() {
+    if constexpr (!select_case_traits<C>::is_waitable)
+      return false;
+    else
+      return requires(C& c) { c.sel_dequeue_woken(); };
   }
   static constexpr std::size_t kLocks = (std::size_t{0} + ... + (has_lock<Cases>() ? 1 : 0));
   // Some case is lock-free: the select needs its arming phase (step 3).
@@ -414,17 +437,24 @@ class [[nodiscard]] select_awaiter {
           std::array<spinlock*, kLocks> locks{};
           std::size_t nlocks = 0;
           if constexpr (kLocks > 0) {
-            const std::size_t k = lock_set_except(chosen_, locks);
-            // The slot the winner's lock leaves repeats another lock, which
+            const std::size_t k = lock_set_except<true>(chosen_, locks);
+            // The slots the left-out locks leave repeat another lock, which
             // the sort's unique() drops: the whole array sorts as in step 1.
             for (std::size_t i = k; i < kLocks; ++i) locks[i] = locks[0];
             if (k > 0) nlocks = sort_lock_order(locks);
           }
           lock_all(locks, nlocks);
           for_each_waitable_case([&](auto& c, std::size_t i) {
-            if (i != chosen_) c.sel_dequeue();
+            if constexpr (!cleans_up_alone<std::remove_cvref_t<decltype(c)>>()) {
+              if (i != chosen_) c.sel_dequeue();
+            }
           });
           unlock_all(locks, nlocks);
+          for_each_waitable_case([&](auto& c, std::size_t i) {
+            if constexpr (cleans_up_alone<std::remove_cvref_t<decltype(c)>>()) {
+              if (i != chosen_) c.sel_dequeue_woken();
+            }
+          });
         }
       }
     }
@@ -435,15 +465,18 @@ class [[nodiscard]] select_awaiter {
   // lock_set(): the lock of each lockful case (possibly repeated).
   std::array<spinlock*, kLocks> lock_set() noexcept {
     std::array<spinlock*, kLocks> a{};
-    (void)lock_set_except(kCases, a);
+    (void)lock_set_except<false>(kCases, a);
     return a;
   }
   // lock_set_except(): into a, the lock of each lockful case but the one
-  // with tuple index `skip`; returns how many.
+  // with tuple index `skip` (and, for step 6's relock, those of cases that
+  // clean up by themselves); returns how many.
+  template <bool kRelock>
   std::size_t lock_set_except(std::size_t skip, std::array<spinlock*, kLocks>& a) noexcept {
     std::size_t k = 0;
     for_each_waitable_case([&](auto& c, std::size_t i) {
-      if constexpr (has_lock<std::remove_cvref_t<decltype(c)>>()) {
+      using C = std::remove_cvref_t<decltype(c)>;
+      if constexpr (has_lock<C>() && !(kRelock && cleans_up_alone<C>())) {
         if (i != skip) a[k++] = c.sel_lock();
       }
     });

@@ -37,17 +37,52 @@
 // waiter does and counts in the waiter count, so the crossing to zero wakes
 // it under the same rules. Poll: the counter is zero. Enqueue (under the
 // lock): the CAS of wait_slow; a zero counter makes the case ready (it takes
-// nothing, so it may lose afterwards). The waker takes waiters with
-// dequeue_all, which claims each queued select and drops those that lost;
-// a case that loses is taken off by its select's clean-up, which lowers the
-// waiter count as unqueue() does. A select that the group's case won, and
-// that has no other case on the group, does not touch the group again
-// (select.hpp, step 6): a task that returns from a wait the same done()
-// ended may destroy the group before that select runs. A select that
-// another case won, or with a second case on the group, relocks the group
-// to take its other waiter off: while such a select has not returned, the
-// group must live (a done() that ends the round at the same instant drops
-// the select's waiter, and the select still comes back to the lock).
+// nothing, so it may lose afterwards). A task that returns from a wait may
+// destroy the group at once, also while a select that waited on it too has
+// not yet run again; so a woken select's clean-up comes back to the group
+// only while it is sure to live, through a state word in the case's
+// awaiter (sel_cleanup_; W1-W4 below) rather than under the select's relock
+// (select.hpp, step 6: the case's sel_dequeue_woken).
+//   W1. sel_enqueue sets the word to kArmed (published by the select's
+//       unlock).
+//   W2. A crossing to zero with select waiters queued, under the queue lock
+//       and before its CAS on state_: holds each one, CAS kArmed -> kHeld.
+//       One that fails is in kCleaning (its select was woken by another
+//       case and is on its way to this lock, W4): the crossing gives back
+//       the holds it took (kArmed again), unlocks, waits for kCleaned (that
+//       clean-up took the waiter off), and decides afresh. The group lives
+//       meanwhile: the counter has not reached zero, so no wait has
+//       returned. A crossing whose CAS finds the counter moved gives back
+//       the holds as well.
+//   W3. With every select waiter held, the CAS takes the counter to zero
+//       and the same section takes every waiter off, claiming each select:
+//       a case that won is readied after the unlock, as a plain waiter; a
+//       case that lost is dropped. Either way the word becomes kDropped,
+//       for a lost case with a release store that is the crossing's last
+//       touch of the waiter and its select.
+//   W4. The clean-up of a case that lost, when its select resumes after
+//       parking (sel_dequeue_woken, with no lock of the select held): kHeld
+//       -> wait until it changes; kDropped -> nothing to do, and the group
+//       is not touched; kArmed -> CAS to kCleaning, then take the waiter
+//       off under the queue lock (if still queued), unlock, and store
+//       kCleaned, the clean-up's last touch of the word. A case that won
+//       is not cleaned up (the select skips it).
+// Why this is enough: a select's clean-up locks the group only from
+// kCleaning, which it reaches only from kArmed, so no crossing held it;
+// any crossing that comes after sees kCleaning under the lock and waits
+// for kCleaned before it can take the counter to zero. So while a clean-up
+// may still lock the group, the round has not ended, no wait has returned,
+// and nobody may destroy the group; once it has ended, every select case
+// still queued then is kDropped, and its clean-up reads only its own
+// awaiter. The crossing's wait in W2 is for a clean-up between its CAS and
+// its unlock: a few instructions, on a running thread (it spins, then
+// yields, as join_op's J4).
+// Memory ordering: W3's release store of kDropped pairs with W4's acquire
+// loads (so the claim and the unlinking happen before the select frees
+// its frame); W4's release store of kCleaned pairs with W2's acquire wait
+// (so the clean-up's unlock happens before the crossing goes on). The
+// holds and their give-backs are relaxed: the lock orders everything a
+// held select's clean-up goes on to read.
 //
 // Shutdown: a waiter killed while parked (~runtime destroys its frame)
 // unlinks itself and lowers the waiter count in its awaiter's destructor;
@@ -121,6 +156,9 @@ class wait_group {
  private:
   bool wait_slow(detail::waiter* w, std::coroutine_handle<> h, const std::source_location& where);
   void reach_zero(std::int64_t delta);
+  static wait_awaiter* hold_selects(detail::waitq& q) noexcept;
+  static void give_back_holds(detail::waitq& q, const detail::waiter* upto) noexcept;
+  static detail::waiter* take_round(detail::waitq& q) noexcept;
   void unqueue(detail::waiter* w) noexcept;
 
   static constexpr int kCounterShift = 32;
@@ -191,6 +229,8 @@ class [[nodiscard]] wait_group::wait_awaiter : private detail::waiter {
     return counter(wg_->state_.load(std::memory_order_acquire)) == 0;
   }
   bool sel_enqueue(detail::select_state* st) noexcept {
+    // W1. Relaxed: the select's unlock publishes it with the waiter.
+    sel_cleanup_.store(kArmed, std::memory_order_relaxed);
     std::uint64_t s = wg_->state_.load(std::memory_order_acquire);
     for (;;) {
       if (counter(s) == 0) return false;  // reached zero since the poll
@@ -207,11 +247,23 @@ class [[nodiscard]] wait_group::wait_awaiter : private detail::waiter {
     // Still queued: one waiter fewer (relaxed, as unqueue()).
     if (wg_->q_.select_remove(this)) wg_->state_.fetch_sub(1, std::memory_order_relaxed);
   }
+  // W4: out of line (wait_group.cpp); the select calls it for a case that
+  // lost, once it resumes from parking, with none of its locks held.
+  void sel_dequeue_woken() noexcept;
   std::monostate sel_result() const noexcept { return {}; }
+
+  friend class wait_group;  // the crossing's W2 and W3 (wait_group.cpp)
+  // sel_cleanup_'s values (W1-W4 above).
+  static constexpr std::uint8_t kArmed = 0;
+  static constexpr std::uint8_t kHeld = 1;
+  static constexpr std::uint8_t kDropped = 2;
+  static constexpr std::uint8_t kCleaning = 3;
+  static constexpr std::uint8_t kCleaned = 4;
 
   wait_group* wg_;
   std::source_location where_;
   bool zero_ = false;
+  std::atomic<std::uint8_t> sel_cleanup_{kArmed};
 };
 
 inline wait_group::wait_awaiter wait_group::wait(std::source_location where) noexcept {

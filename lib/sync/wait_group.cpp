@@ -4,8 +4,11 @@
 
 #include <cstdint>
 #include <limits>
+#include <thread>
 
 #include "mpg/errors.hpp"
+#include "mpg/detail/sync/cpu_relax.hpp"
+#include "mpg/detail/sync/spinlock.hpp"
 
 namespace mpg {
 
@@ -47,29 +50,137 @@ void wait_group::add(std::int64_t delta) {
 // reach_zero(): the crossing to zero with waiters queued, under the queue
 // lock (parking_queue.hpp, P2). Re-decided there: another add() may have
 // moved the counter since the caller looked, and the waiter count changes
-// only under this lock.
+// only under this lock. Select waiters are held first (W2), and a select's
+// clean-up found on its way to the lock is let through before the counter
+// may reach zero.
 void wait_group::reach_zero(std::int64_t delta) {
-  std::int64_t bad = 0;
-  q_.wake([&](detail::waitq* queues) -> detail::waiter* {
-    std::uint64_t s = state_.load(std::memory_order_relaxed);
-    for (;;) {
-      const std::int64_t v = counter(s) + delta;
-      if (!counter_ok(v)) {
-        bad = v;
-        return nullptr;
+  for (;;) {
+    std::int64_t bad = 0;
+    wait_awaiter* cleaning = nullptr;
+    q_.wake([&](detail::waitq* queues) -> detail::waiter* {
+      std::uint64_t s = state_.load(std::memory_order_relaxed);
+      for (;;) {
+        const std::int64_t v = counter(s) + delta;
+        if (!counter_ok(v)) {
+          bad = v;
+          return nullptr;
+        }
+        const bool wake_all = v == 0;  // waiters(s) != 0 here iff the queue is non-empty
+        if (wake_all) {
+          cleaning = hold_selects(queues[0]);  // W2
+          if (cleaning != nullptr) return nullptr;
+        }
+        const std::uint64_t ns = wake_all ? 0 : pack(v, waiters(s));
+        // acq_rel: as in add(); the waiters are released by this CAS and
+        // ready(), both before the lock that ends our touches of the group.
+        if (state_.compare_exchange_weak(s, ns, std::memory_order_acq_rel,
+                                         std::memory_order_relaxed))
+          return wake_all ? take_round(queues[0]) : nullptr;  // W3
+        if (wake_all) give_back_holds(queues[0], nullptr);
       }
-      const bool wake_all = v == 0;  // waiters(s) != 0 here iff the queue is non-empty
-      const std::uint64_t ns = wake_all ? 0 : pack(v, waiters(s));
-      // acq_rel: as in add(); the waiters are released by this CAS and
-      // ready(), both before the lock that ends our touches of the group.
-      if (state_.compare_exchange_weak(s, ns, std::memory_order_acq_rel,
-                                       std::memory_order_relaxed))
-        // dequeue_all: a queued select case that lost elsewhere is dropped
-        // (its clean-up then finds it unqueued and leaves the count alone).
-        return wake_all ? queues[0].dequeue_all() : nullptr;
+    });
+    if (bad != 0) throw_bad_counter(bad);
+    if (cleaning == nullptr) return;
+    // W2: wait for the clean-up that holds the way, then decide afresh (the
+    // group lives: the counter is not zero, so no wait has returned).
+    // Acquire: pairs with W4's release of kCleaned; the load that sees it
+    // is our last touch of that awaiter.
+    for (unsigned spins = 0;
+         cleaning->sel_cleanup_.load(std::memory_order_acquire) != wait_awaiter::kCleaned;
+         ++spins) {
+      if (spins < 64)
+        detail::cpu_relax();
+      else
+        std::this_thread::yield();
     }
-  });
-  if (bad != 0) throw_bad_counter(bad);
+  }
+}
+
+// hold_selects(): W2, under the queue lock: CAS every queued select
+// waiter's word kArmed -> kHeld. Returns nullptr when all are held, or
+// the first one found in kCleaning, after giving back the holds taken.
+// Relaxed: a held clean-up only waits; what it reads once it goes on is
+// ordered by W3's release, or by this lock.
+wait_group::wait_awaiter* wait_group::hold_selects(detail::waitq& q) noexcept {
+  for (detail::waiter* w = q.front(); w != nullptr; w = w->next) {
+    if (w->sel() == nullptr) continue;
+    auto* a = static_cast<wait_awaiter*>(w);
+    std::uint8_t armed = wait_awaiter::kArmed;
+    if (!a->sel_cleanup_.compare_exchange_strong(armed, wait_awaiter::kHeld,
+                                                 std::memory_order_relaxed,
+                                                 std::memory_order_relaxed)) {
+      // A queued waiter is kArmed, kHeld only by us, or kCleaning.
+      give_back_holds(q, w);
+      return a;
+    }
+  }
+  return nullptr;
+}
+
+// give_back_holds(): under the queue lock, kHeld -> kArmed for the select
+// waiters before `upto` (all of them for nullptr). Relaxed, as the holds.
+void wait_group::give_back_holds(detail::waitq& q, const detail::waiter* upto) noexcept {
+  for (detail::waiter* w = q.front(); w != upto; w = w->next)
+    if (w->sel() != nullptr)
+      static_cast<wait_awaiter*>(w)->sel_cleanup_.store(wait_awaiter::kArmed,
+                                                        std::memory_order_relaxed);
+}
+
+// take_round(): W3, under the queue lock, once the CAS took the counter to
+// zero: every waiter off the queue, as a chain through `next` of those to
+// ready (plain waiters, and selects whose claim this round won).
+detail::waiter* wait_group::take_round(detail::waitq& q) noexcept {
+  detail::waiter* chain = nullptr;
+  detail::waiter** tail = &chain;
+  while (detail::waiter* w = q.pop_front()) {
+    if (detail::select_state* st = w->sel()) {
+      auto* a = static_cast<wait_awaiter*>(w);
+      // The queue lock is in the select's lock set: the select is past
+      // arming, so the claim is won or lost (waitq.hpp, dequeue).
+      if (st->claim(w) != detail::select_state::claim_result::won) {
+        // Release: our claim and unlinking happen before the clean-up that
+        // acquires kDropped (W4); the last touch of the waiter.
+        a->sel_cleanup_.store(wait_awaiter::kDropped, std::memory_order_release);
+        continue;
+      }
+      // Relaxed: the select skips its winner's clean-up; ready() orders
+      // the rest.
+      a->sel_cleanup_.store(wait_awaiter::kDropped, std::memory_order_relaxed);
+    }
+    *tail = w;
+    tail = &w->next;
+  }
+  *tail = nullptr;
+  return chain;
+}
+
+void wait_group::wait_awaiter::sel_dequeue_woken() noexcept {
+  // W4. Acquire (loads and failed CAS): pairs with W3's release of
+  // kDropped. The successful CAS needs no more (the lock orders the
+  // clean-up); acquire keeps g++ 12 from warning at -O0, as in wait_slow.
+  std::uint8_t v = sel_cleanup_.load(std::memory_order_acquire);
+  for (unsigned spins = 0;; ++spins) {
+    if (v == kDropped) return;
+    if (v == kArmed) {
+      if (sel_cleanup_.compare_exchange_weak(v, kCleaning, std::memory_order_acquire,
+                                             std::memory_order_acquire))
+        break;
+      continue;
+    }
+    // kHeld: a crossing is deciding, under the lock.
+    if (spins < 64)
+      detail::cpu_relax();
+    else
+      std::this_thread::yield();
+    v = sel_cleanup_.load(std::memory_order_acquire);
+  }
+  {
+    detail::spin_guard lk(*wg_->q_.select_lock());
+    sel_dequeue();
+  }
+  // Release: pairs with the acquire wait of a crossing held up in W2; our
+  // last touch of the word.
+  sel_cleanup_.store(kCleaned, std::memory_order_release);
 }
 
 bool wait_group::wait_slow(detail::waiter* w, std::coroutine_handle<> h,

@@ -42,9 +42,8 @@
 // destroyed by the task that has just returned from waiting on it, or that
 // observed the release on a fast path: Go's `{ var wg WaitGroup; ...;
 // wg.Wait() }`, and POSIX's "destroying a mutex right after the last unlock
-// is safe". (A select with a wait_group case that another case won, or
-// with two cases on one group, relocks the group when it resumes:
-// wait_group.hpp, "Select".) So a release path either
+// is safe". (So may it while a select whose case on it lost has not yet
+// cleaned up: wait_group.hpp, "Select", W1-W4.) So a release path either
 //   - ends with its publishing atomic on S and touches nothing after it
 //     (the fast paths: one CAS), or
 //   - publishes its change to S inside wake(), under the lock, and then
@@ -177,8 +176,9 @@ class parking_queue {
   // Select support (select.hpp's case contract), for a primitive whose
   // wait is a select case (wait_group): the lock joins the select's lock
   // set, and the case's hooks, called with it held, queue and unqueue their
-  // waiter here. A waker of such a primitive must take waiters with
-  // waitq::dequeue or dequeue_all (which claim the select), never take_all.
+  // waiter here. A waker of such a primitive must claim the select of each
+  // select waiter it takes (waitq::dequeue does; wait_group's crossing
+  // claims in its own loop, wait_group.hpp, W3), never take_all.
   spinlock* select_lock() noexcept { return &lock_; }
   void select_push(waiter* w, unsigned queue = 0) noexcept {
     lock_.assert_held();
