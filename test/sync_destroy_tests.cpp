@@ -10,14 +10,43 @@
 
 #include "test_support.hpp"
 
+#include <mpg/detail/sync/cpu_relax.hpp>
 #include <mpg/mpg.hpp>
 
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
+
+// The tests' access to a wait_group's queue (wait_group.hpp befriends it):
+// to hold the queue lock while a select's clean-up is on its way to it.
+struct mpg::detail::wait_group_probe {
+  // waiters(): the group's waiter count.
+  static std::uint64_t waiters(const mpg::wait_group& wg) {
+    return mpg::wait_group::waiters(wg.state_.load(std::memory_order_acquire));
+  }
+  // hold_lock_until_cleaning(): runs f() with the group's queue lock held,
+  // then holds it until the select waiter at the front of the queue has
+  // begun its clean-up (W4's kCleaning: its select waits for this lock).
+  template <class F>
+  static void hold_lock_until_cleaning(mpg::wait_group& wg, F f) {
+    wg.q_.wake([&](mpg::detail::waitq* queues) -> mpg::detail::waiter* {
+      f();
+      for (;;) {
+        mpg::detail::waiter* w = queues[0].front();
+        // Acquire, as the crossing's reads (the select's CAS is an RMW).
+        if (w != nullptr && w->sel() != nullptr &&
+            static_cast<mpg::wait_group::wait_awaiter*>(w)->sel_cleanup_.load(
+                std::memory_order_acquire) == mpg::wait_group::wait_awaiter::kCleaning)
+          return nullptr;
+        mpg::detail::cpu_relax();
+      }
+    });
+  }
+};
 
 namespace {
 
@@ -401,6 +430,51 @@ mpg::task<void> wg_race_rounds(int rounds) {
 TEST_CASE("wait_group: a select whose wait case lost races the done() that ends the round") {
   mpg::runtime rt({.procs = 2});
   rt.block_on(wg_race_rounds(kRounds));
+}
+
+// A select's frame outlives every touch of its waiters by a crossing to
+// zero. The select's clean-up of its lost case is on its way to the group's
+// lock (W4, kCleaning) when the done() that would end the round takes the
+// lock first and must let that clean-up through (W2). Once the clean-up has
+// taken its waiter off, its select returns and its task reuses that part of
+// its frame (the next select, a CHECK): the crossing must read nothing of
+// the awaiter outside the lock (TSan: such a read races the task's next
+// writes there). A plain thread holds the lock (the probe) until the
+// clean-up has begun, then calls done() at once, ahead of the clean-up's
+// next probe of the lock.
+mpg::task<void> wg_cleaning_selects(mpg::wait_group* a, mpg::wait_group* b, int rounds) {
+  for (int i = 0; i < rounds; ++i) {
+    auto r = co_await mpg::select(a[i].wait(), b[i].wait());
+    CHECK(r.index() == 0);
+  }
+}
+
+mpg::task<void> wg_cleaning_rounds(int rounds) {
+  using probe = mpg::detail::wait_group_probe;
+  std::vector<mpg::wait_group> a(static_cast<std::size_t>(rounds));
+  std::vector<mpg::wait_group> b(static_cast<std::size_t>(rounds));
+  for (int i = 0; i < rounds; ++i) {
+    a[static_cast<std::size_t>(i)].add(1);
+    b[static_cast<std::size_t>(i)].add(1);
+  }
+  mpg::join_handle<void> sel = mpg::spawn(wg_cleaning_selects(a.data(), b.data(), rounds));
+  mpg::external_work alive{mpg::runtime_handle::current()};
+  std::thread releaser([&a, &b, rounds] {
+    for (std::size_t i = 0; i < static_cast<std::size_t>(rounds); ++i) {
+      // Queued on b (so on a too: both under the select's locks).
+      while (probe::waiters(b[i]) == 0) std::this_thread::yield();
+      // a's done() wins the select; its clean-up of b waits for b's lock.
+      probe::hold_lock_until_cleaning(b[i], [&] { a[i].done(); });
+      b[i].done();  // the crossing meets the clean-up in kCleaning (W2)
+    }
+  });
+  co_await sel;
+  releaser.join();
+}
+
+TEST_CASE("wait_group: a crossing that lets a select's clean-up through reads none of it after") {
+  mpg::runtime rt({.procs = 2});
+  rt.block_on(wg_cleaning_rounds(mpg_test::kSanitized ? 300 : 1000));
 }
 
 }  // namespace

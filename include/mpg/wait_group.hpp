@@ -49,11 +49,14 @@
 //       and before its CAS on state_: holds each one, CAS kArmed -> kHeld.
 //       One that fails is in kCleaning (its select was woken by another
 //       case and is on its way to this lock, W4): the crossing gives back
-//       the holds it took (kArmed again), unlocks, waits for kCleaned (that
-//       clean-up took the waiter off), and decides afresh. The group lives
-//       meanwhile: the counter has not reached zero, so no wait has
-//       returned. A crossing whose CAS finds the counter moved gives back
-//       the holds as well.
+//       the holds it took (kArmed again), unlocks, backs off as a waiter
+//       for the lock does, and decides afresh under the lock, where it
+//       finds the waiter gone once that clean-up has been through. It reads
+//       the awaiter only under the lock while the waiter is queued: once
+//       the clean-up has taken it off, its select may return and free the
+//       awaiter at once. The group lives meanwhile: the counter has not
+//       reached zero, so no wait has returned. A crossing whose CAS finds
+//       the counter moved gives back the holds as well.
 //   W3. With every select waiter held, the CAS takes the counter to zero
 //       and the same section takes every waiter off, claiming each select:
 //       a case that won is readied after the unlock, as a plain waiter; a
@@ -64,25 +67,27 @@
 //       parking (sel_dequeue_woken, with no lock of the select held): kHeld
 //       -> wait until it changes; kDropped -> nothing to do, and the group
 //       is not touched; kArmed -> CAS to kCleaning, then take the waiter
-//       off under the queue lock (if still queued), unlock, and store
-//       kCleaned, the clean-up's last touch of the word. A case that won
-//       is not cleaned up (the select skips it).
+//       off under the queue lock (if still queued) and unlock, the
+//       clean-up's last touch of the group. A case that won is not cleaned
+//       up (the select skips it).
 // Why this is enough: a select's clean-up locks the group only from
-// kCleaning, which it reaches only from kArmed, so no crossing held it;
-// any crossing that comes after sees kCleaning under the lock and waits
-// for kCleaned before it can take the counter to zero. So while a clean-up
-// may still lock the group, the round has not ended, no wait has returned,
-// and nobody may destroy the group; once it has ended, every select case
-// still queued then is kDropped, and its clean-up reads only its own
-// awaiter. The crossing's wait in W2 is for a clean-up between its CAS and
-// its unlock: a few instructions, on a running thread (it spins, then
-// yields, as join_op's J4).
+// kCleaning, which it reaches only from kArmed, so no crossing held it; any
+// crossing that comes after sees kCleaning under the lock and lets the
+// clean-up take the waiter off before it can take the counter to zero (after
+// that, a done() may end the round without the lock, and a destroyer waits
+// in ~parking_queue for the clean-up's unlock). So while a clean-up may
+// still lock the group, the round has not ended, no wait has returned, and
+// nobody may destroy the group; once it has ended, every select case still
+// queued then is kDropped, and its clean-up reads only its own awaiter. The
+// crossing's wait in W2 is for a clean-up between its CAS and its lock: a
+// few instructions, on a running thread (it backs off as a spinlock's
+// waiter, spinning, then yielding).
 // Memory ordering: W3's release store of kDropped pairs with W4's acquire
 // loads (so the claim and the unlinking happen before the select frees
-// its frame); W4's release store of kCleaned pairs with W2's acquire wait
-// (so the clean-up's unlock happens before the crossing goes on). The
-// holds and their give-backs are relaxed: the lock orders everything a
-// held select's clean-up goes on to read.
+// its frame); the queue lock orders the clean-up's unlinking before the
+// crossing's next look at the queue. The holds and their give-backs are
+// relaxed: the lock orders everything a held select's clean-up goes on to
+// read.
 //
 // Shutdown: a waiter killed while parked (~runtime destroys its frame)
 // unlinks itself and lowers the waiter count in its awaiter's destructor;
@@ -113,6 +118,10 @@
 #include "mpg/detail/sync/waitq.hpp"
 
 namespace mpg {
+
+namespace detail {
+struct wait_group_probe;
+}  // namespace detail
 
 class wait_group {
  public:
@@ -156,7 +165,7 @@ class wait_group {
  private:
   bool wait_slow(detail::waiter* w, std::coroutine_handle<> h, const std::source_location& where);
   void reach_zero(std::int64_t delta);
-  static wait_awaiter* hold_selects(detail::waitq& q) noexcept;
+  static bool hold_selects(detail::waitq& q) noexcept;
   static void give_back_holds(detail::waitq& q, const detail::waiter* upto) noexcept;
   static detail::waiter* take_round(detail::waitq& q) noexcept;
   void unqueue(detail::waiter* w) noexcept;
@@ -174,6 +183,7 @@ class wait_group {
 
   std::atomic<std::uint64_t> state_{0};
   detail::parking_queue<> q_;
+  friend struct detail::wait_group_probe;  // the tests' access to q_ and state_
 };
 
 namespace detail {
@@ -253,12 +263,12 @@ class [[nodiscard]] wait_group::wait_awaiter : private detail::waiter {
   std::monostate sel_result() const noexcept { return {}; }
 
   friend class wait_group;  // the crossing's W2 and W3 (wait_group.cpp)
+  friend struct detail::wait_group_probe;  // the tests' access to sel_cleanup_
   // sel_cleanup_'s values (W1-W4 above).
   static constexpr std::uint8_t kArmed = 0;
   static constexpr std::uint8_t kHeld = 1;
   static constexpr std::uint8_t kDropped = 2;
   static constexpr std::uint8_t kCleaning = 3;
-  static constexpr std::uint8_t kCleaned = 4;
 
   wait_group* wg_;
   std::source_location where_;

@@ -54,9 +54,10 @@ void wait_group::add(std::int64_t delta) {
 // clean-up found on its way to the lock is let through before the counter
 // may reach zero.
 void wait_group::reach_zero(std::int64_t delta) {
+  detail::short_section_backoff backoff;
   for (;;) {
     std::int64_t bad = 0;
-    wait_awaiter* cleaning = nullptr;
+    bool cleaning = false;
     q_.wake([&](detail::waitq* queues) -> detail::waiter* {
       std::uint64_t s = state_.load(std::memory_order_relaxed);
       for (;;) {
@@ -66,9 +67,9 @@ void wait_group::reach_zero(std::int64_t delta) {
           return nullptr;
         }
         const bool wake_all = v == 0;  // waiters(s) != 0 here iff the queue is non-empty
-        if (wake_all) {
-          cleaning = hold_selects(queues[0]);  // W2
-          if (cleaning != nullptr) return nullptr;
+        if (wake_all && !hold_selects(queues[0])) {  // W2
+          cleaning = true;
+          return nullptr;
         }
         const std::uint64_t ns = wake_all ? 0 : pack(v, waiters(s));
         // acq_rel: as in add(); the waiters are released by this CAS and
@@ -80,28 +81,22 @@ void wait_group::reach_zero(std::int64_t delta) {
       }
     });
     if (bad != 0) throw_bad_counter(bad);
-    if (cleaning == nullptr) return;
-    // W2: wait for the clean-up that holds the way, then decide afresh (the
-    // group lives: the counter is not zero, so no wait has returned).
-    // Acquire: pairs with W4's release of kCleaned; the load that sees it
-    // is our last touch of that awaiter.
-    for (unsigned spins = 0;
-         cleaning->sel_cleanup_.load(std::memory_order_acquire) != wait_awaiter::kCleaned;
-         ++spins) {
-      if (spins < 64)
-        detail::cpu_relax();
-      else
-        std::this_thread::yield();
-    }
+    if (!cleaning) return;
+    // W2: a clean-up holds the way. Let it take the lock (waiting as a
+    // waiter for the lock would), then decide afresh. Nothing of its
+    // awaiter is read out here: once it has taken its waiter off, its
+    // select may return and free it at once. The group lives: the counter
+    // has not reached zero, so no wait has returned.
+    backoff.pause();
   }
 }
 
 // hold_selects(): W2, under the queue lock: CAS every queued select
-// waiter's word kArmed -> kHeld. Returns nullptr when all are held, or
-// the first one found in kCleaning, after giving back the holds taken.
+// waiter's word kArmed -> kHeld. Returns true when all are held; false,
+// after giving back the holds taken, on finding one in kCleaning.
 // Relaxed: a held clean-up only waits; what it reads once it goes on is
 // ordered by W3's release, or by this lock.
-wait_group::wait_awaiter* wait_group::hold_selects(detail::waitq& q) noexcept {
+bool wait_group::hold_selects(detail::waitq& q) noexcept {
   for (detail::waiter* w = q.front(); w != nullptr; w = w->next) {
     if (w->sel() == nullptr) continue;
     auto* a = static_cast<wait_awaiter*>(w);
@@ -111,10 +106,10 @@ wait_group::wait_awaiter* wait_group::hold_selects(detail::waitq& q) noexcept {
                                                  std::memory_order_relaxed)) {
       // A queued waiter is kArmed, kHeld only by us, or kCleaning.
       give_back_holds(q, w);
-      return a;
+      return false;
     }
   }
-  return nullptr;
+  return true;
 }
 
 // give_back_holds(): under the queue lock, kHeld -> kArmed for the select
@@ -174,13 +169,10 @@ void wait_group::wait_awaiter::sel_dequeue_woken() noexcept {
       std::this_thread::yield();
     v = sel_cleanup_.load(std::memory_order_acquire);
   }
-  {
-    detail::spin_guard lk(*wg_->q_.select_lock());
-    sel_dequeue();
-  }
-  // Release: pairs with the acquire wait of a crossing held up in W2; our
-  // last touch of the word.
-  sel_cleanup_.store(kCleaned, std::memory_order_release);
+  // The unlock is the clean-up's last touch of the group; a crossing held
+  // up in W2 takes the lock after it and finds the waiter gone.
+  detail::spin_guard lk(*wg_->q_.select_lock());
+  sel_dequeue();
 }
 
 bool wait_group::wait_slow(detail::waiter* w, std::coroutine_handle<> h,
