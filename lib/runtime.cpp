@@ -276,11 +276,14 @@ void runtime::go(task<void> t, const char* name) {
 }
 
 runtime_stats runtime::stats() const { return sched_->stats(); }
-runtime_handle runtime::handle() const noexcept { return runtime_handle(sched_->handle_state_ptr()); }
+runtime_handle runtime::handle() const noexcept {
+  return runtime_handle(sched_->handle_state_ptr());
+}
 void runtime::dump(std::ostream& os) const { sched_->dump(os); }
 
 yield_awaiter yield() {
-  if (detail::current_g() == nullptr) throw runtime_misuse_error("mpg::yield called outside a task");
+  if (detail::current_g() == nullptr)
+    throw runtime_misuse_error("mpg::yield called outside a task");
   return {};
 }
 

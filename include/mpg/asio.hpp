@@ -90,10 +90,12 @@ class asio_executor {
     return never_ ? ::asio::execution::blocking_t(::asio::execution::blocking.never)
                   : ::asio::execution::blocking_t(::asio::execution::blocking.possibly);
   }
-  static constexpr ::asio::execution::outstanding_work_t query(::asio::execution::outstanding_work_t) noexcept {
+  static constexpr ::asio::execution::outstanding_work_t query(
+      ::asio::execution::outstanding_work_t) noexcept {
     return ::asio::execution::outstanding_work.untracked;
   }
-  static constexpr ::asio::execution::relationship_t query(::asio::execution::relationship_t) noexcept {
+  static constexpr ::asio::execution::relationship_t query(
+      ::asio::execution::relationship_t) noexcept {
     return ::asio::execution::relationship.fork;
   }
   static constexpr ::asio::execution::mapping_t query(::asio::execution::mapping_t) noexcept {
@@ -127,7 +129,9 @@ class asio_executor {
   friend bool operator==(const asio_executor& a, const asio_executor& b) noexcept {
     return a.h_ == b.h_ && a.never_ == b.never_;
   }
-  friend bool operator!=(const asio_executor& a, const asio_executor& b) noexcept { return !(a == b); }
+  friend bool operator!=(const asio_executor& a, const asio_executor& b) noexcept {
+    return !(a == b);
+  }
 
  private:
   runtime_handle h_;
@@ -184,7 +188,8 @@ class asio_op_awaiter {
   using mpg_awaiter = runtime_awaiter_tag;
   using result_type = typename asio_result<Args...>::type;
 
-  asio_op_awaiter(Initiation init, InitArgs args) : init_(std::move(init)), args_(std::move(args)) {}
+  asio_op_awaiter(Initiation init, InitArgs args)
+      : init_(std::move(init)), args_(std::move(args)) {}
   asio_op_awaiter(asio_op_awaiter&&) = default;  // before it is awaited
   asio_op_awaiter& operator=(asio_op_awaiter&&) = delete;
   ~asio_op_awaiter() {

@@ -82,8 +82,8 @@ class blocking_awaiter {
 
 // blocking(): see the file comment. Throws std::logic_error outside a task.
 template <class F>
-blocking_awaiter<std::decay_t<F>> blocking(F&& fn,
-                                           std::source_location where = std::source_location::current()) {
+blocking_awaiter<std::decay_t<F>> blocking(
+    F&& fn, std::source_location where = std::source_location::current()) {
   return blocking_awaiter<std::decay_t<F>>(std::forward<F>(fn), where);
 }
 

@@ -214,7 +214,8 @@ class receive_op : public detail::stream_op<absl::StatusOr<recv_buffer>> {
 // one, convert it: task<absl::StatusOr<std::size_t>>(s.read(buf)).
 class read_op : public detail::stream_op<absl::StatusOr<std::size_t>>, private detail::io_op {
  public:
-  read_op(read_op&& o) noexcept : stream_op(std::move(o)), s_(o.s_), buf_(o.buf_) {}  // before awaited
+  read_op(read_op&& o) noexcept
+      : stream_op(std::move(o)), s_(o.s_), buf_(o.buf_) {}  // before awaited
 
   bool await_ready() const noexcept { return false; }
   std::coroutine_handle<> await_suspend(std::coroutine_handle<> h);
@@ -244,7 +245,8 @@ class read_op : public detail::stream_op<absl::StatusOr<std::size_t>>, private d
 // convert it: task<absl::Status>(s.write(data)).
 class write_op : public detail::stream_op<absl::Status>, private detail::io_op {
  public:
-  write_op(write_op&& o) noexcept : stream_op(std::move(o)), s_(o.s_), data_(o.data_) {}  // before awaited
+  write_op(write_op&& o) noexcept
+      : stream_op(std::move(o)), s_(o.s_), data_(o.data_) {}  // before awaited
 
   bool await_ready() const noexcept { return false; }
   std::coroutine_handle<> await_suspend(std::coroutine_handle<> h);

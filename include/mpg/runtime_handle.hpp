@@ -91,7 +91,8 @@ class runtime_handle {
   template <class F>
   bool post(F&& fn) const {
     using fn_t = std::decay_t<F>;
-    static_assert(std::is_invocable_v<fn_t&>, "runtime_handle::post needs a function callable with no arguments");
+    static_assert(std::is_invocable_v<fn_t&>,
+                  "runtime_handle::post needs a function callable with no arguments");
     if (!st_) return false;
     detail::post_node* n = detail::post_fn<fn_t>::make(std::forward<F>(fn));
     if (detail::handle_post(st_.get(), n)) return true;
@@ -101,7 +102,9 @@ class runtime_handle {
 
   // running_in_this_thread(): the caller is one of this runtime's tasks or
   // posted functions (or a thread of its Ms).
-  bool running_in_this_thread() const noexcept { return st_ && detail::handle_running_here(st_.get()); }
+  bool running_in_this_thread() const noexcept {
+    return st_ && detail::handle_running_here(st_.get());
+  }
 
   // schedule(): `co_await h.schedule()` in a coroutine that is not an mpg
   // task (an Asio or library coroutine) continues it inside a function
@@ -115,7 +118,9 @@ class runtime_handle {
   struct schedule_awaiter;
   schedule_awaiter schedule() const noexcept;
 
-  friend bool operator==(const runtime_handle& a, const runtime_handle& b) noexcept { return a.st_ == b.st_; }
+  friend bool operator==(const runtime_handle& a, const runtime_handle& b) noexcept {
+    return a.st_ == b.st_;
+  }
   explicit operator bool() const noexcept { return st_ != nullptr; }
 
  private:

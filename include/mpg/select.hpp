@@ -499,7 +499,8 @@ class [[nodiscard]] select_awaiter {
   void for_each_impl(F& f, std::index_sequence<I...>) {
     (
         [&] {
-          if constexpr (select_case_traits<std::tuple_element_t<I, std::tuple<Cases...>>>::is_waitable)
+          if constexpr (select_case_traits<
+                            std::tuple_element_t<I, std::tuple<Cases...>>>::is_waitable)
             f(std::get<I>(cases_), I);
         }(),
         ...);

@@ -181,7 +181,8 @@ std::string format_addr(const sockaddr_storage& ss, socklen_t len) {
       if (un->sun_path[0] == '\0') {
         return absl::StrCat(av(kUnixPrefix), "@", absl::string_view(un->sun_path + 1, n - 1));
       }
-      return absl::StrCat(av(kUnixPrefix), absl::string_view(un->sun_path, ::strnlen(un->sun_path, n)));
+      return absl::StrCat(av(kUnixPrefix),
+                          absl::string_view(un->sun_path, ::strnlen(un->sun_path, n)));
     }
     default:
       return "?";
@@ -203,7 +204,8 @@ std::string unix_path(const sock_addr& a) {
   return std::string(un->sun_path, ::strnlen(un->sun_path, a.len - kUnixPathOffset));
 }
 
-absl::StatusOr<std::vector<sock_addr>> resolve(std::string_view addr, bool passive, name_lookup how) {
+absl::StatusOr<std::vector<sock_addr>> resolve(std::string_view addr, bool passive,
+                                               name_lookup how) {
   if (addr.substr(0, kUnixPrefix.size()) == kUnixPrefix) return resolve_unix(addr);
   std::string_view host, port_text;
   if (!addr.empty() && addr.front() == '[') {

@@ -143,7 +143,8 @@ fault_config parse_faults(std::string_view spec, std::string* errors) {
                                                absl::SkipWhitespace())) {
     const std::size_t eq = pair.find('=');
     absl::string_view key = pair.substr(0, eq);
-    absl::string_view value = eq == absl::string_view::npos ? absl::string_view() : pair.substr(eq + 1);
+    absl::string_view value =
+        eq == absl::string_view::npos ? absl::string_view() : pair.substr(eq + 1);
     auto bad = [&](absl::string_view want) {
       // Escaped: a pair holding a line break stays on its one line.
       absl::StrAppend(errors, "ignoring \"", absl::CHexEscape(pair), "\" (", want, ")\n");
@@ -325,7 +326,8 @@ fault_injector::verdict fault_injector::on_cqe(std::uint64_t* user_data, int* re
 }
 
 fault_injector::overflow_result fault_injector::overflow(io_uring* ring, std::uint64_t user_data,
-                                                         int res, std::uint64_t ignore_tag) noexcept {
+                                                         int res,
+                                                         std::uint64_t ignore_tag) noexcept {
   overflow_result out;
   // Room left in the CQ, plus a few: the last NOPs and the re-post overflow.
   const unsigned nops = ring->cq.ring_entries - io_uring_cq_ready(ring) + 4;

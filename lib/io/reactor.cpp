@@ -323,7 +323,8 @@ inline unsigned reactor::dispatch(std::uint64_t user_data, int res, std::uint32_
         break;
       case fault_injector::verdict::hold: {
         flush_locked();  // the overflow's SQEs go in alone
-        fault_injector::overflow_result o = faults_->overflow(ring_.get(), user_data, res, kIgnoreTag);
+        fault_injector::overflow_result o =
+            faults_->overflow(ring_.get(), user_data, res, kIgnoreTag);
         add_pending_locked(o.added);
         unsubmitted_.store(io_uring_sq_ready(ring_.get()), std::memory_order_relaxed);
         if (o.held) return 0;  // the op stays pending until its CQE comes back

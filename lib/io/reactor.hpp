@@ -156,9 +156,13 @@ class reactor {
   static const char* unavailable_reason() noexcept;
 
   // Statistics for tests.
-  std::uint64_t submit_calls() const noexcept { return submit_calls_.load(std::memory_order_relaxed); }
+  std::uint64_t submit_calls() const noexcept {
+    return submit_calls_.load(std::memory_order_relaxed);
+  }
   // Backpressure cancels (recv_queue.hpp, R3) prepared so far.
-  std::uint64_t pause_cancels() const noexcept { return pause_cancels_.load(std::memory_order_relaxed); }
+  std::uint64_t pause_cancels() const noexcept {
+    return pause_cancels_.load(std::memory_order_relaxed);
+  }
   // Faults injected so far (all zero when not injecting).
   fault_counts injected_faults() const noexcept {
     return faults_ != nullptr ? faults_->counts() : fault_counts{};

@@ -155,7 +155,8 @@ namespace mpg::detail {
 struct recv_stats {
   std::uint64_t nobufs = 0;             // R4: multishots ended by an empty ring
   std::uint64_t over_limit_copies = 0;  // R3: buffers copied out over the limit
-  std::uint64_t held_over_cap = 0;      // R3: ring buffers held over the limit, the copies at their cap
+  std::uint64_t held_over_cap = 0;      // R3: ring buffers held over the limit, the copies at
+                                        // their cap
 };
 
 class recv_queue {

@@ -174,7 +174,9 @@ task<absl::Status> udp_socket::send_to(std::string_view data, std::string_view a
                                        const context& ctx) {
   return do_send(data, std::string(address), ctx.node_for_internal_use());
 }
-task<absl::Status> udp_socket::send(std::string_view data) { return do_send(data, std::nullopt, nullptr); }
+task<absl::Status> udp_socket::send(std::string_view data) {
+  return do_send(data, std::nullopt, nullptr);
+}
 task<absl::Status> udp_socket::send(std::string_view data, const context& ctx) {
   return do_send(data, std::nullopt, ctx.node_for_internal_use());
 }
@@ -225,7 +227,8 @@ task<absl::Status> udp_socket::do_send(std::string_view data, std::optional<std:
   const op_bounds b{.live = &write_deadline_, .bind = &bind};
   sock_addr dest;
   if (to) {
-    if (fd_.load(std::memory_order_relaxed) < 0) co_return detail::closed_status(what, kClosedObject);
+    if (fd_.load(std::memory_order_relaxed) < 0)
+      co_return detail::closed_status(what, kClosedObject);
     auto addrs = co_await resolve_udp(*to);
     if (!addrs.ok()) co_return addrs.status();
     auto picked = pick(*addrs, family_, *to);
@@ -316,7 +319,8 @@ void udp_socket::close() noexcept {
 }
 
 absl::StatusOr<udp_socket> listen_udp(std::string_view address) {
-  if (is_unix(address)) return detail::bad_address(address, "Unix datagram sockets are not supported");
+  if (is_unix(address))
+    return detail::bad_address(address, "Unix datagram sockets are not supported");
   auto addrs = detail::resolve(address, /*passive=*/true,
                                detail::holds_p() ? name_lookup::refused : name_lookup::allowed);
   if (!addrs.ok() && detail::lookup_needed(addrs.status())) {

@@ -89,7 +89,8 @@ void scheduler::start_debug() {
     std::string errors;
     const debug_settings set = parse_mpg_debug(env, &errors);
     if (!errors.empty()) std::fputs(errors.c_str(), stderr);
-    if (set.schedtrace_ms != 0) d->schedtrace = std::make_unique<schedtrace_thread>(this, set.schedtrace_ms);
+    if (set.schedtrace_ms != 0)
+      d->schedtrace = std::make_unique<schedtrace_thread>(this, set.schedtrace_ms);
   }
   if (opts_.dump_signal != 0) {
     // Set first: if registering throws halfway, ~debug_state undoes it

@@ -5,8 +5,8 @@
 // suspends, repeat. find_runnable() looks in this order, one named step
 // each:
 //   1. take_global_for_fairness(): every 61st tick, a batch of posted
-//      functions and one G from the global queue first, so that it cannot starve behind two Gs that keep
-//      readying each other;
+//      functions and one G from the global queue first, so that it cannot
+//      starve behind two Gs that keep readying each other;
 //   2. poll_timers_and_io(): due timers; then, when the local queue is
 //      empty or on every 16th tick, this P's unsubmitted SQEs are flushed
 //      and its ready I/O completions reaped (they ready Gs here);
@@ -142,7 +142,8 @@ g* scheduler::find_runnable(machine* m, bool* inherit_time) {
 // 2.
 [[gnu::always_inline]] inline void scheduler::poll_timers_and_io(machine* m) {
   processor* p = m->p();
-  if (p->timers.earliest_ns.load(std::memory_order_relaxed) != INT64_MAX) run_timers(p, mono_now_ns());
+  if (p->timers.earliest_ns.load(std::memory_order_relaxed) != INT64_MAX)
+    run_timers(p, mono_now_ns());
   // Submissions and completions are batched: both wait until the local
   // queue runs dry or the 16th tick (Tokio polls its driver every 61st
   // task, Go's netpoll when a P finds no work), so Gs that each issue an
@@ -288,7 +289,8 @@ scheduler::spin_result scheduler::spin_for_work(machine* m, g** found) {
       reap_io(m);
     }
     bool from_next = false;
-    if (g* gp = m->local_runq().pop(runnext_policy::take, &from_next)) {  // readied by timers or I/O
+    // Readied by timers or I/O.
+    if (g* gp = m->local_runq().pop(runnext_policy::take, &from_next)) {
       reset_spinning(m);
       *found = gp;
       return spin_result::found;
@@ -307,7 +309,8 @@ g* scheduler::steal_work(machine* m) {
   for (int attempt = 0; attempt < kStealTries; ++attempt) {
     const bool last = attempt == kStealTries - 1;
     std::uint32_t pos = fastrandn(n);
-    const std::uint32_t stride = steal_strides_[fastrandn(static_cast<std::uint32_t>(steal_strides_.size()))];
+    const std::uint32_t stride =
+        steal_strides_[fastrandn(static_cast<std::uint32_t>(steal_strides_.size()))];
     for (std::uint32_t k = 0; k < n; ++k, pos = (pos + stride) % n) {
       processor* victim = ps_[pos].get();
       if (victim == p) continue;
@@ -382,7 +385,8 @@ scheduler::give_up_result scheduler::give_up_p(machine* m, g** found) {
       const bool has_io = p->io->busy();
       hold = next_timer != INT64_MAX || has_io;
       if (hold) {
-        park_p(m, has_io ? sleep_site::ring : sleep_site::futex);  // T3: the P stays ours while we sleep
+        // T3: the P stays ours while we sleep.
+        park_p(m, has_io ? sleep_site::ring : sleep_site::futex);
       } else {
         release_p(m);  // T2
         p->status = p_status::idle;

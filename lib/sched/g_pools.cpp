@@ -81,7 +81,8 @@ std::size_t scheduler::g_count() const {
   return g_total_;
 }
 
-[[gnu::noinline]] g* scheduler::new_g_slow(processor* p, std::coroutine_handle<> root, const char* name) {
+[[gnu::noinline]] g* scheduler::new_g_slow(processor* p, std::coroutine_handle<> root,
+                                           const char* name) {
   g* gp = nullptr;
   if (!p->gfree.empty()) gp = p->gfree.pop();
   if (p->next_gid == p->gid_limit) refill_gids(p);

@@ -54,7 +54,8 @@
 namespace mpg::detail {
 
 bool scheduler::inert(std::uint64_t* progress, std::uint64_t waits_upto) const {
-  std::uint64_t runs = gpushes_.load(std::memory_order_relaxed) + posts_run_.load(std::memory_order_relaxed);
+  std::uint64_t runs =
+      gpushes_.load(std::memory_order_relaxed) + posts_run_.load(std::memory_order_relaxed);
   bool quiet = external_wakers_.load(std::memory_order_relaxed) == 0 &&
                putters_.load(std::memory_order_relaxed) == 0 && !posts_queued();
   for (auto& p : ps_) {

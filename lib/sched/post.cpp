@@ -108,13 +108,15 @@ void scheduler::post(post_node* n) noexcept {
     n->next = head;
     // seq_cst on success: S1 of the parking protocol (and release: the node
     // is complete before an M can take it). Relaxed on failure: retry.
-  } while (!inbox_.compare_exchange_weak(head, n, std::memory_order_seq_cst, std::memory_order_relaxed));
+  } while (
+      !inbox_.compare_exchange_weak(head, n, std::memory_order_seq_cst, std::memory_order_relaxed));
   wake_p();  // S2
 }
 
 bool scheduler::run_posted(machine* m) {
   // Relaxed: a hint; the protocol's rechecks use work_queued().
-  if (outbox_size_.load(std::memory_order_relaxed) == 0 && inbox_.load(std::memory_order_relaxed) == nullptr)
+  if (outbox_size_.load(std::memory_order_relaxed) == 0 &&
+      inbox_.load(std::memory_order_relaxed) == nullptr)
     return false;
   post_node* first = nullptr;
   std::uint32_t n = 0;
@@ -170,7 +172,8 @@ bool scheduler::run_posted(machine* m) {
 }
 
 bool scheduler::posts_queued() const noexcept {
-  return inbox_.load(std::memory_order_seq_cst) != nullptr || outbox_size_.load(std::memory_order_seq_cst) != 0;
+  return inbox_.load(std::memory_order_seq_cst) != nullptr ||
+         outbox_size_.load(std::memory_order_seq_cst) != 0;
 }
 
 void scheduler::drop_posted() noexcept {
@@ -198,7 +201,8 @@ void scheduler::drop_posted() noexcept {
 std::shared_ptr<handle_state> current_handle_state() {
   scheduler* s = current_scheduler();
   if (s == nullptr)
-    throw runtime_misuse_error("mpg::runtime_handle::current() called outside a task or posted function");
+    throw runtime_misuse_error(
+        "mpg::runtime_handle::current() called outside a task or posted function");
   return s->handle_state_ptr();
 }
 
@@ -251,9 +255,11 @@ bool in_task_on_p() noexcept { return in_mpg_task() && on_p(); }
 
 void throw_schedule_misuse(bool runtime_gone) {
   if (runtime_gone)
-    throw runtime_misuse_error("mpg::runtime_handle::schedule(): the runtime is shutting down or gone");
+    throw runtime_misuse_error(
+        "mpg::runtime_handle::schedule(): the runtime is shutting down or gone");
   throw runtime_misuse_error(
-      "mpg::runtime_handle::schedule() awaited by an mpg task of another runtime (spawn there instead)");
+      "mpg::runtime_handle::schedule() awaited by an mpg task of another runtime "
+      "(spawn there instead)");
 }
 
 }  // namespace mpg::detail

@@ -104,7 +104,8 @@ struct post_cache {
     do {
       last->next = head;
       // release on success: see the top. Relaxed on failure: retry.
-    } while (!returned_.compare_exchange_weak(head, first, std::memory_order_release, std::memory_order_relaxed));
+    } while (!returned_.compare_exchange_weak(head, first, std::memory_order_release,
+                                              std::memory_order_relaxed));
   }
 
   void release_all() noexcept {
@@ -129,7 +130,8 @@ std::vector<post_cache*>& orphans() {
 }
 
 // constinit: as frame_allocator.cpp's tls_cache (this file has tls_cache_holder).
-constinit __attribute__((tls_model("initial-exec"))) thread_local post_cache* tls_post_cache = nullptr;
+constinit __attribute__((tls_model("initial-exec"))) thread_local post_cache* tls_post_cache =
+    nullptr;
 
 // Set once the thread's cache_holder is destroyed: a post from a later
 // thread-exit destructor must not adopt a cache into the dead holder.

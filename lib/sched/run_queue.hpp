@@ -102,8 +102,12 @@ class run_queue {
   class owner;
 
   explicit run_queue(std::uint32_t capacity)
-      : cap_(capacity), mask_(capacity - 1), slots_(new std::atomic<g*>[capacity]), spawns_(capacity) {
-    for (std::uint32_t i = 0; i < capacity; ++i) slots_[i].store(nullptr, std::memory_order_relaxed);
+      : cap_(capacity),
+        mask_(capacity - 1),
+        slots_(new std::atomic<g*>[capacity]),
+        spawns_(capacity) {
+    for (std::uint32_t i = 0; i < capacity; ++i)
+      slots_[i].store(nullptr, std::memory_order_relaxed);
   }
 
   std::uint32_t capacity() const noexcept { return cap_; }
@@ -141,7 +145,9 @@ class run_queue {
     const std::uint32_t t = tail_.load(std::memory_order_seq_cst);
     const std::uint32_t n = t - h;
     if (n > cap_) return true;  // torn snapshot: count it as work
-    return n + spawns_.size_seq_cst() + (runnext_.load(std::memory_order_seq_cst) != nullptr ? 1 : 0) >= 2;
+    return n + spawns_.size_seq_cst() +
+               (runnext_.load(std::memory_order_seq_cst) != nullptr ? 1 : 0) >=
+           2;
   }
   bool has_runnext() const noexcept { return runnext_.load(std::memory_order_relaxed) != nullptr; }
   // taken_mark(): from any thread, a value that changes whenever a G
@@ -373,8 +379,10 @@ class run_queue::owner {
     const std::uint32_t t = q_->tail_.load(std::memory_order_relaxed);
     const std::uint32_t n = (t - h) / 2;
     if (n == 0) return 0;
-    for (std::uint32_t i = 0; i < n; ++i) out[i] = q_->slots_[(h + i) & q_->mask_].load(std::memory_order_relaxed);
-    if (!q_->head_.compare_exchange_strong(h, h + n, std::memory_order_acq_rel, std::memory_order_relaxed))
+    for (std::uint32_t i = 0; i < n; ++i)
+      out[i] = q_->slots_[(h + i) & q_->mask_].load(std::memory_order_relaxed);
+    if (!q_->head_.compare_exchange_strong(h, h + n, std::memory_order_acq_rel,
+                                           std::memory_order_relaxed))
       return 0;
     return n;
   }
@@ -441,7 +449,8 @@ inline g* run_queue::steal_runnext() noexcept {
   return next;
 }
 
-inline g* run_queue::steal_into(owner thief, runnext_policy runnext, std::uint32_t* count) noexcept {
+inline g* run_queue::steal_into(owner thief, runnext_policy runnext,
+                                std::uint32_t* count) noexcept {
   *count = 0;
   run_queue& dst = *thief.q_;
   const std::uint32_t dt = dst.tail_.load(std::memory_order_relaxed);  // dst's owner is us

@@ -1,7 +1,7 @@
 // lib/sched/schedtrace.cpp: MPG_DEBUG=schedtrace=N (Go's
 // GODEBUG=schedtrace=N). Every N ms each runtime that was constructed with
 // it prints one line on stderr:
-//   SCHED 2013ms: gomaxprocs=2 idleprocs=1 threads=3 spinningthreads=0 idlethreads=1 runqueue=0 [4 0]
+//   SCHED 20ms: gomaxprocs=2 idleprocs=1 threads=3 spinningthreads=0 idlethreads=1 runqueue=0 [4 0]
 // elapsed ms since the runtime was constructed; Ps; idle Ps; Ms started;
 // spinning Ms; idle Ms (parked without a P); the global run queue's length;
 // then each P's local queue length (runnext included), in P order.
@@ -85,7 +85,8 @@ void scheduler::schedtrace_line(std::int64_t elapsed_ms, std::string* out) const
   std::snprintf(buf, sizeof buf,
                 "SCHED %lldms: gomaxprocs=%u idleprocs=%u threads=%llu spinningthreads=%u "
                 "idlethreads=%u runqueue=%llu [",
-                static_cast<long long>(elapsed_ms), procs(), npidle_.load(std::memory_order_relaxed),
+                static_cast<long long>(elapsed_ms), procs(),
+                npidle_.load(std::memory_order_relaxed),
                 static_cast<unsigned long long>(threads_.load(std::memory_order_relaxed)),
                 nmspinning_.load(std::memory_order_relaxed), idle_ms,
                 static_cast<unsigned long long>(global));

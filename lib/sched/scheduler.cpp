@@ -494,14 +494,14 @@ std::coroutine_handle<> scheduler::next_after_finish(machine* m) noexcept {
 // step 3), so Go's order and fairness hold: runnext first unless a
 // runnext chain has kept it kMaxRunnextStreak turns, then the newest
 // spawned G (private ones: pop_switch), then the ring's head; a runnext G
-// inherits the time slice (the tick stays), any other starts a new tick. The loop's other steps (the
-// global queue, timers and I/O, posted functions) are put off, never
-// skipped: each switch spends one unit of the G budget (kBudget), so at
-// most kBudget switches separate two passes through find_runnable; no
-// switch runs on a fairness tick (every 61st, where the loop serves the
-// global queue and the ring first) until the loop has taken that tick's
-// turn, while the runtime stops, or while it traces (execute() draws the
-// trace's spans).
+// inherits the time slice (the tick stays), any other starts a new tick.
+// The loop's other steps (the global queue, timers and I/O, posted
+// functions) are put off, never skipped: each switch spends one unit of
+// the G budget (kBudget), so at most kBudget switches separate two passes
+// through find_runnable; no switch runs on a fairness tick (every 61st,
+// where the loop serves the global queue and the ring first) until the
+// loop has taken that tick's turn, while the runtime stops, or while it
+// traces (execute() draws the trace's spans).
 std::coroutine_handle<> scheduler::next_after_park(machine* m) noexcept {
   processor* p = m->p();
   if (--tls_budget <= 0 || m->trace != nullptr || stopping()) return std::noop_coroutine();

@@ -185,7 +185,9 @@ class scheduler {
   void blocking_wait_end(blocking_wait* w) noexcept;
   std::uint64_t live_gs() const noexcept;
   void external_waker_add() noexcept { external_wakers_.fetch_add(1, std::memory_order_relaxed); }
-  void external_waker_remove() noexcept { external_wakers_.fetch_sub(1, std::memory_order_relaxed); }
+  void external_waker_remove() noexcept {
+    external_wakers_.fetch_sub(1, std::memory_order_relaxed);
+  }
 
   // --- debugging aids (debug_env.cpp; dump_signal, schedtrace, trace.cpp) --
   void stop_debug() noexcept;  // ~runtime, first: no signal dump or SCHED line after it
@@ -305,7 +307,8 @@ class scheduler {
   machine* midle_get() noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // scheduler.cpp
-  void global_put_locked(g* first, g* last, std::uint32_t n) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void global_put_locked(g* first, g* last, std::uint32_t n) noexcept
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   g* global_get(machine* m, std::uint32_t max) noexcept ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void refill_gids(processor* p) noexcept;
   g* new_g_slow(processor* p, std::coroutine_handle<> root, const char* name);
@@ -313,7 +316,8 @@ class scheduler {
   // and gp go to the global queue.
   void local_put_overflow(machine* m, g* gp) noexcept;
   void retire_g_slow(processor* p, g* gp) noexcept;
-  static void init_g(g* gp, std::uint64_t id, std::coroutine_handle<> root, const char* name) noexcept;
+  static void init_g(g* gp, std::uint64_t id, std::coroutine_handle<> root,
+                     const char* name) noexcept;
   static void clear_g(g* gp) noexcept;  // a retired G: dead, no frame, no name
   g* allocate_gs(processor* p);
   static g* take_fresh_g(processor* p) noexcept;

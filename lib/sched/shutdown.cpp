@@ -274,7 +274,9 @@ void scheduler::kill_remaining(std::ostream& report) {
   if (live.empty()) return;
   // Newest first (ids only grow): a child, which may borrow from its
   // parent's frame, is destroyed before the parent (parking_queue.hpp).
-  std::sort(live.begin(), live.end(), [](g* a, g* b) { return a->id.load(std::memory_order_relaxed) > b->id.load(std::memory_order_relaxed); });
+  std::sort(live.begin(), live.end(), [](g* a, g* b) {
+    return a->id.load(std::memory_order_relaxed) > b->id.load(std::memory_order_relaxed);
+  });
   std::ostringstream names;
   constexpr std::size_t kShown = 20;
   for (std::size_t i = 0; i < live.size() && i < kShown; ++i) {
@@ -294,8 +296,8 @@ void scheduler::kill_remaining(std::ostream& report) {
     if (!text.empty()) names << "\n" << text.substr(0, text.size() - 1);
   }
   if (live.size() > kShown) names << "\n  ...";
-  report << "mpg: runtime shut down with " << live.size() << " task(s) still alive; destroying them:"
-         << names.str() << std::endl;
+  report << "mpg: runtime shut down with " << live.size()
+         << " task(s) still alive; destroying them:" << names.str() << std::endl;
   // Every chain is measured before any frame is destroyed: a kill may free
   // frames of a chain killed later. A joiner that runs a child inline is
   // parked inside the child's frames, which belong to the child's handle:

@@ -166,7 +166,8 @@ std::int64_t scheduler::run_timers(processor* p, std::int64_t now) noexcept {
   timer_heap& th = p->timers;
   // One runner at a time per P; acquire/release order the runners' heap use
   // (they also take the lock) and publish firing_now transitions.
-  if (th.firing.exchange(true, std::memory_order_acquire)) return th.earliest_ns.load(std::memory_order_relaxed);
+  if (th.firing.exchange(true, std::memory_order_acquire))
+    return th.earliest_ns.load(std::memory_order_relaxed);
   std::int64_t next = INT64_MAX;
   for (;;) {
     timer* t = nullptr;

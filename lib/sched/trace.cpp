@@ -85,7 +85,8 @@ void append_us(std::string& out, std::int64_t ns) {
   }
   append_u64(out, static_cast<std::uint64_t>(ns) / 1000);
   const unsigned frac = static_cast<unsigned>(ns % 1000);
-  const char digits[4] = {'.', static_cast<char>('0' + frac / 100), static_cast<char>('0' + frac / 10 % 10),
+  const char digits[4] = {'.', static_cast<char>('0' + frac / 100),
+                          static_cast<char>('0' + frac / 10 % 10),
                           static_cast<char>('0' + frac % 10)};
   out.append(digits, 4);
 }
@@ -105,7 +106,8 @@ void append_span_head(std::string& out, const trace_event& e, std::int64_t ts, s
   append_us(out, e.dur_ns);
 }
 
-void append_event(std::string& out, const trace_event& e, std::int64_t start_ns, std::uint32_t tid) {
+void append_event(std::string& out, const trace_event& e, std::int64_t start_ns,
+                  std::uint32_t tid) {
   const std::int64_t ts = e.ts_ns - start_ns;
   switch (e.kind) {
     case trace_kind::run:
@@ -177,7 +179,8 @@ void append_event(std::string& out, const trace_event& e, std::int64_t start_ns,
 
 }  // namespace
 
-trace_recorder::trace_recorder(std::string path) : path_(std::move(path)), start_ns_(mono_now_ns()) {
+trace_recorder::trace_recorder(std::string path)
+    : path_(std::move(path)), start_ns_(mono_now_ns()) {
   // Relaxed: see trace.hpp; the Ms that will record start after this.
   tracing_runtimes.fetch_add(1, std::memory_order_relaxed);
 }
@@ -196,18 +199,23 @@ void trace_recorder::write() {
   written_ = true;
   std::FILE* f = std::fopen(path_.c_str(), "w");
   if (f == nullptr) {
-    std::fprintf(stderr, "mpg: cannot write the trace to %s: %s\n", path_.c_str(), std::strerror(errno));
+    std::fprintf(stderr, "mpg: cannot write the trace to %s: %s\n", path_.c_str(),
+                 std::strerror(errno));
     return;
   }
   std::string out = "{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n";
-  out.append("{\"ph\":\"M\",\"pid\":1,\"tid\":0,\"name\":\"process_name\",\"args\":{\"name\":\"mpg runtime\"}}");
+  out.append(
+      "{\"ph\":\"M\",\"pid\":1,\"tid\":0,\"name\":\"process_name\","
+      "\"args\":{\"name\":\"mpg runtime\"}}");
   std::uint64_t dropped = 0;
   for (const auto& b : buffers_) {
     const std::uint32_t tid = b->m_id() + 1;  // tid 0 would be the process track in some viewers
     out.append(",\n{\"ph\":\"M\",\"pid\":1,\"tid\":" + std::to_string(tid) +
-               ",\"name\":\"thread_name\",\"args\":{\"name\":\"M" + std::to_string(b->m_id()) + "\"}}");
+               ",\"name\":\"thread_name\",\"args\":{\"name\":\"M" + std::to_string(b->m_id()) +
+               "\"}}");
     out.append(",\n{\"ph\":\"M\",\"pid\":1,\"tid\":" + std::to_string(tid) +
-               ",\"name\":\"thread_sort_index\",\"args\":{\"sort_index\":" + std::to_string(tid) + "}}");
+               ",\"name\":\"thread_sort_index\",\"args\":{\"sort_index\":" + std::to_string(tid) +
+               "}}");
     for (const trace_event& e : b->events()) {
       out.append(",\n");
       append_event(out, e, start_ns_, tid);
@@ -221,7 +229,8 @@ void trace_recorder::write() {
   out.append("\n],\"otherData\":{\"dropped_events\":" + std::to_string(dropped) + "}}\n");
   std::fwrite(out.data(), 1, out.size(), f);
   if (std::fclose(f) != 0)
-    std::fprintf(stderr, "mpg: error writing the trace to %s: %s\n", path_.c_str(), std::strerror(errno));
+    std::fprintf(stderr, "mpg: error writing the trace to %s: %s\n", path_.c_str(),
+                 std::strerror(errno));
 }
 
 // --- the hooks ---------------------------------------------------------------

@@ -147,7 +147,8 @@ class work_deque {
  public:
   explicit work_deque(std::uint32_t capacity)
       : mask_(capacity - 1), cap_(capacity), slots_(new std::atomic<g*>[capacity]) {
-    for (std::uint32_t i = 0; i < capacity; ++i) slots_[i].store(nullptr, std::memory_order_relaxed);
+    for (std::uint32_t i = 0; i < capacity; ++i)
+      slots_[i].store(nullptr, std::memory_order_relaxed);
   }
 
   std::uint32_t capacity() const noexcept { return cap_; }

@@ -169,7 +169,8 @@ bool context_node::cancel_one(const absl::Status& why, bool from_timer,
       c->linked_ = false;
       // A child whose last handle is going away fails to promote: its
       // destructor is blocked on our lock_ and will find it unlinked.
-      if (std::shared_ptr<context_node> sp = c->weak_from_this().lock()) kids.push_back(std::move(sp));
+      if (std::shared_ptr<context_node> sp = c->weak_from_this().lock())
+        kids.push_back(std::move(sp));
       c = next;
     }
     first_child_ = nullptr;

@@ -19,7 +19,8 @@ inline steady_time mono_now() noexcept { return std::chrono::steady_clock::now()
 
 // mono_now_ns(): now, in nanoseconds since the steady clock's epoch.
 inline std::int64_t mono_now_ns() noexcept {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(mono_now().time_since_epoch()).count();
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(mono_now().time_since_epoch())
+      .count();
 }
 
 // to_ns() / from_ns(): a steady_clock time point and its nanosecond form.
@@ -27,7 +28,8 @@ inline std::int64_t to_ns(steady_time t) noexcept {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
 }
 inline steady_time from_ns(std::int64_t ns) noexcept {
-  return steady_time(std::chrono::duration_cast<steady_time::duration>(std::chrono::nanoseconds(ns)));
+  return steady_time(
+      std::chrono::duration_cast<steady_time::duration>(std::chrono::nanoseconds(ns)));
 }
 
 // saturating_add(): t + d, rounded up to the clock's tick, or
