@@ -25,9 +25,12 @@ namespace {
 // fetch(): stands in for a slow call (e.g. a request to a backend). It takes
 // 20 to 24 ms, or ends early with kCancelled when ctx is cancelled; input
 // fail_at fails at once.
-mpg::task<absl::Status> fetch(mpg::context ctx, int i, int fail_at, long* out, std::atomic<int>* cut) {
-  if (i == fail_at) co_return absl::UnavailableError("input " + std::to_string(i) + ": backend unavailable");
-  auto r = co_await mpg::select(mpg::after(std::chrono::milliseconds(20 + i % 5)).recv(), ctx.done().recv());
+mpg::task<absl::Status> fetch(mpg::context ctx, int i, int fail_at, long* out,
+                              std::atomic<int>* cut) {
+  if (i == fail_at)
+    co_return absl::UnavailableError("input " + std::to_string(i) + ": backend unavailable");
+  auto r = co_await mpg::select(mpg::after(std::chrono::milliseconds(20 + i % 5)).recv(),
+                                ctx.done().recv());
   if (r.index() == 1) {
     cut->fetch_add(1, std::memory_order_relaxed);
     co_return ctx.err();
@@ -40,7 +43,8 @@ mpg::task<int> run(int n, int fail_at) {
   mpg::task_group g;
   std::vector<long> results(static_cast<std::size_t>(n), 0);
   std::atomic<int> cut{0};
-  for (int i = 0; i < n; ++i) g.spawn(fetch(g.context(), i, fail_at, &results[static_cast<std::size_t>(i)], &cut));
+  for (int i = 0; i < n; ++i)
+    g.spawn(fetch(g.context(), i, fail_at, &results[static_cast<std::size_t>(i)], &cut));
   absl::Status s = co_await g.wait();
   if (!s.ok()) {
     std::printf("failed: %s (%d tasks cut short)\n", s.ToString().c_str(), cut.load());

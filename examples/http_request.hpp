@@ -29,7 +29,8 @@ struct request {
   int minor_version = 1;  // HTTP/1.<minor>
   std::vector<std::pair<std::string, std::string>> headers;
   std::uint64_t content_length = 0;
-  bool keep_alive = true;  // HTTP/1.1 default; "Connection: close" or 1.0 without keep-alive clears it
+  // HTTP/1.1 default; "Connection: close" or 1.0 without keep-alive clears it
+  bool keep_alive = true;
 };
 
 struct error {
@@ -119,7 +120,8 @@ inline std::optional<error> parse_header_line(std::string_view line, request& r)
   if (!detail::is_token(name)) return error{400, "bad header name"};
   const std::string_view value = detail::trim(line.substr(colon + 1));
   for (char c : value)
-    if ((static_cast<unsigned char>(c) < 0x20 && c != '\t') || c == 0x7f) return error{400, "bad header value"};
+    if ((static_cast<unsigned char>(c) < 0x20 && c != '\t') || c == 0x7f)
+      return error{400, "bad header value"};
   if (detail::iequals(name, "Content-Length")) {
     if (value.empty() || value.size() > 19) return error{400, "bad Content-Length"};
     std::uint64_t n = 0;

@@ -61,7 +61,8 @@ mpg::task<int> run(int take) {
   mpg::chan<long> numbers, primes, squares;  // unbuffered: each stage waits for the next
   std::atomic<long> produced{0};
   mpg::task_group stages;
-  stages.spawn([](mpg::context c, mpg::chan<long> o, std::atomic<long>* p) -> mpg::task<absl::Status> {
+  stages.spawn([](mpg::context c, mpg::chan<long> o,
+                  std::atomic<long>* p) -> mpg::task<absl::Status> {
     co_await generate(c, o, p);
     co_return absl::OkStatus();
   }(ctx, numbers, &produced));
@@ -86,7 +87,8 @@ mpg::task<int> run(int take) {
   while (co_await squares.recv()) {
   }
   absl::Status s = co_await stages.wait();
-  std::printf("stopped after generating %ld numbers (%s)\n", produced.load(), s.ok() ? "clean" : "error");
+  std::printf("stopped after generating %ld numbers (%s)\n", produced.load(),
+              s.ok() ? "clean" : "error");
   co_return got;
 }
 

@@ -38,9 +38,11 @@ mpg::task<> serve(mpg::net::udp_socket* sock) {
       std::fprintf(stderr, "recv_from: %s\n", d.status().ToString().c_str());
       continue;
     }
-    if (d->truncated) std::fprintf(stderr, "a datagram from %s was cut to %zu bytes\n", d->from.c_str(), d->size);
+    if (d->truncated)
+      std::fprintf(stderr, "a datagram from %s was cut to %zu bytes\n", d->from.c_str(), d->size);
     absl::Status s = co_await sock->send_to(std::string_view(buf, d->size), d->from);
-    if (!s.ok() && !mpg::net::is_closed(s)) std::fprintf(stderr, "send_to %s: %s\n", d->from.c_str(), s.ToString().c_str());
+    if (!s.ok() && !mpg::net::is_closed(s))
+      std::fprintf(stderr, "send_to %s: %s\n", d->from.c_str(), s.ToString().c_str());
   }
 }
 
@@ -60,7 +62,8 @@ mpg::task<bool> round_trip(mpg::net::udp_socket& c, std::string_view msg) {
 }
 
 mpg::task<bool> smoke_client(std::uint16_t port) {
-  absl::StatusOr<mpg::net::udp_socket> c = co_await mpg::net::dial_udp("127.0.0.1:" + std::to_string(port));
+  absl::StatusOr<mpg::net::udp_socket> c =
+      co_await mpg::net::dial_udp("127.0.0.1:" + std::to_string(port));
   if (!c.ok()) co_return false;
   for (int i = 0; i < 1000; ++i)
     if (!co_await round_trip(*c, "datagram " + std::to_string(i))) {

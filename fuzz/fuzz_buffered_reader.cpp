@@ -49,8 +49,10 @@ mpg::task<> run(FuzzedDataProvider* fdp) {
   const std::size_t capacity = fdp->ConsumeIntegralInRange<std::size_t>(1, 64);
   chunked_stream stream;
   const std::size_t nchunks = fdp->ConsumeIntegralInRange<std::size_t>(0, 8);
-  for (std::size_t i = 0; i < nchunks; ++i) stream.chunks.push_back(fdp->ConsumeIntegralInRange<std::size_t>(1, 80));
-  const std::string ops = fdp->ConsumeBytesAsString(fdp->ConsumeIntegralInRange<std::size_t>(0, 64));
+  for (std::size_t i = 0; i < nchunks; ++i)
+    stream.chunks.push_back(fdp->ConsumeIntegralInRange<std::size_t>(1, 80));
+  const std::string ops =
+      fdp->ConsumeBytesAsString(fdp->ConsumeIntegralInRange<std::size_t>(0, 64));
   const std::string payload = fdp->ConsumeRemainingBytesAsString();
   stream.payload = payload;
   mpg::net::buffered_reader<chunked_stream> in(stream, capacity);
@@ -65,7 +67,8 @@ mpg::task<> run(FuzzedDataProvider* fdp) {
     const auto arg = static_cast<unsigned char>(ops[k + 1]);
     if (op == 0 || op == 1) {  // read_until / read_line
       const char delim = op == 0 ? static_cast<char>(arg % 4 == 0 ? '\n' : arg) : '\n';
-      absl::StatusOr<std::string_view> got = op == 0 ? co_await in.read_until(delim) : co_await in.read_line();
+      absl::StatusOr<std::string_view> got =
+          op == 0 ? co_await in.read_until(delim) : co_await in.read_line();
       if (got.ok()) {
         if (op == 0) {
           check(!got->empty() && got->back() == delim && got->find(delim) == got->size() - 1);
@@ -82,7 +85,8 @@ mpg::task<> run(FuzzedDataProvider* fdp) {
         check(in.buffered() > 0 && pos + in.buffered() == payload.size());
         co_return;
       } else {
-        check(got.status().code() == absl::StatusCode::kResourceExhausted && in.buffered() == capacity);
+        check(got.status().code() == absl::StatusCode::kResourceExhausted &&
+              in.buffered() == capacity);
         in.consume(1);  // skip a byte, as a caller resynchronising would
         pos += 1;
       }

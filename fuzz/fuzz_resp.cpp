@@ -35,7 +35,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     check(r.status == r2.status && r.used == r2.used && args == again);
     if (r.status != resp::parse_status::complete) break;
     check(r.used > 0 && r.used <= rest.size());
-    for (std::string_view a : args) check(a.data() >= rest.data() && a.data() + a.size() <= rest.data() + r.used);
+    for (std::string_view a : args)
+      check(a.data() >= rest.data() && a.data() + a.size() <= rest.data() + r.used);
     // The same request alone: identical.
     const resp::parse_result alone = resp::parse_command(rest.substr(0, r.used), again);
     check(alone.status == resp::parse_status::complete && alone.used == r.used && again == args);

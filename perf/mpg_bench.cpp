@@ -40,9 +40,11 @@ long peak_rss_kb() {
 }
 
 void print_result(const char* name, long ops, double wall_ns, bool ok, const char* extra = "") {
-  std::printf("RESULT workload=%s impl=mpg ops=%ld ns_per_op=%.2f wall_ms=%.2f peak_rss_kb=%ld check=%s%s\n",
-              name, ops, wall_ns / static_cast<double>(ops), wall_ns / 1e6, peak_rss_kb(),
-              ok ? "ok" : "FAIL", extra);
+  std::printf(
+      "RESULT workload=%s impl=mpg ops=%ld ns_per_op=%.2f wall_ms=%.2f peak_rss_kb=%ld "
+      "check=%s%s\n",
+      name, ops, wall_ns / static_cast<double>(ops), wall_ns / 1e6, peak_rss_kb(),
+      ok ? "ok" : "FAIL", extra);
 }
 
 template <class F>

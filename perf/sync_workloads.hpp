@@ -93,7 +93,8 @@ inline mpg::task<bool> chan_mpmc_main(long n) {
   std::atomic<long> sum{0}, count{0};
   std::vector<mpg::join_handle<void>> prod, cons;
   for (long i = 0; i < kConsumers; ++i) cons.push_back(mpg::spawn(mpmc_consumer(c, &sum, &count)));
-  for (long p = 0; p < kProducers; ++p) prod.push_back(mpg::spawn(mpmc_producer(c, p, n, kProducers)));
+  for (long p = 0; p < kProducers; ++p)
+    prod.push_back(mpg::spawn(mpmc_producer(c, p, n, kProducers)));
   for (auto& h : prod) co_await h;
   c.close();
   for (auto& h : cons) co_await h;
@@ -174,7 +175,8 @@ inline double run_idle_tasks(mpg::runtime& rt, long n, double* bytes_per_task = 
   const long baseline = sync_peak_rss_kb();
   long peak = baseline, left = -1;
   const double ns = sync_time_ns([&] { left = rt.block_on(idle_tasks_main(n, &peak)); });
-  if (bytes_per_task) *bytes_per_task = static_cast<double>(peak - baseline) * 1024.0 / static_cast<double>(n);
+  if (bytes_per_task)
+    *bytes_per_task = static_cast<double>(peak - baseline) * 1024.0 / static_cast<double>(n);
   if (ok) *ok = left == 0;
   return ns / static_cast<double>(n);
 }
@@ -241,9 +243,10 @@ inline double run_timers_100k(mpg::runtime& rt, long n = 100000, bool* ok = null
 
 inline int run_sync_workload(const std::string& w, long arg) {
   auto report = [](const char* name, long ops, double ns_per_op, bool ok, double bpt = -1.0) {
-    std::printf("RESULT workload=%s impl=mpg ops=%ld ns_per_op=%.2f wall_ms=%.2f peak_rss_kb=%ld check=%s",
-                name, ops, ns_per_op, ns_per_op * static_cast<double>(ops) / 1e6, sync_peak_rss_kb(),
-                ok ? "ok" : "FAIL");
+    std::printf(
+        "RESULT workload=%s impl=mpg ops=%ld ns_per_op=%.2f wall_ms=%.2f peak_rss_kb=%ld check=%s",
+        name, ops, ns_per_op, ns_per_op * static_cast<double>(ops) / 1e6, sync_peak_rss_kb(),
+        ok ? "ok" : "FAIL");
     if (bpt >= 0) std::printf(" bytes_per_task=%.1f", bpt);
     std::printf("\n");
     return ok ? 0 : 1;

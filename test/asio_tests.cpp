@@ -40,7 +40,8 @@ struct io_thread {
 
 asio::awaitable<void> asio_coroutine(mpg::runtime_handle h, bool* on_runtime, countdown* done) {
   *on_runtime = h.running_in_this_thread();
-  co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);  // suspends, resumes on ex
+  // Suspends, resumes on ex.
+  co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
   *on_runtime = *on_runtime && h.running_in_this_thread();
   done->count_down();
 }
@@ -51,7 +52,9 @@ mpg::task<long> wait_on_timer(asio::io_context& io, std::chrono::milliseconds d,
   asio::steady_timer t(io, d);
   std::error_code ec = co_await t.async_wait(mpg::use_task);
   *on_runtime = h.running_in_this_thread() && !ec;
-  co_return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count();
+  co_return std::chrono::duration_cast<std::chrono::milliseconds>(
+                std::chrono::steady_clock::now() - start)
+      .count();
 }
 
 mpg::task<bool> dispatch_inside(mpg::asio_executor ex) {
@@ -125,7 +128,8 @@ TEST_CASE("a task killed while it awaits an Asio operation leaves the handler ha
     mpg::runtime rt({.procs = 1});
     rt.go(wait_an_hour(io), "asio waiter");
     const auto give_up = std::chrono::steady_clock::now() + 10s;
-    while (!mpg_test::dump_shows(rt, "asio operation") && std::chrono::steady_clock::now() < give_up)
+    while (!mpg_test::dump_shows(rt, "asio operation") &&
+           std::chrono::steady_clock::now() < give_up)
       std::this_thread::yield();
     REQUIRE(mpg_test::dump_shows(rt, "asio operation"));
   }  // kills the waiter: ~steady_timer queues the handler

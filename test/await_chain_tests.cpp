@@ -109,8 +109,8 @@ std::string wait_for_dump(const mpg::runtime& rt, const std::string& what) {
 
 // site(): the chain line of a frame: "at FUNCTION FILE:LINE".
 std::string site(const std::string& function, int line) {
-  return "      at chain_test::" + function + " " + std::string(__FILE__) + ":" + std::to_string(line) +
-         "\n";
+  return "      at chain_test::" + function + " " + std::string(__FILE__) + ":" +
+         std::to_string(line) + "\n";
 }
 
 // in_order(): every needle occurs in text, each after the previous one.
@@ -171,10 +171,11 @@ TEST_CASE("a join that parks reports the caller's co_await, with its chain") {
   const std::string d = wait_for_dump(rt, "[waiting: join at ");
   INFO(d);
   const std::string join_site = std::string(__FILE__) + ":" + std::to_string(chain_test::join_line);
-  CHECK(d.find("(joiner) [waiting: join at " + join_site + " in chain_test::joiner(mpg::chan<int>)]") !=
-        std::string::npos);
+  CHECK(d.find("(joiner) [waiting: join at " + join_site +
+               " in chain_test::joiner(mpg::chan<int>)]") != std::string::npos);
   CHECK(d.find("scheduler.cpp") == std::string::npos);
-  CHECK(in_order(d, {"(joiner) [waiting: join", site("joiner(mpg::chan<int>)", chain_test::join_line)}));
+  CHECK(in_order(
+      d, {"(joiner) [waiting: join", site("joiner(mpg::chan<int>)", chain_test::join_line)}));
   // The joined task's own chain is there too.
   CHECK(in_order(d, {"(pipeline) [waiting: chan receive",
                      site("consume(mpg::chan<int>)", chain_test::consume_line),
@@ -210,7 +211,8 @@ TEST_CASE("a task parked in the mutex's slow path shows its own frames once") {
   auto h = rt.spawn(chain_test::locker(&m), "locker");
   const std::string d = wait_for_dump(rt, "mutex lock");
   INFO(d);
-  const std::string lock_site = site("take_lock(" + std::string(kMutexPtr) + ")", chain_test::lock_line);
+  const std::string lock_site =
+      site("take_lock(" + std::string(kMutexPtr) + ")", chain_test::lock_line);
   CHECK(in_order(d, {"(locker) [waiting: mutex lock at ", lock_site,
                      site("locker(" + std::string(kMutexPtr) + ")", chain_test::locker_line)}));
   CHECK(d.find(lock_site) == d.rfind(lock_site));  // the slow path's frame is folded in
@@ -225,7 +227,8 @@ constexpr const char* kStreamPtr = "mpg::net::tcp_stream *";
 constexpr const char* kStreamPtr = "mpg::net::tcp_stream*";
 #endif
 
-TEST_CASE("a task parked in a socket read shows its co_await, also once the read goes on in a loop") {
+TEST_CASE(
+    "a task parked in a socket read shows its co_await, also once the read goes on in a loop") {
   int fds[2];
   REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0);
   mpg::runtime rt({.procs = 1});
@@ -233,9 +236,12 @@ TEST_CASE("a task parked in a socket read shows its co_await, also once the read
   auto h = rt.spawn(chain_test::reader(&s), "reader");
   // The recv is issued from read_some's own frame (read_op).
   const std::string first = wait_for_dump(rt, "net.read");
-  const std::string read_site = site("read_some(" + std::string(kStreamPtr) + ")", chain_test::read_line);
-  const std::string reader_site = site("reader(" + std::string(kStreamPtr) + ")", chain_test::reader_line);
-  CHECK_MESSAGE(in_order(first, {"(reader) [waiting: net.read at ", read_site, reader_site}), first);
+  const std::string read_site =
+      site("read_some(" + std::string(kStreamPtr) + ")", chain_test::read_line);
+  const std::string reader_site =
+      site("reader(" + std::string(kStreamPtr) + ")", chain_test::reader_line);
+  CHECK_MESSAGE(in_order(first, {"(reader) [waiting: net.read at ", read_site, reader_site}),
+                first);
   // A deadline set while the recv is in flight kicks it: the rest of the
   // read runs in the stream's read loop (a task frame of its own), which
   // parks inside the library.
@@ -246,7 +252,8 @@ TEST_CASE("a task parked in a socket read shows its co_await, also once the read
   {
     const std::string d = wait_for_dump(rt, "do_read");
     INFO(d);
-    CHECK(in_order(d, {"(reader) [waiting: net.read at ", "net.cpp:", "do_read", read_site, reader_site}));
+    CHECK(in_order(
+        d, {"(reader) [waiting: net.read at ", "net.cpp:", "do_read", read_site, reader_site}));
   }
   REQUIRE(write(fds[1], "hi", 2) == 2);
   CHECK(rt.block_on(std::move(h)) == 2);
@@ -322,9 +329,11 @@ TEST_CASE("clean_function_name: no return type, g++'s coroutine bodies named as 
         "ns::f(int, const char*)");
   CHECK(clean_function_name("void ns::K::m(ns::K::m(int) const::_ZNK2ns1K1mEi.Frame*)") ==
         "ns::K::m(int) const");
-  CHECK(clean_function_name("void ns::tf(tf<double>(double, int)::_ZN2ns2tfIdEENS_2coET_i.Frame*)") ==
-        "ns::tf<double>(double, int)");
-  CHECK(clean_function_name("mpg::task<int> ns::f(int, const char *)") == "ns::f(int, const char *)");
+  CHECK(
+      clean_function_name("void ns::tf(tf<double>(double, int)::_ZN2ns2tfIdEENS_2coET_i.Frame*)") ==
+      "ns::tf<double>(double, int)");
+  CHECK(clean_function_name("mpg::task<int> ns::f(int, const char *)") ==
+        "ns::f(int, const char *)");
   CHECK(clean_function_name("co ns::tf(T, int) [T = double]") == "ns::tf(T, int) [T = double]");
   CHECK(clean_function_name("auto ns::f(int)::(anonymous class)::operator()(int) const") ==
         "ns::f(int)::(anonymous class)::operator()(int) const");

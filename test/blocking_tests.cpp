@@ -82,7 +82,8 @@ mpg::task<void> sleeper(latency* out) {
   out->sleeper_p.store(this_p(), std::memory_order_relaxed);
   auto start = steady::now();
   co_await mpg::sleep_for(1ms);
-  out->sleep_late = std::chrono::duration_cast<std::chrono::microseconds>(steady::now() - start - 1ms);
+  out->sleep_late =
+      std::chrono::duration_cast<std::chrono::microseconds>(steady::now() - start - 1ms);
   // Release: the hog, which acquires, reads sleep_late after it.
   out->sleeper_woke.store(true, std::memory_order_release);
 }

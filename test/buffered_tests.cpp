@@ -93,7 +93,8 @@ mpg::task<std::string> errors() {
     s.data = std::string(100, 'x') + "\nshort\n";
     mpg::net::buffered_reader<chunk_stream> in(s, 32);
     absl::StatusOr<std::string_view> l = co_await in.read_line();
-    if (l.status().code() != absl::StatusCode::kResourceExhausted) co_return "long line not refused";
+    if (l.status().code() != absl::StatusCode::kResourceExhausted)
+      co_return "long line not refused";
     if (in.buffered() != 32) co_return "the full buffer was not kept";
   }
   {
@@ -226,7 +227,8 @@ mpg::task<std::string> lines_over_socket(int fd, std::vector<std::string> want) 
     if (*l != want[i]) co_return "line " + std::to_string(i) + " differs";
   }
   absl::StatusOr<std::string_view> end = co_await in.read_line();
-  if (!mpg::net::is_unexpected_eof(end.status())) co_return "the unterminated tail: " + end.status().ToString();
+  if (!mpg::net::is_unexpected_eof(end.status()))
+    co_return "the unterminated tail: " + end.status().ToString();
   if (in.buffered_view() != "tail") co_return "tail not buffered";
   co_return "ok";
 }
@@ -296,7 +298,8 @@ mpg::task<std::string> writer_regions() {
   co_return "ok";
 }
 
-TEST_CASE("buffered_writer: small writes buffered, large payloads sent in place, overflow flushes") {
+TEST_CASE(
+    "buffered_writer: small writes buffered, large payloads sent in place, overflow flushes") {
   mpg::runtime rt({.procs = 1});
   CHECK(rt.block_on(writer_regions()) == "ok");
 }

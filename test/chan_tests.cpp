@@ -456,7 +456,8 @@ mpg::task<std::string> close_races(std::size_t cap, int round) {
   race_result r(kSenders * kPer);
   std::vector<mpg::join_handle<void>> hs;
   for (int i = 0; i < 3; ++i) hs.push_back(mpg::spawn(race_receiver(c, &r)));
-  for (int s = 0; s < kSenders; ++s) hs.push_back(mpg::spawn(race_sender(c, &r, s * kPer, (s + 1) * kPer)));
+  for (int s = 0; s < kSenders; ++s)
+    hs.push_back(mpg::spawn(race_sender(c, &r, s * kPer, (s + 1) * kPer)));
   hs.push_back(mpg::spawn(race_closer(c, round % 37)));
   for (auto& h : hs) co_await h;
   for (int i = 0; i < kSenders * kPer; ++i) {
@@ -641,7 +642,8 @@ mpg::task<std::string> dump_names_the_wait(mpg::runtime* rt) {
   if (dump.find("blocked_receiver") == std::string::npos) co_return "task not in dump: " + dump;
   if (dump.find("chan receive at " __FILE__ ":" + std::to_string(kRecvLine)) == std::string::npos)
     co_return "wait reason or call site missing: " + dump;
-  if (select_dump.find("select at " __FILE__ ":" + std::to_string(kSelectLine)) == std::string::npos)
+  if (select_dump.find("select at " __FILE__ ":" + std::to_string(kSelectLine)) ==
+      std::string::npos)
     co_return "select's call site missing: " + select_dump;
   co_return "ok";
 }

@@ -109,7 +109,8 @@ mpg::task<std::string> tasks_wake_on_grandchild_done() {
   cancel();
   int woken = 0;
   for (auto& h : hs) woken += co_await h;
-  co_return woken == static_cast<int>(hs.size()) ? "ok" : "a waiter on a grandchild missed the cancel";
+  co_return woken == static_cast<int>(hs.size()) ? "ok"
+                                                 : "a waiter on a grandchild missed the cancel";
 }
 
 TEST_CASE("tasks waiting on grandchildren's done() wake when the root is cancelled") {
@@ -145,7 +146,8 @@ mpg::task<std::string> timeout_behaviour() {
   co_return "ok";
 }
 
-TEST_CASE("with_timeout / with_deadline: kDeadlineExceeded no earlier than the deadline, inherited") {
+TEST_CASE(
+    "with_timeout / with_deadline: kDeadlineExceeded no earlier than the deadline, inherited") {
   mpg::runtime rt({.procs = 2});
   CHECK(rt.block_on(timeout_behaviour()) == "ok");
 }
@@ -253,7 +255,9 @@ mpg::task<void> park_sleeper_then_deadline_holder() {
   co_await mpg_test::yield_some(10);  // both park (one P)
 }
 
-TEST_CASE("context: a deadline dropped by a task killed at shutdown cancels soundly after a killed sleeper") {
+TEST_CASE(
+    "context: a deadline dropped by a task killed at shutdown cancels soundly after a killed "
+    "sleeper") {
   mpg::runtime rt({.procs = 1});
   rt.block_on(park_sleeper_then_deadline_holder());
   REQUIRE(mpg_test::dump_shows(rt, "sleep"));

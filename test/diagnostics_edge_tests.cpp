@@ -280,8 +280,9 @@ mpg::task<void> dump_when_gathering(const mpg::runtime* rt, task_dump_result* r)
   const auto t0 = std::chrono::steady_clock::now();
   std::ostringstream os;
   rt->dump(os);
-  r->ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
-              .count();
+  r->ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+          .count();
   r->text = os.str();
   co_return;
 }

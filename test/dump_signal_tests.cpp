@@ -79,7 +79,8 @@ TEST_CASE("dump_signal: runtimes sharing the signal each dump; the old dispositi
     mpg_test::stderr_capture cap;
     cap.echo_on_exit(true);
     mpg::chan<int> ca, cb;
-    auto a = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1, .dump_signal = SIGUSR2});
+    auto a =
+        std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1, .dump_signal = SIGUSR2});
     auto ha = a->spawn(wait_for_value(ca), "in-runtime-a");
     {
       mpg::runtime b({.procs = 1, .dump_signal = SIGUSR2});

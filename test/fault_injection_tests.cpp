@@ -180,7 +180,8 @@ task<absl::Status> exchange(std::uint16_t port, const std::string& sent, counter
   absl::Status w = co_await writer;
   if (!read_status.ok()) co_return read_status;
   if (!w.ok()) co_return w;
-  if (got != sent.size()) co_return absl::UnavailableError("echo ended early (the peer's connection was reset)");
+  if (got != sent.size())
+    co_return absl::UnavailableError("echo ended early (the peer's connection was reset)");
   co_return absl::OkStatus();
 }
 
@@ -245,15 +246,16 @@ echo_result run_echo(const char* faults, int conns, std::size_t large) {
     out.retries = c->retries.load();
   }
   CHECK(open_fds() == fds_before);  // no descriptor left open
-  std::printf("fault_injection_tests: %s: %llu faults injected and survived (eintr %llu, eagain %llu, "
-              "short %llu, reset %llu, overflow %llu); %d frames checked, %d resets seen, %d retries\n",
-              faults, static_cast<unsigned long long>(out.stats.io_faults_injected),
-              static_cast<unsigned long long>(out.stats.io_faults_eintr),
-              static_cast<unsigned long long>(out.stats.io_faults_eagain),
-              static_cast<unsigned long long>(out.stats.io_faults_short),
-              static_cast<unsigned long long>(out.stats.io_faults_reset),
-              static_cast<unsigned long long>(out.stats.io_faults_overflow), out.frames_ok,
-              out.resets_seen, out.retries);
+  std::printf(
+      "fault_injection_tests: %s: %llu faults injected and survived (eintr %llu, eagain %llu, "
+      "short %llu, reset %llu, overflow %llu); %d frames checked, %d resets seen, %d retries\n",
+      faults, static_cast<unsigned long long>(out.stats.io_faults_injected),
+      static_cast<unsigned long long>(out.stats.io_faults_eintr),
+      static_cast<unsigned long long>(out.stats.io_faults_eagain),
+      static_cast<unsigned long long>(out.stats.io_faults_short),
+      static_cast<unsigned long long>(out.stats.io_faults_reset),
+      static_cast<unsigned long long>(out.stats.io_faults_overflow), out.frames_ok, out.resets_seen,
+      out.retries);
   return out;
 }
 

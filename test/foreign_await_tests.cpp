@@ -196,7 +196,8 @@ TEST_CASE("foreign awaiters that complete inside await_suspend") {
   CHECK(rt.block_on(body()) == 7 + 8 + 9 + 50 * 10 + 1);
 }
 
-TEST_CASE("an event set inline by another task does not hijack that task's G; dump shows the wait") {
+TEST_CASE(
+    "an event set inline by another task does not hijack that task's G; dump shows the wait") {
   mpg::runtime rt({.procs = 2});
   event ev;
   std::string dump;

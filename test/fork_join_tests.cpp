@@ -38,7 +38,8 @@ mpg::task<long> tree(live_count* live, long num, long size, int fanout) {
     sum = 0;
     std::vector<mpg::join_handle<long>> hs;
     const long sub = size / fanout;
-    for (int i = 0; i < fanout; ++i) hs.push_back(mpg::spawn(tree(live, num + i * sub, sub, fanout)));
+    for (int i = 0; i < fanout; ++i)
+      hs.push_back(mpg::spawn(tree(live, num + i * sub, sub, fanout)));
     for (auto& h : hs) sum += co_await h;
   }
   live->leave();

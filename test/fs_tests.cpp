@@ -100,7 +100,8 @@ TEST_CASE("write_at at an offset, and many tasks reading one file at once") {
       readers.push_back(mpg::spawn([](mpg::fs::file& file, int i) -> task<bool> {
         std::string b(kBlock, '\0');
         auto n = co_await file.read_at(std::span<char>(b), i * kBlock);
-        co_return n.ok() && *n == kBlock && b == std::string(kBlock, static_cast<char>('A' + i % 26));
+        co_return n.ok() && *n == kBlock &&
+                  b == std::string(kBlock, static_cast<char>('A' + i % 26));
       }(file, i)));
     }
     bool all = true;

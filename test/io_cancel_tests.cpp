@@ -153,7 +153,8 @@ task<void> reader(round_state& st, int rounds, first_end how, int pipe_rd, const
     }
     if (how != first_end::deadline) {
       // The canceller is done with the slot before the second op starts.
-      bool acked = co_await until([&] { return st.acked.load(std::memory_order_acquire) == i + 1; });
+      bool acked =
+          co_await until([&] { return st.acked.load(std::memory_order_acquire) == i + 1; });
       if (!acked) st.bad_first.fetch_add(1, std::memory_order_relaxed);
     }
     // Release: orders the first op's dispatch (which cleared the slot)
@@ -287,7 +288,8 @@ TEST_CASE("the kernel resolves an ASYNC_CANCEL when it is issued, in submission 
   io_uring_queue_exit(&ring);
 }
 
-TEST_CASE("a cancel that finds its op completed (-ENOENT) leaves the next op at that address alone") {
+TEST_CASE(
+    "a cancel that finds its op completed (-ENOENT) leaves the next op at that address alone") {
   // Driven on a bare reactor, so the slot is published by hand as io_start
   // does. The NOP's SQE is submitted together with, and ahead of, the
   // cancel: it completes before the cancel is issued.
@@ -342,14 +344,20 @@ TEST_CASE("a cancel that finds its op completed (-ENOENT) leaves the next op at 
   CHECK(op.outcome() == 2);
 }
 
-TEST_CASE("a cancelled read, then a read by the same awaiter in the same slot: the second is not cancelled") {
+TEST_CASE(
+    "a cancelled read, then a read by the same awaiter in the same slot: the second is not "
+    "cancelled") {
   run_rounds(first_end::cancel, 300);
 }
 
-TEST_CASE("a cancel that finds its op running in io-wq (-EALREADY) ends it with -ECANCELED and does not reach the next op") {
+TEST_CASE(
+    "a cancel that finds its op running in io-wq (-EALREADY) ends it with -ECANCELED and does not "
+    "reach the next op") {
   run_rounds(first_end::running, 100);
 }
 
-TEST_CASE("a read that timed out, then a read by the same awaiter in the same slot: the second completes") {
+TEST_CASE(
+    "a read that timed out, then a read by the same awaiter in the same slot: the second "
+    "completes") {
   run_rounds(first_end::deadline, 50);
 }

@@ -99,11 +99,13 @@ TEST_CASE("a missed deadline carries ETIMEDOUT, a cancel ECANCELED") {
   rt.block_on([]() -> task<void> {
     auto p = co_await connect_pair();
     char buf[8];
-    auto late = co_await p.client.read(std::span<char>(buf), std::chrono::steady_clock::now() + 1ms);
+    auto late =
+        co_await p.client.read(std::span<char>(buf), std::chrono::steady_clock::now() + 1ms);
     CHECK(late.status().code() == absl::StatusCode::kDeadlineExceeded);
     CHECK(mpg::errno_of(late.status()) == ETIMEDOUT);
 
-    auto reading = mpg::spawn(task<absl::StatusOr<std::size_t>>(p.client.read(std::span<char>(buf))));
+    auto reading =
+        mpg::spawn(task<absl::StatusOr<std::size_t>>(p.client.read(std::span<char>(buf))));
     while (!p.client.read_pending()) co_await mpg::yield();
     p.client.cancel();
     auto cancelled = co_await reading;

@@ -92,7 +92,8 @@ TEST_CASE("a kernel timeout op completes with -ETIME no earlier than asked") {
   rt.block_on([]() -> task<void> {
     __kernel_timespec ts{.tv_sec = 0, .tv_nsec = 20'000'000};
     auto t0 = clock_type::now();
-    int res = co_await mpg::io::submit([&](io_uring_sqe* sqe) { io_uring_prep_timeout(sqe, &ts, 0, 0); });
+    int res =
+        co_await mpg::io::submit([&](io_uring_sqe* sqe) { io_uring_prep_timeout(sqe, &ts, 0, 0); });
     CHECK(res == -ETIME);
     CHECK(clock_type::now() - t0 >= 20ms);
   }());
@@ -190,10 +191,12 @@ TEST_CASE("an op submitted by an M that then blocks in mpg::blocking still compl
     std::promise<void> read_done;
     std::future<void> read_done_f = read_done.get_future();
     std::atomic<bool> reader_parked{false};
-    auto reader = mpg::spawn([](int fd, std::promise<void>& done, std::atomic<bool>& parked) -> task<int> {
+    auto reader = mpg::spawn([](int fd, std::promise<void>& done,
+                                std::atomic<bool>& parked) -> task<int> {
       char in[4];
       parked.store(true);
-      int r = co_await mpg::io::submit([&](io_uring_sqe* sqe) { io_uring_prep_read(sqe, fd, in, sizeof in, 0); });
+      int r = co_await mpg::io::submit(
+          [&](io_uring_sqe* sqe) { io_uring_prep_read(sqe, fd, in, sizeof in, 0); });
       done.set_value();
       co_return r;
     }(p.rd, read_done, reader_parked));
@@ -366,14 +369,16 @@ TEST_CASE("a cancel of any request, and buffers of the runtime's group, are refu
       io_uring_prep_provide_buffers(sqe, bufs, 64, 4, /*bgid=*/0, /*bid=*/0);
     });
     CHECK(r == -EINVAL);
-    r = co_await mpg::io::submit([](io_uring_sqe* sqe) { io_uring_prep_remove_buffers(sqe, 4, 0); });
+    r = co_await mpg::io::submit(
+        [](io_uring_sqe* sqe) { io_uring_prep_remove_buffers(sqe, 4, 0); });
     CHECK(r == -EINVAL);
     // Another group is the caller's own business.
     r = co_await mpg::io::submit([](io_uring_sqe* sqe) {
       io_uring_prep_provide_buffers(sqe, bufs, 64, 4, /*bgid=*/7, /*bid=*/0);
     });
     CHECK(r == 0);
-    r = co_await mpg::io::submit([](io_uring_sqe* sqe) { io_uring_prep_remove_buffers(sqe, 4, 7); });
+    r = co_await mpg::io::submit(
+        [](io_uring_sqe* sqe) { io_uring_prep_remove_buffers(sqe, 4, 7); });
     CHECK(r == 4);
   }());
 }

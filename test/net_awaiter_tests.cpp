@@ -31,7 +31,9 @@ using mpg_test::connect_pair;
 using mpg_test::stream_pair;
 
 task<read_result> read_into(tcp_stream& s, std::span<char> buf) { co_return co_await s.read(buf); }
-task<absl::Status> write_from(tcp_stream& s, std::string_view data) { co_return co_await s.write(data); }
+task<absl::Status> write_from(tcp_stream& s, std::string_view data) {
+  co_return co_await s.write(data);
+}
 task<absl::Status> write_all_from(tcp_stream& s, std::span<const std::string_view> bufs) {
   co_return co_await s.write_vectored(bufs);
 }
@@ -94,7 +96,8 @@ TEST_CASE("read_op: data, end of stream, an empty buffer and a closed stream") {
   }());
 }
 
-TEST_CASE("read_op: a deadline set while the recv is in flight ends it (issued again, then expired)") {
+TEST_CASE(
+    "read_op: a deadline set while the recv is in flight ends it (issued again, then expired)") {
   mpg::runtime rt({.procs = 2});
   rt.block_on([]() -> task<void> {
     auto p = co_await connect_pair();
@@ -206,7 +209,8 @@ TEST_CASE("runtime::spawn and runtime::block_on take a stream op from a plain th
   CHECK(b->view() == "five");
 }
 
-TEST_CASE("write_op: a write larger than the socket buffers arrives whole (short sends continued)") {
+TEST_CASE(
+    "write_op: a write larger than the socket buffers arrives whole (short sends continued)") {
   mpg::runtime rt({.procs = 2});
   rt.block_on([]() -> task<void> {
     auto p = co_await connect_pair();
@@ -358,7 +362,8 @@ TEST_CASE("write_vectored_op converts to a task; awaited again after its task fo
   }());
 }
 
-TEST_CASE("write_vectored_op: a sendmsg that fails with EINTR or EAGAIN, or sends short, is continued") {
+TEST_CASE(
+    "write_vectored_op: a sendmsg that fails with EINTR or EAGAIN, or sends short, is continued") {
   // Injected faults (runtime_options::io_faults): about half the issues
   // fail the ways the kernel may, so the op's own first sendmsg does too,
   // and its completion hands the write to the task form with nothing sent

@@ -336,7 +336,8 @@ TEST_CASE("a context ends accept, blocked or not yet started") {
   }());
 }
 
-TEST_CASE("a second read, write or accept while one waits fails with EALREADY; close ends the first") {
+TEST_CASE(
+    "a second read, write or accept while one waits fails with EALREADY; close ends the first") {
   mpg::runtime rt({.procs = 2});
   mpg_test::watchdog dog(kHang, "one op at a time", &rt);
   rt.block_on([]() -> task<void> {
@@ -568,7 +569,8 @@ TEST_CASE("an accept after close is kCancelled, 1000 times") {
   CHECK(other == 0);
 }
 
-TEST_CASE("an accept racing close is kCancelled whichever comes first, 1000 times (300 sanitized)") {
+TEST_CASE(
+    "an accept racing close is kCancelled whichever comes first, 1000 times (300 sanitized)") {
   mpg::runtime rt({.procs = 2});
   mpg_test::watchdog dog(kHang, "accepts racing close", &rt);
   const int rounds = mpg_test::kSanitized ? 300 : 1000;
@@ -588,7 +590,9 @@ TEST_CASE("an accept racing close is kCancelled whichever comes first, 1000 time
   CHECK(other == 0);
 }
 
-TEST_CASE("contexts cancelled from a plain thread while reads complete: no read hangs or outlives its frame") {
+TEST_CASE(
+    "contexts cancelled from a plain thread while reads complete: no read hangs or outlives its "
+    "frame") {
   // Each round a reader binds a fresh context; a thread outside the runtime
   // cancels it while the peer's byte may be arriving. The reader ends with
   // the byte or kCancelled; its frame (and the binding in it) is freed at
@@ -607,7 +611,8 @@ TEST_CASE("contexts cancelled from a plain thread while reads complete: no read 
         while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
         c();
       });
-      auto reader = mpg::spawn([](tcp_stream& s, mpg::context c) -> task<absl::StatusOr<std::size_t>> {
+      auto reader = mpg::spawn([](tcp_stream& s,
+                                  mpg::context c) -> task<absl::StatusOr<std::size_t>> {
         char buf[4];
         co_return co_await s.read(std::span<char>(buf, 1), c);
       }(p.client, ctx));

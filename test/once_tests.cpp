@@ -98,7 +98,8 @@ concept callable_once = requires(mpg::once& o, F f) { o.call(f); };
 static_assert(callable_once<void (*)()>);
 static_assert(callable_once<mpg::task<> (*)()>);
 static_assert(callable_once<mpg::task<int> (*)()>);
-static_assert(!callable_once<decltype([] { return mpg::sleep_for(std::chrono::milliseconds(1)); })>);
+static_assert(
+    !callable_once<decltype([] { return mpg::sleep_for(std::chrono::milliseconds(1)); })>);
 static_assert(!callable_once<int (*)()>);
 static_assert(!callable_once<void (*)(int)>);
 

@@ -670,8 +670,10 @@ TEST_CASE("a runtime destroyed with a receiver parked; the sender dropped after 
       mpg::chan<int> never;
       (void)co_await mpg::select(never.recv(), r);
     }(std::move(rx2)), "parked-select");
-    REQUIRE(wait_until([&] { return rt.stats().live == 2 && mpg_test::dump_shows(rt, "oneshot receive") &&
-                                    mpg_test::dump_shows(rt, "select"); }));
+    REQUIRE(wait_until([&] {
+      return rt.stats().live == 2 && mpg_test::dump_shows(rt, "oneshot receive") &&
+             mpg_test::dump_shows(rt, "select");
+    }));
   }  // kills both: their awaiters unlink and give back the waker count
   // The receivers are gone; these touch only the states.
   std::thread th([&] {

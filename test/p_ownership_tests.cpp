@@ -421,7 +421,9 @@ mpg::task<runnext_outcome> runnext_next_to_blocking_call(runnext_scene* sc,
 
 }  // namespace
 
-TEST_CASE("a completion waking a ring-sleeping M while mpg::blocking takes over its P is delivered once") {
+TEST_CASE(
+    "a completion waking a ring-sleeping M while mpg::blocking takes over its P is delivered "
+    "once") {
   constexpr int kRounds = mpg_test::kSanitized ? 8000 : 3000;
   int fds[2];
   REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
@@ -440,7 +442,8 @@ TEST_CASE("a completion waking a ring-sleeping M while mpg::blocking takes over 
   CHECK(res.wrong == 0);
 }
 
-TEST_CASE("procs 1, max_threads 2: a G queued by a blocking exit is not stranded when the P frees up") {
+TEST_CASE(
+    "procs 1, max_threads 2: a G queued by a blocking exit is not stranded when the P frees up") {
   constexpr int kRounds = 8000;
   constexpr auto kBudget = mpg_test::kSanitized ? 15s : 10s;
   // The pause after passing the turn sweeps the window in which the other
@@ -459,7 +462,9 @@ TEST_CASE("procs 1, max_threads 2: a G queued by a blocking exit is not stranded
   MESSAGE((g.last_round.load() + 1) << " rounds played");
 }
 
-TEST_CASE("procs 2, max_threads 2: a sleep on a P handed off by a blocking call fires while the other M idles") {
+TEST_CASE(
+    "procs 2, max_threads 2: a sleep on a P handed off by a blocking call fires while the other M "
+    "idles") {
   for (int attempt = 0; attempt < 3; ++attempt) {
     CAPTURE(attempt);
     timer_scene sc;

@@ -27,7 +27,9 @@ struct alignas(Align) sized {
   std::atomic<long>* runs;
   std::array<unsigned char, N> pad{};
   explicit sized(std::atomic<long>* r) : runs(r) { g_live.fetch_add(1, std::memory_order_relaxed); }
-  sized(const sized& o) : runs(o.runs), pad(o.pad) { g_live.fetch_add(1, std::memory_order_relaxed); }
+  sized(const sized& o) : runs(o.runs), pad(o.pad) {
+    g_live.fetch_add(1, std::memory_order_relaxed);
+  }
   ~sized() { g_live.fetch_sub(1, std::memory_order_relaxed); }
   void operator()() const {
     // A byte pattern that a reused-too-early block would have overwritten.
@@ -64,7 +66,9 @@ struct throws_on_copy {
 
 }  // namespace
 
-TEST_CASE("functions of every size class, larger and over-aligned ones: each runs once and is destroyed once") {
+TEST_CASE(
+    "functions of every size class, larger and over-aligned ones: each runs once and is destroyed "
+    "once") {
   std::atomic<long> runs{0};
   {
     mpg::runtime rt;
@@ -84,7 +88,9 @@ TEST_CASE("functions of every size class, larger and over-aligned ones: each run
   CHECK(g_live.load() == 0);
 }
 
-TEST_CASE("a poster thread that exits while its functions are queued: they run, and its cache serves the next thread") {
+TEST_CASE(
+    "a poster thread that exits while its functions are queued: they run, and its cache serves the "
+    "next thread") {
   std::atomic<long> runs{0};
   {
     mpg::runtime rt({.procs = 1});

@@ -310,8 +310,8 @@ TEST_CASE("a deadline kick skips an op with no deadline when the deadline is cle
     run_until(*r, nc, 1);
     r->reap();
   };
-  mpg::detail::io_stop_in_flight(
-      &read.slot, {.why = mpg::detail::io_stop::kick, .deadline_ns = mpg::detail::io_deadline::kNone});
+  mpg::detail::io_stop_in_flight(&read.slot, {.why = mpg::detail::io_stop::kick,
+                                              .deadline_ns = mpg::detail::io_deadline::kNone});
   nop_after();
   CHECK(read.c.done.load() == 0);
   CHECK(read.slot.op.load() == &read.op);

@@ -272,7 +272,8 @@ mpg::task<void> hog_then_anchor(mpg::net::tcp_stream* s, std::thread::id root_th
 // kMinRounds take (20 rounds of 8 x 500 us: 80 ms). Help that never comes
 // (the M asleep in its ring is not woken for the queued Gs) fails after
 // kMaxRounds: about 4 s of work on one P.
-TEST_CASE("a P that keeps Gs readied by completions queued gets help from an M asleep in its ring") {
+TEST_CASE(
+    "a P that keeps Gs readied by completions queued gets help from an M asleep in its ring") {
   mpg_test::watchdog dog(60s, "reap_wake balance");
   constexpr int kWorkers = 8;
   constexpr int kMinRounds = 20;
@@ -294,7 +295,8 @@ TEST_CASE("a P that keeps Gs readied by completions queued gets help from an M a
     std::atomic<int> state{0};
     auto anchor = mpg::spawn(hog_then_anchor(&streams[kWorkers], home, &state, &go));
     const auto give_up = std::chrono::steady_clock::now() + 20s;
-    while (state.load(std::memory_order_acquire) == 0 && std::chrono::steady_clock::now() < give_up) {
+    while (state.load(std::memory_order_acquire) == 0 &&
+           std::chrono::steady_clock::now() < give_up) {
     }
     REQUIRE(state.load(std::memory_order_acquire) == 1);
     // The workers issue their reads here, on this P: the other one is busy.

@@ -176,7 +176,8 @@ TEST_CASE("receive: a context or cancel() ends a waiting receive; data after it 
   }());
 }
 
-TEST_CASE("read(buf) after receive(): copies from the held buffers, in order, partial buffers kept") {
+TEST_CASE(
+    "read(buf) after receive(): copies from the held buffers, in order, partial buffers kept") {
   mpg::runtime rt({.procs = 2});
   rt.block_on([]() -> task<void> {
     auto p = co_await connect_pair();
@@ -230,7 +231,9 @@ TEST_CASE("receive: a runtime shut down under a waiting receive and held buffers
   }  // ~runtime: kills the reader; ASan reports any leak
 }
 
-TEST_CASE("receive: a context that outlives the runtime is cancelled after a receive waiting on it was killed") {
+TEST_CASE(
+    "receive: a context that outlives the runtime is cancelled after a receive waiting on it was "
+    "killed") {
   // ~runtime kills a task parked in a receive bound to a context made
   // outside the runtime. The receive's watcher of the context leaves the
   // context with the killed frame; if it stayed linked, the cancel() below
@@ -255,7 +258,9 @@ TEST_CASE("receive: a context that outlives the runtime is cancelled after a rec
   CHECK(ctx.err().code() == absl::StatusCode::kCancelled);
 }
 
-TEST_CASE("receive: buffers held past the runtime's end are given back after it; the ring goes with the last") {
+TEST_CASE(
+    "receive: buffers held past the runtime's end are given back after it; the ring goes with the "
+    "last") {
   // The ring outlives its reactor while a buffer is held (buffer_ring.hpp,
   // "Lifetime"): the reactor's release() drops its own reference with
   // those of the buffers in the kernel and on the return stack (some given

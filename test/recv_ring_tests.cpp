@@ -181,7 +181,8 @@ TEST_CASE("receive: a multishot moves to the P its reader was stolen to; nothing
     } sh{home, home->given_back()};
     std::vector<mpg::join_handle<std::pair<int, int>>> readers;
     for (int i = 0; i < kStreams; ++i) {
-      readers.push_back(mpg::spawn([](stream_pair& p, int i, shared& sh) -> task<std::pair<int, int>> {
+      readers.push_back(mpg::spawn([](stream_pair& p, int i,
+                                      shared& sh) -> task<std::pair<int, int>> {
         int in_order = 0, k = 0;
         for (; k < kRounds || (k < kMaxRounds && !sh.moved()); ++k) {
           const std::string msg = std::to_string(i) + ":" + std::to_string(k);
@@ -310,7 +311,8 @@ namespace {
 struct flood_result {
   std::size_t most_held = 0;     // the slow stream's ring buffers, at most, during the flood
   bool multishot = true;         // the slow reader's receive was a multishot
-  std::uint64_t pause_cancels = 0;  // backpressure cancels (R3) the P's reactor prepared in the flood
+  std::uint64_t pause_cancels = 0;  // backpressure cancels (R3) the P's reactor prepared in
+                                    // the flood
   std::uint64_t copies = 0;      // buffers copied out over the limit in the flood (all still held)
   std::uint64_t nobufs = 0;      // multishots ended by an empty ring (R4) in the flood
   bool reader_ok = false;        // the slow reader got every byte, in order
@@ -336,7 +338,8 @@ task<flood_result> slow_reader_flood(unsigned buffers, std::size_t total, std::s
     REQUIRE(first.ok());
     std::size_t at = 0;
     bool ok = true;
-    for (std::size_t i = 0; i < first->size(); ++i, ++at) ok = ok && first->data()[i] == pattern(7, at);
+    for (std::size_t i = 0; i < first->size(); ++i, ++at)
+      ok = ok && first->data()[i] == pattern(7, at);
     first->reset();
     co_await go.recv();
     for (;;) {
@@ -355,7 +358,8 @@ task<flood_result> slow_reader_flood(unsigned buffers, std::size_t total, std::s
   // (recv_ring_tests_without_multishot: counted at the arm's CQE), and
   // then nothing pauses.
   auto multishot = [home] {
-    return home->injected_faults().by_kind[static_cast<unsigned>(mpg::detail::io_fault::no_multishot)] == 0;
+    return home->injected_faults()
+               .by_kind[static_cast<unsigned>(mpg::detail::io_fault::no_multishot)] == 0;
   };
   // A large write lands at once, and the multishot takes a burst of
   // buffers before its pause can take effect; small ones come as the
@@ -400,7 +404,9 @@ task<flood_result> slow_reader_flood(unsigned buffers, std::size_t total, std::s
 
 }  // namespace
 
-TEST_CASE("receive: a slow reader holds at most its share of the ring; others keep receiving; nothing is lost") {
+TEST_CASE(
+    "receive: a slow reader holds at most its share of the ring; others keep receiving; nothing is "
+    "lost") {
   // 16 buffers: the stream's limit is 1. One write of 512 KiB.
   mpg::runtime rt({.procs = 1, .recv_buffers = 16});
   const flood_result r = rt.block_on(slow_reader_flood(16, 512 * 1024, 512 * 1024));
@@ -432,7 +438,9 @@ TEST_CASE("receive: a pause that finds no SQE is asked again by the next CQE") {
   // every reap).
 }
 
-TEST_CASE("receive: a slow reader's copies are capped when its pauses miss; the ring runs dry; nothing is lost") {
+TEST_CASE(
+    "receive: a slow reader's copies are capped when its pauses miss; the ring runs dry; nothing "
+    "is lost") {
   // misspause: every backpressure cancel misses the multishot, as the
   // kernel's misses one it keeps requeuing while the peer keeps the socket
   // supplied. 512 buffers of 2 KiB (a limit of 8); a 4 MiB flood. The
@@ -466,7 +474,8 @@ TEST_CASE("receive: a reader that caught up with a missed pause is paused again 
     auto other = co_await connect_pair();
     mpg::detail::reactor* const home = mpg::detail::current_reactor();
     auto misses = [home] {
-      return home->injected_faults().by_kind[static_cast<unsigned>(mpg::detail::io_fault::miss_pause)];
+      return home->injected_faults()
+          .by_kind[static_cast<unsigned>(mpg::detail::io_fault::miss_pause)];
     };
     // Round trips on the other stream until the slow one holds `n` ring
     // buffers (the reactor reaps while this task waits).
@@ -541,7 +550,8 @@ TEST_CASE("receive: an empty ring (-ENOBUFS) falls back to plain recvs; nothing 
   }());
 }
 
-TEST_CASE("receive: close with buffers held gives them back; a borrowed buffer outlives its stream") {
+TEST_CASE(
+    "receive: close with buffers held gives them back; a borrowed buffer outlives its stream") {
   mpg::runtime rt({.procs = 1, .recv_buffers = 64});
   rt.block_on([]() -> task<void> {
     auto p = co_await connect_pair();

@@ -38,8 +38,9 @@ run_queue::owner own(run_queue& q) { return mpg::detail::run_queue_test_access::
 
 g* pop(run_queue& q, bool skip_runnext = false, bool* from_next = nullptr) {
   bool dummy = false;
-  return own(q).pop(skip_runnext ? mpg::detail::runnext_policy::skip : mpg::detail::runnext_policy::take,
-                    from_next != nullptr ? from_next : &dummy);
+  return own(q).pop(
+      skip_runnext ? mpg::detail::runnext_policy::skip : mpg::detail::runnext_policy::take,
+      from_next != nullptr ? from_next : &dummy);
 }
 
 mpg::detail::runnext_policy runnext(bool take) {
@@ -370,7 +371,9 @@ extern "C" void steal_on_signal(int) {
 }
 }  // namespace
 
-TEST_CASE("a thief's steal of runnext at any instruction of the owner's take obtains every G exactly once") {
+TEST_CASE(
+    "a thief's steal of runnext at any instruction of the owner's take obtains every G exactly "
+    "once") {
   constexpr std::size_t kGs = 64;
   constexpr std::uint64_t kSignals = 100'000;
   fake_gs gs(kGs);

@@ -153,7 +153,8 @@ mpg::task<void> receiver(mpg::net::tcp_stream* s, std::uint32_t id, int frames,
       if (sid != id || seq >= static_cast<std::uint32_t>(frames)) {
         rec->foreign.fetch_add(1, std::memory_order_relaxed);
       } else {
-        if (static_cast<int>(seq) != next) rec->out_of_order.fetch_add(1, std::memory_order_relaxed);
+        if (static_cast<int>(seq) != next)
+          rec->out_of_order.fetch_add(1, std::memory_order_relaxed);
         ++rec->delivered[id][seq];
       }
       ++next;
@@ -280,9 +281,10 @@ mpg::task<void> one_round(plumbing* pl, outer_writer* outer, std::uint32_t round
   std::vector<mpg::join_handle<void>> io;
   // Receivers first, so they are parked in reads when the frames come.
   for (int s = 0; s < kStreams; ++s)
-    io.push_back(mpg::spawn(receiver(&pl->recv_side[s], static_cast<std::uint32_t>(s), kFrames, rec),
-                            "receiver"));
-  io.push_back(mpg::spawn(receiver(&pl->outer_recv, kStreams, kOuterFrames, rec), "outer.receiver"));
+    io.push_back(mpg::spawn(
+        receiver(&pl->recv_side[s], static_cast<std::uint32_t>(s), kFrames, rec), "receiver"));
+  io.push_back(
+      mpg::spawn(receiver(&pl->outer_recv, kStreams, kOuterFrames, rec), "outer.receiver"));
   for (int s = 0; s < kStreams; ++s)
     io.push_back(mpg::spawn(sender(&pl->send_side[s], static_cast<std::uint32_t>(s), round, rec),
                             "sender"));
@@ -350,7 +352,8 @@ phase_result run_phase(mpg::runtime_options opts, std::chrono::duration<double> 
       break;
     }
   }
-  if (res.fault.empty() && outer.failed_writes() != 0) res.fault = "the plain thread's writes failed";
+  if (res.fault.empty() && outer.failed_writes() != 0)
+    res.fault = "the plain thread's writes failed";
   const mpg::runtime_stats st = rt.stats();
   res.steals = st.steals;
   res.threads = st.threads;
@@ -374,8 +377,8 @@ TEST_CASE("stress: blocking calls, ring sleeps, completions and stealing lose an
   for (const config& c : configs) {
     INFO("config: " << std::string(c.name));
     const phase_result r = run_phase(c.opts, total / 4, c.name);
-    MESSAGE(std::string(c.name) << ": " << r.rounds << " rounds, " << r.steals << " steals, " << r.threads
-                   << " threads");
+    MESSAGE(std::string(c.name) << ": " << r.rounds << " rounds, " << r.steals << " steals, "
+                                << r.threads << " threads");
     CHECK_MESSAGE(r.fault.empty(), r.fault);
     CHECK(r.rounds >= 1);
   }

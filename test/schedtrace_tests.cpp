@@ -66,7 +66,8 @@ TEST_CASE("schedtrace: about one SCHED line per period, in Go's shape") {
     REQUIRE(cap.wait_for("SCHED ", 5));
   }
   const auto lived_ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+          .count();
   ::unsetenv("MPG_DEBUG");
   REQUIRE(cap.sync());  // every line written so far is captured
   const std::size_t lines = cap.count("SCHED ");

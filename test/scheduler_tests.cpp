@@ -214,7 +214,8 @@ TEST_CASE("consume_budget lets a spinning task give way on one P") {
 }
 
 namespace {
-mpg::task<void> receive_then_mark(mpg::chan<int> c, std::atomic<bool>* ran, std::thread::id* where) {
+mpg::task<void> receive_then_mark(mpg::chan<int> c, std::atomic<bool>* ran,
+                                  std::thread::id* where) {
   (void)co_await c.recv();
   *where = std::this_thread::get_id();
   ran->store(true, std::memory_order_release);

@@ -101,7 +101,8 @@ mpg::task<std::string> join_loser_takes_nothing() {
   co_return "ok";
 }
 
-TEST_CASE("a join case that loses leaves the handle unjoined; a recv case that loses takes nothing") {
+TEST_CASE(
+    "a join case that loses leaves the handle unjoined; a recv case that loses takes nothing") {
   mpg::runtime rt({.procs = 2});
   CHECK(rt.block_on(join_loser_takes_nothing()) == "ok");
 }
@@ -230,7 +231,9 @@ mpg::task<std::string> wait_group_cases() {
   co_return "ok";
 }
 
-TEST_CASE("a wait_group case: ready at zero, woken by the done() that reaches zero, taken off when it loses") {
+TEST_CASE(
+    "a wait_group case: ready at zero, woken by the done() that reaches zero, taken off when it "
+    "loses") {
   mpg::runtime rt({.procs = 2});
   CHECK(rt.block_on(wait_group_cases()) == "ok");
 }
@@ -263,7 +266,8 @@ mpg::task<std::string> oneshot_and_join_mixed() {
   mpg::chan<int> gate;
   mpg::join_handle<int> h = mpg::spawn(value_after(gate, 4));
   std::thread th;
-  auto sel = mpg::spawn([](mpg::oneshot_receiver<int>& rx, mpg::join_handle<int>& h) -> mpg::task<int> {
+  auto sel = mpg::spawn([](mpg::oneshot_receiver<int>& rx,
+                           mpg::join_handle<int>& h) -> mpg::task<int> {
     auto r = co_await mpg::select(h, rx);
     co_return r.index() == 0 ? std::get<0>(r) : (std::get<1>(r).ok() ? 100 + *std::get<1>(r) : -1);
   }(rx, h));
@@ -289,13 +293,13 @@ mpg::task<std::string> fairness_across_kinds() {
   // join (re-spawned) and the channel value (re-sent).
   constexpr int kRounds = 6000;
   std::array<int, 6> wins{};
-  mpg::wait_group wg;                                   // zero: ready
+  mpg::wait_group wg;                               // zero: ready
   auto [ctx, cancel] = mpg::with_cancel(mpg::background());
-  cancel();                                             // done() closed: ready
+  cancel();                                         // done() closed: ready
   auto [tx, rx] = mpg::oneshot<int>();
-  tx.send(1);                                           // ready (then kFailedPrecondition: still ready)
+  tx.send(1);                                       // ready (then kFailedPrecondition: still ready)
   mpg::chan<int> closed;
-  closed.close();                                       // recv: nullopt, ready
+  closed.close();                                   // recv: nullopt, ready
   mpg::chan<int> buf(1);
   co_await buf.send(0);
   mpg::join_handle<int> h = mpg::spawn(value_now(0));
@@ -522,12 +526,15 @@ mpg::task<std::string> arming_decided(arming_probe::mode m, int rounds) {
   co_return "ok";
 }
 
-TEST_CASE("arming: a claim made while the select queues its cases wins without parking, the rest are taken off") {
+TEST_CASE(
+    "arming: a claim made while the select queues its cases wins without parking, the rest are "
+    "taken off") {
   mpg::runtime rt({.procs = 2});
   CHECK(rt.block_on(arming_decided(arming_probe::mode::claim, 100)) == "ok");
 }
 
-TEST_CASE("arming: a case that becomes ready while queued wins without parking, the rest are taken off") {
+TEST_CASE(
+    "arming: a case that becomes ready while queued wins without parking, the rest are taken off") {
   mpg::runtime rt({.procs = 2});
   CHECK(rt.block_on(arming_decided(arming_probe::mode::late, 100)) == "ok");
 }

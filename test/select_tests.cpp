@@ -129,7 +129,8 @@ mpg::task<std::string> parked_select_woken(int how) {
   co_return "ok";
 }
 
-TEST_CASE("a waiting select is woken by a send, a receive or a close, and dequeues its other cases") {
+TEST_CASE(
+    "a waiting select is woken by a send, a receive or a close, and dequeues its other cases") {
   mpg::runtime rt({.procs = 2});
   for (int how = 0; how < 3; ++how) {
     CAPTURE(how);
@@ -266,7 +267,8 @@ double chi_square(const std::vector<long>& counts) {
   for (long c : counts) total += c;
   const double expect = static_cast<double>(total) / static_cast<double>(counts.size());
   double x = 0;
-  for (long c : counts) x += (static_cast<double>(c) - expect) * (static_cast<double>(c) - expect) / expect;
+  for (long c : counts)
+    x += (static_cast<double>(c) - expect) * (static_cast<double>(c) - expect) / expect;
   return x;
 }
 
@@ -385,7 +387,8 @@ mpg::task<std::string> select_no_loss(std::size_t cap) {
   for (auto& h : hs) co_await h;
   for (int i = 0; i < 2 * per; ++i) {
     const int n = seen[static_cast<std::size_t>(i)].load();
-    if (n != 1) co_return "value " + std::to_string(i) + " received " + std::to_string(n) + " times";
+    if (n != 1)
+      co_return "value " + std::to_string(i) + " received " + std::to_string(n) + " times";
   }
   co_return "ok";
 }
@@ -437,7 +440,8 @@ mpg::task<std::string> move_only_send_cases() {
     co_return v && *v ? **v : -1;
   }(a));
   // Now b is full: a's receiver takes the value.
-  auto r2 = co_await mpg::select(a.send(std::make_unique<int>(3)), b.send(std::make_unique<int>(4)));
+  auto r2 =
+      co_await mpg::select(a.send(std::make_unique<int>(3)), b.send(std::make_unique<int>(4)));
   if (r2.index() != 0) co_return "a should win";
   if (co_await h != 3) co_return "wrong value through a";
   auto v = b.try_recv();

@@ -21,7 +21,8 @@ mpg::task<std::string> bounded_concurrency(int permits, int tasks) {
   std::vector<mpg::join_handle<void>> hs;
   for (int t = 0; t < tasks; ++t)
     hs.push_back(mpg::spawn([](mpg::semaphore* sem, std::atomic<int>* inside,
-                               std::atomic<int>* max_inside, std::atomic<int>* done) -> mpg::task<void> {
+                               std::atomic<int>* max_inside,
+                               std::atomic<int>* done) -> mpg::task<void> {
       for (int i = 0; i < 200; ++i) {
         co_await sem->acquire();
         const int now = inside->fetch_add(1) + 1;

@@ -263,7 +263,8 @@ TEST_CASE("a runtime's dump_signal and a channel share the signal, in either ord
   REQUIRE(disposition_of(SIGUSR1) == disposition::dfl);
   SUBCASE("the runtime first, destroyed while the channel wants the signal") {
     mpg_test::stderr_capture cap;
-    auto rt = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1, .dump_signal = SIGUSR1});
+    auto rt =
+        std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1, .dump_signal = SIGUSR1});
     mpg::chan<int> sigs = mpg::signal::notify({SIGUSR1});
     ::raise(SIGUSR1);
     CHECK(mpg_test::wait_until([&] { return sigs.size() == 1; }));  // the channel got it
@@ -280,7 +281,8 @@ TEST_CASE("a runtime's dump_signal and a channel share the signal, in either ord
   SUBCASE("the channel first, stopped while the runtime dumps on the signal") {
     mpg_test::stderr_capture cap;
     mpg::chan<int> sigs = mpg::signal::notify({SIGUSR1});
-    auto rt = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1, .dump_signal = SIGUSR1});
+    auto rt =
+        std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1, .dump_signal = SIGUSR1});
     ::raise(SIGUSR1);
     CHECK(mpg_test::wait_until([&] { return sigs.size() == 1; }));
     CHECK(cap.wait_for("task dump"));

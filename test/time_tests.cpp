@@ -68,7 +68,8 @@ mpg::task<int> sleeper(std::chrono::microseconds d) {
 
 mpg::task<std::string> many_sleepers(int n) {
   std::vector<mpg::join_handle<int>> hs;
-  for (int i = 0; i < n; ++i) hs.push_back(mpg::spawn(sleeper(std::chrono::microseconds((i * 37) % 3000))));
+  for (int i = 0; i < n; ++i)
+    hs.push_back(mpg::spawn(sleeper(std::chrono::microseconds((i * 37) % 3000))));
   int ok = 0;
   for (auto& h : hs) ok += co_await h;
   if (ok != n) co_return std::to_string(n - ok) + " sleepers woke early";
@@ -129,7 +130,8 @@ TEST_CASE("saturating_add: a period that is no whole number of ns is exact, not 
 mpg::task<std::string> fine_grained_after() {
   // 1000 ps: a nanosecond. Before saturating_add, the overflow guard itself
   // overflowed for such types and made the timer "never".
-  mpg::chan<clock_type::time_point> soon = mpg::after(std::chrono::duration<long long, std::pico>(1000));
+  mpg::chan<clock_type::time_point> soon =
+      mpg::after(std::chrono::duration<long long, std::pico>(1000));
   mpg::chan<clock_type::time_point> us = mpg::after(std::chrono::duration<int, std::micro>(10));
   mpg::chan<clock_type::time_point> bound = mpg::after(10s);
   auto a = co_await mpg::select(soon.recv(), bound.recv());
@@ -231,8 +233,9 @@ TEST_CASE("after() channels and deadline contexts may outlive their runtime") {
   mpg::context deadline_ctx, fired_ctx;
   {
     mpg::runtime rt({.procs = 2});
-    rt.block_on([](mpg::chan<clock_type::time_point>* pending, mpg::chan<clock_type::time_point>* fired,
-                   mpg::context* d, mpg::context* f) -> mpg::task<void> {
+    rt.block_on([](mpg::chan<clock_type::time_point>* pending,
+                   mpg::chan<clock_type::time_point>* fired, mpg::context* d,
+                   mpg::context* f) -> mpg::task<void> {
       *pending = mpg::after(1h);
       *fired = mpg::after(1ms);
       *d = mpg::with_timeout(mpg::background(), 1h).first;

@@ -109,7 +109,8 @@ TEST_CASE("timeout: an exception before the deadline is rethrown; one after it i
 mpg::task<int> watcher(mpg::context ctx, std::atomic<int>& progress) {
   mpg::chan<int> never;
   auto r = co_await mpg::select(never.recv(), ctx.done().recv());
-  progress.store(r.index() == 1 && ctx.err().code() == absl::StatusCode::kDeadlineExceeded ? 1 : -1);
+  progress.store(
+      r.index() == 1 && ctx.err().code() == absl::StatusCode::kDeadlineExceeded ? 1 : -1);
   co_return 7;
 }
 
@@ -174,7 +175,8 @@ mpg::task<std::string> structured_parent_cancel() {
           co_return 1;
         }(ctx, progress);
       });
-  if (r.status().code() != absl::StatusCode::kCancelled) co_return "not kCancelled: " + r.status().ToString();
+  if (r.status().code() != absl::StatusCode::kCancelled)
+    co_return "not kCancelled: " + r.status().ToString();
   if (progress.load() != 1) co_return "the task had not seen its parent's cancel, or not finished";
   co_return "ok";
 }

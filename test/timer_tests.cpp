@@ -72,7 +72,8 @@ mpg::task<sleep_result> sleep_for(std::chrono::nanoseconds d) {
 
 mpg::task<int> sleep_many(int n) {
   std::vector<mpg::join_handle<sleep_result>> hs;
-  for (int i = 0; i < n; ++i) hs.push_back(mpg::spawn(sleep_for(std::chrono::microseconds(100 * (i % 20)))));
+  for (int i = 0; i < n; ++i)
+    hs.push_back(mpg::spawn(sleep_for(std::chrono::microseconds(100 * (i % 20)))));
   int early = 0;
   for (auto& h : hs) {
     sleep_result r = co_await h;
@@ -299,7 +300,8 @@ TEST_CASE("a timer added from outside while the P's M goes idle still fires") {
   int lost = 0;
   int rounds = 0;
   const auto budget_end = clock_type::now() + 1500ms;
-  for (; rounds < 200'000 && lost == 0 && (rounds < 100 || clock_type::now() < budget_end); ++rounds) {
+  for (; rounds < 200'000 && lost == 0 && (rounds < 100 || clock_type::now() < budget_end);
+       ++rounds) {
     if (rounds % 16 == 0) (void)rt.block_on(nop(rounds));
     g_race_fired.store(0);
     timer t;
@@ -344,7 +346,9 @@ mpg::task<void> park_bare_timer_sleepers() {
 }
 }  // namespace
 
-TEST_CASE("a bare timer in the frame of a task killed at shutdown is not touched after the frame is freed") {
+TEST_CASE(
+    "a bare timer in the frame of a task killed at shutdown is not touched after the frame is "
+    "freed") {
   mpg::runtime rt({.procs = 1});
   rt.block_on(park_bare_timer_sleepers());
   REQUIRE(mpg_test::dump_shows(rt, "test.sleep"));

@@ -59,7 +59,8 @@ class json_reader {
     throw std::runtime_error(std::string("bad JSON: ") + what + " at offset " + std::to_string(i_));
   }
   void ws() {
-    while (i_ < t_.size() && (t_[i_] == ' ' || t_[i_] == '\n' || t_[i_] == '\t' || t_[i_] == '\r')) ++i_;
+    while (i_ < t_.size() && (t_[i_] == ' ' || t_[i_] == '\n' || t_[i_] == '\t' || t_[i_] == '\r'))
+      ++i_;
   }
   char peek() {
     ws();

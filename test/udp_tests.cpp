@@ -398,7 +398,8 @@ TEST_CASE("echo round trips from many tasks through one socket") {
   CHECK(ok == kClients * kRounds);
 }
 
-TEST_CASE("a blocked recv_from is woken by a past deadline set from another task, and by its context") {
+TEST_CASE(
+    "a blocked recv_from is woken by a past deadline set from another task, and by its context") {
   mpg::runtime rt({.procs = 2});
   rt.block_on([]() -> task<void> {
     auto u = mpg::net::listen_udp("127.0.0.1:0");

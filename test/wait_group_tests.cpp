@@ -207,7 +207,8 @@ mpg::task<void> reuse_main(reuse_shared* s, int rounds) {
   co_await noise;
 }
 
-TEST_CASE("wait_group: reused with done() from a plain thread, no waiter wakes while the count is 1") {
+TEST_CASE(
+    "wait_group: reused with done() from a plain thread, no waiter wakes while the count is 1") {
   constexpr int kRounds = 30000;
   reuse_shared s;
   mpg::runtime rt({.procs = 2});

@@ -21,7 +21,8 @@ class args {
         std::fprintf(stderr, "unexpected argument %s\n", argv[i]);
         std::exit(2);
       }
-      std::string v = (i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0) ? argv[++i] : "1";
+      std::string v =
+          (i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0) ? argv[++i] : "1";
       values_[a.substr(2)] = v;
     }
   }

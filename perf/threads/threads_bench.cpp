@@ -373,7 +373,8 @@ void usage(const char* argv0) {
   for (const auto& w : kWorkloads) {
     std::fprintf(stderr, "  %-17.*s N = %.*s", static_cast<int>(w.name.size()), w.name.data(),
                  static_cast<int>(w.n_meaning.size()), w.n_meaning.data());
-    if (w.default_n > 0) std::fprintf(stderr, " (default %lld)", static_cast<long long>(w.default_n));
+    if (w.default_n > 0)
+      std::fprintf(stderr, " (default %lld)", static_cast<long long>(w.default_n));
     std::fputc('\n', stderr);
   }
 }
@@ -412,9 +413,12 @@ int main(int argc, char** argv) {
   const double wall_ns =
       std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - start).count();
 
-  std::printf("RESULT workload=%s impl=threads ops=%lld ns_per_op=%.3f wall_ms=%.3f peak_rss_kb=%ld check=%s",
-              argv[1], static_cast<long long>(r.ops), wall_ns / static_cast<double>(std::max<std::int64_t>(r.ops, 1)),
-              wall_ns / 1e6, peak_rss_kb(), r.ok ? "ok" : "FAIL");
+  std::printf(
+      "RESULT workload=%s impl=threads ops=%lld ns_per_op=%.3f wall_ms=%.3f peak_rss_kb=%ld "
+      "check=%s",
+      argv[1], static_cast<long long>(r.ops),
+      wall_ns / static_cast<double>(std::max<std::int64_t>(r.ops, 1)), wall_ns / 1e6, peak_rss_kb(),
+      r.ok ? "ok" : "FAIL");
   if (r.bytes_per_task >= 0) std::printf(" bytes_per_task=%.1f", r.bytes_per_task);
   std::printf("\n");
   return r.ok ? 0 : kExitCheckFailed;
