@@ -367,8 +367,9 @@ TEST_CASE("wait_group: a waiter may destroy it before a select whose wait case l
 // the other, and neither may bring the select back to the group.
 mpg::task<void> wg_twice_waiter(mpg::wait_group* wg, bool* parking) {
   *parking = true;
-  auto r = co_await mpg::select(wg->wait(), wg->wait());
-  CHECK(r.index() < 2);
+  // Either case may win (they queue in a random order); the check is the
+  // sanitizer's: nothing touches the group after the owner deletes it.
+  co_await mpg::select(wg->wait(), wg->wait());
 }
 
 mpg::task<void> wg_twice_owner() {

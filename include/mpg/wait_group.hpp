@@ -62,14 +62,17 @@
 //       a case that won is readied after the unlock, as a plain waiter; a
 //       case that lost is dropped. Either way the word becomes kDropped,
 //       for a lost case with a release store that is the crossing's last
-//       touch of the waiter and its select.
+//       touch of that waiter. (Its select is touched again only when
+//       another of its waiters won in this round, as select(wg.wait(),
+//       wg.wait()) has, and then only before the crossing readies it.)
 //   W4. The clean-up of a case that lost, when its select resumes after
 //       parking (sel_dequeue_woken, with no lock of the select held): kHeld
 //       -> wait until it changes; kDropped -> nothing to do, and the group
 //       is not touched; kArmed -> CAS to kCleaning, then take the waiter
-//       off under the queue lock (if still queued) and unlock, the
-//       clean-up's last touch of the group. A case that won is not cleaned
-//       up (the select skips it).
+//       off under the queue lock (it is still queued: only a crossing
+//       that held it, or the group's destruction, takes a select waiter
+//       off) and unlock, the clean-up's last touch of the group. A case
+//       that won is not cleaned up (the select skips it).
 // Why this is enough: a select's clean-up locks the group only from
 // kCleaning, which it reaches only from kArmed, so no crossing held it; any
 // crossing that comes after sees kCleaning under the lock and lets the
@@ -79,9 +82,10 @@
 // still lock the group, the round has not ended, no wait has returned, and
 // nobody may destroy the group; once it has ended, every select case still
 // queued then is kDropped, and its clean-up reads only its own awaiter. The
-// crossing's wait in W2 is for a clean-up between its CAS and its lock: a
-// few instructions, on a running thread (it backs off as a spinlock's
-// waiter, spinning, then yielding).
+// crossing's wait in W2 is for a clean-up between its CAS and its unlock: a
+// few instructions on a thread that was running (it backs off as a
+// spinlock's waiter, spinning, then yielding, so that a clean-up whose
+// thread the OS has descheduled gets the CPU).
 // Memory ordering: W3's release store of kDropped pairs with W4's acquire
 // loads (so the claim and the unlinking happen before the select frees
 // its frame); the queue lock orders the clean-up's unlinking before the

@@ -72,8 +72,9 @@ void wait_group::reach_zero(std::int64_t delta) {
           return nullptr;
         }
         const std::uint64_t ns = wake_all ? 0 : pack(v, waiters(s));
-        // acq_rel: as in add(); the waiters are released by this CAS and
-        // ready(), both before the lock that ends our touches of the group.
+        // acq_rel: as in add(); the waiters are released by this CAS, under
+        // the lock whose unlock ends our touches of the group, and by
+        // ready() after that unlock.
         if (state_.compare_exchange_weak(s, ns, std::memory_order_acq_rel,
                                          std::memory_order_relaxed))
           return wake_all ? take_round(queues[0]) : nullptr;  // W3
