@@ -305,17 +305,29 @@ mpg::task<void> wg_select_releaser(mpg::wait_group* wg, const bool* parking) {
   wg->done();
 }
 
-mpg::task<void> wg_select_owner() {
-  mpg::chan<int> never;
+// The owner of the one-P wait_group tests: makes the group (count 1), spawns
+// the select's task and the releaser that make_waiter and make_releaser
+// build from the group and a flag (set as the select is about to park),
+// waits on the group, deletes it as soon as its wait returns (the select
+// has not run again yet), then joins both.
+template <class MakeWaiter, class MakeReleaser>
+mpg::task<void> wg_destroying_owner(MakeWaiter make_waiter, MakeReleaser make_releaser) {
   bool parking = false;
   auto wg = std::make_unique<mpg::wait_group>();
   wg->add(1);
-  mpg::join_handle<void> sel = mpg::spawn(wg_select_waiter(wg.get(), never, &parking));
-  mpg::join_handle<void> rel = mpg::spawn(wg_select_releaser(wg.get(), &parking));
+  mpg::join_handle<void> sel = mpg::spawn(make_waiter(wg.get(), &parking));
+  mpg::join_handle<void> rel = mpg::spawn(make_releaser(wg.get(), &parking));
   co_await wg->wait();
-  wg.reset();  // the select that the same done() woke has not run yet
+  wg.reset();
   co_await sel;
   co_await rel;
+}
+
+mpg::task<void> wg_select_owner() {
+  mpg::chan<int> never;
+  return wg_destroying_owner(
+      [never](mpg::wait_group* wg, bool* parking) { return wg_select_waiter(wg, never, parking); },
+      wg_select_releaser);
 }
 
 TEST_CASE("wait_group: a waiter may destroy it before a select that it woke runs again") {
@@ -347,15 +359,9 @@ mpg::task<void> wg_lost_releaser(mpg::wait_group* wg, mpg::chan<int> ch, const b
 
 mpg::task<void> wg_lost_owner() {
   mpg::chan<int> ch;
-  bool parking = false;
-  auto wg = std::make_unique<mpg::wait_group>();
-  wg->add(1);
-  mpg::join_handle<void> sel = mpg::spawn(wg_lost_waiter(wg.get(), ch, &parking));
-  mpg::join_handle<void> rel = mpg::spawn(wg_lost_releaser(wg.get(), ch, &parking));
-  co_await wg->wait();
-  wg.reset();  // the select whose wait case lost has not cleaned up yet
-  co_await sel;
-  co_await rel;
+  return wg_destroying_owner(
+      [ch](mpg::wait_group* wg, bool* parking) { return wg_lost_waiter(wg, ch, parking); },
+      [ch](mpg::wait_group* wg, bool* parking) { return wg_lost_releaser(wg, ch, parking); });
 }
 
 TEST_CASE("wait_group: a waiter may destroy it before a select whose wait case lost runs again") {
@@ -373,15 +379,7 @@ mpg::task<void> wg_twice_waiter(mpg::wait_group* wg, bool* parking) {
 }
 
 mpg::task<void> wg_twice_owner() {
-  bool parking = false;
-  auto wg = std::make_unique<mpg::wait_group>();
-  wg->add(1);
-  mpg::join_handle<void> sel = mpg::spawn(wg_twice_waiter(wg.get(), &parking));
-  mpg::join_handle<void> rel = mpg::spawn(wg_select_releaser(wg.get(), &parking));
-  co_await wg->wait();
-  wg.reset();  // the select has a second case on the group: dropped by the done()
-  co_await sel;
-  co_await rel;
+  return wg_destroying_owner(wg_twice_waiter, wg_select_releaser);
 }
 
 TEST_CASE("wait_group: a waiter may destroy it before a select with two wait cases runs again") {

@@ -4,10 +4,8 @@
 
 #include <cstdint>
 #include <limits>
-#include <thread>
 
 #include "mpg/errors.hpp"
-#include "mpg/detail/sync/cpu_relax.hpp"
 #include "mpg/detail/sync/spinlock.hpp"
 
 namespace mpg {
@@ -155,7 +153,8 @@ void wait_group::wait_awaiter::sel_dequeue_woken() noexcept {
   // kDropped. The successful CAS needs no more (the lock orders the
   // clean-up); acquire keeps g++ 12 from warning at -O0, as in wait_slow.
   std::uint8_t v = sel_cleanup_.load(std::memory_order_acquire);
-  for (unsigned spins = 0;; ++spins) {
+  detail::short_section_backoff backoff;  // the crossing holds the queue lock meanwhile
+  for (;;) {
     if (v == kDropped) return;
     if (v == kArmed) {
       if (sel_cleanup_.compare_exchange_weak(v, kCleaning, std::memory_order_acquire,
@@ -163,11 +162,8 @@ void wait_group::wait_awaiter::sel_dequeue_woken() noexcept {
         break;
       continue;
     }
-    // kHeld: a crossing is deciding, under the lock.
-    if (spins < 64)
-      detail::cpu_relax();
-    else
-      std::this_thread::yield();
+    // kHeld: a crossing is deciding, under the lock: wait as for that lock.
+    backoff.pause();
     v = sel_cleanup_.load(std::memory_order_acquire);
   }
   // The unlock is the clean-up's last touch of the group; a crossing held
