@@ -145,7 +145,11 @@ task<void> submit_accept(int ln_fd, bool bound, stage* st) {
     io_uring_prep_accept(sqe, ln_fd, nullptr, nullptr, SOCK_CLOEXEC);
   };
   st->armed.store(true, std::memory_order_release);
-  const int fd = bound ? co_await mpg::io::submit(prep, ctx) : co_await mpg::io::submit(prep);
+  int fd = -1;
+  if (bound)  // an if, not ?: (g++ 12 miscompiles co_await in a conditional expression)
+    fd = co_await mpg::io::submit(prep, ctx);
+  else
+    fd = co_await mpg::io::submit(prep);
   st->resumed.store(true, std::memory_order_release);
   if (fd >= 0) ::close(fd);
 }

@@ -353,7 +353,11 @@ mpg::task<void> worker(state* st, int id, int n) {
         break;
     }
     // semaphore
-    bool got = (i + id) % 2 == 0 ? st->sem.try_acquire() : (co_await st->sem.acquire(), true);
+    bool got = true;  // an if, not ?: (g++ 12 miscompiles co_await in a conditional expression)
+    if ((i + id) % 2 == 0)
+      got = st->sem.try_acquire();
+    else
+      co_await st->sem.acquire();
     if (got) {
       if (st->sem_inside.fetch_add(1) + 1 > 2) st->sem_bad.fetch_add(1);
       if (i % 3 == 0) co_await mpg::yield();
