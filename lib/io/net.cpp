@@ -199,7 +199,7 @@ std::coroutine_handle<> read_op::await_suspend(std::coroutine_handle<> h) {
   op().live_deadline = s_->read_deadline_.live();
   if (detail::io_park_start(&op(), prep_request, &rq, &s_->read_slot_, h, "net.read",
                             detail::noted_wait_site()))
-    return std::noop_coroutine();  // published: *this is the reactor's until on_complete
+    return detail::switch_after_park();  // published: *this is the reactor's (K3, g.hpp)
   return h;  // op().res says why (await_resume)
 }
 
@@ -276,7 +276,7 @@ std::coroutine_handle<> write_op::await_suspend(std::coroutine_handle<> h) {
   op().live_deadline = s_->write_deadline_.live();
   if (detail::io_park_start(&op(), prep_request, &rq, &s_->write_slot_, h, "net.write",
                             detail::noted_wait_site()))
-    return std::noop_coroutine();  // published: *this is the reactor's until on_complete
+    return detail::switch_after_park();  // published: *this is the reactor's (K3, g.hpp)
   return h;  // op().res says why (await_resume)
 }
 
@@ -358,7 +358,7 @@ std::coroutine_handle<> write_vectored_op::await_suspend(std::coroutine_handle<>
   op().live_deadline = s_->write_deadline_.live();
   if (detail::io_park_start(&op(), prep_request, &rq, &s_->write_slot_, h, "net.write",
                             detail::noted_wait_site()))
-    return std::noop_coroutine();  // published: *this is the reactor's until on_complete
+    return detail::switch_after_park();  // published: *this is the reactor's (K3, g.hpp)
   return h;  // op().res says why (await_resume)
 }
 

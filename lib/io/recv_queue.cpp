@@ -775,7 +775,7 @@ std::coroutine_handle<> receive_op::await_suspend(std::coroutine_handle<> h) {
   // meanwhile sends us to the task form (step reports a kick).
   recv_queue::take_result r = q->step(fd, &w_, &buf_, nullptr,
                                       s_->read_deadline_.live(), detail::io_deadline::kNone);
-  if (r.s == recv_queue::took::waiting) return std::noop_coroutine();  // published
+  if (r.s == recv_queue::took::waiting) return detail::switch_after_park();  // published (K3)
   detail::cancel_park();
   if (take(static_cast<int>(r.s), r.err)) return h;
   // Woken before publishing (a read deadline is set): the task form waits.

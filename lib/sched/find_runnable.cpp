@@ -9,7 +9,10 @@
 //      starve behind two Gs that keep readying each other;
 //   2. poll_timers_and_io(): due timers; then, when the local queue is
 //      empty or on every 16th tick, this P's unsubmitted SQEs are flushed
-//      and its ready I/O completions reaped (they ready Gs here);
+//      and its ready I/O completions reaped (they ready Gs here; Gs that
+//      park on channels and streams switch to the next G without this
+//      loop, and put the turn off until their chain ends: scheduler.cpp,
+//      "Switching at park");
 //   3. pop_local(): the runnext slot, then the newest spawned G, then the
 //      local queue (on every 61st tick the queue's head first, and,
 //      failing that, the oldest spawned G if sysmon found it waiting for
