@@ -14,7 +14,9 @@ against its peers, side by side in one run (see docs/benchmarks.md).
               echo server: the server's RSS growth per connection.
   churn       --churn (100,000) cycles of connect, a 4-byte echo and close
               against the mpg echo server (and --base's, and the floor): the server's fd
-              count and RSS growth over them (not in the default --only).
+              count and RSS growth over them, and over their second half alone (pools
+              and caches grow to their size early on; a leak grows in both halves)
+              (not in the default --only).
   redis       the example Redis-protocol server (BUILD/examples/redis_server)
               and redis-server (Debian's, no persistence), each loaded by the
               stock `redis-benchmark -c 50 -t get,set` at -P 1 and -P 16:
@@ -311,7 +313,10 @@ def run_churn(name: str, argv: list[str], args, env=None) -> Optional[dict]:
         time.sleep(0.3)
         base_fds, base_rss = fd_count(srv.pid), rss_kib(srv.pid)
         t0 = time.monotonic()
-        for _ in range(args.churn):
+        half_rss = base_rss
+        for i in range(args.churn):
+            if i == args.churn // 2:
+                half_rss = rss_kib(srv.pid)
             cycle()
         elapsed = time.monotonic() - t0
         deadline = time.monotonic() + 10
@@ -323,9 +328,10 @@ def run_churn(name: str, argv: list[str], args, env=None) -> Optional[dict]:
     if died(name, how):
         return None
     print(f"RESULT workload=churn impl={name} cycles={args.churn} per_s={args.churn / elapsed:.0f} "
-          f"fd_growth={fds - base_fds} rss_growth_kib={rss - base_rss}", flush=True)
+          f"fd_growth={fds - base_fds} rss_growth_kib={rss - base_rss} "
+          f"second_half_rss_growth_kib={rss - half_rss}", flush=True)
     return {"cycles": args.churn, "fds": fds - base_fds, "rss_kib": rss - base_rss,
-            "rate": args.churn / elapsed}
+            "rss_half_kib": rss - half_rss, "rate": args.churn / elapsed}
 
 
 def run_redis(name: str, argv: list[str], args, pipeline: int, env=None) -> Optional[dict]:
@@ -557,7 +563,8 @@ def main() -> int:
         print(f"\nchurn: connect, echo 4 B, close (RST), {args.churn} cycles after 1000 warm-up ones")
         for name, r in churn.items():
             print(f"{name:8} {r['rate']:8.0f} cycles/s  fd growth {r['fds']:+d}  "
-                  f"RSS growth {r['rss_kib']:+d} KiB")
+                  f"RSS growth {r['rss_kib']:+d} KiB "
+                  f"({r['rss_half_kib']:+d} KiB in the second half)")
         print("target: no fd or memory growth")
     if redis:
         print("\nredis: redis-benchmark -c 50 -t get,set; the example server (mpg) and redis-server 7")
