@@ -8,11 +8,11 @@
 //      functions and one G from the global queue first, so that it cannot
 //      starve behind two Gs that keep readying each other;
 //   2. poll_timers_and_io(): due timers; then, when the local queue is
-//      empty or on every 16th tick, this P's unsubmitted SQEs are flushed
-//      and its ready I/O completions reaped (they ready Gs here; Gs that
-//      park on channels and streams switch to the next G without this
-//      loop, and put the turn off until their chain ends: scheduler.cpp,
-//      "Switching at park");
+//      empty or 16 ticks after the last such turn, this P's unsubmitted
+//      SQEs are flushed and its ready I/O completions reaped (they ready
+//      Gs here; Gs that park on channels and streams switch to the next G
+//      without this loop, and put the turn off until their chain ends:
+//      scheduler.cpp, "Switching at park");
 //   3. pop_local(): the runnext slot, then the newest spawned G, then the
 //      local queue (on every 61st tick the queue's head first, and,
 //      failing that, the oldest spawned G if sysmon found it waiting for
@@ -148,18 +148,26 @@ g* scheduler::find_runnable(machine* m, bool* inherit_time) {
   if (p->timers.earliest_ns.load(std::memory_order_relaxed) != INT64_MAX)
     run_timers(p, mono_now_ns());
   // Submissions and completions are batched: both wait until the local
-  // queue runs dry or the 16th tick (Tokio polls its driver every 61st
-  // task, Go's netpoll when a P finds no work), so Gs that each issue an
-  // op share one io_uring_enter, and a reap finds several completions
+  // queue runs dry or 16 ticks after the last turn (Tokio polls its driver
+  // every 61st task, Go's netpoll when a P finds no work), so Gs that each
+  // issue an op share one io_uring_enter, and a reap finds several completions
   // rather than an empty CQ. A reap is not free even then: with
   // COOP_TASKRUN the kernel leaves completions as task_work and flags
   // IORING_SQ_TASKRUN, and the reap enters the kernel to run them.
   // Reaping at every tick, tcp_echo (64 connections) made 1.19 reaps per
   // message on 1 P, about 70% of them empty, and spent 60 instructions
   // more per message; on 2 Ps, 0.04 syscalls more per message (a sixth).
+  // The turn is counted from the last one (io_turn_tick): the switches at
+  // park and at finish move the tick without this loop (scheduler.cpp),
+  // so a chain carries it past any given tick, and the pass where the
+  // chain ends takes the turn that came due meanwhile; a turn kept only
+  // at fixed ticks (multiples of 16) would leave the SQEs of the chain's
+  // parks until the queue ran dry.
   reactor& io = *p->io;
   if (!io.busy()) return;
-  if (p->runq.size() != 0 && (p->schedtick.load(std::memory_order_relaxed) & 15) != 0) return;
+  const std::uint64_t tick = p->schedtick.load(std::memory_order_relaxed);
+  if (p->runq.size() != 0 && tick - p->io_turn_tick < 16) return;
+  p->io_turn_tick = tick;
   if (io.has_unsubmitted()) io.flush();
   reap_io(m);
 }

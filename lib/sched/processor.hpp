@@ -98,6 +98,9 @@ class processor {
   // Owner only; a comparison where a "tick % 61" would cost a
   // multiplication and shifts on every switch.
   std::uint64_t fair_tick = 0;
+  // The tick of the loop's last I/O turn (find_runnable.cpp, step 2: the
+  // next one is due 16 ticks on). Owner only.
+  std::uint64_t io_turn_tick = 0;
   // The id of the G running on this P, 0 between Gs (owner-written,
   // relaxed: sysmon samples it with schedtick to spot long-running Gs).
   std::atomic<std::uint64_t> cur_gid{0};

@@ -506,10 +506,13 @@ std::coroutine_handle<> scheduler::next_after_finish(machine* m) noexcept {
 // through find_runnable; no switch runs on a fairness tick (every 61st,
 // where the loop serves the global queue and the ring first) until the
 // loop has taken that tick's turn, while the runtime stops, or while it
-// traces (execute() draws the trace's spans). The I/O step's turn on every
-// 16th tick is not kept by a switch: a chain of connections' parks
-// submits its SQEs together when it ends (the P's queue empty, or the
-// budget spent). A switch that stopped at that turn made tcp_echo (64
+// traces (execute() draws the trace's spans). The I/O step's turn, due 16
+// ticks after the last, is not kept by a switch: a chain of connections'
+// parks leaves its SQEs in the ring, and once the chain ends (the P's
+// queue empty, the budget spent, or a fairness tick) the loop's next pass
+// through step 2 takes the turn that came due meanwhile and submits them
+// together (the turn is counted from the last one for this: a chain
+// carries the tick past the multiples of 16). A switch that stopped at that turn made tcp_echo (64
 // connections, 2 Ps) flush as often as the loop alone did and kept its
 // rate at 0.92-0.95x the io_uring floor's; without the stop, 0.98-1.00x (and
 // about a quarter fewer io_uring_enter calls per message), with http_hello
