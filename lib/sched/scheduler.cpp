@@ -512,12 +512,13 @@ std::coroutine_handle<> scheduler::next_after_finish(machine* m) noexcept {
 // queue empty, the budget spent, or a fairness tick) the loop's next pass
 // through step 2 takes the turn that came due meanwhile and submits them
 // together (the turn is counted from the last one for this: a chain
-// carries the tick past the multiples of 16). A switch that stopped at that turn made tcp_echo (64
-// connections, 2 Ps) flush as often as the loop alone did and kept its
-// rate at 0.92-0.95x the io_uring floor's; without the stop, 0.98-1.00x (and
-// about a quarter fewer io_uring_enter calls per message), with http_hello
-// unchanged (perf/servers/run_servers.py, medians of 5 and 7 interleaved
-// rounds).
+// carries the tick past the multiples of 16). A switch that stopped at
+// that turn made tcp_echo (64 connections, 2 Ps) flush as often as the
+// loop alone did, at 0.92-0.95x the io_uring floor's rate; without the
+// stop, 0.98-1.00x in one state of the machine and 0.94-0.95x in another,
+// where the loop alone made 0.92x (about a quarter fewer io_uring_enter
+// calls per message), with http_hello unchanged (perf/servers/
+// run_servers.py, medians of 5 and 7 interleaved rounds).
 std::coroutine_handle<> scheduler::next_after_park(machine* m) noexcept {
   processor* p = m->p();
   if (--tls_budget <= 0 || m->trace != nullptr || stopping()) return std::noop_coroutine();
