@@ -12,6 +12,7 @@
 // Owner-only (the M holding the P), like the rest of the P's owner fields.
 #pragma once
 
+#include <algorithm>
 #include <cassert>
 #include <cstddef>
 #include <memory>
@@ -37,6 +38,24 @@ class g_pool {
   g* pop() noexcept {
     assert(size_ != 0);
     return slots_[--size_];
+  }
+
+  // Batches, for the moves to and from the scheduler's global pool: a copy
+  // of pointers instead of a push or a pop per G (spawn_join, whose tasks
+  // all live at once, spilled each G through its own pop and push_back).
+  // push_n(): the n Gs at first, the last of them on top; there must be
+  // room for them.
+  void push_n(g* const* first, std::size_t n) noexcept {
+    assert(n <= capacity_ - size_);
+    std::copy_n(first, n, slots_.get() + size_);
+    size_ += n;
+  }
+  // pop_n(): removes the n Gs on top and returns where they lie, oldest
+  // first; they stay readable until the next push.
+  g* const* pop_n(std::size_t n) noexcept {
+    assert(n <= size_);
+    size_ -= n;
+    return slots_.get() + size_;
   }
 
  private:

@@ -92,11 +92,10 @@ std::size_t scheduler::g_count() const {
     // Refill from the global pool first (Gs freed elsewhere), then allocate.
     {
       thread_mutex_lock l(allg_mu_);
-      std::size_t take = std::min<std::size_t>(gfree_global_.size(), kPoolBatch);
-      for (std::size_t i = 0; i < take; ++i) {
-        p->gfree.push(gfree_global_.back());
-        gfree_global_.pop_back();
-      }
+      const std::size_t take = std::min<std::size_t>(gfree_global_.size(), kPoolBatch);
+      const std::size_t rest = gfree_global_.size() - take;
+      p->gfree.push_n(gfree_global_.data() + rest, take);
+      gfree_global_.resize(rest);
     }
     gp = !p->gfree.empty() ? p->gfree.pop() : allocate_gs(p);
   }
@@ -124,10 +123,12 @@ g* scheduler::new_g(std::coroutine_handle<> root, const char* name) {
 
 [[gnu::noinline]] void scheduler::retire_g_slow(processor* p, g* gp) noexcept {
   p->gfree.push(gp);
+  // The newest half goes: the spill is one copy under the lock. The global
+  // pool has room for every G (allocate_gs), so insert never allocates.
+  const std::size_t n = p->gfree.size() - processor::kGfreeMax / 2;
+  g* const* spilled = p->gfree.pop_n(n);
   thread_mutex_lock l(allg_mu_);
-  while (p->gfree.size() > processor::kGfreeMax / 2) {
-    gfree_global_.push_back(p->gfree.pop());
-  }
+  gfree_global_.insert(gfree_global_.end(), spilled, spilled + n);
 }
 
 [[gnu::noinline]] void scheduler::retire_g_elsewhere(g* gp) noexcept {
