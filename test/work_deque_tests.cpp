@@ -221,43 +221,62 @@ TEST_CASE("a join's pop after an unseen forced publication claims before it matc
 
 // take_private_if: the first join of a task that joins its children in
 // spawn order takes its child from under the younger ones, and reverses
-// those so that the next child is the newest.
+// those so that the next child is the newest. The same outcomes with the
+// hint push() gave (looked at first), with a hint at another entry and
+// with none (the scan).
 TEST_CASE("take_private_if takes a buried private entry and leaves the next one at the bottom") {
-  fake_gs gs(6);
-  work_deque d(8);
-  for (int i = 0; i < 6; ++i) CHECK(d.push(gs[i]));  // gs[0] public, gs[1..5] private
-  auto is = [](g* want) { return [want](g* e) { return e == want; }; };
-  // Not among the newest max_scan private entries: nothing moves.
-  CHECK(d.take_private_if(is(gs[1]), is(gs[1]), 4) == nullptr);
-  // A public entry is never taken (thieves may be at it).
-  CHECK(d.take_private_if(is(gs[0]), is(gs[0]), 16) == nullptr);
-  // Found, but match refuses it after the claim: the deque is as it was.
-  CHECK(d.take_private_if(is(gs[2]), [](g*) { return false; }, 16) == nullptr);
-  CHECK(d.size() == 6);
-  CHECK(d.take_private_if(is(gs[2]), is(gs[2]), 16) == gs[2]);
-  CHECK(d.size() == 5);
-  // gs[3..5] reversed: gs[3], spawned right after gs[2], is the newest.
-  CHECK(d.pop() == gs[3]);
-  CHECK(d.pop() == gs[4]);
-  CHECK(d.pop() == gs[5]);
-  CHECK(d.pop() == gs[1]);
-  CHECK(d.steal() == gs[0]);
-  CHECK(d.pop() == nullptr);
-  // The oldest private entry, at split (bottom goes down to split for the
-  // claim), and the newest.
-  for (int i = 0; i < 3; ++i) CHECK(d.push(gs[i]));  // gs[0] public, gs[1], gs[2] private
-  CHECK(d.take_private_if(is(gs[1]), is(gs[1]), 16) == gs[1]);
-  CHECK(d.take_private_if(is(gs[2]), is(gs[2]), 16) == gs[2]);
-  CHECK(d.steal() == gs[0]);
-  // The oldest entry of all, with nothing public, stays: taking it would
-  // put another entry at top with top unmoved (oldest_position()).
-  for (int i = 0; i < 3; ++i) CHECK(d.push(gs[i]));  // gs[0] public, gs[1], gs[2] private
-  CHECK(d.steal() == gs[0]);  // top == split, at gs[1]
-  CHECK(d.take_private_if(is(gs[1]), is(gs[1]), 16) == nullptr);
-  CHECK(d.size() == 2);
-  CHECK(d.pop_oldest() == gs[1]);  // still the entry at top
-  CHECK(d.pop() == gs[2]);
-  CHECK(d.size() == 0);
+  constexpr std::uint32_t kNoHint = 0xffffffffu;
+  for (const char* hints : {"pushed", "other", "none"}) {
+    CAPTURE(hints);
+    fake_gs gs(6);
+    work_deque d(8);
+    std::uint32_t at[6] = {};
+    auto push = [&](int i) { return d.push(gs[i], &at[i]); };
+    // The hint for gs[i]: where it was pushed, the position of its
+    // neighbour (an entry that is not the one looked for), or none.
+    auto hint = [&](int i) {
+      if (hints[0] == 'p') return at[i];
+      if (hints[0] == 'o') return at[i == 5 ? 4 : i + 1];
+      return kNoHint;
+    };
+    for (int i = 0; i < 6; ++i) CHECK(push(i));  // gs[0] public, gs[1..5] private
+    for (int i = 0; i < 6; ++i) CHECK(at[i] == static_cast<std::uint32_t>(i));
+    auto is = [](g* want) { return [want](g* e) { return e == want; }; };
+    // Not among the newest max_scan private entries: nothing moves.
+    CHECK(d.take_private_if(is(gs[1]), is(gs[1]), 4, hint(1)) == nullptr);
+    // A public entry is never taken (thieves may be at it).
+    CHECK(d.take_private_if(is(gs[0]), is(gs[0]), 16, hint(0)) == nullptr);
+    // Found, but match refuses it after the claim: the deque is as it was.
+    CHECK(d.take_private_if(is(gs[2]), [](g*) { return false; }, 16, hint(2)) == nullptr);
+    CHECK(d.size() == 6);
+    CHECK(d.take_private_if(is(gs[2]), is(gs[2]), 16, hint(2)) == gs[2]);
+    CHECK(d.size() == 5);
+    // gs[3..5] reversed: gs[3], spawned right after gs[2], is the newest.
+    // Their pushed positions are stale now: gs[4] stayed, gs[3] and gs[5]
+    // swapped; gs[3]'s old position holds gs[5], which it must not take.
+    CHECK(d.take_private_if(is(gs[3]), is(gs[3]), 16, at[3]) == gs[3]);
+    CHECK(d.size() == 4);
+    CHECK(d.pop() == gs[4]);
+    CHECK(d.pop() == gs[5]);
+    CHECK(d.pop() == gs[1]);
+    CHECK(d.steal() == gs[0]);
+    CHECK(d.pop() == nullptr);
+    // The oldest private entry, at split (bottom goes down to split for the
+    // claim), and the newest.
+    for (int i = 0; i < 3; ++i) CHECK(push(i));  // gs[0] public, gs[1], gs[2] private
+    CHECK(d.take_private_if(is(gs[1]), is(gs[1]), 16, hint(1)) == gs[1]);
+    CHECK(d.take_private_if(is(gs[2]), is(gs[2]), 16, hint(2)) == gs[2]);
+    CHECK(d.steal() == gs[0]);
+    // The oldest entry of all, with nothing public, stays: taking it would
+    // put another entry at top with top unmoved (oldest_position()).
+    for (int i = 0; i < 3; ++i) CHECK(push(i));  // gs[0] public, gs[1], gs[2] private
+    CHECK(d.steal() == gs[0]);                   // top == split, at gs[1]
+    CHECK(d.take_private_if(is(gs[1]), is(gs[1]), 16, hint(1)) == nullptr);
+    CHECK(d.size() == 2);
+    CHECK(d.pop_oldest() == gs[1]);  // still the entry at top
+    CHECK(d.pop() == gs[2]);
+    CHECK(d.size() == 0);
+  }
 }
 
 // As for the join's pop above: after a forced publication the owner has
@@ -277,7 +296,7 @@ TEST_CASE("take_private_if after an unseen forced publication claims before it m
                                ++looked;
                                return e->root.address() == nullptr;
                              },
-                             16);
+                             16, /*hint=*/1);
   CHECK(thief.join() == gs[1]);
   CHECK(got == nullptr);
   CHECK(looked == 0);
@@ -316,11 +335,12 @@ void stress(std::uint32_t cap, std::size_t n) {
   std::uint64_t rnd = 12345;
   g* last_pushed = nullptr;
   g* recent[4] = {};  // the last pushes, for joins in spawn order
+  std::uint32_t recent_at[4] = {};  // where they were pushed: hints, stale once moved
   while (next < n) {
     rnd = rnd * 6364136223846793005ULL + 1442695040888963407ULL;
     const unsigned op = static_cast<unsigned>(rnd >> 60);
     if (op < 8) {
-      if (d.push(gs[next])) {
+      if (d.push(gs[next], &recent_at[next % 4])) {
         last_pushed = gs[next];
         recent[next % 4] = gs[next];
         ++next;
@@ -332,7 +352,7 @@ void stress(std::uint32_t cap, std::size_t n) {
       // the slot's pointer only; match after the claim.
       if (g* want = recent[(rnd >> 40) % 4]) {
         auto is = [want](g* e) { return e == want; };
-        if (g* gp = d.take_private_if(is, is, 8)) got(gp);
+        if (g* gp = d.take_private_if(is, is, 8, recent_at[(rnd >> 40) % 4])) got(gp);
         recent[(rnd >> 40) % 4] = nullptr;
       }
     } else if (op < 13) {

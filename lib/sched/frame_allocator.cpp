@@ -63,8 +63,8 @@ constexpr std::size_t kMaxDepotBatches = 1024;  // per class; beyond it, free()
 constexpr std::size_t kSlabBytes = 8192;
 constexpr std::size_t kSlabFrames = 32;
 
-// A listed frame is its header, which stays alive (size and slab_offset
-// kept) with the link to the next one in its join word. Relaxed: a list
+// A listed frame is its header, which stays alive (slab_offset kept) with
+// the link to the next one in its join word. Relaxed: a list
 // belongs to one thread, and a depot batch moves under the depot's mutex.
 frame_header* next_of(const frame_header* h) noexcept {
   return reinterpret_cast<frame_header*>(h->join.load(std::memory_order_relaxed));
@@ -156,7 +156,6 @@ struct thread_cache {
   std::uint32_t limits[kClasses];  // the bounds; 0 with the cache off
   // frame_cache_stats without its member initialisers, which would make
   // this a dynamically initialised thread_local behind a guard.
-  std::uint64_t hits;
   std::uint64_t misses;
   bool set_up;
 };
@@ -218,16 +217,16 @@ frame_header* new_header(void* mem, std::uint32_t slab_offset) noexcept {
   return h;
 }
 
-// init_frame(): a header, new or listed, made a frame of `size`.
-void* init_frame(frame_header* h, std::size_t size) noexcept {
+// init_frame(): a header, new or listed, made a frame. Its size is
+// recorded only if the frame is killed (free_frame).
+void* init_frame(frame_header* h) noexcept {
   h->join.store(kJoinRunning, std::memory_order_relaxed);  // not shared yet
-  h->size = static_cast<std::uint32_t>(size);
   return reinterpret_cast<char*>(h) + sizeof(frame_header);
 }
 
 // new_slab(): the thread's list of class cls is empty: carve a slab, hand
 // out its first frame and list the rest.
-void* new_slab(thread_cache& tc, std::size_t size, std::size_t cls) {
+void* new_slab(thread_cache& tc, std::size_t cls) {
   const std::size_t bytes = (cls + 1) * kGranule;
   const std::size_t n = std::min<std::size_t>(
       {kSlabFrames, (kSlabBytes - sizeof(slab)) / bytes, std::size_t{tc.room[cls]} + 1});
@@ -243,7 +242,7 @@ void* new_slab(thread_cache& tc, std::size_t size, std::size_t cls) {
     tc.heads[cls] = h;
   }
   tc.room[cls] -= static_cast<std::uint32_t>(n - 1);
-  return init_frame(new_header(first, sizeof(slab)), size);
+  return init_frame(new_header(first, sizeof(slab)));
 }
 
 // The class's list is empty, so its room is its bound. A frame of a cached
@@ -258,11 +257,10 @@ void* new_slab(thread_cache& tc, std::size_t size, std::size_t cls) {
       if (frame_header* chain = the_depot().take(cls)) {
         tc.heads[cls] = next_of(chain);
         tc.room[cls] = tc.limits[cls] - (kBatch - 1);
-        ++tc.hits;
-        return init_frame(chain, size);
+        return init_frame(chain);
       }
       ++tc.misses;
-      return new_slab(tc, size, cls);
+      return new_slab(tc, cls);
     }
     ++tc.misses;
     mem = std::malloc((cls + 1) * kGranule);
@@ -270,7 +268,7 @@ void* new_slab(thread_cache& tc, std::size_t size, std::size_t cls) {
     mem = std::malloc(size + sizeof(frame_header));
   }
   if (mem == nullptr) throw std::bad_alloc();
-  return init_frame(new_header(mem, 0), size);
+  return init_frame(new_header(mem, 0));
 }
 
 // try_push(): list a freed frame under its class's bound.
@@ -330,8 +328,7 @@ inline void recycle(frame_header* h, std::size_t size) noexcept {
     if (frame_header* h = tc.heads[cls]) [[likely]] {
       tc.heads[cls] = next_of(h);
       ++tc.room[cls];
-      ++tc.hits;
-      return init_frame(h, size);
+      return init_frame(h);
     }
   }
   return allocate_slow(size, cls);
@@ -343,12 +340,15 @@ inline void recycle(frame_header* h, std::size_t size) noexcept {
   frame_header* h = header_of(frame);
   // Relaxed: the only writer of kJoinKilled is the shutdown path, which
   // runs on this same thread right before destroying the frame.
-  if (h->join.load(std::memory_order_relaxed) == kJoinKilled) [[unlikely]] return;
+  if (h->join.load(std::memory_order_relaxed) == kJoinKilled) [[unlikely]] {
+    h->killed_size = static_cast<std::uint32_t>(size);  // for release_frame_memory()
+    return;
+  }
   recycle(h, size);
 }
 #pragma GCC diagnostic pop
 
-void release_frame_memory(frame_header* h) noexcept { recycle(h, h->size); }
+void release_frame_memory(frame_header* h) noexcept { recycle(h, h->killed_size); }
 
 // The lock is held from frame_depot_lock() to frame_depot_unlock(), across
 // fork() (leaf_locks.cpp) or a test's staging, which the lock analysis
@@ -358,7 +358,6 @@ void frame_depot_unlock() noexcept ABSL_NO_THREAD_SAFETY_ANALYSIS { the_depot().
 
 frame_cache_stats thread_frame_cache_stats() noexcept {
   frame_cache_stats st;
-  st.hits = tls_cache.hits;
   st.misses = tls_cache.misses;
   return st;
 }

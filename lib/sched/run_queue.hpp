@@ -278,7 +278,10 @@ class run_queue::owner {
 
   // push_spawn(): a freshly spawned G at the bottom of the spawn deque.
   // False when the deque is full (the caller pushes it at the tail).
-  bool push_spawn(g* gp) noexcept { return q_->spawns_.push(gp); }
+  // *index, when given, gets its position (take_private_spawn_if's hint).
+  bool push_spawn(g* gp, std::uint32_t* index = nullptr) noexcept {
+    return q_->spawns_.push(gp, index);
+  }
 
   // take_newest_spawn_if(): pop the newest spawned G if match(it) holds
   // (a join running its child inline); nullptr otherwise. A thief may race
@@ -297,10 +300,12 @@ class run_queue::owner {
     return q_->spawns_.pop_newest_private_if(match);
   }
   // take_private_spawn_if(): a private spawned G among the newest max_scan
-  // (work_deque.hpp, take_private_if): a child under younger siblings.
+  // (work_deque.hpp, take_private_if): a child under younger siblings,
+  // looked for first at hint, the position push_spawn() gave it.
   template <class Find, class Match>
-  g* take_private_spawn_if(Find find, Match match, std::uint32_t max_scan) noexcept {
-    return q_->spawns_.take_private_if(find, match, max_scan);
+  g* take_private_spawn_if(Find find, Match match, std::uint32_t max_scan,
+                           std::uint32_t hint) noexcept {
+    return q_->spawns_.take_private_if(find, match, max_scan, hint);
   }
 
   // pop_oldest_spawn(): the oldest spawned G (the thieves' end), for the

@@ -351,12 +351,16 @@ namespace {
 
 // The rest of a spawn on the caller's own P, from its G: publish the id,
 // count the spawn and queue the G at the bottom of the spawn deque (at the
-// ring's tail if the deque is full).
-inline void spawn_local(machine* m, processor* p, g* gp, promise_base* promise) noexcept {
+// ring's tail if the deque is full), noting its position in the frame's
+// header for a join that finds it under younger siblings (join_take_buried).
+// The header is written before the push publishes the G, and read by a
+// joiner that got the handle from this task.
+inline void spawn_local(machine* m, processor* p, g* gp, promise_base* promise,
+                        std::coroutine_handle<> root) noexcept {
   promise->gid_ = gp->id.load(std::memory_order_relaxed);
   processor::bump(p->spawned);
   gp->status.store(g_status::runnable, std::memory_order_relaxed);
-  if (m->local_runq().push_spawn(gp)) [[likely]] {
+  if (m->local_runq().push_spawn(gp, &header_of(root.address())->spawn_slot)) [[likely]] {
     // S2 without a fence after the push: the G is on this P, whose holder
     // (we) runs it if no other M takes it, so a wake missed on a stale
     // count costs parallelism for a while, never progress; sysmon bounds
@@ -373,7 +377,7 @@ inline void spawn_local(machine* m, processor* p, g* gp, promise_base* promise) 
 [[gnu::noinline]] void spawn_root_refill(machine* m, std::coroutine_handle<> root,
                                          const char* name, promise_base* promise) {
   processor* p = m->p();
-  spawn_local(m, p, m->sched->new_g_local(p, root, name), promise);
+  spawn_local(m, p, m->sched->new_g_local(p, root, name), promise, root);
 }
 }  // namespace
 
@@ -387,7 +391,7 @@ MPG_INLINE_INTO_TASKS void spawn_root(std::coroutine_handle<> root, const char* 
   processor* p = m->p();
   if (!m->sched->can_new_g_local(p)) [[unlikely]]
     return spawn_root_refill(m, root, name, promise);
-  spawn_local(m, p, m->sched->new_g_local(p, root, name), promise);
+  spawn_local(m, p, m->sched->new_g_local(p, root, name), promise, root);
 }
 
 namespace {
@@ -657,7 +661,7 @@ constexpr std::uint32_t kBuriedScan = 16;
                                                            std::coroutine_handle<> h) {
   // find before the claim (the entry may be a thief's by now), match after.
   g* child = m->local_runq().take_private_spawn_if(
-      has_id(promise->gid_), is_child(promise->gid_, root), kBuriedScan);
+      has_id(promise->gid_), is_child(promise->gid_, root), kBuriedScan, hdr->spawn_slot);
   if (child == nullptr) return join_park(me, hdr, promise, h);
   m->sched->retire_g_local(m->p(), child);
   return run_inline(hdr, promise, root, h);

@@ -225,9 +225,11 @@ class work_deque {
 
   // Owner side (only through run_queue::owner).
 
-  // push(): false when full (the caller queues the G elsewhere).
-  bool push(g* gp) noexcept {
+  // push(): false when full (the caller queues the G elsewhere). *index,
+  // when given, gets the entry's position (take_private_if's hint).
+  bool push(g* gp, std::uint32_t* index = nullptr) noexcept {
     const std::uint32_t b = bottom_.load(std::memory_order_relaxed);  // only we write it
+    if (index != nullptr) *index = b;
     // Acquire: see thieves' top advances, and so their slot reads, before
     // reusing a slot (steal()).
     const std::uint64_t w = shared_.load(std::memory_order_acquire);
@@ -302,7 +304,12 @@ class work_deque {
   // it spawned them. Among the newest max_scan private entries, find the
   // newest for which find(entry) holds; find may read only the G's atomic
   // fields, since before the claim an entry may have gone public by a
-  // forced publication (split_ behind) and been stolen. Then claim that
+  // forced publication (split_ behind) and been stolen. The entry at
+  // position hint (where push() put the child, if it did) is looked at
+  // first: find is true of one entry at most (a join's find matches a G
+  // id), so when it holds there, the scan would stop there too; when the
+  // entry has moved (a reversal below) or gone, or the hint is not a
+  // position at all, the scan runs. Then claim that
   // entry and every newer one at once, as a pop claims the newest
   // (lower_to(): O1 and O2 with bottom lowered to the entry's index), check
   // match on the entry (ours then), reverse the claimed entries in place
@@ -319,14 +326,21 @@ class work_deque {
   // claimed part, and the release store of bottom that ends the claim
   // carries them to F2.
   template <class Find, class Match>
-  g* take_private_if(Find find, Match match, std::uint32_t max_scan) noexcept {
+  g* take_private_if(Find find, Match match, std::uint32_t max_scan,
+                     std::uint32_t hint) noexcept {
     const std::uint32_t b = bottom_.load(std::memory_order_relaxed);  // only we write it
     const std::uint32_t n = b - split_ < max_scan ? b - split_ : max_scan;
     std::uint32_t i = b;
-    for (std::uint32_t k = 1; k <= n; ++k) {
-      if (find(slots_[(b - k) & mask_].load(std::memory_order_relaxed))) {
-        i = b - k;
-        break;
+    // hint among the newest n: 1 <= b - hint <= n (unsigned: a hint at or
+    // past b wraps to a large distance).
+    if (b - hint - 1 < n && find(slots_[hint & mask_].load(std::memory_order_relaxed))) {
+      i = hint;
+    } else {
+      for (std::uint32_t k = 1; k <= n; ++k) {
+        if (find(slots_[(b - k) & mask_].load(std::memory_order_relaxed))) {
+          i = b - k;
+          break;
+        }
       }
     }
     std::uint64_t w = 0;
@@ -339,11 +353,15 @@ class work_deque {
       bottom_.store(b, std::memory_order_release);  // release: as push's
       return nullptr;
     }
+    // The array and mask in locals: the compiler reloads members after
+    // each atomic store otherwise.
+    std::atomic<g*>* const slots = slots_.get();
+    const std::uint32_t mask = mask_;
     for (std::uint32_t lo = i, hi = b - 1; lo < hi; ++lo, --hi) {
-      g* x = slots_[lo & mask_].load(std::memory_order_relaxed);
-      slots_[lo & mask_].store(slots_[hi & mask_].load(std::memory_order_relaxed),
-                               std::memory_order_relaxed);
-      slots_[hi & mask_].store(x, std::memory_order_relaxed);
+      g* x = slots[lo & mask].load(std::memory_order_relaxed);
+      slots[lo & mask].store(slots[hi & mask].load(std::memory_order_relaxed),
+                             std::memory_order_relaxed);
+      slots[hi & mask].store(x, std::memory_order_relaxed);
     }
     // Release: F2 may read this bottom; the rewritten slots must be seen
     // with it.

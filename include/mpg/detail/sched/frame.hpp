@@ -55,7 +55,19 @@ inline constexpr std::uintptr_t kJoinInline = 4;
 
 struct alignas(16) frame_header {
   std::atomic<std::uintptr_t> join{kJoinRunning};
-  std::uint32_t size = 0;  // requested frame size (without the header)
+  // One word, two uses that never overlap, each written and read by the
+  // frame's owner of the time (no atomic: the frame's publication orders
+  // it). While the frame is a spawned task's root, spawn_slot is the index
+  // of the spawn-deque slot it was pushed to (lib/sched/scheduler.cpp,
+  // spawn_local), a hint that a join checks before it uses (join_take_
+  // buried: the entry may have moved or gone); garbage otherwise, which
+  // the check rejects. Once a shutdown killed the frame, killed_size is
+  // its requested size (without the header), which free_frame() records
+  // and release_frame_memory() reads.
+  union {
+    std::uint32_t spawn_slot = 0;
+    std::uint32_t killed_size;
+  };
   // Where the memory came from (lib/sched/frame_allocator.cpp, "Slabs"): the
   // distance in bytes from the start of the slab this frame was carved from
   // to this header, or 0 for a frame that is an allocation of its own.
@@ -87,9 +99,11 @@ inline frame_header* header_of(void* frame) noexcept {
   return reinterpret_cast<frame_header*>(static_cast<char*>(frame) - sizeof(frame_header));
 }
 
-// Allocator statistics for the current thread (tests and perf).
+// Allocator statistics for the current thread (tests and perf): misses
+// are allocations the thread's lists and the depot could not serve (a new
+// slab, or malloc with the cache off). Hits are not counted: a counter on
+// the fast path costs every frame an instruction.
 struct frame_cache_stats {
-  std::uint64_t hits = 0;
   std::uint64_t misses = 0;
 };
 frame_cache_stats thread_frame_cache_stats() noexcept;
