@@ -15,6 +15,7 @@
 #include <atomic>
 #include <chrono>
 #include <coroutine>
+#include <memory>
 #include <thread>
 
 namespace {
@@ -152,6 +153,70 @@ TEST_CASE("a killed task's handle is freed when dropped") {
     CHECK(dtors.load() == 1);
   }  // drop: release_frame_memory (LSan/ASan check it)
   CHECK(dtors.load() == 1);
+}
+
+namespace {
+
+// A local whose destructor, run by ~runtime's kill of its task, lets another
+// thread drop the task's join_handle and waits until it has: the drop lands
+// in the middle of the frame's destroy. (Bounded: a drop that never comes
+// fails the test's checks, not the wait.)
+struct drop_window {
+  std::atomic<int>* phase;  // 1: the destroy has begun; 2: the handle is dropped
+  ~drop_window() {
+    phase->store(1);
+    (void)mpg_test::wait_until([&] { return phase->load() == 2; }, std::chrono::seconds(10));
+  }
+};
+
+mpg::task<int> dropped_while_destroyed(std::atomic<int>* dtors, std::atomic<bool>* parked,
+                                       std::atomic<int>* phase) {
+  counted c{dtors};  // destroyed after the window: it reads the frame then
+  drop_window w{phase};
+  parked->store(true);
+  co_await park_forever{};
+  co_return 1;
+}
+
+}  // namespace
+
+// The kill destroys the frame first and settles the join word at its free
+// (frame.hpp): a handle dropped during the destroy finds the task
+// unfinished and detaches it, and the free then frees the memory, once.
+// (Settled before the destroy, the drop freed the memory under it: ASan's
+// heap-use-after-free in counted's destructor, and with the frame cache the
+// frame listed twice, on the dropping thread and on the killing one.)
+TEST_CASE("a handle dropped while ~runtime destroys its task frees the frame once, after") {
+  std::atomic<int> dtors{0};
+  std::atomic<bool> parked{false};
+  std::atomic<int> phase{0};
+  const bool cached = mpg::detail::frame_cache_enabled();
+  auto rt = std::make_unique<mpg::runtime>(mpg::runtime_options{.procs = 1});
+  mpg::join_handle<int> h = rt->spawn(dropped_while_destroyed(&dtors, &parked, &phase), "victim");
+  REQUIRE(mpg_test::wait_until([&] { return parked.load(); }));
+  void* frame = h.release().address();
+  // The size before the kill marks the header (the word is the killer's then).
+  const std::size_t size = mpg::detail::header_of(frame)->size;
+  void* dropper_got = nullptr;
+  std::thread dropper([&] {
+    mpg::join_handle<int> mine(std::coroutine_handle<mpg::detail::promise<int>>::from_address(frame));
+    if (!mpg_test::wait_until([&] { return phase.load() == 1; }, std::chrono::seconds(10))) return;
+    mine.detach();  // the drop, in the destroy's window
+    // What this thread's frame cache hands out next for that size.
+    if (cached) dropper_got = mpg::detail::allocate_frame(size);
+    phase.store(2);
+  });
+  rt.reset();
+  dropper.join();
+  CHECK(phase.load() == 2);
+  CHECK(dtors.load() == 1);
+  if (!cached) return;
+  // The killing thread's free recycled the frame here, and only here.
+  void* mine = mpg::detail::allocate_frame(size);
+  CHECK(mine == frame);
+  CHECK(dropper_got != frame);
+  mpg::detail::free_frame(mine, size);
+  mpg::detail::free_frame(dropper_got, size);
 }
 
 namespace {

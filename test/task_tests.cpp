@@ -230,23 +230,40 @@ TEST_CASE("task frames start 16 bytes after their frame_header") {
     CHECK(h2.address() == frame);
     h2.destroy();
   }
-  SUBCASE("a killed frame's memory is kept with its size, and released with it") {
-    // free_frame() on a killed frame keeps the memory and records the size
-    // (the frame's join handle releases it later: spawn.hpp, drop_join);
-    // release_frame_memory() recycles it by that size, so with the cache
-    // on the next allocation of the size gets the same memory back.
+  SUBCASE("a killed root's free keeps its memory for the handle, or frees it without one") {
+    // The shutdown marks a killed task's root, then destroys it; the free
+    // at the end settles the join word (frame.hpp): Running becomes Killed
+    // and the memory stays until the handle releases it.
     constexpr std::size_t kSize = 200;
+    const bool cached = mpg::detail::frame_cache_enabled();
     void* f = mpg::detail::allocate_frame(kSize);
     frame_header* h = header_of(f);
-    h->join.store(mpg::detail::kJoinKilled);
+    mpg::detail::mark_killed_root(h);
     mpg::detail::free_frame(f, kSize);
     CHECK(h->join.load() == mpg::detail::kJoinKilled);  // kept: not listed
-    CHECK(h->killed_size == kSize);
+    CHECK(mpg::detail::take_killed_word() == mpg::detail::kJoinRunning);
+    CHECK(mpg::detail::take_killed_word() == mpg::detail::kJoinRunning);  // reset by the take
     mpg::detail::release_frame_memory(h);
-    if (!mpg::detail::frame_cache_enabled()) return;
-    void* again = mpg::detail::allocate_frame(kSize);
-    CHECK(again == f);
-    mpg::detail::free_frame(again, kSize);
+    if (cached) {
+      // Recycled by its size, the mark aside: the next frame of the size
+      // gets the memory back, unmarked.
+      void* again = mpg::detail::allocate_frame(kSize);
+      CHECK(again == f);
+      CHECK(header_of(again)->size == kSize);
+      mpg::detail::free_frame(again, kSize);
+    }
+    // The handle was dropped during the destroy (Detached): the free frees.
+    void* g = mpg::detail::allocate_frame(kSize);
+    frame_header* gh = header_of(g);
+    mpg::detail::mark_killed_root(gh);
+    gh->join.store(mpg::detail::kJoinDetached);
+    mpg::detail::free_frame(g, kSize);
+    CHECK(mpg::detail::take_killed_word() == mpg::detail::kJoinDetached);
+    if (cached) {
+      void* again = mpg::detail::allocate_frame(kSize);
+      CHECK(again == g);
+      mpg::detail::free_frame(again, kSize);
+    }
   }
 }
 

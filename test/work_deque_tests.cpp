@@ -225,12 +225,12 @@ TEST_CASE("a join's pop after an unseen forced publication claims before it matc
 // hint push() gave (looked at first), with a hint at another entry and
 // with none (the scan).
 TEST_CASE("take_private_if takes a buried private entry and leaves the next one at the bottom") {
-  constexpr std::uint32_t kNoHint = 0xffffffffu;
+  constexpr std::uint16_t kNoHint = 0xffffu;
   for (const char* hints : {"pushed", "other", "none"}) {
     CAPTURE(hints);
     fake_gs gs(6);
     work_deque d(8);
-    std::uint32_t at[6] = {};
+    std::uint16_t at[6] = {};
     auto push = [&](int i) { return d.push(gs[i], &at[i]); };
     // The hint for gs[i]: where it was pushed, the position of its
     // neighbour (an entry that is not the one looked for), or none.
@@ -240,7 +240,7 @@ TEST_CASE("take_private_if takes a buried private entry and leaves the next one 
       return kNoHint;
     };
     for (int i = 0; i < 6; ++i) CHECK(push(i));  // gs[0] public, gs[1..5] private
-    for (int i = 0; i < 6; ++i) CHECK(at[i] == static_cast<std::uint32_t>(i));
+    for (int i = 0; i < 6; ++i) CHECK(at[i] == i);
     auto is = [](g* want) { return [want](g* e) { return e == want; }; };
     // Not among the newest max_scan private entries: nothing moves.
     CHECK(d.take_private_if(is(gs[1]), is(gs[1]), 4, hint(1)) == nullptr);
@@ -335,7 +335,7 @@ void stress(std::uint32_t cap, std::size_t n) {
   std::uint64_t rnd = 12345;
   g* last_pushed = nullptr;
   g* recent[4] = {};  // the last pushes, for joins in spawn order
-  std::uint32_t recent_at[4] = {};  // where they were pushed: hints, stale once moved
+  std::uint16_t recent_at[4] = {};  // where they were pushed: hints, stale once moved
   while (next < n) {
     rnd = rnd * 6364136223846793005ULL + 1442695040888963407ULL;
     const unsigned op = static_cast<unsigned>(rnd >> 60);

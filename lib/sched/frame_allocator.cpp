@@ -40,8 +40,10 @@
 // memory that the child owns.
 #include <algorithm>
 #include <atomic>
+#include <cassert>
 #include <cstdlib>
 #include <new>
+#include <utility>
 #include <vector>
 
 #include "absl/base/config.h"
@@ -211,22 +213,25 @@ void set_up_thread(thread_cache& tc) noexcept {
 }
 
 // new_header(): the header of memory that was not a frame before.
+// slab_offset is below kSlabBytes, which fits the header's 16 bits.
+static_assert(kSlabBytes <= 0xffff);
 frame_header* new_header(void* mem, std::uint32_t slab_offset) noexcept {
   auto* h = new (mem) frame_header;
-  h->slab_offset = slab_offset;
+  h->slab_offset = static_cast<std::uint16_t>(slab_offset);
   return h;
 }
 
-// init_frame(): a header, new or listed, made a frame. Its size is
-// recorded only if the frame is killed (free_frame).
-void* init_frame(frame_header* h) noexcept {
+// init_frame(): a header, new or listed, made a frame of `size` (below
+// 2 GiB: allocate_slow; so the kill mark is clear).
+void* init_frame(frame_header* h, std::size_t size) noexcept {
   h->join.store(kJoinRunning, std::memory_order_relaxed);  // not shared yet
+  h->size = static_cast<std::uint32_t>(size);
   return reinterpret_cast<char*>(h) + sizeof(frame_header);
 }
 
 // new_slab(): the thread's list of class cls is empty: carve a slab, hand
 // out its first frame and list the rest.
-void* new_slab(thread_cache& tc, std::size_t cls) {
+void* new_slab(thread_cache& tc, std::size_t size, std::size_t cls) {
   const std::size_t bytes = (cls + 1) * kGranule;
   const std::size_t n = std::min<std::size_t>(
       {kSlabFrames, (kSlabBytes - sizeof(slab)) / bytes, std::size_t{tc.room[cls]} + 1});
@@ -242,7 +247,7 @@ void* new_slab(thread_cache& tc, std::size_t cls) {
     tc.heads[cls] = h;
   }
   tc.room[cls] -= static_cast<std::uint32_t>(n - 1);
-  return init_frame(new_header(first, sizeof(slab)));
+  return init_frame(new_header(first, sizeof(slab)), size);
 }
 
 // The class's list is empty, so its room is its bound. A frame of a cached
@@ -257,18 +262,20 @@ void* new_slab(thread_cache& tc, std::size_t cls) {
       if (frame_header* chain = the_depot().take(cls)) {
         tc.heads[cls] = next_of(chain);
         tc.room[cls] = tc.limits[cls] - (kBatch - 1);
-        return init_frame(chain);
+        return init_frame(chain, size);
       }
       ++tc.misses;
-      return new_slab(tc, cls);
+      return new_slab(tc, size, cls);
     }
     ++tc.misses;
     mem = std::malloc((cls + 1) * kGranule);
   } else {
+    // The header keeps the size in 31 bits (frame_header::kKillMark).
+    if (size >= frame_header::kKillMark) throw std::bad_alloc();
     mem = std::malloc(size + sizeof(frame_header));
   }
   if (mem == nullptr) throw std::bad_alloc();
-  return init_frame(new_header(mem, 0));
+  return init_frame(new_header(mem, 0), size);
 }
 
 // try_push(): list a freed frame under its class's bound.
@@ -310,6 +317,40 @@ inline void recycle(frame_header* h, std::size_t size) noexcept {
   recycle_slow(h, cls);
 }
 
+// What the last killed root's free on this thread found in the join word
+// (take_killed_word()).
+constinit thread_local std::uintptr_t tls_killed_word = kJoinRunning;
+
+// settle_killed_frame(): the free of a killed task's root frame, at the end
+// of its destroy (frame.hpp, the shutdown's transition). The handle, held
+// anywhere, may be dropped, joined or selected on meanwhile: the word is
+// Running, a parked joiner (of another runtime), a select's waiter, or
+// Detached. Detached: the handle is gone, and the memory with it. Else the
+// word becomes Killed and the memory stays until the handle drops it;
+// the old word goes to the shutdown (take_killed_word()), which wakes a
+// joiner or claims a select. The CAS is acq_rel: its release publishes
+// the destroy (and the size word) to the handle's exchange, which frees
+// the memory after seeing Killed; its acquire, and the load's, take a
+// select waiter's publication (spawn.hpp, J2) before the shutdown's claim
+// reads it, and a dropper's last use of the handle before the free.
+[[gnu::noinline]] void settle_killed_frame(frame_header* h, std::size_t size) noexcept {
+  std::uintptr_t old = h->join.load(std::memory_order_acquire);
+  for (;;) {
+    // An unfinished task's word: never Done, Killed or Inline (a task run
+    // inline is no live G, and only this settles a kill).
+    assert(old == kJoinRunning || old == kJoinDetached || old > kJoinInline);
+    if (old == kJoinDetached) {
+      tls_killed_word = kJoinDetached;
+      recycle(h, size);
+      return;
+    }
+    if (h->join.compare_exchange_weak(old, kJoinKilled, std::memory_order_acq_rel,
+                                      std::memory_order_acquire))
+      break;
+  }
+  tls_killed_word = old;
+}
+
 }  // namespace
 
 // Always inline: every spawn and every awaited task allocates here, from
@@ -328,7 +369,7 @@ inline void recycle(frame_header* h, std::size_t size) noexcept {
     if (frame_header* h = tc.heads[cls]) [[likely]] {
       tc.heads[cls] = next_of(h);
       ++tc.room[cls];
-      return init_frame(h);
+      return init_frame(h, size);
     }
   }
   return allocate_slow(size, cls);
@@ -338,17 +379,19 @@ inline void recycle(frame_header* h, std::size_t size) noexcept {
 // frame's destroy.
 [[gnu::always_inline]] void free_frame(void* frame, std::size_t size) noexcept {
   frame_header* h = header_of(frame);
-  // Relaxed: the only writer of kJoinKilled is the shutdown path, which
-  // runs on this same thread right before destroying the frame.
-  if (h->join.load(std::memory_order_relaxed) == kJoinKilled) [[unlikely]] {
-    h->killed_size = static_cast<std::uint32_t>(size);  // for release_frame_memory()
-    return;
-  }
+  // The kill mark is written by the shutdown that destroys this frame, on
+  // this thread or before it started the thread that destroys it.
+  if (h->size & frame_header::kKillMark) [[unlikely]]
+    return settle_killed_frame(h, size);
   recycle(h, size);
 }
 #pragma GCC diagnostic pop
 
-void release_frame_memory(frame_header* h) noexcept { recycle(h, h->killed_size); }
+void release_frame_memory(frame_header* h) noexcept {
+  recycle(h, h->size & ~frame_header::kKillMark);
+}
+
+std::uintptr_t take_killed_word() noexcept { return std::exchange(tls_killed_word, kJoinRunning); }
 
 // The lock is held from frame_depot_lock() to frame_depot_unlock(), across
 // fork() (leaf_locks.cpp) or a test's staging, which the lock analysis

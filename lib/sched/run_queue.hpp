@@ -278,8 +278,9 @@ class run_queue::owner {
 
   // push_spawn(): a freshly spawned G at the bottom of the spawn deque.
   // False when the deque is full (the caller pushes it at the tail).
-  // *index, when given, gets its position (take_private_spawn_if's hint).
-  bool push_spawn(g* gp, std::uint32_t* index = nullptr) noexcept {
+  // *index, when given, gets its position modulo 2^16, before the push
+  // publishes the G (take_private_spawn_if's hint).
+  bool push_spawn(g* gp, std::uint16_t* index = nullptr) noexcept {
     return q_->spawns_.push(gp, index);
   }
 
@@ -304,7 +305,7 @@ class run_queue::owner {
   // looked for first at hint, the position push_spawn() gave it.
   template <class Find, class Match>
   g* take_private_spawn_if(Find find, Match match, std::uint32_t max_scan,
-                           std::uint32_t hint) noexcept {
+                           std::uint16_t hint) noexcept {
     return q_->spawns_.take_private_if(find, match, max_scan, hint);
   }
 

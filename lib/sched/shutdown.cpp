@@ -24,9 +24,11 @@
 //      deep chain on a thread with the stack for it: destroy_root; the
 //      chains are measured before the first kill, which may destroy part
 //      of a chain killed later: a child run inline, through its handle in
-//      the killed frame). A frame
+//      the killed frame). The root's join word is settled when its destroy
+//      is over, at its free (frame.hpp, the shutdown's transition): a frame
 //      whose join_handle is still held elsewhere keeps its memory until that
-//      handle is dropped (frame.hpp, kJoinKilled). A task of another runtime
+//      handle is dropped (kJoinKilled), and a handle dropped, joined or
+//      selected on during the destroy touches nothing of it. A task of another runtime
 //      parked on its join is then woken as a finish would wake it, and its
 //      join throws; it would otherwise wait for ever. A G killed while
 //      parked on the join of a task (of another runtime, say) is first
@@ -212,9 +214,12 @@ chain_size measure_chain(const g* gp) noexcept {
 struct deep_destroy {
   std::coroutine_handle<> root;
   std::vector<const void*>* killed;
+  std::uintptr_t killed_word = kJoinRunning;  // the thread's take_killed_word()
 };
 
-void destroy_root(std::coroutine_handle<> root, std::size_t depth) noexcept {
+// destroy_root(): destroys a killed task's root, marked (frame.hpp), and
+// returns the join word its free replaced (take_killed_word()).
+std::uintptr_t destroy_root(std::coroutine_handle<> root, std::size_t depth) noexcept {
   if (depth >= kDeepChain) {
     pthread_attr_t attr;
     pthread_t t;
@@ -228,18 +233,20 @@ void destroy_root(std::coroutine_handle<> root, std::size_t depth) noexcept {
                 auto* d = static_cast<deep_destroy*>(arg);
                 killed_objects_scope scope(d->killed);
                 d->root.destroy();
+                d->killed_word = take_killed_word();
                 return nullptr;
               },
               &job) == 0;
       ::pthread_attr_destroy(&attr);
       if (made) {
         ::pthread_join(t, nullptr);
-        return;
+        return job.killed_word;
       }
     }
     // No such thread: destroy here, as a shallower chain would be.
   }
   root.destroy();
+  return take_killed_word();
 }
 
 }  // namespace
@@ -325,17 +332,15 @@ void scheduler::kill_remaining(std::ostream& report) {
     gp->status.store(g_status::dead, std::memory_order_relaxed);
     if (!root) continue;
     const std::size_t depth = depths[i] + (i == deepest_at ? inline_next : inline_deepest);
-    frame_header* hdr = header_of(root.address());
-    // acq_rel: see frame.hpp; no M runs any more, so this only orders
-    // against join handles dropped on other threads.
-    std::uintptr_t old = hdr->join.exchange(kJoinKilled, std::memory_order_acq_rel);
-    if (old == kJoinDetached) {
-      hdr->join.store(kJoinDetached, std::memory_order_relaxed);  // free it for real
-    }
+    // The join word is settled by the frame's free, once the destroy is
+    // over (frame.hpp, the shutdown's transition): until then a handle
+    // dropped, joined or selected on elsewhere finds the task unfinished
+    // and touches nothing of the frame.
+    mark_killed_root(header_of(root.address()));
     gp->root = {};
     gp->resume = {};
     if (gp->joined != nullptr) take_back_joiner(gp);
-    destroy_root(root, depth);
+    const std::uintptr_t old = destroy_root(root, depth);
     if (old > kJoinInline) wake_killed_joiner(this, old);
   }
   thread_mutex_lock l(allg_mu_);

@@ -226,10 +226,11 @@ class work_deque {
   // Owner side (only through run_queue::owner).
 
   // push(): false when full (the caller queues the G elsewhere). *index,
-  // when given, gets the entry's position (take_private_if's hint).
-  bool push(g* gp, std::uint32_t* index = nullptr) noexcept {
+  // when given, gets the entry's position modulo 2^16 (take_private_if's
+  // hint), before the entry is published; also when the push fails.
+  bool push(g* gp, std::uint16_t* index = nullptr) noexcept {
     const std::uint32_t b = bottom_.load(std::memory_order_relaxed);  // only we write it
-    if (index != nullptr) *index = b;
+    if (index != nullptr) *index = static_cast<std::uint16_t>(b);
     // Acquire: see thieves' top advances, and so their slot reads, before
     // reusing a slot (steal()).
     const std::uint64_t w = shared_.load(std::memory_order_acquire);
@@ -304,12 +305,12 @@ class work_deque {
   // it spawned them. Among the newest max_scan private entries, find the
   // newest for which find(entry) holds; find may read only the G's atomic
   // fields, since before the claim an entry may have gone public by a
-  // forced publication (split_ behind) and been stolen. The entry at
-  // position hint (where push() put the child, if it did) is looked at
-  // first: find is true of one entry at most (a join's find matches a G
-  // id), so when it holds there, the scan would stop there too; when the
-  // entry has moved (a reversal below) or gone, or the hint is not a
-  // position at all, the scan runs. Then claim that
+  // forced publication (split_ behind) and been stolen. The entry at the
+  // position hint, modulo 2^16 (where push() put the child, if it did), is
+  // looked at first: find is true of one entry at most (a join's find
+  // matches a G id), so when it holds there, the scan would stop there
+  // too; when the entry has moved (a reversal below) or gone, or the hint
+  // is not a position at all, the scan runs. Then claim that
   // entry and every newer one at once, as a pop claims the newest
   // (lower_to(): O1 and O2 with bottom lowered to the entry's index), check
   // match on the entry (ours then), reverse the claimed entries in place
@@ -327,14 +328,16 @@ class work_deque {
   // carries them to F2.
   template <class Find, class Match>
   g* take_private_if(Find find, Match match, std::uint32_t max_scan,
-                     std::uint32_t hint) noexcept {
+                     std::uint16_t hint) noexcept {
     const std::uint32_t b = bottom_.load(std::memory_order_relaxed);  // only we write it
     const std::uint32_t n = b - split_ < max_scan ? b - split_ : max_scan;
     std::uint32_t i = b;
-    // hint among the newest n: 1 <= b - hint <= n (unsigned: a hint at or
-    // past b wraps to a large distance).
-    if (b - hint - 1 < n && find(slots_[hint & mask_].load(std::memory_order_relaxed))) {
-      i = hint;
+    // The hint's distance below the newest entry, modulo 2^16: among the
+    // newest n when below n (n <= max_scan, far below 2^16, so the
+    // position is b - 1 - d itself).
+    const std::uint32_t d = static_cast<std::uint16_t>(b - 1u - hint);
+    if (d < n && find(slots_[(b - 1 - d) & mask_].load(std::memory_order_relaxed))) {
+      i = b - 1 - d;
     } else {
       for (std::uint32_t k = 1; k <= n; ++k) {
         if (find(slots_[(b - k) & mask_].load(std::memory_order_relaxed))) {

@@ -34,9 +34,15 @@
 //   select:   Running -> select waiter (CAS); select waiter -> Running (CAS,
 //             the select's clean-up)
 //   drop:     Running -> Detached; Done -> (destroy);   Killed -> (free memory)
-//   shutdown: Running/joiner -> Killed (destroy, keep memory; then ready the
-//             joiner, or claim a select waiter, as a finish does);
-//             Detached -> (destroy)
+//   shutdown: the frame is destroyed first, with the word as it is (a handle
+//             dropped meanwhile makes it Detached, a join parks in it, and
+//             neither touches the frame); then, at the frame's free
+//             (free_frame, told by the header's kill mark), Running/joiner/
+//             select waiter -> Killed (CAS; keep the memory; the shutdown
+//             then readies the joiner, or claims a select waiter, as a
+//             finish does), or Detached -> (free). So no handle sees Killed
+//             before the destroy is over (settle_killed_frame, frame
+//             allocator).
 #pragma once
 
 #include <atomic>
@@ -55,23 +61,23 @@ inline constexpr std::uintptr_t kJoinInline = 4;
 
 struct alignas(16) frame_header {
   std::atomic<std::uintptr_t> join{kJoinRunning};
-  // One word, two uses that never overlap, each written and read by the
-  // frame's owner of the time (no atomic: the frame's publication orders
-  // it). While the frame is a spawned task's root, spawn_slot is the index
-  // of the spawn-deque slot it was pushed to (lib/sched/scheduler.cpp,
-  // spawn_local), a hint that a join checks before it uses (join_take_
-  // buried: the entry may have moved or gone); garbage otherwise, which
-  // the check rejects. Once a shutdown killed the frame, killed_size is
-  // its requested size (without the header), which free_frame() records
-  // and release_frame_memory() reads.
-  union {
-    std::uint32_t spawn_slot = 0;
-    std::uint32_t killed_size;
-  };
+  // The requested frame size (without the header), written when the frame
+  // is handed out, before anything can see it; with kKillMark set by a
+  // shutdown about to destroy the frame as a killed task's root, which
+  // free_frame() reads as "settle the join word" (above).
+  std::uint32_t size = 0;
+  static constexpr std::uint32_t kKillMark = 0x8000'0000u;
   // Where the memory came from (lib/sched/frame_allocator.cpp, "Slabs"): the
   // distance in bytes from the start of the slab this frame was carved from
   // to this header, or 0 for a frame that is an allocation of its own.
-  std::uint32_t slab_offset = 0;
+  std::uint16_t slab_offset = 0;
+  // While the frame is a spawned task's root: the position in its P's
+  // spawn deque that the task was pushed to, modulo 2^16 (lib/sched/
+  // scheduler.cpp, spawn_local), a hint that a join checks before it uses
+  // it (join_take_buried: the entry may have moved or gone). Garbage
+  // otherwise, which the check rejects. Written before the push publishes
+  // the task, read by a joiner that got the handle from the spawning task.
+  std::uint16_t spawn_slot = 0;
 };
 static_assert(sizeof(frame_header) == 16);
 
@@ -88,12 +94,23 @@ static_assert(sizeof(frame_header) == 16);
 // Link-time optimisation inlines them only into coroutines already split,
 // whose parts each compute the address afresh.
 void* allocate_frame(std::size_t size);
-// free_frame(): releases storage from allocate_frame(); honours kJoinKilled
-// (the memory is kept for the join_handle, which frees it with
-// release_frame_memory()).
+// free_frame(): releases storage from allocate_frame(). A frame with the
+// kill mark (a killed task's root, at the end of its destroy) settles its
+// join word instead (settle_killed_frame): the memory is kept for the
+// join_handle, which frees it with release_frame_memory(), unless the
+// handle is gone already.
 void free_frame(void* frame, std::size_t size) noexcept;
 // release_frame_memory(): frees a killed frame's memory for good.
 void release_frame_memory(frame_header* h) noexcept;
+// mark_killed_root(): the shutdown's step before it destroys the root
+// frame of a task it kills (see the transitions above).
+inline void mark_killed_root(frame_header* h) noexcept { h->size |= frame_header::kKillMark; }
+// take_killed_word(): the join word that the last killed root's free on
+// this thread replaced with kJoinKilled (a parked joiner or a select
+// waiter, which the shutdown then wakes), or kJoinRunning, or
+// kJoinDetached when the handle was gone and the memory freed. Reset to
+// kJoinRunning by the call.
+std::uintptr_t take_killed_word() noexcept;
 
 inline frame_header* header_of(void* frame) noexcept {
   return reinterpret_cast<frame_header*>(static_cast<char*>(frame) - sizeof(frame_header));
