@@ -202,6 +202,7 @@ TEST_CASE("task frames start 16 bytes after their frame_header") {
       frame_header* h = header_of(f);
       CHECK(reinterpret_cast<char*>(f) - reinterpret_cast<char*>(h) == 16);
       CHECK(reinterpret_cast<std::uintptr_t>(f) % 16 == 0);
+      CHECK(h->size == size);
       CHECK(h->join.load() == mpg::detail::kJoinRunning);
       // Cached classes (up to 2 KiB with the header) are carved from slabs
       // when the cache is on; a bigger frame is an allocation of its own.
