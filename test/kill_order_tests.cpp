@@ -2,7 +2,8 @@
 // 6) in the orders it can meet: which frame goes first among the waiter,
 // the waker or owner, the object's frame and a join handle's frame, with a
 // wake-up in flight (readied but not run) or not, and across two runtimes
-// destroyed one after the other (docs/api.md, ~runtime).
+// destroyed one after the other (docs/api.md, ~runtime), and a task's own
+// join word met inside its destroy.
 #include <doctest/doctest.h>
 
 #include <atomic>
@@ -15,6 +16,7 @@
 #include "mpg/mpg.hpp"
 #include "sched/scheduler.hpp"
 #include "test_support.hpp"
+#include "watchdog.hpp"
 
 using namespace std::chrono_literals;
 
@@ -315,4 +317,70 @@ TEST_CASE("~runtime: waiters on primitives in another runtime's frame, their run
 
 TEST_CASE("~runtime: waiters on primitives in another runtime's frame, the owner's first") {
   for (int round = 0; round < 10; ++round) waiters_on_other_runtime(false);
+}
+
+// --- A task's join word met inside the task's own destroy -----------------
+//
+// The kill settles a root's join word once the root's destroy is over
+// (frame.hpp, the shutdown's transition), so what that destroy destroys
+// finds the task unfinished: its own handle, owned by its frame, is dropped
+// (the word becomes Detached, and the free at the end frees the frame,
+// once); a select case on its join, in the frames of a child that a joiner
+// runs inline and whose handle the task's frame owns, is withdrawn (J4,
+// spawn.hpp: its waiter is still in the word). (With the word made Killed
+// before the destroy, the drop freed the frame under the destroy, ASan's
+// heap-use-after-free, and J4 waited for the kill's wake-up, which comes
+// after the destroy: the killing thread hung.)
+namespace {
+
+mpg::task<void> own_handle([[maybe_unused]] std::unique_ptr<mpg::join_handle<void>> mine,
+                           mpg::chan<int> never) {
+  (void)co_await never.recv();
+}
+
+// The child, run inline by select_inline's G: selects on the join of the
+// task that owns its handle.
+mpg::task<void> select_on_owner(mpg::join_handle<void>** owner, mpg::chan<int> never) {
+  auto r = co_await mpg::select(**owner, never.recv());
+  (void)r;
+}
+
+mpg::task<void> wait_on(mpg::chan<int> never) { (void)co_await never.recv(); }
+
+mpg::task<void> select_inline(mpg::chan<int> never) {
+  // Published at once (its P's spawn deque had no public entry), so that
+  // the next two spawns stay private, where a join takes a buried child.
+  mpg::go(wait_on(never), "filler");
+  mpg::join_handle<void>* owner_handle = nullptr;
+  auto child = std::make_unique<mpg::join_handle<void>>(
+      mpg::spawn(select_on_owner(&owner_handle, never), "child"));
+  mpg::join_handle<void>* c = child.get();
+  // Younger than the child, so killed before this task.
+  mpg::join_handle<void> owner = mpg::spawn(own_handle(std::move(child), never), "owner");
+  owner_handle = &owner;
+  // The child is under the owner in this P's spawn deque: run inline.
+  co_await *c;
+}
+
+}  // namespace
+
+TEST_CASE("~runtime: a task whose frame owns its own handle is freed once") {
+  mpg::chan<int> never;
+  mpg::runtime rt({.procs = 1});
+  auto own = std::make_unique<mpg::join_handle<void>>();
+  mpg::join_handle<void>* slot = own.get();
+  *slot = rt.spawn(own_handle(std::move(own), never), "self-owner");
+  REQUIRE(mpg_test::wait_until([&] { return all_waiting(rt, 1); }, 10s));
+}
+
+TEST_CASE("~runtime: a select on a task's join, destroyed inside that task's destroy") {
+  mpg::chan<int> never;
+  mpg_test::watchdog wd(30s, "a select case destroyed inside its task's destroy");
+  mpg::runtime rt({.procs = 1});
+  rt.go(select_inline(never), "selector");
+  // The selector, parked on the select inside the child it runs inline (no
+  // G of the child's, no join parked), the filler and the owner.
+  REQUIRE(mpg_test::wait_until([&] { return all_waiting(rt, 3); }, 10s));
+  REQUIRE(mpg_test::dump_shows(rt, "select"));
+  CHECK_FALSE(mpg_test::dump_shows(rt, "join"));
 }
