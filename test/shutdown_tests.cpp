@@ -199,7 +199,8 @@ TEST_CASE("a handle dropped while ~runtime destroys its task frees the frame onc
   const std::size_t size = mpg::detail::header_of(frame)->size;
   void* dropper_got = nullptr;
   std::thread dropper([&] {
-    mpg::join_handle<int> mine(std::coroutine_handle<mpg::detail::promise<int>>::from_address(frame));
+    using handle = std::coroutine_handle<mpg::detail::promise<int>>;
+    mpg::join_handle<int> mine(handle::from_address(frame));
     if (!mpg_test::wait_until([&] { return phase.load() == 1; }, std::chrono::seconds(10))) return;
     mine.detach();  // the drop, in the destroy's window
     // What this thread's frame cache hands out next for that size.

@@ -324,13 +324,14 @@ constinit thread_local std::uintptr_t tls_killed_word = kJoinRunning;
 // settle_killed_frame(): the free of a killed task's root frame, at the end
 // of its destroy (frame.hpp, the shutdown's transition). The handle, held
 // anywhere, may be dropped, joined or selected on meanwhile: the word is
-// Running, a parked joiner (of another runtime), a select's waiter, or
-// Detached. Detached: the handle is gone, and the memory with it. Else the
-// word becomes Killed and the memory stays until the handle drops it;
-// the old word goes to the shutdown (take_killed_word()), which wakes a
-// joiner or claims a select. The CAS is acq_rel: its release publishes
-// the destroy (and the size word) to the handle's exchange, which frees
-// the memory after seeing Killed; its acquire, and the load's, take a
+// Running, a parked joiner (of another runtime, or an older one of this
+// runtime, killed in its turn), a select's waiter, or Detached. Detached:
+// the handle is gone, and the memory with it. Else the word becomes Killed
+// and the memory stays until the handle drops it; the old word goes to the
+// shutdown (take_killed_word()), which wakes a joiner of another runtime or
+// claims its select (wake_killed_joiner). The CAS is acq_rel: its release
+// publishes the destroy (and the size word) to the handle's exchange, which
+// frees the memory after seeing Killed; its acquire, and the load's, take a
 // select waiter's publication (spawn.hpp, J2) before the shutdown's claim
 // reads it, and a dropper's last use of the handle before the free.
 [[gnu::noinline]] void settle_killed_frame(frame_header* h, std::size_t size) noexcept {

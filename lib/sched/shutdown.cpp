@@ -28,7 +28,8 @@
 //      is over, at its free (frame.hpp, the shutdown's transition): a frame
 //      whose join_handle is still held elsewhere keeps its memory until that
 //      handle is dropped (kJoinKilled), and a handle dropped, joined or
-//      selected on during the destroy touches nothing of it. A task of another runtime
+//      selected on during the destroy frees nothing and reads nothing that
+//      the destroy ends. A task of another runtime
 //      parked on its join is then woken as a finish would wake it, and its
 //      join throws; it would otherwise wait for ever. A G killed while
 //      parked on the join of a task (of another runtime, say) is first
@@ -335,7 +336,7 @@ void scheduler::kill_remaining(std::ostream& report) {
     // The join word is settled by the frame's free, once the destroy is
     // over (frame.hpp, the shutdown's transition): until then a handle
     // dropped, joined or selected on elsewhere finds the task unfinished
-    // and touches nothing of the frame.
+    // and frees nothing of the frame.
     mark_killed_root(header_of(root.address()));
     gp->root = {};
     gp->resume = {};

@@ -35,14 +35,16 @@
 //             the select's clean-up)
 //   drop:     Running -> Detached; Done -> (destroy);   Killed -> (free memory)
 //   shutdown: the frame is destroyed first, with the word as it is (a handle
-//             dropped meanwhile makes it Detached, a join parks in it, and
-//             neither touches the frame); then, at the frame's free
-//             (free_frame, told by the header's kill mark), Running/joiner/
-//             select waiter -> Killed (CAS; keep the memory; the shutdown
-//             then readies the joiner, or claims a select waiter, as a
-//             finish does), or Detached -> (free). So no handle sees Killed
-//             before the destroy is over (settle_killed_frame, frame
-//             allocator).
+//             dropped meanwhile makes it Detached, a join parks in it, a
+//             select queues or withdraws its waiter; none of them frees or
+//             reads what the destroy ends, though a join writes its site in
+//             the promise); then, at the frame's free (free_frame, told by
+//             the header's kill mark), Running/joiner/select waiter ->
+//             Killed (CAS; keep the memory; the shutdown then readies a
+//             joiner of another runtime, or claims its select, as a finish
+//             does), or Detached (an acquire load) -> (free). So no handle
+//             sees Killed before the destroy is over (settle_killed_frame,
+//             frame allocator).
 #pragma once
 
 #include <atomic>
@@ -107,9 +109,9 @@ void release_frame_memory(frame_header* h) noexcept;
 inline void mark_killed_root(frame_header* h) noexcept { h->size |= frame_header::kKillMark; }
 // take_killed_word(): the join word that the last killed root's free on
 // this thread replaced with kJoinKilled (a parked joiner or a select
-// waiter, which the shutdown then wakes), or kJoinRunning, or
-// kJoinDetached when the handle was gone and the memory freed. Reset to
-// kJoinRunning by the call.
+// waiter, which the shutdown then settles: wake_killed_joiner), or
+// kJoinRunning, or kJoinDetached when the handle was gone and the memory
+// freed. Reset to kJoinRunning by the call.
 std::uintptr_t take_killed_word() noexcept;
 
 inline frame_header* header_of(void* frame) noexcept {
