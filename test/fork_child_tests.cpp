@@ -56,12 +56,13 @@ using mpg::task;
 
 // kNoThreadsInChild: the sanitizer cannot run a thread that a child of a
 // multithreaded parent starts (the file comment).
-#if (defined(__SANITIZE_ADDRESS__) || __has_feature(address_sanitizer)) && \
-    !(defined(__clang__) && __clang_major__ >= 18)
-constexpr bool kNoThreadsInChild = true;
+#if defined(__clang__) && __clang_major__ >= 18
+constexpr bool kAsanForks = true;  // ASan with fork handlers of its own
 #else
-constexpr bool kNoThreadsInChild = mpg_test::kThreadSanitized;
+constexpr bool kAsanForks = false;
 #endif
+constexpr bool kNoThreadsInChild =
+    mpg_test::kThreadSanitized || (mpg_test::kAddressSanitized && !kAsanForks);
 
 constexpr auto kChildLimit = std::chrono::seconds(60);  // run_child kills the child after it
 constexpr auto kHangLimit = std::chrono::seconds(10);   // a child's watchdog or alarm

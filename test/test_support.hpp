@@ -32,6 +32,12 @@ inline constexpr bool kThreadSanitized = true;
 #else
 inline constexpr bool kThreadSanitized = false;
 #endif
+// kAddressSanitized: true in ASan builds only.
+#if defined(__SANITIZE_ADDRESS__) || __has_feature(address_sanitizer)
+inline constexpr bool kAddressSanitized = true;
+#else
+inline constexpr bool kAddressSanitized = false;
+#endif
 
 // block_signal(): blocks sig in the calling thread; threads it makes later
 // inherit the block.
