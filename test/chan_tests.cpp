@@ -280,6 +280,69 @@ TEST_CASE("copies of a handle share one channel") {
   CHECK(moved == b);
 }
 
+// A moved-from handle is a closed, empty channel of its own (chan.hpp,
+// moved_from_state): every operation is defined, and the ones Go would
+// panic on throw runtime_misuse_error. Before, each of these dereferenced a
+// null state (SIGSEGV).
+mpg::task<std::string> moved_from_in_task(mpg::chan<int> from) {
+  std::string r;
+  mpg::chan<int> live(1);
+  mpg::chan<int> gone = std::move(from);
+  if (gone == live) r += " gone is live;";
+  const std::optional<int> got = co_await from.recv();
+  if (got.has_value()) r += " recv gave a value;";
+  try {
+    co_await from.send(1);
+    r += " send did not throw;";
+  } catch (const mpg::runtime_misuse_error& e) {
+    if (std::string(e.what()).find("send on a moved-from chan") == std::string::npos)
+      r += " send's message;";
+  }
+  // A select: its two moved-from receives are ready at once (nullopt), the
+  // empty live one is not.
+  auto v = co_await mpg::select(from.recv(), live.recv(), from.recv());
+  if (v.index() == 1) r += " select took the empty channel;";
+  if (v.index() == 0 && std::get<0>(v).has_value()) r += " select case 0 gave a value;";
+  if (v.index() == 2 && std::get<2>(v).has_value()) r += " select case 2 gave a value;";
+  try {
+    (void)co_await mpg::select(from.send(2), live.recv());
+    r += " select send did not throw;";
+  } catch (const mpg::runtime_misuse_error&) {
+  }
+  co_return r.empty() ? "ok" : r;
+}
+
+TEST_CASE("a moved-from handle reads as closed; send, try_send and close throw misuse") {
+  mpg::chan<int> a(4);
+  mpg::chan<int> b = std::move(a);
+  CHECK_FALSE(a.try_recv().has_value());
+  CHECK(a.size() == 0);
+  CHECK(a.capacity() == 0);
+  CHECK_THROWS_AS(a.try_send(1), mpg::runtime_misuse_error);
+  CHECK_THROWS_AS(a.close(), mpg::runtime_misuse_error);
+  // Copies and moves of it are moved-from handles too; none is b.
+  mpg::chan<int> c = a;
+  mpg::chan<int> d = std::move(c);
+  CHECK(c == a);
+  CHECK(d == a);
+  CHECK_FALSE(d == b);
+  CHECK_THROWS_AS(d.close(), mpg::runtime_misuse_error);
+  // Assigned a channel, a moved-from handle is a handle again.
+  a = b;
+  CHECK(a.try_send(7));
+  CHECK(b.try_recv() == 7);
+  b.close();  // the channel: not closed by any of the above
+  CHECK_THROWS_AS(a.close(), mpg::closed_channel_error);
+  // Another element type has a moved-from state of its own.
+  mpg::chan<std::unique_ptr<int>> u;
+  mpg::chan<std::unique_ptr<int>> v = std::move(u);
+  auto p = std::make_unique<int>(1);
+  CHECK_THROWS_AS(u.try_send(std::move(p)), mpg::runtime_misuse_error);
+  CHECK(p);  // a failed try_send leaves the value with the caller
+  mpg::runtime rt({.procs = 2});
+  CHECK(rt.block_on(moved_from_in_task(mpg::chan<int>())) == "ok");
+}
+
 // -- Element types --------------------------------------------------------------
 
 mpg::task<std::string> move_only_elements(std::size_t cap) {

@@ -144,6 +144,13 @@ class select_awaiter;
 
 [[noreturn]] void throw_send_on_closed();
 [[noreturn]] void throw_close_of_closed();
+// what: "send", "try_send" or "close".
+[[noreturn]] void throw_moved_from_chan(const char* what);
+
+// The state a moved-from chan<T> points to (moved_from_state() below).
+struct moved_from_t {
+  explicit moved_from_t() = default;
+};
 
 // The payloads of a channel waiter. The waiter is the first (and only)
 // base, so the channel code, which knows T, can go from the waiter it
@@ -168,6 +175,13 @@ struct send_node : waiter {
 class chan_base {
  public:
   explicit chan_base(std::size_t cap) noexcept : cap_(cap) {}
+  // The moved-from state: closed from the start, and never freed. chan<T>
+  // does not count references to it, but a shared object built with
+  // hidden visibility has a moved-from state of its own and takes another
+  // object's for a channel: its copies and destructions count, and
+  // release() must not free it whatever the count.
+  constexpr explicit chan_base(moved_from_t) noexcept
+      : closed_(true), moved_from_(true), cap_(0) {}
   // Freed with waiters still queued: only at runtime shutdown, when the
   // frame that held the last handle was killed before the frames of tasks
   // that borrowed the channel by reference and wait on it. Detach them
@@ -189,7 +203,7 @@ class chan_base {
   void release() noexcept {
     // acq_rel: every other handle's last use of the channel (release) must
     // happen before the destructor that the last release runs (acquire).
-    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1 && !moved_from_) delete this;
   }
 
   std::size_t capacity() const noexcept { return cap_; }
@@ -200,6 +214,7 @@ class chan_base {
 
   spinlock lock_;
   bool closed_ ABSL_GUARDED_BY(lock_) = false;
+  const bool moved_from_ = false;  // moved_from_state() below
   std::atomic<std::uint32_t> refs_{1};
   // Elements in the ring. Written only under lock_; atomic so that size()
   // can read it without the lock.
@@ -217,6 +232,7 @@ template <class T>
 class chan_state : public chan_base {
  public:
   explicit chan_state(std::size_t cap) : chan_base(cap), buf_(cap ? new slot_t[cap] : nullptr) {}
+  constexpr explicit chan_state(moved_from_t) noexcept : chan_base(moved_from_t{}) {}
   ~chan_state() override {
     std::size_t n = count_.load(std::memory_order_relaxed);
     for (std::size_t i = 0, x = recvx_; i < n; ++i) {
@@ -360,6 +376,30 @@ class chan_state : public chan_base {
 
   std::unique_ptr<slot_t[]> buf_;
 };
+
+// moved_from_state<T>(): where a moved-from chan<T> points, instead of
+// nullptr, so that every operation on it is defined without a check on the
+// paths of live channels: it is a closed, empty, unbuffered channel of its
+// own, which no handle counts. A receive gives nullopt at once; a send,
+// try_send or close finds it closed and, on that cold path, throws
+// runtime_misuse_error rather than closed_channel_error. Constant-
+// initialised (no guard, no order of initialisation to get wrong) and
+// never destroyed (a union member), so a handle moved from in a static
+// destructor still finds it.
+template <class T>
+struct moved_from_chan {
+  constexpr moved_from_chan() noexcept : state(moved_from_t{}) {}
+  ~moved_from_chan() {}
+  union {
+    chan_state<T> state;
+  };
+};
+template <class T>
+inline constinit moved_from_chan<T> moved_from_chan_v{};
+template <class T>
+constexpr chan_state<T>* moved_from_state() noexcept {
+  return &moved_from_chan_v<T>.state;
+}
 
 // chan_completed(): the tail of a send or receive that completed in
 // await_ready(): ready the G it took off a queue (after the unlock), and
@@ -536,6 +576,7 @@ class [[nodiscard]] send_op : private detail::send_node<T> {
     // waited). Otherwise a receiver or the ring took it.
     if (this->value.has_value()) {
       this->value.reset();
+      if (ch_ == detail::moved_from_state<T>()) detail::throw_moved_from_chan("send");
       detail::throw_send_on_closed();
     }
   }
@@ -597,8 +638,10 @@ struct chan_recv_op {};  // ch.recv()
 
 // chan<T>
 //
-// Handle to a channel. Copying shares the channel; a moved-from handle may
-// only be assigned to or destroyed.
+// Handle to a channel. Copying shares the channel. A moved-from handle (and
+// a copy of one) reads as a closed, empty channel of its own: recv gives
+// nullopt; send, try_send and close throw runtime_misuse_error; size and
+// capacity are 0. Assigning a channel to it makes it a handle again.
 // ch.recv() returns the handle itself, as an empty base: a runtime request
 // (foreign_await.hpp). In a task, await_transform makes the recv_op from it
 // with the co_await's site; as a select case, select() makes it (the
@@ -620,11 +663,11 @@ class chan : public detail::request_base<chan<T>, detail::chan_recv_op> {
   chan(detail::chan_state<T>* s, detail::adopt_state_t) noexcept : s_(s) {}
 
   chan(const chan& o) noexcept : s_(o.s_) {
-    if (s_) s_->retain();
+    if (s_ != detail::moved_from_state<T>()) s_->retain();
   }
-  chan(chan&& o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
+  chan(chan&& o) noexcept : s_(std::exchange(o.s_, detail::moved_from_state<T>())) {}
   chan& operator=(const chan& o) noexcept {
-    if (o.s_) o.s_->retain();
+    if (o.s_ != detail::moved_from_state<T>()) o.s_->retain();
     reset();
     s_ = o.s_;
     return *this;
@@ -632,7 +675,7 @@ class chan : public detail::request_base<chan<T>, detail::chan_recv_op> {
   chan& operator=(chan&& o) noexcept {
     if (this != &o) {
       reset();
-      s_ = std::exchange(o.s_, nullptr);
+      s_ = std::exchange(o.s_, detail::moved_from_state<T>());
     }
     return *this;
   }
@@ -692,7 +735,11 @@ class chan : public detail::request_base<chan<T>, detail::chan_recv_op> {
   // Receivers drain the ring, then get nullopt; blocked senders (and later
   // ones) throw. Closing twice throws mpg::closed_channel_error. Any thread
   // may call it.
-  void close() { s_->close(); }
+  void close() {
+    if (s_ == detail::moved_from_state<T>()) [[unlikely]]
+      detail::throw_moved_from_chan("close");
+    s_->close();
+  }
 
   // size(): elements in the ring now (a snapshot). capacity(): as built.
   std::size_t size() const noexcept { return s_->size(); }
@@ -718,12 +765,16 @@ class chan : public detail::request_base<chan<T>, detail::chan_recv_op> {
       detail::spin_guard lk(s_->lock_);
       r = s_->send_locked(v, wake);
     }
-    if (r == detail::send_result::closed) detail::throw_send_on_closed();
+    if (r == detail::send_result::closed) {
+      if (s_ == detail::moved_from_state<T>()) detail::throw_moved_from_chan("try_send");
+      detail::throw_send_on_closed();
+    }
     if (wake) detail::ready(wake);
     return r == detail::send_result::done;
   }
   void reset() noexcept {
-    if (s_) std::exchange(s_, nullptr)->release();
+    if (s_ != detail::moved_from_state<T>())
+      std::exchange(s_, detail::moved_from_state<T>())->release();
   }
 
   detail::chan_state<T>* s_;

@@ -34,7 +34,8 @@ class sync_misuse_error : public std::logic_error {
 // runtime_misuse_error: spawn/go/yield outside a task (and an await there
 // that would wait), block_on inside one,
 // a task awaited twice, a join on a task the runtime killed at shutdown, an
-// await of a moved-from oneshot_receiver.
+// await of a moved-from oneshot_receiver, a send, try_send or close on a
+// moved-from chan.
 class runtime_misuse_error : public std::logic_error {
  public:
   using std::logic_error::logic_error;
