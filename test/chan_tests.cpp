@@ -341,6 +341,34 @@ TEST_CASE("a moved-from handle reads as closed; send, try_send and close throw m
   CHECK(p);  // a failed try_send leaves the value with the caller
   mpg::runtime rt({.procs = 2});
   CHECK(rt.block_on(moved_from_in_task(mpg::chan<int>())) == "ok");
+  // Threads at once on moved-from handles (one shared state, which TSan
+  // watches): none of it writes to the state but its lock.
+  auto hammer = [] {
+    for (int i = 0; i < 1000; ++i) {
+      mpg::chan<int> live;
+      mpg::chan<int> from = std::move(live);
+      mpg::chan<int> copy = live;
+      if (copy.try_recv().has_value() || copy.size() != 0) return false;
+      try {
+        (void)live.try_send(i);
+        return false;
+      } catch (const mpg::runtime_misuse_error&) {
+      }
+    }
+    return true;
+  };
+  bool other_ok = false;
+  std::thread t([&] { other_ok = hammer(); });
+  const bool this_ok = hammer();
+  t.join();
+  CHECK(this_ok);
+  CHECK(other_ok);
+  // The shared state is as it was made: unlocked, closed, never counted.
+  auto* state = mpg::detail::moved_from_state<int>();
+  REQUIRE(state->lock_.try_lock());
+  state->lock_.unlock();
+  CHECK(state->refs_.load() == 1);
+  CHECK(state->size() == 0);
 }
 
 // -- Element types --------------------------------------------------------------

@@ -307,6 +307,11 @@ TEST_CASE("notify refuses signals that cannot be caught") {
   CHECK_THROWS_AS(mpg::runtime({.procs = 1, .dump_signal = 33}), std::invalid_argument);
   CHECK_THROWS_AS(mpg::signal::notify({}), std::invalid_argument);
   CHECK(disposition_of(SIGKILL) == disposition::dfl);
+  // A moved-from channel would miss every delivery.
+  mpg::chan<int> ch;
+  mpg::chan<int> taken = std::move(ch);
+  CHECK_THROWS_AS(mpg::signal::notify(ch, {SIGUSR1}), mpg::runtime_misuse_error);
+  CHECK(disposition_of(SIGUSR1) == disposition::dfl);
 }
 
 TEST_CASE("notify and dump_signal refuse the fault signals, leaving their disposition alone") {

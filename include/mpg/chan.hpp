@@ -334,7 +334,10 @@ class chan_state : public chan_base {
     waiter* chain;
     {
       spin_guard lk(lock_);
-      if (closed_) throw_close_of_closed();
+      if (closed_) {
+        if (moved_from_) throw_moved_from_chan("close");
+        throw_close_of_closed();
+      }
       chain = close_locked();
     }
     ready_chain(chain);
@@ -576,7 +579,7 @@ class [[nodiscard]] send_op : private detail::send_node<T> {
     // waited). Otherwise a receiver or the ring took it.
     if (this->value.has_value()) {
       this->value.reset();
-      if (ch_ == detail::moved_from_state<T>()) detail::throw_moved_from_chan("send");
+      if (ch_->moved_from_) detail::throw_moved_from_chan("send");
       detail::throw_send_on_closed();
     }
   }
@@ -684,7 +687,8 @@ class chan : public detail::request_base<chan<T>, detail::chan_recv_op> {
   // chan::send()
   //
   // `co_await ch.send(v)`: waits until a receiver takes v or the ring has
-  // room. Throws mpg::closed_channel_error if the channel is or gets closed.
+  // room. Throws mpg::closed_channel_error if the channel is or gets closed
+  // (mpg::runtime_misuse_error on a moved-from handle).
   send_op<T> send(T v, std::source_location where = std::source_location::current()) {
     return send_op<T>(s_, std::move(v), where);
   }
@@ -703,7 +707,8 @@ class chan : public detail::request_base<chan<T>, detail::chan_recv_op> {
   //
   // Sends v if that needs no waiting (a receiver waits, or the ring has
   // room); returns false otherwise, leaving v untouched. Throws
-  // mpg::closed_channel_error on a closed channel. Any thread may call it,
+  // mpg::closed_channel_error on a closed channel (mpg::runtime_misuse_error
+  // on a moved-from handle). Any thread may call it,
   // inside a runtime or not: a receiver it wakes runs on its runtime.
   bool try_send(T&& v) { return try_send_ref(v); }
   bool try_send(const T& v)
@@ -733,13 +738,9 @@ class chan : public detail::request_base<chan<T>, detail::chan_recv_op> {
   // chan::close()
   //
   // Receivers drain the ring, then get nullopt; blocked senders (and later
-  // ones) throw. Closing twice throws mpg::closed_channel_error. Any thread
-  // may call it.
-  void close() {
-    if (s_ == detail::moved_from_state<T>()) [[unlikely]]
-      detail::throw_moved_from_chan("close");
-    s_->close();
-  }
+  // ones) throw. Closing twice throws mpg::closed_channel_error; closing a
+  // moved-from handle, mpg::runtime_misuse_error. Any thread may call it.
+  void close() { s_->close(); }
 
   // size(): elements in the ring now (a snapshot). capacity(): as built.
   std::size_t size() const noexcept { return s_->size(); }
@@ -766,7 +767,7 @@ class chan : public detail::request_base<chan<T>, detail::chan_recv_op> {
       r = s_->send_locked(v, wake);
     }
     if (r == detail::send_result::closed) {
-      if (s_ == detail::moved_from_state<T>()) detail::throw_moved_from_chan("try_send");
+      if (s_->moved_from_) detail::throw_moved_from_chan("try_send");
       detail::throw_send_on_closed();
     }
     if (wake) detail::ready(wake);

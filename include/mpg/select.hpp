@@ -9,7 +9,8 @@
 // The cases, and what each gives as its alternative of the result:
 //   ch.recv()           std::optional<T> (nullopt: closed and drained)
 //   ch.send(v)          std::monostate (throws closed_channel_error if chosen
-//                       on a closed channel)
+//                       on a closed channel, runtime_misuse_error on a
+//                       moved-from handle)
 //   rx, rx.recv()       a oneshot_receiver<T> (oneshot.hpp): absl::StatusOr<T>,
 //                       absl::Status for void
 //   h, h.join()         a join_handle<T> (spawn.hpp): T, what `co_await h`

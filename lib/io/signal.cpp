@@ -323,6 +323,9 @@ void want_locked(registry& r, sig_mask added) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu
 }  // namespace
 
 void notify(const chan<int>& ch, std::initializer_list<int> signals) {
+  // A moved-from handle is a closed channel that every delivery would miss.
+  if (ch.state_for_internal_use()->moved_from_)
+    throw runtime_misuse_error("mpg::signal::notify: a moved-from chan");
   const sig_mask m = mask_of(signals);
   runtime_guard guard;
   if (detail::in_mpg_task()) {
