@@ -281,9 +281,8 @@ TEST_CASE("copies of a handle share one channel") {
 }
 
 // A moved-from handle is a closed, empty channel of its own (chan.hpp,
-// moved_from_state): every operation is defined, and the ones Go would
-// panic on throw runtime_misuse_error. Before, each of these dereferenced a
-// null state (SIGSEGV).
+// moved_from_state): every operation is defined (none may dereference a
+// null state), and the ones Go would panic on throw runtime_misuse_error.
 mpg::task<std::string> moved_from_in_task(mpg::chan<int> from) {
   std::string r;
   mpg::chan<int> live(1);
