@@ -31,9 +31,11 @@ Exit status 1 if a server or a load failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -79,6 +81,27 @@ def dumped_instructions(out_dir: Path, pid: int) -> int:
     raise RuntimeError(f"no summary line in {dumps[-1]}")
 
 
+def control(pid: int, flag: str, port: int) -> None:
+    """callgrind_control FLAG (-z, -d) on the server. A server idle between
+    two loads sleeps in the kernel, and a command could then go unanswered
+    (one -z waited past 60 s). So each 2 s that the command is pending, a
+    connection opened and closed wakes the server (a few thousand
+    instructions, against the millions a load counts)."""
+    ctl = subprocess.Popen(["callgrind_control", flag, str(pid)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+    for _ in range(30):
+        try:
+            if ctl.wait(timeout=2) != 0:
+                raise RuntimeError(f"callgrind_control {flag}: {ctl.stderr.read().decode()}")
+            return
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 5):
+                pass
+    ctl.kill()
+    ctl.wait()
+    raise RuntimeError(f"callgrind_control {flag}: no answer in 60 s")
+
+
 def count(argv: list[str], load, build: Path, seconds: int) -> float:
     """Instructions per message of the server argv under the load."""
     port = free_port()
@@ -91,11 +114,9 @@ def count(argv: list[str], load, build: Path, seconds: int) -> float:
         try:
             wait_listening(proc, port, START_TIMEOUT_S, Path(argv[0]).name)
             load(build, port, 2)  # warm-up: caches and pools reach their size
-            subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True,
-                           capture_output=True, timeout=60)
+            control(proc.pid, "-z", port)
             msgs = load(build, port, seconds)
-            subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True,
-                           capture_output=True, timeout=60)
+            control(proc.pid, "-d", port)
             instructions = dumped_instructions(out_dir, proc.pid)
         finally:
             proc.kill()  # a server under valgrind may ignore SIGTERM
