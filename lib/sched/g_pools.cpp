@@ -138,6 +138,23 @@ g* scheduler::new_g(std::coroutine_handle<> root, const char* name) {
   gfree_global_.push_back(gp);
 }
 
+// Every G is made by new_g_local() or new_g(), whose callers count it
+// spawned (processor::spawned, or foreign_spawned_ in new_g()), and every
+// G retired goes through retire_g_local() or retire_g_elsewhere(), which
+// count it completed; a G of a killed task is marked dead without a count,
+// so it stays counted live, which errs towards a walk. Relaxed loads: with
+// no M running (kill_remaining: stop() joined them and sysmon) the counters
+// are final, their writes sequenced before the joins.
+std::uint64_t scheduler::counted_live_gs() const noexcept {
+  std::uint64_t spawned = foreign_spawned_.load(std::memory_order_relaxed);
+  std::uint64_t completed = foreign_completed_.load(std::memory_order_relaxed);
+  for (const auto& p : ps_) {
+    spawned += p->spawned.load(std::memory_order_relaxed);
+    completed += p->completed.load(std::memory_order_relaxed);
+  }
+  return spawned - completed;
+}
+
 std::uint64_t scheduler::live_gs() const noexcept {
   std::uint64_t n = 0;
   thread_mutex_lock l(allg_mu_);

@@ -267,7 +267,10 @@ void scheduler::kill_remaining(std::ostream& report) {
   // captures' destructors may ready Gs, which are then only queued.
   drop_posted();
   std::vector<g*> live;
-  {
+  // The walk over every G ever made is skipped when the counts say that
+  // none is live (a runtime that made a million tasks and ended them all
+  // would otherwise visit a million dead Gs here).
+  if (counted_live_gs() != 0) {
     thread_mutex_lock l(allg_mu_);
     for_each_g([&](g* gp) {
       if (gp->status.load(std::memory_order_relaxed) != g_status::dead) live.push_back(gp);
