@@ -570,25 +570,26 @@ namespace {
 // at its spawn); a stranger goes back where it was.
 // kPrivate: the caller saw the newest spawn in the deque's private part
 // (run_queue.hpp, spawns_private). There match runs after the claim
-// (work_deque.hpp, try_pop_private), when the G is ours, so it looks at
-// the root too, and the deque puts a stranger back itself: the inline
-// path makes no call.
+// (work_deque.hpp, try_pop_private), when the G is ours, and the deque
+// puts a stranger back itself: the inline path makes no call. The root
+// alone tells there: the joiner's handle keeps the child's frame, so no
+// other live frame has its address, and only one G was ever made with it
+// as its root; a G in the deque is a spawned, unstarted one, whose root
+// its spawn wrote (a retired G keeps a stale root, but is in no deque).
 // has_id(): reads only the G's atomic id, so it may look at an entry that
-// a thief may hold; is_child(): also the root, for an entry that is ours.
+// a thief may hold; is_child(): the root, for an entry that is ours.
 auto has_id(std::uint64_t gid) noexcept {
   return [gid](g* c) { return c->id.load(std::memory_order_relaxed) == gid; };
 }
-auto is_child(std::uint64_t gid, std::coroutine_handle<> root) noexcept {
-  return [gid, root](g* c) {
-    return c->id.load(std::memory_order_relaxed) == gid && c->root.address() == root.address();
-  };
+auto is_child(std::coroutine_handle<> root) noexcept {
+  return [root](g* c) { return c->root.address() == root.address(); };
 }
 
 template <bool kPrivate>
 bool take_child_inline(machine* m, std::coroutine_handle<> root, std::uint64_t gid) noexcept {
   run_queue::owner q = m->local_runq();
   if constexpr (kPrivate) {
-    g* child = q.take_newest_private_spawn_if(is_child(gid, root));
+    g* child = q.take_newest_private_spawn_if(is_child(root));
     if (child == nullptr) return false;
     m->sched->retire_g_local(m->p(), child);
     return true;
@@ -661,7 +662,7 @@ constexpr std::uint32_t kBuriedScan = 16;
                                                            std::coroutine_handle<> h) {
   // find before the claim (the entry may be a thief's by now), match after.
   g* child = m->local_runq().take_private_spawn_if(
-      has_id(promise->gid_), is_child(promise->gid_, root), kBuriedScan, hdr->spawn_slot);
+      has_id(promise->gid_), is_child(root), kBuriedScan, hdr->spawn_slot);
   if (child == nullptr) return join_park(me, hdr, promise, h);
   m->sched->retire_g_local(m->p(), child);
   return run_inline(hdr, promise, root, h);
