@@ -49,6 +49,8 @@ TEST_CASE("the shutdown report of 25 tasks says that it left 5 out") {
     REQUIRE(mpg_test::wait_until([&] { return rt.stats().live == 25; }));
   }
   REQUIRE(err.wait_for("25 task(s) still alive"));
+  // The report reaches the capture in pieces: wait for its last one.
+  REQUIRE(err.wait_for("\n  ..."));
   const std::string text = err.text();
   INFO(text);
   CHECK(err.count("\n  task ") == 20);
