@@ -142,17 +142,18 @@ g* scheduler::new_g(std::coroutine_handle<> root, const char* name) {
 // spawned (processor::spawned, or foreign_spawned_ in new_g()), and every
 // G retired goes through retire_g_local() or retire_g_elsewhere(), which
 // count it completed; a G of a killed task is marked dead without a count,
-// so it stays counted live, which errs towards a walk. Relaxed loads: with
-// no M running (kill_remaining: stop() joined them and sysmon) the counters
+// so it stays counted live. Relaxed loads: statistics while Ms run; with
+// none running (kill_remaining: stop() joined them and sysmon) the counters
 // are final, their writes sequenced before the joins.
-std::uint64_t scheduler::counted_live_gs() const noexcept {
-  std::uint64_t spawned = foreign_spawned_.load(std::memory_order_relaxed);
-  std::uint64_t completed = foreign_completed_.load(std::memory_order_relaxed);
+scheduler::g_counts scheduler::counted_gs() const noexcept {
+  g_counts c;
+  c.spawned = foreign_spawned_.load(std::memory_order_relaxed);
+  c.completed = foreign_completed_.load(std::memory_order_relaxed);
   for (const auto& p : ps_) {
-    spawned += p->spawned.load(std::memory_order_relaxed);
-    completed += p->completed.load(std::memory_order_relaxed);
+    c.spawned += p->spawned.load(std::memory_order_relaxed);
+    c.completed += p->completed.load(std::memory_order_relaxed);
   }
-  return spawned - completed;
+  return c;
 }
 
 std::uint64_t scheduler::live_gs() const noexcept {

@@ -107,8 +107,6 @@ runtime_stats scheduler::stats() const {
   runtime_stats s;
   s.procs = procs();
   for (auto& p : ps_) {
-    s.spawned += p->spawned.load(std::memory_order_relaxed);
-    s.completed += p->completed.load(std::memory_order_relaxed);
     s.local_queue_lengths.push_back(p->runq.size());
     s.tasks_run.push_back(p->tasks_run.load(std::memory_order_relaxed));
     const fault_counts f = p->io->injected_faults();
@@ -124,8 +122,9 @@ runtime_stats scheduler::stats() const {
     s.io_faults_no_cancel += f.by_kind[static_cast<unsigned>(io_fault::no_cancel)];
     s.io_faults_injected += f.total();
   }
-  s.spawned += foreign_spawned_.load(std::memory_order_relaxed);
-  s.completed += foreign_completed_.load(std::memory_order_relaxed);
+  const g_counts c = counted_gs();
+  s.spawned = c.spawned;
+  s.completed = c.completed;
   s.live = s.spawned >= s.completed ? s.spawned - s.completed : 0;
   s.steals = steals_.load(std::memory_order_relaxed);
   s.stolen_tasks = stolen_.load(std::memory_order_relaxed);

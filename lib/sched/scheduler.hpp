@@ -184,9 +184,13 @@ class scheduler {
   void blocking_wait_begin(blocking_wait* w) noexcept;
   void blocking_wait_end(blocking_wait* w) noexcept;
   std::uint64_t live_gs() const noexcept;
-  // counted_live_gs(): Gs spawned less Gs completed, from the counters;
-  // exact only while no M runs (g_pools.cpp).
-  std::uint64_t counted_live_gs() const noexcept;
+  // counted_gs(): the Gs spawned and completed, from the counters; exact
+  // only while no M runs (g_pools.cpp).
+  struct g_counts {
+    std::uint64_t spawned = 0;
+    std::uint64_t completed = 0;
+  };
+  g_counts counted_gs() const noexcept;
   void external_waker_add() noexcept { external_wakers_.fetch_add(1, std::memory_order_relaxed); }
   void external_waker_remove() noexcept {
     external_wakers_.fetch_sub(1, std::memory_order_relaxed);

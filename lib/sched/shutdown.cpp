@@ -270,7 +270,7 @@ void scheduler::kill_remaining(std::ostream& report) {
   // The walk over every G ever made is skipped when the counts say that
   // none is live (a runtime that made a million tasks and ended them all
   // would otherwise visit a million dead Gs here).
-  if (counted_live_gs() != 0) {
+  if (const g_counts c = counted_gs(); c.spawned != c.completed) {
     thread_mutex_lock l(allg_mu_);
     for_each_g([&](g* gp) {
       if (gp->status.load(std::memory_order_relaxed) != g_status::dead) live.push_back(gp);
